@@ -1,0 +1,215 @@
+//! Request-body and query parsing that names the bad field: a JSON object read field by
+//! field, ids accepted as numbers or numeric strings, unknown fields ignored.
+
+use serde_json::{Map, Value};
+
+use super::error::ApiError;
+
+/// A parsed JSON object body.
+#[derive(Debug)]
+pub struct Body(Map<String, Value>);
+
+fn wrong(field: &str, expected: &str) -> ApiError {
+    ApiError::BadRequest(format!("field `{field}` must be {expected}"))
+}
+
+fn missing(field: &str) -> ApiError {
+    ApiError::BadRequest(format!("field `{field}` is required"))
+}
+
+/// Parses a numeric id given as a JSON number or a string of digits.
+pub fn id_value(field: &str, v: &Value) -> Result<u64, ApiError> {
+    let expected = "a positive integer or a numeric string";
+    match v {
+        Value::Number(n) => n
+            .as_u64()
+            .filter(|n| *n > 0)
+            .ok_or_else(|| wrong(field, expected)),
+        Value::String(s) => parse_id(field, s),
+        _ => Err(wrong(field, expected)),
+    }
+}
+
+/// Parses a positive decimal id from text (a query parameter or a path segment).
+pub fn parse_id(field: &str, s: &str) -> Result<u64, ApiError> {
+    let t = s.trim();
+    if t.is_empty() || t.len() > 19 || !t.bytes().all(|b| b.is_ascii_digit()) {
+        return Err(wrong(field, "a positive integer or a numeric string"));
+    }
+    t.parse::<u64>()
+        .ok()
+        .filter(|n| *n > 0)
+        .ok_or_else(|| wrong(field, "a positive integer or a numeric string"))
+}
+
+impl Body {
+    /// Parses `bytes` as a JSON object. An empty body is an empty object.
+    pub fn parse(bytes: &[u8]) -> Result<Body, ApiError> {
+        if bytes.iter().all(|b| b.is_ascii_whitespace()) {
+            return Ok(Body(Map::new()));
+        }
+        match serde_json::from_slice::<Value>(bytes) {
+            Ok(Value::Object(m)) => Ok(Body(m)),
+            Ok(_) => Err(ApiError::BadRequest(
+                "request body must be a JSON object".into(),
+            )),
+            Err(e) => Err(ApiError::BadRequest(format!("malformed JSON body: {e}"))),
+        }
+    }
+
+    fn present(&self, field: &str) -> Option<&Value> {
+        self.0.get(field).filter(|v| !v.is_null())
+    }
+
+    pub fn str(&self, field: &str) -> Result<&str, ApiError> {
+        self.opt_str(field)?.ok_or_else(|| missing(field))
+    }
+
+    pub fn opt_str(&self, field: &str) -> Result<Option<&str>, ApiError> {
+        match self.present(field) {
+            None => Ok(None),
+            Some(Value::String(s)) => Ok(Some(s)),
+            Some(_) => Err(wrong(field, "a string")),
+        }
+    }
+
+    pub fn id(&self, field: &str) -> Result<u64, ApiError> {
+        self.opt_id(field)?.ok_or_else(|| missing(field))
+    }
+
+    pub fn opt_id(&self, field: &str) -> Result<Option<u64>, ApiError> {
+        self.present(field).map(|v| id_value(field, v)).transpose()
+    }
+
+    /// A yes/no flag: `true`/`false`, `1`/`0`, or those as strings (the PowerShell clients
+    /// of the existing API send all of these).
+    pub fn opt_flag(&self, field: &str) -> Result<Option<bool>, ApiError> {
+        let expected = "true, false, 1 or 0";
+        match self.present(field) {
+            None => Ok(None),
+            Some(Value::Bool(b)) => Ok(Some(*b)),
+            Some(Value::Number(n)) => match n.as_u64() {
+                Some(0) => Ok(Some(false)),
+                Some(1) => Ok(Some(true)),
+                _ => Err(wrong(field, expected)),
+            },
+            Some(Value::String(s)) => match s.as_str() {
+                "true" | "1" => Ok(Some(true)),
+                "false" | "0" => Ok(Some(false)),
+                _ => Err(wrong(field, expected)),
+            },
+            Some(_) => Err(wrong(field, expected)),
+        }
+    }
+
+    pub fn flag(&self, field: &str) -> Result<bool, ApiError> {
+        self.opt_flag(field)?.ok_or_else(|| missing(field))
+    }
+}
+
+/// Splits a query string into decoded pairs.
+pub fn parse_query(q: &str) -> Vec<(String, String)> {
+    q.split('&')
+        .filter(|p| !p.is_empty())
+        .map(|p| match p.split_once('=') {
+            Some((k, v)) => (percent_decode(k), percent_decode(v)),
+            None => (percent_decode(p), String::new()),
+        })
+        .collect()
+}
+
+/// Decodes `%XX` escapes and `+`; invalid escapes are kept literally.
+pub fn percent_decode(s: &str) -> String {
+    let b = s.as_bytes();
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        match b[i] {
+            b'%' => {
+                let hex = |c: u8| (c as char).to_digit(16);
+                match (
+                    b.get(i + 1).and_then(|c| hex(*c)),
+                    b.get(i + 2).and_then(|c| hex(*c)),
+                ) {
+                    (Some(h), Some(l)) => {
+                        out.push((h * 16 + l) as u8);
+                        i += 3;
+                    }
+                    _ => {
+                        out.push(b'%');
+                        i += 1;
+                    }
+                }
+            }
+            b'+' => {
+                out.push(b' ');
+                i += 1;
+            }
+            c => {
+                out.push(c);
+                i += 1;
+            }
+        }
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ids_accept_numbers_and_numeric_strings_only() {
+        let b = Body::parse(
+            br#"{"a": 3, "b": "3", "c": "x3", "d": -1, "e": 1.5, "f": true, "g": "0"}"#,
+        )
+        .unwrap();
+        assert_eq!(b.id("a").unwrap(), 3);
+        assert_eq!(b.id("b").unwrap(), 3);
+        for f in ["c", "d", "e", "f", "g"] {
+            let e = b.id(f).unwrap_err();
+            assert!(e.to_string().contains(&format!("`{f}`")), "{e}");
+        }
+        assert!(b
+            .id("missing")
+            .unwrap_err()
+            .to_string()
+            .contains("required"));
+    }
+
+    #[test]
+    fn wrong_types_name_the_field() {
+        let b = Body::parse(br#"{"username": 7, "accept": "maybe"}"#).unwrap();
+        assert!(b
+            .str("username")
+            .unwrap_err()
+            .to_string()
+            .contains("`username`"));
+        assert!(b
+            .flag("accept")
+            .unwrap_err()
+            .to_string()
+            .contains("`accept`"));
+    }
+
+    #[test]
+    fn malformed_and_non_object_bodies_are_400() {
+        assert!(matches!(
+            Body::parse(b"{\"a\":"),
+            Err(ApiError::BadRequest(_))
+        ));
+        assert!(matches!(
+            Body::parse(b"[1,2]"),
+            Err(ApiError::BadRequest(_))
+        ));
+        assert!(Body::parse(b"").is_ok());
+    }
+
+    #[test]
+    fn query_decoding() {
+        let q = parse_query("sid=3&include_rejected=1&x=a%20b+c&bad=%zz");
+        assert_eq!(q[0], ("sid".into(), "3".into()));
+        assert_eq!(q[2].1, "a b c");
+        assert_eq!(q[3].1, "%zz");
+    }
+}

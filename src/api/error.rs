@@ -1,0 +1,198 @@
+//! The one place that turns errors into HTTP: status codes, the documented error body
+//! `{"result":[{"message","code","kb"}]}` and the knowledge-base texts behind `/api/kb/<code>`.
+
+/// Renders the documented error body for `code` (an HTTP status or an application code
+/// such as 12505) with an admin-readable `message`.
+pub fn error_body(code: u32, message: &str) -> String {
+    serde_json::json!({
+        "result": [{ "message": message, "code": code, "kb": format!("/api/kb/{code}") }]
+    })
+    .to_string()
+}
+
+/// Reason phrase for the statuses this daemon sends.
+pub fn reason(status: u16) -> &'static str {
+    match status {
+        200 => "OK",
+        201 => "Created",
+        202 => "Accepted",
+        304 => "Not Modified",
+        400 => "Bad Request",
+        401 => "Unauthorized",
+        403 => "Forbidden",
+        404 => "Not Found",
+        405 => "Method Not Allowed",
+        408 => "Request Timeout",
+        409 => "Conflict",
+        411 => "Length Required",
+        412 => "Precondition Failed",
+        413 => "Content Too Large",
+        429 => "Too Many Requests",
+        431 => "Request Header Fields Too Large",
+        500 => "Internal Server Error",
+        502 => "Bad Gateway",
+        503 => "Service Unavailable",
+        _ => "Error",
+    }
+}
+
+/// A complete HTTP/1.1 error response, for the TLS front to send on its own (before a
+/// request reaches the router): documented JSON body, `Connection: close`.
+pub fn raw_error_response(status: u16, message: &str) -> Vec<u8> {
+    let body = error_body(u32::from(status), message);
+    let mut out = format!(
+        "HTTP/1.1 {status} {}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n",
+        reason(status),
+        body.len()
+    );
+    if status == 503 || status == 429 {
+        out.push_str("Retry-After: 1\r\n");
+    }
+    out.push_str("\r\n");
+    out.push_str(&body);
+    out.into_bytes()
+}
+
+/// Every way a request can fail, grouped by who must act. Handlers return these; only
+/// [`ApiError::status_and_code`] decides the HTTP status.
+#[derive(Debug)]
+pub enum ApiError {
+    /// 400: the request is malformed or a field is wrong; the text names the field.
+    BadRequest(String),
+    /// 401: missing, invalid or expired token, or wrong credentials.
+    Unauthorized(String),
+    /// 403: privilege too low, or the request did not come through the right listener.
+    Forbidden(String),
+    /// 404: unknown object or path.
+    NotFound(String),
+    /// 405: the path exists but not with this method.
+    MethodNotAllowed,
+    /// 409: state conflict (already resolved, duplicate).
+    Conflict(String),
+    /// 412/12505: the peer presented a certificate we do not trust.
+    Untrusted {
+        message: String,
+        fingerprint: String,
+    },
+    /// 413: the body is over the cap.
+    TooLarge(String),
+    /// 429: too many attempts; retry after the given seconds.
+    TooMany { message: String, retry_after: u64 },
+    /// 500: our fault. The detail goes to the log only; the client sees a fixed text.
+    Internal(String),
+    /// 502: the other appliance could not be reached or refused the request.
+    BadGateway(String),
+    /// 503: overloaded or shutting down.
+    Unavailable(String),
+}
+
+/// The application code of an untrusted peer certificate, as in the existing appliance API.
+pub const UNTRUSTED_CERT_CODE: u32 = 12505;
+
+impl ApiError {
+    pub fn status_and_code(&self) -> (u16, u32) {
+        match self {
+            ApiError::BadRequest(_) => (400, 400),
+            ApiError::Unauthorized(_) => (401, 401),
+            ApiError::Forbidden(_) => (403, 403),
+            ApiError::NotFound(_) => (404, 404),
+            ApiError::MethodNotAllowed => (405, 405),
+            ApiError::Conflict(_) => (409, 409),
+            ApiError::Untrusted { .. } => (412, UNTRUSTED_CERT_CODE),
+            ApiError::TooLarge(_) => (413, 413),
+            ApiError::TooMany { .. } => (429, 429),
+            ApiError::Internal(_) => (500, 500),
+            ApiError::BadGateway(_) => (502, 502),
+            ApiError::Unavailable(_) => (503, 503),
+        }
+    }
+
+    /// The admin-facing message. For a 500 it is fixed text plus `reference`, never the
+    /// internal detail.
+    pub fn message(&self, reference: &str) -> String {
+        match self {
+            ApiError::BadRequest(m)
+            | ApiError::Unauthorized(m)
+            | ApiError::Forbidden(m)
+            | ApiError::NotFound(m)
+            | ApiError::Conflict(m)
+            | ApiError::TooLarge(m)
+            | ApiError::BadGateway(m)
+            | ApiError::Unavailable(m) => m.clone(),
+            ApiError::MethodNotAllowed => "method not allowed on this path".into(),
+            ApiError::Untrusted { message, .. } => message.clone(),
+            ApiError::TooMany { message, .. } => message.clone(),
+            ApiError::Internal(_) => {
+                format!("internal error (reference {reference}); details are in the daemon log")
+            }
+        }
+    }
+
+    /// The JSON body: the documented shape, plus `fingerprint` on 412 so the admin can
+    /// compare it out of band.
+    pub fn body(&self, reference: &str) -> String {
+        let (_, code) = self.status_and_code();
+        let message = self.message(reference);
+        match self {
+            ApiError::Untrusted { fingerprint, .. } => serde_json::json!({
+                "result": [{ "message": message, "code": code, "kb": format!("/api/kb/{code}"),
+                             "fingerprint": fingerprint }]
+            })
+            .to_string(),
+            _ => error_body(code, &message),
+        }
+    }
+}
+
+impl std::fmt::Display for ApiError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            ApiError::Internal(detail) => write!(f, "internal: {detail}"),
+            other => f.write_str(&other.message("-")),
+        }
+    }
+}
+
+impl From<crate::store::StoreError> for ApiError {
+    fn from(e: crate::store::StoreError) -> Self {
+        ApiError::Internal(e.to_string())
+    }
+}
+
+impl From<crate::auth::AuthError> for ApiError {
+    fn from(e: crate::auth::AuthError) -> Self {
+        use crate::auth::AuthError as A;
+        match e {
+            A::BadCredentials | A::NoSession => ApiError::Unauthorized(e.to_string()),
+            A::Throttled { retry_after } => ApiError::TooMany {
+                message: e.to_string(),
+                retry_after,
+            },
+            A::Forbidden { .. } => ApiError::Forbidden(e.to_string()),
+            A::Store(_) | A::Hash(_) => ApiError::Internal(e.to_string()),
+        }
+    }
+}
+
+/// The knowledge-base text behind `/api/kb/<code>`.
+pub fn kb_text(code: u32) -> Option<&'static str> {
+    Some(match code {
+        400 => "The request was malformed: the body is not JSON, a field is missing or has the wrong type, or a value is out of range. The message names the field.",
+        401 => "Authentication is missing or no longer valid. Log in with POST /api/login and send the returned auth_token in the AuthToken header. Tokens expire after an idle period and an absolute lifetime.",
+        403 => "Your user's privilege is too low for this operation (monitor < manage < administer < superuser), or the request reached a listener that does not serve this path.",
+        404 => "The object or path does not exist. Check the id.",
+        405 => "The path exists but does not accept this HTTP method.",
+        408 => "The request head did not arrive in time. Send the whole request promptly.",
+        409 => "The operation conflicts with the object's current state, for example a request that is already accepted, rejected or expired, or a name that already exists.",
+        411 => "Request bodies must be sent with Content-Length; chunked transfer encoding is not accepted.",
+        412 => "See code 12505.",
+        12505 => "The peer presented a certificate authority that this appliance does not trust yet. Compare the fingerprint in the error with the one shown on the peer (out of band, for example by phone), then retry with \"fingerprint\": \"<that value>\", or with \"insecure\": 1 to trust whatever is presented.",
+        413 => "The request body or head is larger than the configured limit (max_body_bytes, max_head_bytes).",
+        429 => "Too many attempts: failed logins for this user or address, or too many open pairing requests. Wait for the number of seconds in the Retry-After header.",
+        431 => "The request head (request line and headers) is larger than max_head_bytes.",
+        500 => "An internal error occurred. The message carries a reference; the daemon's log (journalctl -u replgate) has the details under that reference.",
+        502 => "The other appliance could not be reached, or it refused the request. The message carries its answer. Check the address, the port (8443 by default) and that its replgate is running.",
+        503 => "The daemon is overloaded (connection cap reached) or shutting down. Retry shortly.",
+        _ => return None,
+    })
+}

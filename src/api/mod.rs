@@ -1,0 +1,256 @@
+//! The tiny_http side: worker threads take requests that the TLS front relayed, look up the
+//! real peer in the front's table, dispatch through the route table and write the reply.
+//! Handlers are thin: parse, authorize (declared per route), call the domain, map the result.
+
+pub mod body;
+pub mod error;
+mod pairing;
+mod routes;
+mod source;
+mod system;
+mod users;
+
+use std::io::Read;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::thread::JoinHandle;
+use std::time::Duration;
+
+use serde_json::Value;
+
+pub use routes::{route_table, Access, Route};
+
+use crate::auth::{Authenticator, Session};
+use crate::ca::Ca;
+use crate::config::Config;
+use crate::front::{PeerInfo, PeerTable};
+use crate::model::UnixTime;
+use crate::spool::Spool;
+use crate::store::Store;
+use body::Body;
+use error::ApiError;
+
+/// Everything a handler may use, built once by the daemon.
+pub struct App {
+    pub config: Config,
+    pub ca: Ca,
+    pub spool: Spool,
+    pub store: Store,
+    pub auth: Authenticator,
+    pub peers: Arc<PeerTable>,
+    pub system_uuid: String,
+    pub ca_fingerprint: String,
+}
+
+/// One request as a handler sees it.
+pub struct Call<'a> {
+    pub app: &'a App,
+    pub peer: &'a PeerInfo,
+    pub now: UnixTime,
+    /// Path parameters in pattern order, percent-decoded.
+    pub params: Vec<String>,
+    pub query: Vec<(String, String)>,
+    pub body: &'a [u8],
+    /// Set for routes with `Access::Token`.
+    pub session: Option<Session>,
+    pub if_none_match: Option<String>,
+}
+
+impl Call<'_> {
+    /// The session of a token route. Invariant: the router sets it before calling any
+    /// handler whose route requires a token, so the error branch is unreachable there.
+    pub fn session(&self) -> Result<&Session, ApiError> {
+        self.session
+            .as_ref()
+            .ok_or_else(|| ApiError::Unauthorized("missing, invalid or expired AuthToken".into()))
+    }
+
+    pub fn json(&self) -> Result<Body, ApiError> {
+        Body::parse(self.body)
+    }
+
+    pub fn query(&self, name: &str) -> Option<&str> {
+        self.query
+            .iter()
+            .find(|(k, _)| k == name)
+            .map(|(_, v)| v.as_str())
+    }
+
+    /// A query flag: present and not `0`/`false`.
+    pub fn query_flag(&self, name: &str) -> Option<bool> {
+        self.query(name).map(|v| !matches!(v, "0" | "false" | "no"))
+    }
+
+    pub fn param(&self, i: usize) -> &str {
+        self.params.get(i).map(String::as_str).unwrap_or("")
+    }
+
+    /// The peer address for audit rows: the IP the TLS front saw.
+    pub fn address(&self) -> String {
+        self.peer.addr.ip().to_string()
+    }
+
+    pub fn user(&self) -> String {
+        self.session
+            .as_ref()
+            .map(|s| s.user.clone())
+            .unwrap_or_else(|| "-".into())
+    }
+}
+
+/// A successful answer.
+pub struct Reply {
+    pub status: u16,
+    pub body: Vec<u8>,
+    pub content_type: &'static str,
+    pub headers: Vec<(&'static str, String)>,
+}
+
+impl Reply {
+    pub fn json(status: u16, value: Value) -> Reply {
+        Reply {
+            status,
+            body: value.to_string().into_bytes(),
+            content_type: "application/json",
+            headers: Vec::new(),
+        }
+    }
+
+    pub fn with_header(mut self, name: &'static str, value: String) -> Reply {
+        self.headers.push((name, value));
+        self
+    }
+}
+
+pub type Handler = fn(&Call) -> Result<Reply, ApiError>;
+
+/// Starts `n` worker threads serving `server` until `shutdown` is set and the queue is quiet.
+pub fn spawn_workers(
+    app: Arc<App>,
+    server: Arc<tiny_http::Server>,
+    n: usize,
+    shutdown: Arc<AtomicBool>,
+) -> std::io::Result<Vec<JoinHandle<()>>> {
+    let routes: Arc<Vec<Route>> = Arc::new(route_table());
+    (0..n)
+        .map(|i| {
+            let (app, server, shutdown, routes) = (
+                app.clone(),
+                server.clone(),
+                shutdown.clone(),
+                routes.clone(),
+            );
+            std::thread::Builder::new()
+                .name(format!("api-worker-{i}"))
+                .stack_size(512 * 1024)
+                .spawn(move || loop {
+                    match server.recv_timeout(Duration::from_millis(200)) {
+                        Ok(Some(request)) => serve(&app, &routes, request),
+                        Ok(None) => {
+                            if shutdown.load(Ordering::SeqCst) {
+                                return;
+                            }
+                        }
+                        Err(e) => {
+                            log::warn!("api worker: receive failed: {e}");
+                            std::thread::sleep(Duration::from_millis(50));
+                        }
+                    }
+                })
+        })
+        .collect()
+}
+
+fn read_body(request: &mut tiny_http::Request, cap: u64) -> Result<Vec<u8>, ApiError> {
+    let mut body = Vec::new();
+    request
+        .as_reader()
+        .take(cap + 1)
+        .read_to_end(&mut body)
+        .map_err(|e| ApiError::BadRequest(format!("request body could not be read: {e}")))?;
+    if body.len() as u64 > cap {
+        return Err(ApiError::TooLarge(format!(
+            "request body exceeds the {cap}-byte limit"
+        )));
+    }
+    Ok(body)
+}
+
+fn serve(app: &App, routes: &[Route], mut request: tiny_http::Request) {
+    let now = crate::model::now();
+    let method = request.method().as_str().to_string();
+    let url = request.url().to_string();
+    let peer = request.remote_addr().and_then(|a| app.peers.lookup(a));
+    let result = match &peer {
+        // A connection that did not come through the TLS front (someone reached the
+        // internal loopback listener directly): refuse before reading anything.
+        None => Err(ApiError::Forbidden(
+            "requests must arrive through the TLS listener".into(),
+        )),
+        Some(peer) => match read_body(&mut request, app.config.max_body_bytes) {
+            Err(e) => Err(e),
+            Ok(body) => {
+                let if_none_match = request
+                    .headers()
+                    .iter()
+                    .find(|h| h.field.equiv("If-None-Match"))
+                    .map(|h| h.value.as_str().to_string());
+                let token = request
+                    .headers()
+                    .iter()
+                    .find(|h| h.field.equiv("AuthToken"))
+                    .map(|h| h.value.as_str().trim().to_string());
+                routes::dispatch(
+                    app,
+                    routes,
+                    peer,
+                    now,
+                    &method,
+                    &url,
+                    &body,
+                    token,
+                    if_none_match,
+                )
+            }
+        },
+    };
+    let (status, bytes, content_type, headers) = match result {
+        Ok(reply) => (reply.status, reply.body, reply.content_type, reply.headers),
+        Err(err) => {
+            let (status, _) = err.status_and_code();
+            let reference = crate::auth::random_hex(4);
+            match &err {
+                ApiError::Internal(detail) => {
+                    log::error!("{method} {url}: {detail} (reference {reference})")
+                }
+                _ => log::info!("{method} {url} -> {status}: {}", err.message(&reference)),
+            }
+            let mut headers = Vec::new();
+            if let ApiError::TooMany { retry_after, .. } = &err {
+                headers.push(("Retry-After", retry_after.to_string()));
+            }
+            (
+                status,
+                err.body(&reference).into_bytes(),
+                "application/json",
+                headers,
+            )
+        }
+    };
+    log::debug!("{method} {url} -> {status}");
+    let mut response = tiny_http::Response::from_data(bytes).with_status_code(status);
+    let mut add = |name: &str, value: &str| {
+        if let Ok(h) = tiny_http::Header::from_bytes(name.as_bytes(), value.as_bytes()) {
+            response.add_header(h);
+        }
+    };
+    add("Content-Type", content_type);
+    add("Cache-Control", "no-store");
+    add("X-Content-Type-Options", "nosniff");
+    for (name, value) in &headers {
+        add(name, value);
+    }
+    if let Err(e) = request.respond(response) {
+        log::debug!("{method} {url}: client went away: {e}");
+    }
+}

@@ -1,0 +1,422 @@
+//! Target-side pairing handlers: the admin endpoints (`/api/replication/...`, systems,
+//! storage) and the appliance protocol (`/replication/v1/...`, `/tunnel/v1/hello`).
+
+use serde_json::{json, Value};
+
+use super::body::parse_id;
+use super::error::ApiError;
+use super::{Call, Reply};
+use crate::config::Fault;
+use crate::model::UnixTime;
+use crate::pairing::protocol::{self, SpoolFile, SpoolToken};
+use crate::pairing::target::{self, Actor, Caps, Decision, NewRequest, PairingError};
+use crate::store::{RequestRecord, RequestStatus, SystemRecord};
+
+/// Largest CSR accepted (an RSA-4096 CSR is about 1.7 KB of PEM).
+const MAX_CSR_BYTES: usize = 16 * 1024;
+
+impl From<PairingError> for ApiError {
+    fn from(e: PairingError) -> Self {
+        use PairingError as P;
+        let text = e.to_string();
+        match e {
+            P::UnknownRequest(_) | P::UnknownSystem(_) | P::UnknownStorage(_) => {
+                ApiError::NotFound(text)
+            }
+            P::NotPending { .. } | P::Expired(_) | P::NotASource(_) => ApiError::Conflict(text),
+            P::MessageRequired
+            | P::InvalidField { .. }
+            | P::Csr(_)
+            | P::StorageNotBackup(_)
+            | P::NoBackupStorage => ApiError::BadRequest(text),
+            P::Busy { retry_after, .. } => ApiError::TooMany {
+                message: text,
+                retry_after,
+            },
+            P::Ca(_) | P::Store(_) => ApiError::Internal(text),
+        }
+    }
+}
+
+fn actor(call: &Call) -> Actor {
+    Actor {
+        user: call.user(),
+        address: call.address(),
+    }
+}
+
+/// Renders the spool after a commit. A failure here leaves the database right and the
+/// spool stale; the next start's reconcile repairs it, so the client hears of a 500.
+fn write_spool(call: &Call, r: &RequestRecord) -> Result<(), ApiError> {
+    call.app
+        .spool
+        .write(r, &call.app.store)
+        .map(|_| ())
+        .map_err(|e| ApiError::Internal(format!("spool for request {}: {e}", r.id)))
+}
+
+// ---- /replication/v1 (appliance protocol, no AuthToken) ----
+
+pub fn file_request(call: &Call) -> Result<Reply, ApiError> {
+    let body = call.json()?;
+    let csr = body.str("csr")?;
+    if csr.len() > MAX_CSR_BYTES {
+        return Err(ApiError::BadRequest(format!(
+            "field `csr` exceeds {MAX_CSR_BYTES} bytes"
+        )));
+    }
+    let new = NewRequest {
+        system_uuid: body.str("system_uuid")?.trim().to_ascii_lowercase(),
+        name: body.str("name")?.to_string(),
+        host: body.str("host")?.to_string(),
+        asset_tag: body.opt_str("asset_tag")?.map(String::from),
+        version: body.str("version")?.to_string(),
+        csr_pem: csr.to_string(),
+        remote_addr: call.address(),
+    };
+    let config = &call.app.config;
+    let caps = Caps {
+        max_pending: config.max_pending,
+        per_address: config.max_pending_per_address,
+        ttl_seconds: config.request_ttl.as_secs() as i64,
+        retry_after: config.poll_interval.as_secs(),
+    };
+    let token = crate::auth::random_hex(SpoolToken::LEN / 2);
+    let filed = target::file_request(&call.app.store, &call.app.ca, new, &caps, token, call.now)?;
+    let r = &filed.request;
+    if filed.created {
+        write_spool(call, r)?;
+    }
+    let answer = protocol::Filed {
+        request_id: r.id,
+        poll: format!("/replication/v1/spool/{}/", r.token),
+        retry_after: config.poll_interval.as_secs(),
+        expires: r.expires,
+        verification_code: r.verification_code.clone(),
+        ca_fingerprint: call.app.ca_fingerprint.clone(),
+    };
+    let value = serde_json::to_value(answer).map_err(|e| ApiError::Internal(e.to_string()))?;
+    Ok(Reply::json(if filed.created { 202 } else { 200 }, value))
+}
+
+pub fn spool_file(call: &Call) -> Result<Reply, ApiError> {
+    let not_found = || ApiError::NotFound("no such spool file".into());
+    let token = SpoolToken::parse(call.param(0)).ok_or_else(not_found)?;
+    let file = SpoolFile::parse(call.param(1)).ok_or_else(not_found)?;
+    let bytes = call.app.spool.read(&token, file).map_err(|_| not_found())?;
+    let etag = format!("\"{}\"", &crate::ca::sha256_hex(&bytes)[..32]);
+    if call
+        .if_none_match
+        .as_deref()
+        .is_some_and(|v| v.split(',').any(|t| t.trim() == etag || t.trim() == "*"))
+    {
+        return Ok(Reply {
+            status: 304,
+            body: Vec::new(),
+            content_type: file.content_type(),
+            headers: vec![("ETag", etag)],
+        });
+    }
+    Ok(Reply {
+        status: 200,
+        body: bytes,
+        content_type: file.content_type(),
+        headers: vec![("ETag", etag)],
+    })
+}
+
+/// `GET /tunnel/v1/hello`: only reachable with a verified, unrevoked client certificate.
+pub fn hello(call: &Call) -> Result<Reply, ApiError> {
+    let cert = call
+        .peer
+        .client_cert
+        .as_ref()
+        .ok_or_else(|| ApiError::Forbidden("a client certificate is required".into()))?;
+    let serial = crate::ca::cert_serial_hex(cert.as_ref())
+        .map_err(|e| ApiError::Forbidden(format!("client certificate: {e}")))?;
+    let row = target::record_hello(&call.app.store, &serial, call.now)?.ok_or_else(|| {
+        ApiError::Forbidden("this certificate belongs to no paired system".into())
+    })?;
+    let storage = row
+        .storage_id
+        .and_then(|id| call.app.config.storage.iter().find(|s| s.id == id));
+    let hello = protocol::Hello {
+        system_id: row.id,
+        system_uuid: row.system_uuid.clone().unwrap_or_default(),
+        storage_id: row.storage_id,
+        storage_name: storage.map(|s| s.name.clone()),
+    };
+    Ok(Reply::json(
+        200,
+        serde_json::to_value(hello).map_err(|e| ApiError::Internal(e.to_string()))?,
+    ))
+}
+
+// ---- /api/replication (target-side admin) ----
+
+fn request_json(r: &RequestRecord) -> Value {
+    let mut v = json!({
+        "request_id": r.id,
+        "host": r.host,
+        "name": r.name,
+        "asset_tag": r.asset_tag.clone().unwrap_or_default(),
+        "system_uuid": r.system_uuid,
+        "status": r.status.as_str(),
+        "created": r.created,
+        "expires": r.expires,
+        "verification_code": r.verification_code,
+        "csr_fingerprint": r.csr_fingerprint,
+        "remote_addr": r.remote_addr,
+    });
+    if let Some(id) = r.replaces_system_id {
+        v["replaces_system_id"] = json!(id);
+    }
+    if let Some(m) = &r.message {
+        v["message"] = json!(m);
+    }
+    if let Some(id) = r.system_id {
+        v["system_id"] = json!(id);
+    }
+    v
+}
+
+/// Pending requests (not yet expired), and with `include_rejected` the rejected ones too.
+fn listed_requests(call: &Call, include_rejected: bool) -> Result<Vec<RequestRecord>, ApiError> {
+    let after = match call.query("after") {
+        Some(v) if v != "0" => parse_id("after", v)?,
+        _ => 0,
+    };
+    let limit = match call.query("limit") {
+        Some(v) => parse_id("limit", v)? as usize,
+        None => usize::MAX,
+    };
+    let now = call.now;
+    let live = |r: &RequestRecord| r.status == RequestStatus::Pending && r.expires > now;
+    let list = if include_rejected {
+        call.app.store.requests(after, limit, |r| {
+            live(r) || r.status == RequestStatus::Rejected
+        })?
+    } else {
+        let mut l = call.app.store.pending_requests(after, limit)?;
+        l.retain(live);
+        l
+    };
+    Ok(list)
+}
+
+pub fn pending(call: &Call) -> Result<Reply, ApiError> {
+    let include_rejected = call.query_flag("include_rejected").unwrap_or(false);
+    let list: Vec<Value> = listed_requests(call, include_rejected)?
+        .iter()
+        .map(request_json)
+        .collect();
+    Ok(Reply::json(200, json!({ "pending": list })))
+}
+
+pub fn resolve(call: &Call) -> Result<Reply, ApiError> {
+    let body = call.json()?;
+    let id = body.id("request_id")?;
+    let accept = body.flag("accept")?;
+    let decision = if accept {
+        Decision::Accept {
+            storage_id: body.opt_id("storage_id")?,
+        }
+    } else {
+        Decision::Reject {
+            message: body.opt_str("message")?.unwrap_or("").to_string(),
+        }
+    };
+    let app = call.app;
+    let r = target::resolve(
+        &app.store,
+        &app.ca,
+        &app.config.storage,
+        id,
+        decision,
+        app.config.certificate_days,
+        &actor(call),
+        call.now,
+    )?;
+    if app.config.fault == Fault::CrashAfterAcceptCommit && r.status == RequestStatus::Accepted {
+        log::error!("fault injection: aborting after committing request {id}, before its spool");
+        std::process::abort();
+    }
+    write_spool(call, &r)?;
+    let mut v = json!({ "request_id": r.id, "status": r.status.as_str() });
+    if let Some(sid) = r.system_id {
+        v["system_id"] = json!(sid);
+    }
+    Ok(Reply::json(201, v))
+}
+
+fn sid(call: &Call) -> Result<u64, ApiError> {
+    let v = call
+        .query("sid")
+        .ok_or_else(|| ApiError::BadRequest("query parameter `sid` is required".into()))?;
+    parse_id("sid", v)
+}
+
+pub fn change_storage(call: &Call) -> Result<Reply, ApiError> {
+    let system_id = sid(call)?;
+    let storage_id = call.json()?.id("storage_id")?;
+    let app = call.app;
+    let row = target::change_storage(
+        &app.store,
+        &app.config.storage,
+        system_id,
+        storage_id,
+        &actor(call),
+        call.now,
+    )?;
+    Ok(Reply::json(200, system_json(&row, call.now)))
+}
+
+pub fn unpair(call: &Call) -> Result<Reply, ApiError> {
+    let system_id = sid(call)?;
+    let revoked = target::unpair(&call.app.store, system_id, &actor(call), call.now)?;
+    if let Some(r) = &revoked {
+        write_spool(call, r)?;
+    }
+    Ok(Reply::json(
+        200,
+        json!({ "system_id": system_id, "status": "unpaired" }),
+    ))
+}
+
+pub fn ignore(call: &Call) -> Result<Reply, ApiError> {
+    let id = parse_id("request_id", call.param(0))?;
+    let r = target::ignore(&call.app.store, id, &actor(call), call.now)?;
+    write_spool(call, &r)?;
+    Ok(Reply::json(
+        200,
+        json!({ "request_id": id, "status": "ignored" }),
+    ))
+}
+
+// ---- systems and storage ----
+
+fn system_json(s: &SystemRecord, _now: UnixTime) -> Value {
+    let source = target::is_source_role(&s.role);
+    let status = match (source, s.last_seen) {
+        (true, Some(_)) => "connected",
+        (true, None) => "paired",
+        (false, _) => "managed",
+    };
+    let mut v = json!({
+        "id": s.id,
+        "name": s.name,
+        "host": s.host,
+        "role": s.role,
+        "local": false,
+        "version": s.version.clone().unwrap_or_default(),
+        "status": status,
+        "replicating": source && s.last_seen.is_some(),
+        "system_uuid": s.system_uuid.clone().unwrap_or_default(),
+        "created": s.created,
+        "updated": s.updated,
+    });
+    if let Some(id) = s.storage_id {
+        v["storage_id"] = json!(id);
+    }
+    if let Some(t) = s.certificate_expires {
+        v["certificate_expires"] = json!(t);
+    }
+    if let Some(t) = s.last_seen {
+        v["last_seen"] = json!(t);
+    }
+    v
+}
+
+fn local_json(call: &Call) -> Value {
+    let app = call.app;
+    json!({
+        "id": 1,
+        "name": app.config.hostnames.first().cloned().unwrap_or_else(|| "localhost".into()),
+        "host": app.config.api_listen.to_string(),
+        "role": "Local Appliance",
+        "local": true,
+        "version": env!("CARGO_PKG_VERSION"),
+        "status": "online",
+        "replicating": false,
+        "system_uuid": app.system_uuid,
+        "created": 0,
+        "updated": 0,
+    })
+}
+
+fn pending_system_json(r: &RequestRecord) -> Value {
+    json!({
+        "id": -(r.id as i64),
+        "name": r.name,
+        "host": r.host,
+        "role": target::ROLE_PENDING_SOURCE,
+        "local": false,
+        "version": r.version,
+        "status": r.status.as_str(),
+        "replicating": false,
+        "system_uuid": r.system_uuid,
+        "created": r.created,
+        "updated": r.resolved_at.unwrap_or(r.created),
+        "is_pending": true,
+        "request_id": r.id,
+    })
+}
+
+pub fn systems(call: &Call) -> Result<Reply, ApiError> {
+    let include_pending = call.query_flag("include_pending").unwrap_or(true);
+    let include_rejected = call.query_flag("include_rejected").unwrap_or(false);
+    let mut list = vec![local_json(call)];
+    list.extend(
+        call.app
+            .store
+            .systems()?
+            .iter()
+            .map(|s| system_json(s, call.now)),
+    );
+    if include_pending {
+        list.extend(
+            listed_requests(call, include_rejected)?
+                .iter()
+                .map(pending_system_json),
+        );
+    }
+    Ok(Reply::json(200, json!({ "appliance": list })))
+}
+
+pub fn register_system(call: &Call) -> Result<Reply, ApiError> {
+    let body = call.json()?;
+    let row = target::register_managed(
+        &call.app.store,
+        body.str("name")?,
+        body.str("host")?,
+        body.opt_str("system_uuid")?,
+        &actor(call),
+        call.now,
+    )?;
+    Ok(Reply::json(201, system_json(&row, call.now)))
+}
+
+pub fn storage(call: &Call) -> Result<Reply, ApiError> {
+    let usage = call.query("usage");
+    let default_id = call.app.config.default_storage().map(|s| s.id);
+    let list: Vec<Value> = call
+        .app
+        .config
+        .storage
+        .iter()
+        .filter(|s| usage.is_none_or(|u| u == s.usage))
+        .map(|s| {
+            let (size, free) = crate::fsx::disk_space(&s.path).unwrap_or((0, 0));
+            json!({
+                "id": s.id,
+                "name": s.name,
+                "usage": s.usage,
+                "path": s.path.display().to_string(),
+                "mb_size": size / (1024 * 1024),
+                "mb_free": free / (1024 * 1024),
+                "is_default": Some(s.id) == default_id,
+            })
+        })
+        .collect();
+    Ok(Reply::json(200, json!({ "storage": list })))
+}

@@ -1,0 +1,206 @@
+//! Login, logout, the users API (superuser only) and the audit log.
+
+use serde_json::json;
+
+use super::error::ApiError;
+use super::{Call, Reply};
+use crate::auth;
+use crate::model::Privilege;
+use crate::store::{AuditRecord, UserRecord};
+
+/// Passwords set through the API must be at least this long.
+const MIN_PASSWORD_CHARS: usize = 8;
+
+pub fn login(call: &Call) -> Result<Reply, ApiError> {
+    let body = call.json()?;
+    let username = body.str("username")?;
+    let password = body.str("password")?;
+    let login = call
+        .app
+        .auth
+        .login(username, password, &call.address(), call.now)?;
+    Ok(Reply::json(
+        200,
+        json!({ "auth_token": login.token, "expires": login.expires, "privilege": login.privilege }),
+    ))
+}
+
+pub fn logout(call: &Call) -> Result<Reply, ApiError> {
+    call.app
+        .auth
+        .logout(call.session()?, &call.address(), call.now)?;
+    Ok(Reply::json(200, json!({ "status": "ok" })))
+}
+
+fn user_json(u: &UserRecord) -> serde_json::Value {
+    json!({ "name": u.name, "privilege": u.privilege, "created": u.created, "updated": u.updated })
+}
+
+pub fn list(call: &Call) -> Result<Reply, ApiError> {
+    let users: Vec<_> = call.app.store.users()?.iter().map(user_json).collect();
+    Ok(Reply::json(200, json!({ "users": users })))
+}
+
+fn privilege_field(value: &str) -> Result<Privilege, ApiError> {
+    value
+        .parse()
+        .map_err(|e| ApiError::BadRequest(format!("field `privilege`: {e}")))
+}
+
+fn password_field(value: &str) -> Result<String, ApiError> {
+    let n = value.chars().count();
+    if n < MIN_PASSWORD_CHARS || value.len() > auth::MAX_PASSWORD_BYTES {
+        return Err(ApiError::BadRequest(format!(
+            "field `password` must be {MIN_PASSWORD_CHARS} to {} characters",
+            auth::MAX_PASSWORD_BYTES
+        )));
+    }
+    Ok(auth::hash_password(value)?)
+}
+
+fn audit(call: &Call, action: &str, name: &str, detail: String) -> AuditRecord {
+    AuditRecord {
+        time: call.now,
+        user: call.user(),
+        address: call.address(),
+        action: action.into(),
+        object: format!("user:{name}"),
+        detail,
+    }
+}
+
+pub fn create(call: &Call) -> Result<Reply, ApiError> {
+    let body = call.json()?;
+    let name = match body.opt_str("name")? {
+        Some(n) => n,
+        None => body.str("username")?,
+    };
+    if !auth::valid_user_name(name) {
+        return Err(ApiError::BadRequest(
+            "field `name` must be 1 to 64 letters, digits or - _ . @".into(),
+        ));
+    }
+    let privilege = privilege_field(body.str("privilege")?)?;
+    let password_hash = password_field(body.str("password")?)?;
+    let user = UserRecord {
+        name: name.into(),
+        password_hash,
+        privilege,
+        created: call.now,
+        updated: call.now,
+    };
+    let detail = format!("privilege {privilege}");
+    if !call
+        .app
+        .store
+        .create_user(&user, &audit(call, "user created", name, detail))?
+    {
+        return Err(ApiError::Conflict(format!("user {name} already exists")));
+    }
+    Ok(Reply::json(201, user_json(&user)))
+}
+
+/// Refuses a change that would leave no superuser able to manage users.
+fn keeps_a_superuser(
+    call: &Call,
+    name: &str,
+    new_privilege: Option<Privilege>,
+) -> Result<(), ApiError> {
+    let users = call.app.store.users()?;
+    let remaining = users
+        .iter()
+        .filter(|u| {
+            let p = if u.name == name {
+                new_privilege
+            } else {
+                Some(u.privilege)
+            };
+            p == Some(Privilege::Superuser)
+        })
+        .count();
+    if remaining == 0 {
+        return Err(ApiError::Conflict(
+            "the last superuser cannot be removed or demoted".into(),
+        ));
+    }
+    Ok(())
+}
+
+pub fn update(call: &Call) -> Result<Reply, ApiError> {
+    let name = call.param(0);
+    let body = call.json()?;
+    let Some(mut user) = call.app.store.user(name)? else {
+        return Err(ApiError::NotFound(format!("no user named {name}")));
+    };
+    let privilege = body
+        .opt_str("privilege")?
+        .map(privilege_field)
+        .transpose()?;
+    let password = body.opt_str("password")?.map(password_field).transpose()?;
+    if privilege.is_none() && password.is_none() {
+        return Err(ApiError::BadRequest(
+            "give `password`, `privilege` or both".into(),
+        ));
+    }
+    let mut changes = Vec::new();
+    if let Some(p) = privilege {
+        keeps_a_superuser(call, name, Some(p))?;
+        changes.push(format!("privilege {} -> {p}", user.privilege));
+        user.privilege = p;
+    }
+    let end_sessions = password.is_some();
+    if let Some(h) = password {
+        changes.push("password changed".into());
+        user.password_hash = h;
+    }
+    user.updated = call.now;
+    if !call.app.store.update_user(
+        &user,
+        end_sessions,
+        &audit(call, "user updated", name, changes.join(", ")),
+    )? {
+        return Err(ApiError::NotFound(format!("no user named {name}")));
+    }
+    Ok(Reply::json(200, user_json(&user)))
+}
+
+pub fn delete(call: &Call) -> Result<Reply, ApiError> {
+    let name = call.param(0);
+    if call.app.store.user(name)?.is_none() {
+        return Err(ApiError::NotFound(format!("no user named {name}")));
+    }
+    keeps_a_superuser(call, name, None)?;
+    if !call
+        .app
+        .store
+        .delete_user(name, &audit(call, "user deleted", name, String::new()))?
+    {
+        return Err(ApiError::NotFound(format!("no user named {name}")));
+    }
+    Ok(Reply::json(
+        200,
+        json!({ "name": name, "status": "deleted" }),
+    ))
+}
+
+pub fn audit_log(call: &Call) -> Result<Reply, ApiError> {
+    let after = match call.query("after") {
+        Some(v) if v != "0" => super::body::parse_id("after", v)?,
+        _ => 0,
+    };
+    let limit = match call.query("limit") {
+        Some(v) => super::body::parse_id("limit", v)?.min(1_000) as usize,
+        None => 100,
+    };
+    let rows: Vec<_> = call
+        .app
+        .store
+        .audit(after, limit)?
+        .into_iter()
+        .map(|(id, a)| {
+            json!({ "id": id, "time": a.time, "user": a.user, "address": a.address,
+                    "action": a.action, "object": a.object, "detail": a.detail })
+        })
+        .collect();
+    Ok(Reply::json(200, json!({ "audit": rows })))
+}

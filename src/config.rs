@@ -1,0 +1,549 @@
+//! Configuration: the TOML file plus `REPLGATE_<KEY>` environment overrides, resolved into a
+//! validated [`Config`] with the documented defaults. Reads one file; never writes any.
+
+use std::collections::BTreeSet;
+use std::fmt;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::Deserialize;
+
+/// The packaged config file, used when `--config` is not given and the file exists.
+pub const DEFAULT_CONFIG_PATH: &str = "/etc/replgate/replgate.toml";
+
+/// A storage location that can hold a source's backups.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Storage {
+    pub id: u64,
+    pub name: String,
+    pub path: PathBuf,
+    /// `backup` storages can be chosen when accepting a source; anything else cannot.
+    pub usage: String,
+}
+
+/// Fault injection for crash tests; `none` in production.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Fault {
+    None,
+    /// Abort the process right after an accept is committed and before its spool is written.
+    CrashAfterAcceptCommit,
+}
+
+/// The resolved configuration. Every field's doc names its key and default.
+#[derive(Clone, Debug)]
+pub struct Config {
+    /// `data_dir`: database, keys, certificates, spool. Defaults to `./replgate-data`.
+    pub data_dir: PathBuf,
+    /// `api_listen`: admin API and appliance protocol (TLS). Defaults to `127.0.0.1:8443`.
+    pub api_listen: SocketAddr,
+    /// `tunnel_listen`: the mutual-TLS tunnel. Defaults to `127.0.0.1:8444`.
+    pub tunnel_listen: SocketAddr,
+    /// `hostnames`: names put in the API and tunnel certificates. Defaults to `["localhost"]`.
+    pub hostnames: Vec<String>,
+    /// `poll_interval` (s): source poll period while a request is open. Defaults to 30.
+    pub poll_interval: Duration,
+    /// `heartbeat_interval` (s): source poll period after completion. Defaults to 300.
+    pub heartbeat_interval: Duration,
+    /// `max_connections`: TLS front connection cap per listener. Defaults to 256.
+    pub max_connections: usize,
+    /// `log`: log filter; `RUST_LOG` wins when set. Defaults to `info`.
+    pub log: String,
+    /// `handshake_timeout` (s): a TLS handshake must finish within it. Defaults to 10.
+    pub handshake_timeout: Duration,
+    /// `idle_timeout` (s): a connection with no traffic is closed. Defaults to 60.
+    pub idle_timeout: Duration,
+    /// `head_timeout` (s): a request head must arrive within it once begun. Defaults to 10.
+    pub head_timeout: Duration,
+    /// `max_head_bytes`: request line plus headers. Defaults to 16384.
+    pub max_head_bytes: usize,
+    /// `max_body_bytes`: request body cap. Defaults to 65536.
+    pub max_body_bytes: u64,
+    /// `session_idle` (s): a token unused this long expires. Defaults to 3600.
+    pub session_idle: Duration,
+    /// `session_lifetime` (s): a token expires this long after login. Defaults to 43200.
+    pub session_lifetime: Duration,
+    /// `login_max_failures`: failed logins per user or address within `login_window`
+    /// before further attempts get 429. Defaults to 5.
+    pub login_max_failures: u32,
+    /// `login_window` (s): the login throttle's window. Defaults to 300.
+    pub login_window: Duration,
+    /// `request_ttl` (s): a pending pairing request expires after it. Defaults to 604800 (7 days).
+    pub request_ttl: Duration,
+    /// `max_pending`: global cap on open pairing requests. Defaults to 1000.
+    pub max_pending: u32,
+    /// `max_pending_per_address`: open pairing requests per remote address. Defaults to 20.
+    pub max_pending_per_address: u32,
+    /// `certificate_days`: lifetime of issued source certificates. Defaults to 365.
+    pub certificate_days: u32,
+    /// `workers`: threads that run request handlers. Defaults to 4.
+    pub workers: usize,
+    /// `[[storage]]`: storage locations. Defaults to one `backup` storage, id 1, at
+    /// `<data_dir>/storage`.
+    pub storage: Vec<Storage>,
+    /// `fault`: fault injection for crash tests (`none`, `crash_after_accept_commit`).
+    /// Defaults to `none`.
+    pub fault: Fault,
+}
+
+/// A configuration problem, naming the key (or file) at fault.
+#[derive(Debug)]
+pub struct ConfigError {
+    pub key: String,
+    pub problem: String,
+}
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "config key `{}`: {}", self.key, self.problem)
+    }
+}
+
+impl std::error::Error for ConfigError {}
+
+fn bad(key: &str, problem: impl Into<String>) -> ConfigError {
+    ConfigError {
+        key: key.to_string(),
+        problem: problem.into(),
+    }
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawStorage {
+    id: Option<u64>,
+    name: Option<String>,
+    path: Option<String>,
+    usage: Option<String>,
+}
+
+/// The file as written: every key optional; types checked by the TOML parser.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawConfig {
+    data_dir: Option<String>,
+    api_listen: Option<String>,
+    tunnel_listen: Option<String>,
+    hostnames: Option<Vec<String>>,
+    poll_interval: Option<u64>,
+    heartbeat_interval: Option<u64>,
+    max_connections: Option<u64>,
+    log: Option<String>,
+    handshake_timeout: Option<u64>,
+    idle_timeout: Option<u64>,
+    head_timeout: Option<u64>,
+    max_head_bytes: Option<u64>,
+    max_body_bytes: Option<u64>,
+    session_idle: Option<u64>,
+    session_lifetime: Option<u64>,
+    login_max_failures: Option<u64>,
+    login_window: Option<u64>,
+    request_ttl: Option<u64>,
+    max_pending: Option<u64>,
+    max_pending_per_address: Option<u64>,
+    certificate_days: Option<u64>,
+    workers: Option<u64>,
+    fault: Option<String>,
+    storage: Option<Vec<RawStorage>>,
+}
+
+/// Keys that `REPLGATE_<KEY>` may override (storage is a list of tables, file only).
+const NUMERIC_KEYS: &[&str] = &[
+    "poll_interval",
+    "heartbeat_interval",
+    "max_connections",
+    "handshake_timeout",
+    "idle_timeout",
+    "head_timeout",
+    "max_head_bytes",
+    "max_body_bytes",
+    "session_idle",
+    "session_lifetime",
+    "login_max_failures",
+    "login_window",
+    "request_ttl",
+    "max_pending",
+    "max_pending_per_address",
+    "certificate_days",
+    "workers",
+];
+
+impl RawConfig {
+    fn numeric_mut(&mut self, key: &str) -> Option<&mut Option<u64>> {
+        Some(match key {
+            "poll_interval" => &mut self.poll_interval,
+            "heartbeat_interval" => &mut self.heartbeat_interval,
+            "max_connections" => &mut self.max_connections,
+            "handshake_timeout" => &mut self.handshake_timeout,
+            "idle_timeout" => &mut self.idle_timeout,
+            "head_timeout" => &mut self.head_timeout,
+            "max_head_bytes" => &mut self.max_head_bytes,
+            "max_body_bytes" => &mut self.max_body_bytes,
+            "session_idle" => &mut self.session_idle,
+            "session_lifetime" => &mut self.session_lifetime,
+            "login_max_failures" => &mut self.login_max_failures,
+            "login_window" => &mut self.login_window,
+            "request_ttl" => &mut self.request_ttl,
+            "max_pending" => &mut self.max_pending,
+            "max_pending_per_address" => &mut self.max_pending_per_address,
+            "certificate_days" => &mut self.certificate_days,
+            "workers" => &mut self.workers,
+            _ => return None,
+        })
+    }
+
+    /// Applies `REPLGATE_<KEY>` overrides from `env` (an iterator so tests need no globals).
+    fn apply_env(
+        &mut self,
+        env: impl Iterator<Item = (String, String)>,
+    ) -> Result<(), ConfigError> {
+        for (name, value) in env {
+            let Some(key) = name.strip_prefix("REPLGATE_") else {
+                continue;
+            };
+            let key = key.to_ascii_lowercase();
+            match key.as_str() {
+                "data_dir" => self.data_dir = Some(value),
+                "api_listen" => self.api_listen = Some(value),
+                "tunnel_listen" => self.tunnel_listen = Some(value),
+                "log" => self.log = Some(value),
+                "fault" => self.fault = Some(value),
+                "hostnames" => {
+                    self.hostnames = Some(
+                        value
+                            .split(',')
+                            .map(str::trim)
+                            .filter(|s| !s.is_empty())
+                            .map(String::from)
+                            .collect(),
+                    )
+                }
+                // Read by the daemon at database creation only; not a config key.
+                "admin_password" | "config" => {}
+                k if NUMERIC_KEYS.contains(&k) => {
+                    let parsed = value.trim().parse::<u64>().map_err(|_| {
+                        bad(k, format!("{name}={value:?} is not a non-negative integer"))
+                    })?;
+                    if let Some(slot) = self.numeric_mut(k) {
+                        *slot = Some(parsed);
+                    }
+                }
+                other => return Err(bad(other, format!("{name} is not a known setting"))),
+            }
+        }
+        Ok(())
+    }
+}
+
+fn seconds(
+    key: &str,
+    value: Option<u64>,
+    default: u64,
+    min: u64,
+    max: u64,
+) -> Result<Duration, ConfigError> {
+    Ok(Duration::from_secs(ranged(key, value, default, min, max)?))
+}
+
+fn ranged(
+    key: &str,
+    value: Option<u64>,
+    default: u64,
+    min: u64,
+    max: u64,
+) -> Result<u64, ConfigError> {
+    let v = value.unwrap_or(default);
+    if v < min || v > max {
+        return Err(bad(
+            key,
+            format!("{v} is outside the allowed range {min}..={max}"),
+        ));
+    }
+    Ok(v)
+}
+
+fn listen(key: &str, value: Option<String>, default: &str) -> Result<SocketAddr, ConfigError> {
+    let text = value.unwrap_or_else(|| default.to_string());
+    text.parse().map_err(|_| {
+        bad(
+            key,
+            format!("{text:?} is not an address like 127.0.0.1:8443"),
+        )
+    })
+}
+
+impl Config {
+    /// Loads `path` when given (it must exist), else the packaged file when present, else
+    /// the embedded defaults; then applies the process environment.
+    pub fn load(path: Option<&Path>) -> Result<Config, ConfigError> {
+        let text = match path {
+            Some(p) => Some((
+                p.to_path_buf(),
+                std::fs::read_to_string(p)
+                    .map_err(|e| bad("--config", format!("cannot read {}: {e}", p.display())))?,
+            )),
+            None => {
+                let p = Path::new(DEFAULT_CONFIG_PATH);
+                match std::fs::read_to_string(p) {
+                    Ok(t) => Some((p.to_path_buf(), t)),
+                    Err(_) => None,
+                }
+            }
+        };
+        let env = std::env::vars().filter(|(k, _)| k.starts_with("REPLGATE_"));
+        match text {
+            Some((p, t)) => Config::from_toml(&t, env).map_err(|mut e| {
+                e.problem = format!("{} (in {})", e.problem, p.display());
+                e
+            }),
+            None => Config::from_toml("", env),
+        }
+    }
+
+    /// Parses `text` as the config file, then applies `env` overrides and validates.
+    pub fn from_toml(
+        text: &str,
+        env: impl Iterator<Item = (String, String)>,
+    ) -> Result<Config, ConfigError> {
+        let mut raw: RawConfig = basic_toml::from_str(text).map_err(|e| {
+            let msg = e.to_string();
+            // basic-toml names unknown keys and the field of a type mismatch in its text.
+            let key = msg
+                .split('`')
+                .nth(1)
+                .filter(|k| !k.is_empty())
+                .unwrap_or("(file)")
+                .to_string();
+            bad(&key, msg)
+        })?;
+        raw.apply_env(env)?;
+        Config::resolve(raw)
+    }
+
+    fn resolve(raw: RawConfig) -> Result<Config, ConfigError> {
+        let data_dir = PathBuf::from(raw.data_dir.unwrap_or_else(|| "./replgate-data".into()));
+        if data_dir.as_os_str().is_empty() {
+            return Err(bad("data_dir", "must not be empty"));
+        }
+        let hostnames = raw.hostnames.unwrap_or_else(|| vec!["localhost".into()]);
+        for h in &hostnames {
+            let ok = h.parse::<std::net::IpAddr>().is_ok()
+                || (!h.is_empty()
+                    && h.len() <= 253
+                    && h.chars()
+                        .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '.'));
+            if !ok {
+                return Err(bad("hostnames", format!("{h:?} is not a valid host name")));
+            }
+        }
+        let fault = match raw.fault.as_deref().unwrap_or("none") {
+            "none" => Fault::None,
+            "crash_after_accept_commit" => Fault::CrashAfterAcceptCommit,
+            other => {
+                return Err(bad(
+                    "fault",
+                    format!("{other:?} is not one of none, crash_after_accept_commit"),
+                ))
+            }
+        };
+        let storage = resolve_storage(raw.storage, &data_dir)?;
+        let session_idle = seconds("session_idle", raw.session_idle, 3_600, 1, 31_536_000)?;
+        let session_lifetime = seconds(
+            "session_lifetime",
+            raw.session_lifetime,
+            43_200,
+            1,
+            31_536_000,
+        )?;
+        let api_listen = listen("api_listen", raw.api_listen, "127.0.0.1:8443")?;
+        let tunnel_listen = listen("tunnel_listen", raw.tunnel_listen, "127.0.0.1:8444")?;
+        if api_listen == tunnel_listen && api_listen.port() != 0 {
+            return Err(bad("tunnel_listen", "must differ from api_listen"));
+        }
+        Ok(Config {
+            data_dir,
+            api_listen,
+            tunnel_listen,
+            hostnames,
+            poll_interval: seconds("poll_interval", raw.poll_interval, 30, 1, 86_400)?,
+            heartbeat_interval: seconds(
+                "heartbeat_interval",
+                raw.heartbeat_interval,
+                300,
+                1,
+                604_800,
+            )?,
+            max_connections: ranged("max_connections", raw.max_connections, 256, 1, 65_536)?
+                as usize,
+            log: raw.log.unwrap_or_else(|| "info".into()),
+            handshake_timeout: seconds("handshake_timeout", raw.handshake_timeout, 10, 1, 600)?,
+            idle_timeout: seconds("idle_timeout", raw.idle_timeout, 60, 1, 3_600)?,
+            head_timeout: seconds("head_timeout", raw.head_timeout, 10, 1, 600)?,
+            max_head_bytes: ranged(
+                "max_head_bytes",
+                raw.max_head_bytes,
+                16_384,
+                1_024,
+                1_048_576,
+            )? as usize,
+            max_body_bytes: ranged(
+                "max_body_bytes",
+                raw.max_body_bytes,
+                65_536,
+                1_024,
+                16_777_216,
+            )?,
+            session_idle,
+            session_lifetime,
+            login_max_failures: ranged("login_max_failures", raw.login_max_failures, 5, 1, 1_000)?
+                as u32,
+            login_window: seconds("login_window", raw.login_window, 300, 1, 86_400)?,
+            request_ttl: seconds("request_ttl", raw.request_ttl, 604_800, 1, 31_536_000)?,
+            max_pending: ranged("max_pending", raw.max_pending, 1_000, 1, 1_000_000)? as u32,
+            max_pending_per_address: ranged(
+                "max_pending_per_address",
+                raw.max_pending_per_address,
+                20,
+                1,
+                1_000_000,
+            )? as u32,
+            certificate_days: ranged("certificate_days", raw.certificate_days, 365, 1, 3_650)?
+                as u32,
+            workers: ranged("workers", raw.workers, 4, 1, 64)? as usize,
+            storage,
+            fault,
+        })
+    }
+
+    /// The storage marked default: the first with usage `backup`.
+    pub fn default_storage(&self) -> Option<&Storage> {
+        self.storage.iter().find(|s| s.usage == "backup")
+    }
+}
+
+fn resolve_storage(
+    raw: Option<Vec<RawStorage>>,
+    data_dir: &Path,
+) -> Result<Vec<Storage>, ConfigError> {
+    let Some(list) = raw.filter(|l| !l.is_empty()) else {
+        return Ok(vec![Storage {
+            id: 1,
+            name: "default".into(),
+            path: data_dir.join("storage"),
+            usage: "backup".into(),
+        }]);
+    };
+    let mut ids = BTreeSet::new();
+    let mut out = Vec::with_capacity(list.len());
+    for (i, s) in list.into_iter().enumerate() {
+        let key = format!("storage[{i}]");
+        let id =
+            s.id.ok_or_else(|| bad(&format!("{key}.id"), "is required"))?;
+        if id == 0 || !ids.insert(id) {
+            return Err(bad(
+                &format!("{key}.id"),
+                format!("{id} must be positive and unique"),
+            ));
+        }
+        let path = s
+            .path
+            .ok_or_else(|| bad(&format!("{key}.path"), "is required"))?;
+        let usage = s.usage.unwrap_or_else(|| "backup".into());
+        if !matches!(usage.as_str(), "backup" | "archive" | "other") {
+            return Err(bad(
+                &format!("{key}.usage"),
+                format!("{usage:?} is not one of backup, archive, other"),
+            ));
+        }
+        out.push(Storage {
+            id,
+            name: s.name.unwrap_or_else(|| format!("storage-{id}")),
+            path: PathBuf::from(path),
+            usage,
+        });
+    }
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn env(pairs: &[(&str, &str)]) -> impl Iterator<Item = (String, String)> {
+        pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect::<Vec<_>>()
+            .into_iter()
+    }
+
+    #[test]
+    fn empty_file_gives_the_documented_defaults() {
+        let c = Config::from_toml("", env(&[])).unwrap();
+        assert_eq!(c.data_dir, PathBuf::from("./replgate-data"));
+        assert_eq!(c.api_listen.to_string(), "127.0.0.1:8443");
+        assert_eq!(c.tunnel_listen.to_string(), "127.0.0.1:8444");
+        assert_eq!(c.hostnames, vec!["localhost".to_string()]);
+        assert_eq!(c.poll_interval, Duration::from_secs(30));
+        assert_eq!(c.heartbeat_interval, Duration::from_secs(300));
+        assert_eq!(c.max_connections, 256);
+        assert_eq!(c.log, "info");
+        assert_eq!(c.storage.len(), 1);
+        assert_eq!(c.default_storage().unwrap().id, 1);
+    }
+
+    #[test]
+    fn environment_overrides_the_file() {
+        let c = Config::from_toml(
+            "poll_interval = 10\napi_listen = \"127.0.0.1:9000\"\n",
+            env(&[
+                ("REPLGATE_POLL_INTERVAL", "3"),
+                ("REPLGATE_HOSTNAMES", "a.example, b"),
+            ]),
+        )
+        .unwrap();
+        assert_eq!(c.poll_interval, Duration::from_secs(3));
+        assert_eq!(c.api_listen.port(), 9000);
+        assert_eq!(c.hostnames, vec!["a.example".to_string(), "b".to_string()]);
+    }
+
+    #[test]
+    fn bad_values_name_the_key() {
+        let e = Config::from_toml("max_connections = 0", env(&[])).unwrap_err();
+        assert_eq!(e.key, "max_connections");
+        let e = Config::from_toml("api_listen = \"nowhere\"", env(&[])).unwrap_err();
+        assert_eq!(e.key, "api_listen");
+        let e = Config::from_toml("", env(&[("REPLGATE_IDLE_TIMEOUT", "soon")])).unwrap_err();
+        assert_eq!(e.key, "idle_timeout");
+        let e = Config::from_toml("", env(&[("REPLGATE_NO_SUCH", "1")])).unwrap_err();
+        assert_eq!(e.key, "no_such");
+    }
+
+    #[test]
+    fn unknown_and_mistyped_file_keys_are_named() {
+        let e = Config::from_toml("pol_interval = 3", env(&[])).unwrap_err();
+        assert_eq!(e.key, "pol_interval", "{e}");
+        let e = Config::from_toml("poll_interval = \"3\"", env(&[])).unwrap_err();
+        assert!(
+            e.to_string().contains("poll_interval") || e.key == "poll_interval",
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn storage_tables_are_validated() {
+        let c = Config::from_toml(
+            "[[storage]]\nid = 2\nname = \"big\"\npath = \"/srv/a\"\n[[storage]]\nid = 3\npath = \"/srv/b\"\nusage = \"archive\"\n",
+            env(&[]),
+        )
+        .unwrap();
+        assert_eq!(c.storage.len(), 2);
+        assert_eq!(c.default_storage().unwrap().id, 2);
+        let e = Config::from_toml(
+            "[[storage]]\nid = 2\npath = \"/a\"\n[[storage]]\nid = 2\npath = \"/b\"\n",
+            env(&[]),
+        )
+        .unwrap_err();
+        assert_eq!(e.key, "storage[1].id");
+    }
+}

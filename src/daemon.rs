@@ -1,0 +1,479 @@
+//! Wiring: prepare the data directory (database, CA, listener certificates, first user),
+//! start the TLS fronts, the tiny_http backend and its workers, run maintenance, and shut
+//! down in order on SIGTERM/SIGINT. Owns no policy of its own.
+
+use std::fmt;
+use std::net::{IpAddr, SocketAddr, TcpListener};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use crate::api::{self, App};
+use crate::auth::{self, Authenticator, SessionRules, Throttle};
+use crate::ca::Ca;
+use crate::config::Config;
+use crate::front::{self, ListenerKind, PeerTable};
+use crate::pairing::poller::{spawn_poller, SourceContext};
+use crate::spool::Spool;
+use crate::store::Store;
+use crate::{fsx, model, notify, tls};
+
+/// How long shutdown waits for requests in flight.
+const DRAIN: Duration = Duration::from_secs(10);
+/// How often expired sessions are swept.
+const SWEEP_EVERY: Duration = Duration::from_secs(600);
+/// How often pending requests are checked for expiry (a scan of the open index only).
+const EXPIRY_EVERY: Duration = Duration::from_secs(1);
+
+#[derive(Debug)]
+pub struct DaemonError(String);
+
+impl fmt::Display for DaemonError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for DaemonError {}
+
+fn err(context: impl fmt::Display, e: impl fmt::Display) -> DaemonError {
+    DaemonError(format!("{context}: {e}"))
+}
+
+/// Files under `data_dir`.
+pub struct Paths {
+    pub root: PathBuf,
+}
+
+impl Paths {
+    pub fn database(&self) -> PathBuf {
+        self.root.join("replgate.redb")
+    }
+    pub fn ca_cert(&self) -> PathBuf {
+        self.root.join("ca.pem")
+    }
+    pub fn ca_key(&self) -> PathBuf {
+        self.root.join("ca.key")
+    }
+    pub fn listener_cert(&self, name: &str) -> PathBuf {
+        self.root.join(format!("{name}.pem"))
+    }
+    pub fn listener_key(&self, name: &str) -> PathBuf {
+        self.root.join(format!("{name}.key"))
+    }
+    pub fn admin_password(&self) -> PathBuf {
+        self.root.join("admin-password")
+    }
+    pub fn spool(&self) -> PathBuf {
+        self.root.join("spool")
+    }
+}
+
+static STOP: AtomicBool = AtomicBool::new(false);
+
+extern "C" fn on_signal(_: libc::c_int) {
+    STOP.store(true, Ordering::SeqCst);
+}
+
+fn install_signal_handlers() {
+    // SAFETY: the handler only stores to an atomic, which is async-signal-safe.
+    unsafe {
+        libc::signal(libc::SIGTERM, on_signal as *const () as libc::sighandler_t);
+        libc::signal(libc::SIGINT, on_signal as *const () as libc::sighandler_t);
+        // A peer closing a socket mid-write must not kill the daemon.
+        libc::signal(libc::SIGPIPE, libc::SIG_IGN);
+    }
+}
+
+fn read_text(path: &Path) -> Result<String, DaemonError> {
+    let bytes =
+        fsx::read_regular_nofollow(path, 1024 * 1024).map_err(|e| err(path.display(), e))?;
+    String::from_utf8(bytes).map_err(|e| err(path.display(), e))
+}
+
+/// Loads the appliance CA, creating it on first start. A key without its certificate is
+/// what a crash during the very first start leaves: nothing was issued yet, so start over.
+fn load_or_create_ca(paths: &Paths, system_uuid: &str) -> Result<Ca, DaemonError> {
+    let (cert, key) = (paths.ca_cert(), paths.ca_key());
+    match (cert.exists(), key.exists()) {
+        (true, true) => Ca::from_pem(&read_text(&cert)?, &read_text(&key)?).map_err(|e| err("load the appliance CA", e)),
+        (true, false) => Err(DaemonError(format!(
+            "{} exists but {} is missing: restore the CA key from backup (refusing to create a new CA, \
+             which would invalidate every issued certificate)",
+            cert.display(),
+            key.display()
+        ))),
+        _ => {
+            let cn = format!("replgate CA {}", &system_uuid[..8.min(system_uuid.len())]);
+            let ca = Ca::generate(&cn, time::OffsetDateTime::now_utc()).map_err(|e| err("create the appliance CA", e))?;
+            fsx::write_atomic(&key, ca.key_pem().as_bytes()).map_err(|e| err(key.display(), e))?;
+            fsx::write_atomic(&cert, ca.cert_pem().as_bytes()).map_err(|e| err(cert.display(), e))?;
+            log::info!("created the appliance CA, fingerprint {}", ca.fingerprint());
+            Ok(ca)
+        }
+    }
+}
+
+/// Names and addresses a listener certificate must cover.
+fn certificate_names(config: &Config) -> (Vec<String>, Vec<IpAddr>) {
+    let mut ips: Vec<IpAddr> = vec![
+        config.api_listen.ip(),
+        config.tunnel_listen.ip(),
+        IpAddr::from([127, 0, 0, 1]),
+    ];
+    let mut names = Vec::new();
+    for h in &config.hostnames {
+        match h.parse::<IpAddr>() {
+            Ok(ip) => ips.push(ip),
+            Err(_) => names.push(h.clone()),
+        }
+    }
+    ips.retain(|ip| !ip.is_unspecified());
+    ips.sort();
+    ips.dedup();
+    (names, ips)
+}
+
+/// Loads the certificate chain (leaf + CA) and key for one listener, issuing a fresh pair
+/// when missing or when the names it must cover changed (recorded beside it).
+fn load_or_issue_listener_cert(
+    paths: &Paths,
+    ca: &Ca,
+    name: &str,
+    config: &Config,
+) -> Result<(String, String), DaemonError> {
+    let (cert_path, key_path) = (paths.listener_cert(name), paths.listener_key(name));
+    let names_path = paths.root.join(format!("{name}.names"));
+    let (hostnames, ips) = certificate_names(config);
+    let wanted = format!("{hostnames:?} {ips:?}");
+    let current = fsx::read_regular_nofollow(&names_path, 64 * 1024)
+        .ok()
+        .and_then(|b| String::from_utf8(b).ok());
+    if cert_path.exists() && key_path.exists() && current.as_deref() == Some(wanted.as_str()) {
+        return Ok((read_text(&cert_path)?, read_text(&key_path)?));
+    }
+    let issued = ca
+        .issue_server_cert(&hostnames, &ips, time::OffsetDateTime::now_utc())
+        .map_err(|e| err(format!("issue the {name} certificate"), e))?;
+    let chain = format!("{}{}", issued.cert_pem, ca.cert_pem());
+    fsx::write_atomic(&key_path, issued.key_pem.as_bytes())
+        .map_err(|e| err(key_path.display(), e))?;
+    fsx::write_atomic(&cert_path, chain.as_bytes()).map_err(|e| err(cert_path.display(), e))?;
+    fsx::write_atomic(&names_path, wanted.as_bytes()).map_err(|e| err(names_path.display(), e))?;
+    log::info!("issued the {name} listener certificate for {hostnames:?} {ips:?}");
+    Ok((chain, issued.key_pem))
+}
+
+/// Creates `root` when the database has no users: the password comes from
+/// `REPLGATE_ADMIN_PASSWORD`, or is generated and written once to a 0600 file.
+fn bootstrap_root(auth: &Authenticator, store: &Store, paths: &Paths) -> Result<(), DaemonError> {
+    if store.user_count().map_err(|e| err("count users", e))? > 0 {
+        return Ok(());
+    }
+    let password = match std::env::var("REPLGATE_ADMIN_PASSWORD") {
+        Ok(p) if !p.is_empty() => p,
+        _ => {
+            let path = paths.admin_password();
+            // A crash after writing the file but before creating the user leaves the file:
+            // reuse it so the password an admin may already have read stays true.
+            let password = match fsx::read_regular_nofollow(&path, 1024) {
+                Ok(b) => String::from_utf8_lossy(&b).trim().to_string(),
+                Err(_) => {
+                    let p = auth::random_hex(12);
+                    fsx::write_new_private(&path, format!("{p}\n").as_bytes())
+                        .map_err(|e| err(path.display(), e))?;
+                    p
+                }
+            };
+            log::warn!(
+                "created user root; its generated password is in {} (mode 0600)",
+                path.display()
+            );
+            password
+        }
+    };
+    auth.bootstrap_root(&password, model::now())
+        .map_err(|e| err("create user root", e))?;
+    Ok(())
+}
+
+/// A random version-4 UUID.
+fn new_uuid() -> String {
+    let mut b = [0u8; 16];
+    auth::random_fill(&mut b);
+    b[6] = (b[6] & 0x0f) | 0x40;
+    b[8] = (b[8] & 0x3f) | 0x80;
+    let h = auth::hex(&b);
+    format!(
+        "{}-{}-{}-{}-{}",
+        &h[0..8],
+        &h[8..12],
+        &h[12..16],
+        &h[16..20],
+        &h[20..32]
+    )
+}
+
+fn bind(addr: SocketAddr, key: &str) -> Result<TcpListener, DaemonError> {
+    TcpListener::bind(addr).map_err(|e| err(format!("{key} {addr}"), e))
+}
+
+/// The tunnel's revocation check: the database's revocation table, read on every
+/// handshake so that unpairing takes effect without a restart. A database error refuses.
+struct StoreRevocations(Store);
+
+impl fmt::Debug for StoreRevocations {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("StoreRevocations")
+    }
+}
+
+impl tls::RevocationCheck for StoreRevocations {
+    fn is_revoked(&self, serial_hex: &str) -> bool {
+        self.0.is_revoked(serial_hex).unwrap_or_else(|e| {
+            log::error!("revocation check for serial {serial_hex}: {e}");
+            true
+        })
+    }
+}
+
+/// What accepted sources are told to dial: the tunnel listener, with a host name when it
+/// listens on every address.
+fn tunnel_endpoint(config: &Config) -> String {
+    let addr = config.tunnel_listen;
+    if addr.ip().is_unspecified() {
+        let host = config
+            .hostnames
+            .first()
+            .cloned()
+            .unwrap_or_else(|| "localhost".into());
+        format!("{host}:{}", addr.port())
+    } else {
+        addr.to_string()
+    }
+}
+
+/// Marks requests whose time ran out and rewrites their spool.
+fn sweep_expired(app: &App) {
+    match crate::pairing::target::expire_due(&app.store, model::now()) {
+        Ok(expired) => {
+            for r in expired {
+                log::info!("request {} expired", r.id);
+                if let Err(e) = app.spool.write(&r, &app.store) {
+                    log::error!("spool for expired request {}: {e}", r.id);
+                }
+            }
+        }
+        Err(e) => log::warn!("expiry sweep: {e}"),
+    }
+}
+
+/// A crash between writing a new pairing key and committing its target row leaves a
+/// directory no row names: remove it.
+fn remove_orphan_target_dirs(store: &Store, dir: &Path) {
+    let known: Vec<String> = match store.targets() {
+        Ok(t) => t.into_iter().map(|t| t.dir).collect(),
+        Err(e) => {
+            log::warn!("targets: {e}");
+            return;
+        }
+    };
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return;
+    };
+    for entry in entries.flatten() {
+        let name = entry.file_name().to_string_lossy().into_owned();
+        if !known.contains(&name) {
+            log::warn!("removing {}: no target uses it", entry.path().display());
+            if let Err(e) = fsx::remove_dir_all_durable(&entry.path()) {
+                log::warn!("{}: {e}", entry.path().display());
+            }
+        }
+    }
+}
+
+/// Runs the daemon until SIGTERM or SIGINT.
+pub fn run(config: Config) -> Result<(), DaemonError> {
+    install_signal_handlers();
+    let paths = Paths {
+        root: config.data_dir.clone(),
+    };
+    fsx::ensure_private_dir(&paths.root).map_err(|e| err(paths.root.display(), e))?;
+    let store = Store::open(&paths.database()).map_err(|e| err(paths.database().display(), e))?;
+    let system_uuid = store
+        .system_uuid_or_insert(new_uuid)
+        .map_err(|e| err("system uuid", e))?;
+    let ca = load_or_create_ca(&paths, &system_uuid)?;
+    let (api_chain, api_key) = load_or_issue_listener_cert(&paths, &ca, "api", &config)?;
+    let (tunnel_chain, tunnel_key) = load_or_issue_listener_cert(&paths, &ca, "tunnel", &config)?;
+
+    let auth = Authenticator::new(
+        store.clone(),
+        SessionRules {
+            idle: config.session_idle,
+            lifetime: config.session_lifetime,
+        },
+        Throttle::new(config.login_max_failures, config.login_window),
+    )
+    .map_err(|e| err("authenticator", e))?;
+    bootstrap_root(&auth, &store, &paths)?;
+
+    let api_tls = tls::api_server_config(&api_chain, &api_key).map_err(|e| err("api TLS", e))?;
+    let tunnel_tls = tls::tunnel_server_config(
+        &tunnel_chain,
+        &tunnel_key,
+        ca.cert_der(),
+        Arc::new(StoreRevocations(store.clone())),
+    )
+    .map_err(|e| err("tunnel TLS", e))?;
+
+    // The backend: tiny_http on a private loopback port that only the fronts connect to.
+    let backend =
+        tiny_http::Server::http("127.0.0.1:0").map_err(|e| err("internal listener", e))?;
+    let backend_addr = backend
+        .server_addr()
+        .to_ip()
+        .ok_or_else(|| DaemonError("internal listener has no IP address".into()))?;
+    let backend = Arc::new(backend);
+
+    let per_listener = front::clamp_to_fd_limit(config.max_connections * 2) / 2;
+    let limits = front::Limits {
+        max_connections: per_listener.max(1),
+        handshake_timeout: config.handshake_timeout,
+        idle_timeout: config.idle_timeout,
+        head_timeout: config.head_timeout,
+        max_head_bytes: config.max_head_bytes,
+        max_body_bytes: config.max_body_bytes,
+    };
+    let peers = Arc::new(PeerTable::new());
+    let shutdown = Arc::new(AtomicBool::new(false));
+    let api_listener = bind(config.api_listen, "api_listen")?;
+    let tunnel_listener = bind(config.tunnel_listen, "tunnel_listen")?;
+
+    let spool = Spool::open(
+        paths.spool(),
+        ca.cert_pem().to_string(),
+        tunnel_endpoint(&config),
+        config.poll_interval.as_secs(),
+    )
+    .map_err(|e| err("spool", e))?;
+    let repair = spool
+        .reconcile(&store)
+        .map_err(|e| err("reconcile the spool", e))?;
+    if repair != Default::default() {
+        log::warn!(
+            "spool repaired at start: {} files written, {} removed, {} stray directories removed",
+            repair.files_written,
+            repair.files_removed,
+            repair.dirs_removed
+        );
+    }
+    if let Some(default) = config
+        .storage
+        .iter()
+        .find(|s| s.path == paths.root.join("storage"))
+    {
+        fsx::ensure_private_dir(&default.path).map_err(|e| err(default.path.display(), e))?;
+    }
+
+    let app = Arc::new(App {
+        ca_fingerprint: ca.fingerprint(),
+        ca,
+        spool,
+        config: config.clone(),
+        store: store.clone(),
+        auth,
+        peers: peers.clone(),
+        system_uuid: system_uuid.clone(),
+    });
+    let targets_dir = paths.root.join("targets");
+    fsx::ensure_private_dir(&targets_dir).map_err(|e| err(targets_dir.display(), e))?;
+    remove_orphan_target_dirs(&store, &targets_dir);
+    let poller = spawn_poller(
+        Arc::new(SourceContext {
+            store: store.clone(),
+            targets_dir,
+            poll_interval: config.poll_interval,
+            heartbeat: config.heartbeat_interval,
+        }),
+        shutdown.clone(),
+    )
+    .map_err(|e| err("start the poller", e))?;
+    let workers = api::spawn_workers(
+        app.clone(),
+        backend.clone(),
+        config.workers,
+        shutdown.clone(),
+    )
+    .map_err(|e| err("start api workers", e))?;
+    let fronts = vec![
+        front::spawn(
+            "api",
+            api_listener,
+            api_tls,
+            backend_addr,
+            ListenerKind::Api,
+            peers.clone(),
+            limits.clone(),
+            shutdown.clone(),
+        )
+        .map_err(|e| err("start api listener", e))?,
+        front::spawn(
+            "tunnel",
+            tunnel_listener,
+            tunnel_tls,
+            backend_addr,
+            ListenerKind::Tunnel,
+            peers,
+            limits,
+            shutdown.clone(),
+        )
+        .map_err(|e| err("start tunnel listener", e))?,
+    ];
+    log::info!(
+        "replgate {} serving: api https://{} tunnel {} internal {} data {} system {} ca {}",
+        env!("CARGO_PKG_VERSION"),
+        fronts[0].local_addr(),
+        fronts[1].local_addr(),
+        backend_addr,
+        paths.root.display(),
+        system_uuid,
+        app.ca_fingerprint
+    );
+    notify::send("READY=1");
+
+    let mut last_sweep = Instant::now();
+    let mut last_expiry = Instant::now();
+    sweep_expired(&app);
+    while !STOP.load(Ordering::SeqCst) {
+        std::thread::sleep(Duration::from_millis(100));
+        if last_expiry.elapsed() >= EXPIRY_EVERY {
+            last_expiry = Instant::now();
+            sweep_expired(&app);
+        }
+        if last_sweep.elapsed() >= SWEEP_EVERY {
+            last_sweep = Instant::now();
+            match app.auth.purge_expired(model::now()) {
+                Ok(n) if n > 0 => log::info!("swept {n} expired sessions"),
+                Ok(_) => {}
+                Err(e) => log::warn!("session sweep: {e}"),
+            }
+        }
+    }
+
+    log::info!("shutting down: no new connections, draining requests in flight");
+    notify::send("STOPPING=1");
+    shutdown.store(true, Ordering::SeqCst);
+    let deadline = Instant::now() + DRAIN;
+    for f in fronts {
+        f.join(deadline.saturating_duration_since(Instant::now()));
+    }
+    backend.unblock();
+    for w in workers {
+        let _ = w.join();
+    }
+    let _ = poller.join();
+    log::info!("stopped");
+    Ok(())
+}

@@ -1,0 +1,129 @@
+//! The front's only calls into libc: `poll(2)` and the `RLIMIT_NOFILE` limit. Knows
+//! nothing about TLS, HTTP or connections.
+
+use std::io;
+use std::os::fd::RawFd;
+use std::time::Duration;
+
+/// Readiness flags, re-exported so the callers need no `libc` import of their own.
+pub(super) const POLLIN: i16 = libc::POLLIN;
+pub(super) const POLLOUT: i16 = libc::POLLOUT;
+
+/// One descriptor to watch. A negative `fd` is skipped by the kernel, which is how a
+/// caller says "not interested in this one now" without it reporting `POLLHUP` again and
+/// again.
+pub(super) fn poll_fd(fd: RawFd, events: i16) -> libc::pollfd {
+    libc::pollfd {
+        fd: if events == 0 { -1 } else { fd },
+        events,
+        revents: 0,
+    }
+}
+
+/// Waits until one of `fds` is ready or `timeout` passes (`None` waits without limit).
+/// Returns how many descriptors are ready; an interrupted wait counts as zero ready.
+pub(super) fn poll(fds: &mut [libc::pollfd], timeout: Option<Duration>) -> io::Result<usize> {
+    let millis = match timeout {
+        None => -1,
+        // Rounded up, so that a deadline 0.3 ms away does not turn into a busy loop of
+        // zero-length waits.
+        Some(t) => i32::try_from(t.as_micros().div_ceil(1000)).unwrap_or(i32::MAX),
+    };
+    let count = libc::nfds_t::try_from(fds.len()).unwrap_or(libc::nfds_t::MAX);
+    // SAFETY: `fds` is a valid, exclusively borrowed slice of `count` pollfd structs for
+    // the whole call; poll(2) only writes their `revents` fields.
+    let ready = unsafe { libc::poll(fds.as_mut_ptr(), count, millis) };
+    if ready < 0 {
+        let err = io::Error::last_os_error();
+        if err.kind() == io::ErrorKind::Interrupted {
+            return Ok(0);
+        }
+        return Err(err);
+    }
+    Ok(usize::try_from(ready).unwrap_or(0))
+}
+
+/// Whether `pollfd` reported anything (readiness, hang-up or error) for the descriptor.
+pub(super) fn ready(pollfd: &libc::pollfd) -> bool {
+    pollfd.fd >= 0 && pollfd.revents != 0
+}
+
+/// Whether `pollfd` reported the descriptor readable, hung up or in error: in each case a
+/// read returns at once (with data, end of stream or the error).
+pub(super) fn readable(pollfd: &libc::pollfd) -> bool {
+    pollfd.fd >= 0 && pollfd.revents & (libc::POLLIN | libc::POLLHUP | libc::POLLERR) != 0
+}
+
+/// Whether `pollfd` reported the descriptor writable, hung up or in error: in each case a
+/// write returns at once.
+pub(super) fn writable(pollfd: &libc::pollfd) -> bool {
+    pollfd.fd >= 0 && pollfd.revents & (libc::POLLOUT | libc::POLLHUP | libc::POLLERR) != 0
+}
+
+/// The soft and hard `RLIMIT_NOFILE` after trying to raise the soft limit to the hard
+/// one. `None` for a limit means unlimited.
+pub(super) struct FdLimit {
+    pub soft: Option<u64>,
+    pub hard: Option<u64>,
+}
+
+/// Raises the soft descriptor limit to the hard limit when it is lower (an unprivileged
+/// process may do that), then reports both limits.
+pub(super) fn raise_fd_limit() -> io::Result<FdLimit> {
+    let mut lim = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: `lim` is a valid, writable rlimit struct for the duration of the call.
+    if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) } != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    if lim.rlim_cur != libc::RLIM_INFINITY
+        && (lim.rlim_max == libc::RLIM_INFINITY || lim.rlim_cur < lim.rlim_max)
+    {
+        let raised = libc::rlimit {
+            rlim_cur: lim.rlim_max,
+            rlim_max: lim.rlim_max,
+        };
+        // SAFETY: `raised` is a valid rlimit struct; setrlimit only reads it.
+        if unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &raised) } == 0 {
+            lim.rlim_cur = lim.rlim_max;
+        } else {
+            log::debug!(
+                "raise open-file limit to {}: {}",
+                lim.rlim_max,
+                io::Error::last_os_error()
+            );
+        }
+    }
+    // `rlim_t` is u64 here but 32 bits wide on some armv7 targets.
+    #[allow(clippy::useless_conversion)]
+    let finite = |v: libc::rlim_t| (v != libc::RLIM_INFINITY).then(|| u64::from(v));
+    Ok(FdLimit {
+        soft: finite(lim.rlim_cur),
+        hard: finite(lim.rlim_max),
+    })
+}
+
+/// Sets `TCP_NODELAY` on a listening socket. Linux copies it to every socket the listener
+/// accepts, which is the only way to reach sockets that tiny_http accepts itself.
+pub(super) fn set_listener_nodelay(listener: &std::net::TcpListener) -> io::Result<()> {
+    use std::os::fd::AsRawFd;
+    let on: libc::c_int = 1;
+    let len = libc::socklen_t::try_from(std::mem::size_of::<libc::c_int>()).unwrap_or(4);
+    // SAFETY: the descriptor is open for the duration of the call (borrowed from
+    // `listener`), and `on` is a valid c_int whose size is passed as the option length.
+    let rc = unsafe {
+        libc::setsockopt(
+            listener.as_raw_fd(),
+            libc::IPPROTO_TCP,
+            libc::TCP_NODELAY,
+            (&on as *const libc::c_int).cast(),
+            len,
+        )
+    };
+    if rc != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
+}

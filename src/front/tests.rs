@@ -1,0 +1,861 @@
+//! End-to-end tests of the front over real loopback sockets: a rustls client, the front,
+//! and either tiny_http or a byte-recording backend behind it.
+
+use std::io::{self, Read, Write};
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::sync::atomic::AtomicBool;
+use std::sync::{Arc, Mutex, OnceLock};
+use std::thread;
+use std::time::{Duration, Instant};
+
+use rustls::crypto::CryptoProvider;
+use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer, ServerName};
+use rustls::server::WebPkiClientVerifier;
+use rustls::{ClientConfig, ClientConnection, RootCertStore, ServerConfig};
+
+use super::*;
+
+/// Bound for any single wait in these tests, so a broken front fails instead of hanging.
+const STUCK: Duration = Duration::from_secs(5);
+
+fn provider() -> Arc<CryptoProvider> {
+    Arc::new(rustls::crypto::ring::default_provider())
+}
+
+/// A throwaway CA, a server certificate and a client certificate it issued, made once.
+struct TestPki {
+    server_cert: CertificateDer<'static>,
+    server_key_der: Vec<u8>,
+    ca_cert: CertificateDer<'static>,
+    client_cert: CertificateDer<'static>,
+    client_key_der: Vec<u8>,
+}
+
+fn pki() -> &'static TestPki {
+    static PKI: OnceLock<TestPki> = OnceLock::new();
+    PKI.get_or_init(|| {
+        let server = rcgen::generate_simple_self_signed(vec!["localhost".to_owned()])
+            .expect("test server certificate");
+
+        let mut ca_params = rcgen::CertificateParams::new(Vec::new()).expect("ca params");
+        ca_params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+        ca_params.key_usages = vec![
+            rcgen::KeyUsagePurpose::KeyCertSign,
+            rcgen::KeyUsagePurpose::DigitalSignature,
+        ];
+        let ca_key = rcgen::KeyPair::generate().expect("ca key");
+        let ca = rcgen::CertifiedIssuer::self_signed(ca_params, ca_key).expect("ca");
+
+        let mut client_params = rcgen::CertificateParams::new(Vec::new()).expect("client params");
+        client_params.extended_key_usages = vec![rcgen::ExtendedKeyUsagePurpose::ClientAuth];
+        let client_key = rcgen::KeyPair::generate().expect("client key");
+        let client_cert = client_params
+            .signed_by(&client_key, &ca)
+            .expect("client certificate");
+
+        TestPki {
+            server_cert: server.cert.der().clone(),
+            server_key_der: server.signing_key.serialize_der(),
+            ca_cert: ca.der().clone(),
+            client_cert: client_cert.der().clone(),
+            client_key_der: client_key.serialize_der(),
+        }
+    })
+}
+
+fn server_key() -> PrivateKeyDer<'static> {
+    PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(pki().server_key_der.clone()))
+}
+
+fn api_server_config() -> Arc<ServerConfig> {
+    let config = ServerConfig::builder_with_provider(provider())
+        .with_safe_default_protocol_versions()
+        .expect("protocol versions")
+        .with_no_client_auth()
+        .with_single_cert(vec![pki().server_cert.clone()], server_key())
+        .expect("server config");
+    Arc::new(config)
+}
+
+fn tunnel_server_config() -> Arc<ServerConfig> {
+    let mut roots = RootCertStore::empty();
+    roots.add(pki().ca_cert.clone()).expect("ca root");
+    let verifier = WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider())
+        .build()
+        .expect("client verifier");
+    let config = ServerConfig::builder_with_provider(provider())
+        .with_safe_default_protocol_versions()
+        .expect("protocol versions")
+        .with_client_cert_verifier(verifier)
+        .with_single_cert(vec![pki().server_cert.clone()], server_key())
+        .expect("server config");
+    Arc::new(config)
+}
+
+fn client_config(with_client_cert: bool) -> Arc<ClientConfig> {
+    let mut roots = RootCertStore::empty();
+    roots
+        .add(pki().server_cert.clone())
+        .expect("trust the test certificate");
+    let builder = ClientConfig::builder_with_provider(provider())
+        .with_safe_default_protocol_versions()
+        .expect("protocol versions")
+        .with_root_certificates(roots);
+    let config = if with_client_cert {
+        let key = PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(pki().client_key_der.clone()));
+        builder
+            .with_client_auth_cert(vec![pki().client_cert.clone()], key)
+            .expect("client auth config")
+    } else {
+        builder.with_no_client_auth()
+    };
+    Arc::new(config)
+}
+
+fn test_limits() -> Limits {
+    Limits {
+        max_connections: 16,
+        handshake_timeout: Duration::from_secs(2),
+        idle_timeout: Duration::from_secs(3),
+        head_timeout: Duration::from_secs(2),
+        max_head_bytes: 1024,
+        max_body_bytes: 64,
+    }
+}
+
+/// A running front; dropping it shuts the front down.
+struct Harness {
+    front: Option<Front>,
+    shutdown: Arc<AtomicBool>,
+    peers: Arc<PeerTable>,
+    addr: SocketAddr,
+}
+
+impl Harness {
+    fn start(limits: Limits, backend: SocketAddr, peers: Arc<PeerTable>) -> Self {
+        Self::start_with(
+            limits,
+            backend,
+            peers,
+            api_server_config(),
+            ListenerKind::Api,
+        )
+    }
+
+    fn start_with(
+        limits: Limits,
+        backend: SocketAddr,
+        peers: Arc<PeerTable>,
+        tls: Arc<ServerConfig>,
+        kind: ListenerKind,
+    ) -> Self {
+        let listener = TcpListener::bind("127.0.0.1:0").expect("bind front");
+        let shutdown = Arc::new(AtomicBool::new(false));
+        let front = spawn(
+            "test",
+            listener,
+            tls,
+            backend,
+            kind,
+            Arc::clone(&peers),
+            limits,
+            Arc::clone(&shutdown),
+        )
+        .expect("spawn front");
+        let addr = front.local_addr();
+        Harness {
+            front: Some(front),
+            shutdown,
+            peers,
+            addr,
+        }
+    }
+
+    fn front(&self) -> &Front {
+        self.front.as_ref().expect("front still running")
+    }
+
+    fn client(&self) -> Client {
+        Client::connect(self.addr, client_config(false))
+    }
+
+    /// Waits until no connection is open and the peer table is empty again.
+    fn wait_until_quiet(&self) {
+        let deadline = Instant::now() + STUCK;
+        while self.front().active_connections() > 0 || !self.peers.is_empty() {
+            assert!(Instant::now() < deadline, "connections never closed");
+            thread::sleep(Duration::from_millis(10));
+        }
+    }
+}
+
+impl Drop for Harness {
+    fn drop(&mut self) {
+        self.shutdown.store(true, Ordering::Relaxed);
+        if let Some(front) = self.front.take() {
+            front.join(Duration::from_secs(1));
+        }
+    }
+}
+
+/// A blocking rustls client driven by hand, so that a test can keep reading while the
+/// server refuses to read what the client still wants to write.
+struct Client {
+    tls: ClientConnection,
+    sock: TcpStream,
+    /// Plaintext received and not yet consumed by `response`.
+    inbox: Vec<u8>,
+}
+
+#[derive(Debug)]
+struct Response {
+    status: u16,
+    head: String,
+    body: String,
+}
+
+impl Client {
+    fn connect(addr: SocketAddr, config: Arc<ClientConfig>) -> Self {
+        let sock = TcpStream::connect(addr).expect("connect to front");
+        sock.set_read_timeout(Some(STUCK)).expect("read timeout");
+        sock.set_write_timeout(Some(STUCK)).expect("write timeout");
+        let name = ServerName::try_from("localhost").expect("server name");
+        let tls = ClientConnection::new(config, name).expect("client connection");
+        let mut client = Client {
+            tls,
+            sock,
+            inbox: Vec::new(),
+        };
+        while client.tls.is_handshaking() {
+            client
+                .tls
+                .complete_io(&mut client.sock)
+                .expect("client handshake");
+        }
+        client
+    }
+
+    fn local_addr(&self) -> SocketAddr {
+        self.sock.local_addr().expect("client address")
+    }
+
+    fn send(&mut self, bytes: &[u8]) -> io::Result<()> {
+        let mut rest = bytes;
+        while !rest.is_empty() {
+            let n = self.tls.writer().write(rest)?;
+            rest = &rest[n..];
+            while self.tls.wants_write() {
+                self.tls.write_tls(&mut self.sock)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Reads more plaintext; `Ok(false)` at a clean or unclean end of the connection.
+    fn fill(&mut self) -> io::Result<bool> {
+        loop {
+            let mut buf = [0u8; 8192];
+            match self.tls.reader().read(&mut buf) {
+                Ok(0) => return Ok(false),
+                Ok(n) => {
+                    self.inbox.extend_from_slice(&buf[..n]);
+                    return Ok(true);
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+                Err(e) if e.kind() == io::ErrorKind::UnexpectedEof => return Ok(false),
+                Err(e) => return Err(e),
+            }
+            if self.tls.read_tls(&mut self.sock)? == 0 {
+                // Let the reader report whether a close_notify came first.
+                self.tls
+                    .process_new_packets()
+                    .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))?;
+                continue;
+            }
+            self.tls
+                .process_new_packets()
+                .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))?;
+        }
+    }
+
+    fn response(&mut self) -> Response {
+        let head_len = loop {
+            if let Some(end) = head::find_end(&self.inbox, 0) {
+                break end;
+            }
+            assert!(
+                self.fill().expect("read response"),
+                "connection closed before a response; got {:?}",
+                String::from_utf8_lossy(&self.inbox)
+            );
+        };
+        let head = String::from_utf8(self.inbox[..head_len].to_vec()).expect("ascii head");
+        let status = head
+            .get(9..12)
+            .and_then(|s| s.parse().ok())
+            .expect("status code");
+        self.inbox.drain(..head_len);
+        let header = |want: &str| {
+            head.lines().find_map(|l| {
+                let (name, value) = l.split_once(':')?;
+                name.eq_ignore_ascii_case(want)
+                    .then(|| value.trim().to_owned())
+            })
+        };
+        let body = if header("transfer-encoding").is_some() {
+            self.chunked_body()
+        } else {
+            let length: usize = header("content-length")
+                .and_then(|v| v.parse().ok())
+                .expect("content-length");
+            self.take(length)
+        };
+        let body = String::from_utf8(body).expect("utf-8 body");
+        Response { status, head, body }
+    }
+
+    /// Takes exactly `n` bytes of plaintext, reading more as needed.
+    fn take(&mut self, n: usize) -> Vec<u8> {
+        while self.inbox.len() < n {
+            assert!(
+                self.fill().expect("read body"),
+                "connection closed mid-body"
+            );
+        }
+        self.inbox.drain(..n).collect()
+    }
+
+    /// Takes one CRLF-terminated line, without the CRLF.
+    fn line(&mut self) -> String {
+        loop {
+            if let Some(at) = self.inbox.windows(2).position(|w| w == b"\r\n") {
+                let line = self.take(at + 2);
+                return String::from_utf8_lossy(&line[..at]).into_owned();
+            }
+            assert!(
+                self.fill().expect("read line"),
+                "connection closed mid-line"
+            );
+        }
+    }
+
+    /// Decodes a chunked body (tiny_http uses it for large responses).
+    fn chunked_body(&mut self) -> Vec<u8> {
+        let mut body = Vec::new();
+        loop {
+            let size = usize::from_str_radix(self.line().trim(), 16).expect("chunk size");
+            if size == 0 {
+                assert_eq!(self.line(), "", "trailers");
+                return body;
+            }
+            body.extend(self.take(size));
+            assert_eq!(self.line(), "", "chunk end");
+        }
+    }
+
+    /// Reads until the server closes; returns the plaintext that came before the end.
+    fn rest_until_closed(&mut self) -> Vec<u8> {
+        while self.fill().expect("read until closed") {}
+        std::mem::take(&mut self.inbox)
+    }
+
+    fn get(&mut self, path: &str) -> Response {
+        let request = format!("GET {path} HTTP/1.1\r\nHost: localhost\r\n\r\n");
+        self.send(request.as_bytes()).expect("send request");
+        self.response()
+    }
+}
+
+fn error_message(response: &Response) -> (u64, String) {
+    let json: serde_json::Value = serde_json::from_str(&response.body).expect("json error body");
+    let result = &json["result"][0];
+    (
+        result["code"].as_u64().expect("code"),
+        result["message"].as_str().expect("message").to_owned(),
+    )
+}
+
+/// Size of the `/big` response.
+const BIG: usize = 1 << 20;
+
+/// tiny_http behind the front, answering each request with what the peer table says
+/// about it: `METHOD PATH BODY-LEN PEER KIND CERT-SHA256-OR-none`. `/slow` waits 500 ms;
+/// `/big` answers with `BIG` bytes of `x`.
+fn whoami_backend(peers: Arc<PeerTable>) -> SocketAddr {
+    let listener = bind_backend().expect("bind backend");
+    let server = tiny_http::Server::from_listener(listener, None).expect("tiny_http backend");
+    let addr = server.server_addr().to_ip().expect("ip backend");
+    thread::spawn(move || {
+        for mut request in server.incoming_requests() {
+            let peer = request.remote_addr().and_then(|a| peers.lookup(a));
+            let mut body = Vec::new();
+            let _ = request.as_reader().read_to_end(&mut body);
+            if request.url() == "/slow" {
+                thread::sleep(Duration::from_millis(500));
+            }
+            if request.url() == "/big" {
+                let _ = request.respond(tiny_http::Response::from_data(vec![b'x'; BIG]));
+                continue;
+            }
+            let who = match peer {
+                Some(info) => format!(
+                    "{} {:?} {}",
+                    info.addr,
+                    info.kind,
+                    info.client_cert
+                        .map_or("none".to_owned(), |c| sha256_hex(&c))
+                ),
+                None => "unknown".to_owned(),
+            };
+            let text = format!(
+                "{} {} {} {who}",
+                request.method(),
+                request.url(),
+                body.len()
+            );
+            let _ = request.respond(tiny_http::Response::from_string(text));
+        }
+    });
+    addr
+}
+
+fn sha256_hex(bytes: &[u8]) -> String {
+    ring::digest::digest(&ring::digest::SHA256, bytes)
+        .as_ref()
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}
+
+/// A plain backend that records every byte it receives and answers every head with
+/// `200 ok`. Understands bodiless requests only, which is all these tests send it.
+struct Recorder {
+    addr: SocketAddr,
+    received: Arc<Mutex<Vec<u8>>>,
+}
+
+fn recording_backend() -> Recorder {
+    let listener = TcpListener::bind("127.0.0.1:0").expect("bind recorder");
+    let addr = listener.local_addr().expect("recorder address");
+    let received = Arc::new(Mutex::new(Vec::new()));
+    let log = Arc::clone(&received);
+    thread::spawn(move || {
+        for conn in listener.incoming() {
+            let Ok(mut conn) = conn else { continue };
+            let log = Arc::clone(&log);
+            thread::spawn(move || {
+                let mut seen = Vec::new();
+                let mut answered = 0;
+                let mut buf = [0u8; 4096];
+                while let Ok(n) = conn.read(&mut buf) {
+                    if n == 0 {
+                        break;
+                    }
+                    seen.extend_from_slice(&buf[..n]);
+                    log.lock()
+                        .expect("recorder log")
+                        .extend_from_slice(&buf[..n]);
+                    let heads = seen.windows(4).filter(|w| w == b"\r\n\r\n").count();
+                    while answered < heads {
+                        let _ = conn.write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok");
+                        answered += 1;
+                    }
+                }
+            });
+        }
+    });
+    Recorder { addr, received }
+}
+
+#[test]
+fn requests_round_trip_and_the_peer_table_names_the_real_client() {
+    let peers = Arc::new(PeerTable::new());
+    let h = Harness::start(test_limits(), whoami_backend(Arc::clone(&peers)), peers);
+    let mut client = h.client();
+    let me = client.local_addr();
+
+    let first = client.get("/first");
+    assert_eq!(first.status, 200, "{first:?}");
+    assert_eq!(first.body, format!("GET /first 0 {me} Api none"));
+    assert_eq!(h.peers.len(), 1);
+
+    // Keep-alive with a body, then a pipelined pair: framing and order hold.
+    let pipelined =
+        b"POST /body HTTP/1.1\r\nContent-Length: 5\r\n\r\nhelloGET /after HTTP/1.1\r\n\r\n";
+    client.send(pipelined).expect("send pipelined");
+    assert_eq!(
+        client.response().body,
+        format!("POST /body 5 {me} Api none")
+    );
+    assert_eq!(
+        client.response().body,
+        format!("GET /after 0 {me} Api none")
+    );
+
+    drop(client);
+    h.wait_until_quiet();
+}
+
+#[test]
+fn large_bodies_stream_through_in_both_directions() {
+    let peers = Arc::new(PeerTable::new());
+    let limits = Limits {
+        max_body_bytes: 300_000,
+        ..test_limits()
+    };
+    let h = Harness::start(limits, whoami_backend(Arc::clone(&peers)), peers);
+    let mut client = h.client();
+    let me = client.local_addr();
+    let mut upload = b"PUT /upload HTTP/1.1\r\nContent-Length: 300000\r\n\r\n".to_vec();
+    upload.extend((0..300_000u32).map(|i| (i % 251) as u8));
+    client.send(&upload).expect("send upload");
+    assert_eq!(
+        client.response().body,
+        format!("PUT /upload 300000 {me} Api none")
+    );
+
+    let download = client.get("/big");
+    assert_eq!(download.status, 200);
+    assert_eq!(download.body.len(), BIG);
+    assert!(download.body.bytes().all(|b| b == b'x'));
+    // The connection is still in step after both.
+    assert_eq!(client.get("/end").body, format!("GET /end 0 {me} Api none"));
+}
+
+#[test]
+fn a_request_that_bypasses_the_front_finds_no_peer() {
+    let peers = Arc::new(PeerTable::new());
+    let backend = whoami_backend(Arc::clone(&peers));
+    let _h = Harness::start(test_limits(), backend, Arc::clone(&peers));
+    let mut direct = TcpStream::connect(backend).expect("connect backend directly");
+    direct.set_read_timeout(Some(STUCK)).expect("read timeout");
+    direct
+        .write_all(b"GET /direct HTTP/1.1\r\nConnection: close\r\n\r\n")
+        .expect("send");
+    let mut answer = String::new();
+    direct.read_to_string(&mut answer).expect("read answer");
+    assert!(answer.ends_with("GET /direct 0 unknown"), "{answer}");
+}
+
+#[test]
+fn tunnel_listener_records_the_verified_client_certificate() {
+    let peers = Arc::new(PeerTable::new());
+    let backend = whoami_backend(Arc::clone(&peers));
+    let h = Harness::start_with(
+        test_limits(),
+        backend,
+        peers,
+        tunnel_server_config(),
+        ListenerKind::Tunnel,
+    );
+    let mut client = Client::connect(h.addr, client_config(true));
+    let me = client.local_addr();
+    let want = format!(
+        "GET /hello 0 {me} Tunnel {}",
+        sha256_hex(&pki().client_cert)
+    );
+    assert_eq!(client.get("/hello").body, want);
+}
+
+#[test]
+fn oversize_head_gets_431_and_the_front_stops_reading() {
+    let recorder = recording_backend();
+    let h = Harness::start(test_limits(), recorder.addr, Arc::new(PeerTable::new()));
+    let mut client = h.client();
+    // A write that cannot proceed for 300 ms means the front has stopped reading.
+    client
+        .sock
+        .set_write_timeout(Some(Duration::from_millis(300)))
+        .expect("write timeout");
+
+    let mut sent = 0usize;
+    let limit = 64 << 20;
+    let mut endless = b"GET / HTTP/1.1\r\n".to_vec();
+    let filler = format!("X-Filler: {}\r\n", "a".repeat(1000));
+    while sent < limit {
+        endless.extend_from_slice(filler.as_bytes());
+        if client.send(&endless).is_err() {
+            break;
+        }
+        sent += endless.len();
+        endless.clear();
+    }
+    // Kernel socket buffers on loopback hold a few MiB; a front that kept reading (and
+    // buffering) would have taken all 64 MiB.
+    assert!(
+        sent < limit / 2,
+        "front kept reading: {sent} bytes accepted"
+    );
+
+    let response = client.response();
+    assert_eq!(response.status, 431, "{response:?}");
+    assert!(response.head.contains("Connection: close"), "{response:?}");
+    assert_eq!(
+        error_message(&response),
+        (431, "request head exceeds 1024 bytes".to_owned())
+    );
+    assert!(recorder.received.lock().expect("log").is_empty());
+}
+
+#[test]
+fn body_over_the_cap_gets_413_after_the_earlier_response_and_is_never_forwarded() {
+    let recorder = recording_backend();
+    let h = Harness::start(test_limits(), recorder.addr, Arc::new(PeerTable::new()));
+    let mut client = h.client();
+    let first = b"GET /first HTTP/1.1\r\nHost: localhost\r\n\r\n";
+    let mut both = first.to_vec();
+    both.extend_from_slice(b"POST /big HTTP/1.1\r\nContent-Length: 100\r\n\r\n");
+    both.extend_from_slice(&[b'B'; 100]);
+    client.send(&both).expect("send");
+
+    let ok = client.response();
+    assert_eq!((ok.status, ok.body.as_str()), (200, "ok"));
+    let refused = client.response();
+    assert_eq!(refused.status, 413, "{refused:?}");
+    assert_eq!(
+        error_message(&refused),
+        (
+            413,
+            "request body of 100 bytes exceeds the 64-byte limit".to_owned()
+        )
+    );
+    assert!(client.rest_until_closed().is_empty());
+    assert_eq!(*recorder.received.lock().expect("log"), first.to_vec());
+}
+
+#[test]
+fn chunked_request_gets_411_and_malformed_head_gets_400() {
+    let recorder = recording_backend();
+    let h = Harness::start(test_limits(), recorder.addr, Arc::new(PeerTable::new()));
+    let cases: &[(&[u8], u16)] = &[
+        (
+            b"POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n0\r\n\r\n",
+            411,
+        ),
+        (
+            b"GET / HTTP/1.1\r\nContent-Length: 1\r\nContent-Length: 2\r\n\r\n",
+            400,
+        ),
+        (b"GET / HTTP/1.1\r\nHost localhost\r\n\r\n", 400),
+    ];
+    for (request, status) in cases {
+        let mut client = h.client();
+        client.send(request).expect("send");
+        let response = client.response();
+        assert_eq!(response.status, *status, "{response:?}");
+        assert_eq!(error_message(&response).0, u64::from(*status));
+    }
+    assert!(recorder.received.lock().expect("log").is_empty());
+}
+
+#[test]
+fn silent_client_is_closed_at_the_handshake_deadline() {
+    let limits = Limits {
+        handshake_timeout: Duration::from_millis(300),
+        ..test_limits()
+    };
+    let recorder = recording_backend();
+    let h = Harness::start(limits, recorder.addr, Arc::new(PeerTable::new()));
+    let started = Instant::now();
+    let mut sock = TcpStream::connect(h.addr).expect("connect");
+    sock.set_read_timeout(Some(STUCK)).expect("read timeout");
+    let mut buf = [0u8; 64];
+    let closed = matches!(sock.read(&mut buf), Ok(0))
+        || sock
+            .read(&mut buf)
+            .is_err_and(|e| e.kind() == io::ErrorKind::ConnectionReset);
+    let elapsed = started.elapsed();
+    assert!(closed, "connection not closed");
+    assert!(
+        elapsed >= Duration::from_millis(250),
+        "closed early: {elapsed:?}"
+    );
+    assert!(
+        elapsed < Duration::from_millis(1500),
+        "closed late: {elapsed:?}"
+    );
+}
+
+#[test]
+fn dripping_client_is_closed_at_the_same_deadline() {
+    let limits = Limits {
+        handshake_timeout: Duration::from_millis(400),
+        ..test_limits()
+    };
+    let recorder = recording_backend();
+    let h = Harness::start(limits, recorder.addr, Arc::new(PeerTable::new()));
+    let started = Instant::now();
+    let sock = TcpStream::connect(h.addr).expect("connect");
+    let mut writer = sock.try_clone().expect("clone socket");
+    let dripper = thread::spawn(move || {
+        // A TLS handshake record header announcing 255 bytes, then one byte at a time:
+        // every read makes progress, only a deadline can end it.
+        if writer.write_all(&[0x16, 0x03, 0x01, 0x00, 0xff]).is_err() {
+            return;
+        }
+        for _ in 0..100 {
+            thread::sleep(Duration::from_millis(50));
+            if writer.write_all(&[0x01]).is_err() {
+                return;
+            }
+        }
+    });
+    let mut reader = sock;
+    reader.set_read_timeout(Some(STUCK)).expect("read timeout");
+    let mut buf = [0u8; 64];
+    let _ = reader.read(&mut buf);
+    let elapsed = started.elapsed();
+    assert!(
+        elapsed >= Duration::from_millis(350),
+        "closed early: {elapsed:?}"
+    );
+    assert!(
+        elapsed < Duration::from_millis(1500),
+        "closed late: {elapsed:?}"
+    );
+    drop(reader);
+    let _ = dripper.join();
+}
+
+#[test]
+fn slow_head_gets_408() {
+    let limits = Limits {
+        head_timeout: Duration::from_millis(300),
+        ..test_limits()
+    };
+    let recorder = recording_backend();
+    let h = Harness::start(limits, recorder.addr, Arc::new(PeerTable::new()));
+    let mut client = h.client();
+    let started = Instant::now();
+    client
+        .send(b"GET / HTTP/1.1\r\nHost: loc")
+        .expect("send part of a head");
+    let response = client.response();
+    assert_eq!(response.status, 408, "{response:?}");
+    assert_eq!(
+        error_message(&response),
+        (408, "request head not complete within 300 ms".to_owned())
+    );
+    assert!(started.elapsed() < Duration::from_millis(1500));
+    assert!(recorder.received.lock().expect("log").is_empty());
+}
+
+#[test]
+fn idle_keepalive_connection_is_closed_without_a_response() {
+    let limits = Limits {
+        idle_timeout: Duration::from_millis(300),
+        ..test_limits()
+    };
+    let recorder = recording_backend();
+    let h = Harness::start(limits, recorder.addr, Arc::new(PeerTable::new()));
+    let mut client = h.client();
+    assert_eq!(client.get("/").status, 200);
+    let started = Instant::now();
+    assert!(client.rest_until_closed().is_empty());
+    let elapsed = started.elapsed();
+    assert!(
+        elapsed >= Duration::from_millis(250),
+        "closed early: {elapsed:?}"
+    );
+    assert!(
+        elapsed < Duration::from_millis(1500),
+        "closed late: {elapsed:?}"
+    );
+    h.wait_until_quiet();
+}
+
+#[test]
+fn past_the_cap_a_client_gets_503_quickly_and_service_resumes_when_load_drops() {
+    let limits = Limits {
+        max_connections: 2,
+        ..test_limits()
+    };
+    let recorder = recording_backend();
+    let h = Harness::start(limits, recorder.addr, Arc::new(PeerTable::new()));
+    let mut first = h.client();
+    let mut second = h.client();
+    assert_eq!(first.get("/").status, 200);
+    assert_eq!(second.get("/").status, 200);
+    assert_eq!(h.front().active_connections(), 2);
+
+    let started = Instant::now();
+    let mut third = h.client();
+    let refused = third.get("/");
+    assert_eq!(refused.status, 503, "{refused:?}");
+    assert!(refused.head.contains("Retry-After: 1"), "{refused:?}");
+    assert_eq!(
+        error_message(&refused),
+        (503, "too many connections, retry shortly".to_owned())
+    );
+    assert!(started.elapsed() < Duration::from_secs(1));
+    drop(third);
+
+    drop(first);
+    drop(second);
+    h.wait_until_quiet();
+    let mut fourth = h.client();
+    assert_eq!(fourth.get("/").status, 200);
+}
+
+#[test]
+fn shutdown_finishes_the_request_in_flight_then_closes_and_stops_listening() {
+    let peers = Arc::new(PeerTable::new());
+    let backend = whoami_backend(Arc::clone(&peers));
+    let mut h = Harness::start(test_limits(), backend, peers);
+    let mut busy = h.client();
+    let mut idle = h.client();
+    assert_eq!(idle.get("/").status, 200);
+    busy.send(b"GET /slow HTTP/1.1\r\n\r\n")
+        .expect("send slow request");
+    thread::sleep(Duration::from_millis(100));
+
+    let started = Instant::now();
+    h.shutdown.store(true, Ordering::Relaxed);
+    let front = h.front.take().expect("front");
+    let joiner = thread::spawn(move || front.join(Duration::from_secs(3)));
+
+    assert!(idle.rest_until_closed().is_empty());
+    let slow = busy.response();
+    assert_eq!(slow.status, 200, "{slow:?}");
+    assert!(slow.body.starts_with("GET /slow"), "{slow:?}");
+    assert!(busy.rest_until_closed().is_empty());
+    joiner.join().expect("join front");
+    assert!(
+        started.elapsed() < Duration::from_secs(2),
+        "{:?}",
+        started.elapsed()
+    );
+    assert!(TcpStream::connect(h.addr).is_err(), "listener still open");
+}
+
+#[test]
+fn sockets_accepted_from_the_backend_listener_have_nagle_off() {
+    let listener = bind_backend().expect("bind backend");
+    assert!(listener.local_addr().expect("address").ip().is_loopback());
+    let _client = TcpStream::connect(listener.local_addr().expect("address")).expect("connect");
+    let (accepted, _) = listener.accept().expect("accept");
+    assert!(accepted.nodelay().expect("read TCP_NODELAY"));
+}
+
+#[test]
+fn clamp_keeps_small_counts_and_caps_what_descriptors_cannot_carry() {
+    assert_eq!(clamp_to_fd_limit(1), 1);
+    let clamped = clamp_to_fd_limit(usize::MAX);
+    let mut lim = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: `lim` is a valid, writable rlimit struct for the duration of the call.
+    assert_eq!(unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) }, 0);
+    assert_eq!(
+        lim.rlim_cur, lim.rlim_max,
+        "soft limit was not raised to the hard limit"
+    );
+    if lim.rlim_cur != libc::RLIM_INFINITY {
+        // `rlim_t` is u64 here but 32 bits wide on some armv7 targets.
+        #[allow(clippy::useless_conversion)]
+        let soft = u64::from(lim.rlim_cur);
+        let want = (soft.saturating_sub(FD_RESERVE) / FDS_PER_CONNECTION).max(1);
+        assert_eq!(clamped as u64, want);
+    }
+}

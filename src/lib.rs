@@ -1,0 +1,20 @@
+//! replgate: the replication pairing daemon for backup appliances.
+//!
+//! Start with `ARCHITECTURE.md` at the repository root: it maps these modules, the data
+//! flow of a request and of a pairing, and the invariants every change must keep.
+
+pub mod api;
+pub mod auth;
+pub mod ca;
+pub mod cli;
+pub mod config;
+pub mod daemon;
+pub mod front;
+pub mod fsx;
+pub mod model;
+pub mod notify;
+pub mod pairing;
+pub mod remote;
+pub mod spool;
+pub mod store;
+pub mod tls;

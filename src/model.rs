@@ -1,0 +1,82 @@
+//! Plain types shared by every layer: privilege levels and the like. No I/O, no logic
+//! beyond parsing and ordering.
+
+use std::fmt;
+use std::str::FromStr;
+
+use serde::{Deserialize, Serialize};
+
+/// The appliance privilege levels, ordered so that one comparison authorizes:
+/// `session.privilege >= Privilege::Administer`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Privilege {
+    /// Read anything.
+    Monitor,
+    /// Ask for or remove replication targets.
+    Manage,
+    /// Accept, reject, unpair; storage changes.
+    Administer,
+    /// Manage users.
+    Superuser,
+}
+
+impl Privilege {
+    pub const ALL: [Privilege; 4] = [
+        Privilege::Monitor,
+        Privilege::Manage,
+        Privilege::Administer,
+        Privilege::Superuser,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Privilege::Monitor => "monitor",
+            Privilege::Manage => "manage",
+            Privilege::Administer => "administer",
+            Privilege::Superuser => "superuser",
+        }
+    }
+}
+
+impl fmt::Display for Privilege {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl FromStr for Privilege {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        Privilege::ALL
+            .into_iter()
+            .find(|p| p.as_str() == s)
+            .ok_or_else(|| format!("{s:?} is not one of monitor, manage, administer, superuser"))
+    }
+}
+
+/// Seconds since the Unix epoch; the one clock type stored and passed to domain code.
+pub type UnixTime = i64;
+
+/// The current time, read once per request by adapters and passed down.
+pub fn now() -> UnixTime {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs() as i64)
+        .unwrap_or(0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn privileges_are_ordered_and_round_trip() {
+        assert!(Privilege::Monitor < Privilege::Manage);
+        assert!(Privilege::Administer < Privilege::Superuser);
+        for p in Privilege::ALL {
+            assert_eq!(p.as_str().parse::<Privilege>().unwrap(), p);
+        }
+        assert!("root".parse::<Privilege>().is_err());
+    }
+}

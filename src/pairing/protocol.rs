@@ -1,0 +1,153 @@
+//! `/replication/v1` wire types, shared by the target's handlers and the source's client,
+//! and the spool's names: the token format and the three file names it may serve.
+
+use serde::{Deserialize, Serialize};
+
+use crate::model::UnixTime;
+
+pub const STATUS_FILE: &str = "status.json";
+pub const CERT_FILE: &str = "certificate.pem";
+pub const CA_FILE: &str = "ca.pem";
+
+/// `POST /replication/v1/requests` answer.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+pub struct Filed {
+    pub request_id: u64,
+    pub poll: String,
+    pub retry_after: u64,
+    pub expires: UnixTime,
+    pub verification_code: String,
+    pub ca_fingerprint: String,
+}
+
+/// `status.json`: what the source learns by polling.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(tag = "status", rename_all = "lowercase")]
+pub enum SpoolStatus {
+    Pending {
+        retry_after: u64,
+        expires: UnixTime,
+    },
+    Accepted {
+        certificate: String,
+        ca: String,
+        tunnel: String,
+    },
+    Rejected {
+        message: String,
+    },
+    Expired,
+    Revoked,
+}
+
+/// A spool directory name: exactly 32 lowercase hex digits (128 random bits). Parsed
+/// before any path is built, so no path trick survives to the filesystem.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SpoolToken(String);
+
+impl SpoolToken {
+    pub const LEN: usize = 32;
+
+    pub fn parse(s: &str) -> Option<SpoolToken> {
+        (s.len() == Self::LEN && s.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f')))
+            .then(|| SpoolToken(s.to_string()))
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+/// The only names the spool serves.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum SpoolFile {
+    Status,
+    Certificate,
+    Ca,
+}
+
+impl SpoolFile {
+    pub fn parse(s: &str) -> Option<SpoolFile> {
+        match s {
+            STATUS_FILE => Some(SpoolFile::Status),
+            CERT_FILE => Some(SpoolFile::Certificate),
+            CA_FILE => Some(SpoolFile::Ca),
+            _ => None,
+        }
+    }
+
+    pub fn name(self) -> &'static str {
+        match self {
+            SpoolFile::Status => STATUS_FILE,
+            SpoolFile::Certificate => CERT_FILE,
+            SpoolFile::Ca => CA_FILE,
+        }
+    }
+
+    pub fn content_type(self) -> &'static str {
+        match self {
+            SpoolFile::Status => "application/json",
+            SpoolFile::Certificate | SpoolFile::Ca => "application/x-pem-file",
+        }
+    }
+}
+
+/// `GET /tunnel/v1/hello` answer.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+pub struct Hello {
+    pub system_id: u64,
+    pub system_uuid: String,
+    pub storage_id: Option<u64>,
+    pub storage_name: Option<String>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn spool_tokens_accept_exactly_32_lowercase_hex() {
+        assert!(SpoolToken::parse("0123456789abcdef0123456789abcdef").is_some());
+        for bad in [
+            "",
+            "..",
+            "0123456789ABCDEF0123456789abcdef",
+            "0123456789abcdef0123456789abcde",
+            "0123456789abcdef0123456789abcdef0",
+            "0123456789abcdef/123456789abcdef",
+            "%2e%2e456789abcdef0123456789abcd",
+        ] {
+            assert!(SpoolToken::parse(bad).is_none(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn only_three_file_names_are_served() {
+        assert_eq!(SpoolFile::parse("status.json"), Some(SpoolFile::Status));
+        for bad in [
+            "",
+            ".",
+            "..",
+            "status.json.tmp",
+            "STATUS.JSON",
+            "ca.key",
+            "../ca.key",
+        ] {
+            assert!(SpoolFile::parse(bad).is_none(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn spool_status_has_the_documented_shape() {
+        let s = serde_json::to_value(SpoolStatus::Rejected {
+            message: "no".into(),
+        })
+        .unwrap();
+        assert_eq!(
+            s,
+            serde_json::json!({"status": "rejected", "message": "no"})
+        );
+        let s = serde_json::to_value(SpoolStatus::Expired).unwrap();
+        assert_eq!(s, serde_json::json!({"status": "expired"}));
+    }
+}

@@ -1,0 +1,279 @@
+//! Source side of pairing: the rules, as plain functions over plain types with the time
+//! passed in: parse a target address, decide whether its CA is trusted, turn a polled
+//! status into the next state, and schedule the next poll. No I/O.
+
+use std::time::Duration;
+
+use crate::model::UnixTime;
+use crate::pairing::protocol::SpoolStatus;
+use crate::store::{TargetRecord, TargetStatus};
+
+/// The API port of an appliance when the admin gives only a host.
+pub const DEFAULT_PORT: u16 = 8443;
+/// Error backoff never waits longer than this.
+pub const MAX_BACKOFF: Duration = Duration::from_secs(600);
+
+/// Normalizes `host[:port]` to `host:port` (IPv6 in brackets); None if it is not one.
+pub fn parse_target(input: &str) -> Option<String> {
+    let s = input.trim();
+    if s.is_empty() || s.len() > 260 {
+        return None;
+    }
+    if let Ok(ip) = s.parse::<std::net::Ipv6Addr>() {
+        return Some(format!("[{ip}]:{DEFAULT_PORT}"));
+    }
+    if let Ok(addr) = s.parse::<std::net::SocketAddr>() {
+        return (addr.port() != 0).then(|| addr.to_string());
+    }
+    let (host, port) = match s.rsplit_once(':') {
+        Some((h, p)) => (h, p.parse::<u16>().ok().filter(|p| *p != 0)?),
+        None => (s, DEFAULT_PORT),
+    };
+    let valid = !host.is_empty()
+        && host.len() <= 253
+        && host
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '.')
+        && !host.starts_with('-')
+        && !host.starts_with('.');
+    valid.then(|| format!("{}:{port}", host.to_ascii_lowercase()))
+}
+
+/// Whether `target` names the stored `host:port` (a bare host matches its default port).
+pub fn same_target(stored: &str, given: &str) -> bool {
+    parse_target(given).is_some_and(|g| g == stored)
+}
+
+/// Why a presented CA is not trusted.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Distrust {
+    /// Nothing pinned and no fingerprint given: the admin must compare and confirm.
+    Unknown,
+    /// A fingerprint was given (or pinned) and the presented CA is another one.
+    Mismatch { expected: String },
+}
+
+/// Trust rules for the presented CA: a pinned or given fingerprint must match exactly;
+/// `insecure` trusts whatever is presented (trust on first use).
+pub fn trust(
+    presented: &str,
+    given: Option<&str>,
+    insecure: bool,
+    pinned: Option<&str>,
+) -> Result<(), Distrust> {
+    if let Some(expected) = given.or(pinned) {
+        return if expected == presented {
+            Ok(())
+        } else {
+            Err(Distrust::Mismatch {
+                expected: expected.to_string(),
+            })
+        };
+    }
+    if insecure {
+        Ok(())
+    } else {
+        Err(Distrust::Unknown)
+    }
+}
+
+/// What the poller must do after reading `status.json`.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Step {
+    /// Nothing to change beyond `last_poll`.
+    Wait,
+    /// Fetch, check and install the certificate, then prove the tunnel at this address.
+    Install { tunnel: String },
+    /// Record a final outcome.
+    Finish {
+        status: TargetStatus,
+        message: Option<String>,
+    },
+}
+
+pub fn step(current: &TargetRecord, polled: &SpoolStatus) -> Step {
+    match polled {
+        SpoolStatus::Pending { .. } => Step::Wait,
+        SpoolStatus::Accepted { tunnel, .. } => match current.status {
+            TargetStatus::Complete => Step::Wait,
+            _ => Step::Install {
+                tunnel: tunnel.clone(),
+            },
+        },
+        SpoolStatus::Rejected { message } => Step::Finish {
+            status: TargetStatus::Rejected,
+            message: Some(message.clone()),
+        },
+        SpoolStatus::Expired => Step::Finish {
+            status: TargetStatus::Expired,
+            message: None,
+        },
+        SpoolStatus::Revoked => Step::Finish {
+            status: TargetStatus::Revoked,
+            message: Some("the target revoked this pairing".into()),
+        },
+    }
+}
+
+/// When to poll next. `unit` in [0, 1) is the random draw for jitter; jitter only shortens
+/// the interval (by up to 20%), so "complete within one poll interval plus a second" holds.
+/// `failures` counts consecutive network errors: each doubles the wait, up to `MAX_BACKOFF`.
+/// None when the pairing is final and needs no polling.
+pub fn next_poll(
+    r: &TargetRecord,
+    poll_interval: Duration,
+    heartbeat: Duration,
+    failures: u32,
+    unit: f64,
+) -> Option<Duration> {
+    if r.status.is_final() {
+        return None;
+    }
+    let base = match r.status {
+        TargetStatus::Complete => heartbeat,
+        _ => poll_interval.max(Duration::from_secs(r.retry_after)),
+    };
+    let backed_off = if failures == 0 {
+        base
+    } else {
+        base.saturating_mul(1u32 << failures.min(10))
+            .min(MAX_BACKOFF.max(base))
+    };
+    let factor = 1.0 - 0.2 * unit.clamp(0.0, 1.0);
+    Some(backed_off.mul_f64(factor))
+}
+
+/// Applies a final outcome or a failure message to a record.
+pub fn finish(r: &mut TargetRecord, status: TargetStatus, message: Option<String>, now: UnixTime) {
+    r.status = status;
+    r.message = message;
+    r.updated = now;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn record(status: TargetStatus) -> TargetRecord {
+        TargetRecord {
+            id: 1,
+            host: "t:8443".into(),
+            status,
+            message: None,
+            created: 0,
+            updated: 0,
+            last_poll: None,
+            ca_fingerprint: "f".into(),
+            ca_pem: String::new(),
+            request_id: 1,
+            poll: "/p/".into(),
+            verification_code: "1-2".into(),
+            dir: "d".into(),
+            retry_after: 0,
+            tunnel: None,
+            certificate_expires: None,
+            cert_serial: None,
+        }
+    }
+
+    #[test]
+    fn targets_are_normalized() {
+        assert_eq!(
+            parse_target("Backup.Example").as_deref(),
+            Some("backup.example:8443")
+        );
+        assert_eq!(
+            parse_target("10.0.0.1:9443").as_deref(),
+            Some("10.0.0.1:9443")
+        );
+        assert_eq!(parse_target("::1").as_deref(), Some("[::1]:8443"));
+        assert_eq!(parse_target("[::1]:9000").as_deref(), Some("[::1]:9000"));
+        for bad in ["", "a b", "host:0", "host:99999", "-x", "x/y", "http://x"] {
+            assert_eq!(parse_target(bad), None, "{bad}");
+        }
+        assert!(same_target("backup.example:8443", "BACKUP.example"));
+    }
+
+    #[test]
+    fn trust_needs_a_matching_fingerprint_or_insecure() {
+        assert_eq!(trust("aa", None, false, None), Err(Distrust::Unknown));
+        assert_eq!(trust("aa", None, true, None), Ok(()));
+        assert_eq!(trust("aa", Some("aa"), false, None), Ok(()));
+        assert_eq!(
+            trust("aa", Some("bb"), true, None),
+            Err(Distrust::Mismatch {
+                expected: "bb".into()
+            })
+        );
+        assert_eq!(
+            trust("aa", None, true, Some("bb")),
+            Err(Distrust::Mismatch {
+                expected: "bb".into()
+            })
+        );
+    }
+
+    #[test]
+    fn polled_status_drives_the_state() {
+        let pending = record(TargetStatus::Pending);
+        let accepted = SpoolStatus::Accepted {
+            certificate: "c".into(),
+            ca: "a".into(),
+            tunnel: "t:8444".into(),
+        };
+        assert_eq!(
+            step(&pending, &accepted),
+            Step::Install {
+                tunnel: "t:8444".into()
+            }
+        );
+        assert_eq!(
+            step(&record(TargetStatus::Failed), &accepted),
+            Step::Install {
+                tunnel: "t:8444".into()
+            }
+        );
+        assert_eq!(step(&record(TargetStatus::Complete), &accepted), Step::Wait);
+        assert!(matches!(
+            step(&record(TargetStatus::Complete), &SpoolStatus::Revoked),
+            Step::Finish {
+                status: TargetStatus::Revoked,
+                ..
+            }
+        ));
+        assert_eq!(
+            step(
+                &pending,
+                &SpoolStatus::Rejected {
+                    message: "no".into()
+                }
+            ),
+            Step::Finish {
+                status: TargetStatus::Rejected,
+                message: Some("no".into())
+            }
+        );
+    }
+
+    #[test]
+    fn polls_are_jittered_down_backed_off_and_stop_when_final() {
+        let p = Duration::from_secs(30);
+        let h = Duration::from_secs(300);
+        let mut r = record(TargetStatus::Pending);
+        assert_eq!(next_poll(&r, p, h, 0, 0.0), Some(p));
+        let j = next_poll(&r, p, h, 0, 0.999).unwrap();
+        assert!(j >= Duration::from_secs(24) && j <= p);
+        r.retry_after = 60;
+        assert_eq!(next_poll(&r, p, h, 0, 0.0), Some(Duration::from_secs(60)));
+        assert_eq!(next_poll(&r, p, h, 2, 0.0), Some(Duration::from_secs(240)));
+        assert_eq!(next_poll(&r, p, h, 20, 0.0), Some(MAX_BACKOFF));
+        assert_eq!(
+            next_poll(&record(TargetStatus::Complete), p, h, 0, 0.0),
+            Some(h)
+        );
+        assert_eq!(
+            next_poll(&record(TargetStatus::Rejected), p, h, 0, 0.0),
+            None
+        );
+    }
+}

@@ -1,0 +1,882 @@
+//! Target side of pairing: file a request (idempotency, caps, expiry), accept (sign, then
+//! one transaction for resolution, certificate and systems row), reject, ignore, unpair,
+//! move storage, and the role rules. Writes no files: the caller renders the spool after
+//! the commit returns.
+
+use std::fmt;
+
+use crate::ca::{self, Ca, ValidCsr};
+use crate::config::Storage;
+use crate::model::UnixTime;
+use crate::store::{
+    AuditRecord, CertRecord, OpenRequest, RequestRecord, RequestStatus, Store, StoreError,
+    SystemRecord, Txn,
+};
+
+/// The role strings of the appliance API, exactly.
+pub const ROLE_MANAGED: &str = "Managed DPU";
+pub const ROLE_SOURCE: &str = "Replication Source";
+pub const ROLE_NON_MANAGED_SOURCE: &str = "Non-Managed Replication Source";
+pub const ROLE_PENDING_SOURCE: &str = "Pending Replication Source";
+
+pub fn is_source_role(role: &str) -> bool {
+    role == ROLE_SOURCE || role == ROLE_NON_MANAGED_SOURCE
+}
+
+/// Who did it and from where, for audit rows.
+#[derive(Clone, Debug)]
+pub struct Actor {
+    pub user: String,
+    pub address: String,
+}
+
+impl Actor {
+    fn audit(&self, now: UnixTime, action: &str, object: String, detail: String) -> AuditRecord {
+        AuditRecord {
+            time: now,
+            user: self.user.clone(),
+            address: self.address.clone(),
+            action: action.into(),
+            object,
+            detail,
+        }
+    }
+}
+
+/// The limits on open requests.
+#[derive(Clone, Copy, Debug)]
+pub struct Caps {
+    pub max_pending: u32,
+    pub per_address: u32,
+    pub ttl_seconds: i64,
+    /// What a refused source is told to wait.
+    pub retry_after: u64,
+}
+
+#[derive(Debug)]
+pub enum PairingError {
+    UnknownRequest(u64),
+    UnknownSystem(u64),
+    /// The request is no longer pending (accepted, rejected, ignored, revoked).
+    NotPending {
+        id: u64,
+        status: RequestStatus,
+    },
+    Expired(u64),
+    MessageRequired,
+    UnknownStorage(u64),
+    StorageNotBackup(u64),
+    NoBackupStorage,
+    NotASource(u64),
+    /// Past a cap on open requests.
+    Busy {
+        reason: String,
+        retry_after: u64,
+    },
+    InvalidField {
+        field: &'static str,
+        problem: String,
+    },
+    Csr(ca::CsrError),
+    Ca(ca::CaError),
+    Store(StoreError),
+}
+
+impl fmt::Display for PairingError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            PairingError::UnknownRequest(id) => write!(f, "no pairing request with id {id}"),
+            PairingError::UnknownSystem(id) => write!(f, "no system with id {id}"),
+            PairingError::NotPending { id, status } => {
+                write!(f, "request {id} is already {}", status.as_str())
+            }
+            PairingError::Expired(id) => write!(f, "request {id} has expired"),
+            PairingError::MessageRequired => {
+                f.write_str("field `message` is required to reject a request")
+            }
+            PairingError::UnknownStorage(id) => write!(f, "no storage with id {id}"),
+            PairingError::StorageNotBackup(id) => write!(f, "storage {id} is not a backup storage"),
+            PairingError::NoBackupStorage => f.write_str("no backup storage is configured"),
+            PairingError::NotASource(id) => write!(f, "system {id} is not a replication source"),
+            PairingError::Busy { reason, .. } => f.write_str(reason),
+            PairingError::InvalidField { field, problem } => write!(f, "field `{field}` {problem}"),
+            PairingError::Csr(e) => write!(f, "field `csr`: {e}"),
+            PairingError::Ca(e) => write!(f, "sign csr: {e}"),
+            PairingError::Store(e) => write!(f, "{e}"),
+        }
+    }
+}
+
+impl std::error::Error for PairingError {}
+
+impl From<StoreError> for PairingError {
+    fn from(e: StoreError) -> Self {
+        PairingError::Store(e)
+    }
+}
+
+/// A request as it arrives, fields already checked for shape.
+#[derive(Clone, Debug)]
+pub struct NewRequest {
+    pub system_uuid: String,
+    pub name: String,
+    pub host: String,
+    pub asset_tag: Option<String>,
+    pub version: String,
+    pub csr_pem: String,
+    pub remote_addr: String,
+}
+
+/// What filing decided.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Filing {
+    /// The same source and key already have an open request: answer with it.
+    Existing(u64),
+    Create,
+    Refuse(String),
+}
+
+/// The idempotency and cap rules over the open requests (expired ones already excluded).
+pub fn decide_filing(
+    open: &[(u64, OpenRequest)],
+    system_uuid: &str,
+    csr_fingerprint: &str,
+    address: &str,
+    caps: &Caps,
+) -> Filing {
+    if let Some((id, o)) = open.iter().find(|(_, o)| o.system_uuid == system_uuid) {
+        if o.csr_fingerprint == csr_fingerprint {
+            return Filing::Existing(*id);
+        }
+        return Filing::Refuse(format!(
+            "system {system_uuid} already has open request {id} with another key; wait for it to be resolved or expire"
+        ));
+    }
+    if open
+        .iter()
+        .filter(|(_, o)| o.remote_addr == address)
+        .count()
+        >= caps.per_address as usize
+    {
+        return Filing::Refuse(format!("too many open requests from {address}"));
+    }
+    if open.len() >= caps.max_pending as usize {
+        return Filing::Refuse("too many open pairing requests on this appliance".into());
+    }
+    Filing::Create
+}
+
+fn check_text(
+    field: &'static str,
+    value: &str,
+    max: usize,
+    allow: impl Fn(char) -> bool,
+) -> Result<(), PairingError> {
+    if value.is_empty() || value.len() > max || !value.chars().all(allow) {
+        return Err(PairingError::InvalidField {
+            field,
+            problem: format!("must be 1 to {max} characters of the allowed set"),
+        });
+    }
+    Ok(())
+}
+
+fn printable(c: char) -> bool {
+    !c.is_control()
+}
+
+impl NewRequest {
+    /// Shape checks before anything is parsed or stored.
+    pub fn validate(&self) -> Result<(), PairingError> {
+        check_text("system_uuid", &self.system_uuid, 64, |c| {
+            c.is_ascii_alphanumeric() || c == '-'
+        })?;
+        check_text("name", &self.name, 255, printable)?;
+        check_text("host", &self.host, 255, |c| {
+            c.is_ascii_alphanumeric() || "-.:[]".contains(c)
+        })?;
+        check_text("version", &self.version, 64, printable)?;
+        if let Some(tag) = &self.asset_tag {
+            if tag.len() > 255 || !tag.chars().all(printable) {
+                return Err(PairingError::InvalidField {
+                    field: "asset_tag",
+                    problem: "must be at most 255 printable characters".into(),
+                });
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Result of filing: the request and whether it was created now.
+pub struct Filed {
+    pub request: RequestRecord,
+    pub created: bool,
+}
+
+/// Files a request: verify the CSR, apply idempotency and caps, store it with a fresh
+/// sequential id and random poll token. The spool is written by the caller.
+pub fn file_request(
+    store: &Store,
+    ca: &Ca,
+    new: NewRequest,
+    caps: &Caps,
+    token: String,
+    now: UnixTime,
+) -> Result<Filed, PairingError> {
+    new.validate()?;
+    let csr: ValidCsr = ca::parse_csr(&new.csr_pem).map_err(PairingError::Csr)?;
+    let fingerprint = csr.fingerprint();
+    store.write(|tx| {
+        let open: Vec<_> = tx
+            .open_requests()?
+            .into_iter()
+            .filter(|(_, o)| o.expires > now)
+            .collect();
+        match decide_filing(
+            &open,
+            &new.system_uuid,
+            &fingerprint,
+            &new.remote_addr,
+            caps,
+        ) {
+            Filing::Existing(id) => {
+                let request = tx.request(id)?.ok_or(PairingError::UnknownRequest(id))?;
+                Ok(Filed {
+                    request,
+                    created: false,
+                })
+            }
+            Filing::Refuse(reason) => Err(PairingError::Busy {
+                reason,
+                retry_after: caps.retry_after,
+            }),
+            Filing::Create => {
+                let id = tx.next_request_id()?;
+                let replaces_system_id = tx
+                    .systems()?
+                    .into_iter()
+                    .find(|s| {
+                        is_source_role(&s.role)
+                            && s.system_uuid.as_deref() == Some(new.system_uuid.as_str())
+                    })
+                    .map(|s| s.id);
+                let request = RequestRecord {
+                    id,
+                    system_uuid: new.system_uuid.clone(),
+                    name: new.name.clone(),
+                    host: new.host.clone(),
+                    asset_tag: new.asset_tag.clone(),
+                    version: new.version.clone(),
+                    csr_pem: new.csr_pem.clone(),
+                    csr_fingerprint: fingerprint.clone(),
+                    remote_addr: new.remote_addr.clone(),
+                    token: token.clone(),
+                    verification_code: ca::verification_code(&ca.fingerprint(), csr.spki_der(), id),
+                    created: now,
+                    expires: now.saturating_add(caps.ttl_seconds),
+                    status: RequestStatus::Pending,
+                    message: None,
+                    resolved_at: None,
+                    resolved_by: None,
+                    replaces_system_id,
+                    system_id: None,
+                    cert_serial: None,
+                };
+                tx.put_request(&request)?;
+                let actor = Actor {
+                    user: "-".into(),
+                    address: new.remote_addr.clone(),
+                };
+                tx.audit(&actor.audit(
+                    now,
+                    "request filed",
+                    format!("request:{id}"),
+                    format!(
+                        "system {} ({}) key {}",
+                        new.system_uuid,
+                        new.host,
+                        csr.key_kind()
+                    ),
+                ))?;
+                Ok(Filed {
+                    request,
+                    created: true,
+                })
+            }
+        }
+    })
+}
+
+/// What an admin decided.
+#[derive(Clone, Debug)]
+pub enum Decision {
+    Accept { storage_id: Option<u64> },
+    Reject { message: String },
+}
+
+/// Picks the storage for an accept: the named one (must be `backup`) or the default.
+pub fn choose_storage(storage: &[Storage], wanted: Option<u64>) -> Result<&Storage, PairingError> {
+    match wanted {
+        Some(id) => {
+            let s = storage
+                .iter()
+                .find(|s| s.id == id)
+                .ok_or(PairingError::UnknownStorage(id))?;
+            if s.usage != "backup" {
+                return Err(PairingError::StorageNotBackup(id));
+            }
+            Ok(s)
+        }
+        None => storage
+            .iter()
+            .find(|s| s.usage == "backup")
+            .ok_or(PairingError::NoBackupStorage),
+    }
+}
+
+/// The systems row after an accept. A source the target already manages becomes
+/// `Replication Source`; any other gets `Non-Managed Replication Source`. A replacement
+/// key for a paired source updates the same row.
+pub fn source_row(
+    existing: Option<SystemRecord>,
+    request: &RequestRecord,
+    storage_id: u64,
+    serial: &str,
+    not_after: UnixTime,
+    new_id: u64,
+    now: UnixTime,
+) -> SystemRecord {
+    match existing {
+        Some(mut row) => {
+            let managed = row.role == ROLE_MANAGED || row.was_managed;
+            row.was_managed = managed;
+            row.role = if managed {
+                ROLE_SOURCE
+            } else {
+                ROLE_NON_MANAGED_SOURCE
+            }
+            .into();
+            row.system_uuid = Some(request.system_uuid.clone());
+            row.version = Some(request.version.clone());
+            row.storage_id = Some(storage_id);
+            row.cert_serial = Some(serial.into());
+            row.certificate_expires = Some(not_after);
+            row.request_id = Some(request.id);
+            row.updated = now;
+            row
+        }
+        None => SystemRecord {
+            id: new_id,
+            name: request.name.clone(),
+            host: request.host.clone(),
+            role: ROLE_NON_MANAGED_SOURCE.into(),
+            system_uuid: Some(request.system_uuid.clone()),
+            version: Some(request.version.clone()),
+            storage_id: Some(storage_id),
+            created: now,
+            updated: now,
+            cert_serial: Some(serial.into()),
+            certificate_expires: Some(not_after),
+            last_seen: None,
+            was_managed: false,
+            request_id: Some(request.id),
+        },
+    }
+}
+
+/// The systems row a request's source corresponds to: same `system_uuid`, else a managed
+/// system registered with the same host.
+fn matching_system(tx: &Txn, request: &RequestRecord) -> Result<Option<SystemRecord>, StoreError> {
+    let systems = tx.systems()?;
+    if let Some(s) = systems
+        .iter()
+        .find(|s| s.system_uuid.as_deref() == Some(request.system_uuid.as_str()))
+    {
+        return Ok(Some(s.clone()));
+    }
+    Ok(systems.into_iter().find(|s| {
+        s.role == ROLE_MANAGED
+            && s.system_uuid.is_none()
+            && s.host.eq_ignore_ascii_case(&request.host)
+    }))
+}
+
+fn check_pending(r: &RequestRecord, now: UnixTime) -> Result<(), PairingError> {
+    if r.status != RequestStatus::Pending {
+        return Err(PairingError::NotPending {
+            id: r.id,
+            status: r.status,
+        });
+    }
+    if now >= r.expires {
+        return Err(PairingError::Expired(r.id));
+    }
+    Ok(())
+}
+
+/// Accepts or rejects a pending request. On accept the CSR is signed first, then the
+/// resolution, the certificate and the systems row commit in one transaction. Returns the
+/// committed request; the caller writes the spool from it.
+#[allow(clippy::too_many_arguments)]
+pub fn resolve(
+    store: &Store,
+    ca: &Ca,
+    storage: &[Storage],
+    id: u64,
+    decision: Decision,
+    cert_days: u32,
+    actor: &Actor,
+    now: UnixTime,
+) -> Result<RequestRecord, PairingError> {
+    let current = store.request(id)?.ok_or(PairingError::UnknownRequest(id))?;
+    check_pending(&current, now)?;
+    match decision {
+        Decision::Reject { message } => {
+            let message = message.trim().to_string();
+            if message.is_empty() {
+                return Err(PairingError::MessageRequired);
+            }
+            if message.len() > 1_024 {
+                return Err(PairingError::InvalidField {
+                    field: "message",
+                    problem: "must be at most 1024 bytes".into(),
+                });
+            }
+            store.write(|tx| {
+                let mut r = tx.request(id)?.ok_or(PairingError::UnknownRequest(id))?;
+                check_pending(&r, now)?;
+                r.status = RequestStatus::Rejected;
+                r.message = Some(message.clone());
+                r.resolved_at = Some(now);
+                r.resolved_by = Some(actor.user.clone());
+                tx.put_request(&r)?;
+                tx.audit(&actor.audit(
+                    now,
+                    "request rejected",
+                    format!("request:{id}"),
+                    message.clone(),
+                ))?;
+                Ok(r)
+            })
+        }
+        Decision::Accept { storage_id } => {
+            let storage = choose_storage(storage, storage_id)?;
+            let csr = ca::parse_csr(&current.csr_pem).map_err(PairingError::Csr)?;
+            let issued = ca
+                .sign_client(&csr, &current.system_uuid, cert_days, time_of(now))
+                .map_err(PairingError::Ca)?;
+            store.write(|tx| {
+                let mut r = tx.request(id)?.ok_or(PairingError::UnknownRequest(id))?;
+                check_pending(&r, now)?;
+                let existing = matching_system(tx, &r)?;
+                // A replaced key stops working the moment the new one is accepted.
+                if let Some(old) = existing.as_ref().and_then(|s| s.cert_serial.clone()) {
+                    tx.revoke(&old, now)?;
+                    if let Some(old_req) = existing.as_ref().and_then(|s| s.request_id) {
+                        if let Some(mut o) = tx.request(old_req)? {
+                            if o.status == RequestStatus::Accepted {
+                                o.status = RequestStatus::Revoked;
+                                tx.put_request(&o)?;
+                            }
+                        }
+                    }
+                }
+                let row = source_row(
+                    existing,
+                    &r,
+                    storage.id,
+                    &issued.serial,
+                    issued.not_after,
+                    tx.next_system_id()?,
+                    now,
+                );
+                tx.put_system(&row)?;
+                let fresh = tx.insert_cert(&CertRecord {
+                    serial: issued.serial.clone(),
+                    request_id: id,
+                    system_id: row.id,
+                    subject: r.system_uuid.clone(),
+                    issued_at: now,
+                    not_after: issued.not_after,
+                    pem: issued.cert_pem.clone(),
+                    revoked_at: None,
+                })?;
+                if !fresh {
+                    // 128 random bits colliding means the random source is broken.
+                    return Err(PairingError::Ca(ca::CaError::Random));
+                }
+                r.status = RequestStatus::Accepted;
+                r.resolved_at = Some(now);
+                r.resolved_by = Some(actor.user.clone());
+                r.system_id = Some(row.id);
+                r.cert_serial = Some(issued.serial.clone());
+                tx.put_request(&r)?;
+                tx.audit(&actor.audit(
+                    now,
+                    "request accepted",
+                    format!("request:{id}"),
+                    format!(
+                        "system {} role {} storage {} serial {}",
+                        row.id, row.role, storage.id, issued.serial
+                    ),
+                ))?;
+                Ok(r)
+            })
+        }
+    }
+}
+
+fn time_of(now: UnixTime) -> time::OffsetDateTime {
+    time::OffsetDateTime::from_unix_timestamp(now)
+        .unwrap_or_else(|_| time::OffsetDateTime::now_utc())
+}
+
+/// Drops a pending request silently; the source will see `expired`.
+pub fn ignore(
+    store: &Store,
+    id: u64,
+    actor: &Actor,
+    now: UnixTime,
+) -> Result<RequestRecord, PairingError> {
+    store.write(|tx| {
+        let mut r = tx.request(id)?.ok_or(PairingError::UnknownRequest(id))?;
+        if r.status != RequestStatus::Pending {
+            return Err(PairingError::NotPending {
+                id,
+                status: r.status,
+            });
+        }
+        r.status = RequestStatus::Ignored;
+        r.resolved_at = Some(now);
+        r.resolved_by = Some(actor.user.clone());
+        tx.put_request(&r)?;
+        tx.audit(&actor.audit(
+            now,
+            "request ignored",
+            format!("request:{id}"),
+            String::new(),
+        ))?;
+        Ok(r)
+    })
+}
+
+/// Unpairs a source: revoke its certificate, mark its request revoked, drop the systems
+/// row or return it to `Managed DPU`. Returns the revoked request (for the spool), if any.
+pub fn unpair(
+    store: &Store,
+    system_id: u64,
+    actor: &Actor,
+    now: UnixTime,
+) -> Result<Option<RequestRecord>, PairingError> {
+    store.write(|tx| {
+        let row = tx
+            .system(system_id)?
+            .ok_or(PairingError::UnknownSystem(system_id))?;
+        if !is_source_role(&row.role) {
+            return Err(PairingError::NotASource(system_id));
+        }
+        if let Some(serial) = &row.cert_serial {
+            tx.revoke(serial, now)?;
+        }
+        let mut revoked = None;
+        if let Some(req_id) = row.request_id {
+            if let Some(mut r) = tx.request(req_id)? {
+                r.status = RequestStatus::Revoked;
+                tx.put_request(&r)?;
+                revoked = Some(r);
+            }
+        }
+        if row.was_managed {
+            let mut back = row.clone();
+            back.role = ROLE_MANAGED.into();
+            back.storage_id = None;
+            back.cert_serial = None;
+            back.certificate_expires = None;
+            back.request_id = None;
+            back.was_managed = false;
+            back.updated = now;
+            tx.put_system(&back)?;
+        } else {
+            tx.delete_system(system_id)?;
+        }
+        tx.audit(&actor.audit(
+            now,
+            "source unpaired",
+            format!("system:{system_id}"),
+            format!("serial {}", row.cert_serial.clone().unwrap_or_default()),
+        ))?;
+        Ok(revoked)
+    })
+}
+
+/// Moves a source's backups to another storage.
+pub fn change_storage(
+    store: &Store,
+    storage: &[Storage],
+    system_id: u64,
+    storage_id: u64,
+    actor: &Actor,
+    now: UnixTime,
+) -> Result<SystemRecord, PairingError> {
+    let chosen = choose_storage(storage, Some(storage_id))?;
+    store.write(|tx| {
+        let mut row = tx
+            .system(system_id)?
+            .ok_or(PairingError::UnknownSystem(system_id))?;
+        if !is_source_role(&row.role) {
+            return Err(PairingError::NotASource(system_id));
+        }
+        let before = row.storage_id;
+        row.storage_id = Some(chosen.id);
+        row.updated = now;
+        tx.put_system(&row)?;
+        tx.audit(&actor.audit(
+            now,
+            "source storage changed",
+            format!("system:{system_id}"),
+            format!(
+                "storage {} -> {}",
+                before.map(|s| s.to_string()).unwrap_or_else(|| "-".into()),
+                chosen.id
+            ),
+        ))?;
+        Ok(row)
+    })
+}
+
+/// Registers a managed system (role `Managed DPU`).
+pub fn register_managed(
+    store: &Store,
+    name: &str,
+    host: &str,
+    system_uuid: Option<&str>,
+    actor: &Actor,
+    now: UnixTime,
+) -> Result<SystemRecord, PairingError> {
+    check_text("name", name, 255, printable)?;
+    check_text("host", host, 255, |c| {
+        c.is_ascii_alphanumeric() || "-.:[]".contains(c)
+    })?;
+    if let Some(u) = system_uuid {
+        check_text("system_uuid", u, 64, |c| {
+            c.is_ascii_alphanumeric() || c == '-'
+        })?;
+    }
+    store.write(|tx| {
+        let row = SystemRecord {
+            id: tx.next_system_id()?,
+            name: name.into(),
+            host: host.into(),
+            role: ROLE_MANAGED.into(),
+            system_uuid: system_uuid.map(String::from),
+            version: None,
+            storage_id: None,
+            created: now,
+            updated: now,
+            cert_serial: None,
+            certificate_expires: None,
+            last_seen: None,
+            was_managed: false,
+            request_id: None,
+        };
+        tx.put_system(&row)?;
+        tx.audit(&actor.audit(
+            now,
+            "system registered",
+            format!("system:{}", row.id),
+            format!("{name} ({host})"),
+        ))?;
+        Ok(row)
+    })
+}
+
+/// Marks every pending request whose time ran out as expired; returns them for the spool.
+pub fn expire_due(store: &Store, now: UnixTime) -> Result<Vec<RequestRecord>, PairingError> {
+    let due: Vec<u64> = store
+        .open_requests()?
+        .into_iter()
+        .filter(|(_, o)| o.expires <= now)
+        .map(|(id, _)| id)
+        .collect();
+    if due.is_empty() {
+        return Ok(Vec::new());
+    }
+    store.write(|tx| {
+        let mut out = Vec::new();
+        for id in due {
+            if let Some(mut r) = tx.request(id)? {
+                if r.status == RequestStatus::Pending && r.expires <= now {
+                    r.status = RequestStatus::Expired;
+                    r.resolved_at = Some(now);
+                    tx.put_request(&r)?;
+                    tx.audit(&AuditRecord {
+                        time: now,
+                        user: "-".into(),
+                        address: "local".into(),
+                        action: "request expired".into(),
+                        object: format!("request:{id}"),
+                        detail: String::new(),
+                    })?;
+                    out.push(r);
+                }
+            }
+        }
+        Ok(out)
+    })
+}
+
+/// Records a successful tunnel hello: the pairing is collected.
+pub fn record_hello(
+    store: &Store,
+    serial: &str,
+    now: UnixTime,
+) -> Result<Option<SystemRecord>, PairingError> {
+    let Some(cert) = store.cert(serial)? else {
+        return Ok(None);
+    };
+    store.write(|tx| {
+        let Some(mut row) = tx.system(cert.system_id)? else {
+            return Ok(None);
+        };
+        if row.cert_serial.as_deref() != Some(serial) {
+            return Ok(None);
+        }
+        let first = row.last_seen.is_none();
+        row.last_seen = Some(now);
+        tx.put_system(&row)?;
+        if first {
+            tx.audit(&AuditRecord {
+                time: now,
+                user: "-".into(),
+                address: "tunnel".into(),
+                action: "pairing collected".into(),
+                object: format!("system:{}", row.id),
+                detail: format!("serial {serial}"),
+            })?;
+        }
+        Ok(Some(row))
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn open(uuid: &str, fp: &str, addr: &str) -> OpenRequest {
+        OpenRequest {
+            system_uuid: uuid.into(),
+            csr_fingerprint: fp.into(),
+            remote_addr: addr.into(),
+            expires: 100,
+        }
+    }
+
+    const CAPS: Caps = Caps {
+        max_pending: 3,
+        per_address: 2,
+        ttl_seconds: 60,
+        retry_after: 30,
+    };
+
+    #[test]
+    fn same_source_and_key_is_the_existing_request() {
+        let o = vec![(7, open("u1", "k1", "a"))];
+        assert_eq!(
+            decide_filing(&o, "u1", "k1", "a", &CAPS),
+            Filing::Existing(7)
+        );
+        assert!(matches!(
+            decide_filing(&o, "u1", "k2", "a", &CAPS),
+            Filing::Refuse(_)
+        ));
+        assert_eq!(decide_filing(&o, "u2", "k1", "a", &CAPS), Filing::Create);
+    }
+
+    #[test]
+    fn address_and_global_caps_refuse() {
+        let o = vec![(1, open("u1", "k", "a")), (2, open("u2", "k", "a"))];
+        assert!(
+            matches!(decide_filing(&o, "u3", "k", "a", &CAPS), Filing::Refuse(r) if r.contains("from a"))
+        );
+        assert_eq!(decide_filing(&o, "u3", "k", "b", &CAPS), Filing::Create);
+        let o = vec![
+            (1, open("u1", "k", "a")),
+            (2, open("u2", "k", "b")),
+            (3, open("u3", "k", "c")),
+        ];
+        assert!(matches!(
+            decide_filing(&o, "u4", "k", "d", &CAPS),
+            Filing::Refuse(_)
+        ));
+    }
+
+    fn request() -> RequestRecord {
+        RequestRecord {
+            id: 3,
+            system_uuid: "u".into(),
+            name: "src".into(),
+            host: "src.example".into(),
+            asset_tag: None,
+            version: "1".into(),
+            csr_pem: String::new(),
+            csr_fingerprint: String::new(),
+            remote_addr: "127.0.0.1".into(),
+            token: String::new(),
+            verification_code: String::new(),
+            created: 0,
+            expires: 10,
+            status: RequestStatus::Pending,
+            message: None,
+            resolved_at: None,
+            resolved_by: None,
+            replaces_system_id: None,
+            system_id: None,
+            cert_serial: None,
+        }
+    }
+
+    #[test]
+    fn roles_follow_the_appliance_rules() {
+        let r = request();
+        let fresh = source_row(None, &r, 1, "ab", 99, 5, 1);
+        assert_eq!(fresh.role, "Non-Managed Replication Source");
+        assert_eq!(fresh.id, 5);
+        let managed = SystemRecord {
+            role: ROLE_MANAGED.into(),
+            ..fresh.clone()
+        };
+        let row = source_row(Some(managed), &r, 2, "cd", 99, 6, 1);
+        assert_eq!(row.role, "Replication Source");
+        assert!(row.was_managed);
+        assert_eq!(row.id, 5);
+        assert_eq!(row.storage_id, Some(2));
+    }
+
+    #[test]
+    fn storage_must_exist_and_be_backup() {
+        let s = vec![
+            Storage {
+                id: 1,
+                name: "a".into(),
+                path: "/a".into(),
+                usage: "archive".into(),
+            },
+            Storage {
+                id: 2,
+                name: "b".into(),
+                path: "/b".into(),
+                usage: "backup".into(),
+            },
+        ];
+        assert_eq!(choose_storage(&s, None).unwrap().id, 2);
+        assert!(matches!(
+            choose_storage(&s, Some(1)),
+            Err(PairingError::StorageNotBackup(1))
+        ));
+        assert!(matches!(
+            choose_storage(&s, Some(9)),
+            Err(PairingError::UnknownStorage(9))
+        ));
+    }
+}

@@ -1,0 +1,230 @@
+//! Spool: turns what the store committed into files a source can poll, and serves them.
+//! Never decides a status: every byte is rendered from a database record, so startup can
+//! rebuild the whole spool and compare it byte for byte.
+
+use std::collections::HashSet;
+use std::fmt;
+use std::io;
+use std::path::{Path, PathBuf};
+
+use crate::fsx;
+use crate::pairing::protocol::{
+    SpoolFile, SpoolStatus, SpoolToken, CA_FILE, CERT_FILE, STATUS_FILE,
+};
+use crate::store::{RequestRecord, RequestStatus, Store, StoreError};
+
+/// Spool files are small; anything larger was not written by us.
+const MAX_FILE_BYTES: u64 = 64 * 1024;
+
+#[derive(Debug)]
+pub enum SpoolError {
+    Io {
+        path: PathBuf,
+        error: io::Error,
+    },
+    Store(StoreError),
+    /// An accepted request whose certificate row is missing: the database is damaged.
+    MissingCertificate {
+        request: u64,
+    },
+}
+
+impl fmt::Display for SpoolError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            SpoolError::Io { path, error } => write!(f, "spool {}: {error}", path.display()),
+            SpoolError::Store(e) => write!(f, "{e}"),
+            SpoolError::MissingCertificate { request } => {
+                write!(
+                    f,
+                    "accepted request {request} has no certificate in the database"
+                )
+            }
+        }
+    }
+}
+
+impl std::error::Error for SpoolError {}
+
+impl From<StoreError> for SpoolError {
+    fn from(e: StoreError) -> Self {
+        SpoolError::Store(e)
+    }
+}
+
+fn io_err(path: &Path) -> impl FnOnce(io::Error) -> SpoolError + '_ {
+    move |error| SpoolError::Io {
+        path: path.to_path_buf(),
+        error,
+    }
+}
+
+/// What reconcile changed, for the start-up log and tests.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct Repair {
+    pub files_written: u64,
+    pub files_removed: u64,
+    pub dirs_removed: u64,
+}
+
+pub struct Spool {
+    root: PathBuf,
+    ca_pem: String,
+    /// `host:port` of the tunnel, told to accepted sources.
+    tunnel: String,
+    retry_after: u64,
+}
+
+impl Spool {
+    pub fn open(
+        root: PathBuf,
+        ca_pem: String,
+        tunnel: String,
+        retry_after: u64,
+    ) -> Result<Spool, SpoolError> {
+        fsx::ensure_private_dir(&root).map_err(io_err(&root))?;
+        Ok(Spool {
+            root,
+            ca_pem,
+            tunnel,
+            retry_after,
+        })
+    }
+
+    fn dir(&self, token: &str) -> PathBuf {
+        self.root.join(token)
+    }
+
+    /// The status a source sees for `r`.
+    pub fn status_of(&self, r: &RequestRecord) -> SpoolStatus {
+        match r.status {
+            RequestStatus::Pending => SpoolStatus::Pending {
+                retry_after: self.retry_after,
+                expires: r.expires,
+            },
+            RequestStatus::Accepted => SpoolStatus::Accepted {
+                certificate: CERT_FILE.into(),
+                ca: CA_FILE.into(),
+                tunnel: self.tunnel.clone(),
+            },
+            RequestStatus::Rejected => SpoolStatus::Rejected {
+                message: r.message.clone().unwrap_or_default(),
+            },
+            RequestStatus::Expired | RequestStatus::Ignored => SpoolStatus::Expired,
+            RequestStatus::Revoked => SpoolStatus::Revoked,
+        }
+    }
+
+    /// The files `r` must have, in write order: `status.json` always last.
+    pub fn render(
+        &self,
+        r: &RequestRecord,
+        store: &Store,
+    ) -> Result<Vec<(&'static str, Vec<u8>)>, SpoolError> {
+        let mut files = Vec::with_capacity(3);
+        if r.status == RequestStatus::Accepted {
+            let cert = r
+                .cert_serial
+                .as_deref()
+                .map(|s| store.cert(s))
+                .transpose()?
+                .flatten()
+                .ok_or(SpoolError::MissingCertificate { request: r.id })?;
+            files.push((CERT_FILE, cert.pem.into_bytes()));
+            files.push((CA_FILE, self.ca_pem.clone().into_bytes()));
+        }
+        // Invariant: SpoolStatus serializes from plain strings and integers.
+        let status = serde_json::to_vec(&self.status_of(r)).unwrap_or_default();
+        files.push((STATUS_FILE, status));
+        Ok(files)
+    }
+
+    /// Brings `r`'s spool directory in line with the database; returns what it changed.
+    /// Files that differ are rewritten atomically, `status.json` last; files that should
+    /// not be there (a certificate after revocation, temporaries) are removed after it.
+    pub fn write(&self, r: &RequestRecord, store: &Store) -> Result<Repair, SpoolError> {
+        let Some(token) = SpoolToken::parse(&r.token) else {
+            return Ok(Repair::default());
+        };
+        let dir = self.dir(token.as_str());
+        fsx::ensure_private_dir(&dir).map_err(io_err(&dir))?;
+        let files = self.render(r, store)?;
+        let mut repair = Repair::default();
+        for (name, bytes) in &files {
+            let path = dir.join(name);
+            let current = fsx::read_regular_nofollow(&path, MAX_FILE_BYTES).ok();
+            if current.as_deref() != Some(bytes.as_slice()) {
+                fsx::write_atomic(&path, bytes).map_err(io_err(&path))?;
+                repair.files_written += 1;
+            }
+        }
+        let wanted: HashSet<&str> = files.iter().map(|(n, _)| *n).collect();
+        for entry in std::fs::read_dir(&dir).map_err(io_err(&dir))? {
+            let entry = entry.map_err(io_err(&dir))?;
+            let name = entry.file_name();
+            if !wanted.contains(name.to_string_lossy().as_ref()) {
+                let path = entry.path();
+                let is_dir = entry.file_type().map(|t| t.is_dir()).unwrap_or(false);
+                if is_dir {
+                    fsx::remove_dir_all_durable(&path).map_err(io_err(&path))?;
+                } else {
+                    fsx::remove_file_durable(&path).map_err(io_err(&path))?;
+                }
+                repair.files_removed += 1;
+            }
+        }
+        Ok(repair)
+    }
+
+    /// Start-up repair: every request gets a spool that matches it; directories that belong
+    /// to no request are removed.
+    pub fn reconcile(&self, store: &Store) -> Result<Repair, SpoolError> {
+        let mut total = Repair::default();
+        let mut tokens = HashSet::new();
+        let mut after = 0;
+        loop {
+            let page = store.requests(after, 500, |_| true)?;
+            let Some(last) = page.last() else { break };
+            after = last.id;
+            for r in &page {
+                tokens.insert(r.token.clone());
+                let repair = self.write(r, store)?;
+                total.files_written += repair.files_written;
+                total.files_removed += repair.files_removed;
+            }
+        }
+        for entry in std::fs::read_dir(&self.root).map_err(io_err(&self.root))? {
+            let entry = entry.map_err(io_err(&self.root))?;
+            let name = entry.file_name().to_string_lossy().into_owned();
+            if !tokens.contains(&name) {
+                let path = entry.path();
+                let is_dir = entry.file_type().map(|t| t.is_dir()).unwrap_or(false);
+                if is_dir {
+                    fsx::remove_dir_all_durable(&path).map_err(io_err(&path))?;
+                } else {
+                    fsx::remove_file_durable(&path).map_err(io_err(&path))?;
+                }
+                total.dirs_removed += 1;
+            }
+        }
+        Ok(total)
+    }
+
+    /// Reads one served file. The token and name were parsed already; the token directory
+    /// must be a real directory and the file a regular file (no symlink is followed).
+    pub fn read(&self, token: &SpoolToken, file: SpoolFile) -> io::Result<Vec<u8>> {
+        let dir = self.dir(token.as_str());
+        let meta = std::fs::symlink_metadata(&dir)?;
+        if !meta.is_dir() {
+            return Err(io::Error::new(
+                io::ErrorKind::NotFound,
+                "not a spool directory",
+            ));
+        }
+        fsx::read_regular_nofollow(&dir.join(file.name()), MAX_FILE_BYTES)
+    }
+
+    pub fn root(&self) -> &Path {
+        &self.root
+    }
+}

@@ -1,0 +1,245 @@
+//! Stored records: what the database holds, separate from the wire types even where the
+//! fields match today. Integers are fixed width (`i64` times, `u64` ids), never `usize`.
+
+use std::fmt;
+
+use serde::{Deserialize, Serialize};
+
+use crate::model::{Privilege, UnixTime};
+
+#[derive(Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct UserRecord {
+    pub name: String,
+    /// Argon2id PHC string.
+    pub password_hash: String,
+    pub privilege: Privilege,
+    pub created: UnixTime,
+    pub updated: UnixTime,
+}
+
+impl fmt::Debug for UserRecord {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("UserRecord")
+            .field("name", &self.name)
+            .field("password_hash", &"…")
+            .field("privilege", &self.privilege)
+            .finish()
+    }
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+pub struct SessionRecord {
+    pub user: String,
+    pub created: UnixTime,
+    /// Refreshed at most once a minute, so reads do not turn into a write each.
+    pub last_used: UnixTime,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+pub struct AuditRecord {
+    pub time: UnixTime,
+    /// Who: a user name, or `-` for an unauthenticated peer (a pairing request).
+    pub user: String,
+    /// The peer's address as the TLS front saw it.
+    pub address: String,
+    /// What, as a short verb phrase: `login`, `login failed`, `user created`, ...
+    pub action: String,
+    /// To what: `user:alice`, `request:17`, `system:3`.
+    pub object: String,
+    #[serde(default)]
+    pub detail: String,
+}
+
+/// Where a pairing request stands. Stored as a lowercase string.
+#[derive(Clone, Copy, Debug, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum RequestStatus {
+    Pending,
+    Accepted,
+    Rejected,
+    /// Its time ran out before anyone decided.
+    Expired,
+    /// An admin dropped it silently; the source sees `expired`.
+    Ignored,
+    /// Accepted once, then unpaired or replaced.
+    Revoked,
+}
+
+impl RequestStatus {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RequestStatus::Pending => "pending",
+            RequestStatus::Accepted => "accepted",
+            RequestStatus::Rejected => "rejected",
+            RequestStatus::Expired => "expired",
+            RequestStatus::Ignored => "ignored",
+            RequestStatus::Revoked => "revoked",
+        }
+    }
+}
+
+/// A pairing request filed by a source (target side).
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+pub struct RequestRecord {
+    pub id: u64,
+    pub system_uuid: String,
+    pub name: String,
+    pub host: String,
+    #[serde(default)]
+    pub asset_tag: Option<String>,
+    pub version: String,
+    pub csr_pem: String,
+    /// SHA-256 of the CSR's SubjectPublicKeyInfo: the key's identity for idempotency.
+    pub csr_fingerprint: String,
+    pub remote_addr: String,
+    /// The spool directory name: 128 random bits as 32 lowercase hex digits.
+    pub token: String,
+    pub verification_code: String,
+    pub created: UnixTime,
+    pub expires: UnixTime,
+    pub status: RequestStatus,
+    /// Invariant: Some when status is Rejected (the admin's text).
+    #[serde(default)]
+    pub message: Option<String>,
+    #[serde(default)]
+    pub resolved_at: Option<UnixTime>,
+    #[serde(default)]
+    pub resolved_by: Option<String>,
+    /// The systems row this source already had when it filed (a new key for a paired source).
+    #[serde(default)]
+    pub replaces_system_id: Option<u64>,
+    /// Invariant: Some from acceptance on.
+    #[serde(default)]
+    pub system_id: Option<u64>,
+    /// Invariant: Some from acceptance on: the issued certificate's serial (lowercase hex).
+    #[serde(default)]
+    pub cert_serial: Option<String>,
+}
+
+/// What the open-request index keeps, so caps and expiry need no record decode.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+pub struct OpenRequest {
+    pub system_uuid: String,
+    pub csr_fingerprint: String,
+    pub remote_addr: String,
+    pub expires: UnixTime,
+}
+
+/// A row of the systems table.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+pub struct SystemRecord {
+    pub id: u64,
+    pub name: String,
+    pub host: String,
+    /// Exactly one of the role strings of the appliance API.
+    pub role: String,
+    #[serde(default)]
+    pub system_uuid: Option<String>,
+    #[serde(default)]
+    pub version: Option<String>,
+    #[serde(default)]
+    pub storage_id: Option<u64>,
+    pub created: UnixTime,
+    pub updated: UnixTime,
+    /// The certificate that currently lets this source open the tunnel.
+    #[serde(default)]
+    pub cert_serial: Option<String>,
+    #[serde(default)]
+    pub certificate_expires: Option<UnixTime>,
+    /// The last successful tunnel hello.
+    #[serde(default)]
+    pub last_seen: Option<UnixTime>,
+    /// True when the row was a managed system before it became a replication source, so
+    /// unpairing returns it to `Managed DPU` instead of dropping it.
+    #[serde(default)]
+    pub was_managed: bool,
+    #[serde(default)]
+    pub request_id: Option<u64>,
+}
+
+/// A certificate this appliance's CA issued to a source.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+pub struct CertRecord {
+    pub serial: String,
+    pub request_id: u64,
+    pub system_id: u64,
+    pub subject: String,
+    pub issued_at: UnixTime,
+    pub not_after: UnixTime,
+    pub pem: String,
+    #[serde(default)]
+    pub revoked_at: Option<UnixTime>,
+}
+
+/// Where a pairing with a target stands (source side). Stored as a lowercase string.
+#[derive(Clone, Copy, Debug, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum TargetStatus {
+    /// Filed; waiting for the target's admin.
+    Pending,
+    /// Certificate checked and installed; the tunnel is not proven yet.
+    Accepted,
+    /// The tunnel answered a hello with our certificate.
+    Complete,
+    Rejected,
+    Expired,
+    Revoked,
+    /// A check failed; `message` says which. Retried at the next poll.
+    Failed,
+}
+
+impl TargetStatus {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            TargetStatus::Pending => "pending",
+            TargetStatus::Accepted => "accepted",
+            TargetStatus::Complete => "complete",
+            TargetStatus::Rejected => "rejected",
+            TargetStatus::Expired => "expired",
+            TargetStatus::Revoked => "revoked",
+            TargetStatus::Failed => "failed",
+        }
+    }
+
+    /// Nothing more will change without a new request.
+    pub fn is_final(self) -> bool {
+        matches!(
+            self,
+            TargetStatus::Rejected | TargetStatus::Expired | TargetStatus::Revoked
+        )
+    }
+}
+
+/// A target this appliance asked to replicate to (source side).
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+pub struct TargetRecord {
+    pub id: u64,
+    /// `host:port` of the target's API, as the admin gave it (port defaulted).
+    pub host: String,
+    pub status: TargetStatus,
+    #[serde(default)]
+    pub message: Option<String>,
+    pub created: UnixTime,
+    pub updated: UnixTime,
+    #[serde(default)]
+    pub last_poll: Option<UnixTime>,
+    /// The pinned CA: its SHA-256 fingerprint and PEM. Only this CA is trusted for the target.
+    pub ca_fingerprint: String,
+    pub ca_pem: String,
+    pub request_id: u64,
+    /// Path of the spool directory on the target, ending in `/`.
+    pub poll: String,
+    pub verification_code: String,
+    /// Directory under `<data_dir>/targets/` holding this pairing's key and certificates.
+    pub dir: String,
+    /// Seconds the target asked us to wait between polls.
+    #[serde(default)]
+    pub retry_after: u64,
+    /// `host:port` of the target's tunnel, from its `accepted` status.
+    #[serde(default)]
+    pub tunnel: Option<String>,
+    #[serde(default)]
+    pub certificate_expires: Option<UnixTime>,
+    #[serde(default)]
+    pub cert_serial: Option<String>,
+}

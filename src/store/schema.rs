@@ -1,0 +1,39 @@
+//! The database schema in one place: every table, its key and value types, and the schema
+//! version. Values are JSON-encoded records (see `records.rs`) so that fields can be added
+//! with `#[serde(default)]` without a migration; keys are fixed-width integers or strings.
+
+use redb::TableDefinition;
+
+/// The first schema: meta, users, sessions, audit.
+pub const VERSION_INITIAL: u64 = 1;
+/// Target-side pairing: requests, the open-request index, systems, certificates, revocations.
+pub const VERSION_TARGET_PAIRING: u64 = 2;
+/// Source-side pairing: the targets this appliance asked.
+pub const VERSION_SOURCE_PAIRING: u64 = 3;
+/// The current schema version, recorded in `meta` under `schema_version`.
+pub const CURRENT_VERSION: u64 = VERSION_SOURCE_PAIRING;
+
+/// Small named values: `schema_version`, `system_uuid`.
+pub const META: TableDefinition<&str, &[u8]> = TableDefinition::new("meta");
+/// User name → `UserRecord`.
+pub const USERS: TableDefinition<&str, &[u8]> = TableDefinition::new("users");
+/// SHA-256 of the session token → `SessionRecord`. The token itself is never stored.
+pub const SESSIONS: TableDefinition<&[u8], &[u8]> = TableDefinition::new("sessions");
+/// Sequential id → `AuditRecord`.
+pub const AUDIT: TableDefinition<u64, &[u8]> = TableDefinition::new("audit");
+/// Request id → `RequestRecord`; ids are sequential and never reused.
+pub const REQUESTS: TableDefinition<u64, &[u8]> = TableDefinition::new("requests");
+/// Request id → `OpenRequest`, for every request whose status is pending.
+pub const OPEN_REQUESTS: TableDefinition<u64, &[u8]> = TableDefinition::new("open_requests");
+/// System id → `SystemRecord`. Id 1 is the local appliance (never stored).
+pub const SYSTEMS: TableDefinition<u64, &[u8]> = TableDefinition::new("systems");
+/// Certificate serial (lowercase hex) → `CertRecord`.
+pub const CERTS: TableDefinition<&str, &[u8]> = TableDefinition::new("certs");
+/// Revoked certificate serial → revocation time (unix seconds).
+pub const REVOKED: TableDefinition<&str, i64> = TableDefinition::new("revoked");
+
+/// Target id → `TargetRecord` (source side).
+pub const TARGETS: TableDefinition<u64, &[u8]> = TableDefinition::new("targets");
+
+pub const META_SCHEMA_VERSION: &str = "schema_version";
+pub const META_SYSTEM_UUID: &str = "system_uuid";

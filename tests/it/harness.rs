@@ -1,0 +1,539 @@
+//! Test harness: starts real `replgate serve` processes on loopback, each with its own data
+//! directory, and talks to them over real TLS. A failing test prints the daemon's log.
+
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use rustls::pki_types::{CertificateDer, ServerName};
+use serde_json::Value;
+
+pub const ADMIN_PASSWORD: &str = "test-root-password";
+
+static SEQ: AtomicU32 = AtomicU32::new(0);
+
+/// A free loopback port (bound then released; a rare race with another test is possible).
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("bind an ephemeral port")
+}
+
+pub fn scratch_dir(name: &str) -> PathBuf {
+    let dir = std::env::temp_dir().join(format!(
+        "replgate-it-{name}-{}-{}",
+        std::process::id(),
+        SEQ.fetch_add(1, Ordering::SeqCst)
+    ));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).expect("create scratch dir");
+    dir
+}
+
+/// How to start a daemon.
+#[derive(Clone, Default)]
+pub struct Options {
+    pub env: Vec<(String, String)>,
+    /// Shell prefix such as `ulimit -n 64;` (the daemon is exec'd by `sh -c`).
+    pub shell_prefix: Option<String>,
+    /// Passed as `--config`.
+    pub config_file: Option<PathBuf>,
+}
+
+
+impl Options {
+    pub fn set(mut self, key: &str, value: impl ToString) -> Self {
+        self.env.push((
+            format!("REPLGATE_{}", key.to_ascii_uppercase()),
+            value.to_string(),
+        ));
+        self
+    }
+}
+
+pub struct Daemon {
+    pub data_dir: PathBuf,
+    pub api: SocketAddr,
+    pub tunnel: SocketAddr,
+    pub log_path: PathBuf,
+    pub opts: Options,
+    child: Option<Child>,
+}
+
+impl Daemon {
+    pub fn start(name: &str, opts: Options) -> Daemon {
+        let dir = scratch_dir(name);
+        let data_dir = dir.join("data");
+        let given = |key: &str| {
+            opts.env
+                .iter()
+                .rev()
+                .find(|(k, _)| k == key)
+                .and_then(|(_, v)| v.parse().ok())
+        };
+        let api: SocketAddr = given("REPLGATE_API_LISTEN")
+            .unwrap_or_else(|| format!("127.0.0.1:{}", free_port()).parse().unwrap());
+        let tunnel: SocketAddr = given("REPLGATE_TUNNEL_LISTEN")
+            .unwrap_or_else(|| format!("127.0.0.1:{}", free_port()).parse().unwrap());
+        let mut d = Daemon {
+            data_dir,
+            api,
+            tunnel,
+            log_path: dir.join("daemon.log"),
+            opts,
+            child: None,
+        };
+        d.spawn();
+        d
+    }
+
+    fn spawn(&mut self) {
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&self.log_path)
+            .expect("open daemon log");
+        let exe = env!("CARGO_BIN_EXE_replgate");
+        let mut cmd = match &self.opts.shell_prefix {
+            Some(prefix) => {
+                let mut c = Command::new("sh");
+                c.arg("-c")
+                    .arg(format!("{prefix} exec \"$0\" \"$@\""))
+                    .arg(exe)
+                    .arg("serve");
+                c
+            }
+            None => {
+                let mut c = Command::new(exe);
+                c.arg("serve");
+                c
+            }
+        };
+        if let Some(config) = &self.opts.config_file {
+            cmd.arg("--config").arg(config);
+        }
+        cmd.env_clear()
+            .env("PATH", std::env::var("PATH").unwrap_or_default())
+            .env("RUST_LOG", "debug")
+            .env("REPLGATE_ADMIN_PASSWORD", ADMIN_PASSWORD)
+            .env("REPLGATE_DATA_DIR", &self.data_dir)
+            .env("REPLGATE_API_LISTEN", self.api.to_string())
+            .env("REPLGATE_TUNNEL_LISTEN", self.tunnel.to_string())
+            .env("REPLGATE_HOSTNAMES", "localhost")
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().expect("dup log"))
+            .stderr(log);
+        for (k, v) in &self.opts.env {
+            cmd.env(k, v);
+        }
+        self.child = Some(cmd.spawn().expect("start replgate"));
+        self.wait_ready();
+    }
+
+    fn wait_ready(&mut self) {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            if let Some(child) = self.child.as_mut() {
+                if let Ok(Some(status)) = child.try_wait() {
+                    panic!("replgate exited during start with {status}\n{}", self.log());
+                }
+            }
+            if self.data_dir.join("ca.pem").exists() {
+                if let Ok(r) = self.client().try_request("GET", "/api/health", &[], b"") {
+                    if r.status == 200 {
+                        return;
+                    }
+                }
+            }
+            if Instant::now() > deadline {
+                panic!("replgate did not become ready\n{}", self.log());
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().map(|c| c.id()).expect("daemon running")
+    }
+
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(&self.log_path).unwrap_or_default()
+    }
+
+    pub fn ca_der(&self) -> CertificateDer<'static> {
+        let pem = std::fs::read(self.data_dir.join("ca.pem")).expect("read ca.pem");
+        pem_certs(&pem)
+            .into_iter()
+            .next()
+            .expect("a certificate in ca.pem")
+    }
+
+    pub fn client(&self) -> Client {
+        Client::new(self.api, self.ca_der())
+    }
+
+    /// Sends a signal and waits for the exit status.
+    pub fn signal(&mut self, sig: &str) -> std::process::ExitStatus {
+        let pid = self.pid();
+        let status = Command::new("kill")
+            .arg(format!("-{sig}"))
+            .arg(pid.to_string())
+            .status()
+            .expect("kill");
+        assert!(status.success());
+        let child = self.child.as_mut().expect("daemon running");
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            if let Ok(Some(status)) = child.try_wait() {
+                self.child = None;
+                return status;
+            }
+            if Instant::now() > deadline {
+                panic!("daemon did not exit after SIG{sig}\n{}", self.log());
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    pub fn stop(&mut self) -> std::process::ExitStatus {
+        self.signal("TERM")
+    }
+
+    pub fn kill9(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    pub fn restart(&mut self) {
+        if self.child.is_some() {
+            let status = self.stop();
+            assert!(
+                status.success(),
+                "clean stop before restart: {status}\n{}",
+                self.log()
+            );
+        }
+        self.spawn();
+    }
+
+    /// Waits for the child to exit on its own (for crash-injection tests).
+    pub fn wait_exit(&mut self, within: Duration) -> Option<std::process::ExitStatus> {
+        let deadline = Instant::now() + within;
+        while Instant::now() < deadline {
+            if let Some(c) = self.child.as_mut() {
+                if let Ok(Some(s)) = c.try_wait() {
+                    self.child = None;
+                    return Some(s);
+                }
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        None
+    }
+
+    /// Resident memory of the daemon in KiB, from /proc.
+    pub fn rss_kib(&self) -> u64 {
+        let status =
+            std::fs::read_to_string(format!("/proc/{}/status", self.pid())).unwrap_or_default();
+        status
+            .lines()
+            .find(|l| l.starts_with("VmRSS:"))
+            .and_then(|l| l.split_whitespace().nth(1))
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(0)
+    }
+
+    pub fn login(&self, user: &str, password: &str) -> String {
+        let r = self.client().post_json(
+            "/api/login",
+            None,
+            &serde_json::json!({"username": user, "password": password}),
+        );
+        assert_eq!(r.status, 200, "login {user}: {}", r.text());
+        r.json()["auth_token"]
+            .as_str()
+            .expect("auth_token")
+            .to_string()
+    }
+
+    pub fn root_token(&self) -> String {
+        self.login("root", ADMIN_PASSWORD)
+    }
+
+    /// The internal tiny_http address, from the start-up log line.
+    pub fn internal_addr(&self) -> SocketAddr {
+        let log = self.log();
+        let line = log
+            .lines()
+            .rev()
+            .find(|l| l.contains(" internal "))
+            .expect("start-up line");
+        let after = line.split(" internal ").nth(1).expect("internal addr");
+        after
+            .split_whitespace()
+            .next()
+            .and_then(|a| a.parse().ok())
+            .expect("parse internal addr")
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            eprintln!(
+                "---- replgate log ({}) ----\n{}",
+                self.log_path.display(),
+                self.log()
+            );
+        }
+        self.kill9();
+    }
+}
+
+pub fn pem_certs(pem: &[u8]) -> Vec<CertificateDer<'static>> {
+    use rustls::pki_types::pem::PemObject;
+    CertificateDer::pem_slice_iter(pem)
+        .filter_map(Result::ok)
+        .collect()
+}
+
+pub fn provider() -> Arc<rustls::crypto::CryptoProvider> {
+    Arc::new(rustls::crypto::ring::default_provider())
+}
+
+pub fn client_config(ca: CertificateDer<'static>) -> Arc<rustls::ClientConfig> {
+    let mut roots = rustls::RootCertStore::empty();
+    roots.add(ca).expect("add CA");
+    Arc::new(
+        rustls::ClientConfig::builder_with_provider(provider())
+            .with_safe_default_protocol_versions()
+            .expect("protocol versions")
+            .with_root_certificates(roots)
+            .with_no_client_auth(),
+    )
+}
+
+#[derive(Debug)]
+pub struct Response {
+    pub status: u16,
+    pub headers: Vec<(String, String)>,
+    pub body: Vec<u8>,
+}
+
+impl Response {
+    pub fn text(&self) -> String {
+        String::from_utf8_lossy(&self.body).into_owned()
+    }
+    pub fn json(&self) -> Value {
+        serde_json::from_slice(&self.body)
+            .unwrap_or_else(|e| panic!("not JSON ({e}): {}", self.text()))
+    }
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(k, _)| k.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.as_str())
+    }
+    /// The application error code of a documented error body.
+    pub fn code(&self) -> u64 {
+        self.json()["result"][0]["code"]
+            .as_u64()
+            .unwrap_or_else(|| panic!("no error code: {}", self.text()))
+    }
+}
+
+/// A minimal HTTPS/1.1 client: one connection per request, `Connection: close`.
+#[derive(Clone)]
+pub struct Client {
+    pub addr: SocketAddr,
+    pub config: Arc<rustls::ClientConfig>,
+}
+
+pub type Tls = rustls::StreamOwned<rustls::ClientConnection, TcpStream>;
+
+impl Client {
+    pub fn new(addr: SocketAddr, ca: CertificateDer<'static>) -> Client {
+        Client {
+            addr,
+            config: client_config(ca),
+        }
+    }
+
+    pub fn connect(&self) -> std::io::Result<Tls> {
+        let tcp = TcpStream::connect_timeout(&self.addr, Duration::from_secs(5))?;
+        tcp.set_read_timeout(Some(Duration::from_secs(20)))?;
+        tcp.set_write_timeout(Some(Duration::from_secs(20)))?;
+        let name = ServerName::IpAddress(self.addr.ip().into());
+        let conn = rustls::ClientConnection::new(self.config.clone(), name)
+            .map_err(std::io::Error::other)?;
+        let mut tls = rustls::StreamOwned::new(conn, tcp);
+        while tls.conn.is_handshaking() {
+            tls.conn.complete_io(&mut tls.sock)?;
+        }
+        Ok(tls)
+    }
+
+    pub fn try_request(
+        &self,
+        method: &str,
+        path: &str,
+        headers: &[(&str, &str)],
+        body: &[u8],
+    ) -> std::io::Result<Response> {
+        let mut tls = self.connect()?;
+        let mut head = format!(
+            "{method} {path} HTTP/1.1\r\nHost: {}\r\nConnection: close\r\nContent-Length: {}\r\n",
+            self.addr,
+            body.len()
+        );
+        for (k, v) in headers {
+            head.push_str(&format!("{k}: {v}\r\n"));
+        }
+        head.push_str("\r\n");
+        let mut bytes = head.into_bytes();
+        bytes.extend_from_slice(body);
+        tls.write_all(&bytes)?;
+        tls.flush()?;
+        read_response(&mut tls, method == "HEAD")
+    }
+
+    pub fn request(
+        &self,
+        method: &str,
+        path: &str,
+        headers: &[(&str, &str)],
+        body: &[u8],
+    ) -> Response {
+        self.try_request(method, path, headers, body)
+            .unwrap_or_else(|e| panic!("{method} {path}: {e}"))
+    }
+
+    pub fn get(&self, path: &str, token: Option<&str>) -> Response {
+        match token {
+            Some(t) => self.request("GET", path, &[("AuthToken", t)], b""),
+            None => self.request("GET", path, &[], b""),
+        }
+    }
+
+    pub fn post_json(&self, path: &str, token: Option<&str>, body: &Value) -> Response {
+        self.send_json("POST", path, token, body)
+    }
+
+    pub fn send_json(
+        &self,
+        method: &str,
+        path: &str,
+        token: Option<&str>,
+        body: &Value,
+    ) -> Response {
+        let bytes = body.to_string().into_bytes();
+        let mut headers = vec![("Content-Type", "application/json")];
+        if let Some(t) = token {
+            headers.push(("AuthToken", t));
+        }
+        self.request(method, path, &headers, &bytes)
+    }
+}
+
+/// Reads one HTTP/1.1 response (Content-Length or until close).
+pub fn read_response(stream: &mut impl Read, head_only: bool) -> std::io::Result<Response> {
+    let mut buf = Vec::new();
+    let mut chunk = [0u8; 4096];
+    let head_end = loop {
+        if let Some(i) = find(&buf, b"\r\n\r\n") {
+            break i + 4;
+        }
+        let n = read_some(stream, &mut chunk)?;
+        if n == 0 {
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::UnexpectedEof,
+                "connection closed before a response head",
+            ));
+        }
+        buf.extend_from_slice(&chunk[..n]);
+    };
+    let head = String::from_utf8_lossy(&buf[..head_end]).into_owned();
+    let mut lines = head.split("\r\n");
+    let status_line = lines.next().unwrap_or("");
+    let status: u16 = status_line
+        .split_whitespace()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0);
+    let headers: Vec<(String, String)> = lines
+        .filter_map(|l| l.split_once(':'))
+        .map(|(k, v)| (k.trim().to_string(), v.trim().to_string()))
+        .collect();
+    let length = headers
+        .iter()
+        .find(|(k, _)| k.eq_ignore_ascii_case("content-length"))
+        .and_then(|(_, v)| v.parse::<usize>().ok());
+    let mut body = buf[head_end..].to_vec();
+    if !head_only && status != 304 {
+        match length {
+            Some(len) => {
+                while body.len() < len {
+                    let n = read_some(stream, &mut chunk)?;
+                    if n == 0 {
+                        break;
+                    }
+                    body.extend_from_slice(&chunk[..n]);
+                }
+                body.truncate(len);
+            }
+            None => loop {
+                let n = read_some(stream, &mut chunk)?;
+                if n == 0 {
+                    break;
+                }
+                body.extend_from_slice(&chunk[..n]);
+            },
+        }
+    }
+    Ok(Response {
+        status,
+        headers,
+        body,
+    })
+}
+
+/// A read that treats a TLS close without close_notify as end of stream.
+fn read_some(stream: &mut impl Read, buf: &mut [u8]) -> std::io::Result<usize> {
+    match stream.read(buf) {
+        Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => Ok(0),
+        Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => Ok(0),
+        other => other,
+    }
+}
+
+pub fn find(hay: &[u8], needle: &[u8]) -> Option<usize> {
+    hay.windows(needle.len()).position(|w| w == needle)
+}
+
+pub fn mode(path: &Path) -> u32 {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::metadata(path)
+        .map(|m| m.permissions().mode() & 0o777)
+        .unwrap_or(0)
+}
+
+/// Waits until `f` returns Some, or panics after `within`.
+pub fn eventually<T>(within: Duration, what: &str, mut f: impl FnMut() -> Option<T>) -> T {
+    let deadline = Instant::now() + within;
+    loop {
+        if let Some(v) = f() {
+            return v;
+        }
+        if Instant::now() > deadline {
+            panic!("timed out waiting for {what}");
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}

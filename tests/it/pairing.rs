@@ -1,0 +1,522 @@
+//! Two (or three) real daemons on loopback, each with its own data directory: the whole
+//! pairing from request to a proven tunnel, and every way it must refuse.
+
+use std::io::Write;
+use std::net::TcpStream;
+use std::process::{Command, Stdio};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName};
+use serde_json::{json, Value};
+
+use crate::harness::{eventually, pem_certs, provider, read_response, Daemon, Options, Response};
+
+const POLL: u64 = 2;
+
+fn opts() -> Options {
+    Options::default()
+        .set("poll_interval", POLL)
+        .set("heartbeat_interval", POLL)
+}
+
+fn ca_fingerprint(d: &Daemon) -> String {
+    let der = d.ca_der();
+    ring::digest::digest(&ring::digest::SHA256, der.as_ref())
+        .as_ref()
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}
+
+fn request(src: &Daemon, token: &str, tgt: &Daemon, extra: Value) -> Response {
+    let mut body = json!({"type": "appliance", "target": tgt.api.to_string()});
+    if let (Some(b), Some(e)) = (body.as_object_mut(), extra.as_object()) {
+        for (k, v) in e {
+            b.insert(k.clone(), v.clone());
+        }
+    }
+    src.client()
+        .post_json("/api/replication/target", Some(token), &body)
+}
+
+fn target_row(src: &Daemon, token: &str) -> Value {
+    let r = src.client().get("/api/replication/targets", Some(token));
+    assert_eq!(r.status, 200, "{}", r.text());
+    r.json()["targets"][0].clone()
+}
+
+fn wait_status(src: &Daemon, token: &str, status: &str, within: Duration) -> Value {
+    eventually(within, &format!("source status {status}"), || {
+        let row = target_row(src, token);
+        (row["status"] == status).then_some(row)
+    })
+}
+
+fn accept(tgt: &Daemon, token: &str, request_id: &Value, storage: Option<u64>) -> Response {
+    let mut body = json!({"request_id": request_id, "accept": true});
+    if let Some(s) = storage {
+        body["storage_id"] = json!(s);
+    }
+    let r = tgt
+        .client()
+        .post_json("/api/replication/source", Some(token), &body);
+    assert_eq!(r.status, 201, "{}", r.text());
+    r
+}
+
+/// Requests with the right fingerprint and returns the 201 body.
+fn paired_request(src: &Daemon, st: &str, tgt: &Daemon) -> Value {
+    let r = request(src, st, tgt, json!({"fingerprint": ca_fingerprint(tgt)}));
+    assert_eq!(r.status, 201, "{}", r.text());
+    r.json()
+}
+
+fn pairing_dir(src: &Daemon) -> std::path::PathBuf {
+    let dir = src.data_dir.join("targets");
+    let entry = std::fs::read_dir(&dir)
+        .unwrap()
+        .flatten()
+        .next()
+        .expect("a pairing directory");
+    entry.path()
+}
+
+/// A TLS handshake plus one hello on the target's tunnel with the given client identity.
+fn tunnel_hello(
+    tgt: &Daemon,
+    client: Option<(Vec<CertificateDer<'static>>, PrivateKeyDer<'static>)>,
+) -> Result<Response, String> {
+    let mut roots = rustls::RootCertStore::empty();
+    roots.add(tgt.ca_der()).unwrap();
+    let builder = rustls::ClientConfig::builder_with_provider(provider())
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_root_certificates(roots);
+    let config = match client {
+        Some((chain, key)) => builder.with_client_auth_cert(chain, key).unwrap(),
+        None => builder.with_no_client_auth(),
+    };
+    let tcp = TcpStream::connect(tgt.tunnel).map_err(|e| e.to_string())?;
+    tcp.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    let conn = rustls::ClientConnection::new(
+        Arc::new(config),
+        ServerName::IpAddress(tgt.tunnel.ip().into()),
+    )
+    .unwrap();
+    let mut tls = rustls::StreamOwned::new(conn, tcp);
+    tls.write_all(b"GET /tunnel/v1/hello HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n")
+        .map_err(|e| e.to_string())?;
+    read_response(&mut tls, false).map_err(|e| e.to_string())
+}
+
+fn identity(dir: &std::path::Path) -> (Vec<CertificateDer<'static>>, PrivateKeyDer<'static>) {
+    use rustls::pki_types::pem::PemObject;
+    let chain = pem_certs(&std::fs::read(dir.join("cert.pem")).unwrap());
+    let key = PrivateKeyDer::from_pem_slice(&std::fs::read(dir.join("key.pem")).unwrap()).unwrap();
+    (chain, key)
+}
+
+#[test]
+fn full_pairing_from_untrusted_to_a_proven_tunnel() {
+    let src = Daemon::start("pair-src", opts());
+    let tgt = Daemon::start("pair-tgt", opts());
+    let st = src.root_token();
+    let tt = tgt.root_token();
+
+    // Without trust: 412 with code 12505 and the presented CA's fingerprint.
+    let r = request(&src, &st, &tgt, json!({}));
+    assert_eq!(r.status, 412, "{}", r.text());
+    assert_eq!(r.code(), 12505);
+    assert_eq!(r.json()["result"][0]["kb"], "/api/kb/12505");
+    let fp = r.json()["result"][0]["fingerprint"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    assert_eq!(fp, ca_fingerprint(&tgt));
+    // A wrong fingerprint is refused too.
+    let r = request(&src, &st, &tgt, json!({"fingerprint": "00".repeat(32)}));
+    assert_eq!(r.status, 412);
+    // Another type is 400.
+    let r = src.client().post_json(
+        "/api/replication/target",
+        Some(&st),
+        &json!({"type": "cloud", "target": tgt.api.to_string()}),
+    );
+    assert_eq!(r.status, 400);
+
+    // Any case, with colons.
+    let pretty: String = fp
+        .to_uppercase()
+        .as_bytes()
+        .chunks(2)
+        .map(|c| std::str::from_utf8(c).unwrap())
+        .collect::<Vec<_>>()
+        .join(":");
+    let r = request(&src, &st, &tgt, json!({"fingerprint": pretty}));
+    assert_eq!(r.status, 201, "{}", r.text());
+    let filed = r.json();
+    assert_eq!(filed["status"], "pending");
+    let code = filed["verification_code"].as_str().unwrap().to_string();
+
+    // The same code on both sides.
+    let pending = tgt
+        .client()
+        .get("/api/replication/pending", Some(&tt))
+        .json();
+    assert_eq!(pending["pending"][0]["verification_code"], code.as_str());
+    assert_eq!(pending["pending"][0]["request_id"], filed["request_id"]);
+    let row = target_row(&src, &st);
+    assert_eq!(row["verification_code"], code.as_str());
+    assert_eq!(row["ca_fingerprint"], fp.as_str());
+    assert_eq!(row["status"], "pending");
+    // Asking again while pending is a conflict.
+    assert_eq!(request(&src, &st, &tgt, json!({"insecure": 1})).status, 409);
+
+    let accepted_at = Instant::now();
+    accept(&tgt, &tt, &filed["request_id"], Some(1));
+    let row = wait_status(&src, &st, "complete", Duration::from_secs(POLL + 8));
+    let took = accepted_at.elapsed();
+    eprintln!("accept to complete: {took:?} (poll interval {POLL} s)");
+    assert!(
+        took <= Duration::from_secs(POLL + 1),
+        "complete after {took:?}, budget is one poll interval plus a second"
+    );
+    assert!(row["certificate_expires"].as_i64().unwrap() > 0);
+    assert!(row["last_poll"].as_i64().is_some());
+
+    let systems = tgt.client().get("/api/systems", Some(&tt)).json();
+    let source = systems["appliance"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|s| s["role"] == "Non-Managed Replication Source")
+        .expect("source row")
+        .clone();
+    assert_eq!(source["storage_id"], 1);
+    assert_eq!(
+        source["status"], "connected",
+        "the tunnel hello marks the pairing collected"
+    );
+    assert!(source["last_seen"].as_i64().is_some());
+
+    // The installed key is private; the files are there.
+    let dir = pairing_dir(&src);
+    for f in ["key.pem", "cert.pem", "ca.pem"] {
+        assert_eq!(crate::harness::mode(&dir.join(f)), 0o600, "{f}");
+    }
+}
+
+#[test]
+fn managed_source_is_a_replication_source_and_rejection_reaches_the_source() {
+    let src = Daemon::start("pair-managed-src", opts());
+    let tgt = Daemon::start("pair-managed-tgt", opts());
+    let (st, tt) = (src.root_token(), tgt.root_token());
+    // The source reports its first host name ("localhost") as its host.
+    let r = tgt.client().post_json(
+        "/api/systems",
+        Some(&tt),
+        &json!({"name": "known-dpu", "host": "localhost"}),
+    );
+    assert_eq!(r.status, 201);
+    let managed_id = r.json()["id"].clone();
+    let filed = paired_request(&src, &st, &tgt);
+    accept(&tgt, &tt, &filed["request_id"], None);
+    wait_status(&src, &st, "complete", Duration::from_secs(POLL + 8));
+    let systems = tgt.client().get("/api/systems", Some(&tt)).json();
+    let row = systems["appliance"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|s| s["id"] == managed_id)
+        .unwrap()
+        .clone();
+    assert_eq!(row["role"], "Replication Source");
+
+    // A second source is rejected with a message.
+    let other = Daemon::start("pair-rejected-src", opts());
+    let ot = other.root_token();
+    let filed = paired_request(&other, &ot, &tgt);
+    let r = tgt.client().post_json(
+        "/api/replication/source",
+        Some(&tt),
+        &json!({"request_id": filed["request_id"], "accept": false, "message": "call us first"}),
+    );
+    assert_eq!(r.status, 201);
+    let row = wait_status(&other, &ot, "rejected", Duration::from_secs(POLL + 8));
+    assert_eq!(row["message"], "call us first");
+}
+
+#[test]
+fn unpair_closes_the_tunnel_at_once_and_the_heartbeat_learns_of_it() {
+    let src = Daemon::start("pair-unpair-src", opts());
+    let tgt = Daemon::start("pair-unpair-tgt", opts());
+    let (st, tt) = (src.root_token(), tgt.root_token());
+    let filed = paired_request(&src, &st, &tgt);
+    let sid = accept(&tgt, &tt, &filed["request_id"], None).json()["system_id"]
+        .as_u64()
+        .unwrap();
+    wait_status(&src, &st, "complete", Duration::from_secs(POLL + 8));
+    let dir = pairing_dir(&src);
+    let ok = tunnel_hello(&tgt, Some(identity(&dir))).unwrap();
+    assert_eq!(ok.status, 200, "{}", ok.text());
+    assert_eq!(ok.json()["system_id"], sid);
+
+    let r = tgt.client().request(
+        "DELETE",
+        &format!("/api/replication/source?sid={sid}"),
+        &[("AuthToken", &tt)],
+        b"",
+    );
+    assert_eq!(r.status, 200);
+    let refused = tunnel_hello(&tgt, Some(identity(&dir)));
+    assert!(
+        refused.is_err() || refused.as_ref().is_ok_and(|r| r.status != 200),
+        "revoked certificate still opens the tunnel: {refused:?}"
+    );
+    let row = wait_status(&src, &st, "revoked", Duration::from_secs(3 * POLL + 8));
+    assert!(row["message"].as_str().unwrap_or("").contains("revoked"));
+}
+
+#[test]
+fn the_tunnel_refuses_outsiders_and_anonymous_clients_but_not_openssl_with_the_issued_pair() {
+    let src = Daemon::start("pair-tunnel-src", opts());
+    let tgt = Daemon::start("pair-tunnel-tgt", opts());
+    let (st, tt) = (src.root_token(), tgt.root_token());
+    let filed = paired_request(&src, &st, &tgt);
+    accept(&tgt, &tt, &filed["request_id"], None);
+    wait_status(&src, &st, "complete", Duration::from_secs(POLL + 8));
+    let dir = pairing_dir(&src);
+
+    assert!(
+        tunnel_hello(&tgt, None)
+            .map(|r| r.status != 200)
+            .unwrap_or(true),
+        "no client certificate must not pass"
+    );
+
+    // An outsider: a certificate for the same key, issued by another CA.
+    let outsider_ca_key = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).unwrap();
+    let mut ca_params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+    ca_params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+    let issuer = rcgen::Issuer::new(ca_params, outsider_ca_key);
+    let own_key =
+        rcgen::KeyPair::from_pem(&std::fs::read_to_string(dir.join("key.pem")).unwrap()).unwrap();
+    let mut leaf = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+    leaf.extended_key_usages = vec![rcgen::ExtendedKeyUsagePurpose::ClientAuth];
+    let forged = leaf.signed_by(&own_key, &issuer).unwrap();
+    let (_, key) = identity(&dir);
+    let r = tunnel_hello(&tgt, Some((vec![forged.der().clone()], key)));
+    assert!(
+        r.map(|r| r.status != 200).unwrap_or(true),
+        "a certificate from another CA must not pass"
+    );
+
+    // A client that reaches the tunnel's API paths finds nothing but the hello.
+    let r = tunnel_hello(&tgt, Some(identity(&dir))).unwrap();
+    assert_eq!(r.status, 200);
+
+    if Command::new("openssl").arg("version").output().is_err() {
+        eprintln!("openssl is not installed; .ci/run installs it. Skipping the s_client check.");
+        return;
+    }
+    std::fs::write(
+        dir.join("target-ca.pem"),
+        std::fs::read(tgt.data_dir.join("ca.pem")).unwrap(),
+    )
+    .unwrap();
+    let mut child = Command::new("openssl")
+        .args([
+            "s_client",
+            "-quiet",
+            "-connect",
+            &tgt.tunnel.to_string(),
+            "-cert",
+        ])
+        .arg(dir.join("cert.pem"))
+        .arg("-key")
+        .arg(dir.join("key.pem"))
+        .arg("-CAfile")
+        .arg(dir.join("target-ca.pem"))
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(b"GET /tunnel/v1/hello HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n")
+        .unwrap();
+    let out = child.wait_with_output().unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        text.contains("200 OK") && text.contains("system_id"),
+        "s_client: {text}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+#[test]
+fn a_spoofed_target_on_the_pinned_address_is_refused() {
+    let src = Daemon::start("pair-spoof-src", opts());
+    let mut tgt = Daemon::start("pair-spoof-tgt", opts());
+    let st = src.root_token();
+    paired_request(&src, &st, &tgt);
+    // The real target goes away; an impostor with another CA takes its address.
+    tgt.stop();
+    let impostor_opts = opts()
+        .set("api_listen", tgt.api)
+        .set("tunnel_listen", tgt.tunnel);
+    let impostor = Daemon::start("pair-spoof-impostor", impostor_opts);
+    assert_ne!(ca_fingerprint(&impostor), ca_fingerprint(&tgt));
+    let row = wait_status(&src, &st, "failed", Duration::from_secs(3 * POLL + 8));
+    assert!(
+        row["message"].as_str().unwrap().contains("pinned CA"),
+        "{row}"
+    );
+    let dir = pairing_dir(&src);
+    assert!(
+        !dir.join("cert.pem").exists(),
+        "nothing may be installed from an impostor"
+    );
+}
+
+#[test]
+fn a_delivered_certificate_that_is_not_ours_or_not_from_the_pinned_ca_is_refused() {
+    let mut src = Daemon::start("pair-forged-src", opts());
+    let tgt = Daemon::start("pair-forged-tgt", opts());
+    let (st, tt) = (src.root_token(), tgt.root_token());
+    let filed = paired_request(&src, &st, &tgt);
+    // The source is down while the target accepts; then the spool is tampered with.
+    src.stop();
+    accept(&tgt, &tt, &filed["request_id"], None);
+    let pending = tgt
+        .client()
+        .get("/api/replication/pending?include_rejected=1", Some(&tt))
+        .json();
+    assert!(pending["pending"].as_array().unwrap().is_empty());
+    let spool = std::fs::read_dir(tgt.data_dir.join("spool"))
+        .unwrap()
+        .flatten()
+        .next()
+        .unwrap()
+        .path();
+    let genuine = std::fs::read(spool.join("certificate.pem")).unwrap();
+
+    // 1. A certificate from the right CA for another key.
+    let other = crate::target::simple_csr();
+    let r = crate::target::file(&tgt, "99999999-0000-4333-8444-555555555555", &other.pem);
+    let other_id = r.json()["request_id"].clone();
+    let other_poll = r.json()["poll"].as_str().unwrap().to_string();
+    accept(&tgt, &tt, &other_id, None);
+    let foreign = tgt
+        .client()
+        .get(&format!("{other_poll}certificate.pem"), None)
+        .body;
+    std::fs::write(spool.join("certificate.pem"), &foreign).unwrap();
+    src.restart();
+    let st = src.root_token();
+    let row = wait_status(&src, &st, "failed", Duration::from_secs(3 * POLL + 8));
+    assert!(row["message"].as_str().unwrap().contains("key"), "{row}");
+    assert!(!pairing_dir(&src).join("cert.pem").exists());
+
+    // 2. A certificate for our key from another CA, served with that CA.
+    let key = rcgen::KeyPair::from_pem(
+        &std::fs::read_to_string(pairing_dir(&src).join("key.pem")).unwrap(),
+    )
+    .unwrap();
+    let ca_key = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).unwrap();
+    let mut ca_params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+    ca_params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+    let ca_cert = ca_params.self_signed(&ca_key).unwrap();
+    let issuer = rcgen::Issuer::new(ca_params, ca_key);
+    let mut leaf = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+    leaf.extended_key_usages = vec![rcgen::ExtendedKeyUsagePurpose::ClientAuth];
+    let cert = leaf.signed_by(&key, &issuer).unwrap();
+    std::fs::write(spool.join("certificate.pem"), cert.pem()).unwrap();
+    std::fs::write(spool.join("ca.pem"), ca_cert.pem()).unwrap();
+    let failed_before = target_row(&src, &st)["message"].clone();
+    let row = eventually(Duration::from_secs(3 * POLL + 8), "a new refusal", || {
+        let row = target_row(&src, &st);
+        (row["status"] == "failed" && row["message"] != failed_before).then_some(row)
+    });
+    assert!(row["message"].as_str().unwrap().contains("ca"), "{row}");
+    assert!(!pairing_dir(&src).join("cert.pem").exists());
+
+    // 3. The genuine delivery restored: the pairing completes on the next poll.
+    std::fs::write(spool.join("certificate.pem"), &genuine).unwrap();
+    std::fs::write(
+        spool.join("ca.pem"),
+        std::fs::read(tgt.data_dir.join("ca.pem")).unwrap(),
+    )
+    .unwrap();
+    wait_status(&src, &st, "complete", Duration::from_secs(3 * POLL + 8));
+}
+
+#[test]
+fn restarts_mid_pairing_do_not_lose_it() {
+    let mut src = Daemon::start("pair-restart-src", opts());
+    let mut tgt = Daemon::start("pair-restart-tgt", opts());
+    let st = src.root_token();
+    let filed = paired_request(&src, &st, &tgt);
+    // Both restart while pending.
+    src.restart();
+    tgt.restart();
+    let tt = tgt.root_token();
+    accept(&tgt, &tt, &filed["request_id"], None);
+    // And the target restarts again just after accepting.
+    tgt.restart();
+    let st = src.root_token();
+    wait_status(&src, &st, "complete", Duration::from_secs(3 * POLL + 8));
+}
+
+#[test]
+fn two_appliances_pair_both_ways() {
+    let a = Daemon::start("pair-cross-a", opts());
+    let b = Daemon::start("pair-cross-b", opts());
+    let (at, bt) = (a.root_token(), b.root_token());
+    let ab = paired_request(&a, &at, &b);
+    let ba = paired_request(&b, &bt, &a);
+    accept(&b, &bt, &ab["request_id"], None);
+    accept(&a, &at, &ba["request_id"], None);
+    wait_status(&a, &at, "complete", Duration::from_secs(3 * POLL + 8));
+    wait_status(&b, &bt, "complete", Duration::from_secs(3 * POLL + 8));
+    // Each sees the other as a source, too.
+    for (d, t) in [(&a, &at), (&b, &bt)] {
+        let systems = d.client().get("/api/systems", Some(t)).json();
+        assert!(systems["appliance"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|s| s["role"] == "Non-Managed Replication Source"));
+    }
+    // Forgetting a target removes its row and its key material.
+    let r = a.client().request(
+        "DELETE",
+        &format!("/api/replication/target/{}", b.api),
+        &[("AuthToken", &at)],
+        b"",
+    );
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert!(
+        a.client().get("/api/replication/targets", Some(&at)).json()["targets"]
+            .as_array()
+            .unwrap()
+            .is_empty()
+    );
+    assert_eq!(
+        std::fs::read_dir(a.data_dir.join("targets"))
+            .unwrap()
+            .count(),
+        0
+    );
+    let r = a.client().request(
+        "DELETE",
+        &format!("/api/replication/target/{}", b.api),
+        &[("AuthToken", &at)],
+        b"",
+    );
+    assert_eq!(r.status, 404);
+}
