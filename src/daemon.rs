@@ -329,14 +329,18 @@ pub fn run(config: Config) -> Result<(), DaemonError> {
     .map_err(|e| err("tunnel TLS", e))?;
 
     // The backend: tiny_http on a private loopback port that only the fronts connect to.
-    let backend =
-        tiny_http::Server::http("127.0.0.1:0").map_err(|e| err("internal listener", e))?;
+    // TCP_NODELAY on the accepted sockets: tiny_http writes a response's head and body
+    // separately, and Nagle would hold the body for the delayed ACK (about 40 ms).
+    let backend_listener = front::bind_backend().map_err(|e| err("internal listener", e))?;
+    let backend = tiny_http::Server::from_listener(backend_listener, None)
+        .map_err(|e| err("internal listener", e))?;
     let backend_addr = backend
         .server_addr()
         .to_ip()
         .ok_or_else(|| DaemonError("internal listener has no IP address".into()))?;
     let backend = Arc::new(backend);
 
+    // Both listeners share the process's descriptors.
     let per_listener = front::clamp_to_fd_limit(config.max_connections * 2) / 2;
     let limits = front::Limits {
         max_connections: per_listener.max(1),

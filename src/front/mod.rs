@@ -36,7 +36,8 @@ const FDS_PER_CONNECTION: u64 = 3;
 /// logging.
 const FD_RESERVE: u64 = 64;
 /// Stack of a connection thread. The relay keeps its buffers on the heap; the deepest
-/// stack use is a rustls handshake (signature with ring), well below this.
+/// stack use is the rustls handshake. Measured with an ECDSA P-256 certificate: the
+/// debug-build tests pass with 96 KiB and overflow with 48 KiB.
 const CONNECTION_STACK_BYTES: usize = 256 * 1024;
 /// How long the accept loop waits on the listener before looking at the shutdown flag.
 const ACCEPT_TICK: Duration = Duration::from_millis(250);
@@ -61,7 +62,9 @@ pub struct Limits {
     /// Longest time with no progress: between requests, waiting for a response, or with
     /// data pending in one direction. Defaults to 60 s.
     pub idle_timeout: Duration,
-    /// A request head must be complete this long after its first byte. Defaults to 10 s.
+    /// A request head must be complete this long after its first byte, and its body this
+    /// long after the head (so a client dripping a body cannot hold the handler reading
+    /// it). Defaults to 10 s.
     pub head_timeout: Duration,
     /// Largest request head, request line to blank line inclusive. Defaults to 16,384.
     pub max_head_bytes: usize,
@@ -97,6 +100,12 @@ impl Limits {
                 format!("front limit {name} must be above zero"),
             ));
         }
+        if self.max_connections == 0 {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                "front limit max_connections must be at least 1",
+            ));
+        }
         if self.max_head_bytes < 64 {
             return Err(io::Error::new(
                 io::ErrorKind::InvalidInput,
@@ -128,8 +137,9 @@ impl Front {
 
     /// Stops accepting (also when the shutdown flag was not set), lets each connection
     /// finish its request in flight and close at the next request boundary, and returns
-    /// once all are gone or `drain` has passed. Connections still open at that point
-    /// close within about 100 ms, without waiting for their requests.
+    /// once all are gone or `drain` has passed. Relays still open at that point close
+    /// within about 100 ms without waiting for their requests; a connection still in its
+    /// TLS handshake ends at its handshake deadline.
     pub fn join(mut self, drain: Duration) {
         let deadline = Instant::now() + drain;
         self.shared.stop.store(true, Ordering::Relaxed);
@@ -321,7 +331,7 @@ impl RateLimitedWarning {
 fn accept_loop(shared: &Arc<Shared>, listener: TcpListener, wake: UnixStream) {
     let overflow_slots = (shared.limits.max_connections / 16).max(4);
     let mut accept_warning = RateLimitedWarning::new();
-    let mut cap_warning = RateLimitedWarning::new();
+    let mut overload_warning = RateLimitedWarning::new();
     while !shared.draining() {
         let mut fds = [sys::poll_fd(listener.as_raw_fd(), sys::POLLIN)];
         match sys::poll(&mut fds, Some(ACCEPT_TICK)) {
@@ -336,7 +346,7 @@ fn accept_loop(shared: &Arc<Shared>, listener: TcpListener, wake: UnixStream) {
         for _ in 0..ACCEPT_BATCH {
             match listener.accept() {
                 Ok((stream, addr)) => {
-                    dispatch(shared, stream, addr, overflow_slots, &mut cap_warning);
+                    dispatch(shared, stream, addr, overflow_slots, &mut overload_warning);
                 }
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
@@ -363,7 +373,7 @@ fn dispatch(
     stream: TcpStream,
     addr: SocketAddr,
     overflow_slots: usize,
-    cap_warning: &mut RateLimitedWarning,
+    overload_warning: &mut RateLimitedWarning,
 ) {
     // Latency over packet count: requests and responses are small and interactive.
     let _ = stream.set_nodelay(true);
@@ -382,11 +392,11 @@ fn dispatch(
             });
         if let Err(e) = spawned {
             shared.active.fetch_sub(1, Ordering::Relaxed);
-            cap_warning.warn(format_args!("{name}: start connection thread: {e}"));
+            overload_warning.warn(format_args!("{name}: start connection thread: {e}"));
         }
         return;
     }
-    cap_warning.warn(format_args!(
+    overload_warning.warn(format_args!(
         "{name}: connection cap of {} reached; refusing new connections",
         shared.limits.max_connections
     ));

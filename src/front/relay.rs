@@ -292,8 +292,9 @@ enum Framing {
         scanned: usize,
         since: Option<Instant>,
     },
-    /// Passing this many more body bytes through unchanged.
-    Body { remaining: u64 },
+    /// Passing `remaining` more body bytes through unchanged; the head was released at
+    /// `since`.
+    Body { remaining: u64, since: Instant },
 }
 
 /// Whether the front still reads from the client.
@@ -310,8 +311,9 @@ enum Inbound {
 /// Client-to-backend plaintext.
 ///
 /// Invariant: `sent <= released <= filled <= buf.len()`. `[sent, released)` is cleared
-/// for the backend and not yet written; `[released, filled)` is held until the framing
-/// has looked at it (at most one incomplete head, shorter than `max_head_bytes`).
+/// for the backend and not yet written; `[released, filled)` is held back until the
+/// framing has looked at it, after which it is at most one incomplete head shorter than
+/// `max_head_bytes`. So the buffer never grows, and a head always fits.
 struct UpBuffer {
     buf: Box<[u8]>,
     sent: usize,
@@ -530,16 +532,33 @@ impl<'a> Relay<'a> {
             self.up.drop_held();
             return;
         }
-        if let Framing::Head {
-            since: Some(since), ..
-        } = self.framing
-        {
-            // Only the client's own slowness counts: while earlier bytes still wait for
-            // the backend, the head cannot progress through any fault of the client.
-            let limit = self.shared.limits.head_timeout;
-            if self.up.unsent().is_empty() && now.duration_since(since) >= limit {
+        // Only the client's own slowness counts: while earlier bytes still wait for the
+        // backend, the request cannot progress through any fault of the client.
+        if !self.up.unsent().is_empty() {
+            return;
+        }
+        let limits = &self.shared.limits;
+        match self.framing {
+            Framing::Head {
+                since: Some(since), ..
+            } if now.duration_since(since) >= limits.head_timeout => {
+                let limit = limits.head_timeout;
                 self.refuse(Refusal::HeadTimeout { limit });
             }
+            Framing::Body { since, .. } if now.duration_since(since) >= limits.head_timeout => {
+                // Part of the body is already with tiny_http, so the front cannot answer
+                // for this request; ending the stream frees the handler reading it, and
+                // whatever tiny_http answers still reaches the client.
+                log::info!(
+                    "{}: {}: request body not complete within {} ms; closing",
+                    self.shared.name,
+                    self.addr,
+                    limits.head_timeout.as_millis()
+                );
+                self.inbound = Inbound::Stopped;
+                self.linger_on_close = true;
+            }
+            _ => {}
         }
     }
 
@@ -550,7 +569,7 @@ impl<'a> Relay<'a> {
         let max_body = self.shared.limits.max_body_bytes;
         loop {
             match &mut self.framing {
-                Framing::Body { remaining } => {
+                Framing::Body { remaining, .. } => {
                     let held = self.up.filled - self.up.released;
                     // Bounded by `held`, so the result fits in usize.
                     let take = usize::try_from(*remaining).map_or(held, |r| r.min(held));
@@ -583,6 +602,7 @@ impl<'a> Relay<'a> {
                     self.last_head_at = Some(now);
                     self.framing = Framing::Body {
                         remaining: parsed.content_length,
+                        since: now,
                     };
                 }
             }
@@ -783,14 +803,15 @@ impl<'a> Relay<'a> {
         {
             deadline = deadline.min(since + limits.idle_timeout);
         }
-        if let Framing::Head {
-            since: Some(since), ..
-        } = self.framing
-        {
-            // Mirrors the check in `read_plaintext`, so a deadline that is not enforced
-            // yet never turns into a busy loop of zero-length waits.
-            if self.inbound == Inbound::Open && self.up.unsent().is_empty() {
-                deadline = deadline.min(since + limits.head_timeout);
+        // Mirrors the checks in `read_plaintext`, so a deadline that is not enforced yet
+        // never turns into a busy loop of zero-length waits.
+        if self.inbound == Inbound::Open && self.up.unsent().is_empty() {
+            match self.framing {
+                Framing::Head {
+                    since: Some(since), ..
+                } => deadline = deadline.min(since + limits.head_timeout),
+                Framing::Body { since, .. } => deadline = deadline.min(since + limits.head_timeout),
+                Framing::Head { since: None, .. } => {}
             }
         }
         if self.draining {

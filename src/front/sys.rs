@@ -1,5 +1,5 @@
-//! The front's only calls into libc: `poll(2)` and the `RLIMIT_NOFILE` limit. Knows
-//! nothing about TLS, HTTP or connections.
+//! The front's only calls into libc: `poll(2)`, the `RLIMIT_NOFILE` limit and
+//! `TCP_NODELAY` on a listening socket. Knows nothing about TLS, HTTP or connections.
 
 use std::io;
 use std::os::fd::RawFd;

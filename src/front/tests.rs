@@ -119,7 +119,7 @@ fn test_limits() -> Limits {
         idle_timeout: Duration::from_secs(3),
         head_timeout: Duration::from_secs(2),
         max_head_bytes: 1024,
-        max_body_bytes: 64,
+        max_body_bytes: 1000,
     }
 }
 
@@ -604,8 +604,8 @@ fn body_over_the_cap_gets_413_after_the_earlier_response_and_is_never_forwarded(
     let mut client = h.client();
     let first = b"GET /first HTTP/1.1\r\nHost: localhost\r\n\r\n";
     let mut both = first.to_vec();
-    both.extend_from_slice(b"POST /big HTTP/1.1\r\nContent-Length: 100\r\n\r\n");
-    both.extend_from_slice(&[b'B'; 100]);
+    both.extend_from_slice(b"POST /big HTTP/1.1\r\nContent-Length: 1001\r\n\r\n");
+    both.extend_from_slice(&[b'B'; 1001]);
     client.send(&both).expect("send");
 
     let ok = client.response();
@@ -616,7 +616,7 @@ fn body_over_the_cap_gets_413_after_the_earlier_response_and_is_never_forwarded(
         error_message(&refused),
         (
             413,
-            "request body of 100 bytes exceeds the 64-byte limit".to_owned()
+            "request body of 1001 bytes exceeds the 1000-byte limit".to_owned()
         )
     );
     assert!(client.rest_until_closed().is_empty());
@@ -741,6 +741,41 @@ fn slow_head_gets_408() {
 }
 
 #[test]
+fn dripping_body_is_cut_off_and_the_backend_sees_its_end() {
+    let limits = Limits {
+        head_timeout: Duration::from_millis(300),
+        ..test_limits()
+    };
+    let recorder = recording_backend();
+    let h = Harness::start(limits, recorder.addr, Arc::new(PeerTable::new()));
+    let mut client = h.client();
+    let started = Instant::now();
+    let head = b"POST / HTTP/1.1\r\nContent-Length: 1000\r\n\r\n";
+    client.send(head).expect("send head");
+    // Each byte is progress, so no idle timeout ever fires; only the body deadline can.
+    let mut dripped = 0;
+    while dripped < 40 && client.send(b"d").is_ok() {
+        dripped += 1;
+        thread::sleep(Duration::from_millis(25));
+    }
+    // The recorder answered the head; nothing else follows.
+    let answer = client.response();
+    assert_eq!((answer.status, answer.body.as_str()), (200, "ok"));
+    assert!(client.rest_until_closed().is_empty());
+    let elapsed = started.elapsed();
+    assert!(
+        elapsed < Duration::from_millis(1500),
+        "closed late: {elapsed:?}"
+    );
+    h.wait_until_quiet();
+    let received = recorder.received.lock().expect("log").clone();
+    assert!(received.starts_with(head));
+    // About 12 bytes fit in 300 ms; all 40 would mean the front never cut the body off.
+    let body = received.len() - head.len();
+    assert!(body < 25, "{body} body bytes forwarded");
+}
+
+#[test]
 fn idle_keepalive_connection_is_closed_without_a_response() {
     let limits = Limits {
         idle_timeout: Duration::from_millis(300),
@@ -826,6 +861,84 @@ fn shutdown_finishes_the_request_in_flight_then_closes_and_stops_listening() {
         started.elapsed()
     );
     assert!(TcpStream::connect(h.addr).is_err(), "listener still open");
+}
+
+/// Set in the child process that `accept_loop_survives_running_out_of_descriptors`
+/// starts, so that exhausting descriptors cannot disturb the tests running in parallel.
+const EMFILE_CHILD: &str = "REPLGATE_FRONT_TEST_EMFILE_CHILD";
+
+#[test]
+fn accept_loop_survives_running_out_of_descriptors() {
+    if std::env::var_os(EMFILE_CHILD).is_some() {
+        exhaust_descriptors_then_serve();
+        return;
+    }
+    let name = "front::tests::accept_loop_survives_running_out_of_descriptors";
+    let exe = std::env::current_exe().expect("test binary");
+    let out = std::process::Command::new(exe)
+        .args(["--exact", name, "--nocapture", "--test-threads=1"])
+        .env(EMFILE_CHILD, "1")
+        .output()
+        .expect("run child test");
+    assert!(
+        out.status.success() && String::from_utf8_lossy(&out.stdout).contains("1 passed"),
+        "child failed:\n{}\n{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// Runs in the child: a connection arrives while the process has no descriptor left, so
+/// accept fails with EMFILE for a while; once descriptors are free again it is served.
+fn exhaust_descriptors_then_serve() {
+    let recorder = recording_backend();
+    let h = Harness::start(test_limits(), recorder.addr, Arc::new(PeerTable::new()));
+    let mut lim = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: `lim` is a valid rlimit struct for both calls; this process is a child
+    // running only this test.
+    unsafe {
+        assert_eq!(libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim), 0);
+        lim.rlim_cur = lim.rlim_cur.min(256);
+        assert_eq!(libc::setrlimit(libc::RLIMIT_NOFILE, &lim), 0);
+    }
+    let mut filler = Vec::new();
+    loop {
+        match std::fs::File::open("/dev/null") {
+            Ok(f) => filler.push(f),
+            Err(e) if e.raw_os_error() == Some(libc::EMFILE) => break,
+            Err(e) => panic!("fill descriptor table: {e}"),
+        }
+    }
+    // One descriptor for the client; the front has none left to accept with.
+    filler.pop();
+    let sock = TcpStream::connect(h.addr).expect("connect while the front cannot accept");
+    thread::sleep(Duration::from_millis(400));
+    assert_eq!(
+        h.front().active_connections(),
+        0,
+        "accept should have failed"
+    );
+    filler.truncate(filler.len().saturating_sub(16));
+
+    sock.set_read_timeout(Some(STUCK)).expect("read timeout");
+    sock.set_write_timeout(Some(STUCK)).expect("write timeout");
+    let name = ServerName::try_from("localhost").expect("server name");
+    let tls = ClientConnection::new(client_config(false), name).expect("client connection");
+    let mut client = Client {
+        tls,
+        sock,
+        inbox: Vec::new(),
+    };
+    while client.tls.is_handshaking() {
+        client
+            .tls
+            .complete_io(&mut client.sock)
+            .expect("handshake after descriptors came back");
+    }
+    assert_eq!(client.get("/").status, 200);
 }
 
 #[test]
