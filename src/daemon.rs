@@ -21,6 +21,8 @@ use crate::{fsx, model, notify, tls};
 
 /// How long shutdown waits for requests in flight.
 const DRAIN: Duration = Duration::from_secs(10);
+/// Listener certificates are re-issued at start when they expire sooner than this (s).
+const RENEW_BEFORE: i64 = 30 * 86_400;
 /// How often expired sessions are swept.
 const SWEEP_EVERY: Duration = Duration::from_secs(600);
 /// How often pending requests are checked for expiry (a scan of the open index only).
@@ -151,7 +153,14 @@ fn load_or_issue_listener_cert(
         .ok()
         .and_then(|b| String::from_utf8(b).ok());
     if cert_path.exists() && key_path.exists() && current.as_deref() == Some(wanted.as_str()) {
-        return Ok((read_text(&cert_path)?, read_text(&key_path)?));
+        let chain = read_text(&cert_path)?;
+        let fresh = crate::ca::cert_pem_to_der(&chain)
+            .and_then(|der| crate::ca::cert_not_after(&der))
+            .is_ok_and(|not_after| not_after > model::now() + RENEW_BEFORE);
+        if fresh {
+            return Ok((chain, read_text(&key_path)?));
+        }
+        log::info!("the {name} listener certificate expires within 30 days; issuing a new one");
     }
     let issued = ca
         .issue_server_cert(&hostnames, &ips, time::OffsetDateTime::now_utc())

@@ -180,7 +180,7 @@ pub fn poll_once(ctx: &SourceContext, t: &TargetRecord) -> bool {
                 let _ = update(&ctx.store, t.id, |r| r.message = None);
             }
         }
-        Step::Finish { status, message } => {
+        Step::Record { status, message } => {
             if t.status != status {
                 set_status(ctx, t.id, status, message, now);
             }

@@ -84,8 +84,8 @@ pub enum Step {
     Wait,
     /// Fetch, check and install the certificate, then prove the tunnel at this address.
     Install { tunnel: String },
-    /// Record a final outcome.
-    Finish {
+    /// Record a new status (a final outcome, or back to pending after a failure).
+    Record {
         status: TargetStatus,
         message: Option<String>,
     },
@@ -93,6 +93,11 @@ pub enum Step {
 
 pub fn step(current: &TargetRecord, polled: &SpoolStatus) -> Step {
     match polled {
+        // The target answers as itself again after a failed check: the request is open.
+        SpoolStatus::Pending { .. } if current.status == TargetStatus::Failed => Step::Record {
+            status: TargetStatus::Pending,
+            message: None,
+        },
         SpoolStatus::Pending { .. } => Step::Wait,
         SpoolStatus::Accepted { tunnel, .. } => match current.status {
             TargetStatus::Complete => Step::Wait,
@@ -100,15 +105,15 @@ pub fn step(current: &TargetRecord, polled: &SpoolStatus) -> Step {
                 tunnel: tunnel.clone(),
             },
         },
-        SpoolStatus::Rejected { message } => Step::Finish {
+        SpoolStatus::Rejected { message } => Step::Record {
             status: TargetStatus::Rejected,
             message: Some(message.clone()),
         },
-        SpoolStatus::Expired => Step::Finish {
+        SpoolStatus::Expired => Step::Record {
             status: TargetStatus::Expired,
             message: None,
         },
-        SpoolStatus::Revoked => Step::Finish {
+        SpoolStatus::Revoked => Step::Record {
             status: TargetStatus::Revoked,
             message: Some("the target revoked this pairing".into()),
         },
@@ -216,6 +221,18 @@ mod tests {
     #[test]
     fn polled_status_drives_the_state() {
         let pending = record(TargetStatus::Pending);
+        let open = SpoolStatus::Pending {
+            retry_after: 1,
+            expires: 9,
+        };
+        assert_eq!(step(&pending, &open), Step::Wait);
+        assert_eq!(
+            step(&record(TargetStatus::Failed), &open),
+            Step::Record {
+                status: TargetStatus::Pending,
+                message: None
+            }
+        );
         let accepted = SpoolStatus::Accepted {
             certificate: "c".into(),
             ca: "a".into(),
@@ -234,9 +251,21 @@ mod tests {
             }
         );
         assert_eq!(step(&record(TargetStatus::Complete), &accepted), Step::Wait);
+        let open = SpoolStatus::Pending {
+            retry_after: 1,
+            expires: 9,
+        };
+        assert_eq!(step(&pending, &open), Step::Wait);
+        assert_eq!(
+            step(&record(TargetStatus::Failed), &open),
+            Step::Record {
+                status: TargetStatus::Pending,
+                message: None
+            }
+        );
         assert!(matches!(
             step(&record(TargetStatus::Complete), &SpoolStatus::Revoked),
-            Step::Finish {
+            Step::Record {
                 status: TargetStatus::Revoked,
                 ..
             }
@@ -248,7 +277,7 @@ mod tests {
                     message: "no".into()
                 }
             ),
-            Step::Finish {
+            Step::Record {
                 status: TargetStatus::Rejected,
                 message: Some("no".into())
             }
