@@ -626,9 +626,9 @@ fn execute(ctl: &Ctl) -> Result<String, CtlError> {
     let settings = Settings::resolve(ctl)?;
     let ca_pem = settings.ca_pem()?;
     let client = Client::new(&settings.api, &ca_pem)?;
-    let tokens = TokenFile::locate()?;
     let api = settings.api.as_str();
-    let token = || tokens.token(api);
+    // Located only by the commands that use a token: `health` works without HOME.
+    let token = || TokenFile::locate()?.token(api);
     // The daemon's JSON as it came with --json, else `human` of it.
     let show = |answer: Answer, human: &dyn Fn(&Value) -> String| {
         if ctl.json {
@@ -644,6 +644,7 @@ fn execute(ctl: &Ctl) -> Result<String, CtlError> {
             user,
             password: from,
         } => {
+            let tokens = TokenFile::locate()?;
             let pw = password(*from, &format!("password for {user} at {api}: "), false)?;
             let body = json!({ "username": user, "password": pw.0 });
             let a = client.call(Post, "/api/login", None, Some(&body))?;
@@ -683,6 +684,7 @@ fn execute(ctl: &Ctl) -> Result<String, CtlError> {
             out
         }
         CtlCommand::Logout => {
+            let tokens = TokenFile::locate()?;
             let mut cache = tokens.load()?;
             let Some(i) = cache.sessions.iter().position(|s| s.api == api) else {
                 return Ok(format!("not logged in to {api}\n"));
