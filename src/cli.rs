@@ -4,11 +4,16 @@
 use std::fmt;
 use std::path::PathBuf;
 
+use crate::model::Privilege;
+
 pub const USAGE: &str = "\
 usage:
   replgate serve [--config FILE]   run the daemon (embedded defaults without a config file)
   replgate check-config [--config FILE]
                                    validate the configuration and print it
+  replgate ctl [--api URL] [--cacert FILE] [--json] COMMAND ...
+                                   administer a running daemon through its API
+                                   (`replgate ctl help` lists the commands)
   replgate --version               print the version
   replgate help                    print this text
 
@@ -17,10 +22,17 @@ REPLGATE_<KEY> environment variables override single keys";
 
 #[derive(Debug, PartialEq, Eq)]
 pub enum Command {
-    Serve { config: Option<PathBuf> },
-    CheckConfig { config: Option<PathBuf> },
+    Serve {
+        config: Option<PathBuf>,
+    },
+    CheckConfig {
+        config: Option<PathBuf>,
+    },
     Version,
     Help,
+    /// `replgate ctl ...`: the words after `ctl`, parsed by [`parse_ctl`] inside
+    /// `ctl::run` so that its usage errors print as `replgate ctl: ...` with its own usage.
+    Ctl(Vec<String>),
 }
 
 #[derive(Debug, PartialEq, Eq)]
@@ -66,10 +78,482 @@ pub fn parse(args: &[String]) -> Result<Command, UsageError> {
         "check-config" => Ok(Command::CheckConfig {
             config: config_option(&args[1..])?,
         }),
+        "ctl" => Ok(Command::Ctl(args[1..].to_vec())),
         "--version" | "-V" | "version" => Ok(Command::Version),
         "help" | "--help" | "-h" => Ok(Command::Help),
         other => Err(UsageError(format!("unknown command {other:?}"))),
     }
+}
+
+// ---- replgate ctl ----
+
+pub const CTL_USAGE: &str = "\
+usage: replgate ctl [--api https://HOST:PORT] [--cacert FILE] [--json] COMMAND ...
+
+session:
+  login [--user NAME] [--password-stdin]   log in (default user root) and cache the token
+  logout                                   end the session and forget the cached token
+  health                                   is the daemon up; its version and CA fingerprint
+target side (this appliance receives replication):
+  pending [--all]                          open pairing requests (--all: rejected ones too)
+  accept ID [--storage N]                  accept request ID (storage N, else the default backup storage)
+  reject ID --message TEXT                 reject request ID; the source is told TEXT
+  ignore ID                                drop request ID silently (the source sees it expire)
+  unpair SID                               revoke paired system SID and remove it
+  systems                                  appliances known here, pending requests included
+  storage                                  storage areas
+source side (this appliance replicates to a target):
+  request-target HOST[:PORT] [--fingerprint SHA256 | --insecure]
+                                           ask a target for replication
+  targets                                  targets asked, and each pairing's state
+  forget-target HOST[:PORT]                forget a target, its key and its certificates
+users and audit:
+  users                                    list users
+  users add NAME --privilege P [--password-stdin]
+  users set NAME [--privilege P] [--password | --password-stdin]
+  users remove NAME
+  audit [--limit N]                        the latest N audit entries (default 50)
+
+options (before or after the command):
+  --api URL       the daemon's API; env REPLGATE_CTL_API, default https://127.0.0.1:8443
+  --cacert FILE   the CA of the daemon's API certificate; env REPLGATE_CTL_CACERT,
+                  default ./replgate-data/ca.pem
+  --json          print the daemon's JSON answer as it came instead of a table
+P is monitor, manage, administer or superuser. A password comes from --password-stdin (one
+line), else REPLGATE_PASSWORD, else a prompt when standard input is a terminal. The token
+is cached in REPLGATE_CTL_TOKEN_FILE, else $XDG_RUNTIME_DIR/replgate/token, else
+~/.cache/replgate/token.
+exit codes: 0 done, 1 refused by the daemon, 2 usage, 3 not logged in or wrong password,
+4 forbidden, 5 not found, 6 conflict, 7 untrusted target certificate, 8 daemon unreachable";
+
+/// A parsed `replgate ctl` invocation. Unset options are `None`: their environment
+/// variables and defaults are `ctl`'s business, not the grammar's.
+#[derive(Debug, PartialEq, Eq)]
+pub struct Ctl {
+    /// `--api`.
+    pub api: Option<String>,
+    /// `--cacert`.
+    pub cacert: Option<PathBuf>,
+    /// `--json`: print the daemon's JSON instead of a table.
+    pub json: bool,
+    pub command: CtlCommand,
+}
+
+/// Where a password comes from.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum PasswordFrom {
+    /// `--password-stdin`: one line of standard input.
+    Stdin,
+    /// `REPLGATE_PASSWORD`, else a prompt without echo when standard input is a terminal.
+    EnvOrPrompt,
+}
+
+/// How `request-target` is to trust the target's CA.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Trust {
+    /// Only if already pinned; otherwise the daemon answers 412 with the fingerprint.
+    Pinned,
+    /// `--fingerprint`: normalised to 64 lowercase hex digits.
+    Fingerprint(String),
+    /// `--insecure`: whatever the target presents.
+    Insecure,
+}
+
+#[derive(Debug, PartialEq, Eq)]
+pub enum CtlCommand {
+    Help,
+    Login {
+        user: String,
+        password: PasswordFrom,
+    },
+    Logout,
+    Health,
+    Pending {
+        include_rejected: bool,
+    },
+    Accept {
+        request_id: u64,
+        storage_id: Option<u64>,
+    },
+    Reject {
+        request_id: u64,
+        message: String,
+    },
+    Ignore {
+        request_id: u64,
+    },
+    Unpair {
+        system_id: u64,
+    },
+    Systems,
+    Storage,
+    RequestTarget {
+        target: String,
+        trust: Trust,
+    },
+    Targets,
+    ForgetTarget {
+        host: String,
+    },
+    Users,
+    UserAdd {
+        name: String,
+        privilege: Privilege,
+        password: PasswordFrom,
+    },
+    /// Invariant: `privilege` or `password` is set.
+    UserSet {
+        name: String,
+        privilege: Option<Privilege>,
+        password: Option<PasswordFrom>,
+    },
+    UserRemove {
+        name: String,
+    },
+    Audit {
+        limit: u64,
+    },
+}
+
+/// The user `login` uses without `--user`: the superuser created on first start.
+pub const DEFAULT_LOGIN_USER: &str = "root";
+/// Audit entries shown without `--limit`.
+pub const DEFAULT_AUDIT_LIMIT: u64 = 50;
+
+/// Options that take a value, wherever they appear.
+const CTL_VALUE_OPTIONS: [&str; 8] = [
+    "--api",
+    "--cacert",
+    "--user",
+    "--storage",
+    "--message",
+    "--fingerprint",
+    "--privilege",
+    "--limit",
+];
+/// Options that take none.
+const CTL_FLAGS: [&str; 5] = [
+    "--json",
+    "--all",
+    "--insecure",
+    "--password",
+    "--password-stdin",
+];
+
+/// The options of one invocation; each accessor takes what it reads, so that
+/// [`CtlOptions::finish`] can name any option the command does not know.
+struct CtlOptions(Vec<(&'static str, Option<String>)>);
+
+impl CtlOptions {
+    fn value(&mut self, name: &str) -> Result<Option<String>, UsageError> {
+        let mut found: Vec<Option<String>> = Vec::new();
+        self.0.retain(|(n, v)| {
+            if *n == name {
+                found.push(v.clone());
+                false
+            } else {
+                true
+            }
+        });
+        match found.len() {
+            0 => Ok(None),
+            1 => Ok(found.pop().flatten()),
+            _ => Err(UsageError(format!("{name} is given more than once"))),
+        }
+    }
+
+    fn flag(&mut self, name: &str) -> Result<bool, UsageError> {
+        let before = self.0.len();
+        self.0.retain(|(n, _)| *n != name);
+        match before - self.0.len() {
+            0 => Ok(false),
+            1 => Ok(true),
+            _ => Err(UsageError(format!("{name} is given more than once"))),
+        }
+    }
+
+    fn finish(self, command: &str) -> Result<(), UsageError> {
+        match self.0.first() {
+            Some((name, _)) => Err(UsageError(format!("`{command}` does not take {name}"))),
+            None => Ok(()),
+        }
+    }
+}
+
+/// Splits the words after `ctl` into positional words and known options; `--opt=value`
+/// and `--opt value` both work, and `--` ends the options.
+fn split_ctl(args: &[String]) -> Result<(Vec<String>, CtlOptions), UsageError> {
+    let mut words = Vec::new();
+    let mut options = Vec::new();
+    let mut it = args.iter();
+    let mut options_ended = false;
+    while let Some(arg) = it.next() {
+        if options_ended || !arg.starts_with('-') || arg == "-" {
+            words.push(arg.clone());
+            continue;
+        }
+        if arg == "--" {
+            options_ended = true;
+            continue;
+        }
+        if arg == "-h" || arg == "--help" {
+            words.insert(0, "help".into());
+            continue;
+        }
+        let (name, inline) = match arg.split_once('=') {
+            Some((n, v)) => (n, Some(v.to_string())),
+            None => (arg.as_str(), None),
+        };
+        if let Some(known) = CTL_VALUE_OPTIONS.iter().find(|o| **o == name) {
+            let value = match inline {
+                Some(v) => v,
+                None => it
+                    .next()
+                    .cloned()
+                    .ok_or_else(|| UsageError(format!("{name} needs a value")))?,
+            };
+            options.push((*known, Some(value)));
+        } else if let Some(known) = CTL_FLAGS.iter().find(|o| **o == name) {
+            if inline.is_some() {
+                return Err(UsageError(format!("{name} takes no value")));
+            }
+            options.push((*known, None));
+        } else {
+            return Err(UsageError(format!("unknown option {name:?}")));
+        }
+    }
+    Ok((words, CtlOptions(options)))
+}
+
+fn positive(what: &str, s: &str) -> Result<u64, UsageError> {
+    s.parse::<u64>()
+        .ok()
+        .filter(|n| *n > 0)
+        .ok_or_else(|| UsageError(format!("{what} must be a positive number, not {s:?}")))
+}
+
+fn privilege(s: &str) -> Result<Privilege, UsageError> {
+    s.parse()
+        .map_err(|e| UsageError(format!("--privilege: {e}")))
+}
+
+/// Exactly the positional words a command takes, named for the error message.
+fn operands<'a, const N: usize>(
+    command: &str,
+    words: &'a [String],
+    names: [&str; N],
+) -> Result<[&'a str; N], UsageError> {
+    if let Some(missing) = names.get(words.len()) {
+        return Err(UsageError(format!("`{command}` needs {missing}")));
+    }
+    if let Some(extra) = words.get(N) {
+        return Err(UsageError(format!(
+            "`{command}` takes no further argument {extra:?}"
+        )));
+    }
+    Ok(std::array::from_fn(|i| words[i].as_str()))
+}
+
+/// Parses the words after `replgate ctl`.
+pub fn parse_ctl(args: &[String]) -> Result<Ctl, UsageError> {
+    let (words, mut opts) = split_ctl(args)?;
+    let api = opts.value("--api")?;
+    let cacert = opts.value("--cacert")?.map(PathBuf::from);
+    let json = opts.flag("--json")?;
+    let Some((verb, rest)) = words.split_first() else {
+        return Err(UsageError("a command is needed".into()));
+    };
+    let verb = verb.as_str();
+    let no_operands = |rest: &[String]| operands(verb, rest, []).map(|_| ());
+    let command = match verb {
+        "help" => CtlCommand::Help,
+        "login" => {
+            no_operands(rest)?;
+            CtlCommand::Login {
+                user: opts
+                    .value("--user")?
+                    .unwrap_or_else(|| DEFAULT_LOGIN_USER.into()),
+                password: if opts.flag("--password-stdin")? {
+                    PasswordFrom::Stdin
+                } else {
+                    PasswordFrom::EnvOrPrompt
+                },
+            }
+        }
+        "logout" => no_operands(rest).map(|_| CtlCommand::Logout)?,
+        "health" => no_operands(rest).map(|_| CtlCommand::Health)?,
+        "pending" => {
+            no_operands(rest)?;
+            CtlCommand::Pending {
+                include_rejected: opts.flag("--all")?,
+            }
+        }
+        "accept" => {
+            let [id] = operands(verb, rest, ["a request ID"])?;
+            CtlCommand::Accept {
+                request_id: positive("the request ID", id)?,
+                storage_id: opts
+                    .value("--storage")?
+                    .map(|s| positive("--storage", &s))
+                    .transpose()?,
+            }
+        }
+        "reject" => {
+            let [id] = operands(verb, rest, ["a request ID"])?;
+            let request_id = positive("the request ID", id)?;
+            let message = opts
+                .value("--message")?
+                .filter(|m| !m.trim().is_empty())
+                .ok_or_else(|| {
+                    UsageError("`reject` needs --message: the source's admin reads it".into())
+                })?;
+            CtlCommand::Reject {
+                request_id,
+                message,
+            }
+        }
+        "ignore" => {
+            let [id] = operands(verb, rest, ["a request ID"])?;
+            CtlCommand::Ignore {
+                request_id: positive("the request ID", id)?,
+            }
+        }
+        "unpair" => {
+            let [sid] = operands(verb, rest, ["a system ID"])?;
+            CtlCommand::Unpair {
+                system_id: positive("the system ID", sid)?,
+            }
+        }
+        "systems" => no_operands(rest).map(|_| CtlCommand::Systems)?,
+        "storage" => no_operands(rest).map(|_| CtlCommand::Storage)?,
+        "targets" => no_operands(rest).map(|_| CtlCommand::Targets)?,
+        "request-target" => {
+            let [target] = operands(verb, rest, ["the target's HOST[:PORT]"])?;
+            let fingerprint = opts.value("--fingerprint")?;
+            let insecure = opts.flag("--insecure")?;
+            let trust = match (fingerprint, insecure) {
+                (Some(_), true) => {
+                    return Err(UsageError(
+                        "give --fingerprint or --insecure, not both".into(),
+                    ))
+                }
+                (Some(f), false) => Trust::Fingerprint(
+                    crate::ca::normalize_fingerprint(&f).ok_or_else(|| {
+                        UsageError(format!(
+                            "--fingerprint {f:?} is not a SHA-256 fingerprint (64 hex digits, colons optional)"
+                        ))
+                    })?,
+                ),
+                (None, true) => Trust::Insecure,
+                (None, false) => Trust::Pinned,
+            };
+            CtlCommand::RequestTarget {
+                target: target.to_string(),
+                trust,
+            }
+        }
+        "forget-target" => {
+            let [host] = operands(verb, rest, ["the target's HOST[:PORT]"])?;
+            CtlCommand::ForgetTarget {
+                host: host.to_string(),
+            }
+        }
+        "users" => match rest.split_first() {
+            None => CtlCommand::Users,
+            Some((sub, names)) => {
+                let verb = format!("users {sub}");
+                match sub.as_str() {
+                    "list" => operands(&verb, names, []).map(|_| CtlCommand::Users)?,
+                    "add" => {
+                        let [name] = operands(&verb, names, ["a user NAME"])?;
+                        let p = opts
+                            .value("--privilege")?
+                            .ok_or_else(|| UsageError("`users add` needs --privilege".into()))?;
+                        CtlCommand::UserAdd {
+                            name: name.to_string(),
+                            privilege: privilege(&p)?,
+                            password: if opts.flag("--password-stdin")? {
+                                PasswordFrom::Stdin
+                            } else {
+                                PasswordFrom::EnvOrPrompt
+                            },
+                        }
+                    }
+                    "set" => {
+                        let [name] = operands(&verb, names, ["a user NAME"])?;
+                        let privilege = opts
+                            .value("--privilege")?
+                            .map(|p| privilege(&p))
+                            .transpose()?;
+                        let password =
+                            match (opts.flag("--password-stdin")?, opts.flag("--password")?) {
+                                (true, true) => {
+                                    return Err(UsageError(
+                                        "give --password or --password-stdin, not both".into(),
+                                    ))
+                                }
+                                (true, false) => Some(PasswordFrom::Stdin),
+                                (false, true) => Some(PasswordFrom::EnvOrPrompt),
+                                (false, false) => None,
+                            };
+                        if privilege.is_none() && password.is_none() {
+                            return Err(UsageError(
+                                "`users set` needs --privilege, --password or --password-stdin"
+                                    .into(),
+                            ));
+                        }
+                        CtlCommand::UserSet {
+                            name: name.to_string(),
+                            privilege,
+                            password,
+                        }
+                    }
+                    "remove" => {
+                        let [name] = operands(&verb, names, ["a user NAME"])?;
+                        CtlCommand::UserRemove {
+                            name: name.to_string(),
+                        }
+                    }
+                    other => {
+                        return Err(UsageError(format!(
+                            "unknown users command {other:?} (list, add, set or remove)"
+                        )))
+                    }
+                }
+            }
+        },
+        "audit" => {
+            no_operands(rest)?;
+            CtlCommand::Audit {
+                limit: opts
+                    .value("--limit")?
+                    .map(|n| positive("--limit", &n))
+                    .transpose()?
+                    .unwrap_or(DEFAULT_AUDIT_LIMIT),
+            }
+        }
+        other => return Err(UsageError(format!("unknown command {other:?}"))),
+    };
+    if command == CtlCommand::Help {
+        return Ok(Ctl {
+            api,
+            cacert,
+            json,
+            command,
+        });
+    }
+    let shown = match &command {
+        CtlCommand::UserAdd { .. } => "users add",
+        CtlCommand::UserSet { .. } => "users set",
+        _ => verb,
+    };
+    opts.finish(shown)?;
+    Ok(Ctl {
+        api,
+        cacert,
+        json,
+        command,
+    })
 }
 
 #[cfg(test)]
@@ -100,5 +584,217 @@ mod tests {
         assert!(parse(&args("serve --bogus")).is_err());
         assert!(parse(&args("serve --config")).is_err());
         assert!(parse(&args("launch")).is_err());
+    }
+    fn ctl(s: &str) -> Result<Ctl, UsageError> {
+        parse_ctl(&args(s))
+    }
+
+    fn command(s: &str) -> CtlCommand {
+        ctl(s).unwrap_or_else(|e| panic!("{s}: {}", e.0)).command
+    }
+
+    fn usage_error(s: &str) -> String {
+        match ctl(s) {
+            Ok(c) => panic!("{s} parsed as {c:?}"),
+            Err(e) => e.0,
+        }
+    }
+
+    #[test]
+    fn ctl_words_are_kept_for_ctl_to_parse() {
+        assert_eq!(
+            parse(&args("ctl pending --all")).unwrap(),
+            Command::Ctl(args("pending --all"))
+        );
+    }
+
+    #[test]
+    fn global_options_go_before_or_after_the_command() {
+        let before = ctl("--api https://h:1 --cacert /c.pem --json pending").unwrap();
+        let after = ctl("pending --json --cacert=/c.pem --api=https://h:1").unwrap();
+        assert_eq!(before, after);
+        assert_eq!(before.api.as_deref(), Some("https://h:1"));
+        assert_eq!(before.cacert, Some(PathBuf::from("/c.pem")));
+        assert!(before.json);
+        let plain = ctl("systems").unwrap();
+        assert_eq!((plain.api, plain.cacert, plain.json), (None, None, false));
+    }
+
+    #[test]
+    fn login_defaults_to_root_and_the_ambient_password() {
+        assert_eq!(
+            command("login"),
+            CtlCommand::Login {
+                user: "root".into(),
+                password: PasswordFrom::EnvOrPrompt
+            }
+        );
+        assert_eq!(
+            command("login --user ops --password-stdin"),
+            CtlCommand::Login {
+                user: "ops".into(),
+                password: PasswordFrom::Stdin
+            }
+        );
+    }
+
+    #[test]
+    fn target_side_commands_parse_their_ids_and_options() {
+        assert_eq!(
+            command("pending --all"),
+            CtlCommand::Pending {
+                include_rejected: true
+            }
+        );
+        assert_eq!(
+            command("accept 7 --storage 2"),
+            CtlCommand::Accept {
+                request_id: 7,
+                storage_id: Some(2)
+            }
+        );
+        assert_eq!(
+            command("accept 7"),
+            CtlCommand::Accept {
+                request_id: 7,
+                storage_id: None
+            }
+        );
+        let reject = parse_ctl(&[
+            "reject".into(),
+            "3".into(),
+            "--message".into(),
+            "call us first".into(),
+        ])
+        .unwrap();
+        assert_eq!(
+            reject.command,
+            CtlCommand::Reject {
+                request_id: 3,
+                message: "call us first".into()
+            }
+        );
+        assert_eq!(command("ignore 4"), CtlCommand::Ignore { request_id: 4 });
+        assert_eq!(command("unpair 9"), CtlCommand::Unpair { system_id: 9 });
+    }
+
+    #[test]
+    fn request_target_takes_one_way_of_trust() {
+        let fp = "AB:".repeat(31) + "AB";
+        assert_eq!(
+            command(&format!("request-target 10.0.0.2:8443 --fingerprint {fp}")),
+            CtlCommand::RequestTarget {
+                target: "10.0.0.2:8443".into(),
+                trust: Trust::Fingerprint("ab".repeat(32))
+            }
+        );
+        assert_eq!(
+            command("request-target t --insecure"),
+            CtlCommand::RequestTarget {
+                target: "t".into(),
+                trust: Trust::Insecure
+            }
+        );
+        assert_eq!(
+            command("request-target t"),
+            CtlCommand::RequestTarget {
+                target: "t".into(),
+                trust: Trust::Pinned
+            }
+        );
+        assert!(
+            usage_error(&format!("request-target t --insecure --fingerprint {fp}"))
+                .contains("not both")
+        );
+        assert!(usage_error("request-target t --fingerprint abc").contains("SHA-256"));
+    }
+
+    #[test]
+    fn users_subcommands() {
+        assert_eq!(command("users"), CtlCommand::Users);
+        assert_eq!(command("users list"), CtlCommand::Users);
+        assert_eq!(
+            command("users add ops --privilege manage --password-stdin"),
+            CtlCommand::UserAdd {
+                name: "ops".into(),
+                privilege: Privilege::Manage,
+                password: PasswordFrom::Stdin
+            }
+        );
+        assert_eq!(
+            command("users set ops --privilege monitor"),
+            CtlCommand::UserSet {
+                name: "ops".into(),
+                privilege: Some(Privilege::Monitor),
+                password: None
+            }
+        );
+        assert_eq!(
+            command("users set ops --password"),
+            CtlCommand::UserSet {
+                name: "ops".into(),
+                privilege: None,
+                password: Some(PasswordFrom::EnvOrPrompt)
+            }
+        );
+        assert_eq!(
+            command("users remove ops"),
+            CtlCommand::UserRemove { name: "ops".into() }
+        );
+        assert!(usage_error("users add ops").contains("--privilege"));
+        assert!(usage_error("users add ops --privilege root").contains("monitor"));
+        assert!(usage_error("users set ops").contains("needs"));
+        assert!(usage_error("users set ops --password --password-stdin").contains("not both"));
+        assert!(usage_error("users rename ops").contains("unknown users command"));
+    }
+
+    #[test]
+    fn audit_limit_defaults_and_must_be_positive() {
+        assert_eq!(command("audit"), CtlCommand::Audit { limit: 50 });
+        assert_eq!(command("audit --limit 5"), CtlCommand::Audit { limit: 5 });
+        assert!(usage_error("audit --limit 0").contains("positive"));
+    }
+
+    #[test]
+    fn help_in_any_spelling() {
+        assert_eq!(command("help"), CtlCommand::Help);
+        assert_eq!(command("--help"), CtlCommand::Help);
+        assert_eq!(command("accept -h"), CtlCommand::Help);
+    }
+
+    #[test]
+    fn ctl_usage_errors_name_the_problem() {
+        assert!(usage_error("").contains("a command is needed"));
+        assert!(usage_error("frobnicate").contains("unknown command"));
+        assert!(usage_error("accept").contains("needs a request ID"));
+        assert!(usage_error("accept x").contains("positive number"));
+        assert!(usage_error("accept 0").contains("positive number"));
+        assert!(usage_error("accept 1 2").contains("no further argument"));
+        assert!(usage_error("accept 1 --message hi").contains("does not take --message"));
+        assert!(usage_error("reject 1").contains("--message"));
+        assert!(usage_error("pending --bogus").contains("unknown option"));
+        assert!(usage_error("pending --json --json").contains("more than once"));
+        assert!(usage_error("pending --all=1").contains("takes no value"));
+        assert!(usage_error("login --user").contains("needs a value"));
+        assert!(usage_error("systems extra").contains("no further argument"));
+    }
+
+    #[test]
+    fn an_option_value_may_look_like_an_option() {
+        let c = parse_ctl(&[
+            "reject".into(),
+            "1".into(),
+            "--message".into(),
+            "--json".into(),
+        ])
+        .unwrap();
+        assert!(!c.json);
+        assert_eq!(
+            c.command,
+            CtlCommand::Reject {
+                request_id: 1,
+                message: "--json".into()
+            }
+        );
     }
 }

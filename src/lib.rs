@@ -8,6 +8,7 @@ pub mod auth;
 pub mod ca;
 pub mod cli;
 pub mod config;
+pub mod ctl;
 pub mod daemon;
 pub mod front;
 pub mod fsx;

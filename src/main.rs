@@ -38,6 +38,8 @@ fn main() -> ExitCode {
             println!("replgate {}", env!("CARGO_PKG_VERSION"));
             ExitCode::SUCCESS
         }
+        // Scripts rely on its own exit codes (`replgate::ctl::exit`, docs/ctl.md).
+        Command::Ctl(args) => ExitCode::from(replgate::ctl::run(&args)),
         Command::CheckConfig { config } => match Config::load(config.as_deref()) {
             Ok(c) => {
                 println!("{c:#?}");

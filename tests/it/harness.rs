@@ -18,10 +18,15 @@ static SEQ: AtomicU32 = AtomicU32::new(0);
 
 /// A free loopback port (bound then released; a rare race with another test is possible).
 pub fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("bind an ephemeral port")
+    free_ports::<1>()[0]
+}
+
+/// `N` distinct free loopback ports: all are held at once while chosen, so they differ.
+pub fn free_ports<const N: usize>() -> [u16; N] {
+    let held: Vec<TcpListener> = (0..N)
+        .map(|_| TcpListener::bind("127.0.0.1:0").expect("bind an ephemeral port"))
+        .collect();
+    std::array::from_fn(|i| held[i].local_addr().expect("local addr").port())
 }
 
 pub fn scratch_dir(name: &str) -> PathBuf {
@@ -75,10 +80,11 @@ impl Daemon {
                 .find(|(k, _)| k == key)
                 .and_then(|(_, v)| v.parse().ok())
         };
+        let [api_port, tunnel_port] = free_ports::<2>();
         let api: SocketAddr = given("REPLGATE_API_LISTEN")
-            .unwrap_or_else(|| format!("127.0.0.1:{}", free_port()).parse().unwrap());
+            .unwrap_or_else(|| SocketAddr::from(([127, 0, 0, 1], api_port)));
         let tunnel: SocketAddr = given("REPLGATE_TUNNEL_LISTEN")
-            .unwrap_or_else(|| format!("127.0.0.1:{}", free_port()).parse().unwrap());
+            .unwrap_or_else(|| SocketAddr::from(([127, 0, 0, 1], tunnel_port)));
         let mut d = Daemon {
             data_dir,
             api,

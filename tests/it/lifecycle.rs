@@ -65,8 +65,7 @@ fn system_uuid(d: &Daemon) -> String {
 #[test]
 fn generated_admin_password_is_written_once_to_a_private_file() {
     let dir = crate::harness::scratch_dir("life-genpw");
-    let port = crate::harness::free_port();
-    let tport = crate::harness::free_port();
+    let [port, tport] = crate::harness::free_ports::<2>();
     let mut child = Command::new(env!("CARGO_BIN_EXE_replgate"))
         .arg("serve")
         .env_clear()

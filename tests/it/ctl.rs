@@ -1,0 +1,358 @@
+//! `replgate ctl` as an admin uses it: the real binary against real daemons, driving a
+//! whole pairing, with `--json` parsed and every documented exit code a script relies on.
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use serde_json::Value;
+
+use crate::harness::{eventually, free_port, mode, scratch_dir, Daemon, Options, ADMIN_PASSWORD};
+
+const POLL: u64 = 2;
+
+fn opts() -> Options {
+    Options::default()
+        .set("poll_interval", POLL)
+        .set("heartbeat_interval", POLL)
+}
+
+fn ca_fingerprint(d: &Daemon) -> String {
+    ring::digest::digest(&ring::digest::SHA256, d.ca_der().as_ref())
+        .as_ref()
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}
+
+/// What one `replgate ctl` run printed and returned.
+#[derive(Debug)]
+struct Run {
+    code: i32,
+    stdout: String,
+    stderr: String,
+}
+
+impl Run {
+    fn json(&self) -> Value {
+        serde_json::from_str(&self.stdout)
+            .unwrap_or_else(|e| panic!("stdout is not JSON ({e}): {self:?}"))
+    }
+
+    #[track_caller]
+    fn expect(self, code: i32) -> Run {
+        assert_eq!(self.code, code, "exit code of {self:?}");
+        self
+    }
+}
+
+/// `replgate ctl` aimed at one daemon, with a token cache in the test's scratch directory
+/// and nothing inherited from the caller's environment.
+struct Ctl {
+    api: String,
+    cacert: PathBuf,
+    token_file: PathBuf,
+    home: PathBuf,
+}
+
+impl Ctl {
+    fn new(d: &Daemon, scratch: &Path) -> Ctl {
+        Ctl {
+            api: format!("https://{}", d.api),
+            cacert: d.data_dir.join("ca.pem"),
+            token_file: scratch.join("cache").join("token"),
+            home: scratch.to_path_buf(),
+        }
+    }
+
+    fn with_token_file(mut self, path: PathBuf) -> Ctl {
+        self.token_file = path;
+        self
+    }
+
+    fn run_with_stdin(&self, args: &[&str], stdin: Option<&str>) -> Run {
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_replgate"));
+        cmd.arg("ctl")
+            .arg("--api")
+            .arg(&self.api)
+            .arg("--cacert")
+            .arg(&self.cacert)
+            .args(args)
+            .env_clear()
+            .env("PATH", std::env::var("PATH").unwrap_or_default())
+            .env("HOME", &self.home)
+            .env("REPLGATE_CTL_TOKEN_FILE", &self.token_file)
+            .stdin(if stdin.is_some() {
+                Stdio::piped()
+            } else {
+                Stdio::null()
+            })
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
+        let mut child = cmd.spawn().expect("start replgate ctl");
+        if let Some(input) = stdin {
+            let mut pipe = child.stdin.take().expect("stdin pipe");
+            pipe.write_all(input.as_bytes()).expect("write stdin");
+        }
+        let out = child.wait_with_output().expect("wait for replgate ctl");
+        Run {
+            code: out.status.code().unwrap_or(-1),
+            stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+            stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+        }
+    }
+
+    fn run(&self, args: &[&str]) -> Run {
+        self.run_with_stdin(args, None)
+    }
+
+    fn login_as(&self, user: &str, password: &str) -> Run {
+        self.run_with_stdin(
+            &["login", "--user", user, "--password-stdin"],
+            Some(&format!("{password}\n")),
+        )
+    }
+
+    fn login(&self) {
+        self.login_as("root", ADMIN_PASSWORD).expect(0);
+    }
+}
+
+#[test]
+fn two_appliances_pair_entirely_through_ctl() {
+    let scratch = scratch_dir("ctl-pair");
+    let src = Daemon::start("ctl-pair-src", opts());
+    let tgt = Daemon::start("ctl-pair-tgt", opts());
+    let on_src = Ctl::new(&src, &scratch);
+    let on_tgt = Ctl::new(&tgt, &scratch);
+
+    // One cache file holds both sessions, each kept for the daemon that issued it.
+    let r = on_src.login_as("root", ADMIN_PASSWORD).expect(0);
+    assert!(r.stdout.contains("logged in"), "{r:?}");
+    assert!(!r.stdout.contains('"'), "no token on the screen: {r:?}");
+    on_tgt.login();
+    assert_eq!(mode(&on_src.token_file), 0o600);
+    assert_eq!(mode(on_src.token_file.parent().unwrap()), 0o700);
+    let cache: Value = serde_json::from_slice(&std::fs::read(&on_src.token_file).unwrap()).unwrap();
+    assert_eq!(cache["sessions"].as_array().unwrap().len(), 2);
+
+    // The first ask is refused until the admin vouches for the target's CA.
+    let target = tgt.api.to_string();
+    let fp = ca_fingerprint(&tgt);
+    let r = on_src.run(&["request-target", &target]).expect(7);
+    assert!(r.stderr.starts_with("replgate ctl: "), "{r:?}");
+    assert!(
+        r.stderr.contains(&format!(
+            "replgate ctl request-target {target} --fingerprint {fp}"
+        )),
+        "the fingerprint and how to retry: {r:?}"
+    );
+    let r = on_src.run(&["--json", "request-target", &target]).expect(7);
+    assert_eq!(r.json()["result"][0]["code"], 12505);
+    assert_eq!(r.json()["result"][0]["fingerprint"], fp.as_str());
+    // The target's admin reads the same fingerprint off their own daemon.
+    let r = on_tgt.run(&["health"]).expect(0);
+    assert!(r.stdout.contains(&fp), "{r:?}");
+
+    let filed = on_src
+        .run(&["--json", "request-target", &target, "--fingerprint", &fp])
+        .expect(0)
+        .json();
+    assert_eq!(filed["status"], "pending");
+    let code = filed["verification_code"].as_str().unwrap().to_string();
+    let id = filed["request_id"].as_u64().unwrap().to_string();
+
+    // The target shows the same verification code, in the table and in JSON.
+    let table = on_tgt.run(&["pending"]).expect(0).stdout;
+    let header = table.lines().next().unwrap();
+    assert!(header.starts_with("ID  SYSTEM UUID"), "{table}");
+    let row = table.lines().nth(1).expect("one pending row");
+    assert!(
+        row.starts_with(&format!("{id} ")) && row.contains(&code),
+        "{table}"
+    );
+    let pending = on_tgt.run(&["pending", "--json"]).expect(0).json();
+    assert_eq!(pending["pending"][0]["verification_code"], code.as_str());
+    assert_eq!(pending["pending"][0]["request_id"].to_string(), id);
+
+    let r = on_tgt.run(&["accept", &id, "--storage", "1"]).expect(0);
+    assert!(
+        r.stdout.contains(&format!("accepted request {id}")),
+        "{r:?}"
+    );
+    let r = on_tgt.run(&["accept", &id]).expect(6);
+    assert!(r.stderr.starts_with("replgate ctl: "), "{r:?}");
+
+    let row = eventually(
+        Duration::from_secs(POLL + 8),
+        "the source's target to be complete",
+        || {
+            let targets = on_src.run(&["targets", "--json"]).expect(0).json();
+            let row = targets["targets"][0].clone();
+            (row["status"] == "complete").then_some(row)
+        },
+    );
+    assert_eq!(row["verification_code"], code.as_str());
+    let table = on_src.run(&["targets"]).expect(0).stdout;
+    assert!(
+        table.starts_with("ID  HOST") && table.contains("complete"),
+        "{table}"
+    );
+
+    let systems = on_tgt.run(&["systems", "--json"]).expect(0).json();
+    let source = systems["appliance"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|s| s["role"] == "Non-Managed Replication Source")
+        .expect("the source's row")
+        .clone();
+    assert_eq!(source["storage_id"], 1);
+    let table = on_tgt.run(&["systems"]).expect(0).stdout;
+    assert!(table.contains("Non-Managed Replication Source"), "{table}");
+
+    let sid = source["id"].to_string();
+    on_tgt.run(&["unpair", &sid]).expect(0);
+    on_tgt.run(&["unpair", &sid]).expect(5);
+
+    on_src.run(&["logout"]).expect(0);
+    on_src.run(&["targets"]).expect(3);
+    on_tgt.run(&["logout"]).expect(0);
+    assert!(
+        !on_tgt.token_file.exists(),
+        "the last logout removes the cache"
+    );
+}
+
+#[test]
+fn exit_codes_tell_scripts_what_went_wrong() {
+    let scratch = scratch_dir("ctl-exit");
+    let d = Daemon::start("ctl-exit", Options::default());
+    let root = Ctl::new(&d, &scratch);
+
+    // 3: not logged in (nothing is sent), and a wrong password.
+    let r = root.run(&["pending"]).expect(3);
+    assert!(r.stderr.contains("replgate ctl login"), "{r:?}");
+    let r = root.login_as("root", "not-the-password").expect(3);
+    assert!(r.stderr.starts_with("replgate ctl: "), "{r:?}");
+    assert!(!root.token_file.exists());
+    root.login();
+
+    // 5: unknown ids and names; the daemon's own message is printed.
+    let r = root.run(&["accept", "999999"]).expect(5);
+    assert!(r.stderr.contains("999999"), "{r:?}");
+    root.run(&["ignore", "999999"]).expect(5);
+    root.run(&["unpair", "999999"]).expect(5);
+    root.run(&["users", "remove", "nobody"]).expect(5);
+    root.run(&["forget-target", "192.0.2.1:8443"]).expect(5);
+
+    // 6: a duplicate user; 4: a user whose privilege is too low.
+    root.run_with_stdin(
+        &[
+            "users",
+            "add",
+            "watcher",
+            "--privilege",
+            "monitor",
+            "--password-stdin",
+        ],
+        Some("watcher-password\n"),
+    )
+    .expect(0);
+    root.run_with_stdin(
+        &[
+            "users",
+            "add",
+            "watcher",
+            "--privilege",
+            "monitor",
+            "--password-stdin",
+        ],
+        Some("watcher-password\n"),
+    )
+    .expect(6);
+    let users = root.run(&["--json", "users"]).expect(0).json();
+    let names: Vec<&str> = users["users"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|u| u["name"].as_str())
+        .collect();
+    assert!(
+        names.contains(&"root") && names.contains(&"watcher"),
+        "{users}"
+    );
+    let watcher = Ctl::new(&d, &scratch).with_token_file(scratch.join("watcher").join("token"));
+    watcher.login_as("watcher", "watcher-password").expect(0);
+    watcher.run(&["pending"]).expect(0);
+    watcher.run(&["accept", "1"]).expect(4);
+    watcher.run(&["users"]).expect(4);
+
+    // 1: the daemon refused for another reason (a 400), with its message.
+    let r = root.run(&["accept", "1", "--storage", "99"]).expect(5);
+    assert!(r.stderr.starts_with("replgate ctl: "), "{r:?}");
+    let r = root
+        .run_with_stdin(
+            &[
+                "users",
+                "add",
+                "shorty",
+                "--privilege",
+                "monitor",
+                "--password-stdin",
+            ],
+            Some("short\n"),
+        )
+        .expect(1);
+    assert!(r.stderr.contains("password"), "{r:?}");
+
+    // 2: usage errors never reach the daemon.
+    root.run(&["reject", "1"]).expect(2);
+    root.run(&["frobnicate"]).expect(2);
+    root.run(&["accept", "one"]).expect(2);
+
+    // The latest audit entries, as JSON.
+    let audit = root
+        .run(&["audit", "--limit", "2", "--json"])
+        .expect(0)
+        .json();
+    let rows = audit["audit"].as_array().unwrap();
+    assert_eq!(rows.len(), 2);
+    let all = root.run(&["audit", "--json"]).expect(0).json();
+    let last = all["audit"].as_array().unwrap().last().unwrap().clone();
+    assert_eq!(rows[1]["id"], last["id"]);
+    assert!(rows[0]["id"].as_u64() < rows[1]["id"].as_u64());
+
+    // 8: nothing listening, or a daemon that is not who --cacert says.
+    let nobody = Ctl {
+        api: format!("https://127.0.0.1:{}", free_port()),
+        ..Ctl::new(&d, &scratch)
+    };
+    let r = nobody.run(&["health"]).expect(8);
+    assert!(r.stderr.starts_with("replgate ctl: "), "{r:?}");
+    let other_ca_key = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).unwrap();
+    let mut params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+    params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+    let other_ca = params.self_signed(&other_ca_key).unwrap();
+    let other_ca_file = scratch.join("other-ca.pem");
+    std::fs::write(&other_ca_file, other_ca.pem()).unwrap();
+    let impostor = Ctl {
+        cacert: other_ca_file,
+        ..Ctl::new(&d, &scratch)
+    };
+    let r = impostor.run(&["health"]).expect(8);
+    assert!(r.stderr.contains("--cacert"), "{r:?}");
+
+    // An expired or ended session is a 401 from the daemon: 3 again.
+    let ended = Ctl::new(&d, &scratch).with_token_file(scratch.join("ended").join("token"));
+    ended.login();
+    let token: Value = serde_json::from_slice(&std::fs::read(&ended.token_file).unwrap()).unwrap();
+    let raw = token["sessions"][0]["token"].as_str().unwrap().to_string();
+    let r = d
+        .client()
+        .request("POST", "/api/logout", &[("AuthToken", &raw)], b"");
+    assert_eq!(r.status, 200);
+    let r = ended.run(&["systems"]).expect(3);
+    assert!(r.stderr.contains("log in again"), "{r:?}");
+}
