@@ -7,12 +7,11 @@
 use std::fmt;
 use std::io::{self, BufRead, IsTerminal, Read, Write};
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
-use ureq::tls::{Certificate, RootCerts, TlsConfig, TlsProvider};
+use ureq::tls::Certificate;
 
 use crate::cli::{self, Ctl, CtlCommand, PasswordFrom, Trust};
 use crate::{ca, fsx};
@@ -44,8 +43,6 @@ pub const DEFAULT_API: &str = "https://127.0.0.1:8443";
 /// Default CA file: the daemon's CA under its default `data_dir`.
 pub const DEFAULT_CACERT: &str = "./replgate-data/ca.pem";
 
-/// A LAN or loopback daemon answers a TCP connect at once; 10 s covers a busy appliance.
-const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 /// Whole-call bound. `request-target` makes the daemon probe the target (10 s) and file
 /// the request there (up to 10 s connect plus 30 s call), so this stays above 50 s.
 const CALL_TIMEOUT: Duration = Duration::from_secs(90);
@@ -256,14 +253,7 @@ fn with_token<B>(rb: ureq::RequestBuilder<B>, token: Option<&Secret>) -> ureq::R
 }
 
 fn is_tls_failure(e: &ureq::Error) -> bool {
-    match e {
-        ureq::Error::Rustls(_) | ureq::Error::Tls(_) => true,
-        // rustls reports handshake failures through the stream, as an io::Error around them.
-        ureq::Error::Io(io) => io
-            .get_ref()
-            .is_some_and(|inner| inner.downcast_ref::<rustls::Error>().is_some()),
-        _ => false,
-    }
+    matches!(e, ureq::Error::Tls(_)) || crate::remote::tls_error(e).is_some()
 }
 
 impl Client {
@@ -271,28 +261,16 @@ impl Client {
         let ca = Certificate::from_pem(ca_pem)
             .map_err(|e| CtlError::Usage(format!("the CA file holds no certificate: {e}")))?
             .to_owned();
-        let tls = TlsConfig::builder()
-            .provider(TlsProvider::Rustls)
-            .unversioned_rustls_crypto_provider(Arc::new(rustls::crypto::ring::default_provider()))
-            // Only the daemon's own CA: its API certificate is issued by it, never by a
-            // public CA, and no other certificate may stand in for it.
-            .root_certs(RootCerts::new_with_certs(&[ca]))
-            .build();
-        let config = ureq::Agent::config_builder()
-            .tls_config(tls)
-            // The daemon is reached directly; an environment proxy would see the token.
-            .proxy(None)
-            // A redirect could carry the token elsewhere: never follow one.
-            .max_redirects(0)
-            .timeout_connect(Some(CONNECT_TIMEOUT))
-            .timeout_global(Some(CALL_TIMEOUT))
-            .https_only(true)
-            // Error statuses are answers: their documented body carries the message.
-            .http_status_as_error(false)
-            .user_agent(concat!("replgate-ctl/", env!("CARGO_PKG_VERSION")))
-            .build();
+        // Only the daemon's own CA: its API certificate is issued by it, never by a public
+        // CA, and no other certificate may stand in for it.
+        let agent = crate::remote::pinned_agent(
+            ca,
+            None,
+            CALL_TIMEOUT,
+            concat!("replgate-ctl/", env!("CARGO_PKG_VERSION")),
+        );
         Ok(Client {
-            agent: ureq::Agent::new_with_config(config),
+            agent,
             base: base.to_string(),
         })
     }

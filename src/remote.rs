@@ -58,23 +58,73 @@ fn classify_tls(e: &rustls::Error) -> RemoteError {
     }
 }
 
-fn classify(e: ureq::Error) -> RemoteError {
+/// The rustls error behind a ureq error, if the failure happened in TLS. rustls reports
+/// handshake failures through the stream, as an io::Error around them.
+pub fn tls_error(e: &ureq::Error) -> Option<&rustls::Error> {
     match e {
-        ureq::Error::Rustls(e) => classify_tls(&e),
-        // rustls reports handshake failures through the stream, as an io::Error around them.
-        ureq::Error::Io(io) => match io
+        ureq::Error::Rustls(e) => Some(e),
+        ureq::Error::Io(io) => io
             .get_ref()
-            .and_then(|inner| inner.downcast_ref::<rustls::Error>())
-        {
-            Some(tls) => classify_tls(tls),
-            None => RemoteError::Unreachable(io.to_string()),
-        },
+            .and_then(|inner| inner.downcast_ref::<rustls::Error>()),
+        _ => None,
+    }
+}
+
+fn classify(e: ureq::Error) -> RemoteError {
+    if let Some(tls) = tls_error(&e) {
+        return classify_tls(tls);
+    }
+    match e {
         ureq::Error::Tls(e) => RemoteError::Untrusted(e.to_string()),
         ureq::Error::BodyExceedsLimit(n) => {
             RemoteError::Malformed(format!("answer larger than {n} bytes"))
         }
         other => RemoteError::Unreachable(other.to_string()),
     }
+}
+
+/// The one way this crate builds an HTTP client: only `ca` is trusted (a per-appliance CA,
+/// never the public ones), proxy variables and redirects are ignored, calls are bounded.
+/// `client` is presented for mutual TLS (the tunnel).
+pub fn pinned_agent(
+    ca: Certificate<'static>,
+    client: Option<ClientCert>,
+    call_timeout: Duration,
+    user_agent: &str,
+) -> ureq::Agent {
+    let tls = TlsConfig::builder()
+        .provider(TlsProvider::Rustls)
+        .unversioned_rustls_crypto_provider(Arc::new(rustls::crypto::ring::default_provider()))
+        .root_certs(RootCerts::new_with_certs(&[ca]))
+        .client_cert(client)
+        .build();
+    let config = ureq::Agent::config_builder()
+        .tls_config(tls)
+        // Appliances are reached directly; an environment proxy is never meant and would
+        // see tokens.
+        .proxy(None)
+        // A redirect could lead the client to trust or send a token to another endpoint.
+        .max_redirects(0)
+        .timeout_connect(Some(CONNECT_TIMEOUT))
+        .timeout_global(Some(call_timeout))
+        .https_only(true)
+        // Error statuses are answers: their documented body carries the message.
+        .http_status_as_error(false)
+        .user_agent(user_agent)
+        .build();
+    ureq::Agent::new_with_config(config)
+}
+
+/// The status and the (bounded) body of an answer.
+fn body_text(mut response: ureq::http::Response<ureq::Body>) -> Result<(u16, String), RemoteError> {
+    let status = response.status().as_u16();
+    let text = response
+        .body_mut()
+        .with_config()
+        .limit(MAX_BODY_BYTES)
+        .read_to_string()
+        .map_err(classify)?;
+    Ok((status, text))
 }
 
 /// A client for one peer, trusting only `ca_pem`.
@@ -116,41 +166,22 @@ impl Remote {
     fn new(host: &str, ca_pem: &str, client: Option<ClientCert>) -> Result<Remote, RemoteError> {
         let ca = Certificate::from_pem(ca_pem.as_bytes())
             .map_err(|e| RemoteError::Local(format!("pinned CA: {e}")))?;
-        let tls = TlsConfig::builder()
-            .provider(TlsProvider::Rustls)
-            .unversioned_rustls_crypto_provider(Arc::new(rustls::crypto::ring::default_provider()))
-            .root_certs(RootCerts::new_with_certs(&[ca]))
-            .client_cert(client)
-            .build();
-        let config = ureq::Agent::config_builder()
-            .tls_config(tls)
-            // Appliances talk to each other directly; an environment proxy is never meant.
-            .proxy(None)
-            // A redirect could lead the source to trust another endpoint: never follow one.
-            .max_redirects(0)
-            .timeout_connect(Some(CONNECT_TIMEOUT))
-            .timeout_global(Some(CALL_TIMEOUT))
-            .https_only(true)
-            .http_status_as_error(false)
-            .user_agent(concat!("replgate/", env!("CARGO_PKG_VERSION")))
-            .build();
         Ok(Remote {
-            agent: ureq::Agent::new_with_config(config),
+            agent: pinned_agent(
+                ca,
+                client,
+                CALL_TIMEOUT,
+                concat!("replgate/", env!("CARGO_PKG_VERSION")),
+            ),
             base: format!("https://{host}"),
         })
     }
 
     fn read<T: DeserializeOwned>(
         &self,
-        mut response: ureq::http::Response<ureq::Body>,
+        response: ureq::http::Response<ureq::Body>,
     ) -> Result<T, RemoteError> {
-        let status = response.status().as_u16();
-        let text = response
-            .body_mut()
-            .with_config()
-            .limit(MAX_BODY_BYTES)
-            .read_to_string()
-            .map_err(classify)?;
+        let (status, text) = body_text(response)?;
         if !(200..300).contains(&status) {
             let message = serde_json::from_str::<serde_json::Value>(&text)
                 .ok()
@@ -162,18 +193,12 @@ impl Remote {
     }
 
     fn get_text(&self, path: &str) -> Result<String, RemoteError> {
-        let mut response = self
+        let response = self
             .agent
             .get(format!("{}{path}", self.base))
             .call()
             .map_err(classify)?;
-        let status = response.status().as_u16();
-        let text = response
-            .body_mut()
-            .with_config()
-            .limit(MAX_BODY_BYTES)
-            .read_to_string()
-            .map_err(classify)?;
+        let (status, text) = body_text(response)?;
         if status != 200 {
             return Err(RemoteError::Refused {
                 status,

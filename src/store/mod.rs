@@ -85,6 +85,32 @@ fn decode<T: DeserializeOwned>(table: &'static str, bytes: &[u8]) -> Result<T> {
     })
 }
 
+/// Every value of a JSON-valued table, decoded, in key order.
+fn values<K: redb::Key + 'static, T: DeserializeOwned>(
+    t: &impl ReadableTable<K, &'static [u8]>,
+    name: &'static str,
+) -> Result<Vec<T>> {
+    let mut out = Vec::new();
+    for row in t.iter()? {
+        let (_, v) = row?;
+        out.push(decode(name, v.value())?);
+    }
+    Ok(out)
+}
+
+/// Every row of a `u64`-keyed JSON-valued table, decoded, in key order.
+fn id_rows<T: DeserializeOwned>(
+    t: &impl ReadableTable<u64, &'static [u8]>,
+    name: &'static str,
+) -> Result<Vec<(u64, T)>> {
+    let mut out = Vec::new();
+    for row in t.iter()? {
+        let (k, v) = row?;
+        out.push((k.value(), decode(name, v.value())?));
+    }
+    Ok(out)
+}
+
 impl Store {
     /// Opens (creating if missing) the database at `path`, mode 0600, and migrates the
     /// schema to the current version.
@@ -235,13 +261,7 @@ impl Store {
 
     pub fn open_requests(&self) -> Result<Vec<(u64, OpenRequest)>> {
         let txn = self.db.begin_read()?;
-        let t = txn.open_table(schema::OPEN_REQUESTS)?;
-        let mut out = Vec::new();
-        for row in t.iter()? {
-            let (k, v) = row?;
-            out.push((k.value(), decode("open_requests", v.value())?));
-        }
-        Ok(out)
+        id_rows(&txn.open_table(schema::OPEN_REQUESTS)?, "open_requests")
     }
 
     pub fn system(&self, id: u64) -> Result<Option<SystemRecord>> {
@@ -252,13 +272,7 @@ impl Store {
 
     pub fn systems(&self) -> Result<Vec<SystemRecord>> {
         let txn = self.db.begin_read()?;
-        let t = txn.open_table(schema::SYSTEMS)?;
-        let mut out = Vec::new();
-        for row in t.iter()? {
-            let (_, v) = row?;
-            out.push(decode("systems", v.value())?);
-        }
-        Ok(out)
+        values(&txn.open_table(schema::SYSTEMS)?, "systems")
     }
 
     pub fn cert(&self, serial: &str) -> Result<Option<CertRecord>> {
@@ -272,13 +286,7 @@ impl Store {
     /// Every issued certificate, for crash-consistency checks and audits.
     pub fn certs(&self) -> Result<Vec<CertRecord>> {
         let txn = self.db.begin_read()?;
-        let t = txn.open_table(schema::CERTS)?;
-        let mut out = Vec::new();
-        for row in t.iter()? {
-            let (_, v) = row?;
-            out.push(decode("certs", v.value())?);
-        }
-        Ok(out)
+        values(&txn.open_table(schema::CERTS)?, "certs")
     }
 
     pub fn is_revoked(&self, serial: &str) -> Result<bool> {
@@ -302,13 +310,7 @@ impl Store {
 
     pub fn targets(&self) -> Result<Vec<TargetRecord>> {
         let txn = self.db.begin_read()?;
-        let t = txn.open_table(schema::TARGETS)?;
-        let mut out = Vec::new();
-        for row in t.iter()? {
-            let (_, v) = row?;
-            out.push(decode("targets", v.value())?);
-        }
-        Ok(out)
+        values(&txn.open_table(schema::TARGETS)?, "targets")
     }
 
     pub fn target(&self, id: u64) -> Result<Option<TargetRecord>> {
@@ -327,13 +329,7 @@ impl Store {
 
     pub fn users(&self) -> Result<Vec<UserRecord>> {
         let txn = self.db.begin_read()?;
-        let t = txn.open_table(schema::USERS)?;
-        let mut out = Vec::new();
-        for row in t.iter()? {
-            let (_, v) = row?;
-            out.push(decode("users", v.value())?);
-        }
-        Ok(out)
+        values(&txn.open_table(schema::USERS)?, "users")
     }
 
     pub fn user_count(&self) -> Result<u64> {

@@ -6,7 +6,7 @@ use redb::{ReadableTable, WriteTransaction};
 use super::records::{
     AuditRecord, CertRecord, OpenRequest, RequestRecord, RequestStatus, SystemRecord, TargetRecord,
 };
-use super::{decode, encode, schema, Result};
+use super::{decode, encode, id_rows, schema, values, Result};
 use crate::model::UnixTime;
 
 /// The first id handed to a stored system; id 1 is the local appliance.
@@ -50,13 +50,10 @@ impl Txn {
     }
 
     pub fn open_requests(&self) -> Result<Vec<(u64, OpenRequest)>> {
-        let t = self.inner.open_table(schema::OPEN_REQUESTS)?;
-        let mut out = Vec::new();
-        for row in t.iter()? {
-            let (k, v) = row?;
-            out.push((k.value(), decode("open_requests", v.value())?));
-        }
-        Ok(out)
+        id_rows(
+            &self.inner.open_table(schema::OPEN_REQUESTS)?,
+            "open_requests",
+        )
     }
 
     pub fn system(&self, id: u64) -> Result<Option<SystemRecord>> {
@@ -66,13 +63,7 @@ impl Txn {
     }
 
     pub fn systems(&self) -> Result<Vec<SystemRecord>> {
-        let t = self.inner.open_table(schema::SYSTEMS)?;
-        let mut out = Vec::new();
-        for row in t.iter()? {
-            let (_, v) = row?;
-            out.push(decode("systems", v.value())?);
-        }
-        Ok(out)
+        values(&self.inner.open_table(schema::SYSTEMS)?, "systems")
     }
 
     pub fn put_system(&self, s: &SystemRecord) -> Result<()> {
@@ -133,13 +124,7 @@ impl Txn {
     }
 
     pub fn targets(&self) -> Result<Vec<TargetRecord>> {
-        let t = self.inner.open_table(schema::TARGETS)?;
-        let mut out = Vec::new();
-        for row in t.iter()? {
-            let (_, v) = row?;
-            out.push(decode("targets", v.value())?);
-        }
-        Ok(out)
+        values(&self.inner.open_table(schema::TARGETS)?, "targets")
     }
 
     pub fn target(&self, id: u64) -> Result<Option<TargetRecord>> {
