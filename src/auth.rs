@@ -161,8 +161,18 @@ impl Throttle {
             let window = self.window;
             self.failures
                 .retain(|_, v| v.last().is_some_and(|t| now - t < window));
+            // Still full of live keys (a spray from many addresses): forget the oldest
+            // tenth rather than everything, so no attacker can reset a counter at will.
             if self.failures.len() >= THROTTLE_MAX_KEYS {
-                self.failures.clear();
+                let mut by_age: Vec<(UnixTime, String)> = self
+                    .failures
+                    .iter()
+                    .map(|(k, v)| (v.last().copied().unwrap_or(0), k.clone()))
+                    .collect();
+                by_age.sort();
+                for (_, k) in by_age.into_iter().take(THROTTLE_MAX_KEYS / 10) {
+                    self.failures.remove(&k);
+                }
             }
         }
         for k in keys {
@@ -272,7 +282,9 @@ impl Authenticator {
         address: &str,
         now: UnixTime,
     ) -> Result<Login, AuthError> {
-        let keys = [format!("user:{user}"), format!("addr:{address}")];
+        // Per user *and* address, plus per address: a stranger guessing root's password is
+        // stopped without locking the real admin (on another address) out.
+        let keys = [format!("user:{user}@{address}"), format!("addr:{address}")];
         if let Some(retry_after) = self.throttle().check(&keys, now) {
             return Err(AuthError::Throttled { retry_after });
         }
@@ -342,7 +354,9 @@ impl Authenticator {
         let Some(user) = self.store.user(&s.user)? else {
             return Err(AuthError::NoSession);
         };
-        if now - s.last_used >= TOUCH_EVERY {
+        // Refresh well within the idle timeout, whatever it is configured to.
+        let touch_every = (self.rules.idle.as_secs() as i64 / 2).clamp(1, TOUCH_EVERY);
+        if now - s.last_used >= touch_every {
             self.store.touch_session(&hash, now)?;
         }
         Ok(Session {
@@ -436,14 +450,16 @@ mod tests {
     #[test]
     fn throttle_blocks_after_max_failures_until_the_window_passes() {
         let mut t = Throttle::new(3, Duration::from_secs(100));
-        let keys = ["user:a".to_string(), "addr:x".to_string()];
+        let keys = ["user:a@x".to_string(), "addr:x".to_string()];
         for i in 0..3 {
             assert_eq!(t.check(&keys, 10 + i), None);
             t.fail(&keys, 10 + i);
         }
         assert_eq!(t.check(&keys, 20), Some(90));
         // Another user from the same address is blocked too.
-        assert!(t.check(&["user:b".into(), "addr:x".into()], 20).is_some());
+        assert!(t.check(&["user:b@x".into(), "addr:x".into()], 20).is_some());
+        // The same user from another address is not.
+        assert_eq!(t.check(&["user:a@y".into(), "addr:y".into()], 20), None);
         assert_eq!(t.check(&keys, 113), None);
     }
 

@@ -70,6 +70,9 @@ pub struct Config {
     pub login_window: Duration,
     /// `request_ttl` (s): a pending pairing request expires after it. Defaults to 604800 (7 days).
     pub request_ttl: Duration,
+    /// `request_retention` (s): rejected, expired and ignored requests (and their spool) are
+    /// deleted this long after they ended. Defaults to 2592000 (30 days).
+    pub request_retention: Duration,
     /// `max_pending`: global cap on open pairing requests. Defaults to 1000.
     pub max_pending: u32,
     /// `max_pending_per_address`: open pairing requests per remote address. Defaults to 20.
@@ -139,6 +142,7 @@ struct RawConfig {
     login_max_failures: Option<u64>,
     login_window: Option<u64>,
     request_ttl: Option<u64>,
+    request_retention: Option<u64>,
     max_pending: Option<u64>,
     max_pending_per_address: Option<u64>,
     certificate_days: Option<u64>,
@@ -162,6 +166,7 @@ const NUMERIC_KEYS: &[&str] = &[
     "login_max_failures",
     "login_window",
     "request_ttl",
+    "request_retention",
     "max_pending",
     "max_pending_per_address",
     "certificate_days",
@@ -184,6 +189,7 @@ impl RawConfig {
             "login_max_failures" => &mut self.login_max_failures,
             "login_window" => &mut self.login_window,
             "request_ttl" => &mut self.request_ttl,
+            "request_retention" => &mut self.request_retention,
             "max_pending" => &mut self.max_pending,
             "max_pending_per_address" => &mut self.max_pending_per_address,
             "certificate_days" => &mut self.certificate_days,
@@ -399,6 +405,13 @@ impl Config {
                 as u32,
             login_window: seconds("login_window", raw.login_window, 300, 1, 86_400)?,
             request_ttl: seconds("request_ttl", raw.request_ttl, 604_800, 1, 31_536_000)?,
+            request_retention: seconds(
+                "request_retention",
+                raw.request_retention,
+                2_592_000,
+                1,
+                315_360_000,
+            )?,
             max_pending: ranged("max_pending", raw.max_pending, 1_000, 1, 1_000_000)? as u32,
             max_pending_per_address: ranged(
                 "max_pending_per_address",

@@ -11,7 +11,6 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
-use ureq::tls::Certificate;
 
 use crate::cli::{self, Ctl, CtlCommand, PasswordFrom, Trust};
 use crate::{ca, fsx};
@@ -258,17 +257,18 @@ fn is_tls_failure(e: &ureq::Error) -> bool {
 
 impl Client {
     fn new(base: &str, ca_pem: &[u8]) -> Result<Client, CtlError> {
-        let ca = Certificate::from_pem(ca_pem)
-            .map_err(|e| CtlError::Usage(format!("the CA file holds no certificate: {e}")))?
-            .to_owned();
+        let text = String::from_utf8_lossy(ca_pem);
+        let ca = crate::ca::cert_pem_to_der(&text)
+            .map_err(|e| CtlError::Usage(format!("the CA file holds no certificate: {e}")))?;
         // Only the daemon's own CA: its API certificate is issued by it, never by a public
         // CA, and no other certificate may stand in for it.
         let agent = crate::remote::pinned_agent(
-            ca,
+            ca.into(),
             None,
             CALL_TIMEOUT,
             concat!("replgate-ctl/", env!("CARGO_PKG_VERSION")),
-        );
+        )
+        .map_err(|e| CtlError::Usage(format!("the CA file: {e}")))?;
         Ok(Client {
             agent,
             base: base.to_string(),

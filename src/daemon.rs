@@ -23,7 +23,7 @@ use crate::{fsx, model, notify, tls};
 const DRAIN: Duration = Duration::from_secs(10);
 /// Listener certificates are re-issued at start when they expire sooner than this (s).
 const RENEW_BEFORE: i64 = 30 * 86_400;
-/// How often expired sessions are swept.
+/// How often expired sessions and long-ended requests are swept.
 const SWEEP_EVERY: Duration = Duration::from_secs(600);
 /// How often pending requests are checked for expiry (a scan of the open index only).
 const EXPIRY_EVERY: Duration = Duration::from_secs(1);
@@ -263,18 +263,43 @@ fn tunnel_endpoint(config: &Config) -> String {
     }
 }
 
+/// Deletes long-ended requests and their spool directories.
+fn purge_ended(app: &App) {
+    let retention = app.config.request_retention.as_secs() as i64;
+    match crate::pairing::target::purge_ended(&app.store, retention, model::now()) {
+        Ok(tokens) => {
+            if !tokens.is_empty() {
+                log::info!(
+                    "purged {} requests that ended over {retention} s ago",
+                    tokens.len()
+                );
+            }
+            for t in tokens {
+                if let Err(e) = app.spool.remove(&t) {
+                    log::warn!("{e}");
+                }
+            }
+        }
+        Err(e) => log::warn!("purge: {e}"),
+    }
+}
+
 /// Marks requests whose time ran out and rewrites their spool.
 fn sweep_expired(app: &App) {
     match crate::pairing::target::expire_due(&app.store, model::now()) {
         Ok(expired) => {
             for r in expired {
                 log::info!("request {} expired", r.id);
-                if let Err(e) = app.spool.write(&r, &app.store) {
+                if let Err(e) = app.spool.sync(r.id, &app.store) {
                     log::error!("spool for expired request {}: {e}", r.id);
                 }
             }
         }
         Err(e) => log::warn!("expiry sweep: {e}"),
+    }
+    let behind = app.spool.retry_dirty(&app.store);
+    if behind > 0 {
+        log::warn!("{behind} spool entries are behind the database; retrying");
     }
 }
 
@@ -459,6 +484,7 @@ pub fn run(config: Config) -> Result<(), DaemonError> {
     let mut last_sweep = Instant::now();
     let mut last_expiry = Instant::now();
     sweep_expired(&app);
+    purge_ended(&app);
     while !STOP.load(Ordering::SeqCst) {
         std::thread::sleep(Duration::from_millis(100));
         if last_expiry.elapsed() >= EXPIRY_EVERY {
@@ -467,6 +493,7 @@ pub fn run(config: Config) -> Result<(), DaemonError> {
         }
         if last_sweep.elapsed() >= SWEEP_EVERY {
             last_sweep = Instant::now();
+            purge_ended(&app);
             match app.auth.purge_expired(model::now()) {
                 Ok(n) if n > 0 => log::info!("swept {n} expired sessions"),
                 Ok(_) => {}

@@ -10,6 +10,8 @@ use std::path::Path;
 /// Suffix of in-progress files. Never a name the spool serves, and swept at start.
 pub const TEMP_SUFFIX: &str = ".tmp";
 
+static TEMP_COUNTER: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+
 /// Creates `dir` (and parents) with mode 0700 if missing; tightens an existing one.
 pub fn ensure_private_dir(dir: &Path) -> io::Result<()> {
     fs::DirBuilder::new()
@@ -29,21 +31,28 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> io::Result<()> {
     let name = path
         .file_name()
         .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidInput, "path has no file name"))?;
+    // Unique per writer (process id and a counter), so two writers of the same file never
+    // share a temporary; every temporary still ends in TEMP_SUFFIX for the start-up sweep.
     let mut tmp_name = name.to_os_string();
-    tmp_name.push(TEMP_SUFFIX);
+    let n = TEMP_COUNTER.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    tmp_name.push(format!(".{}.{n}{TEMP_SUFFIX}", std::process::id()));
     let tmp = dir.join(tmp_name);
-    {
+    let written = (|| {
         let mut f = OpenOptions::new()
             .write(true)
-            .create(true)
-            .truncate(true)
+            .create_new(true)
             .mode(0o600)
             .custom_flags(libc::O_NOFOLLOW)
             .open(&tmp)?;
         f.write_all(bytes)?;
         f.sync_all()?;
+        fs::rename(&tmp, path)
+    })();
+    if let Err(e) = written {
+        // A temporary left by a crash is swept at start; one left by an error goes now.
+        let _ = fs::remove_file(&tmp);
+        return Err(e);
     }
-    fs::rename(&tmp, path)?;
     sync_dir(dir)
 }
 

@@ -3,11 +3,18 @@
 //! pinned CA is trusted, timeouts are short, proxy variables and redirects are ignored.
 
 use std::fmt;
+use std::io::{Read, Write};
 use std::sync::Arc;
 use std::time::Duration;
 
 use serde::de::DeserializeOwned;
-use ureq::tls::{Certificate, ClientCert, PrivateKey, RootCerts, TlsConfig, TlsProvider};
+
+use rustls::pki_types::{CertificateDer, ServerName};
+use ureq::unversioned::resolver::DefaultResolver;
+use ureq::unversioned::transport::{
+    Buffers, ConnectionDetails, Connector, Either, LazyBuffers, NextTimeout, TcpConnector,
+    Transport, TransportAdapter,
+};
 
 use crate::pairing::protocol::{Filed, Hello, SpoolStatus};
 
@@ -83,23 +90,99 @@ fn classify(e: ureq::Error) -> RemoteError {
     }
 }
 
-/// The one way this crate builds an HTTP client: only `ca` is trusted (a per-appliance CA,
-/// never the public ones), proxy variables and redirects are ignored, calls are bounded.
-/// `client` is presented for mutual TLS (the tunnel).
+/// TLS for ureq from our own rustls config (`tls::pinned_client_config`). ureq's built-in
+/// rustls connector would also check the server name; here the per-appliance CA is the
+/// trust anchor, and appliances are often reached by an address that their certificate
+/// does not name (a listener on 0.0.0.0, a NAT address), so only the chain to the pinned
+/// CA and validity are checked.
+#[derive(Debug)]
+struct PinnedTls(Arc<rustls::ClientConfig>);
+
+impl<In: Transport> Connector<In> for PinnedTls {
+    type Out = Either<In, PinnedTransport>;
+
+    fn connect(
+        &self,
+        details: &ConnectionDetails,
+        chained: Option<In>,
+    ) -> Result<Option<Self::Out>, ureq::Error> {
+        let Some(transport) = chained else {
+            return Ok(None);
+        };
+        if !details.needs_tls() || transport.is_tls() {
+            return Ok(Some(Either::A(transport)));
+        }
+        let host = details.uri.host().unwrap_or("localhost");
+        let host = host.trim_start_matches('[').trim_end_matches(']');
+        let name = ServerName::try_from(host.to_string())
+            .map_err(|_| ureq::Error::Tls("invalid server name"))?;
+        let mut conn = rustls::ClientConnection::new(self.0.clone(), name)?;
+        let mut sock = TransportAdapter::new(transport.boxed(), details.current_time.clone());
+        sock.set_timeout(details.timeout);
+        conn.complete_io(&mut sock)?;
+        let buffers = LazyBuffers::new(
+            details.config.input_buffer_size(),
+            details.config.output_buffer_size(),
+        );
+        Ok(Some(Either::B(PinnedTransport {
+            buffers,
+            stream: rustls::StreamOwned { conn, sock },
+        })))
+    }
+}
+
+/// One TLS connection made by [`PinnedTls`].
+struct PinnedTransport {
+    buffers: LazyBuffers,
+    stream: rustls::StreamOwned<rustls::ClientConnection, TransportAdapter<Box<dyn Transport>>>,
+}
+
+impl fmt::Debug for PinnedTransport {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("PinnedTransport").finish_non_exhaustive()
+    }
+}
+
+impl Transport for PinnedTransport {
+    fn buffers(&mut self) -> &mut dyn Buffers {
+        &mut self.buffers
+    }
+
+    fn transmit_output(&mut self, amount: usize, timeout: NextTimeout) -> Result<(), ureq::Error> {
+        self.stream.get_mut().set_timeout(timeout);
+        let output = &self.buffers.output()[..amount];
+        self.stream.write_all(output)?;
+        Ok(())
+    }
+
+    fn await_input(&mut self, timeout: NextTimeout) -> Result<bool, ureq::Error> {
+        self.stream.get_mut().set_timeout(timeout);
+        let input = self.buffers.input_append_buf();
+        let amount = self.stream.read(input)?;
+        self.buffers.input_appended(amount);
+        Ok(amount > 0)
+    }
+
+    fn is_open(&mut self) -> bool {
+        self.stream.get_mut().get_mut().is_open()
+    }
+
+    fn is_tls(&self) -> bool {
+        true
+    }
+}
+
+/// The one way this crate builds an HTTP client: only `ca_der` is trusted (a
+/// per-appliance CA, never the public ones), proxy variables and redirects are ignored,
+/// calls are bounded. `client` (chain PEM, key PEM) is presented for mutual TLS.
 pub fn pinned_agent(
-    ca: Certificate<'static>,
-    client: Option<ClientCert>,
+    ca_der: CertificateDer<'static>,
+    client: Option<(&str, &str)>,
     call_timeout: Duration,
     user_agent: &str,
-) -> ureq::Agent {
-    let tls = TlsConfig::builder()
-        .provider(TlsProvider::Rustls)
-        .unversioned_rustls_crypto_provider(Arc::new(rustls::crypto::ring::default_provider()))
-        .root_certs(RootCerts::new_with_certs(&[ca]))
-        .client_cert(client)
-        .build();
+) -> Result<ureq::Agent, crate::tls::TlsError> {
+    let tls = crate::tls::pinned_client_config(ca_der, client)?;
     let config = ureq::Agent::config_builder()
-        .tls_config(tls)
         // Appliances are reached directly; an environment proxy is never meant and would
         // see tokens.
         .proxy(None)
@@ -112,7 +195,12 @@ pub fn pinned_agent(
         .http_status_as_error(false)
         .user_agent(user_agent)
         .build();
-    ureq::Agent::new_with_config(config)
+    let connector = ().chain(TcpConnector::default()).chain(PinnedTls(tls));
+    Ok(ureq::Agent::with_parts(
+        config,
+        connector,
+        DefaultResolver::default(),
+    ))
 }
 
 /// The status and the (bounded) body of an answer.
@@ -156,23 +244,21 @@ impl Remote {
         cert_pem: &str,
         key_pem: &str,
     ) -> Result<Remote, RemoteError> {
-        let cert = Certificate::from_pem(cert_pem.as_bytes())
-            .map_err(|e| RemoteError::Local(format!("installed certificate: {e}")))?;
-        let key = PrivateKey::from_pem(key_pem.as_bytes())
-            .map_err(|e| RemoteError::Local(format!("pairing key: {e}")))?;
-        Remote::new(host, ca_pem, Some(ClientCert::new_with_certs(&[cert], key)))
+        Remote::new(host, ca_pem, Some((cert_pem, key_pem)))
     }
 
-    fn new(host: &str, ca_pem: &str, client: Option<ClientCert>) -> Result<Remote, RemoteError> {
-        let ca = Certificate::from_pem(ca_pem.as_bytes())
+    fn new(host: &str, ca_pem: &str, client: Option<(&str, &str)>) -> Result<Remote, RemoteError> {
+        let ca = crate::ca::cert_pem_to_der(ca_pem)
             .map_err(|e| RemoteError::Local(format!("pinned CA: {e}")))?;
+        let agent = pinned_agent(
+            CertificateDer::from(ca),
+            client,
+            CALL_TIMEOUT,
+            concat!("replgate/", env!("CARGO_PKG_VERSION")),
+        )
+        .map_err(|e| RemoteError::Local(format!("TLS set-up: {e}")))?;
         Ok(Remote {
-            agent: pinned_agent(
-                ca,
-                client,
-                CALL_TIMEOUT,
-                concat!("replgate/", env!("CARGO_PKG_VERSION")),
-            ),
+            agent,
             base: format!("https://{host}"),
         })
     }

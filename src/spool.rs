@@ -2,10 +2,11 @@
 //! Never decides a status: every byte is rendered from a database record, so startup can
 //! rebuild the whole spool and compare it byte for byte.
 
-use std::collections::HashSet;
+use std::collections::{BTreeSet, HashSet};
 use std::fmt;
 use std::io;
 use std::path::{Path, PathBuf};
+use std::sync::{Mutex, MutexGuard};
 
 use crate::fsx;
 use crate::pairing::protocol::{
@@ -59,6 +60,18 @@ fn io_err(path: &Path) -> impl FnOnce(io::Error) -> SpoolError + '_ {
     }
 }
 
+/// Removes a directory entry (a whole directory, or a file), durably.
+fn remove_entry(entry: &std::fs::DirEntry) -> Result<(), SpoolError> {
+    let path = entry.path();
+    let is_dir = entry.file_type().map(|t| t.is_dir()).unwrap_or(false);
+    let removed = if is_dir {
+        fsx::remove_dir_all_durable(&path)
+    } else {
+        fsx::remove_file_durable(&path)
+    };
+    removed.map_err(io_err(&path))
+}
+
 /// What reconcile changed, for the start-up log and tests.
 #[derive(Debug, Default, PartialEq, Eq)]
 pub struct Repair {
@@ -73,6 +86,16 @@ pub struct Spool {
     /// `host:port` of the tunnel, told to accepted sources.
     tunnel: String,
     retry_after: u64,
+    /// Serializes writers, each of which renders the request as the database holds it at
+    /// that moment: whoever writes last writes the newest state.
+    writing: Mutex<()>,
+    /// Requests whose spool could not be written after their commit; retried by the sweep.
+    dirty: Mutex<BTreeSet<u64>>,
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    // The guarded data stays valid whatever a panicking holder did.
+    m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
 impl Spool {
@@ -88,7 +111,42 @@ impl Spool {
             ca_pem,
             tunnel,
             retry_after,
+            writing: Mutex::new(()),
+            dirty: Mutex::new(BTreeSet::new()),
         })
+    }
+
+    /// Brings request `id`'s spool in line with the database as it is now. Called after
+    /// every commit that changes a request; a failure marks the request for
+    /// [`Spool::retry_dirty`], so the spool converges even without a restart.
+    pub fn sync(&self, id: u64, store: &Store) -> Result<Repair, SpoolError> {
+        let result = {
+            let _writing = lock(&self.writing);
+            match store.request(id) {
+                Ok(Some(r)) => self.write_unlocked(&r, store),
+                Ok(None) => Ok(Repair::default()),
+                Err(e) => Err(SpoolError::Store(e)),
+            }
+        };
+        let mut dirty = lock(&self.dirty);
+        match &result {
+            Ok(_) => dirty.remove(&id),
+            Err(_) => dirty.insert(id),
+        };
+        result
+    }
+
+    /// Retries the requests whose spool write failed; returns how many are still behind.
+    pub fn retry_dirty(&self, store: &Store) -> usize {
+        let pending: Vec<u64> = std::mem::take(&mut *lock(&self.dirty))
+            .into_iter()
+            .collect();
+        for id in pending {
+            if let Err(e) = self.sync(id, store) {
+                log::warn!("spool for request {id} still not written: {e}");
+            }
+        }
+        lock(&self.dirty).len()
     }
 
     fn dir(&self, token: &str) -> PathBuf {
@@ -142,7 +200,7 @@ impl Spool {
     /// Brings `r`'s spool directory in line with the database; returns what it changed.
     /// Files that differ are rewritten atomically, `status.json` last; files that should
     /// not be there (a certificate after revocation, temporaries) are removed after it.
-    pub fn write(&self, r: &RequestRecord, store: &Store) -> Result<Repair, SpoolError> {
+    fn write_unlocked(&self, r: &RequestRecord, store: &Store) -> Result<Repair, SpoolError> {
         let Some(token) = SpoolToken::parse(&r.token) else {
             return Ok(Repair::default());
         };
@@ -163,13 +221,7 @@ impl Spool {
             let entry = entry.map_err(io_err(&dir))?;
             let name = entry.file_name();
             if !wanted.contains(name.to_string_lossy().as_ref()) {
-                let path = entry.path();
-                let is_dir = entry.file_type().map(|t| t.is_dir()).unwrap_or(false);
-                if is_dir {
-                    fsx::remove_dir_all_durable(&path).map_err(io_err(&path))?;
-                } else {
-                    fsx::remove_file_durable(&path).map_err(io_err(&path))?;
-                }
+                remove_entry(&entry)?;
                 repair.files_removed += 1;
             }
         }
@@ -179,6 +231,7 @@ impl Spool {
     /// Start-up repair: every request gets a spool that matches it; directories that belong
     /// to no request are removed.
     pub fn reconcile(&self, store: &Store) -> Result<Repair, SpoolError> {
+        let _writing = lock(&self.writing);
         let mut total = Repair::default();
         let mut tokens = HashSet::new();
         let mut after = 0;
@@ -188,7 +241,7 @@ impl Spool {
             after = last.id;
             for r in &page {
                 tokens.insert(r.token.clone());
-                let repair = self.write(r, store)?;
+                let repair = self.write_unlocked(r, store)?;
                 total.files_written += repair.files_written;
                 total.files_removed += repair.files_removed;
             }
@@ -197,17 +250,21 @@ impl Spool {
             let entry = entry.map_err(io_err(&self.root))?;
             let name = entry.file_name().to_string_lossy().into_owned();
             if !tokens.contains(&name) {
-                let path = entry.path();
-                let is_dir = entry.file_type().map(|t| t.is_dir()).unwrap_or(false);
-                if is_dir {
-                    fsx::remove_dir_all_durable(&path).map_err(io_err(&path))?;
-                } else {
-                    fsx::remove_file_durable(&path).map_err(io_err(&path))?;
-                }
+                remove_entry(&entry)?;
                 total.dirs_removed += 1;
             }
         }
         Ok(total)
+    }
+
+    /// Removes the spool directory of a request the database no longer has.
+    pub fn remove(&self, token: &str) -> Result<(), SpoolError> {
+        let Some(token) = SpoolToken::parse(token) else {
+            return Ok(());
+        };
+        let _writing = lock(&self.writing);
+        let dir = self.dir(token.as_str());
+        fsx::remove_dir_all_durable(&dir).map_err(io_err(&dir))
     }
 
     /// Reads one served file. The token and name were parsed already; the token directory

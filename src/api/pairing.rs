@@ -45,14 +45,15 @@ fn actor(call: &Call) -> Actor {
     }
 }
 
-/// Renders the spool after a commit. A failure here leaves the database right and the
-/// spool stale; the next start's reconcile repairs it, so the client hears of a 500.
-fn write_spool(call: &Call, r: &RequestRecord) -> Result<(), ApiError> {
+/// Renders request `id`'s spool after a commit. A failure leaves the database right and
+/// the spool behind; the spool retries it on its sweep (and at start), and the client
+/// hears of a 500 with a reference.
+fn write_spool(call: &Call, id: u64) -> Result<(), ApiError> {
     call.app
         .spool
-        .write(r, &call.app.store)
+        .sync(id, &call.app.store)
         .map(|_| ())
-        .map_err(|e| ApiError::Internal(format!("spool for request {}: {e}", r.id)))
+        .map_err(|e| ApiError::Internal(format!("spool for request {id}: {e}")))
 }
 
 // ---- /replication/v1 (appliance protocol, no AuthToken) ----
@@ -84,9 +85,8 @@ pub fn file_request(call: &Call) -> Result<Reply, ApiError> {
     let token = crate::auth::random_hex(SpoolToken::LEN / 2);
     let filed = target::file_request(&call.app.store, &call.app.ca, new, &caps, token, call.now)?;
     let r = &filed.request;
-    if filed.created {
-        write_spool(call, r)?;
-    }
+    // Also on the idempotent path: a retry after a failed spool write repairs it.
+    write_spool(call, r.id)?;
     let answer = protocol::Filed {
         request_id: r.id,
         poll: format!("/replication/v1/spool/{}/", r.token),
@@ -227,7 +227,7 @@ pub fn resolve(call: &Call) -> Result<Reply, ApiError> {
         }
     };
     let app = call.app;
-    let r = target::resolve(
+    let resolved = target::resolve(
         &app.store,
         &app.ca,
         &app.config.storage,
@@ -237,11 +237,15 @@ pub fn resolve(call: &Call) -> Result<Reply, ApiError> {
         &actor(call),
         call.now,
     )?;
+    let r = resolved.request;
     if app.config.fault == Fault::CrashAfterAcceptCommit && r.status == RequestStatus::Accepted {
         log::error!("fault injection: aborting after committing request {id}, before its spool");
         std::process::abort();
     }
-    write_spool(call, &r)?;
+    if let Some(old) = resolved.replaced {
+        write_spool(call, old)?;
+    }
+    write_spool(call, r.id)?;
     let mut v = json!({ "request_id": r.id, "status": r.status.as_str() });
     if let Some(sid) = r.system_id {
         v["system_id"] = json!(sid);
@@ -275,7 +279,7 @@ pub fn unpair(call: &Call) -> Result<Reply, ApiError> {
     let system_id = sid(call)?;
     let revoked = target::unpair(&call.app.store, system_id, &actor(call), call.now)?;
     if let Some(r) = &revoked {
-        write_spool(call, r)?;
+        write_spool(call, r.id)?;
     }
     Ok(Reply::json(
         200,
@@ -286,7 +290,7 @@ pub fn unpair(call: &Call) -> Result<Reply, ApiError> {
 pub fn ignore(call: &Call) -> Result<Reply, ApiError> {
     let id = parse_id("request_id", call.param(0))?;
     let r = target::ignore(&call.app.store, id, &actor(call), call.now)?;
-    write_spool(call, &r)?;
+    write_spool(call, r.id)?;
     Ok(Reply::json(
         200,
         json!({ "request_id": id, "status": "ignored" }),

@@ -154,6 +154,23 @@ fn match_path(pattern: &str, path: &str) -> Option<Vec<String>> {
     }
 }
 
+/// The handshake checked revocation when the tunnel connection opened; a keep-alive
+/// connection can outlive an unpair, so every tunnel request checks again.
+fn require_unrevoked(app: &App, peer: &PeerInfo) -> Result<(), ApiError> {
+    let cert = peer
+        .client_cert
+        .as_ref()
+        .ok_or_else(|| ApiError::Forbidden("a client certificate is required".into()))?;
+    let serial = crate::ca::cert_serial_hex(cert.as_ref())
+        .map_err(|e| ApiError::Forbidden(format!("client certificate: {e}")))?;
+    if app.store.is_revoked(&serial)? {
+        return Err(ApiError::Forbidden(format!(
+            "certificate {serial} has been revoked"
+        )));
+    }
+    Ok(())
+}
+
 #[allow(clippy::too_many_arguments)]
 pub fn dispatch(
     app: &App,
@@ -184,6 +201,9 @@ pub fn dispatch(
         path_matched = true;
         if r.method != method {
             continue;
+        }
+        if r.access == Access::Tunnel {
+            require_unrevoked(app, peer)?;
         }
         let session = match r.access {
             Access::Token(needed) => {

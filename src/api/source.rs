@@ -1,6 +1,7 @@
 //! Source-side pairing handlers: ask a target for replication (probe and pin its CA, make
 //! a key and CSR, file the request), list targets, forget one.
 
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use serde_json::{json, Value};
@@ -16,6 +17,30 @@ use crate::store::{AuditRecord, TargetRecord, TargetStatus};
 
 /// How long the first contact with a target may take.
 const PROBE_TIMEOUT: Duration = Duration::from_secs(10);
+/// Asking a target can take close to a minute when it does not answer; at most this many
+/// run at once, so the API workers stay free for everything else.
+const MAX_OUTGOING: usize = 2;
+static OUTGOING: AtomicUsize = AtomicUsize::new(0);
+
+/// One of the `MAX_OUTGOING` slots, released on drop.
+struct OutgoingSlot;
+
+impl OutgoingSlot {
+    fn take() -> Option<OutgoingSlot> {
+        OUTGOING
+            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| {
+                (n < MAX_OUTGOING).then_some(n + 1)
+            })
+            .ok()
+            .map(|_| OutgoingSlot)
+    }
+}
+
+impl Drop for OutgoingSlot {
+    fn drop(&mut self) {
+        OUTGOING.fetch_sub(1, Ordering::SeqCst);
+    }
+}
 
 fn audit(call: &Call, action: &str, host: &str, detail: String) -> AuditRecord {
     AuditRecord {
@@ -77,6 +102,9 @@ pub fn request_target(call: &Call) -> Result<Reply, ApiError> {
         }
     }
 
+    let _slot = OutgoingSlot::take().ok_or_else(|| {
+        ApiError::Unavailable("other requests to targets are in progress; retry in a minute".into())
+    })?;
     // Trust: the CA the target presents must be pinned, given, or accepted as presented.
     let presented = crate::tls::probe_presented_ca(&host, PROBE_TIMEOUT)
         .map_err(|e| ApiError::BadGateway(format!("cannot reach target {host}: {e}")))?;
@@ -139,6 +167,11 @@ pub fn request_target(call: &Call) -> Result<Reply, ApiError> {
             filed.ca_fingerprint
         ))));
     }
+    if !source::valid_poll_path(&filed.poll) {
+        return Err(cleanup(ApiError::BadGateway(format!(
+            "target {host} answered with an invalid poll path"
+        ))));
+    }
     let expected_code = ca::verification_code(&presented_fp, spki.spki_der(), filed.request_id);
     if filed.verification_code != expected_code {
         return Err(cleanup(ApiError::BadGateway(format!(
@@ -151,10 +184,12 @@ pub fn request_target(call: &Call) -> Result<Reply, ApiError> {
     let record = app
         .store
         .write(|tx| {
-            let id = match &existing {
-                Some(t) => t.id,
-                None => tx.next_target_id()?,
-            };
+            // A new pairing gets a new id, so nothing still in flight for the old one
+            // (a poll, a schedule) can touch it.
+            if let Some(t) = &existing {
+                tx.delete_target(t.id)?;
+            }
+            let id = tx.next_target_id()?;
             let r = TargetRecord {
                 id,
                 host: host.clone(),
@@ -169,7 +204,7 @@ pub fn request_target(call: &Call) -> Result<Reply, ApiError> {
                 poll: filed.poll.clone(),
                 verification_code: filed.verification_code.clone(),
                 dir: dir_name.clone(),
-                retry_after: filed.retry_after,
+                retry_after: source::clamp_retry_after(filed.retry_after),
                 tunnel: None,
                 certificate_expires: None,
                 cert_serial: None,

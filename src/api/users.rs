@@ -6,7 +6,7 @@ use super::error::ApiError;
 use super::{Call, Reply};
 use crate::auth;
 use crate::model::Privilege;
-use crate::store::{AuditRecord, UserRecord};
+use crate::store::{AuditRecord, UserRecord, UserWrite};
 
 /// Passwords set through the API must be at least this long.
 const MIN_PASSWORD_CHARS: usize = 8;
@@ -100,30 +100,16 @@ pub fn create(call: &Call) -> Result<Reply, ApiError> {
     Ok(Reply::json(201, user_json(&user)))
 }
 
-/// Refuses a change that would leave no superuser able to manage users.
-fn keeps_a_superuser(
-    call: &Call,
-    name: &str,
-    new_privilege: Option<Privilege>,
-) -> Result<(), ApiError> {
-    let users = call.app.store.users()?;
-    let remaining = users
-        .iter()
-        .filter(|u| {
-            let p = if u.name == name {
-                new_privilege
-            } else {
-                Some(u.privilege)
-            };
-            p == Some(Privilege::Superuser)
-        })
-        .count();
-    if remaining == 0 {
-        return Err(ApiError::Conflict(
+/// Maps a user write to the answer; the last-superuser rule lives in the store's
+/// transaction.
+fn user_write(outcome: UserWrite, name: &str) -> Result<(), ApiError> {
+    match outcome {
+        UserWrite::Done => Ok(()),
+        UserWrite::NotFound => Err(ApiError::NotFound(format!("no user named {name}"))),
+        UserWrite::LastSuperuser => Err(ApiError::Conflict(
             "the last superuser cannot be removed or demoted".into(),
-        ));
+        )),
     }
-    Ok(())
 }
 
 pub fn update(call: &Call) -> Result<Reply, ApiError> {
@@ -144,7 +130,6 @@ pub fn update(call: &Call) -> Result<Reply, ApiError> {
     }
     let mut changes = Vec::new();
     if let Some(p) = privilege {
-        keeps_a_superuser(call, name, Some(p))?;
         changes.push(format!("privilege {} -> {p}", user.privilege));
         user.privilege = p;
     }
@@ -154,29 +139,22 @@ pub fn update(call: &Call) -> Result<Reply, ApiError> {
         user.password_hash = h;
     }
     user.updated = call.now;
-    if !call.app.store.update_user(
+    let outcome = call.app.store.update_user(
         &user,
         end_sessions,
         &audit(call, "user updated", name, changes.join(", ")),
-    )? {
-        return Err(ApiError::NotFound(format!("no user named {name}")));
-    }
+    )?;
+    user_write(outcome, name)?;
     Ok(Reply::json(200, user_json(&user)))
 }
 
 pub fn delete(call: &Call) -> Result<Reply, ApiError> {
     let name = call.param(0);
-    if call.app.store.user(name)?.is_none() {
-        return Err(ApiError::NotFound(format!("no user named {name}")));
-    }
-    keeps_a_superuser(call, name, None)?;
-    if !call
+    let outcome = call
         .app
         .store
-        .delete_user(name, &audit(call, "user deleted", name, String::new()))?
-    {
-        return Err(ApiError::NotFound(format!("no user named {name}")));
-    }
+        .delete_user(name, &audit(call, "user deleted", name, String::new()))?;
+    user_write(outcome, name)?;
     Ok(Reply::json(
         200,
         json!({ "name": name, "status": "deleted" }),

@@ -1,10 +1,12 @@
-//! The source's background poller: one thread that polls each open target's `status.json`,
+//! The source's background poller: one scheduling thread that polls each open target's
+//! `status.json` (each poll on its own short-lived thread, a few at a time),
 //! installs a delivered certificate after checking it, proves the tunnel, and keeps a slow
 //! heartbeat afterwards to learn of revocation. The only network code in `pairing/`.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::mpsc;
 use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
@@ -12,7 +14,7 @@ use std::time::{Duration, Instant};
 use crate::ca;
 use crate::fsx;
 use crate::model::{self, UnixTime};
-use crate::pairing::protocol::{CA_FILE, CERT_FILE};
+use crate::pairing::protocol::{SpoolStatus, CA_FILE, CERT_FILE};
 use crate::pairing::source::{self, Step};
 use crate::remote::{Remote, RemoteError};
 use crate::store::{Store, StoreError, TargetRecord, TargetStatus};
@@ -53,6 +55,12 @@ fn unit_random() -> f64 {
     f64::from(u32::from_le_bytes(b)) / (f64::from(u32::MAX) + 1.0)
 }
 
+/// At most this many polls run at once, each on its own short-lived thread, so one
+/// target that does not answer (up to the client's 30 s bound) never delays the others.
+const MAX_PARALLEL_POLLS: usize = 8;
+/// When a poll thread could not start, try again after this.
+const RESPAWN_AFTER: Duration = Duration::from_secs(5);
+
 /// Starts the poller thread; it stops when `shutdown` is set.
 pub fn spawn_poller(
     ctx: Arc<SourceContext>,
@@ -62,8 +70,41 @@ pub fn spawn_poller(
         .name("poller".into())
         .spawn(move || {
             let mut schedule: HashMap<u64, Schedule> = HashMap::new();
+            let mut in_flight: HashSet<u64> = HashSet::new();
+            let (done_tx, done_rx) = mpsc::channel::<(u64, bool)>();
             while !shutdown.load(Ordering::SeqCst) {
                 std::thread::sleep(TICK);
+                // Finished polls: reschedule from the record as it now stands.
+                while let Ok((id, ok)) = done_rx.try_recv() {
+                    in_flight.remove(&id);
+                    let Some(entry) = schedule.get_mut(&id) else {
+                        continue;
+                    };
+                    entry.failures = if ok {
+                        0
+                    } else {
+                        entry.failures.saturating_add(1)
+                    };
+                    let current = match ctx.store.target(id) {
+                        Ok(Some(t)) => t,
+                        _ => continue,
+                    };
+                    match source::next_poll(
+                        &current,
+                        ctx.poll_interval,
+                        ctx.heartbeat,
+                        entry.failures,
+                        unit_random(),
+                    ) {
+                        Some(wait) => {
+                            let now = Instant::now();
+                            entry.next = now.checked_add(wait).unwrap_or(now + source::MAX_BACKOFF);
+                        }
+                        None => {
+                            schedule.remove(&id);
+                        }
+                    }
+                }
                 let targets = match ctx.store.targets() {
                     Ok(t) => t,
                     Err(e) => {
@@ -73,7 +114,10 @@ pub fn spawn_poller(
                 };
                 schedule.retain(|id, _| targets.iter().any(|t| t.id == *id));
                 for t in targets {
-                    if t.status.is_final() || shutdown.load(Ordering::SeqCst) {
+                    if t.status.is_final()
+                        || in_flight.contains(&t.id)
+                        || in_flight.len() >= MAX_PARALLEL_POLLS
+                    {
                         continue;
                     }
                     let entry = schedule.entry(t.id).or_insert(Schedule {
@@ -83,23 +127,23 @@ pub fn spawn_poller(
                     if Instant::now() < entry.next {
                         continue;
                     }
-                    let ok = poll_once(&ctx, &t);
-                    entry.failures = if ok {
-                        0
-                    } else {
-                        entry.failures.saturating_add(1)
-                    };
-                    let current = ctx.store.target(t.id).ok().flatten().unwrap_or(t);
-                    match source::next_poll(
-                        &current,
-                        ctx.poll_interval,
-                        ctx.heartbeat,
-                        entry.failures,
-                        unit_random(),
-                    ) {
-                        Some(wait) => entry.next = Instant::now() + wait,
-                        None => {
-                            schedule.remove(&current.id);
+                    // Not due again until this poll reports back.
+                    entry.next = Instant::now() + source::MAX_BACKOFF;
+                    let (ctx, done) = (ctx.clone(), done_tx.clone());
+                    let id = t.id;
+                    let spawned = std::thread::Builder::new()
+                        .name(format!("poll-{id}"))
+                        .spawn(move || {
+                            let ok = poll_once(&ctx, &t);
+                            let _ = done.send((id, ok));
+                        });
+                    match spawned {
+                        Ok(_) => {
+                            in_flight.insert(id);
+                        }
+                        Err(e) => {
+                            log::warn!("poller: start a poll of target {id}: {e}");
+                            entry.next = Instant::now() + RESPAWN_AFTER;
                         }
                     }
                 }
@@ -174,6 +218,12 @@ pub fn poll_once(ctx: &SourceContext, t: &TargetRecord) -> bool {
             return false;
         }
     };
+    if let SpoolStatus::Pending { retry_after, .. } = &polled {
+        let retry_after = source::clamp_retry_after(*retry_after);
+        if retry_after != t.retry_after {
+            let _ = update(&ctx.store, t.id, |r| r.retry_after = retry_after);
+        }
+    }
     match source::step(t, &polled) {
         Step::Wait => {
             if t.message.is_some() && t.status != TargetStatus::Failed {

@@ -12,6 +12,23 @@ use crate::store::{TargetRecord, TargetStatus};
 pub const DEFAULT_PORT: u16 = 8443;
 /// Error backoff never waits longer than this.
 pub const MAX_BACKOFF: Duration = Duration::from_secs(600);
+/// The longest wait a target may ask for (`retry_after`); more is clamped to it.
+pub const MAX_RETRY_AFTER: u64 = 86_400;
+
+/// A target's `retry_after`, bounded so a broken or hostile peer cannot stall or overflow
+/// the schedule.
+pub fn clamp_retry_after(seconds: u64) -> u64 {
+    seconds.min(MAX_RETRY_AFTER)
+}
+
+/// Checks the spool path a target told us to poll: exactly
+/// `/replication/v1/spool/<token>/`, so it can only ever name a spool entry on that target.
+pub fn valid_poll_path(poll: &str) -> bool {
+    poll.strip_prefix("/replication/v1/spool/")
+        .and_then(|rest| rest.strip_suffix('/'))
+        .and_then(crate::pairing::protocol::SpoolToken::parse)
+        .is_some()
+}
 
 /// Normalizes `host[:port]` to `host:port` (IPv6 in brackets); None if it is not one.
 pub fn parse_target(input: &str) -> Option<String> {
@@ -101,6 +118,13 @@ pub fn step(current: &TargetRecord, polled: &SpoolStatus) -> Step {
         SpoolStatus::Pending { .. } => Step::Wait,
         SpoolStatus::Accepted { tunnel, .. } => match current.status {
             TargetStatus::Complete => Step::Wait,
+            _ if parse_target(tunnel).is_none() => Step::Record {
+                status: TargetStatus::Failed,
+                message: Some(format!(
+                    "the target named an invalid tunnel address {:?}",
+                    tunnel.chars().take(80).collect::<String>()
+                )),
+            },
             _ => Step::Install {
                 tunnel: tunnel.clone(),
             },
@@ -136,7 +160,7 @@ pub fn next_poll(
     }
     let base = match r.status {
         TargetStatus::Complete => heartbeat,
-        _ => poll_interval.max(Duration::from_secs(r.retry_after)),
+        _ => poll_interval.max(Duration::from_secs(clamp_retry_after(r.retry_after))),
     };
     let backed_off = if failures == 0 {
         base
@@ -179,6 +203,33 @@ mod tests {
             certificate_expires: None,
             cert_serial: None,
         }
+    }
+
+    #[test]
+    fn peer_supplied_paths_and_waits_are_bounded() {
+        assert!(valid_poll_path(
+            "/replication/v1/spool/0123456789abcdef0123456789abcdef/"
+        ));
+        for bad in [
+            "@evil:443/",
+            "/replication/v1/spool/../",
+            "/replication/v1/spool/0123456789abcdef0123456789abcdef",
+            "//evil/replication/v1/spool/0123456789abcdef0123456789abcdef/",
+        ] {
+            assert!(!valid_poll_path(bad), "{bad}");
+        }
+        let mut r = record(TargetStatus::Pending);
+        r.retry_after = u64::MAX;
+        let wait = next_poll(
+            &r,
+            Duration::from_secs(30),
+            Duration::from_secs(300),
+            0,
+            0.0,
+        )
+        .unwrap();
+        assert_eq!(wait, Duration::from_secs(MAX_RETRY_AFTER));
+        assert!(std::time::Instant::now().checked_add(wait).is_some());
     }
 
     #[test]

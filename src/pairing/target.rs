@@ -415,9 +415,16 @@ fn check_pending(r: &RequestRecord, now: UnixTime) -> Result<(), PairingError> {
     Ok(())
 }
 
+/// What a decision changed: the decided request, and the earlier request of the same
+/// source that an accepted replacement key revoked. The caller re-renders both spools.
+#[derive(Debug)]
+pub struct Resolved {
+    pub request: RequestRecord,
+    pub replaced: Option<u64>,
+}
+
 /// Accepts or rejects a pending request. On accept the CSR is signed first, then the
-/// resolution, the certificate and the systems row commit in one transaction. Returns the
-/// committed request; the caller writes the spool from it.
+/// resolution, the certificate and the systems row commit in one transaction.
 #[allow(clippy::too_many_arguments)]
 pub fn resolve(
     store: &Store,
@@ -428,7 +435,7 @@ pub fn resolve(
     cert_days: u32,
     actor: &Actor,
     now: UnixTime,
-) -> Result<RequestRecord, PairingError> {
+) -> Result<Resolved, PairingError> {
     let current = store.request(id)?.ok_or(PairingError::UnknownRequest(id))?;
     check_pending(&current, now)?;
     match decision {
@@ -457,7 +464,10 @@ pub fn resolve(
                     format!("request:{id}"),
                     message.clone(),
                 ))?;
-                Ok(r)
+                Ok(Resolved {
+                    request: r,
+                    replaced: None,
+                })
             })
         }
         Decision::Accept { storage_id } => {
@@ -471,6 +481,7 @@ pub fn resolve(
                 check_pending(&r, now)?;
                 let existing = matching_system(tx, &r)?;
                 // A replaced key stops working the moment the new one is accepted.
+                let mut replaced = None;
                 if let Some(old) = existing.as_ref().and_then(|s| s.cert_serial.clone()) {
                     tx.revoke(&old, now)?;
                     if let Some(old_req) = existing.as_ref().and_then(|s| s.request_id) {
@@ -478,6 +489,13 @@ pub fn resolve(
                             if o.status == RequestStatus::Accepted {
                                 o.status = RequestStatus::Revoked;
                                 tx.put_request(&o)?;
+                                tx.audit(&actor.audit(
+                                    now,
+                                    "request revoked",
+                                    format!("request:{old_req}"),
+                                    format!("replaced by request {id}, serial {old}"),
+                                ))?;
+                                replaced = Some(old_req);
                             }
                         }
                     }
@@ -521,7 +539,10 @@ pub fn resolve(
                         row.id, row.role, storage.id, issued.serial
                     ),
                 ))?;
-                Ok(r)
+                Ok(Resolved {
+                    request: r,
+                    replaced,
+                })
             })
         }
     }
@@ -723,6 +744,40 @@ pub fn expire_due(store: &Store, now: UnixTime) -> Result<Vec<RequestRecord>, Pa
             }
         }
         Ok(out)
+    })
+}
+
+/// Deletes requests that ended without a pairing (rejected, expired, ignored) more than
+/// `retention` seconds ago, so unauthenticated filers cannot grow the database without
+/// bound. Returns their spool tokens for the caller to remove.
+pub fn purge_ended(
+    store: &Store,
+    retention: i64,
+    now: UnixTime,
+) -> Result<Vec<String>, PairingError> {
+    let cutoff = now.saturating_sub(retention);
+    let old = store.requests(0, usize::MAX, |r| {
+        matches!(
+            r.status,
+            RequestStatus::Rejected | RequestStatus::Expired | RequestStatus::Ignored
+        ) && r.resolved_at.is_some_and(|t| t < cutoff)
+    })?;
+    if old.is_empty() {
+        return Ok(Vec::new());
+    }
+    store.write(|tx| {
+        for r in &old {
+            tx.delete_request(r.id)?;
+        }
+        tx.audit(&AuditRecord {
+            time: now,
+            user: "-".into(),
+            address: "local".into(),
+            action: "requests purged".into(),
+            object: format!("requests:{}", old.len()),
+            detail: format!("ended before {cutoff}"),
+        })?;
+        Ok(old.iter().map(|r| r.token.clone()).collect())
     })
 }
 

@@ -66,6 +66,24 @@ impl<E: Into<redb::Error>> From<E> for StoreError {
 
 pub type Result<T> = std::result::Result<T, StoreError>;
 
+/// The outcome of changing or removing a user. The last-superuser rule is checked inside
+/// the same transaction, so two superusers demoting each other at once cannot both win.
+#[derive(Debug, PartialEq, Eq)]
+pub enum UserWrite {
+    Done,
+    NotFound,
+    /// Nothing was written: no superuser would be left.
+    LastSuperuser,
+}
+
+/// Whether any user in the table is a superuser.
+fn has_superuser(t: &impl ReadableTable<&'static str, &'static [u8]>) -> Result<bool> {
+    let users: Vec<UserRecord> = values(t, "users")?;
+    Ok(users
+        .iter()
+        .any(|u| u.privilege == crate::model::Privilege::Superuser))
+}
+
 /// Cheap to clone: one shared `Arc<Database>` (redb's file lock is exclusive).
 #[derive(Clone)]
 pub struct Store {
@@ -359,36 +377,42 @@ impl Store {
         user: &UserRecord,
         end_sessions: bool,
         audit: &AuditRecord,
-    ) -> Result<bool> {
+    ) -> Result<UserWrite> {
         let txn = self.db.begin_write()?;
         {
             let mut t = txn.open_table(schema::USERS)?;
             if t.get(user.name.as_str())?.is_none() {
-                return Ok(false);
+                return Ok(UserWrite::NotFound);
             }
             t.insert(user.name.as_str(), encode(user).as_slice())?;
+            if !has_superuser(&t)? {
+                return Ok(UserWrite::LastSuperuser);
+            }
             if end_sessions {
                 delete_sessions_of(&txn, &user.name)?;
             }
             append_audit(&txn, audit)?;
         }
         txn.commit()?;
-        Ok(true)
+        Ok(UserWrite::Done)
     }
 
-    /// Deletes a user and its sessions; false if unknown.
-    pub fn delete_user(&self, name: &str, audit: &AuditRecord) -> Result<bool> {
+    /// Deletes a user and its sessions.
+    pub fn delete_user(&self, name: &str, audit: &AuditRecord) -> Result<UserWrite> {
         let txn = self.db.begin_write()?;
         {
             let mut t = txn.open_table(schema::USERS)?;
             if t.remove(name)?.is_none() {
-                return Ok(false);
+                return Ok(UserWrite::NotFound);
+            }
+            if !has_superuser(&t)? {
+                return Ok(UserWrite::LastSuperuser);
             }
             delete_sessions_of(&txn, name)?;
             append_audit(&txn, audit)?;
         }
         txn.commit()?;
-        Ok(true)
+        Ok(UserWrite::Done)
     }
 
     // ---- sessions ----
@@ -596,9 +620,39 @@ mod tests {
             last_used: 1,
         };
         store.insert_session(b"t1", &s, &audit("login")).unwrap();
-        assert!(store.delete_user("bob", &audit("d")).unwrap());
+        assert_eq!(
+            store.delete_user("bob", &audit("d")).unwrap(),
+            UserWrite::LastSuperuser
+        );
+        let root = UserRecord {
+            name: "root".into(),
+            password_hash: "h".into(),
+            privilege: Privilege::Superuser,
+            created: 1,
+            updated: 1,
+        };
+        store.create_user(&root, &audit("c")).unwrap();
+        assert_eq!(
+            store.delete_user("bob", &audit("d")).unwrap(),
+            UserWrite::Done
+        );
         assert!(store.session(b"t1").unwrap().is_none());
-        assert!(!store.delete_user("bob", &audit("d")).unwrap());
+        assert_eq!(
+            store.delete_user("bob", &audit("d")).unwrap(),
+            UserWrite::NotFound
+        );
+        let demoted = UserRecord {
+            privilege: Privilege::Monitor,
+            ..root
+        };
+        assert_eq!(
+            store.update_user(&demoted, false, &audit("u")).unwrap(),
+            UserWrite::LastSuperuser
+        );
+        assert_eq!(
+            store.user("root").unwrap().unwrap().privilege,
+            Privilege::Superuser
+        );
         std::fs::remove_dir_all(dir).unwrap();
     }
 }

@@ -43,10 +43,21 @@ impl Txn {
         Ok(())
     }
 
+    /// Deletes a request row (and its open-index entry); its id is never handed out again.
+    pub fn delete_request(&self, id: u64) -> Result<bool> {
+        self.inner.open_table(schema::OPEN_REQUESTS)?.remove(id)?;
+        Ok(self
+            .inner
+            .open_table(schema::REQUESTS)?
+            .remove(id)?
+            .is_some())
+    }
+
+    /// The next sequential request id, never reused (purged requests keep theirs).
     pub fn next_request_id(&self) -> Result<u64> {
         let t = self.inner.open_table(schema::REQUESTS)?;
-        let last = t.last()?.map(|(k, _)| k.value());
-        Ok(last.map(|k| k + 1).unwrap_or(1))
+        let floor = t.last()?.map(|(k, _)| k.value() + 1).unwrap_or(1);
+        self.take_id(schema::META_NEXT_REQUEST_ID, floor)
     }
 
     pub fn open_requests(&self) -> Result<Vec<(u64, OpenRequest)>> {
@@ -81,13 +92,27 @@ impl Txn {
             .is_some())
     }
 
+    /// A fresh system id. Ids are never reused, even after an unpair deleted the row, so a
+    /// stale `sid` in a script can never name another source.
     pub fn next_system_id(&self) -> Result<u64> {
         let t = self.inner.open_table(schema::SYSTEMS)?;
-        let last = t.last()?.map(|(k, _)| k.value());
-        Ok(last
-            .map(|k| k + 1)
-            .unwrap_or(FIRST_SYSTEM_ID)
-            .max(FIRST_SYSTEM_ID))
+        let floor = t
+            .last()?
+            .map(|(k, _)| k.value() + 1)
+            .unwrap_or(FIRST_SYSTEM_ID);
+        self.take_id(schema::META_NEXT_SYSTEM_ID, floor.max(FIRST_SYSTEM_ID))
+    }
+
+    /// Hands out the counter `key` (at least `floor`) and advances it.
+    fn take_id(&self, key: &str, floor: u64) -> Result<u64> {
+        let mut meta = self.inner.open_table(schema::META)?;
+        let stored = match meta.get(key)? {
+            Some(v) => Some(decode::<u64>("meta", v.value())?),
+            None => None,
+        };
+        let id = stored.unwrap_or(floor).max(floor);
+        meta.insert(key, encode(&(id + 1)).as_slice())?;
+        Ok(id)
     }
 
     pub fn cert(&self, serial: &str) -> Result<Option<CertRecord>> {
@@ -148,10 +173,11 @@ impl Txn {
             .is_some())
     }
 
+    /// A fresh target id, never reused (the poller keys its schedule by it).
     pub fn next_target_id(&self) -> Result<u64> {
         let t = self.inner.open_table(schema::TARGETS)?;
-        let last = t.last()?.map(|(k, _)| k.value());
-        Ok(last.map(|k| k + 1).unwrap_or(1))
+        let floor = t.last()?.map(|(k, _)| k.value() + 1).unwrap_or(1);
+        self.take_id(schema::META_NEXT_TARGET_ID, floor)
     }
 
     pub fn audit(&self, a: &AuditRecord) -> Result<u64> {

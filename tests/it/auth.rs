@@ -109,11 +109,15 @@ fn missing_garbage_and_logged_out_tokens_get_401() {
 }
 
 #[test]
-fn idle_token_expires() {
-    let d = Daemon::start("auth-expiry", Options::default().set("session_idle", 1));
+fn a_used_token_stays_alive_and_an_idle_one_expires() {
+    let d = Daemon::start("auth-expiry", Options::default().set("session_idle", 2));
     let token = d.root_token();
-    assert_eq!(d.client().get("/api/users", Some(&token)).status, 200);
-    std::thread::sleep(Duration::from_millis(2_100));
+    // Used every 0.7 s for 3.5 s: well past the 2 s idle timeout, never idle that long.
+    for _ in 0..5 {
+        assert_eq!(d.client().get("/api/users", Some(&token)).status, 200);
+        std::thread::sleep(Duration::from_millis(700));
+    }
+    std::thread::sleep(Duration::from_millis(3_100));
     assert_eq!(d.client().get("/api/users", Some(&token)).status, 401);
 }
 

@@ -82,11 +82,11 @@ fn pairing_dir(src: &Daemon) -> std::path::PathBuf {
     entry.path()
 }
 
-/// A TLS handshake plus one hello on the target's tunnel with the given client identity.
-fn tunnel_hello(
-    tgt: &Daemon,
-    client: Option<(Vec<CertificateDer<'static>>, PrivateKeyDer<'static>)>,
-) -> Result<Response, String> {
+type Identity = (Vec<CertificateDer<'static>>, PrivateKeyDer<'static>);
+type TunnelStream = rustls::StreamOwned<rustls::ClientConnection, TcpStream>;
+
+/// A mutual-TLS connection to the target's tunnel, handshake completed.
+fn tunnel_connect(tgt: &Daemon, client: Option<Identity>) -> Result<TunnelStream, String> {
     let mut roots = rustls::RootCertStore::empty();
     roots.add(tgt.ca_der()).unwrap();
     let builder = rustls::ClientConfig::builder_with_provider(provider())
@@ -105,12 +105,35 @@ fn tunnel_hello(
     )
     .unwrap();
     let mut tls = rustls::StreamOwned::new(conn, tcp);
-    tls.write_all(b"GET /tunnel/v1/hello HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n")
-        .map_err(|e| e.to_string())?;
-    read_response(&mut tls, false).map_err(|e| e.to_string())
+    while tls.conn.is_handshaking() {
+        tls.conn
+            .complete_io(&mut tls.sock)
+            .map_err(|e| e.to_string())?;
+    }
+    Ok(tls)
 }
 
-fn identity(dir: &std::path::Path) -> (Vec<CertificateDer<'static>>, PrivateKeyDer<'static>) {
+/// One GET on an open tunnel connection; `close` asks the daemon to end it afterwards.
+fn get_on(tls: &mut TunnelStream, path: &str, close: bool) -> Result<Response, String> {
+    let connection = if close { "close" } else { "keep-alive" };
+    tls.write_all(
+        format!("GET {path} HTTP/1.1\r\nHost: t\r\nConnection: {connection}\r\n\r\n").as_bytes(),
+    )
+    .map_err(|e| e.to_string())?;
+    read_response(tls, false).map_err(|e| e.to_string())
+}
+
+/// A handshake plus one request on the target's tunnel.
+fn tunnel_request(tgt: &Daemon, client: Option<Identity>, path: &str) -> Result<Response, String> {
+    let mut tls = tunnel_connect(tgt, client)?;
+    get_on(&mut tls, path, true)
+}
+
+fn tunnel_hello(tgt: &Daemon, client: Option<Identity>) -> Result<Response, String> {
+    tunnel_request(tgt, client, "/tunnel/v1/hello")
+}
+
+fn identity(dir: &std::path::Path) -> Identity {
     use rustls::pki_types::pem::PemObject;
     let chain = pem_certs(&std::fs::read(dir.join("cert.pem")).unwrap());
     let key = PrivateKeyDer::from_pem_slice(&std::fs::read(dir.join("key.pem")).unwrap()).unwrap();
@@ -258,7 +281,9 @@ fn unpair_closes_the_tunnel_at_once_and_the_heartbeat_learns_of_it() {
         .unwrap();
     wait_status(&src, &st, "complete", Duration::from_secs(POLL + 8));
     let dir = pairing_dir(&src);
-    let ok = tunnel_hello(&tgt, Some(identity(&dir))).unwrap();
+    // A keep-alive tunnel connection opened before the unpair.
+    let mut open = tunnel_connect(&tgt, Some(identity(&dir))).unwrap();
+    let ok = get_on(&mut open, "/tunnel/v1/hello", false).unwrap();
     assert_eq!(ok.status, 200, "{}", ok.text());
     assert_eq!(ok.json()["system_id"], sid);
 
@@ -269,6 +294,12 @@ fn unpair_closes_the_tunnel_at_once_and_the_heartbeat_learns_of_it() {
         b"",
     );
     assert_eq!(r.status, 200);
+    // The connection that was already open is refused from its next request on.
+    let after = get_on(&mut open, "/tunnel/v1/hello", true);
+    assert!(
+        after.as_ref().is_ok_and(|r| r.status == 403),
+        "an open tunnel connection outlived the unpair: {after:?}"
+    );
     let refused = tunnel_hello(&tgt, Some(identity(&dir)));
     assert!(
         refused.is_err() || refused.as_ref().is_ok_and(|r| r.status != 200),
@@ -312,7 +343,20 @@ fn the_tunnel_refuses_outsiders_and_anonymous_clients_but_not_openssl_with_the_i
         "a certificate from another CA must not pass"
     );
 
-    // A client that reaches the tunnel's API paths finds nothing but the hello.
+    // The tunnel serves only its own paths, and the hello needs the tunnel listener: a
+    // forged client-certificate header on the API listener gets nothing.
+    let r = tunnel_request(&tgt, Some(identity(&dir)), "/api/users").unwrap();
+    assert_eq!(r.status, 404, "{}", r.text());
+    let r = tgt.client().request(
+        "GET",
+        "/tunnel/v1/hello",
+        &[
+            ("X-Client-Cert", "forged"),
+            ("X-SSL-Client-Verify", "SUCCESS"),
+        ],
+        b"",
+    );
+    assert_eq!(r.status, 404, "{}", r.text());
     let r = tunnel_hello(&tgt, Some(identity(&dir))).unwrap();
     assert_eq!(r.status, 200);
 
@@ -419,7 +463,13 @@ fn a_delivered_certificate_that_is_not_ours_or_not_from_the_pinned_ca_is_refused
     src.restart();
     let st = src.root_token();
     let row = wait_status(&src, &st, "failed", Duration::from_secs(3 * POLL + 8));
-    assert!(row["message"].as_str().unwrap().contains("key"), "{row}");
+    assert!(
+        row["message"]
+            .as_str()
+            .unwrap()
+            .contains("does not match this appliance's key"),
+        "{row}"
+    );
     assert!(!pairing_dir(&src).join("cert.pem").exists());
 
     // 2. A certificate for our key from another CA, served with that CA.
@@ -442,7 +492,11 @@ fn a_delivered_certificate_that_is_not_ours_or_not_from_the_pinned_ca_is_refused
         let row = target_row(&src, &st);
         (row["status"] == "failed" && row["message"] != failed_before).then_some(row)
     });
-    assert!(row["message"].as_str().unwrap().contains("ca"), "{row}");
+    let message = row["message"].as_str().unwrap();
+    assert!(
+        message.contains("does not match the pinned") && message.contains(&ca_fingerprint(&tgt)),
+        "{row}"
+    );
     assert!(!pairing_dir(&src).join("cert.pem").exists());
 
     // 3. The genuine delivery restored: the pairing completes on the next poll.
@@ -452,6 +506,23 @@ fn a_delivered_certificate_that_is_not_ours_or_not_from_the_pinned_ca_is_refused
         std::fs::read(tgt.data_dir.join("ca.pem")).unwrap(),
     )
     .unwrap();
+    wait_status(&src, &st, "complete", Duration::from_secs(3 * POLL + 8));
+}
+
+#[test]
+fn a_target_reached_by_a_name_its_certificate_lacks_still_pairs() {
+    // The target's certificates name tgt.example and 127.0.0.1; the source dials
+    // "localhost". The pinned CA is the trust anchor, not the name.
+    let src = Daemon::start("pair-name-src", opts());
+    let tgt = Daemon::start("pair-name-tgt", opts().set("hostnames", "tgt.example"));
+    let (st, tt) = (src.root_token(), tgt.root_token());
+    let target = format!("localhost:{}", tgt.api.port());
+    let body = json!({"type": "appliance", "target": target, "fingerprint": ca_fingerprint(&tgt)});
+    let r = src
+        .client()
+        .post_json("/api/replication/target", Some(&st), &body);
+    assert_eq!(r.status, 201, "{}", r.text());
+    accept(&tgt, &tt, &r.json()["request_id"], None);
     wait_status(&src, &st, "complete", Duration::from_secs(3 * POLL + 8));
 }
 

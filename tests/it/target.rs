@@ -909,3 +909,73 @@ fn storage_lists_real_sizes_and_accept_refuses_non_backup_storage() {
     );
     assert_eq!(r.status, 404);
 }
+
+#[test]
+fn a_new_key_for_a_paired_source_replaces_the_old_one_everywhere() {
+    let d = Daemon::start("target-replace", Options::default());
+    let root = d.root_token();
+    let uuid = "19191919-0000-4333-8444-555555555555";
+    let first = file(&d, uuid, &simple_csr().pem).json();
+    let r = accept(
+        &d,
+        &root,
+        json!({"request_id": first["request_id"], "accept": true}),
+    );
+    let sid = r.json()["system_id"].as_u64().unwrap();
+    let old_poll = first["poll"].as_str().unwrap().to_string();
+    assert_eq!(spool_get(&d, &old_poll, "certificate.pem").status, 200);
+
+    // The same system with a new key: a separate request that names the row it replaces.
+    let second = file(&d, uuid, &simple_csr().pem);
+    assert_eq!(second.status, 202, "{}", second.text());
+    let second = second.json();
+    assert_ne!(second["request_id"], first["request_id"]);
+    let pending = d
+        .client()
+        .get("/api/replication/pending", Some(&root))
+        .json();
+    assert_eq!(pending["pending"][0]["replaces_system_id"], sid);
+    let r = accept(
+        &d,
+        &root,
+        json!({"request_id": second["request_id"], "accept": true}),
+    );
+    assert_eq!(
+        r.json()["system_id"],
+        sid,
+        "the same systems row is updated"
+    );
+
+    // The old request's spool follows the database at once: revoked, no certificate.
+    assert_eq!(
+        spool_get(&d, &old_poll, "status.json").json(),
+        json!({"status": "revoked"})
+    );
+    assert_eq!(spool_get(&d, &old_poll, "certificate.pem").status, 404);
+    let new_poll = second["poll"].as_str().unwrap();
+    assert_eq!(
+        spool_get(&d, new_poll, "status.json").json()["status"],
+        "accepted"
+    );
+
+    // System ids are never reused: after an unpair, the next source gets a new one.
+    let r = d.client().request(
+        "DELETE",
+        &format!("/api/replication/source?sid={sid}"),
+        &[("AuthToken", &root)],
+        b"",
+    );
+    assert_eq!(r.status, 200);
+    let other = file(
+        &d,
+        "20202020-0000-4333-8444-555555555555",
+        &simple_csr().pem,
+    )
+    .json();
+    let r = accept(
+        &d,
+        &root,
+        json!({"request_id": other["request_id"], "accept": true}),
+    );
+    assert!(r.json()["system_id"].as_u64().unwrap() > sid);
+}
