@@ -6,6 +6,7 @@ use std::collections::HashSet;
 use std::fmt;
 use std::io;
 use std::path::{Path, PathBuf};
+use std::sync::{Mutex, PoisonError};
 
 use crate::fsx;
 use crate::pairing::protocol::{
@@ -15,6 +16,9 @@ use crate::store::{RequestRecord, RequestStatus, Store, StoreError};
 
 /// Spool files are small; anything larger was not written by us.
 const MAX_FILE_BYTES: u64 = 64 * 1024;
+/// Writers of one request's directory are serialized by one of this many locks, chosen by
+/// the token's first hex digit.
+const WRITE_LOCKS: usize = 16;
 
 #[derive(Debug)]
 pub enum SpoolError {
@@ -73,6 +77,10 @@ pub struct Spool {
     /// `host:port` of the tunnel, told to accepted sources.
     tunnel: String,
     retry_after: u64,
+    /// Two handlers can render the same request at once (an accept and an unpair that
+    /// raced it, or a sweep): they share temporary names and would undo each other's
+    /// files. One writer per directory at a time, each rendering the latest commit.
+    writing: [Mutex<()>; WRITE_LOCKS],
 }
 
 impl Spool {
@@ -88,6 +96,7 @@ impl Spool {
             ca_pem,
             tunnel,
             retry_after,
+            writing: Default::default(),
         })
     }
 
@@ -142,10 +151,25 @@ impl Spool {
     /// Brings `r`'s spool directory in line with the database; returns what it changed.
     /// Files that differ are rewritten atomically, `status.json` last; files that should
     /// not be there (a certificate after revocation, temporaries) are removed after it.
+    ///
+    /// `r` only names the request: what is rendered is the record as committed now, read
+    /// under the directory's lock, so that when two writers race the last one writes the
+    /// newest state (a stale `accepted` never lands after a `revoked`).
     pub fn write(&self, r: &RequestRecord, store: &Store) -> Result<Repair, SpoolError> {
         let Some(token) = SpoolToken::parse(&r.token) else {
             return Ok(Repair::default());
         };
+        let stripe = token
+            .as_str()
+            .get(..1)
+            .and_then(|h| usize::from_str_radix(h, 16).ok())
+            .unwrap_or(0)
+            % WRITE_LOCKS;
+        let _writer = self.writing[stripe]
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        let latest = store.request(r.id)?.filter(|l| l.token == r.token);
+        let r = latest.as_ref().unwrap_or(r);
         let dir = self.dir(token.as_str());
         fsx::ensure_private_dir(&dir).map_err(io_err(&dir))?;
         let files = self.render(r, store)?;
@@ -226,5 +250,80 @@ impl Spool {
 
     pub fn root(&self) -> &Path {
         &self.root
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn request(token: &str) -> RequestRecord {
+        RequestRecord {
+            id: 1,
+            system_uuid: "u".into(),
+            name: "src".into(),
+            host: "src.example".into(),
+            asset_tag: None,
+            version: "1".into(),
+            csr_pem: String::new(),
+            csr_fingerprint: String::new(),
+            remote_addr: "127.0.0.1".into(),
+            token: token.into(),
+            verification_code: String::new(),
+            created: 0,
+            expires: 10,
+            status: RequestStatus::Pending,
+            message: None,
+            resolved_at: None,
+            resolved_by: None,
+            replaces_system_id: None,
+            system_id: None,
+            cert_serial: None,
+        }
+    }
+
+    /// Regression (found by the crash test): an unpair racing an accept in flight left
+    /// `status.json` saying `accepted` with the certificate files removed, and one of the
+    /// two handlers failed with a 500 because both used `status.json.tmp`.
+    #[test]
+    fn racing_writers_leave_the_latest_commit_and_never_fail() {
+        let dir = std::env::temp_dir().join(format!("replgate-spool-race-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        fsx::ensure_private_dir(&dir).unwrap();
+        let store = Store::open(&dir.join("db.redb")).unwrap();
+        let spool = Spool::open(dir.join("spool"), "CA".into(), "t:1".into(), 30).unwrap();
+        let token = "0123456789abcdef0123456789abcdef";
+        let stale = request(token);
+        let mut latest = stale.clone();
+        latest.status = RequestStatus::Rejected;
+        latest.message = Some("no".into());
+        store
+            .write(|tx| tx.put_request(&latest).map_err(SpoolError::from))
+            .unwrap();
+        let status = dir.join("spool").join(token).join(STATUS_FILE);
+        let want = serde_json::to_vec(&spool.status_of(&latest)).unwrap();
+
+        // A writer holding an older record does not undo the newer commit.
+        spool.write(&stale, &store).unwrap();
+        assert_eq!(std::fs::read(&status).unwrap(), want);
+
+        std::thread::scope(|s| {
+            for i in 0..8 {
+                let (spool, store, stale, latest) = (&spool, &store, &stale, &latest);
+                s.spawn(move || {
+                    for j in 0..25 {
+                        let r = if (i + j) % 2 == 0 { stale } else { latest };
+                        spool.write(r, store).unwrap();
+                    }
+                });
+            }
+        });
+        assert_eq!(std::fs::read(&status).unwrap(), want);
+        let names: Vec<_> = std::fs::read_dir(dir.join("spool").join(token))
+            .unwrap()
+            .map(|e| e.unwrap().file_name())
+            .collect();
+        assert_eq!(names, vec![std::ffi::OsString::from(STATUS_FILE)]);
+        std::fs::remove_dir_all(dir).unwrap();
     }
 }
