@@ -4,7 +4,9 @@ mod harness;
 
 mod auth;
 mod bad_input;
+mod crash;
 mod front;
 mod lifecycle;
 mod pairing;
+mod rng;
 mod target;
