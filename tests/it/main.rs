@@ -6,6 +6,7 @@ mod auth;
 mod bad_input;
 mod crash;
 mod front;
+mod fuzz;
 mod lifecycle;
 mod pairing;
 mod rng;
