@@ -8,6 +8,7 @@ mod crash;
 mod front;
 mod fuzz;
 mod lifecycle;
+mod openapi;
 mod pairing;
 mod rng;
 mod target;
