@@ -20,7 +20,7 @@
 //! unpair writes together are all there or all absent.
 //!
 //! Replay: `REPLGATE_CRASH_SEED=<printed seed> cargo test --test it crash -- --nocapture`.
-//! Long run: `cargo test --release --test it crash_long -- --ignored --nocapture`
+//! Long run: `cargo test --test it crash_long -- --ignored --nocapture`
 //! (`REPLGATE_CRASH_KILLS` sets the number of kills).
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
