@@ -51,7 +51,10 @@ impl FromStr for Privilege {
         Privilege::ALL
             .into_iter()
             .find(|p| p.as_str() == s)
-            .ok_or_else(|| format!("{s:?} is not one of monitor, manage, administer, superuser"))
+            .ok_or_else(|| {
+                let shown: String = s.chars().take(32).collect();
+                format!("{shown:?} is not one of monitor, manage, administer, superuser")
+            })
     }
 }
 

@@ -285,3 +285,94 @@ impl Spool {
         &self.root
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn request(token: &str) -> RequestRecord {
+        RequestRecord {
+            id: 1,
+            system_uuid: "u".into(),
+            name: "src".into(),
+            host: "src.example".into(),
+            asset_tag: None,
+            version: "1".into(),
+            csr_pem: String::new(),
+            csr_fingerprint: String::new(),
+            remote_addr: "127.0.0.1".into(),
+            token: token.into(),
+            verification_code: String::new(),
+            created: 0,
+            expires: 10,
+            status: RequestStatus::Pending,
+            message: None,
+            resolved_at: None,
+            resolved_by: None,
+            replaces_system_id: None,
+            system_id: None,
+            cert_serial: None,
+        }
+    }
+
+    /// Regression (found by the crash test): an unpair racing an accept in flight left
+    /// `status.json` saying `accepted` with the certificate files removed, and one of the
+    /// two handlers failed with a 500 because both used `status.json.tmp`.
+    #[test]
+    fn racing_writers_leave_the_latest_commit_and_never_fail() {
+        let dir = std::env::temp_dir().join(format!("replgate-spool-race-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        fsx::ensure_private_dir(&dir).unwrap();
+        let store = Store::open(&dir.join("db.redb")).unwrap();
+        let spool = Spool::open(dir.join("spool"), "CA".into(), "t:1".into(), 30).unwrap();
+        let token = "0123456789abcdef0123456789abcdef";
+        let mut latest = request(token);
+        latest.status = RequestStatus::Rejected;
+        latest.message = Some("no".into());
+        store
+            .write(|tx| tx.put_request(&latest).map_err(SpoolError::from))
+            .unwrap();
+        let status = dir.join("spool").join(token).join(STATUS_FILE);
+        let want = serde_json::to_vec(&spool.status_of(&latest)).unwrap();
+
+        std::thread::scope(|s| {
+            for _ in 0..8 {
+                let (spool, store) = (&spool, &store);
+                s.spawn(move || {
+                    for _ in 0..25 {
+                        spool.sync(1, store).unwrap();
+                    }
+                });
+            }
+        });
+        assert_eq!(std::fs::read(&status).unwrap(), want);
+        let names: Vec<_> = std::fs::read_dir(dir.join("spool").join(token))
+            .unwrap()
+            .map(|e| e.unwrap().file_name())
+            .collect();
+        assert_eq!(names, vec![std::ffi::OsString::from(STATUS_FILE)]);
+        assert_eq!(spool.retry_dirty(&store), 0);
+        std::fs::remove_dir_all(dir).unwrap();
+    }
+
+    #[test]
+    fn a_failed_write_is_retried_until_it_lands() {
+        let dir = std::env::temp_dir().join(format!("replgate-spool-dirty-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        fsx::ensure_private_dir(&dir).unwrap();
+        let store = Store::open(&dir.join("db.redb")).unwrap();
+        let spool = Spool::open(dir.join("spool"), "CA".into(), "t:1".into(), 30).unwrap();
+        let token = "fedcba9876543210fedcba9876543210";
+        store
+            .write(|tx| tx.put_request(&request(token)).map_err(SpoolError::from))
+            .unwrap();
+        // A file where the request's directory must go makes the write fail.
+        std::fs::write(dir.join("spool").join(token), b"in the way").unwrap();
+        assert!(spool.sync(1, &store).is_err());
+        assert_eq!(spool.retry_dirty(&store), 1);
+        std::fs::remove_file(dir.join("spool").join(token)).unwrap();
+        assert_eq!(spool.retry_dirty(&store), 0);
+        assert!(dir.join("spool").join(token).join(STATUS_FILE).exists());
+        std::fs::remove_dir_all(dir).unwrap();
+    }
+}

@@ -107,6 +107,18 @@ impl Body {
     }
 }
 
+/// A peer-supplied value for an error message: quoted, and cut at 64 characters so a
+/// huge value cannot blow up the answer or the log.
+pub fn quoted(value: &str) -> String {
+    const MAX: usize = 64;
+    if value.chars().count() <= MAX {
+        format!("{value:?}")
+    } else {
+        let head: String = value.chars().take(MAX).collect();
+        format!("{head:?}…")
+    }
+}
+
 /// Splits a query string into decoded pairs.
 pub fn parse_query(q: &str) -> Vec<(String, String)> {
     q.split('&')
@@ -203,6 +215,13 @@ mod tests {
             Err(ApiError::BadRequest(_))
         ));
         assert!(Body::parse(b"").is_ok());
+    }
+
+    #[test]
+    fn quoted_values_are_bounded() {
+        assert_eq!(quoted("abc"), "\"abc\"");
+        let long = quoted(&"x".repeat(50_000));
+        assert!(long.len() < 80 && long.ends_with('…'), "{long}");
     }
 
     #[test]

@@ -6,6 +6,7 @@ use std::time::Duration;
 
 use serde_json::{json, Value};
 
+use super::body::quoted;
 use super::error::ApiError;
 use super::{Call, Reply};
 use crate::ca;
@@ -72,12 +73,16 @@ pub fn request_target(call: &Call) -> Result<Reply, ApiError> {
     let kind = body.str("type")?;
     if kind != "appliance" {
         return Err(ApiError::BadRequest(format!(
-            "field `type`: {kind:?} is not supported; only \"appliance\" targets exist"
+            "field `type`: {} is not supported; only \"appliance\" targets exist",
+            quoted(kind)
         )));
     }
     let given = body.str("target")?;
     let host = source::parse_target(given).ok_or_else(|| {
-        ApiError::BadRequest(format!("field `target`: {given:?} is not host[:port]"))
+        ApiError::BadRequest(format!(
+            "field `target`: {} is not host[:port]",
+            quoted(given)
+        ))
     })?;
     let insecure = body.opt_flag("insecure")?.unwrap_or(false);
     let fingerprint = match body.opt_str("fingerprint")? {

@@ -767,6 +767,16 @@ impl<'a> Relay<'a> {
             && !self.tls.wants_write()
     }
 
+    /// Decrypted client bytes are waiting inside rustls and `up` could take some of them.
+    fn plaintext_waits_for_room(&mut self) -> bool {
+        self.inbound == Inbound::Open
+            && !self.up.spare().is_empty()
+            && self
+                .tls
+                .process_new_packets()
+                .is_ok_and(|state| state.plaintext_bytes_to_read() > 0)
+    }
+
     /// Polls for exactly what the relay needs next, then performs the reads that became
     /// possible (one read per ready socket) and notes which sockets became writable.
     fn wait(&mut self, now: Instant) -> io::Result<()> {
@@ -816,6 +826,12 @@ impl<'a> Relay<'a> {
         }
         if self.draining {
             deadline = deadline.min(now + DRAIN_TICK);
+        }
+        if self.plaintext_waits_for_room() {
+            // rustls holds decrypted bytes that did not fit in `up` on the last read (a
+            // body over the buffer's size); `up` has room again and no socket event will
+            // announce them, so look again at once instead of sleeping until a timeout.
+            deadline = now;
         }
         if sys::poll(&mut fds, Some(deadline.saturating_duration_since(now)))? == 0 {
             return Ok(());

@@ -4,8 +4,12 @@ mod harness;
 
 mod auth;
 mod bad_input;
+mod crash;
 mod ctl;
 mod front;
+mod fuzz;
 mod lifecycle;
+mod openapi;
 mod pairing;
+mod rng;
 mod target;
