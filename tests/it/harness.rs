@@ -45,7 +45,6 @@ pub struct Options {
     pub config_file: Option<PathBuf>,
 }
 
-
 impl Options {
     pub fn set(mut self, key: &str, value: impl ToString) -> Self {
         self.env.push((
