@@ -6,5 +6,6 @@ mod auth;
 mod bad_input;
 mod front;
 mod lifecycle;
+mod ops;
 mod pairing;
 mod target;
