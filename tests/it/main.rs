@@ -10,6 +10,7 @@ mod front;
 mod fuzz;
 mod lifecycle;
 mod openapi;
+mod ops;
 mod pairing;
 mod rng;
 mod target;
