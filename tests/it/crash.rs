@@ -434,8 +434,13 @@ fn check_spool_after_crash(
             continue;
         };
         for name in files.keys() {
-            let base = name.strip_suffix(".tmp").unwrap_or(name);
-            if !SERVED.contains(&base) {
+            // A crash can leave a temporary (`<served name>.<pid>.<n>.tmp`, see fsx); it is
+            // never served and the restart sweeps it. Anything else is a stray.
+            let base = match name.strip_suffix(".tmp") {
+                Some(stem) => stem.split('.').take(2).collect::<Vec<_>>().join("."),
+                None => name.to_string(),
+            };
+            if !SERVED.contains(&base.as_str()) {
                 v.push(format!(
                     "after the crash: request {}: stray file {name}",
                     r.id
