@@ -27,8 +27,8 @@ echo "== $N accepts, $THREADS at a time" >&2
 con_out=$(client accept --password "$PASSWORD" --ids "$WORK/concurrent" --threads "$THREADS")
 stop_replgate
 
-fs=$(stat -f -c %T "$WORK")
-dev=$(df -P "$WORK" | awk 'NR == 2 { print $1 }')
+fs=$(df -PT "$WORK" | awk 'NR == 2 { print $2 }')
+dev=$(df -PT "$WORK" | awk 'NR == 2 { print $1 }')
 table=$WORK/table.md
 row() {
   local label=$1 prefix=$2 out=$3 budget=$4

@@ -36,6 +36,8 @@ start_replgate footprint
 settle 2
 idle_rss=$(rss_kib "$RG_PID")
 idle_threads=$(threads "$RG_PID")
+idle_anon=$(proc_status "$RG_PID" RssAnon)
+idle_file=$(proc_status "$RG_PID" RssFile)
 login
 settle
 login1_rss=$(rss_kib "$RG_PID")
@@ -64,6 +66,8 @@ closed_threads=$(threads "$RG_PID")
 settle 7
 later_rss=$(rss_kib "$RG_PID")
 later_threads=$(threads "$RG_PID")
+later_anon=$(proc_status "$RG_PID" RssAnon)
+later_file=$(proc_status "$RG_PID" RssFile)
 peak=$(hwm_kib "$RG_PID")
 stop_replgate
 
@@ -73,12 +77,12 @@ table=$WORK/table.md
   echo "|---|---|---|---|"
   echo "| stripped release binary | $(awk -v b="$size" 'BEGIN{printf "%.2f MB (%d bytes)", b/1e6, b}') | ≤ 4 MB | $(verdict "$size" 4000000) |"
   echo "| idle RSS, 2 s after the first start (creates CA, certificates, root) | $(mb "$first_rss") MB, $first_threads threads | ≤ 8 MB | $(verdict "$first_rss" 7812) |"
-  echo "| idle RSS, 2 s after a restart | $(mb "$idle_rss") MB, $idle_threads threads | ≤ 8 MB | $(verdict "$idle_rss" 7812) |"
+  echo "| idle RSS, 2 s after a restart | $(mb "$idle_rss") MB (anon $(mb "$idle_anon"), file $(mb "$idle_file")), $idle_threads threads | ≤ 8 MB | $(verdict "$idle_rss" 7812) |"
   echo "| RSS after 1 login | $(mb "$login1_rss") MB | ≤ 8 MB idle | $(verdict "$login1_rss" 7812) |"
   echo "| RSS after $LOGINS logins | $(mb "$loginN_rss") MB | ≤ 8 MB idle | $(verdict "$loginN_rss" 7812) |"
   echo "| RSS with $CONNS open TLS connections (idle keep-alive) | $(mb "$open_rss") MB, $open_threads threads | ≤ 32 MB | $(verdict "$open_rss" 31250) |"
   echo "| RSS 1 s after they closed | $(mb "$closed_rss") MB, $closed_threads threads | | |"
-  echo "| RSS 8 s after they closed | $(mb "$later_rss") MB, $later_threads threads | ≤ 8 MB idle | $(verdict "$later_rss" 7812) |"
+  echo "| RSS 8 s after they closed | $(mb "$later_rss") MB (anon $(mb "$later_anon"), file $(mb "$later_file")), $later_threads threads | ≤ 8 MB idle | $(verdict "$later_rss" 7812) |"
   echo "| peak RSS (VmHWM) of that run | $(mb "$peak") MB | | |"
 } >"$table"
 record "Footprint" "$table"

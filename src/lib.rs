@@ -11,6 +11,7 @@ pub mod config;
 pub mod daemon;
 pub mod front;
 pub mod fsx;
+pub mod memory;
 pub mod model;
 pub mod notify;
 pub mod pairing;
