@@ -12,8 +12,7 @@ source "$(dirname "$0")/lib.sh"
 need curl curl
 build
 
-N=${N:-300}
-[ "$QUICK" = 1 ] && N=20
+if [ "$QUICK" = 1 ]; then N=${N:-20}; else N=${N:-300}; fi
 THREADS=${THREADS:-4}
 
 start_replgate accept REPLGATE_MAX_PENDING=100000 REPLGATE_MAX_PENDING_PER_ADDRESS=100000

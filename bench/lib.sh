@@ -12,6 +12,11 @@ RESULTS=${BENCH_RESULTS:-$ROOT/BENCHMARKS.md}
 PASSWORD=bench-root-password
 
 SCRIPT_ARGS="$*"
+# The knobs given in the environment (before the scripts fill in defaults), for the record.
+ENV_KNOBS=""
+for knob in DURATION ROUNDS NGINX_WORKERS N THREADS LEVELS; do
+  [ -n "${!knob:-}" ] && ENV_KNOBS="$ENV_KNOBS$knob=\"${!knob}\" "
+done
 QUICK=0
 RECORD=1
 for arg in "$@"; do
@@ -157,7 +162,8 @@ record() {
       echo
       echo "### $title$mode"
       echo
-      echo "$MACHINE_LINE. Command: \`bench/$(basename "$0")${SCRIPT_ARGS:+ $SCRIPT_ARGS}\`."
+      echo "$MACHINE_LINE; at the end: $(cut -d' ' -f1-3 /proc/loadavg)."
+      echo "Command: \`${ENV_KNOBS}bench/$(basename "$0")${SCRIPT_ARGS:+ $SCRIPT_ARGS}\`."
       echo
       cat "$table"
     } >>"$RESULTS"

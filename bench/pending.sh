@@ -11,8 +11,7 @@ source "$(dirname "$0")/lib.sh"
 need curl curl
 build
 
-LEVELS=${LEVELS:-100 1000 10000}
-[ "$QUICK" = 1 ] && LEVELS="100 1000"
+if [ "$QUICK" = 1 ]; then LEVELS=${LEVELS:-100 1000}; else LEVELS=${LEVELS:-100 1000 10000}; fi
 
 start_replgate pending REPLGATE_MAX_PENDING=100000 REPLGATE_MAX_PENDING_PER_ADDRESS=100000
 table=$WORK/table.md

@@ -17,12 +17,12 @@ need "$NGINX" nginx-light
 need curl curl
 build
 
+if [ "$QUICK" = 1 ]; then
+  DURATION=${DURATION:-2}
+  ROUNDS=${ROUNDS:-1}
+fi
 DURATION=${DURATION:-10}
 ROUNDS=${ROUNDS:-3}
-if [ "$QUICK" = 1 ]; then
-  DURATION=2
-  ROUNDS=1
-fi
 NGINX_WORKERS=${NGINX_WORKERS:-auto}
 CONNS="1 16 64"
 
