@@ -8,6 +8,7 @@
 # usage: bench/accept.sh [--quick] [--no-record|--record]
 #   env N (accepts per phase, default 300; --quick: 20), THREADS (default 4)
 # Budget (SPEC section 10): accept p99 <= 25 ms on this machine's disk.
+# shellcheck source=bench/lib.sh
 source "$(dirname "$0")/lib.sh"
 need curl curl
 build

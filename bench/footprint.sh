@@ -6,6 +6,7 @@
 #
 # usage: bench/footprint.sh [--quick] [--no-record|--record]
 # Budgets (SPEC section 10): binary <= 4 MB, idle <= 8 MB, <= 32 MB with 256 connections.
+# shellcheck source=bench/lib.sh
 source "$(dirname "$0")/lib.sh"
 need curl curl
 build

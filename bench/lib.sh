@@ -1,3 +1,4 @@
+# shellcheck shell=bash
 # Shared by the bench/*.sh scripts (sourced, not run): build once, start and stop a
 # release replgate on loopback with a throw-away data directory, read /proc, and append
 # results to BENCHMARKS.md. Every process started here is stopped by its pid on exit.
@@ -88,11 +89,10 @@ start_replgate() {
   mkdir -p "$WORK/$name"
   env REPLGATE_ADMIN_PASSWORD=$PASSWORD REPLGATE_DATA_DIR="$RG_DATA" \
     REPLGATE_API_LISTEN="$RG_API" REPLGATE_TUNNEL_LISTEN="127.0.0.1:$(free_port)" \
-    REPLGATE_LOG=${REPLGATE_LOG:-warn} "$@" "$BIN" serve 2>>"$RG_LOG" &
+    REPLGATE_LOG="${REPLGATE_LOG:-warn}" "$@" "$BIN" serve 2>>"$RG_LOG" &
   RG_PID=$!
   PIDS+=("$RG_PID")
-  local i
-  for i in $(seq 1 300); do
+  for _ in $(seq 1 300); do
     if [ -f "$RG_DATA/ca.pem" ] &&
       curl -sf --cacert "$RG_DATA/ca.pem" "https://$RG_API/api/health" >/dev/null; then
       return 0

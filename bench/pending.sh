@@ -7,6 +7,7 @@
 # usage: bench/pending.sh [--quick] [--no-record|--record]
 #   env LEVELS (default "100 1000 10000"; --quick: "100 1000")
 # Budget (SPEC section 10): <= 50 ms per page with 10,000 pending requests.
+# shellcheck source=bench/lib.sh
 source "$(dirname "$0")/lib.sh"
 need curl curl
 build

@@ -9,6 +9,7 @@
 #   env DURATION (seconds per run, default 10), ROUNDS (default 3),
 #       NGINX_WORKERS (nginx worker_processes, default auto)
 # Budget (SPEC section 10): replgate >= 50% of nginx's requests per second.
+# shellcheck source=bench/lib.sh
 source "$(dirname "$0")/lib.sh"
 need wrk wrk
 # Debian puts nginx in /usr/sbin, which is not on every user's PATH.
