@@ -17,7 +17,7 @@ use crate::front::{self, ListenerKind, PeerTable};
 use crate::pairing::poller::{spawn_poller, SourceContext};
 use crate::spool::Spool;
 use crate::store::Store;
-use crate::{fsx, model, notify, tls};
+use crate::{fsx, memory, model, notify, tls};
 
 /// How long shutdown waits for requests in flight.
 const DRAIN: Duration = Duration::from_secs(10);
@@ -27,6 +27,8 @@ const RENEW_BEFORE: i64 = 30 * 86_400;
 const SWEEP_EVERY: Duration = Duration::from_secs(600);
 /// How often pending requests are checked for expiry (a scan of the open index only).
 const EXPIRY_EVERY: Duration = Duration::from_secs(1);
+/// tiny_http 0.12 ends a pool thread 5 s after its last connection; a little more.
+const TINY_HTTP_THREAD_IDLE: Duration = Duration::from_secs(6);
 
 #[derive(Debug)]
 pub struct DaemonError(String);
@@ -330,6 +332,7 @@ fn remove_orphan_target_dirs(store: &Store, dir: &Path) {
 /// Runs the daemon until SIGTERM or SIGINT.
 pub fn run(config: Config) -> Result<(), DaemonError> {
     install_signal_handlers();
+    memory::configure();
     let paths = Paths {
         root: config.data_dir.clone(),
     };
@@ -483,6 +486,8 @@ pub fn run(config: Config) -> Result<(), DaemonError> {
 
     let mut last_sweep = Instant::now();
     let mut last_expiry = Instant::now();
+    let mut open_connections = 0;
+    let mut release_again_at = None;
     sweep_expired(&app);
     purge_ended(&app);
     while !STOP.load(Ordering::SeqCst) {
@@ -490,6 +495,18 @@ pub fn run(config: Config) -> Result<(), DaemonError> {
         if last_expiry.elapsed() >= EXPIRY_EVERY {
             last_expiry = Instant::now();
             sweep_expired(&app);
+            // Connections closed since the last look: their buffers are free now, so
+            // give those pages back (at most once a second, never under steady load),
+            // and once more after tiny_http's pool threads for them have ended.
+            let open: usize = fronts.iter().map(front::Front::active_connections).sum();
+            if open < open_connections {
+                memory::release_free();
+                release_again_at = Some(Instant::now() + TINY_HTTP_THREAD_IDLE);
+            } else if release_again_at.is_some_and(|at| Instant::now() >= at) {
+                memory::release_free();
+                release_again_at = None;
+            }
+            open_connections = open;
         }
         if last_sweep.elapsed() >= SWEEP_EVERY {
             last_sweep = Instant::now();

@@ -116,6 +116,16 @@ pub fn make_private(path: &Path) -> io::Result<()> {
 /// Reads a regular file without following a symlink at its last component, up to `limit`
 /// bytes. A symlink, a directory or a larger file is an error.
 pub fn read_regular_nofollow(path: &Path, limit: u64) -> io::Result<Vec<u8>> {
+    read_regular_nofollow_with_metadata(path, limit).map(|(bytes, _)| bytes)
+}
+
+/// [`read_regular_nofollow`], also returning the metadata of the file that was read (from
+/// the open descriptor, so it describes exactly those bytes even if the path was replaced
+/// meanwhile).
+pub fn read_regular_nofollow_with_metadata(
+    path: &Path,
+    limit: u64,
+) -> io::Result<(Vec<u8>, fs::Metadata)> {
     let f = OpenOptions::new()
         .read(true)
         .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK)
@@ -135,7 +145,7 @@ pub fn read_regular_nofollow(path: &Path, limit: u64) -> io::Result<Vec<u8>> {
     }
     let mut out = Vec::with_capacity(meta.len() as usize);
     f.take(limit).read_to_end(&mut out)?;
-    Ok(out)
+    Ok((out, meta))
 }
 
 /// Total and free bytes of the filesystem holding `path` (or its nearest existing

@@ -2,9 +2,10 @@
 //! Never decides a status: every byte is rendered from a database record, so startup can
 //! rebuild the whole spool and compare it byte for byte.
 
-use std::collections::{BTreeSet, HashSet};
+use std::collections::{BTreeSet, HashMap, HashSet};
 use std::fmt;
 use std::io;
+use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::sync::{Mutex, MutexGuard};
 
@@ -16,6 +17,8 @@ use crate::store::{RequestRecord, RequestStatus, Store, StoreError};
 
 /// Spool files are small; anything larger was not written by us.
 const MAX_FILE_BYTES: u64 = 64 * 1024;
+/// Files the read cache keeps (about 1 KB each at most); when full it starts over.
+const READ_CACHE_ENTRIES: usize = 1_024;
 
 #[derive(Debug)]
 pub enum SpoolError {
@@ -91,11 +94,68 @@ pub struct Spool {
     writing: Mutex<()>,
     /// Requests whose spool could not be written after their commit; retried by the sweep.
     dirty: Mutex<BTreeSet<u64>>,
+    read_cache: ReadCache,
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     // The guarded data stays valid whatever a panicking holder did.
     m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// One spool file as served: its bytes and its entity tag (a quoted hex string of the
+/// first 128 bits of the bytes' SHA-256).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Served {
+    pub bytes: Vec<u8>,
+    pub etag: String,
+}
+
+impl Served {
+    fn new(bytes: Vec<u8>) -> Served {
+        let etag = format!("\"{}\"", &crate::ca::sha256_hex(&bytes)[..32]);
+        Served { bytes, etag }
+    }
+}
+
+/// Identifies one version of a file: every spool update renames a new file into place,
+/// which gives a new inode and a new change time, so an older file's stamp never matches.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct FileStamp {
+    dev: u64,
+    ino: u64,
+    len: u64,
+    mtime: (i64, i64),
+    ctime: (i64, i64),
+}
+
+impl FileStamp {
+    fn of(meta: &std::fs::Metadata) -> FileStamp {
+        FileStamp {
+            dev: meta.dev(),
+            ino: meta.ino(),
+            len: meta.len(),
+            mtime: (meta.mtime(), meta.mtime_nsec()),
+            ctime: (meta.ctime(), meta.ctime_nsec()),
+        }
+    }
+}
+
+/// Files served recently, each with the stamp it had when it was read. A source polls
+/// `status.json` over and over; a hit costs two `lstat`s (the token directory and the
+/// file, which are checked on every request anyway) instead of open, fstat, reads, close
+/// and a hash. Never serves anything but what the path holds at the time of the `lstat`.
+struct ReadCache {
+    entries: Mutex<HashMap<PathBuf, (FileStamp, Served)>>,
+}
+
+impl ReadCache {
+    /// Every critical section is one lookup, insert or clear: a panic elsewhere leaves the
+    /// map consistent.
+    fn lock(&self) -> MutexGuard<'_, HashMap<PathBuf, (FileStamp, Served)>> {
+        self.entries
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
 }
 
 impl Spool {
@@ -113,6 +173,9 @@ impl Spool {
             retry_after,
             writing: Mutex::new(()),
             dirty: Mutex::new(BTreeSet::new()),
+            read_cache: ReadCache {
+                entries: Mutex::new(HashMap::new()),
+            },
         })
     }
 
@@ -269,16 +332,33 @@ impl Spool {
 
     /// Reads one served file. The token and name were parsed already; the token directory
     /// must be a real directory and the file a regular file (no symlink is followed).
-    pub fn read(&self, token: &SpoolToken, file: SpoolFile) -> io::Result<Vec<u8>> {
+    pub fn read(&self, token: &SpoolToken, file: SpoolFile) -> io::Result<Served> {
+        let not_found = |what| io::Error::new(io::ErrorKind::NotFound, what);
         let dir = self.dir(token.as_str());
-        let meta = std::fs::symlink_metadata(&dir)?;
-        if !meta.is_dir() {
-            return Err(io::Error::new(
-                io::ErrorKind::NotFound,
-                "not a spool directory",
-            ));
+        if !std::fs::symlink_metadata(&dir)?.is_dir() {
+            return Err(not_found("not a spool directory"));
         }
-        fsx::read_regular_nofollow(&dir.join(file.name()), MAX_FILE_BYTES)
+        let path = dir.join(file.name());
+        let meta = std::fs::symlink_metadata(&path)?;
+        if !meta.is_file() {
+            return Err(not_found("not a regular file"));
+        }
+        let stamp = FileStamp::of(&meta);
+        if let Some((cached, served)) = self.read_cache.lock().get(&path) {
+            if *cached == stamp {
+                return Ok(served.clone());
+            }
+        }
+        // The stamp stored is the one of the file actually read, which may be newer than
+        // the one just looked at.
+        let (bytes, meta) = fsx::read_regular_nofollow_with_metadata(&path, MAX_FILE_BYTES)?;
+        let served = Served::new(bytes);
+        let mut cache = self.read_cache.lock();
+        if cache.len() >= READ_CACHE_ENTRIES {
+            cache.clear();
+        }
+        cache.insert(path, (FileStamp::of(&meta), served.clone()));
+        Ok(served)
     }
 
     pub fn root(&self) -> &Path {
@@ -374,5 +454,51 @@ mod tests {
         assert_eq!(spool.retry_dirty(&store), 0);
         assert!(dir.join("spool").join(token).join(STATUS_FILE).exists());
         std::fs::remove_dir_all(dir).unwrap();
+    }
+
+    #[test]
+    fn reads_follow_every_update_and_refuse_symlinks() {
+        let dir = std::env::temp_dir().join(format!("replgate-spool-cache-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        fsx::ensure_private_dir(&dir).unwrap();
+        let store = Store::open(&dir.join("replgate.redb")).unwrap();
+        let spool = Spool::open(dir.join("spool"), "ca".into(), "t:1".into(), 30).unwrap();
+        let token = SpoolToken::parse("0123456789abcdef0123456789abcdef").unwrap();
+        let mut r = request(token.as_str());
+        let commit = |r: &RequestRecord| {
+            store
+                .write(|tx| tx.put_request(r).map_err(SpoolError::from))
+                .unwrap();
+            spool.sync(r.id, &store).unwrap();
+        };
+        commit(&r);
+
+        let first = spool.read(&token, SpoolFile::Status).unwrap();
+        assert!(String::from_utf8_lossy(&first.bytes).contains("pending"));
+        assert_eq!(first.etag.len(), 34);
+        assert_eq!(spool.read(&token, SpoolFile::Status).unwrap(), first);
+
+        // Each update is a rename; the very next read sees it.
+        r.status = RequestStatus::Rejected;
+        r.message = Some("call us first".into());
+        commit(&r);
+        let second = spool.read(&token, SpoolFile::Status).unwrap();
+        assert!(String::from_utf8_lossy(&second.bytes).contains("call us first"));
+        assert_ne!(second.etag, first.etag);
+        r.status = RequestStatus::Revoked;
+        commit(&r);
+        let third = spool.read(&token, SpoolFile::Status).unwrap();
+        assert!(String::from_utf8_lossy(&third.bytes).contains("revoked"));
+
+        // A file replaced by a symlink (to a file that was served) is refused, cached or not.
+        let path = dir.join("spool").join(token.as_str()).join(STATUS_FILE);
+        let elsewhere = dir.join("elsewhere.json");
+        std::fs::rename(&path, &elsewhere).unwrap();
+        std::os::unix::fs::symlink(&elsewhere, &path).unwrap();
+        assert!(spool.read(&token, SpoolFile::Status).is_err());
+        // So is a missing file.
+        std::fs::remove_file(&path).unwrap();
+        assert!(spool.read(&token, SpoolFile::Status).is_err());
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 }

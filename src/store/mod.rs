@@ -12,11 +12,11 @@ use std::sync::Arc;
 
 use redb::{Database, ReadableDatabase, ReadableTable, ReadableTableMetadata, Table};
 use serde::de::DeserializeOwned;
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 pub use records::{
-    AuditRecord, CertRecord, OpenRequest, RequestRecord, RequestStatus, SessionRecord,
-    SystemRecord, TargetRecord, TargetStatus, UserRecord,
+    AuditRecord, CertRecord, OpenRequest, RequestRecord, RequestStatus, RequestSummary,
+    SessionRecord, SystemRecord, TargetRecord, TargetStatus, UserRecord,
 };
 pub use schema::CURRENT_VERSION as SCHEMA_VERSION;
 pub use txn::{Txn, FIRST_SYSTEM_ID};
@@ -96,7 +96,7 @@ fn encode<T: Serialize>(value: &T) -> Vec<u8> {
     serde_json::to_vec(value).unwrap_or_default()
 }
 
-fn decode<T: DeserializeOwned>(table: &'static str, bytes: &[u8]) -> Result<T> {
+fn decode<'a, T: Deserialize<'a>>(table: &'static str, bytes: &'a [u8]) -> Result<T> {
     serde_json::from_slice(bytes).map_err(|e| StoreError::Corrupt {
         table,
         detail: e.to_string(),
@@ -275,6 +275,54 @@ impl Store {
             }
         }
         Ok(out)
+    }
+
+    /// Hands `visit` each request with id > `after`, in id order, as a [`RequestSummary`]
+    /// borrowed from the stored bytes, until it has been handed `limit` requests that
+    /// `keep` selects. With `open_only` only requests in the open index are looked at (cost
+    /// grows with the page, not with the history of resolved requests); otherwise all.
+    /// Nothing is copied or collected: a list is rendered while it is read.
+    pub fn visit_requests(
+        &self,
+        open_only: bool,
+        after: u64,
+        limit: usize,
+        keep: impl Fn(&RequestSummary<'_>) -> bool,
+        mut visit: impl FnMut(&RequestSummary<'_>),
+    ) -> Result<()> {
+        if limit == 0 {
+            return Ok(());
+        }
+        let txn = self.db.begin_read()?;
+        let requests = txn.open_table(schema::REQUESTS)?;
+        let mut taken = 0;
+        let mut take = |bytes: &[u8]| -> Result<bool> {
+            let r: RequestSummary<'_> = decode("requests", bytes)?;
+            if keep(&r) {
+                visit(&r);
+                taken += 1;
+            }
+            Ok(taken < limit)
+        };
+        if open_only {
+            let open = txn.open_table(schema::OPEN_REQUESTS)?;
+            for row in open.range(after.saturating_add(1)..)? {
+                let (k, _) = row?;
+                if let Some(v) = requests.get(k.value())? {
+                    if !take(v.value())? {
+                        break;
+                    }
+                }
+            }
+        } else {
+            for row in requests.range(after.saturating_add(1)..)? {
+                let (_, v) = row?;
+                if !take(v.value())? {
+                    break;
+                }
+            }
+        }
+        Ok(())
     }
 
     pub fn open_requests(&self) -> Result<Vec<(u64, OpenRequest)>> {
@@ -601,6 +649,56 @@ mod tests {
         assert_eq!(rows[1].1.action, "login");
         assert_eq!(store.schema_version().unwrap(), SCHEMA_VERSION);
         std::fs::remove_dir_all(dir).unwrap();
+    }
+
+    #[test]
+    fn summary_decodes_what_a_record_encodes() {
+        for full in [false, true] {
+            let r = RequestRecord {
+                id: 12,
+                system_uuid: "11111111-2222-4333-8444-555555555555".into(),
+                // Escapes make serde own the string instead of borrowing it.
+                name: "box \"north\"\n2".into(),
+                host: "source.example".into(),
+                asset_tag: full.then(|| "TAG-7".into()),
+                version: "1.0".into(),
+                csr_pem: "-----BEGIN CERTIFICATE REQUEST-----\nMIIB\n".into(),
+                csr_fingerprint: "cd".repeat(32),
+                remote_addr: "192.0.2.9".into(),
+                token: "0123456789abcdef0123456789abcdef".into(),
+                verification_code: "123-456".into(),
+                created: 10,
+                expires: 20,
+                status: if full {
+                    RequestStatus::Rejected
+                } else {
+                    RequestStatus::Pending
+                },
+                message: full.then(|| "no".into()),
+                resolved_at: full.then_some(15),
+                resolved_by: full.then(|| "root".into()),
+                replaces_system_id: full.then_some(4),
+                system_id: full.then_some(5),
+                cert_serial: full.then(|| "ab12".into()),
+            };
+            let bytes = encode(&r);
+            let s: RequestSummary<'_> = decode("requests", &bytes).unwrap();
+            assert_eq!(s.id, r.id);
+            assert_eq!(s.system_uuid, r.system_uuid);
+            assert_eq!(s.name, r.name);
+            assert_eq!(s.host, r.host);
+            assert_eq!(s.asset_tag.as_deref(), r.asset_tag.as_deref());
+            assert_eq!(s.version, r.version);
+            assert_eq!(s.csr_fingerprint, r.csr_fingerprint);
+            assert_eq!(s.remote_addr, r.remote_addr);
+            assert_eq!(s.verification_code, r.verification_code);
+            assert_eq!((s.created, s.expires), (r.created, r.expires));
+            assert_eq!(s.status, r.status);
+            assert_eq!(s.message.as_deref(), r.message.as_deref());
+            assert_eq!(s.resolved_at, r.resolved_at);
+            assert_eq!(s.replaces_system_id, r.replaces_system_id);
+            assert_eq!(s.system_id, r.system_id);
+        }
     }
 
     #[test]

@@ -1,6 +1,7 @@
 //! Stored records: what the database holds, separate from the wire types even where the
 //! fields match today. Integers are fixed width (`i64` times, `u64` ids), never `usize`.
 
+use std::borrow::Cow;
 use std::fmt;
 
 use serde::{Deserialize, Serialize};
@@ -114,6 +115,45 @@ pub struct RequestRecord {
     /// Invariant: Some from acceptance on: the issued certificate's serial (lowercase hex).
     #[serde(default)]
     pub cert_serial: Option<String>,
+}
+
+/// A [`RequestRecord`] as lists show it, decoded from the same stored bytes but borrowing
+/// its strings from them (a `Cow` is owned only when the JSON string has escapes) and
+/// skipping the CSR, which is most of a record and only signing needs. Decoding full
+/// records was the largest cost of listing 10,000 requests (see BENCHMARKS.md).
+///
+/// Invariant: every field has the name and type of its twin in [`RequestRecord`]; the
+/// test `summary_decodes_what_a_record_encodes` holds them together.
+#[derive(Clone, Debug, Deserialize, PartialEq, Eq)]
+pub struct RequestSummary<'a> {
+    pub id: u64,
+    #[serde(borrow)]
+    pub system_uuid: Cow<'a, str>,
+    #[serde(borrow)]
+    pub name: Cow<'a, str>,
+    #[serde(borrow)]
+    pub host: Cow<'a, str>,
+    #[serde(default, borrow)]
+    pub asset_tag: Option<Cow<'a, str>>,
+    #[serde(borrow)]
+    pub version: Cow<'a, str>,
+    #[serde(borrow)]
+    pub csr_fingerprint: Cow<'a, str>,
+    #[serde(borrow)]
+    pub remote_addr: Cow<'a, str>,
+    #[serde(borrow)]
+    pub verification_code: Cow<'a, str>,
+    pub created: UnixTime,
+    pub expires: UnixTime,
+    pub status: RequestStatus,
+    #[serde(default, borrow)]
+    pub message: Option<Cow<'a, str>>,
+    #[serde(default)]
+    pub resolved_at: Option<UnixTime>,
+    #[serde(default)]
+    pub replaces_system_id: Option<u64>,
+    #[serde(default)]
+    pub system_id: Option<u64>,
 }
 
 /// What the open-request index keeps, so caps and expiry need no record decode.

@@ -252,3 +252,20 @@ fn health_and_kb_need_no_token() {
     assert!(r.json()["text"].as_str().unwrap().contains("fingerprint"));
     assert_eq!(d.client().get("/api/kb/999", None).status, 404);
 }
+
+/// argon2id hashes in a 19 MiB block; glibc once kept every such block in a thread arena,
+/// so each login grew the daemon by 19 MiB (see BENCHMARKS.md, Footprint).
+#[test]
+fn repeated_logins_do_not_grow_resident_memory() {
+    let d = Daemon::start("auth-login-memory", Options::default());
+    d.root_token();
+    let before = d.rss_kib();
+    for _ in 0..8 {
+        d.root_token();
+    }
+    let after = d.rss_kib();
+    assert!(
+        after < before + 16 * 1024,
+        "8 logins grew resident memory from {before} KiB to {after} KiB"
+    );
+}
