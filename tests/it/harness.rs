@@ -85,6 +85,8 @@ impl Daemon {
             .unwrap_or_else(|| SocketAddr::from(([127, 0, 0, 1], api_port)));
         let tunnel: SocketAddr = given("REPLGATE_TUNNEL_LISTEN")
             .unwrap_or_else(|| SocketAddr::from(([127, 0, 0, 1], tunnel_port)));
+        let ports_given =
+            given("REPLGATE_API_LISTEN").is_some() || given("REPLGATE_TUNNEL_LISTEN").is_some();
         let mut d = Daemon {
             data_dir,
             api,
@@ -93,11 +95,32 @@ impl Daemon {
             opts,
             child: None,
         };
-        d.spawn();
-        d
+        // A port chosen free can be taken before the daemon binds it (client sockets of
+        // parallel tests draw from the same ephemeral range): choose again, twice at most.
+        for attempt in 0..3 {
+            match d.try_spawn() {
+                Ok(()) => return d,
+                Err(log)
+                    if !ports_given && attempt < 2 && log.contains("Address already in use") =>
+                {
+                    let [a, t] = free_ports::<2>();
+                    d.api = SocketAddr::from(([127, 0, 0, 1], a));
+                    d.tunnel = SocketAddr::from(([127, 0, 0, 1], t));
+                }
+                Err(log) => panic!("replgate exited during start\n{log}"),
+            }
+        }
+        unreachable!("the last attempt returns or panics")
     }
 
     fn spawn(&mut self) {
+        if let Err(log) = self.try_spawn() {
+            panic!("replgate exited during start\n{log}");
+        }
+    }
+
+    /// Starts the process and waits until it serves; Err(log) if it exited meanwhile.
+    fn try_spawn(&mut self) -> Result<(), String> {
         let log = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
@@ -137,21 +160,22 @@ impl Daemon {
             cmd.env(k, v);
         }
         self.child = Some(cmd.spawn().expect("start replgate"));
-        self.wait_ready();
+        self.wait_ready()
     }
 
-    fn wait_ready(&mut self) {
+    fn wait_ready(&mut self) -> Result<(), String> {
         let deadline = Instant::now() + Duration::from_secs(30);
         loop {
             if let Some(child) = self.child.as_mut() {
                 if let Ok(Some(status)) = child.try_wait() {
-                    panic!("replgate exited during start with {status}\n{}", self.log());
+                    self.child = None;
+                    return Err(format!("exit status {status}\n{}", self.log()));
                 }
             }
             if self.data_dir.join("ca.pem").exists() {
                 if let Ok(r) = self.client().try_request("GET", "/api/health", &[], b"") {
                     if r.status == 200 {
-                        return;
+                        return Ok(());
                     }
                 }
             }

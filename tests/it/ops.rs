@@ -9,7 +9,8 @@ use std::process::{Child, Command, ExitStatus, Stdio};
 use std::time::{Duration, Instant};
 
 use crate::harness::{
-    eventually, free_port, pem_certs, scratch_dir, Client, Daemon, Options, ADMIN_PASSWORD,
+    eventually, free_port, free_ports, pem_certs, scratch_dir, Client, Daemon, Options,
+    ADMIN_PASSWORD,
 };
 
 /// How long a notification may take; generous, for loaded CI machines.
@@ -73,7 +74,8 @@ fn ready_means_serving_and_sigterm_sends_stopping_then_exits_zero() {
     let socket_path = dir.join("notify.sock");
     let sock = UnixDatagram::bind(&socket_path).expect("bind the fake NOTIFY_SOCKET");
     let data = dir.join("data");
-    let api: std::net::SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+    let [api_port, tunnel_port] = free_ports::<2>();
+    let api: std::net::SocketAddr = format!("127.0.0.1:{api_port}").parse().unwrap();
     let log_path = dir.join("daemon.log");
     let log = std::fs::File::create(&log_path).expect("create the daemon log");
     let child = Command::new(env!("CARGO_BIN_EXE_replgate"))
@@ -84,10 +86,7 @@ fn ready_means_serving_and_sigterm_sends_stopping_then_exits_zero() {
         .env("REPLGATE_ADMIN_PASSWORD", ADMIN_PASSWORD)
         .env("REPLGATE_DATA_DIR", &data)
         .env("REPLGATE_API_LISTEN", api.to_string())
-        .env(
-            "REPLGATE_TUNNEL_LISTEN",
-            format!("127.0.0.1:{}", free_port()),
-        )
+        .env("REPLGATE_TUNNEL_LISTEN", format!("127.0.0.1:{tunnel_port}"))
         .stdin(Stdio::null())
         .stdout(log.try_clone().expect("dup the log"))
         .stderr(log)
