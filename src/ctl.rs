@@ -974,148 +974,119 @@ fn table_or(empty: &str, headers: &[&str], rows: Vec<Vec<String>>) -> String {
     }
 }
 
-pub fn pending_table(v: &Value, include_rejected: bool) -> String {
-    let rows = list(v, "pending")
+/// One column of a listing: its header, the JSON field it shows, and how.
+enum Col {
+    Text(&'static str, &'static str),
+    Time(&'static str, &'static str),
+    YesNo(&'static str, &'static str),
+}
+
+impl Col {
+    fn header(&self) -> &'static str {
+        match self {
+            Col::Text(h, _) | Col::Time(h, _) | Col::YesNo(h, _) => h,
+        }
+    }
+
+    fn cell(&self, item: &Value) -> String {
+        match self {
+            Col::Text(_, f) => cell(&item[*f]),
+            Col::Time(_, f) => time_cell(&item[*f]),
+            Col::YesNo(_, f) => if item[*f] == true { "yes" } else { "" }.into(),
+        }
+    }
+}
+
+/// A table of `items`, one row each, or `empty` when there are none.
+fn listing(items: &[Value], empty: &str, cols: &[Col]) -> String {
+    let headers: Vec<&str> = cols.iter().map(Col::header).collect();
+    let rows = items
         .iter()
-        .map(|r| {
-            let mut row = vec![
-                cell(&r["request_id"]),
-                cell(&r["system_uuid"]),
-                cell(&r["host"]),
-                cell(&r["name"]),
-                cell(&r["verification_code"]),
-                time_cell(&r["created"]),
-                time_cell(&r["expires"]),
-            ];
-            if include_rejected {
-                row.push(cell(&r["status"]));
-                row.push(cell(&r["message"]));
-            }
-            row
-        })
+        .map(|item| cols.iter().map(|c| c.cell(item)).collect())
         .collect();
-    let mut headers = vec![
-        "ID",
-        "SYSTEM UUID",
-        "HOST",
-        "NAME",
-        "CODE",
-        "CREATED",
-        "EXPIRES",
+    table_or(empty, &headers, rows)
+}
+
+pub fn pending_table(v: &Value, include_rejected: bool) -> String {
+    use Col::*;
+    let mut cols = vec![
+        Text("ID", "request_id"),
+        Text("SYSTEM UUID", "system_uuid"),
+        Text("HOST", "host"),
+        Text("NAME", "name"),
+        Text("CODE", "verification_code"),
+        Time("CREATED", "created"),
+        Time("EXPIRES", "expires"),
     ];
     if include_rejected {
-        headers.extend(["STATUS", "MESSAGE"]);
+        cols.extend([Text("STATUS", "status"), Text("MESSAGE", "message")]);
     }
-    table_or("no pending requests", &headers, rows)
+    listing(list(v, "pending"), "no pending requests", &cols)
 }
 
 pub fn systems_table(v: &Value) -> String {
-    let rows = list(v, "appliance")
-        .iter()
-        .map(|s| {
-            vec![
-                cell(&s["id"]),
-                cell(&s["name"]),
-                cell(&s["host"]),
-                cell(&s["role"]),
-                cell(&s["status"]),
-                cell(&s["storage_id"]),
-            ]
-        })
-        .collect();
-    table_or(
-        "no systems",
-        &["ID", "NAME", "HOST", "ROLE", "STATUS", "STORAGE"],
-        rows,
-    )
+    use Col::*;
+    let cols = [
+        Text("ID", "id"),
+        Text("NAME", "name"),
+        Text("HOST", "host"),
+        Text("ROLE", "role"),
+        Text("STATUS", "status"),
+        Text("STORAGE", "storage_id"),
+    ];
+    listing(list(v, "appliance"), "no systems", &cols)
 }
 
 pub fn storage_table(v: &Value) -> String {
-    let rows = list(v, "storage")
-        .iter()
-        .map(|s| {
-            vec![
-                cell(&s["id"]),
-                cell(&s["name"]),
-                cell(&s["usage"]),
-                cell(&s["mb_size"]),
-                cell(&s["mb_free"]),
-                if s["is_default"] == true { "yes" } else { "" }.into(),
-                cell(&s["path"]),
-            ]
-        })
-        .collect();
-    table_or(
-        "no storage",
-        &[
-            "ID", "NAME", "USAGE", "SIZE MB", "FREE MB", "DEFAULT", "PATH",
-        ],
-        rows,
-    )
+    use Col::*;
+    let cols = [
+        Text("ID", "id"),
+        Text("NAME", "name"),
+        Text("USAGE", "usage"),
+        Text("SIZE MB", "mb_size"),
+        Text("FREE MB", "mb_free"),
+        YesNo("DEFAULT", "is_default"),
+        Text("PATH", "path"),
+    ];
+    listing(list(v, "storage"), "no storage", &cols)
 }
 
 pub fn targets_table(v: &Value) -> String {
-    let rows = list(v, "targets")
-        .iter()
-        .map(|t| {
-            vec![
-                cell(&t["target_id"]),
-                cell(&t["host"]),
-                cell(&t["status"]),
-                cell(&t["verification_code"]),
-                time_cell(&t["last_poll"]),
-                cell(&t["message"]),
-            ]
-        })
-        .collect();
-    table_or(
-        "no targets",
-        &["ID", "HOST", "STATUS", "CODE", "LAST POLL", "MESSAGE"],
-        rows,
-    )
+    use Col::*;
+    let cols = [
+        Text("ID", "target_id"),
+        Text("HOST", "host"),
+        Text("STATUS", "status"),
+        Text("CODE", "verification_code"),
+        Time("LAST POLL", "last_poll"),
+        Text("MESSAGE", "message"),
+    ];
+    listing(list(v, "targets"), "no targets", &cols)
 }
 
 pub fn users_table(v: &Value) -> String {
-    let rows = list(v, "users")
-        .iter()
-        .map(|u| {
-            vec![
-                cell(&u["name"]),
-                cell(&u["privilege"]),
-                time_cell(&u["created"]),
-                time_cell(&u["updated"]),
-            ]
-        })
-        .collect();
-    table_or(
-        "no users",
-        &["NAME", "PRIVILEGE", "CREATED", "UPDATED"],
-        rows,
-    )
+    use Col::*;
+    let cols = [
+        Text("NAME", "name"),
+        Text("PRIVILEGE", "privilege"),
+        Time("CREATED", "created"),
+        Time("UPDATED", "updated"),
+    ];
+    listing(list(v, "users"), "no users", &cols)
 }
 
 pub fn audit_table(rows: &[Value]) -> String {
-    let rows = rows
-        .iter()
-        .map(|a| {
-            vec![
-                cell(&a["id"]),
-                time_cell(&a["time"]),
-                cell(&a["user"]),
-                cell(&a["address"]),
-                cell(&a["action"]),
-                cell(&a["object"]),
-                cell(&a["detail"]),
-            ]
-        })
-        .collect();
-    table_or(
-        "no audit entries",
-        &[
-            "ID", "TIME", "USER", "ADDRESS", "ACTION", "OBJECT", "DETAIL",
-        ],
-        rows,
-    )
+    use Col::*;
+    let cols = [
+        Text("ID", "id"),
+        Time("TIME", "time"),
+        Text("USER", "user"),
+        Text("ADDRESS", "address"),
+        Text("ACTION", "action"),
+        Text("OBJECT", "object"),
+        Text("DETAIL", "detail"),
+    ];
+    listing(rows, "no audit entries", &cols)
 }
 
 #[cfg(test)]
