@@ -8,23 +8,9 @@ use std::time::Duration;
 
 use serde_json::Value;
 
-use crate::harness::{eventually, free_port, mode, scratch_dir, Daemon, Options, ADMIN_PASSWORD};
-
-const POLL: u64 = 2;
-
-fn opts() -> Options {
-    Options::default()
-        .set("poll_interval", POLL)
-        .set("heartbeat_interval", POLL)
-}
-
-fn ca_fingerprint(d: &Daemon) -> String {
-    ring::digest::digest(&ring::digest::SHA256, d.ca_der().as_ref())
-        .as_ref()
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect()
-}
+use crate::harness::{
+    eventually, free_port, mode, pairing_opts, scratch_dir, Daemon, Options, ADMIN_PASSWORD, POLL,
+};
 
 /// What one `replgate ctl` run printed and returned.
 #[derive(Debug)]
@@ -122,8 +108,8 @@ impl Ctl {
 #[test]
 fn two_appliances_pair_entirely_through_ctl() {
     let scratch = scratch_dir("ctl-pair");
-    let src = Daemon::start("ctl-pair-src", opts());
-    let tgt = Daemon::start("ctl-pair-tgt", opts());
+    let src = Daemon::start("ctl-pair-src", pairing_opts());
+    let tgt = Daemon::start("ctl-pair-tgt", pairing_opts());
     let on_src = Ctl::new(&src, &scratch);
     let on_tgt = Ctl::new(&tgt, &scratch);
 
@@ -139,7 +125,7 @@ fn two_appliances_pair_entirely_through_ctl() {
 
     // The first ask is refused until the admin vouches for the target's CA.
     let target = tgt.api.to_string();
-    let fp = ca_fingerprint(&tgt);
+    let fp = tgt.ca_fingerprint();
     let r = on_src.run(&["request-target", &target]).expect(7);
     assert!(r.stderr.starts_with("replgate ctl: "), "{r:?}");
     assert!(

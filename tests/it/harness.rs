@@ -14,6 +14,16 @@ use serde_json::Value;
 
 pub const ADMIN_PASSWORD: &str = "test-root-password";
 
+/// The poll and heartbeat period of daemons in pairing tests, in seconds.
+pub const POLL: u64 = 2;
+
+/// Options for a daemon that takes part in a pairing: short poll and heartbeat periods.
+pub fn pairing_opts() -> Options {
+    Options::default()
+        .set("poll_interval", POLL)
+        .set("heartbeat_interval", POLL)
+}
+
 static SEQ: AtomicU32 = AtomicU32::new(0);
 
 /// A free loopback port (bound then released; a rare race with another test is possible).
@@ -200,6 +210,15 @@ impl Daemon {
             .into_iter()
             .next()
             .expect("a certificate in ca.pem")
+    }
+
+    /// SHA-256 of the daemon's CA certificate, lowercase hex: what an admin compares.
+    pub fn ca_fingerprint(&self) -> String {
+        ring::digest::digest(&ring::digest::SHA256, self.ca_der().as_ref())
+            .as_ref()
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect()
     }
 
     pub fn client(&self) -> Client {

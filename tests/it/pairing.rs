@@ -10,24 +10,9 @@ use std::time::{Duration, Instant};
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName};
 use serde_json::{json, Value};
 
-use crate::harness::{eventually, pem_certs, provider, read_response, Daemon, Options, Response};
-
-const POLL: u64 = 2;
-
-fn opts() -> Options {
-    Options::default()
-        .set("poll_interval", POLL)
-        .set("heartbeat_interval", POLL)
-}
-
-fn ca_fingerprint(d: &Daemon) -> String {
-    let der = d.ca_der();
-    ring::digest::digest(&ring::digest::SHA256, der.as_ref())
-        .as_ref()
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect()
-}
+use crate::harness::{
+    eventually, pairing_opts, pem_certs, provider, read_response, Daemon, Response, POLL,
+};
 
 fn request(src: &Daemon, token: &str, tgt: &Daemon, extra: Value) -> Response {
     let mut body = json!({"type": "appliance", "target": tgt.api.to_string()});
@@ -67,7 +52,7 @@ fn accept(tgt: &Daemon, token: &str, request_id: &Value, storage: Option<u64>) -
 
 /// Requests with the right fingerprint and returns the 201 body.
 fn paired_request(src: &Daemon, st: &str, tgt: &Daemon) -> Value {
-    let r = request(src, st, tgt, json!({"fingerprint": ca_fingerprint(tgt)}));
+    let r = request(src, st, tgt, json!({"fingerprint": tgt.ca_fingerprint()}));
     assert_eq!(r.status, 201, "{}", r.text());
     r.json()
 }
@@ -142,8 +127,8 @@ fn identity(dir: &std::path::Path) -> Identity {
 
 #[test]
 fn full_pairing_from_untrusted_to_a_proven_tunnel() {
-    let src = Daemon::start("pair-src", opts());
-    let tgt = Daemon::start("pair-tgt", opts());
+    let src = Daemon::start("pair-src", pairing_opts());
+    let tgt = Daemon::start("pair-tgt", pairing_opts());
     let st = src.root_token();
     let tt = tgt.root_token();
 
@@ -156,7 +141,7 @@ fn full_pairing_from_untrusted_to_a_proven_tunnel() {
         .as_str()
         .unwrap()
         .to_string();
-    assert_eq!(fp, ca_fingerprint(&tgt));
+    assert_eq!(fp, tgt.ca_fingerprint());
     // A wrong fingerprint is refused too.
     let r = request(&src, &st, &tgt, json!({"fingerprint": "00".repeat(32)}));
     assert_eq!(r.status, 412);
@@ -232,8 +217,8 @@ fn full_pairing_from_untrusted_to_a_proven_tunnel() {
 
 #[test]
 fn managed_source_is_a_replication_source_and_rejection_reaches_the_source() {
-    let src = Daemon::start("pair-managed-src", opts());
-    let tgt = Daemon::start("pair-managed-tgt", opts());
+    let src = Daemon::start("pair-managed-src", pairing_opts());
+    let tgt = Daemon::start("pair-managed-tgt", pairing_opts());
     let (st, tt) = (src.root_token(), tgt.root_token());
     // The source reports its first host name ("localhost") as its host.
     let r = tgt.client().post_json(
@@ -257,7 +242,7 @@ fn managed_source_is_a_replication_source_and_rejection_reaches_the_source() {
     assert_eq!(row["role"], "Replication Source");
 
     // A second source is rejected with a message.
-    let other = Daemon::start("pair-rejected-src", opts());
+    let other = Daemon::start("pair-rejected-src", pairing_opts());
     let ot = other.root_token();
     let filed = paired_request(&other, &ot, &tgt);
     let r = tgt.client().post_json(
@@ -272,8 +257,8 @@ fn managed_source_is_a_replication_source_and_rejection_reaches_the_source() {
 
 #[test]
 fn unpair_closes_the_tunnel_at_once_and_the_heartbeat_learns_of_it() {
-    let src = Daemon::start("pair-unpair-src", opts());
-    let tgt = Daemon::start("pair-unpair-tgt", opts());
+    let src = Daemon::start("pair-unpair-src", pairing_opts());
+    let tgt = Daemon::start("pair-unpair-tgt", pairing_opts());
     let (st, tt) = (src.root_token(), tgt.root_token());
     let filed = paired_request(&src, &st, &tgt);
     let sid = accept(&tgt, &tt, &filed["request_id"], None).json()["system_id"]
@@ -311,8 +296,8 @@ fn unpair_closes_the_tunnel_at_once_and_the_heartbeat_learns_of_it() {
 
 #[test]
 fn the_tunnel_refuses_outsiders_and_anonymous_clients_but_not_openssl_with_the_issued_pair() {
-    let src = Daemon::start("pair-tunnel-src", opts());
-    let tgt = Daemon::start("pair-tunnel-tgt", opts());
+    let src = Daemon::start("pair-tunnel-src", pairing_opts());
+    let tgt = Daemon::start("pair-tunnel-tgt", pairing_opts());
     let (st, tt) = (src.root_token(), tgt.root_token());
     let filed = paired_request(&src, &st, &tgt);
     accept(&tgt, &tt, &filed["request_id"], None);
@@ -404,17 +389,17 @@ fn the_tunnel_refuses_outsiders_and_anonymous_clients_but_not_openssl_with_the_i
 
 #[test]
 fn a_spoofed_target_on_the_pinned_address_is_refused() {
-    let src = Daemon::start("pair-spoof-src", opts());
-    let mut tgt = Daemon::start("pair-spoof-tgt", opts());
+    let src = Daemon::start("pair-spoof-src", pairing_opts());
+    let mut tgt = Daemon::start("pair-spoof-tgt", pairing_opts());
     let st = src.root_token();
     paired_request(&src, &st, &tgt);
     // The real target goes away; an impostor with another CA takes its address.
     tgt.stop();
-    let impostor_opts = opts()
+    let impostor_opts = pairing_opts()
         .set("api_listen", tgt.api)
         .set("tunnel_listen", tgt.tunnel);
     let impostor = Daemon::start("pair-spoof-impostor", impostor_opts);
-    assert_ne!(ca_fingerprint(&impostor), ca_fingerprint(&tgt));
+    assert_ne!(impostor.ca_fingerprint(), tgt.ca_fingerprint());
     let row = wait_status(&src, &st, "failed", Duration::from_secs(3 * POLL + 8));
     assert!(
         row["message"].as_str().unwrap().contains("pinned CA"),
@@ -429,8 +414,8 @@ fn a_spoofed_target_on_the_pinned_address_is_refused() {
 
 #[test]
 fn a_delivered_certificate_that_is_not_ours_or_not_from_the_pinned_ca_is_refused() {
-    let mut src = Daemon::start("pair-forged-src", opts());
-    let tgt = Daemon::start("pair-forged-tgt", opts());
+    let mut src = Daemon::start("pair-forged-src", pairing_opts());
+    let tgt = Daemon::start("pair-forged-tgt", pairing_opts());
     let (st, tt) = (src.root_token(), tgt.root_token());
     let filed = paired_request(&src, &st, &tgt);
     // The source is down while the target accepts; then the spool is tampered with.
@@ -494,7 +479,7 @@ fn a_delivered_certificate_that_is_not_ours_or_not_from_the_pinned_ca_is_refused
     });
     let message = row["message"].as_str().unwrap();
     assert!(
-        message.contains("does not match the pinned") && message.contains(&ca_fingerprint(&tgt)),
+        message.contains("does not match the pinned") && message.contains(&tgt.ca_fingerprint()),
         "{row}"
     );
     assert!(!pairing_dir(&src).join("cert.pem").exists());
@@ -513,11 +498,14 @@ fn a_delivered_certificate_that_is_not_ours_or_not_from_the_pinned_ca_is_refused
 fn a_target_reached_by_a_name_its_certificate_lacks_still_pairs() {
     // The target's certificates name tgt.example and 127.0.0.1; the source dials
     // "localhost". The pinned CA is the trust anchor, not the name.
-    let src = Daemon::start("pair-name-src", opts());
-    let tgt = Daemon::start("pair-name-tgt", opts().set("hostnames", "tgt.example"));
+    let src = Daemon::start("pair-name-src", pairing_opts());
+    let tgt = Daemon::start(
+        "pair-name-tgt",
+        pairing_opts().set("hostnames", "tgt.example"),
+    );
     let (st, tt) = (src.root_token(), tgt.root_token());
     let target = format!("localhost:{}", tgt.api.port());
-    let body = json!({"type": "appliance", "target": target, "fingerprint": ca_fingerprint(&tgt)});
+    let body = json!({"type": "appliance", "target": target, "fingerprint": tgt.ca_fingerprint()});
     let r = src
         .client()
         .post_json("/api/replication/target", Some(&st), &body);
@@ -528,8 +516,8 @@ fn a_target_reached_by_a_name_its_certificate_lacks_still_pairs() {
 
 #[test]
 fn restarts_mid_pairing_do_not_lose_it() {
-    let mut src = Daemon::start("pair-restart-src", opts());
-    let mut tgt = Daemon::start("pair-restart-tgt", opts());
+    let mut src = Daemon::start("pair-restart-src", pairing_opts());
+    let mut tgt = Daemon::start("pair-restart-tgt", pairing_opts());
     let st = src.root_token();
     let filed = paired_request(&src, &st, &tgt);
     // Both restart while pending.
@@ -545,8 +533,8 @@ fn restarts_mid_pairing_do_not_lose_it() {
 
 #[test]
 fn two_appliances_pair_both_ways() {
-    let a = Daemon::start("pair-cross-a", opts());
-    let b = Daemon::start("pair-cross-b", opts());
+    let a = Daemon::start("pair-cross-a", pairing_opts());
+    let b = Daemon::start("pair-cross-b", pairing_opts());
     let (at, bt) = (a.root_token(), b.root_token());
     let ab = paired_request(&a, &at, &b);
     let ba = paired_request(&b, &bt, &a);
