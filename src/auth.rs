@@ -191,7 +191,7 @@ impl Throttle {
 
 pub fn hash_password(password: &str) -> Result<String, AuthError> {
     let mut salt = [0u8; 16];
-    random_fill(&mut salt);
+    crate::rand::fill(&mut salt);
     let salt = SaltString::encode_b64(&salt).map_err(|e| AuthError::Hash(e.to_string()))?;
     Argon2::default()
         .hash_password(password.as_bytes(), &salt)
@@ -206,32 +206,6 @@ pub fn verify_password(password: &str, phc: &str) -> bool {
             .is_ok(),
         Err(_) => false,
     }
-}
-
-/// Fills `buf` from the operating system's CSPRNG (through ring).
-pub fn random_fill(buf: &mut [u8]) {
-    use ring::rand::SecureRandom;
-    // The OS random source failing is not recoverable and not peer-influenced.
-    if ring::rand::SystemRandom::new().fill(buf).is_err() {
-        panic!("operating system random source failed");
-    }
-}
-
-/// `n` random bytes as lowercase hex.
-pub fn random_hex(n: usize) -> String {
-    let mut buf = vec![0u8; n];
-    random_fill(&mut buf);
-    hex(&buf)
-}
-
-pub fn hex(bytes: &[u8]) -> String {
-    use std::fmt::Write;
-    bytes
-        .iter()
-        .fold(String::with_capacity(bytes.len() * 2), |mut s, b| {
-            let _ = write!(s, "{b:02x}");
-            s
-        })
 }
 
 pub fn token_hash(token: &str) -> [u8; 32] {
@@ -313,7 +287,7 @@ impl Authenticator {
             return Err(AuthError::BadCredentials);
         };
         self.throttle().clear(&keys[0]);
-        let token = random_hex(32);
+        let token = crate::rand::hex_string(32);
         let session = SessionRecord {
             user: record.name.clone(),
             created: now,
@@ -482,9 +456,9 @@ mod tests {
 
     #[test]
     fn tokens_are_hex_of_256_bits_and_hash_stably() {
-        let t = random_hex(32);
+        let t = crate::rand::hex_string(32);
         assert_eq!(t.len(), 64);
-        assert_ne!(t, random_hex(32));
+        assert_ne!(t, crate::rand::hex_string(32));
         assert_eq!(token_hash(&t), token_hash(&t));
     }
 }

@@ -820,7 +820,7 @@ pub fn verification_code(ca_fingerprint: &str, spki_der: &[u8], request_id: u64)
 
 /// SHA-256 of `bytes` as lowercase hex without separators.
 pub fn sha256_hex(bytes: &[u8]) -> String {
-    hex(digest::digest(&digest::SHA256, bytes).as_ref())
+    crate::rand::hex(digest::digest(&digest::SHA256, bytes).as_ref())
 }
 
 /// Accepts a SHA-256 fingerprint in any case, with or without colons (and surrounding
@@ -1006,7 +1006,7 @@ fn serial_hex(raw: &[u8]) -> String {
         .iter()
         .position(|b| *b != 0)
         .unwrap_or(raw.len().saturating_sub(1));
-    hex(&raw[start..])
+    crate::rand::hex(&raw[start..])
 }
 
 /// The DER of the first PEM block whose label is one of `labels`.
@@ -1052,16 +1052,6 @@ fn pem_encode(label: &str, der: &[u8]) -> String {
         out.push('\n');
     }
     out.push_str(&format!("-----END {label}-----\n"));
-    out
-}
-
-fn hex(bytes: &[u8]) -> String {
-    const DIGITS: &[u8; 16] = b"0123456789abcdef";
-    let mut out = String::with_capacity(bytes.len() * 2);
-    for b in bytes {
-        out.push(char::from(DIGITS[usize::from(b >> 4)]));
-        out.push(char::from(DIGITS[usize::from(b & 0x0f)]));
-    }
     out
 }
 
@@ -1364,7 +1354,7 @@ mod tests {
         let serial = cert.raw_serial();
         assert_eq!(serial.len(), 16);
         assert!(serial[0] & 0x80 == 0 && serial[0] != 0);
-        assert_eq!(issued.serial, hex(serial));
+        assert_eq!(issued.serial, crate::rand::hex(serial));
         assert_eq!(issued.serial.len(), 32);
 
         // Validity as asked.

@@ -10,7 +10,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use crate::api::{self, App};
-use crate::auth::{self, Authenticator, SessionRules, Throttle};
+use crate::auth::{Authenticator, SessionRules, Throttle};
 use crate::ca::Ca;
 use crate::config::Config;
 use crate::front::{self, ListenerKind, PeerTable};
@@ -191,7 +191,7 @@ fn bootstrap_root(auth: &Authenticator, store: &Store, paths: &Paths) -> Result<
             let password = match fsx::read_regular_nofollow(&path, 1024) {
                 Ok(b) => String::from_utf8_lossy(&b).trim().to_string(),
                 Err(_) => {
-                    let p = auth::random_hex(12);
+                    let p = crate::rand::hex_string(12);
                     fsx::write_new_private(&path, format!("{p}\n").as_bytes())
                         .map_err(|e| err(path.display(), e))?;
                     p
@@ -207,23 +207,6 @@ fn bootstrap_root(auth: &Authenticator, store: &Store, paths: &Paths) -> Result<
     auth.bootstrap_root(&password, model::now())
         .map_err(|e| err("create user root", e))?;
     Ok(())
-}
-
-/// A random version-4 UUID.
-fn new_uuid() -> String {
-    let mut b = [0u8; 16];
-    auth::random_fill(&mut b);
-    b[6] = (b[6] & 0x0f) | 0x40;
-    b[8] = (b[8] & 0x3f) | 0x80;
-    let h = auth::hex(&b);
-    format!(
-        "{}-{}-{}-{}-{}",
-        &h[0..8],
-        &h[8..12],
-        &h[12..16],
-        &h[16..20],
-        &h[20..32]
-    )
 }
 
 fn bind(addr: SocketAddr, key: &str) -> Result<TcpListener, DaemonError> {
@@ -339,7 +322,7 @@ pub fn run(config: Config) -> Result<(), DaemonError> {
     fsx::ensure_private_dir(&paths.root).map_err(|e| err(paths.root.display(), e))?;
     let store = Store::open(&paths.database()).map_err(|e| err(paths.database().display(), e))?;
     let system_uuid = store
-        .system_uuid_or_insert(new_uuid)
+        .system_uuid_or_insert(crate::rand::uuid_v4)
         .map_err(|e| err("system uuid", e))?;
     let ca = load_or_create_ca(&paths, &system_uuid)?;
     let (api_chain, api_key) = load_or_issue_listener_cert(&paths, &ca, "api", &config)?;

@@ -16,7 +16,7 @@ use ureq::unversioned::transport::{
     Transport, TransportAdapter,
 };
 
-use crate::pairing::protocol::{Filed, Hello, SpoolStatus};
+use crate::wire::protocol::{Filed, Hello, SpoolStatus};
 
 /// Connecting to a peer appliance on a LAN or WAN link; a peer that does not answer within
 /// this is treated as down and retried later.
@@ -307,7 +307,7 @@ impl Remote {
 
     /// Polls `status.json` under the spool path `poll` (which ends in `/`).
     pub fn status(&self, poll: &str) -> Result<SpoolStatus, RemoteError> {
-        let text = self.get_text(&format!("{poll}{}", crate::pairing::protocol::STATUS_FILE))?;
+        let text = self.get_text(&format!("{poll}{}", crate::wire::protocol::STATUS_FILE))?;
         serde_json::from_str(&text).map_err(|e| RemoteError::Malformed(format!("status.json: {e}")))
     }
 

@@ -10,10 +10,8 @@ use std::path::{Path, PathBuf};
 use std::sync::{Mutex, MutexGuard};
 
 use crate::fsx;
-use crate::pairing::protocol::{
-    SpoolFile, SpoolStatus, SpoolToken, CA_FILE, CERT_FILE, STATUS_FILE,
-};
 use crate::store::{RequestRecord, RequestStatus, Store, StoreError};
+use crate::wire::protocol::{SpoolFile, SpoolStatus, SpoolToken, CA_FILE, CERT_FILE, STATUS_FILE};
 
 /// Spool files are small; anything larger was not written by us.
 const MAX_FILE_BYTES: u64 = 64 * 1024;

@@ -218,7 +218,7 @@ fn serve(app: &App, routes: &[Route], mut request: tiny_http::Request) {
         Ok(reply) => (reply.status, reply.body, reply.content_type, reply.headers),
         Err(err) => {
             let (status, _) = err.status_and_code();
-            let reference = crate::auth::random_hex(4);
+            let reference = crate::rand::hex_string(4);
             match &err {
                 ApiError::Internal(detail) => {
                     log::error!("{method} {url}: {detail} (reference {reference})")

@@ -9,10 +9,10 @@ use super::error::ApiError;
 use super::{Call, Reply};
 use crate::config::Fault;
 use crate::model::UnixTime;
-use crate::pairing::protocol::{self, SpoolFile, SpoolToken};
 use crate::pairing::target::{self, Actor, Caps, Decision, NewRequest, PairingError};
 use crate::spool::Served;
 use crate::store::{RequestStatus, RequestSummary, SystemRecord};
+use crate::wire::protocol::{self, SpoolFile, SpoolToken};
 
 /// Largest CSR accepted (an RSA-4096 CSR is about 1.7 KB of PEM).
 const MAX_CSR_BYTES: usize = 16 * 1024;
@@ -84,7 +84,7 @@ pub fn file_request(call: &Call) -> Result<Reply, ApiError> {
         ttl_seconds: config.request_ttl.as_secs() as i64,
         retry_after: config.poll_interval.as_secs(),
     };
-    let token = crate::auth::random_hex(SpoolToken::LEN / 2);
+    let token = crate::rand::hex_string(SpoolToken::LEN / 2);
     let filed = target::file_request(&call.app.store, &call.app.ca, new, &caps, token, call.now)?;
     let r = &filed.request;
     // Also on the idempotent path: a retry after a failed spool write repairs it.

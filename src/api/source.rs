@@ -139,7 +139,7 @@ pub fn request_target(call: &Call) -> Result<Reply, ApiError> {
     let (key_pem, csr_pem) = ca::generate_client_key_and_csr(&app.system_uuid)
         .map_err(|e| ApiError::Internal(format!("make a key: {e}")))?;
     let spki = ca::parse_csr(&csr_pem).map_err(|e| ApiError::Internal(format!("own csr: {e}")))?;
-    let dir_name = crate::auth::random_hex(16);
+    let dir_name = crate::rand::hex_string(16);
     let dir = app.config.data_dir.join("targets").join(&dir_name);
     fsx::ensure_private_dir(&dir)
         .map_err(|e| ApiError::Internal(format!("{}: {e}", dir.display())))?;

@@ -14,7 +14,7 @@ use rustls::ServerConnection;
 use super::head::{self, HeadError};
 use super::peers::PeerInfo;
 use super::{sys, Shared};
-use crate::api::error::raw_error_response;
+use crate::wire::error::raw_error_response;
 
 /// Backend-to-client plaintext waiting for rustls. tiny_http writes responses in pieces
 /// of a few KiB; 16 KiB is one full TLS record.

@@ -3,6 +3,5 @@
 //! Only the store is touched here, never a socket or a file.
 
 pub mod poller;
-pub mod protocol;
 pub mod source;
 pub mod target;

@@ -14,10 +14,10 @@ use std::time::{Duration, Instant};
 use crate::ca;
 use crate::fsx;
 use crate::model::{self, UnixTime};
-use crate::pairing::protocol::{SpoolStatus, CA_FILE, CERT_FILE};
 use crate::pairing::source::{self, Step};
 use crate::remote::{Remote, RemoteError};
 use crate::store::{Store, StoreError, TargetRecord, TargetStatus};
+use crate::wire::protocol::{SpoolStatus, CA_FILE, CERT_FILE};
 
 /// File names inside a target's directory.
 pub const KEY_FILE: &str = "key.pem";
@@ -47,12 +47,6 @@ impl SourceContext {
 struct Schedule {
     next: Instant,
     failures: u32,
-}
-
-fn unit_random() -> f64 {
-    let mut b = [0u8; 4];
-    crate::auth::random_fill(&mut b);
-    f64::from(u32::from_le_bytes(b)) / (f64::from(u32::MAX) + 1.0)
 }
 
 /// At most this many polls run at once, each on its own short-lived thread, so one
@@ -94,7 +88,7 @@ pub fn spawn_poller(
                         ctx.poll_interval,
                         ctx.heartbeat,
                         entry.failures,
-                        unit_random(),
+                        crate::rand::unit(),
                     ) {
                         Some(wait) => {
                             let now = Instant::now();

@@ -5,8 +5,8 @@
 use std::time::Duration;
 
 use crate::model::UnixTime;
-use crate::pairing::protocol::SpoolStatus;
 use crate::store::{TargetRecord, TargetStatus};
+use crate::wire::protocol::SpoolStatus;
 
 /// The API port of an appliance when the admin gives only a host.
 pub const DEFAULT_PORT: u16 = 8443;
@@ -26,7 +26,7 @@ pub fn clamp_retry_after(seconds: u64) -> u64 {
 pub fn valid_poll_path(poll: &str) -> bool {
     poll.strip_prefix("/replication/v1/spool/")
         .and_then(|rest| rest.strip_suffix('/'))
-        .and_then(crate::pairing::protocol::SpoolToken::parse)
+        .and_then(crate::wire::protocol::SpoolToken::parse)
         .is_some()
 }
 

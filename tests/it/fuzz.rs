@@ -29,7 +29,7 @@ use replgate::api::error::ApiError;
 use replgate::api::route_table;
 use replgate::ca::{self, Ca};
 use replgate::front::head;
-use replgate::pairing::protocol::{SpoolFile, SpoolToken};
+use replgate::wire::protocol::{SpoolFile, SpoolToken};
 
 use crate::harness::{scratch_dir, Daemon, Options, Response};
 use crate::rng::{count_from_env, seed_from_env, Rng};

@@ -1,0 +1,58 @@
+//! The documented error body `{"result":[{"message","code","kb"}]}` and the raw HTTP
+//! responses built from it: the lowest layer, so that the TLS front, the tunnel and the
+//! API all render errors the same way. Knows no routes and no domain.
+
+/// The application code of an untrusted peer certificate, as in the existing appliance API.
+pub const UNTRUSTED_CERT_CODE: u32 = 12505;
+
+/// Renders the documented error body for `code` (an HTTP status or an application code
+/// such as 12505) with an admin-readable `message`.
+pub fn error_body(code: u32, message: &str) -> String {
+    serde_json::json!({
+        "result": [{ "message": message, "code": code, "kb": format!("/api/kb/{code}") }]
+    })
+    .to_string()
+}
+
+/// Reason phrase for the statuses this daemon sends.
+pub fn reason(status: u16) -> &'static str {
+    match status {
+        200 => "OK",
+        201 => "Created",
+        202 => "Accepted",
+        304 => "Not Modified",
+        400 => "Bad Request",
+        401 => "Unauthorized",
+        403 => "Forbidden",
+        404 => "Not Found",
+        405 => "Method Not Allowed",
+        408 => "Request Timeout",
+        409 => "Conflict",
+        411 => "Length Required",
+        412 => "Precondition Failed",
+        413 => "Content Too Large",
+        429 => "Too Many Requests",
+        431 => "Request Header Fields Too Large",
+        500 => "Internal Server Error",
+        502 => "Bad Gateway",
+        503 => "Service Unavailable",
+        _ => "Error",
+    }
+}
+
+/// A complete HTTP/1.1 error response, for the TLS front to send on its own (before a
+/// request reaches the router): documented JSON body, `Connection: close`.
+pub fn raw_error_response(status: u16, message: &str) -> Vec<u8> {
+    let body = error_body(u32::from(status), message);
+    let mut out = format!(
+        "HTTP/1.1 {status} {}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n",
+        reason(status),
+        body.len()
+    );
+    if status == 503 || status == 429 {
+        out.push_str("Retry-After: 1\r\n");
+    }
+    out.push_str("\r\n");
+    out.push_str(&body);
+    out.into_bytes()
+}
