@@ -69,9 +69,34 @@ pub fn now() -> UnixTime {
         .unwrap_or(0)
 }
 
+/// `t` as UTC `YYYY-MM-DD HH:MM:SS` for people (tables, messages); `None` outside the
+/// calendar's range.
+pub fn utc_text(t: UnixTime) -> Option<String> {
+    let d = time::OffsetDateTime::from_unix_timestamp(t).ok()?;
+    Some(format!(
+        "{:04}-{:02}-{:02} {:02}:{:02}:{:02}",
+        d.year(),
+        u8::from(d.month()),
+        d.day(),
+        d.hour(),
+        d.minute(),
+        d.second()
+    ))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn utc_text_is_calendar_time() {
+        assert_eq!(
+            utc_text(1_700_000_000).as_deref(),
+            Some("2023-11-14 22:13:20")
+        );
+        assert_eq!(utc_text(0).as_deref(), Some("1970-01-01 00:00:00"));
+        assert_eq!(utc_text(i64::MAX), None);
+    }
 
     #[test]
     fn privileges_are_ordered_and_round_trip() {

@@ -1,0 +1,342 @@
+//! The one client of `replgate ctl` for its daemon's own admin API: one method per call
+//! ctl makes, built once per invocation over `remote::pinned_agent`, so it trusts only
+//! the daemon's CA, ignores proxy variables, follows no redirect and bounds every call.
+//! Knows paths and bodies; never decides what to print.
+
+use std::time::Duration;
+
+use serde_json::{json, Value};
+
+use super::table::clean;
+use super::{CtlError, Secret};
+use crate::cli::Trust;
+use crate::model::Privilege;
+
+/// Whole-call bound. `request-target` makes the daemon probe the target (10 s) and file
+/// the request there (up to 10 s connect plus 30 s call), so this stays above 50 s. The
+/// connect bound is `pinned_agent`'s (10 s): a daemon on this host or LAN answers at once.
+const CALL_TIMEOUT: Duration = Duration::from_secs(90);
+/// Largest answer read: a full audit page (1 000 rows) is about 300 KB.
+const MAX_ANSWER_BYTES: u64 = 8 * 1024 * 1024;
+/// The daemon's largest audit page.
+pub const AUDIT_PAGE: u64 = 1_000;
+
+/// A documented error answer: `{"result":[{"message","code","kb"}]}`.
+#[derive(Debug)]
+pub struct Refusal {
+    pub status: u16,
+    /// `result[0].message`, or an excerpt of an undocumented body.
+    pub message: String,
+    /// `result[0].fingerprint` of a 412: the CA the target presented.
+    pub fingerprint: Option<String>,
+    /// The body as it came, for `--json`.
+    pub body: String,
+}
+
+impl Refusal {
+    pub fn parse(status: u16, body: String) -> Refusal {
+        let first = serde_json::from_str::<Value>(&body)
+            .ok()
+            .map(|v| v["result"][0].clone())
+            .unwrap_or(Value::Null);
+        let message = match first["message"].as_str() {
+            Some(m) => m.to_string(),
+            None => format!(
+                "HTTP {status}: {}",
+                clean(&body.chars().take(200).collect::<String>())
+            ),
+        };
+        Refusal {
+            status,
+            message,
+            fingerprint: first["fingerprint"].as_str().map(String::from),
+            body,
+        }
+    }
+}
+
+#[derive(Clone, Copy, Debug)]
+enum Method {
+    Get,
+    Post,
+    Put,
+    Delete,
+}
+
+/// A 2xx answer: the body as it came (printed with `--json`), and parsed.
+pub struct Answer {
+    pub text: String,
+    pub json: Value,
+}
+
+/// How `accept`/`reject` resolve a request.
+pub enum Resolution<'a> {
+    Accept { storage_id: Option<u64> },
+    Reject { message: &'a str },
+}
+
+/// The one client for the daemon's admin API, built once per invocation.
+pub struct Client {
+    agent: ureq::Agent,
+    /// `https://host:port`, no trailing slash.
+    base: String,
+}
+
+fn with_token<B>(rb: ureq::RequestBuilder<B>, token: Option<&Secret>) -> ureq::RequestBuilder<B> {
+    match token {
+        Some(t) => rb.header("AuthToken", t.0.as_str()),
+        None => rb,
+    }
+}
+
+fn is_tls_failure(e: &ureq::Error) -> bool {
+    matches!(e, ureq::Error::Tls(_)) || crate::remote::tls_error(e).is_some()
+}
+
+/// Percent-encodes one path segment (a host name with a port, a user name).
+fn segment(s: &str) -> String {
+    let mut out = String::new();
+    for b in s.bytes() {
+        if b.is_ascii_alphanumeric() || b"-._~".contains(&b) {
+            out.push(b as char);
+        } else {
+            out.push_str(&format!("%{b:02X}"));
+        }
+    }
+    out
+}
+
+impl Client {
+    pub fn new(base: &str, ca_pem: &[u8]) -> Result<Client, CtlError> {
+        let text = String::from_utf8_lossy(ca_pem);
+        let ca = crate::ca::cert_pem_to_der(&text)
+            .map_err(|e| CtlError::Usage(format!("the CA file holds no certificate: {e}")))?;
+        // Only the daemon's own CA: its API certificate is issued by it, never by a public
+        // CA, and no other certificate may stand in for it.
+        let agent = crate::remote::pinned_agent(
+            ca.into(),
+            None,
+            CALL_TIMEOUT,
+            concat!("replgate-ctl/", env!("CARGO_PKG_VERSION")),
+        )
+        .map_err(|e| CtlError::Usage(format!("the CA file: {e}")))?;
+        Ok(Client {
+            agent,
+            base: base.to_string(),
+        })
+    }
+
+    pub fn login(&self, user: &str, password: &Secret) -> Result<Answer, CtlError> {
+        let body = json!({ "username": user, "password": password.0 });
+        self.call(Method::Post, "/api/login", None, Some(&body))
+    }
+
+    pub fn logout(&self, token: &Secret) -> Result<Answer, CtlError> {
+        self.call(Method::Post, "/api/logout", Some(token), None)
+    }
+
+    pub fn health(&self) -> Result<Answer, CtlError> {
+        self.call(Method::Get, "/api/health", None, None)
+    }
+
+    pub fn pending(&self, token: &Secret, include_rejected: bool) -> Result<Answer, CtlError> {
+        let path = if include_rejected {
+            "/api/replication/pending?include_rejected=1"
+        } else {
+            "/api/replication/pending"
+        };
+        self.call(Method::Get, path, Some(token), None)
+    }
+
+    pub fn resolve(
+        &self,
+        token: &Secret,
+        request_id: u64,
+        resolution: Resolution,
+    ) -> Result<Answer, CtlError> {
+        let body = match resolution {
+            Resolution::Accept { storage_id } => {
+                let mut body = json!({ "request_id": request_id, "accept": true });
+                if let Some(s) = storage_id {
+                    body["storage_id"] = json!(s);
+                }
+                body
+            }
+            Resolution::Reject { message } => {
+                json!({ "request_id": request_id, "accept": false, "message": message })
+            }
+        };
+        let path = "/api/replication/source";
+        self.call(Method::Post, path, Some(token), Some(&body))
+    }
+
+    pub fn ignore(&self, token: &Secret, request_id: u64) -> Result<Answer, CtlError> {
+        let path = format!("/api/replication/pending/{request_id}");
+        self.call(Method::Delete, &path, Some(token), None)
+    }
+
+    pub fn unpair(&self, token: &Secret, system_id: u64) -> Result<Answer, CtlError> {
+        let path = format!("/api/replication/source?sid={system_id}");
+        self.call(Method::Delete, &path, Some(token), None)
+    }
+
+    pub fn systems(&self, token: &Secret) -> Result<Answer, CtlError> {
+        self.call(Method::Get, "/api/systems", Some(token), None)
+    }
+
+    pub fn storage(&self, token: &Secret) -> Result<Answer, CtlError> {
+        self.call(Method::Get, "/api/storage", Some(token), None)
+    }
+
+    pub fn request_target(
+        &self,
+        token: &Secret,
+        target: &str,
+        trust: &Trust,
+    ) -> Result<Answer, CtlError> {
+        let mut body = json!({ "type": "appliance", "target": target });
+        match trust {
+            Trust::Pinned => {}
+            Trust::Fingerprint(f) => body["fingerprint"] = json!(f),
+            Trust::Insecure => body["insecure"] = json!(1),
+        }
+        let path = "/api/replication/target";
+        self.call(Method::Post, path, Some(token), Some(&body))
+    }
+
+    pub fn targets(&self, token: &Secret) -> Result<Answer, CtlError> {
+        self.call(Method::Get, "/api/replication/targets", Some(token), None)
+    }
+
+    pub fn forget_target(&self, token: &Secret, host: &str) -> Result<Answer, CtlError> {
+        let path = format!("/api/replication/target/{}", segment(host));
+        self.call(Method::Delete, &path, Some(token), None)
+    }
+
+    pub fn users(&self, token: &Secret) -> Result<Answer, CtlError> {
+        self.call(Method::Get, "/api/users", Some(token), None)
+    }
+
+    pub fn add_user(
+        &self,
+        token: &Secret,
+        name: &str,
+        privilege: Privilege,
+        password: &Secret,
+    ) -> Result<Answer, CtlError> {
+        let body = json!({ "name": name, "privilege": privilege, "password": password.0 });
+        self.call(Method::Post, "/api/users", Some(token), Some(&body))
+    }
+
+    /// Changes what is given; at least one of `privilege` and `password` is.
+    pub fn set_user(
+        &self,
+        token: &Secret,
+        name: &str,
+        privilege: Option<Privilege>,
+        password: Option<&Secret>,
+    ) -> Result<Answer, CtlError> {
+        let mut body = json!({});
+        if let Some(p) = privilege {
+            body["privilege"] = json!(p);
+        }
+        if let Some(pw) = password {
+            body["password"] = json!(pw.0);
+        }
+        let path = format!("/api/users/{}", segment(name));
+        self.call(Method::Put, &path, Some(token), Some(&body))
+    }
+
+    pub fn remove_user(&self, token: &Secret, name: &str) -> Result<Answer, CtlError> {
+        let path = format!("/api/users/{}", segment(name));
+        self.call(Method::Delete, &path, Some(token), None)
+    }
+
+    /// Up to [`AUDIT_PAGE`] audit rows with ids above `after`, oldest first.
+    pub fn audit_page(&self, token: &Secret, after: u64) -> Result<Answer, CtlError> {
+        let path = format!("/api/audit?after={after}&limit={AUDIT_PAGE}");
+        self.call(Method::Get, &path, Some(token), None)
+    }
+
+    fn classify(&self, e: ureq::Error) -> CtlError {
+        match e {
+            ureq::Error::BadUri(m) => CtlError::Usage(format!("--api {}: {m}", self.base)),
+            ureq::Error::BodyExceedsLimit(n) => {
+                CtlError::Malformed(format!("answer larger than {n} bytes"))
+            }
+            e if is_tls_failure(&e) => CtlError::Unreachable(format!(
+                "TLS with {} failed: {e} (is --cacert the CA of this daemon?)",
+                self.base
+            )),
+            ureq::Error::Io(io) => {
+                CtlError::Unreachable(format!("cannot reach the daemon at {}: {io}", self.base))
+            }
+            e => CtlError::Unreachable(format!("cannot reach the daemon at {}: {e}", self.base)),
+        }
+    }
+
+    /// One call; a non-2xx answer is a [`CtlError::Refused`].
+    fn call(
+        &self,
+        method: Method,
+        path: &str,
+        token: Option<&Secret>,
+        body: Option<&Value>,
+    ) -> Result<Answer, CtlError> {
+        let url = format!("{}{path}", self.base);
+        let json_body = body.map(Value::to_string);
+        let sent = match method {
+            Method::Get => with_token(self.agent.get(&url), token).call(),
+            Method::Delete => with_token(self.agent.delete(&url), token).call(),
+            Method::Post | Method::Put => {
+                let rb = match method {
+                    Method::Post => self.agent.post(&url),
+                    _ => self.agent.put(&url),
+                };
+                let rb = with_token(rb, token).header("Content-Type", "application/json");
+                match json_body {
+                    Some(b) => rb.send(b),
+                    None => rb.send_empty(),
+                }
+            }
+        };
+        let mut response = sent.map_err(|e| self.classify(e))?;
+        let status = response.status().as_u16();
+        let text = response
+            .body_mut()
+            .with_config()
+            .limit(MAX_ANSWER_BYTES)
+            .read_to_string()
+            .map_err(|e| self.classify(e))?;
+        if !(200..300).contains(&status) {
+            return Err(CtlError::Refused(Refusal::parse(status, text)));
+        }
+        let json = serde_json::from_str(&text)
+            .map_err(|e| CtlError::Malformed(format!("{method:?} {path}: {e}")))?;
+        Ok(Answer { text, json })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn refusals_carry_the_daemons_message_and_fingerprint() {
+        let r = Refusal::parse(
+            412,
+            r#"{"result":[{"message":"not trusted","code":12505,"fingerprint":"ab"}]}"#.into(),
+        );
+        assert_eq!(r.message, "not trusted");
+        assert_eq!(r.fingerprint.as_deref(), Some("ab"));
+        let odd = Refusal::parse(502, "<html>bad gateway</html>".into());
+        assert_eq!(odd.message, "HTTP 502: <html>bad gateway</html>");
+    }
+
+    #[test]
+    fn path_segments_are_percent_encoded() {
+        assert_eq!(segment("10.0.0.2:8443"), "10.0.0.2%3A8443");
+        assert_eq!(segment("a b/c"), "a%20b%2Fc");
+        assert_eq!(segment("ops-1_x.y~"), "ops-1_x.y~");
+    }
+}

@@ -1,0 +1,453 @@
+//! `replgate ctl`: the admin command line. Talks to a running daemon through its HTTPS API
+//! only, with one client that trusts nothing but the given CA; never opens the database
+//! (the daemon holds redb's exclusive lock). This module owns the commands, their output
+//! and the exit codes; the grammar is `cli::parse_ctl`'s, the reference for admins is
+//! `docs/ctl.md`.
+//!
+//! - `client`: the typed client for the daemon's API (timeouts, no proxy, no redirects),
+//! - `settings`: where the API, the CA and the token cache come from (`REPLGATE_CTL_*`),
+//! - `session`: the token cache (0600, through `fsx`),
+//! - `prompt`: passwords (`--password-stdin`, `REPLGATE_PASSWORD`, a prompt without echo),
+//! - `table`: human tables, cleaned of terminal control characters.
+
+mod client;
+mod prompt;
+mod session;
+mod settings;
+mod table;
+
+use std::fmt;
+use std::io::{self, Write};
+
+use serde::{Deserialize, Serialize};
+use serde_json::{json, Value};
+
+use crate::ca;
+use crate::cli::{self, Ctl, CtlCommand};
+use client::{Answer, Client, Refusal, Resolution, AUDIT_PAGE};
+use prompt::password;
+use session::CachedSession;
+use settings::Settings;
+use table::{cell, clean, utc};
+
+pub use settings::{DEFAULT_API, DEFAULT_CACERT};
+
+/// Exit codes scripts can rely on (documented in `docs/ctl.md`).
+pub mod exit {
+    /// The command did what it was asked.
+    pub const OK: u8 = 0;
+    /// The daemon refused (a 4xx or 5xx not listed below); its message is printed.
+    pub const REFUSED: u8 = 1;
+    /// Bad arguments, or a local set-up problem (CA file, token file, no password).
+    pub const USAGE: u8 = 2;
+    /// Not logged in, token expired, or wrong user name or password (401).
+    pub const UNAUTHORIZED: u8 = 3;
+    /// The user's privilege is too low (403).
+    pub const FORBIDDEN: u8 = 4;
+    /// Unknown request, system, target or user (404).
+    pub const NOT_FOUND: u8 = 5;
+    /// The object's state does not allow it: already resolved, duplicate (409).
+    pub const CONFLICT: u8 = 6;
+    /// The target's CA is not trusted yet (412, code 12505).
+    pub const UNTRUSTED: u8 = 7;
+    /// The daemon could not be reached: refused connection, TLS failure, timeout.
+    pub const UNREACHABLE: u8 = 8;
+}
+
+/// Runs `replgate ctl` with the words after `ctl`; returns the exit code.
+pub fn run(args: &[String]) -> u8 {
+    let ctl = match cli::parse_ctl(args) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!(
+                "replgate ctl: {}\n  `replgate ctl help` lists the commands and options",
+                e.0
+            );
+            return exit::USAGE;
+        }
+    };
+    if ctl.command == CtlCommand::Help {
+        print_out(&format!("{}\n", cli::CTL_USAGE));
+        return exit::OK;
+    }
+    match execute(&ctl) {
+        Ok(out) => {
+            print_out(&out);
+            exit::OK
+        }
+        Err(e) => {
+            if let (true, CtlError::Refused(r)) = (ctl.json, &e) {
+                print_out(&with_newline(&r.body));
+            }
+            eprintln!("replgate ctl: {e}");
+            if let Some(hint) = e.hint(&ctl.command) {
+                eprintln!("{hint}");
+            }
+            e.exit_code()
+        }
+    }
+}
+
+/// Writes to standard output, ignoring a closed pipe (`replgate ctl audit | head`).
+fn print_out(text: &str) {
+    let mut out = io::stdout().lock();
+    let _ = out.write_all(text.as_bytes());
+    let _ = out.flush();
+}
+
+fn with_newline(text: &str) -> String {
+    if text.ends_with('\n') {
+        text.to_string()
+    } else {
+        format!("{text}\n")
+    }
+}
+
+/// A secret (token, password) that prints as `…` in `Debug`.
+#[derive(Clone, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(transparent)]
+struct Secret(String);
+
+impl fmt::Debug for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("…")
+    }
+}
+
+// ---- errors ----
+
+/// Every way a `ctl` command fails, each with its exit code.
+#[derive(Debug)]
+pub enum CtlError {
+    /// Bad arguments or local set-up: an unreadable CA file, no password source.
+    Usage(String),
+    /// The token cache could not be read or written.
+    Local(String),
+    /// No cached token for this daemon; nothing was sent.
+    NotLoggedIn(String),
+    /// The daemon answered with an error status.
+    Refused(Refusal),
+    /// The daemon could not be reached, or the TLS handshake failed.
+    Unreachable(String),
+    /// The daemon's answer is not what the API documents.
+    Malformed(String),
+}
+
+impl CtlError {
+    pub fn exit_code(&self) -> u8 {
+        match self {
+            CtlError::Usage(_) | CtlError::Local(_) => exit::USAGE,
+            CtlError::NotLoggedIn(_) => exit::UNAUTHORIZED,
+            CtlError::Refused(r) => match r.status {
+                401 => exit::UNAUTHORIZED,
+                403 => exit::FORBIDDEN,
+                404 => exit::NOT_FOUND,
+                409 => exit::CONFLICT,
+                412 => exit::UNTRUSTED,
+                _ => exit::REFUSED,
+            },
+            CtlError::Unreachable(_) => exit::UNREACHABLE,
+            CtlError::Malformed(_) => exit::REFUSED,
+        }
+    }
+
+    /// Extra lines for stderr: what to do next.
+    fn hint(&self, command: &CtlCommand) -> Option<String> {
+        let CtlError::Refused(r) = self else {
+            return None;
+        };
+        match (r.status, command) {
+            (401, CtlCommand::Login { .. }) => None,
+            (401, _) => Some("  log in again with `replgate ctl login`".into()),
+            (412, CtlCommand::RequestTarget { target, .. }) => {
+                let fp = r.fingerprint.as_deref().unwrap_or("?");
+                Some(format!(
+                    "  presented CA fingerprint (SHA-256): {fp}\n  \
+                     compare it with the target's own (`replgate ctl health` on the target), then retry:\n    \
+                     replgate ctl request-target {target} --fingerprint {fp}"
+                ))
+            }
+            _ => None,
+        }
+    }
+}
+
+impl fmt::Display for CtlError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            CtlError::Usage(m)
+            | CtlError::Local(m)
+            | CtlError::NotLoggedIn(m)
+            | CtlError::Unreachable(m) => f.write_str(m),
+            CtlError::Refused(r) => f.write_str(&clean(&r.message)),
+            CtlError::Malformed(m) => write!(f, "unexpected answer from the daemon: {m}"),
+        }
+    }
+}
+
+impl std::error::Error for CtlError {}
+
+// ---- commands ----
+
+/// Runs one command; returns what goes to standard output.
+fn execute(ctl: &Ctl) -> Result<String, CtlError> {
+    let settings = Settings::resolve(ctl)?;
+    let ca_pem = settings.ca_pem()?;
+    let client = Client::new(&settings.api, &ca_pem)?;
+    let api = settings.api.as_str();
+    // Located only by the commands that use a token: `health` works without HOME.
+    let token = || settings::token_file()?.token(api);
+    // The daemon's JSON as it came with --json, else `human` of it.
+    let show = |answer: Answer, human: &dyn Fn(&Value) -> String| {
+        if ctl.json {
+            with_newline(&answer.text)
+        } else {
+            human(&answer.json)
+        }
+    };
+    Ok(match &ctl.command {
+        CtlCommand::Help => format!("{}\n", cli::CTL_USAGE),
+        CtlCommand::Login {
+            user,
+            password: from,
+        } => {
+            let tokens = settings::token_file()?;
+            let pw = password(*from, &format!("password for {user} at {api}: "), false)?;
+            let a = client.login(user, &pw)?;
+            let token = a.json["auth_token"]
+                .as_str()
+                .ok_or_else(|| CtlError::Malformed("login answer without auth_token".into()))?;
+            let session = CachedSession {
+                api: api.to_string(),
+                user: user.clone(),
+                privilege: a.json["privilege"].as_str().unwrap_or("").to_string(),
+                expires: a.json["expires"].as_i64().unwrap_or(0),
+                token: Secret(token.to_string()),
+            };
+            let out = if ctl.json {
+                // The token is a secret: it goes to the cache, never to the screen.
+                let mut v = a.json.clone();
+                if let Some(o) = v.as_object_mut() {
+                    o.remove("auth_token");
+                }
+                format!("{v}\n")
+            } else {
+                format!(
+                    "logged in to {api} as {} ({}); the token is cached in {} and expires by {} UTC\n",
+                    clean(user),
+                    clean(&session.privilege),
+                    tokens.path.display(),
+                    utc(session.expires)
+                )
+            };
+            tokens.remember(session)?;
+            out
+        }
+        CtlCommand::Logout => {
+            // Forget the token locally whatever the daemon says; then tell the daemon.
+            let Some(session) = settings::token_file()?.forget(api)? else {
+                return Ok(format!("not logged in to {api}\n"));
+            };
+            match client.logout(&session.token) {
+                Ok(a) => show(a, &|_| format!("logged out of {api}\n")),
+                // An expired session is already over.
+                Err(CtlError::Refused(r)) if r.status == 401 => {
+                    format!("logged out of {api} (the session had already expired)\n")
+                }
+                Err(e) => return Err(e),
+            }
+        }
+        CtlCommand::Health => {
+            let a = client.health()?;
+            let fingerprint = std::str::from_utf8(&ca_pem)
+                .ok()
+                .and_then(|pem| ca::cert_pem_to_der(pem).ok())
+                .map(|der| ca::sha256_hex(&der))
+                .unwrap_or_else(|| "-".into());
+            show(a, &|v| {
+                format!(
+                    "status:  {}\nversion: {}\napi:     {api}\nCA fingerprint (SHA-256): {fingerprint}\n",
+                    cell(&v["status"]),
+                    cell(&v["version"])
+                )
+            })
+        }
+        CtlCommand::Pending { include_rejected } => {
+            let a = client.pending(&token()?, *include_rejected)?;
+            show(a, &|v| table::pending_table(v, *include_rejected))
+        }
+        CtlCommand::Accept {
+            request_id,
+            storage_id,
+        } => {
+            let how = Resolution::Accept {
+                storage_id: *storage_id,
+            };
+            let a = client.resolve(&token()?, *request_id, how)?;
+            show(a, &|v| {
+                format!(
+                    "accepted request {request_id}: system {} ({})\n",
+                    cell(&v["system_id"]),
+                    cell(&v["status"])
+                )
+            })
+        }
+        CtlCommand::Reject {
+            request_id,
+            message,
+        } => {
+            let how = Resolution::Reject { message };
+            let a = client.resolve(&token()?, *request_id, how)?;
+            show(a, &|v| {
+                format!("request {request_id}: {}\n", cell(&v["status"]))
+            })
+        }
+        CtlCommand::Ignore { request_id } => {
+            let a = client.ignore(&token()?, *request_id)?;
+            show(a, &|_| format!("ignored request {request_id}\n"))
+        }
+        CtlCommand::Unpair { system_id } => {
+            let a = client.unpair(&token()?, *system_id)?;
+            show(a, &|_| {
+                format!("unpaired system {system_id}: its certificate is revoked\n")
+            })
+        }
+        CtlCommand::Systems => show(client.systems(&token()?)?, &table::systems_table),
+        CtlCommand::Storage => show(client.storage(&token()?)?, &table::storage_table),
+        CtlCommand::RequestTarget { target, trust } => {
+            let a = client.request_target(&token()?, target, trust)?;
+            show(a, &|v| {
+                format!(
+                    "asked {} for replication: target {}, request {}, {}\n\
+                     verification code: {}\n  \
+                     the target's admin must see the same code in `replgate ctl pending` before accepting\n",
+                    clean(target),
+                    cell(&v["target_id"]),
+                    cell(&v["request_id"]),
+                    cell(&v["status"]),
+                    cell(&v["verification_code"])
+                )
+            })
+        }
+        CtlCommand::Targets => show(client.targets(&token()?)?, &table::targets_table),
+        CtlCommand::ForgetTarget { host } => {
+            let a = client.forget_target(&token()?, host)?;
+            show(a, &|v| format!("forgot target {}\n", cell(&v["host"])))
+        }
+        CtlCommand::Users => show(client.users(&token()?)?, &table::users_table),
+        CtlCommand::UserAdd {
+            name,
+            privilege,
+            password: from,
+        } => {
+            let token = token()?;
+            let pw = password(*from, &format!("password for the new user {name}: "), true)?;
+            let a = client.add_user(&token, name, *privilege, &pw)?;
+            show(a, &|v| {
+                format!(
+                    "added user {} ({})\n",
+                    cell(&v["name"]),
+                    cell(&v["privilege"])
+                )
+            })
+        }
+        CtlCommand::UserSet {
+            name,
+            privilege,
+            password: from,
+        } => {
+            let token = token()?;
+            let pw = match from {
+                Some(from) => Some(password(
+                    *from,
+                    &format!("new password for {name}: "),
+                    true,
+                )?),
+                None => None,
+            };
+            let a = client.set_user(&token, name, *privilege, pw.as_ref())?;
+            show(a, &|v| {
+                format!(
+                    "updated user {} ({})\n",
+                    cell(&v["name"]),
+                    cell(&v["privilege"])
+                )
+            })
+        }
+        CtlCommand::UserRemove { name } => {
+            let a = client.remove_user(&token()?, name)?;
+            show(a, &|v| format!("removed user {}\n", cell(&v["name"])))
+        }
+        CtlCommand::Audit { limit } => {
+            let rows = latest_audit(&client, &token()?, *limit)?;
+            if ctl.json {
+                format!("{}\n", json!({ "audit": rows }))
+            } else {
+                table::audit_table(&rows)
+            }
+        }
+    })
+}
+
+/// The latest `limit` audit rows, oldest first. The daemon pages forward from the oldest,
+/// so this reads every page and keeps the tail.
+fn latest_audit(client: &Client, token: &Secret, limit: u64) -> Result<Vec<Value>, CtlError> {
+    let mut rows: std::collections::VecDeque<Value> = Default::default();
+    let mut after = 0u64;
+    loop {
+        let a = client.audit_page(token, after)?;
+        let page = a.json["audit"]
+            .as_array()
+            .ok_or_else(|| CtlError::Malformed("audit answer without `audit`".into()))?;
+        let Some(last) = page.last() else {
+            break;
+        };
+        let last_id = last["id"]
+            .as_u64()
+            .filter(|id| *id > after)
+            .ok_or_else(|| {
+                CtlError::Malformed("audit ids do not increase from page to page".into())
+            })?;
+        rows.extend(page.iter().cloned());
+        while rows.len() as u64 > limit {
+            rows.pop_front();
+        }
+        if (page.len() as u64) < AUDIT_PAGE {
+            break;
+        }
+        after = last_id;
+    }
+    Ok(rows.into())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn exit_codes_follow_the_status() {
+        let refused = |status| {
+            CtlError::Refused(Refusal::parse(
+                status,
+                r#"{"result":[{"message":"m","code":1}]}"#.into(),
+            ))
+            .exit_code()
+        };
+        assert_eq!(refused(400), exit::REFUSED);
+        assert_eq!(refused(401), exit::UNAUTHORIZED);
+        assert_eq!(refused(403), exit::FORBIDDEN);
+        assert_eq!(refused(404), exit::NOT_FOUND);
+        assert_eq!(refused(409), exit::CONFLICT);
+        assert_eq!(refused(412), exit::UNTRUSTED);
+        assert_eq!(refused(429), exit::REFUSED);
+        assert_eq!(refused(500), exit::REFUSED);
+        assert_eq!(
+            CtlError::Unreachable("x".into()).exit_code(),
+            exit::UNREACHABLE
+        );
+        assert_eq!(
+            CtlError::NotLoggedIn("x".into()).exit_code(),
+            exit::UNAUTHORIZED
+        );
+    }
+}

@@ -1,0 +1,132 @@
+//! Where `replgate ctl` finds its daemon, the CA to trust and the token cache: flags, then
+//! `REPLGATE_CTL_*` variables, then defaults. Reads the CA file; writes nothing.
+
+use std::io::{self, Read};
+use std::path::{Path, PathBuf};
+
+use super::session::TokenFile;
+use super::CtlError;
+use crate::cli::Ctl;
+
+/// Default API address: the daemon's default `api_listen`.
+pub const DEFAULT_API: &str = "https://127.0.0.1:8443";
+/// Default CA file: the daemon's CA under its default `data_dir`.
+pub const DEFAULT_CACERT: &str = "./replgate-data/ca.pem";
+/// The token cache and a CA file are a few KB.
+pub const MAX_LOCAL_FILE_BYTES: u64 = 1024 * 1024;
+
+/// Where the API is and whom to trust, resolved from flags, environment and defaults.
+pub struct Settings {
+    /// `https://host:port`, no trailing slash.
+    pub api: String,
+    pub cacert: PathBuf,
+}
+
+/// An environment variable that is set and not empty.
+pub fn env_nonempty(name: &str) -> Option<String> {
+    std::env::var(name).ok().filter(|v| !v.is_empty())
+}
+
+/// Checks `given` is `https://HOST[:PORT]` and returns it without a trailing slash.
+fn api_base(given: &str) -> Result<String, CtlError> {
+    let trimmed = given.trim().trim_end_matches('/');
+    let bad = || {
+        CtlError::Usage(format!(
+            "--api {given:?} is not https://HOST:PORT (the API is HTTPS only)"
+        ))
+    };
+    let rest = trimmed.strip_prefix("https://").ok_or_else(bad)?;
+    if rest.is_empty() || rest.contains(['/', '?', '#', '@', ' ']) {
+        return Err(bad());
+    }
+    Ok(format!("https://{rest}"))
+}
+
+impl Settings {
+    /// Flags win over `REPLGATE_CTL_API`/`REPLGATE_CTL_CACERT`, which win over defaults.
+    pub fn resolve(ctl: &Ctl) -> Result<Settings, CtlError> {
+        let api = ctl
+            .api
+            .clone()
+            .or_else(|| env_nonempty("REPLGATE_CTL_API"))
+            .unwrap_or_else(|| DEFAULT_API.into());
+        let cacert = ctl
+            .cacert
+            .clone()
+            .or_else(|| env_nonempty("REPLGATE_CTL_CACERT").map(PathBuf::from))
+            .unwrap_or_else(|| DEFAULT_CACERT.into());
+        Ok(Settings {
+            api: api_base(&api)?,
+            cacert,
+        })
+    }
+
+    /// The CA file's bytes.
+    pub fn ca_pem(&self) -> Result<Vec<u8>, CtlError> {
+        read_small(&self.cacert).map_err(|e| {
+            CtlError::Usage(format!(
+                "read the CA file {}: {e} (give --cacert or REPLGATE_CTL_CACERT)",
+                self.cacert.display()
+            ))
+        })
+    }
+}
+
+fn read_small(path: &Path) -> io::Result<Vec<u8>> {
+    let mut bytes = Vec::new();
+    std::fs::File::open(path)?
+        .take(MAX_LOCAL_FILE_BYTES + 1)
+        .read_to_end(&mut bytes)?;
+    if bytes.len() as u64 > MAX_LOCAL_FILE_BYTES {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidData,
+            "file larger than 1 MiB",
+        ));
+    }
+    Ok(bytes)
+}
+
+/// The token cache: `REPLGATE_CTL_TOKEN_FILE`, else `$XDG_RUNTIME_DIR/replgate/token`,
+/// else `$HOME/.cache/replgate/token`.
+pub fn token_file() -> Result<TokenFile, CtlError> {
+    if let Some(p) = env_nonempty("REPLGATE_CTL_TOKEN_FILE") {
+        return Ok(TokenFile {
+            path: p.into(),
+            owns_dir: false,
+        });
+    }
+    let absolute = |v: String| Some(PathBuf::from(v)).filter(|p| p.is_absolute());
+    let dir = match env_nonempty("XDG_RUNTIME_DIR").and_then(absolute) {
+        Some(runtime) => runtime.join("replgate"),
+        None => env_nonempty("HOME")
+            .and_then(absolute)
+            .map(|home| home.join(".cache").join("replgate"))
+            .ok_or_else(|| {
+                CtlError::Local(
+                    "no place for the token cache: set REPLGATE_CTL_TOKEN_FILE, XDG_RUNTIME_DIR or HOME"
+                        .into(),
+                )
+            })?,
+    };
+    Ok(TokenFile {
+        path: dir.join("token"),
+        owns_dir: true,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn api_urls_are_https_without_a_path() {
+        assert_eq!(api_base("https://h:1/").unwrap(), "https://h:1");
+        assert_eq!(
+            api_base("https://[::1]:8443").unwrap(),
+            "https://[::1]:8443"
+        );
+        assert!(api_base("http://h:1").is_err());
+        assert!(api_base("h:1").is_err());
+        assert!(api_base("https://h:1/api").is_err());
+    }
+}
