@@ -343,13 +343,7 @@ fn execute(ctl: &Ctl) -> Result<String, CtlError> {
             let token = token()?;
             let pw = password(*from, &format!("password for the new user {name}: "), true)?;
             let a = client.add_user(&token, name, *privilege, &pw)?;
-            show(a, &|v| {
-                format!(
-                    "added user {} ({})\n",
-                    cell(&v["name"]),
-                    cell(&v["privilege"])
-                )
-            })
+            show(a, &|v| user_line("added", v))
         }
         CtlCommand::UserSet {
             name,
@@ -366,13 +360,7 @@ fn execute(ctl: &Ctl) -> Result<String, CtlError> {
                 None => None,
             };
             let a = client.set_user(&token, name, *privilege, pw.as_ref())?;
-            show(a, &|v| {
-                format!(
-                    "updated user {} ({})\n",
-                    cell(&v["name"]),
-                    cell(&v["privilege"])
-                )
-            })
+            show(a, &|v| user_line("updated", v))
         }
         CtlCommand::UserRemove { name } => {
             let a = client.remove_user(&token()?, name)?;
@@ -387,6 +375,15 @@ fn execute(ctl: &Ctl) -> Result<String, CtlError> {
             }
         }
     })
+}
+
+/// `added user ops (manage)`: what `users add` and `users set` print.
+fn user_line(verb: &str, v: &Value) -> String {
+    format!(
+        "{verb} user {} ({})\n",
+        cell(&v["name"]),
+        cell(&v["privilege"])
+    )
 }
 
 /// The latest `limit` audit rows, oldest first. The daemon pages forward from the oldest,
