@@ -84,6 +84,15 @@ pub fn utc_text(t: UnixTime) -> Option<String> {
     ))
 }
 
+/// `t` as `YYYY-MM-DD HH:MM:SS UTC`, for messages that stand alone; `unix time <t>`
+/// outside the calendar's range.
+pub fn format_utc(t: UnixTime) -> String {
+    match utc_text(t) {
+        Some(s) => format!("{s} UTC"),
+        None => format!("unix time {t}"),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -96,6 +105,12 @@ mod tests {
         );
         assert_eq!(utc_text(0).as_deref(), Some("1970-01-01 00:00:00"));
         assert_eq!(utc_text(i64::MAX), None);
+    }
+
+    #[test]
+    fn format_utc_says_utc() {
+        assert_eq!(format_utc(1_700_000_000), "2023-11-14 22:13:20 UTC");
+        assert_eq!(format_utc(i64::MAX), format!("unix time {}", i64::MAX));
     }
 
     #[test]
