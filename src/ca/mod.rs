@@ -309,15 +309,9 @@ impl Ca {
             ExtendedKeyUsagePurpose::ServerAuth,
         )?;
         params.subject_alt_names = sans;
-        let cert = params
-            .signed_by(&key, &self.issuer)
-            .map_err(|source| CaError::Rcgen {
-                action: "sign server certificate",
-                source,
-            })?;
-        let info = cert_info(cert.der()).map_err(CaError::Reparse)?;
+        let (cert_pem, info) = self.sign(params, &key, "sign server certificate")?;
         Ok(IssuedKeyPair {
-            cert_pem: pem_encode("CERTIFICATE", cert.der()),
+            cert_pem,
             key_pem: key.serialize_pem(),
             serial: info.serial,
             not_after: info.not_after,
@@ -354,18 +348,27 @@ impl Ca {
             checked_add(now, Duration::days(i64::from(lifetime_days)))?,
             ExtendedKeyUsagePurpose::ClientAuth,
         )?;
-        let cert = params
-            .signed_by(&public_key, &self.issuer)
-            .map_err(|source| CaError::Rcgen {
-                action: "sign client certificate",
-                source,
-            })?;
-        let info = cert_info(cert.der()).map_err(CaError::Reparse)?;
+        let (cert_pem, info) = self.sign(params, &public_key, "sign client certificate")?;
         Ok(IssuedCert {
-            cert_pem: pem_encode("CERTIFICATE", cert.der()),
+            cert_pem,
             serial: info.serial,
             not_after: info.not_after,
         })
+    }
+
+    /// Signs `params` for `public_key` with the CA key; returns the certificate as PEM and
+    /// what it says, read back from the DER (serial, validity).
+    fn sign(
+        &self,
+        params: CertificateParams,
+        public_key: &impl PublicKeyData,
+        action: &'static str,
+    ) -> Result<(String, CertInfo), CaError> {
+        let cert = params
+            .signed_by(public_key, &self.issuer)
+            .map_err(|source| CaError::Rcgen { action, source })?;
+        let info = cert_info(cert.der()).map_err(CaError::Reparse)?;
+        Ok((pem_encode("CERTIFICATE", cert.der()), info))
     }
 }
 
