@@ -1,5 +1,5 @@
-//! Plain types shared by every layer: privilege levels and the like. No I/O, no logic
-//! beyond parsing and ordering.
+//! Plain types shared by every layer: privilege levels, the time type and its one UTC
+//! rendering. No I/O, no logic beyond parsing, ordering and formatting.
 
 use std::fmt;
 use std::str::FromStr;
