@@ -134,6 +134,7 @@ pub fn kb_text(code: u32) -> Option<&'static str> {
         411 => "Request bodies must be sent with Content-Length; chunked transfer encoding is not accepted.",
         412 => "See code 12505.",
         12505 => "The peer presented a certificate authority that this appliance does not trust yet. Compare the fingerprint in the error with the one shown on the peer (out of band, for example by phone), then retry with \"fingerprint\": \"<that value>\", or with \"insecure\": 1 to trust whatever is presented.",
+        417 => "The request carried an Expect header other than a single \"Expect: 100-continue\". Send the request without it.",
         413 => "The request body or head is larger than the configured limit (max_body_bytes, max_head_bytes).",
         429 => "Too many attempts: failed logins for this user or address, or too many open pairing requests. Wait for the number of seconds in the Retry-After header.",
         431 => "The request head (request line and headers) is larger than max_head_bytes.",

@@ -10,7 +10,6 @@
 //! of that connection is what tiny_http reports as `remote_addr()`, and the [`PeerTable`]
 //! maps it back to the client.
 
-pub mod head;
 mod peers;
 mod relay;
 mod sys;

@@ -1,6 +1,6 @@
 //! One client connection: the TLS handshake under a deadline, then a single-threaded poll
 //! loop that relays plaintext to and from the backend while holding each request head to
-//! the rules in `head`. Knows a request only by its framing; never decides what a peer may
+//! the rules in `wire::http`. Knows a request only by its framing; never decides what a peer may
 //! do, only records who it is.
 
 use std::io::{self, Read, Write};
@@ -11,10 +11,10 @@ use std::time::{Duration, Instant};
 
 use rustls::ServerConnection;
 
-use super::head::{self, HeadError};
 use super::peers::PeerInfo;
 use super::{sys, Shared};
 use crate::wire::error::raw_error_response;
+use crate::wire::http::{self, HeadError};
 
 /// Backend-to-client plaintext waiting for rustls. tiny_http writes responses in pieces
 /// of a few KiB; 16 KiB is one full TLS record.
@@ -244,7 +244,7 @@ enum Refusal {
     HeadTooLarge { limit: usize },
     /// 408: the head was still incomplete `head_timeout` after its first byte.
     HeadTimeout { limit: Duration },
-    /// 400, 411 or 413: the parser said no.
+    /// 400, 411, 413 or 417: the parser said no.
     Head(HeadError),
 }
 
@@ -590,18 +590,20 @@ impl<'a> Relay<'a> {
                     }
                     since.get_or_insert(now);
                     let window = &held[..held.len().min(max_head)];
-                    let Some(len) = head::find_end(window, *scanned) else {
+                    let Some(len) = http::find_end(window, *scanned) else {
                         if held.len() >= max_head {
                             return Err(Refusal::HeadTooLarge { limit: max_head });
                         }
                         *scanned = window.len();
                         return Ok(());
                     };
-                    let parsed = head::parse(&window[..len], max_body).map_err(Refusal::Head)?;
+                    let content_length = http::parse(&window[..len])
+                        .and_then(|head| head.capped_length(max_body))
+                        .map_err(Refusal::Head)?;
                     self.up.released += len;
                     self.last_head_at = Some(now);
                     self.framing = Framing::Body {
-                        remaining: parsed.content_length,
+                        remaining: content_length,
                         since: now,
                     };
                 }

@@ -280,7 +280,7 @@ impl Client {
 
     fn response(&mut self) -> Response {
         let head_len = loop {
-            if let Some(end) = head::find_end(&self.inbox, 0) {
+            if let Some(end) = crate::wire::http::find_end(&self.inbox, 0) {
                 break end;
             }
             assert!(

@@ -3,8 +3,9 @@
 //! four places where bytes from a peer are parsed, and each input is checked against a
 //! property, most often an independent model of the documented rules.
 //!
-//! - `head_*`: `front::head::{find_end, parse}` against a reference model of the rules in
-//!   head.rs, on arbitrary bytes and on mutated well-formed heads.
+//! - `head_*`: `wire::http::{find_end, parse}` (with the front's body cap) against a
+//!   reference model of the rules in wire/http.rs, on arbitrary bytes and on mutated
+//!   well-formed heads.
 //! - `json_bodies_*`: every POST/PUT route's body, mutated (wrong types, huge numbers, deep
 //!   nesting, unicode, missing and unknown fields, broken bytes), through the
 //!   `api::body::Body` accessors with a model of their rules, then through a real daemon
@@ -28,7 +29,7 @@ use replgate::api::body::{percent_decode, Body};
 use replgate::api::error::ApiError;
 use replgate::api::route_table;
 use replgate::ca::{self, Ca};
-use replgate::front::head;
+use replgate::wire::http;
 use replgate::wire::protocol::{SpoolFile, SpoolToken};
 
 use crate::harness::{scratch_dir, Daemon, Options, Response};
@@ -145,11 +146,11 @@ fn mutate_bytes(rng: &mut Rng, buf: &mut Vec<u8>) {
 }
 
 // =========================================================================================
-// (a) front::head
+// (a) wire::http request heads, under the front's body cap
 // =========================================================================================
 
-/// The rules of head.rs, written again from its documentation: the status a head gets
-/// (400, 411, 413) or its body length.
+/// The rules of wire/http.rs and the front's cap, written again from their documentation:
+/// the status a head gets (400, 411, 413, 417) or its body length.
 fn head_model(head: &[u8], max_body: u64) -> Result<u64, u16> {
     let Some(text) = head.strip_suffix(b"\r\n\r\n") else {
         return Err(400);
@@ -185,7 +186,8 @@ fn head_model(head: &[u8], max_body: u64) -> Result<u64, u16> {
         return Err(400);
     }
     let mut length: Option<u64> = None;
-    let mut chunked = false;
+    let mut codings: Vec<String> = Vec::new();
+    let mut expects: Vec<String> = Vec::new();
     for line in &lines[1..] {
         if line[0] == b' ' || line[0] == b'\t' {
             return Err(400);
@@ -216,12 +218,21 @@ fn head_model(head: &[u8], max_body: u64) -> Result<u64, u16> {
                 }
                 length = Some(n);
             }
-            "transfer-encoding" => chunked = true,
+            "transfer-encoding" => codings.push(value.to_ascii_lowercase()),
+            "expect" => expects.push(value.to_ascii_lowercase()),
             "connection" if value.to_ascii_lowercase().contains("upgrade") => return Err(400),
             _ => {}
         }
     }
-    if chunked {
+    // Only a single `chunked` without a length is framed at all; the front takes none.
+    let chunked_only = codings.len() == 1 && codings[0] == "chunked" && length.is_none();
+    if !codings.is_empty() && !chunked_only {
+        return Err(411);
+    }
+    if !(expects.is_empty() || (expects.len() == 1 && expects[0] == "100-continue")) {
+        return Err(417);
+    }
+    if chunked_only {
         return Err(411);
     }
     match length.unwrap_or(0) {
@@ -268,6 +279,9 @@ fn header_value(rng: &mut Rng, name: &str) -> String {
             .to_string(),
         "connection" => rng
             .pick(&["keep-alive", "close", "Upgrade", "keep-alive, UPGRADE"])
+            .to_string(),
+        "expect" => rng
+            .pick(&["100-continue", "100-Continue", "200-ok", ""])
             .to_string(),
         _ => (0..rng.index(20))
             .map(|_| (b' ' + rng.below(95) as u8) as char)
@@ -317,7 +331,7 @@ fn check_head(
     max_body: u64,
     tally: &mut BTreeMap<String, u64>,
 ) {
-    let end = match no_panic(|| head::find_end(buf, 0)) {
+    let end = match no_panic(|| http::find_end(buf, 0)) {
         Ok(e) => e,
         Err(p) => return run.fail(case, format!("find_end panicked ({p}) on {}", show(buf))),
     };
@@ -333,7 +347,7 @@ fn check_head(
     }
     // Resuming a scan where a shorter prefix found nothing gives the same answer.
     let from = run.rng.index(buf.len() + 1);
-    if head::find_end(&buf[..from], 0).is_none() && head::find_end(buf, from) != end {
+    if http::find_end(&buf[..from], 0).is_none() && http::find_end(buf, from) != end {
         run.fail(
             case,
             format!("find_end from {from} differs on {}", show(buf)),
@@ -344,8 +358,8 @@ fn check_head(
         None => vec![buf],
     };
     for h in heads {
-        let got = match no_panic(|| head::parse(h, max_body)) {
-            Ok(g) => g.map(|r| r.content_length).map_err(|e| e.status()),
+        let got = match no_panic(|| http::parse(h).and_then(|r| r.capped_length(max_body))) {
+            Ok(g) => g.map_err(|e| e.status()),
             Err(p) => return run.fail(case, format!("parse panicked ({p}) on {}", show(h))),
         };
         let want = head_model(h, max_body);
@@ -388,7 +402,7 @@ fn head_run(name: &'static str, salt: u64, structured: bool) {
     }
     if structured {
         // The generator must reach every outcome, or the property proves little.
-        for outcome in ["ok", "400", "411", "413"] {
+        for outcome in ["ok", "400", "411", "413", "417"] {
             assert!(tally.contains_key(outcome), "no {outcome} in {tally:?}");
         }
     }

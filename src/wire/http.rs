@@ -1,21 +1,52 @@
-//! HTTP/1.1 request-head parsing for the front: finds where a head ends and decides
-//! whether it may be forwarded and how many body bytes follow. Pure functions over bytes;
-//! no I/O, no clock, no allocation.
+//! HTTP/1.1 request heads: where a head ends, and a strict parse of one complete head into
+//! what a server needs to frame and route it. Pure functions over bytes; no I/O, no clock,
+//! no allocation; the parsed head borrows from the bytes it was parsed from.
 //!
 //! The rules are stricter than tiny_http 0.12 on purpose: whatever passes here is framed
-//! by tiny_http exactly as the front frames it (same head end, same body length), so the
-//! two can never disagree about where one request stops and the next begins.
+//! by tiny_http exactly as the TLS front frames it (same head end, same body length), so
+//! the two can never disagree about where one request stops and the next begins. Caps
+//! (how large a body may be, whether chunked bodies are taken) are the caller's policy:
+//! [`RequestHead::capped_length`] is the front's.
 
 use std::fmt;
+use std::ops::Range;
 
 /// The terminator of a request head.
 const HEAD_END: &[u8] = b"\r\n\r\n";
 
-/// What the front needs to know about a request head it accepted.
+/// The protocol version of a request.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct RequestHead {
-    /// Body bytes that follow the head (0 when the head names no `Content-Length`).
-    pub content_length: u64,
+pub enum Version {
+    Http10,
+    Http11,
+}
+
+/// How the body of a request is delimited.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum BodyFraming {
+    /// Exactly this many bytes follow the head (0 when the head names no length).
+    Length(u64),
+    /// `Transfer-Encoding: chunked` (and no `Content-Length`).
+    Chunked,
+}
+
+/// One request head that passed [`parse`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct RequestHead<'a> {
+    /// The method, exactly as sent (case-sensitive, as HTTP says).
+    pub method: &'a str,
+    /// The request target, exactly as sent: no decoding, no normalization.
+    pub target: &'a str,
+    pub version: Version,
+    pub body: BodyFraming,
+    /// The client sent `Expect: 100-continue` and waits for a `100 Continue` (or the
+    /// final answer) before it sends the body.
+    pub expect_continue: bool,
+    /// The connection stays open after this request: HTTP/1.1 without `Connection:
+    /// close`, or HTTP/1.0 with `Connection: keep-alive`.
+    pub keep_alive: bool,
+    /// The whole head, terminator included.
+    raw: &'a [u8],
 }
 
 /// Why a head is refused, grouped by the status the client gets.
@@ -23,15 +54,17 @@ pub struct RequestHead {
 pub enum HeadError {
     /// 400: the head is not well-formed HTTP/1.x; the text names the part.
     Malformed(&'static str),
-    /// 411: chunked (or any other transfer-coded) request bodies are not accepted.
+    /// 411: a transfer coding the caller does not take (for the front: any).
     TransferEncoding,
-    /// 413: the announced body is larger than the configured limit.
+    /// 413: the announced body is larger than the caller's limit.
     BodyTooLarge {
         /// Announced length (saturated at `u64::MAX`).
         length: u64,
         /// The configured cap.
         limit: u64,
     },
+    /// 417: an `Expect` other than a single `100-continue`.
+    Expectation,
 }
 
 impl HeadError {
@@ -41,6 +74,7 @@ impl HeadError {
             HeadError::Malformed(_) => 400,
             HeadError::TransferEncoding => 411,
             HeadError::BodyTooLarge { .. } => 413,
+            HeadError::Expectation => 417,
         }
     }
 }
@@ -56,6 +90,9 @@ impl fmt::Display for HeadError {
                 f,
                 "request body of {length} bytes exceeds the {limit}-byte limit"
             ),
+            HeadError::Expectation => {
+                f.write_str("only a single \"Expect: 100-continue\" is supported")
+            }
         }
     }
 }
@@ -71,26 +108,30 @@ pub fn find_end(buf: &[u8], from: usize) -> Option<usize> {
         .map(|at| start + at + HEAD_END.len())
 }
 
-/// Checks one complete head (as delimited by [`find_end`]) and returns its body length.
+/// Checks one complete head (as delimited by [`find_end`]).
 ///
 /// Accepted: `METHOD SP target SP HTTP/1.0|HTTP/1.1`, then `name: value` lines, every line
 /// ended by CRLF, only printable ASCII plus tab. `Content-Length` is plain digits and
-/// repeats only with the same value. Refused: any `Transfer-Encoding` (411), a body over
-/// `max_body` (413), obsolete line folding, `Connection: upgrade`, and everything else
-/// tiny_http might read differently (400).
-pub fn parse(head: &[u8], max_body: u64) -> Result<RequestHead, HeadError> {
+/// repeats only with the same value. `Transfer-Encoding` is taken only as a single
+/// `chunked` without `Content-Length`; anything else is [`HeadError::TransferEncoding`].
+/// `Expect` only as one `100-continue`. Refused as malformed (400): obsolete line
+/// folding, `Connection: upgrade`, and everything else tiny_http might read differently.
+pub fn parse(head: &[u8]) -> Result<RequestHead<'_>, HeadError> {
     let Some(text) = head.strip_suffix(HEAD_END) else {
         return Err(HeadError::Malformed("head does not end with an empty line"));
     };
     let mut lines = Lines { rest: Some(text) };
     let request_line = lines.next().ok_or(HeadError::Malformed("empty head"))??;
-    check_request_line(request_line)?;
+    let (method, target, version) = split_request_line(request_line)?;
 
     let mut content_length: Option<u64> = None;
-    let mut transfer_encoding = false;
+    let mut transfer_encoding: Option<&[u8]> = None;
+    let mut repeated_transfer_encoding = false;
+    let mut expects = 0usize;
+    let mut expect_continue = false;
+    let (mut close, mut keep_alive_token) = (false, false);
     for line in lines {
-        let line = line?;
-        let (name, value) = split_header(line)?;
+        let (name, value) = split_header(line?)?;
         if name.eq_ignore_ascii_case(b"content-length") {
             let length = parse_content_length(value)?;
             if content_length.is_some_and(|seen| seen != length) {
@@ -98,24 +139,112 @@ pub fn parse(head: &[u8], max_body: u64) -> Result<RequestHead, HeadError> {
             }
             content_length = Some(length);
         } else if name.eq_ignore_ascii_case(b"transfer-encoding") {
-            transfer_encoding = true;
-        } else if name.eq_ignore_ascii_case(b"connection") && contains_upgrade(value) {
-            // tiny_http hands the rest of such a connection to one request as its body,
-            // which would end the framing the front relies on; the API never upgrades.
-            return Err(HeadError::Malformed("protocol upgrade is not supported"));
+            repeated_transfer_encoding |= transfer_encoding.is_some();
+            transfer_encoding = Some(value);
+        } else if name.eq_ignore_ascii_case(b"expect") {
+            expects += 1;
+            expect_continue = value.eq_ignore_ascii_case(b"100-continue");
+        } else if name.eq_ignore_ascii_case(b"connection") {
+            for token in value.split(|&b| b == b',').map(trim_ows) {
+                if contains_upgrade(token) {
+                    // tiny_http hands the rest of such a connection to one request as its
+                    // body, which would end the framing the front relies on; the API never
+                    // upgrades.
+                    return Err(HeadError::Malformed("protocol upgrade is not supported"));
+                }
+                close |= token.eq_ignore_ascii_case(b"close");
+                keep_alive_token |= token.eq_ignore_ascii_case(b"keep-alive");
+            }
         }
     }
-    if transfer_encoding {
-        return Err(HeadError::TransferEncoding);
+    let body = match (transfer_encoding, content_length) {
+        (None, length) => BodyFraming::Length(length.unwrap_or(0)),
+        (Some(coding), None)
+            if !repeated_transfer_encoding && coding.eq_ignore_ascii_case(b"chunked") =>
+        {
+            BodyFraming::Chunked
+        }
+        // Another coding, a list, or a length beside it (a classic smuggling vector).
+        (Some(_), _) => return Err(HeadError::TransferEncoding),
+    };
+    if expects > 1 || (expects == 1 && !expect_continue) {
+        return Err(HeadError::Expectation);
     }
-    let content_length = content_length.unwrap_or(0);
-    if content_length > max_body {
-        return Err(HeadError::BodyTooLarge {
-            length: content_length,
-            limit: max_body,
-        });
+    let keep_alive = match version {
+        Version::Http11 => !close,
+        Version::Http10 => keep_alive_token && !close,
+    };
+    Ok(RequestHead {
+        method,
+        target,
+        version,
+        body,
+        expect_continue,
+        keep_alive,
+        raw: head,
+    })
+}
+
+impl<'a> RequestHead<'a> {
+    /// The body length under a server's caps: chunked bodies are refused (411) and a
+    /// length over `max_body` is refused (413).
+    pub fn capped_length(&self, max_body: u64) -> Result<u64, HeadError> {
+        match self.body {
+            BodyFraming::Chunked => Err(HeadError::TransferEncoding),
+            BodyFraming::Length(length) if length > max_body => Err(HeadError::BodyTooLarge {
+                length,
+                limit: max_body,
+            }),
+            BodyFraming::Length(length) => Ok(length),
+        }
     }
-    Ok(RequestHead { content_length })
+
+    /// The value (without surrounding whitespace) of the first header named `name`,
+    /// compared case-insensitively.
+    pub fn header(&self, name: &str) -> Option<&'a str> {
+        self.fields()
+            .find(|(n, _, _)| n.eq_ignore_ascii_case(name.as_bytes()))
+            .and_then(|(_, value, _)| std::str::from_utf8(value).ok())
+    }
+
+    /// Where the first header line named `name` sits in the head, its CRLF included, so
+    /// that a relay can cut it out before forwarding.
+    pub fn line_range(&self, name: &str) -> Option<Range<usize>> {
+        self.fields()
+            .find(|(n, _, _)| n.eq_ignore_ascii_case(name.as_bytes()))
+            .map(|(_, _, range)| range)
+    }
+
+    /// The length of the head, terminator included.
+    pub fn len(&self) -> usize {
+        self.raw.len()
+    }
+
+    /// Never true: a head has at least a request line and its terminator.
+    pub fn is_empty(&self) -> bool {
+        self.raw.is_empty()
+    }
+
+    /// Header lines (name, trimmed value, range of the line with its CRLF), in order.
+    /// The head was validated by [`parse`], so every line splits.
+    fn fields(&self) -> impl Iterator<Item = (&'a [u8], &'a [u8], Range<usize>)> {
+        let raw = self.raw;
+        let mut at = raw
+            .windows(2)
+            .position(|w| w == b"\r\n")
+            .map_or(raw.len(), |i| i + 2);
+        std::iter::from_fn(move || {
+            let rest = raw.get(at..)?;
+            let len = rest.windows(2).position(|w| w == b"\r\n")?;
+            if len == 0 {
+                return None;
+            }
+            let range = at..at + len + 2;
+            at = range.end;
+            let (name, value) = split_header(&rest[..len]).ok()?;
+            Some((name, value, range))
+        })
+    }
 }
 
 /// Splits a head (without its final blank line) at CRLF, refusing any byte that is not
@@ -151,7 +280,7 @@ impl<'a> Iterator for Lines<'a> {
     }
 }
 
-fn check_request_line(line: &[u8]) -> Result<(), HeadError> {
+fn split_request_line(line: &[u8]) -> Result<(&str, &str, Version), HeadError> {
     let mut parts = line.split(|&b| b == b' ');
     let (Some(method), Some(target), Some(version), None) =
         (parts.next(), parts.next(), parts.next(), parts.next())
@@ -166,10 +295,14 @@ fn check_request_line(line: &[u8]) -> Result<(), HeadError> {
     if target.is_empty() || !target.iter().all(|&b| (b'!'..=b'~').contains(&b)) {
         return Err(HeadError::Malformed("invalid request target"));
     }
-    if version != b"HTTP/1.1" && version != b"HTTP/1.0" {
-        return Err(HeadError::Malformed("unsupported http version"));
-    }
-    Ok(())
+    let version = match version {
+        b"HTTP/1.1" => Version::Http11,
+        b"HTTP/1.0" => Version::Http10,
+        _ => return Err(HeadError::Malformed("unsupported http version")),
+    };
+    // Both are printable ASCII by now, so these conversions cannot fail.
+    let text = |b| std::str::from_utf8(b).map_err(|_| HeadError::Malformed("non-ascii byte"));
+    Ok((text(method)?, text(target)?, version))
 }
 
 fn split_header(line: &[u8]) -> Result<(&[u8], &[u8]), HeadError> {
@@ -190,7 +323,7 @@ fn split_header(line: &[u8]) -> Result<(&[u8], &[u8]), HeadError> {
 }
 
 /// Plain decimal digits only: no sign, no list, no spaces inside. Values too large for
-/// `u64` saturate, which the body cap then refuses.
+/// `u64` saturate, which a body cap then refuses.
 fn parse_content_length(value: &[u8]) -> Result<u64, HeadError> {
     if value.is_empty() || !value.iter().all(u8::is_ascii_digit) {
         return Err(HeadError::Malformed("invalid content-length"));
@@ -227,6 +360,11 @@ mod tests {
 
     const MAX_BODY: u64 = 65_536;
 
+    /// The front's rules: parse, then its body cap.
+    fn front_rules(head: &[u8]) -> Result<u64, HeadError> {
+        parse(head).and_then(|h| h.capped_length(MAX_BODY))
+    }
+
     #[test]
     fn good_heads_give_their_body_length() {
         let cases: &[(&str, u64)] = &[
@@ -244,16 +382,10 @@ mod tests {
             ("GET / HTTP/1.1\r\nX-Empty:\r\nAuthToken: abc\r\n\r\n", 0),
             ("GET / HTTP/1.1\r\nConnection: keep-alive\r\n\r\n", 0),
             ("GET / HTTP/1.1\r\nExpect: 100-continue\r\n\r\n", 0),
+            ("GET / HTTP/1.1\r\nexpect: 100-Continue\r\n\r\n", 0),
         ];
         for (head, want) in cases {
-            let got = parse(head.as_bytes(), MAX_BODY);
-            assert_eq!(
-                got,
-                Ok(RequestHead {
-                    content_length: *want
-                }),
-                "{head:?}"
-            );
+            assert_eq!(front_rules(head.as_bytes()), Ok(*want), "{head:?}");
         }
     }
 
@@ -301,16 +433,69 @@ mod tests {
                 413,
             ),
             ("GET / HTTP/1.1\r\n", 400),
+            ("POST / HTTP/1.1\r\nExpect: 200-ok\r\n\r\n", 417),
+            (
+                "POST / HTTP/1.1\r\nExpect: 100-continue\r\nExpect: 100-continue\r\n\r\n",
+                417,
+            ),
         ];
         for (head, want) in cases {
-            let got = parse(head.as_bytes(), MAX_BODY).map_err(|e| e.status());
+            let got = front_rules(head.as_bytes()).map_err(|e| e.status());
             assert_eq!(got, Err(*want), "{head:?}");
         }
     }
 
     #[test]
+    fn transfer_codings_are_framed_only_when_unambiguous() {
+        let framing = |h: &str| parse(h.as_bytes()).map(|h| h.body);
+        assert_eq!(
+            framing("PUT / HTTP/1.1\r\nTransfer-Encoding: Chunked\r\n\r\n"),
+            Ok(BodyFraming::Chunked)
+        );
+        for head in [
+            "PUT / HTTP/1.1\r\nTransfer-Encoding: chunked\r\nContent-Length: 3\r\n\r\n",
+            "PUT / HTTP/1.1\r\nTransfer-Encoding: gzip, chunked\r\n\r\n",
+            "PUT / HTTP/1.1\r\nTransfer-Encoding: chunked\r\nTransfer-Encoding: chunked\r\n\r\n",
+        ] {
+            assert_eq!(framing(head), Err(HeadError::TransferEncoding), "{head:?}");
+        }
+    }
+
+    #[test]
+    fn parsed_heads_name_their_parts() {
+        let raw = b"GET /replication/v1/spool/ab/status.json HTTP/1.1\r\nHost: x\r\n\
+                    Expect: 100-continue\r\nIf-None-Match:  \"e1\" \r\n\r\n";
+        let head = parse(raw).expect("valid head");
+        assert_eq!(head.method, "GET");
+        assert_eq!(head.target, "/replication/v1/spool/ab/status.json");
+        assert_eq!(head.version, Version::Http11);
+        assert_eq!(head.body, BodyFraming::Length(0));
+        assert!(head.expect_continue && head.keep_alive);
+        assert_eq!(head.len(), raw.len());
+        assert_eq!(head.header("if-none-match"), Some("\"e1\""));
+        assert_eq!(head.header("Authorization"), None);
+        let range = head.line_range("EXPECT").expect("expect line");
+        assert_eq!(&raw[range], b"Expect: 100-continue\r\n");
+    }
+
+    #[test]
+    fn keep_alive_follows_the_version_and_the_connection_tokens() {
+        let keep = |h: &str| parse(h.as_bytes()).map(|h| h.keep_alive);
+        assert_eq!(keep("GET / HTTP/1.1\r\n\r\n"), Ok(true));
+        assert_eq!(
+            keep("GET / HTTP/1.1\r\nConnection: x, Close\r\n\r\n"),
+            Ok(false)
+        );
+        assert_eq!(keep("GET / HTTP/1.0\r\n\r\n"), Ok(false));
+        assert_eq!(
+            keep("GET / HTTP/1.0\r\nConnection: Keep-Alive\r\n\r\n"),
+            Ok(true)
+        );
+    }
+
+    #[test]
     fn refusal_messages_name_the_numbers() {
-        let err = parse(b"PUT / HTTP/1.1\r\nContent-Length: 70000\r\n\r\n", MAX_BODY);
+        let err = front_rules(b"PUT / HTTP/1.1\r\nContent-Length: 70000\r\n\r\n");
         assert_eq!(
             err.map_err(|e| e.to_string()),
             Err("request body of 70000 bytes exceeds the 65536-byte limit".to_owned())
@@ -338,14 +523,16 @@ mod tests {
         let good = b"POST /api/x HTTP/1.1\r\nContent-Length: 12\r\nA: b\r\n\r\n";
         for len in 0..=good.len() {
             let _ = find_end(&good[..len], 0);
-            let _ = parse(&good[..len], MAX_BODY);
+            let _ = front_rules(&good[..len]);
         }
         for at in 0..good.len() {
             for byte in [0u8, b'\r', b'\n', b' ', b':', 0xff] {
                 let mut head = good.to_vec();
                 head[at] = byte;
                 if let Some(end) = find_end(&head, 0) {
-                    let _ = parse(&head[..end], MAX_BODY);
+                    if let Ok(h) = parse(&head[..end]) {
+                        let _ = (h.header("a"), h.line_range("content-length"));
+                    }
                 }
             }
         }
