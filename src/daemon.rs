@@ -186,17 +186,7 @@ fn bootstrap_root(auth: &Authenticator, store: &Store, paths: &Paths) -> Result<
         Ok(p) if !p.is_empty() => p,
         _ => {
             let path = paths.admin_password();
-            // A crash after writing the file but before creating the user leaves the file:
-            // reuse it so the password an admin may already have read stays true.
-            let password = match fsx::read_regular_nofollow(&path, 1024) {
-                Ok(b) => String::from_utf8_lossy(&b).trim().to_string(),
-                Err(_) => {
-                    let p = crate::rand::hex_string(12);
-                    fsx::write_new_private(&path, format!("{p}\n").as_bytes())
-                        .map_err(|e| err(path.display(), e))?;
-                    p
-                }
-            };
+            let password = generated_password(&path).map_err(|e| err(path.display(), e))?;
             log::warn!(
                 "created user root; its generated password is in {} (mode 0600)",
                 path.display()
@@ -207,6 +197,30 @@ fn bootstrap_root(auth: &Authenticator, store: &Store, paths: &Paths) -> Result<
     auth.bootstrap_root(&password, model::now())
         .map_err(|e| err("create user root", e))?;
     Ok(())
+}
+
+/// The generated root password in `path`, written once. A crash after writing the file
+/// but before creating the user leaves the file: reuse it, so the password an admin may
+/// already have read stays true. An empty or blank file (what a crash during the
+/// non-atomic write of older versions left) counts as missing: it is replaced by a fresh
+/// password rather than giving root an empty one.
+fn generated_password(path: &Path) -> std::io::Result<String> {
+    let existing = match fsx::read_regular_nofollow(path, 1024) {
+        Ok(bytes) => Some(String::from_utf8_lossy(&bytes).trim().to_string()),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
+        Err(e) => return Err(e),
+    };
+    match existing {
+        Some(password) if !password.is_empty() => return Ok(password),
+        Some(_) => {
+            log::warn!("{} is empty; writing a new password", path.display());
+            fsx::remove_file_durable(path)?;
+        }
+        None => {}
+    }
+    let password = crate::rand::hex_string(12);
+    fsx::write_new_private(path, format!("{password}\n").as_bytes())?;
+    Ok(password)
 }
 
 fn bind(addr: SocketAddr, key: &str) -> Result<TcpListener, DaemonError> {
@@ -321,6 +335,15 @@ pub fn run(config: Config) -> Result<(), DaemonError> {
     };
     fsx::ensure_private_dir(&paths.root).map_err(|e| err(paths.root.display(), e))?;
     let store = Store::open(&paths.database()).map_err(|e| err(paths.database().display(), e))?;
+    // Holding the database lock, this is the only process writing the data directory.
+    match fsx::sweep_temporaries(&paths.root) {
+        Ok(0) => {}
+        Ok(n) => log::info!(
+            "removed {n} temporary files a crash left in {}",
+            paths.root.display()
+        ),
+        Err(e) => log::warn!("{}: {e}", paths.root.display()),
+    }
     let system_uuid = store
         .system_uuid_or_insert(crate::rand::uuid_v4)
         .map_err(|e| err("system uuid", e))?;
@@ -516,4 +539,70 @@ pub fn run(config: Config) -> Result<(), DaemonError> {
     let _ = poller.join();
     log::info!("stopped");
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A data directory with a database and an authenticator over it, as `run` makes them.
+    fn first_start(name: &str) -> (Paths, Store, Authenticator) {
+        let root =
+            std::env::temp_dir().join(format!("replgate-daemon-{name}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&root);
+        fsx::ensure_private_dir(&root).unwrap();
+        let paths = Paths { root };
+        let store = Store::open(&paths.database()).unwrap();
+        let rules = SessionRules {
+            idle: Duration::from_secs(60),
+            lifetime: Duration::from_secs(600),
+        };
+        let auth = Authenticator::new(
+            store.clone(),
+            rules,
+            Throttle::new(5, Duration::from_secs(60)),
+        )
+        .unwrap();
+        (paths, store, auth)
+    }
+
+    /// Regression: the password file used to be created, then written; a kill between the
+    /// two left it empty, and the next start gave root the empty password.
+    #[test]
+    fn an_empty_admin_password_file_at_first_start_never_becomes_roots_password() {
+        for (name, left_by_a_crash) in [("empty", ""), ("blank", " \n")] {
+            let (paths, store, auth) = first_start(name);
+            std::fs::write(paths.admin_password(), left_by_a_crash).unwrap();
+            bootstrap_root(&auth, &store, &paths).unwrap();
+            let root = store.user("root").unwrap().unwrap();
+            assert!(!crate::auth::verify_password("", &root.password_hash));
+            assert!(!crate::auth::verify_password(
+                left_by_a_crash,
+                &root.password_hash
+            ));
+            let file = std::fs::read_to_string(paths.admin_password()).unwrap();
+            let password = file.trim();
+            assert_eq!(password.len(), 24, "{file:?}");
+            assert_eq!(file, format!("{password}\n"));
+            assert!(crate::auth::verify_password(password, &root.password_hash));
+            std::fs::remove_dir_all(&paths.root).unwrap();
+        }
+    }
+
+    #[test]
+    fn a_written_admin_password_is_reused_after_a_crash_before_the_user_was_created() {
+        let (paths, store, auth) = first_start("reuse-password");
+        std::fs::write(paths.admin_password(), "kept-from-before\n").unwrap();
+        bootstrap_root(&auth, &store, &paths).unwrap();
+        let root = store.user("root").unwrap().unwrap();
+        assert!(crate::auth::verify_password(
+            "kept-from-before",
+            &root.password_hash
+        ));
+        assert_eq!(
+            std::fs::read_to_string(paths.admin_password()).unwrap(),
+            "kept-from-before\n"
+        );
+        std::fs::remove_dir_all(&paths.root).unwrap();
+    }
 }

@@ -1,11 +1,12 @@
 //! The only writer of files: atomic replacement (temp file, fsync, rename, directory fsync),
-//! private modes (0600 files, 0700 directories) and symlink-refusing reads. Knows nothing of
-//! what the bytes mean.
+//! atomic creation that never replaces (temp file, fsync, hard link, directory fsync), the
+//! start-up sweep of temporaries, private modes (0600 files, 0700 directories) and
+//! symlink-refusing reads. Knows nothing of what the bytes mean.
 
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, Read, Write};
 use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 /// Suffix of in-progress files. Never a name the spool serves, and swept at start.
 pub const TEMP_SUFFIX: &str = ".tmp";
@@ -25,29 +26,8 @@ pub fn ensure_private_dir(dir: &Path) -> io::Result<()> {
 /// never a mix: write a temp file in the same directory, fsync it, rename it over `path`,
 /// fsync the directory. The file gets mode 0600.
 pub fn write_atomic(path: &Path, bytes: &[u8]) -> io::Result<()> {
-    let dir = path.parent().ok_or_else(|| {
-        io::Error::new(io::ErrorKind::InvalidInput, "path has no parent directory")
-    })?;
-    let name = path
-        .file_name()
-        .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidInput, "path has no file name"))?;
-    // Unique per writer (process id and a counter), so two writers of the same file never
-    // share a temporary; every temporary still ends in TEMP_SUFFIX for the start-up sweep.
-    let mut tmp_name = name.to_os_string();
-    let n = TEMP_COUNTER.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-    tmp_name.push(format!(".{}.{n}{TEMP_SUFFIX}", std::process::id()));
-    let tmp = dir.join(tmp_name);
-    let written = (|| {
-        let mut f = OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .mode(0o600)
-            .custom_flags(libc::O_NOFOLLOW)
-            .open(&tmp)?;
-        f.write_all(bytes)?;
-        f.sync_all()?;
-        fs::rename(&tmp, path)
-    })();
+    let (dir, tmp) = temp_beside(path)?;
+    let written = write_temp(&tmp, bytes).and_then(|()| fs::rename(&tmp, path));
     if let Err(e) = written {
         // A temporary left by a crash is swept at start; one left by an error goes now.
         let _ = fs::remove_file(&tmp);
@@ -56,20 +36,67 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> io::Result<()> {
     sync_dir(dir)
 }
 
-/// Writes `bytes` to `path` only if it does not exist yet (mode 0600, fsynced, directory
-/// fsynced). Used for one-time secrets such as the generated admin password.
+/// Creates `path` holding `bytes` only if nothing is there yet (an existing file is never
+/// replaced: that is an `AlreadyExists` error), so that a crash leaves either no file or
+/// the whole file, never an empty or partial one: write a temp file in the same directory,
+/// fsync it, hard-link it to `path` (which, unlike rename, refuses an existing name),
+/// remove the temp, fsync the directory. Mode 0600. Used for one-time secrets such as the
+/// generated admin password.
 pub fn write_new_private(path: &Path, bytes: &[u8]) -> io::Result<()> {
+    let (dir, tmp) = temp_beside(path)?;
+    let linked = write_temp(&tmp, bytes).and_then(|()| fs::hard_link(&tmp, path));
+    // Either way the temporary goes; a crash before this leaves it for the start-up sweep.
+    let removed = fs::remove_file(&tmp);
+    linked?;
+    removed?;
+    sync_dir(dir)
+}
+
+/// A fresh temporary name beside `path`, and `path`'s directory. Unique per writer
+/// (process id and a counter), so two writers of the same file never share a temporary;
+/// every temporary ends in [`TEMP_SUFFIX`] for the start-up sweep.
+fn temp_beside(path: &Path) -> io::Result<(&Path, PathBuf)> {
+    let dir = path.parent().ok_or_else(|| {
+        io::Error::new(io::ErrorKind::InvalidInput, "path has no parent directory")
+    })?;
+    let name = path
+        .file_name()
+        .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidInput, "path has no file name"))?;
+    let mut tmp_name = name.to_os_string();
+    let n = TEMP_COUNTER.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    tmp_name.push(format!(".{}.{n}{TEMP_SUFFIX}", std::process::id()));
+    Ok((dir, dir.join(tmp_name)))
+}
+
+/// Creates `tmp` (mode 0600, never through a symlink), writes `bytes` and fsyncs it.
+fn write_temp(tmp: &Path, bytes: &[u8]) -> io::Result<()> {
     let mut f = OpenOptions::new()
         .write(true)
         .create_new(true)
         .mode(0o600)
-        .open(path)?;
+        .custom_flags(libc::O_NOFOLLOW)
+        .open(tmp)?;
     f.write_all(bytes)?;
-    f.sync_all()?;
-    if let Some(dir) = path.parent() {
+    f.sync_all()
+}
+
+/// Removes the temporaries a crash left directly in `dir` (regular files whose name ends
+/// in [`TEMP_SUFFIX`]), durably; returns how many. Only for a directory no other process
+/// writes: the caller holds the database lock of the data directory.
+pub fn sweep_temporaries(dir: &Path) -> io::Result<u64> {
+    let mut removed = 0;
+    for entry in fs::read_dir(dir)? {
+        let entry = entry?;
+        let is_temp = entry.file_name().to_string_lossy().ends_with(TEMP_SUFFIX);
+        if is_temp && entry.file_type()?.is_file() {
+            fs::remove_file(entry.path())?;
+            removed += 1;
+        }
+    }
+    if removed > 0 {
         sync_dir(dir)?;
     }
-    Ok(())
+    Ok(removed)
 }
 
 /// Makes a rename or unlink in `dir` durable.
@@ -224,6 +251,43 @@ mod tests {
         write_new_private(&p, b"a").unwrap();
         assert!(write_new_private(&p, b"b").is_err());
         assert_eq!(fs::read(&p).unwrap(), b"a");
+        fs::remove_dir_all(&d).unwrap();
+    }
+
+    #[test]
+    fn write_new_private_is_whole_and_private_and_leaves_no_temp() {
+        let d = scratch("new-atomic");
+        let p = d.join("admin-password");
+        write_new_private(&p, b"secret\n").unwrap();
+        assert_eq!(fs::read(&p).unwrap(), b"secret\n");
+        assert_eq!(
+            fs::metadata(&p).unwrap().permissions().mode() & 0o777,
+            0o600
+        );
+        // The refused second write cleans up after itself too.
+        let err = write_new_private(&p, b"other\n").unwrap_err();
+        assert_eq!(err.kind(), io::ErrorKind::AlreadyExists);
+        let names: Vec<_> = fs::read_dir(&d)
+            .unwrap()
+            .map(|e| e.unwrap().file_name())
+            .collect();
+        assert_eq!(names, ["admin-password"]);
+        fs::remove_dir_all(&d).unwrap();
+    }
+
+    #[test]
+    fn sweep_removes_only_temporaries() {
+        let d = scratch("sweep");
+        fs::write(d.join("ca.key.77.0.tmp"), b"half").unwrap();
+        fs::write(d.join("ca.key"), b"whole").unwrap();
+        ensure_private_dir(&d.join("spool.tmp")).unwrap();
+        assert_eq!(sweep_temporaries(&d).unwrap(), 1);
+        let mut names: Vec<_> = fs::read_dir(&d)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().into_string().unwrap())
+            .collect();
+        names.sort();
+        assert_eq!(names, ["ca.key", "spool.tmp"]);
         fs::remove_dir_all(&d).unwrap();
     }
 }
