@@ -3,6 +3,7 @@
 //! down in order on SIGTERM/SIGINT. Owns no policy of its own.
 
 use std::fmt;
+use std::io;
 use std::net::{IpAddr, SocketAddr, TcpListener};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -10,13 +11,16 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use crate::api::{self, App};
-use crate::auth::{Authenticator, SessionRules, Throttle};
-use crate::ca::Ca;
+use crate::auth::{AuthError, Authenticator, SessionRules, Throttle};
+use crate::ca::{Ca, CaError};
 use crate::config::Config;
 use crate::front::{self, ListenerKind, PeerTable};
+use crate::identity::{IdentityError, TargetDirs};
+use crate::model::Chain;
 use crate::pairing::poller::{spawn_poller, SourceContext};
-use crate::spool::Spool;
-use crate::store::Store;
+use crate::spool::{Spool, SpoolError};
+use crate::store::{Store, StoreError};
+use crate::tls::TlsError;
 use crate::{fsx, memory, model, notify, tls};
 
 /// How long shutdown waits for requests in flight.
@@ -30,19 +34,113 @@ const EXPIRY_EVERY: Duration = Duration::from_secs(1);
 /// tiny_http 0.12 ends a pool thread 5 s after its last connection; a little more.
 const TINY_HTTP_THREAD_IDLE: Duration = Duration::from_secs(6);
 
+/// Why the daemon could not start, each with what to look at.
 #[derive(Debug)]
-pub struct DaemonError(String);
+pub enum DaemonError {
+    /// A file or directory of the daemon's own could not be read, written or created
+    /// (permissions, a full disk, a symlink where a file belongs).
+    File { path: PathBuf, source: io::Error },
+    /// A file of the daemon's own is not text (damaged or replaced).
+    NotText {
+        path: PathBuf,
+        source: std::string::FromUtf8Error,
+    },
+    /// `ca.pem` exists without `ca.key`: restore the key from backup. A new CA would
+    /// invalidate every certificate it issued, so the daemon refuses to make one.
+    CaKeyMissing { cert: PathBuf, key: PathBuf },
+    /// The appliance CA or a listener certificate could not be loaded, created or issued.
+    Ca { action: String, source: CaError },
+    /// The database could not be opened or read.
+    Store {
+        action: &'static str,
+        source: StoreError,
+    },
+    /// A listener's TLS configuration was refused (its certificate or key).
+    Tls {
+        listener: &'static str,
+        source: TlsError,
+    },
+    /// A listen address could not be bound (in use, not local, no permission).
+    Bind {
+        setting: &'static str,
+        addr: SocketAddr,
+        source: io::Error,
+    },
+    /// The internal loopback listener for tiny_http could not be set up.
+    Backend(Box<dyn std::error::Error + Send + Sync>),
+    /// The spool could not be opened or reconciled with the database.
+    Spool {
+        action: &'static str,
+        source: SpoolError,
+    },
+    /// The authenticator could not start, or the first user not be created.
+    Auth {
+        action: &'static str,
+        source: AuthError,
+    },
+    /// The pairing directories could not be prepared.
+    Identity(IdentityError),
+    /// A thread could not be started (a process or memory limit).
+    Spawn {
+        what: &'static str,
+        source: io::Error,
+    },
+}
 
 impl fmt::Display for DaemonError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(&self.0)
+        match self {
+            DaemonError::File { path, .. } | DaemonError::NotText { path, .. } => {
+                write!(f, "{}", path.display())
+            }
+            DaemonError::CaKeyMissing { cert, key } => write!(
+                f,
+                "{} exists but {} is missing: restore the ca key from backup (refusing to create a new ca, \
+                 which would invalidate every issued certificate)",
+                cert.display(),
+                key.display()
+            ),
+            DaemonError::Ca { action, .. } => f.write_str(action),
+            DaemonError::Store { action, .. }
+            | DaemonError::Spool { action, .. }
+            | DaemonError::Auth { action, .. } => f.write_str(action),
+            DaemonError::Tls { listener, .. } => write!(f, "{listener} tls"),
+            DaemonError::Bind { setting, addr, .. } => write!(f, "{setting} {addr}"),
+            DaemonError::Backend(_) => f.write_str("internal listener"),
+            DaemonError::Identity(e) => write!(f, "{e}"),
+            DaemonError::Spawn { what, .. } => write!(f, "start {what}"),
+        }
     }
 }
 
-impl std::error::Error for DaemonError {}
+impl std::error::Error for DaemonError {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        match self {
+            DaemonError::File { source, .. }
+            | DaemonError::Bind { source, .. }
+            | DaemonError::Spawn { source, .. } => Some(source),
+            DaemonError::NotText { source, .. } => Some(source),
+            DaemonError::CaKeyMissing { .. } => None,
+            DaemonError::Ca { source, .. } => Some(source),
+            DaemonError::Store { source, .. } => Some(source),
+            DaemonError::Tls { source, .. } => Some(source),
+            DaemonError::Backend(e) => Some(e.as_ref()),
+            DaemonError::Spool { source, .. } => Some(source),
+            DaemonError::Auth { source, .. } => Some(source),
+            DaemonError::Identity(e) => e.source(),
+        }
+    }
+}
 
-fn err(context: impl fmt::Display, e: impl fmt::Display) -> DaemonError {
-    DaemonError(format!("{context}: {e}"))
+fn file_error(path: &Path) -> impl FnOnce(io::Error) -> DaemonError + '_ {
+    move |source| DaemonError::File {
+        path: path.to_path_buf(),
+        source,
+    }
+}
+
+fn spawn_error(what: &'static str) -> impl FnOnce(io::Error) -> DaemonError {
+    move |source| DaemonError::Spawn { what, source }
 }
 
 /// Files under `data_dir`.
@@ -72,6 +170,10 @@ impl Paths {
     pub fn spool(&self) -> PathBuf {
         self.root.join("spool")
     }
+    /// One directory per pairing with a target (laid out by `identity`).
+    pub fn targets(&self) -> PathBuf {
+        self.root.join("targets")
+    }
 }
 
 static STOP: AtomicBool = AtomicBool::new(false);
@@ -91,9 +193,11 @@ fn install_signal_handlers() {
 }
 
 fn read_text(path: &Path) -> Result<String, DaemonError> {
-    let bytes =
-        fsx::read_regular_nofollow(path, 1024 * 1024).map_err(|e| err(path.display(), e))?;
-    String::from_utf8(bytes).map_err(|e| err(path.display(), e))
+    let bytes = fsx::read_regular_nofollow(path, 1024 * 1024).map_err(file_error(path))?;
+    String::from_utf8(bytes).map_err(|source| DaemonError::NotText {
+        path: path.to_path_buf(),
+        source,
+    })
 }
 
 /// Loads the appliance CA, creating it on first start. A key without its certificate is
@@ -101,18 +205,23 @@ fn read_text(path: &Path) -> Result<String, DaemonError> {
 fn load_or_create_ca(paths: &Paths, system_uuid: &str) -> Result<Ca, DaemonError> {
     let (cert, key) = (paths.ca_cert(), paths.ca_key());
     match (cert.exists(), key.exists()) {
-        (true, true) => Ca::from_pem(&read_text(&cert)?, &read_text(&key)?).map_err(|e| err("load the appliance CA", e)),
-        (true, false) => Err(DaemonError(format!(
-            "{} exists but {} is missing: restore the CA key from backup (refusing to create a new CA, \
-             which would invalidate every issued certificate)",
-            cert.display(),
-            key.display()
-        ))),
+        (true, true) => {
+            Ca::from_pem(&read_text(&cert)?, &read_text(&key)?).map_err(|source| DaemonError::Ca {
+                action: "load the appliance ca".into(),
+                source,
+            })
+        }
+        (true, false) => Err(DaemonError::CaKeyMissing { cert, key }),
         _ => {
             let cn = format!("replgate CA {}", &system_uuid[..8.min(system_uuid.len())]);
-            let ca = Ca::generate(&cn, time::OffsetDateTime::now_utc()).map_err(|e| err("create the appliance CA", e))?;
-            fsx::write_atomic(&key, ca.key_pem().as_bytes()).map_err(|e| err(key.display(), e))?;
-            fsx::write_atomic(&cert, ca.cert_pem().as_bytes()).map_err(|e| err(cert.display(), e))?;
+            let ca = Ca::generate(&cn, time::OffsetDateTime::now_utc()).map_err(|source| {
+                DaemonError::Ca {
+                    action: "create the appliance ca".into(),
+                    source,
+                }
+            })?;
+            fsx::write_atomic(&key, ca.key_pem().as_bytes()).map_err(file_error(&key))?;
+            fsx::write_atomic(&cert, ca.cert_pem().as_bytes()).map_err(file_error(&cert))?;
             log::info!("created the appliance CA, fingerprint {}", ca.fingerprint());
             Ok(ca)
         }
@@ -166,12 +275,14 @@ fn load_or_issue_listener_cert(
     }
     let issued = ca
         .issue_server_cert(&hostnames, &ips, time::OffsetDateTime::now_utc())
-        .map_err(|e| err(format!("issue the {name} certificate"), e))?;
+        .map_err(|source| DaemonError::Ca {
+            action: format!("issue the {name} certificate"),
+            source,
+        })?;
     let chain = format!("{}{}", issued.cert_pem, ca.cert_pem());
-    fsx::write_atomic(&key_path, issued.key_pem.as_bytes())
-        .map_err(|e| err(key_path.display(), e))?;
-    fsx::write_atomic(&cert_path, chain.as_bytes()).map_err(|e| err(cert_path.display(), e))?;
-    fsx::write_atomic(&names_path, wanted.as_bytes()).map_err(|e| err(names_path.display(), e))?;
+    fsx::write_atomic(&key_path, issued.key_pem.as_bytes()).map_err(file_error(&key_path))?;
+    fsx::write_atomic(&cert_path, chain.as_bytes()).map_err(file_error(&cert_path))?;
+    fsx::write_atomic(&names_path, wanted.as_bytes()).map_err(file_error(&names_path))?;
     log::info!("issued the {name} listener certificate for {hostnames:?} {ips:?}");
     Ok((chain, issued.key_pem))
 }
@@ -179,14 +290,18 @@ fn load_or_issue_listener_cert(
 /// Creates `root` when the database has no users: the password comes from
 /// `REPLGATE_ADMIN_PASSWORD`, or is generated and written once to a 0600 file.
 fn bootstrap_root(auth: &Authenticator, store: &Store, paths: &Paths) -> Result<(), DaemonError> {
-    if store.user_count().map_err(|e| err("count users", e))? > 0 {
+    let count = store.user_count().map_err(|source| DaemonError::Store {
+        action: "count users",
+        source,
+    })?;
+    if count > 0 {
         return Ok(());
     }
     let password = match std::env::var("REPLGATE_ADMIN_PASSWORD") {
         Ok(p) if !p.is_empty() => p,
         _ => {
             let path = paths.admin_password();
-            let password = generated_password(&path).map_err(|e| err(path.display(), e))?;
+            let password = generated_password(&path).map_err(file_error(&path))?;
             log::warn!(
                 "created user root; its generated password is in {} (mode 0600)",
                 path.display()
@@ -195,7 +310,10 @@ fn bootstrap_root(auth: &Authenticator, store: &Store, paths: &Paths) -> Result<
         }
     };
     auth.bootstrap_root(&password, model::now())
-        .map_err(|e| err("create user root", e))?;
+        .map_err(|source| DaemonError::Auth {
+            action: "create user root",
+            source,
+        })?;
     Ok(())
 }
 
@@ -223,8 +341,12 @@ fn generated_password(path: &Path) -> std::io::Result<String> {
     Ok(password)
 }
 
-fn bind(addr: SocketAddr, key: &str) -> Result<TcpListener, DaemonError> {
-    TcpListener::bind(addr).map_err(|e| err(format!("{key} {addr}"), e))
+fn bind(addr: SocketAddr, setting: &'static str) -> Result<TcpListener, DaemonError> {
+    TcpListener::bind(addr).map_err(|source| DaemonError::Bind {
+        setting,
+        addr,
+        source,
+    })
 }
 
 /// The tunnel's revocation check: the database's revocation table, read on every
@@ -240,7 +362,7 @@ impl fmt::Debug for StoreRevocations {
 impl tls::RevocationCheck for StoreRevocations {
     fn is_revoked(&self, serial_hex: &str) -> bool {
         self.0.is_revoked(serial_hex).unwrap_or_else(|e| {
-            log::error!("revocation check for serial {serial_hex}: {e}");
+            log::error!("revocation check for serial {serial_hex}: {}", Chain(&e));
             true
         })
     }
@@ -275,11 +397,11 @@ fn purge_ended(app: &App) {
             }
             for t in tokens {
                 if let Err(e) = app.spool.remove(&t) {
-                    log::warn!("{e}");
+                    log::warn!("{}", Chain(&e));
                 }
             }
         }
-        Err(e) => log::warn!("purge: {e}"),
+        Err(e) => log::warn!("purge: {}", Chain(&e)),
     }
 }
 
@@ -290,11 +412,11 @@ fn sweep_expired(app: &App) {
             for r in expired {
                 log::info!("request {} expired", r.id);
                 if let Err(e) = app.spool.sync(r.id, &app.store) {
-                    log::error!("spool for expired request {}: {e}", r.id);
+                    log::error!("spool for expired request {}: {}", r.id, Chain(&e));
                 }
             }
         }
-        Err(e) => log::warn!("expiry sweep: {e}"),
+        Err(e) => log::warn!("expiry sweep: {}", Chain(&e)),
     }
     let behind = app.spool.retry_dirty(&app.store);
     if behind > 0 {
@@ -304,25 +426,22 @@ fn sweep_expired(app: &App) {
 
 /// A crash between writing a new pairing key and committing its target row leaves a
 /// directory no row names: remove it.
-fn remove_orphan_target_dirs(store: &Store, dir: &Path) {
-    let known: Vec<String> = match store.targets() {
-        Ok(t) => t.into_iter().map(|t| t.dir).collect(),
+fn remove_orphan_target_dirs(store: &Store, dirs: &TargetDirs) {
+    let known = match store.targets() {
+        Ok(t) => t.into_iter().map(|t| t.dir).collect::<Vec<_>>(),
         Err(e) => {
-            log::warn!("targets: {e}");
+            log::warn!("targets: {}", Chain(&e));
             return;
         }
     };
-    let Ok(entries) = std::fs::read_dir(dir) else {
-        return;
-    };
-    for entry in entries.flatten() {
-        let name = entry.file_name().to_string_lossy().into_owned();
-        if !known.contains(&name) {
-            log::warn!("removing {}: no target uses it", entry.path().display());
-            if let Err(e) = fsx::remove_dir_all_durable(&entry.path()) {
-                log::warn!("{}: {e}", entry.path().display());
+    let known: Vec<&str> = known.iter().map(String::as_str).collect();
+    match dirs.remove_unknown(&known) {
+        Ok(removed) => {
+            for path in removed {
+                log::warn!("removed {}: no target uses it", path.display());
             }
         }
+        Err(e) => log::warn!("remove unused pairing directories: {}", Chain(&e)),
     }
 }
 
@@ -333,8 +452,11 @@ pub fn run(config: Config) -> Result<(), DaemonError> {
     let paths = Paths {
         root: config.data_dir.clone(),
     };
-    fsx::ensure_private_dir(&paths.root).map_err(|e| err(paths.root.display(), e))?;
-    let store = Store::open(&paths.database()).map_err(|e| err(paths.database().display(), e))?;
+    fsx::ensure_private_dir(&paths.root).map_err(file_error(&paths.root))?;
+    let store = Store::open(&paths.database()).map_err(|source| DaemonError::Store {
+        action: "open the database",
+        source,
+    })?;
     // Holding the database lock, this is the only process writing the data directory.
     match fsx::sweep_temporaries(&paths.root) {
         Ok(0) => {}
@@ -346,7 +468,10 @@ pub fn run(config: Config) -> Result<(), DaemonError> {
     }
     let system_uuid = store
         .system_uuid_or_insert(crate::rand::uuid_v4)
-        .map_err(|e| err("system uuid", e))?;
+        .map_err(|source| DaemonError::Store {
+            action: "system uuid",
+            source,
+        })?;
     let ca = load_or_create_ca(&paths, &system_uuid)?;
     let (api_chain, api_key) = load_or_issue_listener_cert(&paths, &ca, "api", &config)?;
     let (tunnel_chain, tunnel_key) = load_or_issue_listener_cert(&paths, &ca, "tunnel", &config)?;
@@ -359,28 +484,38 @@ pub fn run(config: Config) -> Result<(), DaemonError> {
         },
         Throttle::new(config.login_max_failures, config.login_window),
     )
-    .map_err(|e| err("authenticator", e))?;
+    .map_err(|source| DaemonError::Auth {
+        action: "authenticator",
+        source,
+    })?;
     bootstrap_root(&auth, &store, &paths)?;
 
-    let api_tls = tls::api_server_config(&api_chain, &api_key).map_err(|e| err("api TLS", e))?;
+    let api_tls =
+        tls::api_server_config(&api_chain, &api_key).map_err(|source| DaemonError::Tls {
+            listener: "api",
+            source,
+        })?;
     let tunnel_tls = tls::tunnel_server_config(
         &tunnel_chain,
         &tunnel_key,
         ca.cert_der(),
         Arc::new(StoreRevocations(store.clone())),
     )
-    .map_err(|e| err("tunnel TLS", e))?;
+    .map_err(|source| DaemonError::Tls {
+        listener: "tunnel",
+        source,
+    })?;
 
     // The backend: tiny_http on a private loopback port that only the fronts connect to.
     // TCP_NODELAY on the accepted sockets: tiny_http writes a response's head and body
     // separately, and Nagle would hold the body for the delayed ACK (about 40 ms).
-    let backend_listener = front::bind_backend().map_err(|e| err("internal listener", e))?;
-    let backend = tiny_http::Server::from_listener(backend_listener, None)
-        .map_err(|e| err("internal listener", e))?;
+    let backend_listener = front::bind_backend().map_err(|e| DaemonError::Backend(Box::new(e)))?;
+    let backend =
+        tiny_http::Server::from_listener(backend_listener, None).map_err(DaemonError::Backend)?;
     let backend_addr = backend
         .server_addr()
         .to_ip()
-        .ok_or_else(|| DaemonError("internal listener has no IP address".into()))?;
+        .ok_or_else(|| DaemonError::Backend("the listener has no ip address".into()))?;
     let backend = Arc::new(backend);
 
     // Both listeners share the process's descriptors.
@@ -404,10 +539,16 @@ pub fn run(config: Config) -> Result<(), DaemonError> {
         tunnel_endpoint(&config),
         config.poll_interval.as_secs(),
     )
-    .map_err(|e| err("spool", e))?;
+    .map_err(|source| DaemonError::Spool {
+        action: "open the spool",
+        source,
+    })?;
     let repair = spool
         .reconcile(&store)
-        .map_err(|e| err("reconcile the spool", e))?;
+        .map_err(|source| DaemonError::Spool {
+            action: "reconcile the spool",
+            source,
+        })?;
     if repair != Default::default() {
         log::warn!(
             "spool repaired at start: {} files written, {} removed, {} stray directories removed",
@@ -421,7 +562,7 @@ pub fn run(config: Config) -> Result<(), DaemonError> {
         .iter()
         .find(|s| s.path == paths.root.join("storage"))
     {
-        fsx::ensure_private_dir(&default.path).map_err(|e| err(default.path.display(), e))?;
+        fsx::ensure_private_dir(&default.path).map_err(file_error(&default.path))?;
     }
 
     let app = Arc::new(App {
@@ -434,26 +575,26 @@ pub fn run(config: Config) -> Result<(), DaemonError> {
         peers: peers.clone(),
         system_uuid: system_uuid.clone(),
     });
-    let targets_dir = paths.root.join("targets");
-    fsx::ensure_private_dir(&targets_dir).map_err(|e| err(targets_dir.display(), e))?;
-    remove_orphan_target_dirs(&store, &targets_dir);
+    let target_dirs = TargetDirs::new(paths.targets());
+    target_dirs.ensure().map_err(DaemonError::Identity)?;
+    remove_orphan_target_dirs(&store, &target_dirs);
     let poller = spawn_poller(
         Arc::new(SourceContext {
             store: store.clone(),
-            targets_dir,
+            dirs: target_dirs,
             poll_interval: config.poll_interval,
             heartbeat: config.heartbeat_interval,
         }),
         shutdown.clone(),
     )
-    .map_err(|e| err("start the poller", e))?;
+    .map_err(spawn_error("the poller"))?;
     let workers = api::spawn_workers(
         app.clone(),
         backend.clone(),
         config.workers,
         shutdown.clone(),
     )
-    .map_err(|e| err("start api workers", e))?;
+    .map_err(spawn_error("the api workers"))?;
     let fronts = vec![
         front::spawn(
             "api",
@@ -465,7 +606,7 @@ pub fn run(config: Config) -> Result<(), DaemonError> {
             limits.clone(),
             shutdown.clone(),
         )
-        .map_err(|e| err("start api listener", e))?,
+        .map_err(spawn_error("the api listener"))?,
         front::spawn(
             "tunnel",
             tunnel_listener,
@@ -476,7 +617,7 @@ pub fn run(config: Config) -> Result<(), DaemonError> {
             limits,
             shutdown.clone(),
         )
-        .map_err(|e| err("start tunnel listener", e))?,
+        .map_err(spawn_error("the tunnel listener"))?,
     ];
     log::info!(
         "replgate {} serving: api https://{} tunnel {} internal {} data {} system {} ca {}",
@@ -520,7 +661,7 @@ pub fn run(config: Config) -> Result<(), DaemonError> {
             match app.auth.purge_expired(model::now()) {
                 Ok(n) if n > 0 => log::info!("swept {n} expired sessions"),
                 Ok(_) => {}
-                Err(e) => log::warn!("session sweep: {e}"),
+                Err(e) => log::warn!("session sweep: {}", Chain(&e)),
             }
         }
     }

@@ -12,6 +12,7 @@ pub mod ctl;
 pub mod daemon;
 pub mod front;
 pub mod fsx;
+pub mod identity;
 pub mod memory;
 pub mod model;
 pub mod notify;

@@ -62,6 +62,7 @@ fn main() -> ExitCode {
             match replgate::daemon::run(config) {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(e) => {
+                    let e = replgate::model::Chain(&e);
                     log::error!("{e}");
                     eprintln!("replgate: {e}");
                     ExitCode::from(EXIT_RUNTIME)

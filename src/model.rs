@@ -1,6 +1,7 @@
 //! Plain types shared by every layer: privilege levels, the time type and its one UTC
 //! rendering. No I/O, no logic beyond parsing, ordering and formatting.
 
+use std::error::Error;
 use std::fmt;
 use std::str::FromStr;
 
@@ -55,6 +56,23 @@ impl FromStr for Privilege {
                 let shown: String = s.chars().take(32).collect();
                 format!("{shown:?} is not one of monitor, manage, administer, superuser")
             })
+    }
+}
+
+/// Prints an error and its causes as one line, `outer: cause: root cause`. Errors here
+/// follow one rule: `Display` says only what failed at its own level and `source()` hands
+/// on the cause, so this is the one place a chain is joined (logs, 500 details, `main`).
+pub struct Chain<'a>(pub &'a (dyn Error + 'static));
+
+impl fmt::Display for Chain<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}", self.0)?;
+        let mut cause = self.0.source();
+        while let Some(e) = cause {
+            write!(f, ": {e}")?;
+            cause = e.source();
+        }
+        Ok(())
     }
 }
 
@@ -121,5 +139,23 @@ mod tests {
             assert_eq!(p.as_str().parse::<Privilege>().unwrap(), p);
         }
         assert!("root".parse::<Privilege>().is_err());
+    }
+
+    #[test]
+    fn a_chain_prints_every_cause_once() {
+        #[derive(Debug)]
+        struct Outer(std::io::Error);
+        impl fmt::Display for Outer {
+            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("write key for target 3")
+            }
+        }
+        impl Error for Outer {
+            fn source(&self) -> Option<&(dyn Error + 'static)> {
+                Some(&self.0)
+            }
+        }
+        let e = Outer(std::io::Error::other("disk full"));
+        assert_eq!(Chain(&e).to_string(), "write key for target 3: disk full");
     }
 }

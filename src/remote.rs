@@ -26,42 +26,73 @@ const CALL_TIMEOUT: Duration = Duration::from_secs(30);
 /// Answers are a few KB (a certificate chain at most).
 const MAX_BODY_BYTES: u64 = 256 * 1024;
 
+/// Why a call to another appliance failed, grouped by what the caller can do about it.
 #[derive(Debug)]
 pub enum RemoteError {
-    /// Could not reach the peer, or the connection broke.
-    Unreachable(String),
-    /// The peer's certificate does not chain to the pinned CA (or ours was refused).
-    Untrusted(String),
-    /// The peer answered with an error status; `message` is its documented error text.
-    Refused { status: u16, message: String },
-    /// The peer's answer is not what the protocol says.
-    Malformed(String),
-    /// Our own material (pinned CA, key, certificate) could not be loaded.
-    Local(String),
+    /// Could not reach the peer, or the connection broke: retry later.
+    Unreachable(ureq::Error),
+    /// The peer's certificate does not chain to the pinned CA, or it refused ours.
+    Untrusted(ureq::Error),
+    /// The peer answered with an error status: its documented message and, when it sent
+    /// one, its `Retry-After` in seconds.
+    Refused {
+        status: u16,
+        message: String,
+        retry_after: Option<u64>,
+    },
+    /// The answer is larger than this client reads.
+    TooLarge { limit: u64 },
+    /// The answer is not what the protocol says.
+    Malformed {
+        what: &'static str,
+        source: serde_json::Error,
+    },
+    /// Our pinned copy of the peer's CA does not parse (a damaged target row).
+    PinnedCa(crate::ca::CertError),
+    /// Our TLS client configuration could not be built (our key or certificate).
+    TlsSetup(crate::tls::TlsError),
+    /// A request body could not be encoded (a bug).
+    Encode(serde_json::Error),
+}
+
+impl RemoteError {
+    /// True when the fault is in our own material, not in the peer or the network.
+    pub fn is_local(&self) -> bool {
+        matches!(
+            self,
+            RemoteError::PinnedCa(_) | RemoteError::TlsSetup(_) | RemoteError::Encode(_)
+        )
+    }
 }
 
 impl fmt::Display for RemoteError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
-            RemoteError::Unreachable(e) => write!(f, "unreachable: {e}"),
-            RemoteError::Untrusted(e) => write!(f, "untrusted peer certificate: {e}"),
-            RemoteError::Refused { status, message } => {
-                write!(f, "refused with {status}: {message}")
+            RemoteError::Unreachable(_) => f.write_str("unreachable"),
+            RemoteError::Untrusted(_) => f.write_str("untrusted peer certificate"),
+            RemoteError::Refused {
+                status, message, ..
+            } => write!(f, "refused with {status}: {message}"),
+            RemoteError::TooLarge { limit } => {
+                write!(f, "unexpected answer: larger than {limit} bytes")
             }
-            RemoteError::Malformed(e) => write!(f, "unexpected answer: {e}"),
-            RemoteError::Local(e) => write!(f, "{e}"),
+            RemoteError::Malformed { what, .. } => write!(f, "unexpected answer: {what}"),
+            RemoteError::PinnedCa(_) => f.write_str("pinned CA"),
+            RemoteError::TlsSetup(_) => f.write_str("TLS set-up"),
+            RemoteError::Encode(_) => f.write_str("encode the request"),
         }
     }
 }
 
-impl std::error::Error for RemoteError {}
-
-fn classify_tls(e: &rustls::Error) -> RemoteError {
-    match e {
-        rustls::Error::InvalidCertificate(_) | rustls::Error::AlertReceived(_) => {
-            RemoteError::Untrusted(e.to_string())
+impl std::error::Error for RemoteError {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        match self {
+            RemoteError::Unreachable(e) | RemoteError::Untrusted(e) => Some(e),
+            RemoteError::Malformed { source, .. } | RemoteError::Encode(source) => Some(source),
+            RemoteError::PinnedCa(e) => Some(e),
+            RemoteError::TlsSetup(e) => Some(e),
+            RemoteError::Refused { .. } | RemoteError::TooLarge { .. } => None,
         }
-        other => RemoteError::Unreachable(other.to_string()),
     }
 }
 
@@ -78,15 +109,15 @@ pub fn tls_error(e: &ureq::Error) -> Option<&rustls::Error> {
 }
 
 fn classify(e: ureq::Error) -> RemoteError {
-    if let Some(tls) = tls_error(&e) {
-        return classify_tls(tls);
-    }
+    let untrusted = matches!(
+        tls_error(&e),
+        Some(rustls::Error::InvalidCertificate(_) | rustls::Error::AlertReceived(_))
+    );
     match e {
-        ureq::Error::Tls(e) => RemoteError::Untrusted(e.to_string()),
-        ureq::Error::BodyExceedsLimit(n) => {
-            RemoteError::Malformed(format!("answer larger than {n} bytes"))
-        }
-        other => RemoteError::Unreachable(other.to_string()),
+        _ if untrusted => RemoteError::Untrusted(e),
+        ureq::Error::Tls(_) => RemoteError::Untrusted(e),
+        ureq::Error::BodyExceedsLimit(limit) => RemoteError::TooLarge { limit },
+        other => RemoteError::Unreachable(other),
     }
 }
 
@@ -203,16 +234,32 @@ pub fn pinned_agent(
     ))
 }
 
-/// The status and the (bounded) body of an answer.
-fn body_text(mut response: ureq::http::Response<ureq::Body>) -> Result<(u16, String), RemoteError> {
+/// An answer's status, its `Retry-After` in seconds (when given as seconds) and its
+/// (bounded) body.
+struct Answer {
+    status: u16,
+    retry_after: Option<u64>,
+    text: String,
+}
+
+fn answer(mut response: ureq::http::Response<ureq::Body>) -> Result<Answer, RemoteError> {
     let status = response.status().as_u16();
+    let retry_after = response
+        .headers()
+        .get("retry-after")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.trim().parse::<u64>().ok());
     let text = response
         .body_mut()
         .with_config()
         .limit(MAX_BODY_BYTES)
         .read_to_string()
         .map_err(classify)?;
-    Ok((status, text))
+    Ok(Answer {
+        status,
+        retry_after,
+        text,
+    })
 }
 
 /// A client for one peer, trusting only `ca_pem`.
@@ -248,15 +295,14 @@ impl Remote {
     }
 
     fn new(host: &str, ca_pem: &str, client: Option<(&str, &str)>) -> Result<Remote, RemoteError> {
-        let ca = crate::ca::cert_pem_to_der(ca_pem)
-            .map_err(|e| RemoteError::Local(format!("pinned CA: {e}")))?;
+        let ca = crate::ca::cert_pem_to_der(ca_pem).map_err(RemoteError::PinnedCa)?;
         let agent = pinned_agent(
             CertificateDer::from(ca),
             client,
             CALL_TIMEOUT,
             concat!("replgate/", env!("CARGO_PKG_VERSION")),
         )
-        .map_err(|e| RemoteError::Local(format!("TLS set-up: {e}")))?;
+        .map_err(RemoteError::TlsSetup)?;
         Ok(Remote {
             agent,
             base: format!("https://{host}"),
@@ -267,15 +313,26 @@ impl Remote {
         &self,
         response: ureq::http::Response<ureq::Body>,
     ) -> Result<T, RemoteError> {
-        let (status, text) = body_text(response)?;
+        let Answer {
+            status,
+            retry_after,
+            text,
+        } = answer(response)?;
         if !(200..300).contains(&status) {
             let message = serde_json::from_str::<serde_json::Value>(&text)
                 .ok()
                 .and_then(|v| v["result"][0]["message"].as_str().map(String::from))
                 .unwrap_or_else(|| text.chars().take(200).collect());
-            return Err(RemoteError::Refused { status, message });
+            return Err(RemoteError::Refused {
+                status,
+                message,
+                retry_after,
+            });
         }
-        serde_json::from_str(&text).map_err(|e| RemoteError::Malformed(e.to_string()))
+        serde_json::from_str(&text).map_err(|source| RemoteError::Malformed {
+            what: "body",
+            source,
+        })
     }
 
     fn get_text(&self, path: &str) -> Result<String, RemoteError> {
@@ -284,18 +341,23 @@ impl Remote {
             .get(format!("{}{path}", self.base))
             .call()
             .map_err(classify)?;
-        let (status, text) = body_text(response)?;
+        let Answer {
+            status,
+            retry_after,
+            text,
+        } = answer(response)?;
         if status != 200 {
             return Err(RemoteError::Refused {
                 status,
                 message: format!("GET {path}"),
+                retry_after,
             });
         }
         Ok(text)
     }
 
     pub fn file_request(&self, body: &RequestBody) -> Result<Filed, RemoteError> {
-        let json = serde_json::to_string(body).map_err(|e| RemoteError::Local(e.to_string()))?;
+        let json = serde_json::to_string(body).map_err(RemoteError::Encode)?;
         let response = self
             .agent
             .post(format!("{}/replication/v1/requests", self.base))
@@ -308,7 +370,10 @@ impl Remote {
     /// Polls `status.json` under the spool path `poll` (which ends in `/`).
     pub fn status(&self, poll: &str) -> Result<SpoolStatus, RemoteError> {
         let text = self.get_text(&format!("{poll}{}", crate::wire::protocol::STATUS_FILE))?;
-        serde_json::from_str(&text).map_err(|e| RemoteError::Malformed(format!("status.json: {e}")))
+        serde_json::from_str(&text).map_err(|source| RemoteError::Malformed {
+            what: "status.json",
+            source,
+        })
     }
 
     /// Fetches a spool file as text.

@@ -1,7 +1,16 @@
 //! The one place that turns errors into HTTP: status codes, the documented error body
 //! (rendered by [`crate::wire::error`]) and the knowledge-base texts behind `/api/kb/<code>`.
 
+use crate::auth::AuthError;
+use crate::model::Chain;
+use crate::pairing::target::PairingError;
+use crate::spool::SpoolError;
+use crate::store::StoreError;
+
 pub use crate::wire::error::{error_body, raw_error_response, reason, UNTRUSTED_CERT_CODE};
+
+/// The cause of a 500: logged with its chain under a reference, never shown to the client.
+pub type Internal = Box<dyn std::error::Error + Send + Sync>;
 
 /// Every way a request can fail, grouped by who must act. Handlers return these; only
 /// [`ApiError::status_and_code`] decides the HTTP status.
@@ -28,8 +37,8 @@ pub enum ApiError {
     TooLarge(String),
     /// 429: too many attempts; retry after the given seconds.
     TooMany { message: String, retry_after: u64 },
-    /// 500: our fault. The detail goes to the log only; the client sees a fixed text.
-    Internal(String),
+    /// 500: our fault. The cause goes to the log only; the client sees a fixed text.
+    Internal(Internal),
     /// 502: the other appliance could not be reached or refused the request.
     BadGateway(String),
     /// 503: overloaded or shutting down.
@@ -94,29 +103,80 @@ impl ApiError {
 impl std::fmt::Display for ApiError {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
-            ApiError::Internal(detail) => write!(f, "internal: {detail}"),
+            ApiError::Internal(_) => f.write_str("internal error"),
             other => f.write_str(&other.message("-")),
         }
     }
 }
 
-impl From<crate::store::StoreError> for ApiError {
-    fn from(e: crate::store::StoreError) -> Self {
-        ApiError::Internal(e.to_string())
+impl std::error::Error for ApiError {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        match self {
+            ApiError::Internal(cause) => Some(cause.as_ref()),
+            _ => None,
+        }
     }
 }
 
-impl From<crate::auth::AuthError> for ApiError {
-    fn from(e: crate::auth::AuthError) -> Self {
-        use crate::auth::AuthError as A;
+// ---- every mapping of a domain error to HTTP ----
+
+impl From<StoreError> for ApiError {
+    fn from(e: StoreError) -> Self {
+        ApiError::Internal(Box::new(e))
+    }
+}
+
+/// A spool that could not be written after its commit: the database is right, the spool
+/// retries on its sweep, and the client hears of a 500 with a reference.
+impl From<SpoolError> for ApiError {
+    fn from(e: SpoolError) -> Self {
+        ApiError::Internal(Box::new(e))
+    }
+}
+
+/// Only for serializing a reply, which fails only on a bug. Request bodies are parsed in
+/// `body.rs`, which answers 400 itself and never converts through this.
+impl From<serde_json::Error> for ApiError {
+    fn from(e: serde_json::Error) -> Self {
+        ApiError::Internal(Box::new(e))
+    }
+}
+
+impl From<AuthError> for ApiError {
+    fn from(e: AuthError) -> Self {
+        use AuthError as A;
+        let text = Chain(&e).to_string();
         match e {
-            A::BadCredentials | A::NoSession => ApiError::Unauthorized(e.to_string()),
+            A::BadCredentials | A::NoSession => ApiError::Unauthorized(text),
             A::Throttled { retry_after } => ApiError::TooMany {
-                message: e.to_string(),
+                message: text,
                 retry_after,
             },
-            A::Forbidden { .. } => ApiError::Forbidden(e.to_string()),
-            A::Store(_) | A::Hash(_) => ApiError::Internal(e.to_string()),
+            A::Forbidden { .. } => ApiError::Forbidden(text),
+            A::Store(_) | A::Hash(_) => ApiError::Internal(Box::new(e)),
+        }
+    }
+}
+
+impl From<PairingError> for ApiError {
+    fn from(e: PairingError) -> Self {
+        use PairingError as P;
+        let text = Chain(&e).to_string();
+        match e {
+            P::UnknownRequest(_) | P::UnknownSystem(_) | P::UnknownStorage(_) => {
+                ApiError::NotFound(text)
+            }
+            P::NotPending { .. } | P::Expired(_) | P::NotASource(_) => ApiError::Conflict(text),
+            P::MessageRequired
+            | P::InvalidField { .. }
+            | P::Csr(_)
+            | P::StorageNotBackup(_)
+            | P::NoBackupStorage => ApiError::BadRequest(text),
+            P::Busy { retry_after, .. } => ApiError::TooMany {
+                message: text,
+                retry_after,
+            },
+            P::Ca(_) | P::Store(_) => ApiError::Internal(Box::new(e)),
         }
     }
 }

@@ -220,9 +220,10 @@ fn serve(app: &App, routes: &[Route], mut request: tiny_http::Request) {
             let (status, _) = err.status_and_code();
             let reference = crate::rand::hex_string(4);
             match &err {
-                ApiError::Internal(detail) => {
-                    log::error!("{method} {url}: {detail} (reference {reference})")
-                }
+                ApiError::Internal(cause) => log::error!(
+                    "{method} {url}: {} (reference {reference})",
+                    crate::model::Chain(cause.as_ref())
+                ),
                 _ => log::info!("{method} {url} -> {status}: {}", err.message(&reference)),
             }
             let mut headers = Vec::new();

@@ -9,36 +9,13 @@ use super::error::ApiError;
 use super::{Call, Reply};
 use crate::config::Fault;
 use crate::model::UnixTime;
-use crate::pairing::target::{self, Actor, Caps, Decision, NewRequest, PairingError};
+use crate::pairing::target::{self, Actor, Caps, Decision, NewRequest};
 use crate::spool::Served;
 use crate::store::{RequestStatus, RequestSummary, SystemRecord};
 use crate::wire::protocol::{self, SpoolFile, SpoolToken};
 
 /// Largest CSR accepted (an RSA-4096 CSR is about 1.7 KB of PEM).
 const MAX_CSR_BYTES: usize = 16 * 1024;
-
-impl From<PairingError> for ApiError {
-    fn from(e: PairingError) -> Self {
-        use PairingError as P;
-        let text = e.to_string();
-        match e {
-            P::UnknownRequest(_) | P::UnknownSystem(_) | P::UnknownStorage(_) => {
-                ApiError::NotFound(text)
-            }
-            P::NotPending { .. } | P::Expired(_) | P::NotASource(_) => ApiError::Conflict(text),
-            P::MessageRequired
-            | P::InvalidField { .. }
-            | P::Csr(_)
-            | P::StorageNotBackup(_)
-            | P::NoBackupStorage => ApiError::BadRequest(text),
-            P::Busy { retry_after, .. } => ApiError::TooMany {
-                message: text,
-                retry_after,
-            },
-            P::Ca(_) | P::Store(_) => ApiError::Internal(text),
-        }
-    }
-}
 
 fn actor(call: &Call) -> Actor {
     Actor {
@@ -51,11 +28,8 @@ fn actor(call: &Call) -> Actor {
 /// the spool behind; the spool retries it on its sweep (and at start), and the client
 /// hears of a 500 with a reference.
 fn write_spool(call: &Call, id: u64) -> Result<(), ApiError> {
-    call.app
-        .spool
-        .sync(id, &call.app.store)
-        .map(|_| ())
-        .map_err(|e| ApiError::Internal(format!("spool for request {id}: {e}")))
+    call.app.spool.sync(id, &call.app.store)?;
+    Ok(())
 }
 
 // ---- /replication/v1 (appliance protocol, no AuthToken) ----
@@ -97,7 +71,7 @@ pub fn file_request(call: &Call) -> Result<Reply, ApiError> {
         verification_code: r.verification_code.clone(),
         ca_fingerprint: call.app.ca_fingerprint.clone(),
     };
-    let value = serde_json::to_value(answer).map_err(|e| ApiError::Internal(e.to_string()))?;
+    let value = serde_json::to_value(answer)?;
     Ok(Reply::json(if filed.created { 202 } else { 200 }, value))
 }
 
@@ -147,10 +121,7 @@ pub fn hello(call: &Call) -> Result<Reply, ApiError> {
         storage_id: row.storage_id,
         storage_name: storage.map(|s| s.name.clone()),
     };
-    Ok(Reply::json(
-        200,
-        serde_json::to_value(hello).map_err(|e| ApiError::Internal(e.to_string()))?,
-    ))
+    Ok(Reply::json(200, serde_json::to_value(hello)?))
 }
 
 // ---- /api/replication (target-side admin) ----
@@ -242,7 +213,7 @@ pub fn pending(call: &Call) -> Result<Reply, ApiError> {
         }
     })?;
     if let Some(e) = failed {
-        return Err(ApiError::Internal(format!("render the pending list: {e}")));
+        return Err(e.into());
     }
     body.extend_from_slice(b"]}");
     Ok(Reply {

@@ -11,7 +11,7 @@ use super::error::ApiError;
 use super::{Call, Reply};
 use crate::ca;
 use crate::fsx;
-use crate::pairing::poller::KEY_FILE;
+use crate::identity::KEY_FILE;
 use crate::pairing::source::{self, Distrust};
 use crate::remote::{Remote, RemoteError, RequestBody};
 use crate::store::{AuditRecord, TargetRecord, TargetStatus};
@@ -59,12 +59,13 @@ fn remote_error(host: &str, e: RemoteError) -> ApiError {
         RemoteError::Refused {
             status: 429,
             message,
+            retry_after,
         } => ApiError::TooMany {
             message: format!("target {host}: {message}"),
-            retry_after: 60,
+            retry_after: retry_after.unwrap_or(60),
         },
-        RemoteError::Local(m) => ApiError::Internal(m),
-        other => ApiError::BadGateway(format!("target {host}: {other}")),
+        e if e.is_local() => ApiError::Internal(Box::new(e)),
+        other => ApiError::BadGateway(format!("target {host}: {}", crate::model::Chain(&other))),
     }
 }
 
@@ -111,8 +112,12 @@ pub fn request_target(call: &Call) -> Result<Reply, ApiError> {
         ApiError::Unavailable("other requests to targets are in progress; retry in a minute".into())
     })?;
     // Trust: the CA the target presents must be pinned, given, or accepted as presented.
-    let presented = crate::tls::probe_presented_ca(&host, PROBE_TIMEOUT)
-        .map_err(|e| ApiError::BadGateway(format!("cannot reach target {host}: {e}")))?;
+    let presented = crate::tls::probe_presented_ca(&host, PROBE_TIMEOUT).map_err(|e| {
+        ApiError::BadGateway(format!(
+            "cannot reach target {host}: {}",
+            crate::model::Chain(&e)
+        ))
+    })?;
     let presented_fp = ca::sha256_hex(presented.as_ref());
     let pinned = existing.as_ref().map(|t| t.ca_fingerprint.as_str());
     match source::trust(&presented_fp, fingerprint.as_deref(), insecure, pinned) {
@@ -137,18 +142,17 @@ pub fn request_target(call: &Call) -> Result<Reply, ApiError> {
 
     // A fresh key and CSR for this pairing, kept in its own directory (mode 0700/0600).
     let (key_pem, csr_pem) = ca::generate_client_key_and_csr(&app.system_uuid)
-        .map_err(|e| ApiError::Internal(format!("make a key: {e}")))?;
-    let spki = ca::parse_csr(&csr_pem).map_err(|e| ApiError::Internal(format!("own csr: {e}")))?;
+        .map_err(|e| ApiError::Internal(Box::new(e)))?;
+    let spki = ca::parse_csr(&csr_pem).map_err(|e| ApiError::Internal(Box::new(e)))?;
     let dir_name = crate::rand::hex_string(16);
     let dir = app.config.data_dir.join("targets").join(&dir_name);
-    fsx::ensure_private_dir(&dir)
-        .map_err(|e| ApiError::Internal(format!("{}: {e}", dir.display())))?;
+    fsx::ensure_private_dir(&dir).map_err(|e| ApiError::Internal(Box::new(e)))?;
     let cleanup = |e: ApiError| {
         let _ = fsx::remove_dir_all_durable(&dir);
         e
     };
     fsx::write_atomic(&dir.join(KEY_FILE), key_pem.as_bytes())
-        .map_err(|e| cleanup(ApiError::Internal(format!("write key: {e}"))))?;
+        .map_err(|e| cleanup(ApiError::Internal(Box::new(e))))?;
 
     let name = app
         .config
@@ -289,8 +293,7 @@ pub fn forget_target(call: &Call) -> Result<Reply, ApiError> {
         return Err(ApiError::NotFound(format!("no target {given}")));
     }
     let dir = app.config.data_dir.join("targets").join(&found.dir);
-    fsx::remove_dir_all_durable(&dir)
-        .map_err(|e| ApiError::Internal(format!("{}: {e}", dir.display())))?;
+    fsx::remove_dir_all_durable(&dir).map_err(|e| ApiError::Internal(Box::new(e)))?;
     Ok(Reply::json(
         200,
         json!({ "target_id": found.id, "host": found.host, "status": "forgotten" }),

@@ -3,45 +3,37 @@
 //! installs a delivered certificate after checking it, proves the tunnel, and keeps a slow
 //! heartbeat afterwards to learn of revocation. The only network code in `pairing/`.
 
-use std::collections::{HashMap, HashSet};
-use std::path::{Path, PathBuf};
+use std::collections::HashMap;
+use std::fmt;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc;
 use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use crate::ca;
-use crate::fsx;
-use crate::model::{self, UnixTime};
+use crate::ca::{self, DeliveryError};
+use crate::identity::{IdentityError, TargetDirs};
+use crate::model::{self, Chain, UnixTime};
 use crate::pairing::source::{self, Step};
 use crate::remote::{Remote, RemoteError};
 use crate::store::{Store, StoreError, TargetRecord, TargetStatus};
 use crate::wire::protocol::{SpoolStatus, CA_FILE, CERT_FILE};
 
-/// File names inside a target's directory.
-pub const KEY_FILE: &str = "key.pem";
-pub const INSTALLED_CERT: &str = "cert.pem";
-pub const INSTALLED_CA: &str = "ca.pem";
-
 /// How often the loop looks for due polls and new targets.
 const TICK: Duration = Duration::from_millis(200);
 /// A target seen for the first time (new, or after a restart) is polled this soon.
 const FIRST_POLL: Duration = Duration::from_millis(500);
+/// At shutdown, polls still running get this long to finish; the rest are abandoned (a
+/// remote call can take up to the client's 30 s bound) and their targets logged.
+const JOIN_POLLS: Duration = Duration::from_secs(3);
 
 /// What the poller needs, built once by the daemon.
 pub struct SourceContext {
     pub store: Store,
-    /// `<data_dir>/targets`: one directory per pairing with its key and certificates.
-    pub targets_dir: PathBuf,
+    /// One directory per pairing with its key and certificates.
+    pub dirs: TargetDirs,
     pub poll_interval: Duration,
     pub heartbeat: Duration,
-}
-
-impl SourceContext {
-    pub fn dir_of(&self, r: &TargetRecord) -> PathBuf {
-        self.targets_dir.join(&r.dir)
-    }
 }
 
 struct Schedule {
@@ -55,94 +47,151 @@ const MAX_PARALLEL_POLLS: usize = 8;
 /// When a poll thread could not start, try again after this.
 const RESPAWN_AFTER: Duration = Duration::from_secs(5);
 
-/// Starts the poller thread; it stops when `shutdown` is set.
+/// Starts the poller thread; it stops when `shutdown` is set, after waiting (bounded by
+/// `JOIN_POLLS`) for the polls still running.
 pub fn spawn_poller(
     ctx: Arc<SourceContext>,
     shutdown: Arc<AtomicBool>,
 ) -> std::io::Result<JoinHandle<()>> {
     std::thread::Builder::new()
         .name("poller".into())
-        .spawn(move || {
-            let mut schedule: HashMap<u64, Schedule> = HashMap::new();
-            let mut in_flight: HashSet<u64> = HashSet::new();
-            let (done_tx, done_rx) = mpsc::channel::<(u64, bool)>();
-            while !shutdown.load(Ordering::SeqCst) {
-                std::thread::sleep(TICK);
-                // Finished polls: reschedule from the record as it now stands.
-                while let Ok((id, ok)) = done_rx.try_recv() {
-                    in_flight.remove(&id);
-                    let Some(entry) = schedule.get_mut(&id) else {
-                        continue;
-                    };
-                    entry.failures = if ok {
-                        0
-                    } else {
-                        entry.failures.saturating_add(1)
-                    };
-                    let current = match ctx.store.target(id) {
-                        Ok(Some(t)) => t,
-                        _ => continue,
-                    };
-                    match source::next_poll(
-                        &current,
-                        ctx.poll_interval,
-                        ctx.heartbeat,
-                        entry.failures,
-                        crate::rand::unit(),
-                    ) {
-                        Some(wait) => {
-                            let now = Instant::now();
-                            entry.next = now.checked_add(wait).unwrap_or(now + source::MAX_BACKOFF);
-                        }
-                        None => {
-                            schedule.remove(&id);
-                        }
-                    }
+        .spawn(move || Poller::new(ctx).run(&shutdown))
+}
+
+/// The scheduler's state: when each target is due, and the polls running now.
+struct Poller {
+    ctx: Arc<SourceContext>,
+    schedule: HashMap<u64, Schedule>,
+    in_flight: HashMap<u64, JoinHandle<()>>,
+    done_tx: mpsc::Sender<(u64, bool)>,
+    done_rx: mpsc::Receiver<(u64, bool)>,
+}
+
+impl Poller {
+    fn new(ctx: Arc<SourceContext>) -> Poller {
+        let (done_tx, done_rx) = mpsc::channel();
+        Poller {
+            ctx,
+            schedule: HashMap::new(),
+            in_flight: HashMap::new(),
+            done_tx,
+            done_rx,
+        }
+    }
+
+    fn run(mut self, shutdown: &AtomicBool) {
+        while !shutdown.load(Ordering::SeqCst) {
+            std::thread::sleep(TICK);
+            while let Ok((id, ok)) = self.done_rx.try_recv() {
+                self.finished(id, ok);
+            }
+            self.start_due();
+        }
+        self.join_in_flight(Instant::now() + JOIN_POLLS);
+    }
+
+    /// A poll reported back: join its thread, reschedule from the record as it now stands.
+    fn finished(&mut self, id: u64, ok: bool) {
+        if let Some(handle) = self.in_flight.remove(&id) {
+            if handle.join().is_err() {
+                log::error!("poller: the poll of target {id} panicked");
+            }
+        }
+        let Some(entry) = self.schedule.get_mut(&id) else {
+            return;
+        };
+        entry.failures = if ok {
+            0
+        } else {
+            entry.failures.saturating_add(1)
+        };
+        let current = match self.ctx.store.target(id) {
+            Ok(Some(t)) => t,
+            _ => return,
+        };
+        let ctx = &self.ctx;
+        match source::next_poll(
+            &current,
+            ctx.poll_interval,
+            ctx.heartbeat,
+            entry.failures,
+            crate::rand::unit(),
+        ) {
+            Some(wait) => {
+                let now = Instant::now();
+                entry.next = now.checked_add(wait).unwrap_or(now + source::MAX_BACKOFF);
+            }
+            None => {
+                self.schedule.remove(&id);
+            }
+        }
+    }
+
+    /// Starts a poll thread for every target that is due, up to `MAX_PARALLEL_POLLS`.
+    fn start_due(&mut self) {
+        let targets = match self.ctx.store.targets() {
+            Ok(t) => t,
+            Err(e) => {
+                log::warn!("poller: read targets: {}", Chain(&e));
+                return;
+            }
+        };
+        self.schedule
+            .retain(|id, _| targets.iter().any(|t| t.id == *id));
+        for t in targets {
+            if t.status.is_final()
+                || self.in_flight.contains_key(&t.id)
+                || self.in_flight.len() >= MAX_PARALLEL_POLLS
+            {
+                continue;
+            }
+            let entry = self.schedule.entry(t.id).or_insert(Schedule {
+                next: Instant::now() + FIRST_POLL,
+                failures: 0,
+            });
+            if Instant::now() < entry.next {
+                continue;
+            }
+            // Not due again until this poll reports back.
+            entry.next = Instant::now() + source::MAX_BACKOFF;
+            let (ctx, done) = (self.ctx.clone(), self.done_tx.clone());
+            let id = t.id;
+            let spawned = std::thread::Builder::new()
+                .name(format!("poll-{id}"))
+                .spawn(move || {
+                    let ok = poll_once(&ctx, &t);
+                    let _ = done.send((id, ok));
+                });
+            match spawned {
+                Ok(handle) => {
+                    self.in_flight.insert(id, handle);
                 }
-                let targets = match ctx.store.targets() {
-                    Ok(t) => t,
-                    Err(e) => {
-                        log::warn!("poller: read targets: {e}");
-                        continue;
-                    }
-                };
-                schedule.retain(|id, _| targets.iter().any(|t| t.id == *id));
-                for t in targets {
-                    if t.status.is_final()
-                        || in_flight.contains(&t.id)
-                        || in_flight.len() >= MAX_PARALLEL_POLLS
-                    {
-                        continue;
-                    }
-                    let entry = schedule.entry(t.id).or_insert(Schedule {
-                        next: Instant::now() + FIRST_POLL,
-                        failures: 0,
-                    });
-                    if Instant::now() < entry.next {
-                        continue;
-                    }
-                    // Not due again until this poll reports back.
-                    entry.next = Instant::now() + source::MAX_BACKOFF;
-                    let (ctx, done) = (ctx.clone(), done_tx.clone());
-                    let id = t.id;
-                    let spawned = std::thread::Builder::new()
-                        .name(format!("poll-{id}"))
-                        .spawn(move || {
-                            let ok = poll_once(&ctx, &t);
-                            let _ = done.send((id, ok));
-                        });
-                    match spawned {
-                        Ok(_) => {
-                            in_flight.insert(id);
-                        }
-                        Err(e) => {
-                            log::warn!("poller: start a poll of target {id}: {e}");
-                            entry.next = Instant::now() + RESPAWN_AFTER;
-                        }
-                    }
+                Err(e) => {
+                    log::warn!("poller: start a poll of target {id}: {e}");
+                    entry.next = Instant::now() + RESPAWN_AFTER;
                 }
             }
-        })
+        }
+    }
+
+    /// Joins the polls that finish before `deadline`; logs the ones abandoned.
+    fn join_in_flight(mut self, deadline: Instant) {
+        while !self.in_flight.is_empty() {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match self.done_rx.recv_timeout(left) {
+                Ok((id, ok)) => self.finished(id, ok),
+                Err(_) => break,
+            }
+        }
+        if !self.in_flight.is_empty() {
+            let mut ids: Vec<u64> = self.in_flight.keys().copied().collect();
+            ids.sort_unstable();
+            log::warn!(
+                "poller: abandoned {} polls still running at shutdown (targets {ids:?})",
+                ids.len()
+            );
+        }
+    }
 }
 
 /// Applies `change` to the stored target `id` (if it still exists) in one transaction.
@@ -174,7 +223,11 @@ fn set_status(
         log::info!("target {id}: {}", status.as_str());
     }
     if let Err(e) = update(&ctx.store, id, |r| source::finish(r, status, message, now)) {
-        log::error!("target {id}: record status {}: {e}", status.as_str());
+        log::error!(
+            "target {id}: record status {}: {}",
+            status.as_str(),
+            Chain(&e)
+        );
     }
 }
 
@@ -184,7 +237,13 @@ pub fn poll_once(ctx: &SourceContext, t: &TargetRecord) -> bool {
     let remote = match Remote::api(&t.host, &t.ca_pem) {
         Ok(r) => r,
         Err(e) => {
-            set_status(ctx, t.id, TargetStatus::Failed, Some(e.to_string()), now);
+            set_status(
+                ctx,
+                t.id,
+                TargetStatus::Failed,
+                Some(Chain(&e).to_string()),
+                now,
+            );
             return false;
         }
     };
@@ -206,6 +265,7 @@ pub fn poll_once(ctx: &SourceContext, t: &TargetRecord) -> bool {
             return false;
         }
         Err(e) => {
+            let e = Chain(&e);
             log::info!("target {}: poll {}: {e}", t.id, t.host);
             let message = format!("last poll failed: {e}");
             let _ = update(&ctx.store, t.id, |r| r.message = Some(message));
@@ -231,42 +291,93 @@ pub fn poll_once(ctx: &SourceContext, t: &TargetRecord) -> bool {
         }
         Step::Install { tunnel } => match install_and_prove(ctx, &remote, t, &tunnel, now) {
             Ok(()) => set_status(ctx, t.id, TargetStatus::Complete, None, now),
-            Err(message) => set_status(ctx, t.id, TargetStatus::Failed, Some(message), now),
+            Err(e) => set_status(
+                ctx,
+                t.id,
+                TargetStatus::Failed,
+                Some(Chain(&e).to_string()),
+                now,
+            ),
         },
     }
     true
 }
 
-fn read_text(path: &Path) -> Result<String, String> {
-    fsx::read_regular_nofollow(path, 64 * 1024)
-        .map_err(|e| format!("{}: {e}", path.display()))
-        .and_then(|b| String::from_utf8(b).map_err(|e| format!("{}: {e}", path.display())))
+/// Why a delivered certificate was not installed or its tunnel not proven. The text
+/// (with its causes) is what the admin sees as the target's `message`.
+#[derive(Debug)]
+pub enum InstallError {
+    /// A spool file could not be fetched from the target.
+    Fetch {
+        file: &'static str,
+        host: String,
+        source: RemoteError,
+    },
+    /// The pairing's directory or key could not be used.
+    Identity(IdentityError),
+    /// The delivered certificate failed a check (another key, another CA, expired...).
+    Refused(DeliveryError),
+    /// The installed certificate could not be recorded.
+    Record(StoreError),
+    /// The tunnel did not answer a hello with the installed certificate.
+    Tunnel {
+        address: String,
+        source: RemoteError,
+    },
+}
+
+impl fmt::Display for InstallError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            InstallError::Fetch { file, host, .. } => write!(f, "fetch {file} from {host}"),
+            InstallError::Identity(e) => write!(f, "{e}"),
+            InstallError::Refused(_) => f.write_str("delivered certificate refused"),
+            InstallError::Record(_) => f.write_str("record the installed certificate"),
+            InstallError::Tunnel { address, .. } => write!(f, "tunnel {address}"),
+        }
+    }
+}
+
+impl std::error::Error for InstallError {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        match self {
+            InstallError::Fetch { source, .. } | InstallError::Tunnel { source, .. } => {
+                Some(source)
+            }
+            InstallError::Identity(e) => e.source(),
+            InstallError::Refused(e) => Some(e),
+            InstallError::Record(e) => Some(e),
+        }
+    }
 }
 
 /// Fetches and checks the delivered certificate, installs it atomically, records
 /// `accepted`, then opens the tunnel once. Any failed check leaves the installed state as
-/// it was and returns a message an admin can act on.
+/// it was and says what an admin can act on.
 fn install_and_prove(
     ctx: &SourceContext,
     remote: &Remote,
     t: &TargetRecord,
     tunnel: &str,
     now: UnixTime,
-) -> Result<(), String> {
-    let cert_pem = remote
-        .fetch(&t.poll, CERT_FILE)
-        .map_err(|e| format!("fetch {CERT_FILE} from {}: {e}", t.host))?;
-    let ca_pem = remote
-        .fetch(&t.poll, CA_FILE)
-        .map_err(|e| format!("fetch {CA_FILE} from {}: {e}", t.host))?;
-    let dir = ctx.dir_of(t);
-    let key_pem = read_text(&dir.join(KEY_FILE))?;
+) -> Result<(), InstallError> {
+    let fetch = |file: &'static str| {
+        remote
+            .fetch(&t.poll, file)
+            .map_err(|source| InstallError::Fetch {
+                file,
+                host: t.host.clone(),
+                source,
+            })
+    };
+    let cert_pem = fetch(CERT_FILE)?;
+    let ca_pem = fetch(CA_FILE)?;
+    let dir = ctx.dirs.open(&t.dir).map_err(InstallError::Identity)?;
+    let key_pem = dir.key().map_err(InstallError::Identity)?;
     let delivered = ca::check_delivered(&cert_pem, &ca_pem, &key_pem, &t.ca_fingerprint, now)
-        .map_err(|e| format!("delivered certificate refused: {e}"))?;
-    fsx::write_atomic(&dir.join(INSTALLED_CA), ca_pem.as_bytes())
-        .map_err(|e| format!("install {INSTALLED_CA}: {e}"))?;
-    fsx::write_atomic(&dir.join(INSTALLED_CERT), cert_pem.as_bytes())
-        .map_err(|e| format!("install {INSTALLED_CERT}: {e}"))?;
+        .map_err(InstallError::Refused)?;
+    dir.install(&cert_pem, &ca_pem)
+        .map_err(InstallError::Identity)?;
     update(&ctx.store, t.id, |r| {
         r.status = TargetStatus::Accepted;
         r.message = None;
@@ -275,7 +386,7 @@ fn install_and_prove(
         r.cert_serial = Some(delivered.serial.clone());
         r.updated = now;
     })
-    .map_err(|e| format!("record the installed certificate: {e}"))?;
+    .map_err(InstallError::Record)?;
     log::info!(
         "target {}: certificate {} installed; proving the tunnel at {tunnel}",
         t.id,
@@ -283,7 +394,10 @@ fn install_and_prove(
     );
     let hello = Remote::tunnel(tunnel, &t.ca_pem, &cert_pem, &key_pem)
         .and_then(|r| r.hello())
-        .map_err(|e| format!("tunnel {tunnel}: {e}"))?;
+        .map_err(|source| InstallError::Tunnel {
+            address: tunnel.to_string(),
+            source,
+        })?;
     log::info!(
         "target {}: tunnel proven, target calls us system {}",
         t.id,

@@ -68,9 +68,9 @@ pub enum PairingError {
     StorageNotBackup(u64),
     NoBackupStorage,
     NotASource(u64),
-    /// Past a cap on open requests.
+    /// Past a cap on open requests; the source may try again after `retry_after` seconds.
     Busy {
-        reason: String,
+        cap: Cap,
         retry_after: u64,
     },
     InvalidField {
@@ -98,16 +98,49 @@ impl fmt::Display for PairingError {
             PairingError::StorageNotBackup(id) => write!(f, "storage {id} is not a backup storage"),
             PairingError::NoBackupStorage => f.write_str("no backup storage is configured"),
             PairingError::NotASource(id) => write!(f, "system {id} is not a replication source"),
-            PairingError::Busy { reason, .. } => f.write_str(reason),
+            PairingError::Busy { cap, .. } => write!(f, "{cap}"),
             PairingError::InvalidField { field, problem } => write!(f, "field `{field}` {problem}"),
-            PairingError::Csr(e) => write!(f, "field `csr`: {e}"),
-            PairingError::Ca(e) => write!(f, "sign csr: {e}"),
+            PairingError::Csr(_) => f.write_str("field `csr`"),
+            PairingError::Ca(_) => f.write_str("sign csr"),
             PairingError::Store(e) => write!(f, "{e}"),
         }
     }
 }
 
-impl std::error::Error for PairingError {}
+impl std::error::Error for PairingError {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        match self {
+            PairingError::Csr(e) => Some(e),
+            PairingError::Ca(e) => Some(e),
+            PairingError::Store(e) => e.source(),
+            _ => None,
+        }
+    }
+}
+
+/// Which cap on open requests refused a filing.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Cap {
+    /// This source already has an open request with another key.
+    OtherKey { system_uuid: String, request: u64 },
+    /// Too many open requests from this address (`max_pending_per_address`).
+    PerAddress { address: String },
+    /// Too many open requests on this appliance (`max_pending`).
+    Total,
+}
+
+impl fmt::Display for Cap {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Cap::OtherKey { system_uuid, request } => write!(
+                f,
+                "system {system_uuid} already has open request {request} with another key; wait for it to be resolved or expire"
+            ),
+            Cap::PerAddress { address } => write!(f, "too many open requests from {address}"),
+            Cap::Total => f.write_str("too many open pairing requests on this appliance"),
+        }
+    }
+}
 
 impl From<StoreError> for PairingError {
     fn from(e: StoreError) -> Self {
@@ -133,7 +166,7 @@ pub enum Filing {
     /// The same source and key already have an open request: answer with it.
     Existing(u64),
     Create,
-    Refuse(String),
+    Refuse(Cap),
 }
 
 /// The idempotency and cap rules over the open requests (expired ones already excluded).
@@ -148,9 +181,10 @@ pub fn decide_filing(
         if o.csr_fingerprint == csr_fingerprint {
             return Filing::Existing(*id);
         }
-        return Filing::Refuse(format!(
-            "system {system_uuid} already has open request {id} with another key; wait for it to be resolved or expire"
-        ));
+        return Filing::Refuse(Cap::OtherKey {
+            system_uuid: system_uuid.to_string(),
+            request: *id,
+        });
     }
     if open
         .iter()
@@ -158,10 +192,12 @@ pub fn decide_filing(
         .count()
         >= caps.per_address as usize
     {
-        return Filing::Refuse(format!("too many open requests from {address}"));
+        return Filing::Refuse(Cap::PerAddress {
+            address: address.to_string(),
+        });
     }
     if open.len() >= caps.max_pending as usize {
-        return Filing::Refuse("too many open pairing requests on this appliance".into());
+        return Filing::Refuse(Cap::Total);
     }
     Filing::Create
 }
@@ -247,8 +283,8 @@ pub fn file_request(
                     created: false,
                 })
             }
-            Filing::Refuse(reason) => Err(PairingError::Busy {
-                reason,
+            Filing::Refuse(cap) => Err(PairingError::Busy {
+                cap,
                 retry_after: caps.retry_after,
             }),
             Filing::Create => {
@@ -852,7 +888,7 @@ mod tests {
     fn address_and_global_caps_refuse() {
         let o = vec![(1, open("u1", "k", "a")), (2, open("u2", "k", "a"))];
         assert!(
-            matches!(decide_filing(&o, "u3", "k", "a", &CAPS), Filing::Refuse(r) if r.contains("from a"))
+            matches!(decide_filing(&o, "u3", "k", "a", &CAPS), Filing::Refuse(r) if r.to_string().contains("from a"))
         );
         assert_eq!(decide_filing(&o, "u3", "k", "b", &CAPS), Filing::Create);
         let o = vec![
