@@ -34,9 +34,8 @@ use serde_json::json;
 use replgate::spool::Spool;
 use replgate::store::{RequestRecord, RequestStatus, Store};
 
-use crate::harness::{scratch_dir, Client, Daemon, Options};
+use crate::harness::{request_body, scratch_dir, simple_csr, spool_token, Client, Daemon, Options};
 use crate::rng::{count_from_env, seed_from_env, Rng};
-use crate::target::simple_csr;
 
 const SEED_VAR: &str = "REPLGATE_CRASH_SEED";
 const KILLS_VAR: &str = "REPLGATE_CRASH_KILLS";
@@ -145,14 +144,6 @@ fn choose(rng: &mut Rng, m: &Model) -> Op {
     op.unwrap_or(Op::File)
 }
 
-fn token_of(poll: &str) -> String {
-    poll.trim_end_matches('/')
-        .rsplit('/')
-        .next()
-        .unwrap_or("")
-        .to_string()
-}
-
 /// One operation. `Err` means the connection failed: the daemon is gone.
 fn perform(client: &Client, auth: &str, shared: &Shared, op: Op) -> std::io::Result<()> {
     let post = |path: &str, body: serde_json::Value| {
@@ -175,8 +166,7 @@ fn perform(client: &Client, auth: &str, shared: &Shared, op: Op) -> std::io::Res
         Op::File => {
             let n = shared.next_uuid.fetch_add(1, Ordering::SeqCst);
             let uuid = format!("c7a5c7a5-0000-4000-8000-{n:012x}");
-            let body = json!({"system_uuid": uuid, "name": format!("src-{n}"),
-                              "host": "source.example", "version": "1.0", "csr": simple_csr().pem});
+            let body = request_body(&uuid, &simple_csr().pem);
             let r = client.try_request(
                 "POST",
                 "/replication/v1/requests",
@@ -186,7 +176,7 @@ fn perform(client: &Client, auth: &str, shared: &Shared, op: Op) -> std::io::Res
             if r.status == 202 {
                 let v = r.json();
                 let id = v["request_id"].as_u64().unwrap_or(0);
-                let token = token_of(v["poll"].as_str().unwrap_or(""));
+                let token = spool_token(v["poll"].as_str().unwrap_or(""));
                 shared.ack(Ack::Filed { id, token });
                 shared.model.lock().unwrap().pending.push(id);
             } else {

@@ -9,7 +9,8 @@ use std::time::Duration;
 use serde_json::Value;
 
 use crate::harness::{
-    eventually, free_port, mode, pairing_opts, scratch_dir, Daemon, Options, ADMIN_PASSWORD, POLL,
+    eventually, free_port, mode, scratch_dir, start_pair, systems_row, Daemon, Options,
+    ADMIN_PASSWORD, POLL,
 };
 
 /// What one `replgate ctl` run printed and returned.
@@ -108,8 +109,7 @@ impl Ctl {
 #[test]
 fn two_appliances_pair_entirely_through_ctl() {
     let scratch = scratch_dir("ctl-pair");
-    let src = Daemon::start("ctl-pair-src", pairing_opts());
-    let tgt = Daemon::start("ctl-pair-tgt", pairing_opts());
+    let (src, tgt) = start_pair("ctl-pair");
     let on_src = Ctl::new(&src, &scratch);
     let on_tgt = Ctl::new(&tgt, &scratch);
 
@@ -187,13 +187,7 @@ fn two_appliances_pair_entirely_through_ctl() {
     );
 
     let systems = on_tgt.run(&["systems", "--json"]).expect(0).json();
-    let source = systems["appliance"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|s| s["role"] == "Non-Managed Replication Source")
-        .expect("the source's row")
-        .clone();
+    let source = systems_row(&systems, |s| s["role"] == "Non-Managed Replication Source");
     assert_eq!(source["storage_id"], 1);
     let table = on_tgt.run(&["systems"]).expect(0).stdout;
     assert!(table.contains("Non-Managed Replication Source"), "{table}");

@@ -744,7 +744,7 @@ fn check_accessors(run: &mut Run, case: u64, route: &BodyRoute, bytes: &[u8]) {
 }
 
 fn csr_p256() -> String {
-    crate::target::simple_csr().pem
+    crate::harness::simple_csr().pem
 }
 
 #[test]
@@ -1343,17 +1343,8 @@ fn spool_paths_against_a_real_daemon() {
     let client = d.client();
     // One pending request (status.json only) and one accepted (all three files).
     let file = |uuid: &str| {
-        let r = crate::target::file(&d, uuid, &crate::target::simple_csr().pem);
-        assert_eq!(r.status, 202, "{}", r.text());
-        let v = r.json();
-        let poll = v["poll"].as_str().unwrap_or("").to_string();
-        let token = poll
-            .trim_end_matches('/')
-            .rsplit('/')
-            .next()
-            .unwrap_or("")
-            .to_string();
-        (v["request_id"].as_u64().unwrap_or(0), token)
+        let filed = d.file_request(uuid);
+        (filed.id, filed.token())
     };
     let (_, pending) = file("f0220000-0000-4000-8000-00000000000a");
     let (accepted_id, accepted) = file("f0220000-0000-4000-8000-00000000000b");

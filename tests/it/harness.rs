@@ -24,6 +24,37 @@ pub fn pairing_opts() -> Options {
         .set("heartbeat_interval", POLL)
 }
 
+/// A source and a target for a pairing test, `{name}-src` and `{name}-tgt`, started side
+/// by side (each start generates a CA and hashes a password: seconds on a busy machine).
+pub fn start_pair(name: &str) -> (Daemon, Daemon) {
+    std::thread::scope(|s| {
+        let src = s.spawn(|| Daemon::start(&format!("{name}-src"), pairing_opts()));
+        let tgt = Daemon::start(&format!("{name}-tgt"), pairing_opts());
+        let src = src
+            .join()
+            .unwrap_or_else(|panic| std::panic::resume_unwind(panic));
+        (src, tgt)
+    })
+}
+
+/// `program` ready to run, after checking that it is installed: a test that needs a tool
+/// fails without it, never passes silently. `.ci/run` installs the package named here.
+#[track_caller]
+pub fn tool(program: &str) -> Command {
+    let (probe, package) = match program {
+        "openssl" => ("version", "openssl"),
+        "curl" => ("--version", "curl"),
+        other => panic!("tool({other:?}): name its Debian package here and in .ci/run"),
+    };
+    match Command::new(program).arg(probe).output() {
+        Ok(out) if out.status.success() => Command::new(program),
+        other => panic!(
+            "this test runs `{program}`, which is not installed here ({other:?}): \
+             install the Debian package `{package}` (.ci/run does)"
+        ),
+    }
+}
+
 static SEQ: AtomicU32 = AtomicU32::new(0);
 
 /// A free loopback port (bound then released; a rare race with another test is possible).
@@ -315,6 +346,35 @@ impl Daemon {
         self.login("root", ADMIN_PASSWORD)
     }
 
+    /// Files a pairing request for `uuid` with `csr` as a source would; the raw answer.
+    pub fn try_file_request(&self, uuid: &str, csr: &str) -> Response {
+        self.client()
+            .post_json("/replication/v1/requests", None, &request_body(uuid, csr))
+    }
+
+    /// Files a new pairing request for `uuid` with `csr` and checks that it was taken
+    /// (202): its id, poll path and verification code.
+    #[track_caller]
+    pub fn file_request_csr(&self, uuid: &str, csr: &str) -> Filed {
+        let r = self.try_file_request(uuid, csr);
+        assert_eq!(r.status, 202, "file a request for {uuid}: {}", r.text());
+        Filed::parse(&r.json())
+    }
+
+    /// [`Daemon::file_request_csr`] with a fresh P-256 key.
+    #[track_caller]
+    pub fn file_request(&self, uuid: &str) -> Filed {
+        self.file_request_csr(uuid, &simple_csr().pem)
+    }
+
+    /// `GET /api/systems` as `token`: the whole answer.
+    #[track_caller]
+    pub fn systems(&self, token: &str) -> Value {
+        let r = self.client().get("/api/systems", Some(token));
+        assert_eq!(r.status, 200, "GET /api/systems: {}", r.text());
+        r.json()
+    }
+
     /// The internal tiny_http address, from the start-up log line.
     pub fn internal_addr(&self) -> SocketAddr {
         let log = self.log();
@@ -343,6 +403,86 @@ impl Drop for Daemon {
         }
         self.kill9();
     }
+}
+
+/// A request as a target took it: `POST /replication/v1/requests`' answer.
+#[derive(Clone, Debug)]
+pub struct Filed {
+    pub id: u64,
+    /// The spool path, `/replication/v1/spool/<token>/`.
+    pub poll: String,
+    pub code: String,
+    /// The whole answer.
+    pub json: Value,
+}
+
+impl Filed {
+    #[track_caller]
+    pub fn parse(v: &Value) -> Filed {
+        let field = |k: &str| v[k].as_str().unwrap_or_else(|| panic!("no {k}: {v}"));
+        Filed {
+            id: v["request_id"]
+                .as_u64()
+                .unwrap_or_else(|| panic!("no request_id: {v}")),
+            poll: field("poll").to_string(),
+            code: field("verification_code").to_string(),
+            json: v.clone(),
+        }
+    }
+
+    /// The spool token, the last segment of the poll path.
+    pub fn token(&self) -> String {
+        spool_token(&self.poll)
+    }
+}
+
+/// The spool token in a poll path (`/replication/v1/spool/<token>/`).
+pub fn spool_token(poll: &str) -> String {
+    poll.trim_end_matches('/')
+        .rsplit('/')
+        .next()
+        .unwrap_or("")
+        .to_string()
+}
+
+/// The rows of a `GET /api/systems` answer (`appliance`).
+#[track_caller]
+pub fn appliances(systems: &Value) -> &[Value] {
+    systems["appliance"]
+        .as_array()
+        .unwrap_or_else(|| panic!("a systems answer without rows: {systems}"))
+}
+
+/// The row of a `GET /api/systems` answer that `pick` chooses.
+#[track_caller]
+pub fn systems_row(systems: &Value, pick: impl Fn(&Value) -> bool) -> Value {
+    appliances(systems)
+        .iter()
+        .find(|s| pick(s))
+        .unwrap_or_else(|| panic!("no such systems row in {systems}"))
+        .clone()
+}
+
+pub struct Csr {
+    pub pem: String,
+    /// The raw public key bits (the BIT STRING of the SubjectPublicKeyInfo).
+    pub public_key_bits: Vec<u8>,
+}
+
+/// A CSR for a fresh P-256 key that asks for nothing.
+pub fn simple_csr() -> Csr {
+    let key = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).unwrap();
+    let params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+    let csr = params.serialize_request(&key).unwrap();
+    Csr {
+        pem: csr.pem().unwrap(),
+        public_key_bits: rcgen::PublicKeyData::der_bytes(&key).to_vec(),
+    }
+}
+
+/// The body a source sends to file a request.
+pub fn request_body(uuid: &str, csr: &str) -> Value {
+    serde_json::json!({"system_uuid": uuid, "name": format!("src-{uuid}"), "host": "source.example", "version": "1.0", "csr": csr})
 }
 
 pub fn pem_certs(pem: &[u8]) -> Vec<CertificateDer<'static>> {

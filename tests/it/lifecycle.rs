@@ -125,12 +125,8 @@ fn sigterm_exits_zero() {
 
 #[test]
 fn curl_with_the_ca_file_reaches_health() {
-    if Command::new("curl").arg("--version").output().is_err() {
-        eprintln!("curl is not installed; .ci/run installs it. Skipping this check here.");
-        return;
-    }
     let d = Daemon::start("life-curl", Options::default());
-    let out = Command::new("curl")
+    let out = crate::harness::tool("curl")
         .args(["-sS", "--noproxy", "*", "--cacert"])
         .arg(d.data_dir.join("ca.pem"))
         .arg(format!("https://127.0.0.1:{}/api/health", d.api.port()))

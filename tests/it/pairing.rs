@@ -3,7 +3,7 @@
 
 use std::io::Write;
 use std::net::TcpStream;
-use std::process::{Command, Stdio};
+use std::process::Stdio;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -11,7 +11,8 @@ use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName};
 use serde_json::{json, Value};
 
 use crate::harness::{
-    eventually, pairing_opts, pem_certs, provider, read_response, Daemon, Response, POLL,
+    appliances, eventually, pairing_opts, pem_certs, provider, read_response, start_pair,
+    systems_row, tool, Daemon, Response, POLL,
 };
 
 fn request(src: &Daemon, token: &str, tgt: &Daemon, extra: Value) -> Response {
@@ -55,6 +56,15 @@ fn paired_request(src: &Daemon, st: &str, tgt: &Daemon) -> Value {
     let r = request(src, st, tgt, json!({"fingerprint": tgt.ca_fingerprint()}));
     assert_eq!(r.status, 201, "{}", r.text());
     r.json()
+}
+
+/// Requests with the right fingerprint, accepts on the target and waits until the source
+/// proved the tunnel; returns the accept's 201 body (`system_id` on the target).
+fn pair_completely(src: &Daemon, st: &str, tgt: &Daemon, tt: &str) -> Value {
+    let filed = paired_request(src, st, tgt);
+    let accepted = accept(tgt, tt, &filed["request_id"], None).json();
+    wait_status(src, st, "complete", Duration::from_secs(POLL + 8));
+    accepted
 }
 
 fn pairing_dir(src: &Daemon) -> std::path::PathBuf {
@@ -127,8 +137,7 @@ fn identity(dir: &std::path::Path) -> Identity {
 
 #[test]
 fn full_pairing_from_untrusted_to_a_proven_tunnel() {
-    let src = Daemon::start("pair-src", pairing_opts());
-    let tgt = Daemon::start("pair-tgt", pairing_opts());
+    let (src, tgt) = start_pair("pair");
     let st = src.root_token();
     let tt = tgt.root_token();
 
@@ -193,14 +202,9 @@ fn full_pairing_from_untrusted_to_a_proven_tunnel() {
     assert!(row["certificate_expires"].as_i64().unwrap() > 0);
     assert!(row["last_poll"].as_i64().is_some());
 
-    let systems = tgt.client().get("/api/systems", Some(&tt)).json();
-    let source = systems["appliance"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|s| s["role"] == "Non-Managed Replication Source")
-        .expect("source row")
-        .clone();
+    let source = systems_row(&tgt.systems(&tt), |s| {
+        s["role"] == "Non-Managed Replication Source"
+    });
     assert_eq!(source["storage_id"], 1);
     assert_eq!(
         source["status"], "connected",
@@ -217,8 +221,7 @@ fn full_pairing_from_untrusted_to_a_proven_tunnel() {
 
 #[test]
 fn managed_source_is_a_replication_source_and_rejection_reaches_the_source() {
-    let src = Daemon::start("pair-managed-src", pairing_opts());
-    let tgt = Daemon::start("pair-managed-tgt", pairing_opts());
+    let (src, tgt) = start_pair("pair-managed");
     let (st, tt) = (src.root_token(), tgt.root_token());
     // The source reports its first host name ("localhost") as its host.
     let r = tgt.client().post_json(
@@ -228,17 +231,8 @@ fn managed_source_is_a_replication_source_and_rejection_reaches_the_source() {
     );
     assert_eq!(r.status, 201);
     let managed_id = r.json()["id"].clone();
-    let filed = paired_request(&src, &st, &tgt);
-    accept(&tgt, &tt, &filed["request_id"], None);
-    wait_status(&src, &st, "complete", Duration::from_secs(POLL + 8));
-    let systems = tgt.client().get("/api/systems", Some(&tt)).json();
-    let row = systems["appliance"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|s| s["id"] == managed_id)
-        .unwrap()
-        .clone();
+    pair_completely(&src, &st, &tgt, &tt);
+    let row = systems_row(&tgt.systems(&tt), |s| s["id"] == managed_id);
     assert_eq!(row["role"], "Replication Source");
 
     // A second source is rejected with a message.
@@ -257,14 +251,11 @@ fn managed_source_is_a_replication_source_and_rejection_reaches_the_source() {
 
 #[test]
 fn unpair_closes_the_tunnel_at_once_and_the_heartbeat_learns_of_it() {
-    let src = Daemon::start("pair-unpair-src", pairing_opts());
-    let tgt = Daemon::start("pair-unpair-tgt", pairing_opts());
+    let (src, tgt) = start_pair("pair-unpair");
     let (st, tt) = (src.root_token(), tgt.root_token());
-    let filed = paired_request(&src, &st, &tgt);
-    let sid = accept(&tgt, &tt, &filed["request_id"], None).json()["system_id"]
+    let sid = pair_completely(&src, &st, &tgt, &tt)["system_id"]
         .as_u64()
         .unwrap();
-    wait_status(&src, &st, "complete", Duration::from_secs(POLL + 8));
     let dir = pairing_dir(&src);
     // A keep-alive tunnel connection opened before the unpair.
     let mut open = tunnel_connect(&tgt, Some(identity(&dir))).unwrap();
@@ -296,12 +287,9 @@ fn unpair_closes_the_tunnel_at_once_and_the_heartbeat_learns_of_it() {
 
 #[test]
 fn the_tunnel_refuses_outsiders_and_anonymous_clients_but_not_openssl_with_the_issued_pair() {
-    let src = Daemon::start("pair-tunnel-src", pairing_opts());
-    let tgt = Daemon::start("pair-tunnel-tgt", pairing_opts());
+    let (src, tgt) = start_pair("pair-tunnel");
     let (st, tt) = (src.root_token(), tgt.root_token());
-    let filed = paired_request(&src, &st, &tgt);
-    accept(&tgt, &tt, &filed["request_id"], None);
-    wait_status(&src, &st, "complete", Duration::from_secs(POLL + 8));
+    pair_completely(&src, &st, &tgt, &tt);
     let dir = pairing_dir(&src);
 
     assert!(
@@ -345,16 +333,13 @@ fn the_tunnel_refuses_outsiders_and_anonymous_clients_but_not_openssl_with_the_i
     let r = tunnel_hello(&tgt, Some(identity(&dir))).unwrap();
     assert_eq!(r.status, 200);
 
-    if Command::new("openssl").arg("version").output().is_err() {
-        eprintln!("openssl is not installed; .ci/run installs it. Skipping the s_client check.");
-        return;
-    }
+    // And another TLS implementation, given the issued pair, gets in.
     std::fs::write(
         dir.join("target-ca.pem"),
         std::fs::read(tgt.data_dir.join("ca.pem")).unwrap(),
     )
     .unwrap();
-    let mut child = Command::new("openssl")
+    let mut child = tool("openssl")
         .args([
             "s_client",
             "-quiet",
@@ -389,8 +374,7 @@ fn the_tunnel_refuses_outsiders_and_anonymous_clients_but_not_openssl_with_the_i
 
 #[test]
 fn a_spoofed_target_on_the_pinned_address_is_refused() {
-    let src = Daemon::start("pair-spoof-src", pairing_opts());
-    let mut tgt = Daemon::start("pair-spoof-tgt", pairing_opts());
+    let (src, mut tgt) = start_pair("pair-spoof");
     let st = src.root_token();
     paired_request(&src, &st, &tgt);
     // The real target goes away; an impostor with another CA takes its address.
@@ -414,8 +398,7 @@ fn a_spoofed_target_on_the_pinned_address_is_refused() {
 
 #[test]
 fn a_delivered_certificate_that_is_not_ours_or_not_from_the_pinned_ca_is_refused() {
-    let mut src = Daemon::start("pair-forged-src", pairing_opts());
-    let tgt = Daemon::start("pair-forged-tgt", pairing_opts());
+    let (mut src, tgt) = start_pair("pair-forged");
     let (st, tt) = (src.root_token(), tgt.root_token());
     let filed = paired_request(&src, &st, &tgt);
     // The source is down while the target accepts; then the spool is tampered with.
@@ -435,14 +418,11 @@ fn a_delivered_certificate_that_is_not_ours_or_not_from_the_pinned_ca_is_refused
     let genuine = std::fs::read(spool.join("certificate.pem")).unwrap();
 
     // 1. A certificate from the right CA for another key.
-    let other = crate::target::simple_csr();
-    let r = crate::target::file(&tgt, "99999999-0000-4333-8444-555555555555", &other.pem);
-    let other_id = r.json()["request_id"].clone();
-    let other_poll = r.json()["poll"].as_str().unwrap().to_string();
-    accept(&tgt, &tt, &other_id, None);
+    let other = tgt.file_request("99999999-0000-4333-8444-555555555555");
+    accept(&tgt, &tt, &json!(other.id), None);
     let foreign = tgt
         .client()
-        .get(&format!("{other_poll}certificate.pem"), None)
+        .get(&format!("{}certificate.pem", other.poll), None)
         .body;
     std::fs::write(spool.join("certificate.pem"), &foreign).unwrap();
     src.restart();
@@ -516,8 +496,7 @@ fn a_target_reached_by_a_name_its_certificate_lacks_still_pairs() {
 
 #[test]
 fn restarts_mid_pairing_do_not_lose_it() {
-    let mut src = Daemon::start("pair-restart-src", pairing_opts());
-    let mut tgt = Daemon::start("pair-restart-tgt", pairing_opts());
+    let (mut src, mut tgt) = start_pair("pair-restart");
     let st = src.root_token();
     let filed = paired_request(&src, &st, &tgt);
     // Both restart while pending.
@@ -533,8 +512,7 @@ fn restarts_mid_pairing_do_not_lose_it() {
 
 #[test]
 fn two_appliances_pair_both_ways() {
-    let a = Daemon::start("pair-cross-a", pairing_opts());
-    let b = Daemon::start("pair-cross-b", pairing_opts());
+    let (a, b) = start_pair("pair-cross");
     let (at, bt) = (a.root_token(), b.root_token());
     let ab = paired_request(&a, &at, &b);
     let ba = paired_request(&b, &bt, &a);
@@ -544,10 +522,7 @@ fn two_appliances_pair_both_ways() {
     wait_status(&b, &bt, "complete", Duration::from_secs(3 * POLL + 8));
     // Each sees the other as a source, too.
     for (d, t) in [(&a, &at), (&b, &bt)] {
-        let systems = d.client().get("/api/systems", Some(t)).json();
-        assert!(systems["appliance"]
-            .as_array()
-            .unwrap()
+        assert!(appliances(&d.systems(t))
             .iter()
             .any(|s| s["role"] == "Non-Managed Replication Source"));
     }

@@ -1,18 +1,14 @@
 //! Target side of pairing against a real daemon: inbox, decisions, CA signing, spool,
 //! caps, expiry, path tricks, crash repair and unpairing.
 
-use std::process::Command;
 use std::time::Duration;
 
 use serde_json::{json, Value};
 
-use crate::harness::{eventually, mode, Daemon, Options, Response};
-
-pub struct Csr {
-    pub pem: String,
-    /// The raw public key bits (the BIT STRING of the SubjectPublicKeyInfo).
-    pub public_key_bits: Vec<u8>,
-}
+use crate::harness::{
+    appliances, eventually, mode, simple_csr, spool_token, systems_row, tool, Csr, Daemon, Filed,
+    Options, Response,
+};
 
 /// A P-256 CSR that asks for much more than it may get: a CA flag, names, usages.
 pub fn greedy_csr() -> Csr {
@@ -39,31 +35,8 @@ pub fn greedy_csr() -> Csr {
     }
 }
 
-pub fn simple_csr() -> Csr {
-    let key = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).unwrap();
-    let params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
-    let csr = params.serialize_request(&key).unwrap();
-    Csr {
-        pem: csr.pem().unwrap(),
-        public_key_bits: rcgen::PublicKeyData::der_bytes(&key).to_vec(),
-    }
-}
-
-pub fn request_body(uuid: &str, csr: &str) -> Value {
-    json!({"system_uuid": uuid, "name": format!("src-{uuid}"), "host": "source.example", "version": "1.0", "csr": csr})
-}
-
-pub fn file(d: &Daemon, uuid: &str, csr: &str) -> Response {
-    d.client()
-        .post_json("/replication/v1/requests", None, &request_body(uuid, csr))
-}
-
 fn spool_get(d: &Daemon, poll: &str, name: &str) -> Response {
     d.client().get(&format!("{poll}{name}"), None)
-}
-
-fn openssl_available() -> bool {
-    Command::new("openssl").arg("version").output().is_ok()
 }
 
 fn pending_ids(d: &Daemon, token: &str) -> Vec<u64> {
@@ -87,14 +60,10 @@ fn accepted_csr_is_signed_as_a_client_only_end_entity_with_the_targets_subject()
     let d = Daemon::start("target-accept", Options::default());
     let root = d.root_token();
     let csr = greedy_csr();
-    let r = file(&d, "11111111-2222-4333-8444-555555555555", &csr.pem);
-    assert_eq!(r.status, 202, "{}", r.text());
-    let filed = r.json();
-    let id = filed["request_id"].as_u64().unwrap();
-    let poll = filed["poll"].as_str().unwrap().to_string();
+    let filed = d.file_request_csr("11111111-2222-4333-8444-555555555555", &csr.pem);
+    let Filed { id, poll, code, .. } = filed.clone();
     assert!(poll.starts_with("/replication/v1/spool/") && poll.ends_with('/'));
-    let code = filed["verification_code"].as_str().unwrap().to_string();
-    assert_eq!(filed["ca_fingerprint"].as_str().unwrap().len(), 64);
+    assert_eq!(filed.json["ca_fingerprint"].as_str().unwrap().len(), 64);
 
     // Pending in the inbox and in the systems table.
     let pending = d
@@ -106,13 +75,9 @@ fn accepted_csr_is_signed_as_a_client_only_end_entity_with_the_targets_subject()
     assert_eq!(p["verification_code"], code.as_str());
     assert_eq!(p["status"], "pending");
     assert_eq!(p["remote_addr"], "127.0.0.1");
-    let systems = d.client().get("/api/systems", Some(&root)).json();
-    let list = systems["appliance"].as_array().unwrap();
-    assert!(list.iter().any(|s| s["local"] == true));
-    let ps = list
-        .iter()
-        .find(|s| s["is_pending"] == true)
-        .expect("pending system");
+    let systems = d.systems(&root);
+    assert!(appliances(&systems).iter().any(|s| s["local"] == true));
+    let ps = systems_row(&systems, |s| s["is_pending"] == true);
     assert_eq!(ps["role"], "Pending Replication Source");
     assert_eq!(ps["id"], -(id as i64));
     assert_eq!(ps["request_id"], id);
@@ -172,44 +137,31 @@ fn accepted_csr_is_signed_as_a_client_only_end_entity_with_the_targets_subject()
     let days = (validity.not_after.timestamp() - validity.not_before.timestamp()) / 86_400;
     assert!((364..=366).contains(&days), "{days} days");
 
-    if openssl_available() {
-        let dir = crate::harness::scratch_dir("target-verify");
-        std::fs::write(dir.join("ca.pem"), &ca_pem).unwrap();
-        std::fs::write(dir.join("cert.pem"), &cert_pem).unwrap();
-        let out = Command::new("openssl")
-            .args(["verify", "-purpose", "sslclient", "-CAfile"])
-            .arg(dir.join("ca.pem"))
-            .arg(dir.join("cert.pem"))
-            .output()
-            .unwrap();
-        assert!(
-            out.status.success(),
-            "openssl verify: {}{}",
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        );
-    }
+    // Another implementation agrees: a client certificate issued by this CA.
+    let dir = crate::harness::scratch_dir("target-verify");
+    std::fs::write(dir.join("ca.pem"), &ca_pem).unwrap();
+    std::fs::write(dir.join("cert.pem"), &cert_pem).unwrap();
+    let out = tool("openssl")
+        .args(["verify", "-purpose", "sslclient", "-CAfile"])
+        .arg(dir.join("ca.pem"))
+        .arg(dir.join("cert.pem"))
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "openssl verify: {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
 
     // The systems table shows the source with the default storage.
-    let systems = d.client().get("/api/systems", Some(&root)).json();
-    let row = systems["appliance"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|s| s["id"] == system_id)
-        .unwrap()
-        .clone();
+    let row = systems_row(&d.systems(&root), |s| s["id"] == system_id);
     assert_eq!(row["role"], "Non-Managed Replication Source");
     assert_eq!(row["storage_id"], 1);
     assert!(row["certificate_expires"].as_i64().unwrap() > 0);
 
     // The id as a numeric string works too.
-    let r = file(
-        &d,
-        "aaaaaaaa-2222-4333-8444-555555555555",
-        &simple_csr().pem,
-    );
-    let id2 = r.json()["request_id"].as_u64().unwrap();
+    let Filed { id: id2, .. } = d.file_request("aaaaaaaa-2222-4333-8444-555555555555");
     let r = accept(
         &d,
         &root,
@@ -221,13 +173,9 @@ fn accepted_csr_is_signed_as_a_client_only_end_entity_with_the_targets_subject()
 
 #[test]
 fn openssl_req_csr_is_accepted() {
-    if !openssl_available() {
-        eprintln!("openssl is not installed; .ci/run installs it. Skipping.");
-        return;
-    }
     let d = Daemon::start("target-openssl", Options::default());
     let dir = crate::harness::scratch_dir("openssl-csr");
-    let out = Command::new("openssl")
+    let out = tool("openssl")
         .args([
             "req",
             "-new",
@@ -249,14 +197,9 @@ fn openssl_req_csr_is_accepted() {
         String::from_utf8_lossy(&out.stderr)
     );
     let csr = std::fs::read_to_string(dir.join("r.csr")).unwrap();
-    let r = file(&d, "bbbbbbbb-2222-4333-8444-555555555555", &csr);
-    assert_eq!(r.status, 202, "{}", r.text());
+    let filed = d.file_request_csr("bbbbbbbb-2222-4333-8444-555555555555", &csr);
     let root = d.root_token();
-    let r = accept(
-        &d,
-        &root,
-        json!({"request_id": r.json()["request_id"], "accept": 1}),
-    );
+    let r = accept(&d, &root, json!({"request_id": filed.id, "accept": 1}));
     assert_eq!(r.status, 201, "{}", r.text());
 }
 
@@ -264,13 +207,7 @@ fn openssl_req_csr_is_accepted() {
 fn decisions_are_validated_and_rejections_reach_the_spool() {
     let d = Daemon::start("target-reject", Options::default());
     let root = d.root_token();
-    let r = file(
-        &d,
-        "cccccccc-2222-4333-8444-555555555555",
-        &simple_csr().pem,
-    );
-    let id = r.json()["request_id"].as_u64().unwrap();
-    let poll = r.json()["poll"].as_str().unwrap().to_string();
+    let Filed { id, poll, .. } = d.file_request("cccccccc-2222-4333-8444-555555555555");
 
     assert_eq!(
         d.client()
@@ -372,17 +309,16 @@ fn bad_csrs_are_refused_and_nothing_is_stored() {
     let n = tampered.len();
     tampered[n - 5] ^= 0x55;
     let pem = pem_encode("CERTIFICATE REQUEST", &tampered);
-    let r = file(&d, uuid, &pem);
+    let r = d.try_file_request(uuid, &pem);
     assert_eq!(r.status, 400, "{}", r.text());
     assert!(r.text().contains("csr"));
 
-    let r = file(
-        &d,
+    let r = d.try_file_request(
         uuid,
         "-----BEGIN CERTIFICATE REQUEST-----\ngarbage\n-----END CERTIFICATE REQUEST-----\n",
     );
     assert_eq!(r.status, 400);
-    let r = file(&d, uuid, "not even pem");
+    let r = d.try_file_request(uuid, "not even pem");
     assert_eq!(r.status, 400);
     let r = d.client().post_json(
         "/replication/v1/requests",
@@ -397,33 +333,13 @@ fn bad_csrs_are_refused_and_nothing_is_stored() {
         &json!({"system_uuid": "../../etc", "name": "n", "host": "h", "version": "1", "csr": good}),
     );
     assert_eq!(r.status, 400);
-    let big = request_body(uuid, &"A".repeat(10_000));
-    let r = d.client().post_json("/replication/v1/requests", None, &big);
+    let r = d.try_file_request(uuid, &"A".repeat(10_000));
     assert_eq!(r.status, 413);
 
-    if openssl_available() {
-        let dir = crate::harness::scratch_dir("weak-rsa");
-        let out = Command::new("openssl")
-            .args([
-                "req", "-new", "-newkey", "rsa:1024", "-nodes", "-subj", "/CN=weak", "-keyout",
-            ])
-            .arg(dir.join("k.pem"))
-            .arg("-out")
-            .arg(dir.join("r.csr"))
-            .output()
-            .unwrap();
-        if out.status.success() {
-            let r = file(
-                &d,
-                uuid,
-                &std::fs::read_to_string(dir.join("r.csr")).unwrap(),
-            );
-            assert_eq!(r.status, 400, "{}", r.text());
-            assert!(r.text().contains("1024"), "{}", r.text());
-        } else {
-            eprintln!("this openssl refuses to make RSA-1024 keys; the unit tests cover it");
-        }
-    }
+    // RSA below 2048 bits (a fixture made by `openssl req -newkey rsa:1024`).
+    let r = d.try_file_request(uuid, include_str!("fixtures/rsa1024.csr"));
+    assert_eq!(r.status, 400, "{}", r.text());
+    assert!(r.text().contains("1024"), "{}", r.text());
     assert!(pending_ids(&d, &root).is_empty());
     assert_eq!(spool_entries(&d), 0);
 }
@@ -464,35 +380,23 @@ fn resubmission_is_idempotent_and_caps_answer_429() {
             .set("max_pending", 100),
     );
     let csr = simple_csr();
-    let a = file(&d, "eeeeeeee-0000-4333-8444-555555555555", &csr.pem);
+    let a = d.try_file_request("eeeeeeee-0000-4333-8444-555555555555", &csr.pem);
     assert_eq!(a.status, 202);
-    let again = file(&d, "eeeeeeee-0000-4333-8444-555555555555", &csr.pem);
+    let again = d.try_file_request("eeeeeeee-0000-4333-8444-555555555555", &csr.pem);
     assert_eq!(again.status, 200, "{}", again.text());
     assert_eq!(again.json()["request_id"], a.json()["request_id"]);
     assert_eq!(again.json()["poll"], a.json()["poll"]);
     // Another key for the same system while one is open.
-    let other = file(
-        &d,
-        "eeeeeeee-0000-4333-8444-555555555555",
-        &simple_csr().pem,
-    );
+    let other = d.try_file_request("eeeeeeee-0000-4333-8444-555555555555", &simple_csr().pem);
     assert_eq!(other.status, 429, "{}", other.text());
     assert!(other.header("Retry-After").is_some());
     // The per-address cap.
     assert_eq!(
-        file(
-            &d,
-            "eeeeeeee-0001-4333-8444-555555555555",
-            &simple_csr().pem
-        )
-        .status,
+        d.try_file_request("eeeeeeee-0001-4333-8444-555555555555", &simple_csr().pem)
+            .status,
         202
     );
-    let r = file(
-        &d,
-        "eeeeeeee-0002-4333-8444-555555555555",
-        &simple_csr().pem,
-    );
+    let r = d.try_file_request("eeeeeeee-0002-4333-8444-555555555555", &simple_csr().pem);
     assert_eq!(r.status, 429);
     assert_eq!(r.code(), 429);
 }
@@ -501,28 +405,16 @@ fn resubmission_is_idempotent_and_caps_answer_429() {
 fn global_cap_answers_429() {
     let d = Daemon::start("target-global", Options::default().set("max_pending", 2));
     assert_eq!(
-        file(
-            &d,
-            "ffffffff-0000-4333-8444-555555555555",
-            &simple_csr().pem
-        )
-        .status,
+        d.try_file_request("ffffffff-0000-4333-8444-555555555555", &simple_csr().pem)
+            .status,
         202
     );
     assert_eq!(
-        file(
-            &d,
-            "ffffffff-0001-4333-8444-555555555555",
-            &simple_csr().pem
-        )
-        .status,
+        d.try_file_request("ffffffff-0001-4333-8444-555555555555", &simple_csr().pem)
+            .status,
         202
     );
-    let r = file(
-        &d,
-        "ffffffff-0002-4333-8444-555555555555",
-        &simple_csr().pem,
-    );
+    let r = d.try_file_request("ffffffff-0002-4333-8444-555555555555", &simple_csr().pem);
     assert_eq!(r.status, 429);
 }
 
@@ -530,26 +422,18 @@ fn global_cap_answers_429() {
 fn expired_request_serves_expired_and_cannot_be_accepted() {
     let d = Daemon::start("target-expiry", Options::default().set("request_ttl", 1));
     let root = d.root_token();
-    let r = file(
-        &d,
-        "12121212-0000-4333-8444-555555555555",
-        &simple_csr().pem,
-    );
-    let id = r.json()["request_id"].as_u64().unwrap();
-    let poll = r.json()["poll"].as_str().unwrap().to_string();
+    let Filed { id, poll, .. } = d.file_request("12121212-0000-4333-8444-555555555555");
     eventually(Duration::from_secs(10), "status expired", || {
         (spool_get(&d, &poll, "status.json").json()["status"] == "expired").then_some(())
     });
     let r = accept(&d, &root, json!({"request_id": id, "accept": true}));
     assert_eq!(r.status, 409);
     // Ignoring a live request also shows the source `expired`.
-    let r = file(
-        &d,
-        "12121212-0001-4333-8444-555555555555",
-        &simple_csr().pem,
-    );
-    let poll2 = r.json()["poll"].as_str().unwrap().to_string();
-    let id2 = r.json()["request_id"].as_u64().unwrap();
+    let Filed {
+        id: id2,
+        poll: poll2,
+        ..
+    } = d.file_request("12121212-0001-4333-8444-555555555555");
     let r = d.client().request(
         "DELETE",
         &format!("/api/replication/pending/{id2}"),
@@ -569,13 +453,7 @@ fn expired_request_serves_expired_and_cannot_be_accepted() {
 fn ignore_is_silent_and_the_source_sees_expired() {
     let d = Daemon::start("target-ignore", Options::default());
     let root = d.root_token();
-    let r = file(
-        &d,
-        "13131313-0000-4333-8444-555555555555",
-        &simple_csr().pem,
-    );
-    let id = r.json()["request_id"].as_u64().unwrap();
-    let poll = r.json()["poll"].as_str().unwrap().to_string();
+    let Filed { id, poll, .. } = d.file_request("13131313-0000-4333-8444-555555555555");
     let r = d.client().request(
         "DELETE",
         &format!("/api/replication/pending/{id}"),
@@ -606,18 +484,8 @@ fn ignore_is_silent_and_the_source_sees_expired() {
 #[test]
 fn spool_refuses_path_tricks_symlinks_and_wrong_tokens() {
     let d = Daemon::start("target-spool", Options::default());
-    let r = file(
-        &d,
-        "14141414-0000-4333-8444-555555555555",
-        &simple_csr().pem,
-    );
-    let poll = r.json()["poll"].as_str().unwrap().to_string();
-    let token = poll
-        .trim_end_matches('/')
-        .rsplit('/')
-        .next()
-        .unwrap()
-        .to_string();
+    let Filed { poll, .. } = d.file_request("14141414-0000-4333-8444-555555555555");
+    let token = spool_token(&poll);
 
     // Caching and conditional requests.
     let first = spool_get(&d, &poll, "status.json");
@@ -677,19 +545,8 @@ fn crash_between_commit_and_spool_is_repaired_at_start() {
         Options::default().set("fault", "crash_after_accept_commit"),
     );
     let root = d.root_token();
-    let r = file(
-        &d,
-        "15151515-0000-4333-8444-555555555555",
-        &simple_csr().pem,
-    );
-    let id = r.json()["request_id"].as_u64().unwrap();
-    let poll = r.json()["poll"].as_str().unwrap().to_string();
-    let token = poll
-        .trim_end_matches('/')
-        .rsplit('/')
-        .next()
-        .unwrap()
-        .to_string();
+    let Filed { id, poll, .. } = d.file_request("15151515-0000-4333-8444-555555555555");
+    let token = spool_token(&poll);
     // The accept commits, then the process aborts before writing the spool.
     let _ = d.client().try_request(
         "POST",
@@ -732,13 +589,7 @@ fn crash_between_commit_and_spool_is_repaired_at_start() {
 fn unpair_revokes_drops_the_row_and_spools_revoked() {
     let mut d = Daemon::start("target-unpair", Options::default());
     let root = d.root_token();
-    let r = file(
-        &d,
-        "16161616-0000-4333-8444-555555555555",
-        &simple_csr().pem,
-    );
-    let id = r.json()["request_id"].as_u64().unwrap();
-    let poll = r.json()["poll"].as_str().unwrap().to_string();
+    let Filed { id, poll, .. } = d.file_request("16161616-0000-4333-8444-555555555555");
     let r = accept(&d, &root, json!({"request_id": id, "accept": true}));
     let sid = r.json()["system_id"].as_u64().unwrap();
     let cert_pem = spool_get(&d, &poll, "certificate.pem").text();
@@ -761,12 +612,7 @@ fn unpair_revokes_drops_the_row_and_spools_revoked() {
         spool_get(&d, &poll, "status.json").json(),
         json!({"status": "revoked"})
     );
-    let systems = d.client().get("/api/systems", Some(&root)).json();
-    assert!(!systems["appliance"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .any(|s| s["id"] == sid));
+    assert!(!appliances(&d.systems(&root)).iter().any(|s| s["id"] == sid));
     let r = d.client().request(
         "DELETE",
         &format!("/api/replication/source?sid={sid}"),
@@ -797,26 +643,14 @@ fn managed_system_becomes_replication_source_and_returns_on_unpair() {
     assert_eq!(r.status, 201, "{}", r.text());
     let managed_id = r.json()["id"].as_u64().unwrap();
     assert_eq!(r.json()["role"], "Managed DPU");
-    let r = file(
-        &d,
-        "17171717-0000-4333-8444-555555555555",
-        &simple_csr().pem,
-    );
-    let id = r.json()["request_id"].as_u64().unwrap();
+    let Filed { id, .. } = d.file_request("17171717-0000-4333-8444-555555555555");
     let r = accept(
         &d,
         &root,
         json!({"request_id": id, "accept": true, "storage_id": 1}),
     );
     assert_eq!(r.json()["system_id"], managed_id);
-    let systems = d.client().get("/api/systems", Some(&root)).json();
-    let row = systems["appliance"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|s| s["id"] == managed_id)
-        .unwrap()
-        .clone();
+    let row = systems_row(&d.systems(&root), |s| s["id"] == managed_id);
     assert_eq!(row["role"], "Replication Source");
     assert_eq!(row["storage_id"], 1);
     let r = d.client().request(
@@ -830,13 +664,7 @@ fn managed_system_becomes_replication_source_and_returns_on_unpair() {
         .client()
         .get("/api/systems?include_pending=0", Some(&root))
         .json();
-    let row = systems["appliance"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|s| s["id"] == managed_id)
-        .unwrap()
-        .clone();
+    let row = systems_row(&systems, |s| s["id"] == managed_id);
     assert_eq!(row["role"], "Managed DPU");
 }
 
@@ -874,12 +702,7 @@ fn storage_lists_real_sizes_and_accept_refuses_non_backup_storage() {
         .json();
     assert_eq!(backup["storage"].as_array().unwrap().len(), 1);
 
-    let r = file(
-        &d,
-        "18181818-0000-4333-8444-555555555555",
-        &simple_csr().pem,
-    );
-    let id = r.json()["request_id"].as_u64().unwrap();
+    let Filed { id, .. } = d.file_request("18181818-0000-4333-8444-555555555555");
     let r = accept(
         &d,
         &root,
@@ -915,31 +738,21 @@ fn a_new_key_for_a_paired_source_replaces_the_old_one_everywhere() {
     let d = Daemon::start("target-replace", Options::default());
     let root = d.root_token();
     let uuid = "19191919-0000-4333-8444-555555555555";
-    let first = file(&d, uuid, &simple_csr().pem).json();
-    let r = accept(
-        &d,
-        &root,
-        json!({"request_id": first["request_id"], "accept": true}),
-    );
+    let first = d.file_request(uuid);
+    let r = accept(&d, &root, json!({"request_id": first.id, "accept": true}));
     let sid = r.json()["system_id"].as_u64().unwrap();
-    let old_poll = first["poll"].as_str().unwrap().to_string();
+    let old_poll = first.poll;
     assert_eq!(spool_get(&d, &old_poll, "certificate.pem").status, 200);
 
     // The same system with a new key: a separate request that names the row it replaces.
-    let second = file(&d, uuid, &simple_csr().pem);
-    assert_eq!(second.status, 202, "{}", second.text());
-    let second = second.json();
-    assert_ne!(second["request_id"], first["request_id"]);
+    let second = d.file_request(uuid);
+    assert_ne!(second.id, first.id);
     let pending = d
         .client()
         .get("/api/replication/pending", Some(&root))
         .json();
     assert_eq!(pending["pending"][0]["replaces_system_id"], sid);
-    let r = accept(
-        &d,
-        &root,
-        json!({"request_id": second["request_id"], "accept": true}),
-    );
+    let r = accept(&d, &root, json!({"request_id": second.id, "accept": true}));
     assert_eq!(
         r.json()["system_id"],
         sid,
@@ -952,9 +765,8 @@ fn a_new_key_for_a_paired_source_replaces_the_old_one_everywhere() {
         json!({"status": "revoked"})
     );
     assert_eq!(spool_get(&d, &old_poll, "certificate.pem").status, 404);
-    let new_poll = second["poll"].as_str().unwrap();
     assert_eq!(
-        spool_get(&d, new_poll, "status.json").json()["status"],
+        spool_get(&d, &second.poll, "status.json").json()["status"],
         "accepted"
     );
 
@@ -966,16 +778,7 @@ fn a_new_key_for_a_paired_source_replaces_the_old_one_everywhere() {
         b"",
     );
     assert_eq!(r.status, 200);
-    let other = file(
-        &d,
-        "20202020-0000-4333-8444-555555555555",
-        &simple_csr().pem,
-    )
-    .json();
-    let r = accept(
-        &d,
-        &root,
-        json!({"request_id": other["request_id"], "accept": true}),
-    );
+    let other = d.file_request("20202020-0000-4333-8444-555555555555");
+    let r = accept(&d, &root, json!({"request_id": other.id, "accept": true}));
     assert!(r.json()["system_id"].as_u64().unwrap() > sid);
 }
