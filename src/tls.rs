@@ -18,7 +18,9 @@ use std::time::{Duration, Instant};
 
 use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
 use rustls::client::verify_server_cert_signed_by_trust_anchor;
-use rustls::crypto::{verify_tls12_signature, verify_tls13_signature, CryptoProvider};
+use rustls::crypto::{
+    verify_tls12_signature, verify_tls13_signature, CryptoProvider, WebPkiSupportedAlgorithms,
+};
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName, UnixTime};
 use rustls::server::danger::{ClientCertVerified, ClientCertVerifier};
@@ -107,6 +109,40 @@ fn provider() -> Arc<CryptoProvider> {
     Arc::new(rustls::crypto::ring::default_provider())
 }
 
+/// The signature checks every verifier here does the same way: the handshake signature
+/// against the certificate's key, with the ring provider's algorithms. Each verifier
+/// delegates its three signature methods to this.
+#[derive(Debug)]
+struct HandshakeSignatures(WebPkiSupportedAlgorithms);
+
+impl HandshakeSignatures {
+    fn of(provider: &CryptoProvider) -> Self {
+        HandshakeSignatures(provider.signature_verification_algorithms)
+    }
+
+    fn tls12(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        verify_tls12_signature(message, cert, dss, &self.0)
+    }
+
+    fn tls13(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        verify_tls13_signature(message, cert, dss, &self.0)
+    }
+
+    fn schemes(&self) -> Vec<SignatureScheme> {
+        self.0.supported_schemes()
+    }
+}
+
 // ---------------------------------------------------------------------------------------
 // Servers
 // ---------------------------------------------------------------------------------------
@@ -138,7 +174,9 @@ pub fn api_server_config(
 }
 
 /// Answers whether an issued certificate has been revoked. Asked on every tunnel
-/// handshake, so an implementation must be cheap (an in-memory set refreshed by the store).
+/// handshake (resumption is off), so an implementation must be quick; the daemon's reads
+/// the store's revocation table, one redb read transaction per handshake, and answers
+/// "revoked" when that read fails.
 pub trait RevocationCheck: Send + Sync + fmt::Debug {
     /// `serial_hex` is in the form of [`ca::cert_serial_hex`] (lowercase, no leading zeros).
     fn is_revoked(&self, serial_hex: &str) -> bool;
@@ -161,7 +199,11 @@ pub fn tunnel_server_config(
     let inner = WebPkiClientVerifier::builder_with_provider(roots, provider.clone())
         .build()
         .map_err(TlsError::Verifier)?;
-    let verifier = Arc::new(RevocationAwareClientVerifier { inner, revoked });
+    let verifier = Arc::new(RevocationAwareClientVerifier {
+        inner,
+        revoked,
+        signatures: HandshakeSignatures::of(&provider),
+    });
     let mut config = ServerConfig::builder_with_provider(provider)
         .with_safe_default_protocol_versions()
         .map_err(TlsError::Config)?
@@ -181,6 +223,7 @@ pub fn tunnel_server_config(
 struct RevocationAwareClientVerifier {
     inner: Arc<dyn ClientCertVerifier>,
     revoked: Arc<dyn RevocationCheck>,
+    signatures: HandshakeSignatures,
 }
 
 impl ClientCertVerifier for RevocationAwareClientVerifier {
@@ -220,7 +263,7 @@ impl ClientCertVerifier for RevocationAwareClientVerifier {
         cert: &CertificateDer<'_>,
         dss: &DigitallySignedStruct,
     ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        self.inner.verify_tls12_signature(message, cert, dss)
+        self.signatures.tls12(message, cert, dss)
     }
 
     fn verify_tls13_signature(
@@ -229,11 +272,11 @@ impl ClientCertVerifier for RevocationAwareClientVerifier {
         cert: &CertificateDer<'_>,
         dss: &DigitallySignedStruct,
     ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        self.inner.verify_tls13_signature(message, cert, dss)
+        self.signatures.tls13(message, cert, dss)
     }
 
     fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
-        self.inner.supported_verify_schemes()
+        self.signatures.schemes()
     }
 }
 
@@ -257,7 +300,7 @@ pub fn pinned_client_config(
     let provider = provider();
     let verifier = Arc::new(PinnedCaVerifier {
         roots: single_root(ca_der)?,
-        provider: provider.clone(),
+        signatures: HandshakeSignatures::of(&provider),
     });
     let builder = ClientConfig::builder_with_provider(provider)
         .with_safe_default_protocol_versions()
@@ -279,7 +322,7 @@ pub fn pinned_client_config(
 #[derive(Debug)]
 struct PinnedCaVerifier {
     roots: RootCertStore,
-    provider: Arc<CryptoProvider>,
+    signatures: HandshakeSignatures,
 }
 
 impl ServerCertVerifier for PinnedCaVerifier {
@@ -297,7 +340,7 @@ impl ServerCertVerifier for PinnedCaVerifier {
             &self.roots,
             intermediates,
             now,
-            self.provider.signature_verification_algorithms.all,
+            self.signatures.0.all,
         )?;
         Ok(ServerCertVerified::assertion())
     }
@@ -308,12 +351,7 @@ impl ServerCertVerifier for PinnedCaVerifier {
         cert: &CertificateDer<'_>,
         dss: &DigitallySignedStruct,
     ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        verify_tls12_signature(
-            message,
-            cert,
-            dss,
-            &self.provider.signature_verification_algorithms,
-        )
+        self.signatures.tls12(message, cert, dss)
     }
 
     fn verify_tls13_signature(
@@ -322,18 +360,11 @@ impl ServerCertVerifier for PinnedCaVerifier {
         cert: &CertificateDer<'_>,
         dss: &DigitallySignedStruct,
     ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        verify_tls13_signature(
-            message,
-            cert,
-            dss,
-            &self.provider.signature_verification_algorithms,
-        )
+        self.signatures.tls13(message, cert, dss)
     }
 
     fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
-        self.provider
-            .signature_verification_algorithms
-            .supported_schemes()
+        self.signatures.schemes()
     }
 }
 
@@ -341,7 +372,7 @@ impl ServerCertVerifier for PinnedCaVerifier {
 /// server holds the key of the certificate it presents.
 #[derive(Debug)]
 struct AcceptAnyServerCert {
-    provider: Arc<CryptoProvider>,
+    signatures: HandshakeSignatures,
 }
 
 impl ServerCertVerifier for AcceptAnyServerCert {
@@ -362,12 +393,7 @@ impl ServerCertVerifier for AcceptAnyServerCert {
         cert: &CertificateDer<'_>,
         dss: &DigitallySignedStruct,
     ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        verify_tls12_signature(
-            message,
-            cert,
-            dss,
-            &self.provider.signature_verification_algorithms,
-        )
+        self.signatures.tls12(message, cert, dss)
     }
 
     fn verify_tls13_signature(
@@ -376,18 +402,11 @@ impl ServerCertVerifier for AcceptAnyServerCert {
         cert: &CertificateDer<'_>,
         dss: &DigitallySignedStruct,
     ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        verify_tls13_signature(
-            message,
-            cert,
-            dss,
-            &self.provider.signature_verification_algorithms,
-        )
+        self.signatures.tls13(message, cert, dss)
     }
 
     fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
-        self.provider
-            .signature_verification_algorithms
-            .supported_schemes()
+        self.signatures.schemes()
     }
 }
 
@@ -405,7 +424,9 @@ pub fn probe_presented_ca(
         .with_safe_default_protocol_versions()
         .map_err(TlsError::Config)?
         .dangerous()
-        .with_custom_certificate_verifier(Arc::new(AcceptAnyServerCert { provider }))
+        .with_custom_certificate_verifier(Arc::new(AcceptAnyServerCert {
+            signatures: HandshakeSignatures::of(&provider),
+        }))
         .with_no_client_auth();
     let mut conn =
         ClientConnection::new(Arc::new(config), server_name_for(addr)).map_err(TlsError::Config)?;
