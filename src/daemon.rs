@@ -18,6 +18,7 @@ use crate::front::{self, ListenerKind, PeerTable};
 use crate::identity::{IdentityError, TargetDirs};
 use crate::model::Chain;
 use crate::pairing::poller::{spawn_poller, SourceContext};
+use crate::pairing::source::request::Outgoing;
 use crate::spool::{Spool, SpoolError};
 use crate::store::{Store, StoreError};
 use crate::tls::TlsError;
@@ -565,6 +566,9 @@ pub fn run(config: Config) -> Result<(), DaemonError> {
         fsx::ensure_private_dir(&default.path).map_err(file_error(&default.path))?;
     }
 
+    let target_dirs = TargetDirs::new(paths.targets());
+    target_dirs.ensure().map_err(DaemonError::Identity)?;
+    remove_orphan_target_dirs(&store, &target_dirs);
     let app = Arc::new(App {
         ca_fingerprint: ca.fingerprint(),
         ca,
@@ -574,10 +578,9 @@ pub fn run(config: Config) -> Result<(), DaemonError> {
         auth,
         peers: peers.clone(),
         system_uuid: system_uuid.clone(),
+        target_dirs: target_dirs.clone(),
+        outgoing: Outgoing::new(),
     });
-    let target_dirs = TargetDirs::new(paths.targets());
-    target_dirs.ensure().map_err(DaemonError::Identity)?;
-    remove_orphan_target_dirs(&store, &target_dirs);
     let poller = spawn_poller(
         Arc::new(SourceContext {
             store: store.clone(),

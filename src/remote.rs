@@ -1,6 +1,7 @@
 //! The one client for another appliance (source side): its appliance protocol over TLS and
 //! its tunnel over mutual TLS. Built on ureq with every knob set on purpose: only the
 //! pinned CA is trusted, timeouts are short, proxy variables and redirects are ignored.
+//! Also the live I/O of source-side pairing (`LiveSource`), which the domain is handed.
 
 use std::fmt;
 use std::io::{Read, Write};
@@ -16,13 +17,19 @@ use ureq::unversioned::transport::{
     Transport, TransportAdapter,
 };
 
-use crate::wire::protocol::{Filed, Hello, SpoolStatus};
+use crate::ca::CaError;
+use crate::identity::{IdentityError, TargetDirs};
+use crate::pairing::source::request::{CallError, SourceIo};
+use crate::tls::TlsError;
+use crate::wire::protocol::{Filed, Hello, RequestBody, SpoolStatus};
 
 /// Connecting to a peer appliance on a LAN or WAN link; a peer that does not answer within
 /// this is treated as down and retried later.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 /// Whole-call bound, so one stuck peer cannot hold the poller thread.
 const CALL_TIMEOUT: Duration = Duration::from_secs(30);
+/// The first contact with a target (reading the CA it presents).
+const PROBE_TIMEOUT: Duration = Duration::from_secs(10);
 /// Answers are a few KB (a certificate chain at most).
 const MAX_BODY_BYTES: u64 = 256 * 1024;
 
@@ -268,16 +275,6 @@ pub struct Remote {
     base: String,
 }
 
-/// The body of `POST /replication/v1/requests`.
-#[derive(serde::Serialize)]
-pub struct RequestBody<'a> {
-    pub system_uuid: &'a str,
-    pub name: &'a str,
-    pub host: &'a str,
-    pub version: &'a str,
-    pub csr: &'a str,
-}
-
 impl Remote {
     /// A client for the peer's API listener at `host:port`.
     pub fn api(host: &str, ca_pem: &str) -> Result<Remote, RemoteError> {
@@ -389,5 +386,56 @@ impl Remote {
             .call()
             .map_err(classify)?;
         self.read(response)
+    }
+}
+
+impl From<RemoteError> for CallError {
+    fn from(e: RemoteError) -> Self {
+        match e {
+            RemoteError::Refused {
+                status,
+                message,
+                retry_after,
+            } => CallError::Refused {
+                status,
+                message,
+                retry_after,
+            },
+            e if e.is_local() => CallError::Local(Box::new(e)),
+            e => CallError::Failed(Box::new(e)),
+        }
+    }
+}
+
+/// The I/O of source-side pairing as the daemon does it: the CA probe and the call over
+/// the network, the key from `ca`, the pairing directory through `identity`.
+pub struct LiveSource<'a> {
+    pub dirs: &'a TargetDirs,
+}
+
+impl SourceIo for LiveSource<'_> {
+    fn probe_ca(&self, host: &str) -> Result<Vec<u8>, TlsError> {
+        crate::tls::probe_presented_ca(host, PROBE_TIMEOUT).map(|der| der.to_vec())
+    }
+
+    fn file_request(
+        &self,
+        host: &str,
+        ca_pem: &str,
+        body: &RequestBody,
+    ) -> Result<Filed, CallError> {
+        Ok(Remote::api(host, ca_pem)?.file_request(body)?)
+    }
+
+    fn key_and_csr(&self, system_uuid: &str) -> Result<(String, String), CaError> {
+        crate::ca::generate_client_key_and_csr(system_uuid)
+    }
+
+    fn create_dir(&self, key_pem: &str) -> Result<String, IdentityError> {
+        self.dirs.create(key_pem)
+    }
+
+    fn remove_dir(&self, name: &str) -> Result<(), IdentityError> {
+        self.dirs.remove(name)
     }
 }

@@ -3,6 +3,7 @@
 
 use crate::auth::AuthError;
 use crate::model::Chain;
+use crate::pairing::source::request::{CallError, SourceError};
 use crate::pairing::target::PairingError;
 use crate::spool::SpoolError;
 use crate::store::StoreError;
@@ -181,6 +182,46 @@ impl From<PairingError> for ApiError {
     }
 }
 
+impl From<SourceError> for ApiError {
+    fn from(e: SourceError) -> Self {
+        use SourceError as S;
+        let text = Chain(&e).to_string();
+        if let Some(retry_after) = e.retry_after() {
+            let message = match &e {
+                S::Call {
+                    host,
+                    source: CallError::Refused { message, .. },
+                } => format!("target {host}: {message}"),
+                _ => text,
+            };
+            return ApiError::TooMany {
+                message,
+                retry_after,
+            };
+        }
+        match e {
+            S::AlreadyPaired { .. } => ApiError::Conflict(text),
+            S::Busy => ApiError::Unavailable(text),
+            S::Untrusted { presented, .. } => ApiError::Untrusted {
+                message: text,
+                fingerprint: presented,
+            },
+            S::UnknownTarget(_) => ApiError::NotFound(text),
+            S::Call {
+                source: CallError::Local(_),
+                ..
+            }
+            | S::Key(_)
+            | S::OwnCsr(_)
+            | S::Identity(_)
+            | S::Store(_) => ApiError::Internal(Box::new(e)),
+            S::Unreachable { .. } | S::Call { .. } | S::BadAnswer { .. } => {
+                ApiError::BadGateway(text)
+            }
+        }
+    }
+}
+
 /// The knowledge-base text behind `/api/kb/<code>`.
 pub fn kb_text(code: u32) -> Option<&'static str> {
     Some(match code {
@@ -203,4 +244,66 @@ pub fn kb_text(code: u32) -> Option<&'static str> {
         503 => "The daemon is overloaded (connection cap reached) or shutting down. Retry shortly.",
         _ => return None,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::pairing::source::request::BadAnswer;
+    use crate::pairing::source::Distrust;
+
+    fn status(e: SourceError) -> (u16, ApiError) {
+        let api = ApiError::from(e);
+        (api.status_and_code().0, api)
+    }
+
+    #[test]
+    fn source_side_errors_map_to_who_must_act() {
+        let host = || "t.example:8443".to_string();
+        let (s, api) = status(SourceError::Untrusted {
+            host: host(),
+            presented: "ab".repeat(32),
+            distrust: Distrust::Unknown,
+        });
+        assert_eq!(s, 412);
+        assert!(api.body("-").contains(&"ab".repeat(32)));
+        let (s, api) = status(SourceError::Call {
+            host: host(),
+            source: CallError::Refused {
+                status: 429,
+                message: "too many open pairing requests on this appliance".into(),
+                retry_after: Some(9),
+            },
+        });
+        assert_eq!(s, 429);
+        assert!(
+            matches!(api, ApiError::TooMany { retry_after: 9, ref message }
+            if message == "target t.example:8443: too many open pairing requests on this appliance")
+        );
+        let refused = CallError::Refused {
+            status: 409,
+            message: "no".into(),
+            retry_after: None,
+        };
+        let (s, api) = status(SourceError::Call {
+            host: host(),
+            source: refused,
+        });
+        assert_eq!(
+            (s, api.message("-")),
+            (502, "target t.example:8443: refused with 409: no".into())
+        );
+        let (s, _) = status(SourceError::Call {
+            host: host(),
+            source: CallError::Local("pinned ca".into()),
+        });
+        assert_eq!(s, 500);
+        let (s, _) = status(SourceError::BadAnswer {
+            host: host(),
+            problem: BadAnswer::PollPath,
+        });
+        assert_eq!(s, 502);
+        assert_eq!(status(SourceError::Busy).0, 503);
+        assert_eq!(status(SourceError::UnknownTarget("x".into())).0, 404);
+    }
 }

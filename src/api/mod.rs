@@ -24,7 +24,9 @@ use crate::auth::{Authenticator, Session};
 use crate::ca::Ca;
 use crate::config::Config;
 use crate::front::{PeerInfo, PeerTable};
+use crate::identity::TargetDirs;
 use crate::model::UnixTime;
+use crate::pairing::source::request::Outgoing;
 use crate::spool::Spool;
 use crate::store::Store;
 use body::Body;
@@ -40,6 +42,10 @@ pub struct App {
     pub peers: Arc<PeerTable>,
     pub system_uuid: String,
     pub ca_fingerprint: String,
+    /// One directory per pairing with a target.
+    pub target_dirs: TargetDirs,
+    /// The requests to targets in flight (at most a few at once).
+    pub outgoing: Outgoing,
 }
 
 /// One request as a handler sees it.

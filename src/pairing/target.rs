@@ -8,6 +8,7 @@ use std::fmt;
 use crate::ca::{self, Ca, ValidCsr};
 use crate::config::Storage;
 use crate::model::UnixTime;
+use crate::pairing::Actor;
 use crate::store::{
     AuditRecord, CertRecord, OpenRequest, RequestRecord, RequestStatus, Store, StoreError,
     SystemRecord, Txn,
@@ -21,26 +22,6 @@ pub const ROLE_PENDING_SOURCE: &str = "Pending Replication Source";
 
 pub fn is_source_role(role: &str) -> bool {
     role == ROLE_SOURCE || role == ROLE_NON_MANAGED_SOURCE
-}
-
-/// Who did it and from where, for audit rows.
-#[derive(Clone, Debug)]
-pub struct Actor {
-    pub user: String,
-    pub address: String,
-}
-
-impl Actor {
-    fn audit(&self, now: UnixTime, action: &str, object: String, detail: String) -> AuditRecord {
-        AuditRecord {
-            time: now,
-            user: self.user.clone(),
-            address: self.address.clone(),
-            action: action.into(),
-            object,
-            detail,
-        }
-    }
 }
 
 /// The limits on open requests.

@@ -9,6 +9,17 @@ pub const STATUS_FILE: &str = "status.json";
 pub const CERT_FILE: &str = "certificate.pem";
 pub const CA_FILE: &str = "ca.pem";
 
+/// `POST /replication/v1/requests` body, as a source sends it. The target parses the
+/// same fields one by one (`api::body`), so it can name the one that is wrong.
+#[derive(Clone, Debug, Serialize, PartialEq, Eq)]
+pub struct RequestBody<'a> {
+    pub system_uuid: &'a str,
+    pub name: &'a str,
+    pub host: &'a str,
+    pub version: &'a str,
+    pub csr: &'a str,
+}
+
 /// `POST /replication/v1/requests` answer.
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
 pub struct Filed {

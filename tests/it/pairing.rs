@@ -373,6 +373,38 @@ fn the_tunnel_refuses_outsiders_and_anonymous_clients_but_not_openssl_with_the_i
 }
 
 #[test]
+fn a_target_that_is_full_passes_its_retry_after_to_the_admin() {
+    let src = Daemon::start("pair-full-src", pairing_opts());
+    // One open request fills the target; it tells refused sources its poll interval.
+    let tgt = Daemon::start(
+        "pair-full-tgt",
+        pairing_opts().set("max_pending", 1).set("poll_interval", 7),
+    );
+    let other = crate::target::simple_csr();
+    let r = crate::target::file(&tgt, "99999999-0000-4333-8444-555555555555", &other.pem);
+    assert_eq!(r.status, 202, "{}", r.text());
+    let st = src.root_token();
+    let r = request(
+        &src,
+        &st,
+        &tgt,
+        json!({"fingerprint": tgt.ca_fingerprint()}),
+    );
+    assert_eq!(r.status, 429, "{}", r.text());
+    assert_eq!(r.code(), 429);
+    assert_eq!(r.header("Retry-After"), Some("7"), "the target's own wait");
+    let rows = src
+        .client()
+        .get("/api/replication/targets", Some(&st))
+        .json();
+    assert_eq!(rows["targets"], json!([]), "nothing recorded");
+    let left = std::fs::read_dir(src.data_dir.join("targets"))
+        .unwrap()
+        .count();
+    assert_eq!(left, 0, "the pairing key is removed again");
+}
+
+#[test]
 fn a_spoofed_target_on_the_pinned_address_is_refused() {
     let (src, mut tgt) = start_pair("pair-spoof");
     let st = src.root_token();

@@ -1,6 +1,10 @@
-//! Source side of pairing: the rules, as plain functions over plain types with the time
-//! passed in: parse a target address, decide whether its CA is trusted, turn a polled
-//! status into the next state, and schedule the next poll. No I/O.
+//! Source side of pairing, the one home for it: the rules here, as plain functions over
+//! plain types with the time passed in (parse a target address, decide whether its CA is
+//! trusted, turn a polled status into the next state, schedule the next poll), and in
+//! `request` asking a target and forgetting one, with their I/O passed in. No I/O of its
+//! own.
+
+pub mod request;
 
 use std::time::Duration;
 
