@@ -380,9 +380,7 @@ fn a_target_that_is_full_passes_its_retry_after_to_the_admin() {
         "pair-full-tgt",
         pairing_opts().set("max_pending", 1).set("poll_interval", 7),
     );
-    let other = crate::target::simple_csr();
-    let r = crate::target::file(&tgt, "99999999-0000-4333-8444-555555555555", &other.pem);
-    assert_eq!(r.status, 202, "{}", r.text());
+    tgt.file_request("99999999-0000-4333-8444-555555555555");
     let st = src.root_token();
     let r = request(
         &src,
