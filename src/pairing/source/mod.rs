@@ -306,18 +306,6 @@ mod tests {
             }
         );
         assert_eq!(step(&record(TargetStatus::Complete), &accepted), Step::Wait);
-        let open = SpoolStatus::Pending {
-            retry_after: 1,
-            expires: 9,
-        };
-        assert_eq!(step(&pending, &open), Step::Wait);
-        assert_eq!(
-            step(&record(TargetStatus::Failed), &open),
-            Step::Record {
-                status: TargetStatus::Pending,
-                message: None
-            }
-        );
         assert!(matches!(
             step(&record(TargetStatus::Complete), &SpoolStatus::Revoked),
             Step::Record {
