@@ -41,6 +41,9 @@ pub struct Config {
     pub tunnel_listen: SocketAddr,
     /// `hostnames`: names put in the API and tunnel certificates. Defaults to `["localhost"]`.
     pub hostnames: Vec<String>,
+    /// `asset_tag`: the appliance's asset tag, shown on its systems row and sent to the
+    /// targets it asks. Defaults to `""` (none).
+    pub asset_tag: String,
     /// `poll_interval` (s): source poll period while a request is open. Defaults to 30.
     pub poll_interval: Duration,
     /// `heartbeat_interval` (s): source poll period after completion. Defaults to 300.
@@ -128,6 +131,7 @@ struct RawConfig {
     api_listen: Option<String>,
     tunnel_listen: Option<String>,
     hostnames: Option<Vec<String>>,
+    asset_tag: Option<String>,
     poll_interval: Option<u64>,
     heartbeat_interval: Option<u64>,
     max_connections: Option<u64>,
@@ -213,6 +217,7 @@ impl RawConfig {
                 "api_listen" => self.api_listen = Some(value),
                 "tunnel_listen" => self.tunnel_listen = Some(value),
                 "log" => self.log = Some(value),
+                "asset_tag" => self.asset_tag = Some(value),
                 "fault" => self.fault = Some(value),
                 "hostnames" => {
                     self.hostnames = Some(
@@ -342,6 +347,10 @@ impl Config {
                 return Err(bad("hostnames", format!("{h:?} is not a valid host name")));
             }
         }
+        let asset_tag = raw.asset_tag.unwrap_or_default();
+        if asset_tag.len() > 255 || asset_tag.chars().any(char::is_control) {
+            return Err(bad("asset_tag", "must be at most 255 printable characters"));
+        }
         let fault = match raw.fault.as_deref().unwrap_or("none") {
             "none" => Fault::None,
             "crash_after_accept_commit" => Fault::CrashAfterAcceptCommit,
@@ -371,6 +380,7 @@ impl Config {
             api_listen,
             tunnel_listen,
             hostnames,
+            asset_tag,
             poll_interval: seconds("poll_interval", raw.poll_interval, 30, 1, 86_400)?,
             heartbeat_interval: seconds(
                 "heartbeat_interval",

@@ -473,6 +473,14 @@ pub fn run(config: Config) -> Result<(), DaemonError> {
             action: "system uuid",
             source,
         })?;
+    let started = model::now();
+    let first_start =
+        store
+            .first_start_or_insert(started)
+            .map_err(|source| DaemonError::Store {
+                action: "first start time",
+                source,
+            })?;
     let ca = load_or_create_ca(&paths, &system_uuid)?;
     let (api_chain, api_key) = load_or_issue_listener_cert(&paths, &ca, "api", &config)?;
     let (tunnel_chain, tunnel_key) = load_or_issue_listener_cert(&paths, &ca, "tunnel", &config)?;
@@ -580,6 +588,8 @@ pub fn run(config: Config) -> Result<(), DaemonError> {
         system_uuid: system_uuid.clone(),
         target_dirs: target_dirs.clone(),
         outgoing: Outgoing::new(),
+        first_start,
+        started,
     });
     let poller = spawn_poller(
         Arc::new(SourceContext {

@@ -390,6 +390,7 @@ mod tests {
             replaces_system_id: None,
             system_id: None,
             cert_serial: None,
+            requested_storage_id: None,
         }
     }
 

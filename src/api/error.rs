@@ -25,8 +25,9 @@ pub enum ApiError {
     Forbidden(String),
     /// 404: unknown object or path.
     NotFound(String),
-    /// 405: the path exists but not with this method.
-    MethodNotAllowed,
+    /// 405: the path exists but not with this method; `allow` is the `Allow` header value
+    /// (RFC 9110: the methods the path has).
+    MethodNotAllowed { allow: String },
     /// 409: state conflict (already resolved, duplicate).
     Conflict(String),
     /// 412/12505: the peer presented a certificate we do not trust.
@@ -53,7 +54,7 @@ impl ApiError {
             ApiError::Unauthorized(_) => (401, 401),
             ApiError::Forbidden(_) => (403, 403),
             ApiError::NotFound(_) => (404, 404),
-            ApiError::MethodNotAllowed => (405, 405),
+            ApiError::MethodNotAllowed { .. } => (405, 405),
             ApiError::Conflict(_) => (409, 409),
             ApiError::Untrusted { .. } => (412, UNTRUSTED_CERT_CODE),
             ApiError::TooLarge(_) => (413, 413),
@@ -76,12 +77,23 @@ impl ApiError {
             | ApiError::TooLarge(m)
             | ApiError::BadGateway(m)
             | ApiError::Unavailable(m) => m.clone(),
-            ApiError::MethodNotAllowed => "method not allowed on this path".into(),
+            ApiError::MethodNotAllowed { allow } => {
+                format!("method not allowed on this path; it allows {allow}")
+            }
             ApiError::Untrusted { message, .. } => message.clone(),
             ApiError::TooMany { message, .. } => message.clone(),
             ApiError::Internal(_) => {
                 format!("internal error (reference {reference}); details are in the daemon log")
             }
+        }
+    }
+
+    /// Headers the status needs: `Allow` on 405, `Retry-After` on 429.
+    pub fn headers(&self) -> Vec<(&'static str, String)> {
+        match self {
+            ApiError::MethodNotAllowed { allow } => vec![("Allow", allow.clone())],
+            ApiError::TooMany { retry_after, .. } => vec![("Retry-After", retry_after.to_string())],
+            _ => Vec::new(),
         }
     }
 
@@ -172,6 +184,7 @@ impl From<PairingError> for ApiError {
             | P::InvalidField { .. }
             | P::Csr(_)
             | P::StorageNotBackup(_)
+            | P::RequestedStorageUnusable(_)
             | P::NoBackupStorage => ApiError::BadRequest(text),
             P::Busy { retry_after, .. } => ApiError::TooMany {
                 message: text,

@@ -7,7 +7,9 @@ pub mod error;
 mod pairing;
 mod routes;
 mod source;
+mod storage;
 mod system;
+mod systems;
 mod users;
 
 use std::io::Read;
@@ -46,6 +48,10 @@ pub struct App {
     pub target_dirs: TargetDirs,
     /// The requests to targets in flight (at most a few at once).
     pub outgoing: Outgoing,
+    /// The appliance's first start, recorded once in the database.
+    pub first_start: UnixTime,
+    /// This process's start.
+    pub started: UnixTime,
 }
 
 /// One request as a handler sees it.
@@ -232,15 +238,11 @@ fn serve(app: &App, routes: &[Route], mut request: tiny_http::Request) {
                 ),
                 _ => log::info!("{method} {url} -> {status}: {}", err.message(&reference)),
             }
-            let mut headers = Vec::new();
-            if let ApiError::TooMany { retry_after, .. } = &err {
-                headers.push(("Retry-After", retry_after.to_string()));
-            }
             (
                 status,
                 err.body(&reference).into_bytes(),
                 "application/json",
-                headers,
+                err.headers(),
             )
         }
     };

@@ -2,7 +2,7 @@
 //! storage) and the appliance protocol (`/replication/v1/...`, `/tunnel/v1/hello`).
 
 use serde::Serialize;
-use serde_json::{json, Value};
+use serde_json::json;
 
 use super::body::parse_id;
 use super::error::ApiError;
@@ -12,13 +12,13 @@ use crate::model::UnixTime;
 use crate::pairing::target::{self, Caps, Decision, NewRequest};
 use crate::pairing::Actor;
 use crate::spool::Served;
-use crate::store::{RequestStatus, RequestSummary, SystemRecord};
+use crate::store::{RequestStatus, RequestSummary};
 use crate::wire::protocol::{self, SpoolFile, SpoolToken};
 
 /// Largest CSR accepted (an RSA-4096 CSR is about 1.7 KB of PEM).
 const MAX_CSR_BYTES: usize = 16 * 1024;
 
-fn actor(call: &Call) -> Actor {
+pub(super) fn actor(call: &Call) -> Actor {
     Actor {
         user: call.user(),
         address: call.address(),
@@ -47,10 +47,14 @@ pub fn file_request(call: &Call) -> Result<Reply, ApiError> {
         system_uuid: body.str("system_uuid")?.trim().to_ascii_lowercase(),
         name: body.str("name")?.to_string(),
         host: body.str("host")?.to_string(),
-        asset_tag: body.opt_str("asset_tag")?.map(String::from),
+        asset_tag: body
+            .opt_str("asset_tag")?
+            .filter(|t| !t.is_empty())
+            .map(String::from),
         version: body.str("version")?.to_string(),
         csr_pem: csr.to_string(),
         remote_addr: call.address(),
+        requested_storage_id: body.opt_id("storage_id")?,
     };
     let config = &call.app.config;
     let caps = Caps {
@@ -145,6 +149,8 @@ struct PendingEntry<'a> {
     #[serde(skip_serializing_if = "Option::is_none")]
     replaces_system_id: Option<u64>,
     request_id: u64,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    requested_storage_id: Option<u64>,
     status: &'static str,
     #[serde(skip_serializing_if = "Option::is_none")]
     system_id: Option<u64>,
@@ -165,6 +171,7 @@ impl<'a> PendingEntry<'a> {
             remote_addr: &r.remote_addr,
             replaces_system_id: r.replaces_system_id,
             request_id: r.id,
+            requested_storage_id: r.requested_storage_id,
             status: r.status.as_str(),
             system_id: r.system_id,
             system_uuid: &r.system_uuid,
@@ -175,7 +182,7 @@ impl<'a> PendingEntry<'a> {
 
 /// Hands `visit` the pending requests (not yet expired), and with `include_rejected` the
 /// rejected ones too, in id order after the query's `after`, at most the query's `limit`.
-fn visit_listed(
+pub(super) fn visit_listed(
     call: &Call,
     include_rejected: bool,
     visit: impl FnMut(&RequestSummary<'_>),
@@ -284,7 +291,10 @@ pub fn change_storage(call: &Call) -> Result<Reply, ApiError> {
         &actor(call),
         call.now,
     )?;
-    Ok(Reply::json(200, system_json(&row, call.now)))
+    Ok(Reply::json(
+        200,
+        super::systems::stored_json(&row, call.now)?,
+    ))
 }
 
 pub fn unpair(call: &Call) -> Result<Reply, ApiError> {
@@ -309,136 +319,11 @@ pub fn ignore(call: &Call) -> Result<Reply, ApiError> {
     ))
 }
 
-// ---- systems and storage ----
-
-fn system_json(s: &SystemRecord, _now: UnixTime) -> Value {
-    let source = target::is_source_role(&s.role);
-    let status = match (source, s.last_seen) {
-        (true, Some(_)) => "connected",
-        (true, None) => "paired",
-        (false, _) => "managed",
-    };
-    let mut v = json!({
-        "id": s.id,
-        "name": s.name,
-        "host": s.host,
-        "role": s.role,
-        "local": false,
-        "version": s.version.clone().unwrap_or_default(),
-        "status": status,
-        "replicating": source && s.last_seen.is_some(),
-        "system_uuid": s.system_uuid.clone().unwrap_or_default(),
-        "created": s.created,
-        "updated": s.updated,
-    });
-    if let Some(id) = s.storage_id {
-        v["storage_id"] = json!(id);
-    }
-    if let Some(t) = s.certificate_expires {
-        v["certificate_expires"] = json!(t);
-    }
-    if let Some(t) = s.last_seen {
-        v["last_seen"] = json!(t);
-    }
-    v
-}
-
-fn local_json(call: &Call) -> Value {
-    let app = call.app;
-    json!({
-        "id": 1,
-        "name": app.config.hostnames.first().cloned().unwrap_or_else(|| "localhost".into()),
-        "host": app.config.api_listen.to_string(),
-        "role": "Local Appliance",
-        "local": true,
-        "version": env!("CARGO_PKG_VERSION"),
-        "status": "online",
-        "replicating": false,
-        "system_uuid": app.system_uuid,
-        "created": 0,
-        "updated": 0,
-    })
-}
-
-fn pending_system_json(r: &RequestSummary<'_>) -> Value {
-    json!({
-        "id": -(r.id as i64),
-        "name": r.name,
-        "host": r.host,
-        "role": target::ROLE_PENDING_SOURCE,
-        "local": false,
-        "version": r.version,
-        "status": r.status.as_str(),
-        "replicating": false,
-        "system_uuid": r.system_uuid,
-        "created": r.created,
-        "updated": r.resolved_at.unwrap_or(r.created),
-        "is_pending": true,
-        "request_id": r.id,
-    })
-}
-
-pub fn systems(call: &Call) -> Result<Reply, ApiError> {
-    let include_pending = call.query_flag("include_pending").unwrap_or(true);
-    let include_rejected = call.query_flag("include_rejected").unwrap_or(false);
-    let mut list = vec![local_json(call)];
-    list.extend(
-        call.app
-            .store
-            .systems()?
-            .iter()
-            .map(|s| system_json(s, call.now)),
-    );
-    if include_pending {
-        visit_listed(call, include_rejected, |r| {
-            list.push(pending_system_json(r))
-        })?;
-    }
-    Ok(Reply::json(200, json!({ "appliance": list })))
-}
-
-pub fn register_system(call: &Call) -> Result<Reply, ApiError> {
-    let body = call.json()?;
-    let row = target::register_managed(
-        &call.app.store,
-        body.str("name")?,
-        body.str("host")?,
-        body.opt_str("system_uuid")?,
-        &actor(call),
-        call.now,
-    )?;
-    Ok(Reply::json(201, system_json(&row, call.now)))
-}
-
-pub fn storage(call: &Call) -> Result<Reply, ApiError> {
-    let usage = call.query("usage");
-    let default_id = call.app.config.default_storage().map(|s| s.id);
-    let list: Vec<Value> = call
-        .app
-        .config
-        .storage
-        .iter()
-        .filter(|s| usage.is_none_or(|u| u == s.usage))
-        .map(|s| {
-            let (size, free) = crate::fsx::disk_space(&s.path).unwrap_or((0, 0));
-            json!({
-                "id": s.id,
-                "name": s.name,
-                "usage": s.usage,
-                "path": s.path.display().to_string(),
-                "mb_size": size / (1024 * 1024),
-                "mb_free": free / (1024 * 1024),
-                "is_default": Some(s.id) == default_id,
-            })
-        })
-        .collect();
-    Ok(Reply::json(200, json!({ "storage": list })))
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::store::RequestRecord;
+    use serde_json::Value;
 
     fn record(optional: bool) -> RequestRecord {
         RequestRecord {
@@ -466,6 +351,7 @@ mod tests {
             replaces_system_id: optional.then_some(3),
             system_id: optional.then_some(9),
             cert_serial: None,
+            requested_storage_id: optional.then_some(2),
         }
     }
 
@@ -492,6 +378,9 @@ mod tests {
         }
         if let Some(id) = r.system_id {
             v["system_id"] = json!(id);
+        }
+        if let Some(id) = r.requested_storage_id {
+            v["requested_storage_id"] = json!(id);
         }
         v
     }

@@ -1,9 +1,13 @@
 //! The route table: every (method, path) the daemon serves, who may call it, and its
-//! handler. Authorization is declared here once per route, never inside handlers.
+//! handler. Authorization is declared here once per route, never inside handlers, and so
+//! are the wire rules every route shares (SPEC 3): path normalization on `/api`, the `sid`
+//! filter on `/api` reads, `Allow` on 405. Handlers never see a path.
+
+use std::borrow::Cow;
 
 use super::body::percent_decode;
 use super::error::ApiError;
-use super::{body, pairing, source, system, users, App, Call, Handler, Reply};
+use super::{body, pairing, source, storage, system, systems, users, App, Call, Handler, Reply};
 use crate::front::{ListenerKind, PeerInfo};
 use crate::model::{Privilege, UnixTime};
 
@@ -24,7 +28,23 @@ pub struct Route {
     pub path: &'static str,
     pub access: Access,
     pub handler: Handler,
+    /// The handler reads `sid` itself as the system it acts on, so the router's
+    /// "`sid` means this appliance" filter does not apply. See [`Route::names_sid`].
+    pub names_sid: bool,
 }
+
+impl Route {
+    /// Marks a route whose `sid` query parameter names the system it acts on (as
+    /// `GET /api/replication/received?sid=` does), exempting it from the generic filter.
+    pub const fn names_sid(mut self) -> Route {
+        self.names_sid = true;
+        self
+    }
+}
+
+/// The id of the local appliance's row in `GET /api/systems`, and the one `sid` value
+/// besides none that an `/api` read accepts.
+pub const LOCAL_SYSTEM_ID: u64 = 1;
 
 const fn route(
     method: &'static str,
@@ -37,6 +57,7 @@ const fn route(
         path,
         access,
         handler,
+        names_sid: false,
     }
 }
 
@@ -82,21 +103,18 @@ pub fn route_table() -> Vec<Route> {
             "/api/replication/source",
             Token(Administer),
             pairing::change_storage,
-        ),
+        )
+        .names_sid(),
         route(
             "DELETE",
             "/api/replication/source",
             Token(Administer),
             pairing::unpair,
-        ),
-        route("GET", "/api/systems", Token(Monitor), pairing::systems),
-        route(
-            "POST",
-            "/api/systems",
-            Token(Administer),
-            pairing::register_system,
-        ),
-        route("GET", "/api/storage", Token(Monitor), pairing::storage),
+        )
+        .names_sid(),
+        route("GET", "/api/systems", Token(Monitor), systems::list),
+        route("POST", "/api/systems", Token(Administer), systems::register),
+        route("GET", "/api/storage", Token(Monitor), storage::list),
         // Source side of pairing.
         route(
             "POST",
@@ -171,6 +189,54 @@ fn require_unrevoked(app: &App, peer: &PeerInfo) -> Result<(), ApiError> {
     Ok(())
 }
 
+/// The path a request is routed by. On `/api` the appliance's own web server merges
+/// repeated slashes and ignores a trailing slash, and its clients rely on that
+/// (`//api/systems/`); every other path (the spool above all) must match exactly.
+fn route_path(raw: &str) -> Cow<'_, str> {
+    if !raw.contains("//") && !(raw.len() > 1 && raw.ends_with('/')) {
+        return Cow::Borrowed(raw);
+    }
+    let mut merged = String::with_capacity(raw.len());
+    for c in raw.chars() {
+        if !(c == '/' && merged.ends_with('/')) {
+            merged.push(c);
+        }
+    }
+    while merged.len() > 1 && merged.ends_with('/') {
+        merged.pop();
+    }
+    if merged == "/api" || merged.starts_with("/api/") {
+        Cow::Owned(merged)
+    } else {
+        Cow::Borrowed(raw)
+    }
+}
+
+/// The `Allow` value for a path: its routed methods, plus `HEAD` wherever `GET` is
+/// (HEAD is answered like GET), in a fixed order.
+fn allow_header(methods: &[&'static str]) -> String {
+    const ORDER: [&str; 6] = ["GET", "HEAD", "POST", "PUT", "PATCH", "DELETE"];
+    let has = |m: &str| methods.contains(&m) || (m == "HEAD" && methods.contains(&"GET"));
+    let mut out: Vec<&str> = ORDER.iter().copied().filter(|m| has(m)).collect();
+    out.extend(methods.iter().copied().filter(|m| !ORDER.contains(m)));
+    out.join(", ")
+}
+
+/// SPEC 3: on an `/api` read, `sid` is the appliance's system filter. replgate answers
+/// only for itself, so no `sid` or the local id passes and any other id is a 404 naming it.
+fn check_sid_filter(query: &[(String, String)]) -> Result<(), ApiError> {
+    for (_, v) in query.iter().filter(|(k, _)| k == "sid") {
+        let sid = body::parse_id("sid", v)?;
+        if sid != LOCAL_SYSTEM_ID {
+            return Err(ApiError::NotFound(format!(
+                "no system with id {sid} on this appliance: replgate answers for the local \
+                 appliance only (sid {LOCAL_SYSTEM_ID}, or no sid)"
+            )));
+        }
+    }
+    Ok(())
+}
+
 #[allow(clippy::too_many_arguments)]
 pub fn dispatch(
     app: &App,
@@ -183,12 +249,13 @@ pub fn dispatch(
     token: Option<String>,
     if_none_match: Option<String>,
 ) -> Result<Reply, ApiError> {
-    let (path, query) = url.split_once('?').unwrap_or((url, ""));
+    let (raw_path, query) = url.split_once('?').unwrap_or((url, ""));
+    let path = route_path(raw_path);
     // HEAD is answered like GET; tiny_http leaves the body out.
     let method = if method == "HEAD" { "GET" } else { method };
-    let mut path_matched = false;
+    let mut allowed: Vec<&'static str> = Vec::new();
     for r in routes {
-        let Some(params) = match_path(r.path, path) else {
+        let Some(params) = match_path(r.path, &path) else {
             continue;
         };
         let listener_ok = match r.access {
@@ -198,8 +265,8 @@ pub fn dispatch(
         if !listener_ok {
             continue;
         }
-        path_matched = true;
         if r.method != method {
+            allowed.push(r.method);
             continue;
         }
         if r.access == Access::Tunnel {
@@ -214,25 +281,31 @@ pub fn dispatch(
             }
             _ => None,
         };
+        let query = body::parse_query(query);
+        if r.method == "GET" && r.path.starts_with("/api/") && !r.names_sid {
+            check_sid_filter(&query)?;
+        }
         let call = Call {
             app,
             peer,
             now,
             params,
-            query: body::parse_query(query),
+            query,
             body,
             session,
             if_none_match,
         };
         return (r.handler)(&call);
     }
-    if path_matched {
-        Err(ApiError::MethodNotAllowed)
-    } else {
+    if allowed.is_empty() {
         Err(ApiError::NotFound(format!(
             "no such path: {}",
-            path.chars().take(200).collect::<String>()
+            raw_path.chars().take(200).collect::<String>()
         )))
+    } else {
+        Err(ApiError::MethodNotAllowed {
+            allow: allow_header(&allowed),
+        })
     }
 }
 
@@ -250,6 +323,79 @@ mod tests {
         );
         assert_eq!(match_path("/api/users/{name}", "/api/users/"), None);
         assert_eq!(match_path("/api/users/{name}", "/api/users/a/b"), None);
+    }
+
+    #[test]
+    fn api_paths_merge_slashes_and_drop_a_trailing_one() {
+        for (raw, routed) in [
+            ("/api/systems", "/api/systems"),
+            ("//api/systems/", "/api/systems"),
+            ("/api//replication///source/", "/api/replication/source"),
+            ("/api/users/a%2F/", "/api/users/a%2F"),
+            ("//api", "/api"),
+            ("/api/", "/api"),
+            ("/", "/"),
+        ] {
+            assert_eq!(route_path(raw), routed, "{raw}");
+        }
+        // Outside /api nothing is rewritten: the spool and the protocol match exactly.
+        for raw in [
+            "//replication/v1/spool/0123456789abcdef0123456789abcdef/status.json",
+            "/replication/v1/spool/0123456789abcdef0123456789abcdef//status.json",
+            "/replication/v1/spool/0123456789abcdef0123456789abcdef/status.json/",
+            "/replication/v1/requests/",
+            "/tunnel/v1//hello",
+            "//apix/",
+        ] {
+            assert_eq!(route_path(raw), raw);
+        }
+        // Borrowed when nothing changes: the common case allocates nothing.
+        assert!(matches!(route_path("/api/systems"), Cow::Borrowed(_)));
+    }
+
+    #[test]
+    fn allow_lists_the_path_methods_with_head_beside_get() {
+        assert_eq!(allow_header(&["POST", "GET"]), "GET, HEAD, POST");
+        assert_eq!(
+            allow_header(&["DELETE", "PUT", "POST"]),
+            "POST, PUT, DELETE"
+        );
+        assert_eq!(allow_header(&["PROPFIND"]), "PROPFIND");
+        // Every routed path yields a non-empty Allow with each of its methods.
+        let t = route_table();
+        for r in &t {
+            let methods: Vec<&'static str> = t
+                .iter()
+                .filter(|o| o.path == r.path)
+                .map(|o| o.method)
+                .collect();
+            let allow = allow_header(&methods);
+            for m in methods {
+                assert!(allow.split(", ").any(|a| a == m), "{} {allow}", r.path);
+            }
+        }
+    }
+
+    #[test]
+    fn sid_filter_passes_none_and_the_local_id_only() {
+        let q = |s: &str| body::parse_query(s);
+        assert!(check_sid_filter(&q("")).is_ok());
+        assert!(check_sid_filter(&q("sid=1&usage=backup")).is_ok());
+        assert!(check_sid_filter(&q("sid=%201")).is_ok());
+        match check_sid_filter(&q("sid=3")) {
+            Err(ApiError::NotFound(m)) => assert!(m.contains("id 3"), "{m}"),
+            other => panic!("{other:?}"),
+        }
+        assert!(matches!(
+            check_sid_filter(&q("sid=1&sid=4")),
+            Err(ApiError::NotFound(_))
+        ));
+        for bad in ["sid=", "sid=x", "sid=0", "sid=-1"] {
+            assert!(
+                matches!(check_sid_filter(&q(bad)), Err(ApiError::BadRequest(_))),
+                "{bad}"
+            );
+        }
     }
 
     #[test]

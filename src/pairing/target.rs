@@ -49,6 +49,8 @@ pub enum PairingError {
     StorageNotBackup(u64),
     NoBackupStorage,
     NotASource(u64),
+    /// The accept named no storage and the one the source asked for cannot hold it.
+    RequestedStorageUnusable(u64),
     /// Past a cap on open requests; the source may try again after `retry_after` seconds.
     Busy {
         cap: Cap,
@@ -79,6 +81,10 @@ impl fmt::Display for PairingError {
             PairingError::StorageNotBackup(id) => write!(f, "storage {id} is not a backup storage"),
             PairingError::NoBackupStorage => f.write_str("no backup storage is configured"),
             PairingError::NotASource(id) => write!(f, "system {id} is not a replication source"),
+            PairingError::RequestedStorageUnusable(id) => write!(
+                f,
+                "field `storage_id` is required: the source asked for storage {id}, which is not a backup storage here"
+            ),
             PairingError::Busy { cap, .. } => write!(f, "{cap}"),
             PairingError::InvalidField { field, problem } => write!(f, "field `{field}` {problem}"),
             PairingError::Csr(_) => f.write_str("field `csr`"),
@@ -139,6 +145,8 @@ pub struct NewRequest {
     pub version: String,
     pub csr_pem: String,
     pub remote_addr: String,
+    /// The storage the source asks for (`storage_id` in its request); checked at accept.
+    pub requested_storage_id: Option<u64>,
 }
 
 /// What filing decided.
@@ -213,15 +221,20 @@ impl NewRequest {
             c.is_ascii_alphanumeric() || "-.:[]".contains(c)
         })?;
         check_text("version", &self.version, 64, printable)?;
-        if let Some(tag) = &self.asset_tag {
-            if tag.len() > 255 || !tag.chars().all(printable) {
-                return Err(PairingError::InvalidField {
-                    field: "asset_tag",
-                    problem: "must be at most 255 printable characters".into(),
-                });
-            }
+        check_asset_tag(self.asset_tag.as_deref())
+    }
+}
+
+/// An asset tag may be empty (none), else at most 255 printable characters.
+fn check_asset_tag(tag: Option<&str>) -> Result<(), PairingError> {
+    match tag {
+        Some(tag) if tag.len() > 255 || !tag.chars().all(printable) => {
+            Err(PairingError::InvalidField {
+                field: "asset_tag",
+                problem: "must be at most 255 printable characters".into(),
+            })
         }
-        Ok(())
+        _ => Ok(()),
     }
 }
 
@@ -299,6 +312,7 @@ pub fn file_request(
                     replaces_system_id,
                     system_id: None,
                     cert_serial: None,
+                    requested_storage_id: new.requested_storage_id,
                 };
                 tx.put_request(&request)?;
                 let actor = Actor {
@@ -380,6 +394,9 @@ pub fn source_row(
             row.cert_serial = Some(serial.into());
             row.certificate_expires = Some(not_after);
             row.request_id = Some(request.id);
+            if request.asset_tag.is_some() {
+                row.asset_tag = request.asset_tag.clone();
+            }
             row.updated = now;
             row
         }
@@ -398,6 +415,7 @@ pub fn source_row(
             last_seen: None,
             was_managed: false,
             request_id: Some(request.id),
+            asset_tag: request.asset_tag.clone(),
         },
     }
 }
@@ -488,7 +506,11 @@ pub fn resolve(
             })
         }
         Decision::Accept { storage_id } => {
-            let storage = choose_storage(storage, storage_id)?;
+            let storage = match (storage_id, current.requested_storage_id) {
+                (None, Some(asked)) => choose_storage(storage, Some(asked))
+                    .map_err(|_| PairingError::RequestedStorageUnusable(asked))?,
+                (chosen, _) => choose_storage(storage, chosen)?,
+            };
             let csr = ca::parse_csr(&current.csr_pem).map_err(PairingError::Csr)?;
             let issued = ca
                 .sign_client(&csr, &current.system_uuid, cert_days, time_of(now))
@@ -689,10 +711,12 @@ pub fn register_managed(
     name: &str,
     host: &str,
     system_uuid: Option<&str>,
+    asset_tag: Option<&str>,
     actor: &Actor,
     now: UnixTime,
 ) -> Result<SystemRecord, PairingError> {
     check_text("name", name, 255, printable)?;
+    check_asset_tag(asset_tag)?;
     check_text("host", host, 255, |c| {
         c.is_ascii_alphanumeric() || "-.:[]".contains(c)
     })?;
@@ -717,6 +741,7 @@ pub fn register_managed(
             last_seen: None,
             was_managed: false,
             request_id: None,
+            asset_tag: asset_tag.map(String::from),
         };
         tx.put_system(&row)?;
         tx.audit(&actor.audit(
@@ -905,6 +930,7 @@ mod tests {
             replaces_system_id: None,
             system_id: None,
             cert_serial: None,
+            requested_storage_id: None,
         }
     }
 

@@ -211,6 +211,41 @@ impl Store {
         Ok(uuid)
     }
 
+    /// The time of the appliance's first start, recorded once. A database from before it
+    /// was recorded gets the oldest time it holds (the first audit row or user, both
+    /// written at the first start), else `now`.
+    pub fn first_start_or_insert(&self, now: UnixTime) -> Result<UnixTime> {
+        let txn = self.db.begin_write()?;
+        let first = {
+            let mut meta = txn.open_table(schema::META)?;
+            let existing = match meta.get(schema::META_FIRST_START)? {
+                Some(v) => Some(decode::<UnixTime>("meta", v.value())?),
+                None => None,
+            };
+            match existing {
+                Some(t) => t,
+                None => {
+                    let audit = txn.open_table(schema::AUDIT)?;
+                    let first_audit = match audit.first()? {
+                        Some((_, v)) => Some(decode::<AuditRecord>("audit", v.value())?.time),
+                        None => None,
+                    };
+                    let users: Vec<UserRecord> = values(&txn.open_table(schema::USERS)?, "users")?;
+                    let t = users
+                        .iter()
+                        .map(|u| u.created)
+                        .chain(first_audit)
+                        .min()
+                        .unwrap_or(now);
+                    meta.insert(schema::META_FIRST_START, encode(&t).as_slice())?;
+                    t
+                }
+            }
+        };
+        txn.commit()?;
+        Ok(first)
+    }
+
     /// Runs `f` in one write transaction: commits durably when it returns Ok, discards
     /// everything when it returns Err.
     pub fn write<T, E: From<StoreError>>(
@@ -643,6 +678,9 @@ mod tests {
         assert_eq!(store.user("alice").unwrap().unwrap(), u);
         assert_eq!(store.session(b"hash").unwrap().unwrap(), s);
         assert_eq!(store.system_uuid_or_insert(|| "u-2".into()).unwrap(), uuid);
+        // Recorded before it existed: the oldest time the database holds (the user).
+        assert_eq!(store.first_start_or_insert(99).unwrap(), 1);
+        assert_eq!(store.first_start_or_insert(200).unwrap(), 1);
         let rows = store.audit(0, 10).unwrap();
         assert_eq!(rows.len(), 2);
         assert_eq!(rows[0].0, 1);
@@ -680,6 +718,7 @@ mod tests {
                 replaces_system_id: full.then_some(4),
                 system_id: full.then_some(5),
                 cert_serial: full.then(|| "ab12".into()),
+                requested_storage_id: full.then_some(3),
             };
             let bytes = encode(&r);
             let s: RequestSummary<'_> = decode("requests", &bytes).unwrap();
@@ -698,6 +737,7 @@ mod tests {
             assert_eq!(s.resolved_at, r.resolved_at);
             assert_eq!(s.replaces_system_id, r.replaces_system_id);
             assert_eq!(s.system_id, r.system_id);
+            assert_eq!(s.requested_storage_id, r.requested_storage_id);
         }
     }
 

@@ -115,6 +115,10 @@ pub struct RequestRecord {
     /// Invariant: Some from acceptance on: the issued certificate's serial (lowercase hex).
     #[serde(default)]
     pub cert_serial: Option<String>,
+    /// The storage on this appliance that the source asked for; an accept that names no
+    /// storage uses it.
+    #[serde(default)]
+    pub requested_storage_id: Option<u64>,
 }
 
 /// A [`RequestRecord`] as lists show it, decoded from the same stored bytes but borrowing
@@ -154,6 +158,8 @@ pub struct RequestSummary<'a> {
     pub replaces_system_id: Option<u64>,
     #[serde(default)]
     pub system_id: Option<u64>,
+    #[serde(default)]
+    pub requested_storage_id: Option<u64>,
 }
 
 /// What the open-request index keeps, so caps and expiry need no record decode.
@@ -195,6 +201,9 @@ pub struct SystemRecord {
     pub was_managed: bool,
     #[serde(default)]
     pub request_id: Option<u64>,
+    /// The appliance's asset tag, as the source reported it (or as registered).
+    #[serde(default)]
+    pub asset_tag: Option<String>,
 }
 
 /// A certificate this appliance's CA issued to a source.

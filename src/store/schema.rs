@@ -37,6 +37,8 @@ pub const TARGETS: TableDefinition<u64, &[u8]> = TableDefinition::new("targets")
 
 pub const META_SCHEMA_VERSION: &str = "schema_version";
 pub const META_SYSTEM_UUID: &str = "system_uuid";
+/// Unix seconds of the appliance's first start, the local systems row's `created`.
+pub const META_FIRST_START: &str = "first_start";
 /// Counters that never go back, so deleted rows' ids are never handed out again.
 pub const META_NEXT_SYSTEM_ID: &str = "next_system_id";
 pub const META_NEXT_REQUEST_ID: &str = "next_request_id";
