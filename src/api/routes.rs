@@ -193,7 +193,8 @@ fn require_unrevoked(app: &App, peer: &PeerInfo) -> Result<(), ApiError> {
 /// repeated slashes and ignores a trailing slash, and its clients rely on that
 /// (`//api/systems/`); every other path (the spool above all) must match exactly.
 fn route_path(raw: &str) -> Cow<'_, str> {
-    if !raw.contains("//") && !(raw.len() > 1 && raw.ends_with('/')) {
+    let trailing = raw.len() > 1 && raw.ends_with('/');
+    if !(trailing || raw.contains("//")) {
         return Cow::Borrowed(raw);
     }
     let mut merged = String::with_capacity(raw.len());
