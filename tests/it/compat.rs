@@ -9,8 +9,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
 
-use crate::harness::{read_response, Daemon, Options, Response};
-use crate::target::{file, request_body, simple_csr};
+use crate::harness::{read_response, request_body, simple_csr, Daemon, Options, Response};
 use replgate::api::{route_table, Access};
 use replgate::model::Privilege;
 
@@ -66,7 +65,7 @@ fn the_powershell_toolkit_and_wiki_shapes_reach_their_routes() {
 
     // A pending request, so include_pending has something to show.
     let uuid = "91919191-0000-4333-8444-555555555555";
-    assert_eq!(file(&d, uuid, &simple_csr().pem).status, 202);
+    assert_eq!(d.try_file_request(uuid, &simple_csr().pem).status, 202);
 
     let r = c.get(
         "//api/systems/?include_pending=1&include_rejected=1",
@@ -229,11 +228,7 @@ fn every_token_route_still_needs_its_token_and_privilege_on_a_normalized_path() 
 #[test]
 fn spool_path_variants_stay_404() {
     let d = Daemon::start("compat-spool", Options::default());
-    let r = file(
-        &d,
-        "93939393-0000-4333-8444-555555555555",
-        &simple_csr().pem,
-    );
+    let r = d.try_file_request("93939393-0000-4333-8444-555555555555", &simple_csr().pem);
     assert_eq!(r.status, 202, "{}", r.text());
     let poll = r.json()["poll"].as_str().unwrap().to_string();
     let token = poll
@@ -594,11 +589,7 @@ fn systems_and_storage_rows_carry_the_appliances_full_field_set() {
     let r = c.post_json("/replication/v1/requests", None, &asking);
     assert_eq!(r.status, 202, "{}", r.text());
     let asking_id = r.json()["request_id"].as_u64().unwrap();
-    let r = file(
-        &d,
-        "95959595-0000-4333-8444-555555555555",
-        &simple_csr().pem,
-    );
+    let r = d.try_file_request("95959595-0000-4333-8444-555555555555", &simple_csr().pem);
     let paired_request = r.json()["request_id"].as_u64().unwrap();
     let r = c.post_json(
         "/api/replication/source",
