@@ -134,6 +134,46 @@ impl Reply {
     }
 }
 
+/// A `{"<key>": [item, ...]}` answer written item by item while a list is read, so a long
+/// list is never held as `serde_json::Value`s (see BENCHMARKS.md). The bytes equal the
+/// same object serialized in one piece.
+pub struct ListWriter {
+    body: Vec<u8>,
+    failed: Option<serde_json::Error>,
+}
+
+impl ListWriter {
+    pub fn new(key: &str) -> ListWriter {
+        ListWriter {
+            body: format!("{{{}:[", Value::from(key)).into_bytes(),
+            failed: None,
+        }
+    }
+
+    pub fn push(&mut self, item: &impl serde::Serialize) {
+        if self.body.last() != Some(&b'[') {
+            self.body.push(b',');
+        }
+        if let Err(e) = serde_json::to_writer(&mut self.body, item) {
+            self.failed.get_or_insert(e);
+        }
+    }
+
+    /// The 200 answer, or the first serialization error (a bug: a 500).
+    pub fn finish(mut self) -> Result<Reply, ApiError> {
+        if let Some(e) = self.failed {
+            return Err(e.into());
+        }
+        self.body.extend_from_slice(b"]}");
+        Ok(Reply {
+            status: 200,
+            body: self.body,
+            content_type: "application/json",
+            headers: Vec::new(),
+        })
+    }
+}
+
 pub type Handler = fn(&Call) -> Result<Reply, ApiError>;
 
 /// Starts `n` worker threads serving `server` until `shutdown` is set and the queue is quiet.
@@ -261,5 +301,27 @@ fn serve(app: &App, routes: &[Route], mut request: tiny_http::Request) {
     }
     if let Err(e) = request.respond(response) {
         log::debug!("{method} {url}: client went away: {e}");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_list_written_item_by_item_is_the_object_serialized_in_one_piece() {
+        for items in [vec![], vec![json_item(1)], vec![json_item(1), json_item(2)]] {
+            let mut list = ListWriter::new("rows");
+            for i in &items {
+                list.push(i);
+            }
+            let reply = list.finish().unwrap();
+            let whole = serde_json::json!({ "rows": items }).to_string();
+            assert_eq!(String::from_utf8(reply.body).unwrap(), whole);
+        }
+    }
+
+    fn json_item(n: u64) -> Value {
+        serde_json::json!({ "id": n, "name": "a \"b\"" })
     }
 }

@@ -6,7 +6,7 @@ use serde_json::json;
 
 use super::body::parse_id;
 use super::error::ApiError;
-use super::{Call, Reply};
+use super::{Call, ListWriter, Reply};
 use crate::config::Fault;
 use crate::model::UnixTime;
 use crate::pairing::target::{self, Caps, Decision, NewRequest};
@@ -209,27 +209,9 @@ pub(super) fn visit_listed(
 
 pub fn pending(call: &Call) -> Result<Reply, ApiError> {
     let include_rejected = call.query_flag("include_rejected").unwrap_or(false);
-    // The same bytes as `{"pending": [entry, ...]}` serialized in one piece.
-    let mut body = b"{\"pending\":[".to_vec();
-    let mut failed = None;
-    visit_listed(call, include_rejected, |r| {
-        if body.last() != Some(&b'[') {
-            body.push(b',');
-        }
-        if let Err(e) = serde_json::to_writer(&mut body, &PendingEntry::new(r)) {
-            failed.get_or_insert(e);
-        }
-    })?;
-    if let Some(e) = failed {
-        return Err(e.into());
-    }
-    body.extend_from_slice(b"]}");
-    Ok(Reply {
-        status: 200,
-        body,
-        content_type: "application/json",
-        headers: Vec::new(),
-    })
+    let mut list = ListWriter::new("pending");
+    visit_listed(call, include_rejected, |r| list.push(&PendingEntry::new(r)))?;
+    list.finish()
 }
 
 pub fn resolve(call: &Call) -> Result<Reply, ApiError> {

@@ -8,7 +8,7 @@ use super::error::ApiError;
 use super::pairing::{actor, visit_listed};
 use super::routes::LOCAL_SYSTEM_ID;
 use super::storage;
-use super::{Call, Reply};
+use super::{Call, ListWriter, Reply};
 use crate::model::UnixTime;
 use crate::pairing::target::{self, ROLE_PENDING_SOURCE};
 use crate::store::{RequestSummary, SystemRecord, TargetStatus};
@@ -152,14 +152,6 @@ pub fn stored_json(s: &SystemRecord, now: UnixTime) -> Result<serde_json::Value,
     Ok(serde_json::to_value(stored(s, now))?)
 }
 
-/// Appends `row` to a JSON array being written into `body`.
-fn push_row(body: &mut Vec<u8>, row: &Row<'_>) -> Result<(), serde_json::Error> {
-    if body.last() != Some(&b'[') {
-        body.push(b',');
-    }
-    serde_json::to_writer(body, row)
-}
-
 pub fn list(call: &Call) -> Result<Reply, ApiError> {
     let include_pending = call.query_flag("include_pending").unwrap_or(true);
     let include_rejected = call.query_flag("include_rejected").unwrap_or(false);
@@ -205,30 +197,15 @@ pub fn list(call: &Call) -> Result<Reply, ApiError> {
         requested_storage_id: None,
     };
     // Written while read, as the pending list is (thousands of pending rows).
-    let mut body = b"{\"appliance\":[".to_vec();
-    let mut failed = push_row(&mut body, &local).err();
+    let mut list = ListWriter::new("appliance");
+    list.push(&local);
     for s in app.store.systems()? {
-        if let Err(e) = push_row(&mut body, &stored(&s, call.now)) {
-            failed.get_or_insert(e);
-        }
+        list.push(&stored(&s, call.now));
     }
     if include_pending {
-        visit_listed(call, include_rejected, |r| {
-            if let Err(e) = push_row(&mut body, &pending(r)) {
-                failed.get_or_insert(e);
-            }
-        })?;
+        visit_listed(call, include_rejected, |r| list.push(&pending(r)))?;
     }
-    if let Some(e) = failed {
-        return Err(e.into());
-    }
-    body.extend_from_slice(b"]}");
-    Ok(Reply {
-        status: 200,
-        body,
-        content_type: "application/json",
-        headers: Vec::new(),
-    })
+    list.finish()
 }
 
 pub fn register(call: &Call) -> Result<Reply, ApiError> {
