@@ -189,61 +189,53 @@ impl Store {
         }
     }
 
-    /// The appliance's stable identity; created once by [`Store::system_uuid_or_insert`].
-    pub fn system_uuid_or_insert(&self, fresh: impl FnOnce() -> String) -> Result<String> {
+    /// A value of `meta` written once: read it, or store what `fresh` computes (inside
+    /// the same transaction) and return that.
+    fn meta_or_insert<T: Serialize + DeserializeOwned>(
+        &self,
+        key: &str,
+        fresh: impl FnOnce(&redb::WriteTransaction) -> Result<T>,
+    ) -> Result<T> {
         let txn = self.db.begin_write()?;
-        let uuid = {
-            let mut meta = txn.open_table(schema::META)?;
-            let existing = match meta.get(schema::META_SYSTEM_UUID)? {
-                Some(v) => Some(decode::<String>("meta", v.value())?),
-                None => None,
-            };
-            match existing {
-                Some(u) => u,
-                None => {
-                    let u = fresh();
-                    meta.insert(schema::META_SYSTEM_UUID, encode(&u).as_slice())?;
-                    u
-                }
+        let existing = match txn.open_table(schema::META)?.get(key)? {
+            Some(v) => Some(decode::<T>("meta", v.value())?),
+            None => None,
+        };
+        let value = match existing {
+            Some(v) => v,
+            None => {
+                let v = fresh(&txn)?;
+                txn.open_table(schema::META)?
+                    .insert(key, encode(&v).as_slice())?;
+                v
             }
         };
         txn.commit()?;
-        Ok(uuid)
+        Ok(value)
+    }
+
+    /// The appliance's stable identity, created once.
+    pub fn system_uuid_or_insert(&self, fresh: impl FnOnce() -> String) -> Result<String> {
+        self.meta_or_insert(schema::META_SYSTEM_UUID, |_| Ok(fresh()))
     }
 
     /// The time of the appliance's first start, recorded once. A database from before it
     /// was recorded gets the oldest time it holds (the first audit row or user, both
     /// written at the first start), else `now`.
     pub fn first_start_or_insert(&self, now: UnixTime) -> Result<UnixTime> {
-        let txn = self.db.begin_write()?;
-        let first = {
-            let mut meta = txn.open_table(schema::META)?;
-            let existing = match meta.get(schema::META_FIRST_START)? {
-                Some(v) => Some(decode::<UnixTime>("meta", v.value())?),
+        self.meta_or_insert(schema::META_FIRST_START, |txn| {
+            let first_audit = match txn.open_table(schema::AUDIT)?.first()? {
+                Some((_, v)) => Some(decode::<AuditRecord>("audit", v.value())?.time),
                 None => None,
             };
-            match existing {
-                Some(t) => t,
-                None => {
-                    let audit = txn.open_table(schema::AUDIT)?;
-                    let first_audit = match audit.first()? {
-                        Some((_, v)) => Some(decode::<AuditRecord>("audit", v.value())?.time),
-                        None => None,
-                    };
-                    let users: Vec<UserRecord> = values(&txn.open_table(schema::USERS)?, "users")?;
-                    let t = users
-                        .iter()
-                        .map(|u| u.created)
-                        .chain(first_audit)
-                        .min()
-                        .unwrap_or(now);
-                    meta.insert(schema::META_FIRST_START, encode(&t).as_slice())?;
-                    t
-                }
-            }
-        };
-        txn.commit()?;
-        Ok(first)
+            let users: Vec<UserRecord> = values(&txn.open_table(schema::USERS)?, "users")?;
+            Ok(users
+                .iter()
+                .map(|u| u.created)
+                .chain(first_audit)
+                .min()
+                .unwrap_or(now))
+        })
     }
 
     /// Runs `f` in one write transaction: commits durably when it returns Ok, discards
