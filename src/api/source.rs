@@ -38,7 +38,8 @@ pub fn request_target(call: &Call) -> Result<Reply, ApiError> {
         ))
     })?;
     let insecure = body.opt_flag("insecure")?.unwrap_or(false);
-    let fingerprint = match body.opt_str("fingerprint")? {
+    // An empty string is "not given": the PowerShell clients send every field they know.
+    let fingerprint = match body.opt_str("fingerprint")?.filter(|f| !f.is_empty()) {
         Some(f) => Some(ca::normalize_fingerprint(f).ok_or_else(|| {
             ApiError::BadRequest(
                 "field `fingerprint` must be 64 hex digits (SHA-256), colons optional".into(),
@@ -46,6 +47,21 @@ pub fn request_target(call: &Call) -> Result<Reply, ApiError> {
         })?),
         None => None,
     };
+    let ip = match body.opt_str("ip")?.filter(|i| !i.is_empty()) {
+        Some(text) => Some(
+            text.trim_start_matches('[')
+                .trim_end_matches(']')
+                .parse::<std::net::IpAddr>()
+                .map_err(|_| {
+                    ApiError::BadRequest(format!(
+                        "field `ip`: {} is not an IPv4 or IPv6 address",
+                        quoted(text)
+                    ))
+                })?,
+        ),
+        None => None,
+    };
+    let storage_id = body.opt_id("storage_id")?;
     let app = call.app;
     let name = app
         .config
@@ -62,6 +78,7 @@ pub fn request_target(call: &Call) -> Result<Reply, ApiError> {
         me: Me {
             system_uuid: &app.system_uuid,
             name,
+            asset_tag: &app.config.asset_tag,
             version: env!("CARGO_PKG_VERSION"),
         },
     };
@@ -69,6 +86,8 @@ pub fn request_target(call: &Call) -> Result<Reply, ApiError> {
         host,
         fingerprint,
         insecure,
+        ip,
+        storage_id,
     };
     let record = request::request_target(&side, ask, &actor(call), call.now)?;
     Ok(Reply::json(

@@ -234,7 +234,7 @@ fn set_status(
 /// One poll of one target. Returns false on a network error (for backoff).
 pub fn poll_once(ctx: &SourceContext, t: &TargetRecord) -> bool {
     let now = model::now();
-    let remote = match Remote::api(&t.host, &t.ca_pem) {
+    let remote = match Remote::api(t.connect_to(), &t.ca_pem) {
         Ok(r) => r,
         Err(e) => {
             set_status(

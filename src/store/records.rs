@@ -291,4 +291,15 @@ pub struct TargetRecord {
     pub certificate_expires: Option<UnixTime>,
     #[serde(default)]
     pub cert_serial: Option<String>,
+    /// Where to connect instead of resolving `host` (`ip:port`, the admin's `ip`); the
+    /// pairing keeps it for every poll.
+    #[serde(default)]
+    pub address: Option<String>,
+}
+
+impl TargetRecord {
+    /// The `host:port` to connect to for the target's API.
+    pub fn connect_to(&self) -> &str {
+        self.address.as_deref().unwrap_or(&self.host)
+    }
 }

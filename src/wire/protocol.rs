@@ -16,8 +16,15 @@ pub struct RequestBody<'a> {
     pub system_uuid: &'a str,
     pub name: &'a str,
     pub host: &'a str,
+    /// The source's asset tag; absent when it has none.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub asset_tag: Option<&'a str>,
     pub version: &'a str,
     pub csr: &'a str,
+    /// The storage on the target the source asks for; absent when it names none (an
+    /// older target ignores the field).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub storage_id: Option<u64>,
 }
 
 /// `POST /replication/v1/requests` answer.

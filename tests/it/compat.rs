@@ -714,3 +714,70 @@ fn a_requested_storage_that_cannot_hold_the_source_needs_the_admins_choice() {
     assert_eq!(r.status, 400);
     assert!(message(&r).contains("`storage_id`"), "{}", r.text());
 }
+
+/// The appliance's source side sends `storage_id` and `ip` (SPEC 4): the request reaches
+/// the target at `ip` although `target` names a host nobody can resolve, the target shows
+/// the storage asked for and uses it, and the poller keeps using `ip` until `complete`.
+#[test]
+fn the_source_connects_to_ip_and_the_target_sees_the_storage_asked_for() {
+    let (src, tgt) = std::thread::scope(|s| {
+        let src = s.spawn(|| {
+            Daemon::start(
+                "compat-ip-src",
+                crate::harness::pairing_opts().set("asset_tag", "SRC-ASSET-9"),
+            )
+        });
+        let tgt = Daemon::start("compat-ip-tgt", crate::harness::pairing_opts());
+        (
+            src.join().unwrap_or_else(|p| std::panic::resume_unwind(p)),
+            tgt,
+        )
+    });
+    let (st, tt) = (src.root_token(), tgt.root_token());
+    // `.invalid` never resolves (RFC 2606): only `ip` can reach the target.
+    let host = format!("target.invalid:{}", tgt.api.port());
+    let body = json!({"type": "appliance", "target": host, "insecure": "1", "storage_id": "1", "ip": "127.0.0.1", "fingerprint": ""});
+    let r = form_post(&src, "POST", "//api/replication/target/", Some(&st), &body);
+    assert_eq!(r.status, 201, "{}", r.text());
+    let request_id = r.json()["request_id"].as_u64().unwrap();
+    let bad = form_post(
+        &src,
+        "POST",
+        "/api/replication/target",
+        Some(&st),
+        &json!({"type": "appliance", "target": "x.invalid:1", "ip": "127.0.0.999"}),
+    );
+    assert_eq!(bad.status, 400, "{}", bad.text());
+    assert!(message(&bad).contains("`ip`"), "{}", bad.text());
+
+    let pending = tgt
+        .client()
+        .get("/api/replication/pending", Some(&tt))
+        .json();
+    let row = &pending["pending"][0];
+    assert_eq!(row["request_id"], request_id);
+    assert_eq!(row["requested_storage_id"], 1);
+    assert_eq!(row["asset_tag"], "SRC-ASSET-9");
+    let r = tgt.client().post_json(
+        "/api/replication/source",
+        Some(&tt),
+        &json!({"request_id": request_id, "accept": true}),
+    );
+    assert_eq!(r.status, 201, "{}", r.text());
+    let targets = crate::harness::eventually(Duration::from_secs(30), "complete", || {
+        let t = src
+            .client()
+            .get("/api/replication/targets", Some(&st))
+            .json();
+        (t["targets"][0]["status"] == "complete").then_some(t)
+    });
+    assert_eq!(targets["targets"][0]["host"], host);
+    let sys = tgt.systems(&tt);
+    let paired = crate::harness::systems_row(&sys, |s| {
+        s["system_uuid"].is_string() && s["local"] == false
+    });
+    assert_eq!(paired["storage_id"], 1);
+    assert_eq!(paired["asset_tag"], "SRC-ASSET-9");
+    assert_eq!(paired["online"], true, "it just proved the tunnel");
+    assert_eq!(paired["status"], "connected");
+}

@@ -206,6 +206,7 @@ mod tests {
             tunnel: None,
             certificate_expires: None,
             cert_serial: None,
+            address: None,
         }
     }
 

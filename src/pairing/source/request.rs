@@ -273,6 +273,27 @@ pub struct Ask {
     pub fingerprint: Option<String>,
     /// Trust whatever CA is presented (trust on first use).
     pub insecure: bool,
+    /// The address to connect to instead of resolving the host (the admin's `ip`).
+    pub ip: Option<std::net::IpAddr>,
+    /// The storage on the target to ask for.
+    pub storage_id: Option<u64>,
+}
+
+impl Ask {
+    /// Where the target's API is reached: `ip` with the host's port, else `host:port`.
+    pub fn connect_to(&self) -> String {
+        match self.ip {
+            Some(ip) => {
+                let port = self
+                    .host
+                    .rsplit_once(':')
+                    .and_then(|(_, p)| p.parse().ok())
+                    .unwrap_or(super::DEFAULT_PORT);
+                std::net::SocketAddr::new(ip, port).to_string()
+            }
+            None => self.host.clone(),
+        }
+    }
 }
 
 /// This appliance as it introduces itself to a target.
@@ -281,6 +302,8 @@ pub struct Me<'a> {
     pub system_uuid: &'a str,
     /// Sent as both `name` and `host`.
     pub name: &'a str,
+    /// Sent when not empty.
+    pub asset_tag: &'a str,
     pub version: &'a str,
 }
 
@@ -323,10 +346,13 @@ pub fn request_target(
     actor: &Actor,
     now: UnixTime,
 ) -> Result<TargetRecord, SourceError> {
+    let connect = ask.connect_to();
     let Ask {
         host,
         fingerprint,
         insecure,
+        ip: _,
+        storage_id,
     } = ask;
     let existing = side.store.targets()?.into_iter().find(|t| t.host == host);
     if let Some(t) = &existing {
@@ -345,7 +371,7 @@ pub fn request_target(
     // Trust: the CA the target presents must be pinned, given, or accepted as presented.
     let presented = side
         .io
-        .probe_ca(&host)
+        .probe_ca(&connect)
         .map_err(|source| SourceError::Unreachable {
             host: host.clone(),
             source,
@@ -372,6 +398,8 @@ pub fn request_target(
         .map_err(SourceError::Identity)?;
     let filed = Filing {
         host: &host,
+        connect: &connect,
+        storage_id,
         ca_pem: &ca_pem,
         presented_fp: &presented_fp,
         csr_pem: &csr_pem,
@@ -394,6 +422,9 @@ pub fn request_target(
 /// What one request to a target is made of, once its key exists.
 struct Filing<'a> {
     host: &'a str,
+    /// `host`, or the admin's `ip` with its port.
+    connect: &'a str,
+    storage_id: Option<u64>,
     ca_pem: &'a str,
     presented_fp: &'a str,
     csr_pem: &'a str,
@@ -413,14 +444,16 @@ fn file_and_record(
     let answer = side
         .io
         .file_request(
-            f.host,
+            f.connect,
             f.ca_pem,
             &RequestBody {
                 system_uuid: me.system_uuid,
                 name: me.name,
                 host: me.name,
+                asset_tag: Some(me.asset_tag).filter(|t| !t.is_empty()),
                 version: me.version,
                 csr: f.csr_pem,
+                storage_id: f.storage_id,
             },
         )
         .map_err(|source| SourceError::Call {
@@ -457,6 +490,7 @@ fn file_and_record(
             tunnel: None,
             certificate_expires: None,
             cert_serial: None,
+            address: (f.connect != f.host).then(|| f.connect.to_string()),
         };
         tx.put_target(&r)?;
         tx.audit(&actor.audit(
@@ -532,18 +566,22 @@ mod tests {
         dirs: RefCell<BTreeSet<String>>,
         made: RefCell<u32>,
         calls: RefCell<u32>,
+        /// Every address probed or called, in order.
+        contacted: RefCell<Vec<String>>,
     }
 
     impl SourceIo for Fake {
-        fn probe_ca(&self, _host: &str) -> Result<Vec<u8>, TlsError> {
+        fn probe_ca(&self, host: &str) -> Result<Vec<u8>, TlsError> {
+            self.contacted.borrow_mut().push(host.to_string());
             Ok(self.presented.clone())
         }
         fn file_request(
             &self,
-            _host: &str,
+            host: &str,
             ca_pem: &str,
             body: &RequestBody,
         ) -> Result<Filed, CallError> {
+            self.contacted.borrow_mut().push(host.to_string());
             *self.calls.borrow_mut() += 1;
             assert_eq!(ca_pem, ca::cert_der_to_pem(&self.presented), "pinned CA");
             (self.answer)(body, ca_pem)
@@ -612,6 +650,7 @@ mod tests {
             dirs: RefCell::default(),
             made: RefCell::new(0),
             calls: RefCell::new(0),
+            contacted: RefCell::default(),
         }
     }
 
@@ -630,6 +669,8 @@ mod tests {
             host: HOST.into(),
             fingerprint: fingerprint.map(String::from),
             insecure,
+            ip: None,
+            storage_id: None,
         }
     }
 
@@ -653,10 +694,53 @@ mod tests {
             me: Me {
                 system_uuid: "5f0c7a52-3f5e-4a6b-9c0d-2b1e8f7a6c11",
                 name: "src.example",
+                asset_tag: "",
                 version: "1.0",
             },
         };
         request_target(&side, ask, &actor(), NOW)
+    }
+
+    #[test]
+    fn ip_is_where_the_target_is_reached_and_storage_id_is_asked_for() {
+        let store = temp_store("ip");
+        let (der, fp) = target_ca();
+        let io = fake(
+            der,
+            Box::new(move |body, _| {
+                assert_eq!(body.storage_id, Some(2));
+                assert_eq!(body.asset_tag, None, "an empty asset tag is not sent");
+                let mut f = genuine(&fp);
+                f.verification_code = code_for(&fp, body, f.request_id);
+                Ok(f)
+            }),
+        );
+        let mut a = ask(None, true);
+        a.ip = Some("::1".parse().unwrap());
+        a.storage_id = Some(2);
+        assert_eq!(
+            a.connect_to(),
+            format!("[::1]:{}", HOST.rsplit(':').next().unwrap())
+        );
+        let r = run(&store, &io, &Outgoing::new(), a.clone()).unwrap();
+        let connect = a.connect_to();
+        assert_eq!(
+            *io.contacted.borrow(),
+            vec![connect.clone(), connect.clone()]
+        );
+        // The row keeps the name the admin gave and the address the poller must use.
+        assert_eq!(r.host, HOST);
+        assert_eq!(r.address.as_deref(), Some(connect.as_str()));
+        assert_eq!(r.connect_to(), connect);
+        // Without ip nothing changes: the host is resolved, no address is stored.
+        let store = temp_store("no-ip");
+        let io = target(|_| {});
+        let r = run(&store, &io, &Outgoing::new(), ask(None, true)).unwrap();
+        assert_eq!(
+            *io.contacted.borrow(),
+            vec![HOST.to_string(), HOST.to_string()]
+        );
+        assert_eq!((r.address.as_deref(), r.connect_to()), (None, HOST));
     }
 
     #[test]
