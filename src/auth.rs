@@ -58,7 +58,15 @@ impl fmt::Display for AuthError {
     }
 }
 
-impl std::error::Error for AuthError {}
+impl std::error::Error for AuthError {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        match self {
+            // Shown as the store error itself (see Display), so its cause comes next.
+            AuthError::Store(e) => e.source(),
+            _ => None,
+        }
+    }
+}
 
 impl From<StoreError> for AuthError {
     fn from(e: StoreError) -> Self {
@@ -189,6 +197,18 @@ impl Throttle {
     }
 }
 
+/// An audit row for what `user` did to their own account (log in, log out).
+fn own_audit(user: &str, address: &str, action: &str, now: UnixTime) -> AuditRecord {
+    AuditRecord {
+        time: now,
+        user: user.into(),
+        address: address.into(),
+        action: action.into(),
+        object: format!("user:{user}"),
+        detail: String::new(),
+    }
+}
+
 pub fn hash_password(password: &str) -> Result<String, AuthError> {
     let mut salt = [0u8; 16];
     crate::rand::fill(&mut salt);
@@ -276,14 +296,9 @@ impl Authenticator {
         };
         let Some(record) = record.filter(|_| ok) else {
             self.throttle().fail(&keys, now);
-            self.store.append_audit(&AuditRecord {
-                time: now,
-                user: user.chars().take(64).collect(),
-                address: address.into(),
-                action: "login failed".into(),
-                object: format!("user:{}", user.chars().take(64).collect::<String>()),
-                detail: String::new(),
-            })?;
+            let shown: String = user.chars().take(64).collect();
+            let failed = own_audit(&shown, address, "login failed", now);
+            self.store.write(|tx| tx.audit(&failed))?;
             return Err(AuthError::BadCredentials);
         };
         self.throttle().clear(&keys[0]);
@@ -293,18 +308,9 @@ impl Authenticator {
             created: now,
             last_used: now,
         };
-        self.store.insert_session(
-            &token_hash(&token),
-            &session,
-            &AuditRecord {
-                time: now,
-                user: record.name.clone(),
-                address: address.into(),
-                action: "login".into(),
-                object: format!("user:{}", record.name),
-                detail: String::new(),
-            },
-        )?;
+        let login = own_audit(&record.name, address, "login", now);
+        self.store
+            .write(|tx| tx.insert_session(&token_hash(&token), &session, &login))?;
         Ok(Login {
             token,
             expires: self.rules.expires_at(&session),
@@ -322,7 +328,7 @@ impl Authenticator {
             return Err(AuthError::NoSession);
         };
         if self.rules.expired(&s, now) {
-            self.store.delete_session(&hash, None)?;
+            self.store.write(|tx| tx.delete_session(&hash, None))?;
             return Err(AuthError::NoSession);
         }
         let Some(user) = self.store.user(&s.user)? else {
@@ -331,7 +337,7 @@ impl Authenticator {
         // Refresh well within the idle timeout, whatever it is configured to.
         let touch_every = (self.rules.idle.as_secs() as i64 / 2).clamp(1, TOUCH_EVERY);
         if now - s.last_used >= touch_every {
-            self.store.touch_session(&hash, now)?;
+            self.store.write(|tx| tx.touch_session(&hash, now))?;
         }
         Ok(Session {
             user: user.name,
@@ -341,23 +347,17 @@ impl Authenticator {
     }
 
     pub fn logout(&self, session: &Session, address: &str, now: UnixTime) -> Result<(), AuthError> {
-        self.store.delete_session(
-            &session.token_hash,
-            Some(&AuditRecord {
-                time: now,
-                user: session.user.clone(),
-                address: address.into(),
-                action: "logout".into(),
-                object: format!("user:{}", session.user),
-                detail: String::new(),
-            }),
-        )?;
+        let logout = own_audit(&session.user, address, "logout", now);
+        self.store
+            .write(|tx| tx.delete_session(&session.token_hash, Some(&logout)))?;
         Ok(())
     }
 
     pub fn purge_expired(&self, now: UnixTime) -> Result<u64, AuthError> {
         let rules = self.rules;
-        Ok(self.store.purge_sessions(|s| rules.expired(s, now))?)
+        Ok(self
+            .store
+            .write(|tx| tx.purge_sessions(|s| rules.expired(s, now)))?)
     }
 
     /// Creates the first superuser when the database has no users at all.
@@ -372,17 +372,15 @@ impl Authenticator {
             created: now,
             updated: now,
         };
-        Ok(self.store.create_user(
-            &user,
-            &AuditRecord {
-                time: now,
-                user: "-".into(),
-                address: "local".into(),
-                action: "user created".into(),
-                object: "user:root".into(),
-                detail: "first start".into(),
-            },
-        )?)
+        let created = AuditRecord {
+            time: now,
+            user: "-".into(),
+            address: "local".into(),
+            action: "user created".into(),
+            object: "user:root".into(),
+            detail: "first start".into(),
+        };
+        Ok(self.store.write(|tx| tx.create_user(&user, &created))?)
     }
 }
 

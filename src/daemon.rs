@@ -468,19 +468,18 @@ pub fn run(config: Config) -> Result<(), DaemonError> {
         Err(e) => log::warn!("{}: {e}", paths.root.display()),
     }
     let system_uuid = store
-        .system_uuid_or_insert(crate::rand::uuid_v4)
+        .write(|tx| tx.system_uuid_or_insert(crate::rand::uuid_v4))
         .map_err(|source| DaemonError::Store {
             action: "system uuid",
             source,
         })?;
     let started = model::now();
-    let first_start =
-        store
-            .first_start_or_insert(started)
-            .map_err(|source| DaemonError::Store {
-                action: "first start time",
-                source,
-            })?;
+    let first_start = store
+        .write(|tx| tx.first_start_or_insert(started))
+        .map_err(|source| DaemonError::Store {
+            action: "first start time",
+            source,
+        })?;
     let ca = load_or_create_ca(&paths, &system_uuid)?;
     let (api_chain, api_key) = load_or_issue_listener_cert(&paths, &ca, "api", &config)?;
     let (tunnel_chain, tunnel_key) = load_or_issue_listener_cert(&paths, &ca, "tunnel", &config)?;

@@ -29,12 +29,17 @@ pub enum SpoolError {
     MissingCertificate {
         request: u64,
     },
+    /// A status that does not encode (a bug); nothing is written rather than an empty file.
+    Encode {
+        request: u64,
+        source: serde_json::Error,
+    },
 }
 
 impl fmt::Display for SpoolError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
-            SpoolError::Io { path, error } => write!(f, "spool {}: {error}", path.display()),
+            SpoolError::Io { path, .. } => write!(f, "spool {}", path.display()),
             SpoolError::Store(e) => write!(f, "{e}"),
             SpoolError::MissingCertificate { request } => {
                 write!(
@@ -42,11 +47,24 @@ impl fmt::Display for SpoolError {
                     "accepted request {request} has no certificate in the database"
                 )
             }
+            SpoolError::Encode { request, .. } => {
+                write!(f, "spool status of request {request} does not encode")
+            }
         }
     }
 }
 
-impl std::error::Error for SpoolError {}
+impl std::error::Error for SpoolError {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        match self {
+            SpoolError::Io { error, .. } => Some(error),
+            // Shown as the store error itself (see Display), so its cause comes next.
+            SpoolError::Store(e) => e.source(),
+            SpoolError::Encode { source, .. } => Some(source),
+            SpoolError::MissingCertificate { .. } => None,
+        }
+    }
+}
 
 impl From<StoreError> for SpoolError {
     fn from(e: StoreError) -> Self {
@@ -204,7 +222,10 @@ impl Spool {
             .collect();
         for id in pending {
             if let Err(e) = self.sync(id, store) {
-                log::warn!("spool for request {id} still not written: {e}");
+                log::warn!(
+                    "spool for request {id} still not written: {}",
+                    crate::model::Chain(&e)
+                );
             }
         }
         lock(&self.dirty).len()
@@ -252,8 +273,11 @@ impl Spool {
             files.push((CERT_FILE, cert.pem.into_bytes()));
             files.push((CA_FILE, self.ca_pem.clone().into_bytes()));
         }
-        // Invariant: SpoolStatus serializes from plain strings and integers.
-        let status = serde_json::to_vec(&self.status_of(r)).unwrap_or_default();
+        let status =
+            serde_json::to_vec(&self.status_of(r)).map_err(|source| SpoolError::Encode {
+                request: r.id,
+                source,
+            })?;
         files.push((STATUS_FILE, status));
         Ok(files)
     }
@@ -370,27 +394,8 @@ mod tests {
 
     fn request(token: &str) -> RequestRecord {
         RequestRecord {
-            id: 1,
-            system_uuid: "u".into(),
-            name: "src".into(),
-            host: "src.example".into(),
-            asset_tag: None,
-            version: "1".into(),
-            csr_pem: String::new(),
-            csr_fingerprint: String::new(),
-            remote_addr: "127.0.0.1".into(),
             token: token.into(),
-            verification_code: String::new(),
-            created: 0,
-            expires: 10,
-            status: RequestStatus::Pending,
-            message: None,
-            resolved_at: None,
-            resolved_by: None,
-            replaces_system_id: None,
-            system_id: None,
-            cert_serial: None,
-            requested_storage_id: None,
+            ..RequestRecord::fixture(1)
         }
     }
 

@@ -90,11 +90,8 @@ pub fn create(call: &Call) -> Result<Reply, ApiError> {
         updated: call.now,
     };
     let detail = format!("privilege {privilege}");
-    if !call
-        .app
-        .store
-        .create_user(&user, &audit(call, "user created", name, detail))?
-    {
+    let created = audit(call, "user created", name, detail);
+    if !call.app.store.write(|tx| tx.create_user(&user, &created))? {
         return Err(ApiError::Conflict(format!("user {name} already exists")));
     }
     Ok(Reply::json(201, user_json(&user)))
@@ -139,21 +136,19 @@ pub fn update(call: &Call) -> Result<Reply, ApiError> {
         user.password_hash = h;
     }
     user.updated = call.now;
-    let outcome = call.app.store.update_user(
-        &user,
-        end_sessions,
-        &audit(call, "user updated", name, changes.join(", ")),
-    )?;
+    let updated = audit(call, "user updated", name, changes.join(", "));
+    let outcome = call
+        .app
+        .store
+        .write(|tx| tx.update_user(&user, end_sessions, &updated))?;
     user_write(outcome, name)?;
     Ok(Reply::json(200, user_json(&user)))
 }
 
 pub fn delete(call: &Call) -> Result<Reply, ApiError> {
     let name = call.param(0);
-    let outcome = call
-        .app
-        .store
-        .delete_user(name, &audit(call, "user deleted", name, String::new()))?;
+    let deleted = audit(call, "user deleted", name, String::new());
+    let outcome = call.app.store.write(|tx| tx.delete_user(name, &deleted))?;
     user_write(outcome, name)?;
     Ok(Reply::json(
         200,

@@ -908,35 +908,9 @@ mod tests {
         ));
     }
 
-    fn request() -> RequestRecord {
-        RequestRecord {
-            id: 3,
-            system_uuid: "u".into(),
-            name: "src".into(),
-            host: "src.example".into(),
-            asset_tag: None,
-            version: "1".into(),
-            csr_pem: String::new(),
-            csr_fingerprint: String::new(),
-            remote_addr: "127.0.0.1".into(),
-            token: String::new(),
-            verification_code: String::new(),
-            created: 0,
-            expires: 10,
-            status: RequestStatus::Pending,
-            message: None,
-            resolved_at: None,
-            resolved_by: None,
-            replaces_system_id: None,
-            system_id: None,
-            cert_serial: None,
-            requested_storage_id: None,
-        }
-    }
-
     #[test]
     fn roles_follow_the_appliance_rules() {
-        let r = request();
+        let r = RequestRecord::fixture(3);
         let fresh = source_row(None, &r, 1, "ab", 99, 5, 1);
         assert_eq!(fresh.role, "Non-Managed Replication Source");
         assert_eq!(fresh.id, 5);

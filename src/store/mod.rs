@@ -1,7 +1,30 @@
-//! The store: the only owner of the redb database. Every table sits behind this typed API;
-//! every write commits durably (fsync) before it returns. It never does network I/O and
-//! never keeps a write transaction open across one.
+//! The store: the only owner of the redb database. Every table sits behind this typed API.
+//! It never does network I/O and never keeps a write transaction open across any.
+//!
+//! Invariants:
+//! - One `Database` per process: redb's file lock is exclusive, so every `Store` is a
+//!   clone sharing one `Arc<Database>`, and the command line never opens the file.
+//! - Every write goes through [`Store::write`]: one write transaction, committed durably
+//!   (redb's default, fsync before `commit` returns) when the closure returns `Ok`, and
+//!   dropped, leaving nothing, when it returns `Err`. The closure does store work only:
+//!   no network I/O, no sleep, no file writes.
+//! - Every read is written once in `read.rs`; a `Store` read sees one snapshot per call, a
+//!   `Txn` read sees the transaction's own uncommitted writes.
+//! - Values are JSON records (`records.rs`), so fields can be added with `#[serde(default)]`
+//!   without a migration. A record that does not encode is [`StoreError::Encode`], never an
+//!   empty value; a value that does not decode is [`StoreError::Corrupt`], never skipped
+//!   (the one exception: purging sessions drops undecodable ones).
+//! - Keys and stored integers are fixed width (`u64` ids, `i64` times); nothing stores a
+//!   `usize`. Ids come from counters in `meta` that never go back, so a deleted row's id is
+//!   never handed out again.
+//! - `open_requests` holds exactly the ids of the requests whose status is pending
+//!   (`Txn::put_request` keeps it in step).
+//! - The schema version lives in `meta`; migration runs on open, in one transaction; a
+//!   database from a newer version is refused, never rewritten.
+//! - The last superuser is never removed: the check runs inside the write that would
+//!   remove it, so two superusers demoting each other at once cannot both win.
 
+mod read;
 mod records;
 mod schema;
 mod txn;
@@ -10,8 +33,7 @@ use std::fmt;
 use std::path::Path;
 use std::sync::Arc;
 
-use redb::{Database, ReadableDatabase, ReadableTable, ReadableTableMetadata, Table};
-use serde::de::DeserializeOwned;
+use redb::{Database, ReadTransaction, ReadableDatabase};
 use serde::{Deserialize, Serialize};
 
 pub use records::{
@@ -21,8 +43,6 @@ pub use records::{
 pub use schema::CURRENT_VERSION as SCHEMA_VERSION;
 pub use txn::{Txn, FIRST_SYSTEM_ID};
 
-use crate::model::UnixTime;
-
 /// redb's default page cache is 1 GiB; the whole working set here is a few MB.
 const CACHE_BYTES: usize = 4 * 1024 * 1024;
 
@@ -31,7 +51,13 @@ pub enum StoreError {
     Db(redb::Error),
     /// A stored record does not decode: the file was damaged or written by a newer version.
     Corrupt {
-        table: &'static str,
+        table: String,
+        detail: String,
+    },
+    /// A record does not encode (a bug: records are plain strings and integers). Nothing
+    /// was written.
+    Encode {
+        table: String,
         detail: String,
     },
     /// The database was written by a newer replgate.
@@ -43,9 +69,15 @@ pub enum StoreError {
 impl fmt::Display for StoreError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
-            StoreError::Db(e) => write!(f, "database: {e}"),
+            StoreError::Db(_) => write!(f, "database"),
             StoreError::Corrupt { table, detail } => {
                 write!(f, "database table {table}: undecodable record: {detail}")
+            }
+            StoreError::Encode { table, detail } => {
+                write!(
+                    f,
+                    "database table {table}: record does not encode: {detail}"
+                )
             }
             StoreError::TooNew { found } => write!(
                 f,
@@ -56,7 +88,14 @@ impl fmt::Display for StoreError {
     }
 }
 
-impl std::error::Error for StoreError {}
+impl std::error::Error for StoreError {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        match self {
+            StoreError::Db(e) => Some(e),
+            _ => None,
+        }
+    }
+}
 
 impl<E: Into<redb::Error>> From<E> for StoreError {
     fn from(e: E) -> Self {
@@ -66,8 +105,7 @@ impl<E: Into<redb::Error>> From<E> for StoreError {
 
 pub type Result<T> = std::result::Result<T, StoreError>;
 
-/// The outcome of changing or removing a user. The last-superuser rule is checked inside
-/// the same transaction, so two superusers demoting each other at once cannot both win.
+/// The outcome of changing or removing a user.
 #[derive(Debug, PartialEq, Eq)]
 pub enum UserWrite {
     Done,
@@ -76,57 +114,24 @@ pub enum UserWrite {
     LastSuperuser,
 }
 
-/// Whether any user in the table is a superuser.
-fn has_superuser(t: &impl ReadableTable<&'static str, &'static [u8]>) -> Result<bool> {
-    let users: Vec<UserRecord> = values(t, "users")?;
-    Ok(users
-        .iter()
-        .any(|u| u.privilege == crate::model::Privilege::Superuser))
+fn encode<T: Serialize>(table: &str, value: &T) -> Result<Vec<u8>> {
+    serde_json::to_vec(value).map_err(|e| StoreError::Encode {
+        table: table.to_owned(),
+        detail: e.to_string(),
+    })
+}
+
+fn decode<'a, T: Deserialize<'a>>(table: &str, bytes: &'a [u8]) -> Result<T> {
+    serde_json::from_slice(bytes).map_err(|e| StoreError::Corrupt {
+        table: table.to_owned(),
+        detail: e.to_string(),
+    })
 }
 
 /// Cheap to clone: one shared `Arc<Database>` (redb's file lock is exclusive).
 #[derive(Clone)]
 pub struct Store {
     db: Arc<Database>,
-}
-
-fn encode<T: Serialize>(value: &T) -> Vec<u8> {
-    // Invariant: records are plain structs of strings and integers; serializing them to a
-    // Vec cannot fail.
-    serde_json::to_vec(value).unwrap_or_default()
-}
-
-fn decode<'a, T: Deserialize<'a>>(table: &'static str, bytes: &'a [u8]) -> Result<T> {
-    serde_json::from_slice(bytes).map_err(|e| StoreError::Corrupt {
-        table,
-        detail: e.to_string(),
-    })
-}
-
-/// Every value of a JSON-valued table, decoded, in key order.
-fn values<K: redb::Key + 'static, T: DeserializeOwned>(
-    t: &impl ReadableTable<K, &'static [u8]>,
-    name: &'static str,
-) -> Result<Vec<T>> {
-    let mut out = Vec::new();
-    for row in t.iter()? {
-        let (_, v) = row?;
-        out.push(decode(name, v.value())?);
-    }
-    Ok(out)
-}
-
-/// Every row of a `u64`-keyed JSON-valued table, decoded, in key order.
-fn id_rows<T: DeserializeOwned>(
-    t: &impl ReadableTable<u64, &'static [u8]>,
-    name: &'static str,
-) -> Result<Vec<(u64, T)>> {
-    let mut out = Vec::new();
-    for row in t.iter()? {
-        let (k, v) = row?;
-        out.push((k.value(), decode(name, v.value())?));
-    }
-    Ok(out)
 }
 
 impl Store {
@@ -138,104 +143,8 @@ impl Store {
             .create(path)?;
         crate::fsx::make_private(path).map_err(redb::Error::from)?;
         let store = Store { db: Arc::new(db) };
-        store.migrate()?;
+        store.write(|tx| tx.migrate())?;
         Ok(store)
-    }
-
-    fn migrate(&self) -> Result<()> {
-        let txn = self.db.begin_write()?;
-        {
-            let mut meta = txn.open_table(schema::META)?;
-            let found = match meta.get(schema::META_SCHEMA_VERSION)? {
-                Some(v) => decode::<u64>("meta", v.value())?,
-                None => 0,
-            };
-            if found > schema::CURRENT_VERSION {
-                return Err(StoreError::TooNew { found });
-            }
-            // Each step creates what its version added; opening a table creates it.
-            if found < schema::VERSION_INITIAL {
-                txn.open_table(schema::USERS)?;
-                txn.open_table(schema::SESSIONS)?;
-                txn.open_table(schema::AUDIT)?;
-            }
-            if found < schema::VERSION_TARGET_PAIRING {
-                txn.open_table(schema::REQUESTS)?;
-                txn.open_table(schema::OPEN_REQUESTS)?;
-                txn.open_table(schema::SYSTEMS)?;
-                txn.open_table(schema::CERTS)?;
-                txn.open_table(schema::REVOKED)?;
-            }
-            if found < schema::VERSION_SOURCE_PAIRING {
-                txn.open_table(schema::TARGETS)?;
-            }
-            if found != schema::CURRENT_VERSION {
-                meta.insert(
-                    schema::META_SCHEMA_VERSION,
-                    encode(&schema::CURRENT_VERSION).as_slice(),
-                )?;
-            }
-        }
-        txn.commit()?;
-        Ok(())
-    }
-
-    pub fn schema_version(&self) -> Result<u64> {
-        let txn = self.db.begin_read()?;
-        let meta = txn.open_table(schema::META)?;
-        match meta.get(schema::META_SCHEMA_VERSION)? {
-            Some(v) => decode("meta", v.value()),
-            None => Ok(0),
-        }
-    }
-
-    /// A value of `meta` written once: read it, or store what `fresh` computes (inside
-    /// the same transaction) and return that.
-    fn meta_or_insert<T: Serialize + DeserializeOwned>(
-        &self,
-        key: &str,
-        fresh: impl FnOnce(&redb::WriteTransaction) -> Result<T>,
-    ) -> Result<T> {
-        let txn = self.db.begin_write()?;
-        let existing = match txn.open_table(schema::META)?.get(key)? {
-            Some(v) => Some(decode::<T>("meta", v.value())?),
-            None => None,
-        };
-        let value = match existing {
-            Some(v) => v,
-            None => {
-                let v = fresh(&txn)?;
-                txn.open_table(schema::META)?
-                    .insert(key, encode(&v).as_slice())?;
-                v
-            }
-        };
-        txn.commit()?;
-        Ok(value)
-    }
-
-    /// The appliance's stable identity, created once.
-    pub fn system_uuid_or_insert(&self, fresh: impl FnOnce() -> String) -> Result<String> {
-        self.meta_or_insert(schema::META_SYSTEM_UUID, |_| Ok(fresh()))
-    }
-
-    /// The time of the appliance's first start, recorded once. A database from before it
-    /// was recorded gets the oldest time it holds (the first audit row or user, both
-    /// written at the first start), else `now`.
-    pub fn first_start_or_insert(&self, now: UnixTime) -> Result<UnixTime> {
-        self.meta_or_insert(schema::META_FIRST_START, |txn| {
-            let first_audit = match txn.open_table(schema::AUDIT)?.first()? {
-                Some((_, v)) => Some(decode::<AuditRecord>("audit", v.value())?.time),
-                None => None,
-            };
-            let users: Vec<UserRecord> = values(&txn.open_table(schema::USERS)?, "users")?;
-            Ok(users
-                .iter()
-                .map(|u| u.created)
-                .chain(first_audit)
-                .min()
-                .unwrap_or(now))
-        })
     }
 
     /// Runs `f` in one write transaction: commits durably when it returns Ok, discards
@@ -252,14 +161,19 @@ impl Store {
         Ok(value)
     }
 
-    // ---- pairing (reads) ----
+    /// A read snapshot for one read.
+    fn snapshot(&self) -> Result<ReadTransaction> {
+        Ok(self.db.begin_read()?)
+    }
+
+    pub fn schema_version(&self) -> Result<u64> {
+        read::schema_version(&self.snapshot()?)
+    }
+
+    // ---- pairing (target side) ----
 
     pub fn request(&self, id: u64) -> Result<Option<RequestRecord>> {
-        let txn = self.db.begin_read()?;
-        let t = txn.open_table(schema::REQUESTS)?;
-        t.get(id)?
-            .map(|v| decode("requests", v.value()))
-            .transpose()
+        read::request(&self.snapshot()?, id)
     }
 
     /// Requests with id > `after`, in id order, that `keep` selects, at most `limit`.
@@ -269,39 +183,13 @@ impl Store {
         limit: usize,
         keep: impl Fn(&RequestRecord) -> bool,
     ) -> Result<Vec<RequestRecord>> {
-        let txn = self.db.begin_read()?;
-        let t = txn.open_table(schema::REQUESTS)?;
-        let mut out = Vec::new();
-        for row in t.range(after.saturating_add(1)..)? {
-            if out.len() >= limit {
-                break;
-            }
-            let (_, v) = row?;
-            let r: RequestRecord = decode("requests", v.value())?;
-            if keep(&r) {
-                out.push(r);
-            }
-        }
-        Ok(out)
+        read::requests(&self.snapshot()?, after, limit, keep)
     }
 
     /// Pending requests with id > `after`, at most `limit`, through the open index (cost
     /// grows with the page, not with the history of resolved requests).
     pub fn pending_requests(&self, after: u64, limit: usize) -> Result<Vec<RequestRecord>> {
-        let txn = self.db.begin_read()?;
-        let open = txn.open_table(schema::OPEN_REQUESTS)?;
-        let requests = txn.open_table(schema::REQUESTS)?;
-        let mut out = Vec::new();
-        for row in open.range(after.saturating_add(1)..)? {
-            if out.len() >= limit {
-                break;
-            }
-            let (k, _) = row?;
-            if let Some(v) = requests.get(k.value())? {
-                out.push(decode("requests", v.value())?);
-            }
-        }
-        Ok(out)
+        read::pending_requests(&self.snapshot()?, after, limit)
     }
 
     /// Hands `visit` each request with id > `after`, in id order, as a [`RequestSummary`]
@@ -315,309 +203,73 @@ impl Store {
         after: u64,
         limit: usize,
         keep: impl Fn(&RequestSummary<'_>) -> bool,
-        mut visit: impl FnMut(&RequestSummary<'_>),
+        visit: impl FnMut(&RequestSummary<'_>),
     ) -> Result<()> {
-        if limit == 0 {
-            return Ok(());
-        }
-        let txn = self.db.begin_read()?;
-        let requests = txn.open_table(schema::REQUESTS)?;
-        let mut taken = 0;
-        let mut take = |bytes: &[u8]| -> Result<bool> {
-            let r: RequestSummary<'_> = decode("requests", bytes)?;
-            if keep(&r) {
-                visit(&r);
-                taken += 1;
-            }
-            Ok(taken < limit)
-        };
-        if open_only {
-            let open = txn.open_table(schema::OPEN_REQUESTS)?;
-            for row in open.range(after.saturating_add(1)..)? {
-                let (k, _) = row?;
-                if let Some(v) = requests.get(k.value())? {
-                    if !take(v.value())? {
-                        break;
-                    }
-                }
-            }
-        } else {
-            for row in requests.range(after.saturating_add(1)..)? {
-                let (_, v) = row?;
-                if !take(v.value())? {
-                    break;
-                }
-            }
-        }
-        Ok(())
+        read::visit_requests(&self.snapshot()?, open_only, after, limit, keep, visit)
     }
 
     pub fn open_requests(&self) -> Result<Vec<(u64, OpenRequest)>> {
-        let txn = self.db.begin_read()?;
-        id_rows(&txn.open_table(schema::OPEN_REQUESTS)?, "open_requests")
+        read::open_requests(&self.snapshot()?)
     }
 
     pub fn system(&self, id: u64) -> Result<Option<SystemRecord>> {
-        let txn = self.db.begin_read()?;
-        let t = txn.open_table(schema::SYSTEMS)?;
-        t.get(id)?.map(|v| decode("systems", v.value())).transpose()
+        read::system(&self.snapshot()?, id)
     }
 
     pub fn systems(&self) -> Result<Vec<SystemRecord>> {
-        let txn = self.db.begin_read()?;
-        values(&txn.open_table(schema::SYSTEMS)?, "systems")
+        read::systems(&self.snapshot()?)
     }
 
     pub fn cert(&self, serial: &str) -> Result<Option<CertRecord>> {
-        let txn = self.db.begin_read()?;
-        let t = txn.open_table(schema::CERTS)?;
-        t.get(serial)?
-            .map(|v| decode("certs", v.value()))
-            .transpose()
+        read::cert(&self.snapshot()?, serial)
     }
 
     /// Every issued certificate, for crash-consistency checks and audits.
     pub fn certs(&self) -> Result<Vec<CertRecord>> {
-        let txn = self.db.begin_read()?;
-        values(&txn.open_table(schema::CERTS)?, "certs")
+        read::certs(&self.snapshot()?)
     }
 
+    /// Whether `serial` is revoked: one read transaction, asked on every tunnel handshake.
     pub fn is_revoked(&self, serial: &str) -> Result<bool> {
-        let txn = self.db.begin_read()?;
-        let t = txn.open_table(schema::REVOKED)?;
-        Ok(t.get(serial)?.is_some())
+        read::is_revoked(&self.snapshot()?, serial)
     }
 
     pub fn revoked_serials(&self) -> Result<Vec<String>> {
-        let txn = self.db.begin_read()?;
-        let t = txn.open_table(schema::REVOKED)?;
-        let mut out = Vec::new();
-        for row in t.iter()? {
-            let (k, _) = row?;
-            out.push(k.value().to_string());
-        }
-        Ok(out)
+        read::revoked_serials(&self.snapshot()?)
     }
 
     // ---- targets (source side) ----
 
     pub fn targets(&self) -> Result<Vec<TargetRecord>> {
-        let txn = self.db.begin_read()?;
-        values(&txn.open_table(schema::TARGETS)?, "targets")
+        read::targets(&self.snapshot()?)
     }
 
     pub fn target(&self, id: u64) -> Result<Option<TargetRecord>> {
-        let txn = self.db.begin_read()?;
-        let t = txn.open_table(schema::TARGETS)?;
-        t.get(id)?.map(|v| decode("targets", v.value())).transpose()
+        read::target(&self.snapshot()?, id)
     }
 
-    // ---- users ----
+    // ---- users, sessions, audit ----
 
     pub fn user(&self, name: &str) -> Result<Option<UserRecord>> {
-        let txn = self.db.begin_read()?;
-        let t = txn.open_table(schema::USERS)?;
-        t.get(name)?.map(|v| decode("users", v.value())).transpose()
+        read::user(&self.snapshot()?, name)
     }
 
     pub fn users(&self) -> Result<Vec<UserRecord>> {
-        let txn = self.db.begin_read()?;
-        values(&txn.open_table(schema::USERS)?, "users")
+        read::users(&self.snapshot()?)
     }
 
     pub fn user_count(&self) -> Result<u64> {
-        let txn = self.db.begin_read()?;
-        Ok(txn.open_table(schema::USERS)?.len()?)
-    }
-
-    /// Inserts a user that must not exist yet; returns false (and writes nothing) if it does.
-    pub fn create_user(&self, user: &UserRecord, audit: &AuditRecord) -> Result<bool> {
-        let txn = self.db.begin_write()?;
-        {
-            let mut t = txn.open_table(schema::USERS)?;
-            if t.get(user.name.as_str())?.is_some() {
-                return Ok(false);
-            }
-            t.insert(user.name.as_str(), encode(user).as_slice())?;
-            append_audit(&txn, audit)?;
-        }
-        txn.commit()?;
-        Ok(true)
-    }
-
-    /// Replaces an existing user; when `end_sessions` the user's sessions end too (a new
-    /// password or a lower privilege must not leave old tokens working). False if unknown.
-    pub fn update_user(
-        &self,
-        user: &UserRecord,
-        end_sessions: bool,
-        audit: &AuditRecord,
-    ) -> Result<UserWrite> {
-        let txn = self.db.begin_write()?;
-        {
-            let mut t = txn.open_table(schema::USERS)?;
-            if t.get(user.name.as_str())?.is_none() {
-                return Ok(UserWrite::NotFound);
-            }
-            t.insert(user.name.as_str(), encode(user).as_slice())?;
-            if !has_superuser(&t)? {
-                return Ok(UserWrite::LastSuperuser);
-            }
-            if end_sessions {
-                delete_sessions_of(&txn, &user.name)?;
-            }
-            append_audit(&txn, audit)?;
-        }
-        txn.commit()?;
-        Ok(UserWrite::Done)
-    }
-
-    /// Deletes a user and its sessions.
-    pub fn delete_user(&self, name: &str, audit: &AuditRecord) -> Result<UserWrite> {
-        let txn = self.db.begin_write()?;
-        {
-            let mut t = txn.open_table(schema::USERS)?;
-            if t.remove(name)?.is_none() {
-                return Ok(UserWrite::NotFound);
-            }
-            if !has_superuser(&t)? {
-                return Ok(UserWrite::LastSuperuser);
-            }
-            delete_sessions_of(&txn, name)?;
-            append_audit(&txn, audit)?;
-        }
-        txn.commit()?;
-        Ok(UserWrite::Done)
-    }
-
-    // ---- sessions ----
-
-    pub fn insert_session(
-        &self,
-        token_hash: &[u8],
-        session: &SessionRecord,
-        audit: &AuditRecord,
-    ) -> Result<()> {
-        let txn = self.db.begin_write()?;
-        {
-            txn.open_table(schema::SESSIONS)?
-                .insert(token_hash, encode(session).as_slice())?;
-            append_audit(&txn, audit)?;
-        }
-        txn.commit()?;
-        Ok(())
+        read::user_count(&self.snapshot()?)
     }
 
     pub fn session(&self, token_hash: &[u8]) -> Result<Option<SessionRecord>> {
-        let txn = self.db.begin_read()?;
-        let t = txn.open_table(schema::SESSIONS)?;
-        t.get(token_hash)?
-            .map(|v| decode("sessions", v.value()))
-            .transpose()
-    }
-
-    pub fn touch_session(&self, token_hash: &[u8], now: UnixTime) -> Result<()> {
-        let txn = self.db.begin_write()?;
-        {
-            let mut t = txn.open_table(schema::SESSIONS)?;
-            let current = t
-                .get(token_hash)?
-                .map(|v| decode::<SessionRecord>("sessions", v.value()))
-                .transpose()?;
-            if let Some(mut s) = current {
-                s.last_used = now;
-                t.insert(token_hash, encode(&s).as_slice())?;
-            }
-        }
-        txn.commit()?;
-        Ok(())
-    }
-
-    /// Ends a session; returns whether it existed.
-    pub fn delete_session(&self, token_hash: &[u8], audit: Option<&AuditRecord>) -> Result<bool> {
-        let txn = self.db.begin_write()?;
-        let existed = {
-            let existed = txn
-                .open_table(schema::SESSIONS)?
-                .remove(token_hash)?
-                .is_some();
-            if let Some(a) = audit {
-                append_audit(&txn, a)?;
-            }
-            existed
-        };
-        txn.commit()?;
-        Ok(existed)
-    }
-
-    /// Drops sessions for which `expired` says so; returns how many.
-    pub fn purge_sessions(&self, expired: impl Fn(&SessionRecord) -> bool) -> Result<u64> {
-        let txn = self.db.begin_write()?;
-        let mut n = 0;
-        {
-            let mut t = txn.open_table(schema::SESSIONS)?;
-            t.retain(|_, v| match serde_json::from_slice::<SessionRecord>(v) {
-                Ok(s) if expired(&s) => {
-                    n += 1;
-                    false
-                }
-                Ok(_) => true,
-                // An undecodable session is useless; drop it.
-                Err(_) => {
-                    n += 1;
-                    false
-                }
-            })?;
-        }
-        txn.commit()?;
-        Ok(n)
-    }
-
-    // ---- audit ----
-
-    pub fn append_audit(&self, audit: &AuditRecord) -> Result<u64> {
-        let txn = self.db.begin_write()?;
-        let id = append_audit(&txn, audit)?;
-        txn.commit()?;
-        Ok(id)
+        read::session(&self.snapshot()?, token_hash)
     }
 
     /// Audit rows with id > `after`, oldest first, at most `limit`.
     pub fn audit(&self, after: u64, limit: usize) -> Result<Vec<(u64, AuditRecord)>> {
-        let txn = self.db.begin_read()?;
-        let t = txn.open_table(schema::AUDIT)?;
-        let mut out = Vec::new();
-        for row in t.range(after.saturating_add(1)..)? {
-            if out.len() >= limit {
-                break;
-            }
-            let (k, v) = row?;
-            out.push((k.value(), decode("audit", v.value())?));
-        }
-        Ok(out)
+        read::audit(&self.snapshot()?, after, limit)
     }
-}
-
-fn append_audit(txn: &redb::WriteTransaction, audit: &AuditRecord) -> Result<u64> {
-    let mut t = txn.open_table(schema::AUDIT)?;
-    let next = next_id(&t)?;
-    t.insert(next, encode(audit).as_slice())?;
-    Ok(next)
-}
-
-/// The next sequential id of a `u64`-keyed table: one past the largest key.
-fn next_id(t: &Table<u64, &[u8]>) -> Result<u64> {
-    Ok(t.last()?.map(|(k, _)| k.value() + 1).unwrap_or(1))
-}
-
-fn delete_sessions_of(txn: &redb::WriteTransaction, user: &str) -> Result<()> {
-    let mut t = txn.open_table(schema::SESSIONS)?;
-    t.retain(|_, v| {
-        serde_json::from_slice::<SessionRecord>(v)
-            .map(|s| s.user != user)
-            .unwrap_or(false)
-    })?;
-    Ok(())
 }
 
 #[cfg(test)]
@@ -655,24 +307,37 @@ mod tests {
             created: 5,
             updated: 5,
         };
-        assert!(store.create_user(&u, &audit("user created")).unwrap());
-        assert!(!store.create_user(&u, &audit("user created")).unwrap());
+        assert!(store
+            .write(|tx| tx.create_user(&u, &audit("user created")))
+            .unwrap());
+        assert!(!store
+            .write(|tx| tx.create_user(&u, &audit("user created")))
+            .unwrap());
         let s = SessionRecord {
             user: "alice".into(),
             created: 5,
             last_used: 5,
         };
-        store.insert_session(b"hash", &s, &audit("login")).unwrap();
-        let uuid = store.system_uuid_or_insert(|| "u-1".into()).unwrap();
+        store
+            .write(|tx| tx.insert_session(b"hash", &s, &audit("login")))
+            .unwrap();
+        let uuid = store
+            .write(|tx| tx.system_uuid_or_insert(|| "u-1".into()))
+            .unwrap();
         drop(store);
 
         let store = Store::open(&dir.join("replgate.redb")).unwrap();
         assert_eq!(store.user("alice").unwrap().unwrap(), u);
         assert_eq!(store.session(b"hash").unwrap().unwrap(), s);
-        assert_eq!(store.system_uuid_or_insert(|| "u-2".into()).unwrap(), uuid);
+        assert_eq!(
+            store
+                .write(|tx| tx.system_uuid_or_insert(|| "u-2".into()))
+                .unwrap(),
+            uuid
+        );
         // Recorded before it existed: the oldest time the database holds (the user).
-        assert_eq!(store.first_start_or_insert(99).unwrap(), 1);
-        assert_eq!(store.first_start_or_insert(200).unwrap(), 1);
+        assert_eq!(store.write(|tx| tx.first_start_or_insert(99)).unwrap(), 1);
+        assert_eq!(store.write(|tx| tx.first_start_or_insert(200)).unwrap(), 1);
         let rows = store.audit(0, 10).unwrap();
         assert_eq!(rows.len(), 2);
         assert_eq!(rows[0].0, 1);
@@ -685,18 +350,12 @@ mod tests {
     fn summary_decodes_what_a_record_encodes() {
         for full in [false, true] {
             let r = RequestRecord {
-                id: 12,
-                system_uuid: "11111111-2222-4333-8444-555555555555".into(),
                 // Escapes make serde own the string instead of borrowing it.
                 name: "box \"north\"\n2".into(),
                 host: "source.example".into(),
                 asset_tag: full.then(|| "TAG-7".into()),
-                version: "1.0".into(),
                 csr_pem: "-----BEGIN CERTIFICATE REQUEST-----\nMIIB\n".into(),
-                csr_fingerprint: "cd".repeat(32),
                 remote_addr: "192.0.2.9".into(),
-                token: "0123456789abcdef0123456789abcdef".into(),
-                verification_code: "123-456".into(),
                 created: 10,
                 expires: 20,
                 status: if full {
@@ -711,8 +370,9 @@ mod tests {
                 system_id: full.then_some(5),
                 cert_serial: full.then(|| "ab12".into()),
                 requested_storage_id: full.then_some(3),
+                ..RequestRecord::fixture(12)
             };
-            let bytes = encode(&r);
+            let bytes = encode("requests", &r).unwrap();
             let s: RequestSummary<'_> = decode("requests", &bytes).unwrap();
             assert_eq!(s.id, r.id);
             assert_eq!(s.system_uuid, r.system_uuid);
@@ -743,15 +403,19 @@ mod tests {
             created: 1,
             updated: 1,
         };
-        store.create_user(&u, &audit("c")).unwrap();
+        store.write(|tx| tx.create_user(&u, &audit("c"))).unwrap();
         let s = SessionRecord {
             user: "bob".into(),
             created: 1,
             last_used: 1,
         };
-        store.insert_session(b"t1", &s, &audit("login")).unwrap();
+        store
+            .write(|tx| tx.insert_session(b"t1", &s, &audit("login")))
+            .unwrap();
         assert_eq!(
-            store.delete_user("bob", &audit("d")).unwrap(),
+            store
+                .write(|tx| tx.delete_user("bob", &audit("d")))
+                .unwrap(),
             UserWrite::LastSuperuser
         );
         let root = UserRecord {
@@ -761,14 +425,20 @@ mod tests {
             created: 1,
             updated: 1,
         };
-        store.create_user(&root, &audit("c")).unwrap();
+        store
+            .write(|tx| tx.create_user(&root, &audit("c")))
+            .unwrap();
         assert_eq!(
-            store.delete_user("bob", &audit("d")).unwrap(),
+            store
+                .write(|tx| tx.delete_user("bob", &audit("d")))
+                .unwrap(),
             UserWrite::Done
         );
         assert!(store.session(b"t1").unwrap().is_none());
         assert_eq!(
-            store.delete_user("bob", &audit("d")).unwrap(),
+            store
+                .write(|tx| tx.delete_user("bob", &audit("d")))
+                .unwrap(),
             UserWrite::NotFound
         );
         let demoted = UserRecord {
@@ -776,7 +446,9 @@ mod tests {
             ..root
         };
         assert_eq!(
-            store.update_user(&demoted, false, &audit("u")).unwrap(),
+            store
+                .write(|tx| tx.update_user(&demoted, false, &audit("u")))
+                .unwrap(),
             UserWrite::LastSuperuser
         );
         assert_eq!(

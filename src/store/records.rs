@@ -121,6 +121,37 @@ pub struct RequestRecord {
     pub requested_storage_id: Option<u64>,
 }
 
+#[cfg(test)]
+impl RequestRecord {
+    /// The one test fixture of a request: pending, with plausible placeholder fields. A
+    /// test changes what it is about: `RequestRecord { token, ..RequestRecord::fixture(1) }`.
+    pub fn fixture(id: u64) -> RequestRecord {
+        RequestRecord {
+            id,
+            system_uuid: "11111111-2222-4333-8444-555555555555".into(),
+            name: "src".into(),
+            host: "src.example".into(),
+            asset_tag: None,
+            version: "1.0".into(),
+            csr_pem: String::new(),
+            csr_fingerprint: "cd".repeat(32),
+            remote_addr: "127.0.0.1".into(),
+            token: "0123456789abcdef0123456789abcdef".into(),
+            verification_code: "123-456".into(),
+            created: 0,
+            expires: 10,
+            status: RequestStatus::Pending,
+            message: None,
+            resolved_at: None,
+            resolved_by: None,
+            replaces_system_id: None,
+            system_id: None,
+            cert_serial: None,
+            requested_storage_id: None,
+        }
+    }
+}
+
 /// A [`RequestRecord`] as lists show it, decoded from the same stored bytes but borrowing
 /// its strings from them (a `Cow` is owned only when the JSON string has escapes) and
 /// skipping the CSR, which is most of a record and only signing needs. Decoding full

@@ -1,13 +1,17 @@
 //! Typed access inside one write transaction, so that a domain operation (accept, unpair,
-//! file a request) commits all its rows together or none of them.
+//! file a request, create a user) commits all its rows together or none of them. Every
+//! write of the store is a method here, run through `Store::write`.
 
-use redb::{ReadableTable, WriteTransaction};
+use redb::{ReadableTable, Table, WriteTransaction};
+use serde::de::DeserializeOwned;
+use serde::Serialize;
 
 use super::records::{
-    AuditRecord, CertRecord, OpenRequest, RequestRecord, RequestStatus, SystemRecord, TargetRecord,
+    AuditRecord, CertRecord, OpenRequest, RequestRecord, RequestStatus, SessionRecord,
+    SystemRecord, TargetRecord, UserRecord,
 };
-use super::{decode, encode, id_rows, schema, values, Result};
-use crate::model::UnixTime;
+use super::{decode, encode, read, schema, Result, StoreError, UserWrite};
+use crate::model::{Privilege, UnixTime};
 
 /// The first id handed to a stored system; id 1 is the local appliance.
 pub const FIRST_SYSTEM_ID: u64 = 2;
@@ -16,18 +20,120 @@ pub struct Txn {
     pub(super) inner: WriteTransaction,
 }
 
+/// Encodes `value` and stores it under `key` in the JSON-valued table `t`.
+fn put<'k, K: redb::Key + 'static, T: Serialize>(
+    t: &mut Table<K, &'static [u8]>,
+    table: &str,
+    key: impl std::borrow::Borrow<K::SelfType<'k>>,
+    value: &T,
+) -> Result<()> {
+    t.insert(key, encode(table, value)?.as_slice())?;
+    Ok(())
+}
+
 impl Txn {
+    // ---- schema and identity ----
+
+    /// Brings the schema to the current version: each step creates what its version
+    /// added (opening a table creates it). Refuses a database from a newer version.
+    pub(super) fn migrate(&self) -> Result<()> {
+        let found = read::schema_version(&self.inner)?;
+        if found > schema::CURRENT_VERSION {
+            return Err(StoreError::TooNew { found });
+        }
+        if found < schema::VERSION_INITIAL {
+            self.inner.open_table(schema::USERS)?;
+            self.inner.open_table(schema::SESSIONS)?;
+            self.inner.open_table(schema::AUDIT)?;
+        }
+        if found < schema::VERSION_TARGET_PAIRING {
+            self.inner.open_table(schema::REQUESTS)?;
+            self.inner.open_table(schema::OPEN_REQUESTS)?;
+            self.inner.open_table(schema::SYSTEMS)?;
+            self.inner.open_table(schema::CERTS)?;
+            self.inner.open_table(schema::REVOKED)?;
+        }
+        if found < schema::VERSION_SOURCE_PAIRING {
+            self.inner.open_table(schema::TARGETS)?;
+        }
+        if found != schema::CURRENT_VERSION {
+            let mut meta = self.inner.open_table(schema::META)?;
+            put(
+                &mut meta,
+                "meta",
+                schema::META_SCHEMA_VERSION,
+                &schema::CURRENT_VERSION,
+            )?;
+        }
+        Ok(())
+    }
+
+    /// A value of `meta` written once: the stored one, or what `fresh` computes (in this
+    /// same transaction), stored now.
+    fn meta_or_insert<T: Serialize + DeserializeOwned>(
+        &self,
+        key: &str,
+        fresh: impl FnOnce() -> Result<T>,
+    ) -> Result<T> {
+        if let Some(value) = read::get(&self.inner, schema::META, key)? {
+            return Ok(value);
+        }
+        let value = fresh()?;
+        put(
+            &mut self.inner.open_table(schema::META)?,
+            "meta",
+            key,
+            &value,
+        )?;
+        Ok(value)
+    }
+
+    /// The appliance's stable identity, created once.
+    pub fn system_uuid_or_insert(&self, fresh: impl FnOnce() -> String) -> Result<String> {
+        self.meta_or_insert(schema::META_SYSTEM_UUID, || Ok(fresh()))
+    }
+
+    /// The time of the appliance's first start, recorded once. A database from before it
+    /// was recorded gets the oldest time it holds (the first audit row or user, both
+    /// written at the first start), else `now`.
+    pub fn first_start_or_insert(&self, now: UnixTime) -> Result<UnixTime> {
+        self.meta_or_insert(schema::META_FIRST_START, || {
+            let first_audit = read::audit(&self.inner, 0, 1)?.first().map(|(_, a)| a.time);
+            Ok(read::users(&self.inner)?
+                .iter()
+                .map(|u| u.created)
+                .chain(first_audit)
+                .min()
+                .unwrap_or(now))
+        })
+    }
+
+    /// Hands out the counter `key` (at least `floor`) and advances it.
+    fn take_id(&self, key: &str, floor: u64) -> Result<u64> {
+        let stored: Option<u64> = read::get(&self.inner, schema::META, key)?;
+        let id = stored.unwrap_or(floor).max(floor);
+        let mut meta = self.inner.open_table(schema::META)?;
+        put(&mut meta, "meta", key, &(id + 1))?;
+        Ok(id)
+    }
+
+    /// One past the largest key of a `u64`-keyed table, or `empty` for an empty table.
+    fn after_last(&self, def: redb::TableDefinition<u64, &[u8]>, empty: u64) -> Result<u64> {
+        let t = self.inner.open_table(def)?;
+        let last = t.last()?.map(|(k, _)| k.value());
+        Ok(last.map_or(empty, |k| k + 1))
+    }
+
+    // ---- pairing requests (target side) ----
+
     pub fn request(&self, id: u64) -> Result<Option<RequestRecord>> {
-        let t = self.inner.open_table(schema::REQUESTS)?;
-        let v = t.get(id)?;
-        v.map(|v| decode("requests", v.value())).transpose()
+        read::request(&self.inner, id)
     }
 
     /// Writes a request and keeps the open-request index in step with its status.
     pub fn put_request(&self, r: &RequestRecord) -> Result<()> {
-        self.inner
-            .open_table(schema::REQUESTS)?
-            .insert(r.id, encode(r).as_slice())?;
+        let mut requests = self.inner.open_table(schema::REQUESTS)?;
+        put(&mut requests, "requests", r.id, r)?;
         let mut open = self.inner.open_table(schema::OPEN_REQUESTS)?;
         if r.status == RequestStatus::Pending {
             let entry = OpenRequest {
@@ -36,7 +142,7 @@ impl Txn {
                 remote_addr: r.remote_addr.clone(),
                 expires: r.expires,
             };
-            open.insert(r.id, encode(&entry).as_slice())?;
+            put(&mut open, "open_requests", r.id, &entry)?;
         } else {
             open.remove(r.id)?;
         }
@@ -55,33 +161,31 @@ impl Txn {
 
     /// The next sequential request id, never reused (purged requests keep theirs).
     pub fn next_request_id(&self) -> Result<u64> {
-        let t = self.inner.open_table(schema::REQUESTS)?;
-        let floor = t.last()?.map(|(k, _)| k.value() + 1).unwrap_or(1);
+        let floor = self.after_last(schema::REQUESTS, 1)?;
         self.take_id(schema::META_NEXT_REQUEST_ID, floor)
     }
 
     pub fn open_requests(&self) -> Result<Vec<(u64, OpenRequest)>> {
-        id_rows(
-            &self.inner.open_table(schema::OPEN_REQUESTS)?,
-            "open_requests",
-        )
+        read::open_requests(&self.inner)
     }
 
+    // ---- systems and certificates (target side) ----
+
     pub fn system(&self, id: u64) -> Result<Option<SystemRecord>> {
-        let t = self.inner.open_table(schema::SYSTEMS)?;
-        let v = t.get(id)?;
-        v.map(|v| decode("systems", v.value())).transpose()
+        read::system(&self.inner, id)
     }
 
     pub fn systems(&self) -> Result<Vec<SystemRecord>> {
-        values(&self.inner.open_table(schema::SYSTEMS)?, "systems")
+        read::systems(&self.inner)
     }
 
     pub fn put_system(&self, s: &SystemRecord) -> Result<()> {
-        self.inner
-            .open_table(schema::SYSTEMS)?
-            .insert(s.id, encode(s).as_slice())?;
-        Ok(())
+        put(
+            &mut self.inner.open_table(schema::SYSTEMS)?,
+            "systems",
+            s.id,
+            s,
+        )
     }
 
     pub fn delete_system(&self, id: u64) -> Result<bool> {
@@ -95,30 +199,12 @@ impl Txn {
     /// A fresh system id. Ids are never reused, even after an unpair deleted the row, so a
     /// stale `sid` in a script can never name another source.
     pub fn next_system_id(&self) -> Result<u64> {
-        let t = self.inner.open_table(schema::SYSTEMS)?;
-        let floor = t
-            .last()?
-            .map(|(k, _)| k.value() + 1)
-            .unwrap_or(FIRST_SYSTEM_ID);
+        let floor = self.after_last(schema::SYSTEMS, FIRST_SYSTEM_ID)?;
         self.take_id(schema::META_NEXT_SYSTEM_ID, floor.max(FIRST_SYSTEM_ID))
     }
 
-    /// Hands out the counter `key` (at least `floor`) and advances it.
-    fn take_id(&self, key: &str, floor: u64) -> Result<u64> {
-        let mut meta = self.inner.open_table(schema::META)?;
-        let stored = match meta.get(key)? {
-            Some(v) => Some(decode::<u64>("meta", v.value())?),
-            None => None,
-        };
-        let id = stored.unwrap_or(floor).max(floor);
-        meta.insert(key, encode(&(id + 1)).as_slice())?;
-        Ok(id)
-    }
-
     pub fn cert(&self, serial: &str) -> Result<Option<CertRecord>> {
-        let t = self.inner.open_table(schema::CERTS)?;
-        let v = t.get(serial)?;
-        v.map(|v| decode("certs", v.value())).transpose()
+        read::cert(&self.inner, serial)
     }
 
     /// Records an issued certificate; false (nothing written) if the serial already exists.
@@ -127,7 +213,7 @@ impl Txn {
         if t.get(c.serial.as_str())?.is_some() {
             return Ok(false);
         }
-        t.insert(c.serial.as_str(), encode(c).as_slice())?;
+        put(&mut t, "certs", c.serial.as_str(), c)?;
         Ok(true)
     }
 
@@ -136,33 +222,35 @@ impl Txn {
         self.inner
             .open_table(schema::REVOKED)?
             .insert(serial, now)?;
-        let mut certs = self.inner.open_table(schema::CERTS)?;
-        let current = certs
-            .get(serial)?
-            .map(|v| decode::<CertRecord>("certs", v.value()))
-            .transpose()?;
-        if let Some(mut c) = current {
+        if let Some(mut c) = self.cert(serial)? {
             c.revoked_at = Some(now);
-            certs.insert(serial, encode(&c).as_slice())?;
+            put(
+                &mut self.inner.open_table(schema::CERTS)?,
+                "certs",
+                serial,
+                &c,
+            )?;
         }
         Ok(())
     }
 
+    // ---- targets (source side) ----
+
     pub fn targets(&self) -> Result<Vec<TargetRecord>> {
-        values(&self.inner.open_table(schema::TARGETS)?, "targets")
+        read::targets(&self.inner)
     }
 
     pub fn target(&self, id: u64) -> Result<Option<TargetRecord>> {
-        let t = self.inner.open_table(schema::TARGETS)?;
-        let v = t.get(id)?;
-        v.map(|v| decode("targets", v.value())).transpose()
+        read::target(&self.inner, id)
     }
 
     pub fn put_target(&self, r: &TargetRecord) -> Result<()> {
-        self.inner
-            .open_table(schema::TARGETS)?
-            .insert(r.id, encode(r).as_slice())?;
-        Ok(())
+        put(
+            &mut self.inner.open_table(schema::TARGETS)?,
+            "targets",
+            r.id,
+            r,
+        )
     }
 
     pub fn delete_target(&self, id: u64) -> Result<bool> {
@@ -175,12 +263,185 @@ impl Txn {
 
     /// A fresh target id, never reused (the poller keys its schedule by it).
     pub fn next_target_id(&self) -> Result<u64> {
-        let t = self.inner.open_table(schema::TARGETS)?;
-        let floor = t.last()?.map(|(k, _)| k.value() + 1).unwrap_or(1);
+        let floor = self.after_last(schema::TARGETS, 1)?;
         self.take_id(schema::META_NEXT_TARGET_ID, floor)
     }
 
+    // ---- users and sessions ----
+
+    /// Inserts a user that must not exist yet; returns false (and writes nothing) if it does.
+    pub fn create_user(&self, user: &UserRecord, audit: &AuditRecord) -> Result<bool> {
+        if read::user(&self.inner, &user.name)?.is_some() {
+            return Ok(false);
+        }
+        self.put_user(user)?;
+        self.audit(audit)?;
+        Ok(true)
+    }
+
+    /// Replaces an existing user; when `end_sessions` the user's sessions end too (a new
+    /// password or a lower privilege must not leave old tokens working). Writes nothing
+    /// when the user is unknown or when no superuser would be left.
+    pub fn update_user(
+        &self,
+        user: &UserRecord,
+        end_sessions: bool,
+        audit: &AuditRecord,
+    ) -> Result<UserWrite> {
+        if read::user(&self.inner, &user.name)?.is_none() {
+            return Ok(UserWrite::NotFound);
+        }
+        if !self.superuser_remains(&user.name, Some(user))? {
+            return Ok(UserWrite::LastSuperuser);
+        }
+        self.put_user(user)?;
+        if end_sessions {
+            self.delete_sessions_of(&user.name)?;
+        }
+        self.audit(audit)?;
+        Ok(UserWrite::Done)
+    }
+
+    /// Deletes a user and its sessions. Writes nothing when the user is unknown or is the
+    /// last superuser.
+    pub fn delete_user(&self, name: &str, audit: &AuditRecord) -> Result<UserWrite> {
+        if read::user(&self.inner, name)?.is_none() {
+            return Ok(UserWrite::NotFound);
+        }
+        if !self.superuser_remains(name, None)? {
+            return Ok(UserWrite::LastSuperuser);
+        }
+        self.inner.open_table(schema::USERS)?.remove(name)?;
+        self.delete_sessions_of(name)?;
+        self.audit(audit)?;
+        Ok(UserWrite::Done)
+    }
+
+    fn put_user(&self, user: &UserRecord) -> Result<()> {
+        put(
+            &mut self.inner.open_table(schema::USERS)?,
+            "users",
+            user.name.as_str(),
+            user,
+        )
+    }
+
+    /// Whether a superuser would be left if `name` were replaced by `with` (or removed).
+    fn superuser_remains(&self, name: &str, with: Option<&UserRecord>) -> Result<bool> {
+        let is_super = |u: &UserRecord| u.privilege == Privilege::Superuser;
+        Ok(with.is_some_and(is_super)
+            || read::users(&self.inner)?
+                .iter()
+                .any(|u| u.name != name && is_super(u)))
+    }
+
+    pub fn insert_session(
+        &self,
+        token_hash: &[u8],
+        session: &SessionRecord,
+        audit: &AuditRecord,
+    ) -> Result<()> {
+        put(
+            &mut self.inner.open_table(schema::SESSIONS)?,
+            "sessions",
+            token_hash,
+            session,
+        )?;
+        self.audit(audit)?;
+        Ok(())
+    }
+
+    /// Marks a session used at `now`; nothing when it is gone.
+    pub fn touch_session(&self, token_hash: &[u8], now: UnixTime) -> Result<()> {
+        if let Some(mut s) = read::session(&self.inner, token_hash)? {
+            s.last_used = now;
+            put(
+                &mut self.inner.open_table(schema::SESSIONS)?,
+                "sessions",
+                token_hash,
+                &s,
+            )?;
+        }
+        Ok(())
+    }
+
+    /// Ends a session; returns whether it existed.
+    pub fn delete_session(&self, token_hash: &[u8], audit: Option<&AuditRecord>) -> Result<bool> {
+        let existed = self
+            .inner
+            .open_table(schema::SESSIONS)?
+            .remove(token_hash)?
+            .is_some();
+        if let Some(a) = audit {
+            self.audit(a)?;
+        }
+        Ok(existed)
+    }
+
+    /// Drops sessions for which `expired` says so, and undecodable ones (useless to
+    /// anyone); returns how many.
+    pub fn purge_sessions(&self, expired: impl Fn(&SessionRecord) -> bool) -> Result<u64> {
+        let mut n = 0;
+        self.inner.open_table(schema::SESSIONS)?.retain(|_, v| {
+            match decode::<SessionRecord>("sessions", v) {
+                Ok(s) if !expired(&s) => true,
+                _ => {
+                    n += 1;
+                    false
+                }
+            }
+        })?;
+        Ok(n)
+    }
+
+    fn delete_sessions_of(&self, user: &str) -> Result<()> {
+        self.purge_sessions(|s| s.user == user)?;
+        Ok(())
+    }
+
+    // ---- audit ----
+
+    /// Appends an audit row; returns its sequential id.
     pub fn audit(&self, a: &AuditRecord) -> Result<u64> {
-        super::append_audit(&self.inner, a)
+        let id = self.after_last(schema::AUDIT, 1)?;
+        put(&mut self.inner.open_table(schema::AUDIT)?, "audit", id, a)?;
+        Ok(id)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::Store;
+
+    /// A value whose serialization fails, as a record with a bug in its `Serialize` would.
+    struct Unencodable;
+
+    impl Serialize for Unencodable {
+        fn serialize<S: serde::Serializer>(&self, _: S) -> std::result::Result<S::Ok, S::Error> {
+            Err(serde::ser::Error::custom("refused"))
+        }
+    }
+
+    #[test]
+    fn a_record_that_does_not_encode_fails_the_write_and_stores_nothing() {
+        let dir = std::env::temp_dir().join(format!("replgate-txn-encode-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        crate::fsx::ensure_private_dir(&dir).unwrap();
+        let store = Store::open(&dir.join("replgate.redb")).unwrap();
+        let err = store
+            .write(|tx| {
+                let mut meta = tx.inner.open_table(schema::META)?;
+                put(&mut meta, "meta", "probe", &Unencodable)
+            })
+            .unwrap_err();
+        assert!(
+            matches!(&err, StoreError::Encode { table, detail } if table == "meta" && detail.contains("refused")),
+            "{err:?}"
+        );
+        let stored: Option<String> =
+            read::get(&store.snapshot().unwrap(), schema::META, "probe").unwrap();
+        assert_eq!(stored, None);
+        std::fs::remove_dir_all(dir).unwrap();
     }
 }

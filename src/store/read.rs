@@ -1,0 +1,254 @@
+//! Every read, written once over [`Tables`]: a read transaction (what `Store`'s read
+//! methods open, one snapshot per call) or the write transaction in progress (what `Txn`'s
+//! read methods use, so it sees its own uncommitted writes). `Store` and `Txn` expose these
+//! as one-line methods; a read of two tables reads both in the same transaction.
+
+use redb::{
+    Key, ReadTransaction, ReadableTable, ReadableTableMetadata, TableDefinition, TableHandle,
+    Value, WriteTransaction,
+};
+use serde::de::DeserializeOwned;
+
+use super::records::{
+    AuditRecord, CertRecord, OpenRequest, RequestRecord, RequestSummary, SessionRecord,
+    SystemRecord, TargetRecord, UserRecord,
+};
+use super::{decode, schema, Result};
+
+/// A transaction that tables can be opened in for reading.
+pub trait Tables {
+    fn open<K: Key + 'static, V: Value + 'static>(
+        &self,
+        def: TableDefinition<K, V>,
+    ) -> Result<impl ReadableTable<K, V> + '_>;
+}
+
+impl Tables for ReadTransaction {
+    fn open<K: Key + 'static, V: Value + 'static>(
+        &self,
+        def: TableDefinition<K, V>,
+    ) -> Result<impl ReadableTable<K, V> + '_> {
+        Ok(self.open_table(def)?)
+    }
+}
+
+impl Tables for WriteTransaction {
+    fn open<K: Key + 'static, V: Value + 'static>(
+        &self,
+        def: TableDefinition<K, V>,
+    ) -> Result<impl ReadableTable<K, V> + '_> {
+        Ok(self.open_table(def)?)
+    }
+}
+
+/// A JSON-valued table: its definition and the name errors report.
+type JsonTable<K> = TableDefinition<'static, K, &'static [u8]>;
+
+/// The record stored under `key`, decoded.
+pub(super) fn get<'k, K: Key + 'static, T: DeserializeOwned>(
+    tx: &impl Tables,
+    def: JsonTable<K>,
+    key: impl std::borrow::Borrow<K::SelfType<'k>>,
+) -> Result<Option<T>> {
+    let t = tx.open(def)?;
+    let v = t.get(key)?;
+    v.map(|v| decode(def.name(), v.value())).transpose()
+}
+
+/// Every value of a JSON-valued table, decoded, in key order.
+pub(super) fn values<K: Key + 'static, T: DeserializeOwned>(
+    tx: &impl Tables,
+    def: JsonTable<K>,
+) -> Result<Vec<T>> {
+    let mut out = Vec::new();
+    for row in tx.open(def)?.iter()? {
+        let (_, v) = row?;
+        out.push(decode(def.name(), v.value())?);
+    }
+    Ok(out)
+}
+
+/// Rows of a `u64`-keyed JSON-valued table with id > `after`, decoded, in key order, at
+/// most `limit`.
+fn id_rows<T: DeserializeOwned>(
+    tx: &impl Tables,
+    def: JsonTable<u64>,
+    after: u64,
+    limit: usize,
+) -> Result<Vec<(u64, T)>> {
+    let mut out = Vec::new();
+    for row in tx.open(def)?.range(after.saturating_add(1)..)? {
+        if out.len() >= limit {
+            break;
+        }
+        let (k, v) = row?;
+        out.push((k.value(), decode(def.name(), v.value())?));
+    }
+    Ok(out)
+}
+
+pub(super) fn schema_version(tx: &impl Tables) -> Result<u64> {
+    Ok(get(tx, schema::META, schema::META_SCHEMA_VERSION)?.unwrap_or(0))
+}
+
+pub(super) fn request(tx: &impl Tables, id: u64) -> Result<Option<RequestRecord>> {
+    get(tx, schema::REQUESTS, id)
+}
+
+/// Requests with id > `after`, in id order, that `keep` selects, at most `limit`.
+pub(super) fn requests(
+    tx: &impl Tables,
+    after: u64,
+    limit: usize,
+    keep: impl Fn(&RequestRecord) -> bool,
+) -> Result<Vec<RequestRecord>> {
+    let mut out = Vec::new();
+    scan_requests(tx, false, after, limit, |bytes| {
+        let r: RequestRecord = decode("requests", bytes)?;
+        let kept = keep(&r);
+        if kept {
+            out.push(r);
+        }
+        Ok(kept)
+    })?;
+    Ok(out)
+}
+
+/// Pending requests with id > `after`, at most `limit`, through the open index.
+pub(super) fn pending_requests(
+    tx: &impl Tables,
+    after: u64,
+    limit: usize,
+) -> Result<Vec<RequestRecord>> {
+    let mut out = Vec::new();
+    scan_requests(tx, true, after, limit, |bytes| {
+        out.push(decode("requests", bytes)?);
+        Ok(true)
+    })?;
+    Ok(out)
+}
+
+/// See `Store::visit_requests`.
+pub(super) fn visit_requests(
+    tx: &impl Tables,
+    open_only: bool,
+    after: u64,
+    limit: usize,
+    keep: impl Fn(&RequestSummary<'_>) -> bool,
+    mut visit: impl FnMut(&RequestSummary<'_>),
+) -> Result<()> {
+    scan_requests(tx, open_only, after, limit, |bytes| {
+        let r: RequestSummary<'_> = decode("requests", bytes)?;
+        let kept = keep(&r);
+        if kept {
+            visit(&r);
+        }
+        Ok(kept)
+    })
+}
+
+/// Hands `take` the stored bytes of each request with id > `after`, in id order (with
+/// `open_only`, only those in the open index, so the cost grows with the page and not with
+/// the history of resolved requests), until `take` has said `true` (taken) `limit` times.
+fn scan_requests(
+    tx: &impl Tables,
+    open_only: bool,
+    after: u64,
+    limit: usize,
+    mut take: impl FnMut(&[u8]) -> Result<bool>,
+) -> Result<()> {
+    let mut taken = 0;
+    let mut offer = |bytes: &[u8]| -> Result<bool> {
+        if take(bytes)? {
+            taken += 1;
+        }
+        Ok(taken < limit)
+    };
+    if limit == 0 {
+        return Ok(());
+    }
+    let requests = tx.open(schema::REQUESTS)?;
+    if open_only {
+        for row in tx
+            .open(schema::OPEN_REQUESTS)?
+            .range(after.saturating_add(1)..)?
+        {
+            let (k, _) = row?;
+            if let Some(v) = requests.get(k.value())? {
+                if !offer(v.value())? {
+                    break;
+                }
+            }
+        }
+    } else {
+        for row in requests.range(after.saturating_add(1)..)? {
+            let (_, v) = row?;
+            if !offer(v.value())? {
+                break;
+            }
+        }
+    }
+    Ok(())
+}
+
+pub(super) fn open_requests(tx: &impl Tables) -> Result<Vec<(u64, OpenRequest)>> {
+    id_rows(tx, schema::OPEN_REQUESTS, 0, usize::MAX)
+}
+
+pub(super) fn system(tx: &impl Tables, id: u64) -> Result<Option<SystemRecord>> {
+    get(tx, schema::SYSTEMS, id)
+}
+
+pub(super) fn systems(tx: &impl Tables) -> Result<Vec<SystemRecord>> {
+    values(tx, schema::SYSTEMS)
+}
+
+pub(super) fn cert(tx: &impl Tables, serial: &str) -> Result<Option<CertRecord>> {
+    get(tx, schema::CERTS, serial)
+}
+
+pub(super) fn certs(tx: &impl Tables) -> Result<Vec<CertRecord>> {
+    values(tx, schema::CERTS)
+}
+
+pub(super) fn is_revoked(tx: &impl Tables, serial: &str) -> Result<bool> {
+    Ok(tx.open(schema::REVOKED)?.get(serial)?.is_some())
+}
+
+pub(super) fn revoked_serials(tx: &impl Tables) -> Result<Vec<String>> {
+    let mut out = Vec::new();
+    for row in tx.open(schema::REVOKED)?.iter()? {
+        let (k, _) = row?;
+        out.push(k.value().to_string());
+    }
+    Ok(out)
+}
+
+pub(super) fn targets(tx: &impl Tables) -> Result<Vec<TargetRecord>> {
+    values(tx, schema::TARGETS)
+}
+
+pub(super) fn target(tx: &impl Tables, id: u64) -> Result<Option<TargetRecord>> {
+    get(tx, schema::TARGETS, id)
+}
+
+pub(super) fn user(tx: &impl Tables, name: &str) -> Result<Option<UserRecord>> {
+    get(tx, schema::USERS, name)
+}
+
+pub(super) fn users(tx: &impl Tables) -> Result<Vec<UserRecord>> {
+    values(tx, schema::USERS)
+}
+
+pub(super) fn user_count(tx: &impl Tables) -> Result<u64> {
+    Ok(tx.open(schema::USERS)?.len()?)
+}
+
+pub(super) fn session(tx: &impl Tables, token_hash: &[u8]) -> Result<Option<SessionRecord>> {
+    get(tx, schema::SESSIONS, token_hash)
+}
+
+/// Audit rows with id > `after`, oldest first, at most `limit`.
+pub(super) fn audit(tx: &impl Tables, after: u64, limit: usize) -> Result<Vec<(u64, AuditRecord)>> {
+    id_rows(tx, schema::AUDIT, after, limit)
+}
