@@ -33,7 +33,9 @@ first_rss=$(rss_kib "$RG_PID")
 first_threads=$(threads "$RG_PID")
 stop_replgate
 
-start_replgate footprint
+# Every connection comes from 127.0.0.1: lift the per-address cap (default 32) so the
+# burst measures memory, not the per-address policy.
+start_replgate footprint REPLGATE_MAX_CONNECTIONS_PER_ADDRESS=$CONNS
 settle 2
 idle_rss=$(rss_kib "$RG_PID")
 idle_threads=$(threads "$RG_PID")

@@ -12,6 +12,28 @@ use serde::Deserialize;
 /// The packaged config file, used when `--config` is not given and the file exists.
 pub const DEFAULT_CONFIG_PATH: &str = "/etc/replgate/replgate.toml";
 
+/// Defaults that code outside this module builds on (the listeners' limits), written once:
+/// [`Config`] resolves missing keys to these, and `listener::Limits`, `front::Limits` and
+/// `tunnel::Limits` default to them.
+pub mod defaults {
+    use std::time::Duration;
+
+    /// `max_connections`.
+    pub const MAX_CONNECTIONS: usize = 256;
+    /// `max_connections_per_address`.
+    pub const MAX_CONNECTIONS_PER_ADDRESS: usize = 32;
+    /// `handshake_timeout`.
+    pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+    /// `idle_timeout`.
+    pub const IDLE_TIMEOUT: Duration = Duration::from_secs(60);
+    /// `head_timeout`.
+    pub const HEAD_TIMEOUT: Duration = Duration::from_secs(10);
+    /// `max_head_bytes`.
+    pub const MAX_HEAD_BYTES: usize = 16_384;
+    /// `max_body_bytes`.
+    pub const MAX_BODY_BYTES: u64 = 65_536;
+}
+
 /// A storage location that can hold a source's backups.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Storage {
@@ -48,8 +70,11 @@ pub struct Config {
     pub poll_interval: Duration,
     /// `heartbeat_interval` (s): source poll period after completion. Defaults to 300.
     pub heartbeat_interval: Duration,
-    /// `max_connections`: TLS front connection cap per listener. Defaults to 256.
+    /// `max_connections`: connection cap per listener (API and tunnel). Defaults to 256.
     pub max_connections: usize,
+    /// `max_connections_per_address`: connections one client address (IPv4 address or
+    /// IPv6 /64) may hold open per listener; capped by `max_connections`. Defaults to 32.
+    pub max_connections_per_address: usize,
     /// `log`: log filter; `RUST_LOG` wins when set. Defaults to `info`.
     pub log: String,
     /// `handshake_timeout` (s): a TLS handshake must finish within it. Defaults to 10.
@@ -135,6 +160,7 @@ struct RawConfig {
     poll_interval: Option<u64>,
     heartbeat_interval: Option<u64>,
     max_connections: Option<u64>,
+    max_connections_per_address: Option<u64>,
     log: Option<String>,
     handshake_timeout: Option<u64>,
     idle_timeout: Option<u64>,
@@ -160,6 +186,7 @@ const NUMERIC_KEYS: &[&str] = &[
     "poll_interval",
     "heartbeat_interval",
     "max_connections",
+    "max_connections_per_address",
     "handshake_timeout",
     "idle_timeout",
     "head_timeout",
@@ -183,6 +210,7 @@ impl RawConfig {
             "poll_interval" => &mut self.poll_interval,
             "heartbeat_interval" => &mut self.heartbeat_interval,
             "max_connections" => &mut self.max_connections,
+            "max_connections_per_address" => &mut self.max_connections_per_address,
             "handshake_timeout" => &mut self.handshake_timeout,
             "idle_timeout" => &mut self.idle_timeout,
             "head_timeout" => &mut self.head_timeout,
@@ -389,23 +417,53 @@ impl Config {
                 1,
                 604_800,
             )?,
-            max_connections: ranged("max_connections", raw.max_connections, 256, 1, 65_536)?
-                as usize,
+            max_connections: ranged(
+                "max_connections",
+                raw.max_connections,
+                defaults::MAX_CONNECTIONS as u64,
+                1,
+                65_536,
+            )? as usize,
+            max_connections_per_address: ranged(
+                "max_connections_per_address",
+                raw.max_connections_per_address,
+                defaults::MAX_CONNECTIONS_PER_ADDRESS as u64,
+                1,
+                65_536,
+            )? as usize,
             log: raw.log.unwrap_or_else(|| "info".into()),
-            handshake_timeout: seconds("handshake_timeout", raw.handshake_timeout, 10, 1, 600)?,
-            idle_timeout: seconds("idle_timeout", raw.idle_timeout, 60, 1, 3_600)?,
-            head_timeout: seconds("head_timeout", raw.head_timeout, 10, 1, 600)?,
+            handshake_timeout: seconds(
+                "handshake_timeout",
+                raw.handshake_timeout,
+                defaults::HANDSHAKE_TIMEOUT.as_secs(),
+                1,
+                600,
+            )?,
+            idle_timeout: seconds(
+                "idle_timeout",
+                raw.idle_timeout,
+                defaults::IDLE_TIMEOUT.as_secs(),
+                1,
+                3_600,
+            )?,
+            head_timeout: seconds(
+                "head_timeout",
+                raw.head_timeout,
+                defaults::HEAD_TIMEOUT.as_secs(),
+                1,
+                600,
+            )?,
             max_head_bytes: ranged(
                 "max_head_bytes",
                 raw.max_head_bytes,
-                16_384,
+                defaults::MAX_HEAD_BYTES as u64,
                 1_024,
                 1_048_576,
             )? as usize,
             max_body_bytes: ranged(
                 "max_body_bytes",
                 raw.max_body_bytes,
-                65_536,
+                defaults::MAX_BODY_BYTES,
                 1_024,
                 16_777_216,
             )?,
@@ -510,6 +568,12 @@ mod tests {
         assert_eq!(c.poll_interval, Duration::from_secs(30));
         assert_eq!(c.heartbeat_interval, Duration::from_secs(300));
         assert_eq!(c.max_connections, 256);
+        assert_eq!(c.max_connections_per_address, 32);
+        assert_eq!(c.handshake_timeout, Duration::from_secs(10));
+        assert_eq!(c.idle_timeout, Duration::from_secs(60));
+        assert_eq!(c.head_timeout, Duration::from_secs(10));
+        assert_eq!(c.max_head_bytes, 16_384);
+        assert_eq!(c.max_body_bytes, 65_536);
         assert_eq!(c.log, "info");
         assert_eq!(c.storage.len(), 1);
         assert_eq!(c.default_storage().unwrap().id, 1);

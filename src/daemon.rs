@@ -16,6 +16,7 @@ use crate::ca::{Ca, CaError};
 use crate::config::Config;
 use crate::front::{self, ListenerKind, PeerTable};
 use crate::identity::{IdentityError, TargetDirs};
+use crate::listener::{self, Endpoint, Listener};
 use crate::model::Chain;
 use crate::pairing::poller::{spawn_poller, SourceContext};
 use crate::pairing::source::request::Outgoing;
@@ -446,6 +447,25 @@ fn remove_orphan_target_dirs(store: &Store, dirs: &TargetDirs) {
     }
 }
 
+/// The listeners' limits from the configuration. Both listeners share the process's
+/// descriptors, so the connection cap is clamped to what the open-file limit carries with
+/// every listener full.
+fn front_limits(config: &Config) -> front::Limits {
+    let per_listener =
+        listener::clamp_to_fd_limit(config.max_connections, 2 * front::FDS_PER_CONNECTION);
+    front::Limits {
+        connections: listener::Limits {
+            max_connections: per_listener,
+            max_connections_per_address: config.max_connections_per_address.min(per_listener),
+            handshake_timeout: config.handshake_timeout,
+        },
+        idle_timeout: config.idle_timeout,
+        head_timeout: config.head_timeout,
+        max_head_bytes: config.max_head_bytes,
+        max_body_bytes: config.max_body_bytes,
+    }
+}
+
 /// Runs the daemon until SIGTERM or SIGINT.
 pub fn run(config: Config) -> Result<(), DaemonError> {
     install_signal_handlers();
@@ -526,16 +546,7 @@ pub fn run(config: Config) -> Result<(), DaemonError> {
         .ok_or_else(|| DaemonError::Backend("the listener has no ip address".into()))?;
     let backend = Arc::new(backend);
 
-    // Both listeners share the process's descriptors.
-    let per_listener = front::clamp_to_fd_limit(config.max_connections * 2) / 2;
-    let limits = front::Limits {
-        max_connections: per_listener.max(1),
-        handshake_timeout: config.handshake_timeout,
-        idle_timeout: config.idle_timeout,
-        head_timeout: config.head_timeout,
-        max_head_bytes: config.max_head_bytes,
-        max_body_bytes: config.max_body_bytes,
-    };
+    let limits = front_limits(&config);
     let peers = Arc::new(PeerTable::new());
     let shutdown = Arc::new(AtomicBool::new(false));
     let api_listener = bind(config.api_listen, "api_listen")?;
@@ -607,27 +618,31 @@ pub fn run(config: Config) -> Result<(), DaemonError> {
         shutdown.clone(),
     )
     .map_err(spawn_error("the api workers"))?;
+    let endpoint = |name: &str, socket, tls| Endpoint {
+        name: name.to_owned(),
+        socket,
+        tls,
+        shutdown: shutdown.clone(),
+    };
     let fronts = vec![
         front::spawn(
-            "api",
-            api_listener,
-            api_tls,
-            backend_addr,
-            ListenerKind::Api,
-            peers.clone(),
+            endpoint("api", api_listener, api_tls),
             limits.clone(),
-            shutdown.clone(),
+            front::Backend {
+                addr: backend_addr,
+                kind: ListenerKind::Api,
+                peers: peers.clone(),
+            },
         )
         .map_err(spawn_error("the api listener"))?,
         front::spawn(
-            "tunnel",
-            tunnel_listener,
-            tunnel_tls,
-            backend_addr,
-            ListenerKind::Tunnel,
-            peers,
+            endpoint("tunnel", tunnel_listener, tunnel_tls),
             limits,
-            shutdown.clone(),
+            front::Backend {
+                addr: backend_addr,
+                kind: ListenerKind::Tunnel,
+                peers,
+            },
         )
         .map_err(spawn_error("the tunnel listener"))?,
     ];
@@ -657,7 +672,7 @@ pub fn run(config: Config) -> Result<(), DaemonError> {
             // Connections closed since the last look: their buffers are free now, so
             // give those pages back (at most once a second, never under steady load),
             // and once more after tiny_http's pool threads for them have ended.
-            let open: usize = fronts.iter().map(front::Front::active_connections).sum();
+            let open: usize = fronts.iter().map(Listener::active_connections).sum();
             if open < open_connections {
                 memory::release_free();
                 release_again_at = Some(Instant::now() + TINY_HTTP_THREAD_IDLE);

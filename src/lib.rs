@@ -17,6 +17,7 @@ pub mod front;
 #[allow(clippy::disallowed_methods)] // the one writer of files (clippy.toml)
 pub mod fsx;
 pub mod identity;
+pub mod listener;
 pub mod memory;
 pub mod model;
 pub mod notify;
@@ -25,5 +26,7 @@ pub mod rand;
 pub mod remote;
 pub mod spool;
 pub mod store;
+#[cfg(test)]
+mod test_pki;
 pub mod tls;
 pub mod wire;

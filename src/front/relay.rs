@@ -1,18 +1,18 @@
-//! One client connection: the TLS handshake under a deadline, then a single-threaded poll
-//! loop that relays plaintext to and from the backend while holding each request head to
-//! the rules in `wire::http`. Knows a request only by its framing; never decides what a peer may
+//! One client connection after its TLS handshake (done by `listener`): a single-threaded
+//! poll loop that relays plaintext to and from the backend while holding each request head
+//! to the rules in `wire::http`. Knows a request only by its framing; never decides what a peer may
 //! do, only records who it is.
 
 use std::io::{self, Read, Write};
 use std::net::{Shutdown, SocketAddr, TcpStream};
 use std::os::fd::AsRawFd;
-use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use rustls::ServerConnection;
 
 use super::peers::PeerInfo;
-use super::{sys, Shared};
+use super::Shared;
+use crate::listener::{drain_until_eof, linger, send_final, sys, would_block, Conn, Control};
 use crate::wire::error::raw_error_response;
 use crate::wire::http::{self, HeadError};
 
@@ -27,47 +27,36 @@ const UP_BUFFER_MIN_BYTES: usize = 16 * 1024;
 const DRAIN_QUIET: Duration = Duration::from_millis(200);
 /// How often a draining connection looks at the drain deadline again.
 const DRAIN_TICK: Duration = Duration::from_millis(100);
-/// After an error response: how long, and how many bytes, the front keeps reading and
-/// discarding what the client still sends, so that closing does not reset the
-/// connection before the client has read the response.
+/// After an error response: how long the front keeps reading and discarding what the
+/// client still sends, so that closing does not reset the connection before the client
+/// has read the response.
 const LINGER_TIME: Duration = Duration::from_secs(1);
-const LINGER_BYTES: usize = 256 * 1024;
 /// Longest wait, when a connection ends early, for tiny_http to finish with the backend
 /// connection before its peer-table entry goes (bounded as well by `idle_timeout`).
 const RETIRE_MAX: Duration = Duration::from_secs(5);
 /// Loopback connect to tiny_http; it only fails when the process is out of descriptors or
 /// the backend is gone, so there is no point waiting long.
 const BACKEND_CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
-/// Deadline for the handshake and the 503 on an overflow connection.
+/// Deadline for the 503 when the backend cannot be reached.
 const OVERLOAD_DEADLINE: Duration = Duration::from_secs(2);
-/// Lingering after the 503: short, since the client is only sending its first request.
+/// Lingering after that 503: short, since the client is only sending its first request.
 const OVERLOAD_LINGER: Duration = Duration::from_millis(200);
 
-/// Serves one accepted client connection to its end.
-pub(super) fn serve(shared: &Shared, mut client: TcpStream, addr: SocketAddr) {
-    let limits = &shared.limits;
-    let mut tls = match ServerConnection::new(shared.tls.clone()) {
-        Ok(tls) => tls,
-        Err(e) => {
-            log::warn!("{}: {addr}: start tls session: {e}", shared.name);
-            return;
-        }
-    };
-    let deadline = Instant::now() + limits.handshake_timeout;
-    if let Err(e) = handshake(&mut tls, &mut client, deadline) {
-        log::debug!("{}: {addr}: tls handshake: {e}", shared.name);
-        return;
-    }
+/// Serves one client connection, handshake done, to its end.
+pub(super) fn serve(shared: &Shared, conn: Conn<'_>) {
+    let Conn {
+        mut tls,
+        sock: mut client,
+        peer: addr,
+        control,
+    } = conn;
+    let name = control.name();
     let client_cert = tls.peer_certificates().and_then(|c| c.first()).cloned();
 
     let backend = match connect_backend(shared.backend) {
         Ok(backend) => backend,
         Err(e) => {
-            log::warn!(
-                "{}: {addr}: connect to backend {}: {e}",
-                shared.name,
-                shared.backend
-            );
+            log::warn!("{name}: {addr}: connect to backend {}: {e}", shared.backend);
             let deadline = Instant::now() + OVERLOAD_DEADLINE;
             let msg = "service temporarily unavailable, retry shortly";
             if send_final(&mut tls, &mut client, 503, msg, deadline).is_ok() {
@@ -79,7 +68,7 @@ pub(super) fn serve(shared: &Shared, mut client: TcpStream, addr: SocketAddr) {
     let key = match backend.local_addr() {
         Ok(key) => key,
         Err(e) => {
-            log::warn!("{}: {addr}: backend connection address: {e}", shared.name);
+            log::warn!("{name}: {addr}: backend connection address: {e}");
             return;
         }
     };
@@ -93,10 +82,10 @@ pub(super) fn serve(shared: &Shared, mut client: TcpStream, addr: SocketAddr) {
             client_cert,
         },
     );
-    let mut relay = match Relay::new(shared, addr, tls, client, backend) {
+    let mut relay = match Relay::new(shared, control, addr, tls, client, backend) {
         Ok(relay) => relay,
         Err(e) => {
-            log::warn!("{}: {addr}: prepare relay: {e}", shared.name);
+            log::warn!("{name}: {addr}: prepare relay: {e}");
             return;
         }
     };
@@ -104,136 +93,10 @@ pub(super) fn serve(shared: &Shared, mut client: TcpStream, addr: SocketAddr) {
     relay.finish(end);
 }
 
-/// Answers a connection that arrived past the cap: handshake and `503` under a short
-/// deadline, then close. Never forwards anything.
-pub(super) fn refuse_overloaded(shared: &Shared, mut client: TcpStream, addr: SocketAddr) {
-    let deadline = Instant::now() + shared.limits.handshake_timeout.min(OVERLOAD_DEADLINE);
-    let Ok(mut tls) = ServerConnection::new(shared.tls.clone()) else {
-        return;
-    };
-    let msg = "too many connections, retry shortly";
-    let sent = handshake(&mut tls, &mut client, deadline)
-        .and_then(|()| send_final(&mut tls, &mut client, 503, msg, deadline));
-    match sent {
-        Ok(()) => linger(&client, deadline.min(Instant::now() + OVERLOAD_LINGER)),
-        Err(e) => log::debug!("{}: {addr}: refuse overloaded connection: {e}", shared.name),
-    }
-}
-
-/// Completes the TLS handshake on a blocking socket by `deadline`. Each read and write
-/// may only wait for what is left of the deadline, so a client that drips bytes is cut
-/// off at the same moment as one that sends nothing.
-fn handshake(
-    tls: &mut ServerConnection,
-    sock: &mut TcpStream,
-    deadline: Instant,
-) -> io::Result<()> {
-    while tls.is_handshaking() {
-        let left = time_left(deadline)?;
-        if tls.wants_write() {
-            sock.set_write_timeout(Some(left))?;
-            tls.write_tls(sock).map_err(deadline_error)?;
-        } else if tls.wants_read() {
-            sock.set_read_timeout(Some(left))?;
-            if tls.read_tls(sock).map_err(deadline_error)? == 0 {
-                return Err(io::Error::new(
-                    io::ErrorKind::UnexpectedEof,
-                    "client closed during the handshake",
-                ));
-            }
-            if let Err(e) = tls.process_new_packets() {
-                // Tell the client why (rustls queued an alert), best effort.
-                let _ = sock.set_write_timeout(Some(Duration::from_millis(100)));
-                let _ = tls.write_tls(sock);
-                return Err(io::Error::new(io::ErrorKind::InvalidData, e));
-            }
-        } else {
-            return Err(io::Error::other("handshake stalled"));
-        }
-    }
-    Ok(())
-}
-
-/// Writes a complete error response and `close_notify` on a blocking socket by `deadline`.
-fn send_final(
-    tls: &mut ServerConnection,
-    sock: &mut TcpStream,
-    status: u16,
-    message: &str,
-    deadline: Instant,
-) -> io::Result<()> {
-    tls.writer()
-        .write_all(&raw_error_response(status, message))?;
-    tls.send_close_notify();
-    while tls.wants_write() {
-        sock.set_write_timeout(Some(time_left(deadline)?))?;
-        tls.write_tls(sock).map_err(deadline_error)?;
-    }
-    Ok(())
-}
-
-fn time_left(deadline: Instant) -> io::Result<Duration> {
-    deadline
-        .checked_duration_since(Instant::now())
-        .filter(|left| !left.is_zero())
-        .ok_or_else(|| io::Error::new(io::ErrorKind::TimedOut, "deadline passed"))
-}
-
-/// A socket timeout on a blocking socket shows up as `WouldBlock` on Linux.
-fn deadline_error(e: io::Error) -> io::Error {
-    match e.kind() {
-        io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut => {
-            io::Error::new(io::ErrorKind::TimedOut, "deadline passed")
-        }
-        _ => e,
-    }
-}
-
 fn connect_backend(backend: SocketAddr) -> io::Result<TcpStream> {
     let stream = TcpStream::connect_timeout(&backend, BACKEND_CONNECT_TIMEOUT)?;
     stream.set_nodelay(true)?;
     Ok(stream)
-}
-
-/// Shuts the write half and reads and discards what the peer still sends, until it
-/// closes, `until` passes or `LINGER_BYTES` were discarded. Lets the peer read what was
-/// written instead of receiving a reset on unread data.
-fn linger(sock: &TcpStream, until: Instant) {
-    let _ = sock.shutdown(Shutdown::Write);
-    drain_until_eof(sock, until, LINGER_BYTES);
-}
-
-/// Reads and discards from `sock` until end of stream, an error, `until`, or `max_bytes`.
-fn drain_until_eof(mut sock: &TcpStream, until: Instant, max_bytes: usize) {
-    if sock.set_nonblocking(true).is_err() {
-        return;
-    }
-    let mut scratch = [0u8; 4096];
-    let mut discarded = 0;
-    while discarded < max_bytes {
-        let Some(left) = until.checked_duration_since(Instant::now()) else {
-            return;
-        };
-        let mut fds = [sys::poll_fd(sock.as_raw_fd(), sys::POLLIN)];
-        match sys::poll(&mut fds, Some(left)) {
-            Ok(0) => continue,
-            Ok(_) => {}
-            Err(_) => return,
-        }
-        match sock.read(&mut scratch) {
-            Ok(0) => return,
-            Ok(n) => discarded += n,
-            Err(e) if would_block(&e) => {}
-            Err(_) => return,
-        }
-    }
-}
-
-fn would_block(e: &io::Error) -> bool {
-    matches!(
-        e.kind(),
-        io::ErrorKind::WouldBlock | io::ErrorKind::Interrupted
-    )
 }
 
 /// Why a request was not forwarded. Each gets an error response after the responses
@@ -398,6 +261,7 @@ impl DownBuffer {
 
 struct Relay<'a> {
     shared: &'a Shared,
+    control: &'a Control,
     addr: SocketAddr,
     tls: ServerConnection,
     client: TcpStream,
@@ -431,6 +295,7 @@ struct Relay<'a> {
 impl<'a> Relay<'a> {
     fn new(
         shared: &'a Shared,
+        control: &'a Control,
         addr: SocketAddr,
         tls: ServerConnection,
         client: TcpStream,
@@ -441,6 +306,7 @@ impl<'a> Relay<'a> {
         let up_capacity = shared.limits.max_head_bytes.max(UP_BUFFER_MIN_BYTES);
         Ok(Relay {
             shared,
+            control,
             addr,
             tls,
             client,
@@ -479,10 +345,10 @@ impl<'a> Relay<'a> {
     fn run(&mut self) -> End {
         loop {
             let now = Instant::now();
-            if self.shared.force_close.load(Ordering::Relaxed) {
+            if self.control.force_closed() {
                 return End::Forced;
             }
-            if !self.draining && self.shared.draining() {
+            if !self.draining && self.control.draining() {
                 self.draining = true;
             }
             self.read_plaintext(now);
@@ -551,7 +417,7 @@ impl<'a> Relay<'a> {
                 // whatever tiny_http answers still reaches the client.
                 log::info!(
                     "{}: {}: request body not complete within {} ms; closing",
-                    self.shared.name,
+                    self.control.name(),
                     self.addr,
                     limits.head_timeout.as_millis()
                 );
@@ -614,7 +480,7 @@ impl<'a> Relay<'a> {
     fn refuse(&mut self, refusal: Refusal) {
         log::info!(
             "{}: {}: refused request with {}: {}",
-            self.shared.name,
+            self.control.name(),
             self.addr,
             refusal.status(),
             refusal.message()
@@ -646,7 +512,11 @@ impl<'a> Relay<'a> {
                     // tiny_http closed its side (after `Connection: close` or its own
                     // 400). What it already answered still reaches the client; the rest
                     // of the client's requests cannot be served on this connection.
-                    log::debug!("{}: {}: write to backend: {e}", self.shared.name, self.addr);
+                    log::debug!(
+                        "{}: {}: write to backend: {e}",
+                        self.control.name(),
+                        self.addr
+                    );
                     if self.inbound == Inbound::Open {
                         self.inbound = Inbound::Stopped;
                         self.linger_on_close = true;
@@ -805,7 +675,7 @@ impl<'a> Relay<'a> {
         let mut fds = [
             sys::poll_fd(self.client.as_raw_fd(), client_events),
             sys::poll_fd(self.backend.as_raw_fd(), backend_events),
-            sys::poll_fd(self.shared.wake.as_raw_fd(), wake_events),
+            sys::poll_fd(self.control.wake_fd(), wake_events),
         ];
 
         let mut deadline = self.last_activity + limits.idle_timeout;
@@ -869,7 +739,7 @@ impl<'a> Relay<'a> {
                 Err(e) => {
                     log::debug!(
                         "{}: {}: read from backend: {e}",
-                        self.shared.name,
+                        self.control.name(),
                         self.addr
                     );
                     self.backend_eof = true;
@@ -887,7 +757,7 @@ impl<'a> Relay<'a> {
 
     /// Closes the client the way `end` calls for, then retires the backend connection.
     fn finish(mut self, end: End) {
-        let name = &self.shared.name;
+        let name = &self.control.name();
         match &end {
             End::Clean if self.linger_on_close => {
                 linger(&self.client, Instant::now() + LINGER_TIME);

@@ -3,7 +3,7 @@
 
 use std::io::{self, Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
-use std::sync::atomic::AtomicBool;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::thread;
 use std::time::{Duration, Instant};
@@ -114,8 +114,11 @@ fn client_config(with_client_cert: bool) -> Arc<ClientConfig> {
 
 fn test_limits() -> Limits {
     Limits {
-        max_connections: 16,
-        handshake_timeout: Duration::from_secs(2),
+        connections: crate::listener::Limits {
+            max_connections: 16,
+            max_connections_per_address: 16,
+            handshake_timeout: Duration::from_secs(2),
+        },
         idle_timeout: Duration::from_secs(3),
         head_timeout: Duration::from_secs(2),
         max_head_bytes: 1024,
@@ -125,7 +128,7 @@ fn test_limits() -> Limits {
 
 /// A running front; dropping it shuts the front down.
 struct Harness {
-    front: Option<Front>,
+    front: Option<Listener>,
     shutdown: Arc<AtomicBool>,
     peers: Arc<PeerTable>,
     addr: SocketAddr,
@@ -151,17 +154,18 @@ impl Harness {
     ) -> Self {
         let listener = TcpListener::bind("127.0.0.1:0").expect("bind front");
         let shutdown = Arc::new(AtomicBool::new(false));
-        let front = spawn(
-            "test",
-            listener,
+        let endpoint = Endpoint {
+            name: "test".to_owned(),
+            socket: listener,
             tls,
-            backend,
+            shutdown: Arc::clone(&shutdown),
+        };
+        let backend = Backend {
+            addr: backend,
             kind,
-            Arc::clone(&peers),
-            limits,
-            Arc::clone(&shutdown),
-        )
-        .expect("spawn front");
+            peers: Arc::clone(&peers),
+        };
+        let front = spawn(endpoint, limits, backend).expect("spawn front");
         let addr = front.local_addr();
         Harness {
             front: Some(front),
@@ -171,7 +175,7 @@ impl Harness {
         }
     }
 
-    fn front(&self) -> &Front {
+    fn front(&self) -> &Listener {
         self.front.as_ref().expect("front still running")
     }
 
@@ -650,10 +654,8 @@ fn chunked_request_gets_411_and_malformed_head_gets_400() {
 
 #[test]
 fn silent_client_is_closed_at_the_handshake_deadline() {
-    let limits = Limits {
-        handshake_timeout: Duration::from_millis(300),
-        ..test_limits()
-    };
+    let mut limits = test_limits();
+    limits.connections.handshake_timeout = Duration::from_millis(300);
     let recorder = recording_backend();
     let h = Harness::start(limits, recorder.addr, Arc::new(PeerTable::new()));
     let started = Instant::now();
@@ -678,10 +680,8 @@ fn silent_client_is_closed_at_the_handshake_deadline() {
 
 #[test]
 fn dripping_client_is_closed_at_the_same_deadline() {
-    let limits = Limits {
-        handshake_timeout: Duration::from_millis(400),
-        ..test_limits()
-    };
+    let mut limits = test_limits();
+    limits.connections.handshake_timeout = Duration::from_millis(400);
     let recorder = recording_backend();
     let h = Harness::start(limits, recorder.addr, Arc::new(PeerTable::new()));
     let started = Instant::now();
@@ -801,10 +801,8 @@ fn idle_keepalive_connection_is_closed_without_a_response() {
 
 #[test]
 fn past_the_cap_a_client_gets_503_quickly_and_service_resumes_when_load_drops() {
-    let limits = Limits {
-        max_connections: 2,
-        ..test_limits()
-    };
+    let mut limits = test_limits();
+    limits.connections.max_connections = 2;
     let recorder = recording_backend();
     let h = Harness::start(limits, recorder.addr, Arc::new(PeerTable::new()));
     let mut first = h.client();
@@ -948,27 +946,4 @@ fn sockets_accepted_from_the_backend_listener_have_nagle_off() {
     let _client = TcpStream::connect(listener.local_addr().expect("address")).expect("connect");
     let (accepted, _) = listener.accept().expect("accept");
     assert!(accepted.nodelay().expect("read TCP_NODELAY"));
-}
-
-#[test]
-fn clamp_keeps_small_counts_and_caps_what_descriptors_cannot_carry() {
-    assert_eq!(clamp_to_fd_limit(1), 1);
-    let clamped = clamp_to_fd_limit(usize::MAX);
-    let mut lim = libc::rlimit {
-        rlim_cur: 0,
-        rlim_max: 0,
-    };
-    // SAFETY: `lim` is a valid, writable rlimit struct for the duration of the call.
-    assert_eq!(unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) }, 0);
-    assert_eq!(
-        lim.rlim_cur, lim.rlim_max,
-        "soft limit was not raised to the hard limit"
-    );
-    if lim.rlim_cur != libc::RLIM_INFINITY {
-        // `rlim_t` is u64 here but 32 bits wide on some armv7 targets.
-        #[allow(clippy::useless_conversion)]
-        let soft = u64::from(lim.rlim_cur);
-        let want = (soft.saturating_sub(FD_RESERVE) / FDS_PER_CONNECTION).max(1);
-        assert_eq!(clamped as u64, want);
-    }
 }

@@ -2,7 +2,7 @@
 //! directory, and talks to them over real TLS. A failing test prints the daemon's log.
 
 use std::io::{Read, Write};
-use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::net::{Ipv4Addr, SocketAddr, TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicU32, Ordering};
@@ -542,6 +542,9 @@ impl Response {
 pub struct Client {
     pub addr: SocketAddr,
     pub config: Arc<rustls::ClientConfig>,
+    /// The local address to connect from (any of 127.0.0.0/8 is this machine), so that
+    /// one test can be several clients as the daemon counts them.
+    pub source: Option<Ipv4Addr>,
 }
 
 pub type Tls = rustls::StreamOwned<rustls::ClientConnection, TcpStream>;
@@ -551,11 +554,26 @@ impl Client {
         Client {
             addr,
             config: client_config(ca),
+            source: None,
+        }
+    }
+
+    /// The same client, connecting from `source`.
+    pub fn with_source(mut self, source: Ipv4Addr) -> Client {
+        self.source = Some(source);
+        self
+    }
+
+    /// A plain TCP connection to the daemon, from `source` when set.
+    pub fn tcp(&self) -> std::io::Result<TcpStream> {
+        match self.source {
+            None => TcpStream::connect_timeout(&self.addr, Duration::from_secs(5)),
+            Some(source) => connect_from(source, self.addr),
         }
     }
 
     pub fn connect(&self) -> std::io::Result<Tls> {
-        let tcp = TcpStream::connect_timeout(&self.addr, Duration::from_secs(5))?;
+        let tcp = self.tcp()?;
         tcp.set_read_timeout(Some(Duration::from_secs(20)))?;
         tcp.set_write_timeout(Some(Duration::from_secs(20)))?;
         let name = ServerName::IpAddress(self.addr.ip().into());
@@ -627,6 +645,42 @@ impl Client {
             headers.push(("AuthToken", t));
         }
         self.request(method, path, &headers, &bytes)
+    }
+}
+
+/// Connects from `source` (any 127.0.0.0/8 address is local) to `target` with a blocking
+/// socket. std cannot bind before connecting, hence libc.
+pub fn connect_from(source: Ipv4Addr, target: SocketAddr) -> std::io::Result<TcpStream> {
+    use std::os::fd::FromRawFd;
+    let SocketAddr::V4(target) = target else {
+        return Err(std::io::Error::other("ipv4 targets only"));
+    };
+    let sockaddr = |ip: Ipv4Addr, port: u16| libc::sockaddr_in {
+        sin_family: libc::AF_INET as libc::sa_family_t,
+        sin_port: port.to_be(),
+        sin_addr: libc::in_addr {
+            s_addr: u32::from(ip).to_be(),
+        },
+        sin_zero: [0; 8],
+    };
+    let len = std::mem::size_of::<libc::sockaddr_in>() as libc::socklen_t;
+    // SAFETY: plain socket calls on a descriptor this function owns (TcpStream closes it
+    // from right after creation); each sockaddr lives across its call and `len` is its size.
+    unsafe {
+        let fd = libc::socket(libc::AF_INET, libc::SOCK_STREAM | libc::SOCK_CLOEXEC, 0);
+        if fd < 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        let stream = TcpStream::from_raw_fd(fd);
+        let local = sockaddr(source, 0);
+        if libc::bind(fd, (&local as *const libc::sockaddr_in).cast(), len) != 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        let remote = sockaddr(*target.ip(), target.port());
+        if libc::connect(fd, (&remote as *const libc::sockaddr_in).cast(), len) != 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        Ok(stream)
     }
 }
 

@@ -13,6 +13,7 @@ mod ctl;
 mod front;
 mod fuzz;
 mod lifecycle;
+mod listener;
 mod openapi;
 mod ops;
 mod pairing;

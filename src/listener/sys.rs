@@ -1,4 +1,4 @@
-//! The front's only calls into libc: `poll(2)`, the `RLIMIT_NOFILE` limit and
+//! The listeners' only calls into libc: `poll(2)`, the `RLIMIT_NOFILE` limit and
 //! `TCP_NODELAY` on a listening socket. Knows nothing about TLS, HTTP or connections.
 
 use std::io;
@@ -6,13 +6,13 @@ use std::os::fd::RawFd;
 use std::time::Duration;
 
 /// Readiness flags, re-exported so the callers need no `libc` import of their own.
-pub(super) const POLLIN: i16 = libc::POLLIN;
-pub(super) const POLLOUT: i16 = libc::POLLOUT;
+pub(crate) const POLLIN: i16 = libc::POLLIN;
+pub(crate) const POLLOUT: i16 = libc::POLLOUT;
 
 /// One descriptor to watch. A negative `fd` is skipped by the kernel, which is how a
 /// caller says "not interested in this one now" without it reporting `POLLHUP` again and
 /// again.
-pub(super) fn poll_fd(fd: RawFd, events: i16) -> libc::pollfd {
+pub(crate) fn poll_fd(fd: RawFd, events: i16) -> libc::pollfd {
     libc::pollfd {
         fd: if events == 0 { -1 } else { fd },
         events,
@@ -22,7 +22,7 @@ pub(super) fn poll_fd(fd: RawFd, events: i16) -> libc::pollfd {
 
 /// Waits until one of `fds` is ready or `timeout` passes (`None` waits without limit).
 /// Returns how many descriptors are ready; an interrupted wait counts as zero ready.
-pub(super) fn poll(fds: &mut [libc::pollfd], timeout: Option<Duration>) -> io::Result<usize> {
+pub(crate) fn poll(fds: &mut [libc::pollfd], timeout: Option<Duration>) -> io::Result<usize> {
     let millis = match timeout {
         None => -1,
         // Rounded up, so that a deadline 0.3 ms away does not turn into a busy loop of
@@ -44,32 +44,32 @@ pub(super) fn poll(fds: &mut [libc::pollfd], timeout: Option<Duration>) -> io::R
 }
 
 /// Whether `pollfd` reported anything (readiness, hang-up or error) for the descriptor.
-pub(super) fn ready(pollfd: &libc::pollfd) -> bool {
+pub(crate) fn ready(pollfd: &libc::pollfd) -> bool {
     pollfd.fd >= 0 && pollfd.revents != 0
 }
 
 /// Whether `pollfd` reported the descriptor readable, hung up or in error: in each case a
 /// read returns at once (with data, end of stream or the error).
-pub(super) fn readable(pollfd: &libc::pollfd) -> bool {
+pub(crate) fn readable(pollfd: &libc::pollfd) -> bool {
     pollfd.fd >= 0 && pollfd.revents & (libc::POLLIN | libc::POLLHUP | libc::POLLERR) != 0
 }
 
 /// Whether `pollfd` reported the descriptor writable, hung up or in error: in each case a
 /// write returns at once.
-pub(super) fn writable(pollfd: &libc::pollfd) -> bool {
+pub(crate) fn writable(pollfd: &libc::pollfd) -> bool {
     pollfd.fd >= 0 && pollfd.revents & (libc::POLLOUT | libc::POLLHUP | libc::POLLERR) != 0
 }
 
 /// The soft and hard `RLIMIT_NOFILE` after trying to raise the soft limit to the hard
 /// one. `None` for a limit means unlimited.
-pub(super) struct FdLimit {
+pub(crate) struct FdLimit {
     pub soft: Option<u64>,
     pub hard: Option<u64>,
 }
 
 /// Raises the soft descriptor limit to the hard limit when it is lower (an unprivileged
 /// process may do that), then reports both limits.
-pub(super) fn raise_fd_limit() -> io::Result<FdLimit> {
+pub(crate) fn raise_fd_limit() -> io::Result<FdLimit> {
     let mut lim = libc::rlimit {
         rlim_cur: 0,
         rlim_max: 0,
@@ -107,7 +107,7 @@ pub(super) fn raise_fd_limit() -> io::Result<FdLimit> {
 
 /// Sets `TCP_NODELAY` on a listening socket. Linux copies it to every socket the listener
 /// accepts, which is the only way to reach sockets that tiny_http accepts itself.
-pub(super) fn set_listener_nodelay(listener: &std::net::TcpListener) -> io::Result<()> {
+pub(crate) fn set_listener_nodelay(listener: &std::net::TcpListener) -> io::Result<()> {
     use std::os::fd::AsRawFd;
     let on: libc::c_int = 1;
     let len = libc::socklen_t::try_from(std::mem::size_of::<libc::c_int>()).unwrap_or(4);

@@ -1,0 +1,133 @@
+//! Test support shared by the listener and tunnel tests: a real appliance CA (`ca`), server
+//! and client certificates it issued, the TLS configs `tls` builds from them, and loopback
+//! clients that can pick their source address. Compiled for unit tests only.
+
+use std::io;
+use std::net::{Ipv4Addr, SocketAddr, TcpStream};
+use std::os::fd::FromRawFd;
+use std::sync::{Arc, OnceLock};
+use std::time::Duration;
+
+use rustls::pki_types::ServerName;
+use rustls::{ClientConfig, ClientConnection, ServerConfig, StreamOwned};
+
+use crate::ca::{self, Ca};
+use crate::tls;
+
+/// A CA, one server certificate for 127.0.0.1 and two client certificates it issued.
+pub(crate) struct Pki {
+    pub ca: Ca,
+    pub server_chain_pem: String,
+    pub server_key_pem: String,
+    pub clients: [Client; 2],
+}
+
+/// One issued client identity.
+pub(crate) struct Client {
+    pub cert_pem: String,
+    pub key_pem: String,
+}
+
+/// The process-wide test PKI, made once (key generation is the slow part).
+pub(crate) fn pki() -> &'static Pki {
+    static PKI: OnceLock<Pki> = OnceLock::new();
+    PKI.get_or_init(|| {
+        let now = time::OffsetDateTime::now_utc();
+        let ca = Ca::generate("replgate test CA", now).expect("test CA");
+        let server = ca
+            .issue_server_cert(&["localhost".to_owned()], &[[127, 0, 0, 1].into()], now)
+            .expect("test server certificate");
+        let client = |n: u32| {
+            let uuid = format!("00000000-0000-4000-8000-00000000000{n}");
+            let (key_pem, csr_pem) = ca::generate_client_key_and_csr(&uuid).expect("test csr");
+            let csr = ca::parse_csr(&csr_pem).expect("parse test csr");
+            let issued = ca
+                .sign_client(&csr, &uuid, 1, now)
+                .expect("sign test client");
+            Client {
+                cert_pem: issued.cert_pem,
+                key_pem,
+            }
+        };
+        Pki {
+            server_chain_pem: format!("{}{}", server.cert_pem, ca.cert_pem()),
+            server_key_pem: server.key_pem,
+            clients: [client(1), client(2)],
+            ca,
+        }
+    })
+}
+
+impl Pki {
+    /// The API listener's config (no client certificates).
+    pub fn api_server(&self) -> Arc<ServerConfig> {
+        tls::api_server_config(&self.server_chain_pem, &self.server_key_pem)
+            .expect("api server config")
+    }
+
+    /// A client trusting this CA, presenting client certificate `client` if given.
+    pub fn client_config(&self, client: Option<usize>) -> Arc<ClientConfig> {
+        let auth = client.map(|i| {
+            let c = &self.clients[i];
+            (c.cert_pem.as_str(), c.key_pem.as_str())
+        });
+        tls::pinned_client_config(self.ca.cert_der(), auth).expect("client config")
+    }
+}
+
+/// A TLS client stream over loopback.
+pub(crate) type TlsStream = StreamOwned<ClientConnection, TcpStream>;
+
+/// Connects from `source` (any 127.0.0.0/8 address is local) to `target` with a blocking
+/// socket. std cannot bind before connecting, hence libc.
+pub(crate) fn connect_from(source: Ipv4Addr, target: SocketAddr) -> io::Result<TcpStream> {
+    let SocketAddr::V4(target) = target else {
+        return Err(io::Error::other("ipv4 targets only"));
+    };
+    let sockaddr = |ip: Ipv4Addr, port: u16| libc::sockaddr_in {
+        sin_family: libc::AF_INET as libc::sa_family_t,
+        sin_port: port.to_be(),
+        sin_addr: libc::in_addr {
+            s_addr: u32::from(ip).to_be(),
+        },
+        sin_zero: [0; 8],
+    };
+    let len = std::mem::size_of::<libc::sockaddr_in>() as libc::socklen_t;
+    // SAFETY: plain socket calls on a descriptor this function owns; the sockaddr structs
+    // live across each call and `len` is their size. The descriptor is handed to
+    // TcpStream (which closes it) right after creation.
+    unsafe {
+        let fd = libc::socket(libc::AF_INET, libc::SOCK_STREAM | libc::SOCK_CLOEXEC, 0);
+        if fd < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        let stream = TcpStream::from_raw_fd(fd);
+        let local = sockaddr(source, 0);
+        if libc::bind(fd, (&local as *const libc::sockaddr_in).cast(), len) != 0 {
+            return Err(io::Error::last_os_error());
+        }
+        let remote = sockaddr(*target.ip(), target.port());
+        if libc::connect(fd, (&remote as *const libc::sockaddr_in).cast(), len) != 0 {
+            return Err(io::Error::last_os_error());
+        }
+        Ok(stream)
+    }
+}
+
+/// A TLS connection from `source` to `target`, handshake complete.
+pub(crate) fn tls_connect(
+    source: Ipv4Addr,
+    target: SocketAddr,
+    config: Arc<ClientConfig>,
+) -> io::Result<TlsStream> {
+    let sock = connect_from(source, target)?;
+    sock.set_read_timeout(Some(Duration::from_secs(10)))?;
+    sock.set_write_timeout(Some(Duration::from_secs(10)))?;
+    let name = ServerName::IpAddress(target.ip().into());
+    let conn = ClientConnection::new(config, name).map_err(io::Error::other)?;
+    let mut stream = StreamOwned::new(conn, sock);
+    while stream.conn.is_handshaking() {
+        stream.conn.complete_io(&mut stream.sock)?;
+    }
+    Ok(stream)
+}
