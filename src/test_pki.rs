@@ -4,7 +4,6 @@
 
 use std::io;
 use std::net::{Ipv4Addr, SocketAddr, TcpStream};
-use std::os::fd::FromRawFd;
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
@@ -12,6 +11,7 @@ use rustls::pki_types::ServerName;
 use rustls::{ClientConfig, ClientConnection, ServerConfig, StreamOwned};
 
 use crate::ca::{self, Ca};
+use crate::listener::connect_from;
 use crate::tls;
 
 /// A CA, one server certificate for 127.0.0.1 and two client certificates it issued.
@@ -77,42 +77,6 @@ impl Pki {
 
 /// A TLS client stream over loopback.
 pub(crate) type TlsStream = StreamOwned<ClientConnection, TcpStream>;
-
-/// Connects from `source` (any 127.0.0.0/8 address is local) to `target` with a blocking
-/// socket. std cannot bind before connecting, hence libc.
-pub(crate) fn connect_from(source: Ipv4Addr, target: SocketAddr) -> io::Result<TcpStream> {
-    let SocketAddr::V4(target) = target else {
-        return Err(io::Error::other("ipv4 targets only"));
-    };
-    let sockaddr = |ip: Ipv4Addr, port: u16| libc::sockaddr_in {
-        sin_family: libc::AF_INET as libc::sa_family_t,
-        sin_port: port.to_be(),
-        sin_addr: libc::in_addr {
-            s_addr: u32::from(ip).to_be(),
-        },
-        sin_zero: [0; 8],
-    };
-    let len = std::mem::size_of::<libc::sockaddr_in>() as libc::socklen_t;
-    // SAFETY: plain socket calls on a descriptor this function owns; the sockaddr structs
-    // live across each call and `len` is their size. The descriptor is handed to
-    // TcpStream (which closes it) right after creation.
-    unsafe {
-        let fd = libc::socket(libc::AF_INET, libc::SOCK_STREAM | libc::SOCK_CLOEXEC, 0);
-        if fd < 0 {
-            return Err(io::Error::last_os_error());
-        }
-        let stream = TcpStream::from_raw_fd(fd);
-        let local = sockaddr(source, 0);
-        if libc::bind(fd, (&local as *const libc::sockaddr_in).cast(), len) != 0 {
-            return Err(io::Error::last_os_error());
-        }
-        let remote = sockaddr(*target.ip(), target.port());
-        if libc::connect(fd, (&remote as *const libc::sockaddr_in).cast(), len) != 0 {
-            return Err(io::Error::last_os_error());
-        }
-        Ok(stream)
-    }
-}
 
 /// A TLS connection from `source` to `target`, handshake complete.
 pub(crate) fn tls_connect(

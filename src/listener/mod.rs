@@ -27,6 +27,8 @@ use rustls::{ServerConfig, ServerConnection};
 use crate::config::defaults;
 use crate::wire::error::raw_error_response;
 
+pub use sys::connect_from;
+
 /// Descriptors kept back for the database, spool files, listeners, overflow answers and
 /// logging.
 const FD_RESERVE: u64 = 64;

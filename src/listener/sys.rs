@@ -1,5 +1,5 @@
-//! The listeners' only calls into libc: `poll(2)`, the `RLIMIT_NOFILE` limit and
-//! `TCP_NODELAY` on a listening socket. Knows nothing about TLS, HTTP or connections.
+//! The listeners' only calls into libc: `poll(2)`, the `RLIMIT_NOFILE` limit,
+//! `TCP_NODELAY` on a listening socket, and a connect from a chosen local address. Knows nothing about TLS, HTTP or connections.
 
 use std::io;
 use std::os::fd::RawFd;
@@ -126,4 +126,45 @@ pub(crate) fn set_listener_nodelay(listener: &std::net::TcpListener) -> io::Resu
         return Err(io::Error::last_os_error());
     }
     Ok(())
+}
+
+/// Connects to `target` from the local address `source` with a blocking socket (std
+/// cannot bind before connecting). Every address of 127.0.0.0/8 is this machine, so tests
+/// and benchmarks use it to be several clients as the listeners count them.
+pub fn connect_from(
+    source: std::net::Ipv4Addr,
+    target: std::net::SocketAddr,
+) -> io::Result<std::net::TcpStream> {
+    use std::os::fd::FromRawFd;
+    let std::net::SocketAddr::V4(target) = target else {
+        return Err(io::Error::other("connect_from: ipv4 targets only"));
+    };
+    let sockaddr = |ip: std::net::Ipv4Addr, port: u16| libc::sockaddr_in {
+        sin_family: libc::AF_INET as libc::sa_family_t,
+        sin_port: port.to_be(),
+        sin_addr: libc::in_addr {
+            s_addr: u32::from(ip).to_be(),
+        },
+        sin_zero: [0; 8],
+    };
+    let len = libc::socklen_t::try_from(std::mem::size_of::<libc::sockaddr_in>()).unwrap_or(16);
+    // SAFETY: plain socket calls on a descriptor this function owns (the TcpStream closes
+    // it from right after creation); each sockaddr lives across its call and `len` is its
+    // size.
+    unsafe {
+        let fd = libc::socket(libc::AF_INET, libc::SOCK_STREAM | libc::SOCK_CLOEXEC, 0);
+        if fd < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        let stream = std::net::TcpStream::from_raw_fd(fd);
+        let local = sockaddr(source, 0);
+        if libc::bind(fd, (&local as *const libc::sockaddr_in).cast(), len) != 0 {
+            return Err(io::Error::last_os_error());
+        }
+        let remote = sockaddr(*target.ip(), target.port());
+        if libc::connect(fd, (&remote as *const libc::sockaddr_in).cast(), len) != 0 {
+            return Err(io::Error::last_os_error());
+        }
+        Ok(stream)
+    }
 }

@@ -568,7 +568,7 @@ impl Client {
     pub fn tcp(&self) -> std::io::Result<TcpStream> {
         match self.source {
             None => TcpStream::connect_timeout(&self.addr, Duration::from_secs(5)),
-            Some(source) => connect_from(source, self.addr),
+            Some(source) => replgate::listener::connect_from(source, self.addr),
         }
     }
 
@@ -645,42 +645,6 @@ impl Client {
             headers.push(("AuthToken", t));
         }
         self.request(method, path, &headers, &bytes)
-    }
-}
-
-/// Connects from `source` (any 127.0.0.0/8 address is local) to `target` with a blocking
-/// socket. std cannot bind before connecting, hence libc.
-pub fn connect_from(source: Ipv4Addr, target: SocketAddr) -> std::io::Result<TcpStream> {
-    use std::os::fd::FromRawFd;
-    let SocketAddr::V4(target) = target else {
-        return Err(std::io::Error::other("ipv4 targets only"));
-    };
-    let sockaddr = |ip: Ipv4Addr, port: u16| libc::sockaddr_in {
-        sin_family: libc::AF_INET as libc::sa_family_t,
-        sin_port: port.to_be(),
-        sin_addr: libc::in_addr {
-            s_addr: u32::from(ip).to_be(),
-        },
-        sin_zero: [0; 8],
-    };
-    let len = std::mem::size_of::<libc::sockaddr_in>() as libc::socklen_t;
-    // SAFETY: plain socket calls on a descriptor this function owns (TcpStream closes it
-    // from right after creation); each sockaddr lives across its call and `len` is its size.
-    unsafe {
-        let fd = libc::socket(libc::AF_INET, libc::SOCK_STREAM | libc::SOCK_CLOEXEC, 0);
-        if fd < 0 {
-            return Err(std::io::Error::last_os_error());
-        }
-        let stream = TcpStream::from_raw_fd(fd);
-        let local = sockaddr(source, 0);
-        if libc::bind(fd, (&local as *const libc::sockaddr_in).cast(), len) != 0 {
-            return Err(std::io::Error::last_os_error());
-        }
-        let remote = sockaddr(*target.ip(), target.port());
-        if libc::connect(fd, (&remote as *const libc::sockaddr_in).cast(), len) != 0 {
-            return Err(std::io::Error::last_os_error());
-        }
-        Ok(stream)
     }
 }
 

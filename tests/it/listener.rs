@@ -4,7 +4,9 @@
 use std::net::{Ipv4Addr, TcpStream};
 use std::time::{Duration, Instant};
 
-use crate::harness::{connect_from, Daemon, Options};
+use replgate::listener::connect_from;
+
+use crate::harness::{Daemon, Options};
 
 /// Opens `n` raw TCP connections from `source` that never start their TLS handshake.
 fn idle_connections(d: &Daemon, source: Ipv4Addr, n: usize) -> Vec<TcpStream> {
