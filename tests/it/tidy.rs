@@ -50,6 +50,9 @@ const LAYERS: &[(&str, Layer)] = &[
     ("pairing::poller", Adapter),
     ("api", Adapter),
     ("front", Adapter),
+    ("listener", Adapter),
+    // Unit-test support (real CA, TLS configs, loopback clients) for listener and tunnel.
+    ("test_pki", Adapter),
     ("remote", Adapter),
     ("ctl", Adapter),
     ("cli", Adapter),
