@@ -40,8 +40,51 @@ pub struct Storage {
     pub id: u64,
     pub name: String,
     pub path: PathBuf,
-    /// `backup` storages can be chosen when accepting a source; anything else cannot.
-    pub usage: String,
+    /// Only `backup` storage can be chosen when accepting a source.
+    pub usage: StorageUsage,
+}
+
+/// What a storage location is for: the `usage` key of a `[[storage]]` table, shown as the
+/// same word on the wire. Defaults to `backup`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum StorageUsage {
+    /// Holds sources' backups: the only usage an accept can choose.
+    Backup,
+    Archive,
+    Other,
+}
+
+impl StorageUsage {
+    pub const ALL: [StorageUsage; 3] = [
+        StorageUsage::Backup,
+        StorageUsage::Archive,
+        StorageUsage::Other,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            StorageUsage::Backup => "backup",
+            StorageUsage::Archive => "archive",
+            StorageUsage::Other => "other",
+        }
+    }
+}
+
+impl fmt::Display for StorageUsage {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl std::str::FromStr for StorageUsage {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        StorageUsage::ALL
+            .into_iter()
+            .find(|u| u.as_str() == s)
+            .ok_or_else(|| format!("{s:?} is not one of backup, archive, other"))
+    }
 }
 
 /// Fault injection for crash tests; `none` in production.
@@ -498,7 +541,9 @@ impl Config {
 
     /// The storage marked default: the first with usage `backup`.
     pub fn default_storage(&self) -> Option<&Storage> {
-        self.storage.iter().find(|s| s.usage == "backup")
+        self.storage
+            .iter()
+            .find(|s| s.usage == StorageUsage::Backup)
     }
 }
 
@@ -511,7 +556,7 @@ fn resolve_storage(
             id: 1,
             name: "default".into(),
             path: data_dir.join("storage"),
-            usage: "backup".into(),
+            usage: StorageUsage::Backup,
         }]);
     };
     let mut ids = BTreeSet::new();
@@ -529,13 +574,10 @@ fn resolve_storage(
         let path = s
             .path
             .ok_or_else(|| bad(&format!("{key}.path"), "is required"))?;
-        let usage = s.usage.unwrap_or_else(|| "backup".into());
-        if !matches!(usage.as_str(), "backup" | "archive" | "other") {
-            return Err(bad(
-                &format!("{key}.usage"),
-                format!("{usage:?} is not one of backup, archive, other"),
-            ));
-        }
+        let usage = match s.usage {
+            None => StorageUsage::Backup,
+            Some(u) => u.parse().map_err(|e| bad(&format!("{key}.usage"), e))?,
+        };
         out.push(Storage {
             id,
             name: s.name.unwrap_or_else(|| format!("storage-{id}")),
@@ -632,5 +674,31 @@ mod tests {
         )
         .unwrap_err();
         assert_eq!(e.key, "storage[1].id");
+    }
+
+    #[test]
+    fn storage_usage_reads_and_shows_the_three_words() {
+        let c = Config::from_toml(
+            "[[storage]]\nid = 1\npath = \"/a\"\nusage = \"other\"\n[[storage]]\nid = 2\npath = \"/b\"\n",
+            env(&[]),
+        )
+        .unwrap();
+        assert_eq!(c.storage[0].usage, StorageUsage::Other);
+        assert_eq!(c.storage[1].usage, StorageUsage::Backup);
+        for u in StorageUsage::ALL {
+            assert_eq!(u.as_str().parse::<StorageUsage>(), Ok(u));
+            assert_eq!(u.to_string(), u.as_str());
+        }
+        let e = Config::from_toml(
+            "[[storage]]\nid = 1\npath = \"/a\"\nusage = \"Backup\"\n",
+            env(&[]),
+        )
+        .unwrap_err();
+        assert_eq!(e.key, "storage[0].usage");
+        assert!(
+            e.to_string()
+                .contains("\"Backup\" is not one of backup, archive, other"),
+            "{e}"
+        );
     }
 }

@@ -9,7 +9,7 @@ use serde_json::json;
 
 use super::error::ApiError;
 use super::{Call, Reply};
-use crate::config::Storage;
+use crate::config::{Storage, StorageUsage};
 
 const MIB: u64 = 1024 * 1024;
 
@@ -70,7 +70,7 @@ pub fn totals<'a>(probed: &[Probed<'a>], keep: impl Fn(&Storage) -> bool) -> (u6
 }
 
 pub fn is_backup(s: &Storage) -> bool {
-    s.usage == "backup"
+    s.usage == StorageUsage::Backup
 }
 
 #[derive(Serialize)]
@@ -94,12 +94,12 @@ pub fn list(call: &Call) -> Result<Reply, ApiError> {
     let probed = probe(&config.storage);
     let rows: Vec<Row<'_>> = probed
         .iter()
-        .filter(|p| usage.is_none_or(|u| u == p.storage.usage))
+        .filter(|p| usage.is_none_or(|u| u == p.storage.usage.as_str()))
         .map(|p| Row {
             id: p.storage.id,
             name: &p.storage.name,
             kind: TYPE_INTERNAL,
-            usage: &p.storage.usage,
+            usage: p.storage.usage.as_str(),
             status: if p.online { "online" } else { "offline" },
             path: p.storage.path.display().to_string(),
             mb_size: p.mb_size,
@@ -132,7 +132,7 @@ mod tests {
             id,
             name: format!("s{id}"),
             path,
-            usage: usage.into(),
+            usage: usage.parse().unwrap(),
         }
     }
 
@@ -155,7 +155,7 @@ mod tests {
         let (size, free) = totals(&probed, |_| true);
         assert_eq!((size, free), (probed[0].mb_size, probed[0].mb_free));
         assert_eq!(totals(&probed, is_backup).0, probed[0].mb_size);
-        assert_eq!(totals(&probed, |s| s.usage == "none"), (0, 0));
+        assert_eq!(totals(&probed, |s| s.usage.as_str() == "none"), (0, 0));
         std::fs::remove_dir_all(dir).unwrap();
     }
 }

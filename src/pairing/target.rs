@@ -6,7 +6,7 @@
 use std::fmt;
 
 use crate::ca::{self, Ca, ValidCsr};
-use crate::config::Storage;
+use crate::config::{Storage, StorageUsage};
 use crate::model::UnixTime;
 use crate::pairing::Actor;
 use crate::store::{
@@ -354,14 +354,14 @@ pub fn choose_storage(storage: &[Storage], wanted: Option<u64>) -> Result<&Stora
                 .iter()
                 .find(|s| s.id == id)
                 .ok_or(PairingError::UnknownStorage(id))?;
-            if s.usage != "backup" {
+            if s.usage != StorageUsage::Backup {
                 return Err(PairingError::StorageNotBackup(id));
             }
             Ok(s)
         }
         None => storage
             .iter()
-            .find(|s| s.usage == "backup")
+            .find(|s| s.usage == StorageUsage::Backup)
             .ok_or(PairingError::NoBackupStorage),
     }
 }
@@ -932,13 +932,13 @@ mod tests {
                 id: 1,
                 name: "a".into(),
                 path: "/a".into(),
-                usage: "archive".into(),
+                usage: StorageUsage::Archive,
             },
             Storage {
                 id: 2,
                 name: "b".into(),
                 path: "/b".into(),
-                usage: "backup".into(),
+                usage: StorageUsage::Backup,
             },
         ];
         assert_eq!(choose_storage(&s, None).unwrap().id, 2);
