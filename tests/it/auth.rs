@@ -197,11 +197,11 @@ fn users_can_be_changed_and_the_last_superuser_is_protected() {
         &json!({"privilege": "monitor"}),
     );
     assert_eq!(r.status, 409);
-    let r = c.request("DELETE", "/api/users/root", &[("AuthToken", &root)], b"");
+    let r = c.delete("/api/users/root", Some(&root));
     assert_eq!(r.status, 409);
-    let r = c.request("DELETE", "/api/users/nobody", &[("AuthToken", &root)], b"");
+    let r = c.delete("/api/users/nobody", Some(&root));
     assert_eq!(r.status, 404);
-    let r = c.request("DELETE", "/api/users/ops", &[("AuthToken", &root)], b"");
+    let r = c.delete("/api/users/ops", Some(&root));
     assert_eq!(r.status, 200);
     let r = c.post_json(
         "/api/login",

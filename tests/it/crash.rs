@@ -84,6 +84,20 @@ enum Ack {
     },
 }
 
+impl Ack {
+    /// The request and the statuses it may have in the database once a client heard this.
+    fn allowed(&self) -> (u64, &'static [RequestStatus]) {
+        use RequestStatus::*;
+        match self {
+            Ack::Filed { id, .. } => (*id, &[Pending, Accepted, Rejected, Ignored, Revoked]),
+            Ack::Accepted { id } => (*id, &[Accepted, Revoked]),
+            Ack::Rejected { id } => (*id, &[Rejected]),
+            Ack::Ignored { id } => (*id, &[Ignored]),
+            Ack::Unpaired { id } => (*id, &[Revoked]),
+        }
+    }
+}
+
 /// What the clients believe, rebuilt from the database at the start of every round.
 #[derive(Default)]
 struct Model {
@@ -495,14 +509,7 @@ fn check_spool_after_crash(
     // A client hears of an operation only after its spool is written.
     let by_id: HashMap<u64, &RequestRecord> = requests.iter().map(|r| (r.id, r)).collect();
     for a in acks {
-        use RequestStatus::*;
-        let (id, allowed): (u64, &[RequestStatus]) = match a {
-            Ack::Filed { id, .. } => (*id, &[Pending, Accepted, Rejected, Ignored, Revoked]),
-            Ack::Accepted { id } => (*id, &[Accepted, Revoked]),
-            Ack::Rejected { id } => (*id, &[Rejected]),
-            Ack::Ignored { id } => (*id, &[Ignored]),
-            Ack::Unpaired { id } => (*id, &[Revoked]),
-        };
+        let (id, allowed) = a.allowed();
         let Some(r) = by_id.get(&id) else { continue };
         let seen = status_of_token.get(r.token.as_str());
         if !seen.is_some_and(|s| allowed.contains(s)) {
@@ -764,13 +771,7 @@ fn check_database(
     }
     // What the clients were told survived the crash.
     for a in acks {
-        let (id, allowed): (u64, &[RequestStatus]) = match a {
-            Ack::Filed { id, .. } => (*id, &[Pending, Accepted, Rejected, Ignored, Revoked]),
-            Ack::Accepted { id } => (*id, &[Accepted, Revoked]),
-            Ack::Rejected { id } => (*id, &[Rejected]),
-            Ack::Ignored { id } => (*id, &[Ignored]),
-            Ack::Unpaired { id } => (*id, &[Revoked]),
-        };
+        let (id, allowed) = a.allowed();
         match by_id.get(&id) {
             Some(r) if allowed.contains(&r.status) => {
                 if let Ack::Filed { token, .. } = a {

@@ -228,30 +228,18 @@ fn exit_codes_tell_scripts_what_went_wrong() {
     root.run(&["forget-target", "192.0.2.1:8443"]).expect(5);
 
     // 6: a duplicate user; 4: a user whose privilege is too low.
-    root.run_with_stdin(
-        &[
-            "users",
-            "add",
-            "watcher",
-            "--privilege",
-            "monitor",
-            "--password-stdin",
-        ],
-        Some("watcher-password\n"),
-    )
-    .expect(0);
-    root.run_with_stdin(
-        &[
-            "users",
-            "add",
-            "watcher",
-            "--privilege",
-            "monitor",
-            "--password-stdin",
-        ],
-        Some("watcher-password\n"),
-    )
-    .expect(6);
+    let add_watcher = [
+        "users",
+        "add",
+        "watcher",
+        "--privilege",
+        "monitor",
+        "--password-stdin",
+    ];
+    for code in [0, 6] {
+        root.run_with_stdin(&add_watcher, Some("watcher-password\n"))
+            .expect(code);
+    }
     let users = root.run(&["--json", "users"]).expect(0).json();
     let names: Vec<&str> = users["users"]
         .as_array()

@@ -55,6 +55,20 @@ pub fn tool(program: &str) -> Command {
     }
 }
 
+/// Runs `cmd` to its end and checks that it succeeded; its output.
+#[track_caller]
+pub fn run_ok(cmd: &mut Command) -> std::process::Output {
+    let out = cmd.output().unwrap_or_else(|e| panic!("run {cmd:?}: {e}"));
+    assert!(
+        out.status.success(),
+        "{cmd:?}: {}\n{}{}",
+        out.status,
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    out
+}
+
 static SEQ: AtomicU32 = AtomicU32::new(0);
 
 /// A free loopback port (bound then released; a rare race with another test is possible).
@@ -375,19 +389,24 @@ impl Daemon {
         r.json()
     }
 
+    /// The word after ` {key} ` in the latest log line that has one (the start-up line
+    /// names `internal ADDR` and `system UUID`).
+    #[track_caller]
+    pub fn logged(&self, key: &str) -> String {
+        let log = self.log();
+        let marker = format!(" {key} ");
+        log.lines()
+            .rev()
+            .find_map(|l| l.split(&marker).nth(1))
+            .and_then(|after| after.split_whitespace().next())
+            .unwrap_or_else(|| panic!("no log line names `{key}`:\n{log}"))
+            .to_string()
+    }
+
     /// The internal tiny_http address, from the start-up log line.
     pub fn internal_addr(&self) -> SocketAddr {
-        let log = self.log();
-        let line = log
-            .lines()
-            .rev()
-            .find(|l| l.contains(" internal "))
-            .expect("start-up line");
-        let after = line.split(" internal ").nth(1).expect("internal addr");
-        after
-            .split_whitespace()
-            .next()
-            .and_then(|a| a.parse().ok())
+        self.logged("internal")
+            .parse()
             .expect("parse internal addr")
     }
 }
@@ -622,10 +641,16 @@ impl Client {
     }
 
     pub fn get(&self, path: &str, token: Option<&str>) -> Response {
-        match token {
-            Some(t) => self.request("GET", path, &[("AuthToken", t)], b""),
-            None => self.request("GET", path, &[], b""),
-        }
+        self.bodiless("GET", path, token)
+    }
+
+    pub fn delete(&self, path: &str, token: Option<&str>) -> Response {
+        self.bodiless("DELETE", path, token)
+    }
+
+    fn bodiless(&self, method: &str, path: &str, token: Option<&str>) -> Response {
+        let auth = token.map(|t| ("AuthToken", t));
+        self.request(method, path, auth.as_slice(), b"")
     }
 
     pub fn post_json(&self, path: &str, token: Option<&str>, body: &Value) -> Response {

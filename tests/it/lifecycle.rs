@@ -27,7 +27,7 @@ fn restart_keeps_users_ca_certificates_and_system_uuid_with_private_modes() {
         .iter()
         .map(|f| std::fs::read(d.data_dir.join(f)).unwrap())
         .collect();
-    let uuid_before = system_uuid(&d);
+    let uuid_before = d.logged("system");
 
     d.restart();
     for (f, b) in files.iter().zip(&before) {
@@ -41,25 +41,9 @@ fn restart_keeps_users_ca_certificates_and_system_uuid_with_private_modes() {
         assert_eq!(mode(&d.data_dir.join(f)), 0o600, "{f} mode");
     }
     assert_eq!(mode(&d.data_dir), 0o700);
-    assert_eq!(system_uuid(&d), uuid_before);
+    assert_eq!(d.logged("system"), uuid_before);
     d.login("keeper", "password-123");
     d.login("root", ADMIN_PASSWORD);
-}
-
-fn system_uuid(d: &Daemon) -> String {
-    let log = d.log();
-    let line = log
-        .lines()
-        .rev()
-        .find(|l| l.contains(" system "))
-        .expect("start-up line");
-    line.split(" system ")
-        .nth(1)
-        .unwrap()
-        .split_whitespace()
-        .next()
-        .unwrap()
-        .to_string()
 }
 
 #[test]
@@ -126,16 +110,11 @@ fn sigterm_exits_zero() {
 #[test]
 fn curl_with_the_ca_file_reaches_health() {
     let d = Daemon::start("life-curl", Options::default());
-    let out = crate::harness::tool("curl")
-        .args(["-sS", "--noproxy", "*", "--cacert"])
-        .arg(d.data_dir.join("ca.pem"))
-        .arg(format!("https://127.0.0.1:{}/api/health", d.api.port()))
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "curl failed: {}",
-        String::from_utf8_lossy(&out.stderr)
+    let out = crate::harness::run_ok(
+        crate::harness::tool("curl")
+            .args(["-sS", "--noproxy", "*", "--cacert"])
+            .arg(d.data_dir.join("ca.pem"))
+            .arg(format!("https://127.0.0.1:{}/api/health", d.api.port())),
     );
     let body: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(body["status"], "ok");

@@ -263,12 +263,9 @@ fn unpair_closes_the_tunnel_at_once_and_the_heartbeat_learns_of_it() {
     assert_eq!(ok.status, 200, "{}", ok.text());
     assert_eq!(ok.json()["system_id"], sid);
 
-    let r = tgt.client().request(
-        "DELETE",
-        &format!("/api/replication/source?sid={sid}"),
-        &[("AuthToken", &tt)],
-        b"",
-    );
+    let r = tgt
+        .client()
+        .delete(&format!("/api/replication/source?sid={sid}"), Some(&tt));
     assert_eq!(r.status, 200);
     // The connection that was already open is refused from its next request on.
     let after = get_on(&mut open, "/tunnel/v1/hello", true);
@@ -557,12 +554,9 @@ fn two_appliances_pair_both_ways() {
             .any(|s| s["role"] == "Non-Managed Replication Source"));
     }
     // Forgetting a target removes its row and its key material.
-    let r = a.client().request(
-        "DELETE",
-        &format!("/api/replication/target/{}", b.api),
-        &[("AuthToken", &at)],
-        b"",
-    );
+    let r = a
+        .client()
+        .delete(&format!("/api/replication/target/{}", b.api), Some(&at));
     assert_eq!(r.status, 200, "{}", r.text());
     assert!(
         a.client().get("/api/replication/targets", Some(&at)).json()["targets"]
@@ -576,11 +570,8 @@ fn two_appliances_pair_both_ways() {
             .count(),
         0
     );
-    let r = a.client().request(
-        "DELETE",
-        &format!("/api/replication/target/{}", b.api),
-        &[("AuthToken", &at)],
-        b"",
-    );
+    let r = a
+        .client()
+        .delete(&format!("/api/replication/target/{}", b.api), Some(&at));
     assert_eq!(r.status, 404);
 }
