@@ -59,6 +59,50 @@ impl FromStr for Privilege {
     }
 }
 
+/// A row's role in `GET /api/systems`, with exactly the appliance API's strings. Stored
+/// system rows hold the same strings, so databases written before this enum decode.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Role {
+    /// A system this appliance manages, not (yet) replicating to it.
+    #[serde(rename = "Managed DPU")]
+    Managed,
+    /// A managed system that became a paired replication source.
+    #[serde(rename = "Replication Source")]
+    Source,
+    /// A paired replication source this appliance did not manage before.
+    #[serde(rename = "Non-Managed Replication Source")]
+    NonManagedSource,
+    /// A source with an open pairing request (listed, never stored).
+    #[serde(rename = "Pending Replication Source")]
+    PendingSource,
+    /// This appliance itself, the first row of the list (never stored).
+    #[serde(rename = "Local Appliance")]
+    Local,
+}
+
+impl Role {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Role::Managed => "Managed DPU",
+            Role::Source => "Replication Source",
+            Role::NonManagedSource => "Non-Managed Replication Source",
+            Role::PendingSource => "Pending Replication Source",
+            Role::Local => "Local Appliance",
+        }
+    }
+
+    /// A paired replication source (managed before or not).
+    pub fn is_source(self) -> bool {
+        matches!(self, Role::Source | Role::NonManagedSource)
+    }
+}
+
+impl fmt::Display for Role {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
 /// Prints an error and its causes as one line, `outer: cause: root cause`. Errors here
 /// follow one rule: `Display` says only what failed at its own level and `source()` hands
 /// on the cause, so this is the one place a chain is joined (logs, 500 details, `main`).
@@ -157,5 +201,21 @@ mod tests {
         }
         let e = Outer(std::io::Error::other("disk full"));
         assert_eq!(Chain(&e).to_string(), "write key for target 3: disk full");
+    }
+
+    #[test]
+    fn roles_are_the_appliance_strings_on_the_wire() {
+        for role in [
+            Role::Managed,
+            Role::Source,
+            Role::NonManagedSource,
+            Role::PendingSource,
+            Role::Local,
+        ] {
+            let json = serde_json::to_string(&role).unwrap();
+            assert_eq!(json, format!("\"{}\"", role.as_str()));
+            assert_eq!(serde_json::from_str::<Role>(&json).unwrap(), role);
+        }
+        assert!(serde_json::from_str::<Role>("\"managed dpu\"").is_err());
     }
 }

@@ -235,24 +235,9 @@ impl Spool {
         self.root.join(token)
     }
 
-    /// The status a source sees for `r`.
+    /// The status a source sees for `r`: the record decides it, the spool only renders.
     pub fn status_of(&self, r: &RequestRecord) -> SpoolStatus {
-        match r.status {
-            RequestStatus::Pending => SpoolStatus::Pending {
-                retry_after: self.retry_after,
-                expires: r.expires,
-            },
-            RequestStatus::Accepted => SpoolStatus::Accepted {
-                certificate: CERT_FILE.into(),
-                ca: CA_FILE.into(),
-                tunnel: self.tunnel.clone(),
-            },
-            RequestStatus::Rejected => SpoolStatus::Rejected {
-                message: r.message.clone().unwrap_or_default(),
-            },
-            RequestStatus::Expired | RequestStatus::Ignored => SpoolStatus::Expired,
-            RequestStatus::Revoked => SpoolStatus::Revoked,
-        }
+        r.spool_status(self.retry_after, &self.tunnel)
     }
 
     /// The files `r` must have, in write order: `status.json` always last.

@@ -42,6 +42,15 @@ pub fn parse_id(field: &str, s: &str) -> Result<u64, ApiError> {
         .ok_or_else(|| wrong(field, "a positive integer or a numeric string"))
 }
 
+/// A `limit` query value: a positive integer, at most `cap` when given. One above what
+/// this platform's `usize` holds (armv7 is 32-bit) means "no limit", never a wrapped
+/// small number.
+pub fn parse_limit(field: &str, s: &str, cap: Option<u64>) -> Result<usize, ApiError> {
+    let n = parse_id(field, s)?;
+    let n = cap.map_or(n, |c| n.min(c));
+    Ok(usize::try_from(n).unwrap_or(usize::MAX))
+}
+
 impl Body {
     /// Parses `bytes` as a JSON object. An empty body is an empty object.
     pub fn parse(bytes: &[u8]) -> Result<Body, ApiError> {
@@ -169,6 +178,24 @@ pub fn percent_decode(s: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn limits_beyond_usize_mean_no_limit_rather_than_wrapping() {
+        // On a 32-bit target 2^32 + 5 would have been cut to 5.
+        let big = (1u64 << 32) + 5;
+        let expected = usize::try_from(big).unwrap_or(usize::MAX);
+        assert_eq!(
+            parse_limit("limit", &big.to_string(), None).unwrap(),
+            expected
+        );
+        assert!(parse_limit("limit", &big.to_string(), None).unwrap() > 5);
+        assert_eq!(
+            parse_limit("limit", &big.to_string(), Some(1_000)).unwrap(),
+            1_000
+        );
+        assert_eq!(parse_limit("limit", "7", None).unwrap(), 7);
+        assert!(parse_limit("limit", "0", None).is_err());
+    }
 
     #[test]
     fn ids_accept_numbers_and_numeric_strings_only() {

@@ -190,7 +190,7 @@ impl From<PairingError> for ApiError {
                 message: text,
                 retry_after,
             },
-            P::Ca(_) | P::Store(_) => ApiError::Internal(Box::new(e)),
+            P::Ca(_) | P::Clock(_) | P::Store(_) => ApiError::Internal(Box::new(e)),
         }
     }
 }

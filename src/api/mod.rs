@@ -252,17 +252,16 @@ fn serve(app: &App, routes: &[Route], mut request: tiny_http::Request) {
                     .iter()
                     .find(|h| h.field.equiv("AuthToken"))
                     .map(|h| h.value.as_str().trim().to_string());
-                routes::dispatch(
-                    app,
-                    routes,
+                let incoming = routes::Incoming {
                     peer,
                     now,
-                    &method,
-                    &url,
-                    &body,
+                    method: &method,
+                    url: &url,
+                    body: &body,
                     token,
                     if_none_match,
-                )
+                };
+                routes::dispatch(app, routes, incoming)
             }
         },
     };

@@ -4,7 +4,7 @@
 use serde::Serialize;
 use serde_json::json;
 
-use super::body::parse_id;
+use super::body::{parse_id, parse_limit};
 use super::error::ApiError;
 use super::{Call, ListWriter, Reply};
 use crate::config::Fault;
@@ -192,7 +192,7 @@ pub(super) fn visit_listed(
         _ => 0,
     };
     let limit = match call.query("limit") {
-        Some(v) => parse_id("limit", v)? as usize,
+        Some(v) => parse_limit("limit", v, None)?,
         None => usize::MAX,
     };
     let now = call.now;
@@ -228,16 +228,13 @@ pub fn resolve(call: &Call) -> Result<Reply, ApiError> {
         }
     };
     let app = call.app;
-    let resolved = target::resolve(
-        &app.store,
-        &app.ca,
-        &app.config.storage,
-        id,
-        decision,
-        app.config.certificate_days,
-        &actor(call),
-        call.now,
-    )?;
+    let side = target::TargetSide {
+        store: &app.store,
+        ca: &app.ca,
+        storage: &app.config.storage,
+        cert_days: app.config.certificate_days,
+    };
+    let resolved = target::resolve(&side, id, decision, &actor(call), call.now)?;
     let r = resolved.request;
     if app.config.fault == Fault::CrashAfterAcceptCommit && r.status == RequestStatus::Accepted {
         log::error!("fault injection: aborting after committing request {id}, before its spool");

@@ -238,18 +238,31 @@ fn check_sid_filter(query: &[(String, String)]) -> Result<(), ApiError> {
     Ok(())
 }
 
-#[allow(clippy::too_many_arguments)]
-pub fn dispatch(
-    app: &App,
-    routes: &[Route],
-    peer: &PeerInfo,
-    now: UnixTime,
-    method: &str,
-    url: &str,
-    body: &[u8],
-    token: Option<String>,
-    if_none_match: Option<String>,
-) -> Result<Reply, ApiError> {
+/// One request as a worker read it, before routing.
+pub struct Incoming<'a> {
+    /// Who sent it, as the TLS front recorded.
+    pub peer: &'a PeerInfo,
+    /// Read once when the request arrived.
+    pub now: UnixTime,
+    pub method: &'a str,
+    pub url: &'a str,
+    pub body: &'a [u8],
+    /// The `AuthToken` header, trimmed.
+    pub token: Option<String>,
+    pub if_none_match: Option<String>,
+}
+
+/// Finds the route for `request`, checks its listener and access, and calls its handler.
+pub fn dispatch(app: &App, routes: &[Route], request: Incoming) -> Result<Reply, ApiError> {
+    let Incoming {
+        peer,
+        now,
+        method,
+        url,
+        body,
+        token,
+        if_none_match,
+    } = request;
     let (raw_path, query) = url.split_once('?').unwrap_or((url, ""));
     let path = route_path(raw_path);
     // HEAD is answered like GET; tiny_http leaves the body out.

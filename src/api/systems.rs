@@ -9,12 +9,9 @@ use super::pairing::{actor, visit_listed};
 use super::routes::LOCAL_SYSTEM_ID;
 use super::storage;
 use super::{Call, ListWriter, Reply};
-use crate::model::UnixTime;
-use crate::pairing::target::{self, ROLE_PENDING_SOURCE};
+use crate::model::{Role, UnixTime};
+use crate::pairing::target;
 use crate::store::{RequestSummary, SystemRecord, TargetStatus};
-
-/// The role of this appliance's own row.
-pub const ROLE_LOCAL: &str = "Local Appliance";
 
 /// A source counts as `online` while its last tunnel contact is this recent (s).
 pub const ONLINE_WINDOW: i64 = 15 * 60;
@@ -26,7 +23,7 @@ struct Row<'a> {
     name: &'a str,
     host: &'a str,
     asset_tag: &'a str,
-    role: &'a str,
+    role: Role,
     local: bool,
     version: &'a str,
     version_status: &'static str,
@@ -83,7 +80,7 @@ pub fn version_status(theirs: &str) -> &'static str {
 }
 
 fn stored<'a>(s: &'a SystemRecord, now: UnixTime) -> Row<'a> {
-    let source = target::is_source_role(&s.role);
+    let source = s.role.is_source();
     let status = match (source, s.last_seen) {
         (true, Some(_)) => "connected",
         (true, None) => "paired",
@@ -95,7 +92,7 @@ fn stored<'a>(s: &'a SystemRecord, now: UnixTime) -> Row<'a> {
         name: &s.name,
         host: &s.host,
         asset_tag: s.asset_tag.as_deref().unwrap_or_default(),
-        role: &s.role,
+        role: s.role,
         local: false,
         version,
         version_status: version_status(version),
@@ -124,7 +121,7 @@ fn pending<'a>(r: &'a RequestSummary<'_>) -> Row<'a> {
         name: &r.name,
         host: &r.host,
         asset_tag: r.asset_tag.as_deref().unwrap_or_default(),
-        role: ROLE_PENDING_SOURCE,
+        role: Role::PendingSource,
         local: false,
         version: &r.version,
         version_status: version_status(&r.version),
@@ -175,7 +172,7 @@ pub fn list(call: &Call) -> Result<Reply, ApiError> {
         name: &name,
         host: &host,
         asset_tag: &config.asset_tag,
-        role: ROLE_LOCAL,
+        role: Role::Local,
         local: true,
         version: env!("CARGO_PKG_VERSION"),
         version_status: "current",

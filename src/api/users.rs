@@ -162,7 +162,7 @@ pub fn audit_log(call: &Call) -> Result<Reply, ApiError> {
         _ => 0,
     };
     let limit = match call.query("limit") {
-        Some(v) => super::body::parse_id("limit", v)?.min(1_000) as usize,
+        Some(v) => super::body::parse_limit("limit", v, Some(1_000))?,
         None => 100,
     };
     let rows: Vec<_> = call

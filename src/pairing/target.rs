@@ -7,22 +7,12 @@ use std::fmt;
 
 use crate::ca::{self, Ca, ValidCsr};
 use crate::config::{Storage, StorageUsage};
-use crate::model::UnixTime;
+use crate::model::{Role, UnixTime};
 use crate::pairing::Actor;
 use crate::store::{
     AuditRecord, CertRecord, OpenRequest, RequestRecord, RequestStatus, Store, StoreError,
     SystemRecord, Txn,
 };
-
-/// The role strings of the appliance API, exactly.
-pub const ROLE_MANAGED: &str = "Managed DPU";
-pub const ROLE_SOURCE: &str = "Replication Source";
-pub const ROLE_NON_MANAGED_SOURCE: &str = "Non-Managed Replication Source";
-pub const ROLE_PENDING_SOURCE: &str = "Pending Replication Source";
-
-pub fn is_source_role(role: &str) -> bool {
-    role == ROLE_SOURCE || role == ROLE_NON_MANAGED_SOURCE
-}
 
 /// The limits on open requests.
 #[derive(Clone, Copy, Debug)]
@@ -62,6 +52,8 @@ pub enum PairingError {
     },
     Csr(ca::CsrError),
     Ca(ca::CaError),
+    /// The time handed in is outside what a certificate can carry (a broken clock).
+    Clock(UnixTime),
     Store(StoreError),
 }
 
@@ -89,6 +81,10 @@ impl fmt::Display for PairingError {
             PairingError::InvalidField { field, problem } => write!(f, "field `{field}` {problem}"),
             PairingError::Csr(_) => f.write_str("field `csr`"),
             PairingError::Ca(_) => f.write_str("sign csr"),
+            PairingError::Clock(now) => write!(
+                f,
+                "the clock reads unix time {now}, outside the dates a certificate can carry"
+            ),
             PairingError::Store(e) => write!(f, "{e}"),
         }
     }
@@ -287,7 +283,7 @@ pub fn file_request(
                     .systems()?
                     .into_iter()
                     .find(|s| {
-                        is_source_role(&s.role)
+                        s.role.is_source()
                             && s.system_uuid.as_deref() == Some(new.system_uuid.as_str())
                     })
                     .map(|s| s.id);
@@ -380,14 +376,13 @@ pub fn source_row(
 ) -> SystemRecord {
     match existing {
         Some(mut row) => {
-            let managed = row.role == ROLE_MANAGED || row.was_managed;
+            let managed = row.role == Role::Managed || row.was_managed;
             row.was_managed = managed;
             row.role = if managed {
-                ROLE_SOURCE
+                Role::Source
             } else {
-                ROLE_NON_MANAGED_SOURCE
-            }
-            .into();
+                Role::NonManagedSource
+            };
             row.system_uuid = Some(request.system_uuid.clone());
             row.version = Some(request.version.clone());
             row.storage_id = Some(storage_id);
@@ -404,7 +399,7 @@ pub fn source_row(
             id: new_id,
             name: request.name.clone(),
             host: request.host.clone(),
-            role: ROLE_NON_MANAGED_SOURCE.into(),
+            role: Role::NonManagedSource,
             system_uuid: Some(request.system_uuid.clone()),
             version: Some(request.version.clone()),
             storage_id: Some(storage_id),
@@ -431,7 +426,7 @@ fn matching_system(tx: &Txn, request: &RequestRecord) -> Result<Option<SystemRec
         return Ok(Some(s.clone()));
     }
     Ok(systems.into_iter().find(|s| {
-        s.role == ROLE_MANAGED
+        s.role == Role::Managed
             && s.system_uuid.is_none()
             && s.host.eq_ignore_ascii_case(&request.host)
     }))
@@ -458,19 +453,31 @@ pub struct Resolved {
     pub replaced: Option<u64>,
 }
 
+/// What deciding a request works with, borrowed from the caller.
+pub struct TargetSide<'a> {
+    pub store: &'a Store,
+    pub ca: &'a Ca,
+    /// The configured storage, to pick the one an accepted source replicates into.
+    pub storage: &'a [Storage],
+    /// Lifetime of an issued client certificate.
+    pub cert_days: u32,
+}
+
 /// Accepts or rejects a pending request. On accept the CSR is signed first, then the
 /// resolution, the certificate and the systems row commit in one transaction.
-#[allow(clippy::too_many_arguments)]
 pub fn resolve(
-    store: &Store,
-    ca: &Ca,
-    storage: &[Storage],
+    side: &TargetSide,
     id: u64,
     decision: Decision,
-    cert_days: u32,
     actor: &Actor,
     now: UnixTime,
 ) -> Result<Resolved, PairingError> {
+    let TargetSide {
+        store,
+        ca,
+        storage,
+        cert_days,
+    } = *side;
     let current = store.request(id)?.ok_or(PairingError::UnknownRequest(id))?;
     check_pending(&current, now)?;
     match decision {
@@ -513,7 +520,7 @@ pub fn resolve(
             };
             let csr = ca::parse_csr(&current.csr_pem).map_err(PairingError::Csr)?;
             let issued = ca
-                .sign_client(&csr, &current.system_uuid, cert_days, time_of(now))
+                .sign_client(&csr, &current.system_uuid, cert_days, time_of(now)?)
                 .map_err(PairingError::Ca)?;
             store.write(|tx| {
                 let mut r = tx.request(id)?.ok_or(PairingError::UnknownRequest(id))?;
@@ -587,9 +594,10 @@ pub fn resolve(
     }
 }
 
-fn time_of(now: UnixTime) -> time::OffsetDateTime {
-    time::OffsetDateTime::from_unix_timestamp(now)
-        .unwrap_or_else(|_| time::OffsetDateTime::now_utc())
+/// `now` as a calendar time for a certificate; a clock outside the calendar is an error,
+/// never quietly replaced by another reading.
+fn time_of(now: UnixTime) -> Result<time::OffsetDateTime, PairingError> {
+    time::OffsetDateTime::from_unix_timestamp(now).map_err(|_| PairingError::Clock(now))
 }
 
 /// Drops a pending request silently; the source will see `expired`.
@@ -633,7 +641,7 @@ pub fn unpair(
         let row = tx
             .system(system_id)?
             .ok_or(PairingError::UnknownSystem(system_id))?;
-        if !is_source_role(&row.role) {
+        if !row.role.is_source() {
             return Err(PairingError::NotASource(system_id));
         }
         if let Some(serial) = &row.cert_serial {
@@ -649,7 +657,7 @@ pub fn unpair(
         }
         if row.was_managed {
             let mut back = row.clone();
-            back.role = ROLE_MANAGED.into();
+            back.role = Role::Managed;
             back.storage_id = None;
             back.cert_serial = None;
             back.certificate_expires = None;
@@ -684,7 +692,7 @@ pub fn change_storage(
         let mut row = tx
             .system(system_id)?
             .ok_or(PairingError::UnknownSystem(system_id))?;
-        if !is_source_role(&row.role) {
+        if !row.role.is_source() {
             return Err(PairingError::NotASource(system_id));
         }
         let before = row.storage_id;
@@ -730,7 +738,7 @@ pub fn register_managed(
             id: tx.next_system_id()?,
             name: name.into(),
             host: host.into(),
-            role: ROLE_MANAGED.into(),
+            role: Role::Managed,
             system_uuid: system_uuid.map(String::from),
             version: None,
             storage_id: None,
@@ -859,6 +867,7 @@ pub fn record_hello(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::wire::protocol::SpoolStatus;
 
     fn open(uuid: &str, fp: &str, addr: &str) -> OpenRequest {
         OpenRequest {
@@ -912,17 +921,99 @@ mod tests {
     fn roles_follow_the_appliance_rules() {
         let r = RequestRecord::fixture(3);
         let fresh = source_row(None, &r, 1, "ab", 99, 5, 1);
-        assert_eq!(fresh.role, "Non-Managed Replication Source");
+        assert_eq!(fresh.role.as_str(), "Non-Managed Replication Source");
         assert_eq!(fresh.id, 5);
         let managed = SystemRecord {
-            role: ROLE_MANAGED.into(),
+            role: Role::Managed,
             ..fresh.clone()
         };
         let row = source_row(Some(managed), &r, 2, "cd", 99, 6, 1);
-        assert_eq!(row.role, "Replication Source");
+        assert_eq!(row.role.as_str(), "Replication Source");
         assert!(row.was_managed);
         assert_eq!(row.id, 5);
         assert_eq!(row.storage_id, Some(2));
+    }
+
+    #[test]
+    fn system_rows_stored_with_role_strings_still_decode_and_encode_the_same() {
+        // As the database held them when the role was a plain string.
+        let managed = r#"{"id":2,"name":"dpu","host":"dpu.example","role":"Managed DPU","created":1,"updated":1}"#;
+        let paired = r#"{"id":3,"name":"src","host":"src.example","role":"Non-Managed Replication Source","system_uuid":"u","version":"1","storage_id":2,"created":1,"updated":2,"cert_serial":"ab","certificate_expires":9,"last_seen":null,"was_managed":false,"request_id":4}"#;
+        let was_managed = r#"{"id":5,"name":"m","host":"m.example","role":"Replication Source","created":1,"updated":1,"was_managed":true}"#;
+        for (stored, role) in [
+            (managed, Role::Managed),
+            (paired, Role::NonManagedSource),
+            (was_managed, Role::Source),
+        ] {
+            let row: SystemRecord = serde_json::from_str(stored).unwrap();
+            assert_eq!(row.role, role);
+            let again = serde_json::to_value(&row).unwrap();
+            assert_eq!(again["role"], role.as_str());
+        }
+        let unknown = managed.replace("Managed DPU", "Toaster");
+        assert!(serde_json::from_str::<SystemRecord>(&unknown).is_err());
+    }
+
+    #[test]
+    fn a_source_sees_an_ignored_request_as_expired() {
+        let mut r = RequestRecord::fixture(3);
+        r.status = RequestStatus::Ignored;
+        assert_eq!(r.spool_status(30, "t:8444"), SpoolStatus::Expired);
+        r.status = RequestStatus::Pending;
+        assert_eq!(
+            r.spool_status(30, "t:8444"),
+            SpoolStatus::Pending {
+                retry_after: 30,
+                expires: 10
+            }
+        );
+    }
+
+    fn temp_store(name: &str) -> Store {
+        let dir =
+            std::env::temp_dir().join(format!("replgate-target-{name}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        crate::fsx::ensure_private_dir(&dir).unwrap();
+        Store::open(&dir.join("replgate.redb")).unwrap()
+    }
+
+    #[test]
+    fn accepting_with_a_clock_outside_the_calendar_fails_and_leaves_the_request_pending() {
+        let store = temp_store("clock");
+        let at = time::OffsetDateTime::from_unix_timestamp(1_767_225_600).unwrap();
+        let ca = Ca::generate("target ca", at).unwrap();
+        let (_, csr_pem) = ca::generate_client_key_and_csr("u").unwrap();
+        // Year 11476: past the last date `time` (and X.509's GeneralizedTime) can hold.
+        let now: UnixTime = 300_000_000_000;
+        let mut r = RequestRecord::fixture(3);
+        r.csr_pem = csr_pem;
+        r.created = now - 10;
+        r.expires = now + 600;
+        store.write(|tx| tx.put_request(&r)).unwrap();
+        let storage = [Storage {
+            id: 1,
+            name: "b".into(),
+            path: "/b".into(),
+            usage: StorageUsage::Backup,
+        }];
+        let side = TargetSide {
+            store: &store,
+            ca: &ca,
+            storage: &storage,
+            cert_days: 30,
+        };
+        let actor = Actor {
+            user: "root".into(),
+            address: "-".into(),
+        };
+        let accept = Decision::Accept { storage_id: None };
+        let e = resolve(&side, r.id, accept, &actor, now).unwrap_err();
+        assert!(matches!(e, PairingError::Clock(t) if t == now), "{e:?}");
+        assert_eq!(
+            store.request(r.id).unwrap().unwrap().status,
+            RequestStatus::Pending
+        );
+        assert!(store.certs().unwrap().is_empty());
     }
 
     #[test]

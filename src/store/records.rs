@@ -6,7 +6,8 @@ use std::fmt;
 
 use serde::{Deserialize, Serialize};
 
-use crate::model::{Privilege, UnixTime};
+use crate::model::{Privilege, Role, UnixTime};
+use crate::wire::protocol::{SpoolStatus, CA_FILE, CERT_FILE};
 
 #[derive(Clone, Serialize, Deserialize, PartialEq, Eq)]
 pub struct UserRecord {
@@ -121,6 +122,30 @@ pub struct RequestRecord {
     pub requested_storage_id: Option<u64>,
 }
 
+impl RequestRecord {
+    /// The `status.json` a source polls for this request, given the target's poll wait and
+    /// tunnel address. An ignored request shows as `expired`: an admin's silent drop must
+    /// look to the source like a request whose time ran out.
+    pub fn spool_status(&self, retry_after: u64, tunnel: &str) -> SpoolStatus {
+        match self.status {
+            RequestStatus::Pending => SpoolStatus::Pending {
+                retry_after,
+                expires: self.expires,
+            },
+            RequestStatus::Accepted => SpoolStatus::Accepted {
+                certificate: CERT_FILE.into(),
+                ca: CA_FILE.into(),
+                tunnel: tunnel.into(),
+            },
+            RequestStatus::Rejected => SpoolStatus::Rejected {
+                message: self.message.clone().unwrap_or_default(),
+            },
+            RequestStatus::Expired | RequestStatus::Ignored => SpoolStatus::Expired,
+            RequestStatus::Revoked => SpoolStatus::Revoked,
+        }
+    }
+}
+
 #[cfg(test)]
 impl RequestRecord {
     /// The one test fixture of a request: pending, with plausible placeholder fields. A
@@ -208,8 +233,9 @@ pub struct SystemRecord {
     pub id: u64,
     pub name: String,
     pub host: String,
-    /// Exactly one of the role strings of the appliance API.
-    pub role: String,
+    /// Stored as the appliance API's string (`Managed DPU`, `Replication Source`,
+    /// `Non-Managed Replication Source`).
+    pub role: Role,
     #[serde(default)]
     pub system_uuid: Option<String>,
     #[serde(default)]
