@@ -85,7 +85,7 @@ impl fmt::Display for RemoteError {
             }
             RemoteError::Malformed { what, .. } => write!(f, "unexpected answer: {what}"),
             RemoteError::PinnedCa(_) => f.write_str("pinned CA"),
-            RemoteError::TlsSetup(_) => f.write_str("TLS set-up"),
+            RemoteError::TlsSetup(_) => f.write_str("tls set-up"),
             RemoteError::Encode(_) => f.write_str("encode the request"),
         }
     }

@@ -174,8 +174,9 @@ impl Poller {
         }
     }
 
-    /// Joins the polls that finish before `deadline`; logs the ones abandoned.
-    fn join_in_flight(mut self, deadline: Instant) {
+    /// Joins the polls that finish before `deadline`; logs and returns the targets of the
+    /// ones abandoned.
+    fn join_in_flight(mut self, deadline: Instant) -> Vec<u64> {
         while !self.in_flight.is_empty() {
             let left = deadline.saturating_duration_since(Instant::now());
             match self.done_rx.recv_timeout(left) {
@@ -183,14 +184,15 @@ impl Poller {
                 Err(_) => break,
             }
         }
-        if !self.in_flight.is_empty() {
-            let mut ids: Vec<u64> = self.in_flight.keys().copied().collect();
-            ids.sort_unstable();
+        let mut ids: Vec<u64> = self.in_flight.keys().copied().collect();
+        ids.sort_unstable();
+        if !ids.is_empty() {
             log::warn!(
                 "poller: abandoned {} polls still running at shutdown (targets {ids:?})",
                 ids.len()
             );
         }
+        ids
     }
 }
 
@@ -404,4 +406,39 @@ fn install_and_prove(
         hello.system_id
     );
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn shutdown_joins_polls_that_finish_in_time_and_abandons_the_rest() {
+        let dir = std::env::temp_dir().join(format!("replgate-poller-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        crate::fsx::ensure_private_dir(&dir).unwrap();
+        let ctx = SourceContext {
+            store: Store::open(&dir.join("replgate.redb")).unwrap(),
+            dirs: TargetDirs::new(dir.join("targets")),
+            poll_interval: Duration::from_secs(30),
+            heartbeat: Duration::from_secs(300),
+        };
+        let mut poller = Poller::new(Arc::new(ctx));
+        for (id, takes) in [(1, Duration::from_millis(20)), (2, Duration::from_secs(5))] {
+            let done = poller.done_tx.clone();
+            let handle = std::thread::spawn(move || {
+                std::thread::sleep(takes);
+                let _ = done.send((id, true));
+            });
+            poller.in_flight.insert(id, handle);
+        }
+        let start = Instant::now();
+        let abandoned = poller.join_in_flight(start + Duration::from_millis(500));
+        assert_eq!(abandoned, vec![2]);
+        assert!(
+            start.elapsed() < Duration::from_secs(2),
+            "{:?}",
+            start.elapsed()
+        );
+    }
 }
