@@ -111,20 +111,18 @@ pub fn sync_dir(dir: &Path) -> io::Result<()> {
 
 /// Removes `dir` and everything in it, then makes the removal durable.
 pub fn remove_dir_all_durable(dir: &Path) -> io::Result<()> {
-    match fs::remove_dir_all(dir) {
-        Ok(()) => {}
-        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(()),
-        Err(e) => return Err(e),
-    }
-    match dir.parent() {
-        Some(parent) => sync_dir(parent),
-        None => Ok(()),
-    }
+    remove_durable(dir, |p| fs::remove_dir_all(p))
 }
 
 /// Removes one file if present, durably.
 pub fn remove_file_durable(path: &Path) -> io::Result<()> {
-    match fs::remove_file(path) {
+    remove_durable(path, |p| fs::remove_file(p))
+}
+
+/// Runs `remove` on `path` (nothing to do when it is already gone), then fsyncs the parent
+/// directory so the removal survives a crash.
+fn remove_durable(path: &Path, remove: fn(&Path) -> io::Result<()>) -> io::Result<()> {
+    match remove(path) {
         Ok(()) => {}
         Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(()),
         Err(e) => return Err(e),

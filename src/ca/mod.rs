@@ -479,7 +479,7 @@ mod tests {
     use x509_parser::prelude::FromDer;
 
     use super::csr::CSR_LABELS;
-    use super::test_support::{der_of, greedy_csr, now, openssl, test_ca, TempDir, UUID};
+    use super::test_support::{der_of, first_cn, greedy_csr, now, openssl, test_ca, TempDir, UUID};
     use super::x509::validity;
     use super::*;
 
@@ -500,15 +500,7 @@ mod tests {
         let (from, until) = validity(&cert);
         assert_eq!(from, now().unix_timestamp() - 86_400);
         assert_eq!(until, now().unix_timestamp() + 20 * 365 * 86_400);
-        assert_eq!(
-            cert.subject()
-                .iter_common_name()
-                .next()
-                .unwrap()
-                .as_str()
-                .unwrap(),
-            "replgate ca"
-        );
+        assert_eq!(first_cn(cert.subject()), "replgate ca");
         assert_eq!(
             cert.public_key().algorithm.algorithm,
             OID_KEY_TYPE_EC_PUBLIC_KEY
@@ -602,15 +594,7 @@ mod tests {
         // Subject set by the target, nothing from the CSR.
         let subject: Vec<_> = cert.subject().iter_attributes().collect();
         assert_eq!(subject.len(), 1);
-        assert_eq!(
-            cert.subject()
-                .iter_common_name()
-                .next()
-                .unwrap()
-                .as_str()
-                .unwrap(),
-            UUID
-        );
+        assert_eq!(first_cn(cert.subject()), UUID);
         assert!(cert.subject_alternative_name().unwrap().is_none());
 
         // Exactly the extensions we write.
@@ -722,15 +706,7 @@ mod tests {
             "::1".parse().unwrap(),
         ];
         assert_eq!(addrs, expected);
-        assert_eq!(
-            cert.subject()
-                .iter_common_name()
-                .next()
-                .unwrap()
-                .as_str()
-                .unwrap(),
-            "backup1.example"
-        );
+        assert_eq!(first_cn(cert.subject()), "backup1.example");
         let key = KeyPair::from_pem(&issued.key_pem).unwrap();
         assert_eq!(
             cert.public_key().raw,
@@ -758,17 +734,7 @@ mod tests {
         assert_eq!(csr.key_kind(), KeyKind::EcdsaP256);
         let der = pem_block(&csr_pem, CSR_LABELS).unwrap();
         let (_, parsed) = X509CertificationRequest::from_der(&der).unwrap();
-        assert_eq!(
-            parsed
-                .certification_request_info
-                .subject
-                .iter_common_name()
-                .next()
-                .unwrap()
-                .as_str()
-                .unwrap(),
-            UUID
-        );
+        assert_eq!(first_cn(&parsed.certification_request_info.subject), UUID);
         assert_eq!(
             parsed
                 .requested_extensions()

@@ -10,6 +10,7 @@ use rcgen::{
     ExtendedKeyUsagePurpose, IsCa, KeyPair, KeyUsagePurpose,
 };
 use time::OffsetDateTime;
+use x509_parser::x509::X509Name;
 
 use super::{cert_pem_to_der, Ca};
 
@@ -31,6 +32,12 @@ pub fn test_ca(name: &str) -> Ca {
 
 pub fn der_of(pem: &str) -> Vec<u8> {
     cert_pem_to_der(pem).unwrap()
+}
+
+/// The first common name of a subject.
+pub fn first_cn(name: &X509Name<'_>) -> String {
+    let cn = name.iter_common_name().next().expect("a common name");
+    cn.as_str().expect("a string common name").to_owned()
 }
 
 /// A fingerprint as people often paste it: upper case, a colon between bytes.

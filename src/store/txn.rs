@@ -117,6 +117,15 @@ impl Txn {
         Ok(id)
     }
 
+    /// Removes `key` from the table `def`; returns whether it was there.
+    fn remove<'k, K: redb::Key + 'static, V: redb::Value + 'static>(
+        &self,
+        def: redb::TableDefinition<K, V>,
+        key: impl std::borrow::Borrow<K::SelfType<'k>>,
+    ) -> Result<bool> {
+        Ok(self.inner.open_table(def)?.remove(key)?.is_some())
+    }
+
     /// One past the largest key of a `u64`-keyed table, or `empty` for an empty table.
     fn after_last(&self, def: redb::TableDefinition<u64, &[u8]>, empty: u64) -> Result<u64> {
         let t = self.inner.open_table(def)?;
@@ -151,12 +160,8 @@ impl Txn {
 
     /// Deletes a request row (and its open-index entry); its id is never handed out again.
     pub fn delete_request(&self, id: u64) -> Result<bool> {
-        self.inner.open_table(schema::OPEN_REQUESTS)?.remove(id)?;
-        Ok(self
-            .inner
-            .open_table(schema::REQUESTS)?
-            .remove(id)?
-            .is_some())
+        self.remove(schema::OPEN_REQUESTS, id)?;
+        self.remove(schema::REQUESTS, id)
     }
 
     /// The next sequential request id, never reused (purged requests keep theirs).
@@ -189,11 +194,7 @@ impl Txn {
     }
 
     pub fn delete_system(&self, id: u64) -> Result<bool> {
-        Ok(self
-            .inner
-            .open_table(schema::SYSTEMS)?
-            .remove(id)?
-            .is_some())
+        self.remove(schema::SYSTEMS, id)
     }
 
     /// A fresh system id. Ids are never reused, even after an unpair deleted the row, so a
@@ -254,11 +255,7 @@ impl Txn {
     }
 
     pub fn delete_target(&self, id: u64) -> Result<bool> {
-        Ok(self
-            .inner
-            .open_table(schema::TARGETS)?
-            .remove(id)?
-            .is_some())
+        self.remove(schema::TARGETS, id)
     }
 
     /// A fresh target id, never reused (the poller keys its schedule by it).
@@ -311,7 +308,7 @@ impl Txn {
         if !self.superuser_remains(name, None)? {
             return Ok(UserWrite::LastSuperuser);
         }
-        self.inner.open_table(schema::USERS)?.remove(name)?;
+        self.remove(schema::USERS, name)?;
         self.delete_sessions_of(name)?;
         self.audit(audit)?;
         Ok(UserWrite::Done)
@@ -367,11 +364,7 @@ impl Txn {
 
     /// Ends a session; returns whether it existed.
     pub fn delete_session(&self, token_hash: &[u8], audit: Option<&AuditRecord>) -> Result<bool> {
-        let existed = self
-            .inner
-            .open_table(schema::SESSIONS)?
-            .remove(token_hash)?
-            .is_some();
+        let existed = self.remove(schema::SESSIONS, token_hash)?;
         if let Some(a) = audit {
             self.audit(a)?;
         }
