@@ -632,6 +632,7 @@ pub fn run(config: Config) -> Result<(), DaemonError> {
                 addr: backend_addr,
                 kind: ListenerKind::Api,
                 peers: peers.clone(),
+                local: Some(Arc::new(api::SpoolAnswerer::new(app.clone()))),
             },
         )
         .map_err(spawn_error("the api listener"))?,
@@ -642,6 +643,7 @@ pub fn run(config: Config) -> Result<(), DaemonError> {
                 addr: backend_addr,
                 kind: ListenerKind::Tunnel,
                 peers,
+                local: None,
             },
         )
         .map_err(spawn_error("the tunnel listener"))?,

@@ -338,7 +338,9 @@ impl Spool {
     }
 
     /// Reads one served file. The token and name were parsed already; the token directory
-    /// must be a real directory and the file a regular file (no symlink is followed).
+    /// must be a real directory and the file a regular file (no symlink is followed) with
+    /// no other name: a hard link made by a local user (say, from `certificate.pem` to
+    /// `ca.key`) would otherwise publish whatever it points at.
     pub fn read(&self, token: &SpoolToken, file: SpoolFile) -> io::Result<Served> {
         let not_found = |what| io::Error::new(io::ErrorKind::NotFound, what);
         let dir = self.dir(token.as_str());
@@ -350,6 +352,9 @@ impl Spool {
         if !meta.is_file() {
             return Err(not_found("not a regular file"));
         }
+        if meta.nlink() != 1 {
+            return Err(not_found("file has other names (hard links)"));
+        }
         let stamp = FileStamp::of(&meta);
         if let Some((cached, served)) = self.read_cache.lock().get(&path) {
             if *cached == stamp {
@@ -359,6 +364,10 @@ impl Spool {
         // The stamp stored is the one of the file actually read, which may be newer than
         // the one just looked at.
         let (bytes, meta) = fsx::read_regular_nofollow_with_metadata(&path, MAX_FILE_BYTES)?;
+        // Linked between the look and the open: the file read is the one that counts.
+        if meta.nlink() != 1 {
+            return Err(not_found("file has other names (hard links)"));
+        }
         let served = Served::new(bytes);
         let mut cache = self.read_cache.lock();
         if cache.len() >= READ_CACHE_ENTRIES {
@@ -446,7 +455,7 @@ mod tests {
     }
 
     #[test]
-    fn reads_follow_every_update_and_refuse_symlinks() {
+    fn reads_follow_every_update_and_refuse_symlinks_and_hard_links() {
         let dir = std::env::temp_dir().join(format!("replgate-spool-cache-{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&dir);
         fsx::ensure_private_dir(&dir).unwrap();
@@ -488,6 +497,24 @@ mod tests {
         // So is a missing file.
         std::fs::remove_file(&path).unwrap();
         assert!(spool.read(&token, SpoolFile::Status).is_err());
+
+        // And a file with a second name, served before (so cached) or not: a hard link
+        // from a served name to a private file must not publish it.
+        commit(&r);
+        assert!(spool.read(&token, SpoolFile::Status).is_ok());
+        let private = dir.join("ca.key");
+        std::fs::write(&private, b"PRIVATE").unwrap();
+        std::fs::hard_link(&path, dir.join("second-name")).unwrap();
+        assert!(
+            spool.read(&token, SpoolFile::Status).is_err(),
+            "cached file, now linked"
+        );
+        std::fs::remove_file(&path).unwrap();
+        std::fs::hard_link(&private, &path).unwrap();
+        assert!(
+            spool.read(&token, SpoolFile::Status).is_err(),
+            "link to a private file"
+        );
         std::fs::remove_dir_all(&dir).unwrap();
     }
 }

@@ -7,6 +7,7 @@ pub mod error;
 mod pairing;
 mod routes;
 mod source;
+mod spool_files;
 mod storage;
 mod system;
 mod systems;
@@ -21,6 +22,7 @@ use std::time::Duration;
 use serde_json::Value;
 
 pub use routes::{route_table, Access, Route};
+pub use spool_files::SpoolAnswerer;
 
 use crate::auth::{Authenticator, Session};
 use crate::ca::Ca;
@@ -176,6 +178,13 @@ impl ListWriter {
 
 pub type Handler = fn(&Call) -> Result<Reply, ApiError>;
 
+/// Headers on every response, whichever path writes it (a worker, or the front through
+/// [`SpoolAnswerer`]).
+const COMMON_HEADERS: [(&str, &str); 2] = [
+    ("Cache-Control", "no-store"),
+    ("X-Content-Type-Options", "nosniff"),
+];
+
 /// Starts `n` worker threads serving `server` until `shutdown` is set and the queue is quiet.
 pub fn spawn_workers(
     app: Arc<App>,
@@ -293,8 +302,9 @@ fn serve(app: &App, routes: &[Route], mut request: tiny_http::Request) {
         }
     };
     add("Content-Type", content_type);
-    add("Cache-Control", "no-store");
-    add("X-Content-Type-Options", "nosniff");
+    for (name, value) in COMMON_HEADERS {
+        add(name, value);
+    }
     for (name, value) in &headers {
         add(name, value);
     }

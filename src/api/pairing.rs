@@ -11,9 +11,8 @@ use crate::config::Fault;
 use crate::model::UnixTime;
 use crate::pairing::target::{self, Caps, Decision, NewRequest};
 use crate::pairing::Actor;
-use crate::spool::Served;
 use crate::store::{RequestStatus, RequestSummary};
-use crate::wire::protocol::{self, SpoolFile, SpoolToken};
+use crate::wire::protocol::{self, SpoolToken};
 
 /// Largest CSR accepted (an RSA-4096 CSR is about 1.7 KB of PEM).
 const MAX_CSR_BYTES: usize = 16 * 1024;
@@ -78,31 +77,6 @@ pub fn file_request(call: &Call) -> Result<Reply, ApiError> {
     };
     let value = serde_json::to_value(answer)?;
     Ok(Reply::json(if filed.created { 202 } else { 200 }, value))
-}
-
-pub fn spool_file(call: &Call) -> Result<Reply, ApiError> {
-    let not_found = || ApiError::NotFound("no such spool file".into());
-    let token = SpoolToken::parse(call.param(0)).ok_or_else(not_found)?;
-    let file = SpoolFile::parse(call.param(1)).ok_or_else(not_found)?;
-    let Served { bytes, etag } = call.app.spool.read(&token, file).map_err(|_| not_found())?;
-    if call
-        .if_none_match
-        .as_deref()
-        .is_some_and(|v| v.split(',').any(|t| t.trim() == etag || t.trim() == "*"))
-    {
-        return Ok(Reply {
-            status: 304,
-            body: Vec::new(),
-            content_type: file.content_type(),
-            headers: vec![("ETag", etag)],
-        });
-    }
-    Ok(Reply {
-        status: 200,
-        body: bytes,
-        content_type: file.content_type(),
-        headers: vec![("ETag", etag)],
-    })
 }
 
 /// `GET /tunnel/v1/hello`: only reachable with a verified, unrevoked client certificate.

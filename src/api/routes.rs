@@ -7,7 +7,9 @@ use std::borrow::Cow;
 
 use super::body::percent_decode;
 use super::error::ApiError;
-use super::{body, pairing, source, storage, system, systems, users, App, Call, Handler, Reply};
+use super::{
+    body, pairing, source, spool_files, storage, system, systems, users, App, Call, Handler, Reply,
+};
 use crate::front::{ListenerKind, PeerInfo};
 use crate::model::{Privilege, UnixTime};
 
@@ -145,7 +147,7 @@ pub fn route_table() -> Vec<Route> {
             "GET",
             "/replication/v1/spool/{token}/{file}",
             Public,
-            pairing::spool_file,
+            spool_files::handler,
         ),
         // The tunnel (mutual TLS).
         route("GET", "/tunnel/v1/hello", Tunnel, pairing::hello),

@@ -1,8 +1,10 @@
 //! The TLS front before tiny_http, for the API listener: the idle and head timeouts, the
 //! head and body limits, the relay, and the table that tells handlers who each peer
 //! really is. Accepting, the connection caps and the handshake are `listener`'s. Never
-//! routes, authenticates or answers a request itself, apart from the few error responses
-//! for requests it refuses to forward.
+//! routes or authenticates; answers a request itself only with the few error responses
+//! for requests it refuses to forward, the `100 Continue` it owes a client that waits for
+//! one, and what the wiring's [`LocalAnswer`] gives for requests it takes (the spool's
+//! files).
 //!
 //! tiny_http 0.12 runs on a loopback listener (the backend) and has no timeouts, no
 //! limits, one unbounded thread per connection, and an accept thread that dies on
@@ -11,8 +13,11 @@
 //! of that connection is what tiny_http reports as `remote_addr()`, and the [`PeerTable`]
 //! maps it back to the client.
 
+mod buffers;
+mod local;
 mod peers;
 mod relay;
+mod responses;
 
 use std::io;
 use std::net::{SocketAddr, TcpListener};
@@ -22,6 +27,7 @@ use std::time::Duration;
 use crate::config::defaults;
 use crate::listener::{self, Conn, Endpoint, Listener, Service};
 
+pub use local::LocalAnswer;
 pub use peers::{ListenerKind, PeerInfo, PeerTable};
 
 /// Each relayed connection holds three descriptors: the client socket, the front's
@@ -38,12 +44,14 @@ pub struct Limits {
     /// data pending in one direction. Defaults to 60 s.
     pub idle_timeout: Duration,
     /// A request head must be complete this long after its first byte, and its body this
-    /// long after the head (so a client dripping a body cannot hold the handler reading
-    /// it). Defaults to 10 s.
+    /// long after the head (or after the front's `100 Continue`); the front forwards a
+    /// request only once it is complete, so a slow client never holds a worker. Defaults
+    /// to 10 s.
     pub head_timeout: Duration,
     /// Largest request head, request line to blank line inclusive. Defaults to 16,384.
     pub max_head_bytes: usize,
-    /// Largest announced request body. Defaults to 65,536.
+    /// Largest announced request body; the front holds up to this much per connection
+    /// while a request arrives. Defaults to 65,536.
     pub max_body_bytes: u64,
 }
 
@@ -89,6 +97,9 @@ pub struct Backend {
     pub kind: ListenerKind,
     /// Where the real peer of each backend connection is entered.
     pub peers: Arc<PeerTable>,
+    /// Answers the requests it takes on the connection's own thread, before they would
+    /// go to tiny_http (on the API listener: spool polls).
+    pub local: Option<Arc<dyn LocalAnswer>>,
 }
 
 /// Starts the front on `endpoint`: connections within `limits` are relayed to `backend`
@@ -101,6 +112,7 @@ pub fn spawn(endpoint: Endpoint, limits: Limits, backend: Backend) -> io::Result
         backend: backend.addr,
         kind: backend.kind,
         peers: backend.peers,
+        local: backend.local,
         limits,
     });
     listener::spawn(endpoint, connections, shared)
@@ -122,6 +134,7 @@ struct Shared {
     backend: SocketAddr,
     kind: ListenerKind,
     peers: Arc<PeerTable>,
+    local: Option<Arc<dyn LocalAnswer>>,
     limits: Limits,
 }
 

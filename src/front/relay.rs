@@ -1,7 +1,9 @@
 //! One client connection after its TLS handshake (done by `listener`): a single-threaded
-//! poll loop that relays plaintext to and from the backend while holding each request head
-//! to the rules in `wire::http`. Knows a request only by its framing; never decides what a peer may
-//! do, only records who it is.
+//! poll loop that relays plaintext to and from the backend. Each request is held until it is
+//! complete (its head checked against the rules in `wire::http`, then its whole capped
+//! body) and only then forwarded, or answered on this thread by the listener's
+//! [`LocalAnswer`](super::LocalAnswer) when nothing is in flight before it. Knows a request only by its
+//! framing; never decides what a peer may do, only records who it is.
 
 use std::io::{self, Read, Write};
 use std::net::{Shutdown, SocketAddr, TcpStream};
@@ -10,7 +12,9 @@ use std::time::{Duration, Instant};
 
 use rustls::ServerConnection;
 
+use super::buffers::{DownBuffer, UpBuffer};
 use super::peers::PeerInfo;
+use super::responses::Responses;
 use super::Shared;
 use crate::listener::{drain_until_eof, linger, send_final, sys, would_block, Conn, Control};
 use crate::wire::error::raw_error_response;
@@ -19,12 +23,10 @@ use crate::wire::http::{self, HeadError};
 /// Backend-to-client plaintext waiting for rustls. tiny_http writes responses in pieces
 /// of a few KiB; 16 KiB is one full TLS record.
 const DOWN_BUFFER_BYTES: usize = 16 * 1024;
-/// Smallest client-to-backend buffer; it grows to `max_head_bytes` when that is larger,
-/// because a whole head must fit before it can be checked.
+/// Base size of the client-to-backend buffer; it is `max_head_bytes` when that is larger,
+/// because a whole head must fit before it can be checked, and grows while a request
+/// with a larger body is held.
 const UP_BUFFER_MIN_BYTES: usize = 16 * 1024;
-/// How long the backend must stay silent at a request boundary before a draining
-/// connection closes (the response in flight has then been relayed).
-const DRAIN_QUIET: Duration = Duration::from_millis(200);
 /// How often a draining connection looks at the drain deadline again.
 const DRAIN_TICK: Duration = Duration::from_millis(100);
 /// After an error response: how long the front keeps reading and discarding what the
@@ -101,12 +103,15 @@ fn connect_backend(backend: SocketAddr) -> io::Result<TcpStream> {
 
 /// Why a request was not forwarded. Each gets an error response after the responses
 /// still owed for earlier requests.
-#[derive(Clone, Copy, Debug)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Refusal {
     /// 431: no complete head within `max_head_bytes`.
     HeadTooLarge { limit: usize },
     /// 408: the head was still incomplete `head_timeout` after its first byte.
     HeadTimeout { limit: Duration },
+    /// 408: the body was still incomplete `head_timeout` after the head (or after the
+    /// `100 Continue` the client waited for).
+    BodyTimeout { limit: Duration },
     /// 400, 411, 413 or 417: the parser said no.
     Head(HeadError),
 }
@@ -115,7 +120,7 @@ impl Refusal {
     fn status(&self) -> u16 {
         match self {
             Refusal::HeadTooLarge { .. } => 431,
-            Refusal::HeadTimeout { .. } => 408,
+            Refusal::HeadTimeout { .. } | Refusal::BodyTimeout { .. } => 408,
             Refusal::Head(e) => e.status(),
         }
     }
@@ -125,6 +130,9 @@ impl Refusal {
             Refusal::HeadTooLarge { limit } => format!("request head exceeds {limit} bytes"),
             Refusal::HeadTimeout { limit } => {
                 format!("request head not complete within {} ms", limit.as_millis())
+            }
+            Refusal::BodyTimeout { limit } => {
+                format!("request body not complete within {} ms", limit.as_millis())
             }
             Refusal::Head(e) => e.to_string(),
         }
@@ -146,7 +154,8 @@ enum End {
     Failed(io::Error),
 }
 
-/// Where the client-to-backend stream stands in HTTP/1.1 framing.
+/// Where the client-to-backend stream stands in HTTP/1.1 framing. Nothing of a request
+/// is released to the backend before the whole of it (head and body) is held.
 #[derive(Clone, Copy, Debug)]
 enum Framing {
     /// Collecting a head. `scanned` is how far the search for its end got; `since` is when
@@ -155,108 +164,95 @@ enum Framing {
         scanned: usize,
         since: Option<Instant>,
     },
-    /// Passing `remaining` more body bytes through unchanged; the head was released at
-    /// `since`.
-    Body { remaining: u64, since: Instant },
+    /// A checked head (its `Expect` line already cut out) is held and its body is
+    /// arriving: the request is released once `head_len + body_len` bytes are held.
+    Body {
+        head_len: usize,
+        body_len: usize,
+        /// The request is a `HEAD`: its response has no body.
+        head_request: bool,
+        /// The client sent `Connection: close` (or is HTTP/1.0 without keep-alive): this
+        /// is its last request.
+        last: bool,
+        /// Whether the client waits for a `100 Continue`.
+        expect: Continue,
+        /// When the body's clock started: at the head, or when the `100 Continue` went
+        /// out. `None` while that `100 Continue` waits for earlier responses, which is no
+        /// fault of the client's.
+        since: Option<Instant>,
+    },
 }
 
-/// Whether the front still reads from the client.
+impl Framing {
+    const BETWEEN_REQUESTS: Framing = Framing::Head {
+        scanned: 0,
+        since: None,
+    };
+}
+
+/// The `Expect: 100-continue` handshake of the request being received.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Continue {
+    /// The client sends its body without waiting.
+    NotAsked,
+    /// The client waits; the front sends `100 Continue` once nothing is in flight before it.
+    Owed,
+    /// Sent.
+    Sent,
+}
+
+/// The front's interim answer to `Expect: 100-continue`.
+const CONTINUE: &[u8] = b"HTTP/1.1 100 Continue\r\n\r\n";
+
+/// Whether the front still takes requests from the client.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Inbound {
     Open,
     /// The client ended its side (`close_notify` or TCP end of stream).
     Finished,
-    /// The front stopped reading: a request was refused, or the backend stopped taking
-    /// data.
-    Stopped,
+    /// The front stopped reading; the client may still be sending, so closing lingers.
+    Stopped(Stop),
 }
 
-/// Client-to-backend plaintext.
-///
-/// Invariant: `sent <= released <= filled <= buf.len()`. `[sent, released)` is cleared
-/// for the backend and not yet written; `[released, filled)` is held back until the
-/// framing has looked at it, after which it is at most one incomplete head shorter than
-/// `max_head_bytes`. So the buffer never grows, and a head always fits.
-struct UpBuffer {
-    buf: Box<[u8]>,
-    sent: usize,
-    released: usize,
-    filled: usize,
+/// Why the front stopped reading from the client.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Stop {
+    /// A request was refused; its error response follows the backend's last one.
+    Refused(Refusal),
+    /// The last request the client announced (`Connection: close`) was forwarded.
+    LastRequest,
+    /// The backend stopped taking data, or answered something the front cannot follow.
+    Backend,
 }
 
-impl UpBuffer {
-    fn new(capacity: usize) -> Self {
-        UpBuffer {
-            buf: vec![0; capacity].into_boxed_slice(),
-            sent: 0,
-            released: 0,
-            filled: 0,
-        }
-    }
-
-    fn unsent(&self) -> &[u8] {
-        &self.buf[self.sent..self.released]
-    }
-
-    fn held(&self) -> &[u8] {
-        &self.buf[self.released..self.filled]
-    }
-
-    /// Free space at the end, after moving data to the front when little is left.
-    /// Moving happens only once a quarter or less is free, so a steady stream of small
-    /// requests, each written out before the next arrives, never copies.
-    fn spare(&mut self) -> &mut [u8] {
-        if self.sent == self.filled {
-            self.sent = 0;
-            self.released = 0;
-            self.filled = 0;
-        } else if self.sent > 0 && self.buf.len() - self.filled <= self.buf.len() / 4 {
-            self.buf.copy_within(self.sent..self.filled, 0);
-            self.released -= self.sent;
-            self.filled -= self.sent;
-            self.sent = 0;
-        }
-        &mut self.buf[self.filled..]
-    }
-
-    fn drop_held(&mut self) {
-        self.filled = self.released;
-    }
+/// How far the client-bound stream has come towards its end.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Outbound {
+    /// Relaying responses (the backend's and the front's own).
+    Relaying,
+    /// The backend has closed and the refusal's error response is loaded after its last
+    /// byte; `close_notify` follows.
+    Refusing,
+    /// `close_notify` is queued; nothing more is written.
+    Closed,
 }
 
-/// Backend-to-client plaintext not yet taken by rustls.
-///
-/// Invariant: `start <= end <= buf.len()`.
-struct DownBuffer {
-    buf: Box<[u8]>,
-    start: usize,
-    end: usize,
+/// The read half of a socket.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum ReadHalf {
+    Open,
+    /// End of stream: never poll it for reading again.
+    Ended,
 }
 
-impl DownBuffer {
-    fn pending(&self) -> &[u8] {
-        &self.buf[self.start..self.end]
-    }
-
-    fn consume(&mut self, n: usize) {
-        self.start = (self.start + n).min(self.end);
-        if self.start == self.end {
-            self.start = 0;
-            self.end = 0;
-        }
-    }
-
-    fn spare_len(&self) -> usize {
-        self.buf.len() - self.end
-    }
-
-    /// Replaces the (empty) contents with `bytes`, cut to the capacity.
-    fn load(&mut self, bytes: &[u8]) {
-        let n = bytes.len().min(self.buf.len());
-        self.buf[..n].copy_from_slice(&bytes[..n]);
-        self.start = 0;
-        self.end = n;
-    }
+/// The write half of a socket.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum WriteHalf {
+    Ready,
+    /// The last write would have blocked: wait for `POLLOUT` before the next.
+    Blocked,
+    /// The front shut it (only ever the backend's, once the client side is done).
+    Shut,
 }
 
 struct Relay<'a> {
@@ -270,26 +266,22 @@ struct Relay<'a> {
     down: DownBuffer,
     framing: Framing,
     inbound: Inbound,
-    /// Set once, when a request is refused; its response follows the backend's last one.
-    refusal: Option<Refusal>,
-    /// The client may still be sending what the front no longer reads, so closing must
-    /// linger or the client risks a reset before it reads the last response.
-    linger_on_close: bool,
-    refusal_queued: bool,
-    close_notify_sent: bool,
-    /// The client socket reached end of stream; never poll it for reading again.
-    client_eof: bool,
-    client_write_blocked: bool,
-    backend_write_blocked: bool,
-    backend_write_shut: bool,
-    backend_eof: bool,
+    outbound: Outbound,
+    /// Which forwarded requests the backend has answered in full.
+    responses: Responses,
+    client_read: ReadHalf,
+    /// Only `Ready` or `Blocked`: the client's end is `close_notify`, in `outbound`.
+    client_write: WriteHalf,
+    backend_read: ReadHalf,
+    backend_write: WriteHalf,
+    /// The daemon is shutting down: close at the next request boundary.
     draining: bool,
     last_activity: Instant,
     /// When the oldest still-pending byte of each direction started waiting.
     up_stall_since: Option<Instant>,
     down_stall_since: Option<Instant>,
-    last_head_at: Option<Instant>,
-    last_backend_data_at: Option<Instant>,
+    /// Where a local answer is rendered; kept for the next one.
+    answer: Vec<u8>,
 }
 
 impl<'a> Relay<'a> {
@@ -312,31 +304,20 @@ impl<'a> Relay<'a> {
             client,
             backend,
             up: UpBuffer::new(up_capacity),
-            down: DownBuffer {
-                buf: vec![0; DOWN_BUFFER_BYTES].into_boxed_slice(),
-                start: 0,
-                end: 0,
-            },
-            framing: Framing::Head {
-                scanned: 0,
-                since: None,
-            },
+            down: DownBuffer::new(DOWN_BUFFER_BYTES),
+            framing: Framing::BETWEEN_REQUESTS,
             inbound: Inbound::Open,
-            refusal: None,
-            linger_on_close: false,
-            refusal_queued: false,
-            close_notify_sent: false,
-            client_eof: false,
-            client_write_blocked: false,
-            backend_write_blocked: false,
-            backend_write_shut: false,
-            backend_eof: false,
+            outbound: Outbound::Relaying,
+            responses: Responses::new(),
+            client_read: ReadHalf::Open,
+            client_write: WriteHalf::Ready,
+            backend_read: ReadHalf::Open,
+            backend_write: WriteHalf::Ready,
             draining: false,
             last_activity: Instant::now(),
             up_stall_since: None,
             down_stall_since: None,
-            last_head_at: None,
-            last_backend_data_at: None,
+            answer: Vec::new(),
         })
     }
 
@@ -403,78 +384,137 @@ impl<'a> Relay<'a> {
         if !self.up.unsent().is_empty() {
             return;
         }
-        let limits = &self.shared.limits;
+        let limit = self.shared.limits.head_timeout;
+        let overdue =
+            |since: Option<Instant>| since.is_some_and(|s| now.duration_since(s) >= limit);
         match self.framing {
-            Framing::Head {
-                since: Some(since), ..
-            } if now.duration_since(since) >= limits.head_timeout => {
-                let limit = limits.head_timeout;
+            Framing::Head { since, .. } if overdue(since) => {
                 self.refuse(Refusal::HeadTimeout { limit });
             }
-            Framing::Body { since, .. } if now.duration_since(since) >= limits.head_timeout => {
-                // Part of the body is already with tiny_http, so the front cannot answer
-                // for this request; ending the stream frees the handler reading it, and
-                // whatever tiny_http answers still reaches the client.
-                log::info!(
-                    "{}: {}: request body not complete within {} ms; closing",
-                    self.control.name(),
-                    self.addr,
-                    limits.head_timeout.as_millis()
-                );
-                self.inbound = Inbound::Stopped;
-                self.linger_on_close = true;
+            Framing::Body { since, .. } if overdue(since) => {
+                self.refuse(Refusal::BodyTimeout { limit });
             }
             _ => {}
         }
     }
 
-    /// Releases held bytes for the backend as far as the framing allows: whole valid
-    /// heads, then exactly their body bytes.
+    /// Runs the framing over the held bytes: each complete request is answered in the
+    /// front (when the answerer takes it and nothing is in flight) or released to the
+    /// backend whole; an incomplete one stays held, with room reserved for all of it.
     fn frame(&mut self, now: Instant) -> Result<(), Refusal> {
         let max_head = self.shared.limits.max_head_bytes;
         let max_body = self.shared.limits.max_body_bytes;
         loop {
-            match &mut self.framing {
-                Framing::Body { remaining, .. } => {
-                    let held = self.up.filled - self.up.released;
-                    // Bounded by `held`, so the result fits in usize.
-                    let take = usize::try_from(*remaining).map_or(held, |r| r.min(held));
-                    self.up.released += take;
-                    *remaining -= take as u64;
-                    if *remaining > 0 {
-                        return Ok(());
-                    }
-                    self.framing = Framing::Head {
-                        scanned: 0,
-                        since: None,
-                    };
-                }
+            match self.framing {
                 Framing::Head { scanned, since } => {
                     let held = self.up.held();
                     if held.is_empty() {
                         return Ok(());
                     }
-                    since.get_or_insert(now);
+                    let since = since.unwrap_or(now);
                     let window = &held[..held.len().min(max_head)];
-                    let Some(len) = http::find_end(window, *scanned) else {
+                    let Some(len) = http::find_end(window, scanned) else {
                         if held.len() >= max_head {
                             return Err(Refusal::HeadTooLarge { limit: max_head });
                         }
-                        *scanned = window.len();
+                        self.framing = Framing::Head {
+                            scanned: window.len(),
+                            since: Some(since),
+                        };
                         return Ok(());
                     };
-                    let content_length = http::parse(&window[..len])
-                        .and_then(|head| head.capped_length(max_body))
-                        .map_err(Refusal::Head)?;
-                    self.up.released += len;
-                    self.last_head_at = Some(now);
-                    self.framing = Framing::Body {
-                        remaining: content_length,
-                        since: now,
+                    let head = http::parse(&window[..len]).map_err(Refusal::Head)?;
+                    let body_len = head.capped_length(max_body).map_err(Refusal::Head)?;
+                    // Within max_body_bytes, which the configuration keeps addressable.
+                    let body_len = usize::try_from(body_len).map_err(|_| {
+                        Refusal::Head(HeadError::BodyTooLarge {
+                            length: body_len,
+                            limit: max_body,
+                        })
+                    })?;
+                    if body_len == 0
+                        && self.may_add_bytes()
+                        && answer_locally(self.shared, &head, &mut self.answer)
+                        && self.down.append(&self.answer)
+                    {
+                        self.up.skip(len);
+                        self.framing = Framing::BETWEEN_REQUESTS;
+                        continue;
+                    }
+                    let expect = if head.expect_continue && body_len > 0 {
+                        Continue::Owed
+                    } else {
+                        Continue::NotAsked
                     };
+                    let head_request = head.method == "HEAD";
+                    let last = !head.keep_alive;
+                    // tiny_http must not see `Expect`: it would send a second `100
+                    // Continue`, and it hands a request that has one to a worker before
+                    // reading its body.
+                    let cut = head.expect_continue.then(|| head.line_range("expect"));
+                    let head_len = match cut.flatten() {
+                        Some(range) => {
+                            let removed = range.len();
+                            self.up.cut(range);
+                            len - removed
+                        }
+                        None => len,
+                    };
+                    self.up.reserve(head_len + body_len);
+                    self.framing = Framing::Body {
+                        head_len,
+                        body_len,
+                        head_request,
+                        last,
+                        since: (expect == Continue::NotAsked).then_some(now),
+                        expect,
+                    };
+                }
+                Framing::Body {
+                    head_len,
+                    body_len,
+                    head_request,
+                    last,
+                    expect,
+                    ..
+                } => {
+                    if self.up.held().len() < head_len + body_len {
+                        if expect == Continue::Owed
+                            && self.may_add_bytes()
+                            && self.down.append(CONTINUE)
+                        {
+                            self.framing = Framing::Body {
+                                head_len,
+                                body_len,
+                                head_request,
+                                last,
+                                expect: Continue::Sent,
+                                since: Some(now),
+                            };
+                        }
+                        return Ok(());
+                    }
+                    self.up.release(head_len + body_len);
+                    self.responses.expect(head_request);
+                    self.framing = Framing::BETWEEN_REQUESTS;
+                    if last {
+                        // Whatever follows would never be answered: tiny_http closes after
+                        // this request.
+                        self.inbound = Inbound::Stopped(Stop::LastRequest);
+                        return Ok(());
+                    }
                 }
             }
         }
+    }
+
+    /// Whether the front may put bytes of its own into the client-bound stream now:
+    /// every forwarded request has been answered in full, nothing waits to be forwarded,
+    /// and the stream is still open.
+    fn may_add_bytes(&self) -> bool {
+        self.outbound == Outbound::Relaying
+            && self.responses.owed() == 0
+            && self.up.unsent().is_empty()
     }
 
     fn refuse(&mut self, refusal: Refusal) {
@@ -485,16 +525,14 @@ impl<'a> Relay<'a> {
             refusal.status(),
             refusal.message()
         );
-        self.refusal = Some(refusal);
-        self.linger_on_close = true;
-        self.inbound = Inbound::Stopped;
+        self.inbound = Inbound::Stopped(Stop::Refused(refusal));
         self.up.drop_held();
     }
 
     /// Writes released bytes to the backend; once the client side is done and nothing is
     /// left, half-closes the backend so tiny_http finishes what it owes and closes.
     fn write_backend(&mut self, now: Instant) {
-        if !self.up.unsent().is_empty() && !self.backend_write_blocked {
+        if !self.up.unsent().is_empty() && self.backend_write == WriteHalf::Ready {
             match (&self.backend).write(self.up.unsent()) {
                 Ok(n) => {
                     self.up.sent += n;
@@ -502,11 +540,13 @@ impl<'a> Relay<'a> {
                     self.up_stall_since = Some(now);
                     // A short write means the socket buffer is full; poll before the next
                     // attempt instead of paying for a write that returns EAGAIN.
-                    self.backend_write_blocked = !self.up.unsent().is_empty();
+                    if !self.up.unsent().is_empty() {
+                        self.backend_write = WriteHalf::Blocked;
+                    }
                 }
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
-                    self.backend_write_blocked = true;
+                    self.backend_write = WriteHalf::Blocked;
                 }
                 Err(e) => {
                     // tiny_http closed its side (after `Connection: close` or its own
@@ -518,12 +558,11 @@ impl<'a> Relay<'a> {
                         self.addr
                     );
                     if self.inbound == Inbound::Open {
-                        self.inbound = Inbound::Stopped;
-                        self.linger_on_close = true;
+                        self.inbound = Inbound::Stopped(Stop::Backend);
                     }
                     self.up.sent = self.up.released;
                     self.up.drop_held();
-                    self.backend_write_shut = true;
+                    self.backend_write = WriteHalf::Shut;
                 }
             }
         }
@@ -532,14 +571,16 @@ impl<'a> Relay<'a> {
         } else {
             self.up_stall_since.get_or_insert(now);
         }
-        if self.inbound != Inbound::Open && self.up.unsent().is_empty() && !self.backend_write_shut
+        if self.inbound != Inbound::Open
+            && self.up.unsent().is_empty()
+            && self.backend_write != WriteHalf::Shut
         {
             let _ = self.backend.shutdown(Shutdown::Write);
-            self.backend_write_shut = true;
+            self.backend_write = WriteHalf::Shut;
         }
     }
 
-    /// Hands backend bytes to rustls and TLS records to the client, and once the backend
+    /// Hands pending bytes to rustls and TLS records to the client, and once the backend
     /// has closed, appends the refusal (if any) and `close_notify`.
     fn write_client(&mut self, now: Instant) -> io::Result<()> {
         loop {
@@ -551,23 +592,25 @@ impl<'a> Relay<'a> {
                 self.down.consume(n);
                 progress |= n > 0;
             }
-            if self.down.pending().is_empty() && self.backend_eof && !self.close_notify_sent {
-                match self.refusal {
-                    Some(refusal) if !self.refusal_queued => {
-                        self.down
-                            .load(&raw_error_response(refusal.status(), &refusal.message()));
-                        self.refusal_queued = true;
+            if self.down.pending().is_empty() && self.backend_read == ReadHalf::Ended {
+                match (self.outbound, self.inbound) {
+                    (Outbound::Relaying, Inbound::Stopped(Stop::Refused(refusal))) => {
+                        let response = raw_error_response(refusal.status(), &refusal.message());
+                        // The buffer is empty and holds far more than an error response.
+                        let _ = self.down.append(&response);
+                        self.outbound = Outbound::Refusing;
                         continue;
                     }
-                    _ => {
+                    (Outbound::Relaying | Outbound::Refusing, _) => {
                         self.tls.send_close_notify();
-                        self.close_notify_sent = true;
+                        self.outbound = Outbound::Closed;
                     }
+                    (Outbound::Closed, _) => {}
                 }
             }
-            if self.tls.wants_write() && !self.client_write_blocked {
+            if self.tls.wants_write() && self.client_write == WriteHalf::Ready {
                 match self.tls.write_tls(&mut self.client) {
-                    Ok(0) => self.client_write_blocked = true,
+                    Ok(0) => self.client_write = WriteHalf::Blocked,
                     Ok(_) => {
                         progress = true;
                         self.last_activity = now;
@@ -575,7 +618,7 @@ impl<'a> Relay<'a> {
                     }
                     Err(e) if e.kind() == io::ErrorKind::Interrupted => progress = true,
                     Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
-                        self.client_write_blocked = true;
+                        self.client_write = WriteHalf::Blocked;
                     }
                     Err(e) => return Err(e),
                 }
@@ -593,12 +636,12 @@ impl<'a> Relay<'a> {
     }
 
     fn check_end(&mut self, now: Instant) -> Option<End> {
-        if self.close_notify_sent && !self.tls.wants_write() {
+        if self.outbound == Outbound::Closed && !self.tls.wants_write() {
             return Some(End::Clean);
         }
-        if self.draining && !self.close_notify_sent && self.at_quiet_boundary(now) {
+        if self.draining && self.outbound != Outbound::Closed && self.at_quiet_boundary() {
             self.tls.send_close_notify();
-            self.close_notify_sent = true;
+            self.outbound = Outbound::Closed;
             // Flushed by the next turn, which then ends cleanly.
             return None;
         }
@@ -621,18 +664,12 @@ impl<'a> Relay<'a> {
         None
     }
 
-    /// Between requests, everything relayed, and the backend answered the last request
-    /// and has been quiet since: closing now loses nothing.
-    fn at_quiet_boundary(&self, now: Instant) -> bool {
-        let between_requests = matches!(self.framing, Framing::Head { since: None, .. });
-        let answered = match (self.last_head_at, self.last_backend_data_at) {
-            (None, _) => true,
-            (Some(_), None) => false,
-            (Some(head), Some(data)) => data >= head && now.duration_since(data) >= DRAIN_QUIET,
-        };
-        between_requests
-            && answered
-            && self.refusal.is_none()
+    /// Between requests, every forwarded request answered in full and everything
+    /// relayed: closing now loses nothing.
+    fn at_quiet_boundary(&self) -> bool {
+        matches!(self.framing, Framing::Head { since: None, .. })
+            && self.responses.owed() == 0
+            && !matches!(self.inbound, Inbound::Stopped(Stop::Refused(_)))
             && self.up.unsent().is_empty()
             && self.up.held().is_empty()
             && self.down.pending().is_empty()
@@ -655,20 +692,23 @@ impl<'a> Relay<'a> {
         let limits = &self.shared.limits;
         let mut client_events = 0;
         if self.inbound == Inbound::Open
-            && !self.client_eof
+            && self.client_read == ReadHalf::Open
             && self.tls.wants_read()
             && !self.up.spare().is_empty()
         {
             client_events |= sys::POLLIN;
         }
-        if self.client_write_blocked {
+        if self.client_write == WriteHalf::Blocked {
             client_events |= sys::POLLOUT;
         }
         let mut backend_events = 0;
-        if !self.backend_eof && !self.close_notify_sent && self.down.spare_len() > 0 {
+        if self.backend_read == ReadHalf::Open
+            && self.outbound != Outbound::Closed
+            && self.down.spare_len() > 0
+        {
             backend_events |= sys::POLLIN;
         }
-        if self.backend_write_blocked {
+        if self.backend_write == WriteHalf::Blocked {
             backend_events |= sys::POLLOUT;
         }
         let wake_events = if self.draining { 0 } else { sys::POLLIN };
@@ -688,12 +728,11 @@ impl<'a> Relay<'a> {
         // Mirrors the checks in `read_plaintext`, so a deadline that is not enforced yet
         // never turns into a busy loop of zero-length waits.
         if self.inbound == Inbound::Open && self.up.unsent().is_empty() {
-            match self.framing {
-                Framing::Head {
-                    since: Some(since), ..
-                } => deadline = deadline.min(since + limits.head_timeout),
-                Framing::Body { since, .. } => deadline = deadline.min(since + limits.head_timeout),
-                Framing::Head { since: None, .. } => {}
+            let since = match self.framing {
+                Framing::Head { since, .. } | Framing::Body { since, .. } => since,
+            };
+            if let Some(since) = since {
+                deadline = deadline.min(since + limits.head_timeout);
             }
         }
         if self.draining {
@@ -701,8 +740,9 @@ impl<'a> Relay<'a> {
         }
         if self.plaintext_waits_for_room() {
             // rustls holds decrypted bytes that did not fit in `up` on the last read (a
-            // body over the buffer's size); `up` has room again and no socket event will
-            // announce them, so look again at once instead of sleeping until a timeout.
+            // request larger than the buffer was when it was read); `up` has room again
+            // and no socket event will announce them, so look again at once instead of
+            // sleeping until a timeout.
             deadline = now;
         }
         if sys::poll(&mut fds, Some(deadline.saturating_duration_since(now)))? == 0 {
@@ -713,7 +753,7 @@ impl<'a> Relay<'a> {
         let [client, backend, wake] = fds;
         if client_events & sys::POLLIN != 0 && sys::readable(&client) {
             match self.tls.read_tls(&mut self.client) {
-                Ok(0) => self.client_eof = true,
+                Ok(0) => self.client_read = ReadHalf::Ended,
                 Ok(_) => self.last_activity = now,
                 Err(e) if would_block(&e) => {}
                 Err(e) => return Err(e),
@@ -724,30 +764,13 @@ impl<'a> Relay<'a> {
             }
         }
         if client_events & sys::POLLOUT != 0 && sys::writable(&client) {
-            self.client_write_blocked = false;
+            self.client_write = WriteHalf::Ready;
         }
         if backend_events & sys::POLLIN != 0 && sys::readable(&backend) {
-            let end = self.down.end;
-            match (&self.backend).read(&mut self.down.buf[end..]) {
-                Ok(0) => self.backend_eof = true,
-                Ok(n) => {
-                    self.down.end += n;
-                    self.last_activity = now;
-                    self.last_backend_data_at = Some(now);
-                }
-                Err(e) if would_block(&e) => {}
-                Err(e) => {
-                    log::debug!(
-                        "{}: {}: read from backend: {e}",
-                        self.control.name(),
-                        self.addr
-                    );
-                    self.backend_eof = true;
-                }
-            }
+            self.read_backend(now);
         }
         if backend_events & sys::POLLOUT != 0 && sys::writable(&backend) {
-            self.backend_write_blocked = false;
+            self.backend_write = WriteHalf::Ready;
         }
         if sys::ready(&wake) {
             self.draining = true;
@@ -755,17 +778,54 @@ impl<'a> Relay<'a> {
         Ok(())
     }
 
+    /// One read from the backend into `down`, followed by the response tracker.
+    fn read_backend(&mut self, now: Instant) {
+        let spare = self.down.spare();
+        match (&self.backend).read(spare) {
+            Ok(0) => self.backend_read = ReadHalf::Ended,
+            Ok(n) => {
+                let observed = self.responses.observe(&spare[..n]);
+                self.down.filled(n);
+                self.last_activity = now;
+                if let Err(e) = observed {
+                    // Never seen with tiny_http; if it happens, stop adding requests and
+                    // let the connection wind down, relaying what the backend still sends.
+                    log::warn!(
+                        "{}: {}: cannot follow the backend's responses ({e}); closing after them",
+                        self.control.name(),
+                        self.addr
+                    );
+                    if self.inbound == Inbound::Open {
+                        self.inbound = Inbound::Stopped(Stop::Backend);
+                        self.up.drop_held();
+                    }
+                }
+            }
+            Err(e) if would_block(&e) => {}
+            Err(e) => {
+                log::debug!(
+                    "{}: {}: read from backend: {e}",
+                    self.control.name(),
+                    self.addr
+                );
+                self.backend_read = ReadHalf::Ended;
+            }
+        }
+    }
+
     /// Closes the client the way `end` calls for, then retires the backend connection.
     fn finish(mut self, end: End) {
-        let name = &self.control.name();
+        let name = self.control.name();
         match &end {
-            End::Clean if self.linger_on_close => {
+            End::Clean if matches!(self.inbound, Inbound::Stopped(_)) => {
+                // The client may still be sending what the front no longer reads; without
+                // lingering it risks a reset before it reads the last response.
                 linger(&self.client, Instant::now() + LINGER_TIME);
             }
             End::Clean => {}
             End::Idle | End::Forced => {
                 // A courtesy close_notify, no HTTP bytes; one attempt, never waits.
-                if !self.close_notify_sent {
+                if self.outbound != Outbound::Closed {
                     self.tls.send_close_notify();
                 }
                 let _ = self.tls.write_tls(&mut self.client);
@@ -784,12 +844,34 @@ impl<'a> Relay<'a> {
         // The peer-table entry goes when the caller's registration drops, right after
         // this. Until then tiny_http may still be reading requests from this connection,
         // so give it a bounded chance to finish and close its side first.
-        if !self.backend_eof {
-            if !self.backend_write_shut {
+        if self.backend_read == ReadHalf::Open {
+            if self.backend_write != WriteHalf::Shut {
                 let _ = self.backend.shutdown(Shutdown::Write);
             }
             let wait = self.shared.limits.idle_timeout.min(RETIRE_MAX);
             drain_until_eof(&self.backend, Instant::now() + wait, usize::MAX);
         }
     }
+}
+
+/// Asks the listener's answerer (if it has one) for an answer to a complete bodiless
+/// request, under the rules of [`LocalAnswer`](super::LocalAnswer): HTTP/1.1, keep-alive, no body framing.
+/// The caller has checked that nothing is in flight.
+fn answer_locally(shared: &Shared, head: &http::RequestHead<'_>, out: &mut Vec<u8>) -> bool {
+    let Some(answerer) = shared.local.as_deref() else {
+        return false;
+    };
+    if head.version != http::Version::Http11
+        || !head.keep_alive
+        || head.body != http::BodyFraming::Length(0)
+        || head.expect_continue
+    {
+        return false;
+    }
+    out.clear();
+    let answered = answerer.answer(head, out);
+    if !answered {
+        out.clear();
+    }
+    answered
 }

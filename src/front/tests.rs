@@ -142,6 +142,7 @@ impl Harness {
             peers,
             api_server_config(),
             ListenerKind::Api,
+            None,
         )
     }
 
@@ -151,6 +152,7 @@ impl Harness {
         peers: Arc<PeerTable>,
         tls: Arc<ServerConfig>,
         kind: ListenerKind,
+        local: Option<Arc<dyn LocalAnswer>>,
     ) -> Self {
         let listener = TcpListener::bind("127.0.0.1:0").expect("bind front");
         let shutdown = Arc::new(AtomicBool::new(false));
@@ -164,6 +166,7 @@ impl Harness {
             addr: backend,
             kind,
             peers: Arc::clone(&peers),
+            local,
         };
         let front = spawn(endpoint, limits, backend).expect("spawn front");
         let addr = front.local_addr();
@@ -551,6 +554,7 @@ fn tunnel_listener_records_the_verified_client_certificate() {
         peers,
         tunnel_server_config(),
         ListenerKind::Tunnel,
+        None,
     );
     let mut client = Client::connect(h.addr, client_config(true));
     let me = client.local_addr();
@@ -627,6 +631,8 @@ fn body_over_the_cap_gets_413_after_the_earlier_response_and_is_never_forwarded(
     assert_eq!(*recorder.received.lock().expect("log"), first.to_vec());
 }
 
+/// Also: a body over the cap with `Expect: 100-continue` gets its 413 at once, without a
+/// `100 Continue` first, and an unknown expectation gets 417 from the front.
 #[test]
 fn chunked_request_gets_411_and_malformed_head_gets_400() {
     let recorder = recording_backend();
@@ -641,6 +647,11 @@ fn chunked_request_gets_411_and_malformed_head_gets_400() {
             400,
         ),
         (b"GET / HTTP/1.1\r\nHost localhost\r\n\r\n", 400),
+        (
+            b"PUT / HTTP/1.1\r\nExpect: 100-continue\r\nContent-Length: 1001\r\n\r\n",
+            413,
+        ),
+        (b"GET / HTTP/1.1\r\nExpect: 200-ok\r\n\r\n", 417),
     ];
     for (request, status) in cases {
         let mut client = h.client();
@@ -740,8 +751,12 @@ fn slow_head_gets_408() {
     assert!(recorder.received.lock().expect("log").is_empty());
 }
 
+/// Was `dripping_body_is_cut_off_and_the_backend_sees_its_end`: the front used to pass
+/// the head on at once and cut the body off at the deadline; now it holds the request
+/// until it is complete, so a dripped body never reaches the backend and the client gets
+/// the 408 from the front.
 #[test]
-fn dripping_body_is_cut_off_and_the_backend_sees_its_end() {
+fn dripping_body_gets_408_and_nothing_reaches_the_backend() {
     let limits = Limits {
         head_timeout: Duration::from_millis(300),
         ..test_limits()
@@ -758,9 +773,12 @@ fn dripping_body_is_cut_off_and_the_backend_sees_its_end() {
         dripped += 1;
         thread::sleep(Duration::from_millis(25));
     }
-    // The recorder answered the head; nothing else follows.
     let answer = client.response();
-    assert_eq!((answer.status, answer.body.as_str()), (200, "ok"));
+    assert_eq!(answer.status, 408, "{answer:?}");
+    assert_eq!(
+        error_message(&answer),
+        (408, "request body not complete within 300 ms".to_owned())
+    );
     assert!(client.rest_until_closed().is_empty());
     let elapsed = started.elapsed();
     assert!(
@@ -768,11 +786,187 @@ fn dripping_body_is_cut_off_and_the_backend_sees_its_end() {
         "closed late: {elapsed:?}"
     );
     h.wait_until_quiet();
-    let received = recorder.received.lock().expect("log").clone();
-    assert!(received.starts_with(head));
-    // About 12 bytes fit in 300 ms; all 40 would mean the front never cut the body off.
-    let body = received.len() - head.len();
-    assert!(body < 25, "{body} body bytes forwarded");
+    assert!(recorder.received.lock().expect("log").is_empty());
+}
+
+#[test]
+fn a_request_reaches_the_backend_only_once_its_body_is_complete() {
+    let recorder = recording_backend();
+    let h = Harness::start(test_limits(), recorder.addr, Arc::new(PeerTable::new()));
+    let mut client = h.client();
+    let mut request = b"POST /in-pieces HTTP/1.1\r\nContent-Length: 10\r\n\r\n".to_vec();
+    request.extend_from_slice(b"0123456789");
+    let split = request.len() - 4;
+    client
+        .send(&request[..split])
+        .expect("send all but 4 bytes");
+    thread::sleep(Duration::from_millis(300));
+    assert!(
+        recorder.received.lock().expect("log").is_empty(),
+        "forwarded before complete"
+    );
+    client.send(&request[split..]).expect("send the rest");
+    let answer = client.response();
+    assert_eq!((answer.status, answer.body.as_str()), (200, "ok"));
+    assert_eq!(*recorder.received.lock().expect("log"), request);
+}
+
+#[test]
+fn expect_100_continue_is_answered_by_the_front_and_never_reaches_tiny_http() {
+    let peers = Arc::new(PeerTable::new());
+    let h = Harness::start(test_limits(), whoami_backend(Arc::clone(&peers)), peers);
+    let mut client = h.client();
+    let me = client.local_addr();
+    client
+        .send(b"PUT /upload HTTP/1.1\r\nExpect: 100-continue\r\nContent-Length: 600\r\n\r\n")
+        .expect("send head");
+    assert_eq!(client.line(), "HTTP/1.1 100 Continue");
+    assert_eq!(client.line(), "");
+    client.send(&[b'b'; 600]).expect("send body");
+    assert_eq!(
+        client.response().body,
+        format!("PUT /upload 600 {me} Api none")
+    );
+    // tiny_http would have sent a second 100 Continue had it seen the header.
+    assert_eq!(
+        client.get("/after").body,
+        format!("GET /after 0 {me} Api none")
+    );
+}
+
+#[test]
+fn the_100_continue_waits_for_the_response_in_flight_before_it() {
+    let peers = Arc::new(PeerTable::new());
+    let h = Harness::start(test_limits(), whoami_backend(Arc::clone(&peers)), peers);
+    let mut client = h.client();
+    let me = client.local_addr();
+    // The second head arrives while the backend works on the first.
+    client
+        .send(b"GET /slow HTTP/1.1\r\n\r\n")
+        .expect("send slow");
+    thread::sleep(Duration::from_millis(100));
+    client
+        .send(b"POST /next HTTP/1.1\r\nExpect: 100-continue\r\nContent-Length: 3\r\n\r\n")
+        .expect("send second head");
+    // The first response, not the 100, comes first, although the backend takes 500 ms.
+    assert_eq!(client.response().body, format!("GET /slow 0 {me} Api none"));
+    assert_eq!(client.line(), "HTTP/1.1 100 Continue");
+    assert_eq!(client.line(), "");
+    client.send(b"abc").expect("send body");
+    assert_eq!(
+        client.response().body,
+        format!("POST /next 3 {me} Api none")
+    );
+}
+
+/// Answers `GET /local` (and `HEAD`) itself and declines everything else.
+struct TestAnswer;
+
+impl LocalAnswer for TestAnswer {
+    fn answer(&self, head: &crate::wire::http::RequestHead<'_>, out: &mut Vec<u8>) -> bool {
+        if head.target != "/local" || !matches!(head.method, "GET" | "HEAD") {
+            return false;
+        }
+        out.extend_from_slice(b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\n");
+        if head.method == "GET" {
+            out.extend_from_slice(b"local");
+        }
+        true
+    }
+}
+
+fn start_with_answerer(backend: SocketAddr, peers: Arc<PeerTable>) -> Harness {
+    Harness::start_with(
+        test_limits(),
+        backend,
+        peers,
+        api_server_config(),
+        ListenerKind::Api,
+        Some(Arc::new(TestAnswer)),
+    )
+}
+
+#[test]
+fn local_answers_never_overtake_a_response_from_the_backend() {
+    let peers = Arc::new(PeerTable::new());
+    let h = start_with_answerer(whoami_backend(Arc::clone(&peers)), peers);
+    let mut client = h.client();
+    let me = client.local_addr();
+    // Nothing in flight: answered in the front.
+    assert_eq!(client.get("/local").body, "local");
+    // Behind a slow request: forwarded, so the backend answers it, in order; both when
+    // it arrives with the request before it and while the backend works on that one.
+    for pause in [None, Some(Duration::from_millis(100))] {
+        client
+            .send(b"GET /slow HTTP/1.1\r\n\r\n")
+            .expect("send slow");
+        if let Some(pause) = pause {
+            thread::sleep(pause);
+        }
+        client
+            .send(b"GET /local HTTP/1.1\r\n\r\n")
+            .expect("send local");
+        assert_eq!(client.response().body, format!("GET /slow 0 {me} Api none"));
+        assert_eq!(
+            client.response().body,
+            format!("GET /local 0 {me} Api none")
+        );
+    }
+    // After a large chunked response, a body and a HEAD, the front knows all were
+    // answered and answers again itself.
+    client
+        .send(b"GET /big HTTP/1.1\r\n\r\nPOST /b HTTP/1.1\r\nContent-Length: 2\r\n\r\nxyHEAD /h HTTP/1.1\r\n\r\n")
+        .expect("send more");
+    let big = client.response();
+    assert_eq!(big.body.len(), BIG);
+    assert_eq!(client.response().body, format!("POST /b 2 {me} Api none"));
+    let head = client.line();
+    assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+    while !client.line().is_empty() {}
+    assert_eq!(client.get("/local").body, "local");
+    // Not taken: HTTP/1.0, a body, `Connection: close`.
+    client
+        .send(b"GET /local HTTP/1.1\r\nContent-Length: 1\r\n\r\nz")
+        .expect("send with body");
+    assert_eq!(
+        client.response().body,
+        format!("GET /local 1 {me} Api none")
+    );
+    client
+        .send(b"GET /local HTTP/1.1\r\nConnection: close\r\n\r\nGET /never HTTP/1.1\r\n\r\n")
+        .expect("send last");
+    assert_eq!(
+        client.response().body,
+        format!("GET /local 0 {me} Api none")
+    );
+    assert!(
+        client.rest_until_closed().is_empty(),
+        "nothing after the last request"
+    );
+}
+
+#[test]
+fn a_connection_answered_only_in_the_front_sends_nothing_to_the_backend() {
+    let recorder = recording_backend();
+    let h = start_with_answerer(recorder.addr, Arc::new(PeerTable::new()));
+    let mut client = h.client();
+    let mut pipelined = Vec::new();
+    for _ in 0..50 {
+        pipelined.extend_from_slice(b"GET /local HTTP/1.1\r\nHost: x\r\n\r\n");
+    }
+    pipelined.extend_from_slice(b"HEAD /local HTTP/1.1\r\n\r\n");
+    client.send(&pipelined).expect("send pipelined");
+    for _ in 0..50 {
+        assert_eq!(client.response().body, "local");
+    }
+    assert_eq!(client.line(), "HTTP/1.1 200 OK");
+    assert_eq!(client.line(), "Content-Length: 5");
+    assert_eq!(client.line(), "");
+    assert_eq!(client.get("/backend").body, "ok");
+    assert_eq!(
+        *recorder.received.lock().expect("log"),
+        b"GET /backend HTTP/1.1\r\nHost: localhost\r\n\r\n".to_vec()
+    );
 }
 
 #[test]

@@ -45,15 +45,15 @@ pub fn reason(status: u16) -> &'static str {
 /// request reaches the router): documented JSON body, `Connection: close`.
 pub fn raw_error_response(status: u16, message: &str) -> Vec<u8> {
     let body = error_body(u32::from(status), message);
-    let mut out = format!(
-        "HTTP/1.1 {status} {}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n",
-        reason(status),
-        body.len()
-    );
+    let mut headers = vec![
+        ("Content-Type", "application/json"),
+        ("Connection", "close"),
+    ];
     if status == 503 || status == 429 {
-        out.push_str("Retry-After: 1\r\n");
+        headers.push(("Retry-After", "1"));
     }
-    out.push_str("\r\n");
-    out.push_str(&body);
-    out.into_bytes()
+    let mut out = Vec::with_capacity(160 + body.len());
+    crate::wire::http::write_response_head(&mut out, status, &headers, body.len());
+    out.extend_from_slice(body.as_bytes());
+    out
 }

@@ -736,3 +736,160 @@ fn a_new_key_for_a_paired_source_replaces_the_old_one_everywhere() {
     let r = accept(&d, &root, json!({"request_id": other.id, "accept": true}));
     assert!(r.json()["system_id"].as_u64().unwrap() > sid);
 }
+
+/// Sends one request on an open keep-alive connection and reads its response.
+fn keep_alive_request(
+    tls: &mut crate::harness::Tls,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+) -> Response {
+    use std::io::Write;
+    let mut head = format!("{method} {path} HTTP/1.1\r\nHost: target\r\n");
+    for (k, v) in headers {
+        head.push_str(&format!("{k}: {v}\r\n"));
+    }
+    head.push_str("\r\n");
+    tls.write_all(head.as_bytes()).unwrap();
+    tls.flush().unwrap();
+    crate::harness::read_response(tls, method == "HEAD").unwrap()
+}
+
+/// The headers both paths must agree on (tiny_http adds `Server`, `Date` and, for a
+/// `Connection: close` request, `Connection`; the front adds `Date`).
+fn comparable(r: &Response) -> Vec<(String, String)> {
+    let mut kept: Vec<(String, String)> = r
+        .headers
+        .iter()
+        .map(|(k, v)| (k.to_ascii_lowercase(), v.clone()))
+        .filter(|(k, _)| {
+            matches!(
+                k.as_str(),
+                "content-type"
+                    | "content-length"
+                    | "cache-control"
+                    | "x-content-type-options"
+                    | "etag"
+            )
+        })
+        .collect();
+    kept.sort();
+    kept
+}
+
+/// Keep-alive polls are answered in the TLS front (no `Server` header: tiny_http never
+/// saw them); `Connection: close` ones go through a worker. Both give the same answer,
+/// with every guarantee of the spool handler.
+#[test]
+fn spool_polls_answered_in_the_front_match_the_worker_path() {
+    let d = Daemon::start("target-spool-front", Options::default());
+    let filed = d.file_request("16161616-0000-4333-8444-555555555555");
+    let (poll, token) = (filed.poll.clone(), filed.token());
+    let mut tls = d.client().connect().unwrap();
+    let status = format!("{poll}status.json");
+    let etag = spool_get(&d, &poll, "status.json")
+        .header("ETag")
+        .expect("ETag")
+        .to_string();
+
+    /// Method, path, request headers, expected status.
+    type Case<'a> = (&'a str, String, Vec<(&'a str, &'a str)>, u16);
+    let cases: Vec<Case> = vec![
+        ("GET", status.clone(), vec![], 200),
+        ("HEAD", status.clone(), vec![], 200),
+        (
+            "GET",
+            status.clone(),
+            vec![("If-None-Match", etag.as_str())],
+            304,
+        ),
+        (
+            "GET",
+            status.clone(),
+            vec![("If-None-Match", "\"other\", *")],
+            304,
+        ),
+        (
+            "GET",
+            status.clone(),
+            vec![("If-None-Match", "\"other\"")],
+            200,
+        ),
+        ("GET", format!("{poll}certificate.pem"), vec![], 404),
+        ("GET", format!("{poll}ca.key"), vec![], 404),
+        ("HEAD", format!("{poll}status.json.tmp"), vec![], 404),
+        (
+            "GET",
+            format!("/replication/v1/spool/{}/status.json", "0".repeat(32)),
+            vec![],
+            404,
+        ),
+        (
+            "GET",
+            format!("/replication/v1/spool/{}/status.json", token.to_uppercase()),
+            vec![],
+            404,
+        ),
+    ];
+    for (method, path, headers, want) in &cases {
+        let front = keep_alive_request(&mut tls, method, path, headers);
+        let worker = d.client().request(method, path, headers, b"");
+        assert_eq!(front.status, *want, "{method} {path}: {}", front.text());
+        assert_eq!(
+            front.header("Server"),
+            None,
+            "{method} {path} reached tiny_http"
+        );
+        assert!(front.header("Date").is_some(), "{method} {path}: no Date");
+        assert!(
+            worker.header("Server").is_some(),
+            "the worker path is tiny_http's"
+        );
+        assert_eq!(front.status, worker.status, "{method} {path}");
+        assert_eq!(front.body, worker.body, "{method} {path}");
+        assert_eq!(comparable(&front), comparable(&worker), "{method} {path}");
+        if *want == 404 && *method == "GET" {
+            assert_eq!(front.json()["result"][0]["code"], 404, "{method} {path}");
+        }
+    }
+
+    // The path is exact: any other spelling goes to the router, which does not know it.
+    for path in [
+        format!("/{status}"),
+        status.replace("/spool/", "/spool//"),
+        format!("{status}?x=1"),
+    ] {
+        let r = keep_alive_request(&mut tls, "GET", &path, &[]);
+        assert!(
+            r.header("Server").is_some(),
+            "{path} was answered in the front"
+        );
+        if path.contains('?') {
+            assert_eq!(r.status, 200, "{path}: the router ignores the query");
+        } else {
+            assert_eq!(r.status, 404, "{path}");
+        }
+    }
+    // Methods other than GET and HEAD are the router's: 405.
+    let r = keep_alive_request(&mut tls, "DELETE", &status, &[]);
+    assert_eq!(r.status, 405);
+
+    // A served name that is a second name of a private file is refused on both paths.
+    let dir = d.data_dir.join("spool").join(&token);
+    std::fs::hard_link(d.data_dir.join("ca.key"), dir.join("certificate.pem")).unwrap();
+    let cert = format!("{poll}certificate.pem");
+    for r in [
+        keep_alive_request(&mut tls, "GET", &cert, &[]),
+        d.client().get(&cert, None),
+    ] {
+        assert_eq!(r.status, 404);
+        assert!(!r.text().contains("PRIVATE KEY"));
+    }
+    // And a served file that gains a second name stops being served.
+    std::fs::hard_link(dir.join("status.json"), d.data_dir.join("status-copy")).unwrap();
+    assert_eq!(
+        keep_alive_request(&mut tls, "GET", &status, &[]).status,
+        404
+    );
+    assert_eq!(d.client().get(&status, None).status, 404);
+}
