@@ -70,7 +70,7 @@ install_tools() {
         qemu="qemu-user-static"
     fi
     for pkg in gcc-aarch64-linux-gnu gcc-arm-linux-gnueabihf libc6-dev-arm64-cross \
-        libc6-dev-armhf-cross binutils curl systemd systemd-container; do
+        libc6-dev-armhf-cross binutils curl groff-base systemd systemd-container; do
         dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q 'ok installed' || want+=("$pkg")
     done
     command -v qemu-aarch64 >/dev/null && command -v qemu-arm >/dev/null || want+=("$qemu")
@@ -142,6 +142,8 @@ inspect_deb() {
         '-rw-r--r-- root/root .* ./usr/share/doc/replgate/README.md$' \
         '-rw-r--r-- root/root .* ./usr/share/doc/replgate/operations.md$' \
         '-rw-r--r-- root/root .* ./usr/share/doc/replgate/configuration.md$' \
+        '-rw-r--r-- root/root .* ./usr/share/doc/replgate/ctl.md$' \
+        '-rw-r--r-- root/root .* ./usr/share/man/man1/replgate.1.gz$' \
         '-rw-r--r-- root/root .* ./usr/share/doc/replgate/copyright$' \
         '-rw-r--r-- root/root .* ./usr/share/doc/replgate/changelog.gz$'; do
         grep -Eq -- "$f" <<<"$contents" || fail "deb lacks $f"
@@ -170,9 +172,13 @@ install_deb() {
     cmp systemd/replgate.service /lib/systemd/system/replgate.service
     cmp packaging/replgate.toml /etc/replgate/replgate.toml
     local out
+    # The manual page renders without warnings.
+    gzip -dc /usr/share/man/man1/replgate.1.gz | groff -man -Tutf8 -ww 2>&1 >/dev/null |
+        { ! grep . ; } || fail "groff warns about replgate.1"
     out="$(/usr/bin/replgate --version)"
     echo "$out"
-    [ "$out" = "replgate $version" ] || fail "installed --version says '$out'"
+    [ "$out" = "replgate $version (commit $(git rev-parse --short=12 HEAD))" ] ||
+        fail "installed --version says '$out'"
     # As the service user: the config must be readable by the daemon, not only by root.
     runuser -u replgate -- /usr/bin/replgate check-config --config /etc/replgate/replgate.toml \
         >"$work/config.out"

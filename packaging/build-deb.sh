@@ -77,12 +77,14 @@ stage="$(mktemp -d)"
 trap 'rm -rf "$stage"' EXIT
 pkg="$stage/replgate"
 install -d -m 0755 "$pkg/DEBIAN" "$pkg/usr/bin" "$pkg/lib/systemd/system" \
-    "$pkg/etc/replgate" "$pkg/usr/share/doc/replgate"
+    "$pkg/etc/replgate" "$pkg/usr/share/doc/replgate" "$pkg/usr/share/man/man1"
 install -m 0755 "$binary" "$pkg/usr/bin/replgate"
 install -m 0644 "$root/systemd/replgate.service" "$pkg/lib/systemd/system/replgate.service"
 install -m 0644 "$root/packaging/replgate.toml" "$pkg/etc/replgate/replgate.toml"
 install -m 0644 "$root/README.md" "$root/docs/operations.md" "$root/docs/configuration.md" \
-    "$root/packaging/debian/copyright" "$pkg/usr/share/doc/replgate/"
+    "$root/docs/ctl.md" "$root/packaging/debian/copyright" "$pkg/usr/share/doc/replgate/"
+gzip -9n <"$root/docs/replgate.1" >"$pkg/usr/share/man/man1/replgate.1.gz"
+chmod 0644 "$pkg/usr/share/man/man1/replgate.1.gz"
 # A native package's changelog (Debian policy 12.7); the project's history is in git.
 {
     echo "replgate ($version) unstable; urgency=medium"

@@ -66,12 +66,27 @@ fn config_option(rest: &[String]) -> Result<Option<PathBuf>, UsageError> {
     Ok(config)
 }
 
+fn is_help(arg: &str) -> bool {
+    matches!(arg, "-h" | "--help" | "help")
+}
+
+/// What `--version` prints, for the daemon and ctl alike: the version and the commit it
+/// was built from (`build.rs`).
+pub const VERSION_LINE: &str = concat!(
+    "replgate ",
+    env!("CARGO_PKG_VERSION"),
+    " (commit ",
+    env!("REPLGATE_COMMIT"),
+    ")"
+);
+
 /// Parses the arguments after the program name.
 pub fn parse(args: &[String]) -> Result<Command, UsageError> {
     let Some(first) = args.first() else {
         return Ok(Command::Help);
     };
     match first.as_str() {
+        "serve" | "check-config" if args[1..].iter().any(|a| is_help(a)) => Ok(Command::Help),
         "serve" => Ok(Command::Serve {
             config: config_option(&args[1..])?,
         }),
@@ -113,11 +128,12 @@ users and audit:
   users set NAME [--privilege P] [--password | --password-stdin]
   users remove NAME
   audit [--limit N]                        the latest N audit entries (default 50)
+  version                                  print the version (also --version)
 
 options (before or after the command):
   --api URL       the daemon's API; env REPLGATE_CTL_API, default https://127.0.0.1:8443
   --cacert FILE   the CA of the daemon's API certificate; env REPLGATE_CTL_CACERT,
-                  default ./replgate-data/ca.pem
+                  default ./replgate-data/ca.pem, else /var/lib/replgate/ca.pem
   --json          print the daemon's JSON answer as it came instead of a table
 P is monitor, manage, administer or superuser. A password comes from --password-stdin (one
 line), else REPLGATE_PASSWORD, else a prompt when standard input is a terminal. The token
@@ -162,6 +178,8 @@ pub enum Trust {
 #[derive(Debug, PartialEq, Eq)]
 pub enum CtlCommand {
     Help,
+    /// `--version`: answered without the daemon.
+    Version,
     Login {
         user: String,
         password: PasswordFrom,
@@ -288,7 +306,9 @@ fn split_ctl(args: &[String]) -> Result<(Vec<String>, CtlOptions), UsageError> {
     let mut it = args.iter();
     let mut options_ended = false;
     while let Some(arg) = it.next() {
-        if options_ended || !arg.starts_with('-') || arg == "-" {
+        // `-7` is a word: the id `systems` shows for pending request 7.
+        let negative_number = arg.len() > 1 && arg[1..].bytes().all(|b| b.is_ascii_digit());
+        if options_ended || !arg.starts_with('-') || arg == "-" || negative_number {
             words.push(arg.clone());
             continue;
         }
@@ -298,6 +318,10 @@ fn split_ctl(args: &[String]) -> Result<(Vec<String>, CtlOptions), UsageError> {
         }
         if arg == "-h" || arg == "--help" {
             words.insert(0, "help".into());
+            continue;
+        }
+        if arg == "-V" || arg == "--version" {
+            words.insert(0, "version".into());
             continue;
         }
         let (name, inline) = match arg.split_once('=') {
@@ -330,6 +354,12 @@ fn positive(what: &str, s: &str) -> Result<u64, UsageError> {
         .ok()
         .filter(|n| *n > 0)
         .ok_or_else(|| UsageError(format!("{what} must be a positive number, not {s:?}")))
+}
+
+/// A request ID as `pending` shows it (`7`), or as `systems` shows the pending request's
+/// row (`-7`).
+fn request_id(s: &str) -> Result<u64, UsageError> {
+    positive("the request ID", s.strip_prefix('-').unwrap_or(s))
 }
 
 fn privilege(s: &str) -> Result<Privilege, UsageError> {
@@ -367,6 +397,7 @@ pub fn parse_ctl(args: &[String]) -> Result<Ctl, UsageError> {
     let no_operands = |rest: &[String]| operands(verb, rest, []).map(|_| ());
     let command = match verb {
         "help" => CtlCommand::Help,
+        "version" => CtlCommand::Version,
         "login" => {
             no_operands(rest)?;
             CtlCommand::Login {
@@ -391,7 +422,7 @@ pub fn parse_ctl(args: &[String]) -> Result<Ctl, UsageError> {
         "accept" => {
             let [id] = operands(verb, rest, ["a request ID"])?;
             CtlCommand::Accept {
-                request_id: positive("the request ID", id)?,
+                request_id: request_id(id)?,
                 storage_id: opts
                     .value("--storage")?
                     .map(|s| positive("--storage", &s))
@@ -400,7 +431,7 @@ pub fn parse_ctl(args: &[String]) -> Result<Ctl, UsageError> {
         }
         "reject" => {
             let [id] = operands(verb, rest, ["a request ID"])?;
-            let request_id = positive("the request ID", id)?;
+            let request_id = request_id(id)?;
             let message = opts
                 .value("--message")?
                 .filter(|m| !m.trim().is_empty())
@@ -415,11 +446,17 @@ pub fn parse_ctl(args: &[String]) -> Result<Ctl, UsageError> {
         "ignore" => {
             let [id] = operands(verb, rest, ["a request ID"])?;
             CtlCommand::Ignore {
-                request_id: positive("the request ID", id)?,
+                request_id: request_id(id)?,
             }
         }
         "unpair" => {
             let [sid] = operands(verb, rest, ["a system ID"])?;
+            if let Some(id) = sid.strip_prefix('-') {
+                return Err(UsageError(format!(
+                    "system {sid} is pending request {id}, not a paired system: drop it with \
+                     `replgate ctl ignore {id}` or `replgate ctl reject {id} --message TEXT`"
+                )));
+            }
             CtlCommand::Unpair {
                 system_id: positive("the system ID", sid)?,
             }
@@ -534,7 +571,7 @@ pub fn parse_ctl(args: &[String]) -> Result<Ctl, UsageError> {
         }
         other => return Err(UsageError(format!("unknown command {other:?}"))),
     };
-    if command == CtlCommand::Help {
+    if matches!(command, CtlCommand::Help | CtlCommand::Version) {
         return Ok(Ctl {
             api,
             cacert,
@@ -676,6 +713,67 @@ mod tests {
         );
         assert_eq!(command("ignore 4"), CtlCommand::Ignore { request_id: 4 });
         assert_eq!(command("unpair 9"), CtlCommand::Unpair { system_id: 9 });
+    }
+
+    #[test]
+    fn a_pending_rows_negative_system_id_names_its_request() {
+        assert_eq!(
+            command("accept -7"),
+            CtlCommand::Accept {
+                request_id: 7,
+                storage_id: None
+            }
+        );
+        assert_eq!(command("ignore -4"), CtlCommand::Ignore { request_id: 4 });
+        assert_eq!(
+            command("reject -3 --message no"),
+            CtlCommand::Reject {
+                request_id: 3,
+                message: "no".into()
+            }
+        );
+        let e = usage_error("unpair -3");
+        assert!(
+            e.contains("pending request 3") && e.contains("ctl ignore 3"),
+            "{e}"
+        );
+        assert!(usage_error("accept -0").contains("positive number"));
+        assert!(usage_error("accept -x").contains("unknown option"));
+    }
+
+    #[test]
+    fn the_manual_page_has_every_ctl_command() {
+        let man = include_str!("../docs/replgate.1").replace("\\-", "-");
+        let commands: Vec<String> = CTL_USAGE
+            .lines()
+            .filter(|l| l.starts_with("  ") && l.as_bytes()[2].is_ascii_lowercase())
+            .map(|l| {
+                // The command, before the two spaces that start its description.
+                let syntax = l.trim_start().split("  ").next().unwrap_or("");
+                let words: Vec<&str> = syntax
+                    .split_whitespace()
+                    .take_while(|w| w.chars().all(|c| c.is_ascii_lowercase() || c == '-'))
+                    .collect();
+                words.join(" ")
+            })
+            .collect();
+        assert!(commands.len() >= 18, "{commands:?}");
+        for c in commands {
+            assert!(man.contains(&c), "docs/replgate.1 lacks `{c}`");
+        }
+    }
+
+    #[test]
+    fn version_and_help_are_answered_everywhere() {
+        assert!(
+            VERSION_LINE.starts_with(&format!("replgate {} (commit ", env!("CARGO_PKG_VERSION")))
+        );
+        assert_eq!(command("--version"), CtlCommand::Version);
+        assert_eq!(command("version"), CtlCommand::Version);
+        assert_eq!(command("-V"), CtlCommand::Version);
+        assert_eq!(parse(&args("serve --help")).unwrap(), Command::Help);
+        assert_eq!(parse(&args("serve --config x -h")).unwrap(), Command::Help);
+        assert_eq!(parse(&args("check-config --help")).unwrap(), Command::Help);
     }
 
     #[test]

@@ -35,7 +35,7 @@ fn main() -> ExitCode {
             ExitCode::SUCCESS
         }
         Command::Version => {
-            println!("replgate {}", env!("CARGO_PKG_VERSION"));
+            println!("{}", cli::VERSION_LINE);
             ExitCode::SUCCESS
         }
         // Scripts rely on its own exit codes (`replgate::ctl::exit`, docs/ctl.md).

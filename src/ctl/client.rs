@@ -3,6 +3,7 @@
 //! the daemon's CA, ignores proxy variables, follows no redirect and bounds every call.
 //! Knows paths and bodies; never decides what to print.
 
+use std::io;
 use std::time::Duration;
 
 use serde_json::{json, Value};
@@ -259,7 +260,30 @@ impl Client {
     }
 
     fn classify(&self, e: ureq::Error) -> CtlError {
+        if let Some(rustls::Error::AlertReceived(rustls::AlertDescription::CertificateRequired)) =
+            crate::remote::tls_error(&e)
+        {
+            return CtlError::Unreachable(format!(
+                "{} asks for a client certificate, so it is a tunnel listener: give --api the \
+                 API listener (api_listen, port 8443 by default)",
+                self.base
+            ));
+        }
         match e {
+            ureq::Error::Io(io)
+                if matches!(
+                    io.kind(),
+                    io::ErrorKind::BrokenPipe
+                        | io::ErrorKind::ConnectionReset
+                        | io::ErrorKind::UnexpectedEof
+                ) =>
+            {
+                CtlError::Unreachable(format!(
+                    "the daemon at {} closed the connection before answering ({io}); is --api \
+                     the API listener (api_listen, port 8443 by default), not the tunnel?",
+                    self.base
+                ))
+            }
             ureq::Error::BadUri(m) => CtlError::Usage(format!("--api {}: {m}", self.base)),
             ureq::Error::BodyExceedsLimit(n) => {
                 CtlError::Malformed(format!("answer larger than {n} bytes"))

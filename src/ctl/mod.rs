@@ -23,14 +23,14 @@ use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 
 use crate::ca;
-use crate::cli::{self, Ctl, CtlCommand};
+use crate::cli::{self, Ctl, CtlCommand, Trust};
 use client::{Answer, Client, Refusal, Resolution, AUDIT_PAGE};
 use prompt::password;
 use session::CachedSession;
 use settings::Settings;
 use table::{cell, clean, utc};
 
-pub use settings::{DEFAULT_API, DEFAULT_CACERT};
+pub use settings::{DEFAULT_API, DEFAULT_CACERTS};
 
 /// Exit codes scripts can rely on (documented in `docs/ctl.md`).
 pub mod exit {
@@ -66,9 +66,16 @@ pub fn run(args: &[String]) -> u8 {
             return exit::USAGE;
         }
     };
-    if ctl.command == CtlCommand::Help {
-        print_out(&format!("{}\n", cli::CTL_USAGE));
-        return exit::OK;
+    match ctl.command {
+        CtlCommand::Help => {
+            print_out(&format!("{}\n", cli::CTL_USAGE));
+            return exit::OK;
+        }
+        CtlCommand::Version => {
+            print_out(&format!("{}\n", cli::VERSION_LINE));
+            return exit::OK;
+        }
+        _ => {}
     }
     match execute(&ctl) {
         Ok(out) => {
@@ -80,7 +87,7 @@ pub fn run(args: &[String]) -> u8 {
                 print_out(&with_newline(&r.body));
             }
             eprintln!("replgate ctl: {e}");
-            if let Some(hint) = e.hint(&ctl.command) {
+            if let Some(hint) = e.hint(&ctl) {
                 eprintln!("{hint}");
             }
             e.exit_code()
@@ -123,7 +130,7 @@ pub enum CtlError {
     Usage(String),
     /// The token cache could not be read or written.
     Local(String),
-    /// No cached token for this daemon; nothing was sent.
+    /// No cached token for this daemon, which answers; nothing with a token was sent.
     NotLoggedIn(String),
     /// The daemon answered with an error status.
     Refused(Refusal),
@@ -151,21 +158,49 @@ impl CtlError {
         }
     }
 
-    /// Extra lines for stderr: what to do next.
-    fn hint(&self, command: &CtlCommand) -> Option<String> {
-        let CtlError::Refused(r) = self else {
-            return None;
+    /// Extra lines for stderr: what to do next, as commands to run with the same
+    /// `--api` and `--cacert` as this one.
+    fn hint(&self, ctl: &Ctl) -> Option<String> {
+        let run = |words: &str| command_line(ctl, words);
+        let r = match self {
+            CtlError::NotLoggedIn(_) => return Some(format!("  log in first: `{}`", run("login"))),
+            CtlError::Refused(r) => r,
+            _ => return None,
         };
-        match (r.status, command) {
+        match (r.status, &ctl.command) {
             (401, CtlCommand::Login { .. }) => None,
-            (401, _) => Some("  log in again with `replgate ctl login`".into()),
-            (412, CtlCommand::RequestTarget { target, .. }) => {
+            (401, _) => Some(format!("  log in again with `{}`", run("login"))),
+            (
+                404,
+                CtlCommand::Accept { .. } | CtlCommand::Reject { .. } | CtlCommand::Ignore { .. },
+            ) => Some(format!(
+                "  `{}` lists the open requests and their IDs (`--all` adds rejected ones)",
+                run("pending")
+            )),
+            (404, CtlCommand::Unpair { .. }) => Some(format!(
+                "  `{}` lists the systems; a paired source is a row whose role ends in \
+                 \"Replication Source\"",
+                run("systems")
+            )),
+            (412, CtlCommand::RequestTarget { target, trust }) => {
                 let fp = r.fingerprint.as_deref().unwrap_or("?");
-                Some(format!(
-                    "  presented CA fingerprint (SHA-256): {fp}\n  \
-                     compare it with the target's own (`replgate ctl health` on the target), then retry:\n    \
-                     replgate ctl request-target {target} --fingerprint {fp}"
-                ))
+                Some(match trust {
+                    Trust::Fingerprint(given) if given != fp => format!(
+                        "  WARNING: the target presented a CA with fingerprint (SHA-256)\n    {fp}\n  \
+                         not the one given:\n    {given}\n  \
+                         A mismatch can mean that someone between the appliances is presenting their \
+                         own CA. Do not pair with the presented one unless the target's admin reads \
+                         exactly it off the target (`replgate ctl health` there); if they read the one \
+                         you gave, the connection to {target} is not the target's."
+                    ),
+                    _ => format!(
+                        "  presented CA fingerprint (SHA-256): {fp}\n  \
+                         ask the target's admin to read theirs out (`replgate ctl health` on the target) \
+                         and compare every digit; only if they match, retry:\n    \
+                         {}",
+                        run(&format!("request-target {} --fingerprint {fp}", shell_word(target)))
+                    ),
+                })
             }
             _ => None,
         }
@@ -187,6 +222,29 @@ impl fmt::Display for CtlError {
 
 impl std::error::Error for CtlError {}
 
+/// `replgate ctl WORDS` with the `--api` and `--cacert` given to this run (after the
+/// command, where the grammar takes them too), quoted for a shell.
+fn command_line(ctl: &Ctl, words: &str) -> String {
+    let mut line = format!("replgate ctl {words}");
+    if let Some(api) = &ctl.api {
+        line.push_str(&format!(" --api {}", shell_word(api)));
+    }
+    if let Some(ca) = &ctl.cacert {
+        line.push_str(&format!(" --cacert {}", shell_word(&ca.to_string_lossy())));
+    }
+    line
+}
+
+/// `s` as one shell word: as it is when it is plain, else in single quotes.
+fn shell_word(s: &str) -> String {
+    let plain = |c: char| c.is_ascii_alphanumeric() || "-_./:@%+=,[]".contains(c);
+    if !s.is_empty() && s.chars().all(plain) {
+        s.to_string()
+    } else {
+        format!("'{}'", clean(s).replace('\'', "'\\''"))
+    }
+}
+
 // ---- commands ----
 
 /// Runs one command; returns what goes to standard output.
@@ -195,8 +253,15 @@ fn execute(ctl: &Ctl) -> Result<String, CtlError> {
     let ca_pem = settings.ca_pem()?;
     let client = Client::new(&settings.api, &ca_pem)?;
     let api = settings.api.as_str();
-    // Located only by the commands that use a token: `health` works without HOME.
-    let token = || settings::token_file()?.token(api);
+    // Located only by the commands that use a token: `health` works without HOME. Without
+    // one, a daemon that does not answer is the news, not the missing login.
+    let token = || match settings::token_file().and_then(|f| f.token(api)) {
+        Err(not_logged_in @ CtlError::NotLoggedIn(_)) => Err(match client.health() {
+            Err(unreachable @ CtlError::Unreachable(_)) => unreachable,
+            _ => not_logged_in,
+        }),
+        other => other,
+    };
     // The daemon's JSON as it came with --json, else `human` of it.
     let show = |answer: Answer, human: &dyn Fn(&Value) -> String| {
         if ctl.json {
@@ -207,6 +272,7 @@ fn execute(ctl: &Ctl) -> Result<String, CtlError> {
     };
     Ok(match &ctl.command {
         CtlCommand::Help => format!("{}\n", cli::CTL_USAGE),
+        CtlCommand::Version => format!("{}\n", cli::VERSION_LINE),
         CtlCommand::Login {
             user,
             password: from,
@@ -233,7 +299,8 @@ fn execute(ctl: &Ctl) -> Result<String, CtlError> {
                 format!("{v}\n")
             } else {
                 format!(
-                    "logged in to {api} as {} ({}); the token is cached in {} and expires by {} UTC\n",
+                    "logged in to {api} as {} ({}); the token is cached in {}\n\
+                     it lapses when unused for the daemon's session_idle (1 h by default) and at {} UTC at the latest\n",
                     clean(user),
                     clean(&session.privilege),
                     tokens.path.display(),
@@ -307,7 +374,10 @@ fn execute(ctl: &Ctl) -> Result<String, CtlError> {
             show(a, &|_| format!("ignored request {request_id}\n"))
         }
         CtlCommand::Unpair { system_id } => {
-            let a = client.unpair(&token()?, *system_id)?;
+            let token = token()?;
+            let a = client
+                .unpair(&token, *system_id)
+                .map_err(|e| explain_unpair(&client, &token, *system_id, e))?;
             show(a, &|_| {
                 format!("unpaired system {system_id}: its certificate is revoked\n")
             })
@@ -374,6 +444,29 @@ fn execute(ctl: &Ctl) -> Result<String, CtlError> {
                 table::audit_table(&rows)
             }
         }
+    })
+}
+
+/// A 404 for this appliance's own row says so: it is listed by `systems` but is nobody's
+/// pairing.
+fn explain_unpair(client: &Client, token: &Secret, system_id: u64, e: CtlError) -> CtlError {
+    let CtlError::Refused(r) = &e else {
+        return e;
+    };
+    let local = r.status == 404
+        && client.systems(token).is_ok_and(|a| {
+            table::rows(&a.json, "appliance")
+                .iter()
+                .any(|s| s["id"] == system_id && s["local"] == true)
+        });
+    if !local {
+        return e;
+    }
+    CtlError::Refused(Refusal {
+        message: format!(
+            "system {system_id} is this appliance itself, not a paired system; nothing to unpair"
+        ),
+        ..Refusal::parse(r.status, r.body.clone())
     })
 }
 

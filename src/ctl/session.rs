@@ -78,11 +78,7 @@ impl TokenFile {
             .into_iter()
             .find(|s| s.api == api)
             .map(|s| s.token)
-            .ok_or_else(|| {
-                CtlError::NotLoggedIn(format!(
-                    "not logged in to {api}; run `replgate ctl login` first"
-                ))
-            })
+            .ok_or_else(|| CtlError::NotLoggedIn(format!("not logged in to {api}")))
     }
 
     /// Caches `session`, replacing an earlier one for the same API. A cache that does not

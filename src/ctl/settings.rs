@@ -10,8 +10,9 @@ use crate::cli::Ctl;
 
 /// Default API address: the daemon's default `api_listen`.
 pub const DEFAULT_API: &str = "https://127.0.0.1:8443";
-/// Default CA file: the daemon's CA under its default `data_dir`.
-pub const DEFAULT_CACERT: &str = "./replgate-data/ca.pem";
+/// Default CA files, the first that is there: the daemon's CA under its default
+/// `data_dir` (a daemon started in this directory), then under the packaged one.
+pub const DEFAULT_CACERTS: [&str; 2] = ["./replgate-data/ca.pem", "/var/lib/replgate/ca.pem"];
 /// The token cache and a CA file are a few KB.
 pub const MAX_LOCAL_FILE_BYTES: u64 = 1024 * 1024;
 
@@ -20,6 +21,8 @@ pub struct Settings {
     /// `https://host:port`, no trailing slash.
     pub api: String,
     pub cacert: PathBuf,
+    /// The CA file is a default, not given.
+    cacert_defaulted: bool,
 }
 
 /// An environment variable that is set and not empty.
@@ -50,26 +53,41 @@ impl Settings {
             .clone()
             .or_else(|| env_nonempty("REPLGATE_CTL_API"))
             .unwrap_or_else(|| DEFAULT_API.into());
-        let cacert = ctl
+        let given = ctl
             .cacert
             .clone()
-            .or_else(|| env_nonempty("REPLGATE_CTL_CACERT").map(PathBuf::from))
-            .unwrap_or_else(|| DEFAULT_CACERT.into());
+            .or_else(|| env_nonempty("REPLGATE_CTL_CACERT").map(PathBuf::from));
+        let cacert_defaulted = given.is_none();
         Ok(Settings {
             api: api_base(&api)?,
-            cacert,
+            cacert: given.unwrap_or_else(default_cacert),
+            cacert_defaulted,
         })
     }
 
     /// The CA file's bytes.
     pub fn ca_pem(&self) -> Result<Vec<u8>, CtlError> {
         read_small(&self.cacert).map_err(|e| {
+            let tried = if self.cacert_defaulted && e.kind() == io::ErrorKind::NotFound {
+                format!("no CA file at {}", DEFAULT_CACERTS.join(" or "))
+            } else {
+                format!("read the CA file {}: {e}", self.cacert.display())
+            };
             CtlError::Usage(format!(
-                "read the CA file {}: {e} (give --cacert or REPLGATE_CTL_CACERT)",
-                self.cacert.display()
+                "{tried} (give --cacert or REPLGATE_CTL_CACERT: the daemon's <data_dir>/ca.pem)"
             ))
         })
     }
+}
+
+/// The first default CA file that exists (or that is there but not readable, so the error
+/// says why), else the first.
+fn default_cacert() -> PathBuf {
+    DEFAULT_CACERTS
+        .iter()
+        .map(PathBuf::from)
+        .find(|p| !matches!(std::fs::metadata(p), Err(e) if e.kind() == io::ErrorKind::NotFound))
+        .unwrap_or_else(|| DEFAULT_CACERTS[0].into())
 }
 
 fn read_small(path: &Path) -> io::Result<Vec<u8>> {

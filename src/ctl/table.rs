@@ -37,8 +37,12 @@ pub fn utc(t: i64) -> String {
     }
 }
 
+/// A time in a table, marked as UTC (a missing one stays `-`).
 fn time_cell(v: &Value) -> String {
-    v.as_i64().map(utc).unwrap_or_else(|| "-".into())
+    match v.as_i64().map(utc) {
+        Some(t) if t != "-" => format!("{t} UTC"),
+        _ => "-".into(),
+    }
 }
 
 /// Aligns `rows` under `headers`, two spaces between columns, no trailing blanks.
@@ -67,7 +71,8 @@ pub fn table(headers: &[&str], rows: &[Vec<String>]) -> String {
     out
 }
 
-fn list<'a>(v: &'a Value, key: &str) -> &'a [Value] {
+/// The array under `key`, or none.
+pub fn rows<'a>(v: &'a Value, key: &str) -> &'a [Value] {
     v[key].as_array().map(Vec::as_slice).unwrap_or(&[])
 }
 
@@ -121,7 +126,7 @@ pub fn pending_table(v: &Value, include_rejected: bool) -> String {
     if include_rejected {
         cols.extend([Text("STATUS", "status"), Text("MESSAGE", "message")]);
     }
-    listing(list(v, "pending"), "no pending requests", &cols)
+    listing(rows(v, "pending"), "no pending requests", &cols)
 }
 
 pub fn systems_table(v: &Value) -> String {
@@ -134,7 +139,7 @@ pub fn systems_table(v: &Value) -> String {
         Text("STATUS", "status"),
         Text("STORAGE", "storage_id"),
     ];
-    listing(list(v, "appliance"), "no systems", &cols)
+    listing(rows(v, "appliance"), "no systems", &cols)
 }
 
 pub fn storage_table(v: &Value) -> String {
@@ -148,7 +153,7 @@ pub fn storage_table(v: &Value) -> String {
         YesNo("DEFAULT", "is_default"),
         Text("PATH", "path"),
     ];
-    listing(list(v, "storage"), "no storage", &cols)
+    listing(rows(v, "storage"), "no storage", &cols)
 }
 
 pub fn targets_table(v: &Value) -> String {
@@ -161,7 +166,7 @@ pub fn targets_table(v: &Value) -> String {
         Time("LAST POLL", "last_poll"),
         Text("MESSAGE", "message"),
     ];
-    listing(list(v, "targets"), "no targets", &cols)
+    listing(rows(v, "targets"), "no targets", &cols)
 }
 
 pub fn users_table(v: &Value) -> String {
@@ -172,7 +177,7 @@ pub fn users_table(v: &Value) -> String {
         Time("CREATED", "created"),
         Time("UPDATED", "updated"),
     ];
-    listing(list(v, "users"), "no users", &cols)
+    listing(rows(v, "users"), "no users", &cols)
 }
 
 pub fn audit_table(rows: &[Value]) -> String {

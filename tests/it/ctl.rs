@@ -38,18 +38,22 @@ impl Run {
 /// and nothing inherited from the caller's environment.
 struct Ctl {
     api: String,
-    cacert: PathBuf,
+    /// `--cacert`; without it, ctl looks in its default places.
+    cacert: Option<PathBuf>,
     token_file: PathBuf,
     home: PathBuf,
+    /// The working directory (the scratch directory unless set).
+    cwd: PathBuf,
 }
 
 impl Ctl {
     fn new(d: &Daemon, scratch: &Path) -> Ctl {
         Ctl {
             api: format!("https://{}", d.api),
-            cacert: d.data_dir.join("ca.pem"),
+            cacert: Some(d.data_dir.join("ca.pem")),
             token_file: scratch.join("cache").join("token"),
             home: scratch.to_path_buf(),
+            cwd: scratch.to_path_buf(),
         }
     }
 
@@ -60,12 +64,12 @@ impl Ctl {
 
     fn run_with_stdin(&self, args: &[&str], stdin: Option<&str>) -> Run {
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_replgate"));
-        cmd.arg("ctl")
-            .arg("--api")
-            .arg(&self.api)
-            .arg("--cacert")
-            .arg(&self.cacert)
-            .args(args)
+        cmd.arg("ctl").arg("--api").arg(&self.api);
+        if let Some(ca) = &self.cacert {
+            cmd.arg("--cacert").arg(ca);
+        }
+        cmd.args(args)
+            .current_dir(&self.cwd)
             .env_clear()
             .env("PATH", std::env::var("PATH").unwrap_or_default())
             .env("HOME", &self.home)
@@ -137,6 +141,20 @@ fn two_appliances_pair_entirely_through_ctl() {
     let r = on_src.run(&["--json", "request-target", &target]).expect(7);
     assert_eq!(r.json()["result"][0]["code"], 12505);
     assert_eq!(r.json()["result"][0]["fingerprint"], fp.as_str());
+    // A fingerprint that is not the presented one is a warning, never a retry line.
+    let wrong = "ab".repeat(32);
+    let r = on_src
+        .run(&["request-target", &target, "--fingerprint", &wrong])
+        .expect(7);
+    assert!(
+        r.stderr.contains("WARNING") && r.stderr.contains("someone between the appliances"),
+        "{r:?}"
+    );
+    assert!(r.stderr.contains(&fp) && r.stderr.contains(&wrong), "{r:?}");
+    assert!(
+        !r.stderr.contains(&format!("--fingerprint {fp}")),
+        "no pinning suggested without comparing: {r:?}"
+    );
     // The target's admin reads the same fingerprint off their own daemon.
     let r = on_tgt.run(&["health"]).expect(0);
     assert!(r.stdout.contains(&fp), "{r:?}");
@@ -306,7 +324,7 @@ fn exit_codes_tell_scripts_what_went_wrong() {
     let other_ca_file = scratch.join("other-ca.pem");
     std::fs::write(&other_ca_file, other_ca.pem()).unwrap();
     let impostor = Ctl {
-        cacert: other_ca_file,
+        cacert: Some(other_ca_file),
         ..Ctl::new(&d, &scratch)
     };
     let r = impostor.run(&["health"]).expect(8);
@@ -323,4 +341,87 @@ fn exit_codes_tell_scripts_what_went_wrong() {
     assert_eq!(r.status, 200);
     let r = ended.run(&["systems"]).expect(3);
     assert!(r.stderr.contains("log in again"), "{r:?}");
+}
+
+#[test]
+fn ctl_errors_say_what_to_do_next() {
+    let scratch = scratch_dir("ctl-next");
+    let d = Daemon::start("ctl-next", Options::default());
+    let root = Ctl::new(&d, &scratch);
+
+    // Nothing listening is "cannot reach" (8), logged in or not.
+    let nobody = Ctl {
+        api: format!("https://127.0.0.1:{}", free_port()),
+        ..Ctl::new(&d, &scratch)
+    };
+    let r = nobody.run(&["pending"]).expect(8);
+    assert!(r.stderr.contains("cannot reach"), "{r:?}");
+    // A daemon that answers but has no session for us: 3, and the login line keeps --api.
+    let r = root.run(&["pending"]).expect(3);
+    assert!(
+        r.stderr
+            .contains(&format!("replgate ctl login --api {}", root.api)),
+        "{r:?}"
+    );
+    // The tunnel port is not the API, whatever the command.
+    let tunnel = Ctl {
+        api: format!("https://{}", d.tunnel),
+        ..Ctl::new(&d, &scratch)
+    };
+    for args in [&["health"][..], &["login", "--password-stdin"]] {
+        let r = tunnel.run_with_stdin(args, Some("password\n")).expect(8);
+        assert!(
+            r.stderr.contains("api_listen") && !r.stderr.contains("Broken pipe (os error 32)\n"),
+            "{args:?}: {r:?}"
+        );
+    }
+    root.login();
+
+    // A pending request by the id `systems` shows for it (-ID).
+    let filed = d.file_request("5e5e5e5e-0000-4333-8444-555555555555");
+    let systems = root.run(&["--json", "systems"]).expect(0).json();
+    let pending_row = systems_row(&systems, |s| s["request_id"] == filed.id);
+    let shown = pending_row["id"].to_string();
+    assert_eq!(shown, format!("-{}", filed.id));
+    let r = root.run(&["accept", &shown]).expect(0);
+    assert!(
+        r.stdout.contains(&format!("accepted request {}", filed.id)),
+        "{r:?}"
+    );
+    // ... but never as a system to unpair.
+    let r = root.run(&["unpair", &shown]).expect(2);
+    assert!(
+        r.stderr.contains(&format!("ctl ignore {}", filed.id)),
+        "{r:?}"
+    );
+
+    // Unknown ids point at the listing that has the right ones.
+    let r = root.run(&["reject", "999999", "--message", "m"]).expect(5);
+    assert!(r.stderr.contains("pending --api"), "{r:?}");
+    let local = systems_row(&systems, |s| s["local"] == true)["id"].to_string();
+    let r = root.run(&["unpair", &local]).expect(5);
+    assert!(r.stderr.contains("this appliance itself"), "{r:?}");
+
+    // Times in tables say they are UTC.
+    let table = root.run(&["users"]).expect(0).stdout;
+    assert!(
+        table.lines().nth(1).is_some_and(|l| l.contains(" UTC")),
+        "{table}"
+    );
+    // The version names the commit, without a daemon.
+    let r = nobody.run(&["--version"]).expect(0);
+    let version = format!("replgate {} (commit ", env!("CARGO_PKG_VERSION"));
+    assert!(r.stdout.starts_with(&version), "{r:?}");
+
+    // Without --cacert, the CA of a daemon started in the working directory.
+    let here = scratch.join("here");
+    std::fs::create_dir_all(here.join("replgate-data")).unwrap();
+    std::fs::copy(d.data_dir.join("ca.pem"), here.join("replgate-data/ca.pem")).unwrap();
+    let plain = Ctl {
+        cacert: None,
+        cwd: here,
+        ..Ctl::new(&d, &scratch)
+    };
+    let r = plain.run(&["health"]).expect(0);
+    assert!(r.stdout.contains(&d.ca_fingerprint()), "{r:?}");
 }
