@@ -302,6 +302,10 @@ impl RawConfig {
                 }
                 // Read by the daemon at database creation only; not a config key.
                 "admin_password" | "config" => {}
+                // `replgate ctl`'s own settings, often exported in an admin's shell: never
+                // the daemon's business, never a reason for it not to start.
+                "password" => {}
+                k if k.starts_with("ctl_") => {}
                 k if NUMERIC_KEYS.contains(&k) => {
                     let parsed = value.trim().parse::<u64>().map_err(|_| {
                         bad(k, format!("{name}={value:?} is not a non-negative integer"))
@@ -646,6 +650,18 @@ mod tests {
         assert_eq!(e.key, "idle_timeout");
         let e = Config::from_toml("", env(&[("REPLGATE_NO_SUCH", "1")])).unwrap_err();
         assert_eq!(e.key, "no_such");
+    }
+
+    #[test]
+    fn ctl_settings_in_the_environment_do_not_concern_the_daemon() {
+        let ctl = env(&[
+            ("REPLGATE_CTL_API", "https://10.0.0.1:8443"),
+            ("REPLGATE_CTL_CACERT", "/var/lib/replgate/ca.pem"),
+            ("REPLGATE_CTL_TOKEN_FILE", "/tmp/t"),
+            ("REPLGATE_PASSWORD", "secret"),
+        ]);
+        let c = Config::from_toml("", ctl).unwrap();
+        assert_eq!(c.api_listen.to_string(), "127.0.0.1:8443");
     }
 
     #[test]

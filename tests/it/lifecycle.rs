@@ -119,3 +119,21 @@ fn curl_with_the_ca_file_reaches_health() {
     let body: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(body["status"], "ok");
 }
+
+#[test]
+fn ctl_settings_exported_in_the_shell_do_not_stop_the_daemon() {
+    let ctl_env = [
+        ("ctl_api", "https://127.0.0.1:1"),
+        ("ctl_cacert", "/var/lib/replgate/ca.pem"),
+        ("ctl_token_file", "/tmp/replgate-token"),
+        ("password", "not-for-the-daemon"),
+    ];
+    let opts = ctl_env
+        .iter()
+        .fold(Options::default(), |o, (k, v)| o.set(k, v));
+    let mut check = Command::new(env!("CARGO_BIN_EXE_replgate"));
+    check.arg("check-config").env_clear().envs(opts.env.clone());
+    crate::harness::run_ok(&mut check);
+    let d = Daemon::start("life-ctl-env", opts);
+    assert_eq!(d.client().get("/api/health", None).status, 200);
+}
