@@ -23,7 +23,7 @@ use crate::pairing::source::request::Outgoing;
 use crate::spool::{Spool, SpoolError};
 use crate::store::{Store, StoreError};
 use crate::tls::TlsError;
-use crate::{fsx, memory, model, notify, tls};
+use crate::{fsx, memory, model, notify, tls, tunnel};
 
 /// How long shutdown waits for requests in flight.
 const DRAIN: Duration = Duration::from_secs(10);
@@ -351,25 +351,6 @@ fn bind(addr: SocketAddr, setting: &'static str) -> Result<TcpListener, DaemonEr
     })
 }
 
-/// The tunnel's revocation check: the database's revocation table, read on every
-/// handshake so that unpairing takes effect without a restart. A database error refuses.
-struct StoreRevocations(Store);
-
-impl fmt::Debug for StoreRevocations {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("StoreRevocations")
-    }
-}
-
-impl tls::RevocationCheck for StoreRevocations {
-    fn is_revoked(&self, serial_hex: &str) -> bool {
-        self.0.is_revoked(serial_hex).unwrap_or_else(|e| {
-            log::error!("revocation check for serial {serial_hex}: {}", Chain(&e));
-            true
-        })
-    }
-}
-
 /// What accepted sources are told to dial: the tunnel listener, with a host name when it
 /// listens on every address.
 fn tunnel_endpoint(config: &Config) -> String {
@@ -447,23 +428,33 @@ fn remove_orphan_target_dirs(store: &Store, dirs: &TargetDirs) {
     }
 }
 
-/// The listeners' limits from the configuration. Both listeners share the process's
+/// The two listeners' limits from the configuration. They share the process's
 /// descriptors, so the connection cap is clamped to what the open-file limit carries with
-/// every listener full.
-fn front_limits(config: &Config) -> front::Limits {
-    let per_listener =
-        listener::clamp_to_fd_limit(config.max_connections, 2 * front::FDS_PER_CONNECTION);
-    front::Limits {
-        connections: listener::Limits {
-            max_connections: per_listener,
-            max_connections_per_address: config.max_connections_per_address.min(per_listener),
-            handshake_timeout: config.handshake_timeout,
-        },
+/// both listeners full.
+fn listener_limits(config: &Config) -> (front::Limits, tunnel::Limits) {
+    let per_listener = listener::clamp_to_fd_limit(
+        config.max_connections,
+        front::FDS_PER_CONNECTION + tunnel::FDS_PER_CONNECTION,
+    );
+    let connections = listener::Limits {
+        max_connections: per_listener,
+        max_connections_per_address: config.max_connections_per_address.min(per_listener),
+        handshake_timeout: config.handshake_timeout,
+    };
+    let api = front::Limits {
+        connections: connections.clone(),
         idle_timeout: config.idle_timeout,
         head_timeout: config.head_timeout,
         max_head_bytes: config.max_head_bytes,
         max_body_bytes: config.max_body_bytes,
-    }
+    };
+    let tunnel = tunnel::Limits {
+        connections,
+        idle_timeout: config.idle_timeout,
+        head_timeout: config.head_timeout,
+        max_head_bytes: config.max_head_bytes,
+    };
+    (api, tunnel)
 }
 
 /// Runs the daemon until SIGTERM or SIGINT.
@@ -527,7 +518,7 @@ pub fn run(config: Config) -> Result<(), DaemonError> {
         &tunnel_chain,
         &tunnel_key,
         ca.cert_der(),
-        Arc::new(StoreRevocations(store.clone())),
+        Arc::new(tunnel::StoreRevocations(store.clone())),
     )
     .map_err(|source| DaemonError::Tls {
         listener: "tunnel",
@@ -546,7 +537,7 @@ pub fn run(config: Config) -> Result<(), DaemonError> {
         .ok_or_else(|| DaemonError::Backend("the listener has no ip address".into()))?;
     let backend = Arc::new(backend);
 
-    let limits = front_limits(&config);
+    let (api_limits, tunnel_limits) = listener_limits(&config);
     let peers = Arc::new(PeerTable::new());
     let shutdown = Arc::new(AtomicBool::new(false));
     let api_listener = bind(config.api_listen, "api_listen")?;
@@ -627,7 +618,7 @@ pub fn run(config: Config) -> Result<(), DaemonError> {
     let fronts = vec![
         front::spawn(
             endpoint("api", api_listener, api_tls),
-            limits.clone(),
+            api_limits,
             front::Backend {
                 addr: backend_addr,
                 kind: ListenerKind::Api,
@@ -636,14 +627,16 @@ pub fn run(config: Config) -> Result<(), DaemonError> {
             },
         )
         .map_err(spawn_error("the api listener"))?,
-        front::spawn(
+        tunnel::spawn(
             endpoint("tunnel", tunnel_listener, tunnel_tls),
-            limits,
-            front::Backend {
-                addr: backend_addr,
-                kind: ListenerKind::Tunnel,
-                peers,
-                local: None,
+            tunnel::Server {
+                state: tunnel::App {
+                    store: store.clone(),
+                    storage: config.storage.clone(),
+                },
+                routes: tunnel::routes::table(),
+                limits: tunnel_limits,
+                revocations: Arc::new(tunnel::StoreRevocations(store.clone())),
             },
         )
         .map_err(spawn_error("the tunnel listener"))?,

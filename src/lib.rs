@@ -29,4 +29,5 @@ pub mod store;
 #[cfg(test)]
 mod test_pki;
 pub mod tls;
+pub mod tunnel;
 pub mod wire;

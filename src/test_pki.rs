@@ -12,7 +12,7 @@ use rustls::{ClientConfig, ClientConnection, ServerConfig, StreamOwned};
 
 use crate::ca::{self, Ca};
 use crate::listener::connect_from;
-use crate::tls;
+use crate::tls::{self, RevocationCheck};
 
 /// A CA, one server certificate for 127.0.0.1 and two client certificates it issued.
 pub(crate) struct Pki {
@@ -26,6 +26,7 @@ pub(crate) struct Pki {
 pub(crate) struct Client {
     pub cert_pem: String,
     pub key_pem: String,
+    pub serial: String,
 }
 
 /// The process-wide test PKI, made once (key generation is the slow part).
@@ -47,6 +48,7 @@ pub(crate) fn pki() -> &'static Pki {
             Client {
                 cert_pem: issued.cert_pem,
                 key_pem,
+                serial: issued.serial,
             }
         };
         Pki {
@@ -63,6 +65,17 @@ impl Pki {
     pub fn api_server(&self) -> Arc<ServerConfig> {
         tls::api_server_config(&self.server_chain_pem, &self.server_key_pem)
             .expect("api server config")
+    }
+
+    /// The tunnel's config: mutual TLS against this CA, revocation from `revoked`.
+    pub fn tunnel_server(&self, revoked: Arc<dyn RevocationCheck>) -> Arc<ServerConfig> {
+        tls::tunnel_server_config(
+            &self.server_chain_pem,
+            &self.server_key_pem,
+            self.ca.cert_der(),
+            revoked,
+        )
+        .expect("tunnel server config")
     }
 
     /// A client trusting this CA, presenting client certificate `client` if given.

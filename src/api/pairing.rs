@@ -1,5 +1,5 @@
 //! Target-side pairing handlers: the admin endpoints (`/api/replication/...`, systems,
-//! storage) and the appliance protocol (`/replication/v1/...`, `/tunnel/v1/hello`).
+//! storage) and the appliance protocol (`/replication/v1/...`).
 
 use serde::Serialize;
 use serde_json::json;
@@ -77,30 +77,6 @@ pub fn file_request(call: &Call) -> Result<Reply, ApiError> {
     };
     let value = serde_json::to_value(answer)?;
     Ok(Reply::json(if filed.created { 202 } else { 200 }, value))
-}
-
-/// `GET /tunnel/v1/hello`: only reachable with a verified, unrevoked client certificate.
-pub fn hello(call: &Call) -> Result<Reply, ApiError> {
-    let cert = call
-        .peer
-        .client_cert
-        .as_ref()
-        .ok_or_else(|| ApiError::Forbidden("a client certificate is required".into()))?;
-    let serial = crate::ca::cert_serial_hex(cert.as_ref())
-        .map_err(|e| ApiError::Forbidden(format!("client certificate: {e}")))?;
-    let row = target::record_hello(&call.app.store, &serial, call.now)?.ok_or_else(|| {
-        ApiError::Forbidden("this certificate belongs to no paired system".into())
-    })?;
-    let storage = row
-        .storage_id
-        .and_then(|id| call.app.config.storage.iter().find(|s| s.id == id));
-    let hello = protocol::Hello {
-        system_id: row.id,
-        system_uuid: row.system_uuid.clone().unwrap_or_default(),
-        storage_id: row.storage_id,
-        storage_name: storage.map(|s| s.name.clone()),
-    };
-    Ok(Reply::json(200, serde_json::to_value(hello)?))
 }
 
 // ---- /api/replication (target-side admin) ----

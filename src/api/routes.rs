@@ -20,8 +20,6 @@ pub enum Access {
     Public,
     /// The API listener with an `AuthToken` of at least this privilege.
     Token(Privilege),
-    /// The tunnel listener with a verified, unrevoked client certificate.
-    Tunnel,
 }
 
 pub struct Route {
@@ -149,8 +147,6 @@ pub fn route_table() -> Vec<Route> {
             Public,
             spool_files::handler,
         ),
-        // The tunnel (mutual TLS).
-        route("GET", "/tunnel/v1/hello", Tunnel, pairing::hello),
     ]
 }
 
@@ -172,23 +168,6 @@ fn match_path(pattern: &str, path: &str) -> Option<Vec<String>> {
             _ => return None,
         }
     }
-}
-
-/// The handshake checked revocation when the tunnel connection opened; a keep-alive
-/// connection can outlive an unpair, so every tunnel request checks again.
-fn require_unrevoked(app: &App, peer: &PeerInfo) -> Result<(), ApiError> {
-    let cert = peer
-        .client_cert
-        .as_ref()
-        .ok_or_else(|| ApiError::Forbidden("a client certificate is required".into()))?;
-    let serial = crate::ca::cert_serial_hex(cert.as_ref())
-        .map_err(|e| ApiError::Forbidden(format!("client certificate: {e}")))?;
-    if app.store.is_revoked(&serial)? {
-        return Err(ApiError::Forbidden(format!(
-            "certificate {serial} has been revoked"
-        )));
-    }
-    Ok(())
 }
 
 /// The path a request is routed by. On `/api` the appliance's own web server merges
@@ -274,19 +253,13 @@ pub fn dispatch(app: &App, routes: &[Route], request: Incoming) -> Result<Reply,
         let Some(params) = match_path(r.path, &path) else {
             continue;
         };
-        let listener_ok = match r.access {
-            Access::Tunnel => peer.kind == ListenerKind::Tunnel && peer.client_cert.is_some(),
-            Access::Public | Access::Token(_) => peer.kind == ListenerKind::Api,
-        };
-        if !listener_ok {
+        // Every route is the API listener's (the tunnel is its own server).
+        if peer.kind != ListenerKind::Api {
             continue;
         }
         if r.method != method {
             allowed.push(r.method);
             continue;
-        }
-        if r.access == Access::Tunnel {
-            require_unrevoked(app, peer)?;
         }
         let session = match r.access {
             Access::Token(needed) => {

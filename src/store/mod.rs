@@ -29,8 +29,10 @@ mod records;
 mod schema;
 mod txn;
 
+use std::cell::Cell;
 use std::fmt;
 use std::path::Path;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
 use redb::{Database, ReadTransaction, ReadableDatabase};
@@ -132,6 +134,8 @@ fn decode<'a, T: Deserialize<'a>>(table: &str, bytes: &'a [u8]) -> Result<T> {
 #[derive(Clone)]
 pub struct Store {
     db: Arc<Database>,
+    /// Counts commits that revoked a serial ([`Store::revocation_generation`]).
+    revocations: Arc<AtomicU64>,
 }
 
 impl Store {
@@ -142,7 +146,10 @@ impl Store {
             .set_cache_size(CACHE_BYTES)
             .create(path)?;
         crate::fsx::make_private(path).map_err(redb::Error::from)?;
-        let store = Store { db: Arc::new(db) };
+        let store = Store {
+            db: Arc::new(db),
+            revocations: Arc::new(AtomicU64::new(0)),
+        };
         store.write(|tx| tx.migrate())?;
         Ok(store)
     }
@@ -155,10 +162,25 @@ impl Store {
     ) -> std::result::Result<T, E> {
         let txn = Txn {
             inner: self.db.begin_write().map_err(StoreError::from)?,
+            revoked: Cell::new(false),
         };
         let value = f(&txn)?;
+        let revoked = txn.revoked.get();
         txn.inner.commit().map_err(StoreError::from)?;
+        if revoked {
+            // After the commit: whoever sees the new generation and reads again finds the
+            // revocation.
+            self.revocations.fetch_add(1, Ordering::Release);
+        }
         Ok(value)
+    }
+
+    /// A number that grows after every commit that revoked a serial, so that holders of
+    /// long-lived connections (the tunnel's streams) can notice a revocation with one
+    /// atomic load per read instead of a database read, and look the serial up only when
+    /// it changed.
+    pub fn revocation_generation(&self) -> u64 {
+        self.revocations.load(Ordering::Acquire)
     }
 
     /// A read snapshot for one read.
@@ -295,6 +317,37 @@ mod tests {
             object: "user:x".into(),
             detail: String::new(),
         }
+    }
+
+    #[test]
+    fn the_revocation_generation_moves_only_after_a_commit_that_revoked() {
+        let (store, dir) = temp_store("revocation-generation");
+        let before = store.revocation_generation();
+        store
+            .write(|tx| tx.audit(&audit("nothing revoked")))
+            .unwrap();
+        assert_eq!(store.revocation_generation(), before);
+        let failed: std::result::Result<(), StoreError> = store.write(|tx| {
+            tx.revoke("abc", 7)?;
+            Err(StoreError::Corrupt {
+                table: "test".into(),
+                detail: "rolled back".into(),
+            })
+        });
+        assert!(failed.is_err());
+        assert_eq!(store.revocation_generation(), before, "rolled back");
+        assert!(!store.is_revoked("abc").unwrap());
+        store.write(|tx| tx.revoke("abc", 7)).unwrap();
+        assert_eq!(store.revocation_generation(), before + 1);
+        assert!(store.is_revoked("abc").unwrap());
+        let clone = store.clone();
+        clone.write(|tx| tx.revoke("def", 8)).unwrap();
+        assert_eq!(
+            store.revocation_generation(),
+            before + 2,
+            "shared by clones"
+        );
+        let _ = std::fs::remove_dir_all(dir);
     }
 
     #[test]

@@ -2,6 +2,8 @@
 //! file a request, create a user) commits all its rows together or none of them. Every
 //! write of the store is a method here, run through `Store::write`.
 
+use std::cell::Cell;
+
 use redb::{ReadableTable, Table, WriteTransaction};
 use serde::de::DeserializeOwned;
 use serde::Serialize;
@@ -18,6 +20,9 @@ pub const FIRST_SYSTEM_ID: u64 = 2;
 
 pub struct Txn {
     pub(super) inner: WriteTransaction,
+    /// Set by [`Txn::revoke`]; `Store::write` bumps the revocation generation after the
+    /// commit.
+    pub(super) revoked: Cell<bool>,
 }
 
 /// Encodes `value` and stores it under `key` in the JSON-valued table `t`.
@@ -220,6 +225,7 @@ impl Txn {
 
     /// Revokes a serial from now on; the tunnel checks this table on every handshake.
     pub fn revoke(&self, serial: &str, now: UnixTime) -> Result<()> {
+        self.revoked.set(true);
         self.inner
             .open_table(schema::REVOKED)?
             .insert(serial, now)?;

@@ -3,6 +3,7 @@
 //! protocol types (`protocol`). Plain data, parsing and rendering only; no I/O, no domain
 //! rules.
 
+pub mod chunked;
 pub mod error;
 pub mod http;
 pub mod protocol;

@@ -2,11 +2,12 @@
 //! pairing from request to a proven tunnel, and every way it must refuse.
 
 use std::io::Write;
-use std::net::TcpStream;
+use std::net::{Ipv4Addr, TcpStream};
 use std::process::Stdio;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use replgate::listener::connect_from;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName};
 use serde_json::{json, Value};
 
@@ -82,6 +83,15 @@ type TunnelStream = rustls::StreamOwned<rustls::ClientConnection, TcpStream>;
 
 /// A mutual-TLS connection to the target's tunnel, handshake completed.
 fn tunnel_connect(tgt: &Daemon, client: Option<Identity>) -> Result<TunnelStream, String> {
+    tunnel_connect_from(tgt, client, Ipv4Addr::LOCALHOST)
+}
+
+/// The same from a chosen loopback address (one test playing several sources).
+fn tunnel_connect_from(
+    tgt: &Daemon,
+    client: Option<Identity>,
+    source: Ipv4Addr,
+) -> Result<TunnelStream, String> {
     let mut roots = rustls::RootCertStore::empty();
     roots.add(tgt.ca_der()).unwrap();
     let builder = rustls::ClientConfig::builder_with_provider(provider())
@@ -92,7 +102,7 @@ fn tunnel_connect(tgt: &Daemon, client: Option<Identity>) -> Result<TunnelStream
         Some((chain, key)) => builder.with_client_auth_cert(chain, key).unwrap(),
         None => builder.with_no_client_auth(),
     };
-    let tcp = TcpStream::connect(tgt.tunnel).map_err(|e| e.to_string())?;
+    let tcp = connect_from(source, tgt.tunnel).map_err(|e| e.to_string())?;
     tcp.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
     let conn = rustls::ClientConnection::new(
         Arc::new(config),
@@ -280,6 +290,42 @@ fn unpair_closes_the_tunnel_at_once_and_the_heartbeat_learns_of_it() {
     );
     let row = wait_status(&src, &st, "revoked", Duration::from_secs(3 * POLL + 8));
     assert!(row["message"].as_str().unwrap_or("").contains("revoked"));
+}
+
+#[test]
+fn slow_clients_on_the_tunnel_do_not_delay_another_sources_hello() {
+    let (src, tgt) = start_pair("pair-slow-tunnel");
+    let (st, tt) = (src.root_token(), tgt.root_token());
+    pair_completely(&src, &st, &tgt, &tt);
+    let dir = pairing_dir(&src);
+    let flood = Ipv4Addr::new(127, 0, 0, 1);
+    // 300 connections that never handshake (the per-address cap takes 32 of them, the
+    // rest are answered 503 or closed) ...
+    let idle: Vec<TcpStream> = (0..300)
+        .filter_map(|_| connect_from(flood, tgt.tunnel).ok())
+        .collect();
+    assert!(idle.len() > 256, "only {} connections opened", idle.len());
+    // ... and a paired certificate dripping request heads, from the same address.
+    let mut drips: Vec<TunnelStream> = (0..8)
+        .filter_map(|_| tunnel_connect_from(&tgt, Some(identity(&dir)), flood).ok())
+        .collect();
+    for d in &mut drips {
+        let _ = d.write_all(b"GET /tunnel/v1/hello HTTP/1.1\r\n");
+        let _ = d.flush();
+    }
+    std::thread::sleep(Duration::from_millis(300));
+
+    let other = Ipv4Addr::new(127, 0, 0, 2);
+    let started = Instant::now();
+    let mut tls = tunnel_connect_from(&tgt, Some(identity(&dir)), other).unwrap();
+    let r = get_on(&mut tls, "/tunnel/v1/hello", true).unwrap();
+    let took = started.elapsed();
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert!(
+        took < Duration::from_secs(1),
+        "a hello from another address took {took:?} behind slow clients"
+    );
+    drop((idle, drips));
 }
 
 #[test]

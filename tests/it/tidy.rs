@@ -51,6 +51,7 @@ const LAYERS: &[(&str, Layer)] = &[
     ("api", Adapter),
     ("front", Adapter),
     ("listener", Adapter),
+    ("tunnel", Adapter),
     // Unit-test support (real CA, TLS configs, loopback clients) for listener and tunnel.
     ("test_pki", Adapter),
     ("remote", Adapter),
