@@ -478,7 +478,11 @@ impl Config {
                 1,
                 65_536,
             )? as usize,
-            log: raw.log.unwrap_or_else(|| "info".into()),
+            log: {
+                let log = raw.log.unwrap_or_else(|| "info".into());
+                crate::logging::check_filter(&log).map_err(|e| bad("log", e))?;
+                log
+            },
             handshake_timeout: seconds(
                 "handshake_timeout",
                 raw.handshake_timeout,
@@ -650,6 +654,15 @@ mod tests {
         assert_eq!(e.key, "idle_timeout");
         let e = Config::from_toml("", env(&[("REPLGATE_NO_SUCH", "1")])).unwrap_err();
         assert_eq!(e.key, "no_such");
+    }
+
+    #[test]
+    fn a_log_filter_that_would_silence_the_daemon_is_refused() {
+        let e = Config::from_toml("log = \"verbose\"", env(&[])).unwrap_err();
+        assert_eq!(e.key, "log");
+        let e = Config::from_toml("", env(&[("REPLGATE_LOG", "verbose")])).unwrap_err();
+        assert_eq!(e.key, "log");
+        assert!(Config::from_toml("log = \"replgate=debug,warn\"", env(&[])).is_ok());
     }
 
     #[test]

@@ -297,6 +297,14 @@ fn bootstrap_root(auth: &Authenticator, store: &Store, paths: &Paths) -> Result<
         source,
     })?;
     if count > 0 {
+        if std::env::var_os("REPLGATE_ADMIN_PASSWORD").is_some_and(|p| !p.is_empty()) {
+            log::warn!(
+                "REPLGATE_ADMIN_PASSWORD ignored: the database in {} already has users; it \
+                 only sets root's password at the first start (change a password with \
+                 `replgate ctl users set NAME --password`)",
+                paths.root.display()
+            );
+        }
         return Ok(());
     }
     let password = match std::env::var("REPLGATE_ADMIN_PASSWORD") {
@@ -461,6 +469,13 @@ fn listener_limits(config: &Config) -> (front::Limits, tunnel::Limits) {
 pub fn run(config: Config) -> Result<(), DaemonError> {
     install_signal_handlers();
     memory::configure();
+    if config.fault != crate::config::Fault::None {
+        log::warn!(
+            "fault injection is on (fault = {:?}): this daemon will crash on purpose; \
+             remove `fault` outside crash tests",
+            config.fault
+        );
+    }
     let paths = Paths {
         root: config.data_dir.clone(),
     };
@@ -560,8 +575,13 @@ pub fn run(config: Config) -> Result<(), DaemonError> {
             source,
         })?;
     if repair != Default::default() {
-        log::warn!(
-            "spool repaired at start: {} files written, {} removed, {} stray directories removed",
+        // Normal after a crash between a commit and its spool write, or after a restore
+        // (the spool is derived and not backed up): nothing is lost, the files now say
+        // what the database says.
+        log::info!(
+            "spool brought in line with the database at start: {} files written, {} removed, \
+             {} stray directories removed (expected after a crash or a restore; the database \
+             is the truth)",
             repair.files_written,
             repair.files_removed,
             repair.dirs_removed

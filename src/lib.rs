@@ -18,6 +18,7 @@ pub mod front;
 pub mod fsx;
 pub mod identity;
 pub mod listener;
+pub mod logging;
 pub mod memory;
 pub mod model;
 pub mod notify;

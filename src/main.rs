@@ -11,15 +11,6 @@ const EXIT_USAGE: u8 = 2;
 const EXIT_CONFIG: u8 = 3;
 const EXIT_RUNTIME: u8 = 1;
 
-fn init_logging(filter: &str) {
-    let mut builder = env_logger::Builder::new();
-    match std::env::var("RUST_LOG") {
-        Ok(f) if !f.is_empty() => builder.parse_filters(&f),
-        _ => builder.parse_filters(filter),
-    };
-    builder.format_timestamp(None).format_target(false).init();
-}
-
 fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
     let command = match cli::parse(&args) {
@@ -58,13 +49,17 @@ fn main() -> ExitCode {
                     return ExitCode::from(EXIT_CONFIG);
                 }
             };
-            init_logging(&config.log);
+            replgate::logging::init(&config.log);
             match replgate::daemon::run(config) {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(e) => {
+                    // Once: as a log line where logging shows errors, else plainly.
                     let e = replgate::model::Chain(&e);
-                    log::error!("{e}");
-                    eprintln!("replgate: {e}");
+                    if log::log_enabled!(log::Level::Error) {
+                        log::error!("{e}");
+                    } else {
+                        eprintln!("replgate: {e}");
+                    }
                     ExitCode::from(EXIT_RUNTIME)
                 }
             }

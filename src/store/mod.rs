@@ -66,6 +66,10 @@ pub enum StoreError {
     TooNew {
         found: u64,
     },
+    /// Another process holds the database's lock: another replgate on this data directory.
+    Locked {
+        path: std::path::PathBuf,
+    },
 }
 
 impl fmt::Display for StoreError {
@@ -81,6 +85,12 @@ impl fmt::Display for StoreError {
                     "database table {table}: record does not encode: {detail}"
                 )
             }
+            StoreError::Locked { path } => write!(
+                f,
+                "database {} is held by another process: is another replgate serving {}?",
+                path.display(),
+                path.parent().unwrap_or(path).display()
+            ),
             StoreError::TooNew { found } => write!(
                 f,
                 "database schema version {found} is newer than this replgate supports ({})",
@@ -144,7 +154,13 @@ impl Store {
     pub fn open(path: &Path) -> Result<Store> {
         let db = Database::builder()
             .set_cache_size(CACHE_BYTES)
-            .create(path)?;
+            .create(path)
+            .map_err(|e| match e {
+                redb::DatabaseError::DatabaseAlreadyOpen => StoreError::Locked {
+                    path: path.to_path_buf(),
+                },
+                e => StoreError::from(e),
+            })?;
         crate::fsx::make_private(path).map_err(redb::Error::from)?;
         let store = Store {
             db: Arc::new(db),

@@ -15,6 +15,7 @@ mod fuzz;
 mod lifecycle;
 mod listener;
 mod openapi;
+mod operability;
 mod ops;
 mod pairing;
 mod rng;

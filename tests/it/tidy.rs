@@ -39,6 +39,7 @@ const LAYERS: &[(&str, Layer)] = &[
     ("rand", Base),
     ("config", Base),
     ("memory", Base),
+    ("logging", Base),
     ("notify", Base),
     ("store", Resource),
     ("ca", Resource),
