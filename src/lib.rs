@@ -25,6 +25,7 @@ pub mod notify;
 pub mod pairing;
 pub mod rand;
 pub mod remote;
+pub mod replication;
 pub mod spool;
 pub mod store;
 #[cfg(test)]

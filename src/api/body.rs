@@ -114,6 +114,52 @@ impl Body {
     pub fn flag(&self, field: &str) -> Result<bool, ApiError> {
         self.opt_flag(field)?.ok_or_else(|| missing(field))
     }
+
+    /// A whole number in `min..=max`, given as a JSON number or a numeric string.
+    pub fn opt_number(&self, field: &str, min: u64, max: u64) -> Result<Option<u64>, ApiError> {
+        self.present(field)
+            .map(|v| number_value(field, v, min, max))
+            .transpose()
+    }
+
+    /// A limit that can be cleared: absent is `None` (leave it), `null` or `0` is
+    /// `Some(None)` (no limit), a positive number is `Some(Some(n))`.
+    pub fn opt_limit(&self, field: &str) -> Result<Option<Option<u64>>, ApiError> {
+        match self.0.get(field) {
+            None => Ok(None),
+            Some(Value::Null) => Ok(Some(None)),
+            Some(v) => Ok(Some(
+                Some(number_value(field, v, 0, u64::MAX / (1024 * 1024))?).filter(|n| *n > 0),
+            )),
+        }
+    }
+
+    /// The raw value of a field, for lists and objects a handler walks itself.
+    pub fn value(&self, field: &str) -> Option<&Value> {
+        self.present(field)
+    }
+}
+
+/// Parses a whole number in `min..=max` given as a JSON number or a string of digits.
+pub fn number_value(field: &str, v: &Value, min: u64, max: u64) -> Result<u64, ApiError> {
+    let expected = format!("a whole number from {min} to {max}");
+    let n = match v {
+        Value::Number(n) => n.as_u64(),
+        Value::String(s) => {
+            let t = s.trim();
+            (!t.is_empty() && t.len() <= 19 && t.bytes().all(|b| b.is_ascii_digit()))
+                .then(|| t.parse::<u64>().ok())
+                .flatten()
+        }
+        _ => None,
+    };
+    n.filter(|n| (min..=max).contains(n))
+        .ok_or_else(|| wrong(field, &expected))
+}
+
+/// Parses a query parameter as a whole number in `min..=max`.
+pub fn parse_number(field: &str, s: &str, min: u64, max: u64) -> Result<u64, ApiError> {
+    number_value(field, &Value::String(s.to_string()), min, max)
 }
 
 /// A peer-supplied value for an error message: quoted, and cut at 64 characters so a

@@ -9,7 +9,7 @@ use super::error::ApiError;
 use super::{Call, ListWriter, Reply};
 use crate::config::Fault;
 use crate::model::UnixTime;
-use crate::pairing::target::{self, Caps, Decision, NewRequest};
+use crate::pairing::target::{self, Caps, Decision, NewRequest, SourceChange};
 use crate::pairing::Actor;
 use crate::store::{RequestStatus, RequestSummary};
 use crate::wire::protocol::{self, SpoolToken};
@@ -171,6 +171,7 @@ pub fn resolve(call: &Call) -> Result<Reply, ApiError> {
     let decision = if accept {
         Decision::Accept {
             storage_id: body.opt_id("storage_id")?,
+            quota_mb: body.opt_limit("quota_mb")?,
         }
     } else {
         Decision::Reject {
@@ -208,15 +209,25 @@ fn sid(call: &Call) -> Result<u64, ApiError> {
     parse_id("sid", v)
 }
 
-pub fn change_storage(call: &Call) -> Result<Reply, ApiError> {
+/// `PUT /api/replication/source?sid=N {"storage_id"?, "quota_mb"?}`: at least one.
+pub fn change_source(call: &Call) -> Result<Reply, ApiError> {
     let system_id = sid(call)?;
-    let storage_id = call.json()?.id("storage_id")?;
+    let body = call.json()?;
+    let change = SourceChange {
+        storage_id: body.opt_id("storage_id")?,
+        quota_mb: body.opt_limit("quota_mb")?,
+    };
+    if change.storage_id.is_none() && change.quota_mb.is_none() {
+        return Err(ApiError::BadRequest(
+            "field `storage_id` or `quota_mb` is required".into(),
+        ));
+    }
     let app = call.app;
-    let row = target::change_storage(
+    let row = target::change_source(
         &app.store,
         &app.config.storage,
         system_id,
-        storage_id,
+        change,
         &actor(call),
         call.now,
     )?;

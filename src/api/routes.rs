@@ -102,7 +102,7 @@ pub fn route_table() -> Vec<Route> {
             "PUT",
             "/api/replication/source",
             Token(Administer),
-            pairing::change_storage,
+            pairing::change_source,
         )
         .names_sid(),
         route(

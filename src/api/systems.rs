@@ -39,6 +39,9 @@ struct Row<'a> {
     updated: UnixTime,
     #[serde(skip_serializing_if = "Option::is_none")]
     storage_id: Option<u64>,
+    /// A source's quota in MB, when one is set.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    quota_mb: Option<u64>,
     #[serde(skip_serializing_if = "Option::is_none")]
     certificate_expires: Option<UnixTime>,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -107,6 +110,7 @@ fn stored<'a>(s: &'a SystemRecord, now: UnixTime) -> Row<'a> {
         created: s.created,
         updated: s.updated,
         storage_id: s.storage_id,
+        quota_mb: s.quota_mb,
         certificate_expires: s.certificate_expires,
         last_seen: s.last_seen,
         is_pending: None,
@@ -136,6 +140,7 @@ fn pending<'a>(r: &'a RequestSummary<'_>) -> Row<'a> {
         created: r.created,
         updated: r.resolved_at.unwrap_or(r.created),
         storage_id: None,
+        quota_mb: None,
         certificate_expires: None,
         last_seen: None,
         is_pending: Some(true),
@@ -187,6 +192,7 @@ pub fn list(call: &Call) -> Result<Reply, ApiError> {
         created: app.first_start,
         updated: app.started,
         storage_id: None,
+        quota_mb: None,
         certificate_expires: None,
         last_seen: None,
         is_pending: None,

@@ -338,8 +338,14 @@ pub fn file_request(
 /// What an admin decided.
 #[derive(Clone, Debug)]
 pub enum Decision {
-    Accept { storage_id: Option<u64> },
-    Reject { message: String },
+    /// `quota_mb`: `Some(None)` clears the quota, `None` keeps what a re-paired row had.
+    Accept {
+        storage_id: Option<u64>,
+        quota_mb: Option<Option<u64>>,
+    },
+    Reject {
+        message: String,
+    },
 }
 
 /// Picks the storage for an accept: the named one (must be `backup`) or the default.
@@ -411,6 +417,7 @@ pub fn source_row(
             was_managed: false,
             request_id: Some(request.id),
             asset_tag: request.asset_tag.clone(),
+            quota_mb: None,
         },
     }
 }
@@ -512,7 +519,10 @@ pub fn resolve(
                 })
             })
         }
-        Decision::Accept { storage_id } => {
+        Decision::Accept {
+            storage_id,
+            quota_mb,
+        } => {
             let storage = match (storage_id, current.requested_storage_id) {
                 (None, Some(asked)) => choose_storage(storage, Some(asked))
                     .map_err(|_| PairingError::RequestedStorageUnusable(asked))?,
@@ -546,7 +556,7 @@ pub fn resolve(
                         }
                     }
                 }
-                let row = source_row(
+                let mut row = source_row(
                     existing,
                     &r,
                     storage.id,
@@ -555,6 +565,9 @@ pub fn resolve(
                     tx.next_system_id()?,
                     now,
                 );
+                if let Some(q) = quota_mb {
+                    row.quota_mb = q;
+                }
                 tx.put_system(&row)?;
                 let fresh = tx.insert_cert(&CertRecord {
                     serial: issued.serial.clone(),
@@ -678,16 +691,27 @@ pub fn unpair(
     })
 }
 
-/// Moves a source's backups to another storage.
-pub fn change_storage(
+/// What `PUT /api/replication/source?sid=` changes: the storage, the quota, or both.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct SourceChange {
+    pub storage_id: Option<u64>,
+    /// `Some(None)` clears the quota.
+    pub quota_mb: Option<Option<u64>>,
+}
+
+/// Moves a source to another storage and/or sets its quota.
+pub fn change_source(
     store: &Store,
     storage: &[Storage],
     system_id: u64,
-    storage_id: u64,
+    change: SourceChange,
     actor: &Actor,
     now: UnixTime,
 ) -> Result<SystemRecord, PairingError> {
-    let chosen = choose_storage(storage, Some(storage_id))?;
+    let chosen = change
+        .storage_id
+        .map(|id| choose_storage(storage, Some(id)))
+        .transpose()?;
     store.write(|tx| {
         let mut row = tx
             .system(system_id)?
@@ -695,19 +719,31 @@ pub fn change_storage(
         if !row.role.is_source() {
             return Err(PairingError::NotASource(system_id));
         }
-        let before = row.storage_id;
-        row.storage_id = Some(chosen.id);
+        let mut details = Vec::new();
+        if let Some(chosen) = chosen {
+            let before = row.storage_id;
+            row.storage_id = Some(chosen.id);
+            details.push(format!(
+                "storage {} -> {}",
+                before.map(|s| s.to_string()).unwrap_or_else(|| "-".into()),
+                chosen.id
+            ));
+        }
+        if let Some(q) = change.quota_mb {
+            let shown = |q: Option<u64>| {
+                q.map(|q| format!("{q} MB"))
+                    .unwrap_or_else(|| "none".into())
+            };
+            details.push(format!("quota {} -> {}", shown(row.quota_mb), shown(q)));
+            row.quota_mb = q;
+        }
         row.updated = now;
         tx.put_system(&row)?;
         tx.audit(&actor.audit(
             now,
-            "source storage changed",
+            "source changed",
             format!("system:{system_id}"),
-            format!(
-                "storage {} -> {}",
-                before.map(|s| s.to_string()).unwrap_or_else(|| "-".into()),
-                chosen.id
-            ),
+            details.join(", "),
         ))?;
         Ok(row)
     })
@@ -750,6 +786,7 @@ pub fn register_managed(
             was_managed: false,
             request_id: None,
             asset_tag: asset_tag.map(String::from),
+            quota_mb: None,
         };
         tx.put_system(&row)?;
         tx.audit(&actor.audit(

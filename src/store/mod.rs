@@ -24,6 +24,7 @@
 //! - The last superuser is never removed: the check runs inside the write that would
 //!   remove it, so two superusers demoting each other at once cannot both win.
 
+mod queue;
 mod read;
 mod records;
 mod schema;
@@ -38,6 +39,10 @@ use std::sync::Arc;
 use redb::{Database, ReadTransaction, ReadableDatabase};
 use serde::{Deserialize, Serialize};
 
+pub use queue::{
+    ItemStatus, LatestItem, PartialRecord, QueueItem, ReceivedRecord, ReplicationConfig, Strategy,
+    ThrottleRecord, ThrottleWindow,
+};
 pub use records::{
     AuditRecord, CertRecord, OpenRequest, RequestRecord, RequestStatus, RequestSummary,
     SessionRecord, SystemRecord, TargetRecord, TargetStatus, UserRecord,

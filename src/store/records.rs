@@ -261,6 +261,10 @@ pub struct SystemRecord {
     /// The appliance's asset tag, as the source reported it (or as registered).
     #[serde(default)]
     pub asset_tag: Option<String>,
+    /// The most this source may store here, in MB (MiB, as every `mb_` size of the API);
+    /// None means no quota.
+    #[serde(default)]
+    pub quota_mb: Option<u64>,
 }
 
 /// A certificate this appliance's CA issued to a source.

@@ -10,8 +10,11 @@ pub const VERSION_INITIAL: u64 = 1;
 pub const VERSION_TARGET_PAIRING: u64 = 2;
 /// Source-side pairing: the targets this appliance asked.
 pub const VERSION_SOURCE_PAIRING: u64 = 3;
+/// Replication: the source's queue (open, finished, latest per backup), the target's
+/// received backups and partial copies, the replication settings.
+pub const VERSION_REPLICATION: u64 = 4;
 /// The current schema version, recorded in `meta` under `schema_version`.
-pub const CURRENT_VERSION: u64 = VERSION_SOURCE_PAIRING;
+pub const CURRENT_VERSION: u64 = VERSION_REPLICATION;
 
 /// Small named values: `schema_version`, `system_uuid`.
 pub const META: TableDefinition<&str, &[u8]> = TableDefinition::new("meta");
@@ -35,6 +38,20 @@ pub const REVOKED: TableDefinition<&str, i64> = TableDefinition::new("revoked");
 /// Target id → `TargetRecord` (source side).
 pub const TARGETS: TableDefinition<u64, &[u8]> = TableDefinition::new("targets");
 
+/// Item id → `QueueItem` whose status is waiting, active or failed (source side).
+pub const QUEUE: TableDefinition<u64, &[u8]> = TableDefinition::new("queue");
+/// History sequence → `QueueItem` that is done or removed; the last key is the newest.
+pub const QUEUE_DONE: TableDefinition<u64, &[u8]> = TableDefinition::new("queue_done");
+/// (target id, backup name) → `LatestItem`: the newest item of that backup.
+pub const QUEUE_LATEST: TableDefinition<(u64, &str), &[u8]> = TableDefinition::new("queue_latest");
+/// (source system uuid, backup name) → `ReceivedRecord` (target side).
+pub const RECEIVED: TableDefinition<(&str, &str), &[u8]> = TableDefinition::new("received");
+/// (source system uuid, backup name) → `PartialRecord`: a durable partial copy.
+pub const PARTIALS: TableDefinition<(&str, &str), &[u8]> = TableDefinition::new("partials");
+/// `config` → `ReplicationConfig`, `throttle` → `ThrottleRecord`.
+pub const REPLICATION_SETTINGS: TableDefinition<&str, &[u8]> =
+    TableDefinition::new("replication_settings");
+
 pub const META_SCHEMA_VERSION: &str = "schema_version";
 pub const META_SYSTEM_UUID: &str = "system_uuid";
 /// Unix seconds of the appliance's first start, the local systems row's `created`.
@@ -43,3 +60,6 @@ pub const META_FIRST_START: &str = "first_start";
 pub const META_NEXT_SYSTEM_ID: &str = "next_system_id";
 pub const META_NEXT_REQUEST_ID: &str = "next_request_id";
 pub const META_NEXT_TARGET_ID: &str = "next_target_id";
+pub const META_NEXT_ITEM_ID: &str = "next_item_id";
+pub const META_NEXT_TAIL: &str = "next_queue_tail";
+pub const META_NEXT_DONE_SEQ: &str = "next_queue_done_seq";

@@ -26,7 +26,7 @@ pub struct Txn {
 }
 
 /// Encodes `value` and stores it under `key` in the JSON-valued table `t`.
-fn put<'k, K: redb::Key + 'static, T: Serialize>(
+pub(super) fn put<'k, K: redb::Key + 'static, T: Serialize>(
     t: &mut Table<K, &'static [u8]>,
     table: &str,
     key: impl std::borrow::Borrow<K::SelfType<'k>>,
@@ -60,6 +60,14 @@ impl Txn {
         }
         if found < schema::VERSION_SOURCE_PAIRING {
             self.inner.open_table(schema::TARGETS)?;
+        }
+        if found < schema::VERSION_REPLICATION {
+            self.inner.open_table(schema::QUEUE)?;
+            self.inner.open_table(schema::QUEUE_DONE)?;
+            self.inner.open_table(schema::QUEUE_LATEST)?;
+            self.inner.open_table(schema::RECEIVED)?;
+            self.inner.open_table(schema::PARTIALS)?;
+            self.inner.open_table(schema::REPLICATION_SETTINGS)?;
         }
         if found != schema::CURRENT_VERSION {
             let mut meta = self.inner.open_table(schema::META)?;
@@ -114,7 +122,7 @@ impl Txn {
     }
 
     /// Hands out the counter `key` (at least `floor`) and advances it.
-    fn take_id(&self, key: &str, floor: u64) -> Result<u64> {
+    pub(super) fn take_id(&self, key: &str, floor: u64) -> Result<u64> {
         let stored: Option<u64> = read::get(&self.inner, schema::META, key)?;
         let id = stored.unwrap_or(floor).max(floor);
         let mut meta = self.inner.open_table(schema::META)?;

@@ -1,0 +1,8 @@
+//! Replication of backups to paired targets through the tunnel (SPEC 11). The pure rules
+//! (`names`, `queue`, `throttle`) take the time as an argument and do no I/O; `scan` reads
+//! the source's backup storage; `sender` and `receiver` run one transfer session over any
+//! `Read`/`Write` pair, reading and writing files only through `fsx`.
+
+pub mod names;
+pub mod queue;
+pub mod throttle;
