@@ -155,6 +155,24 @@ pub fn format_utc(t: UnixTime) -> String {
     }
 }
 
+/// The local weekday (0 = Sunday) and hour (0–23) now, as the admin's throttle windows
+/// read the clock. From the C library's `localtime_r`, which follows `TZ` and the
+/// system's zone file; UTC if it fails.
+pub fn local_weekday_hour() -> (u8, u32) {
+    let t: libc::time_t = now() as libc::time_t;
+    // SAFETY: localtime_r writes only into the zeroed struct we own.
+    let mut tm: libc::tm = unsafe { std::mem::zeroed() };
+    if unsafe { libc::localtime_r(&t, &mut tm) }.is_null() {
+        let days = now().div_euclid(86_400);
+        // 1970-01-01 was a Thursday (4).
+        return (
+            ((days + 4) % 7) as u8,
+            (now().rem_euclid(86_400) / 3_600) as u32,
+        );
+    }
+    (tm.tm_wday.clamp(0, 6) as u8, tm.tm_hour.clamp(0, 23) as u32)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

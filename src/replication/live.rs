@@ -1,0 +1,499 @@
+//! Live replication state shared by the sessions, the scheduler and the API: progress of
+//! running transfers (kept in memory so `bytes_done`, `rate_bps` and `eta_s` are fresh at
+//! every read without a database write per frame; the database gets checkpoints), cancel
+//! requests for active items, the settings in force (a `PUT` applies to running transfers
+//! at their next frame), the one rate limiter every sending session shares, a wake-up for
+//! the scheduler, and the counters behind the metrics. No I/O.
+
+use std::collections::{HashMap, HashSet, VecDeque};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Condvar, Mutex, RwLock};
+use std::time::{Duration, Instant};
+
+use super::throttle::{self, Bucket};
+use crate::store::{ReplicationConfig, ThrottleRecord};
+
+/// Locks a mutex, taking the data even if a panicking thread poisoned it: every value
+/// behind these locks is valid after any single update.
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// Bytes per second over the last few seconds of samples.
+#[derive(Debug)]
+struct RateMeter {
+    samples: VecDeque<(Instant, u64)>,
+}
+
+/// Samples closer than this are merged; the window spans a few of them.
+const SAMPLE_EVERY: Duration = Duration::from_millis(250);
+const WINDOW: Duration = Duration::from_secs(3);
+
+impl RateMeter {
+    fn new(now: Instant, bytes: u64) -> RateMeter {
+        RateMeter {
+            samples: VecDeque::from([(now, bytes)]),
+        }
+    }
+
+    fn record(&mut self, now: Instant, bytes: u64) {
+        match self.samples.back_mut() {
+            Some((t, b)) if now.duration_since(*t) < SAMPLE_EVERY => *b = bytes,
+            _ => self.samples.push_back((now, bytes)),
+        }
+        while self.samples.len() > 2
+            && now.duration_since(self.samples[0].0) > WINDOW
+            && now.duration_since(self.samples[1].0) >= WINDOW / 2
+        {
+            self.samples.pop_front();
+        }
+    }
+
+    fn rate(&self, now: Instant) -> u64 {
+        let (Some(first), Some(last)) = (self.samples.front(), self.samples.back()) else {
+            return 0;
+        };
+        // A stalled transfer's rate falls to zero instead of keeping its last value.
+        let span = now.duration_since(first.0).as_secs_f64();
+        if span < 0.2 {
+            return 0;
+        }
+        ((last.1.saturating_sub(first.1)) as f64 / span) as u64
+    }
+}
+
+/// One running transfer's progress.
+#[derive(Debug)]
+pub struct Progress {
+    pub size: u64,
+    /// Bytes the target holds or has been sent, of this file (resume offset included).
+    bytes_done: AtomicU64,
+    /// Bytes put on the wire in this attempt.
+    bytes_sent: AtomicU64,
+    started: Instant,
+    meter: Mutex<RateMeter>,
+}
+
+impl Progress {
+    pub fn new(size: u64, offset: u64) -> Progress {
+        let now = Instant::now();
+        Progress {
+            size,
+            bytes_done: AtomicU64::new(offset),
+            bytes_sent: AtomicU64::new(0),
+            started: now,
+            meter: Mutex::new(RateMeter::new(now, offset)),
+        }
+    }
+
+    /// Sets the file position reached (a resume jumps forward without counting as sent).
+    pub fn set_done(&self, done: u64) {
+        self.bytes_done.store(done, Ordering::Relaxed);
+        lock(&self.meter).record(Instant::now(), done);
+    }
+
+    /// `n` more bytes of the file went out (or came in).
+    pub fn advance(&self, n: u64) {
+        let done = self.bytes_done.fetch_add(n, Ordering::Relaxed) + n;
+        self.bytes_sent.fetch_add(n, Ordering::Relaxed);
+        lock(&self.meter).record(Instant::now(), done);
+    }
+
+    pub fn bytes_done(&self) -> u64 {
+        self.bytes_done.load(Ordering::Relaxed)
+    }
+
+    pub fn bytes_sent(&self) -> u64 {
+        self.bytes_sent.load(Ordering::Relaxed)
+    }
+
+    pub fn rate_bps(&self) -> u64 {
+        let now = Instant::now();
+        let rate = lock(&self.meter).rate(now);
+        if rate == 0 && now.duration_since(self.started) < Duration::from_secs(1) {
+            // Too early for the window: the average so far.
+            let secs = now.duration_since(self.started).as_secs_f64().max(0.001);
+            return (self.bytes_sent() as f64 / secs) as u64;
+        }
+        rate
+    }
+
+    /// Seconds left at the current rate, if it moves at all.
+    pub fn eta_s(&self) -> Option<u64> {
+        let rate = self.rate_bps();
+        (rate > 0).then(|| self.size.saturating_sub(self.bytes_done()).div_ceil(rate))
+    }
+}
+
+/// A transfer the target is receiving now, for `GET /api/replication/queue` on a target.
+#[derive(Debug)]
+pub struct Incoming {
+    pub system_id: u64,
+    pub backup: String,
+    pub started: crate::model::UnixTime,
+    pub progress: Progress,
+}
+
+/// Counters for the metrics endpoint (issue 10): monotonic since start.
+#[derive(Debug, Default)]
+struct Counters {
+    started: AtomicU64,
+    finished: AtomicU64,
+    failed: AtomicU64,
+    skipped: AtomicU64,
+    bytes_sent: AtomicU64,
+    bytes_received: AtomicU64,
+    files_received: AtomicU64,
+    receive_failures: AtomicU64,
+}
+
+/// What `replication` tells the metrics endpoint: read it with [`Live::metrics`].
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct ReplicationMetrics {
+    /// Source side: transfers started, finished (verified on the target), failed
+    /// attempts, and items the target already held (not sent again).
+    pub transfers_started: u64,
+    pub transfers_finished: u64,
+    pub transfers_failed: u64,
+    pub transfers_skipped: u64,
+    /// Every byte of file content put on the wire.
+    pub bytes_sent: u64,
+    /// Target side: file content bytes received, files committed, files discarded.
+    pub bytes_received: u64,
+    pub files_received: u64,
+    pub receive_failures: u64,
+    /// Transfers running now, each way, and their summed rate in bytes per second.
+    pub active_sending: u64,
+    pub active_receiving: u64,
+    pub send_rate_bps: u64,
+    pub receive_rate_bps: u64,
+}
+
+/// The metric events sessions report.
+#[derive(Clone, Copy, Debug)]
+pub enum Event {
+    Started,
+    Finished,
+    Failed,
+    Skipped,
+    Received,
+    ReceiveFailed,
+}
+
+pub struct Live {
+    config: RwLock<ReplicationConfig>,
+    throttle: RwLock<ThrottleRecord>,
+    bucket: Mutex<Bucket>,
+    epoch: Instant,
+    sending: Mutex<HashMap<u64, Arc<Progress>>>,
+    receiving: Mutex<HashMap<u64, Arc<Incoming>>>,
+    next_incoming: AtomicU64,
+    cancelled: Mutex<HashSet<u64>>,
+    wake: (Mutex<u64>, Condvar),
+    counters: Counters,
+    /// Local weekday and hour for the throttle; replaced in tests.
+    clock: fn() -> (u8, u32),
+}
+
+impl std::fmt::Debug for Live {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Live").finish_non_exhaustive()
+    }
+}
+
+/// Removes a running transfer from the live table when dropped.
+pub struct Registered<'a> {
+    live: &'a Live,
+    key: Key,
+    pub progress: Arc<Progress>,
+}
+
+enum Key {
+    Sending(u64),
+    Receiving(u64),
+}
+
+impl Drop for Registered<'_> {
+    fn drop(&mut self) {
+        match self.key {
+            Key::Sending(id) => {
+                lock(&self.live.sending).remove(&id);
+            }
+            Key::Receiving(id) => {
+                lock(&self.live.receiving).remove(&id);
+            }
+        }
+    }
+}
+
+impl Live {
+    pub fn new(config: ReplicationConfig, throttle: ThrottleRecord) -> Live {
+        Live::with_clock(config, throttle, crate::model::local_weekday_hour)
+    }
+
+    pub fn with_clock(
+        config: ReplicationConfig,
+        throttle: ThrottleRecord,
+        clock: fn() -> (u8, u32),
+    ) -> Live {
+        Live {
+            config: RwLock::new(config),
+            throttle: RwLock::new(throttle),
+            bucket: Mutex::new(Bucket::default()),
+            epoch: Instant::now(),
+            sending: Mutex::new(HashMap::new()),
+            receiving: Mutex::new(HashMap::new()),
+            next_incoming: AtomicU64::new(1),
+            cancelled: Mutex::new(HashSet::new()),
+            wake: (Mutex::new(0), Condvar::new()),
+            counters: Counters::default(),
+            clock,
+        }
+    }
+
+    pub fn config(&self) -> ReplicationConfig {
+        self.config
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+
+    pub fn set_config(&self, c: ReplicationConfig) {
+        *self.config.write().unwrap_or_else(|e| e.into_inner()) = c;
+        self.wake();
+    }
+
+    pub fn throttle(&self) -> ThrottleRecord {
+        self.throttle
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+
+    pub fn set_throttle(&self, t: ThrottleRecord) {
+        *self.throttle.write().unwrap_or_else(|e| e.into_inner()) = t;
+    }
+
+    /// The rate in force now, bytes per second (None: full speed).
+    pub fn limit_bps(&self) -> Option<u64> {
+        let (day, hour) = (self.clock)();
+        throttle::limit_bps(
+            &self.throttle.read().unwrap_or_else(|e| e.into_inner()),
+            day,
+            hour,
+        )
+    }
+
+    /// Up to `want` bytes that may go on the wire now (0: wait [`Live::wait_for`]).
+    pub fn take(&self, want: u64) -> u64 {
+        let rate = self.limit_bps();
+        let now = self.epoch.elapsed().as_secs_f64();
+        lock(&self.bucket).take(now, want, rate)
+    }
+
+    /// How long to wait before asking [`Live::take`] again.
+    pub fn wait_for(&self, want: u64) -> Duration {
+        Duration::from_secs_f64(lock(&self.bucket).wait_s(want))
+    }
+
+    /// Registers an item being sent; the entry goes when the guard drops.
+    pub fn sending(&self, item_id: u64, size: u64, offset: u64) -> Registered<'_> {
+        let progress = Arc::new(Progress::new(size, offset));
+        lock(&self.sending).insert(item_id, progress.clone());
+        Registered {
+            live: self,
+            key: Key::Sending(item_id),
+            progress,
+        }
+    }
+
+    pub fn progress_of(&self, item_id: u64) -> Option<Arc<Progress>> {
+        lock(&self.sending).get(&item_id).cloned()
+    }
+
+    /// Registers a file being received; the entry goes when the guard drops.
+    pub fn receiving(
+        &self,
+        system_id: u64,
+        backup: &str,
+        size: u64,
+        offset: u64,
+        now: crate::model::UnixTime,
+    ) -> (Registered<'_>, Arc<Incoming>) {
+        let id = self.next_incoming.fetch_add(1, Ordering::Relaxed);
+        let incoming = Arc::new(Incoming {
+            system_id,
+            backup: backup.to_string(),
+            started: now,
+            progress: Progress::new(size, offset),
+        });
+        lock(&self.receiving).insert(id, incoming.clone());
+        // The guard's own progress is unused for incoming files; the Incoming carries it.
+        let guard = Registered {
+            live: self,
+            key: Key::Receiving(id),
+            progress: Arc::new(Progress::new(0, 0)),
+        };
+        (guard, incoming)
+    }
+
+    /// Everything being received now, oldest first.
+    pub fn incoming(&self) -> Vec<Arc<Incoming>> {
+        let mut v: Vec<(u64, Arc<Incoming>)> = lock(&self.receiving)
+            .iter()
+            .map(|(k, v)| (*k, v.clone()))
+            .collect();
+        v.sort_by_key(|(k, _)| *k);
+        v.into_iter().map(|(_, i)| i).collect()
+    }
+
+    /// Asks the session sending `item_id` to stop it (the admin removed or reset it).
+    pub fn cancel(&self, item_id: u64) {
+        lock(&self.cancelled).insert(item_id);
+        self.wake();
+    }
+
+    pub fn is_cancelled(&self, item_id: u64) -> bool {
+        lock(&self.cancelled).contains(&item_id)
+    }
+
+    /// Forgets a cancel request once the session acted on it (or the item never ran).
+    pub fn clear_cancel(&self, item_id: u64) {
+        lock(&self.cancelled).remove(&item_id);
+    }
+
+    /// Wakes the scheduler: items were added, settings changed, something finished.
+    pub fn wake(&self) {
+        let (m, c) = &self.wake;
+        *lock(m) += 1;
+        c.notify_all();
+    }
+
+    /// The current wake generation; pass it to [`Live::wait`].
+    pub fn generation(&self) -> u64 {
+        *lock(&self.wake.0)
+    }
+
+    /// Waits until woken after `seen`, or `timeout`.
+    pub fn wait(&self, seen: u64, timeout: Duration) {
+        let (m, c) = &self.wake;
+        let guard = lock(m);
+        let _ = c.wait_timeout_while(guard, timeout, |g| *g == seen);
+    }
+
+    pub fn count(&self, e: Event) {
+        let c = &self.counters;
+        let counter = match e {
+            Event::Started => &c.started,
+            Event::Finished => &c.finished,
+            Event::Failed => &c.failed,
+            Event::Skipped => &c.skipped,
+            Event::Received => &c.files_received,
+            Event::ReceiveFailed => &c.receive_failures,
+        };
+        counter.fetch_add(1, Ordering::Relaxed);
+    }
+
+    pub fn count_sent(&self, n: u64) {
+        self.counters.bytes_sent.fetch_add(n, Ordering::Relaxed);
+    }
+
+    pub fn count_received(&self, n: u64) {
+        self.counters.bytes_received.fetch_add(n, Ordering::Relaxed);
+    }
+
+    /// The numbers the metrics endpoint exposes (see NOTES.md and ARCHITECTURE.md).
+    pub fn metrics(&self) -> ReplicationMetrics {
+        let c = &self.counters;
+        let get = |a: &AtomicU64| a.load(Ordering::Relaxed);
+        let sending: Vec<Arc<Progress>> = lock(&self.sending).values().cloned().collect();
+        let incoming = self.incoming();
+        ReplicationMetrics {
+            transfers_started: get(&c.started),
+            transfers_finished: get(&c.finished),
+            transfers_failed: get(&c.failed),
+            transfers_skipped: get(&c.skipped),
+            bytes_sent: get(&c.bytes_sent),
+            bytes_received: get(&c.bytes_received),
+            files_received: get(&c.files_received),
+            receive_failures: get(&c.receive_failures),
+            active_sending: sending.len() as u64,
+            active_receiving: incoming.len() as u64,
+            send_rate_bps: sending.iter().map(|p| p.rate_bps()).sum(),
+            receive_rate_bps: incoming.iter().map(|i| i.progress.rate_bps()).sum(),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn progress_reports_rate_and_eta_and_a_stall_falls_to_zero() {
+        let p = Progress::new(10_000_000, 1_000_000);
+        let t0 = Instant::now();
+        {
+            let mut m = lock(&p.meter);
+            *m = RateMeter::new(t0, 1_000_000);
+            m.record(t0 + Duration::from_secs(1), 2_000_000);
+            m.record(t0 + Duration::from_secs(2), 3_000_000);
+            assert_eq!(m.rate(t0 + Duration::from_secs(2)), 1_000_000);
+            // No new bytes for a long time: the rate decays with the span.
+            assert!(m.rate(t0 + Duration::from_secs(20)) < 200_000);
+        }
+        p.bytes_done.store(3_000_000, Ordering::Relaxed);
+        p.advance(500);
+        assert_eq!(p.bytes_done(), 3_000_500);
+        assert_eq!(p.bytes_sent(), 500);
+    }
+
+    #[test]
+    fn registrations_leave_the_table_when_dropped_and_cancels_are_per_item() {
+        let live = Live::with_clock(
+            ReplicationConfig::default(),
+            ThrottleRecord::default(),
+            || (1, 12),
+        );
+        {
+            let g = live.sending(7, 100, 0);
+            g.progress.advance(10);
+            assert_eq!(live.progress_of(7).unwrap().bytes_done(), 10);
+            let (_r, inc) = live.receiving(3, "c/x", 100, 5, 0);
+            inc.progress.advance(1);
+            assert_eq!(live.incoming().len(), 1);
+            assert_eq!(live.metrics().active_sending, 1);
+        }
+        assert!(live.progress_of(7).is_none());
+        assert!(live.incoming().is_empty());
+        live.cancel(7);
+        assert!(live.is_cancelled(7) && !live.is_cancelled(8));
+        live.clear_cancel(7);
+        assert!(!live.is_cancelled(7));
+    }
+
+    #[test]
+    fn a_window_in_force_limits_take_and_a_change_applies_at_once() {
+        let live = Live::with_clock(
+            ReplicationConfig::default(),
+            ThrottleRecord::default(),
+            || (1, 12),
+        );
+        assert_eq!(live.take(1 << 20), 1 << 20);
+        live.set_throttle(ThrottleRecord {
+            windows: vec![crate::store::ThrottleWindow {
+                percentage: 1,
+                days: vec![1],
+                start: 0,
+                end: 0,
+            }],
+            link_mbps: 8,
+        });
+        assert_eq!(live.limit_bps(), Some(10_000));
+        // Fresh bucket under the new rate: nothing yet, then small grants only.
+        assert_eq!(live.take(1 << 20), 0);
+        std::thread::sleep(Duration::from_millis(120));
+        let got = live.take(1 << 20);
+        assert!(got > 0 && got <= 1_000, "{got}");
+    }
+}

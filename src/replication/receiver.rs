@@ -1,0 +1,1176 @@
+//! Target side of a transfer session. The source and its storage come from the
+//! certificate's systems row ([`identify`]), never from the request; every name is
+//! checked by `names` before a path is built, and every path is
+//! `<storage path>/<source uuid>/<client>/<file>`, so nothing outside the source's
+//! directory is written. A file streams into a dot-named partial copy (made durable at
+//! checkpoints, recorded in the database, so a transfer resumes after a crash of either
+//! side), its SHA-256 is recomputed, and only a match is committed: fsync, a database row
+//! saying "verified", rename, directory fsync, then the received row. Verified files are
+//! committed in groups (one directory fsync per directory and two database commits per
+//! group), which keeps a thousand small files from costing three fsyncs each in series.
+//! Quota and free space are checked when a file is offered, before any byte of it moves.
+
+use std::collections::{HashMap, HashSet, VecDeque};
+use std::fs::File;
+use std::io::{Read, Write};
+use std::path::{Path, PathBuf};
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use ring::digest::{Context as Sha256, SHA256};
+
+use super::live::{Event, Incoming, Live};
+use super::names::{check_component, BackupName};
+use super::stream::{FrameReader, FrameWriter, StreamError};
+use crate::config::Storage;
+use crate::fsx::{self, PartialFile};
+use crate::model::UnixTime;
+use crate::store::{PartialRecord, ReceivedRecord, Store, StoreError};
+use crate::wire::transfer::{Code, Decision, Frame, Outcome};
+
+/// Suffix of partial copies (after a leading `.`), so a sweep recognizes them.
+pub const PARTIAL_SUFFIX: &str = ".replgate-part";
+/// Free space left untouched on a storage, beyond what accepted files will use.
+pub const SPACE_MARGIN: u64 = 16 * 1024 * 1024;
+/// Most offers a source may have outstanding (offered, not yet started or skipped).
+pub const MAX_OUTSTANDING: usize = 256;
+/// A group of verified files is committed once it holds this many files, or bytes, or
+/// its oldest file waited this long.
+const GROUP_FILES: usize = 64;
+const GROUP_BYTES: u64 = 64 * 1024 * 1024;
+const GROUP_WAIT: Duration = Duration::from_millis(50);
+/// A checkpoint also happens after this long without one, while bytes arrive.
+const CHECKPOINT_AFTER: Duration = Duration::from_secs(1);
+/// Written data is handed to writeback after this many bytes.
+const WRITEBACK_EVERY: u64 = 8 * 1024 * 1024;
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+fn hex(d: &[u8]) -> String {
+    crate::rand::hex(d)
+}
+
+/// A paired source as its certificate's systems row describes it.
+#[derive(Clone, Debug)]
+pub struct Source {
+    pub system_id: u64,
+    pub uuid: String,
+    pub storage: Storage,
+    pub quota_mb: Option<u64>,
+}
+
+/// Finds the source a tunnel client certificate belongs to: the issued certificate's
+/// systems row, which must still name this serial, be a replication source and have a
+/// storage that exists.
+pub fn identify(
+    store: &Store,
+    storages: &[Storage],
+    serial: &str,
+) -> Result<Source, (Code, String)> {
+    let internal = |e: StoreError| (Code::Unavailable, format!("target database: {e}"));
+    let cert = store.cert(serial).map_err(internal)?.ok_or((
+        Code::NotPaired,
+        "this certificate was not issued to a source".to_string(),
+    ))?;
+    let row = store
+        .system(cert.system_id)
+        .map_err(internal)?
+        .filter(|r| r.cert_serial.as_deref() == Some(serial))
+        .filter(|r| crate::pairing::target::is_source_role(&r.role))
+        .ok_or((
+            Code::NotPaired,
+            "this certificate belongs to no paired source".to_string(),
+        ))?;
+    let uuid = row.system_uuid.clone().unwrap_or_default();
+    check_component(&uuid).map_err(|e| (Code::NotPaired, format!("source uuid: {e}")))?;
+    let storage = row
+        .storage_id
+        .and_then(|id| storages.iter().find(|s| s.id == id))
+        .cloned()
+        .ok_or((Code::NotPaired, format!("system {} has no storage", row.id)))?;
+    Ok(Source {
+        system_id: row.id,
+        uuid,
+        storage,
+        quota_mb: row.quota_mb,
+    })
+}
+
+/// `<storage>/<uuid>/<client>`.
+pub fn client_dir(source: &Source, name: &BackupName) -> PathBuf {
+    source.storage.path.join(&source.uuid).join(name.client())
+}
+
+pub fn partial_path(dir: &Path, name: &BackupName) -> PathBuf {
+    dir.join(format!(".{}{PARTIAL_SUFFIX}", name.file()))
+}
+
+/// Bytes between durable checkpoints of a file of `size` bytes: a sixty-fourth of it,
+/// at least 1 MiB, at most 32 MiB. A crash loses at most this much of the transfer (plus
+/// what was in flight); the source's `bytes_sent` reservations use the same step.
+pub fn chunk_for(size: u64) -> u64 {
+    (size / 64).clamp(1024 * 1024, 32 * 1024 * 1024)
+}
+
+/// What every receiving session shares: each source's stored bytes (for quotas), the
+/// bytes accepted offers will still add per source and per storage, and the names being
+/// received now (one session per file at a time).
+#[derive(Debug, Default)]
+pub struct Ledger {
+    inner: Mutex<LedgerState>,
+}
+
+#[derive(Debug, Default)]
+struct LedgerState {
+    /// Committed bytes per source uuid, loaded from the database on first use.
+    used: HashMap<String, u64>,
+    reserved: HashMap<String, u64>,
+    reserved_space: HashMap<u64, u64>,
+    busy: HashSet<(String, String)>,
+}
+
+/// An accepted offer's share of the quota and the storage, released when dropped.
+pub struct Reservation<'a> {
+    ledger: &'a Ledger,
+    uuid: String,
+    storage_id: u64,
+    quota_bytes: u64,
+    space_bytes: u64,
+    name: String,
+}
+
+impl Drop for Reservation<'_> {
+    fn drop(&mut self) {
+        let mut s = lock(&self.ledger.inner);
+        if let Some(r) = s.reserved.get_mut(&self.uuid) {
+            *r = r.saturating_sub(self.quota_bytes);
+        }
+        if let Some(r) = s.reserved_space.get_mut(&self.storage_id) {
+            *r = r.saturating_sub(self.space_bytes);
+        }
+        s.busy.remove(&(self.uuid.clone(), self.name.clone()));
+    }
+}
+
+const MIB: u64 = 1024 * 1024;
+
+impl Ledger {
+    /// Reserves room for one offered file, or says why not. `grows` is what the file adds
+    /// to the source's stored bytes once committed (its size minus the copy it replaces),
+    /// `writes` what it still has to write to the storage, `free` the storage's free bytes.
+    #[allow(clippy::too_many_arguments)]
+    fn reserve(
+        &self,
+        source: &Source,
+        name: &BackupName,
+        grows: u64,
+        writes: u64,
+        free: u64,
+        load_used: impl FnOnce() -> Result<u64, StoreError>,
+    ) -> Result<Reservation<'_>, (Code, String)> {
+        let mut s = lock(&self.inner);
+        let key = (source.uuid.clone(), name.as_str().to_string());
+        if s.busy.contains(&key) {
+            return Err((
+                Code::Busy,
+                format!("{name} is being received in another session"),
+            ));
+        }
+        if let Some(quota) = source.quota_mb {
+            let used = match s.used.get(&source.uuid) {
+                Some(u) => *u,
+                None => {
+                    let u = load_used()
+                        .map_err(|e| (Code::Unavailable, format!("target database: {e}")))?;
+                    s.used.insert(source.uuid.clone(), u);
+                    u
+                }
+            };
+            let reserved = s.reserved.get(&source.uuid).copied().unwrap_or(0);
+            let limit = quota.saturating_mul(MIB);
+            if used + reserved + grows > limit {
+                return Err((
+                    Code::Quota,
+                    format!(
+                        "refused before the transfer: {name} ({} MB) would pass this source's quota of {quota} MB \
+                         ({} MB stored, {} MB in transfer)",
+                        grows.div_ceil(MIB),
+                        used.div_ceil(MIB),
+                        reserved.div_ceil(MIB)
+                    ),
+                ));
+            }
+        }
+        let pending = s
+            .reserved_space
+            .get(&source.storage.id)
+            .copied()
+            .unwrap_or(0);
+        if writes + pending + SPACE_MARGIN > free {
+            return Err((
+                Code::NoSpace,
+                format!(
+                    "refused before the transfer: storage {} has {} MB free, {name} needs {} MB \
+                     (plus {} MB for transfers in progress and a {} MB reserve)",
+                    source.storage.id,
+                    free / MIB,
+                    writes.div_ceil(MIB),
+                    pending.div_ceil(MIB),
+                    SPACE_MARGIN / MIB
+                ),
+            ));
+        }
+        *s.reserved.entry(source.uuid.clone()).or_default() += grows;
+        *s.reserved_space.entry(source.storage.id).or_default() += writes;
+        s.busy.insert(key);
+        Ok(Reservation {
+            ledger: self,
+            uuid: source.uuid.clone(),
+            storage_id: source.storage.id,
+            quota_bytes: grows,
+            space_bytes: writes,
+            name: name.as_str().to_string(),
+        })
+    }
+
+    /// The file of `r` was committed: its growth moves from reserved to used.
+    fn committed(&self, r: &Reservation<'_>, grows: u64) {
+        let mut s = lock(&self.inner);
+        if let Some(u) = s.used.get_mut(&r.uuid) {
+            *u += grows;
+        }
+    }
+
+    /// Forgets a source's cached usage (a verify or an admin changed what it stores).
+    pub fn forget(&self, uuid: &str) {
+        lock(&self.inner).used.remove(uuid);
+    }
+}
+
+/// What the receiver needs besides the streams.
+pub struct Context<'a> {
+    pub store: &'a Store,
+    pub live: &'a Live,
+    pub ledger: &'a Ledger,
+    /// The peer's address, for log lines.
+    pub peer: String,
+    pub now: fn() -> UnixTime,
+}
+
+/// What a session did.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct Summary {
+    pub committed: u64,
+    pub failed: u64,
+    pub bytes: u64,
+    /// Why the session ended early, if it did.
+    pub error: Option<String>,
+}
+
+enum Decided {
+    New,
+    Resume { offset: u64, hasher: Box<Sha256> },
+    Have,
+}
+
+struct Offered<'l> {
+    name: BackupName,
+    size: u64,
+    version: i64,
+    decided: Decided,
+    /// What the file adds to the source's stored bytes once committed.
+    grows: u64,
+    reservation: Reservation<'l>,
+}
+
+struct Current<'l> {
+    seq: u32,
+    offer: Offered<'l>,
+    file: PartialFile,
+    hasher: Sha256,
+    written: u64,
+    /// The durable offset recorded in the database (0: no row yet).
+    recorded: u64,
+    next_checkpoint: u64,
+    last_checkpoint: Instant,
+    next_writeback: u64,
+    started: UnixTime,
+    incoming: std::sync::Arc<Incoming>,
+    _registered: super::live::Registered<'l>,
+}
+
+struct Verified<'l> {
+    seq: u32,
+    offer: Offered<'l>,
+    file: PartialFile,
+    sha256: [u8; 32],
+    started: UnixTime,
+}
+
+/// A verified file renamed into place, not yet recorded.
+struct Renamed<'l> {
+    seq: u32,
+    offer: Offered<'l>,
+    sha256: [u8; 32],
+}
+
+/// One session's state on the target.
+struct Session<'c, 'l, W: Write> {
+    ctx: &'c Context<'l>,
+    source: &'c Source,
+    out: FrameWriter<W>,
+    /// False once writing to the source failed; work still finishes durably.
+    out_ok: bool,
+    offered: HashMap<u32, Offered<'l>>,
+    last_seq: Option<u32>,
+    current: Option<Current<'l>>,
+    /// The current file failed already; its remaining frames are ignored.
+    poisoned: Option<u32>,
+    group: VecDeque<Verified<'l>>,
+    group_bytes: u64,
+    group_since: Option<Instant>,
+    summary: Summary,
+}
+
+/// Runs one session: frames in from `input`, decisions and outcomes out to `output`,
+/// until the source finishes, the stream breaks or the source breaks the protocol.
+/// Whatever was verified is committed, and the file in progress is checkpointed, however
+/// the session ends.
+pub fn serve(ctx: &Context<'_>, source: &Source, input: impl Read, output: impl Write) -> Summary {
+    let mut session = Session {
+        ctx,
+        source,
+        out: FrameWriter::new(output),
+        out_ok: true,
+        offered: HashMap::new(),
+        last_seq: None,
+        current: None,
+        poisoned: None,
+        group: VecDeque::new(),
+        group_bytes: 0,
+        group_since: None,
+        summary: Summary::default(),
+    };
+    log::info!(
+        "replication from system {} ({}) at {}: session started, storage {}",
+        source.system_id,
+        source.uuid,
+        ctx.peer,
+        source.storage.id
+    );
+    let mut reader = FrameReader::new(input);
+    let end = if !source.storage.path.is_dir() {
+        let m = format!("storage {} is offline", source.storage.id);
+        session.send(&Frame::Fatal {
+            code: Code::Storage,
+            message: &m,
+        });
+        Err(m)
+    } else {
+        session.run(&mut reader)
+    };
+    // However it ended: what verified is committed, what is in progress is resumable.
+    session.checkpoint_current();
+    session.commit_group();
+    if let Err(e) = &end {
+        session.summary.error = Some(e.clone());
+    }
+    let s = &session.summary;
+    log::info!(
+        "replication from system {} at {}: session ended, {} files committed, {} failed, {} bytes{}",
+        source.system_id,
+        ctx.peer,
+        s.committed,
+        s.failed,
+        s.bytes,
+        s.error.as_ref().map(|e| format!(" ({e})")).unwrap_or_default()
+    );
+    session.summary
+}
+
+impl<'c, 'l, W: Write> Session<'c, 'l, W> {
+    fn send(&mut self, frame: &Frame<'_>) {
+        if self.out_ok && self.out.send(frame).is_err() {
+            self.out_ok = false;
+        }
+    }
+
+    fn flush(&mut self) {
+        if self.out_ok && self.out.flush().is_err() {
+            self.out_ok = false;
+        }
+    }
+
+    fn fatal(&mut self, code: Code, message: String) -> Result<(), String> {
+        self.send(&Frame::Fatal {
+            code,
+            message: &message,
+        });
+        self.flush();
+        Err(message)
+    }
+
+    fn run<R: Read>(&mut self, reader: &mut FrameReader<R>) -> Result<(), String> {
+        loop {
+            if self.group_since.is_some_and(|t| t.elapsed() >= GROUP_WAIT) {
+                self.commit_group();
+            }
+            let frame = match reader.next_frame() {
+                Ok(Some(f)) => f,
+                Ok(None) => return Err("the source closed the stream before finishing".into()),
+                Err(StreamError::Frame(e)) => {
+                    return self.fatal(Code::Protocol, format!("malformed frame: {e}"))
+                }
+                Err(e) => return Err(e.to_string()),
+            };
+            match frame {
+                Frame::Offer {
+                    seq,
+                    size,
+                    version,
+                    name,
+                } => self.offer(seq, size, version, name)?,
+                Frame::Start { seq, offset } => self.start(seq, offset)?,
+                Frame::Data { seq, bytes } => self.data(seq, bytes)?,
+                Frame::End { seq, sha256 } => self.end(seq, sha256)?,
+                Frame::Skip { seq } => self.skip(seq)?,
+                Frame::Finish => {
+                    if self.current.is_some() {
+                        return self.fatal(Code::Protocol, "finish while a file is open".into());
+                    }
+                    self.commit_group();
+                    self.send(&Frame::Bye);
+                    self.flush();
+                    return Ok(());
+                }
+                other => {
+                    return self.fatal(
+                        Code::Protocol,
+                        format!("frame {other:?} is not one a source sends"),
+                    )
+                }
+            }
+        }
+    }
+
+    fn refuse(&mut self, seq: u32, code: Code, message: &str) {
+        log::info!(
+            "replication from system {} at {}: offer {seq} refused: {message}",
+            self.source.system_id,
+            self.ctx.peer
+        );
+        self.send(&Frame::Decision {
+            seq,
+            decision: Decision::Refuse { code, message },
+        });
+    }
+
+    fn offer(&mut self, seq: u32, size: u64, version: i64, name: &str) -> Result<(), String> {
+        if self.last_seq.is_some_and(|last| seq <= last) {
+            return self.fatal(
+                Code::Protocol,
+                format!("offer {seq} is not after the last one"),
+            );
+        }
+        self.last_seq = Some(seq);
+        if self.offered.len() >= MAX_OUTSTANDING {
+            return self.fatal(
+                Code::Protocol,
+                format!("more than {MAX_OUTSTANDING} offers outstanding"),
+            );
+        }
+        let name = match BackupName::parse(name) {
+            Ok(n) => n,
+            Err(e) => {
+                self.refuse(seq, Code::BadName, &e.to_string());
+                return Ok(());
+            }
+        };
+        match self.decide(&name, size, version) {
+            Ok(offer) => {
+                let decision = match &offer.decided {
+                    Decided::New => Decision::New,
+                    Decided::Resume { offset, hasher } => Decision::Resume {
+                        offset: *offset,
+                        prefix_sha256: digest_of(hasher),
+                    },
+                    Decided::Have => {
+                        let sha = self
+                            .ctx
+                            .store
+                            .received_one(&self.source.uuid, name.as_str())
+                            .ok()
+                            .flatten()
+                            .and_then(|r| parse_digest(&r.sha256))
+                            .unwrap_or([0; 32]);
+                        Decision::Have { sha256: sha }
+                    }
+                };
+                self.send(&Frame::Decision { seq, decision });
+                self.offered.insert(seq, offer);
+            }
+            Err((code, message)) => self.refuse(seq, code, &message),
+        }
+        Ok(())
+    }
+
+    /// Decides an offer: what the target holds of it, and whether it fits.
+    fn decide(
+        &self,
+        name: &BackupName,
+        size: u64,
+        version: i64,
+    ) -> Result<Offered<'l>, (Code, String)> {
+        let store = self.ctx.store;
+        let internal = |e: StoreError| (Code::Unavailable, format!("target database: {e}"));
+        let uuid = &self.source.uuid;
+        let storage = &self.source.storage;
+        let dir = client_dir(self.source, name);
+        let held = store
+            .received_one(uuid, name.as_str())
+            .map_err(internal)?
+            .filter(|r| r.storage_id == storage.id);
+        let final_len = std::fs::symlink_metadata(dir.join(name.file()))
+            .ok()
+            .filter(|m| m.is_file())
+            .map(|m| m.len());
+        let have = held
+            .as_ref()
+            .is_some_and(|r| r.size == size && r.damaged.is_none() && final_len == Some(size));
+        let replaced = held.as_ref().map(|r| r.size).unwrap_or(0);
+        let grows = size.saturating_sub(replaced);
+        // A partial copy of this very version resumes; any other is dropped.
+        let mut resume = None;
+        if !have {
+            if let Some(p) = store.partial(uuid, name.as_str()).map_err(internal)? {
+                if p.storage_id == storage.id
+                    && p.size == size
+                    && p.version == version
+                    && p.verified_sha256.is_none()
+                    && p.offset > 0
+                {
+                    resume =
+                        prefix_hash(&partial_path(&dir, name), p.offset).map(|h| (p.offset, h));
+                }
+                if resume.is_none() {
+                    drop_partial(store, uuid, &dir, name);
+                }
+            }
+        }
+        let offset = resume.as_ref().map(|(o, _)| *o).unwrap_or(0);
+        let free = fsx::disk_space(&storage.path)
+            .map(|(_, free)| free)
+            .map_err(|e| (Code::Storage, format!("storage {}: {e}", storage.id)))?;
+        let writes = if have { 0 } else { size - offset };
+        let reservation =
+            self.ctx
+                .ledger
+                .reserve(self.source, name, grows, writes, free, || {
+                    Ok(store
+                        .received(uuid)?
+                        .iter()
+                        .filter(|r| r.storage_id == storage.id)
+                        .map(|r| r.size)
+                        .sum())
+                })?;
+        let decided = match (have, resume) {
+            (true, _) => Decided::Have,
+            (false, Some((offset, hasher))) => Decided::Resume {
+                offset,
+                hasher: Box::new(hasher),
+            },
+            (false, None) => Decided::New,
+        };
+        Ok(Offered {
+            name: name.clone(),
+            size,
+            version,
+            decided,
+            grows,
+            reservation,
+        })
+    }
+
+    fn start(&mut self, seq: u32, offset: u64) -> Result<(), String> {
+        if self.current.is_some() {
+            return self.fatal(
+                Code::Protocol,
+                format!("start {seq} while another file is open"),
+            );
+        }
+        let Some(offer) = self.offered.remove(&seq) else {
+            return self.fatal(
+                Code::Protocol,
+                format!("start of {seq}, which is not an open offer"),
+            );
+        };
+        let (keep, hasher) = match offer.decided {
+            Decided::Resume {
+                offset: o,
+                ref hasher,
+            } if offset == o => (o, (**hasher).clone()),
+            _ if offset == 0 => (0, Sha256::new(&SHA256)),
+            _ => {
+                return self.fatal(
+                    Code::Protocol,
+                    format!("start of {seq} at {offset}, which the target did not offer"),
+                )
+            }
+        };
+        let dir = client_dir(self.source, &offer.name);
+        let opened = fsx::ensure_dir_under(
+            &self.source.storage.path,
+            &[&self.source.uuid, offer.name.client()],
+        )
+        .and_then(|_| PartialFile::open(&partial_path(&dir, &offer.name), keep));
+        let file = match opened {
+            Ok(f) => f,
+            Err(e) => {
+                let m = format!(
+                    "cannot write {} on storage {}: {e}",
+                    offer.name, self.source.storage.id
+                );
+                log::error!("replication from system {}: {m}", self.source.system_id);
+                self.summary.failed += 1;
+                self.ctx.live.count(Event::ReceiveFailed);
+                self.poisoned = Some(seq);
+                self.send(&Frame::Outcome {
+                    seq,
+                    outcome: Outcome::Failed {
+                        code: Code::Storage,
+                        message: &m,
+                    },
+                });
+                self.flush();
+                return Ok(());
+            }
+        };
+        let now = (self.ctx.now)();
+        let (registered, incoming) = self.ctx.live.receiving(
+            self.source.system_id,
+            offer.name.as_str(),
+            offer.size,
+            keep,
+            now,
+        );
+        log::info!(
+            "replication from system {} at {}: receiving {} ({} bytes{})",
+            self.source.system_id,
+            self.ctx.peer,
+            offer.name,
+            offer.size,
+            if keep > 0 {
+                format!(", resuming at {keep}")
+            } else {
+                String::new()
+            }
+        );
+        let chunk = chunk_for(offer.size);
+        self.current = Some(Current {
+            seq,
+            file,
+            hasher,
+            written: keep,
+            recorded: keep,
+            next_checkpoint: keep + chunk,
+            last_checkpoint: Instant::now(),
+            next_writeback: keep + WRITEBACK_EVERY,
+            started: now,
+            incoming,
+            _registered: registered,
+            offer,
+        });
+        self.poisoned = None;
+        Ok(())
+    }
+
+    fn data(&mut self, seq: u32, bytes: &[u8]) -> Result<(), String> {
+        if self.poisoned == Some(seq) {
+            return Ok(());
+        }
+        let Some(cur) = self.current.as_mut().filter(|c| c.seq == seq) else {
+            return self.fatal(
+                Code::Protocol,
+                format!("data for {seq}, which is not the open file"),
+            );
+        };
+        let len = bytes.len() as u64;
+        if cur.written + len > cur.offer.size {
+            let m = format!(
+                "the source sent more than the {} bytes it offered for {}; the copy was discarded",
+                cur.offer.size, cur.offer.name
+            );
+            self.fail_current(Code::SizeMismatch, m);
+            return Ok(());
+        }
+        if let Err(e) = cur.file.write_all(bytes) {
+            let m = format!(
+                "cannot write {} on storage {}: {e}",
+                cur.offer.name, self.source.storage.id
+            );
+            self.checkpoint_current();
+            self.fail_current_keep(Code::Storage, m);
+            return Ok(());
+        }
+        cur.hasher.update(bytes);
+        cur.written += len;
+        cur.incoming.progress.advance(len);
+        self.ctx.live.count_received(len);
+        self.summary.bytes += len;
+        if cur.written >= cur.next_writeback {
+            cur.file.start_writeback();
+            cur.next_writeback = cur.written + WRITEBACK_EVERY;
+        }
+        if cur.written >= cur.next_checkpoint
+            || (cur.last_checkpoint.elapsed() >= CHECKPOINT_AFTER && cur.written > cur.recorded)
+        {
+            self.checkpoint_current();
+        }
+        Ok(())
+    }
+
+    /// Makes the open file durable up to what was written and records that offset.
+    fn checkpoint_current(&mut self) {
+        let Some(cur) = self.current.as_mut() else {
+            return;
+        };
+        if self.poisoned == Some(cur.seq) || cur.written == cur.recorded {
+            return;
+        }
+        let chunk = chunk_for(cur.offer.size);
+        cur.next_checkpoint = cur.written + chunk;
+        cur.last_checkpoint = Instant::now();
+        if let Err(e) = cur.file.sync_data() {
+            log::warn!("replication: checkpoint of {}: {e}", cur.offer.name);
+            return;
+        }
+        let now = (self.ctx.now)();
+        let row = PartialRecord {
+            backup: cur.offer.name.as_str().to_string(),
+            storage_id: self.source.storage.id,
+            size: cur.offer.size,
+            version: cur.offer.version,
+            offset: cur.written,
+            started: cur.started,
+            updated: now,
+            verified_sha256: None,
+        };
+        let uuid = &self.source.uuid;
+        match self.ctx.store.write(|tx| tx.put_partial(uuid, &row)) {
+            Ok(()) => cur.recorded = cur.written,
+            Err(e) => log::warn!("replication: record checkpoint of {}: {e}", cur.offer.name),
+        }
+    }
+
+    /// The open file failed for good: discard the copy, tell the source.
+    fn fail_current(&mut self, code: Code, message: String) {
+        let Some(cur) = self.current.take() else {
+            return;
+        };
+        let dir = client_dir(self.source, &cur.offer.name);
+        let _ = cur.file.discard();
+        drop_partial(self.ctx.store, &self.source.uuid, &dir, &cur.offer.name);
+        self.report_failure(cur.seq, &cur.offer.name, code, &message);
+    }
+
+    /// The open file failed but what it holds durably stays for a resume.
+    fn fail_current_keep(&mut self, code: Code, message: String) {
+        let Some(cur) = self.current.take() else {
+            return;
+        };
+        self.report_failure(cur.seq, &cur.offer.name, code, &message);
+    }
+
+    fn report_failure(&mut self, seq: u32, name: &BackupName, code: Code, message: &str) {
+        log::warn!(
+            "replication from system {} at {}: transfer of {name} failed: {message}",
+            self.source.system_id,
+            self.ctx.peer
+        );
+        self.poisoned = Some(seq);
+        self.summary.failed += 1;
+        self.ctx.live.count(Event::ReceiveFailed);
+        self.send(&Frame::Outcome {
+            seq,
+            outcome: Outcome::Failed { code, message },
+        });
+        self.flush();
+    }
+
+    fn end(&mut self, seq: u32, sha256: [u8; 32]) -> Result<(), String> {
+        if self.poisoned == Some(seq) {
+            self.poisoned = None;
+            return Ok(());
+        }
+        if self.current.as_ref().is_none_or(|c| c.seq != seq) {
+            return self.fatal(
+                Code::Protocol,
+                format!("end of {seq}, which is not the open file"),
+            );
+        }
+        let Some(cur) = self.current.take() else {
+            return Ok(());
+        };
+        if cur.written != cur.offer.size {
+            let m = format!(
+                "the source offered {} bytes for {} but sent {}; the copy was discarded",
+                cur.offer.size, cur.offer.name, cur.written
+            );
+            self.current = Some(cur);
+            self.fail_current(Code::SizeMismatch, m);
+            self.poisoned = None;
+            return Ok(());
+        }
+        let ours: [u8; 32] = digest_of(&cur.hasher);
+        if ours != sha256 {
+            let m = format!(
+                "SHA-256 mismatch for {}: the source computed {}, the target {}; the copy was discarded",
+                cur.offer.name,
+                hex(&sha256),
+                hex(&ours)
+            );
+            self.current = Some(cur);
+            self.fail_current(Code::DigestMismatch, m);
+            self.poisoned = None;
+            return Ok(());
+        }
+        let size = cur.offer.size;
+        self.group.push_back(Verified {
+            seq,
+            offer: cur.offer,
+            file: cur.file,
+            sha256: ours,
+            started: cur.started,
+        });
+        self.group_bytes += size;
+        self.group_since.get_or_insert_with(Instant::now);
+        if self.group.len() >= GROUP_FILES || self.group_bytes >= GROUP_BYTES {
+            self.commit_group();
+        }
+        Ok(())
+    }
+
+    fn skip(&mut self, seq: u32) -> Result<(), String> {
+        if self.offered.remove(&seq).is_some() {
+            return Ok(());
+        }
+        if self.poisoned == Some(seq) {
+            self.poisoned = None;
+            return Ok(());
+        }
+        if self.current.as_ref().is_some_and(|c| c.seq == seq) {
+            // The source abandoned the file (removed by its admin, or it changed on disk).
+            if let Some(cur) = self.current.take() {
+                let dir = client_dir(self.source, &cur.offer.name);
+                let _ = cur.file.discard();
+                drop_partial(self.ctx.store, &self.source.uuid, &dir, &cur.offer.name);
+                log::info!(
+                    "replication from system {} at {}: {} abandoned by the source",
+                    self.source.system_id,
+                    self.ctx.peer,
+                    cur.offer.name
+                );
+            }
+            return Ok(());
+        }
+        self.fatal(
+            Code::Protocol,
+            format!("skip of {seq}, which is not an open offer or file"),
+        )
+    }
+
+    /// Commits every verified file of the group: fsync each, record them verified, rename
+    /// them into place, fsync each directory once, record them received; then tell the
+    /// source. A crash at any point is finished or undone by [`repair`] at start.
+    fn commit_group(&mut self) {
+        self.group_since = None;
+        self.group_bytes = 0;
+        if self.group.is_empty() {
+            return;
+        }
+        let group: Vec<Verified<'l>> = self.group.drain(..).collect();
+        let store = self.ctx.store;
+        let uuid = self.source.uuid.clone();
+        let storage_id = self.source.storage.id;
+        let now = (self.ctx.now)();
+        let mut ok: Vec<Verified<'l>> = Vec::new();
+        for v in group {
+            match v.file.sync_data() {
+                Ok(()) => ok.push(v),
+                Err(e) => {
+                    let m = format!("cannot make {} durable: {e}", v.offer.name);
+                    let _ = v.file.discard();
+                    self.report_failure(v.seq, &v.offer.name, Code::Storage, &m);
+                }
+            }
+        }
+        let marked = store.write(|tx| {
+            for v in &ok {
+                tx.put_partial(
+                    &uuid,
+                    &PartialRecord {
+                        backup: v.offer.name.as_str().to_string(),
+                        storage_id,
+                        size: v.offer.size,
+                        version: v.offer.version,
+                        offset: v.offer.size,
+                        started: v.started,
+                        updated: now,
+                        verified_sha256: Some(hex(&v.sha256)),
+                    },
+                )?;
+            }
+            Ok::<_, StoreError>(())
+        });
+        if let Err(e) = marked {
+            for v in ok {
+                let m = format!("target database: {e}");
+                self.report_failure(v.seq, &v.offer.name, Code::Unavailable, &m);
+            }
+            return;
+        }
+        let mut renamed: Vec<Renamed<'l>> = Vec::new();
+        let mut dirs: Vec<PathBuf> = Vec::new();
+        for v in ok {
+            let dir = client_dir(self.source, &v.offer.name);
+            let target = dir.join(v.offer.name.file());
+            match v.file.rename_to(&target) {
+                Ok(()) => {
+                    if !dirs.contains(&dir) {
+                        dirs.push(dir);
+                    }
+                    renamed.push(Renamed {
+                        seq: v.seq,
+                        offer: v.offer,
+                        sha256: v.sha256,
+                    });
+                }
+                Err(e) => {
+                    let m = format!("cannot rename {} into place: {e}", v.offer.name);
+                    self.report_failure(v.seq, &v.offer.name, Code::Storage, &m);
+                }
+            }
+        }
+        for d in &dirs {
+            if let Err(e) = fsx::sync_dir(d) {
+                log::error!("replication: fsync of {}: {e}", d.display());
+            }
+        }
+        let recorded = store.write(|tx| {
+            for v in &renamed {
+                tx.put_received(
+                    &uuid,
+                    &ReceivedRecord {
+                        backup: v.offer.name.as_str().to_string(),
+                        storage_id,
+                        size: v.offer.size,
+                        sha256: hex(&v.sha256),
+                        version: v.offer.version,
+                        received: now,
+                        verified: None,
+                        damaged: None,
+                    },
+                )?;
+                tx.delete_partial(&uuid, v.offer.name.as_str())?;
+            }
+            Ok::<_, StoreError>(())
+        });
+        if let Err(e) = recorded {
+            // The files are in place and the partial rows say verified: the start-up
+            // repair records them. Tell the source to try again later.
+            for v in renamed {
+                let m = format!("target database: {e}");
+                self.report_failure(v.seq, &v.offer.name, Code::Unavailable, &m);
+            }
+            return;
+        }
+        for v in renamed {
+            self.ctx
+                .ledger
+                .committed(&v.offer.reservation, v.offer.grows);
+            self.summary.committed += 1;
+            self.ctx.live.count(Event::Received);
+            log::info!(
+                "replication from system {} at {}: {} received and verified ({} bytes, sha256 {})",
+                self.source.system_id,
+                self.ctx.peer,
+                v.offer.name,
+                v.offer.size,
+                hex(&v.sha256)
+            );
+            self.send(&Frame::Outcome {
+                seq: v.seq,
+                outcome: Outcome::Committed { sha256: v.sha256 },
+            });
+        }
+        self.flush();
+    }
+}
+
+fn digest_of(h: &Sha256) -> [u8; 32] {
+    let mut out = [0u8; 32];
+    out.copy_from_slice(h.clone().finish().as_ref());
+    out
+}
+
+fn parse_digest(hex: &str) -> Option<[u8; 32]> {
+    if hex.len() != 64 {
+        return None;
+    }
+    let mut out = [0u8; 32];
+    for (i, o) in out.iter_mut().enumerate() {
+        *o = u8::from_str_radix(hex.get(2 * i..2 * i + 2)?, 16).ok()?;
+    }
+    Some(out)
+}
+
+/// The SHA-256 state over the first `len` bytes of the partial at `path`, if it holds them.
+fn prefix_hash(path: &Path, len: u64) -> Option<Sha256> {
+    let (mut f, meta): (File, _) = fsx::open_regular_nofollow(path).ok()?;
+    if meta.len() < len {
+        return None;
+    }
+    let mut h = Sha256::new(&SHA256);
+    let mut buf = vec![0u8; 256 * 1024];
+    fsx::read_prefix(&mut f, len, &mut buf, |b| h.update(b)).ok()?;
+    Some(h)
+}
+
+/// Removes a partial copy and its row (a stale version, a failed or abandoned file).
+fn drop_partial(store: &Store, uuid: &str, dir: &Path, name: &BackupName) {
+    if let Err(e) = fsx::remove_file_durable(&partial_path(dir, name)) {
+        log::warn!("replication: remove partial copy of {name}: {e}");
+    }
+    if let Err(e) = store.write(|tx| tx.delete_partial(uuid, name.as_str())) {
+        log::warn!("replication: forget partial copy of {name}: {e}");
+    }
+}
+
+/// What the start-up repair did.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct Repair {
+    /// Verified copies whose rename or record a crash interrupted, now in place.
+    pub finished: u64,
+    /// Partial rows without a usable file, dropped.
+    pub dropped: u64,
+    /// Partial files no row describes, removed.
+    pub swept: u64,
+}
+
+/// At start: finishes commits a crash interrupted (a partial row marked verified), drops
+/// partial rows whose file is gone or too short, and removes partial files that no row
+/// describes (a crash before their first checkpoint).
+pub fn repair(store: &Store, storages: &[Storage], now: UnixTime) -> Result<Repair, StoreError> {
+    let mut out = Repair::default();
+    let rows = store.partials()?;
+    let mut known: HashSet<PathBuf> = HashSet::new();
+    for (uuid, p) in &rows {
+        let (Ok(name), Some(storage)) = (
+            BackupName::parse(&p.backup),
+            storages.iter().find(|s| s.id == p.storage_id),
+        ) else {
+            store.write(|tx| tx.delete_partial(uuid, &p.backup))?;
+            out.dropped += 1;
+            continue;
+        };
+        if check_component(uuid).is_err() {
+            store.write(|tx| tx.delete_partial(uuid, &p.backup))?;
+            out.dropped += 1;
+            continue;
+        }
+        let dir = storage.path.join(uuid).join(name.client());
+        let partial = partial_path(&dir, &name);
+        let target = dir.join(name.file());
+        if let Some(sha) = &p.verified_sha256 {
+            if partial.exists() {
+                if let Err(e) = std::fs::rename(&partial, &target).and_then(|_| fsx::sync_dir(&dir))
+                {
+                    log::error!("repair: rename {}: {e}", partial.display());
+                    continue;
+                }
+            }
+            let actual = prefix_hash(&target, p.size).map(|h| hex(&digest_of(&h)));
+            let p2 = p.clone();
+            store.write(|tx| {
+                if actual.as_deref() == Some(sha.as_str()) {
+                    tx.put_received(
+                        uuid,
+                        &ReceivedRecord {
+                            backup: p2.backup.clone(),
+                            storage_id: p2.storage_id,
+                            size: p2.size,
+                            sha256: sha.clone(),
+                            version: p2.version,
+                            received: now,
+                            verified: None,
+                            damaged: None,
+                        },
+                    )?;
+                }
+                tx.delete_partial(uuid, &p2.backup)?;
+                Ok::<_, StoreError>(())
+            })?;
+            if actual.as_deref() == Some(sha.as_str()) {
+                out.finished += 1;
+                log::info!("repair: finished the commit of {} from {uuid}", p.backup);
+            } else {
+                out.dropped += 1;
+            }
+            continue;
+        }
+        let usable = std::fs::symlink_metadata(&partial)
+            .map(|m| m.is_file() && m.len() >= p.offset)
+            .unwrap_or(false);
+        if usable {
+            known.insert(partial);
+        } else {
+            store.write(|tx| tx.delete_partial(uuid, &p.backup))?;
+            out.dropped += 1;
+        }
+    }
+    for storage in storages {
+        for path in partial_files(&storage.path) {
+            if !known.contains(&path) {
+                match fsx::remove_file_durable(&path) {
+                    Ok(()) => out.swept += 1,
+                    Err(e) => log::warn!("repair: remove {}: {e}", path.display()),
+                }
+            }
+        }
+    }
+    Ok(out)
+}
+
+/// Every `<storage>/<uuid>/<client>/.<file>.replgate-part` (real directories only).
+fn partial_files(root: &Path) -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    let dirs = |p: &Path| -> Vec<PathBuf> {
+        std::fs::read_dir(p)
+            .map(|rd| {
+                rd.flatten()
+                    .filter(|e| e.file_type().map(|t| t.is_dir()).unwrap_or(false))
+                    .map(|e| e.path())
+                    .collect()
+            })
+            .unwrap_or_default()
+    };
+    for uuid_dir in dirs(root) {
+        for client_dir in dirs(&uuid_dir) {
+            if let Ok(rd) = std::fs::read_dir(&client_dir) {
+                for e in rd.flatten() {
+                    let n = e.file_name();
+                    let n = n.to_string_lossy();
+                    if n.starts_with('.')
+                        && n.ends_with(PARTIAL_SUFFIX)
+                        && e.file_type().map(|t| t.is_file()).unwrap_or(false)
+                    {
+                        out.push(e.path());
+                    }
+                }
+            }
+        }
+    }
+    out
+}

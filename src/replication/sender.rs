@@ -1,0 +1,703 @@
+//! Source side of a transfer session. Offers run ahead of the data by a bounded window, so
+//! the target's decisions come back while earlier files stream and no round trip idles
+//! the link; outcomes (verified and durable, or failed) come back later and settle items
+//! without the sender ever waiting for one file before the next. The SHA-256 is computed
+//! while sending; a resume hashes the local prefix and compares it with the target's; a
+//! copy the target already holds with the same digest is not sent again. Every item a
+//! session claimed is settled (done, failed, interrupted or released) before it returns,
+//! however it ends. Files are read through `fsx`, never written.
+
+use std::collections::{HashMap, VecDeque};
+use std::fs::File;
+use std::io::{self, Read, Seek, SeekFrom, Write};
+use std::path::Path;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::mpsc::{self, Receiver, RecvTimeoutError, SyncSender};
+use std::time::{Duration, Instant};
+
+use ring::digest::{Context as Sha256, SHA256};
+
+use super::live::{Event, Live};
+use super::names::BackupName;
+use super::queue::{attempt_for, Attempt};
+use super::stream::{FrameReader, FrameWriter, StreamError};
+use crate::fsx;
+use crate::wire::transfer::{self, Code, Decision, Frame, Outcome, HEADER_LEN, MAX_DATA};
+
+/// Offers outstanding at once (offered, no decision acted on yet). Enough to cover a
+/// round trip of many small files; bounded so a session holds few open files.
+pub const WINDOW: usize = 32;
+/// Files sent and awaiting their outcome, at most.
+pub const MAX_AWAITING: usize = 128;
+/// How long the target may take to answer an offer (it may hash a long prefix to resume).
+const DECISION_WAIT: Duration = Duration::from_secs(600);
+/// How long the target may take to commit what is outstanding after `Finish`.
+const BYE_WAIT: Duration = Duration::from_secs(600);
+
+/// An item a session took from the queue.
+#[derive(Clone, Debug)]
+pub struct Claimed {
+    pub item_id: u64,
+    pub backup: BackupName,
+    /// The file's version when it was queued (its modification time, ns).
+    pub version: i64,
+    /// The digest of that version, if a transfer already computed it.
+    pub known_sha256: Option<[u8; 32]>,
+}
+
+/// The queue as one session sees it (the scheduler implements it over the store).
+pub trait Feed {
+    /// The next item to offer, claimed for this session; None when nothing is waiting.
+    fn next(&mut self) -> Option<Claimed>;
+    /// The item's data starts (an attempt begins) at `offset` of `size` bytes.
+    fn started(&mut self, item_id: u64, offset: u64, size: u64);
+    /// `sent` content bytes went on the wire for the item in this attempt so far.
+    fn sent(&mut self, item_id: u64, sent: u64);
+    /// The attempt ended; `sent` content bytes of this attempt went on the wire.
+    fn finished(&mut self, item_id: u64, attempt: Attempt, sent: u64);
+    /// The item was claimed but nothing of it was sent: it waits again as it was.
+    fn release(&mut self, item_id: u64);
+}
+
+/// A frame from the target, owned so it can cross from the reader thread.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Reply {
+    New {
+        seq: u32,
+    },
+    Resume {
+        seq: u32,
+        offset: u64,
+        prefix: [u8; 32],
+    },
+    Have {
+        seq: u32,
+        sha256: [u8; 32],
+    },
+    Refuse {
+        seq: u32,
+        code: Code,
+        message: String,
+    },
+    Committed {
+        seq: u32,
+        sha256: [u8; 32],
+    },
+    Failed {
+        seq: u32,
+        code: Code,
+        message: String,
+    },
+    Bye,
+    Fatal {
+        code: Code,
+        message: String,
+    },
+}
+
+impl Reply {
+    fn from_frame(f: Frame<'_>) -> Result<Reply, String> {
+        Ok(match f {
+            Frame::Decision { seq, decision } => match decision {
+                Decision::New => Reply::New { seq },
+                Decision::Resume {
+                    offset,
+                    prefix_sha256,
+                } => Reply::Resume {
+                    seq,
+                    offset,
+                    prefix: prefix_sha256,
+                },
+                Decision::Have { sha256 } => Reply::Have { seq, sha256 },
+                Decision::Refuse { code, message } => Reply::Refuse {
+                    seq,
+                    code,
+                    message: message.to_string(),
+                },
+            },
+            Frame::Outcome { seq, outcome } => match outcome {
+                Outcome::Committed { sha256 } => Reply::Committed { seq, sha256 },
+                Outcome::Failed { code, message } => Reply::Failed {
+                    seq,
+                    code,
+                    message: message.to_string(),
+                },
+            },
+            Frame::Bye => Reply::Bye,
+            Frame::Fatal { code, message } => Reply::Fatal {
+                code,
+                message: message.to_string(),
+            },
+            other => {
+                return Err(format!(
+                    "the target sent {other:?}, which only a source sends"
+                ))
+            }
+        })
+    }
+}
+
+/// Reads the target's frames on their own thread, so the sender can keep writing while
+/// decisions and outcomes arrive. The channel ends with an error or `Bye`.
+pub fn spawn_reader(
+    input: impl Read + Send + 'static,
+    name: String,
+) -> io::Result<Receiver<Result<Reply, String>>> {
+    let (tx, rx): (SyncSender<Result<Reply, String>>, _) = mpsc::sync_channel(1024);
+    std::thread::Builder::new()
+        .name(name)
+        .stack_size(256 * 1024)
+        .spawn(move || {
+            let mut r = FrameReader::new(input);
+            loop {
+                let item = match r.next_frame() {
+                    Ok(Some(f)) => Reply::from_frame(f),
+                    Ok(None) => Err("the target closed the stream".to_string()),
+                    Err(StreamError::Io(e)) => Err(format!("connection: {e}")),
+                    Err(e) => Err(e.to_string()),
+                };
+                let last = !matches!(item, Ok(ref r) if *r != Reply::Bye);
+                if tx.send(item).is_err() || last {
+                    return;
+                }
+            }
+        })?;
+    Ok(rx)
+}
+
+/// What the sender needs besides the streams.
+pub struct Context<'a> {
+    /// The source's backup storage; backup names are relative to it.
+    pub root: &'a Path,
+    pub live: &'a Live,
+    pub shutdown: &'a AtomicBool,
+    /// The target, for log lines: `target 3 (host:port)`.
+    pub target: String,
+}
+
+/// Why a session ended before `Bye`.
+#[derive(Debug, PartialEq, Eq)]
+pub enum SessionError {
+    /// The connection broke or the target did not answer.
+    Connection(String),
+    /// The target ended the session (not paired, storage offline, protocol error).
+    Target { code: Code, message: String },
+    /// The daemon is shutting down.
+    Shutdown,
+}
+
+impl std::fmt::Display for SessionError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            SessionError::Connection(m) => write!(f, "{m}"),
+            SessionError::Target { message, .. } => {
+                write!(f, "the target ended the session: {message}")
+            }
+            SessionError::Shutdown => f.write_str("shutting down"),
+        }
+    }
+}
+
+impl std::error::Error for SessionError {}
+
+/// What a session did.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct Summary {
+    pub done: u64,
+    pub skipped: u64,
+    pub failed: u64,
+    pub bytes_sent: u64,
+}
+
+struct Offer {
+    seq: u32,
+    claimed: Claimed,
+    file: File,
+    size: u64,
+    version: i64,
+    reply: Option<Reply>,
+}
+
+struct Awaiting {
+    claimed: Claimed,
+    sent: u64,
+    sha256: [u8; 32],
+}
+
+struct Session<'a, 'f, F: Feed, W: Write> {
+    ctx: &'a Context<'a>,
+    feed: &'f mut F,
+    out: FrameWriter<W>,
+    replies: &'a Receiver<Result<Reply, String>>,
+    offers: VecDeque<Offer>,
+    awaiting: HashMap<u32, Awaiting>,
+    next_seq: u32,
+    /// `Data` frames are assembled here: header, then content read straight in.
+    buf: Vec<u8>,
+    summary: Summary,
+    /// A failure reported for the file being streamed now.
+    current_failed: Option<(u32, Code, String)>,
+    /// The item being acted on now and the bytes sent for it: settled as interrupted if
+    /// the session breaks before it is settled otherwise.
+    current: Option<(u64, u64)>,
+}
+
+fn hex(d: &[u8]) -> String {
+    crate::rand::hex(d)
+}
+
+fn digest(h: &Sha256) -> [u8; 32] {
+    let mut out = [0u8; 32];
+    out.copy_from_slice(h.clone().finish().as_ref());
+    out
+}
+
+fn mtime_ns(meta: &std::fs::Metadata) -> i64 {
+    use std::os::unix::fs::MetadataExt;
+    meta.mtime()
+        .saturating_mul(1_000_000_000)
+        .saturating_add(meta.mtime_nsec())
+}
+
+/// Runs one session: offers what `feed` hands out, streams what the target asks for,
+/// settles every item through `feed`, and ends with `Finish`/`Bye` when nothing is left.
+pub fn run<F: Feed, W: Write>(
+    ctx: &Context<'_>,
+    feed: &mut F,
+    out: W,
+    replies: &Receiver<Result<Reply, String>>,
+) -> Result<Summary, SessionError> {
+    let mut s = Session {
+        ctx,
+        feed,
+        out: FrameWriter::new(out),
+        replies,
+        offers: VecDeque::new(),
+        awaiting: HashMap::new(),
+        next_seq: 1,
+        buf: vec![0u8; HEADER_LEN + 4 + MAX_DATA],
+        summary: Summary::default(),
+        current_failed: None,
+        current: None,
+    };
+    let result = s.run();
+    // Settle whatever is still claimed: nothing of an unsent offer moved; a file sent but
+    // not confirmed is interrupted (the next session finds it held or resumable).
+    let reason = match &result {
+        Ok(_) => "the session ended".to_string(),
+        Err(e) => e.to_string(),
+    };
+    if let Some((id, sent)) = s.current.take() {
+        s.feed.finished(
+            id,
+            Attempt::Interrupted(format!("transfer broken: {reason}")),
+            sent,
+        );
+    }
+    for o in std::mem::take(&mut s.offers) {
+        s.feed.release(o.claimed.item_id);
+    }
+    for (_, a) in std::mem::take(&mut s.awaiting) {
+        s.feed.finished(
+            a.claimed.item_id,
+            Attempt::Interrupted(format!("no answer from the target: {reason}")),
+            a.sent,
+        );
+    }
+    result.map(|()| s.summary)
+}
+
+impl<'a, F: Feed, W: Write> Session<'a, '_, F, W> {
+    fn send(&mut self, f: &Frame<'_>) -> Result<(), SessionError> {
+        self.out
+            .send(f)
+            .map_err(|e| SessionError::Connection(format!("send to the target: {e}")))
+    }
+
+    fn flush(&mut self) -> Result<(), SessionError> {
+        self.out
+            .flush()
+            .map_err(|e| SessionError::Connection(format!("send to the target: {e}")))
+    }
+
+    fn run(&mut self) -> Result<(), SessionError> {
+        let mut feed_empty = false;
+        loop {
+            if self.ctx.shutdown.load(Ordering::SeqCst) {
+                return Err(SessionError::Shutdown);
+            }
+            self.drain()?;
+            while !feed_empty && self.offers.len() < WINDOW && self.awaiting.len() < MAX_AWAITING {
+                match self.feed.next() {
+                    Some(c) => self.offer(c)?,
+                    None => feed_empty = true,
+                }
+            }
+            if self.offers.is_empty() {
+                if feed_empty {
+                    break;
+                }
+                // Too many files await their outcome: let the target catch up.
+                self.flush()?;
+                self.wait_reply(DECISION_WAIT)?;
+                continue;
+            }
+            if self.offers.front().is_some_and(|o| o.reply.is_none()) {
+                self.flush()?;
+                let deadline = Instant::now() + DECISION_WAIT;
+                while self.offers.front().is_some_and(|o| o.reply.is_none()) {
+                    let left = deadline.saturating_duration_since(Instant::now());
+                    if left.is_zero() {
+                        return Err(SessionError::Connection(
+                            "the target did not answer an offer".into(),
+                        ));
+                    }
+                    self.wait_reply(left)?;
+                }
+            }
+            if let Some(head) = self.offers.pop_front() {
+                self.act(head)?;
+            }
+        }
+        self.send(&Frame::Finish)?;
+        self.flush()?;
+        let deadline = Instant::now() + BYE_WAIT;
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                return Err(SessionError::Connection(
+                    "the target did not finish the session".into(),
+                ));
+            }
+            if self.wait_reply(left)? {
+                return Ok(());
+            }
+        }
+    }
+
+    /// Applies replies that arrived, without waiting.
+    fn drain(&mut self) -> Result<(), SessionError> {
+        loop {
+            match self.replies.try_recv() {
+                Ok(r) => {
+                    self.apply(r)?;
+                }
+                Err(mpsc::TryRecvError::Empty) => return Ok(()),
+                Err(mpsc::TryRecvError::Disconnected) => {
+                    return Err(SessionError::Connection("the target's stream ended".into()))
+                }
+            }
+        }
+    }
+
+    /// Waits up to `timeout` for one reply and applies it; true if it was `Bye`.
+    fn wait_reply(&mut self, timeout: Duration) -> Result<bool, SessionError> {
+        let step = timeout.min(Duration::from_millis(200));
+        match self.replies.recv_timeout(step) {
+            Ok(r) => self.apply(r),
+            Err(RecvTimeoutError::Timeout) => {
+                if self.ctx.shutdown.load(Ordering::SeqCst) {
+                    return Err(SessionError::Shutdown);
+                }
+                Ok(false)
+            }
+            Err(RecvTimeoutError::Disconnected) => {
+                Err(SessionError::Connection("the target's stream ended".into()))
+            }
+        }
+    }
+
+    fn apply(&mut self, r: Result<Reply, String>) -> Result<bool, SessionError> {
+        let r = r.map_err(SessionError::Connection)?;
+        match r {
+            Reply::New { seq }
+            | Reply::Resume { seq, .. }
+            | Reply::Have { seq, .. }
+            | Reply::Refuse { seq, .. } => {
+                let Some(o) = self.offers.iter_mut().find(|o| o.seq == seq) else {
+                    return Err(SessionError::Connection(format!(
+                        "the target answered offer {seq}, which is not open"
+                    )));
+                };
+                o.reply = Some(r);
+            }
+            Reply::Committed { seq, sha256 } => {
+                if let Some(a) = self.awaiting.remove(&seq) {
+                    if sha256 != a.sha256 {
+                        self.settle_failed(
+                            a,
+                            Code::DigestMismatch,
+                            "the target committed another digest".into(),
+                        );
+                    } else {
+                        log::info!(
+                            "replication to {}: {} finished, verified by the target (item {}, sha256 {})",
+                            self.ctx.target,
+                            a.claimed.backup,
+                            a.claimed.item_id,
+                            hex(&sha256)
+                        );
+                        self.ctx.live.count(Event::Finished);
+                        self.summary.done += 1;
+                        self.feed.finished(
+                            a.claimed.item_id,
+                            Attempt::Done {
+                                sha256: hex(&sha256),
+                                skipped: false,
+                            },
+                            a.sent,
+                        );
+                    }
+                }
+            }
+            Reply::Failed { seq, code, message } => {
+                if let Some(a) = self.awaiting.remove(&seq) {
+                    self.settle_failed(a, code, message);
+                } else {
+                    // The file being streamed now; the stream loop acts on it.
+                    self.current_failed = Some((seq, code, message));
+                }
+            }
+            Reply::Bye => return Ok(true),
+            Reply::Fatal { code, message } => {
+                return Err(SessionError::Target { code, message });
+            }
+        }
+        Ok(false)
+    }
+
+    fn settle_failed(&mut self, a: Awaiting, code: Code, message: String) {
+        log::warn!(
+            "replication to {}: {} failed (item {}): {message}",
+            self.ctx.target,
+            a.claimed.backup,
+            a.claimed.item_id
+        );
+        self.ctx.live.count(Event::Failed);
+        self.summary.failed += 1;
+        self.feed
+            .finished(a.claimed.item_id, attempt_for(code, &message), a.sent);
+    }
+
+    fn offer(&mut self, c: Claimed) -> Result<(), SessionError> {
+        let path = self.ctx.root.join(c.backup.client()).join(c.backup.file());
+        let (file, meta) = match fsx::open_regular_nofollow(&path) {
+            Ok(x) => x,
+            Err(e) => {
+                self.feed.finished(
+                    c.item_id,
+                    Attempt::Failed(format!("cannot read {}: {e}", c.backup)),
+                    0,
+                );
+                return Ok(());
+            }
+        };
+        let seq = self.next_seq;
+        self.next_seq += 1;
+        let (size, version) = (meta.len(), mtime_ns(&meta));
+        self.send(&Frame::Offer {
+            seq,
+            size,
+            version,
+            name: c.backup.as_str(),
+        })?;
+        self.offers.push_back(Offer {
+            seq,
+            claimed: c,
+            file,
+            size,
+            version,
+            reply: None,
+        });
+        Ok(())
+    }
+
+    /// Acts on the target's answer to the oldest offer.
+    fn act(&mut self, mut o: Offer) -> Result<(), SessionError> {
+        let id = o.claimed.item_id;
+        if self.ctx.live.is_cancelled(id) {
+            self.ctx.live.clear_cancel(id);
+            self.feed.release(id);
+            return self.send(&Frame::Skip { seq: o.seq });
+        }
+        self.current = Some((id, 0));
+        match o.reply.take() {
+            Some(Reply::Refuse { code, message, .. }) => {
+                log::warn!(
+                    "replication to {}: {} refused (item {id}): {message}",
+                    self.ctx.target,
+                    o.claimed.backup
+                );
+                self.ctx.live.count(Event::Failed);
+                self.summary.failed += 1;
+                self.current = None;
+                self.feed.finished(id, attempt_for(code, &message), 0);
+                Ok(())
+            }
+            Some(Reply::Have { sha256, .. }) => {
+                let ours = match o
+                    .claimed
+                    .known_sha256
+                    .filter(|_| o.claimed.version == o.version)
+                {
+                    Some(d) => Some(d),
+                    None => self.hash_prefix(&mut o.file, o.size).map(|h| digest(&h)),
+                };
+                if ours == Some(sha256) {
+                    self.current = None;
+                    log::info!(
+                        "replication to {}: {} already held with the same SHA-256, not sent (item {id})",
+                        self.ctx.target,
+                        o.claimed.backup
+                    );
+                    self.ctx.live.count(Event::Skipped);
+                    self.summary.skipped += 1;
+                    self.feed.finished(
+                        id,
+                        Attempt::Done {
+                            sha256: hex(&sha256),
+                            skipped: true,
+                        },
+                        0,
+                    );
+                    self.send(&Frame::Skip { seq: o.seq })
+                } else {
+                    // A changed file: the new copy replaces the old once it verified.
+                    self.stream(o, 0, Sha256::new(&SHA256))
+                }
+            }
+            Some(Reply::Resume { offset, prefix, .. }) if offset <= o.size => {
+                match self.hash_prefix(&mut o.file, offset) {
+                    Some(h) if digest(&h) == prefix => self.stream(o, offset, h),
+                    _ => self.stream(o, 0, Sha256::new(&SHA256)),
+                }
+            }
+            _ => self.stream(o, 0, Sha256::new(&SHA256)),
+        }
+    }
+
+    /// The SHA-256 state over the first `len` bytes of `file`, read from its start.
+    fn hash_prefix(&mut self, file: &mut File, len: u64) -> Option<Sha256> {
+        file.seek(SeekFrom::Start(0)).ok()?;
+        let mut h = Sha256::new(&SHA256);
+        let buf = &mut self.buf[HEADER_LEN + 4..];
+        fsx::read_prefix(file, len, buf, |b| h.update(b)).ok()?;
+        Some(h)
+    }
+
+    /// Streams offer `o` from `offset` (the hasher covers the bytes before it).
+    fn stream(
+        &mut self,
+        mut o: Offer,
+        offset: u64,
+        mut hasher: Sha256,
+    ) -> Result<(), SessionError> {
+        let id = o.claimed.item_id;
+        let seq = o.seq;
+        if let Err(e) = o.file.seek(SeekFrom::Start(offset)) {
+            self.settle(
+                id,
+                Attempt::Failed(format!("cannot read {}: {e}", o.claimed.backup)),
+            );
+            return self.send(&Frame::Skip { seq });
+        }
+        self.send(&Frame::Start { seq, offset })?;
+        self.feed.started(id, offset, o.size);
+        self.ctx.live.count(Event::Started);
+        log::info!(
+            "replication to {}: {} started (item {id}, {} bytes{})",
+            self.ctx.target,
+            o.claimed.backup,
+            o.size,
+            if offset > 0 {
+                format!(", resuming at {offset}")
+            } else {
+                String::new()
+            }
+        );
+        let registered = self.ctx.live.sending(id, o.size, offset);
+        let mut left = o.size - offset;
+        let mut sent = 0u64;
+        self.current_failed = None;
+        while left > 0 {
+            if self.ctx.shutdown.load(Ordering::SeqCst) {
+                return Err(SessionError::Shutdown);
+            }
+            if self.ctx.live.is_cancelled(id) {
+                self.ctx.live.clear_cancel(id);
+                self.settle(id, Attempt::Interrupted("removed by an admin".into()));
+                return self.send(&Frame::Skip { seq });
+            }
+            self.drain()?;
+            if let Some((fseq, code, message)) = self.current_failed.take() {
+                if fseq == seq {
+                    log::warn!(
+                        "replication to {}: {} failed (item {id}): {message}",
+                        self.ctx.target,
+                        o.claimed.backup
+                    );
+                    self.ctx.live.count(Event::Failed);
+                    self.summary.failed += 1;
+                    self.settle(id, attempt_for(code, &message));
+                    return self.send(&Frame::Skip { seq });
+                }
+            }
+            let want = left.min(MAX_DATA as u64);
+            let grant = self.ctx.live.take(want);
+            if grant == 0 {
+                // Under a throttle window: push out what is buffered, then wait a little.
+                self.flush()?;
+                std::thread::sleep(self.ctx.live.wait_for(want));
+                continue;
+            }
+            let n = grant.min(want) as usize;
+            let body = &mut self.buf[HEADER_LEN + 4..HEADER_LEN + 4 + n];
+            if let Err(e) = o.file.read_exact(body) {
+                self.settle(
+                    id,
+                    Attempt::Failed(format!(
+                        "{} changed or became unreadable while sending: {e}",
+                        o.claimed.backup
+                    )),
+                );
+                return self.send(&Frame::Skip { seq });
+            }
+            hasher.update(body);
+            self.buf[..HEADER_LEN + 4].copy_from_slice(&transfer::data_header(seq, n));
+            self.out
+                .send_raw(&self.buf[..HEADER_LEN + 4 + n])
+                .map_err(|e| SessionError::Connection(format!("send to the target: {e}")))?;
+            left -= n as u64;
+            sent += n as u64;
+            self.current = Some((id, sent));
+            registered.progress.advance(n as u64);
+            self.ctx.live.count_sent(n as u64);
+            self.summary.bytes_sent += n as u64;
+            self.feed.sent(id, sent);
+        }
+        let sha256 = digest(&hasher);
+        self.send(&Frame::End { seq, sha256 })?;
+        self.current = None;
+        self.awaiting.insert(
+            seq,
+            Awaiting {
+                claimed: o.claimed,
+                sent,
+                sha256,
+            },
+        );
+        Ok(())
+    }
+
+    /// Ends the current item's attempt.
+    fn settle(&mut self, id: u64, attempt: Attempt) {
+        let sent = match self.current.take() {
+            Some((cid, sent)) if cid == id => sent,
+            other => {
+                self.current = other;
+                0
+            }
+        };
+        self.feed.finished(id, attempt, sent);
+    }
+}

@@ -1,0 +1,669 @@
+//! Sender and receiver against each other over a real socket pair (no TLS: the tunnel
+//! adds that), and the receiver against hand-made frames for every class of bad input.
+
+use std::collections::VecDeque;
+use std::io::{self, Write};
+use std::os::unix::net::UnixStream;
+use std::path::PathBuf;
+use std::sync::atomic::AtomicBool;
+use std::sync::{Arc, Mutex};
+
+use super::live::Live;
+use super::names::BackupName;
+use super::queue::Attempt;
+use super::receiver::{self, Ledger, Source};
+use super::sender::{self, Claimed, Feed};
+use super::stream::{FrameReader, FrameWriter};
+use crate::config::Storage;
+use crate::store::{ReplicationConfig, Store, ThrottleRecord};
+use crate::wire::transfer::{Decision, Frame};
+
+struct Fixture {
+    dir: PathBuf,
+    src: PathBuf,
+    store: Store,
+    live: Live,
+    ledger: Ledger,
+    source: Source,
+}
+
+fn fixture(name: &str) -> Fixture {
+    let dir = std::env::temp_dir().join(format!("replgate-session-{name}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(dir.join("src")).unwrap();
+    std::fs::create_dir_all(dir.join("storage")).unwrap();
+    let store = Store::open(&dir.join("target.redb")).unwrap();
+    Fixture {
+        src: dir.join("src"),
+        store,
+        live: Live::with_clock(
+            ReplicationConfig::default(),
+            ThrottleRecord::default(),
+            || (1, 12),
+        ),
+        ledger: Ledger::default(),
+        source: Source {
+            system_id: 2,
+            uuid: "11111111-2222-4333-8444-555555555555".into(),
+            storage: Storage {
+                id: 1,
+                name: "s".into(),
+                path: dir.join("storage"),
+                usage: "backup".into(),
+            },
+            quota_mb: None,
+        },
+        dir,
+    }
+}
+
+impl Drop for Fixture {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+fn content(seed: u8, len: usize) -> Vec<u8> {
+    (0..len)
+        .map(|i| (i as u8).wrapping_mul(31).wrapping_add(seed))
+        .collect()
+}
+
+fn put(f: &Fixture, name: &str, bytes: &[u8]) {
+    let p = f.src.join(name);
+    std::fs::create_dir_all(p.parent().unwrap()).unwrap();
+    std::fs::write(p, bytes).unwrap();
+}
+
+fn received_path(f: &Fixture, name: &str) -> PathBuf {
+    f.source.storage.path.join(&f.source.uuid).join(name)
+}
+
+#[derive(Default)]
+struct MemFeed {
+    queue: VecDeque<Claimed>,
+    results: Vec<(u64, Attempt, u64)>,
+    released: Vec<u64>,
+    started: Vec<(u64, u64)>,
+}
+
+impl MemFeed {
+    fn of(names: &[&str]) -> MemFeed {
+        let mut f = MemFeed::default();
+        for (i, n) in names.iter().enumerate() {
+            f.queue.push_back(Claimed {
+                item_id: i as u64 + 1,
+                backup: BackupName::parse(n).unwrap(),
+                version: 0,
+                known_sha256: None,
+            });
+        }
+        f
+    }
+
+    fn sent_total(&self) -> u64 {
+        self.results.iter().map(|r| r.2).sum()
+    }
+}
+
+impl Feed for MemFeed {
+    fn next(&mut self) -> Option<Claimed> {
+        self.queue.pop_front()
+    }
+    fn started(&mut self, item_id: u64, offset: u64, _size: u64) {
+        self.started.push((item_id, offset));
+    }
+    fn sent(&mut self, _: u64, _: u64) {}
+    fn finished(&mut self, item_id: u64, attempt: Attempt, sent: u64) {
+        self.results.push((item_id, attempt, sent));
+    }
+    fn release(&mut self, item_id: u64) {
+        self.released.push(item_id);
+    }
+}
+
+/// A writer that fails after `left` bytes: a connection that breaks mid-chunk.
+struct Breaking<W> {
+    inner: W,
+    left: usize,
+}
+
+impl<W: Write> Write for Breaking<W> {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        if self.left == 0 {
+            return Err(io::Error::new(io::ErrorKind::BrokenPipe, "cut"));
+        }
+        let n = buf.len().min(self.left);
+        let n = self.inner.write(&buf[..n])?;
+        self.left -= n;
+        Ok(n)
+    }
+    fn flush(&mut self) -> io::Result<()> {
+        self.inner.flush()
+    }
+}
+
+/// Runs a sender session against a receiver over a socket pair; the sender's writes
+/// break after `cut` bytes if given.
+fn session(
+    f: &Fixture,
+    feed: &mut MemFeed,
+    cut: Option<usize>,
+) -> (
+    Result<sender::Summary, sender::SessionError>,
+    receiver::Summary,
+) {
+    let (a, b) = UnixStream::pair().unwrap();
+    let shutdown = AtomicBool::new(false);
+    std::thread::scope(|scope| {
+        let rx_side = scope.spawn(|| {
+            let ctx = receiver::Context {
+                store: &f.store,
+                live: &f.live,
+                ledger: &f.ledger,
+                peer: "test".into(),
+                now: || 1_000,
+            };
+            let input = a.try_clone().unwrap();
+            let summary = receiver::serve(&ctx, &f.source, input, &a);
+            let _ = a.shutdown(std::net::Shutdown::Both);
+            summary
+        });
+        let replies = sender::spawn_reader(b.try_clone().unwrap(), "test-reader".into()).unwrap();
+        let ctx = sender::Context {
+            root: &f.src,
+            live: &f.live,
+            shutdown: &shutdown,
+            target: "target 1".into(),
+        };
+        let result = match cut {
+            None => sender::run(&ctx, feed, &b, &replies),
+            Some(n) => sender::run(&ctx, feed, Breaking { inner: &b, left: n }, &replies),
+        };
+        let _ = b.shutdown(std::net::Shutdown::Both);
+        (result, rx_side.join().unwrap())
+    })
+}
+
+fn done(a: &Attempt) -> bool {
+    matches!(a, Attempt::Done { skipped: false, .. })
+}
+
+#[test]
+fn files_arrive_byte_identical_verified_and_recorded() {
+    let f = fixture("arrive");
+    let big = content(1, 3 * 1024 * 1024 + 17);
+    put(&f, "web/big.img", &big);
+    let mut names = vec!["web/big.img".to_string()];
+    for i in 0..40 {
+        let n = format!("db/small-{i:02}");
+        put(&f, &n, &content(i as u8, 1000 + i * 37));
+        names.push(n);
+    }
+    put(&f, "web/empty", b"");
+    names.push("web/empty".into());
+    let refs: Vec<&str> = names.iter().map(String::as_str).collect();
+    let mut feed = MemFeed::of(&refs);
+    let (result, rx) = session(&f, &mut feed, None);
+    let summary = result.unwrap();
+    assert_eq!(summary.done, names.len() as u64, "{:?}", feed.results);
+    assert_eq!(rx.committed, names.len() as u64);
+    assert!(
+        feed.results.iter().all(|r| done(&r.1)),
+        "{:?}",
+        feed.results
+    );
+    for n in &names {
+        let want = std::fs::read(f.src.join(n)).unwrap();
+        assert_eq!(std::fs::read(received_path(&f, n)).unwrap(), want, "{n}");
+        let row = f.store.received_one(&f.source.uuid, n).unwrap().unwrap();
+        assert_eq!(row.sha256, crate::ca::sha256_hex(&want));
+        assert_eq!(row.size, want.len() as u64);
+    }
+    // No partial copy and no partial row is left behind.
+    assert!(f.store.partials().unwrap().is_empty());
+    let leftovers: Vec<_> = std::fs::read_dir(received_path(&f, "web"))
+        .unwrap()
+        .flatten()
+        .filter(|e| e.file_name().to_string_lossy().starts_with('.'))
+        .collect();
+    assert!(leftovers.is_empty());
+    let total: u64 = names
+        .iter()
+        .map(|n| std::fs::metadata(f.src.join(n)).unwrap().len())
+        .sum();
+    assert_eq!(summary.bytes_sent, total);
+}
+
+#[test]
+fn a_held_copy_is_not_sent_again_and_a_changed_one_replaces_it_after_verifying() {
+    let f = fixture("idem");
+    put(&f, "c/a", &content(1, 200_000));
+    put(&f, "c/b", &content(2, 300_000));
+    let mut feed = MemFeed::of(&["c/a", "c/b"]);
+    session(&f, &mut feed, None).0.unwrap();
+    let mut again = MemFeed::of(&["c/a", "c/b"]);
+    let summary = session(&f, &mut again, None).0.unwrap();
+    assert_eq!((summary.skipped, summary.bytes_sent), (2, 0));
+    assert!(again
+        .results
+        .iter()
+        .all(|r| matches!(r.1, Attempt::Done { skipped: true, .. })));
+    // Same size, new content: sent again, and the copy on the target is the new one.
+    let changed = content(9, 300_000);
+    put(&f, "c/b", &changed);
+    let mut third = MemFeed::of(&["c/a", "c/b"]);
+    let summary = session(&f, &mut third, None).0.unwrap();
+    assert_eq!((summary.skipped, summary.done), (1, 1));
+    assert_eq!(std::fs::read(received_path(&f, "c/b")).unwrap(), changed);
+}
+
+#[test]
+fn a_transfer_cut_mid_chunk_resumes_from_what_the_target_holds_durably() {
+    let f = fixture("resume");
+    let data = content(3, 6 * 1024 * 1024);
+    put(&f, "c/big", &data);
+    let mut first = MemFeed::of(&["c/big"]);
+    let (result, rx) = session(&f, &mut first, Some(4 * 1024 * 1024 + 1234));
+    assert!(result.is_err());
+    assert!(rx.error.is_some());
+    assert!(
+        matches!(first.results[0].1, Attempt::Interrupted(_)),
+        "{:?}",
+        first.results
+    );
+    let partial = f.store.partial(&f.source.uuid, "c/big").unwrap().unwrap();
+    assert!(partial.offset > 3 * 1024 * 1024, "{partial:?}");
+    assert!(
+        !received_path(&f, "c/big").exists(),
+        "nothing visible before it verified"
+    );
+    let mut second = MemFeed::of(&["c/big"]);
+    let summary = session(&f, &mut second, None).0.unwrap();
+    assert_eq!(summary.done, 1);
+    assert_eq!(second.started, vec![(1, partial.offset)]);
+    assert_eq!(summary.bytes_sent, data.len() as u64 - partial.offset);
+    assert_eq!(std::fs::read(received_path(&f, "c/big")).unwrap(), data);
+    let sent = first.sent_total() + second.sent_total();
+    let bound = data.len() as u64 + data.len() as u64 / 20 + receiver::chunk_for(data.len() as u64);
+    assert!(sent <= bound, "sent {sent}, bound {bound}");
+}
+
+#[test]
+fn a_stale_partial_of_another_version_is_not_resumed() {
+    let f = fixture("stale");
+    let old = content(4, 3 * 1024 * 1024);
+    put(&f, "c/x", &old);
+    let mut first = MemFeed::of(&["c/x"]);
+    let _ = session(&f, &mut first, Some(2 * 1024 * 1024));
+    assert!(f.store.partial(&f.source.uuid, "c/x").unwrap().is_some());
+    // The file changes (new mtime, new content) before the retry.
+    std::thread::sleep(std::time::Duration::from_millis(20));
+    let new = content(5, 3 * 1024 * 1024);
+    put(&f, "c/x", &new);
+    let mut second = MemFeed::of(&["c/x"]);
+    session(&f, &mut second, None).0.unwrap();
+    assert_eq!(second.started, vec![(1, 0)]);
+    assert_eq!(std::fs::read(received_path(&f, "c/x")).unwrap(), new);
+}
+
+#[test]
+fn a_quota_refuses_before_any_byte_moves() {
+    let mut f = fixture("quota");
+    f.source.quota_mb = Some(1);
+    put(&f, "c/small", &content(1, 300_000));
+    put(&f, "c/big", &content(2, 900_000));
+    let mut feed = MemFeed::of(&["c/small", "c/big"]);
+    let summary = session(&f, &mut feed, None).0.unwrap();
+    assert_eq!(summary.done, 1);
+    let refused = &feed.results.iter().find(|r| r.0 == 2).unwrap().1;
+    let Attempt::Refused(m) = refused else {
+        panic!("{refused:?}");
+    };
+    assert!(m.contains("quota of 1 MB"), "{m}");
+    assert_eq!(summary.bytes_sent, 300_000);
+    assert!(!received_path(&f, "c/big").exists());
+    assert!(f.store.partial(&f.source.uuid, "c/big").unwrap().is_none());
+}
+
+// ---- the receiver against hand-made frames ----
+
+/// Sends `frames` to a receiver and returns every frame it answered, decoded.
+fn against_receiver(f: &Fixture, frames: &[Frame<'_>], then_close: bool) -> Vec<String> {
+    against_receiver_raw(f, frames, &[], then_close)
+}
+
+/// As [`against_receiver`], writing `tail` (raw bytes, say half a frame) after the frames.
+fn against_receiver_raw(
+    f: &Fixture,
+    frames: &[Frame<'_>],
+    tail: &[u8],
+    then_close: bool,
+) -> Vec<String> {
+    let (a, b) = UnixStream::pair().unwrap();
+    let answers = Arc::new(Mutex::new(Vec::new()));
+    std::thread::scope(|scope| {
+        let rx = scope.spawn(|| {
+            let ctx = receiver::Context {
+                store: &f.store,
+                live: &f.live,
+                ledger: &f.ledger,
+                peer: "test".into(),
+                now: || 1_000,
+            };
+            receiver::serve(&ctx, &f.source, a.try_clone().unwrap(), &a);
+            let _ = a.shutdown(std::net::Shutdown::Both);
+        });
+        let mut w = FrameWriter::new(&b);
+        for fr in frames {
+            if let Err(e) = w.send(fr) {
+                eprintln!("send {fr:?}: {e}");
+                break;
+            }
+        }
+        let _ = (&b).write_all(tail);
+        if then_close {
+            b.shutdown(std::net::Shutdown::Write).unwrap();
+        }
+        let mut r = FrameReader::new(&b);
+        while let Ok(Some(fr)) = r.next_frame() {
+            answers.lock().unwrap().push(format!("{fr:?}"));
+        }
+        rx.join().unwrap();
+    });
+    let v = answers.lock().unwrap().clone();
+    v
+}
+
+fn sha(bytes: &[u8]) -> [u8; 32] {
+    let mut out = [0u8; 32];
+    out.copy_from_slice(ring::digest::digest(&ring::digest::SHA256, bytes).as_ref());
+    out
+}
+
+fn nothing_visible(f: &Fixture) {
+    let root = &f.source.storage.path;
+    let mut stack = vec![root.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        for e in std::fs::read_dir(&d).unwrap().flatten() {
+            if e.file_type().unwrap().is_dir() {
+                stack.push(e.path());
+            } else {
+                panic!("unexpected file {}", e.path().display());
+            }
+        }
+    }
+    assert!(f.store.received(&f.source.uuid).unwrap().is_empty());
+}
+
+#[test]
+fn bad_names_are_refused_before_any_filesystem_access() {
+    let f = fixture("names");
+    let long = format!("c/{}", "x".repeat(300));
+    let bad = [
+        "../../etc/passwd",
+        "/etc/passwd",
+        "c/../../x",
+        "c/a\0b",
+        long.as_str(),
+        "c/.hidden",
+        "11111111-2222-4333-8444-555555555555/c/x",
+        "other-uuid/../c/x",
+        "c",
+    ];
+    let mut frames = Vec::new();
+    for (i, n) in bad.iter().enumerate() {
+        frames.push(Frame::Offer {
+            seq: i as u32 + 1,
+            size: 10,
+            version: 0,
+            name: n,
+        });
+    }
+    frames.push(Frame::Finish);
+    let answers = against_receiver(&f, &frames, false);
+    let refusals = answers
+        .iter()
+        .filter(|a| a.contains("Refuse") && a.contains("BadName"))
+        .count();
+    assert_eq!(refusals, bad.len(), "{answers:#?}");
+    assert!(answers.last().unwrap().contains("Bye"));
+    nothing_visible(&f);
+    assert!(std::fs::read_dir(&f.source.storage.path)
+        .unwrap()
+        .next()
+        .is_none());
+}
+
+#[test]
+fn a_size_that_lies_is_refused_and_nothing_half_written_stays() {
+    let f = fixture("size");
+    let body = content(1, 5000);
+    // More bytes than offered.
+    let over = against_receiver(
+        &f,
+        &[
+            Frame::Offer {
+                seq: 1,
+                size: 100,
+                version: 0,
+                name: "c/over",
+            },
+            Frame::Start { seq: 1, offset: 0 },
+            Frame::Data {
+                seq: 1,
+                bytes: &body,
+            },
+            Frame::End {
+                seq: 1,
+                sha256: sha(&body),
+            },
+            // Fewer bytes than offered.
+            Frame::Offer {
+                seq: 2,
+                size: 10_000,
+                version: 0,
+                name: "c/under",
+            },
+            Frame::Start { seq: 2, offset: 0 },
+            Frame::Data {
+                seq: 2,
+                bytes: &body,
+            },
+            Frame::End {
+                seq: 2,
+                sha256: sha(&body),
+            },
+            Frame::Finish,
+        ],
+        false,
+    );
+    let failures: Vec<&String> = over.iter().filter(|a| a.contains("SizeMismatch")).collect();
+    assert_eq!(failures.len(), 2, "{over:#?}");
+    assert!(
+        failures[0].contains("more than the 100 bytes"),
+        "{}",
+        failures[0]
+    );
+    assert!(
+        failures[1].contains("offered 10000 bytes for c/under but sent 5000"),
+        "{}",
+        failures[1]
+    );
+    nothing_visible(&f);
+    assert!(f.store.partials().unwrap().is_empty());
+}
+
+#[test]
+fn a_wrong_digest_discards_the_copy() {
+    let f = fixture("digest");
+    let body = content(1, 5000);
+    let answers = against_receiver(
+        &f,
+        &[
+            Frame::Offer {
+                seq: 1,
+                size: 5000,
+                version: 0,
+                name: "c/x",
+            },
+            Frame::Start { seq: 1, offset: 0 },
+            Frame::Data {
+                seq: 1,
+                bytes: &body,
+            },
+            Frame::End {
+                seq: 1,
+                sha256: [7; 32],
+            },
+            Frame::Finish,
+        ],
+        false,
+    );
+    assert!(
+        answers
+            .iter()
+            .any(|a| a.contains("DigestMismatch") && a.contains("discarded")),
+        "{answers:#?}"
+    );
+    nothing_visible(&f);
+    assert!(f.store.partials().unwrap().is_empty());
+}
+
+#[test]
+fn a_disconnect_mid_chunk_keeps_a_resumable_partial_and_nothing_visible() {
+    let f = fixture("cut");
+    let body = content(1, 2 * 1024 * 1024);
+    let mut frames = vec![
+        Frame::Offer {
+            seq: 1,
+            size: 4 * 1024 * 1024,
+            version: 3,
+            name: "c/x",
+        },
+        Frame::Start { seq: 1, offset: 0 },
+    ];
+    for piece in body.chunks(200_000) {
+        frames.push(Frame::Data {
+            seq: 1,
+            bytes: piece,
+        });
+    }
+    // Then half of one more frame, and the connection drops.
+    let mut half = Vec::new();
+    crate::wire::transfer::encode(
+        &Frame::Data {
+            seq: 1,
+            bytes: &[9; 100_000],
+        },
+        &mut half,
+    );
+    half.truncate(50_000);
+    let answers = against_receiver_raw(&f, &frames, &half, true);
+    assert!(answers[0].contains("New"), "{answers:?}");
+    assert!(!received_path(&f, "c/x").exists());
+    let p = f.store.partial(&f.source.uuid, "c/x").unwrap().unwrap();
+    assert_eq!((p.offset, p.version), (body.len() as u64, 3));
+    // The next offer of the same version resumes there, with the prefix's digest.
+    let answers = against_receiver(
+        &f,
+        &[
+            Frame::Offer {
+                seq: 1,
+                size: 4 * 1024 * 1024,
+                version: 3,
+                name: "c/x",
+            },
+            Frame::Finish,
+        ],
+        false,
+    );
+    let want = format!(
+        "{:?}",
+        Decision::Resume {
+            offset: body.len() as u64,
+            prefix_sha256: sha(&body)
+        }
+    );
+    assert!(answers[0].contains(&want), "{answers:?}");
+}
+
+#[test]
+fn frames_out_of_order_end_the_session_with_a_protocol_error() {
+    let f = fixture("proto");
+    for frames in [
+        vec![Frame::Data {
+            seq: 1,
+            bytes: b"x",
+        }],
+        vec![Frame::Start { seq: 4, offset: 0 }],
+        vec![
+            Frame::Offer {
+                seq: 2,
+                size: 1,
+                version: 0,
+                name: "c/a",
+            },
+            Frame::Offer {
+                seq: 1,
+                size: 1,
+                version: 0,
+                name: "c/b",
+            },
+        ],
+        vec![
+            Frame::Offer {
+                seq: 1,
+                size: 10,
+                version: 0,
+                name: "c/a",
+            },
+            Frame::Start { seq: 1, offset: 5 },
+        ],
+        vec![Frame::Bye],
+    ] {
+        let answers = against_receiver(&f, &frames, false);
+        assert!(
+            answers
+                .last()
+                .is_some_and(|a| a.contains("Fatal") && a.contains("Protocol")),
+            "{frames:?}: {answers:?}"
+        );
+    }
+    nothing_visible(&f);
+}
+
+#[test]
+fn repair_finishes_a_verified_commit_and_sweeps_orphans() {
+    let f = fixture("repair");
+    let body = content(1, 4096);
+    let dir = f.source.storage.path.join(&f.source.uuid).join("c");
+    std::fs::create_dir_all(&dir).unwrap();
+    // A verified copy whose rename a crash interrupted.
+    std::fs::write(dir.join(".done.replgate-part"), &body).unwrap();
+    // A partial no row knows (crash before its first checkpoint).
+    std::fs::write(dir.join(".orphan.replgate-part"), b"junk").unwrap();
+    let row = crate::store::PartialRecord {
+        backup: "c/done".into(),
+        storage_id: 1,
+        size: body.len() as u64,
+        version: 0,
+        offset: body.len() as u64,
+        started: 1,
+        updated: 1,
+        verified_sha256: Some(crate::rand::hex(&sha(&body))),
+    };
+    f.store
+        .write(|tx| tx.put_partial(&f.source.uuid, &row))
+        .unwrap();
+    let r = receiver::repair(&f.store, std::slice::from_ref(&f.source.storage), 5).unwrap();
+    assert_eq!((r.finished, r.swept), (1, 1));
+    assert_eq!(std::fs::read(dir.join("done")).unwrap(), body);
+    assert!(!dir.join(".orphan.replgate-part").exists());
+    assert!(f
+        .store
+        .received_one(&f.source.uuid, "c/done")
+        .unwrap()
+        .is_some());
+    assert!(f.store.partials().unwrap().is_empty());
+}
