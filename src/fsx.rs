@@ -338,6 +338,15 @@ pub fn ensure_dir_under(base: &Path, components: &[&str]) -> io::Result<std::pat
     Ok(p)
 }
 
+/// Renames `from` to `to` (same directory) and makes the rename durable.
+pub fn rename_durable(from: &Path, to: &Path) -> io::Result<()> {
+    fs::rename(from, to)?;
+    match to.parent() {
+        Some(dir) => sync_dir(dir),
+        None => Ok(()),
+    }
+}
+
 /// Opens a regular file for reading without following a symlink at its last component;
 /// with its metadata (from the descriptor).
 pub fn open_regular_nofollow(path: &Path) -> io::Result<(File, fs::Metadata)> {

@@ -1085,8 +1085,7 @@ pub fn repair(store: &Store, storages: &[Storage], now: UnixTime) -> Result<Repa
         let target = dir.join(name.file());
         if let Some(sha) = &p.verified_sha256 {
             if partial.exists() {
-                if let Err(e) = std::fs::rename(&partial, &target).and_then(|_| fsx::sync_dir(&dir))
-                {
+                if let Err(e) = fsx::rename_durable(&partial, &target) {
                     log::error!("repair: rename {}: {e}", partial.display());
                     continue;
                 }

@@ -49,6 +49,7 @@ const LAYERS: &[(&str, Layer)] = &[
     ("auth", Domain),
     ("pairing", Domain),
     ("pairing::poller", Adapter),
+    ("replication", Domain),
     ("api", Adapter),
     ("front", Adapter),
     ("listener", Adapter),
