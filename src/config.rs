@@ -155,6 +155,9 @@ pub struct Config {
     /// `[[storage]]`: storage locations. Defaults to one `backup` storage, id 1, at
     /// `<data_dir>/storage`.
     pub storage: Vec<Storage>,
+    /// `replicate_from`: the id of the storage whose backups this appliance replicates to
+    /// its targets. Defaults to the default backup storage.
+    pub replicate_from: Option<u64>,
     /// `fault`: fault injection for crash tests (`none`, `crash_after_accept_commit`).
     /// Defaults to `none`.
     pub fault: Fault,
@@ -220,6 +223,7 @@ struct RawConfig {
     max_pending_per_address: Option<u64>,
     certificate_days: Option<u64>,
     workers: Option<u64>,
+    replicate_from: Option<u64>,
     fault: Option<String>,
     storage: Option<Vec<RawStorage>>,
 }
@@ -245,6 +249,7 @@ const NUMERIC_KEYS: &[&str] = &[
     "max_pending_per_address",
     "certificate_days",
     "workers",
+    "replicate_from",
 ];
 
 impl RawConfig {
@@ -269,6 +274,7 @@ impl RawConfig {
             "max_pending_per_address" => &mut self.max_pending_per_address,
             "certificate_days" => &mut self.certificate_days,
             "workers" => &mut self.workers,
+            "replicate_from" => &mut self.replicate_from,
             _ => return None,
         })
     }
@@ -542,6 +548,15 @@ impl Config {
             certificate_days: ranged("certificate_days", raw.certificate_days, 365, 1, 3_650)?
                 as u32,
             workers: ranged("workers", raw.workers, 4, 1, 64)? as usize,
+            replicate_from: match raw.replicate_from {
+                Some(id) if !storage.iter().any(|s| s.id == id) => {
+                    return Err(bad(
+                        "replicate_from",
+                        format!("{id} is not the id of a configured storage"),
+                    ))
+                }
+                other => other,
+            },
             storage,
             fault,
         })
@@ -552,6 +567,14 @@ impl Config {
         self.storage
             .iter()
             .find(|s| s.usage == StorageUsage::Backup)
+    }
+
+    /// The storage whose backups replicate to targets: `replicate_from`, else the default.
+    pub fn replication_storage(&self) -> Option<&Storage> {
+        match self.replicate_from {
+            Some(id) => self.storage.iter().find(|s| s.id == id),
+            None => self.default_storage(),
+        }
     }
 }
 

@@ -32,6 +32,8 @@ use crate::wire::transfer::{Code, Decision, Frame, Outcome};
 pub const PARTIAL_SUFFIX: &str = ".replgate-part";
 /// Free space left untouched on a storage, beyond what accepted files will use.
 pub const SPACE_MARGIN: u64 = 16 * 1024 * 1024;
+/// Most damaged copies asked for again in one session greeting.
+pub const MAX_WANTS: usize = 1_000;
 /// Most offers a source may have outstanding (offered, not yet started or skipped).
 pub const MAX_OUTSTANDING: usize = 256;
 /// A group of verified files is committed once it holds this many files, or bytes, or
@@ -369,6 +371,7 @@ pub fn serve(ctx: &Context<'_>, source: &Source, input: impl Read, output: impl 
         });
         Err(m)
     } else {
+        session.greet();
         session.run(&mut reader)
     };
     // However it ended: what verified is committed, what is in progress is resumable.
@@ -401,6 +404,31 @@ impl<'c, 'l, W: Write> Session<'c, 'l, W> {
         if self.out_ok && self.out.flush().is_err() {
             self.out_ok = false;
         }
+    }
+
+    /// Tells the source which copies it should send again (damaged, per a verify), then
+    /// that offers will be answered.
+    fn greet(&mut self) {
+        let wanted: Vec<String> = match self.ctx.store.received(&self.source.uuid) {
+            Ok(rows) => rows
+                .into_iter()
+                .filter(|r| r.storage_id == self.source.storage.id && r.damaged.is_some())
+                .take(MAX_WANTS)
+                .map(|r| r.backup)
+                .collect(),
+            Err(e) => {
+                log::warn!(
+                    "replication: damaged copies of system {}: {e}",
+                    self.source.system_id
+                );
+                Vec::new()
+            }
+        };
+        for name in &wanted {
+            self.send(&Frame::Want { name });
+        }
+        self.send(&Frame::Ready);
+        self.flush();
     }
 
     fn fatal(&mut self, code: Code, message: String) -> Result<(), String> {

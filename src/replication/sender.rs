@@ -57,6 +57,9 @@ pub trait Feed {
     fn finished(&mut self, item_id: u64, attempt: Attempt, sent: u64);
     /// The item was claimed but nothing of it was sent: it waits again as it was.
     fn release(&mut self, item_id: u64);
+    /// The target wants these backups again (its copies were found damaged); called once
+    /// at the start of a session, before the first [`Feed::next`].
+    fn wanted(&mut self, names: Vec<BackupName>);
 }
 
 /// A frame from the target, owned so it can cross from the reader thread.
@@ -93,6 +96,10 @@ pub enum Reply {
         code: Code,
         message: String,
     },
+    Want {
+        name: String,
+    },
+    Ready,
 }
 
 impl Reply {
@@ -124,6 +131,10 @@ impl Reply {
                 },
             },
             Frame::Bye => Reply::Bye,
+            Frame::Want { name } => Reply::Want {
+                name: name.to_string(),
+            },
+            Frame::Ready => Reply::Ready,
             Frame::Fatal { code, message } => Reply::Fatal {
                 code,
                 message: message.to_string(),
@@ -320,7 +331,57 @@ impl<'a, F: Feed, W: Write> Session<'a, '_, F, W> {
             .map_err(|e| SessionError::Connection(format!("send to the target: {e}")))
     }
 
+    /// Waits for the target's greeting and hands its wants to the feed.
+    fn greeting(&mut self) -> Result<(), SessionError> {
+        let deadline = Instant::now() + DECISION_WAIT;
+        let mut wanted = Vec::new();
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                return Err(SessionError::Connection("the target did not greet".into()));
+            }
+            match self
+                .replies
+                .recv_timeout(left.min(Duration::from_millis(200)))
+            {
+                Ok(Ok(Reply::Want { name })) => {
+                    if let Ok(n) = BackupName::parse(&name) {
+                        wanted.push(n);
+                    }
+                }
+                Ok(Ok(Reply::Ready)) => break,
+                Ok(Ok(Reply::Fatal { code, message })) => {
+                    return Err(SessionError::Target { code, message })
+                }
+                Ok(Ok(other)) => {
+                    return Err(SessionError::Connection(format!(
+                        "the target answered {other:?} before its greeting"
+                    )))
+                }
+                Ok(Err(e)) => return Err(SessionError::Connection(e)),
+                Err(RecvTimeoutError::Timeout) => {
+                    if self.ctx.shutdown.load(Ordering::SeqCst) {
+                        return Err(SessionError::Shutdown);
+                    }
+                }
+                Err(RecvTimeoutError::Disconnected) => {
+                    return Err(SessionError::Connection("the target's stream ended".into()))
+                }
+            }
+        }
+        if !wanted.is_empty() {
+            log::info!(
+                "replication to {}: the target wants {} damaged copies again",
+                self.ctx.target,
+                wanted.len()
+            );
+            self.feed.wanted(wanted);
+        }
+        Ok(())
+    }
+
     fn run(&mut self) -> Result<(), SessionError> {
+        self.greeting()?;
         let mut feed_empty = false;
         loop {
             if self.ctx.shutdown.load(Ordering::SeqCst) {
@@ -459,6 +520,11 @@ impl<'a, F: Feed, W: Write> Session<'a, '_, F, W> {
                 }
             }
             Reply::Bye => return Ok(true),
+            Reply::Want { .. } | Reply::Ready => {
+                return Err(SessionError::Connection(
+                    "the target greeted in the middle of a session".into(),
+                ))
+            }
             Reply::Fatal { code, message } => {
                 return Err(SessionError::Target { code, message });
             }

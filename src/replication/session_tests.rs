@@ -120,6 +120,16 @@ impl Feed for MemFeed {
     fn release(&mut self, item_id: u64) {
         self.released.push(item_id);
     }
+    fn wanted(&mut self, names: Vec<BackupName>) {
+        for (i, n) in names.into_iter().enumerate() {
+            self.queue.push_back(Claimed {
+                item_id: 1000 + i as u64,
+                backup: n,
+                version: 0,
+                known_sha256: None,
+            });
+        }
+    }
 }
 
 /// A writer that fails after `left` bytes: a connection that breaks mid-chunk.
@@ -560,7 +570,8 @@ fn a_disconnect_mid_chunk_keeps_a_resumable_partial_and_nothing_visible() {
     );
     half.truncate(50_000);
     let answers = against_receiver_raw(&f, &frames, &half, true);
-    assert!(answers[0].contains("New"), "{answers:?}");
+    assert_eq!(answers[0], "Ready");
+    assert!(answers[1].contains("New"), "{answers:?}");
     assert!(!received_path(&f, "c/x").exists());
     let p = f.store.partial(&f.source.uuid, "c/x").unwrap().unwrap();
     assert_eq!((p.offset, p.version), (body.len() as u64, 3));
@@ -585,7 +596,7 @@ fn a_disconnect_mid_chunk_keeps_a_resumable_partial_and_nothing_visible() {
             prefix_sha256: sha(&body)
         }
     );
-    assert!(answers[0].contains(&want), "{answers:?}");
+    assert!(answers[1].contains(&want), "{answers:?}");
 }
 
 #[test]
@@ -666,4 +677,35 @@ fn repair_finishes_a_verified_commit_and_sweeps_orphans() {
         .unwrap()
         .is_some());
     assert!(f.store.partials().unwrap().is_empty());
+}
+
+#[test]
+fn a_copy_marked_damaged_is_wanted_again_and_replaced() {
+    let f = fixture("wanted");
+    let data = content(6, 100_000);
+    put(&f, "c/a", &data);
+    let mut feed = MemFeed::of(&["c/a"]);
+    session(&f, &mut feed, None).0.unwrap();
+    // Someone flips bytes on the target; a verify marks the row damaged.
+    std::fs::write(received_path(&f, "c/a"), content(7, 100_000)).unwrap();
+    let mut row = f
+        .store
+        .received_one(&f.source.uuid, "c/a")
+        .unwrap()
+        .unwrap();
+    row.damaged = Some("the copy differs".into());
+    f.store
+        .write(|tx| tx.put_received(&f.source.uuid, &row))
+        .unwrap();
+    // The next session with nothing queued learns of it and sends it again.
+    let mut next = MemFeed::default();
+    let summary = session(&f, &mut next, None).0.unwrap();
+    assert_eq!((summary.done, summary.bytes_sent), (1, 100_000));
+    assert_eq!(std::fs::read(received_path(&f, "c/a")).unwrap(), data);
+    let row = f
+        .store
+        .received_one(&f.source.uuid, "c/a")
+        .unwrap()
+        .unwrap();
+    assert!(row.damaged.is_none());
 }

@@ -9,7 +9,8 @@
 //! bytes. Integers are big endian; strings are `u16` length + UTF-8.
 //!
 //! Source → target: `Offer`, `Start`, `Data`, `End`, `Skip`, `Finish`.
-//! Target → source: `Decision`, `Outcome`, `Bye`, `Fatal`.
+//! Target → source: `Want` (a copy it wants again, after a verify found it damaged) and
+//! `Ready` first, then `Decision`, `Outcome`, `Bye`, `Fatal`.
 
 use std::fmt;
 
@@ -34,6 +35,8 @@ const DECISION: u8 = 0x81;
 const OUTCOME: u8 = 0x82;
 const BYE: u8 = 0x83;
 const FATAL: u8 = 0x84;
+const WANT: u8 = 0x85;
+const READY: u8 = 0x86;
 
 /// Why a target refuses or fails a file, as a number on the wire. The source's queue
 /// decides from it whether to retry.
@@ -169,6 +172,12 @@ pub enum Frame<'a> {
         code: Code,
         message: &'a str,
     },
+    /// The target wants this backup sent again (a verify found its copy damaged).
+    Want {
+        name: &'a str,
+    },
+    /// The target's greeting is complete (after any `Want`s); offers may be answered.
+    Ready,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -209,7 +218,7 @@ impl std::error::Error for FrameError {}
 pub fn payload_limit(kind: u8) -> Option<usize> {
     match kind {
         DATA => Some(MAX_DATA_PAYLOAD),
-        OFFER | START | END | SKIP | FINISH | DECISION | OUTCOME | BYE | FATAL => {
+        OFFER | START | END | SKIP | FINISH | DECISION | OUTCOME | BYE | FATAL | WANT | READY => {
             Some(MAX_CONTROL_PAYLOAD)
         }
         _ => None,
@@ -392,6 +401,10 @@ fn decode_payload(kind: u8, payload: &[u8]) -> Result<Frame<'_>, FrameError> {
             code: Code::from_number(c.u16("code")?),
             message: c.text("message")?,
         },
+        WANT => Frame::Want {
+            name: c.text("name")?,
+        },
+        READY => Frame::Ready,
         other => return Err(FrameError::UnknownKind(other)),
     };
     c.end()?;
@@ -499,6 +512,11 @@ pub fn encode(frame: &Frame<'_>, out: &mut Vec<u8>) {
             put_text(out, message);
             FATAL
         }
+        Frame::Want { name } => {
+            put_text(out, name);
+            WANT
+        }
+        Frame::Ready => READY,
     };
     let len = (out.len() - start - HEADER_LEN) as u32;
     out[start] = kind;
@@ -580,6 +598,8 @@ mod tests {
                 code: Code::NotPaired,
                 message: "no",
             },
+            Frame::Want { name: "c/x" },
+            Frame::Ready,
         ]
     }
 

@@ -471,6 +471,7 @@ fn file_and_record(
         // poll, a schedule) can touch it.
         if let Some(t) = existing {
             tx.delete_target(t.id)?;
+            tx.delete_items_of(t.id)?;
         }
         let r = TargetRecord {
             id: tx.next_target_id()?,
@@ -529,6 +530,8 @@ pub fn forget_target(
     let deleted = store.write(|tx| {
         let gone = tx.delete_target(found.id)?;
         if gone {
+            // Its replication queue goes with it; what the target received stays there.
+            tx.delete_items_of(found.id)?;
             tx.audit(&actor.audit(
                 now,
                 "target forgotten",
