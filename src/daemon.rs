@@ -595,6 +595,33 @@ pub fn run(config: Config) -> Result<(), DaemonError> {
         fsx::ensure_private_dir(&default.path).map_err(file_error(&default.path))?;
     }
 
+    // Replication: finish what a crash interrupted on the target side, load the settings.
+    match crate::replication::receiver::repair(&store, &config.storage, model::now()) {
+        Ok(r) if r != Default::default() => log::warn!(
+            "replication repaired at start: {} interrupted commits finished, {} partial copies dropped, {} stray partial files removed",
+            r.finished, r.dropped, r.swept
+        ),
+        Ok(_) => {}
+        Err(source) => {
+            return Err(DaemonError::Store {
+                action: "repair received backups",
+                source,
+            })
+        }
+    }
+    let replication = Arc::new(crate::replication::Shared::load(&store).map_err(|source| {
+        DaemonError::Store {
+            action: "load the replication settings",
+            source,
+        }
+    })?);
+    let verifier = crate::replication::verify::spawn_verifier(
+        replication.verifier.clone(),
+        store.clone(),
+        shutdown.clone(),
+    )
+    .map_err(spawn_error("the verify job"))?;
+
     let target_dirs = TargetDirs::new(paths.targets());
     target_dirs.ensure().map_err(DaemonError::Identity)?;
     remove_orphan_target_dirs(&store, &target_dirs);
@@ -611,6 +638,7 @@ pub fn run(config: Config) -> Result<(), DaemonError> {
         outgoing: Outgoing::new(),
         first_start,
         started,
+        replication: replication.clone(),
     });
     let poller = spawn_poller(
         Arc::new(SourceContext {
@@ -720,6 +748,7 @@ pub fn run(config: Config) -> Result<(), DaemonError> {
         let _ = w.join();
     }
     let _ = poller.join();
+    let _ = verifier.join();
     log::info!("stopped");
     Ok(())
 }

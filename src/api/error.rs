@@ -5,6 +5,7 @@ use crate::auth::AuthError;
 use crate::model::Chain;
 use crate::pairing::source::request::{CallError, SourceError};
 use crate::pairing::target::PairingError;
+use crate::replication::admin::AdminError;
 use crate::spool::SpoolError;
 use crate::store::StoreError;
 
@@ -191,6 +192,23 @@ impl From<PairingError> for ApiError {
                 retry_after,
             },
             P::Ca(_) | P::Clock(_) | P::Store(_) => ApiError::Internal(Box::new(e)),
+        }
+    }
+}
+
+impl From<AdminError> for ApiError {
+    fn from(e: AdminError) -> Self {
+        use AdminError as A;
+        let text = Chain(&e).to_string();
+        match e {
+            A::UnknownTarget(_) | A::UnknownItem(_) | A::NoSuchBackup { .. } => {
+                ApiError::NotFound(text)
+            }
+            A::TargetNotPaired { .. } | A::AlreadyQueued { .. } | A::NoStorage => {
+                ApiError::Conflict(text)
+            }
+            A::BadName(_) | A::Invalid(_) => ApiError::BadRequest(text),
+            A::Store(_) => ApiError::Internal(Box::new(e)),
         }
     }
 }

@@ -5,6 +5,7 @@
 pub mod body;
 pub mod error;
 mod pairing;
+mod queue;
 mod routes;
 mod source;
 mod spool_files;
@@ -54,6 +55,8 @@ pub struct App {
     pub first_start: UnixTime,
     /// This process's start.
     pub started: UnixTime,
+    /// Replication's live state: progress, settings in force, the verify job's queue.
+    pub replication: Arc<crate::replication::Shared>,
 }
 
 /// One request as a handler sees it.

@@ -8,7 +8,8 @@ use std::borrow::Cow;
 use super::body::percent_decode;
 use super::error::ApiError;
 use super::{
-    body, pairing, source, spool_files, storage, system, systems, users, App, Call, Handler, Reply,
+    body, pairing, queue, source, spool_files, storage, system, systems, users, App, Call,
+    Handler, Reply,
 };
 use crate::front::{ListenerKind, PeerInfo};
 use crate::model::{Privilege, UnixTime};
@@ -134,6 +135,60 @@ pub fn route_table() -> Vec<Route> {
             Token(Manage),
             source::forget_target,
         ),
+        // Replication (source: the queue, config, throttle; target: what arrived).
+        route("GET", "/api/replication/queue", Token(Monitor), queue::list),
+        route(
+            "GET",
+            "/api/replication/queue/active",
+            Token(Monitor),
+            queue::list_active,
+        ),
+        route(
+            "GET",
+            "/api/replication/queue/inactive",
+            Token(Monitor),
+            queue::list_inactive,
+        ),
+        route("POST", "/api/replication/queue", Token(Manage), queue::add),
+        route("PUT", "/api/replication/queue", Token(Manage), queue::change),
+        route(
+            "GET",
+            "/api/replication/config",
+            Token(Monitor),
+            queue::get_config,
+        ),
+        route(
+            "PUT",
+            "/api/replication/config",
+            Token(Manage),
+            queue::put_config,
+        ),
+        route(
+            "GET",
+            "/api/replication/throttle",
+            Token(Monitor),
+            queue::get_throttle,
+        ),
+        route(
+            "PUT",
+            "/api/replication/throttle",
+            Token(Manage),
+            queue::put_throttle,
+        ),
+        route(
+            "GET",
+            "/api/replication/received",
+            Token(Monitor),
+            queue::received,
+        )
+        .names_sid(),
+        route(
+            "POST",
+            "/api/replication/verify",
+            Token(Manage),
+            queue::verify,
+        )
+        .names_sid(),
         // Appliance-to-appliance protocol (no AuthToken).
         route(
             "POST",

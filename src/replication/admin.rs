@@ -56,7 +56,7 @@ impl fmt::Display for AdminError {
                 "target {id} is {}; backups replicate only to a complete pairing",
                 status.as_str()
             ),
-            AdminError::BadName(e) => write!(f, "field `backup`: {e}"),
+            AdminError::BadName(_) => f.write_str("field `backup`"),
             AdminError::NoSuchBackup { backup, problem } => {
                 write!(f, "no backup {backup:?} in the backup storage: {problem}")
             }
@@ -79,7 +79,7 @@ impl fmt::Display for AdminError {
             AdminError::NoStorage => {
                 f.write_str("this appliance has no backup storage to replicate from")
             }
-            AdminError::Store(e) => write!(f, "{e}"),
+            AdminError::Store(_) => f.write_str("replication state"),
         }
     }
 }

@@ -14,5 +14,29 @@ pub mod stream;
 pub mod throttle;
 pub mod verify;
 
+use std::sync::Arc;
+
+use crate::store::{Store, StoreError};
+
+/// The replication state the API, the jobs and the tunnel's transfer handler share,
+/// built once by the daemon.
+#[derive(Debug)]
+pub struct Shared {
+    pub live: live::Live,
+    pub ledger: receiver::Ledger,
+    pub verifier: Arc<verify::Verifier>,
+}
+
+impl Shared {
+    /// Loads the stored settings into a fresh live state.
+    pub fn load(store: &Store) -> Result<Shared, StoreError> {
+        Ok(Shared {
+            live: live::Live::new(store.replication_config()?, store.throttle()?),
+            ledger: receiver::Ledger::default(),
+            verifier: Arc::new(verify::Verifier::default()),
+        })
+    }
+}
+
 #[cfg(test)]
 mod session_tests;
