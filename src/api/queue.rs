@@ -181,7 +181,11 @@ pub fn list_inactive(call: &Call) -> Result<Reply, ApiError> {
     queue_reply(call, Lists::Inactive)
 }
 
-fn items_reply(status: u16, items: &[crate::store::QueueItem], call: &Call) -> Result<Reply, ApiError> {
+fn items_reply(
+    status: u16,
+    items: &[crate::store::QueueItem],
+    call: &Call,
+) -> Result<Reply, ApiError> {
     let hosts: std::collections::HashMap<u64, String> = call
         .app
         .store
@@ -219,7 +223,11 @@ pub fn add(call: &Call) -> Result<Reply, ApiError> {
         call.now,
     )?;
     let view = ItemView {
-        target: app.store.target(target_id)?.map(|t| t.host).unwrap_or_default(),
+        target: app
+            .store
+            .target(target_id)?
+            .map(|t| t.host)
+            .unwrap_or_default(),
         queue_position: 0,
         progress: None,
         item,
@@ -252,15 +260,15 @@ fn clients_of(body: &Body) -> Result<Vec<String>, ApiError> {
     let Some(v) = body.value("clients") else {
         return Ok(Vec::new());
     };
-    let list = v
-        .as_array()
-        .ok_or_else(|| ApiError::BadRequest("field `clients` must be a list of client names".into()))?;
+    let list = v.as_array().ok_or_else(|| {
+        ApiError::BadRequest("field `clients` must be a list of client names".into())
+    })?;
     list.iter()
         .enumerate()
         .map(|(i, c)| {
-            c.as_str()
-                .map(String::from)
-                .ok_or_else(|| ApiError::BadRequest(format!("field `clients[{i}]` must be a string")))
+            c.as_str().map(String::from).ok_or_else(|| {
+                ApiError::BadRequest(format!("field `clients[{i}]` must be a string"))
+            })
         })
         .collect()
 }
@@ -287,7 +295,13 @@ pub fn change(call: &Call) -> Result<Reply, ApiError> {
         action,
     };
     let app = call.app;
-    let items = admin::change(&app.store, &app.replication.live, &c, &actor(call), call.now)?;
+    let items = admin::change(
+        &app.store,
+        &app.replication.live,
+        &c,
+        &actor(call),
+        call.now,
+    )?;
     items_reply(200, &items, call)
 }
 
@@ -302,7 +316,10 @@ fn config_json(c: &ReplicationConfig) -> Value {
 
 /// `GET /api/replication/config`.
 pub fn get_config(call: &Call) -> Result<Reply, ApiError> {
-    Ok(Reply::json(200, config_json(&call.app.store.replication_config()?)))
+    Ok(Reply::json(
+        200,
+        config_json(&call.app.store.replication_config()?),
+    ))
 }
 
 /// `PUT /api/replication/config`: fields given replace the stored ones. The body may be
@@ -381,7 +398,12 @@ fn window(i: usize, v: &Value) -> Result<ThrottleWindow, ApiError> {
     let days = m
         .get("days")
         .and_then(Value::as_array)
-        .ok_or_else(|| ApiError::BadRequest(format!("field `{}` must be a list of weekdays 0-6", field("days"))))?
+        .ok_or_else(|| {
+            ApiError::BadRequest(format!(
+                "field `{}` must be a list of weekdays 0-6",
+                field("days")
+            ))
+        })?
         .iter()
         .map(|d| number_value(&field("days"), d, 0, 6).map(|d| d as u8))
         .collect::<Result<Vec<u8>, ApiError>>()?;
@@ -398,9 +420,9 @@ pub fn put_throttle(call: &Call) -> Result<Reply, ApiError> {
     let body = call.json()?;
     let mut t = call.app.store.throttle()?;
     if let Some(v) = body.value("throttle") {
-        let list = v
-            .as_array()
-            .ok_or_else(|| ApiError::BadRequest("field `throttle` must be a list of windows".into()))?;
+        let list = v.as_array().ok_or_else(|| {
+            ApiError::BadRequest("field `throttle` must be a list of windows".into())
+        })?;
         t.windows = list
             .iter()
             .enumerate()
@@ -426,7 +448,7 @@ fn source_of(call: &Call) -> Result<(u64, String, crate::config::Storage), ApiEr
         .app
         .store
         .system(sid)?
-        .filter(|r| crate::pairing::target::is_source_role(&r.role))
+        .filter(|r| r.role.is_source())
         .ok_or_else(|| ApiError::NotFound(format!("no replication source with sid {sid}")))?;
     let uuid = row.system_uuid.clone().unwrap_or_default();
     let storage = row
@@ -495,10 +517,19 @@ pub fn verify(call: &Call) -> Result<Reply, ApiError> {
         .app
         .replication
         .verifier
-        .request(sid, &uuid, storage.id, storage.path.clone(), copies, call.now)
+        .request(
+            sid,
+            &uuid,
+            storage.id,
+            storage.path.clone(),
+            copies,
+            call.now,
+        )
         .map_err(|e| match e {
             crate::replication::verify::VerifyError::Running => ApiError::Conflict(e.to_string()),
-            crate::replication::verify::VerifyError::Stopped => ApiError::Unavailable(e.to_string()),
+            crate::replication::verify::VerifyError::Stopped => {
+                ApiError::Unavailable(e.to_string())
+            }
         })?;
     let mut v = json!({ "sid": sid, "status": "verifying" });
     v["verify"] = verify_json(&status);

@@ -150,7 +150,12 @@ pub fn route_table() -> Vec<Route> {
             queue::list_inactive,
         ),
         route("POST", "/api/replication/queue", Token(Manage), queue::add),
-        route("PUT", "/api/replication/queue", Token(Manage), queue::change),
+        route(
+            "PUT",
+            "/api/replication/queue",
+            Token(Manage),
+            queue::change,
+        ),
         route(
             "GET",
             "/api/replication/config",

@@ -1043,7 +1043,10 @@ mod tests {
             user: "root".into(),
             address: "-".into(),
         };
-        let accept = Decision::Accept { storage_id: None };
+        let accept = Decision::Accept {
+            storage_id: None,
+            quota_mb: None,
+        };
         let e = resolve(&side, r.id, accept, &actor, now).unwrap_err();
         assert!(matches!(e, PairingError::Clock(t) if t == now), "{e:?}");
         assert_eq!(

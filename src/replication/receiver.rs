@@ -80,7 +80,7 @@ pub fn identify(
         .system(cert.system_id)
         .map_err(internal)?
         .filter(|r| r.cert_serial.as_deref() == Some(serial))
-        .filter(|r| crate::pairing::target::is_source_role(&r.role))
+        .filter(|r| r.role.is_source())
         .ok_or((
             Code::NotPaired,
             "this certificate belongs to no paired source".to_string(),

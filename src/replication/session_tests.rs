@@ -49,7 +49,7 @@ fn fixture(name: &str) -> Fixture {
                 id: 1,
                 name: "s".into(),
                 path: dir.join("storage"),
-                usage: "backup".into(),
+                usage: crate::config::StorageUsage::Backup,
             },
             quota_mb: None,
         },

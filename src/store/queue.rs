@@ -408,7 +408,12 @@ impl Txn {
                 item,
             )?;
         } else {
-            put(&mut self.inner.open_table(schema::QUEUE)?, "queue", item.id, item)?;
+            put(
+                &mut self.inner.open_table(schema::QUEUE)?,
+                "queue",
+                item.id,
+                item,
+            )?;
         }
         let key = (item.target_id, item.backup.as_str());
         let current = latest_item(&self.inner, item.target_id, &item.backup)?;
