@@ -8,8 +8,8 @@ use std::borrow::Cow;
 use super::body::percent_decode;
 use super::error::ApiError;
 use super::{
-    body, pairing, queue, source, spool_files, storage, system, systems, users, App, Call,
-    Handler, Reply,
+    body, pairing, queue, source, spool_files, storage, system, systems, users, App, Call, Handler,
+    Reply,
 };
 use crate::front::{ListenerKind, PeerInfo};
 use crate::model::{Privilege, UnixTime};

@@ -18,6 +18,7 @@ mod openapi;
 mod operability;
 mod ops;
 mod pairing;
+mod replication;
 mod rng;
 mod target;
 mod tidy;
