@@ -439,7 +439,11 @@ struct BodyRoute {
 }
 
 /// POST/PUT routes that read no body.
-const NO_BODY: &[(&str, &str)] = &[("POST", "/api/logout")];
+const NO_BODY: &[(&str, &str)] = &[
+    ("POST", "/api/logout"),
+    // The verify reads only `sid`; its body is ignored.
+    ("POST", "/api/replication/verify"),
+];
 
 fn body_routes(csr_pem: &str) -> Vec<BodyRoute> {
     let s = |v: &str| Value::String(v.into()).to_string();
@@ -504,6 +508,27 @@ fn body_routes(csr_pem: &str) -> Vec<BodyRoute> {
                 ("insecure", Flag, "1".into()),
                 ("fingerprint", Str, s(&"ab".repeat(32))),
             ],
+        },
+        BodyRoute {
+            method: "POST",
+            path: "/api/replication/queue",
+            fields: vec![("target_id", Id, "1".into()), ("backup", Str, s("c/x"))],
+        },
+        BodyRoute {
+            method: "PUT",
+            path: "/api/replication/queue",
+            fields: vec![("action", Str, s("none")), ("target_id", Id, "1".into())],
+        },
+        BodyRoute {
+            method: "PUT",
+            path: "/api/replication/config",
+            fields: vec![("strategy", Str, s("retention"))],
+        },
+        // Windows and the link speed are numbers and lists, which the live run mutates.
+        BodyRoute {
+            method: "PUT",
+            path: "/api/replication/throttle",
+            fields: vec![],
         },
         BodyRoute {
             method: "POST",
