@@ -152,17 +152,7 @@ pub fn read_regular_nofollow_with_metadata(
     path: &Path,
     limit: u64,
 ) -> io::Result<(Vec<u8>, fs::Metadata)> {
-    let f = OpenOptions::new()
-        .read(true)
-        .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK)
-        .open(path)?;
-    let meta = f.metadata()?;
-    if !meta.is_file() {
-        return Err(io::Error::new(
-            io::ErrorKind::InvalidInput,
-            "not a regular file",
-        ));
-    }
+    let (f, meta) = open_regular_nofollow(path)?;
     if meta.len() > limit {
         return Err(io::Error::new(
             io::ErrorKind::InvalidData,
