@@ -219,17 +219,21 @@ fn set_status(
     message: Option<String>,
     now: UnixTime,
 ) {
-    if let Some(m) = &message {
-        log::warn!("target {id}: {} ({m})", status.as_str());
-    } else {
-        log::info!("target {id}: {}", status.as_str());
-    }
-    if let Err(e) = update(&ctx.store, id, |r| source::finish(r, status, message, now)) {
-        log::error!(
+    let text = message.clone();
+    match update(&ctx.store, id, |r| source::finish(r, status, message, now)) {
+        // The event line names the target's address, after the status is recorded.
+        Ok(row) => {
+            let host = row.map(|r| r.host).unwrap_or_else(|| "?".into());
+            match text {
+                Some(m) => log::warn!("target {id} ({host}): {} ({m})", status.as_str()),
+                None => log::info!("target {id} ({host}): {}", status.as_str()),
+            }
+        }
+        Err(e) => log::error!(
             "target {id}: record status {}: {}",
             status.as_str(),
             Chain(&e)
-        );
+        ),
     }
 }
 

@@ -153,6 +153,20 @@ pub struct Store {
     revocations: Arc<AtomicU64>,
 }
 
+/// The log line of an audited event, written after its commit: what, to what, the
+/// detail, who and from where, and the audit row that holds it.
+pub fn event_line(id: u64, a: &AuditRecord) -> String {
+    let detail = if a.detail.is_empty() {
+        String::new()
+    } else {
+        format!(": {}", a.detail)
+    };
+    format!(
+        "{} {}{detail} (by {} from {}, audit {id})",
+        a.action, a.object, a.user, a.address
+    )
+}
+
 impl Store {
     /// Opens (creating if missing) the database at `path`, mode 0600, and migrates the
     /// schema to the current version.
@@ -184,14 +198,19 @@ impl Store {
         let txn = Txn {
             inner: self.db.begin_write().map_err(StoreError::from)?,
             revoked: Cell::new(false),
+            audited: Default::default(),
         };
         let value = f(&txn)?;
+        let audited = txn.audited.take();
         let revoked = txn.revoked.get();
         txn.inner.commit().map_err(StoreError::from)?;
         if revoked {
             // After the commit: whoever sees the new generation and reads again finds the
             // revocation.
             self.revocations.fetch_add(1, Ordering::Release);
+        }
+        for (id, a) in &audited {
+            log::info!("{}", event_line(*id, a));
         }
         Ok(value)
     }

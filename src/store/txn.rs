@@ -2,7 +2,7 @@
 //! file a request, create a user) commits all its rows together or none of them. Every
 //! write of the store is a method here, run through `Store::write`.
 
-use std::cell::Cell;
+use std::cell::{Cell, RefCell};
 
 use redb::{ReadableTable, Table, WriteTransaction};
 use serde::de::DeserializeOwned;
@@ -23,6 +23,9 @@ pub struct Txn {
     /// Set by [`Txn::revoke`]; `Store::write` bumps the revocation generation after the
     /// commit.
     pub(super) revoked: Cell<bool>,
+    /// What [`Txn::audit`] recorded, with the row ids: `Store::write` logs each as an
+    /// event line once the commit has made it true (SPEC 15).
+    pub(super) audited: RefCell<Vec<(u64, AuditRecord)>>,
 }
 
 /// Encodes `value` and stores it under `key` in the JSON-valued table `t`.
@@ -412,6 +415,7 @@ impl Txn {
     pub fn audit(&self, a: &AuditRecord) -> Result<u64> {
         let id = self.after_last(schema::AUDIT, 1)?;
         put(&mut self.inner.open_table(schema::AUDIT)?, "audit", id, a)?;
+        self.audited.borrow_mut().push((id, a.clone()));
         Ok(id)
     }
 }

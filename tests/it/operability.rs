@@ -139,3 +139,106 @@ fn settings_that_do_not_do_what_they_seem_are_warned_about_at_start() {
     );
     assert!(f.log().contains("fault injection is on"), "{}", f.log());
 }
+
+/// The log's line for `action` on `object`, if there is one.
+fn event<'a>(log: &'a str, action: &str, object: &str) -> Option<&'a str> {
+    log.lines()
+        .find(|l| l.contains(" [INFO ] ") && l.contains(&format!("{action} {object}")))
+}
+
+#[test]
+fn every_pairing_event_is_one_info_line_naming_the_request_or_system_and_the_peer() {
+    let d = Daemon::start("op-events", Options::default());
+    let root = d.root_token();
+    let resolve = |body: serde_json::Value| {
+        let r = d
+            .client()
+            .post_json("/api/replication/source", Some(&root), &body);
+        assert_eq!(r.status, 201, "{}", r.text());
+        r.json()
+    };
+    let accepted = d.file_request("e0e0e0e0-0000-4333-8444-555555555555");
+    let rejected = d.file_request("e0e0e0e0-0001-4333-8444-555555555555");
+    let ignored = d.file_request("e0e0e0e0-0002-4333-8444-555555555555");
+    let sid = resolve(serde_json::json!({"request_id": accepted.id, "accept": true}))["system_id"]
+        .as_u64()
+        .unwrap();
+    resolve(serde_json::json!({"request_id": rejected.id, "accept": false, "message": "no"}));
+    let r = d.client().delete(
+        &format!("/api/replication/pending/{}", ignored.id),
+        Some(&root),
+    );
+    assert_eq!(r.status, 200);
+    let r = d
+        .client()
+        .delete(&format!("/api/replication/source?sid={sid}"), Some(&root));
+    assert_eq!(r.status, 200);
+    let log = d.log();
+    for (action, object) in [
+        ("request filed", format!("request:{}", accepted.id)),
+        ("request accepted", format!("request:{}", accepted.id)),
+        ("request rejected", format!("request:{}", rejected.id)),
+        ("request ignored", format!("request:{}", ignored.id)),
+        ("source unpaired", format!("system:{sid}")),
+    ] {
+        let line = event(&log, action, &object)
+            .unwrap_or_else(|| panic!("no event line for {action} {object}:\n{log}"));
+        assert!(line.contains("from 127.0.0.1"), "{line}");
+    }
+
+    let e = Daemon::start("op-expiry", Options::default().set("request_ttl", 1));
+    let filed = e.file_request("e0e0e0e0-0003-4333-8444-555555555555");
+    crate::harness::eventually(
+        std::time::Duration::from_secs(10),
+        "the expiry's event line",
+        || {
+            event(
+                &e.log(),
+                "request expired",
+                &format!("request:{}", filed.id),
+            )
+            .map(|_| ())
+        },
+    );
+}
+
+#[test]
+fn both_sides_of_a_pairing_log_it() {
+    let (src, tgt) = crate::harness::start_pair("op-pair");
+    let (st, tt) = (src.root_token(), tgt.root_token());
+    let body = serde_json::json!({"type": "appliance", "target": tgt.api.to_string(),
+                                  "fingerprint": tgt.ca_fingerprint()});
+    let r = src
+        .client()
+        .post_json("/api/replication/target", Some(&st), &body);
+    assert_eq!(r.status, 201, "{}", r.text());
+    let id = r.json()["request_id"].clone();
+    let r = tgt.client().post_json(
+        "/api/replication/source",
+        Some(&tt),
+        &serde_json::json!({"request_id": id, "accept": true}),
+    );
+    assert_eq!(r.status, 201, "{}", r.text());
+    let target = tgt.api.to_string();
+    crate::harness::eventually(
+        std::time::Duration::from_secs(crate::harness::POLL + 8),
+        "the source's complete line",
+        || {
+            src.log()
+                .lines()
+                .any(|l| l.contains(&format!("({target}): complete")))
+                .then_some(())
+        },
+    );
+    assert!(
+        event(&src.log(), "target requested", "").is_some(),
+        "{}",
+        src.log()
+    );
+    let collected = crate::harness::eventually(
+        std::time::Duration::from_secs(5),
+        "the target's collected line",
+        || event(&tgt.log(), "pairing collected", "system:").map(String::from),
+    );
+    assert!(collected.contains("from tunnel"), "{collected}");
+}
