@@ -1,6 +1,6 @@
 //! Wiring: prepare the data directory (database, CA, listener certificates, first user),
-//! start the TLS fronts, the tiny_http backend and its workers, run maintenance, and shut
-//! down in order on SIGTERM/SIGINT. Owns no policy of its own.
+//! start the API front, the tiny_http backend and its workers, the tunnel server, run
+//! maintenance, and shut down in order on SIGTERM/SIGINT. Owns no policy of its own.
 
 use std::fmt;
 use std::io;
