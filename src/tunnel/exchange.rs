@@ -297,7 +297,11 @@ fn response_head(
     close: bool,
     headers: &[(&'static str, String)],
 ) -> Vec<u8> {
-    let mut head = format!("HTTP/1.1 {status} {}\r\n", reason(status));
+    let mut head = format!(
+        "HTTP/1.1 {status} {}\r\nDate: {}\r\n",
+        reason(status),
+        httpdate::fmt_http_date(std::time::SystemTime::now())
+    );
     if !content_type.is_empty() {
         head.push_str(&format!("Content-Type: {content_type}\r\n"));
     }
@@ -696,7 +700,8 @@ mod unit {
     fn response_heads_say_how_the_body_is_framed() {
         let head = response_head(200, "application/json", Framing::Length(5), false, &[]);
         let text = String::from_utf8(head).unwrap();
-        assert!(text.starts_with("HTTP/1.1 200 OK\r\n"), "{text}");
+        assert!(text.starts_with("HTTP/1.1 200 OK\r\nDate: "), "{text}");
+        assert!(text.contains(" GMT\r\n"), "{text}");
         assert!(text.contains("Content-Length: 5\r\n"));
         assert!(!text.contains("Connection: close"));
         assert!(text.ends_with("\r\n\r\n"));
