@@ -17,29 +17,63 @@ fn missing(field: &str) -> ApiError {
     ApiError::BadRequest(format!("field `{field}` is required"))
 }
 
-/// Parses a numeric id given as a JSON number or a string of digits.
+/// The largest id or count accepted anywhere: ids are stored as `u64` but documented
+/// (and handed out) as `int64`.
+pub const MAX_INT: u64 = i64::MAX as u64;
+
+/// Significant digits a string id may have: 18 keeps every such string below `MAX_INT`,
+/// which a pattern in docs/openapi.yaml can say exactly.
+const MAX_STRING_ID_DIGITS: usize = 18;
+
+const ID: &str = "a positive integer or a numeric string";
+
+/// Parses a numeric id given as a JSON number (1 to `MAX_INT`) or a string of digits
+/// (leading zeros allowed, at most 18 significant digits, no sign or spaces).
 pub fn id_value(field: &str, v: &Value) -> Result<u64, ApiError> {
-    let expected = "a positive integer or a numeric string";
     match v {
         Value::Number(n) => n
             .as_u64()
-            .filter(|n| *n > 0)
-            .ok_or_else(|| wrong(field, expected)),
-        Value::String(s) => parse_id(field, s),
-        _ => Err(wrong(field, expected)),
+            .filter(|n| (1..=MAX_INT).contains(n))
+            .ok_or_else(|| wrong(field, ID)),
+        Value::String(s) => {
+            let significant = s.trim_start_matches('0');
+            let ok = s.bytes().all(|b| b.is_ascii_digit())
+                && (1..=MAX_STRING_ID_DIGITS).contains(&significant.len());
+            ok.then(|| significant.parse().ok())
+                .flatten()
+                .ok_or_else(|| wrong(field, ID))
+        }
+        _ => Err(wrong(field, ID)),
     }
 }
 
-/// Parses a positive decimal id from text (a query parameter or a path segment).
-pub fn parse_id(field: &str, s: &str) -> Result<u64, ApiError> {
-    let t = s.trim();
-    if t.is_empty() || t.len() > 19 || !t.bytes().all(|b| b.is_ascii_digit()) {
-        return Err(wrong(field, "a positive integer or a numeric string"));
+/// Parses a decimal integer from text (a query parameter or a path segment) within
+/// `min..=max`: digits only, no sign or spaces, leading zeros allowed.
+pub fn parse_int(field: &str, s: &str, min: u64, max: u64) -> Result<u64, ApiError> {
+    let bad = || wrong(field, &format!("an integer from {min} to {max}"));
+    let significant = s.trim_start_matches('0');
+    if s.is_empty() || !s.bytes().all(|b| b.is_ascii_digit()) || significant.len() > 19 {
+        return Err(bad());
     }
-    t.parse::<u64>()
-        .ok()
-        .filter(|n| *n > 0)
-        .ok_or_else(|| wrong(field, "a positive integer or a numeric string"))
+    let n = if significant.is_empty() {
+        0
+    } else {
+        significant.parse::<u64>().map_err(|_| bad())?
+    };
+    if n < min || n > max {
+        return Err(bad());
+    }
+    Ok(n)
+}
+
+/// A positive id from text: 1 to `MAX_INT`.
+pub fn parse_id(field: &str, s: &str) -> Result<u64, ApiError> {
+    parse_int(field, s, 1, MAX_INT)
+}
+
+/// A paging position (`after`): 0 to `MAX_INT`, 0 when absent.
+pub fn after(value: Option<&str>) -> Result<u64, ApiError> {
+    value.map_or(Ok(0), |v| parse_int("after", v, 0, MAX_INT))
 }
 
 /// A `limit` query value: a positive integer, at most `cap` when given. One above what
@@ -246,12 +280,17 @@ mod tests {
     #[test]
     fn ids_accept_numbers_and_numeric_strings_only() {
         let b = Body::parse(
-            br#"{"a": 3, "b": "3", "c": "x3", "d": -1, "e": 1.5, "f": true, "g": "0"}"#,
+            br#"{"a": 3, "b": "3", "c": "x3", "d": -1, "e": 1.5, "f": true, "g": "0",
+                 "h": "007", "i": " 3", "j": 9223372036854775807, "k": 9223372036854775808,
+                 "l": "999999999999999999", "m": "1000000000000000000", "n": ""}"#,
         )
         .unwrap();
         assert_eq!(b.id("a").unwrap(), 3);
         assert_eq!(b.id("b").unwrap(), 3);
-        for f in ["c", "d", "e", "f", "g"] {
+        assert_eq!(b.id("h").unwrap(), 7);
+        assert_eq!(b.id("j").unwrap(), MAX_INT);
+        assert_eq!(b.id("l").unwrap(), 999_999_999_999_999_999);
+        for f in ["c", "d", "e", "f", "g", "i", "k", "m", "n"] {
             let e = b.id(f).unwrap_err();
             assert!(e.to_string().contains(&format!("`{f}`")), "{e}");
         }
@@ -260,6 +299,31 @@ mod tests {
             .unwrap_err()
             .to_string()
             .contains("required"));
+    }
+
+    #[test]
+    fn text_integers_are_digits_within_bounds() {
+        assert_eq!(parse_id("sid", "1").unwrap(), 1);
+        assert_eq!(parse_id("sid", "0009223372036854775807").unwrap(), MAX_INT);
+        for bad in [
+            "",
+            "0",
+            "-1",
+            "+1",
+            " 1",
+            "1 ",
+            "1.0",
+            "9223372036854775808",
+            "99999999999999999999",
+            "x",
+        ] {
+            assert!(parse_id("sid", bad).is_err(), "{bad:?}");
+        }
+        assert_eq!(after(None).unwrap(), 0);
+        assert_eq!(after(Some("0")).unwrap(), 0);
+        assert!(after(Some("9223372036854775808")).is_err());
+        assert_eq!(parse_limit("limit", "1000", Some(1000)).unwrap(), 1000);
+        assert!(parse_limit("limit", "9223372036854775808", None).is_err());
     }
 
     #[test]

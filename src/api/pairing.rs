@@ -4,7 +4,7 @@
 use serde::Serialize;
 use serde_json::json;
 
-use super::body::{parse_id, parse_limit};
+use super::body::{self, parse_id, parse_limit};
 use super::error::ApiError;
 use super::{Call, ListWriter, Reply};
 use crate::config::Fault;
@@ -15,7 +15,7 @@ use crate::store::{RequestStatus, RequestSummary};
 use crate::wire::protocol::{self, SpoolToken};
 
 /// Largest CSR accepted (an RSA-4096 CSR is about 1.7 KB of PEM).
-const MAX_CSR_BYTES: usize = 16 * 1024;
+const MAX_CSR_CHARS: usize = 16 * 1024;
 
 pub(super) fn actor(call: &Call) -> Actor {
     Actor {
@@ -37,13 +37,13 @@ fn write_spool(call: &Call, id: u64) -> Result<(), ApiError> {
 pub fn file_request(call: &Call) -> Result<Reply, ApiError> {
     let body = call.json()?;
     let csr = body.str("csr")?;
-    if csr.len() > MAX_CSR_BYTES {
+    if csr.chars().count() > MAX_CSR_CHARS {
         return Err(ApiError::BadRequest(format!(
-            "field `csr` exceeds {MAX_CSR_BYTES} bytes"
+            "field `csr` exceeds {MAX_CSR_CHARS} characters"
         )));
     }
     let new = NewRequest {
-        system_uuid: body.str("system_uuid")?.trim().to_ascii_lowercase(),
+        system_uuid: body.str("system_uuid")?.to_ascii_lowercase(),
         name: body.str("name")?.to_string(),
         host: body.str("host")?.to_string(),
         asset_tag: body
@@ -137,10 +137,7 @@ pub(super) fn visit_listed(
     include_rejected: bool,
     visit: impl FnMut(&RequestSummary<'_>),
 ) -> Result<(), ApiError> {
-    let after = match call.query("after") {
-        Some(v) if v != "0" => parse_id("after", v)?,
-        _ => 0,
-    };
+    let after = body::after(call.query("after"))?;
     let limit = match call.query("limit") {
         Some(v) => parse_limit("limit", v, None)?,
         None => usize::MAX,
@@ -168,6 +165,13 @@ pub fn resolve(call: &Call) -> Result<Reply, ApiError> {
     let body = call.json()?;
     let id = body.id("request_id")?;
     let accept = body.flag("accept")?;
+    let message = body.opt_str("message")?.unwrap_or("");
+    if message.chars().count() > target::MAX_MESSAGE_CHARS {
+        return Err(ApiError::BadRequest(format!(
+            "field `message` must be at most {} characters",
+            target::MAX_MESSAGE_CHARS
+        )));
+    }
     let decision = if accept {
         Decision::Accept {
             storage_id: body.opt_id("storage_id")?,
@@ -175,7 +179,7 @@ pub fn resolve(call: &Call) -> Result<Reply, ApiError> {
         }
     } else {
         Decision::Reject {
-            message: body.opt_str("message")?.unwrap_or("").to_string(),
+            message: message.to_string(),
         }
     };
     let app = call.app;

@@ -430,7 +430,7 @@ mod tests {
         let q = |s: &str| body::parse_query(s);
         assert!(check_sid_filter(&q("")).is_ok());
         assert!(check_sid_filter(&q("sid=1&usage=backup")).is_ok());
-        assert!(check_sid_filter(&q("sid=%201")).is_ok());
+        assert!(check_sid_filter(&q("sid=001")).is_ok());
         match check_sid_filter(&q("sid=3")) {
             Err(ApiError::NotFound(m)) => assert!(m.contains("id 3"), "{m}"),
             other => panic!("{other:?}"),
@@ -439,7 +439,7 @@ mod tests {
             check_sid_filter(&q("sid=1&sid=4")),
             Err(ApiError::NotFound(_))
         ));
-        for bad in ["sid=", "sid=x", "sid=0", "sid=-1"] {
+        for bad in ["sid=", "sid=x", "sid=0", "sid=-1", "sid=%201"] {
             assert!(
                 matches!(check_sid_filter(&q(bad)), Err(ApiError::BadRequest(_))),
                 "{bad}"

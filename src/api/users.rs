@@ -10,6 +10,11 @@ use crate::store::{AuditRecord, UserRecord, UserWrite};
 
 /// Passwords set through the API must be at least this long.
 const MIN_PASSWORD_CHARS: usize = 8;
+/// ... and at most this long: 256 characters are at most 1024 bytes of UTF-8, which login
+/// takes (`auth::MAX_PASSWORD_BYTES`), so every password set can be used.
+const MAX_PASSWORD_CHARS: usize = 256;
+/// `GET /api/audit` pages hold at most this many rows.
+const MAX_AUDIT_PAGE: u64 = 1_000;
 
 pub fn login(call: &Call) -> Result<Reply, ApiError> {
     let body = call.json()?;
@@ -49,10 +54,9 @@ fn privilege_field(value: &str) -> Result<Privilege, ApiError> {
 
 fn password_field(value: &str) -> Result<String, ApiError> {
     let n = value.chars().count();
-    if n < MIN_PASSWORD_CHARS || value.len() > auth::MAX_PASSWORD_BYTES {
+    if !(MIN_PASSWORD_CHARS..=MAX_PASSWORD_CHARS).contains(&n) {
         return Err(ApiError::BadRequest(format!(
-            "field `password` must be {MIN_PASSWORD_CHARS} to {} characters",
-            auth::MAX_PASSWORD_BYTES
+            "field `password` must be {MIN_PASSWORD_CHARS} to {MAX_PASSWORD_CHARS} characters"
         )));
     }
     Ok(auth::hash_password(value)?)
@@ -157,12 +161,9 @@ pub fn delete(call: &Call) -> Result<Reply, ApiError> {
 }
 
 pub fn audit_log(call: &Call) -> Result<Reply, ApiError> {
-    let after = match call.query("after") {
-        Some(v) if v != "0" => super::body::parse_id("after", v)?,
-        _ => 0,
-    };
+    let after = super::body::after(call.query("after"))?;
     let limit = match call.query("limit") {
-        Some(v) => super::body::parse_limit("limit", v, Some(1_000))?,
+        Some(v) => super::body::parse_limit("limit", v, Some(MAX_AUDIT_PAGE))?,
         None => 100,
     };
     let rows: Vec<_> = call

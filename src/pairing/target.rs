@@ -193,7 +193,7 @@ fn check_text(
     max: usize,
     allow: impl Fn(char) -> bool,
 ) -> Result<(), PairingError> {
-    if value.is_empty() || value.len() > max || !value.chars().all(allow) {
+    if value.is_empty() || value.chars().count() > max || !value.chars().all(allow) {
         return Err(PairingError::InvalidField {
             field,
             problem: format!("must be 1 to {max} characters of the allowed set"),
@@ -224,7 +224,7 @@ impl NewRequest {
 /// An asset tag may be empty (none), else at most 255 printable characters.
 fn check_asset_tag(tag: Option<&str>) -> Result<(), PairingError> {
     match tag {
-        Some(tag) if tag.len() > 255 || !tag.chars().all(printable) => {
+        Some(tag) if tag.chars().count() > 255 || !tag.chars().all(printable) => {
             Err(PairingError::InvalidField {
                 field: "asset_tag",
                 problem: "must be at most 255 printable characters".into(),
@@ -333,6 +333,25 @@ pub fn file_request(
             }
         }
     })
+}
+
+/// The longest message an admin may give a decision, in characters.
+pub const MAX_MESSAGE_CHARS: usize = 1_024;
+
+/// A rejection's message as stored: at most [`MAX_MESSAGE_CHARS`], trimmed of spaces,
+/// tabs and line breaks, not empty.
+pub fn rejection_message(message: &str) -> Result<String, PairingError> {
+    if message.chars().count() > MAX_MESSAGE_CHARS {
+        return Err(PairingError::InvalidField {
+            field: "message",
+            problem: format!("must be at most {MAX_MESSAGE_CHARS} characters"),
+        });
+    }
+    let trimmed = message.trim_matches([' ', '\t', '\r', '\n']);
+    if trimmed.is_empty() {
+        return Err(PairingError::MessageRequired);
+    }
+    Ok(trimmed.to_string())
 }
 
 /// What an admin decided.
@@ -485,40 +504,35 @@ pub fn resolve(
         storage,
         cert_days,
     } = *side;
+    // The input first, then the state: a bad message is a 400 whatever the request is.
+    let decision = match decision {
+        Decision::Reject { message } => Decision::Reject {
+            message: rejection_message(&message)?,
+        },
+        accept => accept,
+    };
     let current = store.request(id)?.ok_or(PairingError::UnknownRequest(id))?;
     check_pending(&current, now)?;
     match decision {
-        Decision::Reject { message } => {
-            let message = message.trim().to_string();
-            if message.is_empty() {
-                return Err(PairingError::MessageRequired);
-            }
-            if message.len() > 1_024 {
-                return Err(PairingError::InvalidField {
-                    field: "message",
-                    problem: "must be at most 1024 bytes".into(),
-                });
-            }
-            store.write(|tx| {
-                let mut r = tx.request(id)?.ok_or(PairingError::UnknownRequest(id))?;
-                check_pending(&r, now)?;
-                r.status = RequestStatus::Rejected;
-                r.message = Some(message.clone());
-                r.resolved_at = Some(now);
-                r.resolved_by = Some(actor.user.clone());
-                tx.put_request(&r)?;
-                tx.audit(&actor.audit(
-                    now,
-                    "request rejected",
-                    format!("request:{id}"),
-                    message.clone(),
-                ))?;
-                Ok(Resolved {
-                    request: r,
-                    replaced: None,
-                })
+        Decision::Reject { message } => store.write(|tx| {
+            let mut r = tx.request(id)?.ok_or(PairingError::UnknownRequest(id))?;
+            check_pending(&r, now)?;
+            r.status = RequestStatus::Rejected;
+            r.message = Some(message.clone());
+            r.resolved_at = Some(now);
+            r.resolved_by = Some(actor.user.clone());
+            tx.put_request(&r)?;
+            tx.audit(&actor.audit(
+                now,
+                "request rejected",
+                format!("request:{id}"),
+                message.clone(),
+            ))?;
+            Ok(Resolved {
+                request: r,
+                replaced: None,
             })
-        }
+        }),
         Decision::Accept {
             storage_id,
             quota_mb,

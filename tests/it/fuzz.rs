@@ -672,13 +672,14 @@ fn accessor_model(value: Option<&Value>, kind: Kind) -> Option<bool> {
     Some(match kind {
         Kind::Str => value.is_string(),
         Kind::Id => match value {
-            Value::Number(n) => n.as_u64().is_some_and(|n| n > 0),
+            // Ids are documented as int64; strings are digits only, at most 18 of
+            // them significant (docs/openapi.yaml `Id`).
+            Value::Number(n) => n.as_u64().is_some_and(|n| n > 0 && n <= i64::MAX as u64),
             Value::String(s) => {
-                let t = s.trim();
-                !t.is_empty()
-                    && t.len() <= 19
-                    && t.bytes().all(|b| b.is_ascii_digit())
-                    && t.parse::<u64>().is_ok_and(|n| n > 0)
+                let significant = s.trim_start_matches('0');
+                s.bytes().all(|b| b.is_ascii_digit())
+                    && !significant.is_empty()
+                    && significant.len() <= 18
             }
             _ => false,
         },
