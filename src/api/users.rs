@@ -75,9 +75,13 @@ fn audit(call: &Call, action: &str, name: &str, detail: String) -> AuditRecord {
 
 pub fn create(call: &Call) -> Result<Reply, ApiError> {
     let body = call.json()?;
+    // Both are checked for type; `name` wins when both are given.
+    let username = body.opt_str("username")?;
     let name = match body.opt_str("name")? {
         Some(n) => n,
-        None => body.str("username")?,
+        None => username.ok_or_else(|| {
+            ApiError::BadRequest("field `name` (or `username`) is required".into())
+        })?,
     };
     if !auth::valid_user_name(name) {
         return Err(ApiError::BadRequest(

@@ -179,6 +179,21 @@ fn openapi_operations_declare_their_access_and_errors() {
         if !op.block.contains("responses:") {
             problems.push(format!("{name} documents no responses"));
         }
+        // The front's own refusals can answer any request (SPEC 3, docs: info).
+        for status in [
+            "'400'", "'403'", "'408'", "'411'", "'413'", "'417'", "'431'", "'503'",
+        ] {
+            if !op.block.contains(status) {
+                problems.push(format!("{name} does not document the front's {status}"));
+            }
+        }
+        // Every /api read takes the `sid` filter unless its `sid` names its system.
+        let filters_sid = r.method == "GET" && r.path.starts_with("/api/") && !r.names_sid;
+        if filters_sid && !op.block.contains("#/components/parameters/SidFilter") {
+            problems.push(format!(
+                "{name} does not document the `sid` filter (SidFilter)"
+            ));
+        }
     }
     // Tunnel routes take no AuthToken: the mutual-TLS handshake is their authentication.
     for r in replgate::tunnel::routes::table() {
