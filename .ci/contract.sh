@@ -78,10 +78,10 @@ CONTRACT_SPOOL_TOKEN=$(api POST /replication/v1/requests "" "$filed" \
 export CONTRACT_SPOOL_TOKEN
 
 st_run() { # extra args...
-  timeout "$BUDGET" "$VENV/bin/st" --config-file .ci/schemathesis.toml run docs/openapi.yaml \
+  HYPOTHESIS_STORAGE_DIRECTORY="$work/hypothesis" timeout "$BUDGET" "$VENV/bin/st" --config-file .ci/schemathesis.toml run docs/openapi.yaml \
     --url "$base" --tls-verify "$ca" \
     --checks all --max-examples "$EXAMPLES" --seed 20261201 \
-    --workers 1 --request-timeout 30 --output-truncate true \
+    --workers 1 --request-timeout 30 --output-truncate true --generation-database none \
     --no-color "$@"
 }
 
