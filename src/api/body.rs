@@ -174,21 +174,18 @@ impl Body {
     }
 }
 
-/// Parses a whole number in `min..=max` given as a JSON number or a string of digits.
+/// Parses a whole number in `min..=max` given as a JSON number or a string of digits
+/// (no sign or spaces, leading zeros allowed: what docs/openapi.yaml's patterns say).
 pub fn number_value(field: &str, v: &Value, min: u64, max: u64) -> Result<u64, ApiError> {
-    let expected = format!("a whole number from {min} to {max}");
-    let n = match v {
-        Value::Number(n) => n.as_u64(),
-        Value::String(s) => {
-            let t = s.trim();
-            (!t.is_empty() && t.len() <= 19 && t.bytes().all(|b| b.is_ascii_digit()))
-                .then(|| t.parse::<u64>().ok())
-                .flatten()
-        }
-        _ => None,
-    };
-    n.filter(|n| (min..=max).contains(n))
-        .ok_or_else(|| wrong(field, &expected))
+    let wrong_number = || wrong(field, &format!("a whole number from {min} to {max}"));
+    match v {
+        Value::Number(n) => n
+            .as_u64()
+            .filter(|n| (min..=max).contains(n))
+            .ok_or_else(wrong_number),
+        Value::String(s) => parse_int(field, s, min, max).map_err(|_| wrong_number()),
+        _ => Err(wrong_number()),
+    }
 }
 
 /// Parses a query parameter as a whole number in `min..=max`.

@@ -331,10 +331,18 @@ pub fn put_config(call: &Call) -> Result<Reply, ApiError> {
         _ => outer,
     };
     let mut c = call.app.store.replication_config()?;
-    if let Some(n) = body.opt_number("max_concurrent", 1, 1_000)? {
+    if let Some(n) = body.opt_number(
+        "max_concurrent",
+        1,
+        u64::from(crate::replication::queue::MAX_CONCURRENT),
+    )? {
         c.max_concurrent = n as u32;
     }
-    if let Some(n) = body.opt_number("retries", 0, 1_000)? {
+    if let Some(n) = body.opt_number(
+        "retries",
+        0,
+        u64::from(crate::replication::queue::MAX_RETRIES),
+    )? {
         c.retries = n as u32;
     }
     let by_name = body
