@@ -11,7 +11,8 @@ ST_VERSION=4.32.5
 # Examples per operation, and a bound on each run (seconds) in case the tool hangs.
 EXAMPLES=${CONTRACT_EXAMPLES:-60}
 BUDGET=${CONTRACT_BUDGET:-600}
-VENV=${CONTRACT_VENV:-target/contract-venv}
+TARGET_DIR=${CARGO_TARGET_DIR:-target}
+VENV=${CONTRACT_VENV:-$TARGET_DIR/contract-venv}
 
 if ! "$VENV/bin/st" --version 2>/dev/null | grep -qF "$ST_VERSION"; then
   echo "== installing schemathesis $ST_VERSION into $VENV"
@@ -39,7 +40,7 @@ env -i PATH="$PATH" RUST_LOG=info \
   REPLGATE_TUNNEL_LISTEN="127.0.0.1:$tunnel_port" \
   REPLGATE_ADMIN_PASSWORD="$admin_password" \
   REPLGATE_MAX_PENDING_PER_ADDRESS=1000 \
-  target/debug/replgate serve >"$work/daemon.log" 2>&1 &
+  "$TARGET_DIR/debug/replgate" serve >"$work/daemon.log" 2>&1 &
 pid=$!
 base="https://127.0.0.1:$api_port"
 for _ in $(seq 1 300); do
