@@ -640,6 +640,17 @@ pub fn run(config: Config) -> Result<(), DaemonError> {
         started,
         replication: replication.clone(),
     });
+    let replicator = crate::replication::scheduler::spawn_replicator(
+        Arc::new(crate::replication::scheduler::Context {
+            store: store.clone(),
+            shared: replication.clone(),
+            root: config.replication_storage().map(|s| s.path.clone()),
+            dirs: target_dirs.clone(),
+            heartbeat: config.heartbeat_interval,
+        }),
+        shutdown.clone(),
+    )
+    .map_err(spawn_error("the replicator"))?;
     let poller = spawn_poller(
         Arc::new(SourceContext {
             store: store.clone(),
@@ -681,6 +692,7 @@ pub fn run(config: Config) -> Result<(), DaemonError> {
                 state: tunnel::App {
                     store: store.clone(),
                     storage: config.storage.clone(),
+                    replication: replication.clone(),
                 },
                 routes: tunnel::routes::table(),
                 limits: tunnel_limits,
@@ -748,6 +760,7 @@ pub fn run(config: Config) -> Result<(), DaemonError> {
         let _ = w.join();
     }
     let _ = poller.join();
+    let _ = replicator.join();
     let _ = verifier.join();
     log::info!("stopped");
     Ok(())

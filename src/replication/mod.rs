@@ -9,6 +9,7 @@ pub mod names;
 pub mod queue;
 pub mod receiver;
 pub mod scan;
+pub mod scheduler;
 pub mod sender;
 pub mod stream;
 pub mod throttle;

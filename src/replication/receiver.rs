@@ -124,13 +124,40 @@ pub struct Ledger {
     inner: Mutex<LedgerState>,
 }
 
+/// Receiving sessions this appliance runs at once when several sources compete; a source
+/// gets `SESSIONS_SHARED / sources sending` of them (at least one), and a source with
+/// none is always let in, up to [`MAX_SESSIONS`].
+pub const SESSIONS_SHARED: usize = 8;
+/// Receiving sessions at most, whoever asks.
+pub const MAX_SESSIONS: usize = 64;
+
 #[derive(Debug, Default)]
 struct LedgerState {
+    /// Receiving sessions per source system id.
+    sessions: HashMap<u64, usize>,
     /// Committed bytes per source uuid, loaded from the database on first use.
     used: HashMap<String, u64>,
     reserved: HashMap<String, u64>,
     reserved_space: HashMap<u64, u64>,
     busy: HashSet<(String, String)>,
+}
+
+/// A receiving session's place, released when dropped.
+pub struct Admission<'a> {
+    ledger: &'a Ledger,
+    system_id: u64,
+}
+
+impl Drop for Admission<'_> {
+    fn drop(&mut self) {
+        let mut s = lock(&self.ledger.inner);
+        if let Some(n) = s.sessions.get_mut(&self.system_id) {
+            *n = n.saturating_sub(1);
+            if *n == 0 {
+                s.sessions.remove(&self.system_id);
+            }
+        }
+    }
 }
 
 /// An accepted offer's share of the quota and the storage, released when dropped.
@@ -159,6 +186,27 @@ impl Drop for Reservation<'_> {
 const MIB: u64 = 1024 * 1024;
 
 impl Ledger {
+    /// Lets a session of `system_id` in, fairly: a source that has none is always let in
+    /// (up to [`MAX_SESSIONS`]); one that has some gets another only while it holds less
+    /// than its share of [`SESSIONS_SHARED`] among the sources sending now.
+    pub fn admit(&self, system_id: u64) -> Result<Admission<'_>, String> {
+        let mut s = lock(&self.inner);
+        let total: usize = s.sessions.values().sum();
+        let mine = s.sessions.get(&system_id).copied().unwrap_or(0);
+        let sources = s.sessions.len() + usize::from(mine == 0);
+        let share = (SESSIONS_SHARED / sources.max(1)).max(1);
+        if total >= MAX_SESSIONS || (mine > 0 && mine >= share) {
+            return Err(format!(
+                "this source has {mine} transfer sessions open, its share of this target now; try again shortly"
+            ));
+        }
+        *s.sessions.entry(system_id).or_default() += 1;
+        Ok(Admission {
+            ledger: self,
+            system_id,
+        })
+    }
+
     /// Reserves room for one offered file, or says why not. `grows` is what the file adds
     /// to the source's stored bytes once committed (its size minus the copy it replaces),
     /// `writes` what it still has to write to the storage, `free` the storage's free bytes.

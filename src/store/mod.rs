@@ -195,8 +195,20 @@ impl Store {
         &self,
         f: impl FnOnce(&Txn) -> std::result::Result<T, E>,
     ) -> std::result::Result<T, E> {
+        self.write_with(redb::Durability::Immediate, f)
+    }
+
+    fn write_with<T, E: From<StoreError>>(
+        &self,
+        durability: redb::Durability,
+        f: impl FnOnce(&Txn) -> std::result::Result<T, E>,
+    ) -> std::result::Result<T, E> {
+        let mut inner = self.db.begin_write().map_err(StoreError::from)?;
+        inner
+            .set_durability(durability)
+            .map_err(|e| StoreError::from(redb::Error::from(e)))?;
         let txn = Txn {
-            inner: self.db.begin_write().map_err(StoreError::from)?,
+            inner,
             revoked: Cell::new(false),
             audited: Default::default(),
         };
@@ -221,6 +233,17 @@ impl Store {
     /// it changed.
     pub fn revocation_generation(&self) -> u64 {
         self.revocations.load(Ordering::Acquire)
+    }
+
+    /// As [`Store::write`], but the commit is not made durable by itself: it becomes
+    /// durable with the next durable commit (redb's `Durability::None`). For bookkeeping
+    /// a crash may lose without harm (progress marks that a restart redoes); never for a
+    /// decision or a reservation.
+    pub fn write_lazy<T, E: From<StoreError>>(
+        &self,
+        f: impl FnOnce(&Txn) -> std::result::Result<T, E>,
+    ) -> std::result::Result<T, E> {
+        self.write_with(redb::Durability::None, f)
     }
 
     /// A read snapshot for one read.

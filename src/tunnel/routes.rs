@@ -2,29 +2,73 @@
 //! parse, authorize (the peer is the connection's verified certificate), call the domain,
 //! map the result.
 
+use std::sync::Arc;
+
 use serde_json::Value;
 
 use super::{BodyLimit, Call, Reply, Route, TunnelError};
 use crate::config::Storage;
 use crate::pairing::target;
+use crate::replication::{receiver, Shared};
 use crate::store::Store;
 use crate::wire::protocol::Hello;
+use crate::wire::transfer::Code;
 
 /// What tunnel handlers may use, built once by the daemon.
 pub struct App {
     pub store: Store,
     /// The configured storages, to name a source's storage.
     pub storage: Vec<Storage>,
+    /// Replication's live state: receiving sessions, quotas, progress.
+    pub replication: Arc<Shared>,
 }
 
 /// Every route the tunnel serves.
 pub fn table() -> Vec<Route<App>> {
-    vec![Route::new(
-        "GET",
-        "/tunnel/v1/hello",
-        BodyLimit::Capped(0),
-        hello,
-    )]
+    vec![
+        Route::new("GET", "/tunnel/v1/hello", BodyLimit::Capped(0), hello),
+        Route::new("POST", "/tunnel/v1/transfer", BodyLimit::Duplex, transfer),
+    ]
+}
+
+/// The media type of a transfer session's frames, both ways.
+pub const TRANSFER_TYPE: &str = "application/x-replgate-transfer";
+
+/// `POST /tunnel/v1/transfer`: one replication session (frames of `wire::transfer` both
+/// ways, full duplex). The source and its storage come from the certificate only.
+fn transfer(app: &App, call: &mut Call<'_>) -> Result<Reply, TunnelError> {
+    let source = receiver::identify(&app.store, &app.storage, &call.peer().serial).map_err(
+        |(code, message)| match code {
+            Code::Unavailable => TunnelError::Unavailable(message),
+            _ => TunnelError::Forbidden(message),
+        },
+    )?;
+    let shared = &app.replication;
+    let _slot = shared
+        .ledger
+        .admit(source.system_id)
+        .map_err(|message| TunnelError::TooMany {
+            message,
+            retry_after: 2,
+        })?;
+    let peer = call.peer().addr.to_string();
+    let (body, mut writer) = call
+        .duplex()
+        .ok_or_else(|| TunnelError::Internal("transfer route is not duplex".into()))?;
+    writer
+        .start(200, TRANSFER_TYPE)
+        .map_err(|e| TunnelError::Internal(Box::new(e)))?;
+    let ctx = receiver::Context {
+        store: &app.store,
+        live: &shared.live,
+        ledger: &shared.ledger,
+        peer,
+        now: crate::model::now,
+    };
+    receiver::serve(&ctx, &source, body, &mut writer);
+    // A broken stream cannot be finished; the session already logged how it ended.
+    let _ = writer.finish();
+    Ok(Reply::sent())
 }
 
 /// `GET /tunnel/v1/hello`: the source's system id and storage. The first hello of a

@@ -37,6 +37,52 @@ pub fn start_pair(name: &str) -> (Daemon, Daemon) {
     })
 }
 
+/// A completed pairing of two daemons: the source's target id, the target's system id
+/// for the source, and the source's uuid (its directory in the target's storage).
+#[allow(dead_code)]
+pub struct Paired {
+    pub target_id: u64,
+    pub sid: u64,
+    pub source_uuid: String,
+}
+
+/// Pairs `src` with `tgt` (fingerprint given, accepted on the target with `accept`'s
+/// extra fields, e.g. `quota_mb`) and waits until the source reports `complete`.
+pub fn pair(src: &Daemon, tgt: &Daemon, accept: Value) -> Paired {
+    let (st, tt) = (src.root_token(), tgt.root_token());
+    let r = src.client().post_json(
+        "/api/replication/target",
+        Some(&st),
+        &serde_json::json!({"type": "appliance", "target": tgt.api.to_string(),
+                            "fingerprint": tgt.ca_fingerprint()}),
+    );
+    assert_eq!(r.status, 201, "request target: {}", r.text());
+    let filed = r.json();
+    let mut body = serde_json::json!({"request_id": filed["request_id"], "accept": true});
+    if let (Some(b), Some(extra)) = (body.as_object_mut(), accept.as_object()) {
+        b.extend(extra.clone());
+    }
+    let r = tgt
+        .client()
+        .post_json("/api/replication/source", Some(&tt), &body);
+    assert_eq!(r.status, 201, "accept: {}", r.text());
+    let sid = r.json()["system_id"].as_u64().expect("system_id");
+    let target_id = filed["target_id"].as_u64().expect("target_id");
+    eventually(Duration::from_secs(POLL + 20), "pairing complete", || {
+        let t = src
+            .client()
+            .get("/api/replication/targets", Some(&st))
+            .json();
+        (t["targets"][0]["status"] == "complete").then_some(())
+    });
+    let local = systems_row(&src.systems(&st), |s| s["local"] == true);
+    Paired {
+        target_id,
+        sid,
+        source_uuid: local["system_uuid"].as_str().expect("uuid").to_string(),
+    }
+}
+
 /// `program` ready to run, after checking that it is installed: a test that needs a tool
 /// fails without it, never passes silently. `.ci/run` installs the package named here.
 #[track_caller]

@@ -1,9 +1,12 @@
 //! Replication (SPEC 11) through real daemons: the queue, config and throttle endpoints
 //! in the appliance's shapes, and (with two daemons) backups that move.
 
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
 use serde_json::{json, Value};
 
-use crate::harness::{Daemon, Options};
+use crate::harness::{eventually, pair, start_pair, Daemon, Options, Paired};
 
 fn put(d: &Daemon, path: &str, token: &str, body: &Value) -> crate::harness::Response {
     d.client().send_json("PUT", path, Some(token), body)
@@ -228,4 +231,151 @@ fn received_and_verify_need_a_paired_source_and_quota_needs_a_source() {
         &json!({"quota_mb": "lots"}),
     );
     assert_eq!(r.status, 400, "{}", r.text());
+}
+
+// ---- two daemons: backups that move ----
+
+/// Writes a backup the way a backup engine does: under a dot name, then renamed.
+fn write_backup(src: &Daemon, name: &str, bytes: &[u8]) {
+    let path = src.data_dir.join("storage").join(name);
+    let dir = path.parent().expect("client dir");
+    std::fs::create_dir_all(dir).expect("client dir");
+    let tmp = dir.join(format!(
+        ".{}.partial",
+        path.file_name().unwrap().to_string_lossy()
+    ));
+    std::fs::write(&tmp, bytes).expect("write backup");
+    std::fs::rename(&tmp, &path).expect("rename backup");
+}
+
+fn received_path(tgt: &Daemon, p: &Paired, name: &str) -> PathBuf {
+    tgt.data_dir.join("storage").join(&p.source_uuid).join(name)
+}
+
+fn content(seed: u8, len: usize) -> Vec<u8> {
+    (0..len)
+        .map(|i| (i as u8).wrapping_mul(31).wrapping_add(seed) ^ (i >> 13) as u8)
+        .collect()
+}
+
+/// Every item of the source's queue (open and finished), by backup name.
+fn items(src: &Daemon, token: &str) -> Vec<Value> {
+    let r = src.client().get(
+        "/api/replication/queue?include_done=1&count=1000",
+        Some(token),
+    );
+    assert_eq!(r.status, 200, "{}", r.text());
+    let v = r.json();
+    let mut out = Vec::new();
+    for list in ["active", "inactive", "done"] {
+        out.extend(v[list].as_array().cloned().unwrap_or_default());
+    }
+    out
+}
+
+fn item_of(src: &Daemon, token: &str, backup: &str) -> Option<Value> {
+    items(src, token)
+        .into_iter()
+        .find(|i| i["backup"] == backup)
+}
+
+fn wait_item(src: &Daemon, token: &str, backup: &str, status: &str, within: Duration) -> Value {
+    eventually(within, &format!("{backup} {status}"), || {
+        item_of(src, token, backup).filter(|i| i["status"] == status)
+    })
+}
+
+fn sha256_hex(bytes: &[u8]) -> String {
+    ring::digest::digest(&ring::digest::SHA256, bytes)
+        .as_ref()
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}
+
+#[test]
+fn backups_written_with_the_rename_rule_arrive_byte_identical_and_dot_files_stay() {
+    let (src, tgt) = start_pair("repl-arrive");
+    // One backup before the pairing exists, more after it completed.
+    let early = content(1, 300_000);
+    write_backup(&src, "web01/monday.vbk", &early);
+    let p = pair(&src, &tgt, json!({}));
+    let st = src.root_token();
+    let late: Vec<(String, Vec<u8>)> = (0..20)
+        .map(|i| {
+            (
+                format!("db{}/backup-{i:02}", i % 3),
+                content(i as u8, 10_000 + i * 999),
+            )
+        })
+        .collect();
+    let written = Instant::now();
+    for (n, b) in &late {
+        write_backup(&src, n, b);
+    }
+    // Still being written: under a dot name, never sent.
+    let in_progress = src.data_dir.join("storage/web01/.tuesday.vbk.partial");
+    std::fs::write(&in_progress, b"half a backup").unwrap();
+    let item = wait_item(
+        &src,
+        &st,
+        "web01/monday.vbk",
+        "done",
+        Duration::from_secs(30),
+    );
+    assert_eq!(item["sha256"], sha256_hex(&early));
+    assert_eq!(item["bytes_sent"], early.len());
+    assert_eq!(
+        std::fs::read(received_path(&tgt, &p, "web01/monday.vbk")).unwrap(),
+        early
+    );
+    for (n, b) in &late {
+        wait_item(&src, &st, n, "done", Duration::from_secs(30));
+        assert_eq!(
+            std::fs::read(received_path(&tgt, &p, n)).unwrap(),
+            *b,
+            "{n}"
+        );
+    }
+    eprintln!(
+        "20 new backups replicated {:?} after their rename",
+        written.elapsed()
+    );
+    assert!(item_of(&src, &st, "web01/.tuesday.vbk.partial").is_none());
+    let client_dir = received_path(&tgt, &p, "web01");
+    let names: Vec<String> = std::fs::read_dir(&client_dir)
+        .unwrap()
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .collect();
+    assert_eq!(
+        names,
+        vec!["monday.vbk".to_string()],
+        "nothing else arrived"
+    );
+    // The target lists what it received, with the digest it verified.
+    let tt = tgt.root_token();
+    let r = tgt.client().get(
+        &format!("/api/replication/received?sid={}", p.sid),
+        Some(&tt),
+    );
+    assert_eq!(r.status, 200, "{}", r.text());
+    let received = r.json()["received"].as_array().cloned().unwrap();
+    assert_eq!(received.len(), 21);
+    let monday = received
+        .iter()
+        .find(|r| r["backup"] == "web01/monday.vbk")
+        .unwrap();
+    assert_eq!(monday["sha256"], sha256_hex(&early));
+    assert_eq!(
+        (monday["client"].clone(), monday["size"].clone()),
+        (json!("web01"), json!(early.len()))
+    );
+    // Both sides logged the transfer.
+    assert!(
+        src.log().contains("web01/monday.vbk finished"),
+        "{}",
+        src.log()
+    );
+    assert!(tgt.log().contains("web01/monday.vbk received and verified"));
 }

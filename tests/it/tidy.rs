@@ -50,6 +50,7 @@ const LAYERS: &[(&str, Layer)] = &[
     ("pairing", Domain),
     ("pairing::poller", Adapter),
     ("replication", Domain),
+    ("replication::scheduler", Adapter),
     ("api", Adapter),
     ("front", Adapter),
     ("listener", Adapter),

@@ -3,6 +3,8 @@
 //! pinned CA is trusted, timeouts are short, proxy variables and redirects are ignored.
 //! Also the live I/O of source-side pairing (`LiveSource`), which the domain is handed.
 
+pub mod tunnel;
+
 use std::fmt;
 use std::io::{Read, Write};
 use std::sync::Arc;

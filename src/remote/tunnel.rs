@@ -1,0 +1,298 @@
+//! The source's streaming client for one transfer session on a target's tunnel: mutual
+//! TLS with the pairing's certificate, trusting only the pinned CA, no proxy, no
+//! redirects, bounded connect and per-read/per-write timeouts. `POST /tunnel/v1/transfer`
+//! with a chunked request body, and the response read while the body is still being
+//! written: the connection is split into a reader and a writer half over one rustls
+//! connection (socket I/O outside the lock, so neither half waits on the other's socket).
+
+use std::io::{self, Read, Write};
+use std::net::{Shutdown, TcpStream, ToSocketAddrs};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use rustls::pki_types::{CertificateDer, ServerName};
+use rustls::ClientConnection;
+
+use crate::wire::chunked::{ChunkedReader, ChunkedWriter};
+
+/// Why a transfer session could not be opened.
+#[derive(Debug)]
+pub enum TunnelError {
+    /// The target could not be reached, or the connection broke: retry later.
+    Unreachable(io::Error),
+    /// The target's certificate does not chain to the pinned CA, or it refused ours (a
+    /// revoked certificate: the pairing was undone).
+    Untrusted(rustls::Error),
+    /// The target answered the request with an error status.
+    Refused {
+        status: u16,
+        message: String,
+        retry_after: Option<u64>,
+    },
+    /// The answer is not what the protocol says.
+    Malformed(&'static str),
+    /// Our own material (pinned CA, key, certificate, the address) is unusable.
+    Local(String),
+}
+
+impl std::fmt::Display for TunnelError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            TunnelError::Unreachable(e) => write!(f, "unreachable: {e}"),
+            TunnelError::Untrusted(e) => write!(f, "untrusted: {e}"),
+            TunnelError::Refused {
+                status, message, ..
+            } => write!(f, "refused with {status}: {message}"),
+            TunnelError::Malformed(what) => write!(f, "unexpected answer: {what}"),
+            TunnelError::Local(m) => f.write_str(m),
+        }
+    }
+}
+
+impl std::error::Error for TunnelError {}
+
+/// Connecting to a target's tunnel; one that does not answer within this is down.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+/// A target says nothing for this long (no decision, outcome or greeting): it is gone.
+/// Long, because answering a resume can mean hashing a large partial copy first.
+const READ_TIMEOUT: Duration = Duration::from_secs(120);
+/// The target stops taking bytes for this long: it is gone.
+const WRITE_TIMEOUT: Duration = Duration::from_secs(60);
+/// The most of an error answer read for its message.
+const MAX_ERROR_BODY: usize = 16 * 1024;
+/// The most of a response head read.
+const MAX_HEAD: usize = 16 * 1024;
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// The TLS state both halves share.
+struct Shared {
+    conn: Mutex<ClientConnection>,
+}
+
+/// Reads decrypted bytes; the socket read happens outside the lock.
+pub struct TunnelReader {
+    shared: Arc<Shared>,
+    sock: TcpStream,
+    buf: Vec<u8>,
+}
+
+/// Writes bytes; encryption under the lock, the socket write outside it.
+pub struct TunnelWriter {
+    shared: Arc<Shared>,
+    sock: TcpStream,
+    out: Vec<u8>,
+}
+
+impl Read for TunnelReader {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        loop {
+            {
+                let mut c = lock(&self.shared.conn);
+                match c.reader().read(buf) {
+                    Ok(n) => return Ok(n),
+                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+                    Err(e) => return Err(e),
+                }
+            }
+            let n = self.sock.read(&mut self.buf)?;
+            let mut c = lock(&self.shared.conn);
+            if n == 0 {
+                // The peer closed without close_notify: say so to rustls, then end.
+                let _ = c.read_tls(&mut io::empty());
+                return Err(io::Error::new(
+                    io::ErrorKind::UnexpectedEof,
+                    "the target closed the connection",
+                ));
+            }
+            let mut data = &self.buf[..n];
+            while !data.is_empty() {
+                c.read_tls(&mut data)?;
+                c.process_new_packets().map_err(io::Error::other)?;
+            }
+        }
+    }
+}
+
+impl TunnelWriter {
+    fn drain(&mut self) -> io::Result<()> {
+        self.out.clear();
+        {
+            let mut c = lock(&self.shared.conn);
+            while c.wants_write() {
+                c.write_tls(&mut self.out)?;
+            }
+        }
+        self.sock.write_all(&self.out)
+    }
+}
+
+impl Write for TunnelWriter {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        let n = lock(&self.shared.conn).writer().write(buf)?;
+        self.drain()?;
+        Ok(n)
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        self.drain()
+    }
+}
+
+impl Drop for TunnelWriter {
+    fn drop(&mut self) {
+        lock(&self.shared.conn).send_close_notify();
+        let _ = self.drain();
+        let _ = self.sock.shutdown(Shutdown::Write);
+    }
+}
+
+/// One transfer session's streams: frames go into `body`, the target's come out of
+/// `replies`.
+pub struct TransferStream {
+    pub body: ChunkedWriter<TunnelWriter>,
+    pub replies: ChunkedReader<TunnelReader>,
+}
+
+/// Reads the response head one byte at a time, so nothing after it is consumed (it is
+/// small, and read once per session).
+fn read_head(r: &mut TunnelReader) -> io::Result<Vec<u8>> {
+    let mut head = Vec::with_capacity(256);
+    let mut b = [0u8; 1];
+    while !head.ends_with(b"\r\n\r\n") {
+        if head.len() >= MAX_HEAD {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidData,
+                "response head too large",
+            ));
+        }
+        if r.read(&mut b)? == 0 {
+            return Err(io::Error::new(
+                io::ErrorKind::UnexpectedEof,
+                "the target closed the connection before answering",
+            ));
+        }
+        head.push(b[0]);
+    }
+    Ok(head)
+}
+
+fn header<'a>(head: &'a str, name: &str) -> Option<&'a str> {
+    head.split("\r\n").skip(1).find_map(|l| {
+        let (k, v) = l.split_once(':')?;
+        k.trim().eq_ignore_ascii_case(name).then(|| v.trim())
+    })
+}
+
+fn io_error(e: io::Error) -> TunnelError {
+    match e.get_ref().and_then(|i| i.downcast_ref::<rustls::Error>()) {
+        Some(tls) => TunnelError::Untrusted(tls.clone()),
+        None => TunnelError::Unreachable(e),
+    }
+}
+
+/// Opens a transfer session on the tunnel at `host:port`, trusting only `ca_pem`,
+/// presenting `cert_pem`/`key_pem`. Returns once the target answered 200 (it greets
+/// next, inside the stream); any other answer is `Refused` with the target's message.
+pub fn open_transfer(
+    addr: &str,
+    ca_pem: &str,
+    cert_pem: &str,
+    key_pem: &str,
+) -> Result<TransferStream, TunnelError> {
+    let ca = crate::ca::cert_pem_to_der(ca_pem)
+        .map_err(|e| TunnelError::Local(format!("pinned CA: {e}")))?;
+    let config =
+        crate::tls::pinned_client_config(CertificateDer::from(ca), Some((cert_pem, key_pem)))
+            .map_err(|e| TunnelError::Local(format!("TLS set-up: {e}")))?;
+    let (host, _) = addr
+        .rsplit_once(':')
+        .ok_or_else(|| TunnelError::Local(format!("tunnel address {addr:?} is not host:port")))?;
+    let host = host.trim_start_matches('[').trim_end_matches(']');
+    let target = addr
+        .to_socket_addrs()
+        .map_err(TunnelError::Unreachable)?
+        .next()
+        .ok_or_else(|| {
+            TunnelError::Unreachable(io::Error::new(
+                io::ErrorKind::NotFound,
+                format!("{addr} resolves to no address"),
+            ))
+        })?;
+    let sock =
+        TcpStream::connect_timeout(&target, CONNECT_TIMEOUT).map_err(TunnelError::Unreachable)?;
+    let setup = |s: &TcpStream| -> io::Result<()> {
+        s.set_nodelay(true)?;
+        s.set_read_timeout(Some(READ_TIMEOUT))?;
+        s.set_write_timeout(Some(WRITE_TIMEOUT))
+    };
+    setup(&sock).map_err(io_error)?;
+    let name = ServerName::try_from(host.to_string())
+        .map_err(|_| TunnelError::Local(format!("invalid tunnel host {host:?}")))?;
+    let mut conn = ClientConnection::new(config, name).map_err(TunnelError::Untrusted)?;
+    {
+        let mut s = &sock;
+        while conn.is_handshaking() {
+            conn.complete_io(&mut s).map_err(io_error)?;
+        }
+    }
+    let shared = Arc::new(Shared {
+        conn: Mutex::new(conn),
+    });
+    let read_sock = sock.try_clone().map_err(io_error)?;
+    let mut reader = TunnelReader {
+        shared: shared.clone(),
+        sock: read_sock,
+        buf: vec![0u8; 64 * 1024],
+    };
+    let mut writer = TunnelWriter {
+        shared,
+        sock,
+        out: Vec::with_capacity(512 * 1024),
+    };
+    let request = format!(
+        "POST /tunnel/v1/transfer HTTP/1.1\r\nHost: {addr}\r\nUser-Agent: replgate/{}\r\n\
+         Content-Type: application/x-replgate-transfer\r\nTransfer-Encoding: chunked\r\n\r\n",
+        env!("CARGO_PKG_VERSION")
+    );
+    writer.write_all(request.as_bytes()).map_err(io_error)?;
+    writer.flush().map_err(io_error)?;
+    let head = read_head(&mut reader).map_err(io_error)?;
+    let head = String::from_utf8_lossy(&head).into_owned();
+    let status: u16 = head
+        .split_whitespace()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .ok_or(TunnelError::Malformed("no status in the tunnel's answer"))?;
+    let chunked =
+        header(&head, "transfer-encoding").is_some_and(|v| v.eq_ignore_ascii_case("chunked"));
+    if status != 200 {
+        let mut body = Vec::new();
+        let limit = header(&head, "content-length")
+            .and_then(|v| v.parse::<usize>().ok())
+            .unwrap_or(MAX_ERROR_BODY)
+            .min(MAX_ERROR_BODY);
+        let _ = (&mut reader).take(limit as u64).read_to_end(&mut body);
+        let text = String::from_utf8_lossy(&body);
+        let message = serde_json::from_str::<serde_json::Value>(&text)
+            .ok()
+            .and_then(|v| v["result"][0]["message"].as_str().map(String::from))
+            .unwrap_or_else(|| text.chars().take(200).collect());
+        return Err(TunnelError::Refused {
+            status,
+            message,
+            retry_after: header(&head, "retry-after").and_then(|v| v.parse().ok()),
+        });
+    }
+    if !chunked {
+        return Err(TunnelError::Malformed(
+            "the tunnel's transfer answer is not chunked",
+        ));
+    }
+    Ok(TransferStream {
+        body: ChunkedWriter::new(writer),
+        replies: ChunkedReader::new(reader),
+    })
+}
