@@ -184,8 +184,9 @@ pub fn new_item(
 }
 
 /// Under `recency`, once `done` (a client's newest backup) has replicated, that client's
-/// older waiting items for the same target are dropped. Returns their ids; nothing while
-/// a newer backup of the client is still waiting or active (it drops them when it is done).
+/// older waiting items for the same target are dropped, and older ones already under way
+/// are stopped. Returns their ids; nothing while a newer backup of the client is still
+/// waiting or active (it drops them when it is done).
 pub fn superseded(strategy: Strategy, done: &QueueItem, open: &[QueueItem]) -> Vec<u64> {
     if strategy != Strategy::Recency {
         return Vec::new();
@@ -200,9 +201,14 @@ pub fn superseded(strategy: Strategy, done: &QueueItem, open: &[QueueItem]) -> V
     if newer_pending {
         return Vec::new();
     }
+    // Older ones that already started go too: with offers running ahead of the data the
+    // next backup is always under way when the newest one's outcome arrives.
     open.iter()
         .filter(same_client)
-        .filter(|i| i.status == ItemStatus::Waiting && i.version <= done.version)
+        .filter(|i| {
+            matches!(i.status, ItemStatus::Waiting | ItemStatus::Active)
+                && i.version <= done.version
+        })
         .map(|i| i.id)
         .collect()
 }
@@ -468,8 +474,9 @@ mod tests {
         let done = item(5, "a/new", 50, ItemStatus::Done);
         let open = vec![
             item(1, "a/old1", 10, ItemStatus::Waiting),
-            item(2, "a/old2", 20, ItemStatus::Waiting),
+            item(2, "a/old2", 20, ItemStatus::Active),
             item(3, "b/other", 5, ItemStatus::Waiting),
+            item(4, "a/failed", 5, ItemStatus::Failed),
         ];
         assert_eq!(superseded(Strategy::Recency, &done, &open), vec![1, 2]);
         assert!(superseded(Strategy::Retention, &done, &open).is_empty());

@@ -63,7 +63,29 @@ struct Job {
     handle: JoinHandle<()>,
 }
 
+/// Items left `active` by a process that stopped (a crash, a kill) wait again: their
+/// transfer resumes from what the target holds.
+fn recover_active(store: &Store) -> Result<u64, StoreError> {
+    store.write(|tx| {
+        let mut n = 0;
+        for mut i in tx.open_items()? {
+            if i.status == ItemStatus::Active {
+                i.status = ItemStatus::Waiting;
+                i.message = Some("interrupted when replgate stopped; resuming".into());
+                tx.put_item(&i)?;
+                n += 1;
+            }
+        }
+        Ok(n)
+    })
+}
+
 fn supervise(ctx: &Arc<Context>, shutdown: &AtomicBool) {
+    match recover_active(&ctx.store) {
+        Ok(0) => {}
+        Ok(n) => log::info!("replication: {n} transfers interrupted by the last stop will resume"),
+        Err(e) => log::warn!("replication: recover interrupted transfers: {}", Chain(&e)),
+    }
     let mut watcher = ctx.root.as_deref().map(Watcher::new);
     let mut jobs: HashMap<u64, Job> = HashMap::new();
     let mut scan_due = true;
@@ -357,6 +379,9 @@ fn back_off(state: &TargetState) {
 
 /// What a session's feed knows of an item it claimed.
 struct Account {
+    /// The item's place in the queue when claimed: a reset gives it a new one, and the
+    /// old attempt is then no longer wanted.
+    tail: Option<u64>,
     /// `bytes_sent` before this attempt.
     before: u64,
     /// The `bytes_sent` persisted now: a reservation ahead of what went out.
@@ -447,6 +472,7 @@ impl<'a> StoreFeed<'a> {
                     self.accounts.insert(
                         item.id,
                         Account {
+                            tail: item.tail,
                             before,
                             ceiling: item.bytes_sent,
                             size: item.size,
@@ -568,6 +594,7 @@ impl Feed for StoreFeed<'_> {
         let now = model::now();
         let done = matches!(attempt, Attempt::Done { .. });
         let durable = done || !matches!(attempt, Attempt::Interrupted(_));
+        let mut superseded = Vec::new();
         let f = |tx: &crate::store::Txn| -> Result<(), StoreError> {
             let Some(mut item) = tx.open_item(item_id)? else {
                 return Ok(());
@@ -587,6 +614,7 @@ impl Feed for StoreFeed<'_> {
                     .filter(|i| i.target_id == target_id)
                     .collect();
                 for id in queue::superseded(config.strategy, &item, &open) {
+                    superseded.push(id);
                     if let Some(mut old) = tx.open_item(id)? {
                         queue::remove(
                             &mut old,
@@ -602,15 +630,17 @@ impl Feed for StoreFeed<'_> {
             }
             Ok(())
         };
-        if durable && done {
-            self.lazily(f);
-        } else if durable {
+        if durable && !done {
             // A failure is rare and an admin looks at it: record it durably now.
             if let Err(e) = self.ctx.store.write(f) {
                 log::warn!("replication: record outcome: {}", Chain(&e));
             }
         } else {
             self.lazily(f);
+        }
+        self.ctx.shared.live.clear_cancel(item_id);
+        for id in superseded {
+            self.ctx.shared.live.cancel(id);
         }
     }
 
@@ -626,6 +656,20 @@ impl Feed for StoreFeed<'_> {
             }
             Ok(())
         });
+    }
+
+    fn still_wanted(&mut self, item_id: u64) -> bool {
+        let Some(a) = self.accounts.get(&item_id) else {
+            return false;
+        };
+        match self.ctx.store.open_item(item_id) {
+            Ok(Some(i)) => {
+                matches!(i.status, ItemStatus::Waiting | ItemStatus::Active) && i.tail == a.tail
+            }
+            Ok(None) => false,
+            // Keep going on a read error; the outcome is recorded against the row anyway.
+            Err(_) => true,
+        }
     }
 
     fn wanted(&mut self, names: Vec<BackupName>) {

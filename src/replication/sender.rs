@@ -57,6 +57,10 @@ pub trait Feed {
     fn finished(&mut self, item_id: u64, attempt: Attempt, sent: u64);
     /// The item was claimed but nothing of it was sent: it waits again as it was.
     fn release(&mut self, item_id: u64);
+    /// Whether the item is still to be sent in this attempt (an admin may have removed or
+    /// reset it, or a newer backup superseded it). Asked before its data starts and about
+    /// once a second while it streams.
+    fn still_wanted(&mut self, item_id: u64) -> bool;
     /// The target wants these backups again (its copies were found damaged); called once
     /// at the start of a session, before the first [`Feed::next`].
     fn wanted(&mut self, names: Vec<BackupName>);
@@ -581,7 +585,7 @@ impl<'a, F: Feed, W: Write> Session<'a, '_, F, W> {
     /// Acts on the target's answer to the oldest offer.
     fn act(&mut self, mut o: Offer) -> Result<(), SessionError> {
         let id = o.claimed.item_id;
-        if self.ctx.live.is_cancelled(id) {
+        if self.ctx.live.is_cancelled(id) || !self.feed.still_wanted(id) {
             self.ctx.live.clear_cancel(id);
             self.feed.release(id);
             return self.send(&Frame::Skip { seq: o.seq });
@@ -684,14 +688,19 @@ impl<'a, F: Feed, W: Write> Session<'a, '_, F, W> {
         let registered = self.ctx.live.sending(id, o.size, offset);
         let mut left = o.size - offset;
         let mut sent = 0u64;
+        let mut last_check = Instant::now();
         self.current_failed = None;
         while left > 0 {
             if self.ctx.shutdown.load(Ordering::SeqCst) {
                 return Err(SessionError::Shutdown);
             }
-            if self.ctx.live.is_cancelled(id) {
+            let recheck = last_check.elapsed() >= Duration::from_secs(1);
+            if recheck {
+                last_check = Instant::now();
+            }
+            if self.ctx.live.is_cancelled(id) || (recheck && !self.feed.still_wanted(id)) {
                 self.ctx.live.clear_cancel(id);
-                self.settle(id, Attempt::Interrupted("removed by an admin".into()));
+                self.settle(id, Attempt::Interrupted("removed from the queue".into()));
                 return self.send(&Frame::Skip { seq });
             }
             self.drain()?;

@@ -120,6 +120,9 @@ impl Feed for MemFeed {
     fn release(&mut self, item_id: u64) {
         self.released.push(item_id);
     }
+    fn still_wanted(&mut self, _: u64) -> bool {
+        true
+    }
     fn wanted(&mut self, names: Vec<BackupName>) {
         for (i, n) in names.into_iter().enumerate() {
             self.queue.push_back(Claimed {

@@ -327,6 +327,11 @@ impl Store {
         open_items(&self.snapshot()?, target_id)
     }
 
+    /// An open item (waiting, active, failed) by id.
+    pub fn open_item(&self, id: u64) -> Result<Option<QueueItem>> {
+        read::get(&self.snapshot()?, schema::QUEUE, id)
+    }
+
     /// Finished items (done, removed), newest first, after skipping `start` that match,
     /// at most `count`; and how many match in all.
     pub fn finished_items(

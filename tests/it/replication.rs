@@ -379,3 +379,222 @@ fn backups_written_with_the_rename_rule_arrive_byte_identical_and_dot_files_stay
     );
     assert!(tgt.log().contains("web01/monday.vbk received and verified"));
 }
+
+/// Holds replication at `bps` bytes per second all week (a whole-day window on every day).
+fn throttle_to(src: &Daemon, token: &str, bps: u64) {
+    // bytes/s = link_mbps * 125_000 * percentage / 100; 10 % of a link of bps/12_500 Mbit/s.
+    let link = bps / 12_500;
+    assert_eq!(
+        link * 12_500,
+        bps,
+        "pick a rate the window can express exactly"
+    );
+    let r = put(
+        src,
+        "/api/replication/throttle",
+        token,
+        &json!({"throttle": [{"percentage": 10, "days": [0, 1, 2, 3, 4, 5, 6], "start": 0, "end": 0}],
+                "link_mbps": link}),
+    );
+    assert_eq!(r.status, 200, "{}", r.text());
+}
+
+fn unthrottle(src: &Daemon, token: &str) {
+    let r = put(
+        src,
+        "/api/replication/throttle",
+        token,
+        &json!({"throttle": []}),
+    );
+    assert_eq!(r.status, 200, "{}", r.text());
+}
+
+fn configure(src: &Daemon, token: &str, config: Value) {
+    let r = put(src, "/api/replication/config", token, &config);
+    assert_eq!(r.status, 200, "{}", r.text());
+}
+
+/// A backup whose modification time is `age` seconds in the past.
+fn write_old_backup(src: &Daemon, name: &str, bytes: &[u8], age: u64) {
+    let path = src.data_dir.join("storage").join(name);
+    let dir = path.parent().unwrap();
+    std::fs::create_dir_all(dir).unwrap();
+    let tmp = dir.join(format!(
+        ".{}.tmp",
+        path.file_name().unwrap().to_string_lossy()
+    ));
+    std::fs::write(&tmp, bytes).unwrap();
+    let when = std::time::SystemTime::now() - Duration::from_secs(age);
+    std::fs::File::options()
+        .write(true)
+        .open(&tmp)
+        .unwrap()
+        .set_modified(when)
+        .unwrap();
+    std::fs::rename(&tmp, &path).unwrap();
+}
+
+/// The backups the source's log says started, in order.
+fn started_in_order(src: &Daemon) -> Vec<String> {
+    src.log()
+        .lines()
+        .filter_map(|l| {
+            let (_, rest) = l.split_once("): ")?;
+            let (name, tail) = rest.split_once(' ')?;
+            tail.starts_with("started (item").then(|| name.to_string())
+        })
+        .collect()
+}
+
+#[test]
+fn the_three_strategies_order_and_drop_as_the_appliance_does() {
+    let (src, tgt) = start_pair("repl-strategies");
+    let st = src.root_token();
+    configure(
+        &src,
+        &st,
+        json!({"strategy": "retention", "max_concurrent": 1}),
+    );
+    throttle_to(&src, &st, 1_000_000);
+    let mb = 400_000;
+    write_old_backup(&src, "r/middle", &content(1, mb), 200);
+    write_old_backup(&src, "r/newest", &content(2, mb), 100);
+    write_old_backup(&src, "r/oldest", &content(3, mb), 300);
+    let p = pair(&src, &tgt, json!({}));
+    wait_item(&src, &st, "r/newest", "done", Duration::from_secs(30));
+    assert_eq!(
+        started_in_order(&src),
+        vec!["r/oldest", "r/middle", "r/newest"],
+        "retention: every backup, oldest first"
+    );
+
+    // Recency: newest first; once it replicated, the client's older waiting ones go.
+    configure(&src, &st, json!({"queue_scheme": 2}));
+    write_old_backup(&src, "n/old", &content(4, mb), 300);
+    write_old_backup(&src, "n/older", &content(5, mb), 400);
+    write_old_backup(&src, "n/new", &content(6, mb), 100);
+    wait_item(&src, &st, "n/new", "done", Duration::from_secs(30));
+    for old in ["n/old", "n/older"] {
+        let i = wait_item(&src, &st, old, "removed", Duration::from_secs(10));
+        assert!(
+            i["message"]
+                .as_str()
+                .unwrap()
+                .contains("superseded by n/new"),
+            "{i}"
+        );
+        assert!(
+            !received_path(&tgt, &p, old).exists(),
+            "{old} must not arrive"
+        );
+    }
+    let order = started_in_order(&src);
+    assert_eq!(order[3], "n/new", "{order:?}");
+    assert!(!order.contains(&"n/older".to_string()), "{order:?}");
+
+    // Manual: nothing is queued by itself; an admin's add is sent.
+    configure(&src, &st, json!({"strategy": "manual"}));
+    unthrottle(&src, &st);
+    write_backup(&src, "m/by-hand", &content(7, 1000));
+    std::thread::sleep(Duration::from_secs(2));
+    assert!(
+        item_of(&src, &st, "m/by-hand").is_none(),
+        "manual queues nothing itself"
+    );
+    let r = src.client().post_json(
+        "/api/replication/queue",
+        Some(&st),
+        &json!({"target_id": p.target_id, "backup": "m/by-hand"}),
+    );
+    assert_eq!(r.status, 201, "{}", r.text());
+    assert_eq!(r.json()["status"], "waiting");
+    wait_item(&src, &st, "m/by-hand", "done", Duration::from_secs(20));
+    assert_eq!(
+        std::fs::read(received_path(&tgt, &p, "m/by-hand")).unwrap(),
+        content(7, 1000)
+    );
+}
+
+#[test]
+fn remove_stops_an_item_and_reset_queues_it_again_at_the_end() {
+    let (src, tgt) = start_pair("repl-remove");
+    let st = src.root_token();
+    configure(&src, &st, json!({"max_concurrent": 1}));
+    throttle_to(&src, &st, 500_000);
+    for i in 1..=4u8 {
+        write_old_backup(
+            &src,
+            &format!("f/{i}"),
+            &content(i, 1_000_000),
+            100 - u64::from(i),
+        );
+    }
+    let p = pair(&src, &tgt, json!({}));
+    let active = wait_item(&src, &st, "f/1", "active", Duration::from_secs(20));
+    // While f/1 streams, remove it and the waiting f/4.
+    let ids = json!([{"id": active["id"]}, {"id": item_of(&src, &st, "f/4").unwrap()["id"]}]);
+    let r = put(
+        &src,
+        "/api/replication/queue",
+        &st,
+        &json!({"backups": ids, "action": "none"}),
+    );
+    assert_eq!(r.status, 200, "{}", r.text());
+    let changed = r.json()["items"].as_array().cloned().unwrap();
+    assert!(
+        changed.iter().all(|i| i["status"] == "removed"),
+        "{changed:?}"
+    );
+    wait_item(&src, &st, "f/3", "done", Duration::from_secs(30));
+    assert_eq!(item_of(&src, &st, "f/1").unwrap()["status"], "removed");
+    assert_eq!(item_of(&src, &st, "f/4").unwrap()["status"], "removed");
+    for gone in ["f/1", "f/4"] {
+        assert!(!received_path(&tgt, &p, gone).exists(), "{gone}");
+    }
+    // No half-written copy is left either.
+    let leftovers: Vec<String> = std::fs::read_dir(received_path(&tgt, &p, "f"))
+        .unwrap()
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .collect();
+    assert_eq!(leftovers.len(), 2, "{leftovers:?}");
+    // Reset brings the removed one back at the end of the queue: it is sent.
+    unthrottle(&src, &st);
+    let r = put(
+        &src,
+        "/api/replication/queue",
+        &st,
+        &json!({"clients": ["f"], "action": "reset"}),
+    );
+    assert_eq!(r.status, 200, "{}", r.text());
+    let r = put(
+        &src,
+        "/api/replication/queue",
+        &st,
+        &json!({"backups": [{"id": active["id"]}], "action": "reset"}),
+    );
+    assert_eq!(r.status, 200, "{}", r.text());
+    let again = &r.json()["items"][0];
+    assert_eq!(again["status"], "waiting");
+    wait_item(&src, &st, "f/1", "done", Duration::from_secs(20));
+    assert_eq!(
+        std::fs::read(received_path(&tgt, &p, "f/1")).unwrap(),
+        content(1, 1_000_000)
+    );
+    // A reset of something the target already holds is not sent again.
+    let done3 = item_of(&src, &st, "f/3").unwrap();
+    let r = put(
+        &src,
+        "/api/replication/queue",
+        &st,
+        &json!({"backups": [{"id": done3["id"]}], "action": "reset"}),
+    );
+    let new_id = r.json()["items"][0]["id"].clone();
+    let again = eventually(Duration::from_secs(20), "f/3 again", || {
+        items(&src, &st)
+            .into_iter()
+            .find(|i| i["id"] == new_id && i["status"] == "done")
+    });
+    assert_eq!(again["bytes_sent"], 0, "{again}");
+    assert!(again["message"].as_str().unwrap().contains("already holds"));
+}
