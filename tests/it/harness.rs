@@ -39,7 +39,6 @@ pub fn start_pair(name: &str) -> (Daemon, Daemon) {
 
 /// A completed pairing of two daemons: the source's target id, the target's system id
 /// for the source, and the source's uuid (its directory in the target's storage).
-#[allow(dead_code)]
 pub struct Paired {
     pub target_id: u64,
     pub sid: u64,

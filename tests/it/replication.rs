@@ -1,9 +1,12 @@
 //! Replication (SPEC 11) through real daemons: the queue, config and throttle endpoints
 //! in the appliance's shapes, and (with two daemons) backups that move.
 
+use std::io::Write;
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
+use replgate::replication::stream::FrameReader;
+use replgate::wire::transfer::{self, Frame};
 use serde_json::{json, Value};
 
 use crate::harness::{eventually, pair, start_pair, Daemon, Options, Paired};
@@ -597,4 +600,514 @@ fn remove_stops_an_item_and_reset_queues_it_again_at_the_end() {
     });
     assert_eq!(again["bytes_sent"], 0, "{again}");
     assert!(again["message"].as_str().unwrap().contains("already holds"));
+}
+
+/// The live `bytes_done` of an active item, once it is at least `at` bytes.
+fn wait_progress(src: &Daemon, token: &str, backup: &str, at: u64, within: Duration) -> Value {
+    eventually(within, &format!("{backup} past {at} bytes"), || {
+        item_of(src, token, backup)
+            .filter(|i| i["status"] == "active" && i["bytes_done"].as_u64().unwrap_or(0) >= at)
+    })
+}
+
+/// SPEC 11's bound: `size` plus 5 % plus one chunk (`receiver::chunk_for`: at least 1 MiB).
+fn sent_bound(size: u64) -> u64 {
+    size + size / 20 + (size / 64).max(1 << 20)
+}
+
+#[test]
+fn kill_9_of_either_side_mid_transfer_resumes_and_the_copy_verifies() {
+    let (mut src, mut tgt) = start_pair("repl-kill");
+    let st = src.root_token();
+    throttle_to(&src, &st, 4_000_000);
+    let size: usize = 16 << 20;
+    let first = content(1, size);
+    let second = content(2, size);
+    write_backup(&src, "k/first", &first);
+    let p = pair(&src, &tgt, json!({}));
+
+    // The target dies at about half; the source keeps trying and resumes after its restart.
+    wait_progress(
+        &src,
+        &st,
+        "k/first",
+        size as u64 / 2,
+        Duration::from_secs(30),
+    );
+    tgt.kill9();
+    tgt.restart();
+    let done = wait_item(&src, &st, "k/first", "done", Duration::from_secs(60));
+    let sent = done["bytes_sent"].as_u64().unwrap();
+    eprintln!("target killed at half: {sent} bytes sent for {size}");
+    assert!(sent <= sent_bound(size as u64), "sent {sent} for {size}");
+    assert!(sent >= size as u64, "{sent}");
+    assert!(
+        tgt.log().contains("resuming at"),
+        "the target resumed the partial copy"
+    );
+    assert_eq!(
+        std::fs::read(received_path(&tgt, &p, "k/first")).unwrap(),
+        first
+    );
+    assert_eq!(done["sha256"], sha256_hex(&first));
+
+    // The source dies at about half; after its restart it picks the transfer up again.
+    write_backup(&src, "k/second", &second);
+    wait_progress(
+        &src,
+        &st,
+        "k/second",
+        size as u64 / 2,
+        Duration::from_secs(30),
+    );
+    src.kill9();
+    src.restart();
+    let st = src.root_token();
+    let done = wait_item(&src, &st, "k/second", "done", Duration::from_secs(60));
+    let sent = done["bytes_sent"].as_u64().unwrap();
+    eprintln!("source killed at half: {sent} bytes sent for {size}");
+    assert!(sent <= sent_bound(size as u64), "sent {sent} for {size}");
+    assert!(sent >= size as u64, "{sent}");
+    assert_eq!(
+        std::fs::read(received_path(&tgt, &p, "k/second")).unwrap(),
+        second
+    );
+    // And a verify on the target finds both copies intact.
+    let tt = tgt.root_token();
+    let r = tgt.client().post_json(
+        &format!("/api/replication/verify?sid={}", p.sid),
+        Some(&tt),
+        &json!({}),
+    );
+    assert_eq!(r.status, 202, "{}", r.text());
+    let v = eventually(Duration::from_secs(20), "verify done", || {
+        let r = tgt
+            .client()
+            .get(
+                &format!("/api/replication/received?sid={}", p.sid),
+                Some(&tt),
+            )
+            .json();
+        (r["verify"]["running"] == false).then_some(r)
+    });
+    assert_eq!(v["verify"]["checked"], 2, "{v}");
+    assert_eq!(v["verify"]["damaged"], 0, "{v}");
+    assert!(v["received"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .all(|r| r["status"] == "ok" && r["verified"].is_i64()));
+}
+
+#[test]
+fn the_throttle_holds_the_rate_and_a_boundary_applies_at_once() {
+    let (src, tgt) = start_pair("repl-throttle-rate");
+    let st = src.root_token();
+    let rate = 2_000_000u64;
+    throttle_to(&src, &st, rate);
+    let size = 40_000_000usize;
+    write_backup(&src, "t/big", &content(3, size));
+    let p = pair(&src, &tgt, json!({}));
+    let a = wait_progress(&src, &st, "t/big", 1_000_000, Duration::from_secs(20));
+    let t0 = Instant::now();
+    std::thread::sleep(Duration::from_secs(4));
+    let b = item_of(&src, &st, "t/big").unwrap();
+    let secs = t0.elapsed().as_secs_f64();
+    let moved = b["bytes_done"].as_u64().unwrap() - a["bytes_done"].as_u64().unwrap();
+    let measured = moved as f64 / secs;
+    eprintln!(
+        "throttled to {rate} B/s, measured {measured:.0} B/s, rate_bps {}",
+        b["rate_bps"]
+    );
+    assert!(
+        (measured - rate as f64).abs() <= rate as f64 * 0.2,
+        "measured {measured:.0} B/s for a limit of {rate}"
+    );
+    let shown = b["rate_bps"].as_u64().unwrap() as f64;
+    assert!(
+        (shown - rate as f64).abs() <= rate as f64 * 0.3,
+        "rate_bps {shown}"
+    );
+    assert!(b["eta_s"].as_u64().unwrap() > 5, "{b}");
+    // The window ends: the running transfer speeds up within a second.
+    let ended = Instant::now();
+    unthrottle(&src, &st);
+    wait_item(&src, &st, "t/big", "done", Duration::from_secs(30));
+    let took = ended.elapsed();
+    eprintln!("the rest after the window ended: {took:?}");
+    assert!(
+        took < Duration::from_secs(8),
+        "about 30 MB were left: at the old rate that is 15 s, took {took:?}"
+    );
+    assert_eq!(
+        std::fs::read(received_path(&tgt, &p, "t/big"))
+            .unwrap()
+            .len(),
+        size
+    );
+}
+
+#[test]
+fn a_quota_refuses_before_the_transfer_starts_and_the_item_says_so() {
+    let (src, tgt) = start_pair("repl-quota");
+    write_backup(&src, "q/small", &content(1, 300_000));
+    write_backup(&src, "q/big", &content(2, 3 << 20));
+    let p = pair(&src, &tgt, json!({"quota_mb": 2}));
+    let st = src.root_token();
+    wait_item(&src, &st, "q/small", "done", Duration::from_secs(20));
+    let failed = wait_item(&src, &st, "q/big", "failed", Duration::from_secs(20));
+    let m = failed["message"].as_str().unwrap();
+    assert!(
+        m.contains("quota of 2 MB") && m.contains("refused before the transfer"),
+        "{m}"
+    );
+    assert_eq!(failed["bytes_sent"], 0, "{failed}");
+    assert!(!received_path(&tgt, &p, "q/big").exists());
+    let partials: Vec<_> = std::fs::read_dir(received_path(&tgt, &p, "q"))
+        .unwrap()
+        .flatten()
+        .filter(|e| e.file_name().to_string_lossy().starts_with('.'))
+        .collect();
+    assert!(
+        partials.is_empty(),
+        "nothing written for the refused backup"
+    );
+    // The target shows the quota on the systems row; raising it lets a reset through.
+    let tt = tgt.root_token();
+    let r = put(
+        &tgt,
+        &format!("/api/replication/source?sid={}", p.sid),
+        &tt,
+        &json!({"quota_mb": 10}),
+    );
+    assert_eq!((r.status, r.json()["quota_mb"].clone()), (200, json!(10)));
+    let r = put(
+        &src,
+        "/api/replication/queue",
+        &st,
+        &json!({"backups": [{"id": failed["id"]}], "action": "reset"}),
+    );
+    assert_eq!(r.status, 200, "{}", r.text());
+    wait_item(&src, &st, "q/big", "done", Duration::from_secs(20));
+}
+
+#[test]
+fn unpair_mid_transfer_stops_it_and_received_backups_stay() {
+    let (src, tgt) = start_pair("repl-unpair");
+    let st = src.root_token();
+    write_backup(&src, "u/done", &content(1, 100_000));
+    let p = pair(&src, &tgt, json!({}));
+    wait_item(&src, &st, "u/done", "done", Duration::from_secs(20));
+    throttle_to(&src, &st, 1_000_000);
+    write_backup(&src, "u/long", &content(2, 20_000_000));
+    wait_progress(&src, &st, "u/long", 1_000_000, Duration::from_secs(20));
+    let tt = tgt.root_token();
+    let r = tgt
+        .client()
+        .delete(&format!("/api/replication/source?sid={}", p.sid), Some(&tt));
+    assert_eq!(r.status, 200, "{}", r.text());
+    let cut = Instant::now();
+    // Within a second the target no longer receives: its session ended.
+    let partial = received_path(&tgt, &p, "u/.long.replgate-part");
+    std::thread::sleep(Duration::from_millis(1500));
+    let len = std::fs::metadata(&partial).map(|m| m.len()).unwrap_or(0);
+    std::thread::sleep(Duration::from_secs(2));
+    assert_eq!(
+        std::fs::metadata(&partial).map(|m| m.len()).unwrap_or(0),
+        len,
+        "the partial copy still grows {:?} after the unpair",
+        cut.elapsed()
+    );
+    assert!(tgt.log().contains("certificate revoked") || tgt.log().contains("session ended"));
+    let item = item_of(&src, &st, "u/long").unwrap();
+    assert_ne!(item["status"], "done", "{item}");
+    assert!(!received_path(&tgt, &p, "u/long").exists());
+    // What was received stays: it is a backup.
+    assert_eq!(
+        std::fs::read(received_path(&tgt, &p, "u/done")).unwrap(),
+        content(1, 100_000)
+    );
+}
+
+#[test]
+fn a_tampered_copy_is_found_by_verify_and_fixed_by_the_next_transfer() {
+    let (src, tgt) = start_pair("repl-tamper");
+    let st = src.root_token();
+    let good = content(5, 200_000);
+    write_backup(&src, "v/a", &good);
+    let p = pair(&src, &tgt, json!({}));
+    wait_item(&src, &st, "v/a", "done", Duration::from_secs(20));
+    let copy = received_path(&tgt, &p, "v/a");
+    let mut bad = good.clone();
+    bad[1000] ^= 0xff;
+    std::fs::write(&copy, &bad).unwrap();
+    let tt = tgt.root_token();
+    let received = |tgt: &Daemon| {
+        tgt.client()
+            .get(
+                &format!("/api/replication/received?sid={}", p.sid),
+                Some(&tt),
+            )
+            .json()
+    };
+    let r = tgt.client().post_json(
+        &format!("/api/replication/verify?sid={}", p.sid),
+        Some(&tt),
+        &json!({}),
+    );
+    assert_eq!(r.status, 202, "{}", r.text());
+    let v = eventually(Duration::from_secs(20), "verify done", || {
+        let r = received(&tgt);
+        (r["verify"]["running"] == false).then_some(r)
+    });
+    assert_eq!(v["verify"]["damaged"], 1, "{v}");
+    assert_eq!(v["received"][0]["status"], "damaged");
+    assert!(v["received"][0]["message"]
+        .as_str()
+        .unwrap()
+        .contains("differs"));
+    // The next transfer session (a new backup, or the idle heartbeat) sends it again.
+    write_backup(&src, "v/b", &content(6, 1000));
+    eventually(Duration::from_secs(30), "the copy repaired", || {
+        (std::fs::read(&copy).ok()? == good).then_some(())
+    });
+    let r = eventually(Duration::from_secs(10), "received row ok", || {
+        let r = received(&tgt);
+        let a = r["received"]
+            .as_array()?
+            .iter()
+            .find(|x| x["backup"] == "v/a")?
+            .clone();
+        (a["status"] == "ok").then_some(a)
+    });
+    assert_eq!(r["sha256"], sha256_hex(&good));
+}
+
+/// A transfer session opened by hand with the source's own pairing certificate, to send
+/// what a broken or hostile source would.
+struct RawSession {
+    body: replgate::wire::chunked::ChunkedWriter<replgate::remote::tunnel::TunnelWriter>,
+    replies:
+        FrameReader<replgate::wire::chunked::ChunkedReader<replgate::remote::tunnel::TunnelReader>>,
+}
+
+impl RawSession {
+    fn open(src: &Daemon, tgt: &Daemon) -> RawSession {
+        let dir = std::fs::read_dir(src.data_dir.join("targets"))
+            .unwrap()
+            .flatten()
+            .next()
+            .expect("a pairing directory")
+            .path();
+        let read = |f: &str| std::fs::read_to_string(dir.join(f)).unwrap();
+        let s = replgate::remote::tunnel::open_transfer(
+            &tgt.tunnel.to_string(),
+            &read("ca.pem"),
+            &read("cert.pem"),
+            &read("key.pem"),
+        )
+        .unwrap_or_else(|e| panic!("open a transfer session: {e}"));
+        let mut raw = RawSession {
+            body: s.body,
+            replies: FrameReader::new(s.replies),
+        };
+        assert_eq!(raw.next(), "Ready", "the greeting");
+        raw
+    }
+
+    fn send(&mut self, frames: &[Frame<'_>]) {
+        let mut buf = Vec::new();
+        for f in frames {
+            buf.clear();
+            transfer::encode(f, &mut buf);
+            self.body.write_all(&buf).unwrap();
+        }
+        self.body.flush().unwrap();
+    }
+
+    fn next(&mut self) -> String {
+        match self.replies.next_frame() {
+            Ok(Some(f)) => format!("{f:?}"),
+            other => format!("end: {other:?}"),
+        }
+    }
+}
+
+fn digest(bytes: &[u8]) -> [u8; 32] {
+    let mut out = [0u8; 32];
+    out.copy_from_slice(ring::digest::digest(&ring::digest::SHA256, bytes).as_ref());
+    out
+}
+
+#[test]
+fn bad_input_from_a_source_is_refused_and_nothing_half_written_is_visible() {
+    let (src, tgt) = start_pair("repl-bad");
+    let st = src.root_token();
+    configure(&src, &st, json!({"strategy": "manual"}));
+    let p = pair(&src, &tgt, json!({}));
+    // Another source's directory on the same storage, with a backup in it.
+    let other = tgt
+        .data_dir
+        .join("storage/22222222-2222-4222-8222-222222222222/c");
+    std::fs::create_dir_all(&other).unwrap();
+    std::fs::write(other.join("x"), b"theirs").unwrap();
+
+    let mut s = RawSession::open(&src, &tgt);
+    let long = format!("c/{}", "x".repeat(300));
+    let names = [
+        "../22222222-2222-4222-8222-222222222222/c/x",
+        "22222222-2222-4222-8222-222222222222/c/x",
+        "/etc/passwd",
+        "c/a\u{0}b",
+        long.as_str(),
+        "c/..",
+        "c/.hidden",
+    ];
+    for (i, n) in names.iter().enumerate() {
+        s.send(&[Frame::Offer {
+            seq: i as u32 + 1,
+            size: 6,
+            version: 0,
+            name: n,
+        }]);
+        let answer = s.next();
+        assert!(
+            answer.contains("Refuse") && answer.contains("BadName"),
+            "{n:?}: {answer}"
+        );
+    }
+    // A size that lies (more bytes than offered), and a digest that does not match.
+    let body = content(9, 5000);
+    s.send(&[
+        Frame::Offer {
+            seq: 20,
+            size: 100,
+            version: 0,
+            name: "c/over",
+        },
+        Frame::Start { seq: 20, offset: 0 },
+        Frame::Data {
+            seq: 20,
+            bytes: &body,
+        },
+        Frame::End {
+            seq: 20,
+            sha256: digest(&body),
+        },
+    ]);
+    assert!(s.next().contains("New"));
+    let failed = s.next();
+    assert!(
+        failed.contains("SizeMismatch") && failed.contains("more than the 100 bytes"),
+        "{failed}"
+    );
+    s.send(&[
+        Frame::Offer {
+            seq: 21,
+            size: 5000,
+            version: 0,
+            name: "c/digest",
+        },
+        Frame::Start { seq: 21, offset: 0 },
+        Frame::Data {
+            seq: 21,
+            bytes: &body,
+        },
+        Frame::End {
+            seq: 21,
+            sha256: [0; 32],
+        },
+    ]);
+    assert!(s.next().contains("New"));
+    let failed = s.next();
+    assert!(
+        failed.contains("DigestMismatch") && failed.contains("discarded"),
+        "{failed}"
+    );
+    // A disconnect in the middle of a chunk.
+    let big = content(8, 3 << 20);
+    let mut frames = vec![
+        Frame::Offer {
+            seq: 22,
+            size: big.len() as u64,
+            version: 7,
+            name: "c/cut",
+        },
+        Frame::Start { seq: 22, offset: 0 },
+    ];
+    for piece in big[..(2 << 20)].chunks(200_000) {
+        frames.push(Frame::Data {
+            seq: 22,
+            bytes: piece,
+        });
+    }
+    s.send(&frames);
+    assert!(s.next().contains("New"));
+    let mut half = Vec::new();
+    transfer::encode(
+        &Frame::Data {
+            seq: 22,
+            bytes: &[1; 100_000],
+        },
+        &mut half,
+    );
+    s.body.write_all(&half[..40_000]).unwrap();
+    s.body.flush().unwrap();
+    drop(s);
+
+    // Nothing of it is visible; the other source's backup is untouched.
+    let mine = tgt.data_dir.join("storage").join(&p.source_uuid);
+    let visible: Vec<String> = walk(&mine)
+        .into_iter()
+        .filter(|n| !n.rsplit('/').next().unwrap().starts_with('.'))
+        .collect();
+    assert!(visible.is_empty(), "{visible:?}");
+    assert_eq!(std::fs::read(other.join("x")).unwrap(), b"theirs");
+    // The cut transfer resumes from what the target made durable.
+    // (The first session may still be winding down: the name is busy until it has.)
+    let mut s = RawSession::open(&src, &tgt);
+    let mut seq = 0;
+    let resume = eventually(Duration::from_secs(5), "resume decision", || {
+        seq += 1;
+        s.send(&[Frame::Offer {
+            seq,
+            size: big.len() as u64,
+            version: 7,
+            name: "c/cut",
+        }]);
+        Some(s.next()).filter(|a| !a.contains("Busy"))
+    });
+    assert!(resume.contains("Resume"), "{resume}");
+    assert!(resume.contains(&format!("offset: {}", 2 << 20)), "{resume}");
+    // Frames out of order end the session with a protocol error.
+    s.send(&[Frame::Data {
+        seq: 99,
+        bytes: b"x",
+    }]);
+    let fatal = s.next();
+    assert!(
+        fatal.contains("Fatal") && fatal.contains("Protocol"),
+        "{fatal}"
+    );
+    assert_eq!(
+        tgt.client().get("/api/health", None).status,
+        200,
+        "the target survived it"
+    );
+}
+
+/// Every file below `dir`, as paths relative to it.
+fn walk(dir: &std::path::Path) -> Vec<String> {
+    let mut out = Vec::new();
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        for e in std::fs::read_dir(&d).into_iter().flatten().flatten() {
+            if e.file_type().unwrap().is_dir() {
+                stack.push(e.path());
+            } else {
+                out.push(e.path().strip_prefix(dir).unwrap().display().to_string());
+            }
+        }
+    }
+    out
 }
