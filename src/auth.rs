@@ -119,8 +119,9 @@ pub struct SessionRules {
 
 impl SessionRules {
     pub fn expired(&self, s: &SessionRecord, now: UnixTime) -> bool {
-        now >= s.last_used.saturating_add(self.idle.as_secs() as i64)
-            || now >= s.created.saturating_add(self.lifetime.as_secs() as i64)
+        !s.scraper
+            && (now >= s.last_used.saturating_add(self.idle.as_secs() as i64)
+                || now >= s.created.saturating_add(self.lifetime.as_secs() as i64))
     }
 
     pub fn expires_at(&self, s: &SessionRecord) -> UnixTime {
@@ -296,6 +297,12 @@ impl Authenticator {
         };
         let Some(record) = record.filter(|_| ok) else {
             self.throttle().fail(&keys, now);
+            crate::metrics::counter(
+                "replgate_login_failures_total",
+                "Logins refused for a wrong user name or password.",
+                &[],
+            )
+            .inc();
             let shown: String = user.chars().take(64).collect();
             let failed = own_audit(&shown, address, "login failed", now);
             self.store.write(|tx| tx.audit(&failed))?;
@@ -307,6 +314,7 @@ impl Authenticator {
             user: record.name.clone(),
             created: now,
             last_used: now,
+            scraper: false,
         };
         let login = own_audit(&record.name, address, "login", now);
         self.store
@@ -339,11 +347,41 @@ impl Authenticator {
         if now - s.last_used >= touch_every {
             self.store.write(|tx| tx.touch_session(&hash, now))?;
         }
+        let privilege = if s.scraper {
+            user.privilege.min(Privilege::Monitor)
+        } else {
+            user.privilege
+        };
         Ok(Session {
             user: user.name,
-            privilege: user.privilege,
+            privilege,
             token_hash: hash,
         })
+    }
+
+    /// A new scraper token for `session`'s user (see `SessionRecord::scraper`); shown
+    /// once, stored hashed like every token.
+    pub fn scraper_token(
+        &self,
+        session: &Session,
+        name: &str,
+        address: &str,
+        now: UnixTime,
+    ) -> Result<String, AuthError> {
+        let token = crate::rand::hex_string(32);
+        let record = SessionRecord {
+            user: session.user.clone(),
+            created: now,
+            last_used: now,
+            scraper: true,
+        };
+        let audit = AuditRecord {
+            detail: format!("named {name}"),
+            ..own_audit(&session.user, address, "scraper token created", now)
+        };
+        self.store
+            .write(|tx| tx.insert_session(&token_hash(&token), &record, &audit))?;
+        Ok(token)
     }
 
     pub fn logout(&self, session: &Session, address: &str, now: UnixTime) -> Result<(), AuthError> {
@@ -407,6 +445,7 @@ mod tests {
             user: "a".into(),
             created: 1_000,
             last_used: 1_000,
+            scraper: false,
         };
         assert!(!rules.expired(&s, 1_059));
         assert!(rules.expired(&s, 1_060));
@@ -414,6 +453,7 @@ mod tests {
             user: "a".into(),
             created: 1_000,
             last_used: 1_590,
+            scraper: false,
         };
         assert!(!rules.expired(&busy, 1_599));
         assert!(rules.expired(&busy, 1_600));

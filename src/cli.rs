@@ -128,6 +128,7 @@ users and audit:
   users set NAME [--privilege P] [--password | --password-stdin]
   users remove NAME
   audit [--limit N]                        the latest N audit entries (default 50)
+  metrics-token [--name LABEL]             a token for a Prometheus scraper (monitor, no expiry), shown once
   version                                  print the version (also --version)
 
 options (before or after the command):
@@ -231,6 +232,10 @@ pub enum CtlCommand {
     Audit {
         limit: u64,
     },
+    /// `metrics-token [--name LABEL]`.
+    MetricsToken {
+        name: Option<String>,
+    },
 }
 
 /// The user `login` uses without `--user`: the superuser created on first start.
@@ -239,7 +244,8 @@ pub const DEFAULT_LOGIN_USER: &str = "root";
 pub const DEFAULT_AUDIT_LIMIT: u64 = 50;
 
 /// Options that take a value, wherever they appear.
-const CTL_VALUE_OPTIONS: [&str; 8] = [
+const CTL_VALUE_OPTIONS: [&str; 9] = [
+    "--name",
     "--api",
     "--cacert",
     "--user",
@@ -567,6 +573,12 @@ pub fn parse_ctl(args: &[String]) -> Result<Ctl, UsageError> {
                     .map(|n| positive("--limit", &n))
                     .transpose()?
                     .unwrap_or(DEFAULT_AUDIT_LIMIT),
+            }
+        }
+        "metrics-token" => {
+            no_operands(rest)?;
+            CtlCommand::MetricsToken {
+                name: opts.value("--name")?,
             }
         }
         other => return Err(UsageError(format!("unknown command {other:?}"))),

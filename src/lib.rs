@@ -20,6 +20,7 @@ pub mod identity;
 pub mod listener;
 pub mod logging;
 pub mod memory;
+pub mod metrics;
 pub mod model;
 pub mod notify;
 pub mod pairing;

@@ -259,11 +259,18 @@ fn serve(app: &App, routes: &[Route], mut request: tiny_http::Request) {
                     .iter()
                     .find(|h| h.field.equiv("If-None-Match"))
                     .map(|h| h.value.as_str().to_string());
-                let token = request
-                    .headers()
-                    .iter()
-                    .find(|h| h.field.equiv("AuthToken"))
-                    .map(|h| h.value.as_str().trim().to_string());
+                let header = |name: &'static str| {
+                    request
+                        .headers()
+                        .iter()
+                        .find(|h| h.field.equiv(name))
+                        .map(|h| h.value.as_str().trim().to_string())
+                };
+                // `Authorization: Bearer` is what Prometheus (and most tools) send.
+                let token = header("AuthToken").or_else(|| {
+                    header("Authorization")
+                        .and_then(|v| v.strip_prefix("Bearer ").map(|t| t.trim().to_string()))
+                });
                 let incoming = routes::Incoming {
                     peer,
                     now,

@@ -68,6 +68,13 @@ pub fn route_table() -> Vec<Route> {
     vec![
         route("GET", "/api/health", Public, system::health),
         route("GET", "/api/kb/{code}", Public, system::kb),
+        route("GET", "/api/metrics", Token(Monitor), system::metrics),
+        route(
+            "POST",
+            "/api/metrics/token",
+            Token(Superuser),
+            system::metrics_token,
+        ),
         route("POST", "/api/login", Public, users::login),
         route("POST", "/api/logout", Token(Monitor), users::logout),
         route("GET", "/api/users", Token(Superuser), users::list),

@@ -1,15 +1,146 @@
-//! Health and the knowledge base: the unauthenticated informational endpoints.
+//! Health, the knowledge base and the metrics: the informational endpoints.
 
 use serde_json::json;
 
 use super::body::parse_id;
 use super::error::{kb_text, ApiError};
-use super::{Call, Reply};
+use super::{App, Call, Reply};
+use crate::metrics::Exposition;
+use crate::model::Role;
+use crate::store::{RequestStatus, TargetStatus};
 
 pub fn health(_call: &Call) -> Result<Reply, ApiError> {
     Ok(Reply::json(
         200,
         json!({ "status": "ok", "version": env!("CARGO_PKG_VERSION") }),
+    ))
+}
+
+/// `GET /api/metrics`: the Prometheus text exposition of the process's metrics and of
+/// what the database holds now (SPEC 15; the metric names are in docs/operations.md).
+pub fn metrics(call: &Call) -> Result<Reply, ApiError> {
+    let mut failed = None;
+    let text = crate::metrics::global().render_with(|out| {
+        if let Err(e) = state(call.app, out) {
+            failed = Some(e);
+        }
+    });
+    if let Some(e) = failed {
+        return Err(e);
+    }
+    Ok(Reply {
+        status: 200,
+        body: text.into_bytes(),
+        content_type: "text/plain; version=0.0.4; charset=utf-8",
+        headers: Vec::new(),
+    })
+}
+
+/// The samples read from state at scrape time: every status and role is listed, zero or
+/// not, so a series never vanishes when its count drops to nothing.
+fn state(app: &App, out: &mut Exposition) -> Result<(), ApiError> {
+    use RequestStatus as R;
+    let requests = app.store.requests(0, usize::MAX, |_| true)?;
+    for status in [
+        R::Pending,
+        R::Accepted,
+        R::Rejected,
+        R::Expired,
+        R::Ignored,
+        R::Revoked,
+    ] {
+        let n = requests.iter().filter(|r| r.status == status).count();
+        out.gauge(
+            "replgate_pairing_requests",
+            "Pairing requests this appliance holds as a target, by status.",
+            &[("status", status.as_str())],
+            n as f64,
+        );
+    }
+    let systems = app.store.systems()?;
+    for role in [Role::Managed, Role::Source, Role::NonManagedSource] {
+        let n = systems.iter().filter(|s| s.role == role).count();
+        out.gauge(
+            "replgate_systems",
+            "Stored systems (sources and managed systems), by role.",
+            &[("role", role.as_str())],
+            n as f64,
+        );
+    }
+    use TargetStatus as T;
+    let targets = app.store.targets()?;
+    for status in [
+        T::Pending,
+        T::Accepted,
+        T::Complete,
+        T::Rejected,
+        T::Expired,
+        T::Revoked,
+        T::Failed,
+    ] {
+        let n = targets.iter().filter(|t| t.status == status).count();
+        out.gauge(
+            "replgate_targets",
+            "Targets this appliance asked for replication, by the pairing's status.",
+            &[("status", status.as_str())],
+            n as f64,
+        );
+    }
+    let ca_der = crate::ca::cert_pem_to_der(app.ca.cert_pem()).ok();
+    if let Some(not_after) = ca_der.and_then(|d| crate::ca::cert_not_after(&d).ok()) {
+        out.gauge(
+            "replgate_ca_expiry_seconds",
+            "When the appliance CA's certificate expires (unix time).",
+            &[],
+            not_after as f64,
+        );
+    }
+    for t in &targets {
+        if let Some(expires) = t.certificate_expires {
+            out.gauge(
+                "replgate_target_certificate_expiry_seconds",
+                "When this appliance's certificate for a target expires (unix time).",
+                &[("target", t.host.as_str())],
+                expires as f64,
+            );
+        }
+    }
+    out.gauge(
+        "replgate_build_info",
+        "The running version and commit (always 1).",
+        &[
+            ("version", env!("CARGO_PKG_VERSION")),
+            ("commit", env!("REPLGATE_COMMIT")),
+        ],
+        1.0,
+    );
+    out.gauge(
+        "replgate_start_time_seconds",
+        "When this process started (unix time).",
+        &[],
+        app.started as f64,
+    );
+    Ok(())
+}
+
+/// `POST /api/metrics/token`: a scraper token for the caller, capped to `monitor` and
+/// without expiry, shown once.
+pub fn metrics_token(call: &Call) -> Result<Reply, ApiError> {
+    let body = super::body::Body::parse(call.body)?;
+    let name = body.opt_str("name")?.unwrap_or("scraper");
+    if name.len() > 64 || name.chars().any(char::is_control) {
+        return Err(ApiError::BadRequest(
+            "`name` is a label of at most 64 printable characters".into(),
+        ));
+    }
+    let session = call.session()?;
+    let token =
+        call.app
+            .auth
+            .scraper_token(session, name, &call.peer.addr.ip().to_string(), call.now)?;
+    Ok(Reply::json(
+        201,
+        json!({ "token": token, "user": session.user, "privilege": "monitor" }),
     ))
 }
 

@@ -253,6 +253,14 @@ impl Client {
         self.call(Method::Delete, &path, Some(token), None)
     }
 
+    pub fn metrics_token(&self, token: &Secret, name: Option<&str>) -> Result<Answer, CtlError> {
+        let body = match name {
+            Some(n) => json!({ "name": n }),
+            None => json!({}),
+        };
+        self.call(Method::Post, "/api/metrics/token", Some(token), Some(&body))
+    }
+
     /// Up to [`AUDIT_PAGE`] audit rows with ids above `after`, oldest first.
     pub fn audit_page(&self, token: &Secret, after: u64) -> Result<Answer, CtlError> {
         let path = format!("/api/audit?after={after}&limit={AUDIT_PAGE}");

@@ -436,6 +436,26 @@ fn execute(ctl: &Ctl) -> Result<String, CtlError> {
             let a = client.remove_user(&token()?, name)?;
             show(a, &|v| format!("removed user {}\n", cell(&v["name"])))
         }
+        CtlCommand::MetricsToken { name } => {
+            let a = client.metrics_token(&token()?, name.as_deref())?;
+            let api_host = api.trim_start_matches("https://");
+            show(a, &|v| {
+                format!(
+                    "a scraper token (privilege monitor, no expiry) for user {}; it is shown only now:\n\
+                     {}\n\
+                     end it with `curl --cacert CA -X POST -H \"AuthToken: <token>\" {api}/api/logout`.\n\
+                     A Prometheus scrape job for it:\n\
+                     \x20 - job_name: replgate\n\
+                     \x20   scheme: https\n\
+                     \x20   metrics_path: /api/metrics\n\
+                     \x20   authorization: {{credentials_file: /etc/prometheus/replgate.token}}\n\
+                     \x20   tls_config: {{ca_file: /etc/prometheus/replgate-ca.pem}}\n\
+                     \x20   static_configs: [{{targets: ['{api_host}']}}]\n",
+                    cell(&v["user"]),
+                    cell(&v["token"]),
+                )
+            })
+        }
         CtlCommand::Audit { limit } => {
             let rows = latest_audit(&client, &token()?, *limit)?;
             if ctl.json {

@@ -262,6 +262,17 @@ pub fn spawn(
             let inner = Arc::clone(&inner);
             move || accept_loop(&inner, socket, wake_tx)
         })?;
+    let weak = Arc::downgrade(&inner);
+    crate::metrics::collect(Box::new(move |out| {
+        if let Some(inner) = weak.upgrade() {
+            out.gauge(
+                "replgate_connections_open",
+                "Connections open now (in their handshake or served), per listener.",
+                &[("listener", inner.control.name.as_str())],
+                inner.active.load(Ordering::Relaxed) as f64,
+            );
+        }
+    }));
     log::info!("{name}: listening on {local_addr}");
     Ok(Listener {
         local_addr,
@@ -503,7 +514,16 @@ fn dispatch(
     let name = &inner.control.name;
     let limits = &inner.limits;
     let key = AddressKey::of(addr.ip());
+    let refused = |cap: &str| {
+        crate::metrics::counter(
+            "replgate_connections_refused_total",
+            "Connections answered 503 or closed at a connection cap, per listener and cap.",
+            &[("listener", name), ("cap", cap)],
+        )
+        .inc()
+    };
     let refusal = if !take_slot(&inner.active, limits.max_connections) {
+        refused("max_connections");
         warnings.overload.warn(format_args!(
             "{name}: connection cap of {} reached; refusing new connections",
             limits.max_connections
@@ -514,6 +534,7 @@ fn dispatch(
         .take(key, limits.max_connections_per_address)
     {
         inner.active.fetch_sub(1, Ordering::Relaxed);
+        refused("max_connections_per_address");
         warnings.per_address.warn(format_args!(
             "{name}: {} has {} connections open (max_connections_per_address); refusing more",
             addr.ip(),
@@ -579,6 +600,12 @@ fn serve(inner: &Inner, mut sock: TcpStream, peer: SocketAddr) {
     let deadline = Instant::now() + inner.limits.handshake_timeout;
     if let Err(e) = handshake(&mut tls, &mut sock, deadline) {
         log::debug!("{name}: {peer}: tls handshake: {e}");
+        crate::metrics::counter(
+            "replgate_tls_handshake_failures_total",
+            "TLS handshakes that failed or timed out, per listener.",
+            &[("listener", name)],
+        )
+        .inc();
         return;
     }
     // The handshake left timeouts on the socket; the service starts from a clean one.

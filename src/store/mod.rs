@@ -432,6 +432,7 @@ mod tests {
         let s = SessionRecord {
             user: "alice".into(),
             created: 5,
+            scraper: false,
             last_used: 5,
         };
         store
@@ -523,6 +524,7 @@ mod tests {
         let s = SessionRecord {
             user: "bob".into(),
             created: 1,
+            scraper: false,
             last_used: 1,
         };
         store

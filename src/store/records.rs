@@ -35,6 +35,11 @@ pub struct SessionRecord {
     pub created: UnixTime,
     /// Refreshed at most once a minute, so reads do not turn into a write each.
     pub last_used: UnixTime,
+    /// A scraper's token (`POST /api/metrics/token`): never expires, and acts with at most
+    /// `monitor` privilege whatever its user's. Ends with a logout, a password change or
+    /// the user's removal, like any session.
+    #[serde(default)]
+    pub scraper: bool,
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]

@@ -14,6 +14,7 @@ mod front;
 mod fuzz;
 mod lifecycle;
 mod listener;
+mod metrics;
 mod openapi;
 mod operability;
 mod ops;

@@ -40,6 +40,7 @@ const LAYERS: &[(&str, Layer)] = &[
     ("config", Base),
     ("memory", Base),
     ("logging", Base),
+    ("metrics", Base),
     ("notify", Base),
     ("store", Resource),
     ("ca", Resource),

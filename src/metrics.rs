@@ -1,0 +1,385 @@
+//! Metrics in the Prometheus text format (version 0.0.4) for `GET /api/metrics`: one
+//! process-wide registry that any module adds counters and gauges to, plus collectors
+//! that compute values at scrape time from the state that holds them (the database).
+//! Knows names, labels, numbers and the format; never reads state itself.
+//!
+//! To add a metric:
+//! * something that happens: `metrics::counter("replgate_x_total", "What it counts.",
+//!   &[("listener", "api")]).inc()`; keep the handle where it is hot (it is an `Arc`),
+//! * a level someone sets: `metrics::gauge(..).set(v)`,
+//! * a value read from state when scraped: `metrics::collect(Box::new(move |out| ..))`,
+//!   calling `out.gauge(..)`/`out.counter(..)` for each sample.
+//!
+//! Names are `replgate_` + snake case, counters end in `_total`, times are unix seconds
+//! (`_seconds`), sizes bytes (`_bytes`). `tests/it/metrics.rs` parses the whole
+//! exposition with the Prometheus client library's own parser.
+
+use std::collections::BTreeMap;
+use std::fmt::Write as _;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, OnceLock};
+
+/// Sorted label pairs, as one key.
+type Labels = Vec<(&'static str, String)>;
+
+/// What a collector is given at scrape time to report samples.
+pub type Collector = Box<dyn Fn(&mut Exposition) + Send + Sync>;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Kind {
+    Counter,
+    Gauge,
+}
+
+impl Kind {
+    fn as_str(self) -> &'static str {
+        match self {
+            Kind::Counter => "counter",
+            Kind::Gauge => "gauge",
+        }
+    }
+}
+
+/// A monotonically growing count.
+#[derive(Clone, Debug)]
+pub struct Counter(Arc<AtomicU64>);
+
+impl Counter {
+    pub fn inc(&self) {
+        self.add(1);
+    }
+
+    pub fn add(&self, n: u64) {
+        self.0.fetch_add(n, Ordering::Relaxed);
+    }
+}
+
+/// A value that goes up and down (stored as the bits of an `f64`).
+#[derive(Clone, Debug)]
+pub struct Gauge(Arc<AtomicU64>);
+
+impl Gauge {
+    pub fn set(&self, v: f64) {
+        self.0.store(v.to_bits(), Ordering::Relaxed);
+    }
+
+    pub fn add(&self, d: f64) {
+        let mut old = self.0.load(Ordering::Relaxed);
+        loop {
+            let new = (f64::from_bits(old) + d).to_bits();
+            match self
+                .0
+                .compare_exchange_weak(old, new, Ordering::Relaxed, Ordering::Relaxed)
+            {
+                Ok(_) => return,
+                Err(now) => old = now,
+            }
+        }
+    }
+
+    pub fn get(&self) -> f64 {
+        f64::from_bits(self.0.load(Ordering::Relaxed))
+    }
+}
+
+struct Family {
+    help: &'static str,
+    kind: Kind,
+    series: BTreeMap<Labels, Arc<AtomicU64>>,
+}
+
+/// The metrics of one process (see [`global`]); tests make their own.
+#[derive(Default)]
+pub struct Registry {
+    families: Mutex<BTreeMap<&'static str, Family>>,
+    collectors: Mutex<Vec<Collector>>,
+}
+
+impl Registry {
+    pub fn new() -> Registry {
+        Registry::default()
+    }
+
+    fn series(
+        &self,
+        name: &'static str,
+        help: &'static str,
+        kind: Kind,
+        labels: &[(&'static str, &str)],
+    ) -> Arc<AtomicU64> {
+        check_name(name);
+        let mut key: Labels = labels.iter().map(|(k, v)| (*k, v.to_string())).collect();
+        key.sort();
+        // A poisoned lock only means another thread panicked while adding a series; the
+        // map itself is whole.
+        let mut families = self.families.lock().unwrap_or_else(|p| p.into_inner());
+        let family = families.entry(name).or_insert_with(|| Family {
+            help,
+            kind,
+            series: BTreeMap::new(),
+        });
+        assert_eq!(family.kind, kind, "metric {name} used as two kinds");
+        let initial = match kind {
+            Kind::Counter => 0,
+            Kind::Gauge => 0f64.to_bits(),
+        };
+        family
+            .series
+            .entry(key)
+            .or_insert_with(|| Arc::new(AtomicU64::new(initial)))
+            .clone()
+    }
+
+    /// The counter `name` with `labels`, created at zero the first time.
+    pub fn counter(
+        &self,
+        name: &'static str,
+        help: &'static str,
+        labels: &[(&'static str, &str)],
+    ) -> Counter {
+        Counter(self.series(name, help, Kind::Counter, labels))
+    }
+
+    /// The gauge `name` with `labels`, created at zero the first time.
+    pub fn gauge(
+        &self,
+        name: &'static str,
+        help: &'static str,
+        labels: &[(&'static str, &str)],
+    ) -> Gauge {
+        Gauge(self.series(name, help, Kind::Gauge, labels))
+    }
+
+    /// Adds a collector, run at every scrape.
+    pub fn collect(&self, c: Collector) {
+        self.collectors
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .push(c);
+    }
+
+    /// The whole exposition: stored series, then what the collectors report.
+    pub fn render(&self) -> String {
+        self.render_with(|_| {})
+    }
+
+    /// [`Registry::render`] with `extra` samples computed by the caller (state that the
+    /// caller holds, such as the database).
+    pub fn render_with(&self, extra: impl FnOnce(&mut Exposition)) -> String {
+        let mut out = Exposition::default();
+        {
+            let families = self.families.lock().unwrap_or_else(|p| p.into_inner());
+            for (name, f) in families.iter() {
+                for (labels, v) in &f.series {
+                    let bits = v.load(Ordering::Relaxed);
+                    let value = match f.kind {
+                        Kind::Counter => bits as f64,
+                        Kind::Gauge => f64::from_bits(bits),
+                    };
+                    out.sample(name, f.help, f.kind, labels.clone(), value);
+                }
+            }
+        }
+        for c in self
+            .collectors
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .iter()
+        {
+            c(&mut out);
+        }
+        extra(&mut out);
+        out.text()
+    }
+}
+
+/// One metric's samples in a scrape: its help, its kind, and each labelled value.
+type Samples = (&'static str, Kind, Vec<(Labels, f64)>);
+
+/// Samples gathered for one scrape, grouped by metric name.
+#[derive(Default)]
+pub struct Exposition {
+    families: BTreeMap<&'static str, Samples>,
+}
+
+impl Exposition {
+    fn sample(
+        &mut self,
+        name: &'static str,
+        help: &'static str,
+        kind: Kind,
+        labels: Labels,
+        value: f64,
+    ) {
+        check_name(name);
+        let family = self
+            .families
+            .entry(name)
+            .or_insert_with(|| (help, kind, Vec::new()));
+        family.2.push((labels, value));
+    }
+
+    fn labels(labels: &[(&'static str, &str)]) -> Labels {
+        let mut l: Labels = labels.iter().map(|(k, v)| (*k, v.to_string())).collect();
+        l.sort();
+        l
+    }
+
+    /// Reports a gauge sample computed now.
+    pub fn gauge(
+        &mut self,
+        name: &'static str,
+        help: &'static str,
+        labels: &[(&'static str, &str)],
+        value: f64,
+    ) {
+        self.sample(name, help, Kind::Gauge, Self::labels(labels), value);
+    }
+
+    /// Reports a counter sample computed now (a total kept elsewhere, e.g. in the database).
+    pub fn counter(
+        &mut self,
+        name: &'static str,
+        help: &'static str,
+        labels: &[(&'static str, &str)],
+        value: f64,
+    ) {
+        self.sample(name, help, Kind::Counter, Self::labels(labels), value);
+    }
+
+    fn text(&self) -> String {
+        let mut out = String::new();
+        for (name, (help, kind, samples)) in &self.families {
+            let _ = writeln!(out, "# HELP {name} {}", escape_help(help));
+            let _ = writeln!(out, "# TYPE {name} {}", kind.as_str());
+            for (labels, value) in samples {
+                out.push_str(name);
+                if !labels.is_empty() {
+                    out.push('{');
+                    for (i, (k, v)) in labels.iter().enumerate() {
+                        if i > 0 {
+                            out.push(',');
+                        }
+                        let _ = write!(out, "{k}=\"{}\"", escape_label(v));
+                    }
+                    out.push('}');
+                }
+                let _ = writeln!(out, " {}", number(*value));
+            }
+        }
+        out
+    }
+}
+
+/// The registry of this process.
+pub fn global() -> &'static Registry {
+    static GLOBAL: OnceLock<Registry> = OnceLock::new();
+    GLOBAL.get_or_init(Registry::new)
+}
+
+/// [`Registry::counter`] of the [`global`] registry.
+pub fn counter(name: &'static str, help: &'static str, labels: &[(&'static str, &str)]) -> Counter {
+    global().counter(name, help, labels)
+}
+
+/// [`Registry::gauge`] of the [`global`] registry.
+pub fn gauge(name: &'static str, help: &'static str, labels: &[(&'static str, &str)]) -> Gauge {
+    global().gauge(name, help, labels)
+}
+
+/// [`Registry::collect`] on the [`global`] registry.
+pub fn collect(c: Collector) {
+    global().collect(c)
+}
+
+/// Metric and label names are fixed in code; a bad one is a bug caught by any test that
+/// renders it.
+fn check_name(name: &str) {
+    let ok = name.starts_with("replgate_")
+        && name
+            .chars()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_');
+    assert!(ok, "metric name {name:?} is not replgate_ and snake case");
+}
+
+fn escape_help(s: &str) -> String {
+    s.replace('\\', "\\\\").replace('\n', "\\n")
+}
+
+fn escape_label(s: &str) -> String {
+    s.replace('\\', "\\\\")
+        .replace('"', "\\\"")
+        .replace('\n', "\\n")
+}
+
+/// A sample value: integers without a fraction, the rest as Rust prints them (which the
+/// format's float grammar reads), infinities and NaN spelled as the format wants.
+fn number(v: f64) -> String {
+    if v.is_nan() {
+        "NaN".into()
+    } else if v.is_infinite() {
+        if v > 0.0 { "+Inf" } else { "-Inf" }.into()
+    } else if v.fract() == 0.0 && v.abs() < 1e15 {
+        format!("{}", v as i64)
+    } else {
+        format!("{v}")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn families_render_once_with_help_type_and_sorted_labels() {
+        let r = Registry::new();
+        r.counter(
+            "replgate_t_total",
+            "Things.",
+            &[("listener", "api"), ("a", "1")],
+        )
+        .add(3);
+        r.counter(
+            "replgate_t_total",
+            "Things.",
+            &[("a", "1"), ("listener", "api")],
+        )
+        .inc();
+        r.gauge("replgate_g", "A level.", &[]).set(1.5);
+        r.collect(Box::new(|out| {
+            out.gauge(
+                "replgate_c",
+                "Computed\nnow.",
+                &[("role", "say \"hi\"\\")],
+                2.0,
+            )
+        }));
+        assert_eq!(
+            r.render(),
+            "# HELP replgate_c Computed\\nnow.\n# TYPE replgate_c gauge\n\
+             replgate_c{role=\"say \\\"hi\\\"\\\\\"} 2\n\
+             # HELP replgate_g A level.\n# TYPE replgate_g gauge\nreplgate_g 1.5\n\
+             # HELP replgate_t_total Things.\n# TYPE replgate_t_total counter\n\
+             replgate_t_total{a=\"1\",listener=\"api\"} 4\n"
+        );
+    }
+
+    #[test]
+    fn gauges_add_and_numbers_follow_the_format() {
+        let r = Registry::new();
+        let g = r.gauge("replgate_g", "g", &[]);
+        g.add(2.5);
+        g.add(-1.0);
+        assert_eq!(g.get(), 1.5);
+        assert_eq!(number(1_700_000_000.0), "1700000000");
+        assert_eq!(number(f64::INFINITY), "+Inf");
+        assert_eq!(number(f64::NAN), "NaN");
+        assert_eq!(number(0.25), "0.25");
+    }
+
+    #[test]
+    #[should_panic(expected = "snake case")]
+    fn names_outside_the_convention_are_a_bug() {
+        Registry::new().counter("Bad-Name", "x", &[]);
+    }
+}

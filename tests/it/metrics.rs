@@ -1,0 +1,149 @@
+//! `GET /api/metrics` as Prometheus scrapes it: a monitor token (as `Authorization: Bearer`,
+//! a scraper token made for that), and an exposition that the Prometheus client library's
+//! own text parser reads, with the numbers that the daemon's state says.
+
+use std::io::Write;
+use std::net::TcpStream;
+use std::process::{Command, Stdio};
+
+use serde_json::{json, Value};
+
+use crate::harness::{Daemon, Options};
+
+/// Debian's Python, where `python3-prometheus-client` installs (a `python3` earlier on
+/// PATH, such as pyenv's, would not see it).
+const PYTHON: &str = "/usr/bin/python3";
+
+/// Parses `text` with `prometheus_client.parser` and returns every sample as
+/// `{"family", "type", "name", "labels", "value"}`.
+fn parse_with_prometheus(text: &str) -> Vec<Value> {
+    let script = r#"
+import json, sys
+from prometheus_client.parser import text_string_to_metric_families
+out = []
+for family in text_string_to_metric_families(sys.stdin.read()):
+    for s in family.samples:
+        out.append({"family": family.name, "type": family.type, "name": s.name,
+                    "labels": s.labels, "value": s.value})
+print(json.dumps(out))
+"#;
+    let probe = Command::new(PYTHON)
+        .args(["-c", "import prometheus_client.parser"])
+        .output();
+    assert!(
+        probe.as_ref().is_ok_and(|o| o.status.success()),
+        "this test parses with the Prometheus client library: install the Debian packages \
+         `python3` and `python3-prometheus-client` (.ci/run does): {probe:?}"
+    );
+    let mut child = Command::new(PYTHON)
+        .args(["-c", script])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(text.as_bytes())
+        .unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert!(
+        out.status.success(),
+        "the Prometheus parser refused the exposition: {}\n{text}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice::<Vec<Value>>(&out.stdout).unwrap()
+}
+
+/// The value of the sample `name` whose labels include `labels`.
+#[track_caller]
+fn sample(samples: &[Value], name: &str, labels: &[(&str, &str)]) -> f64 {
+    samples
+        .iter()
+        .find(|s| s["name"] == name && labels.iter().all(|(k, v)| s["labels"][*k] == *v))
+        .and_then(|s| s["value"].as_f64())
+        .unwrap_or_else(|| panic!("no sample {name} {labels:?} in {samples:?}"))
+}
+
+#[test]
+fn prometheus_scrapes_the_state_with_a_scraper_token() {
+    let d = Daemon::start("metrics", Options::default());
+    let root = d.root_token();
+    let c = d.client();
+    // State to see: one pending request, one accepted (a stored source), a failed login,
+    // a failed TLS handshake.
+    d.file_request("3e3e3e3e-0000-4333-8444-555555555555");
+    let accepted = d.file_request("3e3e3e3e-0001-4333-8444-555555555555");
+    let r = c.post_json(
+        "/api/replication/source",
+        Some(&root),
+        &json!({"request_id": accepted.id, "accept": true}),
+    );
+    assert_eq!(r.status, 201, "{}", r.text());
+    let r = c.post_json(
+        "/api/login",
+        None,
+        &json!({"username": "root", "password": "wrong"}),
+    );
+    assert_eq!(r.status, 401);
+    let mut raw = TcpStream::connect(d.api).unwrap();
+    raw.write_all(b"GET / HTTP/1.1\r\n\r\n").unwrap();
+    drop(raw);
+
+    // No token, no metrics; a scraper token is made once and is capped to monitor.
+    assert_eq!(c.get("/api/metrics", None).status, 401);
+    let r = c.post_json("/api/metrics/token", Some(&root), &json!({"name": "prom"}));
+    assert_eq!(r.status, 201, "{}", r.text());
+    assert_eq!(r.json()["privilege"], "monitor");
+    let scraper = r.json()["token"].as_str().unwrap().to_string();
+    assert_eq!(c.get("/api/users", Some(&scraper)).status, 403);
+    let bearer = format!("Bearer {scraper}");
+    let r = c.request("GET", "/api/metrics", &[("Authorization", &bearer)], b"");
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(
+        r.header("Content-Type"),
+        Some("text/plain; version=0.0.4; charset=utf-8")
+    );
+
+    let samples = parse_with_prometheus(&r.text());
+    let typed = |family: &str| {
+        samples
+            .iter()
+            .find(|s| s["family"] == family)
+            .map(|s| s["type"].as_str().unwrap_or("").to_string())
+    };
+    assert_eq!(typed("replgate_pairing_requests").as_deref(), Some("gauge"));
+    assert_eq!(typed("replgate_login_failures").as_deref(), Some("counter"));
+    let pending = |status| sample(&samples, "replgate_pairing_requests", &[("status", status)]);
+    assert_eq!(pending("pending"), 1.0);
+    assert_eq!(pending("accepted"), 1.0);
+    assert_eq!(pending("rejected"), 0.0);
+    let role = [("role", "Non-Managed Replication Source")];
+    assert_eq!(sample(&samples, "replgate_systems", &role), 1.0);
+    assert_eq!(sample(&samples, "replgate_login_failures_total", &[]), 1.0);
+    let api = [("listener", "api")];
+    let failures = crate::harness::eventually(
+        std::time::Duration::from_secs(5),
+        "the failed handshake to be counted",
+        || {
+            let r = c.request("GET", "/api/metrics", &[("Authorization", &bearer)], b"");
+            let s = parse_with_prometheus(&r.text());
+            let n = sample(&s, "replgate_tls_handshake_failures_total", &api);
+            (n >= 1.0).then_some(n)
+        },
+    );
+    assert!(failures >= 1.0);
+    assert!(sample(&samples, "replgate_connections_open", &api) >= 1.0);
+    let now = replgate::model::now() as f64;
+    assert!(sample(&samples, "replgate_ca_expiry_seconds", &[]) > now);
+    let version = [("version", env!("CARGO_PKG_VERSION"))];
+    assert_eq!(sample(&samples, "replgate_build_info", &version), 1.0);
+
+    // The AuthToken header works too, and a logout with the scraper token ends it.
+    assert_eq!(c.get("/api/metrics", Some(&scraper)).status, 200);
+    let r = c.request("POST", "/api/logout", &[("AuthToken", &scraper)], b"");
+    assert_eq!(r.status, 200);
+    assert_eq!(c.get("/api/metrics", Some(&scraper)).status, 401);
+}
