@@ -520,6 +520,11 @@ fn body_routes(csr_pem: &str) -> Vec<BodyRoute> {
             fields: vec![("action", Str, s("none")), ("target_id", Id, "1".into())],
         },
         BodyRoute {
+            method: "POST",
+            path: "/api/metrics/token",
+            fields: vec![("name", Str, s("prometheus"))],
+        },
+        BodyRoute {
             method: "PUT",
             path: "/api/replication/config",
             fields: vec![("strategy", Str, s("retention"))],
