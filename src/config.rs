@@ -1,7 +1,7 @@
 //! Configuration: the TOML file plus `REPLGATE_<KEY>` environment overrides, resolved into a
 //! validated [`Config`] with the documented defaults. Reads one file; never writes any.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -161,6 +161,8 @@ pub struct Config {
     /// `fault`: fault injection for crash tests (`none`, `crash_after_accept_commit`).
     /// Defaults to `none`.
     pub fault: Fault,
+    /// Where each key that is not a default came from: `file PATH` or `env REPLGATE_KEY`.
+    pub sources: BTreeMap<String, String>,
 }
 
 /// A configuration problem, naming the key (or file) at fault.
@@ -172,11 +174,30 @@ pub struct ConfigError {
 
 impl fmt::Display for ConfigError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "config key `{}`: {}", self.key, self.problem)
+        if self.key.is_empty() {
+            write!(f, "configuration: {}", self.problem)
+        } else {
+            write!(f, "config key `{}`: {}", self.key, self.problem)
+        }
     }
 }
 
 impl std::error::Error for ConfigError {}
+
+/// The key a TOML error is about. basic-toml says `... for key `poll_interval` ...` for a
+/// wrong type and "unknown field `x`" for an unknown key; the first backticked word of a
+/// type error is the value (`5.5`), never the key.
+fn toml_error_key(msg: &str) -> String {
+    let after = |marker: &str| {
+        msg.split_once(marker)
+            .and_then(|(_, rest)| rest.split('`').next())
+            .filter(|k| !k.is_empty())
+            .map(String::from)
+    };
+    after("for key `")
+        .or_else(|| after("unknown field `"))
+        .unwrap_or_default()
+}
 
 fn bad(key: &str, problem: impl Into<String>) -> ConfigError {
     ConfigError {
@@ -279,12 +300,27 @@ impl RawConfig {
         })
     }
 
-    /// Applies `REPLGATE_<KEY>` overrides from `env` (an iterator so tests need no globals).
+    /// Applies `REPLGATE_<KEY>` overrides from `env` (an iterator so tests need no globals);
+    /// returns the names of the variables that set a key.
     fn apply_env(
         &mut self,
         env: impl Iterator<Item = (String, String)>,
-    ) -> Result<(), ConfigError> {
+    ) -> Result<Vec<String>, ConfigError> {
+        let mut applied = Vec::new();
         for (name, value) in env {
+            let is_key = {
+                let k = name
+                    .strip_prefix("REPLGATE_")
+                    .unwrap_or("")
+                    .to_ascii_lowercase();
+                !(k == "admin_password"
+                    || k == "config"
+                    || k == "password"
+                    || k.starts_with("ctl_"))
+            };
+            if is_key && name.starts_with("REPLGATE_") {
+                applied.push(name.clone());
+            }
             let Some(key) = name.strip_prefix("REPLGATE_") else {
                 continue;
             };
@@ -323,7 +359,7 @@ impl RawConfig {
                 other => return Err(bad(other, format!("{name} is not a known setting"))),
             }
         }
-        Ok(())
+        Ok(applied)
     }
 }
 
@@ -371,8 +407,12 @@ impl Config {
         let text = match path {
             Some(p) => Some((
                 p.to_path_buf(),
-                std::fs::read_to_string(p)
-                    .map_err(|e| bad("--config", format!("cannot read {}: {e}", p.display())))?,
+                std::fs::read_to_string(p).map_err(|e| {
+                    bad(
+                        "",
+                        format!("cannot read the --config file {}: {e}", p.display()),
+                    )
+                })?,
             )),
             None => {
                 let p = Path::new(DEFAULT_CONFIG_PATH);
@@ -384,10 +424,18 @@ impl Config {
         };
         let env = std::env::vars().filter(|(k, _)| k.starts_with("REPLGATE_"));
         match text {
-            Some((p, t)) => Config::from_toml(&t, env).map_err(|mut e| {
-                e.problem = format!("{} (in {})", e.problem, p.display());
-                e
-            }),
+            Some((p, t)) => {
+                let mut c = Config::from_toml(&t, env).map_err(|mut e| {
+                    e.problem = format!("{} (in {})", e.problem, p.display());
+                    e
+                })?;
+                for source in c.sources.values_mut() {
+                    if source == "file" {
+                        *source = format!("file {}", p.display());
+                    }
+                }
+                Ok(c)
+            }
             None => Config::from_toml("", env),
         }
     }
@@ -399,17 +447,21 @@ impl Config {
     ) -> Result<Config, ConfigError> {
         let mut raw: RawConfig = basic_toml::from_str(text).map_err(|e| {
             let msg = e.to_string();
-            // basic-toml names unknown keys and the field of a type mismatch in its text.
-            let key = msg
-                .split('`')
-                .nth(1)
-                .filter(|k| !k.is_empty())
-                .unwrap_or("(file)")
-                .to_string();
-            bad(&key, msg)
+            bad(&toml_error_key(&msg), msg)
         })?;
-        raw.apply_env(env)?;
-        Config::resolve(raw)
+        let mut sources: BTreeMap<String, String> =
+            basic_toml::from_str::<BTreeMap<String, serde::de::IgnoredAny>>(text)
+                .unwrap_or_default()
+                .into_keys()
+                .map(|k| (k, "file".to_string()))
+                .collect();
+        for name in raw.apply_env(env)? {
+            let key = name["REPLGATE_".len()..].to_ascii_lowercase();
+            sources.insert(key, format!("env {name}"));
+        }
+        let mut config = Config::resolve(raw)?;
+        config.sources = sources;
+        Ok(config)
     }
 
     fn resolve(raw: RawConfig) -> Result<Config, ConfigError> {
@@ -559,7 +611,95 @@ impl Config {
             },
             storage,
             fault,
+            sources: BTreeMap::new(),
         })
+    }
+
+    /// The resolved configuration as a TOML file that would give it, each line commented
+    /// with where its value came from (`default`, `file PATH`, `env REPLGATE_KEY`): what
+    /// `check-config` prints.
+    pub fn to_toml(&self) -> String {
+        let q = |s: &str| serde_json::Value::from(s).to_string();
+        let secs = |d: Duration| d.as_secs().to_string();
+        let lines: Vec<(&str, String)> = vec![
+            ("data_dir", q(&self.data_dir.to_string_lossy())),
+            ("api_listen", q(&self.api_listen.to_string())),
+            ("tunnel_listen", q(&self.tunnel_listen.to_string())),
+            (
+                "hostnames",
+                format!(
+                    "[{}]",
+                    self.hostnames
+                        .iter()
+                        .map(|h| q(h))
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                ),
+            ),
+            ("asset_tag", q(&self.asset_tag)),
+            ("log", q(&self.log)),
+            ("poll_interval", secs(self.poll_interval)),
+            ("heartbeat_interval", secs(self.heartbeat_interval)),
+            ("max_connections", self.max_connections.to_string()),
+            (
+                "max_connections_per_address",
+                self.max_connections_per_address.to_string(),
+            ),
+            ("handshake_timeout", secs(self.handshake_timeout)),
+            ("idle_timeout", secs(self.idle_timeout)),
+            ("head_timeout", secs(self.head_timeout)),
+            ("max_head_bytes", self.max_head_bytes.to_string()),
+            ("max_body_bytes", self.max_body_bytes.to_string()),
+            ("session_idle", secs(self.session_idle)),
+            ("session_lifetime", secs(self.session_lifetime)),
+            ("login_max_failures", self.login_max_failures.to_string()),
+            ("login_window", secs(self.login_window)),
+            ("request_ttl", secs(self.request_ttl)),
+            ("request_retention", secs(self.request_retention)),
+            ("max_pending", self.max_pending.to_string()),
+            (
+                "max_pending_per_address",
+                self.max_pending_per_address.to_string(),
+            ),
+            ("certificate_days", self.certificate_days.to_string()),
+            ("workers", self.workers.to_string()),
+            (
+                "fault",
+                q(match self.fault {
+                    Fault::None => "none",
+                    Fault::CrashAfterAcceptCommit => "crash_after_accept_commit",
+                }),
+            ),
+        ];
+        let source = |key: &str| {
+            self.sources
+                .get(key)
+                .map(String::as_str)
+                .unwrap_or("default")
+                .to_string()
+        };
+        let mut out = String::new();
+        for (key, value) in lines {
+            out.push_str(&format!("{key} = {value}  # {}\n", source(key)));
+        }
+        match self.replicate_from {
+            Some(id) => out.push_str(&format!(
+                "replicate_from = {id}  # {}\n",
+                source("replicate_from")
+            )),
+            None => out.push_str("# replicate_from: the default backup storage  # default\n"),
+        }
+        for s in &self.storage {
+            out.push_str(&format!(
+                "\n[[storage]]  # {}\nid = {}\nname = {}\npath = {}\nusage = {}\n",
+                source("storage"),
+                s.id,
+                q(&s.name),
+                q(&s.path.to_string_lossy()),
+                q(s.usage.as_str())
+            ));
+        }
+        out
     }
 
     /// The storage marked default: the first with usage `backup`.
@@ -677,6 +817,55 @@ mod tests {
         assert_eq!(e.key, "idle_timeout");
         let e = Config::from_toml("", env(&[("REPLGATE_NO_SUCH", "1")])).unwrap_err();
         assert_eq!(e.key, "no_such");
+    }
+
+    /// Strips the `# source` comments of `to_toml`'s lines.
+    fn values(toml: &str) -> String {
+        toml.lines()
+            .map(|l| l.split("  # ").next().unwrap_or(l))
+            .filter(|l| !l.starts_with('#'))
+            .collect::<Vec<_>>()
+            .join("\n")
+    }
+
+    #[test]
+    fn check_config_prints_toml_that_gives_the_same_config_and_says_where_values_came_from() {
+        let file = "poll_interval = 10\nhostnames = [\"a.example\", \"b\"]\n[[storage]]\nid = 4\npath = \"/srv/x\"\n";
+        let c = Config::from_toml(file, env(&[("REPLGATE_IDLE_TIMEOUT", "70")])).unwrap();
+        let toml = c.to_toml();
+        assert!(toml.contains("poll_interval = 10  # file\n"), "{toml}");
+        assert!(
+            toml.contains("idle_timeout = 70  # env REPLGATE_IDLE_TIMEOUT\n"),
+            "{toml}"
+        );
+        assert!(
+            toml.contains("max_connections = 256  # default\n"),
+            "{toml}"
+        );
+        assert!(toml.contains("[[storage]]  # file\nid = 4\n"), "{toml}");
+        let again = Config::from_toml(&values(&toml), env(&[])).unwrap();
+        assert_eq!(values(&again.to_toml()), values(&toml));
+        // Every key the file may hold is shown (serde lists them for an unknown one).
+        let e = Config::from_toml("no_such_key = 1", env(&[])).unwrap_err();
+        let keys: Vec<&str> = e.problem.split('`').skip(3).step_by(2).collect();
+        assert!(keys.len() > 20, "{e}");
+        for k in keys {
+            assert!(
+                toml.contains(&format!("{k} = "))
+                    || toml.contains(&format!("[[{k}]]"))
+                    || toml.contains(&format!("# {k}:")),
+                "check-config does not show `{k}`:\n{toml}"
+            );
+        }
+    }
+
+    #[test]
+    fn type_errors_name_the_key_not_the_value() {
+        let e = Config::from_toml("poll_interval = 5.5", env(&[])).unwrap_err();
+        assert_eq!(e.key, "poll_interval", "{e}");
+        let e = Config::load(Some(Path::new("/nonexistent/replgate.toml"))).unwrap_err();
+        assert!(!e.to_string().contains("key"), "{e}");
+        assert!(e.to_string().contains("/nonexistent/replgate.toml"), "{e}");
     }
 
     #[test]

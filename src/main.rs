@@ -33,7 +33,7 @@ fn main() -> ExitCode {
         Command::Ctl(args) => ExitCode::from(replgate::ctl::run(&args)),
         Command::CheckConfig { config } => match Config::load(config.as_deref()) {
             Ok(c) => {
-                println!("{c:#?}");
+                print!("{}", c.to_toml());
                 ExitCode::SUCCESS
             }
             Err(e) => {
