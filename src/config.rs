@@ -146,8 +146,20 @@ pub struct Config {
     pub request_retention: Duration,
     /// `max_pending`: global cap on open pairing requests. Defaults to 1000.
     pub max_pending: u32,
-    /// `max_pending_per_address`: open pairing requests per remote address. Defaults to 20.
+    /// `max_pending_per_address`: open pairing requests per remote network (see the two
+    /// prefixes). Defaults to 20.
     pub max_pending_per_address: u32,
+    /// `pending_prefix_v4`: the IPv4 network an address counts in for
+    /// `max_pending_per_address`, as a prefix length (8 to 32). Defaults to 24.
+    pub pending_prefix_v4: u8,
+    /// `pending_prefix_v6`: the same for IPv6 (16 to 128). Defaults to 64.
+    pub pending_prefix_v6: u8,
+    /// `unverified_request_ttl` (s): a pending request filed without a pairing token
+    /// expires after the shorter of it and `request_ttl`. Defaults to `request_ttl`.
+    pub unverified_request_ttl: Duration,
+    /// `require_token`: refuse every pairing request filed without a valid pairing token.
+    /// Defaults to false.
+    pub require_token: bool,
     /// `certificate_days`: lifetime of issued source certificates. Defaults to 365.
     pub certificate_days: u32,
     /// `workers`: threads that run request handlers. Defaults to 4.
@@ -242,6 +254,10 @@ struct RawConfig {
     request_retention: Option<u64>,
     max_pending: Option<u64>,
     max_pending_per_address: Option<u64>,
+    pending_prefix_v4: Option<u64>,
+    pending_prefix_v6: Option<u64>,
+    unverified_request_ttl: Option<u64>,
+    require_token: Option<bool>,
     certificate_days: Option<u64>,
     workers: Option<u64>,
     replicate_from: Option<u64>,
@@ -268,6 +284,9 @@ const NUMERIC_KEYS: &[&str] = &[
     "request_retention",
     "max_pending",
     "max_pending_per_address",
+    "pending_prefix_v4",
+    "pending_prefix_v6",
+    "unverified_request_ttl",
     "certificate_days",
     "workers",
     "replicate_from",
@@ -293,6 +312,9 @@ impl RawConfig {
             "request_retention" => &mut self.request_retention,
             "max_pending" => &mut self.max_pending,
             "max_pending_per_address" => &mut self.max_pending_per_address,
+            "pending_prefix_v4" => &mut self.pending_prefix_v4,
+            "pending_prefix_v6" => &mut self.pending_prefix_v6,
+            "unverified_request_ttl" => &mut self.unverified_request_ttl,
             "certificate_days" => &mut self.certificate_days,
             "workers" => &mut self.workers,
             "replicate_from" => &mut self.replicate_from,
@@ -332,6 +354,18 @@ impl RawConfig {
                 "log" => self.log = Some(value),
                 "asset_tag" => self.asset_tag = Some(value),
                 "fault" => self.fault = Some(value),
+                "require_token" => {
+                    self.require_token = Some(match value.trim() {
+                        "true" | "1" => true,
+                        "false" | "0" => false,
+                        _ => {
+                            return Err(bad(
+                                "require_token",
+                                format!("{name}={value:?} is not true, false, 1 or 0"),
+                            ))
+                        }
+                    })
+                }
                 "hostnames" => {
                     self.hostnames = Some(
                         value
@@ -503,6 +537,14 @@ impl Config {
             1,
             31_536_000,
         )?;
+        let request_ttl = seconds("request_ttl", raw.request_ttl, 604_800, 1, 31_536_000)?;
+        let unverified_request_ttl = seconds(
+            "unverified_request_ttl",
+            raw.unverified_request_ttl,
+            request_ttl.as_secs(),
+            1,
+            31_536_000,
+        )?;
         let api_listen = listen("api_listen", raw.api_listen, "127.0.0.1:8443")?;
         let tunnel_listen = listen("tunnel_listen", raw.tunnel_listen, "127.0.0.1:8444")?;
         if api_listen == tunnel_listen && api_listen.port() != 0 {
@@ -581,7 +623,7 @@ impl Config {
             login_max_failures: ranged("login_max_failures", raw.login_max_failures, 5, 1, 1_000)?
                 as u32,
             login_window: seconds("login_window", raw.login_window, 300, 1, 86_400)?,
-            request_ttl: seconds("request_ttl", raw.request_ttl, 604_800, 1, 31_536_000)?,
+            request_ttl,
             request_retention: seconds(
                 "request_retention",
                 raw.request_retention,
@@ -597,6 +639,11 @@ impl Config {
                 1,
                 1_000_000,
             )? as u32,
+            pending_prefix_v4: ranged("pending_prefix_v4", raw.pending_prefix_v4, 24, 8, 32)? as u8,
+            pending_prefix_v6: ranged("pending_prefix_v6", raw.pending_prefix_v6, 64, 16, 128)?
+                as u8,
+            unverified_request_ttl,
+            require_token: raw.require_token.unwrap_or(false),
             certificate_days: ranged("certificate_days", raw.certificate_days, 365, 1, 3_650)?
                 as u32,
             workers: ranged("workers", raw.workers, 4, 1, 64)? as usize,
@@ -790,6 +837,43 @@ mod tests {
         assert_eq!(c.log, "info");
         assert_eq!(c.storage.len(), 1);
         assert_eq!(c.default_storage().unwrap().id, 1);
+        assert_eq!((c.pending_prefix_v4, c.pending_prefix_v6), (24, 64));
+        assert!(!c.require_token);
+        assert_eq!(c.unverified_request_ttl, c.request_ttl);
+    }
+
+    #[test]
+    fn token_and_flood_keys_parse_and_are_bounded() {
+        let c = Config::from_toml(
+            "require_token = true\nrequest_ttl = 900\npending_prefix_v4 = 32\n",
+            env(&[("REPLGATE_UNVERIFIED_REQUEST_TTL", "60")]),
+        )
+        .unwrap();
+        assert!(c.require_token);
+        assert_eq!(c.unverified_request_ttl, Duration::from_secs(60));
+        assert_eq!(c.pending_prefix_v4, 32);
+        let c = Config::from_toml("request_ttl = 900", env(&[])).unwrap();
+        assert_eq!(
+            c.unverified_request_ttl,
+            Duration::from_secs(900),
+            "defaults to request_ttl"
+        );
+        let c = Config::from_toml("", env(&[("REPLGATE_REQUIRE_TOKEN", "1")])).unwrap();
+        assert!(c.require_token);
+        for (text, key) in [
+            ("pending_prefix_v4 = 33", "pending_prefix_v4"),
+            ("pending_prefix_v6 = 8", "pending_prefix_v6"),
+            ("unverified_request_ttl = 0", "unverified_request_ttl"),
+        ] {
+            assert_eq!(
+                Config::from_toml(text, env(&[])).unwrap_err().key,
+                key,
+                "{text}"
+            );
+        }
+        let e = Config::from_toml("", env(&[("REPLGATE_REQUIRE_TOKEN", "yes")])).unwrap_err();
+        assert_eq!(e.key, "require_token");
+        assert!(Config::from_toml("require_token = \"yes\"", env(&[])).is_err());
     }
 
     #[test]

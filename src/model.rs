@@ -1,8 +1,10 @@
 //! Plain types shared by every layer: privilege levels, the time type and its one UTC
-//! rendering. No I/O, no logic beyond parsing, ordering and formatting.
+//! rendering, address networks (CIDR). No I/O, no logic beyond parsing, ordering and
+//! formatting.
 
 use std::error::Error;
 use std::fmt;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::str::FromStr;
 
 use serde::{Deserialize, Serialize};
@@ -173,6 +175,98 @@ pub fn local_weekday_hour() -> (u8, u32) {
     (tm.tm_wday.clamp(0, 6) as u8, tm.tm_hour.clamp(0, 23) as u32)
 }
 
+/// An address network: a base address and a prefix length (`192.0.2.0/24`,
+/// `2001:db8::/64`). An IPv4-mapped IPv6 address (`::ffff:192.0.2.7`) counts as IPv4, so
+/// one peer is one network however its socket reports it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct Network {
+    /// Invariant: the bits past `prefix` are zero.
+    base: IpAddr,
+    /// Invariant: at most 32 for IPv4, 128 for IPv6.
+    prefix: u8,
+}
+
+/// `addr` with IPv4-mapped IPv6 addresses turned into IPv4.
+fn canonical(addr: IpAddr) -> IpAddr {
+    match addr {
+        IpAddr::V6(v6) => v6.to_ipv4_mapped().map(IpAddr::V4).unwrap_or(addr),
+        v4 => v4,
+    }
+}
+
+fn mask(addr: IpAddr, prefix: u8) -> IpAddr {
+    match addr {
+        IpAddr::V4(a) => {
+            let bits = u32::from(a);
+            let m = u32::MAX
+                .checked_shl(32 - u32::from(prefix.min(32)))
+                .unwrap_or(0);
+            IpAddr::V4(Ipv4Addr::from(bits & m))
+        }
+        IpAddr::V6(a) => {
+            let bits = u128::from(a);
+            let m = u128::MAX
+                .checked_shl(128 - u32::from(prefix.min(128)))
+                .unwrap_or(0);
+            IpAddr::V6(Ipv6Addr::from(bits & m))
+        }
+    }
+}
+
+impl Network {
+    /// The network of `addr`: its first `v4` bits for IPv4, `v6` bits for IPv6 (each
+    /// clamped to the address length).
+    pub fn of(addr: IpAddr, v4: u8, v6: u8) -> Network {
+        let addr = canonical(addr);
+        let prefix = match addr {
+            IpAddr::V4(_) => v4.min(32),
+            IpAddr::V6(_) => v6.min(128),
+        };
+        Network {
+            base: mask(addr, prefix),
+            prefix,
+        }
+    }
+
+    /// `addr` or `addr/prefix`; a bare address is the network of that one address. Bits
+    /// past the prefix are cleared (`192.0.2.7/24` is `192.0.2.0/24`).
+    pub fn parse(text: &str) -> Option<Network> {
+        let (addr, prefix) = match text.trim().split_once('/') {
+            Some((a, p)) => (a, Some(p)),
+            None => (text.trim(), None),
+        };
+        let addr = canonical(
+            addr.trim_start_matches('[')
+                .trim_end_matches(']')
+                .parse()
+                .ok()?,
+        );
+        let max = if addr.is_ipv4() { 32 } else { 128 };
+        let prefix = match prefix {
+            Some(p) if !p.is_empty() && p.len() <= 3 && p.bytes().all(|b| b.is_ascii_digit()) => {
+                p.parse::<u8>().ok().filter(|p| *p <= max)?
+            }
+            Some(_) => return None,
+            None => max,
+        };
+        Some(Network {
+            base: mask(addr, prefix),
+            prefix,
+        })
+    }
+
+    pub fn contains(&self, addr: IpAddr) -> bool {
+        let addr = canonical(addr);
+        addr.is_ipv4() == self.base.is_ipv4() && mask(addr, self.prefix) == self.base
+    }
+}
+
+impl fmt::Display for Network {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}/{}", self.base, self.prefix)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -235,5 +329,45 @@ mod tests {
             assert_eq!(serde_json::from_str::<Role>(&json).unwrap(), role);
         }
         assert!(serde_json::from_str::<Role>("\"managed dpu\"").is_err());
+    }
+
+    #[test]
+    fn networks_mask_parse_and_contain() {
+        let ip = |s: &str| s.parse::<IpAddr>().unwrap();
+        let n = Network::of(ip("192.0.2.77"), 24, 64);
+        assert_eq!(n.to_string(), "192.0.2.0/24");
+        assert!(n.contains(ip("192.0.2.1")));
+        assert!(n.contains(ip("::ffff:192.0.2.200")), "mapped IPv4 is IPv4");
+        assert!(!n.contains(ip("192.0.3.1")));
+        assert!(!n.contains(ip("::1")));
+        let n6 = Network::of(ip("2001:db8:1:2:3:4:5:6"), 24, 64);
+        assert_eq!(n6.to_string(), "2001:db8:1:2::/64");
+        assert!(n6.contains(ip("2001:db8:1:2::99")));
+        assert!(!n6.contains(ip("2001:db8:1:3::1")));
+        assert_eq!(Network::of(ip("10.1.2.3"), 0, 0).to_string(), "0.0.0.0/0");
+        assert_eq!(
+            Network::of(ip("10.1.2.3"), 99, 0).to_string(),
+            "10.1.2.3/32"
+        );
+
+        assert_eq!(Network::parse("192.0.2.9/24"), Some(n));
+        assert_eq!(
+            Network::parse("192.0.2.9").unwrap().to_string(),
+            "192.0.2.9/32"
+        );
+        assert_eq!(Network::parse("[2001:db8:1:2::5]/64"), Some(n6));
+        assert_eq!(Network::parse("::1").unwrap().to_string(), "::1/128");
+        for bad in [
+            "",
+            "x",
+            "192.0.2.0/33",
+            "192.0.2.0/",
+            "192.0.2.0/-1",
+            "::/129",
+            "1.2.3/8",
+            "192.0.2.0/ 8",
+        ] {
+            assert_eq!(Network::parse(bad), None, "{bad:?}");
+        }
     }
 }

@@ -177,10 +177,16 @@ impl From<PairingError> for ApiError {
         use PairingError as P;
         let text = Chain(&e).to_string();
         match e {
-            P::UnknownRequest(_) | P::UnknownSystem(_) | P::UnknownStorage(_) => {
-                ApiError::NotFound(text)
+            P::UnknownRequest(_)
+            | P::UnknownSystem(_)
+            | P::UnknownStorage(_)
+            | P::UnknownToken(_) => ApiError::NotFound(text),
+            P::NotPending { .. } | P::Expired(_) | P::NotASource(_) | P::TokenAlreadyRevoked(_) => {
+                ApiError::Conflict(text)
             }
-            P::NotPending { .. } | P::Expired(_) | P::NotASource(_) => ApiError::Conflict(text),
+            // The token is the source's credential: a bad one is "not allowed", not "bad
+            // input", and the message says which fault it is.
+            P::Token(_) | P::TokenRequired => ApiError::Forbidden(text),
             P::MessageRequired
             | P::InvalidField { .. }
             | P::Csr(_)
@@ -230,6 +236,20 @@ impl From<SourceError> for ApiError {
                 retry_after,
             };
         }
+        // The target refused to let us in (a spent or wrong pairing token, or it requires
+        // one): the admin hears the target's own words with the target's status.
+        if let S::Call {
+            host,
+            source:
+                CallError::Refused {
+                    status: 403,
+                    message,
+                    ..
+                },
+        } = &e
+        {
+            return ApiError::Forbidden(format!("target {host}: {message}"));
+        }
         match e {
             S::AlreadyPaired { .. } => ApiError::Conflict(text),
             S::Busy => ApiError::Unavailable(text),
@@ -258,7 +278,7 @@ pub fn kb_text(code: u32) -> Option<&'static str> {
     Some(match code {
         400 => "The request was malformed: the body is not JSON, a field is missing or has the wrong type, or a value is out of range. The message names the field.",
         401 => "Authentication is missing or no longer valid. Log in with POST /api/login and send the returned auth_token in the AuthToken header. Tokens expire after an idle period and an absolute lifetime.",
-        403 => "Your user's privilege is too low for this operation (monitor < manage < administer < superuser), or the request reached a listener that does not serve this path.",
+        403 => "Your user's privilege is too low for this operation (monitor < manage < administer < superuser), or the request reached a listener that does not serve this path. For a pairing request: the pairing token is unknown, malformed, used up, expired, revoked or bound to another system or host, or this appliance takes requests only with a token (require_token); nothing was filed. Ask the target's admin for a new token (replgate ctl token create).",
         404 => "The object or path does not exist. Check the id.",
         405 => "The path exists but does not accept this HTTP method.",
         408 => "The request head did not arrive in time. Send the whole request promptly.",
@@ -334,6 +354,21 @@ mod tests {
             problem: BadAnswer::PollPath,
         });
         assert_eq!(s, 502);
+        let (s, api) = status(SourceError::Call {
+            host: host(),
+            source: CallError::Refused {
+                status: 403,
+                message: "pairing token 0123456789ab has been revoked".into(),
+                retry_after: None,
+            },
+        });
+        assert_eq!(
+            (s, api.message("-")),
+            (
+                403,
+                "target t.example:8443: pairing token 0123456789ab has been revoked".into()
+            )
+        );
         assert_eq!(status(SourceError::Busy).0, 503);
         assert_eq!(status(SourceError::UnknownTarget("x".into())).0, 404);
     }

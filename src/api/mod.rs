@@ -12,6 +12,7 @@ mod spool_files;
 mod storage;
 mod system;
 mod systems;
+mod tokens;
 mod users;
 
 use std::io::Read;

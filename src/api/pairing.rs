@@ -4,15 +4,20 @@
 use serde::Serialize;
 use serde_json::json;
 
-use super::body::{self, parse_id, parse_limit};
+use super::body::{self, parse_id, parse_limit, Body};
 use super::error::ApiError;
 use super::{Call, ListWriter, Reply};
 use crate::config::Fault;
+use crate::model::Network;
 use crate::model::UnixTime;
-use crate::pairing::target::{self, Caps, Decision, NewRequest, SourceChange};
+use crate::pairing::target::{
+    self, Caps, Decision, FilingRules, NewRequest, PairingError, SourceChange,
+};
+use crate::pairing::tokens::TokenRefusal;
 use crate::pairing::Actor;
 use crate::store::{RequestStatus, RequestSummary};
 use crate::wire::protocol::{self, SpoolToken};
+use crate::wire::token::PairingToken;
 
 /// Largest CSR accepted (an RSA-4096 CSR is about 1.7 KB of PEM).
 const MAX_CSR_CHARS: usize = 16 * 1024;
@@ -54,19 +59,55 @@ pub fn file_request(call: &Call) -> Result<Reply, ApiError> {
         csr_pem: csr.to_string(),
         remote_addr: call.address(),
         requested_storage_id: body.opt_id("storage_id")?,
+        token: presented_token(&body)?,
     };
     let config = &call.app.config;
-    let caps = Caps {
-        max_pending: config.max_pending,
-        per_address: config.max_pending_per_address,
-        ttl_seconds: config.request_ttl.as_secs() as i64,
-        retry_after: config.poll_interval.as_secs(),
+    let ttl = config.request_ttl.min(config.unverified_request_ttl);
+    let rules = FilingRules {
+        caps: Caps {
+            max_pending: config.max_pending,
+            per_address: config.max_pending_per_address,
+            network_v4: config.pending_prefix_v4,
+            network_v6: config.pending_prefix_v6,
+            ttl_seconds: ttl.as_secs() as i64,
+            retry_after: config.poll_interval.as_secs(),
+        },
+        require_token: config.require_token,
     };
-    let token = crate::rand::hex_string(SpoolToken::LEN / 2);
-    let filed = target::file_request(&call.app.store, &call.app.ca, new, &caps, token, call.now)?;
+    let side = target::TargetSide {
+        store: &call.app.store,
+        ca: &call.app.ca,
+        storage: &config.storage,
+        cert_days: config.certificate_days,
+    };
+    let token_id = new.token.as_ref().map(|t| t.id().to_string());
+    let spool_token = crate::rand::hex_string(SpoolToken::LEN / 2);
+    let filed = match target::file_request(&side, new, &rules, spool_token, call.now) {
+        Ok(f) => f,
+        Err(e) => {
+            if let Some(id) = &token_id {
+                log::info!(
+                    "pairing token {id} refused for a request from {}: {e}",
+                    call.address()
+                );
+            }
+            return Err(e.into());
+        }
+    };
     let r = &filed.request;
+    for other in filed.replaced.iter().chain(&filed.superseded) {
+        write_spool(call, *other)?;
+    }
     // Also on the idempotent path: a retry after a failed spool write repairs it.
     write_spool(call, r.id)?;
+    if let Some(id) = &token_id {
+        log::info!(
+            "pairing token {id} used by request {} from {}: accepted as system {}",
+            r.id,
+            call.address(),
+            r.system_id.unwrap_or_default()
+        );
+    }
     let answer = protocol::Filed {
         request_id: r.id,
         poll: format!("/replication/v1/spool/{}/", r.token),
@@ -74,9 +115,22 @@ pub fn file_request(call: &Call) -> Result<Reply, ApiError> {
         expires: r.expires,
         verification_code: r.verification_code.clone(),
         ca_fingerprint: call.app.ca_fingerprint.clone(),
+        status: Some(r.status.as_str().to_string()),
     };
     let value = serde_json::to_value(answer)?;
     Ok(Reply::json(if filed.created { 202 } else { 200 }, value))
+}
+
+/// The optional `token` of a filing: absent, `null` or `""` is none; anything else must
+/// be a string, and one that is not a token is refused like a wrong token (403, nothing
+/// filed).
+fn presented_token(body: &Body) -> Result<Option<PairingToken>, ApiError> {
+    match body.opt_str("token")?.filter(|t| !t.is_empty()) {
+        None => Ok(None),
+        Some(text) => PairingToken::parse(text.trim())
+            .map(Some)
+            .ok_or_else(|| PairingError::Token(TokenRefusal::Malformed).into()),
+    }
 }
 
 // ---- /api/replication (target-side admin) ----
@@ -253,6 +307,38 @@ pub fn unpair(call: &Call) -> Result<Reply, ApiError> {
     ))
 }
 
+/// `DELETE /api/replication/pending?remote_addr=<address or network>`: ignores every open
+/// request filed from there in one call (a flood from one network).
+pub fn ignore_from(call: &Call) -> Result<Reply, ApiError> {
+    let given = call.query("remote_addr").ok_or_else(|| {
+        ApiError::BadRequest(
+            "query parameter `remote_addr` (an address or a network such as 192.0.2.0/24) is required"
+                .into(),
+        )
+    })?;
+    let network = Network::parse(given).ok_or_else(|| {
+        ApiError::BadRequest(format!(
+            "query parameter `remote_addr`: {} is not an address or a network such as 192.0.2.0/24",
+            super::body::quoted(given)
+        ))
+    })?;
+    let ignored = target::ignore_from(&call.app.store, network, &actor(call), call.now)?;
+    let ids: Vec<u64> = ignored.iter().map(|r| r.id).collect();
+    log::info!(
+        "{} ignored {} open requests from {network} (from {})",
+        call.user(),
+        ids.len(),
+        call.address()
+    );
+    for id in &ids {
+        write_spool(call, *id)?;
+    }
+    Ok(Reply::json(
+        200,
+        json!({ "remote_addr": network.to_string(), "ignored": ids.len(), "request_ids": ids }),
+    ))
+}
+
 pub fn ignore(call: &Call) -> Result<Reply, ApiError> {
     let id = parse_id("request_id", call.param(0))?;
     let r = target::ignore(&call.app.store, id, &actor(call), call.now)?;
@@ -296,6 +382,7 @@ mod tests {
             system_id: optional.then_some(9),
             cert_serial: None,
             requested_storage_id: optional.then_some(2),
+            pairing_token: None,
         }
     }
 

@@ -8,8 +8,8 @@ use std::borrow::Cow;
 use super::body::percent_decode;
 use super::error::ApiError;
 use super::{
-    body, pairing, queue, source, spool_files, storage, system, systems, users, App, Call, Handler,
-    Reply,
+    body, pairing, queue, source, spool_files, storage, system, systems, tokens, users, App, Call,
+    Handler, Reply,
 };
 use crate::front::{ListenerKind, PeerInfo};
 use crate::model::{Privilege, UnixTime};
@@ -99,6 +99,30 @@ pub fn route_table() -> Vec<Route> {
             "/api/replication/pending/{request_id}",
             Token(Administer),
             pairing::ignore,
+        ),
+        route(
+            "DELETE",
+            "/api/replication/pending",
+            Token(Administer),
+            pairing::ignore_from,
+        ),
+        route(
+            "POST",
+            "/api/replication/tokens",
+            Token(Administer),
+            tokens::create,
+        ),
+        route(
+            "GET",
+            "/api/replication/tokens",
+            Token(Monitor),
+            tokens::list,
+        ),
+        route(
+            "DELETE",
+            "/api/replication/tokens/{token_id}",
+            Token(Administer),
+            tokens::revoke,
         ),
         route(
             "POST",

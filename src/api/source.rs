@@ -13,6 +13,7 @@ use crate::pairing::source::{self};
 use crate::pairing::Actor;
 use crate::remote::LiveSource;
 use crate::store::TargetRecord;
+use crate::wire::token::PairingToken;
 
 fn actor(call: &Call) -> Actor {
     Actor {
@@ -62,6 +63,16 @@ pub fn request_target(call: &Call) -> Result<Reply, ApiError> {
         None => None,
     };
     let storage_id = body.opt_id("storage_id")?;
+    // Checked here so a typo is the admin's 400, not a round trip to the target.
+    let token = match body.opt_str("token")?.filter(|t| !t.is_empty()) {
+        Some(text) => Some(PairingToken::parse(text.trim()).ok_or_else(|| {
+            ApiError::BadRequest(
+                "field `token` must be a pairing token as the target's admin got it: <12 hex digits>.<32 hex digits>"
+                    .into(),
+            )
+        })?),
+        None => None,
+    };
     let app = call.app;
     let name = app
         .config
@@ -88,6 +99,7 @@ pub fn request_target(call: &Call) -> Result<Reply, ApiError> {
         insecure,
         ip,
         storage_id,
+        token,
     };
     let record = request::request_target(&side, ask, &actor(call), call.now)?;
     Ok(Reply::json(

@@ -8,6 +8,7 @@
 pub mod poller;
 pub mod source;
 pub mod target;
+pub mod tokens;
 
 use crate::model::UnixTime;
 use crate::store::AuditRecord;

@@ -7,21 +7,36 @@ use std::fmt;
 
 use crate::ca::{self, Ca, ValidCsr};
 use crate::config::{Storage, StorageUsage};
-use crate::model::{Role, UnixTime};
+use crate::model::{Network, Role, UnixTime};
+use crate::pairing::tokens::{self, TokenRefusal};
 use crate::pairing::Actor;
 use crate::store::{
     AuditRecord, CertRecord, OpenRequest, RequestRecord, RequestStatus, Store, StoreError,
     SystemRecord, Txn,
 };
+use crate::wire::token::PairingToken;
 
 /// The limits on open requests.
 #[derive(Clone, Copy, Debug)]
 pub struct Caps {
     pub max_pending: u32,
+    /// Open requests per network (`max_pending_per_address`).
     pub per_address: u32,
+    /// The network an address counts in: its first `network_v4` bits for IPv4
+    /// (`pending_prefix_v4`), `network_v6` bits for IPv6 (`pending_prefix_v6`).
+    pub network_v4: u8,
+    pub network_v6: u8,
     pub ttl_seconds: i64,
     /// What a refused source is told to wait.
     pub retry_after: u64,
+}
+
+/// How requests are filed: the caps on open requests, and whether a token is required.
+#[derive(Clone, Copy, Debug)]
+pub struct FilingRules {
+    pub caps: Caps,
+    /// `require_token`: every request without a valid token is refused.
+    pub require_token: bool,
 }
 
 #[derive(Debug)]
@@ -50,6 +65,12 @@ pub enum PairingError {
         field: &'static str,
         problem: String,
     },
+    /// The presented pairing token does not let the request in; nothing was filed.
+    Token(TokenRefusal),
+    /// `require_token` is on and the request came without a token.
+    TokenRequired,
+    UnknownToken(String),
+    TokenAlreadyRevoked(String),
     Csr(ca::CsrError),
     Ca(ca::CaError),
     /// The time handed in is outside what a certificate can carry (a broken clock).
@@ -79,6 +100,14 @@ impl fmt::Display for PairingError {
             ),
             PairingError::Busy { cap, .. } => write!(f, "{cap}"),
             PairingError::InvalidField { field, problem } => write!(f, "field `{field}` {problem}"),
+            PairingError::Token(r) => write!(f, "{r}"),
+            PairingError::TokenRequired => f.write_str(
+                "this appliance takes pairing requests only with a valid pairing token; ask its admin for one",
+            ),
+            PairingError::UnknownToken(id) => write!(f, "no pairing token with id {id:?}"),
+            PairingError::TokenAlreadyRevoked(id) => {
+                write!(f, "pairing token {id} is already revoked")
+            }
             PairingError::Csr(_) => f.write_str("field `csr`"),
             PairingError::Ca(_) => f.write_str("sign csr"),
             PairingError::Clock(now) => write!(
@@ -106,7 +135,8 @@ impl std::error::Error for PairingError {
 pub enum Cap {
     /// This source already has an open request with another key.
     OtherKey { system_uuid: String, request: u64 },
-    /// Too many open requests from this address (`max_pending_per_address`).
+    /// Too many open requests from this address's network (`max_pending_per_address`,
+    /// counted per `pending_prefix_v4`/`_v6` network); `address` names the network.
     PerAddress { address: String },
     /// Too many open requests on this appliance (`max_pending`).
     Total,
@@ -143,6 +173,8 @@ pub struct NewRequest {
     pub remote_addr: String,
     /// The storage the source asks for (`storage_id` in its request); checked at accept.
     pub requested_storage_id: Option<u64>,
+    /// The pairing token it came with: then it is accepted at once, or refused.
+    pub token: Option<PairingToken>,
 }
 
 /// What filing decided.
@@ -171,16 +203,26 @@ pub fn decide_filing(
             request: *id,
         });
     }
-    if open
-        .iter()
-        .filter(|(_, o)| o.remote_addr == address)
-        .count()
-        >= caps.per_address as usize
-    {
-        return Filing::Refuse(Cap::PerAddress {
-            address: address.to_string(),
-        });
+    // Per network, not per address: one host owns a whole /64, and a /24 of addresses
+    // is cheap. An address that does not parse (never from the front) counts alone.
+    let (network, same) = match address.parse::<std::net::IpAddr>() {
+        Ok(ip) => {
+            let net = Network::of(ip, caps.network_v4, caps.network_v6);
+            (
+                net.to_string(),
+                Box::new(move |a: &str| a.parse().is_ok_and(|ip| net.contains(ip)))
+                    as Box<dyn Fn(&str) -> bool>,
+            )
+        }
+        Err(_) => (
+            address.to_string(),
+            Box::new(move |a: &str| a == address) as _,
+        ),
+    };
+    if open.iter().filter(|(_, o)| same(&o.remote_addr)).count() >= caps.per_address as usize {
+        return Filing::Refuse(Cap::PerAddress { address: network });
     }
+
     if open.len() >= caps.max_pending as usize {
         return Filing::Refuse(Cap::Total);
     }
@@ -206,16 +248,27 @@ fn printable(c: char) -> bool {
     !c.is_control()
 }
 
+/// A `system_uuid` as sources send it: 1 to 64 letters, digits and `-`.
+pub(crate) fn check_system_uuid(value: &str) -> Result<(), PairingError> {
+    check_text("system_uuid", value, 64, |c| {
+        c.is_ascii_alphanumeric() || c == '-'
+    })
+}
+
+/// A `host` as sources send it: a name or an address, 1 to 255 characters.
+pub(crate) fn check_host(value: &str) -> Result<(), PairingError> {
+    check_text("host", value, 255, |c| {
+        c.is_ascii_alphanumeric() || "-.:[]".contains(c)
+    })
+}
+
 impl NewRequest {
     /// Shape checks before anything is parsed or stored.
     pub fn validate(&self) -> Result<(), PairingError> {
-        check_text("system_uuid", &self.system_uuid, 64, |c| {
-            c.is_ascii_alphanumeric() || c == '-'
-        })?;
+        check_system_uuid(&self.system_uuid)?;
         check_text("name", &self.name, 255, printable)?;
-        check_text("host", &self.host, 255, |c| {
-            c.is_ascii_alphanumeric() || "-.:[]".contains(c)
-        })?;
+        check_host(&self.host)?;
+
         check_text("version", &self.version, 64, printable)?;
         check_asset_tag(self.asset_tag.as_deref())
     }
@@ -234,24 +287,39 @@ fn check_asset_tag(tag: Option<&str>) -> Result<(), PairingError> {
     }
 }
 
-/// Result of filing: the request and whether it was created now.
+/// Result of filing: the request, whether it was created now, and what else changed that
+/// the caller must re-render in the spool.
+#[derive(Debug)]
 pub struct Filed {
     pub request: RequestRecord,
     pub created: bool,
+    /// The earlier request of the same source that an accepted replacement key revoked.
+    pub replaced: Option<u64>,
+    /// Open requests of the same source that a request with a token closed.
+    pub superseded: Vec<u64>,
 }
 
-/// Files a request: verify the CSR, apply idempotency and caps, store it with a fresh
-/// sequential id and random poll token. The spool is written by the caller.
+/// Files a request: verify the CSR, then with a token check it and accept at once
+/// ([`tokens::file_with_token`]), else apply idempotency and caps and store it pending,
+/// with a fresh sequential id and `spool_token` as its poll token. The spool is written by
+/// the caller.
 pub fn file_request(
-    store: &Store,
-    ca: &Ca,
+    side: &TargetSide,
     new: NewRequest,
-    caps: &Caps,
-    token: String,
+    rules: &FilingRules,
+    spool_token: String,
     now: UnixTime,
 ) -> Result<Filed, PairingError> {
     new.validate()?;
+    if new.token.is_none() && rules.require_token {
+        return Err(PairingError::TokenRequired);
+    }
     let csr: ValidCsr = ca::parse_csr(&new.csr_pem).map_err(PairingError::Csr)?;
+    if let Some(token) = &new.token {
+        return tokens::file_with_token(side, &new, &csr, token, rules, spool_token, now);
+    }
+    let (store, ca) = (side.store, side.ca);
+    let caps = &rules.caps;
     let fingerprint = csr.fingerprint();
     store.write(|tx| {
         let open: Vec<_> = tx
@@ -271,6 +339,8 @@ pub fn file_request(
                 Ok(Filed {
                     request,
                     created: false,
+                    replaced: None,
+                    superseded: Vec::new(),
                 })
             }
             Filing::Refuse(cap) => Err(PairingError::Busy {
@@ -278,57 +348,20 @@ pub fn file_request(
                 retry_after: caps.retry_after,
             }),
             Filing::Create => {
-                let id = tx.next_request_id()?;
-                let replaces_system_id = tx
-                    .systems()?
-                    .into_iter()
-                    .find(|s| {
-                        s.role.is_source()
-                            && s.system_uuid.as_deref() == Some(new.system_uuid.as_str())
-                    })
-                    .map(|s| s.id);
-                let request = RequestRecord {
-                    id,
-                    system_uuid: new.system_uuid.clone(),
-                    name: new.name.clone(),
-                    host: new.host.clone(),
-                    asset_tag: new.asset_tag.clone(),
-                    version: new.version.clone(),
-                    csr_pem: new.csr_pem.clone(),
-                    csr_fingerprint: fingerprint.clone(),
-                    remote_addr: new.remote_addr.clone(),
-                    token: token.clone(),
-                    verification_code: ca::verification_code(&ca.fingerprint(), csr.spki_der(), id),
-                    created: now,
-                    expires: now.saturating_add(caps.ttl_seconds),
-                    status: RequestStatus::Pending,
-                    message: None,
-                    resolved_at: None,
-                    resolved_by: None,
-                    replaces_system_id,
-                    system_id: None,
-                    cert_serial: None,
-                    requested_storage_id: new.requested_storage_id,
-                };
-                tx.put_request(&request)?;
-                let actor = Actor {
-                    user: "-".into(),
-                    address: new.remote_addr.clone(),
-                };
-                tx.audit(&actor.audit(
+                let request = insert_request(
+                    tx,
+                    ca,
+                    &new,
+                    &csr,
+                    spool_token.clone(),
+                    caps.ttl_seconds,
                     now,
-                    "request filed",
-                    format!("request:{id}"),
-                    format!(
-                        "system {} ({}) key {}",
-                        new.system_uuid,
-                        new.host,
-                        csr.key_kind()
-                    ),
-                ))?;
+                )?;
                 Ok(Filed {
                     request,
                     created: true,
+                    replaced: None,
+                    superseded: Vec::new(),
                 })
             }
         }
@@ -352,6 +385,77 @@ pub fn rejection_message(message: &str) -> Result<String, PairingError> {
         return Err(PairingError::MessageRequired);
     }
     Ok(trimmed.to_string())
+}
+
+/// Stores `new` as a fresh pending request (the next id, its verification code, the
+/// systems row it would replace) and audits the filing.
+pub(crate) fn insert_request(
+    tx: &Txn,
+    ca: &Ca,
+    new: &NewRequest,
+    csr: &ValidCsr,
+    spool_token: String,
+    ttl_seconds: i64,
+    now: UnixTime,
+) -> Result<RequestRecord, PairingError> {
+    let id = tx.next_request_id()?;
+    let replaces_system_id = paired_system(tx, &new.system_uuid)?.map(|s| s.id);
+    let request = RequestRecord {
+        id,
+        system_uuid: new.system_uuid.clone(),
+        name: new.name.clone(),
+        host: new.host.clone(),
+        asset_tag: new.asset_tag.clone(),
+        version: new.version.clone(),
+        csr_pem: new.csr_pem.clone(),
+        csr_fingerprint: csr.fingerprint(),
+        remote_addr: new.remote_addr.clone(),
+        token: spool_token,
+        verification_code: ca::verification_code(&ca.fingerprint(), csr.spki_der(), id),
+        created: now,
+        expires: now.saturating_add(ttl_seconds),
+        status: RequestStatus::Pending,
+        message: None,
+        resolved_at: None,
+        resolved_by: None,
+        replaces_system_id,
+        system_id: None,
+        cert_serial: None,
+        requested_storage_id: new.requested_storage_id,
+        pairing_token: new.token.as_ref().map(|t| t.id().to_string()),
+    };
+    tx.put_request(&request)?;
+    let actor = Actor {
+        user: "-".into(),
+        address: new.remote_addr.clone(),
+    };
+    let with_token = match &new.token {
+        Some(t) => format!(" with token {}", t.id()),
+        None => String::new(),
+    };
+    tx.audit(&actor.audit(
+        now,
+        "request filed",
+        format!("request:{id}"),
+        format!(
+            "system {} ({}) key {}{with_token}",
+            new.system_uuid,
+            new.host,
+            csr.key_kind()
+        ),
+    ))?;
+    Ok(request)
+}
+
+/// The systems row of a paired source with this `system_uuid`, if any.
+pub(crate) fn paired_system(
+    tx: &Txn,
+    system_uuid: &str,
+) -> Result<Option<SystemRecord>, StoreError> {
+    Ok(tx
+        .systems()?
+        .into_iter()
+        .find(|s| s.role.is_source() && s.system_uuid.as_deref() == Some(system_uuid)))
 }
 
 /// What an admin decided.
@@ -543,82 +647,113 @@ pub fn resolve(
                 (chosen, _) => choose_storage(storage, chosen)?,
             };
             let csr = ca::parse_csr(&current.csr_pem).map_err(PairingError::Csr)?;
-            let issued = ca
-                .sign_client(&csr, &current.system_uuid, cert_days, time_of(now)?)
-                .map_err(PairingError::Ca)?;
+            let issued = sign(ca, &csr, &current.system_uuid, cert_days, now)?;
             store.write(|tx| {
-                let mut r = tx.request(id)?.ok_or(PairingError::UnknownRequest(id))?;
+                let r = tx.request(id)?.ok_or(PairingError::UnknownRequest(id))?;
                 check_pending(&r, now)?;
-                let existing = matching_system(tx, &r)?;
-                // A replaced key stops working the moment the new one is accepted.
-                let mut replaced = None;
-                if let Some(old) = existing.as_ref().and_then(|s| s.cert_serial.clone()) {
-                    tx.revoke(&old, now)?;
-                    if let Some(old_req) = existing.as_ref().and_then(|s| s.request_id) {
-                        if let Some(mut o) = tx.request(old_req)? {
-                            if o.status == RequestStatus::Accepted {
-                                o.status = RequestStatus::Revoked;
-                                tx.put_request(&o)?;
-                                tx.audit(&actor.audit(
-                                    now,
-                                    "request revoked",
-                                    format!("request:{old_req}"),
-                                    format!("replaced by request {id}, serial {old}"),
-                                ))?;
-                                replaced = Some(old_req);
-                            }
-                        }
-                    }
-                }
-                let mut row = source_row(
-                    existing,
-                    &r,
-                    storage.id,
-                    &issued.serial,
-                    issued.not_after,
-                    tx.next_system_id()?,
-                    now,
-                );
-                if let Some(q) = quota_mb {
-                    row.quota_mb = q;
-                }
-                tx.put_system(&row)?;
-                let fresh = tx.insert_cert(&CertRecord {
-                    serial: issued.serial.clone(),
-                    request_id: id,
-                    system_id: row.id,
-                    subject: r.system_uuid.clone(),
-                    issued_at: now,
-                    not_after: issued.not_after,
-                    pem: issued.cert_pem.clone(),
-                    revoked_at: None,
-                })?;
-                if !fresh {
-                    // 128 random bits colliding means the random source is broken.
-                    return Err(PairingError::Ca(ca::CaError::Random));
-                }
-                r.status = RequestStatus::Accepted;
-                r.resolved_at = Some(now);
-                r.resolved_by = Some(actor.user.clone());
-                r.system_id = Some(row.id);
-                r.cert_serial = Some(issued.serial.clone());
-                tx.put_request(&r)?;
-                tx.audit(&actor.audit(
-                    now,
-                    "request accepted",
-                    format!("request:{id}"),
-                    format!(
-                        "system {} role {} storage {} serial {}",
-                        row.id, row.role, storage.id, issued.serial
-                    ),
-                ))?;
-                Ok(Resolved {
-                    request: r,
-                    replaced,
-                })
+                accept_in(tx, r, storage, &issued, quota_mb, actor, now)
             })
         }
     }
+}
+
+/// Signs a source's CSR: outside any transaction, before the accept commits.
+pub(crate) fn sign(
+    ca: &Ca,
+    csr: &ValidCsr,
+    system_uuid: &str,
+    cert_days: u32,
+    now: UnixTime,
+) -> Result<ca::IssuedCert, PairingError> {
+    ca.sign_client(csr, system_uuid, cert_days, time_of(now)?)
+        .map_err(PairingError::Ca)
+}
+
+/// The accept, inside the caller's transaction, for a pending request `r` and the
+/// certificate already issued for its CSR: revoke the key it replaces, write the systems
+/// row (with `quota_mb` when given: `Some(None)` clears it), the certificate and the
+/// resolution, and audit. The one accept, whether an admin decided or a token did.
+pub(crate) fn accept_in(
+    tx: &Txn,
+    mut r: RequestRecord,
+    storage: &Storage,
+    issued: &ca::IssuedCert,
+    quota_mb: Option<Option<u64>>,
+    actor: &Actor,
+    now: UnixTime,
+) -> Result<Resolved, PairingError> {
+    let id = r.id;
+    let existing = matching_system(tx, &r)?;
+    // A replaced key stops working the moment the new one is accepted.
+    let mut replaced = None;
+    if let Some(old) = existing.as_ref().and_then(|s| s.cert_serial.clone()) {
+        tx.revoke(&old, now)?;
+        if let Some(old_req) = existing.as_ref().and_then(|s| s.request_id) {
+            if let Some(mut o) = tx.request(old_req)? {
+                if o.status == RequestStatus::Accepted {
+                    o.status = RequestStatus::Revoked;
+                    tx.put_request(&o)?;
+                    tx.audit(&actor.audit(
+                        now,
+                        "request revoked",
+                        format!("request:{old_req}"),
+                        format!("replaced by request {id}, serial {old}"),
+                    ))?;
+                    replaced = Some(old_req);
+                }
+            }
+        }
+    }
+    let mut row = source_row(
+        existing,
+        &r,
+        storage.id,
+        &issued.serial,
+        issued.not_after,
+        tx.next_system_id()?,
+        now,
+    );
+    if let Some(q) = quota_mb {
+        row.quota_mb = q;
+    }
+    tx.put_system(&row)?;
+    let fresh = tx.insert_cert(&CertRecord {
+        serial: issued.serial.clone(),
+        request_id: id,
+        system_id: row.id,
+        subject: r.system_uuid.clone(),
+        issued_at: now,
+        not_after: issued.not_after,
+        pem: issued.cert_pem.clone(),
+        revoked_at: None,
+    })?;
+    if !fresh {
+        // 128 random bits colliding means the random source is broken.
+        return Err(PairingError::Ca(ca::CaError::Random));
+    }
+    r.status = RequestStatus::Accepted;
+    r.resolved_at = Some(now);
+    r.resolved_by = Some(actor.user.clone());
+    r.system_id = Some(row.id);
+    r.cert_serial = Some(issued.serial.clone());
+    tx.put_request(&r)?;
+    let quota = match row.quota_mb {
+        Some(q) => format!(" quota {q} MB"),
+        None => String::new(),
+    };
+    tx.audit(&actor.audit(
+        now,
+        "request accepted",
+        format!("request:{id}"),
+        format!(
+            "system {} role {} storage {}{quota} serial {}",
+            row.id, row.role, storage.id, issued.serial
+        ),
+    ))?;
+    Ok(Resolved {
+        request: r,
+        replaced,
+    })
 }
 
 /// `now` as a calendar time for a certificate; a clock outside the calendar is an error,
@@ -635,24 +770,56 @@ pub fn ignore(
     now: UnixTime,
 ) -> Result<RequestRecord, PairingError> {
     store.write(|tx| {
-        let mut r = tx.request(id)?.ok_or(PairingError::UnknownRequest(id))?;
+        let r = tx.request(id)?.ok_or(PairingError::UnknownRequest(id))?;
         if r.status != RequestStatus::Pending {
             return Err(PairingError::NotPending {
                 id,
                 status: r.status,
             });
         }
-        r.status = RequestStatus::Ignored;
-        r.resolved_at = Some(now);
-        r.resolved_by = Some(actor.user.clone());
-        tx.put_request(&r)?;
-        tx.audit(&actor.audit(
-            now,
-            "request ignored",
-            format!("request:{id}"),
-            String::new(),
-        ))?;
-        Ok(r)
+        ignore_in(tx, r, actor, "request ignored", String::new(), now)
+    })
+}
+
+/// Marks a pending request ignored inside the caller's transaction, with an audit row.
+pub(crate) fn ignore_in(
+    tx: &Txn,
+    mut r: RequestRecord,
+    actor: &Actor,
+    action: &str,
+    detail: String,
+    now: UnixTime,
+) -> Result<RequestRecord, PairingError> {
+    r.status = RequestStatus::Ignored;
+    r.resolved_at = Some(now);
+    r.resolved_by = Some(actor.user.clone());
+    tx.put_request(&r)?;
+    tx.audit(&actor.audit(now, action, format!("request:{}", r.id), detail))?;
+    Ok(r)
+}
+
+/// Ignores every open request filed from an address in `network`, in one transaction
+/// (the answer to a flood from one network). Returns them for the spool, in id order.
+pub fn ignore_from(
+    store: &Store,
+    network: Network,
+    actor: &Actor,
+    now: UnixTime,
+) -> Result<Vec<RequestRecord>, PairingError> {
+    store.write(|tx| {
+        let mut out = Vec::new();
+        for (id, o) in tx.open_requests()? {
+            let inside = o.remote_addr.parse().is_ok_and(|ip| network.contains(ip));
+            if !inside {
+                continue;
+            }
+            let Some(r) = tx.request(id)? else { continue };
+            if r.status == RequestStatus::Pending {
+                let detail = format!("bulk ignore of {network}");
+                out.push(ignore_in(tx, r, actor, "request ignored", detail, now)?);
+            }
+        }
+        Ok(out)
     })
 }
 
@@ -932,6 +1099,8 @@ mod tests {
     const CAPS: Caps = Caps {
         max_pending: 3,
         per_address: 2,
+        network_v4: 24,
+        network_v6: 64,
         ttl_seconds: 60,
         retry_after: 30,
     };
@@ -966,6 +1135,60 @@ mod tests {
             decide_filing(&o, "u4", "k", "d", &CAPS),
             Filing::Refuse(_)
         ));
+    }
+
+    #[test]
+    fn the_address_cap_counts_per_network() {
+        let caps = Caps {
+            per_address: 2,
+            max_pending: 100,
+            ..CAPS
+        };
+        let o = vec![
+            (1, open("u1", "k", "198.51.100.7")),
+            (2, open("u2", "k", "198.51.100.200")),
+            (3, open("u3", "k", "2001:db8:0:1::1")),
+        ];
+        let refused = decide_filing(&o, "u9", "k", "198.51.100.99", &caps);
+        assert_eq!(
+            refused,
+            Filing::Refuse(Cap::PerAddress {
+                address: "198.51.100.0/24".into()
+            })
+        );
+        assert!(refused_text(&refused).contains("from 198.51.100.0/24"));
+        assert_eq!(
+            decide_filing(&o, "u9", "k", "198.51.101.1", &caps),
+            Filing::Create
+        );
+        let o6 = vec![
+            (1, open("u1", "k", "2001:db8:0:1::1")),
+            (2, open("u2", "k", "2001:db8:0:1:ffff::9")),
+        ];
+        assert!(matches!(
+            decide_filing(&o6, "u9", "k", "2001:db8:0:1::77", &caps),
+            Filing::Refuse(Cap::PerAddress { address }) if address == "2001:db8:0:1::/64"
+        ));
+        assert_eq!(
+            decide_filing(&o6, "u9", "k", "2001:db8:0:2::1", &caps),
+            Filing::Create
+        );
+        // Prefix lengths of a whole address count per address again.
+        let exact = Caps {
+            network_v4: 32,
+            ..caps
+        };
+        assert_eq!(
+            decide_filing(&o, "u9", "k", "198.51.100.99", &exact),
+            Filing::Create
+        );
+    }
+
+    fn refused_text(f: &Filing) -> String {
+        match f {
+            Filing::Refuse(c) => c.to_string(),
+            other => format!("{other:?}"),
+        }
     }
 
     #[test]

@@ -28,6 +28,7 @@ mod queue;
 mod read;
 mod records;
 mod schema;
+mod tokens;
 mod txn;
 
 use std::cell::Cell;
@@ -48,6 +49,7 @@ pub use records::{
     SessionRecord, SystemRecord, TargetRecord, TargetStatus, UserRecord,
 };
 pub use schema::CURRENT_VERSION as SCHEMA_VERSION;
+pub use tokens::TokenRecord;
 pub use txn::{Txn, FIRST_SYSTEM_ID};
 
 /// redb's default page cache is 1 GiB; the whole working set here is a few MB.
@@ -487,6 +489,7 @@ mod tests {
                 system_id: full.then_some(5),
                 cert_serial: full.then(|| "ab12".into()),
                 requested_storage_id: full.then_some(3),
+                pairing_token: full.then(|| "0123456789ab".into()),
                 ..RequestRecord::fixture(12)
             };
             let bytes = encode("requests", &r).unwrap();

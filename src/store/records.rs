@@ -125,6 +125,9 @@ pub struct RequestRecord {
     /// storage uses it.
     #[serde(default)]
     pub requested_storage_id: Option<u64>,
+    /// The id of the pairing token it was filed with; such a request is accepted at once.
+    #[serde(default)]
+    pub pairing_token: Option<String>,
 }
 
 impl RequestRecord {
@@ -178,6 +181,7 @@ impl RequestRecord {
             system_id: None,
             cert_serial: None,
             requested_storage_id: None,
+            pairing_token: None,
         }
     }
 }

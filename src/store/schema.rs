@@ -13,8 +13,10 @@ pub const VERSION_SOURCE_PAIRING: u64 = 3;
 /// Replication: the source's queue (open, finished, latest per backup), the target's
 /// received backups and partial copies, the replication settings.
 pub const VERSION_REPLICATION: u64 = 4;
+/// Pairing tokens (SPEC 13): the tokens a target's admin issued, by id.
+pub const VERSION_PAIRING_TOKENS: u64 = 5;
 /// The current schema version, recorded in `meta` under `schema_version`.
-pub const CURRENT_VERSION: u64 = VERSION_REPLICATION;
+pub const CURRENT_VERSION: u64 = VERSION_PAIRING_TOKENS;
 
 /// Small named values: `schema_version`, `system_uuid`.
 pub const META: TableDefinition<&str, &[u8]> = TableDefinition::new("meta");
@@ -51,6 +53,10 @@ pub const PARTIALS: TableDefinition<(&str, &str), &[u8]> = TableDefinition::new(
 /// `config` → `ReplicationConfig`, `throttle` → `ThrottleRecord`.
 pub const REPLICATION_SETTINGS: TableDefinition<&str, &[u8]> =
     TableDefinition::new("replication_settings");
+
+/// Token id (12 lowercase hex digits) → `TokenRecord` (target side). The secret is never
+/// stored, only the SHA-256 of the whole token.
+pub const PAIRING_TOKENS: TableDefinition<&str, &[u8]> = TableDefinition::new("pairing_tokens");
 
 pub const META_SCHEMA_VERSION: &str = "schema_version";
 pub const META_SYSTEM_UUID: &str = "system_uuid";

@@ -72,6 +72,9 @@ impl Txn {
             self.inner.open_table(schema::PARTIALS)?;
             self.inner.open_table(schema::REPLICATION_SETTINGS)?;
         }
+        if found < schema::VERSION_PAIRING_TOKENS {
+            self.inner.open_table(schema::PAIRING_TOKENS)?;
+        }
         if found != schema::CURRENT_VERSION {
             let mut meta = self.inner.open_table(schema::META)?;
             put(

@@ -4,6 +4,7 @@
 use serde::{Deserialize, Serialize};
 
 use crate::model::UnixTime;
+use crate::wire::token::PairingToken;
 
 pub const STATUS_FILE: &str = "status.json";
 pub const CERT_FILE: &str = "certificate.pem";
@@ -25,6 +26,10 @@ pub struct RequestBody<'a> {
     /// older target ignores the field).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub storage_id: Option<u64>,
+    /// A pairing token (`<id>.<secret>`, SPEC 13): with a valid one the target accepts at
+    /// once. Absent when the admin gave none.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub token: Option<&'a PairingToken>,
 }
 
 /// `POST /replication/v1/requests` answer.
@@ -36,6 +41,10 @@ pub struct Filed {
     pub expires: UnixTime,
     pub verification_code: String,
     pub ca_fingerprint: String,
+    /// `pending`, or `accepted` when a pairing token let the request in at once. Absent
+    /// from older targets.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub status: Option<String>,
 }
 
 /// `status.json`: what the source learns by polling.

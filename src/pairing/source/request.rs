@@ -17,6 +17,7 @@ use crate::pairing::Actor;
 use crate::store::{Store, StoreError, TargetRecord, TargetStatus};
 use crate::tls::TlsError;
 use crate::wire::protocol::{Filed, RequestBody};
+use crate::wire::token::PairingToken;
 
 /// At most this many requests to targets run at once: one can take close to a minute when
 /// the target does not answer, and the API workers must stay free for everything else.
@@ -277,6 +278,8 @@ pub struct Ask {
     pub ip: Option<std::net::IpAddr>,
     /// The storage on the target to ask for.
     pub storage_id: Option<u64>,
+    /// A pairing token from the target's admin: the target then accepts at once.
+    pub token: Option<PairingToken>,
 }
 
 impl Ask {
@@ -353,6 +356,7 @@ pub fn request_target(
         insecure,
         ip: _,
         storage_id,
+        token,
     } = ask;
     let existing = side.store.targets()?.into_iter().find(|t| t.host == host);
     if let Some(t) = &existing {
@@ -400,6 +404,7 @@ pub fn request_target(
         host: &host,
         connect: &connect,
         storage_id,
+        token: token.as_ref(),
         ca_pem: &ca_pem,
         presented_fp: &presented_fp,
         csr_pem: &csr_pem,
@@ -425,6 +430,7 @@ struct Filing<'a> {
     /// `host`, or the admin's `ip` with its port.
     connect: &'a str,
     storage_id: Option<u64>,
+    token: Option<&'a PairingToken>,
     ca_pem: &'a str,
     presented_fp: &'a str,
     csr_pem: &'a str,
@@ -454,6 +460,7 @@ fn file_and_record(
                 version: me.version,
                 csr: f.csr_pem,
                 storage_id: f.storage_id,
+                token: f.token,
             },
         )
         .map_err(|source| SourceError::Call {
@@ -498,7 +505,15 @@ fn file_and_record(
             now,
             "target requested",
             format!("target:{}", f.host),
-            format!("request {} ca {}", answer.request_id, f.presented_fp),
+            match f.token {
+                Some(t) => format!(
+                    "request {} ca {} with token {}",
+                    answer.request_id,
+                    f.presented_fp,
+                    t.id()
+                ),
+                None => format!("request {} ca {}", answer.request_id, f.presented_fp),
+            },
         ))?;
         Ok(r)
     })
@@ -622,6 +637,7 @@ mod tests {
             expires: NOW + 600,
             verification_code: String::new(),
             ca_fingerprint: fp.to_string(),
+            status: Some("pending".into()),
         }
     }
 
@@ -674,6 +690,7 @@ mod tests {
             insecure,
             ip: None,
             storage_id: None,
+            token: None,
         }
     }
 
