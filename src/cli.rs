@@ -5,6 +5,7 @@ use std::fmt;
 use std::path::PathBuf;
 
 use crate::model::Privilege;
+use crate::wire::token::{JoinLine, PairingToken};
 
 pub const USAGE: &str = "\
 usage:
@@ -114,12 +115,21 @@ target side (this appliance receives replication):
   accept ID [--storage N]                  accept request ID (storage N, else the default backup storage)
   reject ID --message TEXT                 reject request ID; the source is told TEXT
   ignore ID                                drop request ID silently (the source sees it expire)
+  ignore --from ADDRESS|NETWORK            drop every open request from there (192.0.2.0/24)
   unpair SID                               revoke paired system SID and remove it
   systems                                  appliances known here, pending requests included
   storage                                  storage areas
+  token create [--uses N] [--expires-in D] [--storage N] [--quota-mb N]
+               [--system-uuid U] [--host H] [--note TEXT] [--address HOST[:PORT]]
+                                           issue a pairing token; prints it and its join line once
+                                           (D: seconds, or 90m, 12h, 7d; default 7d, at most 90d)
+  token list                               pairing tokens and their state (never a secret)
+  token revoke ID                          revoke a token (pairings made with it stay)
 source side (this appliance replicates to a target):
-  request-target HOST[:PORT] [--fingerprint SHA256 | --insecure]
+  request-target HOST[:PORT] [--fingerprint SHA256 | --insecure] [--token TOKEN]
                                            ask a target for replication
+  request-target --join LINE               ask with the target's join line: its address,
+                                           CA fingerprint and a pairing token in one
   targets                                  targets asked, and each pairing's state
   forget-target HOST[:PORT]                forget a target, its key and its certificates
 users and audit:
@@ -201,6 +211,15 @@ pub enum CtlCommand {
     Ignore {
         request_id: u64,
     },
+    /// `ignore --from`: every open request from an address or network.
+    IgnoreFrom {
+        remote_addr: String,
+    },
+    TokenCreate(TokenOptions),
+    TokenList,
+    TokenRevoke {
+        token_id: String,
+    },
     Unpair {
         system_id: u64,
     },
@@ -209,6 +228,8 @@ pub enum CtlCommand {
     RequestTarget {
         target: String,
         trust: Trust,
+        /// A pairing token (`--token`, or from `--join`).
+        token: Option<PairingToken>,
     },
     Targets,
     ForgetTarget {
@@ -238,13 +259,54 @@ pub enum CtlCommand {
     },
 }
 
+/// What `token create` asks for; unset fields take the daemon's defaults.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct TokenOptions {
+    pub uses: Option<u64>,
+    /// Seconds.
+    pub expires_in: Option<u64>,
+    pub storage_id: Option<u64>,
+    pub quota_mb: Option<u64>,
+    pub system_uuid: Option<String>,
+    pub host: Option<String>,
+    pub note: Option<String>,
+    /// Where sources reach this daemon, for the join line.
+    pub address: Option<String>,
+}
+
+/// A duration as admins write it: seconds, or a number with `s`, `m`, `h` or `d`.
+fn duration(what: &str, s: &str) -> Result<u64, UsageError> {
+    let t = s.trim();
+    let (digits, unit) = match t.char_indices().last() {
+        Some((i, c)) if c.is_ascii_alphabetic() => (&t[..i], c),
+        _ => (t, 's'),
+    };
+    let factor = match unit {
+        's' => 1,
+        'm' => 60,
+        'h' => 3_600,
+        'd' => 86_400,
+        _ => 0,
+    };
+    digits
+        .parse::<u64>()
+        .ok()
+        .filter(|n| *n > 0 && factor > 0)
+        .and_then(|n| n.checked_mul(factor))
+        .ok_or_else(|| {
+            UsageError(format!(
+                "{what} must be a duration such as 3600, 90m, 12h or 7d, not {s:?}"
+            ))
+        })
+}
+
 /// The user `login` uses without `--user`: the superuser created on first start.
 pub const DEFAULT_LOGIN_USER: &str = "root";
 /// Audit entries shown without `--limit`.
 pub const DEFAULT_AUDIT_LIMIT: u64 = 50;
 
 /// Options that take a value, wherever they appear.
-const CTL_VALUE_OPTIONS: [&str; 9] = [
+const CTL_VALUE_OPTIONS: [&str; 19] = [
     "--name",
     "--api",
     "--cacert",
@@ -254,6 +316,16 @@ const CTL_VALUE_OPTIONS: [&str; 9] = [
     "--fingerprint",
     "--privilege",
     "--limit",
+    "--join",
+    "--token",
+    "--from",
+    "--uses",
+    "--expires-in",
+    "--quota-mb",
+    "--system-uuid",
+    "--host",
+    "--note",
+    "--address",
 ];
 /// Options that take none.
 const CTL_FLAGS: [&str; 5] = [
@@ -284,6 +356,11 @@ impl CtlOptions {
             1 => Ok(found.pop().flatten()),
             _ => Err(UsageError(format!("{name} is given more than once"))),
         }
+    }
+
+    /// Whether `name` was given, without taking it.
+    fn has(&self, name: &str) -> bool {
+        self.0.iter().any(|(n, _)| *n == name)
     }
 
     fn flag(&mut self, name: &str) -> Result<bool, UsageError> {
@@ -449,12 +526,67 @@ pub fn parse_ctl(args: &[String]) -> Result<Ctl, UsageError> {
                 message,
             }
         }
-        "ignore" => {
-            let [id] = operands(verb, rest, ["a request ID"])?;
-            CtlCommand::Ignore {
-                request_id: request_id(id)?,
+        "ignore" => match opts.value("--from")? {
+            Some(from) => {
+                operands(verb, rest, [])?;
+                crate::model::Network::parse(&from).ok_or_else(|| {
+                    UsageError(format!(
+                        "--from {from:?} is not an address or a network such as 192.0.2.0/24"
+                    ))
+                })?;
+                CtlCommand::IgnoreFrom { remote_addr: from }
             }
-        }
+            None => {
+                let [id] = operands(verb, rest, ["a request ID (or --from NETWORK)"])?;
+                CtlCommand::Ignore {
+                    request_id: request_id(id)?,
+                }
+            }
+        },
+        "token" => match rest.split_first() {
+            None => return Err(UsageError("`token` needs create, list or revoke".into())),
+            Some((sub, more)) => {
+                let verb = format!("token {sub}");
+                match sub.as_str() {
+                    "list" => operands(&verb, more, []).map(|_| CtlCommand::TokenList)?,
+                    "revoke" => {
+                        let [id] = operands(&verb, more, ["a token ID"])?;
+                        if !PairingToken::valid_id(id) {
+                            return Err(UsageError(format!(
+                                "{id:?} is not a token ID (12 hex digits, the part before the dot)"
+                            )));
+                        }
+                        CtlCommand::TokenRevoke {
+                            token_id: id.to_string(),
+                        }
+                    }
+                    "create" => {
+                        operands(&verb, more, [])?;
+                        let number = |opts: &mut CtlOptions, name: &str| {
+                            opts.value(name)?.map(|n| positive(name, &n)).transpose()
+                        };
+                        CtlCommand::TokenCreate(TokenOptions {
+                            uses: number(&mut opts, "--uses")?,
+                            expires_in: opts
+                                .value("--expires-in")?
+                                .map(|d| duration("--expires-in", &d))
+                                .transpose()?,
+                            storage_id: number(&mut opts, "--storage")?,
+                            quota_mb: number(&mut opts, "--quota-mb")?,
+                            system_uuid: opts.value("--system-uuid")?,
+                            host: opts.value("--host")?,
+                            note: opts.value("--note")?,
+                            address: opts.value("--address")?,
+                        })
+                    }
+                    other => {
+                        return Err(UsageError(format!(
+                            "unknown token command {other:?} (create, list or revoke)"
+                        )))
+                    }
+                }
+            }
+        },
         "unpair" => {
             let [sid] = operands(verb, rest, ["a system ID"])?;
             if let Some(id) = sid.strip_prefix('-') {
@@ -470,10 +602,39 @@ pub fn parse_ctl(args: &[String]) -> Result<Ctl, UsageError> {
         "systems" => no_operands(rest).map(|_| CtlCommand::Systems)?,
         "storage" => no_operands(rest).map(|_| CtlCommand::Storage)?,
         "targets" => no_operands(rest).map(|_| CtlCommand::Targets)?,
+        "request-target" if opts.has("--join") => {
+            operands(verb, rest, []).map_err(|_| {
+                UsageError("`request-target --join` takes the join line only, no HOST".into())
+            })?;
+            if opts.has("--fingerprint") || opts.has("--insecure") || opts.has("--token") {
+                return Err(UsageError(
+                    "--join carries the target's fingerprint and token: give no --fingerprint, --insecure or --token with it".into(),
+                ));
+            }
+            let line = opts.value("--join")?.unwrap_or_default();
+            let join = JoinLine::parse(&line).map_err(|e| UsageError(format!("--join: {e}")))?;
+            CtlCommand::RequestTarget {
+                target: join.target(),
+                // The fingerprint authenticates the target: it is the pin.
+                trust: Trust::Fingerprint(join.ca_fingerprint.clone()),
+                token: Some(join.token),
+            }
+        }
         "request-target" => {
-            let [target] = operands(verb, rest, ["the target's HOST[:PORT]"])?;
+            let [target] = operands(verb, rest, ["the target's HOST[:PORT] (or --join LINE)"])?;
             let fingerprint = opts.value("--fingerprint")?;
             let insecure = opts.flag("--insecure")?;
+            let token = opts
+                .value("--token")?
+                .map(|t| {
+                    PairingToken::parse(t.trim()).ok_or_else(|| {
+                        UsageError(
+                            "--token is not a pairing token (<12 hex digits>.<32 hex digits>)"
+                                .into(),
+                        )
+                    })
+                })
+                .transpose()?;
             let trust = match (fingerprint, insecure) {
                 (Some(_), true) => {
                     return Err(UsageError(
@@ -493,6 +654,7 @@ pub fn parse_ctl(args: &[String]) -> Result<Ctl, UsageError> {
             CtlCommand::RequestTarget {
                 target: target.to_string(),
                 trust,
+                token,
             }
         }
         "forget-target" => {
@@ -594,6 +756,9 @@ pub fn parse_ctl(args: &[String]) -> Result<Ctl, UsageError> {
     let shown = match &command {
         CtlCommand::UserAdd { .. } => "users add",
         CtlCommand::UserSet { .. } => "users set",
+        CtlCommand::TokenCreate(_) => "token create",
+        CtlCommand::TokenList => "token list",
+        CtlCommand::TokenRevoke { .. } => "token revoke",
         _ => verb,
     };
     opts.finish(shown)?;
@@ -795,21 +960,24 @@ mod tests {
             command(&format!("request-target 10.0.0.2:8443 --fingerprint {fp}")),
             CtlCommand::RequestTarget {
                 target: "10.0.0.2:8443".into(),
-                trust: Trust::Fingerprint("ab".repeat(32))
+                trust: Trust::Fingerprint("ab".repeat(32)),
+                token: None,
             }
         );
         assert_eq!(
             command("request-target t --insecure"),
             CtlCommand::RequestTarget {
                 target: "t".into(),
-                trust: Trust::Insecure
+                trust: Trust::Insecure,
+                token: None,
             }
         );
         assert_eq!(
             command("request-target t"),
             CtlCommand::RequestTarget {
                 target: "t".into(),
-                trust: Trust::Pinned
+                trust: Trust::Pinned,
+                token: None,
             }
         );
         assert!(
@@ -817,6 +985,104 @@ mod tests {
                 .contains("not both")
         );
         assert!(usage_error("request-target t --fingerprint abc").contains("SHA-256"));
+    }
+
+    #[test]
+    fn request_target_with_a_join_line_pins_its_fingerprint_and_sends_its_token() {
+        let fp = "cd".repeat(32);
+        let tok = "0123456789ab.00112233445566778899aabbccddeeff";
+        let join = format!("replgate-join/1/2001:db8::7/9443/{fp}/{tok}");
+        assert_eq!(
+            command(&format!("request-target --join {join}")),
+            CtlCommand::RequestTarget {
+                target: "[2001:db8::7]:9443".into(),
+                trust: Trust::Fingerprint(fp.clone()),
+                token: PairingToken::parse(tok),
+            }
+        );
+        assert_eq!(
+            command(&format!(
+                "request-target t.example --fingerprint {fp} --token {tok}"
+            )),
+            CtlCommand::RequestTarget {
+                target: "t.example".into(),
+                trust: Trust::Fingerprint(fp.clone()),
+                token: PairingToken::parse(tok),
+            }
+        );
+        for (args, says) in [
+            (format!("request-target t --join {join}"), "no HOST"),
+            (
+                format!("request-target --join {join} --insecure"),
+                "give no",
+            ),
+            (
+                format!("request-target --join {join} --token {tok}"),
+                "give no",
+            ),
+            (
+                "request-target --join replgate-join/1/h".to_string(),
+                "--join: ",
+            ),
+            ("request-target t --token abc.def".to_string(), "--token"),
+        ] {
+            assert!(
+                usage_error(&args).contains(says),
+                "{args}: {}",
+                usage_error(&args)
+            );
+        }
+        // A secret never shows in Debug, even of a whole invocation.
+        let debug = format!(
+            "{:?}",
+            ctl(&format!("request-target --join {join}")).unwrap()
+        );
+        assert!(!debug.contains("00112233445566778899"), "{debug}");
+    }
+
+    #[test]
+    fn token_and_bulk_ignore_commands() {
+        assert_eq!(command("token list"), CtlCommand::TokenList);
+        assert_eq!(
+            command("token revoke 0123456789ab"),
+            CtlCommand::TokenRevoke {
+                token_id: "0123456789ab".into()
+            }
+        );
+        assert_eq!(
+            command("token create --uses 5 --expires-in 12h --storage 2 --quota-mb 100 --system-uuid u-1 --host h --note n --address t.example:8443"),
+            CtlCommand::TokenCreate(TokenOptions {
+                uses: Some(5),
+                expires_in: Some(43_200),
+                storage_id: Some(2),
+                quota_mb: Some(100),
+                system_uuid: Some("u-1".into()),
+                host: Some("h".into()),
+                note: Some("n".into()),
+                address: Some("t.example:8443".into()),
+            })
+        );
+        assert_eq!(
+            command("token create"),
+            CtlCommand::TokenCreate(TokenOptions::default())
+        );
+        for (d, secs) in [("90", 90), ("90s", 90), ("30m", 1_800), ("7d", 604_800)] {
+            assert_eq!(duration("d", d).unwrap(), secs, "{d}");
+        }
+        for bad in ["", "0", "7w", "d", "-1h", "1.5h"] {
+            assert!(duration("d", bad).is_err(), "{bad:?}");
+        }
+        assert!(usage_error("token").contains("create, list or revoke"));
+        assert!(usage_error("token revoke nope").contains("token ID"));
+        assert!(usage_error("token list --uses 3").contains("does not take --uses"));
+        assert_eq!(
+            command("ignore --from 192.0.2.0/24"),
+            CtlCommand::IgnoreFrom {
+                remote_addr: "192.0.2.0/24".into()
+            }
+        );
+        assert!(usage_error("ignore --from 192.0.2.0/99").contains("network"));
+        assert!(usage_error("ignore 3 --from 192.0.2.1").contains("no further"));
     }
 
     #[test]

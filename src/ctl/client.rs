@@ -10,8 +10,9 @@ use serde_json::{json, Value};
 
 use super::table::clean;
 use super::{CtlError, Secret};
-use crate::cli::Trust;
+use crate::cli::{TokenOptions, Trust};
 use crate::model::Privilege;
+use crate::wire::token::PairingToken;
 
 /// Whole-call bound. `request-target` makes the daemon probe the target (10 s) and file
 /// the request there (up to 10 s connect plus 30 s call), so this stays above 50 s. The
@@ -176,6 +177,56 @@ impl Client {
         self.call(Method::Delete, &path, Some(token), None)
     }
 
+    /// Ignores every open request from an address or network.
+    pub fn ignore_from(&self, token: &Secret, remote_addr: &str) -> Result<Answer, CtlError> {
+        let path = format!(
+            "/api/replication/pending?remote_addr={}",
+            segment(remote_addr)
+        );
+        self.call(Method::Delete, &path, Some(token), None)
+    }
+
+    pub fn create_token(&self, token: &Secret, o: &TokenOptions) -> Result<Answer, CtlError> {
+        let mut body = json!({});
+        let numbers = [
+            ("uses", o.uses),
+            ("expires_in", o.expires_in),
+            ("storage_id", o.storage_id),
+            ("quota_mb", o.quota_mb),
+        ];
+        for (k, v) in numbers {
+            if let Some(v) = v {
+                body[k] = json!(v);
+            }
+        }
+        let texts = [
+            ("system_uuid", &o.system_uuid),
+            ("host", &o.host),
+            ("note", &o.note),
+            ("address", &o.address),
+        ];
+        for (k, v) in texts {
+            if let Some(v) = v {
+                body[k] = json!(v);
+            }
+        }
+        self.call(
+            Method::Post,
+            "/api/replication/tokens",
+            Some(token),
+            Some(&body),
+        )
+    }
+
+    pub fn tokens(&self, token: &Secret) -> Result<Answer, CtlError> {
+        self.call(Method::Get, "/api/replication/tokens", Some(token), None)
+    }
+
+    pub fn revoke_token(&self, token: &Secret, token_id: &str) -> Result<Answer, CtlError> {
+        let path = format!("/api/replication/tokens/{}", segment(token_id));
+        self.call(Method::Delete, &path, Some(token), None)
+    }
+
     pub fn unpair(&self, token: &Secret, system_id: u64) -> Result<Answer, CtlError> {
         let path = format!("/api/replication/source?sid={system_id}");
         self.call(Method::Delete, &path, Some(token), None)
@@ -194,12 +245,16 @@ impl Client {
         token: &Secret,
         target: &str,
         trust: &Trust,
+        pairing_token: Option<&PairingToken>,
     ) -> Result<Answer, CtlError> {
         let mut body = json!({ "type": "appliance", "target": target });
         match trust {
             Trust::Pinned => {}
             Trust::Fingerprint(f) => body["fingerprint"] = json!(f),
             Trust::Insecure => body["insecure"] = json!(1),
+        }
+        if let Some(t) = pairing_token {
+            body["token"] = json!(t.expose());
         }
         let path = "/api/replication/target";
         self.call(Method::Post, path, Some(token), Some(&body))

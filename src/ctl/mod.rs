@@ -182,7 +182,7 @@ impl CtlError {
                  \"Replication Source\"",
                 run("systems")
             )),
-            (412, CtlCommand::RequestTarget { target, trust }) => {
+            (412, CtlCommand::RequestTarget { target, trust, .. }) => {
                 let fp = r.fingerprint.as_deref().unwrap_or("?");
                 Some(match trust {
                     Trust::Fingerprint(given) if given != fp => format!(
@@ -373,6 +373,43 @@ fn execute(ctl: &Ctl) -> Result<String, CtlError> {
             let a = client.ignore(&token()?, *request_id)?;
             show(a, &|_| format!("ignored request {request_id}\n"))
         }
+        CtlCommand::IgnoreFrom { remote_addr } => {
+            let a = client.ignore_from(&token()?, remote_addr)?;
+            show(a, &|v| {
+                format!(
+                    "ignored {} open requests from {}\n",
+                    cell(&v["ignored"]),
+                    cell(&v["remote_addr"])
+                )
+            })
+        }
+        CtlCommand::TokenCreate(options) => {
+            let a = client.create_token(&token()?, options)?;
+            show(a, &|v| {
+                format!(
+                    "pairing token {} created: {} use(s), expires {} UTC\n\
+                     token (shown once, keep it secret):\n  {}\n\
+                     join line, for `replgate ctl request-target --join LINE` on the source:\n  {}\n",
+                    cell(&v["token_id"]),
+                    cell(&v["uses"]),
+                    utc(v["expires"].as_i64().unwrap_or(0)),
+                    cell(&v["token"]),
+                    cell(&v["join"])
+                )
+            })
+        }
+        CtlCommand::TokenList => show(client.tokens(&token()?)?, &table::tokens_table),
+        CtlCommand::TokenRevoke { token_id } => {
+            let a = client.revoke_token(&token()?, token_id)?;
+            show(a, &|v| {
+                format!(
+                    "revoked pairing token {} (used {} of {}); sources paired with it stay paired\n",
+                    cell(&v["token_id"]),
+                    cell(&v["used"]),
+                    cell(&v["uses"])
+                )
+            })
+        }
         CtlCommand::Unpair { system_id } => {
             let token = token()?;
             let a = client
@@ -384,13 +421,20 @@ fn execute(ctl: &Ctl) -> Result<String, CtlError> {
         }
         CtlCommand::Systems => show(client.systems(&token()?)?, &table::systems_table),
         CtlCommand::Storage => show(client.storage(&token()?)?, &table::storage_table),
-        CtlCommand::RequestTarget { target, trust } => {
-            let a = client.request_target(&token()?, target, trust)?;
+        CtlCommand::RequestTarget {
+            target,
+            trust,
+            token: pairing_token,
+        } => {
+            let a = client.request_target(&token()?, target, trust, pairing_token.as_ref())?;
+            let next = match pairing_token {
+                Some(_) => "  the pairing token lets the target accept at once; follow it with `replgate ctl targets`\n",
+                None => "  the target's admin must see the same code in `replgate ctl pending` before accepting\n",
+            };
             show(a, &|v| {
                 format!(
                     "asked {} for replication: target {}, request {}, {}\n\
-                     verification code: {}\n  \
-                     the target's admin must see the same code in `replgate ctl pending` before accepting\n",
+                     verification code: {}\n{next}",
                     clean(target),
                     cell(&v["target_id"]),
                     cell(&v["request_id"]),

@@ -112,6 +112,38 @@ fn listing(items: &[Value], empty: &str, cols: &[Col]) -> String {
     table(&headers, &rows)
 }
 
+pub fn tokens_table(v: &Value) -> String {
+    use Col::*;
+    let shown: Vec<Value> = rows(v, "tokens")
+        .iter()
+        .map(|t| {
+            let mut t = t.clone();
+            t["uses_shown"] = Value::from(format!("{}/{}", cell(&t["used"]), cell(&t["uses"])));
+            let bound: Vec<String> = ["system_uuid", "host"]
+                .iter()
+                .filter_map(|k| t[*k].as_str().map(String::from))
+                .collect();
+            t["bound"] = Value::from(bound.join(" "));
+            t
+        })
+        .collect();
+    listing(
+        &shown,
+        "no pairing tokens",
+        &[
+            Text("ID", "token_id"),
+            Text("STATUS", "status"),
+            Text("USED", "uses_shown"),
+            Time("EXPIRES", "expires"),
+            Time("LAST USED", "last_used"),
+            Text("STORAGE", "storage_id"),
+            Text("QUOTA MB", "quota_mb"),
+            Text("BOUND TO", "bound"),
+            Text("NOTE", "note"),
+        ],
+    )
+}
+
 pub fn pending_table(v: &Value, include_rejected: bool) -> String {
     use Col::*;
     let mut cols = vec![
