@@ -425,3 +425,95 @@ fn ctl_errors_say_what_to_do_next() {
     let r = plain.run(&["health"]).expect(0);
     assert!(r.stdout.contains(&d.ca_fingerprint()), "{r:?}");
 }
+
+#[test]
+fn a_join_line_from_token_create_pairs_the_source_with_no_one_accepting() {
+    let scratch = scratch_dir("ctl-join");
+    let (src, tgt) = start_pair("ctl-join");
+    let on_src = Ctl::new(&src, &scratch);
+    let on_tgt = Ctl::new(&tgt, &scratch);
+    on_src.login();
+    on_tgt.login();
+
+    // The token and its join line are printed once, with what to do with them.
+    let r = on_tgt
+        .run(&["token", "create", "--expires-in", "1h", "--note", "box 7"])
+        .expect(0);
+    let line = |prefix: &str| {
+        r.stdout
+            .lines()
+            .map(str::trim)
+            .find(|l| l.starts_with(prefix))
+            .unwrap_or_else(|| panic!("no {prefix} line: {r:?}"))
+            .to_string()
+    };
+    let join = line("replgate-join/1/");
+    assert!(r.stdout.contains("shown once"), "{r:?}");
+    assert!(join.contains(&tgt.ca_fingerprint()), "{join}");
+    let token = join.rsplit('/').next().unwrap().to_string();
+    let (id, secret) = token.split_once('.').unwrap();
+
+    // The list shows it valid, with its note, never the secret.
+    let table = on_tgt.run(&["token", "list"]).expect(0).stdout;
+    assert!(
+        table.starts_with("ID ") && table.contains(" STATUS "),
+        "{table}"
+    );
+    assert!(
+        table.contains(id) && table.contains("valid") && table.contains("box 7"),
+        "{table}"
+    );
+    assert!(!table.contains(secret), "{table}");
+
+    // The source pastes the one line; nobody accepts; it completes.
+    let r = on_src.run(&["request-target", "--join", &join]).expect(0);
+    assert!(r.stdout.contains("accept at once"), "{r:?}");
+    eventually(
+        Duration::from_secs(POLL + 8),
+        "the source's target to be complete",
+        || {
+            let targets = on_src.run(&["targets", "--json"]).expect(0).json();
+            (targets["targets"][0]["status"] == "complete").then_some(())
+        },
+    );
+    let listed = on_tgt.run(&["--json", "token", "list"]).expect(0).json();
+    assert_eq!(listed["tokens"][0]["status"], "used");
+
+    // A second use is refused with the target's reason (403: exit 4), recording nothing.
+    on_src
+        .run(&["forget-target", &tgt.api.to_string()])
+        .expect(0);
+    let r = on_src.run(&["request-target", "--join", &join]).expect(4);
+    assert!(r.stderr.contains("has been used up"), "{r:?}");
+    let targets = on_src.run(&["targets", "--json"]).expect(0).json();
+    assert_eq!(targets["targets"], serde_json::json!([]));
+
+    // Revoke, twice (the second is a conflict).
+    let r = on_tgt.run(&["token", "revoke", id]).expect(0);
+    assert!(r.stdout.contains("stay paired"), "{r:?}");
+    on_tgt.run(&["token", "revoke", id]).expect(6);
+
+    // A flood from one network goes in one call.
+    for i in 2..5u8 {
+        let r = tgt
+            .client()
+            .with_source(std::net::Ipv4Addr::new(127, 0, 0, i))
+            .post_json(
+                "/replication/v1/requests",
+                None,
+                &crate::harness::request_body(
+                    &format!("junk-{i}"),
+                    &crate::harness::simple_csr().pem,
+                ),
+            );
+        assert_eq!(r.status, 202, "{}", r.text());
+    }
+    let r = on_tgt.run(&["ignore", "--from", "127.0.0.0/24"]).expect(0);
+    assert!(
+        r.stdout
+            .contains("ignored 3 open requests from 127.0.0.0/24"),
+        "{r:?}"
+    );
+    let pending = on_tgt.run(&["pending", "--json"]).expect(0).json();
+    assert_eq!(pending["pending"], serde_json::json!([]));
+}

@@ -23,3 +23,4 @@ mod replication;
 mod rng;
 mod target;
 mod tidy;
+mod tokens;

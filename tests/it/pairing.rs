@@ -16,7 +16,7 @@ use crate::harness::{
     systems_row, tool, Daemon, Response, POLL,
 };
 
-fn request(src: &Daemon, token: &str, tgt: &Daemon, extra: Value) -> Response {
+pub(crate) fn request(src: &Daemon, token: &str, tgt: &Daemon, extra: Value) -> Response {
     let mut body = json!({"type": "appliance", "target": tgt.api.to_string()});
     if let (Some(b), Some(e)) = (body.as_object_mut(), extra.as_object()) {
         for (k, v) in e {
@@ -27,13 +27,13 @@ fn request(src: &Daemon, token: &str, tgt: &Daemon, extra: Value) -> Response {
         .post_json("/api/replication/target", Some(token), &body)
 }
 
-fn target_row(src: &Daemon, token: &str) -> Value {
+pub(crate) fn target_row(src: &Daemon, token: &str) -> Value {
     let r = src.client().get("/api/replication/targets", Some(token));
     assert_eq!(r.status, 200, "{}", r.text());
     r.json()["targets"][0].clone()
 }
 
-fn wait_status(src: &Daemon, token: &str, status: &str, within: Duration) -> Value {
+pub(crate) fn wait_status(src: &Daemon, token: &str, status: &str, within: Duration) -> Value {
     eventually(within, &format!("source status {status}"), || {
         let row = target_row(src, token);
         (row["status"] == status).then_some(row)
@@ -68,7 +68,7 @@ fn pair_completely(src: &Daemon, st: &str, tgt: &Daemon, tt: &str) -> Value {
     accepted
 }
 
-fn pairing_dir(src: &Daemon) -> std::path::PathBuf {
+pub(crate) fn pairing_dir(src: &Daemon) -> std::path::PathBuf {
     let dir = src.data_dir.join("targets");
     let entry = std::fs::read_dir(&dir)
         .unwrap()
@@ -78,8 +78,8 @@ fn pairing_dir(src: &Daemon) -> std::path::PathBuf {
     entry.path()
 }
 
-type Identity = (Vec<CertificateDer<'static>>, PrivateKeyDer<'static>);
-type TunnelStream = rustls::StreamOwned<rustls::ClientConnection, TcpStream>;
+pub(crate) type Identity = (Vec<CertificateDer<'static>>, PrivateKeyDer<'static>);
+pub(crate) type TunnelStream = rustls::StreamOwned<rustls::ClientConnection, TcpStream>;
 
 /// A mutual-TLS connection to the target's tunnel, handshake completed.
 fn tunnel_connect(tgt: &Daemon, client: Option<Identity>) -> Result<TunnelStream, String> {
@@ -134,11 +134,11 @@ fn tunnel_request(tgt: &Daemon, client: Option<Identity>, path: &str) -> Result<
     get_on(&mut tls, path, true)
 }
 
-fn tunnel_hello(tgt: &Daemon, client: Option<Identity>) -> Result<Response, String> {
+pub(crate) fn tunnel_hello(tgt: &Daemon, client: Option<Identity>) -> Result<Response, String> {
     tunnel_request(tgt, client, "/tunnel/v1/hello")
 }
 
-fn identity(dir: &std::path::Path) -> Identity {
+pub(crate) fn identity(dir: &std::path::Path) -> Identity {
     use rustls::pki_types::pem::PemObject;
     let chain = pem_certs(&std::fs::read(dir.join("cert.pem")).unwrap());
     let key = PrivateKeyDer::from_pem_slice(&std::fs::read(dir.join("key.pem")).unwrap()).unwrap();
