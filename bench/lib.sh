@@ -15,7 +15,7 @@ PASSWORD=bench-root-password
 SCRIPT_ARGS="$*"
 # The knobs given in the environment (before the scripts fill in defaults), for the record.
 ENV_KNOBS=""
-for knob in DURATION ROUNDS NGINX_WORKERS N THREADS LEVELS; do
+for knob in DURATION ROUNDS NGINX_WORKERS N THREADS LEVELS POLL_INTERVAL; do
   [ -n "${!knob:-}" ] && ENV_KNOBS="$ENV_KNOBS$knob=\"${!knob}\" "
 done
 QUICK=0
