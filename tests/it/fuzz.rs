@@ -507,6 +507,22 @@ fn body_routes(csr_pem: &str) -> Vec<BodyRoute> {
                 ("target", Str, s("127.0.0.1:1")),
                 ("insecure", Flag, "1".into()),
                 ("fingerprint", Str, s(&"ab".repeat(32))),
+                (
+                    "token",
+                    Str,
+                    s("0123456789ab.00112233445566778899aabbccddeeff"),
+                ),
+            ],
+        },
+        BodyRoute {
+            method: "POST",
+            path: "/api/replication/tokens",
+            fields: vec![
+                ("storage_id", Id, "1".into()),
+                ("system_uuid", Str, s("0000-1111")),
+                ("host", Str, s("src.example")),
+                ("note", Str, s("fuzz")),
+                ("address", Str, s("127.0.0.1:8443")),
             ],
         },
         BodyRoute {
@@ -549,6 +565,11 @@ fn body_routes(csr_pem: &str) -> Vec<BodyRoute> {
                 ("asset_tag", Str, s("tag")),
                 ("version", Str, s("1.0")),
                 ("csr", Str, s(csr_pem)),
+                (
+                    "token",
+                    Str,
+                    s("0123456789ab.00112233445566778899aabbccddeeff"),
+                ),
             ],
         },
     ]
