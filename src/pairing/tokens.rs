@@ -632,63 +632,23 @@ mod tests {
             usage: StorageUsage::Backup,
         }];
         assert!(TokenSpec::default().validate(&storage).is_ok());
+        let with = |change: fn(&mut TokenSpec)| {
+            let mut spec = TokenSpec::default();
+            change(&mut spec);
+            spec
+        };
         let bad: Vec<(TokenSpec, &str)> = vec![
+            (with(|s| s.uses = 0), "uses"),
+            (with(|s| s.uses = MAX_USES + 1), "uses"),
+            (with(|s| s.expires_in = 0), "expires_in"),
+            (with(|s| s.expires_in = MAX_EXPIRES_IN + 1), "expires_in"),
             (
-                TokenSpec {
-                    uses: 0,
-                    ..Default::default()
-                },
-                "uses",
-            ),
-            (
-                TokenSpec {
-                    uses: MAX_USES + 1,
-                    ..Default::default()
-                },
-                "uses",
-            ),
-            (
-                TokenSpec {
-                    expires_in: 0,
-                    ..Default::default()
-                },
-                "expires_in",
-            ),
-            (
-                TokenSpec {
-                    expires_in: MAX_EXPIRES_IN + 1,
-                    ..Default::default()
-                },
-                "expires_in",
-            ),
-            (
-                TokenSpec {
-                    note: Some("x".repeat(MAX_NOTE_BYTES + 1)),
-                    ..Default::default()
-                },
+                with(|s| s.note = Some("x".repeat(MAX_NOTE_BYTES + 1))),
                 "note",
             ),
-            (
-                TokenSpec {
-                    note: Some("a\nb".into()),
-                    ..Default::default()
-                },
-                "note",
-            ),
-            (
-                TokenSpec {
-                    system_uuid: Some("a b".into()),
-                    ..Default::default()
-                },
-                "system_uuid",
-            ),
-            (
-                TokenSpec {
-                    host: Some("a/b".into()),
-                    ..Default::default()
-                },
-                "host",
-            ),
+            (with(|s| s.note = Some("a\nb".into())), "note"),
+            (with(|s| s.system_uuid = Some("a b".into())), "system_uuid"),
+            (with(|s| s.host = Some("a/b".into())), "host"),
         ];
         for (spec, field) in bad {
             let e = spec.validate(&storage).unwrap_err();
