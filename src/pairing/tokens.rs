@@ -512,6 +512,13 @@ mod tests {
     const NOW: UnixTime = 1_767_225_600;
     const UUID: &str = "5f0c7a52-3f5e-4a6b-9c0d-2b1e8f7a6c11";
 
+    /// The default spec with `change` applied.
+    fn spec(change: fn(&mut TokenSpec)) -> TokenSpec {
+        let mut spec = TokenSpec::default();
+        change(&mut spec);
+        spec
+    }
+
     fn token() -> PairingToken {
         PairingToken::from_parts("0123456789ab", "00112233445566778899aabbccddeeff").unwrap()
     }
@@ -632,41 +639,32 @@ mod tests {
             usage: StorageUsage::Backup,
         }];
         assert!(TokenSpec::default().validate(&storage).is_ok());
-        let with = |change: fn(&mut TokenSpec)| {
-            let mut spec = TokenSpec::default();
-            change(&mut spec);
-            spec
-        };
         let bad: Vec<(TokenSpec, &str)> = vec![
-            (with(|s| s.uses = 0), "uses"),
-            (with(|s| s.uses = MAX_USES + 1), "uses"),
-            (with(|s| s.expires_in = 0), "expires_in"),
-            (with(|s| s.expires_in = MAX_EXPIRES_IN + 1), "expires_in"),
+            (spec(|s| s.uses = 0), "uses"),
+            (spec(|s| s.uses = MAX_USES + 1), "uses"),
+            (spec(|s| s.expires_in = 0), "expires_in"),
+            (spec(|s| s.expires_in = MAX_EXPIRES_IN + 1), "expires_in"),
             (
-                with(|s| s.note = Some("x".repeat(MAX_NOTE_BYTES + 1))),
+                spec(|s| s.note = Some("x".repeat(MAX_NOTE_BYTES + 1))),
                 "note",
             ),
-            (with(|s| s.note = Some("a\nb".into())), "note"),
-            (with(|s| s.system_uuid = Some("a b".into())), "system_uuid"),
-            (with(|s| s.host = Some("a/b".into())), "host"),
+            (spec(|s| s.note = Some("a\nb".into())), "note"),
+            (spec(|s| s.system_uuid = Some("a b".into())), "system_uuid"),
+            (spec(|s| s.host = Some("a/b".into())), "host"),
         ];
-        for (spec, field) in bad {
-            let e = spec.validate(&storage).unwrap_err();
+        for (bad, field) in bad {
+            let e = bad.validate(&storage).unwrap_err();
             assert!(e.to_string().contains(&format!("`{field}`")), "{e}");
         }
-        let spec = TokenSpec {
-            storage_id: Some(9),
-            ..Default::default()
-        };
+        let unknown = spec(|s| s.storage_id = Some(9));
         assert!(matches!(
-            spec.validate(&storage),
+            unknown.validate(&storage),
             Err(PairingError::UnknownStorage(9))
         ));
-        let max = TokenSpec {
-            expires_in: MAX_EXPIRES_IN,
-            uses: MAX_USES,
-            ..Default::default()
-        };
+        let max = spec(|s| {
+            s.expires_in = MAX_EXPIRES_IN;
+            s.uses = MAX_USES;
+        });
         assert!(max.validate(&storage).is_ok());
     }
 
@@ -756,23 +754,44 @@ mod tests {
         }
     }
 
-    fn issue(store: &Store, storage: &[Storage], spec: TokenSpec) -> Issued {
-        create(store, storage, spec, &admin(), NOW).unwrap()
+    /// A store, a CA and two backup storages, for filings with tokens.
+    struct Fixture {
+        store: Store,
+        ca: Ca,
+        storage: Vec<Storage>,
     }
 
-    fn file(
-        store: &Store,
-        ca: &Ca,
-        storage: &[Storage],
-        new: NewRequest,
-    ) -> Result<crate::pairing::target::Filed, PairingError> {
-        file_request(
-            &side(store, ca, storage),
-            new,
-            &rules(),
-            crate::rand::hex_string(16),
-            NOW,
-        )
+    impl Fixture {
+        fn new(name: &str) -> Fixture {
+            Fixture {
+                store: temp_store(name),
+                ca: test_ca(),
+                storage: two_storages(),
+            }
+        }
+
+        fn issue(&self, spec: TokenSpec) -> Issued {
+            create(&self.store, &self.storage, spec, &admin(), NOW).unwrap()
+        }
+
+        /// Files a request for `uuid` (with a fresh key) under the default rules.
+        fn file(
+            &self,
+            uuid: &str,
+            token: Option<&PairingToken>,
+        ) -> Result<crate::pairing::target::Filed, PairingError> {
+            self.file_new(new_request(uuid, token))
+        }
+
+        fn file_new(&self, new: NewRequest) -> Result<crate::pairing::target::Filed, PairingError> {
+            file_request(
+                &side(&self.store, &self.ca, &self.storage),
+                new,
+                &rules(),
+                crate::rand::hex_string(16),
+                NOW,
+            )
+        }
     }
 
     fn request_count(store: &Store) -> usize {
@@ -781,16 +800,12 @@ mod tests {
 
     #[test]
     fn a_token_accepts_at_once_with_its_storage_and_quota_and_is_spent_after_its_uses() {
-        let (store, ca, storage) = (temp_store("accept"), test_ca(), two_storages());
-        let issued = issue(
-            &store,
-            &storage,
-            TokenSpec {
-                storage_id: Some(2),
-                quota_mb: Some(500),
-                ..Default::default()
-            },
-        );
+        let fx = Fixture::new("accept");
+        let store = &fx.store;
+        let issued = fx.issue(spec(|s| {
+            s.storage_id = Some(2);
+            s.quota_mb = Some(500);
+        }));
         let secret = &issued.token.expose()[PairingToken::ID_LEN + 1..];
         let stored = store.token(issued.token.id()).unwrap().unwrap();
         assert_ne!(stored.secret_hash, issued.token.expose());
@@ -800,13 +815,7 @@ mod tests {
         );
 
         // The request asks for storage 1; the token's storage 2 wins.
-        let filed = file(
-            &store,
-            &ca,
-            &storage,
-            new_request(UUID, Some(&issued.token)),
-        )
-        .unwrap();
+        let filed = fx.file(UUID, Some(&issued.token)).unwrap();
         let r = &filed.request;
         assert_eq!(r.status, RequestStatus::Accepted);
         assert_eq!(r.pairing_token.as_deref(), Some(issued.token.id()));
@@ -825,19 +834,13 @@ mod tests {
         assert_eq!(status(&t, NOW), TokenStatus::Used);
 
         // Spent: 403 material, and nothing filed; the refusal is audited.
-        let before = request_count(&store);
-        let e = file(
-            &store,
-            &ca,
-            &storage,
-            new_request("other-uuid", Some(&issued.token)),
-        )
-        .unwrap_err();
+        let before = request_count(store);
+        let e = fx.file("other-uuid", Some(&issued.token)).unwrap_err();
         assert!(
             matches!(&e, PairingError::Token(TokenRefusal::Spent { uses: 1, .. })),
             "{e:?}"
         );
-        assert_eq!(request_count(&store), before);
+        assert_eq!(request_count(store), before);
         let audit = store.audit(0, 100).unwrap();
         let actions: Vec<&str> = audit.iter().map(|(_, a)| a.action.as_str()).collect();
         for wanted in [
@@ -862,7 +865,7 @@ mod tests {
         // A wrong secret is an unknown token, and a stranger's guess is not audited.
         let guess = PairingToken::from_parts(issued.token.id(), &"0".repeat(32)).unwrap();
         let rows = store.audit(0, 1_000).unwrap().len();
-        let e = file(&store, &ca, &storage, new_request("x-uuid", Some(&guess))).unwrap_err();
+        let e = fx.file("x-uuid", Some(&guess)).unwrap_err();
         assert!(
             matches!(e, PairingError::Token(TokenRefusal::Unknown)),
             "{e:?}"
@@ -872,17 +875,18 @@ mod tests {
 
     #[test]
     fn two_filings_racing_for_the_last_use_let_exactly_one_in() {
-        let (store, ca, storage) = (temp_store("race"), test_ca(), two_storages());
-        let issued = issue(&store, &storage, TokenSpec::default());
+        let fx = Fixture::new("race");
+        let store = &fx.store;
+        let issued = fx.issue(TokenSpec::default());
         let barrier = std::sync::Barrier::new(2);
         let results: Vec<_> = std::thread::scope(|s| {
             let handles: Vec<_> = ["race-a", "race-b"]
                 .map(|uuid| {
                     let new = new_request(uuid, Some(&issued.token));
-                    let (store, ca, storage, barrier) = (&store, &ca, &storage, &barrier);
+                    let (fx, barrier) = (&fx, &barrier);
                     s.spawn(move || {
                         barrier.wait();
-                        file(store, ca, storage, new)
+                        fx.file_new(new)
                     })
                 })
                 .into_iter()
@@ -894,25 +898,19 @@ mod tests {
         assert!(results
             .iter()
             .any(|r| matches!(r, Err(PairingError::Token(TokenRefusal::Spent { .. })))));
-        assert_eq!(request_count(&store), 1);
+        assert_eq!(request_count(store), 1);
         assert_eq!(store.systems().unwrap().len(), 1);
         assert_eq!(store.token(issued.token.id()).unwrap().unwrap().used, 1);
     }
 
     #[test]
     fn a_token_replaces_a_paired_key_only_when_bound_to_that_system() {
-        let (store, ca, storage) = (temp_store("replace"), test_ca(), two_storages());
-        let free = issue(
-            &store,
-            &storage,
-            TokenSpec {
-                uses: 5,
-                ..Default::default()
-            },
-        );
-        let first = file(&store, &ca, &storage, new_request(UUID, Some(&free.token))).unwrap();
+        let fx = Fixture::new("replace");
+        let store = &fx.store;
+        let free = fx.issue(spec(|s| s.uses = 5));
+        let first = fx.file(UUID, Some(&free.token)).unwrap();
         // The same system_uuid again with an unbound token: refused, the pairing untouched.
-        let e = file(&store, &ca, &storage, new_request(UUID, Some(&free.token))).unwrap_err();
+        let e = fx.file(UUID, Some(&free.token)).unwrap_err();
         let system_id = first.request.system_id.unwrap();
         assert_eq!(
             e.to_string(),
@@ -925,26 +923,13 @@ mod tests {
         let serial = first.request.cert_serial.clone().unwrap();
         assert!(!store.is_revoked(&serial).unwrap());
         // Bound to it: the new key replaces the old one, whose certificate is revoked.
-        let bound = issue(
-            &store,
-            &storage,
-            TokenSpec {
-                system_uuid: Some(UUID.into()),
-                ..Default::default()
-            },
-        );
-        let second = file(&store, &ca, &storage, new_request(UUID, Some(&bound.token))).unwrap();
+        let bound = fx.issue(spec(|s| s.system_uuid = Some(UUID.into())));
+        let second = fx.file(UUID, Some(&bound.token)).unwrap();
         assert_eq!(second.replaced, Some(first.request.id));
         assert_eq!(second.request.system_id, Some(system_id));
         assert!(store.is_revoked(&serial).unwrap());
         // And a token bound to this system refuses any other.
-        let e = file(
-            &store,
-            &ca,
-            &storage,
-            new_request("intruder", Some(&bound.token)),
-        )
-        .unwrap_err();
+        let e = fx.file("intruder", Some(&bound.token)).unwrap_err();
         assert!(
             matches!(
                 e,
@@ -956,20 +941,15 @@ mod tests {
 
     #[test]
     fn a_token_closes_the_sources_open_request_and_needs_no_room_under_the_caps() {
-        let (store, ca, storage) = (temp_store("supersede"), test_ca(), two_storages());
+        let fx = Fixture::new("supersede");
+        let store = &fx.store;
         // Per-network cap 1: the open request fills this /24.
-        let open = file(&store, &ca, &storage, new_request(UUID, None)).unwrap();
+        let open = fx.file(UUID, None).unwrap();
         assert_eq!(open.request.status, RequestStatus::Pending);
-        let e = file(&store, &ca, &storage, new_request("neighbour", None)).unwrap_err();
+        let e = fx.file("neighbour", None).unwrap_err();
         assert!(matches!(e, PairingError::Busy { .. }), "{e:?}");
-        let issued = issue(&store, &storage, TokenSpec::default());
-        let filed = file(
-            &store,
-            &ca,
-            &storage,
-            new_request(UUID, Some(&issued.token)),
-        )
-        .unwrap();
+        let issued = fx.issue(TokenSpec::default());
+        let filed = fx.file(UUID, Some(&issued.token)).unwrap();
         assert_eq!(filed.superseded, vec![open.request.id]);
         let closed = store.request(open.request.id).unwrap().unwrap();
         assert_eq!(closed.status, RequestStatus::Ignored);
@@ -978,14 +958,15 @@ mod tests {
 
     #[test]
     fn require_token_refuses_a_request_without_one_and_files_nothing() {
-        let (store, ca, storage) = (temp_store("require"), test_ca(), two_storages());
+        let fx = Fixture::new("require");
+        let store = &fx.store;
         let mut p = rules();
         p.require_token = true;
-        let side = side(&store, &ca, &storage);
+        let side = side(store, &fx.ca, &fx.storage);
         let e = file_request(&side, new_request(UUID, None), &p, "t".into(), NOW).unwrap_err();
         assert!(matches!(e, PairingError::TokenRequired), "{e:?}");
-        assert_eq!(request_count(&store), 0);
-        let issued = issue(&store, &storage, TokenSpec::default());
+        assert_eq!(request_count(store), 0);
+        let issued = fx.issue(TokenSpec::default());
         let filed = file_request(
             &side,
             new_request(UUID, Some(&issued.token)),
@@ -999,23 +980,11 @@ mod tests {
 
     #[test]
     fn revoking_refuses_further_uses_and_leaves_pairings_up() {
-        let (store, ca, storage) = (temp_store("revoke"), test_ca(), two_storages());
-        let issued = issue(
-            &store,
-            &storage,
-            TokenSpec {
-                uses: 3,
-                ..Default::default()
-            },
-        );
-        let filed = file(
-            &store,
-            &ca,
-            &storage,
-            new_request(UUID, Some(&issued.token)),
-        )
-        .unwrap();
-        let t = revoke(&store, issued.token.id(), &admin(), NOW).unwrap();
+        let fx = Fixture::new("revoke");
+        let store = &fx.store;
+        let issued = fx.issue(spec(|s| s.uses = 3));
+        let filed = fx.file(UUID, Some(&issued.token)).unwrap();
+        let t = revoke(store, issued.token.id(), &admin(), NOW).unwrap();
         assert_eq!(status(&t, NOW), TokenStatus::Revoked);
         let serial = filed.request.cert_serial.unwrap();
         assert!(!store.is_revoked(&serial).unwrap(), "the pairing stays");
@@ -1023,21 +992,21 @@ mod tests {
             .system(filed.request.system_id.unwrap())
             .unwrap()
             .is_some());
-        let e = file(&store, &ca, &storage, new_request("b", Some(&issued.token))).unwrap_err();
+        let e = fx.file("b", Some(&issued.token)).unwrap_err();
         assert!(
             matches!(e, PairingError::Token(TokenRefusal::Revoked { .. })),
             "{e:?}"
         );
         assert!(matches!(
-            revoke(&store, issued.token.id(), &admin(), NOW),
+            revoke(store, issued.token.id(), &admin(), NOW),
             Err(PairingError::TokenAlreadyRevoked(_))
         ));
         assert!(matches!(
-            revoke(&store, "000000000000", &admin(), NOW),
+            revoke(store, "000000000000", &admin(), NOW),
             Err(PairingError::UnknownToken(_))
         ));
         assert!(matches!(
-            revoke(&store, "../x", &admin(), NOW),
+            revoke(store, "../x", &admin(), NOW),
             Err(PairingError::UnknownToken(_))
         ));
     }
