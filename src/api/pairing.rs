@@ -80,34 +80,16 @@ pub fn file_request(call: &Call) -> Result<Reply, ApiError> {
         storage: &config.storage,
         cert_days: config.certificate_days,
     };
-    let token_id = new.token.as_ref().map(|t| t.id().to_string());
+    // Each audited event (a token used or refused, the filing, the accept) is its own info
+    // line once committed (`Store::write`); a refusal is also the worker's 4xx line.
     let spool_token = crate::rand::hex_string(SpoolToken::LEN / 2);
-    let filed = match target::file_request(&side, new, &rules, spool_token, call.now) {
-        Ok(f) => f,
-        Err(e) => {
-            if let Some(id) = &token_id {
-                log::info!(
-                    "pairing token {id} refused for a request from {}: {e}",
-                    call.address()
-                );
-            }
-            return Err(e.into());
-        }
-    };
+    let filed = target::file_request(&side, new, &rules, spool_token, call.now)?;
     let r = &filed.request;
     for other in filed.replaced.iter().chain(&filed.superseded) {
         write_spool(call, *other)?;
     }
     // Also on the idempotent path: a retry after a failed spool write repairs it.
     write_spool(call, r.id)?;
-    if let Some(id) = &token_id {
-        log::info!(
-            "pairing token {id} used by request {} from {}: accepted as system {}",
-            r.id,
-            call.address(),
-            r.system_id.unwrap_or_default()
-        );
-    }
     let answer = protocol::Filed {
         request_id: r.id,
         poll: format!("/replication/v1/spool/{}/", r.token),

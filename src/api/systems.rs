@@ -43,8 +43,6 @@ struct Row<'a> {
     #[serde(skip_serializing_if = "Option::is_none")]
     quota_mb: Option<u64>,
     #[serde(skip_serializing_if = "Option::is_none")]
-    quota_mb: Option<u64>,
-    #[serde(skip_serializing_if = "Option::is_none")]
     certificate_expires: Option<UnixTime>,
     #[serde(skip_serializing_if = "Option::is_none")]
     last_seen: Option<UnixTime>,

@@ -1,5 +1,6 @@
 //! Pairing-token handlers (SPEC 13, target side): issue a token (shown once, with its join
 //! line), list tokens (never a secret), revoke one. Parse, call `pairing::tokens`, map.
+//! Their info log lines are the audit rows' event lines (`Store::write`), never a secret.
 
 use std::net::SocketAddr;
 
@@ -102,14 +103,6 @@ pub fn create(call: &Call) -> Result<Reply, ApiError> {
         call.now,
     )?;
     let t = &issued.record;
-    log::info!(
-        "pairing token {} created by {} from {}: {} uses, expires {}",
-        t.id,
-        call.user(),
-        call.address(),
-        t.uses,
-        crate::model::format_utc(t.expires)
-    );
     let join = JoinLine {
         host,
         port,
@@ -133,14 +126,6 @@ pub fn list(call: &Call) -> Result<Reply, ApiError> {
 /// `DELETE /api/replication/tokens/{token_id}`: revoke; pairings made with it stay.
 pub fn revoke(call: &Call) -> Result<Reply, ApiError> {
     let t = tokens::revoke(&call.app.store, call.param(0), &actor(call), call.now)?;
-    log::info!(
-        "pairing token {} revoked by {} from {} (used {} of {})",
-        t.id,
-        call.user(),
-        call.address(),
-        t.used,
-        t.uses
-    );
     Ok(Reply::json(200, token_json(&t, call)))
 }
 
