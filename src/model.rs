@@ -228,22 +228,22 @@ impl Network {
         }
     }
 
-    /// `addr` or `addr/prefix`; a bare address is the network of that one address. Bits
-    /// past the prefix are cleared (`192.0.2.7/24` is `192.0.2.0/24`).
+    /// `addr` or `addr/prefix`, exactly (no brackets, no blanks, a prefix without leading
+    /// zeros); a bare address is the network of that one address. Bits past the prefix
+    /// are cleared (`192.0.2.7/24` is `192.0.2.0/24`).
     pub fn parse(text: &str) -> Option<Network> {
-        let (addr, prefix) = match text.trim().split_once('/') {
+        let (addr, prefix) = match text.split_once('/') {
             Some((a, p)) => (a, Some(p)),
-            None => (text.trim(), None),
+            None => (text, None),
         };
-        let addr = canonical(
-            addr.trim_start_matches('[')
-                .trim_end_matches(']')
-                .parse()
-                .ok()?,
-        );
+        let addr = canonical(addr.parse().ok()?);
         let max = if addr.is_ipv4() { 32 } else { 128 };
         let prefix = match prefix {
-            Some(p) if !p.is_empty() && p.len() <= 3 && p.bytes().all(|b| b.is_ascii_digit()) => {
+            Some(p)
+                if (1..=3).contains(&p.len())
+                    && p.bytes().all(|b| b.is_ascii_digit())
+                    && (p == "0" || !p.starts_with('0')) =>
+            {
                 p.parse::<u8>().ok().filter(|p| *p <= max)?
             }
             Some(_) => return None,
@@ -355,7 +355,7 @@ mod tests {
             Network::parse("192.0.2.9").unwrap().to_string(),
             "192.0.2.9/32"
         );
-        assert_eq!(Network::parse("[2001:db8:1:2::5]/64"), Some(n6));
+        assert_eq!(Network::parse("2001:db8:1:2::5/64"), Some(n6));
         assert_eq!(Network::parse("::1").unwrap().to_string(), "::1/128");
         for bad in [
             "",
@@ -366,6 +366,9 @@ mod tests {
             "::/129",
             "1.2.3/8",
             "192.0.2.0/ 8",
+            "192.0.2.0/024",
+            "[::1]",
+            " 192.0.2.1",
         ] {
             assert_eq!(Network::parse(bad), None, "{bad:?}");
         }

@@ -66,10 +66,10 @@ fn join_address(
 /// `POST /api/replication/tokens`.
 pub fn create(call: &Call) -> Result<Reply, ApiError> {
     let body = call.json()?;
+    // Taken as given (no trimming): empty is none, anything else is checked whole.
     let text = |field: &str| -> Result<Option<String>, ApiError> {
         Ok(body
             .opt_str(field)?
-            .map(str::trim)
             .filter(|s| !s.is_empty())
             .map(String::from))
     };

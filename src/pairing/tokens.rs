@@ -26,8 +26,8 @@ pub const MAX_EXPIRES_IN: i64 = 90 * 86_400;
 pub const DEFAULT_USES: u32 = 1;
 /// The most sources one token may pair.
 pub const MAX_USES: u32 = 10_000;
-/// The longest `note`.
-pub const MAX_NOTE_BYTES: usize = 256;
+/// The longest `note`, in characters.
+pub const MAX_NOTE_CHARS: usize = 256;
 
 /// Where a token stands, as `GET /api/replication/tokens` shows it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -260,10 +260,10 @@ impl TokenSpec {
             super::target::check_host(h)?;
         }
         if let Some(n) = &self.note {
-            if n.len() > MAX_NOTE_BYTES || n.chars().any(char::is_control) {
+            if n.chars().count() > MAX_NOTE_CHARS || n.chars().any(char::is_control) {
                 return Err(invalid(
                     "note",
-                    format!("must be at most {MAX_NOTE_BYTES} bytes of printable text"),
+                    format!("must be at most {MAX_NOTE_CHARS} characters of printable text"),
                 ));
             }
         }
@@ -645,7 +645,7 @@ mod tests {
             (spec(|s| s.expires_in = 0), "expires_in"),
             (spec(|s| s.expires_in = MAX_EXPIRES_IN + 1), "expires_in"),
             (
-                spec(|s| s.note = Some("x".repeat(MAX_NOTE_BYTES + 1))),
+                spec(|s| s.note = Some("x".repeat(MAX_NOTE_CHARS + 1))),
                 "note",
             ),
             (spec(|s| s.note = Some("a\nb".into())), "note"),
