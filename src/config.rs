@@ -708,6 +708,10 @@ impl Config {
                 "max_pending_per_address",
                 self.max_pending_per_address.to_string(),
             ),
+            ("pending_prefix_v4", self.pending_prefix_v4.to_string()),
+            ("pending_prefix_v6", self.pending_prefix_v6.to_string()),
+            ("unverified_request_ttl", secs(self.unverified_request_ttl)),
+            ("require_token", self.require_token.to_string()),
             ("certificate_days", self.certificate_days.to_string()),
             ("workers", self.workers.to_string()),
             (
