@@ -137,3 +137,92 @@ fn ctl_settings_exported_in_the_shell_do_not_stop_the_daemon() {
     let d = Daemon::start("life-ctl-env", opts);
     assert_eq!(d.client().get("/api/health", None).status, 200);
 }
+
+/// docs/operations.md, "Backup and restore", on a real daemon: archive the data directory
+/// without the spool while stopped, lose the directory, restore it, start.
+#[test]
+fn a_restored_backup_without_the_spool_serves_the_same_pairings() {
+    let mut d = Daemon::start("life-backup", Options::default());
+    let root = d.root_token();
+    let filed = d.file_request("b0b0b0b0-0000-4333-8444-555555555555");
+    let r = d.client().post_json(
+        "/api/replication/source",
+        Some(&root),
+        &serde_json::json!({"request_id": filed.id, "accept": true}),
+    );
+    assert_eq!(r.status, 201, "{}", r.text());
+    let certificate = d
+        .client()
+        .get(&format!("{}certificate.pem", filed.poll), None)
+        .text();
+    let fingerprint = d.ca_fingerprint();
+    // The stored rows (the local one carries live figures: free space, time).
+    let stored = |v: serde_json::Value| -> Vec<serde_json::Value> {
+        crate::harness::appliances(&v)
+            .iter()
+            .filter(|s| s["local"] != true)
+            .cloned()
+            .collect()
+    };
+    let systems_before = stored(d.systems(&root));
+    assert_eq!(systems_before.len(), 1);
+    assert!(d.stop().success());
+
+    let parent = d.data_dir.parent().unwrap().to_path_buf();
+    let archive = parent.join("backup.tar.gz");
+    let name = d
+        .data_dir
+        .file_name()
+        .unwrap()
+        .to_str()
+        .unwrap()
+        .to_string();
+    let spool = format!("--exclude={name}/spool");
+    let storage = format!("--exclude={name}/storage");
+    crate::harness::run_ok(
+        Command::new("tar")
+            .arg("-C")
+            .arg(&parent)
+            .args(["-cpzf"])
+            .arg(&archive)
+            .args([&spool, &storage, &name]),
+    );
+    std::fs::remove_dir_all(&d.data_dir).unwrap();
+    crate::harness::run_ok(
+        Command::new("tar")
+            .arg("-C")
+            .arg(&parent)
+            .arg("-xpzf")
+            .arg(&archive),
+    );
+    assert!(
+        !d.data_dir.join("spool").exists(),
+        "the spool was not backed up"
+    );
+    assert_eq!(
+        mode(&d.data_dir.join("ca.key")),
+        0o600,
+        "tar -p keeps modes"
+    );
+
+    d.restart();
+    assert_eq!(d.ca_fingerprint(), fingerprint);
+    let root = d.root_token();
+    assert_eq!(stored(d.systems(&root)), systems_before);
+    let status = d.client().get(&format!("{}status.json", filed.poll), None);
+    assert_eq!(status.status, 200);
+    assert_eq!(status.json()["status"], "accepted");
+    let served = d
+        .client()
+        .get(&format!("{}certificate.pem", filed.poll), None);
+    assert_eq!(
+        served.text(),
+        certificate,
+        "the spool is rebuilt byte for byte"
+    );
+    assert!(
+        d.log().contains("spool brought in line with the database"),
+        "{}",
+        d.log()
+    );
+}
