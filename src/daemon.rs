@@ -16,7 +16,7 @@ use crate::ca::{Ca, CaError};
 use crate::config::Config;
 use crate::front::{self, ListenerKind, PeerTable};
 use crate::identity::{IdentityError, TargetDirs};
-use crate::listener::{self, Endpoint, Listener};
+use crate::listener::{self, Endpoint};
 use crate::model::Chain;
 use crate::pairing::poller::{spawn_poller, SourceContext};
 use crate::pairing::source::request::Outgoing;
@@ -33,8 +33,6 @@ const RENEW_BEFORE: i64 = 30 * 86_400;
 const SWEEP_EVERY: Duration = Duration::from_secs(600);
 /// How often pending requests are checked for expiry (a scan of the open index only).
 const EXPIRY_EVERY: Duration = Duration::from_secs(1);
-/// tiny_http 0.12 ends a pool thread 5 s after its last connection; a little more.
-const TINY_HTTP_THREAD_IDLE: Duration = Duration::from_secs(6);
 
 /// Why the daemon could not start, each with what to look at.
 #[derive(Debug)]
@@ -715,8 +713,7 @@ pub fn run(config: Config) -> Result<(), DaemonError> {
 
     let mut last_sweep = Instant::now();
     let mut last_expiry = Instant::now();
-    let mut open_connections = 0;
-    let mut release_again_at = None;
+    let mut threads = memory::thread_count();
     sweep_expired(&app);
     purge_ended(&app);
     while !STOP.load(Ordering::SeqCst) {
@@ -724,18 +721,15 @@ pub fn run(config: Config) -> Result<(), DaemonError> {
         if last_expiry.elapsed() >= EXPIRY_EVERY {
             last_expiry = Instant::now();
             sweep_expired(&app);
-            // Connections closed since the last look: their buffers are free now, so
-            // give those pages back (at most once a second, never under steady load),
-            // and once more after tiny_http's pool threads for them have ended.
-            let open: usize = fronts.iter().map(Listener::active_connections).sum();
-            if open < open_connections {
+            // Threads ended since the last look (connection threads when connections
+            // close, tiny_http's pool threads 5 s later): what they allocated is free
+            // now, so give those pages back (at most once a second, never under steady
+            // load).
+            let now_threads = memory::thread_count();
+            if now_threads < threads {
                 memory::release_free();
-                release_again_at = Some(Instant::now() + TINY_HTTP_THREAD_IDLE);
-            } else if release_again_at.is_some_and(|at| Instant::now() >= at) {
-                memory::release_free();
-                release_again_at = None;
             }
-            open_connections = open;
+            threads = now_threads;
         }
         if last_sweep.elapsed() >= SWEEP_EVERY {
             last_sweep = Instant::now();

@@ -7,7 +7,7 @@ use std::fmt;
 use std::io;
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
-use std::sync::{Mutex, MutexGuard};
+use std::sync::{Arc, Mutex, MutexGuard, RwLock, RwLockReadGuard, RwLockWriteGuard};
 
 use crate::fsx;
 use crate::store::{RequestRecord, RequestStatus, Store, StoreError};
@@ -160,17 +160,33 @@ impl FileStamp {
 /// `status.json` over and over; a hit costs two `lstat`s (the token directory and the
 /// file, which are checked on every request anyway) instead of open, fstat, reads, close
 /// and a hash. Never serves anything but what the path holds at the time of the `lstat`.
+/// Keyed by the token's bytes and the file, so a lookup hashes 33 bytes; many readers
+/// (the front's connection threads) look up at once.
 struct ReadCache {
-    entries: Mutex<HashMap<PathBuf, (FileStamp, Served)>>,
+    entries: RwLock<HashMap<CacheKey, (FileStamp, Arc<Served>)>>,
 }
 
+/// A parsed token (always 32 ASCII bytes) and one of the served names.
+type CacheKey = ([u8; SpoolToken::LEN], SpoolFile);
+
+type CacheMap = HashMap<CacheKey, (FileStamp, Arc<Served>)>;
+
 impl ReadCache {
+    fn key(token: &SpoolToken, file: SpoolFile) -> CacheKey {
+        let mut bytes = [0u8; SpoolToken::LEN];
+        // A parsed token is exactly LEN bytes.
+        bytes.copy_from_slice(&token.as_str().as_bytes()[..SpoolToken::LEN]);
+        (bytes, file)
+    }
+
     /// Every critical section is one lookup, insert or clear: a panic elsewhere leaves the
     /// map consistent.
-    fn lock(&self) -> MutexGuard<'_, HashMap<PathBuf, (FileStamp, Served)>> {
-        self.entries
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    fn read(&self) -> RwLockReadGuard<'_, CacheMap> {
+        self.entries.read().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn write(&self) -> RwLockWriteGuard<'_, CacheMap> {
+        self.entries.write().unwrap_or_else(|p| p.into_inner())
     }
 }
 
@@ -190,7 +206,7 @@ impl Spool {
             writing: Mutex::new(()),
             dirty: Mutex::new(BTreeSet::new()),
             read_cache: ReadCache {
-                entries: Mutex::new(HashMap::new()),
+                entries: RwLock::new(HashMap::new()),
             },
         })
     }
@@ -341,7 +357,8 @@ impl Spool {
     /// must be a real directory and the file a regular file (no symlink is followed) with
     /// no other name: a hard link made by a local user (say, from `certificate.pem` to
     /// `ca.key`) would otherwise publish whatever it points at.
-    pub fn read(&self, token: &SpoolToken, file: SpoolFile) -> io::Result<Served> {
+    /// The answer is shared with the cache: a poll copies nothing.
+    pub fn read(&self, token: &SpoolToken, file: SpoolFile) -> io::Result<Arc<Served>> {
         let not_found = |what| io::Error::new(io::ErrorKind::NotFound, what);
         let dir = self.dir(token.as_str());
         if !std::fs::symlink_metadata(&dir)?.is_dir() {
@@ -356,9 +373,10 @@ impl Spool {
             return Err(not_found("file has other names (hard links)"));
         }
         let stamp = FileStamp::of(&meta);
-        if let Some((cached, served)) = self.read_cache.lock().get(&path) {
+        let key = ReadCache::key(token, file);
+        if let Some((cached, served)) = self.read_cache.read().get(&key) {
             if *cached == stamp {
-                return Ok(served.clone());
+                return Ok(Arc::clone(served));
             }
         }
         // The stamp stored is the one of the file actually read, which may be newer than
@@ -368,12 +386,12 @@ impl Spool {
         if meta.nlink() != 1 {
             return Err(not_found("file has other names (hard links)"));
         }
-        let served = Served::new(bytes);
-        let mut cache = self.read_cache.lock();
+        let served = Arc::new(Served::new(bytes));
+        let mut cache = self.read_cache.write();
         if cache.len() >= READ_CACHE_ENTRIES {
             cache.clear();
         }
-        cache.insert(path, (FileStamp::of(&meta), served.clone()));
+        cache.insert(key, (FileStamp::of(&meta), Arc::clone(&served)));
         Ok(served)
     }
 

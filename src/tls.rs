@@ -4,6 +4,8 @@
 //! never reads files or decides trust itself: certificates, keys and pins come from callers.
 //!
 //! Invariants:
+//! - The API server config resumes sessions by stateless tickets only (no per-session
+//!   memory on the server).
 //! - The tunnel server config has session resumption turned off. rustls restores the
 //!   client certificate of a resumed session without calling the client verifier again, so
 //!   with resumption a revoked source could keep reconnecting on an old ticket.
@@ -175,6 +177,13 @@ pub fn api_server_config(
         .with_no_client_auth()
         .with_single_cert(chain, key)
         .map_err(TlsError::Config)?;
+    // Resumption by stateless tickets only: rustls's default server-side cache keeps up
+    // to 256 sessions, allocated by whichever connection thread made them, and those
+    // small leftovers scattered through the allocator's arenas kept about 3 MB from being
+    // returned after a burst of connections (see BENCHMARKS.md).
+    config.session_storage = Arc::new(NoServerSessionStorage {});
+    config.ticketer = rustls::crypto::ring::Ticketer::new().map_err(TlsError::Config)?;
+    config.send_tls13_tickets = 1;
     config.alpn_protocols = vec![ALPN_HTTP11.to_vec()];
     Ok(Arc::new(config))
 }

@@ -20,9 +20,9 @@ const PREFIX: &str = "/replication/v1/spool/";
 /// What a `GET` of one spool file gets.
 enum Answer {
     /// 200 with the file.
-    File(SpoolFile, Served),
+    File(SpoolFile, Arc<Served>),
     /// 304: the client's `If-None-Match` names the current entity tag.
-    NotModified(SpoolFile, String),
+    NotModified(SpoolFile, Arc<Served>),
 }
 
 /// Looks one file up: `token` and `name` are the two path segments, decoded.
@@ -41,7 +41,7 @@ fn answer(
             .any(|t| t.trim() == served.etag || t.trim() == "*")
     });
     Ok(if matches {
-        Answer::NotModified(file, served.etag)
+        Answer::NotModified(file, served)
     } else {
         Answer::File(file, served)
     })
@@ -57,17 +57,17 @@ pub fn handler(call: &Call) -> Result<Reply, ApiError> {
         call.param(1),
         call.if_none_match.as_deref(),
     )? {
-        Answer::File(file, Served { bytes, etag }) => Reply {
+        Answer::File(file, served) => Reply {
             status: 200,
-            body: bytes,
+            body: served.bytes.clone(),
             content_type: file.content_type(),
-            headers: vec![("ETag", etag)],
+            headers: vec![("ETag", served.etag.clone())],
         },
-        Answer::NotModified(file, etag) => Reply {
+        Answer::NotModified(file, served) => Reply {
             status: 304,
             body: Vec::new(),
             content_type: file.content_type(),
-            headers: vec![("ETag", etag)],
+            headers: vec![("ETag", served.etag.clone())],
         },
     };
     Ok(reply)
@@ -98,7 +98,7 @@ impl LocalAnswer for SpoolAnswerer {
             "HEAD" => false,
             _ => return false,
         };
-        let date = httpdate::fmt_http_date(SystemTime::now());
+        let date = http_date();
         let if_none_match = head.header("If-None-Match");
         match answer(&self.app.spool, token, name, if_none_match) {
             Ok(Answer::File(file, served)) => {
@@ -108,8 +108,8 @@ impl LocalAnswer for SpoolAnswerer {
                     out.extend_from_slice(&served.bytes);
                 }
             }
-            Ok(Answer::NotModified(file, etag)) => {
-                let headers = response_headers(&date, file.content_type(), Some(&etag));
+            Ok(Answer::NotModified(file, served)) => {
+                let headers = response_headers(&date, file.content_type(), Some(&served.etag));
                 write_response_head(out, 304, &headers, 0);
             }
             Err(err) => {
@@ -131,6 +131,26 @@ impl LocalAnswer for SpoolAnswerer {
         }
         true
     }
+}
+
+/// `Date` for a response now. Formatted once a second per thread: each connection has
+/// its own thread, and a busy one answers thousands of polls a second.
+fn http_date() -> std::rc::Rc<str> {
+    use std::cell::RefCell;
+    use std::rc::Rc;
+    use std::time::UNIX_EPOCH;
+    thread_local! {
+        static DATE: RefCell<(u64, Rc<str>)> = RefCell::new((u64::MAX, Rc::from("")));
+    }
+    let now = SystemTime::now();
+    let second = now.duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs());
+    DATE.with(|cell| {
+        let mut cached = cell.borrow_mut();
+        if cached.0 != second {
+            *cached = (second, Rc::from(httpdate::fmt_http_date(now)));
+        }
+        Rc::clone(&cached.1)
+    })
 }
 
 /// The headers the worker path sends too (tiny_http adds `Date` and `Content-Length`

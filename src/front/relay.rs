@@ -702,7 +702,12 @@ impl<'a> Relay<'a> {
             client_events |= sys::POLLOUT;
         }
         let mut backend_events = 0;
-        if self.backend_read == ReadHalf::Open
+        // With every forwarded request answered and the client still sending, the backend
+        // has nothing to say; not watching it keeps each wait (one per request on a
+        // connection served in the front) to the client socket and the wake-up.
+        let backend_owes = self.responses.owed() > 0 || self.inbound != Inbound::Open;
+        if backend_owes
+            && self.backend_read == ReadHalf::Open
             && self.outbound != Outbound::Closed
             && self.down.spare_len() > 0
         {

@@ -86,7 +86,7 @@ impl SpoolToken {
 }
 
 /// The only names the spool serves.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum SpoolFile {
     Status,
     Certificate,
