@@ -68,10 +68,13 @@ build() {
 port_in_use() { (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
 
 # free_port: a loopback port nothing listens on (checked, then left free: a rare race).
+# Picked below the kernel's ephemeral range, so that no outgoing connection (tests and
+# builds running alongside open many) holds it without listening on it.
 free_port() {
-  local port
+  local port low
+  low=$(awk '{ print $1 }' /proc/sys/net/ipv4/ip_local_port_range 2>/dev/null || echo 32768)
   while :; do
-    port=$((20000 + RANDOM % 30000))
+    port=$((10000 + RANDOM % (low - 10000)))
     port_in_use "$port" || break
   done
   echo "$port"

@@ -101,6 +101,8 @@ pub struct Repair {
 
 pub struct Spool {
     root: PathBuf,
+    /// `root`, open, so that each read looks only at `<token>` and `<token>/<file>`.
+    root_dir: fsx::Dir,
     ca_pem: String,
     /// `host:port` of the tunnel, told to accepted sources.
     tunnel: String,
@@ -145,13 +147,13 @@ struct FileStamp {
 }
 
 impl FileStamp {
-    fn of(meta: &std::fs::Metadata) -> FileStamp {
+    fn of(stat: &fsx::Stat) -> FileStamp {
         FileStamp {
-            dev: meta.dev(),
-            ino: meta.ino(),
-            len: meta.len(),
-            mtime: (meta.mtime(), meta.mtime_nsec()),
-            ctime: (meta.ctime(), meta.ctime_nsec()),
+            dev: stat.dev,
+            ino: stat.ino,
+            len: stat.len,
+            mtime: stat.mtime,
+            ctime: stat.ctime,
         }
     }
 }
@@ -198,8 +200,10 @@ impl Spool {
         retry_after: u64,
     ) -> Result<Spool, SpoolError> {
         fsx::ensure_private_dir(&root).map_err(io_err(&root))?;
+        let root_dir = fsx::Dir::open(&root).map_err(io_err(&root))?;
         Ok(Spool {
             root,
+            root_dir,
             ca_pem,
             tunnel,
             retry_after,
@@ -360,19 +364,17 @@ impl Spool {
     /// The answer is shared with the cache: a poll copies nothing.
     pub fn read(&self, token: &SpoolToken, file: SpoolFile) -> io::Result<Arc<Served>> {
         let not_found = |what| io::Error::new(io::ErrorKind::NotFound, what);
-        let dir = self.dir(token.as_str());
-        if !std::fs::symlink_metadata(&dir)?.is_dir() {
+        if !self.root_dir.lstat(&[token.as_str()])?.is_dir {
             return Err(not_found("not a spool directory"));
         }
-        let path = dir.join(file.name());
-        let meta = std::fs::symlink_metadata(&path)?;
-        if !meta.is_file() {
+        let stat = self.root_dir.lstat(&[token.as_str(), file.name()])?;
+        if !stat.is_file {
             return Err(not_found("not a regular file"));
         }
-        if meta.nlink() != 1 {
+        if stat.nlink != 1 {
             return Err(not_found("file has other names (hard links)"));
         }
-        let stamp = FileStamp::of(&meta);
+        let stamp = FileStamp::of(&stat);
         let key = ReadCache::key(token, file);
         if let Some((cached, served)) = self.read_cache.read().get(&key) {
             if *cached == stamp {
@@ -381,6 +383,7 @@ impl Spool {
         }
         // The stamp stored is the one of the file actually read, which may be newer than
         // the one just looked at.
+        let path = self.dir(token.as_str()).join(file.name());
         let (bytes, meta) = fsx::read_regular_nofollow_with_metadata(&path, MAX_FILE_BYTES)?;
         // Linked between the look and the open: the file read is the one that counts.
         if meta.nlink() != 1 {
@@ -391,7 +394,10 @@ impl Spool {
         if cache.len() >= READ_CACHE_ENTRIES {
             cache.clear();
         }
-        cache.insert(key, (FileStamp::of(&meta), Arc::clone(&served)));
+        cache.insert(
+            key,
+            (FileStamp::of(&fsx::Stat::of(&meta)), Arc::clone(&served)),
+        );
         Ok(served)
     }
 
