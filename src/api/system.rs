@@ -40,36 +40,41 @@ pub fn metrics(call: &Call) -> Result<Reply, ApiError> {
 /// not, so a series never vanishes when its count drops to nothing.
 fn state(app: &App, out: &mut Exposition) -> Result<(), ApiError> {
     use RequestStatus as R;
+    use TargetStatus as T;
     let requests = app.store.requests(0, usize::MAX, |_| true)?;
-    for status in [
+    let statuses = [
         R::Pending,
         R::Accepted,
         R::Rejected,
         R::Expired,
         R::Ignored,
         R::Revoked,
-    ] {
-        let n = requests.iter().filter(|r| r.status == status).count();
-        out.gauge(
-            "replgate_pairing_requests",
-            "Pairing requests this appliance holds as a target, by status.",
-            &[("status", status.as_str())],
-            n as f64,
-        );
-    }
+    ];
+    let counted = statuses.map(|st| {
+        let n = requests.iter().filter(|r| r.status == st).count();
+        (st.as_str(), n)
+    });
+    gauges(
+        out,
+        "replgate_pairing_requests",
+        "Pairing requests this appliance holds as a target, by status.",
+        "status",
+        &counted,
+    );
     let systems = app.store.systems()?;
-    for role in [Role::Managed, Role::Source, Role::NonManagedSource] {
+    let counted = [Role::Managed, Role::Source, Role::NonManagedSource].map(|role| {
         let n = systems.iter().filter(|s| s.role == role).count();
-        out.gauge(
-            "replgate_systems",
-            "Stored systems (sources and managed systems), by role.",
-            &[("role", role.as_str())],
-            n as f64,
-        );
-    }
-    use TargetStatus as T;
+        (role.as_str(), n)
+    });
+    gauges(
+        out,
+        "replgate_systems",
+        "Stored systems (sources and managed systems), by role.",
+        "role",
+        &counted,
+    );
     let targets = app.store.targets()?;
-    for status in [
+    let statuses = [
         T::Pending,
         T::Accepted,
         T::Complete,
@@ -77,15 +82,18 @@ fn state(app: &App, out: &mut Exposition) -> Result<(), ApiError> {
         T::Expired,
         T::Revoked,
         T::Failed,
-    ] {
-        let n = targets.iter().filter(|t| t.status == status).count();
-        out.gauge(
-            "replgate_targets",
-            "Targets this appliance asked for replication, by the pairing's status.",
-            &[("status", status.as_str())],
-            n as f64,
-        );
-    }
+    ];
+    let counted = statuses.map(|st| {
+        let n = targets.iter().filter(|t| t.status == st).count();
+        (st.as_str(), n)
+    });
+    gauges(
+        out,
+        "replgate_targets",
+        "Targets this appliance asked for replication, by the pairing's status.",
+        "status",
+        &counted,
+    );
     let ca_der = crate::ca::cert_pem_to_der(app.ca.cert_pem()).ok();
     if let Some(not_after) = ca_der.and_then(|d| crate::ca::cert_not_after(&d).ok()) {
         out.gauge(
@@ -121,6 +129,19 @@ fn state(app: &App, out: &mut Exposition) -> Result<(), ApiError> {
         app.started as f64,
     );
     Ok(())
+}
+
+/// One gauge sample per `(label value, count)`.
+fn gauges(
+    out: &mut Exposition,
+    name: &'static str,
+    help: &'static str,
+    label: &'static str,
+    counted: &[(&str, usize)],
+) {
+    for (value, n) in counted {
+        out.gauge(name, help, &[(label, value)], *n as f64);
+    }
 }
 
 /// `POST /api/metrics/token`: a scraper token for the caller, capped to `monitor` and

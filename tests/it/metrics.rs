@@ -4,7 +4,7 @@
 
 use std::io::Write;
 use std::net::TcpStream;
-use std::process::{Command, Stdio};
+use std::process::Command;
 
 use serde_json::{json, Value};
 
@@ -35,20 +35,8 @@ print(json.dumps(out))
         "this test parses with the Prometheus client library: install the Debian packages \
          `python3` and `python3-prometheus-client` (.ci/run does): {probe:?}"
     );
-    let mut child = Command::new(PYTHON)
-        .args(["-c", script])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    child
-        .stdin
-        .take()
-        .unwrap()
-        .write_all(text.as_bytes())
-        .unwrap();
-    let out = child.wait_with_output().unwrap();
+    let out =
+        crate::harness::run_with_input(Command::new(PYTHON).args(["-c", script]), text.as_bytes());
     assert!(
         out.status.success(),
         "the Prometheus parser refused the exposition: {}\n{text}",

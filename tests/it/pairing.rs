@@ -3,7 +3,6 @@
 
 use std::io::Write;
 use std::net::{Ipv4Addr, TcpStream};
-use std::process::Stdio;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -382,7 +381,8 @@ fn the_tunnel_refuses_outsiders_and_anonymous_clients_but_not_openssl_with_the_i
         std::fs::read(tgt.data_dir.join("ca.pem")).unwrap(),
     )
     .unwrap();
-    let mut child = tool("openssl")
+    let mut s_client = tool("openssl");
+    s_client
         .args([
             "s_client",
             "-quiet",
@@ -394,19 +394,11 @@ fn the_tunnel_refuses_outsiders_and_anonymous_clients_but_not_openssl_with_the_i
         .arg("-key")
         .arg(dir.join("key.pem"))
         .arg("-CAfile")
-        .arg(dir.join("target-ca.pem"))
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    child
-        .stdin
-        .take()
-        .unwrap()
-        .write_all(b"GET /tunnel/v1/hello HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n")
-        .unwrap();
-    let out = child.wait_with_output().unwrap();
+        .arg(dir.join("target-ca.pem"));
+    let out = crate::harness::run_with_input(
+        &mut s_client,
+        b"GET /tunnel/v1/hello HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n",
+    );
     let text = String::from_utf8_lossy(&out.stdout);
     assert!(
         text.contains("200 OK") && text.contains("system_id"),
