@@ -129,20 +129,54 @@ impl SessionRules {
     }
 }
 
-/// Failed-login counting per user and per address within a sliding window.
+/// The login throttle (docs/decisions.md, "Login throttle"). Two bounds, both in memory:
+///
+/// 1. Per (user, network) and per network: `max_failures` failures within `window`, then
+///    429 until the oldest leaves the window. A network is an IPv4 address or an IPv6 /64.
+/// 2. Per account, across every network: the first `max_failures` failures within `window`
+///    are free; after them, each attempt on the account, from anywhere, waits
+///    `min(2^(n - max_failures), max_delay)` seconds after the previous one (n = failures
+///    within the window). Guessing from many addresses is slowed to one guess per
+///    `max_delay`, while a stranger holds the account for at most `max_delay` at a time;
+///    and a network the account logged in from successfully since the daemon started is
+///    exempt from this bound (only bound 1 applies there), so the admin's usual address is
+///    never held up by someone else's guesses.
 #[derive(Debug)]
 pub struct Throttle {
     max_failures: usize,
     window: i64,
+    max_delay: i64,
     failures: HashMap<String, Vec<UnixTime>>,
+    accounts: HashMap<String, Account>,
 }
 
+/// Per-account state of bound 2.
+#[derive(Debug, Default)]
+struct Account {
+    /// Failures within the window, oldest first; at most `max_failures + ACCOUNT_HISTORY`.
+    failures: Vec<UnixTime>,
+    /// No attempt outside a trusted network is admitted before this time.
+    next_try: UnixTime,
+    /// Networks this account logged in from successfully, newest last.
+    trusted: Vec<String>,
+    /// Whether the name is a user; unknown names are forgotten first when the table fills.
+    known: bool,
+}
+
+/// Failures remembered per account beyond the free ones: enough to reach any `max_delay`
+/// up to an hour (2^12 s), so the delay never drops while guessing goes on.
+const ACCOUNT_HISTORY: usize = 12;
+/// Networks remembered as trusted per account.
+const TRUSTED_PER_ACCOUNT: usize = 8;
+
 impl Throttle {
-    pub fn new(max_failures: u32, window: Duration) -> Self {
+    pub fn new(max_failures: u32, window: Duration, max_delay: Duration) -> Self {
         Throttle {
             max_failures: max_failures.max(1) as usize,
             window: window.as_secs().max(1) as i64,
+            max_delay: max_delay.as_secs().max(1) as i64,
             failures: HashMap::new(),
+            accounts: HashMap::new(),
         }
     }
 
@@ -153,7 +187,7 @@ impl Throttle {
         Some(v)
     }
 
-    /// Seconds to wait if any of `keys` has reached the limit.
+    /// Seconds to wait if any of `keys` has reached the limit (bound 1).
     pub fn check(&mut self, keys: &[String], now: UnixTime) -> Option<u64> {
         let (max, window) = (self.max_failures, self.window);
         keys.iter()
@@ -195,6 +229,109 @@ impl Throttle {
 
     pub fn clear(&mut self, key: &str) {
         self.failures.remove(key);
+    }
+
+    /// The wait bound 2 asks for after `failures` failures within the window: none for the
+    /// first `max_failures`, then 1 s, doubling up to `max_delay`.
+    fn account_delay(max_failures: usize, max_delay: i64, failures: usize) -> i64 {
+        match failures.checked_sub(max_failures) {
+            None => 0,
+            Some(over) => (1_i64 << over.min(62)).min(max_delay),
+        }
+    }
+
+    /// Bound 2: admits an attempt on `account` from `network`, or says how many seconds to
+    /// wait. An admitted attempt outside a trusted network reserves the account's next
+    /// slot at once, so attempts in flight together cannot all pass the gate.
+    pub fn admit(
+        &mut self,
+        account: &str,
+        network: &str,
+        known: bool,
+        now: UnixTime,
+    ) -> Result<(), u64> {
+        self.make_room_for_account(account, now);
+        let (window, max, cap) = (self.window, self.max_failures, self.max_delay);
+        let a = self.accounts.entry(account.to_owned()).or_default();
+        a.known |= known;
+        a.failures.retain(|t| now - t < window);
+        if a.trusted.iter().any(|n| n == network) {
+            return Ok(());
+        }
+        if now < a.next_try {
+            return Err((a.next_try - now) as u64);
+        }
+        a.next_try = now.saturating_add(Self::account_delay(max, cap, a.failures.len()));
+        Ok(())
+    }
+
+    /// Bound 2: a failed attempt on `account`.
+    pub fn account_failed(&mut self, account: &str, now: UnixTime) {
+        let (max, cap) = (self.max_failures, self.max_delay);
+        let Some(a) = self.accounts.get_mut(account) else {
+            return;
+        };
+        a.failures.push(now);
+        if a.failures.len() > max + ACCOUNT_HISTORY {
+            a.failures.remove(0);
+        }
+        let delay = Self::account_delay(max, cap, a.failures.len());
+        a.next_try = a.next_try.max(now.saturating_add(delay));
+    }
+
+    /// Bound 2: `account` logged in from `network`, which is trusted from now on.
+    pub fn account_succeeded(&mut self, account: &str, network: &str) {
+        let Some(a) = self.accounts.get_mut(account) else {
+            return;
+        };
+        a.known = true;
+        a.trusted.retain(|n| n != network);
+        a.trusted.push(network.to_owned());
+        if a.trusted.len() > TRUSTED_PER_ACCOUNT {
+            a.trusted.remove(0);
+        }
+    }
+
+    /// Keeps the account table bounded: idle entries go first, then names that are not
+    /// users, then the longest idle; a user's trusted networks are kept while it can be.
+    fn make_room_for_account(&mut self, account: &str, now: UnixTime) {
+        if self.accounts.len() < THROTTLE_MAX_KEYS || self.accounts.contains_key(account) {
+            return;
+        }
+        let window = self.window;
+        self.accounts.retain(|_, a| {
+            now < a.next_try
+                || a.failures.last().is_some_and(|t| now - t < window)
+                || (a.known && !a.trusted.is_empty())
+        });
+        if self.accounts.len() >= THROTTLE_MAX_KEYS {
+            let mut by_age: Vec<(bool, UnixTime, String)> = self
+                .accounts
+                .iter()
+                .map(|(k, a)| (a.known, a.failures.last().copied().unwrap_or(0), k.clone()))
+                .collect();
+            by_age.sort();
+            for (_, _, k) in by_age.into_iter().take(THROTTLE_MAX_KEYS / 10) {
+                self.accounts.remove(&k);
+            }
+        }
+    }
+}
+
+/// The unit the throttle counts an address in: an IPv4 address (also IPv4-mapped), or the
+/// /64 of an IPv6 address, since one site usually holds a whole /64. Anything that is not
+/// an address is its own unit.
+fn network(address: &str) -> String {
+    match address.parse::<std::net::IpAddr>() {
+        Ok(std::net::IpAddr::V4(v4)) => v4.to_string(),
+        Ok(std::net::IpAddr::V6(v6)) => match v6.to_ipv4_mapped() {
+            Some(v4) => v4.to_string(),
+            None => {
+                let s = v6.segments();
+                format!("{:x}:{:x}:{:x}:{:x}::/64", s[0], s[1], s[2], s[3])
+            }
+        },
+        Err(_) => address.to_owned(),
     }
 }
 
@@ -277,9 +414,12 @@ impl Authenticator {
         address: &str,
         now: UnixTime,
     ) -> Result<Login, AuthError> {
-        // Per user *and* address, plus per address: a stranger guessing root's password is
-        // stopped without locking the real admin (on another address) out.
-        let keys = [format!("user:{user}@{address}"), format!("addr:{address}")];
+        // Bound 1 per user *and* network, plus per network: a stranger guessing root's
+        // password is stopped without locking the real admin (elsewhere) out. Bound 2 per
+        // account: guessing from many networks is slowed down (see [`Throttle`]).
+        let net = network(address);
+        let account: String = user.chars().take(64).collect();
+        let keys = [format!("user:{user}@{net}"), format!("addr:{net}")];
         if let Some(retry_after) = self.throttle().check(&keys, now) {
             return Err(AuthError::Throttled { retry_after });
         }
@@ -288,6 +428,9 @@ impl Authenticator {
         } else {
             self.store.user(user)?
         };
+        self.throttle()
+            .admit(&account, &net, record.is_some(), now)
+            .map_err(|retry_after| AuthError::Throttled { retry_after })?;
         let ok = match &record {
             Some(r) => verify_password(password, &r.password_hash),
             None => {
@@ -296,19 +439,26 @@ impl Authenticator {
             }
         };
         let Some(record) = record.filter(|_| ok) else {
-            self.throttle().fail(&keys, now);
+            {
+                let mut throttle = self.throttle();
+                throttle.fail(&keys, now);
+                throttle.account_failed(&account, now);
+            }
             crate::metrics::counter(
                 "replgate_login_failures_total",
                 "Logins refused for a wrong user name or password.",
                 &[],
             )
             .inc();
-            let shown: String = user.chars().take(64).collect();
-            let failed = own_audit(&shown, address, "login failed", now);
+            let failed = own_audit(&account, address, "login failed", now);
             self.store.write(|tx| tx.audit(&failed))?;
             return Err(AuthError::BadCredentials);
         };
-        self.throttle().clear(&keys[0]);
+        {
+            let mut throttle = self.throttle();
+            throttle.clear(&keys[0]);
+            throttle.account_succeeded(&account, &net);
+        }
         let token = crate::rand::hex_string(32);
         let session = SessionRecord {
             user: record.name.clone(),
@@ -461,7 +611,7 @@ mod tests {
 
     #[test]
     fn throttle_blocks_after_max_failures_until_the_window_passes() {
-        let mut t = Throttle::new(3, Duration::from_secs(100));
+        let mut t = Throttle::new(3, Duration::from_secs(100), Duration::from_secs(30));
         let keys = ["user:a@x".to_string(), "addr:x".to_string()];
         for i in 0..3 {
             assert_eq!(t.check(&keys, 10 + i), None);
@@ -473,6 +623,124 @@ mod tests {
         // The same user from another address is not.
         assert_eq!(t.check(&["user:a@y".into(), "addr:y".into()], 20), None);
         assert_eq!(t.check(&keys, 113), None);
+    }
+
+    /// Attempts as the daemon makes them: bound 1, then bound 2; `Ok(())` when admitted.
+    fn attempt(t: &mut Throttle, net: &str, now: UnixTime, success: bool) -> Result<(), u64> {
+        let keys = [format!("user:root@{net}"), format!("addr:{net}")];
+        if let Some(wait) = t.check(&keys, now) {
+            return Err(wait);
+        }
+        t.admit("root", net, true, now)?;
+        if success {
+            t.clear(&keys[0]);
+            t.account_succeeded("root", net);
+        } else {
+            t.fail(&keys, now);
+            t.account_failed("root", now);
+        }
+        Ok(())
+    }
+
+    #[test]
+    fn guesses_from_many_networks_wait_a_doubling_delay_per_account() {
+        let mut t = Throttle::new(3, Duration::from_secs(300), Duration::from_secs(30));
+        // Three free failures from three networks, then 1, 2, 4, 8, 16, 30, 30 s apart.
+        let mut now = 1_000;
+        for i in 0..3 {
+            assert_eq!(attempt(&mut t, &format!("10.0.0.{i}"), now, false), Ok(()));
+        }
+        for (i, wait) in [1_u64, 2, 4, 8, 16, 30, 30].into_iter().enumerate() {
+            let net = format!("10.0.1.{i}");
+            assert_eq!(attempt(&mut t, &net, now, false), Err(wait), "guess {i}");
+            assert_eq!(attempt(&mut t, &net, now + wait as i64 - 1, false), Err(1));
+            now += wait as i64;
+            assert_eq!(attempt(&mut t, &net, now, false), Ok(()), "guess {i}");
+        }
+        // Refused attempts count for nothing: the wait is still the last one's.
+        assert_eq!(attempt(&mut t, "10.0.2.1", now + 29, false), Err(1));
+        // When the guessing stops, the window forgets it.
+        assert_eq!(attempt(&mut t, "10.0.2.2", now + 300, true), Ok(()));
+    }
+
+    #[test]
+    fn a_spray_from_fresh_addresses_gets_one_guess_per_max_delay() {
+        let mut t = Throttle::new(5, Duration::from_secs(300), Duration::from_secs(30));
+        let mut admitted = 0;
+        // A guess every second for an hour, each from a network never seen before.
+        for i in 0..3_600_i64 {
+            let net = format!("2001:db8:{:x}:{:x}::1", i / 0x1_0000, i % 0x1_0000);
+            if attempt(&mut t, &network(&net), 10_000 + i, false).is_ok() {
+                admitted += 1;
+            }
+        }
+        // 5 free, 1+2+4+8+16 s to reach the cap, then one per 30 s.
+        assert!(
+            admitted <= 5 + 5 + 3_600 / 30,
+            "{admitted} guesses admitted"
+        );
+        assert!(
+            admitted >= 3_600 / 30,
+            "{admitted}: the bound slows, it does not stop"
+        );
+    }
+
+    #[test]
+    fn the_admins_trusted_network_is_not_held_by_a_strangers_guesses() {
+        let mut t = Throttle::new(3, Duration::from_secs(300), Duration::from_secs(30));
+        assert_eq!(attempt(&mut t, "192.0.2.7", 1_000, true), Ok(()));
+        for i in 0..20 {
+            let _ = attempt(&mut t, &format!("198.51.100.{i}"), 1_001 + i, false);
+        }
+        // The account is held for everyone else...
+        assert!(attempt(&mut t, "203.0.113.1", 1_021, true).is_err());
+        // ...but not for the network root logged in from before.
+        assert_eq!(attempt(&mut t, "192.0.2.7", 1_021, true), Ok(()));
+        // A new network gets in after at most the capped wait.
+        let wait = attempt(&mut t, "203.0.113.1", 1_021, true).unwrap_err();
+        assert!((1..=30).contains(&wait), "{wait}");
+        assert_eq!(
+            attempt(&mut t, "203.0.113.1", 1_021 + wait as i64, true),
+            Ok(())
+        );
+    }
+
+    #[test]
+    fn attempts_in_flight_together_cannot_all_pass_a_held_account() {
+        let mut t = Throttle::new(1, Duration::from_secs(300), Duration::from_secs(30));
+        assert_eq!(attempt(&mut t, "10.0.0.1", 1_000, false), Ok(()));
+        // Two attempts admitted at the same second, before either has failed.
+        assert_eq!(t.admit("root", "10.0.0.2", true, 1_001), Ok(()));
+        assert_eq!(t.admit("root", "10.0.0.3", true, 1_001), Err(1));
+    }
+
+    #[test]
+    fn networks_are_ipv4_addresses_and_ipv6_slash_64s() {
+        assert_eq!(network("192.0.2.1"), "192.0.2.1");
+        assert_eq!(network("::ffff:192.0.2.1"), "192.0.2.1");
+        assert_eq!(network("2001:db8:1:2:aaaa::1"), "2001:db8:1:2::/64");
+        assert_eq!(network("2001:db8:1:2:bbbb::9"), "2001:db8:1:2::/64");
+        assert_eq!(network("local"), "local");
+    }
+
+    #[test]
+    fn the_account_table_stays_bounded_and_keeps_users_over_unknown_names() {
+        let mut t = Throttle::new(1, Duration::from_secs(300), Duration::from_secs(30));
+        assert_eq!(t.admit("root", "10.0.0.1", true, 1_000), Ok(()));
+        t.account_failed("root", 1_000);
+        for i in 0..THROTTLE_MAX_KEYS + 500 {
+            let name = format!("ghost{i}");
+            if t.admit(&name, "10.0.0.2", false, 1_000).is_ok() {
+                t.account_failed(&name, 1_000);
+            }
+        }
+        assert!(
+            t.accounts.len() <= THROTTLE_MAX_KEYS,
+            "{}",
+            t.accounts.len()
+        );
+        // root's failure was not forgotten: the account still waits.
+        assert_eq!(t.admit("root", "10.0.0.3", true, 1_000), Err(1));
     }
 
     #[test]

@@ -139,6 +139,10 @@ pub struct Config {
     pub login_max_failures: u32,
     /// `login_window` (s): the login throttle's window. Defaults to 300.
     pub login_window: Duration,
+    /// `login_delay_max` (s): the longest wait the per-account bound imposes between
+    /// attempts on one account once it has had `login_max_failures` failures from anywhere
+    /// (the wait doubles per further failure, from 1 s up to this). Defaults to 30.
+    pub login_delay_max: Duration,
     /// `request_ttl` (s): a pending pairing request expires after it. Defaults to 604800 (7 days).
     pub request_ttl: Duration,
     /// `request_retention` (s): rejected, expired and ignored requests (and their spool) are
@@ -250,6 +254,7 @@ struct RawConfig {
     session_lifetime: Option<u64>,
     login_max_failures: Option<u64>,
     login_window: Option<u64>,
+    login_delay_max: Option<u64>,
     request_ttl: Option<u64>,
     request_retention: Option<u64>,
     max_pending: Option<u64>,
@@ -280,6 +285,7 @@ const NUMERIC_KEYS: &[&str] = &[
     "session_lifetime",
     "login_max_failures",
     "login_window",
+    "login_delay_max",
     "request_ttl",
     "request_retention",
     "max_pending",
@@ -308,6 +314,7 @@ impl RawConfig {
             "session_lifetime" => &mut self.session_lifetime,
             "login_max_failures" => &mut self.login_max_failures,
             "login_window" => &mut self.login_window,
+            "login_delay_max" => &mut self.login_delay_max,
             "request_ttl" => &mut self.request_ttl,
             "request_retention" => &mut self.request_retention,
             "max_pending" => &mut self.max_pending,
@@ -623,6 +630,7 @@ impl Config {
             login_max_failures: ranged("login_max_failures", raw.login_max_failures, 5, 1, 1_000)?
                 as u32,
             login_window: seconds("login_window", raw.login_window, 300, 1, 86_400)?,
+            login_delay_max: seconds("login_delay_max", raw.login_delay_max, 30, 1, 3_600)?,
             request_ttl,
             request_retention: seconds(
                 "request_retention",

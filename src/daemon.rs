@@ -514,7 +514,11 @@ pub fn run(config: Config) -> Result<(), DaemonError> {
             idle: config.session_idle,
             lifetime: config.session_lifetime,
         },
-        Throttle::new(config.login_max_failures, config.login_window),
+        Throttle::new(
+            config.login_max_failures,
+            config.login_window,
+            config.login_delay_max,
+        ),
     )
     .map_err(|source| DaemonError::Auth {
         action: "authenticator",
@@ -779,7 +783,7 @@ mod tests {
         let auth = Authenticator::new(
             store.clone(),
             rules,
-            Throttle::new(5, Duration::from_secs(60)),
+            Throttle::new(5, Duration::from_secs(60), Duration::from_secs(30)),
         )
         .unwrap();
         (paths, store, auth)

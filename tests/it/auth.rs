@@ -1,6 +1,7 @@
 //! Login, tokens, privileges, users and audit against a real daemon.
 
-use std::time::Duration;
+use std::net::Ipv4Addr;
+use std::time::{Duration, Instant};
 
 use serde_json::json;
 
@@ -150,6 +151,68 @@ fn repeated_failures_are_throttled_with_retry_after() {
         .parse()
         .unwrap();
     assert!((1..=300).contains(&retry), "{retry}");
+}
+
+/// Six addresses × five wrong guesses at `root` each used to pass with no 429 at all (the
+/// throttle counted per address only). The per-account bound slows them down; an address
+/// with no failures still logs in after a short wait, and the admin's own earlier address
+/// at once.
+#[test]
+fn guessing_one_account_from_many_addresses_is_slowed_but_the_admin_gets_in() {
+    let d = Daemon::start(
+        "auth-account-bound",
+        Options::default().set("login_delay_max", 3),
+    );
+    // The admin logged in from 127.0.0.1 before the guessing began.
+    d.root_token();
+    let login = |source: Ipv4Addr, password: &str| {
+        d.client().with_source(source).post_json(
+            "/api/login",
+            None,
+            &json!({"username": "root", "password": password}),
+        )
+    };
+    let mut statuses = std::collections::BTreeMap::<u16, u32>::new();
+    let mut waits = Vec::new();
+    for a in 2..8 {
+        for _ in 0..5 {
+            let r = login(Ipv4Addr::new(127, 0, 0, a), "guess");
+            *statuses.entry(r.status).or_default() += 1;
+            if r.status == 429 {
+                assert_eq!(r.code(), 429);
+                waits.push(r.header("Retry-After").expect("Retry-After").to_string());
+            } else {
+                assert_eq!(r.status, 401, "{}", r.text());
+            }
+        }
+    }
+    let refused = statuses.get(&429).copied().unwrap_or(0);
+    // The five free failures and a few doubling waits (1 s, 2 s, ...) pass; most do not.
+    assert!(refused >= 20, "30 guesses from 6 addresses: {statuses:?}");
+    for w in &waits {
+        let w: u64 = w.parse().unwrap();
+        assert!(
+            (1..=3).contains(&w),
+            "Retry-After {w} is beyond login_delay_max"
+        );
+    }
+    // The admin's earlier address is not held up by the stranger.
+    let r = login(Ipv4Addr::new(127, 0, 0, 1), ADMIN_PASSWORD);
+    assert_eq!(r.status, 200, "{}", r.text());
+    // A fresh address waits at most login_delay_max, then gets in.
+    let fresh = Ipv4Addr::new(127, 0, 0, 9);
+    let start = Instant::now();
+    let r = loop {
+        let r = login(fresh, ADMIN_PASSWORD);
+        if r.status != 429 {
+            break r;
+        }
+        let wait: u64 = r.header("Retry-After").unwrap().parse().unwrap();
+        assert!(wait <= 3, "{wait}");
+        assert!(start.elapsed() < Duration::from_secs(10), "still 429");
+        std::thread::sleep(Duration::from_secs(wait));
+    };
+    assert_eq!(r.status, 200, "{}", r.text());
 }
 
 #[test]
