@@ -17,6 +17,7 @@
 mod code;
 mod csr;
 mod delivery;
+mod pss;
 #[cfg(test)]
 mod test_support;
 mod x509;

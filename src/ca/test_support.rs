@@ -21,6 +21,19 @@ pub const RSA_2048_CSR: &str = include_str!("../../tests/it/fixtures/rsa2048.csr
 /// An RSA-1024 CSR signed with SHA-256, made by
 /// `openssl req -new -newkey rsa:1024 -nodes -sha256 -subj /CN=rsa-1024`.
 pub const RSA_1024_CSR: &str = include_str!("../../tests/it/fixtures/rsa1024.csr");
+/// RSA-2048 CSRs signed with RSASSA-PSS, made by `openssl req -new -newkey rsa:2048 -nodes
+/// -sigopt rsa_padding_mode:pss -sha256` with `-sigopt rsa_pss_saltlen:32` (ring's one
+/// salt length) and without (openssl's default: the longest salt, 222 bytes).
+pub const RSA_2048_PSS_CSR: &str = include_str!("../../tests/it/fixtures/rsa2048-pss.csr");
+pub const RSA_2048_PSS_SALTMAX_CSR: &str =
+    include_str!("../../tests/it/fixtures/rsa2048-pss-saltmax.csr");
+/// RSA-3072, PSS with SHA-512, MGF1 over SHA-256 and no salt (`-sigopt rsa_pss_saltlen:0
+/// -sigopt rsa_mgf1_md:sha256 -sha512`).
+pub const RSA_3072_PSS_SHA512_SALT0_CSR: &str =
+    include_str!("../../tests/it/fixtures/rsa3072-pss-sha512-salt0.csr");
+/// A key restricted to PSS (`openssl genpkey -algorithm RSA-PSS`, SubjectPublicKeyInfo
+/// algorithm id-RSASSA-PSS).
+pub const RSA_PSS_KEY_CSR: &str = include_str!("../../tests/it/fixtures/rsa2048-pss-key.csr");
 
 pub fn now() -> OffsetDateTime {
     OffsetDateTime::from_unix_timestamp(1_767_225_600).unwrap() // 2026-01-01 00:00:00

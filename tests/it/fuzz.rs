@@ -1231,6 +1231,8 @@ fn csr_parsing_and_signing_hold_their_promises() {
     let fixtures = [
         include_str!("fixtures/rsa2048.csr").to_string(),
         include_str!("fixtures/rsa2048-pss.csr").to_string(),
+        include_str!("fixtures/rsa2048-pss-saltmax.csr").to_string(),
+        include_str!("fixtures/rsa3072-pss-sha512-salt0.csr").to_string(),
     ];
     let mut bases: Vec<Vec<u8>> = vec![
         csr_der(&rcgen_csr(&rcgen::PKCS_ECDSA_P256_SHA256)),

@@ -144,6 +144,50 @@ pub(crate) fn identity(dir: &std::path::Path) -> Identity {
     (chain, key)
 }
 
+/// A source that is not replgate brings its own RSA key and signs its CSR with PSS the way
+/// openssl does by default (the longest salt, 222 bytes for RSA-2048). The target used to
+/// refuse that as "signature does not verify"; now it files, is accepted, and the issued
+/// certificate opens the tunnel with that very key.
+#[test]
+fn an_openssl_rsa_key_with_a_pss_signed_csr_pairs_and_opens_the_tunnel() {
+    use rustls::pki_types::pem::PemObject;
+    let tgt = Daemon::start("pss-tgt", pairing_opts());
+    let dir = crate::harness::scratch_dir("pss-key");
+    let (key, csr) = (dir.join("key.pem"), dir.join("csr.pem"));
+    crate::harness::run_ok(
+        tool("openssl")
+            .args([
+                "req",
+                "-new",
+                "-newkey",
+                "rsa:2048",
+                "-nodes",
+                "-sha256",
+                "-sigopt",
+                "rsa_padding_mode:pss",
+                "-subj",
+                "/CN=not-replgate",
+            ])
+            .arg("-keyout")
+            .arg(&key)
+            .arg("-out")
+            .arg(&csr),
+    );
+    let csr = std::fs::read_to_string(&csr).unwrap();
+    let uuid = "7d1b8c1e-5a3f-4d8e-9b2a-6c4f1e0a9d37";
+    let filed = tgt.file_request_csr(uuid, &csr);
+    let tt = tgt.root_token();
+    accept(&tgt, &tt, &json!(filed.id), None);
+    let r = tgt
+        .client()
+        .get(&format!("{}certificate.pem", filed.poll), None);
+    assert_eq!(r.status, 200, "{}", r.text());
+    let chain = pem_certs(&r.body);
+    let key = PrivateKeyDer::from_pem_slice(&std::fs::read(&key).unwrap()).unwrap();
+    let hello = tunnel_hello(&tgt, Some((chain, key))).expect("tunnel handshake");
+    assert_eq!(hello.status, 200, "{}", hello.text());
+}
+
 #[test]
 fn full_pairing_from_untrusted_to_a_proven_tunnel() {
     let (src, tgt) = start_pair("pair");
