@@ -1,21 +1,53 @@
 //! Human tables for `replgate ctl`: daemon JSON in, aligned text out. Every string from
-//! the daemon is cleaned of terminal control characters here; nothing else prints them.
+//! the daemon is shown through [`clean`] here; nothing else prints them.
 
 use serde_json::Value;
 
-/// Makes daemon-supplied text safe for a terminal: control characters (which a remote
-/// appliance could put into its name or host) are shown escaped, never interpreted.
+/// Makes daemon-supplied text safe and unambiguous on a terminal (docs/decisions.md,
+/// "Showing peer-supplied text"): what a remote appliance put into its name, host or
+/// asset tag is stored as sent, but every character that would not show as itself is
+/// shown escaped, never interpreted: controls as `\n`, `\t`, `\r` or `\u{1b}`;
+/// invisible and direction-changing characters as `\u{202e}` (lowercase hex); and the
+/// backslash as `\\`, so an escape on screen always means an escaped character.
 pub fn clean(s: &str) -> String {
-    s.chars()
-        .flat_map(|c| {
-            let escaped: Vec<char> = if c.is_control() {
-                c.escape_default().collect()
-            } else {
-                vec![c]
-            };
-            escaped
-        })
-        .collect()
+    let mut out = String::with_capacity(s.len());
+    for c in s.chars() {
+        match c {
+            '\\' => out.push_str("\\\\"),
+            '\n' => out.push_str("\\n"),
+            '\r' => out.push_str("\\r"),
+            '\t' => out.push_str("\\t"),
+            c if shown_escaped(c) => out.push_str(&format!("\\u{{{:x}}}", c as u32)),
+            c => out.push(c),
+        }
+    }
+    out
+}
+
+/// Characters that do not show as themselves: controls (C0, DEL, C1); format characters
+/// (Unicode category Cf: bidi embeddings, overrides and isolates, zero-width space and
+/// joiners, word joiner, invisible operators, BOM, soft hyphen, Arabic letter mark, tags);
+/// line and paragraph separators; every space but U+0020; and the invisible fillers
+/// (combining grapheme joiner, Hangul fillers). The Cf list is Unicode 15's.
+pub fn shown_escaped(c: char) -> bool {
+    c.is_control()
+        || matches!(
+            c as u32,
+            0x00a0 | 0x00ad | 0x034f | 0x061c | 0x06dd | 0x070f | 0x115f | 0x1160 | 0x1680
+                | 0x180e | 0x08e2 | 0x3000 | 0x3164 | 0xfeff | 0xffa0 | 0x110bd | 0x110cd
+                | 0xe0001
+                | 0x0600..=0x0605
+                | 0x0890..=0x0891
+                | 0x2000..=0x200f
+                | 0x2028..=0x202f
+                | 0x205f..=0x2064
+                | 0x2066..=0x206f
+                | 0xfff9..=0xfffb
+                | 0x13430..=0x1343f
+                | 0x1bca0..=0x1bca3
+                | 0x1d173..=0x1d17a
+                | 0xe0020..=0xe007f
+        )
 }
 
 /// A JSON value as one table cell: strings as they are (cleaned), `null` or absent as `-`.
@@ -265,6 +297,31 @@ mod tests {
     fn terminal_control_characters_from_the_daemon_are_escaped() {
         assert_eq!(cell(&json!("evil\u{1b}[2Jname\n")), "evil\\u{1b}[2Jname\\n");
         assert_eq!(clean("plain"), "plain");
+    }
+
+    #[test]
+    fn bidi_overrides_and_invisible_characters_are_escaped_and_the_rest_is_kept() {
+        // "backup-\u{202e}gpj.exe" would show as "backup-exe.jpg".
+        assert_eq!(clean("backup-\u{202e}gpj.exe"), "backup-\\u{202e}gpj.exe");
+        assert_eq!(clean("ro\u{200b}ot\u{feff}"), "ro\\u{200b}ot\\u{feff}");
+        assert_eq!(
+            clean("a\u{2066}b\u{2069}\u{00a0}c\u{2028}"),
+            "a\\u{2066}b\\u{2069}\\u{a0}c\\u{2028}"
+        );
+        assert_eq!(clean("tag\u{e0041}\u{ad}"), "tag\\u{e0041}\\u{ad}");
+        // A backslash is doubled, so text that looks like an escape cannot pose as one.
+        assert_eq!(clean("fake\\u{202e}"), "fake\\\\u{202e}");
+        // Letters, accents, CJK, emoji and the plain space stay as they are.
+        assert_eq!(clean("Zürich 東京 ☃ café"), "Zürich 東京 ☃ café");
+        for c in [
+            '\u{202a}', '\u{202b}', '\u{202c}', '\u{202d}', '\u{202e}', '\u{2067}', '\u{2068}',
+            '\u{200e}', '\u{200f}', '\u{061c}', '\u{200c}', '\u{200d}', '\u{2060}',
+        ] {
+            assert!(shown_escaped(c), "{:x}", c as u32);
+        }
+        for c in ['a', ' ', 'é', '-', '\u{2010}', '\u{2030}', '\u{2070}'] {
+            assert!(!shown_escaped(c), "{:x}", c as u32);
+        }
     }
 
     #[test]

@@ -517,3 +517,48 @@ fn a_join_line_from_token_create_pairs_the_source_with_no_one_accepting() {
     let pending = on_tgt.run(&["pending", "--json"]).expect(0).json();
     assert_eq!(pending["pending"], serde_json::json!([]));
 }
+
+/// A source's `name` and `asset_tag` (its `host` is ASCII by the filing rules) are stored
+/// as sent, but `ctl` tables show bidi overrides and invisible characters escaped:
+/// `backup-\u{202e}gpj.exe` must not show as `backup-exe.jpg`, nor `root\u{200b}` as
+/// `root`.
+#[test]
+fn peer_supplied_names_are_stored_as_sent_and_shown_escaped() {
+    let scratch = scratch_dir("ctl-bidi");
+    let d = Daemon::start("ctl-bidi", Options::default());
+    let name = "backup-\u{202e}gpj.exe\u{200b}";
+    let tag = "TAG\u{feff}1\u{2066}";
+    let body = serde_json::json!({
+        "system_uuid": "0f5e2c7a-1b3d-4e6f-8a9b-0c1d2e3f4a5b", "name": name,
+        "host": "src.example", "asset_tag": tag, "version": "1.0",
+        "csr": crate::harness::simple_csr().pem,
+    });
+    let r = d
+        .client()
+        .post_json("/replication/v1/requests", None, &body);
+    assert_eq!(r.status, 202, "{}", r.text());
+    let id = r.json()["request_id"].to_string();
+    let ctl = Ctl::new(&d, &scratch);
+    ctl.login();
+    // Stored and answered exactly as sent.
+    let pending = ctl.run(&["pending", "--json"]).expect(0).json();
+    assert_eq!(pending["pending"][0]["name"], name);
+    let token = d.root_token();
+    let api = d
+        .client()
+        .get("/api/replication/pending", Some(&token))
+        .json();
+    assert_eq!(api["pending"][0]["asset_tag"], tag, "{api}");
+    // Shown escaped, in the pending table and, once accepted, in the systems table.
+    let table = ctl.run(&["pending"]).expect(0).stdout;
+    ctl.run(&["accept", &id]).expect(0);
+    let table = table + &ctl.run(&["systems"]).expect(0).stdout;
+    assert_eq!(
+        table.matches("backup-\\u{202e}gpj.exe\\u{200b}").count(),
+        2,
+        "{table}"
+    );
+    for c in ['\u{202e}', '\u{200b}', '\u{2066}', '\u{feff}'] {
+        assert!(!table.contains(c), "raw U+{:04X} in {table}", c as u32);
+    }
+}
