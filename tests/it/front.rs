@@ -3,6 +3,7 @@
 
 use std::io::{ErrorKind, Read, Write};
 use std::net::{Ipv4Addr, TcpStream};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use crate::harness::{Daemon, Options, Tls};
@@ -148,4 +149,174 @@ fn slow_bodies_and_slowloris_leave_health_answering_in_milliseconds() {
             other => panic!("a slow client was answered or closed: {other:?}"),
         }
     }
+}
+
+/// One slowhttptest run in the background: `mode` is its test-mode flag.
+struct SlowHttpTest {
+    child: std::process::Child,
+    csv: std::path::PathBuf,
+}
+
+impl SlowHttpTest {
+    fn start(
+        d: &Daemon,
+        dir: &std::path::Path,
+        mode: &str,
+        connections: u32,
+        extra: &[&str],
+    ) -> Self {
+        let prefix = dir.join(mode.trim_start_matches('-'));
+        let child = crate::harness::tool("slowhttptest")
+            .arg(mode)
+            .args([
+                "-c",
+                &connections.to_string(),
+                "-r",
+                "200",
+                "-l",
+                "8",
+                "-i",
+                "1",
+                "-p",
+                "2",
+                "-g",
+            ])
+            .arg("-o")
+            .arg(&prefix)
+            .arg("-u")
+            .arg(format!("https://{}/api/kb/12505", d.api))
+            .args(extra)
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .expect("start slowhttptest");
+        SlowHttpTest {
+            child,
+            csv: prefix.with_extension("csv"),
+        }
+    }
+
+    /// Waits for the end; the most connections slowhttptest held open at once.
+    fn finish(mut self) -> u64 {
+        let status = self.child.wait().expect("wait for slowhttptest");
+        let csv = std::fs::read_to_string(&self.csv)
+            .unwrap_or_else(|e| panic!("{}: {e} (slowhttptest {status})", self.csv.display()));
+        // Seconds,Closed,Pending,Connected,Service Available
+        csv.lines()
+            .skip(1)
+            .filter_map(|l| l.split(',').nth(3)?.trim().parse().ok())
+            .max()
+            .unwrap_or(0)
+    }
+}
+
+/// Health from another address every 200 ms while `attack` runs: the slowest answer.
+fn health_during(d: &Daemon, attack: impl FnOnce() -> Vec<u64>) -> (Duration, Vec<u64>) {
+    /// Stops the probe however `attack` ends (a panic in it must not hang the test).
+    struct Stop<'a>(&'a AtomicBool);
+    impl Drop for Stop<'_> {
+        fn drop(&mut self) {
+            self.0.store(true, Ordering::SeqCst);
+        }
+    }
+    let done = AtomicBool::new(false);
+    std::thread::scope(|s| {
+        let probe = s.spawn(|| {
+            let other = d.client().with_source(Ipv4Addr::new(127, 0, 0, 2));
+            let mut worst = Duration::ZERO;
+            while !done.load(Ordering::SeqCst) {
+                let started = Instant::now();
+                let r = other.request("GET", "/api/health", &[], b"");
+                assert_eq!(r.status, 200, "{}", r.text());
+                worst = worst.max(started.elapsed());
+                std::thread::sleep(Duration::from_millis(200));
+            }
+            worst
+        });
+        let held = {
+            let _stop = Stop(&done);
+            attack()
+        };
+        (probe.join().expect("health probe"), held)
+    })
+}
+
+/// The black-box probe, kept: slowhttptest (an attacker we did not write) runs slow
+/// headers, slow body, range and slow read from one address at once against the default
+/// configuration. The per-address cap holds them to their own 32 connections; another
+/// address is answered in milliseconds throughout, and the attacking address is served
+/// again as soon as the attack stops. (With the per-address cap raised to 512, the same
+/// attack fills the global cap and the other address is refused: checked by hand.)
+#[test]
+fn slowhttptest_from_one_address_leaves_others_served_in_milliseconds() {
+    let d = Daemon::start("front-slowhttptest", Options::default());
+    let dir = crate::harness::scratch_dir("slowhttptest");
+    let (worst, held) = health_during(&d, || {
+        let runs = [
+            SlowHttpTest::start(&d, &dir, "-H", 100, &[]),
+            SlowHttpTest::start(&d, &dir, "-B", 100, &["-s", "60000"]),
+            SlowHttpTest::start(&d, &dir, "-R", 100, &[]),
+            SlowHttpTest::start(
+                &d,
+                &dir,
+                "-X",
+                100,
+                &["-k", "3", "-n", "2", "-w", "1", "-y", "16", "-z", "4"],
+            ),
+        ];
+        runs.into_iter().map(SlowHttpTest::finish).collect()
+    });
+    assert!(
+        worst < Duration::from_secs(1),
+        "health took {worst:?} during the attack"
+    );
+    // The attack was real: it filled the address's share.
+    assert!(
+        held.iter().sum::<u64>() >= 32,
+        "connections held per mode: {held:?}"
+    );
+    assert!(
+        d.log().contains("max_connections_per_address"),
+        "{}",
+        d.log()
+    );
+    let r = d.client().request("GET", "/api/health", &[], b"");
+    assert_eq!(
+        r.status,
+        200,
+        "the attacking address after the attack: {}",
+        r.text()
+    );
+}
+
+/// Slow readers (tiny TCP windows, a few bytes read every 2 s, ten requests pipelined on
+/// each connection) with the caps raised so all 200 of them get in: each holds its own
+/// relay, none holds an API worker, so health is answered in milliseconds.
+#[test]
+fn slowhttptest_slow_readers_hold_no_worker() {
+    let d = Daemon::start(
+        "front-slow-read",
+        Options::default()
+            .set("max_connections", 512)
+            .set("max_connections_per_address", 512),
+    );
+    let dir = crate::harness::scratch_dir("slow-read");
+    let (worst, held) = health_during(&d, || {
+        let run = SlowHttpTest::start(
+            &d,
+            &dir,
+            "-X",
+            200,
+            &["-k", "10", "-n", "2", "-w", "1", "-y", "16", "-z", "4"],
+        );
+        vec![run.finish()]
+    });
+    assert!(
+        worst < Duration::from_secs(1),
+        "health took {worst:?} during the attack"
+    );
+    assert!(
+        held[0] >= 150,
+        "slowhttptest held only {held:?} connections"
+    );
 }
