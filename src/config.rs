@@ -709,6 +709,7 @@ impl Config {
             ("session_lifetime", secs(self.session_lifetime)),
             ("login_max_failures", self.login_max_failures.to_string()),
             ("login_window", secs(self.login_window)),
+            ("login_delay_max", secs(self.login_delay_max)),
             ("request_ttl", secs(self.request_ttl)),
             ("request_retention", secs(self.request_retention)),
             ("max_pending", self.max_pending.to_string()),
