@@ -107,6 +107,34 @@ pub fn tool(program: &str) -> Command {
     }
 }
 
+/// An RSA-2048 key and CSR made by `openssl req` (as a source that is not replgate makes
+/// them), with `sign_options` added (e.g. `-sigopt rsa_padding_mode:pss`): the key's path
+/// and the CSR's PEM.
+#[track_caller]
+pub fn openssl_rsa_csr(name: &str, sign_options: &[&str]) -> (PathBuf, String) {
+    let dir = scratch_dir(name);
+    let (key, csr) = (dir.join("key.pem"), dir.join("csr.pem"));
+    run_ok(
+        tool("openssl")
+            .args([
+                "req",
+                "-new",
+                "-newkey",
+                "rsa:2048",
+                "-nodes",
+                "-subj",
+                "/CN=source",
+            ])
+            .args(sign_options)
+            .arg("-keyout")
+            .arg(&key)
+            .arg("-out")
+            .arg(&csr),
+    );
+    let pem = std::fs::read_to_string(&csr).expect("read the csr");
+    (key, pem)
+}
+
 /// Runs `cmd` to its end and checks that it succeeded; its output.
 #[track_caller]
 pub fn run_ok(cmd: &mut Command) -> std::process::Output {

@@ -152,28 +152,8 @@ pub(crate) fn identity(dir: &std::path::Path) -> Identity {
 fn an_openssl_rsa_key_with_a_pss_signed_csr_pairs_and_opens_the_tunnel() {
     use rustls::pki_types::pem::PemObject;
     let tgt = Daemon::start("pss-tgt", pairing_opts());
-    let dir = crate::harness::scratch_dir("pss-key");
-    let (key, csr) = (dir.join("key.pem"), dir.join("csr.pem"));
-    crate::harness::run_ok(
-        tool("openssl")
-            .args([
-                "req",
-                "-new",
-                "-newkey",
-                "rsa:2048",
-                "-nodes",
-                "-sha256",
-                "-sigopt",
-                "rsa_padding_mode:pss",
-                "-subj",
-                "/CN=not-replgate",
-            ])
-            .arg("-keyout")
-            .arg(&key)
-            .arg("-out")
-            .arg(&csr),
-    );
-    let csr = std::fs::read_to_string(&csr).unwrap();
+    let (key, csr) =
+        crate::harness::openssl_rsa_csr("pss-key", &["-sha256", "-sigopt", "rsa_padding_mode:pss"]);
     let uuid = "7d1b8c1e-5a3f-4d8e-9b2a-6c4f1e0a9d37";
     let filed = tgt.file_request_csr(uuid, &csr);
     let tt = tgt.root_token();

@@ -168,24 +168,7 @@ fn accepted_csr_is_signed_as_a_client_only_end_entity_with_the_targets_subject()
 #[test]
 fn openssl_req_csr_is_accepted() {
     let d = Daemon::start("target-openssl", Options::default());
-    let dir = crate::harness::scratch_dir("openssl-csr");
-    run_ok(
-        tool("openssl")
-            .args([
-                "req",
-                "-new",
-                "-newkey",
-                "rsa:2048",
-                "-nodes",
-                "-subj",
-                "/CN=source",
-                "-keyout",
-            ])
-            .arg(dir.join("k.pem"))
-            .arg("-out")
-            .arg(dir.join("r.csr")),
-    );
-    let csr = std::fs::read_to_string(dir.join("r.csr")).unwrap();
+    let (_key, csr) = crate::harness::openssl_rsa_csr("openssl-csr", &[]);
     let filed = d.file_request_csr("bbbbbbbb-2222-4333-8444-555555555555", &csr);
     let root = d.root_token();
     let r = accept(&d, &root, json!({"request_id": filed.id, "accept": 1}));
