@@ -79,6 +79,9 @@ impl From<StoreError> for AuthError {
 pub struct Session {
     pub user: String,
     pub privilege: Privilege,
+    /// The absolute end of the session (`session_lifetime` after login); idle expiry can
+    /// end it earlier.
+    pub expires: UnixTime,
     token_hash: [u8; 32],
 }
 
@@ -505,6 +508,7 @@ impl Authenticator {
         Ok(Session {
             user: user.name,
             privilege,
+            expires: self.rules.expires_at(&s),
             token_hash: hash,
         })
     }
@@ -748,6 +752,7 @@ mod tests {
         let s = Session {
             user: "m".into(),
             privilege: Privilege::Manage,
+            expires: 0,
             token_hash: [0; 32],
         };
         assert!(s.require(Privilege::Monitor).is_ok());

@@ -106,6 +106,13 @@ pub struct Config {
     pub tunnel_listen: SocketAddr,
     /// `hostnames`: names put in the API and tunnel certificates. Defaults to `["localhost"]`.
     pub hostnames: Vec<String>,
+    /// `console_hosts`: further `Host` names the web console answers to (a reverse proxy's
+    /// name), besides `hostnames`, the listen address and loopback. Defaults to `[]`.
+    pub console_hosts: Vec<String>,
+    /// `console_origins`: further origins (`https://name[:port]`) whose pages may send
+    /// state-changing console requests (a reverse proxy that serves the console under
+    /// another name). Defaults to `[]`.
+    pub console_origins: Vec<String>,
     /// `asset_tag`: the appliance's asset tag, shown on its systems row and sent to the
     /// targets it asks. Defaults to `""` (none).
     pub asset_tag: String,
@@ -239,6 +246,8 @@ struct RawConfig {
     api_listen: Option<String>,
     tunnel_listen: Option<String>,
     hostnames: Option<Vec<String>>,
+    console_hosts: Option<Vec<String>>,
+    console_origins: Option<Vec<String>>,
     asset_tag: Option<String>,
     poll_interval: Option<u64>,
     heartbeat_interval: Option<u64>,
@@ -373,16 +382,9 @@ impl RawConfig {
                         }
                     })
                 }
-                "hostnames" => {
-                    self.hostnames = Some(
-                        value
-                            .split(',')
-                            .map(str::trim)
-                            .filter(|s| !s.is_empty())
-                            .map(String::from)
-                            .collect(),
-                    )
-                }
+                "hostnames" => self.hostnames = Some(comma_list(&value)),
+                "console_hosts" => self.console_hosts = Some(comma_list(&value)),
+                "console_origins" => self.console_origins = Some(comma_list(&value)),
                 // Read by the daemon at database creation only; not a config key.
                 "admin_password" | "config" => {}
                 // `replgate ctl`'s own settings, often exported in an admin's shell: never
@@ -402,6 +404,45 @@ impl RawConfig {
         }
         Ok(applied)
     }
+}
+
+/// A list key given in one environment variable: comma-separated, blanks dropped.
+fn comma_list(value: &str) -> Vec<String> {
+    value
+        .split(',')
+        .map(str::trim)
+        .filter(|s| !s.is_empty())
+        .map(String::from)
+        .collect()
+}
+
+/// A host name or IP literal as `hostnames` and `console_hosts` take them.
+fn valid_host(h: &str) -> bool {
+    h.parse::<std::net::IpAddr>().is_ok()
+        || (!h.is_empty()
+            && h.len() <= 253
+            && h.chars()
+                .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '.'))
+}
+
+/// `console_origins`: each exactly `https://host[:port]` (what a browser sends as
+/// `Origin`), stored lower-case.
+fn console_origins(raw: Option<Vec<String>>) -> Result<Vec<String>, ConfigError> {
+    let mut out = Vec::new();
+    for o in raw.unwrap_or_default() {
+        let lower = o.to_ascii_lowercase();
+        let authority = lower.strip_prefix("https://").unwrap_or("");
+        let host_ok =
+            crate::wire::http::split_authority(authority).is_some_and(|(host, _)| valid_host(host));
+        if !host_ok {
+            return Err(bad(
+                "console_origins",
+                format!("{o:?} is not an origin like https://backup.example.net[:port]"),
+            ));
+        }
+        out.push(lower);
+    }
+    Ok(out)
 }
 
 fn seconds(
@@ -511,16 +552,14 @@ impl Config {
             return Err(bad("data_dir", "must not be empty"));
         }
         let hostnames = raw.hostnames.unwrap_or_else(|| vec!["localhost".into()]);
-        for h in &hostnames {
-            let ok = h.parse::<std::net::IpAddr>().is_ok()
-                || (!h.is_empty()
-                    && h.len() <= 253
-                    && h.chars()
-                        .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '.'));
-            if !ok {
-                return Err(bad("hostnames", format!("{h:?} is not a valid host name")));
-            }
+        if let Some(h) = hostnames.iter().find(|h| !valid_host(h)) {
+            return Err(bad("hostnames", format!("{h:?} is not a valid host name")));
         }
+        let console_hosts = raw.console_hosts.unwrap_or_default();
+        if let Some(h) = console_hosts.iter().find(|h| !valid_host(h)) {
+            return Err(bad("console_hosts", format!("{h:?} is not a valid host name")));
+        }
+        let console_origins = console_origins(raw.console_origins)?;
         let asset_tag = raw.asset_tag.unwrap_or_default();
         if asset_tag.len() > 255 || asset_tag.chars().any(char::is_control) {
             return Err(bad("asset_tag", "must be at most 255 printable characters"));
@@ -562,6 +601,8 @@ impl Config {
             api_listen,
             tunnel_listen,
             hostnames,
+            console_hosts,
+            console_origins,
             asset_tag,
             poll_interval: seconds("poll_interval", raw.poll_interval, 30, 1, 86_400)?,
             heartbeat_interval: seconds(
@@ -676,21 +717,17 @@ impl Config {
     pub fn to_toml(&self) -> String {
         let q = |s: &str| serde_json::Value::from(s).to_string();
         let secs = |d: Duration| d.as_secs().to_string();
+        let list = |items: &[String]| {
+            let quoted: Vec<String> = items.iter().map(|i| q(i)).collect();
+            format!("[{}]", quoted.join(", "))
+        };
         let lines: Vec<(&str, String)> = vec![
             ("data_dir", q(&self.data_dir.to_string_lossy())),
             ("api_listen", q(&self.api_listen.to_string())),
             ("tunnel_listen", q(&self.tunnel_listen.to_string())),
-            (
-                "hostnames",
-                format!(
-                    "[{}]",
-                    self.hostnames
-                        .iter()
-                        .map(|h| q(h))
-                        .collect::<Vec<_>>()
-                        .join(", ")
-                ),
-            ),
+            ("hostnames", list(&self.hostnames)),
+            ("console_hosts", list(&self.console_hosts)),
+            ("console_origins", list(&self.console_origins)),
             ("asset_tag", q(&self.asset_tag)),
             ("log", q(&self.log)),
             ("poll_interval", secs(self.poll_interval)),
@@ -760,6 +797,12 @@ impl Config {
             ));
         }
         out
+    }
+
+    /// The appliance's name, as its systems row and its requests to targets show it: the
+    /// first of `hostnames`, else `localhost`.
+    pub fn name(&self) -> &str {
+        self.hostnames.first().map_or("localhost", String::as_str)
     }
 
     /// The storage marked default: the first with usage `backup`.
@@ -984,6 +1027,37 @@ mod tests {
         ]);
         let c = Config::from_toml("", ctl).unwrap();
         assert_eq!(c.api_listen.to_string(), "127.0.0.1:8443");
+    }
+
+    #[test]
+    fn console_hosts_and_origins_are_lists_checked_like_hostnames() {
+        let c = Config::from_toml(
+            "console_hosts = [\"proxy.example\"]\n",
+            env(&[(
+                "REPLGATE_CONSOLE_ORIGINS",
+                "https://Proxy.Example, https://[::1]:8443",
+            )]),
+        )
+        .unwrap();
+        assert_eq!(c.console_hosts, vec!["proxy.example".to_string()]);
+        assert_eq!(
+            c.console_origins,
+            vec!["https://proxy.example".to_string(), "https://[::1]:8443".into()]
+        );
+        let defaults = Config::from_toml("", env(&[])).unwrap();
+        assert!(defaults.console_hosts.is_empty() && defaults.console_origins.is_empty());
+        for bad in [
+            "http://proxy.example",
+            "https://proxy.example/",
+            "https://proxy.example:0",
+            "https://",
+            "proxy.example",
+        ] {
+            let e = Config::from_toml("", env(&[("REPLGATE_CONSOLE_ORIGINS", bad)])).unwrap_err();
+            assert_eq!(e.key, "console_origins", "{bad}");
+        }
+        let e = Config::from_toml("console_hosts = [\"a b\"]", env(&[])).unwrap_err();
+        assert_eq!(e.key, "console_hosts");
     }
 
     #[test]

@@ -362,12 +362,7 @@ fn bind(addr: SocketAddr, setting: &'static str) -> Result<TcpListener, DaemonEr
 fn tunnel_endpoint(config: &Config) -> String {
     let addr = config.tunnel_listen;
     if addr.ip().is_unspecified() {
-        let host = config
-            .hostnames
-            .first()
-            .cloned()
-            .unwrap_or_else(|| "localhost".into());
-        format!("{host}:{}", addr.port())
+        format!("{}:{}", config.name(), addr.port())
     } else {
         addr.to_string()
     }

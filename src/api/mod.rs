@@ -3,6 +3,7 @@
 //! Handlers are thin: parse, authorize (declared per route), call the domain, map the result.
 
 pub mod body;
+pub mod console;
 pub mod error;
 mod pairing;
 mod queue;
@@ -272,6 +273,12 @@ fn serve(app: &App, routes: &[Route], mut request: tiny_http::Request) {
                     header("Authorization")
                         .and_then(|v| v.strip_prefix("Bearer ").map(|t| t.trim().to_string()))
                 });
+                let browser = console::guard::Browser::from_headers(
+                    request
+                        .headers()
+                        .iter()
+                        .map(|h| (h.field.as_str().as_str(), h.value.as_str())),
+                );
                 let incoming = routes::Incoming {
                     peer,
                     now,
@@ -279,6 +286,7 @@ fn serve(app: &App, routes: &[Route], mut request: tiny_http::Request) {
                     url: &url,
                     body: &body,
                     token,
+                    browser,
                     if_none_match,
                 };
                 routes::dispatch(app, routes, incoming)

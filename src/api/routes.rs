@@ -8,7 +8,8 @@ use std::borrow::Cow;
 use super::body::percent_decode;
 use super::error::ApiError;
 use super::{
-    body, pairing, queue, source, spool_files, storage, system, systems, tokens, users, App, Call,
+    body, console, pairing, queue, source, spool_files, storage, system, systems, tokens, users,
+    App, Call,
     Handler, Reply,
 };
 use crate::front::{ListenerKind, PeerInfo};
@@ -19,7 +20,12 @@ use crate::model::{Privilege, UnixTime};
 pub enum Access {
     /// Anyone on the API listener (health, login, the appliance protocol).
     Public,
-    /// The API listener with an `AuthToken` of at least this privilege.
+    /// Anyone on the API listener, from a browser on one of the console's host names, and
+    /// from the console's own origin unless it only reads (the console's page, its files,
+    /// its login). See [`console::guard::check`].
+    Console,
+    /// The API listener with a session of at least this privilege: an `AuthToken` header,
+    /// or else the console's cookie, which must also pass the console's browser rules.
     Token(Privilege),
 }
 
@@ -77,6 +83,17 @@ pub fn route_table() -> Vec<Route> {
         ),
         route("POST", "/api/login", Public, users::login),
         route("POST", "/api/logout", Token(Monitor), users::logout),
+        // The web console: its page and files, and its cookie session.
+        route("GET", "/", Console, console::page),
+        route("GET", "/console/{file}", Console, console::asset),
+        route("POST", "/api/session", Console, console::session::create),
+        route("GET", "/api/session", Token(Monitor), console::session::show),
+        route(
+            "DELETE",
+            "/api/session",
+            Token(Monitor),
+            console::session::end,
+        ),
         route("GET", "/api/users", Token(Superuser), users::list),
         route("POST", "/api/users", Token(Superuser), users::create),
         route("PUT", "/api/users/{name}", Token(Superuser), users::update),
@@ -321,6 +338,8 @@ pub struct Incoming<'a> {
     pub body: &'a [u8],
     /// The `AuthToken` header, trimmed.
     pub token: Option<String>,
+    /// What the console's rules read: `Host`, `Origin`, `Sec-Fetch-Site`, the cookie.
+    pub browser: console::guard::Browser,
     pub if_none_match: Option<String>,
 }
 
@@ -333,6 +352,7 @@ pub fn dispatch(app: &App, routes: &[Route], request: Incoming) -> Result<Reply,
         url,
         body,
         token,
+        browser,
         if_none_match,
     } = request;
     let (raw_path, query) = url.split_once('?').unwrap_or((url, ""));
@@ -354,12 +374,24 @@ pub fn dispatch(app: &App, routes: &[Route], request: Incoming) -> Result<Reply,
         }
         let session = match r.access {
             Access::Token(needed) => {
-                let token = token.as_deref().unwrap_or("");
+                // The header wins: scripts keep working whatever cookies a client holds.
+                let token = match (&token, &browser.cookie_token) {
+                    (Some(header), _) => header.as_str(),
+                    (None, Some(cookie)) => {
+                        console::guard::check(&browser, method, &app.config)?;
+                        cookie.as_str()
+                    }
+                    (None, None) => "",
+                };
                 let session = app.auth.session(token, now)?;
                 session.require(needed)?;
                 Some(session)
             }
-            _ => None,
+            Access::Console => {
+                console::guard::check(&browser, method, &app.config)?;
+                None
+            }
+            Access::Public => None,
         };
         let query = body::parse_query(query);
         if r.method == "GET" && r.path.starts_with("/api/") && !r.names_sid {

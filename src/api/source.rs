@@ -74,12 +74,7 @@ pub fn request_target(call: &Call) -> Result<Reply, ApiError> {
         None => None,
     };
     let app = call.app;
-    let name = app
-        .config
-        .hostnames
-        .first()
-        .map(String::as_str)
-        .unwrap_or("localhost");
+    let name = app.config.name();
     let side = SourceSide {
         store: &app.store,
         io: &LiveSource {

@@ -166,15 +166,11 @@ pub fn list(call: &Call) -> Result<Reply, ApiError> {
         .targets()?
         .iter()
         .any(|t| t.status == TargetStatus::Complete);
-    let name = config
-        .hostnames
-        .first()
-        .cloned()
-        .unwrap_or_else(|| "localhost".into());
+    let name = config.name();
     let host = config.api_listen.to_string();
     let local = Row {
         id: LOCAL_SYSTEM_ID as i64,
-        name: &name,
+        name,
         host: &host,
         asset_tag: &config.asset_tag,
         role: Role::Local,

@@ -16,7 +16,9 @@ const MAX_PASSWORD_CHARS: usize = 256;
 /// `GET /api/audit` pages hold at most this many rows.
 const MAX_AUDIT_PAGE: u64 = 1_000;
 
-pub fn login(call: &Call) -> Result<Reply, ApiError> {
+/// Checks the body's `username` and `password` and opens a session: the login behind
+/// both `POST /api/login` and the console's `POST /api/session`.
+pub(super) fn open_session(call: &Call) -> Result<(String, auth::Login), ApiError> {
     let body = call.json()?;
     let username = body.str("username")?;
     let password = body.str("password")?;
@@ -24,6 +26,11 @@ pub fn login(call: &Call) -> Result<Reply, ApiError> {
         .app
         .auth
         .login(username, password, &call.address(), call.now)?;
+    Ok((username.to_string(), login))
+}
+
+pub fn login(call: &Call) -> Result<Reply, ApiError> {
+    let (_, login) = open_session(call)?;
     Ok(Reply::json(
         200,
         json!({ "auth_token": login.token, "expires": login.expires, "privilege": login.privilege }),

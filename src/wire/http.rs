@@ -374,6 +374,31 @@ fn is_tchar(b: u8) -> bool {
     b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b)
 }
 
+/// Splits an authority as a `Host` header or an origin carries it, `host[:port]` or
+/// `[v6][:port]`, into the host (brackets removed) and the port. `None` when it is not
+/// that shape: empty, an empty or zero or non-numeric port, an unclosed bracket, or a
+/// bare IPv6 address without brackets. The host itself is not checked further.
+pub fn split_authority(authority: &str) -> Option<(&str, Option<u16>)> {
+    let (host, port) = match authority.strip_prefix('[') {
+        Some(rest) => {
+            let (host, after) = rest.split_once(']')?;
+            match after {
+                "" => (host, None),
+                _ => (host, Some(after.strip_prefix(':')?)),
+            }
+        }
+        None => match authority.split_once(':') {
+            Some((host, port)) => (host, Some(port)),
+            None => (authority, None),
+        },
+    };
+    let port = match port {
+        None => None,
+        Some(p) => Some(p.parse::<u16>().ok().filter(|n| *n > 0)?),
+    };
+    (!host.is_empty()).then_some((host, port))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -565,6 +590,18 @@ mod tests {
                     }
                 }
             }
+        }
+    }
+
+    #[test]
+    fn authorities_split_into_host_and_port() {
+        assert_eq!(split_authority("a.example"), Some(("a.example", None)));
+        assert_eq!(split_authority("a.example:8443"), Some(("a.example", Some(8443))));
+        assert_eq!(split_authority("127.0.0.1:1"), Some(("127.0.0.1", Some(1))));
+        assert_eq!(split_authority("[::1]"), Some(("::1", None)));
+        assert_eq!(split_authority("[::1]:8443"), Some(("::1", Some(8443))));
+        for bad in ["", ":8443", "a:", "a:0", "a:x", "a:70000", "[::1", "[::1]x", "::1", "[]"] {
+            assert_eq!(split_authority(bad), None, "{bad}");
         }
     }
 }

@@ -161,7 +161,7 @@ fn openapi_operations_declare_their_access_and_errors() {
                     }
                 }
             }
-            Access::Public => {
+            Access::Public | Access::Console => {
                 if !anonymous {
                     problems.push(format!(
                         "{name} takes no AuthToken but does not say `security: []`"
