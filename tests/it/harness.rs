@@ -27,9 +27,14 @@ pub fn pairing_opts() -> Options {
 /// A source and a target for a pairing test, `{name}-src` and `{name}-tgt`, started side
 /// by side (each start generates a CA and hashes a password: seconds on a busy machine).
 pub fn start_pair(name: &str) -> (Daemon, Daemon) {
+    start_pair_with(name, pairing_opts(), pairing_opts())
+}
+
+/// [`start_pair`] with the source and the target started on these options.
+pub fn start_pair_with(name: &str, source: Options, target: Options) -> (Daemon, Daemon) {
     std::thread::scope(|s| {
-        let src = s.spawn(|| Daemon::start(&format!("{name}-src"), pairing_opts()));
-        let tgt = Daemon::start(&format!("{name}-tgt"), pairing_opts());
+        let src = s.spawn(|| Daemon::start(&format!("{name}-src"), source));
+        let tgt = Daemon::start(&format!("{name}-tgt"), target);
         let src = src
             .join()
             .unwrap_or_else(|panic| std::panic::resume_unwind(panic));
@@ -90,6 +95,8 @@ pub fn tool(program: &str) -> Command {
         "openssl" => ("version", "openssl"),
         "curl" => ("--version", "curl"),
         "slowhttptest" => ("-h", "slowhttptest"),
+        "chromium" => ("--version", "chromium"),
+        "chromedriver" => ("--version", "chromium-driver"),
         other => panic!("tool({other:?}): name its Debian package here and in .ci/run"),
     };
     match Command::new(program).arg(probe).output() {
@@ -713,10 +720,13 @@ impl Client {
     ) -> std::io::Result<Response> {
         let mut tls = self.connect()?;
         let mut head = format!(
-            "{method} {path} HTTP/1.1\r\nHost: {}\r\nConnection: close\r\nContent-Length: {}\r\n",
-            self.addr,
+            "{method} {path} HTTP/1.1\r\nConnection: close\r\nContent-Length: {}\r\n",
             body.len()
         );
+        // The daemon's address, unless the test names another host.
+        if !headers.iter().any(|(k, _)| k.eq_ignore_ascii_case("host")) {
+            head.push_str(&format!("Host: {}\r\n", self.addr));
+        }
         for (k, v) in headers {
             head.push_str(&format!("{k}: {v}\r\n"));
         }
