@@ -69,6 +69,7 @@ login() { api POST /api/login "" "{\"username\":\"$runner\",\"password\":\"$runn
 token_main=$(login)
 token_users=$(login)
 token_logout=$(login)
+token_session=$(login)
 # A real pending request, so that the spool operations read a file that exists.
 command -v openssl >/dev/null || { echo "contract: openssl is needed (Debian package openssl)"; exit 1; }
 csr=$(openssl req -new -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -subj /CN=contract \
@@ -91,17 +92,20 @@ status=0
 # generated request names: no traffic leaves loopback from CI; tests/it covers it against
 # a real target), the tunnel (another listener, mutual TLS; tests/it covers it), changes
 # to named users (the stateful phase would find this run's own user in GET /api/users and
-# change its password, ending the session) and logout (it ends the session). Those two
-# run on their own below.
+# change its password, ending the session) and logout (it ends the session), as does the
+# console's session path (its DELETE is a logout). Those run on their own below.
 echo "== schemathesis: every operation but asking a target, the tunnel, changing users, logout"
 st_run -H "AuthToken: $token_main" \
   --exclude-path /api/replication/target --exclude-path /tunnel/v1/hello \
-  --exclude-path '/api/users/{name}' --exclude-path /api/logout || status=$?
+  --exclude-path '/api/users/{name}' --exclude-path /api/logout \
+  --exclude-path /api/session || status=$?
 echo "== schemathesis: changing and deleting users (generated names only, no stateful phase)"
 st_run -H "AuthToken: $token_users" --include-path '/api/users/{name}' \
   --phases examples,coverage,fuzzing || status=$?
 echo "== schemathesis: logout"
 st_run -H "AuthToken: $token_logout" --include-path /api/logout || status=$?
+echo "== schemathesis: the console's session (its logout ends the session)"
+st_run -H "AuthToken: $token_session" --include-path /api/session || status=$?
 if [ "$status" -ne 0 ]; then
   echo "---- replgate log (last 80 lines) ----"
   tail -n 80 "$work/daemon.log"

@@ -557,7 +557,10 @@ impl Config {
         }
         let console_hosts = raw.console_hosts.unwrap_or_default();
         if let Some(h) = console_hosts.iter().find(|h| !valid_host(h)) {
-            return Err(bad("console_hosts", format!("{h:?} is not a valid host name")));
+            return Err(bad(
+                "console_hosts",
+                format!("{h:?} is not a valid host name"),
+            ));
         }
         let console_origins = console_origins(raw.console_origins)?;
         let asset_tag = raw.asset_tag.unwrap_or_default();
@@ -1042,7 +1045,10 @@ mod tests {
         assert_eq!(c.console_hosts, vec!["proxy.example".to_string()]);
         assert_eq!(
             c.console_origins,
-            vec!["https://proxy.example".to_string(), "https://[::1]:8443".into()]
+            vec![
+                "https://proxy.example".to_string(),
+                "https://[::1]:8443".into()
+            ]
         );
         let defaults = Config::from_toml("", env(&[])).unwrap();
         assert!(defaults.console_hosts.is_empty() && defaults.console_origins.is_empty());

@@ -9,8 +9,7 @@ use super::body::percent_decode;
 use super::error::ApiError;
 use super::{
     body, console, pairing, queue, source, spool_files, storage, system, systems, tokens, users,
-    App, Call,
-    Handler, Reply,
+    App, Call, Handler, Reply,
 };
 use crate::front::{ListenerKind, PeerInfo};
 use crate::model::{Privilege, UnixTime};
@@ -87,7 +86,12 @@ pub fn route_table() -> Vec<Route> {
         route("GET", "/", Console, console::page),
         route("GET", "/console/{file}", Console, console::asset),
         route("POST", "/api/session", Console, console::session::create),
-        route("GET", "/api/session", Token(Monitor), console::session::show),
+        route(
+            "GET",
+            "/api/session",
+            Token(Monitor),
+            console::session::show,
+        ),
         route(
             "DELETE",
             "/api/session",

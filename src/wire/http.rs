@@ -596,11 +596,16 @@ mod tests {
     #[test]
     fn authorities_split_into_host_and_port() {
         assert_eq!(split_authority("a.example"), Some(("a.example", None)));
-        assert_eq!(split_authority("a.example:8443"), Some(("a.example", Some(8443))));
+        assert_eq!(
+            split_authority("a.example:8443"),
+            Some(("a.example", Some(8443)))
+        );
         assert_eq!(split_authority("127.0.0.1:1"), Some(("127.0.0.1", Some(1))));
         assert_eq!(split_authority("[::1]"), Some(("::1", None)));
         assert_eq!(split_authority("[::1]:8443"), Some(("::1", Some(8443))));
-        for bad in ["", ":8443", "a:", "a:0", "a:x", "a:70000", "[::1", "[::1]x", "::1", "[]"] {
+        for bad in [
+            "", ":8443", "a:", "a:0", "a:x", "a:70000", "[::1", "[::1]x", "::1", "[]",
+        ] {
             assert_eq!(split_authority(bad), None, "{bad}");
         }
     }

@@ -52,7 +52,10 @@ fn with_cookie(
     body: &Value,
 ) -> Response {
     let cookie = format!("theme=x; {COOKIE}={token}");
-    let mut headers = vec![("Cookie", cookie.as_str()), ("Content-Type", "application/json")];
+    let mut headers = vec![
+        ("Cookie", cookie.as_str()),
+        ("Content-Type", "application/json"),
+    ];
     headers.extend_from_slice(extra);
     let bytes = if body.is_null() {
         Vec::new()
@@ -74,7 +77,10 @@ fn console_page_and_files_are_served_with_a_strict_policy() {
     let d = Daemon::start("console-files", Options::default());
     let page = d.client().get("/", None);
     assert_eq!(page.status, 200, "{}", page.text());
-    assert_eq!(page.header("Content-Type"), Some("text/html; charset=utf-8"));
+    assert_eq!(
+        page.header("Content-Type"),
+        Some("text/html; charset=utf-8")
+    );
     assert!(page.text().contains("/console/app.js"), "{}", page.text());
     let csp = page.header("Content-Security-Policy").unwrap_or_default();
     for directive in [
@@ -96,7 +102,11 @@ fn console_page_and_files_are_served_with_a_strict_policy() {
         ("icon.svg", "image/svg+xml"),
     ] {
         let r = d.client().get(&format!("/console/{file}"), None);
-        assert_eq!((r.status, r.header("Content-Type")), (200, Some(kind)), "{file}");
+        assert_eq!(
+            (r.status, r.header("Content-Type")),
+            (200, Some(kind)),
+            "{file}"
+        );
         assert_eq!(r.header("X-Frame-Options"), Some("DENY"), "{file}");
     }
     let missing = d.client().get("/console/nope.js", None);
@@ -116,7 +126,11 @@ fn a_console_login_hands_the_token_over_only_as_an_httponly_cookie() {
     assert_eq!(answer["privilege"], "superuser");
     assert!(answer["expires"].as_i64().is_some(), "{answer}");
     assert!(answer.get("auth_token").is_none(), "{answer}");
-    assert!(!r.text().contains(&token), "the token is in the body: {}", r.text());
+    assert!(
+        !r.text().contains(&token),
+        "the token is in the body: {}",
+        r.text()
+    );
     let set = r.header("Set-Cookie").unwrap_or_default();
     for attribute in ["HttpOnly", "Secure", "SameSite=Strict", "Path=/"] {
         assert!(set.split("; ").any(|a| a == attribute), "{set}");
@@ -128,7 +142,14 @@ fn a_console_login_hands_the_token_over_only_as_an_httponly_cookie() {
     assert_eq!(me.json()["user"], "root");
     assert_eq!(me.json()["appliance"]["ca_fingerprint"], d.ca_fingerprint());
     // Logout ends the server-side session and removes the cookie.
-    let out = with_cookie(&d, "DELETE", "/api/session", &token, &[SAME_ORIGIN], &Value::Null);
+    let out = with_cookie(
+        &d,
+        "DELETE",
+        "/api/session",
+        &token,
+        &[SAME_ORIGIN],
+        &Value::Null,
+    );
     assert_eq!(out.status, 200, "{}", out.text());
     assert!(out
         .header("Set-Cookie")
@@ -154,19 +175,43 @@ fn cookie_calls_that_change_state_must_come_from_the_consoles_origin() {
     let (_, token) = console_login(&d, "root", ADMIN_PASSWORD);
     let own = format!("https://{}", d.api);
     let other_port = format!("https://127.0.0.1:{}", d.api.port() + 1);
-    let user = |name: &str| json!({"name": name, "password": "long-enough-1", "privilege": "monitor"});
+    let user =
+        |name: &str| json!({"name": name, "password": "long-enough-1", "privilege": "monitor"});
     for (what, headers) in [
         ("no origin at all", vec![]),
-        ("another site", vec![("Origin", "https://evil.example"), ("Sec-Fetch-Site", "cross-site")]),
-        ("another port of this host", vec![("Origin", other_port.as_str()), ("Sec-Fetch-Site", "same-site")]),
+        (
+            "another site",
+            vec![
+                ("Origin", "https://evil.example"),
+                ("Sec-Fetch-Site", "cross-site"),
+            ],
+        ),
+        (
+            "another port of this host",
+            vec![
+                ("Origin", other_port.as_str()),
+                ("Sec-Fetch-Site", "same-site"),
+            ],
+        ),
         ("an opaque origin", vec![("Origin", "null")]),
         ("plain http", vec![("Origin", "http://127.0.0.1")]),
     ] {
         let r = with_cookie(&d, "POST", "/api/users", &token, &headers, &user("mallory"));
         assert_eq!((r.status, r.code()), (403, 403), "{what}: {}", r.text());
-        assert!(message(&r).starts_with("cross-site request refused"), "{what}: {}", r.text());
+        assert!(
+            message(&r).starts_with("cross-site request refused"),
+            "{what}: {}",
+            r.text()
+        );
     }
-    let r = with_cookie(&d, "DELETE", "/api/users/root", &token, &[("Origin", "https://evil.example")], &Value::Null);
+    let r = with_cookie(
+        &d,
+        "DELETE",
+        "/api/users/root",
+        &token,
+        &[("Origin", "https://evil.example")],
+        &Value::Null,
+    );
     assert_eq!(r.status, 403, "{}", r.text());
     let root = d.root_token();
     let users = d.client().get("/api/users", Some(&root)).json();
@@ -181,7 +226,14 @@ fn cookie_calls_that_change_state_must_come_from_the_consoles_origin() {
     assert_eq!(login.status, 403, "{}", login.text());
     assert!(login.header("Set-Cookie").is_none());
     // Reads need no origin; the console's own origin may change state.
-    let read = with_cookie(&d, "GET", "/api/users", &token, &[("Sec-Fetch-Site", "cross-site")], &Value::Null);
+    let read = with_cookie(
+        &d,
+        "GET",
+        "/api/users",
+        &token,
+        &[("Sec-Fetch-Site", "cross-site")],
+        &Value::Null,
+    );
     assert_eq!(read.status, 200, "{}", read.text());
     for (name, headers) in [
         ("alice", vec![SAME_ORIGIN]),
@@ -207,8 +259,18 @@ fn trusted_origins_and_host_names_are_configurable_for_a_reverse_proxy() {
     let body = json!({"name": "carol", "password": "long-enough-1", "privilege": "monitor"});
     let r = with_cookie(&d, "POST", "/api/users", &token, &proxied, &body);
     assert_eq!(r.status, 201, "{}", r.text());
-    assert_eq!(d.client().request("GET", "/", &[("Host", "backup.example.net")], b"").status, 200);
-    assert_eq!(d.client().request("GET", "/", &[("Host", "other.example.net")], b"").status, 403);
+    assert_eq!(
+        d.client()
+            .request("GET", "/", &[("Host", "backup.example.net")], b"")
+            .status,
+        200
+    );
+    assert_eq!(
+        d.client()
+            .request("GET", "/", &[("Host", "other.example.net")], b"")
+            .status,
+        403
+    );
 }
 
 #[test]
@@ -219,7 +281,11 @@ fn the_console_refuses_host_names_that_are_not_the_appliances() {
     for path in ["/", "/console/app.js"] {
         let r = d.client().request("GET", path, &rebound, b"");
         assert_eq!((r.status, r.code()), (403, 403), "{path}: {}", r.text());
-        assert!(message(&r).contains("\"rebound.example:8443\""), "{}", r.text());
+        assert!(
+            message(&r).contains("\"rebound.example:8443\""),
+            "{}",
+            r.text()
+        );
     }
     let r = with_cookie(&d, "GET", "/api/systems", &token, &rebound, &Value::Null);
     assert_eq!(r.status, 403, "{}", r.text());
@@ -231,8 +297,19 @@ fn the_console_refuses_host_names_that_are_not_the_appliances() {
     );
     assert_eq!(login.status, 403, "{}", login.text());
     // Its own names all work: the listen address, hostnames (`localhost` in tests), loopback.
-    for host in [d.api.to_string(), format!("localhost:{}", d.api.port()), "127.0.0.1".into()] {
-        let r = with_cookie(&d, "GET", "/api/systems", &token, &[("Host", host.as_str())], &Value::Null);
+    for host in [
+        d.api.to_string(),
+        format!("localhost:{}", d.api.port()),
+        "127.0.0.1".into(),
+    ] {
+        let r = with_cookie(
+            &d,
+            "GET",
+            "/api/systems",
+            &token,
+            &[("Host", host.as_str())],
+            &Value::Null,
+        );
         assert_eq!(r.status, 200, "{host}: {}", r.text());
     }
 }
@@ -251,7 +328,9 @@ fn authtoken_scripts_are_untouched_by_the_console_rules() {
         ("Content-Type", "application/json"),
     ];
     let body = json!({"name": "dave", "password": "long-enough-1", "privilege": "monitor"});
-    let r = d.client().request("POST", "/api/users", &odd, body.to_string().as_bytes());
+    let r = d
+        .client()
+        .request("POST", "/api/users", &odd, body.to_string().as_bytes());
     assert_eq!(r.status, 201, "{}", r.text());
     let r = d.client().request("GET", "/api/systems", &odd, b"");
     assert_eq!(r.status, 200, "{}", r.text());
@@ -262,17 +341,40 @@ fn authtoken_scripts_are_untouched_by_the_console_rules() {
 
 #[test]
 fn a_cookie_session_has_the_users_privilege_and_idles_out_like_a_token() {
-    let d = Daemon::start("console-privilege", Options::default().set("session_idle", 2));
+    let d = Daemon::start(
+        "console-privilege",
+        Options::default().set("session_idle", 2),
+    );
     let root = d.root_token();
     let body = json!({"name": "watcher", "password": "long-enough-1", "privilege": "monitor"});
-    assert_eq!(d.client().post_json("/api/users", Some(&root), &body).status, 201);
+    assert_eq!(
+        d.client()
+            .post_json("/api/users", Some(&root), &body)
+            .status,
+        201
+    );
     let (r, token) = console_login(&d, "watcher", "long-enough-1");
     assert_eq!(r.json()["privilege"], "monitor");
-    let read = with_cookie(&d, "GET", "/api/replication/pending", &token, &[], &Value::Null);
+    let read = with_cookie(
+        &d,
+        "GET",
+        "/api/replication/pending",
+        &token,
+        &[],
+        &Value::Null,
+    );
     assert_eq!(read.status, 200, "{}", read.text());
     let change = with_cookie(&d, "POST", "/api/users", &token, &[SAME_ORIGIN], &body);
-    assert_eq!((change.status, change.code()), (403, 403), "{}", change.text());
-    assert_eq!(message(&change), "this operation needs the superuser privilege");
+    assert_eq!(
+        (change.status, change.code()),
+        (403, 403),
+        "{}",
+        change.text()
+    );
+    assert_eq!(
+        message(&change),
+        "this operation needs the superuser privilege"
+    );
     // Idle past session_idle: the cookie's session has ended, as a token's would.
     std::thread::sleep(Duration::from_millis(3_100));
     let late = with_cookie(&d, "GET", "/api/session", &token, &[], &Value::Null);

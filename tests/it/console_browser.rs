@@ -35,12 +35,18 @@ fn console_url(d: &Daemon, host: &str, page: &str) -> String {
     format!("https://{host}:{}/#/{page}", d.api.port())
 }
 
-/// Opens the console at `page` and logs in as root through its form.
+/// Opens the console at `page` and logs in as root through its form, unless this
+/// browser's session on `host` is still open.
 #[track_caller]
 fn log_in(b: &Browser, d: &Daemon, host: &str, page: &str) {
     b.goto(&console_url(d, host, page));
+    b.wait(&format!("#login, #page-{page}"));
+    if b.count("#login") == 0 {
+        return;
+    }
     b.wait("#login input[name=username]").send_keys("root");
-    b.wait("#login input[name=password]").send_keys(ADMIN_PASSWORD);
+    b.wait("#login input[name=password]")
+        .send_keys(ADMIN_PASSWORD);
     b.wait("#login button[type=submit]").click();
     b.wait(&format!("#page-{page}"));
 }
@@ -86,7 +92,8 @@ fn browser_a_source_asks_on_its_console_the_target_accepts_on_its_own_and_it_com
     // the presented fingerprint with the warning, and the admin compares it out of band
     // (here: with the target's real fingerprint) before confirming.
     log_in(&b, &src, "localhost", "targets");
-    b.wait("#ask input[name=target]").send_keys(&tgt.api.to_string());
+    b.wait("#ask input[name=target]")
+        .send_keys(&tgt.api.to_string());
     b.wait("#ask button[name=ask]").click();
     let presented = b.wait("#presented-fingerprint");
     assert_eq!(
@@ -95,7 +102,11 @@ fn browser_a_source_asks_on_its_console_the_target_accepts_on_its_own_and_it_com
     );
     assert_eq!(presented.text(), grouped(&tgt.ca_fingerprint()));
     let warning = b.wait("#trust").text();
-    assert!(warning.contains("not trusted yet") && warning.contains("out of band") || warning.contains("over a channel you trust"), "{warning}");
+    assert!(
+        warning.contains("not trusted yet") && warning.contains("out of band")
+            || warning.contains("over a channel you trust"),
+        "{warning}"
+    );
     b.screenshot("source-trust");
     b.wait("#trust button[name=trust]").click();
     let code = b.wait_for("#asked-code", |t| !t.is_empty()).text();
@@ -111,8 +122,14 @@ fn browser_a_source_asks_on_its_console_the_target_accepts_on_its_own_and_it_com
         "return parseFloat(getComputedStyle(document.querySelector(arguments[0])).fontSize)",
         json!([card]),
     );
-    assert!(size.as_f64().unwrap_or(0.0) >= 32.0, "verification code font size {size}");
-    assert_eq!(b.wait("#own-fingerprint").text(), grouped(&tgt.ca_fingerprint()));
+    assert!(
+        size.as_f64().unwrap_or(0.0) >= 32.0,
+        "verification code font size {size}"
+    );
+    assert_eq!(
+        b.wait("#own-fingerprint").text(),
+        grouped(&tgt.ca_fingerprint())
+    );
     b.screenshot("pending");
     b.wait("[data-request-id] button[name=accept]").click();
     let options = b.count("select[name=storage] option");
@@ -136,14 +153,87 @@ fn browser_a_source_asks_on_its_console_the_target_accepts_on_its_own_and_it_com
 
     // Every other page, on both sides, for the record.
     visit(&b, &tgt, "127.0.0.1", "systems", "table");
-    b.wait_for("#page-systems td", |t| t == "Non-Managed Replication Source");
+    b.wait_for("#page-systems td", |t| {
+        t == "Non-Managed Replication Source"
+    });
     visit(&b, &tgt, "127.0.0.1", "storage", "table");
     b.wait_for("#page-storage td", |t| t == "second");
     visit(&b, &tgt, "127.0.0.1", "audit", "table");
     b.wait_for("#page-audit td", |t| t.contains("accept"));
     visit(&b, &src, "localhost", "systems", "table");
-    // The replication queue's progress, rate and ETA: not yet (issue 14 lands the queue
-    // API; the console's queue page and its assertion come with it).
+
+    // A backup moves: held to 100 kB/s so that its progress, rate and ETA can be watched
+    // on the source's queue page (refreshing on its own) and, while it runs, on the
+    // target's as a transfer from the source.
+    let token = src.root_token();
+    throttle(
+        &src,
+        &token,
+        json!([{"percentage": 10, "days": [0, 1, 2, 3, 4, 5, 6], "start": 0, "end": 0}]),
+        8,
+    );
+    let size = 2_000_000;
+    write_backup(&src, "web01/monday.vbk", size);
+    b.goto(&console_url(&src, "localhost", "queue"));
+    let row = "#queue-active tbody tr[data-backup='web01/monday.vbk']";
+    b.wait_for(&format!("{row} .pct"), |t| t != "0 %" && t != "100 %");
+    let (done, max) = (
+        b.script(
+            "return document.querySelector(arguments[0]).value",
+            json!([format!("{row} progress")]),
+        ),
+        b.script(
+            "return document.querySelector(arguments[0]).max",
+            json!([format!("{row} progress")]),
+        ),
+    );
+    let (done, max) = (done.as_f64().unwrap_or(0.0), max.as_f64().unwrap_or(0.0));
+    assert!(
+        done > 0.0 && done < max && max == size as f64,
+        "progress {done} of {max}"
+    );
+    let rate = b.wait(&format!("{row} .rate")).text();
+    assert!(rate.ends_with("B/s"), "rate {rate}");
+    let eta = b.wait(&format!("{row} .eta")).text();
+    assert!(eta.ends_with(" s") || eta.contains("min"), "eta {eta}");
+    b.screenshot("queue-active");
+    b.goto(&console_url(&tgt, "127.0.0.1", "queue"));
+    b.wait_for(
+        "#queue-active tbody tr[data-backup='web01/monday.vbk']",
+        |t| t.contains("from system"),
+    );
+    b.screenshot("target-queue-incoming");
+    throttle(&src, &token, json!([]), 8);
+    b.goto(&console_url(&src, "localhost", "queue"));
+    let finished = b.wait_for(
+        "#queue-done tbody tr[data-backup='web01/monday.vbk']",
+        |t| t.contains("done"),
+    );
+    assert!(finished.text().contains("2.00 MB"), "{}", finished.text());
+    b.screenshot("queue-done");
+}
+
+/// Sets the source's throttle windows on a link of `link_mbps`.
+fn throttle(src: &Daemon, token: &str, windows: Value, link_mbps: u64) {
+    let r = src.client().send_json(
+        "PUT",
+        "/api/replication/throttle",
+        Some(token),
+        &json!({"throttle": windows, "link_mbps": link_mbps}),
+    );
+    assert_eq!(r.status, 200, "{}", r.text());
+}
+
+/// Writes a backup of `size` bytes into the source's backup storage as an engine does:
+/// under a dot name, then renamed into place.
+fn write_backup(src: &Daemon, name: &str, size: usize) {
+    let path = src.data_dir.join("storage").join(name);
+    let dir = path.parent().expect("client dir");
+    std::fs::create_dir_all(dir).expect("client dir");
+    let tmp = dir.join(".partial");
+    let bytes: Vec<u8> = (0..size).map(|i| (i % 251) as u8).collect();
+    std::fs::write(&tmp, bytes).expect("write backup");
+    std::fs::rename(&tmp, &path).expect("rename backup");
 }
 
 #[test]
@@ -162,20 +252,36 @@ fn browser_a_rejection_needs_a_message_and_the_source_reads_it_and_names_show_es
     // markup, a zero-width space and an isolate (its host has a strict alphabet).
     let mut hostile = request_body("6b0e0b6a-9c1e-4e2f-8a55-2f7f3d1c0001", &simple_csr().pem);
     hostile["name"] = json!("invoice\u{202e}fdp.exe <img src=x id=injected>");
-    hostile["asset_tag"] = json!("tag\u{200b}\u{2066}x");
-    let filed = tgt.client().post_json("/replication/v1/requests", None, &hostile);
+    hostile["asset_tag"] = json!("tag\u{200b}\u{2066}x\\u{41}");
+    let filed = tgt
+        .client()
+        .post_json("/replication/v1/requests", None, &hostile);
     assert_eq!(filed.status, 202, "{}", filed.text());
     let hostile_id = filed.json()["request_id"].as_u64().expect("request_id");
 
     log_in(&b, &tgt, "127.0.0.1", "pending");
     let hostile_card = format!("[data-request-id='{hostile_id}']");
     let shown = b.wait(&hostile_card).text();
-    for visible in ["invoice\\u{202e}fdp.exe <img src=x id=injected>", "tag\\u{200b}\\u{2066}x"] {
-        assert!(shown.contains(visible), "{visible:?} not shown in:\n{shown}");
+    // A backslash shows doubled, so a peer cannot write a fake escape.
+    for visible in [
+        "invoice\\u{202e}fdp.exe <img src=x id=injected>",
+        "tag\\u{200b}\\u{2066}x\\\\u{41}",
+    ] {
+        assert!(
+            shown.contains(visible),
+            "{visible:?} not shown in:\n{shown}"
+        );
     }
-    assert!(!shown.contains('\u{202e}') && !shown.contains('\u{200b}'), "{shown}");
-    assert_eq!(b.count("#injected"), 0, "markup from a peer became an element");
-    assert_eq!(b.count(&format!("{hostile_card} .esc")), 3);
+    assert!(
+        !shown.contains('\u{202e}') && !shown.contains('\u{200b}'),
+        "{shown}"
+    );
+    assert_eq!(
+        b.count("#injected"),
+        0,
+        "markup from a peer became an element"
+    );
+    assert_eq!(b.count(&format!("{hostile_card} .esc")), 4);
     b.screenshot("hostile-names");
 
     let card = format!("[data-request-id='{id}']");
@@ -197,8 +303,40 @@ fn browser_a_rejection_needs_a_message_and_the_source_reads_it_and_names_show_es
     let rejected = b.wait_for("#target-list article[data-status='rejected']", |t| {
         t.contains("Call us first")
     });
-    assert!(rejected.text().contains("Call us first \\u{202e}please"), "{}", rejected.text());
+    assert!(
+        rejected.text().contains("Call us first \\u{202e}please"),
+        "{}",
+        rejected.text()
+    );
     b.screenshot("source-rejected");
+
+    // The target's admin issues a pairing token instead; its secret shows once.
+    log_in(&b, &tgt, "127.0.0.1", "tokens");
+    b.wait("#token-create input[name=note]")
+        .send_keys("for the source that called");
+    b.wait("#token-create button[name=create]").click();
+    let join = b
+        .wait_for("#token-join", |t| t.starts_with("replgate-join/1/"))
+        .text();
+    assert!(join.contains(&tgt.ca_fingerprint()), "{join}");
+    b.wait_for("#token-list td", |t| t == "valid");
+    b.screenshot("tokens-created");
+    b.goto(&console_url(&tgt, "127.0.0.1", "tokens"));
+    b.wait_for("#token-list td", |t| t == "valid");
+    assert_eq!(b.count("#token-join"), 0, "the secret shows again");
+    assert!(!b
+        .page_text()
+        .contains(join.rsplit('/').next().unwrap_or("-")));
+
+    // The source's admin pastes the join line: accepted at once, no one involved.
+    b.goto(&console_url(&src, "localhost", "targets"));
+    b.wait("#ask input[name=join]").send_keys(&join);
+    b.wait("#ask button[name=join]").click();
+    b.wait_for("#ask-outcome", |t| t.contains("Verification code"));
+    b.wait_for("#target-list article[data-status='complete']", |t| {
+        !t.is_empty()
+    });
+    b.screenshot("source-joined");
 }
 
 /// A page on another origin of the same site (another port of 127.0.0.1), which the
@@ -226,7 +364,9 @@ fn attacker_page(html: String) -> Attacker {
     let addr = listener.local_addr().expect("addr");
     std::thread::spawn(move || {
         for tcp in listener.incoming().flatten() {
-            let Ok(conn) = rustls::ServerConnection::new(config.clone()) else { continue };
+            let Ok(conn) = rustls::ServerConnection::new(config.clone()) else {
+                continue;
+            };
             let mut tls = rustls::StreamOwned::new(conn, tcp);
             let mut head = Vec::new();
             let mut buf = [0u8; 1024];
@@ -265,7 +405,9 @@ fn browser_cross_site_forms_and_rebound_names_are_refused_and_logout_ends_the_se
     let attacker = attacker_page(form);
     let mut launch = Launch::trusting(&[&d]);
     launch.trust.push(attacker.spki.clone());
-    launch.args.push("--host-resolver-rules=MAP rebound.test 127.0.0.1".into());
+    launch
+        .args
+        .push("--host-resolver-rules=MAP rebound.test 127.0.0.1".into());
     let b = Browser::start("guard", launch);
 
     // The first load, everything transferred (page, styles, modules, icon, the session
@@ -278,9 +420,17 @@ fn browser_cross_site_forms_and_rebound_names_are_refused_and_logout_ends_the_se
          return [n.transferSize, ...r.map((e) => e.transferSize)];",
         json!([]),
     );
-    let sizes: Vec<u64> = weight.as_array().into_iter().flatten().filter_map(Value::as_u64).collect();
+    let sizes: Vec<u64> = weight
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(Value::as_u64)
+        .collect();
     let total: u64 = sizes.iter().sum();
-    eprintln!("console first load: {total} bytes transferred in {} responses {sizes:?}", sizes.len());
+    eprintln!(
+        "console first load: {total} bytes transferred in {} responses {sizes:?}",
+        sizes.len()
+    );
     assert!(sizes.len() >= 9 && sizes.iter().all(|s| *s > 0), "{weight}");
     assert!(total <= FIRST_LOAD_BUDGET, "first load {total} bytes");
     b.screenshot("login");
@@ -298,7 +448,10 @@ fn browser_cross_site_forms_and_rebound_names_are_refused_and_logout_ends_the_se
     );
     let token = cookie["value"].as_str().expect("cookie value").to_string();
     let script_sees = b.script("return document.cookie", json!([]));
-    assert!(!script_sees.as_str().unwrap_or_default().contains(COOKIE), "{script_sees}");
+    assert!(
+        !script_sees.as_str().unwrap_or_default().contains(COOKIE),
+        "{script_sees}"
+    );
 
     // A same-site page posts a form: the cookie goes along, the CSRF rule refuses it.
     b.goto(&format!("https://127.0.0.1:{}/", attacker.addr.port()));
@@ -306,7 +459,10 @@ fn browser_cross_site_forms_and_rebound_names_are_refused_and_logout_ends_the_se
     b.wait_for("body", |t| t.contains("cross-site request refused"));
     b.screenshot("cross-site-form-refused");
     let root = d.root_token();
-    let pending = d.client().get("/api/replication/pending", Some(&root)).json();
+    let pending = d
+        .client()
+        .get("/api/replication/pending", Some(&root))
+        .json();
     assert_eq!(pending["pending"][0]["status"], "pending", "{pending}");
 
     // A name that resolves to the appliance but is not one of its names (DNS rebinding).
@@ -320,8 +476,14 @@ fn browser_cross_site_forms_and_rebound_names_are_refused_and_logout_ends_the_se
     visit(&b, &d, "127.0.0.1", "audit", "table");
     b.wait("#logout").click();
     b.wait("#login input[name=username]");
-    assert!(b.cookies().iter().all(|c| c["name"] != COOKIE), "{:?}", b.cookies());
+    assert!(
+        b.cookies().iter().all(|c| c["name"] != COOKIE),
+        "{:?}",
+        b.cookies()
+    );
     let cookie = format!("{COOKIE}={token}");
-    let after = d.client().request("GET", "/api/session", &[("Cookie", cookie.as_str())], b"");
+    let after = d
+        .client()
+        .request("GET", "/api/session", &[("Cookie", cookie.as_str())], b"");
     assert_eq!(after.status, 401, "{}", after.text());
 }

@@ -69,7 +69,10 @@ impl Launch {
     /// Trusts the CAs of `daemons`.
     pub fn trusting(daemons: &[&Daemon]) -> Launch {
         Launch {
-            trust: daemons.iter().map(|d| spki_hash(d.ca_der().as_ref())).collect(),
+            trust: daemons
+                .iter()
+                .map(|d| spki_hash(d.ca_der().as_ref()))
+                .collect(),
             args: Vec::new(),
         }
     }
@@ -99,7 +102,10 @@ impl Browser {
         };
         let deadline = Instant::now() + PATIENCE;
         while b.http("GET", "/status", None).is_err() {
-            assert!(Instant::now() < deadline, "chromedriver did not start on port {port}");
+            assert!(
+                Instant::now() < deadline,
+                "chromedriver did not start on port {port}"
+            );
             std::thread::sleep(Duration::from_millis(50));
         }
         // As root Chromium needs --no-sandbox; the rest keeps it from calling home or
@@ -141,7 +147,12 @@ impl Browser {
     }
 
     /// One WebDriver HTTP exchange: the status and the JSON body.
-    fn http(&self, method: &str, path: &str, body: Option<&Value>) -> std::io::Result<(u16, Value)> {
+    fn http(
+        &self,
+        method: &str,
+        path: &str,
+        body: Option<&Value>,
+    ) -> std::io::Result<(u16, Value)> {
         let mut tcp = TcpStream::connect_timeout(&self.addr, Duration::from_secs(5))?;
         tcp.set_read_timeout(Some(Duration::from_secs(120)))?;
         let bytes = body.map(Value::to_string).unwrap_or_default();
@@ -208,7 +219,10 @@ impl Browser {
                 .unwrap_or(Value::Null);
             for e in found.as_array().into_iter().flatten() {
                 if let Some(id) = e[ELEMENT].as_str() {
-                    let el = Element { browser: self, id: id.to_string() };
+                    let el = Element {
+                        browser: self,
+                        id: id.to_string(),
+                    };
                     if el.try_text().is_some_and(|t| ok(&t)) {
                         return el;
                     }
@@ -228,9 +242,12 @@ impl Browser {
 
     /// How many elements `css` selects now.
     pub fn count(&self, css: &str) -> usize {
-        self.script("return document.querySelectorAll(arguments[0]).length", json!([css]))
-            .as_u64()
-            .unwrap_or(0) as usize
+        self.script(
+            "return document.querySelectorAll(arguments[0]).length",
+            json!([css]),
+        )
+        .as_u64()
+        .unwrap_or(0) as usize
     }
 
     /// Runs `body` (a function body; `arguments` are `args`) in the page; its result.
@@ -286,7 +303,11 @@ impl Drop for Browser {
         if !self.session.is_empty() {
             if std::thread::panicking() {
                 let shot = self.screenshot("failed");
-                eprintln!("---- browser page at failure ({}) ----\n{}", shot.display(), self.page_text());
+                eprintln!(
+                    "---- browser page at failure ({}) ----\n{}",
+                    shot.display(),
+                    self.page_text()
+                );
                 let state = self.try_command("POST", &self.path("/execute/sync"), Some(json!({"script": "return [document.readyState, performance.getEntriesByType('resource').map((e) => `${e.name} ${e.responseEnd}`)]", "args": []})));
                 eprintln!("---- loading state ----\n{state:?}");
             }
@@ -327,7 +348,8 @@ impl Element<'_> {
 
     #[track_caller]
     pub fn click(&self) {
-        self.browser.command("POST", &self.path("/click"), Some(json!({})));
+        self.browser
+            .command("POST", &self.path("/click"), Some(json!({})));
     }
 
     /// Types `text` into it (after what is there).

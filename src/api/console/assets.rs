@@ -37,6 +37,8 @@ pub const ASSETS: &[Asset] = &[
     asset!("pending.js", JS),
     asset!("inventory.js", JS),
     asset!("targets.js", JS),
+    asset!("queue.js", JS),
+    asset!("tokens.js", JS),
     asset!("admin.js", JS),
 ];
 
@@ -66,7 +68,10 @@ fn serve(name: &str) -> Result<Reply, ApiError> {
         status: 200,
         body: asset.body.to_vec(),
         content_type: asset.content_type,
-        headers: HEADERS.iter().map(|(k, v)| (*k, (*v).to_string())).collect(),
+        headers: HEADERS
+            .iter()
+            .map(|(k, v)| (*k, (*v).to_string()))
+            .collect(),
     })
 }
 
@@ -97,15 +102,19 @@ mod tests {
     #[test]
     fn all_the_console_weighs_less_than_the_first_load_budget() {
         let total: usize = ASSETS.iter().map(|a| a.body.len()).sum();
-        assert!(total < BUDGET_BYTES, "the console's files add up to {total} bytes");
+        assert!(
+            total < BUDGET_BYTES,
+            "the console's files add up to {total} bytes"
+        );
     }
 
     #[test]
     fn every_file_the_page_names_is_embedded_and_every_embedded_file_is_named() {
         let named = |name: &str| {
-            ASSETS
-                .iter()
-                .any(|a| text(a).contains(&format!("/console/{name}")) || text(a).contains(&format!("./{name}")))
+            ASSETS.iter().any(|a| {
+                text(a).contains(&format!("/console/{name}"))
+                    || text(a).contains(&format!("./{name}"))
+            })
         };
         for a in ASSETS.iter().filter(|a| a.name != "index.html") {
             assert!(named(a.name), "{} is embedded but nothing loads it", a.name);
@@ -113,7 +122,11 @@ mod tests {
         for a in ASSETS.iter().filter(|a| a.content_type == JS) {
             for import in text(a).lines().filter_map(|l| l.split("from './").nth(1)) {
                 let file = import.split('\'').next().unwrap_or("");
-                assert!(ASSETS.iter().any(|b| b.name == file), "{} imports {file}", a.name);
+                assert!(
+                    ASSETS.iter().any(|b| b.name == file),
+                    "{} imports {file}",
+                    a.name
+                );
             }
         }
     }
@@ -139,8 +152,16 @@ mod tests {
         }
         for a in ASSETS.iter().filter(|a| a.content_type == HTML) {
             let t = text(a);
-            assert!(!t.contains("<script>") && !t.contains(" style=") && !t.contains("<style"), "inline script or style in {}", a.name);
-            assert!(!t.contains("http://") && !t.contains("https://"), "{} loads from elsewhere", a.name);
+            assert!(
+                !t.contains("<script>") && !t.contains(" style=") && !t.contains("<style"),
+                "inline script or style in {}",
+                a.name
+            );
+            assert!(
+                !t.contains("http://") && !t.contains("https://"),
+                "{} loads from elsewhere",
+                a.name
+            );
         }
     }
 }

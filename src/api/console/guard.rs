@@ -97,7 +97,11 @@ pub fn host_allowed(host_header: &str, config: &Config) -> bool {
         Ok(ip) if ip == config.api_listen.ip() && !ip.is_unspecified() => true,
         _ => {
             host.eq_ignore_ascii_case("localhost")
-                || config.hostnames.iter().chain(&config.console_hosts).any(named)
+                || config
+                    .hostnames
+                    .iter()
+                    .chain(&config.console_hosts)
+                    .any(named)
         }
     }
 }
@@ -205,8 +209,16 @@ mod tests {
         let yes = [
             browser("dpu.example:8443", None, Some("same-origin")),
             browser("dpu.example:8443", Some("https://dpu.example:8443"), None),
-            browser("dpu.example:8443", Some("https://DPU.example:8443"), Some("same-site")),
-            browser("127.0.0.1:8443", Some("https://proxy.example"), Some("same-site")),
+            browser(
+                "dpu.example:8443",
+                Some("https://DPU.example:8443"),
+                Some("same-site"),
+            ),
+            browser(
+                "127.0.0.1:8443",
+                Some("https://proxy.example"),
+                Some("same-site"),
+            ),
         ];
         for b in &yes {
             assert!(same_origin(b, &c), "{b:?}");
@@ -215,14 +227,25 @@ mod tests {
         let no = [
             browser("dpu.example:8443", None, None),
             browser("dpu.example:8443", None, Some("same-site")),
-            browser("dpu.example:8443", Some("https://dpu.example:9443"), Some("same-site")),
+            browser(
+                "dpu.example:8443",
+                Some("https://dpu.example:9443"),
+                Some("same-site"),
+            ),
             browser("dpu.example:8443", Some("http://dpu.example:8443"), None),
             browser("dpu.example:8443", Some("null"), Some("cross-site")),
-            browser("dpu.example:8443", Some("https://evil.example"), Some("cross-site")),
+            browser(
+                "dpu.example:8443",
+                Some("https://evil.example"),
+                Some("cross-site"),
+            ),
         ];
         for b in &no {
             assert!(!same_origin(b, &c), "{b:?}");
-            assert!(matches!(check(b, "DELETE", &c), Err(ApiError::Forbidden(_))), "{b:?}");
+            assert!(
+                matches!(check(b, "DELETE", &c), Err(ApiError::Forbidden(_))),
+                "{b:?}"
+            );
             // Reads need only the host name.
             assert!(check(b, "GET", &c).is_ok(), "{b:?}");
         }

@@ -4,6 +4,8 @@ import { api, el, errorBox, may, stopLive, fingerprint } from './lib.js';
 import { pending } from './pending.js';
 import { systems, storage } from './inventory.js';
 import { targets } from './targets.js';
+import { queue } from './queue.js';
+import { tokens } from './tokens.js';
 import { users, audit } from './admin.js';
 
 const PAGES = [
@@ -11,6 +13,8 @@ const PAGES = [
   { id: 'systems', title: 'Systems', render: systems },
   { id: 'storage', title: 'Storage', render: storage },
   { id: 'targets', title: 'Targets', render: targets },
+  { id: 'queue', title: 'Replication queue', render: queue },
+  { id: 'tokens', title: 'Pairing tokens', render: tokens },
   { id: 'users', title: 'Users', render: users, needs: 'superuser' },
   { id: 'audit', title: 'Audit', render: audit },
 ];

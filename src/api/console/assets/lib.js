@@ -39,14 +39,17 @@ export async function api(method, path, body) {
   return json || {};
 }
 
-// Characters that could hide or reorder what a peer-supplied name shows: controls,
-// format characters (bidi overrides and isolates, zero-width ones, the BOM), private use,
-// unassigned code points, line and paragraph separators, and every space but U+0020.
-const HIDDEN = /(?! )[\p{C}\p{Z}]/gu;
+// The one rule for peer-supplied text, the same as `replgate ctl`'s (docs/decisions.md,
+// "Showing peer-supplied text"): every character that would not show as itself is shown
+// escaped. Controls (C0, DEL, C1); the format characters (Unicode Cf: bidi overrides and
+// isolates, zero-width ones, the BOM, tags...); the line and paragraph separators; every
+// space but U+0020; the invisible fillers; and the backslash itself, so that a name
+// cannot fake an escape.
+const HIDDEN = /[\u0000-\u001f\u007f-\u009f\u00ad\u0600-\u0605\u061c\u06dd\u070f\u0890\u0891\u08e2\u180e\u200b-\u200f\u202a-\u202e\u2060-\u2064\u2066-\u206f\ufeff\ufff9-\ufffb\u{110bd}\u{110cd}\u{13430}-\u{1343f}\u{1bca0}-\u{1bca3}\u{1d173}-\u{1d17a}\u{e0001}\u{e0020}-\u{e007f}\u2028\u2029\u00a0\u1680\u2000-\u200a\u202f\u205f\u3000\u034f\u115f\u1160\u3164\uffa0\\]/gu;
 
-/** A hidden character as Rust's `escape_default` writes it, as `replgate ctl` shows it. */
+/** A hidden character as `replgate ctl` shows it: `\n` `\r` `\t` `\\`, else `\u{hex}`. */
 export function escapeChar(c) {
-  const named = { '\t': '\\t', '\n': '\\n', '\r': '\\r' };
+  const named = { '\t': '\\t', '\n': '\\n', '\r': '\\r', '\\': '\\\\' };
   return named[c] || `\\u{${c.codePointAt(0).toString(16)}}`;
 }
 

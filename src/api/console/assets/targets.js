@@ -9,6 +9,8 @@ export function targets(root) {
   const target = el('input', { name: 'target', required: true, placeholder: 'target.example:8443', size: 28 });
   const ip = el('input', { name: 'ip', placeholder: 'optional', size: 18 });
   const storageId = el('input', { name: 'storage_id', placeholder: 'optional', size: 6, inputMode: 'numeric' });
+  const token = el('input', { name: 'token', placeholder: 'optional', size: 30, autocomplete: 'off' });
+  const join = el('input', { name: 'join', placeholder: 'replgate-join/1/…', size: 60, autocomplete: 'off' });
   const outcome = el('div', { id: 'ask-outcome' });
   const form = el('form', { class: 'card', id: 'ask' },
     el('h2', {}, 'Ask a target for replication'),
@@ -16,7 +18,11 @@ export function targets(root) {
       el('label', {}, 'Target (host[:port])', el('br', {}), target),
       el('label', {}, 'Connect to address', el('br', {}), ip),
       el('label', {}, 'Storage on the target', el('br', {}), storageId),
+      el('label', {}, 'Pairing token', el('br', {}), token),
       el('button', { type: 'submit', class: 'primary', name: 'ask' }, 'Ask')),
+    el('div', { class: 'row' },
+      el('label', {}, 'Or paste a join line from the target\'s admin', el('br', {}), join),
+      el('button', { type: 'button', name: 'join', on: { click: () => joinLine() } }, 'Ask with the join line')),
     outcome);
   const list = el('div', { id: 'target-list' });
   root.append(form, el('h2', {}, 'Requests and pairings'), list);
@@ -25,7 +31,21 @@ export function targets(root) {
     const body = { type: 'appliance', target: target.value.trim(), ...extra };
     if (ip.value.trim()) body.ip = ip.value.trim();
     if (storageId.value.trim()) body.storage_id = storageId.value.trim();
+    if (token.value.trim() && !body.token) body.token = token.value.trim();
     return api('POST', '/api/replication/target', body);
+  }
+
+  // replgate-join/1/HOST/PORT/FINGERPRINT/TOKEN: the target's address, its CA's
+  // fingerprint (so no confirmation step: the target's admin handed it over) and a token.
+  function joinLine() {
+    const parts = join.value.trim().split('/');
+    if (parts.length !== 6 || parts[0] !== 'replgate-join' || parts[1] !== '1') {
+      outcome.replaceChildren(errorBox({ message: 'a join line is replgate-join/1/HOST/PORT/FINGERPRINT/TOKEN' }));
+      return;
+    }
+    const [, , host, port, fingerprint, secret] = parts;
+    target.value = `${host.includes(':') && !host.startsWith('[') ? `[${host}]` : host}:${port}`;
+    submit({ fingerprint, token: secret });
   }
 
   async function submit(extra) {
