@@ -6,6 +6,7 @@
 mod harness;
 
 mod auth;
+mod backend;
 mod bad_input;
 mod compat;
 mod console;

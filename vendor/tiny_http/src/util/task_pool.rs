@@ -69,7 +69,10 @@ impl TaskPool {
     pub fn spawn(&self, code: Box<dyn FnMut() + Send>) {
         let mut queue = self.sharing.todo.lock().unwrap();
 
-        if self.sharing.waiting_tasks.load(Ordering::Acquire) == 0 {
+        // replgate patch (vendor/tiny_http/PATCHES.md): a waiting thread that was already
+        // notified counts as waiting until it wakes, so compare with the tasks queued for
+        // them; 0.12.0 checked `== 0` and left a burst of tasks without a thread.
+        if self.sharing.waiting_tasks.load(Ordering::Acquire) <= queue.len() {
             self.add_thread(Some(code));
         } else {
             queue.push_back(code);
