@@ -321,7 +321,7 @@ fn browser_a_rejection_needs_a_message_and_the_source_reads_it_and_names_show_es
     assert!(join.contains(&tgt.ca_fingerprint()), "{join}");
     b.wait_for("#token-list td", |t| t == "valid");
     b.screenshot("tokens-created");
-    b.goto(&console_url(&tgt, "127.0.0.1", "tokens"));
+    b.reload();
     b.wait_for("#token-list td", |t| t == "valid");
     assert_eq!(b.count("#token-join"), 0, "the secret shows again");
     assert!(!b

@@ -199,6 +199,12 @@ impl Browser {
         self.command("POST", &self.path("/url"), Some(json!({ "url": url })));
     }
 
+    /// Reloads the page (a `goto` to the same URL with a fragment would not).
+    #[track_caller]
+    pub fn reload(&self) {
+        self.command("POST", &self.path("/refresh"), Some(json!({})));
+    }
+
     /// The element `css` selects, once there is one.
     #[track_caller]
     pub fn wait(&self, css: &str) -> Element<'_> {

@@ -62,8 +62,10 @@ export function queue(root) {
         ['', (i) => el('div', { class: 'row' },
           button('Remove', '', () => change(i, 'none', 'removed from the queue')),
           button('Re-queue at the end', '', () => change(i, 'reset', 'queued again at the end')))],
-      ], q.inactive || [], 'Nothing waits.'),
-      q.total_inactive > (q.inactive || []).length ? el('p', { class: 'muted' }, `${q.total_inactive} in all; the first ${(q.inactive || []).length} are shown.`) : null);
+      ], q.inactive || [], 'Nothing waits.'));
+      if (q.total_inactive > (q.inactive || []).length) {
+        waiting.append(el('p', { class: 'muted' }, `${q.total_inactive} in all; the first ${(q.inactive || []).length} are shown.`));
+      }
       done.replaceChildren(table([
         ['Backup', (i) => i.backup],
         ['To', (i) => i.target],

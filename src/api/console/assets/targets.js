@@ -52,9 +52,11 @@ export function targets(root) {
     outcome.replaceChildren(el('p', { class: 'muted' }, `Asking ${target.value.trim()}…`));
     try {
       const r = await ask(extra);
+      const next = extra.token || token.value.trim()
+        ? 'It carries a pairing token, so the target accepts it at once.'
+        : 'Read this verification code to the target\'s admin; they accept only if it matches the code on their console.';
       outcome.replaceChildren(
-        notice(`Asked ${target.value.trim()}: request ${r.request_id} is ${r.status}. Read this verification code to the target's admin; ` +
-          'they accept only if it matches the code on their console.'),
+        notice(`Asked ${target.value.trim()}: request ${r.request_id} is ${r.status}. ${next}`),
         el('div', { class: 'code-box' }, el('div', { class: 'label' }, 'Verification code'), el('span', { class: 'code', id: 'asked-code' }, r.verification_code)));
       refresh();
     } catch (e) {

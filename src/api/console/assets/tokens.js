@@ -9,8 +9,8 @@ export function tokens(root) {
   const secret = el('div', { id: 'token-secret' });
   const list = el('div', { id: 'token-list' });
   const storage = el('select', { name: 'storage_id' }, el('option', { value: '' }, 'the default backup storage'));
-  const uses = el('input', { name: 'uses', type: 'number', min: 1, value: 1, size: 5 });
-  const days = el('input', { name: 'expires_days', type: 'number', min: 1, max: 90, value: 7, size: 4 });
+  const uses = el('input', { name: 'uses', type: 'number', min: 1, defaultValue: '1', size: 5 });
+  const days = el('input', { name: 'expires_days', type: 'number', min: 1, max: 90, defaultValue: '7', size: 4 });
   const quota = el('input', { name: 'quota_mb', type: 'number', min: 1, placeholder: 'none', size: 8 });
   const host = el('input', { name: 'host', placeholder: 'any', size: 18 });
   const uuid = el('input', { name: 'system_uuid', placeholder: 'any', size: 20 });
