@@ -457,6 +457,15 @@ fn body_routes(csr_pem: &str) -> Vec<BodyRoute> {
                 ("password", Str, s("wrong-password")),
             ],
         },
+        // The console's login: the same body, from the console's own page.
+        BodyRoute {
+            method: "POST",
+            path: "/api/session",
+            fields: vec![
+                ("username", Str, s("fuzzuser")),
+                ("password", Str, s("wrong-password")),
+            ],
+        },
         BodyRoute {
             method: "POST",
             path: "/api/users",
@@ -967,7 +976,9 @@ fn json_bodies_against_a_real_daemon() {
             "application/x-www-form-urlencoded",
         ]);
         let mut headers = vec![("Content-Type", ctype)];
-        if path.starts_with("/api/") && path != "/api/login" {
+        if path == "/api/session" {
+            headers.push(("Sec-Fetch-Site", "same-origin"));
+        } else if path.starts_with("/api/") && path != "/api/login" {
             headers.push(("AuthToken", root.as_str()));
         }
         sent += 1;
