@@ -50,13 +50,6 @@ fn user_with(d: &Daemon, root: &str, name: &str, privilege: &str) -> String {
 }
 
 /// The error message of a documented error body.
-fn message(r: &Response) -> String {
-    r.json()["result"][0]["message"]
-        .as_str()
-        .unwrap_or_default()
-        .to_string()
-}
-
 #[test]
 fn the_powershell_toolkit_and_wiki_shapes_reach_their_routes() {
     let d = Daemon::start("compat-shapes", Options::default());
@@ -143,7 +136,7 @@ fn the_powershell_toolkit_and_wiki_shapes_reach_their_routes() {
         b"",
     );
     assert_eq!(r.status, 404, "{}", r.text());
-    assert!(message(&r).contains("999999"), "{}", r.text());
+    assert!(r.message().contains("999999"), "{}", r.text());
     let r = c.request(
         "DELETE",
         &format!("//api/replication/source/?sid={sid}"),
@@ -158,7 +151,7 @@ fn the_powershell_toolkit_and_wiki_shapes_reach_their_routes() {
         &request_body("92929292-0000-4333-8444-555555555555", &simple_csr().pem),
     );
     assert_eq!(r.status, 404, "{}", r.text());
-    assert!(message(&r).contains("no such path"), "{}", r.text());
+    assert!(r.message().contains("no such path"), "{}", r.text());
 }
 
 /// A concrete path for a route pattern, with an unlikely value in every parameter.
@@ -380,7 +373,7 @@ fn json_bodies_arrive_under_a_form_content_type_and_after_expect_100_continue() 
         &json!({"name": 7, "host": "x"}),
     );
     assert_eq!(r.status, 400);
-    assert!(message(&r).contains("`name`"), "{}", r.text());
+    assert!(r.message().contains("`name`"), "{}", r.text());
     let names: Vec<Value> = d
         .client()
         .get("/api/systems?include_pending=0", Some(&root))
@@ -413,10 +406,10 @@ fn sid_means_this_appliance_on_every_api_read() {
         assert!(local.status < 300, "{path}: {}", local.text());
         let other = c.get(&format!("{path}/?sid=7"), Some(&root));
         assert_eq!(other.status, 404, "{path}?sid=7: {}", other.text());
-        assert!(message(&other).contains("id 7"), "{}", other.text());
+        assert!(other.message().contains("id 7"), "{}", other.text());
         let bad = c.get(&format!("{path}?sid=seven"), Some(&root));
         assert_eq!(bad.status, 400, "{path}?sid=seven: {}", bad.text());
-        assert!(message(&bad).contains("`sid`"), "{}", bad.text());
+        assert!(bad.message().contains("`sid`"), "{}", bad.text());
     }
     // A route that names a system by sid keeps its own meaning: 404 for an unknown system.
     let r = c.send_json(
@@ -426,7 +419,7 @@ fn sid_means_this_appliance_on_every_api_read() {
         &json!({"storage_id": 1}),
     );
     assert_eq!(r.status, 404, "{}", r.text());
-    assert!(message(&r).contains("no system with id 1"), "{}", r.text());
+    assert!(r.message().contains("no system with id 1"), "{}", r.text());
 }
 
 #[test]
@@ -696,7 +689,7 @@ fn a_requested_storage_that_cannot_hold_the_source_needs_the_admins_choice() {
     );
     assert_eq!(r.status, 400, "{}", r.text());
     assert!(
-        message(&r).contains("`storage_id`") && message(&r).contains("storage 9"),
+        r.message().contains("`storage_id`") && r.message().contains("storage 9"),
         "{}",
         r.text()
     );
@@ -712,7 +705,7 @@ fn a_requested_storage_that_cannot_hold_the_source_needs_the_admins_choice() {
     bad["storage_id"] = json!("two");
     let r = d.client().post_json("/replication/v1/requests", None, &bad);
     assert_eq!(r.status, 400);
-    assert!(message(&r).contains("`storage_id`"), "{}", r.text());
+    assert!(r.message().contains("`storage_id`"), "{}", r.text());
 }
 
 /// The appliance's source side sends `storage_id` and `ip` (SPEC 4): the request reaches
@@ -748,7 +741,7 @@ fn the_source_connects_to_ip_and_the_target_sees_the_storage_asked_for() {
         &json!({"type": "appliance", "target": "x.invalid:1", "ip": "127.0.0.999"}),
     );
     assert_eq!(bad.status, 400, "{}", bad.text());
-    assert!(message(&bad).contains("`ip`"), "{}", bad.text());
+    assert!(bad.message().contains("`ip`"), "{}", bad.text());
 
     let pending = tgt
         .client()

@@ -65,13 +65,6 @@ fn with_cookie(
     d.client().request(method, path, &headers, &bytes)
 }
 
-fn message(r: &Response) -> String {
-    r.json()["result"][0]["message"]
-        .as_str()
-        .unwrap_or_default()
-        .to_string()
-}
-
 #[test]
 fn console_page_and_files_are_served_with_a_strict_policy() {
     let d = Daemon::start("console-files", Options::default());
@@ -165,7 +158,7 @@ fn a_console_login_hands_the_token_over_only_as_an_httponly_cookie() {
         br#"{"username":"root","password":"wrong"}"#,
     );
     assert_eq!((wrong.status, wrong.code()), (401, 401));
-    assert_eq!(message(&wrong), "invalid user name or password");
+    assert_eq!(wrong.message(), "invalid user name or password");
     assert!(wrong.header("Set-Cookie").is_none());
 }
 
@@ -199,7 +192,7 @@ fn cookie_calls_that_change_state_must_come_from_the_consoles_origin() {
         let r = with_cookie(&d, "POST", "/api/users", &token, &headers, &user("mallory"));
         assert_eq!((r.status, r.code()), (403, 403), "{what}: {}", r.text());
         assert!(
-            message(&r).starts_with("cross-site request refused"),
+            r.message().starts_with("cross-site request refused"),
             "{what}: {}",
             r.text()
         );
@@ -282,7 +275,7 @@ fn the_console_refuses_host_names_that_are_not_the_appliances() {
         let r = d.client().request("GET", path, &rebound, b"");
         assert_eq!((r.status, r.code()), (403, 403), "{path}: {}", r.text());
         assert!(
-            message(&r).contains("\"rebound.example:8443\""),
+            r.message().contains("\"rebound.example:8443\""),
             "{}",
             r.text()
         );
@@ -372,7 +365,7 @@ fn a_cookie_session_has_the_users_privilege_and_idles_out_like_a_token() {
         change.text()
     );
     assert_eq!(
-        message(&change),
+        change.message(),
         "this operation needs the superuser privilege"
     );
     // Idle past session_idle: the cookie's session has ended, as a token's would.

@@ -448,23 +448,23 @@ const NO_BODY: &[(&str, &str)] = &[
 fn body_routes(csr_pem: &str) -> Vec<BodyRoute> {
     let s = |v: &str| Value::String(v.into()).to_string();
     use Kind::*;
+    let login = || {
+        vec![
+            ("username", Str, s("fuzzuser")),
+            ("password", Str, s("wrong-password")),
+        ]
+    };
     vec![
         BodyRoute {
             method: "POST",
             path: "/api/login",
-            fields: vec![
-                ("username", Str, s("fuzzuser")),
-                ("password", Str, s("wrong-password")),
-            ],
+            fields: login(),
         },
         // The console's login: the same body, from the console's own page.
         BodyRoute {
             method: "POST",
             path: "/api/session",
-            fields: vec![
-                ("username", Str, s("fuzzuser")),
-                ("password", Str, s("wrong-password")),
-            ],
+            fields: login(),
         },
         BodyRoute {
             method: "POST",

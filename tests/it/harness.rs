@@ -654,6 +654,14 @@ impl Response {
             .find(|(k, _)| k.eq_ignore_ascii_case(name))
             .map(|(_, v)| v.as_str())
     }
+    /// The message of a documented error body (`""` when there is none).
+    pub fn message(&self) -> String {
+        serde_json::from_slice::<Value>(&self.body)
+            .ok()
+            .and_then(|v| v["result"][0]["message"].as_str().map(String::from))
+            .unwrap_or_default()
+    }
+
     /// The application error code of a documented error body.
     pub fn code(&self) -> u64 {
         self.json()["result"][0]["code"]
