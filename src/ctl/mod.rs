@@ -14,7 +14,7 @@ mod client;
 mod prompt;
 mod session;
 mod settings;
-mod table;
+pub(crate) mod table;
 
 use std::fmt;
 use std::io::{self, Write};

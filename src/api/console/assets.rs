@@ -131,6 +131,68 @@ mod tests {
         }
     }
 
+    /// The characters of the console's `HIDDEN` class in `lib.js`: `\uXXXX`, `\u{X}` and
+    /// `\\` items, and `a-b` ranges of them.
+    fn hidden_class() -> Vec<(u32, u32)> {
+        let lib = ASSETS
+            .iter()
+            .find(|a| a.name == "lib.js")
+            .map(text)
+            .unwrap_or("");
+        let class = lib
+            .split("const HIDDEN = /[")
+            .nth(1)
+            .and_then(|rest| rest.split("]/gu;").next())
+            .expect("lib.js defines HIDDEN as one character class");
+        let mut items: Vec<u32> = Vec::new();
+        let mut ranges = Vec::new();
+        let mut rest = class;
+        let mut range_open = false;
+        while !rest.is_empty() {
+            let (c, len) = if let Some(r) = rest.strip_prefix("\\u{") {
+                let hex = r.split('}').next().unwrap_or("");
+                (u32::from_str_radix(hex, 16).expect("hex"), 4 + hex.len())
+            } else if let Some(r) = rest.strip_prefix("\\u") {
+                (u32::from_str_radix(&r[..4], 16).expect("hex"), 6)
+            } else if rest.starts_with("\\\\") {
+                (u32::from('\\'), 2)
+            } else if rest.starts_with('-') {
+                range_open = true;
+                rest = &rest[1..];
+                continue;
+            } else {
+                panic!("unexpected in HIDDEN: {rest}");
+            };
+            rest = &rest[len..];
+            match (range_open, items.pop()) {
+                (true, Some(from)) => ranges.push((from, c)),
+                (_, prev) => {
+                    ranges.extend(prev.map(|p| (p, p)));
+                    items.push(c);
+                }
+            }
+            range_open = false;
+        }
+        ranges.extend(items.into_iter().map(|c| (c, c)));
+        ranges
+    }
+
+    /// One rule for the console and `ctl` (docs/decisions.md, "Showing peer-supplied
+    /// text"): the console escapes exactly the characters `ctl` escapes, plus `\`, which
+    /// both double.
+    #[test]
+    fn the_console_escapes_exactly_what_ctl_escapes() {
+        let class = hidden_class();
+        for cp in 0..=0x10_ffff_u32 {
+            let Some(c) = char::from_u32(cp) else {
+                continue;
+            };
+            let console = class.iter().any(|(a, b)| (*a..=*b).contains(&cp));
+            let ctl = crate::ctl::table::shown_escaped(c) || c == '\\';
+            assert_eq!(console, ctl, "U+{cp:04X}: console {console}, ctl {ctl}");
+        }
+    }
+
     /// The escaping rule (docs/decisions.md, Console): text from the API only ever goes
     /// in as text. The CSP's Trusted Types enforce it in the browser; this keeps the
     /// sinks out of the source in the first place.
