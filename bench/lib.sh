@@ -88,7 +88,7 @@ start_replgate() {
   shift
   RG_DATA=$WORK/$name/data
   RG_LOG=$WORK/$name/daemon.log
-  RG_API=127.0.0.1:$(free_port)
+  RG_API=${RG_API_FIXED:-127.0.0.1:$(free_port)}
   mkdir -p "$WORK/$name"
   env REPLGATE_ADMIN_PASSWORD=$PASSWORD REPLGATE_DATA_DIR="$RG_DATA" \
     REPLGATE_API_LISTEN="$RG_API" REPLGATE_TUNNEL_LISTEN="127.0.0.1:$(free_port)" \

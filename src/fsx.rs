@@ -268,10 +268,22 @@ impl PartialFile {
         }
     }
 
-    /// Makes the whole file durable and renames it to `final_path` (same directory),
-    /// replacing what was there. The rename is durable after [`sync_dir`] of the directory.
-    pub fn rename_to(self, final_path: &Path) -> io::Result<()> {
-        self.file.sync_all()?;
+    /// Makes the whole file durable, data and metadata (fsync).
+    pub fn sync_all(&self) -> io::Result<()> {
+        self.file.sync_all()
+    }
+
+    /// A second handle that can only make the file durable, for a checkpoint taken on
+    /// another thread while writing goes on: what was written before the call is durable
+    /// when it returns.
+    pub fn sync_handle(&self) -> io::Result<SyncHandle> {
+        Ok(SyncHandle(self.file.try_clone()?))
+    }
+
+    /// Renames the file to `final_path` (same directory), replacing what was there. Call
+    /// [`PartialFile::sync_all`] first; the rename is durable after [`sync_dir`] of the
+    /// directory, so many files can share one directory sync.
+    pub fn rename_into(self, final_path: &Path) -> io::Result<()> {
         drop(self.file);
         fs::rename(&self.path, final_path)
     }
@@ -280,6 +292,17 @@ impl PartialFile {
     pub fn discard(self) -> io::Result<()> {
         drop(self.file);
         remove_file_durable(&self.path)
+    }
+}
+
+/// See [`PartialFile::sync_handle`].
+#[derive(Debug)]
+pub struct SyncHandle(File);
+
+impl SyncHandle {
+    /// fdatasync.
+    pub fn sync_data(&self) -> io::Result<()> {
+        self.0.sync_data()
     }
 }
 
@@ -549,8 +572,10 @@ mod tests {
         assert_eq!(p.len(), 6);
         p.write_all(b"world").unwrap();
         p.start_writeback();
+        p.sync_handle().unwrap().sync_data().unwrap();
         assert!(!fin.exists());
-        p.rename_to(&fin).unwrap();
+        p.sync_all().unwrap();
+        p.rename_into(&fin).unwrap();
         sync_dir(&d).unwrap();
         assert_eq!(fs::read(&fin).unwrap(), b"hello world");
         assert!(!part.exists());

@@ -5,7 +5,7 @@
 //! written: the connection is split into a reader and a writer half over one rustls
 //! connection (socket I/O outside the lock, so neither half waits on the other's socket).
 
-use std::io::{self, Read, Write};
+use std::io::{self, BufWriter, Read, Write};
 use std::net::{Shutdown, TcpStream, ToSocketAddrs};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -58,6 +58,8 @@ const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 const READ_TIMEOUT: Duration = Duration::from_secs(120);
 /// The target stops taking bytes for this long: it is gone.
 const WRITE_TIMEOUT: Duration = Duration::from_secs(60);
+/// Plaintext gathered before it is encrypted and sent: two `Data` frames.
+const WRITE_BUFFER: usize = 512 * 1024;
 /// The most of an error answer read for its message.
 const MAX_ERROR_BODY: usize = 16 * 1024;
 /// The most of a response head read.
@@ -152,7 +154,9 @@ impl Drop for TunnelWriter {
 /// One transfer session's streams: frames go into `body`, the target's come out of
 /// `replies`.
 pub struct TransferStream {
-    pub body: ChunkedWriter<TunnelWriter>,
+    /// Buffered under the chunked coding, so a chunk's size line, its data and its CRLF
+    /// leave in full TLS records rather than three records (and writes) per frame.
+    pub body: ChunkedWriter<BufWriter<TunnelWriter>>,
     pub replies: ChunkedReader<TunnelReader>,
 }
 
@@ -292,7 +296,7 @@ pub fn open_transfer(
         ));
     }
     Ok(TransferStream {
-        body: ChunkedWriter::new(writer),
+        body: ChunkedWriter::new(BufWriter::with_capacity(WRITE_BUFFER, writer)),
         replies: ChunkedReader::new(reader),
     })
 }

@@ -11,6 +11,7 @@ pub mod receiver;
 pub mod scan;
 pub mod scheduler;
 pub mod sender;
+pub mod sink;
 pub mod stream;
 pub mod throttle;
 pub mod verify;

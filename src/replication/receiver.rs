@@ -20,6 +20,7 @@ use std::time::{Duration, Instant};
 use ring::digest::{Context as Sha256, SHA256};
 
 use super::live::{Event, Incoming, Live};
+use super::sink::Sink;
 use super::names::{check_component, BackupName};
 use super::stream::{FrameReader, FrameWriter, StreamError};
 use crate::config::Storage;
@@ -43,8 +44,6 @@ const GROUP_BYTES: u64 = 64 * 1024 * 1024;
 const GROUP_WAIT: Duration = Duration::from_millis(50);
 /// A checkpoint also happens after this long without one, while bytes arrive.
 const CHECKPOINT_AFTER: Duration = Duration::from_secs(1);
-/// Written data is handed to writeback after this many bytes.
-const WRITEBACK_EVERY: u64 = 8 * 1024 * 1024;
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|e| e.into_inner())
@@ -335,17 +334,16 @@ struct Offered<'l> {
     reservation: Reservation<'l>,
 }
 
+/// The file being received; its bytes go to the session's [`Sink`], which holds it.
 struct Current<'l> {
     seq: u32,
     offer: Offered<'l>,
-    file: PartialFile,
     hasher: Sha256,
     written: u64,
     /// The durable offset recorded in the database (0: no row yet).
     recorded: u64,
     next_checkpoint: u64,
     last_checkpoint: Instant,
-    next_writeback: u64,
     started: UnixTime,
     incoming: std::sync::Arc<Incoming>,
     _registered: super::live::Registered<'l>,
@@ -376,6 +374,8 @@ struct Session<'c, 'l, W: Write> {
     offered: HashMap<u32, Offered<'l>>,
     last_seq: Option<u32>,
     current: Option<Current<'l>>,
+    /// Writes the current file on its own threads.
+    sink: Sink,
     /// The current file failed already; its remaining frames are ignored.
     poisoned: Option<u32>,
     group: VecDeque<Verified<'l>>,
@@ -389,7 +389,24 @@ struct Session<'c, 'l, W: Write> {
 /// Whatever was verified is committed, and the file in progress is checkpointed, however
 /// the session ends.
 pub fn serve(ctx: &Context<'_>, source: &Source, input: impl Read, output: impl Write) -> Summary {
+    let sink = match Sink::spawn(ctx.store.clone(), source.uuid.clone()) {
+        Ok(s) => s,
+        Err(e) => {
+            let m = format!("cannot start a file writer: {e}");
+            let mut out = FrameWriter::new(output);
+            let _ = out.send(&Frame::Fatal {
+                code: Code::Unavailable,
+                message: &m,
+            });
+            let _ = out.flush();
+            return Summary {
+                error: Some(m),
+                ..Summary::default()
+            };
+        }
+    };
     let mut session = Session {
+        sink,
         ctx,
         source,
         out: FrameWriter::new(output),
@@ -701,8 +718,8 @@ impl<'c, 'l, W: Write> Session<'c, 'l, W> {
             &[&self.source.uuid, offer.name.client()],
         )
         .and_then(|_| PartialFile::open(&partial_path(&dir, &offer.name), keep));
-        let file = match opened {
-            Ok(f) => f,
+        match opened.and_then(|f| self.sink.open(f)) {
+            Ok(()) => {}
             Err(e) => {
                 let m = format!(
                     "cannot write {} on storage {}: {e}",
@@ -746,13 +763,11 @@ impl<'c, 'l, W: Write> Session<'c, 'l, W> {
         let chunk = chunk_for(offer.size);
         self.current = Some(Current {
             seq,
-            file,
             hasher,
             written: keep,
             recorded: keep,
             next_checkpoint: keep + chunk,
             last_checkpoint: Instant::now(),
-            next_writeback: keep + WRITEBACK_EVERY,
             started: now,
             incoming,
             _registered: registered,
@@ -781,7 +796,7 @@ impl<'c, 'l, W: Write> Session<'c, 'l, W> {
             self.fail_current(Code::SizeMismatch, m);
             return Ok(());
         }
-        if let Err(e) = cur.file.write_all(bytes) {
+        if let Err(e) = self.sink.write(bytes) {
             let m = format!(
                 "cannot write {} on storage {}: {e}",
                 cur.offer.name, self.source.storage.id
@@ -795,47 +810,48 @@ impl<'c, 'l, W: Write> Session<'c, 'l, W> {
         cur.incoming.progress.advance(len);
         self.ctx.live.count_received(len);
         self.summary.bytes += len;
-        if cur.written >= cur.next_writeback {
-            cur.file.start_writeback();
-            cur.next_writeback = cur.written + WRITEBACK_EVERY;
-        }
         if cur.written >= cur.next_checkpoint
             || (cur.last_checkpoint.elapsed() >= CHECKPOINT_AFTER && cur.written > cur.recorded)
         {
-            self.checkpoint_current();
+            // On the sink's threads: the stream keeps flowing while the disk catches up.
+            cur.next_checkpoint = cur.written + chunk_for(cur.offer.size);
+            cur.last_checkpoint = Instant::now();
+            cur.recorded = cur.written;
+            let row = partial_row(self.source, cur, (self.ctx.now)());
+            if let Err(e) = self.sink.checkpoint(row) {
+                log::warn!("replication: checkpoint of {}: {e}", cur.offer.name);
+            }
         }
         Ok(())
     }
 
-    /// Makes the open file durable up to what was written and records that offset.
+    /// Makes the open file durable up to what was written and records that offset, now
+    /// (the session is ending). The file stays in progress, resumable.
     fn checkpoint_current(&mut self) {
         let Some(cur) = self.current.as_mut() else {
             return;
         };
-        if self.poisoned == Some(cur.seq) || cur.written == cur.recorded {
+        let file = match self.sink.close() {
+            Ok(f) => f,
+            Err(e) => {
+                log::warn!("replication: checkpoint of {}: {e}", cur.offer.name);
+                return;
+            }
+        };
+        // What was written so far: the sink wrote everything queued before close.
+        let written = file.len();
+        if self.poisoned == Some(cur.seq) || written == 0 {
             return;
         }
-        let chunk = chunk_for(cur.offer.size);
-        cur.next_checkpoint = cur.written + chunk;
-        cur.last_checkpoint = Instant::now();
-        if let Err(e) = cur.file.sync_data() {
+        if let Err(e) = file.sync_data() {
             log::warn!("replication: checkpoint of {}: {e}", cur.offer.name);
             return;
         }
-        let now = (self.ctx.now)();
-        let row = PartialRecord {
-            backup: cur.offer.name.as_str().to_string(),
-            storage_id: self.source.storage.id,
-            size: cur.offer.size,
-            version: cur.offer.version,
-            offset: cur.written,
-            started: cur.started,
-            updated: now,
-            verified_sha256: None,
-        };
+        cur.written = written;
+        let row = partial_row(self.source, cur, (self.ctx.now)());
         let uuid = &self.source.uuid;
         match self.ctx.store.write(|tx| tx.put_partial(uuid, &row)) {
-            Ok(()) => cur.recorded = cur.written,
+            Ok(()) => cur.recorded = written,
             Err(e) => log::warn!("replication: record checkpoint of {}: {e}", cur.offer.name),
         }
     }
@@ -846,7 +862,9 @@ impl<'c, 'l, W: Write> Session<'c, 'l, W> {
             return;
         };
         let dir = client_dir(self.source, &cur.offer.name);
-        let _ = cur.file.discard();
+        if let Ok(file) = self.sink.close() {
+            let _ = file.discard();
+        }
         drop_partial(self.ctx.store, &self.source.uuid, &dir, &cur.offer.name);
         self.report_failure(cur.seq, &cur.offer.name, code, &message);
     }
@@ -856,6 +874,7 @@ impl<'c, 'l, W: Write> Session<'c, 'l, W> {
         let Some(cur) = self.current.take() else {
             return;
         };
+        let _ = self.sink.close();
         self.report_failure(cur.seq, &cur.offer.name, code, &message);
     }
 
@@ -912,11 +931,23 @@ impl<'c, 'l, W: Write> Session<'c, 'l, W> {
             self.poisoned = None;
             return Ok(());
         }
+        let file = match self.sink.close() {
+            Ok(f) => f,
+            Err(e) => {
+                let m = format!(
+                    "cannot write {} on storage {}: {e}",
+                    cur.offer.name, self.source.storage.id
+                );
+                self.report_failure(seq, &cur.offer.name, Code::Storage, &m);
+                self.poisoned = None;
+                return Ok(());
+            }
+        };
         let size = cur.offer.size;
         self.group.push_back(Verified {
             seq,
             offer: cur.offer,
-            file: cur.file,
+            file,
             sha256: ours,
             started: cur.started,
         });
@@ -940,7 +971,9 @@ impl<'c, 'l, W: Write> Session<'c, 'l, W> {
             // The source abandoned the file (removed by its admin, or it changed on disk).
             if let Some(cur) = self.current.take() {
                 let dir = client_dir(self.source, &cur.offer.name);
-                let _ = cur.file.discard();
+                if let Ok(file) = self.sink.close() {
+                    let _ = file.discard();
+                }
                 drop_partial(self.ctx.store, &self.source.uuid, &dir, &cur.offer.name);
                 log::info!(
                     "replication from system {} at {}: {} abandoned by the source",
@@ -973,7 +1006,7 @@ impl<'c, 'l, W: Write> Session<'c, 'l, W> {
         let now = (self.ctx.now)();
         let mut ok: Vec<Verified<'l>> = Vec::new();
         for v in group {
-            match v.file.sync_data() {
+            match v.file.sync_all() {
                 Ok(()) => ok.push(v),
                 Err(e) => {
                     let m = format!("cannot make {} durable: {e}", v.offer.name);
@@ -1012,7 +1045,7 @@ impl<'c, 'l, W: Write> Session<'c, 'l, W> {
         for v in ok {
             let dir = client_dir(self.source, &v.offer.name);
             let target = dir.join(v.offer.name.file());
-            match v.file.rename_to(&target) {
+            match v.file.rename_into(&target) {
                 Ok(()) => {
                     if !dirs.contains(&dir) {
                         dirs.push(dir);
@@ -1082,6 +1115,20 @@ impl<'c, 'l, W: Write> Session<'c, 'l, W> {
             });
         }
         self.flush();
+    }
+}
+
+/// The partial row of the file in progress, at what it holds now.
+fn partial_row(source: &Source, cur: &Current<'_>, now: UnixTime) -> PartialRecord {
+    PartialRecord {
+        backup: cur.offer.name.as_str().to_string(),
+        storage_id: source.storage.id,
+        size: cur.offer.size,
+        version: cur.offer.version,
+        offset: cur.written,
+        started: cur.started,
+        updated: now,
+        verified_sha256: None,
     }
 }
 

@@ -8,7 +8,8 @@
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::mpsc::Sender;
+use std::sync::{Arc, Condvar, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
@@ -339,7 +340,13 @@ fn session(ctx: &Context, target_id: u64, state: &TargetState, stop: &AtomicBool
             return;
         }
     };
-    let mut feed = StoreFeed::new(ctx, target_id, state, root.clone());
+    let mut feed = match StoreFeed::new(ctx, target_id, state, root.clone()) {
+        Ok(f) => f,
+        Err(e) => {
+            log::error!("replication to {label}: start the session's bookkeeping: {e}");
+            return;
+        }
+    };
     let sctx = sender::Context {
         root: &root,
         live: &ctx.shared.live,
@@ -377,6 +384,101 @@ fn back_off(state: &TargetState) {
     *lock(&state.retry_at) = Some(Instant::now() + wait);
 }
 
+/// Persists `bytes_sent` reservations on its own thread, so the sending thread does not
+/// wait for a durable commit every chunk: it asks for the next reservation half a chunk
+/// early and waits only if the bytes would outrun the last one persisted.
+struct Reserver {
+    tx: Option<Sender<(u64, u64)>>,
+    /// Per item: the reservation persisted, and requests not yet written.
+    state: Arc<(Mutex<ReserverState>, Condvar)>,
+    handle: Option<JoinHandle<()>>,
+}
+
+#[derive(Default)]
+struct ReserverState {
+    persisted: HashMap<u64, u64>,
+    pending: usize,
+}
+
+impl Reserver {
+    fn spawn(store: Store) -> std::io::Result<Reserver> {
+        let (tx, rx) = std::sync::mpsc::channel::<(u64, u64)>();
+        let state: Arc<(Mutex<ReserverState>, Condvar)> = Arc::default();
+        let shared = state.clone();
+        let handle = std::thread::Builder::new()
+            .name("reserve".into())
+            .stack_size(128 * 1024)
+            .spawn(move || {
+                for (id, ceiling) in rx {
+                    let r = store.write(|tx| {
+                        if let Some(mut i) = tx.open_item(id)? {
+                            i.bytes_sent = i.bytes_sent.max(ceiling);
+                            tx.put_item(&i)?;
+                        }
+                        Ok::<_, StoreError>(())
+                    });
+                    if let Err(e) = &r {
+                        log::warn!("replication: reserve bytes: {}", Chain(e));
+                    }
+                    let (m, c) = &*shared;
+                    let mut st = lock(m);
+                    st.pending -= 1;
+                    // A failed write still lets the transfer go on: the count then only
+                    // understates by what this reservation would have covered.
+                    let p = st.persisted.entry(id).or_default();
+                    *p = (*p).max(ceiling);
+                    c.notify_all();
+                }
+            })?;
+        Ok(Reserver {
+            tx: Some(tx),
+            state,
+            handle: Some(handle),
+        })
+    }
+
+    fn start(&self, id: u64, persisted: u64) {
+        lock(&self.state.0).persisted.insert(id, persisted);
+    }
+
+    fn request(&self, id: u64, ceiling: u64) {
+        if let Some(tx) = &self.tx {
+            lock(&self.state.0).pending += 1;
+            if tx.send((id, ceiling)).is_err() {
+                lock(&self.state.0).pending -= 1;
+            }
+        }
+    }
+
+    /// Waits until `id`'s persisted reservation covers `total`.
+    fn cover(&self, id: u64, total: u64) {
+        let (m, c) = &*self.state;
+        let mut st = lock(m);
+        while st.persisted.get(&id).copied().unwrap_or(u64::MAX) < total && st.pending > 0 {
+            st = c.wait(st).unwrap_or_else(|e| e.into_inner());
+        }
+    }
+
+    /// Waits until every request is written, then forgets `id` (its outcome is next).
+    fn settle(&self, id: u64) {
+        let (m, c) = &*self.state;
+        let mut st = lock(m);
+        while st.pending > 0 {
+            st = c.wait(st).unwrap_or_else(|e| e.into_inner());
+        }
+        st.persisted.remove(&id);
+    }
+}
+
+impl Drop for Reserver {
+    fn drop(&mut self) {
+        self.tx = None;
+        if let Some(h) = self.handle.take() {
+            let _ = h.join();
+        }
+    }
+}
+
 /// What a session's feed knows of an item it claimed.
 struct Account {
     /// The item's place in the queue when claimed: a reset gives it a new one, and the
@@ -384,7 +486,7 @@ struct Account {
     tail: Option<u64>,
     /// `bytes_sent` before this attempt.
     before: u64,
-    /// The `bytes_sent` persisted now: a reservation ahead of what went out.
+    /// The `bytes_sent` reservation asked for last (persisted, or being persisted).
     ceiling: u64,
     size: u64,
 }
@@ -400,11 +502,17 @@ pub struct StoreFeed<'a> {
     batch: VecDeque<QueueItem>,
     accounts: HashMap<u64, Account>,
     last_flush: Instant,
+    reserver: Reserver,
 }
 
 impl<'a> StoreFeed<'a> {
-    fn new(ctx: &'a Context, target_id: u64, state: &'a TargetState, root: PathBuf) -> Self {
-        StoreFeed {
+    fn new(
+        ctx: &'a Context,
+        target_id: u64,
+        state: &'a TargetState,
+        root: PathBuf,
+    ) -> std::io::Result<Self> {
+        Ok(StoreFeed {
             ctx,
             target_id,
             state,
@@ -412,7 +520,8 @@ impl<'a> StoreFeed<'a> {
             batch: VecDeque::new(),
             accounts: HashMap::new(),
             last_flush: Instant::now(),
-        }
+            reserver: Reserver::spawn(ctx.store.clone())?,
+        })
     }
 
     fn unclaim(&self, id: u64) {
@@ -469,6 +578,7 @@ impl<'a> StoreFeed<'a> {
                     }
                 }
                 for (item, before) in list {
+                    self.reserver.start(item.id, item.bytes_sent);
                     self.accounts.insert(
                         item.id,
                         Account {
@@ -566,27 +676,19 @@ impl Feed for StoreFeed<'_> {
         let Some(a) = self.accounts.get_mut(&item_id) else {
             return;
         };
-        if a.before + sent <= a.ceiling {
-            return;
+        let total = a.before + sent;
+        let chunk = chunk_for(a.size);
+        // Ask for the next chunk's reservation half a chunk early; it is durable before
+        // those bytes go out, so a crash can only overstate `bytes_sent`.
+        if total + chunk / 2 > a.ceiling {
+            a.ceiling = a.ceiling.max(total) + chunk;
+            self.reserver.request(item_id, a.ceiling);
         }
-        // Reserve the next chunk before its bytes go out: durable, so a crash can only
-        // overstate `bytes_sent`.
-        a.ceiling = a.before + sent + chunk_for(a.size);
-        let ceiling = a.ceiling;
-        let r = self.ctx.store.write(|tx| {
-            if let Some(mut i) = tx.open_item(item_id)? {
-                i.bytes_sent = ceiling;
-                tx.put_item(&i)?;
-            }
-            Ok::<_, StoreError>(())
-        });
-        self.last_flush = Instant::now();
-        if let Err(e) = r {
-            log::warn!("replication: reserve bytes: {}", Chain(&e));
-        }
+        self.reserver.cover(item_id, total);
     }
 
     fn finished(&mut self, item_id: u64, attempt: Attempt, sent: u64) {
+        self.reserver.settle(item_id);
         self.unclaim(item_id);
         let before = self.accounts.remove(&item_id).map(|a| a.before);
         let config = self.ctx.shared.live.config();
@@ -645,6 +747,7 @@ impl Feed for StoreFeed<'_> {
     }
 
     fn release(&mut self, item_id: u64) {
+        self.reserver.settle(item_id);
         self.unclaim(item_id);
         let Some(a) = self.accounts.remove(&item_id) else {
             return;

@@ -886,7 +886,9 @@ fn a_tampered_copy_is_found_by_verify_and_fixed_by_the_next_transfer() {
 /// A transfer session opened by hand with the source's own pairing certificate, to send
 /// what a broken or hostile source would.
 struct RawSession {
-    body: replgate::wire::chunked::ChunkedWriter<replgate::remote::tunnel::TunnelWriter>,
+    body: replgate::wire::chunked::ChunkedWriter<
+        std::io::BufWriter<replgate::remote::tunnel::TunnelWriter>,
+    >,
     replies:
         FrameReader<replgate::wire::chunked::ChunkedReader<replgate::remote::tunnel::TunnelReader>>,
 }

@@ -1,0 +1,234 @@
+//! The receiving side's file writer, off the connection's thread: the thread that reads
+//! and decrypts the stream hashes each `Data` frame and hands its bytes here, a writer
+//! thread appends them to the partial copy, and a checkpoint thread makes the copy
+//! durable (fdatasync through a second handle) and records its offset while writing goes
+//! on. A bulk transfer then keeps three things busy at once instead of doing them in turn
+//! (decrypt and hash, copy into the page cache, wait for the disk). Memory is bounded: at
+//! most [`QUEUED`] buffers are in flight, and they are reused.
+
+use std::io;
+use std::sync::mpsc::{self, Receiver, Sender, SyncSender, TrySendError};
+use std::sync::{Arc, Condvar, Mutex};
+use std::thread::JoinHandle;
+
+use crate::fsx::{PartialFile, SyncHandle};
+use crate::store::{PartialRecord, Store};
+
+/// Buffers queued for the writer at most (each one `Data` frame, up to 256 KiB).
+pub const QUEUED: usize = 16;
+/// Written data is handed to writeback after this many bytes.
+const WRITEBACK_EVERY: u64 = 8 * 1024 * 1024;
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+enum Job {
+    Open(PartialFile),
+    Write(Vec<u8>),
+    /// Make what was written so far durable and record `row` (whose offset says how much
+    /// that is), unless a checkpoint is still running: then this one is skipped.
+    Checkpoint(PartialRecord),
+    /// Hand the file back once everything queued before is written.
+    Close(Sender<io::Result<PartialFile>>),
+}
+
+/// Whether a checkpoint is running; [`Checkpoints::idle`] waits for none.
+#[derive(Default)]
+struct Busy {
+    running: Mutex<bool>,
+    done: Condvar,
+}
+
+impl Busy {
+    fn idle(&self) {
+        let mut r = lock(&self.running);
+        while *r {
+            r = self.done.wait(r).unwrap_or_else(|e| e.into_inner());
+        }
+    }
+
+    fn set(&self, v: bool) {
+        *lock(&self.running) = v;
+        if !v {
+            self.done.notify_all();
+        }
+    }
+}
+
+/// One session's writer and checkpoint threads.
+pub struct Sink {
+    jobs: Option<SyncSender<Job>>,
+    spare: Receiver<Vec<u8>>,
+    failed: Arc<Mutex<Option<io::Error>>>,
+    busy: Arc<Busy>,
+    threads: Vec<JoinHandle<()>>,
+}
+
+struct CheckpointJob {
+    handle: SyncHandle,
+    row: PartialRecord,
+}
+
+impl Sink {
+    /// Starts the threads; checkpoints record into `store` under the source's `uuid`.
+    pub fn spawn(store: Store, uuid: String) -> io::Result<Sink> {
+        let (jobs, job_rx) = mpsc::sync_channel::<Job>(QUEUED);
+        let (spare_tx, spare) = mpsc::channel::<Vec<u8>>();
+        let (ckpt_tx, ckpt_rx) = mpsc::sync_channel::<CheckpointJob>(1);
+        let failed: Arc<Mutex<Option<io::Error>>> = Arc::new(Mutex::new(None));
+        let busy = Arc::new(Busy::default());
+        let checkpoints = {
+            let busy = busy.clone();
+            std::thread::Builder::new()
+                .name("recv-sync".into())
+                .stack_size(128 * 1024)
+                .spawn(move || {
+                    for job in ckpt_rx {
+                        match job.handle.sync_data() {
+                            Ok(()) => {
+                                if let Err(e) = store.write(|tx| tx.put_partial(&uuid, &job.row)) {
+                                    log::warn!("replication: record checkpoint of {}: {e}", job.row.backup);
+                                }
+                            }
+                            Err(e) => log::warn!("replication: checkpoint of {}: {e}", job.row.backup),
+                        }
+                        busy.set(false);
+                    }
+                })?
+        };
+        let writer = {
+            let (failed, busy) = (failed.clone(), busy.clone());
+            std::thread::Builder::new()
+                .name("recv-write".into())
+                .stack_size(128 * 1024)
+                .spawn(move || writer(job_rx, spare_tx, ckpt_tx, &failed, &busy))?
+        };
+        Ok(Sink {
+            jobs: Some(jobs),
+            spare,
+            failed,
+            busy,
+            threads: vec![writer, checkpoints],
+        })
+    }
+
+    fn send(&self, job: Job) -> io::Result<()> {
+        self.jobs
+            .as_ref()
+            .ok_or_else(|| io::Error::other("the file writer stopped"))?
+            .send(job)
+            .map_err(|_| io::Error::other("the file writer stopped"))
+    }
+
+    /// The first write error since the file was opened, if any.
+    fn check(&self) -> io::Result<()> {
+        match lock(&self.failed).take() {
+            Some(e) => Err(e),
+            None => Ok(()),
+        }
+    }
+
+    /// Starts a file: its bytes go to `file` from now on.
+    pub fn open(&mut self, file: PartialFile) -> io::Result<()> {
+        *lock(&self.failed) = None;
+        self.send(Job::Open(file))
+    }
+
+    /// Queues `bytes` for the file (copied into a reused buffer); blocks only while
+    /// [`QUEUED`] buffers are waiting. Fails with an earlier write's error.
+    pub fn write(&mut self, bytes: &[u8]) -> io::Result<()> {
+        self.check()?;
+        let mut buf = self.spare.try_recv().unwrap_or_default();
+        buf.clear();
+        buf.extend_from_slice(bytes);
+        self.send(Job::Write(buf))
+    }
+
+    /// Asks for a checkpoint after what was queued so far: `row.offset` must be the
+    /// bytes the file holds then. Skipped if one is still running.
+    pub fn checkpoint(&mut self, row: PartialRecord) -> io::Result<()> {
+        self.send(Job::Checkpoint(row))
+    }
+
+    /// Waits until everything queued is written and no checkpoint runs, and returns the
+    /// file (for its commit, a synchronous checkpoint, or its discard).
+    pub fn close(&mut self) -> io::Result<PartialFile> {
+        let (tx, rx) = mpsc::channel();
+        self.send(Job::Close(tx))?;
+        let file = rx
+            .recv()
+            .map_err(|_| io::Error::other("the file writer stopped"))??;
+        self.busy.idle();
+        self.check()?;
+        Ok(file)
+    }
+}
+
+impl Drop for Sink {
+    fn drop(&mut self) {
+        self.jobs = None;
+        for t in self.threads.drain(..) {
+            let _ = t.join();
+        }
+    }
+}
+
+fn writer(
+    jobs: Receiver<Job>,
+    spare: Sender<Vec<u8>>,
+    checkpoints: SyncSender<CheckpointJob>,
+    failed: &Mutex<Option<io::Error>>,
+    busy: &Busy,
+) {
+    let mut file: Option<PartialFile> = None;
+    let mut next_writeback = WRITEBACK_EVERY;
+    let mut broken = false;
+    for job in jobs {
+        match job {
+            Job::Open(f) => {
+                next_writeback = f.len() + WRITEBACK_EVERY;
+                file = Some(f);
+                broken = false;
+            }
+            Job::Write(buf) => {
+                if let (Some(f), false) = (file.as_mut(), broken) {
+                    if let Err(e) = f.write_all(&buf) {
+                        broken = true;
+                        *lock(failed) = Some(e);
+                    } else if f.len() >= next_writeback {
+                        f.start_writeback();
+                        next_writeback = f.len() + WRITEBACK_EVERY;
+                    }
+                }
+                let _ = spare.send(buf);
+            }
+            Job::Checkpoint(row) => {
+                let Some(f) = file.as_ref().filter(|_| !broken) else {
+                    continue;
+                };
+                let handle = match f.sync_handle() {
+                    Ok(h) => h,
+                    Err(e) => {
+                        log::warn!("replication: checkpoint of {}: {e}", row.backup);
+                        continue;
+                    }
+                };
+                // One is running: skip; the next checkpoint covers these bytes too.
+                if *lock(&busy.running) {
+                    continue;
+                }
+                busy.set(true);
+                if let Err(TrySendError::Full(_) | TrySendError::Disconnected(_)) =
+                    checkpoints.try_send(CheckpointJob { handle, row })
+                {
+                    busy.set(false);
+                }
+            }
+            Job::Close(reply) => {
+                let result = file.take().ok_or_else(|| io::Error::other("no file is open"));
+                let _ = reply.send(result);
+            }
+        }
+    }
+}
