@@ -10,18 +10,18 @@
 //! group), which keeps a thousand small files from costing three fsyncs each in series.
 //! Quota and free space are checked when a file is offered, before any byte of it moves.
 
-use std::collections::{HashMap, HashSet, VecDeque};
+use std::collections::{HashMap, HashSet};
 use std::fs::File;
 use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
-use std::sync::Mutex;
+use std::sync::{mpsc, Mutex};
 use std::time::{Duration, Instant};
 
 use ring::digest::{Context as Sha256, SHA256};
 
 use super::live::{Event, Incoming, Live};
-use super::sink::Sink;
 use super::names::{check_component, BackupName};
+use super::sink::{Sealed, Sink};
 use super::stream::{FrameReader, FrameWriter, StreamError};
 use crate::config::Storage;
 use crate::fsx::{self, PartialFile};
@@ -349,20 +349,20 @@ struct Current<'l> {
     _registered: super::live::Registered<'l>,
 }
 
-struct Verified<'l> {
-    seq: u32,
-    offer: Offered<'l>,
-    file: PartialFile,
-    sha256: [u8; 32],
-    started: UnixTime,
+/// A verified file on its way into place: sealed (fsynced) by the sink, then committed
+/// with its group on the committer thread.
+pub struct ToCommit {
+    pub seq: u32,
+    pub name: BackupName,
+    pub size: u64,
+    pub version: i64,
+    pub sha256: [u8; 32],
+    pub started: UnixTime,
+    pub sealed: Sealed,
 }
 
-/// A verified file renamed into place, not yet recorded.
-struct Renamed<'l> {
-    seq: u32,
-    offer: Offered<'l>,
-    sha256: [u8; 32],
-}
+/// What the committer says of one file: in place and recorded, or why not.
+type Committed = (u32, Result<(), (Code, String)>);
 
 /// One session's state on the target.
 struct Session<'c, 'l, W: Write> {
@@ -378,9 +378,14 @@ struct Session<'c, 'l, W: Write> {
     sink: Sink,
     /// The current file failed already; its remaining frames are ignored.
     poisoned: Option<u32>,
-    group: VecDeque<Verified<'l>>,
+    /// Verified files not yet handed to the committer.
+    group: Vec<ToCommit>,
     group_bytes: u64,
     group_since: Option<Instant>,
+    /// Files the committer has, by sequence number, with their reservations.
+    committing: HashMap<u32, (Offered<'l>, [u8; 32])>,
+    to_committer: Option<mpsc::Sender<Vec<ToCommit>>>,
+    from_committer: mpsc::Receiver<Vec<Committed>>,
     summary: Summary,
 }
 
@@ -389,6 +394,44 @@ struct Session<'c, 'l, W: Write> {
 /// Whatever was verified is committed, and the file in progress is checkpointed, however
 /// the session ends.
 pub fn serve(ctx: &Context<'_>, source: &Source, input: impl Read, output: impl Write) -> Summary {
+    let (to_committer, groups) = mpsc::channel::<Vec<ToCommit>>();
+    let (results, from_committer) = mpsc::channel::<Vec<Committed>>();
+    std::thread::scope(|scope| {
+        let committer = std::thread::Builder::new()
+            .name("recv-commit".into())
+            .stack_size(256 * 1024)
+            .spawn_scoped(scope, move || {
+                for group in groups {
+                    if results
+                        .send(commit(ctx.store, source, group, (ctx.now)()))
+                        .is_err()
+                    {
+                        return;
+                    }
+                }
+            });
+        match committer {
+            Ok(_) => serve_with(ctx, source, input, output, to_committer, from_committer),
+            Err(e) => {
+                let m = format!("cannot start the committer: {e}");
+                log::error!("replication: {m}");
+                Summary {
+                    error: Some(m),
+                    ..Summary::default()
+                }
+            }
+        }
+    })
+}
+
+fn serve_with(
+    ctx: &Context<'_>,
+    source: &Source,
+    input: impl Read,
+    output: impl Write,
+    to_committer: mpsc::Sender<Vec<ToCommit>>,
+    from_committer: mpsc::Receiver<Vec<Committed>>,
+) -> Summary {
     let sink = match Sink::spawn(ctx.store.clone(), source.uuid.clone()) {
         Ok(s) => s,
         Err(e) => {
@@ -415,9 +458,12 @@ pub fn serve(ctx: &Context<'_>, source: &Source, input: impl Read, output: impl 
         last_seq: None,
         current: None,
         poisoned: None,
-        group: VecDeque::new(),
+        group: Vec::new(),
         group_bytes: 0,
         group_since: None,
+        committing: HashMap::new(),
+        to_committer: Some(to_committer),
+        from_committer,
         summary: Summary::default(),
     };
     log::info!(
@@ -441,7 +487,8 @@ pub fn serve(ctx: &Context<'_>, source: &Source, input: impl Read, output: impl 
     };
     // However it ended: what verified is committed, what is in progress is resumable.
     session.checkpoint_current();
-    session.commit_group();
+    session.commit_all();
+    session.to_committer = None;
     if let Err(e) = &end {
         session.summary.error = Some(e.clone());
     }
@@ -508,8 +555,9 @@ impl<'c, 'l, W: Write> Session<'c, 'l, W> {
     fn run<R: Read>(&mut self, reader: &mut FrameReader<R>) -> Result<(), String> {
         loop {
             if self.group_since.is_some_and(|t| t.elapsed() >= GROUP_WAIT) {
-                self.commit_group();
+                self.hand_over();
             }
+            self.collect(false);
             let frame = match reader.next_frame() {
                 Ok(Some(f)) => f,
                 Ok(None) => return Err("the source closed the stream before finishing".into()),
@@ -533,7 +581,7 @@ impl<'c, 'l, W: Write> Session<'c, 'l, W> {
                     if self.current.is_some() {
                         return self.fatal(Code::Protocol, "finish while a file is open".into());
                     }
-                    self.commit_group();
+                    self.commit_all();
                     self.send(&Frame::Bye);
                     self.flush();
                     return Ok(());
@@ -931,8 +979,8 @@ impl<'c, 'l, W: Write> Session<'c, 'l, W> {
             self.poisoned = None;
             return Ok(());
         }
-        let file = match self.sink.close() {
-            Ok(f) => f,
+        let sealed = match self.sink.seal() {
+            Ok(s) => s,
             Err(e) => {
                 let m = format!(
                     "cannot write {} on storage {}: {e}",
@@ -944,17 +992,20 @@ impl<'c, 'l, W: Write> Session<'c, 'l, W> {
             }
         };
         let size = cur.offer.size;
-        self.group.push_back(Verified {
+        self.group.push(ToCommit {
             seq,
-            offer: cur.offer,
-            file,
+            name: cur.offer.name.clone(),
+            size,
+            version: cur.offer.version,
             sha256: ours,
             started: cur.started,
+            sealed,
         });
+        self.committing.insert(seq, (cur.offer, ours));
         self.group_bytes += size;
         self.group_since.get_or_insert_with(Instant::now);
         if self.group.len() >= GROUP_FILES || self.group_bytes >= GROUP_BYTES {
-            self.commit_group();
+            self.hand_over();
         }
         Ok(())
     }
@@ -990,132 +1041,192 @@ impl<'c, 'l, W: Write> Session<'c, 'l, W> {
         )
     }
 
-    /// Commits every verified file of the group: fsync each, record them verified, rename
-    /// them into place, fsync each directory once, record them received; then tell the
-    /// source. A crash at any point is finished or undone by [`repair`] at start.
-    fn commit_group(&mut self) {
+    /// Hands the verified files collected so far to the committer.
+    fn hand_over(&mut self) {
         self.group_since = None;
         self.group_bytes = 0;
         if self.group.is_empty() {
             return;
         }
-        let group: Vec<Verified<'l>> = self.group.drain(..).collect();
-        let store = self.ctx.store;
-        let uuid = self.source.uuid.clone();
-        let storage_id = self.source.storage.id;
-        let now = (self.ctx.now)();
-        let mut ok: Vec<Verified<'l>> = Vec::new();
-        for v in group {
-            match v.file.sync_all() {
-                Ok(()) => ok.push(v),
-                Err(e) => {
-                    let m = format!("cannot make {} durable: {e}", v.offer.name);
-                    let _ = v.file.discard();
-                    self.report_failure(v.seq, &v.offer.name, Code::Storage, &m);
-                }
-            }
-        }
-        let marked = store.write(|tx| {
-            for v in &ok {
-                tx.put_partial(
-                    &uuid,
-                    &PartialRecord {
-                        backup: v.offer.name.as_str().to_string(),
-                        storage_id,
-                        size: v.offer.size,
-                        version: v.offer.version,
-                        offset: v.offer.size,
-                        started: v.started,
-                        updated: now,
-                        verified_sha256: Some(hex(&v.sha256)),
-                    },
-                )?;
-            }
-            Ok::<_, StoreError>(())
-        });
-        if let Err(e) = marked {
-            for v in ok {
-                let m = format!("target database: {e}");
-                self.report_failure(v.seq, &v.offer.name, Code::Unavailable, &m);
-            }
+        let group = std::mem::take(&mut self.group);
+        let Some(tx) = &self.to_committer else {
             return;
-        }
-        let mut renamed: Vec<Renamed<'l>> = Vec::new();
-        let mut dirs: Vec<PathBuf> = Vec::new();
-        for v in ok {
-            let dir = client_dir(self.source, &v.offer.name);
-            let target = dir.join(v.offer.name.file());
-            match v.file.rename_into(&target) {
-                Ok(()) => {
-                    if !dirs.contains(&dir) {
-                        dirs.push(dir);
-                    }
-                    renamed.push(Renamed {
-                        seq: v.seq,
-                        offer: v.offer,
-                        sha256: v.sha256,
-                    });
-                }
-                Err(e) => {
-                    let m = format!("cannot rename {} into place: {e}", v.offer.name);
-                    self.report_failure(v.seq, &v.offer.name, Code::Storage, &m);
+        };
+        if let Err(mpsc::SendError(group)) = tx.send(group) {
+            for f in group {
+                if let Some((offer, _)) = self.committing.remove(&f.seq) {
+                    let m = "the committer stopped".to_string();
+                    self.report_failure(f.seq, &offer.name, Code::Unavailable, &m);
                 }
             }
         }
-        for d in &dirs {
-            if let Err(e) = fsx::sync_dir(d) {
-                log::error!("replication: fsync of {}: {e}", d.display());
-            }
-        }
-        let recorded = store.write(|tx| {
-            for v in &renamed {
-                tx.put_received(
-                    &uuid,
-                    &ReceivedRecord {
-                        backup: v.offer.name.as_str().to_string(),
-                        storage_id,
-                        size: v.offer.size,
-                        sha256: hex(&v.sha256),
-                        version: v.offer.version,
-                        received: now,
-                        verified: None,
-                        damaged: None,
-                    },
-                )?;
-                tx.delete_partial(&uuid, v.offer.name.as_str())?;
-            }
-            Ok::<_, StoreError>(())
-        });
-        if let Err(e) = recorded {
-            // The files are in place and the partial rows say verified: the start-up
-            // repair records them. Tell the source to try again later.
-            for v in renamed {
-                let m = format!("target database: {e}");
-                self.report_failure(v.seq, &v.offer.name, Code::Unavailable, &m);
-            }
-            return;
-        }
-        for v in renamed {
-            self.ctx
-                .ledger
-                .committed(&v.offer.reservation, v.offer.grows);
-            self.summary.committed += 1;
-            self.ctx.live.count(Event::Received);
-            log::info!(
-                "replication from system {} at {}: {} received and verified ({} bytes, sha256 {})",
-                self.source.system_id,
-                self.ctx.peer,
-                v.offer.name,
-                v.offer.size,
-                hex(&v.sha256)
-            );
-            self.send(&Frame::Outcome {
-                seq: v.seq,
-                outcome: Outcome::Committed { sha256: v.sha256 },
-            });
-        }
-        self.flush();
     }
+
+    /// Hands over what is collected and waits until the committer said how every file
+    /// ended.
+    fn commit_all(&mut self) {
+        self.hand_over();
+        while !self.committing.is_empty() {
+            if !self.collect(true) {
+                break;
+            }
+        }
+    }
+
+    /// Applies what the committer finished: the source hears of each file. With `block`,
+    /// waits for one answer first; false when the committer is gone.
+    fn collect(&mut self, block: bool) -> bool {
+        let mut sent = false;
+        loop {
+            let next = if block && !sent {
+                self.from_committer
+                    .recv()
+                    .map_err(|_| mpsc::TryRecvError::Disconnected)
+            } else {
+                self.from_committer.try_recv()
+            };
+            let results = match next {
+                Ok(r) => r,
+                Err(mpsc::TryRecvError::Empty) => break,
+                Err(mpsc::TryRecvError::Disconnected) => return false,
+            };
+            sent = true;
+            for (seq, result) in results {
+                let Some((offer, sha256)) = self.committing.remove(&seq) else {
+                    continue;
+                };
+                match result {
+                    Ok(()) => {
+                        self.ctx.ledger.committed(&offer.reservation, offer.grows);
+                        self.summary.committed += 1;
+                        self.ctx.live.count(Event::Received);
+                        log::info!(
+                            "replication from system {} at {}: {} received and verified ({} bytes, sha256 {})",
+                            self.source.system_id,
+                            self.ctx.peer,
+                            offer.name,
+                            offer.size,
+                            hex(&sha256)
+                        );
+                        self.send(&Frame::Outcome {
+                            seq,
+                            outcome: Outcome::Committed { sha256 },
+                        });
+                    }
+                    Err((code, message)) => self.report_failure(seq, &offer.name, code, &message),
+                }
+            }
+        }
+        if sent {
+            self.flush();
+        }
+        true
+    }
+}
+
+/// Commits a group of verified files (the committer thread): waits until each is durable,
+/// records them verified in one transaction, renames each into place, fsyncs each
+/// directory once, records them received in one transaction. A crash at any point is
+/// finished or undone by [`repair`] at start.
+fn commit(store: &Store, source: &Source, group: Vec<ToCommit>, now: UnixTime) -> Vec<Committed> {
+    let uuid = &source.uuid;
+    let storage_id = source.storage.id;
+    let mut out: Vec<Committed> = Vec::new();
+    let mut ok: Vec<(ToCommit, PartialFile)> = Vec::new();
+    for f in group {
+        match f.sealed.recv() {
+            Ok(Ok(file)) => ok.push((f, file)),
+            Ok(Err(e)) => {
+                drop_partial(store, uuid, &client_dir(source, &f.name), &f.name);
+                let m = format!("cannot make {} durable: {e}", f.name);
+                out.push((f.seq, Err((Code::Storage, m))));
+            }
+            Err(_) => out.push((
+                f.seq,
+                Err((Code::Storage, "the file writer stopped".into())),
+            )),
+        }
+    }
+    let marked = store.write(|tx| {
+        for (f, _) in &ok {
+            tx.put_partial(
+                uuid,
+                &PartialRecord {
+                    backup: f.name.as_str().to_string(),
+                    storage_id,
+                    size: f.size,
+                    version: f.version,
+                    offset: f.size,
+                    started: f.started,
+                    updated: now,
+                    verified_sha256: Some(hex(&f.sha256)),
+                },
+            )?;
+        }
+        Ok::<_, StoreError>(())
+    });
+    if let Err(e) = marked {
+        out.extend(ok.into_iter().map(|(f, _)| {
+            (
+                f.seq,
+                Err((Code::Unavailable, format!("target database: {e}"))),
+            )
+        }));
+        return out;
+    }
+    let mut renamed: Vec<ToCommit> = Vec::new();
+    let mut dirs: Vec<PathBuf> = Vec::new();
+    for (f, file) in ok {
+        let dir = client_dir(source, &f.name);
+        match file.rename_into(&dir.join(f.name.file())) {
+            Ok(()) => {
+                if !dirs.contains(&dir) {
+                    dirs.push(dir);
+                }
+                renamed.push(f);
+            }
+            Err(e) => {
+                let m = format!("cannot rename {} into place: {e}", f.name);
+                out.push((f.seq, Err((Code::Storage, m))));
+            }
+        }
+    }
+    for d in &dirs {
+        if let Err(e) = fsx::sync_dir(d) {
+            log::error!("replication: fsync of {}: {e}", d.display());
+        }
+    }
+    let recorded = store.write(|tx| {
+        for f in &renamed {
+            tx.put_received(
+                uuid,
+                &ReceivedRecord {
+                    backup: f.name.as_str().to_string(),
+                    storage_id,
+                    size: f.size,
+                    sha256: hex(&f.sha256),
+                    version: f.version,
+                    received: now,
+                    verified: None,
+                    damaged: None,
+                },
+            )?;
+            tx.delete_partial(uuid, f.name.as_str())?;
+        }
+        Ok::<_, StoreError>(())
+    });
+    match recorded {
+        Ok(()) => out.extend(renamed.into_iter().map(|f| (f.seq, Ok(())))),
+        // The files are in place and their partial rows say verified: the start-up repair
+        // records them. The source is told to try again later.
+        Err(e) => out.extend(renamed.into_iter().map(|f| {
+            (
+                f.seq,
+                Err((Code::Unavailable, format!("target database: {e}"))),
+            )
+        })),
+    }
+    out
 }
 
 /// The partial row of the file in progress, at what it holds now.

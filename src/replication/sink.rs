@@ -31,7 +31,17 @@ enum Job {
     Checkpoint(PartialRecord),
     /// Hand the file back once everything queued before is written.
     Close(Sender<io::Result<PartialFile>>),
+    /// Write what is queued, then fsync the file on a sealer thread and hand it back.
+    Seal(Sender<io::Result<PartialFile>>),
 }
+
+/// A file on its way to durable: its fsync runs on a sealer thread; `recv` yields the
+/// file once it is durable (or the error that kept it from being so).
+pub type Sealed = Receiver<io::Result<PartialFile>>;
+
+/// Sealer threads per session: fsyncs of several small files at once let the journal
+/// commit them together.
+const SEALERS: usize = 2;
 
 /// Whether a checkpoint is running; [`Checkpoints::idle`] waits for none.
 #[derive(Default)]
@@ -88,28 +98,53 @@ impl Sink {
                         match job.handle.sync_data() {
                             Ok(()) => {
                                 if let Err(e) = store.write(|tx| tx.put_partial(&uuid, &job.row)) {
-                                    log::warn!("replication: record checkpoint of {}: {e}", job.row.backup);
+                                    log::warn!(
+                                        "replication: record checkpoint of {}: {e}",
+                                        job.row.backup
+                                    );
                                 }
                             }
-                            Err(e) => log::warn!("replication: checkpoint of {}: {e}", job.row.backup),
+                            Err(e) => {
+                                log::warn!("replication: checkpoint of {}: {e}", job.row.backup)
+                            }
                         }
                         busy.set(false);
                     }
                 })?
         };
+        let (seal_tx, seal_rx) = mpsc::channel::<(PartialFile, Sender<io::Result<PartialFile>>)>();
+        let seal_rx = Arc::new(Mutex::new(seal_rx));
+        let mut threads = vec![checkpoints];
+        for _ in 0..SEALERS {
+            let rx = seal_rx.clone();
+            threads.push(
+                std::thread::Builder::new()
+                    .name("recv-seal".into())
+                    .stack_size(128 * 1024)
+                    .spawn(move || loop {
+                        let next = lock(&rx).recv();
+                        let Ok((file, reply)) = next else {
+                            return;
+                        };
+                        let sealed = file.sync_all().map(|()| file);
+                        let _ = reply.send(sealed);
+                    })?,
+            );
+        }
         let writer = {
             let (failed, busy) = (failed.clone(), busy.clone());
             std::thread::Builder::new()
                 .name("recv-write".into())
                 .stack_size(128 * 1024)
-                .spawn(move || writer(job_rx, spare_tx, ckpt_tx, &failed, &busy))?
+                .spawn(move || writer(job_rx, spare_tx, ckpt_tx, seal_tx, &failed, &busy))?
         };
+        threads.insert(0, writer);
         Ok(Sink {
             jobs: Some(jobs),
             spare,
             failed,
             busy,
-            threads: vec![writer, checkpoints],
+            threads,
         })
     }
 
@@ -151,8 +186,16 @@ impl Sink {
         self.send(Job::Checkpoint(row))
     }
 
+    /// Ends the file: once everything queued is written and no checkpoint runs, it is
+    /// fsynced on a sealer thread; the receiver yields it durable. Does not wait.
+    pub fn seal(&mut self) -> io::Result<Sealed> {
+        let (tx, rx) = mpsc::channel();
+        self.send(Job::Seal(tx))?;
+        Ok(rx)
+    }
+
     /// Waits until everything queued is written and no checkpoint runs, and returns the
-    /// file (for its commit, a synchronous checkpoint, or its discard).
+    /// file (for a synchronous checkpoint, or its discard).
     pub fn close(&mut self) -> io::Result<PartialFile> {
         let (tx, rx) = mpsc::channel();
         self.send(Job::Close(tx))?;
@@ -178,6 +221,7 @@ fn writer(
     jobs: Receiver<Job>,
     spare: Sender<Vec<u8>>,
     checkpoints: SyncSender<CheckpointJob>,
+    sealers: Sender<(PartialFile, Sender<io::Result<PartialFile>>)>,
     failed: &Mutex<Option<io::Error>>,
     busy: &Busy,
 ) {
@@ -225,8 +269,27 @@ fn writer(
                     busy.set(false);
                 }
             }
+            Job::Seal(reply) => {
+                // A checkpoint of this file must not record its offset after the commit.
+                busy.idle();
+                match (file.take(), lock(failed).take()) {
+                    (_, Some(e)) => {
+                        let _ = reply.send(Err(e));
+                    }
+                    (Some(f), None) => {
+                        if let Err(mpsc::SendError((_, reply))) = sealers.send((f, reply)) {
+                            let _ = reply.send(Err(io::Error::other("no sealer thread")));
+                        }
+                    }
+                    (None, None) => {
+                        let _ = reply.send(Err(io::Error::other("no file is open")));
+                    }
+                }
+            }
             Job::Close(reply) => {
-                let result = file.take().ok_or_else(|| io::Error::other("no file is open"));
+                let result = file
+                    .take()
+                    .ok_or_else(|| io::Error::other("no file is open"));
                 let _ = reply.send(result);
             }
         }
