@@ -12,6 +12,7 @@
 # openssh-client, rsync), sha256sum. sshd runs from a private config on a loopback port
 # with throw-away host and user keys in the work directory; nothing else is touched
 # (it needs /run/sshd, which is created if missing, as the package's service would).
+# shellcheck source=bench/lib.sh
 source "$(dirname "$0")/lib.sh"
 
 need curl curl
@@ -103,14 +104,15 @@ cpu_s() {
   awk -v hz="$(getconf CLK_TCK)" '{ sub(/^.*\) /, ""); print ($12 + $13) / hz }' "/proc/$1/stat"
 }
 
-# replicate CLIENT_DIR SOURCE_DIR COUNT: moves the files into the source storage by the
-# rename rule and waits until COUNT more items are done; prints the seconds it took.
+# replicate CLIENT_DIR SOURCE_DIR COUNT: puts the files into the source storage by the
+# rename rule (copied under a dot-named client directory, which nothing replicates, then
+# that directory renamed into place: all files appear at once, as they are there at once
+# for rsync) and waits until COUNT more items are done; prints the seconds it took.
 replicate() {
   local client=$1 from=$2 count=$3 before start end
   before=$(done_count)
-  mkdir -p "$SRC_STORE/$client"
-  # Copied under dot names first (not timed), then renamed into place at once.
-  for f in "$from"/*; do cp "$f" "$SRC_STORE/$client/.$(basename "$f").tmp"; done
+  mkdir -p "$SRC_STORE/.$client.tmp"
+  cp "$from"/* "$SRC_STORE/.$client.tmp/"
   sync
   sample_rss &
   local sampler=$! perf=""
@@ -121,9 +123,7 @@ replicate() {
   local cpu_src0 cpu_tgt0
   cpu_src0=$(cpu_s "$SRC_PID") cpu_tgt0=$(cpu_s "$TGT_PID")
   start=$(date +%s.%N)
-  for f in "$from"/*; do
-    mv "$SRC_STORE/$client/.$(basename "$f").tmp" "$SRC_STORE/$client/$(basename "$f")"
-  done
+  mv "$SRC_STORE/.$client.tmp" "$SRC_STORE/$client"
   while [ "$(done_count)" -lt $((before + count)) ]; do sleep 0.05; done
   end=$(date +%s.%N)
   CPU_SRC=$(awk -v a="$cpu_src0" -v b="$(cpu_s "$SRC_PID")" 'BEGIN { printf "%.2f", b - a }')
@@ -250,3 +250,7 @@ TABLE=$WORK/table.md
 } >"$TABLE"
 echo "End-to-end: SHA-256 of every file compared between the dataset and both copies (all equal)." >>"$TABLE"
 record "Replication: replgate vs rsync over ssh, loopback, durable" "$TABLE"
+# The daemons' logs, for a look at where the time went.
+mkdir -p "$ROOT/target/replicate-logs"
+cp "$WORK/src/daemon.log" "$ROOT/target/replicate-logs/source.log"
+cp "$WORK/tgt/daemon.log" "$ROOT/target/replicate-logs/target.log"

@@ -108,11 +108,12 @@ pub fn partial_path(dir: &Path, name: &BackupName) -> PathBuf {
     dir.join(format!(".{}{PARTIAL_SUFFIX}", name.file()))
 }
 
-/// Bytes between durable checkpoints of a file of `size` bytes: a sixty-fourth of it,
-/// at least 1 MiB, at most 32 MiB. A crash loses at most this much of the transfer (plus
-/// what was in flight); the source's `bytes_sent` reservations use the same step.
+/// Bytes between durable checkpoints of a file of `size` bytes: a 128th of it, at least
+/// 1 MiB, at most 16 MiB. A crash loses about this much of the transfer (plus what was in
+/// flight and what one checkpoint takes); the source's `bytes_sent` reservations use the
+/// same step, so a resume after a crash sends at most a few percent more than the file.
 pub fn chunk_for(size: u64) -> u64 {
-    (size / 64).clamp(1024 * 1024, 32 * 1024 * 1024)
+    (size / 128).clamp(1024 * 1024, 16 * 1024 * 1024)
 }
 
 /// What every receiving session shares: each source's stored bytes (for quotas), the

@@ -2,12 +2,12 @@
 //! and decrypts the stream hashes each `Data` frame and hands its bytes here, a writer
 //! thread appends them to the partial copy, and a checkpoint thread makes the copy
 //! durable (fdatasync through a second handle) and records its offset while writing goes
-//! on. A bulk transfer then keeps three things busy at once instead of doing them in turn
+//! on (a checkpoint asked for while one runs waits, replaced by any newer one). A bulk transfer then keeps three things busy at once instead of doing them in turn
 //! (decrypt and hash, copy into the page cache, wait for the disk). Memory is bounded: at
 //! most [`QUEUED`] buffers are in flight, and they are reused.
 
 use std::io;
-use std::sync::mpsc::{self, Receiver, Sender, SyncSender, TrySendError};
+use std::sync::mpsc::{self, Receiver, Sender, SyncSender};
 use std::sync::{Arc, Condvar, Mutex};
 use std::thread::JoinHandle;
 
@@ -43,26 +43,54 @@ pub type Sealed = Receiver<io::Result<PartialFile>>;
 /// commit them together.
 const SEALERS: usize = 2;
 
-/// Whether a checkpoint is running; [`Checkpoints::idle`] waits for none.
+/// The checkpoint thread's mailbox: at most one checkpoint waits (a newer one replaces
+/// it: it covers more bytes), and one runs. [`Mailbox::idle`] waits for neither.
 #[derive(Default)]
-struct Busy {
-    running: Mutex<bool>,
-    done: Condvar,
+struct Mailbox {
+    state: Mutex<MailboxState>,
+    changed: Condvar,
 }
 
-impl Busy {
-    fn idle(&self) {
-        let mut r = lock(&self.running);
-        while *r {
-            r = self.done.wait(r).unwrap_or_else(|e| e.into_inner());
+#[derive(Default)]
+struct MailboxState {
+    next: Option<CheckpointJob>,
+    running: bool,
+    closed: bool,
+}
+
+impl Mailbox {
+    fn put(&self, job: CheckpointJob) {
+        lock(&self.state).next = Some(job);
+        self.changed.notify_all();
+    }
+
+    /// The next job for the checkpoint thread; None once closed and empty.
+    fn take(&self) -> Option<CheckpointJob> {
+        let mut st = lock(&self.state);
+        st.running = false;
+        self.changed.notify_all();
+        loop {
+            if let Some(job) = st.next.take() {
+                st.running = true;
+                return Some(job);
+            }
+            if st.closed {
+                return None;
+            }
+            st = self.changed.wait(st).unwrap_or_else(|e| e.into_inner());
         }
     }
 
-    fn set(&self, v: bool) {
-        *lock(&self.running) = v;
-        if !v {
-            self.done.notify_all();
+    fn idle(&self) {
+        let mut st = lock(&self.state);
+        while st.running || st.next.is_some() {
+            st = self.changed.wait(st).unwrap_or_else(|e| e.into_inner());
         }
+    }
+
+    fn close(&self) {
+        lock(&self.state).closed = true;
+        self.changed.notify_all();
     }
 }
 
@@ -71,7 +99,7 @@ pub struct Sink {
     jobs: Option<SyncSender<Job>>,
     spare: Receiver<Vec<u8>>,
     failed: Arc<Mutex<Option<io::Error>>>,
-    busy: Arc<Busy>,
+    mailbox: Arc<Mailbox>,
     threads: Vec<JoinHandle<()>>,
 }
 
@@ -85,16 +113,15 @@ impl Sink {
     pub fn spawn(store: Store, uuid: String) -> io::Result<Sink> {
         let (jobs, job_rx) = mpsc::sync_channel::<Job>(QUEUED);
         let (spare_tx, spare) = mpsc::channel::<Vec<u8>>();
-        let (ckpt_tx, ckpt_rx) = mpsc::sync_channel::<CheckpointJob>(1);
         let failed: Arc<Mutex<Option<io::Error>>> = Arc::new(Mutex::new(None));
-        let busy = Arc::new(Busy::default());
+        let mailbox = Arc::new(Mailbox::default());
         let checkpoints = {
-            let busy = busy.clone();
+            let mailbox = mailbox.clone();
             std::thread::Builder::new()
                 .name("recv-sync".into())
                 .stack_size(128 * 1024)
                 .spawn(move || {
-                    for job in ckpt_rx {
+                    while let Some(job) = mailbox.take() {
                         match job.handle.sync_data() {
                             Ok(()) => {
                                 if let Err(e) = store.write(|tx| tx.put_partial(&uuid, &job.row)) {
@@ -108,7 +135,6 @@ impl Sink {
                                 log::warn!("replication: checkpoint of {}: {e}", job.row.backup)
                             }
                         }
-                        busy.set(false);
                     }
                 })?
         };
@@ -132,18 +158,18 @@ impl Sink {
             );
         }
         let writer = {
-            let (failed, busy) = (failed.clone(), busy.clone());
+            let (failed, mailbox) = (failed.clone(), mailbox.clone());
             std::thread::Builder::new()
                 .name("recv-write".into())
                 .stack_size(128 * 1024)
-                .spawn(move || writer(job_rx, spare_tx, ckpt_tx, seal_tx, &failed, &busy))?
+                .spawn(move || writer(job_rx, spare_tx, &mailbox, seal_tx, &failed))?
         };
         threads.insert(0, writer);
         Ok(Sink {
             jobs: Some(jobs),
             spare,
             failed,
-            busy,
+            mailbox,
             threads,
         })
     }
@@ -202,7 +228,7 @@ impl Sink {
         let file = rx
             .recv()
             .map_err(|_| io::Error::other("the file writer stopped"))??;
-        self.busy.idle();
+        self.mailbox.idle();
         self.check()?;
         Ok(file)
     }
@@ -211,6 +237,7 @@ impl Sink {
 impl Drop for Sink {
     fn drop(&mut self) {
         self.jobs = None;
+        self.mailbox.close();
         for t in self.threads.drain(..) {
             let _ = t.join();
         }
@@ -220,10 +247,9 @@ impl Drop for Sink {
 fn writer(
     jobs: Receiver<Job>,
     spare: Sender<Vec<u8>>,
-    checkpoints: SyncSender<CheckpointJob>,
+    checkpoints: &Mailbox,
     sealers: Sender<(PartialFile, Sender<io::Result<PartialFile>>)>,
     failed: &Mutex<Option<io::Error>>,
-    busy: &Busy,
 ) {
     let mut file: Option<PartialFile> = None;
     let mut next_writeback = WRITEBACK_EVERY;
@@ -258,20 +284,12 @@ fn writer(
                         continue;
                     }
                 };
-                // One is running: skip; the next checkpoint covers these bytes too.
-                if *lock(&busy.running) {
-                    continue;
-                }
-                busy.set(true);
-                if let Err(TrySendError::Full(_) | TrySendError::Disconnected(_)) =
-                    checkpoints.try_send(CheckpointJob { handle, row })
-                {
-                    busy.set(false);
-                }
+                // A waiting one is replaced: this one covers its bytes too.
+                checkpoints.put(CheckpointJob { handle, row });
             }
             Job::Seal(reply) => {
                 // A checkpoint of this file must not record its offset after the commit.
-                busy.idle();
+                checkpoints.idle();
                 match (file.take(), lock(failed).take()) {
                     (_, Some(e)) => {
                         let _ = reply.send(Err(e));

@@ -610,9 +610,9 @@ fn wait_progress(src: &Daemon, token: &str, backup: &str, at: u64, within: Durat
     })
 }
 
-/// SPEC 11's bound: `size` plus 5 % plus one chunk (`receiver::chunk_for`: at least 1 MiB).
+/// SPEC 11's bound: `size` plus 5 % plus one chunk (`receiver::chunk_for`).
 fn sent_bound(size: u64) -> u64 {
-    size + size / 20 + (size / 64).max(1 << 20)
+    size + size / 20 + replgate::replication::receiver::chunk_for(size)
 }
 
 #[test]
