@@ -708,11 +708,17 @@ fn the_throttle_holds_the_rate_and_a_boundary_applies_at_once() {
     let size = 40_000_000usize;
     write_backup(&src, "t/big", &content(3, size));
     let p = pair(&src, &tgt, json!({}));
-    let a = wait_progress(&src, &st, "t/big", 1_000_000, Duration::from_secs(20));
-    let t0 = Instant::now();
-    std::thread::sleep(Duration::from_secs(4));
-    let b = item_of(&src, &st, "t/big").unwrap();
-    let secs = t0.elapsed().as_secs_f64();
+    wait_progress(&src, &st, "t/big", 1_000_000, Duration::from_secs(20));
+    // Each reading is timed at the middle of its request, which a busy machine stretches.
+    let read = || {
+        let before = Instant::now();
+        let item = item_of(&src, &st, "t/big").unwrap();
+        (before + before.elapsed() / 2, item)
+    };
+    let (ta, a) = read();
+    std::thread::sleep(Duration::from_secs(6));
+    let (tb, b) = read();
+    let secs = tb.duration_since(ta).as_secs_f64();
     let moved = b["bytes_done"].as_u64().unwrap() - a["bytes_done"].as_u64().unwrap();
     let measured = moved as f64 / secs;
     eprintln!(
