@@ -113,6 +113,8 @@ pub struct Config {
     /// state-changing console requests (a reverse proxy that serves the console under
     /// another name). Defaults to `[]`.
     pub console_origins: Vec<String>,
+    /// `name`, read through [`Config::name`].
+    name: String,
     /// `asset_tag`: the appliance's asset tag, shown on its systems row and sent to the
     /// targets it asks. Defaults to `""` (none).
     pub asset_tag: String,
@@ -248,6 +250,7 @@ struct RawConfig {
     hostnames: Option<Vec<String>>,
     console_hosts: Option<Vec<String>>,
     console_origins: Option<Vec<String>>,
+    name: Option<String>,
     asset_tag: Option<String>,
     poll_interval: Option<u64>,
     heartbeat_interval: Option<u64>,
@@ -369,6 +372,7 @@ impl RawConfig {
                 "tunnel_listen" => self.tunnel_listen = Some(value),
                 "log" => self.log = Some(value),
                 "asset_tag" => self.asset_tag = Some(value),
+                "name" => self.name = Some(value),
                 "fault" => self.fault = Some(value),
                 "require_token" => {
                     self.require_token = Some(match value.trim() {
@@ -482,6 +486,31 @@ fn listen(key: &str, value: Option<String>, default: &str) -> Result<SocketAddr,
     })
 }
 
+/// The appliance's name when `name` is not set: the first configured host name, unless
+/// that is still the default `localhost`, which would name every appliance alike (two on
+/// one target's pending list could not be told apart); then the machine's host name.
+fn default_name(hostnames: &[String]) -> String {
+    match hostnames.first().map(String::as_str) {
+        Some(first) if first != "localhost" => first.to_string(),
+        _ => system_host_name().unwrap_or_else(|| "localhost".into()),
+    }
+}
+
+/// The kernel's host name (`gethostname`), when it is set and printable.
+fn system_host_name() -> Option<String> {
+    let mut buf = [0u8; 256];
+    // SAFETY: the buffer is valid for its length; gethostname writes at most that many
+    // bytes, and the result is read only up to the first NUL within the buffer.
+    let rc = unsafe { libc::gethostname(buf.as_mut_ptr().cast(), buf.len()) };
+    if rc != 0 {
+        return None;
+    }
+    let end = buf.iter().position(|&b| b == 0)?;
+    let name = std::str::from_utf8(&buf[..end]).ok()?.trim();
+    (!name.is_empty() && !name.chars().any(char::is_control) && name != "(none)")
+        .then(|| name.to_string())
+}
+
 impl Config {
     /// Loads `path` when given (it must exist), else the packaged file when present, else
     /// the embedded defaults; then applies the process environment.
@@ -563,6 +592,13 @@ impl Config {
             ));
         }
         let console_origins = console_origins(raw.console_origins)?;
+        let name = match raw.name {
+            Some(n) => n,
+            None => default_name(&hostnames),
+        };
+        if name.is_empty() || name.chars().count() > 255 || name.chars().any(char::is_control) {
+            return Err(bad("name", "must be 1-255 printable characters"));
+        }
         let asset_tag = raw.asset_tag.unwrap_or_default();
         if asset_tag.len() > 255 || asset_tag.chars().any(char::is_control) {
             return Err(bad("asset_tag", "must be at most 255 printable characters"));
@@ -606,6 +642,7 @@ impl Config {
             hostnames,
             console_hosts,
             console_origins,
+            name,
             asset_tag,
             poll_interval: seconds("poll_interval", raw.poll_interval, 30, 1, 86_400)?,
             heartbeat_interval: seconds(
@@ -731,6 +768,18 @@ impl Config {
             ("hostnames", list(&self.hostnames)),
             ("console_hosts", list(&self.console_hosts)),
             ("console_origins", list(&self.console_origins)),
+            (
+                "hostnames",
+                format!(
+                    "[{}]",
+                    self.hostnames
+                        .iter()
+                        .map(|h| q(h))
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                ),
+            ),
+            ("name", q(&self.name)),
             ("asset_tag", q(&self.asset_tag)),
             ("log", q(&self.log)),
             ("poll_interval", secs(self.poll_interval)),
@@ -802,10 +851,11 @@ impl Config {
         out
     }
 
-    /// The appliance's name, as its systems row and its requests to targets show it: the
-    /// first of `hostnames`, else `localhost`.
+    /// `name`: how this appliance introduces itself (its systems row, the `name` and `host`
+    /// of the requests it files). Defaults to the first of `hostnames`, or, while those are
+    /// the default `["localhost"]`, the machine's host name.
     pub fn name(&self) -> &str {
-        self.hostnames.first().map_or("localhost", String::as_str)
+        &self.name
     }
 
     /// The storage marked default: the first with usage `backup`.
@@ -899,6 +949,26 @@ mod tests {
         assert_eq!((c.pending_prefix_v4, c.pending_prefix_v6), (24, 64));
         assert!(!c.require_token);
         assert_eq!(c.unverified_request_ttl, c.request_ttl);
+    }
+
+    #[test]
+    fn the_name_is_set_or_the_first_host_name_or_the_machines_never_a_bare_localhost() {
+        let named = Config::from_toml("name = \"north-dpu\"\n", env(&[])).unwrap();
+        assert_eq!(named.name(), "north-dpu");
+        let from_env = Config::from_toml("", env(&[("REPLGATE_NAME", "south")])).unwrap();
+        assert_eq!(from_env.name(), "south");
+        let first = Config::from_toml("hostnames = [\"b.example\", \"c\"]\n", env(&[])).unwrap();
+        assert_eq!(first.name(), "b.example");
+        let default = Config::from_toml("", env(&[])).unwrap();
+        assert_eq!(
+            default.name,
+            system_host_name().unwrap_or_else(|| "localhost".into())
+        );
+        assert!(!default.name().is_empty());
+        for bad in ["name = \"\"\n", "name = \"a\\nb\"\n"] {
+            let e = Config::from_toml(bad, env(&[])).unwrap_err();
+            assert_eq!(e.key, "name", "{bad}");
+        }
     }
 
     #[test]

@@ -357,12 +357,14 @@ fn bind(addr: SocketAddr, setting: &'static str) -> Result<TcpListener, DaemonEr
     })
 }
 
-/// What accepted sources are told to dial: the tunnel listener, with a host name when it
+/// What accepted sources are told to dial: the tunnel listener, with the first of
+/// `hostnames` (an address its certificate names, unlike the free-form `name`) when it
 /// listens on every address.
 fn tunnel_endpoint(config: &Config) -> String {
     let addr = config.tunnel_listen;
     if addr.ip().is_unspecified() {
-        format!("{}:{}", config.name(), addr.port())
+        let host = config.hostnames.first().map_or("localhost", String::as_str);
+        format!("{host}:{}", addr.port())
     } else {
         addr.to_string()
     }

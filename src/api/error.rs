@@ -4,12 +4,14 @@
 use crate::auth::AuthError;
 use crate::model::Chain;
 use crate::pairing::source::request::{CallError, SourceError};
-use crate::pairing::target::PairingError;
+use crate::pairing::target::{Cap, PairingError};
 use crate::replication::admin::AdminError;
 use crate::spool::SpoolError;
 use crate::store::StoreError;
 
-pub use crate::wire::error::{error_body, raw_error_response, reason, UNTRUSTED_CERT_CODE};
+pub use crate::wire::error::{
+    error_body, raw_error_response, reason, OPEN_REQUEST_OTHER_KEY_CODE, UNTRUSTED_CERT_CODE,
+};
 
 /// The cause of a 500: logged with its chain under a reference, never shown to the client.
 pub type Internal = Box<dyn std::error::Error + Send + Sync>;
@@ -40,6 +42,13 @@ pub enum ApiError {
     TooLarge(String),
     /// 429: too many attempts; retry after the given seconds.
     TooMany { message: String, retry_after: u64 },
+    /// 429/12506: this source already has open request `request_id` here, filed with
+    /// another key; retry after the given seconds (or once that request is resolved).
+    OpenWithOtherKey {
+        message: String,
+        retry_after: u64,
+        request_id: u64,
+    },
     /// 500: our fault. The cause goes to the log only; the client sees a fixed text.
     Internal(Internal),
     /// 502: the other appliance could not be reached or refused the request.
@@ -60,6 +69,7 @@ impl ApiError {
             ApiError::Untrusted { .. } => (412, UNTRUSTED_CERT_CODE),
             ApiError::TooLarge(_) => (413, 413),
             ApiError::TooMany { .. } => (429, 429),
+            ApiError::OpenWithOtherKey { .. } => (429, OPEN_REQUEST_OTHER_KEY_CODE),
             ApiError::Internal(_) => (500, 500),
             ApiError::BadGateway(_) => (502, 502),
             ApiError::Unavailable(_) => (503, 503),
@@ -82,7 +92,9 @@ impl ApiError {
                 format!("method not allowed on this path; it allows {allow}")
             }
             ApiError::Untrusted { message, .. } => message.clone(),
-            ApiError::TooMany { message, .. } => message.clone(),
+            ApiError::TooMany { message, .. } | ApiError::OpenWithOtherKey { message, .. } => {
+                message.clone()
+            }
             ApiError::Internal(_) => {
                 format!("internal error (reference {reference}); details are in the daemon log")
             }
@@ -93,13 +105,17 @@ impl ApiError {
     pub fn headers(&self) -> Vec<(&'static str, String)> {
         match self {
             ApiError::MethodNotAllowed { allow } => vec![("Allow", allow.clone())],
-            ApiError::TooMany { retry_after, .. } => vec![("Retry-After", retry_after.to_string())],
+            ApiError::TooMany { retry_after, .. }
+            | ApiError::OpenWithOtherKey { retry_after, .. } => {
+                vec![("Retry-After", retry_after.to_string())]
+            }
             _ => Vec::new(),
         }
     }
 
     /// The JSON body: the documented shape, plus `fingerprint` on 412 so the admin can
-    /// compare it out of band.
+    /// compare it out of band, and `request_id` on 429/12506 so the source can name the
+    /// request the target's admin must resolve.
     pub fn body(&self, reference: &str) -> String {
         let (_, code) = self.status_and_code();
         let message = self.message(reference);
@@ -107,6 +123,11 @@ impl ApiError {
             ApiError::Untrusted { fingerprint, .. } => serde_json::json!({
                 "result": [{ "message": message, "code": code, "kb": format!("/api/kb/{code}"),
                              "fingerprint": fingerprint }]
+            })
+            .to_string(),
+            ApiError::OpenWithOtherKey { request_id, .. } => serde_json::json!({
+                "result": [{ "message": message, "code": code, "kb": format!("/api/kb/{code}"),
+                             "request_id": request_id }]
             })
             .to_string(),
             _ => error_body(code, &message),
@@ -193,6 +214,14 @@ impl From<PairingError> for ApiError {
             | P::StorageNotBackup(_)
             | P::RequestedStorageUnusable(_)
             | P::NoBackupStorage => ApiError::BadRequest(text),
+            P::Busy {
+                cap: Cap::OtherKey { request, .. },
+                retry_after,
+            } => ApiError::OpenWithOtherKey {
+                message: text,
+                retry_after,
+                request_id: request,
+            },
             P::Busy { retry_after, .. } => ApiError::TooMany {
                 message: text,
                 retry_after,
@@ -223,6 +252,23 @@ impl From<SourceError> for ApiError {
     fn from(e: SourceError) -> Self {
         use SourceError as S;
         let text = Chain(&e).to_string();
+        // The target still holds a request of ours filed with a key we no longer have (we
+        // forgot the target, or lost our data): only its admin can clear it, so say how.
+        if let S::Call {
+            host,
+            source:
+                CallError::Refused {
+                    open_request: Some(id),
+                    ..
+                },
+        } = &e
+        {
+            return ApiError::Conflict(format!(
+                "target {host} still has open request {id} from this appliance, filed with a key \
+                 this appliance no longer has: ask the target's admin to ignore or reject request \
+                 {id} there (`replgate ctl ignore {id}`), or wait until it expires, then ask again"
+            ));
+        }
         if let Some(retry_after) = e.retry_after() {
             let message = match &e {
                 S::Call {
@@ -285,6 +331,7 @@ pub fn kb_text(code: u32) -> Option<&'static str> {
         409 => "The operation conflicts with the object's current state, for example a request that is already accepted, rejected or expired, or a name that already exists.",
         411 => "Request bodies must be sent with Content-Length; chunked transfer encoding is not accepted.",
         412 => "See code 12505.",
+        12506 => "The target already has an open pairing request from this source, filed with another key (the source forgot the target, or lost its data, and asked again). The error names that request as request_id. The target's admin ignores or rejects it (DELETE /api/replication/pending/<request_id>, or replgate ctl ignore <request_id>), or it expires; then the source asks again.",
         12505 => "The peer presented a certificate authority that this appliance does not trust yet. Compare the fingerprint in the error with the one shown on the peer (out of band, for example by phone), then retry with \"fingerprint\": \"<that value>\", or with \"insecure\": 1 to trust whatever is presented.",
         417 => "The request carried an Expect header other than a single \"Expect: 100-continue\". Send the request without it.",
         413 => "The request body or head is larger than the configured limit (max_body_bytes, max_head_bytes).",
@@ -309,6 +356,28 @@ mod tests {
     }
 
     #[test]
+    fn an_open_request_with_another_key_is_429_with_code_12506_and_its_id() {
+        let api = ApiError::from(PairingError::Busy {
+            cap: Cap::OtherKey {
+                system_uuid: "u".into(),
+                request: 7,
+            },
+            retry_after: 30,
+        });
+        assert_eq!(api.status_and_code(), (429, OPEN_REQUEST_OTHER_KEY_CODE));
+        assert_eq!(api.headers(), vec![("Retry-After", "30".to_string())]);
+        let body: serde_json::Value = serde_json::from_str(&api.body("-")).unwrap();
+        assert_eq!(body["result"][0]["request_id"], 7);
+        assert_eq!(body["result"][0]["kb"], "/api/kb/12506");
+        assert!(kb_text(OPEN_REQUEST_OTHER_KEY_CODE).is_some());
+        let other = ApiError::from(PairingError::Busy {
+            cap: Cap::Total,
+            retry_after: 30,
+        });
+        assert_eq!(other.status_and_code(), (429, 429));
+    }
+
+    #[test]
     fn source_side_errors_map_to_who_must_act() {
         let host = || "t.example:8443".to_string();
         let (s, api) = status(SourceError::Untrusted {
@@ -322,8 +391,24 @@ mod tests {
             host: host(),
             source: CallError::Refused {
                 status: 429,
+                message: "system u already has open request 7 with another key".into(),
+                retry_after: Some(9),
+                open_request: Some(7),
+            },
+        });
+        assert_eq!(s, 409);
+        assert!(
+            api.message("-").contains("open request 7") && api.message("-").contains("ignore 7"),
+            "{}",
+            api.message("-")
+        );
+        let (s, api) = status(SourceError::Call {
+            host: host(),
+            source: CallError::Refused {
+                status: 429,
                 message: "too many open pairing requests on this appliance".into(),
                 retry_after: Some(9),
+                open_request: None,
             },
         });
         assert_eq!(s, 429);
@@ -335,6 +420,7 @@ mod tests {
             status: 409,
             message: "no".into(),
             retry_after: None,
+            open_request: None,
         };
         let (s, api) = status(SourceError::Call {
             host: host(),
@@ -360,6 +446,7 @@ mod tests {
                 status: 403,
                 message: "pairing token 0123456789ab has been revoked".into(),
                 retry_after: None,
+                open_request: None,
             },
         });
         assert_eq!(

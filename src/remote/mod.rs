@@ -23,6 +23,7 @@ use crate::ca::CaError;
 use crate::identity::{IdentityError, TargetDirs};
 use crate::pairing::source::request::{CallError, SourceIo};
 use crate::tls::TlsError;
+use crate::wire::error::OPEN_REQUEST_OTHER_KEY_CODE;
 use crate::wire::protocol::{Filed, Hello, RequestBody, SpoolStatus};
 
 /// Connecting to a peer appliance on a LAN or WAN link; a peer that does not answer within
@@ -48,6 +49,8 @@ pub enum RemoteError {
         status: u16,
         message: String,
         retry_after: Option<u64>,
+        /// With application code 12506: the peer's open request from us with another key.
+        open_request: Option<u64>,
     },
     /// The answer is larger than this client reads.
     TooLarge { limit: u64 },
@@ -318,14 +321,22 @@ impl Remote {
             text,
         } = answer(response)?;
         if !(200..300).contains(&status) {
-            let message = serde_json::from_str::<serde_json::Value>(&text)
+            let error = serde_json::from_str::<serde_json::Value>(&text)
                 .ok()
-                .and_then(|v| v["result"][0]["message"].as_str().map(String::from))
+                .map(|v| v["result"][0].clone());
+            let message = error
+                .as_ref()
+                .and_then(|e| e["message"].as_str().map(String::from))
                 .unwrap_or_else(|| text.chars().take(200).collect());
+            let open_request = error
+                .as_ref()
+                .filter(|e| e["code"].as_u64() == Some(u64::from(OPEN_REQUEST_OTHER_KEY_CODE)))
+                .and_then(|e| e["request_id"].as_u64());
             return Err(RemoteError::Refused {
                 status,
                 message,
                 retry_after,
+                open_request,
             });
         }
         serde_json::from_str(&text).map_err(|source| RemoteError::Malformed {
@@ -350,6 +361,7 @@ impl Remote {
                 status,
                 message: format!("GET {path}"),
                 retry_after,
+                open_request: None,
             });
         }
         Ok(text)
@@ -398,10 +410,12 @@ impl From<RemoteError> for CallError {
                 status,
                 message,
                 retry_after,
+                open_request,
             } => CallError::Refused {
                 status,
                 message,
                 retry_after,
+                open_request,
             },
             e if e.is_local() => CallError::Local(Box::new(e)),
             e => CallError::Failed(Box::new(e)),

@@ -4,6 +4,10 @@
 
 /// The application code of an untrusted peer certificate, as in the existing appliance API.
 pub const UNTRUSTED_CERT_CODE: u32 = 12505;
+/// The application code of a 429 refusing a filing because the same source already has an
+/// open request with another key; the error carries that request's id as `request_id`, so
+/// the source can tell its admin exactly what the target's admin must do.
+pub const OPEN_REQUEST_OTHER_KEY_CODE: u32 = 12506;
 
 /// Renders the documented error body for `code` (an HTTP status or an application code
 /// such as 12505) with an admin-readable `message`.

@@ -562,3 +562,58 @@ fn peer_supplied_names_are_stored_as_sent_and_shown_escaped() {
         assert!(!table.contains(c), "raw U+{:04X} in {table}", c as u32);
     }
 }
+
+#[test]
+fn asking_again_after_forgetting_a_pending_target_says_what_the_targets_admin_must_do() {
+    let scratch = scratch_dir("ctl-reask");
+    let (src, tgt) = start_pair("ctl-reask");
+    let on_src = Ctl::new(&src, &scratch);
+    on_src.login();
+    let target = tgt.api.to_string();
+    let fingerprint = tgt.ca_fingerprint();
+    let asked = on_src
+        .run(&[
+            "--json",
+            "request-target",
+            &target,
+            "--fingerprint",
+            &fingerprint,
+        ])
+        .expect(0)
+        .json();
+    let request_id = asked["request_id"].as_u64().expect("request_id");
+
+    // The source forgets its key; the target still holds the request filed with it.
+    on_src.run(&["forget-target", &target]).expect(0);
+    let r = on_src
+        .run(&["request-target", &target, "--fingerprint", &fingerprint])
+        .expect(6);
+    for needed in [
+        format!("still has open request {request_id}"),
+        format!("replgate ctl ignore {request_id}"),
+    ] {
+        assert!(r.stderr.contains(&needed), "{needed:?} in {r:?}");
+    }
+
+    // The target itself keeps answering 429 with Retry-After, now with code 12506 and the id.
+    let systems = on_src.run(&["--json", "systems"]).expect(0).json();
+    let uuid = systems_row(&systems, |s| s["local"] == true)["system_uuid"]
+        .as_str()
+        .expect("the local row's system_uuid")
+        .to_string();
+    let filed = tgt.try_file_request(&uuid, &crate::harness::simple_csr().pem);
+    assert_eq!(filed.status, 429, "{}", filed.text());
+    assert!(filed.header("retry-after").is_some());
+    let body = filed.json();
+    assert_eq!(body["result"][0]["code"], 12506);
+    assert_eq!(body["result"][0]["kb"], "/api/kb/12506");
+    assert_eq!(body["result"][0]["request_id"], request_id);
+
+    // Once the target's admin ignores it, asking again works.
+    let on_tgt = Ctl::new(&tgt, &scratch);
+    on_tgt.login();
+    on_tgt.run(&["ignore", &request_id.to_string()]).expect(0);
+    on_src
+        .run(&["request-target", &target, "--fingerprint", &fingerprint])
+        .expect(0);
+}

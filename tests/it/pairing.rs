@@ -256,11 +256,12 @@ fn full_pairing_from_untrusted_to_a_proven_tunnel() {
 fn managed_source_is_a_replication_source_and_rejection_reaches_the_source() {
     let (src, tgt) = start_pair("pair-managed");
     let (st, tt) = (src.root_token(), tgt.root_token());
-    // The source reports its first host name ("localhost") as its host.
+    // The source reports its `name` (here the machine's host name) as its host.
+    let local = systems_row(&src.systems(&st), |s| s["local"] == true);
     let r = tgt.client().post_json(
         "/api/systems",
         Some(&tt),
-        &json!({"name": "known-dpu", "host": "localhost"}),
+        &json!({"name": "known-dpu", "host": local["name"]}),
     );
     assert_eq!(r.status, 201);
     let managed_id = r.json()["id"].clone();

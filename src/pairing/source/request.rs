@@ -56,6 +56,9 @@ pub enum CallError {
         status: u16,
         message: String,
         retry_after: Option<u64>,
+        /// With code 12506: the id of the target's open request from us, filed with a
+        /// key we no longer have.
+        open_request: Option<u64>,
     },
     /// The call could not be made or its answer not read: unreachable, not trusted, outside
     /// the protocol.
@@ -881,6 +884,7 @@ mod tests {
                     status: 429,
                     message: "too many open requests from 192.0.2.1".into(),
                     retry_after,
+                    open_request: None,
                 })
             })
         };
