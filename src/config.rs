@@ -768,17 +768,6 @@ impl Config {
             ("hostnames", list(&self.hostnames)),
             ("console_hosts", list(&self.console_hosts)),
             ("console_origins", list(&self.console_origins)),
-            (
-                "hostnames",
-                format!(
-                    "[{}]",
-                    self.hostnames
-                        .iter()
-                        .map(|h| q(h))
-                        .collect::<Vec<_>>()
-                        .join(", ")
-                ),
-            ),
             ("name", q(&self.name)),
             ("asset_tag", q(&self.asset_tag)),
             ("log", q(&self.log)),
