@@ -132,6 +132,18 @@ source side (this appliance replicates to a target):
                                            CA fingerprint and a pairing token in one
   targets                                  targets asked, and each pairing's state
   forget-target HOST[:PORT]                forget a target, its key and its certificates
+  queue [--target ID] [--all]              the replication queue: active and waiting items,
+                                           what sources send here now (--all: finished ones too)
+  queue add TARGET_ID CLIENT/FILE          queue one backup by hand (at the end, any strategy)
+  queue remove ID... | --client NAME       take items out of the queue (an active one stops)
+  queue reset ID... | --client NAME        take them out and queue them again at the end
+  replication-config [--max-concurrent N] [--strategy manual|retention|recency] [--retries N]
+                                           show, or change, how the queue replicates
+  throttle [--link-mbps N] [--window PCT:DAYS:START-END ...] [--clear]
+                                           show, or set, the throttle windows (DAYS 0-6, 0 is
+                                           Sunday, as 1-5 or 0,6; hours 0-23; --clear: none)
+  received SID                             what source SID delivered here, and its last verify
+  verify SID                               re-read every copy SID delivered and check its SHA-256
 users and audit:
   users                                    list users
   users add NAME --privilege P [--password-stdin]
@@ -235,6 +247,39 @@ pub enum CtlCommand {
     ForgetTarget {
         host: String,
     },
+    /// `queue [--target ID] [--all]`.
+    Queue {
+        target_id: Option<u64>,
+        include_done: bool,
+    },
+    QueueAdd {
+        target_id: u64,
+        backup: String,
+    },
+    /// `queue remove|reset`: items by id, and every open item of the clients.
+    QueueChange {
+        ids: Vec<u64>,
+        clients: Vec<String>,
+        reset: bool,
+    },
+    /// Shows the config, or changes the fields given.
+    ReplicationConfig {
+        max_concurrent: Option<u64>,
+        strategy: Option<String>,
+        retries: Option<u64>,
+    },
+    /// Shows the throttle, or sets the link speed and/or the windows (`Some(vec![])`:
+    /// none).
+    Throttle {
+        link_mbps: Option<u64>,
+        windows: Option<Vec<ThrottleWindow>>,
+    },
+    Received {
+        system_id: u64,
+    },
+    Verify {
+        system_id: u64,
+    },
     Users,
     UserAdd {
         name: String,
@@ -300,13 +345,62 @@ fn duration(what: &str, s: &str) -> Result<u64, UsageError> {
         })
 }
 
+/// One `--window PCT:DAYS:START-END`: 10 % of the link on weekdays 1 to 5 from 8 to 18
+/// is `10:1-5:8-18`; days may be listed (`0,6`); hours are 0–23 local time.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ThrottleWindow {
+    pub percentage: u32,
+    pub days: Vec<u8>,
+    pub start: u32,
+    pub end: u32,
+}
+
+fn throttle_window(w: &str) -> Result<ThrottleWindow, UsageError> {
+    let bad = || {
+        UsageError(format!(
+            "--window {w:?} is not PCT:DAYS:START-END, e.g. 10:1-5:8-18 (10 % on Monday to Friday, 8 to 18)"
+        ))
+    };
+    let parts: Vec<&str> = w.split(':').collect();
+    let [pct, days, hours] = parts.as_slice() else {
+        return Err(bad());
+    };
+    let number = |s: &str, max: u32| s.parse::<u32>().ok().filter(|n| *n <= max).ok_or_else(bad);
+    let percentage = number(pct, 100)?;
+    if percentage == 0 {
+        return Err(bad());
+    }
+    let mut list = Vec::new();
+    for part in days.split(',') {
+        match part.split_once('-') {
+            Some((a, b)) => {
+                let (a, b) = (number(a, 6)?, number(b, 6)?);
+                if a > b {
+                    return Err(bad());
+                }
+                list.extend((a..=b).map(|d| d as u8));
+            }
+            None => list.push(number(part, 6)? as u8),
+        }
+    }
+    list.sort_unstable();
+    list.dedup();
+    let (start, end) = hours.split_once('-').ok_or_else(bad)?;
+    Ok(ThrottleWindow {
+        percentage,
+        days: list,
+        start: number(start, 23)?,
+        end: number(end, 23)?,
+    })
+}
+
 /// The user `login` uses without `--user`: the superuser created on first start.
 pub const DEFAULT_LOGIN_USER: &str = "root";
 /// Audit entries shown without `--limit`.
 pub const DEFAULT_AUDIT_LIMIT: u64 = 50;
 
 /// Options that take a value, wherever they appear.
-const CTL_VALUE_OPTIONS: [&str; 19] = [
+const CTL_VALUE_OPTIONS: [&str; 26] = [
     "--name",
     "--api",
     "--cacert",
@@ -326,9 +420,17 @@ const CTL_VALUE_OPTIONS: [&str; 19] = [
     "--host",
     "--note",
     "--address",
+    "--target",
+    "--client",
+    "--max-concurrent",
+    "--strategy",
+    "--retries",
+    "--link-mbps",
+    "--window",
 ];
 /// Options that take none.
-const CTL_FLAGS: [&str; 5] = [
+const CTL_FLAGS: [&str; 6] = [
+    "--clear",
     "--json",
     "--all",
     "--insecure",
@@ -361,6 +463,23 @@ impl CtlOptions {
     /// Whether `name` was given, without taking it.
     fn has(&self, name: &str) -> bool {
         self.0.iter().any(|(n, _)| *n == name)
+    }
+
+    /// Every value of an option that may be given more than once (`--window`).
+    fn values(&mut self, name: &str) -> Result<Vec<String>, UsageError> {
+        let mut found = Vec::new();
+        self.0.retain(|(n, v)| {
+            if *n == name {
+                found.push(v.clone());
+                false
+            } else {
+                true
+            }
+        });
+        found
+            .into_iter()
+            .map(|v| v.ok_or_else(|| UsageError(format!("{name} needs a value"))))
+            .collect()
     }
 
     fn flag(&mut self, name: &str) -> Result<bool, UsageError> {
@@ -737,6 +856,109 @@ pub fn parse_ctl(args: &[String]) -> Result<Ctl, UsageError> {
                     .unwrap_or(DEFAULT_AUDIT_LIMIT),
             }
         }
+        "queue" => match rest.split_first() {
+            None => CtlCommand::Queue {
+                target_id: opts
+                    .value("--target")?
+                    .map(|t| positive("--target", &t))
+                    .transpose()?,
+                include_done: opts.flag("--all")?,
+            },
+            Some((sub, more)) => {
+                let verb = format!("queue {sub}");
+                match sub.as_str() {
+                    "add" => {
+                        let [target, backup] =
+                            operands(&verb, more, ["a target ID", "a backup (CLIENT/FILE)"])?;
+                        CtlCommand::QueueAdd {
+                            target_id: positive("the target ID", target)?,
+                            backup: backup.to_string(),
+                        }
+                    }
+                    "remove" | "reset" => {
+                        let ids = more
+                            .iter()
+                            .map(|id| positive("an item ID", id))
+                            .collect::<Result<Vec<u64>, _>>()?;
+                        let clients = opts.values("--client")?;
+                        if ids.is_empty() && clients.is_empty() {
+                            return Err(UsageError(format!(
+                                "`{verb}` needs item IDs or --client NAME"
+                            )));
+                        }
+                        CtlCommand::QueueChange {
+                            ids,
+                            clients,
+                            reset: sub == "reset",
+                        }
+                    }
+                    other => {
+                        return Err(UsageError(format!(
+                            "unknown queue command {other:?} (add, remove or reset)"
+                        )))
+                    }
+                }
+            }
+        },
+        "replication-config" => {
+            no_operands(rest)?;
+            let number = |opts: &mut CtlOptions, name: &str| -> Result<Option<u64>, UsageError> {
+                opts.value(name)?
+                    .map(|n| {
+                        n.parse::<u64>()
+                            .map_err(|_| UsageError(format!("{name} must be a number, not {n:?}")))
+                    })
+                    .transpose()
+            };
+            let strategy = opts.value("--strategy")?;
+            if let Some(s) = &strategy {
+                if !["manual", "retention", "recency"].contains(&s.as_str()) {
+                    return Err(UsageError(format!(
+                        "--strategy {s:?} is not manual, retention or recency"
+                    )));
+                }
+            }
+            CtlCommand::ReplicationConfig {
+                max_concurrent: number(&mut opts, "--max-concurrent")?,
+                strategy,
+                retries: number(&mut opts, "--retries")?,
+            }
+        }
+        "throttle" => {
+            no_operands(rest)?;
+            let clear = opts.flag("--clear")?;
+            let windows = opts
+                .values("--window")?
+                .iter()
+                .map(|w| throttle_window(w))
+                .collect::<Result<Vec<ThrottleWindow>, _>>()?;
+            if clear && !windows.is_empty() {
+                return Err(UsageError("--clear and --window do not go together".into()));
+            }
+            CtlCommand::Throttle {
+                link_mbps: opts
+                    .value("--link-mbps")?
+                    .map(|n| positive("--link-mbps", &n))
+                    .transpose()?,
+                windows: if clear {
+                    Some(Vec::new())
+                } else {
+                    Some(windows).filter(|w| !w.is_empty())
+                },
+            }
+        }
+        "received" => {
+            let [sid] = operands(verb, rest, ["a system ID"])?;
+            CtlCommand::Received {
+                system_id: positive("the system ID", sid)?,
+            }
+        }
+        "verify" => {
+            let [sid] = operands(verb, rest, ["a system ID"])?;
+            CtlCommand::Verify {
+                system_id: positive("the system ID", sid)?,
+            }
+        }
         "metrics-token" => {
             no_operands(rest)?;
             CtlCommand::MetricsToken {
@@ -759,6 +981,9 @@ pub fn parse_ctl(args: &[String]) -> Result<Ctl, UsageError> {
         CtlCommand::TokenCreate(_) => "token create",
         CtlCommand::TokenList => "token list",
         CtlCommand::TokenRevoke { .. } => "token revoke",
+        CtlCommand::QueueAdd { .. } => "queue add",
+        CtlCommand::QueueChange { reset: false, .. } => "queue remove",
+        CtlCommand::QueueChange { reset: true, .. } => "queue reset",
         _ => verb,
     };
     opts.finish(shown)?;
@@ -812,6 +1037,86 @@ mod tests {
             Ok(c) => panic!("{s} parsed as {c:?}"),
             Err(e) => e.0,
         }
+    }
+
+    #[test]
+    fn replication_commands_parse_with_their_checks() {
+        assert_eq!(
+            command("queue --target 3 --all"),
+            CtlCommand::Queue {
+                target_id: Some(3),
+                include_done: true
+            }
+        );
+        assert_eq!(
+            command("queue add 2 web/monday"),
+            CtlCommand::QueueAdd {
+                target_id: 2,
+                backup: "web/monday".into()
+            }
+        );
+        assert_eq!(
+            command("queue reset 4 5 --client db"),
+            CtlCommand::QueueChange {
+                ids: vec![4, 5],
+                clients: vec!["db".into()],
+                reset: true
+            }
+        );
+        assert!(usage_error("queue remove").contains("item IDs or --client"));
+        assert!(usage_error("queue drop 1").contains("add, remove or reset"));
+        assert_eq!(
+            command("throttle --link-mbps 100 --window 10:1-5:8-18 --window 50:0,6:22-6"),
+            CtlCommand::Throttle {
+                link_mbps: Some(100),
+                windows: Some(vec![
+                    ThrottleWindow {
+                        percentage: 10,
+                        days: vec![1, 2, 3, 4, 5],
+                        start: 8,
+                        end: 18
+                    },
+                    ThrottleWindow {
+                        percentage: 50,
+                        days: vec![0, 6],
+                        start: 22,
+                        end: 6
+                    },
+                ])
+            }
+        );
+        assert_eq!(
+            command("throttle --clear"),
+            CtlCommand::Throttle {
+                link_mbps: None,
+                windows: Some(vec![])
+            }
+        );
+        assert_eq!(
+            command("throttle"),
+            CtlCommand::Throttle {
+                link_mbps: None,
+                windows: None
+            }
+        );
+        for bad in [
+            "0:1:1-2",
+            "101:1:1-2",
+            "10:7:1-2",
+            "10:5-1:1-2",
+            "10:1:24-2",
+            "10:1",
+            "x:1:1-2",
+        ] {
+            assert!(
+                usage_error(&format!("throttle --window {bad}")).contains("PCT:DAYS:START-END"),
+                "{bad}"
+            );
+        }
+        assert!(usage_error("throttle --clear --window 10:1:1-2").contains("do not go together"));
+        assert!(usage_error("replication-config --strategy fast")
+            .contains("manual, retention or recency"));
+        assert_eq!(command("verify 7"), CtlCommand::Verify { system_id: 7 });
     }
 
     #[test]

@@ -260,6 +260,98 @@ impl Client {
         self.call(Method::Post, path, Some(token), Some(&body))
     }
 
+    pub fn queue(
+        &self,
+        token: &Secret,
+        target_id: Option<u64>,
+        include_done: bool,
+    ) -> Result<Answer, CtlError> {
+        let mut path = "/api/replication/queue?count=1000".to_string();
+        if let Some(t) = target_id {
+            path.push_str(&format!("&target_id={t}"));
+        }
+        if include_done {
+            path.push_str("&include_done=1");
+        }
+        self.call(Method::Get, &path, Some(token), None)
+    }
+
+    pub fn queue_add(
+        &self,
+        token: &Secret,
+        target_id: u64,
+        backup: &str,
+    ) -> Result<Answer, CtlError> {
+        let body = json!({ "target_id": target_id, "backup": backup });
+        self.call(
+            Method::Post,
+            "/api/replication/queue",
+            Some(token),
+            Some(&body),
+        )
+    }
+
+    pub fn queue_change(
+        &self,
+        token: &Secret,
+        ids: &[u64],
+        clients: &[String],
+        reset: bool,
+    ) -> Result<Answer, CtlError> {
+        let backups: Vec<Value> = ids.iter().map(|id| json!({ "id": id })).collect();
+        let body = json!({
+            "backups": backups,
+            "clients": clients,
+            "action": if reset { "reset" } else { "none" },
+        });
+        self.call(
+            Method::Put,
+            "/api/replication/queue",
+            Some(token),
+            Some(&body),
+        )
+    }
+
+    /// The replication config; with `changes` (an object of fields), changes it first.
+    pub fn replication_config(
+        &self,
+        token: &Secret,
+        changes: Option<&Value>,
+    ) -> Result<Answer, CtlError> {
+        match changes {
+            Some(body) => self.call(
+                Method::Put,
+                "/api/replication/config",
+                Some(token),
+                Some(body),
+            ),
+            None => self.call(Method::Get, "/api/replication/config", Some(token), None),
+        }
+    }
+
+    /// The throttle; with `changes`, sets it first.
+    pub fn throttle(&self, token: &Secret, changes: Option<&Value>) -> Result<Answer, CtlError> {
+        match changes {
+            Some(body) => self.call(
+                Method::Put,
+                "/api/replication/throttle",
+                Some(token),
+                Some(body),
+            ),
+            None => self.call(Method::Get, "/api/replication/throttle", Some(token), None),
+        }
+    }
+
+    pub fn received(&self, token: &Secret, system_id: u64) -> Result<Answer, CtlError> {
+        let path = format!("/api/replication/received?sid={system_id}");
+        self.call(Method::Get, &path, Some(token), None)
+    }
+
+    pub fn verify(&self, token: &Secret, system_id: u64) -> Result<Answer, CtlError> {
+        let path = format!("/api/replication/verify?sid={system_id}");
+        self.call(Method::Post, &path, Some(token), Some(&json!({})))
+    }
+
     pub fn targets(&self, token: &Secret) -> Result<Answer, CtlError> {
         self.call(Method::Get, "/api/replication/targets", Some(token), None)
     }

@@ -444,6 +444,100 @@ fn execute(ctl: &Ctl) -> Result<String, CtlError> {
             })
         }
         CtlCommand::Targets => show(client.targets(&token()?)?, &table::targets_table),
+        CtlCommand::Queue {
+            target_id,
+            include_done,
+        } => show(
+            client.queue(&token()?, *target_id, *include_done)?,
+            &table::queue_table,
+        ),
+        CtlCommand::QueueAdd { target_id, backup } => {
+            let a = client.queue_add(&token()?, *target_id, backup)?;
+            show(a, &|v| {
+                format!(
+                    "queued {} for target {} as item {} (at the end of the queue)\n",
+                    cell(&v["backup"]),
+                    cell(&v["target_id"]),
+                    cell(&v["id"])
+                )
+            })
+        }
+        CtlCommand::QueueChange {
+            ids,
+            clients,
+            reset,
+        } => {
+            let a = client.queue_change(&token()?, ids, clients, *reset)?;
+            show(a, &|v| {
+                let items = table::rows(v, "items");
+                let what = if *reset {
+                    "reset (queued again at the end)"
+                } else {
+                    "removed"
+                };
+                let ids: Vec<String> = items.iter().map(|i| cell(&i["id"])).collect();
+                match ids.len() {
+                    0 => "no open item matched\n".to_string(),
+                    _ => format!("{what}: items {}\n", ids.join(", ")),
+                }
+            })
+        }
+        CtlCommand::ReplicationConfig {
+            max_concurrent,
+            strategy,
+            retries,
+        } => {
+            let mut changes = serde_json::Map::new();
+            if let Some(n) = max_concurrent {
+                changes.insert("max_concurrent".into(), (*n).into());
+            }
+            if let Some(s) = strategy {
+                changes.insert("strategy".into(), s.clone().into());
+            }
+            if let Some(n) = retries {
+                changes.insert("retries".into(), (*n).into());
+            }
+            let changes = (!changes.is_empty()).then_some(Value::Object(changes));
+            show(
+                client.replication_config(&token()?, changes.as_ref())?,
+                &table::config_text,
+            )
+        }
+        CtlCommand::Throttle { link_mbps, windows } => {
+            let mut changes = serde_json::Map::new();
+            if let Some(n) = link_mbps {
+                changes.insert("link_mbps".into(), (*n).into());
+            }
+            if let Some(ws) = windows {
+                let list: Vec<Value> = ws
+                    .iter()
+                    .map(|w| {
+                        serde_json::json!({"percentage": w.percentage, "days": w.days,
+                                           "start": w.start, "end": w.end})
+                    })
+                    .collect();
+                changes.insert("throttle".into(), Value::Array(list));
+            }
+            let changes = (!changes.is_empty()).then_some(Value::Object(changes));
+            show(
+                client.throttle(&token()?, changes.as_ref())?,
+                &table::throttle_table,
+            )
+        }
+        CtlCommand::Received { system_id } => show(
+            client.received(&token()?, *system_id)?,
+            &table::received_table,
+        ),
+        CtlCommand::Verify { system_id } => {
+            let a = client.verify(&token()?, *system_id)?;
+            show(a, &|v| {
+                format!(
+                    "verifying what system {system_id} delivered ({} copies); \
+                     follow it with `replgate ctl received {system_id}`\n",
+                    cell(&v["verify"]["total"])
+                )
+            })
+        }
         CtlCommand::ForgetTarget { host } => {
             let a = client.forget_target(&token()?, host)?;
             show(a, &|v| format!("forgot target {}\n", cell(&v["host"])))

@@ -233,6 +233,142 @@ pub fn targets_table(v: &Value) -> String {
     listing(rows(v, "targets"), "no targets", &cols)
 }
 
+/// Bytes as MB (10^6) with one decimal, as people read transfer sizes.
+fn mb_cell(v: &Value) -> String {
+    v.as_u64()
+        .map(|b| format!("{:.1}", b as f64 / 1e6))
+        .unwrap_or_default()
+}
+
+/// The queue: active items (with live progress), then waiting and failed ones, then
+/// finished ones when asked for.
+pub fn queue_table(v: &Value) -> String {
+    let headers = [
+        "ID", "TARGET", "BACKUP", "STATUS", "POS", "MB", "DONE MB", "MB/S", "ETA S", "MESSAGE",
+    ];
+    let mut out = Vec::new();
+    for list in ["active", "inactive", "done"] {
+        for i in rows(v, list) {
+            let who = match (&i["target"], &i["sid"]) {
+                (Value::String(t), _) => t.clone(),
+                (_, Value::Number(sid)) => format!("from system {sid}"),
+                _ => String::new(),
+            };
+            let pos = match i["queue_position"].as_u64() {
+                Some(0) | None => String::new(),
+                Some(p) => p.to_string(),
+            };
+            out.push(vec![
+                cell(&i["id"]),
+                who,
+                cell(&i["backup"]),
+                cell(&i["status"]),
+                pos,
+                mb_cell(&i["size"]),
+                mb_cell(&i["bytes_done"]),
+                i["rate_bps"]
+                    .as_u64()
+                    .map(|r| format!("{:.1}", r as f64 / 1e6))
+                    .unwrap_or_default(),
+                cell(&i["eta_s"]),
+                cell(&i["message"]),
+            ]);
+        }
+    }
+    if out.is_empty() {
+        return "the replication queue is empty\n".to_string();
+    }
+    let mut text = table(&headers, &out);
+    if let Some(n) = v["total_inactive"].as_u64() {
+        let shown = rows(v, "inactive").len() as u64;
+        if n > shown {
+            text.push_str(&format!(
+                "({} more waiting or failed items not shown)\n",
+                n - shown
+            ));
+        }
+    }
+    text
+}
+
+pub fn config_text(v: &Value) -> String {
+    let c = &v["config"];
+    format!(
+        "strategy {} (queue_scheme {}), max_concurrent {}, retries {}\n",
+        cell(&c["strategy"]),
+        cell(&c["queue_scheme"]),
+        cell(&c["max_concurrent"]),
+        cell(&c["retries"])
+    )
+}
+
+pub fn throttle_table(v: &Value) -> String {
+    let link = cell(&v["link_mbps"]);
+    let windows = rows(v, "throttle");
+    if windows.is_empty() {
+        return format!(
+            "no throttle windows: replication runs at full speed (link {link} Mbit/s)\n"
+        );
+    }
+    let out: Vec<Vec<String>> = windows
+        .iter()
+        .map(|w| {
+            let days: Vec<String> = w["days"]
+                .as_array()
+                .map(|d| d.iter().map(cell).collect())
+                .unwrap_or_default();
+            let (start, end) = (cell(&w["start"]), cell(&w["end"]));
+            let hours = if start == end {
+                "all day".to_string()
+            } else {
+                format!("{start}-{end}")
+            };
+            vec![
+                format!("{}%", cell(&w["percentage"])),
+                days.join(","),
+                hours,
+            ]
+        })
+        .collect();
+    format!(
+        "link {link} Mbit/s\n{}",
+        table(&["PERCENT", "DAYS (0 = SUN)", "HOURS"], &out)
+    )
+}
+
+pub fn received_table(v: &Value) -> String {
+    use Col::*;
+    let mut text = listing(
+        rows(v, "received"),
+        "nothing received from this source",
+        &[
+            Text("BACKUP", "backup"),
+            Text("SIZE", "size"),
+            Text("STATUS", "status"),
+            Time("RECEIVED", "received"),
+            Time("VERIFIED", "verified"),
+            Text("SHA256", "sha256"),
+            Text("MESSAGE", "message"),
+        ],
+    );
+    let verify = &v["verify"];
+    if verify.is_object() {
+        text.push_str(&format!(
+            "verify {}: {} of {} checked, {} damaged, {} missing\n",
+            if verify["running"] == true {
+                "running"
+            } else {
+                "finished"
+            },
+            cell(&verify["checked"]),
+            cell(&verify["total"]),
+            cell(&verify["damaged"]),
+            cell(&verify["missing"])
+        ));
+    }
+    text
+}
+
 pub fn users_table(v: &Value) -> String {
     use Col::*;
     let cols = [

@@ -617,3 +617,101 @@ fn asking_again_after_forgetting_a_pending_target_says_what_the_targets_admin_mu
         .run(&["request-target", &target, "--fingerprint", &fingerprint])
         .expect(0);
 }
+
+#[test]
+fn replication_is_driven_through_ctl() {
+    let scratch = scratch_dir("ctl-repl");
+    let (src, tgt) = start_pair("ctl-repl");
+    let on_src = Ctl::new(&src, &scratch);
+    let on_tgt = Ctl::new(&tgt, &scratch);
+    on_src.login();
+    on_tgt.login();
+    let r = on_src
+        .run(&[
+            "replication-config",
+            "--strategy",
+            "manual",
+            "--max-concurrent",
+            "1",
+        ])
+        .expect(0);
+    assert!(
+        r.stdout
+            .contains("strategy manual (queue_scheme 0), max_concurrent 1"),
+        "{r:?}"
+    );
+    let r = on_src.run(&["--json", "replication-config"]).expect(0);
+    assert_eq!(r.json()["config"]["strategy"], "manual");
+    on_src
+        .run(&["replication-config", "--strategy", "fast"])
+        .expect(2);
+    let r = on_src
+        .run(&[
+            "throttle",
+            "--link-mbps",
+            "100",
+            "--window",
+            "10:1-5:8-18",
+            "--window",
+            "50:0,6:22-6",
+        ])
+        .expect(0);
+    assert!(r.stdout.contains("link 100 Mbit/s"), "{r:?}");
+    assert!(
+        r.stdout.contains("1,2,3,4,5") && r.stdout.contains("8-18"),
+        "{r:?}"
+    );
+    let r = on_src.run(&["--json", "throttle"]).expect(0);
+    assert_eq!(r.json()["throttle"][1]["days"], serde_json::json!([0, 6]));
+    on_src.run(&["throttle", "--window", "10:7:1-2"]).expect(2);
+    let r = on_src.run(&["throttle", "--clear"]).expect(0);
+    assert!(r.stdout.contains("full speed"), "{r:?}");
+
+    let p = crate::harness::pair(&src, &tgt, serde_json::json!({}));
+    let dir = src.data_dir.join("storage/web");
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::write(dir.join("monday"), vec![7u8; 100_000]).unwrap();
+    let r = on_src.run(&["queue"]).expect(0);
+    assert!(
+        r.stdout.contains("the replication queue is empty"),
+        "manual: {r:?}"
+    );
+    let target = p.target_id.to_string();
+    let r = on_src
+        .run(&["queue", "add", &target, "web/monday"])
+        .expect(0);
+    assert!(r.stdout.contains("queued web/monday for target"), "{r:?}");
+    on_src.run(&["queue", "add", &target, "../etc"]).expect(1);
+    eventually(Duration::from_secs(20), "web/monday received", || {
+        let r = on_tgt.run(&["received", &p.sid.to_string()]).expect(0);
+        r.stdout.contains("web/monday").then_some(())
+    });
+    let r = on_src.run(&["queue", "--all"]).expect(0);
+    assert!(
+        r.stdout.contains("web/monday") && r.stdout.contains("done"),
+        "{r:?}"
+    );
+    let r = on_tgt.run(&["verify", &p.sid.to_string()]).expect(0);
+    assert!(r.stdout.contains("(1 copies)"), "{r:?}");
+    eventually(Duration::from_secs(20), "verify finished", || {
+        let r = on_tgt.run(&["received", &p.sid.to_string()]).expect(0);
+        r.stdout
+            .contains("verify finished: 1 of 1 checked, 0 damaged")
+            .then_some(())
+    });
+    let id =
+        on_src.run(&["--json", "queue", "--all"]).expect(0).json()["done"][0]["id"].to_string();
+    let r = on_src.run(&["queue", "reset", &id]).expect(0);
+    assert!(
+        r.stdout.contains("reset (queued again at the end)"),
+        "{r:?}"
+    );
+    on_src.run(&["queue", "remove"]).expect(2);
+    let r = on_src
+        .run(&["queue", "remove", "--client", "web"])
+        .expect(0);
+    assert!(
+        r.stdout.contains("removed") || r.stdout.contains("no open item"),
+        "{r:?}"
+    );
+}
