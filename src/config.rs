@@ -32,6 +32,8 @@ pub mod defaults {
     pub const MAX_HEAD_BYTES: usize = 16_384;
     /// `max_body_bytes`.
     pub const MAX_BODY_BYTES: u64 = 65_536;
+    /// `server_certificate_seconds`: two years.
+    pub const SERVER_CERTIFICATE_SECONDS: u64 = 2 * 365 * 86_400;
 }
 
 /// A storage location that can hold a source's backups.
@@ -93,6 +95,39 @@ pub enum Fault {
     None,
     /// Abort the process right after an accept is committed and before its spool is written.
     CrashAfterAcceptCommit,
+    /// Target: abort right after a renewal is committed, before the source hears of it.
+    CrashAfterRenewCommit,
+    /// Source: abort right after a renewed certificate is written, before it is installed.
+    CrashAfterRenewReceive,
+    /// Source: abort right after a renewed generation is installed, before it is proven.
+    CrashAfterRenewInstall,
+}
+
+impl Fault {
+    const NAMES: [(&'static str, Fault); 5] = [
+        ("none", Fault::None),
+        ("crash_after_accept_commit", Fault::CrashAfterAcceptCommit),
+        ("crash_after_renew_commit", Fault::CrashAfterRenewCommit),
+        ("crash_after_renew_receive", Fault::CrashAfterRenewReceive),
+        ("crash_after_renew_install", Fault::CrashAfterRenewInstall),
+    ];
+
+    /// The configuration's word for it.
+    pub fn name(self) -> &'static str {
+        Fault::NAMES
+            .iter()
+            .find(|(_, f)| *f == self)
+            .map_or("none", |(name, _)| name)
+    }
+
+    /// Aborts the process (as kill -9 would end it: no destructor, no flush) when `self`
+    /// is the fault configured for this point.
+    pub fn crash_if(self, point: Fault) {
+        if self == point && point != Fault::None {
+            log::error!("fault injection: aborting at {point:?}");
+            std::process::abort();
+        }
+    }
 }
 
 /// The resolved configuration. Every field's doc names its key and default.
@@ -173,8 +208,16 @@ pub struct Config {
     /// `require_token`: refuse every pairing request filed without a valid pairing token.
     /// Defaults to false.
     pub require_token: bool,
-    /// `certificate_days`: lifetime of issued source certificates. Defaults to 365.
-    pub certificate_days: u32,
+    /// `certificate_days` (or `certificate_seconds`, which wins, at least 60): lifetime of
+    /// issued source certificates. Defaults to 365 days.
+    pub client_cert_lifetime: Duration,
+    /// `server_certificate_seconds` (at least 60): lifetime of the API and tunnel listener
+    /// certificates. Defaults to 63072000 (two years).
+    pub server_cert_lifetime: Duration,
+    /// `renew_grace` (s, at least 60): how long a renewed source certificate's predecessor
+    /// stays valid when the source does not prove the new one first. Defaults to 604800
+    /// (7 days).
+    pub renew_grace: Duration,
     /// `workers`: threads that run request handlers. Defaults to 4.
     pub workers: usize,
     /// `[[storage]]`: storage locations. Defaults to one `backup` storage, id 1, at
@@ -183,7 +226,8 @@ pub struct Config {
     /// `replicate_from`: the id of the storage whose backups this appliance replicates to
     /// its targets. Defaults to the default backup storage.
     pub replicate_from: Option<u64>,
-    /// `fault`: fault injection for crash tests (`none`, `crash_after_accept_commit`).
+    /// `fault`: fault injection for crash tests (`none`, `crash_after_accept_commit`,
+    /// `crash_after_renew_commit`, `crash_after_renew_receive`, `crash_after_renew_install`).
     /// Defaults to `none`.
     pub fault: Fault,
     /// Where each key that is not a default came from: `file PATH` or `env REPLGATE_KEY`.
@@ -276,6 +320,9 @@ struct RawConfig {
     unverified_request_ttl: Option<u64>,
     require_token: Option<bool>,
     certificate_days: Option<u64>,
+    certificate_seconds: Option<u64>,
+    server_certificate_seconds: Option<u64>,
+    renew_grace: Option<u64>,
     workers: Option<u64>,
     replicate_from: Option<u64>,
     fault: Option<String>,
@@ -306,6 +353,9 @@ const NUMERIC_KEYS: &[&str] = &[
     "pending_prefix_v6",
     "unverified_request_ttl",
     "certificate_days",
+    "certificate_seconds",
+    "server_certificate_seconds",
+    "renew_grace",
     "workers",
     "replicate_from",
 ];
@@ -335,6 +385,9 @@ impl RawConfig {
             "pending_prefix_v6" => &mut self.pending_prefix_v6,
             "unverified_request_ttl" => &mut self.unverified_request_ttl,
             "certificate_days" => &mut self.certificate_days,
+            "certificate_seconds" => &mut self.certificate_seconds,
+            "server_certificate_seconds" => &mut self.server_certificate_seconds,
+            "renew_grace" => &mut self.renew_grace,
             "workers" => &mut self.workers,
             "replicate_from" => &mut self.replicate_from,
             _ => return None,
@@ -603,15 +656,28 @@ impl Config {
         if asset_tag.len() > 255 || asset_tag.chars().any(char::is_control) {
             return Err(bad("asset_tag", "must be at most 255 printable characters"));
         }
-        let fault = match raw.fault.as_deref().unwrap_or("none") {
-            "none" => Fault::None,
-            "crash_after_accept_commit" => Fault::CrashAfterAcceptCommit,
-            other => {
-                return Err(bad(
+        let fault_name = raw.fault.as_deref().unwrap_or("none");
+        let fault = Fault::NAMES
+            .iter()
+            .find(|(name, _)| *name == fault_name)
+            .map(|(_, f)| *f)
+            .ok_or_else(|| {
+                let names: Vec<&str> = Fault::NAMES.iter().map(|(n, _)| *n).collect();
+                bad(
                     "fault",
-                    format!("{other:?} is not one of none, crash_after_accept_commit"),
-                ))
-            }
+                    format!("{fault_name:?} is not one of {}", names.join(", ")),
+                )
+            })?;
+        let days = ranged("certificate_days", raw.certificate_days, 365, 1, 3_650)?;
+        let client_cert_lifetime = match raw.certificate_seconds {
+            Some(_) => seconds(
+                "certificate_seconds",
+                raw.certificate_seconds,
+                0,
+                60,
+                3_650 * 86_400,
+            )?,
+            None => Duration::from_secs(days * 86_400),
         };
         let storage = resolve_storage(raw.storage, &data_dir)?;
         let session_idle = seconds("session_idle", raw.session_idle, 3_600, 1, 31_536_000)?;
@@ -733,8 +799,15 @@ impl Config {
                 as u8,
             unverified_request_ttl,
             require_token: raw.require_token.unwrap_or(false),
-            certificate_days: ranged("certificate_days", raw.certificate_days, 365, 1, 3_650)?
-                as u32,
+            client_cert_lifetime,
+            server_cert_lifetime: seconds(
+                "server_certificate_seconds",
+                raw.server_certificate_seconds,
+                defaults::SERVER_CERTIFICATE_SECONDS,
+                60,
+                20 * 365 * 86_400,
+            )?,
+            renew_grace: seconds("renew_grace", raw.renew_grace, 604_800, 60, 31_536_000)?,
             workers: ranged("workers", raw.workers, 4, 1, 64)? as usize,
             replicate_from: match raw.replicate_from {
                 Some(id) if !storage.iter().any(|s| s.id == id) => {
@@ -799,15 +872,22 @@ impl Config {
             ("pending_prefix_v6", self.pending_prefix_v6.to_string()),
             ("unverified_request_ttl", secs(self.unverified_request_ttl)),
             ("require_token", self.require_token.to_string()),
-            ("certificate_days", self.certificate_days.to_string()),
-            ("workers", self.workers.to_string()),
+            // The key that gave the lifetime: `certificate_seconds` when it was set.
+            if self.sources.contains_key("certificate_seconds") {
+                ("certificate_seconds", secs(self.client_cert_lifetime))
+            } else {
+                (
+                    "certificate_days",
+                    (self.client_cert_lifetime.as_secs() / 86_400).to_string(),
+                )
+            },
             (
-                "fault",
-                q(match self.fault {
-                    Fault::None => "none",
-                    Fault::CrashAfterAcceptCommit => "crash_after_accept_commit",
-                }),
+                "server_certificate_seconds",
+                secs(self.server_cert_lifetime),
             ),
+            ("renew_grace", secs(self.renew_grace)),
+            ("workers", self.workers.to_string()),
+            ("fault", q(self.fault.name())),
         ];
         let source = |key: &str| {
             self.sources
@@ -992,6 +1072,41 @@ mod tests {
         let e = Config::from_toml("", env(&[("REPLGATE_REQUIRE_TOKEN", "yes")])).unwrap_err();
         assert_eq!(e.key, "require_token");
         assert!(Config::from_toml("require_token = \"yes\"", env(&[])).is_err());
+        assert_eq!(c.client_cert_lifetime, Duration::from_secs(365 * 86_400));
+        assert_eq!(
+            c.server_cert_lifetime,
+            Duration::from_secs(2 * 365 * 86_400)
+        );
+        assert_eq!(c.renew_grace, Duration::from_secs(604_800));
+    }
+
+    #[test]
+    fn certificate_seconds_overrides_days_and_lifetimes_have_a_floor_of_a_minute() {
+        let c =
+            Config::from_toml("certificate_days = 30\ncertificate_seconds = 90", env(&[])).unwrap();
+        assert_eq!(c.client_cert_lifetime, Duration::from_secs(90));
+        let c = Config::from_toml("certificate_days = 30", env(&[])).unwrap();
+        assert_eq!(c.client_cert_lifetime, Duration::from_secs(30 * 86_400));
+        let c = Config::from_toml(
+            "",
+            env(&[
+                ("REPLGATE_SERVER_CERTIFICATE_SECONDS", "60"),
+                ("REPLGATE_RENEW_GRACE", "120"),
+            ]),
+        )
+        .unwrap();
+        assert_eq!(c.server_cert_lifetime, Duration::from_secs(60));
+        assert_eq!(c.renew_grace, Duration::from_secs(120));
+        for key in [
+            "certificate_seconds",
+            "server_certificate_seconds",
+            "renew_grace",
+        ] {
+            let e = Config::from_toml(&format!("{key} = 59"), env(&[])).unwrap_err();
+            assert_eq!(e.key, key);
+        }
+        let e = Config::from_toml("fault = \"sometimes\"", env(&[])).unwrap_err();
+        assert!(e.to_string().contains("crash_after_renew_commit"), "{e}");
     }
 
     #[test]

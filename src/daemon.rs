@@ -2,11 +2,12 @@
 //! start the API front, the tiny_http backend and its workers, the tunnel server, run
 //! maintenance, and shut down in order on SIGTERM/SIGINT. Owns no policy of its own.
 
+use std::collections::HashMap;
 use std::fmt;
 use std::io;
 use std::net::{IpAddr, SocketAddr, TcpListener};
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI32, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -15,20 +16,22 @@ use crate::auth::{AuthError, Authenticator, SessionRules, Throttle};
 use crate::ca::{Ca, CaError};
 use crate::config::Config;
 use crate::front::{self, ListenerKind, PeerTable};
-use crate::identity::{IdentityError, TargetDirs};
+use crate::identity::{IdentityError, ListenerCert, ListenerFiles, TargetDirs};
 use crate::listener::{self, Endpoint};
 use crate::model::Chain;
 use crate::pairing::poller::{spawn_poller, SourceContext};
 use crate::pairing::source::request::Outgoing;
 use crate::spool::{Spool, SpoolError};
 use crate::store::{Store, StoreError};
-use crate::tls::TlsError;
-use crate::{fsx, memory, model, notify, tls, tunnel};
+use crate::tls::{ServerCertSlot, TlsError};
+use crate::{fsx, lifecycle, memory, model, notify, tls, tunnel};
 
 /// How long shutdown waits for requests in flight.
 const DRAIN: Duration = Duration::from_secs(10);
-/// Listener certificates are re-issued at start when they expire sooner than this (s).
-const RENEW_BEFORE: i64 = 30 * 86_400;
+/// How often the certificate warnings are computed (and new ones logged).
+const WARN_EVERY: Duration = Duration::from_secs(60);
+/// A warning still true is logged again after this.
+const WARN_AGAIN: Duration = Duration::from_secs(86_400);
 /// How often expired sessions and long-ended requests are swept.
 const SWEEP_EVERY: Duration = Duration::from_secs(600);
 /// How often pending requests are checked for expiry (a scan of the open index only).
@@ -177,16 +180,43 @@ impl Paths {
 }
 
 static STOP: AtomicBool = AtomicBool::new(false);
+/// The signal that asked to stop, and the process that sent it (for the log).
+static STOP_SIGNAL: AtomicI32 = AtomicI32::new(0);
+static STOP_SENDER: AtomicI32 = AtomicI32::new(0);
+/// Set by SIGHUP: read the configuration again (for `hostnames`).
+static RELOAD: AtomicBool = AtomicBool::new(false);
 
-extern "C" fn on_signal(_: libc::c_int) {
+extern "C" fn on_signal(sig: libc::c_int, info: *mut libc::siginfo_t, _: *mut libc::c_void) {
+    // SAFETY: the kernel hands a valid siginfo_t to an SA_SIGINFO handler.
+    let sender = if info.is_null() {
+        0
+    } else {
+        unsafe { (*info).si_pid() }
+    };
+    STOP_SIGNAL.store(sig, Ordering::SeqCst);
+    STOP_SENDER.store(sender, Ordering::SeqCst);
     STOP.store(true, Ordering::SeqCst);
 }
 
+extern "C" fn on_hangup(_: libc::c_int, _: *mut libc::siginfo_t, _: *mut libc::c_void) {
+    RELOAD.store(true, Ordering::SeqCst);
+}
+
+type Handler = extern "C" fn(libc::c_int, *mut libc::siginfo_t, *mut libc::c_void);
+
 fn install_signal_handlers() {
-    // SAFETY: the handler only stores to an atomic, which is async-signal-safe.
+    // SAFETY: the handlers only store to atomics, which is async-signal-safe; the
+    // sigaction struct is zeroed (an empty mask) before its fields are set.
     unsafe {
-        libc::signal(libc::SIGTERM, on_signal as *const () as libc::sighandler_t);
-        libc::signal(libc::SIGINT, on_signal as *const () as libc::sighandler_t);
+        let install = |sig: libc::c_int, handler: Handler| {
+            let mut action: libc::sigaction = std::mem::zeroed();
+            action.sa_sigaction = handler as usize;
+            action.sa_flags = libc::SA_SIGINFO | libc::SA_RESTART;
+            libc::sigaction(sig, &action, std::ptr::null_mut());
+        };
+        install(libc::SIGTERM, on_signal);
+        install(libc::SIGINT, on_signal);
+        install(libc::SIGHUP, on_hangup);
         // A peer closing a socket mid-write must not kill the daemon.
         libc::signal(libc::SIGPIPE, libc::SIG_IGN);
     }
@@ -228,15 +258,15 @@ fn load_or_create_ca(paths: &Paths, system_uuid: &str) -> Result<Ca, DaemonError
     }
 }
 
-/// Names and addresses a listener certificate must cover.
-fn certificate_names(config: &Config) -> (Vec<String>, Vec<IpAddr>) {
+/// Names and addresses a listener certificate must cover, for `hostnames`.
+fn certificate_names(config: &Config, hostnames: &[String]) -> (Vec<String>, Vec<IpAddr>) {
     let mut ips: Vec<IpAddr> = vec![
         config.api_listen.ip(),
         config.tunnel_listen.ip(),
         IpAddr::from([127, 0, 0, 1]),
     ];
     let mut names = Vec::new();
-    for h in &config.hostnames {
+    for h in hostnames {
         match h.parse::<IpAddr>() {
             Ok(ip) => ips.push(ip),
             Err(_) => names.push(h.clone()),
@@ -248,43 +278,186 @@ fn certificate_names(config: &Config) -> (Vec<String>, Vec<IpAddr>) {
     (names, ips)
 }
 
-/// Loads the certificate chain (leaf + CA) and key for one listener, issuing a fresh pair
-/// when missing or when the names it must cover changed (recorded beside it).
-fn load_or_issue_listener_cert(
-    paths: &Paths,
+/// One listener's server certificate: its files, the slot its listener presents at each
+/// handshake, and what the certificate in the slot was issued for and until when.
+struct ListenerCertificate {
+    name: &'static str,
+    files: ListenerFiles,
+    slot: Arc<ServerCertSlot>,
+    current: ListenerCert,
+    names: String,
+}
+
+impl ListenerCertificate {
+    /// Loads the stored certificate of listener `name`, or issues one when it is missing,
+    /// damaged (a crash between its files), issued for other names or due.
+    fn open(
+        paths: &Paths,
+        ca: &Ca,
+        name: &'static str,
+        config: &Config,
+    ) -> Result<ListenerCertificate, DaemonError> {
+        let files = ListenerFiles::new(&paths.root, name);
+        let names = names_text(config, &config.hostnames);
+        let stored = files.load(&names).map_err(DaemonError::Identity)?;
+        let current = match stored {
+            Some(c) if model::now() < lifecycle::listener_renew_at(c.not_before, c.not_after) => c,
+            _ => issue_listener_cert(ca, name, config, &config.hostnames, &files)?,
+        };
+        let slot = ServerCertSlot::new(&current.chain_pem, &current.key_pem).map_err(|source| {
+            DaemonError::Tls {
+                listener: name,
+                source,
+            }
+        })?;
+        Ok(ListenerCertificate {
+            name,
+            files,
+            slot,
+            current,
+            names,
+        })
+    }
+
+    /// Re-issues the certificate when it is due or `hostnames` changed, and swaps it in
+    /// under the running listener (open connections keep theirs). A failure is logged and
+    /// tried again on the next look.
+    fn keep_fresh(&mut self, ca: &Ca, config: &Config, hostnames: &[String]) {
+        let names = names_text(config, hostnames);
+        let due = model::now()
+            >= lifecycle::listener_renew_at(self.current.not_before, self.current.not_after);
+        if !due && names == self.names {
+            return;
+        }
+        let renewed = issue_listener_cert(ca, self.name, config, hostnames, &self.files)
+            .map_err(|e| Chain(&e).to_string())
+            .and_then(|fresh| {
+                self.slot
+                    .replace(&fresh.chain_pem, &fresh.key_pem)
+                    .map(|()| fresh)
+                    .map_err(|e| Chain(&e).to_string())
+            });
+        match renewed {
+            Ok(fresh) => {
+                log::info!(
+                    "renewed the {} listener certificate while running: serial {} -> {}, valid until {}{}",
+                    self.name,
+                    self.current.serial,
+                    fresh.serial,
+                    model::format_utc(fresh.not_after),
+                    if names == self.names { "" } else { " (hostnames changed)" }
+                );
+                self.current = fresh;
+                self.names = names;
+            }
+            Err(e) => log::error!("renew the {} listener certificate: {e}", self.name),
+        }
+    }
+}
+
+/// What a listener certificate's `.names` file records: the names and addresses it covers.
+fn names_text(config: &Config, hostnames: &[String]) -> String {
+    let (names, ips) = certificate_names(config, hostnames);
+    format!("{names:?} {ips:?}")
+}
+
+/// Issues a fresh certificate (leaf + CA) for listener `name` and stores it.
+fn issue_listener_cert(
     ca: &Ca,
     name: &str,
     config: &Config,
-) -> Result<(String, String), DaemonError> {
-    let (cert_path, key_path) = (paths.listener_cert(name), paths.listener_key(name));
-    let names_path = paths.root.join(format!("{name}.names"));
-    let (hostnames, ips) = certificate_names(config);
-    let wanted = format!("{hostnames:?} {ips:?}");
-    let current = fsx::read_regular_nofollow(&names_path, 64 * 1024)
-        .ok()
-        .and_then(|b| String::from_utf8(b).ok());
-    if cert_path.exists() && key_path.exists() && current.as_deref() == Some(wanted.as_str()) {
-        let chain = read_text(&cert_path)?;
-        let fresh = crate::ca::cert_pem_to_der(&chain)
-            .and_then(|der| crate::ca::cert_not_after(&der))
-            .is_ok_and(|not_after| not_after > model::now() + RENEW_BEFORE);
-        if fresh {
-            return Ok((chain, read_text(&key_path)?));
-        }
-        log::info!("the {name} listener certificate expires within 30 days; issuing a new one");
-    }
+    hostnames: &[String],
+    files: &ListenerFiles,
+) -> Result<ListenerCert, DaemonError> {
+    let (names, ips) = certificate_names(config, hostnames);
     let issued = ca
-        .issue_server_cert(&hostnames, &ips, time::OffsetDateTime::now_utc())
+        .issue_server_cert(
+            &names,
+            &ips,
+            config.server_cert_lifetime,
+            time::OffsetDateTime::now_utc(),
+        )
         .map_err(|source| DaemonError::Ca {
             action: format!("issue the {name} certificate"),
             source,
         })?;
     let chain = format!("{}{}", issued.cert_pem, ca.cert_pem());
-    fsx::write_atomic(&key_path, issued.key_pem.as_bytes()).map_err(file_error(&key_path))?;
-    fsx::write_atomic(&cert_path, chain.as_bytes()).map_err(file_error(&cert_path))?;
-    fsx::write_atomic(&names_path, wanted.as_bytes()).map_err(file_error(&names_path))?;
-    log::info!("issued the {name} listener certificate for {hostnames:?} {ips:?}");
-    Ok((chain, issued.key_pem))
+    files
+        .store(&chain, &issued.key_pem, &names_text(config, hostnames))
+        .map_err(DaemonError::Identity)?;
+    log::info!(
+        "issued the {name} listener certificate {} for {names:?} {ips:?}, valid until {}",
+        issued.serial,
+        model::format_utc(issued.not_after)
+    );
+    let not_before = crate::ca::cert_pem_to_der(&issued.cert_pem)
+        .and_then(|der| crate::ca::cert_info(&der))
+        .map(|i| i.not_before)
+        .unwrap_or_else(|_| model::now());
+    Ok(ListenerCert {
+        chain_pem: chain,
+        key_pem: issued.key_pem,
+        not_before,
+        not_after: issued.not_after,
+        serial: issued.serial,
+    })
+}
+
+/// The hostnames after a SIGHUP: the config file and environment read again, as at start.
+/// Only `hostnames` is taken; other keys take effect at the next start.
+fn reload_hostnames(config_path: Option<&Path>, current: &[String]) -> Vec<String> {
+    match Config::load(config_path) {
+        Ok(fresh) => {
+            if fresh.hostnames == current {
+                log::info!("SIGHUP: configuration read again; hostnames unchanged {current:?}");
+            } else {
+                log::info!(
+                    "SIGHUP: hostnames {current:?} -> {:?}; re-issuing the listener certificates \
+                     (other settings take effect at the next start)",
+                    fresh.hostnames
+                );
+            }
+            fresh.hostnames
+        }
+        Err(e) => {
+            log::warn!("SIGHUP: {e}; keeping hostnames {current:?}");
+            current.to_vec()
+        }
+    }
+}
+
+/// Logs each certificate warning when it first appears, and again a day later while it
+/// holds (the same warnings `GET /api/health` lists).
+fn log_warnings(app: &App, logged: &mut HashMap<String, Instant>) {
+    let certs = match app.certificates() {
+        Ok(c) => c,
+        Err(e) => {
+            log::warn!("certificate warnings: {}", Chain(&e));
+            return;
+        }
+    };
+    let now = model::now();
+    let mut current = Vec::new();
+    for e in certs.iter().filter(|e| lifecycle::needs_warning(e, now)) {
+        let key = format!("{}:{:?}", e.kind.label(), e.kind.id());
+        let again = logged.get(&key).is_none_or(|at| at.elapsed() >= WARN_AGAIN);
+        if again {
+            for w in lifecycle::warnings(std::slice::from_ref(e), now) {
+                log::warn!("{w}");
+            }
+            logged.insert(key.clone(), Instant::now());
+        }
+        current.push(key);
+    }
+    logged.retain(|k, _| current.contains(k));
+}
+
+/// Retires superseded source certificates whose renewal grace ended (each is an audited
+/// event, logged as such).
+fn end_graces(app: &App) {
+    if let Err(e) = crate::pairing::renewal::end_graces(&app.store, model::now()) {
+        log::warn!("renewal grace sweep: {}", Chain(&e));
+    }
 }
 
 /// Creates `root` when the database has no users: the password comes from
@@ -411,16 +584,34 @@ fn sweep_expired(app: &App) {
 }
 
 /// A crash between writing a new pairing key and committing its target row leaves a
-/// directory no row names: remove it.
+/// directory no row names, and one during a renewal or a new request a key generation no
+/// row names: remove them.
 fn remove_orphan_target_dirs(store: &Store, dirs: &TargetDirs) {
-    let known = match store.targets() {
-        Ok(t) => t.into_iter().map(|t| t.dir).collect::<Vec<_>>(),
+    let targets = match store.targets() {
+        Ok(t) => t,
         Err(e) => {
             log::warn!("targets: {}", Chain(&e));
             return;
         }
     };
-    let known: Vec<&str> = known.iter().map(String::as_str).collect();
+    for t in &targets {
+        let removed = dirs
+            .open(&t.dir)
+            .and_then(|d| d.remove_generations_except(&t.generations_in_use()));
+        match removed {
+            Ok(paths) => {
+                for path in paths {
+                    log::warn!(
+                        "removed {}: no generation of target {} uses it",
+                        path.display(),
+                        t.id
+                    );
+                }
+            }
+            Err(e) => log::warn!("target {}: unused key generations: {}", t.id, Chain(&e)),
+        }
+    }
+    let known: Vec<&str> = targets.iter().map(|t| t.dir.as_str()).collect();
     match dirs.remove_unknown(&known) {
         Ok(removed) => {
             for path in removed {
@@ -460,8 +651,10 @@ fn listener_limits(config: &Config) -> (front::Limits, tunnel::Limits) {
     (api, tunnel)
 }
 
-/// Runs the daemon until SIGTERM or SIGINT.
-pub fn run(config: Config) -> Result<(), DaemonError> {
+/// Runs the daemon until SIGTERM or SIGINT. `config_path` is where `config` came from
+/// (`--config`, or None for the packaged file or the defaults): SIGHUP reads it again for
+/// `hostnames`.
+pub fn run(config: Config, config_path: Option<&Path>) -> Result<(), DaemonError> {
     install_signal_handlers();
     memory::configure();
     if config.fault != crate::config::Fault::None {
@@ -501,9 +694,11 @@ pub fn run(config: Config) -> Result<(), DaemonError> {
             action: "first start time",
             source,
         })?;
-    let ca = load_or_create_ca(&paths, &system_uuid)?;
-    let (api_chain, api_key) = load_or_issue_listener_cert(&paths, &ca, "api", &config)?;
-    let (tunnel_chain, tunnel_key) = load_or_issue_listener_cert(&paths, &ca, "tunnel", &config)?;
+    let ca = Arc::new(load_or_create_ca(&paths, &system_uuid)?);
+    let mut listener_certs = [
+        ListenerCertificate::open(&paths, &ca, "api", &config)?,
+        ListenerCertificate::open(&paths, &ca, "tunnel", &config)?,
+    ];
 
     let auth = Authenticator::new(
         store.clone(),
@@ -523,14 +718,14 @@ pub fn run(config: Config) -> Result<(), DaemonError> {
     })?;
     bootstrap_root(&auth, &store, &paths)?;
 
-    let api_tls =
-        tls::api_server_config(&api_chain, &api_key).map_err(|source| DaemonError::Tls {
+    let api_tls = tls::api_server_config(listener_certs[0].slot.clone()).map_err(|source| {
+        DaemonError::Tls {
             listener: "api",
             source,
-        })?;
+        }
+    })?;
     let tunnel_tls = tls::tunnel_server_config(
-        &tunnel_chain,
-        &tunnel_key,
+        listener_certs[1].slot.clone(),
         ca.cert_der(),
         Arc::new(tunnel::StoreRevocations(store.clone())),
     )
@@ -625,8 +820,10 @@ pub fn run(config: Config) -> Result<(), DaemonError> {
     target_dirs.ensure().map_err(DaemonError::Identity)?;
     remove_orphan_target_dirs(&store, &target_dirs);
     let app = Arc::new(App {
+        api_cert: listener_certs[0].slot.clone(),
+        tunnel_cert: listener_certs[1].slot.clone(),
         ca_fingerprint: ca.fingerprint(),
-        ca,
+        ca: ca.clone(),
         spool,
         config: config.clone(),
         store: store.clone(),
@@ -656,6 +853,10 @@ pub fn run(config: Config) -> Result<(), DaemonError> {
             dirs: target_dirs,
             poll_interval: config.poll_interval,
             heartbeat: config.heartbeat_interval,
+            system_uuid: system_uuid.clone(),
+            name: config.name().to_string(),
+            asset_tag: config.asset_tag.clone(),
+            fault: config.fault,
         }),
         shutdown.clone(),
     )
@@ -692,6 +893,10 @@ pub fn run(config: Config) -> Result<(), DaemonError> {
                     store: store.clone(),
                     storage: config.storage.clone(),
                     replication: replication.clone(),
+                    ca: ca.clone(),
+                    client_lifetime: config.client_cert_lifetime,
+                    renew_grace: config.renew_grace,
+                    fault: config.fault,
                 },
                 routes: tunnel::routes::table(),
                 limits: tunnel_limits,
@@ -715,13 +920,32 @@ pub fn run(config: Config) -> Result<(), DaemonError> {
     let mut last_sweep = Instant::now();
     let mut last_expiry = Instant::now();
     let mut threads = memory::thread_count();
+    let mut last_warning = Instant::now();
+    let mut warned = HashMap::new();
+    let mut hostnames = config.hostnames.clone();
     sweep_expired(&app);
     purge_ended(&app);
+    end_graces(&app);
+    log_warnings(&app, &mut warned);
     while !STOP.load(Ordering::SeqCst) {
         std::thread::sleep(Duration::from_millis(100));
+        let reload = RELOAD.swap(false, Ordering::SeqCst);
+        if reload {
+            hostnames = reload_hostnames(config_path, &hostnames);
+        }
+        if reload || last_expiry.elapsed() >= EXPIRY_EVERY {
+            for cert in &mut listener_certs {
+                cert.keep_fresh(&app.ca, &config, &hostnames);
+            }
+        }
+        if last_warning.elapsed() >= WARN_EVERY {
+            last_warning = Instant::now();
+            log_warnings(&app, &mut warned);
+        }
         if last_expiry.elapsed() >= EXPIRY_EVERY {
             last_expiry = Instant::now();
             sweep_expired(&app);
+            end_graces(&app);
             // Threads ended since the last look (connection threads when connections
             // close, tiny_http's pool threads 5 s later): what they allocated is free
             // now, so give those pages back (at most once a second, never under steady
@@ -743,7 +967,11 @@ pub fn run(config: Config) -> Result<(), DaemonError> {
         }
     }
 
-    log::info!("shutting down: no new connections, draining requests in flight");
+    log::info!(
+        "shutting down on signal {} from pid {}: no new connections, draining requests in flight",
+        STOP_SIGNAL.load(Ordering::SeqCst),
+        STOP_SENDER.load(Ordering::SeqCst)
+    );
     notify::send("STOPPING=1");
     shutdown.store(true, Ordering::SeqCst);
     let deadline = Instant::now() + DRAIN;

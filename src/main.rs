@@ -42,7 +42,8 @@ fn main() -> ExitCode {
             }
         },
         Command::Serve { config } => {
-            let config = match Config::load(config.as_deref()) {
+            let config_path = config;
+            let config = match Config::load(config_path.as_deref()) {
                 Ok(c) => c,
                 Err(e) => {
                     eprintln!("replgate: {e}");
@@ -50,7 +51,7 @@ fn main() -> ExitCode {
                 }
             };
             replgate::logging::init(&config.log);
-            match replgate::daemon::run(config) {
+            match replgate::daemon::run(config, config_path.as_deref()) {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(e) => {
                     // Once: as a log line where logging shows errors, else plainly.

@@ -36,14 +36,19 @@ pub(crate) fn pki() -> &'static Pki {
         let now = time::OffsetDateTime::now_utc();
         let ca = Ca::generate("replgate test CA", now).expect("test CA");
         let server = ca
-            .issue_server_cert(&["localhost".to_owned()], &[[127, 0, 0, 1].into()], now)
+            .issue_server_cert(
+                &["localhost".to_owned()],
+                &[[127, 0, 0, 1].into()],
+                Duration::from_secs(86_400),
+                now,
+            )
             .expect("test server certificate");
         let client = |n: u32| {
             let uuid = format!("00000000-0000-4000-8000-00000000000{n}");
             let (key_pem, csr_pem) = ca::generate_client_key_and_csr(&uuid).expect("test csr");
             let csr = ca::parse_csr(&csr_pem).expect("parse test csr");
             let issued = ca
-                .sign_client(&csr, &uuid, 1, now)
+                .sign_client(&csr, &uuid, Duration::from_secs(86_400), now)
                 .expect("sign test client");
             Client {
                 cert_pem: issued.cert_pem,
@@ -63,19 +68,19 @@ pub(crate) fn pki() -> &'static Pki {
 impl Pki {
     /// The API listener's config (no client certificates).
     pub fn api_server(&self) -> Arc<ServerConfig> {
-        tls::api_server_config(&self.server_chain_pem, &self.server_key_pem)
-            .expect("api server config")
+        tls::api_server_config(self.server_slot()).expect("api server config")
     }
 
     /// The tunnel's config: mutual TLS against this CA, revocation from `revoked`.
     pub fn tunnel_server(&self, revoked: Arc<dyn RevocationCheck>) -> Arc<ServerConfig> {
-        tls::tunnel_server_config(
-            &self.server_chain_pem,
-            &self.server_key_pem,
-            self.ca.cert_der(),
-            revoked,
-        )
-        .expect("tunnel server config")
+        tls::tunnel_server_config(self.server_slot(), self.ca.cert_der(), revoked)
+            .expect("tunnel server config")
+    }
+
+    /// A slot holding the server certificate.
+    fn server_slot(&self) -> Arc<tls::ServerCertSlot> {
+        tls::ServerCertSlot::new(&self.server_chain_pem, &self.server_key_pem)
+            .expect("test server certificate")
     }
 
     /// A client trusting this CA, presenting client certificate `client` if given.

@@ -1,7 +1,9 @@
 //! TLS: the only builder of rustls configs (the ring provider is named explicitly in every
 //! one) and home of the two custom verifiers: the tunnel's revocation-aware client verifier
-//! and the source's pinned-CA server verifier. Also the one trust-on-first-use probe. It
-//! never reads files or decides trust itself: certificates, keys and pins come from callers.
+//! and the source's pinned-CA server verifier. Also the one trust-on-first-use probe, and
+//! [`ServerCertSlot`], the listeners' server certificate that can be swapped while they
+//! run. It never reads files or decides trust itself: certificates, keys and pins come
+//! from callers.
 //!
 //! Invariants:
 //! - The API server config resumes sessions by stateless tickets only (no per-session
@@ -11,11 +13,14 @@
 //!   with resumption a revoked source could keep reconnecting on an old ticket.
 //! - Every config trusts at most one CA, given by the caller (the appliance's own CA on the
 //!   server side, the pinned target CA on the client side); no system roots anywhere.
+//! - A server config presents whatever its [`ServerCertSlot`] holds at each handshake; a
+//!   slot only ever holds a chain whose leaf matches its key. Swapping it changes the
+//!   next handshake and nothing else: open connections keep their session.
 
 use std::fmt;
 use std::io::{self, Read, Write};
 use std::net::{SocketAddr, TcpStream, ToSocketAddrs};
-use std::sync::Arc;
+use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant};
 
 use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
@@ -26,7 +31,11 @@ use rustls::crypto::{
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName, UnixTime};
 use rustls::server::danger::{ClientCertVerified, ClientCertVerifier};
-use rustls::server::{NoServerSessionStorage, ParsedCertificate, WebPkiClientVerifier};
+use rustls::server::{
+    ClientHello, NoServerSessionStorage, ParsedCertificate, ResolvesServerCert,
+    WebPkiClientVerifier,
+};
+use rustls::sign::CertifiedKey;
 use rustls::{
     CertificateError, ClientConfig, ClientConnection, DigitallySignedStruct, DistinguishedName,
     RootCertStore, ServerConfig, SignatureScheme,
@@ -155,14 +164,54 @@ macro_rules! handshake_signature_methods {
 // Servers
 // ---------------------------------------------------------------------------------------
 
-/// Server config for the admin API and appliance protocol listener: no client
-/// certificates, ALPN `http/1.1`. `cert_chain_pem` is the leaf then the CA; the CA must be
-/// in the chain so that a source can see it and pin it.
-pub fn api_server_config(
-    cert_chain_pem: &str,
-    key_pem: &str,
-) -> Result<Arc<ServerConfig>, TlsError> {
-    let chain = certs_from_pem(cert_chain_pem)?;
+/// A listener's server certificate and key, replaceable while the listener runs (the
+/// daemon renews them before they end and when `hostnames` change). Each handshake takes
+/// the pair in place at that moment; connections already open are not touched.
+pub struct ServerCertSlot {
+    current: RwLock<Arc<CertifiedKey>>,
+}
+
+impl fmt::Debug for ServerCertSlot {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ServerCertSlot").finish_non_exhaustive()
+    }
+}
+
+impl ServerCertSlot {
+    /// A slot holding `chain_pem` (leaf then CA; the CA must be in it, so that a source can
+    /// see and pin it) and `key_pem`, the leaf's key.
+    pub fn new(chain_pem: &str, key_pem: &str) -> Result<Arc<ServerCertSlot>, TlsError> {
+        Ok(Arc::new(ServerCertSlot {
+            current: RwLock::new(certified_key(chain_pem, key_pem)?),
+        }))
+    }
+
+    /// Replaces the pair for every handshake from now on; on an error nothing changes.
+    pub fn replace(&self, chain_pem: &str, key_pem: &str) -> Result<(), TlsError> {
+        let fresh = certified_key(chain_pem, key_pem)?;
+        // A poisoned lock only means a writer panicked between two whole values.
+        let mut current = self.current.write().unwrap_or_else(|p| p.into_inner());
+        *current = fresh;
+        Ok(())
+    }
+
+    /// The leaf certificate in place now (DER).
+    pub fn leaf(&self) -> CertificateDer<'static> {
+        let current = self.current.read().unwrap_or_else(|p| p.into_inner());
+        current.cert[0].clone()
+    }
+}
+
+impl ResolvesServerCert for ServerCertSlot {
+    fn resolve(&self, _hello: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
+        let current = self.current.read().unwrap_or_else(|p| p.into_inner());
+        Some(current.clone())
+    }
+}
+
+/// A chain (leaf then CA) and the leaf's key, checked to belong together.
+fn certified_key(chain_pem: &str, key_pem: &str) -> Result<Arc<CertifiedKey>, TlsError> {
+    let chain = certs_from_pem(chain_pem)?;
     if !chain
         .iter()
         .skip(1)
@@ -171,12 +220,20 @@ pub fn api_server_config(
         return Err(TlsError::ChainWithoutCa);
     }
     let key = key_from_pem(key_pem)?;
+    let certified = CertifiedKey::from_der(chain, key, &provider()).map_err(TlsError::Config)?;
+    // Every key the ring provider loads reports its public key, so this check always runs.
+    certified.keys_match().map_err(TlsError::Config)?;
+    Ok(Arc::new(certified))
+}
+
+/// Server config for the admin API and appliance protocol listener: no client
+/// certificates, ALPN `http/1.1`, the certificate of `slot` at each handshake.
+pub fn api_server_config(slot: Arc<ServerCertSlot>) -> Result<Arc<ServerConfig>, TlsError> {
     let mut config = ServerConfig::builder_with_provider(provider())
         .with_safe_default_protocol_versions()
         .map_err(TlsError::Config)?
         .with_no_client_auth()
-        .with_single_cert(chain, key)
-        .map_err(TlsError::Config)?;
+        .with_cert_resolver(slot);
     // Resumption by stateless tickets only: rustls's default server-side cache keeps up
     // to 256 sessions, allocated by whichever connection thread made them, and those
     // small leftovers scattered through the allocator's arenas kept about 3 MB from being
@@ -188,27 +245,25 @@ pub fn api_server_config(
     Ok(Arc::new(config))
 }
 
-/// Answers whether an issued certificate has been revoked. Asked on every tunnel
-/// handshake (resumption is off), so an implementation must be quick; the daemon's reads
-/// the store's revocation table, one redb read transaction per handshake, and answers
-/// "revoked" when that read fails.
+/// Answers whether an issued certificate may no longer open the tunnel: revoked, or
+/// retired after a renewal's grace. Asked on every tunnel handshake (resumption is off),
+/// so an implementation must be quick; the daemon's reads the store, one redb read
+/// transaction per handshake, and answers "refused" when that read fails.
 pub trait RevocationCheck: Send + Sync + fmt::Debug {
     /// `serial_hex` is in the form of [`ca::cert_serial_hex`] (lowercase, no leading zeros).
     fn is_revoked(&self, serial_hex: &str) -> bool;
 }
 
-/// Server config for the secure tunnel: mutual TLS. A client must present a certificate
-/// issued by `ca_cert_der` (and only that CA) for client authentication, whose serial
-/// `revoked` does not report. Session resumption is off, so every connection runs the full
-/// check and a revocation takes effect on the next handshake. ALPN `http/1.1`.
+/// Server config for the secure tunnel: mutual TLS, the certificate of `slot` at each
+/// handshake. A client must present a certificate issued by `ca_cert_der` (and only that
+/// CA) for client authentication, whose serial `revoked` does not report. Session
+/// resumption is off, so every connection runs the full check and a revocation takes
+/// effect on the next handshake. ALPN `http/1.1`.
 pub fn tunnel_server_config(
-    cert_chain_pem: &str,
-    key_pem: &str,
+    slot: Arc<ServerCertSlot>,
     ca_cert_der: CertificateDer<'static>,
     revoked: Arc<dyn RevocationCheck>,
 ) -> Result<Arc<ServerConfig>, TlsError> {
-    let chain = certs_from_pem(cert_chain_pem)?;
-    let key = key_from_pem(key_pem)?;
     let provider = provider();
     let roots = Arc::new(single_root(ca_cert_der)?);
     let inner = WebPkiClientVerifier::builder_with_provider(roots, provider.clone())
@@ -223,8 +278,7 @@ pub fn tunnel_server_config(
         .with_safe_default_protocol_versions()
         .map_err(TlsError::Config)?
         .with_client_cert_verifier(verifier)
-        .with_single_cert(chain, key)
-        .map_err(TlsError::Config)?;
+        .with_cert_resolver(slot);
     // No resumption: a resumed session skips the client verifier (see the module doc).
     config.session_storage = Arc::new(NoServerSessionStorage {});
     config.send_tls13_tickets = 0;
@@ -266,7 +320,7 @@ impl ClientCertVerifier for RevocationAwareClientVerifier {
         let serial = ca::cert_serial_hex(end_entity)
             .map_err(|_| rustls::Error::InvalidCertificate(CertificateError::BadEncoding))?;
         if self.revoked.is_revoked(&serial) {
-            log::warn!("tunnel: refused revoked client certificate with serial {serial}");
+            log::warn!("tunnel: refused client certificate with serial {serial}: revoked, or retired after its renewal");
             return Err(rustls::Error::InvalidCertificate(CertificateError::Revoked));
         }
         Ok(verified)
@@ -535,6 +589,7 @@ mod tests {
 
     const UUID: &str = "5f0c7a52-3f5e-4a6b-9c0d-2b1e8f7a6c11";
     const IO_TIMEOUT: Duration = Duration::from_secs(10);
+    const LIFETIME: Duration = Duration::from_secs(365 * 86_400);
 
     #[derive(Debug, Default)]
     struct RevokedSet(Mutex<HashSet<String>>);
@@ -543,6 +598,21 @@ mod tests {
         fn is_revoked(&self, serial_hex: &str) -> bool {
             self.0.lock().unwrap().contains(serial_hex)
         }
+    }
+
+    /// The API listener's config over a slot holding `chain` and `key`.
+    fn api_config(chain: &str, key: &str) -> Result<Arc<ServerConfig>, TlsError> {
+        api_server_config(ServerCertSlot::new(chain, key)?)
+    }
+
+    /// The tunnel listener's config over a slot holding `chain` and `key`.
+    fn tunnel_config(
+        chain: &str,
+        key: &str,
+        ca: CertificateDer<'static>,
+        revoked: Arc<dyn RevocationCheck>,
+    ) -> Result<Arc<ServerConfig>, TlsError> {
+        tunnel_server_config(ServerCertSlot::new(chain, key)?, ca, revoked)
     }
 
     fn now() -> OffsetDateTime {
@@ -560,7 +630,7 @@ mod tests {
     /// Leaf then CA, for a server certificate whose names do not include 127.0.0.1.
     fn server_identity(ca: &Ca) -> (String, String) {
         let issued = ca
-            .issue_server_cert(&["target.invalid".to_owned()], &[], now())
+            .issue_server_cert(&["target.invalid".to_owned()], &[], LIFETIME, now())
             .unwrap();
         (
             format!("{}{}", issued.cert_pem, ca.cert_pem()),
@@ -572,7 +642,7 @@ mod tests {
     fn client_identity(ca: &Ca) -> (String, String, String) {
         let (key, csr) = generate_client_key_and_csr(UUID).unwrap();
         let issued = ca
-            .sign_client(&parse_csr(&csr).unwrap(), UUID, 365, now())
+            .sign_client(&parse_csr(&csr).unwrap(), UUID, LIFETIME, now())
             .unwrap();
         (issued.cert_pem, key, issued.serial)
     }
@@ -649,8 +719,7 @@ mod tests {
         let theirs = ca("target ca"); // same name, other key
         let (chain, key) = server_identity(&ours);
         let config =
-            tunnel_server_config(&chain, &key, ca_der(&ours), Arc::new(RevokedSet::default()))
-                .unwrap();
+            tunnel_config(&chain, &key, ca_der(&ours), Arc::new(RevokedSet::default())).unwrap();
         let (addr, server) = serve(config, 4);
 
         let (cert, client_key, _) = client_identity(&ours);
@@ -700,7 +769,7 @@ mod tests {
         let ours = ca("target ca");
         let (chain, key) = server_identity(&ours);
         let revoked = Arc::new(RevokedSet::default());
-        let config = tunnel_server_config(&chain, &key, ca_der(&ours), revoked.clone()).unwrap();
+        let config = tunnel_config(&chain, &key, ca_der(&ours), revoked.clone()).unwrap();
         let (addr, server) = serve(config, 4);
 
         let (cert, client_key, serial) = client_identity(&ours);
@@ -729,10 +798,83 @@ mod tests {
     }
 
     #[test]
+    fn a_swapped_certificate_serves_the_next_handshake_and_open_connections_carry_on() {
+        let ours = ca("target ca");
+        let (chain_a, key_a) = server_identity(&ours);
+        let (chain_b, key_b) = server_identity(&ours);
+        let slot = ServerCertSlot::new(&chain_a, &key_a).unwrap();
+        let config = api_server_config(slot.clone()).unwrap();
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = listener.local_addr().unwrap();
+        // Each connection on its own thread, answering "ping" with "pong" until it closes.
+        let server = std::thread::spawn(move || {
+            let mut handles = Vec::new();
+            for _ in 0..2 {
+                let (mut sock, _) = listener.accept().unwrap();
+                sock.set_read_timeout(Some(IO_TIMEOUT)).unwrap();
+                let config = config.clone();
+                handles.push(std::thread::spawn(move || {
+                    let mut conn = ServerConnection::new(config).unwrap();
+                    let mut stream = Stream::new(&mut conn, &mut sock);
+                    let mut buf = [0u8; 4];
+                    while stream.read_exact(&mut buf).is_ok() {
+                        stream.write_all(b"pong").unwrap();
+                        stream.flush().unwrap();
+                    }
+                }));
+            }
+            for h in handles {
+                h.join().unwrap();
+            }
+        });
+        // A fresh client config each time: a resumed session would show the certificate
+        // of the session it resumes (the API listener allows resumption).
+        let connect = || {
+            let client = pinned_client_config(ca_der(&ours), None).unwrap();
+            let sock = TcpStream::connect_timeout(&addr, IO_TIMEOUT).unwrap();
+            sock.set_read_timeout(Some(IO_TIMEOUT)).unwrap();
+            let conn =
+                ClientConnection::new(client, ServerName::try_from("x.example").unwrap()).unwrap();
+            rustls::StreamOwned::new(conn, sock)
+        };
+        let ping = |s: &mut rustls::StreamOwned<ClientConnection, TcpStream>| {
+            s.write_all(b"ping").unwrap();
+            let mut buf = [0u8; 4];
+            s.read_exact(&mut buf).unwrap();
+            assert_eq!(&buf, b"pong");
+            s.conn.peer_certificates().unwrap()[0].clone()
+        };
+        let leaf = |chain: &str| certs_from_pem(chain).unwrap()[0].clone();
+        let mut before = connect();
+        assert_eq!(ping(&mut before), leaf(&chain_a));
+        slot.replace(&chain_b, &key_b).unwrap();
+        assert_eq!(slot.leaf(), leaf(&chain_b));
+        let mut after = connect();
+        assert_eq!(
+            ping(&mut after),
+            leaf(&chain_b),
+            "the next handshake sees the new one"
+        );
+        assert_eq!(
+            ping(&mut before),
+            leaf(&chain_a),
+            "the open connection carries on"
+        );
+        // A pair that does not belong together is refused and changes nothing.
+        assert!(matches!(
+            slot.replace(&chain_a, &key_b),
+            Err(TlsError::Config(_))
+        ));
+        assert_eq!(slot.leaf(), leaf(&chain_b));
+        drop((before, after));
+        server.join().unwrap();
+    }
+
+    #[test]
     fn probe_returns_the_ca_the_api_listener_presents() {
         let ours = ca("target ca");
         let (chain, key) = server_identity(&ours);
-        let config = api_server_config(&chain, &key).unwrap();
+        let config = api_config(&chain, &key).unwrap();
         assert_eq!(config.alpn_protocols, vec![b"http/1.1".to_vec()]);
         let (addr, server) = serve(config, 1);
 
@@ -767,7 +909,7 @@ mod tests {
         let ours = ca("target ca");
 
         let (chain, key) = server_identity(&ours);
-        let (addr, server) = serve(api_server_config(&chain, &key).unwrap(), 2);
+        let (addr, server) = serve(api_config(&chain, &key).unwrap(), 2);
         let client = pinned_client_config(ca_der(&ours), None).unwrap();
         // The certificate names only target.invalid; both an IP and another name work.
         ping(client.clone(), addr, "127.0.0.1").unwrap();
@@ -779,7 +921,7 @@ mod tests {
             (ca("target ca"), CertificateError::BadSignature),
         ] {
             let (chain, key) = server_identity(&other);
-            let (addr, server) = serve(api_server_config(&chain, &key).unwrap(), 1);
+            let (addr, server) = serve(api_config(&chain, &key).unwrap(), 1);
             let client = pinned_client_config(ca_der(&ours), None).unwrap();
             let result = ping(client, addr, "target.invalid");
             assert_eq!(
@@ -795,7 +937,7 @@ mod tests {
         let ours = ca("target ca");
         let (cert, key, _) = client_identity(&ours);
         let chain = format!("{cert}{}", ours.cert_pem());
-        let (addr, server) = serve(api_server_config(&chain, &key).unwrap(), 1);
+        let (addr, server) = serve(api_config(&chain, &key).unwrap(), 1);
         let client = pinned_client_config(ca_der(&ours), None).unwrap();
         let result = ping(client, addr, "other.example");
         assert!(
@@ -815,26 +957,26 @@ mod tests {
     fn api_config_needs_the_ca_in_the_chain_and_the_matching_key() {
         let ours = ca("target ca");
         let issued = ours
-            .issue_server_cert(&["localhost".to_owned()], &[], now())
+            .issue_server_cert(&["localhost".to_owned()], &[], LIFETIME, now())
             .unwrap();
         assert!(matches!(
-            api_server_config(&issued.cert_pem, &issued.key_pem),
+            api_config(&issued.cert_pem, &issued.key_pem),
             Err(TlsError::ChainWithoutCa)
         ));
         let chain = format!("{}{}", issued.cert_pem, ours.cert_pem());
         let other = ours
-            .issue_server_cert(&["localhost".to_owned()], &[], now())
+            .issue_server_cert(&["localhost".to_owned()], &[], LIFETIME, now())
             .unwrap();
         assert!(matches!(
-            api_server_config(&chain, &other.key_pem),
+            api_config(&chain, &other.key_pem),
             Err(TlsError::Config(_))
         ));
         assert!(matches!(
-            api_server_config("", &issued.key_pem),
+            api_config("", &issued.key_pem),
             Err(TlsError::NoCertificate)
         ));
         assert!(matches!(
-            api_server_config(&chain, "garbage"),
+            api_config(&chain, "garbage"),
             Err(TlsError::BadKeyPem { .. })
         ));
     }

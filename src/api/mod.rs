@@ -36,13 +36,14 @@ use crate::model::UnixTime;
 use crate::pairing::source::request::Outgoing;
 use crate::spool::Spool;
 use crate::store::Store;
+use crate::tls::ServerCertSlot;
 use body::Body;
 use error::ApiError;
 
 /// Everything a handler may use, built once by the daemon.
 pub struct App {
     pub config: Config,
-    pub ca: Ca,
+    pub ca: Arc<Ca>,
     pub spool: Spool,
     pub store: Store,
     pub auth: Authenticator,
@@ -59,6 +60,22 @@ pub struct App {
     pub started: UnixTime,
     /// Replication's live state: progress, settings in force, the verify job's queue.
     pub replication: Arc<crate::replication::Shared>,
+    /// The listeners' server certificates as they present them now (renewed while
+    /// running), for the expiry warnings.
+    pub api_cert: Arc<ServerCertSlot>,
+    pub tunnel_cert: Arc<ServerCertSlot>,
+}
+
+impl App {
+    /// Every certificate this appliance depends on, as the listeners present them now
+    /// (`lifecycle::expiries`): for the health warnings, the metrics and the log.
+    pub fn certificates(&self) -> Result<Vec<crate::lifecycle::Expiry>, crate::store::StoreError> {
+        let listeners = [
+            ("api", self.api_cert.leaf()),
+            ("tunnel", self.tunnel_cert.leaf()),
+        ];
+        crate::lifecycle::expiries(&self.store, &self.ca, &listeners)
+    }
 }
 
 /// One request as a handler sees it.

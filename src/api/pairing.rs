@@ -78,7 +78,7 @@ pub fn file_request(call: &Call) -> Result<Reply, ApiError> {
         store: &call.app.store,
         ca: &call.app.ca,
         storage: &config.storage,
-        cert_days: config.certificate_days,
+        client_lifetime: config.client_cert_lifetime,
     };
     // Each audited event (a token used or refused, the filing, the accept) is its own info
     // line once committed (`Store::write`); a refusal is also the worker's 4xx line.
@@ -223,7 +223,7 @@ pub fn resolve(call: &Call) -> Result<Reply, ApiError> {
         store: &app.store,
         ca: &app.ca,
         storage: &app.config.storage,
-        cert_days: app.config.certificate_days,
+        client_lifetime: app.config.client_cert_lifetime,
     };
     let resolved = target::resolve(&side, id, decision, &actor(call), call.now)?;
     let r = resolved.request;

@@ -8,6 +8,7 @@ use super::body::quoted;
 use super::error::ApiError;
 use super::{Call, Reply};
 use crate::ca;
+use crate::model::{format_utc, UnixTime};
 use crate::pairing::source::request::{self, Ask, Me, SourceSide};
 use crate::pairing::source::{self};
 use crate::pairing::Actor;
@@ -108,7 +109,7 @@ pub fn request_target(call: &Call) -> Result<Reply, ApiError> {
     ))
 }
 
-fn target_json(t: &TargetRecord) -> Value {
+fn target_json(t: &TargetRecord, now: UnixTime) -> Value {
     let mut v = json!({
         "target_id": t.id,
         "host": t.host,
@@ -120,17 +121,61 @@ fn target_json(t: &TargetRecord) -> Value {
         "ca_fingerprint": t.ca_fingerprint,
         "request_id": t.request_id,
     });
-    if let Some(m) = &t.message {
+    let mut message = t.message.clone();
+    if t.is_repairing() {
+        // Says what happened and what to do, whatever the last poll left in `message`.
+        let expired = format!(
+            "the certificate expired at {}; this appliance filed request {} (verification code {}) \
+             to replace it: ask the target's admin to accept it",
+            t.certificate_expires.map(format_utc).unwrap_or_default(),
+            t.request_id,
+            t.verification_code
+        );
+        message = Some(match message {
+            Some(m) => format!("{expired} ({m})"),
+            None => expired,
+        });
+        v["certificate_expired"] = json!(true);
+    } else if let Some(e) = t.certificate_expires.filter(|e| *e <= now) {
+        v["certificate_expired"] = json!(true);
+        message.get_or_insert_with(|| {
+            format!(
+                "the certificate expired at {}; a new request is being filed",
+                format_utc(e)
+            )
+        });
+    }
+    if let Some(m) = message {
         v["message"] = json!(m);
     }
     if let Some(e) = t.certificate_expires {
         v["certificate_expires"] = json!(e);
     }
+    if let Some(serial) = &t.cert_serial {
+        v["certificate_serial"] = json!(serial);
+    }
+    if let Some(r) = t.renewed {
+        v["certificate_renewed"] = json!(r);
+    }
+    if let (Some(starts), Some(ends), Some(serial)) =
+        (t.certificate_starts, t.certificate_expires, &t.cert_serial)
+    {
+        if !t.is_repairing() && ends > now {
+            v["certificate_renews"] =
+                json!(crate::lifecycle::source_renew_at(starts, ends, serial));
+        }
+    }
     v
 }
 
 pub fn targets(call: &Call) -> Result<Reply, ApiError> {
-    let list: Vec<Value> = call.app.store.targets()?.iter().map(target_json).collect();
+    let list: Vec<Value> = call
+        .app
+        .store
+        .targets()?
+        .iter()
+        .map(|t| target_json(t, call.now))
+        .collect();
     Ok(Reply::json(200, json!({ "targets": list })))
 }
 

@@ -9,10 +9,15 @@ use crate::metrics::Exposition;
 use crate::model::Role;
 use crate::store::{RequestStatus, TargetStatus};
 
-pub fn health(_call: &Call) -> Result<Reply, ApiError> {
+/// `GET /api/health` (no token): up, the version, and a warning for each certificate
+/// (or the CA) that ends within 30 days (`lifecycle::warnings`). The warnings name ids
+/// only, never host names: the endpoint is open to anyone who reaches the listener.
+pub fn health(call: &Call) -> Result<Reply, ApiError> {
+    let certs = call.app.certificates()?;
+    let warnings = crate::lifecycle::warnings(&certs, call.now);
     Ok(Reply::json(
         200,
-        json!({ "status": "ok", "version": env!("CARGO_PKG_VERSION") }),
+        json!({ "status": "ok", "version": env!("CARGO_PKG_VERSION"), "warnings": warnings }),
     ))
 }
 
@@ -113,6 +118,31 @@ fn state(app: &App, out: &mut Exposition) -> Result<(), ApiError> {
             );
         }
     }
+    let certs = app.certificates()?;
+    for e in &certs {
+        let id = e.kind.id().map(|id| id.to_string());
+        match (&e.kind, id.as_deref()) {
+            (crate::lifecycle::CertKind::Listener(name), _) => out.gauge(
+                "replgate_listener_certificate_expiry_seconds",
+                "When a listener's server certificate in use expires (unix time); it renews while running.",
+                &[("listener", name)],
+                e.not_after as f64,
+            ),
+            (crate::lifecycle::CertKind::System(_), Some(id)) => out.gauge(
+                "replgate_system_certificate_expiry_seconds",
+                "When a paired source's current certificate expires (unix time).",
+                &[("system", id)],
+                e.not_after as f64,
+            ),
+            _ => {}
+        }
+    }
+    out.gauge(
+        "replgate_certificate_warnings",
+        "Certificates (or the CA) ending within 30 days or ended: the warnings of GET /api/health.",
+        &[],
+        crate::lifecycle::warnings(&certs, crate::model::now()).len() as f64,
+    );
     out.gauge(
         "replgate_build_info",
         "The running version and commit (always 1).",

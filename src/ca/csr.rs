@@ -341,7 +341,7 @@ mod tests {
 
     use super::super::generate_client_key_and_csr;
     use super::super::test_support::{
-        der_of, greedy_csr, now, test_ca, RSA_1024_CSR, RSA_2048_CSR, RSA_2048_PSS_CSR,
+        days, der_of, greedy_csr, now, test_ca, RSA_1024_CSR, RSA_2048_CSR, RSA_2048_PSS_CSR,
         RSA_2048_PSS_SALTMAX_CSR, RSA_3072_PSS_SHA512_SALT0_CSR, RSA_PSS_KEY_CSR, UUID,
     };
     use super::super::x509::pem_encode;
@@ -370,7 +370,7 @@ mod tests {
             let csr = parse_csr(&pem).unwrap_or_else(|e| panic!("{kind}: {e}"));
             assert_eq!(csr.key_kind(), kind);
             assert_eq!(csr.fingerprint(), sha256_hex(csr.spki_der()));
-            let issued = ca.sign_client(&csr, UUID, 30, now()).unwrap();
+            let issued = ca.sign_client(&csr, UUID, days(30), now()).unwrap();
             let der = der_of(&issued.cert_pem);
             let (_, cert) = X509Certificate::from_der(&der).unwrap();
             assert_eq!(cert.public_key().raw, csr.spki_der(), "{kind}");

@@ -106,6 +106,7 @@ impl std::error::Error for DeliveryError {
 /// What the source records about a certificate it accepted.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct DeliveredCert {
+    pub not_before: i64,
     pub not_after: i64,
     pub serial: String,
 }
@@ -163,6 +164,7 @@ pub fn check_delivered(
         return Err(DeliveryError::MissingClientAuth);
     }
     Ok(DeliveredCert {
+        not_before,
         not_after,
         serial: serial_hex(cert.raw_serial()),
     })
@@ -170,7 +172,7 @@ pub fn check_delivered(
 
 #[cfg(test)]
 mod tests {
-    use super::super::test_support::{colon_fingerprint, der_of, now, test_ca, UUID};
+    use super::super::test_support::{colon_fingerprint, days, der_of, now, test_ca, UUID};
     use super::super::{generate_client_key_and_csr, parse_csr, Ca, IssuedCert};
     use super::*;
 
@@ -184,7 +186,7 @@ mod tests {
         let ca = test_ca("target ca");
         let (key_pem, csr) = generate_client_key_and_csr(UUID).unwrap();
         let issued = ca
-            .sign_client(&parse_csr(&csr).unwrap(), UUID, 365, now())
+            .sign_client(&parse_csr(&csr).unwrap(), UUID, days(365), now())
             .unwrap();
         Delivery {
             ca,
@@ -234,7 +236,7 @@ mod tests {
         let other = test_ca("target ca"); // same name, different key
         let (key_pem, csr) = generate_client_key_and_csr(UUID).unwrap();
         let foreign = other
-            .sign_client(&parse_csr(&csr).unwrap(), UUID, 365, now())
+            .sign_client(&parse_csr(&csr).unwrap(), UUID, days(365), now())
             .unwrap();
         let err = check_delivered(
             &foreign.cert_pem,
@@ -312,7 +314,7 @@ mod tests {
     fn check_delivered_rejects_a_server_certificate_and_a_leaf_posing_as_ca() {
         let d = delivery();
         let server =
-            d.ca.issue_server_cert(&["localhost".to_owned()], &[], now())
+            d.ca.issue_server_cert(&["localhost".to_owned()], &[], days(730), now())
                 .unwrap();
         assert_eq!(
             check_delivered(

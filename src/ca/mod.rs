@@ -45,8 +45,6 @@ use x509::{is_ca_cert, parse_cert_der, pem_block, pem_encode, CERT_LABELS};
 
 /// Validity of the appliance CA: 20 years.
 const CA_LIFETIME: Duration = Duration::days(20 * 365);
-/// Validity of the API and tunnel server certificates: 2 years.
-const SERVER_CERT_LIFETIME: Duration = Duration::days(2 * 365);
 /// How far the CA and server certificates are backdated. Another appliance verifies them
 /// with its own clock, which may lag ours (and the CA is often created minutes before a
 /// pairing), so they get a day of slack.
@@ -54,8 +52,10 @@ const PEER_CLOCK_SLACK: Duration = Duration::days(1);
 /// How far an issued client certificate is backdated. Only this appliance (the one that
 /// issued it) verifies it, so a small slack is enough.
 const CLIENT_CERT_BACKDATE: Duration = Duration::minutes(5);
-/// Longest client certificate lifetime `sign_client` accepts (10 years).
-const MAX_CLIENT_LIFETIME_DAYS: u32 = 3_650;
+/// Shortest certificate lifetime issued (lab and test lifetimes; SPEC 12's minimum).
+const MIN_LIFETIME: std::time::Duration = std::time::Duration::from_secs(60);
+/// Longest client or server certificate lifetime issued (10 years; never past the CA).
+const MAX_LIFETIME: std::time::Duration = std::time::Duration::from_secs(3_650 * 86_400);
 /// Longest subject common name (X.520 ub-common-name).
 const MAX_COMMON_NAME_CHARS: usize = 64;
 /// Serial numbers are 16 random bytes (128 bits, top bit cleared so the DER integer is
@@ -69,6 +69,8 @@ pub enum CaError {
     BadCaCertificate(CertError),
     /// The CA key text is not a PKCS#8 key rcgen can use.
     BadCaKey { reason: String },
+    /// A pairing key given to make a CSR for is not a PKCS#8 key rcgen can use.
+    BadClientKey { reason: String },
     /// The CA key is not the key of the CA certificate.
     CaKeyMismatch,
     /// The CA certificate is not a CA (no basicConstraints cA=true).
@@ -77,8 +79,8 @@ pub enum CaError {
     InvalidName { name: String, reason: &'static str },
     /// A server certificate was asked for without any hostname or address.
     NoServerNames,
-    /// The requested client certificate lifetime is out of range.
-    InvalidLifetime { days: u32 },
+    /// The requested certificate lifetime is out of range.
+    InvalidLifetime { seconds: u64 },
     /// The validity period does not fit in a certificate (clock far out of range).
     TimeOutOfRange,
     /// The CSR's public key cannot be re-encoded exactly as it was requested.
@@ -99,13 +101,16 @@ impl fmt::Display for CaError {
         match self {
             Self::BadCaCertificate(_) => write!(f, "ca certificate does not parse"),
             Self::BadCaKey { reason } => write!(f, "ca key does not parse: {reason}"),
+            Self::BadClientKey { reason } => write!(f, "pairing key does not parse: {reason}"),
             Self::CaKeyMismatch => write!(f, "ca key does not belong to the ca certificate"),
             Self::NotCa => write!(f, "ca certificate is not marked as a ca"),
             Self::InvalidName { name, reason } => write!(f, "name {name:?} {reason}"),
             Self::NoServerNames => write!(f, "server certificate needs a hostname or an address"),
-            Self::InvalidLifetime { days } => write!(
+            Self::InvalidLifetime { seconds } => write!(
                 f,
-                "certificate lifetime of {days} days is outside 1 to {MAX_CLIENT_LIFETIME_DAYS}"
+                "certificate lifetime of {seconds} s is outside {} to {} s",
+                MIN_LIFETIME.as_secs(),
+                MAX_LIFETIME.as_secs()
             ),
             Self::TimeOutOfRange => {
                 write!(f, "certificate validity is outside the supported dates")
@@ -139,6 +144,8 @@ pub struct Ca {
     cert_pem: String,
     cert_der: CertificateDer<'static>,
     fingerprint: String,
+    /// End of the CA's validity (unix seconds): nothing it issues outlives it.
+    not_after: i64,
     /// Subject, key identifier and signing key, as rcgen needs them to issue.
     issuer: Issuer<'static, KeyPair>,
 }
@@ -218,7 +225,7 @@ impl Ca {
     }
 
     fn from_parts(cert_der: Vec<u8>, key: KeyPair) -> Result<Ca, CaError> {
-        {
+        let not_after = {
             let cert = parse_cert_der(&cert_der).map_err(CaError::BadCaCertificate)?;
             if cert.public_key().raw != key.subject_public_key_info().as_slice() {
                 return Err(CaError::CaKeyMismatch);
@@ -226,7 +233,8 @@ impl Ca {
             if !is_ca_cert(&cert) {
                 return Err(CaError::NotCa);
             }
-        }
+            x509::validity(&cert).1
+        };
         let cert_pem = pem_encode("CERTIFICATE", &cert_der);
         let issuer = Issuer::from_ca_cert_pem(&cert_pem, key).map_err(|source| CaError::Rcgen {
             action: "read ca certificate as an issuer",
@@ -234,6 +242,7 @@ impl Ca {
         })?;
         Ok(Ca {
             fingerprint: sha256_hex(&cert_der),
+            not_after,
             cert_pem,
             cert_der: CertificateDer::from(cert_der),
             issuer,
@@ -260,13 +269,42 @@ impl Ca {
         self.fingerprint.clone()
     }
 
+    /// End of the CA certificate's validity, unix seconds.
+    pub fn not_after(&self) -> i64 {
+        self.not_after
+    }
+
+    /// The validity of a certificate issued at `now` for `lifetime`: backdated by `slack`
+    /// (but at most a tenth of the lifetime, so that a lab lifetime of a minute is not
+    /// mostly backdating), and never ending after the CA does.
+    fn validity(
+        &self,
+        now: OffsetDateTime,
+        lifetime: std::time::Duration,
+        slack: Duration,
+    ) -> Result<(OffsetDateTime, OffsetDateTime), CaError> {
+        if !(MIN_LIFETIME..=MAX_LIFETIME).contains(&lifetime) {
+            return Err(CaError::InvalidLifetime {
+                seconds: lifetime.as_secs(),
+            });
+        }
+        let seconds = i64::try_from(lifetime.as_secs()).map_err(|_| CaError::TimeOutOfRange)?;
+        let backdate = slack.min(Duration::seconds(seconds / 10));
+        let ca_end = OffsetDateTime::from_unix_timestamp(self.not_after)
+            .map_err(|_| CaError::TimeOutOfRange)?;
+        let not_after = checked_add(now, Duration::seconds(seconds))?.min(ca_end);
+        Ok((checked_sub(now, backdate)?, not_after))
+    }
+
     /// Issues a fresh P-256 key and an end-entity server certificate (serverAuth,
-    /// digitalSignature, SANs for every name and address, 2 years, random serial) for the API
-    /// or the tunnel listener. A hostname that parses as an IP address becomes an IP SAN.
+    /// digitalSignature, SANs for every name and address, valid `lifetime` from `now`
+    /// backdated a day, random serial) for the API or the tunnel listener. A hostname that
+    /// parses as an IP address becomes an IP SAN.
     pub fn issue_server_cert(
         &self,
         hostnames: &[String],
         ips: &[IpAddr],
+        lifetime: std::time::Duration,
         now: OffsetDateTime,
     ) -> Result<IssuedKeyPair, CaError> {
         let now = utc_seconds(now)?;
@@ -303,10 +341,11 @@ impl Ca {
                 action: "generate server key",
                 source,
             })?;
+        let (not_before, not_after) = self.validity(now, lifetime, PEER_CLOCK_SLACK)?;
         let mut params = end_entity_params(
             &common_name,
-            checked_sub(now, PEER_CLOCK_SLACK)?,
-            checked_add(now, SERVER_CERT_LIFETIME)?,
+            not_before,
+            not_after,
             ExtendedKeyUsagePurpose::ServerAuth,
         )?;
         params.subject_alt_names = sans;
@@ -322,20 +361,17 @@ impl Ca {
     /// Signs a source's CSR. Only the CSR's public key is used: the certificate is an
     /// end-entity (basicConstraints cA=false), clientAuth only, digitalSignature only, with
     /// subject CN `subject_cn` (the source's system_uuid), no SANs, a random serial, valid
-    /// from `now` − 5 minutes for `lifetime_days` days.
+    /// from `now` − 5 minutes (a tenth of a shorter lifetime) for `lifetime`, at most until
+    /// the CA ends.
     pub fn sign_client(
         &self,
         csr: &ValidCsr,
         subject_cn: &str,
-        lifetime_days: u32,
+        lifetime: std::time::Duration,
         now: OffsetDateTime,
     ) -> Result<IssuedCert, CaError> {
-        if !(1..=MAX_CLIENT_LIFETIME_DAYS).contains(&lifetime_days) {
-            return Err(CaError::InvalidLifetime {
-                days: lifetime_days,
-            });
-        }
         let now = utc_seconds(now)?;
+        let (not_before, not_after) = self.validity(now, lifetime, CLIENT_CERT_BACKDATE)?;
         let public_key =
             RcgenSpki::from_der(csr.spki_der()).map_err(|_| CaError::UnencodableKey)?;
         // rcgen re-encodes the SubjectPublicKeyInfo from (algorithm, key bits); make sure
@@ -345,8 +381,8 @@ impl Ca {
         }
         let params = end_entity_params(
             subject_cn,
-            checked_sub(now, CLIENT_CERT_BACKDATE)?,
-            checked_add(now, Duration::days(i64::from(lifetime_days)))?,
+            not_before,
+            not_after,
             ExtendedKeyUsagePurpose::ClientAuth,
         )?;
         let (cert_pem, info) = self.sign(params, &public_key, "sign client certificate")?;
@@ -455,16 +491,39 @@ pub fn generate_client_key_and_csr(system_uuid: &str) -> Result<(String, String)
         action: "generate client key",
         source,
     })?;
+    let csr = client_csr(&key, system_uuid)?;
+    Ok((key.serialize_pem(), csr))
+}
+
+/// A fresh CSR (subject CN `system_uuid`, no extensions) for a key made earlier: a renewal
+/// retried after a crash or a lost answer asks again for the same key, so the target can
+/// recognise it and hand back the certificate it already issued.
+pub fn csr_for_key(key_pem: &str, system_uuid: &str) -> Result<String, CaError> {
+    let key = KeyPair::from_pem(key_pem).map_err(|e| CaError::BadClientKey {
+        reason: e.to_string().to_lowercase(),
+    })?;
+    client_csr(&key, system_uuid)
+}
+
+/// SHA-256 of a private key's SubjectPublicKeyInfo, lowercase hex: equal to
+/// [`CertInfo::key_fingerprint`] of a certificate for that key.
+pub fn key_fingerprint(key_pem: &str) -> Result<String, CaError> {
+    let key = KeyPair::from_pem(key_pem).map_err(|e| CaError::BadClientKey {
+        reason: e.to_string().to_lowercase(),
+    })?;
+    Ok(sha256_hex(&key.subject_public_key_info()))
+}
+
+fn client_csr(key: &KeyPair, system_uuid: &str) -> Result<String, CaError> {
     let mut params = CertificateParams::default();
     params.distinguished_name = common_name_dn(system_uuid)?;
-    let csr = params
-        .serialize_request(&key)
+    params
+        .serialize_request(key)
         .and_then(|csr| csr.pem())
         .map_err(|source| CaError::Rcgen {
             action: "create csr",
             source,
-        })?;
-    Ok((key.serialize_pem(), csr))
+        })
 }
 
 #[cfg(test)]
@@ -480,7 +539,9 @@ mod tests {
     use x509_parser::prelude::FromDer;
 
     use super::csr::CSR_LABELS;
-    use super::test_support::{der_of, first_cn, greedy_csr, now, openssl, test_ca, TempDir, UUID};
+    use super::test_support::{
+        days, der_of, first_cn, greedy_csr, now, openssl, test_ca, TempDir, UUID,
+    };
     use super::x509::validity;
     use super::*;
 
@@ -524,7 +585,7 @@ mod tests {
         // The reloaded CA issues certificates that chain to the same certificate.
         let (key, csr) = generate_client_key_and_csr(UUID).unwrap();
         let issued = again
-            .sign_client(&parse_csr(&csr).unwrap(), UUID, 365, now())
+            .sign_client(&parse_csr(&csr).unwrap(), UUID, days(365), now())
             .unwrap();
         check_delivered(
             &issued.cert_pem,
@@ -545,7 +606,7 @@ mod tests {
             Err(CaError::CaKeyMismatch)
         ));
         let server = ca
-            .issue_server_cert(&["localhost".to_owned()], &[], now())
+            .issue_server_cert(&["localhost".to_owned()], &[], days(730), now())
             .unwrap();
         assert!(matches!(
             Ca::from_pem(&server.cert_pem, &server.key_pem),
@@ -567,7 +628,7 @@ mod tests {
         let (_key, csr_pem) = greedy_csr(&PKCS_ECDSA_P256_SHA256);
         let csr = parse_csr(&csr_pem).unwrap();
         assert_eq!(csr.key_kind(), KeyKind::EcdsaP256);
-        let issued = ca.sign_client(&csr, UUID, 365, now()).unwrap();
+        let issued = ca.sign_client(&csr, UUID, days(365), now()).unwrap();
 
         let der = der_of(&issued.cert_pem);
         let (rest, cert) = X509Certificate::from_der(&der).unwrap();
@@ -644,10 +705,54 @@ mod tests {
         let ca = test_ca("replgate ca");
         let (_key, csr) = generate_client_key_and_csr(UUID).unwrap();
         let csr = parse_csr(&csr).unwrap();
-        let a = ca.sign_client(&csr, UUID, 365, now()).unwrap();
-        let b = ca.sign_client(&csr, UUID, 365, now()).unwrap();
+        let a = ca.sign_client(&csr, UUID, days(365), now()).unwrap();
+        let b = ca.sign_client(&csr, UUID, days(365), now()).unwrap();
         assert_ne!(a.serial, b.serial);
         assert_eq!(cert_serial_hex(&der_of(&a.cert_pem)).unwrap(), a.serial);
+    }
+
+    #[test]
+    fn a_lab_lifetime_is_backdated_a_tenth_and_nothing_outlives_the_ca() {
+        let ca = test_ca("replgate ca");
+        let (_key, csr) = generate_client_key_and_csr(UUID).unwrap();
+        let csr = parse_csr(&csr).unwrap();
+        let minute = std::time::Duration::from_secs(60);
+        let t = now().unix_timestamp();
+        let client = ca.sign_client(&csr, UUID, minute, now()).unwrap();
+        let info = cert_info(&der_of(&client.cert_pem)).unwrap();
+        assert_eq!((info.not_before, info.not_after), (t - 6, t + 60));
+        let server = ca
+            .issue_server_cert(&["localhost".to_owned()], &[], minute, now())
+            .unwrap();
+        let info = cert_info(&der_of(&server.cert_pem)).unwrap();
+        assert_eq!((info.not_before, info.not_after), (t - 6, t + 60));
+        // A year is backdated the full slack: five minutes for a client, a day for a server.
+        let year = ca.sign_client(&csr, UUID, days(365), now()).unwrap();
+        let info = cert_info(&der_of(&year.cert_pem)).unwrap();
+        assert_eq!(info.not_before, t - 300);
+        // Ten years from a CA with less than that left end with the CA.
+        let late = now() + time::Duration::days(15 * 365);
+        let capped = ca.sign_client(&csr, UUID, days(3_650), late).unwrap();
+        assert_eq!(capped.not_after, ca.not_after());
+        assert_eq!(ca.not_after(), t + 20 * 365 * 86_400);
+    }
+
+    #[test]
+    fn a_csr_for_a_kept_key_asks_for_the_same_public_key() {
+        let (key, first) = generate_client_key_and_csr(UUID).unwrap();
+        let again = csr_for_key(&key, UUID).unwrap();
+        let issued = test_ca("c")
+            .sign_client(&parse_csr(&again).unwrap(), UUID, days(1), now())
+            .unwrap();
+        let info = cert_info(&der_of(&issued.cert_pem)).unwrap();
+        assert_eq!(key_fingerprint(&key).unwrap(), info.key_fingerprint);
+        let (a, b) = (parse_csr(&first).unwrap(), parse_csr(&again).unwrap());
+        assert_eq!(a.spki_der(), b.spki_der());
+        assert_eq!(a.fingerprint(), b.fingerprint());
+        assert!(matches!(
+            csr_for_key("garbage", UUID),
+            Err(CaError::BadClientKey { .. })
+        ));
     }
 
     #[test]
@@ -656,15 +761,23 @@ mod tests {
         let (_key, csr) = generate_client_key_and_csr(UUID).unwrap();
         let csr = parse_csr(&csr).unwrap();
         assert!(matches!(
-            ca.sign_client(&csr, UUID, 0, now()),
-            Err(CaError::InvalidLifetime { days: 0 })
+            ca.sign_client(&csr, UUID, days(0), now()),
+            Err(CaError::InvalidLifetime { seconds: 0 })
         ));
         assert!(matches!(
-            ca.sign_client(&csr, "", 365, now()),
+            ca.sign_client(&csr, UUID, std::time::Duration::from_secs(59), now()),
+            Err(CaError::InvalidLifetime { seconds: 59 })
+        ));
+        assert!(matches!(
+            ca.sign_client(&csr, UUID, days(3_651), now()),
+            Err(CaError::InvalidLifetime { .. })
+        ));
+        assert!(matches!(
+            ca.sign_client(&csr, "", days(365), now()),
             Err(CaError::InvalidName { .. })
         ));
         assert!(matches!(
-            ca.sign_client(&csr, &"x".repeat(65), 365, now()),
+            ca.sign_client(&csr, &"x".repeat(65), days(365), now()),
             Err(CaError::InvalidName { .. })
         ));
     }
@@ -678,7 +791,9 @@ mod tests {
             "192.0.2.7".to_owned(),
             "127.0.0.1".to_owned(), // also in `ips`: listed once
         ];
-        let issued = ca.issue_server_cert(&names, &ips, now()).unwrap();
+        let issued = ca
+            .issue_server_cert(&names, &ips, days(730), now())
+            .unwrap();
         assert!(!format!("{issued:?}").contains("PRIVATE"));
         let der = der_of(&issued.cert_pem);
         let (_, cert) = X509Certificate::from_der(&der).unwrap();
@@ -718,11 +833,11 @@ mod tests {
         assert_eq!(issued.not_after, until);
         assert_eq!(issued.serial, cert_serial_hex(&der).unwrap());
         assert!(matches!(
-            ca.issue_server_cert(&[], &[], now()),
+            ca.issue_server_cert(&[], &[], days(730), now()),
             Err(CaError::NoServerNames)
         ));
         assert!(matches!(
-            ca.issue_server_cert(&["bäd".to_owned()], &[], now()),
+            ca.issue_server_cert(&["bäd".to_owned()], &[], days(730), now()),
             Err(CaError::InvalidName { .. })
         ));
     }
@@ -753,12 +868,13 @@ mod tests {
         let ca = Ca::generate("replgate openssl ca", now).unwrap();
         let (_key, csr) = greedy_csr(&PKCS_ECDSA_P256_SHA256);
         let client = ca
-            .sign_client(&parse_csr(&csr).unwrap(), UUID, 365, now)
+            .sign_client(&parse_csr(&csr).unwrap(), UUID, days(365), now)
             .unwrap();
         let server = ca
             .issue_server_cert(
                 &["localhost".to_owned()],
                 &["127.0.0.1".parse().unwrap()],
+                days(730),
                 now,
             )
             .unwrap();

@@ -39,6 +39,11 @@ pub fn now() -> OffsetDateTime {
     OffsetDateTime::from_unix_timestamp(1_767_225_600).unwrap() // 2026-01-01 00:00:00
 }
 
+/// A lifetime of `n` days.
+pub fn days(n: u64) -> std::time::Duration {
+    std::time::Duration::from_secs(n * 86_400)
+}
+
 pub fn test_ca(name: &str) -> Ca {
     Ca::generate(name, now()).unwrap()
 }

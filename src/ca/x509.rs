@@ -64,6 +64,9 @@ pub struct CertInfo {
     pub is_ca: bool,
     /// SHA-256 of the DER, lowercase hex.
     pub fingerprint: String,
+    /// SHA-256 of the SubjectPublicKeyInfo, lowercase hex: the same value as a CSR's
+    /// fingerprint for the same key (`ValidCsr::fingerprint`).
+    pub key_fingerprint: String,
 }
 
 /// Reads serial, subject CN, validity and CA flag from a DER certificate.
@@ -83,6 +86,7 @@ pub fn cert_info(der: &[u8]) -> Result<CertInfo, CertError> {
         not_after,
         is_ca: is_ca_cert(&cert),
         fingerprint: sha256_hex(der),
+        key_fingerprint: sha256_hex(cert.public_key().raw),
     })
 }
 

@@ -77,6 +77,22 @@ fn time_cell(v: &Value) -> String {
     }
 }
 
+/// What is left of a certificate ending at `ends`, as an admin reads it at a glance:
+/// `expired`, whole days (`29 d`), or for the last day (and lab lifetimes) hours or
+/// minutes; `-` for none.
+pub fn time_left(ends: Option<i64>, now: i64) -> String {
+    let Some(ends) = ends else {
+        return "-".into();
+    };
+    match ends.saturating_sub(now) {
+        left if left <= 0 => "expired".into(),
+        left if left >= 86_400 => format!("{} d", left / 86_400),
+        left if left >= 3_600 => format!("{} h", left / 3_600),
+        left if left >= 60 => format!("{} min", left / 60),
+        left => format!("{left} s"),
+    }
+}
+
 /// Aligns `rows` under `headers`, two spaces between columns, no trailing blanks.
 pub fn table(headers: &[&str], rows: &[Vec<String>]) -> String {
     let width = |s: &str| s.chars().count();
@@ -113,12 +129,14 @@ enum Col {
     Text(&'static str, &'static str),
     Time(&'static str, &'static str),
     YesNo(&'static str, &'static str),
+    /// The time left until the unix time in the field (a certificate's end).
+    Left(&'static str, &'static str),
 }
 
 impl Col {
     fn header(&self) -> &'static str {
         match self {
-            Col::Text(h, _) | Col::Time(h, _) | Col::YesNo(h, _) => h,
+            Col::Text(h, _) | Col::Time(h, _) | Col::YesNo(h, _) | Col::Left(h, _) => h,
         }
     }
 
@@ -127,6 +145,7 @@ impl Col {
             Col::Text(_, f) => cell(&item[*f]),
             Col::Time(_, f) => time_cell(&item[*f]),
             Col::YesNo(_, f) => if item[*f] == true { "yes" } else { "" }.into(),
+            Col::Left(_, f) => time_left(item[*f].as_i64(), crate::model::now()),
         }
     }
 }
@@ -202,6 +221,7 @@ pub fn systems_table(v: &Value) -> String {
         Text("ROLE", "role"),
         Text("STATUS", "status"),
         Text("STORAGE", "storage_id"),
+        Left("CERTIFICATE", "certificate_expires"),
     ];
     listing(rows(v, "appliance"), "no systems", &cols)
 }
@@ -228,6 +248,7 @@ pub fn targets_table(v: &Value) -> String {
         Text("STATUS", "status"),
         Text("CODE", "verification_code"),
         Time("LAST POLL", "last_poll"),
+        Left("CERTIFICATE", "certificate_expires"),
         Text("MESSAGE", "message"),
     ];
     listing(rows(v, "targets"), "no targets", &cols)
@@ -508,9 +529,30 @@ mod tests {
         }]});
         let out = targets_table(&v);
         assert!(
-            out.starts_with("ID  HOST         STATUS  CODE  LAST POLL  MESSAGE\n"),
+            out.starts_with("ID  HOST         STATUS  CODE  LAST POLL  CERTIFICATE  MESSAGE\n"),
             "{out}"
         );
-        assert!(out.ends_with("1   127.0.0.1:9  failed  1-2   -          pinned CA changed\n"));
+        assert!(out.ends_with(
+            "1   127.0.0.1:9  failed  1-2   -          -            pinned CA changed\n"
+        ));
+    }
+
+    #[test]
+    fn certificates_show_the_time_left_and_say_expired() {
+        let now = 1_700_000_000;
+        assert_eq!(time_left(None, now), "-");
+        assert_eq!(time_left(Some(now), now), "expired");
+        assert_eq!(time_left(Some(now - 5), now), "expired");
+        assert_eq!(time_left(Some(now + 29 * 86_400 + 7), now), "29 d");
+        assert_eq!(time_left(Some(now + 5 * 3_600), now), "5 h");
+        assert_eq!(time_left(Some(now + 90), now), "1 min");
+        assert_eq!(time_left(Some(now + 9), now), "9 s");
+        let v = json!({"targets": [{
+            "target_id": 2, "host": "t:8443", "status": "pending", "verification_code": "1-2",
+            "last_poll": null, "certificate_expires": 1,
+            "message": "the certificate expired at 1970-01-01 00:00:01 UTC; ..."
+        }]});
+        let out = targets_table(&v);
+        assert!(out.lines().nth(1).unwrap().contains("  expired  "), "{out}");
     }
 }

@@ -6,6 +6,8 @@
 //! over the network.
 
 pub mod poller;
+pub mod renewal;
+pub mod renewer;
 pub mod source;
 pub mod target;
 pub mod tokens;

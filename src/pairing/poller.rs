@@ -1,7 +1,10 @@
 //! The source's background poller: one scheduling thread that polls each open target's
 //! `status.json` (each poll on its own short-lived thread, a few at a time),
 //! installs a delivered certificate after checking it, proves the tunnel, and keeps a slow
-//! heartbeat afterwards to learn of revocation. The only network code in `pairing/`.
+//! heartbeat afterwards to learn of revocation. It also runs each pairing's certificate
+//! upkeep when it is due (`renewer`: renew, prove, file again once expired), as a job of
+//! the same kind: one job per target at a time. With `renewer`, the only network code in
+//! `pairing/`.
 
 use std::collections::HashMap;
 use std::fmt;
@@ -12,9 +15,11 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use crate::ca::{self, DeliveryError};
+use crate::config::Fault;
 use crate::identity::{IdentityError, TargetDirs};
 use crate::model::{self, Chain, UnixTime};
-use crate::pairing::source::{self, Step};
+use crate::pairing::renewer;
+use crate::pairing::source::{self, Step, Upkeep};
 use crate::remote::{Remote, RemoteError};
 use crate::store::{Store, StoreError, TargetRecord, TargetStatus};
 use crate::wire::protocol::{SpoolStatus, CA_FILE, CERT_FILE};
@@ -34,11 +39,27 @@ pub struct SourceContext {
     pub dirs: TargetDirs,
     pub poll_interval: Duration,
     pub heartbeat: Duration,
+    /// This appliance as it introduces itself when it files a request again.
+    pub system_uuid: String,
+    pub name: String,
+    pub asset_tag: String,
+    /// Crash points for the renewal crash tests (`Fault::None` in production).
+    pub fault: Fault,
 }
 
 struct Schedule {
     next: Instant,
     failures: u32,
+    /// When certificate upkeep may run next (after a failure it backs off).
+    upkeep_next: Instant,
+    upkeep_failures: u32,
+}
+
+/// What a job thread does for one target.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Job {
+    Poll,
+    Upkeep,
 }
 
 /// At most this many polls run at once, each on its own short-lived thread, so one
@@ -63,8 +84,8 @@ struct Poller {
     ctx: Arc<SourceContext>,
     schedule: HashMap<u64, Schedule>,
     in_flight: HashMap<u64, JoinHandle<()>>,
-    done_tx: mpsc::Sender<(u64, bool)>,
-    done_rx: mpsc::Receiver<(u64, bool)>,
+    done_tx: mpsc::Sender<(u64, Job, bool)>,
+    done_rx: mpsc::Receiver<(u64, Job, bool)>,
 }
 
 impl Poller {
@@ -80,34 +101,51 @@ impl Poller {
     }
 
     fn run(mut self, shutdown: &AtomicBool) {
+        renewer::backfill_starts(&self.ctx);
         while !shutdown.load(Ordering::SeqCst) {
             std::thread::sleep(TICK);
-            while let Ok((id, ok)) = self.done_rx.try_recv() {
-                self.finished(id, ok);
+            while let Ok((id, job, ok)) = self.done_rx.try_recv() {
+                self.finished(id, job, ok);
             }
             self.start_due();
         }
         self.join_in_flight(Instant::now() + JOIN_POLLS);
     }
 
-    /// A poll reported back: join its thread, reschedule from the record as it now stands.
-    fn finished(&mut self, id: u64, ok: bool) {
+    /// A job reported back: join its thread, reschedule from the record as it now stands.
+    fn finished(&mut self, id: u64, job: Job, ok: bool) {
         if let Some(handle) = self.in_flight.remove(&id) {
             if handle.join().is_err() {
-                log::error!("poller: the poll of target {id} panicked");
+                log::error!("poller: the {job:?} job of target {id} panicked");
             }
         }
         let Some(entry) = self.schedule.get_mut(&id) else {
             return;
         };
+        let current = match self.ctx.store.target(id) {
+            Ok(Some(t)) => t,
+            _ => return,
+        };
+        let now = Instant::now();
+        if job == Job::Upkeep {
+            entry.upkeep_failures = if ok {
+                0
+            } else {
+                entry.upkeep_failures.saturating_add(1)
+            };
+            entry.upkeep_next = if ok {
+                now
+            } else {
+                let ends = current.certificate_expires.unwrap_or(0);
+                let wait = crate::lifecycle::retry_wait(entry.upkeep_failures, model::now(), ends);
+                now.checked_add(wait).unwrap_or(now + source::MAX_BACKOFF)
+            };
+            return;
+        }
         entry.failures = if ok {
             0
         } else {
             entry.failures.saturating_add(1)
-        };
-        let current = match self.ctx.store.target(id) {
-            Ok(Some(t)) => t,
-            _ => return,
         };
         let ctx = &self.ctx;
         match source::next_poll(
@@ -118,7 +156,6 @@ impl Poller {
             crate::rand::unit(),
         ) {
             Some(wait) => {
-                let now = Instant::now();
                 entry.next = now.checked_add(wait).unwrap_or(now + source::MAX_BACKOFF);
             }
             None => {
@@ -127,7 +164,8 @@ impl Poller {
         }
     }
 
-    /// Starts a poll thread for every target that is due, up to `MAX_PARALLEL_POLLS`.
+    /// Starts a job thread for every target that is due, up to `MAX_PARALLEL_POLLS`: its
+    /// poll, else its certificate upkeep.
     fn start_due(&mut self) {
         let targets = match self.ctx.store.targets() {
             Ok(t) => t,
@@ -138,6 +176,7 @@ impl Poller {
         };
         self.schedule
             .retain(|id, _| targets.iter().any(|t| t.id == *id));
+        let unix_now = model::now();
         for t in targets {
             if t.status.is_final()
                 || self.in_flight.contains_key(&t.id)
@@ -145,30 +184,51 @@ impl Poller {
             {
                 continue;
             }
+            let now = Instant::now();
             let entry = self.schedule.entry(t.id).or_insert(Schedule {
-                next: Instant::now() + FIRST_POLL,
+                next: now + FIRST_POLL,
                 failures: 0,
+                upkeep_next: now,
+                upkeep_failures: 0,
             });
-            if Instant::now() < entry.next {
+            let job = if now >= entry.next {
+                // Not due again until this poll reports back.
+                entry.next = now + source::MAX_BACKOFF;
+                Job::Poll
+            } else if now >= entry.upkeep_next {
+                match source::upkeep(&t, unix_now) {
+                    Some(_) => {
+                        entry.upkeep_next = now + source::MAX_BACKOFF;
+                        Job::Upkeep
+                    }
+                    None => continue,
+                }
+            } else {
                 continue;
-            }
-            // Not due again until this poll reports back.
-            entry.next = Instant::now() + source::MAX_BACKOFF;
+            };
             let (ctx, done) = (self.ctx.clone(), self.done_tx.clone());
             let id = t.id;
-            let spawned = std::thread::Builder::new()
-                .name(format!("poll-{id}"))
-                .spawn(move || {
-                    let ok = poll_once(&ctx, &t);
-                    let _ = done.send((id, ok));
-                });
+            let name = match job {
+                Job::Poll => format!("poll-{id}"),
+                Job::Upkeep => format!("renew-{id}"),
+            };
+            let spawned = std::thread::Builder::new().name(name).spawn(move || {
+                let ok = match job {
+                    Job::Poll => poll_once(&ctx, &t),
+                    Job::Upkeep => upkeep_once(&ctx, &t),
+                };
+                let _ = done.send((id, job, ok));
+            });
             match spawned {
                 Ok(handle) => {
                     self.in_flight.insert(id, handle);
                 }
                 Err(e) => {
-                    log::warn!("poller: start a poll of target {id}: {e}");
-                    entry.next = Instant::now() + RESPAWN_AFTER;
+                    log::warn!("poller: start a {job:?} job for target {id}: {e}");
+                    match job {
+                        Job::Poll => entry.next = now + RESPAWN_AFTER,
+                        Job::Upkeep => entry.upkeep_next = now + RESPAWN_AFTER,
+                    }
                 }
             }
         }
@@ -180,7 +240,7 @@ impl Poller {
         while !self.in_flight.is_empty() {
             let left = deadline.saturating_duration_since(Instant::now());
             match self.done_rx.recv_timeout(left) {
-                Ok((id, ok)) => self.finished(id, ok),
+                Ok((id, job, ok)) => self.finished(id, job, ok),
                 Err(_) => break,
             }
         }
@@ -234,6 +294,30 @@ fn set_status(
             status.as_str(),
             Chain(&e)
         ),
+    }
+}
+
+/// The certificate upkeep due for one target (see `source::upkeep`). Returns false when
+/// it failed and is to be retried after a backoff; the reason is logged and shown as the
+/// target's `message`.
+fn upkeep_once(ctx: &SourceContext, t: &TargetRecord) -> bool {
+    let now = model::now();
+    let Some(job) = source::upkeep(t, now) else {
+        return true;
+    };
+    match renewer::run(ctx, t, &job, now) {
+        Ok(()) => true,
+        Err(e) => {
+            let what = match job {
+                Upkeep::Prove { .. } => "proving the renewed certificate",
+                Upkeep::Renew => "renewing the certificate",
+                Upkeep::Refile => "filing a new request for the expired certificate",
+            };
+            let text = format!("{what} failed (retrying): {}", Chain(&e));
+            log::warn!("target {}: {text}", t.id);
+            let _ = update(&ctx.store, t.id, |r| r.message = Some(text));
+            false
+        }
     }
 }
 
@@ -295,18 +379,35 @@ pub fn poll_once(ctx: &SourceContext, t: &TargetRecord) -> bool {
                 set_status(ctx, t.id, status, message, now);
             }
         }
-        Step::Install { tunnel } => match install_and_prove(ctx, &remote, t, &tunnel, now) {
-            Ok(()) => set_status(ctx, t.id, TargetStatus::Complete, None, now),
-            Err(e) => set_status(
-                ctx,
-                t.id,
-                TargetStatus::Failed,
-                Some(Chain(&e).to_string()),
-                now,
-            ),
-        },
+        Step::Install { tunnel } => {
+            let installed = install_and_prove(ctx, &remote, t, &tunnel, now);
+            conclude(ctx, t.id, installed, now);
+        }
+        Step::Prove { tunnel } => {
+            let proven = renewer::prove(ctx, t.id, &tunnel)
+                .map(|_| ())
+                .map_err(|source| InstallError::Tunnel {
+                    address: tunnel.clone(),
+                    source: Box::new(source),
+                });
+            conclude(ctx, t.id, proven, now);
+        }
     }
     true
+}
+
+/// Records how installing or proving ended: `complete`, or `failed` with the reason.
+fn conclude(ctx: &SourceContext, id: u64, result: Result<(), InstallError>, now: UnixTime) {
+    match result {
+        Ok(()) => set_status(ctx, id, TargetStatus::Complete, None, now),
+        Err(e) => set_status(
+            ctx,
+            id,
+            TargetStatus::Failed,
+            Some(Chain(&e).to_string()),
+            now,
+        ),
+    }
 }
 
 /// Why a delivered certificate was not installed or its tunnel not proven. The text
@@ -328,7 +429,7 @@ pub enum InstallError {
     /// The tunnel did not answer a hello with the installed certificate.
     Tunnel {
         address: String,
-        source: RemoteError,
+        source: Box<dyn std::error::Error + Send + Sync>,
     },
 }
 
@@ -347,9 +448,8 @@ impl fmt::Display for InstallError {
 impl std::error::Error for InstallError {
     fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
         match self {
-            InstallError::Fetch { source, .. } | InstallError::Tunnel { source, .. } => {
-                Some(source)
-            }
+            InstallError::Fetch { source, .. } => Some(source),
+            InstallError::Tunnel { source, .. } => Some(source.as_ref()),
             InstallError::Identity(e) => e.source(),
             InstallError::Refused(e) => Some(e),
             InstallError::Record(e) => Some(e),
@@ -357,9 +457,10 @@ impl std::error::Error for InstallError {
     }
 }
 
-/// Fetches and checks the delivered certificate, installs it atomically, records
-/// `accepted`, then opens the tunnel once. Any failed check leaves the installed state as
-/// it was and says what an admin can act on.
+/// Fetches and checks the delivered certificate, installs it atomically as the
+/// generation its request was filed with, records `accepted`, then opens the tunnel once
+/// (and, for a new request after an expired certificate, drops the old generation). Any
+/// failed check leaves the installed state as it was and says what an admin can act on.
 fn install_and_prove(
     ctx: &SourceContext,
     remote: &Remote,
@@ -379,16 +480,22 @@ fn install_and_prove(
     let cert_pem = fetch(CERT_FILE)?;
     let ca_pem = fetch(CA_FILE)?;
     let dir = ctx.dirs.open(&t.dir).map_err(InstallError::Identity)?;
-    let key_pem = dir.key().map_err(InstallError::Identity)?;
+    let generation = t.request_generation;
+    let key_pem = dir.key_of(generation).map_err(InstallError::Identity)?;
     let delivered = ca::check_delivered(&cert_pem, &ca_pem, &key_pem, &t.ca_fingerprint, now)
         .map_err(InstallError::Refused)?;
-    dir.install(&cert_pem, &ca_pem)
+    dir.install(generation, &cert_pem, &ca_pem)
         .map_err(InstallError::Identity)?;
     update(&ctx.store, t.id, |r| {
+        if r.generation != generation && r.cert_serial.is_some() {
+            r.previous_generation = Some(r.generation);
+        }
+        r.generation = generation;
         r.status = TargetStatus::Accepted;
         r.message = None;
         r.tunnel = Some(tunnel.to_string());
         r.certificate_expires = Some(delivered.not_after);
+        r.certificate_starts = Some(delivered.not_before);
         r.cert_serial = Some(delivered.serial.clone());
         r.updated = now;
     })
@@ -398,12 +505,10 @@ fn install_and_prove(
         t.id,
         delivered.serial
     );
-    let hello = Remote::tunnel(tunnel, &t.ca_pem, &cert_pem, &key_pem)
-        .and_then(|r| r.hello())
-        .map_err(|source| InstallError::Tunnel {
-            address: tunnel.to_string(),
-            source,
-        })?;
+    let hello = renewer::prove(ctx, t.id, tunnel).map_err(|source| InstallError::Tunnel {
+        address: tunnel.to_string(),
+        source: Box::new(source),
+    })?;
     log::info!(
         "target {}: tunnel proven, target calls us system {}",
         t.id,
@@ -426,13 +531,17 @@ mod tests {
             dirs: TargetDirs::new(dir.join("targets")),
             poll_interval: Duration::from_secs(30),
             heartbeat: Duration::from_secs(300),
+            system_uuid: "u".into(),
+            name: "src".into(),
+            asset_tag: String::new(),
+            fault: Fault::None,
         };
         let mut poller = Poller::new(Arc::new(ctx));
         for (id, takes) in [(1, Duration::from_millis(20)), (2, Duration::from_secs(5))] {
             let done = poller.done_tx.clone();
             let handle = std::thread::spawn(move || {
                 std::thread::sleep(takes);
-                let _ = done.send((id, true));
+                let _ = done.send((id, Job::Poll, true));
             });
             poller.in_flight.insert(id, handle);
         }

@@ -590,7 +590,7 @@ pub struct TargetSide<'a> {
     /// The configured storage, to pick the one an accepted source replicates into.
     pub storage: &'a [Storage],
     /// Lifetime of an issued client certificate.
-    pub cert_days: u32,
+    pub client_lifetime: std::time::Duration,
 }
 
 /// Accepts or rejects a pending request. On accept the CSR is signed first, then the
@@ -606,7 +606,7 @@ pub fn resolve(
         store,
         ca,
         storage,
-        cert_days,
+        client_lifetime,
     } = *side;
     // The input first, then the state: a bad message is a 400 whatever the request is.
     let decision = match decision {
@@ -647,7 +647,7 @@ pub fn resolve(
                 (chosen, _) => choose_storage(storage, chosen)?,
             };
             let csr = ca::parse_csr(&current.csr_pem).map_err(PairingError::Csr)?;
-            let issued = sign(ca, &csr, &current.system_uuid, cert_days, now)?;
+            let issued = sign(ca, &csr, &current.system_uuid, client_lifetime, now)?;
             store.write(|tx| {
                 let r = tx.request(id)?.ok_or(PairingError::UnknownRequest(id))?;
                 check_pending(&r, now)?;
@@ -662,10 +662,10 @@ pub(crate) fn sign(
     ca: &Ca,
     csr: &ValidCsr,
     system_uuid: &str,
-    cert_days: u32,
+    lifetime: std::time::Duration,
     now: UnixTime,
 ) -> Result<ca::IssuedCert, PairingError> {
-    ca.sign_client(csr, system_uuid, cert_days, time_of(now)?)
+    ca.sign_client(csr, system_uuid, lifetime, time_of(now)?)
         .map_err(PairingError::Ca)
 }
 
@@ -684,10 +684,13 @@ pub(crate) fn accept_in(
 ) -> Result<Resolved, PairingError> {
     let id = r.id;
     let existing = matching_system(tx, &r)?;
-    // A replaced key stops working the moment the new one is accepted.
+    // A replaced key stops working the moment the new one is accepted: its certificate,
+    // and a predecessor still in its renewal grace.
     let mut replaced = None;
+    if let Some(system) = existing.as_ref().filter(|s| s.role.is_source()) {
+        tx.revoke_lineage(system.id, now)?;
+    }
     if let Some(old) = existing.as_ref().and_then(|s| s.cert_serial.clone()) {
-        tx.revoke(&old, now)?;
         if let Some(old_req) = existing.as_ref().and_then(|s| s.request_id) {
             if let Some(mut o) = tx.request(old_req)? {
                 if o.status == RequestStatus::Accepted {
@@ -726,6 +729,10 @@ pub(crate) fn accept_in(
         not_after: issued.not_after,
         pem: issued.cert_pem.clone(),
         revoked_at: None,
+        generation: tx.next_generation(row.id)?,
+        renews: None,
+        superseded_at: None,
+        retired_at: None,
     })?;
     if !fresh {
         // 128 random bits colliding means the random source is broken.
@@ -758,7 +765,7 @@ pub(crate) fn accept_in(
 
 /// `now` as a calendar time for a certificate; a clock outside the calendar is an error,
 /// never quietly replaced by another reading.
-fn time_of(now: UnixTime) -> Result<time::OffsetDateTime, PairingError> {
+pub(crate) fn time_of(now: UnixTime) -> Result<time::OffsetDateTime, PairingError> {
     time::OffsetDateTime::from_unix_timestamp(now).map_err(|_| PairingError::Clock(now))
 }
 
@@ -838,9 +845,7 @@ pub fn unpair(
         if !row.role.is_source() {
             return Err(PairingError::NotASource(system_id));
         }
-        if let Some(serial) = &row.cert_serial {
-            tx.revoke(serial, now)?;
-        }
+        let serials = tx.revoke_lineage(system_id, now)?;
         let mut revoked = None;
         if let Some(req_id) = row.request_id {
             if let Some(mut r) = tx.request(req_id)? {
@@ -866,10 +871,29 @@ pub fn unpair(
             now,
             "source unpaired",
             format!("system:{system_id}"),
-            format!("serial {}", row.cert_serial.clone().unwrap_or_default()),
+            unpair_detail(row.cert_serial.as_deref(), &serials),
         ))?;
         Ok(revoked)
     })
+}
+
+/// The audit detail of an unpair: `serial <current>`, and the superseded certificates
+/// still in their grace window that were revoked with it.
+fn unpair_detail(current: Option<&str>, revoked: &[String]) -> String {
+    let current = current.unwrap_or_default();
+    let others: Vec<&str> = revoked
+        .iter()
+        .map(String::as_str)
+        .filter(|s| *s != current)
+        .collect();
+    if others.is_empty() {
+        format!("serial {current}")
+    } else {
+        format!(
+            "serial {current} (also revoked in grace: {})",
+            others.join(" ")
+        )
+    }
 }
 
 /// What `PUT /api/replication/source?sid=` changes: the storage, the quota, or both.
@@ -1049,7 +1073,11 @@ pub fn purge_ended(
     })
 }
 
-/// Records a successful tunnel hello: the pairing is collected.
+/// Records a successful tunnel hello: the pairing is collected. A hello with the system's
+/// current certificate ends the grace of the predecessor it renewed (retired now: the
+/// source has proven the new one); a hello with a predecessor still in its grace is
+/// answered too (the source has not switched yet). Any other certificate of the system
+/// (retired, revoked, unknown) gets None.
 pub fn record_hello(
     store: &Store,
     serial: &str,
@@ -1062,7 +1090,8 @@ pub fn record_hello(
         let Some(mut row) = tx.system(cert.system_id)? else {
             return Ok(None);
         };
-        if row.cert_serial.as_deref() != Some(serial) {
+        let current = row.cert_serial.as_deref() == Some(serial);
+        if !current && tx.grace_until(serial)?.is_none() {
             return Ok(None);
         }
         let first = row.last_seen.is_none();
@@ -1077,6 +1106,18 @@ pub fn record_hello(
                 object: format!("system:{}", row.id),
                 detail: format!("serial {serial}"),
             })?;
+        }
+        if let Some(old) = cert.renews.as_deref().filter(|_| current) {
+            if tx.retire(old, now)? {
+                tx.audit(&AuditRecord {
+                    time: now,
+                    user: "-".into(),
+                    address: "tunnel".into(),
+                    action: "certificate retired".into(),
+                    object: format!("system:{}", row.id),
+                    detail: format!("serial {old}, first hello with {serial}"),
+                })?;
+            }
         }
         Ok(Some(row))
     })
@@ -1274,7 +1315,7 @@ mod tests {
             store: &store,
             ca: &ca,
             storage: &storage,
-            cert_days: 30,
+            client_lifetime: std::time::Duration::from_secs(30 * 86_400),
         };
         let actor = Actor {
             user: "root".into(),

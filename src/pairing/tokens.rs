@@ -408,7 +408,7 @@ pub(crate) fn file_with_token(
     let found = store.token(token.id())?;
     let t = check(found.as_ref(), token, &new.system_uuid, &new.host, now).map_err(refused)?;
     let storage = choose_storage(side.storage, t.storage_id)?;
-    let issued = sign(ca, csr, &new.system_uuid, side.cert_days, now)?;
+    let issued = sign(ca, csr, &new.system_uuid, side.client_lifetime, now)?;
     let filed = store.write(|tx| {
         let current = tx.token(token.id())?;
         let mut t = check(current.as_ref(), token, &new.system_uuid, &new.host, now)
@@ -728,7 +728,7 @@ mod tests {
             store,
             ca,
             storage,
-            cert_days: 30,
+            client_lifetime: std::time::Duration::from_secs(30 * 86_400),
         }
     }
 

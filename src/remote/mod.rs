@@ -24,7 +24,7 @@ use crate::identity::{IdentityError, TargetDirs};
 use crate::pairing::source::request::{CallError, SourceIo};
 use crate::tls::TlsError;
 use crate::wire::error::OPEN_REQUEST_OTHER_KEY_CODE;
-use crate::wire::protocol::{Filed, Hello, RequestBody, SpoolStatus};
+use crate::wire::protocol::{Filed, Hello, RenewBody, Renewal, RequestBody, SpoolStatus};
 
 /// Connecting to a peer appliance on a LAN or WAN link; a peer that does not answer within
 /// this is treated as down and retried later.
@@ -401,6 +401,20 @@ impl Remote {
             .map_err(classify)?;
         self.read(response)
     }
+
+    /// `POST /tunnel/v1/renew` over the tunnel: the certificate presented on this
+    /// connection is renewed for the key of `csr_pem`.
+    pub fn renew(&self, csr_pem: &str) -> Result<Renewal, RemoteError> {
+        let json =
+            serde_json::to_string(&RenewBody { csr: csr_pem }).map_err(RemoteError::Encode)?;
+        let response = self
+            .agent
+            .post(format!("{}/tunnel/v1/renew", self.base))
+            .header("Content-Type", "application/json")
+            .send(json)
+            .map_err(classify)?;
+        self.read(response)
+    }
 }
 
 impl From<RemoteError> for CallError {
@@ -453,5 +467,13 @@ impl SourceIo for LiveSource<'_> {
 
     fn remove_dir(&self, name: &str) -> Result<(), IdentityError> {
         self.dirs.remove(name)
+    }
+
+    fn write_key(&self, dir: &str, generation: u64, key_pem: &str) -> Result<(), IdentityError> {
+        self.dirs.open(dir)?.write_key(generation, key_pem)
+    }
+
+    fn read_key(&self, dir: &str, generation: u64) -> Result<String, IdentityError> {
+        self.dirs.open(dir)?.key_of(generation)
     }
 }

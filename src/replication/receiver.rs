@@ -75,10 +75,13 @@ pub fn identify(
         Code::NotPaired,
         "this certificate was not issued to a source".to_string(),
     ))?;
+    // The system's current certificate, or its predecessor still in a renewal's grace
+    // (a source that has not switched yet keeps sending with it).
+    let in_grace = cert.is_live() && store.grace_until(serial).map_err(internal)?.is_some();
     let row = store
         .system(cert.system_id)
         .map_err(internal)?
-        .filter(|r| r.cert_serial.as_deref() == Some(serial))
+        .filter(|r| r.cert_serial.as_deref() == Some(serial) || in_grace)
         .filter(|r| r.role.is_source())
         .ok_or((
             Code::NotPaired,

@@ -305,12 +305,12 @@ fn session(ctx: &Context, target_id: u64, state: &TargetState, stop: &AtomicBool
         return;
     };
     let label = format!("target {target_id} ({tunnel})");
-    let identity = ctx
-        .dirs
-        .open(&target.dir)
-        .and_then(|d| Ok((d.certificate()?, d.key()?)));
+    // The generation installed now; a renewal during the session does not touch it (the
+    // old serial stays valid through its grace, and is retired without cutting this).
+    let identity = crate::identity::installed(&ctx.store, &ctx.dirs, target_id);
     let (cert_pem, key_pem) = match identity {
-        Ok(i) => i,
+        Ok(Some(i)) => (i.cert_pem, i.key_pem),
+        Ok(None) => return,
         Err(e) => {
             log::error!(
                 "replication to {label}: the pairing's certificate: {}",

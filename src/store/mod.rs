@@ -21,6 +21,12 @@
 //!   (`Txn::put_request` keeps it in step).
 //! - The schema version lives in `meta`; migration runs on open, in one transaction; a
 //!   database from a newer version is refused, never rewritten.
+//! - Every issued certificate is in `certs` and in its system's `lineage` under its
+//!   generation (1, 2, ... in issue order); `systems.cert_serial` names the newest live one.
+//!   A certificate is live, revoked (`revoked`: the tunnel cuts what it carries) or
+//!   retired (`retired`: superseded and past its grace; new handshakes are refused, open
+//!   connections run on). A superseded certificate is in `grace` until it is retired or
+//!   revoked, never in two of `grace`, `retired`, `revoked` at once.
 //! - The last superuser is never removed: the check runs inside the write that would
 //!   remove it, so two superusers demoting each other at once cannot both win.
 
@@ -325,6 +331,27 @@ impl Store {
         read::revoked_serials(&self.snapshot()?)
     }
 
+    /// Whether a new tunnel handshake with `serial` is refused: revoked, or retired after
+    /// its grace. Asked on every handshake.
+    pub fn refuses_handshake(&self, serial: &str) -> Result<bool> {
+        read::refuses_handshake(&self.snapshot()?, serial)
+    }
+
+    /// Every certificate of `system_id`, oldest generation first.
+    pub fn lineage(&self, system_id: u64) -> Result<Vec<CertRecord>> {
+        read::lineage(&self.snapshot()?, system_id)
+    }
+
+    /// The end of `serial`'s renewal grace window, while it is in one.
+    pub fn grace_until(&self, serial: &str) -> Result<Option<i64>> {
+        read::grace_until(&self.snapshot()?, serial)
+    }
+
+    /// Superseded serials whose grace window ended at or before `now`.
+    pub fn grace_ended(&self, now: i64) -> Result<Vec<String>> {
+        read::grace_ended(&self.snapshot()?, now)
+    }
+
     // ---- targets (source side) ----
 
     pub fn targets(&self) -> Result<Vec<TargetRecord>> {
@@ -511,6 +538,50 @@ mod tests {
             assert_eq!(s.system_id, r.system_id);
             assert_eq!(s.requested_storage_id, r.requested_storage_id);
         }
+    }
+
+    /// A target's database as the release before lineages wrote it (commit 663872f, one
+    /// paired source: see tests/it/fixtures/release-663872f/make.sh).
+    #[test]
+    fn a_database_from_the_release_before_lineages_migrates_its_certificates_into_one() {
+        let (_, dir) = temp_store("migrate");
+        let path = dir.join("old.redb");
+        std::fs::copy(
+            concat!(
+                env!("CARGO_MANIFEST_DIR"),
+                "/tests/it/fixtures/release-663872f/target/replgate.redb"
+            ),
+            &path,
+        )
+        .unwrap();
+        {
+            let db = redb::Database::open(&path).unwrap();
+            let before = read::schema_version(&db.begin_read().unwrap()).unwrap();
+            assert_eq!(before, schema::VERSION_SOURCE_PAIRING);
+        }
+        let store = Store::open(&path).unwrap();
+        assert_eq!(store.schema_version().unwrap(), SCHEMA_VERSION);
+        let systems = store.systems().unwrap();
+        assert_eq!(systems.len(), 1);
+        let row = &systems[0];
+        let serial = row.cert_serial.clone().unwrap();
+        let lineage = store.lineage(row.id).unwrap();
+        assert_eq!(lineage.len(), 1);
+        assert_eq!(lineage[0].serial, serial);
+        assert_eq!(lineage[0].generation, 1);
+        assert_eq!(Some(lineage[0].not_after), row.certificate_expires);
+        assert!(lineage[0].is_live());
+        assert!(!store.refuses_handshake(&serial).unwrap());
+        assert_eq!(
+            store.write(|tx| tx.next_generation(row.id)).unwrap(),
+            2,
+            "the next renewal continues the migrated lineage"
+        );
+        drop(store);
+        // Opening again migrates nothing twice.
+        let store = Store::open(&path).unwrap();
+        assert_eq!(store.lineage(row.id).unwrap().len(), 1);
+        std::fs::remove_dir_all(dir).unwrap();
     }
 
     #[test]

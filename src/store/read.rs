@@ -215,6 +215,54 @@ pub(super) fn is_revoked(tx: &impl Tables, serial: &str) -> Result<bool> {
     Ok(tx.open(schema::REVOKED)?.get(serial)?.is_some())
 }
 
+/// Revoked, or retired after its grace: a new tunnel handshake with it is refused.
+pub(super) fn refuses_handshake(tx: &impl Tables, serial: &str) -> Result<bool> {
+    Ok(is_revoked(tx, serial)? || tx.open(schema::RETIRED)?.get(serial)?.is_some())
+}
+
+/// Every certificate of `system_id`, oldest generation first.
+pub(super) fn lineage(tx: &impl Tables, system_id: u64) -> Result<Vec<CertRecord>> {
+    let certs = tx.open(schema::CERTS)?;
+    let mut out = Vec::new();
+    for row in tx
+        .open(schema::LINEAGE)?
+        .range((system_id, 0)..=(system_id, u64::MAX))?
+    {
+        let (_, serial) = row?;
+        if let Some(v) = certs.get(serial.value())? {
+            out.push(decode("certs", v.value())?);
+        }
+    }
+    Ok(out)
+}
+
+/// One past the newest generation of `system_id` (1 for a system without certificates).
+pub(super) fn next_generation(tx: &impl Tables, system_id: u64) -> Result<u64> {
+    let lineage = tx.open(schema::LINEAGE)?;
+    let mut range = lineage.range((system_id, 0)..=(system_id, u64::MAX))?;
+    let last = match range.next_back() {
+        Some(row) => row?.0.value().1,
+        None => 0,
+    };
+    Ok(last + 1)
+}
+
+pub(super) fn grace_until(tx: &impl Tables, serial: &str) -> Result<Option<i64>> {
+    Ok(tx.open(schema::GRACE)?.get(serial)?.map(|v| v.value()))
+}
+
+/// Serials whose grace window ended at or before `now`.
+pub(super) fn grace_ended(tx: &impl Tables, now: i64) -> Result<Vec<String>> {
+    let mut out = Vec::new();
+    for row in tx.open(schema::GRACE)?.iter()? {
+        let (serial, until) = row?;
+        if until.value() <= now {
+            out.push(serial.value().to_string());
+        }
+    }
+    Ok(out)
+}
+
 pub(super) fn revoked_serials(tx: &impl Tables) -> Result<Vec<String>> {
     let mut out = Vec::new();
     for row in tx.open(schema::REVOKED)?.iter()? {

@@ -280,6 +280,7 @@ pub struct SystemRecord {
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
 pub struct CertRecord {
     pub serial: String,
+    /// The request whose acceptance began this certificate's line (renewals keep it).
     pub request_id: u64,
     pub system_id: u64,
     pub subject: String,
@@ -288,6 +289,26 @@ pub struct CertRecord {
     pub pem: String,
     #[serde(default)]
     pub revoked_at: Option<UnixTime>,
+    /// Its place in the system's lineage (1 for the first); 0 only in records written
+    /// before lineages, which the migration numbers.
+    #[serde(default)]
+    pub generation: u64,
+    /// The serial this certificate renewed (issued over the tunnel), if any.
+    #[serde(default)]
+    pub renews: Option<String>,
+    /// When a renewal issued its successor; it stays valid through the grace window.
+    #[serde(default)]
+    pub superseded_at: Option<UnixTime>,
+    /// When its grace ended (or the first hello with the successor ended it).
+    #[serde(default)]
+    pub retired_at: Option<UnixTime>,
+}
+
+impl CertRecord {
+    /// Neither revoked nor retired: the handshake accepts it (while it is in date).
+    pub fn is_live(&self) -> bool {
+        self.revoked_at.is_none() && self.retired_at.is_none()
+    }
 }
 
 /// Where a pairing with a target stands (source side). Stored as a lowercase string.
@@ -365,11 +386,97 @@ pub struct TargetRecord {
     /// pairing keeps it for every poll.
     #[serde(default)]
     pub address: Option<String>,
+    /// The key generation installed (see `identity`): its key and `cert_serial`'s
+    /// certificate are what the tunnel is opened with. Invariant: its files exist and match
+    /// whenever `cert_serial` is Some.
+    #[serde(default)]
+    pub generation: u64,
+    /// The key generation filed with `request_id`; the spool's certificate installs there.
+    /// Above `generation` while a new request (after an expired certificate) is open.
+    #[serde(default)]
+    pub request_generation: u64,
+    /// A key made to replace the installed one (for a renewal over the tunnel, or for a
+    /// new request after the certificate expired): its generation, recorded before its
+    /// CSR leaves, so that a retry after a crash or a lost answer asks for the same key.
+    #[serde(default)]
+    pub next_key: Option<u64>,
+    /// The generation `generation` replaced, kept until the new one is proven in a hello.
+    #[serde(default)]
+    pub previous_generation: Option<u64>,
+    /// Start of the installed certificate's validity (its renewal is planned from it).
+    #[serde(default)]
+    pub certificate_starts: Option<UnixTime>,
+    /// When the installed certificate was renewed over the tunnel, if it was.
+    #[serde(default)]
+    pub renewed: Option<UnixTime>,
 }
 
 impl TargetRecord {
     /// The `host:port` to connect to for the target's API.
     pub fn connect_to(&self) -> &str {
         self.address.as_deref().unwrap_or(&self.host)
+    }
+
+    /// Whether the certificate for `request_id` is installed (a later renewal counts).
+    pub fn is_installed(&self) -> bool {
+        self.cert_serial.is_some() && self.generation >= self.request_generation
+    }
+
+    /// A new request is open because the installed certificate expired.
+    pub fn is_repairing(&self) -> bool {
+        self.cert_serial.is_some() && self.request_generation > self.generation
+    }
+
+    /// The generation a new key takes: past every one this row knows.
+    pub fn fresh_generation(&self) -> u64 {
+        self.generations_in_use().last().copied().unwrap_or(0) + 1
+    }
+
+    /// The generations whose files this row still needs: the installed one, the one its
+    /// open request was filed with (until that is installed), a key made to replace them,
+    /// and a replaced one not yet proven gone.
+    pub fn generations_in_use(&self) -> Vec<u64> {
+        let mut keep = vec![self.generation];
+        if !self.is_installed() {
+            keep.push(self.request_generation);
+        }
+        keep.extend(self.next_key);
+        keep.extend(self.previous_generation);
+        keep.sort_unstable();
+        keep.dedup();
+        keep
+    }
+}
+
+#[cfg(test)]
+impl TargetRecord {
+    /// The one test fixture of a target row: pending, nothing installed.
+    pub fn fixture(id: u64) -> TargetRecord {
+        TargetRecord {
+            id,
+            host: "t:8443".into(),
+            status: TargetStatus::Pending,
+            message: None,
+            created: 0,
+            updated: 0,
+            last_poll: None,
+            ca_fingerprint: "f".into(),
+            ca_pem: String::new(),
+            request_id: 1,
+            poll: "/p/".into(),
+            verification_code: "1-2".into(),
+            dir: "d".into(),
+            retry_after: 0,
+            tunnel: None,
+            certificate_expires: None,
+            cert_serial: None,
+            address: None,
+            generation: 0,
+            request_generation: 0,
+            next_key: None,
+            previous_generation: None,
+            certificate_starts: None,
+            renewed: None,
+        }
     }
 }

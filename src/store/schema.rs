@@ -15,8 +15,12 @@ pub const VERSION_SOURCE_PAIRING: u64 = 3;
 pub const VERSION_REPLICATION: u64 = 4;
 /// Pairing tokens (SPEC 13): the tokens a target's admin issued, by id.
 pub const VERSION_PAIRING_TOKENS: u64 = 5;
+/// Certificate lifecycle: a lineage of certificates per system (`lineage`), superseded
+/// certificates in their grace window (`grace`) and after it (`retired`); certificates
+/// carry their generation. Migrated from the one-serial rows of earlier versions.
+pub const VERSION_CERT_LINEAGE: u64 = 6;
 /// The current schema version, recorded in `meta` under `schema_version`.
-pub const CURRENT_VERSION: u64 = VERSION_PAIRING_TOKENS;
+pub const CURRENT_VERSION: u64 = VERSION_CERT_LINEAGE;
 
 /// Small named values: `schema_version`, `system_uuid`.
 pub const META: TableDefinition<&str, &[u8]> = TableDefinition::new("meta");
@@ -36,6 +40,16 @@ pub const SYSTEMS: TableDefinition<u64, &[u8]> = TableDefinition::new("systems")
 pub const CERTS: TableDefinition<&str, &[u8]> = TableDefinition::new("certs");
 /// Revoked certificate serial → revocation time (unix seconds).
 pub const REVOKED: TableDefinition<&str, i64> = TableDefinition::new("revoked");
+/// (system id, generation) → certificate serial: every certificate a system was issued,
+/// oldest first. Generations start at 1 and never go back.
+pub const LINEAGE: TableDefinition<(u64, u64), &str> = TableDefinition::new("lineage");
+/// Superseded certificate serial → end of its grace window (unix seconds): still valid
+/// until then, or until the first hello with its successor.
+pub const GRACE: TableDefinition<&str, i64> = TableDefinition::new("grace");
+/// Retired certificate serial → when it was retired (unix seconds): a superseded
+/// certificate whose grace ended. Refused at the handshake like a revoked one, but not a
+/// revocation: connections already open with it are not cut.
+pub const RETIRED: TableDefinition<&str, i64> = TableDefinition::new("retired");
 
 /// Target id → `TargetRecord` (source side).
 pub const TARGETS: TableDefinition<u64, &[u8]> = TableDefinition::new("targets");

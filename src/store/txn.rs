@@ -75,6 +75,12 @@ impl Txn {
         if found < schema::VERSION_PAIRING_TOKENS {
             self.inner.open_table(schema::PAIRING_TOKENS)?;
         }
+        if found < schema::VERSION_CERT_LINEAGE {
+            self.inner.open_table(schema::LINEAGE)?;
+            self.inner.open_table(schema::GRACE)?;
+            self.inner.open_table(schema::RETIRED)?;
+            self.number_lineages()?;
+        }
         if found != schema::CURRENT_VERSION {
             let mut meta = self.inner.open_table(schema::META)?;
             put(
@@ -83,6 +89,34 @@ impl Txn {
                 schema::META_SCHEMA_VERSION,
                 &schema::CURRENT_VERSION,
             )?;
+        }
+        Ok(())
+    }
+
+    /// Migration to lineages: the certificates of each system, oldest first, become its
+    /// generations 1, 2, ... (earlier versions kept one serial per systems row, and a
+    /// replacement key's certificate beside the revoked one it replaced).
+    fn number_lineages(&self) -> Result<()> {
+        let mut certs: Vec<CertRecord> = read::certs(&self.inner)?;
+        certs.sort_by(|a, b| {
+            (a.system_id, a.issued_at, &a.serial).cmp(&(b.system_id, b.issued_at, &b.serial))
+        });
+        let mut previous_system = None;
+        let mut generation = 0;
+        for mut c in certs {
+            if previous_system != Some(c.system_id) {
+                previous_system = Some(c.system_id);
+                generation = read::next_generation(&self.inner, c.system_id)? - 1;
+            }
+            if c.generation != 0 {
+                continue;
+            }
+            generation += 1;
+            c.generation = generation;
+            self.put_cert(&c)?;
+            self.inner
+                .open_table(schema::LINEAGE)?
+                .insert((c.system_id, generation), c.serial.as_str())?;
         }
         Ok(())
     }
@@ -227,32 +261,106 @@ impl Txn {
         read::cert(&self.inner, serial)
     }
 
-    /// Records an issued certificate; false (nothing written) if the serial already exists.
+    /// Records an issued certificate as generation `c.generation` of its system's lineage
+    /// (see [`Txn::next_generation`]); false (nothing written) if the serial or that
+    /// generation already exists.
     pub fn insert_cert(&self, c: &CertRecord) -> Result<bool> {
-        let mut t = self.inner.open_table(schema::CERTS)?;
-        if t.get(c.serial.as_str())?.is_some() {
+        let key = (c.system_id, c.generation);
+        if self.cert(&c.serial)?.is_some()
+            || self.inner.open_table(schema::LINEAGE)?.get(key)?.is_some()
+        {
             return Ok(false);
         }
-        put(&mut t, "certs", c.serial.as_str(), c)?;
+        self.put_cert(c)?;
+        self.inner
+            .open_table(schema::LINEAGE)?
+            .insert(key, c.serial.as_str())?;
         Ok(true)
     }
 
-    /// Revokes a serial from now on; the tunnel checks this table on every handshake.
+    fn put_cert(&self, c: &CertRecord) -> Result<()> {
+        put(
+            &mut self.inner.open_table(schema::CERTS)?,
+            "certs",
+            c.serial.as_str(),
+            c,
+        )
+    }
+
+    /// Applies `change` to the stored certificate `serial`, if there is one.
+    fn change_cert(&self, serial: &str, change: impl FnOnce(&mut CertRecord)) -> Result<()> {
+        if let Some(mut c) = self.cert(serial)? {
+            change(&mut c);
+            self.put_cert(&c)?;
+        }
+        Ok(())
+    }
+
+    /// The generation the next certificate of `system_id` takes.
+    pub fn next_generation(&self, system_id: u64) -> Result<u64> {
+        read::next_generation(&self.inner, system_id)
+    }
+
+    /// Every certificate of `system_id`, oldest generation first.
+    pub fn lineage(&self, system_id: u64) -> Result<Vec<CertRecord>> {
+        read::lineage(&self.inner, system_id)
+    }
+
+    /// Revokes a serial from now on; the tunnel checks this table on every handshake. A
+    /// certificate in its grace window leaves it.
     pub fn revoke(&self, serial: &str, now: UnixTime) -> Result<()> {
         self.revoked.set(true);
         self.inner
             .open_table(schema::REVOKED)?
             .insert(serial, now)?;
-        if let Some(mut c) = self.cert(serial)? {
-            c.revoked_at = Some(now);
-            put(
-                &mut self.inner.open_table(schema::CERTS)?,
-                "certs",
-                serial,
-                &c,
-            )?;
+        self.inner.open_table(schema::GRACE)?.remove(serial)?;
+        self.change_cert(serial, |c| c.revoked_at = Some(now))
+    }
+
+    /// Revokes every certificate of `system_id` that still opens the tunnel (the current
+    /// one and a predecessor in its grace window); returns their serials.
+    pub fn revoke_lineage(&self, system_id: u64, now: UnixTime) -> Result<Vec<String>> {
+        let mut revoked = Vec::new();
+        for c in self.lineage(system_id)? {
+            if c.is_live() {
+                self.revoke(&c.serial, now)?;
+                revoked.push(c.serial);
+            }
         }
-        Ok(())
+        Ok(revoked)
+    }
+
+    /// Marks `serial` superseded by a renewal at `now`: it stays valid until `until`
+    /// (or until [`Txn::retire`]).
+    pub fn supersede(&self, serial: &str, now: UnixTime, until: UnixTime) -> Result<()> {
+        self.inner
+            .open_table(schema::GRACE)?
+            .insert(serial, until)?;
+        self.change_cert(serial, |c| c.superseded_at = Some(now))
+    }
+
+    /// Ends a superseded certificate's grace: new handshakes with it are refused from now
+    /// on. Not a revocation: connections already open with it run to their end. Nothing
+    /// for a certificate that is not in its grace window.
+    pub fn retire(&self, serial: &str, now: UnixTime) -> Result<bool> {
+        if self
+            .inner
+            .open_table(schema::GRACE)?
+            .remove(serial)?
+            .is_none()
+        {
+            return Ok(false);
+        }
+        self.inner
+            .open_table(schema::RETIRED)?
+            .insert(serial, now)?;
+        self.change_cert(serial, |c| c.retired_at = Some(now))?;
+        Ok(true)
+    }
+
+    /// The end of `serial`'s grace window, while it is in one.
+    pub fn grace_until(&self, serial: &str) -> Result<Option<UnixTime>> {
+        read::grace_until(&self.inner, serial)
     }
 
     // ---- targets (source side) ----
@@ -426,6 +534,7 @@ impl Txn {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::model::UnixTime;
     use crate::store::Store;
 
     /// A value whose serialization fails, as a record with a bug in its `Serialize` would.
@@ -435,6 +544,57 @@ mod tests {
         fn serialize<S: serde::Serializer>(&self, _: S) -> std::result::Result<S::Ok, S::Error> {
             Err(serde::ser::Error::custom("refused"))
         }
+    }
+
+    /// What version 3 held for a source that filed a replacement key: two certificates of
+    /// one system (the first revoked), unnumbered, and another system's one.
+    #[test]
+    fn migration_numbers_each_systems_certificates_oldest_first() {
+        let dir = std::env::temp_dir().join(format!("replgate-txn-lineage-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        crate::fsx::ensure_private_dir(&dir).unwrap();
+        let path = dir.join("replgate.redb");
+        let cert = |serial: &str, system_id: u64, issued_at: UnixTime| CertRecord {
+            serial: serial.into(),
+            request_id: 1,
+            system_id,
+            subject: "u".into(),
+            issued_at,
+            not_after: issued_at + 100,
+            pem: String::new(),
+            revoked_at: None,
+            generation: 0,
+            renews: None,
+            superseded_at: None,
+            retired_at: None,
+        };
+        {
+            let store = Store::open(&path).unwrap();
+            store
+                .write(|tx| {
+                    for c in [cert("bb", 2, 20), cert("aa", 2, 10), cert("cc", 3, 5)] {
+                        tx.put_cert(&c)?;
+                    }
+                    tx.revoke("aa", 15)?;
+                    let mut meta = tx.inner.open_table(schema::META)?;
+                    put(&mut meta, "meta", schema::META_SCHEMA_VERSION, &3u64)
+                })
+                .unwrap();
+        }
+        let store = Store::open(&path).unwrap();
+        let two: Vec<_> = store
+            .lineage(2)
+            .unwrap()
+            .into_iter()
+            .map(|c| (c.serial, c.generation, c.revoked_at))
+            .collect();
+        assert_eq!(
+            two,
+            [("aa".to_string(), 1, Some(15)), ("bb".to_string(), 2, None)]
+        );
+        assert_eq!(store.lineage(3).unwrap()[0].generation, 1);
+        assert!(store.lineage(4).unwrap().is_empty());
+        std::fs::remove_dir_all(dir).unwrap();
     }
 
     #[test]

@@ -5,6 +5,7 @@
 use std::fmt;
 
 use crate::model::Chain;
+use crate::pairing::renewal::RenewError;
 use crate::pairing::target::PairingError;
 use crate::store::StoreError;
 use crate::wire::error::error_body;
@@ -143,8 +144,25 @@ impl From<StoreError> for TunnelError {
     }
 }
 
+/// A renewal: a certificate that may not renew is 403 (revoked, retired, expired,
+/// unpaired), one already renewed is 409, a bad CSR 400.
+impl From<RenewError> for TunnelError {
+    fn from(e: RenewError) -> Self {
+        use RenewError as R;
+        let text = Chain(&e).to_string();
+        match e {
+            R::NotPaired { .. } | R::Revoked { .. } | R::Retired { .. } | R::Expired { .. } => {
+                TunnelError::Forbidden(text)
+            }
+            R::Superseded { .. } => TunnelError::Conflict(text),
+            R::SameKey | R::Csr(_) => TunnelError::BadRequest(text),
+            R::Ca(_) | R::Clock(_) | R::Store(_) => TunnelError::Internal(Box::new(e)),
+        }
+    }
+}
+
 /// Today's tunnel routes (hello) fail in the domain only on the store; a route that can
-/// meet the other variants (renewal) maps them here, next to these.
+/// meet the other variants maps them here, next to these.
 impl From<PairingError> for TunnelError {
     fn from(e: PairingError) -> Self {
         match e {

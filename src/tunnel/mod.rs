@@ -173,10 +173,11 @@ impl Revocations for StoreRevocations {
 }
 
 impl RevocationCheck for StoreRevocations {
-    /// Read on every handshake so that unpairing takes effect without a restart. A
-    /// database error refuses.
+    /// Read on every handshake so that unpairing takes effect without a restart: revoked
+    /// serials, and those retired after a renewal's grace (which, unlike a revocation, do
+    /// not cut connections already open). A database error refuses.
     fn is_revoked(&self, serial_hex: &str) -> bool {
-        self.0.is_revoked(serial_hex).unwrap_or_else(|e| {
+        self.0.refuses_handshake(serial_hex).unwrap_or_else(|e| {
             log::error!(
                 "revocation check for serial {serial_hex}: {}",
                 crate::model::Chain(&e)

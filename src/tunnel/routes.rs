@@ -3,15 +3,19 @@
 //! map the result.
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use serde_json::Value;
 
 use super::{BodyLimit, Call, Reply, Route, TunnelError};
-use crate::config::Storage;
+use crate::ca::Ca;
+use crate::config::{Fault, Storage};
+use crate::model::Chain;
+use crate::pairing::renewal::{self, RenewSide};
 use crate::pairing::target;
 use crate::replication::{receiver, Shared};
 use crate::store::Store;
-use crate::wire::protocol::Hello;
+use crate::wire::protocol::{Hello, Renewal};
 use crate::wire::transfer::Code;
 
 /// What tunnel handlers may use, built once by the daemon.
@@ -21,14 +25,77 @@ pub struct App {
     pub storage: Vec<Storage>,
     /// Replication's live state: receiving sessions, quotas, progress.
     pub replication: Arc<Shared>,
+    /// The appliance CA, which signs renewed certificates.
+    pub ca: Arc<Ca>,
+    /// Lifetime of a renewed certificate (`certificate_days` / `certificate_seconds`).
+    pub client_lifetime: Duration,
+    /// How long a renewed certificate's predecessor stays valid (`renew_grace`).
+    pub renew_grace: Duration,
+    /// Crash points for the renewal crash tests (`Fault::None` in production).
+    pub fault: Fault,
 }
+
+/// Largest CSR accepted for a renewal (as for a pairing request).
+const MAX_CSR_BYTES: u64 = 16 * 1024;
 
 /// Every route the tunnel serves.
 pub fn table() -> Vec<Route<App>> {
     vec![
         Route::new("GET", "/tunnel/v1/hello", BodyLimit::Capped(0), hello),
+        Route::new(
+            "POST",
+            "/tunnel/v1/renew",
+            BodyLimit::Capped(MAX_CSR_BYTES + 1_024),
+            renew,
+        ),
         Route::new("POST", "/tunnel/v1/transfer", BodyLimit::Duplex, transfer),
     ]
+}
+
+/// `POST /tunnel/v1/renew {"csr"}`: renews the certificate of this connection for the
+/// CSR's new key (SPEC 12). The identity is the connection's verified certificate.
+fn renew(app: &App, call: &mut Call<'_>) -> Result<Reply, TunnelError> {
+    let body = call.json()?;
+    let csr = body["csr"]
+        .as_str()
+        .ok_or_else(|| TunnelError::BadRequest("field `csr` must be a PEM string".into()))?;
+    if csr.len() as u64 > MAX_CSR_BYTES {
+        return Err(TunnelError::BadRequest(format!(
+            "field `csr` exceeds {MAX_CSR_BYTES} bytes"
+        )));
+    }
+    let side = RenewSide {
+        store: &app.store,
+        ca: &app.ca,
+        client_lifetime: app.client_lifetime,
+        grace: app.renew_grace,
+    };
+    let peer = call.peer();
+    let (serial, address) = (peer.serial.clone(), peer.addr.ip().to_string());
+    let renewed = renewal::renew(&side, &serial, csr, &address, call.now).map_err(|e| {
+        log::warn!(
+            "tunnel: renewal from {address} with certificate {serial} refused: {}",
+            Chain(&e)
+        );
+        TunnelError::from(e)
+    })?;
+    if renewed.repeated {
+        log::info!(
+            "system {}: renewal from {address} answered again with certificate {} (generation {})",
+            renewed.system_id,
+            renewed.serial,
+            renewed.generation
+        );
+    }
+    app.fault.crash_if(Fault::CrashAfterRenewCommit);
+    let answer = Renewal {
+        certificate: renewed.cert_pem,
+        serial: renewed.serial,
+        not_after: renewed.not_after,
+    };
+    let value: Value =
+        serde_json::to_value(answer).map_err(|e| TunnelError::Internal(Box::new(e)))?;
+    Ok(Reply::json(200, &value))
 }
 
 /// The media type of a transfer session's frames, both ways.

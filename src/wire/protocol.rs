@@ -128,6 +128,20 @@ pub struct Hello {
     pub storage_name: Option<String>,
 }
 
+/// `POST /tunnel/v1/renew` body: a CSR for the source's new key.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+pub struct RenewBody<'a> {
+    pub csr: &'a str,
+}
+
+/// `POST /tunnel/v1/renew` answer: the renewed certificate (PEM), its serial and end.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+pub struct Renewal {
+    pub certificate: String,
+    pub serial: String,
+    pub not_after: i64,
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -586,7 +586,8 @@ fn check_database(
             .or_default()
             .push(a.action.as_str());
         if a.action == "source unpaired" {
-            if let Some(serial) = a.detail.strip_prefix("serial ") {
+            let serial = a.detail.strip_prefix("serial ");
+            if let Some(serial) = serial.and_then(|s| s.split_whitespace().next()) {
                 *unpairs_by_serial.entry(serial.to_string()).or_default() += 1;
             }
         }

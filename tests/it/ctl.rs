@@ -15,20 +15,20 @@ use crate::harness::{
 
 /// What one `replgate ctl` run printed and returned.
 #[derive(Debug)]
-struct Run {
-    code: i32,
-    stdout: String,
-    stderr: String,
+pub(crate) struct Run {
+    pub code: i32,
+    pub stdout: String,
+    pub stderr: String,
 }
 
 impl Run {
-    fn json(&self) -> Value {
+    pub(crate) fn json(&self) -> Value {
         serde_json::from_str(&self.stdout)
             .unwrap_or_else(|e| panic!("stdout is not JSON ({e}): {self:?}"))
     }
 
     #[track_caller]
-    fn expect(self, code: i32) -> Run {
+    pub(crate) fn expect(self, code: i32) -> Run {
         assert_eq!(self.code, code, "exit code of {self:?}");
         self
     }
@@ -36,7 +36,7 @@ impl Run {
 
 /// `replgate ctl` aimed at one daemon, with a token cache in the test's scratch directory
 /// and nothing inherited from the caller's environment.
-struct Ctl {
+pub(crate) struct Ctl {
     api: String,
     /// `--cacert`; without it, ctl looks in its default places.
     cacert: Option<PathBuf>,
@@ -47,7 +47,7 @@ struct Ctl {
 }
 
 impl Ctl {
-    fn new(d: &Daemon, scratch: &Path) -> Ctl {
+    pub(crate) fn new(d: &Daemon, scratch: &Path) -> Ctl {
         Ctl {
             api: format!("https://{}", d.api),
             cacert: Some(d.data_dir.join("ca.pem")),
@@ -94,7 +94,7 @@ impl Ctl {
         }
     }
 
-    fn run(&self, args: &[&str]) -> Run {
+    pub(crate) fn run(&self, args: &[&str]) -> Run {
         self.run_with_stdin(args, None)
     }
 
@@ -105,7 +105,7 @@ impl Ctl {
         )
     }
 
-    fn login(&self) {
+    pub(crate) fn login(&self) {
         self.login_as("root", ADMIN_PASSWORD).expect(0);
     }
 }

@@ -581,6 +581,11 @@ fn body_routes(csr_pem: &str) -> Vec<BodyRoute> {
                 ),
             ],
         },
+        BodyRoute {
+            method: "POST",
+            path: "/tunnel/v1/renew",
+            fields: vec![("csr", Str, s(csr_pem))],
+        },
     ]
 }
 
@@ -1293,7 +1298,14 @@ fn csr_parsing_and_signing_hold_their_promises() {
             );
             continue;
         }
-        match no_panic(|| ca.sign_client(&valid, "fuzz-subject", 365, now)) {
+        match no_panic(|| {
+            ca.sign_client(
+                &valid,
+                "fuzz-subject",
+                std::time::Duration::from_secs(365 * 86_400),
+                now,
+            )
+        }) {
             Err(p) => run.fail(case, format!("sign_client panicked ({p}) on {pem:?}")),
             Ok(Err(e)) => run.fail(case, format!("accepted csr does not sign: {e} ({pem:?})")),
             Ok(Ok(issued)) => {

@@ -190,6 +190,25 @@ pub fn free_ports<const N: usize>() -> [u16; N] {
     std::array::from_fn(|i| held[i].local_addr().expect("local addr").port())
 }
 
+/// Copies the directory tree `from` to `to`, files 0600 and directories 0700 as the daemon
+/// keeps them (git does not keep modes).
+pub fn copy_private(from: &Path, to: &Path) {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::create_dir_all(to).expect("create a copy's directory");
+    std::fs::set_permissions(to, std::fs::Permissions::from_mode(0o700)).expect("chmod dir");
+    for entry in std::fs::read_dir(from).expect("read a fixture directory") {
+        let entry = entry.expect("a directory entry");
+        let target = to.join(entry.file_name());
+        if entry.file_type().expect("file type").is_dir() {
+            copy_private(&entry.path(), &target);
+        } else {
+            std::fs::copy(entry.path(), &target).expect("copy a fixture file");
+            std::fs::set_permissions(&target, std::fs::Permissions::from_mode(0o600))
+                .expect("chmod file");
+        }
+    }
+}
+
 pub fn scratch_dir(name: &str) -> PathBuf {
     let dir = std::env::temp_dir().join(format!(
         "replgate-it-{name}-{}-{}",
@@ -209,9 +228,20 @@ pub struct Options {
     pub shell_prefix: Option<String>,
     /// Passed as `--config`.
     pub config_file: Option<PathBuf>,
+    /// Variables the harness sets by default that this daemon must not see
+    /// (`REPLGATE_HOSTNAMES`, so that the config file's `hostnames` count).
+    pub unset: Vec<String>,
+    /// A data directory to start from (copied, modes made private): a fixture.
+    pub data_from: Option<PathBuf>,
 }
 
 impl Options {
+    /// Leaves the variable `key` out of the daemon's environment.
+    pub fn unset(mut self, key: &str) -> Self {
+        self.unset.push(key.to_string());
+        self
+    }
+
     pub fn set(mut self, key: &str, value: impl ToString) -> Self {
         self.env.push((
             format!("REPLGATE_{}", key.to_ascii_uppercase()),
@@ -248,6 +278,9 @@ impl Daemon {
             .unwrap_or_else(|| SocketAddr::from(([127, 0, 0, 1], tunnel_port)));
         let ports_given =
             given("REPLGATE_API_LISTEN").is_some() || given("REPLGATE_TUNNEL_LISTEN").is_some();
+        if let Some(from) = &opts.data_from {
+            copy_private(from, &data_dir);
+        }
         let mut d = Daemon {
             data_dir,
             api,
@@ -319,6 +352,9 @@ impl Daemon {
             .stderr(log);
         for (k, v) in &self.opts.env {
             cmd.env(k, v);
+        }
+        for k in &self.opts.unset {
+            cmd.env_remove(k);
         }
         self.child = Some(cmd.spawn().expect("start replgate"));
         self.wait_ready()

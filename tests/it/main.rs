@@ -22,6 +22,7 @@ mod openapi;
 mod operability;
 mod ops;
 mod pairing;
+mod renewal;
 mod replication;
 mod rng;
 mod target;

@@ -39,7 +39,12 @@ pub(crate) fn wait_status(src: &Daemon, token: &str, status: &str, within: Durat
     })
 }
 
-fn accept(tgt: &Daemon, token: &str, request_id: &Value, storage: Option<u64>) -> Response {
+pub(crate) fn accept(
+    tgt: &Daemon,
+    token: &str,
+    request_id: &Value,
+    storage: Option<u64>,
+) -> Response {
     let mut body = json!({"request_id": request_id, "accept": true});
     if let Some(s) = storage {
         body["storage_id"] = json!(s);
@@ -52,7 +57,7 @@ fn accept(tgt: &Daemon, token: &str, request_id: &Value, storage: Option<u64>) -
 }
 
 /// Requests with the right fingerprint and returns the 201 body.
-fn paired_request(src: &Daemon, st: &str, tgt: &Daemon) -> Value {
+pub(crate) fn paired_request(src: &Daemon, st: &str, tgt: &Daemon) -> Value {
     let r = request(src, st, tgt, json!({"fingerprint": tgt.ca_fingerprint()}));
     assert_eq!(r.status, 201, "{}", r.text());
     r.json()
@@ -60,7 +65,7 @@ fn paired_request(src: &Daemon, st: &str, tgt: &Daemon) -> Value {
 
 /// Requests with the right fingerprint, accepts on the target and waits until the source
 /// proved the tunnel; returns the accept's 201 body (`system_id` on the target).
-fn pair_completely(src: &Daemon, st: &str, tgt: &Daemon, tt: &str) -> Value {
+pub(crate) fn pair_completely(src: &Daemon, st: &str, tgt: &Daemon, tt: &str) -> Value {
     let filed = paired_request(src, st, tgt);
     let accepted = accept(tgt, tt, &filed["request_id"], None).json();
     wait_status(src, st, "complete", Duration::from_secs(POLL + 8));
@@ -81,7 +86,10 @@ pub(crate) type Identity = (Vec<CertificateDer<'static>>, PrivateKeyDer<'static>
 pub(crate) type TunnelStream = rustls::StreamOwned<rustls::ClientConnection, TcpStream>;
 
 /// A mutual-TLS connection to the target's tunnel, handshake completed.
-fn tunnel_connect(tgt: &Daemon, client: Option<Identity>) -> Result<TunnelStream, String> {
+pub(crate) fn tunnel_connect(
+    tgt: &Daemon,
+    client: Option<Identity>,
+) -> Result<TunnelStream, String> {
     tunnel_connect_from(tgt, client, Ipv4Addr::LOCALHOST)
 }
 
@@ -118,7 +126,7 @@ fn tunnel_connect_from(
 }
 
 /// One GET on an open tunnel connection; `close` asks the daemon to end it afterwards.
-fn get_on(tls: &mut TunnelStream, path: &str, close: bool) -> Result<Response, String> {
+pub(crate) fn get_on(tls: &mut TunnelStream, path: &str, close: bool) -> Result<Response, String> {
     let connection = if close { "close" } else { "keep-alive" };
     tls.write_all(
         format!("GET {path} HTTP/1.1\r\nHost: t\r\nConnection: {connection}\r\n\r\n").as_bytes(),
@@ -128,7 +136,11 @@ fn get_on(tls: &mut TunnelStream, path: &str, close: bool) -> Result<Response, S
 }
 
 /// A handshake plus one request on the target's tunnel.
-fn tunnel_request(tgt: &Daemon, client: Option<Identity>, path: &str) -> Result<Response, String> {
+pub(crate) fn tunnel_request(
+    tgt: &Daemon,
+    client: Option<Identity>,
+    path: &str,
+) -> Result<Response, String> {
     let mut tls = tunnel_connect(tgt, client)?;
     get_on(&mut tls, path, true)
 }

@@ -105,6 +105,9 @@ pub enum Step {
     Wait,
     /// Fetch, check and install the certificate, then prove the tunnel at this address.
     Install { tunnel: String },
+    /// The delivered certificate is installed already (or renewed since): prove the tunnel
+    /// with the installed one.
+    Prove { tunnel: String },
     /// Record a new status (a final outcome, or back to pending after a failure).
     Record {
         status: TargetStatus,
@@ -128,6 +131,9 @@ pub fn step(current: &TargetRecord, polled: &SpoolStatus) -> Step {
                     "the target named an invalid tunnel address {:?}",
                     tunnel.chars().take(80).collect::<String>()
                 )),
+            },
+            _ if current.is_installed() => Step::Prove {
+                tunnel: tunnel.clone(),
             },
             _ => Step::Install {
                 tunnel: tunnel.clone(),
@@ -176,6 +182,37 @@ pub fn next_poll(
     Some(backed_off.mul_f64(factor))
 }
 
+/// What the installed certificate of a pairing needs now (SPEC 12), if anything.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Upkeep {
+    /// A renewed generation is installed but not yet proven: say hello with it.
+    Prove { generation: u64 },
+    /// Renew over the tunnel (the key of `next_key`, or a new one).
+    Renew,
+    /// The certificate ended: file a new request (replacing this system on the target).
+    Refile,
+}
+
+/// The upkeep due at `now` for `r`; None when nothing is due (or the pairing has nothing
+/// installed, is waiting for its admin, or ended). A renewed generation not yet proven
+/// comes first; an expired certificate cannot renew, so it files again.
+pub fn upkeep(r: &TargetRecord, now: UnixTime) -> Option<Upkeep> {
+    if r.status.is_final() || r.status == TargetStatus::Pending || !r.is_installed() {
+        return None;
+    }
+    let tunnel_known = r.tunnel.is_some();
+    if let Some(generation) = r.previous_generation.map(|_| r.generation) {
+        return tunnel_known.then_some(Upkeep::Prove { generation });
+    }
+    let (starts, expires) = (r.certificate_starts?, r.certificate_expires?);
+    if now >= expires {
+        return Some(Upkeep::Refile);
+    }
+    let serial = r.cert_serial.as_deref().unwrap_or("");
+    let due = now >= crate::lifecycle::source_renew_at(starts, expires, serial);
+    (due && tunnel_known).then_some(Upkeep::Renew)
+}
+
 /// Applies a final outcome or a failure message to a record.
 pub fn finish(r: &mut TargetRecord, status: TargetStatus, message: Option<String>, now: UnixTime) {
     r.status = status;
@@ -189,24 +226,8 @@ mod tests {
 
     fn record(status: TargetStatus) -> TargetRecord {
         TargetRecord {
-            id: 1,
-            host: "t:8443".into(),
             status,
-            message: None,
-            created: 0,
-            updated: 0,
-            last_poll: None,
-            ca_fingerprint: "f".into(),
-            ca_pem: String::new(),
-            request_id: 1,
-            poll: "/p/".into(),
-            verification_code: "1-2".into(),
-            dir: "d".into(),
-            retry_after: 0,
-            tunnel: None,
-            certificate_expires: None,
-            cert_serial: None,
-            address: None,
+            ..TargetRecord::fixture(1)
         }
     }
 
@@ -307,6 +328,26 @@ mod tests {
             }
         );
         assert_eq!(step(&record(TargetStatus::Complete), &accepted), Step::Wait);
+        // Installed before (and renewed since): a failed poll in between does not bring the
+        // original delivery back, the installed certificate is proven again.
+        let mut renewed = record(TargetStatus::Failed);
+        renewed.cert_serial = Some("ab".into());
+        renewed.generation = 2;
+        assert_eq!(
+            step(&renewed, &accepted),
+            Step::Prove {
+                tunnel: "t:8444".into()
+            }
+        );
+        // A new request after an expired certificate installs its delivery.
+        renewed.request_generation = 3;
+        renewed.status = TargetStatus::Pending;
+        assert_eq!(
+            step(&renewed, &accepted),
+            Step::Install {
+                tunnel: "t:8444".into()
+            }
+        );
         assert!(matches!(
             step(&record(TargetStatus::Complete), &SpoolStatus::Revoked),
             Step::Record {
@@ -325,6 +366,50 @@ mod tests {
                 status: TargetStatus::Rejected,
                 message: Some("no".into())
             }
+        );
+    }
+
+    #[test]
+    fn installed_certificates_renew_on_plan_prove_first_and_file_again_once_expired() {
+        let mut r = record(TargetStatus::Complete);
+        assert_eq!(upkeep(&r, 0), None, "nothing installed");
+        r.cert_serial = Some("ab".into());
+        r.tunnel = Some("t:8444".into());
+        r.certificate_starts = Some(1_000);
+        r.certificate_expires = Some(2_000);
+        let at = crate::lifecycle::source_renew_at(1_000, 2_000, "ab");
+        assert_eq!(upkeep(&r, at - 1), None);
+        assert_eq!(upkeep(&r, at), Some(Upkeep::Renew));
+        assert_eq!(upkeep(&r, 1_999), Some(Upkeep::Renew), "until the very end");
+        assert_eq!(upkeep(&r, 2_000), Some(Upkeep::Refile));
+        assert_eq!(r.generations_in_use(), [0]);
+        r.previous_generation = Some(0);
+        r.generation = 1;
+        assert_eq!(upkeep(&r, 2_000), Some(Upkeep::Prove { generation: 1 }));
+        assert_eq!(r.generations_in_use(), [0, 1], "the old one until proven");
+        r.previous_generation = None;
+        assert_eq!(
+            r.generations_in_use(),
+            [1],
+            "the first request's key is done with"
+        );
+        assert_eq!(r.fresh_generation(), 2);
+        r.previous_generation = Some(0);
+        for status in [
+            TargetStatus::Revoked,
+            TargetStatus::Rejected,
+            TargetStatus::Pending,
+        ] {
+            r.status = status;
+            assert_eq!(upkeep(&r, at), None, "{status:?}");
+        }
+        r.status = TargetStatus::Complete;
+        r.previous_generation = None;
+        r.request_generation = 2;
+        assert_eq!(
+            upkeep(&r, 2_000),
+            None,
+            "a new request is open: its admin decides"
         );
     }
 

@@ -45,6 +45,10 @@ pub trait SourceIo {
     fn create_dir(&self, key_pem: &str) -> Result<String, IdentityError>;
     /// Removes a pairing directory and everything in it.
     fn remove_dir(&self, name: &str) -> Result<(), IdentityError>;
+    /// Stores the key of a new generation in the pairing directory `dir`.
+    fn write_key(&self, dir: &str, generation: u64, key_pem: &str) -> Result<(), IdentityError>;
+    /// The key of `generation` in the pairing directory `dir`.
+    fn read_key(&self, dir: &str, generation: u64) -> Result<String, IdentityError>;
 }
 
 /// A call to a target that failed, as the I/O classifies it.
@@ -313,6 +317,27 @@ pub struct Me<'a> {
     pub version: &'a str,
 }
 
+impl<'a> Me<'a> {
+    /// The request this appliance files with a target for `csr`.
+    fn request(
+        &self,
+        csr: &'a str,
+        storage_id: Option<u64>,
+        token: Option<&'a PairingToken>,
+    ) -> RequestBody<'a> {
+        RequestBody {
+            system_uuid: self.system_uuid,
+            name: self.name,
+            host: self.name,
+            asset_tag: Some(self.asset_tag).filter(|t| !t.is_empty()),
+            version: self.version,
+            csr,
+            storage_id,
+            token,
+        }
+    }
+}
+
 /// What source-side pairing works with, borrowed from the caller.
 pub struct SourceSide<'a> {
     pub store: &'a Store,
@@ -455,16 +480,7 @@ fn file_and_record(
         .file_request(
             f.connect,
             f.ca_pem,
-            &RequestBody {
-                system_uuid: me.system_uuid,
-                name: me.name,
-                host: me.name,
-                asset_tag: Some(me.asset_tag).filter(|t| !t.is_empty()),
-                version: me.version,
-                csr: f.csr_pem,
-                storage_id: f.storage_id,
-                token: f.token,
-            },
+            &me.request(f.csr_pem, f.storage_id, f.token),
         )
         .map_err(|source| SourceError::Call {
             host: f.host.to_string(),
@@ -502,6 +518,12 @@ fn file_and_record(
             certificate_expires: None,
             cert_serial: None,
             address: (f.connect != f.host).then(|| f.connect.to_string()),
+            generation: 0,
+            request_generation: 0,
+            next_key: None,
+            previous_generation: None,
+            certificate_starts: None,
+            renewed: None,
         };
         tx.put_target(&r)?;
         tx.audit(&actor.audit(
@@ -518,6 +540,91 @@ fn file_and_record(
                 None => format!("request {} ca {}", answer.request_id, f.presented_fp),
             },
         ))?;
+        Ok(r)
+    })
+}
+
+/// Files a new request with the target of pairing `id`, whose installed certificate has
+/// ended (SPEC 12: an expired certificate cannot renew). Only the pinned CA is trusted; the
+/// key is a new generation in the same pairing directory, recorded in the row
+/// (`next_key`) before the request leaves, so a retry after a crash or a lost answer files
+/// the same key again and the target hands back the same request. The target marks it
+/// `replaces_system_id`; once its admin accepts it, the poller installs the certificate
+/// as usual. Returns the row, now `pending` with the new request.
+pub fn refile_expired(
+    side: &SourceSide,
+    id: u64,
+    now: UnixTime,
+) -> Result<TargetRecord, SourceError> {
+    let gone = || SourceError::UnknownTarget(format!("target {id}"));
+    let t = side.store.target(id)?.ok_or_else(gone)?;
+    let me = side.me;
+    let kept = t
+        .next_key
+        .and_then(|g| side.io.read_key(&t.dir, g).ok().map(|key| (g, key)));
+    let (generation, key_pem) = match kept {
+        Some(kept) => kept,
+        None => {
+            let (key, _) = side
+                .io
+                .key_and_csr(me.system_uuid)
+                .map_err(SourceError::Key)?;
+            let generation = t.fresh_generation();
+            side.io
+                .write_key(&t.dir, generation, &key)
+                .map_err(SourceError::Identity)?;
+            side.store.write(|tx| {
+                let mut r = tx.target(id)?.ok_or_else(gone)?;
+                r.next_key = Some(generation);
+                tx.put_target(&r)?;
+                Ok::<_, SourceError>(())
+            })?;
+            (generation, key)
+        }
+    };
+    let csr_pem = ca::csr_for_key(&key_pem, me.system_uuid).map_err(SourceError::Key)?;
+    let csr = ca::parse_csr(&csr_pem).map_err(SourceError::OwnCsr)?;
+    let answer = side
+        .io
+        .file_request(t.connect_to(), &t.ca_pem, &me.request(&csr_pem, None, None))
+        .map_err(|source| SourceError::Call {
+            host: t.host.clone(),
+            source,
+        })?;
+    check_answer(&answer, &t.ca_fingerprint, csr.spki_der()).map_err(|problem| {
+        SourceError::BadAnswer {
+            host: t.host.clone(),
+            problem,
+        }
+    })?;
+    side.store.write(|tx| {
+        let mut r = tx.target(id)?.ok_or_else(gone)?;
+        r.request_id = answer.request_id;
+        r.poll = answer.poll.clone();
+        r.verification_code = answer.verification_code.clone();
+        r.retry_after = clamp_retry_after(answer.retry_after);
+        r.request_generation = generation;
+        r.next_key = None;
+        r.status = TargetStatus::Pending;
+        r.message = None;
+        r.updated = now;
+        tx.put_target(&r)?;
+        tx.audit(
+            &Actor {
+                user: "-".into(),
+                address: "local".into(),
+            }
+            .audit(
+                now,
+                "target requested again",
+                format!("target:{}", r.host),
+                format!(
+                    "certificate {} expired; request {} key generation {generation}",
+                    t.cert_serial.clone().unwrap_or_default(),
+                    answer.request_id
+                ),
+            ),
+        )?;
         Ok(r)
     })
 }
@@ -589,6 +696,8 @@ mod tests {
         calls: RefCell<u32>,
         /// Every address probed or called, in order.
         contacted: RefCell<Vec<String>>,
+        /// Keys of later generations, by (directory, generation).
+        keys: RefCell<std::collections::BTreeMap<(String, u64), String>>,
     }
 
     impl SourceIo for Fake {
@@ -620,6 +729,24 @@ mod tests {
         fn remove_dir(&self, name: &str) -> Result<(), IdentityError> {
             self.dirs.borrow_mut().remove(name);
             Ok(())
+        }
+        fn write_key(
+            &self,
+            dir: &str,
+            generation: u64,
+            key_pem: &str,
+        ) -> Result<(), IdentityError> {
+            self.keys
+                .borrow_mut()
+                .insert((dir.to_string(), generation), key_pem.to_string());
+            Ok(())
+        }
+        fn read_key(&self, dir: &str, generation: u64) -> Result<String, IdentityError> {
+            self.keys
+                .borrow()
+                .get(&(dir.to_string(), generation))
+                .cloned()
+                .ok_or_else(|| IdentityError::BadName(dir.to_string()))
         }
     }
 
@@ -673,6 +800,7 @@ mod tests {
             made: RefCell::new(0),
             calls: RefCell::new(0),
             contacted: RefCell::default(),
+            keys: RefCell::default(),
         }
     }
 
@@ -722,6 +850,78 @@ mod tests {
             },
         };
         request_target(&side, ask, &actor(), NOW)
+    }
+
+    #[test]
+    fn an_expired_pairing_files_again_with_one_new_key_even_when_the_first_answer_is_lost() {
+        let store = temp_store("refile");
+        let sent = std::rc::Rc::new(RefCell::new(Vec::<String>::new()));
+        let fail_first = std::rc::Rc::new(RefCell::new(false));
+        let (der, fp) = target_ca();
+        let (seen, fail) = (sent.clone(), fail_first.clone());
+        let io = fake(
+            der,
+            Box::new(move |body, _| {
+                let key = ca::parse_csr(body.csr).unwrap().fingerprint();
+                seen.borrow_mut().push(key);
+                if fail.replace(false) {
+                    return Err(CallError::Failed("connection reset".into()));
+                }
+                // The first pairing is request 7, the one filed again 9.
+                let id = if seen.borrow().len() == 1 { 7 } else { 9 };
+                let mut f = genuine(&fp);
+                f.request_id = id;
+                f.verification_code = code_for(&fp, body, id);
+                Ok(f)
+            }),
+        );
+        let paired = run(&store, &io, &Outgoing::new(), ask(None, true)).unwrap();
+        // As the poller leaves it once the certificate of request 7 is installed.
+        let mut installed = paired.clone();
+        installed.status = TargetStatus::Complete;
+        installed.cert_serial = Some("aa".into());
+        installed.certificate_expires = Some(NOW - 1);
+        store.write(|tx| tx.put_target(&installed)).unwrap();
+        sent.borrow_mut().clear();
+        fail_first.replace(true);
+        let side = SourceSide {
+            store: &store,
+            io: &io,
+            outgoing: &Outgoing::new(),
+            me: Me {
+                system_uuid: "5f0c7a52-3f5e-4a6b-9c0d-2b1e8f7a6c11",
+                name: "src.example",
+                asset_tag: "",
+                version: "1.0",
+            },
+        };
+        let e = refile_expired(&side, paired.id, NOW).unwrap_err();
+        assert!(matches!(e, SourceError::Call { .. }), "{e:?}");
+        let kept = store.target(paired.id).unwrap().unwrap();
+        assert_eq!(
+            kept.next_key,
+            Some(1),
+            "the key is recorded before the call"
+        );
+        assert_eq!((kept.status, kept.request_id), (TargetStatus::Complete, 7));
+        let r = refile_expired(&side, paired.id, NOW + 5).unwrap();
+        let sent = sent.borrow();
+        assert_eq!(sent.len(), 2);
+        assert_eq!(sent[0], sent[1], "the retry asks for the same key");
+        assert_eq!((r.status, r.request_id), (TargetStatus::Pending, 9));
+        assert_eq!(
+            (r.generation, r.request_generation, r.next_key),
+            (0, 1, None)
+        );
+        assert!(r.is_repairing() && !r.is_installed());
+        assert_eq!(
+            r.cert_serial.as_deref(),
+            Some("aa"),
+            "the old one stays until replaced"
+        );
+        assert_eq!(r.generations_in_use(), [0, 1]);
+        let audit = store.audit(0, 10).unwrap();
+        assert_eq!(audit.last().unwrap().1.action, "target requested again");
     }
 
     #[test]

@@ -1,0 +1,341 @@
+//! Certificate lifetimes as rules (SPEC 12): when a source renews its certificate (a
+//! jittered point between 60 % and 75 % of its lifetime), when a listener certificate is
+//! re-issued (two thirds), how a failed renewal is retried (backing off, but still trying
+//! until the certificate actually ends), and which certificates deserve a warning. Plain
+//! functions over plain numbers, the time passed in; [`expiries`] gathers the
+//! certificates those rules (and the metrics) look at, from the store and what the caller
+//! hands in.
+
+use std::time::Duration;
+
+use rustls::pki_types::CertificateDer;
+
+use crate::ca::{self, Ca};
+use crate::model::{format_utc, UnixTime};
+use crate::store::{Store, StoreError};
+
+/// A source renews no earlier than this share of its certificate's lifetime...
+const RENEW_FROM: f64 = 0.60;
+/// ...and no later than this one.
+const RENEW_UNTIL: f64 = 0.75;
+/// Listener certificates are re-issued at two thirds of their lifetime.
+const LISTENER_RENEW_AT: f64 = 2.0 / 3.0;
+/// The first retry after a failed renewal; each further failure doubles it.
+const RETRY_FIRST: Duration = Duration::from_secs(5);
+/// Retries never wait longer than this.
+const RETRY_MAX: Duration = Duration::from_secs(600);
+/// Near the end, retries come at least this often.
+const RETRY_MIN: Duration = Duration::from_secs(1);
+/// A certificate ending within this is warned about...
+const WARN_WITHIN: i64 = 30 * 86_400;
+
+/// When a source should renew the certificate valid from `not_before` to `not_after`: a
+/// point between 60 % and 75 % of its lifetime, chosen by `serial`, so the sources of one
+/// target spread out, and one source's plan is the same after every restart.
+pub fn source_renew_at(not_before: UnixTime, not_after: UnixTime, serial: &str) -> UnixTime {
+    let share = RENEW_FROM + (RENEW_UNTIL - RENEW_FROM) * unit_of(serial);
+    at_share(not_before, not_after, share)
+}
+
+/// When a listener certificate valid from `not_before` to `not_after` is re-issued.
+pub fn listener_renew_at(not_before: UnixTime, not_after: UnixTime) -> UnixTime {
+    at_share(not_before, not_after, LISTENER_RENEW_AT)
+}
+
+fn at_share(not_before: UnixTime, not_after: UnixTime, share: f64) -> UnixTime {
+    let lifetime = not_after.saturating_sub(not_before).max(0);
+    not_before.saturating_add((lifetime as f64 * share) as i64)
+}
+
+/// A stable number in [0, 1) derived from `key`: FNV-1a, then the splitmix64 finalizer
+/// so that keys differing in one character land far apart (spread, not secrecy).
+fn unit_of(key: &str) -> f64 {
+    let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
+    for b in key.bytes() {
+        hash ^= u64::from(b);
+        hash = hash.wrapping_mul(0x0100_0000_01b3);
+    }
+    hash = (hash ^ (hash >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+    hash = (hash ^ (hash >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+    hash ^= hash >> 31;
+    (hash >> 11) as f64 / (1u64 << 53) as f64
+}
+
+/// How long to wait after `failures` failed renewals in a row (at least one) of a
+/// certificate that ends at `not_after`: doubling from 5 s up to 10 minutes, but never
+/// more than a quarter of the time left (and at least a second), so the attempts grow
+/// more frequent towards the end instead of sleeping through it.
+pub fn retry_wait(failures: u32, now: UnixTime, not_after: UnixTime) -> Duration {
+    let backoff = RETRY_FIRST
+        .saturating_mul(1u32 << failures.saturating_sub(1).min(10))
+        .min(RETRY_MAX);
+    let left = u64::try_from(not_after.saturating_sub(now)).unwrap_or(0);
+    backoff.min(Duration::from_secs(left / 4)).max(RETRY_MIN)
+}
+
+/// A certificate the appliance depends on, as warnings and metrics see it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Expiry {
+    pub kind: CertKind,
+    pub not_before: UnixTime,
+    pub not_after: UnixTime,
+}
+
+/// Which certificate an [`Expiry`] is.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum CertKind {
+    /// The appliance CA.
+    Ca,
+    /// A listener's server certificate (`api` or `tunnel`).
+    Listener(&'static str),
+    /// This appliance's client certificate for the target with this id (source side).
+    Target(u64),
+    /// The client certificate of the paired source with this system id (target side).
+    System(u64),
+}
+
+impl CertKind {
+    /// The metric label and warning subject: `ca`, `api`, `tunnel`, `target`, `system`.
+    pub fn label(&self) -> &'static str {
+        match self {
+            CertKind::Ca => "ca",
+            CertKind::Listener(name) => name,
+            CertKind::Target(_) => "target",
+            CertKind::System(_) => "system",
+        }
+    }
+
+    /// The id of the target or system, if it is one.
+    pub fn id(&self) -> Option<u64> {
+        match self {
+            CertKind::Target(id) | CertKind::System(id) => Some(*id),
+            _ => None,
+        }
+    }
+
+    fn subject(&self) -> String {
+        match self {
+            CertKind::Ca => "the appliance CA".into(),
+            CertKind::Listener(name) => format!("the {name} listener certificate"),
+            CertKind::Target(id) => format!("the certificate for target {id}"),
+            CertKind::System(id) => format!("the certificate of system {id}"),
+        }
+    }
+
+    /// What an admin does about it.
+    fn advice(&self, expired: bool) -> &'static str {
+        match (self, expired) {
+            (CertKind::Ca, _) => {
+                "every pairing ends with it: plan new pairings with a new CA (docs/operations.md)"
+            }
+            (CertKind::Listener(_), _) => {
+                "it renews while running; check the log for why renewal failed"
+            }
+            (CertKind::Target(_), false) => {
+                "it renews over the tunnel; check that the target is reachable"
+            }
+            (CertKind::Target(_), true) => {
+                "a new pairing request was filed: ask the target's admin to accept it"
+            }
+            (CertKind::System(_), false) => {
+                "the source renews it over the tunnel; check that it is running and can reach this appliance"
+            }
+            (CertKind::System(_), true) => {
+                "the source must file a new request, which replaces this system when accepted"
+            }
+        }
+    }
+}
+
+/// Every certificate this appliance depends on: the CA, the listeners' server
+/// certificates (`listeners`: name and leaf), its own client certificates for targets
+/// (source side; not for pairings that ended) and the current certificates of its paired
+/// sources (target side). One read of targets and systems, and one certificate read per
+/// paired source.
+pub fn expiries(
+    store: &Store,
+    ca: &Ca,
+    listeners: &[(&'static str, CertificateDer<'static>)],
+) -> Result<Vec<Expiry>, StoreError> {
+    let mut out = Vec::new();
+    if let Ok(info) = ca::cert_info(&ca.cert_der()) {
+        out.push(Expiry {
+            kind: CertKind::Ca,
+            not_before: info.not_before,
+            not_after: info.not_after,
+        });
+    }
+    for (name, leaf) in listeners {
+        if let Ok(info) = ca::cert_info(leaf) {
+            out.push(Expiry {
+                kind: CertKind::Listener(name),
+                not_before: info.not_before,
+                not_after: info.not_after,
+            });
+        }
+    }
+    for t in store.targets()? {
+        if let (false, Some(not_before), Some(not_after)) = (
+            t.status.is_final(),
+            t.certificate_starts,
+            t.certificate_expires,
+        ) {
+            out.push(Expiry {
+                kind: CertKind::Target(t.id),
+                not_before,
+                not_after,
+            });
+        }
+    }
+    for s in store.systems()? {
+        let Some(serial) = s.cert_serial.as_deref().filter(|_| s.role.is_source()) else {
+            continue;
+        };
+        if let Some(c) = store.cert(serial)? {
+            out.push(Expiry {
+                kind: CertKind::System(s.id),
+                not_before: c.issued_at,
+                not_after: c.not_after,
+            });
+        }
+    }
+    Ok(out)
+}
+
+/// Whether `e` deserves a warning at `now`: it ends within 30 days, or, for a lifetime
+/// shorter than 120 days (a lab's), within the last quarter of it, so that certificates
+/// that renew on schedule never warn. An ended one always does.
+pub fn needs_warning(e: &Expiry, now: UnixTime) -> bool {
+    let lifetime = e.not_after.saturating_sub(e.not_before).max(0);
+    let window = WARN_WITHIN.min(lifetime / 4);
+    e.not_after.saturating_sub(now) <= window
+}
+
+/// The warnings for `certs` at `now`, in the order given: one sentence each, for the log
+/// and `GET /api/health`.
+pub fn warnings(certs: &[Expiry], now: UnixTime) -> Vec<String> {
+    certs
+        .iter()
+        .filter(|e| needs_warning(e, now))
+        .map(|e| {
+            let expired = e.not_after <= now;
+            let when = if expired {
+                format!("expired at {}", format_utc(e.not_after))
+            } else {
+                let days = (e.not_after - now) / 86_400;
+                format!(
+                    "ends at {} ({})",
+                    format_utc(e.not_after),
+                    match days {
+                        0 => "in less than a day".to_string(),
+                        1 => "in 1 day".to_string(),
+                        d => format!("in {d} days"),
+                    }
+                )
+            };
+            format!("{} {when}: {}", e.kind.subject(), e.kind.advice(expired))
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const YEAR: i64 = 365 * 86_400;
+    const T0: UnixTime = 1_767_225_600;
+
+    #[test]
+    fn sources_renew_between_sixty_and_seventy_five_percent_the_same_way_every_time() {
+        let mut seen = Vec::new();
+        for n in 0..200 {
+            let serial = format!("{n:032x}");
+            let at = source_renew_at(T0, T0 + YEAR, &serial);
+            assert!(
+                (T0 + YEAR * 60 / 100..=T0 + YEAR * 75 / 100).contains(&at),
+                "{n}: {at}"
+            );
+            assert_eq!(at, source_renew_at(T0, T0 + YEAR, &serial));
+            seen.push(at);
+        }
+        seen.sort_unstable();
+        seen.dedup();
+        assert!(seen.len() > 150, "jittered, not one point: {}", seen.len());
+        let spread = seen.last().unwrap() - seen.first().unwrap();
+        assert!(spread > YEAR / 10, "spread over the window: {spread}");
+        // A lab certificate of a minute (backdated 6 s) renews 34 to 44 s after issue.
+        let at = source_renew_at(T0 - 6, T0 + 60, "ab");
+        assert!((T0 + 33..=T0 + 44).contains(&at), "{}", at - T0);
+        assert_eq!(listener_renew_at(T0, T0 + 90), T0 + 60);
+        assert_eq!(
+            listener_renew_at(T0, T0 - 5),
+            T0,
+            "a nonsense span renews now"
+        );
+    }
+
+    #[test]
+    fn retries_back_off_but_grow_frequent_near_the_end() {
+        let far = T0 + YEAR;
+        let waits: Vec<u64> = (1..=9).map(|f| retry_wait(f, T0, far).as_secs()).collect();
+        assert_eq!(waits, [5, 10, 20, 40, 80, 160, 320, 600, 600]);
+        assert_eq!(retry_wait(40, T0, far), Duration::from_secs(600));
+        assert_eq!(retry_wait(9, T0, T0 + 100), Duration::from_secs(25));
+        assert_eq!(retry_wait(9, T0, T0 + 2), Duration::from_secs(1));
+        assert_eq!(retry_wait(9, T0, T0 - 50), Duration::from_secs(1));
+    }
+
+    #[test]
+    fn warnings_name_what_ends_within_thirty_days_or_the_last_quarter_of_a_lab_lifetime() {
+        let day = 86_400;
+        let certs = [
+            Expiry {
+                kind: CertKind::Ca,
+                not_before: T0 - 20 * YEAR,
+                not_after: T0 + 29 * day,
+            },
+            Expiry {
+                kind: CertKind::Listener("api"),
+                not_before: T0 - YEAR,
+                not_after: T0 + YEAR,
+            },
+            Expiry {
+                kind: CertKind::Target(4),
+                not_before: T0 - 100,
+                not_after: T0 - 1,
+            },
+            // A minute's lab certificate 30 s before its end: renewing on schedule.
+            Expiry {
+                kind: CertKind::System(3),
+                not_before: T0 - 36,
+                not_after: T0 + 30,
+            },
+            Expiry {
+                kind: CertKind::System(5),
+                not_before: T0 - 56,
+                not_after: T0 + 10,
+            },
+        ];
+        let w = warnings(&certs, T0);
+        assert_eq!(w.len(), 3, "{w:#?}");
+        assert!(
+            w[0].starts_with("the appliance CA ends at ") && w[0].contains("(in 29 days)"),
+            "{}",
+            w[0]
+        );
+        assert!(
+            w[1].starts_with("the certificate for target 4 expired at ")
+                && w[1].contains("ask the target's admin to accept it"),
+            "{}",
+            w[1]
+        );
+        assert!(
+            w[2].starts_with("the certificate of system 5 ends at ")
+                && w[2].contains("in less than a day"),
+            "{}",
+            w[2]
+        );
+        assert_eq!(CertKind::Listener("tunnel").label(), "tunnel");
+        assert_eq!(CertKind::System(5).id(), Some(5));
+    }
+}
