@@ -19,8 +19,8 @@ use serde_json::{json, Value};
 
 use crate::ctl::Ctl;
 use crate::harness::{
-    eventually, pairing_opts, pem_certs, read_response, scratch_dir, systems_row, Daemon, Options,
-    Response, POLL,
+    eventually, pairing_opts, pem_certs, read_response, scratch_dir, start_pair_with, systems_row,
+    Daemon, Options, Response, POLL,
 };
 use crate::pairing::{
     accept, get_on, pair_completely, pairing_dir, target_row, tunnel_connect, tunnel_hello,
@@ -37,18 +37,6 @@ fn lab_target() -> Options {
     pairing_opts()
         .set("certificate_seconds", LAB_SECONDS)
         .set("renew_grace", 60)
-}
-
-/// Starts `{name}-src` and `{name}-tgt` side by side.
-fn start_pair_with(name: &str, src: Options, tgt: Options) -> (Daemon, Daemon) {
-    std::thread::scope(|s| {
-        let source = s.spawn(|| Daemon::start(&format!("{name}-src"), src));
-        let target = Daemon::start(&format!("{name}-tgt"), tgt);
-        let source = source
-            .join()
-            .unwrap_or_else(|panic| std::panic::resume_unwind(panic));
-        (source, target)
-    })
 }
 
 /// Runs each scenario on its own thread; fails naming every scenario that failed.
