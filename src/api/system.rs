@@ -179,7 +179,7 @@ fn gauges(
 pub fn metrics_token(call: &Call) -> Result<Reply, ApiError> {
     let body = super::body::Body::parse(call.body)?;
     let name = body.opt_str("name")?.unwrap_or("scraper");
-    if name.len() > 64 || name.chars().any(char::is_control) {
+    if name.chars().count() > 64 || name.chars().any(char::is_control) {
         return Err(ApiError::BadRequest(
             "`name` is a label of at most 64 printable characters".into(),
         ));

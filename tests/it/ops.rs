@@ -16,15 +16,25 @@ use crate::harness::{
 /// How long a notification may take; generous, for loaded CI machines.
 const NOTIFY_WAIT: Duration = Duration::from_secs(30);
 
-/// The next datagram on `sock` as text.
+/// The next datagram on `sock` as text. A receive with a timeout is never restarted by the
+/// kernel: it fails with EINTR when this process is stopped and resumed or traced (man 7
+/// signal), so that is retried within the same deadline.
 fn next_state(sock: &UnixDatagram) -> String {
-    sock.set_read_timeout(Some(NOTIFY_WAIT))
-        .expect("set a read timeout on the notify socket");
+    let deadline = std::time::Instant::now() + NOTIFY_WAIT;
     let mut buf = [0u8; 4096];
-    let n = sock
-        .recv(&mut buf)
-        .expect("a notification within the timeout");
-    String::from_utf8_lossy(&buf[..n]).into_owned()
+    loop {
+        let left = deadline
+            .checked_duration_since(std::time::Instant::now())
+            .filter(|d| !d.is_zero())
+            .expect("a notification within the timeout");
+        sock.set_read_timeout(Some(left))
+            .expect("set a read timeout on the notify socket");
+        match sock.recv(&mut buf) {
+            Ok(n) => return String::from_utf8_lossy(&buf[..n]).into_owned(),
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+            Err(e) => panic!("a notification within the timeout: {e}"),
+        }
+    }
 }
 
 /// A `replgate serve` started without the harness, so that the test, like systemd, learns
