@@ -15,7 +15,7 @@ use crate::api::{self, App};
 use crate::auth::{AuthError, Authenticator, SessionRules, Throttle};
 use crate::ca::{Ca, CaError};
 use crate::config::Config;
-use crate::front::{self, ListenerKind, PeerTable};
+use crate::front::{self, PeerTable};
 use crate::identity::{IdentityError, ListenerCert, ListenerFiles, TargetDirs};
 use crate::listener::{self, Endpoint};
 use crate::model::Chain;
@@ -880,7 +880,6 @@ pub fn run(config: Config, config_path: Option<&Path>) -> Result<(), DaemonError
             api_limits,
             front::Backend {
                 addr: backend_addr,
-                kind: ListenerKind::Api,
                 peers: peers.clone(),
                 local: Some(Arc::new(api::SpoolAnswerer::new(app.clone()))),
             },

@@ -11,7 +11,7 @@ use super::{
     body, console, pairing, queue, source, spool_files, storage, system, systems, tokens, users,
     App, Call, Handler, Reply,
 };
-use crate::front::{ListenerKind, PeerInfo};
+use crate::front::PeerInfo;
 use crate::model::{Privilege, UnixTime};
 
 /// Who may call a route.
@@ -368,10 +368,6 @@ pub fn dispatch(app: &App, routes: &[Route], request: Incoming) -> Result<Reply,
         let Some(params) = match_path(r.path, &path) else {
             continue;
         };
-        // Every route is the API listener's (the tunnel is its own server).
-        if peer.kind != ListenerKind::Api {
-            continue;
-        }
         if r.method != method {
             allowed.push(r.method);
             continue;

@@ -28,7 +28,7 @@ use crate::config::defaults;
 use crate::listener::{self, Conn, Endpoint, Listener, Service};
 
 pub use local::LocalAnswer;
-pub use peers::{ListenerKind, PeerInfo, PeerTable};
+pub use peers::{PeerInfo, PeerTable};
 
 /// Each relayed connection holds three descriptors: the client socket, the front's
 /// backend socket and tiny_http's accepted end of it.
@@ -93,8 +93,6 @@ impl Limits {
 pub struct Backend {
     /// tiny_http's loopback listener (see [`bind_backend`]).
     pub addr: SocketAddr,
-    /// Recorded for every connection of this listener.
-    pub kind: ListenerKind,
     /// Where the real peer of each backend connection is entered.
     pub peers: Arc<PeerTable>,
     /// Answers the requests it takes on the connection's own thread, before they would
@@ -110,7 +108,6 @@ pub fn spawn(endpoint: Endpoint, limits: Limits, backend: Backend) -> io::Result
     let connections = limits.connections.clone();
     let shared = Arc::new(Shared {
         backend: backend.addr,
-        kind: backend.kind,
         peers: backend.peers,
         local: backend.local,
         limits,
@@ -132,7 +129,6 @@ pub fn bind_backend() -> io::Result<TcpListener> {
 /// What every relay of one front shares.
 struct Shared {
     backend: SocketAddr,
-    kind: ListenerKind,
     peers: Arc<PeerTable>,
     local: Option<Arc<dyn LocalAnswer>>,
     limits: Limits,

@@ -7,27 +7,12 @@ use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Mutex, MutexGuard};
 
-use rustls::pki_types::CertificateDer;
-
-/// Which public listener a connection came in on.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum ListenerKind {
-    /// The admin API and appliance protocol listener (server-authenticated TLS).
-    Api,
-    /// The replication tunnel listener (mutual TLS).
-    Tunnel,
-}
-
-/// What the front knows about the client behind one backend connection.
+/// What the front knows about the client behind one backend connection. (The API listener
+/// asks for no client certificate; the tunnel, which does, is its own server.)
 #[derive(Clone, Debug)]
 pub struct PeerInfo {
-    /// The client's address as the public listener saw it.
+    /// The client's address as the API listener saw it.
     pub addr: SocketAddr,
-    /// The listener the client connected to.
-    pub kind: ListenerKind,
-    /// The client's end-entity certificate, present only when rustls verified one (the
-    /// tunnel's config requires it; the API listener asks for none).
-    pub client_cert: Option<CertificateDer<'static>>,
 }
 
 /// Maps the front's local address of each backend connection (which is what tiny_http
@@ -124,8 +109,6 @@ mod tests {
     fn info(port: u16) -> PeerInfo {
         PeerInfo {
             addr: SocketAddr::from(([192, 0, 2, 1], port)),
-            kind: ListenerKind::Api,
-            client_cert: None,
         }
     }
 

@@ -29,6 +29,11 @@ const DOWN_BUFFER_BYTES: usize = 16 * 1024;
 const UP_BUFFER_MIN_BYTES: usize = 16 * 1024;
 /// How often a draining connection looks at the drain deadline again.
 const DRAIN_TICK: Duration = Duration::from_millis(100);
+/// How long a forwarded request may wait for its answer before the connection counts as
+/// idle. The idle timer measures a silent client, not a working handler: asking a target
+/// (`POST /api/replication/target`) may take about a minute, and the client is waiting for
+/// that answer. Only a backend that never answers meets this bound.
+const RESPONSE_WAIT: Duration = Duration::from_secs(300);
 /// After an error response: how long the front keeps reading and discarding what the
 /// client still sends, so that closing does not reset the connection before the client
 /// has read the response.
@@ -53,7 +58,6 @@ pub(super) fn serve(shared: &Shared, conn: Conn<'_>) {
         control,
     } = conn;
     let name = control.name();
-    let client_cert = tls.peer_certificates().and_then(|c| c.first()).cloned();
 
     let backend = match connect_backend(shared.backend) {
         Ok(backend) => backend,
@@ -76,14 +80,7 @@ pub(super) fn serve(shared: &Shared, conn: Conn<'_>) {
     };
     // Registered before the relay forwards a single byte, so tiny_http can never read a
     // request from this connection that the table does not explain.
-    let _registration = shared.peers.register(
-        key,
-        PeerInfo {
-            addr,
-            kind: shared.kind,
-            client_cert,
-        },
-    );
+    let _registration = shared.peers.register(key, PeerInfo { addr });
     let mut relay = match Relay::new(shared, control, addr, tls, client, backend) {
         Ok(relay) => relay,
         Err(e) => {
@@ -646,7 +643,7 @@ impl<'a> Relay<'a> {
             return None;
         }
         let idle = self.shared.limits.idle_timeout;
-        if now.duration_since(self.last_activity) >= idle {
+        if now.duration_since(self.last_activity) >= self.idle_bound() {
             return Some(End::Idle);
         }
         if self
@@ -662,6 +659,17 @@ impl<'a> Relay<'a> {
             return Some(End::Stalled("client stopped reading"));
         }
         None
+    }
+
+    /// How long the connection may go without progress before it is idle: `idle_timeout`,
+    /// or [`RESPONSE_WAIT`] while the backend owes an answer.
+    fn idle_bound(&self) -> Duration {
+        let idle = self.shared.limits.idle_timeout;
+        if self.responses.owed() > 0 {
+            idle.max(RESPONSE_WAIT)
+        } else {
+            idle
+        }
     }
 
     /// Between requests, every forwarded request answered in full and everything
@@ -723,7 +731,7 @@ impl<'a> Relay<'a> {
             sys::poll_fd(self.control.wake_fd(), wake_events),
         ];
 
-        let mut deadline = self.last_activity + limits.idle_timeout;
+        let mut deadline = self.last_activity + self.idle_bound();
         for since in [self.up_stall_since, self.down_stall_since]
             .into_iter()
             .flatten()

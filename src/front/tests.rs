@@ -10,7 +10,6 @@ use std::time::{Duration, Instant};
 
 use rustls::crypto::CryptoProvider;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer, ServerName};
-use rustls::server::WebPkiClientVerifier;
 use rustls::{ClientConfig, ClientConnection, RootCertStore, ServerConfig};
 
 use super::*;
@@ -22,13 +21,10 @@ fn provider() -> Arc<CryptoProvider> {
     Arc::new(rustls::crypto::ring::default_provider())
 }
 
-/// A throwaway CA, a server certificate and a client certificate it issued, made once.
+/// A throwaway self-signed server certificate, made once.
 struct TestPki {
     server_cert: CertificateDer<'static>,
     server_key_der: Vec<u8>,
-    ca_cert: CertificateDer<'static>,
-    client_cert: CertificateDer<'static>,
-    client_key_der: Vec<u8>,
 }
 
 fn pki() -> &'static TestPki {
@@ -37,28 +33,9 @@ fn pki() -> &'static TestPki {
         let server = rcgen::generate_simple_self_signed(vec!["localhost".to_owned()])
             .expect("test server certificate");
 
-        let mut ca_params = rcgen::CertificateParams::new(Vec::new()).expect("ca params");
-        ca_params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
-        ca_params.key_usages = vec![
-            rcgen::KeyUsagePurpose::KeyCertSign,
-            rcgen::KeyUsagePurpose::DigitalSignature,
-        ];
-        let ca_key = rcgen::KeyPair::generate().expect("ca key");
-        let ca = rcgen::CertifiedIssuer::self_signed(ca_params, ca_key).expect("ca");
-
-        let mut client_params = rcgen::CertificateParams::new(Vec::new()).expect("client params");
-        client_params.extended_key_usages = vec![rcgen::ExtendedKeyUsagePurpose::ClientAuth];
-        let client_key = rcgen::KeyPair::generate().expect("client key");
-        let client_cert = client_params
-            .signed_by(&client_key, &ca)
-            .expect("client certificate");
-
         TestPki {
             server_cert: server.cert.der().clone(),
             server_key_der: server.signing_key.serialize_der(),
-            ca_cert: ca.der().clone(),
-            client_cert: client_cert.der().clone(),
-            client_key_der: client_key.serialize_der(),
         }
     })
 }
@@ -77,22 +54,7 @@ fn api_server_config() -> Arc<ServerConfig> {
     Arc::new(config)
 }
 
-fn tunnel_server_config() -> Arc<ServerConfig> {
-    let mut roots = RootCertStore::empty();
-    roots.add(pki().ca_cert.clone()).expect("ca root");
-    let verifier = WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider())
-        .build()
-        .expect("client verifier");
-    let config = ServerConfig::builder_with_provider(provider())
-        .with_safe_default_protocol_versions()
-        .expect("protocol versions")
-        .with_client_cert_verifier(verifier)
-        .with_single_cert(vec![pki().server_cert.clone()], server_key())
-        .expect("server config");
-    Arc::new(config)
-}
-
-fn client_config(with_client_cert: bool) -> Arc<ClientConfig> {
+fn client_config() -> Arc<ClientConfig> {
     let mut roots = RootCertStore::empty();
     roots
         .add(pki().server_cert.clone())
@@ -101,15 +63,7 @@ fn client_config(with_client_cert: bool) -> Arc<ClientConfig> {
         .with_safe_default_protocol_versions()
         .expect("protocol versions")
         .with_root_certificates(roots);
-    let config = if with_client_cert {
-        let key = PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(pki().client_key_der.clone()));
-        builder
-            .with_client_auth_cert(vec![pki().client_cert.clone()], key)
-            .expect("client auth config")
-    } else {
-        builder.with_no_client_auth()
-    };
-    Arc::new(config)
+    Arc::new(builder.with_no_client_auth())
 }
 
 fn test_limits() -> Limits {
@@ -136,14 +90,7 @@ struct Harness {
 
 impl Harness {
     fn start(limits: Limits, backend: SocketAddr, peers: Arc<PeerTable>) -> Self {
-        Self::start_with(
-            limits,
-            backend,
-            peers,
-            api_server_config(),
-            ListenerKind::Api,
-            None,
-        )
+        Self::start_with(limits, backend, peers, api_server_config(), None)
     }
 
     fn start_with(
@@ -151,7 +98,6 @@ impl Harness {
         backend: SocketAddr,
         peers: Arc<PeerTable>,
         tls: Arc<ServerConfig>,
-        kind: ListenerKind,
         local: Option<Arc<dyn LocalAnswer>>,
     ) -> Self {
         let listener = TcpListener::bind("127.0.0.1:0").expect("bind front");
@@ -164,7 +110,6 @@ impl Harness {
         };
         let backend = Backend {
             addr: backend,
-            kind,
             peers: Arc::clone(&peers),
             local,
         };
@@ -183,7 +128,7 @@ impl Harness {
     }
 
     fn client(&self) -> Client {
-        Client::connect(self.addr, client_config(false))
+        Client::connect(self.addr, client_config())
     }
 
     /// Waits until no connection is open and the peer table is empty again.
@@ -400,20 +345,14 @@ fn whoami_backend(peers: Arc<PeerTable>) -> SocketAddr {
             if request.url() == "/slow" {
                 thread::sleep(Duration::from_millis(500));
             }
+            if request.url() == "/slower" {
+                thread::sleep(Duration::from_millis(1500));
+            }
             if request.url() == "/big" {
                 let _ = request.respond(tiny_http::Response::from_data(vec![b'x'; BIG]));
                 continue;
             }
-            let who = match peer {
-                Some(info) => format!(
-                    "{} {:?} {}",
-                    info.addr,
-                    info.kind,
-                    info.client_cert
-                        .map_or("none".to_owned(), |c| sha256_hex(&c))
-                ),
-                None => "unknown".to_owned(),
-            };
+            let who = peer.map_or("unknown".to_owned(), |info| info.addr.to_string());
             let text = format!(
                 "{} {} {} {who}",
                 request.method(),
@@ -424,14 +363,6 @@ fn whoami_backend(peers: Arc<PeerTable>) -> SocketAddr {
         }
     });
     addr
-}
-
-fn sha256_hex(bytes: &[u8]) -> String {
-    ring::digest::digest(&ring::digest::SHA256, bytes)
-        .as_ref()
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect()
 }
 
 /// A plain backend that records every byte it receives and answers every head with
@@ -483,21 +414,15 @@ fn requests_round_trip_and_the_peer_table_names_the_real_client() {
 
     let first = client.get("/first");
     assert_eq!(first.status, 200, "{first:?}");
-    assert_eq!(first.body, format!("GET /first 0 {me} Api none"));
+    assert_eq!(first.body, format!("GET /first 0 {me}"));
     assert_eq!(h.peers.len(), 1);
 
     // Keep-alive with a body, then a pipelined pair: framing and order hold.
     let pipelined =
         b"POST /body HTTP/1.1\r\nContent-Length: 5\r\n\r\nhelloGET /after HTTP/1.1\r\n\r\n";
     client.send(pipelined).expect("send pipelined");
-    assert_eq!(
-        client.response().body,
-        format!("POST /body 5 {me} Api none")
-    );
-    assert_eq!(
-        client.response().body,
-        format!("GET /after 0 {me} Api none")
-    );
+    assert_eq!(client.response().body, format!("POST /body 5 {me}"));
+    assert_eq!(client.response().body, format!("GET /after 0 {me}"));
 
     drop(client);
     h.wait_until_quiet();
@@ -516,17 +441,14 @@ fn large_bodies_stream_through_in_both_directions() {
     let mut upload = b"PUT /upload HTTP/1.1\r\nContent-Length: 300000\r\n\r\n".to_vec();
     upload.extend((0..300_000u32).map(|i| (i % 251) as u8));
     client.send(&upload).expect("send upload");
-    assert_eq!(
-        client.response().body,
-        format!("PUT /upload 300000 {me} Api none")
-    );
+    assert_eq!(client.response().body, format!("PUT /upload 300000 {me}"));
 
     let download = client.get("/big");
     assert_eq!(download.status, 200);
     assert_eq!(download.body.len(), BIG);
     assert!(download.body.bytes().all(|b| b == b'x'));
     // The connection is still in step after both.
-    assert_eq!(client.get("/end").body, format!("GET /end 0 {me} Api none"));
+    assert_eq!(client.get("/end").body, format!("GET /end 0 {me}"));
 }
 
 #[test]
@@ -542,27 +464,6 @@ fn a_request_that_bypasses_the_front_finds_no_peer() {
     let mut answer = String::new();
     direct.read_to_string(&mut answer).expect("read answer");
     assert!(answer.ends_with("GET /direct 0 unknown"), "{answer}");
-}
-
-#[test]
-fn tunnel_listener_records_the_verified_client_certificate() {
-    let peers = Arc::new(PeerTable::new());
-    let backend = whoami_backend(Arc::clone(&peers));
-    let h = Harness::start_with(
-        test_limits(),
-        backend,
-        peers,
-        tunnel_server_config(),
-        ListenerKind::Tunnel,
-        None,
-    );
-    let mut client = Client::connect(h.addr, client_config(true));
-    let me = client.local_addr();
-    let want = format!(
-        "GET /hello 0 {me} Tunnel {}",
-        sha256_hex(&pki().client_cert)
-    );
-    assert_eq!(client.get("/hello").body, want);
 }
 
 #[test]
@@ -823,15 +724,9 @@ fn expect_100_continue_is_answered_by_the_front_and_never_reaches_tiny_http() {
     assert_eq!(client.line(), "HTTP/1.1 100 Continue");
     assert_eq!(client.line(), "");
     client.send(&[b'b'; 600]).expect("send body");
-    assert_eq!(
-        client.response().body,
-        format!("PUT /upload 600 {me} Api none")
-    );
+    assert_eq!(client.response().body, format!("PUT /upload 600 {me}"));
     // tiny_http would have sent a second 100 Continue had it seen the header.
-    assert_eq!(
-        client.get("/after").body,
-        format!("GET /after 0 {me} Api none")
-    );
+    assert_eq!(client.get("/after").body, format!("GET /after 0 {me}"));
 }
 
 #[test]
@@ -849,14 +744,11 @@ fn the_100_continue_waits_for_the_response_in_flight_before_it() {
         .send(b"POST /next HTTP/1.1\r\nExpect: 100-continue\r\nContent-Length: 3\r\n\r\n")
         .expect("send second head");
     // The first response, not the 100, comes first, although the backend takes 500 ms.
-    assert_eq!(client.response().body, format!("GET /slow 0 {me} Api none"));
+    assert_eq!(client.response().body, format!("GET /slow 0 {me}"));
     assert_eq!(client.line(), "HTTP/1.1 100 Continue");
     assert_eq!(client.line(), "");
     client.send(b"abc").expect("send body");
-    assert_eq!(
-        client.response().body,
-        format!("POST /next 3 {me} Api none")
-    );
+    assert_eq!(client.response().body, format!("POST /next 3 {me}"));
 }
 
 /// Answers `GET /local` (and `HEAD`) itself and declines everything else.
@@ -881,7 +773,6 @@ fn start_with_answerer(backend: SocketAddr, peers: Arc<PeerTable>) -> Harness {
         backend,
         peers,
         api_server_config(),
-        ListenerKind::Api,
         Some(Arc::new(TestAnswer)),
     )
 }
@@ -906,11 +797,8 @@ fn local_answers_never_overtake_a_response_from_the_backend() {
         client
             .send(b"GET /local HTTP/1.1\r\n\r\n")
             .expect("send local");
-        assert_eq!(client.response().body, format!("GET /slow 0 {me} Api none"));
-        assert_eq!(
-            client.response().body,
-            format!("GET /local 0 {me} Api none")
-        );
+        assert_eq!(client.response().body, format!("GET /slow 0 {me}"));
+        assert_eq!(client.response().body, format!("GET /local 0 {me}"));
     }
     // After a large chunked response, a body and a HEAD, the front knows all were
     // answered and answers again itself.
@@ -919,7 +807,7 @@ fn local_answers_never_overtake_a_response_from_the_backend() {
         .expect("send more");
     let big = client.response();
     assert_eq!(big.body.len(), BIG);
-    assert_eq!(client.response().body, format!("POST /b 2 {me} Api none"));
+    assert_eq!(client.response().body, format!("POST /b 2 {me}"));
     let head = client.line();
     assert!(head.starts_with("HTTP/1.1 200"), "{head}");
     while !client.line().is_empty() {}
@@ -928,17 +816,11 @@ fn local_answers_never_overtake_a_response_from_the_backend() {
     client
         .send(b"GET /local HTTP/1.1\r\nContent-Length: 1\r\n\r\nz")
         .expect("send with body");
-    assert_eq!(
-        client.response().body,
-        format!("GET /local 1 {me} Api none")
-    );
+    assert_eq!(client.response().body, format!("GET /local 1 {me}"));
     client
         .send(b"GET /local HTTP/1.1\r\nConnection: close\r\n\r\nGET /never HTTP/1.1\r\n\r\n")
         .expect("send last");
-    assert_eq!(
-        client.response().body,
-        format!("GET /local 0 {me} Api none")
-    );
+    assert_eq!(client.response().body, format!("GET /local 0 {me}"));
     assert!(
         client.rest_until_closed().is_empty(),
         "nothing after the last request"
@@ -967,6 +849,26 @@ fn a_connection_answered_only_in_the_front_sends_nothing_to_the_backend() {
         *recorder.received.lock().expect("log"),
         b"GET /backend HTTP/1.1\r\nHost: localhost\r\n\r\n".to_vec()
     );
+}
+
+#[test]
+fn a_handler_slower_than_the_idle_timeout_still_gets_its_answer_through() {
+    let limits = Limits {
+        idle_timeout: Duration::from_millis(300),
+        ..test_limits()
+    };
+    let peers = Arc::new(PeerTable::new());
+    let h = Harness::start(limits, whoami_backend(Arc::clone(&peers)), peers);
+    let mut client = h.client();
+    let me = client.local_addr();
+    // The backend works five idle timeouts on it; the client is waiting, not idle.
+    let answer = client.get("/slower");
+    assert_eq!(answer.status, 200);
+    assert_eq!(answer.body, format!("GET /slower 0 {me}"));
+    // Once answered, the idle timer runs again.
+    let started = Instant::now();
+    assert!(client.rest_until_closed().is_empty());
+    assert!(started.elapsed() < Duration::from_millis(1500));
 }
 
 #[test]
@@ -1118,7 +1020,7 @@ fn exhaust_descriptors_then_serve() {
     sock.set_read_timeout(Some(STUCK)).expect("read timeout");
     sock.set_write_timeout(Some(STUCK)).expect("write timeout");
     let name = ServerName::try_from("localhost").expect("server name");
-    let tls = ClientConnection::new(client_config(false), name).expect("client connection");
+    let tls = ClientConnection::new(client_config(), name).expect("client connection");
     let mut client = Client {
         tls,
         sock,
