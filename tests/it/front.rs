@@ -11,9 +11,20 @@ use crate::harness::{Daemon, Options, Tls};
 #[test]
 fn connection_cap_refuses_extra_clients_quickly_and_recovers() {
     let d = Daemon::start("front-cap", Options::default().set("max_connections", 4));
-    // Four idle TLS connections fill the API listener.
-    let held: Vec<_> = (0..4).map(|_| d.client().connect().unwrap()).collect();
-    std::thread::sleep(Duration::from_millis(200));
+    // Four TLS connections, each proven to hold a slot by a served keep-alive request,
+    // fill the API listener. (An overflow connection also completes its handshake, and the
+    // harness's own readiness probe may still hold a slot for a moment: retry those.)
+    let held: Vec<_> = (0..4)
+        .map(|_| {
+            crate::harness::eventually(Duration::from_secs(10), "a slot under the cap", || {
+                let mut tls = d.client().connect().ok()?;
+                let head = format!("GET /api/health HTTP/1.1\r\nHost: {}\r\n\r\n", d.api);
+                tls.write_all(head.as_bytes()).ok()?;
+                let r = crate::harness::read_response(&mut tls, false).ok()?;
+                (r.status == 200).then_some(tls)
+            })
+        })
+        .collect();
     let start = Instant::now();
     // A 503 with the documented body, or a connection closed outright: both are clean.
     if let Ok(r) = d.client().try_request("GET", "/api/health", &[], b"") {
