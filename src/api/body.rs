@@ -210,14 +210,24 @@ pub fn parse_query(q: &str) -> Vec<(String, String)> {
     q.split('&')
         .filter(|p| !p.is_empty())
         .map(|p| match p.split_once('=') {
-            Some((k, v)) => (percent_decode(k), percent_decode(v)),
-            None => (percent_decode(p), String::new()),
+            Some((k, v)) => (query_decode(k), query_decode(v)),
+            None => (query_decode(p), String::new()),
         })
         .collect()
 }
 
-/// Decodes `%XX` escapes and `+`; invalid escapes are kept literally.
+/// Decodes a path segment: `%XX` escapes only (a `+` in a path is a plus, RFC 3986);
+/// invalid escapes are kept literally.
 pub fn percent_decode(s: &str) -> String {
+    decode(s, false)
+}
+
+/// Decodes a query component: `%XX` escapes, and `+` as a space (HTML forms).
+pub fn query_decode(s: &str) -> String {
+    decode(s, true)
+}
+
+fn decode(s: &str, plus_is_space: bool) -> String {
     let b = s.as_bytes();
     let mut out = Vec::with_capacity(b.len());
     let mut i = 0;
@@ -239,7 +249,7 @@ pub fn percent_decode(s: &str) -> String {
                     }
                 }
             }
-            b'+' => {
+            b'+' if plus_is_space => {
                 out.push(b' ');
                 i += 1;
             }

@@ -24,8 +24,8 @@ use std::time::Duration;
 
 use serde_json::Value;
 
-pub use routes::{route_table, Access, Route};
-pub use spool_files::SpoolAnswerer;
+pub use routes::{dispatch, match_path, route_path, route_table, Access, Incoming, Route};
+pub use spool_files::{spool_segments, SpoolAnswerer};
 
 use crate::auth::{Authenticator, Session};
 use crate::ca::Ca;

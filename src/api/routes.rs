@@ -262,8 +262,9 @@ pub fn route_table() -> Vec<Route> {
     ]
 }
 
-/// Matches `path` against a pattern, returning the decoded parameters.
-fn match_path(pattern: &str, path: &str) -> Option<Vec<String>> {
+/// Matches `path` against a pattern, returning the decoded parameters. Public for the
+/// fuzz targets (fuzz/), which hold it to the router's rules.
+pub fn match_path(pattern: &str, path: &str) -> Option<Vec<String>> {
     let mut params = Vec::new();
     let mut p = pattern.split('/');
     let mut s = path.split('/');
@@ -284,8 +285,9 @@ fn match_path(pattern: &str, path: &str) -> Option<Vec<String>> {
 
 /// The path a request is routed by. On `/api` the appliance's own web server merges
 /// repeated slashes and ignores a trailing slash, and its clients rely on that
-/// (`//api/systems/`); every other path (the spool above all) must match exactly.
-fn route_path(raw: &str) -> Cow<'_, str> {
+/// (`//api/systems/`); every other path (the spool above all) must match exactly. Public
+/// for the fuzz targets.
+pub fn route_path(raw: &str) -> Cow<'_, str> {
     let trailing = raw.len() > 1 && raw.ends_with('/');
     if !(trailing || raw.contains("//")) {
         return Cow::Borrowed(raw);
@@ -435,6 +437,25 @@ mod tests {
         );
         assert_eq!(match_path("/api/users/{name}", "/api/users/"), None);
         assert_eq!(match_path("/api/users/{name}", "/api/users/a/b"), None);
+    }
+
+    /// Found by the `route_path` fuzz target: the router read a `+` in a path segment as
+    /// a space (the query rule), while the front's spool answerer took it as a plus, so
+    /// the two ways of answering a poll looked for different tokens.
+    #[test]
+    fn a_plus_in_a_path_segment_is_a_plus_on_both_ways() {
+        let path = "/replication/v1/spool/01tatus.jso23456789\\abcdef+123456stat/useson";
+        let (token, name) = super::super::spool_files::spool_segments(path).unwrap();
+        assert_eq!(
+            match_path("/replication/v1/spool/{token}/{file}", path),
+            Some(vec![token.to_string(), name.to_string()])
+        );
+        assert_eq!(token, "01tatus.jso23456789\\abcdef+123456stat");
+        // In a query a `+` is still a space, as HTML forms send it.
+        assert_eq!(
+            body::parse_query("note=a+b%2Bc"),
+            [("note".into(), "a b+c".into())]
+        );
     }
 
     #[test]

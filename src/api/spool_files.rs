@@ -172,7 +172,8 @@ fn response_headers<'a>(
 
 /// The token and file segments of an exact spool path, or `None` for anything the
 /// router could read differently (encoded bytes, a query, a fragment, more segments).
-fn spool_segments(target: &str) -> Option<(&str, &str)> {
+/// Public for the fuzz targets, which hold it to the router's reading.
+pub fn spool_segments(target: &str) -> Option<(&str, &str)> {
     let rest = target.strip_prefix(PREFIX)?;
     if rest.contains(['%', '?', '#']) {
         return None;
