@@ -895,7 +895,7 @@ impl<'c, 'l, W: Write> Session<'c, 'l, W> {
         if self.poisoned == Some(cur.seq) || written == 0 {
             return;
         }
-        if let Err(e) = file.sync_data() {
+        if let Err(e) = file.checkpoint() {
             log::warn!("replication: checkpoint of {}: {e}", cur.offer.name);
             return;
         }

@@ -122,7 +122,7 @@ impl Sink {
                 .stack_size(128 * 1024)
                 .spawn(move || {
                     while let Some(job) = mailbox.take() {
-                        match job.handle.sync_data() {
+                        match job.handle.checkpoint() {
                             Ok(()) => {
                                 if let Err(e) = store.write(|tx| tx.put_partial(&uuid, &job.row)) {
                                     log::warn!(
