@@ -10,8 +10,8 @@ use std::os::unix::fs::OpenOptionsExt;
 use std::path::Path;
 
 /// File operations in the order fsx issues them (public only so that `PartialFile` can
-/// name it: the module is private to fsx, so nothing else can reach or implement it). Paths are the caller's; a file is the
-/// handle `create_new`/`open_partial` returned.
+/// name it: the module is private to fsx, so nothing else can reach or implement it).
+/// Paths are the caller's; a file is the handle `create_new`/`open_partial` returned.
 pub trait Disk {
     type File;
     /// Creates a new regular file (mode 0600, never through a symlink, never over an
