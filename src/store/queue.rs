@@ -7,7 +7,6 @@ use redb::ReadableTable;
 use serde::{Deserialize, Serialize};
 
 use super::read::{self, Tables};
-use super::txn::put;
 use super::{decode, schema, Result, Store, Txn};
 use crate::model::UnixTime;
 
@@ -269,13 +268,14 @@ fn finished_items(
 
 fn latest_items(tx: &impl Tables, target_id: u64) -> Result<Vec<(String, LatestItem)>> {
     let mut out = Vec::new();
-    for row in tx.open(schema::QUEUE_LATEST)?.range((target_id, "")..)? {
+    let from = schema::QUEUE_LATEST.key((target_id, ""));
+    for row in tx.open(schema::QUEUE_LATEST)?.range(from.as_slice()..)? {
         let (k, v) = row?;
-        let (tid, backup) = k.value();
+        let (tid, backup) = read::key_of(schema::QUEUE_LATEST, k.value())?;
         if tid != target_id {
             break;
         }
-        out.push((backup.to_string(), decode("queue_latest", v.value())?));
+        out.push((backup, decode("queue_latest", v.value())?));
     }
     Ok(out)
 }
@@ -286,9 +286,10 @@ fn latest_item(tx: &impl Tables, target_id: u64, backup: &str) -> Result<Option<
 
 fn received(tx: &impl Tables, uuid: &str) -> Result<Vec<ReceivedRecord>> {
     let mut out = Vec::new();
-    for row in tx.open(schema::RECEIVED)?.range((uuid, "")..)? {
+    let prefix = schema::name_prefix(uuid);
+    for row in tx.open(schema::RECEIVED)?.range(prefix.as_slice()..)? {
         let (k, v) = row?;
-        if k.value().0 != uuid {
+        if !k.value().starts_with(&prefix) {
             break;
         }
         out.push(decode("received", v.value())?);
@@ -308,7 +309,8 @@ fn partials(tx: &impl Tables) -> Result<Vec<(String, PartialRecord)>> {
     let mut out = Vec::new();
     for row in tx.open(schema::PARTIALS)?.iter()? {
         let (k, v) = row?;
-        out.push((k.value().0.to_string(), decode("partials", v.value())?));
+        let (uuid, _) = read::key_of(schema::PARTIALS, k.value())?;
+        out.push((uuid, decode("partials", v.value())?));
     }
     Ok(out)
 }
@@ -369,13 +371,11 @@ impl Store {
 
 impl Txn {
     pub fn put_replication_config(&self, c: &ReplicationConfig) -> Result<()> {
-        let mut t = self.inner.open_table(schema::REPLICATION_SETTINGS)?;
-        put(&mut t, "replication_settings", CONFIG_KEY, c)
+        self.put(schema::REPLICATION_SETTINGS, CONFIG_KEY, c)
     }
 
     pub fn put_throttle(&self, v: &ThrottleRecord) -> Result<()> {
-        let mut t = self.inner.open_table(schema::REPLICATION_SETTINGS)?;
-        put(&mut t, "replication_settings", THROTTLE_KEY, v)
+        self.put(schema::REPLICATION_SETTINGS, THROTTLE_KEY, v)
     }
 
     /// A fresh item id, never reused.
@@ -404,21 +404,11 @@ impl Txn {
     /// ones moved to the history (newest last). Keeps the latest-item index in step.
     pub fn put_item(&self, item: &QueueItem) -> Result<()> {
         if item.status.is_finished() {
-            self.inner.open_table(schema::QUEUE)?.remove(item.id)?;
+            self.remove(schema::QUEUE, item.id)?;
             let seq = self.take_id(schema::META_NEXT_DONE_SEQ, 1)?;
-            put(
-                &mut self.inner.open_table(schema::QUEUE_DONE)?,
-                "queue_done",
-                seq,
-                item,
-            )?;
+            self.put(schema::QUEUE_DONE, seq, item)?;
         } else {
-            put(
-                &mut self.inner.open_table(schema::QUEUE)?,
-                "queue",
-                item.id,
-                item,
-            )?;
+            self.put(schema::QUEUE, item.id, item)?;
         }
         let key = (item.target_id, item.backup.as_str());
         let current = latest_item(&self.inner, item.target_id, &item.backup)?;
@@ -430,12 +420,7 @@ impl Txn {
                 version: item.version,
                 status: item.status,
             };
-            put(
-                &mut self.inner.open_table(schema::QUEUE_LATEST)?,
-                "queue_latest",
-                key,
-                &entry,
-            )?;
+            self.put(schema::QUEUE_LATEST, key, &entry)?;
         }
         Ok(())
     }
@@ -448,17 +433,16 @@ impl Txn {
                 .map(|i| i.target_id == target_id)
                 .unwrap_or(false)
         };
-        self.inner.open_table(schema::QUEUE)?.retain(|_, v| {
+        self.table(schema::QUEUE)?.retain(|_, v| {
             let drop = of_target(v);
             n += u64::from(drop);
             !drop
         })?;
-        self.inner
-            .open_table(schema::QUEUE_DONE)?
+        self.table(schema::QUEUE_DONE)?
             .retain(|_, v| !of_target(v))?;
-        self.inner
-            .open_table(schema::QUEUE_LATEST)?
-            .retain(|k, _| k.0 != target_id)?;
+        let prefix = target_id.to_be_bytes();
+        self.table(schema::QUEUE_LATEST)?
+            .retain(|k, _| !k.starts_with(&prefix))?;
         Ok(n)
     }
 
@@ -467,8 +451,7 @@ impl Txn {
     }
 
     pub fn put_received(&self, uuid: &str, r: &ReceivedRecord) -> Result<()> {
-        let mut t = self.inner.open_table(schema::RECEIVED)?;
-        put(&mut t, "received", (uuid, r.backup.as_str()), r)
+        self.put(schema::RECEIVED, (uuid, &r.backup), r)
     }
 
     pub fn partial(&self, uuid: &str, backup: &str) -> Result<Option<PartialRecord>> {
@@ -476,16 +459,11 @@ impl Txn {
     }
 
     pub fn put_partial(&self, uuid: &str, p: &PartialRecord) -> Result<()> {
-        let mut t = self.inner.open_table(schema::PARTIALS)?;
-        put(&mut t, "partials", (uuid, p.backup.as_str()), p)
+        self.put(schema::PARTIALS, (uuid, &p.backup), p)
     }
 
     pub fn delete_partial(&self, uuid: &str, backup: &str) -> Result<bool> {
-        Ok(self
-            .inner
-            .open_table(schema::PARTIALS)?
-            .remove((uuid, backup))?
-            .is_some())
+        self.remove(schema::PARTIALS, (uuid, backup))
     }
 }
 

@@ -3,62 +3,74 @@
 //! read methods use, so it sees its own uncommitted writes). `Store` and `Txn` expose these
 //! as one-line methods; a read of two tables reads both in the same transaction.
 
-use redb::{
-    Key, ReadTransaction, ReadableTable, ReadableTableMetadata, TableDefinition, TableHandle,
-    Value, WriteTransaction,
-};
+use redb::{ReadTransaction, ReadableTable, ReadableTableMetadata, WriteTransaction};
 use serde::de::DeserializeOwned;
 
 use super::records::{
     AuditRecord, CertRecord, OpenRequest, RequestRecord, RequestSummary, SessionRecord,
     SystemRecord, TargetRecord, UserRecord,
 };
-use super::{decode, schema, Result};
+use super::schema::{self, Def, Id, KeyCodec};
+use super::{decode, Result, StoreError};
 
 /// A transaction that tables can be opened in for reading.
 pub trait Tables {
-    fn open<K: Key + 'static, V: Value + 'static>(
+    fn open<K: KeyCodec>(
         &self,
-        def: TableDefinition<K, V>,
-    ) -> Result<impl ReadableTable<K, V> + '_>;
+        def: Def<K>,
+    ) -> Result<impl ReadableTable<&'static [u8], &'static [u8]> + '_>;
 }
 
 impl Tables for ReadTransaction {
-    fn open<K: Key + 'static, V: Value + 'static>(
+    fn open<K: KeyCodec>(
         &self,
-        def: TableDefinition<K, V>,
-    ) -> Result<impl ReadableTable<K, V> + '_> {
-        Ok(self.open_table(def)?)
+        def: Def<K>,
+    ) -> Result<impl ReadableTable<&'static [u8], &'static [u8]> + '_> {
+        Ok(self.open_table(def.raw())?)
     }
 }
 
 impl Tables for WriteTransaction {
-    fn open<K: Key + 'static, V: Value + 'static>(
+    fn open<K: KeyCodec>(
         &self,
-        def: TableDefinition<K, V>,
-    ) -> Result<impl ReadableTable<K, V> + '_> {
-        Ok(self.open_table(def)?)
+        def: Def<K>,
+    ) -> Result<impl ReadableTable<&'static [u8], &'static [u8]> + '_> {
+        Ok(self.open_table(def.raw())?)
     }
 }
 
-/// A JSON-valued table: its definition and the name errors report.
-type JsonTable<K> = TableDefinition<'static, K, &'static [u8]>;
+/// A stored key of `def`, decoded.
+pub(super) fn key_of<K: KeyCodec>(def: Def<K>, bytes: &[u8]) -> Result<K::Owned> {
+    K::decode(bytes).ok_or_else(|| StoreError::Corrupt {
+        table: def.name().to_owned(),
+        detail: format!("undecodable key {bytes:02x?}"),
+    })
+}
 
 /// The record stored under `key`, decoded.
-pub(super) fn get<'k, K: Key + 'static, T: DeserializeOwned>(
+pub(super) fn get<K: KeyCodec, T: DeserializeOwned>(
     tx: &impl Tables,
-    def: JsonTable<K>,
-    key: impl std::borrow::Borrow<K::SelfType<'k>>,
+    def: Def<K>,
+    key: K::Ref<'_>,
 ) -> Result<Option<T>> {
     let t = tx.open(def)?;
-    let v = t.get(key)?;
+    let v = t.get(def.key(key).as_slice())?;
     v.map(|v| decode(def.name(), v.value())).transpose()
 }
 
-/// Every value of a JSON-valued table, decoded, in key order.
-pub(super) fn values<K: Key + 'static, T: DeserializeOwned>(
+/// Whether `key` is stored in `def`.
+pub(super) fn contains<K: KeyCodec>(
     tx: &impl Tables,
-    def: JsonTable<K>,
+    def: Def<K>,
+    key: K::Ref<'_>,
+) -> Result<bool> {
+    Ok(tx.open(def)?.get(def.key(key).as_slice())?.is_some())
+}
+
+/// Every value of a table, decoded, in key order.
+pub(super) fn values<K: KeyCodec, T: DeserializeOwned>(
+    tx: &impl Tables,
+    def: Def<K>,
 ) -> Result<Vec<T>> {
     let mut out = Vec::new();
     for row in tx.open(def)?.iter()? {
@@ -68,21 +80,31 @@ pub(super) fn values<K: Key + 'static, T: DeserializeOwned>(
     Ok(out)
 }
 
-/// Rows of a `u64`-keyed JSON-valued table with id > `after`, decoded, in key order, at
-/// most `limit`.
+/// Every key of a table, decoded, in key order.
+pub(super) fn keys<K: KeyCodec>(tx: &impl Tables, def: Def<K>) -> Result<Vec<K::Owned>> {
+    let mut out = Vec::new();
+    for row in tx.open(def)?.iter()? {
+        let (k, _) = row?;
+        out.push(key_of(def, k.value())?);
+    }
+    Ok(out)
+}
+
+/// Rows of an id-keyed table with id > `after`, decoded, in key order, at most `limit`.
 fn id_rows<T: DeserializeOwned>(
     tx: &impl Tables,
-    def: JsonTable<u64>,
+    def: Def<Id>,
     after: u64,
     limit: usize,
 ) -> Result<Vec<(u64, T)>> {
     let mut out = Vec::new();
-    for row in tx.open(def)?.range(after.saturating_add(1)..)? {
+    let from = def.key(after.saturating_add(1));
+    for row in tx.open(def)?.range(from.as_slice()..)? {
         if out.len() >= limit {
             break;
         }
         let (k, v) = row?;
-        out.push((k.value(), decode(def.name(), v.value())?));
+        out.push((key_of(def, k.value())?, decode(def.name(), v.value())?));
     }
     Ok(out)
 }
@@ -168,11 +190,9 @@ fn scan_requests(
         return Ok(());
     }
     let requests = tx.open(schema::REQUESTS)?;
+    let from = schema::REQUESTS.key(after.saturating_add(1));
     if open_only {
-        for row in tx
-            .open(schema::OPEN_REQUESTS)?
-            .range(after.saturating_add(1)..)?
-        {
+        for row in tx.open(schema::OPEN_REQUESTS)?.range(from.as_slice()..)? {
             let (k, _) = row?;
             if let Some(v) = requests.get(k.value())? {
                 if !offer(v.value())? {
@@ -181,7 +201,7 @@ fn scan_requests(
             }
         }
     } else {
-        for row in requests.range(after.saturating_add(1)..)? {
+        for row in requests.range(from.as_slice()..)? {
             let (_, v) = row?;
             if !offer(v.value())? {
                 break;
@@ -212,24 +232,26 @@ pub(super) fn certs(tx: &impl Tables) -> Result<Vec<CertRecord>> {
 }
 
 pub(super) fn is_revoked(tx: &impl Tables, serial: &str) -> Result<bool> {
-    Ok(tx.open(schema::REVOKED)?.get(serial)?.is_some())
+    contains(tx, schema::REVOKED, serial)
 }
 
 /// Revoked, or retired after its grace: a new tunnel handshake with it is refused.
 pub(super) fn refuses_handshake(tx: &impl Tables, serial: &str) -> Result<bool> {
-    Ok(is_revoked(tx, serial)? || tx.open(schema::RETIRED)?.get(serial)?.is_some())
+    Ok(is_revoked(tx, serial)? || contains(tx, schema::RETIRED, serial)?)
 }
 
 /// Every certificate of `system_id`, oldest generation first.
 pub(super) fn lineage(tx: &impl Tables, system_id: u64) -> Result<Vec<CertRecord>> {
     let certs = tx.open(schema::CERTS)?;
     let mut out = Vec::new();
+    let (first, last) = lineage_of(system_id);
     for row in tx
         .open(schema::LINEAGE)?
-        .range((system_id, 0)..=(system_id, u64::MAX))?
+        .range(first.as_slice()..=last.as_slice())?
     {
         let (_, serial) = row?;
-        if let Some(v) = certs.get(serial.value())? {
+        let serial: String = decode("lineage", serial.value())?;
+        if let Some(v) = certs.get(schema::CERTS.key(&serial).as_slice())? {
             out.push(decode("certs", v.value())?);
         }
     }
@@ -239,16 +261,25 @@ pub(super) fn lineage(tx: &impl Tables, system_id: u64) -> Result<Vec<CertRecord
 /// One past the newest generation of `system_id` (1 for a system without certificates).
 pub(super) fn next_generation(tx: &impl Tables, system_id: u64) -> Result<u64> {
     let lineage = tx.open(schema::LINEAGE)?;
-    let mut range = lineage.range((system_id, 0)..=(system_id, u64::MAX))?;
+    let (first, last) = lineage_of(system_id);
+    let mut range = lineage.range(first.as_slice()..=last.as_slice())?;
     let last = match range.next_back() {
-        Some(row) => row?.0.value().1,
+        Some(row) => key_of(schema::LINEAGE, row?.0.value())?.1,
         None => 0,
     };
     Ok(last + 1)
 }
 
+/// The first and the last possible key of `system_id`'s lineage.
+fn lineage_of(system_id: u64) -> (Vec<u8>, Vec<u8>) {
+    (
+        schema::LINEAGE.key((system_id, 0)),
+        schema::LINEAGE.key((system_id, u64::MAX)),
+    )
+}
+
 pub(super) fn grace_until(tx: &impl Tables, serial: &str) -> Result<Option<i64>> {
-    Ok(tx.open(schema::GRACE)?.get(serial)?.map(|v| v.value()))
+    get(tx, schema::GRACE, serial)
 }
 
 /// Serials whose grace window ended at or before `now`.
@@ -256,20 +287,15 @@ pub(super) fn grace_ended(tx: &impl Tables, now: i64) -> Result<Vec<String>> {
     let mut out = Vec::new();
     for row in tx.open(schema::GRACE)?.iter()? {
         let (serial, until) = row?;
-        if until.value() <= now {
-            out.push(serial.value().to_string());
+        if decode::<i64>("grace", until.value())? <= now {
+            out.push(key_of(schema::GRACE, serial.value())?);
         }
     }
     Ok(out)
 }
 
 pub(super) fn revoked_serials(tx: &impl Tables) -> Result<Vec<String>> {
-    let mut out = Vec::new();
-    for row in tx.open(schema::REVOKED)?.iter()? {
-        let (k, _) = row?;
-        out.push(k.value().to_string());
-    }
-    Ok(out)
+    keys(tx, schema::REVOKED)
 }
 
 pub(super) fn targets(tx: &impl Tables) -> Result<Vec<TargetRecord>> {

@@ -6,7 +6,7 @@ use std::fmt;
 
 use serde::{Deserialize, Serialize};
 
-use super::{encode, read, schema, Result, Store, Txn};
+use super::{read, schema, Result, Store, Txn};
 use crate::model::UnixTime;
 
 /// A pairing token a target's admin issued.
@@ -74,9 +74,6 @@ impl Txn {
     }
 
     pub fn put_token(&self, r: &TokenRecord) -> Result<()> {
-        self.inner
-            .open_table(schema::PAIRING_TOKENS)?
-            .insert(r.id.as_str(), encode("pairing_tokens", r)?.as_slice())?;
-        Ok(())
+        self.put(schema::PAIRING_TOKENS, &r.id, r)
     }
 }

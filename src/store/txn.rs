@@ -12,7 +12,8 @@ use super::records::{
     AuditRecord, CertRecord, OpenRequest, RequestRecord, RequestStatus, SessionRecord,
     SystemRecord, TargetRecord, UserRecord,
 };
-use super::{decode, encode, read, schema, Result, StoreError, UserWrite};
+use super::schema::{Def, Id, KeyCodec};
+use super::{decode, encode, legacy, read, schema, Result, StoreError, UserWrite};
 use crate::model::{Privilege, UnixTime};
 
 /// The first id handed to a stored system; id 1 is the local appliance.
@@ -28,16 +29,8 @@ pub struct Txn {
     pub(super) audited: RefCell<Vec<(u64, AuditRecord)>>,
 }
 
-/// Encodes `value` and stores it under `key` in the JSON-valued table `t`.
-pub(super) fn put<'k, K: redb::Key + 'static, T: Serialize>(
-    t: &mut Table<K, &'static [u8]>,
-    table: &str,
-    key: impl std::borrow::Borrow<K::SelfType<'k>>,
-    value: &T,
-) -> Result<()> {
-    t.insert(key, encode(table, value)?.as_slice())?;
-    Ok(())
-}
+/// A table opened for writing.
+pub(super) type TableMut<'t> = Table<'t, &'static [u8], &'static [u8]>;
 
 impl Txn {
     // ---- schema and identity ----
@@ -45,47 +38,52 @@ impl Txn {
     /// Brings the schema to the current version: each step creates what its version
     /// added (opening a table creates it). Refuses a database from a newer version.
     pub(super) fn migrate(&self) -> Result<()> {
-        let found = read::schema_version(&self.inner)?;
+        let found = match legacy::schema_version(&self.inner)? {
+            Some(found) if found <= schema::CURRENT_VERSION => {
+                legacy::rewrite_tables(self)?;
+                found
+            }
+            Some(found) => found,
+            None => read::schema_version(&self.inner)?,
+        };
         if found > schema::CURRENT_VERSION {
             return Err(StoreError::TooNew { found });
         }
         if found < schema::VERSION_INITIAL {
-            self.inner.open_table(schema::USERS)?;
-            self.inner.open_table(schema::SESSIONS)?;
-            self.inner.open_table(schema::AUDIT)?;
+            self.table(schema::USERS)?;
+            self.table(schema::SESSIONS)?;
+            self.table(schema::AUDIT)?;
         }
         if found < schema::VERSION_TARGET_PAIRING {
-            self.inner.open_table(schema::REQUESTS)?;
-            self.inner.open_table(schema::OPEN_REQUESTS)?;
-            self.inner.open_table(schema::SYSTEMS)?;
-            self.inner.open_table(schema::CERTS)?;
-            self.inner.open_table(schema::REVOKED)?;
+            self.table(schema::REQUESTS)?;
+            self.table(schema::OPEN_REQUESTS)?;
+            self.table(schema::SYSTEMS)?;
+            self.table(schema::CERTS)?;
+            self.table(schema::REVOKED)?;
         }
         if found < schema::VERSION_SOURCE_PAIRING {
-            self.inner.open_table(schema::TARGETS)?;
+            self.table(schema::TARGETS)?;
         }
         if found < schema::VERSION_REPLICATION {
-            self.inner.open_table(schema::QUEUE)?;
-            self.inner.open_table(schema::QUEUE_DONE)?;
-            self.inner.open_table(schema::QUEUE_LATEST)?;
-            self.inner.open_table(schema::RECEIVED)?;
-            self.inner.open_table(schema::PARTIALS)?;
-            self.inner.open_table(schema::REPLICATION_SETTINGS)?;
+            self.table(schema::QUEUE)?;
+            self.table(schema::QUEUE_DONE)?;
+            self.table(schema::QUEUE_LATEST)?;
+            self.table(schema::RECEIVED)?;
+            self.table(schema::PARTIALS)?;
+            self.table(schema::REPLICATION_SETTINGS)?;
         }
         if found < schema::VERSION_PAIRING_TOKENS {
-            self.inner.open_table(schema::PAIRING_TOKENS)?;
+            self.table(schema::PAIRING_TOKENS)?;
         }
         if found < schema::VERSION_CERT_LINEAGE {
-            self.inner.open_table(schema::LINEAGE)?;
-            self.inner.open_table(schema::GRACE)?;
-            self.inner.open_table(schema::RETIRED)?;
+            self.table(schema::LINEAGE)?;
+            self.table(schema::GRACE)?;
+            self.table(schema::RETIRED)?;
             self.number_lineages()?;
         }
         if found != schema::CURRENT_VERSION {
-            let mut meta = self.inner.open_table(schema::META)?;
-            put(
-                &mut meta,
-                "meta",
+            self.put(
+                schema::META,
                 schema::META_SCHEMA_VERSION,
                 &schema::CURRENT_VERSION,
             )?;
@@ -114,9 +112,7 @@ impl Txn {
             generation += 1;
             c.generation = generation;
             self.put_cert(&c)?;
-            self.inner
-                .open_table(schema::LINEAGE)?
-                .insert((c.system_id, generation), c.serial.as_str())?;
+            self.put(schema::LINEAGE, (c.system_id, generation), &c.serial)?;
         }
         Ok(())
     }
@@ -132,12 +128,7 @@ impl Txn {
             return Ok(value);
         }
         let value = fresh()?;
-        put(
-            &mut self.inner.open_table(schema::META)?,
-            "meta",
-            key,
-            &value,
-        )?;
+        self.put(schema::META, key, &value)?;
         Ok(value)
     }
 
@@ -165,24 +156,40 @@ impl Txn {
     pub(super) fn take_id(&self, key: &str, floor: u64) -> Result<u64> {
         let stored: Option<u64> = read::get(&self.inner, schema::META, key)?;
         let id = stored.unwrap_or(floor).max(floor);
-        let mut meta = self.inner.open_table(schema::META)?;
-        put(&mut meta, "meta", key, &(id + 1))?;
+        self.put(schema::META, key, &(id + 1))?;
         Ok(id)
     }
 
-    /// Removes `key` from the table `def`; returns whether it was there.
-    fn remove<'k, K: redb::Key + 'static, V: redb::Value + 'static>(
-        &self,
-        def: redb::TableDefinition<K, V>,
-        key: impl std::borrow::Borrow<K::SelfType<'k>>,
-    ) -> Result<bool> {
-        Ok(self.inner.open_table(def)?.remove(key)?.is_some())
+    /// The table `def`, opened for writing (opening creates it).
+    pub(super) fn table<K: KeyCodec>(&self, def: Def<K>) -> Result<TableMut<'_>> {
+        Ok(self.inner.open_table(def.raw())?)
     }
 
-    /// One past the largest key of a `u64`-keyed table, or `empty` for an empty table.
-    fn after_last(&self, def: redb::TableDefinition<u64, &[u8]>, empty: u64) -> Result<u64> {
-        let t = self.inner.open_table(def)?;
-        let last = t.last()?.map(|(k, _)| k.value());
+    /// Encodes `value` and stores it under `key` in `def`.
+    pub(super) fn put<K: KeyCodec, T: Serialize + ?Sized>(
+        &self,
+        def: Def<K>,
+        key: K::Ref<'_>,
+        value: &T,
+    ) -> Result<()> {
+        let value = encode(def.name(), value)?;
+        self.table(def)?
+            .insert(def.key(key).as_slice(), value.as_slice())?;
+        Ok(())
+    }
+
+    /// Removes `key` from the table `def`; returns whether it was there.
+    pub(super) fn remove<K: KeyCodec>(&self, def: Def<K>, key: K::Ref<'_>) -> Result<bool> {
+        Ok(self.table(def)?.remove(def.key(key).as_slice())?.is_some())
+    }
+
+    /// One past the largest key of an id-keyed table, or `empty` for an empty table.
+    fn after_last(&self, def: Def<Id>, empty: u64) -> Result<u64> {
+        let t = self.table(def)?;
+        let last = match t.last()? {
+            Some((k, _)) => Some(read::key_of(def, k.value())?),
+            None => None,
+        };
         Ok(last.map_or(empty, |k| k + 1))
     }
 
@@ -194,9 +201,7 @@ impl Txn {
 
     /// Writes a request and keeps the open-request index in step with its status.
     pub fn put_request(&self, r: &RequestRecord) -> Result<()> {
-        let mut requests = self.inner.open_table(schema::REQUESTS)?;
-        put(&mut requests, "requests", r.id, r)?;
-        let mut open = self.inner.open_table(schema::OPEN_REQUESTS)?;
+        self.put(schema::REQUESTS, r.id, r)?;
         if r.status == RequestStatus::Pending {
             let entry = OpenRequest {
                 system_uuid: r.system_uuid.clone(),
@@ -204,9 +209,9 @@ impl Txn {
                 remote_addr: r.remote_addr.clone(),
                 expires: r.expires,
             };
-            put(&mut open, "open_requests", r.id, &entry)?;
+            self.put(schema::OPEN_REQUESTS, r.id, &entry)?;
         } else {
-            open.remove(r.id)?;
+            self.remove(schema::OPEN_REQUESTS, r.id)?;
         }
         Ok(())
     }
@@ -238,12 +243,7 @@ impl Txn {
     }
 
     pub fn put_system(&self, s: &SystemRecord) -> Result<()> {
-        put(
-            &mut self.inner.open_table(schema::SYSTEMS)?,
-            "systems",
-            s.id,
-            s,
-        )
+        self.put(schema::SYSTEMS, s.id, s)
     }
 
     pub fn delete_system(&self, id: u64) -> Result<bool> {
@@ -266,25 +266,16 @@ impl Txn {
     /// generation already exists.
     pub fn insert_cert(&self, c: &CertRecord) -> Result<bool> {
         let key = (c.system_id, c.generation);
-        if self.cert(&c.serial)?.is_some()
-            || self.inner.open_table(schema::LINEAGE)?.get(key)?.is_some()
-        {
+        if self.cert(&c.serial)?.is_some() || read::contains(&self.inner, schema::LINEAGE, key)? {
             return Ok(false);
         }
         self.put_cert(c)?;
-        self.inner
-            .open_table(schema::LINEAGE)?
-            .insert(key, c.serial.as_str())?;
+        self.put(schema::LINEAGE, key, &c.serial)?;
         Ok(true)
     }
 
     fn put_cert(&self, c: &CertRecord) -> Result<()> {
-        put(
-            &mut self.inner.open_table(schema::CERTS)?,
-            "certs",
-            c.serial.as_str(),
-            c,
-        )
+        self.put(schema::CERTS, &c.serial, c)
     }
 
     /// Applies `change` to the stored certificate `serial`, if there is one.
@@ -310,10 +301,8 @@ impl Txn {
     /// certificate in its grace window leaves it.
     pub fn revoke(&self, serial: &str, now: UnixTime) -> Result<()> {
         self.revoked.set(true);
-        self.inner
-            .open_table(schema::REVOKED)?
-            .insert(serial, now)?;
-        self.inner.open_table(schema::GRACE)?.remove(serial)?;
+        self.put(schema::REVOKED, serial, &now)?;
+        self.remove(schema::GRACE, serial)?;
         self.change_cert(serial, |c| c.revoked_at = Some(now))
     }
 
@@ -333,9 +322,7 @@ impl Txn {
     /// Marks `serial` superseded by a renewal at `now`: it stays valid until `until`
     /// (or until [`Txn::retire`]).
     pub fn supersede(&self, serial: &str, now: UnixTime, until: UnixTime) -> Result<()> {
-        self.inner
-            .open_table(schema::GRACE)?
-            .insert(serial, until)?;
+        self.put(schema::GRACE, serial, &until)?;
         self.change_cert(serial, |c| c.superseded_at = Some(now))
     }
 
@@ -343,17 +330,10 @@ impl Txn {
     /// on. Not a revocation: connections already open with it run to their end. Nothing
     /// for a certificate that is not in its grace window.
     pub fn retire(&self, serial: &str, now: UnixTime) -> Result<bool> {
-        if self
-            .inner
-            .open_table(schema::GRACE)?
-            .remove(serial)?
-            .is_none()
-        {
+        if !self.remove(schema::GRACE, serial)? {
             return Ok(false);
         }
-        self.inner
-            .open_table(schema::RETIRED)?
-            .insert(serial, now)?;
+        self.put(schema::RETIRED, serial, &now)?;
         self.change_cert(serial, |c| c.retired_at = Some(now))?;
         Ok(true)
     }
@@ -374,12 +354,7 @@ impl Txn {
     }
 
     pub fn put_target(&self, r: &TargetRecord) -> Result<()> {
-        put(
-            &mut self.inner.open_table(schema::TARGETS)?,
-            "targets",
-            r.id,
-            r,
-        )
+        self.put(schema::TARGETS, r.id, r)
     }
 
     pub fn delete_target(&self, id: u64) -> Result<bool> {
@@ -443,12 +418,7 @@ impl Txn {
     }
 
     fn put_user(&self, user: &UserRecord) -> Result<()> {
-        put(
-            &mut self.inner.open_table(schema::USERS)?,
-            "users",
-            user.name.as_str(),
-            user,
-        )
+        self.put(schema::USERS, &user.name, user)
     }
 
     /// Whether a superuser would be left if `name` were replaced by `with` (or removed).
@@ -466,12 +436,7 @@ impl Txn {
         session: &SessionRecord,
         audit: &AuditRecord,
     ) -> Result<()> {
-        put(
-            &mut self.inner.open_table(schema::SESSIONS)?,
-            "sessions",
-            token_hash,
-            session,
-        )?;
+        self.put(schema::SESSIONS, token_hash, session)?;
         self.audit(audit)?;
         Ok(())
     }
@@ -480,12 +445,7 @@ impl Txn {
     pub fn touch_session(&self, token_hash: &[u8], now: UnixTime) -> Result<()> {
         if let Some(mut s) = read::session(&self.inner, token_hash)? {
             s.last_used = now;
-            put(
-                &mut self.inner.open_table(schema::SESSIONS)?,
-                "sessions",
-                token_hash,
-                &s,
-            )?;
+            self.put(schema::SESSIONS, token_hash, &s)?;
         }
         Ok(())
     }
@@ -503,7 +463,7 @@ impl Txn {
     /// anyone); returns how many.
     pub fn purge_sessions(&self, expired: impl Fn(&SessionRecord) -> bool) -> Result<u64> {
         let mut n = 0;
-        self.inner.open_table(schema::SESSIONS)?.retain(|_, v| {
+        self.table(schema::SESSIONS)?.retain(|_, v| {
             match decode::<SessionRecord>("sessions", v) {
                 Ok(s) if !expired(&s) => true,
                 _ => {
@@ -525,7 +485,7 @@ impl Txn {
     /// Appends an audit row; returns its sequential id.
     pub fn audit(&self, a: &AuditRecord) -> Result<u64> {
         let id = self.after_last(schema::AUDIT, 1)?;
-        put(&mut self.inner.open_table(schema::AUDIT)?, "audit", id, a)?;
+        self.put(schema::AUDIT, id, a)?;
         self.audited.borrow_mut().push((id, a.clone()));
         Ok(id)
     }
@@ -576,8 +536,7 @@ mod tests {
                         tx.put_cert(&c)?;
                     }
                     tx.revoke("aa", 15)?;
-                    let mut meta = tx.inner.open_table(schema::META)?;
-                    put(&mut meta, "meta", schema::META_SCHEMA_VERSION, &3u64)
+                    tx.put(schema::META, schema::META_SCHEMA_VERSION, &3u64)
                 })
                 .unwrap();
         }
@@ -604,10 +563,7 @@ mod tests {
         crate::fsx::ensure_private_dir(&dir).unwrap();
         let store = Store::open(&dir.join("replgate.redb")).unwrap();
         let err = store
-            .write(|tx| {
-                let mut meta = tx.inner.open_table(schema::META)?;
-                put(&mut meta, "meta", "probe", &Unencodable)
-            })
+            .write(|tx| tx.put(schema::META, "probe", &Unencodable))
             .unwrap_err();
         assert!(
             matches!(&err, StoreError::Encode { table, detail } if table == "meta" && detail.contains("refused")),
