@@ -209,15 +209,45 @@ pub fn copy_private(from: &Path, to: &Path) {
     }
 }
 
+/// A fresh directory for one test's files, under this test process's own root
+/// `replgate-it-<pid>/` in the temporary directory. A run leaves its root behind (a failed
+/// test's daemon logs and data are there to read); the next run removes the roots of
+/// processes that have ended, so runs do not pile up.
 pub fn scratch_dir(name: &str) -> PathBuf {
-    let dir = std::env::temp_dir().join(format!(
-        "replgate-it-{name}-{}-{}",
-        std::process::id(),
-        SEQ.fetch_add(1, Ordering::SeqCst)
-    ));
+    static SWEEP: std::sync::Once = std::sync::Once::new();
+    SWEEP.call_once(remove_roots_of_ended_runs);
+    let dir = std::env::temp_dir()
+        .join(format!("replgate-it-{}", std::process::id()))
+        .join(format!("{name}-{}", SEQ.fetch_add(1, Ordering::SeqCst)));
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(&dir).expect("create scratch dir");
     dir
+}
+
+/// Removes `replgate-it-<pid>` roots (and the older flat `replgate-it-<name>-<pid>-<n>`
+/// directories) whose process is gone.
+fn remove_roots_of_ended_runs() {
+    let Ok(entries) = std::fs::read_dir(std::env::temp_dir()) else {
+        return;
+    };
+    for entry in entries.flatten() {
+        let name = entry.file_name();
+        let Some(rest) = name.to_str().and_then(|n| n.strip_prefix("replgate-it-")) else {
+            continue;
+        };
+        // `<pid>`, or the older `<name>-<pid>-<n>`.
+        let pid_part = if rest.contains('-') {
+            rest.rsplit('-').nth(1)
+        } else {
+            Some(rest)
+        };
+        let Some(pid) = pid_part.and_then(|p| p.parse::<u32>().ok()) else {
+            continue;
+        };
+        if pid != std::process::id() && !Path::new(&format!("/proc/{pid}")).exists() {
+            let _ = std::fs::remove_dir_all(entry.path());
+        }
+    }
 }
 
 /// How to start a daemon.
