@@ -65,30 +65,29 @@ version="$(awk '/^\[/ { in_pkg = ($0 == "[package]") } in_pkg && /^version *=/ {
 
 # ---------------------------------------------------------------------------------------
 install_tools() {
-    local want=() pkg qemu="qemu-user"
-    if ! apt-cache policy qemu-user 2>/dev/null | grep -q 'Candidate: [0-9]'; then
-        qemu="qemu-user-static"
-    fi
+    local want=() pkg
     for pkg in gcc-aarch64-linux-gnu gcc-arm-linux-gnueabihf libc6-dev-arm64-cross \
         libc6-dev-armhf-cross binutils curl groff-base systemd systemd-container; do
         dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q 'ok installed' || want+=("$pkg")
     done
-    command -v qemu-aarch64 >/dev/null && command -v qemu-arm >/dev/null || want+=("$qemu")
+    # .cargo/config.toml's runners are qemu-user's `qemu-aarch64` and `qemu-arm`; a machine
+    # may have only qemu-user-static's `*-static` binaries (which qemu-user does not
+    # replace), so qemu-user is installed whenever those two names are missing.
+    command -v qemu-aarch64 >/dev/null && command -v qemu-arm >/dev/null || want+=(qemu-user)
     if [ ${#want[@]} -gt 0 ]; then
         echo "installing: ${want[*]}"
         apt-get update -qq
         apt-get install -y -qq --no-install-recommends "${want[@]}" >/dev/null
     fi
-    local available=() t
-    for t in "${TARGETS[@]}"; do
-        if rustup target list --installed | grep -qx "$t" || rustup target add "$t"; then
-            available+=("$t")
-        else
-            echo "SKIPPED: rust target $t could not be added (rustup target add failed);" \
-                "its cross build and qemu run are skipped"
-        fi
+    local q
+    for q in qemu-aarch64 qemu-arm; do
+        command -v "$q" >/dev/null || fail "$q is still missing (package qemu-user)"
     done
-    TARGETS=("${available[@]}")
+    local t
+    for t in "${TARGETS[@]}"; do
+        rustup target list --installed | grep -qx "$t" || rustup target add "$t" ||
+            fail "rust target $t could not be added (rustup target add $t)"
+    done
 }
 
 # ---------------------------------------------------------------------------------------
