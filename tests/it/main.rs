@@ -25,6 +25,7 @@ mod pairing;
 mod renewal;
 mod replication;
 mod rng;
+mod rules;
 mod target;
 mod tidy;
 mod tokens;

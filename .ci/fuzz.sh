@@ -1,0 +1,32 @@
+#!/usr/bin/env bash
+# CI: build the coverage-guided fuzz targets (fuzz/, cargo fuzz + libFuzzer on a nightly
+# toolchain) and run each for a bounded time from its committed seeds. A crash fails CI
+# and leaves the input in fuzz/artifacts/<target>/ (make it a regression test, see
+# docs/testing.md, "Fuzzing"). REPLGATE_FUZZ_SECONDS sets the time per target.
+set -euo pipefail
+cd "$(dirname "$0")/../fuzz"
+seconds=${REPLGATE_FUZZ_SECONDS:-20}
+start=$SECONDS
+
+rustup toolchain install nightly --profile minimal >/dev/null
+command -v cargo-fuzz >/dev/null 2>&1 || cargo install cargo-fuzz --locked
+echo "== fuzz: toolchain and cargo-fuzz ready after $((SECONDS - start)) s"
+
+cargo +nightly fuzz build -O
+echo "== fuzz: targets built after $((SECONDS - start)) s"
+
+for target in $(cargo +nightly fuzz list); do
+  mkdir -p "corpus/$target"
+  echo "== fuzz $target (${seconds} s)"
+  # The seeds are read, new inputs go to corpus/ (not committed).
+  log="corpus/$target.log"
+  if ! cargo +nightly fuzz run -O "$target" "corpus/$target" "seeds/$target" -- \
+    -max_total_time="$seconds" -rss_limit_mb=2048 -print_final_stats=1 >"$log" 2>&1; then
+    tail -n 60 "$log" >&2
+    echo "FAILED: fuzz target $target (the input is in fuzz/artifacts/$target/)" >&2
+    exit 1
+  fi
+  grep -E '^#[0-9]+[[:space:]]+DONE' "$log" || true
+done
+rm -rf /dev/shm/replgate-fuzz-api-* 2>/dev/null || true
+echo "== fuzz: done after $((SECONDS - start)) s"
