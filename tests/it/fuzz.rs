@@ -728,29 +728,6 @@ const DOCUMENTED: &[u16] = &[
     200, 201, 202, 400, 401, 403, 404, 405, 409, 412, 413, 429, 502, 503,
 ];
 
-/// The body of a response, with `Transfer-Encoding: chunked` undone (tiny_http chunks
-/// large answers; the harness client reads the raw stream).
-fn body_of(r: &Response) -> Vec<u8> {
-    let chunked = r
-        .header("Transfer-Encoding")
-        .is_some_and(|v| v.eq_ignore_ascii_case("chunked"));
-    if !chunked {
-        return r.body.clone();
-    }
-    let (mut out, mut rest) = (Vec::new(), r.body.as_slice());
-    while let Some(eol) = rest.windows(2).position(|w| w == b"\r\n") {
-        let size = std::str::from_utf8(&rest[..eol])
-            .ok()
-            .and_then(|s| usize::from_str_radix(s.split(';').next().unwrap_or("").trim(), 16).ok());
-        let Some(size) = size.filter(|n| *n > 0 && eol + 2 + n <= rest.len()) else {
-            break;
-        };
-        out.extend_from_slice(&rest[eol + 2..eol + 2 + size]);
-        rest = rest.get(eol + 2 + size + 2..).unwrap_or_default();
-    }
-    out
-}
-
 /// Checks one answer: a documented status, and for an error the documented body.
 fn answer_problem(r: &Response) -> Option<String> {
     if !DOCUMENTED.contains(&r.status) {
@@ -760,7 +737,7 @@ fn answer_problem(r: &Response) -> Option<String> {
             r.text()
         ));
     }
-    let v: Value = match serde_json::from_slice(&body_of(r)) {
+    let v: Value = match serde_json::from_slice(&r.body) {
         Ok(v) => v,
         Err(_) => {
             return Some(format!(

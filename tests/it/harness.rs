@@ -910,6 +910,15 @@ pub fn read_response(stream: &mut impl Read, head_only: bool) -> std::io::Result
                 body.extend_from_slice(&chunk[..n]);
             },
         }
+        // tiny_http sends answers over 32 KiB chunked: undo the coding for every test.
+        let chunked = headers.iter().any(|(k, v)| {
+            k.eq_ignore_ascii_case("transfer-encoding") && v.eq_ignore_ascii_case("chunked")
+        });
+        if chunked && length.is_none() {
+            let mut decoded = Vec::new();
+            replgate::wire::chunked::ChunkedReader::new(&body[..]).read_to_end(&mut decoded)?;
+            body = decoded;
+        }
     }
     Ok(Response {
         status,

@@ -12,6 +12,7 @@ mod compat;
 mod console;
 mod console_browser;
 mod crash;
+mod crash_pair;
 mod ctl;
 mod front;
 mod fuzz;

@@ -239,7 +239,7 @@ fn received_and_verify_need_a_paired_source_and_quota_needs_a_source() {
 // ---- two daemons: backups that move ----
 
 /// Writes a backup the way a backup engine does: under a dot name, then renamed.
-fn write_backup(src: &Daemon, name: &str, bytes: &[u8]) {
+pub(crate) fn write_backup(src: &Daemon, name: &str, bytes: &[u8]) {
     let path = src.data_dir.join("storage").join(name);
     let dir = path.parent().expect("client dir");
     std::fs::create_dir_all(dir).expect("client dir");
@@ -251,7 +251,7 @@ fn write_backup(src: &Daemon, name: &str, bytes: &[u8]) {
     std::fs::rename(&tmp, &path).expect("rename backup");
 }
 
-fn received_path(tgt: &Daemon, p: &Paired, name: &str) -> PathBuf {
+pub(crate) fn received_path(tgt: &Daemon, p: &Paired, name: &str) -> PathBuf {
     tgt.data_dir.join("storage").join(&p.source_uuid).join(name)
 }
 
@@ -262,7 +262,7 @@ fn content(seed: u8, len: usize) -> Vec<u8> {
 }
 
 /// Every item of the source's queue (open and finished), by backup name.
-fn items(src: &Daemon, token: &str) -> Vec<Value> {
+pub(crate) fn items(src: &Daemon, token: &str) -> Vec<Value> {
     let r = src.client().get(
         "/api/replication/queue?include_done=1&count=1000",
         Some(token),
@@ -288,7 +288,7 @@ fn wait_item(src: &Daemon, token: &str, backup: &str, status: &str, within: Dura
     })
 }
 
-fn sha256_hex(bytes: &[u8]) -> String {
+pub(crate) fn sha256_hex(bytes: &[u8]) -> String {
     ring::digest::digest(&ring::digest::SHA256, bytes)
         .as_ref()
         .iter()
@@ -384,7 +384,7 @@ fn backups_written_with_the_rename_rule_arrive_byte_identical_and_dot_files_stay
 }
 
 /// Holds replication at `bps` bytes per second all week (a whole-day window on every day).
-fn throttle_to(src: &Daemon, token: &str, bps: u64) {
+pub(crate) fn throttle_to(src: &Daemon, token: &str, bps: u64) {
     // bytes/s = link_mbps * 125_000 * percentage / 100; 10 % of a link of bps/12_500 Mbit/s.
     let link = bps / 12_500;
     assert_eq!(
@@ -402,7 +402,7 @@ fn throttle_to(src: &Daemon, token: &str, bps: u64) {
     assert_eq!(r.status, 200, "{}", r.text());
 }
 
-fn unthrottle(src: &Daemon, token: &str) {
+pub(crate) fn unthrottle(src: &Daemon, token: &str) {
     let r = put(
         src,
         "/api/replication/throttle",
@@ -610,8 +610,27 @@ fn wait_progress(src: &Daemon, token: &str, backup: &str, at: u64, within: Durat
     })
 }
 
+/// Runs the target's verify job over what system `sid` delivered and waits for its end;
+/// the `received` answer then (`verify.checked`, `verify.damaged`, each row's status).
+pub(crate) fn verify_all(tgt: &Daemon, sid: u64, within: Duration) -> Value {
+    let tt = tgt.root_token();
+    let r = tgt.client().post_json(
+        &format!("/api/replication/verify?sid={sid}"),
+        Some(&tt),
+        &json!({}),
+    );
+    assert_eq!(r.status, 202, "{}", r.text());
+    eventually(within, "verify done", || {
+        let r = tgt
+            .client()
+            .get(&format!("/api/replication/received?sid={sid}"), Some(&tt))
+            .json();
+        (r["verify"]["running"] == false).then_some(r)
+    })
+}
+
 /// SPEC 11's bound: `size` plus 5 % plus one chunk (`receiver::chunk_for`).
-fn sent_bound(size: u64) -> u64 {
+pub(crate) fn sent_bound(size: u64) -> u64 {
     size + size / 20 + replgate::replication::receiver::chunk_for(size)
 }
 
@@ -673,23 +692,7 @@ fn kill_9_of_either_side_mid_transfer_resumes_and_the_copy_verifies() {
         second
     );
     // And a verify on the target finds both copies intact.
-    let tt = tgt.root_token();
-    let r = tgt.client().post_json(
-        &format!("/api/replication/verify?sid={}", p.sid),
-        Some(&tt),
-        &json!({}),
-    );
-    assert_eq!(r.status, 202, "{}", r.text());
-    let v = eventually(Duration::from_secs(20), "verify done", || {
-        let r = tgt
-            .client()
-            .get(
-                &format!("/api/replication/received?sid={}", p.sid),
-                Some(&tt),
-            )
-            .json();
-        (r["verify"]["running"] == false).then_some(r)
-    });
+    let v = verify_all(&tgt, p.sid, Duration::from_secs(20));
     assert_eq!(v["verify"]["checked"], 2, "{v}");
     assert_eq!(v["verify"]["damaged"], 0, "{v}");
     assert!(v["received"]
@@ -856,16 +859,7 @@ fn a_tampered_copy_is_found_by_verify_and_fixed_by_the_next_transfer() {
             )
             .json()
     };
-    let r = tgt.client().post_json(
-        &format!("/api/replication/verify?sid={}", p.sid),
-        Some(&tt),
-        &json!({}),
-    );
-    assert_eq!(r.status, 202, "{}", r.text());
-    let v = eventually(Duration::from_secs(20), "verify done", || {
-        let r = received(&tgt);
-        (r["verify"]["running"] == false).then_some(r)
-    });
+    let v = verify_all(&tgt, p.sid, Duration::from_secs(20));
     assert_eq!(v["verify"]["damaged"], 1, "{v}");
     assert_eq!(v["received"][0]["status"], "damaged");
     assert!(v["received"][0]["message"]
