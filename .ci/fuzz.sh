@@ -1,8 +1,11 @@
 #!/usr/bin/env bash
-# CI: build the coverage-guided fuzz targets (fuzz/, cargo fuzz + libFuzzer on a nightly
-# toolchain) and run each for a bounded time from its committed seeds. A crash fails CI
-# and leaves the input in fuzz/artifacts/<target>/ (make it a regression test, see
-# docs/testing.md, "Fuzzing"). REPLGATE_FUZZ_SECONDS sets the time per target.
+# Coverage-guided fuzzing: build the fuzz targets (fuzz/, cargo fuzz + libFuzzer on a
+# nightly toolchain) and run each for a bounded time from its committed seeds and
+# regressions. A crash fails and leaves the input in fuzz/artifacts/<target>/ (commit it
+# to fuzz/regressions/<target>/ with the fix, see docs/testing.md, "Coverage-guided
+# fuzzing"). REPLGATE_FUZZ_SECONDS sets the time per target. Not part of .ci/run (it
+# takes 8-9 minutes on a quiet 2-core machine, docs/decisions.md): `cargo test` runs the
+# same checks over the seeds, the regressions and their mutants on stable.
 set -euo pipefail
 cd "$(dirname "$0")/../fuzz"
 seconds=${REPLGATE_FUZZ_SECONDS:-20}
@@ -20,7 +23,8 @@ for target in $(cargo +nightly fuzz list); do
   echo "== fuzz $target (${seconds} s)"
   # The seeds are read, new inputs go to corpus/ (not committed).
   log="corpus/$target.log"
-  if ! cargo +nightly fuzz run -O "$target" "corpus/$target" "seeds/$target" -- \
+  if ! cargo +nightly fuzz run -O "$target" "corpus/$target" "seeds/$target" \
+    $(test -d "regressions/$target" && echo "regressions/$target") -- \
     -max_total_time="$seconds" -rss_limit_mb=2048 -print_final_stats=1 >"$log" 2>&1; then
     tail -n 60 "$log" >&2
     echo "FAILED: fuzz target $target (the input is in fuzz/artifacts/$target/)" >&2

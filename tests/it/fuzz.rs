@@ -112,7 +112,7 @@ const NASTY: &[u8] = &[
     b'{', b'[', b'0', b'9', b'a', b'A',
 ];
 
-fn mutate_bytes(rng: &mut Rng, buf: &mut Vec<u8>) {
+pub(crate) fn mutate_bytes(rng: &mut Rng, buf: &mut Vec<u8>) {
     let at = |rng: &mut Rng, len: usize| rng.index(len + 1);
     match rng.below(7) {
         0 if !buf.is_empty() => {

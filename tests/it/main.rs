@@ -16,6 +16,7 @@ mod crash_pair;
 mod ctl;
 mod front;
 mod fuzz;
+mod fuzz_checks;
 mod lifecycle;
 mod listener;
 mod metrics;

@@ -1,0 +1,54 @@
+//! `wire::http`: the request-head parser both listeners use, and the front's body cap on
+//! top. Any bytes: `find_end` finds exactly the first blank line, also when a scan is
+//! resumed; `parse` + `capped_length` never panics and answers exactly what the rules
+//! (tests/it/rules.rs, written from the documentation) answer; an accepted body is within
+//! the cap.
+
+use replgate::wire::http;
+
+use crate::rules;
+
+/// Caps the first input byte chooses from (the front's default is 65,536).
+const CAPS: [u64; 5] = [0, 5, 1_000, 65_536, u64::MAX];
+
+/// One input: panics when a property fails.
+pub fn run(input: &[u8]) {
+    let Some((&selector, buf)) = input.split_first() else {
+        return;
+    };
+    let max_body = CAPS[usize::from(selector) % CAPS.len()];
+    let end = http::find_end(buf, 0);
+    let first = buf.windows(4).position(|w| w == b"\r\n\r\n").map(|i| i + 4);
+    assert_eq!(end, first, "find_end");
+    // A scan resumed where a shorter prefix found nothing gives the same answer.
+    let from = usize::from(selector) % (buf.len() + 1);
+    if http::find_end(&buf[..from], 0).is_none() {
+        assert_eq!(http::find_end(buf, from), end, "find_end resumed at {from}");
+    }
+    let heads: Vec<&[u8]> = match end {
+        Some(e) => vec![&buf[..e], buf],
+        None => vec![buf],
+    };
+    for head in heads {
+        let got = http::parse(head)
+            .and_then(|r| r.capped_length(max_body))
+            .map_err(|e| e.status());
+        assert_eq!(
+            got,
+            rules::head_model(head, max_body),
+            "max_body {max_body}"
+        );
+        if let Ok(n) = got {
+            assert!(n <= max_body);
+        }
+        if let Ok(parsed) = http::parse(head) {
+            // Every header the parser reports is found again by name.
+            assert!(parsed.len() <= head.len());
+            for name in ["content-length", "host", "expect", "transfer-encoding"] {
+                if let Some(range) = parsed.line_range(name) {
+                    assert!(range.end <= head.len());
+                }
+            }
+        }
+    }
+}
