@@ -7,7 +7,8 @@
 #   bench/replicate.sh [--quick] [--no-record] [--record]
 #
 # Knobs (environment): BIG_MB (default 1024, quick 256), FILES (default 1000, quick 200),
-# FILE_MB (default 1), PERF=1 (record both daemons with `perf` during the large file and
+# FILE_MB (default 1), PERF=1 (record both daemons with `perf` during the large file, or
+# during the small files with PERF_SHAPE=many, and
 # write the report to target/replicate-perf.txt). Needs curl, rsync, sshd and ssh (Debian: openssh-server,
 # openssh-client, rsync), sha256sum. sshd runs from a private config on a loopback port
 # with throw-away host and user keys in the work directory; nothing else is touched
@@ -116,7 +117,7 @@ replicate() {
   sync
   sample_rss &
   local sampler=$! perf=""
-  if [ "${PERF:-0}" = 1 ] && [ "$client" = big ]; then
+  if [ "${PERF:-0}" = 1 ] && [ "$client" = "${PERF_SHAPE:-big}" ]; then
     perf record -q -F 499 -a -o "$ROOT/target/replicate-perf.data" 2>/dev/null &
     perf=$!
   fi

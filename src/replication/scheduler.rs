@@ -22,7 +22,9 @@ use super::Shared;
 use crate::identity::TargetDirs;
 use crate::model::{self, Chain};
 use crate::remote::tunnel::{open_transfer, TunnelError};
-use crate::store::{ItemStatus, QueueItem, Store, StoreError, TargetRecord, TargetStatus};
+use crate::store::{
+    ItemStatus, QueueItem, Store, StoreError, Strategy, TargetRecord, TargetStatus,
+};
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|e| e.into_inner())
@@ -679,9 +681,12 @@ impl Feed for StoreFeed<'_> {
         let total = a.before + sent;
         let chunk = chunk_for(a.size);
         // Ask for the next chunk's reservation half a chunk early; it is durable before
-        // those bytes go out, so a crash can only overstate `bytes_sent`.
-        if total + chunk / 2 > a.ceiling {
-            a.ceiling = a.ceiling.max(total) + chunk;
+        // those bytes go out, so a crash can only overstate `bytes_sent`. An attempt never
+        // sends more than the file, so a reservation that covers it is the last one (a
+        // small file's first one already does).
+        let most = a.before + a.size;
+        if total + chunk / 2 > a.ceiling && a.ceiling < most {
+            a.ceiling = (a.ceiling.max(total) + chunk).min(most);
             self.reserver.request(item_id, a.ceiling);
         }
         self.reserver.cover(item_id, total);
@@ -709,7 +714,8 @@ impl Feed for StoreFeed<'_> {
                 queue::finish_attempt(&mut item, attempt, config.retries, now);
             }
             tx.put_item(&item)?;
-            if item.status == ItemStatus::Done {
+            // Only recency drops anything; the other strategies skip reading the queue.
+            if item.status == ItemStatus::Done && config.strategy == Strategy::Recency {
                 let open: Vec<QueueItem> = tx
                     .open_items()?
                     .into_iter()

@@ -33,7 +33,8 @@ impl From<io::Error> for StreamError {
     }
 }
 
-/// Reads frames one at a time into a reused buffer.
+/// Reads frames one at a time into a reused buffer, allocated (and zeroed) once: a
+/// `Data` frame is read straight into it, with no per-frame fill.
 pub struct FrameReader<R> {
     inner: R,
     buf: Vec<u8>,
@@ -58,7 +59,7 @@ impl<R: Read> FrameReader<R> {
     pub fn new(inner: R) -> Self {
         FrameReader {
             inner,
-            buf: Vec::with_capacity(HEADER_LEN + transfer::MAX_DATA_PAYLOAD),
+            buf: Vec::new(),
         }
     }
 
@@ -69,13 +70,16 @@ impl<R: Read> FrameReader<R> {
             return Ok(None);
         }
         let len = transfer::check_header(&header).map_err(StreamError::Frame)?;
-        self.buf.clear();
-        self.buf.extend_from_slice(&header);
-        self.buf.resize(HEADER_LEN + len, 0);
-        if len > 0 && !fill(&mut self.inner, &mut self.buf[HEADER_LEN..])? {
+        if self.buf.len() < HEADER_LEN + len {
+            // Grows to the largest frame seen, at most one `Data` frame, and stays.
+            self.buf.resize(HEADER_LEN + len, 0);
+        }
+        let frame = &mut self.buf[..HEADER_LEN + len];
+        frame[..HEADER_LEN].copy_from_slice(&header);
+        if len > 0 && !fill(&mut self.inner, &mut frame[HEADER_LEN..])? {
             return Err(StreamError::Truncated);
         }
-        match transfer::decode(&self.buf).map_err(StreamError::Frame)? {
+        match transfer::decode(&self.buf[..HEADER_LEN + len]).map_err(StreamError::Frame)? {
             Some((frame, _)) => Ok(Some(frame)),
             // Invariant: the buffer holds exactly the announced payload.
             None => Err(StreamError::Truncated),

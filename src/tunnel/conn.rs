@@ -84,8 +84,8 @@ impl Guard<'_> {
 
 /// Reads the socket ahead of rustls, which asks for about 4 KiB a call: a bulk upload
 /// (a replication transfer) then costs one `read` per 64 KiB instead of one per 4 KiB.
-/// The buffer exists only while reads keep filling it, so idle connections and small
-/// requests hold none.
+/// The buffer is made only once a read fills what rustls asked for (more is waiting), so
+/// connections that carry small requests never hold one.
 #[derive(Default)]
 struct ReadAhead {
     buf: Vec<u8>,
@@ -99,29 +99,19 @@ const READ_AHEAD: usize = 64 * 1024;
 impl ReadAhead {
     fn read_from(&mut self, sock: &mut TcpStream, out: &mut [u8]) -> io::Result<usize> {
         if self.start == self.end {
-            if out.len() >= READ_AHEAD {
-                return sock.read(out);
-            }
-            self.buf.resize(READ_AHEAD, 0);
-            let n = match sock.read(&mut self.buf) {
-                Ok(n) => n,
-                Err(e) => {
-                    self.buf = Vec::new();
-                    return Err(e);
+            if self.buf.is_empty() || out.len() >= READ_AHEAD {
+                let n = sock.read(out)?;
+                if n == out.len() && self.buf.is_empty() {
+                    self.buf = vec![0; READ_AHEAD];
                 }
-            };
+                return Ok(n);
+            }
+            self.end = sock.read(&mut self.buf)?;
             self.start = 0;
-            self.end = n;
         }
         let n = (self.end - self.start).min(out.len());
         out[..n].copy_from_slice(&self.buf[self.start..self.start + n]);
         self.start += n;
-        if self.start == self.end && self.end < READ_AHEAD / 4 {
-            // Not a bulk stream: give the memory back.
-            self.buf = Vec::new();
-            self.start = 0;
-            self.end = 0;
-        }
         Ok(n)
     }
 }
