@@ -27,7 +27,7 @@ use crate::config::Storage;
 use crate::fsx::{self, PartialFile};
 use crate::model::UnixTime;
 use crate::store::{PartialRecord, ReceivedRecord, Store, StoreError};
-use crate::wire::transfer::{Code, Decision, Frame, Outcome};
+use crate::wire::transfer::{Code, Decision, Frame, Outcome, MAX_DATA};
 
 /// Suffix of partial copies (after a leading `.`), so a sweep recognizes them.
 pub const PARTIAL_SUFFIX: &str = ".replgate-part";
@@ -117,6 +117,15 @@ pub fn partial_path(dir: &Path, name: &BackupName) -> PathBuf {
 /// same step, so a resume after a crash sends at most a few percent more than the file.
 pub fn chunk_for(size: u64) -> u64 {
     (size / 128).clamp(1024 * 1024, 16 * 1024 * 1024)
+}
+
+/// How far the source may send past the last offset of a file of `size` bytes that the
+/// target confirmed durable (`Frame::Durable`): 5 % of it plus one chunk, so however far
+/// the target's disk falls behind, a crash of the target costs at most that much again
+/// (SPEC 11's resume bound). At least one chunk, more than a frame: there is always room
+/// once the target confirms what it holds, and files up to a chunk never wait.
+pub fn window_for(size: u64) -> u64 {
+    size / 20 + chunk_for(size)
 }
 
 /// What every receiving session shares: each source's stored bytes (for quotas), the
@@ -346,6 +355,8 @@ struct Current<'l> {
     written: u64,
     /// The durable offset recorded in the database (0: no row yet).
     recorded: u64,
+    /// The durable offset last confirmed to the source (`Frame::Durable`).
+    confirmed: u64,
     next_checkpoint: u64,
     last_checkpoint: Instant,
     started: UnixTime,
@@ -818,6 +829,7 @@ impl<'c, 'l, W: Write> Session<'c, 'l, W> {
             hasher,
             written: keep,
             recorded: keep,
+            confirmed: keep,
             next_checkpoint: keep + chunk,
             last_checkpoint: Instant::now(),
             started: now,
@@ -874,7 +886,65 @@ impl<'c, 'l, W: Write> Session<'c, 'l, W> {
                 log::warn!("replication: checkpoint of {}: {e}", cur.offer.name);
             }
         }
+        self.confirm_durable(seq);
         Ok(())
+    }
+
+    /// Tells the source how much of the open file is durable once a checkpoint recorded
+    /// more than it was told. When the source may be out of window (it could not send
+    /// another whole frame), makes everything written durable now, so the source never
+    /// waits on a checkpoint nobody takes.
+    fn confirm_durable(&mut self, seq: u32) {
+        let Some(cur) = self.current.as_mut().filter(|c| c.seq == seq) else {
+            return;
+        };
+        let mut durable = self.sink.recorded().unwrap_or(0).max(cur.confirmed);
+        let size = cur.offer.size;
+        let stalled = cur.written < size
+            && cur.written + MAX_DATA as u64 > durable + window_for(size)
+            && cur.written > durable;
+        if stalled {
+            match self.checkpoint_now() {
+                Ok(offset) => durable = durable.max(offset),
+                Err(e) => {
+                    let m = format!("cannot make {} durable: {e}", self.current_name());
+                    self.fail_current_keep(Code::Storage, m);
+                    return;
+                }
+            }
+        }
+        let Some(cur) = self.current.as_mut() else {
+            return;
+        };
+        if durable > cur.confirmed {
+            cur.confirmed = durable;
+            self.send(&Frame::Durable {
+                seq,
+                offset: durable,
+            });
+            self.flush();
+        }
+    }
+
+    fn current_name(&self) -> String {
+        self.current
+            .as_ref()
+            .map(|c| c.offer.name.to_string())
+            .unwrap_or_default()
+    }
+
+    /// Makes what the open file holds durable and records it, waiting; the file stays
+    /// open. Returns the offset now durable.
+    fn checkpoint_now(&mut self) -> Result<u64, String> {
+        let file = self.sink.close().map_err(|e| e.to_string())?;
+        let recorded = self.record_durable(&file);
+        self.sink.open(file).map_err(|e| e.to_string())?;
+        let written = recorded?;
+        if let Some(cur) = self.current.as_mut() {
+            cur.last_checkpoint = Instant::now();
+            cur.next_checkpoint = written + chunk_for(cur.offer.size);
+        }
+        Ok(written)
     }
 
     /// Makes the open file durable up to what was written and records that offset, now
@@ -891,21 +961,31 @@ impl<'c, 'l, W: Write> Session<'c, 'l, W> {
             }
         };
         // What was written so far: the sink wrote everything queued before close.
+        if self.poisoned == Some(cur.seq) || file.is_empty() {
+            return;
+        }
+        if let Err(e) = self.record_durable(&file) {
+            log::warn!("replication: checkpoint of {}: {e}", self.current_name());
+        }
+    }
+
+    /// Makes `file` (the open file, out of the sink) durable up to its length and
+    /// records that offset; returns it.
+    fn record_durable(&mut self, file: &PartialFile) -> Result<u64, String> {
         let written = file.len();
-        if self.poisoned == Some(cur.seq) || written == 0 {
-            return;
-        }
-        if let Err(e) = file.checkpoint() {
-            log::warn!("replication: checkpoint of {}: {e}", cur.offer.name);
-            return;
-        }
+        file.checkpoint().map_err(|e| e.to_string())?;
+        let Some(cur) = self.current.as_mut() else {
+            return Err("no file is open".into());
+        };
         cur.written = written;
         let row = partial_row(self.source, cur, (self.ctx.now)());
         let uuid = &self.source.uuid;
-        match self.ctx.store.write(|tx| tx.put_partial(uuid, &row)) {
-            Ok(()) => cur.recorded = written,
-            Err(e) => log::warn!("replication: record checkpoint of {}: {e}", cur.offer.name),
-        }
+        self.ctx
+            .store
+            .write(|tx| tx.put_partial(uuid, &row))
+            .map_err(|e| format!("record it: {e}"))?;
+        cur.recorded = written;
+        Ok(written)
     }
 
     /// The open file failed for good: discard the copy, tell the source.

@@ -674,7 +674,7 @@ impl Feed for StoreFeed<'_> {
         }
     }
 
-    fn sent(&mut self, item_id: u64, sent: u64) {
+    fn sent(&mut self, item_id: u64, sent: u64, allowed: u64) {
         let Some(a) = self.accounts.get_mut(&item_id) else {
             return;
         };
@@ -683,8 +683,10 @@ impl Feed for StoreFeed<'_> {
         // Ask for the next chunk's reservation half a chunk early; it is durable before
         // those bytes go out, so a crash can only overstate `bytes_sent`. An attempt never
         // sends more than the file, so a reservation that covers it is the last one (a
-        // small file's first one already does).
-        let most = a.before + a.size;
+        // small file's first one already does); nor more than the target's window allows
+        // now, so after a crash of the source `bytes_sent` overstates by at most the
+        // window (what the target did not confirm), SPEC 11's resume bound.
+        let most = a.before + a.size.min(allowed.max(sent));
         if total + chunk / 2 > a.ceiling && a.ceiling < most {
             a.ceiling = (a.ceiling.max(total) + chunk).min(most);
             self.reserver.request(item_id, a.ceiling);

@@ -20,6 +20,7 @@ use ring::digest::{Context as Sha256, SHA256};
 use super::live::{Event, Live};
 use super::names::BackupName;
 use super::queue::{attempt_for, Attempt};
+use super::receiver::window_for;
 use super::stream::{FrameReader, FrameWriter, StreamError};
 use crate::fsx;
 use crate::wire::transfer::{self, Code, Decision, Frame, Outcome, HEADER_LEN, MAX_DATA};
@@ -51,8 +52,10 @@ pub trait Feed {
     fn next(&mut self) -> Option<Claimed>;
     /// The item's data starts (an attempt begins) at `offset` of `size` bytes.
     fn started(&mut self, item_id: u64, offset: u64, size: u64);
-    /// `sent` content bytes went on the wire for the item in this attempt so far.
-    fn sent(&mut self, item_id: u64, sent: u64);
+    /// `sent` content bytes went on the wire for the item in this attempt so far; the
+    /// target's window lets the attempt send `allowed` bytes in all for now (a count of
+    /// bytes sent never needs to be reserved past it).
+    fn sent(&mut self, item_id: u64, sent: u64, allowed: u64);
     /// The attempt ended; `sent` content bytes of this attempt went on the wire.
     fn finished(&mut self, item_id: u64, attempt: Attempt, sent: u64);
     /// The item was claimed but nothing of it was sent: it waits again as it was.
@@ -104,6 +107,10 @@ pub enum Reply {
         name: String,
     },
     Ready,
+    Durable {
+        seq: u32,
+        offset: u64,
+    },
 }
 
 impl Reply {
@@ -139,6 +146,7 @@ impl Reply {
                 name: name.to_string(),
             },
             Frame::Ready => Reply::Ready,
+            Frame::Durable { seq, offset } => Reply::Durable { seq, offset },
             Frame::Fatal { code, message } => Reply::Fatal {
                 code,
                 message: message.to_string(),
@@ -255,6 +263,8 @@ struct Session<'a, 'f, F: Feed, W: Write> {
     /// The item being acted on now and the bytes sent for it: settled as interrupted if
     /// the session breaks before it is settled otherwise.
     current: Option<(u64, u64)>,
+    /// The most the target confirmed durable of a started file (sequence, offset).
+    durable: Option<(u32, u64)>,
 }
 
 fn hex(d: &[u8]) -> String {
@@ -294,6 +304,7 @@ pub fn run<F: Feed, W: Write>(
         summary: Summary::default(),
         current_failed: None,
         current: None,
+        durable: None,
     };
     let result = s.run();
     // Settle whatever is still claimed: nothing of an unsent offer moved; a file sent but
@@ -523,6 +534,10 @@ impl<'a, F: Feed, W: Write> Session<'a, '_, F, W> {
                     self.current_failed = Some((seq, code, message));
                 }
             }
+            Reply::Durable { seq, offset } => match &mut self.durable {
+                Some((s, o)) if *s == seq => *o = (*o).max(offset),
+                other => *other = Some((seq, offset)),
+            },
             Reply::Bye => return Ok(true),
             Reply::Want { .. } | Reply::Ready => {
                 return Err(SessionError::Connection(
@@ -690,6 +705,11 @@ impl<'a, F: Feed, W: Write> Session<'a, '_, F, W> {
         let mut sent = 0u64;
         let mut last_check = Instant::now();
         self.current_failed = None;
+        // What the target holds durably, as it confirmed; nothing goes further past it
+        // than the window, so a crash of the target costs at most that again.
+        self.durable = Some((seq, offset));
+        let window = window_for(o.size);
+        let mut out_of_window: Option<Instant> = None;
         while left > 0 {
             if self.ctx.shutdown.load(Ordering::SeqCst) {
                 return Err(SessionError::Shutdown);
@@ -717,7 +737,25 @@ impl<'a, F: Feed, W: Write> Session<'a, '_, F, W> {
                     return self.send(&Frame::Skip { seq });
                 }
             }
-            let want = left.min(MAX_DATA as u64);
+            let durable = match self.durable {
+                Some((s, d)) if s == seq => d,
+                _ => offset,
+            };
+            let room = (durable + window).saturating_sub(offset + sent);
+            if room == 0 {
+                // The target's disk is behind: let it confirm what it holds.
+                let since = *out_of_window.get_or_insert_with(Instant::now);
+                if since.elapsed() >= DECISION_WAIT {
+                    return Err(SessionError::Connection(
+                        "the target did not confirm what it holds".into(),
+                    ));
+                }
+                self.flush()?;
+                self.wait_reply(Duration::from_millis(200))?;
+                continue;
+            }
+            out_of_window = None;
+            let want = left.min(MAX_DATA as u64).min(room);
             let grant = self.ctx.live.take(want);
             if grant == 0 {
                 // Under a throttle window: push out what is buffered, then wait a little.
@@ -748,7 +786,7 @@ impl<'a, F: Feed, W: Write> Session<'a, '_, F, W> {
             registered.progress.advance(n as u64);
             self.ctx.live.count_sent(n as u64);
             self.summary.bytes_sent += n as u64;
-            self.feed.sent(id, sent);
+            self.feed.sent(id, sent, durable + window - offset);
         }
         let sha256 = digest(&hasher);
         self.send(&Frame::End { seq, sha256 })?;

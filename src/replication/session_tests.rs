@@ -2,7 +2,7 @@
 //! adds that), and the receiver against hand-made frames for every class of bad input.
 
 use std::collections::VecDeque;
-use std::io::{self, Write};
+use std::io::{self, Read, Write};
 use std::os::unix::net::UnixStream;
 use std::path::PathBuf;
 use std::sync::atomic::AtomicBool;
@@ -16,7 +16,7 @@ use super::sender::{self, Claimed, Feed};
 use super::stream::{FrameReader, FrameWriter};
 use crate::config::Storage;
 use crate::store::{ReplicationConfig, Store, ThrottleRecord};
-use crate::wire::transfer::{Decision, Frame};
+use crate::wire::transfer::{Decision, Frame, MAX_DATA};
 
 struct Fixture {
     dir: PathBuf,
@@ -113,7 +113,7 @@ impl Feed for MemFeed {
     fn started(&mut self, item_id: u64, offset: u64, _size: u64) {
         self.started.push((item_id, offset));
     }
-    fn sent(&mut self, _: u64, _: u64) {}
+    fn sent(&mut self, _: u64, _: u64, _: u64) {}
     fn finished(&mut self, item_id: u64, attempt: Attempt, sent: u64) {
         self.results.push((item_id, attempt, sent));
     }
@@ -156,6 +156,25 @@ impl<W: Write> Write for Breaking<W> {
     }
 }
 
+/// Runs a sender session of `feed` that writes to `out` and reads the target's frames
+/// from `sock`.
+fn run_sender(
+    f: &Fixture,
+    feed: &mut MemFeed,
+    sock: &UnixStream,
+    out: impl Write,
+) -> Result<sender::Summary, sender::SessionError> {
+    let shutdown = AtomicBool::new(false);
+    let replies = sender::spawn_reader(sock.try_clone().unwrap(), "test-reader".into()).unwrap();
+    let ctx = sender::Context {
+        root: &f.src,
+        live: &f.live,
+        shutdown: &shutdown,
+        target: "target 1".into(),
+    };
+    sender::run(&ctx, feed, out, &replies)
+}
+
 /// Runs a sender session against a receiver over a socket pair; the sender's writes
 /// break after `cut` bytes if given.
 fn session(
@@ -167,7 +186,6 @@ fn session(
     receiver::Summary,
 ) {
     let (a, b) = UnixStream::pair().unwrap();
-    let shutdown = AtomicBool::new(false);
     std::thread::scope(|scope| {
         let rx_side = scope.spawn(|| {
             let ctx = receiver::Context {
@@ -182,16 +200,9 @@ fn session(
             let _ = a.shutdown(std::net::Shutdown::Both);
             summary
         });
-        let replies = sender::spawn_reader(b.try_clone().unwrap(), "test-reader".into()).unwrap();
-        let ctx = sender::Context {
-            root: &f.src,
-            live: &f.live,
-            shutdown: &shutdown,
-            target: "target 1".into(),
-        };
         let result = match cut {
-            None => sender::run(&ctx, feed, &b, &replies),
-            Some(n) => sender::run(&ctx, feed, Breaking { inner: &b, left: n }, &replies),
+            None => run_sender(f, feed, &b, &b),
+            Some(n) => run_sender(f, feed, &b, Breaking { inner: &b, left: n }),
         };
         let _ = b.shutdown(std::net::Shutdown::Both);
         (result, rx_side.join().unwrap())
@@ -300,6 +311,75 @@ fn a_transfer_cut_mid_chunk_resumes_from_what_the_target_holds_durably() {
     let sent = first.sent_total() + second.sent_total();
     let bound = data.len() as u64 + data.len() as u64 / 20 + receiver::chunk_for(data.len() as u64);
     assert!(sent <= bound, "sent {sent}, bound {bound}");
+}
+
+/// Plays the target by hand against a real sender: it never sends more than
+/// `window_for(size)` past the offset the target last confirmed durable, and goes on as
+/// soon as the target confirms more.
+#[test]
+fn the_sender_stays_within_a_window_of_what_the_target_confirmed_durable() {
+    let f = fixture("window");
+    let size = 8 * 1024 * 1024;
+    let data = content(7, size);
+    put(&f, "c/w", &data);
+    let window = receiver::window_for(size as u64);
+    let (a, b) = UnixStream::pair().unwrap();
+    let mut feed = MemFeed::of(&["c/w"]);
+    let result = std::thread::scope(|scope| {
+        let target = scope.spawn(|| {
+            let mut out = FrameWriter::new(&a);
+            let mut input = FrameReader::new(&a);
+            let mut next = || match input.next_frame() {
+                Ok(Some(Frame::Data { bytes, .. })) => Some(bytes.len() as u64),
+                Ok(Some(_)) => Some(0),
+                _ => None,
+            };
+            out.send(&Frame::Ready).unwrap();
+            assert_eq!(next(), Some(0), "the offer");
+            out.send(&Frame::Decision {
+                seq: 1,
+                decision: Decision::New,
+            })
+            .unwrap();
+            assert_eq!(next(), Some(0), "the start");
+            let mut got = 0u64;
+            for confirmed in [0, 1024 * 1024, 2 * 1024 * 1024 + 5] {
+                while got < confirmed + window {
+                    got += next().expect("a data frame");
+                }
+                assert_eq!(got, confirmed + window, "exactly up to the window");
+                // Nothing more comes until the target confirms more.
+                a.set_read_timeout(Some(std::time::Duration::from_millis(300)))
+                    .unwrap();
+                let mut probe = [0u8; 1];
+                assert!((&a).read(&mut probe).is_err(), "sent past the window");
+                a.set_read_timeout(None).unwrap();
+                let offset = if confirmed == 0 {
+                    1024 * 1024
+                } else if confirmed == 1024 * 1024 {
+                    2 * 1024 * 1024 + 5
+                } else {
+                    size as u64
+                };
+                out.send(&Frame::Durable { seq: 1, offset }).unwrap();
+            }
+            while got < size as u64 {
+                got += next().expect("the rest");
+            }
+            assert_eq!(next(), Some(0), "the end");
+            out.send(&Frame::Outcome {
+                seq: 1,
+                outcome: crate::wire::transfer::Outcome::Committed { sha256: sha(&data) },
+            })
+            .unwrap();
+            assert_eq!(next(), Some(0), "finish");
+            out.send(&Frame::Bye).unwrap();
+        });
+        let result = run_sender(&f, &mut feed, &b, &b);
+        target.join().unwrap();
+        result
+    });
+    assert_eq!(result.unwrap().done, 1, "{:?}", feed.results);
 }
 
 #[test]
@@ -578,6 +658,21 @@ fn a_disconnect_mid_chunk_keeps_a_resumable_partial_and_nothing_visible() {
     assert!(!received_path(&f, "c/x").exists());
     let p = f.store.partial(&f.source.uuid, "c/x").unwrap().unwrap();
     assert_eq!((p.offset, p.version), (body.len() as u64, 3));
+    // This source ignored the window: once it could not have sent another whole frame,
+    // the target made what it held durable and said so, rather than leave it waiting.
+    let confirmed: Vec<u64> = answers
+        .iter()
+        .filter_map(|a| a.strip_prefix("Durable { seq: 1, offset: "))
+        .filter_map(|a| a.trim_end_matches(" }").parse().ok())
+        .collect();
+    let window = receiver::window_for(4 * 1024 * 1024);
+    assert!(
+        confirmed
+            .first()
+            .is_some_and(|&c| c + MAX_DATA as u64 > window && c <= window),
+        "{answers:?}"
+    );
+    assert!(confirmed.iter().all(|&c| c <= p.offset), "{answers:?}");
     // The next offer of the same version resumes there, with the prefix's digest.
     let answers = against_receiver(
         &f,

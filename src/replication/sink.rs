@@ -28,7 +28,7 @@ enum Job {
     Write(Vec<u8>),
     /// Make what was written so far durable and record `row` (whose offset says how much
     /// that is), unless a checkpoint is still running: then this one is skipped.
-    Checkpoint(PartialRecord),
+    Checkpoint(PartialRecord, u64),
     /// Hand the file back once everything queued before is written.
     Close(Sender<io::Result<PartialFile>>),
     /// Write what is queued, then fsync the file on a sealer thread and hand it back.
@@ -101,11 +101,17 @@ pub struct Sink {
     failed: Arc<Mutex<Option<io::Error>>>,
     mailbox: Arc<Mailbox>,
     threads: Vec<JoinHandle<()>>,
+    /// Counts the files opened, so a checkpoint of an earlier file is not taken for one
+    /// of the current file.
+    file: u64,
+    /// The last offset a checkpoint recorded, and of which file.
+    recorded: Arc<Mutex<(u64, u64)>>,
 }
 
 struct CheckpointJob {
     handle: SyncHandle,
     row: PartialRecord,
+    file: u64,
 }
 
 impl Sink {
@@ -115,22 +121,23 @@ impl Sink {
         let (spare_tx, spare) = mpsc::channel::<Vec<u8>>();
         let failed: Arc<Mutex<Option<io::Error>>> = Arc::new(Mutex::new(None));
         let mailbox = Arc::new(Mailbox::default());
+        let recorded: Arc<Mutex<(u64, u64)>> = Arc::default();
         let checkpoints = {
             let mailbox = mailbox.clone();
+            let recorded = recorded.clone();
             std::thread::Builder::new()
                 .name("recv-sync".into())
                 .stack_size(128 * 1024)
                 .spawn(move || {
                     while let Some(job) = mailbox.take() {
                         match job.handle.checkpoint() {
-                            Ok(()) => {
-                                if let Err(e) = store.write(|tx| tx.put_partial(&uuid, &job.row)) {
-                                    log::warn!(
-                                        "replication: record checkpoint of {}: {e}",
-                                        job.row.backup
-                                    );
-                                }
-                            }
+                            Ok(()) => match store.write(|tx| tx.put_partial(&uuid, &job.row)) {
+                                Ok(()) => *lock(&recorded) = (job.file, job.row.offset),
+                                Err(e) => log::warn!(
+                                    "replication: record checkpoint of {}: {e}",
+                                    job.row.backup
+                                ),
+                            },
                             Err(e) => {
                                 log::warn!("replication: checkpoint of {}: {e}", job.row.backup)
                             }
@@ -171,6 +178,8 @@ impl Sink {
             failed,
             mailbox,
             threads,
+            file: 0,
+            recorded,
         })
     }
 
@@ -193,7 +202,15 @@ impl Sink {
     /// Starts a file: its bytes go to `file` from now on.
     pub fn open(&mut self, file: PartialFile) -> io::Result<()> {
         *lock(&self.failed) = None;
+        self.file += 1;
         self.send(Job::Open(file))
+    }
+
+    /// The offset of the open file that the last finished checkpoint made durable and
+    /// recorded, if one did since it was opened.
+    pub fn recorded(&self) -> Option<u64> {
+        let (file, offset) = *lock(&self.recorded);
+        (file == self.file).then_some(offset)
     }
 
     /// Queues `bytes` for the file (copied into a reused buffer); blocks only while
@@ -209,7 +226,7 @@ impl Sink {
     /// Asks for a checkpoint after what was queued so far: `row.offset` must be the
     /// bytes the file holds then. Skipped if one is still running.
     pub fn checkpoint(&mut self, row: PartialRecord) -> io::Result<()> {
-        self.send(Job::Checkpoint(row))
+        self.send(Job::Checkpoint(row, self.file))
     }
 
     /// Ends the file: once everything queued is written and no checkpoint runs, it is
@@ -273,7 +290,7 @@ fn writer(
                 }
                 let _ = spare.send(buf);
             }
-            Job::Checkpoint(row) => {
+            Job::Checkpoint(row, of) => {
                 let Some(f) = file.as_ref().filter(|_| !broken) else {
                     continue;
                 };
@@ -285,7 +302,11 @@ fn writer(
                     }
                 };
                 // A waiting one is replaced: this one covers its bytes too.
-                checkpoints.put(CheckpointJob { handle, row });
+                checkpoints.put(CheckpointJob {
+                    handle,
+                    row,
+                    file: of,
+                });
             }
             Job::Seal(reply) => {
                 // A checkpoint of this file must not record its offset after the commit.

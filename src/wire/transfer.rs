@@ -10,7 +10,7 @@
 //!
 //! Source → target: `Offer`, `Start`, `Data`, `End`, `Skip`, `Finish`.
 //! Target → source: `Want` (a copy it wants again, after a verify found it damaged) and
-//! `Ready` first, then `Decision`, `Outcome`, `Bye`, `Fatal`.
+//! `Ready` first, then `Decision`, `Durable`, `Outcome`, `Bye`, `Fatal`.
 
 use std::fmt;
 
@@ -37,6 +37,7 @@ const BYE: u8 = 0x83;
 const FATAL: u8 = 0x84;
 const WANT: u8 = 0x85;
 const READY: u8 = 0x86;
+const DURABLE: u8 = 0x87;
 
 /// Why a target refuses or fails a file, as a number on the wire. The source's queue
 /// decides from it whether to retry.
@@ -178,6 +179,13 @@ pub enum Frame<'a> {
     },
     /// The target's greeting is complete (after any `Want`s); offers may be answered.
     Ready,
+    /// The first `offset` bytes of the started file `seq` are durable on the target (a
+    /// checkpoint recorded them): a transfer cut now resumes from at least there. The
+    /// source keeps what it sends within a window of this (`receiver::window_for`).
+    Durable {
+        seq: u32,
+        offset: u64,
+    },
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -218,9 +226,8 @@ impl std::error::Error for FrameError {}
 pub fn payload_limit(kind: u8) -> Option<usize> {
     match kind {
         DATA => Some(MAX_DATA_PAYLOAD),
-        OFFER | START | END | SKIP | FINISH | DECISION | OUTCOME | BYE | FATAL | WANT | READY => {
-            Some(MAX_CONTROL_PAYLOAD)
-        }
+        OFFER | START | END | SKIP | FINISH | DECISION | OUTCOME | BYE | FATAL | WANT | READY
+        | DURABLE => Some(MAX_CONTROL_PAYLOAD),
         _ => None,
     }
 }
@@ -405,6 +412,10 @@ fn decode_payload(kind: u8, payload: &[u8]) -> Result<Frame<'_>, FrameError> {
             name: c.text("name")?,
         },
         READY => Frame::Ready,
+        DURABLE => Frame::Durable {
+            seq: c.u32("sequence number")?,
+            offset: c.u64("offset")?,
+        },
         other => return Err(FrameError::UnknownKind(other)),
     };
     c.end()?;
@@ -517,6 +528,11 @@ pub fn encode(frame: &Frame<'_>, out: &mut Vec<u8>) {
             WANT
         }
         Frame::Ready => READY,
+        Frame::Durable { seq, offset } => {
+            out.extend_from_slice(&seq.to_be_bytes());
+            out.extend_from_slice(&offset.to_be_bytes());
+            DURABLE
+        }
     };
     let len = (out.len() - start - HEADER_LEN) as u32;
     out[start] = kind;
@@ -600,6 +616,10 @@ mod tests {
             },
             Frame::Want { name: "c/x" },
             Frame::Ready,
+            Frame::Durable {
+                seq: 7,
+                offset: 1 << 33,
+            },
         ]
     }
 
