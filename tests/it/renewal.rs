@@ -2,8 +2,9 @@
 //! (`certificate_seconds`, `server_certificate_seconds`): a source renews over the tunnel
 //! again and again, the old serial lasts through its grace and no longer, revoked and
 //! expired certificates never renew, listener certificates change under open
-//! connections, a crash at each step of a renewal leaves a working pair, and a pairing
-//! made by the release before lineages migrates.
+//! connections, a crash at each step of a renewal leaves a working pair, a renewal in
+//! the middle of a transfer does not interrupt it, and a pairing made by the release
+//! before lineages migrates.
 //!
 //! Most of the time here is waiting for certificates to come due, so the scenarios of a
 //! test run side by side on their own threads (`side_by_side`): the suite's wall time
@@ -267,7 +268,51 @@ fn renewal_edges_side_by_side() {
             "migration",
             a_pairing_made_by_the_release_before_lineages_migrates_and_keeps_working,
         ),
+        (
+            "transfer",
+            a_renewal_in_the_middle_of_a_transfer_does_not_interrupt_it,
+        ),
     ]);
+}
+
+/// A transfer streams on the old certificate while the source renews: its connection
+/// stays (a retired serial refuses new handshakes, it does not cut open streams), the
+/// transfer finishes in its one attempt without a byte sent twice, and the next session
+/// opens with the renewed certificate.
+fn a_renewal_in_the_middle_of_a_transfer_does_not_interrupt_it() {
+    use crate::replication::{
+        content, item_of, received_path, throttle_to, unthrottle, wait_item, wait_progress,
+        write_backup,
+    };
+    let (src, tgt) = start_pair_with("renew-transfer", pairing_opts(), lab_target());
+    let st = src.root_token();
+    let p = crate::harness::pair(&src, &tgt, json!({}));
+    let serial = str_of(&target_row(&src, &st), "certificate_serial");
+    // 64 MiB at 1 MB/s outlasts the renewal, due 36-45 s into the certificate's minute.
+    throttle_to(&src, &st, 1_000_000);
+    let size = 64 << 20;
+    let data = content(9, size);
+    write_backup(&src, "r/during", &data);
+    wait_progress(&src, &st, "r/during", 1, Duration::from_secs(30));
+    eventually(RENEWAL, "a renewal while the transfer runs", || {
+        let row = target_row(&src, &st);
+        (row["certificate_serial"] != serial.as_str() && row["status"] == "complete").then_some(())
+    });
+    let during = item_of(&src, &st, "r/during").expect("the item");
+    assert_eq!(
+        during["status"], "active",
+        "renewed while it streamed: {during}"
+    );
+    unthrottle(&src, &st);
+    let done = wait_item(&src, &st, "r/during", "done", Duration::from_secs(60));
+    assert_eq!(done["attempts"], 1, "never interrupted: {done}");
+    assert_eq!(done["bytes_sent"], size, "no byte sent twice: {done}");
+    assert_eq!(
+        std::fs::read(received_path(&tgt, &p, "r/during")).unwrap(),
+        data
+    );
+    write_backup(&src, "r/after", b"after the renewal");
+    wait_item(&src, &st, "r/after", "done", Duration::from_secs(30));
 }
 
 /// The test plays the source: it renews with the source's certificate itself (the source

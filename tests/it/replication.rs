@@ -255,7 +255,7 @@ pub(crate) fn received_path(tgt: &Daemon, p: &Paired, name: &str) -> PathBuf {
     tgt.data_dir.join("storage").join(&p.source_uuid).join(name)
 }
 
-fn content(seed: u8, len: usize) -> Vec<u8> {
+pub(crate) fn content(seed: u8, len: usize) -> Vec<u8> {
     (0..len)
         .map(|i| (i as u8).wrapping_mul(31).wrapping_add(seed) ^ (i >> 13) as u8)
         .collect()
@@ -276,13 +276,19 @@ pub(crate) fn items(src: &Daemon, token: &str) -> Vec<Value> {
     out
 }
 
-fn item_of(src: &Daemon, token: &str, backup: &str) -> Option<Value> {
+pub(crate) fn item_of(src: &Daemon, token: &str, backup: &str) -> Option<Value> {
     items(src, token)
         .into_iter()
         .find(|i| i["backup"] == backup)
 }
 
-fn wait_item(src: &Daemon, token: &str, backup: &str, status: &str, within: Duration) -> Value {
+pub(crate) fn wait_item(
+    src: &Daemon,
+    token: &str,
+    backup: &str,
+    status: &str,
+    within: Duration,
+) -> Value {
     eventually(within, &format!("{backup} {status}"), || {
         item_of(src, token, backup).filter(|i| i["status"] == status)
     })
@@ -603,7 +609,13 @@ fn remove_stops_an_item_and_reset_queues_it_again_at_the_end() {
 }
 
 /// The live `bytes_done` of an active item, once it is at least `at` bytes.
-fn wait_progress(src: &Daemon, token: &str, backup: &str, at: u64, within: Duration) -> Value {
+pub(crate) fn wait_progress(
+    src: &Daemon,
+    token: &str,
+    backup: &str,
+    at: u64,
+    within: Duration,
+) -> Value {
     eventually(within, &format!("{backup} past {at} bytes"), || {
         item_of(src, token, backup)
             .filter(|i| i["status"] == "active" && i["bytes_done"].as_u64().unwrap_or(0) >= at)
