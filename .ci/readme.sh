@@ -69,3 +69,26 @@ EOF
 
 timeout "${README_BUDGET:-1200}" bash "$script"
 echo "every README block ran as written"
+
+# The first set-up command, which the block above it cannot run as written (it serves
+# until stopped): `cargo run --release -- serve` in the checkout, on embedded defaults,
+# must answer /api/health on 8443 and exit 0 on SIGTERM. `cargo run` execs the binary, so
+# the job's pid is the daemon's.
+echo "== README: cargo run --release -- serve (embedded defaults, no config file)"
+[ ! -e replgate-data ] || { echo "README.md: ./replgate-data exists already" >&2; exit 1; }
+leftovers+=(replgate-data serve.log)
+cargo run --release --locked -- serve >serve.log 2>&1 &
+serve_pid=$!
+for _ in $(seq 600); do
+  kill -0 "$serve_pid" 2>/dev/null || { cat serve.log; echo "README.md: serve exited" >&2; exit 1; }
+  curl -sf --cacert replgate-data/ca.pem https://127.0.0.1:8443/api/health 2>/dev/null |
+    grep -q '"status":"ok"' && break
+  sleep 0.5
+done
+curl -sf --cacert replgate-data/ca.pem https://127.0.0.1:8443/api/health >/dev/null ||
+  { cat serve.log; kill "$serve_pid"; echo "README.md: serve never answered /api/health" >&2; exit 1; }
+kill -TERM "$serve_pid"
+serve_rc=0
+wait "$serve_pid" || serve_rc=$?
+[ "$serve_rc" = 0 ] || { cat serve.log; echo "README.md: serve exited $serve_rc after SIGTERM" >&2; exit 1; }
+echo "cargo run --release -- serve: served /api/health on embedded defaults, exit 0 on SIGTERM"

@@ -409,6 +409,7 @@ impl RawConfig {
                     .to_ascii_lowercase();
                 !(k == "admin_password"
                     || k == "config"
+                    || k == "commit"
                     || k == "password"
                     || k.starts_with("ctl_"))
             };
@@ -448,6 +449,9 @@ impl RawConfig {
                 // the daemon's business, never a reason for it not to start.
                 "password" => {}
                 k if k.starts_with("ctl_") => {}
+                // The build's commit (build.rs): `cargo run` passes it to the binary it
+                // runs, and packagers export it for their builds.
+                "commit" => {}
                 k if NUMERIC_KEYS.contains(&k) => {
                     let parsed = value.trim().parse::<u64>().map_err(|_| {
                         bad(k, format!("{name}={value:?} is not a non-negative integer"))
@@ -1195,12 +1199,13 @@ mod tests {
     }
 
     #[test]
-    fn ctl_settings_in_the_environment_do_not_concern_the_daemon() {
+    fn ctl_and_build_settings_in_the_environment_do_not_concern_the_daemon() {
         let ctl = env(&[
             ("REPLGATE_CTL_API", "https://10.0.0.1:8443"),
             ("REPLGATE_CTL_CACERT", "/var/lib/replgate/ca.pem"),
             ("REPLGATE_CTL_TOKEN_FILE", "/tmp/t"),
             ("REPLGATE_PASSWORD", "secret"),
+            ("REPLGATE_COMMIT", "0123456789ab"),
         ]);
         let c = Config::from_toml("", ctl).unwrap();
         assert_eq!(c.api_listen.to_string(), "127.0.0.1:8443");
