@@ -181,7 +181,7 @@ fn pair_through_a_kill(src: &mut Daemon, tgt: &Daemon, rng: &mut Rng, t: &mut Ta
 
 /// A hello on the target's tunnel with each key generation in the pairing directory:
 /// whether one of them is answered 200 for system `sid`.
-fn some_installed_key_works(src: &Daemon, tgt: &Daemon, sid: u64) -> bool {
+pub(crate) fn some_installed_key_works(src: &Daemon, tgt: &Daemon, sid: u64) -> bool {
     let dir = pairing_dir(src);
     let generations = std::fs::read_dir(&dir).into_iter().flatten().flatten();
     let certs: Vec<String> = generations
@@ -201,7 +201,7 @@ fn some_installed_key_works(src: &Daemon, tgt: &Daemon, sid: u64) -> bool {
     })
 }
 
-fn unix_now() -> i64 {
+pub(crate) fn unix_now() -> i64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| d.as_secs() as i64)

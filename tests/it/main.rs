@@ -13,6 +13,7 @@ mod console;
 mod console_browser;
 mod crash;
 mod crash_pair;
+mod crash_renewal;
 mod ctl;
 mod front;
 mod fuzz;

@@ -34,7 +34,7 @@ const LAB_SECONDS: u64 = 60;
 const RENEWAL: Duration = Duration::from_secs(LAB_SECONDS + 20);
 
 /// A target whose issued certificates last a minute and whose grace is a minute.
-fn lab_target() -> Options {
+pub(crate) fn lab_target() -> Options {
     pairing_opts()
         .set("certificate_seconds", LAB_SECONDS)
         .set("renew_grace", 60)
@@ -116,7 +116,7 @@ fn refused(tgt: &Daemon, client: Identity) -> bool {
 }
 
 /// The target's audit rows with `action` about system `sid`, oldest first.
-fn audit_rows(tgt: &Daemon, tt: &str, action: &str, sid: u64) -> Vec<Value> {
+pub(crate) fn audit_rows(tgt: &Daemon, tt: &str, action: &str, sid: u64) -> Vec<Value> {
     let r = tgt.client().get("/api/audit?limit=1000", Some(tt));
     assert_eq!(r.status, 200, "{}", r.text());
     let object = format!("system:{sid}");
@@ -144,7 +144,7 @@ fn str_of(v: &Value, key: &str) -> String {
 }
 
 /// Pairs `src` with `tgt` completely; (source token, target token, system id).
-fn paired(src: &Daemon, tgt: &Daemon) -> (String, String, u64) {
+pub(crate) fn paired(src: &Daemon, tgt: &Daemon) -> (String, String, u64) {
     let (st, tt) = (src.root_token(), tgt.root_token());
     let sid = pair_completely(src, &st, tgt, &tt)["system_id"]
         .as_u64()
