@@ -12,7 +12,8 @@
 //! `bytes_sent` is within SPEC 11's bound plus a chunk and a reservation for each kill it
 //! lived through, no partial file is left after a restart, and the pair works: the
 //! source's target is `complete`, its certificate in the future, a hello with its
-//! installed key is answered, and the target's systems row is current.
+//! installed key is answered, and the target's systems row shows the source online and
+//! connected.
 //!
 //! Replay: `REPLGATE_CRASH_SEED=<printed seed> cargo test --test it crash_pair -- --nocapture`;
 //! `REPLGATE_CRASH_KILLS` sets the number of kills (docs/testing.md, "Crash consistency of
@@ -201,6 +202,20 @@ pub(crate) fn some_installed_key_works(src: &Daemon, tgt: &Daemon, sid: u64) -> 
     })
 }
 
+/// The target's systems row of the source `uuid`, once it shows the source online (it
+/// proved its tunnel within the last polls).
+pub(crate) fn target_system_online(tgt: &Daemon, uuid: &str) -> serde_json::Value {
+    let tt = tgt.root_token();
+    eventually(
+        Duration::from_secs(30),
+        "the source online on the target",
+        || {
+            let row = systems_row(&tgt.systems(&tt), |s| s["system_uuid"] == uuid);
+            (row["online"] == true).then_some(row)
+        },
+    )
+}
+
 pub(crate) fn unix_now() -> i64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
@@ -325,6 +340,11 @@ fn run(seed: u64, kills: u64) {
     if !some_installed_key_works(&src, &tgt, p.sid) {
         t.violations
             .push("no installed key opens the tunnel".into());
+    }
+    let sys = target_system_online(&tgt, &p.source_uuid);
+    if sys["status"] != "connected" {
+        t.violations
+            .push(format!("the target's systems row is not connected: {sys}"));
     }
     let renewals = tgt.log().matches("certificate renewed").count();
     eprintln!(

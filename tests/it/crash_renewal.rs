@@ -11,7 +11,8 @@
 //! tunnel since the restart) and a hello with the installed key is answered for the
 //! system. At the end, for each pair: exactly one certificate was issued per renewal (the
 //! target's audit; a renewal cut by a kill is answered again with the certificate already
-//! issued, never signed twice), and the pairing directory holds only the installed
+//! issued, never signed twice), the target's systems row shows the source online and
+//! connected, and the pairing directory holds only the installed
 //! generation's key and certificate (the old ones go after the proof, stray keys are
 //! overwritten).
 //!
@@ -20,10 +21,11 @@
 //! one is long by nature and `#[ignore]`d: docs/testing.md, "Crash consistency of
 //! renewal", has the command and the results.
 
+use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
-use crate::crash_pair::{some_installed_key_works, unix_now};
-use crate::harness::{pairing_opts, start_pair_with};
+use crate::crash_pair::{some_installed_key_works, target_system_online, unix_now};
+use crate::harness::{pairing_opts, start_pair_with, systems_row};
 use crate::pairing::{pairing_dir, target_row};
 use crate::renewal::{audit_rows, lab_target, paired};
 use crate::rng::{count_from_env, seed_from_env, Rng};
@@ -47,6 +49,9 @@ struct Tally {
     /// Renewals the target answered again with the certificate it had issued.
     answered_again: u64,
     renewals: u64,
+    /// Seconds from the renewal's install (`certificate_renewed`, whole seconds) to the
+    /// kill, clamped to ±3: negative means the kill came first.
+    offsets: BTreeMap<i64, u64>,
     violations: Vec<String>,
 }
 
@@ -82,6 +87,9 @@ fn crash_renewal_long() {
                 total.after_install += t.after_install;
                 total.answered_again += t.answered_again;
                 total.renewals += t.renewals;
+                for (k, v) in t.offsets {
+                    *total.offsets.entry(k).or_default() += v;
+                }
                 failed.extend(t.violations.into_iter().map(|v| format!("pair {i}: {v}")));
             }
             Err(e) => failed.push(e),
@@ -90,7 +98,7 @@ fn crash_renewal_long() {
     eprintln!(
         "crash renewal: seed {seed:#x}: {pairs} pairs, {} SIGKILLs ({} source, {} target; {} before \
          the new certificate was installed, {} after), {} renewals, {} answered again, {} \
-         violations, {:.1} s",
+         violations, {:.1} s; kill minus install, s: {:?}",
         total.source_kills + total.target_kills,
         total.source_kills,
         total.target_kills,
@@ -99,7 +107,8 @@ fn crash_renewal_long() {
         total.renewals,
         total.answered_again,
         failed.len(),
-        started.elapsed().as_secs_f64()
+        started.elapsed().as_secs_f64(),
+        total.offsets
     );
     assert!(
         failed.is_empty(),
@@ -134,6 +143,7 @@ fn one_pair(index: u64, mut rng: Rng, rounds: u64) -> Tally {
         if wait_ms > 0 {
             std::thread::sleep(Duration::from_millis(wait_ms as u64));
         }
+        let killed_at = unix_now();
         let source = rng.below(2) == 0;
         if source {
             src.kill9();
@@ -162,6 +172,9 @@ fn one_pair(index: u64, mut rng: Rng, rounds: u64) -> Tally {
             },
         );
         t.renewals += 1;
+        if let Some(at) = renewed["certificate_renewed"].as_i64() {
+            *t.offsets.entry((killed_at - at).clamp(-3, 3)).or_default() += 1;
+        }
         if renewed["certificate_expires"].as_i64().unwrap_or(0) <= unix_now() {
             t.violations.push(format!(
                 "round {round}: the certificate is not valid: {renewed}"
@@ -171,6 +184,13 @@ fn one_pair(index: u64, mut rng: Rng, rounds: u64) -> Tally {
             t.violations
                 .push(format!("round {round}: no installed key opens the tunnel"));
         }
+    }
+    let local = systems_row(&src.systems(&st), |s| s["local"] == true);
+    let uuid = local["system_uuid"].as_str().unwrap_or("").to_string();
+    let sys = target_system_online(&tgt, &uuid);
+    if sys["status"] != "connected" {
+        t.violations
+            .push(format!("the target's systems row is not connected: {sys}"));
     }
     let issued = audit_rows(&tgt, &tt, "certificate renewed", sid).len() as u64;
     if issued != t.renewals {
