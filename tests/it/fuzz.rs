@@ -1,7 +1,8 @@
-//! Property tests in the place of a fuzzer (the toolchain is stable only, so no cargo-fuzz):
-//! a seeded generator (`rng.rs`) makes arbitrary and structured-but-mutated inputs for the
-//! four places where bytes from a peer are parsed, and each input is checked against a
-//! property, most often an independent model of the documented rules.
+//! Property tests on the stable toolchain, beside the coverage-guided targets of `fuzz/`
+//! (whose checks `fuzz_checks/` runs here too): a seeded generator (`rng.rs`) makes
+//! arbitrary and structured-but-mutated inputs for the four places where bytes from a
+//! peer are parsed, and each input is checked against a property, most often an
+//! independent model of the documented rules.
 //!
 //! - `head_*`: `wire::http::{find_end, parse}` (with the front's body cap) against a
 //!   reference model of the rules in wire/http.rs, on arbitrary bytes and on mutated
