@@ -832,7 +832,7 @@ impl Config {
     /// with where its value came from (`default`, `file PATH`, `env REPLGATE_KEY`): what
     /// `check-config` prints.
     pub fn to_toml(&self) -> String {
-        let q = |s: &str| serde_json::Value::from(s).to_string();
+        let q = toml_string;
         let secs = |d: Duration| d.as_secs().to_string();
         let list = |items: &[String]| {
             let quoted: Vec<String> = items.iter().map(|i| q(i)).collect();
@@ -986,6 +986,15 @@ fn resolve_storage(
         });
     }
     Ok(out)
+}
+
+/// `s` as a TOML basic string. JSON's escapes are TOML's too, but JSON leaves DEL (U+007F)
+/// raw, which TOML refuses in a string; so `check-config` printed a file that did not
+/// parse for a path holding one (found by the `config` fuzz target).
+fn toml_string(s: &str) -> String {
+    serde_json::Value::from(s)
+        .to_string()
+        .replace('\u{7f}', "\\u007f")
 }
 
 #[cfg(test)]
@@ -1147,6 +1156,19 @@ mod tests {
             .filter(|l| !l.starts_with('#'))
             .collect::<Vec<_>>()
             .join("\n")
+    }
+
+    /// The `config` fuzz target's find: a data_dir holding DEL (and other controls) from
+    /// the environment is printed so that it parses back to the same value.
+    #[test]
+    fn check_config_escapes_every_control_character_toml_refuses() {
+        let dir = "/srv/a\u{7f}b\u{1}c\td\u{0}e\u{9f}";
+        let c = Config::from_toml("", env(&[("REPLGATE_DATA_DIR", dir)])).unwrap();
+        let toml = c.to_toml();
+        assert!(toml.contains("\\u007f"), "{toml}");
+        let again = Config::from_toml(&values(&toml), env(&[])).unwrap();
+        assert_eq!(again.data_dir, std::path::Path::new(dir));
+        assert_eq!(values(&again.to_toml()), values(&toml));
     }
 
     #[test]
