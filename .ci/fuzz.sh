@@ -20,11 +20,17 @@ echo "== fuzz: targets built after $((SECONDS - start)) s"
 
 for target in $(cargo +nightly fuzz list); do
   mkdir -p "corpus/$target"
+  # The last long run's minimized corpus (committed packed, read-only here).
+  rm -rf "target/minimized/$target"
+  if [ -f "minimized/$target.corpus" ]; then
+    python3 pack.py unpack "minimized/$target.corpus" "target/minimized/$target"
+  fi
   echo "== fuzz $target (${seconds} s)"
   # The seeds are read, new inputs go to corpus/ (not committed).
   log="corpus/$target.log"
   if ! cargo +nightly fuzz run -O "$target" "corpus/$target" "seeds/$target" \
-    $(test -d "regressions/$target" && echo "regressions/$target") -- \
+    $(test -d "regressions/$target" && echo "regressions/$target") \
+    $(test -d "target/minimized/$target" && echo "target/minimized/$target") -- \
     -max_total_time="$seconds" -rss_limit_mb=2048 -print_final_stats=1 >"$log" 2>&1; then
     tail -n 60 "$log" >&2
     echo "FAILED: fuzz target $target (the input is in fuzz/artifacts/$target/)" >&2

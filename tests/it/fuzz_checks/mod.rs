@@ -2,8 +2,10 @@
 //! target (`fuzz/fuzz_targets/<name>.rs`, nightly) includes its file by path; this suite
 //! runs the same checks on the stable toolchain over the committed inputs (the seeds in
 //! `fuzz/seeds/<name>/`, every input that once failed in `fuzz/regressions/<name>/`, and
-//! seeded mutants of both), so a change that breaks a property fails `cargo test`, not only
-//! a fuzzing run. `REPLGATE_FUZZ_CORPUS=1` adds a local run's `fuzz/corpus/<name>/`.
+//! seeded mutants of both; and, replayed as they are, the minimized corpus of the last long
+//! run, packed in `fuzz/minimized/<name>.corpus`), so a change that breaks a property
+//! fails `cargo test`, not only a fuzzing run. `REPLGATE_FUZZ_CORPUS=1` adds a local run's
+//! `fuzz/corpus/<name>/`.
 //! docs/testing.md, "Coverage-guided fuzzing"; docs/decisions.md says why CI does not run
 //! libFuzzer itself.
 
@@ -65,6 +67,27 @@ fn inputs(dir: &Path) -> Vec<(PathBuf, Vec<u8>)> {
         .collect()
 }
 
+/// The records of a packed corpus (`fuzz/pack.py`: a 4-byte big-endian length, then the
+/// bytes), none when the file does not exist.
+fn packed(file: &Path) -> Vec<(PathBuf, Vec<u8>)> {
+    let Ok(data) = std::fs::read(file) else {
+        return Vec::new();
+    };
+    let mut out = Vec::new();
+    let mut rest = &data[..];
+    while !rest.is_empty() {
+        let at = out.len();
+        let (len, tail) = rest
+            .split_first_chunk::<4>()
+            .unwrap_or_else(|| panic!("{}: record {at} is cut", file.display()));
+        let len = u32::from_be_bytes(*len) as usize;
+        assert!(tail.len() >= len, "{}: record {at} is cut", file.display());
+        out.push((file.join(format!("#{at}")), tail[..len].to_vec()));
+        rest = &tail[len..];
+    }
+    out
+}
+
 /// Runs `check` on `input`; the panic's message if a property failed.
 fn failure(check: Check, input: &[u8]) -> Option<String> {
     let outcome = catch_unwind(AssertUnwindSafe(|| check(input)));
@@ -118,11 +141,10 @@ fn every_fuzz_target_has_a_check_and_passes_its_seeds_regressions_and_their_muta
         assert!(!seeds.is_empty(), "{name}: no seeds in fuzz/seeds/{name}/");
         let mut committed = seeds;
         committed.extend(inputs(&fuzz_dir().join("regressions").join(name)));
-        let corpus = if with_corpus {
-            inputs(&fuzz_dir().join("corpus").join(name))
-        } else {
-            Vec::new()
-        };
+        let mut corpus = packed(&fuzz_dir().join("minimized").join(format!("{name}.corpus")));
+        if with_corpus {
+            corpus.extend(inputs(&fuzz_dir().join("corpus").join(name)));
+        }
         let mut runs = 0u64;
         for (i, (path, bytes)) in committed.iter().chain(&corpus).enumerate() {
             runs += 1;
@@ -151,7 +173,7 @@ fn every_fuzz_target_has_a_check_and_passes_its_seeds_regressions_and_their_muta
             }
         }
         eprintln!(
-            "fuzz check {name}: {} committed inputs, {} from the corpus, {runs} runs in {:.1} s",
+            "fuzz check {name}: {} committed inputs, {} corpus inputs, {runs} runs in {:.1} s",
             committed.len(),
             corpus.len(),
             started.elapsed().as_secs_f64()
