@@ -61,17 +61,18 @@ pub fn release_free() {
     }
 }
 
-/// How many threads the process has now (`/proc/self/stat`), or 0 where that cannot be
-/// read. The daemon gives free memory back when this falls: threads end after a burst.
+/// How many threads the process has now (`Threads:` in `/proc/self/status`), or 0 where
+/// that cannot be read. The daemon gives free memory back when this falls: threads end
+/// after a burst. (Not `/proc/self/stat`: qemu-user, which runs the ARM builds in CI,
+/// fakes that file with a thread count of 0.)
 pub fn thread_count() -> usize {
-    let Ok(stat) = std::fs::read_to_string("/proc/self/stat") else {
+    let Ok(status) = std::fs::read_to_string("/proc/self/status") else {
         return 0;
     };
-    // The command name (field 2) is in parentheses and may contain spaces; the thread
-    // count is the 18th field after it.
-    stat.rsplit_once(')')
-        .and_then(|(_, rest)| rest.split_whitespace().nth(17))
-        .and_then(|n| n.parse().ok())
+    status
+        .lines()
+        .find_map(|line| line.strip_prefix("Threads:"))
+        .and_then(|n| n.trim().parse().ok())
         .unwrap_or(0)
 }
 
