@@ -874,8 +874,14 @@ impl<'c, 'l, W: Write> Session<'c, 'l, W> {
         cur.incoming.progress.advance(len);
         self.ctx.live.count_received(len);
         self.summary.bytes += len;
-        if cur.written >= cur.next_checkpoint
-            || (cur.last_checkpoint.elapsed() >= CHECKPOINT_AFTER && cur.written > cur.recorded)
+        // A complete file needs none: `End` comes next and the seal makes it durable (a
+        // file of up to a chunk would otherwise pay an fdatasync and a directory fsync
+        // for nothing; if the stream breaks first, the session's end checkpoints it).
+        let complete = cur.written == cur.offer.size;
+        if !complete
+            && (cur.written >= cur.next_checkpoint
+                || (cur.last_checkpoint.elapsed() >= CHECKPOINT_AFTER
+                    && cur.written > cur.recorded))
         {
             // On the sink's threads: the stream keeps flowing while the disk catches up.
             cur.next_checkpoint = cur.written + chunk_for(cur.offer.size);
