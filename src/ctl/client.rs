@@ -1,6 +1,6 @@
 //! The one client of `replgate ctl` for its daemon's own admin API: one method per call
-//! ctl makes, built once per invocation over `remote::pinned_agent`, so it trusts only
-//! the daemon's CA, ignores proxy variables, follows no redirect and bounds every call.
+//! ctl makes, built once per invocation over `remote::pinned_client`, so it trusts only
+//! the daemon's CA, uses no proxy, follows no redirect and bounds every call.
 //! Knows paths and bodies; never decides what to print.
 
 use std::io;
@@ -12,11 +12,12 @@ use super::table::clean;
 use super::{CtlError, Secret};
 use crate::cli::{TokenOptions, Trust};
 use crate::model::Privilege;
+use crate::remote::http::{self, HttpError};
 use crate::wire::token::PairingToken;
 
 /// Whole-call bound. `request-target` makes the daemon probe the target (10 s) and file
 /// the request there (up to 10 s connect plus 30 s call), so this stays above 50 s. The
-/// connect bound is `pinned_agent`'s (10 s): a daemon on this host or LAN answers at once.
+/// connect bound is `remote::http`'s (10 s): a daemon on this host or LAN answers at once.
 const CALL_TIMEOUT: Duration = Duration::from_secs(90);
 /// Largest answer read: a full audit page (1 000 rows) is about 300 KB.
 const MAX_ANSWER_BYTES: u64 = 8 * 1024 * 1024;
@@ -79,20 +80,11 @@ pub enum Resolution<'a> {
 
 /// The one client for the daemon's admin API, built once per invocation.
 pub struct Client {
-    agent: ureq::Agent,
-    /// `https://host:port`, no trailing slash.
+    http: http::Client,
+    /// `https://host:port` as given, for messages.
     base: String,
-}
-
-fn with_token<B>(rb: ureq::RequestBuilder<B>, token: Option<&Secret>) -> ureq::RequestBuilder<B> {
-    match token {
-        Some(t) => rb.header("AuthToken", t.0.as_str()),
-        None => rb,
-    }
-}
-
-fn is_tls_failure(e: &ureq::Error) -> bool {
-    matches!(e, ureq::Error::Tls(_)) || crate::remote::tls_error(e).is_some()
+    /// `host:port` of `base`.
+    authority: String,
 }
 
 /// Percent-encodes one path segment (a host name with a port, a user name).
@@ -115,16 +107,22 @@ impl Client {
             .map_err(|e| CtlError::Usage(format!("the CA file holds no certificate: {e}")))?;
         // Only the daemon's own CA: its API certificate is issued by it, never by a public
         // CA, and no other certificate may stand in for it.
-        let agent = crate::remote::pinned_agent(
+        let http = crate::remote::pinned_client(
             ca.into(),
             None,
             CALL_TIMEOUT,
             concat!("replgate-ctl/", env!("CARGO_PKG_VERSION")),
         )
         .map_err(|e| CtlError::Usage(format!("the CA file: {e}")))?;
+        let authority = base
+            .strip_prefix("https://")
+            .map(|rest| rest.strip_suffix('/').unwrap_or(rest))
+            .filter(|a| !a.is_empty() && !a.contains(['/', '?', '#', '@']))
+            .ok_or_else(|| CtlError::Usage(format!("--api {base}: not https://HOST:PORT")))?;
         Ok(Client {
-            agent,
+            http,
             base: base.to_string(),
+            authority: authority.to_string(),
         })
     }
 
@@ -414,9 +412,9 @@ impl Client {
         self.call(Method::Get, &path, Some(token), None)
     }
 
-    fn classify(&self, e: ureq::Error) -> CtlError {
+    fn classify(&self, e: HttpError) -> CtlError {
         if let Some(rustls::Error::AlertReceived(rustls::AlertDescription::CertificateRequired)) =
-            crate::remote::tls_error(&e)
+            e.tls()
         {
             return CtlError::Unreachable(format!(
                 "{} asks for a client certificate, so it is a tunnel listener: give --api the \
@@ -425,7 +423,7 @@ impl Client {
             ));
         }
         match e {
-            ureq::Error::Io(io)
+            HttpError::Io(io)
                 if matches!(
                     io.kind(),
                     io::ErrorKind::BrokenPipe
@@ -439,18 +437,21 @@ impl Client {
                     self.base
                 ))
             }
-            ureq::Error::BadUri(m) => CtlError::Usage(format!("--api {}: {m}", self.base)),
-            ureq::Error::BodyExceedsLimit(n) => {
-                CtlError::Malformed(format!("answer larger than {n} bytes"))
+            HttpError::Address(_) => {
+                CtlError::Usage(format!("--api {}: not https://HOST:PORT", self.base))
             }
-            e if is_tls_failure(&e) => CtlError::Unreachable(format!(
+            HttpError::TooLarge(n) => CtlError::Malformed(format!("answer larger than {n} bytes")),
+            HttpError::Malformed(what) => CtlError::Malformed(format!(
+                "the daemon at {} answered no HTTP: {what}",
+                self.base
+            )),
+            e if e.tls().is_some() => CtlError::Unreachable(format!(
                 "TLS with {} failed: {e} (is --cacert the CA of this daemon?)",
                 self.base
             )),
-            ureq::Error::Io(io) => {
+            HttpError::Io(io) => {
                 CtlError::Unreachable(format!("cannot reach the daemon at {}: {io}", self.base))
             }
-            e => CtlError::Unreachable(format!("cannot reach the daemon at {}: {e}", self.base)),
         }
     }
 
@@ -462,31 +463,30 @@ impl Client {
         token: Option<&Secret>,
         body: Option<&Value>,
     ) -> Result<Answer, CtlError> {
-        let url = format!("{}{path}", self.base);
         let json_body = body.map(Value::to_string);
-        let sent = match method {
-            Method::Get => with_token(self.agent.get(&url), token).call(),
-            Method::Delete => with_token(self.agent.delete(&url), token).call(),
-            Method::Post | Method::Put => {
-                let rb = match method {
-                    Method::Post => self.agent.post(&url),
-                    _ => self.agent.put(&url),
-                };
-                let rb = with_token(rb, token).header("Content-Type", "application/json");
-                match json_body {
-                    Some(b) => rb.send(b),
-                    None => rb.send_empty(),
-                }
-            }
+        let (verb, sends) = match method {
+            Method::Get => ("GET", false),
+            Method::Delete => ("DELETE", false),
+            Method::Post => ("POST", true),
+            Method::Put => ("PUT", true),
         };
-        let mut response = sent.map_err(|e| self.classify(e))?;
-        let status = response.status().as_u16();
-        let text = response
-            .body_mut()
-            .with_config()
-            .limit(MAX_ANSWER_BYTES)
-            .read_to_string()
+        let body = sends.then(|| http::Body {
+            content_type: "application/json",
+            bytes: json_body.as_deref().unwrap_or("").as_bytes(),
+        });
+        let auth = token.map(|t| ("AuthToken", t.0.as_str()));
+        let response = self
+            .http
+            .call(
+                &self.authority,
+                verb,
+                path,
+                auth.as_slice(),
+                body,
+                MAX_ANSWER_BYTES,
+            )
             .map_err(|e| self.classify(e))?;
+        let (status, text) = (response.status, response.body);
         if !(200..300).contains(&status) {
             return Err(CtlError::Refused(Refusal::parse(status, text)));
         }

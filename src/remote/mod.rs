@@ -1,23 +1,19 @@
 //! The one client for another appliance (source side): its appliance protocol over TLS and
-//! its tunnel over mutual TLS. Built on ureq with every knob set on purpose: only the
-//! pinned CA is trusted, timeouts are short, proxy variables and redirects are ignored.
-//! Also the live I/O of source-side pairing (`LiveSource`), which the domain is handed.
+//! its tunnel over mutual TLS, through [`http`]: only the pinned CA is trusted, timeouts
+//! are short, there is no proxy and no redirect. Also the live I/O of source-side pairing
+//! (`LiveSource`), which the domain is handed.
 
+pub mod http;
 pub mod tunnel;
 
 use std::fmt;
-use std::io::{Read, Write};
-use std::sync::Arc;
 use std::time::Duration;
 
 use serde::de::DeserializeOwned;
 
-use rustls::pki_types::{CertificateDer, ServerName};
-use ureq::unversioned::resolver::DefaultResolver;
-use ureq::unversioned::transport::{
-    Buffers, ConnectionDetails, Connector, Either, LazyBuffers, NextTimeout, TcpConnector,
-    Transport, TransportAdapter,
-};
+use rustls::pki_types::CertificateDer;
+
+use self::http::{Body, Client, HttpError, Response};
 
 use crate::ca::CaError;
 use crate::identity::{IdentityError, TargetDirs};
@@ -26,9 +22,6 @@ use crate::tls::TlsError;
 use crate::wire::error::OPEN_REQUEST_OTHER_KEY_CODE;
 use crate::wire::protocol::{Filed, Hello, RenewBody, Renewal, RequestBody, SpoolStatus};
 
-/// Connecting to a peer appliance on a LAN or WAN link; a peer that does not answer within
-/// this is treated as down and retried later.
-const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 /// Whole-call bound, so one stuck peer cannot hold the poller thread.
 const CALL_TIMEOUT: Duration = Duration::from_secs(30);
 /// The first contact with a target (reading the CA it presents).
@@ -40,9 +33,9 @@ const MAX_BODY_BYTES: u64 = 256 * 1024;
 #[derive(Debug)]
 pub enum RemoteError {
     /// Could not reach the peer, or the connection broke: retry later.
-    Unreachable(ureq::Error),
+    Unreachable(HttpError),
     /// The peer's certificate does not chain to the pinned CA, or it refused ours.
-    Untrusted(ureq::Error),
+    Untrusted(HttpError),
     /// The peer answered with an error status: its documented message and, when it sent
     /// one, its `Retry-After` in seconds.
     Refused {
@@ -108,176 +101,38 @@ impl std::error::Error for RemoteError {
     }
 }
 
-/// The rustls error behind a ureq error, if the failure happened in TLS. rustls reports
-/// handshake failures through the stream, as an io::Error around them.
-pub fn tls_error(e: &ureq::Error) -> Option<&rustls::Error> {
-    match e {
-        ureq::Error::Rustls(e) => Some(e),
-        ureq::Error::Io(io) => io
-            .get_ref()
-            .and_then(|inner| inner.downcast_ref::<rustls::Error>()),
-        _ => None,
-    }
-}
-
-fn classify(e: ureq::Error) -> RemoteError {
+fn classify(e: HttpError) -> RemoteError {
     let untrusted = matches!(
-        tls_error(&e),
+        e.tls(),
         Some(rustls::Error::InvalidCertificate(_) | rustls::Error::AlertReceived(_))
     );
     match e {
         _ if untrusted => RemoteError::Untrusted(e),
-        ureq::Error::Tls(_) => RemoteError::Untrusted(e),
-        ureq::Error::BodyExceedsLimit(limit) => RemoteError::TooLarge { limit },
+        HttpError::TooLarge(limit) => RemoteError::TooLarge { limit },
         other => RemoteError::Unreachable(other),
     }
 }
 
-/// TLS for ureq from our own rustls config (`tls::pinned_client_config`). ureq's built-in
-/// rustls connector would also check the server name; here the per-appliance CA is the
-/// trust anchor, and appliances are often reached by an address that their certificate
-/// does not name (a listener on 0.0.0.0, a NAT address), so only the chain to the pinned
-/// CA and validity are checked.
-#[derive(Debug)]
-struct PinnedTls(Arc<rustls::ClientConfig>);
-
-impl<In: Transport> Connector<In> for PinnedTls {
-    type Out = Either<In, PinnedTransport>;
-
-    fn connect(
-        &self,
-        details: &ConnectionDetails,
-        chained: Option<In>,
-    ) -> Result<Option<Self::Out>, ureq::Error> {
-        let Some(transport) = chained else {
-            return Ok(None);
-        };
-        if !details.needs_tls() || transport.is_tls() {
-            return Ok(Some(Either::A(transport)));
-        }
-        let host = details.uri.host().unwrap_or("localhost");
-        let host = host.trim_start_matches('[').trim_end_matches(']');
-        let name = ServerName::try_from(host.to_string())
-            .map_err(|_| ureq::Error::Tls("invalid server name"))?;
-        let mut conn = rustls::ClientConnection::new(self.0.clone(), name)?;
-        let mut sock = TransportAdapter::new(transport.boxed(), details.current_time.clone());
-        sock.set_timeout(details.timeout);
-        conn.complete_io(&mut sock)?;
-        let buffers = LazyBuffers::new(
-            details.config.input_buffer_size(),
-            details.config.output_buffer_size(),
-        );
-        Ok(Some(Either::B(PinnedTransport {
-            buffers,
-            stream: rustls::StreamOwned { conn, sock },
-        })))
-    }
-}
-
-/// One TLS connection made by [`PinnedTls`].
-struct PinnedTransport {
-    buffers: LazyBuffers,
-    stream: rustls::StreamOwned<rustls::ClientConnection, TransportAdapter<Box<dyn Transport>>>,
-}
-
-impl fmt::Debug for PinnedTransport {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("PinnedTransport").finish_non_exhaustive()
-    }
-}
-
-impl Transport for PinnedTransport {
-    fn buffers(&mut self) -> &mut dyn Buffers {
-        &mut self.buffers
-    }
-
-    fn transmit_output(&mut self, amount: usize, timeout: NextTimeout) -> Result<(), ureq::Error> {
-        self.stream.get_mut().set_timeout(timeout);
-        let output = &self.buffers.output()[..amount];
-        self.stream.write_all(output)?;
-        Ok(())
-    }
-
-    fn await_input(&mut self, timeout: NextTimeout) -> Result<bool, ureq::Error> {
-        self.stream.get_mut().set_timeout(timeout);
-        let input = self.buffers.input_append_buf();
-        let amount = self.stream.read(input)?;
-        self.buffers.input_appended(amount);
-        Ok(amount > 0)
-    }
-
-    fn is_open(&mut self) -> bool {
-        self.stream.get_mut().get_mut().is_open()
-    }
-
-    fn is_tls(&self) -> bool {
-        true
-    }
-}
-
-/// The one way this crate builds an HTTP client: only `ca_der` is trusted (a
-/// per-appliance CA, never the public ones), proxy variables and redirects are ignored,
-/// calls are bounded. `client` (chain PEM, key PEM) is presented for mutual TLS.
-pub fn pinned_agent(
+/// The one way this crate builds an HTTPS client: only `ca_der` is trusted (a
+/// per-appliance CA, never the public ones; and only the chain and validity are checked,
+/// not the name: appliances are often reached by an address their certificate does not
+/// name, a listener on 0.0.0.0 or a NAT address), calls are bounded. `client` (chain
+/// PEM, key PEM) is presented for mutual TLS.
+pub fn pinned_client(
     ca_der: CertificateDer<'static>,
     client: Option<(&str, &str)>,
     call_timeout: Duration,
-    user_agent: &str,
-) -> Result<ureq::Agent, crate::tls::TlsError> {
+    user_agent: &'static str,
+) -> Result<Client, crate::tls::TlsError> {
     let tls = crate::tls::pinned_client_config(ca_der, client)?;
-    let config = ureq::Agent::config_builder()
-        // Appliances are reached directly; an environment proxy is never meant and would
-        // see tokens.
-        .proxy(None)
-        // A redirect could lead the client to trust or send a token to another endpoint.
-        .max_redirects(0)
-        .timeout_connect(Some(CONNECT_TIMEOUT))
-        .timeout_global(Some(call_timeout))
-        .https_only(true)
-        // Error statuses are answers: their documented body carries the message.
-        .http_status_as_error(false)
-        .user_agent(user_agent)
-        .build();
-    let connector = ().chain(TcpConnector::default()).chain(PinnedTls(tls));
-    Ok(ureq::Agent::with_parts(
-        config,
-        connector,
-        DefaultResolver::default(),
-    ))
-}
-
-/// An answer's status, its `Retry-After` in seconds (when given as seconds) and its
-/// (bounded) body.
-struct Answer {
-    status: u16,
-    retry_after: Option<u64>,
-    text: String,
-}
-
-fn answer(mut response: ureq::http::Response<ureq::Body>) -> Result<Answer, RemoteError> {
-    let status = response.status().as_u16();
-    let retry_after = response
-        .headers()
-        .get("retry-after")
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.trim().parse::<u64>().ok());
-    let text = response
-        .body_mut()
-        .with_config()
-        .limit(MAX_BODY_BYTES)
-        .read_to_string()
-        .map_err(classify)?;
-    Ok(Answer {
-        status,
-        retry_after,
-        text,
-    })
+    Ok(Client::new(tls, call_timeout, user_agent))
 }
 
 /// A client for one peer, trusting only `ca_pem`.
 pub struct Remote {
-    agent: ureq::Agent,
-    base: String,
+    client: Client,
+    /// `host:port`.
+    host: String,
 }
 
 impl Remote {
@@ -298,7 +153,7 @@ impl Remote {
 
     fn new(host: &str, ca_pem: &str, client: Option<(&str, &str)>) -> Result<Remote, RemoteError> {
         let ca = crate::ca::cert_pem_to_der(ca_pem).map_err(RemoteError::PinnedCa)?;
-        let agent = pinned_agent(
+        let client = pinned_client(
             CertificateDer::from(ca),
             client,
             CALL_TIMEOUT,
@@ -306,20 +161,26 @@ impl Remote {
         )
         .map_err(RemoteError::TlsSetup)?;
         Ok(Remote {
-            agent,
-            base: format!("https://{host}"),
+            client,
+            host: host.to_string(),
         })
     }
 
-    fn read<T: DeserializeOwned>(
-        &self,
-        response: ureq::http::Response<ureq::Body>,
-    ) -> Result<T, RemoteError> {
-        let Answer {
-            status,
-            retry_after,
-            text,
-        } = answer(response)?;
+    fn call(&self, method: &str, path: &str, json: Option<&str>) -> Result<Response, RemoteError> {
+        let body = json.map(|j| Body {
+            content_type: "application/json",
+            bytes: j.as_bytes(),
+        });
+        self.client
+            .call(&self.host, method, path, &[], body, MAX_BODY_BYTES)
+            .map_err(classify)
+    }
+
+    fn read<T: DeserializeOwned>(&self, response: Response) -> Result<T, RemoteError> {
+        let retry_after = response.retry_after();
+        let Response {
+            status, body: text, ..
+        } = response;
         if !(200..300).contains(&status) {
             let error = serde_json::from_str::<serde_json::Value>(&text)
                 .ok()
@@ -346,35 +207,21 @@ impl Remote {
     }
 
     fn get_text(&self, path: &str) -> Result<String, RemoteError> {
-        let response = self
-            .agent
-            .get(format!("{}{path}", self.base))
-            .call()
-            .map_err(classify)?;
-        let Answer {
-            status,
-            retry_after,
-            text,
-        } = answer(response)?;
-        if status != 200 {
+        let response = self.call("GET", path, None)?;
+        if response.status != 200 {
             return Err(RemoteError::Refused {
-                status,
+                status: response.status,
                 message: format!("GET {path}"),
-                retry_after,
+                retry_after: response.retry_after(),
                 open_request: None,
             });
         }
-        Ok(text)
+        Ok(response.body)
     }
 
     pub fn file_request(&self, body: &RequestBody) -> Result<Filed, RemoteError> {
         let json = serde_json::to_string(body).map_err(RemoteError::Encode)?;
-        let response = self
-            .agent
-            .post(format!("{}/replication/v1/requests", self.base))
-            .header("Content-Type", "application/json")
-            .send(json)
-            .map_err(classify)?;
+        let response = self.call("POST", "/replication/v1/requests", Some(&json))?;
         self.read(response)
     }
 
@@ -394,11 +241,7 @@ impl Remote {
 
     /// `GET /tunnel/v1/hello` over the tunnel.
     pub fn hello(&self) -> Result<Hello, RemoteError> {
-        let response = self
-            .agent
-            .get(format!("{}/tunnel/v1/hello", self.base))
-            .call()
-            .map_err(classify)?;
+        let response = self.call("GET", "/tunnel/v1/hello", None)?;
         self.read(response)
     }
 
@@ -407,12 +250,7 @@ impl Remote {
     pub fn renew(&self, csr_pem: &str) -> Result<Renewal, RemoteError> {
         let json =
             serde_json::to_string(&RenewBody { csr: csr_pem }).map_err(RemoteError::Encode)?;
-        let response = self
-            .agent
-            .post(format!("{}/tunnel/v1/renew", self.base))
-            .header("Content-Type", "application/json")
-            .send(json)
-            .map_err(classify)?;
+        let response = self.call("POST", "/tunnel/v1/renew", Some(&json))?;
         self.read(response)
     }
 }
