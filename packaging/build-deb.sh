@@ -55,11 +55,13 @@ if [ -z "$binary" ]; then
 fi
 [ -x "$binary" ] || { echo "build-deb.sh: $binary is not an executable" >&2; exit 1; }
 
-# A dynamically linked binary depends on the newest glibc symbol version it uses; a
-# static one (musl) depends on nothing.
+# A dynamically linked binary depends on the newest glibc symbol version it uses (packed
+# relative relocations, GLIBC_ABI_DT_RELR, need 2.36: build.rs); a static one (musl)
+# depends on nothing.
 depends="adduser | passwd"
 if readelf -l "$binary" | grep -q 'INTERP'; then
-    glibc="$(readelf -V "$binary" | grep -o 'GLIBC_[0-9][0-9.]*' | sed 's/GLIBC_//' |
+    glibc="$( (readelf -V "$binary" | grep -o 'GLIBC_[0-9][0-9.]*' | sed 's/GLIBC_//'
+        if readelf -V "$binary" | grep -q 'GLIBC_ABI_DT_RELR'; then echo 2.36; fi) |
         sort -uV | tail -n 1)"
     depends="libc6 (>= ${glibc:-2.17}), $depends"
 fi
