@@ -111,14 +111,15 @@ fn missing_garbage_and_logged_out_tokens_get_401() {
 
 #[test]
 fn a_used_token_stays_alive_and_an_idle_one_expires() {
-    let d = Daemon::start("auth-expiry", Options::default().set("session_idle", 2));
+    let d = Daemon::start("auth-expiry", Options::default().set("session_idle", 5));
     let token = d.root_token();
-    // Used every 0.7 s for 3.5 s: well past the 2 s idle timeout, never idle that long.
-    for _ in 0..5 {
+    // Used every second for 7 s: past the 5 s idle timeout, never idle that long (a
+    // loaded machine may add seconds to a request; 4 s of slack between uses).
+    for _ in 0..7 {
         assert_eq!(d.client().get("/api/users", Some(&token)).status, 200);
-        std::thread::sleep(Duration::from_millis(700));
+        std::thread::sleep(Duration::from_secs(1));
     }
-    std::thread::sleep(Duration::from_millis(3_100));
+    std::thread::sleep(Duration::from_millis(6_100));
     assert_eq!(d.client().get("/api/users", Some(&token)).status, 401);
 }
 
