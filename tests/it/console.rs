@@ -336,7 +336,8 @@ fn authtoken_scripts_are_untouched_by_the_console_rules() {
 fn a_cookie_session_has_the_users_privilege_and_idles_out_like_a_token() {
     let d = Daemon::start(
         "console-privilege",
-        Options::default().set("session_idle", 2),
+        // Long enough for the requests below on a loaded machine, short enough to wait out.
+        Options::default().set("session_idle", 5),
     );
     let root = d.root_token();
     let body = json!({"name": "watcher", "password": "long-enough-1", "privilege": "monitor"});
@@ -369,7 +370,7 @@ fn a_cookie_session_has_the_users_privilege_and_idles_out_like_a_token() {
         "this operation needs the superuser privilege"
     );
     // Idle past session_idle: the cookie's session has ended, as a token's would.
-    std::thread::sleep(Duration::from_millis(3_100));
+    std::thread::sleep(Duration::from_millis(6_100));
     let late = with_cookie(&d, "GET", "/api/session", &token, &[], &Value::Null);
     assert_eq!((late.status, late.code()), (401, 401), "{}", late.text());
 }
