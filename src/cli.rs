@@ -443,8 +443,9 @@ const CTL_FLAGS: [&str; 6] = [
 struct CtlOptions(Vec<(&'static str, Option<String>)>);
 
 impl CtlOptions {
-    fn value(&mut self, name: &str) -> Result<Option<String>, UsageError> {
-        let mut found: Vec<Option<String>> = Vec::new();
+    /// Takes every occurrence of `name`, with its value if it had one.
+    fn take_all(&mut self, name: &str) -> Vec<Option<String>> {
+        let mut found = Vec::new();
         self.0.retain(|(n, v)| {
             if *n == name {
                 found.push(v.clone());
@@ -453,6 +454,11 @@ impl CtlOptions {
                 true
             }
         });
+        found
+    }
+
+    fn value(&mut self, name: &str) -> Result<Option<String>, UsageError> {
+        let mut found = self.take_all(name);
         match found.len() {
             0 => Ok(None),
             1 => Ok(found.pop().flatten()),
@@ -467,16 +473,7 @@ impl CtlOptions {
 
     /// Every value of an option that may be given more than once (`--window`).
     fn values(&mut self, name: &str) -> Result<Vec<String>, UsageError> {
-        let mut found = Vec::new();
-        self.0.retain(|(n, v)| {
-            if *n == name {
-                found.push(v.clone());
-                false
-            } else {
-                true
-            }
-        });
-        found
+        self.take_all(name)
             .into_iter()
             .map(|v| v.ok_or_else(|| UsageError(format!("{name} needs a value"))))
             .collect()

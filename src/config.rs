@@ -402,24 +402,14 @@ impl RawConfig {
     ) -> Result<Vec<String>, ConfigError> {
         let mut applied = Vec::new();
         for (name, value) in env {
-            let is_key = {
-                let k = name
-                    .strip_prefix("REPLGATE_")
-                    .unwrap_or("")
-                    .to_ascii_lowercase();
-                !(k == "admin_password"
-                    || k == "config"
-                    || k == "commit"
-                    || k == "password"
-                    || k.starts_with("ctl_"))
-            };
-            if is_key && name.starts_with("REPLGATE_") {
-                applied.push(name.clone());
-            }
             let Some(key) = name.strip_prefix("REPLGATE_") else {
                 continue;
             };
             let key = key.to_ascii_lowercase();
+            if not_a_setting(&key) {
+                continue;
+            }
+            applied.push(name.clone());
             match key.as_str() {
                 "data_dir" => self.data_dir = Some(value),
                 "api_listen" => self.api_listen = Some(value),
@@ -443,15 +433,6 @@ impl RawConfig {
                 "hostnames" => self.hostnames = Some(comma_list(&value)),
                 "console_hosts" => self.console_hosts = Some(comma_list(&value)),
                 "console_origins" => self.console_origins = Some(comma_list(&value)),
-                // Read by the daemon at database creation only; not a config key.
-                "admin_password" | "config" => {}
-                // `replgate ctl`'s own settings, often exported in an admin's shell: never
-                // the daemon's business, never a reason for it not to start.
-                "password" => {}
-                k if k.starts_with("ctl_") => {}
-                // The build's commit (build.rs): `cargo run` passes it to the binary it
-                // runs, and packagers export it for their builds.
-                "commit" => {}
                 k if NUMERIC_KEYS.contains(&k) => {
                     let parsed = value.trim().parse::<u64>().map_err(|_| {
                         bad(k, format!("{name}={value:?} is not a non-negative integer"))
@@ -995,6 +976,15 @@ fn toml_string(s: &str) -> String {
     serde_json::Value::from(s)
         .to_string()
         .replace('\u{7f}', "\\u007f")
+}
+
+/// `REPLGATE_<KEY>` variables that are not settings, so neither set one nor stop the daemon:
+/// `admin_password` and `config` are read by the daemon itself (the first at database
+/// creation only); `password` and `ctl_*` are `replgate ctl`'s, often exported in an
+/// admin's shell; `commit` is the build's (build.rs), which `cargo run` passes to the
+/// binary it runs and packagers export for their builds.
+fn not_a_setting(key: &str) -> bool {
+    matches!(key, "admin_password" | "config" | "password" | "commit") || key.starts_with("ctl_")
 }
 
 #[cfg(test)]

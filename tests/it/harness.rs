@@ -224,26 +224,18 @@ pub fn scratch_dir(name: &str) -> PathBuf {
     dir
 }
 
-/// Removes `replgate-it-<pid>` roots (and the older flat `replgate-it-<name>-<pid>-<n>`
-/// directories) whose process is gone.
+/// Removes the `replgate-it-<pid>` roots whose process is gone.
 fn remove_roots_of_ended_runs() {
     let Ok(entries) = std::fs::read_dir(std::env::temp_dir()) else {
         return;
     };
     for entry in entries.flatten() {
         let name = entry.file_name();
-        let Some(rest) = name.to_str().and_then(|n| n.strip_prefix("replgate-it-")) else {
-            continue;
-        };
-        // `<pid>`, or the older `<name>-<pid>-<n>`.
-        let pid_part = if rest.contains('-') {
-            rest.rsplit('-').nth(1)
-        } else {
-            Some(rest)
-        };
-        let Some(pid) = pid_part.and_then(|p| p.parse::<u32>().ok()) else {
-            continue;
-        };
+        let pid = name
+            .to_str()
+            .and_then(|n| n.strip_prefix("replgate-it-"))
+            .and_then(|p| p.parse::<u32>().ok());
+        let Some(pid) = pid else { continue };
         if pid != std::process::id() && !Path::new(&format!("/proc/{pid}")).exists() {
             let _ = std::fs::remove_dir_all(entry.path());
         }
