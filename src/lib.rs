@@ -30,6 +30,7 @@ pub mod remote;
 pub mod replication;
 pub mod spool;
 pub mod store;
+pub mod sync;
 #[cfg(test)]
 mod test_pki;
 pub mod tls;

@@ -1,5 +1,5 @@
 //! Plain types shared by every layer: privilege levels, the time type and its one UTC
-//! rendering, address networks (CIDR). No I/O, no logic beyond parsing, ordering and
+//! rendering, address networks (CIDR), secrets that never print. No I/O, no logic beyond parsing, ordering and
 //! formatting.
 
 use std::error::Error;
@@ -267,6 +267,37 @@ impl fmt::Display for Network {
     }
 }
 
+/// A secret (password, token, key) whose `Debug` prints `…`, so no log line, error or
+/// `{:?}` of a struct holding one shows it. The value is reached only by naming it:
+/// [`Secret::expose`]. Serde passes it through unchanged (`replgate ctl`'s token cache,
+/// a 0600 file, stores one); nothing else about it is redacted, so do not `Display` it.
+#[derive(Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct Secret<T>(T);
+
+impl<T> Secret<T> {
+    pub fn new(value: T) -> Secret<T> {
+        Secret(value)
+    }
+
+    /// The secret itself, for the one place that needs it (a hash, a header, a login).
+    pub fn expose(&self) -> &T {
+        &self.0
+    }
+}
+
+impl<T> fmt::Debug for Secret<T> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("…")
+    }
+}
+
+impl<T> From<T> for Secret<T> {
+    fn from(value: T) -> Secret<T> {
+        Secret(value)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -372,5 +403,24 @@ mod tests {
         ] {
             assert_eq!(Network::parse(bad), None, "{bad:?}");
         }
+    }
+
+    #[test]
+    fn a_secret_never_shows_in_debug_but_serializes_as_itself() {
+        #[derive(Debug, Serialize, Deserialize)]
+        struct Login {
+            user: String,
+            password: Secret<String>,
+        }
+        let l = Login {
+            user: "root".into(),
+            password: Secret::new("hunter2".into()),
+        };
+        let debug = format!("{l:?} {:?} {:#?}", l.password, l);
+        assert!(!debug.contains("hunter2") && debug.contains('…'), "{debug}");
+        let json = serde_json::to_string(&l).unwrap();
+        assert_eq!(json, r#"{"user":"root","password":"hunter2"}"#);
+        let back: Login = serde_json::from_str(&json).unwrap();
+        assert_eq!(back.password.expose(), "hunter2");
     }
 }

@@ -1,7 +1,10 @@
-//! Random bytes, hex and identifiers: the one home for the operating system's CSPRNG
-//! (through ring) and the encodings built on it. No I/O beyond the random source.
+//! Random bytes and identifiers: the one home for the operating system's CSPRNG (through
+//! ring) and the random strings built on it. No I/O beyond the random source. Hex itself
+//! is `wire::hex`'s.
 
-use std::fmt::Write;
+/// Lowercase hex of `bytes`: [`wire::hex::encode`](crate::wire::hex::encode), named here
+/// for the callers that still spell it `rand::hex` (new code uses `wire::hex`).
+pub use crate::wire::hex::encode as hex;
 
 /// Fills `buf` from the operating system's CSPRNG (through ring).
 pub fn fill(buf: &mut [u8]) {
@@ -17,16 +20,6 @@ pub fn hex_string(n: usize) -> String {
     let mut buf = vec![0u8; n];
     fill(&mut buf);
     hex(&buf)
-}
-
-/// Lowercase hex of `bytes`.
-pub fn hex(bytes: &[u8]) -> String {
-    bytes
-        .iter()
-        .fold(String::with_capacity(bytes.len() * 2), |mut s, b| {
-            let _ = write!(s, "{b:02x}");
-            s
-        })
 }
 
 /// A random version-4 UUID in its lowercase hyphenated form.
@@ -59,7 +52,7 @@ mod tests {
 
     #[test]
     fn hex_and_uuids_have_their_documented_shapes() {
-        assert_eq!(hex(&[0x00, 0xab, 0x7f]), "00ab7f");
+        assert_eq!(super::hex(&[0x00, 0xab, 0x7f]), "00ab7f");
         let t = hex_string(16);
         assert_eq!(t.len(), 32);
         assert_ne!(t, hex_string(16));

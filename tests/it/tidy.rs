@@ -37,6 +37,7 @@ const LAYERS: &[(&str, Layer)] = &[
     ("model", Base),
     ("fsx", Base),
     ("rand", Base),
+    ("sync", Base),
     ("config", Base),
     ("memory", Base),
     ("logging", Base),
