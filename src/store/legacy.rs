@@ -8,8 +8,7 @@ use std::collections::HashSet;
 use redb::{ReadableTable, TableDefinition, TableError, TableHandle, WriteTransaction};
 
 use super::schema::{self, Id, IdName, IdPair, KeyCodec, Name, NamePair};
-use super::txn::Txn;
-use super::{decode, encode, Result};
+use super::{decode, encode, Result, Txn};
 
 /// The tables of versions 1 to 6 by key and value type. `sessions` was bytes → bytes
 /// already and stays as it is.

@@ -6,7 +6,7 @@
 use redb::ReadableTable;
 use serde::{Deserialize, Serialize};
 
-use super::read::{self, Tables};
+use super::access::{self, Tables};
 use super::{decode, schema, Result, Store, Txn};
 use crate::model::UnixTime;
 
@@ -229,15 +229,15 @@ const THROTTLE_KEY: &str = "throttle";
 // ---- reads, written once over `Tables` (a snapshot or the write in progress) ----
 
 fn replication_config(tx: &impl Tables) -> Result<ReplicationConfig> {
-    Ok(read::get(tx, schema::REPLICATION_SETTINGS, CONFIG_KEY)?.unwrap_or_default())
+    Ok(access::get(tx, schema::REPLICATION_SETTINGS, CONFIG_KEY)?.unwrap_or_default())
 }
 
 fn throttle(tx: &impl Tables) -> Result<ThrottleRecord> {
-    Ok(read::get(tx, schema::REPLICATION_SETTINGS, THROTTLE_KEY)?.unwrap_or_default())
+    Ok(access::get(tx, schema::REPLICATION_SETTINGS, THROTTLE_KEY)?.unwrap_or_default())
 }
 
 fn open_items(tx: &impl Tables, target_id: Option<u64>) -> Result<Vec<QueueItem>> {
-    let all: Vec<QueueItem> = read::values(tx, schema::QUEUE)?;
+    let all: Vec<QueueItem> = access::values(tx, schema::QUEUE)?;
     Ok(all
         .into_iter()
         .filter(|i| target_id.is_none_or(|id| id == i.target_id))
@@ -271,7 +271,7 @@ fn latest_items(tx: &impl Tables, target_id: u64) -> Result<Vec<(String, LatestI
     let from = schema::QUEUE_LATEST.key((target_id, ""));
     for row in tx.open(schema::QUEUE_LATEST)?.range(from.as_slice()..)? {
         let (k, v) = row?;
-        let (tid, backup) = read::key_of(schema::QUEUE_LATEST, k.value())?;
+        let (tid, backup) = access::key_of(schema::QUEUE_LATEST, k.value())?;
         if tid != target_id {
             break;
         }
@@ -281,7 +281,7 @@ fn latest_items(tx: &impl Tables, target_id: u64) -> Result<Vec<(String, LatestI
 }
 
 fn latest_item(tx: &impl Tables, target_id: u64, backup: &str) -> Result<Option<LatestItem>> {
-    read::get(tx, schema::QUEUE_LATEST, (target_id, backup))
+    access::get(tx, schema::QUEUE_LATEST, (target_id, backup))
 }
 
 fn received(tx: &impl Tables, uuid: &str) -> Result<Vec<ReceivedRecord>> {
@@ -298,18 +298,18 @@ fn received(tx: &impl Tables, uuid: &str) -> Result<Vec<ReceivedRecord>> {
 }
 
 fn received_one(tx: &impl Tables, uuid: &str, backup: &str) -> Result<Option<ReceivedRecord>> {
-    read::get(tx, schema::RECEIVED, (uuid, backup))
+    access::get(tx, schema::RECEIVED, (uuid, backup))
 }
 
 fn partial(tx: &impl Tables, uuid: &str, backup: &str) -> Result<Option<PartialRecord>> {
-    read::get(tx, schema::PARTIALS, (uuid, backup))
+    access::get(tx, schema::PARTIALS, (uuid, backup))
 }
 
 fn partials(tx: &impl Tables) -> Result<Vec<(String, PartialRecord)>> {
     let mut out = Vec::new();
     for row in tx.open(schema::PARTIALS)?.iter()? {
         let (k, v) = row?;
-        let (uuid, _) = read::key_of(schema::PARTIALS, k.value())?;
+        let (uuid, _) = access::key_of(schema::PARTIALS, k.value())?;
         out.push((uuid, decode("partials", v.value())?));
     }
     Ok(out)
@@ -331,7 +331,7 @@ impl Store {
 
     /// An open item (waiting, active, failed) by id.
     pub fn open_item(&self, id: u64) -> Result<Option<QueueItem>> {
-        read::get(&self.snapshot()?, schema::QUEUE, id)
+        access::get(&self.snapshot()?, schema::QUEUE, id)
     }
 
     /// Finished items (done, removed), newest first, after skipping `start` that match,
@@ -389,7 +389,7 @@ impl Txn {
     }
 
     pub fn open_item(&self, id: u64) -> Result<Option<QueueItem>> {
-        read::get(&self.inner, schema::QUEUE, id)
+        access::get(&self.inner, schema::QUEUE, id)
     }
 
     pub fn open_items(&self) -> Result<Vec<QueueItem>> {

@@ -1,6 +1,7 @@
 //! The database schema in one place: every table, the type of its keys and how keys are
-//! encoded, and the schema version. Values are JSON-encoded records (see `records.rs`) so
-//! that fields can be added with `#[serde(default)]` without a migration.
+//! encoded, and the schema version. Values are JSON-encoded records (each entity's file
+//! declares its own) so that fields can be added with `#[serde(default)]` without a
+//! migration.
 //!
 //! Every table is bytes → bytes in redb ([`Raw`]): redb compiles its whole B-tree (insert,
 //! delete, cursors) once per (key, value) type pair, about 30 KB of code each, and typed

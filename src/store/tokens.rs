@@ -6,7 +6,7 @@ use std::fmt;
 
 use serde::{Deserialize, Serialize};
 
-use super::{read, schema, Result, Store, Txn};
+use super::{access, schema, Result, Store, Txn};
 use crate::model::UnixTime;
 
 /// A pairing token a target's admin issued.
@@ -59,18 +59,18 @@ impl fmt::Debug for TokenRecord {
 
 impl Store {
     pub fn token(&self, id: &str) -> Result<Option<TokenRecord>> {
-        read::get(&self.snapshot()?, schema::PAIRING_TOKENS, id)
+        access::get(&self.snapshot()?, schema::PAIRING_TOKENS, id)
     }
 
     /// Every token, in id order.
     pub fn tokens(&self) -> Result<Vec<TokenRecord>> {
-        read::values(&self.snapshot()?, schema::PAIRING_TOKENS)
+        access::values(&self.snapshot()?, schema::PAIRING_TOKENS)
     }
 }
 
 impl Txn {
     pub fn token(&self, id: &str) -> Result<Option<TokenRecord>> {
-        read::get(&self.inner, schema::PAIRING_TOKENS, id)
+        access::get(&self.inner, schema::PAIRING_TOKENS, id)
     }
 
     pub fn put_token(&self, r: &TokenRecord) -> Result<()> {
