@@ -8,10 +8,10 @@ use std::time::Duration;
 
 use serde_json::{json, Value};
 
+use super::args::{TokenOptions, Trust};
 use super::table::clean;
-use super::{CtlError, Secret};
-use crate::cli::{TokenOptions, Trust};
-use crate::model::Privilege;
+use super::CtlError;
+use crate::model::{Privilege, Secret};
 use crate::remote::http::{self, HttpError};
 use crate::wire::token::PairingToken;
 
@@ -126,12 +126,12 @@ impl Client {
         })
     }
 
-    pub fn login(&self, user: &str, password: &Secret) -> Result<Answer, CtlError> {
-        let body = json!({ "username": user, "password": password.0 });
+    pub fn login(&self, user: &str, password: &Secret<String>) -> Result<Answer, CtlError> {
+        let body = json!({ "username": user, "password": password.expose() });
         self.call(Method::Post, "/api/login", None, Some(&body))
     }
 
-    pub fn logout(&self, token: &Secret) -> Result<Answer, CtlError> {
+    pub fn logout(&self, token: &Secret<String>) -> Result<Answer, CtlError> {
         self.call(Method::Post, "/api/logout", Some(token), None)
     }
 
@@ -139,7 +139,11 @@ impl Client {
         self.call(Method::Get, "/api/health", None, None)
     }
 
-    pub fn pending(&self, token: &Secret, include_rejected: bool) -> Result<Answer, CtlError> {
+    pub fn pending(
+        &self,
+        token: &Secret<String>,
+        include_rejected: bool,
+    ) -> Result<Answer, CtlError> {
         let path = if include_rejected {
             "/api/replication/pending?include_rejected=1"
         } else {
@@ -150,7 +154,7 @@ impl Client {
 
     pub fn resolve(
         &self,
-        token: &Secret,
+        token: &Secret<String>,
         request_id: u64,
         resolution: Resolution,
     ) -> Result<Answer, CtlError> {
@@ -170,13 +174,17 @@ impl Client {
         self.call(Method::Post, path, Some(token), Some(&body))
     }
 
-    pub fn ignore(&self, token: &Secret, request_id: u64) -> Result<Answer, CtlError> {
+    pub fn ignore(&self, token: &Secret<String>, request_id: u64) -> Result<Answer, CtlError> {
         let path = format!("/api/replication/pending/{request_id}");
         self.call(Method::Delete, &path, Some(token), None)
     }
 
     /// Ignores every open request from an address or network.
-    pub fn ignore_from(&self, token: &Secret, remote_addr: &str) -> Result<Answer, CtlError> {
+    pub fn ignore_from(
+        &self,
+        token: &Secret<String>,
+        remote_addr: &str,
+    ) -> Result<Answer, CtlError> {
         let path = format!(
             "/api/replication/pending?remote_addr={}",
             segment(remote_addr)
@@ -184,7 +192,11 @@ impl Client {
         self.call(Method::Delete, &path, Some(token), None)
     }
 
-    pub fn create_token(&self, token: &Secret, o: &TokenOptions) -> Result<Answer, CtlError> {
+    pub fn create_token(
+        &self,
+        token: &Secret<String>,
+        o: &TokenOptions,
+    ) -> Result<Answer, CtlError> {
         let mut body = json!({});
         let numbers = [
             ("uses", o.uses),
@@ -216,31 +228,31 @@ impl Client {
         )
     }
 
-    pub fn tokens(&self, token: &Secret) -> Result<Answer, CtlError> {
+    pub fn tokens(&self, token: &Secret<String>) -> Result<Answer, CtlError> {
         self.call(Method::Get, "/api/replication/tokens", Some(token), None)
     }
 
-    pub fn revoke_token(&self, token: &Secret, token_id: &str) -> Result<Answer, CtlError> {
+    pub fn revoke_token(&self, token: &Secret<String>, token_id: &str) -> Result<Answer, CtlError> {
         let path = format!("/api/replication/tokens/{}", segment(token_id));
         self.call(Method::Delete, &path, Some(token), None)
     }
 
-    pub fn unpair(&self, token: &Secret, system_id: u64) -> Result<Answer, CtlError> {
+    pub fn unpair(&self, token: &Secret<String>, system_id: u64) -> Result<Answer, CtlError> {
         let path = format!("/api/replication/source?sid={system_id}");
         self.call(Method::Delete, &path, Some(token), None)
     }
 
-    pub fn systems(&self, token: &Secret) -> Result<Answer, CtlError> {
+    pub fn systems(&self, token: &Secret<String>) -> Result<Answer, CtlError> {
         self.call(Method::Get, "/api/systems", Some(token), None)
     }
 
-    pub fn storage(&self, token: &Secret) -> Result<Answer, CtlError> {
+    pub fn storage(&self, token: &Secret<String>) -> Result<Answer, CtlError> {
         self.call(Method::Get, "/api/storage", Some(token), None)
     }
 
     pub fn request_target(
         &self,
-        token: &Secret,
+        token: &Secret<String>,
         target: &str,
         trust: &Trust,
         pairing_token: Option<&PairingToken>,
@@ -260,7 +272,7 @@ impl Client {
 
     pub fn queue(
         &self,
-        token: &Secret,
+        token: &Secret<String>,
         target_id: Option<u64>,
         include_done: bool,
     ) -> Result<Answer, CtlError> {
@@ -276,7 +288,7 @@ impl Client {
 
     pub fn queue_add(
         &self,
-        token: &Secret,
+        token: &Secret<String>,
         target_id: u64,
         backup: &str,
     ) -> Result<Answer, CtlError> {
@@ -291,7 +303,7 @@ impl Client {
 
     pub fn queue_change(
         &self,
-        token: &Secret,
+        token: &Secret<String>,
         ids: &[u64],
         clients: &[String],
         reset: bool,
@@ -313,7 +325,7 @@ impl Client {
     /// The replication config; with `changes` (an object of fields), changes it first.
     pub fn replication_config(
         &self,
-        token: &Secret,
+        token: &Secret<String>,
         changes: Option<&Value>,
     ) -> Result<Answer, CtlError> {
         match changes {
@@ -328,7 +340,11 @@ impl Client {
     }
 
     /// The throttle; with `changes`, sets it first.
-    pub fn throttle(&self, token: &Secret, changes: Option<&Value>) -> Result<Answer, CtlError> {
+    pub fn throttle(
+        &self,
+        token: &Secret<String>,
+        changes: Option<&Value>,
+    ) -> Result<Answer, CtlError> {
         match changes {
             Some(body) => self.call(
                 Method::Put,
@@ -340,65 +356,69 @@ impl Client {
         }
     }
 
-    pub fn received(&self, token: &Secret, system_id: u64) -> Result<Answer, CtlError> {
+    pub fn received(&self, token: &Secret<String>, system_id: u64) -> Result<Answer, CtlError> {
         let path = format!("/api/replication/received?sid={system_id}");
         self.call(Method::Get, &path, Some(token), None)
     }
 
-    pub fn verify(&self, token: &Secret, system_id: u64) -> Result<Answer, CtlError> {
+    pub fn verify(&self, token: &Secret<String>, system_id: u64) -> Result<Answer, CtlError> {
         let path = format!("/api/replication/verify?sid={system_id}");
         self.call(Method::Post, &path, Some(token), Some(&json!({})))
     }
 
-    pub fn targets(&self, token: &Secret) -> Result<Answer, CtlError> {
+    pub fn targets(&self, token: &Secret<String>) -> Result<Answer, CtlError> {
         self.call(Method::Get, "/api/replication/targets", Some(token), None)
     }
 
-    pub fn forget_target(&self, token: &Secret, host: &str) -> Result<Answer, CtlError> {
+    pub fn forget_target(&self, token: &Secret<String>, host: &str) -> Result<Answer, CtlError> {
         let path = format!("/api/replication/target/{}", segment(host));
         self.call(Method::Delete, &path, Some(token), None)
     }
 
-    pub fn users(&self, token: &Secret) -> Result<Answer, CtlError> {
+    pub fn users(&self, token: &Secret<String>) -> Result<Answer, CtlError> {
         self.call(Method::Get, "/api/users", Some(token), None)
     }
 
     pub fn add_user(
         &self,
-        token: &Secret,
+        token: &Secret<String>,
         name: &str,
         privilege: Privilege,
-        password: &Secret,
+        password: &Secret<String>,
     ) -> Result<Answer, CtlError> {
-        let body = json!({ "name": name, "privilege": privilege, "password": password.0 });
+        let body = json!({ "name": name, "privilege": privilege, "password": password.expose() });
         self.call(Method::Post, "/api/users", Some(token), Some(&body))
     }
 
     /// Changes what is given; at least one of `privilege` and `password` is.
     pub fn set_user(
         &self,
-        token: &Secret,
+        token: &Secret<String>,
         name: &str,
         privilege: Option<Privilege>,
-        password: Option<&Secret>,
+        password: Option<&Secret<String>>,
     ) -> Result<Answer, CtlError> {
         let mut body = json!({});
         if let Some(p) = privilege {
             body["privilege"] = json!(p);
         }
         if let Some(pw) = password {
-            body["password"] = json!(pw.0);
+            body["password"] = json!(pw.expose());
         }
         let path = format!("/api/users/{}", segment(name));
         self.call(Method::Put, &path, Some(token), Some(&body))
     }
 
-    pub fn remove_user(&self, token: &Secret, name: &str) -> Result<Answer, CtlError> {
+    pub fn remove_user(&self, token: &Secret<String>, name: &str) -> Result<Answer, CtlError> {
         let path = format!("/api/users/{}", segment(name));
         self.call(Method::Delete, &path, Some(token), None)
     }
 
-    pub fn metrics_token(&self, token: &Secret, name: Option<&str>) -> Result<Answer, CtlError> {
+    pub fn metrics_token(
+        &self,
+        token: &Secret<String>,
+        name: Option<&str>,
+    ) -> Result<Answer, CtlError> {
         let body = match name {
             Some(n) => json!({ "name": n }),
             None => json!({}),
@@ -407,7 +427,7 @@ impl Client {
     }
 
     /// Up to [`AUDIT_PAGE`] audit rows with ids above `after`, oldest first.
-    pub fn audit_page(&self, token: &Secret, after: u64) -> Result<Answer, CtlError> {
+    pub fn audit_page(&self, token: &Secret<String>, after: u64) -> Result<Answer, CtlError> {
         let path = format!("/api/audit?after={after}&limit={AUDIT_PAGE}");
         self.call(Method::Get, &path, Some(token), None)
     }
@@ -460,7 +480,7 @@ impl Client {
         &self,
         method: Method,
         path: &str,
-        token: Option<&Secret>,
+        token: Option<&Secret<String>>,
         body: Option<&Value>,
     ) -> Result<Answer, CtlError> {
         let json_body = body.map(Value::to_string);
@@ -474,7 +494,7 @@ impl Client {
             content_type: "application/json",
             bytes: json_body.as_deref().unwrap_or("").as_bytes(),
         });
-        let auth = token.map(|t| ("AuthToken", t.0.as_str()));
+        let auth = token.map(|t| ("AuthToken", t.expose().as_str()));
         let response = self
             .http
             .call(

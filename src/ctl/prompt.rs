@@ -3,9 +3,10 @@
 
 use std::io::{self, BufRead, IsTerminal, Read, Write};
 
+use super::args::PasswordFrom;
 use super::settings::env_nonempty;
-use super::{CtlError, Secret};
-use crate::cli::PasswordFrom;
+use super::CtlError;
+use crate::model::Secret;
 
 /// A password line is at most this long (the daemon caps passwords lower).
 const MAX_PASSWORD_LINE_BYTES: u64 = 4096;
@@ -61,7 +62,11 @@ fn prompt_hidden(prompt: &str) -> io::Result<String> {
 }
 
 /// A password from `from`. `confirm` asks twice at a prompt (for a new password).
-pub fn password(from: PasswordFrom, prompt: &str, confirm: bool) -> Result<Secret, CtlError> {
+pub fn password(
+    from: PasswordFrom,
+    prompt: &str,
+    confirm: bool,
+) -> Result<Secret<String>, CtlError> {
     let p = match from {
         PasswordFrom::Stdin => read_stdin_line()?,
         PasswordFrom::EnvOrPrompt => match env_nonempty("REPLGATE_PASSWORD") {
@@ -83,7 +88,7 @@ pub fn password(from: PasswordFrom, prompt: &str, confirm: bool) -> Result<Secre
     if p.is_empty() {
         return Err(CtlError::Usage("the password is empty".into()));
     }
-    Ok(Secret(p))
+    Ok(Secret::new(p))
 }
 
 #[cfg(test)]

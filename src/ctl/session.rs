@@ -7,9 +7,9 @@ use std::path::PathBuf;
 
 use serde::{Deserialize, Serialize};
 
-use super::settings::MAX_LOCAL_FILE_BYTES;
-use super::{CtlError, Secret};
+use super::{CtlError, MAX_LOCAL_FILE_BYTES};
 use crate::fsx;
+use crate::model::Secret;
 
 /// One cached login, keyed by the API it was issued by: a token is never sent to any
 /// other daemon.
@@ -20,7 +20,7 @@ pub struct CachedSession {
     pub privilege: String,
     /// The absolute expiry the daemon announced (unix seconds); idle expiry may come first.
     pub expires: i64,
-    pub token: Secret,
+    pub token: Secret<String>,
 }
 
 #[derive(Debug, Default, Serialize, Deserialize)]
@@ -72,7 +72,7 @@ impl TokenFile {
     }
 
     /// The cached token for `api`.
-    pub fn token(&self, api: &str) -> Result<Secret, CtlError> {
+    pub fn token(&self, api: &str) -> Result<Secret<String>, CtlError> {
         self.load()?
             .sessions
             .into_iter()
@@ -116,7 +116,7 @@ mod tests {
             user: "root".into(),
             privilege: "superuser".into(),
             expires: 1,
-            token: Secret("deadbeef".into()),
+            token: Secret::new("deadbeef".into()),
         };
         assert!(!format!("{s:?}").contains("deadbeef"));
     }

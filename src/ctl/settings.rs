@@ -4,17 +4,15 @@
 use std::io::{self, Read};
 use std::path::{Path, PathBuf};
 
+use super::args::Ctl;
 use super::session::TokenFile;
-use super::CtlError;
-use crate::cli::Ctl;
+use super::{CtlError, MAX_LOCAL_FILE_BYTES};
 
 /// Default API address: the daemon's default `api_listen`.
 pub const DEFAULT_API: &str = "https://127.0.0.1:8443";
 /// Default CA files, the first that is there: the daemon's CA under its default
 /// `data_dir` (a daemon started in this directory), then under the packaged one.
 pub const DEFAULT_CACERTS: [&str; 2] = ["./replgate-data/ca.pem", "/var/lib/replgate/ca.pem"];
-/// The token cache and a CA file are a few KB.
-pub const MAX_LOCAL_FILE_BYTES: u64 = 1024 * 1024;
 
 /// Where the API is and whom to trust, resolved from flags, environment and defaults.
 pub struct Settings {

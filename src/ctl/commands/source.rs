@@ -1,0 +1,473 @@
+//! Source-side commands (this appliance replicates to a target): asking targets, the
+//! replication queue, its settings and throttle, and what sources delivered here.
+
+use serde_json::Value;
+
+use super::{other_command, Command, Cx, Help, Opt, Run};
+use crate::ctl::args::{
+    positive, throttle_window, CtlCommand, Input, ThrottleWindow, Trust, UsageError,
+};
+use crate::ctl::table::{self, cell, clean};
+use crate::ctl::CtlError;
+use crate::wire::token::{JoinLine, PairingToken};
+
+pub(super) const COMMANDS: &[Command] = &[
+    Command {
+        name: "request-target",
+        help: &[
+            Help {
+                syntax: "request-target HOST[:PORT] [--fingerprint SHA256 | --insecure] \
+                         [--token TOKEN]",
+                about: "ask a target for replication",
+            },
+            Help {
+                syntax: "request-target --join LINE",
+                about: "ask with the target's join line: its address,\n\
+                        CA fingerprint and a pairing token in one",
+            },
+        ],
+        options: &[
+            Opt::Value("--fingerprint"),
+            Opt::Flag("--insecure"),
+            Opt::Value("--token"),
+            Opt::Value("--join"),
+        ],
+        parse: |i| match i.has("--join") {
+            true => request_with_join_line(i),
+            false => request_with_host(i),
+        },
+        run: Run::Daemon(request_target),
+    },
+    Command {
+        name: "targets",
+        help: &[Help {
+            syntax: "targets",
+            about: "targets asked, and each pairing's state",
+        }],
+        options: &[],
+        parse: |i| i.no_operands().map(|_| CtlCommand::Targets),
+        run: Run::Daemon(|cx, _| {
+            Ok(cx.show(cx.client.targets(&cx.token()?)?, table::targets_table))
+        }),
+    },
+    Command {
+        name: "forget-target",
+        help: &[Help {
+            syntax: "forget-target HOST[:PORT]",
+            about: "forget a target, its key and its certificates",
+        }],
+        options: &[],
+        parse: |i| {
+            let [host] = i.operands(["the target's HOST[:PORT]"])?;
+            Ok(CtlCommand::ForgetTarget {
+                host: host.to_string(),
+            })
+        },
+        run: Run::Daemon(forget_target),
+    },
+    Command {
+        name: "queue",
+        help: &[Help {
+            syntax: "queue [--target ID] [--all]",
+            about: "the replication queue: active and waiting items,\n\
+                    what sources send here now (--all: finished ones too)",
+        }],
+        options: &[Opt::Value("--target"), Opt::Flag("--all")],
+        parse: |i| {
+            Ok(CtlCommand::Queue {
+                target_id: i.positive("--target")?,
+                include_done: i.flag("--all")?,
+            })
+        },
+        run: Run::Daemon(queue),
+    },
+    Command {
+        name: "queue add",
+        help: &[Help {
+            syntax: "queue add TARGET_ID CLIENT/FILE",
+            about: "queue one backup by hand (at the end, any strategy)",
+        }],
+        options: &[],
+        parse: |i| {
+            let [target, backup] = i.operands(["a target ID", "a backup (CLIENT/FILE)"])?;
+            Ok(CtlCommand::QueueAdd {
+                target_id: positive("the target ID", target)?,
+                backup: backup.to_string(),
+            })
+        },
+        run: Run::Daemon(queue_add),
+    },
+    Command {
+        name: "queue remove",
+        help: &[Help {
+            syntax: "queue remove ID... | --client NAME",
+            about: "take items out of the queue (an active one stops)",
+        }],
+        options: &[Opt::Value("--client")],
+        parse: |i| queue_change(i, false),
+        run: Run::Daemon(queue_change_run),
+    },
+    Command {
+        name: "queue reset",
+        help: &[Help {
+            syntax: "queue reset ID... | --client NAME",
+            about: "take them out and queue them again at the end",
+        }],
+        options: &[Opt::Value("--client")],
+        parse: |i| queue_change(i, true),
+        run: Run::Daemon(queue_change_run),
+    },
+    Command {
+        name: "replication-config",
+        help: &[Help {
+            syntax: "replication-config [--max-concurrent N] \
+                     [--strategy manual|retention|recency] [--retries N]",
+            about: "show, or change, how the queue replicates",
+        }],
+        options: &[
+            Opt::Value("--max-concurrent"),
+            Opt::Value("--strategy"),
+            Opt::Value("--retries"),
+        ],
+        parse: replication_config_parse,
+        run: Run::Daemon(replication_config),
+    },
+    Command {
+        name: "throttle",
+        help: &[Help {
+            syntax: "throttle [--link-mbps N] [--window PCT:DAYS:START-END ...] [--clear]",
+            about: "show, or set, the throttle windows (DAYS 0-6, 0 is\n\
+                    Sunday, as 1-5 or 0,6; hours 0-23; --clear: none)",
+        }],
+        options: &[
+            Opt::Value("--link-mbps"),
+            Opt::Value("--window"),
+            Opt::Flag("--clear"),
+        ],
+        parse: throttle_parse,
+        run: Run::Daemon(throttle),
+    },
+    Command {
+        name: "received",
+        help: &[Help {
+            syntax: "received SID",
+            about: "what source SID delivered here, and its last verify",
+        }],
+        options: &[],
+        parse: |i| {
+            let [sid] = i.operands(["a system ID"])?;
+            Ok(CtlCommand::Received {
+                system_id: positive("the system ID", sid)?,
+            })
+        },
+        run: Run::Daemon(received),
+    },
+    Command {
+        name: "verify",
+        help: &[Help {
+            syntax: "verify SID",
+            about: "re-read every copy SID delivered and check its SHA-256",
+        }],
+        options: &[],
+        parse: |i| {
+            let [sid] = i.operands(["a system ID"])?;
+            Ok(CtlCommand::Verify {
+                system_id: positive("the system ID", sid)?,
+            })
+        },
+        run: Run::Daemon(verify),
+    },
+];
+
+/// `request-target --join LINE`: the line carries the target, its CA fingerprint (the
+/// pin: it authenticates the target) and a pairing token.
+fn request_with_join_line(i: &mut Input<'_>) -> Result<CtlCommand, UsageError> {
+    i.no_operands().map_err(|_| {
+        UsageError("`request-target --join` takes the join line only, no HOST".into())
+    })?;
+    if i.has("--fingerprint") || i.has("--insecure") || i.has("--token") {
+        return Err(UsageError(
+            "--join carries the target's fingerprint and token: give no --fingerprint, \
+             --insecure or --token with it"
+                .into(),
+        ));
+    }
+    let line = i.value("--join")?.unwrap_or_default();
+    let join = JoinLine::parse(&line).map_err(|e| UsageError(format!("--join: {e}")))?;
+    Ok(CtlCommand::RequestTarget {
+        target: join.target(),
+        trust: Trust::Fingerprint(join.ca_fingerprint.clone()),
+        token: Some(join.token),
+    })
+}
+
+/// `request-target HOST[:PORT]`, trusting the pinned CA, a fingerprint or anything.
+fn request_with_host(i: &mut Input<'_>) -> Result<CtlCommand, UsageError> {
+    let [target] = i.operands(["the target's HOST[:PORT] (or --join LINE)"])?;
+    let fingerprint = i.value("--fingerprint")?;
+    let insecure = i.flag("--insecure")?;
+    let token = i
+        .value("--token")?
+        .map(|t| {
+            PairingToken::parse(t.trim()).ok_or_else(|| {
+                UsageError(
+                    "--token is not a pairing token (<12 hex digits>.<32 hex digits>)".into(),
+                )
+            })
+        })
+        .transpose()?;
+    let trust = match (fingerprint, insecure) {
+        (Some(_), true) => {
+            return Err(UsageError(
+                "give --fingerprint or --insecure, not both".into(),
+            ))
+        }
+        (Some(f), false) => {
+            Trust::Fingerprint(crate::ca::normalize_fingerprint(&f).ok_or_else(|| {
+                UsageError(format!(
+                    "--fingerprint {f:?} is not a SHA-256 fingerprint (64 hex digits, colons \
+                     optional)"
+                ))
+            })?)
+        }
+        (None, true) => Trust::Insecure,
+        (None, false) => Trust::Pinned,
+    };
+    Ok(CtlCommand::RequestTarget {
+        target: target.to_string(),
+        trust,
+        token,
+    })
+}
+
+/// `queue remove` and `queue reset`: items by id, and every open item of the clients.
+fn queue_change(i: &mut Input<'_>, reset: bool) -> Result<CtlCommand, UsageError> {
+    let ids = i
+        .words()
+        .iter()
+        .map(|id| positive("an item ID", id))
+        .collect::<Result<Vec<u64>, _>>()?;
+    let clients = i.values("--client")?;
+    if ids.is_empty() && clients.is_empty() {
+        return Err(UsageError(format!(
+            "`{}` needs item IDs or --client NAME",
+            i.name
+        )));
+    }
+    Ok(CtlCommand::QueueChange {
+        ids,
+        clients,
+        reset,
+    })
+}
+
+/// `replication-config`: the fields given change, none shows the config.
+fn replication_config_parse(i: &mut Input<'_>) -> Result<CtlCommand, UsageError> {
+    i.no_operands()?;
+    let strategy = i.value("--strategy")?;
+    if let Some(s) = &strategy {
+        if !["manual", "retention", "recency"].contains(&s.as_str()) {
+            return Err(UsageError(format!(
+                "--strategy {s:?} is not manual, retention or recency"
+            )));
+        }
+    }
+    Ok(CtlCommand::ReplicationConfig {
+        max_concurrent: number(i, "--max-concurrent")?,
+        strategy,
+        retries: number(i, "--retries")?,
+    })
+}
+
+/// Option `name` as a number (zero allowed), if given.
+fn number(i: &mut Input<'_>, name: &str) -> Result<Option<u64>, UsageError> {
+    i.value(name)?
+        .map(|n| {
+            n.parse::<u64>()
+                .map_err(|_| UsageError(format!("{name} must be a number, not {n:?}")))
+        })
+        .transpose()
+}
+
+/// `throttle`: the link speed and the windows given change, `--clear` removes every
+/// window, nothing shows the throttle.
+fn throttle_parse(i: &mut Input<'_>) -> Result<CtlCommand, UsageError> {
+    i.no_operands()?;
+    let clear = i.flag("--clear")?;
+    let windows = i
+        .values("--window")?
+        .iter()
+        .map(|w| throttle_window(w))
+        .collect::<Result<Vec<ThrottleWindow>, _>>()?;
+    if clear && !windows.is_empty() {
+        return Err(UsageError("--clear and --window do not go together".into()));
+    }
+    Ok(CtlCommand::Throttle {
+        link_mbps: i.positive("--link-mbps")?,
+        windows: if clear {
+            Some(Vec::new())
+        } else {
+            Some(windows).filter(|w| !w.is_empty())
+        },
+    })
+}
+
+fn request_target(cx: &Cx<'_>, c: &CtlCommand) -> Result<String, CtlError> {
+    let CtlCommand::RequestTarget {
+        target,
+        trust,
+        token: pairing_token,
+    } = c
+    else {
+        return Err(other_command());
+    };
+    let a = cx
+        .client
+        .request_target(&cx.token()?, target, trust, pairing_token.as_ref())?;
+    let next = match pairing_token {
+        Some(_) => "  the pairing token lets the target accept at once; follow it with `replgate ctl targets`\n",
+        None => "  the target's admin must see the same code in `replgate ctl pending` before accepting\n",
+    };
+    Ok(cx.show(a, |v| {
+        format!(
+            "asked {} for replication: target {}, request {}, {}\n\
+             verification code: {}\n{next}",
+            clean(target),
+            cell(&v["target_id"]),
+            cell(&v["request_id"]),
+            cell(&v["status"]),
+            cell(&v["verification_code"])
+        )
+    }))
+}
+
+fn forget_target(cx: &Cx<'_>, c: &CtlCommand) -> Result<String, CtlError> {
+    let CtlCommand::ForgetTarget { host } = c else {
+        return Err(other_command());
+    };
+    let a = cx.client.forget_target(&cx.token()?, host)?;
+    Ok(cx.show(a, |v| format!("forgot target {}\n", cell(&v["host"]))))
+}
+
+fn queue(cx: &Cx<'_>, c: &CtlCommand) -> Result<String, CtlError> {
+    let CtlCommand::Queue {
+        target_id,
+        include_done,
+    } = *c
+    else {
+        return Err(other_command());
+    };
+    let a = cx.client.queue(&cx.token()?, target_id, include_done)?;
+    Ok(cx.show(a, table::queue_table))
+}
+
+fn queue_add(cx: &Cx<'_>, c: &CtlCommand) -> Result<String, CtlError> {
+    let CtlCommand::QueueAdd { target_id, backup } = c else {
+        return Err(other_command());
+    };
+    let a = cx.client.queue_add(&cx.token()?, *target_id, backup)?;
+    Ok(cx.show(a, |v| {
+        format!(
+            "queued {} for target {} as item {} (at the end of the queue)\n",
+            cell(&v["backup"]),
+            cell(&v["target_id"]),
+            cell(&v["id"])
+        )
+    }))
+}
+
+fn queue_change_run(cx: &Cx<'_>, c: &CtlCommand) -> Result<String, CtlError> {
+    let CtlCommand::QueueChange {
+        ids,
+        clients,
+        reset,
+    } = c
+    else {
+        return Err(other_command());
+    };
+    let a = cx.client.queue_change(&cx.token()?, ids, clients, *reset)?;
+    Ok(cx.show(a, |v| {
+        let items = table::rows(v, "items");
+        let what = if *reset {
+            "reset (queued again at the end)"
+        } else {
+            "removed"
+        };
+        let ids: Vec<String> = items.iter().map(|i| cell(&i["id"])).collect();
+        match ids.len() {
+            0 => "no open item matched\n".to_string(),
+            _ => format!("{what}: items {}\n", ids.join(", ")),
+        }
+    }))
+}
+
+fn replication_config(cx: &Cx<'_>, c: &CtlCommand) -> Result<String, CtlError> {
+    let CtlCommand::ReplicationConfig {
+        max_concurrent,
+        strategy,
+        retries,
+    } = c
+    else {
+        return Err(other_command());
+    };
+    let mut changes = serde_json::Map::new();
+    if let Some(n) = max_concurrent {
+        changes.insert("max_concurrent".into(), (*n).into());
+    }
+    if let Some(s) = strategy {
+        changes.insert("strategy".into(), s.clone().into());
+    }
+    if let Some(n) = retries {
+        changes.insert("retries".into(), (*n).into());
+    }
+    let changes = (!changes.is_empty()).then_some(Value::Object(changes));
+    let a = cx
+        .client
+        .replication_config(&cx.token()?, changes.as_ref())?;
+    Ok(cx.show(a, table::config_text))
+}
+
+fn throttle(cx: &Cx<'_>, c: &CtlCommand) -> Result<String, CtlError> {
+    let CtlCommand::Throttle { link_mbps, windows } = c else {
+        return Err(other_command());
+    };
+    let mut changes = serde_json::Map::new();
+    if let Some(n) = link_mbps {
+        changes.insert("link_mbps".into(), (*n).into());
+    }
+    if let Some(ws) = windows {
+        let list: Vec<Value> = ws
+            .iter()
+            .map(|w| {
+                serde_json::json!({"percentage": w.percentage, "days": w.days,
+                                   "start": w.start, "end": w.end})
+            })
+            .collect();
+        changes.insert("throttle".into(), Value::Array(list));
+    }
+    let changes = (!changes.is_empty()).then_some(Value::Object(changes));
+    let a = cx.client.throttle(&cx.token()?, changes.as_ref())?;
+    Ok(cx.show(a, table::throttle_table))
+}
+
+fn received(cx: &Cx<'_>, c: &CtlCommand) -> Result<String, CtlError> {
+    let CtlCommand::Received { system_id } = *c else {
+        return Err(other_command());
+    };
+    let a = cx.client.received(&cx.token()?, system_id)?;
+    Ok(cx.show(a, table::received_table))
+}
+
+fn verify(cx: &Cx<'_>, c: &CtlCommand) -> Result<String, CtlError> {
+    let CtlCommand::Verify { system_id } = *c else {
+        return Err(other_command());
+    };
+    let a = cx.client.verify(&cx.token()?, system_id)?;
+    Ok(cx.show(a, |v| {
+        format!(
+            "verifying what system {system_id} delivered ({} copies); \
+             follow it with `replgate ctl received {system_id}`\n",
+            cell(&v["verify"]["total"])
+        )
+    }))
+}
