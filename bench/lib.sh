@@ -13,9 +13,10 @@ RESULTS=${BENCH_RESULTS:-$ROOT/BENCHMARKS.md}
 PASSWORD=bench-root-password
 
 SCRIPT_ARGS="$*"
-# The knobs given in the environment (before the scripts fill in defaults), for the record.
+# The knobs given in the environment (before the scripts fill in defaults), for the record;
+# a script names its own in BENCH_KNOBS before sourcing this file.
 ENV_KNOBS=""
-for knob in DURATION ROUNDS NGINX_WORKERS N THREADS LEVELS POLL_INTERVAL; do
+for knob in DURATION ROUNDS NGINX_WORKERS N THREADS LEVELS POLL_INTERVAL ${BENCH_KNOBS:-}; do
   [ -n "${!knob:-}" ] && ENV_KNOBS="$ENV_KNOBS$knob=\"${!knob}\" "
 done
 QUICK=0
@@ -127,6 +128,11 @@ proc_status() { awk -v k="$2:" '$1 == k { print $2 }' "/proc/$1/status"; }
 rss_kib() { proc_status "$1" VmRSS; }
 hwm_kib() { proc_status "$1" VmHWM; }
 threads() { proc_status "$1" Threads; }
+
+# cpu_s PID: user + system CPU seconds the process used so far (all its threads).
+cpu_s() {
+  awk -v hz="$(getconf CLK_TCK)" '{ sub(/^.*\) /, ""); print ($12 + $13) / hz }' "/proc/$1/stat"
+}
 
 ms() { awk -v us="$1" 'BEGIN { printf "%.2f", us / 1000 }'; }
 mb() { awk -v k="$1" 'BEGIN { printf "%.1f", k * 1024 / 1e6 }'; }

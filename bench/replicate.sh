@@ -100,11 +100,6 @@ sample_rss() { # in the background while a transfer runs: "src_kib tgt_kib" line
   done
 }
 
-# cpu_s PID: user + system CPU seconds the process used so far (all its threads).
-cpu_s() {
-  awk -v hz="$(getconf CLK_TCK)" '{ sub(/^.*\) /, ""); print ($12 + $13) / hz }' "/proc/$1/stat"
-}
-
 # replicate CLIENT_DIR SOURCE_DIR COUNT: puts the files into the source storage by the
 # rename rule (copied under a dot-named client directory, which nothing replicates, then
 # that directory renamed into place: all files appear at once, as they are there at once
