@@ -586,9 +586,14 @@ TABLE=$WORK/table.md
   echo "Sizes: $(for p in $PROFILES; do
     c=$(size comp "$p")
     [ "$tar_mib" -gt 0 ] && [ "$c" -gt "$tar_mib" ] && c=$tar_mib
-    printf '%s big %s MiB, small %s x %s KiB, comp %s MiB; ' "$p" "$(size big "$p")" "$FILES" "$(size small "$p")" "$c"
+    if [ "$p" = P5 ]; then
+      printf '%s big %s MiB; ' "$p" "$(size big "$p")"
+    else
+      printf '%s big %s MiB, small %s x %s KiB, comp %s MiB; ' "$p" "$(size big "$p")" "$FILES" "$(size small "$p")" "$c"
+    fi
   done)"
-  echo "image $IMAGE_MB MiB. Datasets: $DATASETS (P5: big only); $REPS repetition(s), tools alternating."
+  case " $DATASETS " in *" image "*) echo "Image: $IMAGE_MB MiB." ;; esac
+  echo "Datasets: $DATASETS (P5: big only); $REPS repetition(s), tools alternating."
   [ -n "$COMP_RATIO" ] && echo "The compressible file: a tar of $COMP_DIR, zlib-1 ratio $COMP_RATIO."
   echo "ssh cipher $CIPHER; rsync -az negotiated ${RSYNC_ZIP:-?}. Namespaces on CUBIC."
   echo "Emulator packets released over 1 ms late (A to B): $(for p in $PROFILES; do printf '%s %s; ' "$p" "${LATE[$p]}"; done)"
