@@ -83,22 +83,29 @@ free_port() {
 
 # start_replgate NAME [VAR=VALUE ...]: starts `replgate serve` on free loopback ports with
 # the data directory $WORK/NAME/data (created on the first start, kept for the next);
-# sets RG_PID, RG_API (host:port), RG_DATA, RG_LOG.
+# sets RG_PID, RG_API (host:port), RG_DATA, RG_LOG. RG_API_FIXED names the API address;
+# RG_NETNS runs the daemon in that network namespace (bench/wan.sh; give the tunnel's
+# address as REPLGATE_TUNNEL_LISTEN too).
 start_replgate() {
   local name=$1
   shift
   RG_DATA=$WORK/$name/data
   RG_LOG=$WORK/$name/daemon.log
   RG_API=${RG_API_FIXED:-127.0.0.1:$(free_port)}
+  local netns=() enter=()
+  if [ -n "${RG_NETNS:-}" ]; then
+    netns=(ip netns exec "$RG_NETNS")
+    enter=(nsenter --net="/run/netns/$RG_NETNS")
+  fi
   mkdir -p "$WORK/$name"
-  env REPLGATE_ADMIN_PASSWORD=$PASSWORD REPLGATE_DATA_DIR="$RG_DATA" \
+  "${netns[@]}" env REPLGATE_ADMIN_PASSWORD=$PASSWORD REPLGATE_DATA_DIR="$RG_DATA" \
     REPLGATE_API_LISTEN="$RG_API" REPLGATE_TUNNEL_LISTEN="127.0.0.1:$(free_port)" \
     REPLGATE_LOG="${REPLGATE_LOG:-warn}" "$@" "$BIN" serve 2>>"$RG_LOG" &
   RG_PID=$!
   PIDS+=("$RG_PID")
   for _ in $(seq 1 300); do
     if [ -f "$RG_DATA/ca.pem" ] &&
-      curl -sf --cacert "$RG_DATA/ca.pem" "https://$RG_API/api/health" >/dev/null; then
+      "${enter[@]}" curl -sf --cacert "$RG_DATA/ca.pem" "https://$RG_API/api/health" >/dev/null; then
       return 0
     fi
     kill -0 "$RG_PID" 2>/dev/null || break
@@ -107,6 +114,29 @@ start_replgate() {
   echo "replgate did not start; its log:" >&2
   cat "$RG_LOG" >&2
   exit 1
+}
+
+# sshd_config DIR LISTEN_ADDRESS PORT: a throw-away host key, user key (DIR/user_key,
+# authorized for root) and a private sshd config (DIR/sshd_config) for the rsync baseline.
+# sshd needs /run/sshd, which is created if missing, as the package's service would.
+sshd_config() {
+  local dir=$1
+  mkdir -p "$dir" /run/sshd
+  ssh-keygen -q -t ed25519 -N '' -f "$dir/host_key"
+  ssh-keygen -q -t ed25519 -N '' -f "$dir/user_key"
+  cp "$dir/user_key.pub" "$dir/authorized_keys"
+  cat >"$dir/sshd_config" <<EOF
+Port $3
+ListenAddress $2
+HostKey $dir/host_key
+AuthorizedKeysFile $dir/authorized_keys
+PidFile $dir/sshd.pid
+PasswordAuthentication no
+KbdInteractiveAuthentication no
+UsePAM no
+StrictModes no
+PermitRootLogin prohibit-password
+EOF
 }
 
 stop_replgate() {

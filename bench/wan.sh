@@ -153,12 +153,13 @@ for _ in $(seq 1 100); do grep -q '^ready' "$WORK/linkemu.out" 2>/dev/null && br
 grep -q '^ready' "$WORK/linkemu.out" ||
   { echo "the link emulator did not start:" >&2; cat "$WORK/linkemu.log" >&2; exit 1; }
 
-# The daemons and sshd stop before the link, the link before lib.sh removes the work dir.
-OWN_PIDS=()
+# The daemons, sshd and a cut watcher stop before the link, the link before lib.sh removes
+# the work dir.
 wan_cleanup() {
   local pid
-  for pid in "${OWN_PIDS[@]}"; do kill -TERM "$pid" 2>/dev/null || true; done
-  for pid in "${OWN_PIDS[@]}"; do wait "$pid" 2>/dev/null || true; done
+  for pid in "${PIDS[@]}"; do kill -TERM "$pid" 2>/dev/null || true; done
+  for pid in "${PIDS[@]}"; do wait "$pid" 2>/dev/null || true; done
+  PIDS=()
   kill -TERM "$LINK_PID" 2>/dev/null || true
   wait "$LINK_PID" 2>/dev/null || true
   cleanup
@@ -184,32 +185,15 @@ set_link() {
 cut_link() { if [ "$1" = on ]; then kill -USR1 "$LINK_PID"; else kill -USR2 "$LINK_PID"; fi; }
 
 # ---- two daemons, paired across the link ----
-start_daemon() { # start_daemon NAME NS ADDR [VAR=VALUE...]; sets D_PID
+start_daemon() { # start_daemon NAME NS ADDR [VAR=VALUE...]: the API and tunnel on ADDR
   local name=$1 ns=$2 addr=$3
   shift 3
-  local data=$WORK/$name/data log=$WORK/$name/daemon.log
-  mkdir -p "$WORK/$name"
-  ip netns exec "$ns" env REPLGATE_ADMIN_PASSWORD=$PASSWORD REPLGATE_DATA_DIR="$data" \
-    REPLGATE_API_LISTEN="$addr:7443" REPLGATE_TUNNEL_LISTEN="$addr:7444" \
-    REPLGATE_LOG="${REPLGATE_LOG:-warn}" "$@" "$BIN" serve 2>>"$log" &
-  D_PID=$!
-  OWN_PIDS+=("$D_PID")
-  for _ in $(seq 1 300); do
-    if [ -f "$data/ca.pem" ] &&
-      in_ns "$ns" curl -sf --cacert "$data/ca.pem" "https://$addr:7443/api/health" >/dev/null; then
-      return 0
-    fi
-    kill -0 "$D_PID" 2>/dev/null || break
-    sleep 0.1
-  done
-  echo "replgate $name did not start; its log:" >&2
-  cat "$log" >&2
-  exit 1
+  RG_NETNS=$ns RG_API_FIXED=$addr:7443 start_replgate "$name" REPLGATE_TUNNEL_LISTEN="$addr:7444" "$@"
 }
 start_daemon tgt "$NS_B" "$ADDR_B"
-TGT_PID=$D_PID TGT_DATA=$WORK/tgt/data
+TGT_PID=$RG_PID TGT_DATA=$RG_DATA
 start_daemon src "$NS_A" "$ADDR_A" REPLGATE_POLL_INTERVAL=1 REPLGATE_HEARTBEAT_INTERVAL=5
-SRC_PID=$D_PID SRC_DATA=$WORK/src/data
+SRC_PID=$RG_PID SRC_DATA=$RG_DATA
 
 api() { # api src|tgt TOKEN METHOD PATH [BODY]: the source's API from A, the target's from B
   local who=$1 token=$2 method=$3 path=$4 body=${5:-} ns addr data
@@ -245,25 +229,10 @@ done_count() {
 
 # ---- sshd in B ----
 SSHD_DIR=$WORK/sshd
-mkdir -p "$SSHD_DIR" /run/sshd
-ssh-keygen -q -t ed25519 -N '' -f "$SSHD_DIR/host_key"
-ssh-keygen -q -t ed25519 -N '' -f "$SSHD_DIR/user_key"
-cp "$SSHD_DIR/user_key.pub" "$SSHD_DIR/authorized_keys"
-cat >"$SSHD_DIR/sshd_config" <<EOF
-Port 22
-ListenAddress $ADDR_B
-HostKey $SSHD_DIR/host_key
-AuthorizedKeysFile $SSHD_DIR/authorized_keys
-PidFile $SSHD_DIR/sshd.pid
-PasswordAuthentication no
-KbdInteractiveAuthentication no
-UsePAM no
-StrictModes no
-PermitRootLogin prohibit-password
-EOF
+sshd_config "$SSHD_DIR" "$ADDR_B" 22
 ip netns exec "$NS_B" "$SSHD" -D -e -f "$SSHD_DIR/sshd_config" 2>>"$SSHD_DIR/sshd.log" &
 SSHD_PID=$!
-OWN_PIDS+=("$SSHD_PID")
+PIDS+=("$SSHD_PID")
 SSH="ssh -i $SSHD_DIR/user_key -o BatchMode=yes -o StrictHostKeyChecking=no -o UserKnownHostsFile=$SSHD_DIR/known_hosts"
 for _ in $(seq 1 100); do
   in_ns "$NS_A" $SSH "root@$ADDR_B" true 2>/dev/null && break
@@ -405,7 +374,7 @@ run_replgate() {
   if [ "$p" = P5 ]; then
     cut_watch "$dest" "$PAYLOAD" &
     cut_pid=$!
-    OWN_PIDS+=("$cut_pid")
+    PIDS+=("$cut_pid")
   fi
   start=$(now)
   if [ "$have" = 0 ]; then
@@ -456,7 +425,7 @@ run_rsync() {
   if [ "$p" = P5 ]; then
     cut_watch "$dest" "$PAYLOAD" &
     cut_pid=$!
-    OWN_PIDS+=("$cut_pid")
+    PIDS+=("$cut_pid")
   fi
   start=$(now)
   # shellcheck disable=SC2016
