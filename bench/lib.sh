@@ -13,9 +13,10 @@ RESULTS=${BENCH_RESULTS:-$ROOT/BENCHMARKS.md}
 PASSWORD=bench-root-password
 
 SCRIPT_ARGS="$*"
-# The knobs given in the environment (before the scripts fill in defaults), for the record.
+# The knobs given in the environment (before the scripts fill in defaults), for the record;
+# a script names its own in BENCH_KNOBS before sourcing this file.
 ENV_KNOBS=""
-for knob in DURATION ROUNDS NGINX_WORKERS N THREADS LEVELS POLL_INTERVAL; do
+for knob in DURATION ROUNDS NGINX_WORKERS N THREADS LEVELS POLL_INTERVAL ${BENCH_KNOBS:-}; do
   [ -n "${!knob:-}" ] && ENV_KNOBS="$ENV_KNOBS$knob=\"${!knob}\" "
 done
 QUICK=0
@@ -82,22 +83,29 @@ free_port() {
 
 # start_replgate NAME [VAR=VALUE ...]: starts `replgate serve` on free loopback ports with
 # the data directory $WORK/NAME/data (created on the first start, kept for the next);
-# sets RG_PID, RG_API (host:port), RG_DATA, RG_LOG.
+# sets RG_PID, RG_API (host:port), RG_DATA, RG_LOG. RG_API_FIXED names the API address;
+# RG_NETNS runs the daemon in that network namespace (bench/wan.sh; give the tunnel's
+# address as REPLGATE_TUNNEL_LISTEN too).
 start_replgate() {
   local name=$1
   shift
   RG_DATA=$WORK/$name/data
   RG_LOG=$WORK/$name/daemon.log
   RG_API=${RG_API_FIXED:-127.0.0.1:$(free_port)}
+  local netns=() enter=()
+  if [ -n "${RG_NETNS:-}" ]; then
+    netns=(ip netns exec "$RG_NETNS")
+    enter=(nsenter --net="/run/netns/$RG_NETNS")
+  fi
   mkdir -p "$WORK/$name"
-  env REPLGATE_ADMIN_PASSWORD=$PASSWORD REPLGATE_DATA_DIR="$RG_DATA" \
+  "${netns[@]}" env REPLGATE_ADMIN_PASSWORD=$PASSWORD REPLGATE_DATA_DIR="$RG_DATA" \
     REPLGATE_API_LISTEN="$RG_API" REPLGATE_TUNNEL_LISTEN="127.0.0.1:$(free_port)" \
     REPLGATE_LOG="${REPLGATE_LOG:-warn}" "$@" "$BIN" serve 2>>"$RG_LOG" &
   RG_PID=$!
   PIDS+=("$RG_PID")
   for _ in $(seq 1 300); do
     if [ -f "$RG_DATA/ca.pem" ] &&
-      curl -sf --cacert "$RG_DATA/ca.pem" "https://$RG_API/api/health" >/dev/null; then
+      "${enter[@]}" curl -sf --cacert "$RG_DATA/ca.pem" "https://$RG_API/api/health" >/dev/null; then
       return 0
     fi
     kill -0 "$RG_PID" 2>/dev/null || break
@@ -106,6 +114,29 @@ start_replgate() {
   echo "replgate did not start; its log:" >&2
   cat "$RG_LOG" >&2
   exit 1
+}
+
+# sshd_config DIR LISTEN_ADDRESS PORT: a throw-away host key, user key (DIR/user_key,
+# authorized for root) and a private sshd config (DIR/sshd_config) for the rsync baseline.
+# sshd needs /run/sshd, which is created if missing, as the package's service would.
+sshd_config() {
+  local dir=$1
+  mkdir -p "$dir" /run/sshd
+  ssh-keygen -q -t ed25519 -N '' -f "$dir/host_key"
+  ssh-keygen -q -t ed25519 -N '' -f "$dir/user_key"
+  cp "$dir/user_key.pub" "$dir/authorized_keys"
+  cat >"$dir/sshd_config" <<EOF
+Port $3
+ListenAddress $2
+HostKey $dir/host_key
+AuthorizedKeysFile $dir/authorized_keys
+PidFile $dir/sshd.pid
+PasswordAuthentication no
+KbdInteractiveAuthentication no
+UsePAM no
+StrictModes no
+PermitRootLogin prohibit-password
+EOF
 }
 
 stop_replgate() {
@@ -127,6 +158,11 @@ proc_status() { awk -v k="$2:" '$1 == k { print $2 }' "/proc/$1/status"; }
 rss_kib() { proc_status "$1" VmRSS; }
 hwm_kib() { proc_status "$1" VmHWM; }
 threads() { proc_status "$1" Threads; }
+
+# cpu_s PID: user + system CPU seconds the process used so far (all its threads).
+cpu_s() {
+  awk -v hz="$(getconf CLK_TCK)" '{ sub(/^.*\) /, ""); print ($12 + $13) / hz }' "/proc/$1/stat"
+}
 
 ms() { awk -v us="$1" 'BEGIN { printf "%.2f", us / 1000 }'; }
 mb() { awk -v k="$1" 'BEGIN { printf "%.1f", k * 1024 / 1e6 }'; }

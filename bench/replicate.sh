@@ -100,11 +100,6 @@ sample_rss() { # in the background while a transfer runs: "src_kib tgt_kib" line
   done
 }
 
-# cpu_s PID: user + system CPU seconds the process used so far (all its threads).
-cpu_s() {
-  awk -v hz="$(getconf CLK_TCK)" '{ sub(/^.*\) /, ""); print ($12 + $13) / hz }' "/proc/$1/stat"
-}
-
 # replicate CLIENT_DIR SOURCE_DIR COUNT: puts the files into the source storage by the
 # rename rule (copied under a dot-named client directory, which nothing replicates, then
 # that directory renamed into place: all files appear at once, as they are there at once
@@ -161,23 +156,8 @@ RSS_TGT_MAX=$(awk '$2 > m { m = $2 } END { print m + 0 }' "$RSS_LOG")
 
 # ---- rsync over OpenSSH, same data, same disk ----
 SSHD_DIR=$WORK/sshd
-mkdir -p "$SSHD_DIR" /run/sshd
-ssh-keygen -q -t ed25519 -N '' -f "$SSHD_DIR/host_key"
-ssh-keygen -q -t ed25519 -N '' -f "$SSHD_DIR/user_key"
-cp "$SSHD_DIR/user_key.pub" "$SSHD_DIR/authorized_keys"
 SSH_PORT=$(free_port)
-cat >"$SSHD_DIR/sshd_config" <<EOF
-Port $SSH_PORT
-ListenAddress 127.0.0.1
-HostKey $SSHD_DIR/host_key
-AuthorizedKeysFile $SSHD_DIR/authorized_keys
-PidFile $SSHD_DIR/sshd.pid
-PasswordAuthentication no
-KbdInteractiveAuthentication no
-UsePAM no
-StrictModes no
-PermitRootLogin prohibit-password
-EOF
+sshd_config "$SSHD_DIR" 127.0.0.1 "$SSH_PORT"
 "$SSHD" -D -e -f "$SSHD_DIR/sshd_config" 2>>"$SSHD_DIR/sshd.log" &
 PIDS+=("$!")
 SSH="ssh -p $SSH_PORT -i $SSHD_DIR/user_key -o BatchMode=yes -o StrictHostKeyChecking=no -o UserKnownHostsFile=$SSHD_DIR/known_hosts"

@@ -97,6 +97,7 @@ pub fn tool(program: &str) -> Command {
         "slowhttptest" => ("-h", "slowhttptest"),
         "chromium" => ("--version", "chromium"),
         "chromedriver" => ("--version", "chromium-driver"),
+        "ip" => ("-V", "iproute2"),
         other => panic!("tool({other:?}): name its Debian package here and in .ci/run"),
     };
     match Command::new(program).arg(probe).output() {
@@ -255,12 +256,21 @@ pub struct Options {
     pub unset: Vec<String>,
     /// A data directory to start from (copied, modes made private): a fixture.
     pub data_from: Option<PathBuf>,
+    /// A network namespace to run in (`ip netns exec`); the test's clients enter it too.
+    /// Give `api_listen` and `tunnel_listen`: the harness picks free ports on the host.
+    pub netns: Option<String>,
 }
 
 impl Options {
     /// Leaves the variable `key` out of the daemon's environment.
     pub fn unset(mut self, key: &str) -> Self {
         self.unset.push(key.to_string());
+        self
+    }
+
+    /// Runs the daemon in the network namespace `ns` (tests/it/wan.rs).
+    pub fn in_netns(mut self, ns: &str) -> Self {
+        self.netns = Some(ns.to_string());
         self
     }
 
@@ -343,21 +353,22 @@ impl Daemon {
             .open(&self.log_path)
             .expect("open daemon log");
         let exe = env!("CARGO_BIN_EXE_replgate");
-        let mut cmd = match &self.opts.shell_prefix {
-            Some(prefix) => {
-                let mut c = Command::new("sh");
-                c.arg("-c")
-                    .arg(format!("{prefix} exec \"$0\" \"$@\""))
-                    .arg(exe)
-                    .arg("serve");
-                c
-            }
-            None => {
-                let mut c = Command::new(exe);
-                c.arg("serve");
-                c
-            }
+        let mut argv: Vec<String> = match &self.opts.shell_prefix {
+            Some(prefix) => vec![
+                "sh".into(),
+                "-c".into(),
+                format!("{prefix} exec \"$0\" \"$@\""),
+                exe.into(),
+            ],
+            None => vec![exe.into()],
         };
+        argv.push("serve".into());
+        if let Some(ns) = &self.opts.netns {
+            // `ip netns exec` execs the daemon: the child's pid stays the daemon's.
+            argv.splice(0..0, ["ip", "netns", "exec", ns].map(String::from));
+        }
+        let mut cmd = Command::new(&argv[0]);
+        cmd.args(&argv[1..]);
         if let Some(config) = &self.opts.config_file {
             cmd.arg("--config").arg(config);
         }
@@ -431,7 +442,11 @@ impl Daemon {
     }
 
     pub fn client(&self) -> Client {
-        Client::new(self.api, self.ca_der())
+        let client = Client::new(self.api, self.ca_der());
+        match &self.opts.netns {
+            Some(ns) => client.in_netns(ns),
+            None => client,
+        }
     }
 
     /// Sends a signal and waits for the exit status.
@@ -736,6 +751,8 @@ pub struct Client {
     /// The local address to connect from (any of 127.0.0.0/8 is this machine), so that
     /// one test can be several clients as the daemon counts them.
     pub source: Option<Ipv4Addr>,
+    /// The network namespace to connect from (a daemon in a namespace, tests/it/wan.rs).
+    pub netns: Option<String>,
 }
 
 pub type Tls = rustls::StreamOwned<rustls::ClientConnection, TcpStream>;
@@ -746,7 +763,14 @@ impl Client {
             addr,
             config: client_config(ca),
             source: None,
+            netns: None,
         }
+    }
+
+    /// The same client, connecting from inside the network namespace `ns`.
+    pub fn in_netns(mut self, ns: &str) -> Client {
+        self.netns = Some(ns.to_string());
+        self
     }
 
     /// The same client, connecting from `source`.
@@ -757,9 +781,15 @@ impl Client {
 
     /// A plain TCP connection to the daemon, from `source` when set.
     pub fn tcp(&self) -> std::io::Result<TcpStream> {
-        match self.source {
-            None => TcpStream::connect_timeout(&self.addr, Duration::from_secs(5)),
-            Some(source) => replgate::listener::connect_from(source, self.addr),
+        let (addr, source) = (self.addr, self.source);
+        let connect = move || match source {
+            None => TcpStream::connect_timeout(&addr, Duration::from_secs(5)),
+            Some(source) => replgate::listener::connect_from(source, addr),
+        };
+        match &self.netns {
+            // A socket stays in the namespace it was made in, whichever thread uses it.
+            Some(ns) => crate::linkemu::in_netns(ns, connect),
+            None => connect(),
         }
     }
 

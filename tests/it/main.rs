@@ -4,6 +4,9 @@
 #![allow(clippy::disallowed_methods)]
 
 mod harness;
+// The WAN link emulator's engine, shared with the `linkemu` example (bench/wan.sh).
+#[path = "../../bench/linkemu/link.rs"]
+mod linkemu;
 
 mod auth;
 mod backend;
@@ -32,4 +35,5 @@ mod rules;
 mod target;
 mod tidy;
 mod tokens;
+mod wan;
 mod webdriver;
