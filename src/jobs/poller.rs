@@ -3,8 +3,8 @@
 //! installs a delivered certificate after checking it, proves the tunnel, and keeps a slow
 //! heartbeat afterwards to learn of revocation. It also runs each pairing's certificate
 //! upkeep when it is due (`renewer`: renew, prove, file again once expired), as a job of
-//! the same kind: one job per target at a time. With `renewer`, the only network code in
-//! `pairing/`.
+//! the same kind: one job per target at a time. The rules it follows are
+//! `pairing::source`'s; the network calls are `remote`'s.
 
 use std::collections::HashMap;
 use std::fmt;
@@ -17,8 +17,8 @@ use std::time::{Duration, Instant};
 use crate::ca::{self, DeliveryError};
 use crate::config::Fault;
 use crate::identity::{IdentityError, TargetDirs};
+use crate::jobs::renewer;
 use crate::model::{self, Chain, UnixTime};
-use crate::pairing::renewer;
 use crate::pairing::source::{self, Step, Upkeep};
 use crate::remote::{Remote, RemoteError};
 use crate::store::{Store, StoreError, TargetRecord, TargetStatus};
