@@ -4,6 +4,9 @@
 //! store; every other I/O (sockets, pairing files) is passed in by the caller: the
 //! threads that drive these rules over the network are in `jobs` (`poller`, `renewer`).
 
+pub mod error;
+pub mod fields;
+pub mod filing;
 pub mod renewal;
 pub mod source;
 pub mod target;
