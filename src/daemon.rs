@@ -2,10 +2,9 @@
 //! start the API front, the tiny_http backend and its workers, the tunnel server, run
 //! maintenance, and shut down in order on SIGTERM/SIGINT. Owns no policy of its own.
 
-use std::collections::HashMap;
 use std::fmt;
 use std::io;
-use std::net::{IpAddr, SocketAddr, TcpListener};
+use std::net::{SocketAddr, TcpListener};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicI32, Ordering};
 use std::sync::Arc;
@@ -16,26 +15,20 @@ use crate::auth::{AuthError, Authenticator, SessionRules, Throttle};
 use crate::ca::{Ca, CaError};
 use crate::config::Config;
 use crate::front::{self, PeerTable};
-use crate::identity::{IdentityError, ListenerCert, ListenerFiles, TargetDirs};
+use crate::identity::{IdentityError, TargetDirs};
+use crate::jobs::listener_certs::{ListenerCertError, ListenerCertificate};
+use crate::jobs::maintenance::{spawn_maintenance, Maintenance};
 use crate::jobs::poller::{spawn_poller, SourceContext};
 use crate::listener::{self, Endpoint};
 use crate::model::Chain;
 use crate::pairing::source::request::Outgoing;
 use crate::spool::{Spool, SpoolError};
 use crate::store::{Store, StoreError};
-use crate::tls::{ServerCertSlot, TlsError};
-use crate::{fsx, lifecycle, memory, model, notify, tls, tunnel};
+use crate::tls::TlsError;
+use crate::{fsx, memory, model, notify, tls, tunnel};
 
 /// How long shutdown waits for requests in flight.
 const DRAIN: Duration = Duration::from_secs(10);
-/// How often the certificate warnings are computed (and new ones logged).
-const WARN_EVERY: Duration = Duration::from_secs(60);
-/// A warning still true is logged again after this.
-const WARN_AGAIN: Duration = Duration::from_secs(86_400);
-/// How often expired sessions and long-ended requests are swept.
-const SWEEP_EVERY: Duration = Duration::from_secs(600);
-/// How often pending requests are checked for expiry (a scan of the open index only).
-const EXPIRY_EVERY: Duration = Duration::from_secs(1);
 
 /// Why the daemon could not start, each with what to look at.
 #[derive(Debug)]
@@ -131,6 +124,19 @@ impl std::error::Error for DaemonError {
             DaemonError::Spool { source, .. } => Some(source),
             DaemonError::Auth { source, .. } => Some(source),
             DaemonError::Identity(e) => e.source(),
+        }
+    }
+}
+
+impl From<ListenerCertError> for DaemonError {
+    fn from(e: ListenerCertError) -> Self {
+        match e {
+            ListenerCertError::Issue { listener, source } => DaemonError::Ca {
+                action: format!("issue the {listener} certificate"),
+                source,
+            },
+            ListenerCertError::Files(e) => DaemonError::Identity(e),
+            ListenerCertError::Tls { listener, source } => DaemonError::Tls { listener, source },
         }
     }
 }
@@ -258,208 +264,6 @@ fn load_or_create_ca(paths: &Paths, system_uuid: &str) -> Result<Ca, DaemonError
     }
 }
 
-/// Names and addresses a listener certificate must cover, for `hostnames`.
-fn certificate_names(config: &Config, hostnames: &[String]) -> (Vec<String>, Vec<IpAddr>) {
-    let mut ips: Vec<IpAddr> = vec![
-        config.api_listen.ip(),
-        config.tunnel_listen.ip(),
-        IpAddr::from([127, 0, 0, 1]),
-    ];
-    let mut names = Vec::new();
-    for h in hostnames {
-        match h.parse::<IpAddr>() {
-            Ok(ip) => ips.push(ip),
-            Err(_) => names.push(h.clone()),
-        }
-    }
-    ips.retain(|ip| !ip.is_unspecified());
-    ips.sort();
-    ips.dedup();
-    (names, ips)
-}
-
-/// One listener's server certificate: its files, the slot its listener presents at each
-/// handshake, and what the certificate in the slot was issued for and until when.
-struct ListenerCertificate {
-    name: &'static str,
-    files: ListenerFiles,
-    slot: Arc<ServerCertSlot>,
-    current: ListenerCert,
-    names: String,
-}
-
-impl ListenerCertificate {
-    /// Loads the stored certificate of listener `name`, or issues one when it is missing,
-    /// damaged (a crash between its files), issued for other names or due.
-    fn open(
-        paths: &Paths,
-        ca: &Ca,
-        name: &'static str,
-        config: &Config,
-    ) -> Result<ListenerCertificate, DaemonError> {
-        let files = ListenerFiles::new(&paths.root, name);
-        let names = names_text(config, &config.hostnames);
-        let stored = files.load(&names).map_err(DaemonError::Identity)?;
-        let current = match stored {
-            Some(c) if model::now() < lifecycle::listener_renew_at(c.not_before, c.not_after) => c,
-            _ => issue_listener_cert(ca, name, config, &config.hostnames, &files)?,
-        };
-        let slot = ServerCertSlot::new(&current.chain_pem, &current.key_pem).map_err(|source| {
-            DaemonError::Tls {
-                listener: name,
-                source,
-            }
-        })?;
-        Ok(ListenerCertificate {
-            name,
-            files,
-            slot,
-            current,
-            names,
-        })
-    }
-
-    /// Re-issues the certificate when it is due or `hostnames` changed, and swaps it in
-    /// under the running listener (open connections keep theirs). A failure is logged and
-    /// tried again on the next look.
-    fn keep_fresh(&mut self, ca: &Ca, config: &Config, hostnames: &[String]) {
-        let names = names_text(config, hostnames);
-        let due = model::now()
-            >= lifecycle::listener_renew_at(self.current.not_before, self.current.not_after);
-        if !due && names == self.names {
-            return;
-        }
-        let renewed = issue_listener_cert(ca, self.name, config, hostnames, &self.files)
-            .map_err(|e| Chain(&e).to_string())
-            .and_then(|fresh| {
-                self.slot
-                    .replace(&fresh.chain_pem, &fresh.key_pem)
-                    .map(|()| fresh)
-                    .map_err(|e| Chain(&e).to_string())
-            });
-        match renewed {
-            Ok(fresh) => {
-                log::info!(
-                    "renewed the {} listener certificate while running: serial {} -> {}, valid until {}{}",
-                    self.name,
-                    self.current.serial,
-                    fresh.serial,
-                    model::format_utc(fresh.not_after),
-                    if names == self.names { "" } else { " (hostnames changed)" }
-                );
-                self.current = fresh;
-                self.names = names;
-            }
-            Err(e) => log::error!("renew the {} listener certificate: {e}", self.name),
-        }
-    }
-}
-
-/// What a listener certificate's `.names` file records: the names and addresses it covers.
-fn names_text(config: &Config, hostnames: &[String]) -> String {
-    let (names, ips) = certificate_names(config, hostnames);
-    format!("{names:?} {ips:?}")
-}
-
-/// Issues a fresh certificate (leaf + CA) for listener `name` and stores it.
-fn issue_listener_cert(
-    ca: &Ca,
-    name: &str,
-    config: &Config,
-    hostnames: &[String],
-    files: &ListenerFiles,
-) -> Result<ListenerCert, DaemonError> {
-    let (names, ips) = certificate_names(config, hostnames);
-    let issued = ca
-        .issue_server_cert(
-            &names,
-            &ips,
-            config.server_cert_lifetime,
-            time::OffsetDateTime::now_utc(),
-        )
-        .map_err(|source| DaemonError::Ca {
-            action: format!("issue the {name} certificate"),
-            source,
-        })?;
-    let chain = format!("{}{}", issued.cert_pem, ca.cert_pem());
-    files
-        .store(&chain, &issued.key_pem, &names_text(config, hostnames))
-        .map_err(DaemonError::Identity)?;
-    log::info!(
-        "issued the {name} listener certificate {} for {names:?} {ips:?}, valid until {}",
-        issued.serial,
-        model::format_utc(issued.not_after)
-    );
-    let not_before = crate::ca::cert_pem_to_der(&issued.cert_pem)
-        .and_then(|der| crate::ca::cert_info(&der))
-        .map(|i| i.not_before)
-        .unwrap_or_else(|_| model::now());
-    Ok(ListenerCert {
-        chain_pem: chain,
-        key_pem: issued.key_pem,
-        not_before,
-        not_after: issued.not_after,
-        serial: issued.serial,
-    })
-}
-
-/// The hostnames after a SIGHUP: the config file and environment read again, as at start.
-/// Only `hostnames` is taken; other keys take effect at the next start.
-fn reload_hostnames(config_path: Option<&Path>, current: &[String]) -> Vec<String> {
-    match Config::load(config_path) {
-        Ok(fresh) => {
-            if fresh.hostnames == current {
-                log::info!("SIGHUP: configuration read again; hostnames unchanged {current:?}");
-            } else {
-                log::info!(
-                    "SIGHUP: hostnames {current:?} -> {:?}; re-issuing the listener certificates \
-                     (other settings take effect at the next start)",
-                    fresh.hostnames
-                );
-            }
-            fresh.hostnames
-        }
-        Err(e) => {
-            log::warn!("SIGHUP: {e}; keeping hostnames {current:?}");
-            current.to_vec()
-        }
-    }
-}
-
-/// Logs each certificate warning when it first appears, and again a day later while it
-/// holds (the same warnings `GET /api/health` lists).
-fn log_warnings(app: &App, logged: &mut HashMap<String, Instant>) {
-    let certs = match app.certificates() {
-        Ok(c) => c,
-        Err(e) => {
-            log::warn!("certificate warnings: {}", Chain(&e));
-            return;
-        }
-    };
-    let now = model::now();
-    let mut current = Vec::new();
-    for e in certs.iter().filter(|e| lifecycle::needs_warning(e, now)) {
-        let key = format!("{}:{:?}", e.kind.label(), e.kind.id());
-        let again = logged.get(&key).is_none_or(|at| at.elapsed() >= WARN_AGAIN);
-        if again {
-            for w in lifecycle::warnings(std::slice::from_ref(e), now) {
-                log::warn!("{w}");
-            }
-            logged.insert(key.clone(), Instant::now());
-        }
-        current.push(key);
-    }
-    logged.retain(|k, _| current.contains(k));
-}
-
-/// Retires superseded source certificates whose renewal grace ended (each is an audited
-/// event, logged as such).
-fn end_graces(app: &App) {
-    if let Err(e) = crate::pairing::renewal::end_graces(&app.store, model::now()) {
-        log::warn!("renewal grace sweep: {}", Chain(&e));
-    }
-}
-
 /// Creates `root` when the database has no users: the password comes from
 /// `REPLGATE_ADMIN_PASSWORD`, or is generated and written once to a 0600 file.
 fn bootstrap_root(auth: &Authenticator, store: &Store, paths: &Paths) -> Result<(), DaemonError> {
@@ -540,46 +344,6 @@ fn tunnel_endpoint(config: &Config) -> String {
         format!("{host}:{}", addr.port())
     } else {
         addr.to_string()
-    }
-}
-
-/// Deletes long-ended requests and their spool directories.
-fn purge_ended(app: &App) {
-    let retention = app.config.request_retention.as_secs() as i64;
-    match crate::pairing::target::purge_ended(&app.store, retention, model::now()) {
-        Ok(tokens) => {
-            if !tokens.is_empty() {
-                log::info!(
-                    "purged {} requests that ended over {retention} s ago",
-                    tokens.len()
-                );
-            }
-            for t in tokens {
-                if let Err(e) = app.spool.remove(&t) {
-                    log::warn!("{}", Chain(&e));
-                }
-            }
-        }
-        Err(e) => log::warn!("purge: {}", Chain(&e)),
-    }
-}
-
-/// Marks requests whose time ran out and rewrites their spool.
-fn sweep_expired(app: &App) {
-    match crate::pairing::target::expire_due(&app.store, model::now()) {
-        Ok(expired) => {
-            for r in expired {
-                log::info!("request {} expired", r.id);
-                if let Err(e) = app.spool.sync(r.id, &app.store) {
-                    log::error!("spool for expired request {}: {}", r.id, Chain(&e));
-                }
-            }
-        }
-        Err(e) => log::warn!("expiry sweep: {}", Chain(&e)),
-    }
-    let behind = app.spool.retry_dirty(&app.store);
-    if behind > 0 {
-        log::warn!("{behind} spool entries are behind the database; retrying");
     }
 }
 
@@ -695,9 +459,9 @@ pub fn run(config: Config, config_path: Option<&Path>) -> Result<(), DaemonError
             source,
         })?;
     let ca = Arc::new(load_or_create_ca(&paths, &system_uuid)?);
-    let mut listener_certs = [
-        ListenerCertificate::open(&paths, &ca, "api", &config)?,
-        ListenerCertificate::open(&paths, &ca, "tunnel", &config)?,
+    let listener_certs = vec![
+        ListenerCertificate::open(&paths.root, &ca, "api", &config)?,
+        ListenerCertificate::open(&paths.root, &ca, "tunnel", &config)?,
     ];
 
     let auth = Authenticator::new(
@@ -718,14 +482,13 @@ pub fn run(config: Config, config_path: Option<&Path>) -> Result<(), DaemonError
     })?;
     bootstrap_root(&auth, &store, &paths)?;
 
-    let api_tls = tls::api_server_config(listener_certs[0].slot.clone()).map_err(|source| {
-        DaemonError::Tls {
+    let api_tls =
+        tls::api_server_config(listener_certs[0].slot()).map_err(|source| DaemonError::Tls {
             listener: "api",
             source,
-        }
-    })?;
+        })?;
     let tunnel_tls = tls::tunnel_server_config(
-        listener_certs[1].slot.clone(),
+        listener_certs[1].slot(),
         ca.cert_der(),
         Arc::new(tunnel::StoreRevocations(store.clone())),
     )
@@ -820,8 +583,8 @@ pub fn run(config: Config, config_path: Option<&Path>) -> Result<(), DaemonError
     target_dirs.ensure().map_err(DaemonError::Identity)?;
     remove_orphan_target_dirs(&store, &target_dirs);
     let app = Arc::new(App {
-        api_cert: listener_certs[0].slot.clone(),
-        tunnel_cert: listener_certs[1].slot.clone(),
+        api_cert: listener_certs[0].slot(),
+        tunnel_cert: listener_certs[1].slot(),
         ca_fingerprint: ca.fingerprint(),
         ca: ca.clone(),
         spool,
@@ -916,54 +679,18 @@ pub fn run(config: Config, config_path: Option<&Path>) -> Result<(), DaemonError
     );
     notify::send("READY=1");
 
-    let mut last_sweep = Instant::now();
-    let mut last_expiry = Instant::now();
-    let mut threads = memory::thread_count();
-    let mut last_warning = Instant::now();
-    let mut warned = HashMap::new();
-    let mut hostnames = config.hostnames.clone();
-    sweep_expired(&app);
-    purge_ended(&app);
-    end_graces(&app);
-    log_warnings(&app, &mut warned);
+    let maintenance = spawn_maintenance(
+        Maintenance {
+            app: app.clone(),
+            listener_certs,
+            config_path: config_path.map(Path::to_path_buf),
+            reload: &RELOAD,
+        },
+        shutdown.clone(),
+    )
+    .map_err(spawn_error("the maintenance job"))?;
     while !STOP.load(Ordering::SeqCst) {
         std::thread::sleep(Duration::from_millis(100));
-        let reload = RELOAD.swap(false, Ordering::SeqCst);
-        if reload {
-            hostnames = reload_hostnames(config_path, &hostnames);
-        }
-        if reload || last_expiry.elapsed() >= EXPIRY_EVERY {
-            for cert in &mut listener_certs {
-                cert.keep_fresh(&app.ca, &config, &hostnames);
-            }
-        }
-        if last_warning.elapsed() >= WARN_EVERY {
-            last_warning = Instant::now();
-            log_warnings(&app, &mut warned);
-        }
-        if last_expiry.elapsed() >= EXPIRY_EVERY {
-            last_expiry = Instant::now();
-            sweep_expired(&app);
-            end_graces(&app);
-            // Threads ended since the last look (connection threads when connections
-            // close, tiny_http's pool threads 5 s later): what they allocated is free
-            // now, so give those pages back (at most once a second, never under steady
-            // load).
-            let now_threads = memory::thread_count();
-            if now_threads < threads {
-                memory::release_free();
-            }
-            threads = now_threads;
-        }
-        if last_sweep.elapsed() >= SWEEP_EVERY {
-            last_sweep = Instant::now();
-            purge_ended(&app);
-            match app.auth.purge_expired(model::now()) {
-                Ok(n) if n > 0 => log::info!("swept {n} expired sessions"),
-                Ok(_) => {}
-                Err(e) => log::warn!("session sweep: {}", Chain(&e)),
-            }
-        }
     }
 
     log::info!(
@@ -984,6 +711,7 @@ pub fn run(config: Config, config_path: Option<&Path>) -> Result<(), DaemonError
     let _ = poller.join();
     let _ = replicator.join();
     let _ = verifier.join();
+    let _ = maintenance.join();
     log::info!("stopped");
     Ok(())
 }

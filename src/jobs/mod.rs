@@ -4,5 +4,7 @@
 //! rules they follow live in the domain (`pairing`, `lifecycle`); a job only drives them
 //! over the network, the store and the clock.
 
+pub mod listener_certs;
+pub mod maintenance;
 pub mod poller;
 pub mod renewer;
