@@ -15,9 +15,8 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use crate::ca::{self, DeliveryError};
-use crate::config::Fault;
-use crate::identity::{IdentityError, TargetDirs};
-use crate::jobs::renewer;
+use crate::identity::IdentityError;
+use crate::jobs::renewer::{self, SourceContext};
 use crate::model::{self, Chain, UnixTime};
 use crate::pairing::source::{self, Step, Upkeep};
 use crate::remote::{Remote, RemoteError};
@@ -31,21 +30,6 @@ const FIRST_POLL: Duration = Duration::from_millis(500);
 /// At shutdown, polls still running get this long to finish; the rest are abandoned (a
 /// remote call can take up to the client's 30 s bound) and their targets logged.
 const JOIN_POLLS: Duration = Duration::from_secs(3);
-
-/// What the poller needs, built once by the daemon.
-pub struct SourceContext {
-    pub store: Store,
-    /// One directory per pairing with its key and certificates.
-    pub dirs: TargetDirs,
-    pub poll_interval: Duration,
-    pub heartbeat: Duration,
-    /// This appliance as it introduces itself when it files a request again.
-    pub system_uuid: String,
-    pub name: String,
-    pub asset_tag: String,
-    /// Crash points for the renewal crash tests (`Fault::None` in production).
-    pub fault: Fault,
-}
 
 struct Schedule {
     next: Instant,
@@ -520,6 +504,8 @@ fn install_and_prove(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::config::Fault;
+    use crate::identity::TargetDirs;
 
     #[test]
     fn shutdown_joins_polls_that_finish_in_time_and_abandons_the_rest() {
