@@ -473,17 +473,8 @@ mod tests {
     // ---- filing with a token, over a real store and CA ----
 
     use crate::config::{Storage, StorageUsage};
+    use crate::pairing::tokens::tests::{spec, NOW, UUID};
     use crate::pairing::tokens::{create, revoke, status, Issued, TokenSpec, TokenStatus};
-
-    const NOW: UnixTime = 1_767_225_600;
-    const UUID: &str = "5f0c7a52-3f5e-4a6b-9c0d-2b1e8f7a6c11";
-
-    /// The default spec with `change` applied.
-    fn spec(change: fn(&mut TokenSpec)) -> TokenSpec {
-        let mut spec = TokenSpec::default();
-        change(&mut spec);
-        spec
-    }
 
     fn temp_store(name: &str) -> Store {
         let dir =

@@ -301,15 +301,15 @@ pub fn revoke(
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use crate::config::StorageUsage;
 
-    const NOW: UnixTime = 1_767_225_600;
-    const UUID: &str = "5f0c7a52-3f5e-4a6b-9c0d-2b1e8f7a6c11";
+    pub(crate) const NOW: UnixTime = 1_767_225_600;
+    pub(crate) const UUID: &str = "5f0c7a52-3f5e-4a6b-9c0d-2b1e8f7a6c11";
 
     /// The default spec with `change` applied.
-    fn spec(change: fn(&mut TokenSpec)) -> TokenSpec {
+    pub(crate) fn spec(change: fn(&mut TokenSpec)) -> TokenSpec {
         let mut spec = TokenSpec::default();
         change(&mut spec);
         spec
