@@ -17,13 +17,18 @@ use std::time::{Duration, Instant};
 use self::error::spawn_error;
 pub use self::error::DaemonError;
 pub use self::startup::Paths;
+use self::startup::Prepared;
 use crate::api::{self, App};
 use crate::config::{Config, Fault};
+use crate::front::PeerTable;
+use crate::identity::TargetDirs;
+use crate::jobs::listener_certs::ListenerCertificate;
 use crate::jobs::maintenance::{spawn_maintenance, Maintenance};
 use crate::jobs::poller::spawn_poller;
 use crate::jobs::renewer::SourceContext;
 use crate::listener::Listener;
 use crate::pairing::source::request::Outgoing;
+use crate::spool::Spool;
 use crate::{memory, notify, replication};
 
 /// How long shutdown waits for requests in flight.
@@ -45,29 +50,19 @@ pub fn run(config: Config, config_path: Option<&Path>) -> Result<(), DaemonError
     let paths = Paths {
         root: config.data_dir.clone(),
     };
-    let mut prepared = startup::prepare(&paths, &config)?;
+    let prepared = startup::prepare(&paths, &config)?;
     let sockets = listeners::open(&config, &prepared)?;
     let spool = startup::open_spool(&paths, &config, &prepared.ca, &prepared.store)?;
     let replication = startup::prepare_replication(&paths, &config, &prepared.store)?;
     let target_dirs = startup::prepare_target_dirs(&paths, &prepared.store)?;
-    let listener_certs = std::mem::take(&mut prepared.listener_certs);
-    let app = Arc::new(App {
-        api_cert: listener_certs[0].slot(),
-        tunnel_cert: listener_certs[1].slot(),
-        ca_fingerprint: prepared.ca.fingerprint(),
-        ca: prepared.ca,
-        spool,
+    let (app, listener_certs) = shared_state(
+        prepared,
         config,
-        store: prepared.store,
-        auth: prepared.auth,
-        peers: sockets.peers.clone(),
-        system_uuid: prepared.system_uuid,
-        target_dirs,
-        outgoing: Outgoing::new(),
-        first_start: prepared.first_start,
-        started: prepared.started,
+        spool,
         replication,
-    });
+        target_dirs,
+        sockets.peers.clone(),
+    );
 
     let shutdown = Arc::new(AtomicBool::new(false));
     let mut jobs = spawn_jobs(&app, &shutdown)?;
@@ -112,6 +107,45 @@ pub fn run(config: Config, config_path: Option<&Path>) -> Result<(), DaemonError
         jobs,
     });
     Ok(())
+}
+
+/// The state the API workers, the fronts and the jobs share, and the listener
+/// certificates, which go to the maintenance job once the listeners run.
+fn shared_state(
+    prepared: Prepared,
+    config: Config,
+    spool: Spool,
+    replication: Arc<replication::Shared>,
+    target_dirs: TargetDirs,
+    peers: Arc<PeerTable>,
+) -> (Arc<App>, Vec<ListenerCertificate>) {
+    let Prepared {
+        store,
+        system_uuid,
+        started,
+        first_start,
+        ca,
+        listener_certs,
+        auth,
+    } = prepared;
+    let app = App {
+        api_cert: listener_certs[0].slot(),
+        tunnel_cert: listener_certs[1].slot(),
+        ca_fingerprint: ca.fingerprint(),
+        ca,
+        spool,
+        config,
+        store,
+        auth,
+        peers,
+        system_uuid,
+        target_dirs,
+        outgoing: Outgoing::new(),
+        first_start,
+        started,
+        replication,
+    };
+    (Arc::new(app), listener_certs)
 }
 
 /// A job's name (for the log) and its thread.
