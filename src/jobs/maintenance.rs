@@ -46,9 +46,10 @@ pub fn spawn_maintenance(
     maintenance: Maintenance,
     shutdown: Arc<AtomicBool>,
 ) -> std::io::Result<JoinHandle<()>> {
-    std::thread::Builder::new()
-        .name("maintenance".into())
-        .spawn(move || maintenance.run(&shutdown))
+    super::spawn_named(
+        "maintenance".into(),
+        Box::new(move || maintenance.run(&shutdown)),
+    )
 }
 
 impl Maintenance {

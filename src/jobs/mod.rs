@@ -4,7 +4,16 @@
 //! rules they follow live in the domain (`pairing`, `lifecycle`); a job only drives them
 //! over the network, the store and the clock.
 
+use std::thread::JoinHandle;
+
 pub mod listener_certs;
 pub mod maintenance;
 pub mod poller;
 pub mod renewer;
+
+/// Starts `job` on a thread called `name`. The jobs' threads all start here: one spawn
+/// that is not generic over the closure keeps one copy of the thread start-up code in the
+/// binary, however many kinds of job there are.
+pub fn spawn_named(name: String, job: Box<dyn FnOnce() + Send>) -> std::io::Result<JoinHandle<()>> {
+    std::thread::Builder::new().name(name).spawn(job)
+}

@@ -58,9 +58,10 @@ pub fn spawn_poller(
     ctx: Arc<SourceContext>,
     shutdown: Arc<AtomicBool>,
 ) -> std::io::Result<JoinHandle<()>> {
-    std::thread::Builder::new()
-        .name("poller".into())
-        .spawn(move || Poller::new(ctx).run(&shutdown))
+    super::spawn_named(
+        "poller".into(),
+        Box::new(move || Poller::new(ctx).run(&shutdown)),
+    )
 }
 
 /// The scheduler's state: when each target is due, and the polls running now.
@@ -196,13 +197,16 @@ impl Poller {
                 Job::Poll => format!("poll-{id}"),
                 Job::Upkeep => format!("renew-{id}"),
             };
-            let spawned = std::thread::Builder::new().name(name).spawn(move || {
-                let ok = match job {
-                    Job::Poll => poll_once(&ctx, &t),
-                    Job::Upkeep => upkeep_once(&ctx, &t),
-                };
-                let _ = done.send((id, job, ok));
-            });
+            let spawned = super::spawn_named(
+                name,
+                Box::new(move || {
+                    let ok = match job {
+                        Job::Poll => poll_once(&ctx, &t),
+                        Job::Upkeep => upkeep_once(&ctx, &t),
+                    };
+                    let _ = done.send((id, job, ok));
+                }),
+            );
             match spawned {
                 Ok(handle) => {
                     self.in_flight.insert(id, handle);
