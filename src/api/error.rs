@@ -3,8 +3,8 @@
 
 use crate::auth::AuthError;
 use crate::model::Chain;
+use crate::pairing::error::{Cap, PairingError};
 use crate::pairing::source::request::{CallError, SourceError};
-use crate::pairing::target::{Cap, PairingError};
 use crate::replication::admin::AdminError;
 use crate::spool::SpoolError;
 use crate::store::StoreError;

@@ -10,10 +10,10 @@ use super::{Call, ListWriter, Reply};
 use crate::config::Fault;
 use crate::model::Network;
 use crate::model::UnixTime;
-use crate::pairing::target::{
-    self, Caps, Decision, FilingRules, NewRequest, PairingError, SourceChange,
-};
-use crate::pairing::tokens::TokenRefusal;
+use crate::pairing::error::{PairingError, TokenRefusal};
+use crate::pairing::fields::{NewRequest, MAX_MESSAGE_CHARS};
+use crate::pairing::filing::{self, Caps, FilingRules};
+use crate::pairing::target::{self, Decision, SourceChange};
 use crate::pairing::Actor;
 use crate::store::{RequestStatus, RequestSummary};
 use crate::wire::protocol::{self, SpoolToken};
@@ -83,7 +83,7 @@ pub fn file_request(call: &Call) -> Result<Reply, ApiError> {
     // Each audited event (a token used or refused, the filing, the accept) is its own info
     // line once committed (`Store::write`); a refusal is also the worker's 4xx line.
     let spool_token = crate::rand::hex_string(SpoolToken::LEN / 2);
-    let filed = target::file_request(&side, new, &rules, spool_token, call.now)?;
+    let filed = filing::file_request(&side, new, &rules, spool_token, call.now)?;
     let r = &filed.request;
     for other in filed.replaced.iter().chain(&filed.superseded) {
         write_spool(call, *other)?;
@@ -202,10 +202,10 @@ pub fn resolve(call: &Call) -> Result<Reply, ApiError> {
     let id = body.id("request_id")?;
     let accept = body.flag("accept")?;
     let message = body.opt_str("message")?.unwrap_or("");
-    if message.chars().count() > target::MAX_MESSAGE_CHARS {
+    if message.chars().count() > MAX_MESSAGE_CHARS {
         return Err(ApiError::BadRequest(format!(
             "field `message` must be at most {} characters",
-            target::MAX_MESSAGE_CHARS
+            MAX_MESSAGE_CHARS
         )));
     }
     let decision = if accept {

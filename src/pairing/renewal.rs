@@ -20,7 +20,7 @@ use std::time::Duration;
 
 use crate::ca::{self, Ca, CsrError};
 use crate::model::UnixTime;
-use crate::pairing::target::time_of;
+use crate::pairing::error::time_of;
 use crate::store::{AuditRecord, CertRecord, Store, StoreError, SystemRecord, Txn};
 
 /// What renewing works with, borrowed from the caller.

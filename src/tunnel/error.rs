@@ -5,8 +5,8 @@
 use std::fmt;
 
 use crate::model::Chain;
+use crate::pairing::error::PairingError;
 use crate::pairing::renewal::RenewError;
-use crate::pairing::target::PairingError;
 use crate::store::StoreError;
 use crate::wire::error::error_body;
 use crate::wire::http::HeadError;

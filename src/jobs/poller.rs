@@ -3,8 +3,8 @@
 //! installs a delivered certificate after checking it, proves the tunnel, and keeps a slow
 //! heartbeat afterwards to learn of revocation. It also runs each pairing's certificate
 //! upkeep when it is due (`renewer`: renew, prove, file again once expired), as a job of
-//! the same kind: one job per target at a time. With `renewer`, the only network code in
-//! `pairing/`.
+//! the same kind: one job per target at a time. The rules it follows are
+//! `pairing::source`'s; the network calls are `remote`'s.
 
 use std::collections::HashMap;
 use std::fmt;
@@ -15,10 +15,9 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use crate::ca::{self, DeliveryError};
-use crate::config::Fault;
-use crate::identity::{IdentityError, TargetDirs};
+use crate::identity::IdentityError;
+use crate::jobs::renewer::{self, SourceContext};
 use crate::model::{self, Chain, UnixTime};
-use crate::pairing::renewer;
 use crate::pairing::source::{self, Step, Upkeep};
 use crate::remote::{Remote, RemoteError};
 use crate::store::{Store, StoreError, TargetRecord, TargetStatus};
@@ -31,21 +30,6 @@ const FIRST_POLL: Duration = Duration::from_millis(500);
 /// At shutdown, polls still running get this long to finish; the rest are abandoned (a
 /// remote call can take up to the client's 30 s bound) and their targets logged.
 const JOIN_POLLS: Duration = Duration::from_secs(3);
-
-/// What the poller needs, built once by the daemon.
-pub struct SourceContext {
-    pub store: Store,
-    /// One directory per pairing with its key and certificates.
-    pub dirs: TargetDirs,
-    pub poll_interval: Duration,
-    pub heartbeat: Duration,
-    /// This appliance as it introduces itself when it files a request again.
-    pub system_uuid: String,
-    pub name: String,
-    pub asset_tag: String,
-    /// Crash points for the renewal crash tests (`Fault::None` in production).
-    pub fault: Fault,
-}
 
 struct Schedule {
     next: Instant,
@@ -74,9 +58,10 @@ pub fn spawn_poller(
     ctx: Arc<SourceContext>,
     shutdown: Arc<AtomicBool>,
 ) -> std::io::Result<JoinHandle<()>> {
-    std::thread::Builder::new()
-        .name("poller".into())
-        .spawn(move || Poller::new(ctx).run(&shutdown))
+    super::spawn_named(
+        "poller".into(),
+        Box::new(move || Poller::new(ctx).run(&shutdown)),
+    )
 }
 
 /// The scheduler's state: when each target is due, and the polls running now.
@@ -212,13 +197,16 @@ impl Poller {
                 Job::Poll => format!("poll-{id}"),
                 Job::Upkeep => format!("renew-{id}"),
             };
-            let spawned = std::thread::Builder::new().name(name).spawn(move || {
-                let ok = match job {
-                    Job::Poll => poll_once(&ctx, &t),
-                    Job::Upkeep => upkeep_once(&ctx, &t),
-                };
-                let _ = done.send((id, job, ok));
-            });
+            let spawned = super::spawn_named(
+                name,
+                Box::new(move || {
+                    let ok = match job {
+                        Job::Poll => poll_once(&ctx, &t),
+                        Job::Upkeep => upkeep_once(&ctx, &t),
+                    };
+                    let _ = done.send((id, job, ok));
+                }),
+            );
             match spawned {
                 Ok(handle) => {
                     self.in_flight.insert(id, handle);
@@ -520,6 +508,8 @@ fn install_and_prove(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::config::Fault;
+    use crate::identity::TargetDirs;
 
     #[test]
     fn shutdown_joins_polls_that_finish_in_time_and_abandons_the_rest() {

@@ -19,17 +19,33 @@
 //!    generation's files go. A crash before that proves again on the next attempt.
 
 use std::fmt;
+use std::time::Duration;
 
 use crate::ca::{self, CaError, DeliveryError};
 use crate::config::Fault;
-use crate::identity::{self, IdentityError};
+use crate::identity::{self, IdentityError, TargetDirs};
 use crate::model::{format_utc, UnixTime};
-use crate::pairing::poller::SourceContext;
 use crate::pairing::source::request::{self, Me, Outgoing, SourceError, SourceSide};
 use crate::pairing::source::Upkeep;
 use crate::remote::{LiveSource, Remote, RemoteError};
-use crate::store::{AuditRecord, StoreError, TargetRecord};
+use crate::store::{AuditRecord, Store, StoreError, TargetRecord};
 use crate::wire::protocol::Hello;
+
+/// What the source's pairing jobs need (the poller's polls, and the upkeep here that it
+/// runs), built once by the daemon.
+pub struct SourceContext {
+    pub store: Store,
+    /// One directory per pairing with its key and certificates.
+    pub dirs: TargetDirs,
+    pub poll_interval: Duration,
+    pub heartbeat: Duration,
+    /// This appliance as it introduces itself when it files a request again.
+    pub system_uuid: String,
+    pub name: String,
+    pub asset_tag: String,
+    /// Crash points for the renewal crash tests (`Fault::None` in production).
+    pub fault: Fault,
+}
 
 /// Why an upkeep step failed; it is retried after a backoff.
 #[derive(Debug)]

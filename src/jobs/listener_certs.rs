@@ -1,0 +1,229 @@
+//! The listeners' server certificates: loaded or issued at start, then kept fresh while
+//! running (the maintenance job looks every second): re-issued at two thirds of their
+//! lifetime (`lifecycle::listener_renew_at`) or when SIGHUP brought new `hostnames`,
+//! stored (`identity::ListenerFiles`) and swapped into the listener's `ServerCertSlot`
+//! (open connections keep theirs).
+
+use std::fmt;
+use std::net::IpAddr;
+use std::path::Path;
+use std::sync::Arc;
+
+use crate::ca::{Ca, CaError};
+use crate::config::Config;
+use crate::identity::{IdentityError, ListenerCert, ListenerFiles};
+use crate::lifecycle;
+use crate::model::{self, Chain};
+use crate::tls::{ServerCertSlot, TlsError};
+
+/// Why a listener certificate could not be loaded, issued or put in place.
+#[derive(Debug)]
+pub enum ListenerCertError {
+    /// The CA could not issue it.
+    Issue {
+        listener: &'static str,
+        source: CaError,
+    },
+    /// Its files could not be read or written.
+    Files(IdentityError),
+    /// Its listener's TLS refused it (its certificate or key).
+    Tls {
+        listener: &'static str,
+        source: TlsError,
+    },
+}
+
+impl fmt::Display for ListenerCertError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            ListenerCertError::Issue { listener, .. } => {
+                write!(f, "issue the {listener} certificate")
+            }
+            ListenerCertError::Files(e) => write!(f, "{e}"),
+            ListenerCertError::Tls { listener, .. } => write!(f, "{listener} tls"),
+        }
+    }
+}
+
+impl std::error::Error for ListenerCertError {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        match self {
+            ListenerCertError::Issue { source, .. } => Some(source),
+            ListenerCertError::Files(e) => e.source(),
+            ListenerCertError::Tls { source, .. } => Some(source),
+        }
+    }
+}
+
+/// Names and addresses a listener certificate must cover, for `hostnames`.
+fn certificate_names(config: &Config, hostnames: &[String]) -> (Vec<String>, Vec<IpAddr>) {
+    let mut ips: Vec<IpAddr> = vec![
+        config.api_listen.ip(),
+        config.tunnel_listen.ip(),
+        IpAddr::from([127, 0, 0, 1]),
+    ];
+    let mut names = Vec::new();
+    for h in hostnames {
+        match h.parse::<IpAddr>() {
+            Ok(ip) => ips.push(ip),
+            Err(_) => names.push(h.clone()),
+        }
+    }
+    ips.retain(|ip| !ip.is_unspecified());
+    ips.sort();
+    ips.dedup();
+    (names, ips)
+}
+
+/// One listener's server certificate: its files, the slot its listener presents at each
+/// handshake, and what the certificate in the slot was issued for and until when.
+pub struct ListenerCertificate {
+    name: &'static str,
+    files: ListenerFiles,
+    slot: Arc<ServerCertSlot>,
+    current: ListenerCert,
+    names: String,
+}
+
+impl ListenerCertificate {
+    /// Loads the stored certificate of listener `name`, or issues one when it is missing,
+    /// damaged (a crash between its files), issued for other names or due.
+    pub fn open(
+        root: &Path,
+        ca: &Ca,
+        name: &'static str,
+        config: &Config,
+    ) -> Result<ListenerCertificate, ListenerCertError> {
+        let files = ListenerFiles::new(root, name);
+        let names = names_text(config, &config.hostnames);
+        let stored = files.load(&names).map_err(ListenerCertError::Files)?;
+        let current = match stored {
+            Some(c) if model::now() < lifecycle::listener_renew_at(c.not_before, c.not_after) => c,
+            _ => issue_listener_cert(ca, name, config, &config.hostnames, &files)?,
+        };
+        let slot = ServerCertSlot::new(&current.chain_pem, &current.key_pem).map_err(|source| {
+            ListenerCertError::Tls {
+                listener: name,
+                source,
+            }
+        })?;
+        Ok(ListenerCertificate {
+            name,
+            files,
+            slot,
+            current,
+            names,
+        })
+    }
+
+    /// The slot the listener presents at each handshake (shared, swapped on renewal).
+    pub fn slot(&self) -> Arc<ServerCertSlot> {
+        self.slot.clone()
+    }
+
+    /// Re-issues the certificate when it is due or `hostnames` changed, and swaps it in
+    /// under the running listener (open connections keep theirs). A failure is logged and
+    /// tried again on the next look.
+    pub fn keep_fresh(&mut self, ca: &Ca, config: &Config, hostnames: &[String]) {
+        let names = names_text(config, hostnames);
+        let due = model::now()
+            >= lifecycle::listener_renew_at(self.current.not_before, self.current.not_after);
+        if !due && names == self.names {
+            return;
+        }
+        let renewed = issue_listener_cert(ca, self.name, config, hostnames, &self.files)
+            .map_err(|e| Chain(&e).to_string())
+            .and_then(|fresh| {
+                self.slot
+                    .replace(&fresh.chain_pem, &fresh.key_pem)
+                    .map(|()| fresh)
+                    .map_err(|e| Chain(&e).to_string())
+            });
+        match renewed {
+            Ok(fresh) => {
+                log::info!(
+                    "renewed the {} listener certificate while running: serial {} -> {}, valid until {}{}",
+                    self.name,
+                    self.current.serial,
+                    fresh.serial,
+                    model::format_utc(fresh.not_after),
+                    if names == self.names { "" } else { " (hostnames changed)" }
+                );
+                self.current = fresh;
+                self.names = names;
+            }
+            Err(e) => log::error!("renew the {} listener certificate: {e}", self.name),
+        }
+    }
+}
+
+/// What a listener certificate's `.names` file records: the names and addresses it covers.
+fn names_text(config: &Config, hostnames: &[String]) -> String {
+    let (names, ips) = certificate_names(config, hostnames);
+    format!("{names:?} {ips:?}")
+}
+
+/// Issues a fresh certificate (leaf + CA) for listener `name` and stores it.
+fn issue_listener_cert(
+    ca: &Ca,
+    name: &'static str,
+    config: &Config,
+    hostnames: &[String],
+    files: &ListenerFiles,
+) -> Result<ListenerCert, ListenerCertError> {
+    let (names, ips) = certificate_names(config, hostnames);
+    let issued = ca
+        .issue_server_cert(
+            &names,
+            &ips,
+            config.server_cert_lifetime,
+            time::OffsetDateTime::now_utc(),
+        )
+        .map_err(|source| ListenerCertError::Issue {
+            listener: name,
+            source,
+        })?;
+    let chain = format!("{}{}", issued.cert_pem, ca.cert_pem());
+    files
+        .store(&chain, &issued.key_pem, &names_text(config, hostnames))
+        .map_err(ListenerCertError::Files)?;
+    log::info!(
+        "issued the {name} listener certificate {} for {names:?} {ips:?}, valid until {}",
+        issued.serial,
+        model::format_utc(issued.not_after)
+    );
+    let not_before = crate::ca::cert_pem_to_der(&issued.cert_pem)
+        .and_then(|der| crate::ca::cert_info(&der))
+        .map(|i| i.not_before)
+        .unwrap_or_else(|_| model::now());
+    Ok(ListenerCert {
+        chain_pem: chain,
+        key_pem: issued.key_pem,
+        not_before,
+        not_after: issued.not_after,
+        serial: issued.serial,
+    })
+}
+
+/// The hostnames after a SIGHUP: the config file and environment read again, as at start.
+/// Only `hostnames` is taken; other keys take effect at the next start.
+pub fn reload_hostnames(config_path: Option<&Path>, current: &[String]) -> Vec<String> {
+    match Config::load(config_path) {
+        Ok(fresh) => {
+            if fresh.hostnames == current {
+                log::info!("SIGHUP: configuration read again; hostnames unchanged {current:?}");
+            } else {
+                log::info!(
+                    "SIGHUP: hostnames {current:?} -> {:?}; re-issuing the listener certificates \
+                     (other settings take effect at the next start)",
+                    fresh.hostnames
+                );
+            }
+            fresh.hostnames
+        }
+        Err(e) => {
+            log::warn!("SIGHUP: {e}; keeping hostnames {current:?}");
+            current.to_vec()
+        }
+    }
+}
