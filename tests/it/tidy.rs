@@ -47,6 +47,7 @@ const LAYERS: &[(&str, Layer)] = &[
     ("tls", Resource),
     ("spool", Resource),
     ("identity", Resource),
+    ("objstore", Resource),
     ("auth", Domain),
     ("pairing", Domain),
     ("lifecycle", Domain),
