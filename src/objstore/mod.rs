@@ -460,6 +460,18 @@ fn answer_text(r: &mut http::Response<'_>) -> Result<String, Failure> {
         .map_err(|e| Failure::Retry(format!("answer cut short: {e}")))
 }
 
+/// Reads an XML answer whose root element is `root`, refusing one cut short (module doc
+/// of `xml`).
+fn xml_answer(r: &mut http::Response<'_>, root: &str) -> Result<String, Failure> {
+    let text = answer_text(r)?;
+    if !xml::closed(&text, root) {
+        return Err(Failure::Retry(format!(
+            "answer cut short: no closing {root}"
+        )));
+    }
+    Ok(text)
+}
+
 /// Reads what is left of a body we do not need, so the connection can serve the next
 /// request; if that fails the connection is simply not reused.
 fn drain(r: &mut http::Response<'_>) {

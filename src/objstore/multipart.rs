@@ -5,8 +5,8 @@ use rusty_s3::actions::{CompleteMultipartUploadResponse, CreateMultipartUpload, 
 use rusty_s3::S3Action;
 
 use super::{
-    answer_text, corrupt, drain, gone_if_no_upload, unquote, xml, Failure, Key, ObjStore,
-    ObjStoreError, Part, SweepReport, UploadEntry, UploadMarker, MAX_ANSWER, META_SHA256,
+    answer_text, corrupt, drain, gone_if_no_upload, unquote, xml, xml_answer, Failure, Key,
+    ObjStore, ObjStoreError, Part, SweepReport, UploadEntry, UploadMarker, MAX_ANSWER, META_SHA256,
     META_UPLOAD, SIGNATURE_LIFETIME,
 };
 use crate::rand;
@@ -42,7 +42,7 @@ impl ObjStore {
                 &[],
                 0,
             )?;
-            let text = answer_text(&mut r)?;
+            let text = xml_answer(&mut r, "InitiateMultipartUploadResult")?;
             let answer = CreateMultipartUpload::parse_response(&text)
                 .map_err(|e| Failure::Retry(format!("answer does not parse: {e}")))?;
             Ok(answer.upload_id().to_string())
@@ -128,6 +128,9 @@ impl ObjStore {
             if let Some(e) = xml::s3_error(&text) {
                 return Err(self.classify(OP, k, 200, e));
             }
+            if !xml::closed(&text, "CompleteMultipartUploadResult") {
+                return Err(Failure::Retry("answer cut short".into()));
+            }
             CompleteMultipartUploadResponse::parse(&text)
                 .map_err(|e| Failure::Retry(format!("answer does not parse: {e}")))?;
             Ok(())
@@ -206,7 +209,7 @@ impl ObjStore {
                     &[],
                     MAX_ANSWER,
                 )?;
-                let text = answer_text(&mut r)?;
+                let text = xml_answer(&mut r, "ListPartsResult")?;
                 ListParts::parse_response(&text)
                     .map_err(|e| Failure::Retry(format!("listing does not parse: {e}")))
             });
@@ -268,7 +271,7 @@ impl ObjStore {
                 std::iter::empty(),
             );
             let mut r = self.send(OP, prefix, "GET", url, &[], &[], MAX_ANSWER)?;
-            let text = answer_text(&mut r)?;
+            let text = xml_answer(&mut r, "ListMultipartUploadsResult")?;
             let page = xml::uploads_page(&text)
                 .map_err(|e| Failure::Retry(format!("listing does not parse: {e}")))?;
             let decode = page.encoding_type.as_deref() == Some("url");

@@ -8,9 +8,9 @@ use rusty_s3::S3Action;
 use sha2::{Digest, Sha256};
 
 use super::{
-    answer_text, corrupt, drain, parse_content_range, parse_digest, unquote, Failure, Key,
-    ObjStore, ObjStoreError, ObjectEntry, ObjectInfo, MAX_ANSWER, MAX_IN_MEMORY, META_SHA256,
-    META_UPLOAD, SIGNATURE_LIFETIME,
+    corrupt, drain, parse_content_range, parse_digest, unquote, xml_answer, Failure, Key, ObjStore,
+    ObjStoreError, ObjectEntry, ObjectInfo, MAX_ANSWER, MAX_IN_MEMORY, META_SHA256, META_UPLOAD,
+    SIGNATURE_LIFETIME,
 };
 use crate::rand;
 
@@ -92,9 +92,11 @@ impl ObjStore {
     }
 
     /// Writes the bytes of `key` in `range` (the whole object when `None`) to `sink` and
-    /// returns how many. An answer cut short is resumed from where it stopped, pinned by
-    /// `If-Match` to the object first read; one that changed meanwhile is `Corrupt`. A
-    /// failed write to `sink` fails the call (as `Permanent` with code `LocalWrite`).
+    /// returns how many. Every read asks for a range, whole ones too (`bytes=0-`), so the
+    /// answer's `Content-Range` says where it ends whatever its `Content-Length` claims.
+    /// An answer cut short is resumed from where it stopped, pinned by `If-Match` to the
+    /// object first read; one that changed meanwhile is `Corrupt`. A failed write to
+    /// `sink` fails the call (as `Permanent` with code `LocalWrite`).
     pub fn read_object(
         &self,
         key: &Key,
@@ -112,74 +114,70 @@ impl ObjStore {
         let mut end_known = end;
         let mut etag: Option<String> = None;
         let mut buf = vec![0u8; 64 * 1024];
+        let changed = || corrupt(OP, k, "the object changed while it was read".into());
         self.run(OP, k, |_| {
             let action = self.bucket.get_object(Some(&self.signer), k);
-            let mut headers = Vec::new();
-            let ranged = range.is_some() || pos > 0;
-            if ranged {
-                let last = end_known.map(|e| (e - 1).to_string()).unwrap_or_default();
-                headers.push(("Range", format!("bytes={pos}-{last}")));
-            }
+            let last = end_known.map(|e| (e - 1).to_string()).unwrap_or_default();
+            let mut headers = vec![("Range", format!("bytes={pos}-{last}"))];
             if let Some(tag) = &etag {
                 headers.push(("If-Match", format!("\"{tag}\"")));
             }
             let want = end_known.map_or(MAX_IN_MEMORY, |e| e - pos);
-            let mut r = match self.send(
-                OP,
-                k,
-                "GET",
-                action.sign(SIGNATURE_LIFETIME),
-                &headers,
-                &[],
-                want,
-            ) {
+            let url = action.sign(SIGNATURE_LIFETIME);
+            let mut r = match self.send(OP, k, "GET", url, &headers, &[], want) {
                 Err(Failure::Fail(ObjStoreError::Permanent { status: 412, .. })) => {
-                    return Err(Failure::Fail(corrupt(
-                        OP,
-                        k,
-                        "the object changed while it was read".into(),
-                    )))
+                    return Err(Failure::Fail(changed()))
+                }
+                // `bytes=0-` of an empty object is not satisfiable: nothing to read.
+                Err(Failure::Fail(ObjStoreError::Permanent { status: 416, .. }))
+                    if range.is_none() && pos == 0 =>
+                {
+                    return match self.head_object(key) {
+                        Ok(Some(info)) if info.size == 0 => Ok(()),
+                        Ok(_) => Err(Failure::Retry("416 for an object that is not empty".into())),
+                        Err(e) => Err(Failure::Fail(e)),
+                    };
                 }
                 other => other?,
             };
             let this_tag = r.header("etag").map(unquote);
             if etag.is_some() && this_tag != etag {
-                return Err(Failure::Fail(corrupt(
-                    OP,
-                    k,
-                    "the object changed while it was read".into(),
-                )));
+                return Err(Failure::Fail(changed()));
             }
             etag = etag.take().or(this_tag);
             // Where this answer's bytes end, by its own account.
-            let answer_end = if ranged {
-                if r.status() != 206 {
-                    return Err(Failure::Fail(corrupt(
-                        OP,
-                        k,
-                        format!("asked for a range, got {}", r.status()),
-                    )));
+            let answer_end = match r.status() {
+                206 => {
+                    let (first, last, _total) = r
+                        .header("content-range")
+                        .and_then(parse_content_range)
+                        .ok_or_else(|| {
+                            Failure::Retry("206 without a usable Content-Range".into())
+                        })?;
+                    if first != pos || end_known.is_some_and(|e| last + 1 != e) {
+                        return Err(Failure::Fail(corrupt(
+                            OP,
+                            k,
+                            format!("asked for bytes from {pos}, got {first}-{last}"),
+                        )));
+                    }
+                    last + 1
                 }
-                let (first, last, _total) = r
-                    .header("content-range")
-                    .and_then(parse_content_range)
-                    .ok_or_else(|| Failure::Retry("206 without a usable Content-Range".into()))?;
-                if first != pos || end_known.is_some_and(|e| last + 1 != e) {
-                    return Err(Failure::Fail(corrupt(
-                        OP,
-                        k,
-                        format!("asked for bytes from {pos}, got {first}-{last}"),
-                    )));
-                }
-                last + 1
-            } else {
-                let length = r
+                // A store that ignores Range answers the whole object: fine for a whole
+                // read from its start.
+                200 if range.is_none() && pos == 0 => r
                     .header("content-length")
                     .and_then(|v| v.parse::<u64>().ok())
                     .ok_or_else(|| {
                         Failure::Retry("object answer without a Content-Length".into())
-                    })?;
-                pos + length
+                    })?,
+                other => {
+                    return Err(Failure::Fail(corrupt(
+                        OP,
+                        k,
+                        format!("asked for bytes from {pos}, got status {other}"),
+                    )))
+                }
             };
             end_known = Some(answer_end);
             while pos < answer_end {
@@ -295,7 +293,7 @@ impl ObjStore {
                 &[],
                 MAX_ANSWER,
             )?;
-            let text = answer_text(&mut r)?;
+            let text = xml_answer(&mut r, "ListBucketResult")?;
             let page = ListObjectsV2::parse_response(&text)
                 .map_err(|e| Failure::Retry(format!("listing does not parse: {e}")))?;
             let entries = page

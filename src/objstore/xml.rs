@@ -1,6 +1,7 @@
-//! The S3 answers rusty-s3 does not parse: error bodies and `ListMultipartUploads`.
-//! A body that does not parse whole is an error (a cut listing never reads as a short
-//! one).
+//! The S3 answers rusty-s3 does not parse (error bodies and `ListMultipartUploads`), and
+//! the check that an XML answer is whole: instant-xml (rusty-s3's parser too) takes a
+//! document cut inside its root element as complete, which would read a cut listing as a
+//! short one.
 
 use instant_xml::FromXml;
 
@@ -45,6 +46,13 @@ fn unescape(text: &str) -> String {
         .replace("&quot;", "\"")
         .replace("&apos;", "'")
         .replace("&amp;", "&")
+}
+
+/// Whether `body` ends with the closing tag of its root element `root` (with or without
+/// a namespace prefix).
+pub(super) fn closed(body: &str, root: &str) -> bool {
+    let body = body.trim_end();
+    body.ends_with(&format!("</{root}>")) || body.ends_with(&format!(":{root}>"))
 }
 
 /// One page of `ListMultipartUploads`.
@@ -150,5 +158,10 @@ mod tests {
         assert_eq!(p.uploads[1].upload_id, "u2");
         let cut = &page[..page.len() - 40];
         assert!(uploads_page(cut).is_err());
+        assert!(closed(&page, "ListMultipartUploadsResult"));
+        // instant-xml alone takes a document cut inside the root as whole.
+        let inside = &page[..page.find("<Upload>").unwrap()];
+        assert!(uploads_page(inside).is_ok() && !closed(inside, "ListMultipartUploadsResult"));
+        assert!(closed("<a:Root xmlns:a=\"x\"></a:Root>\n", "Root"));
     }
 }

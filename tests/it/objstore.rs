@@ -3,9 +3,11 @@
 //! pages, aborts and the orphan sweep.
 
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use replgate::objstore::{
-    Checkpoint, Credentials, Key, MultipartWriter, ObjStore, ObjStoreError, PartSize, Settings,
+    Checkpoint, Credentials, Key, MultipartWriter, ObjStore, ObjStoreError, PartSize, RetryPolicy,
+    Settings,
 };
 
 use crate::seaweed::{sha256, Seaweed};
@@ -81,6 +83,14 @@ fn objstore_every_object_operation_works_against_seaweedfs() {
         store.sha256_of(&k).expect("read back"),
         (body.len() as u64, sha256(&body))
     );
+
+    // An empty object reads back empty, whole and hashed.
+    let empty = key("tenants/empty");
+    store.put_object(&empty, b"", &sha256(b"")).expect("put empty");
+    let mut none = Vec::new();
+    assert_eq!(store.read_object(&empty, None, &mut none).expect("get empty"), 0);
+    assert_eq!(store.sha256_of(&empty).expect("hash empty"), (0, sha256(b"")));
+    store.delete_object(&empty).expect("delete empty");
 
     // Absent objects: HEAD says none, GET says NotFound, DELETE is done anyway.
     let missing = key("tenants/nothing/here");
@@ -327,5 +337,68 @@ fn objstore_abort_leaves_no_upload_and_the_sweep_aborts_only_old_unclaimed_ones(
     assert_eq!(
         left, want,
         "the claimed upload and the one outside the prefix remain"
+    );
+}
+
+/// Replication `001` over two volume servers; one is killed after the first part: the
+/// parts after it fail as `Transient` (a write needs both copies), nothing claims
+/// success, and once the server is back the upload resumes from its checkpoint and
+/// completes with the right bytes.
+#[test]
+fn objstore_upload_outlives_a_replica_server_killed_mid_upload() {
+    let mut engine = Seaweed::start_replicated("objstore-replica");
+    // Short bounds while the replica is down, so the failure comes in seconds.
+    let impatient = engine.store_with(Settings {
+        call_timeout: Duration::from_secs(5),
+        io_timeout: Duration::from_secs(5),
+        retry: RetryPolicy {
+            attempts: 2,
+            base: Duration::from_millis(200),
+            cap: Duration::from_secs(1),
+        },
+        ..Settings::default()
+    });
+    let part = PartSize::exact(8 * MIB as u64).expect("part size");
+    let data = pattern(3 * 8 * MIB + 99, 21);
+    let k = key("replica/backup.img");
+    let mut w = MultipartWriter::create(impatient.clone(), k.clone(), part, None).expect("create");
+    feed(&mut w, &data[..8 * MIB]);
+    let cp = w.sync().expect("part 1 on both replicas");
+    assert_eq!(cp.parts, 1);
+
+    engine.kill_volume(0);
+    let outcome = data[8 * MIB..2 * 8 * MIB]
+        .chunks(MIB)
+        .try_for_each(|chunk| w.write_all(chunk))
+        .and_then(|()| w.sync());
+    assert!(
+        matches!(outcome, Err(ObjStoreError::Transient { .. })),
+        "a part written with a replica down: {outcome:?}"
+    );
+    assert!(
+        w.write_all(b"more").is_err(),
+        "a writer whose part failed takes no more bytes"
+    );
+    drop(w);
+
+    engine.restart_volume(0);
+    let store = engine.store();
+    let probe = key("replica/probe");
+    let start = Instant::now();
+    while store.put_object(&probe, b"p", &sha256(b"p")).is_err() {
+        assert!(
+            start.elapsed() < Duration::from_secs(90),
+            "the volume server did not come back"
+        );
+        std::thread::sleep(Duration::from_millis(500));
+    }
+    let mut w = MultipartWriter::resume(store.clone(), k.clone(), &cp).expect("resume");
+    assert_eq!(w.written(), 8 * MIB as u64);
+    feed(&mut w, &data[8 * MIB..]);
+    let done = w.complete().expect("complete");
+    assert_eq!(done.sha256, sha256(&data));
+    assert_eq!(
+        store.sha256_of(&k).expect("read back"),
+        (data.len() as u64, sha256(&data))
     );
 }

@@ -29,7 +29,11 @@ pub fn weed() -> PathBuf {
         .map(PathBuf::from)
         .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("target"));
     let candidates = std::env::var_os("PATH")
-        .map(|p| std::env::split_paths(&p).map(|d| d.join("weed")).collect::<Vec<_>>())
+        .map(|p| {
+            std::env::split_paths(&p)
+                .map(|d| d.join("weed"))
+                .collect::<Vec<_>>()
+        })
         .unwrap_or_default()
         .into_iter()
         .chain([target.join("weed-venv/bin/weed")]);
@@ -49,8 +53,9 @@ pub fn weed() -> PathBuf {
 /// A running engine: master, volume server(s), filer and S3 gateway.
 pub struct Seaweed {
     server: Child,
-    /// Volume servers started on their own (`start_replicated`).
+    /// Volume servers started on their own (`start_replicated`), and their arguments.
     volumes: Vec<Child>,
+    volume_args: Vec<Vec<String>>,
     pub endpoint: String,
     pub access_key: String,
     pub secret_key: String,
@@ -140,6 +145,7 @@ impl Seaweed {
         let mut me = Seaweed {
             server,
             volumes: Vec::new(),
+            volume_args: Vec::new(),
             endpoint: format!("http://127.0.0.1:{s3}"),
             access_key,
             secret_key,
@@ -152,26 +158,22 @@ impl Seaweed {
             ports.extend([port, grpc]);
             let vdir = dir.join(format!("volume{i}"));
             std::fs::create_dir_all(&vdir).expect("create volume dir");
-            let vlog = std::fs::File::create(dir.join(format!("volume{i}.log"))).expect("log");
-            let child = Command::new(&weed)
-                .args([
-                    "-logtostderr".to_string(),
-                    format!("-config_dir={}", dir.display()),
-                    "volume".into(),
-                    "-ip=127.0.0.1".into(),
-                    "-ip.bind=127.0.0.1".into(),
-                    format!("-port={port}"),
-                    format!("-port.grpc={grpc}"),
-                    format!("-dir={}", vdir.display()),
-                    format!("-master=127.0.0.1:{master}"),
-                    "-max=30".into(),
-                    "-preStopSeconds=0".into(),
-                ])
-                .stdin(Stdio::null())
-                .stdout(vlog.try_clone().expect("clone log handle"))
-                .stderr(vlog)
-                .spawn()
-                .expect("start weed volume");
+            let args = vec![
+                "-logtostderr".to_string(),
+                format!("-config_dir={}", dir.display()),
+                "volume".into(),
+                "-ip=127.0.0.1".into(),
+                "-ip.bind=127.0.0.1".into(),
+                format!("-port={port}"),
+                format!("-port.grpc={grpc}"),
+                format!("-dir={}", vdir.display()),
+                // host:port.grpcPort: without it the gRPC port is taken as port + 10000.
+                format!("-master=127.0.0.1:{master}.{master_grpc}"),
+                "-max=30".into(),
+                "-preStopSeconds=0".into(),
+            ];
+            let child = spawn_logged(&weed, &args, &dir.join(format!("volume{i}.log")));
+            me.volume_args.push(args);
             me.volumes.push(child);
         }
         me.ports = ports;
@@ -270,6 +272,12 @@ impl Seaweed {
         let _ = v.wait();
     }
 
+    /// Starts the extra volume server `i` again, on its port and data directory.
+    pub fn restart_volume(&mut self, i: usize) {
+        let log = self.dir.join(format!("volume{i}-again.log"));
+        self.volumes[i] = spawn_logged(&weed(), &self.volume_args[i], &log);
+    }
+
     /// The engine's log so far.
     pub fn log_text(&self) -> String {
         let mut bytes = Vec::new();
@@ -298,6 +306,17 @@ impl Drop for Seaweed {
             let _ = std::fs::remove_dir_all(self.dir.join(format!("volume{i}")));
         }
     }
+}
+
+fn spawn_logged(program: &Path, args: &[String], log: &Path) -> Child {
+    let out = std::fs::File::create(log).expect("create a log file");
+    Command::new(program)
+        .args(args)
+        .stdin(Stdio::null())
+        .stdout(out.try_clone().expect("clone log handle"))
+        .stderr(out)
+        .spawn()
+        .expect("start weed")
 }
 
 pub fn sha256(bytes: &[u8]) -> [u8; 32] {
