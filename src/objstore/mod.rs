@@ -37,6 +37,7 @@ mod xml;
 use std::io::{self, Read};
 use std::net::IpAddr;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use rusty_s3::{Bucket, S3Action, UrlStyle};
@@ -194,6 +195,8 @@ pub struct ObjStore {
     signer: rusty_s3::Credentials,
     http: http::Client,
     settings: Settings,
+    /// Requests sent, retries included (for metrics and measurements).
+    requests: AtomicU64,
 }
 
 impl std::fmt::Debug for ObjStore {
@@ -292,12 +295,18 @@ impl ObjStore {
             bucket,
             signer: credentials.signer(),
             settings,
+            requests: AtomicU64::new(0),
         })
     }
 
     // -----------------------------------------------------------------------------------
     // The bucket
     // -----------------------------------------------------------------------------------
+
+    /// Requests sent so far, retries included.
+    pub fn requests(&self) -> u64 {
+        self.requests.load(Ordering::Relaxed)
+    }
 
     /// Whether the bucket exists and our credentials reach it (`HeadBucket`).
     pub fn check(&self) -> Result<(), ObjStoreError> {
@@ -397,6 +406,7 @@ impl ObjStore {
             headers,
             body,
         };
+        self.requests.fetch_add(1, Ordering::Relaxed);
         let mut r = self
             .http
             .send(&req, Instant::now() + bound)

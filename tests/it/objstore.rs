@@ -86,10 +86,20 @@ fn objstore_every_object_operation_works_against_seaweedfs() {
 
     // An empty object reads back empty, whole and hashed.
     let empty = key("tenants/empty");
-    store.put_object(&empty, b"", &sha256(b"")).expect("put empty");
+    store
+        .put_object(&empty, b"", &sha256(b""))
+        .expect("put empty");
     let mut none = Vec::new();
-    assert_eq!(store.read_object(&empty, None, &mut none).expect("get empty"), 0);
-    assert_eq!(store.sha256_of(&empty).expect("hash empty"), (0, sha256(b"")));
+    assert_eq!(
+        store
+            .read_object(&empty, None, &mut none)
+            .expect("get empty"),
+        0
+    );
+    assert_eq!(
+        store.sha256_of(&empty).expect("hash empty"),
+        (0, sha256(b""))
+    );
     store.delete_object(&empty).expect("delete empty");
 
     // Absent objects: HEAD says none, GET says NotFound, DELETE is done anyway.
@@ -400,5 +410,69 @@ fn objstore_upload_outlives_a_replica_server_killed_mid_upload() {
     assert_eq!(
         store.sha256_of(&k).expect("read back"),
         (data.len() as u64, sha256(&data))
+    );
+}
+
+/// A measurement, not a check (timing targets live in benchmarks): 1 GiB through the
+/// client into SeaweedFS on loopback, the way the receiver will write it, then MB/s,
+/// requests and the test process's peak RSS. Run it alone, so the peak is its own:
+/// `cargo test --release --test it objstore_bench -- --ignored --nocapture`.
+#[test]
+#[ignore = "bench: uploads 1 GiB and prints figures"]
+fn objstore_bench_upload_one_gib() {
+    fn status(field: &str) -> String {
+        std::fs::read_to_string("/proc/self/status")
+            .unwrap_or_default()
+            .lines()
+            .find(|l| l.starts_with(field))
+            .map(|l| l[field.len()..].trim().to_string())
+            .unwrap_or_default()
+    }
+    fn uptime() -> String {
+        std::process::Command::new("uptime")
+            .output()
+            .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
+            .unwrap_or_default()
+    }
+    const GIB: usize = 1024 * MIB;
+    let engine = Seaweed::start("objstore-bench");
+    let store = engine.store();
+    let block = pattern(MIB, 99);
+    println!("load before: {}", uptime());
+    println!(
+        "RSS before: {}, peak so far {}",
+        status("VmRSS:"),
+        status("VmHWM:")
+    );
+    let k = key("bench/one-gib.img");
+    let start = Instant::now();
+    let before = store.requests();
+    let part = PartSize::for_object(GIB as u64).expect("part size");
+    let mut w = MultipartWriter::create(store.clone(), k.clone(), part, None).expect("create");
+    let mut chunk = block.clone();
+    for i in 0..GIB / MIB {
+        // Every MiB different, as a real file's would be.
+        chunk[..8].copy_from_slice(&(i as u64).to_le_bytes());
+        w.write_all(&chunk).expect("write");
+    }
+    let done = w.complete().expect("complete");
+    let secs = start.elapsed().as_secs_f64();
+    let requests = store.requests() - before;
+    assert_eq!(done.size, GIB as u64);
+    println!(
+        "uploaded 1 GiB in {secs:.2} s: {:.0} MB/s ({:.0} MiB/s), {requests} requests, part size {} MiB",
+        GIB as f64 / secs / 1e6,
+        GIB as f64 / secs / MIB as f64,
+        part.bytes() / MIB as u64
+    );
+    println!("peak RSS of the test process: {}", status("VmHWM:"));
+    println!("load after: {}", uptime());
+    let start = Instant::now();
+    let (size, _) = store.sha256_of(&k).expect("read back");
+    let secs = start.elapsed().as_secs_f64();
+    assert_eq!(size, GIB as u64);
+    println!(
+        "read back and hashed 1 GiB in {secs:.2} s: {:.0} MB/s",
+        GIB as f64 / secs / 1e6
     );
 }
