@@ -412,6 +412,15 @@ impl ObjStore {
             .send(&req, Instant::now() + bound)
             .map_err(|e| match e {
                 http::SendError::Stale(_) => Failure::Stale(e.to_string()),
+                // A certificate the roots do not vouch for, or a name it does not carry,
+                // is the storage's settings to fix, not a moment to wait out.
+                http::SendError::Io(io) if tls_failure(&io).is_some() => {
+                    Failure::Fail(ObjStoreError::Config(format!(
+                        "TLS with {}: {}",
+                        self.http.host_field,
+                        tls_failure(&io).map_or(String::new(), |t| t.to_string())
+                    )))
+                }
                 e => Failure::Retry(e.to_string()),
             })?;
         let status = r.status();
@@ -462,6 +471,11 @@ impl ObjStore {
             }
         })
     }
+}
+
+/// The TLS error behind an I/O error, when a handshake failed.
+fn tls_failure(e: &io::Error) -> Option<&rustls::Error> {
+    e.get_ref()?.downcast_ref::<rustls::Error>()
 }
 
 /// Reads an answer's body as text (a cut one is worth a retry).

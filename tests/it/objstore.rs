@@ -6,8 +6,8 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use replgate::objstore::{
-    Checkpoint, Credentials, Key, MultipartWriter, ObjStore, ObjStoreError, PartSize, RetryPolicy,
-    Settings,
+    Checkpoint, Credentials, Key, Location, MultipartWriter, ObjStore, ObjStoreError, PartSize,
+    RetryPolicy, Settings,
 };
 
 use crate::seaweed::{sha256, Seaweed};
@@ -474,5 +474,58 @@ fn objstore_bench_upload_one_gib() {
     println!(
         "read back and hashed 1 GiB in {secs:.2} s: {:.0} MB/s",
         GIB as f64 / secs / 1e6
+    );
+}
+
+#[test]
+fn objstore_https_trusts_the_ca_file_checks_the_name_and_refuses_other_roots() {
+    let engine = Seaweed::start_tls("objstore-tls");
+    let creds = engine.credentials_file();
+    let with_ca = Location {
+        endpoint: engine.https(),
+        ca_file: Some(engine.ca_file()),
+        ..engine.location()
+    };
+    let store = ObjStore::open(&with_ca, &creds, Settings::default()).expect("client");
+    let k = key("tls/x");
+    let body = pattern(3 * MIB, 8);
+    store
+        .put_object(&k, &body, &sha256(&body))
+        .expect("put over TLS");
+    assert_eq!(
+        store.sha256_of(&k).expect("read over TLS"),
+        (body.len() as u64, sha256(&body))
+    );
+    let before = store.requests();
+    for _ in 0..5 {
+        store.head_object(&k).expect("head").expect("there");
+    }
+    assert_eq!(store.requests() - before, 5);
+
+    // The certificate names localhost, not 127.0.0.1.
+    let by_address = Location {
+        endpoint: engine.https().replace("localhost", "127.0.0.1"),
+        ..with_ca.clone()
+    };
+    let e = ObjStore::open(&by_address, &creds, Settings::default())
+        .expect("client")
+        .head_object(&k)
+        .unwrap_err();
+    assert!(
+        matches!(&e, ObjStoreError::Config(m) if m.contains("TLS")),
+        "{e:?}"
+    );
+    // The system's roots do not know the test CA.
+    let system_roots = Location {
+        ca_file: None,
+        ..with_ca
+    };
+    let e = ObjStore::open(&system_roots, &creds, Settings::default())
+        .expect("client")
+        .head_object(&k)
+        .unwrap_err();
+    assert!(
+        matches!(&e, ObjStoreError::Config(m) if m.contains("TLS")),
+        "{e:?}"
     );
 }

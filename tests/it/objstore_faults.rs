@@ -168,11 +168,17 @@ fn objstore_gives_up_cleanly_after_the_retry_budget() {
     let sent = proxy.requests() - before;
     assert!((3..=4).contains(&sent), "{sent} requests");
 
-    // The store recovers: the next call works.
+    // The store recovers: the next call works, and calls after it share one connection.
     proxy.clear();
     store
         .put_object(&k, b"x", &sha256(b"x"))
         .expect("put after the faults");
+    let connections = proxy.connections();
+    for _ in 0..10 {
+        store.head_object(&k).expect("head").expect("there");
+        store.get_range(&k, 0..1).expect("read");
+    }
+    assert_eq!(proxy.connections(), connections, "kept alive and reused");
 }
 
 #[test]

@@ -80,6 +80,7 @@ struct Shared {
     rules: Mutex<Vec<Rule>>,
     requests: AtomicUsize,
     faults: AtomicUsize,
+    connections: AtomicUsize,
     stop: AtomicBool,
 }
 
@@ -98,6 +99,7 @@ impl Proxy {
             rules: Mutex::new(Vec::new()),
             requests: AtomicUsize::new(0),
             faults: AtomicUsize::new(0),
+            connections: AtomicUsize::new(0),
             stop: AtomicBool::new(false),
         });
         let s = shared.clone();
@@ -107,6 +109,7 @@ impl Proxy {
                     return;
                 }
                 if let Ok(conn) = conn {
+                    s.connections.fetch_add(1, Ordering::SeqCst);
                     let s = s.clone();
                     std::thread::spawn(move || serve(conn, &s));
                 }
@@ -131,6 +134,11 @@ impl Proxy {
     /// Requests seen, faulty or not.
     pub fn requests(&self) -> usize {
         self.shared.requests.load(Ordering::SeqCst)
+    }
+
+    /// Client connections accepted so far.
+    pub fn connections(&self) -> usize {
+        self.shared.connections.load(Ordering::SeqCst)
     }
 
     /// Faults injected so far.

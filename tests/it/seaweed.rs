@@ -53,6 +53,8 @@ pub fn weed() -> PathBuf {
 /// A running engine: master, volume server(s), filer and S3 gateway.
 pub struct Seaweed {
     server: Child,
+    /// The HTTPS port of the S3 gateway (`start_tls`).
+    https: Option<u16>,
     /// Volume servers started on their own (`start_replicated`), and their arguments.
     volumes: Vec<Child>,
     volume_args: Vec<Vec<String>>,
@@ -67,16 +69,22 @@ pub struct Seaweed {
 impl Seaweed {
     /// One volume server, no replication.
     pub fn start(name: &str) -> Seaweed {
-        Seaweed::launch(name, 0)
+        Seaweed::launch(name, 0, false)
+    }
+
+    /// With an HTTPS port too ([`Seaweed::https`]): a certificate for `localhost` only,
+    /// issued by a CA of this engine's own ([`Seaweed::ca_file`]).
+    pub fn start_tls(name: &str) -> Seaweed {
+        Seaweed::launch(name, 0, true)
     }
 
     /// Replication `001` (each volume on two servers of one rack) over two volume servers:
     /// the one inside `weed server` and one more, which [`Seaweed::kill_volume`] can stop.
     pub fn start_replicated(name: &str) -> Seaweed {
-        Seaweed::launch(name, 1)
+        Seaweed::launch(name, 1, false)
     }
 
-    fn launch(name: &str, extra_volumes: usize) -> Seaweed {
+    fn launch(name: &str, extra_volumes: usize, tls: bool) -> Seaweed {
         let weed = weed();
         let dir = scratch_dir(name);
         let [master, master_grpc, volume, volume_grpc, filer, filer_grpc, s3, s3_grpc] =
@@ -125,6 +133,17 @@ impl Seaweed {
         if extra_volumes > 0 {
             args.push("-master.defaultReplication=001".into());
         }
+        let mut https = None;
+        if tls {
+            let [port] = free_ports::<1>();
+            let (cert, key) = write_test_pki(&dir);
+            args.extend([
+                format!("-s3.port.https={port}"),
+                format!("-s3.cert.file={}", cert.display()),
+                format!("-s3.key.file={}", key.display()),
+            ]);
+            https = Some(port);
+        }
         let server = Command::new(&weed)
             .args(&args)
             .stdin(Stdio::null())
@@ -142,7 +161,9 @@ impl Seaweed {
             s3,
             s3_grpc,
         ];
+        ports.extend(https);
         let mut me = Seaweed {
+            https,
             server,
             volumes: Vec::new(),
             volume_args: Vec::new(),
@@ -236,6 +257,19 @@ impl Seaweed {
         }
     }
 
+    /// `https://localhost:<port>` (`start_tls` only).
+    pub fn https(&self) -> String {
+        format!(
+            "https://localhost:{}",
+            self.https.expect("started with start_tls")
+        )
+    }
+
+    /// The CA that issued the HTTPS certificate (`start_tls` only).
+    pub fn ca_file(&self) -> PathBuf {
+        self.dir.join("tls-ca.pem")
+    }
+
     /// A credentials file for this engine, mode 0600.
     pub fn credentials_file(&self) -> PathBuf {
         use std::os::unix::fs::PermissionsExt;
@@ -306,6 +340,28 @@ impl Drop for Seaweed {
             let _ = std::fs::remove_dir_all(self.dir.join(format!("volume{i}")));
         }
     }
+}
+
+/// A CA and a server certificate for `localhost` (no IP address: a client that dials
+/// 127.0.0.1 must fail the name check) under `dir`: the certificate's and key's paths.
+fn write_test_pki(dir: &Path) -> (PathBuf, PathBuf) {
+    let ca_key = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).expect("ca key");
+    let mut ca_params = rcgen::CertificateParams::new(Vec::<String>::new()).expect("ca params");
+    ca_params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+    ca_params
+        .distinguished_name
+        .push(rcgen::DnType::CommonName, "replgate test S3 CA");
+    let ca = rcgen::CertifiedIssuer::self_signed(ca_params, ca_key).expect("ca");
+    let key = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).expect("key");
+    let cert = rcgen::CertificateParams::new(vec!["localhost".to_string()])
+        .expect("params")
+        .signed_by(&key, &ca)
+        .expect("server certificate");
+    let (cert_file, key_file) = (dir.join("tls-cert.pem"), dir.join("tls-key.pem"));
+    std::fs::write(dir.join("tls-ca.pem"), ca.pem()).expect("write ca");
+    std::fs::write(&cert_file, cert.pem()).expect("write cert");
+    std::fs::write(&key_file, key.serialize_pem()).expect("write key");
+    (cert_file, key_file)
 }
 
 fn spawn_logged(program: &Path, args: &[String], log: &Path) -> Child {
