@@ -185,6 +185,8 @@ enum Failure {
     /// A reused connection failed before any answer: another attempt now, once per call
     /// without counting (the server closed it while idle).
     Stale(String),
+    /// Cut short after making progress (a read): go on from there now, without counting.
+    Progress(String),
     /// Final.
     Fail(ObjStoreError),
 }
@@ -357,6 +359,11 @@ impl ObjStore {
             let why = match attempt(n) {
                 Ok(t) => return Ok(t),
                 Err(Failure::Fail(e)) => return Err(e),
+                Err(Failure::Progress(why)) => {
+                    n -= 1;
+                    log::debug!("{op} {key}: {why}; going on from there");
+                    continue;
+                }
                 Err(Failure::Stale(why)) if stale_left > 0 => {
                     stale_left -= 1;
                     n -= 1;

@@ -45,7 +45,12 @@ impl ObjStore {
             let text = xml_answer(&mut r, "InitiateMultipartUploadResult")?;
             let answer = CreateMultipartUpload::parse_response(&text)
                 .map_err(|e| Failure::Retry(format!("answer does not parse: {e}")))?;
-            Ok(answer.upload_id().to_string())
+            let id = answer.upload_id();
+            // It goes into checkpoints and URLs: refuse what no store sends.
+            if id.is_empty() || id.len() > 1024 || id.chars().any(char::is_control) {
+                return Err(Failure::Fail(corrupt(OP, k, format!("upload id {id:?}"))));
+            }
+            Ok(id.to_string())
         })
     }
 

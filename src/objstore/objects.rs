@@ -180,12 +180,22 @@ impl ObjStore {
                 }
             };
             end_known = Some(answer_end);
+            let from = pos;
+            // A cut after some bytes arrived does not count against the budget: a long
+            // read goes on over as many calls as its bound needs.
+            let cut = |pos: u64, why: String| {
+                if pos > from {
+                    Failure::Progress(why)
+                } else {
+                    Failure::Retry(why)
+                }
+            };
             while pos < answer_end {
                 let n = match r.read(&mut buf) {
                     Ok(0) => break,
                     Ok(n) => n,
                     Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-                    Err(e) => return Err(Failure::Retry(format!("body cut at byte {pos}: {e}"))),
+                    Err(e) => return Err(cut(pos, format!("body cut at byte {pos}: {e}"))),
                 };
                 if pos + n as u64 > answer_end {
                     return Err(Failure::Fail(corrupt(
@@ -206,9 +216,10 @@ impl ObjStore {
                 pos += n as u64;
             }
             if pos < answer_end {
-                return Err(Failure::Retry(format!(
-                    "body ended at byte {pos} of {answer_end}"
-                )));
+                return Err(cut(
+                    pos,
+                    format!("body ended at byte {pos} of {answer_end}"),
+                ));
             }
             Ok(())
         })?;

@@ -193,27 +193,36 @@ fn objstore_never_reports_success_for_a_cut_body_or_listing() {
             .expect("put for listing");
     }
 
-    // Bodies that say they are whole but are not: whole reads, ranges, hashing.
-    proxy.add(Rule::next(
-        Some("GET"),
-        "cut/object",
-        Fault::ShortBody(1000),
-        usize::MAX,
-    ));
-    let mut sink = Vec::new();
-    let e = store.read_object(&k, None, &mut sink).unwrap_err();
-    assert!(e.is_transient(), "{e:?}");
-    assert!(store.get_range(&k, 10..90_000).is_err());
-    assert!(store.sha256_of(&k).is_err());
-    // Bodies cut with the true length announced.
-    proxy.clear();
-    proxy.add(Rule::next(
-        Some("GET"),
-        "cut/object",
-        Fault::CutBody(500),
-        usize::MAX,
-    ));
-    assert!(store.get_range(&k, 0..100_000).is_err());
+    // Bodies that say they are whole but are empty (Content-Length 0, Content-Range the
+    // whole object), or cut at once with the true length announced: no byte arrives, and
+    // no read, range or digest claims success.
+    for fault in [Fault::ShortBody(0), Fault::CutBody(0)] {
+        proxy.clear();
+        proxy.add(Rule::next(Some("GET"), "cut/object", fault, usize::MAX));
+        let mut sink = Vec::new();
+        let e = store.read_object(&k, None, &mut sink).unwrap_err();
+        assert!(e.is_transient(), "{fault:?}: {e:?}");
+        assert!(store.get_range(&k, 10..90_000).is_err(), "{fault:?}");
+        assert!(store.sha256_of(&k).is_err(), "{fault:?}");
+    }
+    // Bodies cut after some bytes: each answer's Content-Range says where it should end,
+    // the read goes on from the byte it reached, and the result is the whole object.
+    for fault in [Fault::ShortBody(30_000), Fault::CutBody(30_000)] {
+        proxy.clear();
+        proxy.add(Rule::next(Some("GET"), "cut/object", fault, usize::MAX));
+        let before = proxy.requests();
+        let mut sink = Vec::new();
+        assert_eq!(
+            store.read_object(&k, None, &mut sink).expect("read"),
+            100_000
+        );
+        assert!(sink == body, "{fault:?}: the pieces make the object");
+        assert_eq!(
+            proxy.requests() - before,
+            4,
+            "{fault:?}: 30,000 bytes a request"
+        );
+    }
 
     // Listings cut mid-XML, every page or only a later one.
     proxy.clear();
