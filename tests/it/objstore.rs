@@ -434,6 +434,13 @@ fn objstore_bench_upload_one_gib() {
             .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
             .unwrap_or_default()
     }
+    fn cpu_seconds() -> f64 {
+        // SAFETY: getrusage fills the struct it is given.
+        let mut u: libc::rusage = unsafe { std::mem::zeroed() };
+        unsafe { libc::getrusage(libc::RUSAGE_SELF, &mut u) };
+        let t = |v: libc::timeval| v.tv_sec as f64 + v.tv_usec as f64 / 1e6;
+        t(u.ru_utime) + t(u.ru_stime)
+    }
     const GIB: usize = 1024 * MIB;
     let engine = Seaweed::start("objstore-bench");
     let store = engine.store();
@@ -445,6 +452,7 @@ fn objstore_bench_upload_one_gib() {
         status("VmHWM:")
     );
     let k = key("bench/one-gib.img");
+    let cpu = cpu_seconds();
     let start = Instant::now();
     let before = store.requests();
     let part = PartSize::for_object(GIB as u64).expect("part size");
@@ -457,6 +465,7 @@ fn objstore_bench_upload_one_gib() {
     }
     let done = w.complete().expect("complete");
     let secs = start.elapsed().as_secs_f64();
+    let cpu = cpu_seconds() - cpu;
     let requests = store.requests() - before;
     assert_eq!(done.size, GIB as u64);
     println!(
@@ -465,6 +474,7 @@ fn objstore_bench_upload_one_gib() {
         GIB as f64 / secs / MIB as f64,
         part.bytes() / MIB as u64
     );
+    println!("CPU of the test process (client and hashing): {cpu:.2} s");
     println!("peak RSS of the test process: {}", status("VmHWM:"));
     println!("load after: {}", uptime());
     let start = Instant::now();
