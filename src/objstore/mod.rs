@@ -322,27 +322,42 @@ impl ObjStore {
 
     /// Creates the bucket (set-up and tests; the daemon never creates buckets).
     pub fn create_bucket(&self) -> Result<(), ObjStoreError> {
-        const OP: &str = "create bucket";
-        self.run(OP, "", |_| {
-            let action = self.bucket.create_bucket(&self.signer);
-            let body = action.body();
-            let mut r = self.send(
-                OP,
-                "",
-                "PUT",
-                action.sign(SIGNATURE_LIFETIME),
-                &[],
-                body.as_bytes(),
-                0,
-            )?;
-            drain(&mut r);
-            Ok(())
-        })
+        let body = self.bucket.create_bucket(&self.signer).body();
+        self.call_for_status(
+            "create bucket",
+            "",
+            "PUT",
+            || {
+                self.bucket
+                    .create_bucket(&self.signer)
+                    .sign(SIGNATURE_LIFETIME)
+            },
+            &[],
+            body.as_bytes(),
+        )
     }
 
     // -----------------------------------------------------------------------------------
     // Calls
     // -----------------------------------------------------------------------------------
+
+    /// A call whose answer says nothing beyond its status: `sign` gives each attempt its
+    /// URL; the body is read away so the connection can serve the next call.
+    fn call_for_status(
+        &self,
+        op: &'static str,
+        key: &str,
+        method: &'static str,
+        sign: impl Fn() -> Url,
+        headers: &[(&str, String)],
+        body: &[u8],
+    ) -> Result<(), ObjStoreError> {
+        self.run(op, key, |_| {
+            let mut r = self.send(op, key, method, sign(), headers, body, body.len() as u64)?;
+            drain(&mut r);
+            Ok(())
+        })
+    }
 
     /// Runs `attempt` until it succeeds, fails for good, or the retry budget is spent.
     fn run<T>(

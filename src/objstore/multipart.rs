@@ -168,24 +168,13 @@ impl ObjStore {
 
     /// Aborts an upload and frees its parts; done too when the upload was already gone.
     pub fn abort_multipart(&self, key: &Key, upload_id: &str) -> Result<(), ObjStoreError> {
-        const OP: &str = "abort multipart upload";
         let k = key.as_str();
-        let r = self.run(OP, k, |_| {
-            let action = self
-                .bucket
-                .abort_multipart_upload(Some(&self.signer), k, upload_id);
-            let mut r = self.send(
-                OP,
-                k,
-                "DELETE",
-                action.sign(SIGNATURE_LIFETIME),
-                &[],
-                &[],
-                0,
-            )?;
-            drain(&mut r);
-            Ok(())
-        });
+        let sign = || {
+            self.bucket
+                .abort_multipart_upload(Some(&self.signer), k, upload_id)
+                .sign(SIGNATURE_LIFETIME)
+        };
+        let r = self.call_for_status("abort multipart upload", k, "DELETE", sign, &[], &[]);
         match gone_if_no_upload(r, key, upload_id) {
             Err(ObjStoreError::UploadGone { .. } | ObjStoreError::NotFound { .. }) => Ok(()),
             other => other,

@@ -8,7 +8,7 @@ use rusty_s3::S3Action;
 use sha2::{Digest, Sha256};
 
 use super::{
-    corrupt, drain, parse_content_range, parse_digest, unquote, xml_answer, Failure, Key, ObjStore,
+    corrupt, parse_content_range, parse_digest, unquote, xml_answer, Failure, Key, ObjStore,
     ObjStoreError, ObjectEntry, ObjectInfo, MAX_ANSWER, MAX_IN_MEMORY, META_SHA256, META_UPLOAD,
     SIGNATURE_LIFETIME,
 };
@@ -31,22 +31,13 @@ impl ObjStore {
             )));
         }
         let digest = rand::hex(sha256);
-        self.run(OP, key.as_str(), |_| {
+        let sign = || {
             let mut action = self.bucket.put_object(Some(&self.signer), key.as_str());
             action.headers_mut().insert(META_SHA256, digest.clone());
-            let headers = [(META_SHA256, digest.clone())];
-            let mut r = self.send(
-                OP,
-                key.as_str(),
-                "PUT",
-                action.sign(SIGNATURE_LIFETIME),
-                &headers,
-                bytes,
-                bytes.len() as u64,
-            )?;
-            drain(&mut r);
-            Ok(())
-        })
+            action.sign(SIGNATURE_LIFETIME)
+        };
+        let headers = [(META_SHA256, digest.clone())];
+        self.call_for_status(OP, key.as_str(), "PUT", sign, &headers, bytes)
     }
 
     /// What the store says about `key`; `None` when there is no such object.
@@ -259,22 +250,13 @@ impl ObjStore {
 
     /// Removes `key`; done too when there was nothing there.
     pub fn delete_object(&self, key: &Key) -> Result<(), ObjStoreError> {
-        const OP: &str = "delete object";
-        let r = self.run(OP, key.as_str(), |_| {
-            let action = self.bucket.delete_object(Some(&self.signer), key.as_str());
-            let mut r = self.send(
-                OP,
-                key.as_str(),
-                "DELETE",
-                action.sign(SIGNATURE_LIFETIME),
-                &[],
-                &[],
-                0,
-            )?;
-            drain(&mut r);
-            Ok(())
-        });
-        match r {
+        let k = key.as_str();
+        let sign = || {
+            self.bucket
+                .delete_object(Some(&self.signer), k)
+                .sign(SIGNATURE_LIFETIME)
+        };
+        match self.call_for_status("delete object", k, "DELETE", sign, &[], &[]) {
             Err(ObjStoreError::NotFound { .. }) => Ok(()),
             other => other,
         }

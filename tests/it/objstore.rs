@@ -512,30 +512,24 @@ fn objstore_https_trusts_the_ca_file_checks_the_name_and_refuses_other_roots() {
     }
     assert_eq!(store.requests() - before, 5);
 
+    let refused = |location: &Location| {
+        let e = ObjStore::open(location, &creds, Settings::default())
+            .expect("client")
+            .head_object(&k)
+            .unwrap_err();
+        assert!(
+            matches!(&e, ObjStoreError::Config(m) if m.contains("TLS")),
+            "{e:?}"
+        );
+    };
     // The certificate names localhost, not 127.0.0.1.
-    let by_address = Location {
+    refused(&Location {
         endpoint: engine.https().replace("localhost", "127.0.0.1"),
         ..with_ca.clone()
-    };
-    let e = ObjStore::open(&by_address, &creds, Settings::default())
-        .expect("client")
-        .head_object(&k)
-        .unwrap_err();
-    assert!(
-        matches!(&e, ObjStoreError::Config(m) if m.contains("TLS")),
-        "{e:?}"
-    );
+    });
     // The system's roots do not know the test CA.
-    let system_roots = Location {
+    refused(&Location {
         ca_file: None,
         ..with_ca
-    };
-    let e = ObjStore::open(&system_roots, &creds, Settings::default())
-        .expect("client")
-        .head_object(&k)
-        .unwrap_err();
-    assert!(
-        matches!(&e, ObjStoreError::Config(m) if m.contains("TLS")),
-        "{e:?}"
-    );
+    });
 }
