@@ -25,6 +25,7 @@ pub mod memory;
 pub mod metrics;
 pub mod model;
 pub mod notify;
+pub mod objstore;
 pub mod pairing;
 pub mod rand;
 pub mod remote;

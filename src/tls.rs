@@ -11,8 +11,11 @@
 //! - The tunnel server config has session resumption turned off. rustls restores the
 //!   client certificate of a resumed session without calling the client verifier again, so
 //!   with resumption a revoked source could keep reconnecting on an old ticket.
-//! - Every config trusts at most one CA, given by the caller (the appliance's own CA on the
-//!   server side, the pinned target CA on the client side); no system roots anywhere.
+//! - Every config between appliances trusts at most one CA, given by the caller (the
+//!   appliance's own CA on the server side, the pinned target CA on the client side). The
+//!   one config that trusts a set of roots is the object store's client
+//!   ([`object_store_client_config`]): the storage's `ca_file` or the system bundle, both
+//!   read by the caller, with the server's name checked as the web does.
 //! - A server config presents whatever its [`ServerCertSlot`] holds at each handshake; a
 //!   slot only ever holds a chain whose leaf matches its key. Swapping it changes the
 //!   next handshake and nothing else: open connections keep their session.
@@ -362,6 +365,26 @@ pub fn pinned_client_config(
             .with_client_auth_cert(certs_from_pem(chain_pem)?, key_from_pem(key_pem)?)
             .map_err(TlsError::Config)?,
     };
+    config.alpn_protocols = vec![ALPN_HTTP11.to_vec()];
+    Ok(Arc::new(config))
+}
+
+/// Client config for an S3 endpoint (`objstore`): trusts the certificates in `roots_pem`
+/// (the storage's `ca_file`, or the system's CA bundle, both read by the caller) and checks
+/// the chain, validity and the server's name with rustls's WebPKI verifier, as any HTTPS
+/// client does. Certificates of the bundle that do not parse as trust anchors are skipped
+/// (system bundles carry a few); none usable is an error. ALPN `http/1.1`.
+pub fn object_store_client_config(roots_pem: &str) -> Result<Arc<ClientConfig>, TlsError> {
+    let mut roots = RootCertStore::empty();
+    let (added, _skipped) = roots.add_parsable_certificates(certs_from_pem(roots_pem)?);
+    if added == 0 {
+        return Err(TlsError::NoCertificate);
+    }
+    let mut config = ClientConfig::builder_with_provider(provider())
+        .with_safe_default_protocol_versions()
+        .map_err(TlsError::Config)?
+        .with_root_certificates(roots)
+        .with_no_client_auth();
     config.alpn_protocols = vec![ALPN_HTTP11.to_vec()];
     Ok(Arc::new(config))
 }

@@ -51,6 +51,11 @@ impl<R: Read> ChunkedReader<R> {
         &mut self.inner
     }
 
+    /// The stream underneath, given back (after the body, a keep-alive connection goes on).
+    pub fn into_inner(self) -> R {
+        self.inner
+    }
+
     fn byte(&mut self) -> io::Result<u8> {
         let mut b = [0u8; 1];
         loop {

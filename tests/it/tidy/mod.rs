@@ -50,7 +50,7 @@ const LAYERS: &[(&str, &[&str])] = &[
             "notify",
         ],
     ),
-    ("resources", &["store", "ca", "tls", "identity", "spool"]),
+    ("resources", &["store", "ca", "tls", "identity", "spool", "objstore"]),
     ("domain", &["auth", "pairing", "replication", "lifecycle"]),
     (
         "adapters",
