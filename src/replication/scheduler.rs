@@ -21,7 +21,7 @@ use super::sender::{self, Claimed, Feed, SessionError};
 use super::Shared;
 use crate::identity::TargetDirs;
 use crate::model::{self, Chain};
-use crate::remote::tunnel::{open_transfer, TunnelError};
+use crate::remote::tunnel::{open_transfer, OpenTransferError};
 use crate::store::{
     ItemStatus, QueueItem, Store, StoreError, Strategy, TargetRecord, TargetStatus,
 };
@@ -325,7 +325,7 @@ fn session(ctx: &Context, target_id: u64, state: &TargetState, stop: &AtomicBool
     let stream = match open_transfer(&tunnel, &target.ca_pem, &cert_pem, &key_pem) {
         Ok(s) => s,
         Err(e) => {
-            let quiet = matches!(e, TunnelError::Refused { status: 503, .. });
+            let quiet = matches!(e, OpenTransferError::Refused { status: 503, .. });
             if quiet {
                 log::info!("replication to {label}: busy: {e}");
             } else {
