@@ -809,7 +809,7 @@ pub fn run(config: Config, config_path: Option<&Path>) -> Result<(), DaemonError
             source,
         }
     })?);
-    let verifier = crate::replication::verify::spawn_verifier(
+    let verifier = crate::jobs::verify::spawn_verifier(
         replication.verifier.clone(),
         store.clone(),
         shutdown.clone(),
@@ -836,8 +836,8 @@ pub fn run(config: Config, config_path: Option<&Path>) -> Result<(), DaemonError
         started,
         replication: replication.clone(),
     });
-    let replicator = crate::replication::scheduler::spawn_replicator(
-        Arc::new(crate::replication::scheduler::Context {
+    let replicator = crate::jobs::replicator::spawn_replicator(
+        Arc::new(crate::jobs::replicator::Context {
             store: store.clone(),
             shared: replication.clone(),
             root: config.replication_storage().map(|s| s.path.clone()),

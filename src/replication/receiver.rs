@@ -11,7 +11,6 @@
 //! Quota and free space are checked when a file is offered, before any byte of it moves.
 
 use std::collections::{HashMap, HashSet};
-use std::fs::File;
 use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
 use std::sync::{mpsc, Mutex};
@@ -1352,8 +1351,8 @@ fn parse_digest(hex: &str) -> Option<[u8; 32]> {
 
 /// The SHA-256 state over the first `len` bytes of the partial at `path`, if it holds them.
 fn prefix_hash(path: &Path, len: u64) -> Option<Sha256> {
-    let (mut f, meta): (File, _) = fsx::open_regular_nofollow(path).ok()?;
-    if meta.len() < len {
+    let mut f = fsx::open_read(path).ok()?;
+    if f.stat().len < len {
         return None;
     }
     let mut h = Sha256::new(&SHA256);

@@ -8,8 +8,8 @@
 //! however it ends. Files are read through `fsx`, never written.
 
 use std::collections::{HashMap, VecDeque};
-use std::fs::File;
-use std::io::{self, Read, Seek, SeekFrom, Write};
+use std::fmt;
+use std::io::{Read, Seek, SeekFrom, Write};
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::{self, Receiver, RecvTimeoutError, SyncSender};
@@ -17,12 +17,13 @@ use std::time::{Duration, Instant};
 
 use ring::digest::{Context as Sha256, SHA256};
 
+use super::backups::version_of;
 use super::live::{Event, Live};
 use super::names::BackupName;
 use super::queue::{attempt_for, Attempt};
 use super::receiver::window_for;
 use super::stream::{FrameReader, FrameWriter, StreamError};
-use crate::fsx;
+use crate::fsx::{self, ReadFile};
 use crate::wire::transfer::{self, Code, Decision, Frame, Outcome, HEADER_LEN, MAX_DATA};
 
 /// Offers outstanding at once (offered, no decision acted on yet). Enough to cover a
@@ -46,7 +47,7 @@ pub struct Claimed {
     pub known_sha256: Option<[u8; 32]>,
 }
 
-/// The queue as one session sees it (the scheduler implements it over the store).
+/// The queue as one session sees it (`feed::StoreFeed` implements it over the store).
 pub trait Feed {
     /// The next item to offer, claimed for this session; None when nothing is waiting.
     fn next(&mut self) -> Option<Claimed>;
@@ -113,8 +114,33 @@ pub enum Reply {
     },
 }
 
+/// Why the target's stream of replies ended without `Bye`.
+#[derive(Debug)]
+pub enum ReplyError {
+    /// The target closed the stream between frames.
+    Closed,
+    /// The stream broke, or a frame did not decode.
+    Stream(StreamError),
+    /// The target sent a frame only a source sends (its `Debug` form).
+    SourceFrame(String),
+}
+
+impl fmt::Display for ReplyError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            ReplyError::Closed => f.write_str("the target closed the stream"),
+            ReplyError::Stream(e) => write!(f, "{e}"),
+            ReplyError::SourceFrame(frame) => {
+                write!(f, "the target sent {frame}, which only a source sends")
+            }
+        }
+    }
+}
+
+impl std::error::Error for ReplyError {}
+
 impl Reply {
-    fn from_frame(f: Frame<'_>) -> Result<Reply, String> {
+    fn from_frame(f: Frame<'_>) -> Result<Reply, ReplyError> {
         Ok(match f {
             Frame::Decision { seq, decision } => match decision {
                 Decision::New => Reply::New { seq },
@@ -151,41 +177,39 @@ impl Reply {
                 code,
                 message: message.to_string(),
             },
-            other => {
-                return Err(format!(
-                    "the target sent {other:?}, which only a source sends"
-                ))
-            }
+            other => return Err(ReplyError::SourceFrame(format!("{other:?}"))),
         })
     }
 }
 
-/// Reads the target's frames on their own thread, so the sender can keep writing while
-/// decisions and outcomes arrive. The channel ends with an error or `Bye`.
-pub fn spawn_reader(
-    input: impl Read + Send + 'static,
-    name: String,
-) -> io::Result<Receiver<Result<Reply, String>>> {
-    let (tx, rx): (SyncSender<Result<Reply, String>>, _) = mpsc::sync_channel(1024);
-    std::thread::Builder::new()
-        .name(name)
-        .stack_size(256 * 1024)
-        .spawn(move || {
-            let mut r = FrameReader::new(input);
-            loop {
-                let item = match r.next_frame() {
-                    Ok(Some(f)) => Reply::from_frame(f),
-                    Ok(None) => Err("the target closed the stream".to_string()),
-                    Err(StreamError::Io(e)) => Err(format!("connection: {e}")),
-                    Err(e) => Err(e.to_string()),
-                };
-                let last = !matches!(item, Ok(ref r) if *r != Reply::Bye);
-                if tx.send(item).is_err() || last {
-                    return;
-                }
-            }
-        })?;
-    Ok(rx)
+/// The target's replies as the session takes them: read on another thread (the caller's,
+/// see [`forward_replies`]), so the sender can keep writing while decisions and outcomes
+/// arrive. It ends with an error or `Bye`.
+pub type Replies = Receiver<Result<Reply, ReplyError>>;
+
+/// Replies read ahead of the session, at most.
+const REPLIES_QUEUED: usize = 1024;
+
+/// A channel for [`forward_replies`] to fill and [`run`] to take.
+pub fn reply_channel() -> (SyncSender<Result<Reply, ReplyError>>, Replies) {
+    mpsc::sync_channel(REPLIES_QUEUED)
+}
+
+/// Reads the target's frames from `input` into `tx` until the stream ends, breaks, says
+/// `Bye`, or the session stops listening. Runs on a thread of its own.
+pub fn forward_replies(input: impl Read, tx: &SyncSender<Result<Reply, ReplyError>>) {
+    let mut r = FrameReader::new(input);
+    loop {
+        let item = match r.next_frame() {
+            Ok(Some(f)) => Reply::from_frame(f),
+            Ok(None) => Err(ReplyError::Closed),
+            Err(e) => Err(ReplyError::Stream(e)),
+        };
+        let last = !matches!(item, Ok(ref r) if *r != Reply::Bye);
+        if tx.send(item).is_err() || last {
+            return;
+        }
+    }
 }
 
 /// What the sender needs besides the streams.
@@ -235,7 +259,7 @@ pub struct Summary {
 struct Offer {
     seq: u32,
     claimed: Claimed,
-    file: File,
+    file: ReadFile,
     size: u64,
     version: i64,
     reply: Option<Reply>,
@@ -251,7 +275,7 @@ struct Session<'a, 'f, F: Feed, W: Write> {
     ctx: &'a Context<'a>,
     feed: &'f mut F,
     out: FrameWriter<W>,
-    replies: &'a Receiver<Result<Reply, String>>,
+    replies: &'a Replies,
     offers: VecDeque<Offer>,
     awaiting: HashMap<u32, Awaiting>,
     next_seq: u32,
@@ -277,20 +301,13 @@ fn digest(h: &Sha256) -> [u8; 32] {
     out
 }
 
-fn mtime_ns(meta: &std::fs::Metadata) -> i64 {
-    use std::os::unix::fs::MetadataExt;
-    meta.mtime()
-        .saturating_mul(1_000_000_000)
-        .saturating_add(meta.mtime_nsec())
-}
-
 /// Runs one session: offers what `feed` hands out, streams what the target asks for,
 /// settles every item through `feed`, and ends with `Finish`/`Bye` when nothing is left.
 pub fn run<F: Feed, W: Write>(
     ctx: &Context<'_>,
     feed: &mut F,
     out: W,
-    replies: &Receiver<Result<Reply, String>>,
+    replies: &Replies,
 ) -> Result<Summary, SessionError> {
     let mut s = Session {
         ctx,
@@ -373,7 +390,7 @@ impl<'a, F: Feed, W: Write> Session<'a, '_, F, W> {
                         "the target answered {other:?} before its greeting"
                     )))
                 }
-                Ok(Err(e)) => return Err(SessionError::Connection(e)),
+                Ok(Err(e)) => return Err(SessionError::Connection(e.to_string())),
                 Err(RecvTimeoutError::Timeout) => {
                     if self.ctx.shutdown.load(Ordering::SeqCst) {
                         return Err(SessionError::Shutdown);
@@ -483,8 +500,8 @@ impl<'a, F: Feed, W: Write> Session<'a, '_, F, W> {
         }
     }
 
-    fn apply(&mut self, r: Result<Reply, String>) -> Result<bool, SessionError> {
-        let r = r.map_err(SessionError::Connection)?;
+    fn apply(&mut self, r: Result<Reply, ReplyError>) -> Result<bool, SessionError> {
+        let r = r.map_err(|e| SessionError::Connection(e.to_string()))?;
         match r {
             Reply::New { seq }
             | Reply::Resume { seq, .. }
@@ -566,8 +583,8 @@ impl<'a, F: Feed, W: Write> Session<'a, '_, F, W> {
 
     fn offer(&mut self, c: Claimed) -> Result<(), SessionError> {
         let path = self.ctx.root.join(c.backup.client()).join(c.backup.file());
-        let (file, meta) = match fsx::open_regular_nofollow(&path) {
-            Ok(x) => x,
+        let file = match fsx::open_read(&path) {
+            Ok(f) => f,
             Err(e) => {
                 self.feed.finished(
                     c.item_id,
@@ -579,7 +596,7 @@ impl<'a, F: Feed, W: Write> Session<'a, '_, F, W> {
         };
         let seq = self.next_seq;
         self.next_seq += 1;
-        let (size, version) = (meta.len(), mtime_ns(&meta));
+        let (size, version) = (file.stat().len, version_of(file.stat()));
         self.send(&Frame::Offer {
             seq,
             size,
@@ -662,7 +679,7 @@ impl<'a, F: Feed, W: Write> Session<'a, '_, F, W> {
     }
 
     /// The SHA-256 state over the first `len` bytes of `file`, read from its start.
-    fn hash_prefix(&mut self, file: &mut File, len: u64) -> Option<Sha256> {
+    fn hash_prefix(&mut self, file: &mut ReadFile, len: u64) -> Option<Sha256> {
         file.seek(SeekFrom::Start(0)).ok()?;
         let mut h = Sha256::new(&SHA256);
         let buf = &mut self.buf[HEADER_LEN + 4..];
@@ -758,9 +775,10 @@ impl<'a, F: Feed, W: Write> Session<'a, '_, F, W> {
             let want = left.min(MAX_DATA as u64).min(room);
             let grant = self.ctx.live.take(want);
             if grant == 0 {
-                // Under a throttle window: push out what is buffered, then wait a little.
+                // Under a throttle window: push out what is buffered, then wait a little
+                // (taking the target's replies meanwhile).
                 self.flush()?;
-                std::thread::sleep(self.ctx.live.wait_for(want));
+                self.wait_reply(self.ctx.live.wait_for(want))?;
                 continue;
             }
             let n = grant.min(want) as usize;

@@ -165,7 +165,9 @@ fn run_sender(
     out: impl Write,
 ) -> Result<sender::Summary, sender::SessionError> {
     let shutdown = AtomicBool::new(false);
-    let replies = sender::spawn_reader(sock.try_clone().unwrap(), "test-reader".into()).unwrap();
+    let (tx, replies) = sender::reply_channel();
+    let input = sock.try_clone().unwrap();
+    std::thread::spawn(move || sender::forward_replies(input, &tx));
     let ctx = sender::Context {
         root: &f.src,
         live: &f.live,
