@@ -8,8 +8,8 @@ use std::borrow::Cow;
 use super::body::percent_decode;
 use super::error::ApiError;
 use super::{
-    body, console, pairing, replication, source, spool_files, storage, system, systems, tokens, users,
-    App, Call, Handler, Reply,
+    body, console, pairing, replication, source, spool_files, storage, system, systems, tokens,
+    users, App, Call, Handler, Reply,
 };
 use crate::front::PeerInfo;
 use crate::model::{Privilege, UnixTime};
@@ -188,7 +188,12 @@ pub fn route_table() -> Vec<Route> {
             source::forget_target,
         ),
         // Replication (source: the queue, config, throttle; target: what arrived).
-        route("GET", "/api/replication/queue", Token(Monitor), replication::list),
+        route(
+            "GET",
+            "/api/replication/queue",
+            Token(Monitor),
+            replication::list,
+        ),
         route(
             "GET",
             "/api/replication/queue/active",
@@ -201,7 +206,12 @@ pub fn route_table() -> Vec<Route> {
             Token(Monitor),
             replication::list_inactive,
         ),
-        route("POST", "/api/replication/queue", Token(Manage), replication::add),
+        route(
+            "POST",
+            "/api/replication/queue",
+            Token(Manage),
+            replication::add,
+        ),
         route(
             "PUT",
             "/api/replication/queue",

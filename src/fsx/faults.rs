@@ -11,9 +11,7 @@ use std::sync::Mutex;
 static FAILING_DIR_SYNCS: Mutex<Vec<PathBuf>> = Mutex::new(Vec::new());
 
 fn failing() -> std::sync::MutexGuard<'static, Vec<PathBuf>> {
-    FAILING_DIR_SYNCS
-        .lock()
-        .unwrap_or_else(|e| e.into_inner())
+    FAILING_DIR_SYNCS.lock().unwrap_or_else(|e| e.into_inner())
 }
 
 /// Every fsync of the directory `dir` fails until the guard is dropped (the directory

@@ -58,7 +58,6 @@ struct Job {
     handle: JoinHandle<()>,
 }
 
-
 fn supervise(ctx: &Arc<Context>, shutdown: &AtomicBool) {
     match recover_active(&ctx.store) {
         Ok(0) => {}

@@ -240,9 +240,9 @@ pub fn open_transfer(
     let config =
         crate::tls::pinned_client_config(CertificateDer::from(ca), Some((cert_pem, key_pem)))
             .map_err(OpenTransferError::Tls)?;
-    let (host, _) = addr
-        .rsplit_once(':')
-        .ok_or_else(|| OpenTransferError::Address(format!("tunnel address {addr:?} is not host:port")))?;
+    let (host, _) = addr.rsplit_once(':').ok_or_else(|| {
+        OpenTransferError::Address(format!("tunnel address {addr:?} is not host:port"))
+    })?;
     let host = host.trim_start_matches('[').trim_end_matches(']');
     let target = addr
         .to_socket_addrs()
@@ -254,8 +254,8 @@ pub fn open_transfer(
                 format!("{addr} resolves to no address"),
             ))
         })?;
-    let sock =
-        TcpStream::connect_timeout(&target, CONNECT_TIMEOUT).map_err(OpenTransferError::Unreachable)?;
+    let sock = TcpStream::connect_timeout(&target, CONNECT_TIMEOUT)
+        .map_err(OpenTransferError::Unreachable)?;
     let setup = |s: &TcpStream| -> io::Result<()> {
         s.set_nodelay(true)?;
         s.set_read_timeout(Some(READ_TIMEOUT))?;
@@ -298,7 +298,9 @@ pub fn open_transfer(
         .split_whitespace()
         .nth(1)
         .and_then(|s| s.parse().ok())
-        .ok_or(OpenTransferError::Malformed("no status in the tunnel's answer"))?;
+        .ok_or(OpenTransferError::Malformed(
+            "no status in the tunnel's answer",
+        ))?;
     let chunked =
         header(&head, "transfer-encoding").is_some_and(|v| v.eq_ignore_ascii_case("chunked"));
     if status != 200 {

@@ -9,10 +9,10 @@ use std::fmt;
 use std::path::Path;
 use std::sync::Arc;
 
+use super::backups;
 use super::live::{Incoming, Live, Progress};
 use super::names::{check_component, BackupName, NameError};
 use super::queue::{self, new_item};
-use super::backups;
 use super::throttle::{self, ThrottleError};
 use crate::model::UnixTime;
 use crate::pairing::Actor;

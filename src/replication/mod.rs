@@ -13,7 +13,6 @@ pub mod names;
 pub mod queue;
 pub mod receiver;
 pub mod sender;
-pub mod sink;
 pub mod stream;
 pub mod throttle;
 pub mod verify;
@@ -41,6 +40,3 @@ impl Shared {
         })
     }
 }
-
-#[cfg(test)]
-mod session_tests;

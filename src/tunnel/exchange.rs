@@ -390,8 +390,10 @@ impl<S: Send + Sync + 'static> Server<S> {
         match self.revocations.is_revoked(&peer.serial) {
             Ok(false) => {}
             Ok(true) => {
-                let e =
-                    TunnelHttpError::Forbidden(format!("certificate {} has been revoked", peer.serial));
+                let e = TunnelHttpError::Forbidden(format!(
+                    "certificate {} has been revoked",
+                    peer.serial
+                ));
                 return refuse(cell, peer, &what, &e);
             }
             Err(e) => return refuse(cell, peer, &what, &TunnelHttpError::from(e)),
@@ -528,10 +530,12 @@ impl<S: Send + Sync + 'static> Server<S> {
             Ok(_) => Ok(Body {
                 kind: BodyKind::Buffered(io::Cursor::new(bytes)),
             }),
-            Err(e) if e.kind() == io::ErrorKind::TimedOut => Err(TunnelHttpError::Timeout(format!(
-                "request body not complete within {} ms",
-                self.limits.head_timeout.as_millis()
-            ))),
+            Err(e) if e.kind() == io::ErrorKind::TimedOut => {
+                Err(TunnelHttpError::Timeout(format!(
+                    "request body not complete within {} ms",
+                    self.limits.head_timeout.as_millis()
+                )))
+            }
             Err(e) => Err(TunnelHttpError::BadRequest(format!(
                 "request body could not be read: {e}"
             ))),

@@ -104,18 +104,19 @@ pub const TRANSFER_TYPE: &str = "application/x-replgate-transfer";
 /// `POST /tunnel/v1/transfer`: one replication session (frames of `wire::transfer` both
 /// ways, full duplex). The source and its storage come from the certificate only.
 fn transfer(app: &App, call: &mut Call<'_>) -> Result<Reply, TunnelHttpError> {
-    let source = receiver::identify(&app.store, &app.storage, &call.peer().serial).map_err(
-        |(code, message)| match code {
-            Code::Unavailable => TunnelHttpError::Unavailable(message),
-            _ => TunnelHttpError::Forbidden(message),
-        },
-    )?;
+    let source =
+        receiver::identify(&app.store, &app.storage, &call.peer().serial).map_err(|refusal| {
+            match refusal.code {
+                Code::Unavailable => TunnelHttpError::Unavailable(refusal.message),
+                _ => TunnelHttpError::Forbidden(refusal.message),
+            }
+        })?;
     let shared = &app.replication;
     let _slot = shared
         .ledger
         .admit(source.system_id)
-        .map_err(|message| TunnelHttpError::TooMany {
-            message,
+        .map_err(|busy| TunnelHttpError::TooMany {
+            message: busy.to_string(),
             retry_after: 2,
         })?;
     let peer = call.peer().addr.to_string();
@@ -132,7 +133,7 @@ fn transfer(app: &App, call: &mut Call<'_>) -> Result<Reply, TunnelHttpError> {
         peer,
         now: crate::model::now,
     };
-    receiver::serve(&ctx, &source, body, &mut writer);
+    crate::ingest::serve(&ctx, &source, body, &mut writer);
     // A broken stream cannot be finished; the session already logged how it ended.
     let _ = writer.finish();
     Ok(Reply::sent())

@@ -62,6 +62,7 @@ const LAYERS: &[(&str, Layer)] = &[
     ("remote", Adapter),
     ("ctl", Adapter),
     ("cli", Adapter),
+    ("ingest", Adapter),
     ("jobs", Adapter),
     ("daemon", Wiring),
     ("lib", Wiring),

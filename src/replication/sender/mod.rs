@@ -8,23 +8,26 @@
 //! however it ends. Files are read through `fsx`, never written.
 
 use std::collections::{HashMap, VecDeque};
-use std::fmt;
 use std::io::{Read, Seek, SeekFrom, Write};
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::mpsc::{self, Receiver, RecvTimeoutError, SyncSender};
+use std::sync::mpsc::{self, RecvTimeoutError};
 use std::time::{Duration, Instant};
 
 use ring::digest::{Context as Sha256, SHA256};
+
+mod replies;
+
+pub use replies::{forward_replies, reply_channel, Replies, Reply, ReplyError};
 
 use super::backups::version_of;
 use super::live::{Event, Live};
 use super::names::BackupName;
 use super::queue::{attempt_for, Attempt};
 use super::receiver::window_for;
-use super::stream::{FrameReader, FrameWriter, StreamError};
+use super::stream::FrameWriter;
 use crate::fsx::{self, ReadFile};
-use crate::wire::transfer::{self, Code, Decision, Frame, Outcome, HEADER_LEN, MAX_DATA};
+use crate::wire::transfer::{self, Code, Frame, HEADER_LEN, MAX_DATA};
 
 /// Offers outstanding at once (offered, no decision acted on yet). Enough to cover a
 /// round trip of many small files; bounded so a session holds few open files.
@@ -68,148 +71,6 @@ pub trait Feed {
     /// The target wants these backups again (its copies were found damaged); called once
     /// at the start of a session, before the first [`Feed::next`].
     fn wanted(&mut self, names: Vec<BackupName>);
-}
-
-/// A frame from the target, owned so it can cross from the reader thread.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub enum Reply {
-    New {
-        seq: u32,
-    },
-    Resume {
-        seq: u32,
-        offset: u64,
-        prefix: [u8; 32],
-    },
-    Have {
-        seq: u32,
-        sha256: [u8; 32],
-    },
-    Refuse {
-        seq: u32,
-        code: Code,
-        message: String,
-    },
-    Committed {
-        seq: u32,
-        sha256: [u8; 32],
-    },
-    Failed {
-        seq: u32,
-        code: Code,
-        message: String,
-    },
-    Bye,
-    Fatal {
-        code: Code,
-        message: String,
-    },
-    Want {
-        name: String,
-    },
-    Ready,
-    Durable {
-        seq: u32,
-        offset: u64,
-    },
-}
-
-/// Why the target's stream of replies ended without `Bye`.
-#[derive(Debug)]
-pub enum ReplyError {
-    /// The target closed the stream between frames.
-    Closed,
-    /// The stream broke, or a frame did not decode.
-    Stream(StreamError),
-    /// The target sent a frame only a source sends (its `Debug` form).
-    SourceFrame(String),
-}
-
-impl fmt::Display for ReplyError {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            ReplyError::Closed => f.write_str("the target closed the stream"),
-            ReplyError::Stream(e) => write!(f, "{e}"),
-            ReplyError::SourceFrame(frame) => {
-                write!(f, "the target sent {frame}, which only a source sends")
-            }
-        }
-    }
-}
-
-impl std::error::Error for ReplyError {}
-
-impl Reply {
-    fn from_frame(f: Frame<'_>) -> Result<Reply, ReplyError> {
-        Ok(match f {
-            Frame::Decision { seq, decision } => match decision {
-                Decision::New => Reply::New { seq },
-                Decision::Resume {
-                    offset,
-                    prefix_sha256,
-                } => Reply::Resume {
-                    seq,
-                    offset,
-                    prefix: prefix_sha256,
-                },
-                Decision::Have { sha256 } => Reply::Have { seq, sha256 },
-                Decision::Refuse { code, message } => Reply::Refuse {
-                    seq,
-                    code,
-                    message: message.to_string(),
-                },
-            },
-            Frame::Outcome { seq, outcome } => match outcome {
-                Outcome::Committed { sha256 } => Reply::Committed { seq, sha256 },
-                Outcome::Failed { code, message } => Reply::Failed {
-                    seq,
-                    code,
-                    message: message.to_string(),
-                },
-            },
-            Frame::Bye => Reply::Bye,
-            Frame::Want { name } => Reply::Want {
-                name: name.to_string(),
-            },
-            Frame::Ready => Reply::Ready,
-            Frame::Durable { seq, offset } => Reply::Durable { seq, offset },
-            Frame::Fatal { code, message } => Reply::Fatal {
-                code,
-                message: message.to_string(),
-            },
-            other => return Err(ReplyError::SourceFrame(format!("{other:?}"))),
-        })
-    }
-}
-
-/// The target's replies as the session takes them: read on another thread (the caller's,
-/// see [`forward_replies`]), so the sender can keep writing while decisions and outcomes
-/// arrive. It ends with an error or `Bye`.
-pub type Replies = Receiver<Result<Reply, ReplyError>>;
-
-/// Replies read ahead of the session, at most.
-const REPLIES_QUEUED: usize = 1024;
-
-/// A channel for [`forward_replies`] to fill and [`run`] to take.
-pub fn reply_channel() -> (SyncSender<Result<Reply, ReplyError>>, Replies) {
-    mpsc::sync_channel(REPLIES_QUEUED)
-}
-
-/// Reads the target's frames from `input` into `tx` until the stream ends, breaks, says
-/// `Bye`, or the session stops listening. Runs on a thread of its own.
-pub fn forward_replies(input: impl Read, tx: &SyncSender<Result<Reply, ReplyError>>) {
-    let mut r = FrameReader::new(input);
-    loop {
-        let item = match r.next_frame() {
-            Ok(Some(f)) => Reply::from_frame(f),
-            Ok(None) => Err(ReplyError::Closed),
-            Err(e) => Err(ReplyError::Stream(e)),
-        };
-        let last = !matches!(item, Ok(ref r) if *r != Reply::Bye);
-        if tx.send(item).is_err() || last {
-            return;
-        }
-    }
 }
 
 /// What the sender needs besides the streams.
@@ -703,20 +564,7 @@ impl<'a, F: Feed, W: Write> Session<'a, '_, F, W> {
             );
             return self.send(&Frame::Skip { seq });
         }
-        self.send(&Frame::Start { seq, offset })?;
-        self.feed.started(id, offset, o.size);
-        self.ctx.live.count(Event::Started);
-        log::info!(
-            "replication to {}: {} started (item {id}, {} bytes{})",
-            self.ctx.target,
-            o.claimed.backup,
-            o.size,
-            if offset > 0 {
-                format!(", resuming at {offset}")
-            } else {
-                String::new()
-            }
-        );
+        self.announce_start(&o, offset)?;
         let registered = self.ctx.live.sending(id, o.size, offset);
         let mut left = o.size - offset;
         let mut sent = 0u64;
@@ -741,18 +589,8 @@ impl<'a, F: Feed, W: Write> Session<'a, '_, F, W> {
                 return self.send(&Frame::Skip { seq });
             }
             self.drain()?;
-            if let Some((fseq, code, message)) = self.current_failed.take() {
-                if fseq == seq {
-                    log::warn!(
-                        "replication to {}: {} failed (item {id}): {message}",
-                        self.ctx.target,
-                        o.claimed.backup
-                    );
-                    self.ctx.live.count(Event::Failed);
-                    self.summary.failed += 1;
-                    self.settle(id, attempt_for(code, &message));
-                    return self.send(&Frame::Skip { seq });
-                }
+            if self.settle_if_failed(seq, id, &o.claimed.backup) {
+                return self.send(&Frame::Skip { seq });
             }
             let durable = match self.durable {
                 Some((s, d)) if s == seq => d,
@@ -818,6 +656,46 @@ impl<'a, F: Feed, W: Write> Session<'a, '_, F, W> {
             },
         );
         Ok(())
+    }
+
+    /// Tells the target that offer `o`'s data starts at `offset`, and the feed, the
+    /// counters and the log.
+    fn announce_start(&mut self, o: &Offer, offset: u64) -> Result<(), SessionError> {
+        let id = o.claimed.item_id;
+        self.send(&Frame::Start { seq: o.seq, offset })?;
+        self.feed.started(id, offset, o.size);
+        self.ctx.live.count(Event::Started);
+        log::info!(
+            "replication to {}: {} started (item {id}, {} bytes{})",
+            self.ctx.target,
+            o.claimed.backup,
+            o.size,
+            if offset > 0 {
+                format!(", resuming at {offset}")
+            } else {
+                String::new()
+            }
+        );
+        Ok(())
+    }
+
+    /// Whether the target reported the file being streamed (`seq`, item `id`) failed;
+    /// settles it if so. A report for another file is dropped.
+    fn settle_if_failed(&mut self, seq: u32, id: u64, backup: &BackupName) -> bool {
+        let Some((fseq, code, message)) = self.current_failed.take() else {
+            return false;
+        };
+        if fseq != seq {
+            return false;
+        }
+        log::warn!(
+            "replication to {}: {backup} failed (item {id}): {message}",
+            self.ctx.target
+        );
+        self.ctx.live.count(Event::Failed);
+        self.summary.failed += 1;
+        self.settle(id, attempt_for(code, &message));
+        true
     }
 
     /// Ends the current item's attempt.

@@ -8,13 +8,13 @@ use std::path::PathBuf;
 use std::sync::atomic::AtomicBool;
 use std::sync::{Arc, Mutex};
 
-use super::live::Live;
-use super::names::BackupName;
-use super::queue::Attempt;
-use super::receiver::{self, Ledger, Source};
-use super::sender::{self, Claimed, Feed};
-use super::stream::{FrameReader, FrameWriter};
 use crate::config::Storage;
+use crate::replication::live::Live;
+use crate::replication::names::BackupName;
+use crate::replication::queue::Attempt;
+use crate::replication::receiver::{self, Ledger, Source};
+use crate::replication::sender::{self, Claimed, Feed};
+use crate::replication::stream::{FrameReader, FrameWriter};
 use crate::store::{ReplicationConfig, Store, ThrottleRecord};
 use crate::wire::transfer::{Decision, Frame, MAX_DATA};
 
@@ -198,7 +198,7 @@ fn session(
                 now: || 1_000,
             };
             let input = a.try_clone().unwrap();
-            let summary = receiver::serve(&ctx, &f.source, input, &a);
+            let summary = super::serve(&ctx, &f.source, input, &a);
             let _ = a.shutdown(std::net::Shutdown::Both);
             summary
         });
@@ -446,7 +446,7 @@ fn against_receiver_raw(
                 peer: "test".into(),
                 now: || 1_000,
             };
-            receiver::serve(&ctx, &f.source, a.try_clone().unwrap(), &a);
+            super::serve(&ctx, &f.source, a.try_clone().unwrap(), &a);
             let _ = a.shutdown(std::net::Shutdown::Both);
         });
         let mut w = FrameWriter::new(&b);
