@@ -745,37 +745,46 @@ fn frames_out_of_order_end_the_session_with_a_protocol_error() {
 }
 
 #[test]
-fn repair_finishes_a_verified_commit_and_sweeps_orphans() {
-    let f = fixture("repair");
-    let body = content(1, 4096);
-    let dir = f.source.storage.path.join(&f.source.uuid).join("c");
-    std::fs::create_dir_all(&dir).unwrap();
-    // A verified copy whose rename a crash interrupted.
-    std::fs::write(dir.join(".done.replgate-part"), &body).unwrap();
-    // A partial no row knows (crash before its first checkpoint).
-    std::fs::write(dir.join(".orphan.replgate-part"), b"junk").unwrap();
-    let row = crate::store::PartialRecord {
-        backup: "c/done".into(),
-        storage_id: 1,
-        size: body.len() as u64,
-        version: 0,
-        offset: body.len() as u64,
-        started: 1,
-        updated: 1,
-        verified_sha256: Some(crate::rand::hex(&sha(&body))),
-    };
-    f.store
-        .write(|tx| tx.put_partial(&f.source.uuid, &row))
-        .unwrap();
-    let r = receiver::repair(&f.store, std::slice::from_ref(&f.source.storage), 5).unwrap();
-    assert_eq!((r.finished, r.swept), (1, 1));
-    assert_eq!(std::fs::read(dir.join("done")).unwrap(), body);
-    assert!(!dir.join(".orphan.replgate-part").exists());
+fn a_failed_directory_fsync_at_commit_is_a_failed_file_that_the_source_sends_again() {
+    let f = fixture("dir-fsync");
+    let data = content(4, 50_000);
+    put(&f, "c/a", &data);
+    let client_dir = f.source.storage.path.join(&f.source.uuid).join("c");
+    let fault = crate::fsx::faults::fail_dir_sync(&client_dir);
+    let mut first = MemFeed::of(&["c/a"]);
+    let (result, rx) = session(&f, &mut first, None);
+    drop(fault);
+    let summary = result.unwrap();
+    // Not `Committed`: the source settles the item as a failed attempt, to be retried.
+    assert_eq!(
+        (summary.done, summary.failed),
+        (0, 1),
+        "{:?}",
+        first.results
+    );
+    assert!(
+        matches!(&first.results[0].1, Attempt::Failed(m) if m.contains("fsync of its directory")),
+        "{:?}",
+        first.results
+    );
+    assert_eq!((rx.committed, rx.failed), (0, 1));
     assert!(f
         .store
-        .received_one(&f.source.uuid, "c/done")
+        .received_one(&f.source.uuid, "c/a")
         .unwrap()
-        .is_some());
+        .is_none());
+    // The retry sends it in full and commits it.
+    let mut retry = MemFeed::of(&["c/a"]);
+    let summary = session(&f, &mut retry, None).0.unwrap();
+    assert_eq!((summary.done, summary.bytes_sent), (1, 50_000));
+    assert!(done(&retry.results[0].1), "{:?}", retry.results);
+    assert_eq!(std::fs::read(received_path(&f, "c/a")).unwrap(), data);
+    let row = f
+        .store
+        .received_one(&f.source.uuid, "c/a")
+        .unwrap()
+        .unwrap();
+    assert_eq!(row.sha256, crate::ca::sha256_hex(&data));
     assert!(f.store.partials().unwrap().is_empty());
 }
 

@@ -170,7 +170,8 @@ impl<W: Write, S: FileSink> Session<'_, '_, W, S> {
 /// Commits a group of verified files (the committer thread): waits until each is durable,
 /// records them verified in one transaction, renames each into place, fsyncs each
 /// directory once, records them received in one transaction. A crash at any point is
-/// finished or undone by [`super::repair`] at start.
+/// finished or undone by [`super::repair`] at start. A file is answered `Ok` only once
+/// all of that succeeded; any failure fails it, and the source sends it again later.
 pub fn commit(
     store: &Store,
     source: &Source,
@@ -237,11 +238,7 @@ pub fn commit(
             }
         }
     }
-    for d in &dirs {
-        if let Err(e) = fsx::sync_dir(d) {
-            log::error!("replication: fsync of {}: {e}", d.display());
-        }
-    }
+    let renamed = sync_dirs(source, renamed, &dirs, &mut out);
     let recorded = store.write(|tx| {
         for f in &renamed {
             tx.put_received(
@@ -272,4 +269,116 @@ pub fn commit(
         ),
     }
     out
+}
+
+/// Makes the renames into `dirs` durable, one fsync per directory, and returns the files
+/// of `renamed` whose directory synced. A file whose directory did not is failed into
+/// `out`: its name might not survive a power loss, so it is not recorded received (its
+/// partial row still says verified, for the start-up repair or the source's next try).
+fn sync_dirs(
+    source: &Source,
+    renamed: Vec<ToCommit>,
+    dirs: &[PathBuf],
+    out: &mut Vec<Committed>,
+) -> Vec<ToCommit> {
+    let mut failed: Vec<(&PathBuf, std::io::Error)> = Vec::new();
+    for d in dirs {
+        if let Err(e) = fsx::sync_dir(d) {
+            log::error!("replication: fsync of {}: {e}", d.display());
+            failed.push((d, e));
+        }
+    }
+    if failed.is_empty() {
+        return renamed;
+    }
+    let mut synced = Vec::with_capacity(renamed.len());
+    for f in renamed {
+        let dir = client_dir(source, &f.name);
+        match failed.iter().find(|(d, _)| **d == dir) {
+            Some((_, e)) => {
+                let m = format!(
+                    "cannot make {} durable: fsync of its directory: {e}",
+                    f.name
+                );
+                out.push((f.seq, Err(Refusal::new(Code::Storage, m))));
+            }
+            None => synced.push(f),
+        }
+    }
+    synced
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::{partial_path, Scratch};
+    use super::*;
+
+    /// A verified file of `client/file` as the sink hands it to the committer: written
+    /// under its partial name and fsynced.
+    fn sealed(s: &Scratch, seq: u32, backup: &str, body: &[u8]) -> ToCommit {
+        let name = BackupName::parse(backup).unwrap();
+        let dir = s.client_dir(name.client());
+        let mut file = PartialFile::open(&partial_path(&dir, &name), 0).unwrap();
+        file.write_all(body).unwrap();
+        file.sync_all().unwrap();
+        let (tx, sealed) = mpsc::channel();
+        tx.send(Ok(file)).unwrap();
+        let sha = ring::digest::digest(&ring::digest::SHA256, body);
+        ToCommit {
+            seq,
+            name,
+            size: body.len() as u64,
+            version: 7,
+            sha256: sha.as_ref().try_into().unwrap(),
+            started: 1,
+            sealed,
+        }
+    }
+
+    #[test]
+    fn a_failed_directory_fsync_fails_the_files_it_covered_and_records_none_of_them() {
+        let s = Scratch::new("dir-fsync");
+        let uuid = &s.source.uuid;
+        let group = vec![
+            sealed(&s, 1, "a/x", b"first"),
+            sealed(&s, 2, "a/y", b"second"),
+            sealed(&s, 3, "b/z", b"third"),
+        ];
+        let fault = crate::fsx::faults::fail_dir_sync(&s.client_dir("a"));
+        let mut results = commit(&s.store, &s.source, group, 5);
+        drop(fault);
+        results.sort_by_key(|r| r.0);
+        // The files in `a/` are failed with a storage error the source retries; `b/z`,
+        // whose directory synced, is committed.
+        for (seq, result) in &results[..2] {
+            let refusal = result.as_ref().unwrap_err();
+            assert_eq!(refusal.code, Code::Storage, "{seq}: {refusal}");
+            assert!(
+                refusal.message.contains("fsync of its directory"),
+                "{refusal}"
+            );
+        }
+        assert_eq!(results[2], (3, Ok(())));
+        assert_eq!(
+            crate::replication::queue::attempt_for(Code::Storage, "x"),
+            crate::replication::queue::Attempt::Failed("x".into())
+        );
+        // Not recorded received; their partial rows still say verified.
+        for backup in ["a/x", "a/y"] {
+            assert!(s.store.received_one(uuid, backup).unwrap().is_none());
+            let row = s.store.partial(uuid, backup).unwrap().unwrap();
+            assert!(row.verified_sha256.is_some(), "{backup}");
+        }
+        assert!(s.store.received_one(uuid, "b/z").unwrap().is_some());
+        assert!(s.store.partial(uuid, "b/z").unwrap().is_none());
+        // Once the directory syncs again, the same files commit.
+        let again = vec![
+            sealed(&s, 4, "a/x", b"first"),
+            sealed(&s, 5, "a/y", b"second"),
+        ];
+        let results = commit(&s.store, &s.source, again, 6);
+        assert!(results.iter().all(|r| r.1.is_ok()), "{results:?}");
+        assert!(s.store.received_one(uuid, "a/x").unwrap().is_some());
+        assert!(s.store.partials().unwrap().is_empty());
+    }
 }

@@ -251,3 +251,56 @@ fn drop_partial(store: &Store, uuid: &str, dir: &Path, name: &BackupName) {
         log::warn!("replication: forget partial copy of {name}: {e}");
     }
 }
+
+/// A target's store and one source with its storage, in a scratch directory of their own,
+/// for the receiver's unit tests.
+#[cfg(test)]
+pub(crate) struct Scratch {
+    pub dir: PathBuf,
+    pub store: Store,
+    pub source: Source,
+}
+
+#[cfg(test)]
+impl Scratch {
+    pub fn new(name: &str) -> Scratch {
+        let dir =
+            std::env::temp_dir().join(format!("replgate-receiver-{name}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(dir.join("storage")).unwrap();
+        Scratch {
+            store: Store::open(&dir.join("target.redb")).unwrap(),
+            source: Source {
+                system_id: 2,
+                uuid: "11111111-2222-4333-8444-555555555555".into(),
+                storage: Storage {
+                    id: 1,
+                    name: "s".into(),
+                    path: dir.join("storage"),
+                    usage: crate::config::StorageUsage::Backup,
+                },
+                quota_mb: None,
+            },
+            dir,
+        }
+    }
+
+    /// `<storage>/<uuid>/<client>`, created.
+    pub fn client_dir(&self, client: &str) -> PathBuf {
+        let d = self
+            .source
+            .storage
+            .path
+            .join(&self.source.uuid)
+            .join(client);
+        std::fs::create_dir_all(&d).unwrap();
+        d
+    }
+}
+
+#[cfg(test)]
+impl Drop for Scratch {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}

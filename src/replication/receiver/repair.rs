@@ -53,6 +53,11 @@ pub fn repair(store: &Store, storages: &[Storage], now: UnixTime) -> Result<Repa
                     log::error!("repair: rename {}: {e}", partial.display());
                     continue;
                 }
+            } else if let Err(e) = fsx::sync_dir(&dir) {
+                // Renamed before the crash; its directory's fsync may not have run, or
+                // failed: the name is durable, and the copy received, only once it did.
+                log::error!("repair: fsync of {}: {e}", dir.display());
+                continue;
             }
             let actual = prefix_hash(&target, p.size).map(|h| hex(&digest_of(&h)));
             let p2 = p.clone();
@@ -135,4 +140,80 @@ fn partial_files(root: &Path) -> Vec<PathBuf> {
         }
     }
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::Scratch;
+    use super::*;
+    use crate::store::PartialRecord;
+
+    fn verified_row(backup: &str, body: &[u8]) -> PartialRecord {
+        PartialRecord {
+            backup: backup.into(),
+            storage_id: 1,
+            size: body.len() as u64,
+            version: 0,
+            offset: body.len() as u64,
+            started: 1,
+            updated: 1,
+            verified_sha256: Some(crate::ca::sha256_hex(body)),
+        }
+    }
+
+    #[test]
+    fn repair_finishes_a_verified_commit_and_sweeps_orphans() {
+        let f = Scratch::new("repair");
+        let body = b"verified body".repeat(300);
+        let dir = f.client_dir("c");
+        // A verified copy whose rename a crash interrupted.
+        std::fs::write(dir.join(".done.replgate-part"), &body).unwrap();
+        // A partial no row knows (crash before its first checkpoint).
+        std::fs::write(dir.join(".orphan.replgate-part"), b"junk").unwrap();
+        let row = verified_row("c/done", &body);
+        f.store
+            .write(|tx| tx.put_partial(&f.source.uuid, &row))
+            .unwrap();
+        let r = repair(&f.store, std::slice::from_ref(&f.source.storage), 5).unwrap();
+        assert_eq!((r.finished, r.swept), (1, 1));
+        assert_eq!(std::fs::read(dir.join("done")).unwrap(), body);
+        assert!(!dir.join(".orphan.replgate-part").exists());
+        assert!(f
+            .store
+            .received_one(&f.source.uuid, "c/done")
+            .unwrap()
+            .is_some());
+        assert!(f.store.partials().unwrap().is_empty());
+    }
+
+    #[test]
+    fn a_copy_renamed_before_the_crash_is_received_only_once_its_directory_syncs() {
+        let f = Scratch::new("repair-fsync");
+        let body = b"renamed, name not yet durable".to_vec();
+        let dir = f.client_dir("c");
+        std::fs::write(dir.join("done"), &body).unwrap();
+        let row = verified_row("c/done", &body);
+        f.store
+            .write(|tx| tx.put_partial(&f.source.uuid, &row))
+            .unwrap();
+        let storages = std::slice::from_ref(&f.source.storage);
+        let fault = crate::fsx::faults::fail_dir_sync(&dir);
+        let r = repair(&f.store, storages, 5).unwrap();
+        drop(fault);
+        assert_eq!((r.finished, r.dropped), (0, 0));
+        assert!(f
+            .store
+            .received_one(&f.source.uuid, "c/done")
+            .unwrap()
+            .is_none());
+        assert_eq!(f.store.partials().unwrap().len(), 1);
+        // The next start finishes it.
+        let r = repair(&f.store, storages, 6).unwrap();
+        assert_eq!(r.finished, 1);
+        assert!(f
+            .store
+            .received_one(&f.source.uuid, "c/done")
+            .unwrap()
+            .is_some());
+    }
 }
