@@ -8,7 +8,7 @@ mod pipeline;
 
 use std::io::{Read, Write};
 
-pub use pipeline::{Pipeline, QUEUED};
+pub use pipeline::Pipeline;
 
 use crate::replication::receiver::{self, Context, ReceiveError, Refusal, Source, Summary};
 use crate::wire::transfer::Code;

@@ -255,7 +255,7 @@ fn drop_partial(store: &Store, uuid: &str, dir: &Path, name: &BackupName) {
 /// A target's store and one source with its storage, in a scratch directory of their own,
 /// for the receiver's unit tests.
 #[cfg(test)]
-pub(crate) struct Scratch {
+struct Scratch {
     pub dir: PathBuf,
     pub store: Store,
     pub source: Source,
