@@ -8,58 +8,50 @@ use std::path::PathBuf;
 use std::sync::atomic::AtomicBool;
 use std::sync::{Arc, Mutex};
 
-use crate::config::Storage;
 use crate::replication::live::Live;
 use crate::replication::names::BackupName;
 use crate::replication::queue::Attempt;
-use crate::replication::receiver::{self, Ledger, Source};
+use crate::replication::receiver::{self, Ledger, Scratch};
 use crate::replication::sender::{self, Claimed, Feed};
 use crate::replication::stream::{FrameReader, FrameWriter};
-use crate::store::{ReplicationConfig, Store, ThrottleRecord};
+use crate::store::{ReplicationConfig, ThrottleRecord};
 use crate::wire::transfer::{Decision, Frame, MAX_DATA};
 
+/// The receiver's scratch store and source (`receiver::Scratch`), with a source side:
+/// its backup storage (`src`), live state and the target's ledger.
 struct Fixture {
-    dir: PathBuf,
+    scratch: Scratch,
     src: PathBuf,
-    store: Store,
     live: Live,
     ledger: Ledger,
-    source: Source,
+}
+
+impl std::ops::Deref for Fixture {
+    type Target = Scratch;
+    fn deref(&self) -> &Scratch {
+        &self.scratch
+    }
+}
+
+impl std::ops::DerefMut for Fixture {
+    fn deref_mut(&mut self) -> &mut Scratch {
+        &mut self.scratch
+    }
 }
 
 fn fixture(name: &str) -> Fixture {
-    let dir = std::env::temp_dir().join(format!("replgate-session-{name}-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(dir.join("src")).unwrap();
-    std::fs::create_dir_all(dir.join("storage")).unwrap();
-    let store = Store::open(&dir.join("target.redb")).unwrap();
+    let scratch = Scratch::new(&format!("session-{name}"));
+    let src = scratch.dir.join("src");
+    std::fs::create_dir_all(&src).unwrap();
     Fixture {
-        src: dir.join("src"),
-        store,
+        scratch,
+        src,
         live: Live::with_clock(
             ReplicationConfig::default(),
             ThrottleRecord::default(),
             || (1, 12),
         ),
         ledger: Ledger::default(),
-        source: Source {
-            system_id: 2,
-            uuid: "11111111-2222-4333-8444-555555555555".into(),
-            storage: Storage {
-                id: 1,
-                name: "s".into(),
-                path: dir.join("storage"),
-                usage: crate::config::StorageUsage::Backup,
-            },
-            quota_mb: None,
-        },
-        dir,
-    }
-}
-
-impl Drop for Fixture {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.dir);
     }
 }
 

@@ -253,9 +253,9 @@ fn drop_partial(store: &Store, uuid: &str, dir: &Path, name: &BackupName) {
 }
 
 /// A target's store and one source with its storage, in a scratch directory of their own,
-/// for the receiver's unit tests.
+/// for the receiver's unit tests and the sessions' (`ingest`).
 #[cfg(test)]
-struct Scratch {
+pub(crate) struct Scratch {
     pub dir: PathBuf,
     pub store: Store,
     pub source: Source,
