@@ -154,14 +154,14 @@ fn spawn_jobs(
     shutdown: &Arc<AtomicBool>,
 ) -> Result<Vec<JoinHandle<()>>, DaemonError> {
     let config = &app.config;
-    let verifier = replication::verify::spawn_verifier(
+    let verifier = crate::jobs::verify::spawn_verifier(
         app.replication.verifier.clone(),
         app.store.clone(),
         shutdown.clone(),
     )
     .map_err(spawn_error("the verify job"))?;
-    let replicator = replication::scheduler::spawn_replicator(
-        Arc::new(replication::scheduler::Context {
+    let replicator = crate::jobs::replicator::spawn_replicator(
+        Arc::new(crate::jobs::replicator::Context {
             store: app.store.clone(),
             shared: app.replication.clone(),
             root: config.replication_storage().map(|s| s.path.clone()),

@@ -17,6 +17,7 @@ pub mod front;
 #[allow(clippy::disallowed_methods)] // the one writer of files (clippy.toml)
 pub mod fsx;
 pub mod identity;
+pub mod ingest;
 pub mod jobs;
 pub mod lifecycle;
 pub mod listener;

@@ -6,7 +6,7 @@ pub mod body;
 pub mod console;
 pub mod error;
 mod pairing;
-mod queue;
+mod replication;
 mod routes;
 mod source;
 mod spool_files;

@@ -8,8 +8,8 @@ use std::borrow::Cow;
 use super::body::percent_decode;
 use super::error::ApiError;
 use super::{
-    body, console, pairing, queue, source, spool_files, storage, system, systems, tokens, users,
-    App, Call, Handler, Reply,
+    body, console, pairing, replication, source, spool_files, storage, system, systems, tokens,
+    users, App, Call, Handler, Reply,
 };
 use crate::front::PeerInfo;
 use crate::model::{Privilege, UnixTime};
@@ -188,62 +188,72 @@ pub fn route_table() -> Vec<Route> {
             source::forget_target,
         ),
         // Replication (source: the queue, config, throttle; target: what arrived).
-        route("GET", "/api/replication/queue", Token(Monitor), queue::list),
+        route(
+            "GET",
+            "/api/replication/queue",
+            Token(Monitor),
+            replication::list,
+        ),
         route(
             "GET",
             "/api/replication/queue/active",
             Token(Monitor),
-            queue::list_active,
+            replication::list_active,
         ),
         route(
             "GET",
             "/api/replication/queue/inactive",
             Token(Monitor),
-            queue::list_inactive,
+            replication::list_inactive,
         ),
-        route("POST", "/api/replication/queue", Token(Manage), queue::add),
+        route(
+            "POST",
+            "/api/replication/queue",
+            Token(Manage),
+            replication::add,
+        ),
         route(
             "PUT",
             "/api/replication/queue",
             Token(Manage),
-            queue::change,
+            replication::change,
         ),
         route(
             "GET",
             "/api/replication/config",
             Token(Monitor),
-            queue::get_config,
+            replication::get_config,
         ),
         route(
             "PUT",
             "/api/replication/config",
             Token(Manage),
-            queue::put_config,
+            replication::put_config,
         ),
         route(
             "GET",
             "/api/replication/throttle",
             Token(Monitor),
-            queue::get_throttle,
+            replication::get_throttle,
         ),
         route(
             "PUT",
             "/api/replication/throttle",
             Token(Manage),
-            queue::put_throttle,
+            replication::put_throttle,
         ),
         route(
             "GET",
             "/api/replication/received",
             Token(Monitor),
-            queue::received,
+            replication::received,
         )
         .names_sid(),
         route(
             "POST",
             "/api/replication/verify",
             Token(Manage),
-            queue::verify,
+            replication::verify,
         )
         .names_sid(),
         // Appliance-to-appliance protocol (no AuthToken).

@@ -1,9 +1,9 @@
-//! Live replication state shared by the sessions, the scheduler and the API: progress of
-//! running transfers (kept in memory so `bytes_done`, `rate_bps` and `eta_s` are fresh at
-//! every read without a database write per frame; the database gets checkpoints), cancel
-//! requests for active items, the settings in force (a `PUT` applies to running transfers
-//! at their next frame), the one rate limiter every sending session shares, a wake-up for
-//! the scheduler, and the counters behind the metrics. No I/O.
+//! Live replication state shared by the sessions, the replicator (`jobs::replicator`) and
+//! the API: progress of running transfers (kept in memory so `bytes_done`, `rate_bps` and
+//! `eta_s` are fresh at every read without a database write per frame; the database gets
+//! checkpoints), cancel requests for active items, the settings in force (a `PUT` applies
+//! to running transfers at their next frame), the one rate limiter every sending session
+//! shares, a wake-up for the replicator, and the counters behind the metrics. No I/O.
 
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -362,7 +362,7 @@ impl Live {
         lock(&self.cancelled).remove(&item_id);
     }
 
-    /// Wakes the scheduler: items were added, settings changed, something finished.
+    /// Wakes the replicator: items were added, settings changed, something finished.
     pub fn wake(&self) {
         let (m, c) = &self.wake;
         *lock(m) += 1;

@@ -11,9 +11,9 @@
 //!   otherwise: no slash merging). `HEAD` is routed as `GET`. Unknown path → 404, known
 //!   path with another method → 405 with `Allow`. The daemon's table is
 //!   [`routes::table`]; add routes there.
-//! - **Handlers**: `fn(&S, &mut Call) -> Result<Reply, TunnelError>`, thin as in `api/`:
+//! - **Handlers**: `fn(&S, &mut Call) -> Result<Reply, TunnelHttpError>`, thin as in `api/`:
 //!   parse, authorize, call the domain, map. `S` is the server's state ([`App`] in the
-//!   daemon). [`TunnelError`] is mapped to statuses and the documented error body in
+//!   daemon). [`TunnelHttpError`] is mapped to statuses and the documented error body in
 //!   `error.rs` only.
 //! - **Identity**: [`Call::peer`] → [`Peer`] `{ addr, serial, cert }` from the handshake's
 //!   verified client certificate. Look the system row up by `serial` in the store.
@@ -48,7 +48,7 @@ use std::io;
 use std::sync::Arc;
 use std::time::Duration;
 
-pub use error::TunnelError;
+pub use error::TunnelHttpError;
 pub use exchange::{Body, Call, Peer, Reply, ResponseWriter};
 pub use routes::App;
 
@@ -116,7 +116,7 @@ pub enum BodyLimit {
 }
 
 /// A handler: parse, authorize, call the domain, map.
-pub type Handler<S> = fn(&S, &mut Call<'_>) -> Result<Reply, TunnelError>;
+pub type Handler<S> = fn(&S, &mut Call<'_>) -> Result<Reply, TunnelHttpError>;
 
 /// One entry of a route table.
 pub struct Route<S> {
