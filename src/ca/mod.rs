@@ -15,6 +15,7 @@
 //!   bytes ([`cert_serial_hex`]); issuing and revocation checks use that same function.
 
 mod code;
+mod cross;
 mod csr;
 mod delivery;
 mod pss;
@@ -35,11 +36,12 @@ use rustls::pki_types::CertificateDer;
 use time::{Duration, OffsetDateTime, UtcOffset};
 
 pub use code::verification_code;
+pub use cross::{check_endorsement, endorsed_through, issued_by, EndorsementError};
 pub use csr::{parse_csr, CsrError, KeyKind, ValidCsr};
 pub use delivery::{check_delivered, DeliveredCert, DeliveryError};
 pub use x509::{
-    cert_der_to_pem, cert_info, cert_not_after, cert_pem_to_der, cert_serial_hex,
-    normalize_fingerprint, sha256_hex, CertError, CertInfo,
+    cert_der_to_pem, cert_info, cert_not_after, cert_pem_to_der, cert_serial_hex, certs_pem_to_der,
+    normalize_fingerprint, sha256_hex, CertError, CertInfo, MAX_BUNDLE_CERTS,
 };
 use x509::{is_ca_cert, parse_cert_der, pem_block, pem_encode, CERT_LABELS};
 
@@ -188,6 +190,8 @@ pub struct IssuedCert {
     pub serial: String,
     /// End of validity, unix seconds.
     pub not_after: i64,
+    /// Fingerprint of the CA that signed it (during a rollover, the new one).
+    pub issuer: String,
 }
 
 impl Ca {
@@ -390,6 +394,7 @@ impl Ca {
             cert_pem,
             serial: info.serial,
             not_after: info.not_after,
+            issuer: self.fingerprint.clone(),
         })
     }
 

@@ -37,9 +37,14 @@ pub(super) fn open(config: &Config, prepared: &Prepared) -> Result<Sockets, Daem
         listener: "api",
         source,
     })?;
+    let trust =
+        tls::ClientTrust::new(vec![prepared.ca.cert_der()]).map_err(|source| DaemonError::Tls {
+            listener: "tunnel",
+            source,
+        })?;
     let tunnel_tls = tls::tunnel_server_config(
         certs[1].slot(),
-        prepared.ca.cert_der(),
+        trust,
         Arc::new(tunnel::StoreRevocations(prepared.store.clone())),
     )
     .map_err(|source| DaemonError::Tls {

@@ -113,22 +113,33 @@ fn classify(e: HttpError) -> RemoteError {
     }
 }
 
-/// The one way this crate builds an HTTPS client: only `ca_der` is trusted (a
-/// per-appliance CA, never the public ones; and only the chain and validity are checked,
+/// The one way this crate builds an HTTPS client: only `anchors` are trusted (a
+/// per-appliance CA, during a rollover of it also its new CA, never the public ones; and
+/// only the chain and validity are checked,
 /// not the name: appliances are often reached by an address their certificate does not
 /// name, a listener on 0.0.0.0 or a NAT address), calls are bounded. `client` (chain
 /// PEM, key PEM) is presented for mutual TLS.
 pub fn pinned_client(
-    ca_der: CertificateDer<'static>,
+    anchors: Vec<CertificateDer<'static>>,
     client: Option<(&str, &str)>,
     call_timeout: Duration,
     user_agent: &'static str,
 ) -> Result<Client, crate::tls::TlsError> {
-    let tls = crate::tls::pinned_client_config(ca_der, client)?;
+    let tls = crate::tls::pinned_client_config(anchors, client)?;
     Ok(Client::new(tls, call_timeout, user_agent))
 }
 
-/// A client for one peer, trusting only `ca_pem`.
+/// The certificates of a pinned CA bundle (`ca_pem` of a target row: the pinned CA, and
+/// during a rollover of the target's CA the new one and its cross-certificate) as trust
+/// anchors.
+pub fn anchors_of(ca_pem: &str) -> Result<Vec<CertificateDer<'static>>, crate::ca::CertError> {
+    Ok(crate::ca::certs_pem_to_der(ca_pem)?
+        .into_iter()
+        .map(CertificateDer::from)
+        .collect())
+}
+
+/// A client for one peer, trusting only `ca_pem` (one CA, or a rollover's bundle).
 pub struct Remote {
     client: Client,
     /// `host:port`.
@@ -152,9 +163,9 @@ impl Remote {
     }
 
     fn new(host: &str, ca_pem: &str, client: Option<(&str, &str)>) -> Result<Remote, RemoteError> {
-        let ca = crate::ca::cert_pem_to_der(ca_pem).map_err(RemoteError::PinnedCa)?;
+        let anchors = anchors_of(ca_pem).map_err(RemoteError::PinnedCa)?;
         let client = pinned_client(
-            CertificateDer::from(ca),
+            anchors,
             client,
             CALL_TIMEOUT,
             concat!("replgate/", env!("CARGO_PKG_VERSION")),
