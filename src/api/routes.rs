@@ -8,7 +8,7 @@ use std::borrow::Cow;
 use super::body::percent_decode;
 use super::error::ApiError;
 use super::{
-    body, console, pairing, replication, source, spool_files, storage, system, systems, tokens,
+    body, ca, console, pairing, replication, source, spool_files, storage, system, systems, tokens,
     users, App, Call, Handler, Reply,
 };
 use crate::front::PeerInfo;
@@ -108,6 +108,9 @@ pub fn route_table() -> Vec<Route> {
             users::delete,
         ),
         route("GET", "/api/audit", Token(Monitor), users::audit_log),
+        // The appliance CA's rollover (SPEC 22).
+        route("GET", "/api/ca/rollover", Token(Superuser), ca::status),
+        route("POST", "/api/ca/rollover", Token(Superuser), ca::change),
         // Target side of pairing.
         route(
             "GET",
@@ -269,6 +272,7 @@ pub fn route_table() -> Vec<Route> {
             Public,
             spool_files::handler,
         ),
+        route("GET", "/replication/v1/ca", Public, ca::public),
     ]
 }
 

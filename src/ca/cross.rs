@@ -349,7 +349,10 @@ mod tests {
             through(&b, &c, &[ab.clone(), bc.clone()]),
             "the older cross is skipped"
         );
-        assert!(!through(&a, &c, std::slice::from_ref(&bc)), "a gap in the chain");
+        assert!(
+            !through(&a, &c, std::slice::from_ref(&bc)),
+            "a gap in the chain"
+        );
         assert!(!through(&a, &a, &[]), "no rollover at all");
         assert!(
             !through(&c, &b, &[ab.clone(), bc.clone()]),

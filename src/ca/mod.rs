@@ -3,7 +3,8 @@
 //! CSR. Bytes in, bytes out: no file or socket I/O, and the current time is always passed
 //! in. The parts: `csr` parses and judges a CSR (target side), `x509` reads certificates,
 //! serials, fingerprints and PEM, `delivery` checks a delivered certificate (source side),
-//! `code` is the verification code both admins compare.
+//! `code` is the verification code both admins compare, `cross` makes and checks the
+//! cross-certificates of a CA rollover, `authority` is the set of CAs in force.
 //!
 //! Invariants:
 //! - An issued certificate copies nothing from a CSR except its public key: the parameters
@@ -14,6 +15,7 @@
 //! - A serial is written as lowercase hex of its big-endian magnitude without leading zero
 //!   bytes ([`cert_serial_hex`]); issuing and revocation checks use that same function.
 
+mod authority;
 mod code;
 mod cross;
 mod csr;
@@ -35,6 +37,7 @@ use ring::rand::{SecureRandom, SystemRandom};
 use rustls::pki_types::CertificateDer;
 use time::{Duration, OffsetDateTime, UtcOffset};
 
+pub use authority::{Authority, CaSet, Successor};
 pub use code::verification_code;
 pub use cross::{check_endorsement, endorsed_through, issued_by, EndorsementError};
 pub use csr::{parse_csr, CsrError, KeyKind, ValidCsr};

@@ -37,14 +37,9 @@ pub(super) fn open(config: &Config, prepared: &Prepared) -> Result<Sockets, Daem
         listener: "api",
         source,
     })?;
-    let trust =
-        tls::ClientTrust::new(vec![prepared.ca.cert_der()]).map_err(|source| DaemonError::Tls {
-            listener: "tunnel",
-            source,
-        })?;
     let tunnel_tls = tls::tunnel_server_config(
         certs[1].slot(),
-        trust,
+        prepared.client_trust.clone(),
         Arc::new(tunnel::StoreRevocations(prepared.store.clone())),
     )
     .map_err(|source| DaemonError::Tls {
@@ -109,7 +104,7 @@ pub(super) fn serve(
                     store: app.store.clone(),
                     storage: config.storage.clone(),
                     replication: app.replication.clone(),
-                    ca: app.ca.clone(),
+                    cas: app.cas.clone(),
                     client_lifetime: config.client_cert_lifetime,
                     renew_grace: config.renew_grace,
                     fault: config.fault,
