@@ -247,6 +247,21 @@ impl Client {
         self.call(Method::Get, "/api/systems", Some(token), None)
     }
 
+    /// `GET /api/ca/rollover`.
+    pub fn ca_rollover(&self, token: &Secret<String>) -> Result<Answer, CtlError> {
+        self.call(Method::Get, "/api/ca/rollover", Some(token), None)
+    }
+
+    /// `POST /api/ca/rollover {"phase"}`.
+    pub fn ca_rollover_phase(
+        &self,
+        token: &Secret<String>,
+        phase: &str,
+    ) -> Result<Answer, CtlError> {
+        let body = json!({ "phase": phase });
+        self.call(Method::Post, "/api/ca/rollover", Some(token), Some(&body))
+    }
+
     pub fn storage(&self, token: &Secret<String>) -> Result<Answer, CtlError> {
         self.call(Method::Get, "/api/storage", Some(token), None)
     }

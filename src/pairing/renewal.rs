@@ -141,7 +141,7 @@ enum Plan {
     /// Sign a new certificate for the CSR's key.
     Issue,
     /// The presented certificate's successor was issued for this very key: hand it back.
-    Repeat(CertRecord),
+    Repeat(Box<CertRecord>),
 }
 
 /// The state a renewal is judged on, read in one transaction.
@@ -233,7 +233,7 @@ fn judge(
             Ok(Judged {
                 presented,
                 row,
-                plan: Plan::Repeat(next),
+                plan: Plan::Repeat(Box::new(next)),
             })
         }
         _ => Err(RenewError::Superseded {
@@ -259,7 +259,7 @@ pub fn renew(
     // inside it, so a concurrent renewal or unpair in between wins cleanly.
     let first = judge(store, serial, &fingerprint, now)?;
     let issued = match first.plan {
-        Plan::Repeat(next) => return Ok(repeated(&first.row, serial, next)),
+        Plan::Repeat(next) => return Ok(repeated(&first.row, serial, *next)),
         Plan::Issue => side
             .ca
             .sign_client(
@@ -278,7 +278,7 @@ pub fn renew(
             plan,
         } = judge(tx, serial, &fingerprint, now)?;
         if let Plan::Repeat(next) = plan {
-            return Ok(repeated(&row, serial, next));
+            return Ok(repeated(&row, serial, *next));
         }
         let generation = tx.next_generation(row.id)?;
         let fresh = tx.insert_cert(&CertRecord {

@@ -840,13 +840,13 @@ mod tests {
         assert!(left.is_empty());
         assert_eq!(done.fingerprint(), new_fp);
         assert!(done.next.is_none());
-        assert_eq!(done.endorsements, [next.cross_pem.clone()]);
+        assert_eq!(done.endorsements, std::slice::from_ref(&next.cross_pem));
         assert_eq!(
             names(&dir),
             ["ca-1.key", "ca-1.pem", "ca.pem"],
             "the old key is gone"
         );
-        assert_eq!(trust_file(&dir), [new_fp.clone()]);
+        assert_eq!(trust_file(&dir), std::slice::from_ref(&new_fp));
         let (again, removed) = load(&store, &files).unwrap();
         assert!(removed.is_empty());
         assert_eq!(again.fingerprint(), new_fp);
@@ -970,7 +970,7 @@ mod tests {
         let key = files.key_path(1);
         let saved = std::fs::read(&key).unwrap();
         std::fs::remove_file(&key).unwrap();
-        let e = load(&store, &files).err().expect("refused");
+        let e = load(&store, &files).expect_err("refused");
         assert!(
             matches!(&e, RolloverError::Files { generation: 1, .. }),
             "{e:?}"

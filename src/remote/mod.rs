@@ -20,7 +20,7 @@ use crate::identity::{IdentityError, TargetDirs};
 use crate::pairing::source::request::{CallError, SourceIo};
 use crate::tls::TlsError;
 use crate::wire::error::OPEN_REQUEST_OTHER_KEY_CODE;
-use crate::wire::protocol::{Filed, Hello, RenewBody, Renewal, RequestBody, SpoolStatus};
+use crate::wire::protocol::{CaAnswer, Filed, Hello, RenewBody, Renewal, RequestBody, SpoolStatus};
 
 /// Whole-call bound, so one stuck peer cannot hold the poller thread.
 const CALL_TIMEOUT: Duration = Duration::from_secs(30);
@@ -256,6 +256,20 @@ impl Remote {
         self.read(response)
     }
 
+    /// `GET /tunnel/v1/ca` over the tunnel: the target's CAs, and whether the certificate
+    /// of this connection should renew at once (SPEC 22).
+    pub fn ca(&self) -> Result<CaAnswer, RemoteError> {
+        let response = self.call("GET", "/tunnel/v1/ca", None)?;
+        self.read(response)
+    }
+
+    /// `GET /replication/v1/ca` on the API listener: the target's CAs, as anyone may read
+    /// them.
+    pub fn public_ca(&self) -> Result<CaAnswer, RemoteError> {
+        let response = self.call("GET", "/replication/v1/ca", None)?;
+        self.read(response)
+    }
+
     /// `POST /tunnel/v1/renew` over the tunnel: the certificate presented on this
     /// connection is renewed for the key of `csr_pem`.
     pub fn renew(&self, csr_pem: &str) -> Result<Renewal, RemoteError> {
@@ -264,6 +278,18 @@ impl Remote {
         let response = self.call("POST", "/tunnel/v1/renew", Some(&json))?;
         self.read(response)
     }
+}
+
+/// The CA `host` presents (trusting nothing, as a first contact does) and what its
+/// public CA endpoint answers, read trusting only that CA: how a source checks whether a
+/// target it no longer verifies replaced its CA while the source was away (the answer
+/// proves nothing by itself; the caller checks the endorsements). None when either
+/// cannot be had.
+pub fn presented_ca(host: &str) -> Option<(Vec<u8>, CaAnswer)> {
+    let presented = crate::tls::probe_presented_ca(host, PROBE_TIMEOUT).ok()?;
+    let pem = crate::ca::cert_der_to_pem(&presented);
+    let answer = Remote::api(host, &pem).and_then(|r| r.public_ca()).ok()?;
+    Some((presented.to_vec(), answer))
 }
 
 impl From<RemoteError> for CallError {
