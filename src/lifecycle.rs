@@ -125,8 +125,11 @@ impl CertKind {
     /// What an admin does about it.
     fn advice(&self, expired: bool) -> &'static str {
         match (self, expired) {
-            (CertKind::Ca, _) => {
-                "every pairing ends with it: plan new pairings with a new CA (docs/operations.md)"
+            (CertKind::Ca, false) => {
+                "replace it with a CA rollover before then (`replgate ctl ca rollover start`, docs/operations.md)"
+            }
+            (CertKind::Ca, true) => {
+                "every pairing ended with it: pair every source again (docs/operations.md)"
             }
             (CertKind::Listener(_), _) => {
                 "it renews while running; check the log for why renewal failed"

@@ -191,7 +191,7 @@ fn state(app: &App, out: &mut Exposition) -> Result<(), ApiError> {
     }
     out.gauge(
         "replgate_certificate_warnings",
-        "Certificates (or the CA) ending within 30 days or ended: the warnings of GET /api/health.",
+        "Certificates (or the CA) ending within 30 days or ended: the certificate warnings of GET /api/health.",
         &[],
         crate::lifecycle::warnings(&certs, crate::model::now()).len() as f64,
     );
