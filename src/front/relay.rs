@@ -410,7 +410,7 @@ impl<'a> Relay<'a> {
                     }
                     let since = since.unwrap_or(now);
                     let window = &held[..held.len().min(max_head)];
-                    let Some(len) = http::find_end(window, scanned) else {
+                    let Some(len) = http::request_head_end(window, scanned) else {
                         if held.len() >= max_head {
                             return Err(Refusal::HeadTooLarge { limit: max_head });
                         }
