@@ -8,6 +8,7 @@ mod harness;
 mod auth;
 mod backend;
 mod bad_input;
+mod ci;
 mod compat;
 mod console;
 mod console_browser;
