@@ -16,6 +16,7 @@ mod crash;
 mod crash_pair;
 mod crash_renewal;
 mod ctl;
+mod features;
 mod front;
 mod fuzz;
 mod fuzz_checks;

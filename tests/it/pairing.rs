@@ -109,7 +109,13 @@ pub(crate) fn tunnel_connect_from(
         Some((chain, key)) => builder.with_client_auth_cert(chain, key).unwrap(),
         None => builder.with_no_client_auth(),
     };
-    let tcp = connect_from(source, tgt.tunnel).map_err(|e| e.to_string())?;
+    // A tunnel on IPv6 is reached from the loopback's IPv6 address.
+    let tcp = if tgt.tunnel.is_ipv4() {
+        connect_from(source, tgt.tunnel)
+    } else {
+        TcpStream::connect_timeout(&tgt.tunnel, Duration::from_secs(10))
+    }
+    .map_err(|e| e.to_string())?;
     tcp.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
     let conn = rustls::ClientConnection::new(
         Arc::new(config),
