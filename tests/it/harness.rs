@@ -97,6 +97,7 @@ pub fn tool(program: &str) -> Command {
         "slowhttptest" => ("-h", "slowhttptest"),
         "chromium" => ("--version", "chromium"),
         "chromedriver" => ("--version", "chromium-driver"),
+        "python3" => ("--version", "python3"),
         other => panic!("tool({other:?}): name its Debian package here and in .ci/run"),
     };
     match Command::new(program).arg(probe).output() {
