@@ -93,7 +93,7 @@ struct World {
     addr: SocketAddr,
     client: Arc<rustls::ClientConfig>,
     serial: String,
-    _listener: Listener,
+    listener: Listener,
 }
 
 fn world() -> &'static World {
@@ -150,7 +150,7 @@ fn world() -> &'static World {
             addr: listener.local_addr(),
             client,
             serial: issued.serial,
-            _listener: listener,
+            listener,
         }
     })
 }
@@ -463,4 +463,13 @@ pub fn run(input: &[u8]) {
         expected,
         String::from_utf8_lossy(&out)
     );
+    // The client is gone: its connection's thread ends (no input leaves one behind).
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while w.listener.active_connections() > 0 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "a connection outlived its client by 10 s"
+        );
+        std::thread::sleep(Duration::from_millis(1));
+    }
 }
