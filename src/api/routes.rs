@@ -396,6 +396,7 @@ pub fn dispatch(app: &App, routes: &[Route], request: Incoming) -> Result<Reply,
                     (None, None) => "",
                 };
                 let session = app.auth.session(token, now)?;
+                app.peers.note_authenticated(peer.addr.ip());
                 session.require(needed)?;
                 Some(session)
             }

@@ -16,7 +16,9 @@ use super::buffers::{DownBuffer, UpBuffer};
 use super::peers::PeerInfo;
 use super::responses::Responses;
 use super::Shared;
-use crate::listener::{drain_until_eof, linger, send_final, sys, would_block, Conn, Control};
+use crate::listener::{
+    drain_until_eof, linger, send_final, sys, would_block, Conn, Control, UNAUTHENTICATED_DEADLINE,
+};
 use crate::wire::error::raw_error_response;
 use crate::wire::http::{self, HeadError};
 
@@ -56,6 +58,7 @@ pub(super) fn serve(shared: &Shared, conn: Conn<'_>) {
         sock: mut client,
         peer: addr,
         control,
+        first_request_by,
     } = conn;
     let name = control.name();
 
@@ -81,7 +84,8 @@ pub(super) fn serve(shared: &Shared, conn: Conn<'_>) {
     // Registered before the relay forwards a single byte, so tiny_http can never read a
     // request from this connection that the table does not explain.
     let _registration = shared.peers.register(key, PeerInfo { addr });
-    let mut relay = match Relay::new(shared, control, addr, tls, client, backend) {
+    let sockets = (tls, client, backend);
+    let mut relay = match Relay::new(shared, control, addr, sockets, first_request_by) {
         Ok(relay) => relay,
         Err(e) => {
             log::warn!("{name}: {addr}: prepare relay: {e}");
@@ -109,6 +113,9 @@ enum Refusal {
     /// 408: the body was still incomplete `head_timeout` after the head (or after the
     /// `100 Continue` the client waited for).
     BodyTimeout { limit: Duration },
+    /// 408: a connection from an address that has not authenticated recently did not
+    /// complete its first request within this time of its accept.
+    FirstRequestTimeout { limit: Duration },
     /// 400, 411, 413 or 417: the parser said no.
     Head(HeadError),
 }
@@ -117,7 +124,9 @@ impl Refusal {
     fn status(&self) -> u16 {
         match self {
             Refusal::HeadTooLarge { .. } => 431,
-            Refusal::HeadTimeout { .. } | Refusal::BodyTimeout { .. } => 408,
+            Refusal::HeadTimeout { .. }
+            | Refusal::BodyTimeout { .. }
+            | Refusal::FirstRequestTimeout { .. } => 408,
             Refusal::Head(e) => e.status(),
         }
     }
@@ -131,6 +140,10 @@ impl Refusal {
             Refusal::BodyTimeout { limit } => {
                 format!("request body not complete within {} ms", limit.as_millis())
             }
+            Refusal::FirstRequestTimeout { limit } => format!(
+                "first request not complete within {} ms of connecting",
+                limit.as_millis()
+            ),
             Refusal::Head(e) => e.to_string(),
         }
     }
@@ -279,6 +292,9 @@ struct Relay<'a> {
     down_stall_since: Option<Instant>,
     /// Where a local answer is rendered; kept for the next one.
     answer: Vec<u8>,
+    /// Until the first request is complete, on a connection from an address that has not
+    /// authenticated recently: when it must be (`listener::UNAUTHENTICATED_DEADLINE`).
+    first_request_by: Option<Instant>,
 }
 
 impl<'a> Relay<'a> {
@@ -286,9 +302,8 @@ impl<'a> Relay<'a> {
         shared: &'a Shared,
         control: &'a Control,
         addr: SocketAddr,
-        tls: ServerConnection,
-        client: TcpStream,
-        backend: TcpStream,
+        (tls, client, backend): (ServerConnection, TcpStream, TcpStream),
+        first_request_by: Option<Instant>,
     ) -> io::Result<Self> {
         client.set_nonblocking(true)?;
         backend.set_nonblocking(true)?;
@@ -315,6 +330,7 @@ impl<'a> Relay<'a> {
             up_stall_since: None,
             down_stall_since: None,
             answer: Vec::new(),
+            first_request_by,
         })
     }
 
@@ -381,6 +397,12 @@ impl<'a> Relay<'a> {
         if !self.up.unsent().is_empty() {
             return;
         }
+        if self.first_request_by.is_some_and(|by| now >= by) && !self.up.held().is_empty() {
+            self.refuse(Refusal::FirstRequestTimeout {
+                limit: UNAUTHENTICATED_DEADLINE,
+            });
+            return;
+        }
         let limit = self.shared.limits.head_timeout;
         let overdue =
             |since: Option<Instant>| since.is_some_and(|s| now.duration_since(s) >= limit);
@@ -410,7 +432,7 @@ impl<'a> Relay<'a> {
                     }
                     let since = since.unwrap_or(now);
                     let window = &held[..held.len().min(max_head)];
-                    let Some(len) = http::find_end(window, scanned) else {
+                    let Some(len) = http::request_head_end(window, scanned) else {
                         if held.len() >= max_head {
                             return Err(Refusal::HeadTooLarge { limit: max_head });
                         }
@@ -436,6 +458,7 @@ impl<'a> Relay<'a> {
                     {
                         self.up.skip(len);
                         self.framing = Framing::BETWEEN_REQUESTS;
+                        self.first_request_by = None;
                         continue;
                     }
                     let expect = if head.expect_continue && body_len > 0 {
@@ -494,6 +517,7 @@ impl<'a> Relay<'a> {
                     self.up.release(head_len + body_len);
                     self.responses.expect(head_request);
                     self.framing = Framing::BETWEEN_REQUESTS;
+                    self.first_request_by = None;
                     if last {
                         // Whatever follows would never be answered: tiny_http closes after
                         // this request.
@@ -646,6 +670,14 @@ impl<'a> Relay<'a> {
         if now.duration_since(self.last_activity) >= self.idle_bound() {
             return Some(End::Idle);
         }
+        // A stranger that sent nothing of a first request by its deadline: closed like an
+        // idle connection, without a word (one that sent part of it gets its 408 above).
+        if self.inbound == Inbound::Open
+            && self.up.held().is_empty()
+            && self.first_request_by.is_some_and(|by| now >= by)
+        {
+            return Some(End::Idle);
+        }
         if self
             .up_stall_since
             .is_some_and(|t| now.duration_since(t) >= idle)
@@ -747,6 +779,12 @@ impl<'a> Relay<'a> {
             if let Some(since) = since {
                 deadline = deadline.min(since + limits.head_timeout);
             }
+        }
+        if let Some(by) = self
+            .first_request_by
+            .filter(|_| self.inbound == Inbound::Open)
+        {
+            deadline = deadline.min(by);
         }
         if self.draining {
             deadline = deadline.min(now + DRAIN_TICK);

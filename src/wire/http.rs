@@ -109,7 +109,21 @@ pub fn find_end(buf: &[u8], from: usize) -> Option<usize> {
         .map(|at| start + at + HEAD_END.len())
 }
 
-/// Checks one complete head (as delimited by [`find_end`]).
+/// Where a request head ends, for a server collecting one: as [`find_end`], except that a
+/// line ended by a bare LF (no CR before it) ends the head just past that LF. Such a head
+/// can never be valid, and a client that ends its lines with LF alone believes it has sent
+/// its blank line already, so waiting on would only turn its 400 into a 408 at the head
+/// deadline; [`parse`] refuses what this delimits. `from` is as for [`find_end`].
+pub fn request_head_end(buf: &[u8], from: usize) -> Option<usize> {
+    let blank_line = find_end(buf, from);
+    let scan_to = blank_line.unwrap_or(buf.len()).min(buf.len());
+    let bare_lf = (from..scan_to)
+        .find(|&i| buf[i] == b'\n' && (i == 0 || buf[i - 1] != b'\r'))
+        .map(|i| i + 1);
+    bare_lf.or(blank_line)
+}
+
+/// Checks one complete head (as delimited by [`find_end`] or [`request_head_end`]).
 ///
 /// Accepted: `METHOD SP target SP HTTP/1.0|HTTP/1.1`, then `name: value` lines, every line
 /// ended by CRLF, only printable ASCII plus tab. `Content-Length` is plain digits and
@@ -118,6 +132,15 @@ pub fn find_end(buf: &[u8], from: usize) -> Option<usize> {
 /// `Expect` only as one `100-continue`. Refused as malformed (400): obsolete line
 /// folding, `Connection: upgrade`, and everything else tiny_http might read differently.
 pub fn parse(head: &[u8]) -> Result<RequestHead<'_>, HeadError> {
+    if head
+        .iter()
+        .enumerate()
+        .any(|(i, &b)| b == b'\n' && (i == 0 || head[i - 1] != b'\r'))
+    {
+        return Err(HeadError::Malformed(
+            "a line ends in a bare LF; HTTP/1.1 lines end in CRLF",
+        ));
+    }
     let Some(text) = head.strip_suffix(HEAD_END) else {
         return Err(HeadError::Malformed("head does not end with an empty line"));
     };
@@ -432,6 +455,32 @@ mod tests {
         for (head, want) in cases {
             assert_eq!(front_rules(head.as_bytes()), Ok(*want), "{head:?}");
         }
+    }
+
+    #[test]
+    fn a_bare_lf_ends_a_request_head_at_once_and_is_refused() {
+        // LF-only lines: the head ends at the first bare LF, not at a blank line that a
+        // CRLF scan would wait for until the head deadline.
+        let lf = b"GET /api/health HTTP/1.1\nHost: x\n\n";
+        assert_eq!(find_end(lf, 0), None);
+        assert_eq!(request_head_end(lf, 0), Some(25));
+        assert_eq!(
+            parse(&lf[..25]),
+            Err(HeadError::Malformed(
+                "a line ends in a bare LF; HTTP/1.1 lines end in CRLF"
+            ))
+        );
+        // Mixed: the first line is fine, the second ends in LF alone.
+        let mixed = b"GET / HTTP/1.1\r\nHost: x\n\r\n";
+        assert_eq!(request_head_end(mixed, 0), Some(24));
+        assert_eq!(parse(&mixed[..24]).map_err(|e| e.status()), Err(400));
+        // Resumed after the bytes before the LF were scanned; a leading LF counts too.
+        assert_eq!(request_head_end(lf, 24), Some(25));
+        assert_eq!(request_head_end(b"\n", 0), Some(1));
+        // CRLF heads end where find_end says, also with an LF inside the next request.
+        let good = b"GET / HTTP/1.1\r\nHost: x\r\n\r\nGET /\n";
+        assert_eq!(request_head_end(good, 0), find_end(good, 0));
+        assert_eq!(request_head_end(b"GET / HTTP/1.1\r\nHo", 0), None);
     }
 
     #[test]
