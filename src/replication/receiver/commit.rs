@@ -9,13 +9,12 @@ use std::path::PathBuf;
 use std::sync::mpsc::{self, Receiver, Sender};
 use std::time::Duration;
 
-use super::session::Session;
-use super::sink::{FileSink, Sealed};
+use super::sink::FileSink;
+use super::state::{CommitQueue, Committed, Session, ToCommit};
 use super::{client_dir, drop_partial, hex, Context, Refusal, Source};
 use crate::fsx::{self, PartialFile};
 use crate::model::UnixTime;
 use crate::replication::live::Event;
-use crate::replication::names::BackupName;
 use crate::store::{PartialRecord, ReceivedRecord, Store, StoreError};
 use crate::wire::transfer::{Code, Frame, Outcome};
 
@@ -24,28 +23,6 @@ use crate::wire::transfer::{Code, Frame, Outcome};
 pub(super) const GROUP_FILES: usize = 64;
 pub(super) const GROUP_BYTES: u64 = 64 * 1024 * 1024;
 pub(super) const GROUP_WAIT: Duration = Duration::from_millis(50);
-
-/// A verified file on its way into place: sealed (fsynced) by the sink, then committed
-/// with its group on the committer thread.
-pub struct ToCommit {
-    pub seq: u32,
-    pub name: BackupName,
-    pub size: u64,
-    pub version: i64,
-    pub sha256: [u8; 32],
-    pub started: UnixTime,
-    pub sealed: Sealed,
-}
-
-/// What the committer says of one file: in place and recorded, or why not.
-pub type Committed = (u32, Result<(), Refusal>);
-
-/// The session's end of the line to its committer: groups go out, results come back.
-pub struct CommitQueue {
-    /// None once the session handed over its last group (the committer then ends).
-    pub(super) groups: Option<Sender<Vec<ToCommit>>>,
-    pub(super) results: Receiver<Vec<Committed>>,
-}
 
 /// The committer's end: [`Committer::run`] commits each group the session hands over.
 pub struct Committer {
@@ -312,6 +289,7 @@ fn sync_dirs(
 mod tests {
     use super::super::{partial_path, Scratch};
     use super::*;
+    use crate::replication::names::BackupName;
 
     /// A verified file of `client/file` as the sink hands it to the committer: written
     /// under its partial name and fsynced.

@@ -9,10 +9,10 @@
 //! free space are checked when a file is offered, before any byte of it moves (`offer`,
 //! `ledger`).
 //!
-//! The session (`session`, with `offer`, `current` and `commit`) is plain code over a
-//! `Read`/`Write` pair: the open file's bytes go to a [`FileSink`] and verified groups to a
-//! [`Committer`], which the daemon runs on threads of their own (`ingest`), and files are
-//! touched only through `fsx`. `repair` runs at start.
+//! The session (`session`'s loop over `offer`, `current` and `commit`, which share
+//! `state`) is plain code over a `Read`/`Write` pair: the open file's bytes go to a
+//! [`FileSink`] and verified groups to a [`Committer`], which the daemon runs on threads of
+//! their own (`ingest`), and files are touched only through `fsx`. `repair` runs at start.
 
 mod commit;
 mod current;
@@ -21,19 +21,21 @@ mod offer;
 mod repair;
 mod session;
 mod sink;
+mod state;
 
 use std::fmt;
 use std::path::{Path, PathBuf};
 
 use ring::digest::{Context as Sha256, SHA256};
 
-pub use commit::{channel as commit_channel, commit, CommitQueue, Committed, Committer, ToCommit};
+pub use commit::{channel as commit_channel, commit, Committer};
 pub use ledger::{
     Admission, Busy, Ledger, Reservation, MAX_SESSIONS, SESSIONS_SHARED, SPACE_MARGIN,
 };
 pub use repair::{repair, Repair};
 pub use session::{serve, turn_away};
 pub use sink::{FileSink, Sealed};
+pub use state::{CommitQueue, Committed, ToCommit};
 
 use super::live::Live;
 use super::names::{check_component, BackupName};

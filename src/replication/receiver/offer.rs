@@ -5,11 +5,8 @@
 
 use std::io::Write;
 
-use ring::digest::Context as Sha256;
-
-use super::ledger::Reservation;
-use super::session::Session;
 use super::sink::FileSink;
+use super::state::{Decided, Offered, Session};
 use super::{
     client_dir, digest_of, drop_partial, parse_digest, partial_path, prefix_hash, ReceiveError,
     Refusal, MAX_OUTSTANDING,
@@ -18,24 +15,6 @@ use crate::fsx;
 use crate::replication::names::BackupName;
 use crate::store::StoreError;
 use crate::wire::transfer::{Code, Decision, Frame};
-
-/// What the target holds of an offered file.
-pub(super) enum Decided {
-    New,
-    Resume { offset: u64, hasher: Box<Sha256> },
-    Have,
-}
-
-/// An offer the target accepted, holding its reservation until it ends.
-pub(super) struct Offered<'l> {
-    pub(super) name: BackupName,
-    pub(super) size: u64,
-    pub(super) version: i64,
-    pub(super) decided: Decided,
-    /// What the file adds to the source's stored bytes once committed.
-    pub(super) grows: u64,
-    pub(super) reservation: Reservation<'l>,
-}
 
 impl<'l, W: Write, S: FileSink> Session<'_, 'l, W, S> {
     pub(super) fn offer(
