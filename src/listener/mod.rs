@@ -380,9 +380,7 @@ impl AddressCounts {
     /// Each critical section is one lookup and one update, so a map poisoned by a panic
     /// elsewhere is still consistent.
     fn lock(&self) -> MutexGuard<'_, HashMap<AddressKey, usize>> {
-        self.counts
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner())
+        crate::sync::lock(&self.counts)
     }
 }
 

@@ -21,6 +21,7 @@ use std::time::{Duration, Instant};
 use rustls::pki_types::ServerName;
 use rustls::{ClientConfig, ClientConnection, StreamOwned};
 
+use crate::sync::lock;
 use crate::wire::chunked::ChunkedReader;
 use crate::wire::response::{read_final_head, BodyFraming, ResponseError, ResponseHead};
 
@@ -186,7 +187,7 @@ impl Client {
 
     fn take_idle(&self) -> Option<BufReader<Stream>> {
         // A poisoned lock only means a thread panicked between two whole pushes or pops.
-        let mut idle = self.idle.lock().unwrap_or_else(|p| p.into_inner());
+        let mut idle = lock(&self.idle);
         while let Some(i) = idle.pop() {
             if i.since.elapsed() < self.timeouts.idle_keep && looks_open(&i.conn) {
                 return Some(i.conn);
@@ -196,7 +197,7 @@ impl Client {
     }
 
     fn put_idle(&self, conn: BufReader<Stream>) {
-        let mut idle = self.idle.lock().unwrap_or_else(|p| p.into_inner());
+        let mut idle = lock(&self.idle);
         if idle.len() < self.timeouts.max_idle {
             idle.push(Idle {
                 conn,

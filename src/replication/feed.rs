@@ -31,15 +31,12 @@ use super::receiver::chunk_for;
 use super::sender::{Claimed, Feed};
 use crate::model::{Chain, UnixTime};
 use crate::store::{ItemStatus, QueueItem, Store, StoreError, Strategy, Txn};
+use crate::sync::{lock, wait};
 
 /// Items claimed at once by a session (one durable reservation per batch).
 pub const CLAIM_BATCH: usize = 32;
 /// Lazy (non-durable) bookkeeping is made durable at least this often.
 pub const FLUSH_EVERY: Duration = Duration::from_secs(1);
-
-fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|e| e.into_inner())
-}
 
 /// Items left `active` by a process that stopped (a crash, a kill) wait again: their
 /// transfer resumes from what the target holds.
@@ -158,7 +155,7 @@ impl Reserver {
         let (m, c) = &*self.state;
         let mut st = lock(m);
         while st.persisted.get(&id).copied().unwrap_or(u64::MAX) < total && st.pending > 0 {
-            st = c.wait(st).unwrap_or_else(|e| e.into_inner());
+            st = wait(c, st);
         }
     }
 
@@ -167,7 +164,7 @@ impl Reserver {
         let (m, c) = &*self.state;
         let mut st = lock(m);
         while st.pending > 0 {
-            st = c.wait(st).unwrap_or_else(|e| e.into_inner());
+            st = wait(c, st);
         }
         st.persisted.remove(&id);
     }

@@ -17,10 +17,7 @@ use super::names::BackupName;
 use crate::fsx;
 use crate::model::UnixTime;
 use crate::store::{Store, StoreError};
-
-fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|e| e.into_inner())
-}
+use crate::sync::lock;
 
 /// Where a source's verify stands.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
