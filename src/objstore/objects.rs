@@ -12,7 +12,7 @@ use super::{
     ObjStoreError, ObjectEntry, ObjectInfo, MAX_ANSWER, MAX_IN_MEMORY, META_SHA256, META_UPLOAD,
     SIGNATURE_LIFETIME,
 };
-use crate::rand;
+use crate::wire::hex;
 
 impl ObjStore {
     /// Stores `bytes` (at most [`MAX_IN_MEMORY`]) at `key` in one request, with their
@@ -30,7 +30,7 @@ impl ObjStore {
                 bytes.len()
             )));
         }
-        let digest = rand::hex(sha256);
+        let digest = hex::encode(sha256);
         let sign = || {
             let mut action = self.bucket.put_object(Some(&self.signer), key.as_str());
             action.headers_mut().insert(META_SHA256, digest.clone());

@@ -32,6 +32,7 @@ use super::sender::{Claimed, Feed};
 use crate::model::{Chain, UnixTime};
 use crate::store::{ItemStatus, QueueItem, Store, StoreError, Strategy, Txn};
 use crate::sync::{lock, wait};
+use crate::wire::hex;
 
 /// Items claimed at once by a session (one durable reservation per batch).
 pub const CLAIM_BATCH: usize = 32;
@@ -317,17 +318,6 @@ impl<'a> StoreFeed<'a> {
     }
 }
 
-fn parse_digest(hex: &str) -> Option<[u8; 32]> {
-    if hex.len() != 64 {
-        return None;
-    }
-    let mut out = [0u8; 32];
-    for (i, o) in out.iter_mut().enumerate() {
-        *o = u8::from_str_radix(hex.get(2 * i..2 * i + 2)?, 16).ok()?;
-    }
-    Some(out)
-}
-
 impl Feed for StoreFeed<'_> {
     fn next(&mut self) -> Option<Claimed> {
         loop {
@@ -347,7 +337,7 @@ impl Feed for StoreFeed<'_> {
                 item_id: item.id,
                 backup,
                 version: item.version,
-                known_sha256: item.sha256.as_deref().and_then(parse_digest),
+                known_sha256: item.sha256.as_deref().and_then(hex::decode_array),
             });
         }
     }

@@ -145,7 +145,7 @@ pub fn file_sha256(path: &std::path::Path) -> std::io::Result<(String, u64)> {
     let mut h = Sha256::new(&SHA256);
     let mut buf = vec![0u8; 256 * 1024];
     fsx::read_prefix(&mut f, meta.len(), &mut buf, |b| h.update(b))?;
-    Ok((crate::rand::hex(h.finish().as_ref()), meta.len()))
+    Ok((crate::wire::hex::encode(h.finish().as_ref()), meta.len()))
 }
 
 /// Verifies the copies of `job` one by one, recording each against its row; returns early

@@ -11,11 +11,12 @@ use std::time::Duration;
 
 use super::sink::FileSink;
 use super::state::{CommitQueue, Committed, Session, ToCommit};
-use super::{client_dir, drop_partial, hex, Context, Refusal, Source};
+use super::{client_dir, drop_partial, Context, Refusal, Source};
 use crate::fsx::{self, PartialFile};
 use crate::model::UnixTime;
 use crate::replication::live::Event;
 use crate::store::{PartialRecord, ReceivedRecord, Store, StoreError};
+use crate::wire::hex;
 use crate::wire::transfer::{Code, Frame, Outcome};
 
 /// A group of verified files is committed once it holds this many files, or bytes, or
@@ -126,7 +127,7 @@ impl<W: Write, S: FileSink> Session<'_, '_, W, S> {
                             self.ctx.peer,
                             offer.name,
                             offer.size,
-                            hex(&sha256)
+                            hex::encode(&sha256)
                         );
                         self.send(&Frame::Outcome {
                             seq,
@@ -185,7 +186,7 @@ pub fn commit(
                     offset: f.size,
                     started: f.started,
                     updated: now,
-                    verified_sha256: Some(hex(&f.sha256)),
+                    verified_sha256: Some(hex::encode(&f.sha256)),
                 },
             )?;
         }
@@ -224,7 +225,7 @@ pub fn commit(
                     backup: f.name.as_str().to_string(),
                     storage_id,
                     size: f.size,
-                    sha256: hex(&f.sha256),
+                    sha256: hex::encode(&f.sha256),
                     version: f.version,
                     received: now,
                     verified: None,

@@ -14,13 +14,13 @@ use super::commit::{GROUP_BYTES, GROUP_FILES};
 use super::sink::FileSink;
 use super::state::{Current, Decided, Session, ToCommit};
 use super::{
-    chunk_for, client_dir, digest_of, drop_partial, hex, partial_path, window_for, ReceiveError,
-    Source,
+    chunk_for, client_dir, digest_of, drop_partial, partial_path, window_for, ReceiveError, Source,
 };
 use crate::fsx::{self, PartialFile};
 use crate::model::UnixTime;
 use crate::replication::live::Event;
 use crate::store::{PartialRecord, StoreError};
+use crate::wire::hex;
 use crate::wire::transfer::{Code, Frame, Outcome, MAX_DATA};
 
 /// A checkpoint also happens after this long without one, while bytes arrive.
@@ -344,8 +344,8 @@ impl<W: Write, S: FileSink> Session<'_, '_, W, S> {
             let m = format!(
                 "SHA-256 mismatch for {}: the source computed {}, the target {}; the copy was discarded",
                 cur.offer.name,
-                hex(&sha256),
-                hex(&ours)
+                hex::encode(&sha256),
+                hex::encode(&ours)
             );
             self.current = Some(cur);
             self.fail_current(Code::DigestMismatch, m);

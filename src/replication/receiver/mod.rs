@@ -53,10 +53,6 @@ pub const MAX_WANTS: usize = 1_000;
 /// Most offers a source may have outstanding (offered, not yet started or skipped).
 pub const MAX_OUTSTANDING: usize = 256;
 
-fn hex(d: &[u8]) -> String {
-    crate::rand::hex(d)
-}
-
 /// Why the target turns a file or a session away, as the source is told: a code it acts
 /// on (`queue::attempt_for`) and a message for its admin.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -219,17 +215,6 @@ fn digest_of(h: &Sha256) -> [u8; 32] {
     let mut out = [0u8; 32];
     out.copy_from_slice(h.clone().finish().as_ref());
     out
-}
-
-fn parse_digest(hex: &str) -> Option<[u8; 32]> {
-    if hex.len() != 64 {
-        return None;
-    }
-    let mut out = [0u8; 32];
-    for (i, o) in out.iter_mut().enumerate() {
-        *o = u8::from_str_radix(hex.get(2 * i..2 * i + 2)?, 16).ok()?;
-    }
-    Some(out)
 }
 
 /// The SHA-256 state over the first `len` bytes of the partial at `path`, if it holds them.

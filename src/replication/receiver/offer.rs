@@ -8,12 +8,13 @@ use std::io::Write;
 use super::sink::FileSink;
 use super::state::{Decided, Offered, Session};
 use super::{
-    client_dir, digest_of, drop_partial, parse_digest, partial_path, prefix_hash, ReceiveError,
-    Refusal, MAX_OUTSTANDING,
+    client_dir, digest_of, drop_partial, partial_path, prefix_hash, ReceiveError, Refusal,
+    MAX_OUTSTANDING,
 };
 use crate::fsx;
 use crate::replication::names::BackupName;
 use crate::store::StoreError;
+use crate::wire::hex;
 use crate::wire::transfer::{Code, Decision, Frame};
 
 impl<'l, W: Write, S: FileSink> Session<'_, 'l, W, S> {
@@ -59,7 +60,7 @@ impl<'l, W: Write, S: FileSink> Session<'_, 'l, W, S> {
                             .received_one(&self.source.uuid, name.as_str())
                             .ok()
                             .flatten()
-                            .and_then(|r| parse_digest(&r.sha256))
+                            .and_then(|r| hex::decode_array(&r.sha256))
                             .unwrap_or([0; 32]);
                         Decision::Have { sha256: sha }
                     }
