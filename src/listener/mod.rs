@@ -25,6 +25,7 @@ use std::time::{Duration, Instant};
 use rustls::{ServerConfig, ServerConnection};
 
 use crate::config::defaults;
+use crate::model::time_left;
 use crate::wire::error::raw_error_response;
 
 pub use sys::connect_from;
@@ -687,14 +688,6 @@ pub(crate) fn send_final(
         tls.write_tls(sock).map_err(deadline_error)?;
     }
     Ok(())
-}
-
-/// What is left until `deadline`, or a `TimedOut` error once it has passed.
-pub(crate) fn time_left(deadline: Instant) -> io::Result<Duration> {
-    deadline
-        .checked_duration_since(Instant::now())
-        .filter(|left| !left.is_zero())
-        .ok_or_else(|| io::Error::new(io::ErrorKind::TimedOut, "deadline passed"))
 }
 
 /// A socket timeout on a blocking socket shows up as `WouldBlock` on Linux.
