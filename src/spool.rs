@@ -7,10 +7,11 @@ use std::fmt;
 use std::io;
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex, MutexGuard, RwLock, RwLockReadGuard, RwLockWriteGuard};
+use std::sync::{Arc, Mutex, RwLock, RwLockReadGuard, RwLockWriteGuard};
 
 use crate::fsx;
 use crate::store::{RequestRecord, RequestStatus, Store, StoreError};
+use crate::sync::{self, lock};
 use crate::wire::protocol::{SpoolFile, SpoolStatus, SpoolToken, CA_FILE, CERT_FILE, STATUS_FILE};
 
 /// Spool files are small; anything larger was not written by us.
@@ -115,11 +116,6 @@ pub struct Spool {
     read_cache: ReadCache,
 }
 
-fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
-    // The guarded data stays valid whatever a panicking holder did.
-    m.lock().unwrap_or_else(|p| p.into_inner())
-}
-
 /// One spool file as served: its bytes and its entity tag (a quoted hex string of the
 /// first 128 bits of the bytes' SHA-256).
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -184,11 +180,11 @@ impl ReadCache {
     /// Every critical section is one lookup, insert or clear: a panic elsewhere leaves the
     /// map consistent.
     fn read(&self) -> RwLockReadGuard<'_, CacheMap> {
-        self.entries.read().unwrap_or_else(|p| p.into_inner())
+        sync::read(&self.entries)
     }
 
     fn write(&self) -> RwLockWriteGuard<'_, CacheMap> {
-        self.entries.write().unwrap_or_else(|p| p.into_inner())
+        sync::write(&self.entries)
     }
 }
 

@@ -6,6 +6,7 @@ pub mod body;
 pub mod console;
 pub mod error;
 mod pairing;
+mod pending;
 mod replication;
 mod routes;
 mod source;
@@ -34,6 +35,7 @@ use crate::front::{PeerInfo, PeerTable};
 use crate::identity::TargetDirs;
 use crate::model::UnixTime;
 use crate::pairing::source::request::Outgoing;
+use crate::pairing::Actor;
 use crate::spool::Spool;
 use crate::store::Store;
 use crate::tls::ServerCertSlot;
@@ -131,6 +133,14 @@ impl Call<'_> {
             .as_ref()
             .map(|s| s.user.clone())
             .unwrap_or_else(|| "-".into())
+    }
+
+    /// Who made the call, for audit rows: the session's user and the peer's address.
+    pub fn actor(&self) -> Actor {
+        Actor {
+            user: self.user(),
+            address: self.address(),
+        }
     }
 }
 

@@ -93,9 +93,7 @@ impl PeerTable {
     /// The map survives a panic in another holder: every critical section is a single
     /// insert, remove or clone, so a poisoned map is still consistent.
     fn lock(&self) -> MutexGuard<'_, HashMap<SocketAddr, (u64, PeerInfo)>> {
-        self.entries
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner())
+        crate::sync::lock(&self.entries)
     }
 }
 

@@ -169,6 +169,11 @@ struct Response {
 impl Client {
     fn connect(addr: SocketAddr, config: Arc<ClientConfig>) -> Self {
         let sock = TcpStream::connect(addr).expect("connect to front");
+        Client::over(sock, config)
+    }
+
+    /// The TLS client over a connected `sock`, handshake done.
+    fn over(sock: TcpStream, config: Arc<ClientConfig>) -> Self {
         sock.set_read_timeout(Some(STUCK)).expect("read timeout");
         sock.set_write_timeout(Some(STUCK)).expect("write timeout");
         let name = ServerName::try_from("localhost").expect("server name");
@@ -1017,21 +1022,7 @@ fn exhaust_descriptors_then_serve() {
     );
     filler.truncate(filler.len().saturating_sub(16));
 
-    sock.set_read_timeout(Some(STUCK)).expect("read timeout");
-    sock.set_write_timeout(Some(STUCK)).expect("write timeout");
-    let name = ServerName::try_from("localhost").expect("server name");
-    let tls = ClientConnection::new(client_config(), name).expect("client connection");
-    let mut client = Client {
-        tls,
-        sock,
-        inbox: Vec::new(),
-    };
-    while client.tls.is_handshaking() {
-        client
-            .tls
-            .complete_io(&mut client.sock)
-            .expect("handshake after descriptors came back");
-    }
+    let mut client = Client::over(sock, client_config());
     assert_eq!(client.get("/").status, 200);
 }
 

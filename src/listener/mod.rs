@@ -44,7 +44,7 @@ use std::time::{Duration, Instant};
 use rustls::{ServerConfig, ServerConnection};
 
 use crate::config::defaults;
-use crate::model::Network;
+use crate::model::{time_left, Network};
 use crate::wire::error::raw_error_response;
 
 pub use sys::connect_from;
@@ -459,9 +459,7 @@ impl KnownAddresses {
     /// Each critical section is one lookup or one update, so a map poisoned by a panic
     /// elsewhere is still consistent.
     fn lock(&self) -> MutexGuard<'_, HashMap<AddressKey, Instant>> {
-        self.seen
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner())
+        crate::sync::lock(&self.seen)
     }
 }
 
@@ -529,9 +527,7 @@ impl<K: Copy + Eq + std::hash::Hash> Counts<K> {
     /// Each critical section is one lookup and one update, so a map poisoned by a panic
     /// elsewhere is still consistent.
     fn lock(&self) -> MutexGuard<'_, HashMap<K, usize>> {
-        self.counts
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner())
+        crate::sync::lock(&self.counts)
     }
 }
 
@@ -943,14 +939,6 @@ pub(crate) fn send_final(
         tls.write_tls(sock).map_err(deadline_error)?;
     }
     Ok(())
-}
-
-/// What is left until `deadline`, or a `TimedOut` error once it has passed.
-pub(crate) fn time_left(deadline: Instant) -> io::Result<Duration> {
-    deadline
-        .checked_duration_since(Instant::now())
-        .filter(|left| !left.is_zero())
-        .ok_or_else(|| io::Error::new(io::ErrorKind::TimedOut, "deadline passed"))
 }
 
 /// A socket timeout on a blocking socket shows up as `WouldBlock` on Linux.

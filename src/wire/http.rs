@@ -1,7 +1,7 @@
 //! HTTP/1.1 request heads: where a head ends, and a strict parse of one complete head into
-//! what a server needs to frame and route it; and the head of a response written by hand
-//! (by the front, which answers some requests without tiny_http). Pure functions over
-//! bytes; no I/O, no clock; parsing allocates nothing and borrows from its input.
+//! what a server needs to frame and route it (the response heads the servers write are
+//! `wire::response`'s). Pure functions over bytes; no I/O, no clock; parsing allocates
+//! nothing and borrows from its input.
 //!
 //! The rules are stricter than tiny_http 0.12 on purpose: whatever passes here is framed
 //! by tiny_http exactly as the TLS front frames it (same head end, same body length), so
@@ -269,25 +269,6 @@ impl<'a> RequestHead<'a> {
             Some((name, value, range))
         })
     }
-}
-
-/// Appends a response head to `out`: status line with the reason phrase of
-/// [`crate::wire::error::reason`], `headers` in order, `Content-Length`, blank line. The
-/// caller appends the body (or not, for `HEAD`, 304 and 1xx).
-pub fn write_response_head(
-    out: &mut Vec<u8>,
-    status: u16,
-    headers: &[(&str, &str)],
-    content_length: usize,
-) {
-    use std::io::Write;
-    let reason = crate::wire::error::reason(status);
-    // Writing into a Vec cannot fail.
-    let _ = write!(out, "HTTP/1.1 {status} {reason}\r\n");
-    for (name, value) in headers {
-        let _ = write!(out, "{name}: {value}\r\n");
-    }
-    let _ = write!(out, "Content-Length: {content_length}\r\n\r\n");
 }
 
 /// Splits a head (without its final blank line) at CRLF, refusing any byte that is not
@@ -584,16 +565,6 @@ mod tests {
         assert_eq!(
             keep("GET / HTTP/1.0\r\nConnection: Keep-Alive\r\n\r\n"),
             Ok(true)
-        );
-    }
-
-    #[test]
-    fn response_heads_are_written_in_order_with_their_length() {
-        let mut out = Vec::new();
-        write_response_head(&mut out, 304, &[("ETag", "\"x\""), ("A", "b")], 0);
-        assert_eq!(
-            out,
-            b"HTTP/1.1 304 Not Modified\r\nETag: \"x\"\r\nA: b\r\nContent-Length: 0\r\n\r\n"
         );
     }
 
