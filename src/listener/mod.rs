@@ -26,18 +26,18 @@
 //!   accept ([`Conn::first_request_by`]), so a silent or half-open connection gives its
 //!   slot back within seconds.
 
+mod slots;
 pub(crate) mod sys;
 #[cfg(test)]
 mod tests;
 
-use std::collections::HashMap;
 use std::fmt;
 use std::io::{self, Read, Write};
 use std::net::{IpAddr, Shutdown, SocketAddr, TcpListener, TcpStream};
 use std::os::fd::{AsRawFd, RawFd};
 use std::os::unix::net::UnixStream;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::Arc;
 use std::thread::{self, JoinHandle};
 use std::time::{Duration, Instant};
 
@@ -47,6 +47,9 @@ use crate::config::defaults;
 use crate::model::{time_left, Network};
 use crate::wire::error::raw_error_response;
 
+pub(crate) use slots::AddressKey;
+pub use slots::KnownAddresses;
+use slots::{admit, take_slot, Class, Counts, OverflowSlot, Slot};
 pub use sys::connect_from;
 
 /// Descriptors kept back for the database, spool files, listeners, overflow answers and
@@ -403,268 +406,6 @@ struct Inner {
     per_network: Counts<Network>,
 }
 
-/// Addresses (as [`AddressKey`]s) that authenticated on a listener within [`KNOWN_FOR`],
-/// with when they last did; at most [`MAX_KNOWN`]. Kept in memory only: after a restart
-/// every address is a stranger until it authenticates again.
-#[derive(Default)]
-pub struct KnownAddresses {
-    seen: Mutex<HashMap<AddressKey, Instant>>,
-}
-
-impl KnownAddresses {
-    pub fn new() -> Arc<KnownAddresses> {
-        Arc::new(KnownAddresses::default())
-    }
-
-    /// Records that `ip` authenticated just now.
-    pub fn note(&self, ip: IpAddr) {
-        self.note_at(AddressKey::of(ip), Instant::now());
-    }
-
-    /// Whether `ip` authenticated within [`KNOWN_FOR`].
-    pub fn contains(&self, ip: IpAddr) -> bool {
-        self.knows_at(AddressKey::of(ip), Instant::now())
-    }
-
-    /// How many addresses are remembered now.
-    pub fn len(&self) -> usize {
-        self.lock().len()
-    }
-
-    /// Whether no address is remembered.
-    pub fn is_empty(&self) -> bool {
-        self.lock().is_empty()
-    }
-
-    fn note_at(&self, key: AddressKey, now: Instant) {
-        let mut seen = self.lock();
-        if seen.len() >= MAX_KNOWN && !seen.contains_key(&key) {
-            seen.retain(|_, at| now.saturating_duration_since(*at) < KNOWN_FOR);
-            if seen.len() >= MAX_KNOWN {
-                let oldest = seen.iter().min_by_key(|(_, at)| **at).map(|(k, _)| *k);
-                if let Some(oldest) = oldest {
-                    seen.remove(&oldest);
-                }
-            }
-        }
-        seen.insert(key, now);
-    }
-
-    fn knows_at(&self, key: AddressKey, now: Instant) -> bool {
-        self.lock()
-            .get(&key)
-            .is_some_and(|at| now.saturating_duration_since(*at) < KNOWN_FOR)
-    }
-
-    /// Each critical section is one lookup or one update, so a map poisoned by a panic
-    /// elsewhere is still consistent.
-    fn lock(&self) -> MutexGuard<'_, HashMap<AddressKey, Instant>> {
-        crate::sync::lock(&self.seen)
-    }
-}
-
-/// The unit one client is counted in: an IPv4 address (also when it arrives IPv4-mapped
-/// on a dual-stack socket), or the /64 prefix of an IPv6 address, since one site is
-/// usually handed a whole /64.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-pub(crate) enum AddressKey {
-    V4([u8; 4]),
-    V6Prefix([u8; 8]),
-}
-
-impl AddressKey {
-    pub(crate) fn of(ip: IpAddr) -> AddressKey {
-        match ip {
-            IpAddr::V4(v4) => AddressKey::V4(v4.octets()),
-            IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
-                Some(v4) => AddressKey::V4(v4.octets()),
-                None => {
-                    let mut prefix = [0; 8];
-                    prefix.copy_from_slice(&v6.octets()[..8]);
-                    AddressKey::V6Prefix(prefix)
-                }
-            },
-        }
-    }
-}
-
-/// Open connections per key (an [`AddressKey`], a [`Network`]); a key's entry goes when
-/// its last connection does, so the map holds at most `max_connections` entries.
-struct Counts<K> {
-    counts: Mutex<HashMap<K, usize>>,
-}
-
-impl<K> Default for Counts<K> {
-    fn default() -> Self {
-        Counts {
-            counts: Mutex::new(HashMap::new()),
-        }
-    }
-}
-
-impl<K: Copy + Eq + std::hash::Hash> Counts<K> {
-    /// Counts one more connection for `key` if that stays within `cap`.
-    fn take(&self, key: K, cap: usize) -> bool {
-        let mut counts = self.lock();
-        let count = counts.entry(key).or_insert(0);
-        if *count >= cap {
-            return false;
-        }
-        *count += 1;
-        true
-    }
-
-    fn release(&self, key: K) {
-        let mut counts = self.lock();
-        if let Some(count) = counts.get_mut(&key) {
-            *count = count.saturating_sub(1);
-            if *count == 0 {
-                counts.remove(&key);
-            }
-        }
-    }
-
-    /// Each critical section is one lookup and one update, so a map poisoned by a panic
-    /// elsewhere is still consistent.
-    fn lock(&self) -> MutexGuard<'_, HashMap<K, usize>> {
-        crate::sync::lock(&self.counts)
-    }
-}
-
-/// How the caps count a connection, decided at its accept.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-enum Class {
-    /// Its address authenticated within [`KNOWN_FOR`]: it may use the reserve, and no
-    /// network cap applies.
-    Known,
-    /// Any other: counted in the unauthenticated share and in its network's cap.
-    Stranger(Network),
-}
-
-/// The slots one connection holds: global, its address's, and for a stranger the
-/// unauthenticated share's and its network's.
-#[derive(Clone, Copy)]
-struct Taken {
-    key: AddressKey,
-    class: Class,
-}
-
-impl Taken {
-    fn release(self, inner: &Inner) {
-        if let Class::Stranger(network) = self.class {
-            inner.per_network.release(network);
-            inner.unauthenticated.fetch_sub(1, Ordering::Relaxed);
-        }
-        inner.per_address.release(self.key);
-        inner.active.fetch_sub(1, Ordering::Relaxed);
-    }
-}
-
-/// Gives back a connection's slots when its thread ends, however it ends.
-struct Slot<'a> {
-    inner: &'a Inner,
-    taken: Taken,
-}
-
-impl Drop for Slot<'_> {
-    fn drop(&mut self) {
-        self.taken.release(self.inner);
-    }
-}
-
-/// A cap a new connection met: its metric label, and the message of its 503.
-struct Refusal {
-    cap: &'static str,
-    message: &'static str,
-}
-
-/// Takes the slots a connection from `addr` needs, or none and the cap it met.
-fn admit(inner: &Inner, addr: SocketAddr, warnings: &mut Warnings) -> Result<Taken, Refusal> {
-    let name = &inner.control.name;
-    let limits = &inner.limits;
-    let key = AddressKey::of(addr.ip());
-    let class = if inner.control.known.contains(addr.ip()) {
-        Class::Known
-    } else {
-        Class::Stranger(Network::of(addr.ip(), NETWORK_PREFIX_V4, NETWORK_PREFIX_V6))
-    };
-    let busy = "too many connections, retry shortly";
-    if !take_slot(&inner.active, limits.max_connections) {
-        warnings.overload.warn(format_args!(
-            "{name}: connection cap of {} reached; refusing new connections",
-            limits.max_connections
-        ));
-        return Err(Refusal {
-            cap: "max_connections",
-            message: busy,
-        });
-    }
-    let give_back_global = || inner.active.fetch_sub(1, Ordering::Relaxed);
-    if let Class::Stranger(_) = class {
-        if !take_slot(&inner.unauthenticated, limits.unauthenticated_share()) {
-            give_back_global();
-            warnings.unauthenticated.warn(format_args!(
-                "{name}: addresses that have not authenticated recently hold {} connections, \
-                 their share; the other {} are kept for those that have; refusing {}",
-                limits.unauthenticated_share(),
-                limits.reserve(),
-                addr.ip()
-            ));
-            return Err(Refusal {
-                cap: "unauthenticated",
-                message: busy,
-            });
-        }
-    }
-    let give_back_share = || {
-        if let Class::Stranger(_) = class {
-            inner.unauthenticated.fetch_sub(1, Ordering::Relaxed);
-        }
-        give_back_global();
-    };
-    if !inner
-        .per_address
-        .take(key, limits.max_connections_per_address)
-    {
-        give_back_share();
-        warnings.per_address.warn(format_args!(
-            "{name}: {} has {} connections open (max_connections_per_address); refusing more",
-            addr.ip(),
-            limits.max_connections_per_address
-        ));
-        return Err(Refusal {
-            cap: "max_connections_per_address",
-            message: "too many connections from your address, retry shortly",
-        });
-    }
-    if let Class::Stranger(network) = class {
-        if !inner.per_network.take(network, limits.per_network()) {
-            inner.per_address.release(key);
-            give_back_share();
-            warnings.per_network.warn(format_args!(
-                "{name}: network {network} has {} connections open from addresses that have \
-                 not authenticated recently; refusing {}",
-                limits.per_network(),
-                addr.ip()
-            ));
-            return Err(Refusal {
-                cap: "per_network",
-                message: "too many connections from your network, retry shortly",
-            });
-        }
-    }
-    Ok(Taken { key, class })
-}
-
-/// Decrements the overflow counter when an overflow thread ends.
-struct OverflowSlot<'a>(&'a AtomicUsize);
-
-impl Drop for OverflowSlot<'_> {
-    fn drop(&mut self) {
-        self.0.fetch_sub(1, Ordering::Relaxed);
-    }
-}
-
 /// A warning that may repeat many times a second (accept failing on `EMFILE`, the cap
 /// being hit): the first goes out, the rest within a second are counted and summarized.
 struct RateLimitedWarning {
@@ -817,15 +558,6 @@ fn dispatch(
         }
     }
     // Otherwise `stream` is dropped here: closed without a word.
-}
-
-/// Counts one more connection on `counter` if that stays within `cap`.
-fn take_slot(counter: &AtomicUsize, cap: usize) -> bool {
-    counter
-        .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| {
-            (n < cap).then_some(n + 1)
-        })
-        .is_ok()
 }
 
 /// One connection within the caps: the handshake under its deadline, then the service.
