@@ -7,10 +7,11 @@ use std::fmt;
 use std::io;
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex, MutexGuard, RwLock, RwLockReadGuard, RwLockWriteGuard};
+use std::sync::{Arc, Mutex, RwLock, RwLockReadGuard, RwLockWriteGuard};
 
 use crate::fsx;
 use crate::store::{RequestRecord, RequestStatus, Store, StoreError};
+use crate::sync::{self, lock};
 use crate::wire::protocol::{SpoolFile, SpoolStatus, SpoolToken, CA_FILE, CERT_FILE, STATUS_FILE};
 
 /// Spool files are small; anything larger was not written by us.
@@ -117,11 +118,6 @@ pub struct Spool {
     read_cache: ReadCache,
 }
 
-fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
-    // The guarded data stays valid whatever a panicking holder did.
-    m.lock().unwrap_or_else(|p| p.into_inner())
-}
-
 /// One spool file as served: its bytes and its entity tag (a quoted hex string of the
 /// first 128 bits of the bytes' SHA-256).
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -186,11 +182,11 @@ impl ReadCache {
     /// Every critical section is one lookup, insert or clear: a panic elsewhere leaves the
     /// map consistent.
     fn read(&self) -> RwLockReadGuard<'_, CacheMap> {
-        self.entries.read().unwrap_or_else(|p| p.into_inner())
+        sync::read(&self.entries)
     }
 
     fn write(&self) -> RwLockWriteGuard<'_, CacheMap> {
-        self.entries.write().unwrap_or_else(|p| p.into_inner())
+        sync::write(&self.entries)
     }
 }
 
@@ -278,11 +274,7 @@ impl Spool {
                 .flatten()
                 .ok_or(SpoolError::MissingCertificate { request: r.id })?;
             files.push((CERT_FILE, cert.pem.into_bytes()));
-            let ca_pem = self
-                .ca_pem
-                .read()
-                .unwrap_or_else(|p| p.into_inner())
-                .clone();
+            let ca_pem = sync::read(&self.ca_pem).clone();
             files.push((CA_FILE, ca_pem.into_bytes()));
         }
         let status =
@@ -328,7 +320,7 @@ impl Spool {
     /// Changes what accepted requests' `ca.pem` holds (a phase of a CA rollover); each
     /// request's file follows at its next write, all of them at [`Spool::reconcile`].
     pub fn set_ca_pem(&self, ca_pem: String) {
-        *self.ca_pem.write().unwrap_or_else(|p| p.into_inner()) = ca_pem;
+        *sync::write(&self.ca_pem) = ca_pem;
     }
 
     /// Start-up repair: every request gets a spool that matches it; directories that belong

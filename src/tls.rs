@@ -50,6 +50,7 @@ use rustls::{
 };
 
 use crate::ca;
+use crate::sync;
 
 /// The only application protocol spoken over our TLS listeners.
 const ALPN_HTTP11: &[u8] = b"http/1.1";
@@ -198,21 +199,21 @@ impl ServerCertSlot {
     pub fn replace(&self, chain_pem: &str, key_pem: &str) -> Result<(), TlsError> {
         let fresh = certified_key(chain_pem, key_pem)?;
         // A poisoned lock only means a writer panicked between two whole values.
-        let mut current = self.current.write().unwrap_or_else(|p| p.into_inner());
+        let mut current = sync::write(&self.current);
         *current = fresh;
         Ok(())
     }
 
     /// The leaf certificate in place now (DER).
     pub fn leaf(&self) -> CertificateDer<'static> {
-        let current = self.current.read().unwrap_or_else(|p| p.into_inner());
+        let current = sync::read(&self.current);
         current.cert[0].clone()
     }
 }
 
 impl ResolvesServerCert for ServerCertSlot {
     fn resolve(&self, _hello: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
-        let current = self.current.read().unwrap_or_else(|p| p.into_inner());
+        let current = sync::read(&self.current);
         Some(current.clone())
     }
 }
@@ -287,16 +288,12 @@ impl ClientTrust {
     /// Trusts `anchors` from the next handshake on; on an error nothing changes.
     pub fn replace(&self, anchors: Vec<CertificateDer<'static>>) -> Result<(), TlsError> {
         let fresh = client_verifier(anchors)?;
-        // A poisoned lock only means a writer panicked between two whole values.
-        *self.current.write().unwrap_or_else(|p| p.into_inner()) = fresh;
+        *sync::write(&self.current) = fresh;
         Ok(())
     }
 
     fn verifier(&self) -> Arc<dyn ClientCertVerifier> {
-        self.current
-            .read()
-            .unwrap_or_else(|p| p.into_inner())
-            .clone()
+        sync::read(&self.current).clone()
     }
 }
 

@@ -10,7 +10,6 @@ use super::error::ApiError;
 use super::{Call, Reply};
 use crate::identity::CaFiles;
 use crate::pairing::rollover::{self, RolloverSide, SourceChain, Status};
-use crate::pairing::Actor;
 
 fn source_json(s: &SourceChain) -> Value {
     let mut v = json!({
@@ -83,10 +82,7 @@ pub fn change(call: &Call) -> Result<Reply, ApiError> {
         name: &name,
         fault: app.config.fault,
     };
-    let actor = Actor {
-        user: call.user(),
-        address: call.address(),
-    };
+    let actor = call.actor();
     let (fresh, left) = match phase {
         "start" => (rollover::start(&side, &actor, call.now)?, Vec::new()),
         "finish" => rollover::finish(&side, &actor, call.now)?,

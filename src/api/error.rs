@@ -11,7 +11,7 @@ use crate::spool::SpoolError;
 use crate::store::StoreError;
 
 pub use crate::wire::error::{
-    error_body, raw_error_response, reason, OPEN_REQUEST_OTHER_KEY_CODE, UNTRUSTED_CERT_CODE,
+    error_body, raw_error_response, OPEN_REQUEST_OTHER_KEY_CODE, UNTRUSTED_CERT_CODE,
 };
 
 /// The cause of a 500: logged with its chain under a reference, never shown to the client.

@@ -7,6 +7,7 @@ mod ca;
 pub mod console;
 pub mod error;
 mod pairing;
+mod pending;
 mod replication;
 mod routes;
 mod source;
@@ -35,6 +36,7 @@ use crate::front::{PeerInfo, PeerTable};
 use crate::identity::TargetDirs;
 use crate::model::UnixTime;
 use crate::pairing::source::request::Outgoing;
+use crate::pairing::Actor;
 use crate::spool::Spool;
 use crate::store::Store;
 use crate::tls::{ClientTrust, ServerCertSlot};
@@ -155,6 +157,14 @@ impl Call<'_> {
             .as_ref()
             .map(|s| s.user.clone())
             .unwrap_or_else(|| "-".into())
+    }
+
+    /// Who made the call, for audit rows: the session's user and the peer's address.
+    pub fn actor(&self) -> Actor {
+        Actor {
+            user: self.user(),
+            address: self.address(),
+        }
     }
 }
 

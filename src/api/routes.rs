@@ -7,9 +7,10 @@ use std::borrow::Cow;
 
 use super::body::percent_decode;
 use super::error::ApiError;
+use super::systems::LOCAL_SYSTEM_ID;
 use super::{
-    body, ca, console, pairing, replication, source, spool_files, storage, system, systems, tokens,
-    users, App, Call, Handler, Reply,
+    body, ca, console, pairing, pending, replication, source, spool_files, storage, system,
+    systems, tokens, users, App, Call, Handler, Reply,
 };
 use crate::front::PeerInfo;
 use crate::model::{Privilege, UnixTime};
@@ -47,10 +48,6 @@ impl Route {
         self
     }
 }
-
-/// The id of the local appliance's row in `GET /api/systems`, and the one `sid` value
-/// besides none that an `/api` read accepts.
-pub const LOCAL_SYSTEM_ID: u64 = 1;
 
 const fn route(
     method: &'static str,
@@ -116,7 +113,7 @@ pub fn route_table() -> Vec<Route> {
             "GET",
             "/api/replication/pending",
             Token(Monitor),
-            pairing::pending,
+            pending::pending,
         ),
         route(
             "DELETE",
@@ -400,6 +397,7 @@ pub fn dispatch(app: &App, routes: &[Route], request: Incoming) -> Result<Reply,
                     (None, None) => "",
                 };
                 let session = app.auth.session(token, now)?;
+                app.peers.note_authenticated(peer.addr.ip());
                 session.require(needed)?;
                 Some(session)
             }

@@ -11,17 +11,9 @@ use crate::ca;
 use crate::model::{format_utc, UnixTime};
 use crate::pairing::source::request::{self, Ask, Me, SourceSide};
 use crate::pairing::source::{self};
-use crate::pairing::Actor;
 use crate::remote::LiveSource;
 use crate::store::TargetRecord;
 use crate::wire::token::PairingToken;
-
-fn actor(call: &Call) -> Actor {
-    Actor {
-        user: call.user(),
-        address: call.address(),
-    }
-}
 
 pub fn request_target(call: &Call) -> Result<Reply, ApiError> {
     let body = call.json()?;
@@ -97,7 +89,7 @@ pub fn request_target(call: &Call) -> Result<Reply, ApiError> {
         storage_id,
         token,
     };
-    let record = request::request_target(&side, ask, &actor(call), call.now)?;
+    let record = request::request_target(&side, ask, &call.actor(), call.now)?;
     Ok(Reply::json(
         201,
         json!({
@@ -191,7 +183,7 @@ pub fn forget_target(call: &Call) -> Result<Reply, ApiError> {
     let io = LiveSource {
         dirs: &app.target_dirs,
     };
-    let found = request::forget_target(&app.store, &io, call.param(0), &actor(call), call.now)?;
+    let found = request::forget_target(&app.store, &io, call.param(0), &call.actor(), call.now)?;
     Ok(Reply::json(
         200,
         json!({ "target_id": found.id, "host": found.host, "status": "forgotten" }),

@@ -698,7 +698,7 @@ mod tests {
         let serial = cert.raw_serial();
         assert_eq!(serial.len(), 16);
         assert!(serial[0] & 0x80 == 0 && serial[0] != 0);
-        assert_eq!(issued.serial, crate::rand::hex(serial));
+        assert_eq!(issued.serial, crate::wire::hex::encode(serial));
         assert_eq!(issued.serial.len(), 32);
 
         // Validity as asked.

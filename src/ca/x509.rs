@@ -9,6 +9,8 @@ use x509_parser::certificate::X509Certificate;
 use x509_parser::pem::Pem;
 use x509_parser::prelude::FromDer;
 
+use crate::wire::hex;
+
 /// PEM labels accepted for a certificate.
 pub(super) const CERT_LABELS: &[&str] = &["CERTIFICATE"];
 
@@ -37,18 +39,14 @@ impl std::error::Error for CertError {}
 
 /// SHA-256 of `bytes` as lowercase hex without separators.
 pub fn sha256_hex(bytes: &[u8]) -> String {
-    crate::rand::hex(digest::digest(&digest::SHA256, bytes).as_ref())
+    hex::encode(digest::digest(&digest::SHA256, bytes).as_ref())
 }
 
 /// Accepts a SHA-256 fingerprint in any case, with or without colons (and surrounding
 /// whitespace); returns 64 lowercase hex digits, or `None` for anything else.
 pub fn normalize_fingerprint(input: &str) -> Option<String> {
     let digits: String = input.trim().chars().filter(|c| *c != ':').collect();
-    if digits.len() == 64 && digits.chars().all(|c| c.is_ascii_hexdigit()) {
-        Some(digits.to_ascii_lowercase())
-    } else {
-        None
-    }
+    hex::decode_array::<32>(&digits).map(|d| hex::encode(&d))
 }
 
 /// What the rest of the daemon needs to know about a certificate.
@@ -166,7 +164,7 @@ pub(super) fn serial_hex(raw: &[u8]) -> String {
         .iter()
         .position(|b| *b != 0)
         .unwrap_or(raw.len().saturating_sub(1));
-    crate::rand::hex(&raw[start..])
+    hex::encode(&raw[start..])
 }
 
 /// The DER of the first PEM block whose label is one of `labels`.

@@ -271,7 +271,10 @@ pub(super) const KEYS: &[Key] = &[
         MAX_CONNECTIONS as u64,
         1..=65_536,
         "connection cap per listener, API and tunnel (lowered at start if `LimitNOFILE` cannot \
-         carry both listeners full); past it a connection gets a quick 503",
+         carry both listeners full); past it a connection gets a quick 503. A quarter of it is kept \
+         for addresses that authenticated recently, and addresses of one /24 (IPv6 /64) that \
+         have not may hold an eighth of it (at least twice `max_connections_per_address`): \
+         docs/operations.md, \"Connection slots under a flood\"",
     ),
     Key::number(
         "max_connections_per_address",

@@ -344,15 +344,7 @@ impl Client {
         token: &Secret<String>,
         changes: Option<&Value>,
     ) -> Result<Answer, CtlError> {
-        match changes {
-            Some(body) => self.call(
-                Method::Put,
-                "/api/replication/config",
-                Some(token),
-                Some(body),
-            ),
-            None => self.call(Method::Get, "/api/replication/config", Some(token), None),
-        }
+        self.read_or_change("/api/replication/config", token, changes)
     }
 
     /// The throttle; with `changes`, sets it first.
@@ -361,14 +353,19 @@ impl Client {
         token: &Secret<String>,
         changes: Option<&Value>,
     ) -> Result<Answer, CtlError> {
+        self.read_or_change("/api/replication/throttle", token, changes)
+    }
+
+    /// `GET path`, or with `changes`, `PUT path` with them (a settings object).
+    fn read_or_change(
+        &self,
+        path: &str,
+        token: &Secret<String>,
+        changes: Option<&Value>,
+    ) -> Result<Answer, CtlError> {
         match changes {
-            Some(body) => self.call(
-                Method::Put,
-                "/api/replication/throttle",
-                Some(token),
-                Some(body),
-            ),
-            None => self.call(Method::Get, "/api/replication/throttle", Some(token), None),
+            Some(body) => self.call(Method::Put, path, Some(token), Some(body)),
+            None => self.call(Method::Get, path, Some(token), None),
         }
     }
 

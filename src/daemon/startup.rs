@@ -13,7 +13,7 @@ use crate::ca::{Authority, Ca, CaSet};
 use crate::config::Config;
 use crate::identity::{CaFiles, TargetDirs};
 use crate::jobs::listener_certs::ListenerCertificate;
-use crate::model::{self, Chain, UnixTime};
+use crate::model::{self, Chain, Secret, UnixTime};
 use crate::pairing::rollover;
 use crate::spool::Spool;
 use crate::store::{CaState, Store};
@@ -96,7 +96,7 @@ pub(super) fn prepare(paths: &Paths, config: &Config) -> Result<Prepared, Daemon
         ListenerCertificate::open(&paths.root, &set, "tunnel", config)?,
     ];
     let auth = authenticator(&store, config)?;
-    bootstrap_root(&auth, &store, paths)?;
+    bootstrap_root(&auth, &store, paths, config.admin_password())?;
     Ok(Prepared {
         store,
         system_uuid,
@@ -286,15 +286,21 @@ fn create_first_ca(files: &CaFiles, system_uuid: &str) -> Result<(), DaemonError
     }
 }
 
-/// Creates `root` when the database has no users: the password comes from
-/// `REPLGATE_ADMIN_PASSWORD`, or is generated and written once to a 0600 file.
-fn bootstrap_root(auth: &Authenticator, store: &Store, paths: &Paths) -> Result<(), DaemonError> {
+/// Creates `root` when the database has no users: the password is `given`
+/// (`REPLGATE_ADMIN_PASSWORD`, [`Config::admin_password`]), or is generated and written
+/// once to a 0600 file.
+fn bootstrap_root(
+    auth: &Authenticator,
+    store: &Store,
+    paths: &Paths,
+    given: Option<&Secret<String>>,
+) -> Result<(), DaemonError> {
     let count = store.user_count().map_err(|source| DaemonError::Store {
         action: "count users",
         source,
     })?;
     if count > 0 {
-        if std::env::var_os("REPLGATE_ADMIN_PASSWORD").is_some_and(|p| !p.is_empty()) {
+        if given.is_some() {
             log::warn!(
                 "REPLGATE_ADMIN_PASSWORD ignored: the database in {} already has users; it \
                  only sets root's password at the first start (change a password with \
@@ -304,9 +310,9 @@ fn bootstrap_root(auth: &Authenticator, store: &Store, paths: &Paths) -> Result<
         }
         return Ok(());
     }
-    let password = match std::env::var("REPLGATE_ADMIN_PASSWORD") {
-        Ok(p) if !p.is_empty() => p,
-        _ => {
+    let password = match given {
+        Some(p) => p.expose().clone(),
+        None => {
             let path = paths.admin_password();
             let password = generated_password(&path).map_err(file_error(&path))?;
             log::warn!(
@@ -434,7 +440,7 @@ mod tests {
         for (name, left_by_a_crash) in [("empty", ""), ("blank", " \n")] {
             let (paths, store, auth) = first_start(name);
             std::fs::write(paths.admin_password(), left_by_a_crash).unwrap();
-            bootstrap_root(&auth, &store, &paths).unwrap();
+            bootstrap_root(&auth, &store, &paths, None).unwrap();
             let root = store.user("root").unwrap().unwrap();
             assert!(!crate::auth::verify_password("", &root.password_hash));
             assert!(!crate::auth::verify_password(
@@ -454,7 +460,7 @@ mod tests {
     fn a_written_admin_password_is_reused_after_a_crash_before_the_user_was_created() {
         let (paths, store, auth) = first_start("reuse-password");
         std::fs::write(paths.admin_password(), "kept-from-before\n").unwrap();
-        bootstrap_root(&auth, &store, &paths).unwrap();
+        bootstrap_root(&auth, &store, &paths, None).unwrap();
         let root = store.user("root").unwrap().unwrap();
         assert!(crate::auth::verify_password(
             "kept-from-before",

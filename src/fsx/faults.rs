@@ -11,7 +11,7 @@ use std::sync::Mutex;
 static FAILING_DIR_SYNCS: Mutex<Vec<PathBuf>> = Mutex::new(Vec::new());
 
 fn failing() -> std::sync::MutexGuard<'static, Vec<PathBuf>> {
-    FAILING_DIR_SYNCS.lock().unwrap_or_else(|e| e.into_inner())
+    crate::sync::lock(&FAILING_DIR_SYNCS)
 }
 
 /// Every fsync of the directory `dir` fails until the guard is dropped (the directory

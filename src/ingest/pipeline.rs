@@ -16,15 +16,12 @@ use std::thread::JoinHandle;
 use crate::fsx::{PartialFile, SyncHandle};
 use crate::replication::receiver::{FileSink, Sealed};
 use crate::store::{PartialRecord, Store};
+use crate::sync::{lock, wait};
 
 /// Buffers queued for the writer at most (each one `Data` frame, up to 256 KiB).
 pub const QUEUED: usize = 16;
 /// Written data is handed to writeback after this many bytes.
 const WRITEBACK_EVERY: u64 = 8 * 1024 * 1024;
-
-fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|e| e.into_inner())
-}
 
 enum Job {
     Open(PartialFile),
@@ -76,14 +73,14 @@ impl Mailbox {
             if st.closed {
                 return None;
             }
-            st = self.changed.wait(st).unwrap_or_else(|e| e.into_inner());
+            st = wait(&self.changed, st);
         }
     }
 
     fn idle(&self) {
         let mut st = lock(&self.state);
         while st.running || st.next.is_some() {
-            st = self.changed.wait(st).unwrap_or_else(|e| e.into_inner());
+            st = wait(&self.changed, st);
         }
     }
 

@@ -21,10 +21,7 @@ use crate::replication::feed::{recover_active, Claims, Reserver, StoreFeed};
 use crate::replication::sender::{self, SessionError};
 use crate::replication::{backups, queue, Shared};
 use crate::store::{Store, TargetRecord, TargetStatus};
-
-fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|e| e.into_inner())
-}
+use crate::sync::lock;
 
 /// What the jobs need, built once by the daemon.
 pub struct Context {

@@ -21,6 +21,8 @@ use std::time::{Duration, Instant};
 use rustls::pki_types::ServerName;
 use rustls::{ClientConfig, ClientConnection, StreamOwned};
 
+use crate::model::time_left;
+use crate::sync::lock;
 use crate::wire::chunked::ChunkedReader;
 use crate::wire::response::{read_final_head, BodyFraming, ResponseError, ResponseHead};
 
@@ -186,7 +188,7 @@ impl Client {
 
     fn take_idle(&self) -> Option<BufReader<Stream>> {
         // A poisoned lock only means a thread panicked between two whole pushes or pops.
-        let mut idle = self.idle.lock().unwrap_or_else(|p| p.into_inner());
+        let mut idle = lock(&self.idle);
         while let Some(i) = idle.pop() {
             if i.since.elapsed() < self.timeouts.idle_keep && looks_open(&i.conn) {
                 return Some(i.conn);
@@ -196,7 +198,7 @@ impl Client {
     }
 
     fn put_idle(&self, conn: BufReader<Stream>) {
-        let mut idle = self.idle.lock().unwrap_or_else(|p| p.into_inner());
+        let mut idle = lock(&self.idle);
         if idle.len() < self.timeouts.max_idle {
             idle.push(Idle {
                 conn,
@@ -209,7 +211,7 @@ impl Client {
         let mut last = None;
         let mut sock = None;
         for addr in (self.host.as_str(), self.port).to_socket_addrs()? {
-            let wait = left(deadline)?.min(self.timeouts.connect);
+            let wait = time_left(deadline)?.min(self.timeouts.connect);
             match TcpStream::connect_timeout(&addr, wait) {
                 Ok(s) => {
                     sock = Some(s);
@@ -266,18 +268,6 @@ fn looks_open(conn: &BufReader<Stream>) -> bool {
     alive && sock.set_nonblocking(false).is_ok()
 }
 
-/// The time left until `deadline`, or `TimedOut`.
-fn left(deadline: Instant) -> io::Result<Duration> {
-    let left = deadline.saturating_duration_since(Instant::now());
-    if left.is_zero() {
-        return Err(io::Error::new(
-            io::ErrorKind::TimedOut,
-            "the call took too long",
-        ));
-    }
-    Ok(left)
-}
-
 /// A socket whose reads and writes fail once the call's deadline has passed (each one
 /// is bounded by the socket's own timeout as well).
 struct Timed {
@@ -287,14 +277,14 @@ struct Timed {
 
 impl Read for Timed {
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
-        left(self.deadline)?;
+        time_left(self.deadline)?;
         self.sock.read(buf)
     }
 }
 
 impl Write for Timed {
     fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
-        left(self.deadline)?;
+        time_left(self.deadline)?;
         self.sock.write(buf)
     }
 

@@ -49,6 +49,7 @@ pub use key::Key;
 pub use retry::RetryPolicy;
 pub use upload::{Checkpoint, Completed, MultipartWriter, PartSize};
 
+use crate::wire::hex;
 use crate::{fsx, tls};
 
 /// How long a signed URL stays valid. Each attempt signs afresh; this only has to outlast
@@ -557,16 +558,9 @@ fn unquote(tag: &str) -> String {
         .to_string()
 }
 
-fn parse_digest(hex: &str) -> Option<[u8; 32]> {
-    let hex = hex.trim();
-    if hex.len() != 64 || !hex.is_ascii() {
-        return None;
-    }
-    let mut out = [0u8; 32];
-    for (i, b) in out.iter_mut().enumerate() {
-        *b = u8::from_str_radix(&hex[2 * i..2 * i + 2], 16).ok()?;
-    }
-    Some(out)
+/// A SHA-256 as 64 hex digits (surrounding blanks ignored).
+fn parse_digest(text: &str) -> Option<[u8; 32]> {
+    hex::decode_array(text.trim())
 }
 
 /// `bytes first-last/total` (total may be `*`).

@@ -9,7 +9,7 @@ use super::{
     ObjStore, ObjStoreError, Part, SweepReport, UploadEntry, UploadMarker, MAX_ANSWER, META_SHA256,
     META_UPLOAD, SIGNATURE_LIFETIME,
 };
-use crate::rand;
+use crate::wire::hex;
 
 impl ObjStore {
     /// Starts a multipart upload of `key` marked with `token` (see the module doc), and
@@ -25,7 +25,7 @@ impl ObjStore {
         let k = key.as_str();
         let mut meta = vec![(META_UPLOAD, token.to_string())];
         if let Some(d) = sha256 {
-            meta.push((META_SHA256, rand::hex(d)));
+            meta.push((META_SHA256, hex::encode(d)));
         }
         meta.sort();
         self.run(OP, k, |_| {

@@ -8,11 +8,11 @@ use rusty_s3::S3Action;
 use sha2::{Digest, Sha256};
 
 use super::{
-    corrupt, parse_content_range, parse_digest, unquote, xml_answer, Failure, Key, ObjStore,
+    corrupt, http, parse_content_range, parse_digest, unquote, xml_answer, Failure, Key, ObjStore,
     ObjStoreError, ObjectEntry, ObjectInfo, MAX_ANSWER, MAX_IN_MEMORY, META_SHA256, META_UPLOAD,
     SIGNATURE_LIFETIME,
 };
-use crate::rand;
+use crate::wire::hex;
 
 impl ObjStore {
     /// Stores `bytes` (at most [`MAX_IN_MEMORY`]) at `key` in one request, with their
@@ -30,7 +30,7 @@ impl ObjStore {
                 bytes.len()
             )));
         }
-        let digest = rand::hex(sha256);
+        let digest = hex::encode(sha256);
         let sign = || {
             let mut action = self.bucket.put_object(Some(&self.signer), key.as_str());
             action.headers_mut().insert(META_SHA256, digest.clone());
@@ -136,40 +136,7 @@ impl ObjStore {
                 return Err(Failure::Fail(changed()));
             }
             etag = etag.take().or(this_tag);
-            // Where this answer's bytes end, by its own account.
-            let answer_end = match r.status() {
-                206 => {
-                    let (first, last, _total) = r
-                        .header("content-range")
-                        .and_then(parse_content_range)
-                        .ok_or_else(|| {
-                            Failure::Retry("206 without a usable Content-Range".into())
-                        })?;
-                    if first != pos || end_known.is_some_and(|e| last + 1 != e) {
-                        return Err(Failure::Fail(corrupt(
-                            OP,
-                            k,
-                            format!("asked for bytes from {pos}, got {first}-{last}"),
-                        )));
-                    }
-                    last + 1
-                }
-                // A store that ignores Range answers the whole object: fine for a whole
-                // read from its start.
-                200 if range.is_none() && pos == 0 => r
-                    .header("content-length")
-                    .and_then(|v| v.parse::<u64>().ok())
-                    .ok_or_else(|| {
-                        Failure::Retry("object answer without a Content-Length".into())
-                    })?,
-                other => {
-                    return Err(Failure::Fail(corrupt(
-                        OP,
-                        k,
-                        format!("asked for bytes from {pos}, got status {other}"),
-                    )))
-                }
-            };
+            let answer_end = answer_end(&r, k, pos, end_known, range.is_none())?;
             end_known = Some(answer_end);
             let from = pos;
             // A cut after some bytes arrived does not count against the budget: a long
@@ -322,4 +289,46 @@ impl ObjStore {
             }
         }
     }
+}
+
+/// Where the bytes of a read's answer `r` end, by its own account: a `206`'s
+/// `Content-Range`, which must start at `pos` (and end at `end_known`, when known), or a
+/// `200`'s length when a `whole` read from the start got the whole object.
+fn answer_end(
+    r: &http::Response<'_>,
+    k: &str,
+    pos: u64,
+    end_known: Option<u64>,
+    whole: bool,
+) -> Result<u64, Failure> {
+    const OP: &str = "get object";
+    Ok(match r.status() {
+        206 => {
+            let (first, last, _total) = r
+                .header("content-range")
+                .and_then(parse_content_range)
+                .ok_or_else(|| Failure::Retry("206 without a usable Content-Range".into()))?;
+            if first != pos || end_known.is_some_and(|e| last + 1 != e) {
+                return Err(Failure::Fail(corrupt(
+                    OP,
+                    k,
+                    format!("asked for bytes from {pos}, got {first}-{last}"),
+                )));
+            }
+            last + 1
+        }
+        // A store that ignores Range answers the whole object: fine for a whole
+        // read from its start.
+        200 if whole && pos == 0 => r
+            .header("content-length")
+            .and_then(|v| v.parse::<u64>().ok())
+            .ok_or_else(|| Failure::Retry("object answer without a Content-Length".into()))?,
+        other => {
+            return Err(Failure::Fail(corrupt(
+                OP,
+                k,
+                format!("asked for bytes from {pos}, got status {other}"),
+            )))
+        }
+    })
 }

@@ -74,7 +74,7 @@ fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
 
 /// The stored form of a token: SHA-256 of its whole text, lowercase hex.
 pub fn token_hash(token: &PairingToken) -> String {
-    crate::rand::hex(&crate::auth::token_hash(token.expose()))
+    crate::wire::hex::encode(&crate::auth::token_hash(token.expose()))
 }
 
 /// The one check of a presented token against the stored one (`found`, looked up by the

@@ -16,6 +16,7 @@ use std::time::{Duration, Instant};
 use rustls::pki_types::ServerName;
 use rustls::{ClientConfig, ClientConnection, StreamOwned};
 
+use crate::model::time_left;
 use crate::wire::chunked::ChunkedReader;
 use crate::wire::http::split_authority;
 use crate::wire::response::{read_final_head, BodyFraming, ResponseError};
@@ -179,7 +180,7 @@ impl Client {
 fn connect(host: &str, port: u16, deadline: Instant) -> Result<TcpStream, HttpError> {
     let mut last = None;
     for addr in (host, port).to_socket_addrs()? {
-        let wait = left(deadline)?.min(CONNECT_TIMEOUT);
+        let wait = time_left(deadline)?.min(CONNECT_TIMEOUT);
         match TcpStream::connect_timeout(&addr, wait) {
             Ok(s) => {
                 s.set_nodelay(true)?;
@@ -196,18 +197,6 @@ fn connect(host: &str, port: u16, deadline: Instant) -> Result<TcpStream, HttpEr
     })))
 }
 
-/// The time left until `deadline`, or `TimedOut`.
-fn left(deadline: Instant) -> io::Result<Duration> {
-    let left = deadline.saturating_duration_since(Instant::now());
-    if left.is_zero() {
-        return Err(io::Error::new(
-            io::ErrorKind::TimedOut,
-            "the call took too long",
-        ));
-    }
-    Ok(left)
-}
-
 /// A socket whose every read and write ends by the call's deadline.
 struct Timed {
     sock: TcpStream,
@@ -216,14 +205,16 @@ struct Timed {
 
 impl Read for Timed {
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
-        self.sock.set_read_timeout(Some(left(self.deadline)?))?;
+        self.sock
+            .set_read_timeout(Some(time_left(self.deadline)?))?;
         self.sock.read(buf)
     }
 }
 
 impl Write for Timed {
     fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
-        self.sock.set_write_timeout(Some(left(self.deadline)?))?;
+        self.sock
+            .set_write_timeout(Some(time_left(self.deadline)?))?;
         self.sock.write(buf)
     }
 

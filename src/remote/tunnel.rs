@@ -14,6 +14,7 @@ use rustls::pki_types::ServerName;
 use rustls::ClientConnection;
 
 use crate::ca::CertError;
+use crate::sync::lock;
 use crate::tls::TlsError;
 use crate::wire::chunked::{ChunkedReader, ChunkedWriter};
 
@@ -80,10 +81,6 @@ const SOCKET_WRITE: usize = 64 * 1024;
 const MAX_ERROR_BODY: usize = 16 * 1024;
 /// The most of a response head read.
 const MAX_HEAD: usize = 16 * 1024;
-
-fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|e| e.into_inner())
-}
 
 /// The TLS state both halves share.
 struct Shared {

@@ -31,15 +31,13 @@ use super::receiver::chunk_for;
 use super::sender::{Claimed, Feed};
 use crate::model::{Chain, UnixTime};
 use crate::store::{ItemStatus, QueueItem, Store, StoreError, Strategy, Txn};
+use crate::sync::{lock, wait};
+use crate::wire::hex;
 
 /// Items claimed at once by a session (one durable reservation per batch).
 pub const CLAIM_BATCH: usize = 32;
 /// Lazy (non-durable) bookkeeping is made durable at least this often.
 pub const FLUSH_EVERY: Duration = Duration::from_secs(1);
-
-fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|e| e.into_inner())
-}
 
 /// Items left `active` by a process that stopped (a crash, a kill) wait again: their
 /// transfer resumes from what the target holds.
@@ -158,7 +156,7 @@ impl Reserver {
         let (m, c) = &*self.state;
         let mut st = lock(m);
         while st.persisted.get(&id).copied().unwrap_or(u64::MAX) < total && st.pending > 0 {
-            st = c.wait(st).unwrap_or_else(|e| e.into_inner());
+            st = wait(c, st);
         }
     }
 
@@ -167,7 +165,7 @@ impl Reserver {
         let (m, c) = &*self.state;
         let mut st = lock(m);
         while st.pending > 0 {
-            st = c.wait(st).unwrap_or_else(|e| e.into_inner());
+            st = wait(c, st);
         }
         st.persisted.remove(&id);
     }
@@ -320,17 +318,6 @@ impl<'a> StoreFeed<'a> {
     }
 }
 
-fn parse_digest(hex: &str) -> Option<[u8; 32]> {
-    if hex.len() != 64 {
-        return None;
-    }
-    let mut out = [0u8; 32];
-    for (i, o) in out.iter_mut().enumerate() {
-        *o = u8::from_str_radix(hex.get(2 * i..2 * i + 2)?, 16).ok()?;
-    }
-    Some(out)
-}
-
 impl Feed for StoreFeed<'_> {
     fn next(&mut self) -> Option<Claimed> {
         loop {
@@ -350,7 +337,7 @@ impl Feed for StoreFeed<'_> {
                 item_id: item.id,
                 backup,
                 version: item.version,
-                known_sha256: item.sha256.as_deref().and_then(parse_digest),
+                known_sha256: item.sha256.as_deref().and_then(hex::decode_array),
             });
         }
     }

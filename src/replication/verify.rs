@@ -17,10 +17,7 @@ use super::names::BackupName;
 use crate::fsx;
 use crate::model::UnixTime;
 use crate::store::{Store, StoreError};
-
-fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|e| e.into_inner())
-}
+use crate::sync::lock;
 
 /// Where a source's verify stands.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -148,7 +145,7 @@ pub fn file_sha256(path: &std::path::Path) -> std::io::Result<(String, u64)> {
     let mut h = Sha256::new(&SHA256);
     let mut buf = vec![0u8; 256 * 1024];
     fsx::read_prefix(&mut f, meta.len(), &mut buf, |b| h.update(b))?;
-    Ok((crate::rand::hex(h.finish().as_ref()), meta.len()))
+    Ok((crate::wire::hex::encode(h.finish().as_ref()), meta.len()))
 }
 
 /// Verifies the copies of `job` one by one, recording each against its row; returns early

@@ -14,8 +14,8 @@ use super::error::TunnelHttpError;
 use super::{BodyLimit, Route, Server};
 use crate::model::{self, UnixTime};
 use crate::wire::chunked::{ChunkedReader, ChunkedWriter};
-use crate::wire::error::reason;
 use crate::wire::http::{self, BodyFraming, RequestHead};
+use crate::wire::response::reason;
 
 /// A body left unread by its handler is drained up to this much to keep the connection;
 /// past it the connection closes after the response.

@@ -212,16 +212,20 @@ pub fn spawn<S: Send + Sync + 'static>(
         }
     }
     let connections = server.limits.connections.clone();
-    listener::spawn(endpoint, connections, Arc::new(server))
+    let known = listener::KnownAddresses::new();
+    listener::spawn(endpoint, connections, Arc::new(server), known)
 }
 
 impl<S: Send + Sync + 'static> Service for Server<S> {
     fn serve(&self, conn: listener::Conn<'_>) {
+        // The handshake authenticated the peer (a verified, unrevoked certificate of our
+        // CA), so the first-request deadline of strangers does not apply.
         let listener::Conn {
             tls,
             sock,
             peer: addr,
             control,
+            first_request_by: _,
         } = conn;
         // The verifier required and checked a certificate; without one there is no peer.
         let Some(cert) = tls.peer_certificates().and_then(|c| c.first()).cloned() else {
@@ -238,6 +242,8 @@ impl<S: Send + Sync + 'static> Service for Server<S> {
                 return;
             }
         };
+        // A paired source: its next connections may use the reserved slots.
+        control.note_authenticated(addr.ip());
         let peer = Peer { addr, serial, cert };
         let conn = match conn::Conn::new(
             tls,

@@ -63,7 +63,7 @@ fn sink(_: &TestState, call: &mut Call<'_>) -> Result<Reply, TunnelHttpError> {
         digest.update(&buf[..n]);
         total += n as u64;
     }
-    let value = serde_json::json!({ "bytes": total, "sha256": hex(digest.finish().as_ref()) });
+    let value = serde_json::json!({ "bytes": total, "sha256": crate::wire::hex::encode(digest.finish().as_ref()) });
     Ok(Reply::json(200, &value))
 }
 
@@ -142,10 +142,6 @@ impl Read for Generator {
     }
 }
 
-fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
-}
-
 fn sha256_of(mut reader: impl Read) -> (u64, String) {
     let mut digest = ring::digest::Context::new(&ring::digest::SHA256);
     let mut buf = vec![0u8; BLOCK];
@@ -158,7 +154,7 @@ fn sha256_of(mut reader: impl Read) -> (u64, String) {
         digest.update(&buf[..n]);
         total += n as u64;
     }
-    (total, hex(digest.finish().as_ref()))
+    (total, crate::wire::hex::encode(digest.finish().as_ref()))
 }
 
 /// A running tunnel server on 127.0.0.1 with its own store.

@@ -1,9 +1,11 @@
-//! HTTP/1.1 response heads, as a client reads them: the status line and header fields of
+//! HTTP/1.1 response heads. As a client reads them: the status line and header fields of
 //! one answer (at most [`MAX_HEAD`] bytes and [`MAX_HEADERS`] fields), interim `1xx`
 //! answers skipped, and how the body that follows is framed. Shared by the two clients
 //! (`remote::http`, one call per connection, and `objstore`, which keeps connections
 //! alive); the body itself is read by the caller, through `wire::chunked` when chunked.
-//! Reads from any `BufRead`; no sockets, no clock.
+//! Reads from any `BufRead`; no sockets, no clock. As the servers write them: the reason
+//! phrases ([`reason`]) and [`write_response_head`], used by the front, the spool
+//! answerer, the tunnel and the error body's raw responses.
 
 use std::fmt;
 use std::io::{self, BufRead, Read};
@@ -177,9 +179,65 @@ pub fn read_head(r: &mut impl BufRead) -> Result<ResponseHead, ResponseError> {
     }
 }
 
+/// Reason phrase for the statuses this daemon sends.
+pub fn reason(status: u16) -> &'static str {
+    match status {
+        200 => "OK",
+        201 => "Created",
+        202 => "Accepted",
+        304 => "Not Modified",
+        400 => "Bad Request",
+        401 => "Unauthorized",
+        403 => "Forbidden",
+        404 => "Not Found",
+        405 => "Method Not Allowed",
+        408 => "Request Timeout",
+        409 => "Conflict",
+        411 => "Length Required",
+        412 => "Precondition Failed",
+        413 => "Content Too Large",
+        417 => "Expectation Failed",
+        429 => "Too Many Requests",
+        431 => "Request Header Fields Too Large",
+        500 => "Internal Server Error",
+        502 => "Bad Gateway",
+        503 => "Service Unavailable",
+        _ => "Error",
+    }
+}
+
+/// Appends a response head to `out`: status line with the reason phrase of
+/// [`reason`], `headers` in order, `Content-Length`, blank line. The
+/// caller appends the body (or not, for `HEAD`, 304 and 1xx).
+pub fn write_response_head(
+    out: &mut Vec<u8>,
+    status: u16,
+    headers: &[(&str, &str)],
+    content_length: usize,
+) {
+    use std::io::Write;
+    let reason = reason(status);
+    // Writing into a Vec cannot fail.
+    let _ = write!(out, "HTTP/1.1 {status} {reason}\r\n");
+    for (name, value) in headers {
+        let _ = write!(out, "{name}: {value}\r\n");
+    }
+    let _ = write!(out, "Content-Length: {content_length}\r\n\r\n");
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn response_heads_are_written_in_order_with_their_length() {
+        let mut out = Vec::new();
+        write_response_head(&mut out, 304, &[("ETag", "\"x\""), ("A", "b")], 0);
+        assert_eq!(
+            out,
+            b"HTTP/1.1 304 Not Modified\r\nETag: \"x\"\r\nA: b\r\nContent-Length: 0\r\n\r\n"
+        );
+    }
 
     fn head(bytes: &[u8]) -> ResponseHead {
         read_final_head(&mut &bytes[..]).unwrap()

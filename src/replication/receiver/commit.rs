@@ -9,14 +9,14 @@ use std::path::PathBuf;
 use std::sync::mpsc::{self, Receiver, Sender};
 use std::time::Duration;
 
-use super::session::Session;
-use super::sink::{FileSink, Sealed};
-use super::{client_dir, drop_partial, hex, Context, Refusal, Source};
+use super::sink::FileSink;
+use super::state::{CommitQueue, Committed, Session, ToCommit};
+use super::{client_dir, drop_partial, Context, Refusal, Source};
 use crate::fsx::{self, PartialFile};
 use crate::model::UnixTime;
 use crate::replication::live::Event;
-use crate::replication::names::BackupName;
 use crate::store::{PartialRecord, ReceivedRecord, Store, StoreError};
+use crate::wire::hex;
 use crate::wire::transfer::{Code, Frame, Outcome};
 
 /// A group of verified files is committed once it holds this many files, or bytes, or
@@ -24,28 +24,6 @@ use crate::wire::transfer::{Code, Frame, Outcome};
 pub(super) const GROUP_FILES: usize = 64;
 pub(super) const GROUP_BYTES: u64 = 64 * 1024 * 1024;
 pub(super) const GROUP_WAIT: Duration = Duration::from_millis(50);
-
-/// A verified file on its way into place: sealed (fsynced) by the sink, then committed
-/// with its group on the committer thread.
-pub struct ToCommit {
-    pub seq: u32,
-    pub name: BackupName,
-    pub size: u64,
-    pub version: i64,
-    pub sha256: [u8; 32],
-    pub started: UnixTime,
-    pub sealed: Sealed,
-}
-
-/// What the committer says of one file: in place and recorded, or why not.
-pub type Committed = (u32, Result<(), Refusal>);
-
-/// The session's end of the line to its committer: groups go out, results come back.
-pub struct CommitQueue {
-    /// None once the session handed over its last group (the committer then ends).
-    pub(super) groups: Option<Sender<Vec<ToCommit>>>,
-    pub(super) results: Receiver<Vec<Committed>>,
-}
 
 /// The committer's end: [`Committer::run`] commits each group the session hands over.
 pub struct Committer {
@@ -149,7 +127,7 @@ impl<W: Write, S: FileSink> Session<'_, '_, W, S> {
                             self.ctx.peer,
                             offer.name,
                             offer.size,
-                            hex(&sha256)
+                            hex::encode(&sha256)
                         );
                         self.send(&Frame::Outcome {
                             seq,
@@ -208,7 +186,7 @@ pub fn commit(
                     offset: f.size,
                     started: f.started,
                     updated: now,
-                    verified_sha256: Some(hex(&f.sha256)),
+                    verified_sha256: Some(hex::encode(&f.sha256)),
                 },
             )?;
         }
@@ -247,7 +225,7 @@ pub fn commit(
                     backup: f.name.as_str().to_string(),
                     storage_id,
                     size: f.size,
-                    sha256: hex(&f.sha256),
+                    sha256: hex::encode(&f.sha256),
                     version: f.version,
                     received: now,
                     verified: None,
@@ -312,6 +290,7 @@ fn sync_dirs(
 mod tests {
     use super::super::{partial_path, Scratch};
     use super::*;
+    use crate::replication::names::BackupName;
 
     /// A verified file of `client/file` as the sink hands it to the committer: written
     /// under its partial name and fsynced.

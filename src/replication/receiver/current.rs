@@ -6,45 +6,25 @@
 
 use std::fmt;
 use std::io::{self, Write};
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use ring::digest::{Context as Sha256, SHA256};
 
-use super::commit::{ToCommit, GROUP_BYTES, GROUP_FILES};
-use super::offer::{Decided, Offered};
-use super::session::Session;
+use super::commit::{GROUP_BYTES, GROUP_FILES};
 use super::sink::FileSink;
+use super::state::{Current, Decided, Session, ToCommit};
 use super::{
-    chunk_for, client_dir, digest_of, drop_partial, hex, partial_path, window_for, ReceiveError,
-    Source,
+    chunk_for, client_dir, digest_of, drop_partial, partial_path, window_for, ReceiveError, Source,
 };
 use crate::fsx::{self, PartialFile};
 use crate::model::UnixTime;
-use crate::replication::live::{Event, Incoming, Registered};
-use crate::replication::names::BackupName;
+use crate::replication::live::Event;
 use crate::store::{PartialRecord, StoreError};
+use crate::wire::hex;
 use crate::wire::transfer::{Code, Frame, Outcome, MAX_DATA};
 
 /// A checkpoint also happens after this long without one, while bytes arrive.
 const CHECKPOINT_AFTER: Duration = Duration::from_secs(1);
-
-/// The file being received; its bytes go to the session's [`FileSink`], which holds it.
-pub(super) struct Current<'l> {
-    pub(super) seq: u32,
-    pub(super) offer: Offered<'l>,
-    pub(super) hasher: Sha256,
-    pub(super) written: u64,
-    /// The durable offset recorded in the database (0: no row yet).
-    pub(super) recorded: u64,
-    /// The durable offset last confirmed to the source (`Frame::Durable`).
-    pub(super) confirmed: u64,
-    pub(super) next_checkpoint: u64,
-    pub(super) last_checkpoint: Instant,
-    pub(super) started: UnixTime,
-    pub(super) incoming: Arc<Incoming>,
-    pub(super) _registered: Registered<'l>,
-}
 
 /// Why the open file could not be made durable and recorded now.
 #[derive(Debug)]
@@ -335,28 +315,6 @@ impl<W: Write, S: FileSink> Session<'_, '_, W, S> {
         self.report_failure(cur.seq, &cur.offer.name, code, &message);
     }
 
-    pub(super) fn report_failure(
-        &mut self,
-        seq: u32,
-        name: &BackupName,
-        code: Code,
-        message: &str,
-    ) {
-        log::warn!(
-            "replication from system {} at {}: transfer of {name} failed: {message}",
-            self.source.system_id,
-            self.ctx.peer
-        );
-        self.poisoned = Some(seq);
-        self.summary.failed += 1;
-        self.ctx.live.count(Event::ReceiveFailed);
-        self.send(&Frame::Outcome {
-            seq,
-            outcome: Outcome::Failed { code, message },
-        });
-        self.flush();
-    }
-
     pub(super) fn end(&mut self, seq: u32, sha256: [u8; 32]) -> Result<(), ReceiveError> {
         if self.poisoned == Some(seq) {
             self.poisoned = None;
@@ -386,8 +344,8 @@ impl<W: Write, S: FileSink> Session<'_, '_, W, S> {
             let m = format!(
                 "SHA-256 mismatch for {}: the source computed {}, the target {}; the copy was discarded",
                 cur.offer.name,
-                hex(&sha256),
-                hex(&ours)
+                hex::encode(&sha256),
+                hex::encode(&ours)
             );
             self.current = Some(cur);
             self.fail_current(Code::DigestMismatch, m);

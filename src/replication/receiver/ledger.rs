@@ -11,14 +11,11 @@ use std::sync::Mutex;
 use super::{Refusal, Source};
 use crate::replication::names::BackupName;
 use crate::store::StoreError;
+use crate::sync::lock;
 use crate::wire::transfer::Code;
 
 /// Free space left untouched on a storage, beyond what accepted files will use.
 pub const SPACE_MARGIN: u64 = 16 * 1024 * 1024;
-
-fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|e| e.into_inner())
-}
 
 /// A session refused by [`Ledger::admit`]: the source holds its share of sessions now.
 #[derive(Debug, PartialEq, Eq)]

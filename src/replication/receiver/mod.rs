@@ -9,10 +9,10 @@
 //! free space are checked when a file is offered, before any byte of it moves (`offer`,
 //! `ledger`).
 //!
-//! The session (`session`, with `offer`, `current` and `commit`) is plain code over a
-//! `Read`/`Write` pair: the open file's bytes go to a [`FileSink`] and verified groups to a
-//! [`Committer`], which the daemon runs on threads of their own (`ingest`), and files are
-//! touched only through `fsx`. `repair` runs at start.
+//! The session (`session`'s loop over `offer`, `current` and `commit`, which share
+//! `state`) is plain code over a `Read`/`Write` pair: the open file's bytes go to a
+//! [`FileSink`] and verified groups to a [`Committer`], which the daemon runs on threads of
+//! their own (`ingest`), and files are touched only through `fsx`. `repair` runs at start.
 
 mod commit;
 mod current;
@@ -21,19 +21,21 @@ mod offer;
 mod repair;
 mod session;
 mod sink;
+mod state;
 
 use std::fmt;
 use std::path::{Path, PathBuf};
 
 use ring::digest::{Context as Sha256, SHA256};
 
-pub use commit::{channel as commit_channel, commit, CommitQueue, Committed, Committer, ToCommit};
+pub use commit::{channel as commit_channel, commit, Committer};
 pub use ledger::{
     Admission, Busy, Ledger, Reservation, MAX_SESSIONS, SESSIONS_SHARED, SPACE_MARGIN,
 };
 pub use repair::{repair, Repair};
 pub use session::{serve, turn_away};
 pub use sink::{FileSink, Sealed};
+pub use state::{CommitQueue, Committed, ToCommit};
 
 use super::live::Live;
 use super::names::{check_component, BackupName};
@@ -50,10 +52,6 @@ pub const PARTIAL_SUFFIX: &str = ".replgate-part";
 pub const MAX_WANTS: usize = 1_000;
 /// Most offers a source may have outstanding (offered, not yet started or skipped).
 pub const MAX_OUTSTANDING: usize = 256;
-
-fn hex(d: &[u8]) -> String {
-    crate::rand::hex(d)
-}
 
 /// Why the target turns a file or a session away, as the source is told: a code it acts
 /// on (`queue::attempt_for`) and a message for its admin.
@@ -217,17 +215,6 @@ fn digest_of(h: &Sha256) -> [u8; 32] {
     let mut out = [0u8; 32];
     out.copy_from_slice(h.clone().finish().as_ref());
     out
-}
-
-fn parse_digest(hex: &str) -> Option<[u8; 32]> {
-    if hex.len() != 64 {
-        return None;
-    }
-    let mut out = [0u8; 32];
-    for (i, o) in out.iter_mut().enumerate() {
-        *o = u8::from_str_radix(hex.get(2 * i..2 * i + 2)?, 16).ok()?;
-    }
-    Some(out)
 }
 
 /// The SHA-256 state over the first `len` bytes of the partial at `path`, if it holds them.

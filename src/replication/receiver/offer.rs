@@ -5,37 +5,17 @@
 
 use std::io::Write;
 
-use ring::digest::Context as Sha256;
-
-use super::ledger::Reservation;
-use super::session::Session;
 use super::sink::FileSink;
+use super::state::{Decided, Offered, Session};
 use super::{
-    client_dir, digest_of, drop_partial, parse_digest, partial_path, prefix_hash, ReceiveError,
-    Refusal, MAX_OUTSTANDING,
+    client_dir, digest_of, drop_partial, partial_path, prefix_hash, ReceiveError, Refusal,
+    MAX_OUTSTANDING,
 };
 use crate::fsx;
 use crate::replication::names::BackupName;
 use crate::store::StoreError;
+use crate::wire::hex;
 use crate::wire::transfer::{Code, Decision, Frame};
-
-/// What the target holds of an offered file.
-pub(super) enum Decided {
-    New,
-    Resume { offset: u64, hasher: Box<Sha256> },
-    Have,
-}
-
-/// An offer the target accepted, holding its reservation until it ends.
-pub(super) struct Offered<'l> {
-    pub(super) name: BackupName,
-    pub(super) size: u64,
-    pub(super) version: i64,
-    pub(super) decided: Decided,
-    /// What the file adds to the source's stored bytes once committed.
-    pub(super) grows: u64,
-    pub(super) reservation: Reservation<'l>,
-}
 
 impl<'l, W: Write, S: FileSink> Session<'_, 'l, W, S> {
     pub(super) fn offer(
@@ -80,7 +60,7 @@ impl<'l, W: Write, S: FileSink> Session<'_, 'l, W, S> {
                             .received_one(&self.source.uuid, name.as_str())
                             .ok()
                             .flatten()
-                            .and_then(|r| parse_digest(&r.sha256))
+                            .and_then(|r| hex::decode_array(&r.sha256))
                             .unwrap_or([0; 32]);
                         Decision::Have { sha256: sha }
                     }

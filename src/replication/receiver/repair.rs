@@ -4,12 +4,13 @@
 use std::collections::HashSet;
 use std::path::{Path, PathBuf};
 
-use super::{digest_of, hex, partial_path, prefix_hash, PARTIAL_SUFFIX};
+use super::{digest_of, partial_path, prefix_hash, PARTIAL_SUFFIX};
 use crate::config::Storage;
 use crate::fsx;
 use crate::model::UnixTime;
 use crate::replication::names::{check_component, BackupName};
 use crate::store::{ReceivedRecord, Store, StoreError};
+use crate::wire::hex;
 
 /// What the start-up repair did.
 /// What the start-up repair did.
@@ -59,7 +60,7 @@ pub fn repair(store: &Store, storages: &[Storage], now: UnixTime) -> Result<Repa
                 log::error!("repair: fsync of {}: {e}", dir.display());
                 continue;
             }
-            let actual = prefix_hash(&target, p.size).map(|h| hex(&digest_of(&h)));
+            let actual = prefix_hash(&target, p.size).map(|h| hex::encode(&digest_of(&h)));
             let p2 = p.clone();
             store.write(|tx| {
                 if actual.as_deref() == Some(sha.as_str()) {

@@ -1,42 +1,17 @@
-//! One receiving session's state and its frame loop: greet, then take the source's frames
-//! in order (offers in `offer.rs`, the open file's in `current.rs`, verified files to the
-//! group commit in `commit.rs`) until `Finish`, a break, or a protocol error.
+//! One receiving session's frame loop: greet, then take the source's frames in order
+//! (offers in `offer.rs`, the open file's in `current.rs`, verified files to the group
+//! commit in `commit.rs`, the state they share in `state.rs`) until `Finish`, a break, or
+//! a protocol error.
 
 use std::collections::HashMap;
 use std::io::{Read, Write};
-use std::time::Instant;
 
-use super::commit::{CommitQueue, ToCommit, GROUP_WAIT};
-use super::current::Current;
-use super::offer::Offered;
+use super::commit::GROUP_WAIT;
 use super::sink::FileSink;
+use super::state::{CommitQueue, Session};
 use super::{client_dir, drop_partial, Context, ReceiveError, Refusal, Source, Summary, MAX_WANTS};
 use crate::replication::stream::{FrameReader, FrameWriter, StreamError};
-use crate::wire::transfer::{Code, Decision, Frame};
-
-/// One session's state on the target.
-pub(super) struct Session<'c, 'l, W: Write, S: FileSink> {
-    pub(super) ctx: &'c Context<'l>,
-    pub(super) source: &'c Source,
-    pub(super) out: FrameWriter<W>,
-    /// False once writing to the source failed; work still finishes durably.
-    pub(super) out_ok: bool,
-    pub(super) offered: HashMap<u32, Offered<'l>>,
-    pub(super) last_seq: Option<u32>,
-    pub(super) current: Option<Current<'l>>,
-    /// Writes the current file (the daemon's on threads of its own).
-    pub(super) sink: S,
-    /// The current file failed already; its remaining frames are ignored.
-    pub(super) poisoned: Option<u32>,
-    /// Verified files not yet handed to the committer.
-    pub(super) group: Vec<ToCommit>,
-    pub(super) group_bytes: u64,
-    pub(super) group_since: Option<Instant>,
-    /// Files the committer has, by sequence number, with their reservations.
-    pub(super) committing: HashMap<u32, (Offered<'l>, [u8; 32])>,
-    pub(super) commits: CommitQueue,
-    pub(super) summary: Summary,
-}
+use crate::wire::transfer::{Code, Frame};
 
 /// Runs one session: frames in from `input`, decisions and outcomes out to `output`,
 /// until the source finishes, the stream breaks or the source breaks the protocol. The
@@ -123,18 +98,6 @@ pub fn turn_away(output: impl Write, refusal: Refusal) -> Summary {
 }
 
 impl<W: Write, S: FileSink> Session<'_, '_, W, S> {
-    pub(super) fn send(&mut self, frame: &Frame<'_>) {
-        if self.out_ok && self.out.send(frame).is_err() {
-            self.out_ok = false;
-        }
-    }
-
-    pub(super) fn flush(&mut self) {
-        if self.out_ok && self.out.flush().is_err() {
-            self.out_ok = false;
-        }
-    }
-
     /// Tells the source which copies it should send again (damaged, per a verify), then
     /// that offers will be answered.
     fn greet(&mut self) {
@@ -158,16 +121,6 @@ impl<W: Write, S: FileSink> Session<'_, '_, W, S> {
         }
         self.send(&Frame::Ready);
         self.flush();
-    }
-
-    /// Ends the session: tells the source why (`Fatal`) and returns it as the error.
-    pub(super) fn fatal(&mut self, code: Code, message: String) -> Result<(), ReceiveError> {
-        self.send(&Frame::Fatal {
-            code,
-            message: &message,
-        });
-        self.flush();
-        Err(ReceiveError::Fatal(Refusal::new(code, message)))
     }
 
     fn run<R: Read>(&mut self, reader: &mut FrameReader<R>) -> Result<(), ReceiveError> {
@@ -212,18 +165,6 @@ impl<W: Write, S: FileSink> Session<'_, '_, W, S> {
                 }
             }
         }
-    }
-
-    pub(super) fn refuse(&mut self, seq: u32, code: Code, message: &str) {
-        log::info!(
-            "replication from system {} at {}: offer {seq} refused: {message}",
-            self.source.system_id,
-            self.ctx.peer
-        );
-        self.send(&Frame::Decision {
-            seq,
-            decision: Decision::Refuse { code, message },
-        });
     }
 
     fn skip(&mut self, seq: u32) -> Result<(), ReceiveError> {

@@ -27,6 +27,7 @@ use super::queue::{attempt_for, Attempt};
 use super::receiver::window_for;
 use super::stream::FrameWriter;
 use crate::fsx::{self, ReadFile};
+use crate::wire::hex;
 use crate::wire::transfer::{self, Code, Frame, HEADER_LEN, MAX_DATA};
 
 /// Offers outstanding at once (offered, no decision acted on yet). Enough to cover a
@@ -150,10 +151,6 @@ struct Session<'a, 'f, F: Feed, W: Write> {
     current: Option<(u64, u64)>,
     /// The most the target confirmed durable of a started file (sequence, offset).
     durable: Option<(u32, u64)>,
-}
-
-fn hex(d: &[u8]) -> String {
-    crate::rand::hex(d)
 }
 
 fn digest(h: &Sha256) -> [u8; 32] {
@@ -389,14 +386,14 @@ impl<'a, F: Feed, W: Write> Session<'a, '_, F, W> {
                             self.ctx.target,
                             a.claimed.backup,
                             a.claimed.item_id,
-                            hex(&sha256)
+                            hex::encode(&sha256)
                         );
                         self.ctx.live.count(Event::Finished);
                         self.summary.done += 1;
                         self.feed.finished(
                             a.claimed.item_id,
                             Attempt::Done {
-                                sha256: hex(&sha256),
+                                sha256: hex::encode(&sha256),
                                 skipped: false,
                             },
                             a.sent,
@@ -518,7 +515,7 @@ impl<'a, F: Feed, W: Write> Session<'a, '_, F, W> {
                     self.feed.finished(
                         id,
                         Attempt::Done {
-                            sha256: hex(&sha256),
+                            sha256: hex::encode(&sha256),
                             skipped: true,
                         },
                         0,
