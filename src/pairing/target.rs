@@ -97,6 +97,7 @@ pub fn source_row(
             request_id: Some(request.id),
             asset_tag: request.asset_tag.clone(),
             quota_mb: None,
+            retention: None,
         },
     }
 }
@@ -533,6 +534,7 @@ pub fn register_managed(
             request_id: None,
             asset_tag: asset_tag.map(String::from),
             quota_mb: None,
+            retention: None,
         };
         tx.put_system(&row)?;
         tx.audit(&actor.audit(
