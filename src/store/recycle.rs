@@ -40,6 +40,9 @@ pub struct RecycleRecord {
     pub received: UnixTime,
     #[serde(default)]
     pub verified: Option<UnixTime>,
+    /// A verify's damage mark, carried along so a restored copy is still fetched again.
+    #[serde(default)]
+    pub damaged: Option<String>,
     /// When retention moved it here.
     pub removed: UnixTime,
     #[serde(default)]
@@ -129,6 +132,7 @@ mod tests {
             version: 5,
             received: 100,
             verified: None,
+            damaged: None,
             removed: 200,
             state: RecycleState::Binned,
         }
