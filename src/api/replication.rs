@@ -457,7 +457,7 @@ pub fn put_throttle(call: &Call) -> Result<Reply, ApiError> {
 }
 
 /// The paired source `sid` names, with its uuid and storage.
-fn source_of(call: &Call) -> Result<(u64, String, crate::config::Storage), ApiError> {
+pub(super) fn source_of(call: &Call) -> Result<(u64, String, crate::config::Storage), ApiError> {
     let sid = parse_id(
         "sid",
         call.query("sid")
@@ -478,7 +478,7 @@ fn source_of(call: &Call) -> Result<(u64, String, crate::config::Storage), ApiEr
     Ok((sid, uuid, storage))
 }
 
-fn received_json(r: &ReceivedRecord) -> Value {
+pub(super) fn received_json(r: &ReceivedRecord) -> Value {
     let mut v = json!({
         "backup": r.backup,
         "client": r.backup.split('/').next().unwrap_or(""),
@@ -494,6 +494,9 @@ fn received_json(r: &ReceivedRecord) -> Value {
     }
     if let Some(m) = &r.damaged {
         v["message"] = json!(m);
+    }
+    if r.pinned {
+        v["pinned"] = json!(true);
     }
     v
 }

@@ -7,9 +7,11 @@
 //!
 //! - `session.rs`: log in and out, health, help, version,
 //! - `target.rs`: the target side: pairing requests, systems, storage, pairing tokens,
+//! - `recycle.rs`: the target side: a source's retention policy and its recycle bin,
 //! - `source.rs`: the source side: targets, the replication queue and its settings,
 //! - `users.rs`: users, the audit trail, scraper tokens.
 
+mod recycle;
 mod session;
 mod source;
 mod target;
@@ -77,6 +79,10 @@ pub(super) const SECTIONS: &[Section] = &[
     Section {
         title: "target side (this appliance receives replication):",
         commands: target::COMMANDS,
+    },
+    Section {
+        title: "retention and the recycle bin (target side):",
+        commands: recycle::COMMANDS,
     },
     Section {
         title: "source side (this appliance replicates to a target):",

@@ -544,6 +544,10 @@ pub fn purge(
     actor: &Actor,
     now: UnixTime,
 ) -> Result<Purged, RecycleError> {
+    // A name that can never be a backup is a bad request, not one that is not there.
+    if let Some(b) = backup {
+        BackupName::parse(b).map_err(RecycleError::BadName)?;
+    }
     let _serial = lock(&bin.recycler.lock);
     let sid = source.system_id;
     let purged = purge_rows(
