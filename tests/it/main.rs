@@ -32,6 +32,7 @@ mod openapi;
 mod operability;
 mod ops;
 mod pairing;
+mod recovery;
 mod renewal;
 mod replication;
 mod rng;
