@@ -297,7 +297,7 @@ pub fn run(
         now,
         (&mut kept, &mut damaged_names),
     );
-    kept.stopped = result.is_err() || kept.checked < kept.total;
+    kept.stopped = !matches!(result, Ok(true));
     kept.finished = Some(now());
     store.write(|tx| {
         tx.put_verify_run(job.system_id, &kept)?;
@@ -307,7 +307,7 @@ pub fn run(
         Ok::<_, StoreError>(())
     })?;
     damaged_counter().add(kept.damaged);
-    result
+    result.map(|_| ())
 }
 
 /// `replgate_verify_damaged_total`; the verify job registers it at start, at zero.
@@ -345,6 +345,7 @@ fn damage_audit(job: &VerifyJob, run: &VerifyRun, names: &[String]) -> AuditReco
 }
 
 /// Re-reads `rows`, recording each; counts into the run kept and the damaged names.
+/// Whether it went through them all (false: `stop` was set).
 fn check_rows(
     verifier: &Verifier,
     store: &Store,
@@ -353,10 +354,10 @@ fn check_rows(
     stop: &AtomicBool,
     now: fn() -> UnixTime,
     (kept, damaged_names): (&mut VerifyRun, &mut Vec<String>),
-) -> Result<(), StoreError> {
+) -> Result<bool, StoreError> {
     for row in rows {
         if stop.load(Ordering::SeqCst) {
-            return Ok(());
+            return Ok(false);
         }
         let Ok(name) = BackupName::parse(&row.backup) else {
             continue;
@@ -403,12 +404,90 @@ fn check_rows(
             }
         });
     }
-    Ok(())
+    Ok(true)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::replication::receiver::Scratch;
+    use crate::store::ReceivedRecord;
+
+    fn receive(s: &Scratch, file: &str, body: &[u8]) {
+        std::fs::write(s.client_dir("c").join(file), body).unwrap();
+        let row = ReceivedRecord {
+            backup: format!("c/{file}"),
+            storage_id: s.source.storage.id,
+            size: body.len() as u64,
+            sha256: crate::wire::hex::encode(
+                ring::digest::digest(&ring::digest::SHA256, body).as_ref(),
+            ),
+            version: 1,
+            received: 1,
+            verified: None,
+            damaged: None,
+            pinned: false,
+        };
+        s.store
+            .write(|tx| tx.put_received(&s.source.uuid, &row))
+            .unwrap();
+    }
+
+    fn job(s: &Scratch) -> VerifyJob {
+        VerifyJob {
+            system_id: s.source.system_id,
+            uuid: s.source.uuid.clone(),
+            storage_id: s.source.storage.id,
+            storage_path: s.source.storage.path.clone(),
+            scheduled: true,
+        }
+    }
+
+    #[test]
+    fn a_run_marks_what_differs_keeps_its_result_and_audits_the_damage_once() {
+        let s = Scratch::new("verify-run");
+        receive(&s, "good", b"intact bytes");
+        receive(&s, "rot", b"bytes that will rot");
+        receive(&s, "gone", b"bytes that will vanish");
+        std::fs::write(s.client_dir("c").join("rot"), b"bytes that will rut").unwrap();
+        std::fs::remove_file(s.client_dir("c").join("gone")).unwrap();
+        let verifier = Verifier::default();
+        let stop = AtomicBool::new(false);
+        run(&verifier, &s.store, &job(&s), &stop, || 5_000).unwrap();
+
+        let kept = s.store.verify_run(s.source.system_id).unwrap().unwrap();
+        assert_eq!(
+            (kept.total, kept.checked, kept.damaged, kept.missing),
+            (3, 3, 2, 1)
+        );
+        assert!(kept.scheduled && !kept.stopped && kept.finished == Some(5_000));
+        assert_eq!(kept.bytes, 12 + 19, "the bytes read");
+        let damaged = s.store.damaged(Some(&s.source.uuid), 10).unwrap();
+        let names: Vec<&str> = damaged.iter().map(|(_, b, _)| b.as_str()).collect();
+        assert_eq!(names, ["c/gone", "c/rot"]);
+        let audit = s.store.audit(0, 100).unwrap();
+        let rows: Vec<_> = audit
+            .iter()
+            .filter(|(_, a)| a.action == "verify found damage")
+            .collect();
+        assert_eq!(rows.len(), 1, "{audit:?}");
+        assert!(rows[0]
+            .1
+            .detail
+            .starts_with("2 of 3 copies damaged (1 missing)"));
+        assert_eq!(
+            next_due(Some(&kept), 1, 60),
+            Some(5_060),
+            "an ended run waits an interval"
+        );
+
+        // A run stopped at once is kept as stopped: the schedule takes it up again at once.
+        stop.store(true, Ordering::SeqCst);
+        run(&verifier, &s.store, &job(&s), &stop, || 6_000).unwrap();
+        let kept = s.store.verify_run(s.source.system_id).unwrap().unwrap();
+        assert!(kept.stopped && kept.checked == 0, "{kept:?}");
+        assert_eq!(next_due(Some(&kept), 1, 60), Some(6_000));
+    }
 
     #[test]
     fn a_verify_is_due_an_interval_after_the_last_start_or_at_once_after_one_that_stopped() {
