@@ -158,6 +158,10 @@ fn spawn_jobs(
     let verifier = crate::jobs::verify::spawn_verifier(
         app.replication.verifier.clone(),
         app.store.clone(),
+        crate::jobs::verify::Schedule {
+            storages: config.storage.clone(),
+            interval: config.verify_interval,
+        },
         shutdown.clone(),
     )
     .map_err(spawn_error("the verify job"))?;

@@ -422,6 +422,45 @@ fn rename_durable_on<D: Disk>(disk: &D, from: &Path, to: &Path) -> io::Result<()
     }
 }
 
+/// Moves the file `from` to `to` (another directory of the same filesystem) durably and
+/// without ever replacing anything at `to` (that is an `AlreadyExists` error): hard-link
+/// it to `to`, fsync `to`'s directory, remove `from`, fsync `from`'s directory. A crash
+/// leaves the file under `from`, under both names (the link was durable, the removal not
+/// yet), or under `to`, never under neither; the caller's records say which move it was
+/// and finish it (the recycle bin's start-up repair).
+pub fn move_durable(from: &Path, to: &Path) -> io::Result<()> {
+    move_durable_on(&Real, from, to)
+}
+
+fn move_durable_on<D: Disk>(disk: &D, from: &Path, to: &Path) -> io::Result<()> {
+    let no_parent = || io::Error::new(io::ErrorKind::InvalidInput, "path has no parent directory");
+    let (from_dir, to_dir) = (
+        from.parent().ok_or_else(no_parent)?,
+        to.parent().ok_or_else(no_parent)?,
+    );
+    disk.hard_link(from, to)?;
+    disk.sync_dir(to_dir)?;
+    disk.remove_file(from)?;
+    disk.sync_dir(from_dir)
+}
+
+/// Reads a whole regular file (never through a symlink) front to back in pieces of at
+/// most `buf.len()` bytes, handing each to `each`; returns its length. Tells the kernel
+/// the reads are sequential (a larger read-ahead) and, once done, that the pages are not
+/// needed again, so reading every stored copy (a verify) does not push what the daemon
+/// and its clients use out of the page cache.
+pub fn read_through(path: &Path, buf: &mut [u8], each: impl FnMut(&[u8])) -> io::Result<u64> {
+    use std::os::fd::AsRawFd;
+    let (mut f, meta) = open_regular_nofollow(path)?;
+    let fd = f.as_raw_fd();
+    // SAFETY: advice on our own open descriptor; it changes no memory of ours.
+    unsafe { libc::posix_fadvise(fd, 0, 0, libc::POSIX_FADV_SEQUENTIAL) };
+    let read = read_prefix(&mut f, meta.len(), buf, each);
+    // SAFETY: as above.
+    unsafe { libc::posix_fadvise(fd, 0, 0, libc::POSIX_FADV_DONTNEED) };
+    read.map(|()| meta.len())
+}
+
 /// Opens a regular file for reading without following a symlink at its last component;
 /// with its metadata (from the descriptor).
 pub fn open_regular_nofollow(path: &Path) -> io::Result<(File, fs::Metadata)> {

@@ -172,6 +172,12 @@ impl Body {
     pub fn value(&self, field: &str) -> Option<&Value> {
         self.present(field)
     }
+
+    /// As [`Body::value`], but a `null` is given back as such (a field whose `null`
+    /// means something: "clear it").
+    pub fn nullable(&self, field: &str) -> Option<&Value> {
+        self.0.get(field)
+    }
 }
 
 /// Parses a whole number in `min..=max` given as a JSON number or a string of digits

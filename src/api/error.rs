@@ -7,6 +7,7 @@ use crate::pairing::error::{Cap, PairingError};
 use crate::pairing::rollover::RolloverError;
 use crate::pairing::source::request::{CallError, SourceError};
 use crate::replication::admin::AdminError;
+use crate::replication::recycle::RecycleError;
 use crate::spool::SpoolError;
 use crate::store::StoreError;
 
@@ -273,6 +274,19 @@ impl From<AdminError> for ApiError {
             }
             A::BadName(_) | A::Invalid(_) => ApiError::BadRequest(text),
             A::Store(_) => ApiError::Internal(Box::new(e)),
+        }
+    }
+}
+
+impl From<RecycleError> for ApiError {
+    fn from(e: RecycleError) -> Self {
+        use RecycleError as R;
+        let text = Chain(&e).to_string();
+        match e {
+            R::BadName(_) => ApiError::BadRequest(text),
+            R::NotInBin(_) => ApiError::NotFound(text),
+            R::Exists(_) | R::Busy(_) => ApiError::Conflict(text),
+            R::Io { .. } | R::Store(_) => ApiError::Internal(Box::new(e)),
         }
     }
 }

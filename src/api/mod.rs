@@ -8,6 +8,7 @@ pub mod console;
 pub mod error;
 mod pairing;
 mod pending;
+mod recycle;
 mod replication;
 mod routes;
 mod source;

@@ -457,7 +457,7 @@ pub fn put_throttle(call: &Call) -> Result<Reply, ApiError> {
 }
 
 /// The paired source `sid` names, with its uuid and storage.
-fn source_of(call: &Call) -> Result<(u64, String, crate::config::Storage), ApiError> {
+pub(super) fn source_of(call: &Call) -> Result<(u64, String, crate::config::Storage), ApiError> {
     let sid = parse_id(
         "sid",
         call.query("sid")
@@ -478,7 +478,7 @@ fn source_of(call: &Call) -> Result<(u64, String, crate::config::Storage), ApiEr
     Ok((sid, uuid, storage))
 }
 
-fn received_json(r: &ReceivedRecord) -> Value {
+pub(super) fn received_json(r: &ReceivedRecord) -> Value {
     let mut v = json!({
         "backup": r.backup,
         "client": r.backup.split('/').next().unwrap_or(""),
@@ -494,6 +494,9 @@ fn received_json(r: &ReceivedRecord) -> Value {
     }
     if let Some(m) = &r.damaged {
         v["message"] = json!(m);
+    }
+    if r.pinned {
+        v["pinned"] = json!(true);
     }
     v
 }
@@ -521,7 +524,16 @@ pub fn received(call: &Call) -> Result<Reply, ApiError> {
         "sid": sid,
         "received": rows.iter().map(received_json).collect::<Vec<_>>(),
     });
-    if let Some(s) = call.app.replication.verifier.status(sid) {
+    // The verify running or run since the start, else the last one kept.
+    let status = match call.app.replication.verifier.status(sid) {
+        Some(s) => Some(s),
+        None => call
+            .app
+            .store
+            .verify_run(sid)?
+            .map(|r| crate::replication::verify::status_of_run(&r)),
+    };
+    if let Some(s) = status {
         v["verify"] = verify_json(&s);
     }
     Ok(Reply::json(200, v))
@@ -532,18 +544,18 @@ pub fn received(call: &Call) -> Result<Reply, ApiError> {
 pub fn verify(call: &Call) -> Result<Reply, ApiError> {
     let (sid, uuid, storage) = source_of(call)?;
     let copies = admin::received(&call.app.store, &uuid, Some(storage.id))?.len() as u64;
+    let target = crate::replication::verify::VerifyTarget {
+        system_id: sid,
+        uuid,
+        storage_id: storage.id,
+        storage_path: storage.path.clone(),
+        copies,
+    };
     let status = call
         .app
         .replication
         .verifier
-        .request(
-            sid,
-            &uuid,
-            storage.id,
-            storage.path.clone(),
-            copies,
-            call.now,
-        )
+        .request(target, false, call.now)
         .map_err(|e| match e {
             crate::replication::verify::VerifyError::Running => ApiError::Conflict(e.to_string()),
             crate::replication::verify::VerifyError::Stopped => {

@@ -10,9 +10,10 @@ use crate::model::Role;
 use crate::store::{RequestStatus, TargetStatus};
 
 /// `GET /api/health` (no token): up, the version, and a warning for each certificate
-/// (or the CA) that ends within 30 days (`lifecycle::warnings`), and for a CA rollover
-/// in progress (`rollover::warnings`). The warnings name ids and counts only, never host
-/// names: the endpoint is open to anyone who reaches the listener.
+/// (or the CA) that ends within 30 days (`lifecycle::warnings`), for a CA rollover in
+/// progress (`rollover::warnings`), and on a target while a verify's damaged copies wait to
+/// be fetched again. The warnings name ids and counts only, never host names: the endpoint
+/// is open to anyone who reaches the listener.
 pub fn health(call: &Call) -> Result<Reply, ApiError> {
     let certs = call.app.certificates()?;
     let mut warnings = crate::lifecycle::warnings(&certs, call.now);
@@ -20,10 +21,41 @@ pub fn health(call: &Call) -> Result<Reply, ApiError> {
         &rollover_status(call.app, call.now)?,
         call.now,
     ));
+    warnings.extend(damage_warning(call.app)?);
     Ok(Reply::json(
         200,
         json!({ "status": "ok", "version": env!("CARGO_PKG_VERSION"), "warnings": warnings }),
     ))
+}
+
+/// Most damaged copies looked at for the health warning's system ids.
+const DAMAGED_SCANNED: usize = 10_000;
+
+/// The health warning for copies a verify found damaged and no new copy replaced yet.
+fn damage_warning(app: &App) -> Result<Option<String>, ApiError> {
+    let count = app.store.damaged_count()?;
+    if count == 0 {
+        return Ok(None);
+    }
+    let damaged = app.store.damaged(None, DAMAGED_SCANNED)?;
+    let systems = app.store.systems()?;
+    let mut ids: Vec<u64> = damaged
+        .iter()
+        .filter_map(|(uuid, _, _)| {
+            systems
+                .iter()
+                .find(|s| s.system_uuid.as_deref() == Some(uuid.as_str()))
+                .map(|s| s.id)
+        })
+        .collect();
+    ids.sort_unstable();
+    ids.dedup();
+    let ids: Vec<String> = ids.iter().map(u64::to_string).collect();
+    Ok(Some(format!(
+        "{count} received copies found damaged by verify (systems {}); each is fetched \
+         again from its source at the next session",
+        ids.join(", ")
+    )))
 }
 
 /// `GET /api/metrics`: the Prometheus text exposition of the process's metrics and of
@@ -195,6 +227,7 @@ fn state(app: &App, out: &mut Exposition) -> Result<(), ApiError> {
         &[],
         crate::lifecycle::warnings(&certs, crate::model::now()).len() as f64,
     );
+    verify_state(app, out)?;
     out.gauge(
         "replgate_build_info",
         "The running version and commit (always 1).",
@@ -210,6 +243,27 @@ fn state(app: &App, out: &mut Exposition) -> Result<(), ApiError> {
         &[],
         app.started as f64,
     );
+    Ok(())
+}
+
+/// What the target's verifies found: damaged copies now, each source's last verify.
+fn verify_state(app: &App, out: &mut Exposition) -> Result<(), ApiError> {
+    out.gauge(
+        "replgate_damaged_copies",
+        "Received copies a verify found damaged or missing that no new copy replaced yet.",
+        &[],
+        app.store.damaged_count()? as f64,
+    );
+    for (sid, run) in app.store.verify_runs()? {
+        if let (Some(finished), false) = (run.finished, run.stopped) {
+            out.gauge(
+                "replgate_last_verify_timestamp_seconds",
+                "When the last complete verify of a source's copies ended (unix time).",
+                &[("system", &sid.to_string())],
+                finished as f64,
+            );
+        }
+    }
     Ok(())
 }
 

@@ -463,6 +463,22 @@ pub(super) const KEYS: &[Key] = &[
              \"Replication\") this appliance replicates to its complete targets; it must name a \
              configured storage",
     ),
+    Key::days(
+        "recycle_days",
+        14,
+        1..=3_650,
+        "how long a backup that a source's retention policy removed stays in its recycle bin \
+         (outside its quota, restorable) before it is purged; counted from its removal, with \
+         the value in force at the time of the purge",
+    ),
+    Key::seconds(
+        "verify_interval",
+        604_800,
+        0..=31_536_000,
+        "how often every source's received copies are re-read and checked against their \
+         SHA-256 (7 days); a damaged copy is fetched again from the source at its next \
+         session. `0` turns the schedule off (`POST /api/replication/verify` still runs one)",
+    ),
     Key::choice(
         "fault",
         "none",

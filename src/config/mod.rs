@@ -219,6 +219,11 @@ pub struct Config {
     /// `replicate_from`: the id of the storage whose backups this appliance replicates to its
     /// targets.
     pub replicate_from: Option<u64>,
+    /// `recycle_days`: how long a backup retention removed stays in the recycle bin.
+    pub recycle_days: u64,
+    /// `verify_interval` (s): how often every source's copies are verified; zero: never
+    /// on a schedule.
+    pub verify_interval: Duration,
     /// `fault`: fault injection for crash tests (`none`, `crash_after_accept_commit`,
     /// `crash_after_renew_commit`, `crash_after_renew_receive`, `crash_after_renew_install`,
     /// `crash_after_rollover_files`, `crash_after_rollover_start`,
@@ -388,6 +393,8 @@ impl Config {
             workers: v.count("workers")?,
             storage,
             replicate_from,
+            recycle_days: v.number("recycle_days")?,
+            verify_interval: v.seconds("verify_interval")?,
             fault: Fault::from_word(&fault).ok_or_else(|| bad("fault", "internal: unchecked"))?,
             sources: BTreeMap::new(),
             admin_password: None,

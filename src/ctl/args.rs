@@ -139,6 +139,24 @@ pub enum CtlCommand {
     Verify {
         system_id: u64,
     },
+    /// Shows source SID's retention policy (`policy: None`), or sets it: `Some(None)`
+    /// keeps every backup.
+    Retention {
+        system_id: u64,
+        policy: Option<Option<RetentionRules>>,
+    },
+    Recycle {
+        system_id: u64,
+    },
+    RecycleRestore {
+        system_id: u64,
+        backup: String,
+    },
+    /// `backup: None` purges the whole bin (`--all`).
+    RecyclePurge {
+        system_id: u64,
+        backup: Option<String>,
+    },
     Users,
     UserAdd {
         name: String,
@@ -437,6 +455,13 @@ pub(super) fn duration(what: &str, s: &str) -> Result<u64, UsageError> {
                 "{what} must be a duration such as 3600, 90m, 12h or 7d, not {s:?}"
             ))
         })
+}
+
+/// A retention policy as `retention` sets it: at least one rule.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct RetentionRules {
+    pub keep_last: Option<u64>,
+    pub keep_days: Option<u64>,
 }
 
 /// One `--window PCT:DAYS:START-END`: 10 % of the link on weekdays 1 to 5 from 8 to 18

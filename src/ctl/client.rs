@@ -379,6 +379,48 @@ impl Client {
         self.call(Method::Post, &path, Some(token), Some(&json!({})))
     }
 
+    /// Sets source `system_id`'s retention policy (`Value::Null`: keep all).
+    pub fn set_retention(
+        &self,
+        token: &Secret<String>,
+        system_id: u64,
+        policy: &Value,
+    ) -> Result<Answer, CtlError> {
+        let path = format!("/api/replication/source?sid={system_id}");
+        let body = json!({ "retention": policy });
+        self.call(Method::Put, &path, Some(token), Some(&body))
+    }
+
+    pub fn recycle(&self, token: &Secret<String>, system_id: u64) -> Result<Answer, CtlError> {
+        let path = format!("/api/replication/recycle?sid={system_id}");
+        self.call(Method::Get, &path, Some(token), None)
+    }
+
+    pub fn recycle_restore(
+        &self,
+        token: &Secret<String>,
+        system_id: u64,
+        backup: &str,
+    ) -> Result<Answer, CtlError> {
+        let path = format!("/api/replication/recycle/restore?sid={system_id}");
+        let body = json!({ "backup": backup });
+        self.call(Method::Post, &path, Some(token), Some(&body))
+    }
+
+    /// Purges one backup from source `system_id`'s bin, or (`None`) all of it.
+    pub fn recycle_purge(
+        &self,
+        token: &Secret<String>,
+        system_id: u64,
+        backup: Option<&str>,
+    ) -> Result<Answer, CtlError> {
+        let mut path = format!("/api/replication/recycle?sid={system_id}");
+        if let Some(b) = backup {
+            path.push_str(&format!("&backup={}", segment(b)));
+        }
+        self.call(Method::Delete, &path, Some(token), None)
+    }
+
     pub fn targets(&self, token: &Secret<String>) -> Result<Answer, CtlError> {
         self.call(Method::Get, "/api/replication/targets", Some(token), None)
     }

@@ -508,6 +508,46 @@ mod tests {
         );
     }
 
+    /// The recycle bin's move: the file is under its old name, under both, or under its
+    /// new one at every point, never lost and never torn; only under the new one once
+    /// `move_durable` returned; and an existing file at the new name is never replaced.
+    #[test]
+    fn a_durable_move_never_loses_the_file_and_never_replaces() {
+        const BIN: &str = "/m/bin";
+        let bin = |name: &str| Path::new(BIN).join(name);
+        let model = Model::new(&[D, BIN], &[("/m/d/backup", b"content")]);
+        move_durable_on(&model, &p("backup"), &bin("0000000000000001")).unwrap();
+        assert_clean(
+            "move_durable",
+            violations(&model.take_points(), |_, last, s| {
+                let (from, to) = (s.get(&p("backup")), s.get(&bin("0000000000000001")));
+                if [from, to].into_iter().flatten().any(|c| c != b"content") {
+                    return Some("torn".into());
+                }
+                match (from, to) {
+                    (None, None) => Some("lost under both names".into()),
+                    (Some(_), _) if last => Some("still under the old name".into()),
+                    (_, None) if last => Some("not under the new name".into()),
+                    _ => None,
+                }
+            }),
+        );
+        let model = Model::new(
+            &[D, BIN],
+            &[("/m/d/backup", b"restored"), ("/m/bin/x", b"in the bin")],
+        );
+        let err = move_durable_on(&model, &bin("x"), &p("backup")).unwrap_err();
+        assert_eq!(err.kind(), io::ErrorKind::AlreadyExists);
+        assert_eq!(
+            model.live().get(&p("backup")).map(Vec::as_slice),
+            Some(&b"restored"[..])
+        );
+        assert_eq!(
+            model.live().get(&bin("x")).map(Vec::as_slice),
+            Some(&b"in the bin"[..])
+        );
+    }
+
     /// The receiver's path for one file: write, checkpoint (record the offset only once
     /// the fdatasync returned), more unsynced bytes; a crash; resume from the recorded
     /// offset; the rest; fsync and rename into place; the directory fsync. At every point

@@ -3,9 +3,11 @@
 //! grace windows, keeps the listener certificates fresh (and at once after a SIGHUP or a
 //! change of the CAs in force, when it also rewrites the spool's `ca.pem` files) and
 //! gives freed memory back once threads ended; every ten seconds it stops trusting
-//! aborted CAs nobody uses any more; every minute it logs new certificate warnings;
-//! every ten minutes it purges long-ended requests and expired sessions. Each failure is
-//! logged and tried again on the next round.
+//! aborted CAs nobody uses any more; every minute it logs new certificate warnings and
+//! applies the sources' retention policies, moving what they let go to the recycle bin and
+//! purging what stayed there past `recycle_days` (and at once when an admin changed a
+//! policy); every ten minutes it purges long-ended requests and expired sessions. Each
+//! failure is logged and tried again on the next round.
 
 use std::collections::HashMap;
 use std::path::PathBuf;
@@ -17,6 +19,7 @@ use std::time::{Duration, Instant};
 use crate::api::App;
 use crate::jobs::listener_certs::{reload_hostnames, ListenerCertificate};
 use crate::model::{self, Chain};
+use crate::replication::recycle::{self, Bin};
 use crate::{lifecycle, memory};
 
 /// How often the thread looks at its schedules and for a SIGHUP.
@@ -32,6 +35,8 @@ const EXPIRY_EVERY: Duration = Duration::from_secs(1);
 /// How often aborted CAs are checked for certificates still in use (a read of every
 /// certificate, only while there are aborted CAs).
 const ABORTED_EVERY: Duration = Duration::from_secs(10);
+/// How often retention runs and the recycle bins are purged by age.
+const RETENTION_EVERY: Duration = Duration::from_secs(60);
 
 /// What the maintenance job works on, handed over by the daemon once everything runs.
 pub struct Maintenance {
@@ -69,6 +74,8 @@ impl Maintenance {
         let mut last_aborted = Instant::now();
         // The spool's `ca.pem` files were rendered at start from the CAs of epoch 0.
         let mut spool_epoch = 0;
+        let mut last_retention = Instant::now();
+        keep_retention(&app);
         sweep_expired(&app);
         purge_ended(&app);
         end_graces(&app);
@@ -109,6 +116,11 @@ impl Maintenance {
                     memory::release_free();
                 }
                 threads = now_threads;
+            }
+            let kicked = app.replication.recycler.take_due();
+            if kicked || last_retention.elapsed() >= RETENTION_EVERY {
+                last_retention = Instant::now();
+                keep_retention(&app);
             }
             if last_sweep.elapsed() >= SWEEP_EVERY {
                 last_sweep = Instant::now();
@@ -222,6 +234,32 @@ fn sweep_expired(app: &App) {
     let behind = app.spool.retry_dirty(&app.store);
     if behind > 0 {
         log::warn!("{behind} spool entries are behind the database; retrying");
+    }
+}
+
+/// Applies every source's retention policy (what it lets go moves to the recycle bin),
+/// then purges what stayed in the bins past `recycle_days`.
+fn keep_retention(app: &App) {
+    let bin = Bin {
+        store: &app.store,
+        ledger: &app.replication.ledger,
+        storages: &app.config.storage,
+        recycler: &app.replication.recycler,
+    };
+    let now = model::now();
+    match recycle::apply_retention(&bin, now) {
+        Ok(run) if run.moved > 0 => log::info!(
+            "retention moved {} backups ({} bytes) to the recycle bins",
+            run.moved,
+            run.bytes
+        ),
+        Ok(_) => {}
+        Err(e) => log::warn!("retention: {}", Chain(&e)),
+    }
+    match recycle::purge_expired(&bin, app.config.recycle_days, now) {
+        Ok(0) => {}
+        Ok(n) => log::info!("purged {n} backups older than recycle_days from the recycle bins"),
+        Err(e) => log::warn!("recycle bin purge: {}", Chain(&e)),
     }
 }
 

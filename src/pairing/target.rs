@@ -11,7 +11,8 @@ use crate::pairing::error::{time_of, PairingError};
 use crate::pairing::fields::{check_managed, rejection_message};
 use crate::pairing::Actor;
 use crate::store::{
-    AuditRecord, CertRecord, RequestRecord, RequestStatus, Store, StoreError, SystemRecord, Txn,
+    AuditRecord, CertRecord, RequestRecord, RequestStatus, Retention, Store, StoreError,
+    SystemRecord, Txn,
 };
 
 /// What an admin decided.
@@ -98,6 +99,7 @@ pub fn source_row(
             request_id: Some(request.id),
             asset_tag: request.asset_tag.clone(),
             quota_mb: None,
+            retention: None,
         },
     }
 }
@@ -461,9 +463,11 @@ pub struct SourceChange {
     pub storage_id: Option<u64>,
     /// `Some(None)` clears the quota.
     pub quota_mb: Option<Option<u64>>,
+    /// `Some(None)` keeps every received backup (no retention policy).
+    pub retention: Option<Option<Retention>>,
 }
 
-/// Moves a source to another storage and/or sets its quota.
+/// Moves a source to another storage, sets its quota and/or its retention policy.
 pub fn change_source(
     store: &Store,
     storage: &[Storage],
@@ -500,6 +504,22 @@ pub fn change_source(
             };
             details.push(format!("quota {} -> {}", shown(row.quota_mb), shown(q)));
             row.quota_mb = q;
+        }
+        if let Some(policy) = change.retention {
+            let shown = |p: Option<Retention>| match p {
+                None => "keep all".to_string(),
+                Some(p) => format!(
+                    "keep_last {} keep_days {}",
+                    p.keep_last.map_or("-".into(), |n| n.to_string()),
+                    p.keep_days.map_or("-".into(), |n| n.to_string())
+                ),
+            };
+            details.push(format!(
+                "retention {} -> {}",
+                shown(row.retention),
+                shown(policy)
+            ));
+            row.retention = policy;
         }
         row.updated = now;
         tx.put_system(&row)?;
@@ -543,6 +563,7 @@ pub fn register_managed(
             request_id: None,
             asset_tag: asset_tag.map(String::from),
             quota_mb: None,
+            retention: None,
         };
         tx.put_system(&row)?;
         tx.audit(&actor.audit(

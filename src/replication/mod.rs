@@ -12,6 +12,8 @@ pub mod live;
 pub mod names;
 pub mod queue;
 pub mod receiver;
+pub mod recycle;
+pub mod retention;
 pub mod sender;
 pub mod stream;
 pub mod throttle;
@@ -28,6 +30,7 @@ pub struct Shared {
     pub live: live::Live,
     pub ledger: receiver::Ledger,
     pub verifier: Arc<verify::Verifier>,
+    pub recycler: recycle::Recycler,
 }
 
 impl Shared {
@@ -37,6 +40,7 @@ impl Shared {
             live: live::Live::new(store.replication_config()?, store.throttle()?),
             ledger: receiver::Ledger::default(),
             verifier: Arc::new(verify::Verifier::default()),
+            recycler: recycle::Recycler::default(),
         })
     }
 }

@@ -9,7 +9,7 @@
 //!   dropped, leaving nothing, when it returns `Err`. The closure does store work only:
 //!   no network I/O, no sleep, no file writes.
 //! - One file per entity (`requests.rs`, `systems.rs`, `certs.rs`, `targets.rs`,
-//!   `users.rs`, `audit.rs`, `tokens.rs`, `queue.rs`, `meta.rs`, `ca.rs`) holds its records and
+//!   `users.rs`, `audit.rs`, `tokens.rs`, `queue.rs`, `recycle.rs`, `meta.rs`, `ca.rs`) holds its records and
 //!   every read and write of its tables, each read written once over `access::Tables`: a
 //!   `Store` read sees one snapshot per call, a `Txn` read sees the transaction's own
 //!   uncommitted writes. Re-exported here, so every name is `store::Name`.
@@ -22,7 +22,9 @@
 //!   `usize`. Ids come from counters in `meta` that never go back, so a deleted row's id is
 //!   never handed out again.
 //! - `open_requests` holds exactly the ids of the requests whose status is pending
-//!   (`Txn::put_request` keeps it in step, `requests.rs`).
+//!   (`Txn::put_request` keeps it in step, `requests.rs`); `damaged` holds exactly the
+//!   received rows whose `damaged` is set (`Txn::put_received` and `delete_received`,
+//!   `queue.rs`).
 //! - The schema version lives in `meta`; migration (`migrate.rs`) runs on open, in one
 //!   transaction; a database from a newer version is refused, never rewritten.
 //! - Every issued certificate is in `certs` and in its system's `lineage` under its
@@ -45,6 +47,7 @@ mod legacy;
 mod meta;
 mod migrate;
 mod queue;
+mod recycle;
 mod requests;
 mod schema;
 mod systems;
@@ -66,11 +69,12 @@ pub use ca::{AbortedCa, CaState, Endorsement, Rollover};
 pub use certs::CertRecord;
 pub use queue::{
     ItemStatus, LatestItem, PartialRecord, QueueItem, ReceivedRecord, ReplicationConfig, Strategy,
-    ThrottleRecord, ThrottleWindow,
+    ThrottleRecord, ThrottleWindow, VerifyRun,
 };
+pub use recycle::{RecycleRecord, RecycleState};
 pub use requests::{OpenRequest, RequestRecord, RequestStatus, RequestSummary};
 pub use schema::CURRENT_VERSION as SCHEMA_VERSION;
-pub use systems::{SystemRecord, FIRST_SYSTEM_ID};
+pub use systems::{Retention, SystemRecord, FIRST_SYSTEM_ID};
 pub use targets::{TargetRecord, TargetStatus};
 pub use tokens::TokenRecord;
 pub use users::{SessionRecord, UserRecord, UserWrite};

@@ -33,8 +33,12 @@ pub const VERSION_CERT_LINEAGE: u64 = 6;
 /// `revoked`, `grace`, `retired` and the serials of `lineage` are JSON values like every
 /// other value. Migrated by rewriting each table an earlier version wrote (`legacy.rs`).
 pub const VERSION_BYTE_KEYS: u64 = 7;
+/// Recovery on the target (SPEC 20): the recycle bin (`recycle`), the index of copies a
+/// verify found damaged (`damaged`, built from `received` by the migration) and each
+/// source's last verify (`verify_runs`).
+pub const VERSION_RECYCLE: u64 = 8;
 /// The current schema version, recorded in `meta` under `schema_version`.
-pub const CURRENT_VERSION: u64 = VERSION_BYTE_KEYS;
+pub const CURRENT_VERSION: u64 = VERSION_RECYCLE;
 
 /// The one redb table type of the store.
 pub type Raw = TableDefinition<'static, &'static [u8], &'static [u8]>;
@@ -245,6 +249,15 @@ pub const QUEUE_LATEST: Def<IdName> = Def::new("queue_latest");
 pub const RECEIVED: Def<NamePair> = Def::new("received");
 /// (source system uuid, backup name) → `PartialRecord`: a durable partial copy.
 pub const PARTIALS: Def<NamePair> = Def::new("partials");
+/// (source system uuid, backup name) → storage id, for every `received` row whose
+/// `damaged` is set (`Txn::put_received` keeps it in step): what the health warnings,
+/// the metrics and a session's greeting read without a scan of every copy.
+pub const DAMAGED: Def<NamePair> = Def::new("damaged");
+/// Source system id → `VerifyRun`: the last verify of that source's copies.
+pub const VERIFY_RUNS: Def<Id> = Def::new("verify_runs");
+/// (source system uuid, bin id as 16 lowercase hex digits) → `RecycleRecord`: what
+/// retention moved to the recycle bin, in the order it was moved (target side).
+pub const RECYCLE: Def<NamePair> = Def::new("recycle");
 /// `config` → `ReplicationConfig`, `throttle` → `ThrottleRecord`.
 pub const REPLICATION_SETTINGS: Def<Name> = Def::new("replication_settings");
 
@@ -265,6 +278,7 @@ pub const META_NEXT_TAIL: &str = "next_queue_tail";
 pub const META_NEXT_DONE_SEQ: &str = "next_queue_done_seq";
 /// The appliance CA's state: the generation in force, a rollover in progress (`CaState`).
 pub const META_CA_STATE: &str = "ca_state";
+pub const META_NEXT_RECYCLE_ID: &str = "next_recycle_id";
 
 #[cfg(test)]
 mod tests {

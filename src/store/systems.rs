@@ -52,6 +52,29 @@ pub struct SystemRecord {
     /// None means no quota.
     #[serde(default)]
     pub quota_mb: Option<u64>,
+    /// What the target keeps of this source's received backups (SPEC 20); None keeps all.
+    #[serde(default)]
+    pub retention: Option<Retention>,
+}
+
+/// A source's retention policy on the target: a received backup is kept while any rule
+/// that is set keeps it (`replication::retention` applies it). A policy with no rule set
+/// is stored as no policy (keep all).
+#[derive(Clone, Copy, Debug, Default, Serialize, Deserialize, PartialEq, Eq)]
+pub struct Retention {
+    /// Keep the newest this many backups of each client.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub keep_last: Option<u32>,
+    /// Keep backups received within this many days.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub keep_days: Option<u32>,
+}
+
+impl Retention {
+    /// The policy, or None when it keeps everything (no rule set).
+    pub fn normalized(self) -> Option<Retention> {
+        (self.keep_last.is_some() || self.keep_days.is_some()).then_some(self)
+    }
 }
 
 fn system(tx: &impl Tables, id: u64) -> Result<Option<SystemRecord>> {

@@ -411,6 +411,11 @@ fn body_routes(csr_pem: &str) -> Vec<BodyRoute> {
         },
         BodyRoute {
             method: "POST",
+            path: "/api/replication/recycle/restore",
+            fields: vec![("backup", Str, s("c/f.tar"))],
+        },
+        BodyRoute {
+            method: "POST",
             path: "/api/systems",
             fields: vec![
                 ("name", Str, s("dpu")),
@@ -822,7 +827,9 @@ fn json_bodies_against_a_real_daemon() {
             continue;
         }
         let path = route.path.replace("{name}", "fuzzuser");
-        let path = if path == "/api/replication/source" && route.method == "PUT" {
+        let with_sid = (path == "/api/replication/source" && route.method == "PUT")
+            || path == "/api/replication/recycle/restore";
+        let path = if with_sid {
             format!(
                 "{path}{}",
                 run.rng.pick(&[

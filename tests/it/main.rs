@@ -33,6 +33,7 @@ mod openapi;
 mod operability;
 mod ops;
 mod pairing;
+mod recovery;
 mod renewal;
 mod replication;
 mod rng;

@@ -424,7 +424,7 @@ fn configure(src: &Daemon, token: &str, config: Value) {
 }
 
 /// A backup whose modification time is `age` seconds in the past.
-fn write_old_backup(src: &Daemon, name: &str, bytes: &[u8], age: u64) {
+pub(crate) fn write_old_backup(src: &Daemon, name: &str, bytes: &[u8], age: u64) {
     let path = src.data_dir.join("storage").join(name);
     let dir = path.parent().unwrap();
     std::fs::create_dir_all(dir).unwrap();

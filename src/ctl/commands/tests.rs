@@ -124,6 +124,67 @@ fn replication_commands_parse_with_their_checks() {
 }
 
 #[test]
+fn retention_and_the_recycle_bin_parse_and_refuse_what_would_surprise() {
+    use crate::ctl::args::RetentionRules;
+    assert_eq!(
+        command("retention 3"),
+        CtlCommand::Retention {
+            system_id: 3,
+            policy: None
+        }
+    );
+    assert_eq!(
+        command("retention 3 --keep-last 5 --keep-days=30"),
+        CtlCommand::Retention {
+            system_id: 3,
+            policy: Some(Some(RetentionRules {
+                keep_last: Some(5),
+                keep_days: Some(30)
+            }))
+        }
+    );
+    assert_eq!(
+        command("retention 3 --keep-all"),
+        CtlCommand::Retention {
+            system_id: 3,
+            policy: Some(None)
+        }
+    );
+    assert!(usage_error("retention 3 --keep-all --keep-last 2").contains("not both"));
+    assert!(usage_error("retention 3 --keep-last 0").contains("positive"));
+    assert!(usage_error("retention x").contains("positive"));
+    assert_eq!(
+        command("recycle list 4"),
+        CtlCommand::Recycle { system_id: 4 }
+    );
+    assert_eq!(
+        command("recycle restore 4 c/f.tar"),
+        CtlCommand::RecycleRestore {
+            system_id: 4,
+            backup: "c/f.tar".into()
+        }
+    );
+    assert!(usage_error("recycle restore 4").contains("a backup (CLIENT/FILE)"));
+    // Emptying a bin is never what a forgotten argument does.
+    assert!(usage_error("recycle purge 4").contains("--all"));
+    assert!(usage_error("recycle purge 4 c/f --all").contains("either one backup or --all"));
+    assert_eq!(
+        command("recycle purge 4 --all"),
+        CtlCommand::RecyclePurge {
+            system_id: 4,
+            backup: None
+        }
+    );
+    assert_eq!(
+        command("recycle purge 4 c/f"),
+        CtlCommand::RecyclePurge {
+            system_id: 4,
+            backup: Some("c/f".into())
+        }
+    );
+}
+
+#[test]
 fn global_options_go_before_or_after_the_command() {
     let before = ctl("--api https://h:1 --cacert /c.pem --json pending").unwrap();
     let after = ctl("pending --json --cacert=/c.pem --api=https://h:1").unwrap();

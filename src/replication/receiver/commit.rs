@@ -230,6 +230,7 @@ pub fn commit(
                     received: now,
                     verified: None,
                     damaged: None,
+                    pinned: false,
                 },
             )?;
             tx.delete_partial(uuid, f.name.as_str())?;

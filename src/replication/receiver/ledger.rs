@@ -10,7 +10,7 @@ use std::sync::Mutex;
 
 use super::{Refusal, Source};
 use crate::replication::names::BackupName;
-use crate::store::StoreError;
+use crate::store::{Store, StoreError};
 use crate::sync::lock;
 use crate::wire::transfer::Code;
 
@@ -103,7 +103,32 @@ impl Drop for Reservation<'_> {
     }
 }
 
+/// A name held out of every receiving session while the recycle bin moves its copy
+/// ([`Ledger::hold`]); released when dropped.
+pub struct Hold<'a> {
+    ledger: &'a Ledger,
+    key: (String, String),
+}
+
+impl Drop for Hold<'_> {
+    fn drop(&mut self) {
+        lock(&self.ledger.inner).busy.remove(&self.key);
+    }
+}
+
 const MIB: u64 = 1024 * 1024;
+
+/// The bytes that count against a source's quota: the received copies it stores on
+/// `storage_id`. The one place the quota's usage is computed (the ledger loads it
+/// through this on first use and after [`Ledger::forget`]). The recycle bin is outside
+/// the quota (SPEC 20): its rows are another table, so nothing here counts them.
+pub fn quota_usage(store: &Store, uuid: &str, storage_id: u64) -> Result<u64, StoreError> {
+    Ok(store
+        .received(uuid)?
+        .iter()
+        .filter(|r| r.storage_id == storage_id)
+        .fold(0u64, |sum, r| sum.saturating_add(r.size)))
+}
 
 impl Ledger {
     /// Lets a session of `system_id` in, fairly: a source that has none is always let in
@@ -207,6 +232,17 @@ impl Ledger {
         if let Some(u) = s.used.get_mut(&r.uuid) {
             *u += grows;
         }
+    }
+
+    /// Holds `name` of the source `uuid` out of every receiving session (an offer of it is
+    /// refused as busy) until the guard is dropped; None while a session receives it now.
+    pub fn hold(&self, uuid: &str, name: &str) -> Option<Hold<'_>> {
+        let key = (uuid.to_string(), name.to_string());
+        let mut s = lock(&self.inner);
+        if !s.busy.insert(key.clone()) {
+            return None;
+        }
+        Some(Hold { ledger: self, key })
     }
 
     /// Forgets a source's cached usage (a verify or an admin changed what it stores).

@@ -30,7 +30,8 @@ use ring::digest::{Context as Sha256, SHA256};
 
 pub use commit::{channel as commit_channel, commit, Committer};
 pub use ledger::{
-    Admission, Busy, Ledger, Reservation, MAX_SESSIONS, SESSIONS_SHARED, SPACE_MARGIN,
+    quota_usage, Admission, Busy, Hold, Ledger, Reservation, MAX_SESSIONS, SESSIONS_SHARED,
+    SPACE_MARGIN,
 };
 pub use repair::{repair, Repair};
 pub use session::{serve, turn_away};

@@ -8,8 +8,8 @@ use std::io::Write;
 use super::sink::FileSink;
 use super::state::{Decided, Offered, Session};
 use super::{
-    client_dir, digest_of, drop_partial, partial_path, prefix_hash, ReceiveError, Refusal,
-    MAX_OUTSTANDING,
+    client_dir, digest_of, drop_partial, partial_path, prefix_hash, quota_usage, ReceiveError,
+    Refusal, MAX_OUTSTANDING,
 };
 use crate::fsx;
 use crate::replication::names::BackupName;
@@ -120,12 +120,7 @@ impl<'l, W: Write, S: FileSink> Session<'_, 'l, W, S> {
             self.ctx
                 .ledger
                 .reserve(self.source, name, grows, writes, free, || {
-                    Ok(store
-                        .received(uuid)?
-                        .iter()
-                        .filter(|r| r.storage_id == storage.id)
-                        .map(|r| r.size)
-                        .sum())
+                    quota_usage(store, uuid, storage.id)
                 })?;
         let decided = match (have, resume) {
             (true, _) => Decided::Have,
