@@ -498,7 +498,12 @@ impl Authenticator {
         // Refresh well within the idle timeout, whatever it is configured to.
         let touch_every = (self.rules.idle.as_secs() as i64 / 2).clamp(1, TOUCH_EVERY);
         if now - s.last_used >= touch_every {
-            self.store.write(|tx| tx.touch_session(&hash, now))?;
+            match self.store.write(|tx| tx.touch_session(&hash, now)) {
+                // While the database refuses writes (a full disk) the session still reads:
+                // it is touched again once writes resume.
+                Err(StoreError::Unavailable(_)) => {}
+                other => other?,
+            }
         }
         let privilege = if s.scraper {
             user.privilege.min(Privilege::Monitor)

@@ -12,13 +12,23 @@ use crate::store::{RequestStatus, TargetStatus};
 /// `GET /api/health` (no token): up, the version, and a warning for each certificate
 /// (or the CA) that ends within 30 days (`lifecycle::warnings`). The warnings name ids
 /// only, never host names: the endpoint is open to anyone who reaches the listener.
+/// `status` is `degraded`, with the `reason` and since when, while the database refuses
+/// writes (a full disk); still 200: the daemon serves, and reads work.
 pub fn health(call: &Call) -> Result<Reply, ApiError> {
     let certs = call.app.certificates()?;
     let warnings = crate::lifecycle::warnings(&certs, call.now);
-    Ok(Reply::json(
-        200,
-        json!({ "status": "ok", "version": env!("CARGO_PKG_VERSION"), "warnings": warnings }),
-    ))
+    let version = env!("CARGO_PKG_VERSION");
+    let body = match call.app.store.degraded() {
+        None => json!({ "status": "ok", "version": version, "warnings": warnings }),
+        Some(d) => json!({
+            "status": "degraded",
+            "reason": d.to_string(),
+            "since": d.since,
+            "version": version,
+            "warnings": warnings,
+        }),
+    };
+    Ok(Reply::json(200, body))
 }
 
 /// `GET /api/metrics`: the Prometheus text exposition of the process's metrics and of
@@ -143,6 +153,25 @@ fn state(app: &App, out: &mut Exposition) -> Result<(), ApiError> {
         &[],
         crate::lifecycle::warnings(&certs, crate::model::now()).len() as f64,
     );
+    process(app, out);
+    Ok(())
+}
+
+/// The process: its database's state, version and start.
+fn process(app: &App, out: &mut Exposition) {
+    let degraded = app.store.degraded().is_some();
+    out.gauge(
+        "replgate_database_degraded",
+        "1 while the database refuses writes after a failed one (a full disk), else 0.",
+        &[],
+        if degraded { 1.0 } else { 0.0 },
+    );
+    out.counter(
+        "replgate_database_failures_total",
+        "Times a database write failed (a full disk, an I/O error) and writes were refused for a while.",
+        &[],
+        app.store.failures() as f64,
+    );
     out.gauge(
         "replgate_build_info",
         "The running version and commit (always 1).",
@@ -158,7 +187,6 @@ fn state(app: &App, out: &mut Exposition) -> Result<(), ApiError> {
         &[],
         app.started as f64,
     );
-    Ok(())
 }
 
 /// One gauge sample per `(label value, count)`.

@@ -21,6 +21,7 @@ mod crash_renewal;
 mod ctl;
 mod features;
 mod front;
+mod full_disk;
 mod fuzz;
 mod fuzz_checks;
 mod lifecycle;
