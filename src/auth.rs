@@ -385,6 +385,15 @@ pub fn valid_user_name(name: &str) -> bool {
             .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.' | '@'))
 }
 
+/// Logins refused for a wrong user name or password (a metric).
+fn login_failures() -> crate::metrics::Counter {
+    crate::metrics::counter(
+        "replgate_login_failures_total",
+        "Logins refused for a wrong user name or password.",
+        &[],
+    )
+}
+
 /// Logins, sessions and the throttle over the store.
 pub struct Authenticator {
     store: Store,
@@ -396,6 +405,8 @@ pub struct Authenticator {
 
 impl Authenticator {
     pub fn new(store: Store, rules: SessionRules, throttle: Throttle) -> Result<Self, AuthError> {
+        // At zero from the start: a scrape sees the series before the first failure.
+        login_failures();
         Ok(Authenticator {
             store,
             rules,
@@ -447,12 +458,7 @@ impl Authenticator {
                 throttle.fail(&keys, now);
                 throttle.account_failed(&account, now);
             }
-            crate::metrics::counter(
-                "replgate_login_failures_total",
-                "Logins refused for a wrong user name or password.",
-                &[],
-            )
-            .inc();
+            login_failures().inc();
             let failed = own_audit(&account, address, "login failed", now);
             self.store.write(|tx| tx.audit(&failed))?;
             return Err(AuthError::BadCredentials);
