@@ -294,6 +294,8 @@ impl<W: Write, S: FileSink> Session<'_, '_, W, S> {
             .store
             .write(|tx| tx.put_partial(uuid, &row))
             .map_err(DurableError::Record)?;
+        #[cfg(test)]
+        crate::fsx::trace::recorded(file.path(), written);
         cur.recorded = written;
         Ok(written)
     }
