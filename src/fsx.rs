@@ -15,7 +15,9 @@ mod disk;
 #[cfg(test)]
 pub mod faults;
 #[cfg(test)]
-mod power_loss;
+pub(crate) mod power_loss;
+#[cfg(test)]
+pub(crate) mod trace;
 
 use disk::{Disk, Real};
 
@@ -302,6 +304,12 @@ impl<D: Disk> PartialFile<D> {
         Ok(())
     }
 
+    /// The partial's path (for the power-loss test's record, `fsx/trace.rs`).
+    #[cfg(test)]
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
     /// Bytes in the file.
     pub fn len(&self) -> u64 {
         self.len
@@ -354,13 +362,19 @@ pub struct SyncHandle {
 impl SyncHandle {
     /// fdatasync.
     pub fn sync_data(&self) -> io::Result<()> {
-        self.file.sync_data()
+        Real.sync_data(&self.file)
     }
 
     /// A checkpoint whose offset the caller will record (see [`PartialFile::checkpoint`]).
     pub fn checkpoint(&self) -> io::Result<()> {
         self.sync_data()?;
         make_name_durable(&Real, &self.path, &self.name_durable)
+    }
+
+    /// The partial's path (for the power-loss test's record, `fsx/trace.rs`).
+    #[cfg(test)]
+    pub fn path(&self) -> &Path {
+        &self.path
     }
 }
 
@@ -369,6 +383,14 @@ impl SyncHandle {
 /// `base` is ever reached. `base` itself must exist. Components are the caller's checked
 /// names.
 pub fn ensure_dir_under(base: &Path, components: &[&str]) -> io::Result<std::path::PathBuf> {
+    ensure_dir_under_on(&Real, base, components)
+}
+
+fn ensure_dir_under_on<D: Disk>(
+    disk: &D,
+    base: &Path,
+    components: &[&str],
+) -> io::Result<std::path::PathBuf> {
     let mut p = base.to_path_buf();
     for c in components {
         if c.is_empty() || *c == "." || *c == ".." || c.contains('/') {
@@ -389,10 +411,10 @@ pub fn ensure_dir_under(base: &Path, components: &[&str]) -> io::Result<std::pat
             Err(e) if e.kind() == io::ErrorKind::NotFound => {}
             Err(e) => return Err(e),
         }
-        match fs::DirBuilder::new().mode(0o700).create(&p) {
+        match disk.create_dir(&p) {
             Ok(()) => {
                 if let Some(parent) = p.parent() {
-                    sync_dir(parent)?;
+                    disk.sync_dir(parent)?;
                 }
             }
             Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {

@@ -1,4 +1,5 @@
-//! The daemon's maintenance, one thread on fixed schedules: every second it expires
+//! The daemon's maintenance, one thread on fixed schedules: every second it lets a
+//! database that refused writes (a full disk) take them again once space is back, expires
 //! pending requests whose time ran out, retries spool writes that failed, ends renewal
 //! grace windows, keeps the listener certificates fresh (and at once after a SIGHUP or a
 //! change of the CAs in force, when it also rewrites the spool's `ca.pem` files) and
@@ -105,6 +106,9 @@ impl Maintenance {
             }
             if last_expiry.elapsed() >= EXPIRY_EVERY {
                 last_expiry = Instant::now();
+                // A database that refuses writes (a full disk) takes them again once space
+                // is back, without waiting for a request to ask.
+                let _ = app.store.degraded();
                 sweep_expired(&app);
                 end_graces(&app);
                 // Threads ended since the last look (connection threads when connections

@@ -18,6 +18,7 @@ use crate::identity::TargetDirs;
 use crate::model::{self, Chain};
 use crate::remote::tunnel::{open_transfer, OpenTransferError};
 use crate::replication::feed::{recover_active, Claims, Reserver, StoreFeed};
+use crate::replication::live::Peer;
 use crate::replication::sender::{self, SessionError};
 use crate::replication::{backups, queue, Shared};
 use crate::store::{Store, TargetRecord, TargetStatus};
@@ -306,7 +307,9 @@ fn session(ctx: &Context, target_id: u64, state: &TargetState, stop: &AtomicBool
         shutdown: stop,
         target: label.clone(),
     };
+    let session = ctx.shared.live.session(Peer::Target(target_id));
     let result = sender::run(&sctx, &mut feed, stream.body, &replies);
+    drop(session);
     // The feed settles what it holds; its reservations are all written once the writer
     // returns.
     drop(feed);

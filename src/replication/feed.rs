@@ -24,7 +24,7 @@ use std::sync::{Arc, Condvar, Mutex};
 use std::time::{Duration, Instant};
 
 use super::backups;
-use super::live::Live;
+use super::live::{attempt_reason, Live, Peer};
 use super::names::BackupName;
 use super::queue::{self, Attempt, Found};
 use super::receiver::chunk_for;
@@ -181,6 +181,8 @@ struct Account {
     /// The `bytes_sent` reservation asked for last (persisted, or being persisted).
     ceiling: u64,
     size: u64,
+    /// Bytes of this attempt already counted in the target's metrics.
+    counted: u64,
 }
 
 /// The queue of one target, as one session sees it: claims in batches with one durable
@@ -288,6 +290,7 @@ impl<'a> StoreFeed<'a> {
                             before,
                             ceiling: item.bytes_sent,
                             size: item.size,
+                            counted: 0,
                         },
                     );
                     self.batch.push_back(item);
@@ -300,6 +303,19 @@ impl<'a> StoreFeed<'a> {
                     self.unclaim(*id);
                 }
             }
+        }
+    }
+
+    /// Counts an attempt's end in the target's metrics: `fresh` bytes not counted yet, the
+    /// file (sent, or held already) or the reason it did not end done.
+    fn count(&self, attempt: &Attempt, fresh: u64) {
+        let peer = Peer::Target(self.target_id);
+        self.live.count_bytes(peer, fresh);
+        match (attempt, attempt_reason(attempt)) {
+            (Attempt::Done { skipped: true, .. }, _) => self.live.count_skipped(peer),
+            (Attempt::Done { .. }, _) => self.live.count_file(peer),
+            (_, Some(reason)) => self.live.count_failure(peer, reason),
+            (_, None) => {}
         }
     }
 
@@ -367,6 +383,9 @@ impl Feed for StoreFeed<'_> {
         let Some(a) = self.accounts.get_mut(&item_id) else {
             return;
         };
+        let fresh = sent.saturating_sub(a.counted);
+        a.counted = a.counted.max(sent);
+        self.live.count_bytes(Peer::Target(self.target_id), fresh);
         let total = a.before + sent;
         let chunk = chunk_for(a.size);
         // Ask for the next chunk's reservation half a chunk early; it is durable before
@@ -386,9 +405,14 @@ impl Feed for StoreFeed<'_> {
     fn finished(&mut self, item_id: u64, attempt: Attempt, sent: u64) {
         self.reserver.settle(item_id);
         self.unclaim(item_id);
-        let before = self.accounts.remove(&item_id).map(|a| a.before);
-        let config = self.live.config();
+        let account = self.accounts.remove(&item_id);
+        let before = account.as_ref().map(|a| a.before);
         let target_id = self.target_id;
+        self.count(
+            &attempt,
+            sent.saturating_sub(account.map_or(0, |a| a.counted)),
+        );
+        let config = self.live.config();
         let now = (self.now)();
         let done = matches!(attempt, Attempt::Done { .. });
         let durable = done || !matches!(attempt, Attempt::Interrupted(_));
@@ -444,6 +468,7 @@ impl Feed for StoreFeed<'_> {
     }
 
     fn release(&mut self, item_id: u64) {
+        // Claimed, never started: nothing was sent, nothing to count.
         self.reserver.settle(item_id);
         self.unclaim(item_id);
         let Some(a) = self.accounts.remove(&item_id) else {

@@ -22,6 +22,7 @@ mod crash_rollover;
 mod ctl;
 mod features;
 mod front;
+mod full_disk;
 mod fuzz;
 mod fuzz_checks;
 mod lifecycle;

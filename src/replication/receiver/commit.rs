@@ -14,7 +14,7 @@ use super::state::{CommitQueue, Committed, Session, ToCommit};
 use super::{client_dir, drop_partial, Context, Refusal, Source};
 use crate::fsx::{self, PartialFile};
 use crate::model::UnixTime;
-use crate::replication::live::Event;
+use crate::replication::live::Peer;
 use crate::store::{PartialRecord, ReceivedRecord, Store, StoreError};
 use crate::wire::hex;
 use crate::wire::transfer::{Code, Frame, Outcome};
@@ -120,7 +120,9 @@ impl<W: Write, S: FileSink> Session<'_, '_, W, S> {
                     Ok(()) => {
                         self.ctx.ledger.committed(&offer.reservation, offer.grows);
                         self.summary.committed += 1;
-                        self.ctx.live.count(Event::Received);
+                        self.ctx
+                            .live
+                            .count_file(Peer::Source(self.source.system_id));
                         log::info!(
                             "replication from system {} at {}: {} received and verified ({} bytes, sha256 {})",
                             self.source.system_id,

@@ -18,7 +18,7 @@ use super::{
 };
 use crate::fsx::{self, PartialFile};
 use crate::model::UnixTime;
-use crate::replication::live::Event;
+use crate::replication::live::{code_reason, Peer};
 use crate::store::{PartialRecord, StoreError};
 use crate::wire::hex;
 use crate::wire::transfer::{Code, Frame, Outcome, MAX_DATA};
@@ -89,7 +89,10 @@ impl<W: Write, S: FileSink> Session<'_, '_, W, S> {
                 );
                 log::error!("replication from system {}: {m}", self.source.system_id);
                 self.summary.failed += 1;
-                self.ctx.live.count(Event::ReceiveFailed);
+                let peer = Peer::Source(self.source.system_id);
+                self.ctx
+                    .live
+                    .count_failure(peer, code_reason(Code::Storage));
                 self.poisoned = Some(seq);
                 self.send(&Frame::Outcome {
                     seq,
@@ -171,7 +174,9 @@ impl<W: Write, S: FileSink> Session<'_, '_, W, S> {
         cur.hasher.update(bytes);
         cur.written += len;
         cur.incoming.progress.advance(len);
-        self.ctx.live.count_received(len);
+        self.ctx
+            .live
+            .count_bytes(Peer::Source(self.source.system_id), len);
         self.summary.bytes += len;
         // A complete file needs none: `End` comes next and the seal makes it durable (a
         // file of up to a chunk would otherwise pay an fdatasync and a directory fsync
@@ -289,6 +294,8 @@ impl<W: Write, S: FileSink> Session<'_, '_, W, S> {
             .store
             .write(|tx| tx.put_partial(uuid, &row))
             .map_err(DurableError::Record)?;
+        #[cfg(test)]
+        crate::fsx::trace::recorded(file.path(), written);
         cur.recorded = written;
         Ok(written)
     }

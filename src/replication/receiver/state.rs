@@ -16,7 +16,7 @@ use super::ledger::Reservation;
 use super::sink::{FileSink, Sealed};
 use super::{Context, ReceiveError, Refusal, Source, Summary};
 use crate::model::UnixTime;
-use crate::replication::live::{Event, Incoming, Registered};
+use crate::replication::live::{code_reason, Incoming, Peer, Registered};
 use crate::replication::names::BackupName;
 use crate::replication::stream::FrameWriter;
 use crate::wire::transfer::{Code, Decision, Frame, Outcome};
@@ -126,6 +126,8 @@ impl<W: Write, S: FileSink> Session<'_, '_, W, S> {
     }
 
     pub(super) fn refuse(&mut self, seq: u32, code: Code, message: &str) {
+        let peer = Peer::Source(self.source.system_id);
+        self.ctx.live.count_failure(peer, code_reason(code));
         log::info!(
             "replication from system {} at {}: offer {seq} refused: {message}",
             self.source.system_id,
@@ -151,7 +153,8 @@ impl<W: Write, S: FileSink> Session<'_, '_, W, S> {
         );
         self.poisoned = Some(seq);
         self.summary.failed += 1;
-        self.ctx.live.count(Event::ReceiveFailed);
+        let peer = Peer::Source(self.source.system_id);
+        self.ctx.live.count_failure(peer, code_reason(code));
         self.send(&Frame::Outcome {
             seq,
             outcome: Outcome::Failed { code, message },

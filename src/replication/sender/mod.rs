@@ -21,7 +21,7 @@ mod replies;
 pub use replies::{forward_replies, reply_channel, Replies, Reply, ReplyError};
 
 use super::backups::version_of;
-use super::live::{Event, Live};
+use super::live::Live;
 use super::names::BackupName;
 use super::queue::{attempt_for, Attempt};
 use super::receiver::window_for;
@@ -388,7 +388,6 @@ impl<'a, F: Feed, W: Write> Session<'a, '_, F, W> {
                             a.claimed.item_id,
                             hex::encode(&sha256)
                         );
-                        self.ctx.live.count(Event::Finished);
                         self.summary.done += 1;
                         self.feed.finished(
                             a.claimed.item_id,
@@ -433,7 +432,6 @@ impl<'a, F: Feed, W: Write> Session<'a, '_, F, W> {
             a.claimed.backup,
             a.claimed.item_id
         );
-        self.ctx.live.count(Event::Failed);
         self.summary.failed += 1;
         self.feed
             .finished(a.claimed.item_id, attempt_for(code, &message), a.sent);
@@ -488,7 +486,6 @@ impl<'a, F: Feed, W: Write> Session<'a, '_, F, W> {
                     self.ctx.target,
                     o.claimed.backup
                 );
-                self.ctx.live.count(Event::Failed);
                 self.summary.failed += 1;
                 self.current = None;
                 self.feed.finished(id, attempt_for(code, &message), 0);
@@ -510,7 +507,6 @@ impl<'a, F: Feed, W: Write> Session<'a, '_, F, W> {
                         self.ctx.target,
                         o.claimed.backup
                     );
-                    self.ctx.live.count(Event::Skipped);
                     self.summary.skipped += 1;
                     self.feed.finished(
                         id,
@@ -637,7 +633,6 @@ impl<'a, F: Feed, W: Write> Session<'a, '_, F, W> {
             sent += n as u64;
             self.current = Some((id, sent));
             registered.progress.advance(n as u64);
-            self.ctx.live.count_sent(n as u64);
             self.summary.bytes_sent += n as u64;
             self.feed.sent(id, sent, durable + window - offset);
         }
@@ -661,7 +656,6 @@ impl<'a, F: Feed, W: Write> Session<'a, '_, F, W> {
         let id = o.claimed.item_id;
         self.send(&Frame::Start { seq: o.seq, offset })?;
         self.feed.started(id, offset, o.size);
-        self.ctx.live.count(Event::Started);
         log::info!(
             "replication to {}: {} started (item {id}, {} bytes{})",
             self.ctx.target,
@@ -689,7 +683,6 @@ impl<'a, F: Feed, W: Write> Session<'a, '_, F, W> {
             "replication to {}: {backup} failed (item {id}): {message}",
             self.ctx.target
         );
-        self.ctx.live.count(Event::Failed);
         self.summary.failed += 1;
         self.settle(id, attempt_for(code, &message));
         true
