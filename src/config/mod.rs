@@ -185,6 +185,10 @@ pub struct Config {
     /// `unverified_request_ttl` (s): a pending request filed without a pairing token expires
     /// after the shorter of it and `request_ttl`.
     pub unverified_request_ttl: Duration,
+    /// `crowded_request_ttl` (s): a pending request filed without a token while the inbox
+    /// is at least half full, from a network that already has open requests, expires after
+    /// the shorter of it and the other TTLs.
+    pub crowded_request_ttl: Duration,
     /// `require_token`: refuse every pairing request filed without a valid pairing token.
     pub require_token: bool,
     /// `certificate_days` (or `certificate_seconds`, which wins, at least 60): lifetime of
@@ -362,6 +366,7 @@ impl Config {
             pending_prefix_v4: v.count("pending_prefix_v4")?,
             pending_prefix_v6: v.count("pending_prefix_v6")?,
             unverified_request_ttl: v.seconds("unverified_request_ttl")?,
+            crowded_request_ttl: v.seconds("crowded_request_ttl")?,
             require_token: v.flag("require_token")?,
             client_cert_lifetime,
             server_cert_lifetime: v.seconds("server_certificate_seconds")?,
