@@ -382,7 +382,7 @@ pub fn ensure_dir_under(base: &Path, components: &[&str]) -> io::Result<std::pat
             Ok(m) if m.is_dir() => continue,
             Ok(_) => {
                 return Err(io::Error::new(
-                    io::ErrorKind::InvalidInput,
+                    io::ErrorKind::NotADirectory,
                     format!("{} is not a directory", p.display()),
                 ))
             }
@@ -398,7 +398,7 @@ pub fn ensure_dir_under(base: &Path, components: &[&str]) -> io::Result<std::pat
             Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {
                 if !fs::symlink_metadata(&p)?.is_dir() {
                     return Err(io::Error::new(
-                        io::ErrorKind::InvalidInput,
+                        io::ErrorKind::NotADirectory,
                         format!("{} is not a directory", p.display()),
                     ));
                 }

@@ -464,6 +464,13 @@ pub(super) const KEYS: &[Key] = &[
              \"Replication\") this appliance replicates to its complete targets; it must name a \
              configured storage",
     ),
+    Key::seconds(
+        "partial_retention",
+        604_800,
+        10..=315_360_000,
+        "a partial copy of a cut transfer that no session resumed for this long is removed (7 \
+         days, at least 10); until then it counts against its source's quota",
+    ),
     Key::choice(
         "fault",
         "none",

@@ -207,6 +207,8 @@ pub struct Config {
     /// `replicate_from`: the id of the storage whose backups this appliance replicates to its
     /// targets.
     pub replicate_from: Option<u64>,
+    /// `partial_retention` (s): a partial copy no session resumed for this long is removed.
+    pub partial_retention: Duration,
     /// `fault`: fault injection for crash tests (`none`, `crash_after_accept_commit`,
     /// `crash_after_renew_commit`, `crash_after_renew_receive`, `crash_after_renew_install`).
     pub fault: Fault,
@@ -374,6 +376,7 @@ impl Config {
             workers: v.count("workers")?,
             storage,
             replicate_from,
+            partial_retention: v.seconds("partial_retention")?,
             fault: Fault::from_word(&fault).ok_or_else(|| bad("fault", "internal: unchecked"))?,
             sources: BTreeMap::new(),
             admin_password: None,

@@ -1,7 +1,8 @@
 //! The daemon's maintenance, one thread on fixed schedules: every second it expires
 //! pending requests whose time ran out, retries spool writes that failed, ends renewal
 //! grace windows, keeps the listener certificates fresh (and at once after a SIGHUP) and
-//! gives freed memory back once threads ended; every minute it logs new certificate
+//! gives freed memory back once threads ended; every five seconds it removes partial
+//! copies past `partial_retention`; every minute it logs new certificate
 //! warnings; every ten minutes it purges long-ended requests and expired sessions. Each
 //! failure is logged and tried again on the next round.
 
@@ -27,6 +28,9 @@ const WARN_AGAIN: Duration = Duration::from_secs(86_400);
 const SWEEP_EVERY: Duration = Duration::from_secs(600);
 /// How often pending requests are checked for expiry (a scan of the open index only).
 const EXPIRY_EVERY: Duration = Duration::from_secs(1);
+/// How often partial copies are checked against `partial_retention` (a scan of the
+/// partial rows, which are few).
+const PARTIALS_EVERY: Duration = Duration::from_secs(5);
 
 /// What the maintenance job works on, handed over by the daemon once everything runs.
 pub struct Maintenance {
@@ -57,6 +61,7 @@ impl Maintenance {
         let app = self.app.clone();
         let mut last_sweep = Instant::now();
         let mut last_expiry = Instant::now();
+        let mut last_partials = Instant::now();
         let mut threads = memory::thread_count();
         let mut last_warning = Instant::now();
         let mut warned = HashMap::new();
@@ -93,6 +98,10 @@ impl Maintenance {
                     memory::release_free();
                 }
                 threads = now_threads;
+            }
+            if last_partials.elapsed() >= PARTIALS_EVERY {
+                last_partials = Instant::now();
+                expire_partials(&app);
             }
             if last_sweep.elapsed() >= SWEEP_EVERY {
                 last_sweep = Instant::now();
@@ -134,6 +143,21 @@ fn log_warnings(app: &App, logged: &mut HashMap<String, Instant>) {
 fn end_graces(app: &App) {
     if let Err(e) = crate::pairing::renewal::end_graces(&app.store, model::now()) {
         log::warn!("renewal grace sweep: {}", Chain(&e));
+    }
+}
+
+/// Removes partial copies of cut transfers that no session resumed within
+/// `partial_retention` (each removal is logged).
+fn expire_partials(app: &App) {
+    let retention = i64::try_from(app.config.partial_retention.as_secs()).unwrap_or(i64::MAX);
+    if let Err(e) = crate::replication::receiver::expire_partials(
+        &app.store,
+        &app.config.storage,
+        &app.replication.ledger,
+        retention,
+        model::now(),
+    ) {
+        log::warn!("partial copy sweep: {}", Chain(&e));
     }
 }
 
