@@ -314,23 +314,26 @@ fn a_refused_token_gets_403_with_its_reason_and_nothing_is_filed() {
     let once = token_of(&create_token(&tgt, &tt, json!({})));
     let barrier = std::sync::Barrier::new(2);
     let statuses: Vec<u16> = std::thread::scope(|s| {
-        let handles: Vec<_> = ["race-1", "race-2"]
-            .into_iter()
-            .map(|uuid| {
-                let (tgt, once, barrier) = (&tgt, &once, &barrier);
-                let body = {
-                    let mut b = request_body(uuid, &simple_csr().pem);
-                    b["token"] = json!(once);
-                    b
-                };
-                s.spawn(move || {
-                    barrier.wait();
-                    tgt.client()
-                        .post_json("/replication/v1/requests", None, &body)
-                        .status
-                })
+        let handles: Vec<_> = [
+            "2ace0000-0000-4000-8000-000000000001",
+            "2ace0000-0000-4000-8000-000000000002",
+        ]
+        .into_iter()
+        .map(|uuid| {
+            let (tgt, once, barrier) = (&tgt, &once, &barrier);
+            let body = {
+                let mut b = request_body(uuid, &simple_csr().pem);
+                b["token"] = json!(once);
+                b
+            };
+            s.spawn(move || {
+                barrier.wait();
+                tgt.client()
+                    .post_json("/replication/v1/requests", None, &body)
+                    .status
             })
-            .collect();
+        })
+        .collect();
         handles.into_iter().map(|h| h.join().unwrap()).collect()
     });
     let mut sorted = statuses.clone();
@@ -387,7 +390,10 @@ fn a_flood_from_one_network_is_capped_and_bulk_ignore_clears_it_in_one_call() {
     // Twelve addresses of 127.0.0.0/24: five requests fill the network, the rest wait.
     let mut taken = Vec::new();
     for i in 2..14u8 {
-        let r = from(Ipv4Addr::new(127, 0, 0, i), &format!("flood-{i}"));
+        let r = from(
+            Ipv4Addr::new(127, 0, 0, i),
+            &format!("f1000000-0000-4000-8000-{i:012x}"),
+        );
         match r.status {
             202 => taken.push(r.json()),
             429 => {
@@ -411,7 +417,10 @@ fn a_flood_from_one_network_is_capped_and_bulk_ignore_clears_it_in_one_call() {
         );
     }
     // Another network is not held up, and the front recorded each real address.
-    let other = from(Ipv4Addr::new(127, 0, 1, 9), "elsewhere");
+    let other = from(
+        Ipv4Addr::new(127, 0, 1, 9),
+        "e15e0000-0000-4000-8000-000000000001",
+    );
     assert_eq!(other.status, 202, "{}", other.text());
     let pending = tgt
         .client()
@@ -453,7 +462,14 @@ fn a_flood_from_one_network_is_capped_and_bulk_ignore_clears_it_in_one_call() {
     let poll = taken[0]["poll"].as_str().unwrap();
     let status = tgt.client().get(&format!("{poll}status.json"), None).json();
     assert_eq!(status["status"], "expired", "spool {}", spool_token(poll));
-    assert_eq!(from(Ipv4Addr::new(127, 0, 0, 50), "later").status, 202);
+    assert_eq!(
+        from(
+            Ipv4Addr::new(127, 0, 0, 50),
+            "1a7e0000-0000-4000-8000-000000000001"
+        )
+        .status,
+        202
+    );
     let rows = audit(&tgt, &tt);
     let bulk = rows
         .iter()
