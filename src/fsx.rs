@@ -404,7 +404,7 @@ fn ensure_dir_under_on<D: Disk>(
             Ok(m) if m.is_dir() => continue,
             Ok(_) => {
                 return Err(io::Error::new(
-                    io::ErrorKind::InvalidInput,
+                    io::ErrorKind::NotADirectory,
                     format!("{} is not a directory", p.display()),
                 ))
             }
@@ -420,7 +420,7 @@ fn ensure_dir_under_on<D: Disk>(
             Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {
                 if !fs::symlink_metadata(&p)?.is_dir() {
                     return Err(io::Error::new(
-                        io::ErrorKind::InvalidInput,
+                        io::ErrorKind::NotADirectory,
                         format!("{} is not a directory", p.display()),
                     ));
                 }

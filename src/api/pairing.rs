@@ -60,6 +60,7 @@ pub fn file_request(call: &Call) -> Result<Reply, ApiError> {
             network_v4: config.pending_prefix_v4,
             network_v6: config.pending_prefix_v6,
             ttl_seconds: ttl.as_secs() as i64,
+            crowded_ttl_seconds: config.crowded_request_ttl.min(ttl).as_secs() as i64,
             retry_after: config.poll_interval.as_secs(),
         },
         require_token: config.require_token,

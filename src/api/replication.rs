@@ -12,7 +12,9 @@ use super::{Call, Reply};
 use crate::model::UnixTime;
 use crate::replication::admin::{self, Action, Change, ItemView, ListQuery};
 use crate::replication::live::Incoming;
-use crate::store::{ReceivedRecord, ReplicationConfig, Strategy, ThrottleRecord, ThrottleWindow};
+use crate::store::{
+    ItemStatus, ReceivedRecord, ReplicationConfig, Strategy, ThrottleRecord, ThrottleWindow,
+};
 
 /// Items per page unless `count` says otherwise, and the most it may say.
 const DEFAULT_COUNT: u64 = 100;
@@ -43,6 +45,8 @@ struct ItemJson<'a> {
     #[serde(skip_serializing_if = "Option::is_none")]
     eta_s: Option<u64>,
     attempts: u32,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    retry_at: Option<UnixTime>,
     #[serde(skip_serializing_if = "Option::is_none")]
     message: Option<&'a str>,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -76,6 +80,11 @@ fn item_json(v: &ItemView) -> ItemJson<'_> {
         rate_bps: v.progress.as_ref().map(|p| p.rate_bps()),
         eta_s: v.progress.as_ref().and_then(|p| p.eta_s()),
         attempts: i.attempts,
+        // When a backing-off or refused item is tried next; a failed one without it
+        // waits for an admin's reset.
+        retry_at: i
+            .retry_at
+            .filter(|_| matches!(i.status, ItemStatus::Waiting | ItemStatus::Failed)),
         message: i.message.as_deref(),
         sha256: i.sha256.as_deref(),
     }

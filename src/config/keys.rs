@@ -407,6 +407,15 @@ pub(super) const KEYS: &[Key] = &[
              and `request_ttl`; targets that pair through tokens set it short (for example \
              `3600`) so junk from strangers clears itself soon",
     ),
+    Key::seconds(
+        "crowded_request_ttl",
+        3_600,
+        60..=31_536_000,
+        "a pending request filed without a pairing token while the inbox is at least half full \
+         (`max_pending`), from a network that already has open requests, expires after the \
+         shorter of this and the other TTLs (1 hour), so a flood clears itself; see \
+         docs/operations.md, \"The pairing inbox under a flood\"",
+    ),
     Key::flag(
         "require_token",
         false,
@@ -478,6 +487,13 @@ pub(super) const KEYS: &[Key] = &[
         "how often every source's received copies are re-read and checked against their \
          SHA-256 (7 days); a damaged copy is fetched again from the source at its next \
          session. `0` turns the schedule off (`POST /api/replication/verify` still runs one)",
+    ),
+    Key::seconds(
+        "partial_retention",
+        604_800,
+        10..=315_360_000,
+        "a partial copy of a cut transfer that no session resumed for this long is removed (7 \
+         days, at least 10); until then it counts against its source's quota",
     ),
     Key::choice(
         "fault",

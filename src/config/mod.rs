@@ -198,6 +198,10 @@ pub struct Config {
     /// `unverified_request_ttl` (s): a pending request filed without a pairing token expires
     /// after the shorter of it and `request_ttl`.
     pub unverified_request_ttl: Duration,
+    /// `crowded_request_ttl` (s): a pending request filed without a token while the inbox
+    /// is at least half full, from a network that already has open requests, expires after
+    /// the shorter of it and the other TTLs.
+    pub crowded_request_ttl: Duration,
     /// `require_token`: refuse every pairing request filed without a valid pairing token.
     pub require_token: bool,
     /// `certificate_days` (or `certificate_seconds`, which wins, at least 60): lifetime of
@@ -224,6 +228,8 @@ pub struct Config {
     /// `verify_interval` (s): how often every source's copies are verified; zero: never
     /// on a schedule.
     pub verify_interval: Duration,
+    /// `partial_retention` (s): a partial copy no session resumed for this long is removed.
+    pub partial_retention: Duration,
     /// `fault`: fault injection for crash tests (`none`, `crash_after_accept_commit`,
     /// `crash_after_renew_commit`, `crash_after_renew_receive`, `crash_after_renew_install`,
     /// `crash_after_rollover_files`, `crash_after_rollover_start`,
@@ -385,6 +391,7 @@ impl Config {
             pending_prefix_v4: v.count("pending_prefix_v4")?,
             pending_prefix_v6: v.count("pending_prefix_v6")?,
             unverified_request_ttl: v.seconds("unverified_request_ttl")?,
+            crowded_request_ttl: v.seconds("crowded_request_ttl")?,
             require_token: v.flag("require_token")?,
             client_cert_lifetime,
             server_cert_lifetime: v.seconds("server_certificate_seconds")?,
@@ -395,6 +402,7 @@ impl Config {
             replicate_from,
             recycle_days: v.number("recycle_days")?,
             verify_interval: v.seconds("verify_interval")?,
+            partial_retention: v.seconds("partial_retention")?,
             fault: Fault::from_word(&fault).ok_or_else(|| bad("fault", "internal: unchecked"))?,
             sources: BTreeMap::new(),
             admin_password: None,

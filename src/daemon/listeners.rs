@@ -108,6 +108,7 @@ pub(super) fn serve(
                     client_lifetime: config.client_cert_lifetime,
                     renew_grace: config.renew_grace,
                     fault: config.fault,
+                    renewals: Default::default(),
                 },
                 routes: tunnel::routes::table(),
                 limits: sockets.tunnel_limits,

@@ -429,6 +429,18 @@ fn against_receiver_raw(
     tail: &[u8],
     then_close: bool,
 ) -> Vec<String> {
+    against_receiver_as(f, &f.source, frames, tail, then_close)
+}
+
+/// As [`against_receiver_raw`], for `source` (another source sharing the fixture's store,
+/// storage and ledger).
+fn against_receiver_as(
+    f: &Fixture,
+    source: &receiver::Source,
+    frames: &[Frame<'_>],
+    tail: &[u8],
+    then_close: bool,
+) -> Vec<String> {
     let (a, b) = UnixStream::pair().unwrap();
     let answers = Arc::new(Mutex::new(Vec::new()));
     std::thread::scope(|scope| {
@@ -440,7 +452,7 @@ fn against_receiver_raw(
                 peer: "test".into(),
                 now: || 1_000,
             };
-            super::serve(&ctx, &f.source, a.try_clone().unwrap(), &a);
+            super::serve(&ctx, source, a.try_clone().unwrap(), &a);
             let _ = a.shutdown(std::net::Shutdown::Both);
         });
         let mut w = FrameWriter::new(&b);
@@ -930,4 +942,251 @@ fn a_power_loss_after_a_recorded_checkpoint_keeps_what_it_recorded() {
         ops.len(),
         recorded.len()
     );
+}
+// ---- a source is a tenant: its sizes, offers and partial copies are hostile input ----
+
+/// The frames of a whole file `name` sent as new: offer, start, data, end.
+fn whole_file<'a>(seq: u32, name: &'a str, body: &'a [u8]) -> Vec<Frame<'a>> {
+    let mut frames = vec![
+        Frame::Offer {
+            seq,
+            size: body.len() as u64,
+            version: 0,
+            name,
+        },
+        Frame::Start { seq, offset: 0 },
+    ];
+    for piece in body.chunks(MAX_DATA) {
+        frames.push(Frame::Data { seq, bytes: piece });
+    }
+    frames.push(Frame::End {
+        seq,
+        sha256: sha(body),
+    });
+    frames
+}
+
+#[test]
+fn offers_of_sizes_near_two_to_the_64_are_refused_and_nothing_is_written() {
+    let mut f = fixture("huge");
+    f.source.quota_mb = Some(5);
+    let body = content(1, 300_000);
+    let mut frames = Vec::new();
+    for (i, size) in [
+        u64::MAX,
+        u64::MAX - 4 * 1024 * 1024,
+        1 << 63,
+        u64::MAX / 2 + 17,
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        frames.push(Frame::Offer {
+            seq: i as u32 + 1,
+            size,
+            version: 0,
+            name: "c/huge",
+        });
+    }
+    // Then a starting file that claims to be nearly 2^64 bytes: its data is never taken.
+    frames.push(Frame::Start { seq: 4, offset: 0 });
+    frames.push(Frame::Data {
+        seq: 4,
+        bytes: &body,
+    });
+    let answers = against_receiver(&f, &frames, false);
+    let refused: Vec<&String> = answers
+        .iter()
+        .filter(|a| a.contains("Refuse") && a.contains("NoSpace"))
+        .collect();
+    assert_eq!(refused.len(), 4, "{answers:#?}");
+    assert!(
+        refused.iter().all(|a| a.contains("could ever hold")),
+        "{refused:#?}"
+    );
+    assert!(
+        answers
+            .last()
+            .is_some_and(|a| a.contains("Fatal") && a.contains("Protocol")),
+        "{answers:#?}"
+    );
+    nothing_visible(&f);
+    assert!(f.store.partials().unwrap().is_empty());
+}
+
+#[test]
+fn partial_copies_of_cut_transfers_count_against_the_quota() {
+    let mut f = fixture("partial-quota");
+    f.source.quota_mb = Some(10);
+    // A transfer of 8 MiB cut after 7 MiB: its partial copy stays, resumable.
+    let body = content(2, 7 * 1024 * 1024);
+    let mut frames = vec![
+        Frame::Offer {
+            seq: 1,
+            size: 8 * 1024 * 1024,
+            version: 1,
+            name: "c/a",
+        },
+        Frame::Start { seq: 1, offset: 0 },
+    ];
+    for piece in body.chunks(MAX_DATA) {
+        frames.push(Frame::Data {
+            seq: 1,
+            bytes: piece,
+        });
+    }
+    against_receiver_raw(&f, &frames, &[], true);
+    let p = f.store.partial(&f.source.uuid, "c/a").unwrap().unwrap();
+    assert_eq!(p.offset, body.len() as u64);
+    // Another 5 MB would put 12 MB under a 10 MB quota: refused before any byte moves.
+    let answers = against_receiver(
+        &f,
+        &[
+            Frame::Offer {
+                seq: 1,
+                size: 5 * 1024 * 1024,
+                version: 1,
+                name: "c/b",
+            },
+            Frame::Finish,
+        ],
+        false,
+    );
+    assert!(
+        answers[1].contains("Quota") && answers[1].contains("7 MB in partial copies"),
+        "{answers:#?}"
+    );
+    // The cut file itself still resumes (its partial counts once, with its offer).
+    let answers = against_receiver(
+        &f,
+        &[
+            Frame::Offer {
+                seq: 1,
+                size: 8 * 1024 * 1024,
+                version: 1,
+                name: "c/a",
+            },
+            Frame::Finish,
+        ],
+        false,
+    );
+    assert!(answers[1].contains("Resume"), "{answers:#?}");
+    // Once no session resumed it for `partial_retention`, the sweep removes it, and the
+    // quota has room again.
+    let dir = received_path(&f, "c");
+    let swept = receiver::expire_partials(
+        &f.store,
+        std::slice::from_ref(&f.source.storage),
+        &f.ledger,
+        60,
+        1_000 + 59,
+    )
+    .unwrap();
+    assert_eq!(swept, 0, "not yet");
+    let swept = receiver::expire_partials(
+        &f.store,
+        std::slice::from_ref(&f.source.storage),
+        &f.ledger,
+        60,
+        1_000 + 60,
+    )
+    .unwrap();
+    assert_eq!(swept, 1);
+    assert!(f.store.partials().unwrap().is_empty());
+    assert!(!dir.join(".a.replgate-part").exists());
+    let small = content(3, 5 * 1024 * 1024);
+    let mut frames = whole_file(1, "c/b", &small);
+    frames.push(Frame::Finish);
+    let answers = against_receiver(&f, &frames, false);
+    assert!(
+        answers.iter().any(|a| a.contains("Committed")),
+        "{answers:#?}"
+    );
+}
+
+#[test]
+fn offers_never_sent_by_one_source_do_not_starve_another() {
+    let f = fixture("starve");
+    let other = receiver::Source {
+        system_id: 3,
+        uuid: "99999999-2222-4333-8444-555555555555".into(),
+        ..f.source.clone()
+    };
+    let (_, free) = crate::fsx::disk_space(&f.source.storage.path).unwrap();
+    // Source A offers files that together take every byte of free space above the
+    // reserve (halving sizes fill it to within 64 KiB), and never sends one.
+    let names: Vec<String> = (1..=40).map(|k| format!("c/hold-{k}")).collect();
+    let (a, b) = UnixStream::pair().unwrap();
+    std::thread::scope(|scope| {
+        let a_side = scope.spawn(|| {
+            let ctx = receiver::Context {
+                store: &f.store,
+                live: &f.live,
+                ledger: &f.ledger,
+                peer: "a".into(),
+                now: || 1_000,
+            };
+            let summary = super::serve(&ctx, &f.source, a.try_clone().unwrap(), &a);
+            let _ = a.shutdown(std::net::Shutdown::Both);
+            summary
+        });
+        let mut w = FrameWriter::new(&b);
+        for (k, name) in names.iter().enumerate() {
+            let size = (free.saturating_sub(receiver::SPACE_MARGIN) >> (k + 1)).max(64 * 1024);
+            w.send(&Frame::Offer {
+                seq: k as u32 + 1,
+                size,
+                version: 0,
+                name,
+            })
+            .unwrap();
+        }
+        w.flush().unwrap();
+        let mut r = FrameReader::new(&b);
+        let mut decided = 0;
+        while decided < names.len() {
+            let fr = format!("{:?}", r.next_frame().unwrap().unwrap());
+            assert!(!fr.contains("Refuse") && !fr.contains("Fatal"), "{fr}");
+            decided += usize::from(fr.contains("Decision"));
+        }
+        // Source B, with A's offers open: its 1 MiB backup goes through.
+        let body = content(4, 1024 * 1024);
+        let mut frames = whole_file(1, "c/b", &body);
+        frames.push(Frame::Finish);
+        let answers = against_receiver_as(&f, &other, &frames, &[], false);
+        assert!(
+            answers.iter().any(|a| a.contains("Committed")),
+            "{answers:#?}"
+        );
+        let copy = f.source.storage.path.join(&other.uuid).join("c/b");
+        assert_eq!(std::fs::read(copy).unwrap(), body);
+        w.send(&Frame::Finish).unwrap();
+        w.flush().unwrap();
+        while let Ok(Some(_)) = r.next_frame() {}
+        a_side.join().unwrap();
+    });
+}
+
+#[test]
+fn a_refusal_names_what_failed_and_never_a_path_of_the_target() {
+    let f = fixture("no-path");
+    // Something that is not a directory where the client's directory would go.
+    let uuid_dir = f.source.storage.path.join(&f.source.uuid);
+    std::fs::create_dir_all(&uuid_dir).unwrap();
+    std::fs::write(uuid_dir.join("c"), b"not a directory").unwrap();
+    let body = content(5, 1000);
+    let mut frames = whole_file(1, "c/x", &body);
+    frames.push(Frame::Finish);
+    let answers = against_receiver(&f, &frames, false);
+    let failed = answers
+        .iter()
+        .find(|a| a.contains("Failed"))
+        .unwrap_or_else(|| panic!("{answers:#?}"));
+    assert!(failed.contains("cannot write c/x on storage 1"), "{failed}");
+    assert!(failed.contains("not a directory"), "{failed}");
+    let root = f.dir.display().to_string();
+    for a in &answers {
+        assert!(!a.contains(&root), "a path of the target: {a}");
+        assert!(!a.contains("/tmp"), "a path of the target: {a}");
+    }
 }

@@ -3,7 +3,8 @@
 //! pending requests whose time ran out, retries spool writes that failed, ends renewal
 //! grace windows, keeps the listener certificates fresh (and at once after a SIGHUP or a
 //! change of the CAs in force, when it also rewrites the spool's `ca.pem` files) and
-//! gives freed memory back once threads ended; every ten seconds it stops trusting
+//! gives freed memory back once threads ended; every five seconds it removes partial
+//! copies past `partial_retention`; every ten seconds it stops trusting
 //! aborted CAs nobody uses any more; every minute it logs new certificate warnings and
 //! applies the sources' retention policies, moving what they let go to the recycle bin and
 //! purging what stayed there past `recycle_days` (and at once when an admin changed a
@@ -38,6 +39,9 @@ const EXPIRY_EVERY: Duration = Duration::from_secs(1);
 const ABORTED_EVERY: Duration = Duration::from_secs(10);
 /// How often retention runs and the recycle bins are purged by age.
 const RETENTION_EVERY: Duration = Duration::from_secs(60);
+/// How often partial copies are checked against `partial_retention` (a scan of the
+/// partial rows, which are few).
+const PARTIALS_EVERY: Duration = Duration::from_secs(5);
 
 /// What the maintenance job works on, handed over by the daemon once everything runs.
 pub struct Maintenance {
@@ -68,6 +72,7 @@ impl Maintenance {
         let app = self.app.clone();
         let mut last_sweep = Instant::now();
         let mut last_expiry = Instant::now();
+        let mut last_partials = Instant::now();
         let mut threads = memory::thread_count();
         let mut last_warning = Instant::now();
         let mut warned = HashMap::new();
@@ -125,6 +130,10 @@ impl Maintenance {
             if kicked || last_retention.elapsed() >= RETENTION_EVERY {
                 last_retention = Instant::now();
                 keep_retention(&app);
+            }
+            if last_partials.elapsed() >= PARTIALS_EVERY {
+                last_partials = Instant::now();
+                expire_partials(&app);
             }
             if last_sweep.elapsed() >= SWEEP_EVERY {
                 last_sweep = Instant::now();
@@ -198,6 +207,21 @@ fn end_aborted(app: &App) {
 fn end_graces(app: &App) {
     if let Err(e) = crate::pairing::renewal::end_graces(&app.store, model::now()) {
         log::warn!("renewal grace sweep: {}", Chain(&e));
+    }
+}
+
+/// Removes partial copies of cut transfers that no session resumed within
+/// `partial_retention` (each removal is logged).
+fn expire_partials(app: &App) {
+    let retention = i64::try_from(app.config.partial_retention.as_secs()).unwrap_or(i64::MAX);
+    if let Err(e) = crate::replication::receiver::expire_partials(
+        &app.store,
+        &app.config.storage,
+        &app.replication.ledger,
+        retention,
+        model::now(),
+    ) {
+        log::warn!("partial copy sweep: {}", Chain(&e));
     }
 }
 

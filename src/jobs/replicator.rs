@@ -17,7 +17,7 @@ use super::watch::Watcher;
 use crate::identity::TargetDirs;
 use crate::model::{self, Chain};
 use crate::remote::tunnel::{open_transfer, OpenTransferError};
-use crate::replication::feed::{recover_active, Claims, Reserver, StoreFeed};
+use crate::replication::feed::{recover_active, requeue_refused, Claims, Reserver, StoreFeed};
 use crate::replication::live::Peer;
 use crate::replication::sender::{self, SessionError};
 use crate::replication::{backups, queue, Shared};
@@ -184,9 +184,21 @@ fn run_target(ctx: &Arc<Context>, target_id: u64, stop: &Arc<AtomicBool>) {
             let config = ctx.shared.live.config();
             let running = state.running.load(Ordering::SeqCst);
             let waiting = match ctx.store.open_items(Some(target_id)) {
-                Ok(items) => {
+                Ok(mut items) => {
+                    let now = model::now();
+                    // Items the target refused for now go on by themselves after their wait.
+                    match requeue_refused(&ctx.store, &mut items, now) {
+                        Ok(0) => {}
+                        Ok(n) => log::info!(
+                            "replication to target {target_id}: {n} items the target refused for now are tried again"
+                        ),
+                        Err(e) => log::warn!(
+                            "replication to target {target_id}: retry refused items: {}",
+                            Chain(&e)
+                        ),
+                    }
                     let unclaimed = state.claimed.unclaimed(items);
-                    queue::startable(&unclaimed, config.strategy, 0, u32::MAX, model::now()).len()
+                    queue::startable(&unclaimed, config.strategy, 0, u32::MAX, now).len()
                 }
                 Err(e) => {
                     log::warn!(

@@ -56,6 +56,36 @@ pub fn recover_active(store: &Store) -> Result<u64, StoreError> {
     })
 }
 
+/// Of `items` (one target's open items, as just read), those the target refused for now
+/// whose wait is over wait again (`queue::retry_due`), in the store and in `items`.
+/// Returns how many.
+pub fn requeue_refused(
+    store: &Store,
+    items: &mut [QueueItem],
+    now: UnixTime,
+) -> Result<u64, StoreError> {
+    if !items.iter().any(|i| queue::retry_due(i, now)) {
+        return Ok(0);
+    }
+    let due: Vec<u64> = store.write(|tx| {
+        let mut due = Vec::new();
+        for i in items.iter().filter(|i| queue::retry_due(i, now)) {
+            if let Some(mut stored) = tx.open_item(i.id)? {
+                if queue::retry_due(&stored, now) {
+                    queue::retry(&mut stored);
+                    tx.put_item(&stored)?;
+                    due.push(i.id);
+                }
+            }
+        }
+        Ok::<_, StoreError>(due)
+    })?;
+    for i in items.iter_mut().filter(|i| due.contains(&i.id)) {
+        queue::retry(i);
+    }
+    Ok(due.len() as u64)
+}
+
 /// The items claimed by any session of one target, so two sessions never send the same
 /// item.
 #[derive(Debug, Default)]
@@ -344,7 +374,7 @@ impl Feed for StoreFeed<'_> {
             let Ok(backup) = BackupName::parse(&item.backup) else {
                 self.finished(
                     item.id,
-                    Attempt::Refused("not a valid backup name".into()),
+                    Attempt::Rejected("not a valid backup name".into()),
                     0,
                 );
                 continue;
@@ -535,5 +565,53 @@ impl Drop for StoreFeed<'_> {
         if let Err(e) = self.store.write(|_| Ok::<_, StoreError>(())) {
             log::warn!("replication: flush progress: {}", Chain(&e));
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::wire::transfer::Code;
+
+    #[test]
+    fn items_refused_for_space_wait_again_once_their_time_comes_and_bad_names_do_not() {
+        let dir =
+            std::env::temp_dir().join(format!("replgate-feed-requeue-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        crate::fsx::ensure_private_dir(&dir).unwrap();
+        let store = Store::open(&dir.join("db.redb")).unwrap();
+        let found = |n: &str| Found {
+            name: BackupName::parse(n).unwrap(),
+            size: 100,
+            version: 1,
+        };
+        let mut space = queue::new_item(1, 7, &found("c/space"), None, 0);
+        queue::finish_attempt(
+            &mut space,
+            queue::attempt_for(Code::NoSpace, "full"),
+            3,
+            100,
+        );
+        let mut name = queue::new_item(2, 7, &found("c/name"), None, 0);
+        queue::finish_attempt(&mut name, queue::attempt_for(Code::BadName, "no"), 3, 100);
+        store
+            .write(|tx| {
+                tx.put_item(&space)?;
+                tx.put_item(&name)
+            })
+            .unwrap();
+        let mut items = store.open_items(Some(7)).unwrap();
+        // Before its wait (2 s) is over nothing changes.
+        assert_eq!(requeue_refused(&store, &mut items, 101).unwrap(), 0);
+        assert_eq!(requeue_refused(&store, &mut items, 102).unwrap(), 1);
+        let stored = store.open_items(Some(7)).unwrap();
+        for list in [&items[..], &stored[..]] {
+            let status = |id| list.iter().find(|i| i.id == id).unwrap().status;
+            assert_eq!(status(1), ItemStatus::Waiting);
+            assert_eq!(status(2), ItemStatus::Failed);
+        }
+        assert_eq!(requeue_refused(&store, &mut items, i64::MAX).unwrap(), 0);
+        drop(store);
+        let _ = std::fs::remove_dir_all(&dir);
     }
 }

@@ -171,7 +171,7 @@ pub struct PeerStats {
 pub fn attempt_reason(attempt: &Attempt) -> Option<&'static str> {
     match attempt {
         Attempt::Done { .. } => None,
-        Attempt::Refused(_) => Some("refused"),
+        Attempt::Refused(_) | Attempt::Rejected(_) => Some("refused"),
         Attempt::Failed(_) => Some("failed"),
         Attempt::Interrupted(_) => Some("interrupted"),
     }

@@ -162,6 +162,11 @@ pub struct QueueItem {
     /// `retries` the item stays `failed`.
     #[serde(default)]
     pub failures: u32,
+    /// Attempts in a row the target refused for now (its quota, its free space): they
+    /// set the wait before the next, and never count against `retries`. (Not written
+    /// while 0, so rows read as they did before the field.)
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub refusals: u32,
     #[serde(default)]
     pub message: Option<String>,
     /// Lowercase hex, once known (a transfer finished, or the target held the same copy).
@@ -171,9 +176,14 @@ pub struct QueueItem {
     /// queued, in this order.
     #[serde(default)]
     pub tail: Option<u64>,
-    /// A failed attempt is retried no earlier than this.
+    /// A failed attempt is retried no earlier than this; on a `failed` item, when it is
+    /// tried again by itself (absent: only an admin's reset tries it again).
     #[serde(default)]
     pub retry_at: Option<UnixTime>,
+}
+
+fn is_zero(n: &u32) -> bool {
+    *n == 0
 }
 
 /// The latest item of one backup for one target, so a scan can tell a known backup from a
@@ -352,6 +362,19 @@ fn partial(tx: &impl Tables, uuid: &str, backup: &str) -> Result<Option<PartialR
     access::get(tx, schema::PARTIALS, (uuid, backup))
 }
 
+fn partials_of(tx: &impl Tables, uuid: &str) -> Result<Vec<PartialRecord>> {
+    let mut out = Vec::new();
+    let prefix = schema::name_prefix(uuid);
+    for row in tx.open(schema::PARTIALS)?.range(prefix.as_slice()..)? {
+        let (k, v) = row?;
+        if !k.value().starts_with(&prefix) {
+            break;
+        }
+        out.push(decode("partials", v.value())?);
+    }
+    Ok(out)
+}
+
 fn partials(tx: &impl Tables) -> Result<Vec<(String, PartialRecord)>> {
     let mut out = Vec::new();
     for row in tx.open(schema::PARTIALS)?.iter()? {
@@ -435,6 +458,11 @@ impl Store {
 
     pub fn partial(&self, uuid: &str, backup: &str) -> Result<Option<PartialRecord>> {
         partial(&self.snapshot()?, uuid, backup)
+    }
+
+    /// One source's partial copies (its quota counts them).
+    pub fn partials_of(&self, uuid: &str) -> Result<Vec<PartialRecord>> {
+        partials_of(&self.snapshot()?, uuid)
     }
 
     /// Every partial copy, with its source's uuid (start-up repair).
@@ -608,6 +636,7 @@ mod tests {
             bytes_sent: 0,
             attempts: 0,
             failures: 0,
+            refusals: 0,
             message: None,
             sha256: None,
             tail: None,

@@ -169,6 +169,10 @@ impl From<RenewError> for TunnelHttpError {
                 TunnelHttpError::Forbidden(text)
             }
             R::Superseded { .. } => TunnelHttpError::Conflict(text),
+            R::TooSoon { retry_after, .. } => TunnelHttpError::TooMany {
+                message: text,
+                retry_after,
+            },
             R::SameKey | R::Csr(_) => TunnelHttpError::BadRequest(text),
             R::Ca(_) | R::Clock(_) | R::Store(_) => TunnelHttpError::internal(e),
         }

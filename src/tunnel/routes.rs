@@ -34,6 +34,8 @@ pub struct App {
     pub renew_grace: Duration,
     /// Crash points for the renewal crash tests (`Fault::None` in production).
     pub fault: Fault,
+    /// Renewal calls per certificate, bounded (`renewal::Attempts`).
+    pub renewals: renewal::Attempts,
 }
 
 /// Largest CSR accepted for a renewal (as for a pairing request).
@@ -57,6 +59,17 @@ pub fn table() -> Vec<Route<App>> {
 /// `POST /tunnel/v1/renew {"csr"}`: renews the certificate of this connection for the
 /// CSR's new key (SPEC 12). The identity is the connection's verified certificate.
 fn renew(app: &App, call: &mut Call<'_>) -> Result<Reply, TunnelHttpError> {
+    let serial = call.peer().serial.clone();
+    app.renewals
+        .admit(&serial, call.now)
+        .map_err(|retry_after| TunnelHttpError::TooMany {
+            message: format!(
+                "more than {} renewal calls with certificate {serial} within {} s; try again later",
+                renewal::ATTEMPTS,
+                renewal::ATTEMPT_WINDOW
+            ),
+            retry_after,
+        })?;
     let body = call.json()?;
     let csr = body["csr"]
         .as_str()
@@ -73,8 +86,7 @@ fn renew(app: &App, call: &mut Call<'_>) -> Result<Reply, TunnelHttpError> {
         client_lifetime: app.client_lifetime,
         grace: app.renew_grace,
     };
-    let peer = call.peer();
-    let (serial, address) = (peer.serial.clone(), peer.addr.ip().to_string());
+    let address = call.peer().addr.ip().to_string();
     let renewed = renewal::renew(&side, &serial, csr, &address, call.now).map_err(|e| {
         log::warn!(
             "tunnel: renewal from {address} with certificate {serial} refused: {}",

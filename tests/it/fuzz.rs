@@ -443,7 +443,11 @@ fn body_routes(csr_pem: &str) -> Vec<BodyRoute> {
             path: "/api/replication/tokens",
             fields: vec![
                 ("storage_id", Id, "1".into()),
-                ("system_uuid", Str, s("0000-1111")),
+                (
+                    "system_uuid",
+                    Str,
+                    s("f0220000-0000-4000-8000-000000000002"),
+                ),
                 ("host", Str, s("src.example")),
                 ("note", Str, s("fuzz")),
                 ("address", Str, s("127.0.0.1:8443")),

@@ -813,6 +813,34 @@ fn a_quota_refuses_before_the_transfer_starts_and_the_item_says_so() {
 }
 
 #[test]
+fn an_item_refused_for_its_quota_goes_on_by_itself_once_the_quota_has_room() {
+    let (src, tgt) = start_pair("repl-quota-resume");
+    write_backup(&src, "r/big", &content(3, 3 << 20));
+    let p = pair(&src, &tgt, json!({"quota_mb": 2}));
+    let st = src.root_token();
+    let failed = wait_item(&src, &st, "r/big", "failed", Duration::from_secs(20));
+    assert!(
+        failed["message"]
+            .as_str()
+            .unwrap()
+            .contains("quota of 2 MB"),
+        "{failed}"
+    );
+    assert!(failed["retry_at"].is_i64(), "refused for now: {failed}");
+    // Nobody resets the item on the source: raising the quota on the target is enough.
+    let tt = tgt.root_token();
+    let r = put(
+        &tgt,
+        &format!("/api/replication/source?sid={}", p.sid),
+        &tt,
+        &json!({"quota_mb": 10}),
+    );
+    assert_eq!(r.status, 200, "{}", r.text());
+    wait_item(&src, &st, "r/big", "done", Duration::from_secs(90));
+    assert!(received_path(&tgt, &p, "r/big").exists());
+}
+
+#[test]
 fn unpair_mid_transfer_stops_it_and_received_backups_stay() {
     let (src, tgt) = start_pair("repl-unpair");
     let st = src.root_token();

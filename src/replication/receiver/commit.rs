@@ -11,7 +11,7 @@ use std::time::Duration;
 
 use super::sink::FileSink;
 use super::state::{CommitQueue, Committed, Session, ToCommit};
-use super::{client_dir, drop_partial, Context, Refusal, Source};
+use super::{client_dir, drop_partial, storage_failure, Context, Refusal, Source};
 use crate::fsx::{self, PartialFile};
 use crate::model::UnixTime;
 use crate::replication::live::Peer;
@@ -167,8 +167,9 @@ pub fn commit(
             Ok(Ok(file)) => ok.push((f, file)),
             Ok(Err(e)) => {
                 drop_partial(store, uuid, &client_dir(source, &f.name), &f.name);
-                let m = format!("cannot make {} durable: {e}", f.name);
-                out.push((f.seq, Err(Refusal::new(Code::Storage, m))));
+                let what = format!("cannot make {} durable", f.name);
+                log::error!("replication: {what}: {e}");
+                out.push((f.seq, Err(storage_failure(storage_id, &what, &e))));
             }
             Err(_) => out.push((
                 f.seq,
@@ -213,8 +214,9 @@ pub fn commit(
                 renamed.push(f);
             }
             Err(e) => {
-                let m = format!("cannot rename {} into place: {e}", f.name);
-                out.push((f.seq, Err(Refusal::new(Code::Storage, m))));
+                let what = format!("cannot rename {} into place", f.name);
+                log::error!("replication: {what}: {e}");
+                out.push((f.seq, Err(storage_failure(storage_id, &what, &e))));
             }
         }
     }
@@ -277,11 +279,8 @@ fn sync_dirs(
         let dir = client_dir(source, &f.name);
         match failed.iter().find(|(d, _)| **d == dir) {
             Some((_, e)) => {
-                let m = format!(
-                    "cannot make {} durable: fsync of its directory: {e}",
-                    f.name
-                );
-                out.push((f.seq, Err(Refusal::new(Code::Storage, m))));
+                let what = format!("cannot make {} durable: fsync of its directory", f.name);
+                out.push((f.seq, Err(storage_failure(source.storage.id, &what, e))));
             }
             None => synced.push(f),
         }

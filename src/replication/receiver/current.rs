@@ -14,7 +14,8 @@ use super::commit::{GROUP_BYTES, GROUP_FILES};
 use super::sink::FileSink;
 use super::state::{Current, Decided, Session, ToCommit};
 use super::{
-    chunk_for, client_dir, digest_of, drop_partial, partial_path, window_for, ReceiveError, Source,
+    chunk_for, client_dir, digest_of, drop_partial, partial_path, storage_failure, window_for,
+    ReceiveError, Refusal, Source,
 };
 use crate::fsx::{self, PartialFile};
 use crate::model::UnixTime;
@@ -83,11 +84,14 @@ impl<W: Write, S: FileSink> Session<'_, '_, W, S> {
         match opened.and_then(|f| self.sink.open(f)) {
             Ok(()) => {}
             Err(e) => {
-                let m = format!(
-                    "cannot write {} on storage {}: {e}",
-                    offer.name, self.source.storage.id
+                log::error!(
+                    "replication from system {}: cannot write {} on storage {}: {e}",
+                    self.source.system_id,
+                    offer.name,
+                    self.source.storage.id
                 );
-                log::error!("replication from system {}: {m}", self.source.system_id);
+                let what = format!("cannot write {}", offer.name);
+                let r = storage_failure(self.source.storage.id, &what, &e);
                 self.summary.failed += 1;
                 let peer = Peer::Source(self.source.system_id);
                 self.ctx
@@ -97,8 +101,8 @@ impl<W: Write, S: FileSink> Session<'_, '_, W, S> {
                 self.send(&Frame::Outcome {
                     seq,
                     outcome: Outcome::Failed {
-                        code: Code::Storage,
-                        message: &m,
+                        code: r.code,
+                        message: &r.message,
                     },
                 });
                 self.flush();
@@ -162,13 +166,38 @@ impl<W: Write, S: FileSink> Session<'_, '_, W, S> {
             self.fail_current(Code::SizeMismatch, m);
             return Ok(());
         }
+        // Space is taken as the bytes arrive, a window ahead of them (`Ledger`).
+        let source = self.source;
+        let (written, size) = (cur.written, cur.offer.size);
+        let covered =
+            cur.offer
+                .reservation
+                .cover(written, written + len, size, 2 * chunk_for(size), || {
+                    fsx::disk_space(&source.storage.path)
+                        .map(|(_, free)| free)
+                        .map_err(|e| {
+                            storage_failure(source.storage.id, "cannot read the free space", &e)
+                        })
+                });
+        if let Err(r) = covered {
+            self.checkpoint_current();
+            self.fail_current_keep(r.code, r.message);
+            return Ok(());
+        }
         if let Err(e) = self.sink.write(bytes) {
-            let m = format!(
-                "cannot write {} on storage {}: {e}",
-                cur.offer.name, self.source.storage.id
+            log::error!(
+                "replication from system {}: cannot write {} on storage {}: {e}",
+                source.system_id,
+                cur.offer.name,
+                source.storage.id
+            );
+            let r = storage_failure(
+                source.storage.id,
+                &format!("cannot write {}", cur.offer.name),
+                &e,
             );
             self.checkpoint_current();
-            self.fail_current_keep(Code::Storage, m);
+            self.fail_current_keep(r.code, r.message);
             return Ok(());
         }
         cur.hasher.update(bytes);
@@ -217,8 +246,16 @@ impl<W: Write, S: FileSink> Session<'_, '_, W, S> {
             match self.checkpoint_now() {
                 Ok(offset) => durable = durable.max(offset),
                 Err(e) => {
-                    let m = format!("cannot make {} durable: {e}", self.current_name());
-                    self.fail_current_keep(Code::Storage, m);
+                    let what = format!("cannot make {} durable", self.current_name());
+                    log::error!(
+                        "replication from system {}: {what}: {e}",
+                        self.source.system_id
+                    );
+                    let r = match e {
+                        DurableError::Disk(e) => storage_failure(self.source.storage.id, &what, &e),
+                        other => Refusal::new(Code::Storage, format!("{what}: {other}")),
+                    };
+                    self.fail_current_keep(r.code, r.message);
                     return;
                 }
             }
@@ -362,11 +399,13 @@ impl<W: Write, S: FileSink> Session<'_, '_, W, S> {
         let sealed = match self.sink.seal() {
             Ok(s) => s,
             Err(e) => {
-                let m = format!(
-                    "cannot write {} on storage {}: {e}",
-                    cur.offer.name, self.source.storage.id
+                let what = format!("cannot write {}", cur.offer.name);
+                log::error!(
+                    "replication from system {}: {what}: {e}",
+                    self.source.system_id
                 );
-                self.report_failure(seq, &cur.offer.name, Code::Storage, &m);
+                let r = storage_failure(self.source.storage.id, &what, &e);
+                self.report_failure(seq, &cur.offer.name, r.code, &r.message);
                 self.poisoned = None;
                 return Ok(());
             }

@@ -24,16 +24,17 @@ mod sink;
 mod state;
 
 use std::fmt;
+use std::io;
 use std::path::{Path, PathBuf};
 
 use ring::digest::{Context as Sha256, SHA256};
 
 pub use commit::{channel as commit_channel, commit, Committer};
 pub use ledger::{
-    quota_usage, Admission, Busy, Hold, Ledger, Reservation, MAX_SESSIONS, SESSIONS_SHARED,
-    SPACE_MARGIN,
+    quota_usage, Admission, Busy, Ledger, Reservation, Space, MAX_SESSIONS, SESSIONS_SHARED,
+    SPACE_MARGIN, STALL,
 };
-pub use repair::{repair, Repair};
+pub use repair::{expire_partials, repair, Repair};
 pub use session::{serve, turn_away};
 pub use sink::{FileSink, Sealed};
 pub use state::{CommitQueue, Committed, ToCommit};
@@ -45,6 +46,7 @@ use crate::config::Storage;
 use crate::fsx;
 use crate::model::UnixTime;
 use crate::store::{Store, StoreError};
+use crate::wire::protocol::is_system_uuid;
 use crate::wire::transfer::Code;
 
 /// Suffix of partial copies (after a leading `.`), so a sweep recognizes them.
@@ -73,6 +75,32 @@ impl Refusal {
     /// The target's database failed: the source tries again later.
     pub fn database<E: fmt::Display>(e: E) -> Refusal {
         Refusal::new(Code::Unavailable, format!("target database: {e}"))
+    }
+}
+
+/// A failure of the target's storage as the source is told it: what failed, on which
+/// storage, and the kind of error, never a path of the target (the target's log line has
+/// the whole error). A full disk or quota is `NoSpace`, which the source retries by itself
+/// once there is room; anything else is `Storage`.
+pub(crate) fn storage_failure(storage_id: u64, what: &str, e: &io::Error) -> Refusal {
+    let code = match e.kind() {
+        io::ErrorKind::StorageFull | io::ErrorKind::QuotaExceeded => Code::NoSpace,
+        _ => Code::Storage,
+    };
+    Refusal::new(
+        code,
+        format!("{what} on storage {storage_id}: {}", plain(e)),
+    )
+}
+
+/// An I/O error without the paths its text may carry: the system's description of its
+/// code, our own words for our own errors (`io::Error::other`, which name no path), or
+/// else its kind.
+fn plain(e: &io::Error) -> String {
+    match e.raw_os_error() {
+        Some(code) => io::Error::from_raw_os_error(code).to_string(),
+        None if e.kind() == io::ErrorKind::Other => e.to_string(),
+        None => e.kind().to_string(),
     }
 }
 
@@ -119,6 +147,17 @@ pub fn identify(store: &Store, storages: &[Storage], serial: &str) -> Result<Sou
             )
         })?;
     let uuid = row.system_uuid.clone().unwrap_or_default();
+    // Its directory is named by it: only a UUID is kept apart from every other name a
+    // storage holds (a row from before filings checked it is refused here).
+    if !is_system_uuid(&uuid) {
+        return Err(Refusal::new(
+            Code::NotPaired,
+            format!(
+                "system {}'s system_uuid is not a UUID; unpair it and pair it again",
+                row.id
+            ),
+        ));
+    }
     check_component(&uuid)
         .map_err(|e| Refusal::new(Code::NotPaired, format!("source uuid: {e}")))?;
     let storage = row
