@@ -7,6 +7,10 @@ mod harness;
 // The WAN link emulator's engine, shared with the `linkemu` example (bench/wan.sh).
 #[path = "../../bench/linkemu/link.rs"]
 mod linkemu;
+// The fleet load generator's engine, shared with the `fleet` example (bench/scale.sh).
+#[path = "../../bench/fleet/mod.rs"]
+#[allow(dead_code)]
+mod fleet;
 
 mod auth;
 mod backend;
@@ -32,6 +36,7 @@ mod renewal;
 mod replication;
 mod rng;
 mod rules;
+mod scale;
 mod target;
 mod tidy;
 mod tokens;
