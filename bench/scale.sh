@@ -32,14 +32,17 @@
 #       NAT (40; quick 36), NAT_S (60; quick 20), SOURCES (20; quick 4), SOURCE_FILES (40), DAEMONS_S (180; quick 40),
 #       RACE_SOURCES (100; quick 20), RACE_FILE_MB (8), RACE_FREE_MB (300; quick 60),
 #       FLEET_CACHE (target/scale-fleet: the paired fleet and its target's data,
-#       reused by the next run; `none` pairs afresh), WORKERS (32)
+#       reused by the next run; `none` pairs afresh), WORKERS (32),
+#       RENEW_S (unset; with it the fleet's target issues certificates of RENEW_S
+#       seconds and the poll part renews them on schedule, at 60-75 % of the lifetime:
+#       give FLEET_CACHE=none and POLL_S > 0.75 * RENEW_S)
 # Budgets (SPEC 21): 5,000 sources at a 60 s heartbeat plus 200 transfers: RSS <= 128 MB,
 # API p99 <= 50 ms, no handshake failures, <= 16 KB idle per source; 100 equal sources:
 # Jain >= 0.95 over every 60 s window, a starting source at its share within 5 s; the race
 # never overfills the storage and refuses before transfers start.
 # Needs root for the race's loop mount (else tmpfs, else the part is skipped with a note),
 # curl, jq, sha256sum, mkfs.ext4 and losetup (util-linux, e2fsprogs).
-BENCH_KNOBS="FLEET HEARTBEAT POLL_S TRANSFERS FILE_MB LOAD_S EQUAL FAIR_S LATE_S NAT NAT_S SOURCES SOURCE_FILES DAEMONS_S RACE_SOURCES RACE_FILE_MB RACE_FREE_MB FLEET_CACHE WORKERS"
+BENCH_KNOBS="FLEET HEARTBEAT POLL_S TRANSFERS FILE_MB LOAD_S EQUAL FAIR_S LATE_S NAT NAT_S SOURCES SOURCE_FILES DAEMONS_S RACE_SOURCES RACE_FILE_MB RACE_FREE_MB FLEET_CACHE WORKERS RENEW_S"
 PARTS=poll,load,fair,nat,daemons,race
 args=()
 while [ $# -gt 0 ]; do
@@ -140,9 +143,11 @@ start_fleet_target() {
     printf '%s\n%s\n' "$FT_API" "$FT_TUNNEL" >"$cache/ports"
     rm -rf "$cache/data" "$FLEET_FILE"
   fi
+  FT_ENV=(REPLGATE_TUNNEL_LISTEN="$FT_TUNNEL")
+  [ -n "${RENEW_S:-}" ] && FT_ENV+=(REPLGATE_CERTIFICATE_SECONDS="$RENEW_S")
   # The shipped log level (info): log volume is one of the figures.
   RG_DATA_DIR=$cache/data RG_API_FIXED=$FT_API REPLGATE_LOG=info \
-    start_replgate fleet-target REPLGATE_TUNNEL_LISTEN="$FT_TUNNEL"
+    start_replgate fleet-target "${FT_ENV[@]}"
   FT_PID=$RG_PID FT_DATA=$RG_DATA FT_LOG=$RG_LOG
 }
 
@@ -163,7 +168,7 @@ part_poll() {
   local t0 t1
   t0=$(date +%s%3N)
   RG_DATA_DIR=$FT_DATA RG_API_FIXED=$FT_API REPLGATE_LOG=info \
-    start_replgate fleet-target REPLGATE_TUNNEL_LISTEN="$FT_TUNNEL"
+    start_replgate fleet-target "${FT_ENV[@]}"
   t1=$(date +%s%3N)
   FT_PID=$RG_PID
   sleep 3
@@ -178,7 +183,7 @@ part_poll() {
   local lines0
   lines0=$(log_lines "$FT_LOG")
   fleet run --api "$FT_API" --fleet "$FLEET_FILE" --count "$FLEET" --heartbeat "$HEARTBEAT" --duration "$POLL_S" \
-    --password "$PASSWORD" --pid "$FT_PID" --workers "$WORKERS" >"$WORK/poll.out"
+    --password "$PASSWORD" --pid "$FT_PID" --workers "$WORKERS" ${RENEW_S:+--renew} >"$WORK/poll.out"
   local lines=$(($(log_lines "$FT_LOG") - lines0))
   # The state the fleet left: 8 s after its last call (idle pool threads end after 5 s).
   sleep 8
@@ -205,17 +210,20 @@ part_poll() {
     echo "| poll (fresh TLS each) p50 / p99 | $(val poll_p50_ms "$o") / $(val poll_p99_ms "$o") ms | |"
     echo "| tunnel idle session (fresh mTLS each) p50 / p99 | $(val tunnel_p50_ms "$o") / $(val tunnel_p99_ms "$o") ms | |"
     for e in health systems pending metrics; do
-      echo "| API \`$e\` p50 / p99 (keep-alive, every second) | $(val "api_${e}_p50_ms" "$o") / $(val "api_${e}_p99_ms" "$o") ms | $(verdict "$(val "api_${e}_p99_ms" "$o")" 50) (p99 ≤ 50 ms) |"
+      echo "| API \`$e\` p50 / p99 | $(val "api_${e}_p50_ms" "$o") / $(val "api_${e}_p99_ms" "$o") ms | $(verdict "$(val "api_${e}_p99_ms" "$o")" 50) (p99 ≤ 50 ms) |"
     done
     echo "| \`/api/systems\` answer | $(val api_systems_bytes "$o") bytes | |"
     local hs=$(($(val poll_hs_fail "$o") + $(val tunnel_hs_fail "$o")))
     local refused=$(($(val poll_refused "$o") + $(val tunnel_refused "$o")))
     local errors=$(($(val poll_errors "$o") + $(val tunnel_errors "$o")))
     echo "| handshake failures; refused; other errors | $hs; $refused; $errors | $(verdict "$hs" 0) (no handshake failures) |"
+    if [ -n "${RENEW_S:-}" ]; then
+      echo "| renewals (${RENEW_S} s certificates): done; p50 / p99; refused; failed | $(val renewed "$o"); $(val renew_p50_ms "$o") / $(val renew_p99_ms "$o") ms; $(val renew_refused "$o"); $(($(val renew_hs_fail "$o") + $(val renew_errors "$o"))) | |"
+    fi
     echo "| generator lag p99 / max (due to started) | $(val lag_p99_ms "$o") / $(val lag_max_ms "$o") ms | |"
     echo "| target log lines per minute (level info) | $(awk -v l="$lines" -v s="$POLL_S" 'BEGIN { printf "%.0f", l * 60 / s }') | |"
     echo
-    echo "$FLEET synthetic sources (bench/fleet) at a ${HEARTBEAT} s heartbeat (each period shortened by up to 20 % at random, as a source's poller does): a poll of status.json on the API and an idle transfer session on the tunnel each, every call on a fresh TLS connection from the source's own 127.x address; ${POLL_S} s; load $(val load_start "$o") at the start, $(val load_end "$o") at the end. Idle figures 3 s after a start. $NOTE"
+    echo "$FLEET synthetic sources (bench/fleet) at a ${HEARTBEAT} s heartbeat (each period shortened by up to 20 % at random, as a source's poller does): a poll of status.json on the API and an idle transfer session on the tunnel each, every call on a fresh TLS connection from the source's own 127.x address; ${POLL_S} s. The API probe: \`health\`, \`systems\` and \`pending\` every second, \`metrics\` every 15 s, with an admin token on one keep-alive connection; load $(val load_start "$o") at the start, $(val load_end "$o") at the end. Idle figures 3 s after a start. $NOTE"
   } >"$table"
   record "Scale (SPEC 21): $FLEET sources polling" "$table"
   keep "$WORK/pair.out" "$WORK/poll.out"
