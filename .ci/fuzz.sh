@@ -25,13 +25,19 @@ for target in $(cargo +nightly fuzz list); do
   if [ -f "minimized/$target.corpus" ]; then
     python3 pack.py unpack "minimized/$target.corpus" "target/minimized/$target"
   fi
+  # tunnel_requests runs a real tunnel server in the process: its connection threads end
+  # just after each input (the check waits for the count of open connections, not for
+  # the threads' last instructions), and LeakSanitizer's check after an input counts a
+  # thread still exiting as a leak. Leaks are checked by every other target.
+  extra=()
+  if [ "$target" = tunnel_requests ]; then extra=(-detect_leaks=0); fi
   echo "== fuzz $target (${seconds} s)"
   # The seeds are read, new inputs go to corpus/ (not committed).
   log="corpus/$target.log"
   if ! cargo +nightly fuzz run -O "$target" "corpus/$target" "seeds/$target" \
     $(test -d "regressions/$target" && echo "regressions/$target") \
     $(test -d "target/minimized/$target" && echo "target/minimized/$target") -- \
-    -max_total_time="$seconds" -rss_limit_mb=2048 -print_final_stats=1 >"$log" 2>&1; then
+    -max_total_time="$seconds" -rss_limit_mb=2048 -print_final_stats=1 "${extra[@]}" >"$log" 2>&1; then
     tail -n 60 "$log" >&2
     echo "FAILED: fuzz target $target (the input is in fuzz/artifacts/$target/)" >&2
     exit 1

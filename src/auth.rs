@@ -407,7 +407,7 @@ impl Authenticator {
     fn throttle(&self) -> std::sync::MutexGuard<'_, Throttle> {
         // A panic while holding the lock cannot leave the counters inconsistent in a way
         // that matters; keep serving.
-        self.throttle.lock().unwrap_or_else(|p| p.into_inner())
+        crate::sync::lock(&self.throttle)
     }
 
     pub fn login(

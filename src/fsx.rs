@@ -13,6 +13,8 @@ use std::sync::Arc;
 
 mod disk;
 #[cfg(test)]
+pub mod faults;
+#[cfg(test)]
 mod power_loss;
 
 use disk::{Disk, Real};
@@ -437,10 +439,70 @@ pub fn open_regular_nofollow(path: &Path) -> io::Result<(File, fs::Metadata)> {
     Ok((f, meta))
 }
 
+/// A regular file open for reading ([`open_read`]), never reached through a symlink at its
+/// last component, with what `fstat` said of exactly the file that was opened.
+#[derive(Debug)]
+pub struct ReadFile {
+    file: File,
+    stat: Stat,
+}
+
+impl ReadFile {
+    /// Length, times and kind of the opened file (from its descriptor).
+    pub fn stat(&self) -> &Stat {
+        &self.stat
+    }
+}
+
+impl Read for ReadFile {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        self.file.read(buf)
+    }
+}
+
+impl io::Seek for ReadFile {
+    fn seek(&mut self, pos: io::SeekFrom) -> io::Result<u64> {
+        self.file.seek(pos)
+    }
+}
+
+/// Opens a regular file for reading (see [`open_regular_nofollow`]).
+pub fn open_read(path: &Path) -> io::Result<ReadFile> {
+    let (file, meta) = open_regular_nofollow(path)?;
+    Ok(ReadFile {
+        file,
+        stat: Stat::of(&meta),
+    })
+}
+
+/// `lstat` of `path`: the entry itself, never a symlink's target.
+pub fn lstat(path: &Path) -> io::Result<Stat> {
+    fs::symlink_metadata(path).map(|m| Stat::of(&m))
+}
+
+/// One entry of a directory listing ([`entries`]).
+#[derive(Debug)]
+pub struct Entry {
+    pub name: std::ffi::OsString,
+    /// What `lstat` says of the entry (never a symlink's target), or why it could not.
+    pub stat: io::Result<Stat>,
+}
+
+/// The entries of `dir`, in no particular order, as the directory is read: an error
+/// opening it is the `Err`, an error reading one entry is that item's.
+pub fn entries(dir: &Path) -> io::Result<impl Iterator<Item = io::Result<Entry>>> {
+    Ok(fs::read_dir(dir)?.map(|entry| {
+        entry.map(|e| Entry {
+            name: e.file_name(),
+            stat: e.metadata().map(|m| Stat::of(&m)),
+        })
+    }))
+}
+
 /// Feeds the first `len` bytes of `file` (from its current position) to `each`, in pieces
 /// of at most `buf.len()` bytes. A shorter file is an `UnexpectedEof` error.
 pub fn read_prefix(
-    file: &mut File,
+    file: &mut impl Read,
     len: u64,
     buf: &mut [u8],
     mut each: impl FnMut(&[u8]),

@@ -17,6 +17,8 @@ pub mod front;
 #[allow(clippy::disallowed_methods)] // the one writer of files (clippy.toml)
 pub mod fsx;
 pub mod identity;
+pub mod ingest;
+pub mod jobs;
 pub mod lifecycle;
 pub mod listener;
 pub mod logging;
@@ -24,6 +26,7 @@ pub mod memory;
 pub mod metrics;
 pub mod model;
 pub mod notify;
+pub mod objstore;
 pub mod pairing;
 pub mod rand;
 pub mod remote;

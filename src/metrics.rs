@@ -19,6 +19,8 @@ use std::fmt::Write as _;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 
+use crate::sync::lock;
+
 /// Sorted label pairs, as one key.
 type Labels = Vec<(&'static str, String)>;
 
@@ -112,7 +114,7 @@ impl Registry {
         key.sort();
         // A poisoned lock only means another thread panicked while adding a series; the
         // map itself is whole.
-        let mut families = self.families.lock().unwrap_or_else(|p| p.into_inner());
+        let mut families = lock(&self.families);
         let family = families.entry(name).or_insert_with(|| Family {
             help,
             kind,
@@ -152,10 +154,7 @@ impl Registry {
 
     /// Adds a collector, run at every scrape.
     pub fn collect(&self, c: Collector) {
-        self.collectors
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .push(c);
+        lock(&self.collectors).push(c);
     }
 
     /// The whole exposition: stored series, then what the collectors report.
@@ -168,7 +167,7 @@ impl Registry {
     pub fn render_with(&self, extra: impl FnOnce(&mut Exposition)) -> String {
         let mut out = Exposition::default();
         {
-            let families = self.families.lock().unwrap_or_else(|p| p.into_inner());
+            let families = lock(&self.families);
             for (name, f) in families.iter() {
                 for (labels, v) in &f.series {
                     let bits = v.load(Ordering::Relaxed);
@@ -180,12 +179,7 @@ impl Registry {
                 }
             }
         }
-        for c in self
-            .collectors
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .iter()
-        {
+        for c in lock(&self.collectors).iter() {
             c(&mut out);
         }
         extra(&mut out);

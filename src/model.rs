@@ -4,8 +4,10 @@
 
 use std::error::Error;
 use std::fmt;
+use std::io;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::str::FromStr;
+use std::time::{Duration, Instant};
 
 use serde::{Deserialize, Serialize};
 
@@ -131,6 +133,15 @@ pub fn now() -> UnixTime {
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| d.as_secs() as i64)
         .unwrap_or(0)
+}
+
+/// What is left until `deadline`, or a `TimedOut` error once it has passed: the bound of
+/// each read and write of a call or a connection with a deadline.
+pub fn time_left(deadline: Instant) -> io::Result<Duration> {
+    deadline
+        .checked_duration_since(Instant::now())
+        .filter(|left| !left.is_zero())
+        .ok_or_else(|| io::Error::new(io::ErrorKind::TimedOut, "deadline passed"))
 }
 
 /// `t` as UTC `YYYY-MM-DD HH:MM:SS` for people (tables, messages); `None` outside the

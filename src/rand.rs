@@ -2,9 +2,7 @@
 //! ring) and the random strings built on it. No I/O beyond the random source. Hex itself
 //! is `wire::hex`'s.
 
-/// Lowercase hex of `bytes`: [`wire::hex::encode`](crate::wire::hex::encode), named here
-/// for the callers that still spell it `rand::hex` (new code uses `wire::hex`).
-pub use crate::wire::hex::encode as hex;
+use crate::wire::hex;
 
 /// Fills `buf` from the operating system's CSPRNG (through ring).
 pub fn fill(buf: &mut [u8]) {
@@ -19,7 +17,7 @@ pub fn fill(buf: &mut [u8]) {
 pub fn hex_string(n: usize) -> String {
     let mut buf = vec![0u8; n];
     fill(&mut buf);
-    hex(&buf)
+    hex::encode(&buf)
 }
 
 /// A random version-4 UUID in its lowercase hyphenated form.
@@ -28,7 +26,7 @@ pub fn uuid_v4() -> String {
     fill(&mut b);
     b[6] = (b[6] & 0x0f) | 0x40;
     b[8] = (b[8] & 0x3f) | 0x80;
-    let h = hex(&b);
+    let h = hex::encode(&b);
     format!(
         "{}-{}-{}-{}-{}",
         &h[0..8],
@@ -52,7 +50,7 @@ mod tests {
 
     #[test]
     fn hex_and_uuids_have_their_documented_shapes() {
-        assert_eq!(super::hex(&[0x00, 0xab, 0x7f]), "00ab7f");
+        assert_eq!(hex::encode(&[0x00, 0xab, 0x7f]), "00ab7f");
         let t = hex_string(16);
         assert_eq!(t.len(), 32);
         assert_ne!(t, hex_string(16));

@@ -7,10 +7,11 @@ use std::fmt;
 use std::io;
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex, MutexGuard, RwLock, RwLockReadGuard, RwLockWriteGuard};
+use std::sync::{Arc, Mutex, RwLock, RwLockReadGuard, RwLockWriteGuard};
 
 use crate::fsx;
 use crate::store::{RequestRecord, RequestStatus, Store, StoreError};
+use crate::sync::{self, lock};
 use crate::wire::protocol::{SpoolFile, SpoolStatus, SpoolToken, CA_FILE, CERT_FILE, STATUS_FILE};
 
 /// Spool files are small; anything larger was not written by us.
@@ -103,7 +104,9 @@ pub struct Spool {
     root: PathBuf,
     /// `root`, open, so that each read looks only at `<token>` and `<token>/<file>`.
     root_dir: fsx::Dir,
-    ca_pem: String,
+    /// What an accepted request's `ca.pem` holds: the CA in force, and during a CA
+    /// rollover the new CA and its cross-certificate (`CaSet::bundle_pem`).
+    ca_pem: RwLock<String>,
     /// `host:port` of the tunnel, told to accepted sources.
     tunnel: String,
     retry_after: u64,
@@ -113,11 +116,6 @@ pub struct Spool {
     /// Requests whose spool could not be written after their commit; retried by the sweep.
     dirty: Mutex<BTreeSet<u64>>,
     read_cache: ReadCache,
-}
-
-fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
-    // The guarded data stays valid whatever a panicking holder did.
-    m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
 /// One spool file as served: its bytes and its entity tag (a quoted hex string of the
@@ -184,11 +182,11 @@ impl ReadCache {
     /// Every critical section is one lookup, insert or clear: a panic elsewhere leaves the
     /// map consistent.
     fn read(&self) -> RwLockReadGuard<'_, CacheMap> {
-        self.entries.read().unwrap_or_else(|p| p.into_inner())
+        sync::read(&self.entries)
     }
 
     fn write(&self) -> RwLockWriteGuard<'_, CacheMap> {
-        self.entries.write().unwrap_or_else(|p| p.into_inner())
+        sync::write(&self.entries)
     }
 }
 
@@ -204,7 +202,7 @@ impl Spool {
         Ok(Spool {
             root,
             root_dir,
-            ca_pem,
+            ca_pem: RwLock::new(ca_pem),
             tunnel,
             retry_after,
             writing: Mutex::new(()),
@@ -276,7 +274,8 @@ impl Spool {
                 .flatten()
                 .ok_or(SpoolError::MissingCertificate { request: r.id })?;
             files.push((CERT_FILE, cert.pem.into_bytes()));
-            files.push((CA_FILE, self.ca_pem.clone().into_bytes()));
+            let ca_pem = sync::read(&self.ca_pem).clone();
+            files.push((CA_FILE, ca_pem.into_bytes()));
         }
         let status =
             serde_json::to_vec(&self.status_of(r)).map_err(|source| SpoolError::Encode {
@@ -318,8 +317,15 @@ impl Spool {
         Ok(repair)
     }
 
+    /// Changes what accepted requests' `ca.pem` holds (a phase of a CA rollover); each
+    /// request's file follows at its next write, all of them at [`Spool::reconcile`].
+    pub fn set_ca_pem(&self, ca_pem: String) {
+        *sync::write(&self.ca_pem) = ca_pem;
+    }
+
     /// Start-up repair: every request gets a spool that matches it; directories that belong
-    /// to no request are removed.
+    /// to no request are removed. Also run after the CAs changed (every accepted request's
+    /// `ca.pem` is rewritten).
     pub fn reconcile(&self, store: &Store) -> Result<Repair, SpoolError> {
         let _writing = lock(&self.writing);
         let mut total = Repair::default();

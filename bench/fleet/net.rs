@@ -292,8 +292,8 @@ pub fn source_config(
     ca_pem: &str,
     client: Option<(&str, &str)>,
 ) -> Result<Arc<ClientConfig>, String> {
-    let ca = replgate::ca::cert_pem_to_der(ca_pem).map_err(|e| format!("CA: {e}"))?;
-    let config = replgate::tls::pinned_client_config(ca.into(), client)
+    let anchors = replgate::remote::anchors_of(ca_pem).map_err(|e| format!("CA: {e}"))?;
+    let config = replgate::tls::pinned_client_config(anchors, client)
         .map_err(|e| format!("TLS set-up: {e}"))?;
     let mut config = (*config).clone();
     config.resumption = rustls::client::Resumption::disabled();

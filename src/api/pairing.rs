@@ -1,33 +1,23 @@
 //! Target-side pairing handlers: the admin endpoints (`/api/replication/...`, systems,
 //! storage) and the appliance protocol (`/replication/v1/...`).
 
-use serde::Serialize;
 use serde_json::json;
 
-use super::body::{self, parse_id, parse_limit, Body};
+use super::body::{parse_id, Body};
 use super::error::ApiError;
-use super::{Call, ListWriter, Reply};
+use super::{Call, Reply};
 use crate::config::Fault;
 use crate::model::Network;
-use crate::model::UnixTime;
-use crate::pairing::target::{
-    self, Caps, Decision, FilingRules, NewRequest, PairingError, SourceChange,
-};
-use crate::pairing::tokens::TokenRefusal;
-use crate::pairing::Actor;
-use crate::store::{RequestStatus, RequestSummary};
+use crate::pairing::error::{PairingError, TokenRefusal};
+use crate::pairing::fields::{NewRequest, MAX_MESSAGE_CHARS};
+use crate::pairing::filing::{self, Caps, FilingRules};
+use crate::pairing::target::{self, Decision, SourceChange};
+use crate::store::RequestStatus;
 use crate::wire::protocol::{self, SpoolToken};
 use crate::wire::token::PairingToken;
 
 /// Largest CSR accepted (an RSA-4096 CSR is about 1.7 KB of PEM).
 const MAX_CSR_CHARS: usize = 16 * 1024;
-
-pub(super) fn actor(call: &Call) -> Actor {
-    Actor {
-        user: call.user(),
-        address: call.address(),
-    }
-}
 
 /// Renders request `id`'s spool after a commit. A failure leaves the database right and
 /// the spool behind; the spool retries it on its sweep (and at start), and the client
@@ -74,16 +64,17 @@ pub fn file_request(call: &Call) -> Result<Reply, ApiError> {
         },
         require_token: config.require_token,
     };
+    let cas = call.app.cas.get();
     let side = target::TargetSide {
         store: &call.app.store,
-        ca: &call.app.ca,
+        cas: &cas,
         storage: &config.storage,
         client_lifetime: config.client_cert_lifetime,
     };
     // Each audited event (a token used or refused, the filing, the accept) is its own info
     // line once committed (`Store::write`); a refusal is also the worker's 4xx line.
     let spool_token = crate::rand::hex_string(SpoolToken::LEN / 2);
-    let filed = target::file_request(&side, new, &rules, spool_token, call.now)?;
+    let filed = filing::file_request(&side, new, &rules, spool_token, call.now)?;
     let r = &filed.request;
     for other in filed.replaced.iter().chain(&filed.superseded) {
         write_spool(call, *other)?;
@@ -96,7 +87,7 @@ pub fn file_request(call: &Call) -> Result<Reply, ApiError> {
         retry_after: config.poll_interval.as_secs(),
         expires: r.expires,
         verification_code: r.verification_code.clone(),
-        ca_fingerprint: call.app.ca_fingerprint.clone(),
+        ca_fingerprint: cas.fingerprint(),
         status: Some(r.status.as_str().to_string()),
     };
     let value = serde_json::to_value(answer)?;
@@ -117,95 +108,15 @@ fn presented_token(body: &Body) -> Result<Option<PairingToken>, ApiError> {
 
 // ---- /api/replication (target-side admin) ----
 
-/// One request in `GET /api/replication/pending`, serialized straight from the stored
-/// bytes: building a `serde_json::Value` per entry from a fully decoded record cost most
-/// of the time of a 10,000-entry list (see BENCHMARKS.md). The fields are in alphabetical
-/// order, as the `Value` map printed them, so the bytes on the wire did not change.
-#[derive(Serialize)]
-struct PendingEntry<'a> {
-    asset_tag: &'a str,
-    created: UnixTime,
-    csr_fingerprint: &'a str,
-    expires: UnixTime,
-    host: &'a str,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    message: Option<&'a str>,
-    name: &'a str,
-    remote_addr: &'a str,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    replaces_system_id: Option<u64>,
-    request_id: u64,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    requested_storage_id: Option<u64>,
-    status: &'static str,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    system_id: Option<u64>,
-    system_uuid: &'a str,
-    verification_code: &'a str,
-}
-
-impl<'a> PendingEntry<'a> {
-    fn new(r: &'a RequestSummary<'_>) -> Self {
-        PendingEntry {
-            asset_tag: r.asset_tag.as_deref().unwrap_or_default(),
-            created: r.created,
-            csr_fingerprint: &r.csr_fingerprint,
-            expires: r.expires,
-            host: &r.host,
-            message: r.message.as_deref(),
-            name: &r.name,
-            remote_addr: &r.remote_addr,
-            replaces_system_id: r.replaces_system_id,
-            request_id: r.id,
-            requested_storage_id: r.requested_storage_id,
-            status: r.status.as_str(),
-            system_id: r.system_id,
-            system_uuid: &r.system_uuid,
-            verification_code: &r.verification_code,
-        }
-    }
-}
-
-/// Hands `visit` the pending requests (not yet expired), and with `include_rejected` the
-/// rejected ones too, in id order after the query's `after`, at most the query's `limit`.
-pub(super) fn visit_listed(
-    call: &Call,
-    include_rejected: bool,
-    visit: impl FnMut(&RequestSummary<'_>),
-) -> Result<(), ApiError> {
-    let after = body::after(call.query("after"))?;
-    let limit = match call.query("limit") {
-        Some(v) => parse_limit("limit", v, None)?,
-        None => usize::MAX,
-    };
-    let now = call.now;
-    let live = move |r: &RequestSummary<'_>| r.status == RequestStatus::Pending && r.expires > now;
-    let store = &call.app.store;
-    if include_rejected {
-        let keep = |r: &RequestSummary<'_>| live(r) || r.status == RequestStatus::Rejected;
-        store.visit_requests(false, after, limit, keep, visit)?;
-    } else {
-        store.visit_requests(true, after, limit, live, visit)?;
-    }
-    Ok(())
-}
-
-pub fn pending(call: &Call) -> Result<Reply, ApiError> {
-    let include_rejected = call.query_flag("include_rejected").unwrap_or(false);
-    let mut list = ListWriter::new("pending");
-    visit_listed(call, include_rejected, |r| list.push(&PendingEntry::new(r)))?;
-    list.finish()
-}
-
 pub fn resolve(call: &Call) -> Result<Reply, ApiError> {
     let body = call.json()?;
     let id = body.id("request_id")?;
     let accept = body.flag("accept")?;
     let message = body.opt_str("message")?.unwrap_or("");
-    if message.chars().count() > target::MAX_MESSAGE_CHARS {
+    if message.chars().count() > MAX_MESSAGE_CHARS {
         return Err(ApiError::BadRequest(format!(
             "field `message` must be at most {} characters",
-            target::MAX_MESSAGE_CHARS
+            MAX_MESSAGE_CHARS
         )));
     }
     let decision = if accept {
@@ -219,13 +130,14 @@ pub fn resolve(call: &Call) -> Result<Reply, ApiError> {
         }
     };
     let app = call.app;
+    let cas = app.cas.get();
     let side = target::TargetSide {
         store: &app.store,
-        ca: &app.ca,
+        cas: &cas,
         storage: &app.config.storage,
         client_lifetime: app.config.client_cert_lifetime,
     };
-    let resolved = target::resolve(&side, id, decision, &actor(call), call.now)?;
+    let resolved = target::resolve(&side, id, decision, &call.actor(), call.now)?;
     let r = resolved.request;
     if app.config.fault == Fault::CrashAfterAcceptCommit && r.status == RequestStatus::Accepted {
         log::error!("fault injection: aborting after committing request {id}, before its spool");
@@ -268,7 +180,7 @@ pub fn change_source(call: &Call) -> Result<Reply, ApiError> {
         &app.config.storage,
         system_id,
         change,
-        &actor(call),
+        &call.actor(),
         call.now,
     )?;
     Ok(Reply::json(
@@ -279,7 +191,7 @@ pub fn change_source(call: &Call) -> Result<Reply, ApiError> {
 
 pub fn unpair(call: &Call) -> Result<Reply, ApiError> {
     let system_id = sid(call)?;
-    let revoked = target::unpair(&call.app.store, system_id, &actor(call), call.now)?;
+    let revoked = target::unpair(&call.app.store, system_id, &call.actor(), call.now)?;
     if let Some(r) = &revoked {
         write_spool(call, r.id)?;
     }
@@ -304,7 +216,7 @@ pub fn ignore_from(call: &Call) -> Result<Reply, ApiError> {
             super::body::quoted(given)
         ))
     })?;
-    let ignored = target::ignore_from(&call.app.store, network, &actor(call), call.now)?;
+    let ignored = target::ignore_from(&call.app.store, network, &call.actor(), call.now)?;
     let ids: Vec<u64> = ignored.iter().map(|r| r.id).collect();
     log::info!(
         "{} ignored {} open requests from {network} (from {})",
@@ -323,93 +235,10 @@ pub fn ignore_from(call: &Call) -> Result<Reply, ApiError> {
 
 pub fn ignore(call: &Call) -> Result<Reply, ApiError> {
     let id = parse_id("request_id", call.param(0))?;
-    let r = target::ignore(&call.app.store, id, &actor(call), call.now)?;
+    let r = target::ignore(&call.app.store, id, &call.actor(), call.now)?;
     write_spool(call, r.id)?;
     Ok(Reply::json(
         200,
         json!({ "request_id": id, "status": "ignored" }),
     ))
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::store::RequestRecord;
-    use serde_json::Value;
-
-    fn record(optional: bool) -> RequestRecord {
-        RequestRecord {
-            id: 42,
-            system_uuid: "11111111-2222-4333-8444-555555555555".into(),
-            name: "src \"one\"".into(),
-            host: "source.example".into(),
-            asset_tag: optional.then(|| "TAG-1".into()),
-            version: "1.0".into(),
-            csr_pem: "-----BEGIN CERTIFICATE REQUEST-----\n...".into(),
-            csr_fingerprint: "ab".repeat(32),
-            remote_addr: "192.0.2.7".into(),
-            token: "0123456789abcdef0123456789abcdef".into(),
-            verification_code: "482-913".into(),
-            created: 1_700_000_000,
-            expires: 1_700_604_800,
-            status: if optional {
-                RequestStatus::Rejected
-            } else {
-                RequestStatus::Pending
-            },
-            message: optional.then(|| "call us first".into()),
-            resolved_at: optional.then_some(1_700_000_100),
-            resolved_by: optional.then(|| "root".into()),
-            replaces_system_id: optional.then_some(3),
-            system_id: optional.then_some(9),
-            cert_serial: None,
-            requested_storage_id: optional.then_some(2),
-            pairing_token: None,
-        }
-    }
-
-    /// What the handler built before it serialized straight from the record.
-    fn value_map(r: &RequestRecord) -> Value {
-        let mut v = json!({
-            "request_id": r.id,
-            "host": r.host,
-            "name": r.name,
-            "asset_tag": r.asset_tag.clone().unwrap_or_default(),
-            "system_uuid": r.system_uuid,
-            "status": r.status.as_str(),
-            "created": r.created,
-            "expires": r.expires,
-            "verification_code": r.verification_code,
-            "csr_fingerprint": r.csr_fingerprint,
-            "remote_addr": r.remote_addr,
-        });
-        if let Some(id) = r.replaces_system_id {
-            v["replaces_system_id"] = json!(id);
-        }
-        if let Some(m) = &r.message {
-            v["message"] = json!(m);
-        }
-        if let Some(id) = r.system_id {
-            v["system_id"] = json!(id);
-        }
-        if let Some(id) = r.requested_storage_id {
-            v["requested_storage_id"] = json!(id);
-        }
-        v
-    }
-
-    #[test]
-    fn pending_entries_serialize_to_the_same_bytes_as_the_old_value_map() {
-        for optional in [false, true] {
-            let r = record(optional);
-            let stored = serde_json::to_vec(&r).unwrap();
-            let summary: RequestSummary<'_> = serde_json::from_slice(&stored).unwrap();
-            let direct = serde_json::to_string(&PendingEntry::new(&summary)).unwrap();
-            assert_eq!(
-                direct,
-                value_map(&r).to_string(),
-                "optional fields: {optional}"
-            );
-        }
-    }
 }

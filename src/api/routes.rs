@@ -7,9 +7,10 @@ use std::borrow::Cow;
 
 use super::body::percent_decode;
 use super::error::ApiError;
+use super::systems::LOCAL_SYSTEM_ID;
 use super::{
-    body, console, pairing, queue, source, spool_files, storage, system, systems, tokens, users,
-    App, Call, Handler, Reply,
+    body, ca, console, pairing, pending, replication, source, spool_files, storage, system,
+    systems, tokens, users, App, Call, Handler, Reply,
 };
 use crate::front::PeerInfo;
 use crate::model::{Privilege, UnixTime};
@@ -47,10 +48,6 @@ impl Route {
         self
     }
 }
-
-/// The id of the local appliance's row in `GET /api/systems`, and the one `sid` value
-/// besides none that an `/api` read accepts.
-pub const LOCAL_SYSTEM_ID: u64 = 1;
 
 const fn route(
     method: &'static str,
@@ -108,12 +105,15 @@ pub fn route_table() -> Vec<Route> {
             users::delete,
         ),
         route("GET", "/api/audit", Token(Monitor), users::audit_log),
+        // The appliance CA's rollover (SPEC 22).
+        route("GET", "/api/ca/rollover", Token(Superuser), ca::status),
+        route("POST", "/api/ca/rollover", Token(Superuser), ca::change),
         // Target side of pairing.
         route(
             "GET",
             "/api/replication/pending",
             Token(Monitor),
-            pairing::pending,
+            pending::pending,
         ),
         route(
             "DELETE",
@@ -188,62 +188,72 @@ pub fn route_table() -> Vec<Route> {
             source::forget_target,
         ),
         // Replication (source: the queue, config, throttle; target: what arrived).
-        route("GET", "/api/replication/queue", Token(Monitor), queue::list),
+        route(
+            "GET",
+            "/api/replication/queue",
+            Token(Monitor),
+            replication::list,
+        ),
         route(
             "GET",
             "/api/replication/queue/active",
             Token(Monitor),
-            queue::list_active,
+            replication::list_active,
         ),
         route(
             "GET",
             "/api/replication/queue/inactive",
             Token(Monitor),
-            queue::list_inactive,
+            replication::list_inactive,
         ),
-        route("POST", "/api/replication/queue", Token(Manage), queue::add),
+        route(
+            "POST",
+            "/api/replication/queue",
+            Token(Manage),
+            replication::add,
+        ),
         route(
             "PUT",
             "/api/replication/queue",
             Token(Manage),
-            queue::change,
+            replication::change,
         ),
         route(
             "GET",
             "/api/replication/config",
             Token(Monitor),
-            queue::get_config,
+            replication::get_config,
         ),
         route(
             "PUT",
             "/api/replication/config",
             Token(Manage),
-            queue::put_config,
+            replication::put_config,
         ),
         route(
             "GET",
             "/api/replication/throttle",
             Token(Monitor),
-            queue::get_throttle,
+            replication::get_throttle,
         ),
         route(
             "PUT",
             "/api/replication/throttle",
             Token(Manage),
-            queue::put_throttle,
+            replication::put_throttle,
         ),
         route(
             "GET",
             "/api/replication/received",
             Token(Monitor),
-            queue::received,
+            replication::received,
         )
         .names_sid(),
         route(
             "POST",
             "/api/replication/verify",
             Token(Manage),
-            queue::verify,
+            replication::verify,
         )
         .names_sid(),
         // Appliance-to-appliance protocol (no AuthToken).
@@ -259,6 +269,7 @@ pub fn route_table() -> Vec<Route> {
             Public,
             spool_files::handler,
         ),
+        route("GET", "/replication/v1/ca", Public, ca::public),
     ]
 }
 
@@ -386,6 +397,7 @@ pub fn dispatch(app: &App, routes: &[Route], request: Incoming) -> Result<Reply,
                     (None, None) => "",
                 };
                 let session = app.auth.session(token, now)?;
+                app.peers.note_authenticated(peer.addr.ip());
                 session.require(needed)?;
                 Some(session)
             }

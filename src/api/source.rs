@@ -11,17 +11,9 @@ use crate::ca;
 use crate::model::{format_utc, UnixTime};
 use crate::pairing::source::request::{self, Ask, Me, SourceSide};
 use crate::pairing::source::{self};
-use crate::pairing::Actor;
 use crate::remote::LiveSource;
 use crate::store::TargetRecord;
 use crate::wire::token::PairingToken;
-
-fn actor(call: &Call) -> Actor {
-    Actor {
-        user: call.user(),
-        address: call.address(),
-    }
-}
 
 pub fn request_target(call: &Call) -> Result<Reply, ApiError> {
     let body = call.json()?;
@@ -97,7 +89,7 @@ pub fn request_target(call: &Call) -> Result<Reply, ApiError> {
         storage_id,
         token,
     };
-    let record = request::request_target(&side, ask, &actor(call), call.now)?;
+    let record = request::request_target(&side, ask, &call.actor(), call.now)?;
     Ok(Reply::json(
         201,
         json!({
@@ -121,6 +113,13 @@ fn target_json(t: &TargetRecord, now: UnixTime) -> Value {
         "ca_fingerprint": t.ca_fingerprint,
         "request_id": t.request_id,
     });
+    // During a rollover of the target's CA: the new CA this appliance trusts too.
+    if let Some(next) = crate::ca::certs_pem_to_der(&t.ca_pem)
+        .ok()
+        .and_then(|bundle| bundle.get(1).map(|der| crate::ca::sha256_hex(der)))
+    {
+        v["ca_next_fingerprint"] = json!(next);
+    }
     let mut message = t.message.clone();
     if t.is_repairing() {
         // Says what happened and what to do, whatever the last poll left in `message`.
@@ -184,7 +183,7 @@ pub fn forget_target(call: &Call) -> Result<Reply, ApiError> {
     let io = LiveSource {
         dirs: &app.target_dirs,
     };
-    let found = request::forget_target(&app.store, &io, call.param(0), &actor(call), call.now)?;
+    let found = request::forget_target(&app.store, &io, call.param(0), &call.actor(), call.now)?;
     Ok(Reply::json(
         200,
         json!({ "target_id": found.id, "host": found.host, "status": "forgotten" }),

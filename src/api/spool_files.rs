@@ -11,8 +11,9 @@ use super::error::ApiError;
 use super::{App, Call, Reply, COMMON_HEADERS};
 use crate::front::LocalAnswer;
 use crate::spool::{Served, Spool};
-use crate::wire::http::{write_response_head, RequestHead};
+use crate::wire::http::RequestHead;
 use crate::wire::protocol::{SpoolFile, SpoolToken};
+use crate::wire::response::write_response_head;
 
 /// The path prefix of every spool file, exactly as a source sends it.
 const PREFIX: &str = "/replication/v1/spool/";

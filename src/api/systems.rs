@@ -5,13 +5,16 @@
 use serde::Serialize;
 
 use super::error::ApiError;
-use super::pairing::{actor, visit_listed};
-use super::routes::LOCAL_SYSTEM_ID;
+use super::pending::visit_listed;
 use super::storage;
 use super::{Call, ListWriter, Reply};
 use crate::model::{Role, UnixTime};
 use crate::pairing::target;
 use crate::store::{RequestSummary, SystemRecord, TargetStatus};
+
+/// The id of the local appliance's row in `GET /api/systems`, and the one `sid` value
+/// besides none that an `/api` read accepts.
+pub const LOCAL_SYSTEM_ID: u64 = 1;
 
 /// A source counts as `online` while its last tunnel contact is this recent (s).
 pub const ONLINE_WINDOW: i64 = 15 * 60;
@@ -215,7 +218,7 @@ pub fn register(call: &Call) -> Result<Reply, ApiError> {
         body.str("host")?,
         body.opt_str("system_uuid")?.filter(|u| !u.is_empty()),
         body.opt_str("asset_tag")?.filter(|t| !t.is_empty()),
-        &actor(call),
+        &call.actor(),
         call.now,
     )?;
     Ok(Reply::json(201, stored_json(&row, call.now)?))

@@ -8,7 +8,6 @@ use serde_json::{json, Value};
 
 use super::body::quoted;
 use super::error::ApiError;
-use super::pairing::actor;
 use super::{Call, Reply};
 use crate::pairing::source::parse_target;
 use crate::pairing::tokens::{self, TokenSpec};
@@ -99,14 +98,14 @@ pub fn create(call: &Call) -> Result<Reply, ApiError> {
         &app.store,
         &app.config.storage,
         spec,
-        &actor(call),
+        &call.actor(),
         call.now,
     )?;
     let t = &issued.record;
     let join = JoinLine {
         host,
         port,
-        ca_fingerprint: app.ca_fingerprint.clone(),
+        ca_fingerprint: app.ca_fingerprint(),
         token: issued.token.clone(),
     };
     let mut v = token_json(t, call);
@@ -125,7 +124,7 @@ pub fn list(call: &Call) -> Result<Reply, ApiError> {
 
 /// `DELETE /api/replication/tokens/{token_id}`: revoke; pairings made with it stay.
 pub fn revoke(call: &Call) -> Result<Reply, ApiError> {
-    let t = tokens::revoke(&call.app.store, call.param(0), &actor(call), call.now)?;
+    let t = tokens::revoke(&call.app.store, call.param(0), &call.actor(), call.now)?;
     Ok(Reply::json(200, token_json(&t, call)))
 }
 

@@ -26,6 +26,7 @@ pub(super) fn open_session(call: &Call) -> Result<(String, auth::Login), ApiErro
         .app
         .auth
         .login(username, password, &call.address(), call.now)?;
+    call.app.peers.note_authenticated(call.peer.addr.ip());
     Ok((username.to_string(), login))
 }
 

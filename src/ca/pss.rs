@@ -121,7 +121,7 @@ mod tests {
     #[test]
     fn mgf1_matches_a_known_answer() {
         let out = mgf1(&digest::SHA256, b"bar", 50);
-        let hex: String = out.iter().map(|b| format!("{b:02x}")).collect();
+        let hex = crate::wire::hex::encode(&out);
         assert_eq!(
             hex,
             "382576a7841021cc28fc4c0948753fb8312090cea942ea4c4e735d10dc724b155f9f6069f289d61daca0cb814502ef04eae1"

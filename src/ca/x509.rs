@@ -9,6 +9,8 @@ use x509_parser::certificate::X509Certificate;
 use x509_parser::pem::Pem;
 use x509_parser::prelude::FromDer;
 
+use crate::wire::hex;
+
 /// PEM labels accepted for a certificate.
 pub(super) const CERT_LABELS: &[&str] = &["CERTIFICATE"];
 
@@ -37,18 +39,14 @@ impl std::error::Error for CertError {}
 
 /// SHA-256 of `bytes` as lowercase hex without separators.
 pub fn sha256_hex(bytes: &[u8]) -> String {
-    crate::rand::hex(digest::digest(&digest::SHA256, bytes).as_ref())
+    hex::encode(digest::digest(&digest::SHA256, bytes).as_ref())
 }
 
 /// Accepts a SHA-256 fingerprint in any case, with or without colons (and surrounding
 /// whitespace); returns 64 lowercase hex digits, or `None` for anything else.
 pub fn normalize_fingerprint(input: &str) -> Option<String> {
     let digits: String = input.trim().chars().filter(|c| *c != ':').collect();
-    if digits.len() == 64 && digits.chars().all(|c| c.is_ascii_hexdigit()) {
-        Some(digits.to_ascii_lowercase())
-    } else {
-        None
-    }
+    hex::decode_array::<32>(&digits).map(|d| hex::encode(&d))
 }
 
 /// What the rest of the daemon needs to know about a certificate.
@@ -97,6 +95,38 @@ pub fn cert_pem_to_der(pem: &str) -> Result<Vec<u8>, CertError> {
     Ok(der)
 }
 
+/// Most certificates a bundle (`ca.pem` during a rollover, a target row's trusted CAs)
+/// may hold; more is not ours.
+pub const MAX_BUNDLE_CERTS: usize = 8;
+
+/// Every `CERTIFICATE` block of `pem` as DER, in order, each checked to parse: a CA
+/// bundle (the CA in force, then during a rollover the new CA and its cross-certificate).
+/// At least one, at most [`MAX_BUNDLE_CERTS`].
+pub fn certs_pem_to_der(pem: &str) -> Result<Vec<Vec<u8>>, CertError> {
+    let mut out = Vec::new();
+    for block in Pem::iter_from_buffer(pem.as_bytes()) {
+        let block = block.map_err(|e| CertError::BadPem {
+            reason: e.to_string().to_lowercase(),
+        })?;
+        if !CERT_LABELS.contains(&block.label.as_str()) {
+            continue;
+        }
+        if out.len() == MAX_BUNDLE_CERTS {
+            return Err(CertError::BadPem {
+                reason: format!("more than {MAX_BUNDLE_CERTS} certificates"),
+            });
+        }
+        parse_cert_der(&block.contents)?;
+        out.push(block.contents);
+    }
+    if out.is_empty() {
+        return Err(CertError::NoPemBlock {
+            label: "CERTIFICATE",
+        });
+    }
+    Ok(out)
+}
+
 /// A certificate's serial as lowercase hex of its big-endian magnitude without leading
 /// zero bytes: the form stored at issue time and looked up by the revocation check.
 pub fn cert_serial_hex(der: &[u8]) -> Result<String, CertError> {
@@ -134,7 +164,7 @@ pub(super) fn serial_hex(raw: &[u8]) -> String {
         .iter()
         .position(|b| *b != 0)
         .unwrap_or(raw.len().saturating_sub(1));
-    crate::rand::hex(&raw[start..])
+    hex::encode(&raw[start..])
 }
 
 /// The DER of the first PEM block whose label is one of `labels`.

@@ -106,13 +106,14 @@ pub struct Backend {
 pub fn spawn(endpoint: Endpoint, limits: Limits, backend: Backend) -> io::Result<Listener> {
     limits.check()?;
     let connections = limits.connections.clone();
+    let known = backend.peers.known();
     let shared = Arc::new(Shared {
         backend: backend.addr,
         peers: backend.peers,
         local: backend.local,
         limits,
     });
-    listener::spawn(endpoint, connections, shared)
+    listener::spawn(endpoint, connections, shared, known)
 }
 
 /// Binds the loopback listener for tiny_http (the backend) on 127.0.0.1 with a free port,

@@ -3,9 +3,11 @@
 //! client sent over HTTP.
 
 use std::collections::HashMap;
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Mutex, MutexGuard};
+use std::sync::{Arc, Mutex, MutexGuard};
+
+use crate::listener::KnownAddresses;
 
 /// What the front knows about the client behind one backend connection. (The API listener
 /// asks for no client certificate; the tunnel, which does, is its own server.)
@@ -26,6 +28,9 @@ pub struct PeerTable {
     /// Source of generations, so that removing a finished connection never deletes a
     /// newer entry that reuses the same loopback port.
     next_generation: AtomicU64,
+    /// The addresses that authenticated recently, as the API listener counts them for its
+    /// reserve of connection slots (`listener`'s "Connection slots").
+    known: Arc<KnownAddresses>,
 }
 
 impl PeerTable {
@@ -34,7 +39,19 @@ impl PeerTable {
         PeerTable {
             entries: Mutex::new(HashMap::new()),
             next_generation: AtomicU64::new(1),
+            known: KnownAddresses::new(),
         }
+    }
+
+    /// Records that a request from `ip` authenticated (a login, or a valid token or
+    /// session cookie): the API listener keeps its reserved slots for such addresses.
+    pub fn note_authenticated(&self, ip: IpAddr) {
+        self.known.note(ip);
+    }
+
+    /// The set the API listener reads at each accept.
+    pub(super) fn known(&self) -> Arc<KnownAddresses> {
+        Arc::clone(&self.known)
     }
 
     /// The peer behind the backend connection whose front-side address is `backend_peer`
@@ -76,9 +93,7 @@ impl PeerTable {
     /// The map survives a panic in another holder: every critical section is a single
     /// insert, remove or clone, so a poisoned map is still consistent.
     fn lock(&self) -> MutexGuard<'_, HashMap<SocketAddr, (u64, PeerInfo)>> {
-        self.entries
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner())
+        crate::sync::lock(&self.entries)
     }
 }
 

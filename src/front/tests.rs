@@ -169,6 +169,11 @@ struct Response {
 impl Client {
     fn connect(addr: SocketAddr, config: Arc<ClientConfig>) -> Self {
         let sock = TcpStream::connect(addr).expect("connect to front");
+        Client::over(sock, config)
+    }
+
+    /// The TLS client over a connected `sock`, handshake done.
+    fn over(sock: TcpStream, config: Arc<ClientConfig>) -> Self {
         sock.set_read_timeout(Some(STUCK)).expect("read timeout");
         sock.set_write_timeout(Some(STUCK)).expect("write timeout");
         let name = ServerName::try_from("localhost").expect("server name");
@@ -1017,21 +1022,7 @@ fn exhaust_descriptors_then_serve() {
     );
     filler.truncate(filler.len().saturating_sub(16));
 
-    sock.set_read_timeout(Some(STUCK)).expect("read timeout");
-    sock.set_write_timeout(Some(STUCK)).expect("write timeout");
-    let name = ServerName::try_from("localhost").expect("server name");
-    let tls = ClientConnection::new(client_config(), name).expect("client connection");
-    let mut client = Client {
-        tls,
-        sock,
-        inbox: Vec::new(),
-    };
-    while client.tls.is_handshaking() {
-        client
-            .tls
-            .complete_io(&mut client.sock)
-            .expect("handshake after descriptors came back");
-    }
+    let mut client = Client::over(sock, client_config());
     assert_eq!(client.get("/").status, 200);
 }
 
@@ -1042,4 +1033,77 @@ fn sockets_accepted_from_the_backend_listener_have_nagle_off() {
     let _client = TcpStream::connect(listener.local_addr().expect("address")).expect("connect");
     let (accepted, _) = listener.accept().expect("accept");
     assert!(accepted.nodelay().expect("read TCP_NODELAY"));
+}
+
+/// A connection from an address that has not authenticated recently must complete its
+/// first request within `listener::UNAUTHENTICATED_DEADLINE` of its accept, however long
+/// the head and idle timeouts are: a partial one gets 408, a silent one is closed. An
+/// address that authenticated (the API notes it in the peer table) has the configured
+/// timeouts.
+#[test]
+fn a_stranger_must_complete_its_first_request_within_seconds_a_known_address_need_not() {
+    let limits = Limits {
+        idle_timeout: Duration::from_secs(30),
+        head_timeout: Duration::from_secs(30),
+        ..test_limits()
+    };
+    let deadline = crate::listener::UNAUTHENTICATED_DEADLINE;
+    let patient = |client: &mut Client| {
+        client
+            .sock
+            .set_read_timeout(Some(deadline * 3))
+            .expect("read timeout");
+    };
+    let strangers = Harness::start(
+        limits.clone(),
+        recording_backend().addr,
+        Arc::new(PeerTable::new()),
+    );
+    let known_peers = Arc::new(PeerTable::new());
+    known_peers.note_authenticated(std::net::Ipv4Addr::LOCALHOST.into());
+    let recorder = recording_backend();
+    let known = Harness::start(limits, recorder.addr, known_peers);
+
+    let started = Instant::now();
+    let mut partial = strangers.client();
+    let mut silent = strangers.client();
+    let mut admin = known.client();
+    for c in [&mut partial, &mut silent, &mut admin] {
+        patient(c);
+    }
+    partial
+        .send(b"GET / HTTP/1.1\r\nHo")
+        .expect("send part of a head");
+    admin
+        .send(b"GET / HTTP/1.1\r\nHo")
+        .expect("send part of a head");
+    let answer = partial.response();
+    let took = started.elapsed();
+    assert_eq!(answer.status, 408, "{answer:?}");
+    assert_eq!(
+        error_message(&answer),
+        (
+            408,
+            format!(
+                "first request not complete within {} ms of connecting",
+                deadline.as_millis()
+            )
+        )
+    );
+    assert!(
+        took >= deadline - Duration::from_millis(100) && took < deadline * 2,
+        "408 after {took:?}"
+    );
+    assert!(
+        silent.rest_until_closed().is_empty(),
+        "a silent stranger got bytes"
+    );
+    assert!(started.elapsed() < deadline * 2);
+    // The known address finishes its head after the strangers' deadline and is served.
+    admin.send(b"st: localhost\r\n\r\n").expect("send the rest");
+    assert_eq!(admin.response().status, 200);
+    assert_eq!(
+        recorder.received.lock().expect("log").as_slice(),
+        b"GET / HTTP/1.1\r\nHost: localhost\r\n\r\n"
+    );
 }

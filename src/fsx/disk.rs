@@ -1,7 +1,8 @@
 //! The seam under fsx's durable writes: the few file operations they are made of, as a
 //! trait, so that the power-loss test (`fsx/power_loss.rs`) runs the very same sequences
 //! over a recording model that keeps only what was made durable. Production uses
-//! [`Real`]: std::fs and the same flags as ever, nothing else.
+//! [`Real`]: std::fs and the same flags as ever, nothing else (unit tests may make its
+//! directory fsyncs fail, `fsx/faults.rs`; that code is not compiled into the daemon).
 
 use std::ffi::OsString;
 use std::fs::{self, File, OpenOptions};
@@ -112,6 +113,8 @@ impl Disk for Real {
     }
 
     fn sync_dir(&self, dir: &Path) -> io::Result<()> {
+        #[cfg(test)]
+        super::faults::sync_dir(dir)?;
         let dir = if dir.as_os_str().is_empty() {
             Path::new(".")
         } else {

@@ -1,32 +1,55 @@
 //! The accept machinery both public listeners share (the API front and the tunnel): the
-//! accept loop, the global connection cap with its quick 503, the per-address cap, the
-//! open-file clamp, survival of `EMFILE`, the TLS handshake under a deadline, and an
-//! ordered shutdown with a bounded drain. Knows nothing of HTTP beyond the one canned
-//! 503; what happens on a connection after its handshake belongs to the [`Service`].
+//! accept loop, the connection caps with their quick 503, the open-file clamp, survival of
+//! `EMFILE`, the TLS handshake under a deadline, and an ordered shutdown with a bounded
+//! drain. Knows nothing of HTTP beyond the one canned 503; what happens on a connection
+//! after its handshake belongs to the [`Service`].
 //!
 //! Every accepted connection gets its own thread (bounded by the caps), so a slow client
 //! only ever holds its own thread.
+//!
+//! # Connection slots (docs/decisions.md, "Connection slots")
+//!
+//! Holding a slot costs a stranger nothing (a TCP connection, no certificate, no
+//! password), so the caps are arranged for who has proven something:
+//!
+//! - `max_connections` in all, and `max_connections_per_address` per client address (an
+//!   IPv4 address or an IPv6 /64), for everyone;
+//! - a **reserve** of a quarter of `max_connections` that only addresses which
+//!   authenticated within the last [`KNOWN_FOR`] may use ([`KnownAddresses`]: a paired
+//!   source's verified certificate on the tunnel, a login or a valid token on the API);
+//!   everyone else shares the other three quarters;
+//! - within that share, a **per-network** cap (IPv4 /24, IPv6 /64, the networks
+//!   `pending_prefix_v4`/`_v6` count by default): an eighth of `max_connections`, at least
+//!   twice the per-address cap, so a few networks cannot take the share either;
+//! - a connection from an address that has not authenticated recently must complete its
+//!   TLS handshake, and its first request, within [`UNAUTHENTICATED_DEADLINE`] of the
+//!   accept ([`Conn::first_request_by`]), so a silent or half-open connection gives its
+//!   slot back within seconds.
 
+mod slots;
 pub(crate) mod sys;
 #[cfg(test)]
 mod tests;
 
-use std::collections::HashMap;
 use std::fmt;
 use std::io::{self, Read, Write};
 use std::net::{IpAddr, Shutdown, SocketAddr, TcpListener, TcpStream};
 use std::os::fd::{AsRawFd, RawFd};
 use std::os::unix::net::UnixStream;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::Arc;
 use std::thread::{self, JoinHandle};
 use std::time::{Duration, Instant};
 
 use rustls::{ServerConfig, ServerConnection};
 
 use crate::config::defaults;
+use crate::model::{time_left, Network};
 use crate::wire::error::raw_error_response;
 
+pub(crate) use slots::AddressKey;
+pub use slots::KnownAddresses;
+use slots::{admit, take_slot, Class, Counts, OverflowSlot, Slot};
 pub use sys::connect_from;
 
 /// Descriptors kept back for the database, spool files, listeners, overflow answers and
@@ -54,6 +77,23 @@ const OVERLOAD_LINGER: Duration = Duration::from_millis(200);
 /// After a final response: how many bytes the server keeps reading and discarding while
 /// it lingers (see [`linger`]).
 const LINGER_BYTES: usize = 256 * 1024;
+/// A connection from an address that has not authenticated recently must finish its TLS
+/// handshake and its first complete request within this time of the accept (and the
+/// handshake within `handshake_timeout`, if that is shorter). Ample for a real client on a
+/// slow link (a handshake and a request are three round trips); a constant rather than a
+/// setting, since nothing but a stalling client is ever near it.
+pub const UNAUTHENTICATED_DEADLINE: Duration = Duration::from_secs(5);
+/// How long an address that authenticated stays known ([`KnownAddresses`]): a working day
+/// and more, so an admin who logged in this morning, or a source that replicates nightly,
+/// still finds the reserve during an attack.
+pub const KNOWN_FOR: Duration = Duration::from_secs(36 * 3600);
+/// Most addresses a listener remembers as known; past it the one known longest ago goes.
+/// About 100 KB at most.
+const MAX_KNOWN: usize = 4096;
+/// The network a stranger's connections are counted in (the defaults of
+/// `pending_prefix_v4`/`pending_prefix_v6`).
+const NETWORK_PREFIX_V4: u8 = 24;
+const NETWORK_PREFIX_V6: u8 = 64;
 
 /// Connection limits of one listener. Each field's doc gives the [`Default`], which is
 /// the configuration's default (`config::defaults`).
@@ -81,6 +121,27 @@ impl Default for Limits {
 }
 
 impl Limits {
+    /// Slots only addresses that authenticated recently may use: a quarter of
+    /// `max_connections` (64 of the default 256).
+    pub fn reserve(&self) -> usize {
+        self.max_connections / 4
+    }
+
+    /// Connections all other addresses may hold together: the rest (192 of 256).
+    pub fn unauthenticated_share(&self) -> usize {
+        self.max_connections - self.reserve()
+    }
+
+    /// Connections the addresses of one network (IPv4 /24, IPv6 /64) that have not
+    /// authenticated recently may hold together: an eighth of `max_connections`, at least
+    /// twice the per-address cap (one address never fills its network), at most their
+    /// share (64 by default).
+    pub fn per_network(&self) -> usize {
+        (self.max_connections / 8)
+            .max(self.max_connections_per_address.saturating_mul(2))
+            .min(self.unauthenticated_share())
+    }
+
     /// Refuses limits no listener can run with.
     pub fn check(&self) -> io::Result<()> {
         if self.handshake_timeout.is_zero() {
@@ -132,6 +193,10 @@ pub struct Conn<'a> {
     pub peer: SocketAddr,
     /// The listener's shutdown state.
     pub control: &'a Control,
+    /// For a connection from an address that has not authenticated recently: when its
+    /// first request must be complete ([`UNAUTHENTICATED_DEADLINE`] after the accept). A
+    /// service that authenticates at the handshake (the tunnel) may ignore it.
+    pub first_request_by: Option<Instant>,
 }
 
 /// A listener's shutdown state, as its connections see it.
@@ -146,12 +211,20 @@ pub struct Control {
     /// Becomes readable (and stays so) once the accept loop stops, so idle connections
     /// learn of a shutdown without waking up on a timer.
     wake: UnixStream,
+    /// The addresses that authenticated recently on this listener.
+    known: Arc<KnownAddresses>,
 }
 
 impl Control {
     /// The listener's name, for log lines.
     pub fn name(&self) -> &str {
         &self.name
+    }
+
+    /// Records that `ip` just authenticated on this listener (the tunnel: a verified
+    /// client certificate): its connections may use the reserve from now on.
+    pub fn note_authenticated(&self, ip: IpAddr) {
+        self.known.note(ip);
     }
 
     /// Whether the listener is shutting down: finish what is in flight, take nothing new.
@@ -225,11 +298,14 @@ impl Listener {
 
 /// Starts the accept loop for `endpoint` on its own thread (named after the endpoint) and
 /// returns at once. Each connection within `limits` is handshaken on its own thread and
-/// handed to `service`.
+/// handed to `service`. `known` is where the listener learns which addresses
+/// authenticated recently (the service, or whoever authenticates its requests, notes
+/// them there).
 pub fn spawn(
     endpoint: Endpoint,
     limits: Limits,
     service: Arc<dyn Service>,
+    known: Arc<KnownAddresses>,
 ) -> io::Result<Listener> {
     limits.check()?;
     let Endpoint {
@@ -248,13 +324,16 @@ pub fn spawn(
             stop: AtomicBool::new(false),
             force_close: AtomicBool::new(false),
             wake: wake_rx,
+            known,
         },
         tls,
         limits,
         service,
         active: AtomicUsize::new(0),
+        unauthenticated: AtomicUsize::new(0),
         overflow_active: AtomicUsize::new(0),
-        per_address: AddressCounts::default(),
+        per_address: Counts::default(),
+        per_network: Counts::default(),
     });
     let accept = thread::Builder::new()
         .name(format!("{name}-accept"))
@@ -318,95 +397,13 @@ struct Inner {
     service: Arc<dyn Service>,
     /// Connections within the cap, including those still handshaking.
     active: AtomicUsize,
+    /// Of those, the connections from addresses that had not authenticated recently.
+    unauthenticated: AtomicUsize,
     /// Connections being answered with a 503.
     overflow_active: AtomicUsize,
-    per_address: AddressCounts,
-}
-
-/// The unit one client is counted in: an IPv4 address (also when it arrives IPv4-mapped
-/// on a dual-stack socket), or the /64 prefix of an IPv6 address, since one site is
-/// usually handed a whole /64.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-pub(crate) enum AddressKey {
-    V4([u8; 4]),
-    V6Prefix([u8; 8]),
-}
-
-impl AddressKey {
-    pub(crate) fn of(ip: IpAddr) -> AddressKey {
-        match ip {
-            IpAddr::V4(v4) => AddressKey::V4(v4.octets()),
-            IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
-                Some(v4) => AddressKey::V4(v4.octets()),
-                None => {
-                    let mut prefix = [0; 8];
-                    prefix.copy_from_slice(&v6.octets()[..8]);
-                    AddressKey::V6Prefix(prefix)
-                }
-            },
-        }
-    }
-}
-
-/// Open connections per [`AddressKey`]; an address's entry goes when its last connection
-/// does, so the map holds at most `max_connections` entries.
-#[derive(Default)]
-struct AddressCounts {
-    counts: Mutex<HashMap<AddressKey, usize>>,
-}
-
-impl AddressCounts {
-    /// Counts one more connection for `key` if that stays within `cap`.
-    fn take(&self, key: AddressKey, cap: usize) -> bool {
-        let mut counts = self.lock();
-        let count = counts.entry(key).or_insert(0);
-        if *count >= cap {
-            return false;
-        }
-        *count += 1;
-        true
-    }
-
-    fn release(&self, key: AddressKey) {
-        let mut counts = self.lock();
-        if let Some(count) = counts.get_mut(&key) {
-            *count = count.saturating_sub(1);
-            if *count == 0 {
-                counts.remove(&key);
-            }
-        }
-    }
-
-    /// Each critical section is one lookup and one update, so a map poisoned by a panic
-    /// elsewhere is still consistent.
-    fn lock(&self) -> MutexGuard<'_, HashMap<AddressKey, usize>> {
-        self.counts
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner())
-    }
-}
-
-/// Gives back a connection's slots (global and per address) when its thread ends,
-/// however it ends.
-struct Slot<'a> {
-    inner: &'a Inner,
-    key: AddressKey,
-}
-
-impl Drop for Slot<'_> {
-    fn drop(&mut self) {
-        self.inner.per_address.release(self.key);
-        self.inner.active.fetch_sub(1, Ordering::Relaxed);
-    }
-}
-
-/// Decrements the overflow counter when an overflow thread ends.
-struct OverflowSlot<'a>(&'a AtomicUsize);
-
-impl Drop for OverflowSlot<'_> {
-    fn drop(&mut self) {
-        self.0.fetch_sub(1, Ordering::Relaxed);
-    }
+    per_address: Counts<AddressKey>,
+    /// Connections from addresses that had not authenticated recently, per network.
+    per_network: Counts<Network>,
 }
 
 /// A warning that may repeat many times a second (accept failing on `EMFILE`, the cap
@@ -447,7 +444,9 @@ impl RateLimitedWarning {
 struct Warnings {
     accept: RateLimitedWarning,
     overload: RateLimitedWarning,
+    unauthenticated: RateLimitedWarning,
     per_address: RateLimitedWarning,
+    per_network: RateLimitedWarning,
 }
 
 /// Accepts until shutdown. Survives every accept error (out of descriptors, out of
@@ -458,7 +457,9 @@ fn accept_loop(inner: &Arc<Inner>, socket: TcpListener, wake: UnixStream) {
     let mut warnings = Warnings {
         accept: RateLimitedWarning::new(),
         overload: RateLimitedWarning::new(),
+        unauthenticated: RateLimitedWarning::new(),
         per_address: RateLimitedWarning::new(),
+        per_network: RateLimitedWarning::new(),
     };
     while !inner.control.draining() {
         let mut fds = [sys::poll_fd(socket.as_raw_fd(), sys::POLLIN)];
@@ -497,7 +498,7 @@ fn accept_loop(inner: &Arc<Inner>, socket: TcpListener, wake: UnixStream) {
 }
 
 /// Hands a new connection to a connection thread, to an overflow thread that answers 503
-/// (past the global cap or the address's cap), or (when both are full) closes it at once.
+/// (past one of the caps), or (when both are full) closes it at once.
 fn dispatch(
     inner: &Arc<Inner>,
     stream: TcpStream,
@@ -511,57 +512,38 @@ fn dispatch(
     // Linux does not pass the listener's O_NONBLOCK on to accepted sockets, but the
     // handshake relies on blocking reads with timeouts, so make sure.
     let _ = stream.set_nonblocking(false);
+    let accepted = Instant::now();
     let name = &inner.control.name;
-    let limits = &inner.limits;
-    let key = AddressKey::of(addr.ip());
-    let refused = |cap: &str| {
-        crate::metrics::counter(
-            "replgate_connections_refused_total",
-            "Connections answered 503 or closed at a connection cap, per listener and cap.",
-            &[("listener", name), ("cap", cap)],
-        )
-        .inc()
-    };
-    let refusal = if !take_slot(&inner.active, limits.max_connections) {
-        refused("max_connections");
-        warnings.overload.warn(format_args!(
-            "{name}: connection cap of {} reached; refusing new connections",
-            limits.max_connections
-        ));
-        "too many connections, retry shortly"
-    } else if !inner
-        .per_address
-        .take(key, limits.max_connections_per_address)
-    {
-        inner.active.fetch_sub(1, Ordering::Relaxed);
-        refused("max_connections_per_address");
-        warnings.per_address.warn(format_args!(
-            "{name}: {} has {} connections open (max_connections_per_address); refusing more",
-            addr.ip(),
-            limits.max_connections_per_address
-        ));
-        "too many connections from your address, retry shortly"
-    } else {
-        let thread_inner = Arc::clone(inner);
-        let spawned = thread::Builder::new()
-            .name(format!("{name}-conn"))
-            .stack_size(CONNECTION_STACK_BYTES)
-            .spawn(move || {
-                let _slot = Slot {
-                    inner: &thread_inner,
-                    key,
-                };
-                serve(&thread_inner, stream, addr);
-            });
-        if let Err(e) = spawned {
-            inner.per_address.release(key);
-            inner.active.fetch_sub(1, Ordering::Relaxed);
-            warnings
-                .overload
-                .warn(format_args!("{name}: start connection thread: {e}"));
+    let refusal = match admit(inner, addr, warnings) {
+        Ok(taken) => {
+            let thread_inner = Arc::clone(inner);
+            let spawned = thread::Builder::new()
+                .name(format!("{name}-conn"))
+                .stack_size(CONNECTION_STACK_BYTES)
+                .spawn(move || {
+                    let _slot = Slot {
+                        inner: &thread_inner,
+                        taken,
+                    };
+                    serve(&thread_inner, stream, addr, accepted, taken.class);
+                });
+            if let Err(e) = spawned {
+                taken.release(inner);
+                warnings
+                    .overload
+                    .warn(format_args!("{name}: start connection thread: {e}"));
+            }
+            return;
         }
-        return;
+        Err(refusal) => refusal,
     };
+    crate::metrics::counter(
+        "replgate_connections_refused_total",
+        "Connections answered 503 or closed at a connection cap, per listener and cap.",
+        &[("listener", name), ("cap", refusal.cap)],
+    )
+    .inc();
+    let refusal = refusal.message;
     if take_slot(&inner.overflow_active, overflow_slots) {
         let thread_inner = Arc::clone(inner);
         let spawned = thread::Builder::new()
@@ -578,17 +560,9 @@ fn dispatch(
     // Otherwise `stream` is dropped here: closed without a word.
 }
 
-/// Counts one more connection on `counter` if that stays within `cap`.
-fn take_slot(counter: &AtomicUsize, cap: usize) -> bool {
-    counter
-        .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| {
-            (n < cap).then_some(n + 1)
-        })
-        .is_ok()
-}
-
 /// One connection within the caps: the handshake under its deadline, then the service.
-fn serve(inner: &Inner, mut sock: TcpStream, peer: SocketAddr) {
+/// A stranger's connection gets the shorter deadlines of [`UNAUTHENTICATED_DEADLINE`].
+fn serve(inner: &Inner, mut sock: TcpStream, peer: SocketAddr, accepted: Instant, class: Class) {
     let name = &inner.control.name;
     let mut tls = match ServerConnection::new(inner.tls.clone()) {
         Ok(tls) => tls,
@@ -597,7 +571,14 @@ fn serve(inner: &Inner, mut sock: TcpStream, peer: SocketAddr) {
             return;
         }
     };
-    let deadline = Instant::now() + inner.limits.handshake_timeout;
+    let (handshake_time, first_request_by) = match class {
+        Class::Known => (inner.limits.handshake_timeout, None),
+        Class::Stranger(_) => (
+            inner.limits.handshake_timeout.min(UNAUTHENTICATED_DEADLINE),
+            Some(accepted + UNAUTHENTICATED_DEADLINE),
+        ),
+    };
+    let deadline = accepted + handshake_time;
     if let Err(e) = handshake(&mut tls, &mut sock, deadline) {
         log::debug!("{name}: {peer}: tls handshake: {e}");
         crate::metrics::counter(
@@ -617,6 +598,7 @@ fn serve(inner: &Inner, mut sock: TcpStream, peer: SocketAddr) {
         sock,
         peer,
         control: &inner.control,
+        first_request_by,
     });
 }
 
@@ -689,14 +671,6 @@ pub(crate) fn send_final(
         tls.write_tls(sock).map_err(deadline_error)?;
     }
     Ok(())
-}
-
-/// What is left until `deadline`, or a `TimedOut` error once it has passed.
-pub(crate) fn time_left(deadline: Instant) -> io::Result<Duration> {
-    deadline
-        .checked_duration_since(Instant::now())
-        .filter(|left| !left.is_zero())
-        .ok_or_else(|| io::Error::new(io::ErrorKind::TimedOut, "deadline passed"))
 }
 
 /// A socket timeout on a blocking socket shows up as `WouldBlock` on Linux.

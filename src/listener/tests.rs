@@ -44,6 +44,8 @@ impl Service for Hello {
 struct Running {
     listener: Option<Listener>,
     shutdown: Arc<AtomicBool>,
+    /// What the listener reads as "authenticated recently"; a test notes addresses here.
+    known: Arc<KnownAddresses>,
 }
 
 impl Running {
@@ -55,10 +57,12 @@ impl Running {
             tls: pki().api_server(),
             shutdown: Arc::clone(&shutdown),
         };
-        let listener = spawn(endpoint, limits, Arc::new(Hello)).expect("spawn");
+        let known = KnownAddresses::new();
+        let listener = spawn(endpoint, limits, Arc::new(Hello), Arc::clone(&known)).expect("spawn");
         Running {
             listener: Some(listener),
             shutdown,
+            known,
         }
     }
 
@@ -189,7 +193,7 @@ fn addresses_are_counted_per_ipv4_address_and_per_ipv6_64() {
         AddressKey::of(IpAddr::V4(Ipv4Addr::new(192, 0, 2, 8)))
     );
 
-    let counts = AddressCounts::default();
+    let counts = Counts::default();
     assert!(counts.take(a, 2));
     assert!(counts.take(b, 2));
     assert!(!counts.take(a, 2), "a and b share one /64");
@@ -251,4 +255,152 @@ fn clamp_keeps_small_counts_and_caps_what_descriptors_cannot_carry() {
         let wider = clamp_to_fd_limit(usize::MAX, 5);
         assert_eq!(wider as u64, (soft.saturating_sub(FD_RESERVE) / 5).max(1));
     }
+}
+
+/// Whether the server closes `sock` within `within` (end of stream or a reset).
+fn closed_within(sock: &mut std::net::TcpStream, within: Duration) -> bool {
+    sock.set_read_timeout(Some(within)).expect("read timeout");
+    let mut buf = [0u8; 64];
+    loop {
+        match sock.read(&mut buf) {
+            Ok(0) => return true,
+            Ok(_) => {}
+            Err(e) if would_block(&e) => return false,
+            Err(_) => return true,
+        }
+    }
+}
+
+#[test]
+fn the_caps_derived_for_strangers_leave_room_no_few_networks_can_take() {
+    let defaults = Limits::default();
+    assert_eq!(defaults.reserve(), 64);
+    assert_eq!(defaults.unauthenticated_share(), 192);
+    assert_eq!(defaults.per_network(), 64);
+    // One address never fills its network, and a network never more than the share.
+    let tight = Limits {
+        max_connections: 8,
+        max_connections_per_address: 2,
+        handshake_timeout: Duration::from_secs(2),
+    };
+    assert_eq!((tight.reserve(), tight.unauthenticated_share()), (2, 6));
+    assert_eq!(tight.per_network(), 4);
+    let tiny = Limits {
+        max_connections: 2,
+        max_connections_per_address: 2,
+        handshake_timeout: Duration::from_secs(2),
+    };
+    assert_eq!((tiny.reserve(), tiny.per_network()), (0, 2));
+}
+
+#[test]
+fn strangers_leave_the_reserve_to_addresses_that_authenticated() {
+    // 8 in all: 2 kept for known addresses, 6 for strangers, 4 per /24, 2 per address.
+    let running = Running::start(Limits {
+        max_connections: 8,
+        max_connections_per_address: 2,
+        handshake_timeout: Duration::from_secs(2),
+    });
+    let mut held = Vec::new();
+    for source in [[127, 0, 1, 1], [127, 0, 1, 2]] {
+        for _ in 0..2 {
+            held.push(running.connect(Ipv4Addr::from(source)));
+        }
+    }
+    // A third address of the same /24 meets the network's cap...
+    let answer = read_all(&mut running.connect(Ipv4Addr::new(127, 0, 1, 3)));
+    assert!(answer.starts_with("HTTP/1.1 503 "), "{answer}");
+    assert!(answer.contains("from your network"), "{answer}");
+    // ...while another network still gets the rest of the strangers' share.
+    for _ in 0..2 {
+        held.push(running.connect(Ipv4Addr::new(127, 0, 2, 1)));
+    }
+    for stream in &mut held {
+        assert_eq!(read_all(stream), "hello");
+    }
+    wait_for_active(&running, 6);
+    // The share is full: strangers from anywhere get the 503 of the global cap...
+    let answer = read_all(&mut running.connect(Ipv4Addr::new(127, 0, 3, 1)));
+    assert!(answer.starts_with("HTTP/1.1 503 "), "{answer}");
+    assert!(
+        answer.contains("too many connections, retry shortly"),
+        "{answer}"
+    );
+    // ...and an address that authenticated recently is served from the reserve, also
+    // from a network that strangers fill.
+    running.known.note(IpAddr::V4(Ipv4Addr::new(127, 0, 1, 9)));
+    running.known.note(IpAddr::V4(Ipv4Addr::new(127, 0, 4, 1)));
+    let mut admin = running.connect(Ipv4Addr::new(127, 0, 1, 9));
+    assert_eq!(read_all(&mut admin), "hello");
+    let mut source = running.connect(Ipv4Addr::new(127, 0, 4, 1));
+    assert_eq!(read_all(&mut source), "hello");
+    wait_for_active(&running, 8);
+    // The global cap still holds for everyone.
+    let answer = read_all(&mut running.connect(Ipv4Addr::new(127, 0, 4, 1)));
+    assert!(answer.starts_with("HTTP/1.1 503 "), "{answer}");
+    // A stranger's slot, given back, is a stranger's again.
+    drop(held.pop());
+    wait_for_active(&running, 7);
+    let mut again = running.connect(Ipv4Addr::new(127, 0, 3, 1));
+    assert_eq!(read_all(&mut again), "hello");
+}
+
+#[test]
+fn a_stranger_has_seconds_for_its_handshake_and_a_known_address_the_configured_time() {
+    let running = Running::start(Limits {
+        max_connections: 16,
+        max_connections_per_address: 4,
+        handshake_timeout: Duration::from_secs(30),
+    });
+    let addr = running.listener().local_addr();
+    let known = Ipv4Addr::new(127, 0, 5, 1);
+    running.known.note(IpAddr::V4(known));
+    let started = Instant::now();
+    let mut stranger = connect_from(Ipv4Addr::new(127, 0, 5, 2), addr).expect("connect");
+    let mut admin = connect_from(known, addr).expect("connect");
+    // Half-open TLS: a record header that promises a ClientHello, then nothing.
+    let mut half_open = connect_from(Ipv4Addr::new(127, 0, 5, 3), addr).expect("connect");
+    half_open
+        .write_all(&[0x16, 0x03, 0x01, 0x01, 0x00, 0x01])
+        .expect("write");
+    assert!(closed_within(&mut stranger, Duration::from_secs(10)));
+    let took = started.elapsed();
+    assert!(
+        took >= UNAUTHENTICATED_DEADLINE - Duration::from_millis(100)
+            && took < UNAUTHENTICATED_DEADLINE + Duration::from_secs(3),
+        "a silent stranger closed after {took:?}"
+    );
+    assert!(closed_within(&mut half_open, Duration::from_secs(3)));
+    assert!(
+        !closed_within(&mut admin, Duration::from_secs(1)),
+        "a known address's handshake was cut before handshake_timeout"
+    );
+}
+
+#[test]
+fn known_addresses_expire_and_stay_bounded() {
+    let known = KnownAddresses::default();
+    let start = Instant::now();
+    let a = AddressKey::of(IpAddr::V4(Ipv4Addr::new(192, 0, 2, 1)));
+    let a64 = AddressKey::of(IpAddr::V6("2001:db8::1".parse::<Ipv6Addr>().unwrap()));
+    let same64 = AddressKey::of(IpAddr::V6("2001:db8::ffff".parse::<Ipv6Addr>().unwrap()));
+    known.note_at(a, start);
+    known.note_at(a64, start);
+    assert!(known.knows_at(a, start + KNOWN_FOR - Duration::from_secs(1)));
+    assert!(
+        known.knows_at(same64, start),
+        "counted per /64, as the caps count"
+    );
+    assert!(!known.knows_at(a, start + KNOWN_FOR));
+    // Full: expired entries go first, then the one known longest ago.
+    for i in 0..MAX_KNOWN as u32 {
+        let key = AddressKey::of(IpAddr::V4(Ipv4Addr::from(0x0a00_0000 + i)));
+        known.note_at(key, start + Duration::from_secs(1));
+    }
+    assert_eq!(known.len(), MAX_KNOWN);
+    assert!(!known.knows_at(a, start), "the oldest went to make room");
+    let newest = AddressKey::of(IpAddr::V4(Ipv4Addr::new(198, 51, 100, 1)));
+    known.note_at(newest, start + KNOWN_FOR + Duration::from_secs(2));
+    assert!(known.len() <= MAX_KNOWN);
+    assert!(known.knows_at(newest, start + KNOWN_FOR + Duration::from_secs(2)));
 }

@@ -1,13 +1,14 @@
 //! The pairing domain: plain functions over plain types with the time passed in. The target
 //! side (`target`) files, resolves and revokes requests; the source side (`source`) asks
 //! targets, checks their answers and follows a pairing's state. It reads and writes the
-//! store; every other I/O (sockets, pairing files) is passed in by the caller. The
-//! exception is `poller`, the source's background adapter that drives the source rules
-//! over the network.
+//! store; every other I/O (sockets, pairing files) is passed in by the caller: the
+//! threads that drive these rules over the network are in `jobs` (`poller`, `renewer`).
 
-pub mod poller;
+pub mod error;
+pub mod fields;
+pub mod filing;
 pub mod renewal;
-pub mod renewer;
+pub mod rollover;
 pub mod source;
 pub mod target;
 pub mod tokens;

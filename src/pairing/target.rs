@@ -1,462 +1,18 @@
-//! Target side of pairing: file a request (idempotency, caps, expiry), accept (sign, then
-//! one transaction for resolution, certificate and systems row), reject, ignore, unpair,
-//! move storage, and the role rules. Writes no files: the caller renders the spool after
-//! the commit returns.
+//! Target side of pairing once a request is filed: accept (sign, then one transaction
+//! for resolution, certificate and systems row), reject, ignore, unpair, move storage,
+//! register a managed system, expire and purge requests, the hello that collects a
+//! pairing, and the role rules. Writes no files: the caller renders the spool after the
+//! commit returns.
 
-use std::fmt;
-
-use crate::ca::{self, Ca, ValidCsr};
+use crate::ca::{self, Ca, CaSet, ValidCsr};
 use crate::config::{Storage, StorageUsage};
 use crate::model::{Network, Role, UnixTime};
-use crate::pairing::tokens::{self, TokenRefusal};
+use crate::pairing::error::{time_of, PairingError};
+use crate::pairing::fields::{check_managed, rejection_message};
 use crate::pairing::Actor;
 use crate::store::{
-    AuditRecord, CertRecord, OpenRequest, RequestRecord, RequestStatus, Store, StoreError,
-    SystemRecord, Txn,
+    AuditRecord, CertRecord, RequestRecord, RequestStatus, Store, StoreError, SystemRecord, Txn,
 };
-use crate::wire::token::PairingToken;
-
-/// The limits on open requests.
-#[derive(Clone, Copy, Debug)]
-pub struct Caps {
-    pub max_pending: u32,
-    /// Open requests per network (`max_pending_per_address`).
-    pub per_address: u32,
-    /// The network an address counts in: its first `network_v4` bits for IPv4
-    /// (`pending_prefix_v4`), `network_v6` bits for IPv6 (`pending_prefix_v6`).
-    pub network_v4: u8,
-    pub network_v6: u8,
-    pub ttl_seconds: i64,
-    /// What a refused source is told to wait.
-    pub retry_after: u64,
-}
-
-/// How requests are filed: the caps on open requests, and whether a token is required.
-#[derive(Clone, Copy, Debug)]
-pub struct FilingRules {
-    pub caps: Caps,
-    /// `require_token`: every request without a valid token is refused.
-    pub require_token: bool,
-}
-
-#[derive(Debug)]
-pub enum PairingError {
-    UnknownRequest(u64),
-    UnknownSystem(u64),
-    /// The request is no longer pending (accepted, rejected, ignored, revoked).
-    NotPending {
-        id: u64,
-        status: RequestStatus,
-    },
-    Expired(u64),
-    MessageRequired,
-    UnknownStorage(u64),
-    StorageNotBackup(u64),
-    NoBackupStorage,
-    NotASource(u64),
-    /// The accept named no storage and the one the source asked for cannot hold it.
-    RequestedStorageUnusable(u64),
-    /// Past a cap on open requests; the source may try again after `retry_after` seconds.
-    Busy {
-        cap: Cap,
-        retry_after: u64,
-    },
-    InvalidField {
-        field: &'static str,
-        problem: String,
-    },
-    /// The presented pairing token does not let the request in; nothing was filed.
-    Token(TokenRefusal),
-    /// `require_token` is on and the request came without a token.
-    TokenRequired,
-    UnknownToken(String),
-    TokenAlreadyRevoked(String),
-    Csr(ca::CsrError),
-    Ca(ca::CaError),
-    /// The time handed in is outside what a certificate can carry (a broken clock).
-    Clock(UnixTime),
-    Store(StoreError),
-}
-
-impl fmt::Display for PairingError {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            PairingError::UnknownRequest(id) => write!(f, "no pairing request with id {id}"),
-            PairingError::UnknownSystem(id) => write!(f, "no system with id {id}"),
-            PairingError::NotPending { id, status } => {
-                write!(f, "request {id} is already {}", status.as_str())
-            }
-            PairingError::Expired(id) => write!(f, "request {id} has expired"),
-            PairingError::MessageRequired => {
-                f.write_str("field `message` is required to reject a request")
-            }
-            PairingError::UnknownStorage(id) => write!(f, "no storage with id {id}"),
-            PairingError::StorageNotBackup(id) => write!(f, "storage {id} is not a backup storage"),
-            PairingError::NoBackupStorage => f.write_str("no backup storage is configured"),
-            PairingError::NotASource(id) => write!(f, "system {id} is not a replication source"),
-            PairingError::RequestedStorageUnusable(id) => write!(
-                f,
-                "field `storage_id` is required: the source asked for storage {id}, which is not a backup storage here"
-            ),
-            PairingError::Busy { cap, .. } => write!(f, "{cap}"),
-            PairingError::InvalidField { field, problem } => write!(f, "field `{field}` {problem}"),
-            PairingError::Token(r) => write!(f, "{r}"),
-            PairingError::TokenRequired => f.write_str(
-                "this appliance takes pairing requests only with a valid pairing token; ask its admin for one",
-            ),
-            PairingError::UnknownToken(id) => write!(f, "no pairing token with id {id:?}"),
-            PairingError::TokenAlreadyRevoked(id) => {
-                write!(f, "pairing token {id} is already revoked")
-            }
-            PairingError::Csr(_) => f.write_str("field `csr`"),
-            PairingError::Ca(_) => f.write_str("sign csr"),
-            PairingError::Clock(now) => write!(
-                f,
-                "the clock reads unix time {now}, outside the dates a certificate can carry"
-            ),
-            PairingError::Store(e) => write!(f, "{e}"),
-        }
-    }
-}
-
-impl std::error::Error for PairingError {
-    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
-        match self {
-            PairingError::Csr(e) => Some(e),
-            PairingError::Ca(e) => Some(e),
-            PairingError::Store(e) => e.source(),
-            _ => None,
-        }
-    }
-}
-
-/// Which cap on open requests refused a filing.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub enum Cap {
-    /// This source already has an open request with another key.
-    OtherKey { system_uuid: String, request: u64 },
-    /// Too many open requests from this address's network (`max_pending_per_address`,
-    /// counted per `pending_prefix_v4`/`_v6` network); `address` names the network.
-    PerAddress { address: String },
-    /// Too many open requests on this appliance (`max_pending`).
-    Total,
-}
-
-impl fmt::Display for Cap {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            Cap::OtherKey { system_uuid, request } => write!(
-                f,
-                "system {system_uuid} already has open request {request} with another key; wait for it to be resolved or expire"
-            ),
-            Cap::PerAddress { address } => write!(f, "too many open requests from {address}"),
-            Cap::Total => f.write_str("too many open pairing requests on this appliance"),
-        }
-    }
-}
-
-impl From<StoreError> for PairingError {
-    fn from(e: StoreError) -> Self {
-        PairingError::Store(e)
-    }
-}
-
-/// A request as it arrives, fields already checked for shape.
-#[derive(Clone, Debug)]
-pub struct NewRequest {
-    pub system_uuid: String,
-    pub name: String,
-    pub host: String,
-    pub asset_tag: Option<String>,
-    pub version: String,
-    pub csr_pem: String,
-    pub remote_addr: String,
-    /// The storage the source asks for (`storage_id` in its request); checked at accept.
-    pub requested_storage_id: Option<u64>,
-    /// The pairing token it came with: then it is accepted at once, or refused.
-    pub token: Option<PairingToken>,
-}
-
-/// What filing decided.
-#[derive(Debug, PartialEq, Eq)]
-pub enum Filing {
-    /// The same source and key already have an open request: answer with it.
-    Existing(u64),
-    Create,
-    Refuse(Cap),
-}
-
-/// The idempotency and cap rules over the open requests (expired ones already excluded).
-pub fn decide_filing(
-    open: &[(u64, OpenRequest)],
-    system_uuid: &str,
-    csr_fingerprint: &str,
-    address: &str,
-    caps: &Caps,
-) -> Filing {
-    if let Some((id, o)) = open.iter().find(|(_, o)| o.system_uuid == system_uuid) {
-        if o.csr_fingerprint == csr_fingerprint {
-            return Filing::Existing(*id);
-        }
-        return Filing::Refuse(Cap::OtherKey {
-            system_uuid: system_uuid.to_string(),
-            request: *id,
-        });
-    }
-    // Per network, not per address: one host owns a whole /64, and a /24 of addresses
-    // is cheap. An address that does not parse (never from the front) counts alone.
-    let (network, same) = match address.parse::<std::net::IpAddr>() {
-        Ok(ip) => {
-            let net = Network::of(ip, caps.network_v4, caps.network_v6);
-            (
-                net.to_string(),
-                Box::new(move |a: &str| a.parse().is_ok_and(|ip| net.contains(ip)))
-                    as Box<dyn Fn(&str) -> bool>,
-            )
-        }
-        Err(_) => (
-            address.to_string(),
-            Box::new(move |a: &str| a == address) as _,
-        ),
-    };
-    if open.iter().filter(|(_, o)| same(&o.remote_addr)).count() >= caps.per_address as usize {
-        return Filing::Refuse(Cap::PerAddress { address: network });
-    }
-
-    if open.len() >= caps.max_pending as usize {
-        return Filing::Refuse(Cap::Total);
-    }
-    Filing::Create
-}
-
-fn check_text(
-    field: &'static str,
-    value: &str,
-    max: usize,
-    allow: impl Fn(char) -> bool,
-) -> Result<(), PairingError> {
-    if value.is_empty() || value.chars().count() > max || !value.chars().all(allow) {
-        return Err(PairingError::InvalidField {
-            field,
-            problem: format!("must be 1 to {max} characters of the allowed set"),
-        });
-    }
-    Ok(())
-}
-
-fn printable(c: char) -> bool {
-    !c.is_control()
-}
-
-/// A `system_uuid` as sources send it: 1 to 64 letters, digits and `-`.
-pub(crate) fn check_system_uuid(value: &str) -> Result<(), PairingError> {
-    check_text("system_uuid", value, 64, |c| {
-        c.is_ascii_alphanumeric() || c == '-'
-    })
-}
-
-/// A `host` as sources send it: a name or an address, 1 to 255 characters.
-pub(crate) fn check_host(value: &str) -> Result<(), PairingError> {
-    check_text("host", value, 255, |c| {
-        c.is_ascii_alphanumeric() || "-.:[]".contains(c)
-    })
-}
-
-impl NewRequest {
-    /// Shape checks before anything is parsed or stored.
-    pub fn validate(&self) -> Result<(), PairingError> {
-        check_system_uuid(&self.system_uuid)?;
-        check_text("name", &self.name, 255, printable)?;
-        check_host(&self.host)?;
-
-        check_text("version", &self.version, 64, printable)?;
-        check_asset_tag(self.asset_tag.as_deref())
-    }
-}
-
-/// An asset tag may be empty (none), else at most 255 printable characters.
-fn check_asset_tag(tag: Option<&str>) -> Result<(), PairingError> {
-    match tag {
-        Some(tag) if tag.chars().count() > 255 || !tag.chars().all(printable) => {
-            Err(PairingError::InvalidField {
-                field: "asset_tag",
-                problem: "must be at most 255 printable characters".into(),
-            })
-        }
-        _ => Ok(()),
-    }
-}
-
-/// Result of filing: the request, whether it was created now, and what else changed that
-/// the caller must re-render in the spool.
-#[derive(Debug)]
-pub struct Filed {
-    pub request: RequestRecord,
-    pub created: bool,
-    /// The earlier request of the same source that an accepted replacement key revoked.
-    pub replaced: Option<u64>,
-    /// Open requests of the same source that a request with a token closed.
-    pub superseded: Vec<u64>,
-}
-
-/// Files a request: verify the CSR, then with a token check it and accept at once
-/// ([`tokens::file_with_token`]), else apply idempotency and caps and store it pending,
-/// with a fresh sequential id and `spool_token` as its poll token. The spool is written by
-/// the caller.
-pub fn file_request(
-    side: &TargetSide,
-    new: NewRequest,
-    rules: &FilingRules,
-    spool_token: String,
-    now: UnixTime,
-) -> Result<Filed, PairingError> {
-    new.validate()?;
-    if new.token.is_none() && rules.require_token {
-        return Err(PairingError::TokenRequired);
-    }
-    let csr: ValidCsr = ca::parse_csr(&new.csr_pem).map_err(PairingError::Csr)?;
-    if let Some(token) = &new.token {
-        return tokens::file_with_token(side, &new, &csr, token, rules, spool_token, now);
-    }
-    let (store, ca) = (side.store, side.ca);
-    let caps = &rules.caps;
-    let fingerprint = csr.fingerprint();
-    store.write(|tx| {
-        let open: Vec<_> = tx
-            .open_requests()?
-            .into_iter()
-            .filter(|(_, o)| o.expires > now)
-            .collect();
-        match decide_filing(
-            &open,
-            &new.system_uuid,
-            &fingerprint,
-            &new.remote_addr,
-            caps,
-        ) {
-            Filing::Existing(id) => {
-                let request = tx.request(id)?.ok_or(PairingError::UnknownRequest(id))?;
-                Ok(Filed {
-                    request,
-                    created: false,
-                    replaced: None,
-                    superseded: Vec::new(),
-                })
-            }
-            Filing::Refuse(cap) => Err(PairingError::Busy {
-                cap,
-                retry_after: caps.retry_after,
-            }),
-            Filing::Create => {
-                let request = insert_request(
-                    tx,
-                    ca,
-                    &new,
-                    &csr,
-                    spool_token.clone(),
-                    caps.ttl_seconds,
-                    now,
-                )?;
-                Ok(Filed {
-                    request,
-                    created: true,
-                    replaced: None,
-                    superseded: Vec::new(),
-                })
-            }
-        }
-    })
-}
-
-/// The longest message an admin may give a decision, in characters.
-pub const MAX_MESSAGE_CHARS: usize = 1_024;
-
-/// A rejection's message as stored: at most [`MAX_MESSAGE_CHARS`], trimmed of spaces,
-/// tabs and line breaks, not empty.
-pub fn rejection_message(message: &str) -> Result<String, PairingError> {
-    if message.chars().count() > MAX_MESSAGE_CHARS {
-        return Err(PairingError::InvalidField {
-            field: "message",
-            problem: format!("must be at most {MAX_MESSAGE_CHARS} characters"),
-        });
-    }
-    let trimmed = message.trim_matches([' ', '\t', '\r', '\n']);
-    if trimmed.is_empty() {
-        return Err(PairingError::MessageRequired);
-    }
-    Ok(trimmed.to_string())
-}
-
-/// Stores `new` as a fresh pending request (the next id, its verification code, the
-/// systems row it would replace) and audits the filing.
-pub(crate) fn insert_request(
-    tx: &Txn,
-    ca: &Ca,
-    new: &NewRequest,
-    csr: &ValidCsr,
-    spool_token: String,
-    ttl_seconds: i64,
-    now: UnixTime,
-) -> Result<RequestRecord, PairingError> {
-    let id = tx.next_request_id()?;
-    let replaces_system_id = paired_system(tx, &new.system_uuid)?.map(|s| s.id);
-    let request = RequestRecord {
-        id,
-        system_uuid: new.system_uuid.clone(),
-        name: new.name.clone(),
-        host: new.host.clone(),
-        asset_tag: new.asset_tag.clone(),
-        version: new.version.clone(),
-        csr_pem: new.csr_pem.clone(),
-        csr_fingerprint: csr.fingerprint(),
-        remote_addr: new.remote_addr.clone(),
-        token: spool_token,
-        verification_code: ca::verification_code(&ca.fingerprint(), csr.spki_der(), id),
-        created: now,
-        expires: now.saturating_add(ttl_seconds),
-        status: RequestStatus::Pending,
-        message: None,
-        resolved_at: None,
-        resolved_by: None,
-        replaces_system_id,
-        system_id: None,
-        cert_serial: None,
-        requested_storage_id: new.requested_storage_id,
-        pairing_token: new.token.as_ref().map(|t| t.id().to_string()),
-    };
-    tx.put_request(&request)?;
-    let actor = Actor {
-        user: "-".into(),
-        address: new.remote_addr.clone(),
-    };
-    let with_token = match &new.token {
-        Some(t) => format!(" with token {}", t.id()),
-        None => String::new(),
-    };
-    tx.audit(&actor.audit(
-        now,
-        "request filed",
-        format!("request:{id}"),
-        format!(
-            "system {} ({}) key {}{with_token}",
-            new.system_uuid,
-            new.host,
-            csr.key_kind()
-        ),
-    ))?;
-    Ok(request)
-}
-
-/// The systems row of a paired source with this `system_uuid`, if any.
-pub(crate) fn paired_system(
-    tx: &Txn,
-    system_uuid: &str,
-) -> Result<Option<SystemRecord>, StoreError> {
-    Ok(tx
-        .systems()?
-        .into_iter()
-        .find(|s| s.role.is_source() && s.system_uuid.as_deref() == Some(system_uuid)))
-}
 
 /// What an admin decided.
 #[derive(Clone, Debug)]
@@ -537,6 +93,7 @@ pub fn source_row(
             cert_serial: Some(serial.into()),
             certificate_expires: Some(not_after),
             last_seen: None,
+            last_serial: None,
             was_managed: false,
             request_id: Some(request.id),
             asset_tag: request.asset_tag.clone(),
@@ -586,7 +143,8 @@ pub struct Resolved {
 /// What deciding a request works with, borrowed from the caller.
 pub struct TargetSide<'a> {
     pub store: &'a Store,
-    pub ca: &'a Ca,
+    /// The CAs in force: the signing one issues, the one in force is what sources pin.
+    pub cas: &'a CaSet,
     /// The configured storage, to pick the one an accepted source replicates into.
     pub storage: &'a [Storage],
     /// Lifetime of an issued client certificate.
@@ -604,7 +162,7 @@ pub fn resolve(
 ) -> Result<Resolved, PairingError> {
     let TargetSide {
         store,
-        ca,
+        cas,
         storage,
         client_lifetime,
     } = *side;
@@ -647,7 +205,13 @@ pub fn resolve(
                 (chosen, _) => choose_storage(storage, chosen)?,
             };
             let csr = ca::parse_csr(&current.csr_pem).map_err(PairingError::Csr)?;
-            let issued = sign(ca, &csr, &current.system_uuid, client_lifetime, now)?;
+            let issued = sign(
+                cas.signing(),
+                &csr,
+                &current.system_uuid,
+                client_lifetime,
+                now,
+            )?;
             store.write(|tx| {
                 let r = tx.request(id)?.ok_or(PairingError::UnknownRequest(id))?;
                 check_pending(&r, now)?;
@@ -733,6 +297,7 @@ pub(crate) fn accept_in(
         renews: None,
         superseded_at: None,
         retired_at: None,
+        issuer: Some(issued.issuer.clone()),
     })?;
     if !fresh {
         // 128 random bits colliding means the random source is broken.
@@ -761,12 +326,6 @@ pub(crate) fn accept_in(
         request: r,
         replaced,
     })
-}
-
-/// `now` as a calendar time for a certificate; a clock outside the calendar is an error,
-/// never quietly replaced by another reading.
-pub(crate) fn time_of(now: UnixTime) -> Result<time::OffsetDateTime, PairingError> {
-    time::OffsetDateTime::from_unix_timestamp(now).map_err(|_| PairingError::Clock(now))
 }
 
 /// Drops a pending request silently; the source will see `expired`.
@@ -964,16 +523,7 @@ pub fn register_managed(
     actor: &Actor,
     now: UnixTime,
 ) -> Result<SystemRecord, PairingError> {
-    check_text("name", name, 255, printable)?;
-    check_asset_tag(asset_tag)?;
-    check_text("host", host, 255, |c| {
-        c.is_ascii_alphanumeric() || "-.:[]".contains(c)
-    })?;
-    if let Some(u) = system_uuid {
-        check_text("system_uuid", u, 64, |c| {
-            c.is_ascii_alphanumeric() || c == '-'
-        })?;
-    }
+    check_managed(name, host, system_uuid, asset_tag)?;
     store.write(|tx| {
         let row = SystemRecord {
             id: tx.next_system_id()?,
@@ -988,6 +538,7 @@ pub fn register_managed(
             cert_serial: None,
             certificate_expires: None,
             last_seen: None,
+            last_serial: None,
             was_managed: false,
             request_id: None,
             asset_tag: asset_tag.map(String::from),
@@ -1096,6 +647,7 @@ pub fn record_hello(
         }
         let first = row.last_seen.is_none();
         row.last_seen = Some(now);
+        row.last_serial = Some(serial.to_string());
         tx.put_system(&row)?;
         if first {
             tx.audit(&AuditRecord {
@@ -1127,110 +679,6 @@ pub fn record_hello(
 mod tests {
     use super::*;
     use crate::wire::protocol::SpoolStatus;
-
-    fn open(uuid: &str, fp: &str, addr: &str) -> OpenRequest {
-        OpenRequest {
-            system_uuid: uuid.into(),
-            csr_fingerprint: fp.into(),
-            remote_addr: addr.into(),
-            expires: 100,
-        }
-    }
-
-    const CAPS: Caps = Caps {
-        max_pending: 3,
-        per_address: 2,
-        network_v4: 24,
-        network_v6: 64,
-        ttl_seconds: 60,
-        retry_after: 30,
-    };
-
-    #[test]
-    fn same_source_and_key_is_the_existing_request() {
-        let o = vec![(7, open("u1", "k1", "a"))];
-        assert_eq!(
-            decide_filing(&o, "u1", "k1", "a", &CAPS),
-            Filing::Existing(7)
-        );
-        assert!(matches!(
-            decide_filing(&o, "u1", "k2", "a", &CAPS),
-            Filing::Refuse(_)
-        ));
-        assert_eq!(decide_filing(&o, "u2", "k1", "a", &CAPS), Filing::Create);
-    }
-
-    #[test]
-    fn address_and_global_caps_refuse() {
-        let o = vec![(1, open("u1", "k", "a")), (2, open("u2", "k", "a"))];
-        assert!(
-            matches!(decide_filing(&o, "u3", "k", "a", &CAPS), Filing::Refuse(r) if r.to_string().contains("from a"))
-        );
-        assert_eq!(decide_filing(&o, "u3", "k", "b", &CAPS), Filing::Create);
-        let o = vec![
-            (1, open("u1", "k", "a")),
-            (2, open("u2", "k", "b")),
-            (3, open("u3", "k", "c")),
-        ];
-        assert!(matches!(
-            decide_filing(&o, "u4", "k", "d", &CAPS),
-            Filing::Refuse(_)
-        ));
-    }
-
-    #[test]
-    fn the_address_cap_counts_per_network() {
-        let caps = Caps {
-            per_address: 2,
-            max_pending: 100,
-            ..CAPS
-        };
-        let o = vec![
-            (1, open("u1", "k", "198.51.100.7")),
-            (2, open("u2", "k", "198.51.100.200")),
-            (3, open("u3", "k", "2001:db8:0:1::1")),
-        ];
-        let refused = decide_filing(&o, "u9", "k", "198.51.100.99", &caps);
-        assert_eq!(
-            refused,
-            Filing::Refuse(Cap::PerAddress {
-                address: "198.51.100.0/24".into()
-            })
-        );
-        assert!(refused_text(&refused).contains("from 198.51.100.0/24"));
-        assert_eq!(
-            decide_filing(&o, "u9", "k", "198.51.101.1", &caps),
-            Filing::Create
-        );
-        let o6 = vec![
-            (1, open("u1", "k", "2001:db8:0:1::1")),
-            (2, open("u2", "k", "2001:db8:0:1:ffff::9")),
-        ];
-        assert!(matches!(
-            decide_filing(&o6, "u9", "k", "2001:db8:0:1::77", &caps),
-            Filing::Refuse(Cap::PerAddress { address }) if address == "2001:db8:0:1::/64"
-        ));
-        assert_eq!(
-            decide_filing(&o6, "u9", "k", "2001:db8:0:2::1", &caps),
-            Filing::Create
-        );
-        // Prefix lengths of a whole address count per address again.
-        let exact = Caps {
-            network_v4: 32,
-            ..caps
-        };
-        assert_eq!(
-            decide_filing(&o, "u9", "k", "198.51.100.99", &exact),
-            Filing::Create
-        );
-    }
-
-    fn refused_text(f: &Filing) -> String {
-        match f {
-            Filing::Refuse(c) => c.to_string(),
-            other => format!("{other:?}"),
-        }
-    }
 
     #[test]
     fn roles_follow_the_appliance_rules() {
@@ -1296,7 +744,7 @@ mod tests {
     fn accepting_with_a_clock_outside_the_calendar_fails_and_leaves_the_request_pending() {
         let store = temp_store("clock");
         let at = time::OffsetDateTime::from_unix_timestamp(1_767_225_600).unwrap();
-        let ca = Ca::generate("target ca", at).unwrap();
+        let cas = CaSet::single(Ca::generate("target ca", at).unwrap());
         let (_, csr_pem) = ca::generate_client_key_and_csr("u").unwrap();
         // Year 11476: past the last date `time` (and X.509's GeneralizedTime) can hold.
         let now: UnixTime = 300_000_000_000;
@@ -1313,7 +761,7 @@ mod tests {
         }];
         let side = TargetSide {
             store: &store,
-            ca: &ca,
+            cas: &cas,
             storage: &storage,
             client_lifetime: std::time::Duration::from_secs(30 * 86_400),
         };

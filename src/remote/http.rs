@@ -16,15 +16,15 @@ use std::time::{Duration, Instant};
 use rustls::pki_types::ServerName;
 use rustls::{ClientConfig, ClientConnection, StreamOwned};
 
+use crate::model::time_left;
 use crate::wire::chunked::ChunkedReader;
 use crate::wire::http::split_authority;
+use crate::wire::response::{read_final_head, BodyFraming, ResponseError};
+#[cfg(test)]
+use crate::wire::response::{MAX_HEAD, MAX_HEADERS};
 
 /// Connecting to one address of a peer; a peer that does not answer within this is down.
 pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
-/// The most of a response head read.
-const MAX_HEAD: usize = 16 * 1024;
-/// The most header lines in a response head.
-const MAX_HEADERS: usize = 64;
 
 /// Why a call failed.
 #[derive(Debug)]
@@ -74,6 +74,15 @@ impl std::error::Error for HttpError {
 impl From<io::Error> for HttpError {
     fn from(e: io::Error) -> Self {
         HttpError::Io(e)
+    }
+}
+
+impl From<ResponseError> for HttpError {
+    fn from(e: ResponseError) -> Self {
+        match e {
+            ResponseError::Io(e) => HttpError::Io(e),
+            ResponseError::Malformed(what) => HttpError::Malformed(what),
+        }
     }
 }
 
@@ -171,7 +180,7 @@ impl Client {
 fn connect(host: &str, port: u16, deadline: Instant) -> Result<TcpStream, HttpError> {
     let mut last = None;
     for addr in (host, port).to_socket_addrs()? {
-        let wait = left(deadline)?.min(CONNECT_TIMEOUT);
+        let wait = time_left(deadline)?.min(CONNECT_TIMEOUT);
         match TcpStream::connect_timeout(&addr, wait) {
             Ok(s) => {
                 s.set_nodelay(true)?;
@@ -188,18 +197,6 @@ fn connect(host: &str, port: u16, deadline: Instant) -> Result<TcpStream, HttpEr
     })))
 }
 
-/// The time left until `deadline`, or `TimedOut`.
-fn left(deadline: Instant) -> io::Result<Duration> {
-    let left = deadline.saturating_duration_since(Instant::now());
-    if left.is_zero() {
-        return Err(io::Error::new(
-            io::ErrorKind::TimedOut,
-            "the call took too long",
-        ));
-    }
-    Ok(left)
-}
-
 /// A socket whose every read and write ends by the call's deadline.
 struct Timed {
     sock: TcpStream,
@@ -208,14 +205,16 @@ struct Timed {
 
 impl Read for Timed {
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
-        self.sock.set_read_timeout(Some(left(self.deadline)?))?;
+        self.sock
+            .set_read_timeout(Some(time_left(self.deadline)?))?;
         self.sock.read(buf)
     }
 }
 
 impl Write for Timed {
     fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
-        self.sock.set_write_timeout(Some(left(self.deadline)?))?;
+        self.sock
+            .set_write_timeout(Some(time_left(self.deadline)?))?;
         self.sock.write(buf)
     }
 
@@ -224,51 +223,42 @@ impl Write for Timed {
     }
 }
 
-/// Reads one answer: skips interim (1xx) answers, then the head (at most [`MAX_HEAD`]
-/// bytes), then the body as the head frames it (chunked, a length, or up to the end of the
-/// connection), refusing one of more than `limit` bytes. `head_only` for a HEAD request.
+/// Reads one answer: skips interim (1xx) answers, then the head (at most `MAX_HEAD`
+/// bytes, `wire::response`), then the body as the head frames it (chunked, a length, or up
+/// to the end of the connection), refusing one of more than `limit` bytes. `head_only` for
+/// a HEAD request.
 pub fn read_response(
     mut r: impl BufRead,
     head_only: bool,
     limit: u64,
 ) -> Result<Response, HttpError> {
-    let (status, headers) = loop {
-        let (status, headers) = read_head(&mut r)?;
-        if !(100..200).contains(&status) {
-            break (status, headers);
-        }
-    };
+    let head = read_final_head(&mut r)?;
+    let framing = head.framing(head_only)?;
     let mut response = Response {
-        status,
-        headers,
+        status: head.status,
+        headers: head.headers,
         body: String::new(),
     };
-    if head_only || status == 204 || status == 304 {
-        return Ok(response);
-    }
-    let chunked = response
-        .header("transfer-encoding")
-        .is_some_and(|v| v.eq_ignore_ascii_case("chunked"));
     let mut bytes = Vec::new();
-    if chunked {
-        read_limited(ChunkedReader::new(r), limit, &mut bytes)?;
-    } else if let Some(length) = response.header("content-length") {
-        let length: u64 = length
-            .parse()
-            .map_err(|_| HttpError::Malformed("Content-Length"))?;
-        if length > limit {
-            return Err(HttpError::TooLarge(limit));
+    match framing {
+        BodyFraming::None => return Ok(response),
+        BodyFraming::Chunked => read_limited(ChunkedReader::new(r), limit, &mut bytes)?,
+        BodyFraming::Length(length) => {
+            if length > limit {
+                return Err(HttpError::TooLarge(limit));
+            }
+            r.take(length).read_to_end(&mut bytes)?;
+            if bytes.len() as u64 != length {
+                return Err(HttpError::Io(io::ErrorKind::UnexpectedEof.into()));
+            }
         }
-        r.take(length).read_to_end(&mut bytes)?;
-        if bytes.len() as u64 != length {
-            return Err(HttpError::Io(io::ErrorKind::UnexpectedEof.into()));
-        }
-    } else {
-        // Delimited by the end of the connection. A peer that closes without TLS's
-        // close_notify ends the body here too.
-        match read_limited(r, limit, &mut bytes) {
-            Err(HttpError::Io(e)) if e.kind() == io::ErrorKind::UnexpectedEof => {}
-            other => other?,
+        BodyFraming::UntilClose => {
+            // Delimited by the end of the connection. A peer that closes without TLS's
+            // close_notify ends the body here too.
+            match read_limited(r, limit, &mut bytes) {
+                Err(HttpError::Io(e)) if e.kind() == io::ErrorKind::UnexpectedEof => {}
+                other => other?,
+            }
         }
     }
     response.body = String::from_utf8(bytes).map_err(|_| HttpError::Malformed("body"))?;
@@ -281,55 +271,6 @@ fn read_limited(r: impl Read, limit: u64, out: &mut Vec<u8>) -> Result<(), HttpE
         return Err(HttpError::TooLarge(limit));
     }
     Ok(())
-}
-
-type Head = (u16, Vec<(String, String)>);
-
-fn read_head(r: &mut impl BufRead) -> Result<Head, HttpError> {
-    let mut total = 0;
-    let mut line = |r: &mut dyn BufRead| -> Result<String, HttpError> {
-        if total >= MAX_HEAD {
-            return Err(HttpError::Malformed("head too large"));
-        }
-        let mut buf = Vec::new();
-        let n = r
-            .take((MAX_HEAD - total) as u64)
-            .read_until(b'\n', &mut buf)?;
-        total += n;
-        if n == 0 {
-            return Err(HttpError::Io(io::Error::new(
-                io::ErrorKind::UnexpectedEof,
-                "the connection closed before an answer",
-            )));
-        }
-        if !buf.ends_with(b"\n") {
-            return Err(HttpError::Malformed("head too large"));
-        }
-        let text = String::from_utf8(buf).map_err(|_| HttpError::Malformed("head"))?;
-        Ok(text.trim_end_matches(['\r', '\n']).to_string())
-    };
-    let status_line = line(r)?;
-    let mut parts = status_line.splitn(3, ' ');
-    let status = match (parts.next(), parts.next()) {
-        (Some(v), Some(code)) if v.starts_with("HTTP/1.") && code.len() == 3 => code
-            .parse::<u16>()
-            .map_err(|_| HttpError::Malformed("status line"))?,
-        _ => return Err(HttpError::Malformed("status line")),
-    };
-    let mut headers = Vec::new();
-    loop {
-        let l = line(r)?;
-        if l.is_empty() {
-            return Ok((status, headers));
-        }
-        if headers.len() >= MAX_HEADERS {
-            return Err(HttpError::Malformed("too many header fields"));
-        }
-        let (k, v) = l
-            .split_once(':')
-            .ok_or(HttpError::Malformed("header field"))?;
-        headers.push((k.trim().to_ascii_lowercase(), v.trim().to_string()));
-    }
 }
 
 #[cfg(test)]

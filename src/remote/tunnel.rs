@@ -10,14 +10,17 @@ use std::net::{Shutdown, TcpStream, ToSocketAddrs};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use rustls::pki_types::{CertificateDer, ServerName};
+use rustls::pki_types::ServerName;
 use rustls::ClientConnection;
 
+use crate::ca::CertError;
+use crate::sync::lock;
+use crate::tls::TlsError;
 use crate::wire::chunked::{ChunkedReader, ChunkedWriter};
 
 /// Why a transfer session could not be opened.
 #[derive(Debug)]
-pub enum TunnelError {
+pub enum OpenTransferError {
     /// The target could not be reached, or the connection broke: retry later.
     Unreachable(io::Error),
     /// The target's certificate does not chain to the pinned CA, or it refused ours (a
@@ -31,25 +34,31 @@ pub enum TunnelError {
     },
     /// The answer is not what the protocol says.
     Malformed(&'static str),
-    /// Our own material (pinned CA, key, certificate, the address) is unusable.
-    Local(String),
+    /// The pairing's pinned CA does not parse.
+    PinnedCa(CertError),
+    /// Our key and certificate (or the CA) make no TLS configuration.
+    Tls(TlsError),
+    /// The tunnel address is not `host:port` with a valid host name.
+    Address(String),
 }
 
-impl std::fmt::Display for TunnelError {
+impl std::fmt::Display for OpenTransferError {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
-            TunnelError::Unreachable(e) => write!(f, "unreachable: {e}"),
-            TunnelError::Untrusted(e) => write!(f, "untrusted: {e}"),
-            TunnelError::Refused {
+            OpenTransferError::Unreachable(e) => write!(f, "unreachable: {e}"),
+            OpenTransferError::Untrusted(e) => write!(f, "untrusted: {e}"),
+            OpenTransferError::Refused {
                 status, message, ..
             } => write!(f, "refused with {status}: {message}"),
-            TunnelError::Malformed(what) => write!(f, "unexpected answer: {what}"),
-            TunnelError::Local(m) => f.write_str(m),
+            OpenTransferError::Malformed(what) => write!(f, "unexpected answer: {what}"),
+            OpenTransferError::PinnedCa(e) => write!(f, "pinned CA: {e}"),
+            OpenTransferError::Tls(e) => write!(f, "TLS set-up: {e}"),
+            OpenTransferError::Address(m) => f.write_str(m),
         }
     }
 }
 
-impl std::error::Error for TunnelError {}
+impl std::error::Error for OpenTransferError {}
 
 /// Connecting to a target's tunnel; one that does not answer within this is down.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
@@ -72,10 +81,6 @@ const SOCKET_WRITE: usize = 64 * 1024;
 const MAX_ERROR_BODY: usize = 16 * 1024;
 /// The most of a response head read.
 const MAX_HEAD: usize = 16 * 1024;
-
-fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|e| e.into_inner())
-}
 
 /// The TLS state both halves share.
 struct Shared {
@@ -212,10 +217,10 @@ fn header<'a>(head: &'a str, name: &str) -> Option<&'a str> {
     })
 }
 
-fn io_error(e: io::Error) -> TunnelError {
+fn io_error(e: io::Error) -> OpenTransferError {
     match e.get_ref().and_then(|i| i.downcast_ref::<rustls::Error>()) {
-        Some(tls) => TunnelError::Untrusted(tls.clone()),
-        None => TunnelError::Unreachable(e),
+        Some(tls) => OpenTransferError::Untrusted(tls.clone()),
+        None => OpenTransferError::Unreachable(e),
     }
 }
 
@@ -227,28 +232,26 @@ pub fn open_transfer(
     ca_pem: &str,
     cert_pem: &str,
     key_pem: &str,
-) -> Result<TransferStream, TunnelError> {
-    let ca = crate::ca::cert_pem_to_der(ca_pem)
-        .map_err(|e| TunnelError::Local(format!("pinned CA: {e}")))?;
-    let config =
-        crate::tls::pinned_client_config(CertificateDer::from(ca), Some((cert_pem, key_pem)))
-            .map_err(|e| TunnelError::Local(format!("TLS set-up: {e}")))?;
-    let (host, _) = addr
-        .rsplit_once(':')
-        .ok_or_else(|| TunnelError::Local(format!("tunnel address {addr:?} is not host:port")))?;
+) -> Result<TransferStream, OpenTransferError> {
+    let anchors = super::anchors_of(ca_pem).map_err(OpenTransferError::PinnedCa)?;
+    let config = crate::tls::pinned_client_config(anchors, Some((cert_pem, key_pem)))
+        .map_err(OpenTransferError::Tls)?;
+    let (host, _) = addr.rsplit_once(':').ok_or_else(|| {
+        OpenTransferError::Address(format!("tunnel address {addr:?} is not host:port"))
+    })?;
     let host = host.trim_start_matches('[').trim_end_matches(']');
     let target = addr
         .to_socket_addrs()
-        .map_err(TunnelError::Unreachable)?
+        .map_err(OpenTransferError::Unreachable)?
         .next()
         .ok_or_else(|| {
-            TunnelError::Unreachable(io::Error::new(
+            OpenTransferError::Unreachable(io::Error::new(
                 io::ErrorKind::NotFound,
                 format!("{addr} resolves to no address"),
             ))
         })?;
-    let sock =
-        TcpStream::connect_timeout(&target, CONNECT_TIMEOUT).map_err(TunnelError::Unreachable)?;
+    let sock = TcpStream::connect_timeout(&target, CONNECT_TIMEOUT)
+        .map_err(OpenTransferError::Unreachable)?;
     let setup = |s: &TcpStream| -> io::Result<()> {
         s.set_nodelay(true)?;
         s.set_read_timeout(Some(READ_TIMEOUT))?;
@@ -256,8 +259,8 @@ pub fn open_transfer(
     };
     setup(&sock).map_err(io_error)?;
     let name = ServerName::try_from(host.to_string())
-        .map_err(|_| TunnelError::Local(format!("invalid tunnel host {host:?}")))?;
-    let mut conn = ClientConnection::new(config, name).map_err(TunnelError::Untrusted)?;
+        .map_err(|_| OpenTransferError::Address(format!("invalid tunnel host {host:?}")))?;
+    let mut conn = ClientConnection::new(config, name).map_err(OpenTransferError::Untrusted)?;
     {
         let mut s = &sock;
         while conn.is_handshaking() {
@@ -291,7 +294,9 @@ pub fn open_transfer(
         .split_whitespace()
         .nth(1)
         .and_then(|s| s.parse().ok())
-        .ok_or(TunnelError::Malformed("no status in the tunnel's answer"))?;
+        .ok_or(OpenTransferError::Malformed(
+            "no status in the tunnel's answer",
+        ))?;
     let chunked =
         header(&head, "transfer-encoding").is_some_and(|v| v.eq_ignore_ascii_case("chunked"));
     if status != 200 {
@@ -306,14 +311,14 @@ pub fn open_transfer(
             .ok()
             .and_then(|v| v["result"][0]["message"].as_str().map(String::from))
             .unwrap_or_else(|| text.chars().take(200).collect());
-        return Err(TunnelError::Refused {
+        return Err(OpenTransferError::Refused {
             status,
             message,
             retry_after: header(&head, "retry-after").and_then(|v| v.parse().ok()),
         });
     }
     if !chunked {
-        return Err(TunnelError::Malformed(
+        return Err(OpenTransferError::Malformed(
             "the tunnel's transfer answer is not chunked",
         ));
     }

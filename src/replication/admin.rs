@@ -9,10 +9,10 @@ use std::fmt;
 use std::path::Path;
 use std::sync::Arc;
 
+use super::backups;
 use super::live::{Incoming, Live, Progress};
 use super::names::{check_component, BackupName, NameError};
 use super::queue::{self, new_item};
-use super::scan;
 use super::throttle::{self, ThrottleError};
 use crate::model::UnixTime;
 use crate::pairing::Actor;
@@ -238,7 +238,7 @@ pub fn add(
         });
     }
     let root = root.ok_or(AdminError::NoStorage)?;
-    let found = scan::stat(root, &name).map_err(|e| AdminError::NoSuchBackup {
+    let found = backups::stat(root, &name).map_err(|e| AdminError::NoSuchBackup {
         backup: name.to_string(),
         problem: e.to_string(),
     })?;

@@ -1,9 +1,9 @@
-//! Live replication state shared by the sessions, the scheduler and the API: progress of
-//! running transfers (kept in memory so `bytes_done`, `rate_bps` and `eta_s` are fresh at
-//! every read without a database write per frame; the database gets checkpoints), cancel
-//! requests for active items, the settings in force (a `PUT` applies to running transfers
-//! at their next frame), the one rate limiter every sending session shares, a wake-up for
-//! the scheduler, and the counters behind the metrics. No I/O.
+//! Live replication state shared by the sessions, the replicator (`jobs::replicator`) and
+//! the API: progress of running transfers (kept in memory so `bytes_done`, `rate_bps` and
+//! `eta_s` are fresh at every read without a database write per frame; the database gets
+//! checkpoints), cancel requests for active items, the settings in force (a `PUT` applies
+//! to running transfers at their next frame), the one rate limiter every sending session
+//! shares, a wake-up for the replicator, and the counters behind the metrics. No I/O.
 
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -12,12 +12,7 @@ use std::time::{Duration, Instant};
 
 use super::throttle::{self, Bucket};
 use crate::store::{ReplicationConfig, ThrottleRecord};
-
-/// Locks a mutex, taking the data even if a panicking thread poisoned it: every value
-/// behind these locks is valid after any single update.
-fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|e| e.into_inner())
-}
+use crate::sync::{lock, read, write};
 
 /// Bytes per second over the last few seconds of samples.
 #[derive(Debug)]
@@ -252,36 +247,26 @@ impl Live {
     }
 
     pub fn config(&self) -> ReplicationConfig {
-        self.config
-            .read()
-            .unwrap_or_else(|e| e.into_inner())
-            .clone()
+        read(&self.config).clone()
     }
 
     pub fn set_config(&self, c: ReplicationConfig) {
-        *self.config.write().unwrap_or_else(|e| e.into_inner()) = c;
+        *write(&self.config) = c;
         self.wake();
     }
 
     pub fn throttle(&self) -> ThrottleRecord {
-        self.throttle
-            .read()
-            .unwrap_or_else(|e| e.into_inner())
-            .clone()
+        read(&self.throttle).clone()
     }
 
     pub fn set_throttle(&self, t: ThrottleRecord) {
-        *self.throttle.write().unwrap_or_else(|e| e.into_inner()) = t;
+        *write(&self.throttle) = t;
     }
 
     /// The rate in force now, bytes per second (None: full speed).
     pub fn limit_bps(&self) -> Option<u64> {
         let (day, hour) = (self.clock)();
-        throttle::limit_bps(
-            &self.throttle.read().unwrap_or_else(|e| e.into_inner()),
-            day,
-            hour,
-        )
+        throttle::limit_bps(&read(&self.throttle), day, hour)
     }
 
     /// Up to `want` bytes that may go on the wire now (0: wait [`Live::wait_for`]).
@@ -362,7 +347,7 @@ impl Live {
         lock(&self.cancelled).remove(&item_id);
     }
 
-    /// Wakes the scheduler: items were added, settings changed, something finished.
+    /// Wakes the replicator: items were added, settings changed, something finished.
     pub fn wake(&self) {
         let (m, c) = &self.wake;
         *lock(m) += 1;

@@ -1,17 +1,18 @@
-//! Replication of backups to paired targets through the tunnel (SPEC 11). The pure rules
-//! (`names`, `queue`, `throttle`) take the time as an argument and do no I/O; `scan` reads
-//! the source's backup storage; `sender` and `receiver` run one transfer session over any
-//! `Read`/`Write` pair, reading and writing files only through `fsx`.
+//! Replication of backups to paired targets through the tunnel (SPEC 11), as domain rules:
+//! plain functions and types, the time and the I/O handed in, no sockets and no threads
+//! (those are `jobs`, `ingest`, `tunnel` and `remote`). The pure rules (`names`, `queue`,
+//! `throttle`) do no I/O at all; `backups` reads the source's backup storage and the
+//! sessions (`sender`, `receiver`) read and write files only through `fsx`, over any
+//! `Read`/`Write` pair the adapters hand them.
 
 pub mod admin;
+pub mod backups;
+pub mod feed;
 pub mod live;
 pub mod names;
 pub mod queue;
 pub mod receiver;
-pub mod scan;
-pub mod scheduler;
 pub mod sender;
-pub mod sink;
 pub mod stream;
 pub mod throttle;
 pub mod verify;
@@ -39,6 +40,3 @@ impl Shared {
         })
     }
 }
-
-#[cfg(test)]
-mod session_tests;

@@ -2,27 +2,22 @@
 //! source delivered, recompute its SHA-256 and compare it with the one recorded at
 //! commit. A copy that differs or is missing is marked damaged; the source's next
 //! transfer session learns of it (a `Want` frame) and sends it again. Verifying reads
-//! gigabytes, so it runs on its own job thread, one source at a time, and stops at
-//! shutdown; the API only queues the request and reports progress.
+//! gigabytes, so it runs on its own job thread (`jobs::verify`), one source at a time, and
+//! stops at shutdown; the API only queues the request ([`Verifier`]) and reports progress.
 
 use std::collections::HashMap;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::mpsc::{self, Receiver, RecvTimeoutError, Sender};
-use std::sync::{Arc, Mutex};
-use std::thread::JoinHandle;
-use std::time::Duration;
+use std::sync::mpsc::{self, Receiver, Sender};
+use std::sync::Mutex;
 
 use ring::digest::{Context as Sha256, SHA256};
 
 use super::names::BackupName;
 use crate::fsx;
-use crate::model::{self, UnixTime};
+use crate::model::UnixTime;
 use crate::store::{Store, StoreError};
-
-fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|e| e.into_inner())
-}
+use crate::sync::lock;
 
 /// Where a source's verify stands.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -37,8 +32,10 @@ pub struct VerifyStatus {
     pub missing: u64,
 }
 
-struct Job {
-    system_id: u64,
+/// One queued verify: a source's copies on one storage.
+#[derive(Debug)]
+pub struct VerifyJob {
+    pub system_id: u64,
     uuid: String,
     storage_id: u64,
     storage_path: PathBuf,
@@ -47,7 +44,7 @@ struct Job {
 /// The queue of verify requests and their status, shared with the API.
 #[derive(Default)]
 pub struct Verifier {
-    tx: Mutex<Option<Sender<Job>>>,
+    tx: Mutex<Option<Sender<VerifyJob>>>,
     status: Mutex<HashMap<u64, VerifyStatus>>,
 }
 
@@ -99,7 +96,7 @@ impl Verifier {
             total: copies,
             ..VerifyStatus::default()
         };
-        tx.send(Job {
+        tx.send(VerifyJob {
             system_id,
             uuid: uuid.to_string(),
             storage_id,
@@ -119,45 +116,27 @@ impl Verifier {
             f(s);
         }
     }
-}
 
-/// Starts the verify job; it stops when `shutdown` is set.
-pub fn spawn_verifier(
-    verifier: Arc<Verifier>,
-    store: Store,
-    shutdown: Arc<AtomicBool>,
-) -> std::io::Result<JoinHandle<()>> {
-    let (tx, rx): (Sender<Job>, Receiver<Job>) = mpsc::channel();
-    *lock(&verifier.tx) = Some(tx);
-    std::thread::Builder::new()
-        .name("verifier".into())
-        .spawn(move || {
-            while !shutdown.load(Ordering::SeqCst) {
-                let job = match rx.recv_timeout(Duration::from_millis(200)) {
-                    Ok(j) => j,
-                    Err(RecvTimeoutError::Timeout) => continue,
-                    Err(RecvTimeoutError::Disconnected) => return,
-                };
-                let sid = job.system_id;
-                match run(&verifier, &store, &job, &shutdown) {
-                    Ok(()) => {}
-                    Err(e) => log::error!("verify of system {sid}: {e}"),
-                }
-                verifier.update(sid, |s| {
-                    s.running = false;
-                    s.finished = Some(model::now());
-                });
-                let s = verifier.status(sid).unwrap_or_default();
-                log::info!(
-                    "verify of system {sid}: {} of {} copies checked, {} damaged, {} missing",
-                    s.checked,
-                    s.total,
-                    s.damaged,
-                    s.missing
-                );
-            }
-            *lock(&verifier.tx) = None;
-        })
+    /// Opens the queue to requests; the verify job takes them from the receiver.
+    pub fn open(&self) -> Receiver<VerifyJob> {
+        let (tx, rx) = mpsc::channel();
+        *lock(&self.tx) = Some(tx);
+        rx
+    }
+
+    /// Closes the queue: a request now is refused as [`VerifyError::Stopped`].
+    pub fn close(&self) {
+        *lock(&self.tx) = None;
+    }
+
+    /// The verify of `system_id` ended (finished, stopped or failed) at `now`; its status.
+    pub fn finished(&self, system_id: u64, now: UnixTime) -> VerifyStatus {
+        self.update(system_id, |s| {
+            s.running = false;
+            s.finished = Some(now);
+        });
+        self.status(system_id).unwrap_or_default()
+    }
 }
 
 /// The SHA-256 of a regular file (never through a symlink), hex.
@@ -166,10 +145,18 @@ pub fn file_sha256(path: &std::path::Path) -> std::io::Result<(String, u64)> {
     let mut h = Sha256::new(&SHA256);
     let mut buf = vec![0u8; 256 * 1024];
     fsx::read_prefix(&mut f, meta.len(), &mut buf, |b| h.update(b))?;
-    Ok((crate::rand::hex(h.finish().as_ref()), meta.len()))
+    Ok((crate::wire::hex::encode(h.finish().as_ref()), meta.len()))
 }
 
-fn run(verifier: &Verifier, store: &Store, job: &Job, stop: &AtomicBool) -> Result<(), StoreError> {
+/// Verifies the copies of `job` one by one, recording each against its row; returns early
+/// (Ok) once `stop` is set.
+pub fn run(
+    verifier: &Verifier,
+    store: &Store,
+    job: &VerifyJob,
+    stop: &AtomicBool,
+    now: fn() -> UnixTime,
+) -> Result<(), StoreError> {
     let rows = store.received(&job.uuid)?;
     for row in rows.into_iter().filter(|r| r.storage_id == job.storage_id) {
         if stop.load(Ordering::SeqCst) {
@@ -197,7 +184,7 @@ fn run(verifier: &Verifier, store: &Store, job: &Job, stop: &AtomicBool) -> Resu
             }
             Err(e) => (Some(format!("the copy cannot be read: {e}")), false),
         };
-        let now = model::now();
+        let now = now();
         // Record against the row as it is now: a transfer that replaced the copy while
         // it was read wins.
         store.write(|tx| {

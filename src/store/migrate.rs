@@ -116,6 +116,7 @@ mod tests {
             renews: None,
             superseded_at: None,
             retired_at: None,
+            issuer: None,
         };
         {
             let store = Store::open(&path).unwrap();

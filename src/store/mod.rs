@@ -9,7 +9,7 @@
 //!   dropped, leaving nothing, when it returns `Err`. The closure does store work only:
 //!   no network I/O, no sleep, no file writes.
 //! - One file per entity (`requests.rs`, `systems.rs`, `certs.rs`, `targets.rs`,
-//!   `users.rs`, `audit.rs`, `tokens.rs`, `queue.rs`, `meta.rs`) holds its records and
+//!   `users.rs`, `audit.rs`, `tokens.rs`, `queue.rs`, `meta.rs`, `ca.rs`) holds its records and
 //!   every read and write of its tables, each read written once over `access::Tables`: a
 //!   `Store` read sees one snapshot per call, a `Txn` read sees the transaction's own
 //!   uncommitted writes. Re-exported here, so every name is `store::Name`.
@@ -37,6 +37,7 @@
 
 mod access;
 mod audit;
+mod ca;
 mod certs;
 #[cfg(test)]
 mod fixture;
@@ -61,6 +62,7 @@ use redb::{Database, ReadTransaction, ReadableDatabase, WriteTransaction};
 use serde::{Deserialize, Serialize};
 
 pub use audit::{event_line, AuditRecord};
+pub use ca::{AbortedCa, CaState, Endorsement, Rollover};
 pub use certs::CertRecord;
 pub use queue::{
     ItemStatus, LatestItem, PartialRecord, QueueItem, ReceivedRecord, ReplicationConfig, Strategy,

@@ -381,7 +381,7 @@ impl<'c> Conn<'c> {
         let mut chunk = [0u8; HEAD_READ_BYTES];
         loop {
             let window = &self.input[..self.input.len().min(max)];
-            if let Some(end) = http::find_end(window, scanned) {
+            if let Some(end) = http::request_head_end(window, scanned) {
                 let head = self.input[..end].to_vec();
                 self.input_start = end;
                 self.deadline = None;

@@ -1,12 +1,12 @@
 //! The one place that turns tunnel errors into HTTP: statuses, their headers and the
 //! documented error body from [`crate::wire::error`]. Handlers and the server return
-//! [`TunnelError`]; nothing else picks a status.
+//! [`TunnelHttpError`]; nothing else picks a status.
 
 use std::fmt;
 
 use crate::model::Chain;
+use crate::pairing::error::PairingError;
 use crate::pairing::renewal::RenewError;
-use crate::pairing::target::PairingError;
 use crate::store::StoreError;
 use crate::wire::error::error_body;
 use crate::wire::http::HeadError;
@@ -16,7 +16,7 @@ pub type Internal = Box<dyn std::error::Error + Send + Sync>;
 
 /// Every way a tunnel request can fail, grouped by who must act.
 #[derive(Debug)]
-pub enum TunnelError {
+pub enum TunnelHttpError {
     /// 400: malformed request or field; the text names it.
     BadRequest(String),
     /// 403: the certificate is revoked or belongs to no paired system.
@@ -43,42 +43,42 @@ pub enum TunnelError {
     Unavailable(String),
 }
 
-impl TunnelError {
+impl TunnelHttpError {
     /// The HTTP status and the documented body's `code`.
     pub fn status(&self) -> u16 {
         match self {
-            TunnelError::BadRequest(_) => 400,
-            TunnelError::Forbidden(_) => 403,
-            TunnelError::NotFound(_) => 404,
-            TunnelError::MethodNotAllowed { .. } => 405,
-            TunnelError::Timeout(_) => 408,
-            TunnelError::Conflict(_) => 409,
-            TunnelError::Head(e) => e.status(),
-            TunnelError::TooLarge(_) => 413,
-            TunnelError::TooMany { .. } => 429,
-            TunnelError::HeadTooLarge(_) => 431,
-            TunnelError::Internal(_) => 500,
-            TunnelError::Unavailable(_) => 503,
+            TunnelHttpError::BadRequest(_) => 400,
+            TunnelHttpError::Forbidden(_) => 403,
+            TunnelHttpError::NotFound(_) => 404,
+            TunnelHttpError::MethodNotAllowed { .. } => 405,
+            TunnelHttpError::Timeout(_) => 408,
+            TunnelHttpError::Conflict(_) => 409,
+            TunnelHttpError::Head(e) => e.status(),
+            TunnelHttpError::TooLarge(_) => 413,
+            TunnelHttpError::TooMany { .. } => 429,
+            TunnelHttpError::HeadTooLarge(_) => 431,
+            TunnelHttpError::Internal(_) => 500,
+            TunnelHttpError::Unavailable(_) => 503,
         }
     }
 
     /// The peer-facing message; for a 500 a fixed text with `reference`.
     pub fn message(&self, reference: &str) -> String {
         match self {
-            TunnelError::BadRequest(m)
-            | TunnelError::Forbidden(m)
-            | TunnelError::NotFound(m)
-            | TunnelError::Timeout(m)
-            | TunnelError::Conflict(m)
-            | TunnelError::TooLarge(m)
-            | TunnelError::Unavailable(m) => m.clone(),
-            TunnelError::TooMany { message, .. } => message.clone(),
-            TunnelError::MethodNotAllowed { allow } => {
+            TunnelHttpError::BadRequest(m)
+            | TunnelHttpError::Forbidden(m)
+            | TunnelHttpError::NotFound(m)
+            | TunnelHttpError::Timeout(m)
+            | TunnelHttpError::Conflict(m)
+            | TunnelHttpError::TooLarge(m)
+            | TunnelHttpError::Unavailable(m) => m.clone(),
+            TunnelHttpError::TooMany { message, .. } => message.clone(),
+            TunnelHttpError::MethodNotAllowed { allow } => {
                 format!("method not allowed on this path; it allows {allow}")
             }
-            TunnelError::Head(e) => e.to_string(),
-            TunnelError::HeadTooLarge(limit) => format!("request head exceeds {limit} bytes"),
-            TunnelError::Internal(_) => {
+            TunnelHttpError::Head(e) => e.to_string(),
+            TunnelHttpError::HeadTooLarge(limit) => format!("request head exceeds {limit} bytes"),
+            TunnelHttpError::Internal(_) => {
                 format!("internal error (reference {reference}); details are in the daemon log")
             }
         }
@@ -87,11 +87,11 @@ impl TunnelError {
     /// Headers the status needs: `Allow` on 405, `Retry-After` on 429 and 503.
     pub fn headers(&self) -> Vec<(&'static str, String)> {
         match self {
-            TunnelError::MethodNotAllowed { allow } => vec![("Allow", allow.clone())],
-            TunnelError::TooMany { retry_after, .. } => {
+            TunnelHttpError::MethodNotAllowed { allow } => vec![("Allow", allow.clone())],
+            TunnelHttpError::TooMany { retry_after, .. } => {
                 vec![("Retry-After", retry_after.to_string())]
             }
-            TunnelError::Unavailable(_) => vec![("Retry-After", "1".to_owned())],
+            TunnelHttpError::Unavailable(_) => vec![("Retry-After", "1".to_owned())],
             _ => Vec::new(),
         }
     }
@@ -105,7 +105,7 @@ impl TunnelError {
     /// rest at `info`.
     pub fn log(&self, what: &str, reference: &str) {
         match self {
-            TunnelError::Internal(cause) => {
+            TunnelHttpError::Internal(cause) => {
                 log::error!(
                     "tunnel: {what}: {} (reference {reference})",
                     Chain(&**cause)
@@ -120,57 +120,57 @@ impl TunnelError {
     }
 }
 
-impl fmt::Display for TunnelError {
+impl fmt::Display for TunnelHttpError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
-            TunnelError::Internal(_) => f.write_str("internal error"),
+            TunnelHttpError::Internal(_) => f.write_str("internal error"),
             other => f.write_str(&other.message("-")),
         }
     }
 }
 
-impl std::error::Error for TunnelError {
+impl std::error::Error for TunnelHttpError {
     fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
         match self {
-            TunnelError::Internal(cause) => Some(&**cause),
+            TunnelHttpError::Internal(cause) => Some(&**cause),
             _ => None,
         }
     }
 }
 
-impl From<StoreError> for TunnelError {
+impl From<StoreError> for TunnelHttpError {
     fn from(e: StoreError) -> Self {
-        TunnelError::Internal(Box::new(e))
+        TunnelHttpError::Internal(Box::new(e))
     }
 }
 
 /// A renewal: a certificate that may not renew is 403 (revoked, retired, expired,
 /// unpaired), one already renewed is 409, a bad CSR 400.
-impl From<RenewError> for TunnelError {
+impl From<RenewError> for TunnelHttpError {
     fn from(e: RenewError) -> Self {
         use RenewError as R;
         let text = Chain(&e).to_string();
         match e {
             R::NotPaired { .. } | R::Revoked { .. } | R::Retired { .. } | R::Expired { .. } => {
-                TunnelError::Forbidden(text)
+                TunnelHttpError::Forbidden(text)
             }
-            R::Superseded { .. } => TunnelError::Conflict(text),
-            R::SameKey | R::Csr(_) => TunnelError::BadRequest(text),
-            R::Ca(_) | R::Clock(_) | R::Store(_) => TunnelError::Internal(Box::new(e)),
+            R::Superseded { .. } => TunnelHttpError::Conflict(text),
+            R::SameKey | R::Csr(_) => TunnelHttpError::BadRequest(text),
+            R::Ca(_) | R::Clock(_) | R::Store(_) => TunnelHttpError::Internal(Box::new(e)),
         }
     }
 }
 
 /// Today's tunnel routes (hello) fail in the domain only on the store; a route that can
 /// meet the other variants maps them here, next to these.
-impl From<PairingError> for TunnelError {
+impl From<PairingError> for TunnelHttpError {
     fn from(e: PairingError) -> Self {
         match e {
-            PairingError::Busy { retry_after, .. } => TunnelError::TooMany {
+            PairingError::Busy { retry_after, .. } => TunnelHttpError::TooMany {
                 message: Chain(&e).to_string(),
                 retry_after,
             },
-            other => TunnelError::Internal(Box::new(other)),
+            other => TunnelHttpError::Internal(Box::new(other)),
         }
     }
 }

@@ -10,12 +10,12 @@ use rustls::pki_types::CertificateDer;
 use serde_json::Value;
 
 use super::conn::{Conn, HeadRead, Io, IoRead, IoWrite, Response};
-use super::error::TunnelError;
+use super::error::TunnelHttpError;
 use super::{BodyLimit, Route, Server};
 use crate::model::{self, UnixTime};
 use crate::wire::chunked::{ChunkedReader, ChunkedWriter};
-use crate::wire::error::reason;
 use crate::wire::http::{self, BodyFraming, RequestHead};
+use crate::wire::response::reason;
 
 /// A body left unread by its handler is drained up to this much to keep the connection;
 /// past it the connection closes after the response.
@@ -99,9 +99,9 @@ impl<'r> Call<'r> {
     }
 
     /// The body as JSON (capped routes).
-    pub fn json(&self) -> Result<Value, TunnelError> {
+    pub fn json(&self) -> Result<Value, TunnelHttpError> {
         serde_json::from_slice(self.bytes())
-            .map_err(|e| TunnelError::BadRequest(format!("request body is not json: {e}")))
+            .map_err(|e| TunnelHttpError::BadRequest(format!("request body is not json: {e}")))
     }
 
     /// For `BodyLimit::Duplex` routes: the body reader and a response writer, to use
@@ -343,14 +343,14 @@ impl<S: Send + Sync + 'static> Server<S> {
                 HeadRead::Closed => break false,
                 HeadRead::TimedOut => {
                     let limit = limits.head_timeout.as_millis();
-                    let e = TunnelError::Timeout(format!(
+                    let e = TunnelHttpError::Timeout(format!(
                         "request head not complete within {limit} ms"
                     ));
                     refuse(&cell, peer, "request head", &e);
                     break true;
                 }
                 HeadRead::TooLarge => {
-                    let e = TunnelError::HeadTooLarge(limits.max_head_bytes);
+                    let e = TunnelHttpError::HeadTooLarge(limits.max_head_bytes);
                     refuse(&cell, peer, "request head", &e);
                     break true;
                 }
@@ -373,7 +373,7 @@ impl<S: Send + Sync + 'static> Server<S> {
     fn exchange(&self, cell: &RefCell<Conn<'_>>, peer: &Peer, raw: &[u8]) -> Next {
         let head = match http::parse(raw) {
             Ok(head) => head,
-            Err(e) => return refuse(cell, peer, "request head", &TunnelError::Head(e)),
+            Err(e) => return refuse(cell, peer, "request head", &TunnelHttpError::Head(e)),
         };
         let what = format!("{} {}", head.method, head.target);
         let (path, query) = head.target.split_once('?').unwrap_or((head.target, ""));
@@ -390,11 +390,13 @@ impl<S: Send + Sync + 'static> Server<S> {
         match self.revocations.is_revoked(&peer.serial) {
             Ok(false) => {}
             Ok(true) => {
-                let e =
-                    TunnelError::Forbidden(format!("certificate {} has been revoked", peer.serial));
+                let e = TunnelHttpError::Forbidden(format!(
+                    "certificate {} has been revoked",
+                    peer.serial
+                ));
                 return refuse(cell, peer, &what, &e);
             }
-            Err(e) => return refuse(cell, peer, &what, &TunnelError::from(e)),
+            Err(e) => return refuse(cell, peer, &what, &TunnelHttpError::from(e)),
         }
         let io: &dyn Io = cell;
         let body = match self.frame_body(cell, &head, route.body) {
@@ -451,7 +453,7 @@ impl<S: Send + Sync + 'static> Server<S> {
         &self,
         method: &str,
         path: &'p str,
-    ) -> Result<(&Route<S>, Vec<&'p str>), TunnelError> {
+    ) -> Result<(&Route<S>, Vec<&'p str>), TunnelHttpError> {
         let method = if method == "HEAD" { "GET" } else { method };
         let mut allow: Vec<&str> = Vec::new();
         for route in &self.routes {
@@ -465,12 +467,12 @@ impl<S: Send + Sync + 'static> Server<S> {
         }
         if allow.is_empty() {
             let shown: String = path.chars().take(200).collect();
-            return Err(TunnelError::NotFound(format!("no such path: {shown}")));
+            return Err(TunnelHttpError::NotFound(format!("no such path: {shown}")));
         }
         if allow.contains(&"GET") {
             allow.push("HEAD");
         }
-        Err(TunnelError::MethodNotAllowed {
+        Err(TunnelHttpError::MethodNotAllowed {
             allow: allow.join(", "),
         })
     }
@@ -482,7 +484,7 @@ impl<S: Send + Sync + 'static> Server<S> {
         cell: &'r RefCell<Conn<'_>>,
         head: &RequestHead<'_>,
         limit: BodyLimit,
-    ) -> Result<Body<'r>, TunnelError> {
+    ) -> Result<Body<'r>, TunnelHttpError> {
         let io = IoRead(cell);
         let streaming = BodyKind::Length { io, left: 0 };
         let kind = match head.body {
@@ -493,7 +495,7 @@ impl<S: Send + Sync + 'static> Server<S> {
         {
             let mut conn = cell
                 .try_borrow_mut()
-                .map_err(|_| TunnelError::Internal("connection busy".into()))?;
+                .map_err(|_| TunnelHttpError::Internal("connection busy".into()))?;
             conn.continue_owed = head.expect_continue && !empty;
         }
         let BodyLimit::Capped(cap) = limit else {
@@ -503,14 +505,14 @@ impl<S: Send + Sync + 'static> Server<S> {
         };
         if let BodyFraming::Length(n) = head.body {
             if n > cap {
-                return Err(TunnelError::TooLarge(format!(
+                return Err(TunnelHttpError::TooLarge(format!(
                     "request body of {n} bytes exceeds the {cap}-byte limit of this path"
                 )));
             }
         }
         let deadline = std::time::Instant::now() + self.limits.head_timeout;
         cell.try_borrow_mut()
-            .map_err(|_| TunnelError::Internal("connection busy".into()))?
+            .map_err(|_| TunnelHttpError::Internal("connection busy".into()))?
             .deadline = Some(deadline);
         let mut body = Body { kind };
         let mut bytes = Vec::new();
@@ -519,20 +521,22 @@ impl<S: Send + Sync + 'static> Server<S> {
             conn.deadline = None;
         }
         match read {
-            Ok(_) if bytes.len() as u64 > cap => Err(TunnelError::TooLarge(format!(
+            Ok(_) if bytes.len() as u64 > cap => Err(TunnelHttpError::TooLarge(format!(
                 "request body exceeds the {cap}-byte limit of this path"
             ))),
-            Ok(_) if !body.is_done() => Err(TunnelError::BadRequest(
+            Ok(_) if !body.is_done() => Err(TunnelHttpError::BadRequest(
                 "connection closed inside the request body".into(),
             )),
             Ok(_) => Ok(Body {
                 kind: BodyKind::Buffered(io::Cursor::new(bytes)),
             }),
-            Err(e) if e.kind() == io::ErrorKind::TimedOut => Err(TunnelError::Timeout(format!(
-                "request body not complete within {} ms",
-                self.limits.head_timeout.as_millis()
-            ))),
-            Err(e) => Err(TunnelError::BadRequest(format!(
+            Err(e) if e.kind() == io::ErrorKind::TimedOut => {
+                Err(TunnelHttpError::Timeout(format!(
+                    "request body not complete within {} ms",
+                    self.limits.head_timeout.as_millis()
+                )))
+            }
+            Err(e) => Err(TunnelHttpError::BadRequest(format!(
                 "request body could not be read: {e}"
             ))),
         }
@@ -546,7 +550,7 @@ fn draining(cell: &RefCell<Conn<'_>>) -> bool {
 
 /// Answers a request the server refuses itself (before or instead of its handler) and
 /// closes the connection after it.
-fn refuse(cell: &RefCell<Conn<'_>>, peer: &Peer, what: &str, e: &TunnelError) -> Next {
+fn refuse(cell: &RefCell<Conn<'_>>, peer: &Peer, what: &str, e: &TunnelHttpError) -> Next {
     let reference = crate::rand::hex_string(4);
     e.log(
         &format!("{} ({}): {what}", peer.addr, peer.serial),
@@ -558,7 +562,7 @@ fn refuse(cell: &RefCell<Conn<'_>>, peer: &Peer, what: &str, e: &TunnelError) ->
     }
 }
 
-fn send_error(io: &dyn Io, e: &TunnelError, reference: &str, close: bool) -> io::Result<()> {
+fn send_error(io: &dyn Io, e: &TunnelHttpError, reference: &str, close: bool) -> io::Result<()> {
     let body = e.body(reference).into_bytes();
     let head = response_head(
         e.status(),

@@ -11,9 +11,9 @@
 //!   otherwise: no slash merging). `HEAD` is routed as `GET`. Unknown path → 404, known
 //!   path with another method → 405 with `Allow`. The daemon's table is
 //!   [`routes::table`]; add routes there.
-//! - **Handlers**: `fn(&S, &mut Call) -> Result<Reply, TunnelError>`, thin as in `api/`:
+//! - **Handlers**: `fn(&S, &mut Call) -> Result<Reply, TunnelHttpError>`, thin as in `api/`:
 //!   parse, authorize, call the domain, map. `S` is the server's state ([`App`] in the
-//!   daemon). [`TunnelError`] is mapped to statuses and the documented error body in
+//!   daemon). [`TunnelHttpError`] is mapped to statuses and the documented error body in
 //!   `error.rs` only.
 //! - **Identity**: [`Call::peer`] → [`Peer`] `{ addr, serial, cert }` from the handshake's
 //!   verified client certificate. Look the system row up by `serial` in the store.
@@ -48,7 +48,7 @@ use std::io;
 use std::sync::Arc;
 use std::time::Duration;
 
-pub use error::TunnelError;
+pub use error::TunnelHttpError;
 pub use exchange::{Body, Call, Peer, Reply, ResponseWriter};
 pub use routes::App;
 
@@ -116,7 +116,7 @@ pub enum BodyLimit {
 }
 
 /// A handler: parse, authorize, call the domain, map.
-pub type Handler<S> = fn(&S, &mut Call<'_>) -> Result<Reply, TunnelError>;
+pub type Handler<S> = fn(&S, &mut Call<'_>) -> Result<Reply, TunnelHttpError>;
 
 /// One entry of a route table.
 pub struct Route<S> {
@@ -212,16 +212,20 @@ pub fn spawn<S: Send + Sync + 'static>(
         }
     }
     let connections = server.limits.connections.clone();
-    listener::spawn(endpoint, connections, Arc::new(server))
+    let known = listener::KnownAddresses::new();
+    listener::spawn(endpoint, connections, Arc::new(server), known)
 }
 
 impl<S: Send + Sync + 'static> Service for Server<S> {
     fn serve(&self, conn: listener::Conn<'_>) {
+        // The handshake authenticated the peer (a verified, unrevoked certificate of our
+        // CA), so the first-request deadline of strangers does not apply.
         let listener::Conn {
             tls,
             sock,
             peer: addr,
             control,
+            first_request_by: _,
         } = conn;
         // The verifier required and checked a certificate; without one there is no peer.
         let Some(cert) = tls.peer_certificates().and_then(|c| c.first()).cloned() else {
@@ -238,6 +242,8 @@ impl<S: Send + Sync + 'static> Service for Server<S> {
                 return;
             }
         };
+        // A paired source: its next connections may use the reserved slots.
+        control.note_authenticated(addr.ip());
         let peer = Peer { addr, serial, cert };
         let conn = match conn::Conn::new(
             tls,

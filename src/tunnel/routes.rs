@@ -1,18 +1,18 @@
-//! The daemon's tunnel routes and the state their handlers share. Handlers are thin:
-//! parse, authorize (the peer is the connection's verified certificate), call the domain,
-//! map the result.
+//! The daemon's tunnel routes (hello, the CAs, renew, transfer) and the state their
+//! handlers share. Handlers are thin: parse, authorize (the peer is the connection's
+//! verified certificate), call the domain, map the result.
 
 use std::sync::Arc;
 use std::time::Duration;
 
 use serde_json::Value;
 
-use super::{BodyLimit, Call, Reply, Route, TunnelError};
-use crate::ca::Ca;
+use super::{BodyLimit, Call, Reply, Route, TunnelHttpError};
+use crate::ca::Authority;
 use crate::config::{Fault, Storage};
 use crate::model::Chain;
 use crate::pairing::renewal::{self, RenewSide};
-use crate::pairing::target;
+use crate::pairing::{rollover, target};
 use crate::replication::{receiver, Shared};
 use crate::store::Store;
 use crate::wire::protocol::{Hello, Renewal};
@@ -25,8 +25,9 @@ pub struct App {
     pub storage: Vec<Storage>,
     /// Replication's live state: receiving sessions, quotas, progress.
     pub replication: Arc<Shared>,
-    /// The appliance CA, which signs renewed certificates.
-    pub ca: Arc<Ca>,
+    /// The CAs in force: the signing one signs renewed certificates (during a CA
+    /// rollover, the new one).
+    pub cas: Arc<Authority>,
     /// Lifetime of a renewed certificate (`certificate_days` / `certificate_seconds`).
     pub client_lifetime: Duration,
     /// How long a renewed certificate's predecessor stays valid (`renew_grace`).
@@ -42,6 +43,7 @@ const MAX_CSR_BYTES: u64 = 16 * 1024;
 pub fn table() -> Vec<Route<App>> {
     vec![
         Route::new("GET", "/tunnel/v1/hello", BodyLimit::Capped(0), hello),
+        Route::new("GET", "/tunnel/v1/ca", BodyLimit::Capped(0), ca),
         Route::new(
             "POST",
             "/tunnel/v1/renew",
@@ -54,19 +56,20 @@ pub fn table() -> Vec<Route<App>> {
 
 /// `POST /tunnel/v1/renew {"csr"}`: renews the certificate of this connection for the
 /// CSR's new key (SPEC 12). The identity is the connection's verified certificate.
-fn renew(app: &App, call: &mut Call<'_>) -> Result<Reply, TunnelError> {
+fn renew(app: &App, call: &mut Call<'_>) -> Result<Reply, TunnelHttpError> {
     let body = call.json()?;
     let csr = body["csr"]
         .as_str()
-        .ok_or_else(|| TunnelError::BadRequest("field `csr` must be a PEM string".into()))?;
+        .ok_or_else(|| TunnelHttpError::BadRequest("field `csr` must be a PEM string".into()))?;
     if csr.len() as u64 > MAX_CSR_BYTES {
-        return Err(TunnelError::BadRequest(format!(
+        return Err(TunnelHttpError::BadRequest(format!(
             "field `csr` exceeds {MAX_CSR_BYTES} bytes"
         )));
     }
+    let cas = app.cas.get();
     let side = RenewSide {
         store: &app.store,
-        ca: &app.ca,
+        ca: cas.signing(),
         client_lifetime: app.client_lifetime,
         grace: app.renew_grace,
     };
@@ -77,7 +80,7 @@ fn renew(app: &App, call: &mut Call<'_>) -> Result<Reply, TunnelError> {
             "tunnel: renewal from {address} with certificate {serial} refused: {}",
             Chain(&e)
         );
-        TunnelError::from(e)
+        TunnelHttpError::from(e)
     })?;
     if renewed.repeated {
         log::info!(
@@ -94,7 +97,7 @@ fn renew(app: &App, call: &mut Call<'_>) -> Result<Reply, TunnelError> {
         not_after: renewed.not_after,
     };
     let value: Value =
-        serde_json::to_value(answer).map_err(|e| TunnelError::Internal(Box::new(e)))?;
+        serde_json::to_value(answer).map_err(|e| TunnelHttpError::Internal(Box::new(e)))?;
     Ok(Reply::json(200, &value))
 }
 
@@ -103,28 +106,29 @@ pub const TRANSFER_TYPE: &str = "application/x-replgate-transfer";
 
 /// `POST /tunnel/v1/transfer`: one replication session (frames of `wire::transfer` both
 /// ways, full duplex). The source and its storage come from the certificate only.
-fn transfer(app: &App, call: &mut Call<'_>) -> Result<Reply, TunnelError> {
-    let source = receiver::identify(&app.store, &app.storage, &call.peer().serial).map_err(
-        |(code, message)| match code {
-            Code::Unavailable => TunnelError::Unavailable(message),
-            _ => TunnelError::Forbidden(message),
-        },
-    )?;
+fn transfer(app: &App, call: &mut Call<'_>) -> Result<Reply, TunnelHttpError> {
+    let source =
+        receiver::identify(&app.store, &app.storage, &call.peer().serial).map_err(|refusal| {
+            match refusal.code {
+                Code::Unavailable => TunnelHttpError::Unavailable(refusal.message),
+                _ => TunnelHttpError::Forbidden(refusal.message),
+            }
+        })?;
     let shared = &app.replication;
     let _slot = shared
         .ledger
         .admit(source.system_id)
-        .map_err(|message| TunnelError::TooMany {
-            message,
+        .map_err(|busy| TunnelHttpError::TooMany {
+            message: busy.to_string(),
             retry_after: 2,
         })?;
     let peer = call.peer().addr.to_string();
     let (body, mut writer) = call
         .duplex()
-        .ok_or_else(|| TunnelError::Internal("transfer route is not duplex".into()))?;
+        .ok_or_else(|| TunnelHttpError::Internal("transfer route is not duplex".into()))?;
     writer
         .start(200, TRANSFER_TYPE)
-        .map_err(|e| TunnelError::Internal(Box::new(e)))?;
+        .map_err(|e| TunnelHttpError::Internal(Box::new(e)))?;
     let ctx = receiver::Context {
         store: &app.store,
         live: &shared.live,
@@ -132,18 +136,35 @@ fn transfer(app: &App, call: &mut Call<'_>) -> Result<Reply, TunnelError> {
         peer,
         now: crate::model::now,
     };
-    receiver::serve(&ctx, &source, body, &mut writer);
+    crate::ingest::serve(&ctx, &source, body, &mut writer);
     // A broken stream cannot be finished; the session already logged how it ended.
     let _ = writer.finish();
     Ok(Reply::sent())
 }
 
+/// `GET /tunnel/v1/ca`: the target's CAs (SPEC 22), which a source reads at its
+/// heartbeat and before a renewal to follow a CA rollover; `renew` when the certificate
+/// of this connection was issued by another CA than the one that signs now. Read only:
+/// nothing a source sends here changes what this appliance trusts. Counts as a hello
+/// (the source is seen with this certificate).
+fn ca(app: &App, call: &mut Call<'_>) -> Result<Reply, TunnelHttpError> {
+    let serial = call.peer().serial.clone();
+    target::record_hello(&app.store, &serial, call.now)?.ok_or_else(|| {
+        TunnelHttpError::Forbidden("this certificate belongs to no paired system".into())
+    })?;
+    let presented = app.store.cert(&serial)?;
+    let answer = rollover::answer(&app.cas.get(), presented.as_ref());
+    let value: Value =
+        serde_json::to_value(answer).map_err(|e| TunnelHttpError::Internal(Box::new(e)))?;
+    Ok(Reply::json(200, &value))
+}
+
 /// `GET /tunnel/v1/hello`: the source's system id and storage. The first hello of a
 /// certificate marks its pairing collected.
-fn hello(app: &App, call: &mut Call<'_>) -> Result<Reply, TunnelError> {
+fn hello(app: &App, call: &mut Call<'_>) -> Result<Reply, TunnelHttpError> {
     let serial = &call.peer().serial;
     let row = target::record_hello(&app.store, serial, call.now)?.ok_or_else(|| {
-        TunnelError::Forbidden("this certificate belongs to no paired system".into())
+        TunnelHttpError::Forbidden("this certificate belongs to no paired system".into())
     })?;
     let storage = row
         .storage_id
@@ -155,6 +176,6 @@ fn hello(app: &App, call: &mut Call<'_>) -> Result<Reply, TunnelError> {
         storage_name: storage.map(|s| s.name.clone()),
     };
     let value: Value =
-        serde_json::to_value(hello).map_err(|e| TunnelError::Internal(Box::new(e)))?;
+        serde_json::to_value(hello).map_err(|e| TunnelHttpError::Internal(Box::new(e)))?;
     Ok(Reply::json(200, &value))
 }

@@ -22,12 +22,17 @@ enum State {
     DataEnd,
     /// The last chunk and the trailers were read: end of body.
     Done,
+    /// A read failed (malformed framing, the stream ended or failed): the position in
+    /// the framing is lost, so every later read fails too, with this kind.
+    Failed(io::ErrorKind),
 }
 
 /// Decodes a chunked body from `inner`; `read` returns 0 once the last chunk and the
 /// trailer section were read, and leaves `inner` just after the body, so a keep-alive
 /// connection can go on with the next request. Malformed framing is `InvalidData`; a
-/// stream that ends inside the body is `UnexpectedEof`.
+/// stream that ends inside the body is `UnexpectedEof`. After an error every read fails:
+/// reading on would take up the framing at some byte inside the body and could read the
+/// rest of the body as a request of its own.
 pub struct ChunkedReader<R> {
     inner: R,
     state: State,
@@ -49,6 +54,11 @@ impl<R: Read> ChunkedReader<R> {
     /// The stream underneath.
     pub fn get_mut(&mut self) -> &mut R {
         &mut self.inner
+    }
+
+    /// The stream underneath, given back (after the body, a keep-alive connection goes on).
+    pub fn into_inner(self) -> R {
+        self.inner
     }
 
     fn byte(&mut self) -> io::Result<u8> {
@@ -132,6 +142,27 @@ impl<R: Read> Read for ChunkedReader<R> {
         if buf.is_empty() {
             return Ok(0);
         }
+        if let State::Failed(kind) = self.state {
+            return Err(io::Error::new(
+                kind,
+                "chunked body: an earlier read failed; the body cannot be read on",
+            ));
+        }
+        let read = self.decode(buf);
+        // An interrupted read of the data consumed nothing (lines retry their own), so
+        // it may be tried again; any other error may have left a line half read.
+        if let Err(e) = &read {
+            if e.kind() != io::ErrorKind::Interrupted {
+                self.state = State::Failed(e.kind());
+            }
+        }
+        read
+    }
+}
+
+impl<R: Read> ChunkedReader<R> {
+    /// One step of [`Read::read`] on a reader that has not failed.
+    fn decode(&mut self, buf: &mut [u8]) -> io::Result<usize> {
         loop {
             match self.state {
                 State::Done => return Ok(0),
@@ -164,6 +195,7 @@ impl<R: Read> Read for ChunkedReader<R> {
                     }
                     self.state = State::Size;
                 }
+                State::Failed(kind) => return Err(io::Error::from(kind)),
             }
         }
     }
@@ -236,6 +268,35 @@ fn eof() -> io::Error {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Found by the `tunnel_requests` fuzz target: after a chunk's data ran past its size
+    /// the reader failed, but a second read (the server draining the body) took the
+    /// framing up again inside the body, found a last chunk there, and the connection
+    /// went on to read the rest of the body as the next request.
+    #[test]
+    fn a_reader_that_failed_stays_failed() {
+        let body = b"5\r\nhell\to\r\n0\r\n\r\nPUT /smuggled HTTP/1.1\r\n\r\n";
+        let mut reader = ChunkedReader::new(&body[..]);
+        let mut out = Vec::new();
+        let first = reader.read_to_end(&mut out);
+        assert_eq!(first.map_err(|e| e.kind()), Err(io::ErrorKind::InvalidData));
+        for _ in 0..3 {
+            let again = io::copy(&mut reader, &mut io::sink());
+            assert_eq!(again.map_err(|e| e.kind()), Err(io::ErrorKind::InvalidData));
+        }
+        assert!(!reader.is_done());
+        // A stream that ended inside the body stays ended too.
+        let mut cut = ChunkedReader::new(&b"5\r\nhe"[..]);
+        let mut out = Vec::new();
+        assert_eq!(
+            cut.read_to_end(&mut out).map_err(|e| e.kind()),
+            Err(io::ErrorKind::UnexpectedEof)
+        );
+        assert_eq!(
+            cut.read(&mut [0u8; 8]).map_err(|e| e.kind()),
+            Err(io::ErrorKind::UnexpectedEof)
+        );
+    }
 
     fn decode(bytes: &[u8]) -> io::Result<(Vec<u8>, usize)> {
         let mut reader = ChunkedReader::new(bytes);

@@ -18,33 +18,6 @@ pub fn error_body(code: u32, message: &str) -> String {
     .to_string()
 }
 
-/// Reason phrase for the statuses this daemon sends.
-pub fn reason(status: u16) -> &'static str {
-    match status {
-        200 => "OK",
-        201 => "Created",
-        202 => "Accepted",
-        304 => "Not Modified",
-        400 => "Bad Request",
-        401 => "Unauthorized",
-        403 => "Forbidden",
-        404 => "Not Found",
-        405 => "Method Not Allowed",
-        408 => "Request Timeout",
-        409 => "Conflict",
-        411 => "Length Required",
-        412 => "Precondition Failed",
-        413 => "Content Too Large",
-        417 => "Expectation Failed",
-        429 => "Too Many Requests",
-        431 => "Request Header Fields Too Large",
-        500 => "Internal Server Error",
-        502 => "Bad Gateway",
-        503 => "Service Unavailable",
-        _ => "Error",
-    }
-}
-
 /// A complete HTTP/1.1 error response, for the TLS front to send on its own (before a
 /// request reaches the router): documented JSON body, `Connection: close`.
 pub fn raw_error_response(status: u16, message: &str) -> Vec<u8> {
@@ -57,7 +30,7 @@ pub fn raw_error_response(status: u16, message: &str) -> Vec<u8> {
         headers.push(("Retry-After", "1"));
     }
     let mut out = Vec::with_capacity(160 + body.len());
-    crate::wire::http::write_response_head(&mut out, status, &headers, body.len());
+    crate::wire::response::write_response_head(&mut out, status, &headers, body.len());
     out.extend_from_slice(body.as_bytes());
     out
 }

@@ -1,7 +1,7 @@
 //! HTTP/1.1 request heads: where a head ends, and a strict parse of one complete head into
-//! what a server needs to frame and route it; and the head of a response written by hand
-//! (by the front, which answers some requests without tiny_http). Pure functions over
-//! bytes; no I/O, no clock; parsing allocates nothing and borrows from its input.
+//! what a server needs to frame and route it (the response heads the servers write are
+//! `wire::response`'s). Pure functions over bytes; no I/O, no clock; parsing allocates
+//! nothing and borrows from its input.
 //!
 //! The rules are stricter than tiny_http 0.12 on purpose: whatever passes here is framed
 //! by tiny_http exactly as the TLS front frames it (same head end, same body length), so
@@ -109,7 +109,21 @@ pub fn find_end(buf: &[u8], from: usize) -> Option<usize> {
         .map(|at| start + at + HEAD_END.len())
 }
 
-/// Checks one complete head (as delimited by [`find_end`]).
+/// Where a request head ends, for a server collecting one: as [`find_end`], except that a
+/// line ended by a bare LF (no CR before it) ends the head just past that LF. Such a head
+/// can never be valid, and a client that ends its lines with LF alone believes it has sent
+/// its blank line already, so waiting on would only turn its 400 into a 408 at the head
+/// deadline; [`parse`] refuses what this delimits. `from` is as for [`find_end`].
+pub fn request_head_end(buf: &[u8], from: usize) -> Option<usize> {
+    let blank_line = find_end(buf, from);
+    let scan_to = blank_line.unwrap_or(buf.len()).min(buf.len());
+    let bare_lf = (from..scan_to)
+        .find(|&i| buf[i] == b'\n' && (i == 0 || buf[i - 1] != b'\r'))
+        .map(|i| i + 1);
+    bare_lf.or(blank_line)
+}
+
+/// Checks one complete head (as delimited by [`find_end`] or [`request_head_end`]).
 ///
 /// Accepted: `METHOD SP target SP HTTP/1.0|HTTP/1.1`, then `name: value` lines, every line
 /// ended by CRLF, only printable ASCII plus tab. `Content-Length` is plain digits and
@@ -118,6 +132,15 @@ pub fn find_end(buf: &[u8], from: usize) -> Option<usize> {
 /// `Expect` only as one `100-continue`. Refused as malformed (400): obsolete line
 /// folding, `Connection: upgrade`, and everything else tiny_http might read differently.
 pub fn parse(head: &[u8]) -> Result<RequestHead<'_>, HeadError> {
+    if head
+        .iter()
+        .enumerate()
+        .any(|(i, &b)| b == b'\n' && (i == 0 || head[i - 1] != b'\r'))
+    {
+        return Err(HeadError::Malformed(
+            "a line ends in a bare LF; HTTP/1.1 lines end in CRLF",
+        ));
+    }
     let Some(text) = head.strip_suffix(HEAD_END) else {
         return Err(HeadError::Malformed("head does not end with an empty line"));
     };
@@ -246,25 +269,6 @@ impl<'a> RequestHead<'a> {
             Some((name, value, range))
         })
     }
-}
-
-/// Appends a response head to `out`: status line with the reason phrase of
-/// [`crate::wire::error::reason`], `headers` in order, `Content-Length`, blank line. The
-/// caller appends the body (or not, for `HEAD`, 304 and 1xx).
-pub fn write_response_head(
-    out: &mut Vec<u8>,
-    status: u16,
-    headers: &[(&str, &str)],
-    content_length: usize,
-) {
-    use std::io::Write;
-    let reason = crate::wire::error::reason(status);
-    // Writing into a Vec cannot fail.
-    let _ = write!(out, "HTTP/1.1 {status} {reason}\r\n");
-    for (name, value) in headers {
-        let _ = write!(out, "{name}: {value}\r\n");
-    }
-    let _ = write!(out, "Content-Length: {content_length}\r\n\r\n");
 }
 
 /// Splits a head (without its final blank line) at CRLF, refusing any byte that is not
@@ -435,6 +439,32 @@ mod tests {
     }
 
     #[test]
+    fn a_bare_lf_ends_a_request_head_at_once_and_is_refused() {
+        // LF-only lines: the head ends at the first bare LF, not at a blank line that a
+        // CRLF scan would wait for until the head deadline.
+        let lf = b"GET /api/health HTTP/1.1\nHost: x\n\n";
+        assert_eq!(find_end(lf, 0), None);
+        assert_eq!(request_head_end(lf, 0), Some(25));
+        assert_eq!(
+            parse(&lf[..25]),
+            Err(HeadError::Malformed(
+                "a line ends in a bare LF; HTTP/1.1 lines end in CRLF"
+            ))
+        );
+        // Mixed: the first line is fine, the second ends in LF alone.
+        let mixed = b"GET / HTTP/1.1\r\nHost: x\n\r\n";
+        assert_eq!(request_head_end(mixed, 0), Some(24));
+        assert_eq!(parse(&mixed[..24]).map_err(|e| e.status()), Err(400));
+        // Resumed after the bytes before the LF were scanned; a leading LF counts too.
+        assert_eq!(request_head_end(lf, 24), Some(25));
+        assert_eq!(request_head_end(b"\n", 0), Some(1));
+        // CRLF heads end where find_end says, also with an LF inside the next request.
+        let good = b"GET / HTTP/1.1\r\nHost: x\r\n\r\nGET /\n";
+        assert_eq!(request_head_end(good, 0), find_end(good, 0));
+        assert_eq!(request_head_end(b"GET / HTTP/1.1\r\nHo", 0), None);
+    }
+
+    #[test]
     fn bad_heads_get_the_status_an_admin_expects() {
         let cases: &[(&str, u16)] = &[
             ("\r\n\r\n", 400),
@@ -535,16 +565,6 @@ mod tests {
         assert_eq!(
             keep("GET / HTTP/1.0\r\nConnection: Keep-Alive\r\n\r\n"),
             Ok(true)
-        );
-    }
-
-    #[test]
-    fn response_heads_are_written_in_order_with_their_length() {
-        let mut out = Vec::new();
-        write_response_head(&mut out, 304, &[("ETag", "\"x\""), ("A", "b")], 0);
-        assert_eq!(
-            out,
-            b"HTTP/1.1 304 Not Modified\r\nETag: \"x\"\r\nA: b\r\nContent-Length: 0\r\n\r\n"
         );
     }
 

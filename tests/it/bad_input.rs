@@ -8,6 +8,7 @@ use std::time::{Duration, Instant};
 use serde_json::json;
 
 use crate::harness::{read_response, Daemon, Options};
+use crate::pairing::{accepted_identity, tunnel_connect, tunnel_hello};
 
 fn assert_still_serving(d: &Daemon) {
     let r = d.client().get("/api/health", None);
@@ -146,6 +147,42 @@ fn slow_request_head_gets_408() {
     let r = read_response(&mut tls, false).unwrap();
     assert_eq!(r.status, 408);
     assert_eq!(r.code(), 408);
+    assert_still_serving(&d);
+}
+
+/// Lines ended by LF alone: the head is refused with the documented 400 as soon as its
+/// first bare LF arrives, on both listeners, instead of a 408 at the head deadline (the
+/// client believes it sent its blank line).
+#[test]
+fn bare_lf_line_endings_get_400_at_once_on_both_listeners() {
+    let d = Daemon::start("bad-bare-lf", Options::default());
+    let quick = Duration::from_secs(5);
+    let mut tls = d.client().connect().unwrap();
+    let started = Instant::now();
+    tls.write_all(b"GET /api/health HTTP/1.1\nHost: localhost\n\n")
+        .unwrap();
+    let r = read_response(&mut tls, false).unwrap();
+    assert_eq!(r.status, 400, "{}", r.text());
+    assert_eq!(r.code(), 400);
+    assert!(r.message().contains("bare LF"), "{}", r.text());
+    assert!(started.elapsed() < quick, "api: {:?}", started.elapsed());
+
+    let identity = accepted_identity(&d, "5b0a1d7e-3c1f-4b8a-9e2d-7f6a5c4b3a21");
+    let (chain, key) = &identity;
+    let mut tunnel =
+        tunnel_connect(&d, Some((chain.clone(), key.clone_key()))).expect("tunnel handshake");
+    let started = Instant::now();
+    tunnel
+        .write_all(b"GET /tunnel/v1/hello HTTP/1.1\nHost: t\n\n")
+        .unwrap();
+    let r = read_response(&mut tunnel, false).unwrap();
+    assert_eq!(r.status, 400, "{}", r.text());
+    assert_eq!(r.code(), 400);
+    assert!(r.message().contains("bare LF"), "{}", r.text());
+    assert!(started.elapsed() < quick, "tunnel: {:?}", started.elapsed());
+    // The same identity is served with CRLF: the 400 was the line endings'.
+    let hello = tunnel_hello(&d, Some(identity)).expect("tunnel hello");
+    assert_eq!(hello.status, 200, "{}", hello.text());
     assert_still_serving(&d);
 }
 

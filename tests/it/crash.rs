@@ -49,15 +49,82 @@ const CLIENTS: usize = 2;
 
 #[test]
 fn crash_consistency_survives_random_kills() {
-    let kills = count_from_env(KILLS_VAR, 10);
+    let kills = crashes_wanted(KILLS_VAR, 10);
     run(seed_from_env(SEED_VAR, DEFAULT_SEED), kills);
 }
 
 #[test]
 #[ignore = "long: at least 200 kills (about 10 minutes); see docs/testing.md"]
 fn crash_long() {
-    let kills = count_from_env(KILLS_VAR, 200).max(200);
+    let kills = crashes_wanted(KILLS_VAR, 200).max(200);
     run(seed_from_env(SEED_VAR, DEFAULT_SEED ^ 0x10_0000), kills);
+}
+
+/// How many crashes a crash test is asked for (`var`, else `default`); refuses none: a
+/// crash test that crashed nothing proved nothing and must not pass.
+#[track_caller]
+pub(crate) fn crashes_wanted(var: &str, default: u64) -> u64 {
+    let n = count_from_env(var, default);
+    assert!(
+        n >= 1,
+        "{var}={n}: a crash test must crash at least once (the floor it asserts at the end)"
+    );
+    n
+}
+
+/// A crash test's floor on the work it did: `got` of `what` must be at least `floor`.
+#[track_caller]
+pub(crate) fn assert_floor(what: &str, got: u64, floor: u64) {
+    assert!(
+        got >= floor,
+        "the run did too little to prove anything: {got} {what}, the floor is {floor}"
+    );
+}
+
+/// The crash tests fail when asked for no crashes (they used to pass, having checked
+/// nothing): each is run as a child of this test binary with its count set to 0.
+#[test]
+fn crash_tests_refuse_to_pass_without_crashing() {
+    let exe = std::env::current_exe().expect("the test binary");
+    for (test, var, ignored) in [
+        (
+            "crash::crash_consistency_survives_random_kills",
+            KILLS_VAR,
+            false,
+        ),
+        ("crash_pair::crash_pair", KILLS_VAR, false),
+        (
+            "crash_renewal::crash_renewal_long",
+            "REPLGATE_CRASH_ROUNDS",
+            true,
+        ),
+    ] {
+        let mut cmd = std::process::Command::new(&exe);
+        cmd.args(["--exact", test, "--nocapture", "--test-threads=1"])
+            .env(var, "0")
+            .env_remove("REPLGATE_CRASH_PAIRS");
+        if ignored {
+            cmd.arg("--ignored");
+        }
+        let out = cmd.output().expect("run the test binary");
+        let text = format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert!(
+            text.contains("running 1 test"),
+            "{test} did not run:\n{text}"
+        );
+        assert!(
+            !out.status.success(),
+            "{test} passed with {var}=0, having crashed nothing:\n{text}"
+        );
+        assert!(
+            text.contains("must crash at least once"),
+            "{test} failed, but not for want of crashes:\n{text}"
+        );
+    }
 }
 
 // ---- what the clients did ----
@@ -1033,4 +1100,9 @@ fn run(seed: u64, kills_wanted: u64) {
         violations.len(),
         violations.join("\n")
     );
+    // The floors: the crashes asked for happened, SIGKILLs among them (the first round is
+    // always one), and the clients got work done between them.
+    assert_floor("crashes", totals.kills + totals.fault_aborts, kills_wanted);
+    assert_floor("SIGKILLs", totals.kills, 1);
+    assert_floor("acknowledged operations", totals.acks, totals.rounds);
 }

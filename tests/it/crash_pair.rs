@@ -26,6 +26,7 @@ use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::PrivateKeyDer;
 use serde_json::json;
 
+use crate::crash::{assert_floor, crashes_wanted};
 use crate::harness::{
     eventually, pairing_opts, pem_certs, start_pair_with, systems_row, Daemon, Paired,
 };
@@ -33,7 +34,7 @@ use crate::pairing::{pairing_dir, target_row, tunnel_hello};
 use crate::replication::{
     items, sent_bound, sha256_hex, throttle_to, unthrottle, verify_all, write_backup,
 };
-use crate::rng::{count_from_env, seed_from_env, Rng};
+use crate::rng::{seed_from_env, Rng};
 
 const SEED_VAR: &str = "REPLGATE_CRASH_SEED";
 const KILLS_VAR: &str = "REPLGATE_CRASH_KILLS";
@@ -45,7 +46,7 @@ const RATE: u64 = 4_000_000;
 fn crash_pair() {
     run(
         seed_from_env(SEED_VAR, DEFAULT_SEED),
-        count_from_env(KILLS_VAR, 8),
+        crashes_wanted(KILLS_VAR, 8),
     );
 }
 
@@ -53,7 +54,7 @@ fn crash_pair() {
 #[test]
 #[ignore]
 fn crash_pair_long() {
-    let kills = count_from_env(KILLS_VAR, 200).max(200);
+    let kills = crashes_wanted(KILLS_VAR, 200).max(200);
     run(seed_from_env(SEED_VAR, DEFAULT_SEED ^ 0x10_0000), kills);
 }
 
@@ -66,6 +67,8 @@ struct Tally {
     rewrites: u64,
     bytes: u64,
     partials_seen: u64,
+    /// Kills after which the target's storage held a partial file: a transfer was cut.
+    mid_transfer_kills: u64,
     /// Kills each queue item (by id) lived through before it was done.
     kills_of_item: BTreeMap<u64, u64>,
     violations: Vec<String>,
@@ -110,6 +113,14 @@ fn check_storage(
     versions: &BTreeMap<String, Vec<Vec<u8>>>,
     t: &mut Tally,
 ) {
+    let partials_before = t.partials_seen;
+    check_files(tgt, p, versions, t);
+    if t.partials_seen > partials_before {
+        t.mid_transfer_kills += 1;
+    }
+}
+
+fn check_files(tgt: &Daemon, p: &Paired, versions: &BTreeMap<String, Vec<Vec<u8>>>, t: &mut Tally) {
     for (name, bytes) in received_files(tgt, &p.source_uuid) {
         let file = name.rsplit('/').next().unwrap_or("");
         if file.starts_with('.') {
@@ -279,6 +290,7 @@ fn run(seed: u64, kills: u64) {
         });
         done.then_some(all)
     });
+    let finished_count = finished.iter().filter(|i| i["status"] == "done").count() as u64;
     let received = received_files(&tgt, &p.source_uuid);
     for (name, vs) in &versions {
         if received.get(name) != vs.last() {
@@ -349,7 +361,7 @@ fn run(seed: u64, kills: u64) {
     let renewals = tgt.log().matches("certificate renewed").count();
     eprintln!(
         "crash pair: seed {seed:#x}: {} SIGKILLs ({} source, {} target), {} backups ({} new versions, {} MiB), \
-         {} partials seen at kills, {renewals} renewals logged by the target, {} violations, {:.1} s",
+         {} partials seen at kills, {} kills mid-transfer, {renewals} renewals logged by the target, {} violations, {:.1} s",
         t.source_kills + t.target_kills,
         t.source_kills,
         t.target_kills,
@@ -357,6 +369,7 @@ fn run(seed: u64, kills: u64) {
         t.rewrites,
         t.bytes >> 20,
         t.partials_seen,
+        t.mid_transfer_kills,
         t.violations.len(),
         started.elapsed().as_secs_f64()
     );
@@ -365,4 +378,14 @@ fn run(seed: u64, kills: u64) {
         "seed {seed:#x} (replay with {SEED_VAR}):\n{}",
         t.violations.join("\n")
     );
+    // The floors: every kill asked for (and the one during the pairing) happened, a third
+    // of them or more cut a transfer (the rate is throttled so that most do), and every
+    // round's backup was written and replicated (checked above: all of them arrived).
+    assert_floor("SIGKILLs", t.source_kills + t.target_kills, kills + 1);
+    assert_floor(
+        "kills mid-transfer",
+        t.mid_transfer_kills,
+        kills.div_ceil(3),
+    );
+    assert_floor("backups replicated", finished_count, kills);
 }

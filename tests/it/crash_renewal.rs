@@ -24,6 +24,7 @@
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
+use crate::crash::{assert_floor, crashes_wanted};
 use crate::crash_pair::{some_installed_key_works, target_system_online, unix_now};
 use crate::harness::{pairing_opts, start_pair_with, systems_row};
 use crate::pairing::{pairing_dir, target_row};
@@ -60,7 +61,11 @@ struct Tally {
 fn crash_renewal_long() {
     let seed = seed_from_env(SEED_VAR, DEFAULT_SEED);
     let pairs = count_from_env("REPLGATE_CRASH_PAIRS", 8);
-    let rounds = count_from_env("REPLGATE_CRASH_ROUNDS", 25);
+    assert!(
+        pairs >= 1,
+        "REPLGATE_CRASH_PAIRS=0: a crash test must crash at least once"
+    );
+    let rounds = crashes_wanted("REPLGATE_CRASH_ROUNDS", 25);
     let started = Instant::now();
     let mut rng = Rng::new(seed);
     let outcomes: Vec<Result<Tally, String>> = std::thread::scope(|s| {
@@ -115,6 +120,10 @@ fn crash_renewal_long() {
         "seed {seed:#x} (replay with {SEED_VAR}):\n{}",
         failed.join("\n")
     );
+    // The floors: one kill per round of every pair, and a renewal completed after each.
+    let kills = total.source_kills + total.target_kills;
+    assert_floor("SIGKILLs", kills, pairs * rounds);
+    assert_floor("renewals after a kill", total.renewals, pairs * rounds);
 }
 
 fn serial_of(row: &serde_json::Value) -> String {

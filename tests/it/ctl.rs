@@ -715,3 +715,259 @@ fn replication_is_driven_through_ctl() {
         "{r:?}"
     );
 }
+
+/// `ctl storage` against a daemon with two storages: the table and `--json` say what
+/// `GET /api/storage` says, the default marked.
+#[test]
+fn ctl_storage_lists_the_configured_storages() {
+    let scratch = scratch_dir("ctl-storage");
+    let config = scratch.join("replgate.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[[storage]]\nid = 1\nname = \"main\"\npath = \"{0}/main\"\n\
+             [[storage]]\nid = 7\nname = \"cold\"\npath = \"{0}/cold\"\nusage = \"archive\"\n",
+            scratch.display()
+        ),
+    )
+    .unwrap();
+    std::fs::create_dir_all(scratch.join("main")).unwrap();
+    let d = Daemon::start(
+        "ctl-storage",
+        Options {
+            config_file: Some(config),
+            ..Options::default()
+        },
+    );
+    let ctl = Ctl::new(&d, &scratch);
+    ctl.login();
+    let r = ctl.run(&["storage"]).expect(0);
+    let lines: Vec<&str> = r.stdout.lines().collect();
+    assert_eq!(lines.len(), 3, "{r:?}");
+    for column in [
+        "ID", "NAME", "USAGE", "SIZE MB", "FREE MB", "DEFAULT", "PATH",
+    ] {
+        assert!(lines[0].contains(column), "{r:?}");
+    }
+    let cells = |name: &str| -> Vec<String> {
+        let line = lines.iter().find(|l| l.contains(name)).expect(name);
+        line.split_whitespace().map(String::from).collect()
+    };
+    // main exists: its disk's size and free space; cold does not: offline, sizes 0.
+    let main = cells("main");
+    assert_eq!(main[..3], ["1", "main", "backup"], "{r:?}");
+    let (size, free): (u64, u64) = (main[3].parse().unwrap(), main[4].parse().unwrap());
+    assert!(size > 0 && free > 0 && free <= size, "{r:?}");
+    assert_eq!(main[5], "yes", "{r:?}");
+    let cold = cells("cold");
+    assert_eq!(cold[..5], ["7", "cold", "archive", "0", "0"], "{r:?}");
+    assert_eq!(
+        cold[5],
+        format!("{}/cold", scratch.display()),
+        "not the default: {r:?}"
+    );
+    let json = ctl.run(&["--json", "storage"]).expect(0).json();
+    let api = d.client().get("/api/storage", Some(&d.root_token())).json();
+    // The same rows as the API's (free space moves between two reads on a shared disk).
+    let stable = |v: &serde_json::Value| -> Vec<String> {
+        v["storage"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|s| {
+                let fields = [
+                    "id",
+                    "name",
+                    "usage",
+                    "status",
+                    "is_default",
+                    "path",
+                    "mb_size",
+                ];
+                fields.map(|f| s[f].to_string()).join(" ")
+            })
+            .collect()
+    };
+    assert_eq!(stable(&json), stable(&api));
+    assert_eq!(json["storage"].as_array().map(Vec::len), Some(2), "{json}");
+}
+
+/// `ctl metrics-token`: a monitor token, shown once, that scrapes `/api/metrics` as
+/// Prometheus sends it and can do nothing more; the audit names it.
+#[test]
+fn ctl_metrics_token_makes_a_scraper_token() {
+    let scratch = scratch_dir("ctl-metrics-token");
+    let d = Daemon::start("ctl-metrics-token", Options::default());
+    let ctl = Ctl::new(&d, &scratch);
+    ctl.login();
+    let r = ctl.run(&["metrics-token", "--name", "prom-1"]).expect(0);
+    assert!(
+        r.stdout
+            .contains("a scraper token (privilege monitor, no expiry)"),
+        "{r:?}"
+    );
+    assert!(r.stdout.contains("job_name: replgate"), "{r:?}");
+    let json = ctl
+        .run(&["--json", "metrics-token", "--name", "prom-2"])
+        .expect(0)
+        .json();
+    assert_eq!(json["privilege"], "monitor", "{json}");
+    let token = json["token"].as_str().expect("token");
+    assert!(!r.stdout.contains(token), "each token is new");
+    let bearer = format!("Bearer {token}");
+    let scrape = d
+        .client()
+        .request("GET", "/api/metrics", &[("Authorization", &bearer)], b"");
+    assert_eq!(scrape.status, 200, "{}", scrape.text());
+    assert!(scrape.text().contains("replgate_build_info"));
+    assert_eq!(d.client().get("/api/users", Some(token)).status, 403);
+    let audit = ctl.run(&["audit"]).expect(0);
+    assert!(
+        audit.stdout.contains("prom-1") && audit.stdout.contains("prom-2"),
+        "{audit:?}"
+    );
+    // A monitor cannot make one.
+    d.client().post_json(
+        "/api/users",
+        Some(&d.root_token()),
+        &serde_json::json!({"name": "watch", "password": "watch-password-1", "privilege": "monitor"}),
+    );
+    let watcher = Ctl::new(&d, &scratch).with_token_file(scratch.join("watcher-token"));
+    watcher.login_as("watch", "watch-password-1").expect(0);
+    watcher.run(&["metrics-token"]).expect(4);
+}
+
+/// `ctl users set`: a new privilege takes effect on the user's next call, a new password
+/// on the next login (the old one fails), and setting neither is a usage error.
+#[test]
+fn ctl_users_set_changes_privilege_and_password() {
+    let scratch = scratch_dir("ctl-users-set");
+    let d = Daemon::start("ctl-users-set", Options::default());
+    let ctl = Ctl::new(&d, &scratch);
+    ctl.login();
+    ctl.run_with_stdin(
+        &[
+            "users",
+            "add",
+            "ops",
+            "--privilege",
+            "monitor",
+            "--password-stdin",
+        ],
+        Some("first-password-1\n"),
+    )
+    .expect(0);
+    let ops_token = d.login("ops", "first-password-1");
+    assert_eq!(
+        d.client()
+            .get("/api/replication/pending", Some(&ops_token))
+            .status,
+        200
+    );
+    let add_user =
+        serde_json::json!({"name": "x", "password": "x-password-123", "privilege": "monitor"});
+    assert_eq!(
+        d.client()
+            .post_json("/api/users", Some(&ops_token), &add_user)
+            .status,
+        403
+    );
+
+    let r = ctl
+        .run(&["users", "set", "ops", "--privilege", "superuser"])
+        .expect(0);
+    assert!(r.stdout.contains("updated user ops (superuser)"), "{r:?}");
+    assert_eq!(
+        d.client()
+            .post_json("/api/users", Some(&ops_token), &add_user)
+            .status,
+        201
+    );
+    let r = ctl
+        .run_with_stdin(
+            &["--json", "users", "set", "ops", "--password-stdin"],
+            Some("second-password-2\n"),
+        )
+        .expect(0);
+    assert_eq!(r.json()["privilege"], "superuser", "{r:?}");
+    let old = d.client().post_json(
+        "/api/login",
+        None,
+        &serde_json::json!({"username": "ops", "password": "first-password-1"}),
+    );
+    assert_eq!(old.status, 401, "{}", old.text());
+    d.login("ops", "second-password-2");
+    let users = ctl.run(&["--json", "users"]).expect(0).json();
+    let ops = users["users"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|u| u["name"] == "ops")
+        .cloned()
+        .expect("ops listed");
+    assert_eq!(ops["privilege"], "superuser");
+    ctl.run(&["users", "set", "nobody", "--privilege", "monitor"])
+        .expect(5);
+    ctl.run(&["users", "set", "ops", "--privilege", "root"])
+        .expect(2);
+}
+
+/// `ctl audit --limit N`: the latest N entries, oldest first, in the table and in
+/// `--json`, whatever the number of entries.
+#[test]
+fn ctl_audit_limit_shows_the_latest_entries_oldest_first() {
+    let scratch = scratch_dir("ctl-audit-limit");
+    let d = Daemon::start("ctl-audit-limit", Options::default());
+    let ctl = Ctl::new(&d, &scratch);
+    ctl.login();
+    let root = d.root_token();
+    for i in 0..12 {
+        let r = d.client().post_json(
+            "/api/users",
+            Some(&root),
+            &serde_json::json!({"name": format!("user{i:02}"), "password": "password-1234", "privilege": "monitor"}),
+        );
+        assert_eq!(r.status, 201, "{}", r.text());
+    }
+    let all = d.client().get("/api/audit?limit=1000", Some(&root)).json()["audit"]
+        .as_array()
+        .cloned()
+        .unwrap();
+    assert!(all.len() >= 14, "{}", all.len());
+    let newest: Vec<u64> = all[all.len() - 5..]
+        .iter()
+        .map(|r| r["id"].as_u64().unwrap())
+        .collect();
+
+    let json = ctl
+        .run(&["--json", "audit", "--limit", "5"])
+        .expect(0)
+        .json();
+    let ids: Vec<u64> = json["audit"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["id"].as_u64().unwrap())
+        .collect();
+    assert_eq!(ids, newest, "{json}");
+    let table = ctl.run(&["audit", "--limit", "5"]).expect(0);
+    let lines: Vec<&str> = table.stdout.lines().collect();
+    assert_eq!(lines.len(), 6, "{table:?}");
+    assert!(lines[0].starts_with("ID"), "{table:?}");
+    for (line, id) in lines[1..].iter().zip(&newest) {
+        assert!(line.starts_with(&id.to_string()), "{table:?}");
+    }
+    assert!(lines[5].contains("user11"), "{table:?}");
+    // More than there are: all of them; 0 is refused.
+    let json = ctl
+        .run(&["--json", "audit", "--limit", "100000"])
+        .expect(0)
+        .json();
+    let every = json["audit"].as_array().map(Vec::len).unwrap_or(0);
+    let now = d.client().get("/api/audit?limit=1000", Some(&root)).json()["audit"]
+        .as_array()
+        .map(Vec::len)
+        .unwrap_or(0);
+    assert!(every >= all.len() && every == now, "{every} of {now}");
+    ctl.run(&["audit", "--limit", "0"]).expect(2);
+}

@@ -98,6 +98,7 @@ pub fn tool(program: &str) -> Command {
         "chromium" => ("--version", "chromium"),
         "chromedriver" => ("--version", "chromium-driver"),
         "ip" => ("-V", "iproute2"),
+        "python3" => ("--version", "python3"),
         other => panic!("tool({other:?}): name its Debian package here and in .ci/run"),
     };
     match Command::new(program).arg(probe).output() {
@@ -510,16 +511,23 @@ impl Daemon {
         None
     }
 
-    /// Resident memory of the daemon in KiB, from /proc.
+    /// Resident memory of the daemon in KiB, from /proc. Panics when it cannot be read
+    /// (the process is gone, or a zombie, which has no `VmRSS`): a memory test must never
+    /// compare two zeros and pass.
+    #[track_caller]
     pub fn rss_kib(&self) -> u64 {
-        let status =
-            std::fs::read_to_string(format!("/proc/{}/status", self.pid())).unwrap_or_default();
+        let path = format!("/proc/{}/status", self.pid());
+        let status = std::fs::read_to_string(&path)
+            .unwrap_or_else(|e| panic!("read {path} for the daemon's resident memory: {e}"));
         status
             .lines()
-            .find(|l| l.starts_with("VmRSS:"))
-            .and_then(|l| l.split_whitespace().nth(1))
+            .find_map(|l| l.strip_prefix("VmRSS:"))
+            .and_then(|v| v.split_whitespace().next())
             .and_then(|v| v.parse().ok())
-            .unwrap_or(0)
+            .filter(|&kib: &u64| kib > 0)
+            .unwrap_or_else(|| {
+                panic!("no resident memory (VmRSS) in {path}: is the daemon alive?\n{status}")
+            })
     }
 
     pub fn login(&self, user: &str, password: &str) -> String {
@@ -918,7 +926,15 @@ pub fn read_response(stream: &mut impl Read, head_only: bool) -> std::io::Result
                 while body.len() < len {
                     let n = read_some(stream, &mut chunk)?;
                     if n == 0 {
-                        break;
+                        // A body cut short is a broken answer, never a shorter one.
+                        return Err(std::io::Error::new(
+                            std::io::ErrorKind::UnexpectedEof,
+                            format!(
+                                "connection closed after {} of the {len} body bytes \
+                                 Content-Length announced",
+                                body.len()
+                            ),
+                        ));
                     }
                     body.extend_from_slice(&chunk[..n]);
                 }
@@ -980,5 +996,46 @@ pub fn eventually<T>(within: Duration, what: &str, mut f: impl FnMut() -> Option
             panic!("timed out waiting for {what}");
         }
         std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// The harness's own promises: it reports what it could not read instead of a value that
+/// lets a test pass.
+mod self_tests {
+    use super::*;
+
+    #[test]
+    fn a_body_shorter_than_its_content_length_is_an_error() {
+        let whole = b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\n12345";
+        let r = read_response(&mut &whole[..], false).expect("a whole answer");
+        assert_eq!((r.status, r.body.as_slice()), (200, &b"12345"[..]));
+        let cut = b"HTTP/1.1 200 OK\r\nContent-Length: 10\r\n\r\n12345";
+        let r = read_response(&mut &cut[..], false);
+        assert!(
+            r.as_ref()
+                .is_err_and(|e| e.kind() == std::io::ErrorKind::UnexpectedEof),
+            "a body of 5 of 10 announced bytes was taken: {r:?}"
+        );
+        // A HEAD answer announces a length it does not send.
+        let head = b"HTTP/1.1 200 OK\r\nContent-Length: 10\r\n\r\n";
+        assert!(read_response(&mut &head[..], true).is_ok());
+    }
+
+    #[test]
+    fn resident_memory_of_a_dead_daemon_is_an_error_not_zero() {
+        let d = Daemon::start("harness-rss", Options::default());
+        assert!(d.rss_kib() > 1024, "a running daemon uses more than 1 MiB");
+        // SIGKILL without reaping: the process stays a zombie, whose status has no VmRSS.
+        let pid = d.pid().to_string();
+        run_ok(Command::new("kill").args(["-KILL", &pid]));
+        eventually(Duration::from_secs(10), "the daemon a zombie", || {
+            let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+            status
+                .lines()
+                .any(|l| l.starts_with("State:") && l.contains('Z'))
+                .then_some(())
+        });
+        let read = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| d.rss_kib()));
+        assert!(read.is_err(), "rss_kib of a dead daemon answered {read:?}");
     }
 }

@@ -94,7 +94,7 @@ pub(crate) fn tunnel_connect(
 }
 
 /// The same from a chosen loopback address (one test playing several sources).
-fn tunnel_connect_from(
+pub(crate) fn tunnel_connect_from(
     tgt: &Daemon,
     client: Option<Identity>,
     source: Ipv4Addr,
@@ -109,7 +109,13 @@ fn tunnel_connect_from(
         Some((chain, key)) => builder.with_client_auth_cert(chain, key).unwrap(),
         None => builder.with_no_client_auth(),
     };
-    let tcp = connect_from(source, tgt.tunnel).map_err(|e| e.to_string())?;
+    // A tunnel on IPv6 is reached from the loopback's IPv6 address.
+    let tcp = if tgt.tunnel.is_ipv4() {
+        connect_from(source, tgt.tunnel)
+    } else {
+        TcpStream::connect_timeout(&tgt.tunnel, Duration::from_secs(10))
+    }
+    .map_err(|e| e.to_string())?;
     tcp.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
     let conn = rustls::ClientConnection::new(
         Arc::new(config),
@@ -147,6 +153,24 @@ pub(crate) fn tunnel_request(
 
 pub(crate) fn tunnel_hello(tgt: &Daemon, client: Option<Identity>) -> Result<Response, String> {
     tunnel_request(tgt, client, "/tunnel/v1/hello")
+}
+
+/// A client identity for `tgt`'s tunnel without a second daemon: a fresh P-256 key whose
+/// request (as `uuid`) the target's admin accepts; the certificate from the spool.
+pub(crate) fn accepted_identity(tgt: &Daemon, uuid: &str) -> Identity {
+    let key = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).unwrap();
+    let csr = rcgen::CertificateParams::new(Vec::<String>::new())
+        .unwrap()
+        .serialize_request(&key)
+        .unwrap();
+    let filed = tgt.file_request_csr(uuid, &csr.pem().unwrap());
+    accept(tgt, &tgt.root_token(), &json!(filed.id), None);
+    let r = tgt
+        .client()
+        .get(&format!("{}certificate.pem", filed.poll), None);
+    assert_eq!(r.status, 200, "{}", r.text());
+    let key = PrivateKeyDer::try_from(key.serialize_der()).unwrap();
+    (pem_certs(&r.body), key)
 }
 
 pub(crate) fn identity(dir: &std::path::Path) -> Identity {

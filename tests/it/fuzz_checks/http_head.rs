@@ -1,6 +1,7 @@
 //! `wire::http`: the request-head parser both listeners use, and the front's body cap on
 //! top. Any bytes: `find_end` finds exactly the first blank line, also when a scan is
-//! resumed; `parse` + `capped_length` never panics and answers exactly what the rules
+//! resumed, and `request_head_end` the first blank line or bare LF, whichever ends first;
+//! `parse` + `capped_length` never panics and answers exactly what the rules
 //! (tests/it/rules.rs, written from the documentation) answer; an accepted body is within
 //! the cap.
 
@@ -24,6 +25,32 @@ pub fn run(input: &[u8]) {
     let from = usize::from(selector) % (buf.len() + 1);
     if http::find_end(&buf[..from], 0).is_none() {
         assert_eq!(http::find_end(buf, from), end, "find_end resumed at {from}");
+    }
+    // A server's scan also stops at the first bare LF (a head that is refused at once).
+    let bare_lf = buf
+        .iter()
+        .enumerate()
+        .position(|(i, &b)| b == b'\n' && (i == 0 || buf[i - 1] != b'\r'))
+        .map(|i| i + 1);
+    let request_end = match (bare_lf, first) {
+        (Some(lf), Some(blank)) => Some(lf.min(blank)),
+        (lf, blank) => lf.or(blank),
+    };
+    assert_eq!(
+        http::request_head_end(buf, 0),
+        request_end,
+        "request_head_end"
+    );
+    if http::request_head_end(&buf[..from], 0).is_none() {
+        assert_eq!(
+            http::request_head_end(buf, from),
+            request_end,
+            "request_head_end resumed at {from}"
+        );
+    }
+    if let Some(cut) = request_end.filter(|&e| Some(e) != first) {
+        let got = http::parse(&buf[..cut]).map_err(|e| e.status());
+        assert_eq!(got.map(|_| ()), Err(400), "a head cut at a bare LF");
     }
     let heads: Vec<&[u8]> = match end {
         Some(e) => vec![&buf[..e], buf],

@@ -19,6 +19,7 @@ pub mod pairing_tokens;
 pub mod route_path;
 pub mod spool_paths;
 pub mod transfer_frames;
+pub mod tunnel_requests;
 
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::path::{Path, PathBuf};
@@ -42,6 +43,7 @@ const TARGETS: &[(&str, Check, u64)] = &[
     ("route_path", route_path::run, 2000),
     ("spool_paths", spool_paths::run, 2000),
     ("transfer_frames", transfer_frames::run, 2000),
+    ("tunnel_requests", tunnel_requests::run, 60),
 ];
 
 fn fuzz_dir() -> PathBuf {

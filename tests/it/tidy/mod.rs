@@ -50,12 +50,16 @@ const LAYERS: &[(&str, &[&str])] = &[
             "notify",
         ],
     ),
-    ("resources", &["store", "ca", "tls", "identity", "spool"]),
+    (
+        "resources",
+        &["store", "ca", "tls", "identity", "spool", "objstore"],
+    ),
     ("domain", &["auth", "pairing", "replication", "lifecycle"]),
     (
         "adapters",
         &[
-            "api", "front", "tunnel", "remote", "ctl", "cli", "jobs", "listener", "test_pki",
+            "api", "front", "tunnel", "remote", "ctl", "cli", "jobs", "ingest", "listener",
+            "test_pki",
         ],
     ),
     ("wiring", &["daemon", "main", "lib"]),

@@ -1,10 +1,12 @@
-//! The receiving side's file writer, off the connection's thread: the thread that reads
-//! and decrypts the stream hashes each `Data` frame and hands its bytes here, a writer
-//! thread appends them to the partial copy, and a checkpoint thread makes the copy
-//! durable (fdatasync through a second handle) and records its offset while writing goes
-//! on (a checkpoint asked for while one runs waits, replaced by any newer one). A bulk transfer then keeps three things busy at once instead of doing them in turn
-//! (decrypt and hash, copy into the page cache, wait for the disk). Memory is bounded: at
-//! most [`QUEUED`] buffers are in flight, and they are reused.
+//! The daemon's [`FileSink`] ([`Pipeline`]): the receiving side's file writer, off the
+//! connection's thread. The thread that reads and decrypts the stream hashes each `Data`
+//! frame and hands its bytes here, a writer thread appends them to the partial copy, and a
+//! checkpoint thread makes the copy durable (fdatasync through a second handle) and
+//! records its offset while writing goes on (a checkpoint asked for while one runs waits,
+//! replaced by any newer one); sealer threads fsync finished files. A bulk transfer then
+//! keeps three things busy at once instead of doing them in turn (decrypt and hash, copy
+//! into the page cache, wait for the disk). Memory is bounded: at most [`QUEUED`] buffers
+//! are in flight, and they are reused.
 
 use std::io;
 use std::sync::mpsc::{self, Receiver, Sender, SyncSender};
@@ -12,16 +14,14 @@ use std::sync::{Arc, Condvar, Mutex};
 use std::thread::JoinHandle;
 
 use crate::fsx::{PartialFile, SyncHandle};
+use crate::replication::receiver::{FileSink, Sealed};
 use crate::store::{PartialRecord, Store};
+use crate::sync::{lock, wait};
 
 /// Buffers queued for the writer at most (each one `Data` frame, up to 256 KiB).
 pub const QUEUED: usize = 16;
 /// Written data is handed to writeback after this many bytes.
 const WRITEBACK_EVERY: u64 = 8 * 1024 * 1024;
-
-fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|e| e.into_inner())
-}
 
 enum Job {
     Open(PartialFile),
@@ -34,10 +34,6 @@ enum Job {
     /// Write what is queued, then fsync the file on a sealer thread and hand it back.
     Seal(Sender<io::Result<PartialFile>>),
 }
-
-/// A file on its way to durable: its fsync runs on a sealer thread; `recv` yields the
-/// file once it is durable (or the error that kept it from being so).
-pub type Sealed = Receiver<io::Result<PartialFile>>;
 
 /// Sealer threads per session: fsyncs of several small files at once let the journal
 /// commit them together.
@@ -77,14 +73,14 @@ impl Mailbox {
             if st.closed {
                 return None;
             }
-            st = self.changed.wait(st).unwrap_or_else(|e| e.into_inner());
+            st = wait(&self.changed, st);
         }
     }
 
     fn idle(&self) {
         let mut st = lock(&self.state);
         while st.running || st.next.is_some() {
-            st = self.changed.wait(st).unwrap_or_else(|e| e.into_inner());
+            st = wait(&self.changed, st);
         }
     }
 
@@ -94,8 +90,8 @@ impl Mailbox {
     }
 }
 
-/// One session's writer and checkpoint threads.
-pub struct Sink {
+/// One session's writer, checkpoint and sealer threads.
+pub struct Pipeline {
     jobs: Option<SyncSender<Job>>,
     spare: Receiver<Vec<u8>>,
     failed: Arc<Mutex<Option<io::Error>>>,
@@ -114,9 +110,9 @@ struct CheckpointJob {
     file: u64,
 }
 
-impl Sink {
+impl Pipeline {
     /// Starts the threads; checkpoints record into `store` under the source's `uuid`.
-    pub fn spawn(store: Store, uuid: String) -> io::Result<Sink> {
+    pub fn spawn(store: Store, uuid: String) -> io::Result<Pipeline> {
         let (jobs, job_rx) = mpsc::sync_channel::<Job>(QUEUED);
         let (spare_tx, spare) = mpsc::channel::<Vec<u8>>();
         let failed: Arc<Mutex<Option<io::Error>>> = Arc::new(Mutex::new(None));
@@ -172,7 +168,7 @@ impl Sink {
                 .spawn(move || writer(job_rx, spare_tx, &mailbox, seal_tx, &failed))?
         };
         threads.insert(0, writer);
-        Ok(Sink {
+        Ok(Pipeline {
             jobs: Some(jobs),
             spare,
             failed,
@@ -198,9 +194,11 @@ impl Sink {
             None => Ok(()),
         }
     }
+}
 
+impl FileSink for Pipeline {
     /// Starts a file: its bytes go to `file` from now on.
-    pub fn open(&mut self, file: PartialFile) -> io::Result<()> {
+    fn open(&mut self, file: PartialFile) -> io::Result<()> {
         *lock(&self.failed) = None;
         self.file += 1;
         self.send(Job::Open(file))
@@ -208,14 +206,14 @@ impl Sink {
 
     /// The offset of the open file that the last finished checkpoint made durable and
     /// recorded, if one did since it was opened.
-    pub fn recorded(&self) -> Option<u64> {
+    fn recorded(&self) -> Option<u64> {
         let (file, offset) = *lock(&self.recorded);
         (file == self.file).then_some(offset)
     }
 
     /// Queues `bytes` for the file (copied into a reused buffer); blocks only while
     /// [`QUEUED`] buffers are waiting. Fails with an earlier write's error.
-    pub fn write(&mut self, bytes: &[u8]) -> io::Result<()> {
+    fn write(&mut self, bytes: &[u8]) -> io::Result<()> {
         self.check()?;
         let mut buf = self.spare.try_recv().unwrap_or_default();
         buf.clear();
@@ -225,13 +223,13 @@ impl Sink {
 
     /// Asks for a checkpoint after what was queued so far: `row.offset` must be the
     /// bytes the file holds then. Skipped if one is still running.
-    pub fn checkpoint(&mut self, row: PartialRecord) -> io::Result<()> {
+    fn checkpoint(&mut self, row: PartialRecord) -> io::Result<()> {
         self.send(Job::Checkpoint(row, self.file))
     }
 
     /// Ends the file: once everything queued is written and no checkpoint runs, it is
     /// fsynced on a sealer thread; the receiver yields it durable. Does not wait.
-    pub fn seal(&mut self) -> io::Result<Sealed> {
+    fn seal(&mut self) -> io::Result<Sealed> {
         let (tx, rx) = mpsc::channel();
         self.send(Job::Seal(tx))?;
         Ok(rx)
@@ -239,7 +237,7 @@ impl Sink {
 
     /// Waits until everything queued is written and no checkpoint runs, and returns the
     /// file (for a synchronous checkpoint, or its discard).
-    pub fn close(&mut self) -> io::Result<PartialFile> {
+    fn close(&mut self) -> io::Result<PartialFile> {
         let (tx, rx) = mpsc::channel();
         self.send(Job::Close(tx))?;
         let file = rx
@@ -251,7 +249,7 @@ impl Sink {
     }
 }
 
-impl Drop for Sink {
+impl Drop for Pipeline {
     fn drop(&mut self) {
         self.jobs = None;
         self.mailbox.close();

@@ -8,22 +8,27 @@
 //! however it ends. Files are read through `fsx`, never written.
 
 use std::collections::{HashMap, VecDeque};
-use std::fs::File;
-use std::io::{self, Read, Seek, SeekFrom, Write};
+use std::io::{Read, Seek, SeekFrom, Write};
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::mpsc::{self, Receiver, RecvTimeoutError, SyncSender};
+use std::sync::mpsc::{self, RecvTimeoutError};
 use std::time::{Duration, Instant};
 
 use ring::digest::{Context as Sha256, SHA256};
 
+mod replies;
+
+pub use replies::{forward_replies, reply_channel, Replies, Reply, ReplyError};
+
+use super::backups::version_of;
 use super::live::{Event, Live};
 use super::names::BackupName;
 use super::queue::{attempt_for, Attempt};
 use super::receiver::window_for;
-use super::stream::{FrameReader, FrameWriter, StreamError};
-use crate::fsx;
-use crate::wire::transfer::{self, Code, Decision, Frame, Outcome, HEADER_LEN, MAX_DATA};
+use super::stream::FrameWriter;
+use crate::fsx::{self, ReadFile};
+use crate::wire::hex;
+use crate::wire::transfer::{self, Code, Frame, HEADER_LEN, MAX_DATA};
 
 /// Offers outstanding at once (offered, no decision acted on yet). Enough to cover a
 /// round trip of many small files; bounded so a session holds few open files.
@@ -46,7 +51,7 @@ pub struct Claimed {
     pub known_sha256: Option<[u8; 32]>,
 }
 
-/// The queue as one session sees it (the scheduler implements it over the store).
+/// The queue as one session sees it (`feed::StoreFeed` implements it over the store).
 pub trait Feed {
     /// The next item to offer, claimed for this session; None when nothing is waiting.
     fn next(&mut self) -> Option<Claimed>;
@@ -67,125 +72,6 @@ pub trait Feed {
     /// The target wants these backups again (its copies were found damaged); called once
     /// at the start of a session, before the first [`Feed::next`].
     fn wanted(&mut self, names: Vec<BackupName>);
-}
-
-/// A frame from the target, owned so it can cross from the reader thread.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub enum Reply {
-    New {
-        seq: u32,
-    },
-    Resume {
-        seq: u32,
-        offset: u64,
-        prefix: [u8; 32],
-    },
-    Have {
-        seq: u32,
-        sha256: [u8; 32],
-    },
-    Refuse {
-        seq: u32,
-        code: Code,
-        message: String,
-    },
-    Committed {
-        seq: u32,
-        sha256: [u8; 32],
-    },
-    Failed {
-        seq: u32,
-        code: Code,
-        message: String,
-    },
-    Bye,
-    Fatal {
-        code: Code,
-        message: String,
-    },
-    Want {
-        name: String,
-    },
-    Ready,
-    Durable {
-        seq: u32,
-        offset: u64,
-    },
-}
-
-impl Reply {
-    fn from_frame(f: Frame<'_>) -> Result<Reply, String> {
-        Ok(match f {
-            Frame::Decision { seq, decision } => match decision {
-                Decision::New => Reply::New { seq },
-                Decision::Resume {
-                    offset,
-                    prefix_sha256,
-                } => Reply::Resume {
-                    seq,
-                    offset,
-                    prefix: prefix_sha256,
-                },
-                Decision::Have { sha256 } => Reply::Have { seq, sha256 },
-                Decision::Refuse { code, message } => Reply::Refuse {
-                    seq,
-                    code,
-                    message: message.to_string(),
-                },
-            },
-            Frame::Outcome { seq, outcome } => match outcome {
-                Outcome::Committed { sha256 } => Reply::Committed { seq, sha256 },
-                Outcome::Failed { code, message } => Reply::Failed {
-                    seq,
-                    code,
-                    message: message.to_string(),
-                },
-            },
-            Frame::Bye => Reply::Bye,
-            Frame::Want { name } => Reply::Want {
-                name: name.to_string(),
-            },
-            Frame::Ready => Reply::Ready,
-            Frame::Durable { seq, offset } => Reply::Durable { seq, offset },
-            Frame::Fatal { code, message } => Reply::Fatal {
-                code,
-                message: message.to_string(),
-            },
-            other => {
-                return Err(format!(
-                    "the target sent {other:?}, which only a source sends"
-                ))
-            }
-        })
-    }
-}
-
-/// Reads the target's frames on their own thread, so the sender can keep writing while
-/// decisions and outcomes arrive. The channel ends with an error or `Bye`.
-pub fn spawn_reader(
-    input: impl Read + Send + 'static,
-    name: String,
-) -> io::Result<Receiver<Result<Reply, String>>> {
-    let (tx, rx): (SyncSender<Result<Reply, String>>, _) = mpsc::sync_channel(1024);
-    std::thread::Builder::new()
-        .name(name)
-        .stack_size(256 * 1024)
-        .spawn(move || {
-            let mut r = FrameReader::new(input);
-            loop {
-                let item = match r.next_frame() {
-                    Ok(Some(f)) => Reply::from_frame(f),
-                    Ok(None) => Err("the target closed the stream".to_string()),
-                    Err(StreamError::Io(e)) => Err(format!("connection: {e}")),
-                    Err(e) => Err(e.to_string()),
-                };
-                let last = !matches!(item, Ok(ref r) if *r != Reply::Bye);
-                if tx.send(item).is_err() || last {
-                    return;
-                }
-            }
-        })?;
-    Ok(rx)
 }
 
 /// What the sender needs besides the streams.
@@ -235,7 +121,7 @@ pub struct Summary {
 struct Offer {
     seq: u32,
     claimed: Claimed,
-    file: File,
+    file: ReadFile,
     size: u64,
     version: i64,
     reply: Option<Reply>,
@@ -251,7 +137,7 @@ struct Session<'a, 'f, F: Feed, W: Write> {
     ctx: &'a Context<'a>,
     feed: &'f mut F,
     out: FrameWriter<W>,
-    replies: &'a Receiver<Result<Reply, String>>,
+    replies: &'a Replies,
     offers: VecDeque<Offer>,
     awaiting: HashMap<u32, Awaiting>,
     next_seq: u32,
@@ -267,21 +153,10 @@ struct Session<'a, 'f, F: Feed, W: Write> {
     durable: Option<(u32, u64)>,
 }
 
-fn hex(d: &[u8]) -> String {
-    crate::rand::hex(d)
-}
-
 fn digest(h: &Sha256) -> [u8; 32] {
     let mut out = [0u8; 32];
     out.copy_from_slice(h.clone().finish().as_ref());
     out
-}
-
-fn mtime_ns(meta: &std::fs::Metadata) -> i64 {
-    use std::os::unix::fs::MetadataExt;
-    meta.mtime()
-        .saturating_mul(1_000_000_000)
-        .saturating_add(meta.mtime_nsec())
 }
 
 /// Runs one session: offers what `feed` hands out, streams what the target asks for,
@@ -290,7 +165,7 @@ pub fn run<F: Feed, W: Write>(
     ctx: &Context<'_>,
     feed: &mut F,
     out: W,
-    replies: &Receiver<Result<Reply, String>>,
+    replies: &Replies,
 ) -> Result<Summary, SessionError> {
     let mut s = Session {
         ctx,
@@ -373,7 +248,7 @@ impl<'a, F: Feed, W: Write> Session<'a, '_, F, W> {
                         "the target answered {other:?} before its greeting"
                     )))
                 }
-                Ok(Err(e)) => return Err(SessionError::Connection(e)),
+                Ok(Err(e)) => return Err(SessionError::Connection(e.to_string())),
                 Err(RecvTimeoutError::Timeout) => {
                     if self.ctx.shutdown.load(Ordering::SeqCst) {
                         return Err(SessionError::Shutdown);
@@ -483,8 +358,8 @@ impl<'a, F: Feed, W: Write> Session<'a, '_, F, W> {
         }
     }
 
-    fn apply(&mut self, r: Result<Reply, String>) -> Result<bool, SessionError> {
-        let r = r.map_err(SessionError::Connection)?;
+    fn apply(&mut self, r: Result<Reply, ReplyError>) -> Result<bool, SessionError> {
+        let r = r.map_err(|e| SessionError::Connection(e.to_string()))?;
         match r {
             Reply::New { seq }
             | Reply::Resume { seq, .. }
@@ -511,14 +386,14 @@ impl<'a, F: Feed, W: Write> Session<'a, '_, F, W> {
                             self.ctx.target,
                             a.claimed.backup,
                             a.claimed.item_id,
-                            hex(&sha256)
+                            hex::encode(&sha256)
                         );
                         self.ctx.live.count(Event::Finished);
                         self.summary.done += 1;
                         self.feed.finished(
                             a.claimed.item_id,
                             Attempt::Done {
-                                sha256: hex(&sha256),
+                                sha256: hex::encode(&sha256),
                                 skipped: false,
                             },
                             a.sent,
@@ -566,8 +441,8 @@ impl<'a, F: Feed, W: Write> Session<'a, '_, F, W> {
 
     fn offer(&mut self, c: Claimed) -> Result<(), SessionError> {
         let path = self.ctx.root.join(c.backup.client()).join(c.backup.file());
-        let (file, meta) = match fsx::open_regular_nofollow(&path) {
-            Ok(x) => x,
+        let file = match fsx::open_read(&path) {
+            Ok(f) => f,
             Err(e) => {
                 self.feed.finished(
                     c.item_id,
@@ -579,7 +454,7 @@ impl<'a, F: Feed, W: Write> Session<'a, '_, F, W> {
         };
         let seq = self.next_seq;
         self.next_seq += 1;
-        let (size, version) = (meta.len(), mtime_ns(&meta));
+        let (size, version) = (file.stat().len, version_of(file.stat()));
         self.send(&Frame::Offer {
             seq,
             size,
@@ -640,7 +515,7 @@ impl<'a, F: Feed, W: Write> Session<'a, '_, F, W> {
                     self.feed.finished(
                         id,
                         Attempt::Done {
-                            sha256: hex(&sha256),
+                            sha256: hex::encode(&sha256),
                             skipped: true,
                         },
                         0,
@@ -662,7 +537,7 @@ impl<'a, F: Feed, W: Write> Session<'a, '_, F, W> {
     }
 
     /// The SHA-256 state over the first `len` bytes of `file`, read from its start.
-    fn hash_prefix(&mut self, file: &mut File, len: u64) -> Option<Sha256> {
+    fn hash_prefix(&mut self, file: &mut ReadFile, len: u64) -> Option<Sha256> {
         file.seek(SeekFrom::Start(0)).ok()?;
         let mut h = Sha256::new(&SHA256);
         let buf = &mut self.buf[HEADER_LEN + 4..];
@@ -686,20 +561,7 @@ impl<'a, F: Feed, W: Write> Session<'a, '_, F, W> {
             );
             return self.send(&Frame::Skip { seq });
         }
-        self.send(&Frame::Start { seq, offset })?;
-        self.feed.started(id, offset, o.size);
-        self.ctx.live.count(Event::Started);
-        log::info!(
-            "replication to {}: {} started (item {id}, {} bytes{})",
-            self.ctx.target,
-            o.claimed.backup,
-            o.size,
-            if offset > 0 {
-                format!(", resuming at {offset}")
-            } else {
-                String::new()
-            }
-        );
+        self.announce_start(&o, offset)?;
         let registered = self.ctx.live.sending(id, o.size, offset);
         let mut left = o.size - offset;
         let mut sent = 0u64;
@@ -724,18 +586,8 @@ impl<'a, F: Feed, W: Write> Session<'a, '_, F, W> {
                 return self.send(&Frame::Skip { seq });
             }
             self.drain()?;
-            if let Some((fseq, code, message)) = self.current_failed.take() {
-                if fseq == seq {
-                    log::warn!(
-                        "replication to {}: {} failed (item {id}): {message}",
-                        self.ctx.target,
-                        o.claimed.backup
-                    );
-                    self.ctx.live.count(Event::Failed);
-                    self.summary.failed += 1;
-                    self.settle(id, attempt_for(code, &message));
-                    return self.send(&Frame::Skip { seq });
-                }
+            if self.settle_if_failed(seq, id, &o.claimed.backup) {
+                return self.send(&Frame::Skip { seq });
             }
             let durable = match self.durable {
                 Some((s, d)) if s == seq => d,
@@ -758,9 +610,10 @@ impl<'a, F: Feed, W: Write> Session<'a, '_, F, W> {
             let want = left.min(MAX_DATA as u64).min(room);
             let grant = self.ctx.live.take(want);
             if grant == 0 {
-                // Under a throttle window: push out what is buffered, then wait a little.
+                // Under a throttle window: push out what is buffered, then wait a little
+                // (taking the target's replies meanwhile).
                 self.flush()?;
-                std::thread::sleep(self.ctx.live.wait_for(want));
+                self.wait_reply(self.ctx.live.wait_for(want))?;
                 continue;
             }
             let n = grant.min(want) as usize;
@@ -800,6 +653,46 @@ impl<'a, F: Feed, W: Write> Session<'a, '_, F, W> {
             },
         );
         Ok(())
+    }
+
+    /// Tells the target that offer `o`'s data starts at `offset`, and the feed, the
+    /// counters and the log.
+    fn announce_start(&mut self, o: &Offer, offset: u64) -> Result<(), SessionError> {
+        let id = o.claimed.item_id;
+        self.send(&Frame::Start { seq: o.seq, offset })?;
+        self.feed.started(id, offset, o.size);
+        self.ctx.live.count(Event::Started);
+        log::info!(
+            "replication to {}: {} started (item {id}, {} bytes{})",
+            self.ctx.target,
+            o.claimed.backup,
+            o.size,
+            if offset > 0 {
+                format!(", resuming at {offset}")
+            } else {
+                String::new()
+            }
+        );
+        Ok(())
+    }
+
+    /// Whether the target reported the file being streamed (`seq`, item `id`) failed;
+    /// settles it if so. A report for another file is dropped.
+    fn settle_if_failed(&mut self, seq: u32, id: u64, backup: &BackupName) -> bool {
+        let Some((fseq, code, message)) = self.current_failed.take() else {
+            return false;
+        };
+        if fseq != seq {
+            return false;
+        }
+        log::warn!(
+            "replication to {}: {backup} failed (item {id}): {message}",
+            self.ctx.target
+        );
+        self.ctx.live.count(Event::Failed);
+        self.summary.failed += 1;
+        self.settle(id, attempt_for(code, &message));
+        true
     }
 
     /// Ends the current item's attempt.

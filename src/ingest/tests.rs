@@ -8,58 +8,50 @@ use std::path::PathBuf;
 use std::sync::atomic::AtomicBool;
 use std::sync::{Arc, Mutex};
 
-use super::live::Live;
-use super::names::BackupName;
-use super::queue::Attempt;
-use super::receiver::{self, Ledger, Source};
-use super::sender::{self, Claimed, Feed};
-use super::stream::{FrameReader, FrameWriter};
-use crate::config::Storage;
-use crate::store::{ReplicationConfig, Store, ThrottleRecord};
+use crate::replication::live::Live;
+use crate::replication::names::BackupName;
+use crate::replication::queue::Attempt;
+use crate::replication::receiver::{self, Ledger, Scratch};
+use crate::replication::sender::{self, Claimed, Feed};
+use crate::replication::stream::{FrameReader, FrameWriter};
+use crate::store::{ReplicationConfig, ThrottleRecord};
 use crate::wire::transfer::{Decision, Frame, MAX_DATA};
 
+/// The receiver's scratch store and source (`receiver::Scratch`), with a source side:
+/// its backup storage (`src`), live state and the target's ledger.
 struct Fixture {
-    dir: PathBuf,
+    scratch: Scratch,
     src: PathBuf,
-    store: Store,
     live: Live,
     ledger: Ledger,
-    source: Source,
+}
+
+impl std::ops::Deref for Fixture {
+    type Target = Scratch;
+    fn deref(&self) -> &Scratch {
+        &self.scratch
+    }
+}
+
+impl std::ops::DerefMut for Fixture {
+    fn deref_mut(&mut self) -> &mut Scratch {
+        &mut self.scratch
+    }
 }
 
 fn fixture(name: &str) -> Fixture {
-    let dir = std::env::temp_dir().join(format!("replgate-session-{name}-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(dir.join("src")).unwrap();
-    std::fs::create_dir_all(dir.join("storage")).unwrap();
-    let store = Store::open(&dir.join("target.redb")).unwrap();
+    let scratch = Scratch::new(&format!("session-{name}"));
+    let src = scratch.dir.join("src");
+    std::fs::create_dir_all(&src).unwrap();
     Fixture {
-        src: dir.join("src"),
-        store,
+        scratch,
+        src,
         live: Live::with_clock(
             ReplicationConfig::default(),
             ThrottleRecord::default(),
             || (1, 12),
         ),
         ledger: Ledger::default(),
-        source: Source {
-            system_id: 2,
-            uuid: "11111111-2222-4333-8444-555555555555".into(),
-            storage: Storage {
-                id: 1,
-                name: "s".into(),
-                path: dir.join("storage"),
-                usage: crate::config::StorageUsage::Backup,
-            },
-            quota_mb: None,
-        },
-        dir,
-    }
-}
-
-impl Drop for Fixture {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.dir);
     }
 }
 
@@ -165,7 +157,9 @@ fn run_sender(
     out: impl Write,
 ) -> Result<sender::Summary, sender::SessionError> {
     let shutdown = AtomicBool::new(false);
-    let replies = sender::spawn_reader(sock.try_clone().unwrap(), "test-reader".into()).unwrap();
+    let (tx, replies) = sender::reply_channel();
+    let input = sock.try_clone().unwrap();
+    std::thread::spawn(move || sender::forward_replies(input, &tx));
     let ctx = sender::Context {
         root: &f.src,
         live: &f.live,
@@ -196,7 +190,7 @@ fn session(
                 now: || 1_000,
             };
             let input = a.try_clone().unwrap();
-            let summary = receiver::serve(&ctx, &f.source, input, &a);
+            let summary = super::serve(&ctx, &f.source, input, &a);
             let _ = a.shutdown(std::net::Shutdown::Both);
             summary
         });
@@ -444,7 +438,7 @@ fn against_receiver_raw(
                 peer: "test".into(),
                 now: || 1_000,
             };
-            receiver::serve(&ctx, &f.source, a.try_clone().unwrap(), &a);
+            super::serve(&ctx, &f.source, a.try_clone().unwrap(), &a);
             let _ = a.shutdown(std::net::Shutdown::Both);
         });
         let mut w = FrameWriter::new(&b);
@@ -743,37 +737,46 @@ fn frames_out_of_order_end_the_session_with_a_protocol_error() {
 }
 
 #[test]
-fn repair_finishes_a_verified_commit_and_sweeps_orphans() {
-    let f = fixture("repair");
-    let body = content(1, 4096);
-    let dir = f.source.storage.path.join(&f.source.uuid).join("c");
-    std::fs::create_dir_all(&dir).unwrap();
-    // A verified copy whose rename a crash interrupted.
-    std::fs::write(dir.join(".done.replgate-part"), &body).unwrap();
-    // A partial no row knows (crash before its first checkpoint).
-    std::fs::write(dir.join(".orphan.replgate-part"), b"junk").unwrap();
-    let row = crate::store::PartialRecord {
-        backup: "c/done".into(),
-        storage_id: 1,
-        size: body.len() as u64,
-        version: 0,
-        offset: body.len() as u64,
-        started: 1,
-        updated: 1,
-        verified_sha256: Some(crate::rand::hex(&sha(&body))),
-    };
-    f.store
-        .write(|tx| tx.put_partial(&f.source.uuid, &row))
-        .unwrap();
-    let r = receiver::repair(&f.store, std::slice::from_ref(&f.source.storage), 5).unwrap();
-    assert_eq!((r.finished, r.swept), (1, 1));
-    assert_eq!(std::fs::read(dir.join("done")).unwrap(), body);
-    assert!(!dir.join(".orphan.replgate-part").exists());
+fn a_failed_directory_fsync_at_commit_is_a_failed_file_that_the_source_sends_again() {
+    let f = fixture("dir-fsync");
+    let data = content(4, 50_000);
+    put(&f, "c/a", &data);
+    let client_dir = f.source.storage.path.join(&f.source.uuid).join("c");
+    let fault = crate::fsx::faults::fail_dir_sync(&client_dir);
+    let mut first = MemFeed::of(&["c/a"]);
+    let (result, rx) = session(&f, &mut first, None);
+    drop(fault);
+    let summary = result.unwrap();
+    // Not `Committed`: the source settles the item as a failed attempt, to be retried.
+    assert_eq!(
+        (summary.done, summary.failed),
+        (0, 1),
+        "{:?}",
+        first.results
+    );
+    assert!(
+        matches!(&first.results[0].1, Attempt::Failed(m) if m.contains("fsync of its directory")),
+        "{:?}",
+        first.results
+    );
+    assert_eq!((rx.committed, rx.failed), (0, 1));
     assert!(f
         .store
-        .received_one(&f.source.uuid, "c/done")
+        .received_one(&f.source.uuid, "c/a")
         .unwrap()
-        .is_some());
+        .is_none());
+    // The retry sends it in full and commits it.
+    let mut retry = MemFeed::of(&["c/a"]);
+    let summary = session(&f, &mut retry, None).0.unwrap();
+    assert_eq!((summary.done, summary.bytes_sent), (1, 50_000));
+    assert!(done(&retry.results[0].1), "{:?}", retry.results);
+    assert_eq!(std::fs::read(received_path(&f, "c/a")).unwrap(), data);
+    let row = f
+        .store
+        .received_one(&f.source.uuid, "c/a")
+        .unwrap()
+        .unwrap();
+    assert_eq!(row.sha256, crate::ca::sha256_hex(&data));
     assert!(f.store.partials().unwrap().is_empty());
 }
 

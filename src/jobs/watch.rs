@@ -1,125 +1,19 @@
-//! Backups in the source's backup storage, and the watch that sees new ones. A backup is a
-//! regular file at `<client>/<file>` whose every component passes `names` (so nothing
-//! starting with `.`: engines write there and rename into place when complete); symlinks
-//! and other file types are never followed or listed. New backups are seen through
-//! inotify on the storage root and on every client directory (`IN_MOVED_TO` is the rename
-//! into place), debounced briefly, with a full rescan every minute as a safety net for
-//! anything inotify can miss (a queue overflow, a directory created between the event and
-//! its watch, a watch limit). Without inotify the watch falls back to a rescan every
-//! second. Reads only; writes nothing.
+//! The watch that sees new backups in the source's backup storage: inotify on the storage
+//! root and on every client directory (`IN_MOVED_TO` is the rename into place), debounced
+//! briefly, with a full rescan every minute as a safety net for anything inotify can miss
+//! (a queue overflow, a directory created between the event and its watch, a watch
+//! limit). Without inotify the watch falls back to a rescan every second. It only says
+//! when to scan; what a scan finds is `replication::backups`.
 
 use std::collections::HashMap;
 use std::ffi::CString;
 use std::io;
 use std::os::unix::ffi::OsStrExt;
-use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use super::names::{check_component, BackupName};
-use super::queue::Found;
-
-/// What a scan saw.
-#[derive(Debug, Default)]
-pub struct Scan {
-    /// Backups, in no particular order.
-    pub found: Vec<Found>,
-    /// Entries that look like backups but have a name replication refuses (not UTF-8,
-    /// control characters, too long), for a log line.
-    pub refused: Vec<String>,
-}
-
-fn version_of(meta: &std::fs::Metadata) -> i64 {
-    meta.mtime()
-        .saturating_mul(1_000_000_000)
-        .saturating_add(meta.mtime_nsec())
-}
-
-/// Lists every backup under `root`. An unreadable root is an error (the caller must not
-/// take an unmounted disk for "every backup was deleted"); an unreadable client directory
-/// is skipped with a warning.
-pub fn scan(root: &Path) -> io::Result<Scan> {
-    let mut out = Scan::default();
-    for entry in std::fs::read_dir(root)? {
-        let entry = entry?;
-        let Ok(kind) = entry.file_type() else {
-            continue;
-        };
-        // file_type() does not follow symlinks: a linked directory is not a client.
-        if !kind.is_dir() {
-            continue;
-        }
-        let client_os = entry.file_name();
-        let Some(client) = client_os.to_str() else {
-            out.refused.push(client_os.to_string_lossy().into_owned());
-            continue;
-        };
-        if client.starts_with('.') {
-            continue;
-        }
-        if check_component(client).is_err() {
-            out.refused.push(client.to_string());
-            continue;
-        }
-        let files = match std::fs::read_dir(entry.path()) {
-            Ok(f) => f,
-            Err(e) => {
-                log::warn!("replication scan: {}: {e}", entry.path().display());
-                continue;
-            }
-        };
-        for f in files.flatten() {
-            let name_os = f.file_name();
-            if name_os.as_bytes().first() == Some(&b'.') {
-                continue;
-            }
-            // DirEntry::metadata does not follow a symlink either.
-            let Ok(meta) = f.metadata() else {
-                continue;
-            };
-            if !meta.file_type().is_file() {
-                continue;
-            }
-            let Some(file) = name_os.to_str() else {
-                out.refused
-                    .push(format!("{client}/{}", name_os.to_string_lossy()));
-                continue;
-            };
-            match BackupName::from_parts(client, file) {
-                Ok(name) => out.found.push(Found {
-                    name,
-                    size: meta.len(),
-                    version: version_of(&meta),
-                }),
-                Err(_) => out.refused.push(format!("{client}/{file}")),
-            }
-        }
-    }
-    Ok(out)
-}
-
-/// One backup, looked up by name (for an admin's `POST /api/replication/queue`).
-pub fn stat(root: &Path, name: &BackupName) -> io::Result<Found> {
-    let dir = root.join(name.client());
-    if !std::fs::symlink_metadata(&dir)?.is_dir() {
-        return Err(io::Error::new(
-            io::ErrorKind::NotFound,
-            "client is not a directory",
-        ));
-    }
-    let meta = std::fs::symlink_metadata(dir.join(name.file()))?;
-    if !meta.file_type().is_file() {
-        return Err(io::Error::new(
-            io::ErrorKind::InvalidInput,
-            "not a regular file",
-        ));
-    }
-    Ok(Found {
-        name: name.clone(),
-        size: meta.len(),
-        version: version_of(&meta),
-    })
-}
+use crate::replication::backups::Scan;
+use crate::replication::names::check_component;
 
 /// How long events are collected after the first one before a rescan: a burst of renames
 /// becomes one scan.
@@ -317,51 +211,12 @@ fn poll_readable(fd: i32, timeout: Duration) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn scratch(name: &str) -> PathBuf {
-        let d = std::env::temp_dir().join(format!("replgate-scan-{name}-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&d);
-        std::fs::create_dir_all(&d).unwrap();
-        d
-    }
-
-    fn names(s: &Scan) -> Vec<String> {
-        let mut v: Vec<String> = s.found.iter().map(|f| f.name.to_string()).collect();
-        v.sort();
-        v
-    }
-
-    #[test]
-    fn only_regular_client_files_without_dot_names_are_backups() {
-        let root = scratch("rules");
-        std::fs::create_dir_all(root.join("web")).unwrap();
-        std::fs::create_dir_all(root.join(".engine")).unwrap();
-        std::fs::create_dir_all(root.join("web/sub")).unwrap();
-        std::fs::write(root.join("web/a.img"), b"1").unwrap();
-        std::fs::write(root.join("web/.b.img.partial"), b"2").unwrap();
-        std::fs::write(root.join(".engine/c"), b"3").unwrap();
-        std::fs::write(root.join("web/sub/deep"), b"4").unwrap();
-        std::fs::write(root.join("toplevel"), b"5").unwrap();
-        std::fs::write(root.join("web/bad\nname"), b"6").unwrap();
-        let outside = scratch("rules-outside");
-        std::fs::write(outside.join("secret"), b"7").unwrap();
-        std::os::unix::fs::symlink(outside.join("secret"), root.join("web/link")).unwrap();
-        std::os::unix::fs::symlink(&outside, root.join("linked")).unwrap();
-        let s = scan(&root).unwrap();
-        assert_eq!(names(&s), vec!["web/a.img"]);
-        assert_eq!(s.refused, vec!["web/bad\nname".to_string()]);
-        assert_eq!(s.found[0].size, 1);
-        assert!(scan(&root.join("missing")).is_err());
-        let n = BackupName::parse("web/a.img").unwrap();
-        assert_eq!(stat(&root, &n).unwrap().size, 1);
-        assert!(stat(&root, &BackupName::parse("web/link").unwrap()).is_err());
-        std::fs::remove_dir_all(&root).unwrap();
-        std::fs::remove_dir_all(&outside).unwrap();
-    }
+    use crate::replication::backups::scan;
 
     #[test]
     fn a_rename_into_a_client_directory_wakes_the_watcher_within_the_debounce() {
-        let root = scratch("watch");
+        let root = std::env::temp_dir().join(format!("replgate-watch-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&root);
         std::fs::create_dir_all(root.join("c")).unwrap();
         let mut w = Watcher::new(&root);
         assert!(w.is_inotify(), "inotify is available on the test machine");
@@ -374,7 +229,9 @@ mod tests {
         std::fs::rename(root.join("c/.x.tmp"), root.join("c/x")).unwrap();
         assert!(w.wait(Duration::from_secs(2)));
         assert!(t.elapsed() < Duration::from_secs(1), "{:?}", t.elapsed());
-        assert_eq!(names(&scan(&root).unwrap()), vec!["c/x"]);
+        let found = scan(&root).unwrap().found;
+        assert_eq!(found.len(), 1);
+        assert_eq!(found[0].name.as_str(), "c/x");
         // A new client directory is an event on the root; its files after follow().
         std::fs::create_dir_all(root.join("d")).unwrap();
         assert!(w.wait(Duration::from_secs(2)));

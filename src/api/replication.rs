@@ -8,7 +8,6 @@ use serde_json::{json, Value};
 
 use super::body::{number_value, parse_id, parse_number, quoted, Body};
 use super::error::ApiError;
-use super::pairing::actor;
 use super::{Call, Reply};
 use crate::model::UnixTime;
 use crate::replication::admin::{self, Action, Change, ItemView, ListQuery};
@@ -219,7 +218,7 @@ pub fn add(call: &Call) -> Result<Reply, ApiError> {
         root.as_deref(),
         target_id,
         backup,
-        &actor(call),
+        &call.actor(),
         call.now,
     )?;
     let view = ItemView {
@@ -299,7 +298,7 @@ pub fn change(call: &Call) -> Result<Reply, ApiError> {
         &app.store,
         &app.replication.live,
         &c,
-        &actor(call),
+        &call.actor(),
         call.now,
     )?;
     items_reply(200, &items, call)
@@ -371,7 +370,13 @@ pub fn put_config(call: &Call) -> Result<Reply, ApiError> {
         (None, None) => {}
     }
     let app = call.app;
-    let c = admin::set_config(&app.store, &app.replication.live, c, &actor(call), call.now)?;
+    let c = admin::set_config(
+        &app.store,
+        &app.replication.live,
+        c,
+        &call.actor(),
+        call.now,
+    )?;
     Ok(Reply::json(200, config_json(&c)))
 }
 
@@ -441,7 +446,13 @@ pub fn put_throttle(call: &Call) -> Result<Reply, ApiError> {
         t.link_mbps = n;
     }
     let app = call.app;
-    let t = admin::set_throttle(&app.store, &app.replication.live, t, &actor(call), call.now)?;
+    let t = admin::set_throttle(
+        &app.store,
+        &app.replication.live,
+        t,
+        &call.actor(),
+        call.now,
+    )?;
     Ok(Reply::json(200, throttle_json(&t)))
 }
 

@@ -1,0 +1,355 @@
+//! The source's replication jobs: `spawn_replicator` watches the backup storage (a scan
+//! plus `jobs::watch`), keeps every complete target's queue in step with it
+//! (`replication::backups::apply_scan`), and runs one job per complete target that opens
+//! up to `max_concurrent` transfer sessions through the target's tunnel
+//! (`remote::tunnel`) with the pairing's certificate. Every job stops on the shared
+//! shutdown flag (or when its target is no longer complete) and is joined. A session's
+//! queue bookkeeping is `replication::feed`; the session itself `replication::sender`.
+
+use std::collections::{HashMap, HashSet};
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use super::watch::Watcher;
+use crate::identity::TargetDirs;
+use crate::model::{self, Chain};
+use crate::remote::tunnel::{open_transfer, OpenTransferError};
+use crate::replication::feed::{recover_active, Claims, Reserver, StoreFeed};
+use crate::replication::sender::{self, SessionError};
+use crate::replication::{backups, queue, Shared};
+use crate::store::{Store, TargetRecord, TargetStatus};
+use crate::sync::lock;
+
+/// What the jobs need, built once by the daemon.
+pub struct Context {
+    pub store: Store,
+    pub shared: Arc<Shared>,
+    /// The source's backup storage (`replicate_from`), if there is one.
+    pub root: Option<PathBuf>,
+    pub dirs: TargetDirs,
+    /// An idle target gets a session at least this often (it learns of damaged copies).
+    pub heartbeat: Duration,
+}
+
+/// How often the supervisor looks at targets when nothing wakes it.
+const TICK: Duration = Duration::from_millis(250);
+/// A session that could not connect waits this long, doubling up to [`MAX_RETRY`].
+const FIRST_RETRY: Duration = Duration::from_secs(1);
+const MAX_RETRY: Duration = Duration::from_secs(60);
+
+/// Starts the replicator; it stops when `shutdown` is set, after joining every job.
+pub fn spawn_replicator(
+    ctx: Arc<Context>,
+    shutdown: Arc<AtomicBool>,
+) -> std::io::Result<JoinHandle<()>> {
+    std::thread::Builder::new()
+        .name("replicator".into())
+        .spawn(move || supervise(&ctx, &shutdown))
+}
+
+struct Job {
+    stop: Arc<AtomicBool>,
+    handle: JoinHandle<()>,
+}
+
+fn supervise(ctx: &Arc<Context>, shutdown: &AtomicBool) {
+    match recover_active(&ctx.store) {
+        Ok(0) => {}
+        Ok(n) => log::info!("replication: {n} transfers interrupted by the last stop will resume"),
+        Err(e) => log::warn!("replication: recover interrupted transfers: {}", Chain(&e)),
+    }
+    let mut watcher = ctx.root.as_deref().map(Watcher::new);
+    let mut jobs: HashMap<u64, Job> = HashMap::new();
+    let mut scan_due = true;
+    let mut refused_seen: HashSet<String> = HashSet::new();
+    while !shutdown.load(Ordering::SeqCst) {
+        let targets: Vec<TargetRecord> = match ctx.store.targets() {
+            Ok(t) => t
+                .into_iter()
+                .filter(|t| t.status == TargetStatus::Complete && t.tunnel.is_some())
+                .collect(),
+            Err(e) => {
+                log::warn!("replication: read targets: {}", Chain(&e));
+                Vec::new()
+            }
+        };
+        // Jobs of targets that are gone, revoked or failed stop; new ones start.
+        let live: HashSet<u64> = targets.iter().map(|t| t.id).collect();
+        for id in jobs.keys().copied().collect::<Vec<_>>() {
+            if !live.contains(&id) {
+                if let Some(j) = jobs.remove(&id) {
+                    j.stop.store(true, Ordering::SeqCst);
+                    let _ = j.handle.join();
+                    log::info!(
+                        "replication to target {id}: stopped (no longer a complete pairing)"
+                    );
+                }
+            }
+        }
+        for t in &targets {
+            if let std::collections::hash_map::Entry::Vacant(slot) = jobs.entry(t.id) {
+                scan_due = true;
+                match spawn_target_job(ctx.clone(), t.id) {
+                    Ok(j) => {
+                        slot.insert(j);
+                    }
+                    Err(e) => log::error!("replication to target {}: start its job: {e}", t.id),
+                }
+            }
+        }
+        if scan_due {
+            scan_due = false;
+            if let (Some(root), Some(w)) = (ctx.root.as_deref(), watcher.as_mut()) {
+                match backups::scan(root) {
+                    Ok(s) => {
+                        for r in &s.refused {
+                            if refused_seen.insert(r.clone()) {
+                                log::warn!("replication: {r:?} in {} is not a name replication accepts; not sent", root.display());
+                            }
+                        }
+                        w.follow(&s);
+                        let strategy = ctx.shared.live.config().strategy;
+                        for t in &targets {
+                            match backups::apply_scan(
+                                &ctx.store,
+                                strategy,
+                                t.id,
+                                &s.found,
+                                model::now(),
+                            ) {
+                                Ok(0) => {}
+                                Ok(added) => log::info!(
+                                    "replication to target {}: {added} backups queued",
+                                    t.id
+                                ),
+                                Err(e) => log::warn!(
+                                    "replication to target {}: queue: {}",
+                                    t.id,
+                                    Chain(&e)
+                                ),
+                            }
+                        }
+                        ctx.shared.live.wake();
+                    }
+                    Err(e) => log::warn!("replication: scan {}: {e}", root.display()),
+                }
+            }
+        }
+        match watcher.as_mut() {
+            Some(w) => scan_due = w.wait(TICK),
+            None => std::thread::sleep(TICK),
+        }
+    }
+    for (_, j) in jobs.drain() {
+        j.stop.store(true, Ordering::SeqCst);
+        let _ = j.handle.join();
+    }
+}
+
+/// One target's job: keeps up to `max_concurrent` sessions running while items wait, and
+/// an idle session every heartbeat.
+fn spawn_target_job(ctx: Arc<Context>, target_id: u64) -> std::io::Result<Job> {
+    let stop = Arc::new(AtomicBool::new(false));
+    let flag = stop.clone();
+    let handle = std::thread::Builder::new()
+        .name(format!("replicate-{target_id}"))
+        .spawn(move || run_target(&ctx, target_id, &flag))?;
+    Ok(Job { stop, handle })
+}
+
+/// State one target's sessions share: the items claimed by any of them.
+#[derive(Default)]
+struct TargetState {
+    claimed: Claims,
+    running: AtomicUsize,
+    /// When the next session may try to connect (after a failure).
+    retry_at: Mutex<Option<Instant>>,
+    failures: AtomicUsize,
+}
+
+fn run_target(ctx: &Arc<Context>, target_id: u64, stop: &Arc<AtomicBool>) {
+    let state = Arc::new(TargetState::default());
+    let mut sessions: Vec<JoinHandle<()>> = Vec::new();
+    let mut last_session = Instant::now() - ctx.heartbeat;
+    log::info!("replication to target {target_id}: job started");
+    while !stop.load(Ordering::SeqCst) {
+        let seen = ctx.shared.live.generation();
+        sessions.retain(|h| !h.is_finished());
+        let backing_off = lock(&state.retry_at).is_some_and(|t| Instant::now() < t);
+        if !backing_off {
+            let config = ctx.shared.live.config();
+            let running = state.running.load(Ordering::SeqCst);
+            let waiting = match ctx.store.open_items(Some(target_id)) {
+                Ok(items) => {
+                    let unclaimed = state.claimed.unclaimed(items);
+                    queue::startable(&unclaimed, config.strategy, 0, u32::MAX, model::now()).len()
+                }
+                Err(e) => {
+                    log::warn!(
+                        "replication to target {target_id}: read queue: {}",
+                        Chain(&e)
+                    );
+                    0
+                }
+            };
+            let want = if waiting > 0 {
+                (config.max_concurrent as usize).min(running + waiting)
+            } else if running == 0 && last_session.elapsed() >= ctx.heartbeat {
+                1
+            } else {
+                0
+            };
+            if running < want {
+                last_session = Instant::now();
+                state.running.fetch_add(1, Ordering::SeqCst);
+                let (ctx2, state2, stop2) = (ctx.clone(), state.clone(), stop.clone());
+                match std::thread::Builder::new()
+                    .name(format!("send-{target_id}"))
+                    .spawn(move || {
+                        session(&ctx2, target_id, &state2, &stop2);
+                        state2.running.fetch_sub(1, Ordering::SeqCst);
+                        ctx2.shared.live.wake();
+                    }) {
+                    Ok(h) => sessions.push(h),
+                    Err(e) => {
+                        state.running.fetch_sub(1, Ordering::SeqCst);
+                        log::error!("replication to target {target_id}: start a session: {e}");
+                    }
+                }
+                // Start the next one (if wanted) after a short look again.
+                continue;
+            }
+        }
+        ctx.shared.live.wait(seen, Duration::from_secs(1));
+    }
+    for h in sessions {
+        let _ = h.join();
+    }
+    log::info!("replication to target {target_id}: job stopped");
+}
+
+/// One transfer session: connect, run the sender over the store's queue, settle.
+fn session(ctx: &Context, target_id: u64, state: &TargetState, stop: &AtomicBool) {
+    let target = match ctx.store.target(target_id) {
+        Ok(Some(t)) if t.status == TargetStatus::Complete => t,
+        _ => return,
+    };
+    let Some(root) = ctx.root.clone() else {
+        return;
+    };
+    let Some(tunnel) = target.tunnel.clone() else {
+        return;
+    };
+    let label = format!("target {target_id} ({tunnel})");
+    // The generation installed now; a renewal during the session does not touch it (the
+    // old serial stays valid through its grace, and is retired without cutting this).
+    let identity = crate::identity::installed(&ctx.store, &ctx.dirs, target_id);
+    let (cert_pem, key_pem) = match identity {
+        Ok(Some(i)) => (i.cert_pem, i.key_pem),
+        Ok(None) => return,
+        Err(e) => {
+            log::error!(
+                "replication to {label}: the pairing's certificate: {}",
+                Chain(&e)
+            );
+            back_off(state);
+            return;
+        }
+    };
+    let stream = match open_transfer(&tunnel, &target.ca_pem, &cert_pem, &key_pem) {
+        Ok(s) => s,
+        Err(e) => {
+            let quiet = matches!(e, OpenTransferError::Refused { status: 503, .. });
+            if quiet {
+                log::info!("replication to {label}: busy: {e}");
+            } else {
+                log::warn!("replication to {label}: cannot open a session: {e}");
+            }
+            back_off(state);
+            return;
+        }
+    };
+    let replies = match spawn_reader(stream.replies, format!("recv-{target_id}")) {
+        Ok(r) => r,
+        Err(e) => {
+            log::error!("replication to {label}: start the reader: {e}");
+            return;
+        }
+    };
+    let (reserver, writer) = Reserver::new(ctx.store.clone());
+    let reserving = match std::thread::Builder::new()
+        .name("reserve".into())
+        .stack_size(128 * 1024)
+        .spawn(move || writer.run())
+    {
+        Ok(h) => h,
+        Err(e) => {
+            log::error!("replication to {label}: start the session's bookkeeping: {e}");
+            return;
+        }
+    };
+    let mut feed = StoreFeed::new(
+        &ctx.store,
+        &ctx.shared.live,
+        &state.claimed,
+        target_id,
+        root.clone(),
+        reserver,
+        model::now,
+    );
+    let sctx = sender::Context {
+        root: &root,
+        live: &ctx.shared.live,
+        shutdown: stop,
+        target: label.clone(),
+    };
+    let result = sender::run(&sctx, &mut feed, stream.body, &replies);
+    // The feed settles what it holds; its reservations are all written once the writer
+    // returns.
+    drop(feed);
+    let _ = reserving.join();
+    match result {
+        Ok(s) => {
+            state.failures.store(0, Ordering::SeqCst);
+            if s.done + s.skipped + s.failed > 0 {
+                log::info!(
+                    "replication to {label}: session ended: {} sent, {} already held, {} failed, {} bytes",
+                    s.done,
+                    s.skipped,
+                    s.failed,
+                    s.bytes_sent
+                );
+            } else {
+                log::debug!("replication to {label}: idle session ended");
+            }
+        }
+        Err(SessionError::Shutdown) => {}
+        Err(e) => {
+            log::warn!("replication to {label}: session broken: {e}");
+            back_off(state);
+        }
+    }
+}
+
+fn back_off(state: &TargetState) {
+    let n = state.failures.fetch_add(1, Ordering::SeqCst).min(6) as u32;
+    let wait = (FIRST_RETRY * 2u32.pow(n)).min(MAX_RETRY);
+    *lock(&state.retry_at) = Some(Instant::now() + wait);
+}
+
+/// Reads the target's frames on their own thread, so the sender can keep writing while
+/// decisions and outcomes arrive. The channel ends with an error or `Bye`.
+pub fn spawn_reader(
+    input: impl std::io::Read + Send + 'static,
+    name: String,
+) -> std::io::Result<sender::Replies> {
+    let (tx, rx) = sender::reply_channel();
+    std::thread::Builder::new()
+        .name(name)
+        .stack_size(256 * 1024)
+        .spawn(move || sender::forward_replies(input, &tx))?;
+    Ok(rx)
+}

@@ -1,0 +1,399 @@
+//! The file being received ([`Current`]): its `Start`, its `Data` frames (hashed here,
+//! written by the session's [`FileSink`]), checkpoints (every `chunk_for(size)` bytes or
+//! second, recorded as a partial row and confirmed to the source with `Durable`, at once
+//! when the source would otherwise wait out of its window), its `End` (size and SHA-256
+//! checked, then sealed and handed to the group commit), and its failures.
+
+use std::fmt;
+use std::io::{self, Write};
+use std::time::{Duration, Instant};
+
+use ring::digest::{Context as Sha256, SHA256};
+
+use super::commit::{GROUP_BYTES, GROUP_FILES};
+use super::sink::FileSink;
+use super::state::{Current, Decided, Session, ToCommit};
+use super::{
+    chunk_for, client_dir, digest_of, drop_partial, partial_path, window_for, ReceiveError, Source,
+};
+use crate::fsx::{self, PartialFile};
+use crate::model::UnixTime;
+use crate::replication::live::Event;
+use crate::store::{PartialRecord, StoreError};
+use crate::wire::hex;
+use crate::wire::transfer::{Code, Frame, Outcome, MAX_DATA};
+
+/// A checkpoint also happens after this long without one, while bytes arrive.
+const CHECKPOINT_AFTER: Duration = Duration::from_secs(1);
+
+/// Why the open file could not be made durable and recorded now.
+#[derive(Debug)]
+enum DurableError {
+    /// The disk (or the file writer) failed.
+    Disk(io::Error),
+    /// No file is open.
+    NoFile,
+    /// The checkpoint's row could not be recorded.
+    Record(StoreError),
+}
+
+impl fmt::Display for DurableError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            DurableError::Disk(e) => write!(f, "{e}"),
+            DurableError::NoFile => f.write_str("no file is open"),
+            DurableError::Record(e) => write!(f, "record it: {e}"),
+        }
+    }
+}
+
+impl<W: Write, S: FileSink> Session<'_, '_, W, S> {
+    pub(super) fn start(&mut self, seq: u32, offset: u64) -> Result<(), ReceiveError> {
+        if self.current.is_some() {
+            return self.fatal(
+                Code::Protocol,
+                format!("start {seq} while another file is open"),
+            );
+        }
+        let Some(offer) = self.offered.remove(&seq) else {
+            return self.fatal(
+                Code::Protocol,
+                format!("start of {seq}, which is not an open offer"),
+            );
+        };
+        let (keep, hasher) = match offer.decided {
+            Decided::Resume {
+                offset: o,
+                ref hasher,
+            } if offset == o => (o, (**hasher).clone()),
+            _ if offset == 0 => (0, Sha256::new(&SHA256)),
+            _ => {
+                return self.fatal(
+                    Code::Protocol,
+                    format!("start of {seq} at {offset}, which the target did not offer"),
+                )
+            }
+        };
+        let dir = client_dir(self.source, &offer.name);
+        let opened = fsx::ensure_dir_under(
+            &self.source.storage.path,
+            &[&self.source.uuid, offer.name.client()],
+        )
+        .and_then(|_| PartialFile::open(&partial_path(&dir, &offer.name), keep));
+        match opened.and_then(|f| self.sink.open(f)) {
+            Ok(()) => {}
+            Err(e) => {
+                let m = format!(
+                    "cannot write {} on storage {}: {e}",
+                    offer.name, self.source.storage.id
+                );
+                log::error!("replication from system {}: {m}", self.source.system_id);
+                self.summary.failed += 1;
+                self.ctx.live.count(Event::ReceiveFailed);
+                self.poisoned = Some(seq);
+                self.send(&Frame::Outcome {
+                    seq,
+                    outcome: Outcome::Failed {
+                        code: Code::Storage,
+                        message: &m,
+                    },
+                });
+                self.flush();
+                return Ok(());
+            }
+        };
+        let now = (self.ctx.now)();
+        let (registered, incoming) = self.ctx.live.receiving(
+            self.source.system_id,
+            offer.name.as_str(),
+            offer.size,
+            keep,
+            now,
+        );
+        log::info!(
+            "replication from system {} at {}: receiving {} ({} bytes{})",
+            self.source.system_id,
+            self.ctx.peer,
+            offer.name,
+            offer.size,
+            if keep > 0 {
+                format!(", resuming at {keep}")
+            } else {
+                String::new()
+            }
+        );
+        let chunk = chunk_for(offer.size);
+        self.current = Some(Current {
+            seq,
+            hasher,
+            written: keep,
+            recorded: keep,
+            confirmed: keep,
+            next_checkpoint: keep + chunk,
+            last_checkpoint: Instant::now(),
+            started: now,
+            incoming,
+            _registered: registered,
+            offer,
+        });
+        self.poisoned = None;
+        Ok(())
+    }
+
+    pub(super) fn data(&mut self, seq: u32, bytes: &[u8]) -> Result<(), ReceiveError> {
+        if self.poisoned == Some(seq) {
+            return Ok(());
+        }
+        let Some(cur) = self.current.as_mut().filter(|c| c.seq == seq) else {
+            return self.fatal(
+                Code::Protocol,
+                format!("data for {seq}, which is not the open file"),
+            );
+        };
+        let len = bytes.len() as u64;
+        if cur.written + len > cur.offer.size {
+            let m = format!(
+                "the source sent more than the {} bytes it offered for {}; the copy was discarded",
+                cur.offer.size, cur.offer.name
+            );
+            self.fail_current(Code::SizeMismatch, m);
+            return Ok(());
+        }
+        if let Err(e) = self.sink.write(bytes) {
+            let m = format!(
+                "cannot write {} on storage {}: {e}",
+                cur.offer.name, self.source.storage.id
+            );
+            self.checkpoint_current();
+            self.fail_current_keep(Code::Storage, m);
+            return Ok(());
+        }
+        cur.hasher.update(bytes);
+        cur.written += len;
+        cur.incoming.progress.advance(len);
+        self.ctx.live.count_received(len);
+        self.summary.bytes += len;
+        // A complete file needs none: `End` comes next and the seal makes it durable (a
+        // file of up to a chunk would otherwise pay an fdatasync and a directory fsync
+        // for nothing; if the stream breaks first, the session's end checkpoints it).
+        let complete = cur.written == cur.offer.size;
+        if !complete
+            && (cur.written >= cur.next_checkpoint
+                || (cur.last_checkpoint.elapsed() >= CHECKPOINT_AFTER
+                    && cur.written > cur.recorded))
+        {
+            // On the sink's threads: the stream keeps flowing while the disk catches up.
+            cur.next_checkpoint = cur.written + chunk_for(cur.offer.size);
+            cur.last_checkpoint = Instant::now();
+            cur.recorded = cur.written;
+            let row = partial_row(self.source, cur, (self.ctx.now)());
+            if let Err(e) = self.sink.checkpoint(row) {
+                log::warn!("replication: checkpoint of {}: {e}", cur.offer.name);
+            }
+        }
+        self.confirm_durable(seq);
+        Ok(())
+    }
+
+    /// Tells the source how much of the open file is durable once a checkpoint recorded
+    /// more than it was told. When the source may be out of window (it could not send
+    /// another whole frame), makes everything written durable now, so the source never
+    /// waits on a checkpoint nobody takes.
+    fn confirm_durable(&mut self, seq: u32) {
+        let Some(cur) = self.current.as_mut().filter(|c| c.seq == seq) else {
+            return;
+        };
+        let mut durable = self.sink.recorded().unwrap_or(0).max(cur.confirmed);
+        let size = cur.offer.size;
+        let stalled = cur.written < size
+            && cur.written + MAX_DATA as u64 > durable + window_for(size)
+            && cur.written > durable;
+        if stalled {
+            match self.checkpoint_now() {
+                Ok(offset) => durable = durable.max(offset),
+                Err(e) => {
+                    let m = format!("cannot make {} durable: {e}", self.current_name());
+                    self.fail_current_keep(Code::Storage, m);
+                    return;
+                }
+            }
+        }
+        let Some(cur) = self.current.as_mut() else {
+            return;
+        };
+        if durable > cur.confirmed {
+            cur.confirmed = durable;
+            self.send(&Frame::Durable {
+                seq,
+                offset: durable,
+            });
+            self.flush();
+        }
+    }
+
+    fn current_name(&self) -> String {
+        self.current
+            .as_ref()
+            .map(|c| c.offer.name.to_string())
+            .unwrap_or_default()
+    }
+
+    /// Makes what the open file holds durable and records it, waiting; the file stays
+    /// open. Returns the offset now durable.
+    fn checkpoint_now(&mut self) -> Result<u64, DurableError> {
+        let file = self.sink.close().map_err(DurableError::Disk)?;
+        let recorded = self.record_durable(&file);
+        self.sink.open(file).map_err(DurableError::Disk)?;
+        let written = recorded?;
+        if let Some(cur) = self.current.as_mut() {
+            cur.last_checkpoint = Instant::now();
+            cur.next_checkpoint = written + chunk_for(cur.offer.size);
+        }
+        Ok(written)
+    }
+
+    /// Makes the open file durable up to what was written and records that offset, now
+    /// (the session is ending). The file stays in progress, resumable.
+    pub(super) fn checkpoint_current(&mut self) {
+        let Some(cur) = self.current.as_mut() else {
+            return;
+        };
+        let file = match self.sink.close() {
+            Ok(f) => f,
+            Err(e) => {
+                log::warn!("replication: checkpoint of {}: {e}", cur.offer.name);
+                return;
+            }
+        };
+        // What was written so far: the sink wrote everything queued before close.
+        if self.poisoned == Some(cur.seq) || file.is_empty() {
+            return;
+        }
+        if let Err(e) = self.record_durable(&file) {
+            log::warn!("replication: checkpoint of {}: {e}", self.current_name());
+        }
+    }
+
+    /// Makes `file` (the open file, out of the sink) durable up to its length and
+    /// records that offset; returns it.
+    fn record_durable(&mut self, file: &PartialFile) -> Result<u64, DurableError> {
+        let written = file.len();
+        file.checkpoint().map_err(DurableError::Disk)?;
+        let Some(cur) = self.current.as_mut() else {
+            return Err(DurableError::NoFile);
+        };
+        cur.written = written;
+        let row = partial_row(self.source, cur, (self.ctx.now)());
+        let uuid = &self.source.uuid;
+        self.ctx
+            .store
+            .write(|tx| tx.put_partial(uuid, &row))
+            .map_err(DurableError::Record)?;
+        cur.recorded = written;
+        Ok(written)
+    }
+
+    /// The open file failed for good: discard the copy, tell the source.
+    fn fail_current(&mut self, code: Code, message: String) {
+        let Some(cur) = self.current.take() else {
+            return;
+        };
+        let dir = client_dir(self.source, &cur.offer.name);
+        if let Ok(file) = self.sink.close() {
+            let _ = file.discard();
+        }
+        drop_partial(self.ctx.store, &self.source.uuid, &dir, &cur.offer.name);
+        self.report_failure(cur.seq, &cur.offer.name, code, &message);
+    }
+
+    /// The open file failed but what it holds durably stays for a resume.
+    fn fail_current_keep(&mut self, code: Code, message: String) {
+        let Some(cur) = self.current.take() else {
+            return;
+        };
+        let _ = self.sink.close();
+        self.report_failure(cur.seq, &cur.offer.name, code, &message);
+    }
+
+    pub(super) fn end(&mut self, seq: u32, sha256: [u8; 32]) -> Result<(), ReceiveError> {
+        if self.poisoned == Some(seq) {
+            self.poisoned = None;
+            return Ok(());
+        }
+        if self.current.as_ref().is_none_or(|c| c.seq != seq) {
+            return self.fatal(
+                Code::Protocol,
+                format!("end of {seq}, which is not the open file"),
+            );
+        }
+        let Some(cur) = self.current.take() else {
+            return Ok(());
+        };
+        if cur.written != cur.offer.size {
+            let m = format!(
+                "the source offered {} bytes for {} but sent {}; the copy was discarded",
+                cur.offer.size, cur.offer.name, cur.written
+            );
+            self.current = Some(cur);
+            self.fail_current(Code::SizeMismatch, m);
+            self.poisoned = None;
+            return Ok(());
+        }
+        let ours: [u8; 32] = digest_of(&cur.hasher);
+        if ours != sha256 {
+            let m = format!(
+                "SHA-256 mismatch for {}: the source computed {}, the target {}; the copy was discarded",
+                cur.offer.name,
+                hex::encode(&sha256),
+                hex::encode(&ours)
+            );
+            self.current = Some(cur);
+            self.fail_current(Code::DigestMismatch, m);
+            self.poisoned = None;
+            return Ok(());
+        }
+        let sealed = match self.sink.seal() {
+            Ok(s) => s,
+            Err(e) => {
+                let m = format!(
+                    "cannot write {} on storage {}: {e}",
+                    cur.offer.name, self.source.storage.id
+                );
+                self.report_failure(seq, &cur.offer.name, Code::Storage, &m);
+                self.poisoned = None;
+                return Ok(());
+            }
+        };
+        let size = cur.offer.size;
+        self.group.push(ToCommit {
+            seq,
+            name: cur.offer.name.clone(),
+            size,
+            version: cur.offer.version,
+            sha256: ours,
+            started: cur.started,
+            sealed,
+        });
+        self.committing.insert(seq, (cur.offer, ours));
+        self.group_bytes += size;
+        self.group_since.get_or_insert_with(Instant::now);
+        if self.group.len() >= GROUP_FILES || self.group_bytes >= GROUP_BYTES {
+            self.hand_over();
+        }
+        Ok(())
+    }
+}
+
+/// The partial row of the file in progress, at what it holds now.
+fn partial_row(source: &Source, cur: &Current<'_>, now: UnixTime) -> PartialRecord {
+    PartialRecord {
+        backup: cur.offer.name.as_str().to_string(),
+        storage_id: source.storage.id,
+        size: cur.offer.size,
+        version: cur.offer.version,
+        offset: cur.written,
+        started: cur.started,
+        updated: now,
+        verified_sha256: None,
+    }
+}

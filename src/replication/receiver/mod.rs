@@ -1,0 +1,293 @@
+//! Target side of a transfer session. The source and its storage come from the
+//! certificate's systems row ([`identify`]), never from the request; every name is
+//! checked by `names` before a path is built, and every path is
+//! `<storage path>/<source uuid>/<client>/<file>`, so nothing outside the source's
+//! directory is written. A file streams into a dot-named partial copy (made durable at
+//! checkpoints, recorded in the database, so a transfer resumes after a crash of either
+//! side), its SHA-256 is recomputed, and only a match is committed: fsync, a database row
+//! saying "verified", rename, directory fsync, then the received row (`commit`). Quota and
+//! free space are checked when a file is offered, before any byte of it moves (`offer`,
+//! `ledger`).
+//!
+//! The session (`session`'s loop over `offer`, `current` and `commit`, which share
+//! `state`) is plain code over a `Read`/`Write` pair: the open file's bytes go to a
+//! [`FileSink`] and verified groups to a [`Committer`], which the daemon runs on threads of
+//! their own (`ingest`), and files are touched only through `fsx`. `repair` runs at start.
+
+mod commit;
+mod current;
+mod ledger;
+mod offer;
+mod repair;
+mod session;
+mod sink;
+mod state;
+
+use std::fmt;
+use std::path::{Path, PathBuf};
+
+use ring::digest::{Context as Sha256, SHA256};
+
+pub use commit::{channel as commit_channel, commit, Committer};
+pub use ledger::{
+    Admission, Busy, Ledger, Reservation, MAX_SESSIONS, SESSIONS_SHARED, SPACE_MARGIN,
+};
+pub use repair::{repair, Repair};
+pub use session::{serve, turn_away};
+pub use sink::{FileSink, Sealed};
+pub use state::{CommitQueue, Committed, ToCommit};
+
+use super::live::Live;
+use super::names::{check_component, BackupName};
+use super::stream::StreamError;
+use crate::config::Storage;
+use crate::fsx;
+use crate::model::UnixTime;
+use crate::store::{Store, StoreError};
+use crate::wire::transfer::Code;
+
+/// Suffix of partial copies (after a leading `.`), so a sweep recognizes them.
+pub const PARTIAL_SUFFIX: &str = ".replgate-part";
+/// Most damaged copies asked for again in one session greeting.
+pub const MAX_WANTS: usize = 1_000;
+/// Most offers a source may have outstanding (offered, not yet started or skipped).
+pub const MAX_OUTSTANDING: usize = 256;
+
+/// Why the target turns a file or a session away, as the source is told: a code it acts
+/// on (`queue::attempt_for`) and a message for its admin.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Refusal {
+    pub code: Code,
+    pub message: String,
+}
+
+impl Refusal {
+    pub fn new(code: Code, message: impl Into<String>) -> Refusal {
+        Refusal {
+            code,
+            message: message.into(),
+        }
+    }
+
+    /// The target's database failed: the source tries again later.
+    pub fn database<E: fmt::Display>(e: E) -> Refusal {
+        Refusal::new(Code::Unavailable, format!("target database: {e}"))
+    }
+}
+
+impl fmt::Display for Refusal {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.message)
+    }
+}
+
+impl std::error::Error for Refusal {}
+
+/// A paired source as its certificate's systems row describes it.
+#[derive(Clone, Debug)]
+pub struct Source {
+    pub system_id: u64,
+    pub uuid: String,
+    pub storage: Storage,
+    pub quota_mb: Option<u64>,
+}
+
+/// Finds the source a tunnel client certificate belongs to: the issued certificate's
+/// systems row, which must still name this serial, be a replication source and have a
+/// storage that exists.
+pub fn identify(store: &Store, storages: &[Storage], serial: &str) -> Result<Source, Refusal> {
+    let internal = Refusal::database::<StoreError>;
+    let cert = store.cert(serial).map_err(internal)?.ok_or_else(|| {
+        Refusal::new(
+            Code::NotPaired,
+            "this certificate was not issued to a source",
+        )
+    })?;
+    // The system's current certificate, or its predecessor still in a renewal's grace
+    // (a source that has not switched yet keeps sending with it).
+    let in_grace = cert.is_live() && store.grace_until(serial).map_err(internal)?.is_some();
+    let row = store
+        .system(cert.system_id)
+        .map_err(internal)?
+        .filter(|r| r.cert_serial.as_deref() == Some(serial) || in_grace)
+        .filter(|r| r.role.is_source())
+        .ok_or_else(|| {
+            Refusal::new(
+                Code::NotPaired,
+                "this certificate belongs to no paired source",
+            )
+        })?;
+    let uuid = row.system_uuid.clone().unwrap_or_default();
+    check_component(&uuid)
+        .map_err(|e| Refusal::new(Code::NotPaired, format!("source uuid: {e}")))?;
+    let storage = row
+        .storage_id
+        .and_then(|id| storages.iter().find(|s| s.id == id))
+        .cloned()
+        .ok_or_else(|| {
+            Refusal::new(Code::NotPaired, format!("system {} has no storage", row.id))
+        })?;
+    Ok(Source {
+        system_id: row.id,
+        uuid,
+        storage,
+        quota_mb: row.quota_mb,
+    })
+}
+
+/// `<storage>/<uuid>/<client>`.
+pub fn client_dir(source: &Source, name: &BackupName) -> PathBuf {
+    source.storage.path.join(&source.uuid).join(name.client())
+}
+
+pub fn partial_path(dir: &Path, name: &BackupName) -> PathBuf {
+    dir.join(format!(".{}{PARTIAL_SUFFIX}", name.file()))
+}
+
+/// Bytes between durable checkpoints of a file of `size` bytes: a 128th of it, at least
+/// 1 MiB, at most 16 MiB. A crash loses about this much of the transfer (plus what was in
+/// flight and what one checkpoint takes); the source's `bytes_sent` reservations use the
+/// same step, so a resume after a crash sends at most a few percent more than the file.
+pub fn chunk_for(size: u64) -> u64 {
+    (size / 128).clamp(1024 * 1024, 16 * 1024 * 1024)
+}
+
+/// How far the source may send past the last offset of a file of `size` bytes that the
+/// target confirmed durable (`Frame::Durable`): 5 % of it plus one chunk, so however far
+/// the target's disk falls behind, a crash of the target costs at most that much again
+/// (SPEC 11's resume bound). At least one chunk, more than a frame: there is always room
+/// once the target confirms what it holds, and files up to a chunk never wait.
+pub fn window_for(size: u64) -> u64 {
+    size / 20 + chunk_for(size)
+}
+
+/// What the receiver needs besides the streams.
+pub struct Context<'a> {
+    pub store: &'a Store,
+    pub live: &'a Live,
+    pub ledger: &'a Ledger,
+    /// The peer's address, for log lines.
+    pub peer: String,
+    pub now: fn() -> UnixTime,
+}
+
+/// What a session did.
+#[derive(Debug, Default)]
+pub struct Summary {
+    pub committed: u64,
+    pub failed: u64,
+    pub bytes: u64,
+    /// Why the session ended early, if it did.
+    pub error: Option<ReceiveError>,
+}
+
+/// Why a receiving session ended before the source finished it.
+#[derive(Debug)]
+pub enum ReceiveError {
+    /// The target ended it and told the source why (`Fatal`): a protocol error, an
+    /// offline storage, a file writer that would not start.
+    Fatal(Refusal),
+    /// The source closed the stream between frames without `Finish`.
+    Closed,
+    /// The stream broke: a read failed, or it ended inside a frame.
+    Stream(StreamError),
+    /// The daemon could not start what the session runs on (`what`), and could not say so.
+    Start {
+        what: &'static str,
+        cause: std::io::Error,
+    },
+}
+
+impl fmt::Display for ReceiveError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            ReceiveError::Fatal(r) => f.write_str(&r.message),
+            ReceiveError::Closed => f.write_str("the source closed the stream before finishing"),
+            ReceiveError::Stream(e) => write!(f, "{e}"),
+            ReceiveError::Start { what, cause } => write!(f, "cannot start {what}: {cause}"),
+        }
+    }
+}
+
+impl std::error::Error for ReceiveError {}
+
+fn digest_of(h: &Sha256) -> [u8; 32] {
+    let mut out = [0u8; 32];
+    out.copy_from_slice(h.clone().finish().as_ref());
+    out
+}
+
+/// The SHA-256 state over the first `len` bytes of the partial at `path`, if it holds them.
+fn prefix_hash(path: &Path, len: u64) -> Option<Sha256> {
+    let mut f = fsx::open_read(path).ok()?;
+    if f.stat().len < len {
+        return None;
+    }
+    let mut h = Sha256::new(&SHA256);
+    let mut buf = vec![0u8; 256 * 1024];
+    fsx::read_prefix(&mut f, len, &mut buf, |b| h.update(b)).ok()?;
+    Some(h)
+}
+
+/// Removes a partial copy and its row (a stale version, a failed or abandoned file).
+fn drop_partial(store: &Store, uuid: &str, dir: &Path, name: &BackupName) {
+    if let Err(e) = fsx::remove_file_durable(&partial_path(dir, name)) {
+        log::warn!("replication: remove partial copy of {name}: {e}");
+    }
+    if let Err(e) = store.write(|tx| tx.delete_partial(uuid, name.as_str())) {
+        log::warn!("replication: forget partial copy of {name}: {e}");
+    }
+}
+
+/// A target's store and one source with its storage, in a scratch directory of their own,
+/// for the receiver's unit tests and the sessions' (`ingest`).
+#[cfg(test)]
+pub(crate) struct Scratch {
+    pub dir: PathBuf,
+    pub store: Store,
+    pub source: Source,
+}
+
+#[cfg(test)]
+impl Scratch {
+    pub fn new(name: &str) -> Scratch {
+        let dir =
+            std::env::temp_dir().join(format!("replgate-receiver-{name}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(dir.join("storage")).unwrap();
+        Scratch {
+            store: Store::open(&dir.join("target.redb")).unwrap(),
+            source: Source {
+                system_id: 2,
+                uuid: "11111111-2222-4333-8444-555555555555".into(),
+                storage: Storage {
+                    id: 1,
+                    name: "s".into(),
+                    path: dir.join("storage"),
+                    usage: crate::config::StorageUsage::Backup,
+                },
+                quota_mb: None,
+            },
+            dir,
+        }
+    }
+
+    /// `<storage>/<uuid>/<client>`, created.
+    pub fn client_dir(&self, client: &str) -> PathBuf {
+        let d = self
+            .source
+            .storage
+            .path
+            .join(&self.source.uuid)
+            .join(client);
+        std::fs::create_dir_all(&d).unwrap();
+        d
+    }
+}
+
+#[cfg(test)]
+impl Drop for Scratch {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}

@@ -1,0 +1,200 @@
+//! One receiving session's frame loop: greet, then take the source's frames in order
+//! (offers in `offer.rs`, the open file's in `current.rs`, verified files to the group
+//! commit in `commit.rs`, the state they share in `state.rs`) until `Finish`, a break, or
+//! a protocol error.
+
+use std::collections::HashMap;
+use std::io::{Read, Write};
+
+use super::commit::GROUP_WAIT;
+use super::sink::FileSink;
+use super::state::{CommitQueue, Session};
+use super::{client_dir, drop_partial, Context, ReceiveError, Refusal, Source, Summary, MAX_WANTS};
+use crate::replication::stream::{FrameReader, FrameWriter, StreamError};
+use crate::wire::transfer::{Code, Frame};
+
+/// Runs one session: frames in from `input`, decisions and outcomes out to `output`,
+/// until the source finishes, the stream breaks or the source breaks the protocol. The
+/// open file's bytes go to `sink`, verified files to the committer at the other end of
+/// `commits`. Whatever was verified is committed, and the file in progress is
+/// checkpointed, however the session ends.
+pub fn serve<S: FileSink>(
+    ctx: &Context<'_>,
+    source: &Source,
+    input: impl Read,
+    output: impl Write,
+    sink: S,
+    commits: CommitQueue,
+) -> Summary {
+    let mut session = Session {
+        sink,
+        ctx,
+        source,
+        out: FrameWriter::new(output),
+        out_ok: true,
+        offered: HashMap::new(),
+        last_seq: None,
+        current: None,
+        poisoned: None,
+        group: Vec::new(),
+        group_bytes: 0,
+        group_since: None,
+        committing: HashMap::new(),
+        commits,
+        summary: Summary::default(),
+    };
+    log::info!(
+        "replication from system {} ({}) at {}: session started, storage {}",
+        source.system_id,
+        source.uuid,
+        ctx.peer,
+        source.storage.id
+    );
+    let mut reader = FrameReader::new(input);
+    let end = if !source.storage.path.is_dir() {
+        let m = format!("storage {} is offline", source.storage.id);
+        session.send(&Frame::Fatal {
+            code: Code::Storage,
+            message: &m,
+        });
+        Err(ReceiveError::Fatal(Refusal::new(Code::Storage, m)))
+    } else {
+        session.greet();
+        session.run(&mut reader)
+    };
+    // However it ended: what verified is committed, what is in progress is resumable.
+    session.checkpoint_current();
+    session.commit_all();
+    session.commits.groups = None;
+    if let Err(e) = end {
+        session.summary.error = Some(e);
+    }
+    let s = &session.summary;
+    log::info!(
+        "replication from system {} at {}: session ended, {} files committed, {} failed, {} bytes{}",
+        source.system_id,
+        ctx.peer,
+        s.committed,
+        s.failed,
+        s.bytes,
+        s.error.as_ref().map(|e| format!(" ({e})")).unwrap_or_default()
+    );
+    session.summary
+}
+
+/// Ends a session before it started (the daemon could not start what it runs on): tells
+/// the source why with a `Fatal` frame.
+pub fn turn_away(output: impl Write, refusal: Refusal) -> Summary {
+    let mut out = FrameWriter::new(output);
+    let _ = out.send(&Frame::Fatal {
+        code: refusal.code,
+        message: &refusal.message,
+    });
+    let _ = out.flush();
+    Summary {
+        error: Some(ReceiveError::Fatal(refusal)),
+        ..Summary::default()
+    }
+}
+
+impl<W: Write, S: FileSink> Session<'_, '_, W, S> {
+    /// Tells the source which copies it should send again (damaged, per a verify), then
+    /// that offers will be answered.
+    fn greet(&mut self) {
+        let wanted: Vec<String> = match self.ctx.store.received(&self.source.uuid) {
+            Ok(rows) => rows
+                .into_iter()
+                .filter(|r| r.storage_id == self.source.storage.id && r.damaged.is_some())
+                .take(MAX_WANTS)
+                .map(|r| r.backup)
+                .collect(),
+            Err(e) => {
+                log::warn!(
+                    "replication: damaged copies of system {}: {e}",
+                    self.source.system_id
+                );
+                Vec::new()
+            }
+        };
+        for name in &wanted {
+            self.send(&Frame::Want { name });
+        }
+        self.send(&Frame::Ready);
+        self.flush();
+    }
+
+    fn run<R: Read>(&mut self, reader: &mut FrameReader<R>) -> Result<(), ReceiveError> {
+        loop {
+            if self.group_since.is_some_and(|t| t.elapsed() >= GROUP_WAIT) {
+                self.hand_over();
+            }
+            self.collect(false);
+            let frame = match reader.next_frame() {
+                Ok(Some(f)) => f,
+                Ok(None) => return Err(ReceiveError::Closed),
+                Err(StreamError::Frame(e)) => {
+                    return self.fatal(Code::Protocol, format!("malformed frame: {e}"))
+                }
+                Err(e) => return Err(ReceiveError::Stream(e)),
+            };
+            match frame {
+                Frame::Offer {
+                    seq,
+                    size,
+                    version,
+                    name,
+                } => self.offer(seq, size, version, name)?,
+                Frame::Start { seq, offset } => self.start(seq, offset)?,
+                Frame::Data { seq, bytes } => self.data(seq, bytes)?,
+                Frame::End { seq, sha256 } => self.end(seq, sha256)?,
+                Frame::Skip { seq } => self.skip(seq)?,
+                Frame::Finish => {
+                    if self.current.is_some() {
+                        return self.fatal(Code::Protocol, "finish while a file is open".into());
+                    }
+                    self.commit_all();
+                    self.send(&Frame::Bye);
+                    self.flush();
+                    return Ok(());
+                }
+                other => {
+                    return self.fatal(
+                        Code::Protocol,
+                        format!("frame {other:?} is not one a source sends"),
+                    )
+                }
+            }
+        }
+    }
+
+    fn skip(&mut self, seq: u32) -> Result<(), ReceiveError> {
+        if self.offered.remove(&seq).is_some() {
+            return Ok(());
+        }
+        if self.poisoned == Some(seq) {
+            self.poisoned = None;
+            return Ok(());
+        }
+        if self.current.as_ref().is_some_and(|c| c.seq == seq) {
+            // The source abandoned the file (removed by its admin, or it changed on disk).
+            if let Some(cur) = self.current.take() {
+                let dir = client_dir(self.source, &cur.offer.name);
+                if let Ok(file) = self.sink.close() {
+                    let _ = file.discard();
+                }
+                drop_partial(self.ctx.store, &self.source.uuid, &dir, &cur.offer.name);
+                log::info!(
+                    "replication from system {} at {}: {} abandoned by the source",
+                    self.source.system_id,
+                    self.ctx.peer,
+                    cur.offer.name
+                );
+            }
+            return Ok(());
+        }
+        self.fatal(
+            Code::Protocol,
+            format!("skip of {seq}, which is not an open offer or file"),
+        )
+    }
+}
