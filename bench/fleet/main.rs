@@ -234,7 +234,11 @@ fn probe_loop(admin: &mut Admin, probe: &Probe, stop: &AtomicBool) {
             ("/api/metrics", &probe.metrics),
         ];
         // Metrics every 15 s, a usual scrape interval; the rest every second.
-        let count = if round.is_multiple_of(METRICS_EVERY) { 4 } else { 3 };
+        let count = if round.is_multiple_of(METRICS_EVERY) {
+            4
+        } else {
+            3
+        };
         round += 1;
         for (path, e) in calls.into_iter().take(count) {
             let t = Instant::now();

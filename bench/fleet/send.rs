@@ -75,6 +75,9 @@ pub enum SessionError {
     },
     /// The stream broke, or the target ended it with `Fatal`.
     Broken(String),
+    /// The target ended it with `Fatal` busy at a file boundary: its turn is over while
+    /// other sources wait for a slot (the files it finished are kept).
+    Yielded(String),
     /// The caller's stop flag was set.
     Stopped,
 }
@@ -86,6 +89,7 @@ impl std::fmt::Display for SessionError {
             SessionError::Handshake(e) => write!(f, "tls handshake: {e}"),
             SessionError::Refused { status, message } => write!(f, "refused {status}: {message}"),
             SessionError::Broken(m) => write!(f, "broken: {m}"),
+            SessionError::Yielded(m) => write!(f, "yielded: {m}"),
             SessionError::Stopped => f.write_str("stopped"),
         }
     }
@@ -385,6 +389,17 @@ pub fn session(
     }
     drop(out);
     let _ = listener.join();
+    // A write may break on the closed stream before the reader has the `Fatal`: what the
+    // target said decides.
+    let busy = format!("fatal {}:", Code::Busy.number());
+    let yielded = lock(&mailbox.heard)
+        .ended
+        .clone()
+        .filter(|e| e.starts_with(&busy));
+    let result = match (result, yielded) {
+        (Err(_), Some(m)) => Err(SessionError::Yielded(m)),
+        (r, _) => r,
+    };
     match result {
         Ok(()) => Ok(report),
         Err(e) => {

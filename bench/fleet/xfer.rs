@@ -16,6 +16,9 @@ use super::stats::{lock, Endpoint};
 
 const FIRST_RETRY: Duration = Duration::from_secs(1);
 const MAX_RETRY: Duration = Duration::from_secs(60);
+/// A session refused for want of a slot (429) or ended to give another source its turn
+/// asks again after this long, as a source daemon does (the target's `Retry-After`).
+const BUSY_RETRY: Duration = Duration::from_secs(2);
 
 pub struct Plan {
     /// Fleet indices of the sources that send.
@@ -152,7 +155,7 @@ fn source_loop(
                         measured.sessions.refused(*status, start.elapsed())
                     }
                     send::SessionError::Handshake(m) => measured.sessions.failed(true, m.clone()),
-                    send::SessionError::Stopped => {}
+                    send::SessionError::Stopped | send::SessionError::Yielded(_) => {}
                     other => measured.sessions.failed(false, other.to_string()),
                 }
                 (r, Some(e))
@@ -181,6 +184,15 @@ fn source_loop(
         match error {
             None => failures = 0,
             Some(send::SessionError::Stopped) => return,
+            Some(
+                send::SessionError::Yielded(_) | send::SessionError::Refused { status: 429, .. },
+            ) => {
+                failures = 0;
+                let until = Instant::now() + BUSY_RETRY;
+                while Instant::now() < until && !stop.load(Ordering::Relaxed) {
+                    std::thread::sleep(Duration::from_millis(100));
+                }
+            }
             Some(_) => {
                 if sent_any {
                     failures = 0;

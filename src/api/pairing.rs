@@ -12,7 +12,7 @@ use crate::pairing::error::{PairingError, TokenRefusal};
 use crate::pairing::fields::{NewRequest, MAX_MESSAGE_CHARS};
 use crate::pairing::filing::{self, Caps, FilingRules};
 use crate::pairing::target::{self, Decision, SourceChange};
-use crate::store::RequestStatus;
+use crate::store::{RequestStatus, MAX_SHARE};
 use crate::wire::protocol::{self, SpoolToken};
 use crate::wire::token::PairingToken;
 
@@ -161,17 +161,21 @@ fn sid(call: &Call) -> Result<u64, ApiError> {
     parse_id("sid", v)
 }
 
-/// `PUT /api/replication/source?sid=N {"storage_id"?, "quota_mb"?}`: at least one.
+/// `PUT /api/replication/source?sid=N {"storage_id"?, "quota_mb"?, "share"?}`: at least
+/// one.
 pub fn change_source(call: &Call) -> Result<Reply, ApiError> {
     let system_id = sid(call)?;
     let body = call.json()?;
     let change = SourceChange {
         storage_id: body.opt_id("storage_id")?,
         quota_mb: body.opt_limit("quota_mb")?,
+        share: body
+            .opt_reset("share", 1, u64::from(MAX_SHARE))?
+            .map(|w| w.map(|w| w as u32)),
     };
-    if change.storage_id.is_none() && change.quota_mb.is_none() {
+    if change.storage_id.is_none() && change.quota_mb.is_none() && change.share.is_none() {
         return Err(ApiError::BadRequest(
-            "field `storage_id` or `quota_mb` is required".into(),
+            "field `storage_id`, `quota_mb` or `share` is required".into(),
         ));
     }
     let app = call.app;

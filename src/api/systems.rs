@@ -45,6 +45,9 @@ struct Row<'a> {
     /// A source's quota in MB, when one is set.
     #[serde(skip_serializing_if = "Option::is_none")]
     quota_mb: Option<u64>,
+    /// A source's weight in the sharing of receiving sessions (1 unless set).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    share: Option<u32>,
     #[serde(skip_serializing_if = "Option::is_none")]
     certificate_expires: Option<UnixTime>,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -114,6 +117,7 @@ fn stored<'a>(s: &'a SystemRecord, now: UnixTime) -> Row<'a> {
         updated: s.updated,
         storage_id: s.storage_id,
         quota_mb: s.quota_mb,
+        share: source.then(|| s.share()),
         certificate_expires: s.certificate_expires,
         last_seen: s.last_seen,
         is_pending: None,
@@ -144,6 +148,7 @@ fn pending<'a>(r: &'a RequestSummary<'_>) -> Row<'a> {
         updated: r.resolved_at.unwrap_or(r.created),
         storage_id: None,
         quota_mb: None,
+        share: None,
         certificate_expires: None,
         last_seen: None,
         is_pending: Some(true),
@@ -192,6 +197,7 @@ pub fn list(call: &Call) -> Result<Reply, ApiError> {
         updated: app.started,
         storage_id: None,
         quota_mb: None,
+        share: None,
         certificate_expires: None,
         last_seen: None,
         is_pending: None,

@@ -186,6 +186,7 @@ fn session(
                 store: &f.store,
                 live: &f.live,
                 ledger: &f.ledger,
+                slot: None,
                 peer: "test".into(),
                 now: || 1_000,
             };
@@ -435,6 +436,7 @@ fn against_receiver_raw(
                 store: &f.store,
                 live: &f.live,
                 ledger: &f.ledger,
+                slot: None,
                 peer: "test".into(),
                 now: || 1_000,
             };

@@ -98,6 +98,7 @@ pub fn source_row(
             request_id: Some(request.id),
             asset_tag: request.asset_tag.clone(),
             quota_mb: None,
+            share: None,
         },
     }
 }
@@ -455,15 +456,18 @@ fn unpair_detail(current: Option<&str>, revoked: &[String]) -> String {
     }
 }
 
-/// What `PUT /api/replication/source?sid=` changes: the storage, the quota, or both.
+/// What `PUT /api/replication/source?sid=` changes: the storage, the quota, the share of
+/// receiving sessions, or several.
 #[derive(Clone, Copy, Debug, Default)]
 pub struct SourceChange {
     pub storage_id: Option<u64>,
     /// `Some(None)` clears the quota.
     pub quota_mb: Option<Option<u64>>,
+    /// `Some(None)` sets the weight back to the default (1).
+    pub share: Option<Option<u32>>,
 }
 
-/// Moves a source to another storage and/or sets its quota.
+/// Moves a source to another storage and/or sets its quota and its share.
 pub fn change_source(
     store: &Store,
     storage: &[Storage],
@@ -500,6 +504,11 @@ pub fn change_source(
             };
             details.push(format!("quota {} -> {}", shown(row.quota_mb), shown(q)));
             row.quota_mb = q;
+        }
+        if let Some(w) = change.share {
+            let before = row.share();
+            row.share = w;
+            details.push(format!("share {before} -> {}", row.share()));
         }
         row.updated = now;
         tx.put_system(&row)?;
@@ -543,6 +552,7 @@ pub fn register_managed(
             request_id: None,
             asset_tag: asset_tag.map(String::from),
             quota_mb: None,
+            share: None,
         };
         tx.put_system(&row)?;
         tx.audit(&actor.audit(

@@ -70,7 +70,7 @@ pub use queue::{
 };
 pub use requests::{OpenRequest, RequestRecord, RequestStatus, RequestSummary};
 pub use schema::CURRENT_VERSION as SCHEMA_VERSION;
-pub use systems::{SystemRecord, FIRST_SYSTEM_ID};
+pub use systems::{SystemRecord, DEFAULT_SHARE, FIRST_SYSTEM_ID, MAX_SHARE};
 pub use targets::{TargetRecord, TargetStatus};
 pub use tokens::TokenRecord;
 pub use users::{SessionRecord, UserRecord, UserWrite};

@@ -52,6 +52,21 @@ pub struct SystemRecord {
     /// None means no quota.
     #[serde(default)]
     pub quota_mb: Option<u64>,
+    /// This source's weight in the sharing of receiving sessions (SPEC 21); None is 1.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub share: Option<u32>,
+}
+
+/// A source's weight in the sharing of receiving sessions when none is set, and the
+/// largest one may set (`share`, SPEC 21).
+pub const DEFAULT_SHARE: u32 = 1;
+pub const MAX_SHARE: u32 = 100;
+
+impl SystemRecord {
+    /// This source's weight in the sharing of receiving sessions.
+    pub fn share(&self) -> u32 {
+        self.share.unwrap_or(DEFAULT_SHARE)
+    }
 }
 
 fn system(tx: &impl Tables, id: u64) -> Result<Option<SystemRecord>> {

@@ -45,6 +45,7 @@ mod rules;
 mod s3_proxy;
 mod scale;
 mod seaweed;
+mod slots;
 mod target;
 mod tidy;
 mod tokens;

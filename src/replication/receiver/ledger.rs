@@ -1,11 +1,10 @@
-//! What every receiving session shares ([`Ledger`]): admission of sessions per source,
-//! each source's stored bytes for its quota, the bytes accepted offers will still add
-//! per source and per storage, and the names being received now. One tenant cannot take
-//! another's sessions, quota or disk: every reservation is taken when a file is offered,
+//! What every receiving session shares ([`Ledger`]): each source's stored bytes for its
+//! quota, the bytes accepted offers will still add per source and per storage, and the
+//! names being received now. One tenant cannot take another's quota or disk (nor its
+//! sessions: `replication::slots`): every reservation is taken when a file is offered,
 //! before any byte of it moves, and given back when its offer, file or session ends.
 
 use std::collections::{HashMap, HashSet};
-use std::fmt;
 use std::sync::Mutex;
 
 use super::{Refusal, Source};
@@ -17,25 +16,6 @@ use crate::wire::transfer::Code;
 /// Free space left untouched on a storage, beyond what accepted files will use.
 pub const SPACE_MARGIN: u64 = 16 * 1024 * 1024;
 
-/// A session refused by [`Ledger::admit`]: the source holds its share of sessions now.
-#[derive(Debug, PartialEq, Eq)]
-pub struct Busy {
-    /// The sessions the source has open.
-    pub open: usize,
-}
-
-impl fmt::Display for Busy {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(
-            f,
-            "this source has {} transfer sessions open, its share of this target now; try again shortly",
-            self.open
-        )
-    }
-}
-
-impl std::error::Error for Busy {}
-
 /// What every receiving session shares: each source's stored bytes (for quotas), the
 /// bytes accepted offers will still add per source and per storage, and the names being
 /// received now (one session per file at a time).
@@ -44,40 +24,13 @@ pub struct Ledger {
     inner: Mutex<LedgerState>,
 }
 
-/// Receiving sessions this appliance runs at once when several sources compete; a source
-/// gets `SESSIONS_SHARED / sources sending` of them (at least one), and a source with
-/// none is always let in, up to [`MAX_SESSIONS`].
-pub const SESSIONS_SHARED: usize = 8;
-/// Receiving sessions at most, whoever asks.
-pub const MAX_SESSIONS: usize = 64;
-
 #[derive(Debug, Default)]
 struct LedgerState {
-    /// Receiving sessions per source system id.
-    sessions: HashMap<u64, usize>,
     /// Committed bytes per source uuid, loaded from the database on first use.
     used: HashMap<String, u64>,
     reserved: HashMap<String, u64>,
     reserved_space: HashMap<u64, u64>,
     busy: HashSet<(String, String)>,
-}
-
-/// A receiving session's place, released when dropped.
-pub struct Admission<'a> {
-    ledger: &'a Ledger,
-    system_id: u64,
-}
-
-impl Drop for Admission<'_> {
-    fn drop(&mut self) {
-        let mut s = lock(&self.ledger.inner);
-        if let Some(n) = s.sessions.get_mut(&self.system_id) {
-            *n = n.saturating_sub(1);
-            if *n == 0 {
-                s.sessions.remove(&self.system_id);
-            }
-        }
-    }
 }
 
 /// An accepted offer's share of the quota and the storage, released when dropped.
@@ -106,25 +59,6 @@ impl Drop for Reservation<'_> {
 const MIB: u64 = 1024 * 1024;
 
 impl Ledger {
-    /// Lets a session of `system_id` in, fairly: a source that has none is always let in
-    /// (up to [`MAX_SESSIONS`]); one that has some gets another only while it holds less
-    /// than its share of [`SESSIONS_SHARED`] among the sources sending now.
-    pub fn admit(&self, system_id: u64) -> Result<Admission<'_>, Busy> {
-        let mut s = lock(&self.inner);
-        let total: usize = s.sessions.values().sum();
-        let mine = s.sessions.get(&system_id).copied().unwrap_or(0);
-        let sources = s.sessions.len() + usize::from(mine == 0);
-        let share = (SESSIONS_SHARED / sources.max(1)).max(1);
-        if total >= MAX_SESSIONS || (mine > 0 && mine >= share) {
-            return Err(Busy { open: mine });
-        }
-        *s.sessions.entry(system_id).or_default() += 1;
-        Ok(Admission {
-            ledger: self,
-            system_id,
-        })
-    }
-
     /// Reserves room for one offered file, or says why not. `grows` is what the file adds
     /// to the source's stored bytes once committed (its size minus the copy it replaces),
     /// `writes` what it still has to write to the storage, `free` the storage's free bytes.

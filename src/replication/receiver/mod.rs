@@ -29,9 +29,7 @@ use std::path::{Path, PathBuf};
 use ring::digest::{Context as Sha256, SHA256};
 
 pub use commit::{channel as commit_channel, commit, Committer};
-pub use ledger::{
-    Admission, Busy, Ledger, Reservation, MAX_SESSIONS, SESSIONS_SHARED, SPACE_MARGIN,
-};
+pub use ledger::{Ledger, Reservation, SPACE_MARGIN};
 pub use repair::{repair, Repair};
 pub use session::{serve, turn_away};
 pub use sink::{FileSink, Sealed};
@@ -90,6 +88,8 @@ pub struct Source {
     pub uuid: String,
     pub storage: Storage,
     pub quota_mb: Option<u64>,
+    /// Its weight in the sharing of receiving sessions (`share`, 1 unless set).
+    pub share: u32,
 }
 
 /// Finds the source a tunnel client certificate belongs to: the issued certificate's
@@ -132,6 +132,7 @@ pub fn identify(store: &Store, storages: &[Storage], serial: &str) -> Result<Sou
         uuid,
         storage,
         quota_mb: row.quota_mb,
+        share: row.share(),
     })
 }
 
@@ -166,6 +167,9 @@ pub struct Context<'a> {
     pub store: &'a Store,
     pub live: &'a Live,
     pub ledger: &'a Ledger,
+    /// The session's slot: asked at each offer whether to end so a waiting source gets a
+    /// turn (None: never).
+    pub slot: Option<&'a crate::replication::slots::Admission<'a>>,
     /// The peer's address, for log lines.
     pub peer: String,
     pub now: fn() -> UnixTime,
@@ -267,6 +271,7 @@ impl Scratch {
                     usage: crate::config::StorageUsage::Backup,
                 },
                 quota_mb: None,
+                share: 1,
             },
             dir,
         }
