@@ -275,11 +275,12 @@ fn run_cmd(o: &Opts) -> Result<(), String> {
     let api = o.addr("api")?;
     let mut fleet =
         Fleet::load(&PathBuf::from(o.need("fleet")?))?.ok_or("the fleet file does not exist")?;
-    if o.flag("one-address") {
-        // Every source behind one address, as behind a NAT.
-        for s in &mut fleet.sources {
-            s.addr = net::source_addr(0);
-        }
+    // Addresses are the run's, not the identity's: a cached fleet paired with another
+    // layout runs with this one.
+    let one = o.flag("one-address");
+    for (i, s) in fleet.sources.iter_mut().enumerate() {
+        // With --one-address every source is behind one address, as behind a NAT.
+        s.addr = net::source_addr(if one { 0 } else { i });
     }
     let duration = Duration::from_secs(o.number("duration")?.ok_or("--duration is required")?);
     let transfers = o.number("transfers")?.unwrap_or(0) as usize;

@@ -300,11 +300,12 @@ pub fn source_config(
     Ok(Arc::new(config))
 }
 
-/// The `n`th source address of the fleet: 127.1.0.1 upwards, skipping .0 and .255, so
-/// that each synthetic source is its own host for the target's per-address caps.
+/// The `n`th source address of the fleet, so that each synthetic source is its own host
+/// for the target's per-address caps, and neighbours are in different /24 networks for
+/// its per-network cap (sources of one provider's customers come from many networks):
+/// 127.1.0.1, 127.1.1.1, ... 127.1.255.1, then 127.1.0.2, ... (hosts .1 to .254).
 pub fn source_addr(n: usize) -> Ipv4Addr {
-    let per = 254;
-    let host = (n % per) as u8 + 1;
-    let mid = n / per;
-    Ipv4Addr::new(127, 1 + (mid / 256) as u8, (mid % 256) as u8, host)
+    let rest = n / 256;
+    let host = (rest % 254) as u8 + 1;
+    Ipv4Addr::new(127, 1 + (rest / 254) as u8, (n % 256) as u8, host)
 }

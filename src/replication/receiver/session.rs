@@ -150,7 +150,10 @@ impl<W: Write, S: FileSink> Session<'_, '_, W, S> {
                 } => self.offer(seq, size, version, name)?,
                 Frame::Start { seq, offset } => {
                     // A file boundary: the session's turn may be over (`replication::slots`).
+                    // The files it finished are committed and the source hears of them
+                    // first, so it does not offer them again.
                     if self.ctx.slot.is_some_and(|slot| slot.should_yield()) {
+                        self.commit_all();
                         return self.fatal(Code::Busy, YIELD.into());
                     }
                     self.start(seq, offset)?
