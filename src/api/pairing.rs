@@ -12,7 +12,7 @@ use crate::pairing::error::{PairingError, TokenRefusal};
 use crate::pairing::fields::{NewRequest, MAX_MESSAGE_CHARS};
 use crate::pairing::filing::{self, Caps, FilingRules};
 use crate::pairing::target::{self, Decision, SourceChange};
-use crate::store::{RequestStatus, Retention};
+use crate::store::{RequestStatus, Retention, MAX_SHARE};
 use crate::wire::protocol::{self, SpoolToken};
 use crate::wire::token::PairingToken;
 
@@ -205,8 +205,8 @@ fn retention_of(body: &Body) -> Result<Option<Option<Retention>>, ApiError> {
     Ok(Some(policy.normalized()))
 }
 
-/// `PUT /api/replication/source?sid=N {"storage_id"?, "quota_mb"?, "retention"?}`: at
-/// least one.
+/// `PUT /api/replication/source?sid=N {"storage_id"?, "quota_mb"?, "retention"?,
+/// "share"?}`: at least one.
 pub fn change_source(call: &Call) -> Result<Reply, ApiError> {
     let system_id = sid(call)?;
     let body = call.json()?;
@@ -214,10 +214,17 @@ pub fn change_source(call: &Call) -> Result<Reply, ApiError> {
         storage_id: body.opt_id("storage_id")?,
         quota_mb: body.opt_limit("quota_mb")?,
         retention: retention_of(&body)?,
+        share: body
+            .opt_reset("share", 1, u64::from(MAX_SHARE))?
+            .map(|w| w.map(|w| w as u32)),
     };
-    if change.storage_id.is_none() && change.quota_mb.is_none() && change.retention.is_none() {
+    if change.storage_id.is_none()
+        && change.quota_mb.is_none()
+        && change.retention.is_none()
+        && change.share.is_none()
+    {
         return Err(ApiError::BadRequest(
-            "field `storage_id`, `quota_mb` or `retention` is required".into(),
+            "field `storage_id`, `quota_mb`, `retention` or `share` is required".into(),
         ));
     }
     let retention_changed = change.retention.is_some();

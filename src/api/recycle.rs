@@ -22,6 +22,9 @@ fn source(call: &Call) -> Result<(Source, Option<Retention>), ApiError> {
         uuid,
         storage,
         quota_mb: row.as_ref().and_then(|r| r.quota_mb),
+        share: row
+            .as_ref()
+            .map_or(crate::store::DEFAULT_SHARE, |r| r.share()),
     };
     Ok((source, row.and_then(|r| r.retention)))
 }

@@ -48,6 +48,9 @@ struct Row<'a> {
     /// A source's retention policy on this target, when one is set (SPEC 20).
     #[serde(skip_serializing_if = "Option::is_none")]
     retention: Option<Retention>,
+    /// A source's weight in the sharing of receiving sessions (1 unless set).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    share: Option<u32>,
     #[serde(skip_serializing_if = "Option::is_none")]
     certificate_expires: Option<UnixTime>,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -118,6 +121,7 @@ fn stored<'a>(s: &'a SystemRecord, now: UnixTime) -> Row<'a> {
         storage_id: s.storage_id,
         quota_mb: s.quota_mb,
         retention: s.retention,
+        share: source.then(|| s.share()),
         certificate_expires: s.certificate_expires,
         last_seen: s.last_seen,
         is_pending: None,
@@ -149,6 +153,7 @@ fn pending<'a>(r: &'a RequestSummary<'_>) -> Row<'a> {
         storage_id: None,
         quota_mb: None,
         retention: None,
+        share: None,
         certificate_expires: None,
         last_seen: None,
         is_pending: Some(true),
@@ -198,6 +203,7 @@ pub fn list(call: &Call) -> Result<Reply, ApiError> {
         storage_id: None,
         quota_mb: None,
         retention: None,
+        share: None,
         certificate_expires: None,
         last_seen: None,
         is_pending: None,

@@ -284,6 +284,15 @@ pub(super) const KEYS: &[Key] = &[
          /64); past it that address gets a quick 503 while others are served; at most \
          `max_connections`",
     ),
+    Key::number(
+        "max_receive_sessions",
+        MAX_RECEIVE_SESSIONS as u64,
+        1..=4_096,
+        "replication sessions this appliance receives at once, from all its sources; each \
+         source may hold its weighted share of them (`share`), and while a source waits with \
+         none, sessions that ran 5 s end at their next file so it gets a turn: \
+         docs/operations.md, \"Sharing the receiving sessions\"",
+    ),
     Key::text(
         "log",
         "info",

@@ -38,6 +38,8 @@ pub mod defaults {
     pub const MAX_CONNECTIONS: usize = 256;
     /// `max_connections_per_address`.
     pub const MAX_CONNECTIONS_PER_ADDRESS: usize = 32;
+    /// `max_receive_sessions`.
+    pub const MAX_RECEIVE_SESSIONS: usize = 64;
     /// `handshake_timeout`.
     pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
     /// `idle_timeout`.
@@ -155,6 +157,8 @@ pub struct Config {
     /// `max_connections_per_address`: connections one client address (IPv4 address or IPv6 /64)
     /// may hold open per listener; capped by `max_connections`.
     pub max_connections_per_address: usize,
+    /// `max_receive_sessions`: replication sessions received at once, from all sources.
+    pub max_receive_sessions: usize,
     /// `log`: log filter; `RUST_LOG` wins when set.
     pub log: String,
     /// `handshake_timeout` (s): a TLS handshake must finish within it.
@@ -373,6 +377,7 @@ impl Config {
             heartbeat_interval: v.seconds("heartbeat_interval")?,
             max_connections: v.count("max_connections")?,
             max_connections_per_address: v.count("max_connections_per_address")?,
+            max_receive_sessions: v.count("max_receive_sessions")?,
             log: v.text("log")?,
             handshake_timeout: v.seconds("handshake_timeout")?,
             idle_timeout: v.seconds("idle_timeout")?,

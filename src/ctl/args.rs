@@ -94,6 +94,11 @@ pub enum CtlCommand {
     Unpair {
         system_id: u64,
     },
+    /// `share SID WEIGHT|default`: None sets the default weight back.
+    Share {
+        system_id: u64,
+        share: Option<u64>,
+    },
     Systems,
     Storage,
     RequestTarget {

@@ -243,6 +243,22 @@ impl Client {
         self.call(Method::Delete, &path, Some(token), None)
     }
 
+    /// `PUT /api/replication/source?sid= {"share"}` (null: the default weight).
+    pub fn set_share(
+        &self,
+        token: &Secret<String>,
+        system_id: u64,
+        share: Option<u64>,
+    ) -> Result<Answer, CtlError> {
+        let path = format!("/api/replication/source?sid={system_id}");
+        self.call(
+            Method::Put,
+            &path,
+            Some(token),
+            Some(&json!({ "share": share })),
+        )
+    }
+
     pub fn systems(&self, token: &Secret<String>) -> Result<Answer, CtlError> {
         self.call(Method::Get, "/api/systems", Some(token), None)
     }

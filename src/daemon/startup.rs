@@ -227,10 +227,13 @@ pub(super) fn prepare_replication(
             })
         }
     }
-    let shared = replication::Shared::load(store).map_err(|source| DaemonError::Store {
-        action: "load the replication settings",
-        source,
-    })?;
+    let shared =
+        replication::Shared::load(store, config.max_receive_sessions).map_err(|source| {
+            DaemonError::Store {
+                action: "load the replication settings",
+                source,
+            }
+        })?;
     Ok(Arc::new(shared))
 }
 

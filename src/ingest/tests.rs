@@ -188,6 +188,7 @@ fn session(
                 store: &f.store,
                 live: &f.live,
                 ledger: &f.ledger,
+                slot: None,
                 peer: "test".into(),
                 now: || 1_000,
             };
@@ -449,6 +450,7 @@ fn against_receiver_as(
                 store: &f.store,
                 live: &f.live,
                 ledger: &f.ledger,
+                slot: None,
                 peer: "test".into(),
                 now: || 1_000,
             };
@@ -1125,6 +1127,7 @@ fn offers_never_sent_by_one_source_do_not_starve_another() {
                 ledger: &f.ledger,
                 peer: "a".into(),
                 now: || 1_000,
+                slot: None,
             };
             let summary = super::serve(&ctx, &f.source, a.try_clone().unwrap(), &a);
             let _ = a.shutdown(std::net::Shutdown::Both);

@@ -23,6 +23,7 @@ use crate::replication::sender::{self, SessionError};
 use crate::replication::{backups, queue, Shared};
 use crate::store::{Store, TargetRecord, TargetStatus};
 use crate::sync::lock;
+use crate::wire::transfer::Code;
 
 /// What the jobs need, built once by the daemon.
 pub struct Context {
@@ -39,6 +40,9 @@ pub struct Context {
 const TICK: Duration = Duration::from_millis(250);
 /// A session that could not connect waits this long, doubling up to [`MAX_RETRY`].
 const FIRST_RETRY: Duration = Duration::from_secs(1);
+/// A session refused for want of a slot (429 without `Retry-After`) or ended to give
+/// another source its turn asks again after this long.
+const BUSY_RETRY: Duration = Duration::from_secs(2);
 const MAX_RETRY: Duration = Duration::from_secs(60);
 
 /// Starts the replicator; it stops when `shutdown` is set, after joining every job.
@@ -274,16 +278,7 @@ fn session(ctx: &Context, target_id: u64, state: &TargetState, stop: &AtomicBool
     };
     let stream = match open_transfer(&tunnel, &target.ca_pem, &cert_pem, &key_pem) {
         Ok(s) => s,
-        Err(e) => {
-            let quiet = matches!(e, OpenTransferError::Refused { status: 503, .. });
-            if quiet {
-                log::info!("replication to {label}: busy: {e}");
-            } else {
-                log::warn!("replication to {label}: cannot open a session: {e}");
-            }
-            back_off(state);
-            return;
-        }
+        Err(e) => return not_opened(state, &label, e),
     };
     let replies = match spawn_reader(stream.replies, format!("recv-{target_id}")) {
         Ok(r) => r,
@@ -342,11 +337,49 @@ fn session(ctx: &Context, target_id: u64, state: &TargetState, stop: &AtomicBool
             }
         }
         Err(SessionError::Shutdown) => {}
+        Err(SessionError::Target {
+            code: Code::Busy,
+            message,
+        }) => {
+            // Its turn is over while other sources wait (the files it finished are kept).
+            log::info!("replication to {label}: session ended by the target: {message}");
+            retry_in(state, BUSY_RETRY);
+        }
         Err(e) => {
             log::warn!("replication to {label}: session broken: {e}");
             back_off(state);
         }
     }
+}
+
+/// When the next session may try after this one could not open.
+fn not_opened(state: &TargetState, label: &str, e: OpenTransferError) {
+    match e {
+        OpenTransferError::Refused {
+            status: 429,
+            message,
+            retry_after,
+        } => {
+            // The target shares its sessions between sources and queues this one: ask
+            // again when it says, without counting a failure (a longer wait would lose
+            // this source its place).
+            log::info!("replication to {label}: waiting for a session slot: {message}");
+            retry_in(state, retry_after.map_or(BUSY_RETRY, Duration::from_secs));
+        }
+        e => {
+            if matches!(e, OpenTransferError::Refused { status: 503, .. }) {
+                log::info!("replication to {label}: busy: {e}");
+            } else {
+                log::warn!("replication to {label}: cannot open a session: {e}");
+            }
+            back_off(state);
+        }
+    }
+}
+
+/// The next session waits `wait` (at most a minute), without counting a failure.
+fn retry_in(state: &TargetState, wait: Duration) {
+    *lock(&state.retry_at) = Some(Instant::now() + wait.min(MAX_RETRY));
 }
 
 fn back_off(state: &TargetState) {

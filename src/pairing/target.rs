@@ -100,6 +100,7 @@ pub fn source_row(
             asset_tag: request.asset_tag.clone(),
             quota_mb: None,
             retention: None,
+            share: None,
         },
     }
 }
@@ -457,7 +458,8 @@ fn unpair_detail(current: Option<&str>, revoked: &[String]) -> String {
     }
 }
 
-/// What `PUT /api/replication/source?sid=` changes: the storage, the quota, or both.
+/// What `PUT /api/replication/source?sid=` changes: the storage, the quota, the share of
+/// receiving sessions, or several.
 #[derive(Clone, Copy, Debug, Default)]
 pub struct SourceChange {
     pub storage_id: Option<u64>,
@@ -465,9 +467,12 @@ pub struct SourceChange {
     pub quota_mb: Option<Option<u64>>,
     /// `Some(None)` keeps every received backup (no retention policy).
     pub retention: Option<Option<Retention>>,
+    /// `Some(None)` sets the weight back to the default (1).
+    pub share: Option<Option<u32>>,
 }
 
-/// Moves a source to another storage, sets its quota and/or its retention policy.
+/// Moves a source to another storage, sets its quota, its retention policy and/or its
+/// share.
 pub fn change_source(
     store: &Store,
     storage: &[Storage],
@@ -521,6 +526,11 @@ pub fn change_source(
             ));
             row.retention = policy;
         }
+        if let Some(w) = change.share {
+            let before = row.share();
+            row.share = w;
+            details.push(format!("share {before} -> {}", row.share()));
+        }
         row.updated = now;
         tx.put_system(&row)?;
         tx.audit(&actor.audit(
@@ -564,6 +574,7 @@ pub fn register_managed(
             asset_tag: asset_tag.map(String::from),
             quota_mb: None,
             retention: None,
+            share: None,
         };
         tx.put_system(&row)?;
         tx.audit(&actor.audit(

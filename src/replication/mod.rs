@@ -15,6 +15,7 @@ pub mod receiver;
 pub mod recycle;
 pub mod retention;
 pub mod sender;
+pub mod slots;
 pub mod stream;
 pub mod throttle;
 pub mod verify;
@@ -29,16 +30,19 @@ use crate::store::{Store, StoreError};
 pub struct Shared {
     pub live: live::Live,
     pub ledger: receiver::Ledger,
+    /// The receiving sessions' slots, shared fairly between sources.
+    pub slots: slots::Slots,
     pub verifier: Arc<verify::Verifier>,
     pub recycler: recycle::Recycler,
 }
 
 impl Shared {
-    /// Loads the stored settings into a fresh live state.
-    pub fn load(store: &Store) -> Result<Shared, StoreError> {
+    /// Loads the stored settings into a fresh live state; `max_sessions` received at once.
+    pub fn load(store: &Store, max_sessions: usize) -> Result<Shared, StoreError> {
         Ok(Shared {
             live: live::Live::new(store.replication_config()?, store.throttle()?),
             ledger: receiver::Ledger::default(),
+            slots: slots::Slots::new(max_sessions, std::time::Instant::now),
             verifier: Arc::new(verify::Verifier::default()),
             recycler: recycle::Recycler::default(),
         })

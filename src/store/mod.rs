@@ -85,7 +85,7 @@ pub use queue::{
 pub use recycle::{RecycleRecord, RecycleState};
 pub use requests::{OpenRequest, RequestRecord, RequestStatus, RequestSummary};
 pub use schema::CURRENT_VERSION as SCHEMA_VERSION;
-pub use systems::{Retention, SystemRecord, FIRST_SYSTEM_ID};
+pub use systems::{Retention, SystemRecord, DEFAULT_SHARE, FIRST_SYSTEM_ID, MAX_SHARE};
 pub use targets::{TargetRecord, TargetStatus};
 pub use tokens::TokenRecord;
 pub use users::{SessionRecord, UserRecord, UserWrite};

@@ -52,6 +52,9 @@ pub struct SystemRecord {
     /// None means no quota.
     #[serde(default)]
     pub quota_mb: Option<u64>,
+    /// This source's weight in the sharing of receiving sessions (SPEC 21); None is 1.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub share: Option<u32>,
     /// What the target keeps of this source's received backups (SPEC 20); None keeps all.
     #[serde(default)]
     pub retention: Option<Retention>,
@@ -74,6 +77,18 @@ impl Retention {
     /// The policy, or None when it keeps everything (no rule set).
     pub fn normalized(self) -> Option<Retention> {
         (self.keep_last.is_some() || self.keep_days.is_some()).then_some(self)
+    }
+}
+
+/// A source's weight in the sharing of receiving sessions when none is set, and the
+/// largest one may set (`share`, SPEC 21).
+pub const DEFAULT_SHARE: u32 = 1;
+pub const MAX_SHARE: u32 = 100;
+
+impl SystemRecord {
+    /// This source's weight in the sharing of receiving sessions.
+    pub fn share(&self) -> u32 {
+        self.share.unwrap_or(DEFAULT_SHARE)
     }
 }
 

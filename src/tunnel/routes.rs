@@ -13,7 +13,7 @@ use crate::config::{Fault, Storage};
 use crate::model::Chain;
 use crate::pairing::renewal::{self, RenewSide};
 use crate::pairing::{rollover, target};
-use crate::replication::{receiver, Shared};
+use crate::replication::{receiver, slots, Shared};
 use crate::store::Store;
 use crate::wire::protocol::{Hello, Renewal};
 use crate::wire::transfer::Code;
@@ -127,12 +127,12 @@ fn transfer(app: &App, call: &mut Call<'_>) -> Result<Reply, TunnelHttpError> {
             }
         })?;
     let shared = &app.replication;
-    let _slot = shared
-        .ledger
-        .admit(source.system_id)
+    let slot = shared
+        .slots
+        .admit(source.system_id, source.share)
         .map_err(|busy| TunnelHttpError::TooMany {
             message: busy.to_string(),
-            retry_after: 2,
+            retry_after: slots::RETRY_AFTER_S,
         })?;
     let peer = call.peer().addr.to_string();
     let (body, mut writer) = call
@@ -145,6 +145,7 @@ fn transfer(app: &App, call: &mut Call<'_>) -> Result<Reply, TunnelHttpError> {
         store: &app.store,
         live: &shared.live,
         ledger: &shared.ledger,
+        slot: Some(&slot),
         peer,
         now: crate::model::now,
     };

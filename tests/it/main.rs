@@ -7,6 +7,10 @@ mod harness;
 // The WAN link emulator's engine, shared with the `linkemu` example (bench/wan.sh).
 #[path = "../../bench/linkemu/link.rs"]
 mod linkemu;
+// The fleet load generator's engine, shared with the `fleet` example (bench/scale.sh).
+#[path = "../../bench/fleet/mod.rs"]
+#[allow(dead_code)]
+mod fleet;
 
 mod auth;
 mod backend;
@@ -41,7 +45,9 @@ mod rng;
 mod rollover;
 mod rules;
 mod s3_proxy;
+mod scale;
 mod seaweed;
+mod slots;
 mod target;
 mod tidy;
 mod tokens;

@@ -802,6 +802,26 @@ fn a_quota_refuses_before_the_transfer_starts_and_the_item_says_so() {
         &json!({"quota_mb": 10}),
     );
     assert_eq!((r.status, r.json()["quota_mb"].clone()), (200, json!(10)));
+    // Its share of the receiving sessions: 1 unless set, 1 to 100, null sets it back.
+    let path = format!("/api/replication/source?sid={}", p.sid);
+    let r = put(&tgt, &path, &tt, &json!({"share": 3}));
+    assert_eq!(
+        (r.status, r.json()["share"].clone()),
+        (200, json!(3)),
+        "{}",
+        r.text()
+    );
+    for bad in [json!(0), json!(101), json!("lots")] {
+        let r = put(&tgt, &path, &tt, &json!({ "share": bad }));
+        assert_eq!(r.status, 400, "{bad}: {}", r.text());
+    }
+    let r = put(&tgt, &path, &tt, &json!({"share": null}));
+    assert_eq!(
+        (r.status, r.json()["share"].clone()),
+        (200, json!(1)),
+        "{}",
+        r.text()
+    );
     let r = put(
         &src,
         "/api/replication/queue",

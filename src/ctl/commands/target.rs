@@ -118,6 +118,27 @@ pub(super) const COMMANDS: &[Command] = &[
         run: Run::Daemon(unpair),
     },
     Command {
+        name: "share",
+        help: &[Help {
+            syntax: "share SID WEIGHT|default",
+            about: "set paired source SID's weight in the sharing of transfer sessions\n\
+                    (1 to 100; default 1)",
+        }],
+        options: &[],
+        parse: |i| {
+            let [sid, weight] = i.operands(["a system ID", "a weight"])?;
+            let share = match weight {
+                "default" => None,
+                w => Some(positive("the weight", w)?),
+            };
+            Ok(CtlCommand::Share {
+                system_id: positive("the system ID", sid)?,
+                share,
+            })
+        },
+        run: Run::Daemon(set_share),
+    },
+    Command {
         name: "systems",
         help: &[Help {
             syntax: "systems",
@@ -278,6 +299,16 @@ fn unpair(cx: &Cx<'_>, c: &CtlCommand) -> Result<String, CtlError> {
         .map_err(|e| explain_unpair(cx.client, &token, system_id, e))?;
     Ok(cx.show(a, |_| {
         format!("unpaired system {system_id}: its certificate is revoked\n")
+    }))
+}
+
+fn set_share(cx: &Cx<'_>, c: &CtlCommand) -> Result<String, CtlError> {
+    let CtlCommand::Share { system_id, share } = *c else {
+        return Err(other_command());
+    };
+    let a = cx.client.set_share(&cx.token()?, system_id, share)?;
+    Ok(cx.show(a, |v| {
+        format!("system {system_id}: share {}\n", cell(&v["share"]))
     }))
 }
 

@@ -1,7 +1,7 @@
-//! What every receiving session shares ([`Ledger`]): admission of sessions per source,
-//! each source's stored bytes for its quota, what accepted offers will add to them, the
+//! What every receiving session shares ([`Ledger`]): each source's stored bytes for its quota, what accepted offers will add to them, the
 //! space that files in transfer hold on each storage, and the names being received now.
-//! One tenant cannot take another's sessions, quota or disk.
+//! One tenant cannot take another's quota or disk (nor its sessions:
+//! `replication::slots`).
 //!
 //! A source's sizes are hostile input: every sum here saturates, and a file larger than
 //! its storage could ever hold is refused outright. The rules (docs/decisions.md,
@@ -21,7 +21,6 @@
 //!   file holds none for long, and no source holds more than its share.
 
 use std::collections::{HashMap, HashSet};
-use std::fmt;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
@@ -37,25 +36,6 @@ pub const SPACE_MARGIN: u64 = 16 * 1024 * 1024;
 pub const STALL: Duration = Duration::from_secs(30);
 /// A window's last progress is noted at most this often (one lock per second per file).
 const TOUCH_EVERY: Duration = Duration::from_secs(1);
-
-/// A session refused by [`Ledger::admit`]: the source holds its share of sessions now.
-#[derive(Debug, PartialEq, Eq)]
-pub struct Busy {
-    /// The sessions the source has open.
-    pub open: usize,
-}
-
-impl fmt::Display for Busy {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(
-            f,
-            "this source has {} transfer sessions open, its share of this target now; try again shortly",
-            self.open
-        )
-    }
-}
-
-impl std::error::Error for Busy {}
 
 /// What every receiving session shares: each source's stored bytes (for quotas), what
 /// accepted offers will add per source, the space windows of files in transfer, and the
@@ -73,17 +53,8 @@ impl Default for Ledger {
     }
 }
 
-/// Receiving sessions this appliance runs at once when several sources compete; a source
-/// gets `SESSIONS_SHARED / sources sending` of them (at least one), and a source with
-/// none is always let in, up to [`MAX_SESSIONS`].
-pub const SESSIONS_SHARED: usize = 8;
-/// Receiving sessions at most, whoever asks.
-pub const MAX_SESSIONS: usize = 64;
-
 #[derive(Debug, Default)]
 struct LedgerState {
-    /// Receiving sessions per source system id.
-    sessions: HashMap<u64, usize>,
     /// Committed bytes per source uuid, loaded from the database on first use.
     stored: HashMap<String, u64>,
     /// What accepted offers will add once committed, per source uuid.
@@ -123,24 +94,6 @@ pub(super) struct Ask<'n> {
     pub grows: u64,
     /// What it still has to write to the storage.
     pub writes: u64,
-}
-
-/// A receiving session's place, released when dropped.
-pub struct Admission<'a> {
-    ledger: &'a Ledger,
-    system_id: u64,
-}
-
-impl Drop for Admission<'_> {
-    fn drop(&mut self) {
-        let mut s = lock(&self.ledger.inner);
-        if let Some(n) = s.sessions.get_mut(&self.system_id) {
-            *n = n.saturating_sub(1);
-            if *n == 0 {
-                s.sessions.remove(&self.system_id);
-            }
-        }
-    }
 }
 
 /// An accepted offer's share of the quota, its file's space window once bytes arrive,
@@ -204,25 +157,6 @@ impl Ledger {
             inner: Mutex::default(),
             stall,
         }
-    }
-
-    /// Lets a session of `system_id` in, fairly: a source that has none is always let in
-    /// (up to [`MAX_SESSIONS`]); one that has some gets another only while it holds less
-    /// than its share of [`SESSIONS_SHARED`] among the sources sending now.
-    pub fn admit(&self, system_id: u64) -> Result<Admission<'_>, Busy> {
-        let mut s = lock(&self.inner);
-        let total: usize = s.sessions.values().sum();
-        let mine = s.sessions.get(&system_id).copied().unwrap_or(0);
-        let sources = s.sessions.len() + usize::from(mine == 0);
-        let share = (SESSIONS_SHARED / sources.max(1)).max(1);
-        if total >= MAX_SESSIONS || (mine > 0 && mine >= share) {
-            return Err(Busy { open: mine });
-        }
-        *s.sessions.entry(system_id).or_default() += 1;
-        Ok(Admission {
-            ledger: self,
-            system_id,
-        })
     }
 
     /// Admits one offered file, or says why not (see the module's rules). `space` is the

@@ -30,10 +30,7 @@ use std::path::{Path, PathBuf};
 use ring::digest::{Context as Sha256, SHA256};
 
 pub use commit::{channel as commit_channel, commit, Committer};
-pub use ledger::{
-    quota_usage, Admission, Busy, Ledger, Reservation, Space, MAX_SESSIONS, SESSIONS_SHARED,
-    SPACE_MARGIN, STALL,
-};
+pub use ledger::{quota_usage, Ledger, Reservation, Space, SPACE_MARGIN, STALL};
 pub use repair::{expire_partials, repair, Repair};
 pub use session::{serve, turn_away};
 pub use sink::{FileSink, Sealed};
@@ -119,6 +116,8 @@ pub struct Source {
     pub uuid: String,
     pub storage: Storage,
     pub quota_mb: Option<u64>,
+    /// Its weight in the sharing of receiving sessions (`share`, 1 unless set).
+    pub share: u32,
 }
 
 /// Finds the source a tunnel client certificate belongs to: the issued certificate's
@@ -172,6 +171,7 @@ pub fn identify(store: &Store, storages: &[Storage], serial: &str) -> Result<Sou
         uuid,
         storage,
         quota_mb: row.quota_mb,
+        share: row.share(),
     })
 }
 
@@ -206,6 +206,9 @@ pub struct Context<'a> {
     pub store: &'a Store,
     pub live: &'a Live,
     pub ledger: &'a Ledger,
+    /// The session's slot: asked at each offer whether to end so a waiting source gets a
+    /// turn (None: never).
+    pub slot: Option<&'a crate::replication::slots::Admission<'a>>,
     /// The peer's address, for log lines.
     pub peer: String,
     pub now: fn() -> UnixTime,
@@ -307,6 +310,7 @@ impl Scratch {
                     usage: crate::config::StorageUsage::Backup,
                 },
                 quota_mb: None,
+                share: 1,
             },
             dir,
         }

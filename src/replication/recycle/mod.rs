@@ -149,6 +149,7 @@ pub fn source_of(row: &SystemRecord, storages: &[Storage]) -> Option<Source> {
         uuid,
         storage: storage.clone(),
         quota_mb: row.quota_mb,
+        share: row.share(),
     })
 }
 

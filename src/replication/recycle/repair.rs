@@ -93,6 +93,7 @@ fn repair_row(
         uuid: uuid.to_string(),
         storage: storage.clone(),
         quota_mb: None,
+        share: crate::store::DEFAULT_SHARE,
     };
     let (received, in_bin) = paths(&source, &name, rec);
     let lost = |out: &mut BinRepair| {

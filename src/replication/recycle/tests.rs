@@ -57,6 +57,7 @@ fn with_policy(s: &Scratch, policy: Option<Retention>, quota_mb: Option<u64>) {
         request_id: None,
         asset_tag: None,
         quota_mb,
+        share: None,
         last_serial: None,
         retention: policy,
     };
