@@ -6,6 +6,7 @@ use crate::model::Chain;
 use crate::pairing::error::{Cap, PairingError};
 use crate::pairing::source::request::{CallError, SourceError};
 use crate::replication::admin::AdminError;
+use crate::replication::restore::RestoreError;
 use crate::spool::SpoolError;
 use crate::store::StoreError;
 
@@ -244,6 +245,20 @@ impl From<AdminError> for ApiError {
             }
             A::BadName(_) | A::Invalid(_) => ApiError::BadRequest(text),
             A::Store(_) => ApiError::Internal(Box::new(e)),
+        }
+    }
+}
+
+impl From<RestoreError> for ApiError {
+    fn from(e: RestoreError) -> Self {
+        use RestoreError as R;
+        let text = Chain(&e).to_string();
+        match e {
+            R::UnknownTarget(_) | R::NotOnTarget(_) | R::Nothing => ApiError::NotFound(text),
+            R::TargetNotPaired { .. } | R::AlreadyRestoring { .. } => ApiError::Conflict(text),
+            R::Invalid(_) => ApiError::BadRequest(text),
+            R::BadListing(_) => ApiError::BadGateway(text),
+            R::Store(_) => ApiError::Internal(Box::new(e)),
         }
     }
 }

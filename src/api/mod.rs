@@ -8,6 +8,7 @@ pub mod error;
 mod pairing;
 mod pending;
 mod replication;
+mod restore;
 mod routes;
 mod source;
 mod spool_files;

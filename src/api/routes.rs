@@ -248,6 +248,12 @@ pub fn route_table() -> Vec<Route> {
         .names_sid(),
         route(
             "POST",
+            "/api/replication/restore",
+            Token(Manage),
+            super::restore::restore,
+        ),
+        route(
+            "POST",
             "/api/replication/verify",
             Token(Manage),
             replication::verify,

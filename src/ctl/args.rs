@@ -115,6 +115,15 @@ pub enum CtlCommand {
         target_id: u64,
         backup: String,
     },
+    /// `restore TARGET_ID (CLIENT/FILE... | --client NAME... | --all)`.
+    Restore {
+        target_id: u64,
+        backups: Vec<String>,
+        clients: Vec<String>,
+        all: bool,
+        storage_id: Option<u64>,
+        overwrite: bool,
+    },
     /// `queue remove|reset`: items by id, and every open item of the clients.
     QueueChange {
         ids: Vec<u64>,

@@ -358,6 +358,15 @@ impl Client {
         self.call(Method::Get, &path, Some(token), None)
     }
 
+    pub fn restore(&self, token: &Secret<String>, body: &Value) -> Result<Answer, CtlError> {
+        self.call(
+            Method::Post,
+            "/api/replication/restore",
+            Some(token),
+            Some(body),
+        )
+    }
+
     pub fn verify(&self, token: &Secret<String>, system_id: u64) -> Result<Answer, CtlError> {
         let path = format!("/api/replication/verify?sid={system_id}");
         self.call(Method::Post, &path, Some(token), Some(&json!({})))

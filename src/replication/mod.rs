@@ -12,6 +12,7 @@ pub mod live;
 pub mod names;
 pub mod queue;
 pub mod receiver;
+pub mod restore;
 pub mod sender;
 pub mod stream;
 pub mod throttle;
@@ -28,6 +29,8 @@ pub struct Shared {
     pub live: live::Live,
     pub ledger: receiver::Ledger,
     pub verifier: Arc<verify::Verifier>,
+    /// Live progress of restores (source side).
+    pub restores: restore::Board,
 }
 
 impl Shared {
@@ -37,6 +40,7 @@ impl Shared {
             live: live::Live::new(store.replication_config()?, store.throttle()?),
             ledger: receiver::Ledger::default(),
             verifier: Arc::new(verify::Verifier::default()),
+            restores: restore::Board::default(),
         })
     }
 }

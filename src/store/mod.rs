@@ -9,7 +9,7 @@
 //!   dropped, leaving nothing, when it returns `Err`. The closure does store work only:
 //!   no network I/O, no sleep, no file writes.
 //! - One file per entity (`requests.rs`, `systems.rs`, `certs.rs`, `targets.rs`,
-//!   `users.rs`, `audit.rs`, `tokens.rs`, `queue.rs`, `meta.rs`) holds its records and
+//!   `users.rs`, `audit.rs`, `tokens.rs`, `queue.rs`, `restores.rs`, `meta.rs`) holds its records and
 //!   every read and write of its tables, each read written once over `access::Tables`: a
 //!   `Store` read sees one snapshot per call, a `Txn` read sees the transaction's own
 //!   uncommitted writes. Re-exported here, so every name is `store::Name`.
@@ -45,6 +45,7 @@ mod meta;
 mod migrate;
 mod queue;
 mod requests;
+mod restores;
 mod schema;
 mod systems;
 mod targets;
@@ -67,6 +68,7 @@ pub use queue::{
     ThrottleRecord, ThrottleWindow,
 };
 pub use requests::{OpenRequest, RequestRecord, RequestStatus, RequestSummary};
+pub use restores::{RestoreBook, RestoreItem, RestoreStatus, MAX_FINISHED_RESTORES};
 pub use schema::CURRENT_VERSION as SCHEMA_VERSION;
 pub use systems::{SystemRecord, FIRST_SYSTEM_ID};
 pub use targets::{TargetRecord, TargetStatus};

@@ -245,7 +245,8 @@ pub const QUEUE_LATEST: Def<IdName> = Def::new("queue_latest");
 pub const RECEIVED: Def<NamePair> = Def::new("received");
 /// (source system uuid, backup name) → `PartialRecord`: a durable partial copy.
 pub const PARTIALS: Def<NamePair> = Def::new("partials");
-/// `config` → `ReplicationConfig`, `throttle` → `ThrottleRecord`.
+/// `config` → `ReplicationConfig`, `throttle` → `ThrottleRecord`, `restores` →
+/// `RestoreBook` (source side: backups pulled back from targets).
 pub const REPLICATION_SETTINGS: Def<Name> = Def::new("replication_settings");
 
 /// Token id (12 lowercase hex digits) → `TokenRecord` (target side). The secret is never

@@ -34,6 +34,7 @@ mod ops;
 mod pairing;
 mod renewal;
 mod replication;
+mod restore;
 mod rng;
 mod rules;
 mod s3_proxy;

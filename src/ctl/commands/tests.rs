@@ -66,6 +66,31 @@ fn replication_commands_parse_with_their_checks() {
             reset: true
         }
     );
+    assert_eq!(
+        command("restore 2 web/mon web/tue --storage 3 --overwrite"),
+        CtlCommand::Restore {
+            target_id: 2,
+            backups: vec!["web/mon".into(), "web/tue".into()],
+            clients: vec![],
+            all: false,
+            storage_id: Some(3),
+            overwrite: true
+        }
+    );
+    assert_eq!(
+        command("restore 2 --all"),
+        CtlCommand::Restore {
+            target_id: 2,
+            backups: vec![],
+            clients: vec![],
+            all: true,
+            storage_id: None,
+            overwrite: false
+        }
+    );
+    assert!(usage_error("restore 2").contains("exactly one of"));
+    assert!(usage_error("restore 2 --all --client web").contains("exactly one of"));
+    assert!(usage_error("restore").contains("target ID"));
     assert!(usage_error("queue remove").contains("item IDs or --client"));
     assert!(usage_error("queue drop 1").contains("add, remove or reset"));
     assert_eq!(
@@ -531,6 +556,7 @@ fn every_command_parses_to_its_own_entry() {
         ("users remove ops", "users remove"),
         ("queue", "queue"),
         ("queue reset 3", "queue reset"),
+        ("restore 1 --all", "restore"),
         ("token list", "token list"),
         ("help", "help"),
         ("accept 1 --help", "help"),
