@@ -518,7 +518,7 @@ fn source_of(call: &Call) -> Result<(u64, String, crate::config::Storage), ApiEr
         .system(sid)?
         .filter(|r| r.role.is_source())
         .ok_or_else(|| ApiError::NotFound(format!("no replication source with sid {sid}")))?;
-    let uuid = row.system_uuid.clone().unwrap_or_default();
+    let uuid = row.copies_uuid().unwrap_or_default().to_string();
     let storage = row
         .storage_id
         .and_then(|id| call.app.config.storage.iter().find(|s| s.id == id))

@@ -74,6 +74,8 @@ pub enum CtlCommand {
     Accept {
         request_id: u64,
         storage_id: Option<u64>,
+        /// `--replaces SID`: a replacement appliance takes over that lost source.
+        replaces: Option<u64>,
     },
     Reject {
         request_id: u64,

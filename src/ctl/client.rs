@@ -74,8 +74,13 @@ pub struct Answer {
 
 /// How `accept`/`reject` resolve a request.
 pub enum Resolution<'a> {
-    Accept { storage_id: Option<u64> },
-    Reject { message: &'a str },
+    Accept {
+        storage_id: Option<u64>,
+        replaces: Option<u64>,
+    },
+    Reject {
+        message: &'a str,
+    },
 }
 
 /// The one client for the daemon's admin API, built once per invocation.
@@ -159,10 +164,16 @@ impl Client {
         resolution: Resolution,
     ) -> Result<Answer, CtlError> {
         let body = match resolution {
-            Resolution::Accept { storage_id } => {
+            Resolution::Accept {
+                storage_id,
+                replaces,
+            } => {
                 let mut body = json!({ "request_id": request_id, "accept": true });
                 if let Some(s) = storage_id {
                     body["storage_id"] = json!(s);
+                }
+                if let Some(r) = replaces {
+                    body["replaces_system_id"] = json!(r);
                 }
                 body
             }

@@ -305,6 +305,7 @@ pub(crate) fn file_with_token(
             storage,
             &issued,
             t.quota_mb.map(Some),
+            None,
             &actor,
             now,
         )?;

@@ -48,6 +48,18 @@ pub struct SystemRecord {
     /// None means no quota.
     #[serde(default)]
     pub quota_mb: Option<u64>,
+    /// The uuid under which this source's copies are kept (`<storage>/<uuid>/`, the
+    /// received records) when it replaced another appliance and took over its copies
+    /// (SPEC 20); None: its own `system_uuid`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub copies_uuid: Option<String>,
+}
+
+impl SystemRecord {
+    /// The uuid this source's copies are kept under: inherited, or its own.
+    pub fn copies_uuid(&self) -> Option<&str> {
+        self.copies_uuid.as_deref().or(self.system_uuid.as_deref())
+    }
 }
 
 fn system(tx: &impl Tables, id: u64) -> Result<Option<SystemRecord>> {

@@ -172,3 +172,92 @@ fn lost_backups_come_back_through_the_tunnel_verified_and_local_files_are_kept()
     assert!(src.log().contains("restored from target"), "{}", src.log());
     drop(tgt);
 }
+
+/// Files a pairing request from `src` to `tgt`; returns the answer (`request_id`,
+/// `target_id`).
+fn file_request(src: &Daemon, tgt: &Daemon) -> Value {
+    let r = src.client().post_json(
+        "/api/replication/target",
+        Some(&src.root_token()),
+        &json!({"type": "appliance", "target": tgt.api.to_string(),
+                "fingerprint": tgt.ca_fingerprint()}),
+    );
+    assert_eq!(r.status, 201, "request target: {}", r.text());
+    r.json()
+}
+
+#[test]
+fn a_replacement_appliance_takes_over_a_lost_source_and_restores_everything() {
+    let (old, tgt) = start_pair("restore-replace");
+    let p = pair(&old, &tgt, json!({"quota_mb": 500}));
+    let ot = old.root_token();
+    let backups: Vec<(String, Vec<u8>)> = (0..4)
+        .map(|i| {
+            (
+                format!("c{}/b-{i}", i % 2),
+                content(i as u8, 50_000 + i * 300_000),
+            )
+        })
+        .collect();
+    for (name, bytes) in &backups {
+        write_backup(&old, name, bytes);
+    }
+    for (name, _) in &backups {
+        wait_item(&old, &ot, name, "done", Duration::from_secs(60));
+    }
+    // The source is lost; a new appliance (new key, new data dir) asks the target.
+    let new = Daemon::start("restore-replace-new", crate::harness::pairing_opts());
+    let tt = tgt.root_token();
+    let accept = |body: Value| {
+        tgt.client()
+            .post_json("/api/replication/source", Some(&tt), &body)
+    };
+    // Only a replication source can be replaced; nothing is decided by a refusal.
+    let filed = file_request(&new, &tgt);
+    let (request_id, target_id) = (filed["request_id"].clone(), filed["target_id"].clone());
+    for (replaces, status) in [(999, 404), (1, 404)] {
+        let r = accept(json!({"request_id": request_id, "accept": true,
+                              "replaces_system_id": replaces}));
+        assert_eq!(r.status, status, "{replaces}: {}", r.text());
+    }
+    let r = accept(json!({"request_id": request_id, "accept": true,
+                          "replaces_system_id": p.sid}));
+    assert_eq!(r.status, 201, "{}", r.text());
+    assert_eq!(r.json()["system_id"], p.sid, "the same systems row");
+    let nt = new.root_token();
+    eventually(
+        Duration::from_secs(30),
+        "replacement pairing complete",
+        || {
+            let t = new
+                .client()
+                .get("/api/replication/targets", Some(&nt))
+                .json();
+            (t["targets"][0]["status"] == "complete").then_some(())
+        },
+    );
+    // The old appliance's certificate is revoked: it can no longer reach the copies (it
+    // learns of the revocation on its next poll: 409; before that the tunnel refuses its
+    // certificate: 502).
+    let r = restore(&old, &ot, json!({"target_id": p.target_id, "all": true}));
+    assert!([409, 502].contains(&r.status), "{}", r.text());
+    assert!(restore_items(&old, &ot, &backups[0].0).is_empty());
+    // The new pairing kept the quota and sees the old one's copies.
+    let row = crate::harness::systems_row(&tgt.systems(&tt), |s| s["id"] == p.sid);
+    assert_eq!(row["quota_mb"], 500, "{row}");
+    assert!(tgt.log().contains("system replaced"), "{}", tgt.log());
+    // Everything comes back, every SHA-256 the same.
+    let r = restore(&new, &nt, json!({"target_id": target_id, "all": true}));
+    assert_eq!(r.status, 202, "{}", r.text());
+    let queued = r.json()["restore"].as_array().cloned().unwrap();
+    assert_eq!(queued.len(), backups.len());
+    let storage = new.data_dir.join("storage");
+    for item in &queued {
+        wait_restore(&new, &nt, &item["id"], "done");
+    }
+    for (name, bytes) in &backups {
+        let restored = std::fs::read(storage.join(name)).unwrap();
+        assert_eq!(sha256_hex(&restored), sha256_hex(bytes), "{name}");
+    }
+    drop(old);
+}

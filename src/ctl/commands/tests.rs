@@ -190,14 +190,16 @@ fn target_side_commands_parse_their_ids_and_options() {
         command("accept 7 --storage 2"),
         CtlCommand::Accept {
             request_id: 7,
-            storage_id: Some(2)
+            storage_id: Some(2),
+            replaces: None
         }
     );
     assert_eq!(
         command("accept 7"),
         CtlCommand::Accept {
             request_id: 7,
-            storage_id: None
+            storage_id: None,
+            replaces: None
         }
     );
     let reject = parse_ctl(&[
@@ -224,7 +226,8 @@ fn a_pending_rows_negative_system_id_names_its_request() {
         command("accept -7"),
         CtlCommand::Accept {
             request_id: 7,
-            storage_id: None
+            storage_id: None,
+            replaces: None
         }
     );
     assert_eq!(command("ignore -4"), CtlCommand::Ignore { request_id: 4 });

@@ -117,7 +117,7 @@ pub fn identify(store: &Store, storages: &[Storage], serial: &str) -> Result<Sou
                 "this certificate belongs to no paired source",
             )
         })?;
-    let uuid = row.system_uuid.clone().unwrap_or_default();
+    let uuid = row.copies_uuid().unwrap_or_default().to_string();
     check_component(&uuid)
         .map_err(|e| Refusal::new(Code::NotPaired, format!("source uuid: {e}")))?;
     let storage = row
