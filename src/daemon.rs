@@ -191,6 +191,8 @@ fn spawn_jobs(
             shared: app.replication.clone(),
             storages: config.storage.clone(),
             dirs: app.target_dirs.clone(),
+            scratch: config.data_dir.join("drill-scratch"),
+            drill_interval: config.drill_interval.as_secs(),
         },
         shutdown.clone(),
     )

@@ -255,7 +255,9 @@ impl From<RestoreError> for ApiError {
         let text = Chain(&e).to_string();
         match e {
             R::UnknownTarget(_) | R::NotOnTarget(_) | R::Nothing => ApiError::NotFound(text),
-            R::TargetNotPaired { .. } | R::AlreadyRestoring { .. } => ApiError::Conflict(text),
+            R::TargetNotPaired { .. } | R::AlreadyRestoring { .. } | R::DrillOpen { .. } => {
+                ApiError::Conflict(text)
+            }
             R::Invalid(_) => ApiError::BadRequest(text),
             R::BadListing(_) => ApiError::BadGateway(text),
             R::Store(_) => ApiError::Internal(Box::new(e)),

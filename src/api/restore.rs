@@ -1,8 +1,9 @@
 //! `POST /api/replication/restore` (SPEC 20), source side: asks the target what it holds
 //! for this source (through the tunnel, with the pairing's certificate), picks what the
 //! body names, and queues the restore items the restore job pulls; and the items'
-//! shape in the queue lists (`direction: "restore"`). Parse, call
-//! `replication::restore`, render.
+//! shape in the queue lists (`direction: "restore"`). `POST/GET /api/replication/drill`:
+//! queue a restore drill, list the results. Parse, call `replication::restore` and
+//! `replication::drill`, render.
 
 use serde_json::{json, Value};
 
@@ -10,8 +11,9 @@ use super::body::Body;
 use super::error::ApiError;
 use super::{Call, Reply};
 use crate::remote::restore::RestoreClient;
+use crate::replication::drill;
 use crate::replication::restore::{self, Board, Request, Selection};
-use crate::store::{RestoreItem, RestoreStatus};
+use crate::store::{DrillRecord, RestoreItem, RestoreStatus};
 
 const MIB: u64 = 1024 * 1024;
 
@@ -139,4 +141,55 @@ pub fn restore(call: &Call) -> Result<Reply, ApiError> {
         .map(|i| item_json(i, &target.host, board))
         .collect();
     Ok(Reply::json(202, json!({ "restore": list })))
+}
+
+fn drill_json(d: &DrillRecord) -> Value {
+    let mut v = json!({
+        "id": d.id,
+        "target_id": d.target_id,
+        "bytes_asked": d.bytes_asked,
+        "scheduled": d.scheduled,
+        "requested": d.requested,
+        "result": d.result.as_str(),
+        "bytes": d.bytes,
+        "copies": d.copies,
+        "duration_ms": d.duration_ms,
+    });
+    for (k, t) in [("started", d.started), ("finished", d.finished)] {
+        if let Some(t) = t {
+            v[k] = json!(t);
+        }
+    }
+    if let Some(m) = &d.message {
+        v["message"] = json!(m);
+    }
+    v
+}
+
+/// `POST /api/replication/drill {"target_id", "bytes"?}` → 202 `{"drill"}`: the restore
+/// job runs it next.
+pub fn request_drill(call: &Call) -> Result<Reply, ApiError> {
+    let body = call.json()?;
+    let target_id = body.id("target_id")?;
+    let bytes = body.opt_number("bytes", 1, u64::MAX / 2)?;
+    let d = drill::request(
+        &call.app.store,
+        target_id,
+        bytes,
+        false,
+        &call.actor(),
+        call.now,
+    )?;
+    Ok(Reply::json(202, json!({ "drill": drill_json(&d) })))
+}
+
+/// `GET /api/replication/drill` → `{"drills": [...] (newest first), "last_success"?}`.
+pub fn list_drills(call: &Call) -> Result<Reply, ApiError> {
+    let book = call.app.store.drills()?;
+    let drills: Vec<Value> = book.drills.iter().rev().map(drill_json).collect();
+    let mut v = json!({ "drills": drills });
+    if let Some(t) = drill::last_success(&book.drills) {
+        v["last_success"] = json!(t);
+    }
+    Ok(Reply::json(200, v))
 }

@@ -254,6 +254,18 @@ pub fn route_table() -> Vec<Route> {
         ),
         route(
             "POST",
+            "/api/replication/drill",
+            Token(Manage),
+            super::restore::request_drill,
+        ),
+        route(
+            "GET",
+            "/api/replication/drill",
+            Token(Monitor),
+            super::restore::list_drills,
+        ),
+        route(
+            "POST",
             "/api/replication/verify",
             Token(Manage),
             replication::verify,

@@ -10,11 +10,27 @@ use crate::model::Role;
 use crate::store::{RequestStatus, TargetStatus};
 
 /// `GET /api/health` (no token): up, the version, and a warning for each certificate
-/// (or the CA) that ends within 30 days (`lifecycle::warnings`). The warnings name ids
+/// (or the CA) that ends within 30 days (`lifecycle::warnings`), and one when no restore
+/// drill passed within `drill_warn_days` (`replication::drill::warning`). The warnings name ids
 /// only, never host names: the endpoint is open to anyone who reaches the listener.
 pub fn health(call: &Call) -> Result<Reply, ApiError> {
     let certs = call.app.certificates()?;
-    let warnings = crate::lifecycle::warnings(&certs, call.now);
+    let mut warnings = crate::lifecycle::warnings(&certs, call.now);
+    let paired_since = call
+        .app
+        .store
+        .targets()?
+        .iter()
+        .filter(|t| t.status == TargetStatus::Complete)
+        .map(|t| t.updated)
+        .min();
+    let drills = call.app.store.drills()?;
+    warnings.extend(crate::replication::drill::warning(
+        &drills.drills,
+        paired_since,
+        call.app.config.drill_warn_days,
+        call.now,
+    ));
     Ok(Reply::json(
         200,
         json!({ "status": "ok", "version": env!("CARGO_PKG_VERSION"), "warnings": warnings }),
@@ -66,6 +82,7 @@ fn state(app: &App, out: &mut Exposition) -> Result<(), ApiError> {
         "status",
         &counted,
     );
+    last_drill(app, out)?;
     let systems = app.store.systems()?;
     let counted = [Role::Managed, Role::Source, Role::NonManagedSource].map(|role| {
         let n = systems.iter().filter(|s| s.role == role).count();
@@ -172,6 +189,18 @@ fn gauges(
     for (value, n) in counted {
         out.gauge(name, help, &[(label, value)], *n as f64);
     }
+}
+
+/// `replgate_last_drill_success_timestamp`: the last restore drill that passed (0: none).
+fn last_drill(app: &App, out: &mut Exposition) -> Result<(), ApiError> {
+    let drills = app.store.drills()?;
+    out.gauge(
+        "replgate_last_drill_success_timestamp",
+        "Unix time of the last restore drill that passed (0: none yet).",
+        &[],
+        crate::replication::drill::last_success(&drills.drills).unwrap_or(0) as f64,
+    );
+    Ok(())
 }
 
 /// `POST /api/metrics/token`: a scraper token for the caller, capped to `monitor` and

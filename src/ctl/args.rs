@@ -117,6 +117,12 @@ pub enum CtlCommand {
         target_id: u64,
         backup: String,
     },
+    /// `drill TARGET_ID [--bytes N]`.
+    Drill {
+        target_id: u64,
+        bytes: Option<u64>,
+    },
+    Drills,
     /// `restore TARGET_ID (CLIENT/FILE... | --client NAME... | --all)`.
     Restore {
         target_id: u64,

@@ -378,6 +378,19 @@ impl Client {
         )
     }
 
+    pub fn drill(&self, token: &Secret<String>, body: &Value) -> Result<Answer, CtlError> {
+        self.call(
+            Method::Post,
+            "/api/replication/drill",
+            Some(token),
+            Some(body),
+        )
+    }
+
+    pub fn drills(&self, token: &Secret<String>) -> Result<Answer, CtlError> {
+        self.call(Method::Get, "/api/replication/drill", Some(token), None)
+    }
+
     pub fn verify(&self, token: &Secret<String>, system_id: u64) -> Result<Answer, CtlError> {
         let path = format!("/api/replication/verify?sid={system_id}");
         self.call(Method::Post, &path, Some(token), Some(&json!({})))

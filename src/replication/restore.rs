@@ -77,6 +77,11 @@ pub enum RestoreError {
         backup: String,
         item_id: u64,
     },
+    /// A drill of this target is queued or running.
+    DrillOpen {
+        drill_id: u64,
+        target_id: u64,
+    },
     Store(StoreError),
 }
 
@@ -96,6 +101,13 @@ impl fmt::Display for RestoreError {
             RestoreError::AlreadyRestoring { backup, item_id } => {
                 write!(f, "{backup} is already being restored as item {item_id}")
             }
+            RestoreError::DrillOpen {
+                drill_id,
+                target_id,
+            } => write!(
+                f,
+                "drill {drill_id} of target {target_id} is queued or running already"
+            ),
             RestoreError::Store(_) => f.write_str("restore state"),
         }
     }

@@ -68,7 +68,10 @@ pub use queue::{
     ThrottleRecord, ThrottleWindow,
 };
 pub use requests::{OpenRequest, RequestRecord, RequestStatus, RequestSummary};
-pub use restores::{RestoreBook, RestoreItem, RestoreStatus, MAX_FINISHED_RESTORES};
+pub use restores::{
+    DrillBook, DrillRecord, DrillResult, RestoreBook, RestoreItem, RestoreStatus,
+    MAX_FINISHED_RESTORES,
+};
 pub use schema::CURRENT_VERSION as SCHEMA_VERSION;
 pub use systems::{SystemRecord, FIRST_SYSTEM_ID};
 pub use targets::{TargetRecord, TargetStatus};

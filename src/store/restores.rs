@@ -1,7 +1,8 @@
-//! Restores (source side, SPEC 20): backups pulled back from a target. Kept as one record,
-//! [`RestoreBook`], under the key `restores` of `replication_settings`, so restores need
-//! no new table and no migration; every field has a default. The book holds the open
-//! restores and the last [`MAX_FINISHED_RESTORES`] finished ones.
+//! Restores and restore drills (source side, SPEC 20): backups pulled back from a target,
+//! and samples restored to check that they can be. Each kind is one record ([`RestoreBook`]
+//! under `restores`, [`DrillBook`] under `drills` of `replication_settings`), so they need
+//! no new table and no migration; every field has a default. The restore book holds the
+//! open restores and the last [`MAX_FINISHED_RESTORES`] finished ones.
 
 use serde::{Deserialize, Serialize};
 
@@ -10,6 +11,10 @@ use super::{schema, Result, Store, Txn};
 use crate::model::UnixTime;
 
 const RESTORES_KEY: &str = "restores";
+const DRILLS_KEY: &str = "drills";
+
+/// Drill results kept; older ones are dropped.
+pub const MAX_DRILLS: usize = 200;
 
 /// Finished restores kept for the queue's history; older ones are dropped.
 pub const MAX_FINISHED_RESTORES: usize = 1_000;
@@ -106,6 +111,74 @@ impl RestoreBook {
     }
 }
 
+/// Where a restore drill stands, and how it ended.
+#[derive(Clone, Copy, Debug, Serialize, Deserialize, PartialEq, Eq, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum DrillResult {
+    #[default]
+    Queued,
+    Running,
+    Passed,
+    Failed,
+}
+
+impl DrillResult {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            DrillResult::Queued => "queued",
+            DrillResult::Running => "running",
+            DrillResult::Passed => "passed",
+            DrillResult::Failed => "failed",
+        }
+    }
+}
+
+/// One restore drill (SPEC 20): a random sample restored from a target into a scratch
+/// directory and checked end to end.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq, Default)]
+pub struct DrillRecord {
+    pub id: u64,
+    pub target_id: u64,
+    /// The sample size asked for (bytes); the drill restores copies until it has this much.
+    pub bytes_asked: u64,
+    /// Whether `drill_interval` started it (else an admin).
+    #[serde(default)]
+    pub scheduled: bool,
+    pub requested: UnixTime,
+    #[serde(default)]
+    pub result: DrillResult,
+    #[serde(default)]
+    pub started: Option<UnixTime>,
+    #[serde(default)]
+    pub finished: Option<UnixTime>,
+    /// Bytes and copies restored and checked.
+    #[serde(default)]
+    pub bytes: u64,
+    #[serde(default)]
+    pub copies: u64,
+    #[serde(default)]
+    pub duration_ms: u64,
+    #[serde(default)]
+    pub message: Option<String>,
+}
+
+/// Every drill kept, oldest first, and the next id.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq, Default)]
+pub struct DrillBook {
+    #[serde(default = "first_id")]
+    pub next_id: u64,
+    #[serde(default)]
+    pub drills: Vec<DrillRecord>,
+}
+
+fn drills(tx: &impl Tables) -> Result<DrillBook> {
+    let book: Option<DrillBook> = access::get(tx, schema::REPLICATION_SETTINGS, DRILLS_KEY)?;
+    Ok(book.unwrap_or(DrillBook {
+        next_id: first_id(),
+        drills: Vec::new(),
+    }))
+}
+
 fn restores(tx: &impl Tables) -> Result<RestoreBook> {
     let book: Option<RestoreBook> = access::get(tx, schema::REPLICATION_SETTINGS, RESTORES_KEY)?;
     Ok(book.unwrap_or(RestoreBook {
@@ -118,6 +191,10 @@ impl Store {
     pub fn restores(&self) -> Result<RestoreBook> {
         restores(&self.snapshot()?)
     }
+
+    pub fn drills(&self) -> Result<DrillBook> {
+        drills(&self.snapshot()?)
+    }
 }
 
 impl Txn {
@@ -127,6 +204,17 @@ impl Txn {
 
     pub fn put_restores(&self, book: &RestoreBook) -> Result<()> {
         self.put(schema::REPLICATION_SETTINGS, RESTORES_KEY, book)
+    }
+
+    pub fn drills(&self) -> Result<DrillBook> {
+        drills(&self.inner)
+    }
+
+    /// Stores the book, keeping the newest [`MAX_DRILLS`].
+    pub fn put_drills(&self, book: &mut DrillBook) -> Result<()> {
+        let extra = book.drills.len().saturating_sub(MAX_DRILLS);
+        book.drills.drain(..extra);
+        self.put(schema::REPLICATION_SETTINGS, DRILLS_KEY, book)
     }
 }
 

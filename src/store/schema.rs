@@ -246,7 +246,8 @@ pub const RECEIVED: Def<NamePair> = Def::new("received");
 /// (source system uuid, backup name) → `PartialRecord`: a durable partial copy.
 pub const PARTIALS: Def<NamePair> = Def::new("partials");
 /// `config` → `ReplicationConfig`, `throttle` → `ThrottleRecord`, `restores` →
-/// `RestoreBook` (source side: backups pulled back from targets).
+/// `RestoreBook` (source side: backups pulled back from targets), `drills` → `DrillBook`
+/// (restore drills).
 pub const REPLICATION_SETTINGS: Def<Name> = Def::new("replication_settings");
 
 /// Token id (12 lowercase hex digits) → `TokenRecord` (target side). The secret is never

@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use serde_json::{json, Value};
 
-use crate::harness::{eventually, pair, start_pair, Daemon};
+use crate::harness::{eventually, pair, start_pair, start_pair_with, Daemon};
 use crate::replication::{content, sha256_hex, wait_item, write_backup};
 
 /// The source's restore items (`direction: "restore"`) for `backup`, newest first.
@@ -260,4 +260,87 @@ fn a_replacement_appliance_takes_over_a_lost_source_and_restores_everything() {
         assert_eq!(sha256_hex(&restored), sha256_hex(bytes), "{name}");
     }
     drop(old);
+}
+
+fn wait_drill(src: &Daemon, token: &str, id: &Value) -> Value {
+    eventually(Duration::from_secs(60), &format!("drill {id} ends"), || {
+        let v = src
+            .client()
+            .get("/api/replication/drill", Some(token))
+            .json();
+        v["drills"]
+            .as_array()
+            .and_then(|l| l.iter().find(|d| d["id"] == *id).cloned())
+            .filter(|d| d["result"] == "passed" || d["result"] == "failed")
+    })
+}
+
+fn last_drill_metric(src: &Daemon, token: &str) -> f64 {
+    let r = src.client().get("/api/metrics", Some(token));
+    assert_eq!(r.status, 200, "{}", r.text());
+    r.text()
+        .lines()
+        .find_map(|l| l.strip_prefix("replgate_last_drill_success_timestamp "))
+        .and_then(|v| v.trim().parse().ok())
+        .expect("replgate_last_drill_success_timestamp in the metrics")
+}
+
+#[test]
+fn a_drill_restores_a_sample_and_a_corrupted_copy_fails_it() {
+    let (src, tgt) = start_pair_with(
+        "restore-drill",
+        crate::harness::pairing_opts().set("drill_warn_days", 1),
+        crate::harness::pairing_opts(),
+    );
+    let p = pair(&src, &tgt, json!({}));
+    let st = src.root_token();
+    let bytes = content(9, 400_000);
+    write_backup(&src, "c/only", &bytes);
+    wait_item(&src, &st, "c/only", "done", Duration::from_secs(60));
+    assert_eq!(last_drill_metric(&src, &st), 0.0);
+    let drill = |body: Value| {
+        src.client()
+            .post_json("/api/replication/drill", Some(&st), &body)
+    };
+    for (body, status) in [
+        (json!({"target_id": 99}), 404),
+        (json!({"target_id": p.target_id, "bytes": 0}), 400),
+    ] {
+        let r = drill(body.clone());
+        assert_eq!(r.status, status, "{body}: {}", r.text());
+    }
+    let r = drill(json!({"target_id": p.target_id, "bytes": 1}));
+    assert_eq!(r.status, 202, "{}", r.text());
+    let passed = wait_drill(&src, &st, &r.json()["drill"]["id"]);
+    assert_eq!(passed["result"], "passed", "{passed}");
+    assert_eq!(
+        (passed["copies"].clone(), passed["bytes"].clone()),
+        (json!(1), json!(bytes.len()))
+    );
+    assert!(last_drill_metric(&src, &st) > 0.0);
+    // The sample was thrown away; the backup storage was not touched.
+    let scratch = src.data_dir.join("drill-scratch");
+    assert!(!scratch.exists() || std::fs::read_dir(&scratch).unwrap().count() == 0);
+    // A copy damaged on the target (same length, one bit flipped) fails the drill.
+    let copy = crate::replication::received_path(&tgt, &p, "c/only");
+    let mut damaged = std::fs::read(&copy).unwrap();
+    damaged[200_000] ^= 0x10;
+    std::fs::write(&copy, &damaged).unwrap();
+    let r = drill(json!({"target_id": p.target_id}));
+    assert_eq!(r.status, 202, "{}", r.text());
+    let failed = wait_drill(&src, &st, &r.json()["drill"]["id"]);
+    assert_eq!(failed["result"], "failed", "{failed}");
+    assert!(
+        failed["message"].as_str().unwrap().contains("SHA-256"),
+        "{failed}"
+    );
+    let listed = src.client().get("/api/replication/drill", Some(&st)).json();
+    assert_eq!(listed["drills"][0]["result"], "failed", "newest first");
+    assert_eq!(listed["last_success"], passed["finished"]);
+    // A passed drill within drill_warn_days: no health warning about drills.
+    let health = src.client().get("/api/health", None).json();
+    assert!(
+        !health["warnings"].to_string().contains("drill"),
+        "{health}"
+    );
 }

@@ -135,6 +135,57 @@ pub(super) const COMMANDS: &[Command] = &[
         run: Run::Daemon(restore),
     },
     Command {
+        name: "drill",
+        help: &[Help {
+            syntax: "drill TARGET_ID [--bytes N]",
+            about: "restore a random sample (N bytes, default 64 MiB) from a\n\
+                    target into a scratch directory and check it",
+        }],
+        options: &[Opt::Value("--bytes")],
+        parse: |i| {
+            let [target] = i.operands(["a target ID"])?;
+            Ok(CtlCommand::Drill {
+                target_id: positive("the target ID", target)?,
+                bytes: i.positive("--bytes")?,
+            })
+        },
+        run: Run::Daemon(drill),
+    },
+    Command {
+        name: "drills",
+        help: &[Help {
+            syntax: "drills",
+            about: "restore drills: date, size, duration and result",
+        }],
+        options: &[],
+        parse: |i| i.no_operands().map(|_| CtlCommand::Drills),
+        run: Run::Daemon(|cx, _| {
+            Ok(cx.show(cx.client.drills(&cx.token()?)?, |v| {
+                let mut out = String::new();
+                for d in table::rows(v, "drills") {
+                    out.push_str(&format!(
+                        "drill {}  target {}  {}  {} bytes in {} copies  {} ms  requested {}{}\n",
+                        cell(&d["id"]),
+                        cell(&d["target_id"]),
+                        cell(&d["result"]),
+                        cell(&d["bytes"]),
+                        cell(&d["copies"]),
+                        cell(&d["duration_ms"]),
+                        cell(&d["requested"]),
+                        d["message"]
+                            .as_str()
+                            .map(|m| format!("  {}", clean(m)))
+                            .unwrap_or_default()
+                    ));
+                }
+                if out.is_empty() {
+                    out.push_str("no restore drill yet\n");
+                }
+                out
+            }))
+        }),
+    },
+    Command {
         name: "replication-config",
         help: &[Help {
             syntax: "replication-config [--max-concurrent N] \
@@ -479,6 +530,23 @@ fn restore(cx: &Cx<'_>, c: &CtlCommand) -> Result<String, CtlError> {
                 .map(|i| cell(&i["id"]))
                 .collect::<Vec<_>>()
                 .join(", ")
+        )
+    }))
+}
+
+fn drill(cx: &Cx<'_>, c: &CtlCommand) -> Result<String, CtlError> {
+    let CtlCommand::Drill { target_id, bytes } = *c else {
+        return Err(other_command());
+    };
+    let mut body = serde_json::json!({ "target_id": target_id });
+    if let Some(b) = bytes {
+        body["bytes"] = b.into();
+    }
+    let a = cx.client.drill(&cx.token()?, &body)?;
+    Ok(cx.show(a, |v| {
+        format!(
+            "restore drill {} of target {target_id} queued; follow it with `replgate ctl drills`\n",
+            cell(&v["drill"]["id"])
         )
     }))
 }

@@ -88,6 +88,14 @@ fn replication_commands_parse_with_their_checks() {
             overwrite: false
         }
     );
+    assert_eq!(
+        command("drill 2 --bytes 1000"),
+        CtlCommand::Drill {
+            target_id: 2,
+            bytes: Some(1000)
+        }
+    );
+    assert_eq!(command("drills"), CtlCommand::Drills);
     assert!(usage_error("restore 2").contains("exactly one of"));
     assert!(usage_error("restore 2 --all --client web").contains("exactly one of"));
     assert!(usage_error("restore").contains("target ID"));
