@@ -149,7 +149,7 @@ fn shared_state(
 }
 
 /// Starts the jobs that run beside the listeners: the target's verify job, the source's
-/// replicator and its pairing poller. Each stops when `shutdown` is set.
+/// replicator, its pairing poller and its restore job. Each stops when `shutdown` is set.
 fn spawn_jobs(
     app: &Arc<App>,
     shutdown: &Arc<AtomicBool>,
@@ -190,7 +190,19 @@ fn spawn_jobs(
         shutdown.clone(),
     )
     .map_err(spawn_error("the poller"))?;
-    Ok(vec![verifier, replicator, poller])
+    let restorer = crate::jobs::restore::spawn_restorer(
+        crate::jobs::restore::Context {
+            store: app.store.clone(),
+            shared: app.replication.clone(),
+            storages: config.storage.clone(),
+            dirs: app.target_dirs.clone(),
+            scratch: config.data_dir.join("drill-scratch"),
+            drill_interval: config.drill_interval.as_secs(),
+        },
+        shutdown.clone(),
+    )
+    .map_err(spawn_error("the restore job"))?;
+    Ok(vec![verifier, replicator, poller, restorer])
 }
 
 /// What `run` started, for `stop`.

@@ -8,6 +8,7 @@ use crate::pairing::rollover::RolloverError;
 use crate::pairing::source::request::{CallError, SourceError};
 use crate::replication::admin::AdminError;
 use crate::replication::recycle::RecycleError;
+use crate::replication::restore::RestoreError;
 use crate::spool::SpoolError;
 use crate::store::{Degraded, StoreError};
 
@@ -308,6 +309,22 @@ impl From<RecycleError> for ApiError {
             R::NotInBin(_) => ApiError::NotFound(text),
             R::Exists(_) | R::Busy(_) => ApiError::Conflict(text),
             R::Io { .. } | R::Store(_) => ApiError::Internal(Box::new(e)),
+        }
+    }
+}
+
+impl From<RestoreError> for ApiError {
+    fn from(e: RestoreError) -> Self {
+        use RestoreError as R;
+        let text = Chain(&e).to_string();
+        match e {
+            R::UnknownTarget(_) | R::NotOnTarget(_) | R::Nothing => ApiError::NotFound(text),
+            R::TargetNotPaired { .. } | R::AlreadyRestoring { .. } | R::DrillOpen { .. } => {
+                ApiError::Conflict(text)
+            }
+            R::Invalid(_) => ApiError::BadRequest(text),
+            R::BadListing(_) => ApiError::BadGateway(text),
+            R::Store(_) => ApiError::Internal(Box::new(e)),
         }
     }
 }

@@ -10,6 +10,7 @@ mod pairing;
 mod pending;
 mod recycle;
 mod replication;
+mod restore;
 mod routes;
 mod source;
 mod spool_files;

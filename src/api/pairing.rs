@@ -124,6 +124,7 @@ pub fn resolve(call: &Call) -> Result<Reply, ApiError> {
         Decision::Accept {
             storage_id: body.opt_id("storage_id")?,
             quota_mb: body.opt_limit("quota_mb")?,
+            replaces_system_id: body.opt_id("replaces_system_id")?,
         }
     } else {
         Decision::Reject {

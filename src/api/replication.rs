@@ -13,7 +13,8 @@ use crate::model::UnixTime;
 use crate::replication::admin::{self, Action, Change, ItemView, ListQuery};
 use crate::replication::live::Incoming;
 use crate::store::{
-    ItemStatus, ReceivedRecord, ReplicationConfig, Strategy, ThrottleRecord, ThrottleWindow,
+    ItemStatus, ReceivedRecord, ReplicationConfig, RestoreStatus, Strategy, ThrottleRecord,
+    ThrottleWindow,
 };
 
 /// Items per page unless `count` says otherwise, and the most it may say.
@@ -142,6 +143,7 @@ fn queue_reply(call: &Call, which: Lists) -> Result<Reply, ApiError> {
     let q = list_query(call)?;
     let shared = &call.app.replication;
     let l = admin::list(&call.app.store, &shared.live, q)?;
+    let restores = restore_lists(call, q.target_id)?;
     let mut out = serde_json::Map::new();
     if which != Lists::Inactive {
         let mut active: Vec<Value> = l
@@ -150,28 +152,74 @@ fn queue_reply(call: &Call, which: Lists) -> Result<Reply, ApiError> {
             .map(|v| serde_json::to_value(item_json(v)))
             .collect::<Result<_, _>>()?;
         active.extend(l.incoming.iter().map(|i| incoming_json(i)));
+        active.extend(restores.active);
         out.insert("active".into(), Value::Array(active));
     }
     if which != Lists::Active {
-        let inactive: Vec<Value> = l
+        let mut inactive: Vec<Value> = l
             .inactive
             .iter()
             .map(|v| serde_json::to_value(item_json(v)))
             .collect::<Result<_, _>>()?;
+        let total = l.total_inactive + restores.inactive.len() as u64;
+        inactive.extend(restores.inactive);
         out.insert("inactive".into(), Value::Array(inactive));
-        out.insert("total_inactive".into(), json!(l.total_inactive));
+        out.insert("total_inactive".into(), json!(total));
         out.insert("start_position".into(), json!(q.start));
     }
     if q.include_done {
-        let done: Vec<Value> = l
+        let mut done: Vec<Value> = l
             .done
             .iter()
             .map(|v| serde_json::to_value(item_json(v)))
             .collect::<Result<_, _>>()?;
+        let total = l.total_done + restores.done.len() as u64;
+        done.extend(restores.done);
         out.insert("done".into(), Value::Array(done));
-        out.insert("total_done".into(), json!(l.total_done));
+        out.insert("total_done".into(), json!(total));
     }
     Ok(Reply::json(200, Value::Object(out)))
+}
+
+/// Restore items (`direction: "restore"`) by list: they follow the replication items of
+/// each list, unpaged (finished ones newest first).
+#[derive(Default)]
+struct RestoreLists {
+    active: Vec<Value>,
+    inactive: Vec<Value>,
+    done: Vec<Value>,
+}
+
+fn restore_lists(call: &Call, target_id: Option<u64>) -> Result<RestoreLists, ApiError> {
+    let book = call.app.store.restores()?;
+    let mut out = RestoreLists::default();
+    if book.items.is_empty() {
+        return Ok(out);
+    }
+    let hosts: std::collections::HashMap<u64, String> = call
+        .app
+        .store
+        .targets()?
+        .into_iter()
+        .map(|t| (t.id, t.host))
+        .collect();
+    let board = &call.app.replication.restores;
+    for i in book.items.iter().rev() {
+        if target_id.is_some_and(|t| t != i.target_id) {
+            continue;
+        }
+        let host = hosts.get(&i.target_id).map(String::as_str).unwrap_or("");
+        let v = super::restore::item_json(i, host, board);
+        match i.status {
+            RestoreStatus::Active => out.active.push(v),
+            RestoreStatus::Waiting | RestoreStatus::Failed => out.inactive.push(v),
+            RestoreStatus::Done => out.done.push(v),
+        }
+    }
+    // Waiting and active ones oldest first, as the queue runs them.
+    out.active.reverse();
+    out.inactive.reverse();
+    Ok(out)
 }
 
 /// `GET /api/replication/queue`.
@@ -478,7 +526,7 @@ pub(super) fn source_of(call: &Call) -> Result<(u64, String, crate::config::Stor
         .system(sid)?
         .filter(|r| r.role.is_source())
         .ok_or_else(|| ApiError::NotFound(format!("no replication source with sid {sid}")))?;
-    let uuid = row.system_uuid.clone().unwrap_or_default();
+    let uuid = row.copies_uuid().unwrap_or_default().to_string();
     let storage = row
         .storage_id
         .and_then(|id| call.app.config.storage.iter().find(|s| s.id == id))

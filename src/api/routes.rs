@@ -251,6 +251,24 @@ pub fn route_table() -> Vec<Route> {
         .names_sid(),
         route(
             "POST",
+            "/api/replication/restore",
+            Token(Manage),
+            super::restore::restore,
+        ),
+        route(
+            "POST",
+            "/api/replication/drill",
+            Token(Manage),
+            super::restore::request_drill,
+        ),
+        route(
+            "GET",
+            "/api/replication/drill",
+            Token(Monitor),
+            super::restore::list_drills,
+        ),
+        route(
+            "POST",
             "/api/replication/verify",
             Token(Manage),
             replication::verify,

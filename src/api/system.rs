@@ -17,7 +17,8 @@ use crate::store::{
 /// `GET /api/health` (no token): up, the version, and a warning for each certificate
 /// (or the CA) that ends within 30 days (`lifecycle::warnings`), for a CA rollover in
 /// progress (`rollover::warnings`), and on a target while a verify's damaged copies wait to
-/// be fetched again. The warnings name ids and counts only, never host names: the endpoint
+/// be fetched again, and one when no restore drill passed within `drill_warn_days`
+/// (`replication::drill::warning`). The warnings name ids and counts only, never host names: the endpoint
 /// is open to anyone who reaches the listener.
 /// `status` is `degraded`, with the `reason` and since when, while the database refuses
 /// writes (a full disk); still 200: the daemon serves, and reads work.
@@ -29,6 +30,21 @@ pub fn health(call: &Call) -> Result<Reply, ApiError> {
         call.now,
     ));
     warnings.extend(damage_warning(call.app)?);
+    let paired_since = call
+        .app
+        .store
+        .targets()?
+        .iter()
+        .filter(|t| t.status == TargetStatus::Complete)
+        .map(|t| t.updated)
+        .min();
+    let drills = call.app.store.drills()?;
+    warnings.extend(crate::replication::drill::warning(
+        &drills.drills,
+        paired_since,
+        call.app.config.drill_warn_days,
+        call.now,
+    ));
     let version = env!("CARGO_PKG_VERSION");
     let body = match call.app.store.degraded() {
         None => json!({ "status": "ok", "version": version, "warnings": warnings }),
@@ -168,6 +184,7 @@ fn state(app: &App, out: &mut Exposition) -> Result<(), ApiError> {
         "status",
         &counted,
     );
+    last_drill(app, out)?;
     let systems = app.store.systems()?;
     let counted = [Role::Managed, Role::Source, Role::NonManagedSource].map(|role| {
         let n = systems.iter().filter(|s| s.role == role).count();
@@ -443,6 +460,18 @@ fn gauges(
     for (value, n) in counted {
         out.gauge(name, help, &[(label, value)], *n as f64);
     }
+}
+
+/// `replgate_last_drill_success_timestamp`: the last restore drill that passed (0: none).
+fn last_drill(app: &App, out: &mut Exposition) -> Result<(), ApiError> {
+    let drills = app.store.drills()?;
+    out.gauge(
+        "replgate_last_drill_success_timestamp",
+        "Unix time of the last restore drill that passed (0: none yet).",
+        &[],
+        crate::replication::drill::last_success(&drills.drills).unwrap_or(0) as f64,
+    );
+    Ok(())
 }
 
 /// `POST /api/metrics/token`: a scraper token for the caller, capped to `monitor` and

@@ -266,6 +266,20 @@ pub(super) const KEYS: &[Key] = &[
         1..=604_800,
         "source poll period after completion (learns of revocation)",
     ),
+    Key::seconds(
+        "drill_interval",
+        0,
+        0..=31_536_000,
+        "how often each complete target gets a scheduled restore drill (a random sample \
+         restored into a scratch directory and checked by SHA-256); 0 is never",
+    ),
+    Key::days(
+        "drill_warn_days",
+        0,
+        0..=3_650,
+        "a health warning when no restore drill passed in this many days while paired with a \
+         target; 0 is never",
+    ),
     Key::number(
         "max_connections",
         MAX_CONNECTIONS as u64,

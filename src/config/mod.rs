@@ -152,6 +152,11 @@ pub struct Config {
     pub poll_interval: Duration,
     /// `heartbeat_interval` (s): source poll period after completion.
     pub heartbeat_interval: Duration,
+    /// `drill_interval` (s): scheduled restore drills per target; 0 is never.
+    pub drill_interval: Duration,
+    /// `drill_warn_days`: health warning after this many days without a passed drill; 0
+    /// is never.
+    pub drill_warn_days: u64,
     /// `max_connections`: connection cap per listener (API and tunnel).
     pub max_connections: usize,
     /// `max_connections_per_address`: connections one client address (IPv4 address or IPv6 /64)
@@ -375,6 +380,8 @@ impl Config {
             asset_tag: v.text("asset_tag")?,
             poll_interval: v.seconds("poll_interval")?,
             heartbeat_interval: v.seconds("heartbeat_interval")?,
+            drill_interval: v.seconds("drill_interval")?,
+            drill_warn_days: v.number("drill_warn_days")?,
             max_connections: v.count("max_connections")?,
             max_connections_per_address: v.count("max_connections_per_address")?,
             max_receive_sessions: v.count("max_receive_sessions")?,

@@ -74,6 +74,8 @@ pub enum CtlCommand {
     Accept {
         request_id: u64,
         storage_id: Option<u64>,
+        /// `--replaces SID`: a replacement appliance takes over that lost source.
+        replaces: Option<u64>,
     },
     Reject {
         request_id: u64,
@@ -119,6 +121,21 @@ pub enum CtlCommand {
     QueueAdd {
         target_id: u64,
         backup: String,
+    },
+    /// `drill TARGET_ID [--bytes N]`.
+    Drill {
+        target_id: u64,
+        bytes: Option<u64>,
+    },
+    Drills,
+    /// `restore TARGET_ID (CLIENT/FILE... | --client NAME... | --all)`.
+    Restore {
+        target_id: u64,
+        backups: Vec<String>,
+        clients: Vec<String>,
+        all: bool,
+        storage_id: Option<u64>,
+        overwrite: bool,
     },
     /// `queue remove|reset`: items by id, and every open item of the clients.
     QueueChange {

@@ -74,8 +74,13 @@ pub struct Answer {
 
 /// How `accept`/`reject` resolve a request.
 pub enum Resolution<'a> {
-    Accept { storage_id: Option<u64> },
-    Reject { message: &'a str },
+    Accept {
+        storage_id: Option<u64>,
+        replaces: Option<u64>,
+    },
+    Reject {
+        message: &'a str,
+    },
 }
 
 /// The one client for the daemon's admin API, built once per invocation.
@@ -160,10 +165,16 @@ impl Client {
         resolution: Resolution,
     ) -> Result<Answer, CtlError> {
         let body = match resolution {
-            Resolution::Accept { storage_id } => {
+            Resolution::Accept {
+                storage_id,
+                replaces,
+            } => {
                 let mut body = json!({ "request_id": request_id, "accept": true });
                 if let Some(s) = storage_id {
                     body["storage_id"] = json!(s);
+                }
+                if let Some(r) = replaces {
+                    body["replaces_system_id"] = json!(r);
                 }
                 body
             }
@@ -388,6 +399,28 @@ impl Client {
     pub fn received(&self, token: &Secret<String>, system_id: u64) -> Result<Answer, CtlError> {
         let path = format!("/api/replication/received?sid={system_id}");
         self.call(Method::Get, &path, Some(token), None)
+    }
+
+    pub fn restore(&self, token: &Secret<String>, body: &Value) -> Result<Answer, CtlError> {
+        self.call(
+            Method::Post,
+            "/api/replication/restore",
+            Some(token),
+            Some(body),
+        )
+    }
+
+    pub fn drill(&self, token: &Secret<String>, body: &Value) -> Result<Answer, CtlError> {
+        self.call(
+            Method::Post,
+            "/api/replication/drill",
+            Some(token),
+            Some(body),
+        )
+    }
+
+    pub fn drills(&self, token: &Secret<String>) -> Result<Answer, CtlError> {
+        self.call(Method::Get, "/api/replication/drill", Some(token), None)
     }
 
     pub fn verify(&self, token: &Secret<String>, system_id: u64) -> Result<Answer, CtlError> {

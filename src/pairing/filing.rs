@@ -369,6 +369,7 @@ pub(crate) fn file_with_token(
             storage,
             &issued,
             t.quota_mb.map(Some),
+            None,
             &actor,
             now,
         )?;

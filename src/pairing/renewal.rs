@@ -519,6 +519,7 @@ mod tests {
             Decision::Accept {
                 storage_id: None,
                 quota_mb: None,
+                replaces_system_id: None,
             },
             &actor,
             NOW,

@@ -92,6 +92,9 @@ pub struct TunnelReader {
     shared: Arc<Shared>,
     sock: TcpStream,
     buf: Vec<u8>,
+    /// `buf[start..end]` was read from the socket and not yet taken by rustls.
+    start: usize,
+    end: usize,
 }
 
 /// Writes bytes; encryption under the lock, the socket write outside it.
@@ -102,6 +105,9 @@ pub struct TunnelWriter {
 }
 
 impl Read for TunnelReader {
+    /// Plaintext rustls holds first; else the socket bytes read earlier and not yet taken
+    /// by rustls (it takes no more while its plaintext buffer is full, so a large answer
+    /// is fed in steps); else a socket read.
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
         loop {
             {
@@ -111,22 +117,24 @@ impl Read for TunnelReader {
                     Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
                     Err(e) => return Err(e),
                 }
+                if self.start < self.end {
+                    let mut data = &self.buf[self.start..self.end];
+                    let taken = c.read_tls(&mut data)?;
+                    self.start += taken;
+                    c.process_new_packets().map_err(io::Error::other)?;
+                    continue;
+                }
             }
             let n = self.sock.read(&mut self.buf)?;
-            let mut c = lock(&self.shared.conn);
             if n == 0 {
                 // The peer closed without close_notify: say so to rustls, then end.
-                let _ = c.read_tls(&mut io::empty());
+                let _ = lock(&self.shared.conn).read_tls(&mut io::empty());
                 return Err(io::Error::new(
                     io::ErrorKind::UnexpectedEof,
                     "the target closed the connection",
                 ));
             }
-            let mut data = &self.buf[..n];
-            while !data.is_empty() {
-                c.read_tls(&mut data)?;
-                c.process_new_packets().map_err(io::Error::other)?;
-            }
+            (self.start, self.end) = (0, n);
         }
     }
 }
@@ -189,7 +197,7 @@ pub struct TransferStream {
 
 /// Reads the response head one byte at a time, so nothing after it is consumed (it is
 /// small, and read once per session).
-fn read_head(r: &mut TunnelReader) -> io::Result<Vec<u8>> {
+pub(super) fn read_head(r: &mut TunnelReader) -> io::Result<Vec<u8>> {
     let mut head = Vec::with_capacity(256);
     let mut b = [0u8; 1];
     while !head.ends_with(b"\r\n\r\n") {
@@ -210,29 +218,61 @@ fn read_head(r: &mut TunnelReader) -> io::Result<Vec<u8>> {
     Ok(head)
 }
 
-fn header<'a>(head: &'a str, name: &str) -> Option<&'a str> {
+/// The response head as text, and its status.
+pub(super) fn status_of(head: &[u8]) -> Result<(String, u16), OpenTransferError> {
+    let head = String::from_utf8_lossy(head).into_owned();
+    let status: u16 = head
+        .split_whitespace()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .ok_or(OpenTransferError::Malformed(
+            "no status in the tunnel's answer",
+        ))?;
+    Ok((head, status))
+}
+
+/// A refusal's message (the documented error body's, or the start of the text).
+pub(super) fn refusal(reader: &mut TunnelReader, head: &str, status: u16) -> OpenTransferError {
+    let mut body = Vec::new();
+    let limit = header(head, "content-length")
+        .and_then(|v| v.parse::<usize>().ok())
+        .unwrap_or(MAX_ERROR_BODY)
+        .min(MAX_ERROR_BODY);
+    let _ = reader.take(limit as u64).read_to_end(&mut body);
+    let text = String::from_utf8_lossy(&body);
+    let message = serde_json::from_str::<serde_json::Value>(&text)
+        .ok()
+        .and_then(|v| v["result"][0]["message"].as_str().map(String::from))
+        .unwrap_or_else(|| text.chars().take(200).collect());
+    OpenTransferError::Refused {
+        status,
+        message,
+        retry_after: header(head, "retry-after").and_then(|v| v.parse().ok()),
+    }
+}
+
+pub(super) fn header<'a>(head: &'a str, name: &str) -> Option<&'a str> {
     head.split("\r\n").skip(1).find_map(|l| {
         let (k, v) = l.split_once(':')?;
         k.trim().eq_ignore_ascii_case(name).then(|| v.trim())
     })
 }
 
-fn io_error(e: io::Error) -> OpenTransferError {
+pub(super) fn io_error(e: io::Error) -> OpenTransferError {
     match e.get_ref().and_then(|i| i.downcast_ref::<rustls::Error>()) {
         Some(tls) => OpenTransferError::Untrusted(tls.clone()),
         None => OpenTransferError::Unreachable(e),
     }
 }
 
-/// Opens a transfer session on the tunnel at `host:port`, trusting only `ca_pem`,
-/// presenting `cert_pem`/`key_pem`. Returns once the target answered 200 (it greets
-/// next, inside the stream); any other answer is `Refused` with the target's message.
-pub fn open_transfer(
+/// Connects to the tunnel at `host:port` over mutual TLS, trusting only `ca_pem`,
+/// presenting `cert_pem`/`key_pem`: the connection's two halves.
+pub(super) fn connect(
     addr: &str,
     ca_pem: &str,
     cert_pem: &str,
     key_pem: &str,
-) -> Result<TransferStream, OpenTransferError> {
+) -> Result<(TunnelReader, TunnelWriter), OpenTransferError> {
     let anchors = super::anchors_of(ca_pem).map_err(OpenTransferError::PinnedCa)?;
     let config = crate::tls::pinned_client_config(anchors, Some((cert_pem, key_pem)))
         .map_err(OpenTransferError::Tls)?;
@@ -271,16 +311,31 @@ pub fn open_transfer(
         conn: Mutex::new(conn),
     });
     let read_sock = sock.try_clone().map_err(io_error)?;
-    let mut reader = TunnelReader {
+    let reader = TunnelReader {
         shared: shared.clone(),
         sock: read_sock,
         buf: vec![0u8; 64 * 1024],
+        start: 0,
+        end: 0,
     };
-    let mut writer = TunnelWriter {
+    let writer = TunnelWriter {
         shared,
         sock,
         out: Vec::with_capacity(SOCKET_WRITE + 2 * ENCRYPT_STEP),
     };
+    Ok((reader, writer))
+}
+
+/// Opens a transfer session on the tunnel at `host:port`, trusting only `ca_pem`,
+/// presenting `cert_pem`/`key_pem`. Returns once the target answered 200 (it greets
+/// next, inside the stream); any other answer is `Refused` with the target's message.
+pub fn open_transfer(
+    addr: &str,
+    ca_pem: &str,
+    cert_pem: &str,
+    key_pem: &str,
+) -> Result<TransferStream, OpenTransferError> {
+    let (mut reader, mut writer) = connect(addr, ca_pem, cert_pem, key_pem)?;
     let request = format!(
         "POST /tunnel/v1/transfer HTTP/1.1\r\nHost: {addr}\r\nUser-Agent: replgate/{}\r\n\
          Content-Type: application/x-replgate-transfer\r\nTransfer-Encoding: chunked\r\n\r\n",
@@ -289,33 +344,11 @@ pub fn open_transfer(
     writer.write_all(request.as_bytes()).map_err(io_error)?;
     writer.flush().map_err(io_error)?;
     let head = read_head(&mut reader).map_err(io_error)?;
-    let head = String::from_utf8_lossy(&head).into_owned();
-    let status: u16 = head
-        .split_whitespace()
-        .nth(1)
-        .and_then(|s| s.parse().ok())
-        .ok_or(OpenTransferError::Malformed(
-            "no status in the tunnel's answer",
-        ))?;
+    let (head, status) = status_of(&head)?;
     let chunked =
         header(&head, "transfer-encoding").is_some_and(|v| v.eq_ignore_ascii_case("chunked"));
     if status != 200 {
-        let mut body = Vec::new();
-        let limit = header(&head, "content-length")
-            .and_then(|v| v.parse::<usize>().ok())
-            .unwrap_or(MAX_ERROR_BODY)
-            .min(MAX_ERROR_BODY);
-        let _ = (&mut reader).take(limit as u64).read_to_end(&mut body);
-        let text = String::from_utf8_lossy(&body);
-        let message = serde_json::from_str::<serde_json::Value>(&text)
-            .ok()
-            .and_then(|v| v["result"][0]["message"].as_str().map(String::from))
-            .unwrap_or_else(|| text.chars().take(200).collect());
-        return Err(OpenTransferError::Refused {
-            status,
-            message,
-            retry_after: header(&head, "retry-after").and_then(|v| v.parse().ok()),
-        });
+        return Err(refusal(&mut reader, &head, status));
     }
     if !chunked {
         return Err(OpenTransferError::Malformed(

@@ -7,12 +7,14 @@
 
 pub mod admin;
 pub mod backups;
+pub mod drill;
 pub mod feed;
 pub mod live;
 pub mod names;
 pub mod queue;
 pub mod receiver;
 pub mod recycle;
+pub mod restore;
 pub mod retention;
 pub mod sender;
 pub mod slots;
@@ -34,6 +36,8 @@ pub struct Shared {
     pub slots: slots::Slots,
     pub verifier: Arc<verify::Verifier>,
     pub recycler: recycle::Recycler,
+    /// Live progress of restores (source side).
+    pub restores: restore::Board,
 }
 
 impl Shared {
@@ -45,6 +49,7 @@ impl Shared {
             slots: slots::Slots::new(max_sessions, std::time::Instant::now),
             verifier: Arc::new(verify::Verifier::default()),
             recycler: recycle::Recycler::default(),
+            restores: restore::Board::default(),
         })
     }
 }

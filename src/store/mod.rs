@@ -15,7 +15,7 @@
 //!   write is refused with [`StoreError::Unavailable`] until it is worth trying again;
 //!   reads go on.
 //! - One file per entity (`requests.rs`, `systems.rs`, `certs.rs`, `targets.rs`,
-//!   `users.rs`, `audit.rs`, `tokens.rs`, `queue.rs`, `recycle.rs`, `meta.rs`, `ca.rs`) holds its records and
+//!   `users.rs`, `audit.rs`, `tokens.rs`, `queue.rs`, `recycle.rs`, `restores.rs`, `meta.rs`, `ca.rs`) holds its records and
 //!   every read and write of its tables, each read written once over `access::Tables`: a
 //!   `Store` read sees one snapshot per call, a `Txn` read sees the transaction's own
 //!   uncommitted writes. Re-exported here, so every name is `store::Name`.
@@ -56,6 +56,7 @@ mod migrate;
 mod queue;
 mod recycle;
 mod requests;
+mod restores;
 mod schema;
 mod systems;
 mod targets;
@@ -84,6 +85,10 @@ pub use queue::{
 };
 pub use recycle::{RecycleRecord, RecycleState};
 pub use requests::{OpenRequest, RequestRecord, RequestStatus, RequestSummary};
+pub use restores::{
+    DrillBook, DrillRecord, DrillResult, RestoreBook, RestoreItem, RestoreStatus,
+    MAX_FINISHED_RESTORES,
+};
 pub use schema::CURRENT_VERSION as SCHEMA_VERSION;
 pub use systems::{Retention, SystemRecord, DEFAULT_SHARE, FIRST_SYSTEM_ID, MAX_SHARE};
 pub use targets::{TargetRecord, TargetStatus};

@@ -258,7 +258,9 @@ pub const VERIFY_RUNS: Def<Id> = Def::new("verify_runs");
 /// (source system uuid, bin id as 16 lowercase hex digits) → `RecycleRecord`: what
 /// retention moved to the recycle bin, in the order it was moved (target side).
 pub const RECYCLE: Def<NamePair> = Def::new("recycle");
-/// `config` → `ReplicationConfig`, `throttle` → `ThrottleRecord`.
+/// `config` → `ReplicationConfig`, `throttle` → `ThrottleRecord`, `restores` →
+/// `RestoreBook` (source side: backups pulled back from targets), `drills` → `DrillBook`
+/// (restore drills).
 pub const REPLICATION_SETTINGS: Def<Name> = Def::new("replication_settings");
 
 /// Token id (12 lowercase hex digits) → `TokenRecord` (target side). The secret is never

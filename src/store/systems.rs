@@ -55,6 +55,11 @@ pub struct SystemRecord {
     /// This source's weight in the sharing of receiving sessions (SPEC 21); None is 1.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub share: Option<u32>,
+    /// The uuid under which this source's copies are kept (`<storage>/<uuid>/`, the
+    /// received records) when it replaced another appliance and took over its copies
+    /// (SPEC 20); None: its own `system_uuid`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub copies_uuid: Option<String>,
     /// What the target keeps of this source's received backups (SPEC 20); None keeps all.
     #[serde(default)]
     pub retention: Option<Retention>,
@@ -89,6 +94,11 @@ impl SystemRecord {
     /// This source's weight in the sharing of receiving sessions.
     pub fn share(&self) -> u32 {
         self.share.unwrap_or(DEFAULT_SHARE)
+    }
+
+    /// The uuid this source's copies are kept under: inherited, or its own.
+    pub fn copies_uuid(&self) -> Option<&str> {
+        self.copies_uuid.as_deref().or(self.system_uuid.as_deref())
     }
 }
 

@@ -53,6 +53,18 @@ pub fn table() -> Vec<Route<App>> {
             renew,
         ),
         Route::new("POST", "/tunnel/v1/transfer", BodyLimit::Duplex, transfer),
+        Route::new(
+            "GET",
+            "/tunnel/v1/restore",
+            BodyLimit::Capped(0),
+            |app, call| super::restore::list(&app.store, &app.storage, call),
+        ),
+        Route::new(
+            "POST",
+            "/tunnel/v1/restore/file",
+            BodyLimit::Capped(super::restore::MAX_FILE_REQUEST_BYTES),
+            |app, call| super::restore::file(&app.store, &app.storage, call),
+        ),
     ]
 }
 

@@ -178,6 +178,21 @@ pub struct CaAnswer {
     pub renew: bool,
 }
 
+/// `GET /tunnel/v1/restore` answer: the copies a target holds for the calling source, in
+/// its current storage (SPEC 20). A source treats every field as hostile input.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+pub struct RestoreListing {
+    pub backups: Vec<RestoreEntry>,
+}
+
+/// One copy a target holds: its name (`<client>/<file>`), size and SHA-256 (hex).
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+pub struct RestoreEntry {
+    pub backup: String,
+    pub size: u64,
+    pub sha256: String,
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

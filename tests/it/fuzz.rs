@@ -409,6 +409,24 @@ fn body_routes(csr_pem: &str) -> Vec<BodyRoute> {
             path: "/api/replication/source",
             fields: vec![("storage_id", Id, "1".into())],
         },
+        // `backups` and `clients` are arrays, which the body accessors do not model; the
+        // handler's own tests (tests/it/restore.rs) refuse bad ones.
+        BodyRoute {
+            method: "POST",
+            path: "/api/replication/restore",
+            fields: vec![
+                ("target_id", Id, "1".into()),
+                ("all", Flag, "true".into()),
+                ("storage_id", Id, "1".into()),
+                ("overwrite", Flag, "false".into()),
+            ],
+        },
+        // `bytes` is a bounded number (no accessor model); `target_id` is modelled.
+        BodyRoute {
+            method: "POST",
+            path: "/api/replication/drill",
+            fields: vec![("target_id", Id, "1".into())],
+        },
         BodyRoute {
             method: "POST",
             path: "/api/replication/recycle/restore",

@@ -41,6 +41,7 @@ mod pairing;
 mod recovery;
 mod renewal;
 mod replication;
+mod restore;
 mod rng;
 mod rollover;
 mod rules;

@@ -28,15 +28,17 @@ pub(super) const COMMANDS: &[Command] = &[
     Command {
         name: "accept",
         help: &[Help {
-            syntax: "accept ID [--storage N]",
-            about: "accept request ID (storage N, else the default backup storage)",
+            syntax: "accept ID [--storage N] [--replaces SID]",
+            about: "accept request ID (storage N, else the default backup storage;\n\
+                    --replaces: a new appliance takes over lost source SID)",
         }],
-        options: &[Opt::Value("--storage")],
+        options: &[Opt::Value("--storage"), Opt::Value("--replaces")],
         parse: |i| {
             let [id] = i.operands(["a request ID"])?;
             Ok(CtlCommand::Accept {
                 request_id: request_id(id)?,
                 storage_id: i.positive("--storage")?,
+                replaces: i.positive("--replaces")?,
             })
         },
         run: Run::Daemon(accept),
@@ -238,11 +240,15 @@ fn accept(cx: &Cx<'_>, c: &CtlCommand) -> Result<String, CtlError> {
     let CtlCommand::Accept {
         request_id,
         storage_id,
+        replaces,
     } = *c
     else {
         return Err(other_command());
     };
-    let how = Resolution::Accept { storage_id };
+    let how = Resolution::Accept {
+        storage_id,
+        replaces,
+    };
     let a = cx.client.resolve(&cx.token()?, request_id, how)?;
     Ok(cx.show(a, |v| {
         format!(

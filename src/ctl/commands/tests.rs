@@ -66,6 +66,39 @@ fn replication_commands_parse_with_their_checks() {
             reset: true
         }
     );
+    assert_eq!(
+        command("restore 2 web/mon web/tue --storage 3 --overwrite"),
+        CtlCommand::Restore {
+            target_id: 2,
+            backups: vec!["web/mon".into(), "web/tue".into()],
+            clients: vec![],
+            all: false,
+            storage_id: Some(3),
+            overwrite: true
+        }
+    );
+    assert_eq!(
+        command("restore 2 --all"),
+        CtlCommand::Restore {
+            target_id: 2,
+            backups: vec![],
+            clients: vec![],
+            all: true,
+            storage_id: None,
+            overwrite: false
+        }
+    );
+    assert_eq!(
+        command("drill 2 --bytes 1000"),
+        CtlCommand::Drill {
+            target_id: 2,
+            bytes: Some(1000)
+        }
+    );
+    assert_eq!(command("drills"), CtlCommand::Drills);
+    assert!(usage_error("restore 2").contains("exactly one of"));
+    assert!(usage_error("restore 2 --all --client web").contains("exactly one of"));
+    assert!(usage_error("restore").contains("target ID"));
     assert!(usage_error("queue remove").contains("item IDs or --client"));
     assert!(usage_error("queue drop 1").contains("add, remove or reset"));
     assert_eq!(
@@ -226,14 +259,16 @@ fn target_side_commands_parse_their_ids_and_options() {
         command("accept 7 --storage 2"),
         CtlCommand::Accept {
             request_id: 7,
-            storage_id: Some(2)
+            storage_id: Some(2),
+            replaces: None
         }
     );
     assert_eq!(
         command("accept 7"),
         CtlCommand::Accept {
             request_id: 7,
-            storage_id: None
+            storage_id: None,
+            replaces: None
         }
     );
     let reject = parse_ctl(&[
@@ -260,7 +295,8 @@ fn a_pending_rows_negative_system_id_names_its_request() {
         command("accept -7"),
         CtlCommand::Accept {
             request_id: 7,
-            storage_id: None
+            storage_id: None,
+            replaces: None
         }
     );
     assert_eq!(command("ignore -4"), CtlCommand::Ignore { request_id: 4 });
@@ -592,6 +628,7 @@ fn every_command_parses_to_its_own_entry() {
         ("users remove ops", "users remove"),
         ("queue", "queue"),
         ("queue reset 3", "queue reset"),
+        ("restore 1 --all", "restore"),
         ("token list", "token list"),
         ("help", "help"),
         ("accept 1 --help", "help"),

@@ -145,7 +145,8 @@ pub fn identify(store: &Store, storages: &[Storage], serial: &str) -> Result<Sou
                 "this certificate belongs to no paired source",
             )
         })?;
-    let uuid = row.system_uuid.clone().unwrap_or_default();
+    // The uuid its copies are kept under: its own, or the one of the appliance it replaced.
+    let uuid = row.copies_uuid().unwrap_or_default().to_string();
     // Its directory is named by it: only a UUID is kept apart from every other name a
     // storage holds (a row from before filings checked it is refused here).
     if !is_system_uuid(&uuid) {

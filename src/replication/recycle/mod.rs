@@ -141,7 +141,7 @@ pub fn purge_after(r: &RecycleRecord, recycle_days: u64) -> UnixTime {
 /// The source a systems row describes, with its storage, if it is a paired source whose
 /// uuid is a safe path component and whose storage exists.
 pub fn source_of(row: &SystemRecord, storages: &[Storage]) -> Option<Source> {
-    let uuid = row.system_uuid.clone()?;
+    let uuid = row.copies_uuid()?.to_string();
     check_component(&uuid).ok()?;
     let storage = storages.iter().find(|s| Some(s.id) == row.storage_id)?;
     row.role.is_source().then(|| Source {

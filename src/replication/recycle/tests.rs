@@ -58,6 +58,7 @@ fn with_policy(s: &Scratch, policy: Option<Retention>, quota_mb: Option<u64>) {
         asset_tag: None,
         quota_mb,
         share: None,
+        copies_uuid: None,
         last_serial: None,
         retention: policy,
     };
