@@ -455,6 +455,14 @@ pub(super) const KEYS: &[Key] = &[
              \"Replication\") this appliance replicates to its complete targets; it must name a \
              configured storage",
     ),
+    Key::text(
+        "compression",
+        "auto",
+        compression,
+        "compression of replicated content (SPEC 17): `auto` lets the sender pick the zstd level \
+         or none every few seconds from whether the link or its CPU limits it; `off`; or \
+         `zstd:<level>` (1 to 3) always. Used only with targets that agreed to `zstd`",
+    ),
     Key::choice(
         "fault",
         "none",
@@ -484,6 +492,10 @@ fn not_empty(s: &str) -> Result<(), String> {
         return Err("must not be empty".into());
     }
     Ok(())
+}
+
+fn compression(s: &str) -> Result<(), String> {
+    crate::wire::compress::Compression::parse(s).map(|_| ())
 }
 
 fn printable_name(s: &str) -> Result<(), String> {

@@ -20,6 +20,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use crate::model::Secret;
+use crate::wire::compress::Compression;
 use keys::Kind;
 use values::{toml_value, Given, Values};
 
@@ -203,6 +204,8 @@ pub struct Config {
     /// `replicate_from`: the id of the storage whose backups this appliance replicates to its
     /// targets.
     pub replicate_from: Option<u64>,
+    /// `compression`: of replicated content (`auto`, `off`, `zstd:<level>`).
+    pub compression: Compression,
     /// `fault`: fault injection for crash tests (`none`, `crash_after_accept_commit`,
     /// `crash_after_renew_commit`, `crash_after_renew_receive`, `crash_after_renew_install`).
     pub fault: Fault,
@@ -369,6 +372,8 @@ impl Config {
             workers: v.count("workers")?,
             storage,
             replicate_from,
+            compression: Compression::parse(&v.text("compression")?)
+                .map_err(|e| bad("compression", e))?,
             fault: Fault::from_word(&fault).ok_or_else(|| bad("fault", "internal: unchecked"))?,
             sources: BTreeMap::new(),
             admin_password: None,

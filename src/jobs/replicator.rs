@@ -16,7 +16,8 @@ use std::time::{Duration, Instant};
 use super::watch::Watcher;
 use crate::identity::TargetDirs;
 use crate::model::{self, Chain};
-use crate::remote::tunnel::{open_transfer, OpenTransferError};
+use crate::remote::tunnel::{open_transfer, tcp_figures, OpenTransferError};
+use crate::replication::compress::{Compression, Readings};
 use crate::replication::feed::{recover_active, Claims, Reserver, StoreFeed};
 use crate::replication::sender::{self, SessionError};
 use crate::replication::{backups, queue, Shared};
@@ -32,6 +33,8 @@ pub struct Context {
     pub dirs: TargetDirs,
     /// An idle target gets a session at least this often (it learns of damaged copies).
     pub heartbeat: Duration,
+    /// `compression` of the content sent.
+    pub compression: Compression,
 }
 
 /// How often the supervisor looks at targets when nothing wakes it.
@@ -300,11 +303,23 @@ fn session(ctx: &Context, target_id: u64, state: &TargetState, stop: &AtomicBool
         reserver,
         model::now,
     );
+    let socket = stream.socket;
+    let readings = move || {
+        let tcp = tcp_figures(&socket);
+        Readings {
+            cpu: thread_cpu_time(),
+            rwnd_limited: tcp.map(|t| t.rwnd_limited),
+            link_rate: tcp.map(|t| t.delivery_rate).filter(|r| *r > 0),
+        }
+    };
     let sctx = sender::Context {
         root: &root,
         live: &ctx.shared.live,
         shutdown: stop,
         target: label.clone(),
+        compression: ctx.compression,
+        zstd: stream.features.zstd,
+        readings: &readings,
     };
     let result = sender::run(&sctx, &mut feed, stream.body, &replies);
     // The feed settles what it holds; its reservations are all written once the writer
@@ -316,11 +331,12 @@ fn session(ctx: &Context, target_id: u64, state: &TargetState, stop: &AtomicBool
             state.failures.store(0, Ordering::SeqCst);
             if s.done + s.skipped + s.failed > 0 {
                 log::info!(
-                    "replication to {label}: session ended: {} sent, {} already held, {} failed, {} bytes",
+                    "replication to {label}: session ended: {} sent, {} already held, {} failed, {} bytes ({} on the wire)",
                     s.done,
                     s.skipped,
                     s.failed,
-                    s.bytes_sent
+                    s.bytes_sent,
+                    s.wire_bytes
                 );
             } else {
                 log::debug!("replication to {label}: idle session ended");
@@ -332,6 +348,22 @@ fn session(ctx: &Context, target_id: u64, state: &TargetState, stop: &AtomicBool
             back_off(state);
         }
     }
+}
+
+/// The calling thread's CPU time (user and system), if the platform tells.
+fn thread_cpu_time() -> Option<Duration> {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: `ts` is a valid timespec for the kernel to fill.
+    let rc = unsafe { libc::clock_gettime(libc::CLOCK_THREAD_CPUTIME_ID, &mut ts) };
+    if rc != 0 {
+        return None;
+    }
+    let secs = u64::try_from(ts.tv_sec).ok()?;
+    let nanos = u32::try_from(ts.tv_nsec).ok()?;
+    Some(Duration::new(secs, nanos))
 }
 
 fn back_off(state: &TargetState) {

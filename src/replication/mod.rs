@@ -7,6 +7,7 @@
 
 pub mod admin;
 pub mod backups;
+pub mod compress;
 pub mod feed;
 pub mod live;
 pub mod names;
