@@ -168,6 +168,7 @@ fn spawn_jobs(
             dirs: app.target_dirs.clone(),
             heartbeat: config.heartbeat_interval,
             compression: config.compression,
+            congestion: config.tunnel_congestion.clone(),
         }),
         shutdown.clone(),
     )

@@ -206,6 +206,8 @@ pub struct Config {
     pub replicate_from: Option<u64>,
     /// `compression`: of replicated content (`auto`, `off`, `zstd:<level>`).
     pub compression: Compression,
+    /// `tunnel_congestion`: TCP congestion control of tunnel sockets (`system`: leave it).
+    pub tunnel_congestion: String,
     /// `fault`: fault injection for crash tests (`none`, `crash_after_accept_commit`,
     /// `crash_after_renew_commit`, `crash_after_renew_receive`, `crash_after_renew_install`).
     pub fault: Fault,
@@ -374,6 +376,7 @@ impl Config {
             replicate_from,
             compression: Compression::parse(&v.text("compression")?)
                 .map_err(|e| bad("compression", e))?,
+            tunnel_congestion: v.text("tunnel_congestion")?,
             fault: Fault::from_word(&fault).ok_or_else(|| bad("fault", "internal: unchecked"))?,
             sources: BTreeMap::new(),
             admin_password: None,

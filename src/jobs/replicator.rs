@@ -15,6 +15,7 @@ use std::time::{Duration, Instant};
 
 use super::watch::Watcher;
 use crate::identity::TargetDirs;
+use crate::listener::sys::apply_congestion;
 use crate::model::{self, Chain};
 use crate::remote::tunnel::{open_transfer, tcp_figures, OpenTransferError};
 use crate::replication::compress::{Compression, Readings};
@@ -35,6 +36,8 @@ pub struct Context {
     pub heartbeat: Duration,
     /// `compression` of the content sent.
     pub compression: Compression,
+    /// `tunnel_congestion`, set on each session's connection.
+    pub congestion: String,
 }
 
 /// How often the supervisor looks at targets when nothing wakes it.
@@ -304,6 +307,9 @@ fn session(ctx: &Context, target_id: u64, state: &TargetState, stop: &AtomicBool
         model::now,
     );
     let socket = stream.socket;
+    // After the handshake and the head, before any data.
+    let cc = apply_congestion(&socket, &ctx.congestion, "tunnel connections");
+    let cc = cc.unwrap_or_else(|| "unknown".into());
     let readings = move || {
         let tcp = tcp_figures(&socket);
         Readings {
@@ -331,7 +337,7 @@ fn session(ctx: &Context, target_id: u64, state: &TargetState, stop: &AtomicBool
             state.failures.store(0, Ordering::SeqCst);
             if s.done + s.skipped + s.failed > 0 {
                 log::info!(
-                    "replication to {label}: session ended: {} sent, {} already held, {} failed, {} bytes ({} on the wire)",
+                    "replication to {label}: session ended: {} sent, {} already held, {} failed, {} bytes ({} on the wire), congestion control {cc}",
                     s.done,
                     s.skipped,
                     s.failed,
