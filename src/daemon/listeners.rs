@@ -62,10 +62,14 @@ pub(super) fn open(config: &Config, prepared: &Prepared) -> Result<Sockets, Daem
     let tunnel = bind(config.tunnel_listen, "tunnel_listen")?;
     // Set on the listener, the congestion control is every accepted connection's.
     let cc = listener::sys::apply_congestion(&tunnel, &config.tunnel_congestion, "the tunnel");
-    log::info!(
-        "tunnel connections use TCP congestion control {}",
-        cc.as_deref().unwrap_or("unknown")
-    );
+    let cc = cc.as_deref().unwrap_or("unknown");
+    log::info!("tunnel connections use TCP congestion control {cc}");
+    crate::metrics::gauge(
+        "replgate_tunnel_congestion",
+        "1, labelled with the TCP congestion control of the connections the tunnel accepts.",
+        &[("algorithm", cc)],
+    )
+    .set(1.0);
     Ok(Sockets {
         api_tls,
         tunnel_tls,

@@ -310,6 +310,12 @@ fn session(ctx: &Context, target_id: u64, state: &TargetState, stop: &AtomicBool
     // After the handshake and the head, before any data.
     let cc = apply_congestion(&socket, &ctx.congestion, "tunnel connections");
     let cc = cc.unwrap_or_else(|| "unknown".into());
+    crate::metrics::counter(
+        "replgate_replication_sessions_total",
+        "Replication sessions opened to targets, by their connection's TCP congestion control.",
+        &[("congestion", &cc)],
+    )
+    .inc();
     let readings = move || {
         let tcp = tcp_figures(&socket);
         Readings {
@@ -332,6 +338,19 @@ fn session(ctx: &Context, target_id: u64, state: &TargetState, stop: &AtomicBool
     // returns.
     drop(feed);
     let _ = reserving.join();
+    let sent = |form, bytes| {
+        crate::metrics::counter(
+            "replgate_replication_sent_bytes_total",
+            "File content sent to targets by sessions that ended with Bye (form content), and \
+             the bytes it took in frames (form wire: less where compressed).",
+            &[("form", form)],
+        )
+        .add(bytes)
+    };
+    if let Ok(s) = &result {
+        sent("content", s.bytes_sent);
+        sent("wire", s.wire_bytes);
+    }
     match result {
         Ok(s) => {
             state.failures.store(0, Ordering::SeqCst);
