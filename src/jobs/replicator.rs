@@ -307,23 +307,8 @@ fn session(ctx: &Context, target_id: u64, state: &TargetState, stop: &AtomicBool
         model::now,
     );
     let socket = stream.socket;
-    // After the handshake and the head, before any data.
-    let cc = apply_congestion(&socket, &ctx.congestion, "tunnel connections");
-    let cc = cc.unwrap_or_else(|| "unknown".into());
-    crate::metrics::counter(
-        "replgate_replication_sessions_total",
-        "Replication sessions opened to targets, by their connection's TCP congestion control.",
-        &[("congestion", &cc)],
-    )
-    .inc();
-    let readings = move || {
-        let tcp = tcp_figures(&socket);
-        Readings {
-            cpu: thread_cpu_time(),
-            rwnd_limited: tcp.map(|t| t.rwnd_limited),
-            link_rate: tcp.map(|t| t.delivery_rate).filter(|r| *r > 0),
-        }
-    };
+    let cc = congestion_of(&socket, &ctx.congestion);
+    let readings = move || readings_of(&socket);
     let sctx = sender::Context {
         root: &root,
         live: &ctx.shared.live,
@@ -338,21 +323,9 @@ fn session(ctx: &Context, target_id: u64, state: &TargetState, stop: &AtomicBool
     // returns.
     drop(feed);
     let _ = reserving.join();
-    let sent = |form, bytes| {
-        crate::metrics::counter(
-            "replgate_replication_sent_bytes_total",
-            "File content sent to targets by sessions that ended with Bye (form content), and \
-             the bytes it took in frames (form wire: less where compressed).",
-            &[("form", form)],
-        )
-        .add(bytes)
-    };
-    if let Ok(s) = &result {
-        sent("content", s.bytes_sent);
-        sent("wire", s.wire_bytes);
-    }
     match result {
         Ok(s) => {
+            count_sent(&s);
             state.failures.store(0, Ordering::SeqCst);
             if s.done + s.skipped + s.failed > 0 {
                 log::info!(
@@ -372,6 +345,44 @@ fn session(ctx: &Context, target_id: u64, state: &TargetState, stop: &AtomicBool
             log::warn!("replication to {label}: session broken: {e}");
             back_off(state);
         }
+    }
+}
+
+/// Sets `tunnel_congestion` on a session's connection (after the handshake and the head,
+/// before any data) and counts the session by the algorithm it got.
+fn congestion_of(socket: &std::net::TcpStream, setting: &str) -> String {
+    let cc = apply_congestion(socket, setting, "tunnel connections");
+    let cc = cc.unwrap_or_else(|| "unknown".into());
+    crate::metrics::counter(
+        "replgate_replication_sessions_total",
+        "Replication sessions opened to targets, by their connection's TCP congestion control.",
+        &[("congestion", &cc)],
+    )
+    .inc();
+    cc
+}
+
+/// What `auto` compression reviews its level by: this thread's CPU time and the
+/// connection's `TCP_INFO`.
+fn readings_of(socket: &std::net::TcpStream) -> Readings {
+    let tcp = tcp_figures(socket);
+    Readings {
+        cpu: thread_cpu_time(),
+        rwnd_limited: tcp.map(|t| t.rwnd_limited),
+        link_rate: tcp.map(|t| t.delivery_rate).filter(|r| *r > 0),
+    }
+}
+
+/// Counts what a session that ended with `Bye` sent: content, and its bytes in frames.
+fn count_sent(s: &sender::Summary) {
+    for (form, bytes) in [("content", s.bytes_sent), ("wire", s.wire_bytes)] {
+        crate::metrics::counter(
+            "replgate_replication_sent_bytes_total",
+            "File content sent to targets by sessions that ended with Bye (form content), and \
+             the bytes it took in frames (form wire: less where compressed).",
+            &[("form", form)],
+        )
+        .add(bytes);
     }
 }
 
