@@ -172,6 +172,8 @@ fn spawn_jobs(
             root: config.replication_storage().map(|s| s.path.clone()),
             dirs: app.target_dirs.clone(),
             heartbeat: config.heartbeat_interval,
+            compression: config.compression,
+            congestion: config.tunnel_congestion.clone(),
         }),
         shutdown.clone(),
     )

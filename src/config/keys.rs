@@ -518,6 +518,22 @@ pub(super) const KEYS: &[Key] = &[
         "a partial copy of a cut transfer that no session resumed for this long is removed (7 \
          days, at least 10); until then it counts against its source's quota",
     ),
+    Key::text(
+        "compression",
+        "auto",
+        compression,
+        "compression of replicated content (SPEC 17): `auto` lets the sender pick the zstd level \
+         or none every few seconds from whether the link or its CPU limits it; `off`; or \
+         `zstd:<level>` (1 to 3) always. Used only with targets that agreed to `zstd`",
+    ),
+    Key::text(
+        "tunnel_congestion",
+        "bbr",
+        congestion_name,
+        "TCP congestion control of tunnel connections, both ends (SPEC 17): `bbr`, `system` (the \
+         kernel's default, `net.ipv4.tcp_congestion_control`) or another name the kernel knows. \
+         One the kernel refuses falls back to the system's default with one warning",
+    ),
     Key::choice(
         "fault",
         "none",
@@ -550,6 +566,23 @@ fn not_empty(s: &str) -> Result<(), String> {
         return Err("must not be empty".into());
     }
     Ok(())
+}
+
+fn compression(s: &str) -> Result<(), String> {
+    crate::wire::compress::Compression::parse(s).map(|_| ())
+}
+
+fn congestion_name(s: &str) -> Result<(), String> {
+    let ok = (1..16).contains(&s.len())
+        && s.bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_');
+    if ok {
+        Ok(())
+    } else {
+        Err(format!(
+            "{s:?} is not `system` or a congestion control name (1 to 15 of a-z, 0-9, _)"
+        ))
+    }
 }
 
 fn printable_name(s: &str) -> Result<(), String> {

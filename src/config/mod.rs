@@ -20,6 +20,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use crate::model::Secret;
+use crate::wire::compress::Compression;
 use keys::Kind;
 use values::{toml_value, Given, Values};
 
@@ -239,6 +240,10 @@ pub struct Config {
     pub verify_interval: Duration,
     /// `partial_retention` (s): a partial copy no session resumed for this long is removed.
     pub partial_retention: Duration,
+    /// `compression`: of replicated content (`auto`, `off`, `zstd:<level>`).
+    pub compression: Compression,
+    /// `tunnel_congestion`: TCP congestion control of tunnel sockets (`system`: leave it).
+    pub tunnel_congestion: String,
     /// `fault`: fault injection for crash tests (`none`, `crash_after_accept_commit`,
     /// `crash_after_renew_commit`, `crash_after_renew_receive`, `crash_after_renew_install`,
     /// `crash_after_rollover_files`, `crash_after_rollover_start`,
@@ -415,6 +420,9 @@ impl Config {
             recycle_days: v.number("recycle_days")?,
             verify_interval: v.seconds("verify_interval")?,
             partial_retention: v.seconds("partial_retention")?,
+            compression: Compression::parse(&v.text("compression")?)
+                .map_err(|e| bad("compression", e))?,
+            tunnel_congestion: v.text("tunnel_congestion")?,
             fault: Fault::from_word(&fault).ok_or_else(|| bad("fault", "internal: unchecked"))?,
             sources: BTreeMap::new(),
             admin_password: None,

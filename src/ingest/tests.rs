@@ -10,6 +10,7 @@ use std::sync::{Arc, Mutex};
 
 use crate::fsx::power_loss::replay;
 use crate::fsx::trace::{Op, Recording};
+use crate::replication::compress::{Compression, Readings};
 use crate::replication::live::Live;
 use crate::replication::names::BackupName;
 use crate::replication::queue::Attempt;
@@ -17,7 +18,7 @@ use crate::replication::receiver::{self, Ledger, Scratch};
 use crate::replication::sender::{self, Claimed, Feed};
 use crate::replication::stream::{FrameReader, FrameWriter};
 use crate::store::{ReplicationConfig, ThrottleRecord};
-use crate::wire::transfer::{Decision, Frame, MAX_DATA};
+use crate::wire::transfer::{Decision, Features, Frame, MAX_DATA};
 
 /// The receiver's scratch store and source (`receiver::Scratch`), with a source side:
 /// its backup storage (`src`), live state and the target's ledger.
@@ -26,6 +27,9 @@ struct Fixture {
     src: PathBuf,
     live: Live,
     ledger: Ledger,
+    /// The sender's `compression`, and the features the receiver agreed to.
+    compression: Compression,
+    features: Features,
 }
 
 impl std::ops::Deref for Fixture {
@@ -54,6 +58,8 @@ fn fixture(name: &str) -> Fixture {
             || (1, 12),
         ),
         ledger: Ledger::default(),
+        compression: Compression::Off,
+        features: Features::ALL,
     }
 }
 
@@ -167,6 +173,9 @@ fn run_sender(
         live: &f.live,
         shutdown: &shutdown,
         target: "target 1".into(),
+        compression: f.compression,
+        zstd: f.features.zstd,
+        readings: &Readings::default,
     };
     sender::run(&ctx, feed, out, &replies)
 }
@@ -191,6 +200,7 @@ fn session(
                 slot: None,
                 peer: "test".into(),
                 now: || 1_000,
+                features: f.features,
             };
             let input = a.try_clone().unwrap();
             let summary = super::serve(&ctx, &f.source, input, &a);
@@ -453,6 +463,7 @@ fn against_receiver_as(
                 slot: None,
                 peer: "test".into(),
                 now: || 1_000,
+                features: f.features,
             };
             super::serve(&ctx, source, a.try_clone().unwrap(), &a);
             let _ = a.shutdown(std::net::Shutdown::Both);
@@ -1128,6 +1139,7 @@ fn offers_never_sent_by_one_source_do_not_starve_another() {
                 peer: "a".into(),
                 now: || 1_000,
                 slot: None,
+                features: f.features,
             };
             let summary = super::serve(&ctx, &f.source, a.try_clone().unwrap(), &a);
             let _ = a.shutdown(std::net::Shutdown::Both);
@@ -1192,4 +1204,190 @@ fn a_refusal_names_what_failed_and_never_a_path_of_the_target() {
         assert!(!a.contains(&root), "a path of the target: {a}");
         assert!(!a.contains("/tmp"), "a path of the target: {a}");
     }
+}
+
+// ---- compressed content (`zstd`) ----
+
+/// Text-like content: compresses to well under half with zstd's fastest level.
+fn text(len: usize) -> Vec<u8> {
+    let words = ["backup ", "replgate ", "block ", "tar ", "0042 ", "\n"];
+    let mut out = Vec::with_capacity(len);
+    let mut x = 7u64;
+    while out.len() < len {
+        x = x.wrapping_mul(6_364_136_223_846_793_005).wrapping_add(1);
+        out.extend_from_slice(words[(x >> 33) as usize % words.len()].as_bytes());
+    }
+    out.truncate(len);
+    out
+}
+
+fn noise(len: usize) -> Vec<u8> {
+    let mut x = 0x9e37_79b9_7f4a_7c15u64;
+    (0..len)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x as u8
+        })
+        .collect()
+}
+
+#[test]
+fn compressible_content_crosses_compressed_and_arrives_identical() {
+    let mut f = fixture("zstd");
+    f.compression = Compression::Zstd(1);
+    let doc = text(3 * 1024 * 1024 + 5);
+    let rnd = noise(1024 * 1024 + 3);
+    put(&f, "c/doc", &doc);
+    put(&f, "c/rnd", &rnd);
+    let mut feed = MemFeed::of(&["c/doc"]);
+    let (result, rx) = session(&f, &mut feed, None);
+    let s = result.unwrap();
+    assert_eq!((s.done, rx.committed), (1, 1), "{:?}", feed.results);
+    assert_eq!(s.bytes_sent, doc.len() as u64);
+    assert!(s.wire_bytes < s.bytes_sent / 2, "{s:?}");
+    assert_eq!(std::fs::read(received_path(&f, "c/doc")).unwrap(), doc);
+    let row = f
+        .store
+        .received_one(&f.source.uuid, "c/doc")
+        .unwrap()
+        .unwrap();
+    assert_eq!(row.sha256, crate::ca::sha256_hex(&doc));
+    // Content that does not shrink goes raw: every chunk as `Data`, nothing saved.
+    let mut feed = MemFeed::of(&["c/rnd"]);
+    let (result, _) = session(&f, &mut feed, None);
+    let s = result.unwrap();
+    assert_eq!(s.done, 1, "{:?}", feed.results);
+    assert_eq!(s.bytes_sent, rnd.len() as u64);
+    assert_eq!(
+        s.wire_bytes,
+        rnd.len() as u64 + 9 * rnd.len().div_ceil(MAX_DATA) as u64
+    );
+    assert_eq!(std::fs::read(received_path(&f, "c/rnd")).unwrap(), rnd);
+}
+
+#[test]
+fn a_target_without_zstd_gets_raw_frames_and_a_source_without_it_sends_them() {
+    let mut f = fixture("nozstd");
+    f.compression = Compression::Zstd(3);
+    f.features = Features::default();
+    let doc = text(1024 * 1024);
+    put(&f, "c/doc", &doc);
+    let mut feed = MemFeed::of(&["c/doc"]);
+    let (result, _) = session(&f, &mut feed, None);
+    let s = result.unwrap();
+    assert_eq!(s.done, 1, "{:?}", feed.results);
+    assert!(s.wire_bytes > s.bytes_sent, "{s:?}");
+    assert_eq!(std::fs::read(received_path(&f, "c/doc")).unwrap(), doc);
+}
+
+/// Offer and start `c/z` of `size` bytes, then `zdata`.
+fn zframes<'a>(size: u64, zdata: Frame<'a>) -> Vec<Frame<'a>> {
+    vec![
+        Frame::Offer {
+            seq: 1,
+            size,
+            version: 0,
+            name: "c/z",
+        },
+        Frame::Start { seq: 1, offset: 0 },
+        zdata,
+    ]
+}
+
+fn ended_for_protocol(answers: &[String]) -> bool {
+    answers
+        .last()
+        .is_some_and(|a| a.contains("Fatal") && a.contains("Protocol"))
+}
+
+#[test]
+fn a_decompression_bomb_or_a_false_claim_ends_the_session_and_nothing_is_kept() {
+    // 64 MiB of zeros in a few KB, claimed as the most a frame may hold.
+    let bomb = zstd::bulk::compress(&vec![0u8; 64 << 20], 3).unwrap();
+    assert!(bomb.len() < 8192, "{}", bomb.len());
+    let small = text(100_000);
+    let packed = zstd::bulk::compress(&small, 1).unwrap();
+    let cases: Vec<(&str, Frame<'_>)> = vec![
+        (
+            "bomb",
+            Frame::ZData {
+                seq: 1,
+                raw_len: MAX_DATA as u32,
+                bytes: &bomb,
+            },
+        ),
+        (
+            "claims past the bound",
+            Frame::ZData {
+                seq: 1,
+                raw_len: 64 << 20,
+                bytes: &bomb,
+            },
+        ),
+        (
+            "claims less than it holds",
+            Frame::ZData {
+                seq: 1,
+                raw_len: 99_999,
+                bytes: &packed,
+            },
+        ),
+        (
+            "claims more than it holds",
+            Frame::ZData {
+                seq: 1,
+                raw_len: 100_001,
+                bytes: &packed,
+            },
+        ),
+        (
+            "not zstd",
+            Frame::ZData {
+                seq: 1,
+                raw_len: 1000,
+                bytes: &small[..1000],
+            },
+        ),
+    ];
+    for (what, zdata) in cases {
+        let f = fixture("bomb");
+        let answers = against_receiver(&f, &zframes(64 << 20, zdata), false);
+        assert!(ended_for_protocol(&answers), "{what}: {answers:#?}");
+        nothing_written(&f, what);
+    }
+    // The honest frame is taken; without `zstd` agreed the same frame is refused.
+    let honest = Frame::ZData {
+        seq: 1,
+        raw_len: 100_000,
+        bytes: &packed,
+    };
+    let mut frames = zframes(100_000, honest.clone());
+    frames.push(Frame::End {
+        seq: 1,
+        sha256: sha(&small),
+    });
+    frames.push(Frame::Finish);
+    let f = fixture("honest");
+    let answers = against_receiver(&f, &frames, false);
+    assert!(answers.last().unwrap().contains("Bye"), "{answers:#?}");
+    assert_eq!(std::fs::read(received_path(&f, "c/z")).unwrap(), small);
+    let mut f = fixture("unagreed");
+    f.features = Features::default();
+    let answers = against_receiver(&f, &zframes(100_000, honest), false);
+    assert!(ended_for_protocol(&answers), "{answers:#?}");
+    nothing_written(&f, "unagreed");
+}
+
+/// No copy of `c/z`, and not a byte of it in its partial file (kept, empty, to resume).
+fn nothing_written(f: &Fixture, what: &str) {
+    assert!(
+        f.store.received(&f.source.uuid).unwrap().is_empty(),
+        "{what}"
+    );
+    assert!(!received_path(f, "c/z").exists(), "{what}");
+    let partial = received_path(f, "c/.z.replgate-part");
+    let len = std::fs::metadata(&partial).map_or(0, |m| m.len());
+    assert_eq!(len, 0, "{what}");
 }

@@ -15,8 +15,10 @@ use std::time::{Duration, Instant};
 
 use super::watch::Watcher;
 use crate::identity::TargetDirs;
+use crate::listener::sys::apply_congestion;
 use crate::model::{self, Chain};
-use crate::remote::tunnel::{open_transfer, OpenTransferError};
+use crate::remote::tunnel::{open_transfer, tcp_figures, OpenTransferError};
+use crate::replication::compress::{Compression, Readings};
 use crate::replication::feed::{recover_active, requeue_refused, Claims, Reserver, StoreFeed};
 use crate::replication::live::Peer;
 use crate::replication::sender::{self, SessionError};
@@ -34,6 +36,10 @@ pub struct Context {
     pub dirs: TargetDirs,
     /// An idle target gets a session at least this often (it learns of damaged copies).
     pub heartbeat: Duration,
+    /// `compression` of the content sent.
+    pub compression: Compression,
+    /// `tunnel_congestion`, set on each session's connection.
+    pub congestion: String,
 }
 
 /// How often the supervisor looks at targets when nothing wakes it.
@@ -308,11 +314,17 @@ fn session(ctx: &Context, target_id: u64, state: &TargetState, stop: &AtomicBool
         reserver,
         model::now,
     );
+    let socket = stream.socket;
+    let cc = congestion_of(&socket, &ctx.congestion);
+    let readings = move || readings_of(&socket);
     let sctx = sender::Context {
         root: &root,
         live: &ctx.shared.live,
         shutdown: stop,
         target: label.clone(),
+        compression: ctx.compression,
+        zstd: stream.features.zstd,
+        readings: &readings,
     };
     let session = ctx.shared.live.session(Peer::Target(target_id));
     let result = sender::run(&sctx, &mut feed, stream.body, &replies);
@@ -323,14 +335,16 @@ fn session(ctx: &Context, target_id: u64, state: &TargetState, stop: &AtomicBool
     let _ = reserving.join();
     match result {
         Ok(s) => {
+            count_sent(&s);
             state.failures.store(0, Ordering::SeqCst);
             if s.done + s.skipped + s.failed > 0 {
                 log::info!(
-                    "replication to {label}: session ended: {} sent, {} already held, {} failed, {} bytes",
+                    "replication to {label}: session ended: {} sent, {} already held, {} failed, {} bytes ({} on the wire), congestion control {cc}",
                     s.done,
                     s.skipped,
                     s.failed,
-                    s.bytes_sent
+                    s.bytes_sent,
+                    s.wire_bytes
                 );
             } else {
                 log::debug!("replication to {label}: idle session ended");
@@ -380,6 +394,60 @@ fn not_opened(state: &TargetState, label: &str, e: OpenTransferError) {
 /// The next session waits `wait` (at most a minute), without counting a failure.
 fn retry_in(state: &TargetState, wait: Duration) {
     *lock(&state.retry_at) = Some(Instant::now() + wait.min(MAX_RETRY));
+}
+
+/// Sets `tunnel_congestion` on a session's connection (after the handshake and the head,
+/// before any data) and counts the session by the algorithm it got.
+fn congestion_of(socket: &std::net::TcpStream, setting: &str) -> String {
+    let cc = apply_congestion(socket, setting, "tunnel connections");
+    let cc = cc.unwrap_or_else(|| "unknown".into());
+    crate::metrics::counter(
+        "replgate_replication_sessions_total",
+        "Replication sessions opened to targets, by their connection's TCP congestion control.",
+        &[("congestion", &cc)],
+    )
+    .inc();
+    cc
+}
+
+/// What `auto` compression reviews its level by: this thread's CPU time and the
+/// connection's `TCP_INFO`.
+fn readings_of(socket: &std::net::TcpStream) -> Readings {
+    let tcp = tcp_figures(socket);
+    Readings {
+        cpu: thread_cpu_time(),
+        rwnd_limited: tcp.map(|t| t.rwnd_limited),
+        link_rate: tcp.map(|t| t.delivery_rate).filter(|r| *r > 0),
+    }
+}
+
+/// Counts what a session that ended with `Bye` sent: content, and its bytes in frames.
+fn count_sent(s: &sender::Summary) {
+    for (form, bytes) in [("content", s.bytes_sent), ("wire", s.wire_bytes)] {
+        crate::metrics::counter(
+            "replgate_replication_session_bytes_total",
+            "File content sent to targets by sessions that ended with Bye (form content), and \
+             the bytes it took in frames (form wire: less where compressed).",
+            &[("form", form)],
+        )
+        .add(bytes);
+    }
+}
+
+/// The calling thread's CPU time (user and system), if the platform tells.
+fn thread_cpu_time() -> Option<Duration> {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: `ts` is a valid timespec for the kernel to fill.
+    let rc = unsafe { libc::clock_gettime(libc::CLOCK_THREAD_CPUTIME_ID, &mut ts) };
+    if rc != 0 {
+        return None;
+    }
+    let secs = u64::try_from(ts.tv_sec).ok()?;
+    let nanos = u32::try_from(ts.tv_nsec).ok()?;
+    Some(Duration::new(secs, nanos))
 }
 
 fn back_off(state: &TargetState) {

@@ -17,6 +17,7 @@ use crate::ca::CertError;
 use crate::sync::lock;
 use crate::tls::TlsError;
 use crate::wire::chunked::{ChunkedReader, ChunkedWriter};
+use crate::wire::transfer::{Features, FEATURES_HEADER};
 
 /// Why a transfer session could not be opened.
 #[derive(Debug)]
@@ -193,6 +194,10 @@ pub struct TransferStream {
     /// leave in full TLS records rather than three records (and writes) per frame.
     pub body: ChunkedWriter<BufWriter<TunnelWriter>>,
     pub replies: ChunkedReader<TunnelReader>,
+    /// What the target agreed to use this session (`Replgate-Features`).
+    pub features: Features,
+    /// The connection's socket, for its figures (`TCP_INFO`).
+    pub socket: TcpStream,
 }
 
 /// Reads the response head one byte at a time, so nothing after it is consumed (it is
@@ -338,8 +343,10 @@ pub fn open_transfer(
     let (mut reader, mut writer) = connect(addr, ca_pem, cert_pem, key_pem)?;
     let request = format!(
         "POST /tunnel/v1/transfer HTTP/1.1\r\nHost: {addr}\r\nUser-Agent: replgate/{}\r\n\
-         Content-Type: application/x-replgate-transfer\r\nTransfer-Encoding: chunked\r\n\r\n",
-        env!("CARGO_PKG_VERSION")
+         Content-Type: application/x-replgate-transfer\r\nTransfer-Encoding: chunked\r\n\
+         {FEATURES_HEADER}: {}\r\n\r\n",
+        env!("CARGO_PKG_VERSION"),
+        Features::ALL.render()
     );
     writer.write_all(request.as_bytes()).map_err(io_error)?;
     writer.flush().map_err(io_error)?;
@@ -355,8 +362,92 @@ pub fn open_transfer(
             "the tunnel's transfer answer is not chunked",
         ));
     }
+    // A target that names no features (an older version) uses none; one that names
+    // more than was offered is held to what was.
+    let features = header(&head, FEATURES_HEADER)
+        .map_or(Features::default(), Features::parse)
+        .and(Features::ALL);
+    let socket = reader.sock.try_clone().map_err(io_error)?;
     Ok(TransferStream {
         body: ChunkedWriter::new(BufWriter::with_capacity(WRITE_BUFFER, writer)),
         replies: ChunkedReader::new(reader),
+        features,
+        socket,
     })
+}
+
+/// What the kernel measured of a connection (`TCP_INFO`): the latest delivery rate in
+/// bytes per second, the time the receiver's window held the sender back so far, and the
+/// smoothed round trip. None where the kernel does not tell (before Linux 4.10).
+pub fn tcp_figures(sock: &TcpStream) -> Option<TcpFigures> {
+    use std::os::fd::AsRawFd;
+    // struct tcp_info (linux/tcp.h): tcpi_rtt (u32, µs) at 68, tcpi_delivery_rate (u64,
+    // bytes/s) at 160, tcpi_rwnd_limited (u64, µs) at 176.
+    let mut info = [0u8; 256];
+    let mut len = libc::socklen_t::try_from(info.len()).ok()?;
+    // SAFETY: the descriptor is open for the call (borrowed from `sock`); the kernel
+    // writes at most `len` bytes into `info` and sets `len` to what it wrote.
+    let rc = unsafe {
+        libc::getsockopt(
+            sock.as_raw_fd(),
+            libc::IPPROTO_TCP,
+            libc::TCP_INFO,
+            info.as_mut_ptr().cast(),
+            &mut len,
+        )
+    };
+    if rc != 0 || (len as usize) < 184 {
+        return None;
+    }
+    let field = |at: usize, width: usize| {
+        let mut b = [0u8; 8];
+        b[..width].copy_from_slice(&info[at..at + width]);
+        match width {
+            4 => u64::from(u32::from_ne_bytes([b[0], b[1], b[2], b[3]])),
+            _ => u64::from_ne_bytes(b),
+        }
+    };
+    let (u32_at, u64_at) = (|at| field(at, 4), |at| field(at, 8));
+    Some(TcpFigures {
+        delivery_rate: u64_at(160),
+        rwnd_limited: Duration::from_micros(u64_at(176)),
+        rtt: Duration::from_micros(u32_at(68)),
+    })
+}
+
+/// See [`tcp_figures`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct TcpFigures {
+    pub delivery_rate: u64,
+    pub rwnd_limited: Duration,
+    pub rtt: Duration,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tcp_figures_read_a_live_connection() {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let mut client = TcpStream::connect(listener.local_addr().unwrap()).unwrap();
+        let (mut server, _) = listener.accept().unwrap();
+        let reader = std::thread::spawn(move || {
+            let mut sink = Vec::new();
+            server.read_to_end(&mut sink).unwrap();
+            sink.len()
+        });
+        let chunk = vec![7u8; 1 << 20];
+        for _ in 0..8 {
+            client.write_all(&chunk).unwrap();
+        }
+        let f = tcp_figures(&client).expect("TCP_INFO on Linux");
+        assert!(f.delivery_rate > 0, "{f:?}");
+        assert!(
+            f.rtt > Duration::ZERO && f.rtt < Duration::from_secs(1),
+            "{f:?}"
+        );
+        client.shutdown(Shutdown::Write).unwrap();
+        assert_eq!(reader.join().unwrap(), 8 << 20);
+    }
 }

@@ -7,6 +7,7 @@
 
 pub mod admin;
 pub mod backups;
+pub mod compress;
 pub mod drill;
 pub mod feed;
 pub mod live;

@@ -16,7 +16,7 @@ use crate::pairing::{rollover, target};
 use crate::replication::{receiver, slots, Shared};
 use crate::store::Store;
 use crate::wire::protocol::{Hello, Renewal};
-use crate::wire::transfer::Code;
+use crate::wire::transfer::{Code, Features, FEATURES_HEADER};
 
 /// What tunnel handlers may use, built once by the daemon.
 pub struct App {
@@ -147,11 +147,16 @@ fn transfer(app: &App, call: &mut Call<'_>) -> Result<Reply, TunnelHttpError> {
             retry_after: slots::RETRY_AFTER_S,
         })?;
     let peer = call.peer().addr.to_string();
+    // The features this session uses: what the source asked for that this side has.
+    let features = call
+        .header(FEATURES_HEADER)
+        .map_or(Features::default(), Features::parse)
+        .and(Features::ALL);
     let (body, mut writer) = call
         .duplex()
         .ok_or_else(|| TunnelHttpError::Internal("transfer route is not duplex".into()))?;
     writer
-        .start(200, TRANSFER_TYPE)
+        .start_with(200, TRANSFER_TYPE, &[(FEATURES_HEADER, features.render())])
         .map_err(|e| TunnelHttpError::Internal(Box::new(e)))?;
     let ctx = receiver::Context {
         store: &app.store,
@@ -160,6 +165,7 @@ fn transfer(app: &App, call: &mut Call<'_>) -> Result<Reply, TunnelHttpError> {
         slot: Some(&slot),
         peer,
         now: crate::model::now,
+        features,
     };
     crate::ingest::serve(&ctx, &source, body, &mut writer);
     // A broken stream cannot be finished; the session already logged how it ended.

@@ -130,6 +130,8 @@ fn prometheus_scrapes_the_state_with_a_scraper_token() {
     assert!(sample(&samples, "replgate_ca_expiry_seconds", &[]) > now);
     let version = [("version", env!("CARGO_PKG_VERSION"))];
     assert_eq!(sample(&samples, "replgate_build_info", &version), 1.0);
+    // The tunnel's congestion control, whichever the kernel gave (`tunnel_congestion`).
+    assert_eq!(sample(&samples, "replgate_tunnel_congestion", &[]), 1.0);
 
     // The AuthToken header works too, and a logout with the scraper token ends it.
     assert_eq!(c.get("/api/metrics", Some(&scraper)).status, 200);

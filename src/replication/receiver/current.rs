@@ -21,6 +21,7 @@ use crate::fsx::{self, PartialFile};
 use crate::model::UnixTime;
 use crate::replication::live::{code_reason, Peer};
 use crate::store::{PartialRecord, StoreError};
+use crate::wire::compress::Unpacker;
 use crate::wire::hex;
 use crate::wire::transfer::{Code, Frame, Outcome, MAX_DATA};
 
@@ -145,6 +146,51 @@ impl<W: Write, S: FileSink> Session<'_, '_, W, S> {
         });
         self.poisoned = None;
         Ok(())
+    }
+
+    /// A `ZData` frame: content that decodes to exactly `raw_len` bytes, at most
+    /// [`MAX_DATA`] (the bound, checked before anything is decoded; libzstd writes no
+    /// further than it). A frame that claims more, decodes to more or less, or is not
+    /// zstd ends the session: the source is broken or hostile.
+    pub(super) fn zdata(
+        &mut self,
+        seq: u32,
+        raw_len: u32,
+        packed: &[u8],
+    ) -> Result<(), ReceiveError> {
+        if !self.ctx.features.zstd {
+            let m = "a compressed frame, but the session did not agree to zstd".to_string();
+            return self.fatal(Code::Protocol, m);
+        }
+        let raw_len = raw_len as usize;
+        if raw_len > MAX_DATA {
+            let m = format!("a compressed frame claims {raw_len} bytes, more than {MAX_DATA}");
+            return self.fatal(Code::Protocol, m);
+        }
+        if self.poisoned == Some(seq) {
+            return Ok(());
+        }
+        if self.unpacker.is_none() {
+            match Unpacker::new() {
+                Ok(u) => self.unpacker = Some(u),
+                Err(e) => {
+                    let m = format!("cannot start a decompressor: {e}");
+                    return self.fatal(Code::Unavailable, m);
+                }
+            }
+        }
+        let mut out = std::mem::take(&mut self.unpacked);
+        out.resize(MAX_DATA, 0);
+        let unpacked = match &mut self.unpacker {
+            Some(u) => u.unpack(packed, &mut out[..raw_len]),
+            None => Ok(()),
+        };
+        let result = match unpacked {
+            Ok(()) => self.data(seq, &out[..raw_len]),
+            Err(e) => self.fatal(Code::Protocol, format!("compressed data for {seq}: {e}")),
+        };
+        self.unpacked = out;
+        result
     }
 
     pub(super) fn data(&mut self, seq: u32, bytes: &[u8]) -> Result<(), ReceiveError> {

@@ -44,7 +44,7 @@ use crate::fsx;
 use crate::model::UnixTime;
 use crate::store::{Store, StoreError};
 use crate::wire::protocol::is_system_uuid;
-use crate::wire::transfer::Code;
+use crate::wire::transfer::{Code, Features};
 
 /// Suffix of partial copies (after a leading `.`), so a sweep recognizes them.
 pub const PARTIAL_SUFFIX: &str = ".replgate-part";
@@ -213,6 +213,9 @@ pub struct Context<'a> {
     /// The peer's address, for log lines.
     pub peer: String,
     pub now: fn() -> UnixTime,
+    /// What the session agreed to use (`Replgate-Features`): a frame of another feature
+    /// is a protocol error.
+    pub features: Features,
 }
 
 /// What a session did.

@@ -46,6 +46,8 @@ pub fn serve<S: FileSink>(
         committing: HashMap::new(),
         commits,
         summary: Summary::default(),
+        unpacker: None,
+        unpacked: Vec::new(),
     };
     log::info!(
         "replication from system {} ({}) at {}: session started, storage {}",
@@ -159,6 +161,11 @@ impl<W: Write, S: FileSink> Session<'_, '_, W, S> {
                     self.start(seq, offset)?
                 }
                 Frame::Data { seq, bytes } => self.data(seq, bytes)?,
+                Frame::ZData {
+                    seq,
+                    raw_len,
+                    bytes,
+                } => self.zdata(seq, raw_len, bytes)?,
                 Frame::End { seq, sha256 } => self.end(seq, sha256)?,
                 Frame::Skip { seq } => self.skip(seq)?,
                 Frame::Finish => {

@@ -19,6 +19,7 @@ use crate::model::UnixTime;
 use crate::replication::live::{code_reason, Incoming, Peer, Registered};
 use crate::replication::names::BackupName;
 use crate::replication::stream::FrameWriter;
+use crate::wire::compress::Unpacker;
 use crate::wire::transfer::{Code, Decision, Frame, Outcome};
 
 /// One session's state on the target.
@@ -43,6 +44,9 @@ pub(super) struct Session<'c, 'l, W: Write, S: FileSink> {
     pub(super) committing: HashMap<u32, (Offered<'l>, [u8; 32])>,
     pub(super) commits: CommitQueue,
     pub(super) summary: Summary,
+    /// Decodes `ZData` frames into `unpacked` (made on the first one).
+    pub(super) unpacker: Option<Unpacker>,
+    pub(super) unpacked: Vec<u8>,
 }
 
 /// What the target holds of an offered file.

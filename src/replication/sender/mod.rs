@@ -16,11 +16,13 @@ use std::time::{Duration, Instant};
 
 use ring::digest::{Context as Sha256, SHA256};
 
+mod packing;
 mod replies;
 
 pub use replies::{forward_replies, reply_channel, Replies, Reply, ReplyError};
 
 use super::backups::version_of;
+use super::compress::{Compression, Readings};
 use super::live::Live;
 use super::names::BackupName;
 use super::queue::{attempt_for, Attempt};
@@ -82,6 +84,12 @@ pub struct Context<'a> {
     pub shutdown: &'a AtomicBool,
     /// The target, for log lines: `target 3 (host:port)`.
     pub target: String,
+    /// The `compression` setting, and whether the target agreed to compressed frames.
+    pub compression: Compression,
+    pub zstd: bool,
+    /// What `auto` compression reviews its level by (this thread's CPU time, the
+    /// connection's figures), read on the session's thread.
+    pub readings: &'a dyn Fn() -> Readings,
 }
 
 /// Why a session ended before `Bye`.
@@ -115,7 +123,9 @@ pub struct Summary {
     pub done: u64,
     pub skipped: u64,
     pub failed: u64,
+    /// Content bytes sent, and the bytes they took in frames (less where compressed).
     pub bytes_sent: u64,
+    pub wire_bytes: u64,
 }
 
 struct Offer {
@@ -151,6 +161,7 @@ struct Session<'a, 'f, F: Feed, W: Write> {
     current: Option<(u64, u64)>,
     /// The most the target confirmed durable of a started file (sequence, offset).
     durable: Option<(u32, u64)>,
+    packing: packing::Packing<'a>,
 }
 
 fn digest(h: &Sha256) -> [u8; 32] {
@@ -180,8 +191,10 @@ pub fn run<F: Feed, W: Write>(
         current_failed: None,
         current: None,
         durable: None,
+        packing: packing::Packing::new(ctx.compression, ctx.zstd, ctx.readings, &ctx.target),
     };
     let result = s.run();
+    s.summary.wire_bytes = s.packing.totals().1;
     // Settle whatever is still claimed: nothing of an unsent offer moved; a file sent but
     // not confirmed is interrupted (the next session finds it held or resumable).
     let reason = match &result {
@@ -599,7 +612,9 @@ impl<'a, F: Feed, W: Write> Session<'a, '_, F, W> {
                     ));
                 }
                 self.flush()?;
+                let t = Instant::now();
                 self.wait_reply(Duration::from_millis(200))?;
+                self.packing.waited(t.elapsed());
                 continue;
             }
             out_of_window = None;
@@ -609,7 +624,9 @@ impl<'a, F: Feed, W: Write> Session<'a, '_, F, W> {
                 // Under a throttle window: push out what is buffered, then wait a little
                 // (taking the target's replies meanwhile).
                 self.flush()?;
+                let t = Instant::now();
                 self.wait_reply(self.ctx.live.wait_for(want))?;
+                self.packing.waited(t.elapsed());
                 continue;
             }
             let n = grant.min(want) as usize;
@@ -625,9 +642,15 @@ impl<'a, F: Feed, W: Write> Session<'a, '_, F, W> {
                 return self.send(&Frame::Skip { seq });
             }
             hasher.update(body);
-            self.buf[..HEADER_LEN + 4].copy_from_slice(&transfer::data_header(seq, n));
+            let frame = match self.packing.frame(seq, body) {
+                Some(zdata) => zdata,
+                None => {
+                    self.buf[..HEADER_LEN + 4].copy_from_slice(&transfer::data_header(seq, n));
+                    &self.buf[..HEADER_LEN + 4 + n]
+                }
+            };
             self.out
-                .send_raw(&self.buf[..HEADER_LEN + 4 + n])
+                .send_raw(frame)
                 .map_err(|e| SessionError::Connection(format!("send to the target: {e}")))?;
             left -= n as u64;
             sent += n as u64;
