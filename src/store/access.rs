@@ -13,7 +13,7 @@ use super::schema::{Def, Id, KeyCodec};
 use super::{decode, encode, Result, Snapshot, StoreError, Txn};
 
 /// A transaction that tables can be opened in for reading.
-pub trait Tables {
+pub(super) trait Tables {
     fn open<K: KeyCodec>(
         &self,
         def: Def<K>,
