@@ -100,7 +100,7 @@ pub(super) fn restore(call: &Call) -> Result<Reply, ApiError> {
             .storage
             .iter()
             .find(|s| s.id == id)
-            .ok_or_else(|| ApiError::BadRequest(format!("field `storage_id`: no storage {id}")))?,
+            .ok_or_else(|| ApiError::NotFound(format!("no storage with id {id}")))?,
         None => app.config.replication_storage().ok_or_else(|| {
             ApiError::Conflict("this appliance has no backup storage to restore into".into())
         })?,
