@@ -171,16 +171,13 @@ pub(crate) fn follow_ca(
     tunnel: &str,
     now: UnixTime,
 ) -> Result<(TargetRecord, bool), UpkeepError> {
-    let installed =
-        identity::installed(&ctx.store, &ctx.dirs, id)?.ok_or(UpkeepError::NotInstalled)?;
-    let row = ctx.store.target(id)?.ok_or(UpkeepError::Changed)?;
-    let answer = Remote::tunnel(tunnel, &row.ca_pem, &installed.cert_pem, &installed.key_pem)
-        .and_then(|r| r.ca())
-        .map_err(|source| UpkeepError::Remote {
-            action: "read the target's ca over the tunnel",
-            address: tunnel.to_string(),
-            source,
-        })?;
+    let (row, _, answer) = over_the_tunnel(
+        ctx,
+        id,
+        tunnel,
+        "read the target's ca over the tunnel",
+        |r| r.ca(),
+    )?;
     let followed = ca_rollover::follow(&row, &answer, now).map_err(|e| {
         log::warn!(
             "target {id} ({}): {} (answered over the tunnel at {tunnel})",
@@ -381,19 +378,33 @@ fn renew_followed(
     prove(ctx, t.id, tunnel).map(|_| ())
 }
 
-/// Says hello through the tunnel at `tunnel` with the installed generation of pairing
-/// `id`; once that worked, a generation it replaced is dropped (row first, then files).
-pub(crate) fn prove(ctx: &SourceContext, id: u64, tunnel: &str) -> Result<Hello, UpkeepError> {
+/// One call through the tunnel at `tunnel` with the installed generation of pairing `id`,
+/// trusting the CAs its row holds; with the row and the identity as read.
+fn over_the_tunnel<T>(
+    ctx: &SourceContext,
+    id: u64,
+    tunnel: &str,
+    action: &'static str,
+    call: impl FnOnce(Remote) -> Result<T, RemoteError>,
+) -> Result<(TargetRecord, identity::ClientIdentity, T), UpkeepError> {
     let installed =
         identity::installed(&ctx.store, &ctx.dirs, id)?.ok_or(UpkeepError::NotInstalled)?;
     let row = ctx.store.target(id)?.ok_or(UpkeepError::Changed)?;
-    let hello = Remote::tunnel(tunnel, &row.ca_pem, &installed.cert_pem, &installed.key_pem)
-        .and_then(|r| r.hello())
+    let answer = Remote::tunnel(tunnel, &row.ca_pem, &installed.cert_pem, &installed.key_pem)
+        .and_then(call)
         .map_err(|source| UpkeepError::Remote {
-            action: "hello through the tunnel",
+            action,
             address: tunnel.to_string(),
             source,
         })?;
+    Ok((row, installed, answer))
+}
+
+/// Says hello through the tunnel at `tunnel` with the installed generation of pairing
+/// `id`; once that worked, a generation it replaced is dropped (row first, then files).
+pub(crate) fn prove(ctx: &SourceContext, id: u64, tunnel: &str) -> Result<Hello, UpkeepError> {
+    let (row, installed, hello) =
+        over_the_tunnel(ctx, id, tunnel, "hello through the tunnel", |r| r.hello())?;
     let Some(previous) = row.previous_generation else {
         return Ok(hello);
     };
