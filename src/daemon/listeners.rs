@@ -64,6 +64,11 @@ pub(super) fn open(config: &Config, prepared: &Prepared) -> Result<Sockets, Daem
     let cc = listener::sys::apply_congestion(&tunnel, &config.tunnel_congestion, "the tunnel");
     let cc = cc.as_deref().unwrap_or("unknown");
     log::info!("tunnel connections use TCP congestion control {cc}");
+    // Also copied to every accepted connection: a source behind a cut link is let go
+    // within seconds, so its next session is not refused the names the dead one held.
+    if let Err(e) = listener::sys::set_dead_peer_detection(&tunnel) {
+        log::warn!("tunnel: dead-peer detection (keepalive, TCP_USER_TIMEOUT): {e}");
+    }
     crate::metrics::gauge(
         "replgate_tunnel_congestion",
         "1, labelled with the TCP congestion control of the connections the tunnel accepts.",

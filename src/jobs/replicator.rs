@@ -50,6 +50,10 @@ const FIRST_RETRY: Duration = Duration::from_secs(1);
 /// another source its turn asks again after this long.
 const BUSY_RETRY: Duration = Duration::from_secs(2);
 const MAX_RETRY: Duration = Duration::from_secs(60);
+/// A session that broke or could not open this soon after one worked retries within
+/// [`RECONNECT_RETRY`] to twice that, not by doubling.
+const RECONNECT_WINDOW: Duration = Duration::from_secs(120);
+const RECONNECT_RETRY: Duration = Duration::from_secs(1);
 
 /// Starts the replicator; it stops when `shutdown` is set, after joining every job.
 pub(crate) fn spawn_replicator(
@@ -179,6 +183,9 @@ struct TargetState {
     /// When the next session may try to connect (after a failure).
     retry_at: Mutex<Option<Instant>>,
     failures: AtomicUsize,
+    /// When a session last opened or ended (however): a link that worked a moment ago is
+    /// tried again soon.
+    worked_at: Mutex<Option<Instant>>,
 }
 
 fn run_target(ctx: &Arc<Context>, target_id: u64, stop: &Arc<AtomicBool>) {
@@ -314,8 +321,12 @@ fn session(ctx: &Context, target_id: u64, state: &TargetState, stop: &AtomicBool
         reserver,
         model::now,
     );
+    *lock(&state.worked_at) = Some(Instant::now());
     let socket = stream.socket;
     let cc = congestion_of(&socket, &ctx.congestion);
+    if let Err(e) = crate::listener::sys::set_dead_peer_detection(&socket) {
+        log::warn!("replication to {label}: dead-peer detection: {e}");
+    }
     let readings = move || readings_of(&socket);
     let sctx = sender::Context {
         root: &root,
@@ -328,6 +339,7 @@ fn session(ctx: &Context, target_id: u64, state: &TargetState, stop: &AtomicBool
     };
     let session = ctx.shared.live.session(Peer::Target(target_id));
     let result = sender::run(&sctx, &mut feed, stream.body, &replies);
+    *lock(&state.worked_at) = Some(Instant::now());
     drop(session);
     // The feed settles what it holds; its reservations are all written once the writer
     // returns.
@@ -451,9 +463,23 @@ fn thread_cpu_time() -> Option<Duration> {
 }
 
 fn back_off(state: &TargetState) {
-    let n = state.failures.fetch_add(1, Ordering::SeqCst).min(6) as u32;
-    let wait = (FIRST_RETRY * 2u32.pow(n)).min(MAX_RETRY);
+    let failures = state.failures.fetch_add(1, Ordering::SeqCst);
+    let since_worked = lock(&state.worked_at).map(|t| t.elapsed());
+    let wait = retry_wait(failures, since_worked, crate::rand::unit());
     *lock(&state.retry_at) = Some(Instant::now() + wait);
+}
+
+/// How long a session waits after `failures` sessions in a row failed. Within
+/// [`RECONNECT_WINDOW`] of the last session that worked (a cut link, a restarted target)
+/// it is one to two seconds, so a transfer resumes within seconds of the link's return
+/// (SPEC 17); after that it doubles from [`FIRST_RETRY`] up to [`MAX_RETRY`]. `jitter` in
+/// `[0, 1)` spreads the sources a target lost together.
+fn retry_wait(failures: usize, since_worked: Option<Duration>, jitter: f64) -> Duration {
+    if since_worked.is_some_and(|d| d < RECONNECT_WINDOW) {
+        return RECONNECT_RETRY.mul_f64(1.0 + jitter.clamp(0.0, 1.0));
+    }
+    let n = failures.min(6) as u32;
+    (FIRST_RETRY * 2u32.pow(n)).min(MAX_RETRY)
 }
 
 /// Reads the target's frames on their own thread, so the sender can keep writing while
@@ -468,4 +494,28 @@ pub(crate) fn spawn_reader(
         .stack_size(256 * 1024)
         .spawn(move || sender::forward_replies(input, &tx))?;
     Ok(rx)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_link_that_worked_a_moment_ago_is_retried_within_two_seconds_else_by_doubling() {
+        let recent = Some(Duration::from_secs(30));
+        for failures in [0, 5, 50] {
+            assert_eq!(retry_wait(failures, recent, 0.0), Duration::from_secs(1));
+            assert_eq!(
+                retry_wait(failures, recent, 0.5),
+                Duration::from_millis(1500)
+            );
+            assert!(retry_wait(failures, recent, 0.999) < Duration::from_secs(2));
+        }
+        let long_ago = Some(RECONNECT_WINDOW + Duration::from_secs(1));
+        for since in [None, long_ago] {
+            assert_eq!(retry_wait(0, since, 0.7), Duration::from_secs(1));
+            assert_eq!(retry_wait(3, since, 0.7), Duration::from_secs(8));
+            assert_eq!(retry_wait(50, since, 0.7), MAX_RETRY);
+        }
+    }
 }

@@ -1,6 +1,8 @@
 //! The listeners' only calls into libc: `poll(2)`, the `RLIMIT_NOFILE` limit,
-//! `TCP_NODELAY` on a listening socket, the congestion control of tunnel sockets
-//! (`TCP_CONGESTION`, source and target), and a connect from a chosen local address. Knows nothing about TLS, HTTP or connections.
+//! `TCP_NODELAY` on a listening socket, the congestion control and dead-peer detection of
+//! tunnel sockets (`TCP_CONGESTION`, keepalive, `TCP_USER_TIMEOUT`; source and target),
+//! and a connect from a chosen local address. Knows nothing about TLS, HTTP or
+//! connections.
 
 use std::io;
 use std::os::fd::RawFd;
@@ -174,6 +176,88 @@ pub(crate) fn apply_congestion(
     congestion(sock).ok()
 }
 
+/// How long a tunnel connection may go without a sign of its peer before the kernel ends
+/// it (SPEC 17, link cuts). Unacknowledged data for this long (`TCP_USER_TIMEOUT`), or an
+/// idle connection whose keepalive probes go unanswered as long, is a dead link: both
+/// ends drop the session, free its slot and the names it held, and the source opens a new
+/// one that resumes. A live peer that only stalls (a full receive window) keeps answering
+/// the kernel's probes and is not cut.
+pub(crate) const DEAD_PEER_AFTER: Duration = Duration::from_secs(10);
+/// Keepalive: the first probe after this much silence, then one every [`KEEPALIVE_EVERY`].
+const KEEPALIVE_IDLE: Duration = Duration::from_secs(4);
+const KEEPALIVE_EVERY: Duration = Duration::from_secs(2);
+const KEEPALIVE_PROBES: libc::c_int = 3;
+
+/// Sets dead-peer detection (see [`DEAD_PEER_AFTER`]) on a tunnel socket. Linux copies
+/// these options from a listening socket to every socket it accepts.
+pub(crate) fn set_dead_peer_detection(sock: &impl std::os::fd::AsRawFd) -> io::Result<()> {
+    let secs = |d: Duration| libc::c_int::try_from(d.as_secs()).unwrap_or(libc::c_int::MAX);
+    let millis = libc::c_int::try_from(DEAD_PEER_AFTER.as_millis()).unwrap_or(libc::c_int::MAX);
+    set_int(sock, libc::SOL_SOCKET, libc::SO_KEEPALIVE, 1)?;
+    set_int(
+        sock,
+        libc::IPPROTO_TCP,
+        libc::TCP_KEEPIDLE,
+        secs(KEEPALIVE_IDLE),
+    )?;
+    set_int(
+        sock,
+        libc::IPPROTO_TCP,
+        libc::TCP_KEEPINTVL,
+        secs(KEEPALIVE_EVERY),
+    )?;
+    set_int(sock, libc::IPPROTO_TCP, libc::TCP_KEEPCNT, KEEPALIVE_PROBES)?;
+    set_int(sock, libc::IPPROTO_TCP, libc::TCP_USER_TIMEOUT, millis)
+}
+
+fn set_int(
+    sock: &impl std::os::fd::AsRawFd,
+    level: libc::c_int,
+    option: libc::c_int,
+    value: libc::c_int,
+) -> io::Result<()> {
+    let len = libc::socklen_t::try_from(std::mem::size_of::<libc::c_int>()).unwrap_or(4);
+    // SAFETY: the descriptor is open for the call (borrowed from `sock`), and `value` is a
+    // valid c_int whose size is passed as the option length.
+    let rc = unsafe {
+        libc::setsockopt(
+            sock.as_raw_fd(),
+            level,
+            option,
+            (&value as *const libc::c_int).cast(),
+            len,
+        )
+    };
+    if rc != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+fn get_int(
+    sock: &impl std::os::fd::AsRawFd,
+    level: libc::c_int,
+    option: libc::c_int,
+) -> io::Result<libc::c_int> {
+    let mut value: libc::c_int = 0;
+    let mut len = libc::socklen_t::try_from(std::mem::size_of::<libc::c_int>()).unwrap_or(4);
+    // SAFETY: as in `set_int`; the kernel writes at most `len` bytes into `value`.
+    let rc = unsafe {
+        libc::getsockopt(
+            sock.as_raw_fd(),
+            level,
+            option,
+            (&mut value as *mut libc::c_int).cast(),
+            &mut len,
+        )
+    };
+    if rc != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(value)
+}
+
 /// Sets `TCP_NODELAY` on a listening socket. Linux copies it to every socket the listener
 /// accepts, which is the only way to reach sockets that tiny_http accepts itself.
 pub(crate) fn set_listener_nodelay(listener: &std::net::TcpListener) -> io::Result<()> {
@@ -264,6 +348,46 @@ mod tests {
         assert_eq!(
             apply_congestion(&client, "system", "a test").as_deref(),
             Some("cubic")
+        );
+    }
+
+    #[test]
+    fn dead_peer_detection_is_set_and_inherited_on_accept() {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        set_dead_peer_detection(&listener).unwrap();
+        let client = std::net::TcpStream::connect(listener.local_addr().unwrap()).unwrap();
+        let (accepted, _) = listener.accept().unwrap();
+        let millis = i32::try_from(DEAD_PEER_AFTER.as_millis()).unwrap();
+        let sock = &accepted;
+        assert_eq!(
+            get_int(sock, libc::SOL_SOCKET, libc::SO_KEEPALIVE).unwrap(),
+            1
+        );
+        assert_eq!(
+            get_int(sock, libc::IPPROTO_TCP, libc::TCP_KEEPIDLE).unwrap(),
+            4
+        );
+        assert_eq!(
+            get_int(sock, libc::IPPROTO_TCP, libc::TCP_KEEPINTVL).unwrap(),
+            2
+        );
+        assert_eq!(
+            get_int(sock, libc::IPPROTO_TCP, libc::TCP_KEEPCNT).unwrap(),
+            3
+        );
+        assert_eq!(
+            get_int(sock, libc::IPPROTO_TCP, libc::TCP_USER_TIMEOUT).unwrap(),
+            millis
+        );
+        // A socket it was not set on keeps the kernel's defaults.
+        assert_eq!(
+            get_int(&client, libc::IPPROTO_TCP, libc::TCP_USER_TIMEOUT).unwrap(),
+            0
+        );
+        set_dead_peer_detection(&client).unwrap();
+        assert_eq!(
+            get_int(&client, libc::IPPROTO_TCP, libc::TCP_USER_TIMEOUT).unwrap(),
+            millis
         );
     }
 }

@@ -1,7 +1,8 @@
 //! The WAN link emulator (bench/linkemu, behind bench/wan.sh) and the namespace set-up:
 //! a source daemon in one namespace replicates to a target in another across the emulated
 //! link, and the copy verifies. Keeps the bench's machinery working in CI; it measures
-//! nothing (bench/wan.sh does), but checks lower bounds the emulator must impose.
+//! nothing (bench/wan.sh does), but checks lower bounds the emulator must impose, and
+//! that a transfer cut mid-way is let go by both ends during the cut and then resumes.
 //!
 //! Needs root, `ip` (iproute2) and /dev/net/tun: without them it fails, never skips.
 
@@ -163,6 +164,37 @@ fn a_transfer_across_the_emulated_link_completes_and_verifies() {
     link.set_cut(false);
     drop(connect_from(&ns_a, tunnel, Duration::from_secs(5)).expect("connect after the cut"));
 
+    // A cut in the middle of a transfer (SPEC 17, link cuts): both ends let the dead
+    // session go while the link is still cut (without dead-peer detection the connection
+    // would outlive the cut and wait out TCP's retransmission backoff), then a new session
+    // resumes the file from what the target kept, and the copy verifies.
+    let second: Vec<u8> = (0..(32 << 20) / 8)
+        .flat_map(|_| rng.next_u64().to_le_bytes())
+        .collect();
+    let ended = |d: &crate::harness::Daemon, what: &str| d.log().matches(what).count();
+    let (src_broken, tgt_ended) = (ended(&src, "session broken"), ended(&tgt, "session ended"));
+    write_backup(&src, "wan/day2.img", &second);
+    wait_until(Duration::from_secs(30), "the target receives day2", || {
+        tgt.log().contains("receiving wan/day2.img")
+    });
+    std::thread::sleep(Duration::from_secs(1));
+    link.set_cut(true);
+    wait_until(
+        Duration::from_secs(30),
+        "both ends end the session cut off",
+        || ended(&src, "session broken") > src_broken && ended(&tgt, "session ended") > tgt_ended,
+    );
+    link.set_cut(false);
+    let item = wait_item(&src, &st, "wan/day2.img", "done", Duration::from_secs(60));
+    assert_eq!(item["sha256"], sha256_hex(&second));
+    let copy = std::fs::read(received_path(&tgt, &p, "wan/day2.img")).expect("the copy");
+    assert_eq!(sha256_hex(&copy), sha256_hex(&second));
+    assert!(
+        tgt.log()
+            .contains("receiving wan/day2.img (33554432 bytes, resuming at"),
+        "the new session did not resume the partial copy"
+    );
+
     drop((src, tgt));
     let last = link.stop();
     eprintln!("{}", last.render());
@@ -171,6 +203,14 @@ fn a_transfer_across_the_emulated_link_completes_and_verifies() {
         !listed.contains(&ns_a) && !listed.contains(&ns_b),
         "the namespaces outlived the link: {listed:?}"
     );
+}
+
+fn wait_until(within: Duration, what: &str, mut done: impl FnMut() -> bool) {
+    let deadline = Instant::now() + within;
+    while !done() {
+        assert!(Instant::now() < deadline, "{what}: not within {within:?}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
 }
 
 /// Text-like content that zstd's fastest level shrinks to about a third.
