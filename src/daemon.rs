@@ -167,6 +167,7 @@ fn spawn_jobs(
             root: config.replication_storage().map(|s| s.path.clone()),
             dirs: app.target_dirs.clone(),
             heartbeat: config.heartbeat_interval,
+            dedup: config.dedup,
         }),
         shutdown.clone(),
     )

@@ -203,6 +203,11 @@ pub struct Config {
     /// `replicate_from`: the id of the storage whose backups this appliance replicates to its
     /// targets.
     pub replicate_from: Option<u64>,
+    /// `dedup`: send and accept chunk lists (`auto`), or whole files only (`off`).
+    pub dedup: bool,
+    /// `dedup_scope = "target"`: a source's new backup may take chunks from every source's
+    /// copies on the storage, not only its own.
+    pub dedup_across_sources: bool,
     /// `fault`: fault injection for crash tests (`none`, `crash_after_accept_commit`,
     /// `crash_after_renew_commit`, `crash_after_renew_receive`, `crash_after_renew_install`).
     pub fault: Fault,
@@ -369,6 +374,8 @@ impl Config {
             workers: v.count("workers")?,
             storage,
             replicate_from,
+            dedup: v.text("dedup")? == "auto",
+            dedup_across_sources: v.text("dedup_scope")? == "target",
             fault: Fault::from_word(&fault).ok_or_else(|| bad("fault", "internal: unchecked"))?,
             sources: BTreeMap::new(),
             admin_password: None,

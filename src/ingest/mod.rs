@@ -45,4 +45,6 @@ pub fn serve(ctx: &Context<'_>, source: &Source, input: impl Read, output: impl 
 }
 
 #[cfg(test)]
+mod dedup_tests;
+#[cfg(test)]
 mod tests;

@@ -11,7 +11,7 @@ use std::sync::{Arc, Mutex};
 use crate::replication::live::Live;
 use crate::replication::names::BackupName;
 use crate::replication::queue::Attempt;
-use crate::replication::receiver::{self, Ledger, Scratch};
+use crate::replication::receiver::{self, Ledger, Scope, Scratch};
 use crate::replication::sender::{self, Claimed, Feed};
 use crate::replication::stream::{FrameReader, FrameWriter};
 use crate::store::{ReplicationConfig, ThrottleRecord};
@@ -19,11 +19,15 @@ use crate::wire::transfer::{Decision, Frame, MAX_DATA};
 
 /// The receiver's scratch store and source (`receiver::Scratch`), with a source side:
 /// its backup storage (`src`), live state and the target's ledger.
-struct Fixture {
-    scratch: Scratch,
-    src: PathBuf,
-    live: Live,
-    ledger: Ledger,
+pub(super) struct Fixture {
+    pub(super) scratch: Scratch,
+    pub(super) src: PathBuf,
+    pub(super) live: Live,
+    pub(super) ledger: Ledger,
+    /// The target accepts chunk lists (`dedup`), from these copies.
+    pub(super) dedup: Option<Scope>,
+    /// The source sends large files as chunk lists (the session agreed `chunks`).
+    pub(super) chunks: bool,
 }
 
 impl std::ops::Deref for Fixture {
@@ -39,7 +43,7 @@ impl std::ops::DerefMut for Fixture {
     }
 }
 
-fn fixture(name: &str) -> Fixture {
+pub(super) fn fixture(name: &str) -> Fixture {
     let scratch = Scratch::new(&format!("session-{name}"));
     let src = scratch.dir.join("src");
     std::fs::create_dir_all(&src).unwrap();
@@ -52,6 +56,8 @@ fn fixture(name: &str) -> Fixture {
             || (1, 12),
         ),
         ledger: Ledger::default(),
+        dedup: None,
+        chunks: false,
     }
 }
 
@@ -61,26 +67,26 @@ fn content(seed: u8, len: usize) -> Vec<u8> {
         .collect()
 }
 
-fn put(f: &Fixture, name: &str, bytes: &[u8]) {
+pub(super) fn put(f: &Fixture, name: &str, bytes: &[u8]) {
     let p = f.src.join(name);
     std::fs::create_dir_all(p.parent().unwrap()).unwrap();
     std::fs::write(p, bytes).unwrap();
 }
 
-fn received_path(f: &Fixture, name: &str) -> PathBuf {
+pub(super) fn received_path(f: &Fixture, name: &str) -> PathBuf {
     f.source.storage.path.join(&f.source.uuid).join(name)
 }
 
 #[derive(Default)]
-struct MemFeed {
+pub(super) struct MemFeed {
     queue: VecDeque<Claimed>,
-    results: Vec<(u64, Attempt, u64)>,
+    pub(super) results: Vec<(u64, Attempt, u64)>,
     released: Vec<u64>,
     started: Vec<(u64, u64)>,
 }
 
 impl MemFeed {
-    fn of(names: &[&str]) -> MemFeed {
+    pub(super) fn of(names: &[&str]) -> MemFeed {
         let mut f = MemFeed::default();
         for (i, n) in names.iter().enumerate() {
             f.queue.push_back(Claimed {
@@ -165,13 +171,14 @@ fn run_sender(
         live: &f.live,
         shutdown: &shutdown,
         target: "target 1".into(),
+        chunks: f.chunks,
     };
     sender::run(&ctx, feed, out, &replies)
 }
 
 /// Runs a sender session against a receiver over a socket pair; the sender's writes
 /// break after `cut` bytes if given.
-fn session(
+pub(super) fn session(
     f: &Fixture,
     feed: &mut MemFeed,
     cut: Option<usize>,
@@ -186,6 +193,7 @@ fn session(
                 store: &f.store,
                 live: &f.live,
                 ledger: &f.ledger,
+                dedup: f.dedup,
                 peer: "test".into(),
                 now: || 1_000,
             };
@@ -203,7 +211,7 @@ fn session(
     })
 }
 
-fn done(a: &Attempt) -> bool {
+pub(super) fn done(a: &Attempt) -> bool {
     matches!(a, Attempt::Done { skipped: false, .. })
 }
 
@@ -416,7 +424,7 @@ fn a_quota_refuses_before_any_byte_moves() {
 // ---- the receiver against hand-made frames ----
 
 /// Sends `frames` to a receiver and returns every frame it answered, decoded.
-fn against_receiver(f: &Fixture, frames: &[Frame<'_>], then_close: bool) -> Vec<String> {
+pub(super) fn against_receiver(f: &Fixture, frames: &[Frame<'_>], then_close: bool) -> Vec<String> {
     against_receiver_raw(f, frames, &[], then_close)
 }
 
@@ -435,6 +443,7 @@ fn against_receiver_raw(
                 store: &f.store,
                 live: &f.live,
                 ledger: &f.ledger,
+                dedup: f.dedup,
                 peer: "test".into(),
                 now: || 1_000,
             };
@@ -462,13 +471,13 @@ fn against_receiver_raw(
     v
 }
 
-fn sha(bytes: &[u8]) -> [u8; 32] {
+pub(super) fn sha(bytes: &[u8]) -> [u8; 32] {
     let mut out = [0u8; 32];
     out.copy_from_slice(ring::digest::digest(&ring::digest::SHA256, bytes).as_ref());
     out
 }
 
-fn nothing_visible(f: &Fixture) {
+pub(super) fn nothing_visible(f: &Fixture) {
     let root = &f.source.storage.path;
     let mut stack = vec![root.to_path_buf()];
     while let Some(d) = stack.pop() {

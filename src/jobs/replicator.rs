@@ -22,6 +22,7 @@ use crate::replication::sender::{self, SessionError};
 use crate::replication::{backups, queue, Shared};
 use crate::store::{Store, TargetRecord, TargetStatus};
 use crate::sync::lock;
+use crate::wire::transfer::Features;
 
 /// What the jobs need, built once by the daemon.
 pub struct Context {
@@ -32,6 +33,8 @@ pub struct Context {
     pub dirs: TargetDirs,
     /// An idle target gets a session at least this often (it learns of damaged copies).
     pub heartbeat: Duration,
+    /// Offer targets the `chunks` feature (`dedup = "auto"`).
+    pub dedup: bool,
 }
 
 /// How often the supervisor looks at targets when nothing wakes it.
@@ -259,7 +262,11 @@ fn session(ctx: &Context, target_id: u64, state: &TargetState, stop: &AtomicBool
             return;
         }
     };
-    let stream = match open_transfer(&tunnel, &target.ca_pem, &cert_pem, &key_pem) {
+    let offered = Features {
+        chunks: ctx.dedup,
+        ..Features::default()
+    };
+    let stream = match open_transfer(&tunnel, &target.ca_pem, &cert_pem, &key_pem, offered) {
         Ok(s) => s,
         Err(e) => {
             let quiet = matches!(e, OpenTransferError::Refused { status: 503, .. });
@@ -305,6 +312,7 @@ fn session(ctx: &Context, target_id: u64, state: &TargetState, stop: &AtomicBool
         live: &ctx.shared.live,
         shutdown: stop,
         target: label.clone(),
+        chunks: stream.features.chunks,
     };
     let result = sender::run(&sctx, &mut feed, stream.body, &replies);
     // The feed settles what it holds; its reservations are all written once the writer

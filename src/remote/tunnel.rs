@@ -17,6 +17,7 @@ use crate::ca::CertError;
 use crate::sync::lock;
 use crate::tls::TlsError;
 use crate::wire::chunked::{ChunkedReader, ChunkedWriter};
+use crate::wire::transfer::{Features, FEATURES_HEADER};
 
 /// Why a transfer session could not be opened.
 #[derive(Debug)]
@@ -185,6 +186,8 @@ pub struct TransferStream {
     /// leave in full TLS records rather than three records (and writes) per frame.
     pub body: ChunkedWriter<BufWriter<TunnelWriter>>,
     pub replies: ChunkedReader<TunnelReader>,
+    /// The features the target agreed to (`Replgate-Features`; none from an older one).
+    pub features: Features,
 }
 
 /// Reads the response head one byte at a time, so nothing after it is consumed (it is
@@ -232,6 +235,7 @@ pub fn open_transfer(
     ca_pem: &str,
     cert_pem: &str,
     key_pem: &str,
+    features: Features,
 ) -> Result<TransferStream, OpenTransferError> {
     let ca = crate::ca::cert_pem_to_der(ca_pem).map_err(OpenTransferError::PinnedCa)?;
     let config =
@@ -282,9 +286,13 @@ pub fn open_transfer(
         sock,
         out: Vec::with_capacity(SOCKET_WRITE + 2 * ENCRYPT_STEP),
     };
+    let offered = match features.header_value() {
+        v if v.is_empty() => String::new(),
+        v => format!("{FEATURES_HEADER}: {v}\r\n"),
+    };
     let request = format!(
         "POST /tunnel/v1/transfer HTTP/1.1\r\nHost: {addr}\r\nUser-Agent: replgate/{}\r\n\
-         Content-Type: application/x-replgate-transfer\r\nTransfer-Encoding: chunked\r\n\r\n",
+         Content-Type: application/x-replgate-transfer\r\nTransfer-Encoding: chunked\r\n{offered}\r\n",
         env!("CARGO_PKG_VERSION")
     );
     writer.write_all(request.as_bytes()).map_err(io_error)?;
@@ -323,8 +331,13 @@ pub fn open_transfer(
             "the tunnel's transfer answer is not chunked",
         ));
     }
+    // Only what was offered counts, whatever the target answers.
+    let agreed = features.and(Features::parse(
+        header(&head, FEATURES_HEADER).unwrap_or(""),
+    ));
     Ok(TransferStream {
         body: ChunkedWriter::new(BufWriter::with_capacity(WRITE_BUFFER, writer)),
         replies: ChunkedReader::new(reader),
+        features: agreed,
     })
 }

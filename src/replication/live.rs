@@ -94,6 +94,18 @@ impl Progress {
         lock(&self.meter).record(Instant::now(), done);
     }
 
+    /// `n` more bytes of the file are in place without crossing the wire (a deduplicated
+    /// transfer's chunks the target already held).
+    pub fn advance_held(&self, n: u64) {
+        let done = self.bytes_done.fetch_add(n, Ordering::Relaxed) + n;
+        lock(&self.meter).record(Instant::now(), done);
+    }
+
+    /// `n` bytes went on the wire that are not file content (chunk lists).
+    pub fn add_sent(&self, n: u64) {
+        self.bytes_sent.fetch_add(n, Ordering::Relaxed);
+    }
+
     pub fn bytes_done(&self) -> u64 {
         self.bytes_done.load(Ordering::Relaxed)
     }
@@ -138,6 +150,8 @@ struct Counters {
     skipped: AtomicU64,
     bytes_sent: AtomicU64,
     bytes_received: AtomicU64,
+    logical_sent: AtomicU64,
+    logical_received: AtomicU64,
     files_received: AtomicU64,
     receive_failures: AtomicU64,
 }
@@ -151,10 +165,16 @@ pub struct ReplicationMetrics {
     pub transfers_finished: u64,
     pub transfers_failed: u64,
     pub transfers_skipped: u64,
-    /// Every byte of file content put on the wire.
+    /// Every byte put on the wire for files: their content, or with dedup the chunks the
+    /// target lacked and the chunk lists (wire bytes).
     pub bytes_sent: u64,
-    /// Target side: file content bytes received, files committed, files discarded.
+    /// The bytes of the files those transfers delivered (logical bytes: what the target
+    /// holds afterwards, chunks it already held included).
+    pub logical_sent: u64,
+    /// Target side: the same two counts for what arrived (wire, logical), files
+    /// committed, files discarded.
     pub bytes_received: u64,
+    pub logical_received: u64,
     pub files_received: u64,
     pub receive_failures: u64,
     /// Transfers running now, each way, and their summed rate in bytes per second.
@@ -387,6 +407,18 @@ impl Live {
         self.counters.bytes_received.fetch_add(n, Ordering::Relaxed);
     }
 
+    /// `n` bytes of files were delivered (sent, or put in place from held chunks).
+    pub fn count_logical_sent(&self, n: u64) {
+        self.counters.logical_sent.fetch_add(n, Ordering::Relaxed);
+    }
+
+    /// `n` bytes of files arrived or were assembled from held chunks.
+    pub fn count_logical_received(&self, n: u64) {
+        self.counters
+            .logical_received
+            .fetch_add(n, Ordering::Relaxed);
+    }
+
     /// The numbers the metrics endpoint exposes (see NOTES.md and ARCHITECTURE.md).
     pub fn metrics(&self) -> ReplicationMetrics {
         let c = &self.counters;
@@ -399,7 +431,9 @@ impl Live {
             transfers_failed: get(&c.failed),
             transfers_skipped: get(&c.skipped),
             bytes_sent: get(&c.bytes_sent),
+            logical_sent: get(&c.logical_sent),
             bytes_received: get(&c.bytes_received),
+            logical_received: get(&c.logical_received),
             files_received: get(&c.files_received),
             receive_failures: get(&c.receive_failures),
             active_sending: sending.len() as u64,

@@ -7,7 +7,9 @@
 
 pub mod admin;
 pub mod backups;
+pub mod chunker;
 pub mod feed;
+pub mod index;
 pub mod live;
 pub mod names;
 pub mod queue;

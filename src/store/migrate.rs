@@ -52,6 +52,12 @@ impl Txn {
             self.table(schema::RETIRED)?;
             self.number_lineages()?;
         }
+        if found < schema::VERSION_CHUNK_INDEX {
+            self.table(schema::CHUNKS)?;
+            self.table(schema::CHUNK_FILES)?;
+            self.table(schema::CHUNK_STAGE)?;
+            self.table(schema::CHUNK_NAMES)?;
+        }
         if found != schema::CURRENT_VERSION {
             self.put(
                 schema::META,

@@ -9,7 +9,7 @@
 //!   dropped, leaving nothing, when it returns `Err`. The closure does store work only:
 //!   no network I/O, no sleep, no file writes.
 //! - One file per entity (`requests.rs`, `systems.rs`, `certs.rs`, `targets.rs`,
-//!   `users.rs`, `audit.rs`, `tokens.rs`, `queue.rs`, `meta.rs`) holds its records and
+//!   `users.rs`, `audit.rs`, `tokens.rs`, `queue.rs`, `chunks.rs`, `meta.rs`) holds its records and
 //!   every read and write of its tables, each read written once over `access::Tables`: a
 //!   `Store` read sees one snapshot per call, a `Txn` read sees the transaction's own
 //!   uncommitted writes. Re-exported here, so every name is `store::Name`.
@@ -38,6 +38,7 @@
 mod access;
 mod audit;
 mod certs;
+mod chunks;
 #[cfg(test)]
 mod fixture;
 mod legacy;
@@ -62,6 +63,10 @@ use serde::{Deserialize, Serialize};
 
 pub use audit::{event_line, AuditRecord};
 pub use certs::CertRecord;
+pub use chunks::{
+    owner_of, ChunkCounts, ChunkFileRecord, ChunkFileState, ChunkLoc, ChunkNames, DigestPrefix,
+    FileStamp, Owner, StagedChunk,
+};
 pub use queue::{
     ItemStatus, LatestItem, PartialRecord, QueueItem, ReceivedRecord, ReplicationConfig, Strategy,
     ThrottleRecord, ThrottleWindow,

@@ -1,7 +1,8 @@
 //! The database schema in one place: every table, the type of its keys and how keys are
 //! encoded, and the schema version. Values are JSON-encoded records (each entity's file
 //! declares its own) so that fields can be added with `#[serde(default)]` without a
-//! migration.
+//! migration; the chunk index alone stores fixed-width binary values (`chunks.rs`), one
+//! per chunk, where JSON would triple its size.
 //!
 //! Every table is bytes → bytes in redb ([`Raw`]): redb compiles its whole B-tree (insert,
 //! delete, cursors) once per (key, value) type pair, about 30 KB of code each, and typed
@@ -32,9 +33,15 @@ pub const VERSION_CERT_LINEAGE: u64 = 6;
 /// Every table bytes → bytes with the key encodings of [`KeyCodec`]; the times of
 /// `revoked`, `grace`, `retired` and the serials of `lineage` are JSON values like every
 /// other value. Migrated by rewriting each table an earlier version wrote (`legacy.rs`).
+#[allow(dead_code)] // the history of versions; `legacy.rs` migrates what came before it
 pub const VERSION_BYTE_KEYS: u64 = 7;
+/// The chunk index of deduplicated transfers (SPEC 18, `chunks.rs`): `chunks`,
+/// `chunk_files`, `chunk_stage`, `chunk_names`, new and empty (copies received before are
+/// indexed when they are replaced, or by the index job). Version 8 is another branch's
+/// (`keep-heal`); this migration only creates tables, so it runs after it or without it.
+pub const VERSION_CHUNK_INDEX: u64 = 9;
 /// The current schema version, recorded in `meta` under `schema_version`.
-pub const CURRENT_VERSION: u64 = VERSION_BYTE_KEYS;
+pub const CURRENT_VERSION: u64 = VERSION_CHUNK_INDEX;
 
 /// The one redb table type of the store.
 pub type Raw = TableDefinition<'static, &'static [u8], &'static [u8]>;
@@ -99,6 +106,11 @@ pub enum Bytes {}
 pub enum IdPair {}
 /// A `u64` and a string: 8 bytes, then the string's bytes.
 pub enum IdName {}
+/// A chunk's 16-byte digest prefix and its owner's 8 bytes: [`DIGEST_KEY_LEN`] bytes, so
+/// the entries of one digest are neighbours.
+pub enum DigestOwner {}
+/// Bytes of a [`DigestOwner`] key.
+pub const DIGEST_KEY_LEN: usize = 24;
 /// Two strings: the first with each 0x00 byte written as 0x00 0xff and ended by 0x00 0x00
 /// (so a shorter first string sorts first, as `str` does), then the second's bytes.
 pub enum NamePair {}
@@ -159,6 +171,24 @@ impl KeyCodec for IdName {
     fn decode(bytes: &[u8]) -> Option<(u64, String)> {
         let (id, name) = bytes.split_at_checked(8)?;
         Some((Id::decode(id)?, Name::decode(name)?))
+    }
+}
+
+impl KeyCodec for DigestOwner {
+    type Ref<'a> = (&'a [u8; 16], &'a [u8; 8]);
+    type Owned = ([u8; 16], [u8; 8]);
+    fn encode((digest, owner): (&[u8; 16], &[u8; 8]), out: &mut Vec<u8>) {
+        out.extend_from_slice(digest);
+        out.extend_from_slice(owner);
+    }
+    fn decode(bytes: &[u8]) -> Option<([u8; 16], [u8; 8])> {
+        if bytes.len() != DIGEST_KEY_LEN {
+            return None;
+        }
+        let (mut d, mut o) = ([0u8; 16], [0u8; 8]);
+        d.copy_from_slice(&bytes[..16]);
+        o.copy_from_slice(&bytes[16..]);
+        Some((d, o))
     }
 }
 
@@ -248,6 +278,17 @@ pub const PARTIALS: Def<NamePair> = Def::new("partials");
 /// `config` → `ReplicationConfig`, `throttle` → `ThrottleRecord`.
 pub const REPLICATION_SETTINGS: Def<Name> = Def::new("replication_settings");
 
+/// (chunk digest prefix, owner) → file id, offset, length as 20 raw big-endian bytes: the
+/// chunk index (`chunks.rs`; raw, not JSON: one entry per distinct chunk a source stored).
+pub const CHUNKS: Def<DigestOwner> = Def::new("chunks");
+/// Indexed file id → `ChunkFileRecord`.
+pub const CHUNK_FILES: Def<Id> = Def::new("chunk_files");
+/// (indexed file id, offset) → digest prefix and length (20 raw bytes): entries of a file
+/// not ready yet.
+pub const CHUNK_STAGE: Def<IdPair> = Def::new("chunk_stage");
+/// (source system uuid, backup name) → `ChunkNames`: the indexed files of a backup.
+pub const CHUNK_NAMES: Def<NamePair> = Def::new("chunk_names");
+
 /// Token id (12 lowercase hex digits) → `TokenRecord` (target side). The secret is never
 /// stored, only the SHA-256 of the whole token.
 pub const PAIRING_TOKENS: Def<Name> = Def::new("pairing_tokens");
@@ -263,6 +304,7 @@ pub const META_NEXT_TARGET_ID: &str = "next_target_id";
 pub const META_NEXT_ITEM_ID: &str = "next_item_id";
 pub const META_NEXT_TAIL: &str = "next_queue_tail";
 pub const META_NEXT_DONE_SEQ: &str = "next_queue_done_seq";
+pub const META_NEXT_CHUNK_FILE: &str = "next_chunk_file";
 
 #[cfg(test)]
 mod tests {

@@ -244,10 +244,20 @@ pub struct ResponseWriter<'r> {
 
 impl ResponseWriter<'_> {
     pub fn start(&mut self, status: u16, content_type: &str) -> io::Result<()> {
+        self.start_with(status, content_type, &[])
+    }
+
+    /// [`ResponseWriter::start`] with more headers.
+    pub fn start_with(
+        &mut self,
+        status: u16,
+        content_type: &str,
+        headers: &[(&'static str, String)],
+    ) -> io::Result<()> {
         if self.io.response() != Response::NotStarted {
             return Err(io::Error::other("the response was already started"));
         }
-        let head = response_head(status, content_type, Framing::Chunked, true, &[]);
+        let head = response_head(status, content_type, Framing::Chunked, true, headers);
         self.io.write_all(&head)?;
         self.io.flush()?;
         self.io.set_response(Response::Streaming);

@@ -16,7 +16,7 @@ use crate::pairing::target;
 use crate::replication::{receiver, Shared};
 use crate::store::Store;
 use crate::wire::protocol::{Hello, Renewal};
-use crate::wire::transfer::Code;
+use crate::wire::transfer::{Code, Features, FEATURES_HEADER};
 
 /// What tunnel handlers may use, built once by the daemon.
 pub struct App {
@@ -33,6 +33,9 @@ pub struct App {
     pub renew_grace: Duration,
     /// Crash points for the renewal crash tests (`Fault::None` in production).
     pub fault: Fault,
+    /// Chunk lists accepted (`dedup`), and the copies chunks may come from
+    /// (`dedup_scope`); None: whole files only.
+    pub dedup: Option<receiver::Scope>,
 }
 
 /// Largest CSR accepted for a renewal (as for a pairing request).
@@ -120,16 +123,28 @@ fn transfer(app: &App, call: &mut Call<'_>) -> Result<Reply, TunnelHttpError> {
             retry_after: 2,
         })?;
     let peer = call.peer().addr.to_string();
+    let call_features = call.header(FEATURES_HEADER).map(str::to_string);
     let (body, mut writer) = call
         .duplex()
         .ok_or_else(|| TunnelHttpError::Internal("transfer route is not duplex".into()))?;
+    // The features both sides have (a source that names none gets none).
+    let ours = Features {
+        chunks: app.dedup.is_some(),
+        ..Features::default()
+    };
+    let agreed = ours.and(Features::parse(call_features.as_deref().unwrap_or("")));
+    let headers = match agreed.header_value() {
+        v if v.is_empty() => Vec::new(),
+        v => vec![(FEATURES_HEADER, v)],
+    };
     writer
-        .start(200, TRANSFER_TYPE)
+        .start_with(200, TRANSFER_TYPE, &headers)
         .map_err(|e| TunnelHttpError::Internal(Box::new(e)))?;
     let ctx = receiver::Context {
         store: &app.store,
         live: &shared.live,
         ledger: &shared.ledger,
+        dedup: app.dedup.filter(|_| agreed.chunks),
         peer,
         now: crate::model::now,
     };

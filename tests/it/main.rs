@@ -19,6 +19,7 @@ mod crash;
 mod crash_pair;
 mod crash_renewal;
 mod ctl;
+mod dedup;
 mod features;
 mod front;
 mod fuzz;

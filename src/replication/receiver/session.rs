@@ -42,6 +42,7 @@ pub fn serve<S: FileSink>(
         committing: HashMap::new(),
         commits,
         summary: Summary::default(),
+        holdings: None,
     };
     log::info!(
         "replication from system {} ({}) at {}: session started, storage {}",
@@ -148,6 +149,8 @@ impl<W: Write, S: FileSink> Session<'_, '_, W, S> {
                 Frame::Data { seq, bytes } => self.data(seq, bytes)?,
                 Frame::End { seq, sha256 } => self.end(seq, sha256)?,
                 Frame::Skip { seq } => self.skip(seq)?,
+                Frame::Chunks { seq, first, list } => self.chunks(seq, first, list)?,
+                Frame::Plain { seq } => self.plain(seq)?,
                 Frame::Finish => {
                     if self.current.is_some() {
                         return self.fatal(Code::Protocol, "finish while a file is open".into());

@@ -16,6 +16,7 @@ use std::time::{Duration, Instant};
 
 use ring::digest::{Context as Sha256, SHA256};
 
+mod chunked;
 mod replies;
 
 pub use replies::{forward_replies, reply_channel, Replies, Reply, ReplyError};
@@ -82,6 +83,9 @@ pub struct Context<'a> {
     pub shutdown: &'a AtomicBool,
     /// The target, for log lines: `target 3 (host:port)`.
     pub target: String,
+    /// The session agreed the `chunks` feature: large files go as chunk lists, and only
+    /// the chunks the target lacks are sent.
+    pub chunks: bool,
 }
 
 /// Why a session ended before `Bye`.
@@ -151,6 +155,8 @@ struct Session<'a, 'f, F: Feed, W: Write> {
     current: Option<(u64, u64)>,
     /// The most the target confirmed durable of a started file (sequence, offset).
     durable: Option<(u32, u64)>,
+    /// The target's answer to the last chunk list, not yet acted on.
+    lacks: Option<Reply>,
 }
 
 fn digest(h: &Sha256) -> [u8; 32] {
@@ -180,6 +186,7 @@ pub fn run<F: Feed, W: Write>(
         current_failed: None,
         current: None,
         durable: None,
+        lacks: None,
     };
     let result = s.run();
     // Settle whatever is still claimed: nothing of an unsent offer moved; a file sent but
@@ -413,6 +420,7 @@ impl<'a, F: Feed, W: Write> Session<'a, '_, F, W> {
                 Some((s, o)) if *s == seq => *o = (*o).max(offset),
                 other => *other = Some((seq, offset)),
             },
+            Reply::Lacks { .. } => self.lacks = Some(r),
             Reply::Bye => return Ok(true),
             Reply::Want { .. } | Reply::Ready => {
                 return Err(SessionError::Connection(
@@ -523,7 +531,7 @@ impl<'a, F: Feed, W: Write> Session<'a, '_, F, W> {
                     self.send(&Frame::Skip { seq: o.seq })
                 } else {
                     // A changed file: the new copy replaces the old once it verified.
-                    self.stream(o, 0, Sha256::new(&SHA256))
+                    self.stream_whole(o)
                 }
             }
             Some(Reply::Resume { offset, prefix, .. }) if offset <= o.size => {
@@ -532,7 +540,7 @@ impl<'a, F: Feed, W: Write> Session<'a, '_, F, W> {
                     _ => self.stream(o, 0, Sha256::new(&SHA256)),
                 }
             }
-            _ => self.stream(o, 0, Sha256::new(&SHA256)),
+            _ => self.stream_whole(o),
         }
     }
 

@@ -1,0 +1,277 @@
+//! Sending a file in chunks (`chunks` feature, SPEC 18): the file is cut into
+//! content-defined chunks as it is read once from its start (the whole file's SHA-256
+//! computed on the way), the chunks go to the target in lists of up to
+//! [`MAX_LIST`], the target answers which it lacks, and only those chunks' bytes follow,
+//! read again from the file and checked against the digest that was listed. One round
+//! trip per list; nothing is listed further than the target's list window past what it
+//! confirmed durable, so a crash of the target costs at most that again.
+
+use std::io::{Read, Seek, SeekFrom, Write};
+use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant};
+
+use ring::digest::{Context as Sha256, SHA256};
+
+use super::{digest, Awaiting, Feed, Offer, Reply, Session, SessionError, DECISION_WAIT};
+use crate::replication::chunker::{sha256, Chunk, Chunker, Params};
+use crate::replication::index::MIN_DEDUP_SIZE;
+use crate::replication::queue::Attempt;
+use crate::replication::receiver::list_window;
+use crate::wire::transfer::{
+    self, ChunkList, Frame, DIGEST_PREFIX, HEADER_LEN, LIST_ENTRY, MAX_LIST,
+};
+
+/// The file cut as it is read: the chunker, the whole file's hash, the chunk cut but not
+/// listed yet, and the list being made.
+struct Cuts {
+    chunker: Chunker,
+    hasher: Sha256,
+    next: Option<Chunk>,
+    list: Vec<u8>,
+    listed: Vec<Chunk>,
+}
+
+impl Cuts {
+    fn new() -> Cuts {
+        Cuts {
+            chunker: Chunker::new(Params::standard(), 0),
+            hasher: Sha256::new(&SHA256),
+            next: None,
+            list: Vec::with_capacity(MAX_LIST * LIST_ENTRY),
+            listed: Vec::with_capacity(MAX_LIST),
+        }
+    }
+
+    /// Makes the next list: as many chunks as a list holds that end by `limit`.
+    fn fill(&mut self, file: &mut impl Read, limit: u64) -> std::io::Result<()> {
+        self.list.clear();
+        self.listed.clear();
+        while self.listed.len() < MAX_LIST {
+            if self.next.is_none() {
+                let hasher = &mut self.hasher;
+                self.next = self.chunker.next_chunk(file, |b| hasher.update(b))?;
+            }
+            let Some(c) = self.next else { break };
+            if c.end() > limit {
+                break;
+            }
+            transfer::push_list_entry(&mut self.list, c.len as u16, &c.digest);
+            self.listed.push(c);
+            self.next = None;
+        }
+        Ok(())
+    }
+}
+
+impl<F: Feed, W: Write> Session<'_, '_, F, W> {
+    /// Streams a file from its start: in chunks when the session agreed them and the file
+    /// is large enough to be worth it, else whole.
+    pub(super) fn stream_whole(&mut self, o: Offer) -> Result<(), SessionError> {
+        if self.ctx.chunks && o.size >= MIN_DEDUP_SIZE {
+            self.stream_chunks(o)
+        } else {
+            self.stream(o, 0, Sha256::new(&SHA256))
+        }
+    }
+
+    /// Sends offer `o` as chunk lists and the chunks the target lacks.
+    fn stream_chunks(&mut self, mut o: Offer) -> Result<(), SessionError> {
+        let id = o.claimed.item_id;
+        let seq = o.seq;
+        if let Err(e) = o.file.seek(SeekFrom::Start(0)) {
+            self.settle(
+                id,
+                Attempt::Failed(format!("cannot read {}: {e}", o.claimed.backup)),
+            );
+            return self.send(&Frame::Skip { seq });
+        }
+        self.announce_start(&o, 0)?;
+        let registered = self.ctx.live.sending(id, o.size, 0);
+        self.current_failed = None;
+        self.durable = Some((seq, 0));
+        self.lacks = None;
+        let window = list_window(o.size);
+        let mut cut = Cuts::new();
+        let mut first = 0u64;
+        let mut sent = 0u64;
+        let mut out_of_window: Option<Instant> = None;
+        let mut last_check = Instant::now();
+        loop {
+            if self.ctx.shutdown.load(Ordering::SeqCst) {
+                return Err(SessionError::Shutdown);
+            }
+            let recheck = last_check.elapsed() >= Duration::from_secs(1);
+            if recheck {
+                last_check = Instant::now();
+            }
+            if self.ctx.live.is_cancelled(id) || (recheck && !self.feed.still_wanted(id)) {
+                self.ctx.live.clear_cancel(id);
+                self.settle(id, Attempt::Interrupted("removed from the queue".into()));
+                return self.send(&Frame::Skip { seq });
+            }
+            self.drain()?;
+            if self.settle_if_failed(seq, id, &o.claimed.backup) {
+                return self.send(&Frame::Skip { seq });
+            }
+            let durable = match self.durable {
+                Some((s, d)) if s == seq => d,
+                _ => 0,
+            };
+            let limit = durable + window;
+            // The next list: as many chunks as fit the list and the window.
+            if let Err(e) = cut.fill(&mut o.file, limit) {
+                let m = format!("cannot read {}: {e}", o.claimed.backup);
+                self.settle(id, Attempt::Failed(m));
+                return self.send(&Frame::Skip { seq });
+            }
+            let (list, listed) = (&cut.list, &cut.listed);
+            if listed.is_empty() {
+                if cut.next.is_none() {
+                    break;
+                }
+                // Out of window: let the target confirm what it holds.
+                let since = *out_of_window.get_or_insert_with(Instant::now);
+                if since.elapsed() >= DECISION_WAIT {
+                    return Err(SessionError::Connection(
+                        "the target did not confirm what it holds".into(),
+                    ));
+                }
+                self.flush()?;
+                self.wait_reply(Duration::from_millis(200))?;
+                continue;
+            }
+            out_of_window = None;
+            let wire = self.send_list(seq, first, list)?;
+            sent += wire;
+            self.ctx.live.count_sent(wire);
+            registered.progress.add_sent(wire);
+            self.summary.bytes_sent += wire;
+            let Some(bits) = self.await_lacks(seq, first, listed.len())? else {
+                // The target failed the file meanwhile.
+                self.settle_if_failed(seq, id, &o.claimed.backup);
+                return self.send(&Frame::Skip { seq });
+            };
+            for (i, c) in listed.iter().enumerate() {
+                if bits[i / 8] & (1 << (i % 8)) == 0 {
+                    registered.progress.advance_held(u64::from(c.len));
+                    continue;
+                }
+                let Some(n) = self.send_chunk(seq, &o, c)? else {
+                    let m = format!(
+                        "{} changed or became unreadable while sending",
+                        o.claimed.backup
+                    );
+                    self.settle(id, Attempt::Failed(m));
+                    return self.send(&Frame::Skip { seq });
+                };
+                sent += n;
+                registered.progress.advance(n);
+                self.current = Some((id, sent));
+                self.feed.sent(id, sent, limit);
+            }
+            first += listed.len() as u64;
+        }
+        if cut.chunker.offset() != o.size {
+            let m = format!("{} changed size while sending", o.claimed.backup);
+            self.settle(id, Attempt::Failed(m));
+            return self.send(&Frame::Skip { seq });
+        }
+        let sha256 = digest(&cut.hasher);
+        self.send(&Frame::End { seq, sha256 })?;
+        self.ctx.live.count_logical_sent(o.size);
+        self.current = None;
+        self.awaiting.insert(
+            seq,
+            Awaiting {
+                claimed: o.claimed,
+                sent,
+                sha256,
+            },
+        );
+        Ok(())
+    }
+
+    /// Sends one chunk list and pushes it out; returns its bytes on the wire.
+    fn send_list(&mut self, seq: u32, first: u64, list: &[u8]) -> Result<u64, SessionError> {
+        let chunks = ChunkList::new(list)
+            .ok_or_else(|| SessionError::Connection("a chunk list of partial entries".into()))?;
+        self.send(&Frame::Chunks {
+            seq,
+            first,
+            list: chunks,
+        })?;
+        self.flush()?;
+        Ok((HEADER_LEN + 12 + list.len()) as u64)
+    }
+
+    /// Waits for the target's answer to the list of `count` chunks from `first`: the
+    /// bitmap of those it lacks, or None if it failed the file first.
+    fn await_lacks(
+        &mut self,
+        seq: u32,
+        first: u64,
+        count: usize,
+    ) -> Result<Option<Vec<u8>>, SessionError> {
+        let deadline = Instant::now() + DECISION_WAIT;
+        loop {
+            match self.lacks.take() {
+                Some(Reply::Lacks {
+                    seq: s,
+                    first: f,
+                    count: n,
+                    bits,
+                }) if s == seq && f == first && n as usize == count => return Ok(Some(bits)),
+                Some(other) => {
+                    return Err(SessionError::Connection(format!(
+                        "the target answered a chunk list it was not sent: {other:?}"
+                    )))
+                }
+                None => {}
+            }
+            if matches!(&self.current_failed, Some((s, ..)) if *s == seq) {
+                return Ok(None);
+            }
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                return Err(SessionError::Connection(
+                    "the target did not answer a chunk list".into(),
+                ));
+            }
+            self.wait_reply(left)?;
+        }
+    }
+
+    /// Sends the bytes of chunk `c`, read again from the file and checked against its
+    /// listed digest, in as many `Data` frames as the throttle grants. The bytes sent, or
+    /// None when the file no longer holds that chunk.
+    fn send_chunk(&mut self, seq: u32, o: &Offer, c: &Chunk) -> Result<Option<u64>, SessionError> {
+        let len = c.len as usize;
+        let body = &mut self.buf[HEADER_LEN + 4..HEADER_LEN + 4 + len];
+        if o.file.read_exact_at(body, c.offset).is_err()
+            || sha256(body)[..DIGEST_PREFIX] != c.digest[..DIGEST_PREFIX]
+        {
+            return Ok(None);
+        }
+        let mut at = 0usize;
+        while at < len {
+            let want = (len - at) as u64;
+            let grant = self.ctx.live.take(want);
+            if grant == 0 {
+                self.flush()?;
+                self.wait_reply(self.ctx.live.wait_for(want))?;
+                continue;
+            }
+            let n = grant.min(want) as usize;
+            // The header goes just before the bytes it covers (over bytes already sent).
+            let start = at;
+            self.buf[start..start + HEADER_LEN + 4].copy_from_slice(&transfer::data_header(seq, n));
+            self.out
+                .send_raw(&self.buf[start..HEADER_LEN + 4 + at + n])
+                .map_err(|e| SessionError::Connection(format!("send to the target: {e}")))?;
+            at += n;
+            self.ctx.live.count_sent(n as u64);
+            self.summary.bytes_sent += n as u64;
+        }
+        Ok(Some(len as u64))
+    }
+}
