@@ -1,4 +1,4 @@
-//! `chunking`: the dedup measurements of SPEC 18 behind bench/chunking.sh.
+//! `chunking`: the dedup measurements of SPEC 18 (BENCHMARKS.md, "Deduplicated transfers").
 //!
 //! * `speed MIB`: cuts MIB MiB of incompressible bytes (in memory, so the disk is not
 //!   measured) with the protocol's parameters and hashes every chunk (SHA-256), on one

@@ -186,7 +186,18 @@ fn spawn_jobs(
         shutdown.clone(),
     )
     .map_err(spawn_error("the poller"))?;
-    Ok(vec![verifier, replicator, poller])
+    let mut jobs = vec![verifier, replicator, poller];
+    if config.dedup {
+        jobs.push(
+            crate::jobs::chunk_index::spawn_chunk_index(
+                app.store.clone(),
+                config.storage.clone(),
+                shutdown.clone(),
+            )
+            .map_err(spawn_error("the chunk index job"))?,
+        );
+    }
+    Ok(jobs)
 }
 
 /// What `run` started, for `stop`.

@@ -5,7 +5,10 @@ use super::tests::{
     against_receiver, done, fixture, nothing_visible, put, received_path, session, sha, Fixture,
     MemFeed,
 };
+use std::sync::atomic::AtomicBool;
+
 use crate::replication::chunker::{Chunk, Chunker, Params, MAX_CHUNK, MIN_CHUNK};
+use crate::replication::index;
 use crate::replication::receiver::Scope;
 use crate::wire::transfer::{push_list_entry, ChunkList, Frame, MAX_LIST};
 
@@ -410,4 +413,30 @@ fn a_source_listing_held_chunks_for_other_bytes_cannot_commit_them() {
         .unwrap()
         .is_none());
     assert!(!received_path(&f, "vm/fake.img").exists());
+}
+
+#[test]
+fn copies_received_whole_are_indexed_by_the_catch_up_and_then_lend_their_chunks() {
+    let mut f = dedup_fixture("dedup-catch-up");
+    f.chunks = false;
+    let v1 = noise(9, 4 << 20);
+    let size = v1.len() as u64;
+    put(&f, "vm/a.img", &v1);
+    assert_eq!(send_one(&f, "vm/a.img"), size);
+    assert_eq!(f.store.chunk_counts().unwrap().entries, 0, "sent whole");
+    let storages = [f.source.storage.clone()];
+    let stop = AtomicBool::new(false);
+    let pass = index::catch_up(&f.store, &storages, true, &stop).unwrap();
+    assert_eq!((pass.indexed, pass.pending), (1, 0), "{pass:?}");
+    let entries = f.store.chunk_counts().unwrap().entries;
+    assert!(entries > 200, "{entries}");
+    // Nothing changed: the next pass has nothing to do.
+    let again = index::catch_up(&f.store, &storages, true, &stop).unwrap();
+    assert_eq!(again, index::CatchUp::default());
+    f.chunks = true;
+    let mut v2 = v1.clone();
+    v2[1_000_000..1_020_000].copy_from_slice(&noise(10, 20_000));
+    put(&f, "vm/b.img", &v2);
+    let sent = send_one(&f, "vm/b.img");
+    assert!(sent >= 20_000 && sent < size / 20, "{sent}");
 }

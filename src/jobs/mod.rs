@@ -6,6 +6,7 @@
 
 use std::thread::JoinHandle;
 
+pub mod chunk_index;
 pub mod listener_certs;
 pub mod maintenance;
 pub mod poller;
