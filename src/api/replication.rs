@@ -495,6 +495,9 @@ fn received_json(r: &ReceivedRecord) -> Value {
     if let Some(m) = &r.damaged {
         v["message"] = json!(m);
     }
+    if let Some(n) = r.bytes_received {
+        v["bytes_received"] = json!(n);
+    }
     v
 }
 

@@ -203,6 +203,10 @@ pub struct ReceivedRecord {
     /// Set by a verify that found the copy missing or different: it is fetched again.
     #[serde(default)]
     pub damaged: Option<String>,
+    /// Bytes that crossed the wire in the session that completed the copy (with
+    /// deduplication far fewer than `size`); None when not known (recorded by a repair).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub bytes_received: Option<u64>,
 }
 
 /// A partial copy a target holds durably (target side), so a transfer resumes.

@@ -66,8 +66,21 @@ fn dedup_yesterdays_backup_plus_a_little_moves_a_small_fraction_of_it() {
         second <= changed * 3 + size / 200,
         "day two sent {second} bytes for {changed} changed of {size}"
     );
-    // The target still says it verified the whole file.
+    // The target still says it verified the whole file, and lists what crossed for it.
     assert!(tgt.log().contains("vm01/tuesday.img received and verified"));
+    let r = tgt.client().get(
+        &format!("/api/replication/received?sid={}", p.sid),
+        Some(&tgt.root_token()),
+    );
+    assert_eq!(r.status, 200, "{}", r.text());
+    let received = r.json()["received"].as_array().cloned().unwrap();
+    let tuesday = received
+        .iter()
+        .find(|r| r["backup"] == "vm01/tuesday.img")
+        .unwrap();
+    assert_eq!(tuesday["size"], json!(size + 20), "{tuesday}");
+    let wire = tuesday["bytes_received"].as_u64().unwrap();
+    assert!(wire >= changed && wire <= second, "{tuesday}");
 }
 
 #[test]

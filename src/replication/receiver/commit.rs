@@ -234,6 +234,7 @@ pub fn commit(
                     received: now,
                     verified: None,
                     damaged: None,
+                    bytes_received: Some(f.wire),
                 },
             )?;
             tx.delete_partial(uuid, f.name.as_str())?;

@@ -75,6 +75,7 @@ pub fn repair(store: &Store, storages: &[Storage], now: UnixTime) -> Result<Repa
                             received: now,
                             verified: None,
                             damaged: None,
+                            bytes_received: None,
                         },
                     )?;
                 }
