@@ -440,3 +440,50 @@ fn copies_received_whole_are_indexed_by_the_catch_up_and_then_lend_their_chunks(
     let sent = send_one(&f, "vm/b.img");
     assert!(sent >= 20_000 && sent < size / 20, "{sent}");
 }
+
+#[test]
+fn a_deduplicated_transfer_cut_mid_assembly_resumes_in_chunks_and_verifies() {
+    let f = dedup_fixture("dedup-resume");
+    let v1 = noise(20, 8 << 20);
+    let size = v1.len() as u64;
+    put(&f, "vm/a.img", &v1);
+    send_one(&f, "vm/a.img");
+    // Day two changes 40 KB in each of four places; the first session breaks after
+    // 100 KB of wire bytes, part way through the file.
+    let mut v2 = v1.clone();
+    for at in [1_000_000, 3_000_000, 5_000_000, 7_000_000] {
+        v2[at..at + 40_000].copy_from_slice(&noise(at as u64, 40_000));
+    }
+    put(&f, "vm/b.img", &v2);
+    let mut first = MemFeed::of(&["vm/b.img"]);
+    let (result, _) = session(&f, &mut first, Some(100_000));
+    assert!(result.is_err());
+    assert!(
+        matches!(
+            first.results[0].1,
+            crate::replication::queue::Attempt::Interrupted(_)
+        ),
+        "{:?}",
+        first.results
+    );
+    let partial = f
+        .store
+        .partial(&f.source.uuid, "vm/b.img")
+        .unwrap()
+        .unwrap();
+    assert!(partial.offset > 0 && partial.offset < size, "{partial:?}");
+    assert!(!received_path(&f, "vm/b.img").exists());
+    let mut second = MemFeed::of(&["vm/b.img"]);
+    let (result, rx) = session(&f, &mut second, None);
+    let s = result.unwrap();
+    assert_eq!((s.done, rx.committed), (1, 1), "{:?}", second.results);
+    assert_eq!(second.started, vec![(1, partial.offset)]);
+    assert_eq!(std::fs::read(received_path(&f, "vm/b.img")).unwrap(), v2);
+    // The resumed part went in chunks too: far less than what was left.
+    assert!(
+        s.bytes_sent < (size - partial.offset) / 4,
+        "{} sent for {} left",
+        s.bytes_sent,
+        size - partial.offset
+    );
+}

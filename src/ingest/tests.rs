@@ -82,7 +82,7 @@ pub(super) struct MemFeed {
     queue: VecDeque<Claimed>,
     pub(super) results: Vec<(u64, Attempt, u64)>,
     released: Vec<u64>,
-    started: Vec<(u64, u64)>,
+    pub(super) started: Vec<(u64, u64)>,
 }
 
 impl MemFeed {

@@ -32,10 +32,11 @@ struct Cuts {
 }
 
 impl Cuts {
-    fn new() -> Cuts {
+    /// Cuts from `offset` on; `hasher` holds the SHA-256 state of the bytes before it.
+    fn new(offset: u64, hasher: Sha256) -> Cuts {
         Cuts {
-            chunker: Chunker::new(Params::standard(), 0),
-            hasher: Sha256::new(&SHA256),
+            chunker: Chunker::new(Params::standard(), offset),
+            hasher,
             next: None,
             list: Vec::with_capacity(MAX_LIST * LIST_ENTRY),
             listed: Vec::with_capacity(MAX_LIST),
@@ -68,30 +69,51 @@ impl<F: Feed, W: Write> Session<'_, '_, F, W> {
     /// is large enough to be worth it, else whole.
     pub(super) fn stream_whole(&mut self, o: Offer) -> Result<(), SessionError> {
         if self.ctx.chunks && o.size >= MIN_DEDUP_SIZE {
-            self.stream_chunks(o)
+            self.stream_chunks(o, 0, Sha256::new(&SHA256))
         } else {
             self.stream(o, 0, Sha256::new(&SHA256))
         }
     }
 
-    /// Sends offer `o` as chunk lists and the chunks the target lacks.
-    fn stream_chunks(&mut self, mut o: Offer) -> Result<(), SessionError> {
+    /// Resumes a file at `offset` (`hasher` covers the bytes before it): in chunks as
+    /// [`Self::stream_whole`] would send it, else plain. The cuts from `offset` meet the
+    /// file's own within a chunk or two, so what the target holds still counts.
+    pub(super) fn stream_resumed(
+        &mut self,
+        o: Offer,
+        offset: u64,
+        hasher: Sha256,
+    ) -> Result<(), SessionError> {
+        if self.ctx.chunks && o.size >= MIN_DEDUP_SIZE && offset < o.size {
+            self.stream_chunks(o, offset, hasher)
+        } else {
+            self.stream(o, offset, hasher)
+        }
+    }
+
+    /// Sends offer `o` from `offset` as chunk lists and the chunks the target lacks.
+    fn stream_chunks(
+        &mut self,
+        mut o: Offer,
+        offset: u64,
+        hasher: Sha256,
+    ) -> Result<(), SessionError> {
         let id = o.claimed.item_id;
         let seq = o.seq;
-        if let Err(e) = o.file.seek(SeekFrom::Start(0)) {
+        if let Err(e) = o.file.seek(SeekFrom::Start(offset)) {
             self.settle(
                 id,
                 Attempt::Failed(format!("cannot read {}: {e}", o.claimed.backup)),
             );
             return self.send(&Frame::Skip { seq });
         }
-        self.announce_start(&o, 0)?;
-        let registered = self.ctx.live.sending(id, o.size, 0);
+        self.announce_start(&o, offset)?;
+        let registered = self.ctx.live.sending(id, o.size, offset);
         self.current_failed = None;
-        self.durable = Some((seq, 0));
+        self.durable = Some((seq, offset));
         self.lacks = None;
         let window = list_window(o.size);
-        let mut cut = Cuts::new();
+        let mut cut = Cuts::new(offset, hasher);
         let mut first = 0u64;
         let mut sent = 0u64;
         let mut out_of_window: Option<Instant> = None;
@@ -115,7 +137,7 @@ impl<F: Feed, W: Write> Session<'_, '_, F, W> {
             }
             let durable = match self.durable {
                 Some((s, d)) if s == seq => d,
-                _ => 0,
+                _ => offset,
             };
             let limit = durable + window;
             // The next list: as many chunks as fit the list and the window.
@@ -167,7 +189,7 @@ impl<F: Feed, W: Write> Session<'_, '_, F, W> {
                 sent += n;
                 registered.progress.advance(n);
                 self.current = Some((id, sent));
-                self.feed.sent(id, sent, limit);
+                self.feed.sent(id, sent, limit.saturating_sub(offset));
             }
             first += listed.len() as u64;
         }

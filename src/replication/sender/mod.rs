@@ -536,7 +536,7 @@ impl<'a, F: Feed, W: Write> Session<'a, '_, F, W> {
             }
             Some(Reply::Resume { offset, prefix, .. }) if offset <= o.size => {
                 match self.hash_prefix(&mut o.file, offset) {
-                    Some(h) if digest(&h) == prefix => self.stream(o, offset, h),
+                    Some(h) if digest(&h) == prefix => self.stream_resumed(o, offset, h),
                     _ => self.stream(o, 0, Sha256::new(&SHA256)),
                 }
             }
