@@ -6,6 +6,7 @@
 //! trip per list; nothing is listed further than the target's list window past what it
 //! confirmed durable, so a crash of the target costs at most that again.
 
+use std::collections::VecDeque;
 use std::io::{Read, Seek, SeekFrom, Write};
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
@@ -15,6 +16,7 @@ use ring::digest::{Context as Sha256, SHA256};
 use super::{digest, Awaiting, Feed, Offer, Reply, Session, SessionError, DECISION_WAIT};
 use crate::replication::chunker::{sha256, Chunk, Chunker, Params};
 use crate::replication::index::MIN_DEDUP_SIZE;
+use crate::replication::live::Progress;
 use crate::replication::queue::Attempt;
 use crate::replication::receiver::list_window;
 use crate::wire::transfer::{
@@ -111,9 +113,12 @@ impl<F: Feed, W: Write> Session<'_, '_, F, W> {
         let registered = self.ctx.live.sending(id, o.size, offset);
         self.current_failed = None;
         self.durable = Some((seq, offset));
-        self.lacks = None;
+        self.lacks.clear();
         let window = list_window(o.size);
         let mut cut = Cuts::new(offset, hasher);
+        // Lists sent whose chunks are not sent yet (first index, chunks): one is kept
+        // ahead of the data, so its answer comes back while the one before it streams.
+        let mut ahead: VecDeque<(u64, Vec<Chunk>)> = VecDeque::new();
         let mut first = 0u64;
         let mut sent = 0u64;
         let mut out_of_window: Option<Instant> = None;
@@ -140,14 +145,26 @@ impl<F: Feed, W: Write> Session<'_, '_, F, W> {
                 _ => offset,
             };
             let limit = durable + window;
-            // The next list: as many chunks as fit the list and the window.
-            if let Err(e) = cut.fill(&mut o.file, limit) {
-                let m = format!("cannot read {}: {e}", o.claimed.backup);
-                self.settle(id, Attempt::Failed(m));
-                return self.send(&Frame::Skip { seq });
+            while ahead.len() < 2 {
+                // The next list: as many chunks as fit the list and the window.
+                if let Err(e) = cut.fill(&mut o.file, limit) {
+                    let m = format!("cannot read {}: {e}", o.claimed.backup);
+                    self.settle(id, Attempt::Failed(m));
+                    return self.send(&Frame::Skip { seq });
+                }
+                if cut.listed.is_empty() {
+                    break;
+                }
+                let wire = self.send_list(seq, first, &cut.list)?;
+                sent += wire;
+                self.ctx.live.count_sent(wire);
+                registered.progress.add_sent(wire);
+                self.summary.bytes_sent += wire;
+                let listed = std::mem::take(&mut cut.listed);
+                first += listed.len() as u64;
+                ahead.push_back((first - listed.len() as u64, listed));
             }
-            let (list, listed) = (&cut.list, &cut.listed);
-            if listed.is_empty() {
+            let Some((from, listed)) = ahead.pop_front() else {
                 if cut.next.is_none() {
                     break;
                 }
@@ -161,37 +178,22 @@ impl<F: Feed, W: Write> Session<'_, '_, F, W> {
                 self.flush()?;
                 self.wait_reply(Duration::from_millis(200))?;
                 continue;
-            }
+            };
             out_of_window = None;
-            let wire = self.send_list(seq, first, list)?;
-            sent += wire;
-            self.ctx.live.count_sent(wire);
-            registered.progress.add_sent(wire);
-            self.summary.bytes_sent += wire;
-            let Some(bits) = self.await_lacks(seq, first, listed.len())? else {
+            let Some(bits) = self.await_lacks(seq, from, listed.len())? else {
                 // The target failed the file meanwhile.
                 self.settle_if_failed(seq, id, &o.claimed.backup);
                 return self.send(&Frame::Skip { seq });
             };
-            for (i, c) in listed.iter().enumerate() {
-                if bits[i / 8] & (1 << (i % 8)) == 0 {
-                    registered.progress.advance_held(u64::from(c.len));
-                    continue;
-                }
-                let Some(n) = self.send_chunk(seq, &o, c)? else {
-                    let m = format!(
-                        "{} changed or became unreadable while sending",
-                        o.claimed.backup
-                    );
-                    self.settle(id, Attempt::Failed(m));
-                    return self.send(&Frame::Skip { seq });
-                };
-                sent += n;
-                registered.progress.advance(n);
-                self.current = Some((id, sent));
-                self.feed.sent(id, sent, limit.saturating_sub(offset));
+            let allowed = limit.saturating_sub(offset);
+            if !self.send_lacking(&o, &listed, &bits, &registered.progress, &mut sent, allowed)? {
+                let m = format!(
+                    "{} changed or became unreadable while sending",
+                    o.claimed.backup
+                );
+                self.settle(id, Attempt::Failed(m));
+                return self.send(&Frame::Skip { seq });
             }
-            first += listed.len() as u64;
         }
         if cut.chunker.offset() != o.size {
             let m = format!("{} changed size while sending", o.claimed.backup);
@@ -211,6 +213,34 @@ impl<F: Feed, W: Write> Session<'_, '_, F, W> {
             },
         );
         Ok(())
+    }
+
+    /// Sends the chunks of a list that the target lacks (`bits`), adding them to `sent`;
+    /// false when the file no longer holds one of them.
+    fn send_lacking(
+        &mut self,
+        o: &Offer,
+        listed: &[Chunk],
+        bits: &[u8],
+        progress: &Progress,
+        sent: &mut u64,
+        allowed: u64,
+    ) -> Result<bool, SessionError> {
+        let id = o.claimed.item_id;
+        for (i, c) in listed.iter().enumerate() {
+            if bits[i / 8] & (1 << (i % 8)) == 0 {
+                progress.advance_held(u64::from(c.len));
+                continue;
+            }
+            let Some(n) = self.send_chunk(o.seq, o, c)? else {
+                return Ok(false);
+            };
+            *sent += n;
+            progress.advance(n);
+            self.current = Some((id, *sent));
+            self.feed.sent(id, *sent, allowed);
+        }
+        Ok(true)
     }
 
     /// Sends one chunk list and pushes it out; returns its bytes on the wire.
@@ -236,7 +266,7 @@ impl<F: Feed, W: Write> Session<'_, '_, F, W> {
     ) -> Result<Option<Vec<u8>>, SessionError> {
         let deadline = Instant::now() + DECISION_WAIT;
         loop {
-            match self.lacks.take() {
+            match self.lacks.pop_front() {
                 Some(Reply::Lacks {
                     seq: s,
                     first: f,

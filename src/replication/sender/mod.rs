@@ -155,8 +155,8 @@ struct Session<'a, 'f, F: Feed, W: Write> {
     current: Option<(u64, u64)>,
     /// The most the target confirmed durable of a started file (sequence, offset).
     durable: Option<(u32, u64)>,
-    /// The target's answer to the last chunk list, not yet acted on.
-    lacks: Option<Reply>,
+    /// The target's answers to chunk lists, not yet acted on, oldest first.
+    lacks: VecDeque<Reply>,
 }
 
 fn digest(h: &Sha256) -> [u8; 32] {
@@ -186,7 +186,7 @@ pub fn run<F: Feed, W: Write>(
         current_failed: None,
         current: None,
         durable: None,
-        lacks: None,
+        lacks: VecDeque::new(),
     };
     let result = s.run();
     // Settle whatever is still claimed: nothing of an unsent offer moved; a file sent but
@@ -420,7 +420,7 @@ impl<'a, F: Feed, W: Write> Session<'a, '_, F, W> {
                 Some((s, o)) if *s == seq => *o = (*o).max(offset),
                 other => *other = Some((seq, offset)),
             },
-            Reply::Lacks { .. } => self.lacks = Some(r),
+            Reply::Lacks { .. } => self.lacks.push_back(r),
             Reply::Bye => return Ok(true),
             Reply::Want { .. } | Reply::Ready => {
                 return Err(SessionError::Connection(
