@@ -92,13 +92,19 @@ status=0
 # generated request names: no traffic leaves loopback from CI; tests/it covers it against
 # a real target), the tunnel (another listener, mutual TLS; tests/it covers it), changes
 # to named users (the stateful phase would find this run's own user in GET /api/users and
-# change its password, ending the session) and logout (it ends the session), as does the
-# console's session path (its DELETE is a logout). Those run on their own below.
+# change its password, ending the session), logout (it ends the session), as does the
+# console's session path (its DELETE is a logout), and the CA rollover's phases (they
+# replace the CA the runs' own TLS client trusts; tests/it/rollover.rs covers them, and its
+# status runs on its own below). Those run on their own below.
 echo "== schemathesis: every operation but asking a target, the tunnel, changing users, logout"
 st_run -H "AuthToken: $token_main" \
   --exclude-path /api/replication/target --exclude-path-regex '^/tunnel/' \
   --exclude-path '/api/users/{name}' --exclude-path /api/logout \
-  --exclude-path /api/session || status=$?
+  --exclude-path /api/session --exclude-path /api/ca/rollover || status=$?
+echo "== schemathesis: the CA rollover's status (its phases are tests/it/rollover.rs's)"
+# (Filters of different kinds select their union: exclude the POST rather than include GET.)
+st_run -H "AuthToken: $token_main" --include-path /api/ca/rollover --exclude-method POST \
+  || status=$?
 echo "== schemathesis: changing and deleting users (generated names only, no stateful phase)"
 st_run -H "AuthToken: $token_users" --include-path '/api/users/{name}' \
   --phases examples,coverage,fuzzing || status=$?

@@ -52,7 +52,7 @@ pub fn run(config: Config, config_path: Option<&Path>) -> Result<(), DaemonError
     };
     let prepared = startup::prepare(&paths, &config)?;
     let sockets = listeners::open(&config, &prepared)?;
-    let spool = startup::open_spool(&paths, &config, &prepared.ca, &prepared.store)?;
+    let spool = startup::open_spool(&paths, &config, &prepared.cas.get(), &prepared.store)?;
     let replication = startup::prepare_replication(&paths, &config, &prepared.store)?;
     let target_dirs = startup::prepare_target_dirs(&paths, &prepared.store)?;
     let (app, listener_certs) = shared_state(
@@ -83,7 +83,7 @@ pub fn run(config: Config, config_path: Option<&Path>) -> Result<(), DaemonError
         backend.server_addr(),
         paths.root.display(),
         app.system_uuid,
-        app.ca_fingerprint
+        app.ca_fingerprint()
     );
     notify::send("READY=1");
 
@@ -123,15 +123,16 @@ fn shared_state(
         system_uuid,
         started,
         first_start,
-        ca,
+        cas,
+        client_trust,
         listener_certs,
         auth,
     } = prepared;
     let app = App {
         api_cert: listener_certs[0].slot(),
         tunnel_cert: listener_certs[1].slot(),
-        ca_fingerprint: ca.fingerprint(),
-        ca,
+        cas,
+        client_trust,
         spool,
         config,
         store,

@@ -2,7 +2,8 @@
 //! disk under `<data_dir>/targets/<dir>/`, where `<dir>` is named by the target's database
 //! row: the pinned CA as delivered (`ca.pem`) and one file pair per key generation, the
 //! first (generation 0) as `key.pem`/`cert.pem`, renewals and re-pairings as
-//! `key-<g>.pem`/`cert-<g>.pem`. The one owner of that layout and those file names;
+//! `key-<g>.pem`/`cert-<g>.pem`. The one owner of that layout and those file names, and
+//! of the appliance CA's files (`ca_files`: one key and certificate per CA generation);
 //! writes only through `fsx`. Decides nothing about trust: callers check what they install.
 //!
 //! Invariants:
@@ -14,12 +15,16 @@
 //!   row was written, a generation replaced and proven) are removed, never reused as they
 //!   are: a stray key is overwritten by a fresh one.
 
+mod ca_files;
+
 use std::fmt;
 use std::io;
 use std::path::{Path, PathBuf};
 
 use crate::store::{Store, StoreError};
 use crate::{ca, fsx};
+
+pub use ca_files::{CaFiles, CaPems, TRUST_FILE};
 
 /// The pairing's first private key (0600, generation 0), written when the request is filed.
 pub const KEY_FILE: &str = "key.pem";

@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use rustls::pki_types::CertificateDer;
 
-use crate::ca::{self, Ca};
+use crate::ca::{self, CaSet};
 use crate::model::{format_utc, UnixTime};
 use crate::store::{Store, StoreError};
 
@@ -125,8 +125,11 @@ impl CertKind {
     /// What an admin does about it.
     fn advice(&self, expired: bool) -> &'static str {
         match (self, expired) {
-            (CertKind::Ca, _) => {
-                "every pairing ends with it: plan new pairings with a new CA (docs/operations.md)"
+            (CertKind::Ca, false) => {
+                "replace it with a CA rollover before then (`replgate ctl ca rollover start`, docs/operations.md)"
+            }
+            (CertKind::Ca, true) => {
+                "every pairing ended with it: pair every source again (docs/operations.md)"
             }
             (CertKind::Listener(_), _) => {
                 "it renews while running; check the log for why renewal failed"
@@ -147,23 +150,27 @@ impl CertKind {
     }
 }
 
-/// Every certificate this appliance depends on: the CA, the listeners' server
-/// certificates (`listeners`: name and leaf), its own client certificates for targets
+/// Every certificate this appliance depends on: the CA in force (and a rollover's new CA),
+/// the listeners' server certificates (`listeners`: name and leaf), its own client certificates for targets
 /// (source side; not for pairings that ended) and the current certificates of its paired
 /// sources (target side). One read of targets and systems, and one certificate read per
 /// paired source.
 pub fn expiries(
     store: &Store,
-    ca: &Ca,
+    cas: &CaSet,
     listeners: &[(&'static str, CertificateDer<'static>)],
 ) -> Result<Vec<Expiry>, StoreError> {
     let mut out = Vec::new();
-    if let Ok(info) = ca::cert_info(&ca.cert_der()) {
-        out.push(Expiry {
-            kind: CertKind::Ca,
-            not_before: info.not_before,
-            not_after: info.not_after,
-        });
+    let mut authorities = vec![cas.current.cert_der()];
+    authorities.extend(cas.next.as_ref().map(|n| n.ca.cert_der()));
+    for der in authorities {
+        if let Ok(info) = ca::cert_info(&der) {
+            out.push(Expiry {
+                kind: CertKind::Ca,
+                not_before: info.not_before,
+                not_after: info.not_after,
+            });
+        }
     }
     for (name, leaf) in listeners {
         if let Ok(info) = ca::cert_info(leaf) {

@@ -104,7 +104,9 @@ pub struct Spool {
     root: PathBuf,
     /// `root`, open, so that each read looks only at `<token>` and `<token>/<file>`.
     root_dir: fsx::Dir,
-    ca_pem: String,
+    /// What an accepted request's `ca.pem` holds: the CA in force, and during a CA
+    /// rollover the new CA and its cross-certificate (`CaSet::bundle_pem`).
+    ca_pem: RwLock<String>,
     /// `host:port` of the tunnel, told to accepted sources.
     tunnel: String,
     retry_after: u64,
@@ -200,7 +202,7 @@ impl Spool {
         Ok(Spool {
             root,
             root_dir,
-            ca_pem,
+            ca_pem: RwLock::new(ca_pem),
             tunnel,
             retry_after,
             writing: Mutex::new(()),
@@ -272,7 +274,8 @@ impl Spool {
                 .flatten()
                 .ok_or(SpoolError::MissingCertificate { request: r.id })?;
             files.push((CERT_FILE, cert.pem.into_bytes()));
-            files.push((CA_FILE, self.ca_pem.clone().into_bytes()));
+            let ca_pem = sync::read(&self.ca_pem).clone();
+            files.push((CA_FILE, ca_pem.into_bytes()));
         }
         let status =
             serde_json::to_vec(&self.status_of(r)).map_err(|source| SpoolError::Encode {
@@ -314,8 +317,15 @@ impl Spool {
         Ok(repair)
     }
 
+    /// Changes what accepted requests' `ca.pem` holds (a phase of a CA rollover); each
+    /// request's file follows at its next write, all of them at [`Spool::reconcile`].
+    pub fn set_ca_pem(&self, ca_pem: String) {
+        *sync::write(&self.ca_pem) = ca_pem;
+    }
+
     /// Start-up repair: every request gets a spool that matches it; directories that belong
-    /// to no request are removed.
+    /// to no request are removed. Also run after the CAs changed (every accepted request's
+    /// `ca.pem` is rewritten).
     pub fn reconcile(&self, store: &Store) -> Result<Repair, SpoolError> {
         let _writing = lock(&self.writing);
         let mut total = Repair::default();

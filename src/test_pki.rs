@@ -73,8 +73,8 @@ impl Pki {
 
     /// The tunnel's config: mutual TLS against this CA, revocation from `revoked`.
     pub fn tunnel_server(&self, revoked: Arc<dyn RevocationCheck>) -> Arc<ServerConfig> {
-        tls::tunnel_server_config(self.server_slot(), self.ca.cert_der(), revoked)
-            .expect("tunnel server config")
+        let trust = tls::ClientTrust::new(vec![self.ca.cert_der()]).expect("client trust");
+        tls::tunnel_server_config(self.server_slot(), trust, revoked).expect("tunnel server config")
     }
 
     /// A slot holding the server certificate.
@@ -89,7 +89,7 @@ impl Pki {
             let c = &self.clients[i];
             (c.cert_pem.as_str(), c.key_pem.as_str())
         });
-        tls::pinned_client_config(self.ca.cert_der(), auth).expect("client config")
+        tls::pinned_client_config(vec![self.ca.cert_der()], auth).expect("client config")
     }
 }
 

@@ -1,9 +1,10 @@
 //! TLS: the only builder of rustls configs (the ring provider is named explicitly in every
 //! one) and home of the two custom verifiers: the tunnel's revocation-aware client verifier
-//! and the source's pinned-CA server verifier. Also the one trust-on-first-use probe, and
+//! and the source's pinned-CA server verifier. Also the one trust-on-first-use probe,
 //! [`ServerCertSlot`], the listeners' server certificate that can be swapped while they
-//! run. It never reads files or decides trust itself: certificates, keys and pins come
-//! from callers.
+//! run, and [`ClientTrust`], the tunnel's trusted CAs, swapped the same way during a CA
+//! rollover. It never reads files or decides trust itself: certificates, keys and pins
+//! come from callers.
 //!
 //! Invariants:
 //! - The API server config resumes sessions by stateless tickets only (no per-session
@@ -11,14 +12,18 @@
 //! - The tunnel server config has session resumption turned off. rustls restores the
 //!   client certificate of a resumed session without calling the client verifier again, so
 //!   with resumption a revoked source could keep reconnecting on an old ticket.
-//! - Every config between appliances trusts at most one CA, given by the caller (the
-//!   appliance's own CA on the server side, the pinned target CA on the client side). The
-//!   one config that trusts a set of roots is the object store's client
-//!   ([`object_store_client_config`]): the storage's `ca_file` or the system bundle, both
-//!   read by the caller, with the server's name checked as the web does.
+//! - Every config between appliances trusts only the appliance CAs the caller gives: the
+//!   appliance's own CA on the server side, the pinned target CA on the client side, and
+//!   during a CA rollover also the new CA (SPEC 22; its leaves then verify directly, and
+//!   a peer that trusts only the old CA reaches it through the cross-certificate, which
+//!   is why chains are built from the presented intermediates). The one config that
+//!   trusts public roots is the object store's client ([`object_store_client_config`]):
+//!   the storage's `ca_file` or the system bundle, both read by the caller, with the
+//!   server's name checked as the web does.
 //! - A server config presents whatever its [`ServerCertSlot`] holds at each handshake; a
 //!   slot only ever holds a chain whose leaf matches its key. Swapping it changes the
-//!   next handshake and nothing else: open connections keep their session.
+//!   next handshake and nothing else: open connections keep their session. The same holds
+//!   for the tunnel's [`ClientTrust`].
 
 use std::fmt;
 use std::io::{self, Read, Write};
@@ -258,23 +263,64 @@ pub trait RevocationCheck: Send + Sync + fmt::Debug {
     fn is_revoked(&self, serial_hex: &str) -> bool;
 }
 
+/// The CAs whose client certificates open the tunnel, replaceable while the listener
+/// runs: a CA rollover adds the new CA, its end (or its abort) takes one away. Each
+/// handshake asks the verifier in place at that moment; connections already open are not
+/// touched.
+pub struct ClientTrust {
+    current: RwLock<Arc<dyn ClientCertVerifier>>,
+}
+
+impl fmt::Debug for ClientTrust {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ClientTrust").finish_non_exhaustive()
+    }
+}
+
+impl ClientTrust {
+    /// Trust in `anchors` (at least one CA certificate).
+    pub fn new(anchors: Vec<CertificateDer<'static>>) -> Result<Arc<ClientTrust>, TlsError> {
+        Ok(Arc::new(ClientTrust {
+            current: RwLock::new(client_verifier(anchors)?),
+        }))
+    }
+
+    /// Trusts `anchors` from the next handshake on; on an error nothing changes.
+    pub fn replace(&self, anchors: Vec<CertificateDer<'static>>) -> Result<(), TlsError> {
+        let fresh = client_verifier(anchors)?;
+        *sync::write(&self.current) = fresh;
+        Ok(())
+    }
+
+    fn verifier(&self) -> Arc<dyn ClientCertVerifier> {
+        sync::read(&self.current).clone()
+    }
+}
+
+/// rustls's WebPKI client verifier over `anchors`: a chain to one of them, in date, with
+/// the clientAuth usage.
+fn client_verifier(
+    anchors: Vec<CertificateDer<'static>>,
+) -> Result<Arc<dyn ClientCertVerifier>, TlsError> {
+    let roots = Arc::new(roots_of(anchors)?);
+    WebPkiClientVerifier::builder_with_provider(roots, provider())
+        .build()
+        .map_err(TlsError::Verifier)
+}
+
 /// Server config for the secure tunnel: mutual TLS, the certificate of `slot` at each
-/// handshake. A client must present a certificate issued by `ca_cert_der` (and only that
-/// CA) for client authentication, whose serial `revoked` does not report. Session
-/// resumption is off, so every connection runs the full check and a revocation takes
-/// effect on the next handshake. ALPN `http/1.1`.
+/// handshake. A client must present a certificate issued by a CA that `trust` holds at
+/// that moment (and only such), for client authentication, whose serial `revoked` does
+/// not report. Session resumption is off, so every connection runs the full check and a
+/// revocation takes effect on the next handshake. ALPN `http/1.1`.
 pub fn tunnel_server_config(
     slot: Arc<ServerCertSlot>,
-    ca_cert_der: CertificateDer<'static>,
+    trust: Arc<ClientTrust>,
     revoked: Arc<dyn RevocationCheck>,
 ) -> Result<Arc<ServerConfig>, TlsError> {
     let provider = provider();
-    let roots = Arc::new(single_root(ca_cert_der)?);
-    let inner = WebPkiClientVerifier::builder_with_provider(roots, provider.clone())
-        .build()
-        .map_err(TlsError::Verifier)?;
     let verifier = Arc::new(RevocationAwareClientVerifier {
-        inner,
+        trust,
         revoked,
         signatures: HandshakeSignatures::of(&provider),
     });
@@ -290,11 +336,11 @@ pub fn tunnel_server_config(
     Ok(Arc::new(config))
 }
 
-/// rustls's WebPKI client verifier (chain to our CA, validity, clientAuth EKU) plus a
-/// revocation lookup by serial.
+/// rustls's WebPKI client verifier (chain to one of our CAs, validity, clientAuth EKU)
+/// plus a revocation lookup by serial.
 #[derive(Debug)]
 struct RevocationAwareClientVerifier {
-    inner: Arc<dyn ClientCertVerifier>,
+    trust: Arc<ClientTrust>,
     revoked: Arc<dyn RevocationCheck>,
     signatures: HandshakeSignatures,
 }
@@ -308,8 +354,10 @@ impl ClientCertVerifier for RevocationAwareClientVerifier {
         true
     }
 
+    /// None: the trusted CAs change during a rollover, and a source presents its one
+    /// certificate whatever the hints say.
     fn root_hint_subjects(&self) -> &[DistinguishedName] {
-        self.inner.root_hint_subjects()
+        &[]
     }
 
     fn verify_client_cert(
@@ -319,7 +367,8 @@ impl ClientCertVerifier for RevocationAwareClientVerifier {
         now: UnixTime,
     ) -> Result<ClientCertVerified, rustls::Error> {
         let verified = self
-            .inner
+            .trust
+            .verifier()
             .verify_client_cert(end_entity, intermediates, now)?;
         let serial = ca::cert_serial_hex(end_entity)
             .map_err(|_| rustls::Error::InvalidCertificate(CertificateError::BadEncoding))?;
@@ -337,9 +386,9 @@ impl ClientCertVerifier for RevocationAwareClientVerifier {
 // Clients
 // ---------------------------------------------------------------------------------------
 
-/// Client config that trusts exactly `ca_der` (a target's pinned CA), optionally
-/// presenting a client certificate (`(chain_pem, key_pem)`) for the tunnel. ALPN
-/// `http/1.1`.
+/// Client config that trusts exactly `anchors` (a target's pinned CA; during a rollover of
+/// its CA also the new CA it endorsed), optionally presenting a client certificate
+/// (`(chain_pem, key_pem)`) for the tunnel. ALPN `http/1.1`.
 ///
 /// The server's name is deliberately not checked: appliances are often reached by an IP
 /// address or a name that is not in the target's SAN list, and the trust anchor is the
@@ -347,12 +396,12 @@ impl ClientCertVerifier for RevocationAwareClientVerifier {
 /// appliance's own server certificates. Chain, validity and the serverAuth usage are
 /// checked, so a source's client certificate (clientAuth only) cannot pose as the target.
 pub fn pinned_client_config(
-    ca_der: CertificateDer<'static>,
+    anchors: Vec<CertificateDer<'static>>,
     client_auth: Option<(&str, &str)>,
 ) -> Result<Arc<ClientConfig>, TlsError> {
     let provider = provider();
     let verifier = Arc::new(PinnedCaVerifier {
-        roots: single_root(ca_der)?,
+        roots: roots_of(anchors)?,
         signatures: HandshakeSignatures::of(&provider),
     });
     let builder = ClientConfig::builder_with_provider(provider)
@@ -390,8 +439,9 @@ pub fn object_store_client_config(roots_pem: &str) -> Result<Arc<ClientConfig>, 
     Ok(Arc::new(config))
 }
 
-/// Checks a server chain against one pinned CA: signatures, validity, serverAuth usage.
-/// Not the server name (see [`pinned_client_config`]).
+/// Checks a server chain against the pinned CAs: signatures, validity, serverAuth usage,
+/// through the presented intermediates (a cross-certificate during a rollover). Not the
+/// server name (see [`pinned_client_config`]).
 #[derive(Debug)]
 struct PinnedCaVerifier {
     roots: RootCertStore,
@@ -592,9 +642,15 @@ fn key_from_pem(pem: &str) -> Result<PrivateKeyDer<'static>, TlsError> {
     })
 }
 
-fn single_root(ca_der: CertificateDer<'static>) -> Result<RootCertStore, TlsError> {
+/// The trust anchors `anchors` (at least one; every one must be usable).
+fn roots_of(anchors: Vec<CertificateDer<'static>>) -> Result<RootCertStore, TlsError> {
+    if anchors.is_empty() {
+        return Err(TlsError::NoCertificate);
+    }
     let mut roots = RootCertStore::empty();
-    roots.add(ca_der).map_err(TlsError::BadTrustAnchor)?;
+    for anchor in anchors {
+        roots.add(anchor).map_err(TlsError::BadTrustAnchor)?;
+    }
     Ok(roots)
 }
 
@@ -633,10 +689,14 @@ mod tests {
     fn tunnel_config(
         chain: &str,
         key: &str,
-        ca: CertificateDer<'static>,
+        anchors: Vec<CertificateDer<'static>>,
         revoked: Arc<dyn RevocationCheck>,
     ) -> Result<Arc<ServerConfig>, TlsError> {
-        tunnel_server_config(ServerCertSlot::new(chain, key)?, ca, revoked)
+        tunnel_server_config(
+            ServerCertSlot::new(chain, key)?,
+            ClientTrust::new(anchors)?,
+            revoked,
+        )
     }
 
     fn now() -> OffsetDateTime {
@@ -647,8 +707,9 @@ mod tests {
         Ca::generate(name, now()).unwrap()
     }
 
-    fn ca_der(ca: &Ca) -> CertificateDer<'static> {
-        ca.cert_der()
+    /// `ca` as the one trust anchor.
+    fn ca_der(ca: &Ca) -> Vec<CertificateDer<'static>> {
+        vec![ca.cert_der()]
     }
 
     /// Leaf then CA, for a server certificate whose names do not include 127.0.0.1.
@@ -892,6 +953,132 @@ mod tests {
         assert_eq!(slot.leaf(), leaf(&chain_b));
         drop((before, after));
         server.join().unwrap();
+    }
+
+    /// An old CA, a new one and the cross-certificate by which the old endorses the new.
+    fn rollover() -> (Ca, Ca, String) {
+        let old = ca("replgate CA old");
+        let new = ca("replgate CA new");
+        let cross = old.cross_certify(&new, now()).unwrap();
+        (old, new, cross)
+    }
+
+    #[test]
+    fn a_new_chain_server_certificate_with_the_cross_verifies_for_old_and_new_trust() {
+        let (old, new, cross) = rollover();
+        let issued = new
+            .issue_server_cert(&["target.invalid".to_owned()], &[], LIFETIME, now())
+            .unwrap();
+        // What a listener presents during a rollover: leaf, cross-certificate, old CA.
+        let chain = format!("{}{cross}{}", issued.cert_pem, old.cert_pem());
+        let config = api_config(&chain, &issued.key_pem).unwrap();
+        let (addr, server) = serve(config, 4);
+        for anchors in [
+            vec![old.cert_der()],
+            vec![new.cert_der()],
+            vec![old.cert_der(), new.cert_der()],
+        ] {
+            let client = pinned_client_config(anchors, None).unwrap();
+            ping(client, addr, "127.0.0.1").unwrap();
+        }
+        let stranger = pinned_client_config(ca_der(&ca("replgate CA old")), None).unwrap();
+        let refused = ping(stranger, addr, "127.0.0.1");
+        assert!(
+            matches!(tls_error(&refused), rustls::Error::InvalidCertificate(_)),
+            "{refused:?}"
+        );
+        let results = server.join().unwrap();
+        assert_ok(&results[..3]);
+        // A new pairing during the rollover pins the CA in force: the last CA presented.
+        let (addr, server) = serve(api_config(&chain, &issued.key_pem).unwrap(), 1);
+        let presented = probe_presented_ca(&addr.to_string(), IO_TIMEOUT).unwrap();
+        assert_eq!(presented, old.cert_der());
+        assert_ok(&server.join().unwrap());
+    }
+
+    #[test]
+    fn the_tunnel_trusts_what_its_client_trust_holds_and_open_connections_carry_on() {
+        let (old, new, _) = rollover();
+        let (chain, key) = server_identity(&old);
+        let trust = ClientTrust::new(vec![old.cert_der()]).unwrap();
+        let config = tunnel_server_config(
+            ServerCertSlot::new(&chain, &key).unwrap(),
+            trust.clone(),
+            Arc::new(RevokedSet::default()),
+        )
+        .unwrap();
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = listener.local_addr().unwrap();
+        // Each connection on its own thread, answering "ping" with "pong" until it closes;
+        // the handshake's outcome is reported.
+        let server = std::thread::spawn(move || {
+            let mut handles = Vec::new();
+            for _ in 0..7 {
+                let (mut sock, _) = listener.accept().unwrap();
+                sock.set_read_timeout(Some(IO_TIMEOUT)).unwrap();
+                let config = config.clone();
+                handles.push(std::thread::spawn(move || {
+                    let mut conn = ServerConnection::new(config).unwrap();
+                    while conn.is_handshaking() {
+                        if conn.complete_io(&mut sock).is_err() {
+                            return false;
+                        }
+                    }
+                    let mut stream = Stream::new(&mut conn, &mut sock);
+                    let mut buf = [0u8; 4];
+                    while stream.read_exact(&mut buf).is_ok() {
+                        stream.write_all(b"pong").unwrap();
+                        stream.flush().unwrap();
+                    }
+                    true
+                }));
+            }
+            handles
+                .into_iter()
+                .map(|h| h.join().unwrap())
+                .collect::<Vec<_>>()
+        });
+        let anchors = vec![old.cert_der(), new.cert_der()];
+        let connect = |(cert, key, _): &(String, String, String)| {
+            let config = pinned_client_config(anchors.clone(), Some((cert, key))).unwrap();
+            let sock = TcpStream::connect_timeout(&addr, IO_TIMEOUT).unwrap();
+            sock.set_read_timeout(Some(IO_TIMEOUT)).unwrap();
+            let conn =
+                ClientConnection::new(config, ServerName::try_from("x.example").unwrap()).unwrap();
+            rustls::StreamOwned::new(conn, sock)
+        };
+        let works = |s: &mut rustls::StreamOwned<ClientConnection, TcpStream>| {
+            let mut buf = [0u8; 4];
+            s.write_all(b"ping").is_ok() && s.read_exact(&mut buf).is_ok() && &buf == b"pong"
+        };
+        let (old_leaf, new_leaf) = (client_identity(&old), client_identity(&new));
+        let mut first = connect(&old_leaf);
+        assert!(works(&mut first));
+        assert!(
+            !works(&mut connect(&new_leaf)),
+            "the new CA is not trusted yet"
+        );
+        trust.replace(vec![old.cert_der(), new.cert_der()]).unwrap();
+        assert!(
+            works(&mut connect(&new_leaf)),
+            "trusted from the next handshake"
+        );
+        assert!(works(&mut connect(&old_leaf)));
+        trust.replace(vec![new.cert_der()]).unwrap();
+        assert!(!works(&mut connect(&old_leaf)), "the old CA is gone");
+        assert!(works(&mut first), "an open connection carries on");
+        assert!(works(&mut connect(&new_leaf)));
+        assert!(matches!(
+            trust.replace(Vec::new()),
+            Err(TlsError::NoCertificate)
+        ));
+        assert!(
+            !works(&mut connect(&old_leaf)),
+            "a refused replacement changes nothing"
+        );
+        drop(first);
+        let outcomes = server.join().unwrap();
+        assert_eq!(outcomes, [true, false, true, true, false, true, false]);
     }
 
     #[test]

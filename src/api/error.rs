@@ -4,6 +4,7 @@
 use crate::auth::AuthError;
 use crate::model::Chain;
 use crate::pairing::error::{Cap, PairingError};
+use crate::pairing::rollover::RolloverError;
 use crate::pairing::source::request::{CallError, SourceError};
 use crate::replication::admin::AdminError;
 use crate::spool::SpoolError;
@@ -33,6 +34,9 @@ pub enum ApiError {
     MethodNotAllowed { allow: String },
     /// 409: state conflict (already resolved, duplicate).
     Conflict(String),
+    /// 409: a CA rollover's `finish` waits for these sources (system ids), which were not
+    /// seen with a certificate of the new CA yet.
+    Stragglers { message: String, sources: Vec<u64> },
     /// 412/12505: the peer presented a certificate we do not trust.
     Untrusted {
         message: String,
@@ -65,7 +69,7 @@ impl ApiError {
             ApiError::Forbidden(_) => (403, 403),
             ApiError::NotFound(_) => (404, 404),
             ApiError::MethodNotAllowed { .. } => (405, 405),
-            ApiError::Conflict(_) => (409, 409),
+            ApiError::Conflict(_) | ApiError::Stragglers { .. } => (409, 409),
             ApiError::Untrusted { .. } => (412, UNTRUSTED_CERT_CODE),
             ApiError::TooLarge(_) => (413, 413),
             ApiError::TooMany { .. } => (429, 429),
@@ -91,7 +95,9 @@ impl ApiError {
             ApiError::MethodNotAllowed { allow } => {
                 format!("method not allowed on this path; it allows {allow}")
             }
-            ApiError::Untrusted { message, .. } => message.clone(),
+            ApiError::Untrusted { message, .. } | ApiError::Stragglers { message, .. } => {
+                message.clone()
+            }
             ApiError::TooMany { message, .. } | ApiError::OpenWithOtherKey { message, .. } => {
                 message.clone()
             }
@@ -114,8 +120,9 @@ impl ApiError {
     }
 
     /// The JSON body: the documented shape, plus `fingerprint` on 412 so the admin can
-    /// compare it out of band, and `request_id` on 429/12506 so the source can name the
-    /// request the target's admin must resolve.
+    /// compare it out of band, `request_id` on 429/12506 so the source can name the
+    /// request the target's admin must resolve, and `stragglers` on a rollover's refused
+    /// finish.
     pub fn body(&self, reference: &str) -> String {
         let (_, code) = self.status_and_code();
         let message = self.message(reference);
@@ -128,6 +135,11 @@ impl ApiError {
             ApiError::OpenWithOtherKey { request_id, .. } => serde_json::json!({
                 "result": [{ "message": message, "code": code, "kb": format!("/api/kb/{code}"),
                              "request_id": request_id }]
+            })
+            .to_string(),
+            ApiError::Stragglers { sources, .. } => serde_json::json!({
+                "result": [{ "message": message, "code": code, "kb": format!("/api/kb/{code}"),
+                             "stragglers": sources }]
             })
             .to_string(),
             _ => error_body(code, &message),
@@ -189,6 +201,23 @@ impl From<AuthError> for ApiError {
             },
             A::Forbidden { .. } => ApiError::Forbidden(text),
             A::Store(_) | A::Hash(_) => ApiError::Internal(Box::new(e)),
+        }
+    }
+}
+
+impl From<RolloverError> for ApiError {
+    fn from(e: RolloverError) -> Self {
+        use RolloverError as R;
+        let text = Chain(&e).to_string();
+        match e {
+            R::AlreadyRolling { .. } | R::NotRolling => ApiError::Conflict(text),
+            R::Stragglers { sources, .. } => ApiError::Stragglers {
+                message: text,
+                sources: sources.iter().map(|s| s.system_id).collect(),
+            },
+            R::Files { .. } | R::Ca { .. } | R::Mismatch { .. } | R::Clock(_) | R::Store(_) => {
+                ApiError::Internal(Box::new(e))
+            }
         }
     }
 }

@@ -3,6 +3,7 @@
 //! Handlers are thin: parse, authorize (declared per route), call the domain, map the result.
 
 pub mod body;
+mod ca;
 pub mod console;
 pub mod error;
 mod pairing;
@@ -29,7 +30,7 @@ pub use routes::{dispatch, match_path, route_path, route_table, Access, Incoming
 pub use spool_files::{spool_segments, SpoolAnswerer};
 
 use crate::auth::{Authenticator, Session};
-use crate::ca::Ca;
+use crate::ca::{Authority, CaSet};
 use crate::config::Config;
 use crate::front::{PeerInfo, PeerTable};
 use crate::identity::TargetDirs;
@@ -38,20 +39,22 @@ use crate::pairing::source::request::Outgoing;
 use crate::pairing::Actor;
 use crate::spool::Spool;
 use crate::store::Store;
-use crate::tls::ServerCertSlot;
+use crate::tls::{ClientTrust, ServerCertSlot};
 use body::Body;
 use error::ApiError;
 
 /// Everything a handler may use, built once by the daemon.
 pub struct App {
     pub config: Config,
-    pub ca: Arc<Ca>,
+    /// The CAs in force (replaced by each phase of a CA rollover, [`App::apply_cas`]).
+    pub cas: Arc<Authority>,
+    /// The tunnel's trusted CAs, kept in step with `cas`.
+    pub client_trust: Arc<ClientTrust>,
     pub spool: Spool,
     pub store: Store,
     pub auth: Authenticator,
     pub peers: Arc<PeerTable>,
     pub system_uuid: String,
-    pub ca_fingerprint: String,
     /// One directory per pairing with a target.
     pub target_dirs: TargetDirs,
     /// The requests to targets in flight (at most a few at once).
@@ -76,7 +79,28 @@ impl App {
             ("api", self.api_cert.leaf()),
             ("tunnel", self.tunnel_cert.leaf()),
         ];
-        crate::lifecycle::expiries(&self.store, &self.ca, &listeners)
+        crate::lifecycle::expiries(&self.store, &self.cas.get(), &listeners)
+    }
+
+    /// The fingerprint of the CA in force: what sources pin and join lines carry.
+    pub fn ca_fingerprint(&self) -> String {
+        self.cas.get().fingerprint()
+    }
+
+    /// Puts `set` in place after a committed phase of a CA rollover: the tunnel trusts
+    /// its CAs from the next handshake, and everything that reads the CAs sees it; the
+    /// listeners' certificates and the spool follow within a tick of the maintenance
+    /// job. The caller holds `Authority::changing`.
+    pub fn apply_cas(&self, set: CaSet) {
+        if let Err(e) = self.client_trust.replace(set.client_anchors()) {
+            // Every anchor was a CA that loaded; a refusal here is a bug, and the tunnel
+            // keeps the trust it had.
+            log::error!(
+                "the tunnel's trusted cas were not replaced: {}",
+                crate::model::Chain(&e)
+            );
+        }
+        self.cas.replace(set);
     }
 }
 

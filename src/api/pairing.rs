@@ -64,9 +64,10 @@ pub fn file_request(call: &Call) -> Result<Reply, ApiError> {
         },
         require_token: config.require_token,
     };
+    let cas = call.app.cas.get();
     let side = target::TargetSide {
         store: &call.app.store,
-        ca: &call.app.ca,
+        cas: &cas,
         storage: &config.storage,
         client_lifetime: config.client_cert_lifetime,
     };
@@ -86,7 +87,7 @@ pub fn file_request(call: &Call) -> Result<Reply, ApiError> {
         retry_after: config.poll_interval.as_secs(),
         expires: r.expires,
         verification_code: r.verification_code.clone(),
-        ca_fingerprint: call.app.ca_fingerprint.clone(),
+        ca_fingerprint: cas.fingerprint(),
         status: Some(r.status.as_str().to_string()),
     };
     let value = serde_json::to_value(answer)?;
@@ -129,9 +130,10 @@ pub fn resolve(call: &Call) -> Result<Reply, ApiError> {
         }
     };
     let app = call.app;
+    let cas = app.cas.get();
     let side = target::TargetSide {
         store: &app.store,
-        ca: &app.ca,
+        cas: &cas,
         storage: &app.config.storage,
         client_lifetime: app.config.client_cert_lifetime,
     };

@@ -9,8 +9,8 @@ use super::body::percent_decode;
 use super::error::ApiError;
 use super::systems::LOCAL_SYSTEM_ID;
 use super::{
-    body, console, pairing, pending, replication, source, spool_files, storage, system, systems,
-    tokens, users, App, Call, Handler, Reply,
+    body, ca, console, pairing, pending, replication, source, spool_files, storage, system,
+    systems, tokens, users, App, Call, Handler, Reply,
 };
 use crate::front::PeerInfo;
 use crate::model::{Privilege, UnixTime};
@@ -105,6 +105,9 @@ pub fn route_table() -> Vec<Route> {
             users::delete,
         ),
         route("GET", "/api/audit", Token(Monitor), users::audit_log),
+        // The appliance CA's rollover (SPEC 22).
+        route("GET", "/api/ca/rollover", Token(Superuser), ca::status),
+        route("POST", "/api/ca/rollover", Token(Superuser), ca::change),
         // Target side of pairing.
         route(
             "GET",
@@ -266,6 +269,7 @@ pub fn route_table() -> Vec<Route> {
             Public,
             spool_files::handler,
         ),
+        route("GET", "/replication/v1/ca", Public, ca::public),
     ]
 }
 

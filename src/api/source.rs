@@ -113,6 +113,13 @@ fn target_json(t: &TargetRecord, now: UnixTime) -> Value {
         "ca_fingerprint": t.ca_fingerprint,
         "request_id": t.request_id,
     });
+    // During a rollover of the target's CA: the new CA this appliance trusts too.
+    if let Some(next) = crate::ca::certs_pem_to_der(&t.ca_pem)
+        .ok()
+        .and_then(|bundle| bundle.get(1).map(|der| crate::ca::sha256_hex(der)))
+    {
+        v["ca_next_fingerprint"] = json!(next);
+    }
     let mut message = t.message.clone();
     if t.is_repairing() {
         // Says what happened and what to do, whatever the last poll left in `message`.

@@ -10,11 +10,16 @@ use crate::model::Role;
 use crate::store::{RequestStatus, TargetStatus};
 
 /// `GET /api/health` (no token): up, the version, and a warning for each certificate
-/// (or the CA) that ends within 30 days (`lifecycle::warnings`). The warnings name ids
-/// only, never host names: the endpoint is open to anyone who reaches the listener.
+/// (or the CA) that ends within 30 days (`lifecycle::warnings`), and for a CA rollover
+/// in progress (`rollover::warnings`). The warnings name ids and counts only, never host
+/// names: the endpoint is open to anyone who reaches the listener.
 pub fn health(call: &Call) -> Result<Reply, ApiError> {
     let certs = call.app.certificates()?;
-    let warnings = crate::lifecycle::warnings(&certs, call.now);
+    let mut warnings = crate::lifecycle::warnings(&certs, call.now);
+    warnings.extend(crate::pairing::rollover::warnings(
+        &rollover_status(call.app, call.now)?,
+        call.now,
+    ));
     Ok(Reply::json(
         200,
         json!({ "status": "ok", "version": env!("CARGO_PKG_VERSION"), "warnings": warnings }),
@@ -41,9 +46,59 @@ pub fn metrics(call: &Call) -> Result<Reply, ApiError> {
     })
 }
 
+fn rollover_status(
+    app: &App,
+    now: crate::model::UnixTime,
+) -> Result<crate::pairing::rollover::Status, ApiError> {
+    Ok(crate::pairing::rollover::status(
+        &app.store,
+        &app.cas.get(),
+        app.config.rollover_window,
+        now,
+    )?)
+}
+
+/// The CA rollover's samples: its phase (every phase listed, 1 for the one it is in), the
+/// sources still on the old CA, and while it runs when it started and when its window
+/// ends.
+fn rollover_state(app: &App, out: &mut Exposition) -> Result<(), ApiError> {
+    use crate::pairing::rollover::Phase;
+    let st = rollover_status(app, crate::model::now())?;
+    for phase in [Phase::Idle, Phase::Rolling] {
+        out.gauge(
+            "replgate_ca_rollover_phase",
+            "The CA rollover's phase: 1 for the phase it is in (idle, rolling).",
+            &[("phase", phase.as_str())],
+            f64::from(u8::from(st.phase == phase)),
+        );
+    }
+    out.gauge(
+        "replgate_ca_rollover_old_chain_sources",
+        "Active paired sources not seen with a certificate of the newest CA (during a rollover: the ones finish waits for).",
+        &[],
+        st.stragglers().count() as f64,
+    );
+    if let (Some(started), Some(ends)) = (st.started, st.window_ends) {
+        out.gauge(
+            "replgate_ca_rollover_started_seconds",
+            "When the CA rollover in progress started (unix time).",
+            &[],
+            started as f64,
+        );
+        out.gauge(
+            "replgate_ca_rollover_window_end_seconds",
+            "When the CA rollover's window ends (unix time): finish may leave sources behind after it.",
+            &[],
+            ends as f64,
+        );
+    }
+    Ok(())
+}
+
 /// The samples read from state at scrape time: every status and role is listed, zero or
 /// not, so a series never vanishes when its count drops to nothing.
 fn state(app: &App, out: &mut Exposition) -> Result<(), ApiError> {
+    rollover_state(app, out)?;
     use RequestStatus as R;
     use TargetStatus as T;
     let requests = app.store.requests(0, usize::MAX, |_| true)?;
@@ -99,15 +154,12 @@ fn state(app: &App, out: &mut Exposition) -> Result<(), ApiError> {
         "status",
         &counted,
     );
-    let ca_der = crate::ca::cert_pem_to_der(app.ca.cert_pem()).ok();
-    if let Some(not_after) = ca_der.and_then(|d| crate::ca::cert_not_after(&d).ok()) {
-        out.gauge(
-            "replgate_ca_expiry_seconds",
-            "When the appliance CA's certificate expires (unix time).",
-            &[],
-            not_after as f64,
-        );
-    }
+    out.gauge(
+        "replgate_ca_expiry_seconds",
+        "When the appliance CA's certificate expires (unix time).",
+        &[],
+        app.cas.get().current.not_after() as f64,
+    );
     for t in &targets {
         if let Some(expires) = t.certificate_expires {
             out.gauge(
@@ -139,7 +191,7 @@ fn state(app: &App, out: &mut Exposition) -> Result<(), ApiError> {
     }
     out.gauge(
         "replgate_certificate_warnings",
-        "Certificates (or the CA) ending within 30 days or ended: the warnings of GET /api/health.",
+        "Certificates (or the CA) ending within 30 days or ended: the certificate warnings of GET /api/health.",
         &[],
         crate::lifecycle::warnings(&certs, crate::model::now()).len() as f64,
     );

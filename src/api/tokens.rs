@@ -105,7 +105,7 @@ pub fn create(call: &Call) -> Result<Reply, ApiError> {
     let join = JoinLine {
         host,
         port,
-        ca_fingerprint: app.ca_fingerprint.clone(),
+        ca_fingerprint: app.ca_fingerprint(),
         token: issued.token.clone(),
     };
     let mut v = token_json(t, call);

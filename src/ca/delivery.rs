@@ -5,9 +5,10 @@ use std::fmt;
 
 use rcgen::{KeyPair, PublicKeyData};
 
+use super::cross::{check_endorsement, issued_by, EndorsementError};
 use super::x509::{
-    is_ca_cert, normalize_fingerprint, parse_cert_der, pem_block, serial_hex, sha256_hex, validity,
-    CertError, CERT_LABELS,
+    certs_pem_to_der, is_ca_cert, normalize_fingerprint, parse_cert_der, pem_block, pem_encode,
+    serial_hex, sha256_hex, validity, CertError, CERT_LABELS,
 };
 use crate::model::format_utc;
 
@@ -39,6 +40,10 @@ pub enum DeliveryError {
     Expired { not_after: i64 },
     /// The certificate lacks the clientAuth extended key usage.
     MissingClientAuth,
+    /// `ca.pem` holds more than the CA but not the new CA and its cross-certificate.
+    Bundle { certificates: usize },
+    /// The new CA in `ca.pem` is not endorsed by the pinned one.
+    Endorsement(EndorsementError),
 }
 
 impl fmt::Display for DeliveryError {
@@ -90,6 +95,17 @@ impl fmt::Display for DeliveryError {
             Self::MissingClientAuth => {
                 write!(f, "certificate does not allow tls client authentication")
             }
+            Self::Bundle { certificates } => write!(
+                f,
+                "delivered ca.pem holds {certificates} certificates: one, or the ca, the new ca \
+                 and its cross-certificate"
+            ),
+            Self::Endorsement(_) => {
+                write!(
+                    f,
+                    "the new ca delivered beside the pinned one is not endorsed by it"
+                )
+            }
         }
     }
 }
@@ -98,6 +114,7 @@ impl std::error::Error for DeliveryError {
     fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
         match self {
             Self::BadCertificate(e) | Self::BadCa(e) => Some(e),
+            Self::Endorsement(e) => Some(e),
             _ => None,
         }
     }
@@ -109,11 +126,32 @@ pub struct DeliveredCert {
     pub not_before: i64,
     pub not_after: i64,
     pub serial: String,
+    /// The CAs to trust for the target from now on (PEM): the pinned one, then, while the
+    /// target rolls its CA over, the new CA and the cross-certificate by which the pinned
+    /// one endorsed it.
+    pub trust_pem: String,
 }
 
-/// Checks a certificate delivered by a target before anything is installed: `ca.pem` is the
-/// pinned CA and is a CA valid now; the certificate carries this appliance's public key, is
-/// signed by `ca.pem`, is valid now and allows client authentication.
+/// The new CA and its cross-certificate of a `ca.pem` bundle `[ca, new ca, cross]`, once
+/// the cross-certificate shows that `bundle[0]` endorsed it; None for a lone CA.
+fn endorsed_next(bundle: &[Vec<u8>], now: i64) -> Result<Option<&[u8]>, DeliveryError> {
+    match bundle {
+        [_] => Ok(None),
+        [ca, next, cross] => {
+            check_endorsement(ca, next, cross, now).map_err(DeliveryError::Endorsement)?;
+            Ok(Some(next))
+        }
+        other => Err(DeliveryError::Bundle {
+            certificates: other.len(),
+        }),
+    }
+}
+
+/// Checks a certificate delivered by a target before anything is installed: `ca.pem`'s
+/// first certificate is the pinned CA and is a CA valid now; a new CA after it (during a
+/// rollover of the target's CA) comes with a cross-certificate by which the pinned CA
+/// endorsed it; the certificate carries this appliance's public key, is signed by the
+/// pinned CA or by that endorsed new one, is valid now and allows client authentication.
 pub fn check_delivered(
     cert_pem: &str,
     ca_pem: &str,
@@ -122,12 +160,13 @@ pub fn check_delivered(
     now_unix: i64,
 ) -> Result<DeliveredCert, DeliveryError> {
     let pinned = normalize_fingerprint(pinned_ca_fingerprint).ok_or(DeliveryError::InvalidPin)?;
-    let ca_der = pem_block(ca_pem, CERT_LABELS).map_err(DeliveryError::BadCa)?;
-    let presented = sha256_hex(&ca_der);
+    let bundle = certs_pem_to_der(ca_pem).map_err(DeliveryError::BadCa)?;
+    let ca_der = &bundle[0];
+    let presented = sha256_hex(ca_der);
     if presented != pinned {
         return Err(DeliveryError::CaFingerprintMismatch { presented, pinned });
     }
-    let ca = parse_cert_der(&ca_der).map_err(DeliveryError::BadCa)?;
+    let ca = parse_cert_der(ca_der).map_err(DeliveryError::BadCa)?;
     if !is_ca_cert(&ca) {
         return Err(DeliveryError::CaNotCa);
     }
@@ -147,9 +186,8 @@ pub fn check_delivered(
     if cert.public_key().raw != own_key.subject_public_key_info().as_slice() {
         return Err(DeliveryError::KeyMismatch);
     }
-    if cert.issuer().as_raw() != ca.subject().as_raw()
-        || cert.verify_signature(Some(ca.public_key())).is_err()
-    {
+    let next = endorsed_next(&bundle, now_unix)?;
+    if !(issued_by(&cert_der, ca_der) || next.is_some_and(|next| issued_by(&cert_der, next))) {
         return Err(DeliveryError::NotIssuedByCa);
     }
     let (not_before, not_after) = validity(&cert);
@@ -167,12 +205,17 @@ pub fn check_delivered(
         not_before,
         not_after,
         serial: serial_hex(cert.raw_serial()),
+        trust_pem: bundle
+            .iter()
+            .map(|der| pem_encode("CERTIFICATE", der))
+            .collect(),
     })
 }
 
 #[cfg(test)]
 mod tests {
     use super::super::test_support::{colon_fingerprint, days, der_of, now, test_ca, UUID};
+    use super::super::EndorsementError;
     use super::super::{generate_client_key_and_csr, parse_csr, Ca, IssuedCert};
     use super::*;
 
@@ -308,6 +351,57 @@ mod tests {
             ),
             Err(DeliveryError::NotYetValid { .. })
         ));
+    }
+
+    #[test]
+    fn a_leaf_of_the_new_ca_is_accepted_only_with_the_endorsement_of_the_pinned_one() {
+        let old = test_ca("replgate CA old");
+        let new = test_ca("replgate CA new");
+        let (key_pem, csr) = generate_client_key_and_csr(UUID).unwrap();
+        let leaf = new
+            .sign_client(&parse_csr(&csr).unwrap(), UUID, days(30), now())
+            .unwrap();
+        let cross = old.cross_certify(&new, now()).unwrap();
+        let bundle = format!("{}{}{cross}", old.cert_pem(), new.cert_pem());
+        let at = now().unix_timestamp();
+        let check = |ca_pem: &str| {
+            check_delivered(&leaf.cert_pem, ca_pem, &key_pem, &old.fingerprint(), at)
+        };
+        let ok = check(&bundle).unwrap();
+        assert_eq!(ok.serial, leaf.serial);
+        assert_eq!(ok.trust_pem, bundle, "the bundle is what the source trusts");
+        // The old CA alone does not know the new CA's leaf.
+        assert_eq!(check(old.cert_pem()), Err(DeliveryError::NotIssuedByCa));
+        // A new CA whose cross-certificate another key signed.
+        let mallory = test_ca("replgate CA old");
+        let forged = mallory.cross_certify(&new, now()).unwrap();
+        let bad = format!("{}{}{forged}", old.cert_pem(), new.cert_pem());
+        assert!(matches!(
+            check(&bad),
+            Err(DeliveryError::Endorsement(EndorsementError::BadSignature))
+        ));
+        // A new CA without its cross-certificate.
+        let bare = format!("{}{}", old.cert_pem(), new.cert_pem());
+        assert_eq!(check(&bare), Err(DeliveryError::Bundle { certificates: 2 }));
+        // The new CA first, where the pinned one belongs.
+        let swapped = format!("{}{}{cross}", new.cert_pem(), old.cert_pem());
+        assert!(matches!(
+            check(&swapped),
+            Err(DeliveryError::CaFingerprintMismatch { .. })
+        ));
+        // An old CA's leaf with the bundle is fine too (delivered before the rollover).
+        let (old_key, csr) = generate_client_key_and_csr(UUID).unwrap();
+        let old_leaf = old
+            .sign_client(&parse_csr(&csr).unwrap(), UUID, days(30), now())
+            .unwrap();
+        check_delivered(
+            &old_leaf.cert_pem,
+            &bundle,
+            &old_key,
+            &old.fingerprint(),
+            at,
+        )
+        .unwrap();
     }
 
     #[test]

@@ -3,7 +3,8 @@
 //! CSR. Bytes in, bytes out: no file or socket I/O, and the current time is always passed
 //! in. The parts: `csr` parses and judges a CSR (target side), `x509` reads certificates,
 //! serials, fingerprints and PEM, `delivery` checks a delivered certificate (source side),
-//! `code` is the verification code both admins compare.
+//! `code` is the verification code both admins compare, `cross` makes and checks the
+//! cross-certificates of a CA rollover, `authority` is the set of CAs in force.
 //!
 //! Invariants:
 //! - An issued certificate copies nothing from a CSR except its public key: the parameters
@@ -14,7 +15,9 @@
 //! - A serial is written as lowercase hex of its big-endian magnitude without leading zero
 //!   bytes ([`cert_serial_hex`]); issuing and revocation checks use that same function.
 
+mod authority;
 mod code;
+mod cross;
 mod csr;
 mod delivery;
 mod pss;
@@ -34,12 +37,14 @@ use ring::rand::{SecureRandom, SystemRandom};
 use rustls::pki_types::CertificateDer;
 use time::{Duration, OffsetDateTime, UtcOffset};
 
+pub use authority::{Authority, CaSet, Successor};
 pub use code::verification_code;
+pub use cross::{check_endorsement, endorsed_through, issued_by, EndorsementError};
 pub use csr::{parse_csr, CsrError, KeyKind, ValidCsr};
 pub use delivery::{check_delivered, DeliveredCert, DeliveryError};
 pub use x509::{
-    cert_der_to_pem, cert_info, cert_not_after, cert_pem_to_der, cert_serial_hex,
-    normalize_fingerprint, sha256_hex, CertError, CertInfo,
+    cert_der_to_pem, cert_info, cert_not_after, cert_pem_to_der, cert_serial_hex, certs_pem_to_der,
+    normalize_fingerprint, sha256_hex, CertError, CertInfo, MAX_BUNDLE_CERTS,
 };
 use x509::{is_ca_cert, parse_cert_der, pem_block, pem_encode, CERT_LABELS};
 
@@ -188,6 +193,8 @@ pub struct IssuedCert {
     pub serial: String,
     /// End of validity, unix seconds.
     pub not_after: i64,
+    /// Fingerprint of the CA that signed it (during a rollover, the new one).
+    pub issuer: String,
 }
 
 impl Ca {
@@ -390,6 +397,7 @@ impl Ca {
             cert_pem,
             serial: info.serial,
             not_after: info.not_after,
+            issuer: self.fingerprint.clone(),
         })
     }
 

@@ -95,6 +95,38 @@ pub fn cert_pem_to_der(pem: &str) -> Result<Vec<u8>, CertError> {
     Ok(der)
 }
 
+/// Most certificates a bundle (`ca.pem` during a rollover, a target row's trusted CAs)
+/// may hold; more is not ours.
+pub const MAX_BUNDLE_CERTS: usize = 8;
+
+/// Every `CERTIFICATE` block of `pem` as DER, in order, each checked to parse: a CA
+/// bundle (the CA in force, then during a rollover the new CA and its cross-certificate).
+/// At least one, at most [`MAX_BUNDLE_CERTS`].
+pub fn certs_pem_to_der(pem: &str) -> Result<Vec<Vec<u8>>, CertError> {
+    let mut out = Vec::new();
+    for block in Pem::iter_from_buffer(pem.as_bytes()) {
+        let block = block.map_err(|e| CertError::BadPem {
+            reason: e.to_string().to_lowercase(),
+        })?;
+        if !CERT_LABELS.contains(&block.label.as_str()) {
+            continue;
+        }
+        if out.len() == MAX_BUNDLE_CERTS {
+            return Err(CertError::BadPem {
+                reason: format!("more than {MAX_BUNDLE_CERTS} certificates"),
+            });
+        }
+        parse_cert_der(&block.contents)?;
+        out.push(block.contents);
+    }
+    if out.is_empty() {
+        return Err(CertError::NoPemBlock {
+            label: "CERTIFICATE",
+        });
+    }
+    Ok(out)
+}
+
 /// A certificate's serial as lowercase hex of its big-endian magnitude without leading
 /// zero bytes: the form stored at issue time and looked up by the revocation check.
 pub fn cert_serial_hex(der: &[u8]) -> Result<String, CertError> {

@@ -443,6 +443,14 @@ pub(super) const KEYS: &[Key] = &[
         "how long a renewed source certificate's predecessor stays valid if the source has not \
          proven the new one first (7 days); at least 60",
     ),
+    Key::seconds(
+        "rollover_window",
+        90 * 86_400,
+        60..=10 * 365 * 86_400,
+        "how long a CA rollover (`ctl ca rollover`) waits for every paired source to move to the \
+         new CA (90 days): before it ends, `finish` refuses while a source is still on the old \
+         CA; after it, `finish` goes ahead and lists them (they must pair again); at least 60",
+    ),
     Key::number("workers", 4, 1..=64, "threads running request handlers"),
     Key::new(
         "replicate_from",
@@ -479,7 +487,10 @@ pub(super) const KEYS: &[Key] = &[
          commits and before its spool is written; `crash_after_renew_commit` (target) after a \
          renewal commits and before it is answered; `crash_after_renew_receive` (source) after a \
          renewed certificate is written and before it is installed; `crash_after_renew_install` \
-         (source) after it is installed and before it is proven. Never set it in production",
+         (source) after it is installed and before it is proven; `crash_after_rollover_files`, \
+         `crash_after_rollover_start` and `crash_after_rollover_finish` (target) after a CA \
+         rollover's new key is written, after its start commits, after its finish commits. \
+         Never set it in production",
     ),
     Key::storage(
         "one `backup` storage, id 1, at `<data_dir>/storage`",

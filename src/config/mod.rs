@@ -64,24 +64,37 @@ pub enum Fault {
     CrashAfterRenewReceive,
     /// Source: abort right after a renewed generation is installed, before it is proven.
     CrashAfterRenewInstall,
+    /// Target: abort after a CA rollover's new key and certificate are written, before
+    /// the start commits.
+    CrashAfterRolloverFiles,
+    /// Target: abort after a CA rollover's start commits, before it takes effect.
+    CrashAfterRolloverStart,
+    /// Target: abort after a CA rollover's finish commits, before the old key is removed.
+    CrashAfterRolloverFinish,
 }
 
 impl Fault {
     /// Every fault, in the order of [`Fault::WORDS`].
-    const ALL: [Fault; 5] = [
+    const ALL: [Fault; 8] = [
         Fault::None,
         Fault::CrashAfterAcceptCommit,
         Fault::CrashAfterRenewCommit,
         Fault::CrashAfterRenewReceive,
         Fault::CrashAfterRenewInstall,
+        Fault::CrashAfterRolloverFiles,
+        Fault::CrashAfterRolloverStart,
+        Fault::CrashAfterRolloverFinish,
     ];
     /// The configuration's word for each of [`Fault::ALL`].
-    const WORDS: [&'static str; 5] = [
+    const WORDS: [&'static str; 8] = [
         "none",
         "crash_after_accept_commit",
         "crash_after_renew_commit",
         "crash_after_renew_receive",
         "crash_after_renew_install",
+        "crash_after_rollover_files",
+        "crash_after_rollover_start",
+        "crash_after_rollover_finish",
     ];
 
     /// The configuration's word for it.
@@ -196,6 +209,9 @@ pub struct Config {
     /// `renew_grace` (s, at least 60): how long a renewed source certificate's predecessor
     /// stays valid when the source does not prove the new one first.
     pub renew_grace: Duration,
+    /// `rollover_window` (s): how long a CA rollover waits for every source before
+    /// `finish` may leave the stragglers behind.
+    pub rollover_window: Duration,
     /// `workers`: threads that run request handlers.
     pub workers: usize,
     /// `[[storage]]`: storage locations.
@@ -209,7 +225,9 @@ pub struct Config {
     /// copies on the storage, not only its own.
     pub dedup_across_sources: bool,
     /// `fault`: fault injection for crash tests (`none`, `crash_after_accept_commit`,
-    /// `crash_after_renew_commit`, `crash_after_renew_receive`, `crash_after_renew_install`).
+    /// `crash_after_renew_commit`, `crash_after_renew_receive`, `crash_after_renew_install`,
+    /// `crash_after_rollover_files`, `crash_after_rollover_start`,
+    /// `crash_after_rollover_finish`).
     pub fault: Fault,
     /// Where each key that is not a default came from: `file PATH` or `env REPLGATE_KEY`.
     pub sources: BTreeMap<String, String>,
@@ -371,6 +389,7 @@ impl Config {
             client_cert_lifetime,
             server_cert_lifetime: v.seconds("server_certificate_seconds")?,
             renew_grace: v.seconds("renew_grace")?,
+            rollover_window: v.seconds("rollover_window")?,
             workers: v.count("workers")?,
             storage,
             replicate_from,

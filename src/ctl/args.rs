@@ -161,6 +161,10 @@ pub enum CtlCommand {
     MetricsToken {
         name: Option<String>,
     },
+    /// `ca rollover start|status|finish|abort`; `status` is None.
+    CaRollover {
+        phase: Option<String>,
+    },
 }
 
 /// What `token create` asks for; unset fields take the daemon's defaults.

@@ -103,12 +103,13 @@ fn segment(s: &str) -> String {
 impl Client {
     pub fn new(base: &str, ca_pem: &[u8]) -> Result<Client, CtlError> {
         let text = String::from_utf8_lossy(ca_pem);
-        let ca = crate::ca::cert_pem_to_der(&text)
+        let anchors = crate::remote::anchors_of(&text)
             .map_err(|e| CtlError::Usage(format!("the CA file holds no certificate: {e}")))?;
-        // Only the daemon's own CA: its API certificate is issued by it, never by a public
-        // CA, and no other certificate may stand in for it.
+        // Only the daemon's own CA (both CAs during a rollover of it, as its ca.pem then
+        // holds): its API certificate is issued by it, never by a public CA, and no other
+        // certificate may stand in for it.
         let http = crate::remote::pinned_client(
-            ca.into(),
+            anchors,
             None,
             CALL_TIMEOUT,
             concat!("replgate-ctl/", env!("CARGO_PKG_VERSION")),
@@ -244,6 +245,21 @@ impl Client {
 
     pub fn systems(&self, token: &Secret<String>) -> Result<Answer, CtlError> {
         self.call(Method::Get, "/api/systems", Some(token), None)
+    }
+
+    /// `GET /api/ca/rollover`.
+    pub fn ca_rollover(&self, token: &Secret<String>) -> Result<Answer, CtlError> {
+        self.call(Method::Get, "/api/ca/rollover", Some(token), None)
+    }
+
+    /// `POST /api/ca/rollover {"phase"}`.
+    pub fn ca_rollover_phase(
+        &self,
+        token: &Secret<String>,
+        phase: &str,
+    ) -> Result<Answer, CtlError> {
+        let body = json!({ "phase": phase });
+        self.call(Method::Post, "/api/ca/rollover", Some(token), Some(&body))
     }
 
     pub fn storage(&self, token: &Secret<String>) -> Result<Answer, CtlError> {

@@ -10,6 +10,7 @@ use crate::auth::AuthError;
 use crate::ca::CaError;
 use crate::identity::IdentityError;
 use crate::jobs::listener_certs::ListenerCertError;
+use crate::pairing::rollover::RolloverError;
 use crate::spool::SpoolError;
 use crate::store::StoreError;
 use crate::tls::TlsError;
@@ -30,6 +31,9 @@ pub enum DaemonError {
     CaKeyMissing { cert: PathBuf, key: PathBuf },
     /// The appliance CA or a listener certificate could not be loaded, created or issued.
     Ca { action: String, source: CaError },
+    /// The CAs the database names could not be loaded (a CA file missing, unreadable or
+    /// replaced): restore the data directory's CA files from a backup.
+    Rollover(RolloverError),
     /// The database could not be opened or read.
     Store {
         action: &'static str,
@@ -81,6 +85,9 @@ impl fmt::Display for DaemonError {
                 key.display()
             ),
             DaemonError::Ca { action, .. } => f.write_str(action),
+            DaemonError::Rollover(_) => f.write_str(
+                "load the appliance ca as the database names it (restore its files from a backup)",
+            ),
             DaemonError::Store { action, .. }
             | DaemonError::Spool { action, .. }
             | DaemonError::Auth { action, .. } => f.write_str(action),
@@ -102,6 +109,7 @@ impl std::error::Error for DaemonError {
             DaemonError::NotText { source, .. } => Some(source),
             DaemonError::CaKeyMissing { .. } => None,
             DaemonError::Ca { source, .. } => Some(source),
+            DaemonError::Rollover(e) => Some(e),
             DaemonError::Store { source, .. } => Some(source),
             DaemonError::Tls { source, .. } => Some(source),
             DaemonError::Backend(e) => Some(e.as_ref()),

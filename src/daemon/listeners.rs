@@ -39,7 +39,7 @@ pub(super) fn open(config: &Config, prepared: &Prepared) -> Result<Sockets, Daem
     })?;
     let tunnel_tls = tls::tunnel_server_config(
         certs[1].slot(),
-        prepared.ca.cert_der(),
+        prepared.client_trust.clone(),
         Arc::new(tunnel::StoreRevocations(prepared.store.clone())),
     )
     .map_err(|source| DaemonError::Tls {
@@ -104,7 +104,7 @@ pub(super) fn serve(
                     store: app.store.clone(),
                     storage: config.storage.clone(),
                     replication: app.replication.clone(),
-                    ca: app.ca.clone(),
+                    cas: app.cas.clone(),
                     client_lifetime: config.client_cert_lifetime,
                     renew_grace: config.renew_grace,
                     fault: config.fault,

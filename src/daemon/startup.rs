@@ -1,20 +1,23 @@
 //! Before anything serves: the data directory and the database (and the temporaries a
-//! crash left), the system's uuid and first start, the CA, the listener certificates,
-//! the first user, the spool brought in line with the database, replication's repair of
-//! what a crash interrupted, and the pairing directories no row names removed.
+//! crash left), the system's uuid and first start, the CAs the database names (and what a
+//! crash during a rollover phase left repaired), the listener certificates, the first
+//! user, the spool brought in line with the database, replication's repair of what a
+//! crash interrupted, and the pairing directories no row names removed.
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use super::error::{file_error, DaemonError};
 use crate::auth::{Authenticator, SessionRules, Throttle};
-use crate::ca::Ca;
+use crate::ca::{Authority, Ca, CaSet};
 use crate::config::Config;
-use crate::identity::TargetDirs;
+use crate::identity::{CaFiles, TargetDirs};
 use crate::jobs::listener_certs::ListenerCertificate;
 use crate::model::{self, Chain, Secret, UnixTime};
+use crate::pairing::rollover;
 use crate::spool::Spool;
-use crate::store::Store;
+use crate::store::{CaState, Store};
+use crate::tls::ClientTrust;
 use crate::{fsx, replication};
 
 /// Files under `data_dir`.
@@ -26,11 +29,9 @@ impl Paths {
     pub fn database(&self) -> PathBuf {
         self.root.join("replgate.redb")
     }
-    pub fn ca_cert(&self) -> PathBuf {
-        self.root.join("ca.pem")
-    }
-    pub fn ca_key(&self) -> PathBuf {
-        self.root.join("ca.key")
+    /// The appliance CA's files, one key and certificate per generation.
+    pub fn ca_files(&self) -> CaFiles {
+        CaFiles::new(&self.root)
     }
     pub fn listener_cert(&self, name: &str) -> PathBuf {
         self.root.join(format!("{name}.pem"))
@@ -58,7 +59,10 @@ pub(super) struct Prepared {
     /// This process's start, and the appliance's first, recorded once.
     pub started: UnixTime,
     pub first_start: UnixTime,
-    pub ca: Arc<Ca>,
+    /// The CAs in force (during a rollover, old and new).
+    pub cas: Arc<Authority>,
+    /// The CAs whose client certificates open the tunnel, in step with `cas`.
+    pub client_trust: Arc<ClientTrust>,
     /// The API listener's, then the tunnel listener's.
     pub listener_certs: Vec<ListenerCertificate>,
     pub auth: Authenticator,
@@ -81,10 +85,15 @@ pub(super) fn prepare(paths: &Paths, config: &Config) -> Result<Prepared, Daemon
             action: "first start time",
             source,
         })?;
-    let ca = Arc::new(load_or_create_ca(paths, &system_uuid)?);
+    let set = load_cas(paths, &store, &system_uuid)?;
+    let client_trust =
+        ClientTrust::new(set.client_anchors()).map_err(|source| DaemonError::Tls {
+            listener: "tunnel",
+            source,
+        })?;
     let listener_certs = vec![
-        ListenerCertificate::open(&paths.root, &ca, "api", config)?,
-        ListenerCertificate::open(&paths.root, &ca, "tunnel", config)?,
+        ListenerCertificate::open(&paths.root, &set, "api", config)?,
+        ListenerCertificate::open(&paths.root, &set, "tunnel", config)?,
     ];
     let auth = authenticator(&store, config)?;
     bootstrap_root(&auth, &store, paths, config.admin_password())?;
@@ -93,7 +102,8 @@ pub(super) fn prepare(paths: &Paths, config: &Config) -> Result<Prepared, Daemon
         system_uuid,
         started,
         first_start,
-        ca,
+        cas: Arc::new(Authority::new(set)),
+        client_trust,
         listener_certs,
         auth,
     })
@@ -142,12 +152,12 @@ fn authenticator(store: &Store, config: &Config) -> Result<Authenticator, Daemon
 pub(super) fn open_spool(
     paths: &Paths,
     config: &Config,
-    ca: &Ca,
+    cas: &CaSet,
     store: &Store,
 ) -> Result<Spool, DaemonError> {
     let spool = Spool::open(
         paths.spool(),
-        ca.cert_pem().to_string(),
+        cas.bundle_pem(),
         tunnel_endpoint(config),
         config.poll_interval.as_secs(),
     )
@@ -219,38 +229,59 @@ pub(super) fn prepare_target_dirs(paths: &Paths, store: &Store) -> Result<Target
     Ok(target_dirs)
 }
 
-fn read_text(path: &Path) -> Result<String, DaemonError> {
-    let bytes = fsx::read_regular_nofollow(path, 1024 * 1024).map_err(file_error(path))?;
-    String::from_utf8(bytes).map_err(|source| DaemonError::NotText {
-        path: path.to_path_buf(),
+/// The CAs as the database names them (`rollover::load`: a named file missing or
+/// replaced is an error, what a crash left unnamed is removed, `ca.pem` is brought in
+/// line), after creating the first CA on the first start.
+fn load_cas(paths: &Paths, store: &Store, system_uuid: &str) -> Result<CaSet, DaemonError> {
+    let files = paths.ca_files();
+    let state = store.ca_state().map_err(|source| DaemonError::Store {
+        action: "read the ca state",
         source,
-    })
+    })?;
+    if state == CaState::default() {
+        create_first_ca(&files, system_uuid)?;
+    }
+    let (set, removed) = rollover::load(store, &files).map_err(DaemonError::Rollover)?;
+    for path in removed {
+        log::warn!(
+            "removed {}: no ca generation in the database names it (a crash during a ca \
+             rollover phase)",
+            path.display()
+        );
+    }
+    if let Some(next) = &set.next {
+        log::info!(
+            "a ca rollover is in progress since {}: ca {} in force, new ca {} signs",
+            model::format_utc(next.started),
+            set.fingerprint(),
+            next.ca.fingerprint()
+        );
+    }
+    Ok(set)
 }
 
-/// Loads the appliance CA, creating it on first start. A key without its certificate is
-/// what a crash during the very first start leaves: nothing was issued yet, so start over.
-fn load_or_create_ca(paths: &Paths, system_uuid: &str) -> Result<Ca, DaemonError> {
-    let (cert, key) = (paths.ca_cert(), paths.ca_key());
+/// Creates the appliance CA (generation 0) on the first start. A key without its
+/// certificate is what a crash during the very first start leaves: nothing was issued
+/// yet, so start over; a certificate without its key is refused.
+fn create_first_ca(files: &CaFiles, system_uuid: &str) -> Result<(), DaemonError> {
+    let (cert, key) = (files.cert_path(0), files.key_path(0));
     match (cert.exists(), key.exists()) {
-        (true, true) => {
-            Ca::from_pem(&read_text(&cert)?, &read_text(&key)?).map_err(|source| DaemonError::Ca {
-                action: "load the appliance ca".into(),
-                source,
-            })
-        }
+        (true, true) => Ok(()),
         (true, false) => Err(DaemonError::CaKeyMissing { cert, key }),
         _ => {
-            let cn = format!("replgate CA {}", &system_uuid[..8.min(system_uuid.len())]);
-            let ca = Ca::generate(&cn, time::OffsetDateTime::now_utc()).map_err(|source| {
-                DaemonError::Ca {
-                    action: "create the appliance ca".into(),
-                    source,
-                }
+            let ca = Ca::generate(
+                &rollover::ca_name(system_uuid),
+                time::OffsetDateTime::now_utc(),
+            )
+            .map_err(|source| DaemonError::Ca {
+                action: "create the appliance ca".into(),
+                source,
             })?;
-            fsx::write_atomic(&key, ca.key_pem().as_bytes()).map_err(file_error(&key))?;
-            fsx::write_atomic(&cert, ca.cert_pem().as_bytes()).map_err(file_error(&cert))?;
+            files
+                .write(0, ca.cert_pem(), &ca.key_pem())
+                .map_err(DaemonError::Identity)?;
             log::info!("created the appliance CA, fingerprint {}", ca.fingerprint());
-            Ok(ca)
+            Ok(())
         }
     }
 }

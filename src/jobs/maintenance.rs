@@ -1,9 +1,11 @@
 //! The daemon's maintenance, one thread on fixed schedules: every second it expires
 //! pending requests whose time ran out, retries spool writes that failed, ends renewal
-//! grace windows, keeps the listener certificates fresh (and at once after a SIGHUP) and
-//! gives freed memory back once threads ended; every minute it logs new certificate
-//! warnings; every ten minutes it purges long-ended requests and expired sessions. Each
-//! failure is logged and tried again on the next round.
+//! grace windows, keeps the listener certificates fresh (and at once after a SIGHUP or a
+//! change of the CAs in force, when it also rewrites the spool's `ca.pem` files) and
+//! gives freed memory back once threads ended; every ten seconds it stops trusting
+//! aborted CAs nobody uses any more; every minute it logs new certificate warnings;
+//! every ten minutes it purges long-ended requests and expired sessions. Each failure is
+//! logged and tried again on the next round.
 
 use std::collections::HashMap;
 use std::path::PathBuf;
@@ -27,6 +29,9 @@ const WARN_AGAIN: Duration = Duration::from_secs(86_400);
 const SWEEP_EVERY: Duration = Duration::from_secs(600);
 /// How often pending requests are checked for expiry (a scan of the open index only).
 const EXPIRY_EVERY: Duration = Duration::from_secs(1);
+/// How often aborted CAs are checked for certificates still in use (a read of every
+/// certificate, only while there are aborted CAs).
+const ABORTED_EVERY: Duration = Duration::from_secs(10);
 
 /// What the maintenance job works on, handed over by the daemon once everything runs.
 pub struct Maintenance {
@@ -61,6 +66,9 @@ impl Maintenance {
         let mut last_warning = Instant::now();
         let mut warned = HashMap::new();
         let mut hostnames = app.config.hostnames.clone();
+        let mut last_aborted = Instant::now();
+        // The spool's `ca.pem` files were rendered at start from the CAs of epoch 0.
+        let mut spool_epoch = 0;
         sweep_expired(&app);
         purge_ended(&app);
         end_graces(&app);
@@ -71,10 +79,18 @@ impl Maintenance {
             if reload {
                 hostnames = reload_hostnames(self.config_path.as_deref(), &hostnames);
             }
-            if reload || last_expiry.elapsed() >= EXPIRY_EVERY {
+            let epoch = app.cas.epoch();
+            if reload || epoch != spool_epoch || last_expiry.elapsed() >= EXPIRY_EVERY {
                 for cert in &mut self.listener_certs {
-                    cert.keep_fresh(&app.ca, &app.config, &hostnames);
+                    cert.keep_fresh(&app.cas.get(), &app.config, &hostnames);
                 }
+            }
+            if epoch != spool_epoch && refresh_spool(&app) {
+                spool_epoch = epoch;
+            }
+            if last_aborted.elapsed() >= ABORTED_EVERY {
+                last_aborted = Instant::now();
+                end_aborted(&app);
             }
             if last_warning.elapsed() >= WARN_EVERY {
                 last_warning = Instant::now();
@@ -127,6 +143,38 @@ fn log_warnings(app: &App, logged: &mut HashMap<String, Instant>) {
         current.push(key);
     }
     logged.retain(|k, _| current.contains(k));
+}
+
+/// After the CAs in force changed: every accepted request's `ca.pem` in the spool gets
+/// the new bundle. False when the rewrite failed (tried again on the next tick).
+fn refresh_spool(app: &App) -> bool {
+    app.spool.set_ca_pem(app.cas.get().bundle_pem());
+    match app.spool.reconcile(&app.store) {
+        Ok(repair) => {
+            log::info!(
+                "the spool's ca.pem files now hold the cas in force ({} files written)",
+                repair.files_written
+            );
+            true
+        }
+        Err(e) => {
+            log::warn!("rewrite the spool after the cas changed: {}", Chain(&e));
+            false
+        }
+    }
+}
+
+/// Stops trusting aborted CAs whose certificates are all renewed, revoked or ended.
+fn end_aborted(app: &App) {
+    if app.cas.get().aborted.is_empty() {
+        return;
+    }
+    let _changing = app.cas.changing();
+    match crate::pairing::rollover::end_aborted(&app.store, &app.cas.get(), model::now()) {
+        Ok(Some(set)) => app.apply_cas(set),
+        Ok(None) => {}
+        Err(e) => log::warn!("aborted ca sweep: {}", Chain(&e)),
+    }
 }
 
 /// Retires superseded source certificates whose renewal grace ended (each is an audited

@@ -1,9 +1,11 @@
 //! The source's background poller: one scheduling thread that polls each open target's
 //! `status.json` (each poll on its own short-lived thread, a few at a time),
 //! installs a delivered certificate after checking it, proves the tunnel, and keeps a slow
-//! heartbeat afterwards to learn of revocation. It also runs each pairing's certificate
-//! upkeep when it is due (`renewer`: renew, prove, file again once expired), as a job of
-//! the same kind: one job per target at a time. The rules it follows are
+//! heartbeat afterwards to learn of revocation and to follow a rollover of the target's
+//! CA (`renewer::heartbeat`). It also runs each pairing's certificate upkeep when it is
+//! due (`renewer`: renew, prove, file again once expired), as a job of the same kind: one
+//! job per target at a time. A target that no longer verifies because it replaced its CA
+//! while this appliance was away is said so plainly (`renewer::replaced_ca_message`). The rules it follows are
 //! `pairing::source`'s; the network calls are `remote`'s.
 
 use std::collections::HashMap;
@@ -285,6 +287,67 @@ fn set_status(
     }
 }
 
+/// Whether `e` or one of its causes is a peer that did not verify, or refused our
+/// certificate.
+fn untrusted(e: &(dyn std::error::Error + 'static)) -> bool {
+    let mut cause = Some(e);
+    while let Some(err) = cause {
+        if matches!(
+            err.downcast_ref::<RemoteError>(),
+            Some(RemoteError::Untrusted(_))
+        ) {
+            return true;
+        }
+        cause = err.source();
+    }
+    false
+}
+
+/// After a failure with target `t` that `e` describes: when the target did not verify (or
+/// refused our certificate) because it replaced its CA while this appliance was away,
+/// the row becomes `failed` with the message that says what to do, and true is
+/// returned.
+fn replaced_ca(
+    ctx: &SourceContext,
+    t: &TargetRecord,
+    e: &(dyn std::error::Error + 'static),
+    now: UnixTime,
+) -> bool {
+    let Some(message) = untrusted(e)
+        .then(|| renewer::replaced_ca_message(t, now))
+        .flatten()
+    else {
+        return false;
+    };
+    if t.status != TargetStatus::Failed || t.message.as_deref() != Some(message.as_str()) {
+        set_status(ctx, t.id, TargetStatus::Failed, Some(message), now);
+    }
+    true
+}
+
+/// A complete pairing's heartbeat after a good poll: follow the target's CAs (and renew
+/// at once when it asks). A failure is logged and shown as the target's `message`.
+fn heartbeat(ctx: &SourceContext, t: &TargetRecord, now: UnixTime) {
+    let followed = if t.status == TargetStatus::Complete {
+        renewer::heartbeat(ctx, t, now)
+    } else {
+        Ok(())
+    };
+    match followed {
+        Ok(()) => {
+            if t.message.is_some() && t.status != TargetStatus::Failed {
+                let _ = update(&ctx.store, t.id, |r| r.message = None);
+            }
+        }
+        Err(e) if replaced_ca(ctx, t, &e, now) => {}
+        Err(e) => {
+            let text = format!("following the target's ca failed (retrying): {}", Chain(&e));
+            log::warn!("target {}: {text}", t.id);
+            let _ = update(&ctx.store, t.id, |r| r.message = Some(text));
+        }
+    }
+}
+
 /// The certificate upkeep due for one target (see `source::upkeep`). Returns false when
 /// it failed and is to be retried after a backoff; the reason is logged and shown as the
 /// target's `message`.
@@ -295,6 +358,7 @@ fn upkeep_once(ctx: &SourceContext, t: &TargetRecord) -> bool {
     };
     match renewer::run(ctx, t, &job, now) {
         Ok(()) => true,
+        Err(e) if replaced_ca(ctx, t, &e, now) => false,
         Err(e) => {
             let what = match job {
                 Upkeep::Prove { .. } => "proving the renewed certificate",
@@ -330,16 +394,13 @@ pub fn poll_once(ctx: &SourceContext, t: &TargetRecord) -> bool {
     let polled = match polled {
         Ok(p) => p,
         Err(RemoteError::Untrusted(e)) => {
-            set_status(
-                ctx,
-                t.id,
-                TargetStatus::Failed,
-                Some(format!(
+            let message = renewer::replaced_ca_message(t, now).unwrap_or_else(|| {
+                format!(
                     "{} presented a certificate that does not chain to the pinned CA {}: {e}",
                     t.host, t.ca_fingerprint
-                )),
-                now,
-            );
+                )
+            });
+            set_status(ctx, t.id, TargetStatus::Failed, Some(message), now);
             return false;
         }
         Err(e) => {
@@ -357,11 +418,7 @@ pub fn poll_once(ctx: &SourceContext, t: &TargetRecord) -> bool {
         }
     }
     match source::step(t, &polled) {
-        Step::Wait => {
-            if t.message.is_some() && t.status != TargetStatus::Failed {
-                let _ = update(&ctx.store, t.id, |r| r.message = None);
-            }
-        }
+        Step::Wait => heartbeat(ctx, t, now),
         Step::Record { status, message } => {
             if t.status != status {
                 set_status(ctx, t.id, status, message, now);
@@ -369,7 +426,7 @@ pub fn poll_once(ctx: &SourceContext, t: &TargetRecord) -> bool {
         }
         Step::Install { tunnel } => {
             let installed = install_and_prove(ctx, &remote, t, &tunnel, now);
-            conclude(ctx, t.id, installed, now);
+            conclude(ctx, t, installed, now);
         }
         Step::Prove { tunnel } => {
             let proven = renewer::prove(ctx, t.id, &tunnel)
@@ -378,19 +435,25 @@ pub fn poll_once(ctx: &SourceContext, t: &TargetRecord) -> bool {
                     address: tunnel.clone(),
                     source: Box::new(source),
                 });
-            conclude(ctx, t.id, proven, now);
+            conclude(ctx, t, proven, now);
         }
     }
     true
 }
 
 /// Records how installing or proving ended: `complete`, or `failed` with the reason.
-fn conclude(ctx: &SourceContext, id: u64, result: Result<(), InstallError>, now: UnixTime) {
+fn conclude(
+    ctx: &SourceContext,
+    t: &TargetRecord,
+    result: Result<(), InstallError>,
+    now: UnixTime,
+) {
     match result {
-        Ok(()) => set_status(ctx, id, TargetStatus::Complete, None, now),
+        Ok(()) => set_status(ctx, t.id, TargetStatus::Complete, None, now),
+        Err(e) if replaced_ca(ctx, t, &e, now) => {}
         Err(e) => set_status(
             ctx,
-            id,
+            t.id,
             TargetStatus::Failed,
             Some(Chain(&e).to_string()),
             now,
@@ -485,6 +548,9 @@ fn install_and_prove(
         r.certificate_expires = Some(delivered.not_after);
         r.certificate_starts = Some(delivered.not_before);
         r.cert_serial = Some(delivered.serial.clone());
+        // The pinned CA, and during a rollover of the target's CA the new one it
+        // endorsed (the delivered certificate may be of either).
+        r.ca_pem = delivered.trust_pem.clone();
         r.updated = now;
     })
     .map_err(InstallError::Record)?;

@@ -2,8 +2,12 @@
 //! certificate over the tunnel with a new key, installs the renewed generation (the row
 //! chooses it, only once its key and checked certificate are on disk), proves it with a
 //! hello and only then drops the old generation; files a new request once a certificate
-//! has ended. The network code of renewal; the rules are in `source::upkeep` and
-//! `lifecycle`.
+//! has ended. Also follows a rollover of the target's CA (SPEC 22): at each heartbeat and
+//! before each renewal it reads the target's CAs over the tunnel, trusts a new CA the
+//! pinned one endorsed, pins it once it is in force, and renews at once onto it when the
+//! target asks; and it recognises a target that replaced its CA while this appliance was
+//! away. The network code of renewal; the rules are in `source::upkeep`,
+//! `source::rollover` and `lifecycle`.
 //!
 //! Crash safety, step by step (a kill -9 anywhere leaves a working pair, or one that
 //! renews on the next attempt):
@@ -26,7 +30,8 @@ use crate::config::Fault;
 use crate::identity::{self, IdentityError, TargetDirs};
 use crate::model::{format_utc, UnixTime};
 use crate::pairing::source::request::{self, Me, Outgoing, SourceError, SourceSide};
-use crate::pairing::source::Upkeep;
+use crate::pairing::source::rollover::{self as ca_rollover, Change, Follow, FollowRefusal};
+use crate::pairing::source::{self, Upkeep};
 use crate::remote::{LiveSource, Remote, RemoteError};
 use crate::store::{AuditRecord, Store, StoreError, TargetRecord};
 use crate::wire::protocol::Hello;
@@ -70,6 +75,9 @@ pub enum UpkeepError {
     Changed,
     /// Nothing is installed, or no tunnel address is known.
     NotInstalled,
+    /// The target's answer about its CAs was not followed (a new CA the pinned one did
+    /// not endorse, or a CA in force this appliance never trusted).
+    CaRefused(FollowRefusal),
 }
 
 impl fmt::Display for UpkeepError {
@@ -85,6 +93,7 @@ impl fmt::Display for UpkeepError {
             UpkeepError::Refile(e) => write!(f, "{e}"),
             UpkeepError::Changed => f.write_str("the pairing changed meanwhile"),
             UpkeepError::NotInstalled => f.write_str("no certificate or tunnel is installed"),
+            UpkeepError::CaRefused(e) => write!(f, "{e}"),
         }
     }
 }
@@ -98,6 +107,7 @@ impl std::error::Error for UpkeepError {
             UpkeepError::Remote { source, .. } => Some(source),
             UpkeepError::Record(e) => Some(e),
             UpkeepError::Refile(e) => e.source(),
+            UpkeepError::CaRefused(e) => e.source(),
             UpkeepError::Changed | UpkeepError::NotInstalled => None,
         }
     }
@@ -149,8 +159,132 @@ fn update_if(
     })
 }
 
-/// Renews `t`'s installed certificate over the tunnel at `tunnel` (steps 1–5 above).
+/// Reads the target's CAs over the tunnel with the installed certificate (whose server
+/// verified against the CAs trusted now) and follows a rollover of them
+/// (`source::rollover::follow`): an endorsed new CA is trusted too, the new CA is pinned
+/// once it is in force, an aborted one is dropped; each change is one audited
+/// transaction. Returns the row as it is then, and whether the target asks for a renewal
+/// at once (the installed certificate is on another CA than the one that signs now).
+pub fn follow_ca(
+    ctx: &SourceContext,
+    id: u64,
+    tunnel: &str,
+    now: UnixTime,
+) -> Result<(TargetRecord, bool), UpkeepError> {
+    let installed =
+        identity::installed(&ctx.store, &ctx.dirs, id)?.ok_or(UpkeepError::NotInstalled)?;
+    let row = ctx.store.target(id)?.ok_or(UpkeepError::Changed)?;
+    let answer = Remote::tunnel(tunnel, &row.ca_pem, &installed.cert_pem, &installed.key_pem)
+        .and_then(|r| r.ca())
+        .map_err(|source| UpkeepError::Remote {
+            action: "read the target's ca over the tunnel",
+            address: tunnel.to_string(),
+            source,
+        })?;
+    let followed = ca_rollover::follow(&row, &answer, now).map_err(|e| {
+        log::warn!(
+            "target {id} ({}): {} (answered over the tunnel at {tunnel})",
+            row.host,
+            crate::model::Chain(&e)
+        );
+        UpkeepError::CaRefused(e)
+    })?;
+    let Follow::Trust {
+        ca_pem,
+        fingerprint,
+        change,
+    } = followed
+    else {
+        return Ok((row, answer.renew));
+    };
+    let (action, detail) = match &change {
+        Change::Learned(fp) => (
+            "target ca learned",
+            format!(
+                "new ca {fp}, endorsed by the pinned {}, trusted too",
+                row.ca_fingerprint
+            ),
+        ),
+        Change::Promoted(fp) => (
+            "target ca pinned",
+            format!("ca {fp} in force, {} no longer trusted", row.ca_fingerprint),
+        ),
+        Change::Dropped(fp) => (
+            "target ca dropped",
+            format!("the target's rollover to {fp} was aborted; {fp} no longer trusted"),
+        ),
+    };
+    let row = ctx.store.write(|tx| {
+        let mut r = tx.target(id)?.ok_or(UpkeepError::Changed)?;
+        if r.ca_pem != row.ca_pem {
+            return Err(UpkeepError::Changed);
+        }
+        r.ca_pem = ca_pem.clone();
+        r.ca_fingerprint = fingerprint.clone();
+        r.updated = now;
+        tx.put_target(&r)?;
+        tx.audit(&AuditRecord {
+            time: now,
+            user: "-".into(),
+            address: tunnel.to_string(),
+            action: action.into(),
+            object: format!("target:{}", r.host),
+            detail: detail.clone(),
+        })?;
+        Ok(r)
+    })?;
+    Ok((row, answer.renew))
+}
+
+/// When target `t` no longer verifies (or refuses this appliance's certificate): the
+/// message that says so plainly if it replaced its CA while this appliance was away (a
+/// new CA the pinned one endorsed, `source::rollover::replaced_while_away`); None when
+/// that is not what happened, or it cannot be told.
+pub fn replaced_ca_message(t: &TargetRecord, now: UnixTime) -> Option<String> {
+    let (presented, answer) = crate::remote::presented_ca(t.connect_to())?;
+    let fingerprint = ca_rollover::replaced_while_away(t, &presented, &answer, now)?;
+    Some(format!(
+        "the target replaced its CA while this appliance was offline: pair again (a pairing \
+         token works); its new CA {fingerprint} is endorsed by the pinned {} (compare it with \
+         the target's admin)",
+        t.ca_fingerprint
+    ))
+}
+
+/// A complete pairing's heartbeat: follow the target's CAs, and renew at once when the
+/// target asks (a rollover of its CA started, or was aborted, since the installed
+/// certificate was issued) and no other upkeep comes first.
+pub fn heartbeat(ctx: &SourceContext, t: &TargetRecord, now: UnixTime) -> Result<(), UpkeepError> {
+    let tunnel = t.tunnel.as_deref().ok_or(UpkeepError::NotInstalled)?;
+    let (row, renew_now) = follow_ca(ctx, t.id, tunnel, now)?;
+    if !renew_now || !matches!(source::upkeep(&row, now), None | Some(Upkeep::Renew)) {
+        return Ok(());
+    }
+    log::info!(
+        "target {} ({}): the target asks to renew onto the ca that signs now; renewing at once",
+        t.id,
+        t.host
+    );
+    renew_followed(ctx, &row, tunnel, now)
+}
+
+/// Renews `t`'s installed certificate over the tunnel at `tunnel`, after following the
+/// target's CAs (so that a certificate of a new CA verifies), steps 1–5 above.
 fn renew(
+    ctx: &SourceContext,
+    t: &TargetRecord,
+    tunnel: &str,
+    now: UnixTime,
+) -> Result<(), UpkeepError> {
+    let (row, _) = follow_ca(ctx, t.id, tunnel, now)?;
+    if row.generation != t.generation {
+        return Err(UpkeepError::Changed);
+    }
+    renew_followed(ctx, &row, tunnel, now)
+}
+
+/// Steps 1–5 above for `t` as it is now.
+fn renew_followed(
     ctx: &SourceContext,
     t: &TargetRecord,
     tunnel: &str,

@@ -4,7 +4,7 @@
 //! that counts its use. Writes no files: the caller renders the spool after the commit
 //! returns.
 
-use crate::ca::{self, Ca, ValidCsr};
+use crate::ca::{self, ValidCsr};
 use crate::model::{Network, UnixTime};
 use crate::pairing::error::{Cap, PairingError, TokenRefusal};
 use crate::pairing::fields::NewRequest;
@@ -122,7 +122,8 @@ pub fn file_request(
     if let Some(token) = &new.token {
         return file_with_token(side, &new, &csr, token, rules, spool_token, now);
     }
-    let (store, ca) = (side.store, side.ca);
+    let store = side.store;
+    let ca_fingerprint = side.cas.fingerprint();
     let caps = &rules.caps;
     let fingerprint = csr.fingerprint();
     store.write(|tx| {
@@ -154,7 +155,7 @@ pub fn file_request(
             Filing::Create => {
                 let request = insert_request(
                     tx,
-                    ca,
+                    &ca_fingerprint,
                     &new,
                     &csr,
                     spool_token.clone(),
@@ -172,11 +173,12 @@ pub fn file_request(
     })
 }
 
-/// Stores `new` as a fresh pending request (the next id, its verification code, the
-/// systems row it would replace) and audits the filing.
+/// Stores `new` as a fresh pending request (the next id, its verification code from the
+/// fingerprint of the CA in force, the systems row it would replace) and audits the
+/// filing.
 pub(crate) fn insert_request(
     tx: &Txn,
-    ca: &Ca,
+    ca_fingerprint: &str,
     new: &NewRequest,
     csr: &ValidCsr,
     spool_token: String,
@@ -196,7 +198,7 @@ pub(crate) fn insert_request(
         csr_fingerprint: csr.fingerprint(),
         remote_addr: new.remote_addr.clone(),
         token: spool_token,
-        verification_code: ca::verification_code(&ca.fingerprint(), csr.spki_der(), id),
+        verification_code: ca::verification_code(ca_fingerprint, csr.spki_der(), id),
         created: now,
         expires: now.saturating_add(ttl_seconds),
         status: RequestStatus::Pending,
@@ -259,14 +261,21 @@ pub(crate) fn file_with_token(
     spool_token: String,
     now: UnixTime,
 ) -> Result<Filed, PairingError> {
-    let (store, ca) = (side.store, side.ca);
+    let (store, cas) = (side.store, side.cas);
+    let ca_fingerprint = cas.fingerprint();
     let refused = |r: TokenRefusal| refuse(store, new, r, now);
     // Checked once before signing, so a refused token costs no signature; the check inside
     // the transaction is the one that counts.
     let found = store.token(token.id())?;
     let t = check(found.as_ref(), token, &new.system_uuid, &new.host, now).map_err(refused)?;
     let storage = choose_storage(side.storage, t.storage_id)?;
-    let issued = sign(ca, csr, &new.system_uuid, side.client_lifetime, now)?;
+    let issued = sign(
+        cas.signing(),
+        csr,
+        &new.system_uuid,
+        side.client_lifetime,
+        now,
+    )?;
     let filed = store.write(|tx| {
         let current = tx.token(token.id())?;
         let mut t = check(current.as_ref(), token, &new.system_uuid, &new.host, now)
@@ -298,7 +307,15 @@ pub(crate) fn file_with_token(
                 superseded.push(id);
             }
         }
-        let request = insert_request(tx, ca, new, csr, spool_token, rules.caps.ttl_seconds, now)?;
+        let request = insert_request(
+            tx,
+            &ca_fingerprint,
+            new,
+            csr,
+            spool_token,
+            rules.caps.ttl_seconds,
+            now,
+        )?;
         let resolved = accept_in(
             tx,
             request,
@@ -472,6 +489,7 @@ mod tests {
 
     // ---- filing with a token, over a real store and CA ----
 
+    use crate::ca::{Ca, CaSet};
     use crate::config::{Storage, StorageUsage};
     use crate::pairing::tokens::tests::{spec, NOW, UUID};
     use crate::pairing::tokens::{create, revoke, status, Issued, TokenSpec, TokenStatus};
@@ -517,10 +535,10 @@ mod tests {
         }
     }
 
-    fn side<'a>(store: &'a Store, ca: &'a Ca, storage: &'a [Storage]) -> TargetSide<'a> {
+    fn side<'a>(store: &'a Store, cas: &'a CaSet, storage: &'a [Storage]) -> TargetSide<'a> {
         TargetSide {
             store,
-            ca,
+            cas,
             storage,
             client_lifetime: std::time::Duration::from_secs(30 * 86_400),
         }
@@ -551,7 +569,7 @@ mod tests {
     /// A store, a CA and two backup storages, for filings with tokens.
     struct Fixture {
         store: Store,
-        ca: Ca,
+        ca: CaSet,
         storage: Vec<Storage>,
     }
 
@@ -559,7 +577,7 @@ mod tests {
         fn new(name: &str) -> Fixture {
             Fixture {
                 store: temp_store(name),
-                ca: test_ca(),
+                ca: CaSet::single(test_ca()),
                 storage: two_storages(),
             }
         }

@@ -8,6 +8,7 @@ pub mod error;
 pub mod fields;
 pub mod filing;
 pub mod renewal;
+pub mod rollover;
 pub mod source;
 pub mod target;
 pub mod tokens;

@@ -141,7 +141,7 @@ enum Plan {
     /// Sign a new certificate for the CSR's key.
     Issue,
     /// The presented certificate's successor was issued for this very key: hand it back.
-    Repeat(CertRecord),
+    Repeat(Box<CertRecord>),
 }
 
 /// The state a renewal is judged on, read in one transaction.
@@ -233,7 +233,7 @@ fn judge(
             Ok(Judged {
                 presented,
                 row,
-                plan: Plan::Repeat(next),
+                plan: Plan::Repeat(Box::new(next)),
             })
         }
         _ => Err(RenewError::Superseded {
@@ -259,7 +259,7 @@ pub fn renew(
     // inside it, so a concurrent renewal or unpair in between wins cleanly.
     let first = judge(store, serial, &fingerprint, now)?;
     let issued = match first.plan {
-        Plan::Repeat(next) => return Ok(repeated(&first.row, serial, next)),
+        Plan::Repeat(next) => return Ok(repeated(&first.row, serial, *next)),
         Plan::Issue => side
             .ca
             .sign_client(
@@ -278,7 +278,7 @@ pub fn renew(
             plan,
         } = judge(tx, serial, &fingerprint, now)?;
         if let Plan::Repeat(next) = plan {
-            return Ok(repeated(&row, serial, next));
+            return Ok(repeated(&row, serial, *next));
         }
         let generation = tx.next_generation(row.id)?;
         let fresh = tx.insert_cert(&CertRecord {
@@ -294,6 +294,7 @@ pub fn renew(
             renews: Some(serial.to_string()),
             superseded_at: None,
             retired_at: None,
+            issuer: Some(issued.issuer.clone()),
         })?;
         if !fresh {
             // 128 random bits colliding means the random source is broken.
@@ -378,6 +379,7 @@ pub fn end_graces(store: &Store, now: UnixTime) -> Result<Vec<GraceEnded>, Store
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::ca::CaSet;
     use crate::config::{Storage, StorageUsage};
     use crate::pairing::target::{self, Decision, TargetSide};
     use crate::pairing::Actor;
@@ -388,7 +390,7 @@ mod tests {
 
     struct Paired {
         store: Store,
-        ca: Ca,
+        ca: CaSet,
         system_id: u64,
         serial: String,
     }
@@ -396,7 +398,7 @@ mod tests {
     fn side(p: &Paired) -> RenewSide<'_> {
         RenewSide {
             store: &p.store,
-            ca: &p.ca,
+            ca: p.ca.signing(),
             client_lifetime: Duration::from_secs(30 * DAY),
             grace: Duration::from_secs(DAY),
         }
@@ -409,7 +411,7 @@ mod tests {
         let _ = std::fs::remove_dir_all(&dir);
         crate::fsx::ensure_private_dir(&dir).unwrap();
         let store = Store::open(&dir.join("replgate.redb")).unwrap();
-        let ca = Ca::generate("target ca", time_of(NOW).unwrap()).unwrap();
+        let ca = CaSet::single(Ca::generate("target ca", time_of(NOW).unwrap()).unwrap());
         let (_, csr_pem) = ca::generate_client_key_and_csr("src-uuid").unwrap();
         let request = RequestRecord {
             system_uuid: "src-uuid".into(),
@@ -427,7 +429,7 @@ mod tests {
         }];
         let accept = TargetSide {
             store: &store,
-            ca: &ca,
+            cas: &ca,
             storage: &storage,
             client_lifetime: Duration::from_secs(30 * DAY),
         };

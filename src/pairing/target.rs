@@ -4,7 +4,7 @@
 //! pairing, and the role rules. Writes no files: the caller renders the spool after the
 //! commit returns.
 
-use crate::ca::{self, Ca, ValidCsr};
+use crate::ca::{self, Ca, CaSet, ValidCsr};
 use crate::config::{Storage, StorageUsage};
 use crate::model::{Network, Role, UnixTime};
 use crate::pairing::error::{time_of, PairingError};
@@ -93,6 +93,7 @@ pub fn source_row(
             cert_serial: Some(serial.into()),
             certificate_expires: Some(not_after),
             last_seen: None,
+            last_serial: None,
             was_managed: false,
             request_id: Some(request.id),
             asset_tag: request.asset_tag.clone(),
@@ -142,7 +143,8 @@ pub struct Resolved {
 /// What deciding a request works with, borrowed from the caller.
 pub struct TargetSide<'a> {
     pub store: &'a Store,
-    pub ca: &'a Ca,
+    /// The CAs in force: the signing one issues, the one in force is what sources pin.
+    pub cas: &'a CaSet,
     /// The configured storage, to pick the one an accepted source replicates into.
     pub storage: &'a [Storage],
     /// Lifetime of an issued client certificate.
@@ -160,7 +162,7 @@ pub fn resolve(
 ) -> Result<Resolved, PairingError> {
     let TargetSide {
         store,
-        ca,
+        cas,
         storage,
         client_lifetime,
     } = *side;
@@ -203,7 +205,13 @@ pub fn resolve(
                 (chosen, _) => choose_storage(storage, chosen)?,
             };
             let csr = ca::parse_csr(&current.csr_pem).map_err(PairingError::Csr)?;
-            let issued = sign(ca, &csr, &current.system_uuid, client_lifetime, now)?;
+            let issued = sign(
+                cas.signing(),
+                &csr,
+                &current.system_uuid,
+                client_lifetime,
+                now,
+            )?;
             store.write(|tx| {
                 let r = tx.request(id)?.ok_or(PairingError::UnknownRequest(id))?;
                 check_pending(&r, now)?;
@@ -289,6 +297,7 @@ pub(crate) fn accept_in(
         renews: None,
         superseded_at: None,
         retired_at: None,
+        issuer: Some(issued.issuer.clone()),
     })?;
     if !fresh {
         // 128 random bits colliding means the random source is broken.
@@ -529,6 +538,7 @@ pub fn register_managed(
             cert_serial: None,
             certificate_expires: None,
             last_seen: None,
+            last_serial: None,
             was_managed: false,
             request_id: None,
             asset_tag: asset_tag.map(String::from),
@@ -637,6 +647,7 @@ pub fn record_hello(
         }
         let first = row.last_seen.is_none();
         row.last_seen = Some(now);
+        row.last_serial = Some(serial.to_string());
         tx.put_system(&row)?;
         if first {
             tx.audit(&AuditRecord {
@@ -733,7 +744,7 @@ mod tests {
     fn accepting_with_a_clock_outside_the_calendar_fails_and_leaves_the_request_pending() {
         let store = temp_store("clock");
         let at = time::OffsetDateTime::from_unix_timestamp(1_767_225_600).unwrap();
-        let ca = Ca::generate("target ca", at).unwrap();
+        let cas = CaSet::single(Ca::generate("target ca", at).unwrap());
         let (_, csr_pem) = ca::generate_client_key_and_csr("u").unwrap();
         // Year 11476: past the last date `time` (and X.509's GeneralizedTime) can hold.
         let now: UnixTime = 300_000_000_000;
@@ -750,7 +761,7 @@ mod tests {
         }];
         let side = TargetSide {
             store: &store,
-            ca: &ca,
+            cas: &cas,
             storage: &storage,
             client_lifetime: std::time::Duration::from_secs(30 * 86_400),
         };

@@ -20,7 +20,7 @@ use crate::identity::{IdentityError, TargetDirs};
 use crate::pairing::source::request::{CallError, SourceIo};
 use crate::tls::TlsError;
 use crate::wire::error::OPEN_REQUEST_OTHER_KEY_CODE;
-use crate::wire::protocol::{Filed, Hello, RenewBody, Renewal, RequestBody, SpoolStatus};
+use crate::wire::protocol::{CaAnswer, Filed, Hello, RenewBody, Renewal, RequestBody, SpoolStatus};
 
 /// Whole-call bound, so one stuck peer cannot hold the poller thread.
 const CALL_TIMEOUT: Duration = Duration::from_secs(30);
@@ -113,22 +113,33 @@ fn classify(e: HttpError) -> RemoteError {
     }
 }
 
-/// The one way this crate builds an HTTPS client: only `ca_der` is trusted (a
-/// per-appliance CA, never the public ones; and only the chain and validity are checked,
+/// The one way this crate builds an HTTPS client: only `anchors` are trusted (a
+/// per-appliance CA, during a rollover of it also its new CA, never the public ones; and
+/// only the chain and validity are checked,
 /// not the name: appliances are often reached by an address their certificate does not
 /// name, a listener on 0.0.0.0 or a NAT address), calls are bounded. `client` (chain
 /// PEM, key PEM) is presented for mutual TLS.
 pub fn pinned_client(
-    ca_der: CertificateDer<'static>,
+    anchors: Vec<CertificateDer<'static>>,
     client: Option<(&str, &str)>,
     call_timeout: Duration,
     user_agent: &'static str,
 ) -> Result<Client, crate::tls::TlsError> {
-    let tls = crate::tls::pinned_client_config(ca_der, client)?;
+    let tls = crate::tls::pinned_client_config(anchors, client)?;
     Ok(Client::new(tls, call_timeout, user_agent))
 }
 
-/// A client for one peer, trusting only `ca_pem`.
+/// The certificates of a pinned CA bundle (`ca_pem` of a target row: the pinned CA, and
+/// during a rollover of the target's CA the new one and its cross-certificate) as trust
+/// anchors.
+pub fn anchors_of(ca_pem: &str) -> Result<Vec<CertificateDer<'static>>, crate::ca::CertError> {
+    Ok(crate::ca::certs_pem_to_der(ca_pem)?
+        .into_iter()
+        .map(CertificateDer::from)
+        .collect())
+}
+
+/// A client for one peer, trusting only `ca_pem` (one CA, or a rollover's bundle).
 pub struct Remote {
     client: Client,
     /// `host:port`.
@@ -152,9 +163,9 @@ impl Remote {
     }
 
     fn new(host: &str, ca_pem: &str, client: Option<(&str, &str)>) -> Result<Remote, RemoteError> {
-        let ca = crate::ca::cert_pem_to_der(ca_pem).map_err(RemoteError::PinnedCa)?;
+        let anchors = anchors_of(ca_pem).map_err(RemoteError::PinnedCa)?;
         let client = pinned_client(
-            CertificateDer::from(ca),
+            anchors,
             client,
             CALL_TIMEOUT,
             concat!("replgate/", env!("CARGO_PKG_VERSION")),
@@ -245,6 +256,20 @@ impl Remote {
         self.read(response)
     }
 
+    /// `GET /tunnel/v1/ca` over the tunnel: the target's CAs, and whether the certificate
+    /// of this connection should renew at once (SPEC 22).
+    pub fn ca(&self) -> Result<CaAnswer, RemoteError> {
+        let response = self.call("GET", "/tunnel/v1/ca", None)?;
+        self.read(response)
+    }
+
+    /// `GET /replication/v1/ca` on the API listener: the target's CAs, as anyone may read
+    /// them.
+    pub fn public_ca(&self) -> Result<CaAnswer, RemoteError> {
+        let response = self.call("GET", "/replication/v1/ca", None)?;
+        self.read(response)
+    }
+
     /// `POST /tunnel/v1/renew` over the tunnel: the certificate presented on this
     /// connection is renewed for the key of `csr_pem`.
     pub fn renew(&self, csr_pem: &str) -> Result<Renewal, RemoteError> {
@@ -253,6 +278,18 @@ impl Remote {
         let response = self.call("POST", "/tunnel/v1/renew", Some(&json))?;
         self.read(response)
     }
+}
+
+/// The CA `host` presents (trusting nothing, as a first contact does) and what its
+/// public CA endpoint answers, read trusting only that CA: how a source checks whether a
+/// target it no longer verifies replaced its CA while the source was away (the answer
+/// proves nothing by itself; the caller checks the endorsements). None when either
+/// cannot be had.
+pub fn presented_ca(host: &str) -> Option<(Vec<u8>, CaAnswer)> {
+    let presented = crate::tls::probe_presented_ca(host, PROBE_TIMEOUT).ok()?;
+    let pem = crate::ca::cert_der_to_pem(&presented);
+    let answer = Remote::api(host, &pem).and_then(|r| r.public_ca()).ok()?;
+    Some((presented.to_vec(), answer))
 }
 
 impl From<RemoteError> for CallError {

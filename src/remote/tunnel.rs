@@ -10,7 +10,7 @@ use std::net::{Shutdown, TcpStream, ToSocketAddrs};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use rustls::pki_types::{CertificateDer, ServerName};
+use rustls::pki_types::ServerName;
 use rustls::ClientConnection;
 
 use crate::ca::CertError;
@@ -237,10 +237,9 @@ pub fn open_transfer(
     key_pem: &str,
     features: Features,
 ) -> Result<TransferStream, OpenTransferError> {
-    let ca = crate::ca::cert_pem_to_der(ca_pem).map_err(OpenTransferError::PinnedCa)?;
-    let config =
-        crate::tls::pinned_client_config(CertificateDer::from(ca), Some((cert_pem, key_pem)))
-            .map_err(OpenTransferError::Tls)?;
+    let anchors = super::anchors_of(ca_pem).map_err(OpenTransferError::PinnedCa)?;
+    let config = crate::tls::pinned_client_config(anchors, Some((cert_pem, key_pem)))
+        .map_err(OpenTransferError::Tls)?;
     let (host, _) = addr.rsplit_once(':').ok_or_else(|| {
         OpenTransferError::Address(format!("tunnel address {addr:?} is not host:port"))
     })?;

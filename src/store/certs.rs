@@ -36,6 +36,10 @@ pub struct CertRecord {
     /// When its grace ended (or the first hello with the successor ended it).
     #[serde(default)]
     pub retired_at: Option<UnixTime>,
+    /// The fingerprint of the CA that issued it; None for certificates issued before CA
+    /// rollovers existed (by generation 0, see `CaState::issuer_of`).
+    #[serde(default)]
+    pub issuer: Option<String>,
 }
 
 impl CertRecord {

@@ -175,6 +175,7 @@ fn cert(serial: &str, system_id: u64, issued_at: i64) -> CertRecord {
         renews: None,
         superseded_at: None,
         retired_at: None,
+        issuer: None,
     }
 }
 

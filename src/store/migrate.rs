@@ -122,6 +122,7 @@ mod tests {
             renews: None,
             superseded_at: None,
             retired_at: None,
+            issuer: None,
         };
         {
             let store = Store::open(&path).unwrap();

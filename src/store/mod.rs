@@ -9,8 +9,8 @@
 //!   dropped, leaving nothing, when it returns `Err`. The closure does store work only:
 //!   no network I/O, no sleep, no file writes.
 //! - One file per entity (`requests.rs`, `systems.rs`, `certs.rs`, `targets.rs`,
-//!   `users.rs`, `audit.rs`, `tokens.rs`, `queue.rs`, `chunks.rs`, `meta.rs`) holds its records and
-//!   every read and write of its tables, each read written once over `access::Tables`: a
+//!   `users.rs`, `audit.rs`, `tokens.rs`, `queue.rs`, `chunks.rs`, `meta.rs`, `ca.rs`) holds
+//!   its records and every read and write of its tables, each read written once over `access::Tables`: a
 //!   `Store` read sees one snapshot per call, a `Txn` read sees the transaction's own
 //!   uncommitted writes. Re-exported here, so every name is `store::Name`.
 //! - Values are JSON records, so fields can be added with `#[serde(default)]`
@@ -37,6 +37,7 @@
 
 mod access;
 mod audit;
+mod ca;
 mod certs;
 mod chunks;
 #[cfg(test)]
@@ -62,6 +63,7 @@ use redb::{Database, ReadTransaction, ReadableDatabase, WriteTransaction};
 use serde::{Deserialize, Serialize};
 
 pub use audit::{event_line, AuditRecord};
+pub use ca::{AbortedCa, CaState, Endorsement, Rollover};
 pub use certs::CertRecord;
 pub use chunks::{
     owner_of, ChunkCounts, ChunkFileRecord, ChunkFileState, ChunkLoc, ChunkNames, DigestPrefix,

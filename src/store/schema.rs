@@ -305,6 +305,8 @@ pub const META_NEXT_ITEM_ID: &str = "next_item_id";
 pub const META_NEXT_TAIL: &str = "next_queue_tail";
 pub const META_NEXT_DONE_SEQ: &str = "next_queue_done_seq";
 pub const META_NEXT_CHUNK_FILE: &str = "next_chunk_file";
+/// The appliance CA's state: the generation in force, a rollover in progress (`CaState`).
+pub const META_CA_STATE: &str = "ca_state";
 
 #[cfg(test)]
 mod tests {

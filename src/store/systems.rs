@@ -35,6 +35,10 @@ pub struct SystemRecord {
     /// The last successful tunnel hello.
     #[serde(default)]
     pub last_seen: Option<UnixTime>,
+    /// The serial of the certificate that last said hello: what the source holds (a CA
+    /// rollover counts a source as moved once it was seen with its new-chain certificate).
+    #[serde(default)]
+    pub last_serial: Option<String>,
     /// True when the row was a managed system before it became a replication source, so
     /// unpairing returns it to `Managed DPU` instead of dropping it.
     #[serde(default)]

@@ -1,6 +1,6 @@
-//! The daemon's tunnel routes and the state their handlers share. Handlers are thin:
-//! parse, authorize (the peer is the connection's verified certificate), call the domain,
-//! map the result.
+//! The daemon's tunnel routes (hello, the CAs, renew, transfer) and the state their
+//! handlers share. Handlers are thin: parse, authorize (the peer is the connection's
+//! verified certificate), call the domain, map the result.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -8,11 +8,11 @@ use std::time::Duration;
 use serde_json::Value;
 
 use super::{BodyLimit, Call, Reply, Route, TunnelHttpError};
-use crate::ca::Ca;
+use crate::ca::Authority;
 use crate::config::{Fault, Storage};
 use crate::model::Chain;
 use crate::pairing::renewal::{self, RenewSide};
-use crate::pairing::target;
+use crate::pairing::{rollover, target};
 use crate::replication::{receiver, Shared};
 use crate::store::Store;
 use crate::wire::protocol::{Hello, Renewal};
@@ -25,8 +25,9 @@ pub struct App {
     pub storage: Vec<Storage>,
     /// Replication's live state: receiving sessions, quotas, progress.
     pub replication: Arc<Shared>,
-    /// The appliance CA, which signs renewed certificates.
-    pub ca: Arc<Ca>,
+    /// The CAs in force: the signing one signs renewed certificates (during a CA
+    /// rollover, the new one).
+    pub cas: Arc<Authority>,
     /// Lifetime of a renewed certificate (`certificate_days` / `certificate_seconds`).
     pub client_lifetime: Duration,
     /// How long a renewed certificate's predecessor stays valid (`renew_grace`).
@@ -45,6 +46,7 @@ const MAX_CSR_BYTES: u64 = 16 * 1024;
 pub fn table() -> Vec<Route<App>> {
     vec![
         Route::new("GET", "/tunnel/v1/hello", BodyLimit::Capped(0), hello),
+        Route::new("GET", "/tunnel/v1/ca", BodyLimit::Capped(0), ca),
         Route::new(
             "POST",
             "/tunnel/v1/renew",
@@ -67,9 +69,10 @@ fn renew(app: &App, call: &mut Call<'_>) -> Result<Reply, TunnelHttpError> {
             "field `csr` exceeds {MAX_CSR_BYTES} bytes"
         )));
     }
+    let cas = app.cas.get();
     let side = RenewSide {
         store: &app.store,
-        ca: &app.ca,
+        ca: cas.signing(),
         client_lifetime: app.client_lifetime,
         grace: app.renew_grace,
     };
@@ -152,6 +155,23 @@ fn transfer(app: &App, call: &mut Call<'_>) -> Result<Reply, TunnelHttpError> {
     // A broken stream cannot be finished; the session already logged how it ended.
     let _ = writer.finish();
     Ok(Reply::sent())
+}
+
+/// `GET /tunnel/v1/ca`: the target's CAs (SPEC 22), which a source reads at its
+/// heartbeat and before a renewal to follow a CA rollover; `renew` when the certificate
+/// of this connection was issued by another CA than the one that signs now. Read only:
+/// nothing a source sends here changes what this appliance trusts. Counts as a hello
+/// (the source is seen with this certificate).
+fn ca(app: &App, call: &mut Call<'_>) -> Result<Reply, TunnelHttpError> {
+    let serial = call.peer().serial.clone();
+    target::record_hello(&app.store, &serial, call.now)?.ok_or_else(|| {
+        TunnelHttpError::Forbidden("this certificate belongs to no paired system".into())
+    })?;
+    let presented = app.store.cert(&serial)?;
+    let answer = rollover::answer(&app.cas.get(), presented.as_ref());
+    let value: Value =
+        serde_json::to_value(answer).map_err(|e| TunnelHttpError::Internal(Box::new(e)))?;
+    Ok(Reply::json(200, &value))
 }
 
 /// `GET /tunnel/v1/hello`: the source's system id and storage. The first hello of a

@@ -142,6 +142,30 @@ pub struct Renewal {
     pub not_after: i64,
 }
 
+/// `GET /tunnel/v1/ca` and `GET /replication/v1/ca` answer (SPEC 22): the target's CAs.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+pub struct CaAnswer {
+    /// `idle`, or `rolling` while a CA rollover is in progress.
+    pub phase: String,
+    /// The CA in force (PEM): the one sources pin.
+    pub ca: String,
+    /// Its SHA-256 fingerprint.
+    pub fingerprint: String,
+    /// During a rollover: the new CA (PEM)...
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub next: Option<String>,
+    /// ...and the cross-certificate by which `ca` endorses it (PEM).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cross: Option<String>,
+    /// The cross-certificates of finished rollovers, oldest first (PEM).
+    #[serde(default)]
+    pub endorsements: Vec<String>,
+    /// Tunnel only: the certificate of this connection was not issued by the CA that
+    /// signs now; renew at once.
+    #[serde(default)]
+    pub renew: bool,
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

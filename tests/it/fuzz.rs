@@ -379,6 +379,13 @@ fn body_routes(csr_pem: &str) -> Vec<BodyRoute> {
                 ("password", Str, s("password-123")),
             ],
         },
+        // `abort` with no rollover running is a 409: the route's parsing and refusal are
+        // exercised without the fuzzed daemon's CA ever changing under its own client.
+        BodyRoute {
+            method: "POST",
+            path: "/api/ca/rollover",
+            fields: vec![("phase", Str, s("abort"))],
+        },
         BodyRoute {
             method: "PUT",
             path: "/api/users/{name}",

@@ -84,7 +84,24 @@ impl Seaweed {
         Seaweed::launch(name, 1, false)
     }
 
+    /// Starts the engine, again on fresh ports when one of them was taken between
+    /// `free_ports` and weed's bind (tests run in parallel and pick ports the same way).
     fn launch(name: &str, extra_volumes: usize, tls: bool) -> Seaweed {
+        const ATTEMPTS: usize = 3;
+        for attempt in 1..=ATTEMPTS {
+            let mut me = Seaweed::spawn(name, extra_volumes, tls);
+            match me.wait_ready() {
+                Ok(()) => return me,
+                Err(log) if attempt < ATTEMPTS && log.contains("address already in use") => {
+                    eprintln!("weed lost a port to another test (attempt {attempt}); again");
+                }
+                Err(log) => panic!("weed server exited:\n{log}"),
+            }
+        }
+        unreachable!("the last attempt returns or panics")
+    }
+
+    fn spawn(name: &str, extra_volumes: usize, tls: bool) -> Seaweed {
         let weed = weed();
         let dir = scratch_dir(name);
         let [master, master_grpc, volume, volume_grpc, filer, filer_grpc, s3, s3_grpc] =
@@ -198,13 +215,12 @@ impl Seaweed {
             me.volumes.push(child);
         }
         me.ports = ports;
-        me.wait_ready();
         me
     }
 
     /// Waits until the bucket exists and a small object can be written and read back
-    /// (volume servers registered, replication satisfied).
-    fn wait_ready(&mut self) {
+    /// (volume servers registered, replication satisfied); the server's log when it exited.
+    fn wait_ready(&mut self) -> Result<(), String> {
         let start = Instant::now();
         let store = self.store_with(Settings {
             retry: RetryPolicy {
@@ -217,7 +233,7 @@ impl Seaweed {
         let mut last = String::new();
         while start.elapsed() < START_TIMEOUT {
             if let Ok(Some(status)) = self.server.try_wait() {
-                panic!("weed server exited with {status}:\n{}", self.log_text());
+                return Err(format!("{status}:\n{}", self.log_text()));
             }
             let r = store
                 .create_bucket()
@@ -235,7 +251,7 @@ impl Seaweed {
                     }
                 });
             match r {
-                Ok(()) => return,
+                Ok(()) => return Ok(()),
                 Err(e) => last = e.to_string(),
             }
             std::thread::sleep(Duration::from_millis(500));

@@ -32,7 +32,7 @@ pub fn show(call: &Call) -> Result<Reply, ApiError> {
                 "name": app.config.name(),
                 "system_uuid": app.system_uuid,
                 "version": env!("CARGO_PKG_VERSION"),
-                "ca_fingerprint": app.ca_fingerprint,
+                "ca_fingerprint": app.ca_fingerprint(),
             },
         }),
     ))

@@ -8,8 +8,10 @@
 //! - `session.rs`: log in and out, health, help, version,
 //! - `target.rs`: the target side: pairing requests, systems, storage, pairing tokens,
 //! - `source.rs`: the source side: targets, the replication queue and its settings,
-//! - `users.rs`: users, the audit trail, scraper tokens.
+//! - `users.rs`: users, the audit trail, scraper tokens,
+//! - `ca.rs`: the appliance CA's rollover.
 
+mod ca;
 mod session;
 mod source;
 mod target;
@@ -85,6 +87,10 @@ pub(super) const SECTIONS: &[Section] = &[
     Section {
         title: "users and audit:",
         commands: users::COMMANDS,
+    },
+    Section {
+        title: "certificate authority:",
+        commands: ca::COMMANDS,
     },
 ];
 

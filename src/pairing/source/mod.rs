@@ -5,6 +5,7 @@
 //! own.
 
 pub mod request;
+pub mod rollover;
 
 use std::time::Duration;
 

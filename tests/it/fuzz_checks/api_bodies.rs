@@ -20,7 +20,7 @@ use replgate::api::console::guard::Browser;
 use replgate::api::error::ApiError;
 use replgate::api::{dispatch, route_table, App, Incoming, Route};
 use replgate::auth::{Authenticator, SessionRules, Throttle};
-use replgate::ca::Ca;
+use replgate::ca::{Authority, Ca, CaSet};
 use replgate::config::Config;
 use replgate::front::{PeerInfo, PeerTable};
 use replgate::identity::TargetDirs;
@@ -105,10 +105,12 @@ fn world() -> &'static World {
         let target_dirs = TargetDirs::new(dir.join("targets"));
         target_dirs.ensure().unwrap();
         let replication = Arc::new(replgate::replication::Shared::load(&store).unwrap());
+        let client_trust = replgate::tls::ClientTrust::new(vec![ca.cert_der()]).unwrap();
+        let ca = Arc::into_inner(ca).expect("the one reference to the ca");
         let app = App {
             config,
-            ca_fingerprint: ca.fingerprint(),
-            ca,
+            cas: Arc::new(Authority::new(CaSet::single(ca))),
+            client_trust,
             spool,
             store,
             auth,

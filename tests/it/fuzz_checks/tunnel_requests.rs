@@ -115,8 +115,9 @@ fn world() -> &'static World {
         let csr = ca::parse_csr(&csr_pem).expect("parse csr");
         let issued = ca.sign_client(&csr, uuid, day, now).expect("sign");
         let revocations = Arc::new(NoneRevoked);
-        let tls = tls::tunnel_server_config(slot, ca.cert_der(), revocations.clone())
-            .expect("tunnel config");
+        let trust = tls::ClientTrust::new(vec![ca.cert_der()]).expect("client trust");
+        let tls =
+            tls::tunnel_server_config(slot, trust, revocations.clone()).expect("tunnel config");
         let socket = TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).expect("bind");
         let limits = tunnel::Limits {
             connections: listener::Limits {
@@ -142,7 +143,7 @@ fn world() -> &'static World {
         };
         let listener = tunnel::spawn(endpoint, server).expect("spawn the tunnel");
         let client = tls::pinned_client_config(
-            ca.cert_der(),
+            vec![ca.cert_der()],
             Some((issued.cert_pem.as_str(), key_pem.as_str())),
         )
         .expect("client config");
