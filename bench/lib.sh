@@ -35,14 +35,20 @@ for arg in "$@"; do [ "$arg" = --record ] && RECORD=1; done
 
 WORK=$(mktemp -d "${TMPDIR:-/tmp}/replgate-bench.XXXXXX")
 PIDS=()
+# Commands run at exit after every process above is stopped and before $WORK is removed
+# (bench/scale.sh unmounts its small filesystem there).
+CLEANUP_HOOKS=()
 
 cleanup() {
-  local pid
+  local pid hook
   for pid in "${PIDS[@]}"; do
     kill -TERM "$pid" 2>/dev/null || true
   done
   for pid in "${PIDS[@]}"; do
     wait "$pid" 2>/dev/null || true
+  done
+  for hook in "${CLEANUP_HOOKS[@]}"; do
+    eval "$hook" || true
   done
   rm -rf "$WORK"
 }
@@ -84,12 +90,13 @@ free_port() {
 # start_replgate NAME [VAR=VALUE ...]: starts `replgate serve` on free loopback ports with
 # the data directory $WORK/NAME/data (created on the first start, kept for the next);
 # sets RG_PID, RG_API (host:port), RG_DATA, RG_LOG. RG_API_FIXED names the API address;
+# RG_DATA_DIR another data directory; RG_CONFIG a config file (`serve --config`);
 # RG_NETNS runs the daemon in that network namespace (bench/wan.sh; give the tunnel's
 # address as REPLGATE_TUNNEL_LISTEN too).
 start_replgate() {
   local name=$1
   shift
-  RG_DATA=$WORK/$name/data
+  RG_DATA=${RG_DATA_DIR:-$WORK/$name/data}
   RG_LOG=$WORK/$name/daemon.log
   RG_API=${RG_API_FIXED:-127.0.0.1:$(free_port)}
   local netns=() enter=()
@@ -100,7 +107,7 @@ start_replgate() {
   mkdir -p "$WORK/$name"
   "${netns[@]}" env REPLGATE_ADMIN_PASSWORD=$PASSWORD REPLGATE_DATA_DIR="$RG_DATA" \
     REPLGATE_API_LISTEN="$RG_API" REPLGATE_TUNNEL_LISTEN="127.0.0.1:$(free_port)" \
-    REPLGATE_LOG="${REPLGATE_LOG:-warn}" "$@" "$BIN" serve 2>>"$RG_LOG" &
+    REPLGATE_LOG="${REPLGATE_LOG:-warn}" "$@" "$BIN" serve ${RG_CONFIG:+--config "$RG_CONFIG"} 2>>"$RG_LOG" &
   RG_PID=$!
   PIDS+=("$RG_PID")
   for _ in $(seq 1 300); do

@@ -385,6 +385,15 @@ pub fn valid_user_name(name: &str) -> bool {
             .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.' | '@'))
 }
 
+/// Logins refused for a wrong user name or password (a metric).
+fn login_failures() -> crate::metrics::Counter {
+    crate::metrics::counter(
+        "replgate_login_failures_total",
+        "Logins refused for a wrong user name or password.",
+        &[],
+    )
+}
+
 /// Logins, sessions and the throttle over the store.
 pub struct Authenticator {
     store: Store,
@@ -396,6 +405,8 @@ pub struct Authenticator {
 
 impl Authenticator {
     pub fn new(store: Store, rules: SessionRules, throttle: Throttle) -> Result<Self, AuthError> {
+        // At zero from the start: a scrape sees the series before the first failure.
+        login_failures();
         Ok(Authenticator {
             store,
             rules,
@@ -447,12 +458,7 @@ impl Authenticator {
                 throttle.fail(&keys, now);
                 throttle.account_failed(&account, now);
             }
-            crate::metrics::counter(
-                "replgate_login_failures_total",
-                "Logins refused for a wrong user name or password.",
-                &[],
-            )
-            .inc();
+            login_failures().inc();
             let failed = own_audit(&account, address, "login failed", now);
             self.store.write(|tx| tx.audit(&failed))?;
             return Err(AuthError::BadCredentials);
@@ -498,7 +504,12 @@ impl Authenticator {
         // Refresh well within the idle timeout, whatever it is configured to.
         let touch_every = (self.rules.idle.as_secs() as i64 / 2).clamp(1, TOUCH_EVERY);
         if now - s.last_used >= touch_every {
-            self.store.write(|tx| tx.touch_session(&hash, now))?;
+            match self.store.write(|tx| tx.touch_session(&hash, now)) {
+                // While the database refuses writes (a full disk) the session still reads:
+                // it is touched again once writes resume.
+                Err(StoreError::Unavailable(_)) => {}
+                other => other?,
+            }
         }
         let privilege = if s.scraper {
             user.privilege.min(Privilege::Monitor)

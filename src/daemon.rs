@@ -149,7 +149,7 @@ fn shared_state(
 }
 
 /// Starts the jobs that run beside the listeners: the target's verify job, the source's
-/// replicator and its pairing poller. Each stops when `shutdown` is set.
+/// replicator, its pairing poller and its restore job. Each stops when `shutdown` is set.
 fn spawn_jobs(
     app: &Arc<App>,
     shutdown: &Arc<AtomicBool>,
@@ -158,6 +158,10 @@ fn spawn_jobs(
     let verifier = crate::jobs::verify::spawn_verifier(
         app.replication.verifier.clone(),
         app.store.clone(),
+        crate::jobs::verify::Schedule {
+            storages: config.storage.clone(),
+            interval: config.verify_interval,
+        },
         shutdown.clone(),
     )
     .map_err(spawn_error("the verify job"))?;
@@ -169,6 +173,8 @@ fn spawn_jobs(
             dirs: app.target_dirs.clone(),
             heartbeat: config.heartbeat_interval,
             dedup: config.dedup,
+            compression: config.compression,
+            congestion: config.tunnel_congestion.clone(),
         }),
         shutdown.clone(),
     )
@@ -187,7 +193,19 @@ fn spawn_jobs(
         shutdown.clone(),
     )
     .map_err(spawn_error("the poller"))?;
-    let mut jobs = vec![verifier, replicator, poller];
+    let restorer = crate::jobs::restore::spawn_restorer(
+        crate::jobs::restore::Context {
+            store: app.store.clone(),
+            shared: app.replication.clone(),
+            storages: config.storage.clone(),
+            dirs: app.target_dirs.clone(),
+            scratch: config.data_dir.join("drill-scratch"),
+            drill_interval: config.drill_interval.as_secs(),
+        },
+        shutdown.clone(),
+    )
+    .map_err(spawn_error("the restore job"))?;
+    let mut jobs = vec![verifier, replicator, poller, restorer];
     if config.dedup {
         jobs.push(
             crate::jobs::chunk_index::spawn_chunk_index(

@@ -15,7 +15,9 @@ mod disk;
 #[cfg(test)]
 pub mod faults;
 #[cfg(test)]
-mod power_loss;
+pub(crate) mod power_loss;
+#[cfg(test)]
+pub(crate) mod trace;
 
 use disk::{Disk, Real};
 
@@ -302,6 +304,12 @@ impl<D: Disk> PartialFile<D> {
         Ok(())
     }
 
+    /// The partial's path (for the power-loss test's record, `fsx/trace.rs`).
+    #[cfg(test)]
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
     /// Bytes in the file.
     pub fn len(&self) -> u64 {
         self.len
@@ -354,13 +362,19 @@ pub struct SyncHandle {
 impl SyncHandle {
     /// fdatasync.
     pub fn sync_data(&self) -> io::Result<()> {
-        self.file.sync_data()
+        Real.sync_data(&self.file)
     }
 
     /// A checkpoint whose offset the caller will record (see [`PartialFile::checkpoint`]).
     pub fn checkpoint(&self) -> io::Result<()> {
         self.sync_data()?;
         make_name_durable(&Real, &self.path, &self.name_durable)
+    }
+
+    /// The partial's path (for the power-loss test's record, `fsx/trace.rs`).
+    #[cfg(test)]
+    pub fn path(&self) -> &Path {
+        &self.path
     }
 }
 
@@ -369,6 +383,14 @@ impl SyncHandle {
 /// `base` is ever reached. `base` itself must exist. Components are the caller's checked
 /// names.
 pub fn ensure_dir_under(base: &Path, components: &[&str]) -> io::Result<std::path::PathBuf> {
+    ensure_dir_under_on(&Real, base, components)
+}
+
+fn ensure_dir_under_on<D: Disk>(
+    disk: &D,
+    base: &Path,
+    components: &[&str],
+) -> io::Result<std::path::PathBuf> {
     let mut p = base.to_path_buf();
     for c in components {
         if c.is_empty() || *c == "." || *c == ".." || c.contains('/') {
@@ -382,23 +404,23 @@ pub fn ensure_dir_under(base: &Path, components: &[&str]) -> io::Result<std::pat
             Ok(m) if m.is_dir() => continue,
             Ok(_) => {
                 return Err(io::Error::new(
-                    io::ErrorKind::InvalidInput,
+                    io::ErrorKind::NotADirectory,
                     format!("{} is not a directory", p.display()),
                 ))
             }
             Err(e) if e.kind() == io::ErrorKind::NotFound => {}
             Err(e) => return Err(e),
         }
-        match fs::DirBuilder::new().mode(0o700).create(&p) {
+        match disk.create_dir(&p) {
             Ok(()) => {
                 if let Some(parent) = p.parent() {
-                    sync_dir(parent)?;
+                    disk.sync_dir(parent)?;
                 }
             }
             Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {
                 if !fs::symlink_metadata(&p)?.is_dir() {
                     return Err(io::Error::new(
-                        io::ErrorKind::InvalidInput,
+                        io::ErrorKind::NotADirectory,
                         format!("{} is not a directory", p.display()),
                     ));
                 }
@@ -420,6 +442,45 @@ fn rename_durable_on<D: Disk>(disk: &D, from: &Path, to: &Path) -> io::Result<()
         Some(dir) => disk.sync_dir(dir),
         None => Ok(()),
     }
+}
+
+/// Moves the file `from` to `to` (another directory of the same filesystem) durably and
+/// without ever replacing anything at `to` (that is an `AlreadyExists` error): hard-link
+/// it to `to`, fsync `to`'s directory, remove `from`, fsync `from`'s directory. A crash
+/// leaves the file under `from`, under both names (the link was durable, the removal not
+/// yet), or under `to`, never under neither; the caller's records say which move it was
+/// and finish it (the recycle bin's start-up repair).
+pub fn move_durable(from: &Path, to: &Path) -> io::Result<()> {
+    move_durable_on(&Real, from, to)
+}
+
+fn move_durable_on<D: Disk>(disk: &D, from: &Path, to: &Path) -> io::Result<()> {
+    let no_parent = || io::Error::new(io::ErrorKind::InvalidInput, "path has no parent directory");
+    let (from_dir, to_dir) = (
+        from.parent().ok_or_else(no_parent)?,
+        to.parent().ok_or_else(no_parent)?,
+    );
+    disk.hard_link(from, to)?;
+    disk.sync_dir(to_dir)?;
+    disk.remove_file(from)?;
+    disk.sync_dir(from_dir)
+}
+
+/// Reads a whole regular file (never through a symlink) front to back in pieces of at
+/// most `buf.len()` bytes, handing each to `each`; returns its length. Tells the kernel
+/// the reads are sequential (a larger read-ahead) and, once done, that the pages are not
+/// needed again, so reading every stored copy (a verify) does not push what the daemon
+/// and its clients use out of the page cache.
+pub fn read_through(path: &Path, buf: &mut [u8], each: impl FnMut(&[u8])) -> io::Result<u64> {
+    use std::os::fd::AsRawFd;
+    let (mut f, meta) = open_regular_nofollow(path)?;
+    let fd = f.as_raw_fd();
+    // SAFETY: advice on our own open descriptor; it changes no memory of ours.
+    unsafe { libc::posix_fadvise(fd, 0, 0, libc::POSIX_FADV_SEQUENTIAL) };
+    let read = read_prefix(&mut f, meta.len(), buf, each);
+    // SAFETY: as above.
+    unsafe { libc::posix_fadvise(fd, 0, 0, libc::POSIX_FADV_DONTNEED) };
+    read.map(|()| meta.len())
 }
 
 /// Opens a regular file for reading without following a symlink at its last component;

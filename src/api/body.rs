@@ -168,9 +168,30 @@ impl Body {
         }
     }
 
+    /// An optional whole number in `min..=max` that `null` resets: None when absent,
+    /// `Some(None)` for null.
+    pub fn opt_reset(
+        &self,
+        field: &str,
+        min: u64,
+        max: u64,
+    ) -> Result<Option<Option<u64>>, ApiError> {
+        match self.0.get(field) {
+            None => Ok(None),
+            Some(Value::Null) => Ok(Some(None)),
+            Some(v) => Ok(Some(Some(number_value(field, v, min, max)?))),
+        }
+    }
+
     /// The raw value of a field, for lists and objects a handler walks itself.
     pub fn value(&self, field: &str) -> Option<&Value> {
         self.present(field)
+    }
+
+    /// As [`Body::value`], but a `null` is given back as such (a field whose `null`
+    /// means something: "clear it").
+    pub fn nullable(&self, field: &str) -> Option<&Value> {
+        self.0.get(field)
     }
 }
 

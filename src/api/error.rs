@@ -7,8 +7,10 @@ use crate::pairing::error::{Cap, PairingError};
 use crate::pairing::rollover::RolloverError;
 use crate::pairing::source::request::{CallError, SourceError};
 use crate::replication::admin::AdminError;
+use crate::replication::recycle::RecycleError;
+use crate::replication::restore::RestoreError;
 use crate::spool::SpoolError;
-use crate::store::StoreError;
+use crate::store::{Degraded, StoreError};
 
 pub use crate::wire::error::{
     error_body, raw_error_response, OPEN_REQUEST_OTHER_KEY_CODE, UNTRUSTED_CERT_CODE,
@@ -57,8 +59,12 @@ pub enum ApiError {
     Internal(Internal),
     /// 502: the other appliance could not be reached or refused the request.
     BadGateway(String),
-    /// 503: overloaded or shutting down.
+    /// 503: overloaded or shutting down; or the database refuses writes for a moment
+    /// after a failed one.
     Unavailable(String),
+    /// 507: the data directory's disk is full: the database refuses changes until space
+    /// is freed (reads go on).
+    InsufficientStorage(String),
 }
 
 impl ApiError {
@@ -77,6 +83,7 @@ impl ApiError {
             ApiError::Internal(_) => (500, 500),
             ApiError::BadGateway(_) => (502, 502),
             ApiError::Unavailable(_) => (503, 503),
+            ApiError::InsufficientStorage(_) => (507, 507),
         }
     }
 
@@ -91,7 +98,8 @@ impl ApiError {
             | ApiError::Conflict(m)
             | ApiError::TooLarge(m)
             | ApiError::BadGateway(m)
-            | ApiError::Unavailable(m) => m.clone(),
+            | ApiError::Unavailable(m)
+            | ApiError::InsufficientStorage(m) => m.clone(),
             ApiError::MethodNotAllowed { allow } => {
                 format!("method not allowed on this path; it allows {allow}")
             }
@@ -167,9 +175,24 @@ impl std::error::Error for ApiError {
 
 // ---- every mapping of a domain error to HTTP ----
 
+impl ApiError {
+    /// An error only the daemon can act on: a 500, unless the database refuses writes
+    /// for now (a [`Degraded`] anywhere in its chain, wrapped by whichever domain error
+    /// met it): 507 when the disk is full, else 503.
+    pub fn internal(e: impl std::error::Error + Send + Sync + 'static) -> ApiError {
+        let degraded = std::iter::successors(Some(&e as &dyn std::error::Error), |e| e.source())
+            .find_map(|e| e.downcast_ref::<Degraded>());
+        match degraded {
+            Some(d) if d.full => ApiError::InsufficientStorage(d.to_string()),
+            Some(d) => ApiError::Unavailable(d.to_string()),
+            None => ApiError::Internal(Box::new(e)),
+        }
+    }
+}
+
 impl From<StoreError> for ApiError {
     fn from(e: StoreError) -> Self {
-        ApiError::Internal(Box::new(e))
+        ApiError::internal(e)
     }
 }
 
@@ -177,7 +200,7 @@ impl From<StoreError> for ApiError {
 /// retries on its sweep, and the client hears of a 500 with a reference.
 impl From<SpoolError> for ApiError {
     fn from(e: SpoolError) -> Self {
-        ApiError::Internal(Box::new(e))
+        ApiError::internal(e)
     }
 }
 
@@ -185,7 +208,7 @@ impl From<SpoolError> for ApiError {
 /// `body.rs`, which answers 400 itself and never converts through this.
 impl From<serde_json::Error> for ApiError {
     fn from(e: serde_json::Error) -> Self {
-        ApiError::Internal(Box::new(e))
+        ApiError::internal(e)
     }
 }
 
@@ -200,7 +223,7 @@ impl From<AuthError> for ApiError {
                 retry_after,
             },
             A::Forbidden { .. } => ApiError::Forbidden(text),
-            A::Store(_) | A::Hash(_) => ApiError::Internal(Box::new(e)),
+            A::Store(_) | A::Hash(_) => ApiError::internal(e),
         }
     }
 }
@@ -255,7 +278,7 @@ impl From<PairingError> for ApiError {
                 message: text,
                 retry_after,
             },
-            P::Ca(_) | P::Clock(_) | P::Store(_) => ApiError::Internal(Box::new(e)),
+            P::Ca(_) | P::Clock(_) | P::Store(_) => ApiError::internal(e),
         }
     }
 }
@@ -272,7 +295,36 @@ impl From<AdminError> for ApiError {
                 ApiError::Conflict(text)
             }
             A::BadName(_) | A::Invalid(_) => ApiError::BadRequest(text),
-            A::Store(_) => ApiError::Internal(Box::new(e)),
+            A::Store(_) => ApiError::internal(e),
+        }
+    }
+}
+
+impl From<RecycleError> for ApiError {
+    fn from(e: RecycleError) -> Self {
+        use RecycleError as R;
+        let text = Chain(&e).to_string();
+        match e {
+            R::BadName(_) => ApiError::BadRequest(text),
+            R::NotInBin(_) => ApiError::NotFound(text),
+            R::Exists(_) | R::Busy(_) => ApiError::Conflict(text),
+            R::Io { .. } | R::Store(_) => ApiError::Internal(Box::new(e)),
+        }
+    }
+}
+
+impl From<RestoreError> for ApiError {
+    fn from(e: RestoreError) -> Self {
+        use RestoreError as R;
+        let text = Chain(&e).to_string();
+        match e {
+            R::UnknownTarget(_) | R::NotOnTarget(_) | R::Nothing => ApiError::NotFound(text),
+            R::TargetNotPaired { .. } | R::AlreadyRestoring { .. } | R::DrillOpen { .. } => {
+                ApiError::Conflict(text)
+            }
+            R::Invalid(_) => ApiError::BadRequest(text),
+            R::BadListing(_) => ApiError::BadGateway(text),
+            R::Store(_) => ApiError::Internal(Box::new(e)),
         }
     }
 }
@@ -340,7 +392,7 @@ impl From<SourceError> for ApiError {
             | S::Key(_)
             | S::OwnCsr(_)
             | S::Identity(_)
-            | S::Store(_) => ApiError::Internal(Box::new(e)),
+            | S::Store(_) => ApiError::internal(e),
             S::Unreachable { .. } | S::Call { .. } | S::BadAnswer { .. } => {
                 ApiError::BadGateway(text)
             }
@@ -368,7 +420,8 @@ pub fn kb_text(code: u32) -> Option<&'static str> {
         431 => "The request head (request line and headers) is larger than max_head_bytes.",
         500 => "An internal error occurred. The message carries a reference; the daemon's log (journalctl -u replgate) has the details under that reference.",
         502 => "The other appliance could not be reached, or it refused the request. The message carries its answer. Check the address, the port (8443 by default) and that its replgate is running.",
-        503 => "The daemon is overloaded (connection cap reached) or shutting down. Retry shortly.",
+        503 => "The daemon is overloaded (connection cap reached) or shutting down, or its database could not write a moment ago and refuses changes until it tries again (GET /api/health says \"degraded\" and why). Retry shortly.",
+        507 => "The disk holding the daemon's data directory is full: the database refuses every change (logins, decisions, unpairing, replication receipts) until at least 8 MiB are free again, then resumes by itself, with no restart. Reads still work. GET /api/health says \"degraded\" with the reason, and the metric replgate_database_degraded is 1. Free space on that filesystem (journalctl -u replgate names the path).",
         _ => return None,
     })
 }
@@ -382,6 +435,44 @@ mod tests {
     fn status(e: SourceError) -> (u16, ApiError) {
         let api = ApiError::from(e);
         (api.status_and_code().0, api)
+    }
+
+    #[test]
+    fn a_database_that_refuses_writes_is_507_or_503_through_any_wrapper_and_the_rest_500() {
+        let degraded = |full| {
+            StoreError::Unavailable(crate::store::Degraded {
+                full,
+                detail: "No space left on device (os error 28)".into(),
+                since: 1,
+            })
+        };
+        let wrapped = [
+            ApiError::from(degraded(true)),
+            ApiError::from(AuthError::Store(degraded(true))),
+            ApiError::from(PairingError::Store(degraded(true))),
+            ApiError::from(AdminError::Store(degraded(true))),
+            ApiError::from(SpoolError::Store(degraded(true))),
+        ];
+        for api in wrapped {
+            assert_eq!(api.status_and_code(), (507, 507), "{api:?}");
+            let body: serde_json::Value = serde_json::from_str(&api.body("-")).unwrap();
+            assert_eq!(body["result"][0]["kb"], "/api/kb/507");
+            let message = body["result"][0]["message"].as_str().unwrap();
+            assert!(
+                message.contains("disk is full") && message.contains("8 MiB"),
+                "{message}"
+            );
+        }
+        assert!(kb_text(507).is_some());
+        assert_eq!(
+            ApiError::from(AuthError::Store(degraded(false))).status_and_code(),
+            (503, 503)
+        );
+        let other = StoreError::Corrupt {
+            table: "t".into(),
+            detail: "d".into(),
+        };
+        assert_eq!(ApiError::from(other).status_and_code(), (500, 500));
     }
 
     #[test]

@@ -1,9 +1,9 @@
 //! Target-side pairing handlers: the admin endpoints (`/api/replication/...`, systems,
 //! storage) and the appliance protocol (`/replication/v1/...`).
 
-use serde_json::json;
+use serde_json::{json, Value};
 
-use super::body::{parse_id, Body};
+use super::body::{number_value, parse_id, Body};
 use super::error::ApiError;
 use super::{Call, Reply};
 use crate::config::Fault;
@@ -12,7 +12,7 @@ use crate::pairing::error::{PairingError, TokenRefusal};
 use crate::pairing::fields::{NewRequest, MAX_MESSAGE_CHARS};
 use crate::pairing::filing::{self, Caps, FilingRules};
 use crate::pairing::target::{self, Decision, SourceChange};
-use crate::store::RequestStatus;
+use crate::store::{RequestStatus, Retention, MAX_SHARE};
 use crate::wire::protocol::{self, SpoolToken};
 use crate::wire::token::PairingToken;
 
@@ -60,6 +60,7 @@ pub fn file_request(call: &Call) -> Result<Reply, ApiError> {
             network_v4: config.pending_prefix_v4,
             network_v6: config.pending_prefix_v6,
             ttl_seconds: ttl.as_secs() as i64,
+            crowded_ttl_seconds: config.crowded_request_ttl.min(ttl).as_secs() as i64,
             retry_after: config.poll_interval.as_secs(),
         },
         require_token: config.require_token,
@@ -123,6 +124,7 @@ pub fn resolve(call: &Call) -> Result<Reply, ApiError> {
         Decision::Accept {
             storage_id: body.opt_id("storage_id")?,
             quota_mb: body.opt_limit("quota_mb")?,
+            replaces_system_id: body.opt_id("replaces_system_id")?,
         }
     } else {
         Decision::Reject {
@@ -161,19 +163,72 @@ fn sid(call: &Call) -> Result<u64, ApiError> {
     parse_id("sid", v)
 }
 
-/// `PUT /api/replication/source?sid=N {"storage_id"?, "quota_mb"?}`: at least one.
+/// The most backups per client a retention policy may keep by count, and days by age.
+const MAX_KEEP_LAST: u64 = 1_000_000;
+const MAX_KEEP_DAYS: u64 = 36_500;
+
+/// `retention`: absent (no change), `null` or an object without rules (keep all), or
+/// `{"keep_last"?, "keep_days"?}`.
+fn retention_of(body: &Body) -> Result<Option<Option<Retention>>, ApiError> {
+    let Some(v) = body.nullable("retention") else {
+        return Ok(None);
+    };
+    let m = match v {
+        Value::Null => return Ok(Some(None)),
+        Value::Object(m) => m,
+        _ => {
+            return Err(ApiError::BadRequest(
+                "field `retention` must be {\"keep_last\"?, \"keep_days\"?} or null (keep all)"
+                    .into(),
+            ))
+        }
+    };
+    if let Some(other) = m
+        .keys()
+        .find(|k| !["keep_last", "keep_days"].contains(&k.as_str()))
+    {
+        return Err(ApiError::BadRequest(format!(
+            "field `retention.{other}` is not known; a policy has keep_last and keep_days"
+        )));
+    }
+    let rule = |name: &str, max: u64| -> Result<Option<u32>, ApiError> {
+        match m.get(name).filter(|v| !v.is_null()) {
+            None => Ok(None),
+            Some(v) => Ok(Some(
+                number_value(&format!("retention.{name}"), v, 1, max)? as u32
+            )),
+        }
+    };
+    let policy = Retention {
+        keep_last: rule("keep_last", MAX_KEEP_LAST)?,
+        keep_days: rule("keep_days", MAX_KEEP_DAYS)?,
+    };
+    Ok(Some(policy.normalized()))
+}
+
+/// `PUT /api/replication/source?sid=N {"storage_id"?, "quota_mb"?, "retention"?,
+/// "share"?}`: at least one.
 pub fn change_source(call: &Call) -> Result<Reply, ApiError> {
     let system_id = sid(call)?;
     let body = call.json()?;
     let change = SourceChange {
         storage_id: body.opt_id("storage_id")?,
         quota_mb: body.opt_limit("quota_mb")?,
+        retention: retention_of(&body)?,
+        share: body
+            .opt_reset("share", 1, u64::from(MAX_SHARE))?
+            .map(|w| w.map(|w| w as u32)),
     };
-    if change.storage_id.is_none() && change.quota_mb.is_none() {
+    if change.storage_id.is_none()
+        && change.quota_mb.is_none()
+        && change.retention.is_none()
+        && change.share.is_none()
+    {
         return Err(ApiError::BadRequest(
-            "field `storage_id` or `quota_mb` is required".into(),
+            "field `storage_id`, `quota_mb`, `retention` or `share` is required".into(),
         ));
     }
+    let retention_changed = change.retention.is_some();
     let app = call.app;
     let row = target::change_source(
         &app.store,
@@ -183,6 +238,11 @@ pub fn change_source(call: &Call) -> Result<Reply, ApiError> {
         &call.actor(),
         call.now,
     )?;
+    if retention_changed {
+        // Applied within a second by the maintenance job, not in this request: moving
+        // many copies takes time.
+        app.replication.recycler.kick();
+    }
     Ok(Reply::json(
         200,
         super::systems::stored_json(&row, call.now)?,

@@ -12,7 +12,10 @@ use super::{Call, Reply};
 use crate::model::UnixTime;
 use crate::replication::admin::{self, Action, Change, ItemView, ListQuery};
 use crate::replication::live::Incoming;
-use crate::store::{ReceivedRecord, ReplicationConfig, Strategy, ThrottleRecord, ThrottleWindow};
+use crate::store::{
+    ItemStatus, ReceivedRecord, ReplicationConfig, RestoreStatus, Strategy, ThrottleRecord,
+    ThrottleWindow,
+};
 
 /// Items per page unless `count` says otherwise, and the most it may say.
 const DEFAULT_COUNT: u64 = 100;
@@ -43,6 +46,8 @@ struct ItemJson<'a> {
     #[serde(skip_serializing_if = "Option::is_none")]
     eta_s: Option<u64>,
     attempts: u32,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    retry_at: Option<UnixTime>,
     #[serde(skip_serializing_if = "Option::is_none")]
     message: Option<&'a str>,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -76,6 +81,11 @@ fn item_json(v: &ItemView) -> ItemJson<'_> {
         rate_bps: v.progress.as_ref().map(|p| p.rate_bps()),
         eta_s: v.progress.as_ref().and_then(|p| p.eta_s()),
         attempts: i.attempts,
+        // When a backing-off or refused item is tried next; a failed one without it
+        // waits for an admin's reset.
+        retry_at: i
+            .retry_at
+            .filter(|_| matches!(i.status, ItemStatus::Waiting | ItemStatus::Failed)),
         message: i.message.as_deref(),
         sha256: i.sha256.as_deref(),
     }
@@ -133,6 +143,7 @@ fn queue_reply(call: &Call, which: Lists) -> Result<Reply, ApiError> {
     let q = list_query(call)?;
     let shared = &call.app.replication;
     let l = admin::list(&call.app.store, &shared.live, q)?;
+    let restores = restore_lists(call, q.target_id)?;
     let mut out = serde_json::Map::new();
     if which != Lists::Inactive {
         let mut active: Vec<Value> = l
@@ -141,28 +152,74 @@ fn queue_reply(call: &Call, which: Lists) -> Result<Reply, ApiError> {
             .map(|v| serde_json::to_value(item_json(v)))
             .collect::<Result<_, _>>()?;
         active.extend(l.incoming.iter().map(|i| incoming_json(i)));
+        active.extend(restores.active);
         out.insert("active".into(), Value::Array(active));
     }
     if which != Lists::Active {
-        let inactive: Vec<Value> = l
+        let mut inactive: Vec<Value> = l
             .inactive
             .iter()
             .map(|v| serde_json::to_value(item_json(v)))
             .collect::<Result<_, _>>()?;
+        let total = l.total_inactive + restores.inactive.len() as u64;
+        inactive.extend(restores.inactive);
         out.insert("inactive".into(), Value::Array(inactive));
-        out.insert("total_inactive".into(), json!(l.total_inactive));
+        out.insert("total_inactive".into(), json!(total));
         out.insert("start_position".into(), json!(q.start));
     }
     if q.include_done {
-        let done: Vec<Value> = l
+        let mut done: Vec<Value> = l
             .done
             .iter()
             .map(|v| serde_json::to_value(item_json(v)))
             .collect::<Result<_, _>>()?;
+        let total = l.total_done + restores.done.len() as u64;
+        done.extend(restores.done);
         out.insert("done".into(), Value::Array(done));
-        out.insert("total_done".into(), json!(l.total_done));
+        out.insert("total_done".into(), json!(total));
     }
     Ok(Reply::json(200, Value::Object(out)))
+}
+
+/// Restore items (`direction: "restore"`) by list: they follow the replication items of
+/// each list, unpaged (finished ones newest first).
+#[derive(Default)]
+struct RestoreLists {
+    active: Vec<Value>,
+    inactive: Vec<Value>,
+    done: Vec<Value>,
+}
+
+fn restore_lists(call: &Call, target_id: Option<u64>) -> Result<RestoreLists, ApiError> {
+    let book = call.app.store.restores()?;
+    let mut out = RestoreLists::default();
+    if book.items.is_empty() {
+        return Ok(out);
+    }
+    let hosts: std::collections::HashMap<u64, String> = call
+        .app
+        .store
+        .targets()?
+        .into_iter()
+        .map(|t| (t.id, t.host))
+        .collect();
+    let board = &call.app.replication.restores;
+    for i in book.items.iter().rev() {
+        if target_id.is_some_and(|t| t != i.target_id) {
+            continue;
+        }
+        let host = hosts.get(&i.target_id).map(String::as_str).unwrap_or("");
+        let v = super::restore::item_json(i, host, board);
+        match i.status {
+            RestoreStatus::Active => out.active.push(v),
+            RestoreStatus::Waiting | RestoreStatus::Failed => out.inactive.push(v),
+            RestoreStatus::Done => out.done.push(v),
+        }
+    }
+    // Waiting and active ones oldest first, as the queue runs them.
+    out.active.reverse();
+    out.inactive.reverse();
+    Ok(out)
 }
 
 /// `GET /api/replication/queue`.
@@ -457,7 +514,7 @@ pub fn put_throttle(call: &Call) -> Result<Reply, ApiError> {
 }
 
 /// The paired source `sid` names, with its uuid and storage.
-fn source_of(call: &Call) -> Result<(u64, String, crate::config::Storage), ApiError> {
+pub(super) fn source_of(call: &Call) -> Result<(u64, String, crate::config::Storage), ApiError> {
     let sid = parse_id(
         "sid",
         call.query("sid")
@@ -469,7 +526,7 @@ fn source_of(call: &Call) -> Result<(u64, String, crate::config::Storage), ApiEr
         .system(sid)?
         .filter(|r| r.role.is_source())
         .ok_or_else(|| ApiError::NotFound(format!("no replication source with sid {sid}")))?;
-    let uuid = row.system_uuid.clone().unwrap_or_default();
+    let uuid = row.copies_uuid().unwrap_or_default().to_string();
     let storage = row
         .storage_id
         .and_then(|id| call.app.config.storage.iter().find(|s| s.id == id))
@@ -478,7 +535,7 @@ fn source_of(call: &Call) -> Result<(u64, String, crate::config::Storage), ApiEr
     Ok((sid, uuid, storage))
 }
 
-fn received_json(r: &ReceivedRecord) -> Value {
+pub(super) fn received_json(r: &ReceivedRecord) -> Value {
     let mut v = json!({
         "backup": r.backup,
         "client": r.backup.split('/').next().unwrap_or(""),
@@ -497,6 +554,9 @@ fn received_json(r: &ReceivedRecord) -> Value {
     }
     if let Some(n) = r.bytes_received {
         v["bytes_received"] = json!(n);
+    }
+    if r.pinned {
+        v["pinned"] = json!(true);
     }
     v
 }
@@ -524,7 +584,16 @@ pub fn received(call: &Call) -> Result<Reply, ApiError> {
         "sid": sid,
         "received": rows.iter().map(received_json).collect::<Vec<_>>(),
     });
-    if let Some(s) = call.app.replication.verifier.status(sid) {
+    // The verify running or run since the start, else the last one kept.
+    let status = match call.app.replication.verifier.status(sid) {
+        Some(s) => Some(s),
+        None => call
+            .app
+            .store
+            .verify_run(sid)?
+            .map(|r| crate::replication::verify::status_of_run(&r)),
+    };
+    if let Some(s) = status {
         v["verify"] = verify_json(&s);
     }
     Ok(Reply::json(200, v))
@@ -535,18 +604,18 @@ pub fn received(call: &Call) -> Result<Reply, ApiError> {
 pub fn verify(call: &Call) -> Result<Reply, ApiError> {
     let (sid, uuid, storage) = source_of(call)?;
     let copies = admin::received(&call.app.store, &uuid, Some(storage.id))?.len() as u64;
+    let target = crate::replication::verify::VerifyTarget {
+        system_id: sid,
+        uuid,
+        storage_id: storage.id,
+        storage_path: storage.path.clone(),
+        copies,
+    };
     let status = call
         .app
         .replication
         .verifier
-        .request(
-            sid,
-            &uuid,
-            storage.id,
-            storage.path.clone(),
-            copies,
-            call.now,
-        )
+        .request(target, false, call.now)
         .map_err(|e| match e {
             crate::replication::verify::VerifyError::Running => ApiError::Conflict(e.to_string()),
             crate::replication::verify::VerifyError::Stopped => {

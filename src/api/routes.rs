@@ -9,8 +9,8 @@ use super::body::percent_decode;
 use super::error::ApiError;
 use super::systems::LOCAL_SYSTEM_ID;
 use super::{
-    body, ca, console, pairing, pending, replication, source, spool_files, storage, system,
-    systems, tokens, users, App, Call, Handler, Reply,
+    body, ca, console, pairing, pending, recycle, replication, source, spool_files, storage,
+    system, systems, tokens, users, App, Call, Handler, Reply,
 };
 use crate::front::PeerInfo;
 use crate::model::{Privilege, UnixTime};
@@ -251,9 +251,48 @@ pub fn route_table() -> Vec<Route> {
         .names_sid(),
         route(
             "POST",
+            "/api/replication/restore",
+            Token(Manage),
+            super::restore::restore,
+        ),
+        route(
+            "POST",
+            "/api/replication/drill",
+            Token(Manage),
+            super::restore::request_drill,
+        ),
+        route(
+            "GET",
+            "/api/replication/drill",
+            Token(Monitor),
+            super::restore::list_drills,
+        ),
+        route(
+            "POST",
             "/api/replication/verify",
             Token(Manage),
             replication::verify,
+        )
+        .names_sid(),
+        route(
+            "GET",
+            "/api/replication/recycle",
+            Token(Monitor),
+            recycle::list,
+        )
+        .names_sid(),
+        route(
+            "DELETE",
+            "/api/replication/recycle",
+            Token(Administer),
+            recycle::purge,
+        )
+        .names_sid(),
+        route(
+            "POST",
+            "/api/replication/recycle/restore",
+            Token(Manage),
+            recycle::restore,
         )
         .names_sid(),
         // Appliance-to-appliance protocol (no AuthToken).

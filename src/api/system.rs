@@ -1,5 +1,7 @@
 //! Health, the knowledge base and the metrics: the informational endpoints.
 
+use std::collections::BTreeSet;
+
 use serde_json::json;
 
 use super::body::parse_id;
@@ -7,12 +9,19 @@ use super::error::{kb_text, ApiError};
 use super::{App, Call, Reply};
 use crate::metrics::Exposition;
 use crate::model::Role;
-use crate::store::{RequestStatus, TargetStatus};
+use crate::replication::live::Peer;
+use crate::store::{
+    ItemStatus, QueueItem, RequestStatus, SystemRecord, TargetRecord, TargetStatus,
+};
 
 /// `GET /api/health` (no token): up, the version, and a warning for each certificate
-/// (or the CA) that ends within 30 days (`lifecycle::warnings`), and for a CA rollover
-/// in progress (`rollover::warnings`). The warnings name ids and counts only, never host
-/// names: the endpoint is open to anyone who reaches the listener.
+/// (or the CA) that ends within 30 days (`lifecycle::warnings`), for a CA rollover in
+/// progress (`rollover::warnings`), and on a target while a verify's damaged copies wait to
+/// be fetched again, and one when no restore drill passed within `drill_warn_days`
+/// (`replication::drill::warning`). The warnings name ids and counts only, never host names: the endpoint
+/// is open to anyone who reaches the listener.
+/// `status` is `degraded`, with the `reason` and since when, while the database refuses
+/// writes (a full disk); still 200: the daemon serves, and reads work.
 pub fn health(call: &Call) -> Result<Reply, ApiError> {
     let certs = call.app.certificates()?;
     let mut warnings = crate::lifecycle::warnings(&certs, call.now);
@@ -20,10 +29,64 @@ pub fn health(call: &Call) -> Result<Reply, ApiError> {
         &rollover_status(call.app, call.now)?,
         call.now,
     ));
-    Ok(Reply::json(
-        200,
-        json!({ "status": "ok", "version": env!("CARGO_PKG_VERSION"), "warnings": warnings }),
-    ))
+    warnings.extend(damage_warning(call.app)?);
+    let paired_since = call
+        .app
+        .store
+        .targets()?
+        .iter()
+        .filter(|t| t.status == TargetStatus::Complete)
+        .map(|t| t.updated)
+        .min();
+    let drills = call.app.store.drills()?;
+    warnings.extend(crate::replication::drill::warning(
+        &drills.drills,
+        paired_since,
+        call.app.config.drill_warn_days,
+        call.now,
+    ));
+    let version = env!("CARGO_PKG_VERSION");
+    let body = match call.app.store.degraded() {
+        None => json!({ "status": "ok", "version": version, "warnings": warnings }),
+        Some(d) => json!({
+            "status": "degraded",
+            "reason": d.to_string(),
+            "since": d.since,
+            "version": version,
+            "warnings": warnings,
+        }),
+    };
+    Ok(Reply::json(200, body))
+}
+
+/// Most damaged copies looked at for the health warning's system ids.
+const DAMAGED_SCANNED: usize = 10_000;
+
+/// The health warning for copies a verify found damaged and no new copy replaced yet.
+fn damage_warning(app: &App) -> Result<Option<String>, ApiError> {
+    let count = app.store.damaged_count()?;
+    if count == 0 {
+        return Ok(None);
+    }
+    let damaged = app.store.damaged(None, DAMAGED_SCANNED)?;
+    let systems = app.store.systems()?;
+    let mut ids: Vec<u64> = damaged
+        .iter()
+        .filter_map(|(uuid, _, _)| {
+            systems
+                .iter()
+                .find(|s| s.system_uuid.as_deref() == Some(uuid.as_str()))
+                .map(|s| s.id)
+        })
+        .collect();
+    ids.sort_unstable();
+    ids.dedup();
+    let ids: Vec<String> = ids.iter().map(u64::to_string).collect();
+    Ok(Some(format!(
+        "{count} received copies found damaged by verify (systems {}); each is fetched \
+         again from its source at the next session",
+        ids.join(", ")
+    )))
 }
 
 /// `GET /api/metrics`: the Prometheus text exposition of the process's metrics and of
@@ -121,6 +184,7 @@ fn state(app: &App, out: &mut Exposition) -> Result<(), ApiError> {
         "status",
         &counted,
     );
+    last_drill(app, out)?;
     let systems = app.store.systems()?;
     let counted = [Role::Managed, Role::Source, Role::NonManagedSource].map(|role| {
         let n = systems.iter().filter(|s| s.role == role).count();
@@ -195,6 +259,158 @@ fn state(app: &App, out: &mut Exposition) -> Result<(), ApiError> {
         &[],
         crate::lifecycle::warnings(&certs, crate::model::now()).len() as f64,
     );
+    verify_state(app, out)?;
+    sending(app, out, &targets)?;
+    receiving(app, out, &systems);
+    process(app, out);
+    Ok(())
+}
+
+/// Source side of replication (SPEC 15), per target (every one this appliance asked, zero
+/// or not): its queue's open items and their bytes by state, its sessions, the bytes and
+/// files sent, attempts that did not end done by how they ended, the rate now.
+fn sending(app: &App, out: &mut Exposition, targets: &[TargetRecord]) -> Result<(), ApiError> {
+    let live = &app.replication.live;
+    let peers = live.peers();
+    let items = app.store.open_items(None)?;
+    for t in targets {
+        let target = [("target", t.host.as_str())];
+        let mine: Vec<&QueueItem> = items.iter().filter(|i| i.target_id == t.id).collect();
+        for status in [ItemStatus::Waiting, ItemStatus::Active, ItemStatus::Failed] {
+            let of = mine.iter().filter(|i| i.status == status);
+            let labels = [("target", t.host.as_str()), ("status", status.as_str())];
+            out.gauge(
+                "replgate_replication_queue_items",
+                "Open items of a target's queue (source side), by status.",
+                &labels,
+                of.clone().count() as f64,
+            );
+            out.gauge(
+                "replgate_replication_queue_bytes",
+                "Bytes of the open items of a target's queue (source side), by status.",
+                &labels,
+                of.map(|i| i.size as f64).sum(),
+            );
+        }
+        let stats = peers.get(&Peer::Target(t.id)).cloned().unwrap_or_default();
+        out.gauge(
+            "replgate_replication_send_sessions",
+            "Transfer sessions open now to a target.",
+            &target,
+            stats.sessions as f64,
+        );
+        out.counter(
+            "replgate_replication_sent_bytes_total",
+            "Backup content bytes put on the wire to a target.",
+            &target,
+            stats.bytes as f64,
+        );
+        out.counter(
+            "replgate_replication_sent_files_total",
+            "Backups a target verified and committed.",
+            &target,
+            stats.files as f64,
+        );
+        out.counter(
+            "replgate_replication_skipped_files_total",
+            "Backups not sent because the target already held them with the same SHA-256.",
+            &target,
+            stats.skipped as f64,
+        );
+        for reason in ["refused", "failed", "interrupted"] {
+            out.counter(
+                "replgate_replication_send_failures_total",
+                "Attempts to send a backup to a target that did not end done, by how they ended.",
+                &[("target", t.host.as_str()), ("reason", reason)],
+                stats.failures.get(reason).copied().unwrap_or(0) as f64,
+            );
+        }
+        let rate: u64 = mine
+            .iter()
+            .filter_map(|i| live.progress_of(i.id))
+            .map(|p| p.rate_bps())
+            .sum();
+        out.gauge(
+            "replgate_replication_send_rate_bytes_per_second",
+            "Bytes per second going to a target now (the last few seconds).",
+            &target,
+            rate as f64,
+        );
+    }
+    Ok(())
+}
+
+/// Target side of replication (SPEC 15), per source (every paired source, and any other
+/// that sent since start, by system id): its sessions, the bytes and files received, the
+/// offers and files that did not end committed by the target's code (a series appears
+/// with its first failure), the rate now.
+fn receiving(app: &App, out: &mut Exposition, systems: &[SystemRecord]) {
+    let live = &app.replication.live;
+    let peers = live.peers();
+    let rates = live.receive_rates();
+    let mut sources: BTreeSet<u64> = systems
+        .iter()
+        .filter(|s| s.role.is_source())
+        .map(|s| s.id)
+        .collect();
+    sources.extend(peers.keys().filter_map(|p| match p {
+        Peer::Source(id) => Some(*id),
+        Peer::Target(_) => None,
+    }));
+    for id in sources {
+        let system = id.to_string();
+        let labels = [("system", system.as_str())];
+        let stats = peers.get(&Peer::Source(id)).cloned().unwrap_or_default();
+        out.gauge(
+            "replgate_replication_receive_sessions",
+            "Transfer sessions open now from a source.",
+            &labels,
+            stats.sessions as f64,
+        );
+        out.counter(
+            "replgate_replication_received_bytes_total",
+            "Backup content bytes received from a source.",
+            &labels,
+            stats.bytes as f64,
+        );
+        out.counter(
+            "replgate_replication_received_files_total",
+            "Backups received from a source, verified and committed.",
+            &labels,
+            stats.files as f64,
+        );
+        for (reason, n) in &stats.failures {
+            out.counter(
+                "replgate_replication_receive_failures_total",
+                "Offers refused and files failed from a source, by the code it was told.",
+                &[("system", system.as_str()), ("reason", reason)],
+                *n as f64,
+            );
+        }
+        out.gauge(
+            "replgate_replication_receive_rate_bytes_per_second",
+            "Bytes per second arriving from a source now (the last few seconds).",
+            &labels,
+            rates.get(&id).copied().unwrap_or(0) as f64,
+        );
+    }
+}
+
+/// The process: its database's state, version and start.
+fn process(app: &App, out: &mut Exposition) {
+    let degraded = app.store.degraded().is_some();
+    out.gauge(
+        "replgate_database_degraded",
+        "1 while the database refuses writes after a failed one (a full disk), else 0.",
+        &[],
+        if degraded { 1.0 } else { 0.0 },
+    );
+    out.counter(
+        "replgate_database_failures_total",
+        "Times a database write failed (a full disk, an I/O error) and writes were refused for a while.",
+        &[],
+        app.store.failures() as f64,
+    );
     out.gauge(
         "replgate_build_info",
         "The running version and commit (always 1).",
@@ -210,6 +426,26 @@ fn state(app: &App, out: &mut Exposition) -> Result<(), ApiError> {
         &[],
         app.started as f64,
     );
+}
+
+/// What the target's verifies found: damaged copies now, each source's last verify.
+fn verify_state(app: &App, out: &mut Exposition) -> Result<(), ApiError> {
+    out.gauge(
+        "replgate_damaged_copies",
+        "Received copies a verify found damaged or missing that no new copy replaced yet.",
+        &[],
+        app.store.damaged_count()? as f64,
+    );
+    for (sid, run) in app.store.verify_runs()? {
+        if let (Some(finished), false) = (run.finished, run.stopped) {
+            out.gauge(
+                "replgate_last_verify_timestamp_seconds",
+                "When the last complete verify of a source's copies ended (unix time).",
+                &[("system", &sid.to_string())],
+                finished as f64,
+            );
+        }
+    }
     Ok(())
 }
 
@@ -224,6 +460,18 @@ fn gauges(
     for (value, n) in counted {
         out.gauge(name, help, &[(label, value)], *n as f64);
     }
+}
+
+/// `replgate_last_drill_success_timestamp`: the last restore drill that passed (0: none).
+fn last_drill(app: &App, out: &mut Exposition) -> Result<(), ApiError> {
+    let drills = app.store.drills()?;
+    out.gauge(
+        "replgate_last_drill_success_timestamp",
+        "Unix time of the last restore drill that passed (0: none yet).",
+        &[],
+        crate::replication::drill::last_success(&drills.drills).unwrap_or(0) as f64,
+    );
+    Ok(())
 }
 
 /// `POST /api/metrics/token`: a scraper token for the caller, capped to `monitor` and

@@ -10,7 +10,7 @@ use super::storage;
 use super::{Call, ListWriter, Reply};
 use crate::model::{Role, UnixTime};
 use crate::pairing::target;
-use crate::store::{RequestSummary, SystemRecord, TargetStatus};
+use crate::store::{RequestSummary, Retention, SystemRecord, TargetStatus};
 
 /// The id of the local appliance's row in `GET /api/systems`, and the one `sid` value
 /// besides none that an `/api` read accepts.
@@ -45,6 +45,12 @@ struct Row<'a> {
     /// A source's quota in MB, when one is set.
     #[serde(skip_serializing_if = "Option::is_none")]
     quota_mb: Option<u64>,
+    /// A source's retention policy on this target, when one is set (SPEC 20).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    retention: Option<Retention>,
+    /// A source's weight in the sharing of receiving sessions (1 unless set).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    share: Option<u32>,
     #[serde(skip_serializing_if = "Option::is_none")]
     certificate_expires: Option<UnixTime>,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -114,6 +120,8 @@ fn stored<'a>(s: &'a SystemRecord, now: UnixTime) -> Row<'a> {
         updated: s.updated,
         storage_id: s.storage_id,
         quota_mb: s.quota_mb,
+        retention: s.retention,
+        share: source.then(|| s.share()),
         certificate_expires: s.certificate_expires,
         last_seen: s.last_seen,
         is_pending: None,
@@ -144,6 +152,8 @@ fn pending<'a>(r: &'a RequestSummary<'_>) -> Row<'a> {
         updated: r.resolved_at.unwrap_or(r.created),
         storage_id: None,
         quota_mb: None,
+        retention: None,
+        share: None,
         certificate_expires: None,
         last_seen: None,
         is_pending: Some(true),
@@ -192,6 +202,8 @@ pub fn list(call: &Call) -> Result<Reply, ApiError> {
         updated: app.started,
         storage_id: None,
         quota_mb: None,
+        retention: None,
+        share: None,
         certificate_expires: None,
         last_seen: None,
         is_pending: None,

@@ -266,6 +266,20 @@ pub(super) const KEYS: &[Key] = &[
         1..=604_800,
         "source poll period after completion (learns of revocation)",
     ),
+    Key::seconds(
+        "drill_interval",
+        0,
+        0..=31_536_000,
+        "how often each complete target gets a scheduled restore drill (a random sample \
+         restored into a scratch directory and checked by SHA-256); 0 is never",
+    ),
+    Key::days(
+        "drill_warn_days",
+        0,
+        0..=3_650,
+        "a health warning when no restore drill passed in this many days while paired with a \
+         target; 0 is never",
+    ),
     Key::number(
         "max_connections",
         MAX_CONNECTIONS as u64,
@@ -283,6 +297,15 @@ pub(super) const KEYS: &[Key] = &[
         "connections one client address may hold open per listener (an IPv4 address, or an IPv6 \
          /64); past it that address gets a quick 503 while others are served; at most \
          `max_connections`",
+    ),
+    Key::number(
+        "max_receive_sessions",
+        MAX_RECEIVE_SESSIONS as u64,
+        1..=4_096,
+        "replication sessions this appliance receives at once, from all its sources; each \
+         source may hold its weighted share of them (`share`), and while a source waits with \
+         none, sessions that ran 5 s end at their next file so it gets a turn: \
+         docs/operations.md, \"Sharing the receiving sessions\"",
     ),
     Key::text(
         "log",
@@ -407,6 +430,15 @@ pub(super) const KEYS: &[Key] = &[
              and `request_ttl`; targets that pair through tokens set it short (for example \
              `3600`) so junk from strangers clears itself soon",
     ),
+    Key::seconds(
+        "crowded_request_ttl",
+        3_600,
+        60..=31_536_000,
+        "a pending request filed without a pairing token while the inbox is at least half full \
+         (`max_pending`), from a network that already has open requests, expires after the \
+         shorter of this and the other TTLs (1 hour), so a flood clears itself; see \
+         docs/operations.md, \"The pairing inbox under a flood\"",
+    ),
     Key::flag(
         "require_token",
         false,
@@ -463,6 +495,45 @@ pub(super) const KEYS: &[Key] = &[
              \"Replication\") this appliance replicates to its complete targets; it must name a \
              configured storage",
     ),
+    Key::days(
+        "recycle_days",
+        14,
+        1..=3_650,
+        "how long a backup that a source's retention policy removed stays in its recycle bin \
+         (outside its quota, restorable) before it is purged; counted from its removal, with \
+         the value in force at the time of the purge",
+    ),
+    Key::seconds(
+        "verify_interval",
+        604_800,
+        0..=31_536_000,
+        "how often every source's received copies are re-read and checked against their \
+         SHA-256 (7 days); a damaged copy is fetched again from the source at its next \
+         session. `0` turns the schedule off (`POST /api/replication/verify` still runs one)",
+    ),
+    Key::seconds(
+        "partial_retention",
+        604_800,
+        10..=315_360_000,
+        "a partial copy of a cut transfer that no session resumed for this long is removed (7 \
+         days, at least 10); until then it counts against its source's quota",
+    ),
+    Key::text(
+        "compression",
+        "auto",
+        compression,
+        "compression of replicated content (SPEC 17): `auto` lets the sender pick the zstd level \
+         or none every few seconds from whether the link or its CPU limits it; `off`; or \
+         `zstd:<level>` (1 to 3) always. Used only with targets that agreed to `zstd`",
+    ),
+    Key::text(
+        "tunnel_congestion",
+        "bbr",
+        congestion_name,
+        "TCP congestion control of tunnel connections, both ends (SPEC 17): `bbr`, `system` (the \
+         kernel's default, `net.ipv4.tcp_congestion_control`) or another name the kernel knows. \
+         One the kernel refuses falls back to the system's default with one warning",
+    ),
     Key::choice(
         "dedup",
         "auto",
@@ -511,6 +582,23 @@ fn not_empty(s: &str) -> Result<(), String> {
         return Err("must not be empty".into());
     }
     Ok(())
+}
+
+fn compression(s: &str) -> Result<(), String> {
+    crate::wire::compress::Compression::parse(s).map(|_| ())
+}
+
+fn congestion_name(s: &str) -> Result<(), String> {
+    let ok = (1..16).contains(&s.len())
+        && s.bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_');
+    if ok {
+        Ok(())
+    } else {
+        Err(format!(
+            "{s:?} is not `system` or a congestion control name (1 to 15 of a-z, 0-9, _)"
+        ))
+    }
 }
 
 fn printable_name(s: &str) -> Result<(), String> {

@@ -20,6 +20,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use crate::model::Secret;
+use crate::wire::compress::Compression;
 use keys::Kind;
 use values::{toml_value, Given, Values};
 
@@ -38,6 +39,8 @@ pub mod defaults {
     pub const MAX_CONNECTIONS: usize = 256;
     /// `max_connections_per_address`.
     pub const MAX_CONNECTIONS_PER_ADDRESS: usize = 32;
+    /// `max_receive_sessions`.
+    pub const MAX_RECEIVE_SESSIONS: usize = 64;
     /// `handshake_timeout`.
     pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
     /// `idle_timeout`.
@@ -150,11 +153,18 @@ pub struct Config {
     pub poll_interval: Duration,
     /// `heartbeat_interval` (s): source poll period after completion.
     pub heartbeat_interval: Duration,
+    /// `drill_interval` (s): scheduled restore drills per target; 0 is never.
+    pub drill_interval: Duration,
+    /// `drill_warn_days`: health warning after this many days without a passed drill; 0
+    /// is never.
+    pub drill_warn_days: u64,
     /// `max_connections`: connection cap per listener (API and tunnel).
     pub max_connections: usize,
     /// `max_connections_per_address`: connections one client address (IPv4 address or IPv6 /64)
     /// may hold open per listener; capped by `max_connections`.
     pub max_connections_per_address: usize,
+    /// `max_receive_sessions`: replication sessions received at once, from all sources.
+    pub max_receive_sessions: usize,
     /// `log`: log filter; `RUST_LOG` wins when set.
     pub log: String,
     /// `handshake_timeout` (s): a TLS handshake must finish within it.
@@ -198,6 +208,10 @@ pub struct Config {
     /// `unverified_request_ttl` (s): a pending request filed without a pairing token expires
     /// after the shorter of it and `request_ttl`.
     pub unverified_request_ttl: Duration,
+    /// `crowded_request_ttl` (s): a pending request filed without a token while the inbox
+    /// is at least half full, from a network that already has open requests, expires after
+    /// the shorter of it and the other TTLs.
+    pub crowded_request_ttl: Duration,
     /// `require_token`: refuse every pairing request filed without a valid pairing token.
     pub require_token: bool,
     /// `certificate_days` (or `certificate_seconds`, which wins, at least 60): lifetime of
@@ -219,6 +233,17 @@ pub struct Config {
     /// `replicate_from`: the id of the storage whose backups this appliance replicates to its
     /// targets.
     pub replicate_from: Option<u64>,
+    /// `recycle_days`: how long a backup retention removed stays in the recycle bin.
+    pub recycle_days: u64,
+    /// `verify_interval` (s): how often every source's copies are verified; zero: never
+    /// on a schedule.
+    pub verify_interval: Duration,
+    /// `partial_retention` (s): a partial copy no session resumed for this long is removed.
+    pub partial_retention: Duration,
+    /// `compression`: of replicated content (`auto`, `off`, `zstd:<level>`).
+    pub compression: Compression,
+    /// `tunnel_congestion`: TCP congestion control of tunnel sockets (`system`: leave it).
+    pub tunnel_congestion: String,
     /// `dedup`: send and accept chunk lists (`auto`), or whole files only (`off`).
     pub dedup: bool,
     /// `dedup_scope = "target"`: a source's new backup may take chunks from every source's
@@ -365,8 +390,11 @@ impl Config {
             asset_tag: v.text("asset_tag")?,
             poll_interval: v.seconds("poll_interval")?,
             heartbeat_interval: v.seconds("heartbeat_interval")?,
+            drill_interval: v.seconds("drill_interval")?,
+            drill_warn_days: v.number("drill_warn_days")?,
             max_connections: v.count("max_connections")?,
             max_connections_per_address: v.count("max_connections_per_address")?,
+            max_receive_sessions: v.count("max_receive_sessions")?,
             log: v.text("log")?,
             handshake_timeout: v.seconds("handshake_timeout")?,
             idle_timeout: v.seconds("idle_timeout")?,
@@ -385,6 +413,7 @@ impl Config {
             pending_prefix_v4: v.count("pending_prefix_v4")?,
             pending_prefix_v6: v.count("pending_prefix_v6")?,
             unverified_request_ttl: v.seconds("unverified_request_ttl")?,
+            crowded_request_ttl: v.seconds("crowded_request_ttl")?,
             require_token: v.flag("require_token")?,
             client_cert_lifetime,
             server_cert_lifetime: v.seconds("server_certificate_seconds")?,
@@ -393,6 +422,12 @@ impl Config {
             workers: v.count("workers")?,
             storage,
             replicate_from,
+            recycle_days: v.number("recycle_days")?,
+            verify_interval: v.seconds("verify_interval")?,
+            partial_retention: v.seconds("partial_retention")?,
+            compression: Compression::parse(&v.text("compression")?)
+                .map_err(|e| bad("compression", e))?,
+            tunnel_congestion: v.text("tunnel_congestion")?,
             dedup: v.text("dedup")? == "auto",
             dedup_across_sources: v.text("dedup_scope")? == "target",
             fault: Fault::from_word(&fault).ok_or_else(|| bad("fault", "internal: unchecked"))?,

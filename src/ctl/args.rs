@@ -74,6 +74,8 @@ pub enum CtlCommand {
     Accept {
         request_id: u64,
         storage_id: Option<u64>,
+        /// `--replaces SID`: a replacement appliance takes over that lost source.
+        replaces: Option<u64>,
     },
     Reject {
         request_id: u64,
@@ -93,6 +95,11 @@ pub enum CtlCommand {
     },
     Unpair {
         system_id: u64,
+    },
+    /// `share SID WEIGHT|default`: None sets the default weight back.
+    Share {
+        system_id: u64,
+        share: Option<u64>,
     },
     Systems,
     Storage,
@@ -114,6 +121,21 @@ pub enum CtlCommand {
     QueueAdd {
         target_id: u64,
         backup: String,
+    },
+    /// `drill TARGET_ID [--bytes N]`.
+    Drill {
+        target_id: u64,
+        bytes: Option<u64>,
+    },
+    Drills,
+    /// `restore TARGET_ID (CLIENT/FILE... | --client NAME... | --all)`.
+    Restore {
+        target_id: u64,
+        backups: Vec<String>,
+        clients: Vec<String>,
+        all: bool,
+        storage_id: Option<u64>,
+        overwrite: bool,
     },
     /// `queue remove|reset`: items by id, and every open item of the clients.
     QueueChange {
@@ -138,6 +160,24 @@ pub enum CtlCommand {
     },
     Verify {
         system_id: u64,
+    },
+    /// Shows source SID's retention policy (`policy: None`), or sets it: `Some(None)`
+    /// keeps every backup.
+    Retention {
+        system_id: u64,
+        policy: Option<Option<RetentionRules>>,
+    },
+    Recycle {
+        system_id: u64,
+    },
+    RecycleRestore {
+        system_id: u64,
+        backup: String,
+    },
+    /// `backup: None` purges the whole bin (`--all`).
+    RecyclePurge {
+        system_id: u64,
+        backup: Option<String>,
     },
     Users,
     UserAdd {
@@ -437,6 +477,13 @@ pub(super) fn duration(what: &str, s: &str) -> Result<u64, UsageError> {
                 "{what} must be a duration such as 3600, 90m, 12h or 7d, not {s:?}"
             ))
         })
+}
+
+/// A retention policy as `retention` sets it: at least one rule.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct RetentionRules {
+    pub keep_last: Option<u64>,
+    pub keep_days: Option<u64>,
 }
 
 /// One `--window PCT:DAYS:START-END`: 10 % of the link on weekdays 1 to 5 from 8 to 18

@@ -74,8 +74,13 @@ pub struct Answer {
 
 /// How `accept`/`reject` resolve a request.
 pub enum Resolution<'a> {
-    Accept { storage_id: Option<u64> },
-    Reject { message: &'a str },
+    Accept {
+        storage_id: Option<u64>,
+        replaces: Option<u64>,
+    },
+    Reject {
+        message: &'a str,
+    },
 }
 
 /// The one client for the daemon's admin API, built once per invocation.
@@ -160,10 +165,16 @@ impl Client {
         resolution: Resolution,
     ) -> Result<Answer, CtlError> {
         let body = match resolution {
-            Resolution::Accept { storage_id } => {
+            Resolution::Accept {
+                storage_id,
+                replaces,
+            } => {
                 let mut body = json!({ "request_id": request_id, "accept": true });
                 if let Some(s) = storage_id {
                     body["storage_id"] = json!(s);
+                }
+                if let Some(r) = replaces {
+                    body["replaces_system_id"] = json!(r);
                 }
                 body
             }
@@ -241,6 +252,22 @@ impl Client {
     pub fn unpair(&self, token: &Secret<String>, system_id: u64) -> Result<Answer, CtlError> {
         let path = format!("/api/replication/source?sid={system_id}");
         self.call(Method::Delete, &path, Some(token), None)
+    }
+
+    /// `PUT /api/replication/source?sid= {"share"}` (null: the default weight).
+    pub fn set_share(
+        &self,
+        token: &Secret<String>,
+        system_id: u64,
+        share: Option<u64>,
+    ) -> Result<Answer, CtlError> {
+        let path = format!("/api/replication/source?sid={system_id}");
+        self.call(
+            Method::Put,
+            &path,
+            Some(token),
+            Some(&json!({ "share": share })),
+        )
     }
 
     pub fn systems(&self, token: &Secret<String>) -> Result<Answer, CtlError> {
@@ -374,9 +401,73 @@ impl Client {
         self.call(Method::Get, &path, Some(token), None)
     }
 
+    pub fn restore(&self, token: &Secret<String>, body: &Value) -> Result<Answer, CtlError> {
+        self.call(
+            Method::Post,
+            "/api/replication/restore",
+            Some(token),
+            Some(body),
+        )
+    }
+
+    pub fn drill(&self, token: &Secret<String>, body: &Value) -> Result<Answer, CtlError> {
+        self.call(
+            Method::Post,
+            "/api/replication/drill",
+            Some(token),
+            Some(body),
+        )
+    }
+
+    pub fn drills(&self, token: &Secret<String>) -> Result<Answer, CtlError> {
+        self.call(Method::Get, "/api/replication/drill", Some(token), None)
+    }
+
     pub fn verify(&self, token: &Secret<String>, system_id: u64) -> Result<Answer, CtlError> {
         let path = format!("/api/replication/verify?sid={system_id}");
         self.call(Method::Post, &path, Some(token), Some(&json!({})))
+    }
+
+    /// Sets source `system_id`'s retention policy (`Value::Null`: keep all).
+    pub fn set_retention(
+        &self,
+        token: &Secret<String>,
+        system_id: u64,
+        policy: &Value,
+    ) -> Result<Answer, CtlError> {
+        let path = format!("/api/replication/source?sid={system_id}");
+        let body = json!({ "retention": policy });
+        self.call(Method::Put, &path, Some(token), Some(&body))
+    }
+
+    pub fn recycle(&self, token: &Secret<String>, system_id: u64) -> Result<Answer, CtlError> {
+        let path = format!("/api/replication/recycle?sid={system_id}");
+        self.call(Method::Get, &path, Some(token), None)
+    }
+
+    pub fn recycle_restore(
+        &self,
+        token: &Secret<String>,
+        system_id: u64,
+        backup: &str,
+    ) -> Result<Answer, CtlError> {
+        let path = format!("/api/replication/recycle/restore?sid={system_id}");
+        let body = json!({ "backup": backup });
+        self.call(Method::Post, &path, Some(token), Some(&body))
+    }
+
+    /// Purges one backup from source `system_id`'s bin, or (`None`) all of it.
+    pub fn recycle_purge(
+        &self,
+        token: &Secret<String>,
+        system_id: u64,
+        backup: Option<&str>,
+    ) -> Result<Answer, CtlError> {
+        let mut path = format!("/api/replication/recycle?sid={system_id}");
+        if let Some(b) = backup {
+            path.push_str(&format!("&backup={}", segment(b)));
+        }
+        self.call(Method::Delete, &path, Some(token), None)
     }
 
     pub fn targets(&self, token: &Secret<String>) -> Result<Answer, CtlError> {

@@ -390,6 +390,28 @@ pub fn received_table(v: &Value) -> String {
     text
 }
 
+pub fn recycle_table(v: &Value) -> String {
+    use Col::*;
+    let mut text = listing(
+        rows(v, "recycle"),
+        "the recycle bin is empty",
+        &[
+            Text("BACKUP", "backup"),
+            Text("SIZE", "size"),
+            Time("REMOVED", "removed"),
+            Time("PURGE AFTER", "purge_after"),
+            Text("SHA256", "sha256"),
+            Text("DAMAGED", "damaged"),
+        ],
+    );
+    text.push_str(&format!(
+        "{} bytes in the bin (outside the quota), each kept {} days\n",
+        cell(&v["bytes"]),
+        cell(&v["recycle_days"])
+    ));
+    text
+}
+
 pub fn users_table(v: &Value) -> String {
     use Col::*;
     let cols = [

@@ -59,11 +59,22 @@ pub(super) fn open(config: &Config, prepared: &Prepared) -> Result<Sockets, Daem
         .ok_or_else(|| DaemonError::Backend("the listener has no ip address".into()))?;
 
     let (api_limits, tunnel_limits) = listener_limits(config);
+    let tunnel = bind(config.tunnel_listen, "tunnel_listen")?;
+    // Set on the listener, the congestion control is every accepted connection's.
+    let cc = listener::sys::apply_congestion(&tunnel, &config.tunnel_congestion, "the tunnel");
+    let cc = cc.as_deref().unwrap_or("unknown");
+    log::info!("tunnel connections use TCP congestion control {cc}");
+    crate::metrics::gauge(
+        "replgate_tunnel_congestion",
+        "1, labelled with the TCP congestion control of the connections the tunnel accepts.",
+        &[("algorithm", cc)],
+    )
+    .set(1.0);
     Ok(Sockets {
         api_tls,
         tunnel_tls,
         api: bind(config.api_listen, "api_listen")?,
-        tunnel: bind(config.tunnel_listen, "tunnel_listen")?,
+        tunnel,
         api_limits,
         tunnel_limits,
         backend: Arc::new(backend),
@@ -113,6 +124,7 @@ pub(super) fn serve(
                     } else {
                         replication::receiver::Scope::Source
                     }),
+                    renewals: Default::default(),
                 },
                 routes: tunnel::routes::table(),
                 limits: sockets.tunnel_limits,

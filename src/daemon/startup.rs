@@ -214,10 +214,26 @@ pub(super) fn prepare_replication(
             })
         }
     }
-    let shared = replication::Shared::load(store).map_err(|source| DaemonError::Store {
-        action: "load the replication settings",
-        source,
-    })?;
+    match replication::recycle::repair(store, &config.storage, model::now()) {
+        Ok(r) if r != Default::default() => log::warn!(
+            "recycle bins repaired at start: {} interrupted moves finished, {} undone, {} rows of lost copies dropped, {} stray files removed",
+            r.finished, r.undone, r.lost, r.swept
+        ),
+        Ok(_) => {}
+        Err(source) => {
+            return Err(DaemonError::Store {
+                action: "repair the recycle bins",
+                source,
+            })
+        }
+    }
+    let shared =
+        replication::Shared::load(store, config.max_receive_sessions).map_err(|source| {
+            DaemonError::Store {
+                action: "load the replication settings",
+                source,
+            }
+        })?;
     Ok(Arc::new(shared))
 }
 

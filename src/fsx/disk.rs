@@ -2,13 +2,17 @@
 //! trait, so that the power-loss test (`fsx/power_loss.rs`) runs the very same sequences
 //! over a recording model that keeps only what was made durable. Production uses
 //! [`Real`]: std::fs and the same flags as ever, nothing else (unit tests may make its
-//! directory fsyncs fail, `fsx/faults.rs`; that code is not compiled into the daemon).
+//! directory fsyncs fail, `fsx/faults.rs`, and record what it did, `fsx/trace.rs`, so the
+//! model can replay a whole receiving session; that code is not compiled into the daemon).
 
 use std::ffi::OsString;
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, Seek, Write};
-use std::os::unix::fs::OpenOptionsExt;
+use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
 use std::path::Path;
+
+#[cfg(test)]
+use super::trace::{self, Op};
 
 /// File operations in the order fsx issues them (public only so that `PartialFile` can
 /// name it: the module is private to fsx, so nothing else can reach or implement it).
@@ -35,6 +39,9 @@ pub trait Disk {
     fn files_in(&self, dir: &Path) -> io::Result<Vec<OsString>>;
     /// fsync of a directory: renames, links and removals in it are durable.
     fn sync_dir(&self, dir: &Path) -> io::Result<()>;
+    /// Creates the directory `path` (mode 0700); its name is durable once its parent
+    /// was fsynced.
+    fn create_dir(&self, path: &Path) -> io::Result<()>;
 }
 
 /// The real filesystem.
@@ -45,12 +52,15 @@ impl Disk for Real {
     type File = File;
 
     fn create_new(&self, path: &Path) -> io::Result<File> {
-        OpenOptions::new()
+        let file = OpenOptions::new()
             .write(true)
             .create_new(true)
             .mode(0o600)
             .custom_flags(libc::O_NOFOLLOW)
-            .open(path)
+            .open(path)?;
+        #[cfg(test)]
+        trace::opened(path, &file, |path, ino| Op::CreateNew { path, ino });
+        Ok(file)
     }
 
     fn open_partial(&self, path: &Path) -> io::Result<(File, u64)> {
@@ -69,36 +79,70 @@ impl Disk for Real {
                 "partial copy is not a regular file",
             ));
         }
+        #[cfg(test)]
+        trace::opened(path, &file, |path, ino| Op::OpenPartial { path, ino });
         Ok((file, meta.len()))
     }
 
     fn write_all(&self, file: &mut File, bytes: &[u8]) -> io::Result<()> {
-        file.write_all(bytes)
+        file.write_all(bytes)?;
+        #[cfg(test)]
+        trace::file_op(file, |ino| Op::Write {
+            ino,
+            bytes: bytes.to_vec(),
+        });
+        Ok(())
     }
 
     fn truncate(&self, file: &mut File, len: u64) -> io::Result<()> {
         file.set_len(len)?;
-        file.seek(io::SeekFrom::Start(len)).map(|_| ())
+        file.seek(io::SeekFrom::Start(len))?;
+        #[cfg(test)]
+        trace::file_op(file, |ino| Op::Truncate { ino, len });
+        Ok(())
     }
 
     fn sync_all(&self, file: &File) -> io::Result<()> {
-        file.sync_all()
+        file.sync_all()?;
+        #[cfg(test)]
+        trace::file_op(file, |ino| Op::SyncAll { ino });
+        Ok(())
     }
 
     fn sync_data(&self, file: &File) -> io::Result<()> {
-        file.sync_data()
+        file.sync_data()?;
+        #[cfg(test)]
+        trace::file_op(file, |ino| Op::SyncData { ino });
+        Ok(())
     }
 
     fn rename(&self, from: &Path, to: &Path) -> io::Result<()> {
-        fs::rename(from, to)
+        fs::rename(from, to)?;
+        #[cfg(test)]
+        trace::path_op(from, || Op::Rename {
+            from: from.to_path_buf(),
+            to: to.to_path_buf(),
+        });
+        Ok(())
     }
 
     fn hard_link(&self, from: &Path, to: &Path) -> io::Result<()> {
-        fs::hard_link(from, to)
+        fs::hard_link(from, to)?;
+        #[cfg(test)]
+        trace::path_op(to, || Op::HardLink {
+            from: from.to_path_buf(),
+            to: to.to_path_buf(),
+        });
+        Ok(())
     }
 
     fn remove_file(&self, path: &Path) -> io::Result<()> {
-        fs::remove_file(path)
+        fs::remove_file(path)?;
+        #[cfg(test)]
+        trace::path_op(path, || Op::Remove {
+            path: path.to_path_buf(),
+        });
+        Ok(())
     }
 
     fn files_in(&self, dir: &Path) -> io::Result<Vec<OsString>> {
@@ -120,7 +164,21 @@ impl Disk for Real {
         } else {
             dir
         };
-        File::open(dir)?.sync_all()
+        File::open(dir)?.sync_all()?;
+        #[cfg(test)]
+        trace::path_op(dir, || Op::SyncDir {
+            dir: dir.to_path_buf(),
+        });
+        Ok(())
+    }
+
+    fn create_dir(&self, path: &Path) -> io::Result<()> {
+        fs::DirBuilder::new().mode(0o700).create(path)?;
+        #[cfg(test)]
+        trace::path_op(path, || Op::CreateDir {
+            path: path.to_path_buf(),
+        });
+        Ok(())
     }
 }
 
@@ -170,5 +228,9 @@ impl<D: Disk> Disk for &D {
 
     fn sync_dir(&self, dir: &Path) -> io::Result<()> {
         (**self).sync_dir(dir)
+    }
+
+    fn create_dir(&self, path: &Path) -> io::Result<()> {
+        (**self).create_dir(path)
     }
 }

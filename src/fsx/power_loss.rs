@@ -13,17 +13,23 @@
 //!   (metadata journals commit in order; a rename is one change). An fsync of a file is
 //!   not taken to make its name durable.
 //!
+//! - a new directory is there after a power loss only once its parent was fsynced (so
+//!   are the files in it).
+//!
 //! A recovery point is the state right after each operation (and before the first),
-//! crossed with every outcome these rules allow. docs/testing.md, "Power-loss ordering",
-//! has the scenarios and the figures.
+//! crossed with every outcome these rules allow. The scenarios run fsx's functions over
+//! the model directly, or [`replay`] what `Real` did for a whole receiving session
+//! (`fsx/trace.rs`). docs/testing.md, "Power-loss ordering", has the scenarios and the
+//! figures.
 
 use std::cell::RefCell;
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::ffi::OsString;
 use std::io;
 use std::path::{Path, PathBuf};
 
 use super::disk::Disk;
+use super::trace::Op;
 use super::*;
 
 /// One change to a directory's entries, as the journal would commit it.
@@ -51,12 +57,16 @@ struct Inode {
 }
 
 /// Files after a power loss and a restart: full path → content.
-pub(super) type Recovered = BTreeMap<PathBuf, Vec<u8>>;
+pub(crate) type Recovered = BTreeMap<PathBuf, Vec<u8>>;
 
 #[derive(Clone, Debug, Default)]
 struct Fs {
     inodes: Vec<Inode>,
     dirs: BTreeMap<PathBuf, DirState>,
+    /// Directories made while the model ran, and their inodes (entries in their parent);
+    /// the others were there, durable, from the start.
+    made: BTreeSet<PathBuf>,
+    dir_inodes: BTreeSet<usize>,
 }
 
 fn apply(entries: &mut BTreeMap<OsString, usize>, change: &Change) {
@@ -125,6 +135,19 @@ impl Fs {
         out
     }
 
+    /// Whether `dir` is there in a recovered set of entries: it was there from the start,
+    /// or its entry survived in a parent that is there.
+    fn reachable(&self, set: &[(PathBuf, usize)], dir: &Path) -> bool {
+        if !self.made.contains(dir) {
+            return self.dirs.contains_key(dir);
+        }
+        set.iter()
+            .any(|(p, i)| p == dir && self.dir_inodes.contains(i))
+            && dir
+                .parent()
+                .is_some_and(|parent| self.reachable(set, parent))
+    }
+
     /// Every state a power loss now may leave.
     fn recover(&self) -> Vec<Recovered> {
         // Entries per directory: the durable ones plus any prefix of the later changes.
@@ -151,6 +174,15 @@ impl Fs {
         }
         let mut out = Vec::new();
         for set in entry_sets {
+            // Files only, and only those in a directory that survived.
+            let set: Vec<(PathBuf, usize)> = set
+                .iter()
+                .filter(|(p, i)| {
+                    !self.dir_inodes.contains(i)
+                        && p.parent().is_some_and(|d| self.reachable(&set, d))
+                })
+                .cloned()
+                .collect();
             // Contents per inode named (an inode under two names has one content).
             let mut inodes: Vec<usize> = set.iter().map(|(_, i)| *i).collect();
             inodes.sort_unstable();
@@ -178,7 +210,7 @@ impl Fs {
 }
 
 /// What the model saw at one recovery point.
-pub(super) struct Point {
+pub(crate) struct Point {
     /// The operation just done (`start` before the first).
     pub op: String,
     /// The scenario's own note at that moment (say, the offset it recorded).
@@ -196,12 +228,22 @@ pub(super) struct Model {
 impl Model {
     /// A model with these directories and durable files.
     pub fn new(dirs: &[&str], files: &[(&str, &[u8])]) -> Model {
+        let dirs: Vec<PathBuf> = dirs.iter().map(PathBuf::from).collect();
+        let files: Vec<(PathBuf, Vec<u8>)> = files
+            .iter()
+            .map(|(p, c)| (PathBuf::from(p), c.to_vec()))
+            .collect();
+        Model::with(&dirs, &files)
+    }
+
+    /// [`Model::new`] with owned paths.
+    pub fn with(dirs: &[PathBuf], files: &[(PathBuf, Vec<u8>)]) -> Model {
         let mut fs = Fs::default();
         for d in dirs {
-            fs.dirs.insert(PathBuf::from(d), DirState::default());
+            fs.dirs.insert(d.clone(), DirState::default());
         }
         for (path, bytes) in files {
-            let (dir, name) = Fs::split(Path::new(path)).unwrap();
+            let (dir, name) = Fs::split(path).unwrap();
             fs.inodes.push(Inode {
                 data: bytes.to_vec(),
                 durable: bytes.to_vec(),
@@ -367,11 +409,112 @@ impl Disk for Model {
             Ok(())
         })
     }
+
+    fn create_dir(&self, path: &Path) -> io::Result<()> {
+        self.step("mkdir", |fs| {
+            if fs.dirs.contains_key(path) || fs.lookup(path).is_ok() {
+                return Err(io::ErrorKind::AlreadyExists.into());
+            }
+            let (dir, name) = Fs::split(path)?;
+            fs.inodes.push(Inode::default());
+            let ino = fs.inodes.len() - 1;
+            fs.change(&dir, Change::Set(name, ino))?;
+            fs.dir_inodes.insert(ino);
+            fs.made.insert(path.to_path_buf());
+            fs.dirs.insert(path.to_path_buf(), DirState::default());
+            Ok(())
+        })
+    }
+}
+
+/// Replays what `Real` did under a recording (`fsx/trace.rs`) over a model that starts
+/// with `dirs` and `files`, all durable, and checks `check(point, is_last, state)` over
+/// every state of every recovery point of the real run (as [`violations`] does, one point
+/// at a time, so that files of megabytes fit). A recorded checkpoint becomes the point's
+/// note: the largest offset recorded so far.
+pub(crate) fn replay(
+    dirs: &[PathBuf],
+    files: &[(PathBuf, Vec<u8>)],
+    ops: &[Op],
+    check: impl Fn(&Point, bool, &Recovered) -> Option<String>,
+) -> (Vec<String>, usize) {
+    let model = Model::with(dirs, files);
+    let (mut found, mut states) = (Vec::new(), 0);
+    let mut take = |model: &Model, i: usize, end: bool| {
+        let points = model.take_points();
+        let n = points.len();
+        for (j, point) in points.iter().enumerate() {
+            for state in &point.states {
+                states += 1;
+                if let Some(problem) = check(point, end && j + 1 == n, state) {
+                    if found.len() < 5 {
+                        let state = describe(state);
+                        found.push(format!("after op {i} ({}): {problem}: {state}", point.op));
+                    }
+                }
+            }
+        }
+    };
+    let mut inodes: HashMap<u64, usize> = HashMap::new();
+    let file = |inodes: &HashMap<u64, usize>, ino: &u64| {
+        *inodes
+            .get(ino)
+            .unwrap_or_else(|| panic!("inode {ino} was not opened under the recording"))
+    };
+    for (i, op) in ops.iter().enumerate() {
+        let done = match op {
+            Op::CreateNew { path, ino } => model.create_new(path).map(|m| {
+                inodes.insert(*ino, m);
+            }),
+            Op::OpenPartial { path, ino } => model.open_partial(path).map(|(m, _)| {
+                inodes.insert(*ino, m);
+            }),
+            Op::Write { ino, bytes } => model.write_all(&mut file(&inodes, ino), bytes),
+            Op::Truncate { ino, len } => model.truncate(&mut file(&inodes, ino), *len),
+            Op::SyncAll { ino } => model.sync_all(&file(&inodes, ino)),
+            Op::SyncData { ino } => model.sync_data(&file(&inodes, ino)),
+            Op::Rename { from, to } => model.rename(from, to),
+            Op::HardLink { from, to } => model.hard_link(from, to),
+            Op::Remove { path } => model.remove_file(path),
+            Op::CreateDir { path } => model.create_dir(path),
+            Op::SyncDir { dir } => model.sync_dir(dir),
+            Op::Recorded { path, offset } if model.live().contains_key(path) => {
+                let note = (*model.note.borrow()).max(*offset);
+                model.set_note(note);
+                Ok(())
+            }
+            Op::Recorded { .. } => Err(io::ErrorKind::NotFound.into()),
+        };
+        if let Err(e) = done {
+            panic!("the model refused {op:?}, which the real filesystem did: {e}");
+        }
+        take(&model, i, i + 1 == ops.len());
+    }
+    if ops.is_empty() {
+        take(&model, 0, true);
+    }
+    (found, states)
+}
+
+/// A recovered state in short: each path's length and first bytes.
+fn describe(state: &Recovered) -> String {
+    let files: Vec<String> = state
+        .iter()
+        .map(|(p, c)| {
+            format!(
+                "{}: {} bytes {:?}…",
+                p.display(),
+                c.len(),
+                &c[..c.len().min(4)]
+            )
+        })
+        .collect();
+    format!("{{{}}}", files.join(", "))
 }
 
 /// Checks `check(point, is_last, state)` over every state of every point; the violations
 /// (at most a few, each naming its point) and how many states were checked.
-pub(super) fn violations(
+pub(crate) fn violations(
     points: &[Point],
     check: impl Fn(&Point, bool, &Recovered) -> Option<String>,
 ) -> (Vec<String>, usize) {
@@ -508,6 +651,46 @@ mod tests {
         );
     }
 
+    /// The recycle bin's move: the file is under its old name, under both, or under its
+    /// new one at every point, never lost and never torn; only under the new one once
+    /// `move_durable` returned; and an existing file at the new name is never replaced.
+    #[test]
+    fn a_durable_move_never_loses_the_file_and_never_replaces() {
+        const BIN: &str = "/m/bin";
+        let bin = |name: &str| Path::new(BIN).join(name);
+        let model = Model::new(&[D, BIN], &[("/m/d/backup", b"content")]);
+        move_durable_on(&model, &p("backup"), &bin("0000000000000001")).unwrap();
+        assert_clean(
+            "move_durable",
+            violations(&model.take_points(), |_, last, s| {
+                let (from, to) = (s.get(&p("backup")), s.get(&bin("0000000000000001")));
+                if [from, to].into_iter().flatten().any(|c| c != b"content") {
+                    return Some("torn".into());
+                }
+                match (from, to) {
+                    (None, None) => Some("lost under both names".into()),
+                    (Some(_), _) if last => Some("still under the old name".into()),
+                    (_, None) if last => Some("not under the new name".into()),
+                    _ => None,
+                }
+            }),
+        );
+        let model = Model::new(
+            &[D, BIN],
+            &[("/m/d/backup", b"restored"), ("/m/bin/x", b"in the bin")],
+        );
+        let err = move_durable_on(&model, &bin("x"), &p("backup")).unwrap_err();
+        assert_eq!(err.kind(), io::ErrorKind::AlreadyExists);
+        assert_eq!(
+            model.live().get(&p("backup")).map(Vec::as_slice),
+            Some(&b"restored"[..])
+        );
+        assert_eq!(
+            model.live().get(&bin("x")).map(Vec::as_slice),
+            Some(&b"in the bin"[..])
+        );
+    }
+
     /// The receiver's path for one file: write, checkpoint (record the offset only once
     /// the fdatasync returned), more unsynced bytes; a crash; resume from the recorded
     /// offset; the rest; fsync and rename into place; the directory fsync. At every point
@@ -630,7 +813,8 @@ mod tests {
     }
 
     /// The checker can fail: each durable sequence with one step left out is caught, and
-    /// the model does let a rename vanish until the directory is fsynced.
+    /// the model does let a rename or a new directory vanish until its directory is
+    /// fsynced.
     #[test]
     fn the_checker_catches_each_missing_fsync() {
         let old_or_new = |last: bool, s: &Recovered| {
@@ -695,6 +879,23 @@ mod tests {
         };
         assert!(partial_gone(|f| f.sync_data()));
         assert!(!partial_gone(|f| f.checkpoint()));
+        // A new directory survives only once its parent was fsynced, and so do the files
+        // in it, whatever was fsynced inside.
+        let model = Model::new(&[D], &[]);
+        let sub = p("sub");
+        model.create_dir(&sub).unwrap();
+        let mut t = model.create_new(&sub.join("f")).unwrap();
+        model.write_all(&mut t, b"x").unwrap();
+        model.sync_all(&t).unwrap();
+        model.sync_dir(&sub).unwrap();
+        let before = model.take_points().pop().unwrap();
+        assert!(before.states.iter().any(|s| s.is_empty()));
+        model.sync_dir(Path::new(D)).unwrap();
+        let after = model.take_points().pop().unwrap();
+        assert!(after
+            .states
+            .iter()
+            .all(|s| s.get(&sub.join("f")).map(Vec::as_slice) == Some(b"x")));
         // A renamed file survives only after the directory fsync.
         let model = Model::new(&[D], &[("/m/d/a", b"x")]);
         model.rename(&p("a"), &p("b")).unwrap();

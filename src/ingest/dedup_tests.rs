@@ -2,12 +2,13 @@
 //! socket pair, and the receiver against hand-made chunk lists that lie.
 
 use super::tests::{
-    against_receiver, done, fixture, nothing_visible, put, received_path, session, sha, Fixture,
-    MemFeed,
+    against_receiver, done, fixture, nothing_visible, put, received_path, session, sha, text,
+    Fixture, MemFeed,
 };
 use std::sync::atomic::AtomicBool;
 
 use crate::replication::chunker::{Chunk, Chunker, Params, MAX_CHUNK, MIN_CHUNK};
+use crate::replication::compress::Compression;
 use crate::replication::index;
 use crate::replication::receiver::Scope;
 use crate::wire::transfer::{push_list_entry, ChunkList, Frame, MAX_LIST};
@@ -97,6 +98,49 @@ fn yesterdays_file_plus_a_change_sends_only_the_changed_chunks() {
     f.chunks = false;
     put(&f, "vm/day4.img", &v1);
     assert_eq!(send_one(&f, "vm/day4.img"), size);
+}
+
+#[test]
+fn lacking_chunks_go_compressed_when_zstd_was_agreed() {
+    let mut f = dedup_fixture("dedup-zstd");
+    f.compression = Compression::Zstd(1);
+    let v1 = text(4 << 20);
+    put(&f, "docs/day1.tar", &v1);
+    let size = v1.len() as u64;
+    let mut feed = MemFeed::of(&["docs/day1.tar"]);
+    let (result, rx) = session(&f, &mut feed, None);
+    let s = result.unwrap();
+    assert_eq!((s.done, rx.committed), (1, 1), "{:?}", feed.results);
+    // Every chunk lacked, and they went in chunks (the lists count) but compressed: the
+    // frames took far less than the content.
+    assert!(s.bytes_sent > size, "{s:?}");
+    assert!(s.wire_bytes < s.bytes_sent / 2, "{s:?}");
+    assert_eq!(
+        std::fs::read(received_path(&f, "docs/day1.tar")).unwrap(),
+        v1
+    );
+    assert!(f.store.chunk_counts().unwrap().entries > 100);
+    // Day two, 64 KiB rewritten: only the chunks around it lack, and they go compressed
+    // too (the lists, near-random digests, do not shrink).
+    let mut v2 = v1.clone();
+    v2[1_000_000..1_065_536].make_ascii_uppercase();
+    put(&f, "docs/day2.tar", &v2);
+    let mut feed = MemFeed::of(&["docs/day2.tar"]);
+    let (result, _) = session(&f, &mut feed, None);
+    let s = result.unwrap();
+    assert_eq!(s.done, 1, "{:?}", feed.results);
+    assert!(s.bytes_sent > 65_536 && s.bytes_sent < size / 10, "{s:?}");
+    assert!(s.wire_bytes < s.bytes_sent * 3 / 4, "{s:?}");
+    assert_eq!(
+        std::fs::read(received_path(&f, "docs/day2.tar")).unwrap(),
+        v2
+    );
+    let row = f
+        .store
+        .received_one(&f.source.uuid, "docs/day2.tar")
+        .unwrap()
+        .unwrap();
+    assert_eq!(row.sha256, crate::ca::sha256_hex(&v2));
 }
 
 #[test]

@@ -10,6 +10,7 @@ use std::io::{Read, Write};
 
 pub use pipeline::Pipeline;
 
+use crate::replication::live::Peer;
 use crate::replication::receiver::{self, Context, ReceiveError, Refusal, Source, Summary};
 use crate::wire::transfer::Code;
 
@@ -17,6 +18,7 @@ use crate::wire::transfer::Code;
 /// `output` (see `receiver::serve`), its committer and file writer on threads that end
 /// with it.
 pub fn serve(ctx: &Context<'_>, source: &Source, input: impl Read, output: impl Write) -> Summary {
+    let _session = ctx.live.session(Peer::Source(source.system_id));
     let (commits, committer) = receiver::commit_channel();
     std::thread::scope(|scope| {
         let spawned = std::thread::Builder::new()

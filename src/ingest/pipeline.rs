@@ -128,7 +128,11 @@ impl Pipeline {
                     while let Some(job) = mailbox.take() {
                         match job.handle.checkpoint() {
                             Ok(()) => match store.write(|tx| tx.put_partial(&uuid, &job.row)) {
-                                Ok(()) => *lock(&recorded) = (job.file, job.row.offset),
+                                Ok(()) => {
+                                    *lock(&recorded) = (job.file, job.row.offset);
+                                    #[cfg(test)]
+                                    crate::fsx::trace::recorded(job.handle.path(), job.row.offset);
+                                }
                                 Err(e) => log::warn!(
                                     "replication: record checkpoint of {}: {e}",
                                     job.row.backup

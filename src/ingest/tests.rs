@@ -8,6 +8,9 @@ use std::path::PathBuf;
 use std::sync::atomic::AtomicBool;
 use std::sync::{Arc, Mutex};
 
+use crate::fsx::power_loss::replay;
+use crate::fsx::trace::{Op, Recording};
+use crate::replication::compress::{Compression, Readings};
 use crate::replication::live::Live;
 use crate::replication::names::BackupName;
 use crate::replication::queue::Attempt;
@@ -15,7 +18,7 @@ use crate::replication::receiver::{self, Ledger, Scope, Scratch};
 use crate::replication::sender::{self, Claimed, Feed};
 use crate::replication::stream::{FrameReader, FrameWriter};
 use crate::store::{ReplicationConfig, ThrottleRecord};
-use crate::wire::transfer::{Decision, Frame, MAX_DATA};
+use crate::wire::transfer::{Decision, Features, Frame, MAX_DATA};
 
 /// The receiver's scratch store and source (`receiver::Scratch`), with a source side:
 /// its backup storage (`src`), live state and the target's ledger.
@@ -28,6 +31,20 @@ pub(super) struct Fixture {
     pub(super) dedup: Option<Scope>,
     /// The source sends large files as chunk lists (the session agreed `chunks`).
     pub(super) chunks: bool,
+    /// The sender's `compression`, and the features the receiver agreed to besides
+    /// `chunks` (which follows `dedup`: [`Fixture::agreed`]).
+    pub(super) compression: Compression,
+    pub(super) features: Features,
+}
+
+impl Fixture {
+    /// The features the receiver agreed to: `chunks` when it accepts chunk lists.
+    pub(super) fn agreed(&self) -> Features {
+        Features {
+            chunks: self.dedup.is_some(),
+            ..self.features
+        }
+    }
 }
 
 impl std::ops::Deref for Fixture {
@@ -58,6 +75,8 @@ pub(super) fn fixture(name: &str) -> Fixture {
         ledger: Ledger::default(),
         dedup: None,
         chunks: false,
+        compression: Compression::Off,
+        features: Features::ALL,
     }
 }
 
@@ -172,6 +191,9 @@ fn run_sender(
         shutdown: &shutdown,
         target: "target 1".into(),
         chunks: f.chunks,
+        compression: f.compression,
+        zstd: f.features.zstd,
+        readings: &Readings::default,
     };
     sender::run(&ctx, feed, out, &replies)
 }
@@ -194,8 +216,10 @@ pub(super) fn session(
                 live: &f.live,
                 ledger: &f.ledger,
                 dedup: f.dedup,
+                slot: None,
                 peer: "test".into(),
                 now: || 1_000,
+                features: f.agreed(),
             };
             let input = a.try_clone().unwrap();
             let summary = super::serve(&ctx, &f.source, input, &a);
@@ -435,6 +459,18 @@ fn against_receiver_raw(
     tail: &[u8],
     then_close: bool,
 ) -> Vec<String> {
+    against_receiver_as(f, &f.source, frames, tail, then_close)
+}
+
+/// As [`against_receiver_raw`], for `source` (another source sharing the fixture's store,
+/// storage and ledger).
+fn against_receiver_as(
+    f: &Fixture,
+    source: &receiver::Source,
+    frames: &[Frame<'_>],
+    tail: &[u8],
+    then_close: bool,
+) -> Vec<String> {
     let (a, b) = UnixStream::pair().unwrap();
     let answers = Arc::new(Mutex::new(Vec::new()));
     std::thread::scope(|scope| {
@@ -444,10 +480,12 @@ fn against_receiver_raw(
                 live: &f.live,
                 ledger: &f.ledger,
                 dedup: f.dedup,
+                slot: None,
                 peer: "test".into(),
                 now: || 1_000,
+                features: f.agreed(),
             };
-            super::serve(&ctx, &f.source, a.try_clone().unwrap(), &a);
+            super::serve(&ctx, source, a.try_clone().unwrap(), &a);
             let _ = a.shutdown(std::net::Shutdown::Both);
         });
         let mut w = FrameWriter::new(&b);
@@ -818,4 +856,559 @@ fn a_copy_marked_damaged_is_wanted_again_and_replaced() {
         .unwrap()
         .unwrap();
     assert!(row.damaged.is_none());
+}
+
+/// The power-loss model (`fsx/power_loss.rs`) over a real receiving session: the sink's
+/// writes and seals, the committer's renames and directory fsyncs, the directory it makes
+/// for a new client, all as `Real` did them (`fsx/trace.rs`), replayed over the model and
+/// checked at every state a power loss could leave. A new version of a held copy is the
+/// old or the new one, never torn or missing; a copy for a new client is absent or whole;
+/// once the source was told `Committed`, every state holds both new copies and no
+/// partial. docs/testing.md names the mutants this catches.
+#[test]
+fn a_power_loss_anywhere_in_a_real_session_leaves_the_old_or_the_new_copy() {
+    let f = fixture("power-loss");
+    let (old, new, fresh) = (content(1, 20_000), content(2, 30_000), content(3, 25_000));
+    put(&f, "c/a", &old);
+    let (first, _) = session(&f, &mut MemFeed::of(&["c/a"]), None);
+    assert_eq!(first.unwrap().done, 1);
+    put(&f, "c/a", &new);
+    put(&f, "d/b", &fresh);
+    let storage = f.source.storage.path.clone();
+    let mine = storage.join(&f.source.uuid);
+    let (a, b) = (received_path(&f, "c/a"), received_path(&f, "d/b"));
+    let recording = Recording::start(&storage);
+    let (second, _) = session(&f, &mut MemFeed::of(&["c/a", "d/b"]), None);
+    let ops = recording.take();
+    drop(recording);
+    assert_eq!(second.unwrap().done, 2);
+    let dirs = [storage.clone(), mine.clone(), mine.join("c")];
+    let partial = |p: &PathBuf| {
+        p.file_name()
+            .is_some_and(|n| n.as_encoded_bytes()[0] == b'.')
+    };
+    let (found, states) = replay(&dirs, &[(a.clone(), old.clone())], &ops, |_, last, s| {
+        match s.get(&a) {
+            Some(c) if *c == new => {}
+            Some(c) if *c == old && last => return Some("c/a is old after Committed".into()),
+            Some(c) if *c == old => {}
+            Some(_) => return Some("c/a is neither the old nor the new copy".into()),
+            None => return Some("c/a is missing".into()),
+        }
+        match s.get(&b) {
+            Some(c) if *c == fresh => {}
+            None if !last => {}
+            Some(_) => return Some("d/b is torn".into()),
+            None => return Some("d/b is missing after Committed".into()),
+        }
+        (last && s.keys().any(partial)).then(|| "a partial is left after Committed".into())
+    });
+    assert!(found.is_empty(), "{}", found.join("\n"));
+    // The run did what is checked: each file's seal, both renames, the directory made
+    // for the new client, the directory fsyncs, and enough states.
+    let count = |what: fn(&Op) -> bool| ops.iter().filter(|o| what(o)).count();
+    assert_eq!(count(|o| matches!(o, Op::SyncAll { .. })), 2, "{ops:?}");
+    assert_eq!(count(|o| matches!(o, Op::Rename { .. })), 2, "{ops:?}");
+    assert_eq!(count(|o| matches!(o, Op::CreateDir { .. })), 1, "{ops:?}");
+    assert!(count(|o| matches!(o, Op::SyncDir { .. })) >= 3, "{ops:?}");
+    assert!(states > 60, "only {states} states checked: {ops:?}");
+    eprintln!(
+        "power loss, a real session: {} operations, {states} recovery states, 0 violations",
+        ops.len()
+    );
+}
+
+/// The same over a real session cut mid-file: the sink's checkpoints (taken on its own
+/// thread through a `SyncHandle`, then recorded) and the receiver's last one when the
+/// connection breaks. From each recorded checkpoint on, every state a power loss could
+/// leave holds the partial with at least the recorded bytes, the source's; the final name
+/// never appears.
+#[test]
+fn a_power_loss_after_a_recorded_checkpoint_keeps_what_it_recorded() {
+    let f = fixture("power-loss-cut");
+    let data = content(4, 3 * 1024 * 1024 + 5);
+    put(&f, "c/big", &data);
+    let storage = f.source.storage.path.clone();
+    let dir = storage.join(&f.source.uuid).join("c");
+    let name = BackupName::parse("c/big").unwrap();
+    let (part, fin) = (receiver::partial_path(&dir, &name), dir.join("big"));
+    let recording = Recording::start(&storage);
+    let cut = 2 * 1024 * 1024 + 700 * 1024;
+    let (result, _) = session(&f, &mut MemFeed::of(&["c/big"]), Some(cut));
+    let ops = recording.take();
+    drop(recording);
+    assert!(result.is_err());
+    let row = f.store.partial(&f.source.uuid, "c/big").unwrap().unwrap();
+    let (found, states) = replay(std::slice::from_ref(&storage), &[], &ops, |point, _, s| {
+        if s.contains_key(&fin) {
+            return Some("the final name appeared".into());
+        }
+        let keep = point.note as usize;
+        match s.get(&part) {
+            _ if keep == 0 => None,
+            None => Some(format!(
+                "the partial is gone after {keep} bytes were recorded"
+            )),
+            Some(c) if c.len() < keep || c[..keep] != data[..keep] => {
+                Some(format!("the partial lost its recorded {keep} bytes"))
+            }
+            Some(_) => None,
+        }
+    });
+    assert!(found.is_empty(), "{}", found.join("\n"));
+    // The run did what is checked: the sink recorded at least one checkpoint before the
+    // cut and the receiver its last one, the row's.
+    let recorded: Vec<u64> = ops
+        .iter()
+        .filter_map(|o| match o {
+            Op::Recorded { offset, .. } => Some(*offset),
+            _ => None,
+        })
+        .collect();
+    assert!(recorded.len() >= 2, "{recorded:?}");
+    assert!(recorded[0] >= 1024 * 1024, "{recorded:?}");
+    assert_eq!(recorded.last(), Some(&row.offset));
+    assert!(row.offset > recorded[0], "{recorded:?} {row:?}");
+    assert!(states > 40, "only {states} states checked");
+    eprintln!(
+        "power loss, a real session cut mid-file: {} operations, {} checkpoints, {states} recovery states, 0 violations",
+        ops.len(),
+        recorded.len()
+    );
+}
+// ---- a source is a tenant: its sizes, offers and partial copies are hostile input ----
+
+/// The frames of a whole file `name` sent as new: offer, start, data, end.
+fn whole_file<'a>(seq: u32, name: &'a str, body: &'a [u8]) -> Vec<Frame<'a>> {
+    let mut frames = vec![
+        Frame::Offer {
+            seq,
+            size: body.len() as u64,
+            version: 0,
+            name,
+        },
+        Frame::Start { seq, offset: 0 },
+    ];
+    for piece in body.chunks(MAX_DATA) {
+        frames.push(Frame::Data { seq, bytes: piece });
+    }
+    frames.push(Frame::End {
+        seq,
+        sha256: sha(body),
+    });
+    frames
+}
+
+#[test]
+fn offers_of_sizes_near_two_to_the_64_are_refused_and_nothing_is_written() {
+    let mut f = fixture("huge");
+    f.source.quota_mb = Some(5);
+    let body = content(1, 300_000);
+    let mut frames = Vec::new();
+    for (i, size) in [
+        u64::MAX,
+        u64::MAX - 4 * 1024 * 1024,
+        1 << 63,
+        u64::MAX / 2 + 17,
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        frames.push(Frame::Offer {
+            seq: i as u32 + 1,
+            size,
+            version: 0,
+            name: "c/huge",
+        });
+    }
+    // Then a starting file that claims to be nearly 2^64 bytes: its data is never taken.
+    frames.push(Frame::Start { seq: 4, offset: 0 });
+    frames.push(Frame::Data {
+        seq: 4,
+        bytes: &body,
+    });
+    let answers = against_receiver(&f, &frames, false);
+    let refused: Vec<&String> = answers
+        .iter()
+        .filter(|a| a.contains("Refuse") && a.contains("NoSpace"))
+        .collect();
+    assert_eq!(refused.len(), 4, "{answers:#?}");
+    assert!(
+        refused.iter().all(|a| a.contains("could ever hold")),
+        "{refused:#?}"
+    );
+    assert!(
+        answers
+            .last()
+            .is_some_and(|a| a.contains("Fatal") && a.contains("Protocol")),
+        "{answers:#?}"
+    );
+    nothing_visible(&f);
+    assert!(f.store.partials().unwrap().is_empty());
+}
+
+#[test]
+fn partial_copies_of_cut_transfers_count_against_the_quota() {
+    let mut f = fixture("partial-quota");
+    f.source.quota_mb = Some(10);
+    // A transfer of 8 MiB cut after 7 MiB: its partial copy stays, resumable.
+    let body = content(2, 7 * 1024 * 1024);
+    let mut frames = vec![
+        Frame::Offer {
+            seq: 1,
+            size: 8 * 1024 * 1024,
+            version: 1,
+            name: "c/a",
+        },
+        Frame::Start { seq: 1, offset: 0 },
+    ];
+    for piece in body.chunks(MAX_DATA) {
+        frames.push(Frame::Data {
+            seq: 1,
+            bytes: piece,
+        });
+    }
+    against_receiver_raw(&f, &frames, &[], true);
+    let p = f.store.partial(&f.source.uuid, "c/a").unwrap().unwrap();
+    assert_eq!(p.offset, body.len() as u64);
+    // Another 5 MB would put 12 MB under a 10 MB quota: refused before any byte moves.
+    let answers = against_receiver(
+        &f,
+        &[
+            Frame::Offer {
+                seq: 1,
+                size: 5 * 1024 * 1024,
+                version: 1,
+                name: "c/b",
+            },
+            Frame::Finish,
+        ],
+        false,
+    );
+    assert!(
+        answers[1].contains("Quota") && answers[1].contains("7 MB in partial copies"),
+        "{answers:#?}"
+    );
+    // The cut file itself still resumes (its partial counts once, with its offer).
+    let answers = against_receiver(
+        &f,
+        &[
+            Frame::Offer {
+                seq: 1,
+                size: 8 * 1024 * 1024,
+                version: 1,
+                name: "c/a",
+            },
+            Frame::Finish,
+        ],
+        false,
+    );
+    assert!(answers[1].contains("Resume"), "{answers:#?}");
+    // Once no session resumed it for `partial_retention`, the sweep removes it, and the
+    // quota has room again.
+    let dir = received_path(&f, "c");
+    let swept = receiver::expire_partials(
+        &f.store,
+        std::slice::from_ref(&f.source.storage),
+        &f.ledger,
+        60,
+        1_000 + 59,
+    )
+    .unwrap();
+    assert_eq!(swept, 0, "not yet");
+    let swept = receiver::expire_partials(
+        &f.store,
+        std::slice::from_ref(&f.source.storage),
+        &f.ledger,
+        60,
+        1_000 + 60,
+    )
+    .unwrap();
+    assert_eq!(swept, 1);
+    assert!(f.store.partials().unwrap().is_empty());
+    assert!(!dir.join(".a.replgate-part").exists());
+    let small = content(3, 5 * 1024 * 1024);
+    let mut frames = whole_file(1, "c/b", &small);
+    frames.push(Frame::Finish);
+    let answers = against_receiver(&f, &frames, false);
+    assert!(
+        answers.iter().any(|a| a.contains("Committed")),
+        "{answers:#?}"
+    );
+}
+
+#[test]
+fn offers_never_sent_by_one_source_do_not_starve_another() {
+    let f = fixture("starve");
+    let other = receiver::Source {
+        system_id: 3,
+        uuid: "99999999-2222-4333-8444-555555555555".into(),
+        ..f.source.clone()
+    };
+    let (_, free) = crate::fsx::disk_space(&f.source.storage.path).unwrap();
+    // Source A offers files that together take every byte of free space above the
+    // reserve (halving sizes fill it to within 64 KiB), and never sends one.
+    let names: Vec<String> = (1..=40).map(|k| format!("c/hold-{k}")).collect();
+    let (a, b) = UnixStream::pair().unwrap();
+    std::thread::scope(|scope| {
+        let a_side = scope.spawn(|| {
+            let ctx = receiver::Context {
+                store: &f.store,
+                live: &f.live,
+                ledger: &f.ledger,
+                peer: "a".into(),
+                now: || 1_000,
+                slot: None,
+                dedup: f.dedup,
+                features: f.agreed(),
+            };
+            let summary = super::serve(&ctx, &f.source, a.try_clone().unwrap(), &a);
+            let _ = a.shutdown(std::net::Shutdown::Both);
+            summary
+        });
+        let mut w = FrameWriter::new(&b);
+        for (k, name) in names.iter().enumerate() {
+            let size = (free.saturating_sub(receiver::SPACE_MARGIN) >> (k + 1)).max(64 * 1024);
+            w.send(&Frame::Offer {
+                seq: k as u32 + 1,
+                size,
+                version: 0,
+                name,
+            })
+            .unwrap();
+        }
+        w.flush().unwrap();
+        let mut r = FrameReader::new(&b);
+        let mut decided = 0;
+        while decided < names.len() {
+            let fr = format!("{:?}", r.next_frame().unwrap().unwrap());
+            assert!(!fr.contains("Refuse") && !fr.contains("Fatal"), "{fr}");
+            decided += usize::from(fr.contains("Decision"));
+        }
+        // Source B, with A's offers open: its 1 MiB backup goes through.
+        let body = content(4, 1024 * 1024);
+        let mut frames = whole_file(1, "c/b", &body);
+        frames.push(Frame::Finish);
+        let answers = against_receiver_as(&f, &other, &frames, &[], false);
+        assert!(
+            answers.iter().any(|a| a.contains("Committed")),
+            "{answers:#?}"
+        );
+        let copy = f.source.storage.path.join(&other.uuid).join("c/b");
+        assert_eq!(std::fs::read(copy).unwrap(), body);
+        w.send(&Frame::Finish).unwrap();
+        w.flush().unwrap();
+        while let Ok(Some(_)) = r.next_frame() {}
+        a_side.join().unwrap();
+    });
+}
+
+#[test]
+fn a_refusal_names_what_failed_and_never_a_path_of_the_target() {
+    let f = fixture("no-path");
+    // Something that is not a directory where the client's directory would go.
+    let uuid_dir = f.source.storage.path.join(&f.source.uuid);
+    std::fs::create_dir_all(&uuid_dir).unwrap();
+    std::fs::write(uuid_dir.join("c"), b"not a directory").unwrap();
+    let body = content(5, 1000);
+    let mut frames = whole_file(1, "c/x", &body);
+    frames.push(Frame::Finish);
+    let answers = against_receiver(&f, &frames, false);
+    let failed = answers
+        .iter()
+        .find(|a| a.contains("Failed"))
+        .unwrap_or_else(|| panic!("{answers:#?}"));
+    assert!(failed.contains("cannot write c/x on storage 1"), "{failed}");
+    assert!(failed.contains("not a directory"), "{failed}");
+    let root = f.dir.display().to_string();
+    for a in &answers {
+        assert!(!a.contains(&root), "a path of the target: {a}");
+        assert!(!a.contains("/tmp"), "a path of the target: {a}");
+    }
+}
+
+// ---- compressed content (`zstd`) ----
+
+/// Text-like content: compresses to well under half with zstd's fastest level.
+pub(super) fn text(len: usize) -> Vec<u8> {
+    let words = ["backup ", "replgate ", "block ", "tar ", "0042 ", "\n"];
+    let mut out = Vec::with_capacity(len);
+    let mut x = 7u64;
+    while out.len() < len {
+        x = x.wrapping_mul(6_364_136_223_846_793_005).wrapping_add(1);
+        out.extend_from_slice(words[(x >> 33) as usize % words.len()].as_bytes());
+    }
+    out.truncate(len);
+    out
+}
+
+fn noise(len: usize) -> Vec<u8> {
+    let mut x = 0x9e37_79b9_7f4a_7c15u64;
+    (0..len)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x as u8
+        })
+        .collect()
+}
+
+#[test]
+fn compressible_content_crosses_compressed_and_arrives_identical() {
+    let mut f = fixture("zstd");
+    f.compression = Compression::Zstd(1);
+    let doc = text(3 * 1024 * 1024 + 5);
+    let rnd = noise(1024 * 1024 + 3);
+    put(&f, "c/doc", &doc);
+    put(&f, "c/rnd", &rnd);
+    let mut feed = MemFeed::of(&["c/doc"]);
+    let (result, rx) = session(&f, &mut feed, None);
+    let s = result.unwrap();
+    assert_eq!((s.done, rx.committed), (1, 1), "{:?}", feed.results);
+    assert_eq!(s.bytes_sent, doc.len() as u64);
+    assert!(s.wire_bytes < s.bytes_sent / 2, "{s:?}");
+    assert_eq!(std::fs::read(received_path(&f, "c/doc")).unwrap(), doc);
+    let row = f
+        .store
+        .received_one(&f.source.uuid, "c/doc")
+        .unwrap()
+        .unwrap();
+    assert_eq!(row.sha256, crate::ca::sha256_hex(&doc));
+    // Content that does not shrink goes raw: every chunk as `Data`, nothing saved.
+    let mut feed = MemFeed::of(&["c/rnd"]);
+    let (result, _) = session(&f, &mut feed, None);
+    let s = result.unwrap();
+    assert_eq!(s.done, 1, "{:?}", feed.results);
+    assert_eq!(s.bytes_sent, rnd.len() as u64);
+    assert_eq!(
+        s.wire_bytes,
+        rnd.len() as u64 + 9 * rnd.len().div_ceil(MAX_DATA) as u64
+    );
+    assert_eq!(std::fs::read(received_path(&f, "c/rnd")).unwrap(), rnd);
+}
+
+#[test]
+fn a_target_without_zstd_gets_raw_frames_and_a_source_without_it_sends_them() {
+    let mut f = fixture("nozstd");
+    f.compression = Compression::Zstd(3);
+    f.features = Features::default();
+    let doc = text(1024 * 1024);
+    put(&f, "c/doc", &doc);
+    let mut feed = MemFeed::of(&["c/doc"]);
+    let (result, _) = session(&f, &mut feed, None);
+    let s = result.unwrap();
+    assert_eq!(s.done, 1, "{:?}", feed.results);
+    assert!(s.wire_bytes > s.bytes_sent, "{s:?}");
+    assert_eq!(std::fs::read(received_path(&f, "c/doc")).unwrap(), doc);
+}
+
+/// Offer and start `c/z` of `size` bytes, then `zdata`.
+fn zframes<'a>(size: u64, zdata: Frame<'a>) -> Vec<Frame<'a>> {
+    vec![
+        Frame::Offer {
+            seq: 1,
+            size,
+            version: 0,
+            name: "c/z",
+        },
+        Frame::Start { seq: 1, offset: 0 },
+        zdata,
+    ]
+}
+
+fn ended_for_protocol(answers: &[String]) -> bool {
+    answers
+        .last()
+        .is_some_and(|a| a.contains("Fatal") && a.contains("Protocol"))
+}
+
+#[test]
+fn a_decompression_bomb_or_a_false_claim_ends_the_session_and_nothing_is_kept() {
+    // 64 MiB of zeros in a few KB, claimed as the most a frame may hold.
+    let bomb = zstd::bulk::compress(&vec![0u8; 64 << 20], 3).unwrap();
+    assert!(bomb.len() < 8192, "{}", bomb.len());
+    let small = text(100_000);
+    let packed = zstd::bulk::compress(&small, 1).unwrap();
+    let cases: Vec<(&str, Frame<'_>)> = vec![
+        (
+            "bomb",
+            Frame::ZData {
+                seq: 1,
+                raw_len: MAX_DATA as u32,
+                bytes: &bomb,
+            },
+        ),
+        (
+            "claims past the bound",
+            Frame::ZData {
+                seq: 1,
+                raw_len: 64 << 20,
+                bytes: &bomb,
+            },
+        ),
+        (
+            "claims less than it holds",
+            Frame::ZData {
+                seq: 1,
+                raw_len: 99_999,
+                bytes: &packed,
+            },
+        ),
+        (
+            "claims more than it holds",
+            Frame::ZData {
+                seq: 1,
+                raw_len: 100_001,
+                bytes: &packed,
+            },
+        ),
+        (
+            "not zstd",
+            Frame::ZData {
+                seq: 1,
+                raw_len: 1000,
+                bytes: &small[..1000],
+            },
+        ),
+    ];
+    for (what, zdata) in cases {
+        let f = fixture("bomb");
+        let answers = against_receiver(&f, &zframes(64 << 20, zdata), false);
+        assert!(ended_for_protocol(&answers), "{what}: {answers:#?}");
+        nothing_written(&f, what);
+    }
+    // The honest frame is taken; without `zstd` agreed the same frame is refused.
+    let honest = Frame::ZData {
+        seq: 1,
+        raw_len: 100_000,
+        bytes: &packed,
+    };
+    let mut frames = zframes(100_000, honest.clone());
+    frames.push(Frame::End {
+        seq: 1,
+        sha256: sha(&small),
+    });
+    frames.push(Frame::Finish);
+    let f = fixture("honest");
+    let answers = against_receiver(&f, &frames, false);
+    assert!(answers.last().unwrap().contains("Bye"), "{answers:#?}");
+    assert_eq!(std::fs::read(received_path(&f, "c/z")).unwrap(), small);
+    let mut f = fixture("unagreed");
+    f.features = Features::default();
+    let answers = against_receiver(&f, &zframes(100_000, honest), false);
+    assert!(ended_for_protocol(&answers), "{answers:#?}");
+    nothing_written(&f, "unagreed");
+}
+
+/// No copy of `c/z`, and not a byte of it in its partial file (kept, empty, to resume).
+fn nothing_written(f: &Fixture, what: &str) {
+    assert!(
+        f.store.received(&f.source.uuid).unwrap().is_empty(),
+        "{what}"
+    );
+    assert!(!received_path(f, "c/z").exists(), "{what}");
+    let partial = received_path(f, "c/.z.replgate-part");
+    let len = std::fs::metadata(&partial).map_or(0, |m| m.len());
+    assert_eq!(len, 0, "{what}");
 }

@@ -1,11 +1,15 @@
-//! The daemon's maintenance, one thread on fixed schedules: every second it expires
+//! The daemon's maintenance, one thread on fixed schedules: every second it lets a
+//! database that refused writes (a full disk) take them again once space is back, expires
 //! pending requests whose time ran out, retries spool writes that failed, ends renewal
 //! grace windows, keeps the listener certificates fresh (and at once after a SIGHUP or a
 //! change of the CAs in force, when it also rewrites the spool's `ca.pem` files) and
-//! gives freed memory back once threads ended; every ten seconds it stops trusting
-//! aborted CAs nobody uses any more; every minute it logs new certificate warnings;
-//! every ten minutes it purges long-ended requests and expired sessions. Each failure is
-//! logged and tried again on the next round.
+//! gives freed memory back once threads ended; every five seconds it removes partial
+//! copies past `partial_retention`; every ten seconds it stops trusting
+//! aborted CAs nobody uses any more; every minute it logs new certificate warnings and
+//! applies the sources' retention policies, moving what they let go to the recycle bin and
+//! purging what stayed there past `recycle_days` (and at once when an admin changed a
+//! policy); every ten minutes it purges long-ended requests and expired sessions. Each
+//! failure is logged and tried again on the next round.
 
 use std::collections::HashMap;
 use std::path::PathBuf;
@@ -17,6 +21,7 @@ use std::time::{Duration, Instant};
 use crate::api::App;
 use crate::jobs::listener_certs::{reload_hostnames, ListenerCertificate};
 use crate::model::{self, Chain};
+use crate::replication::recycle::{self, Bin};
 use crate::{lifecycle, memory};
 
 /// How often the thread looks at its schedules and for a SIGHUP.
@@ -32,6 +37,11 @@ const EXPIRY_EVERY: Duration = Duration::from_secs(1);
 /// How often aborted CAs are checked for certificates still in use (a read of every
 /// certificate, only while there are aborted CAs).
 const ABORTED_EVERY: Duration = Duration::from_secs(10);
+/// How often retention runs and the recycle bins are purged by age.
+const RETENTION_EVERY: Duration = Duration::from_secs(60);
+/// How often partial copies are checked against `partial_retention` (a scan of the
+/// partial rows, which are few).
+const PARTIALS_EVERY: Duration = Duration::from_secs(5);
 
 /// What the maintenance job works on, handed over by the daemon once everything runs.
 pub struct Maintenance {
@@ -62,6 +72,7 @@ impl Maintenance {
         let app = self.app.clone();
         let mut last_sweep = Instant::now();
         let mut last_expiry = Instant::now();
+        let mut last_partials = Instant::now();
         let mut threads = memory::thread_count();
         let mut last_warning = Instant::now();
         let mut warned = HashMap::new();
@@ -69,6 +80,8 @@ impl Maintenance {
         let mut last_aborted = Instant::now();
         // The spool's `ca.pem` files were rendered at start from the CAs of epoch 0.
         let mut spool_epoch = 0;
+        let mut last_retention = Instant::now();
+        keep_retention(&app);
         sweep_expired(&app);
         purge_ended(&app);
         end_graces(&app);
@@ -98,6 +111,9 @@ impl Maintenance {
             }
             if last_expiry.elapsed() >= EXPIRY_EVERY {
                 last_expiry = Instant::now();
+                // A database that refuses writes (a full disk) takes them again once space
+                // is back, without waiting for a request to ask.
+                let _ = app.store.degraded();
                 sweep_expired(&app);
                 end_graces(&app);
                 // Threads ended since the last look (connection threads when connections
@@ -109,6 +125,15 @@ impl Maintenance {
                     memory::release_free();
                 }
                 threads = now_threads;
+            }
+            let kicked = app.replication.recycler.take_due();
+            if kicked || last_retention.elapsed() >= RETENTION_EVERY {
+                last_retention = Instant::now();
+                keep_retention(&app);
+            }
+            if last_partials.elapsed() >= PARTIALS_EVERY {
+                last_partials = Instant::now();
+                expire_partials(&app);
             }
             if last_sweep.elapsed() >= SWEEP_EVERY {
                 last_sweep = Instant::now();
@@ -185,6 +210,21 @@ fn end_graces(app: &App) {
     }
 }
 
+/// Removes partial copies of cut transfers that no session resumed within
+/// `partial_retention` (each removal is logged).
+fn expire_partials(app: &App) {
+    let retention = i64::try_from(app.config.partial_retention.as_secs()).unwrap_or(i64::MAX);
+    if let Err(e) = crate::replication::receiver::expire_partials(
+        &app.store,
+        &app.config.storage,
+        &app.replication.ledger,
+        retention,
+        model::now(),
+    ) {
+        log::warn!("partial copy sweep: {}", Chain(&e));
+    }
+}
+
 /// Deletes long-ended requests and their spool directories.
 fn purge_ended(app: &App) {
     let retention = app.config.request_retention.as_secs() as i64;
@@ -222,6 +262,32 @@ fn sweep_expired(app: &App) {
     let behind = app.spool.retry_dirty(&app.store);
     if behind > 0 {
         log::warn!("{behind} spool entries are behind the database; retrying");
+    }
+}
+
+/// Applies every source's retention policy (what it lets go moves to the recycle bin),
+/// then purges what stayed in the bins past `recycle_days`.
+fn keep_retention(app: &App) {
+    let bin = Bin {
+        store: &app.store,
+        ledger: &app.replication.ledger,
+        storages: &app.config.storage,
+        recycler: &app.replication.recycler,
+    };
+    let now = model::now();
+    match recycle::apply_retention(&bin, now) {
+        Ok(run) if run.moved > 0 => log::info!(
+            "retention moved {} backups ({} bytes) to the recycle bins",
+            run.moved,
+            run.bytes
+        ),
+        Ok(_) => {}
+        Err(e) => log::warn!("retention: {}", Chain(&e)),
+    }
+    match recycle::purge_expired(&bin, app.config.recycle_days, now) {
+        Ok(0) => {}
+        Ok(n) => log::info!("purged {n} backups older than recycle_days from the recycle bins"),
+        Err(e) => log::warn!("recycle bin purge: {}", Chain(&e)),
     }
 }
 

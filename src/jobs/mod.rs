@@ -12,6 +12,7 @@ pub mod maintenance;
 pub mod poller;
 pub mod renewer;
 pub mod replicator;
+pub mod restore;
 pub mod verify;
 pub mod watch;
 

@@ -15,14 +15,17 @@ use std::time::{Duration, Instant};
 
 use super::watch::Watcher;
 use crate::identity::TargetDirs;
+use crate::listener::sys::apply_congestion;
 use crate::model::{self, Chain};
-use crate::remote::tunnel::{open_transfer, OpenTransferError};
-use crate::replication::feed::{recover_active, Claims, Reserver, StoreFeed};
+use crate::remote::tunnel::{open_transfer, tcp_figures, OpenTransferError};
+use crate::replication::compress::{Compression, Readings};
+use crate::replication::feed::{recover_active, requeue_refused, Claims, Reserver, StoreFeed};
+use crate::replication::live::Peer;
 use crate::replication::sender::{self, SessionError};
 use crate::replication::{backups, queue, Shared};
 use crate::store::{Store, TargetRecord, TargetStatus};
 use crate::sync::lock;
-use crate::wire::transfer::Features;
+use crate::wire::transfer::{Code, Features};
 
 /// What the jobs need, built once by the daemon.
 pub struct Context {
@@ -33,6 +36,10 @@ pub struct Context {
     pub dirs: TargetDirs,
     /// An idle target gets a session at least this often (it learns of damaged copies).
     pub heartbeat: Duration,
+    /// `compression` of the content sent.
+    pub compression: Compression,
+    /// `tunnel_congestion`, set on each session's connection.
+    pub congestion: String,
     /// Offer targets the `chunks` feature (`dedup = "auto"`).
     pub dedup: bool,
 }
@@ -41,6 +48,9 @@ pub struct Context {
 const TICK: Duration = Duration::from_millis(250);
 /// A session that could not connect waits this long, doubling up to [`MAX_RETRY`].
 const FIRST_RETRY: Duration = Duration::from_secs(1);
+/// A session refused for want of a slot (429 without `Retry-After`) or ended to give
+/// another source its turn asks again after this long.
+const BUSY_RETRY: Duration = Duration::from_secs(2);
 const MAX_RETRY: Duration = Duration::from_secs(60);
 
 /// Starts the replicator; it stops when `shutdown` is set, after joining every job.
@@ -186,9 +196,21 @@ fn run_target(ctx: &Arc<Context>, target_id: u64, stop: &Arc<AtomicBool>) {
             let config = ctx.shared.live.config();
             let running = state.running.load(Ordering::SeqCst);
             let waiting = match ctx.store.open_items(Some(target_id)) {
-                Ok(items) => {
+                Ok(mut items) => {
+                    let now = model::now();
+                    // Items the target refused for now go on by themselves after their wait.
+                    match requeue_refused(&ctx.store, &mut items, now) {
+                        Ok(0) => {}
+                        Ok(n) => log::info!(
+                            "replication to target {target_id}: {n} items the target refused for now are tried again"
+                        ),
+                        Err(e) => log::warn!(
+                            "replication to target {target_id}: retry refused items: {}",
+                            Chain(&e)
+                        ),
+                    }
                     let unclaimed = state.claimed.unclaimed(items);
-                    queue::startable(&unclaimed, config.strategy, 0, u32::MAX, model::now()).len()
+                    queue::startable(&unclaimed, config.strategy, 0, u32::MAX, now).len()
                 }
                 Err(e) => {
                     log::warn!(
@@ -264,20 +286,11 @@ fn session(ctx: &Context, target_id: u64, state: &TargetState, stop: &AtomicBool
     };
     let offered = Features {
         chunks: ctx.dedup,
-        ..Features::default()
+        ..Features::ALL
     };
     let stream = match open_transfer(&tunnel, &target.ca_pem, &cert_pem, &key_pem, offered) {
         Ok(s) => s,
-        Err(e) => {
-            let quiet = matches!(e, OpenTransferError::Refused { status: 503, .. });
-            if quiet {
-                log::info!("replication to {label}: busy: {e}");
-            } else {
-                log::warn!("replication to {label}: cannot open a session: {e}");
-            }
-            back_off(state);
-            return;
-        }
+        Err(e) => return not_opened(state, &label, e),
     };
     let replies = match spawn_reader(stream.replies, format!("recv-{target_id}")) {
         Ok(r) => r,
@@ -307,39 +320,141 @@ fn session(ctx: &Context, target_id: u64, state: &TargetState, stop: &AtomicBool
         reserver,
         model::now,
     );
+    let socket = stream.socket;
+    let cc = congestion_of(&socket, &ctx.congestion);
+    let readings = move || readings_of(&socket);
     let sctx = sender::Context {
         root: &root,
         live: &ctx.shared.live,
         shutdown: stop,
         target: label.clone(),
         chunks: stream.features.chunks,
+        compression: ctx.compression,
+        zstd: stream.features.zstd,
+        readings: &readings,
     };
+    let session = ctx.shared.live.session(Peer::Target(target_id));
     let result = sender::run(&sctx, &mut feed, stream.body, &replies);
+    drop(session);
     // The feed settles what it holds; its reservations are all written once the writer
     // returns.
     drop(feed);
     let _ = reserving.join();
     match result {
         Ok(s) => {
+            count_sent(&s);
             state.failures.store(0, Ordering::SeqCst);
             if s.done + s.skipped + s.failed > 0 {
                 log::info!(
-                    "replication to {label}: session ended: {} sent, {} already held, {} failed, {} bytes",
+                    "replication to {label}: session ended: {} sent, {} already held, {} failed, {} bytes ({} on the wire), congestion control {cc}",
                     s.done,
                     s.skipped,
                     s.failed,
-                    s.bytes_sent
+                    s.bytes_sent,
+                    s.wire_bytes
                 );
             } else {
                 log::debug!("replication to {label}: idle session ended");
             }
         }
         Err(SessionError::Shutdown) => {}
+        Err(SessionError::Target {
+            code: Code::Busy,
+            message,
+        }) => {
+            // Its turn is over while other sources wait (the files it finished are kept).
+            log::info!("replication to {label}: session ended by the target: {message}");
+            retry_in(state, BUSY_RETRY);
+        }
         Err(e) => {
             log::warn!("replication to {label}: session broken: {e}");
             back_off(state);
         }
     }
+}
+
+/// When the next session may try after this one could not open.
+fn not_opened(state: &TargetState, label: &str, e: OpenTransferError) {
+    match e {
+        OpenTransferError::Refused {
+            status: 429,
+            message,
+            retry_after,
+        } => {
+            // The target shares its sessions between sources and queues this one: ask
+            // again when it says, without counting a failure (a longer wait would lose
+            // this source its place).
+            log::info!("replication to {label}: waiting for a session slot: {message}");
+            retry_in(state, retry_after.map_or(BUSY_RETRY, Duration::from_secs));
+        }
+        e => {
+            if matches!(e, OpenTransferError::Refused { status: 503, .. }) {
+                log::info!("replication to {label}: busy: {e}");
+            } else {
+                log::warn!("replication to {label}: cannot open a session: {e}");
+            }
+            back_off(state);
+        }
+    }
+}
+
+/// The next session waits `wait` (at most a minute), without counting a failure.
+fn retry_in(state: &TargetState, wait: Duration) {
+    *lock(&state.retry_at) = Some(Instant::now() + wait.min(MAX_RETRY));
+}
+
+/// Sets `tunnel_congestion` on a session's connection (after the handshake and the head,
+/// before any data) and counts the session by the algorithm it got.
+fn congestion_of(socket: &std::net::TcpStream, setting: &str) -> String {
+    let cc = apply_congestion(socket, setting, "tunnel connections");
+    let cc = cc.unwrap_or_else(|| "unknown".into());
+    crate::metrics::counter(
+        "replgate_replication_sessions_total",
+        "Replication sessions opened to targets, by their connection's TCP congestion control.",
+        &[("congestion", &cc)],
+    )
+    .inc();
+    cc
+}
+
+/// What `auto` compression reviews its level by: this thread's CPU time and the
+/// connection's `TCP_INFO`.
+fn readings_of(socket: &std::net::TcpStream) -> Readings {
+    let tcp = tcp_figures(socket);
+    Readings {
+        cpu: thread_cpu_time(),
+        rwnd_limited: tcp.map(|t| t.rwnd_limited),
+        link_rate: tcp.map(|t| t.delivery_rate).filter(|r| *r > 0),
+    }
+}
+
+/// Counts what a session that ended with `Bye` sent: content, and its bytes in frames.
+fn count_sent(s: &sender::Summary) {
+    for (form, bytes) in [("content", s.bytes_sent), ("wire", s.wire_bytes)] {
+        crate::metrics::counter(
+            "replgate_replication_session_bytes_total",
+            "File content sent to targets by sessions that ended with Bye (form content), and \
+             the bytes it took in frames (form wire: less where compressed).",
+            &[("form", form)],
+        )
+        .add(bytes);
+    }
+}
+
+/// The calling thread's CPU time (user and system), if the platform tells.
+fn thread_cpu_time() -> Option<Duration> {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: `ts` is a valid timespec for the kernel to fill.
+    let rc = unsafe { libc::clock_gettime(libc::CLOCK_THREAD_CPUTIME_ID, &mut ts) };
+    if rc != 0 {
+        return None;
+    }
+    let secs = u64::try_from(ts.tv_sec).ok()?;
+    let nanos = u32::try_from(ts.tv_nsec).ok()?;
+    Some(Duration::new(secs, nanos))
 }
 
 fn back_off(state: &TargetState) {

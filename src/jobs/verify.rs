@@ -1,28 +1,48 @@
 //! The target's verify job: one thread that takes the verify requests the API queued
 //! (`replication::verify::Verifier`) and re-reads one source's copies at a time, until
-//! shutdown. What a verify checks and records is `replication::verify`.
+//! shutdown. Every second it also queues the verifies `verify_interval` makes due, so a
+//! damaged copy is found, and then fetched again, with no admin action. What a verify
+//! checks and records is `replication::verify`.
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::RecvTimeoutError;
 use std::sync::Arc;
 use std::thread::JoinHandle;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
+use crate::config::Storage;
 use crate::model;
-use crate::replication::verify::{self, Verifier};
+use crate::replication::verify::{self, Verifier, VerifyError};
 use crate::store::Store;
+
+/// How often the schedule is looked at.
+const SCHEDULE_EVERY: Duration = Duration::from_secs(1);
+
+/// What the scheduled verifies need: the configured storages and `verify_interval`
+/// (zero: none).
+pub struct Schedule {
+    pub storages: Vec<Storage>,
+    pub interval: Duration,
+}
 
 /// Starts the verify job; it stops when `shutdown` is set.
 pub fn spawn_verifier(
     verifier: Arc<Verifier>,
     store: Store,
+    schedule: Schedule,
     shutdown: Arc<AtomicBool>,
 ) -> std::io::Result<JoinHandle<()>> {
     let rx = verifier.open();
+    verify::damaged_counter();
     std::thread::Builder::new()
         .name("verifier".into())
         .spawn(move || {
+            let mut looked = None::<Instant>;
             while !shutdown.load(Ordering::SeqCst) {
+                if looked.is_none_or(|t| t.elapsed() >= SCHEDULE_EVERY) {
+                    queue_due(&verifier, &store, &schedule);
+                    looked = Some(Instant::now());
+                }
                 let job = match rx.recv_timeout(Duration::from_millis(200)) {
                     Ok(j) => j,
                     Err(RecvTimeoutError::Timeout) => continue,
@@ -44,4 +64,24 @@ pub fn spawn_verifier(
             }
             verifier.close();
         })
+}
+
+/// Queues every source whose scheduled verify is due (one already running is left).
+fn queue_due(verifier: &Verifier, store: &Store, schedule: &Schedule) {
+    let now = model::now();
+    let due = match verify::due(store, &schedule.storages, schedule.interval.as_secs(), now) {
+        Ok(d) => d,
+        Err(e) => {
+            log::error!("the verify schedule: {e}");
+            return;
+        }
+    };
+    for target in due {
+        let sid = target.system_id;
+        match verifier.request(target, true, now) {
+            Ok(_) => log::info!("scheduled verify of system {sid} queued (verify_interval)"),
+            Err(VerifyError::Running) => {}
+            Err(e) => log::warn!("scheduled verify of system {sid}: {e}"),
+        }
+    }
 }

@@ -316,6 +316,11 @@ pub fn spawn(
     } = endpoint;
     socket.set_nonblocking(true)?;
     let local_addr = socket.local_addr()?;
+    // Each series from the start, at zero: a scrape sees it before its first event.
+    handshake_failures(&name);
+    for cap in slots::CAPS {
+        refused_counter(&name, cap);
+    }
     let (wake_tx, wake_rx) = UnixStream::pair()?;
     let inner = Arc::new(Inner {
         control: Control {
@@ -537,12 +542,7 @@ fn dispatch(
         }
         Err(refusal) => refusal,
     };
-    crate::metrics::counter(
-        "replgate_connections_refused_total",
-        "Connections answered 503 or closed at a connection cap, per listener and cap.",
-        &[("listener", name), ("cap", refusal.cap)],
-    )
-    .inc();
+    refused_counter(name, refusal.cap).inc();
     let refusal = refusal.message;
     if take_slot(&inner.overflow_active, overflow_slots) {
         let thread_inner = Arc::clone(inner);
@@ -558,6 +558,24 @@ fn dispatch(
         }
     }
     // Otherwise `stream` is dropped here: closed without a word.
+}
+
+/// Connections refused at `cap` on the listener `name` (a metric).
+fn refused_counter(name: &str, cap: &str) -> crate::metrics::Counter {
+    crate::metrics::counter(
+        "replgate_connections_refused_total",
+        "Connections answered 503 or closed at a connection cap, per listener and cap.",
+        &[("listener", name), ("cap", cap)],
+    )
+}
+
+/// Failed TLS handshakes on the listener `name` (a metric).
+fn handshake_failures(name: &str) -> crate::metrics::Counter {
+    crate::metrics::counter(
+        "replgate_tls_handshake_failures_total",
+        "TLS handshakes that failed or timed out, per listener.",
+        &[("listener", name)],
+    )
 }
 
 /// One connection within the caps: the handshake under its deadline, then the service.
@@ -581,12 +599,7 @@ fn serve(inner: &Inner, mut sock: TcpStream, peer: SocketAddr, accepted: Instant
     let deadline = accepted + handshake_time;
     if let Err(e) = handshake(&mut tls, &mut sock, deadline) {
         log::debug!("{name}: {peer}: tls handshake: {e}");
-        crate::metrics::counter(
-            "replgate_tls_handshake_failures_total",
-            "TLS handshakes that failed or timed out, per listener.",
-            &[("listener", name)],
-        )
-        .inc();
+        handshake_failures(name).inc();
         return;
     }
     // The handshake left timeouts on the socket; the service starts from a clean one.

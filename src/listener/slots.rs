@@ -181,8 +181,17 @@ impl Drop for Slot<'_> {
     }
 }
 
+/// Every cap a connection can meet, as [`Refusal::cap`] names it (the metric's labels).
+pub(super) const CAPS: [&str; 4] = [
+    "max_connections",
+    "unauthenticated",
+    "max_connections_per_address",
+    "per_network",
+];
+
 /// A cap a new connection met: its metric label, and the message of its 503.
 pub(super) struct Refusal {
+    /// One of [`CAPS`].
     pub(super) cap: &'static str,
     pub(super) message: &'static str,
 }
@@ -208,7 +217,7 @@ pub(super) fn admit(
             limits.max_connections
         ));
         return Err(Refusal {
-            cap: "max_connections",
+            cap: CAPS[0],
             message: busy,
         });
     }
@@ -224,7 +233,7 @@ pub(super) fn admit(
                 addr.ip()
             ));
             return Err(Refusal {
-                cap: "unauthenticated",
+                cap: CAPS[1],
                 message: busy,
             });
         }
@@ -246,7 +255,7 @@ pub(super) fn admit(
             limits.max_connections_per_address
         ));
         return Err(Refusal {
-            cap: "max_connections_per_address",
+            cap: CAPS[2],
             message: "too many connections from your address, retry shortly",
         });
     }
@@ -261,7 +270,7 @@ pub(super) fn admit(
                 addr.ip()
             ));
             return Err(Refusal {
-                cap: "per_network",
+                cap: CAPS[3],
                 message: "too many connections from your network, retry shortly",
             });
         }

@@ -1,5 +1,6 @@
 //! The listeners' only calls into libc: `poll(2)`, the `RLIMIT_NOFILE` limit,
-//! `TCP_NODELAY` on a listening socket, and a connect from a chosen local address. Knows nothing about TLS, HTTP or connections.
+//! `TCP_NODELAY` on a listening socket, the congestion control of tunnel sockets
+//! (`TCP_CONGESTION`, source and target), and a connect from a chosen local address. Knows nothing about TLS, HTTP or connections.
 
 use std::io;
 use std::os::fd::RawFd;
@@ -105,6 +106,74 @@ pub(crate) fn raise_fd_limit() -> io::Result<FdLimit> {
     })
 }
 
+/// Sets the congestion control of a TCP socket (`TCP_CONGESTION`, a name the kernel
+/// knows: `bbr`, `cubic`, `reno`, …). Linux copies a listening socket's to every socket
+/// it accepts. Fails if the kernel has no such algorithm (or not as a loaded module) or
+/// does not let this process choose it.
+pub(crate) fn set_congestion(sock: &impl std::os::fd::AsRawFd, name: &str) -> io::Result<()> {
+    let len = libc::socklen_t::try_from(name.len())
+        .map_err(|_| io::Error::from(io::ErrorKind::InvalidInput))?;
+    // SAFETY: the descriptor is open for the call (borrowed from `sock`); the kernel reads
+    // `len` bytes of `name`.
+    let rc = unsafe {
+        libc::setsockopt(
+            sock.as_raw_fd(),
+            libc::IPPROTO_TCP,
+            libc::TCP_CONGESTION,
+            name.as_ptr().cast(),
+            len,
+        )
+    };
+    if rc != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+/// The congestion control a TCP socket uses.
+pub(crate) fn congestion(sock: &impl std::os::fd::AsRawFd) -> io::Result<String> {
+    let mut name = [0u8; 16];
+    let mut len = libc::socklen_t::try_from(name.len()).unwrap_or(16);
+    // SAFETY: as in `set_congestion`; the kernel writes at most `len` bytes into `name`.
+    let rc = unsafe {
+        libc::getsockopt(
+            sock.as_raw_fd(),
+            libc::IPPROTO_TCP,
+            libc::TCP_CONGESTION,
+            name.as_mut_ptr().cast(),
+            &mut len,
+        )
+    };
+    if rc != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    let end = name.iter().position(|b| *b == 0).unwrap_or(name.len());
+    Ok(String::from_utf8_lossy(&name[..end]).into_owned())
+}
+
+/// Applies the `tunnel_congestion` setting to a tunnel socket (`what` names it in the log)
+/// and returns the algorithm it then uses. `system` leaves the kernel's default. A name
+/// the kernel refuses leaves it too, with one warning per process and setting.
+pub(crate) fn apply_congestion(
+    sock: &impl std::os::fd::AsRawFd,
+    setting: &str,
+    what: &str,
+) -> Option<String> {
+    static WARNED: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+    if setting != "system" {
+        if let Err(e) = set_congestion(sock, setting) {
+            if !WARNED.swap(true, std::sync::atomic::Ordering::SeqCst) {
+                let default = congestion(sock).unwrap_or_else(|_| "unknown".into());
+                log::warn!(
+                    "tunnel_congestion = {setting:?}: the kernel refused it for {what} ({e}); \
+                     using the system's default, {default}"
+                );
+            }
+        }
+    }
+    congestion(sock).ok()
+}
+
 /// Sets `TCP_NODELAY` on a listening socket. Linux copies it to every socket the listener
 /// accepts, which is the only way to reach sockets that tiny_http accepts itself.
 pub(crate) fn set_listener_nodelay(listener: &std::net::TcpListener) -> io::Result<()> {
@@ -166,5 +235,35 @@ pub fn connect_from(
             return Err(io::Error::last_os_error());
         }
         Ok(stream)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn congestion_control_is_set_per_socket_inherited_on_accept_and_refused_when_unknown() {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        // reno is built into every Linux kernel; the host default here is another.
+        set_congestion(&listener, "reno").unwrap();
+        assert_eq!(congestion(&listener).unwrap(), "reno");
+        let client = std::net::TcpStream::connect(listener.local_addr().unwrap()).unwrap();
+        let (accepted, _) = listener.accept().unwrap();
+        assert_eq!(congestion(&accepted).unwrap(), "reno");
+        let before = congestion(&client).unwrap();
+        assert!(set_congestion(&client, "no-such-cc").is_err());
+        assert_eq!(
+            apply_congestion(&client, "no-such-cc", "a test"),
+            Some(before)
+        );
+        assert_eq!(
+            apply_congestion(&client, "cubic", "a test").as_deref(),
+            Some("cubic")
+        );
+        assert_eq!(
+            apply_congestion(&client, "system", "a test").as_deref(),
+            Some("cubic")
+        );
     }
 }

@@ -110,6 +110,9 @@ pub enum Cap {
     PerAddress { address: String },
     /// Too many open requests on this appliance (`max_pending`).
     Total,
+    /// The inbox is three quarters full, and the rest is kept for networks with no open
+    /// request; `address` names this one's network, which has some.
+    Crowded { address: String },
 }
 
 impl fmt::Display for Cap {
@@ -121,6 +124,11 @@ impl fmt::Display for Cap {
             ),
             Cap::PerAddress { address } => write!(f, "too many open requests from {address}"),
             Cap::Total => f.write_str("too many open pairing requests on this appliance"),
+            Cap::Crowded { address } => write!(
+                f,
+                "too many open pairing requests on this appliance; the rest of its inbox is kept \
+                 for networks with no open request, and {address} has some"
+            ),
         }
     }
 }

@@ -3,6 +3,7 @@
 //! functions over text: no store, no clock.
 
 use crate::pairing::error::PairingError;
+use crate::wire::protocol::is_system_uuid;
 use crate::wire::token::PairingToken;
 
 /// A request as it arrives, fields already checked for shape.
@@ -40,10 +41,16 @@ fn printable(c: char) -> bool {
     !c.is_control()
 }
 
-/// A `system_uuid` as sources send it: 1 to 64 letters, digits and `-`.
+/// A `system_uuid` as sources send it (lowercased): a UUID, since received backups are
+/// stored under a directory of that name (`wire::protocol::is_system_uuid`).
 pub(crate) fn check_system_uuid(value: &str) -> Result<(), PairingError> {
-    check_text("system_uuid", value, 64, |c| {
-        c.is_ascii_alphanumeric() || c == '-'
+    if is_system_uuid(value) {
+        return Ok(());
+    }
+    Err(PairingError::InvalidField {
+        field: "system_uuid",
+        problem: "must be a UUID: 32 hexadecimal digits in groups of 8-4-4-4-12 joined by `-`"
+            .into(),
     })
 }
 

@@ -27,8 +27,25 @@ pub struct Caps {
     pub network_v4: u8,
     pub network_v6: u8,
     pub ttl_seconds: i64,
+    /// The shorter TTL of a request filed from a crowded network while the inbox is under
+    /// pressure ([`ttl_for`]; `crowded_request_ttl`, at most `ttl_seconds`).
+    pub crowded_ttl_seconds: i64,
     /// What a refused source is told to wait.
     pub retry_after: u64,
+}
+
+impl Caps {
+    /// Open requests past which only networks with none may file: the last quarter of
+    /// `max_pending` is theirs.
+    fn crowded_limit(&self) -> usize {
+        let max = self.max_pending as usize;
+        max - max / 4
+    }
+
+    /// Open requests from which the inbox is under pressure: half of `max_pending`.
+    fn pressure(&self) -> usize {
+        (self.max_pending as usize).div_ceil(2)
+    }
 }
 
 /// How requests are filed: the caps on open requests, and whether a token is required.
@@ -49,6 +66,12 @@ pub enum Filing {
 }
 
 /// The idempotency and cap rules over the open requests (expired ones already excluded).
+/// The inbox's policy under a flood (docs/operations.md, "The pairing inbox under a
+/// flood"): a network holds at most `per_address` open requests; a network that already
+/// holds some may file only while fewer than three quarters of `max_pending` are open, so
+/// the last quarter stays for networks with none; and past half of `max_pending` a
+/// crowded network's requests expire sooner ([`ttl_for`]). Requests with a pairing token
+/// never count and are never refused by a cap (`file_with_token`).
 pub fn decide_filing(
     open: &[(u64, OpenRequest)],
     system_uuid: &str,
@@ -65,30 +88,53 @@ pub fn decide_filing(
             request: *id,
         });
     }
-    // Per network, not per address: one host owns a whole /64, and a /24 of addresses
-    // is cheap. An address that does not parse (never from the front) counts alone.
-    let (network, same) = match address.parse::<std::net::IpAddr>() {
-        Ok(ip) => {
-            let net = Network::of(ip, caps.network_v4, caps.network_v6);
-            (
-                net.to_string(),
-                Box::new(move |a: &str| a.parse().is_ok_and(|ip| net.contains(ip)))
-                    as Box<dyn Fn(&str) -> bool>,
-            )
-        }
-        Err(_) => (
-            address.to_string(),
-            Box::new(move |a: &str| a == address) as _,
-        ),
-    };
-    if open.iter().filter(|(_, o)| same(&o.remote_addr)).count() >= caps.per_address as usize {
+    let (network, held) = network_of(open, address, caps);
+    if held >= caps.per_address as usize {
         return Filing::Refuse(Cap::PerAddress { address: network });
     }
-
     if open.len() >= caps.max_pending as usize {
         return Filing::Refuse(Cap::Total);
     }
+    if held > 0 && open.len() >= caps.crowded_limit() {
+        return Filing::Refuse(Cap::Crowded { address: network });
+    }
     Filing::Create
+}
+
+/// How long a request filed now from `address` lives: `ttl_seconds`, or
+/// `crowded_ttl_seconds` when the inbox is under pressure (half of `max_pending` open)
+/// and the address's network already holds open requests, so a flood clears itself
+/// soon while a quiet network's request waits its full time for the admin.
+pub fn ttl_for(open: &[(u64, OpenRequest)], address: &str, caps: &Caps) -> i64 {
+    let (_, held) = network_of(open, address, caps);
+    if held > 0 && open.len() >= caps.pressure() {
+        caps.crowded_ttl_seconds.min(caps.ttl_seconds)
+    } else {
+        caps.ttl_seconds
+    }
+}
+
+/// The network `address` counts in and its open requests. Per network, not per address:
+/// one host owns a whole /64, and a /24 of addresses is cheap. An address that does not
+/// parse (never from the front) counts alone.
+fn network_of(open: &[(u64, OpenRequest)], address: &str, caps: &Caps) -> (String, usize) {
+    match address.parse::<std::net::IpAddr>() {
+        Ok(ip) => {
+            let net = Network::of(ip, caps.network_v4, caps.network_v6);
+            let held = open
+                .iter()
+                .filter(|(_, o)| o.remote_addr.parse().is_ok_and(|ip| net.contains(ip)))
+                .count();
+            (net.to_string(), held)
+        }
+        Err(_) => {
+            let held = open
+                .iter()
+                .filter(|(_, o)| o.remote_addr == address)
+                .count();
+            (address.to_string(), held)
+        }
+    }
 }
 
 /// Result of filing: the request, whether it was created now, and what else changed that
@@ -153,13 +199,14 @@ pub fn file_request(
                 retry_after: caps.retry_after,
             }),
             Filing::Create => {
+                let ttl = ttl_for(&open, &new.remote_addr, caps);
                 let request = insert_request(
                     tx,
                     &ca_fingerprint,
                     &new,
                     &csr,
                     spool_token.clone(),
-                    caps.ttl_seconds,
+                    ttl,
                     now,
                 )?;
                 Ok(Filed {
@@ -322,6 +369,7 @@ pub(crate) fn file_with_token(
             storage,
             &issued,
             t.quota_mb.map(Some),
+            None,
             &actor,
             now,
         )?;
@@ -398,6 +446,7 @@ mod tests {
         network_v4: 24,
         network_v6: 64,
         ttl_seconds: 60,
+        crowded_ttl_seconds: 10,
         retry_after: 30,
     };
 
@@ -480,6 +529,48 @@ mod tests {
         );
     }
 
+    #[test]
+    fn a_flood_from_many_networks_leaves_a_quarter_of_the_inbox_to_quiet_networks() {
+        let caps = Caps {
+            max_pending: 1_000,
+            per_address: 20,
+            ..CAPS
+        };
+        // 1,000 requests from 50 /24 networks, 20 each, filed in turn.
+        let mut o: Vec<(u64, OpenRequest)> = Vec::new();
+        let mut refused = 0;
+        let mut short = 0;
+        for i in 0..1_000u64 {
+            let n = i % 50;
+            let addr = format!("10.{n}.{n}.{}", 1 + i / 50);
+            let uuid = format!("flood-{i}");
+            match decide_filing(&o, &uuid, "k", &addr, &caps) {
+                Filing::Create => {
+                    if ttl_for(&o, &addr, &caps) == caps.crowded_ttl_seconds {
+                        short += 1;
+                    }
+                    o.push((i, open(&uuid, "k", &addr)));
+                }
+                Filing::Refuse(Cap::Crowded { .. }) => refused += 1,
+                other => panic!("{i}: {other:?}"),
+            }
+        }
+        assert_eq!(o.len(), 750, "a quarter stays free");
+        assert_eq!(refused, 250);
+        assert_eq!(short, 250, "requests 500 to 749 expire sooner");
+        // A network with no open request still gets in, for the full TTL; one of the
+        // flooding networks does not.
+        assert_eq!(
+            decide_filing(&o, "quiet", "k", "192.0.2.7", &caps),
+            Filing::Create
+        );
+        assert_eq!(ttl_for(&o, "192.0.2.7", &caps), caps.ttl_seconds);
+        assert!(matches!(
+            decide_filing(&o, "again", "k", "10.3.3.9", &caps),
+            Filing::Refuse(Cap::Crowded { address }) if address == "10.3.3.0/24"
+        ));
+    }
+
     fn refused_text(f: &Filing) -> String {
         match f {
             Filing::Refuse(c) => c.to_string(),
@@ -529,6 +620,7 @@ mod tests {
                 network_v4: 24,
                 network_v6: 64,
                 ttl_seconds: 600,
+                crowded_ttl_seconds: 600,
                 retry_after: 30,
             },
             require_token: false,
@@ -607,6 +699,38 @@ mod tests {
     }
 
     #[test]
+    fn a_system_uuid_that_is_not_a_uuid_is_refused_and_nothing_is_filed() {
+        let fx = Fixture::new("uuid");
+        let issued = fx.issue(TokenSpec::default());
+        // Names that would land beside the target's own client directories, or outside.
+        for bad in [
+            "web01",
+            "backup",
+            "..",
+            "0e0e0e0e0000400080000000000000ff",
+            "0E0E0E0E-0000-4000-8000-0000000000FF",
+        ] {
+            for token in [None, Some(&issued.token)] {
+                let e = fx.file(bad, token).unwrap_err();
+                assert!(
+                    matches!(
+                        e,
+                        PairingError::InvalidField {
+                            field: "system_uuid",
+                            ..
+                        }
+                    ),
+                    "{bad}: {e:?}"
+                );
+            }
+        }
+        assert_eq!(request_count(&fx.store), 0);
+        assert!(fx
+            .file("0e0e0e0e-0000-4000-8000-0000000000ff", None)
+            .is_ok());
+    }
+
+    #[test]
     fn a_token_accepts_at_once_with_its_storage_and_quota_and_is_spent_after_its_uses() {
         let fx = Fixture::new("accept");
         let store = &fx.store;
@@ -643,7 +767,9 @@ mod tests {
 
         // Spent: 403 material, and nothing filed; the refusal is audited.
         let before = request_count(store);
-        let e = fx.file("other-uuid", Some(&issued.token)).unwrap_err();
+        let e = fx
+            .file("0e0e0e0e-0000-4000-8000-000000000001", Some(&issued.token))
+            .unwrap_err();
         assert!(
             matches!(&e, PairingError::Token(TokenRefusal::Spent { uses: 1, .. })),
             "{e:?}"
@@ -673,7 +799,9 @@ mod tests {
         // A wrong secret is an unknown token, and a stranger's guess is not audited.
         let guess = PairingToken::from_parts(issued.token.id(), &"0".repeat(32)).unwrap();
         let rows = store.audit(0, 1_000).unwrap().len();
-        let e = fx.file("x-uuid", Some(&guess)).unwrap_err();
+        let e = fx
+            .file("0e0e0e0e-0000-4000-8000-000000000002", Some(&guess))
+            .unwrap_err();
         assert!(
             matches!(e, PairingError::Token(TokenRefusal::Unknown)),
             "{e:?}"
@@ -688,17 +816,20 @@ mod tests {
         let issued = fx.issue(TokenSpec::default());
         let barrier = std::sync::Barrier::new(2);
         let results: Vec<_> = std::thread::scope(|s| {
-            let handles: Vec<_> = ["race-a", "race-b"]
-                .map(|uuid| {
-                    let new = new_request(uuid, Some(&issued.token));
-                    let (fx, barrier) = (&fx, &barrier);
-                    s.spawn(move || {
-                        barrier.wait();
-                        fx.file_new(new)
-                    })
+            let handles: Vec<_> = [
+                "0e0e0e0e-0000-4000-8000-000000000006",
+                "0e0e0e0e-0000-4000-8000-000000000007",
+            ]
+            .map(|uuid| {
+                let new = new_request(uuid, Some(&issued.token));
+                let (fx, barrier) = (&fx, &barrier);
+                s.spawn(move || {
+                    barrier.wait();
+                    fx.file_new(new)
                 })
-                .into_iter()
-                .collect();
+            })
+            .into_iter()
+            .collect();
             handles.into_iter().map(|h| h.join().unwrap()).collect()
         });
         let ok = results.iter().filter(|r| r.is_ok()).count();
@@ -737,7 +868,9 @@ mod tests {
         assert_eq!(second.request.system_id, Some(system_id));
         assert!(store.is_revoked(&serial).unwrap());
         // And a token bound to this system refuses any other.
-        let e = fx.file("intruder", Some(&bound.token)).unwrap_err();
+        let e = fx
+            .file("0e0e0e0e-0000-4000-8000-000000000003", Some(&bound.token))
+            .unwrap_err();
         assert!(
             matches!(
                 e,
@@ -754,7 +887,9 @@ mod tests {
         // Per-network cap 1: the open request fills this /24.
         let open = fx.file(UUID, None).unwrap();
         assert_eq!(open.request.status, RequestStatus::Pending);
-        let e = fx.file("neighbour", None).unwrap_err();
+        let e = fx
+            .file("0e0e0e0e-0000-4000-8000-000000000004", None)
+            .unwrap_err();
         assert!(matches!(e, PairingError::Busy { .. }), "{e:?}");
         let issued = fx.issue(TokenSpec::default());
         let filed = fx.file(UUID, Some(&issued.token)).unwrap();
@@ -800,7 +935,9 @@ mod tests {
             .system(filed.request.system_id.unwrap())
             .unwrap()
             .is_some());
-        let e = fx.file("b", Some(&issued.token)).unwrap_err();
+        let e = fx
+            .file("0e0e0e0e-0000-4000-8000-000000000005", Some(&issued.token))
+            .unwrap_err();
         assert!(
             matches!(e, PairingError::Token(TokenRefusal::Revoked { .. })),
             "{e:?}"

@@ -14,14 +14,68 @@
 //! - A renewal needs a new key: a CSR for the presented certificate's own key is refused.
 //! - The renewed certificate has the same subject as the one it renews (the source's
 //!   `system_uuid`) and a new random serial; nothing else comes from the CSR.
+//! - Renewals are bounded: a certificate that a renewal issued is renewed only once it is
+//!   [`renewal_gap`] old (half its lifetime, at most an hour; a source renews at 60 to
+//!   75 % of it), and the tunnel takes at most [`ATTEMPTS`] renewal calls per certificate
+//!   in [`ATTEMPT_WINDOW`] seconds ([`Attempts`]); past either the answer is 429 with the
+//!   wait in `Retry-After`.
 
+use std::collections::HashMap;
 use std::fmt;
+use std::sync::Mutex;
 use std::time::Duration;
 
 use crate::ca::{self, Ca, CsrError};
 use crate::model::UnixTime;
 use crate::pairing::error::time_of;
 use crate::store::{AuditRecord, CertRecord, Store, StoreError, SystemRecord, Txn};
+use crate::sync::lock;
+
+/// The longest wait before a certificate a renewal issued may be renewed again.
+pub const MAX_RENEWAL_GAP: i64 = 3_600;
+/// Renewal calls the tunnel takes per certificate within [`ATTEMPT_WINDOW`] seconds.
+pub const ATTEMPTS: u32 = 6;
+pub const ATTEMPT_WINDOW: i64 = 60;
+
+/// How old `cert` (issued by a renewal) must be before it is renewed: half its lifetime,
+/// at most [`MAX_RENEWAL_GAP`]. A source renews at 60 to 75 % of the lifetime, so it
+/// never meets the bound; a source that renews again and again does, at once.
+pub fn renewal_gap(cert: &CertRecord) -> i64 {
+    (cert.not_after.saturating_sub(cert.issued_at) / 2).clamp(0, MAX_RENEWAL_GAP)
+}
+
+/// The renewal calls each certificate made in its current window, in memory: a source
+/// that calls `/tunnel/v1/renew` in a loop is answered 429 without a CSR being parsed or
+/// the database read.
+#[derive(Debug, Default)]
+pub struct Attempts {
+    seen: Mutex<HashMap<String, (UnixTime, u32)>>,
+}
+
+/// Certificates whose windows are remembered before the ended ones are dropped.
+const REMEMBERED: usize = 4_096;
+
+impl Attempts {
+    /// Counts one call with `serial` at `now`; past [`ATTEMPTS`] in its window, the
+    /// seconds until the window ends.
+    pub fn admit(&self, serial: &str, now: UnixTime) -> Result<(), u64> {
+        let mut seen = lock(&self.seen);
+        if seen.len() >= REMEMBERED {
+            seen.retain(|_, (start, _)| now.saturating_sub(*start) < ATTEMPT_WINDOW);
+        }
+        let (start, count) = seen.entry(serial.to_string()).or_insert((now, 0));
+        if now.saturating_sub(*start) >= ATTEMPT_WINDOW || now < *start {
+            *start = now;
+            *count = 0;
+        }
+        if *count >= ATTEMPTS {
+            let left = start.saturating_add(ATTEMPT_WINDOW).saturating_sub(now);
+            return Err(u64::try_from(left).unwrap_or(1).max(1));
+        }
+        *count += 1;
+        Ok(())
+    }
+}
 
 /// What renewing works with, borrowed from the caller.
 pub struct RenewSide<'a> {
@@ -75,6 +129,11 @@ pub enum RenewError {
     },
     /// The CSR asks for the key of the certificate it renews.
     SameKey,
+    /// The certificate was itself issued by a renewal less than [`renewal_gap`] ago.
+    TooSoon {
+        serial: String,
+        retry_after: u64,
+    },
     Csr(CsrError),
     Ca(ca::CaError),
     /// The time handed in is outside what a certificate can carry.
@@ -107,6 +166,14 @@ impl fmt::Display for RenewError {
             RenewError::SameKey => {
                 f.write_str("field `csr` asks for the key being renewed; a renewal needs a new key")
             }
+            RenewError::TooSoon {
+                serial,
+                retry_after,
+            } => write!(
+                f,
+                "certificate {serial} was issued by a renewal moments ago; it may be renewed in \
+                 {retry_after} s"
+            ),
             RenewError::Csr(_) => f.write_str("field `csr`"),
             RenewError::Ca(_) => f.write_str("sign the renewed certificate"),
             RenewError::Clock(now) => write!(
@@ -216,6 +283,15 @@ fn judge(
     if current == serial {
         if key_of(&presented).as_deref() == Some(csr_fingerprint) {
             return Err(RenewError::SameKey);
+        }
+        if presented.renews.is_some() {
+            let due = presented.issued_at.saturating_add(renewal_gap(&presented));
+            if now < due {
+                return Err(RenewError::TooSoon {
+                    serial: serial.to_string(),
+                    retry_after: u64::try_from(due - now).unwrap_or(1),
+                });
+            }
         }
         return Ok(Judged {
             presented,
@@ -443,6 +519,7 @@ mod tests {
             Decision::Accept {
                 storage_id: None,
                 quota_mb: None,
+                replaces_system_id: None,
             },
             &actor,
             NOW,
@@ -529,14 +606,48 @@ mod tests {
             renew(&side(&p), &first.serial, &csr_a, "-", NOW + 4),
             Err(RenewError::SameKey)
         ));
-        let second = renew(&side(&p), &first.serial, &csr(), "-", NOW + 4).unwrap();
+        // (Once it is an hour old: a certificate a renewal issued is not renewed sooner.)
+        let later = NOW + 1 + MAX_RENEWAL_GAP;
+        let second = renew(&side(&p), &first.serial, &csr(), "-", later).unwrap();
         assert_eq!(second.generation, 3);
         // Once the second renewal exists, the first one's successor is no longer current:
         // the original certificate gets nothing, not even its old answer.
         assert!(matches!(
-            renew(&side(&p), &p.serial, &retry, "-", NOW + 5),
+            renew(&side(&p), &p.serial, &retry, "-", later + 1),
             Err(RenewError::Superseded { .. })
         ));
+    }
+
+    #[test]
+    fn a_renewed_certificate_renews_again_only_after_its_gap_and_calls_are_counted() {
+        let p = paired("gap");
+        let first = renew(&side(&p), &p.serial, &csr(), "-", NOW + 1).unwrap();
+        // 30 renewals in a row: each is refused with the wait, nothing more is signed.
+        for n in 0..30 {
+            let e = renew(&side(&p), &first.serial, &csr(), "-", NOW + 2 + n).unwrap_err();
+            let RenewError::TooSoon { retry_after, .. } = e else {
+                panic!("{e:?}");
+            };
+            assert_eq!(
+                retry_after,
+                (NOW + 1 + MAX_RENEWAL_GAP - (NOW + 2 + n)) as u64
+            );
+        }
+        assert_eq!(p.store.lineage(p.system_id).unwrap().len(), 2);
+        let due = NOW + 1 + MAX_RENEWAL_GAP;
+        assert!(renew(&side(&p), &first.serial, &csr(), "-", due).is_ok());
+        // A lab lifetime of a minute: the gap is half of it.
+        let mut short = p.store.cert(&first.serial).unwrap().unwrap();
+        short.not_after = short.issued_at + 60;
+        assert_eq!(renewal_gap(&short), 30);
+        // Calls are counted per certificate and window.
+        let calls = Attempts::default();
+        for _ in 0..ATTEMPTS {
+            assert_eq!(calls.admit("aa", 100), Ok(()));
+        }
+        assert_eq!(calls.admit("aa", 110), Err(50));
+        assert_eq!(calls.admit("bb", 110), Ok(()));
+        assert_eq!(calls.admit("aa", 160), Ok(()));
     }
 
     #[test]

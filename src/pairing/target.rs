@@ -11,16 +11,20 @@ use crate::pairing::error::{time_of, PairingError};
 use crate::pairing::fields::{check_managed, rejection_message};
 use crate::pairing::Actor;
 use crate::store::{
-    AuditRecord, CertRecord, RequestRecord, RequestStatus, Store, StoreError, SystemRecord, Txn,
+    AuditRecord, CertRecord, RequestRecord, RequestStatus, Retention, Store, StoreError,
+    SystemRecord, Txn,
 };
 
 /// What an admin decided.
 #[derive(Clone, Debug)]
 pub enum Decision {
     /// `quota_mb`: `Some(None)` clears the quota, `None` keeps what a re-paired row had.
+    /// `replaces_system_id`: the request comes from a replacement appliance that takes
+    /// over this lost source's pairing and copies (SPEC 20).
     Accept {
         storage_id: Option<u64>,
         quota_mb: Option<Option<u64>>,
+        replaces_system_id: Option<u64>,
     },
     Reject {
         message: String,
@@ -98,6 +102,9 @@ pub fn source_row(
             request_id: Some(request.id),
             asset_tag: request.asset_tag.clone(),
             quota_mb: None,
+            retention: None,
+            share: None,
+            copies_uuid: None,
         },
     }
 }
@@ -117,6 +124,25 @@ fn matching_system(tx: &Txn, request: &RequestRecord) -> Result<Option<SystemRec
             && s.system_uuid.is_none()
             && s.host.eq_ignore_ascii_case(&request.host)
     }))
+}
+
+/// The lost source a replacement appliance's request takes over: a replication source
+/// here, and the requesting appliance is not already paired here as another system.
+fn replaced_system(tx: &Txn, r: &RequestRecord, old: u64) -> Result<SystemRecord, PairingError> {
+    let row = tx.system(old)?.ok_or(PairingError::UnknownSystem(old))?;
+    if !row.role.is_source() {
+        return Err(PairingError::NotASource(old));
+    }
+    if let Some(other) = matching_system(tx, r)?.filter(|s| s.id != old) {
+        return Err(PairingError::InvalidField {
+            field: "replaces_system_id",
+            problem: format!(
+                "cannot be used: the requesting appliance is already paired here as system {}",
+                other.id
+            ),
+        });
+    }
+    Ok(row)
 }
 
 fn check_pending(r: &RequestRecord, now: UnixTime) -> Result<(), PairingError> {
@@ -198,8 +224,14 @@ pub fn resolve(
         Decision::Accept {
             storage_id,
             quota_mb,
+            replaces_system_id,
         } => {
-            let storage = match (storage_id, current.requested_storage_id) {
+            // A replacement keeps the lost source's storage unless the admin names one.
+            let inherited = match replaces_system_id {
+                Some(old) => store.system(old)?.and_then(|s| s.storage_id),
+                None => None,
+            };
+            let storage = match (storage_id.or(inherited), current.requested_storage_id) {
                 (None, Some(asked)) => choose_storage(storage, Some(asked))
                     .map_err(|_| PairingError::RequestedStorageUnusable(asked))?,
                 (chosen, _) => choose_storage(storage, chosen)?,
@@ -215,7 +247,10 @@ pub fn resolve(
             store.write(|tx| {
                 let r = tx.request(id)?.ok_or(PairingError::UnknownRequest(id))?;
                 check_pending(&r, now)?;
-                accept_in(tx, r, storage, &issued, quota_mb, actor, now)
+                let replaces = replaces_system_id
+                    .map(|old| replaced_system(tx, &r, old))
+                    .transpose()?;
+                accept_in(tx, r, storage, &issued, quota_mb, replaces, actor, now)
             })
         }
     }
@@ -237,17 +272,31 @@ pub(crate) fn sign(
 /// certificate already issued for its CSR: revoke the key it replaces, write the systems
 /// row (with `quota_mb` when given: `Some(None)` clears it), the certificate and the
 /// resolution, and audit. The one accept, whether an admin decided or a token did.
+/// With `replaces` (a row [`replaced_system`] checked), the request's appliance takes
+/// over that row: its id, lineage, quota and copies; its certificates are revoked here.
+#[allow(clippy::too_many_arguments)]
 pub(crate) fn accept_in(
     tx: &Txn,
     mut r: RequestRecord,
     storage: &Storage,
     issued: &ca::IssuedCert,
     quota_mb: Option<Option<u64>>,
+    replaces: Option<SystemRecord>,
     actor: &Actor,
     now: UnixTime,
 ) -> Result<Resolved, PairingError> {
     let id = r.id;
-    let existing = matching_system(tx, &r)?;
+    let replacing = replaces.is_some();
+    let existing = match replaces {
+        Some(old) => Some(old),
+        None => matching_system(tx, &r)?,
+    };
+    // The copies stay where they are: under the uuid the replaced system kept them.
+    let copies_uuid = existing
+        .as_ref()
+        .filter(|_| replacing)
+        .and_then(|s| s.copies_uuid().map(String::from))
+        .filter(|u| *u != r.system_uuid);
     // A replaced key stops working the moment the new one is accepted: its certificate,
     // and a predecessor still in its renewal grace.
     let mut replaced = None;
@@ -282,6 +331,20 @@ pub(crate) fn accept_in(
     );
     if let Some(q) = quota_mb {
         row.quota_mb = q;
+    }
+    if replacing {
+        row.copies_uuid = copies_uuid.clone();
+        tx.audit(&actor.audit(
+            now,
+            "system replaced",
+            format!("system:{}", row.id),
+            format!(
+                "by request {id} from {} ({}): old certificates revoked, copies of {} inherited",
+                r.host,
+                r.system_uuid,
+                copies_uuid.as_deref().unwrap_or(&r.system_uuid)
+            ),
+        ))?;
     }
     tx.put_system(&row)?;
     let fresh = tx.insert_cert(&CertRecord {
@@ -455,15 +518,21 @@ fn unpair_detail(current: Option<&str>, revoked: &[String]) -> String {
     }
 }
 
-/// What `PUT /api/replication/source?sid=` changes: the storage, the quota, or both.
+/// What `PUT /api/replication/source?sid=` changes: the storage, the quota, the share of
+/// receiving sessions, or several.
 #[derive(Clone, Copy, Debug, Default)]
 pub struct SourceChange {
     pub storage_id: Option<u64>,
     /// `Some(None)` clears the quota.
     pub quota_mb: Option<Option<u64>>,
+    /// `Some(None)` keeps every received backup (no retention policy).
+    pub retention: Option<Option<Retention>>,
+    /// `Some(None)` sets the weight back to the default (1).
+    pub share: Option<Option<u32>>,
 }
 
-/// Moves a source to another storage and/or sets its quota.
+/// Moves a source to another storage, sets its quota, its retention policy and/or its
+/// share.
 pub fn change_source(
     store: &Store,
     storage: &[Storage],
@@ -500,6 +569,27 @@ pub fn change_source(
             };
             details.push(format!("quota {} -> {}", shown(row.quota_mb), shown(q)));
             row.quota_mb = q;
+        }
+        if let Some(policy) = change.retention {
+            let shown = |p: Option<Retention>| match p {
+                None => "keep all".to_string(),
+                Some(p) => format!(
+                    "keep_last {} keep_days {}",
+                    p.keep_last.map_or("-".into(), |n| n.to_string()),
+                    p.keep_days.map_or("-".into(), |n| n.to_string())
+                ),
+            };
+            details.push(format!(
+                "retention {} -> {}",
+                shown(row.retention),
+                shown(policy)
+            ));
+            row.retention = policy;
+        }
+        if let Some(w) = change.share {
+            let before = row.share();
+            row.share = w;
+            details.push(format!("share {before} -> {}", row.share()));
         }
         row.updated = now;
         tx.put_system(&row)?;
@@ -543,6 +633,9 @@ pub fn register_managed(
             request_id: None,
             asset_tag: asset_tag.map(String::from),
             quota_mb: None,
+            retention: None,
+            share: None,
+            copies_uuid: None,
         };
         tx.put_system(&row)?;
         tx.audit(&actor.audit(
@@ -772,6 +865,7 @@ mod tests {
         let accept = Decision::Accept {
             storage_id: None,
             quota_mb: None,
+            replaces_system_id: None,
         };
         let e = resolve(&side, r.id, accept, &actor, now).unwrap_err();
         assert!(matches!(e, PairingError::Clock(t) if t == now), "{e:?}");

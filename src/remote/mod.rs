@@ -4,6 +4,7 @@
 //! (`LiveSource`), which the domain is handed.
 
 pub mod http;
+pub mod restore;
 pub mod tunnel;
 
 use std::fmt;

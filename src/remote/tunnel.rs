@@ -93,6 +93,9 @@ pub struct TunnelReader {
     shared: Arc<Shared>,
     sock: TcpStream,
     buf: Vec<u8>,
+    /// `buf[start..end]` was read from the socket and not yet taken by rustls.
+    start: usize,
+    end: usize,
 }
 
 /// Writes bytes; encryption under the lock, the socket write outside it.
@@ -103,6 +106,9 @@ pub struct TunnelWriter {
 }
 
 impl Read for TunnelReader {
+    /// Plaintext rustls holds first; else the socket bytes read earlier and not yet taken
+    /// by rustls (it takes no more while its plaintext buffer is full, so a large answer
+    /// is fed in steps); else a socket read.
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
         loop {
             {
@@ -112,22 +118,24 @@ impl Read for TunnelReader {
                     Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
                     Err(e) => return Err(e),
                 }
+                if self.start < self.end {
+                    let mut data = &self.buf[self.start..self.end];
+                    let taken = c.read_tls(&mut data)?;
+                    self.start += taken;
+                    c.process_new_packets().map_err(io::Error::other)?;
+                    continue;
+                }
             }
             let n = self.sock.read(&mut self.buf)?;
-            let mut c = lock(&self.shared.conn);
             if n == 0 {
                 // The peer closed without close_notify: say so to rustls, then end.
-                let _ = c.read_tls(&mut io::empty());
+                let _ = lock(&self.shared.conn).read_tls(&mut io::empty());
                 return Err(io::Error::new(
                     io::ErrorKind::UnexpectedEof,
                     "the target closed the connection",
                 ));
             }
-            let mut data = &self.buf[..n];
-            while !data.is_empty() {
-                c.read_tls(&mut data)?;
-                c.process_new_packets().map_err(io::Error::other)?;
-            }
+            (self.start, self.end) = (0, n);
         }
     }
 }
@@ -186,13 +194,15 @@ pub struct TransferStream {
     /// leave in full TLS records rather than three records (and writes) per frame.
     pub body: ChunkedWriter<BufWriter<TunnelWriter>>,
     pub replies: ChunkedReader<TunnelReader>,
-    /// The features the target agreed to (`Replgate-Features`; none from an older one).
+    /// What the target agreed to use this session (`Replgate-Features`).
     pub features: Features,
+    /// The connection's socket, for its figures (`TCP_INFO`).
+    pub socket: TcpStream,
 }
 
 /// Reads the response head one byte at a time, so nothing after it is consumed (it is
 /// small, and read once per session).
-fn read_head(r: &mut TunnelReader) -> io::Result<Vec<u8>> {
+pub(super) fn read_head(r: &mut TunnelReader) -> io::Result<Vec<u8>> {
     let mut head = Vec::with_capacity(256);
     let mut b = [0u8; 1];
     while !head.ends_with(b"\r\n\r\n") {
@@ -213,30 +223,61 @@ fn read_head(r: &mut TunnelReader) -> io::Result<Vec<u8>> {
     Ok(head)
 }
 
-fn header<'a>(head: &'a str, name: &str) -> Option<&'a str> {
+/// The response head as text, and its status.
+pub(super) fn status_of(head: &[u8]) -> Result<(String, u16), OpenTransferError> {
+    let head = String::from_utf8_lossy(head).into_owned();
+    let status: u16 = head
+        .split_whitespace()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .ok_or(OpenTransferError::Malformed(
+            "no status in the tunnel's answer",
+        ))?;
+    Ok((head, status))
+}
+
+/// A refusal's message (the documented error body's, or the start of the text).
+pub(super) fn refusal(reader: &mut TunnelReader, head: &str, status: u16) -> OpenTransferError {
+    let mut body = Vec::new();
+    let limit = header(head, "content-length")
+        .and_then(|v| v.parse::<usize>().ok())
+        .unwrap_or(MAX_ERROR_BODY)
+        .min(MAX_ERROR_BODY);
+    let _ = reader.take(limit as u64).read_to_end(&mut body);
+    let text = String::from_utf8_lossy(&body);
+    let message = serde_json::from_str::<serde_json::Value>(&text)
+        .ok()
+        .and_then(|v| v["result"][0]["message"].as_str().map(String::from))
+        .unwrap_or_else(|| text.chars().take(200).collect());
+    OpenTransferError::Refused {
+        status,
+        message,
+        retry_after: header(head, "retry-after").and_then(|v| v.parse().ok()),
+    }
+}
+
+pub(super) fn header<'a>(head: &'a str, name: &str) -> Option<&'a str> {
     head.split("\r\n").skip(1).find_map(|l| {
         let (k, v) = l.split_once(':')?;
         k.trim().eq_ignore_ascii_case(name).then(|| v.trim())
     })
 }
 
-fn io_error(e: io::Error) -> OpenTransferError {
+pub(super) fn io_error(e: io::Error) -> OpenTransferError {
     match e.get_ref().and_then(|i| i.downcast_ref::<rustls::Error>()) {
         Some(tls) => OpenTransferError::Untrusted(tls.clone()),
         None => OpenTransferError::Unreachable(e),
     }
 }
 
-/// Opens a transfer session on the tunnel at `host:port`, trusting only `ca_pem`,
-/// presenting `cert_pem`/`key_pem`. Returns once the target answered 200 (it greets
-/// next, inside the stream); any other answer is `Refused` with the target's message.
-pub fn open_transfer(
+/// Connects to the tunnel at `host:port` over mutual TLS, trusting only `ca_pem`,
+/// presenting `cert_pem`/`key_pem`: the connection's two halves.
+pub(super) fn connect(
     addr: &str,
     ca_pem: &str,
     cert_pem: &str,
     key_pem: &str,
-    features: Features,
-) -> Result<TransferStream, OpenTransferError> {
+) -> Result<(TunnelReader, TunnelWriter), OpenTransferError> {
     let anchors = super::anchors_of(ca_pem).map_err(OpenTransferError::PinnedCa)?;
     let config = crate::tls::pinned_client_config(anchors, Some((cert_pem, key_pem)))
         .map_err(OpenTransferError::Tls)?;
@@ -275,68 +316,140 @@ pub fn open_transfer(
         conn: Mutex::new(conn),
     });
     let read_sock = sock.try_clone().map_err(io_error)?;
-    let mut reader = TunnelReader {
+    let reader = TunnelReader {
         shared: shared.clone(),
         sock: read_sock,
         buf: vec![0u8; 64 * 1024],
+        start: 0,
+        end: 0,
     };
-    let mut writer = TunnelWriter {
+    let writer = TunnelWriter {
         shared,
         sock,
         out: Vec::with_capacity(SOCKET_WRITE + 2 * ENCRYPT_STEP),
     };
-    let offered = match features.header_value() {
-        v if v.is_empty() => String::new(),
-        v => format!("{FEATURES_HEADER}: {v}\r\n"),
-    };
+    Ok((reader, writer))
+}
+
+/// Opens a transfer session on the tunnel at `host:port`, trusting only `ca_pem`,
+/// presenting `cert_pem`/`key_pem`, offering `features`. Returns once the target answered
+/// 200 (it greets next, inside the stream); any other answer is `Refused` with the
+/// target's message.
+pub fn open_transfer(
+    addr: &str,
+    ca_pem: &str,
+    cert_pem: &str,
+    key_pem: &str,
+    features: Features,
+) -> Result<TransferStream, OpenTransferError> {
+    let (mut reader, mut writer) = connect(addr, ca_pem, cert_pem, key_pem)?;
     let request = format!(
         "POST /tunnel/v1/transfer HTTP/1.1\r\nHost: {addr}\r\nUser-Agent: replgate/{}\r\n\
-         Content-Type: application/x-replgate-transfer\r\nTransfer-Encoding: chunked\r\n{offered}\r\n",
-        env!("CARGO_PKG_VERSION")
+         Content-Type: application/x-replgate-transfer\r\nTransfer-Encoding: chunked\r\n\
+         {FEATURES_HEADER}: {}\r\n\r\n",
+        env!("CARGO_PKG_VERSION"),
+        features.render()
     );
     writer.write_all(request.as_bytes()).map_err(io_error)?;
     writer.flush().map_err(io_error)?;
     let head = read_head(&mut reader).map_err(io_error)?;
-    let head = String::from_utf8_lossy(&head).into_owned();
-    let status: u16 = head
-        .split_whitespace()
-        .nth(1)
-        .and_then(|s| s.parse().ok())
-        .ok_or(OpenTransferError::Malformed(
-            "no status in the tunnel's answer",
-        ))?;
+    let (head, status) = status_of(&head)?;
     let chunked =
         header(&head, "transfer-encoding").is_some_and(|v| v.eq_ignore_ascii_case("chunked"));
     if status != 200 {
-        let mut body = Vec::new();
-        let limit = header(&head, "content-length")
-            .and_then(|v| v.parse::<usize>().ok())
-            .unwrap_or(MAX_ERROR_BODY)
-            .min(MAX_ERROR_BODY);
-        let _ = (&mut reader).take(limit as u64).read_to_end(&mut body);
-        let text = String::from_utf8_lossy(&body);
-        let message = serde_json::from_str::<serde_json::Value>(&text)
-            .ok()
-            .and_then(|v| v["result"][0]["message"].as_str().map(String::from))
-            .unwrap_or_else(|| text.chars().take(200).collect());
-        return Err(OpenTransferError::Refused {
-            status,
-            message,
-            retry_after: header(&head, "retry-after").and_then(|v| v.parse().ok()),
-        });
+        return Err(refusal(&mut reader, &head, status));
     }
     if !chunked {
         return Err(OpenTransferError::Malformed(
             "the tunnel's transfer answer is not chunked",
         ));
     }
-    // Only what was offered counts, whatever the target answers.
-    let agreed = features.and(Features::parse(
-        header(&head, FEATURES_HEADER).unwrap_or(""),
-    ));
+    // A target that names no features (an older version) uses none; one that names
+    // more than was offered is held to what was.
+    let features = header(&head, FEATURES_HEADER)
+        .map_or(Features::default(), Features::parse)
+        .and(features);
+    let socket = reader.sock.try_clone().map_err(io_error)?;
     Ok(TransferStream {
         body: ChunkedWriter::new(BufWriter::with_capacity(WRITE_BUFFER, writer)),
         replies: ChunkedReader::new(reader),
-        features: agreed,
+        features,
+        socket,
     })
+}
+
+/// What the kernel measured of a connection (`TCP_INFO`): the latest delivery rate in
+/// bytes per second, the time the receiver's window held the sender back so far, and the
+/// smoothed round trip. None where the kernel does not tell (before Linux 4.10).
+pub fn tcp_figures(sock: &TcpStream) -> Option<TcpFigures> {
+    use std::os::fd::AsRawFd;
+    // struct tcp_info (linux/tcp.h): tcpi_rtt (u32, µs) at 68, tcpi_delivery_rate (u64,
+    // bytes/s) at 160, tcpi_rwnd_limited (u64, µs) at 176.
+    let mut info = [0u8; 256];
+    let mut len = libc::socklen_t::try_from(info.len()).ok()?;
+    // SAFETY: the descriptor is open for the call (borrowed from `sock`); the kernel
+    // writes at most `len` bytes into `info` and sets `len` to what it wrote.
+    let rc = unsafe {
+        libc::getsockopt(
+            sock.as_raw_fd(),
+            libc::IPPROTO_TCP,
+            libc::TCP_INFO,
+            info.as_mut_ptr().cast(),
+            &mut len,
+        )
+    };
+    if rc != 0 || (len as usize) < 184 {
+        return None;
+    }
+    let field = |at: usize, width: usize| {
+        let mut b = [0u8; 8];
+        b[..width].copy_from_slice(&info[at..at + width]);
+        match width {
+            4 => u64::from(u32::from_ne_bytes([b[0], b[1], b[2], b[3]])),
+            _ => u64::from_ne_bytes(b),
+        }
+    };
+    let (u32_at, u64_at) = (|at| field(at, 4), |at| field(at, 8));
+    Some(TcpFigures {
+        delivery_rate: u64_at(160),
+        rwnd_limited: Duration::from_micros(u64_at(176)),
+        rtt: Duration::from_micros(u32_at(68)),
+    })
+}
+
+/// See [`tcp_figures`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct TcpFigures {
+    pub delivery_rate: u64,
+    pub rwnd_limited: Duration,
+    pub rtt: Duration,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tcp_figures_read_a_live_connection() {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let mut client = TcpStream::connect(listener.local_addr().unwrap()).unwrap();
+        let (mut server, _) = listener.accept().unwrap();
+        let reader = std::thread::spawn(move || {
+            let mut sink = Vec::new();
+            server.read_to_end(&mut sink).unwrap();
+            sink.len()
+        });
+        let chunk = vec![7u8; 1 << 20];
+        for _ in 0..8 {
+            client.write_all(&chunk).unwrap();
+        }
+        let f = tcp_figures(&client).expect("TCP_INFO on Linux");
+        assert!(f.delivery_rate > 0, "{f:?}");
+        assert!(
+            f.rtt > Duration::ZERO && f.rtt < Duration::from_secs(1),
+            "{f:?}"
+        );
+        client.shutdown(Shutdown::Write).unwrap();
+        assert_eq!(reader.join().unwrap(), 8 << 20);
+    }
 }

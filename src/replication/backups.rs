@@ -145,6 +145,7 @@ pub fn apply_scan(
                     i.version = *version;
                     i.status = ItemStatus::Waiting;
                     i.failures = 0;
+                    i.refusals = 0;
                     i.retry_at = None;
                     i.message = Some("the backup changed before it was sent".into());
                     tx.put_item(&i)?;

@@ -24,7 +24,7 @@ use std::sync::{Arc, Condvar, Mutex};
 use std::time::{Duration, Instant};
 
 use super::backups;
-use super::live::Live;
+use super::live::{attempt_reason, Live, Peer};
 use super::names::BackupName;
 use super::queue::{self, Attempt, Found};
 use super::receiver::chunk_for;
@@ -54,6 +54,36 @@ pub fn recover_active(store: &Store) -> Result<u64, StoreError> {
         }
         Ok(n)
     })
+}
+
+/// Of `items` (one target's open items, as just read), those the target refused for now
+/// whose wait is over wait again (`queue::retry_due`), in the store and in `items`.
+/// Returns how many.
+pub fn requeue_refused(
+    store: &Store,
+    items: &mut [QueueItem],
+    now: UnixTime,
+) -> Result<u64, StoreError> {
+    if !items.iter().any(|i| queue::retry_due(i, now)) {
+        return Ok(0);
+    }
+    let due: Vec<u64> = store.write(|tx| {
+        let mut due = Vec::new();
+        for i in items.iter().filter(|i| queue::retry_due(i, now)) {
+            if let Some(mut stored) = tx.open_item(i.id)? {
+                if queue::retry_due(&stored, now) {
+                    queue::retry(&mut stored);
+                    tx.put_item(&stored)?;
+                    due.push(i.id);
+                }
+            }
+        }
+        Ok::<_, StoreError>(due)
+    })?;
+    for i in items.iter_mut().filter(|i| due.contains(&i.id)) {
+        queue::retry(i);
+    }
+    Ok(due.len() as u64)
 }
 
 /// The items claimed by any session of one target, so two sessions never send the same
@@ -181,6 +211,8 @@ struct Account {
     /// The `bytes_sent` reservation asked for last (persisted, or being persisted).
     ceiling: u64,
     size: u64,
+    /// Bytes of this attempt already counted in the target's metrics.
+    counted: u64,
 }
 
 /// The queue of one target, as one session sees it: claims in batches with one durable
@@ -288,6 +320,7 @@ impl<'a> StoreFeed<'a> {
                             before,
                             ceiling: item.bytes_sent,
                             size: item.size,
+                            counted: 0,
                         },
                     );
                     self.batch.push_back(item);
@@ -300,6 +333,19 @@ impl<'a> StoreFeed<'a> {
                     self.unclaim(*id);
                 }
             }
+        }
+    }
+
+    /// Counts an attempt's end in the target's metrics: `fresh` bytes not counted yet, the
+    /// file (sent, or held already) or the reason it did not end done.
+    fn count(&self, attempt: &Attempt, fresh: u64) {
+        let peer = Peer::Target(self.target_id);
+        self.live.count_bytes(peer, fresh);
+        match (attempt, attempt_reason(attempt)) {
+            (Attempt::Done { skipped: true, .. }, _) => self.live.count_skipped(peer),
+            (Attempt::Done { .. }, _) => self.live.count_file(peer),
+            (_, Some(reason)) => self.live.count_failure(peer, reason),
+            (_, None) => {}
         }
     }
 
@@ -328,7 +374,7 @@ impl Feed for StoreFeed<'_> {
             let Ok(backup) = BackupName::parse(&item.backup) else {
                 self.finished(
                     item.id,
-                    Attempt::Refused("not a valid backup name".into()),
+                    Attempt::Rejected("not a valid backup name".into()),
                     0,
                 );
                 continue;
@@ -367,6 +413,9 @@ impl Feed for StoreFeed<'_> {
         let Some(a) = self.accounts.get_mut(&item_id) else {
             return;
         };
+        let fresh = sent.saturating_sub(a.counted);
+        a.counted = a.counted.max(sent);
+        self.live.count_bytes(Peer::Target(self.target_id), fresh);
         let total = a.before + sent;
         let chunk = chunk_for(a.size);
         // Ask for the next chunk's reservation half a chunk early; it is durable before
@@ -386,9 +435,14 @@ impl Feed for StoreFeed<'_> {
     fn finished(&mut self, item_id: u64, attempt: Attempt, sent: u64) {
         self.reserver.settle(item_id);
         self.unclaim(item_id);
-        let before = self.accounts.remove(&item_id).map(|a| a.before);
-        let config = self.live.config();
+        let account = self.accounts.remove(&item_id);
+        let before = account.as_ref().map(|a| a.before);
         let target_id = self.target_id;
+        self.count(
+            &attempt,
+            sent.saturating_sub(account.map_or(0, |a| a.counted)),
+        );
+        let config = self.live.config();
         let now = (self.now)();
         let done = matches!(attempt, Attempt::Done { .. });
         let durable = done || !matches!(attempt, Attempt::Interrupted(_));
@@ -444,6 +498,7 @@ impl Feed for StoreFeed<'_> {
     }
 
     fn release(&mut self, item_id: u64) {
+        // Claimed, never started: nothing was sent, nothing to count.
         self.reserver.settle(item_id);
         self.unclaim(item_id);
         let Some(a) = self.accounts.remove(&item_id) else {
@@ -510,5 +565,53 @@ impl Drop for StoreFeed<'_> {
         if let Err(e) = self.store.write(|_| Ok::<_, StoreError>(())) {
             log::warn!("replication: flush progress: {}", Chain(&e));
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::wire::transfer::Code;
+
+    #[test]
+    fn items_refused_for_space_wait_again_once_their_time_comes_and_bad_names_do_not() {
+        let dir =
+            std::env::temp_dir().join(format!("replgate-feed-requeue-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        crate::fsx::ensure_private_dir(&dir).unwrap();
+        let store = Store::open(&dir.join("db.redb")).unwrap();
+        let found = |n: &str| Found {
+            name: BackupName::parse(n).unwrap(),
+            size: 100,
+            version: 1,
+        };
+        let mut space = queue::new_item(1, 7, &found("c/space"), None, 0);
+        queue::finish_attempt(
+            &mut space,
+            queue::attempt_for(Code::NoSpace, "full"),
+            3,
+            100,
+        );
+        let mut name = queue::new_item(2, 7, &found("c/name"), None, 0);
+        queue::finish_attempt(&mut name, queue::attempt_for(Code::BadName, "no"), 3, 100);
+        store
+            .write(|tx| {
+                tx.put_item(&space)?;
+                tx.put_item(&name)
+            })
+            .unwrap();
+        let mut items = store.open_items(Some(7)).unwrap();
+        // Before its wait (2 s) is over nothing changes.
+        assert_eq!(requeue_refused(&store, &mut items, 101).unwrap(), 0);
+        assert_eq!(requeue_refused(&store, &mut items, 102).unwrap(), 1);
+        let stored = store.open_items(Some(7)).unwrap();
+        for list in [&items[..], &stored[..]] {
+            let status = |id| list.iter().find(|i| i.id == id).unwrap().status;
+            assert_eq!(status(1), ItemStatus::Waiting);
+            assert_eq!(status(2), ItemStatus::Failed);
+        }
+        assert_eq!(requeue_refused(&store, &mut items, i64::MAX).unwrap(), 0);
+        drop(store);
+        let _ = std::fs::remove_dir_all(&dir);
     }
 }

@@ -3,16 +3,19 @@
 //! `eta_s` are fresh at every read without a database write per frame; the database gets
 //! checkpoints), cancel requests for active items, the settings in force (a `PUT` applies
 //! to running transfers at their next frame), the one rate limiter every sending session
-//! shares, a wake-up for the replicator, and the counters behind the metrics. No I/O.
+//! shares, a wake-up for the replicator, and the counters behind the metrics (per peer:
+//! each target on a source, each source on a target; `api::system` exports them). No I/O.
 
-use std::collections::{HashMap, HashSet, VecDeque};
+use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex, RwLock};
 use std::time::{Duration, Instant};
 
+use super::queue::Attempt;
 use super::throttle::{self, Bucket};
 use crate::store::{ReplicationConfig, ThrottleRecord};
 use crate::sync::{lock, read, write};
+use crate::wire::transfer::Code;
 
 /// Bytes per second over the last few seconds of samples.
 #[derive(Debug)]
@@ -141,58 +144,77 @@ pub struct Incoming {
     pub progress: Progress,
 }
 
-/// Counters for the metrics endpoint (issue 10): monotonic since start.
+/// The other end of transfers: a target this appliance sends to (its target id), or a
+/// source that sends to this appliance (its system id).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Peer {
+    Target(u64),
+    Source(u64),
+}
+
+/// What was moved with one peer since the process started (counters), and its sessions
+/// now (a gauge).
 #[derive(Debug, Default)]
-struct Counters {
-    started: AtomicU64,
-    finished: AtomicU64,
-    failed: AtomicU64,
+struct PeerCounters {
+    /// File content bytes sent to a target, or received from a source.
+    bytes: AtomicU64,
+    /// Files the target verified and committed (sent), or committed here (received).
+    files: AtomicU64,
+    /// Files not sent because the target already held them (source side).
     skipped: AtomicU64,
-    bytes_sent: AtomicU64,
-    bytes_received: AtomicU64,
-    logical_sent: AtomicU64,
-    logical_received: AtomicU64,
-    files_received: AtomicU64,
-    receive_failures: AtomicU64,
+    /// Transfer sessions open now.
+    sessions: AtomicU64,
+    /// Files (or offers) that did not end committed, by reason: how an attempt ended on a
+    /// source (`refused`, `failed`, `interrupted`), the target's code on a target.
+    failures: Mutex<BTreeMap<&'static str, u64>>,
 }
 
-/// What `replication` tells the metrics endpoint: read it with [`Live::metrics`].
+/// [`Live::peers`]: one peer's counters at one moment.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
-pub struct ReplicationMetrics {
-    /// Source side: transfers started, finished (verified on the target), failed
-    /// attempts, and items the target already held (not sent again).
-    pub transfers_started: u64,
-    pub transfers_finished: u64,
-    pub transfers_failed: u64,
-    pub transfers_skipped: u64,
-    /// Every byte put on the wire for files: their content, or with dedup the chunks the
-    /// target lacked and the chunk lists (wire bytes).
-    pub bytes_sent: u64,
-    /// The bytes of the files those transfers delivered (logical bytes: what the target
-    /// holds afterwards, chunks it already held included).
-    pub logical_sent: u64,
-    /// Target side: the same two counts for what arrived (wire, logical), files
-    /// committed, files discarded.
-    pub bytes_received: u64,
-    pub logical_received: u64,
-    pub files_received: u64,
-    pub receive_failures: u64,
-    /// Transfers running now, each way, and their summed rate in bytes per second.
-    pub active_sending: u64,
-    pub active_receiving: u64,
-    pub send_rate_bps: u64,
-    pub receive_rate_bps: u64,
+pub struct PeerStats {
+    pub bytes: u64,
+    pub files: u64,
+    pub skipped: u64,
+    pub sessions: u64,
+    pub failures: BTreeMap<&'static str, u64>,
 }
 
-/// The metric events sessions report.
-#[derive(Clone, Copy, Debug)]
-pub enum Event {
-    Started,
-    Finished,
-    Failed,
-    Skipped,
-    Received,
-    ReceiveFailed,
+/// Why an attempt to send did not end done, as a metric label.
+pub fn attempt_reason(attempt: &Attempt) -> Option<&'static str> {
+    match attempt {
+        Attempt::Done { .. } => None,
+        Attempt::Refused(_) | Attempt::Rejected(_) => Some("refused"),
+        Attempt::Failed(_) => Some("failed"),
+        Attempt::Interrupted(_) => Some("interrupted"),
+    }
+}
+
+/// Why a target refused or failed a file, as a metric label (a small fixed set).
+pub fn code_reason(code: Code) -> &'static str {
+    match code {
+        Code::BadName => "bad_name",
+        Code::Quota => "quota",
+        Code::NoSpace => "no_space",
+        Code::Busy => "busy",
+        Code::SizeMismatch => "size_mismatch",
+        Code::DigestMismatch => "digest_mismatch",
+        Code::Storage => "storage",
+        Code::Protocol => "protocol",
+        Code::NotPaired => "not_paired",
+        Code::Unavailable => "unavailable",
+        Code::Other(_) => "other",
+    }
+}
+
+/// An open transfer session with a peer, counted while it lives ([`Live::session`]).
+pub struct Session {
+    counters: Arc<PeerCounters>,
+}
+
+impl Drop for Session {
+    fn drop(&mut self) {
+        self.counters.sessions.fetch_sub(1, Ordering::Relaxed);
+    }
 }
 
 pub struct Live {
@@ -205,7 +227,7 @@ pub struct Live {
     next_incoming: AtomicU64,
     cancelled: Mutex<HashSet<u64>>,
     wake: (Mutex<u64>, Condvar),
-    counters: Counters,
+    peers: Mutex<HashMap<Peer, Arc<PeerCounters>>>,
     /// Local weekday and hour for the throttle; replaced in tests.
     clock: fn() -> (u8, u32),
 }
@@ -261,7 +283,7 @@ impl Live {
             next_incoming: AtomicU64::new(1),
             cancelled: Mutex::new(HashSet::new()),
             wake: (Mutex::new(0), Condvar::new()),
-            counters: Counters::default(),
+            peers: Mutex::new(HashMap::new()),
             clock,
         }
     }
@@ -386,61 +408,67 @@ impl Live {
         let _ = c.wait_timeout_while(guard, timeout, |g| *g == seen);
     }
 
-    pub fn count(&self, e: Event) {
-        let c = &self.counters;
-        let counter = match e {
-            Event::Started => &c.started,
-            Event::Finished => &c.finished,
-            Event::Failed => &c.failed,
-            Event::Skipped => &c.skipped,
-            Event::Received => &c.files_received,
-            Event::ReceiveFailed => &c.receive_failures,
-        };
-        counter.fetch_add(1, Ordering::Relaxed);
+    fn peer(&self, peer: Peer) -> Arc<PeerCounters> {
+        lock(&self.peers).entry(peer).or_default().clone()
     }
 
-    pub fn count_sent(&self, n: u64) {
-        self.counters.bytes_sent.fetch_add(n, Ordering::Relaxed);
+    /// `n` content bytes went to a target, or came from a source.
+    pub fn count_bytes(&self, peer: Peer, n: u64) {
+        self.peer(peer).bytes.fetch_add(n, Ordering::Relaxed);
     }
 
-    pub fn count_received(&self, n: u64) {
-        self.counters.bytes_received.fetch_add(n, Ordering::Relaxed);
+    /// A file was committed: verified by the target (source side), or here.
+    pub fn count_file(&self, peer: Peer) {
+        self.peer(peer).files.fetch_add(1, Ordering::Relaxed);
     }
 
-    /// `n` bytes of files were delivered (sent, or put in place from held chunks).
-    pub fn count_logical_sent(&self, n: u64) {
-        self.counters.logical_sent.fetch_add(n, Ordering::Relaxed);
+    /// A file was not sent: the target holds it already.
+    pub fn count_skipped(&self, peer: Peer) {
+        self.peer(peer).skipped.fetch_add(1, Ordering::Relaxed);
     }
 
-    /// `n` bytes of files arrived or were assembled from held chunks.
-    pub fn count_logical_received(&self, n: u64) {
-        self.counters
-            .logical_received
-            .fetch_add(n, Ordering::Relaxed);
+    /// A file (or an offer) did not end committed, for `reason` ([`attempt_reason`],
+    /// [`code_reason`]).
+    pub fn count_failure(&self, peer: Peer, reason: &'static str) {
+        *lock(&self.peer(peer).failures).entry(reason).or_default() += 1;
     }
 
-    /// The numbers the metrics endpoint exposes (see NOTES.md and ARCHITECTURE.md).
-    pub fn metrics(&self) -> ReplicationMetrics {
-        let c = &self.counters;
+    /// A transfer session with `peer` is open until the guard drops.
+    pub fn session(&self, peer: Peer) -> Session {
+        let counters = self.peer(peer);
+        counters.sessions.fetch_add(1, Ordering::Relaxed);
+        Session { counters }
+    }
+
+    /// Every peer that moved anything or had a session since start, with its counters.
+    pub fn peers(&self) -> BTreeMap<Peer, PeerStats> {
         let get = |a: &AtomicU64| a.load(Ordering::Relaxed);
-        let sending: Vec<Arc<Progress>> = lock(&self.sending).values().cloned().collect();
-        let incoming = self.incoming();
-        ReplicationMetrics {
-            transfers_started: get(&c.started),
-            transfers_finished: get(&c.finished),
-            transfers_failed: get(&c.failed),
-            transfers_skipped: get(&c.skipped),
-            bytes_sent: get(&c.bytes_sent),
-            logical_sent: get(&c.logical_sent),
-            bytes_received: get(&c.bytes_received),
-            logical_received: get(&c.logical_received),
-            files_received: get(&c.files_received),
-            receive_failures: get(&c.receive_failures),
-            active_sending: sending.len() as u64,
-            active_receiving: incoming.len() as u64,
-            send_rate_bps: sending.iter().map(|p| p.rate_bps()).sum(),
-            receive_rate_bps: incoming.iter().map(|i| i.progress.rate_bps()).sum(),
+        let peers: Vec<(Peer, Arc<PeerCounters>)> = lock(&self.peers)
+            .iter()
+            .map(|(p, c)| (*p, c.clone()))
+            .collect();
+        peers
+            .into_iter()
+            .map(|(p, c)| {
+                let stats = PeerStats {
+                    bytes: get(&c.bytes),
+                    files: get(&c.files),
+                    skipped: get(&c.skipped),
+                    sessions: get(&c.sessions),
+                    failures: lock(&c.failures).clone(),
+                };
+                (p, stats)
+            })
+            .collect()
+    }
+
+    /// Bytes per second moving now from each source, by system id.
+    pub fn receive_rates(&self) -> BTreeMap<u64, u64> {
+        let mut out = BTreeMap::new();
+        for i in self.incoming() {
+            *out.entry(i.system_id).or_default() += i.progress.rate_bps();
         }
+        out
     }
 }
 
@@ -481,7 +509,7 @@ mod tests {
             let (_r, inc) = live.receiving(3, "c/x", 100, 5, 0);
             inc.progress.advance(1);
             assert_eq!(live.incoming().len(), 1);
-            assert_eq!(live.metrics().active_sending, 1);
+            assert_eq!(live.receive_rates().len(), 1);
         }
         assert!(live.progress_of(7).is_none());
         assert!(live.incoming().is_empty());

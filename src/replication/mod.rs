@@ -8,13 +8,19 @@
 pub mod admin;
 pub mod backups;
 pub mod chunker;
+pub mod compress;
+pub mod drill;
 pub mod feed;
 pub mod index;
 pub mod live;
 pub mod names;
 pub mod queue;
 pub mod receiver;
+pub mod recycle;
+pub mod restore;
+pub mod retention;
 pub mod sender;
+pub mod slots;
 pub mod stream;
 pub mod throttle;
 pub mod verify;
@@ -29,16 +35,24 @@ use crate::store::{Store, StoreError};
 pub struct Shared {
     pub live: live::Live,
     pub ledger: receiver::Ledger,
+    /// The receiving sessions' slots, shared fairly between sources.
+    pub slots: slots::Slots,
     pub verifier: Arc<verify::Verifier>,
+    pub recycler: recycle::Recycler,
+    /// Live progress of restores (source side).
+    pub restores: restore::Board,
 }
 
 impl Shared {
-    /// Loads the stored settings into a fresh live state.
-    pub fn load(store: &Store) -> Result<Shared, StoreError> {
+    /// Loads the stored settings into a fresh live state; `max_sessions` received at once.
+    pub fn load(store: &Store, max_sessions: usize) -> Result<Shared, StoreError> {
         Ok(Shared {
             live: live::Live::new(store.replication_config()?, store.throttle()?),
             ledger: receiver::Ledger::default(),
+            slots: slots::Slots::new(max_sessions, std::time::Instant::now),
             verifier: Arc::new(verify::Verifier::default()),
+            recycler: recycle::Recycler::default(),
+            restores: restore::Board::default(),
         })
     }
 }

@@ -19,6 +19,9 @@ pub const MAX_RETRIES: u32 = 100;
 /// First wait after a failed attempt; it doubles per failure up to [`MAX_BACKOFF_S`].
 pub const FIRST_BACKOFF_S: i64 = 2;
 pub const MAX_BACKOFF_S: i64 = 600;
+/// Longest wait between the tries of an item the target refused for now (its quota, its
+/// free space): the first waits [`FIRST_BACKOFF_S`], each next one twice as long.
+pub const MAX_REFUSED_BACKOFF_S: i64 = 900;
 
 /// Checks a config as `PUT /api/replication/config` would store it.
 pub fn validate_config(c: &ReplicationConfig) -> Result<(), String> {
@@ -176,6 +179,7 @@ pub fn new_item(
         bytes_sent: 0,
         attempts: 0,
         failures: 0,
+        refusals: 0,
         message: None,
         sha256: None,
         tail,
@@ -217,15 +221,22 @@ fn client_of(backup: &str) -> &str {
     backup.split('/').next().unwrap_or("")
 }
 
-/// How an attempt ended, as the queue sees it.
+/// How an attempt ended, as the queue sees it (docs/decisions.md, "Which failures an
+/// item retries").
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Attempt {
     /// Verified and durable on the target (or already there with the same SHA-256).
     Done { sha256: String, skipped: bool },
-    /// The item cannot succeed as it stands (quota, no space, bad name): `failed` now.
+    /// The target has no room for the item now (its quota, its free space): `failed`
+    /// with the target's message, and tried again by itself after a backoff (doubling up
+    /// to [`MAX_REFUSED_BACKOFF_S`]), however often; it never counts against `retries`.
+    /// Once room is back, the item goes on without an admin.
     Refused(String),
-    /// This attempt failed (digest or size mismatch, storage error, unreadable file):
-    /// counts against `retries`.
+    /// The item can never succeed as it stands (a name the target refuses): `failed`
+    /// until an admin resets it.
+    Rejected(String),
+    /// This attempt failed (digest or size mismatch, a storage error other than a full
+    /// disk, an unreadable file): counts against `retries`.
     Failed(String),
     /// The connection or the target went away, or it was busy: try again later without
     /// counting against `retries` (a target that is down for a day must not fail items).
@@ -235,7 +246,8 @@ pub enum Attempt {
 /// What the target's refusal or failure code means for the item.
 pub fn attempt_for(code: Code, message: &str) -> Attempt {
     match code {
-        Code::Quota | Code::NoSpace | Code::BadName => Attempt::Refused(message.to_string()),
+        Code::Quota | Code::NoSpace => Attempt::Refused(message.to_string()),
+        Code::BadName => Attempt::Rejected(message.to_string()),
         Code::Busy | Code::Unavailable | Code::NotPaired => {
             Attempt::Interrupted(message.to_string())
         }
@@ -257,9 +269,24 @@ pub fn finish_attempt(item: &mut QueueItem, attempt: Attempt, retries: u32, now:
             item.bytes_done = item.size;
             item.sha256 = Some(sha256);
             item.retry_at = None;
+            item.refusals = 0;
             item.message = skipped.then(|| "the target already holds this backup".to_string());
         }
         Attempt::Refused(m) => {
+            // An offer refused before it started is an attempt too.
+            if item.status == ItemStatus::Waiting {
+                item.attempts += 1;
+            }
+            item.refusals = item.refusals.saturating_add(1);
+            item.status = ItemStatus::Failed;
+            item.finished = Some(now);
+            item.retry_at = Some(now + refused_backoff(item.refusals));
+            item.message = Some(m);
+        }
+        Attempt::Rejected(m) => {
+            if item.status == ItemStatus::Waiting {
+                item.attempts += 1;
+            }
             item.status = ItemStatus::Failed;
             item.finished = Some(now);
             item.retry_at = None;
@@ -293,6 +320,25 @@ pub fn backoff(n: u32) -> i64 {
     (FIRST_BACKOFF_S << shift).min(MAX_BACKOFF_S)
 }
 
+/// Seconds to wait after the `n`th refusal for now in a row (n ≥ 1).
+pub fn refused_backoff(n: u32) -> i64 {
+    let shift = n.saturating_sub(1).min(16);
+    (FIRST_BACKOFF_S << shift).min(MAX_REFUSED_BACKOFF_S)
+}
+
+/// Whether `item` is one the target refused for now whose wait is over: it waits again.
+pub fn retry_due(item: &QueueItem, now: UnixTime) -> bool {
+    item.status == ItemStatus::Failed && item.retry_at.is_some_and(|t| t <= now)
+}
+
+/// Puts an item whose wait is over ([`retry_due`]) back in line; its place, message and
+/// counts stay.
+pub fn retry(item: &mut QueueItem) {
+    item.status = ItemStatus::Waiting;
+    item.finished = None;
+    item.retry_at = None;
+}
+
 /// Puts an item back at the tail of the queue with a clean slate (PUT action `reset`).
 pub fn reset(item: &mut QueueItem, tail: u64, now: UnixTime) {
     item.status = ItemStatus::Waiting;
@@ -303,6 +349,7 @@ pub fn reset(item: &mut QueueItem, tail: u64, now: UnixTime) {
     item.bytes_done = 0;
     item.attempts = 0;
     item.failures = 0;
+    item.refusals = 0;
     item.message = None;
     item.retry_at = None;
 }
@@ -524,5 +571,53 @@ mod tests {
         );
         assert_eq!(backoff(1), 2);
         assert_eq!(backoff(40), MAX_BACKOFF_S);
+    }
+
+    #[test]
+    fn a_refusal_for_now_is_retried_by_itself_with_backoff_and_a_bad_name_waits_for_an_admin() {
+        // Refused for space: failed with the target's message, and due again after a wait
+        // that doubles, however often, never exhausting `retries`.
+        let mut i = item(1, "a/x", 1, ItemStatus::Waiting);
+        let mut now = 1_000;
+        let mut waits = Vec::new();
+        for _ in 0..20 {
+            finish_attempt(
+                &mut i,
+                attempt_for(Code::NoSpace, "storage 1 is full"),
+                2,
+                now,
+            );
+            assert_eq!(i.status, ItemStatus::Failed);
+            assert_eq!(i.message.as_deref(), Some("storage 1 is full"));
+            let at = i
+                .retry_at
+                .expect("a failed-for-space item has a retry time");
+            assert!(!retry_due(&i, at - 1));
+            assert!(retry_due(&i, at));
+            waits.push(at - now);
+            retry(&mut i);
+            assert_eq!((i.status, i.retry_at), (ItemStatus::Waiting, None));
+            now = at;
+        }
+        assert_eq!(&waits[..5], &[2, 4, 8, 16, 32]);
+        assert_eq!(*waits.last().unwrap(), MAX_REFUSED_BACKOFF_S);
+        assert_eq!((i.attempts, i.refusals, i.failures), (20, 20, 0));
+        // Room is back: it is sent, and the next refusal starts from the first wait.
+        i.status = ItemStatus::Active;
+        let done = Attempt::Done {
+            sha256: "ab".into(),
+            skipped: false,
+        };
+        finish_attempt(&mut i, done, 2, now);
+        assert_eq!((i.status, i.refusals), (ItemStatus::Done, 0));
+        // A quota refusal is the same; a name the target refuses is permanent.
+        let mut q = item(2, "a/y", 1, ItemStatus::Active);
+        finish_attempt(&mut q, attempt_for(Code::Quota, "quota"), 2, 10);
+        assert_eq!((q.status, q.retry_at), (ItemStatus::Failed, Some(12)));
+        let mut b = item(3, "a/z", 1, ItemStatus::Waiting);
+        finish_attempt(&mut b, attempt_for(Code::BadName, "bad name"), 2, 10);
+        assert_eq!((b.status, b.retry_at), (ItemStatus::Failed, None));
+        assert!(!retry_due(&b, i64::MAX));
+        assert_eq!(refused_backoff(u32::MAX), MAX_REFUSED_BACKOFF_S);
     }
 }

@@ -4,6 +4,9 @@
 //! transfer session learns of it (a `Want` frame) and sends it again. Verifying reads
 //! gigabytes, so it runs on its own job thread (`jobs::verify`), one source at a time, and
 //! stops at shutdown; the API only queues the request ([`Verifier`]) and reports progress.
+//! `verify_interval` queues each source's verify on its own when it is due ([`due`]), with
+//! no admin action; each verify's result is kept ([`VerifyRun`]), and one that found
+//! damage is audited (the metrics and `GET /api/health` count the damaged copies).
 
 use std::collections::HashMap;
 use std::path::PathBuf;
@@ -14,10 +17,14 @@ use std::sync::Mutex;
 use ring::digest::{Context as Sha256, SHA256};
 
 use super::names::BackupName;
+use crate::config::Storage;
 use crate::fsx;
 use crate::model::UnixTime;
-use crate::store::{Store, StoreError};
+use crate::store::{AuditRecord, Store, StoreError, SystemRecord, VerifyRun};
 use crate::sync::lock;
+
+/// Most damaged copies an audit row names.
+const NAMES_AUDITED: usize = 10;
 
 /// Where a source's verify stands.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -39,6 +46,19 @@ pub struct VerifyJob {
     uuid: String,
     storage_id: u64,
     storage_path: PathBuf,
+    /// Queued by `verify_interval`, not by an admin.
+    scheduled: bool,
+}
+
+/// A source's copies to verify: what the API's request and the schedule queue.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct VerifyTarget {
+    pub system_id: u64,
+    pub uuid: String,
+    pub storage_id: u64,
+    pub storage_path: PathBuf,
+    /// Copies on that storage now (the progress' total).
+    pub copies: u64,
 }
 
 /// The queue of verify requests and their status, shared with the API.
@@ -74,18 +94,16 @@ impl std::fmt::Display for VerifyError {
 impl std::error::Error for VerifyError {}
 
 impl Verifier {
-    /// Queues a verify of what the source with `uuid` delivered to the storage.
+    /// Queues a verify of what a source delivered to its storage; `scheduled` when
+    /// `verify_interval` asks rather than an admin.
     pub fn request(
         &self,
-        system_id: u64,
-        uuid: &str,
-        storage_id: u64,
-        storage_path: PathBuf,
-        copies: u64,
+        target: VerifyTarget,
+        scheduled: bool,
         now: UnixTime,
     ) -> Result<VerifyStatus, VerifyError> {
         let mut status = lock(&self.status);
-        if status.get(&system_id).is_some_and(|s| s.running) {
+        if status.get(&target.system_id).is_some_and(|s| s.running) {
             return Err(VerifyError::Running);
         }
         let tx = lock(&self.tx);
@@ -93,14 +111,16 @@ impl Verifier {
         let s = VerifyStatus {
             running: true,
             started: now,
-            total: copies,
+            total: target.copies,
             ..VerifyStatus::default()
         };
+        let system_id = target.system_id;
         tx.send(VerifyJob {
             system_id,
-            uuid: uuid.to_string(),
-            storage_id,
-            storage_path,
+            uuid: target.uuid,
+            storage_id: target.storage_id,
+            storage_path: target.storage_path,
+            scheduled,
         })
         .map_err(|_| VerifyError::Stopped)?;
         status.insert(system_id, s.clone());
@@ -148,8 +168,106 @@ pub fn file_sha256(path: &std::path::Path) -> std::io::Result<(String, u64)> {
     Ok((crate::wire::hex::encode(h.finish().as_ref()), meta.len()))
 }
 
-/// Verifies the copies of `job` one by one, recording each against its row; returns early
-/// (Ok) once `stop` is set.
+/// The copies of `row`'s source, if it is a paired source whose storage is configured.
+pub fn target_of(
+    store: &Store,
+    row: &SystemRecord,
+    storages: &[Storage],
+) -> Result<Option<VerifyTarget>, StoreError> {
+    let (Some(uuid), Some(storage)) = (
+        row.system_uuid.as_ref(),
+        storages.iter().find(|s| Some(s.id) == row.storage_id),
+    ) else {
+        return Ok(None);
+    };
+    if !row.role.is_source() {
+        return Ok(None);
+    }
+    let copies = store
+        .received(uuid)?
+        .iter()
+        .filter(|r| r.storage_id == storage.id)
+        .count() as u64;
+    Ok(Some(VerifyTarget {
+        system_id: row.id,
+        uuid: uuid.clone(),
+        storage_id: storage.id,
+        storage_path: storage.path.clone(),
+        copies,
+    }))
+}
+
+/// When a source's next scheduled verify is due: `interval` seconds after its last one
+/// started, or after it was paired when none ran; at once when the last one did not end
+/// (a shutdown or a crash stopped it). Never when `interval` is zero.
+pub fn next_due(last: Option<&VerifyRun>, paired: UnixTime, interval: u64) -> Option<UnixTime> {
+    if interval == 0 {
+        return None;
+    }
+    let every = i64::try_from(interval).unwrap_or(i64::MAX);
+    Some(match last {
+        Some(r) if r.finished.is_none() || r.stopped => r.started,
+        Some(r) => r.started.saturating_add(every),
+        None => paired.saturating_add(every),
+    })
+}
+
+/// The sources whose scheduled verify is due at `now`.
+pub fn due(
+    store: &Store,
+    storages: &[Storage],
+    interval: u64,
+    now: UnixTime,
+) -> Result<Vec<VerifyTarget>, StoreError> {
+    let runs = store.verify_runs()?;
+    let mut out = Vec::new();
+    for row in store.systems()? {
+        let last = runs.iter().find(|(id, _)| *id == row.id).map(|(_, r)| r);
+        if next_due(last, row.created, interval).is_none_or(|t| t > now) {
+            continue;
+        }
+        if let Some(t) = target_of(store, &row, storages)? {
+            out.push(t);
+        }
+    }
+    Ok(out)
+}
+
+/// A kept [`VerifyRun`] as the API shows a status (after a restart, the last one).
+pub fn status_of_run(r: &VerifyRun) -> VerifyStatus {
+    VerifyStatus {
+        running: false,
+        started: r.started,
+        finished: r.finished,
+        total: r.total,
+        checked: r.checked,
+        damaged: r.damaged,
+        missing: r.missing,
+    }
+}
+
+/// What one copy's re-read found: None when it is intact, else the damage, and whether
+/// the copy is missing; the bytes read.
+fn check_copy(path: &std::path::Path, size: u64, sha256: &str) -> (Option<String>, bool, u64) {
+    match file_sha256(path) {
+        Ok((sha, len)) if sha == sha256 && len == size => (None, false, len),
+        Ok((sha, len)) => (
+            Some(format!(
+                "the copy differs from what was received: {len} bytes with SHA-256 {sha}, \
+                 expected {size} bytes with {sha256}"
+            )),
+            false,
+            len,
+        ),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            (Some("the copy is missing".to_string()), true, 0)
+        }
+        Err(e) => (Some(format!("the copy cannot be read: {e}")), false, 0),
+    }
+}
+
+/// Verifies the copies of `job` one by one, recording each against its row, and keeps
+/// the run's result; returns early (Ok, the run kept as stopped) once `stop` is set.
 pub fn run(
     verifier: &Verifier,
     store: &Store,
@@ -157,10 +275,89 @@ pub fn run(
     stop: &AtomicBool,
     now: fn() -> UnixTime,
 ) -> Result<(), StoreError> {
-    let rows = store.received(&job.uuid)?;
-    for row in rows.into_iter().filter(|r| r.storage_id == job.storage_id) {
+    let rows: Vec<_> = store
+        .received(&job.uuid)?
+        .into_iter()
+        .filter(|r| r.storage_id == job.storage_id)
+        .collect();
+    let mut kept = VerifyRun {
+        started: now(),
+        total: rows.len() as u64,
+        scheduled: job.scheduled,
+        ..VerifyRun::default()
+    };
+    store.write(|tx| tx.put_verify_run(job.system_id, &kept))?;
+    let mut damaged_names = Vec::new();
+    let result = check_rows(
+        verifier,
+        store,
+        job,
+        &rows,
+        stop,
+        now,
+        (&mut kept, &mut damaged_names),
+    );
+    kept.stopped = !matches!(result, Ok(true));
+    kept.finished = Some(now());
+    store.write(|tx| {
+        tx.put_verify_run(job.system_id, &kept)?;
+        if kept.damaged > 0 {
+            tx.audit(&damage_audit(job, &kept, &damaged_names))?;
+        }
+        Ok::<_, StoreError>(())
+    })?;
+    damaged_counter().add(kept.damaged);
+    result.map(|_| ())
+}
+
+/// `replgate_verify_damaged_total`; the verify job registers it at start, at zero.
+pub fn damaged_counter() -> crate::metrics::Counter {
+    crate::metrics::counter(
+        "replgate_verify_damaged_total",
+        "Copies a verify found damaged or missing (each is fetched again from its source).",
+        &[],
+    )
+}
+
+/// The audit row of a verify that found damage.
+fn damage_audit(job: &VerifyJob, run: &VerifyRun, names: &[String]) -> AuditRecord {
+    let mut listed = names
+        .iter()
+        .take(NAMES_AUDITED)
+        .cloned()
+        .collect::<Vec<_>>()
+        .join(", ");
+    if names.len() > NAMES_AUDITED {
+        listed.push_str(&format!(" and {} more", names.len() - NAMES_AUDITED));
+    }
+    AuditRecord {
+        time: run.finished.unwrap_or(run.started),
+        user: "-".into(),
+        address: "local".into(),
+        action: "verify found damage".into(),
+        object: format!("system:{}", job.system_id),
+        detail: format!(
+            "{} of {} copies damaged ({} missing), fetched again from the source at its next \
+             session: {listed}",
+            run.damaged, run.total, run.missing
+        ),
+    }
+}
+
+/// Re-reads `rows`, recording each; counts into the run kept and the damaged names.
+/// Whether it went through them all (false: `stop` was set).
+fn check_rows(
+    verifier: &Verifier,
+    store: &Store,
+    job: &VerifyJob,
+    rows: &[crate::store::ReceivedRecord],
+    stop: &AtomicBool,
+    now: fn() -> UnixTime,
+    (kept, damaged_names): (&mut VerifyRun, &mut Vec<String>),
+) -> Result<bool, StoreError> {
+    for row in rows {
         if stop.load(Ordering::SeqCst) {
-            return Ok(());
+            return Ok(false);
         }
         let Ok(name) = BackupName::parse(&row.backup) else {
             continue;
@@ -170,20 +367,7 @@ pub fn run(
             .join(&job.uuid)
             .join(name.client())
             .join(name.file());
-        let (damage, missing) = match file_sha256(&path) {
-            Ok((sha, len)) if sha == row.sha256 && len == row.size => (None, false),
-            Ok((sha, len)) => (
-                Some(format!(
-                    "the copy differs from what was received: {len} bytes with SHA-256 {sha}, expected {} bytes with {}",
-                    row.size, row.sha256
-                )),
-                false,
-            ),
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-                (Some("the copy is missing".to_string()), true)
-            }
-            Err(e) => (Some(format!("the copy cannot be read: {e}")), false),
-        };
+        let (damage, missing, read) = check_copy(&path, row.size, &row.sha256);
         let now = now();
         // Record against the row as it is now: a transfer that replaced the copy while
         // it was read wins.
@@ -204,7 +388,12 @@ pub fn run(
         })?;
         if let Some(m) = &damage {
             log::warn!("verify of system {}: {}: {m}", job.system_id, row.backup);
+            damaged_names.push(row.backup.clone());
         }
+        kept.checked += 1;
+        kept.bytes = kept.bytes.saturating_add(read);
+        kept.damaged += u64::from(damage.is_some());
+        kept.missing += u64::from(missing);
         verifier.update(job.system_id, |s| {
             s.checked += 1;
             if damage.is_some() {
@@ -215,5 +404,113 @@ pub fn run(
             }
         });
     }
-    Ok(())
+    Ok(true)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::replication::receiver::Scratch;
+    use crate::store::ReceivedRecord;
+
+    fn receive(s: &Scratch, file: &str, body: &[u8]) {
+        std::fs::write(s.client_dir("c").join(file), body).unwrap();
+        let row = ReceivedRecord {
+            backup: format!("c/{file}"),
+            storage_id: s.source.storage.id,
+            size: body.len() as u64,
+            sha256: crate::wire::hex::encode(
+                ring::digest::digest(&ring::digest::SHA256, body).as_ref(),
+            ),
+            version: 1,
+            received: 1,
+            verified: None,
+            damaged: None,
+            bytes_received: None,
+            pinned: false,
+        };
+        s.store
+            .write(|tx| tx.put_received(&s.source.uuid, &row))
+            .unwrap();
+    }
+
+    fn job(s: &Scratch) -> VerifyJob {
+        VerifyJob {
+            system_id: s.source.system_id,
+            uuid: s.source.uuid.clone(),
+            storage_id: s.source.storage.id,
+            storage_path: s.source.storage.path.clone(),
+            scheduled: true,
+        }
+    }
+
+    #[test]
+    fn a_run_marks_what_differs_keeps_its_result_and_audits_the_damage_once() {
+        let s = Scratch::new("verify-run");
+        receive(&s, "good", b"intact bytes");
+        receive(&s, "rot", b"bytes that will rot");
+        receive(&s, "gone", b"bytes that will vanish");
+        std::fs::write(s.client_dir("c").join("rot"), b"bytes that will rut").unwrap();
+        std::fs::remove_file(s.client_dir("c").join("gone")).unwrap();
+        let verifier = Verifier::default();
+        let stop = AtomicBool::new(false);
+        run(&verifier, &s.store, &job(&s), &stop, || 5_000).unwrap();
+
+        let kept = s.store.verify_run(s.source.system_id).unwrap().unwrap();
+        assert_eq!(
+            (kept.total, kept.checked, kept.damaged, kept.missing),
+            (3, 3, 2, 1)
+        );
+        assert!(kept.scheduled && !kept.stopped && kept.finished == Some(5_000));
+        assert_eq!(kept.bytes, 12 + 19, "the bytes read");
+        let damaged = s.store.damaged(Some(&s.source.uuid), 10).unwrap();
+        let names: Vec<&str> = damaged.iter().map(|(_, b, _)| b.as_str()).collect();
+        assert_eq!(names, ["c/gone", "c/rot"]);
+        let audit = s.store.audit(0, 100).unwrap();
+        let rows: Vec<_> = audit
+            .iter()
+            .filter(|(_, a)| a.action == "verify found damage")
+            .collect();
+        assert_eq!(rows.len(), 1, "{audit:?}");
+        assert!(rows[0]
+            .1
+            .detail
+            .starts_with("2 of 3 copies damaged (1 missing)"));
+        assert_eq!(
+            next_due(Some(&kept), 1, 60),
+            Some(5_060),
+            "an ended run waits an interval"
+        );
+
+        // A run stopped at once is kept as stopped: the schedule takes it up again at once.
+        stop.store(true, Ordering::SeqCst);
+        run(&verifier, &s.store, &job(&s), &stop, || 6_000).unwrap();
+        let kept = s.store.verify_run(s.source.system_id).unwrap().unwrap();
+        assert!(kept.stopped && kept.checked == 0, "{kept:?}");
+        assert_eq!(next_due(Some(&kept), 1, 60), Some(6_000));
+    }
+
+    #[test]
+    fn a_verify_is_due_an_interval_after_the_last_start_or_at_once_after_one_that_stopped() {
+        let day = 86_400;
+        assert_eq!(next_due(None, 1_000, day), Some(1_000 + 86_400));
+        assert_eq!(next_due(None, 1_000, 0), None, "0 turns the schedule off");
+        let ended = VerifyRun {
+            started: 5_000,
+            finished: Some(9_000),
+            ..VerifyRun::default()
+        };
+        assert_eq!(next_due(Some(&ended), 1_000, day), Some(5_000 + 86_400));
+        let stopped = VerifyRun {
+            stopped: true,
+            ..ended.clone()
+        };
+        assert_eq!(next_due(Some(&stopped), 1_000, day), Some(5_000));
+        let cut = VerifyRun {
+            finished: None,
+            ..ended
+        };
+        assert_eq!(next_due(Some(&cut), 1_000, day), Some(5_000));
+        assert_eq!(next_due(None, i64::MAX - 1, u64::MAX), Some(i64::MAX));
+    }
 }

@@ -10,7 +10,7 @@ use serde::de::DeserializeOwned;
 use serde::Serialize;
 
 use super::schema::{Def, Id, KeyCodec};
-use super::{decode, encode, Result, StoreError, Txn};
+use super::{decode, encode, Result, Snapshot, StoreError, Txn};
 
 /// A transaction that tables can be opened in for reading.
 pub trait Tables {
@@ -26,6 +26,15 @@ impl Tables for ReadTransaction {
         def: Def<K>,
     ) -> Result<impl ReadableTable<&'static [u8], &'static [u8]> + '_> {
         Ok(self.open_table(def.raw())?)
+    }
+}
+
+impl Tables for Snapshot {
+    fn open<K: KeyCodec>(
+        &self,
+        def: Def<K>,
+    ) -> Result<impl ReadableTable<&'static [u8], &'static [u8]> + '_> {
+        self.txn.open(def)
     }
 }
 

@@ -10,7 +10,8 @@ impl Txn {
     /// added (opening a table creates it). Refuses a database from a newer version.
     pub(super) fn migrate(&self) -> Result<()> {
         let found = match legacy::schema_version(&self.inner)? {
-            Some(found) if found <= schema::CURRENT_VERSION => {
+            // Typed tables: only versions before byte keys wrote them.
+            Some(found) if found < schema::VERSION_BYTE_KEYS => {
                 legacy::rewrite_tables(self)?;
                 found
             }
@@ -51,6 +52,12 @@ impl Txn {
             self.table(schema::GRACE)?;
             self.table(schema::RETIRED)?;
             self.number_lineages()?;
+        }
+        if found < schema::VERSION_RECYCLE {
+            self.table(schema::RECYCLE)?;
+            self.table(schema::VERIFY_RUNS)?;
+            self.table(schema::DAMAGED)?;
+            self.index_damaged()?;
         }
         if found < schema::VERSION_CHUNK_INDEX {
             self.table(schema::CHUNKS)?;
@@ -149,6 +156,61 @@ mod tests {
         );
         assert_eq!(store.lineage(3).unwrap()[0].generation, 1);
         assert!(store.lineage(4).unwrap().is_empty());
+        std::fs::remove_dir_all(dir).unwrap();
+    }
+
+    /// Version 7 kept damage marks in the received rows only: the migration indexes them.
+    #[test]
+    fn migration_to_the_recycle_bin_indexes_the_copies_already_marked_damaged() {
+        let (_, dir) = crate::store::temp_store("migrate-damaged");
+        let path = dir.join("v7.redb");
+        let row = |backup: &str, damaged: Option<&str>| crate::store::ReceivedRecord {
+            backup: backup.into(),
+            storage_id: 3,
+            size: 1,
+            sha256: "ab".into(),
+            version: 1,
+            received: 1,
+            verified: None,
+            damaged: damaged.map(String::from),
+            bytes_received: None,
+            pinned: false,
+        };
+        {
+            let store = Store::open(&path).unwrap();
+            store
+                .write(|tx| {
+                    for (uuid, r) in [
+                        ("u-1", row("c/a", Some("differs"))),
+                        ("u-1", row("c/b", None)),
+                        ("u-2", row("c/a", Some("missing"))),
+                    ] {
+                        // As version 7 wrote them: the row alone.
+                        tx.put(schema::RECEIVED, (uuid, r.backup.as_str()), &r)?;
+                    }
+                    tx.remove(schema::DAMAGED, ("u-1", "c/a"))?;
+                    tx.put(schema::META, schema::META_SCHEMA_VERSION, &7u64)
+                })
+                .unwrap();
+            assert_eq!(store.damaged_count().unwrap(), 0);
+        }
+        let store = Store::open(&path).unwrap();
+        assert_eq!(store.schema_version().unwrap(), SCHEMA_VERSION);
+        assert_eq!(
+            store.damaged(None, 10).unwrap(),
+            [
+                ("u-1".to_string(), "c/a".to_string(), 3),
+                ("u-2".to_string(), "c/a".to_string(), 3)
+            ]
+        );
+        assert_eq!(store.damaged(Some("u-2"), 10).unwrap().len(), 1);
+        // From now on the writes keep it: a new copy clears the mark and says so.
+        let healed = store
+            .write(|tx| tx.put_received("u-1", &row("c/a", None)))
+            .unwrap();
+        assert!(healed);
+        assert!(store.write(|tx| tx.delete_received("u-2", "c/a")).unwrap());
+        assert_eq!(store.damaged_count().unwrap(), 0);
         std::fs::remove_dir_all(dir).unwrap();
     }
 

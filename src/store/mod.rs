@@ -3,14 +3,21 @@
 //!
 //! Invariants:
 //! - One `Database` per process: redb's file lock is exclusive, so every `Store` is a
-//!   clone sharing one `Arc<Database>`, and the command line never opens the file.
+//!   clone sharing one slot holding an `Arc<Database>`, and the command line never opens
+//!   the file. Every read and write takes a clone of the `Arc` for its whole length; a
+//!   reopen (`health.rs`: after a failed write redb refuses everything until reopened)
+//!   takes the slot, waits until it holds the only clone, closes the file and opens it
+//!   again, so reads and writes in flight finish on the old handle.
 //! - Every write goes through [`Store::write`]: one write transaction, committed durably
 //!   (redb's default, fsync before `commit` returns) when the closure returns `Ok`, and
 //!   dropped, leaving nothing, when it returns `Err`. The closure does store work only:
-//!   no network I/O, no sleep, no file writes.
+//!   no network I/O, no sleep, no file writes. After a failed write (a full disk) every
+//!   write is refused with [`StoreError::Unavailable`] until it is worth trying again;
+//!   reads go on.
 //! - One file per entity (`requests.rs`, `systems.rs`, `certs.rs`, `targets.rs`,
-//!   `users.rs`, `audit.rs`, `tokens.rs`, `queue.rs`, `chunks.rs`, `meta.rs`, `ca.rs`) holds
-//!   its records and every read and write of its tables, each read written once over `access::Tables`: a
+//!   `users.rs`, `audit.rs`, `tokens.rs`, `queue.rs`, `recycle.rs`, `restores.rs`,
+//!   `chunks.rs`, `meta.rs`, `ca.rs`) holds its records and every read and write of its
+//!   tables, each read written once over `access::Tables`: a
 //!   `Store` read sees one snapshot per call, a `Txn` read sees the transaction's own
 //!   uncommitted writes. Re-exported here, so every name is `store::Name`.
 //! - Values are JSON records, so fields can be added with `#[serde(default)]`
@@ -22,7 +29,9 @@
 //!   `usize`. Ids come from counters in `meta` that never go back, so a deleted row's id is
 //!   never handed out again.
 //! - `open_requests` holds exactly the ids of the requests whose status is pending
-//!   (`Txn::put_request` keeps it in step, `requests.rs`).
+//!   (`Txn::put_request` keeps it in step, `requests.rs`); `damaged` holds exactly the
+//!   received rows whose `damaged` is set (`Txn::put_received` and `delete_received`,
+//!   `queue.rs`).
 //! - The schema version lives in `meta`; migration (`migrate.rs`) runs on open, in one
 //!   transaction; a database from a newer version is refused, never rewritten.
 //! - Every issued certificate is in `certs` and in its system's `lineage` under its
@@ -42,11 +51,14 @@ mod certs;
 mod chunks;
 #[cfg(test)]
 mod fixture;
+mod health;
 mod legacy;
 mod meta;
 mod migrate;
 mod queue;
+mod recycle;
 mod requests;
+mod restores;
 mod schema;
 mod systems;
 mod targets;
@@ -55,12 +67,15 @@ mod users;
 
 use std::cell::{Cell, RefCell};
 use std::fmt;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::{Duration, Instant};
 
 use redb::{Database, ReadTransaction, ReadableDatabase, WriteTransaction};
 use serde::{Deserialize, Serialize};
+
+use crate::sync::{lock, read, write};
 
 pub use audit::{event_line, AuditRecord};
 pub use ca::{AbortedCa, CaState, Endorsement, Rollover};
@@ -69,13 +84,19 @@ pub use chunks::{
     owner_of, ChunkCounts, ChunkFileRecord, ChunkFileState, ChunkLoc, ChunkNames, DigestPrefix,
     FileStamp, Owner, StagedChunk,
 };
+pub use health::{Degraded, RESUME_FREE_BYTES, RETRY_AFTER};
 pub use queue::{
     ItemStatus, LatestItem, PartialRecord, QueueItem, ReceivedRecord, ReplicationConfig, Strategy,
-    ThrottleRecord, ThrottleWindow,
+    ThrottleRecord, ThrottleWindow, VerifyRun,
 };
+pub use recycle::{RecycleRecord, RecycleState};
 pub use requests::{OpenRequest, RequestRecord, RequestStatus, RequestSummary};
+pub use restores::{
+    DrillBook, DrillRecord, DrillResult, RestoreBook, RestoreItem, RestoreStatus,
+    MAX_FINISHED_RESTORES,
+};
 pub use schema::CURRENT_VERSION as SCHEMA_VERSION;
-pub use systems::{SystemRecord, FIRST_SYSTEM_ID};
+pub use systems::{Retention, SystemRecord, DEFAULT_SHARE, FIRST_SYSTEM_ID, MAX_SHARE};
 pub use targets::{TargetRecord, TargetStatus};
 pub use tokens::TokenRecord;
 pub use users::{SessionRecord, UserRecord, UserWrite};
@@ -105,6 +126,9 @@ pub enum StoreError {
     Locked {
         path: std::path::PathBuf,
     },
+    /// The database refuses writes for now (a full disk): see [`Degraded`]. Nothing was
+    /// written; reads still work.
+    Unavailable(Degraded),
 }
 
 impl fmt::Display for StoreError {
@@ -126,6 +150,7 @@ impl fmt::Display for StoreError {
                 path.display(),
                 path.parent().unwrap_or(path).display()
             ),
+            StoreError::Unavailable(d) => write!(f, "{d}"),
             StoreError::TooNew { found } => write!(
                 f,
                 "database schema version {found} is newer than this replgate supports ({})",
@@ -139,6 +164,9 @@ impl std::error::Error for StoreError {
     fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
         match self {
             StoreError::Db(e) => Some(e),
+            // So that an error wrapping this one (whose `source` is this one's) still says
+            // why: `api::error` finds the `Degraded` in the chain and answers 507.
+            StoreError::Unavailable(d) => Some(d),
             _ => None,
         }
     }
@@ -146,7 +174,9 @@ impl std::error::Error for StoreError {
 
 impl<E: Into<redb::Error>> From<E> for StoreError {
     fn from(e: E) -> Self {
-        StoreError::Db(e.into())
+        let e = e.into();
+        health::note(&e);
+        StoreError::Db(e)
     }
 }
 
@@ -166,13 +196,31 @@ fn decode<'a, T: Deserialize<'a>>(table: &str, bytes: &'a [u8]) -> Result<T> {
     })
 }
 
-/// Cheap to clone: one shared `Arc<Database>` (redb's file lock is exclusive).
+/// Cheap to clone: every clone shares the one database (redb's file lock is exclusive).
 #[derive(Clone)]
 pub struct Store {
-    db: Arc<Database>,
-    /// Counts commits that revoked a serial ([`Store::revocation_generation`]).
-    revocations: Arc<AtomicU64>,
+    shared: Arc<Shared>,
 }
+
+struct Shared {
+    path: PathBuf,
+    /// The open database; `None` only while a reopen failed to open it again.
+    db: RwLock<Option<Arc<Database>>>,
+    /// One reopen at a time.
+    reopening: Mutex<()>,
+    /// Counts commits that revoked a serial ([`Store::revocation_generation`]).
+    revocations: AtomicU64,
+    health: health::Health,
+}
+
+/// A read snapshot with the database it reads (the transaction drops first).
+pub(crate) struct Snapshot {
+    txn: ReadTransaction,
+    _db: Arc<Database>,
+}
+
+/// How long a reopen waits for the reads and writes in flight on the failed database.
+const REOPEN_WAIT: Duration = Duration::from_secs(5);
 
 /// One write transaction: every write of the store is a method on it, run through
 /// [`Store::write`], so that a domain operation (accept, unpair, file a request, create a
@@ -188,23 +236,34 @@ pub struct Txn {
     audited: RefCell<Vec<(u64, AuditRecord)>>,
 }
 
+/// Opens (creating if missing) the database file at `path`, mode 0600.
+fn open_database(path: &Path) -> Result<Database> {
+    let db = Database::builder()
+        .set_cache_size(CACHE_BYTES)
+        .create(path)
+        .map_err(|e| match e {
+            redb::DatabaseError::DatabaseAlreadyOpen => StoreError::Locked {
+                path: path.to_path_buf(),
+            },
+            e => StoreError::from(e),
+        })?;
+    crate::fsx::make_private(path).map_err(redb::Error::from)?;
+    Ok(db)
+}
+
 impl Store {
     /// Opens (creating if missing) the database at `path`, mode 0600, and migrates the
     /// schema to the current version.
     pub fn open(path: &Path) -> Result<Store> {
-        let db = Database::builder()
-            .set_cache_size(CACHE_BYTES)
-            .create(path)
-            .map_err(|e| match e {
-                redb::DatabaseError::DatabaseAlreadyOpen => StoreError::Locked {
-                    path: path.to_path_buf(),
-                },
-                e => StoreError::from(e),
-            })?;
-        crate::fsx::make_private(path).map_err(redb::Error::from)?;
+        let db = open_database(path)?;
         let store = Store {
-            db: Arc::new(db),
-            revocations: Arc::new(AtomicU64::new(0)),
+            shared: Arc::new(Shared {
+                path: path.to_path_buf(),
+                db: RwLock::new(Some(Arc::new(db))),
+                reopening: Mutex::new(()),
+                revocations: AtomicU64::new(0),
+                health: health::Health::default(),
+            }),
         };
         store.write(|tx| tx.migrate())?;
         Ok(store)
@@ -224,7 +283,33 @@ impl Store {
         durability: redb::Durability,
         f: impl FnOnce(&Txn) -> std::result::Result<T, E>,
     ) -> std::result::Result<T, E> {
-        let mut inner = self.db.begin_write().map_err(StoreError::from)?;
+        self.writable()?;
+        health::take_noted();
+        let result = self.database().map_err(E::from).and_then(|db| {
+            let value = self.write_on(&db, durability, f);
+            drop(db);
+            value
+        });
+        match health::take_noted() {
+            Some(failure) => {
+                self.fail(&failure);
+                // The caller hears why writes fail now, whatever error it got.
+                match self.shared.health.current() {
+                    Some(d) if result.is_err() => Err(E::from(StoreError::Unavailable(d))),
+                    _ => result,
+                }
+            }
+            None => result,
+        }
+    }
+
+    fn write_on<T, E: From<StoreError>>(
+        &self,
+        db: &Database,
+        durability: redb::Durability,
+        f: impl FnOnce(&Txn) -> std::result::Result<T, E>,
+    ) -> std::result::Result<T, E> {
+        let mut inner = db.begin_write().map_err(StoreError::from)?;
         inner
             .set_durability(durability)
             .map_err(|e| StoreError::from(redb::Error::from(e)))?;
@@ -240,7 +325,7 @@ impl Store {
         if revoked {
             // After the commit: whoever sees the new generation and reads again finds the
             // revocation.
-            self.revocations.fetch_add(1, Ordering::Release);
+            self.shared.revocations.fetch_add(1, Ordering::Release);
         }
         for (id, a) in &audited {
             log::info!("{}", event_line(*id, a));
@@ -253,7 +338,7 @@ impl Store {
     /// atomic load per read instead of a database read, and look the serial up only when
     /// it changed.
     pub fn revocation_generation(&self) -> u64 {
-        self.revocations.load(Ordering::Acquire)
+        self.shared.revocations.load(Ordering::Acquire)
     }
 
     /// As [`Store::write`], but the commit is not made durable by itself: it becomes
@@ -268,8 +353,142 @@ impl Store {
     }
 
     /// A read snapshot for one read.
-    fn snapshot(&self) -> Result<ReadTransaction> {
-        Ok(self.db.begin_read()?)
+    fn snapshot(&self) -> Result<Snapshot> {
+        let db = self.database()?;
+        match db.begin_read() {
+            Ok(txn) => Ok(Snapshot { txn, _db: db }),
+            Err(e) => {
+                drop(db);
+                let e = StoreError::from(e);
+                if let Some(failure) = health::take_noted() {
+                    self.fail(&failure);
+                }
+                Err(e)
+            }
+        }
+    }
+
+    /// The database in place, for one read or write.
+    fn database(&self) -> Result<Arc<Database>> {
+        match &*read(&self.shared.db) {
+            Some(db) => Ok(db.clone()),
+            None => Err(StoreError::Unavailable(self.degraded_or_closed())),
+        }
+    }
+
+    fn degraded_or_closed(&self) -> Degraded {
+        self.shared.health.current().unwrap_or_else(|| Degraded {
+            full: false,
+            detail: "the database is being reopened".into(),
+            since: crate::model::now(),
+        })
+    }
+
+    /// Why writes are refused now, if they are; first ends a degraded state that is over
+    /// (see `health.rs`). Reads work either way.
+    pub fn degraded(&self) -> Option<Degraded> {
+        if !self.shared.health.is_degraded() {
+            return None;
+        }
+        self.recover();
+        self.shared.health.current()
+    }
+
+    /// Times the database failed a write and refused writes for a while, since start.
+    pub fn failures(&self) -> u64 {
+        self.shared.health.failures()
+    }
+
+    /// Err while writes are refused.
+    fn writable(&self) -> Result<()> {
+        match self.degraded() {
+            None => Ok(()),
+            Some(d) => Err(StoreError::Unavailable(d)),
+        }
+    }
+
+    /// A write (or a read) met a failed database: refuse writes for now, and reopen the
+    /// file so that reads go on.
+    fn fail(&self, failure: &health::Failure) {
+        if self.shared.health.fail(failure, crate::model::now()) {
+            log::error!(
+                "database {}: a write failed ({}): changes are refused until {}",
+                self.shared.path.display(),
+                failure.detail,
+                if failure.full {
+                    "space is freed"
+                } else {
+                    "it is tried again"
+                }
+            );
+        }
+        self.reopen();
+    }
+
+    /// Ends a degraded state once writes are worth trying again.
+    fn recover(&self) {
+        let path = &self.shared.path;
+        let due = self
+            .shared
+            .health
+            .due(|| crate::fsx::disk_space(path.parent().unwrap_or(path)).map(|(_, free)| free));
+        let health::Due::Resume { reopen, failed_at } = due else {
+            return;
+        };
+        if reopen && !self.reopen() {
+            return;
+        }
+        if self.shared.health.clear(failed_at) {
+            log::info!("database {}: writes resume", path.display());
+        }
+    }
+
+    /// Closes the failed database and opens the file again, once the reads and writes in
+    /// flight on it have finished (they hold it; redb's lock is exclusive). True if a
+    /// fresh database is in place.
+    fn reopen(&self) -> bool {
+        let _one = lock(&self.shared.reopening);
+        let mut slot = write(&self.shared.db);
+        if let Some(mut db) = slot.take() {
+            let waited = Instant::now();
+            let old = loop {
+                match Arc::try_unwrap(db) {
+                    Ok(old) => break old,
+                    Err(shared) if waited.elapsed() < REOPEN_WAIT => {
+                        db = shared;
+                        std::thread::sleep(Duration::from_millis(2));
+                    }
+                    Err(shared) => {
+                        log::warn!("database: reopen postponed: it is still in use");
+                        *slot = Some(shared);
+                        return false;
+                    }
+                }
+            };
+            // Closing a failed database reports its failure again; the file is released
+            // either way.
+            if let Err(e) = old.close() {
+                log::debug!("database: close of the failed handle: {e}");
+            }
+        }
+        health::take_noted();
+        match open_database(&self.shared.path) {
+            Ok(db) => {
+                *slot = Some(Arc::new(db));
+                self.shared.health.reopened();
+                log::info!("database {}: reopened", self.shared.path.display());
+                true
+            }
+            Err(e) => {
+                health::take_noted();
+                log::error!(
+                    "database {}: reopen failed: {}",
+                    self.shared.path.display(),
+                    crate::model::Chain(&e)
+                );
+                false
+            }
+        }
     }
 }
 

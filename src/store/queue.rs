@@ -3,7 +3,7 @@
 //! and the replication settings (config and throttle). Records and typed access only; the
 //! rules live in `replication`. Integers are fixed width; nothing stores a `usize`.
 
-use redb::ReadableTable;
+use redb::{ReadableTable, ReadableTableMetadata};
 use serde::{Deserialize, Serialize};
 
 use super::access::{self, Tables};
@@ -162,6 +162,11 @@ pub struct QueueItem {
     /// `retries` the item stays `failed`.
     #[serde(default)]
     pub failures: u32,
+    /// Attempts in a row the target refused for now (its quota, its free space): they
+    /// set the wait before the next, and never count against `retries`. (Not written
+    /// while 0, so rows read as they did before the field.)
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub refusals: u32,
     #[serde(default)]
     pub message: Option<String>,
     /// Lowercase hex, once known (a transfer finished, or the target held the same copy).
@@ -171,9 +176,14 @@ pub struct QueueItem {
     /// queued, in this order.
     #[serde(default)]
     pub tail: Option<u64>,
-    /// A failed attempt is retried no earlier than this.
+    /// A failed attempt is retried no earlier than this; on a `failed` item, when it is
+    /// tried again by itself (absent: only an admin's reset tries it again).
     #[serde(default)]
     pub retry_at: Option<UnixTime>,
+}
+
+fn is_zero(n: &u32) -> bool {
+    *n == 0
 }
 
 /// The latest item of one backup for one target, so a scan can tell a known backup from a
@@ -207,6 +217,33 @@ pub struct ReceivedRecord {
     /// deduplication far fewer than `size`); None when not known (recorded by a repair).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub bytes_received: Option<u64>,
+    /// Put back from the recycle bin by an admin: retention leaves it alone from then on
+    /// (a new copy under its name clears it).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub pinned: bool,
+}
+
+/// The last verify of one source's copies (target side), kept so that the schedule and
+/// the console know it across restarts.
+#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq, Eq)]
+pub struct VerifyRun {
+    pub started: UnixTime,
+    #[serde(default)]
+    pub finished: Option<UnixTime>,
+    /// Copies to check, checked, found damaged (missing ones among them), found missing.
+    pub total: u64,
+    pub checked: u64,
+    pub damaged: u64,
+    pub missing: u64,
+    /// Bytes read.
+    #[serde(default)]
+    pub bytes: u64,
+    /// Started by `verify_interval` rather than by an admin.
+    #[serde(default)]
+    pub scheduled: bool,
+    /// Stopped before every copy was checked (a shutdown, a database error).
+    #[serde(default)]
+    pub stopped: bool,
 }
 
 /// A partial copy a target holds durably (target side), so a transfer resumes.
@@ -305,8 +342,41 @@ fn received_one(tx: &impl Tables, uuid: &str, backup: &str) -> Result<Option<Rec
     access::get(tx, schema::RECEIVED, (uuid, backup))
 }
 
+/// The names a verify marked damaged, of one source (`Some(uuid)`) or of all, with the
+/// source's uuid and the copy's storage, in key order; at most `limit`.
+fn damaged(
+    tx: &impl Tables,
+    uuid: Option<&str>,
+    limit: usize,
+) -> Result<Vec<(String, String, u64)>> {
+    let mut out = Vec::new();
+    let prefix = uuid.map(schema::name_prefix).unwrap_or_default();
+    for row in tx.open(schema::DAMAGED)?.range(prefix.as_slice()..)? {
+        let (k, v) = row?;
+        if out.len() >= limit || !k.value().starts_with(&prefix) {
+            break;
+        }
+        let (uuid, backup) = access::key_of(schema::DAMAGED, k.value())?;
+        out.push((uuid, backup, decode("damaged", v.value())?));
+    }
+    Ok(out)
+}
+
 fn partial(tx: &impl Tables, uuid: &str, backup: &str) -> Result<Option<PartialRecord>> {
     access::get(tx, schema::PARTIALS, (uuid, backup))
+}
+
+fn partials_of(tx: &impl Tables, uuid: &str) -> Result<Vec<PartialRecord>> {
+    let mut out = Vec::new();
+    let prefix = schema::name_prefix(uuid);
+    for row in tx.open(schema::PARTIALS)?.range(prefix.as_slice()..)? {
+        let (k, v) = row?;
+        if !k.value().starts_with(&prefix) {
+            break;
+        }
+        out.push(decode("partials", v.value())?);
+    }
+    Ok(out)
 }
 
 fn partials(tx: &impl Tables) -> Result<Vec<(String, PartialRecord)>> {
@@ -363,8 +433,40 @@ impl Store {
         received_one(&self.snapshot()?, uuid, backup)
     }
 
+    /// The copies a verify marked damaged and no new copy replaced yet: (source uuid,
+    /// backup, storage id), of one source or of all, at most `limit`.
+    pub fn damaged(&self, uuid: Option<&str>, limit: usize) -> Result<Vec<(String, String, u64)>> {
+        damaged(&self.snapshot()?, uuid, limit)
+    }
+
+    /// How many copies are marked damaged now, over every source.
+    pub fn damaged_count(&self) -> Result<u64> {
+        Ok(self.snapshot()?.open(schema::DAMAGED)?.len()?)
+    }
+
+    /// The last verify of source `system_id`, if one ran.
+    pub fn verify_run(&self, system_id: u64) -> Result<Option<VerifyRun>> {
+        access::get(&self.snapshot()?, schema::VERIFY_RUNS, system_id)
+    }
+
+    /// Every source's last verify, by system id.
+    pub fn verify_runs(&self) -> Result<Vec<(u64, VerifyRun)>> {
+        let mut out = Vec::new();
+        for row in self.snapshot()?.open(schema::VERIFY_RUNS)?.iter()? {
+            let (k, v) = row?;
+            let id = access::key_of(schema::VERIFY_RUNS, k.value())?;
+            out.push((id, decode("verify_runs", v.value())?));
+        }
+        Ok(out)
+    }
+
     pub fn partial(&self, uuid: &str, backup: &str) -> Result<Option<PartialRecord>> {
         partial(&self.snapshot()?, uuid, backup)
+    }
+
+    /// One source's partial copies (its quota counts them).
+    pub fn partials_of(&self, uuid: &str) -> Result<Vec<PartialRecord>> {
+        partials_of(&self.snapshot()?, uuid)
     }
 
     /// Every partial copy, with its source's uuid (start-up repair).
@@ -454,8 +556,48 @@ impl Txn {
         received_one(&self.inner, uuid, backup)
     }
 
-    pub fn put_received(&self, uuid: &str, r: &ReceivedRecord) -> Result<()> {
-        self.put(schema::RECEIVED, (uuid, &r.backup), r)
+    /// Writes a received row and keeps the `damaged` index in step. Returns whether the
+    /// write cleared a damage mark (a new copy healed a damaged one).
+    pub fn put_received(&self, uuid: &str, r: &ReceivedRecord) -> Result<bool> {
+        self.put(schema::RECEIVED, (uuid, &r.backup), r)?;
+        match &r.damaged {
+            Some(_) => {
+                self.put(schema::DAMAGED, (uuid, &r.backup), &r.storage_id)?;
+                Ok(false)
+            }
+            None => self.remove(schema::DAMAGED, (uuid, &r.backup)),
+        }
+    }
+
+    /// Deletes a received row (it moved to the recycle bin) and its `damaged` entry.
+    pub fn delete_received(&self, uuid: &str, backup: &str) -> Result<bool> {
+        self.remove(schema::DAMAGED, (uuid, backup))?;
+        self.remove(schema::RECEIVED, (uuid, backup))
+    }
+
+    /// Migration to `VERSION_RECYCLE`: the `damaged` index of the rows already marked.
+    pub(super) fn index_damaged(&self) -> Result<()> {
+        let mut marked = Vec::new();
+        for row in self.inner.open(schema::RECEIVED)?.iter()? {
+            let (k, v) = row?;
+            let r: ReceivedRecord = decode("received", v.value())?;
+            if r.damaged.is_some() {
+                let (uuid, _) = access::key_of(schema::RECEIVED, k.value())?;
+                marked.push((uuid, r));
+            }
+        }
+        for (uuid, r) in marked {
+            self.put(
+                schema::DAMAGED,
+                (uuid.as_str(), r.backup.as_str()),
+                &r.storage_id,
+            )?;
+        }
+        Ok(())
+    }
+
+    pub fn put_verify_run(&self, system_id: u64, run: &VerifyRun) -> Result<()> {
+        self.put(schema::VERIFY_RUNS, system_id, run)
     }
 
     pub fn partial(&self, uuid: &str, backup: &str) -> Result<Option<PartialRecord>> {
@@ -498,6 +640,7 @@ mod tests {
             bytes_sent: 0,
             attempts: 0,
             failures: 0,
+            refusals: 0,
             message: None,
             sha256: None,
             tail: None,

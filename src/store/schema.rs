@@ -35,10 +35,14 @@ pub const VERSION_CERT_LINEAGE: u64 = 6;
 /// other value. Migrated by rewriting each table an earlier version wrote (`legacy.rs`).
 #[allow(dead_code)] // the history of versions; `legacy.rs` migrates what came before it
 pub const VERSION_BYTE_KEYS: u64 = 7;
+/// Recovery on the target (SPEC 20): the recycle bin (`recycle`), the index of copies a
+/// verify found damaged (`damaged`, built from `received` by the migration) and each
+/// source's last verify (`verify_runs`).
+pub const VERSION_RECYCLE: u64 = 8;
 /// The chunk index of deduplicated transfers (SPEC 18, `chunks.rs`): `chunks`,
 /// `chunk_files`, `chunk_stage`, `chunk_names`, new and empty (copies received before are
-/// indexed when they are replaced, or by the index job). Version 8 is another branch's
-/// (`keep-heal`); this migration only creates tables, so it runs after it or without it.
+/// indexed when they are replaced, or by the index job). This migration only creates
+/// tables, so it runs after version 8's.
 pub const VERSION_CHUNK_INDEX: u64 = 9;
 /// The current schema version, recorded in `meta` under `schema_version`.
 pub const CURRENT_VERSION: u64 = VERSION_CHUNK_INDEX;
@@ -275,7 +279,18 @@ pub const QUEUE_LATEST: Def<IdName> = Def::new("queue_latest");
 pub const RECEIVED: Def<NamePair> = Def::new("received");
 /// (source system uuid, backup name) → `PartialRecord`: a durable partial copy.
 pub const PARTIALS: Def<NamePair> = Def::new("partials");
-/// `config` → `ReplicationConfig`, `throttle` → `ThrottleRecord`.
+/// (source system uuid, backup name) → storage id, for every `received` row whose
+/// `damaged` is set (`Txn::put_received` keeps it in step): what the health warnings,
+/// the metrics and a session's greeting read without a scan of every copy.
+pub const DAMAGED: Def<NamePair> = Def::new("damaged");
+/// Source system id → `VerifyRun`: the last verify of that source's copies.
+pub const VERIFY_RUNS: Def<Id> = Def::new("verify_runs");
+/// (source system uuid, bin id as 16 lowercase hex digits) → `RecycleRecord`: what
+/// retention moved to the recycle bin, in the order it was moved (target side).
+pub const RECYCLE: Def<NamePair> = Def::new("recycle");
+/// `config` → `ReplicationConfig`, `throttle` → `ThrottleRecord`, `restores` →
+/// `RestoreBook` (source side: backups pulled back from targets), `drills` → `DrillBook`
+/// (restore drills).
 pub const REPLICATION_SETTINGS: Def<Name> = Def::new("replication_settings");
 
 /// (chunk digest prefix, owner) → file id, offset, length as 20 raw big-endian bytes: the
@@ -307,6 +322,7 @@ pub const META_NEXT_DONE_SEQ: &str = "next_queue_done_seq";
 pub const META_NEXT_CHUNK_FILE: &str = "next_chunk_file";
 /// The appliance CA's state: the generation in force, a rollover in progress (`CaState`).
 pub const META_CA_STATE: &str = "ca_state";
+pub const META_NEXT_RECYCLE_ID: &str = "next_recycle_id";
 
 #[cfg(test)]
 mod tests {

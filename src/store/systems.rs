@@ -52,6 +52,54 @@ pub struct SystemRecord {
     /// None means no quota.
     #[serde(default)]
     pub quota_mb: Option<u64>,
+    /// This source's weight in the sharing of receiving sessions (SPEC 21); None is 1.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub share: Option<u32>,
+    /// The uuid under which this source's copies are kept (`<storage>/<uuid>/`, the
+    /// received records) when it replaced another appliance and took over its copies
+    /// (SPEC 20); None: its own `system_uuid`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub copies_uuid: Option<String>,
+    /// What the target keeps of this source's received backups (SPEC 20); None keeps all.
+    #[serde(default)]
+    pub retention: Option<Retention>,
+}
+
+/// A source's retention policy on the target: a received backup is kept while any rule
+/// that is set keeps it (`replication::retention` applies it). A policy with no rule set
+/// is stored as no policy (keep all).
+#[derive(Clone, Copy, Debug, Default, Serialize, Deserialize, PartialEq, Eq)]
+pub struct Retention {
+    /// Keep the newest this many backups of each client.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub keep_last: Option<u32>,
+    /// Keep backups received within this many days.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub keep_days: Option<u32>,
+}
+
+impl Retention {
+    /// The policy, or None when it keeps everything (no rule set).
+    pub fn normalized(self) -> Option<Retention> {
+        (self.keep_last.is_some() || self.keep_days.is_some()).then_some(self)
+    }
+}
+
+/// A source's weight in the sharing of receiving sessions when none is set, and the
+/// largest one may set (`share`, SPEC 21).
+pub const DEFAULT_SHARE: u32 = 1;
+pub const MAX_SHARE: u32 = 100;
+
+impl SystemRecord {
+    /// This source's weight in the sharing of receiving sessions.
+    pub fn share(&self) -> u32 {
+        self.share.unwrap_or(DEFAULT_SHARE)
+    }
+
+    /// The uuid this source's copies are kept under: inherited, or its own.
+    pub fn copies_uuid(&self) -> Option<&str> {
+        self.copies_uuid.as_deref().or(self.system_uuid.as_deref())
+    }
 }
 
 fn system(tx: &impl Tables, id: u64) -> Result<Option<SystemRecord>> {

@@ -7,7 +7,7 @@ use std::fmt;
 use crate::model::Chain;
 use crate::pairing::error::PairingError;
 use crate::pairing::renewal::RenewError;
-use crate::store::StoreError;
+use crate::store::{Degraded, StoreError};
 use crate::wire::error::error_body;
 use crate::wire::http::HeadError;
 
@@ -138,9 +138,23 @@ impl std::error::Error for TunnelHttpError {
     }
 }
 
+impl TunnelHttpError {
+    /// An error only the daemon can act on: a 500, unless the database refuses writes for
+    /// now (a [`Degraded`] anywhere in its chain: a full disk): then 503 with
+    /// `Retry-After`, which the source's renewer and replicator take as "try again later".
+    pub fn internal(e: impl std::error::Error + Send + Sync + 'static) -> TunnelHttpError {
+        let degraded = std::iter::successors(Some(&e as &dyn std::error::Error), |e| e.source())
+            .find_map(|e| e.downcast_ref::<Degraded>());
+        match degraded {
+            Some(d) => TunnelHttpError::Unavailable(format!("target: {d}")),
+            None => TunnelHttpError::Internal(Box::new(e)),
+        }
+    }
+}
+
 impl From<StoreError> for TunnelHttpError {
     fn from(e: StoreError) -> Self {
-        TunnelHttpError::Internal(Box::new(e))
+        TunnelHttpError::internal(e)
     }
 }
 
@@ -155,8 +169,12 @@ impl From<RenewError> for TunnelHttpError {
                 TunnelHttpError::Forbidden(text)
             }
             R::Superseded { .. } => TunnelHttpError::Conflict(text),
+            R::TooSoon { retry_after, .. } => TunnelHttpError::TooMany {
+                message: text,
+                retry_after,
+            },
             R::SameKey | R::Csr(_) => TunnelHttpError::BadRequest(text),
-            R::Ca(_) | R::Clock(_) | R::Store(_) => TunnelHttpError::Internal(Box::new(e)),
+            R::Ca(_) | R::Clock(_) | R::Store(_) => TunnelHttpError::internal(e),
         }
     }
 }
@@ -170,7 +188,30 @@ impl From<PairingError> for TunnelHttpError {
                 message: Chain(&e).to_string(),
                 retry_after,
             },
-            other => TunnelHttpError::Internal(Box::new(other)),
+            other => TunnelHttpError::internal(other),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::Degraded;
+
+    /// A renewal or receipt the database cannot take now is a 503 with `Retry-After`,
+    /// which the source retries; another store failure stays a 500.
+    #[test]
+    fn a_database_that_refuses_writes_is_a_transient_503() {
+        let full = StoreError::Unavailable(Degraded {
+            full: true,
+            detail: "No space left on device (os error 28)".into(),
+            since: 1,
+        });
+        let e = TunnelHttpError::from(RenewError::Store(full));
+        assert_eq!(e.status(), 503);
+        assert_eq!(e.headers(), vec![("Retry-After", "1".to_owned())]);
+        assert!(e.message("-").contains("disk is full"), "{e}");
+        let other = StoreError::TooNew { found: 99 };
+        assert_eq!(TunnelHttpError::from(other).status(), 500);
     }
 }

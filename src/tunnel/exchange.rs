@@ -247,7 +247,7 @@ impl ResponseWriter<'_> {
         self.start_with(status, content_type, &[])
     }
 
-    /// [`ResponseWriter::start`] with more headers.
+    /// [`ResponseWriter::start`] with more header fields.
     pub fn start_with(
         &mut self,
         status: u16,

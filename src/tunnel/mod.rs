@@ -39,6 +39,7 @@
 mod conn;
 mod error;
 mod exchange;
+mod restore;
 pub mod routes;
 #[cfg(test)]
 mod tests;

@@ -13,7 +13,7 @@ use crate::config::{Fault, Storage};
 use crate::model::Chain;
 use crate::pairing::renewal::{self, RenewSide};
 use crate::pairing::{rollover, target};
-use crate::replication::{receiver, Shared};
+use crate::replication::{receiver, slots, Shared};
 use crate::store::Store;
 use crate::wire::protocol::{Hello, Renewal};
 use crate::wire::transfer::{Code, Features, FEATURES_HEADER};
@@ -37,6 +37,8 @@ pub struct App {
     /// Chunk lists accepted (`dedup`), and the copies chunks may come from
     /// (`dedup_scope`); None: whole files only.
     pub dedup: Option<receiver::Scope>,
+    /// Renewal calls per certificate, bounded (`renewal::Attempts`).
+    pub renewals: renewal::Attempts,
 }
 
 /// Largest CSR accepted for a renewal (as for a pairing request).
@@ -54,12 +56,35 @@ pub fn table() -> Vec<Route<App>> {
             renew,
         ),
         Route::new("POST", "/tunnel/v1/transfer", BodyLimit::Duplex, transfer),
+        Route::new(
+            "GET",
+            "/tunnel/v1/restore",
+            BodyLimit::Capped(0),
+            |app, call| super::restore::list(&app.store, &app.storage, call),
+        ),
+        Route::new(
+            "POST",
+            "/tunnel/v1/restore/file",
+            BodyLimit::Capped(super::restore::MAX_FILE_REQUEST_BYTES),
+            |app, call| super::restore::file(&app.store, &app.storage, call),
+        ),
     ]
 }
 
 /// `POST /tunnel/v1/renew {"csr"}`: renews the certificate of this connection for the
 /// CSR's new key (SPEC 12). The identity is the connection's verified certificate.
 fn renew(app: &App, call: &mut Call<'_>) -> Result<Reply, TunnelHttpError> {
+    let serial = call.peer().serial.clone();
+    app.renewals
+        .admit(&serial, call.now)
+        .map_err(|retry_after| TunnelHttpError::TooMany {
+            message: format!(
+                "more than {} renewal calls with certificate {serial} within {} s; try again later",
+                renewal::ATTEMPTS,
+                renewal::ATTEMPT_WINDOW
+            ),
+            retry_after,
+        })?;
     let body = call.json()?;
     let csr = body["csr"]
         .as_str()
@@ -76,8 +101,7 @@ fn renew(app: &App, call: &mut Call<'_>) -> Result<Reply, TunnelHttpError> {
         client_lifetime: app.client_lifetime,
         grace: app.renew_grace,
     };
-    let peer = call.peer();
-    let (serial, address) = (peer.serial.clone(), peer.addr.ip().to_string());
+    let address = call.peer().addr.ip().to_string();
     let renewed = renewal::renew(&side, &serial, csr, &address, call.now).map_err(|e| {
         log::warn!(
             "tunnel: renewal from {address} with certificate {serial} refused: {}",
@@ -118,38 +142,39 @@ fn transfer(app: &App, call: &mut Call<'_>) -> Result<Reply, TunnelHttpError> {
             }
         })?;
     let shared = &app.replication;
-    let _slot = shared
-        .ledger
-        .admit(source.system_id)
+    let slot = shared
+        .slots
+        .admit(source.system_id, source.share)
         .map_err(|busy| TunnelHttpError::TooMany {
             message: busy.to_string(),
-            retry_after: 2,
+            retry_after: slots::RETRY_AFTER_S,
         })?;
     let peer = call.peer().addr.to_string();
-    let call_features = call.header(FEATURES_HEADER).map(str::to_string);
+    // The features this session uses: what the source asked for that this side has
+    // (chunk lists only with `dedup = "auto"`).
+    let ours = Features {
+        chunks: app.dedup.is_some(),
+        ..Features::ALL
+    };
+    let features = call
+        .header(FEATURES_HEADER)
+        .map_or(Features::default(), Features::parse)
+        .and(ours);
     let (body, mut writer) = call
         .duplex()
         .ok_or_else(|| TunnelHttpError::Internal("transfer route is not duplex".into()))?;
-    // The features both sides have (a source that names none gets none).
-    let ours = Features {
-        chunks: app.dedup.is_some(),
-        ..Features::default()
-    };
-    let agreed = ours.and(Features::parse(call_features.as_deref().unwrap_or("")));
-    let headers = match agreed.header_value() {
-        v if v.is_empty() => Vec::new(),
-        v => vec![(FEATURES_HEADER, v)],
-    };
     writer
-        .start_with(200, TRANSFER_TYPE, &headers)
+        .start_with(200, TRANSFER_TYPE, &[(FEATURES_HEADER, features.render())])
         .map_err(|e| TunnelHttpError::Internal(Box::new(e)))?;
     let ctx = receiver::Context {
         store: &app.store,
         live: &shared.live,
         ledger: &shared.ledger,
-        dedup: app.dedup.filter(|_| agreed.chunks),
+        dedup: app.dedup.filter(|_| features.chunks),
+        slot: Some(&slot),
         peer,
         now: crate::model::now,
+        features,
     };
     crate::ingest::serve(&ctx, &source, body, &mut writer);
     // A broken stream cannot be finished; the session already logged how it ended.

@@ -10,6 +10,18 @@ pub const STATUS_FILE: &str = "status.json";
 pub const CERT_FILE: &str = "certificate.pem";
 pub const CA_FILE: &str = "ca.pem";
 
+/// Whether `s` is a `system_uuid` as sources send it: a UUID in its canonical text,
+/// 8-4-4-4-12 lowercase hexadecimal digits (a target lowercases what it is sent). Received
+/// backups are stored under a directory of this name, so nothing else may pass: a name
+/// such as `web01` would land beside the target's own client directories.
+pub fn is_system_uuid(s: &str) -> bool {
+    s.len() == 36
+        && s.bytes().enumerate().all(|(i, b)| match i {
+            8 | 13 | 18 | 23 => b == b'-',
+            _ => b.is_ascii_digit() || (b'a'..=b'f').contains(&b),
+        })
+}
+
 /// `POST /replication/v1/requests` body, as a source sends it. The target parses the
 /// same fields one by one (`api::body`), so it can name the one that is wrong.
 #[derive(Clone, Debug, Serialize, PartialEq, Eq)]
@@ -166,9 +178,43 @@ pub struct CaAnswer {
     pub renew: bool,
 }
 
+/// `GET /tunnel/v1/restore` answer: the copies a target holds for the calling source, in
+/// its current storage (SPEC 20). A source treats every field as hostile input.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+pub struct RestoreListing {
+    pub backups: Vec<RestoreEntry>,
+}
+
+/// One copy a target holds: its name (`<client>/<file>`), size and SHA-256 (hex).
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+pub struct RestoreEntry {
+    pub backup: String,
+    pub size: u64,
+    pub sha256: String,
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_system_uuid_is_a_canonical_lowercase_uuid() {
+        assert!(is_system_uuid("11111111-2222-4333-8444-555555555555"));
+        assert!(is_system_uuid("0f0e0d0c-0b0a-0908-0706-050403020100"));
+        for bad in [
+            "web01",
+            "",
+            "11111111-2222-4333-8444-55555555555",
+            "11111111-2222-4333-8444-5555555555555",
+            "11111111222243338444555555555555",
+            "11111111-2222-4333-8444_555555555555",
+            "1111111g-2222-4333-8444-555555555555",
+            "11111111-2222-4333-8444-55555555555A",
+            "-1111111-2222-4333-8444-555555555555",
+        ] {
+            assert!(!is_system_uuid(bad), "{bad}");
+        }
+    }
 
     #[test]
     fn spool_tokens_accept_exactly_32_lowercase_hex() {

@@ -8,23 +8,85 @@
 //! A frame is `kind: u8`, `len: u32` (big endian, payload length), then `len` payload
 //! bytes. Integers are big endian; strings are `u16` length + UTF-8.
 //!
-//! Source → target: `Offer`, `Start`, `Data`, `End`, `Skip`, `Finish`.
+//! Source → target: `Offer`, `Start`, `Data`, `End`, `Skip`, `Finish`; with the session's
+//! features (below) also `ZData` (`zstd`).
 //! Target → source: `Want` (a copy it wants again, after a verify found it damaged) and
 //! `Ready` first, then `Decision`, `Durable`, `Outcome`, `Bye`, `Fatal`.
 //!
 //! With the `chunks` feature (SPEC 18) a started file may instead be described by lists of
 //! its content-defined chunks (`Chunks`: length and a 16-byte SHA-256 prefix each); the
-//! target answers each list with the chunks it lacks (`Lacks`, a bitmap), and the `Data`
-//! frames that follow carry only those chunks' bytes, in order. `Plain` ends the lists:
-//! the rest of the file follows as ordinary `Data`. Features are agreed per session with
-//! the `Replgate-Features` header ([`Features`]).
+//! target answers each list with the chunks it lacks (`Lacks`, a bitmap), and the frames
+//! that follow carry only those chunks' bytes, in order (as `Data`, or `ZData` when `zstd`
+//! was agreed too). `Plain` ends the lists: the rest of the file follows as ordinary data
+//! frames.
+//!
+//! **Features** are negotiated once per session, in HTTP headers of `POST
+//! /tunnel/v1/transfer` ([`FEATURES_HEADER`]): the source names what it can use, the
+//! target answers with the part it will use ([`Features`]); a peer that sends or gets no
+//! such header uses none, so older versions interoperate. A frame of a feature that was
+//! not agreed is a protocol error.
 
 use std::fmt;
+
+/// The header both sides name their features in (request: what the source can use;
+/// response: what the target agreed to).
+pub const FEATURES_HEADER: &str = "Replgate-Features";
+
+/// The optional parts of the protocol one session uses.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Features {
+    /// `zstd`: file content may come compressed (`ZData`).
+    pub zstd: bool,
+    /// `chunks`: chunk lists (`Chunks`, `Lacks`, `Plain`); only what the target lacks is
+    /// sent.
+    pub chunks: bool,
+}
+
+impl Features {
+    /// Everything this version implements.
+    pub const ALL: Features = Features {
+        zstd: true,
+        chunks: true,
+    };
+
+    /// The features named in a header value: comma-separated names, blanks around them
+    /// ignored, names this version does not know skipped.
+    pub fn parse(value: &str) -> Features {
+        let mut f = Features::default();
+        for name in value.split(',').map(str::trim) {
+            f.zstd |= name == "zstd";
+            f.chunks |= name == "chunks";
+        }
+        f
+    }
+
+    /// What both `self` and `other` use.
+    pub fn and(self, other: Features) -> Features {
+        Features {
+            zstd: self.zstd && other.zstd,
+            chunks: self.chunks && other.chunks,
+        }
+    }
+
+    /// The header value naming these features (empty for none).
+    pub fn render(self) -> String {
+        let names = [(self.zstd, "zstd"), (self.chunks, "chunks")];
+        let on: Vec<&str> = names
+            .iter()
+            .filter(|(on, _)| *on)
+            .map(|(_, n)| *n)
+            .collect();
+        on.join(", ")
+    }
+}
 
 /// Bytes in a frame header (kind + length).
 pub const HEADER_LEN: usize = 5;
 /// Largest `Data` payload (its 4-byte sequence number included).
 pub const MAX_DATA_PAYLOAD: usize = 4 + MAX_DATA;
+/// Largest `ZData` payload: sequence number, claimed length, and compressed content no
+/// longer than the content it stands for (else the source sends it raw).
+pub const MAX_ZDATA_PAYLOAD: usize = 8 + MAX_DATA;
 /// Largest amount of file content in one `Data` frame.
 pub const MAX_DATA: usize = 256 * 1024;
 /// Largest payload of any other frame: names and messages are short.
@@ -42,50 +104,6 @@ pub const DIGEST_PREFIX: usize = 16;
 pub const MAX_CHUNKS_PAYLOAD: usize = 12 + MAX_LIST * LIST_ENTRY;
 /// Largest `Lacks` payload: sequence number, first index, count, the bitmap.
 pub const MAX_LACKS_PAYLOAD: usize = 16 + MAX_LIST / 8;
-
-/// The request and response header that agrees a session's features.
-pub const FEATURES_HEADER: &str = "Replgate-Features";
-
-/// The optional parts of the protocol a session uses: the source names what it can
-/// (`Replgate-Features: zstd, chunks`), the target answers the subset it will use, and a
-/// peer that names none (an older version) uses none. Unknown names are ignored.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct Features {
-    /// Compressed `Data` frames.
-    pub zstd: bool,
-    /// Chunk lists (`Chunks`, `Lacks`, `Plain`): only what the target lacks is sent.
-    pub chunks: bool,
-}
-
-impl Features {
-    /// The features a header value names (comma-separated, case-insensitive).
-    pub fn parse(value: &str) -> Features {
-        let mut f = Features::default();
-        for name in value.split(',').map(str::trim) {
-            if name.eq_ignore_ascii_case("zstd") {
-                f.zstd = true;
-            } else if name.eq_ignore_ascii_case("chunks") {
-                f.chunks = true;
-            }
-        }
-        f
-    }
-
-    /// The header value naming these features (empty for none).
-    pub fn header_value(self) -> String {
-        let names = [(self.zstd, "zstd"), (self.chunks, "chunks")];
-        let on: Vec<&str> = names.iter().filter(|n| n.0).map(|n| n.1).collect();
-        on.join(", ")
-    }
-
-    /// What both sides have.
-    pub fn and(self, other: Features) -> Features {
-        Features {
-            zstd: self.zstd && other.zstd,
-            chunks: self.chunks && other.chunks,
-        }
-    }
-}
 
 /// The chunks of one `Chunks` frame, as they are on the wire: [`LIST_ENTRY`] bytes each.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -134,6 +152,7 @@ const DATA: u8 = 0x03;
 const END: u8 = 0x04;
 const SKIP: u8 = 0x05;
 const FINISH: u8 = 0x06;
+const ZDATA: u8 = 0x07;
 const DECISION: u8 = 0x81;
 const OUTCOME: u8 = 0x82;
 const BYE: u8 = 0x83;
@@ -253,6 +272,14 @@ pub enum Frame<'a> {
         seq: u32,
         bytes: &'a [u8],
     },
+    /// The next `raw_len` bytes of the started file, as one zstd frame (`wire::compress`).
+    /// `raw_len` is at most [`MAX_DATA`] (the receiver checks, and never trusts it further
+    /// than decoding into that many bytes).
+    ZData {
+        seq: u32,
+        raw_len: u32,
+        bytes: &'a [u8],
+    },
     /// The started file is complete; the source's SHA-256 over all of it.
     End {
         seq: u32,
@@ -353,6 +380,7 @@ impl std::error::Error for FrameError {}
 pub fn payload_limit(kind: u8) -> Option<usize> {
     match kind {
         DATA => Some(MAX_DATA_PAYLOAD),
+        ZDATA => Some(MAX_ZDATA_PAYLOAD),
         CHUNKS => Some(MAX_CHUNKS_PAYLOAD),
         LACKS => Some(MAX_LACKS_PAYLOAD),
         OFFER | START | END | SKIP | FINISH | DECISION | OUTCOME | BYE | FATAL | WANT | READY
@@ -480,6 +508,17 @@ fn decode_payload(kind: u8, payload: &[u8]) -> Result<Frame<'_>, FrameError> {
             let bytes = c.rest;
             c.rest = &[];
             Frame::Data { seq, bytes }
+        }
+        ZDATA => {
+            let seq = c.u32("sequence number")?;
+            let raw_len = c.u32("length")?;
+            let bytes = c.rest;
+            c.rest = &[];
+            Frame::ZData {
+                seq,
+                raw_len,
+                bytes,
+            }
         }
         END => Frame::End {
             seq: c.u32("sequence number")?,
@@ -632,6 +671,16 @@ pub fn encode(frame: &Frame<'_>, out: &mut Vec<u8>) {
             out.extend_from_slice(bytes);
             DATA
         }
+        Frame::ZData {
+            seq,
+            raw_len,
+            bytes,
+        } => {
+            out.extend_from_slice(&seq.to_be_bytes());
+            out.extend_from_slice(&raw_len.to_be_bytes());
+            out.extend_from_slice(bytes);
+            ZDATA
+        }
         Frame::End { seq, sha256 } => {
             out.extend_from_slice(&seq.to_be_bytes());
             out.extend_from_slice(sha256);
@@ -735,6 +784,17 @@ pub fn data_header(seq: u32, len: usize) -> [u8; HEADER_LEN + 4] {
     h
 }
 
+/// The header of a `ZData` frame of file `seq` whose `len` compressed bytes stand for
+/// `raw_len` bytes of content.
+pub fn zdata_header(seq: u32, raw_len: usize, len: usize) -> [u8; HEADER_LEN + 8] {
+    let mut h = [0u8; HEADER_LEN + 8];
+    h[0] = ZDATA;
+    h[1..5].copy_from_slice(&((8 + len) as u32).to_be_bytes());
+    h[5..9].copy_from_slice(&seq.to_be_bytes());
+    h[9..13].copy_from_slice(&(raw_len as u32).to_be_bytes());
+    h
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -756,6 +816,11 @@ mod tests {
                 bytes: b"hello",
             },
             Frame::Data { seq: 8, bytes: b"" },
+            Frame::ZData {
+                seq: 7,
+                raw_len: 262_144,
+                bytes: b"(zstd)",
+            },
             Frame::End {
                 seq: 7,
                 sha256: [9; 32],
@@ -873,7 +938,45 @@ mod tests {
     }
 
     #[test]
+    fn zdata_header_matches_the_encoder() {
+        let mut a = Vec::new();
+        encode(
+            &Frame::ZData {
+                seq: 9,
+                raw_len: 1000,
+                bytes: b"abc",
+            },
+            &mut a,
+        );
+        let mut b = zdata_header(9, 1000, 3).to_vec();
+        b.extend_from_slice(b"abc");
+        assert_eq!(a, b);
+    }
+
+    #[test]
+    fn features_parse_skip_unknown_names_and_intersect() {
+        assert_eq!(Features::parse(""), Features::default());
+        let both = Features::parse(" zstd ,window,chunks, brotli");
+        assert_eq!(both, Features::ALL);
+        assert_eq!(Features::parse(&both.render()), both);
+        assert_eq!(both.render(), "zstd, chunks");
+        assert_eq!(
+            Features::parse("window").and(Features::ALL),
+            Features::default()
+        );
+        assert_eq!(Features::ALL.and(Features::default()).render(), "");
+        assert_eq!(
+            Features::parse("ZSTD"),
+            Features::default(),
+            "names are exact"
+        );
+    }
+
+    #[test]
     fn oversized_and_unknown_frames_are_refused_from_the_header_alone() {
+        let mut h = [ZDATA, 0, 0, 0, 0];
+        h[1..5].copy_from_slice(&(MAX_ZDATA_PAYLOAD as u32 + 1).to_be_bytes());
+        assert!(matches!(decode(&h), Err(FrameError::TooLong { .. })));
         let mut h = [DATA, 0, 0, 0, 0];
         h[1..5].copy_from_slice(&(MAX_DATA_PAYLOAD as u32 + 1).to_be_bytes());
         assert!(matches!(decode(&h), Err(FrameError::TooLong { .. })));
@@ -981,7 +1084,7 @@ mod tests {
 
     #[test]
     fn features_are_agreed_by_name_and_unknown_names_are_ignored() {
-        let offered = Features::parse("zstd, CHUNKS, brotli");
+        let offered = Features::parse("zstd, chunks, brotli");
         assert_eq!(
             offered,
             Features {
@@ -993,10 +1096,10 @@ mod tests {
             zstd: false,
             chunks: true,
         };
-        assert_eq!(offered.and(ours).header_value(), "chunks");
+        assert_eq!(offered.and(ours).render(), "chunks");
         assert_eq!(Features::parse(""), Features::default());
-        assert_eq!(Features::default().header_value(), "");
-        assert_eq!(Features::parse(&offered.header_value()), offered);
+        assert_eq!(Features::default().render(), "");
+        assert_eq!(Features::parse(&offered.render()), offered);
     }
 
     #[test]

@@ -160,3 +160,34 @@ fn ci_times_each_step_and_prints_a_summary() {
         ".ci/run has an untimed step heading"
     );
 }
+
+/// The same check as `.ci/ops.sh` (which runs late and slowly), here in the suite: every
+/// key of docs/configuration.md's table appears in the packaged config, as `#key = ` or
+/// `# key = `, so a new key is documented where an admin edits the file.
+#[test]
+fn the_packaged_config_mentions_every_configuration_key() {
+    let root = env!("CARGO_MANIFEST_DIR");
+    let table = std::fs::read_to_string(format!("{root}/docs/configuration.md")).expect("read");
+    let packaged =
+        std::fs::read_to_string(format!("{root}/packaging/replgate.toml")).expect("read");
+    let keys: Vec<&str> = table
+        .lines()
+        .filter_map(|l| l.strip_prefix("| `")?.split_once("` |").map(|(k, _)| k))
+        .filter(|k| k.chars().all(|c| c.is_ascii_lowercase() || c == '_'))
+        .collect();
+    assert!(keys.len() > 20, "keys read from the table: {keys:?}");
+    let missing: Vec<&&str> = keys
+        .iter()
+        .filter(|k| {
+            !packaged.lines().any(|l| {
+                [format!("#{k} = "), format!("# {k} = "), format!("{k} = ")]
+                    .iter()
+                    .any(|p| l.starts_with(p.as_str()))
+            })
+        })
+        .collect();
+    assert!(
+        missing.is_empty(),
+        "packaging/replgate.toml does not mention {missing:?}"
+    );
+}

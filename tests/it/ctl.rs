@@ -502,7 +502,7 @@ fn a_join_line_from_token_create_pairs_the_source_with_no_one_accepting() {
                 "/replication/v1/requests",
                 None,
                 &crate::harness::request_body(
-                    &format!("junk-{i}"),
+                    &format!("0c7a0000-0000-4000-8000-{i:012x}"),
                     &crate::harness::simple_csr().pem,
                 ),
             );

@@ -409,6 +409,29 @@ fn body_routes(csr_pem: &str) -> Vec<BodyRoute> {
             path: "/api/replication/source",
             fields: vec![("storage_id", Id, "1".into())],
         },
+        // `backups` and `clients` are arrays, which the body accessors do not model; the
+        // handler's own tests (tests/it/restore.rs) refuse bad ones.
+        BodyRoute {
+            method: "POST",
+            path: "/api/replication/restore",
+            fields: vec![
+                ("target_id", Id, "1".into()),
+                ("all", Flag, "true".into()),
+                ("storage_id", Id, "1".into()),
+                ("overwrite", Flag, "false".into()),
+            ],
+        },
+        // `bytes` is a bounded number (no accessor model); `target_id` is modelled.
+        BodyRoute {
+            method: "POST",
+            path: "/api/replication/drill",
+            fields: vec![("target_id", Id, "1".into())],
+        },
+        BodyRoute {
+            method: "POST",
+            path: "/api/replication/recycle/restore",
+            fields: vec![("backup", Str, s("c/f.tar"))],
+        },
         BodyRoute {
             method: "POST",
             path: "/api/systems",
@@ -438,7 +461,11 @@ fn body_routes(csr_pem: &str) -> Vec<BodyRoute> {
             path: "/api/replication/tokens",
             fields: vec![
                 ("storage_id", Id, "1".into()),
-                ("system_uuid", Str, s("0000-1111")),
+                (
+                    "system_uuid",
+                    Str,
+                    s("f0220000-0000-4000-8000-000000000002"),
+                ),
                 ("host", Str, s("src.example")),
                 ("note", Str, s("fuzz")),
                 ("address", Str, s("127.0.0.1:8443")),
@@ -822,7 +849,9 @@ fn json_bodies_against_a_real_daemon() {
             continue;
         }
         let path = route.path.replace("{name}", "fuzzuser");
-        let path = if path == "/api/replication/source" && route.method == "PUT" {
+        let with_sid = (path == "/api/replication/source" && route.method == "PUT")
+            || path == "/api/replication/recycle/restore";
+        let path = if with_sid {
             format!(
                 "{path}{}",
                 run.rng.pick(&[

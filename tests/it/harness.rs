@@ -260,6 +260,10 @@ pub struct Options {
     /// A network namespace to run in (`ip netns exec`); the test's clients enter it too.
     /// Give `api_listen` and `tunnel_listen`: the harness picks free ports on the host.
     pub netns: Option<String>,
+    /// The shell prefix gives the daemon a mount namespace of its own (`unshare -m`) with a
+    /// filesystem mounted over its data directory: the harness reads the daemon's files
+    /// where the daemon sees them ([`Daemon::seen`], through `/proc/<pid>/root`).
+    pub own_mounts: bool,
 }
 
 impl Options {
@@ -403,7 +407,7 @@ impl Daemon {
                     return Err(format!("exit status {status}\n{}", self.log()));
                 }
             }
-            if self.data_dir.join("ca.pem").exists() {
+            if self.seen(&self.data_dir.join("ca.pem")).exists() {
                 if let Ok(r) = self.client().try_request("GET", "/api/health", &[], b"") {
                     if r.status == 200 {
                         return Ok(());
@@ -425,8 +429,18 @@ impl Daemon {
         std::fs::read_to_string(&self.log_path).unwrap_or_default()
     }
 
+    /// `path` as the daemon sees it: itself, unless the daemon has mounts of its own
+    /// (`Options::own_mounts`), then the same path below `/proc/<pid>/root`.
+    pub fn seen(&self, path: &Path) -> PathBuf {
+        match (&self.child, self.opts.own_mounts) {
+            (Some(child), true) => Path::new(&format!("/proc/{}/root", child.id()))
+                .join(path.strip_prefix("/").unwrap_or(path)),
+            _ => path.to_path_buf(),
+        }
+    }
+
     pub fn ca_der(&self) -> CertificateDer<'static> {
-        let pem = std::fs::read(self.data_dir.join("ca.pem")).expect("read ca.pem");
+        let pem = std::fs::read(self.seen(&self.data_dir.join("ca.pem"))).expect("read ca.pem");
         pem_certs(&pem)
             .into_iter()
             .next()

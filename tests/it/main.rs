@@ -7,6 +7,10 @@ mod harness;
 // The WAN link emulator's engine, shared with the `linkemu` example (bench/wan.sh).
 #[path = "../../bench/linkemu/link.rs"]
 mod linkemu;
+// The fleet load generator's engine, shared with the `fleet` example (bench/scale.sh).
+#[path = "../../bench/fleet/mod.rs"]
+#[allow(dead_code)]
+mod fleet;
 
 mod auth;
 mod backend;
@@ -23,6 +27,7 @@ mod ctl;
 mod dedup;
 mod features;
 mod front;
+mod full_disk;
 mod fuzz;
 mod fuzz_checks;
 mod lifecycle;
@@ -34,13 +39,17 @@ mod openapi;
 mod operability;
 mod ops;
 mod pairing;
+mod recovery;
 mod renewal;
 mod replication;
+mod restore;
 mod rng;
 mod rollover;
 mod rules;
 mod s3_proxy;
+mod scale;
 mod seaweed;
+mod slots;
 mod target;
 mod tidy;
 mod tokens;

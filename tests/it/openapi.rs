@@ -189,6 +189,15 @@ fn openapi_operations_declare_their_access_and_errors() {
                 problems.push(format!("{name} does not document the front's {status}"));
             }
         }
+        // A change can meet a full disk under the data directory (issue 21): 507.
+        let changes = matches!(r.method, "POST" | "PUT" | "DELETE");
+        if changes
+            && !op
+                .block
+                .contains("'507': {$ref: '#/components/responses/InsufficientStorage'}")
+        {
+            problems.push(format!("{name} changes state but does not document 507"));
+        }
         // Every /api read takes the `sid` filter unless its `sid` names its system.
         let filters_sid = r.method == "GET" && r.path.starts_with("/api/") && !r.names_sid;
         if filters_sid && !op.block.contains("#/components/parameters/SidFilter") {

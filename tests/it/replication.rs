@@ -424,7 +424,7 @@ fn configure(src: &Daemon, token: &str, config: Value) {
 }
 
 /// A backup whose modification time is `age` seconds in the past.
-fn write_old_backup(src: &Daemon, name: &str, bytes: &[u8], age: u64) {
+pub(crate) fn write_old_backup(src: &Daemon, name: &str, bytes: &[u8], age: u64) {
     let path = src.data_dir.join("storage").join(name);
     let dir = path.parent().unwrap();
     std::fs::create_dir_all(dir).unwrap();
@@ -802,6 +802,26 @@ fn a_quota_refuses_before_the_transfer_starts_and_the_item_says_so() {
         &json!({"quota_mb": 10}),
     );
     assert_eq!((r.status, r.json()["quota_mb"].clone()), (200, json!(10)));
+    // Its share of the receiving sessions: 1 unless set, 1 to 100, null sets it back.
+    let path = format!("/api/replication/source?sid={}", p.sid);
+    let r = put(&tgt, &path, &tt, &json!({"share": 3}));
+    assert_eq!(
+        (r.status, r.json()["share"].clone()),
+        (200, json!(3)),
+        "{}",
+        r.text()
+    );
+    for bad in [json!(0), json!(101), json!("lots")] {
+        let r = put(&tgt, &path, &tt, &json!({ "share": bad }));
+        assert_eq!(r.status, 400, "{bad}: {}", r.text());
+    }
+    let r = put(&tgt, &path, &tt, &json!({"share": null}));
+    assert_eq!(
+        (r.status, r.json()["share"].clone()),
+        (200, json!(1)),
+        "{}",
+        r.text()
+    );
     let r = put(
         &src,
         "/api/replication/queue",
@@ -810,6 +830,34 @@ fn a_quota_refuses_before_the_transfer_starts_and_the_item_says_so() {
     );
     assert_eq!(r.status, 200, "{}", r.text());
     wait_item(&src, &st, "q/big", "done", Duration::from_secs(20));
+}
+
+#[test]
+fn an_item_refused_for_its_quota_goes_on_by_itself_once_the_quota_has_room() {
+    let (src, tgt) = start_pair("repl-quota-resume");
+    write_backup(&src, "r/big", &content(3, 3 << 20));
+    let p = pair(&src, &tgt, json!({"quota_mb": 2}));
+    let st = src.root_token();
+    let failed = wait_item(&src, &st, "r/big", "failed", Duration::from_secs(20));
+    assert!(
+        failed["message"]
+            .as_str()
+            .unwrap()
+            .contains("quota of 2 MB"),
+        "{failed}"
+    );
+    assert!(failed["retry_at"].is_i64(), "refused for now: {failed}");
+    // Nobody resets the item on the source: raising the quota on the target is enough.
+    let tt = tgt.root_token();
+    let r = put(
+        &tgt,
+        &format!("/api/replication/source?sid={}", p.sid),
+        &tt,
+        &json!({"quota_mb": 10}),
+    );
+    assert_eq!(r.status, 200, "{}", r.text());
+    wait_item(&src, &st, "r/big", "done", Duration::from_secs(90));
+    assert!(received_path(&tgt, &p, "r/big").exists());
 }
 
 #[test]

@@ -172,7 +172,10 @@ fn a_one_use_token_pairs_a_source_with_no_admin_call_and_its_revocation_leaves_t
 
     // A second use is refused and files nothing.
     let before = filed_count(&tgt, &tt);
-    assert_refused(&file_with(&tgt, "second-source", Some(&token)), "used up");
+    assert_refused(
+        &file_with(&tgt, "5ec0d000-0000-4000-8000-000000000001", Some(&token)),
+        "used up",
+    );
     assert_eq!(filed_count(&tgt, &tt), before);
 
     // Revoking the used token leaves the pairing up: the tunnel still says hello.
@@ -233,29 +236,32 @@ fn a_refused_token_gets_403_with_its_reason_and_nothing_is_filed() {
     let bound = token_of(&create_token(
         &tgt,
         &tt,
-        json!({"system_uuid": "AAAA-1111", "uses": 2}),
+        json!({"system_uuid": "AAAAAAAA-1111-4111-8111-111111111111", "uses": 2}),
     ));
     let before = filed();
     assert_refused(
-        &file_with(&tgt, "bbbb-2222", Some(&bound)),
+        &file_with(&tgt, "bbbbbbbb-2222-4222-8222-222222222222", Some(&bound)),
         "bound to another system_uuid",
     );
     assert_eq!(filed(), before);
-    let r = file_with(&tgt, "aaaa-1111", Some(&bound));
+    let r = file_with(&tgt, "aaaaaaaa-1111-4111-8111-111111111111", Some(&bound));
     assert_eq!(r.status, 202, "{}", r.text());
     assert_eq!(r.json()["status"], "accepted");
 
     // Bound to a host.
     let by_host = token_of(&create_token(&tgt, &tt, json!({"host": "other.example"})));
     assert_refused(
-        &file_with(&tgt, "cccc-3333", Some(&by_host)),
+        &file_with(&tgt, "cccccccc-3333-4333-8333-333333333333", Some(&by_host)),
         "bound to another host",
     );
 
     // Expired.
     let short = token_of(&create_token(&tgt, &tt, json!({"expires_in": 1})));
     std::thread::sleep(Duration::from_millis(2_100));
-    assert_refused(&file_with(&tgt, "dddd-4444", Some(&short)), "expired at");
+    assert_refused(
+        &file_with(&tgt, "dddddddd-4444-4444-8444-444444444444", Some(&short)),
+        "expired at",
+    );
 
     // Revoked.
     let created = create_token(&tgt, &tt, json!({}));
@@ -266,7 +272,7 @@ fn a_refused_token_gets_403_with_its_reason_and_nothing_is_filed() {
     );
     assert_eq!(tgt.client().delete(&path, Some(&tt)).status, 200);
     assert_refused(
-        &file_with(&tgt, "eeee-5555", Some(&revoked)),
+        &file_with(&tgt, "eeeeeeee-5555-4555-8555-555555555555", Some(&revoked)),
         "has been revoked",
     );
 
@@ -278,7 +284,7 @@ fn a_refused_token_gets_403_with_its_reason_and_nothing_is_filed() {
         format!("{fresh_id}.{}", "0".repeat(32)),
     ] {
         assert_refused(
-            &file_with(&tgt, "ffff-6666", Some(&unknown)),
+            &file_with(&tgt, "ffffffff-6666-4666-8666-666666666666", Some(&unknown)),
             "unknown pairing token",
         );
     }
@@ -308,23 +314,26 @@ fn a_refused_token_gets_403_with_its_reason_and_nothing_is_filed() {
     let once = token_of(&create_token(&tgt, &tt, json!({})));
     let barrier = std::sync::Barrier::new(2);
     let statuses: Vec<u16> = std::thread::scope(|s| {
-        let handles: Vec<_> = ["race-1", "race-2"]
-            .into_iter()
-            .map(|uuid| {
-                let (tgt, once, barrier) = (&tgt, &once, &barrier);
-                let body = {
-                    let mut b = request_body(uuid, &simple_csr().pem);
-                    b["token"] = json!(once);
-                    b
-                };
-                s.spawn(move || {
-                    barrier.wait();
-                    tgt.client()
-                        .post_json("/replication/v1/requests", None, &body)
-                        .status
-                })
+        let handles: Vec<_> = [
+            "2ace0000-0000-4000-8000-000000000001",
+            "2ace0000-0000-4000-8000-000000000002",
+        ]
+        .into_iter()
+        .map(|uuid| {
+            let (tgt, once, barrier) = (&tgt, &once, &barrier);
+            let body = {
+                let mut b = request_body(uuid, &simple_csr().pem);
+                b["token"] = json!(once);
+                b
+            };
+            s.spawn(move || {
+                barrier.wait();
+                tgt.client()
+                    .post_json("/replication/v1/requests", None, &body)
+                    .status
             })
-            .collect();
+        })
+        .collect();
         handles.into_iter().map(|h| h.join().unwrap()).collect()
     });
     let mut sorted = statuses.clone();
@@ -348,16 +357,16 @@ fn require_token_refuses_every_request_filed_without_a_valid_one() {
     );
     let tt = tgt.root_token();
     assert_refused(
-        &file_with(&tgt, "aaaa-1", None),
+        &file_with(&tgt, "aaaa0001-0000-4000-8000-000000000001", None),
         "only with a valid pairing token",
     );
     assert_refused(
-        &file_with(&tgt, "aaaa-1", Some("")),
+        &file_with(&tgt, "aaaa0001-0000-4000-8000-000000000001", Some("")),
         "only with a valid pairing token",
     );
     assert_eq!(filed_count(&tgt, &tt), 0);
     let token = token_of(&create_token(&tgt, &tt, json!({})));
-    let r = file_with(&tgt, "aaaa-1", Some(&token));
+    let r = file_with(&tgt, "aaaa0001-0000-4000-8000-000000000001", Some(&token));
     assert_eq!(r.status, 202, "{}", r.text());
     assert_eq!(r.json()["status"], "accepted");
 }
@@ -381,7 +390,10 @@ fn a_flood_from_one_network_is_capped_and_bulk_ignore_clears_it_in_one_call() {
     // Twelve addresses of 127.0.0.0/24: five requests fill the network, the rest wait.
     let mut taken = Vec::new();
     for i in 2..14u8 {
-        let r = from(Ipv4Addr::new(127, 0, 0, i), &format!("flood-{i}"));
+        let r = from(
+            Ipv4Addr::new(127, 0, 0, i),
+            &format!("f1000000-0000-4000-8000-{i:012x}"),
+        );
         match r.status {
             202 => taken.push(r.json()),
             429 => {
@@ -405,7 +417,10 @@ fn a_flood_from_one_network_is_capped_and_bulk_ignore_clears_it_in_one_call() {
         );
     }
     // Another network is not held up, and the front recorded each real address.
-    let other = from(Ipv4Addr::new(127, 0, 1, 9), "elsewhere");
+    let other = from(
+        Ipv4Addr::new(127, 0, 1, 9),
+        "e15e0000-0000-4000-8000-000000000001",
+    );
     assert_eq!(other.status, 202, "{}", other.text());
     let pending = tgt
         .client()
@@ -447,7 +462,14 @@ fn a_flood_from_one_network_is_capped_and_bulk_ignore_clears_it_in_one_call() {
     let poll = taken[0]["poll"].as_str().unwrap();
     let status = tgt.client().get(&format!("{poll}status.json"), None).json();
     assert_eq!(status["status"], "expired", "spool {}", spool_token(poll));
-    assert_eq!(from(Ipv4Addr::new(127, 0, 0, 50), "later").status, 202);
+    assert_eq!(
+        from(
+            Ipv4Addr::new(127, 0, 0, 50),
+            "1a7e0000-0000-4000-8000-000000000001"
+        )
+        .status,
+        202
+    );
     let rows = audit(&tgt, &tt);
     let bulk = rows
         .iter()
@@ -482,10 +504,13 @@ fn a_malformed_token_is_403_and_files_nothing() {
         "0123456789AB.00112233445566778899AABBCCDDEEFF",
         "../../etc.passwd",
     ] {
-        assert_refused(&file_with(&tgt, "aaaa-1", Some(bad)), "not a pairing token");
+        assert_refused(
+            &file_with(&tgt, "aaaa0001-0000-4000-8000-000000000001", Some(bad)),
+            "not a pairing token",
+        );
     }
     // A token of the wrong JSON type is a 400 naming the field.
-    let mut body = request_body("aaaa-1", &simple_csr().pem);
+    let mut body = request_body("aaaa0001-0000-4000-8000-000000000001", &simple_csr().pem);
     body["token"] = json!(12);
     let r = tgt
         .client()

@@ -172,3 +172,92 @@ fn a_transfer_across_the_emulated_link_completes_and_verifies() {
         "the namespaces outlived the link: {listed:?}"
     );
 }
+
+/// Text-like content that zstd's fastest level shrinks to about a third.
+fn compressible(len: usize, rng: &mut Rng) -> Vec<u8> {
+    let words: [&[u8]; 8] = [
+        b"backup ",
+        b"replgate ",
+        b"block ",
+        b"0042 ",
+        b"tar ",
+        b"\n",
+        b"appliance ",
+        b"of ",
+    ];
+    let mut out = Vec::with_capacity(len + 16);
+    while out.len() < len {
+        out.extend_from_slice(words[(rng.next_u64() % 8) as usize]);
+    }
+    out.truncate(len);
+    out
+}
+
+#[test]
+fn a_compressible_backup_crosses_the_link_compressed_under_auto() {
+    tool("ip");
+    let (ns_a, ns_b) = namespace_names();
+    let setup = Setup::new(&ns_a, &ns_b);
+    let [addr_a, addr_b] = setup.addr;
+    // 50 Mbit/s, 5 ms each way: the link, not the sender's CPU, is the limit.
+    let params = Params {
+        rate_bps: 50_000_000,
+        delay: Duration::from_millis(5),
+        ..Params::default()
+    };
+    let link = Link::start(&setup, &params, 1).unwrap_or_else(|e| {
+        panic!("start the link emulator (needs root, iproute2 and /dev/net/tun): {e}")
+    });
+    let in_ns = |ns: &str, addr| {
+        pairing_opts()
+            .in_netns(ns)
+            .set("api_listen", SocketAddr::new(addr, 7443))
+            .set("tunnel_listen", SocketAddr::new(addr, 7444))
+    };
+    // `compression` is left at its default, `auto`; the congestion control is one neither
+    // the host nor the namespaces default to, set on both ends.
+    let (src, tgt) = start_pair_with(
+        "wanz",
+        in_ns(&ns_a, addr_a.into()).set("tunnel_congestion", "reno"),
+        in_ns(&ns_b, addr_b.into()).set("tunnel_congestion", "reno"),
+    );
+    let p = pair(&src, &tgt, json!({}));
+    let st = src.root_token();
+    let backup = compressible(32 << 20, &mut Rng::new(17));
+    let before = link.stats();
+    write_backup(&src, "wan/text.tar", &backup);
+    let item = wait_item(&src, &st, "wan/text.tar", "done", Duration::from_secs(120));
+    let after = link.stats();
+    assert_eq!(item["sha256"], sha256_hex(&backup));
+    let received = std::fs::read(received_path(&tgt, &p, "wan/text.tar")).expect("the copy");
+    assert!(received == backup, "the copy differs");
+    // The chooser turned compression on within its first seconds: far fewer bytes than
+    // the file crossed the link (uncompressed they would be more than the file).
+    let ab_bytes = after.dir[0].fwd_bytes - before.dir[0].fwd_bytes;
+    assert!(
+        ab_bytes < backup.len() as u64 * 3 / 4,
+        "A→B forwarded {ab_bytes} bytes for a {}-byte compressible file\n{}",
+        backup.len(),
+        after.render()
+    );
+    let log = src.log();
+    assert!(log.contains("compression zstd:"), "{log}");
+    // The session's end line names the algorithm its connection used; the target's
+    // listener (and so every connection it accepts) uses the same.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !src.log().contains("congestion control reno") && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let log = src.log();
+    assert!(
+        log.contains("on the wire), congestion control reno"),
+        "{log}"
+    );
+    let log = tgt.log();
+    assert!(
+        log.contains("tunnel connections use TCP congestion control reno"),
+        "{log}"
+    );
+    drop((src, tgt));
+    link.stop();
+}

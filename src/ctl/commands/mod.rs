@@ -7,11 +7,13 @@
 //!
 //! - `session.rs`: log in and out, health, help, version,
 //! - `target.rs`: the target side: pairing requests, systems, storage, pairing tokens,
+//! - `recycle.rs`: the target side: a source's retention policy and its recycle bin,
 //! - `source.rs`: the source side: targets, the replication queue and its settings,
 //! - `users.rs`: users, the audit trail, scraper tokens,
 //! - `ca.rs`: the appliance CA's rollover.
 
 mod ca;
+mod recycle;
 mod session;
 mod source;
 mod target;
@@ -79,6 +81,10 @@ pub(super) const SECTIONS: &[Section] = &[
     Section {
         title: "target side (this appliance receives replication):",
         commands: target::COMMANDS,
+    },
+    Section {
+        title: "retention and the recycle bin (target side):",
+        commands: recycle::COMMANDS,
     },
     Section {
         title: "source side (this appliance replicates to a target):",

@@ -144,10 +144,14 @@ fn health(cx: &Cx<'_>, _: &CtlCommand) -> Result<String, CtlError> {
         .unwrap_or_else(|| "-".into());
     let api = cx.api;
     Ok(cx.show(a, |v| {
-        format!(
+        let mut out = format!(
             "status:  {}\nversion: {}\napi:     {api}\nCA fingerprint (SHA-256): {fingerprint}\n",
             cell(&v["status"]),
             cell(&v["version"])
-        )
+        );
+        for w in v["warnings"].as_array().into_iter().flatten() {
+            out.push_str(&format!("warning: {}\n", cell(w)));
+        }
+        out
     }))
 }

@@ -118,6 +118,74 @@ pub(super) const COMMANDS: &[Command] = &[
         run: Run::Daemon(queue_change_run),
     },
     Command {
+        name: "restore",
+        help: &[Help {
+            syntax: "restore TARGET_ID CLIENT/FILE... | --client NAME... | --all \
+                     [--storage ID] [--overwrite]",
+            about: "pull backups back from a target, verified by SHA-256\n\
+                    (--overwrite: replace a different local file)",
+        }],
+        options: &[
+            Opt::Value("--client"),
+            Opt::Flag("--all"),
+            Opt::Value("--storage"),
+            Opt::Flag("--overwrite"),
+        ],
+        parse: restore_parse,
+        run: Run::Daemon(restore),
+    },
+    Command {
+        name: "drill",
+        help: &[Help {
+            syntax: "drill TARGET_ID [--bytes N]",
+            about: "restore a random sample (N bytes, default 64 MiB) from a\n\
+                    target into a scratch directory and check it",
+        }],
+        options: &[Opt::Value("--bytes")],
+        parse: |i| {
+            let [target] = i.operands(["a target ID"])?;
+            Ok(CtlCommand::Drill {
+                target_id: positive("the target ID", target)?,
+                bytes: i.positive("--bytes")?,
+            })
+        },
+        run: Run::Daemon(drill),
+    },
+    Command {
+        name: "drills",
+        help: &[Help {
+            syntax: "drills",
+            about: "restore drills: date, size, duration and result",
+        }],
+        options: &[],
+        parse: |i| i.no_operands().map(|_| CtlCommand::Drills),
+        run: Run::Daemon(|cx, _| {
+            Ok(cx.show(cx.client.drills(&cx.token()?)?, |v| {
+                let mut out = String::new();
+                for d in table::rows(v, "drills") {
+                    out.push_str(&format!(
+                        "drill {}  target {}  {}  {} bytes in {} copies  {} ms  requested {}{}\n",
+                        cell(&d["id"]),
+                        cell(&d["target_id"]),
+                        cell(&d["result"]),
+                        cell(&d["bytes"]),
+                        cell(&d["copies"]),
+                        cell(&d["duration_ms"]),
+                        cell(&d["requested"]),
+                        d["message"]
+                            .as_str()
+                            .map(|m| format!("  {}", clean(m)))
+                            .unwrap_or_default()
+                    ));
+                }
+                if out.is_empty() {
+                    out.push_str("no restore drill yet\n");
+                }
+                out
+            }))
+        }),
+    },
+    Command {
         name: "replication-config",
         help: &[Help {
             syntax: "replication-config [--max-concurrent N] \
@@ -261,6 +329,32 @@ fn queue_change(i: &mut Input<'_>, reset: bool) -> Result<CtlCommand, UsageError
     })
 }
 
+/// `restore`: the target, then what to restore: backups as operands, `--client`s, or
+/// `--all`; exactly one of the three.
+fn restore_parse(i: &mut Input<'_>) -> Result<CtlCommand, UsageError> {
+    let words = i.words();
+    let Some((target, backups)) = words.split_first() else {
+        return Err(UsageError("`restore` needs a target ID".into()));
+    };
+    let target_id = positive("the target ID", target)?;
+    let clients = i.values("--client")?;
+    let all = i.flag("--all")?;
+    let chosen = [!backups.is_empty(), !clients.is_empty(), all];
+    if chosen.iter().filter(|c| **c).count() != 1 {
+        return Err(UsageError(
+            "`restore` needs exactly one of: backups (CLIENT/FILE...), --client NAME, --all".into(),
+        ));
+    }
+    Ok(CtlCommand::Restore {
+        target_id,
+        backups: backups.to_vec(),
+        clients,
+        all,
+        storage_id: i.positive("--storage")?,
+        overwrite: i.flag("--overwrite")?,
+    })
+}
+
 /// `replication-config`: the fields given change, none shows the config.
 fn replication_config_parse(i: &mut Input<'_>) -> Result<CtlCommand, UsageError> {
     i.no_operands()?;
@@ -398,6 +492,62 @@ fn queue_change_run(cx: &Cx<'_>, c: &CtlCommand) -> Result<String, CtlError> {
             0 => "no open item matched\n".to_string(),
             _ => format!("{what}: items {}\n", ids.join(", ")),
         }
+    }))
+}
+
+fn restore(cx: &Cx<'_>, c: &CtlCommand) -> Result<String, CtlError> {
+    let CtlCommand::Restore {
+        target_id,
+        backups,
+        clients,
+        all,
+        storage_id,
+        overwrite,
+    } = c
+    else {
+        return Err(other_command());
+    };
+    let mut body = serde_json::json!({ "target_id": target_id, "overwrite": overwrite });
+    if *all {
+        body["all"] = true.into();
+    } else if !clients.is_empty() {
+        body["clients"] = clients.clone().into();
+    } else {
+        body["backups"] = backups.clone().into();
+    }
+    if let Some(id) = storage_id {
+        body["storage_id"] = (*id).into();
+    }
+    let a = cx.client.restore(&cx.token()?, &body)?;
+    Ok(cx.show(a, |v| {
+        let items = table::rows(v, "restore");
+        format!(
+            "restoring {} backups from target {target_id} (items {}); \
+             follow them with `replgate ctl queue --all`\n",
+            items.len(),
+            items
+                .iter()
+                .map(|i| cell(&i["id"]))
+                .collect::<Vec<_>>()
+                .join(", ")
+        )
+    }))
+}
+
+fn drill(cx: &Cx<'_>, c: &CtlCommand) -> Result<String, CtlError> {
+    let CtlCommand::Drill { target_id, bytes } = *c else {
+        return Err(other_command());
+    };
+    let mut body = serde_json::json!({ "target_id": target_id });
+    if let Some(b) = bytes {
+        body["bytes"] = b.into();
+    }
+    let a = cx.client.drill(&cx.token()?, &body)?;
+    Ok(cx.show(a, |v| {
+        format!(
+            "restore drill {} of target {target_id} queued; follow it with `replgate ctl drills`\n",
+            cell(&v["drill"]["id"])
+        )
     }))
 }
 

@@ -28,15 +28,17 @@ pub(super) const COMMANDS: &[Command] = &[
     Command {
         name: "accept",
         help: &[Help {
-            syntax: "accept ID [--storage N]",
-            about: "accept request ID (storage N, else the default backup storage)",
+            syntax: "accept ID [--storage N] [--replaces SID]",
+            about: "accept request ID (storage N, else the default backup storage;\n\
+                    --replaces: a new appliance takes over lost source SID)",
         }],
-        options: &[Opt::Value("--storage")],
+        options: &[Opt::Value("--storage"), Opt::Value("--replaces")],
         parse: |i| {
             let [id] = i.operands(["a request ID"])?;
             Ok(CtlCommand::Accept {
                 request_id: request_id(id)?,
                 storage_id: i.positive("--storage")?,
+                replaces: i.positive("--replaces")?,
             })
         },
         run: Run::Daemon(accept),
@@ -116,6 +118,27 @@ pub(super) const COMMANDS: &[Command] = &[
             })
         },
         run: Run::Daemon(unpair),
+    },
+    Command {
+        name: "share",
+        help: &[Help {
+            syntax: "share SID WEIGHT|default",
+            about: "set paired source SID's weight in the sharing of transfer sessions\n\
+                    (1 to 100; default 1)",
+        }],
+        options: &[],
+        parse: |i| {
+            let [sid, weight] = i.operands(["a system ID", "a weight"])?;
+            let share = match weight {
+                "default" => None,
+                w => Some(positive("the weight", w)?),
+            };
+            Ok(CtlCommand::Share {
+                system_id: positive("the system ID", sid)?,
+                share,
+            })
+        },
+        run: Run::Daemon(set_share),
     },
     Command {
         name: "systems",
@@ -217,11 +240,15 @@ fn accept(cx: &Cx<'_>, c: &CtlCommand) -> Result<String, CtlError> {
     let CtlCommand::Accept {
         request_id,
         storage_id,
+        replaces,
     } = *c
     else {
         return Err(other_command());
     };
-    let how = Resolution::Accept { storage_id };
+    let how = Resolution::Accept {
+        storage_id,
+        replaces,
+    };
     let a = cx.client.resolve(&cx.token()?, request_id, how)?;
     Ok(cx.show(a, |v| {
         format!(
@@ -278,6 +305,16 @@ fn unpair(cx: &Cx<'_>, c: &CtlCommand) -> Result<String, CtlError> {
         .map_err(|e| explain_unpair(cx.client, &token, system_id, e))?;
     Ok(cx.show(a, |_| {
         format!("unpaired system {system_id}: its certificate is revoked\n")
+    }))
+}
+
+fn set_share(cx: &Cx<'_>, c: &CtlCommand) -> Result<String, CtlError> {
+    let CtlCommand::Share { system_id, share } = *c else {
+        return Err(other_command());
+    };
+    let a = cx.client.set_share(&cx.token()?, system_id, share)?;
+    Ok(cx.show(a, |v| {
+        format!("system {system_id}: share {}\n", cell(&v["share"]))
     }))
 }
 

@@ -66,6 +66,39 @@ fn replication_commands_parse_with_their_checks() {
             reset: true
         }
     );
+    assert_eq!(
+        command("restore 2 web/mon web/tue --storage 3 --overwrite"),
+        CtlCommand::Restore {
+            target_id: 2,
+            backups: vec!["web/mon".into(), "web/tue".into()],
+            clients: vec![],
+            all: false,
+            storage_id: Some(3),
+            overwrite: true
+        }
+    );
+    assert_eq!(
+        command("restore 2 --all"),
+        CtlCommand::Restore {
+            target_id: 2,
+            backups: vec![],
+            clients: vec![],
+            all: true,
+            storage_id: None,
+            overwrite: false
+        }
+    );
+    assert_eq!(
+        command("drill 2 --bytes 1000"),
+        CtlCommand::Drill {
+            target_id: 2,
+            bytes: Some(1000)
+        }
+    );
+    assert_eq!(command("drills"), CtlCommand::Drills);
+    assert!(usage_error("restore 2").contains("exactly one of"));
+    assert!(usage_error("restore 2 --all --client web").contains("exactly one of"));
+    assert!(usage_error("restore").contains("target ID"));
     assert!(usage_error("queue remove").contains("item IDs or --client"));
     assert!(usage_error("queue drop 1").contains("add, remove or reset"));
     assert_eq!(
@@ -124,6 +157,67 @@ fn replication_commands_parse_with_their_checks() {
 }
 
 #[test]
+fn retention_and_the_recycle_bin_parse_and_refuse_what_would_surprise() {
+    use crate::ctl::args::RetentionRules;
+    assert_eq!(
+        command("retention 3"),
+        CtlCommand::Retention {
+            system_id: 3,
+            policy: None
+        }
+    );
+    assert_eq!(
+        command("retention 3 --keep-last 5 --keep-days=30"),
+        CtlCommand::Retention {
+            system_id: 3,
+            policy: Some(Some(RetentionRules {
+                keep_last: Some(5),
+                keep_days: Some(30)
+            }))
+        }
+    );
+    assert_eq!(
+        command("retention 3 --keep-all"),
+        CtlCommand::Retention {
+            system_id: 3,
+            policy: Some(None)
+        }
+    );
+    assert!(usage_error("retention 3 --keep-all --keep-last 2").contains("not both"));
+    assert!(usage_error("retention 3 --keep-last 0").contains("positive"));
+    assert!(usage_error("retention x").contains("positive"));
+    assert_eq!(
+        command("recycle list 4"),
+        CtlCommand::Recycle { system_id: 4 }
+    );
+    assert_eq!(
+        command("recycle restore 4 c/f.tar"),
+        CtlCommand::RecycleRestore {
+            system_id: 4,
+            backup: "c/f.tar".into()
+        }
+    );
+    assert!(usage_error("recycle restore 4").contains("a backup (CLIENT/FILE)"));
+    // Emptying a bin is never what a forgotten argument does.
+    assert!(usage_error("recycle purge 4").contains("--all"));
+    assert!(usage_error("recycle purge 4 c/f --all").contains("either one backup or --all"));
+    assert_eq!(
+        command("recycle purge 4 --all"),
+        CtlCommand::RecyclePurge {
+            system_id: 4,
+            backup: None
+        }
+    );
+    assert_eq!(
+        command("recycle purge 4 c/f"),
+        CtlCommand::RecyclePurge {
+            system_id: 4,
+            backup: Some("c/f".into())
+        }
+    );
+}
+
+#[test]
 fn global_options_go_before_or_after_the_command() {
     let before = ctl("--api https://h:1 --cacert /c.pem --json pending").unwrap();
     let after = ctl("pending --json --cacert=/c.pem --api=https://h:1").unwrap();
@@ -165,14 +259,16 @@ fn target_side_commands_parse_their_ids_and_options() {
         command("accept 7 --storage 2"),
         CtlCommand::Accept {
             request_id: 7,
-            storage_id: Some(2)
+            storage_id: Some(2),
+            replaces: None
         }
     );
     assert_eq!(
         command("accept 7"),
         CtlCommand::Accept {
             request_id: 7,
-            storage_id: None
+            storage_id: None,
+            replaces: None
         }
     );
     let reject = parse_ctl(&[
@@ -199,7 +295,8 @@ fn a_pending_rows_negative_system_id_names_its_request() {
         command("accept -7"),
         CtlCommand::Accept {
             request_id: 7,
-            storage_id: None
+            storage_id: None,
+            replaces: None
         }
     );
     assert_eq!(command("ignore -4"), CtlCommand::Ignore { request_id: 4 });
@@ -531,6 +628,7 @@ fn every_command_parses_to_its_own_entry() {
         ("users remove ops", "users remove"),
         ("queue", "queue"),
         ("queue reset 3", "queue reset"),
+        ("restore 1 --all", "restore"),
         ("token list", "token list"),
         ("help", "help"),
         ("accept 1 --help", "help"),

@@ -11,11 +11,11 @@ use std::time::Duration;
 
 use super::sink::FileSink;
 use super::state::{CommitQueue, Committed, Session, ToCommit};
-use super::{client_dir, drop_partial, Context, Refusal, Source};
+use super::{client_dir, drop_partial, storage_failure, Context, Refusal, Source};
 use crate::fsx::{self, PartialFile};
 use crate::model::UnixTime;
 use crate::replication::index;
-use crate::replication::live::Event;
+use crate::replication::live::Peer;
 use crate::store::{FileStamp, PartialRecord, ReceivedRecord, Store, StoreError};
 use crate::wire::hex;
 use crate::wire::transfer::{Code, Frame, Outcome};
@@ -121,7 +121,9 @@ impl<W: Write, S: FileSink> Session<'_, '_, W, S> {
                     Ok(()) => {
                         self.ctx.ledger.committed(&offer.reservation, offer.grows);
                         self.summary.committed += 1;
-                        self.ctx.live.count(Event::Received);
+                        self.ctx
+                            .live
+                            .count_file(Peer::Source(self.source.system_id));
                         log::info!(
                             "replication from system {} at {}: {} received and verified ({} bytes, sha256 {})",
                             self.source.system_id,
@@ -166,8 +168,9 @@ pub fn commit(
             Ok(Ok(file)) => ok.push((f, file)),
             Ok(Err(e)) => {
                 drop_partial(store, uuid, &client_dir(source, &f.name), &f.name);
-                let m = format!("cannot make {} durable: {e}", f.name);
-                out.push((f.seq, Err(Refusal::new(Code::Storage, m))));
+                let what = format!("cannot make {} durable", f.name);
+                log::error!("replication: {what}: {e}");
+                out.push((f.seq, Err(storage_failure(storage_id, &what, &e))));
             }
             Err(_) => out.push((
                 f.seq,
@@ -212,8 +215,9 @@ pub fn commit(
                 renamed.push(f);
             }
             Err(e) => {
-                let m = format!("cannot rename {} into place: {e}", f.name);
-                out.push((f.seq, Err(Refusal::new(Code::Storage, m))));
+                let what = format!("cannot rename {} into place", f.name);
+                log::error!("replication: {what}: {e}");
+                out.push((f.seq, Err(storage_failure(storage_id, &what, &e))));
             }
         }
     }
@@ -235,6 +239,7 @@ pub fn commit(
                     verified: None,
                     damaged: None,
                     bytes_received: Some(f.wire),
+                    pinned: false,
                 },
             )?;
             tx.delete_partial(uuid, f.name.as_str())?;
@@ -311,11 +316,8 @@ fn sync_dirs(
         let dir = client_dir(source, &f.name);
         match failed.iter().find(|(d, _)| **d == dir) {
             Some((_, e)) => {
-                let m = format!(
-                    "cannot make {} durable: fsync of its directory: {e}",
-                    f.name
-                );
-                out.push((f.seq, Err(Refusal::new(Code::Storage, m))));
+                let what = format!("cannot make {} durable: fsync of its directory", f.name);
+                out.push((f.seq, Err(storage_failure(source.storage.id, &what, e))));
             }
             None => synced.push(f),
         }

@@ -14,14 +14,15 @@ use super::commit::{GROUP_BYTES, GROUP_FILES};
 use super::sink::FileSink;
 use super::state::{Current, Decided, Session, ToCommit};
 use super::{
-    chunk_for, client_dir, digest_of, drop_partial, list_window, partial_path, window_for,
-    ReceiveError, Source,
+    chunk_for, client_dir, digest_of, drop_partial, list_window, partial_path, storage_failure,
+    window_for, ReceiveError, Refusal, Source,
 };
 use crate::fsx::{self, PartialFile};
 use crate::model::UnixTime;
 use crate::replication::chunker::MAX_CHUNK;
-use crate::replication::live::Event;
+use crate::replication::live::{code_reason, Peer};
 use crate::store::{PartialRecord, StoreError};
+use crate::wire::compress::Unpacker;
 use crate::wire::hex;
 use crate::wire::transfer::{Code, Frame, Outcome, MAX_DATA};
 
@@ -85,19 +86,25 @@ impl<W: Write, S: FileSink> Session<'_, '_, W, S> {
         match opened.and_then(|f| self.sink.open(f)) {
             Ok(()) => {}
             Err(e) => {
-                let m = format!(
-                    "cannot write {} on storage {}: {e}",
-                    offer.name, self.source.storage.id
+                log::error!(
+                    "replication from system {}: cannot write {} on storage {}: {e}",
+                    self.source.system_id,
+                    offer.name,
+                    self.source.storage.id
                 );
-                log::error!("replication from system {}: {m}", self.source.system_id);
+                let what = format!("cannot write {}", offer.name);
+                let r = storage_failure(self.source.storage.id, &what, &e);
                 self.summary.failed += 1;
-                self.ctx.live.count(Event::ReceiveFailed);
+                let peer = Peer::Source(self.source.system_id);
+                self.ctx
+                    .live
+                    .count_failure(peer, code_reason(Code::Storage));
                 self.poisoned = Some(seq);
                 self.send(&Frame::Outcome {
                     seq,
                     outcome: Outcome::Failed {
-                        code: Code::Storage,
-                        message: &m,
+                        code: r.code,
+                        message: &r.message,
                     },
                 });
                 self.flush();
@@ -144,6 +151,51 @@ impl<W: Write, S: FileSink> Session<'_, '_, W, S> {
         Ok(())
     }
 
+    /// A `ZData` frame: content that decodes to exactly `raw_len` bytes, at most
+    /// [`MAX_DATA`] (the bound, checked before anything is decoded; libzstd writes no
+    /// further than it). A frame that claims more, decodes to more or less, or is not
+    /// zstd ends the session: the source is broken or hostile.
+    pub(super) fn zdata(
+        &mut self,
+        seq: u32,
+        raw_len: u32,
+        packed: &[u8],
+    ) -> Result<(), ReceiveError> {
+        if !self.ctx.features.zstd {
+            let m = "a compressed frame, but the session did not agree to zstd".to_string();
+            return self.fatal(Code::Protocol, m);
+        }
+        let raw_len = raw_len as usize;
+        if raw_len > MAX_DATA {
+            let m = format!("a compressed frame claims {raw_len} bytes, more than {MAX_DATA}");
+            return self.fatal(Code::Protocol, m);
+        }
+        if self.poisoned == Some(seq) {
+            return Ok(());
+        }
+        if self.unpacker.is_none() {
+            match Unpacker::new() {
+                Ok(u) => self.unpacker = Some(u),
+                Err(e) => {
+                    let m = format!("cannot start a decompressor: {e}");
+                    return self.fatal(Code::Unavailable, m);
+                }
+            }
+        }
+        let mut out = std::mem::take(&mut self.unpacked);
+        out.resize(MAX_DATA, 0);
+        let unpacked = match &mut self.unpacker {
+            Some(u) => u.unpack(packed, &mut out[..raw_len]),
+            None => Ok(()),
+        };
+        let result = match unpacked {
+            Ok(()) => self.data(seq, &out[..raw_len]),
+            Err(e) => self.fatal(Code::Protocol, format!("compressed data for {seq}: {e}")),
+        };
+        self.unpacked = out;
+        result
+    }
+
     pub(super) fn data(&mut self, seq: u32, bytes: &[u8]) -> Result<(), ReceiveError> {
         if self.poisoned == Some(seq) {
             return Ok(());
@@ -180,23 +232,49 @@ impl<W: Write, S: FileSink> Session<'_, '_, W, S> {
         let Some(cur) = self.current.as_mut() else {
             return false;
         };
-        if let Err(e) = self.sink.write(bytes) {
-            let m = format!(
-                "cannot write {} on storage {}: {e}",
-                cur.offer.name, self.source.storage.id
-            );
+        let len = bytes.len() as u64;
+        // Space is taken as the bytes arrive, a window ahead of them (`Ledger`).
+        let source = self.source;
+        let (written, size) = (cur.written, cur.offer.size);
+        let covered =
+            cur.offer
+                .reservation
+                .cover(written, written + len, size, 2 * chunk_for(size), || {
+                    fsx::disk_space(&source.storage.path)
+                        .map(|(_, free)| free)
+                        .map_err(|e| {
+                            storage_failure(source.storage.id, "cannot read the free space", &e)
+                        })
+                });
+        if let Err(r) = covered {
             self.checkpoint_current();
-            self.fail_current_keep(Code::Storage, m);
+            self.fail_current_keep(r.code, r.message);
             return false;
         }
-        let len = bytes.len() as u64;
+        if let Err(e) = self.sink.write(bytes) {
+            log::error!(
+                "replication from system {}: cannot write {} on storage {}: {e}",
+                source.system_id,
+                cur.offer.name,
+                source.storage.id
+            );
+            let r = storage_failure(
+                source.storage.id,
+                &format!("cannot write {}", cur.offer.name),
+                &e,
+            );
+            self.checkpoint_current();
+            self.fail_current_keep(r.code, r.message);
+            return false;
+        }
         cur.hasher.update(bytes);
         cur.written += len;
-        self.ctx.live.count_logical_received(len);
         if over_wire {
             cur.wire += len;
             cur.incoming.progress.advance(len);
-            self.ctx.live.count_received(len);
+            self.ctx
+                .live
+                .count_bytes(Peer::Source(self.source.system_id), len);
             self.summary.bytes += len;
         } else {
             cur.incoming.progress.advance_held(len);
@@ -256,8 +334,16 @@ impl<W: Write, S: FileSink> Session<'_, '_, W, S> {
             match self.checkpoint_now() {
                 Ok(offset) => durable = durable.max(offset),
                 Err(e) => {
-                    let m = format!("cannot make {} durable: {e}", self.current_name());
-                    self.fail_current_keep(Code::Storage, m);
+                    let what = format!("cannot make {} durable", self.current_name());
+                    log::error!(
+                        "replication from system {}: {what}: {e}",
+                        self.source.system_id
+                    );
+                    let r = match e {
+                        DurableError::Disk(e) => storage_failure(self.source.storage.id, &what, &e),
+                        other => Refusal::new(Code::Storage, format!("{what}: {other}")),
+                    };
+                    self.fail_current_keep(r.code, r.message);
                     return;
                 }
             }
@@ -333,6 +419,8 @@ impl<W: Write, S: FileSink> Session<'_, '_, W, S> {
             .store
             .write(|tx| tx.put_partial(uuid, &row))
             .map_err(DurableError::Record)?;
+        #[cfg(test)]
+        crate::fsx::trace::recorded(file.path(), written);
         cur.recorded = written;
         Ok(written)
     }
@@ -410,11 +498,13 @@ impl<W: Write, S: FileSink> Session<'_, '_, W, S> {
         let sealed = match self.sink.seal() {
             Ok(s) => s,
             Err(e) => {
-                let m = format!(
-                    "cannot write {} on storage {}: {e}",
-                    cur.offer.name, self.source.storage.id
+                let what = format!("cannot write {}", cur.offer.name);
+                log::error!(
+                    "replication from system {}: {what}: {e}",
+                    self.source.system_id
                 );
-                self.report_failure(seq, &cur.offer.name, Code::Storage, &m);
+                let r = storage_failure(self.source.storage.id, &what, &e);
+                self.report_failure(seq, &cur.offer.name, r.code, &r.message);
                 self.poisoned = None;
                 return Ok(());
             }

@@ -11,6 +11,7 @@ use super::sink::FileSink;
 use super::state::Session;
 use super::ReceiveError;
 use crate::replication::chunker::{sha256, MAX_CHUNK, MIN_CHUNK};
+use crate::replication::live::Peer;
 use crate::store::DigestPrefix;
 use crate::wire::transfer::{ChunkList, Code, Frame, DIGEST_PREFIX, HEADER_LEN, LIST_ENTRY};
 
@@ -82,7 +83,9 @@ impl<'c, W: Write, S: FileSink> Session<'c, '_, W, S> {
         }
         let wire = (HEADER_LEN + 12 + list.len() * LIST_ENTRY) as u64;
         cur.wire += wire;
-        self.ctx.live.count_received(wire);
+        self.ctx
+            .live
+            .count_bytes(Peer::Source(self.source.system_id), wire);
         self.summary.bytes += wire;
         let a = cur
             .chunked

@@ -27,16 +27,15 @@ mod sink;
 mod state;
 
 use std::fmt;
+use std::io;
 use std::path::{Path, PathBuf};
 
 use ring::digest::{Context as Sha256, SHA256};
 
 pub use commit::{channel as commit_channel, commit, Committer};
 pub use holdings::{Holdings, Scope};
-pub use ledger::{
-    Admission, Busy, Ledger, Reservation, MAX_SESSIONS, SESSIONS_SHARED, SPACE_MARGIN,
-};
-pub use repair::{repair, Repair};
+pub use ledger::{quota_usage, Ledger, Reservation, Space, SPACE_MARGIN, STALL};
+pub use repair::{expire_partials, repair, Repair};
 pub use session::{serve, turn_away};
 pub use sink::{FileSink, Sealed};
 pub use state::{CommitQueue, Committed, ToCommit};
@@ -48,7 +47,8 @@ use crate::config::Storage;
 use crate::fsx;
 use crate::model::UnixTime;
 use crate::store::{Store, StoreError};
-use crate::wire::transfer::Code;
+use crate::wire::protocol::is_system_uuid;
+use crate::wire::transfer::{Code, Features};
 
 /// Suffix of partial copies (after a leading `.`), so a sweep recognizes them.
 pub const PARTIAL_SUFFIX: &str = ".replgate-part";
@@ -79,6 +79,32 @@ impl Refusal {
     }
 }
 
+/// A failure of the target's storage as the source is told it: what failed, on which
+/// storage, and the kind of error, never a path of the target (the target's log line has
+/// the whole error). A full disk or quota is `NoSpace`, which the source retries by itself
+/// once there is room; anything else is `Storage`.
+pub(crate) fn storage_failure(storage_id: u64, what: &str, e: &io::Error) -> Refusal {
+    let code = match e.kind() {
+        io::ErrorKind::StorageFull | io::ErrorKind::QuotaExceeded => Code::NoSpace,
+        _ => Code::Storage,
+    };
+    Refusal::new(
+        code,
+        format!("{what} on storage {storage_id}: {}", plain(e)),
+    )
+}
+
+/// An I/O error without the paths its text may carry: the system's description of its
+/// code, our own words for our own errors (`io::Error::other`, which name no path), or
+/// else its kind.
+fn plain(e: &io::Error) -> String {
+    match e.raw_os_error() {
+        Some(code) => io::Error::from_raw_os_error(code).to_string(),
+        None if e.kind() == io::ErrorKind::Other => e.to_string(),
+        None => e.kind().to_string(),
+    }
+}
+
 impl fmt::Display for Refusal {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(&self.message)
@@ -94,6 +120,8 @@ pub struct Source {
     pub uuid: String,
     pub storage: Storage,
     pub quota_mb: Option<u64>,
+    /// Its weight in the sharing of receiving sessions (`share`, 1 unless set).
+    pub share: u32,
 }
 
 /// Finds the source a tunnel client certificate belongs to: the issued certificate's
@@ -121,7 +149,19 @@ pub fn identify(store: &Store, storages: &[Storage], serial: &str) -> Result<Sou
                 "this certificate belongs to no paired source",
             )
         })?;
-    let uuid = row.system_uuid.clone().unwrap_or_default();
+    // The uuid its copies are kept under: its own, or the one of the appliance it replaced.
+    let uuid = row.copies_uuid().unwrap_or_default().to_string();
+    // Its directory is named by it: only a UUID is kept apart from every other name a
+    // storage holds (a row from before filings checked it is refused here).
+    if !is_system_uuid(&uuid) {
+        return Err(Refusal::new(
+            Code::NotPaired,
+            format!(
+                "system {}'s system_uuid is not a UUID; unpair it and pair it again",
+                row.id
+            ),
+        ));
+    }
     check_component(&uuid)
         .map_err(|e| Refusal::new(Code::NotPaired, format!("source uuid: {e}")))?;
     let storage = row
@@ -136,6 +176,7 @@ pub fn identify(store: &Store, storages: &[Storage], serial: &str) -> Result<Sou
         uuid,
         storage,
         quota_mb: row.quota_mb,
+        share: row.share(),
     })
 }
 
@@ -183,9 +224,15 @@ pub struct Context<'a> {
     /// The session agreed chunk lists (`chunks`), with the copies it may borrow from; None:
     /// files come whole.
     pub dedup: Option<Scope>,
+    /// The session's slot: asked at each offer whether to end so a waiting source gets a
+    /// turn (None: never).
+    pub slot: Option<&'a crate::replication::slots::Admission<'a>>,
     /// The peer's address, for log lines.
     pub peer: String,
     pub now: fn() -> UnixTime,
+    /// What the session agreed to use (`Replgate-Features`): a frame of another feature
+    /// is a protocol error.
+    pub features: Features,
 }
 
 /// What a session did.
@@ -288,6 +335,7 @@ impl Scratch {
                     usage: crate::config::StorageUsage::Backup,
                 },
                 quota_mb: None,
+                share: 1,
             },
             dir,
         }

@@ -5,11 +5,12 @@
 
 use std::io::Write;
 
+use super::ledger::{Ask, Space};
 use super::sink::FileSink;
 use super::state::{Decided, Offered, Session};
 use super::{
-    client_dir, digest_of, drop_partial, partial_path, prefix_hash, ReceiveError, Refusal,
-    MAX_OUTSTANDING,
+    client_dir, digest_of, drop_partial, partial_path, prefix_hash, quota_usage, storage_failure,
+    ReceiveError, Refusal, MAX_OUTSTANDING,
 };
 use crate::fsx;
 use crate::replication::names::BackupName;
@@ -112,21 +113,32 @@ impl<'l, W: Write, S: FileSink> Session<'_, 'l, W, S> {
             }
         }
         let offset = resume.as_ref().map(|(o, _)| *o).unwrap_or(0);
-        let free = fsx::disk_space(&storage.path)
-            .map(|(_, free)| free)
-            .map_err(|e| Refusal::new(Code::Storage, format!("storage {}: {e}", storage.id)))?;
-        let writes = if have { 0 } else { size - offset };
-        let reservation =
-            self.ctx
-                .ledger
-                .reserve(self.source, name, grows, writes, free, || {
-                    Ok(store
-                        .received(uuid)?
-                        .iter()
-                        .filter(|r| r.storage_id == storage.id)
-                        .map(|r| r.size)
-                        .sum())
-                })?;
+        let (total, free) = fsx::disk_space(&storage.path)
+            .map_err(|e| storage_failure(storage.id, "cannot read the free space", &e))?;
+        // The source's partial copies on this storage count against its quota.
+        let partials: Vec<(String, u64)> = match self.source.quota_mb {
+            Some(_) => store
+                .partials_of(uuid)
+                .map_err(internal)?
+                .into_iter()
+                .filter(|p| p.storage_id == storage.id)
+                .map(|p| (p.backup, p.offset))
+                .collect(),
+            None => Vec::new(),
+        };
+        let ask = Ask {
+            name,
+            size,
+            grows,
+            writes: if have { 0 } else { size.saturating_sub(offset) },
+        };
+        let space = Space { total, free };
+        let reservation = self
+            .ctx
+            .ledger
+            .reserve(self.source, ask, space, &partials, || {
+                quota_usage(store, uuid, storage.id)
+            })?;
         let decided = match (have, resume) {
             (true, _) => Decided::Have,
             (false, Some((offset, hasher))) => Decided::Resume {

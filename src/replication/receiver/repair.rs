@@ -4,7 +4,7 @@
 use std::collections::HashSet;
 use std::path::{Path, PathBuf};
 
-use super::{digest_of, partial_path, prefix_hash, PARTIAL_SUFFIX};
+use super::{digest_of, partial_path, prefix_hash, Ledger, PARTIAL_SUFFIX};
 use crate::config::Storage;
 use crate::fsx;
 use crate::model::UnixTime;
@@ -12,7 +12,6 @@ use crate::replication::names::{check_component, BackupName};
 use crate::store::{ReceivedRecord, Store, StoreError};
 use crate::wire::hex;
 
-/// What the start-up repair did.
 /// What the start-up repair did.
 #[derive(Debug, Default, PartialEq, Eq)]
 pub struct Repair {
@@ -76,6 +75,7 @@ pub fn repair(store: &Store, storages: &[Storage], now: UnixTime) -> Result<Repa
                             verified: None,
                             damaged: None,
                             bytes_received: None,
+                            pinned: false,
                         },
                     )?;
                 }
@@ -111,6 +111,55 @@ pub fn repair(store: &Store, storages: &[Storage], now: UnixTime) -> Result<Repa
         }
     }
     Ok(out)
+}
+
+/// Removes the partial copies that no session resumed for `retention` seconds (their row
+/// was last updated before `now - retention`), file and row, but those a session holds
+/// now and those whose commit is under way. A cut transfer's partial copy counts against
+/// its source's quota until then (`Ledger`). Returns how many it removed.
+pub fn expire_partials(
+    store: &Store,
+    storages: &[Storage],
+    ledger: &Ledger,
+    retention: i64,
+    now: UnixTime,
+) -> Result<u64, StoreError> {
+    let mut removed = 0;
+    for (uuid, p) in store.partials()? {
+        if p.verified_sha256.is_some() || p.updated.saturating_add(retention) > now {
+            continue;
+        }
+        let Some(_held) = ledger.hold_partial(&uuid, p.storage_id, &p.backup) else {
+            continue;
+        };
+        let file = match (
+            BackupName::parse(&p.backup),
+            storages.iter().find(|s| s.id == p.storage_id),
+        ) {
+            (Ok(name), Some(storage)) if check_component(&uuid).is_ok() => Some(partial_path(
+                &storage.path.join(&uuid).join(name.client()),
+                &name,
+            )),
+            _ => None,
+        };
+        if let Some(file) = &file {
+            if let Err(e) = fsx::remove_file_durable(file) {
+                log::warn!(
+                    "replication: remove expired partial copy {}: {e}",
+                    file.display()
+                );
+                continue;
+            }
+        }
+        store.write(|tx| tx.delete_partial(&uuid, &p.backup))?;
+        removed += 1;
+        log::info!(
+            "replication: removed the partial copy of {} from {uuid} ({} bytes), not resumed for {retention} s",
+            p.backup,
+            p.offset
+        );
+    }
+    Ok(removed)
 }
 
 /// Every `<storage>/<uuid>/<client>/.<file>.replgate-part` (real directories only).

@@ -13,6 +13,10 @@ use super::{client_dir, drop_partial, Context, ReceiveError, Refusal, Source, Su
 use crate::replication::stream::{FrameReader, FrameWriter, StreamError};
 use crate::wire::transfer::{Code, Frame};
 
+/// Why a session ends at a file boundary while another source waits for a slot.
+pub const YIELD: &str =
+    "other sources are waiting for a transfer session: this one had its turn; try again shortly";
+
 /// Runs one session: frames in from `input`, decisions and outcomes out to `output`,
 /// until the source finishes, the stream breaks or the source breaks the protocol. The
 /// open file's bytes go to `sink`, verified files to the committer at the other end of
@@ -43,6 +47,8 @@ pub fn serve<S: FileSink>(
         commits,
         summary: Summary::default(),
         holdings: None,
+        unpacker: None,
+        unpacked: Vec::new(),
     };
     log::info!(
         "replication from system {} ({}) at {}: session started, storage {}",
@@ -145,8 +151,22 @@ impl<W: Write, S: FileSink> Session<'_, '_, W, S> {
                     version,
                     name,
                 } => self.offer(seq, size, version, name)?,
-                Frame::Start { seq, offset } => self.start(seq, offset)?,
+                Frame::Start { seq, offset } => {
+                    // A file boundary: the session's turn may be over (`replication::slots`).
+                    // The files it finished are committed and the source hears of them
+                    // first, so it does not offer them again.
+                    if self.ctx.slot.is_some_and(|slot| slot.should_yield()) {
+                        self.commit_all();
+                        return self.fatal(Code::Busy, YIELD.into());
+                    }
+                    self.start(seq, offset)?
+                }
                 Frame::Data { seq, bytes } => self.data(seq, bytes)?,
+                Frame::ZData {
+                    seq,
+                    raw_len,
+                    bytes,
+                } => self.zdata(seq, raw_len, bytes)?,
                 Frame::End { seq, sha256 } => self.end(seq, sha256)?,
                 Frame::Skip { seq } => self.skip(seq)?,
                 Frame::Chunks { seq, first, list } => self.chunks(seq, first, list)?,

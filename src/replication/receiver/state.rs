@@ -19,9 +19,10 @@ use super::sink::{FileSink, Sealed};
 use super::{Context, ReceiveError, Refusal, Source, Summary};
 use crate::model::UnixTime;
 use crate::replication::index::IndexTail;
-use crate::replication::live::{Event, Incoming, Registered};
+use crate::replication::live::{code_reason, Incoming, Peer, Registered};
 use crate::replication::names::BackupName;
 use crate::replication::stream::FrameWriter;
+use crate::wire::compress::Unpacker;
 use crate::wire::transfer::{Code, Decision, Frame, Outcome};
 
 /// One session's state on the target.
@@ -48,6 +49,9 @@ pub(super) struct Session<'c, 'l, W: Write, S: FileSink> {
     pub(super) summary: Summary,
     /// The copies chunks are borrowed from (deduplicated sessions, made on first use).
     pub(super) holdings: Option<Holdings<'c>>,
+    /// Decodes `ZData` frames into `unpacked` (made on the first one).
+    pub(super) unpacker: Option<Unpacker>,
+    pub(super) unpacked: Vec<u8>,
 }
 
 /// What the target holds of an offered file.
@@ -139,6 +143,8 @@ impl<W: Write, S: FileSink> Session<'_, '_, W, S> {
     }
 
     pub(super) fn refuse(&mut self, seq: u32, code: Code, message: &str) {
+        let peer = Peer::Source(self.source.system_id);
+        self.ctx.live.count_failure(peer, code_reason(code));
         log::info!(
             "replication from system {} at {}: offer {seq} refused: {message}",
             self.source.system_id,
@@ -164,7 +170,8 @@ impl<W: Write, S: FileSink> Session<'_, '_, W, S> {
         );
         self.poisoned = Some(seq);
         self.summary.failed += 1;
-        self.ctx.live.count(Event::ReceiveFailed);
+        let peer = Peer::Source(self.source.system_id);
+        self.ctx.live.count_failure(peer, code_reason(code));
         self.send(&Frame::Outcome {
             seq,
             outcome: Outcome::Failed { code, message },

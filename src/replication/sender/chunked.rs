@@ -20,7 +20,7 @@ use crate::replication::live::Progress;
 use crate::replication::queue::Attempt;
 use crate::replication::receiver::list_window;
 use crate::wire::transfer::{
-    self, ChunkList, Frame, DIGEST_PREFIX, HEADER_LEN, LIST_ENTRY, MAX_LIST,
+    self, ChunkList, Frame, DIGEST_PREFIX, HEADER_LEN, LIST_ENTRY, MAX_DATA, MAX_LIST,
 };
 
 /// The file cut as it is read: the chunker, the whole file's hash, the chunk cut but not
@@ -157,9 +157,10 @@ impl<F: Feed, W: Write> Session<'_, '_, F, W> {
                 }
                 let wire = self.send_list(seq, first, &cut.list)?;
                 sent += wire;
-                self.ctx.live.count_sent(wire);
                 registered.progress.add_sent(wire);
+                // Counted as the queue counts it (its `bytes_sent`), and in frames.
                 self.summary.bytes_sent += wire;
+                self.summary.wire_bytes += wire;
                 let listed = std::mem::take(&mut cut.listed);
                 first += listed.len() as u64;
                 ahead.push_back((first - listed.len() as u64, listed));
@@ -202,7 +203,6 @@ impl<F: Feed, W: Write> Session<'_, '_, F, W> {
         }
         let sha256 = digest(&cut.hasher);
         self.send(&Frame::End { seq, sha256 })?;
-        self.ctx.live.count_logical_sent(o.size);
         self.current = None;
         self.awaiting.insert(
             seq,
@@ -216,7 +216,9 @@ impl<F: Feed, W: Write> Session<'_, '_, F, W> {
     }
 
     /// Sends the chunks of a list that the target lacks (`bits`), adding them to `sent`;
-    /// false when the file no longer holds one of them.
+    /// false when the file no longer holds one of them. Lacking chunks are gathered into
+    /// batches of up to [`MAX_DATA`] bytes, so each data frame (compressed when the
+    /// session agreed `zstd` and the chooser says so) carries as much as a whole file's.
     fn send_lacking(
         &mut self,
         o: &Offer,
@@ -227,20 +229,40 @@ impl<F: Feed, W: Write> Session<'_, '_, F, W> {
         allowed: u64,
     ) -> Result<bool, SessionError> {
         let id = o.claimed.item_id;
+        let mut batch = 0usize;
         for (i, c) in listed.iter().enumerate() {
             if bits[i / 8] & (1 << (i % 8)) == 0 {
                 progress.advance_held(u64::from(c.len));
                 continue;
             }
-            let Some(n) = self.send_chunk(o.seq, o, c)? else {
+            let len = c.len as usize;
+            if batch + len > MAX_DATA {
+                self.send_batch(o.seq, batch)?;
+                self.sent_batch(id, batch, progress, sent, allowed);
+                batch = 0;
+            }
+            let at = HEADER_LEN + 4 + batch;
+            let body = &mut self.buf[at..at + len];
+            if o.file.read_exact_at(body, c.offset).is_err()
+                || sha256(body)[..DIGEST_PREFIX] != c.digest[..DIGEST_PREFIX]
+            {
                 return Ok(false);
-            };
-            *sent += n;
-            progress.advance(n);
-            self.current = Some((id, *sent));
-            self.feed.sent(id, *sent, allowed);
+            }
+            batch += len;
+        }
+        if batch > 0 {
+            self.send_batch(o.seq, batch)?;
+            self.sent_batch(id, batch, progress, sent, allowed);
         }
         Ok(true)
+    }
+
+    /// Records a batch of `n` bytes sent for item `id`.
+    fn sent_batch(&mut self, id: u64, n: usize, progress: &Progress, sent: &mut u64, allowed: u64) {
+        *sent += n as u64;
+        progress.advance(n as u64);
+        self.current = Some((id, *sent));
+        self.feed.sent(id, *sent, allowed);
     }
 
     /// Sends one chunk list and pushes it out; returns its bytes on the wire.
@@ -293,37 +315,38 @@ impl<F: Feed, W: Write> Session<'_, '_, F, W> {
         }
     }
 
-    /// Sends the bytes of chunk `c`, read again from the file and checked against its
-    /// listed digest, in as many `Data` frames as the throttle grants. The bytes sent, or
-    /// None when the file no longer holds that chunk.
-    fn send_chunk(&mut self, seq: u32, o: &Offer, c: &Chunk) -> Result<Option<u64>, SessionError> {
-        let len = c.len as usize;
-        let body = &mut self.buf[HEADER_LEN + 4..HEADER_LEN + 4 + len];
-        if o.file.read_exact_at(body, c.offset).is_err()
-            || sha256(body)[..DIGEST_PREFIX] != c.digest[..DIGEST_PREFIX]
-        {
-            return Ok(None);
-        }
+    /// Sends the first `len` content bytes of the buffer (lacking chunks, read and
+    /// checked) as file `seq`'s next data, in as many frames as the throttle grants, each
+    /// packed as the session's compression says.
+    fn send_batch(&mut self, seq: u32, len: usize) -> Result<(), SessionError> {
         let mut at = 0usize;
         while at < len {
             let want = (len - at) as u64;
             let grant = self.ctx.live.take(want);
             if grant == 0 {
                 self.flush()?;
+                let t = Instant::now();
                 self.wait_reply(self.ctx.live.wait_for(want))?;
+                self.packing.waited(t.elapsed());
                 continue;
             }
             let n = grant.min(want) as usize;
-            // The header goes just before the bytes it covers (over bytes already sent).
-            let start = at;
-            self.buf[start..start + HEADER_LEN + 4].copy_from_slice(&transfer::data_header(seq, n));
+            let body = HEADER_LEN + 4 + at;
+            let frame = match self.packing.frame(seq, &self.buf[body..body + n]) {
+                Some(zdata) => zdata,
+                None => {
+                    // The header goes just before the bytes it covers (over bytes already
+                    // sent).
+                    self.buf[at..body].copy_from_slice(&transfer::data_header(seq, n));
+                    &self.buf[at..body + n]
+                }
+            };
             self.out
-                .send_raw(&self.buf[start..HEADER_LEN + 4 + at + n])
+                .send_raw(frame)
                 .map_err(|e| SessionError::Connection(format!("send to the target: {e}")))?;
             at += n;
-            self.ctx.live.count_sent(n as u64);
             self.summary.bytes_sent += n as u64;
         }
-        Ok(Some(len as u64))
+        Ok(())
     }
 }

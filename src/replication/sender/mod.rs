@@ -17,12 +17,14 @@ use std::time::{Duration, Instant};
 use ring::digest::{Context as Sha256, SHA256};
 
 mod chunked;
+mod packing;
 mod replies;
 
 pub use replies::{forward_replies, reply_channel, Replies, Reply, ReplyError};
 
 use super::backups::version_of;
-use super::live::{Event, Live};
+use super::compress::{Compression, Readings};
+use super::live::Live;
 use super::names::BackupName;
 use super::queue::{attempt_for, Attempt};
 use super::receiver::window_for;
@@ -86,6 +88,12 @@ pub struct Context<'a> {
     /// The session agreed the `chunks` feature: large files go as chunk lists, and only
     /// the chunks the target lacks are sent.
     pub chunks: bool,
+    /// The `compression` setting, and whether the target agreed to compressed frames.
+    pub compression: Compression,
+    pub zstd: bool,
+    /// What `auto` compression reviews its level by (this thread's CPU time, the
+    /// connection's figures), read on the session's thread.
+    pub readings: &'a dyn Fn() -> Readings,
 }
 
 /// Why a session ended before `Bye`.
@@ -119,7 +127,11 @@ pub struct Summary {
     pub done: u64,
     pub skipped: u64,
     pub failed: u64,
+    /// Content bytes sent (with dedup: the chunk lists and the lacking chunks, as the
+    /// queue items' `bytes_sent` count them), and the bytes they took in frames (less
+    /// where compressed).
     pub bytes_sent: u64,
+    pub wire_bytes: u64,
 }
 
 struct Offer {
@@ -157,6 +169,7 @@ struct Session<'a, 'f, F: Feed, W: Write> {
     durable: Option<(u32, u64)>,
     /// The target's answers to chunk lists, not yet acted on, oldest first.
     lacks: VecDeque<Reply>,
+    packing: packing::Packing<'a>,
 }
 
 fn digest(h: &Sha256) -> [u8; 32] {
@@ -187,8 +200,10 @@ pub fn run<F: Feed, W: Write>(
         current: None,
         durable: None,
         lacks: VecDeque::new(),
+        packing: packing::Packing::new(ctx.compression, ctx.zstd, ctx.readings, &ctx.target),
     };
     let result = s.run();
+    s.summary.wire_bytes += s.packing.totals().1;
     // Settle whatever is still claimed: nothing of an unsent offer moved; a file sent but
     // not confirmed is interrupted (the next session finds it held or resumable).
     let reason = match &result {
@@ -395,7 +410,6 @@ impl<'a, F: Feed, W: Write> Session<'a, '_, F, W> {
                             a.claimed.item_id,
                             hex::encode(&sha256)
                         );
-                        self.ctx.live.count(Event::Finished);
                         self.summary.done += 1;
                         self.feed.finished(
                             a.claimed.item_id,
@@ -441,7 +455,6 @@ impl<'a, F: Feed, W: Write> Session<'a, '_, F, W> {
             a.claimed.backup,
             a.claimed.item_id
         );
-        self.ctx.live.count(Event::Failed);
         self.summary.failed += 1;
         self.feed
             .finished(a.claimed.item_id, attempt_for(code, &message), a.sent);
@@ -496,7 +509,6 @@ impl<'a, F: Feed, W: Write> Session<'a, '_, F, W> {
                     self.ctx.target,
                     o.claimed.backup
                 );
-                self.ctx.live.count(Event::Failed);
                 self.summary.failed += 1;
                 self.current = None;
                 self.feed.finished(id, attempt_for(code, &message), 0);
@@ -518,7 +530,6 @@ impl<'a, F: Feed, W: Write> Session<'a, '_, F, W> {
                         self.ctx.target,
                         o.claimed.backup
                     );
-                    self.ctx.live.count(Event::Skipped);
                     self.summary.skipped += 1;
                     self.feed.finished(
                         id,
@@ -611,7 +622,9 @@ impl<'a, F: Feed, W: Write> Session<'a, '_, F, W> {
                     ));
                 }
                 self.flush()?;
+                let t = Instant::now();
                 self.wait_reply(Duration::from_millis(200))?;
+                self.packing.waited(t.elapsed());
                 continue;
             }
             out_of_window = None;
@@ -621,7 +634,9 @@ impl<'a, F: Feed, W: Write> Session<'a, '_, F, W> {
                 // Under a throttle window: push out what is buffered, then wait a little
                 // (taking the target's replies meanwhile).
                 self.flush()?;
+                let t = Instant::now();
                 self.wait_reply(self.ctx.live.wait_for(want))?;
+                self.packing.waited(t.elapsed());
                 continue;
             }
             let n = grant.min(want) as usize;
@@ -637,15 +652,20 @@ impl<'a, F: Feed, W: Write> Session<'a, '_, F, W> {
                 return self.send(&Frame::Skip { seq });
             }
             hasher.update(body);
-            self.buf[..HEADER_LEN + 4].copy_from_slice(&transfer::data_header(seq, n));
+            let frame = match self.packing.frame(seq, body) {
+                Some(zdata) => zdata,
+                None => {
+                    self.buf[..HEADER_LEN + 4].copy_from_slice(&transfer::data_header(seq, n));
+                    &self.buf[..HEADER_LEN + 4 + n]
+                }
+            };
             self.out
-                .send_raw(&self.buf[..HEADER_LEN + 4 + n])
+                .send_raw(frame)
                 .map_err(|e| SessionError::Connection(format!("send to the target: {e}")))?;
             left -= n as u64;
             sent += n as u64;
             self.current = Some((id, sent));
             registered.progress.advance(n as u64);
-            self.ctx.live.count_sent(n as u64);
             self.summary.bytes_sent += n as u64;
             self.feed.sent(id, sent, durable + window - offset);
         }
@@ -669,7 +689,6 @@ impl<'a, F: Feed, W: Write> Session<'a, '_, F, W> {
         let id = o.claimed.item_id;
         self.send(&Frame::Start { seq: o.seq, offset })?;
         self.feed.started(id, offset, o.size);
-        self.ctx.live.count(Event::Started);
         log::info!(
             "replication to {}: {} started (item {id}, {} bytes{})",
             self.ctx.target,
@@ -697,7 +716,6 @@ impl<'a, F: Feed, W: Write> Session<'a, '_, F, W> {
             "replication to {}: {backup} failed (item {id}): {message}",
             self.ctx.target
         );
-        self.ctx.live.count(Event::Failed);
         self.summary.failed += 1;
         self.settle(id, attempt_for(code, &message));
         true

@@ -104,7 +104,7 @@ fn world() -> &'static World {
             .token;
         let target_dirs = TargetDirs::new(dir.join("targets"));
         target_dirs.ensure().unwrap();
-        let replication = Arc::new(replgate::replication::Shared::load(&store).unwrap());
+        let replication = Arc::new(replgate::replication::Shared::load(&store, 64).unwrap());
         let client_trust = replgate::tls::ClientTrust::new(vec![ca.cert_der()]).unwrap();
         let ca = Arc::into_inner(ca).expect("the one reference to the ca");
         let app = App {

@@ -1,0 +1,100 @@
+//! The tunnel's restore routes (SPEC 20), target side: a paired source lists the copies
+//! this appliance holds for it and reads their bytes from an offset. The source is the
+//! connection's certificate, never a field: it sees only its own copies, in the storage
+//! its pairing names, and a name passes `names` before any path is built.
+
+use serde_json::Value;
+
+use super::{Call, Reply, TunnelHttpError};
+use crate::config::Storage;
+use crate::replication::names::BackupName;
+use crate::replication::receiver::{self, Source};
+use crate::replication::restore;
+use crate::store::Store;
+use crate::wire::protocol::{RestoreEntry, RestoreListing};
+use crate::wire::transfer::Code;
+
+/// Largest body of `POST /tunnel/v1/restore/file`.
+pub const MAX_FILE_REQUEST_BYTES: u64 = 4 * 1024;
+
+fn source_of(
+    store: &Store,
+    storage: &[Storage],
+    call: &Call<'_>,
+) -> Result<Source, TunnelHttpError> {
+    receiver::identify(store, storage, &call.peer().serial).map_err(|refusal| match refusal.code {
+        Code::Unavailable => TunnelHttpError::Unavailable(refusal.message),
+        _ => TunnelHttpError::Forbidden(refusal.message),
+    })
+}
+
+/// `GET /tunnel/v1/restore`: the copies held for the calling source, with size and
+/// SHA-256 (a copy a verify found damaged is left out until it was fetched again).
+pub(super) fn list(
+    store: &Store,
+    storage: &[Storage],
+    call: &mut Call<'_>,
+) -> Result<Reply, TunnelHttpError> {
+    let source = source_of(store, storage, call)?;
+    let held = restore::held_for(store, &source.uuid, source.storage.id)
+        .map_err(|e| TunnelHttpError::Internal(Box::new(e)))?;
+    let listing = RestoreListing {
+        backups: held
+            .into_iter()
+            .map(|r| RestoreEntry {
+                backup: r.backup,
+                size: r.size,
+                sha256: r.sha256,
+            })
+            .collect(),
+    };
+    let value: Value =
+        serde_json::to_value(listing).map_err(|e| TunnelHttpError::Internal(Box::new(e)))?;
+    Ok(Reply::json(200, &value))
+}
+
+/// `POST /tunnel/v1/restore/file {"backup", "offset"?}`: the copy's bytes from `offset`
+/// to its recorded size (`Content-Length`), with its SHA-256 in `Replgate-Sha256`.
+pub(super) fn file(
+    store: &Store,
+    storage: &[Storage],
+    call: &mut Call<'_>,
+) -> Result<Reply, TunnelHttpError> {
+    let source = source_of(store, storage, call)?;
+    let body = call.json()?;
+    let backup = body["backup"]
+        .as_str()
+        .ok_or_else(|| TunnelHttpError::BadRequest("field `backup` must be a string".into()))?;
+    let name = BackupName::parse(backup)
+        .map_err(|e| TunnelHttpError::BadRequest(format!("field `backup`: {e}")))?;
+    let offset = match &body["offset"] {
+        Value::Null => 0,
+        v => v.as_u64().ok_or_else(|| {
+            TunnelHttpError::BadRequest("field `offset` must be a whole number".into())
+        })?,
+    };
+    let held = restore::held_for(store, &source.uuid, source.storage.id)
+        .map_err(|e| TunnelHttpError::Internal(Box::new(e)))?;
+    let record = held
+        .into_iter()
+        .find(|r| r.backup == name.as_str())
+        .ok_or_else(|| TunnelHttpError::NotFound(format!("no copy of {name} is held here")))?;
+    if offset > record.size {
+        return Err(TunnelHttpError::BadRequest(format!(
+            "field `offset` {offset} is past the copy's {} bytes",
+            record.size
+        )));
+    }
+    let path = receiver::client_dir(&source, &name).join(name.file());
+    let reader = restore::open_held(&path, record.size, offset).map_err(|e| {
+        log::warn!("restore: system {}: {name}: {e}", source.system_id);
+        TunnelHttpError::NotFound(format!("the copy of {name} cannot be read: {e}"))
+    })?;
+    Ok(Reply::stream(
+        200,
+        "application/octet-stream",
+        Some(record.size - offset),
+        reader,
+    )
+    .with_header("Replgate-Sha256", record.sha256))
+}

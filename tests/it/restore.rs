@@ -1,0 +1,346 @@
+//! Restore (SPEC 20) through a real daemon pair: backups replicate, the source loses
+//! them, and `POST /api/replication/restore` pulls them back through the tunnel,
+//! verified by SHA-256, never replacing a different local file unless asked.
+
+use std::time::Duration;
+
+use serde_json::{json, Value};
+
+use crate::harness::{eventually, pair, start_pair, start_pair_with, Daemon};
+use crate::replication::{content, sha256_hex, wait_item, write_backup};
+
+/// The source's restore items (`direction: "restore"`) for `backup`, newest first.
+fn restore_items(src: &Daemon, token: &str, backup: &str) -> Vec<Value> {
+    let r = src.client().get(
+        "/api/replication/queue?include_done=1&count=1000",
+        Some(token),
+    );
+    assert_eq!(r.status, 200, "{}", r.text());
+    let v = r.json();
+    let mut out: Vec<Value> = ["active", "inactive", "done"]
+        .iter()
+        .flat_map(|l| v[*l].as_array().cloned().unwrap_or_default())
+        .filter(|i| i["direction"] == "restore" && i["backup"] == backup)
+        .collect();
+    out.sort_by_key(|i| std::cmp::Reverse(i["id"].as_u64()));
+    out
+}
+
+fn wait_restore(src: &Daemon, token: &str, id: &Value, status: &str) -> Value {
+    eventually(
+        Duration::from_secs(60),
+        &format!("restore {id} {status}"),
+        || {
+            let r = src.client().get(
+                "/api/replication/queue?include_done=1&count=1000",
+                Some(token),
+            );
+            let v = r.json();
+            ["active", "inactive", "done"]
+                .iter()
+                .flat_map(|l| v[*l].as_array().cloned().unwrap_or_default())
+                .find(|i| i["direction"] == "restore" && i["id"] == *id)
+                .filter(|i| i["status"] == status)
+        },
+    )
+}
+
+fn restore(src: &Daemon, token: &str, body: Value) -> crate::harness::Response {
+    src.client()
+        .post_json("/api/replication/restore", Some(token), &body)
+}
+
+#[test]
+fn lost_backups_come_back_through_the_tunnel_verified_and_local_files_are_kept() {
+    let (src, tgt) = start_pair("restore-back");
+    let p = pair(&src, &tgt, json!({}));
+    let st = src.root_token();
+    let backups = [
+        ("web01/monday.vbk", content(3, 3_000_000)),
+        ("db/tuesday.vbk", content(4, 70_000)),
+    ];
+    for (name, bytes) in &backups {
+        write_backup(&src, name, bytes);
+    }
+    for (name, _) in &backups {
+        wait_item(&src, &st, name, "done", Duration::from_secs(60));
+    }
+    // Nothing new is queued from here on (a local file written below must not replace
+    // the target's copy).
+    let r = src.client().send_json(
+        "PUT",
+        "/api/replication/config",
+        Some(&st),
+        &json!({"strategy": "manual"}),
+    );
+    assert_eq!(r.status, 200, "{}", r.text());
+    // The source loses its copies.
+    let storage = src.data_dir.join("storage");
+    for (name, _) in &backups {
+        std::fs::remove_file(storage.join(name)).unwrap();
+    }
+    // Bad requests are refused with the field named, and queue nothing.
+    let t = p.target_id;
+    for (body, status, says) in [
+        (json!({"target_id": t}), 400, "exactly one of"),
+        (
+            json!({"target_id": t, "all": true, "clients": ["db"]}),
+            400,
+            "exactly one of",
+        ),
+        (
+            json!({"target_id": t, "backups": ["../etc/passwd"]}),
+            400,
+            "backups",
+        ),
+        (
+            json!({"target_id": t, "backups": ["web01/none"]}),
+            404,
+            "web01/none",
+        ),
+        (
+            json!({"target_id": t, "clients": ["nobody"]}),
+            404,
+            "nobody",
+        ),
+        (json!({"target_id": 99, "all": true}), 404, "99"),
+        (
+            json!({"target_id": t, "all": true, "storage_id": 7}),
+            400,
+            "storage_id",
+        ),
+    ] {
+        let r = restore(&src, &st, body.clone());
+        assert_eq!(r.status, status, "{body}: {}", r.text());
+        assert!(r.text().contains(says), "{body}: {}", r.text());
+    }
+    assert!(restore_items(&src, &st, "web01/monday.vbk").is_empty());
+    // Everything comes back, byte for byte.
+    let r = restore(&src, &st, json!({"target_id": t, "all": true}));
+    assert_eq!(r.status, 202, "{}", r.text());
+    let queued = r.json()["restore"].as_array().cloned().unwrap();
+    assert_eq!(queued.len(), 2);
+    for item in &queued {
+        assert_eq!(item["direction"], "restore");
+        let done = wait_restore(&src, &st, &item["id"], "done");
+        let (name, bytes) = backups.iter().find(|(n, _)| item["backup"] == *n).unwrap();
+        assert_eq!(done["sha256"], sha256_hex(bytes));
+        assert_eq!(done["bytes_done"], bytes.len());
+        let restored = std::fs::read(storage.join(name)).unwrap();
+        assert_eq!(sha256_hex(&restored), sha256_hex(bytes), "{name}");
+    }
+    // No partial copy is left behind.
+    let leftovers: Vec<_> = std::fs::read_dir(storage.join("web01"))
+        .unwrap()
+        .flatten()
+        .map(|e| e.file_name())
+        .collect();
+    assert_eq!(leftovers, vec![std::ffi::OsString::from("monday.vbk")]);
+    // A different local file at the name is not replaced unless asked.
+    std::fs::write(storage.join("db/tuesday.vbk"), b"a newer local backup").unwrap();
+    let r = restore(
+        &src,
+        &st,
+        json!({"target_id": t, "backups": ["db/tuesday.vbk"]}),
+    );
+    assert_eq!(r.status, 202, "{}", r.text());
+    let id = r.json()["restore"][0]["id"].clone();
+    let failed = wait_restore(&src, &st, &id, "failed");
+    assert!(
+        failed["message"]
+            .as_str()
+            .unwrap()
+            .contains("different file exists"),
+        "{failed}"
+    );
+    assert_eq!(
+        std::fs::read(storage.join("db/tuesday.vbk")).unwrap(),
+        b"a newer local backup"
+    );
+    let r = restore(
+        &src,
+        &st,
+        json!({"target_id": t, "backups": ["db/tuesday.vbk"], "overwrite": true}),
+    );
+    assert_eq!(r.status, 202, "{}", r.text());
+    let id = r.json()["restore"][0]["id"].clone();
+    wait_restore(&src, &st, &id, "done");
+    assert_eq!(
+        std::fs::read(storage.join("db/tuesday.vbk")).unwrap(),
+        backups[1].1
+    );
+    assert!(src.log().contains("restored from target"), "{}", src.log());
+    drop(tgt);
+}
+
+/// Files a pairing request from `src` to `tgt`; returns the answer (`request_id`,
+/// `target_id`).
+fn file_request(src: &Daemon, tgt: &Daemon) -> Value {
+    let r = src.client().post_json(
+        "/api/replication/target",
+        Some(&src.root_token()),
+        &json!({"type": "appliance", "target": tgt.api.to_string(),
+                "fingerprint": tgt.ca_fingerprint()}),
+    );
+    assert_eq!(r.status, 201, "request target: {}", r.text());
+    r.json()
+}
+
+#[test]
+fn a_replacement_appliance_takes_over_a_lost_source_and_restores_everything() {
+    let (old, tgt) = start_pair("restore-replace");
+    let p = pair(&old, &tgt, json!({"quota_mb": 500}));
+    let ot = old.root_token();
+    let backups: Vec<(String, Vec<u8>)> = (0..4)
+        .map(|i| {
+            (
+                format!("c{}/b-{i}", i % 2),
+                content(i as u8, 50_000 + i * 300_000),
+            )
+        })
+        .collect();
+    for (name, bytes) in &backups {
+        write_backup(&old, name, bytes);
+    }
+    for (name, _) in &backups {
+        wait_item(&old, &ot, name, "done", Duration::from_secs(60));
+    }
+    // The source is lost; a new appliance (new key, new data dir) asks the target.
+    let new = Daemon::start("restore-replace-new", crate::harness::pairing_opts());
+    let tt = tgt.root_token();
+    let accept = |body: Value| {
+        tgt.client()
+            .post_json("/api/replication/source", Some(&tt), &body)
+    };
+    // Only a replication source can be replaced; nothing is decided by a refusal.
+    let filed = file_request(&new, &tgt);
+    let (request_id, target_id) = (filed["request_id"].clone(), filed["target_id"].clone());
+    for (replaces, status) in [(999, 404), (1, 404)] {
+        let r = accept(json!({"request_id": request_id, "accept": true,
+                              "replaces_system_id": replaces}));
+        assert_eq!(r.status, status, "{replaces}: {}", r.text());
+    }
+    let r = accept(json!({"request_id": request_id, "accept": true,
+                          "replaces_system_id": p.sid}));
+    assert_eq!(r.status, 201, "{}", r.text());
+    assert_eq!(r.json()["system_id"], p.sid, "the same systems row");
+    let nt = new.root_token();
+    eventually(
+        Duration::from_secs(30),
+        "replacement pairing complete",
+        || {
+            let t = new
+                .client()
+                .get("/api/replication/targets", Some(&nt))
+                .json();
+            (t["targets"][0]["status"] == "complete").then_some(())
+        },
+    );
+    // The old appliance's certificate is revoked: it can no longer reach the copies (it
+    // learns of the revocation on its next poll: 409; before that the tunnel refuses its
+    // certificate: 502).
+    let r = restore(&old, &ot, json!({"target_id": p.target_id, "all": true}));
+    assert!([409, 502].contains(&r.status), "{}", r.text());
+    assert!(restore_items(&old, &ot, &backups[0].0).is_empty());
+    // The new pairing kept the quota and sees the old one's copies.
+    let row = crate::harness::systems_row(&tgt.systems(&tt), |s| s["id"] == p.sid);
+    assert_eq!(row["quota_mb"], 500, "{row}");
+    assert!(tgt.log().contains("system replaced"), "{}", tgt.log());
+    // Everything comes back, every SHA-256 the same.
+    let r = restore(&new, &nt, json!({"target_id": target_id, "all": true}));
+    assert_eq!(r.status, 202, "{}", r.text());
+    let queued = r.json()["restore"].as_array().cloned().unwrap();
+    assert_eq!(queued.len(), backups.len());
+    let storage = new.data_dir.join("storage");
+    for item in &queued {
+        wait_restore(&new, &nt, &item["id"], "done");
+    }
+    for (name, bytes) in &backups {
+        let restored = std::fs::read(storage.join(name)).unwrap();
+        assert_eq!(sha256_hex(&restored), sha256_hex(bytes), "{name}");
+    }
+    drop(old);
+}
+
+fn wait_drill(src: &Daemon, token: &str, id: &Value) -> Value {
+    eventually(Duration::from_secs(60), &format!("drill {id} ends"), || {
+        let v = src
+            .client()
+            .get("/api/replication/drill", Some(token))
+            .json();
+        v["drills"]
+            .as_array()
+            .and_then(|l| l.iter().find(|d| d["id"] == *id).cloned())
+            .filter(|d| d["result"] == "passed" || d["result"] == "failed")
+    })
+}
+
+fn last_drill_metric(src: &Daemon, token: &str) -> f64 {
+    let r = src.client().get("/api/metrics", Some(token));
+    assert_eq!(r.status, 200, "{}", r.text());
+    r.text()
+        .lines()
+        .find_map(|l| l.strip_prefix("replgate_last_drill_success_timestamp "))
+        .and_then(|v| v.trim().parse().ok())
+        .expect("replgate_last_drill_success_timestamp in the metrics")
+}
+
+#[test]
+fn a_drill_restores_a_sample_and_a_corrupted_copy_fails_it() {
+    let (src, tgt) = start_pair_with(
+        "restore-drill",
+        crate::harness::pairing_opts().set("drill_warn_days", 1),
+        crate::harness::pairing_opts(),
+    );
+    let p = pair(&src, &tgt, json!({}));
+    let st = src.root_token();
+    let bytes = content(9, 400_000);
+    write_backup(&src, "c/only", &bytes);
+    wait_item(&src, &st, "c/only", "done", Duration::from_secs(60));
+    assert_eq!(last_drill_metric(&src, &st), 0.0);
+    let drill = |body: Value| {
+        src.client()
+            .post_json("/api/replication/drill", Some(&st), &body)
+    };
+    for (body, status) in [
+        (json!({"target_id": 99}), 404),
+        (json!({"target_id": p.target_id, "bytes": 0}), 400),
+    ] {
+        let r = drill(body.clone());
+        assert_eq!(r.status, status, "{body}: {}", r.text());
+    }
+    let r = drill(json!({"target_id": p.target_id, "bytes": 1}));
+    assert_eq!(r.status, 202, "{}", r.text());
+    let passed = wait_drill(&src, &st, &r.json()["drill"]["id"]);
+    assert_eq!(passed["result"], "passed", "{passed}");
+    assert_eq!(
+        (passed["copies"].clone(), passed["bytes"].clone()),
+        (json!(1), json!(bytes.len()))
+    );
+    assert!(last_drill_metric(&src, &st) > 0.0);
+    // The sample was thrown away; the backup storage was not touched.
+    let scratch = src.data_dir.join("drill-scratch");
+    assert!(!scratch.exists() || std::fs::read_dir(&scratch).unwrap().count() == 0);
+    // A copy damaged on the target (same length, one bit flipped) fails the drill.
+    let copy = crate::replication::received_path(&tgt, &p, "c/only");
+    let mut damaged = std::fs::read(&copy).unwrap();
+    damaged[200_000] ^= 0x10;
+    std::fs::write(&copy, &damaged).unwrap();
+    let r = drill(json!({"target_id": p.target_id}));
+    assert_eq!(r.status, 202, "{}", r.text());
+    let failed = wait_drill(&src, &st, &r.json()["drill"]["id"]);
+    assert_eq!(failed["result"], "failed", "{failed}");
+    assert!(
+        failed["message"].as_str().unwrap().contains("SHA-256"),
+        "{failed}"
+    );
+    let listed = src.client().get("/api/replication/drill", Some(&st)).json();
+    assert_eq!(listed["drills"][0]["result"], "failed", "newest first");
+    assert_eq!(listed["last_success"], passed["finished"]);
+    // A passed drill within drill_warn_days: no health warning about drills.
+    let health = src.client().get("/api/health", None).json();
+    assert!(
+        !health["warnings"].to_string().contains("drill"),
+        "{health}"
+    );
+}
