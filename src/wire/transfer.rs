@@ -37,8 +37,7 @@ pub const FEATURES_HEADER: &str = "Replgate-Features";
 pub struct Features {
     /// `zstd`: file content may come compressed (`ZData`).
     pub zstd: bool,
-    /// `chunks`: chunk lists (`Chunks`, `Lacks`, `Plain`); only what the target lacks is
-    /// sent.
+    /// `chunks`: chunk lists (`Chunks`, `Lacks`, `Plain`): only what the target lacks.
     pub chunks: bool,
 }
 
@@ -71,11 +70,7 @@ impl Features {
     /// The header value naming these features (empty for none).
     pub fn render(self) -> String {
         let names = [(self.zstd, "zstd"), (self.chunks, "chunks")];
-        let on: Vec<&str> = names
-            .iter()
-            .filter(|(on, _)| *on)
-            .map(|(_, n)| *n)
-            .collect();
+        let on: Vec<&str> = names.iter().filter(|n| n.0).map(|n| n.1).collect();
         on.join(", ")
     }
 }
@@ -693,26 +688,7 @@ pub fn encode(frame: &Frame<'_>, out: &mut Vec<u8>) {
         Frame::Finish => FINISH,
         Frame::Decision { seq, decision } => {
             out.extend_from_slice(&seq.to_be_bytes());
-            match decision {
-                Decision::New => out.push(0),
-                Decision::Resume {
-                    offset,
-                    prefix_sha256,
-                } => {
-                    out.push(1);
-                    out.extend_from_slice(&offset.to_be_bytes());
-                    out.extend_from_slice(prefix_sha256);
-                }
-                Decision::Have { sha256 } => {
-                    out.push(2);
-                    out.extend_from_slice(sha256);
-                }
-                Decision::Refuse { code, message } => {
-                    out.push(3);
-                    out.extend_from_slice(&code.number().to_be_bytes());
-                    put_text(out, message);
-                }
-            }
+            put_decision(out, decision);
             DECISION
         }
         Frame::Outcome { seq, outcome } => {
@@ -772,6 +748,30 @@ pub fn encode(frame: &Frame<'_>, out: &mut Vec<u8>) {
     let len = (out.len() - start - HEADER_LEN) as u32;
     out[start] = kind;
     out[start + 1..start + HEADER_LEN].copy_from_slice(&len.to_be_bytes());
+}
+
+/// A `Decision` frame's answer: its tag and fields.
+fn put_decision(out: &mut Vec<u8>, decision: &Decision<'_>) {
+    match decision {
+        Decision::New => out.push(0),
+        Decision::Resume {
+            offset,
+            prefix_sha256,
+        } => {
+            out.push(1);
+            out.extend_from_slice(&offset.to_be_bytes());
+            out.extend_from_slice(prefix_sha256);
+        }
+        Decision::Have { sha256 } => {
+            out.push(2);
+            out.extend_from_slice(sha256);
+        }
+        Decision::Refuse { code, message } => {
+            out.push(3);
+            out.extend_from_slice(&code.number().to_be_bytes());
+            put_text(out, message);
+        }
+    }
 }
 
 /// The header of a `Data` frame carrying `len` content bytes of file `seq`, so a sender
