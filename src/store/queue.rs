@@ -214,7 +214,8 @@ pub struct ReceivedRecord {
     #[serde(default)]
     pub damaged: Option<String>,
     /// Bytes that crossed the wire in the session that completed the copy (with
-    /// deduplication far fewer than `size`); None when not known (recorded by a repair).
+    /// deduplication far fewer than `size`; counted before any compression); None when
+    /// not known (recorded by a repair).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub bytes_received: Option<u64>,
     /// Put back from the recycle bin by an admin: retention leaves it alone from then on
