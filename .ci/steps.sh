@@ -37,4 +37,7 @@ steps_summary() {
   echo "== step timings"
   printf '%s\n' "${_steps[@]}"
   printf '%-64s %8s s\n' "total" "$(_steps_elapsed "$_steps_started")"
+  # A full disk fails tests in ways that look like other bugs: say how much was left.
+  echo "== disk"
+  df -h . "${TMPDIR:-/tmp}" 2>/dev/null || true
 }

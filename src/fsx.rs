@@ -22,12 +22,12 @@ pub(crate) mod trace;
 use disk::{Disk, Real};
 
 /// Suffix of in-progress files. Never a name the spool serves, and swept at start.
-pub const TEMP_SUFFIX: &str = ".tmp";
+pub(crate) const TEMP_SUFFIX: &str = ".tmp";
 
 static TEMP_COUNTER: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
 
 /// Creates `dir` (and parents) with mode 0700 if missing; tightens an existing one.
-pub fn ensure_private_dir(dir: &Path) -> io::Result<()> {
+pub(crate) fn ensure_private_dir(dir: &Path) -> io::Result<()> {
     fs::DirBuilder::new()
         .recursive(true)
         .mode(0o700)
@@ -38,7 +38,7 @@ pub fn ensure_private_dir(dir: &Path) -> io::Result<()> {
 /// Replaces `path` with `bytes` so that a crash leaves either the old or the new content,
 /// never a mix: write a temp file in the same directory, fsync it, rename it over `path`,
 /// fsync the directory. The file gets mode 0600.
-pub fn write_atomic(path: &Path, bytes: &[u8]) -> io::Result<()> {
+pub(crate) fn write_atomic(path: &Path, bytes: &[u8]) -> io::Result<()> {
     write_atomic_on(&Real, path, bytes)
 }
 
@@ -59,7 +59,7 @@ fn write_atomic_on<D: Disk>(disk: &D, path: &Path, bytes: &[u8]) -> io::Result<(
 /// fsync it, hard-link it to `path` (which, unlike rename, refuses an existing name),
 /// remove the temp, fsync the directory. Mode 0600. Used for one-time secrets such as the
 /// generated admin password.
-pub fn write_new_private(path: &Path, bytes: &[u8]) -> io::Result<()> {
+pub(crate) fn write_new_private(path: &Path, bytes: &[u8]) -> io::Result<()> {
     write_new_private_on(&Real, path, bytes)
 }
 
@@ -99,7 +99,7 @@ fn write_temp<D: Disk>(disk: &D, tmp: &Path, bytes: &[u8]) -> io::Result<()> {
 /// Removes the temporaries a crash left directly in `dir` (regular files whose name ends
 /// in [`TEMP_SUFFIX`]), durably; returns how many. Only for a directory no other process
 /// writes: the caller holds the database lock of the data directory.
-pub fn sweep_temporaries(dir: &Path) -> io::Result<u64> {
+pub(crate) fn sweep_temporaries(dir: &Path) -> io::Result<u64> {
     sweep_temporaries_on(&Real, dir)
 }
 
@@ -118,17 +118,17 @@ fn sweep_temporaries_on<D: Disk>(disk: &D, dir: &Path) -> io::Result<u64> {
 }
 
 /// Makes a rename or unlink in `dir` durable.
-pub fn sync_dir(dir: &Path) -> io::Result<()> {
+pub(crate) fn sync_dir(dir: &Path) -> io::Result<()> {
     Real.sync_dir(dir)
 }
 
 /// Removes `dir` and everything in it, then makes the removal durable.
-pub fn remove_dir_all_durable(dir: &Path) -> io::Result<()> {
+pub(crate) fn remove_dir_all_durable(dir: &Path) -> io::Result<()> {
     remove_durable(&Real, dir, |p| fs::remove_dir_all(p))
 }
 
 /// Removes one file if present, durably.
-pub fn remove_file_durable(path: &Path) -> io::Result<()> {
+pub(crate) fn remove_file_durable(path: &Path) -> io::Result<()> {
     remove_file_durable_on(&Real, path)
 }
 
@@ -155,20 +155,20 @@ fn remove_durable<D: Disk>(
 }
 
 /// Sets mode 0600 on an existing file (keys and the database).
-pub fn make_private(path: &Path) -> io::Result<()> {
+pub(crate) fn make_private(path: &Path) -> io::Result<()> {
     fs::set_permissions(path, fs::Permissions::from_mode(0o600))
 }
 
 /// Reads a regular file without following a symlink at its last component, up to `limit`
 /// bytes. A symlink, a directory or a larger file is an error.
-pub fn read_regular_nofollow(path: &Path, limit: u64) -> io::Result<Vec<u8>> {
+pub(crate) fn read_regular_nofollow(path: &Path, limit: u64) -> io::Result<Vec<u8>> {
     read_regular_nofollow_with_metadata(path, limit).map(|(bytes, _)| bytes)
 }
 
 /// [`read_regular_nofollow`], also returning the metadata of the file that was read (from
 /// the open descriptor, so it describes exactly those bytes even if the path was replaced
 /// meanwhile).
-pub fn read_regular_nofollow_with_metadata(
+pub(crate) fn read_regular_nofollow_with_metadata(
     path: &Path,
     limit: u64,
 ) -> io::Result<(Vec<u8>, fs::Metadata)> {
@@ -382,7 +382,7 @@ impl SyncHandle {
 /// refusing any level that exists as a symlink or a non-directory, so nothing outside
 /// `base` is ever reached. `base` itself must exist. Components are the caller's checked
 /// names.
-pub fn ensure_dir_under(base: &Path, components: &[&str]) -> io::Result<std::path::PathBuf> {
+pub(crate) fn ensure_dir_under(base: &Path, components: &[&str]) -> io::Result<std::path::PathBuf> {
     ensure_dir_under_on(&Real, base, components)
 }
 
@@ -432,7 +432,7 @@ fn ensure_dir_under_on<D: Disk>(
 }
 
 /// Renames `from` to `to` (same directory) and makes the rename durable.
-pub fn rename_durable(from: &Path, to: &Path) -> io::Result<()> {
+pub(crate) fn rename_durable(from: &Path, to: &Path) -> io::Result<()> {
     rename_durable_on(&Real, from, to)
 }
 
@@ -450,7 +450,7 @@ fn rename_durable_on<D: Disk>(disk: &D, from: &Path, to: &Path) -> io::Result<()
 /// leaves the file under `from`, under both names (the link was durable, the removal not
 /// yet), or under `to`, never under neither; the caller's records say which move it was
 /// and finish it (the recycle bin's start-up repair).
-pub fn move_durable(from: &Path, to: &Path) -> io::Result<()> {
+pub(crate) fn move_durable(from: &Path, to: &Path) -> io::Result<()> {
     move_durable_on(&Real, from, to)
 }
 
@@ -466,26 +466,9 @@ fn move_durable_on<D: Disk>(disk: &D, from: &Path, to: &Path) -> io::Result<()> 
     disk.sync_dir(from_dir)
 }
 
-/// Reads a whole regular file (never through a symlink) front to back in pieces of at
-/// most `buf.len()` bytes, handing each to `each`; returns its length. Tells the kernel
-/// the reads are sequential (a larger read-ahead) and, once done, that the pages are not
-/// needed again, so reading every stored copy (a verify) does not push what the daemon
-/// and its clients use out of the page cache.
-pub fn read_through(path: &Path, buf: &mut [u8], each: impl FnMut(&[u8])) -> io::Result<u64> {
-    use std::os::fd::AsRawFd;
-    let (mut f, meta) = open_regular_nofollow(path)?;
-    let fd = f.as_raw_fd();
-    // SAFETY: advice on our own open descriptor; it changes no memory of ours.
-    unsafe { libc::posix_fadvise(fd, 0, 0, libc::POSIX_FADV_SEQUENTIAL) };
-    let read = read_prefix(&mut f, meta.len(), buf, each);
-    // SAFETY: as above.
-    unsafe { libc::posix_fadvise(fd, 0, 0, libc::POSIX_FADV_DONTNEED) };
-    read.map(|()| meta.len())
-}
-
 /// Opens a regular file for reading without following a symlink at its last component;
 /// with its metadata (from the descriptor).
-pub fn open_regular_nofollow(path: &Path) -> io::Result<(File, fs::Metadata)> {
+pub(crate) fn open_regular_nofollow(path: &Path) -> io::Result<(File, fs::Metadata)> {
     let f = OpenOptions::new()
         .read(true)
         .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK)
@@ -503,20 +486,20 @@ pub fn open_regular_nofollow(path: &Path) -> io::Result<(File, fs::Metadata)> {
 /// A regular file open for reading ([`open_read`]), never reached through a symlink at its
 /// last component, with what `fstat` said of exactly the file that was opened.
 #[derive(Debug)]
-pub struct ReadFile {
+pub(crate) struct ReadFile {
     file: File,
     stat: Stat,
 }
 
 impl ReadFile {
     /// Length, times and kind of the opened file (from its descriptor).
-    pub fn stat(&self) -> &Stat {
+    pub(crate) fn stat(&self) -> &Stat {
         &self.stat
     }
 
     /// Fills `buf` from `offset` without moving the read position (`pread`); a file that
     /// ends first is an `UnexpectedEof` error.
-    pub fn read_exact_at(&self, buf: &mut [u8], offset: u64) -> io::Result<()> {
+    pub(crate) fn read_exact_at(&self, buf: &mut [u8], offset: u64) -> io::Result<()> {
         use std::os::unix::fs::FileExt;
         self.file.read_exact_at(buf, offset)
     }
@@ -535,7 +518,7 @@ impl io::Seek for ReadFile {
 }
 
 /// Opens a regular file for reading (see [`open_regular_nofollow`]).
-pub fn open_read(path: &Path) -> io::Result<ReadFile> {
+pub(crate) fn open_read(path: &Path) -> io::Result<ReadFile> {
     let (file, meta) = open_regular_nofollow(path)?;
     Ok(ReadFile {
         file,
@@ -547,7 +530,7 @@ pub fn open_read(path: &Path) -> io::Result<ReadFile> {
 /// following no symlink at any level (each directory is opened `O_NOFOLLOW` relative to
 /// the one before, the file too), so nothing outside `base` is reached whatever the levels
 /// below it were replaced with. `parts` are the caller's checked names.
-pub fn open_read_under(base: &Path, parts: &[&str]) -> io::Result<ReadFile> {
+pub(crate) fn open_read_under(base: &Path, parts: &[&str]) -> io::Result<ReadFile> {
     use std::ffi::CString;
     use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
     use std::os::unix::ffi::OsStrExt;
@@ -608,13 +591,13 @@ pub fn open_read_under(base: &Path, parts: &[&str]) -> io::Result<ReadFile> {
 }
 
 /// `lstat` of `path`: the entry itself, never a symlink's target.
-pub fn lstat(path: &Path) -> io::Result<Stat> {
+pub(crate) fn lstat(path: &Path) -> io::Result<Stat> {
     fs::symlink_metadata(path).map(|m| Stat::of(&m))
 }
 
 /// One entry of a directory listing ([`entries`]).
 #[derive(Debug)]
-pub struct Entry {
+pub(crate) struct Entry {
     pub name: std::ffi::OsString,
     /// What `lstat` says of the entry (never a symlink's target), or why it could not.
     pub stat: io::Result<Stat>,
@@ -622,7 +605,7 @@ pub struct Entry {
 
 /// The entries of `dir`, in no particular order, as the directory is read: an error
 /// opening it is the `Err`, an error reading one entry is that item's.
-pub fn entries(dir: &Path) -> io::Result<impl Iterator<Item = io::Result<Entry>>> {
+pub(crate) fn entries(dir: &Path) -> io::Result<impl Iterator<Item = io::Result<Entry>>> {
     Ok(fs::read_dir(dir)?.map(|entry| {
         entry.map(|e| Entry {
             name: e.file_name(),
@@ -633,7 +616,7 @@ pub fn entries(dir: &Path) -> io::Result<impl Iterator<Item = io::Result<Entry>>
 
 /// Feeds the first `len` bytes of `file` (from its current position) to `each`, in pieces
 /// of at most `buf.len()` bytes. A shorter file is an `UnexpectedEof` error.
-pub fn read_prefix(
+pub(crate) fn read_prefix(
     file: &mut impl Read,
     len: u64,
     buf: &mut [u8],
@@ -658,7 +641,7 @@ pub fn read_prefix(
 /// An open directory (an `O_PATH` descriptor), for looking at entries below it by a short
 /// relative name: the kernel walks only that name, not the whole path from `/` again, which
 /// on the spool's hot path (two looks per poll) was a tenth of the daemon's CPU time.
-pub struct Dir {
+pub(crate) struct Dir {
     fd: std::os::fd::OwnedFd,
 }
 
@@ -696,7 +679,7 @@ impl Stat {
 const MAX_RELATIVE_NAME: usize = 255;
 
 impl Dir {
-    pub fn open(path: &Path) -> io::Result<Dir> {
+    pub(crate) fn open(path: &Path) -> io::Result<Dir> {
         let f = OpenOptions::new()
             .read(true)
             .custom_flags(libc::O_PATH | libc::O_DIRECTORY | libc::O_NOFOLLOW)
@@ -707,7 +690,7 @@ impl Dir {
     /// `lstat` of the entry `parts` (joined by `/`) names below this directory. Every
     /// component but the last is still followed if it is a symlink, so callers look at
     /// each level.
-    pub fn lstat(&self, parts: &[&str]) -> io::Result<Stat> {
+    pub(crate) fn lstat(&self, parts: &[&str]) -> io::Result<Stat> {
         use std::os::fd::AsRawFd;
         let bad = || io::Error::new(io::ErrorKind::InvalidInput, "bad relative name");
         let mut buf = [0u8; MAX_RELATIVE_NAME + 1];

@@ -5,6 +5,7 @@
 
 // Raw std::fs writes are refused everywhere but in `fsx` (clippy.toml); tests plant files.
 #![cfg_attr(test, allow(clippy::disallowed_methods))]
+#![warn(unreachable_pub)]
 
 pub mod api;
 pub mod auth;
@@ -17,15 +18,15 @@ pub mod front;
 #[allow(clippy::disallowed_methods)] // the one writer of files (clippy.toml)
 pub mod fsx;
 pub mod identity;
-pub mod ingest;
-pub mod jobs;
-pub mod lifecycle;
+mod ingest;
+mod jobs;
+mod lifecycle;
 pub mod listener;
 pub mod logging;
-pub mod memory;
-pub mod metrics;
+mod memory;
+mod metrics;
 pub mod model;
-pub mod notify;
+mod notify;
 pub mod objstore;
 pub mod pairing;
 pub mod rand;
@@ -33,7 +34,7 @@ pub mod remote;
 pub mod replication;
 pub mod spool;
 pub mod store;
-pub mod sync;
+mod sync;
 #[cfg(test)]
 mod test_pki;
 pub mod tls;

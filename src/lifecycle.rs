@@ -32,13 +32,13 @@ const WARN_WITHIN: i64 = 30 * 86_400;
 /// When a source should renew the certificate valid from `not_before` to `not_after`: a
 /// point between 60 % and 75 % of its lifetime, chosen by `serial`, so the sources of one
 /// target spread out, and one source's plan is the same after every restart.
-pub fn source_renew_at(not_before: UnixTime, not_after: UnixTime, serial: &str) -> UnixTime {
+pub(crate) fn source_renew_at(not_before: UnixTime, not_after: UnixTime, serial: &str) -> UnixTime {
     let share = RENEW_FROM + (RENEW_UNTIL - RENEW_FROM) * unit_of(serial);
     at_share(not_before, not_after, share)
 }
 
 /// When a listener certificate valid from `not_before` to `not_after` is re-issued.
-pub fn listener_renew_at(not_before: UnixTime, not_after: UnixTime) -> UnixTime {
+pub(crate) fn listener_renew_at(not_before: UnixTime, not_after: UnixTime) -> UnixTime {
     at_share(not_before, not_after, LISTENER_RENEW_AT)
 }
 
@@ -65,7 +65,7 @@ fn unit_of(key: &str) -> f64 {
 /// certificate that ends at `not_after`: doubling from 5 s up to 10 minutes, but never
 /// more than a quarter of the time left (and at least a second), so the attempts grow
 /// more frequent towards the end instead of sleeping through it.
-pub fn retry_wait(failures: u32, now: UnixTime, not_after: UnixTime) -> Duration {
+pub(crate) fn retry_wait(failures: u32, now: UnixTime, not_after: UnixTime) -> Duration {
     let backoff = RETRY_FIRST
         .saturating_mul(1u32 << failures.saturating_sub(1).min(10))
         .min(RETRY_MAX);
@@ -155,7 +155,7 @@ impl CertKind {
 /// (source side; not for pairings that ended) and the current certificates of its paired
 /// sources (target side). One read of targets and systems, and one certificate read per
 /// paired source.
-pub fn expiries(
+pub(crate) fn expiries(
     store: &Store,
     cas: &CaSet,
     listeners: &[(&'static str, CertificateDer<'static>)],
@@ -212,7 +212,7 @@ pub fn expiries(
 /// Whether `e` deserves a warning at `now`: it ends within 30 days, or, for a lifetime
 /// shorter than 120 days (a lab's), within the last quarter of it, so that certificates
 /// that renew on schedule never warn. An ended one always does.
-pub fn needs_warning(e: &Expiry, now: UnixTime) -> bool {
+pub(crate) fn needs_warning(e: &Expiry, now: UnixTime) -> bool {
     let lifetime = e.not_after.saturating_sub(e.not_before).max(0);
     let window = WARN_WITHIN.min(lifetime / 4);
     e.not_after.saturating_sub(now) <= window
@@ -220,7 +220,7 @@ pub fn needs_warning(e: &Expiry, now: UnixTime) -> bool {
 
 /// The warnings for `certs` at `now`, in the order given: one sentence each, for the log
 /// and `GET /api/health`.
-pub fn warnings(certs: &[Expiry], now: UnixTime) -> Vec<String> {
+pub(crate) fn warnings(certs: &[Expiry], now: UnixTime) -> Vec<String> {
     certs
         .iter()
         .filter(|e| needs_warning(e, now))

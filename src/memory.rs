@@ -31,7 +31,7 @@ const TRIM_THRESHOLD_BYTES: libc::c_int = 64 * 1024;
 
 /// Fixes the allocator's mmap threshold and how much free memory an arena keeps. Call
 /// once at start, before any large block is allocated and freed.
-pub fn configure() {
+pub(crate) fn configure() {
     #[cfg(all(target_os = "linux", target_env = "gnu"))]
     let ok = [
         (libc::M_MMAP_THRESHOLD, MMAP_THRESHOLD_BYTES),
@@ -52,7 +52,7 @@ pub fn configure() {
 /// Hands free heap pages back to the kernel (glibc's `malloc_trim`, which also releases
 /// whole free pages in the middle of each thread arena). Costs a walk over the free lists
 /// of every arena, so call it after a burst of work ended, not per request.
-pub fn release_free() {
+pub(crate) fn release_free() {
     #[cfg(all(target_os = "linux", target_env = "gnu"))]
     // SAFETY: malloc_trim takes the arena locks itself and only releases memory that is
     // free; a pad of 0 is valid.
@@ -65,7 +65,7 @@ pub fn release_free() {
 /// that cannot be read. The daemon gives free memory back when this falls: threads end
 /// after a burst. (Not `/proc/self/stat`: qemu-user, which runs the ARM builds in CI,
 /// fakes that file with a thread count of 0.)
-pub fn thread_count() -> usize {
+pub(crate) fn thread_count() -> usize {
     let Ok(status) = std::fs::read_to_string("/proc/self/status") else {
         return 0;
     };

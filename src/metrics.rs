@@ -25,7 +25,7 @@ use crate::sync::lock;
 type Labels = Vec<(&'static str, String)>;
 
 /// What a collector is given at scrape time to report samples.
-pub type Collector = Box<dyn Fn(&mut Exposition) + Send + Sync>;
+pub(crate) type Collector = Box<dyn Fn(&mut Exposition) + Send + Sync>;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Kind {
@@ -58,29 +58,11 @@ impl Counter {
 
 /// A value that goes up and down (stored as the bits of an `f64`).
 #[derive(Clone, Debug)]
-pub struct Gauge(Arc<AtomicU64>);
+pub(crate) struct Gauge(Arc<AtomicU64>);
 
 impl Gauge {
-    pub fn set(&self, v: f64) {
+    pub(crate) fn set(&self, v: f64) {
         self.0.store(v.to_bits(), Ordering::Relaxed);
-    }
-
-    pub fn add(&self, d: f64) {
-        let mut old = self.0.load(Ordering::Relaxed);
-        loop {
-            let new = (f64::from_bits(old) + d).to_bits();
-            match self
-                .0
-                .compare_exchange_weak(old, new, Ordering::Relaxed, Ordering::Relaxed)
-            {
-                Ok(_) => return,
-                Err(now) => old = now,
-            }
-        }
-    }
-
-    pub fn get(&self) -> f64 {
-        f64::from_bits(self.0.load(Ordering::Relaxed))
     }
 }
 
@@ -92,13 +74,13 @@ struct Family {
 
 /// The metrics of one process (see [`global`]); tests make their own.
 #[derive(Default)]
-pub struct Registry {
+pub(crate) struct Registry {
     families: Mutex<BTreeMap<&'static str, Family>>,
     collectors: Mutex<Vec<Collector>>,
 }
 
 impl Registry {
-    pub fn new() -> Registry {
+    pub(crate) fn new() -> Registry {
         Registry::default()
     }
 
@@ -133,7 +115,7 @@ impl Registry {
     }
 
     /// The counter `name` with `labels`, created at zero the first time.
-    pub fn counter(
+    pub(crate) fn counter(
         &self,
         name: &'static str,
         help: &'static str,
@@ -143,7 +125,7 @@ impl Registry {
     }
 
     /// The gauge `name` with `labels`, created at zero the first time.
-    pub fn gauge(
+    pub(crate) fn gauge(
         &self,
         name: &'static str,
         help: &'static str,
@@ -153,18 +135,19 @@ impl Registry {
     }
 
     /// Adds a collector, run at every scrape.
-    pub fn collect(&self, c: Collector) {
+    pub(crate) fn collect(&self, c: Collector) {
         lock(&self.collectors).push(c);
     }
 
     /// The whole exposition: stored series, then what the collectors report.
-    pub fn render(&self) -> String {
+    #[cfg(test)]
+    pub(crate) fn render(&self) -> String {
         self.render_with(|_| {})
     }
 
     /// [`Registry::render`] with `extra` samples computed by the caller (state that the
     /// caller holds, such as the database).
-    pub fn render_with(&self, extra: impl FnOnce(&mut Exposition)) -> String {
+    pub(crate) fn render_with(&self, extra: impl FnOnce(&mut Exposition)) -> String {
         let mut out = Exposition::default();
         {
             let families = lock(&self.families);
@@ -192,7 +175,7 @@ type Samples = (&'static str, Kind, Vec<(Labels, f64)>);
 
 /// Samples gathered for one scrape, grouped by metric name.
 #[derive(Default)]
-pub struct Exposition {
+pub(crate) struct Exposition {
     families: BTreeMap<&'static str, Samples>,
 }
 
@@ -220,7 +203,7 @@ impl Exposition {
     }
 
     /// Reports a gauge sample computed now.
-    pub fn gauge(
+    pub(crate) fn gauge(
         &mut self,
         name: &'static str,
         help: &'static str,
@@ -231,7 +214,7 @@ impl Exposition {
     }
 
     /// Reports a counter sample computed now (a total kept elsewhere, e.g. in the database).
-    pub fn counter(
+    pub(crate) fn counter(
         &mut self,
         name: &'static str,
         help: &'static str,
@@ -266,23 +249,31 @@ impl Exposition {
 }
 
 /// The registry of this process.
-pub fn global() -> &'static Registry {
+pub(crate) fn global() -> &'static Registry {
     static GLOBAL: OnceLock<Registry> = OnceLock::new();
     GLOBAL.get_or_init(Registry::new)
 }
 
 /// [`Registry::counter`] of the [`global`] registry.
-pub fn counter(name: &'static str, help: &'static str, labels: &[(&'static str, &str)]) -> Counter {
+pub(crate) fn counter(
+    name: &'static str,
+    help: &'static str,
+    labels: &[(&'static str, &str)],
+) -> Counter {
     global().counter(name, help, labels)
 }
 
 /// [`Registry::gauge`] of the [`global`] registry.
-pub fn gauge(name: &'static str, help: &'static str, labels: &[(&'static str, &str)]) -> Gauge {
+pub(crate) fn gauge(
+    name: &'static str,
+    help: &'static str,
+    labels: &[(&'static str, &str)],
+) -> Gauge {
     global().gauge(name, help, labels)
 }
 
 /// [`Registry::collect`] on the [`global`] registry.
-pub fn collect(c: Collector) {
+pub(crate) fn collect(c: Collector) {
     global().collect(c)
 }
 
@@ -359,12 +350,10 @@ mod tests {
     }
 
     #[test]
-    fn gauges_add_and_numbers_follow_the_format() {
+    fn gauges_set_and_numbers_follow_the_format() {
         let r = Registry::new();
-        let g = r.gauge("replgate_g", "g", &[]);
-        g.add(2.5);
-        g.add(-1.0);
-        assert_eq!(g.get(), 1.5);
+        r.gauge("replgate_g", "g", &[]).set(1.5);
+        assert!(r.render().contains("replgate_g 1.5\n"), "{}", r.render());
         assert_eq!(number(1_700_000_000.0), "1700000000");
         assert_eq!(number(f64::INFINITY), "+Inf");
         assert_eq!(number(f64::NAN), "NaN");

@@ -4,7 +4,7 @@
 use std::os::unix::net::UnixDatagram;
 
 /// Sends one state line such as `READY=1`; failures are logged, never fatal.
-pub fn send(state: &str) {
+pub(crate) fn send(state: &str) {
     let Some(path) = std::env::var_os("NOTIFY_SOCKET") else {
         return;
     };

@@ -67,12 +67,12 @@ pub(crate) fn pki() -> &'static Pki {
 
 impl Pki {
     /// The API listener's config (no client certificates).
-    pub fn api_server(&self) -> Arc<ServerConfig> {
+    pub(crate) fn api_server(&self) -> Arc<ServerConfig> {
         tls::api_server_config(self.server_slot()).expect("api server config")
     }
 
     /// The tunnel's config: mutual TLS against this CA, revocation from `revoked`.
-    pub fn tunnel_server(&self, revoked: Arc<dyn RevocationCheck>) -> Arc<ServerConfig> {
+    pub(crate) fn tunnel_server(&self, revoked: Arc<dyn RevocationCheck>) -> Arc<ServerConfig> {
         let trust = tls::ClientTrust::new(vec![self.ca.cert_der()]).expect("client trust");
         tls::tunnel_server_config(self.server_slot(), trust, revoked).expect("tunnel server config")
     }
@@ -84,7 +84,7 @@ impl Pki {
     }
 
     /// A client trusting this CA, presenting client certificate `client` if given.
-    pub fn client_config(&self, client: Option<usize>) -> Arc<ClientConfig> {
+    pub(crate) fn client_config(&self, client: Option<usize>) -> Arc<ClientConfig> {
         let auth = client.map(|i| {
             let c = &self.clients[i];
             (c.cert_pem.as_str(), c.key_pem.as_str())

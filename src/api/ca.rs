@@ -46,7 +46,7 @@ fn status_json(st: &Status) -> Value {
 }
 
 /// `GET /api/ca/rollover`.
-pub fn status(call: &Call) -> Result<Reply, ApiError> {
+pub(super) fn status(call: &Call) -> Result<Reply, ApiError> {
     let app = call.app;
     let st = rollover::status(
         &app.store,
@@ -60,7 +60,7 @@ pub fn status(call: &Call) -> Result<Reply, ApiError> {
 /// `POST /api/ca/rollover {"phase": "start" | "finish" | "abort"}`: the phase, then the
 /// status as it is after it (`finish` also lists the sources it left behind, which must
 /// pair again).
-pub fn change(call: &Call) -> Result<Reply, ApiError> {
+pub(super) fn change(call: &Call) -> Result<Reply, ApiError> {
     let body = call.json()?;
     let phase = body.str("phase")?;
     if !matches!(phase, "start" | "finish" | "abort") {
@@ -116,7 +116,7 @@ pub fn change(call: &Call) -> Result<Reply, ApiError> {
 /// `GET /replication/v1/ca` (public): the CA in force, during a rollover the new CA and
 /// its cross-certificate, and the cross-certificates of finished rollovers. What a source
 /// that was off through a rollover reads to tell its admin why it must pair again.
-pub fn public(call: &Call) -> Result<Reply, ApiError> {
+pub(super) fn public(call: &Call) -> Result<Reply, ApiError> {
     let answer = rollover::answer(&call.app.cas.get(), None);
     Ok(Reply::json(200, serde_json::to_value(answer)?))
 }

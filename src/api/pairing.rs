@@ -29,7 +29,7 @@ fn write_spool(call: &Call, id: u64) -> Result<(), ApiError> {
 
 // ---- /replication/v1 (appliance protocol, no AuthToken) ----
 
-pub fn file_request(call: &Call) -> Result<Reply, ApiError> {
+pub(super) fn file_request(call: &Call) -> Result<Reply, ApiError> {
     let body = call.json()?;
     let csr = body.str("csr")?;
     if csr.chars().count() > MAX_CSR_CHARS {
@@ -109,7 +109,7 @@ fn presented_token(body: &Body) -> Result<Option<PairingToken>, ApiError> {
 
 // ---- /api/replication (target-side admin) ----
 
-pub fn resolve(call: &Call) -> Result<Reply, ApiError> {
+pub(super) fn resolve(call: &Call) -> Result<Reply, ApiError> {
     let body = call.json()?;
     let id = body.id("request_id")?;
     let accept = body.flag("accept")?;
@@ -208,7 +208,7 @@ fn retention_of(body: &Body) -> Result<Option<Option<Retention>>, ApiError> {
 
 /// `PUT /api/replication/source?sid=N {"storage_id"?, "quota_mb"?, "retention"?,
 /// "share"?}`: at least one.
-pub fn change_source(call: &Call) -> Result<Reply, ApiError> {
+pub(super) fn change_source(call: &Call) -> Result<Reply, ApiError> {
     let system_id = sid(call)?;
     let body = call.json()?;
     let change = SourceChange {
@@ -249,7 +249,7 @@ pub fn change_source(call: &Call) -> Result<Reply, ApiError> {
     ))
 }
 
-pub fn unpair(call: &Call) -> Result<Reply, ApiError> {
+pub(super) fn unpair(call: &Call) -> Result<Reply, ApiError> {
     let system_id = sid(call)?;
     let revoked = target::unpair(&call.app.store, system_id, &call.actor(), call.now)?;
     if let Some(r) = &revoked {
@@ -263,7 +263,7 @@ pub fn unpair(call: &Call) -> Result<Reply, ApiError> {
 
 /// `DELETE /api/replication/pending?remote_addr=<address or network>`: ignores every open
 /// request filed from there in one call (a flood from one network).
-pub fn ignore_from(call: &Call) -> Result<Reply, ApiError> {
+pub(super) fn ignore_from(call: &Call) -> Result<Reply, ApiError> {
     let given = call.query("remote_addr").ok_or_else(|| {
         ApiError::BadRequest(
             "query parameter `remote_addr` (an address or a network such as 192.0.2.0/24) is required"
@@ -293,7 +293,7 @@ pub fn ignore_from(call: &Call) -> Result<Reply, ApiError> {
     ))
 }
 
-pub fn ignore(call: &Call) -> Result<Reply, ApiError> {
+pub(super) fn ignore(call: &Call) -> Result<Reply, ApiError> {
     let id = parse_id("request_id", call.param(0))?;
     let r = target::ignore(&call.app.store, id, &call.actor(), call.now)?;
     write_spool(call, r.id)?;

@@ -82,7 +82,7 @@ pub(super) fn visit_listed(
     Ok(())
 }
 
-pub fn pending(call: &Call) -> Result<Reply, ApiError> {
+pub(super) fn pending(call: &Call) -> Result<Reply, ApiError> {
     let include_rejected = call.query_flag("include_rejected").unwrap_or(false);
     let mut list = ListWriter::new("pending");
     visit_listed(call, include_rejected, |r| list.push(&PendingEntry::new(r)))?;

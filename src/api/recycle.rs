@@ -59,7 +59,7 @@ fn entry_json(r: &RecycleRecord, recycle_days: u64) -> Value {
 
 /// `GET /api/replication/recycle?sid=N`: the source's bin, oldest removal first, with the
 /// retention policy that fills it.
-pub fn list(call: &Call) -> Result<Reply, ApiError> {
+pub(super) fn list(call: &Call) -> Result<Reply, ApiError> {
     let (s, retention) = source(call)?;
     let days = call.app.config.recycle_days;
     let rows: Vec<RecycleRecord> = call
@@ -83,7 +83,7 @@ pub fn list(call: &Call) -> Result<Reply, ApiError> {
 
 /// `DELETE /api/replication/recycle?sid=N[&backup=]`: purges the whole bin, or every
 /// entry of that backup (404 when there is none).
-pub fn purge(call: &Call) -> Result<Reply, ApiError> {
+pub(super) fn purge(call: &Call) -> Result<Reply, ApiError> {
     let (s, _) = source(call)?;
     let backup = call.query("backup");
     let purged = recycle::purge(&bin(call), &s, backup, &call.actor(), call.now)?;
@@ -101,7 +101,7 @@ pub fn purge(call: &Call) -> Result<Reply, ApiError> {
 /// `POST /api/replication/recycle/restore?sid=N {"backup"}`: puts the newest bin entry
 /// of that backup back among the received backups (409 while one of that name is
 /// received, or being received).
-pub fn restore(call: &Call) -> Result<Reply, ApiError> {
+pub(super) fn restore(call: &Call) -> Result<Reply, ApiError> {
     let (s, _) = source(call)?;
     let body = call.json()?;
     let backup = body.str("backup")?;

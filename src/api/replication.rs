@@ -223,17 +223,17 @@ fn restore_lists(call: &Call, target_id: Option<u64>) -> Result<RestoreLists, Ap
 }
 
 /// `GET /api/replication/queue`.
-pub fn list(call: &Call) -> Result<Reply, ApiError> {
+pub(super) fn list(call: &Call) -> Result<Reply, ApiError> {
     queue_reply(call, Lists::All)
 }
 
 /// `GET /api/replication/queue/active`.
-pub fn list_active(call: &Call) -> Result<Reply, ApiError> {
+pub(super) fn list_active(call: &Call) -> Result<Reply, ApiError> {
     queue_reply(call, Lists::Active)
 }
 
 /// `GET /api/replication/queue/inactive`.
-pub fn list_inactive(call: &Call) -> Result<Reply, ApiError> {
+pub(super) fn list_inactive(call: &Call) -> Result<Reply, ApiError> {
     queue_reply(call, Lists::Inactive)
 }
 
@@ -263,7 +263,7 @@ fn items_reply(
 }
 
 /// `POST /api/replication/queue {"target_id", "backup"}`.
-pub fn add(call: &Call) -> Result<Reply, ApiError> {
+pub(super) fn add(call: &Call) -> Result<Reply, ApiError> {
     let body = call.json()?;
     let target_id = body.id("target_id")?;
     let backup = body.str("backup")?;
@@ -330,7 +330,7 @@ fn clients_of(body: &Body) -> Result<Vec<String>, ApiError> {
 }
 
 /// `PUT /api/replication/queue {"backups": [{"id"}], "clients": [...], "action"}`.
-pub fn change(call: &Call) -> Result<Reply, ApiError> {
+pub(super) fn change(call: &Call) -> Result<Reply, ApiError> {
     let body = call.json()?;
     let action = match body.opt_str("action")?.unwrap_or("none") {
         "none" => Action::Remove,
@@ -371,7 +371,7 @@ fn config_json(c: &ReplicationConfig) -> Value {
 }
 
 /// `GET /api/replication/config`.
-pub fn get_config(call: &Call) -> Result<Reply, ApiError> {
+pub(super) fn get_config(call: &Call) -> Result<Reply, ApiError> {
     Ok(Reply::json(
         200,
         config_json(&call.app.store.replication_config()?),
@@ -380,7 +380,7 @@ pub fn get_config(call: &Call) -> Result<Reply, ApiError> {
 
 /// `PUT /api/replication/config`: fields given replace the stored ones. The body may be
 /// the object itself or wrapped in `{"config": {...}}`, as the GET answers.
-pub fn put_config(call: &Call) -> Result<Reply, ApiError> {
+pub(super) fn put_config(call: &Call) -> Result<Reply, ApiError> {
     let outer = call.json()?;
     let body = match outer.value("config") {
         Some(v @ Value::Object(_)) => Body::parse(v.to_string().as_bytes())?,
@@ -450,7 +450,7 @@ fn throttle_json(t: &ThrottleRecord) -> Value {
 }
 
 /// `GET /api/replication/throttle`.
-pub fn get_throttle(call: &Call) -> Result<Reply, ApiError> {
+pub(super) fn get_throttle(call: &Call) -> Result<Reply, ApiError> {
     Ok(Reply::json(200, throttle_json(&call.app.store.throttle()?)))
 }
 
@@ -486,7 +486,7 @@ fn window(i: usize, v: &Value) -> Result<ThrottleWindow, ApiError> {
 }
 
 /// `PUT /api/replication/throttle {"throttle": [...], "link_mbps"}`: either or both.
-pub fn put_throttle(call: &Call) -> Result<Reply, ApiError> {
+pub(super) fn put_throttle(call: &Call) -> Result<Reply, ApiError> {
     let body = call.json()?;
     let mut t = call.app.store.throttle()?;
     if let Some(v) = body.value("throttle") {
@@ -577,7 +577,7 @@ fn verify_json(s: &crate::replication::verify::VerifyStatus) -> Value {
 }
 
 /// `GET /api/replication/received?sid=N` (target).
-pub fn received(call: &Call) -> Result<Reply, ApiError> {
+pub(super) fn received(call: &Call) -> Result<Reply, ApiError> {
     let (sid, uuid, storage) = source_of(call)?;
     let rows = admin::received(&call.app.store, &uuid, Some(storage.id))?;
     let mut v = json!({
@@ -601,7 +601,7 @@ pub fn received(call: &Call) -> Result<Reply, ApiError> {
 
 /// `POST /api/replication/verify?sid=N` (target): starts re-reading every copy; answers
 /// 202 at once, progress and results show in `GET /api/replication/received`.
-pub fn verify(call: &Call) -> Result<Reply, ApiError> {
+pub(super) fn verify(call: &Call) -> Result<Reply, ApiError> {
     let (sid, uuid, storage) = source_of(call)?;
     let copies = admin::received(&call.app.store, &uuid, Some(storage.id))?.len() as u64;
     let target = crate::replication::verify::VerifyTarget {

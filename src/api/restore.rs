@@ -18,7 +18,7 @@ use crate::store::{DrillRecord, RestoreItem, RestoreStatus};
 const MIB: u64 = 1024 * 1024;
 
 /// A restore item as the queue lists show it.
-pub fn item_json(i: &RestoreItem, target: &str, board: &Board) -> Value {
+pub(super) fn item_json(i: &RestoreItem, target: &str, board: &Board) -> Value {
     let bytes_done = match i.status {
         RestoreStatus::Active => board.get(i.id).unwrap_or(i.bytes_done),
         _ => i.bytes_done,
@@ -88,7 +88,7 @@ fn selection(body: &Body) -> Result<Selection, ApiError> {
 
 /// `POST /api/replication/restore {"target_id", "backups" | "clients" | "all",
 /// "storage_id"?, "overwrite"?}` → 202 `{"restore": [items]}`.
-pub fn restore(call: &Call) -> Result<Reply, ApiError> {
+pub(super) fn restore(call: &Call) -> Result<Reply, ApiError> {
     let body = call.json()?;
     let target_id = body.id("target_id")?;
     let selection = selection(&body)?;
@@ -100,7 +100,7 @@ pub fn restore(call: &Call) -> Result<Reply, ApiError> {
             .storage
             .iter()
             .find(|s| s.id == id)
-            .ok_or_else(|| ApiError::BadRequest(format!("field `storage_id`: no storage {id}")))?,
+            .ok_or_else(|| ApiError::NotFound(format!("no storage with id {id}")))?,
         None => app.config.replication_storage().ok_or_else(|| {
             ApiError::Conflict("this appliance has no backup storage to restore into".into())
         })?,
@@ -168,7 +168,7 @@ fn drill_json(d: &DrillRecord) -> Value {
 
 /// `POST /api/replication/drill {"target_id", "bytes"?}` → 202 `{"drill"}`: the restore
 /// job runs it next.
-pub fn request_drill(call: &Call) -> Result<Reply, ApiError> {
+pub(super) fn request_drill(call: &Call) -> Result<Reply, ApiError> {
     let body = call.json()?;
     let target_id = body.id("target_id")?;
     let bytes = body.opt_number("bytes", 1, u64::MAX / 2)?;
@@ -184,7 +184,7 @@ pub fn request_drill(call: &Call) -> Result<Reply, ApiError> {
 }
 
 /// `GET /api/replication/drill` → `{"drills": [...] (newest first), "last_success"?}`.
-pub fn list_drills(call: &Call) -> Result<Reply, ApiError> {
+pub(super) fn list_drills(call: &Call) -> Result<Reply, ApiError> {
     let book = call.app.store.drills()?;
     let drills: Vec<Value> = book.drills.iter().rev().map(drill_json).collect();
     let mut v = json!({ "drills": drills });

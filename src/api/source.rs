@@ -15,7 +15,7 @@ use crate::remote::LiveSource;
 use crate::store::TargetRecord;
 use crate::wire::token::PairingToken;
 
-pub fn request_target(call: &Call) -> Result<Reply, ApiError> {
+pub(super) fn request_target(call: &Call) -> Result<Reply, ApiError> {
     let body = call.json()?;
     let kind = body.str("type")?;
     if kind != "appliance" {
@@ -167,7 +167,7 @@ fn target_json(t: &TargetRecord, now: UnixTime) -> Value {
     v
 }
 
-pub fn targets(call: &Call) -> Result<Reply, ApiError> {
+pub(super) fn targets(call: &Call) -> Result<Reply, ApiError> {
     let list: Vec<Value> = call
         .app
         .store
@@ -178,7 +178,7 @@ pub fn targets(call: &Call) -> Result<Reply, ApiError> {
     Ok(Reply::json(200, json!({ "targets": list })))
 }
 
-pub fn forget_target(call: &Call) -> Result<Reply, ApiError> {
+pub(super) fn forget_target(call: &Call) -> Result<Reply, ApiError> {
     let app = call.app;
     let io = LiveSource {
         dirs: &app.target_dirs,

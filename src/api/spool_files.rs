@@ -51,7 +51,7 @@ fn answer(
 /// `GET /replication/v1/spool/{token}/{file}` (and `HEAD`) through tiny_http: requests
 /// the front did not answer itself (another request was in flight, HTTP/1.0,
 /// `Connection: close`, a percent-encoded or query-carrying path).
-pub fn handler(call: &Call) -> Result<Reply, ApiError> {
+pub(super) fn handler(call: &Call) -> Result<Reply, ApiError> {
     let reply = match answer(
         &call.app.spool,
         call.param(0),

@@ -17,7 +17,7 @@ const MIB: u64 = 1024 * 1024;
 const TYPE_INTERNAL: &str = "internal";
 
 /// One storage location as probed now.
-pub struct Probed<'a> {
+pub(super) struct Probed<'a> {
     pub storage: &'a Storage,
     /// The path is a directory this daemon can list.
     pub online: bool,
@@ -29,7 +29,7 @@ pub struct Probed<'a> {
 
 /// Probes each location: missing or unreadable is offline, with sizes 0 (the sizes of
 /// whatever filesystem the missing path would fall on would be a lie).
-pub fn probe(storage: &[Storage]) -> Vec<Probed<'_>> {
+pub(super) fn probe(storage: &[Storage]) -> Vec<Probed<'_>> {
     storage
         .iter()
         .map(|s| {
@@ -54,7 +54,7 @@ pub fn probe(storage: &[Storage]) -> Vec<Probed<'_>> {
 
 /// Size and free space in MiB of the online locations `keep` selects, each filesystem
 /// counted once (two storage directories on one disk do not double it).
-pub fn totals<'a>(probed: &[Probed<'a>], keep: impl Fn(&Storage) -> bool) -> (u64, u64) {
+pub(super) fn totals<'a>(probed: &[Probed<'a>], keep: impl Fn(&Storage) -> bool) -> (u64, u64) {
     let mut seen = Vec::new();
     let (mut size, mut free) = (0u64, 0u64);
     for p in probed.iter().filter(|p| keep(p.storage)) {
@@ -69,7 +69,7 @@ pub fn totals<'a>(probed: &[Probed<'a>], keep: impl Fn(&Storage) -> bool) -> (u6
     (size, free)
 }
 
-pub fn is_backup(s: &Storage) -> bool {
+pub(super) fn is_backup(s: &Storage) -> bool {
     s.usage == StorageUsage::Backup
 }
 
@@ -87,7 +87,7 @@ struct Row<'a> {
     is_default: bool,
 }
 
-pub fn list(call: &Call) -> Result<Reply, ApiError> {
+pub(super) fn list(call: &Call) -> Result<Reply, ApiError> {
     let config = &call.app.config;
     let usage = call.query("usage");
     let default_id = config.default_storage().map(|s| s.id);

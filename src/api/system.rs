@@ -22,7 +22,7 @@ use crate::store::{
 /// is open to anyone who reaches the listener.
 /// `status` is `degraded`, with the `reason` and since when, while the database refuses
 /// writes (a full disk); still 200: the daemon serves, and reads work.
-pub fn health(call: &Call) -> Result<Reply, ApiError> {
+pub(super) fn health(call: &Call) -> Result<Reply, ApiError> {
     let certs = call.app.certificates()?;
     let mut warnings = crate::lifecycle::warnings(&certs, call.now);
     warnings.extend(crate::pairing::rollover::warnings(
@@ -91,7 +91,7 @@ fn damage_warning(app: &App) -> Result<Option<String>, ApiError> {
 
 /// `GET /api/metrics`: the Prometheus text exposition of the process's metrics and of
 /// what the database holds now (SPEC 15; the metric names are in docs/operations.md).
-pub fn metrics(call: &Call) -> Result<Reply, ApiError> {
+pub(super) fn metrics(call: &Call) -> Result<Reply, ApiError> {
     let mut failed = None;
     let text = crate::metrics::global().render_with(|out| {
         if let Err(e) = state(call.app, out) {
@@ -476,7 +476,7 @@ fn last_drill(app: &App, out: &mut Exposition) -> Result<(), ApiError> {
 
 /// `POST /api/metrics/token`: a scraper token for the caller, capped to `monitor` and
 /// without expiry, shown once.
-pub fn metrics_token(call: &Call) -> Result<Reply, ApiError> {
+pub(super) fn metrics_token(call: &Call) -> Result<Reply, ApiError> {
     let body = super::body::Body::parse(call.body)?;
     let name = body.opt_str("name")?.unwrap_or("scraper");
     if name.chars().count() > 64 || name.chars().any(char::is_control) {
@@ -495,7 +495,7 @@ pub fn metrics_token(call: &Call) -> Result<Reply, ApiError> {
     ))
 }
 
-pub fn kb(call: &Call) -> Result<Reply, ApiError> {
+pub(super) fn kb(call: &Call) -> Result<Reply, ApiError> {
     let code = parse_id("code", call.param(0))?;
     let text = u32::try_from(code)
         .ok()

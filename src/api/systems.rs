@@ -14,10 +14,10 @@ use crate::store::{RequestSummary, Retention, SystemRecord, TargetStatus};
 
 /// The id of the local appliance's row in `GET /api/systems`, and the one `sid` value
 /// besides none that an `/api` read accepts.
-pub const LOCAL_SYSTEM_ID: u64 = 1;
+pub(super) const LOCAL_SYSTEM_ID: u64 = 1;
 
 /// A source counts as `online` while its last tunnel contact is this recent (s).
-pub const ONLINE_WINDOW: i64 = 15 * 60;
+pub(super) const ONLINE_WINDOW: i64 = 15 * 60;
 
 /// One row of `GET /api/systems`. The first block of fields is on every row.
 #[derive(Serialize)]
@@ -66,7 +66,7 @@ struct Row<'a> {
 
 /// Compares a system's version with this appliance's: `current` (the same), `older`,
 /// `newer`, or `""` when it has none or it is not a dotted version.
-pub fn version_status(theirs: &str) -> &'static str {
+pub(super) fn version_status(theirs: &str) -> &'static str {
     fn parts(v: &str) -> Option<Vec<u64>> {
         v.split(['.', '-', '+'])
             .take_while(|p| p.bytes().all(|b| b.is_ascii_digit()))
@@ -163,11 +163,11 @@ fn pending<'a>(r: &'a RequestSummary<'_>) -> Row<'a> {
 }
 
 /// A stored systems row as the answer of a call that changed it.
-pub fn stored_json(s: &SystemRecord, now: UnixTime) -> Result<serde_json::Value, ApiError> {
+pub(super) fn stored_json(s: &SystemRecord, now: UnixTime) -> Result<serde_json::Value, ApiError> {
     Ok(serde_json::to_value(stored(s, now))?)
 }
 
-pub fn list(call: &Call) -> Result<Reply, ApiError> {
+pub(super) fn list(call: &Call) -> Result<Reply, ApiError> {
     let include_pending = call.query_flag("include_pending").unwrap_or(true);
     let include_rejected = call.query_flag("include_rejected").unwrap_or(false);
     let app = call.app;
@@ -222,7 +222,7 @@ pub fn list(call: &Call) -> Result<Reply, ApiError> {
     list.finish()
 }
 
-pub fn register(call: &Call) -> Result<Reply, ApiError> {
+pub(super) fn register(call: &Call) -> Result<Reply, ApiError> {
     let body = call.json()?;
     let row = target::register_managed(
         &call.app.store,

@@ -63,7 +63,7 @@ fn join_address(
 }
 
 /// `POST /api/replication/tokens`.
-pub fn create(call: &Call) -> Result<Reply, ApiError> {
+pub(super) fn create(call: &Call) -> Result<Reply, ApiError> {
     let body = call.json()?;
     // Taken as given (no trimming): empty is none, anything else is checked whole.
     let text = |field: &str| -> Result<Option<String>, ApiError> {
@@ -115,7 +115,7 @@ pub fn create(call: &Call) -> Result<Reply, ApiError> {
 }
 
 /// `GET /api/replication/tokens`: every token, without secrets, oldest id first.
-pub fn list(call: &Call) -> Result<Reply, ApiError> {
+pub(super) fn list(call: &Call) -> Result<Reply, ApiError> {
     let mut all = call.app.store.tokens()?;
     all.sort_by(|a, b| (a.created, &a.id).cmp(&(b.created, &b.id)));
     let list: Vec<Value> = all.iter().map(|t| token_json(t, call)).collect();
@@ -123,7 +123,7 @@ pub fn list(call: &Call) -> Result<Reply, ApiError> {
 }
 
 /// `DELETE /api/replication/tokens/{token_id}`: revoke; pairings made with it stay.
-pub fn revoke(call: &Call) -> Result<Reply, ApiError> {
+pub(super) fn revoke(call: &Call) -> Result<Reply, ApiError> {
     let t = tokens::revoke(&call.app.store, call.param(0), &call.actor(), call.now)?;
     Ok(Reply::json(200, token_json(&t, call)))
 }

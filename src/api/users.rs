@@ -30,7 +30,7 @@ pub(super) fn open_session(call: &Call) -> Result<(String, auth::Login), ApiErro
     Ok((username.to_string(), login))
 }
 
-pub fn login(call: &Call) -> Result<Reply, ApiError> {
+pub(super) fn login(call: &Call) -> Result<Reply, ApiError> {
     let (_, login) = open_session(call)?;
     Ok(Reply::json(
         200,
@@ -38,7 +38,7 @@ pub fn login(call: &Call) -> Result<Reply, ApiError> {
     ))
 }
 
-pub fn logout(call: &Call) -> Result<Reply, ApiError> {
+pub(super) fn logout(call: &Call) -> Result<Reply, ApiError> {
     call.app
         .auth
         .logout(call.session()?, &call.address(), call.now)?;
@@ -49,7 +49,7 @@ fn user_json(u: &UserRecord) -> serde_json::Value {
     json!({ "name": u.name, "privilege": u.privilege, "created": u.created, "updated": u.updated })
 }
 
-pub fn list(call: &Call) -> Result<Reply, ApiError> {
+pub(super) fn list(call: &Call) -> Result<Reply, ApiError> {
     let users: Vec<_> = call.app.store.users()?.iter().map(user_json).collect();
     Ok(Reply::json(200, json!({ "users": users })))
 }
@@ -81,7 +81,7 @@ fn audit(call: &Call, action: &str, name: &str, detail: String) -> AuditRecord {
     }
 }
 
-pub fn create(call: &Call) -> Result<Reply, ApiError> {
+pub(super) fn create(call: &Call) -> Result<Reply, ApiError> {
     let body = call.json()?;
     // Both are checked for type; `name` wins when both are given.
     let username = body.opt_str("username")?;
@@ -125,7 +125,7 @@ fn user_write(outcome: UserWrite, name: &str) -> Result<(), ApiError> {
     }
 }
 
-pub fn update(call: &Call) -> Result<Reply, ApiError> {
+pub(super) fn update(call: &Call) -> Result<Reply, ApiError> {
     let name = call.param(0);
     let body = call.json()?;
     let Some(mut user) = call.app.store.user(name)? else {
@@ -161,7 +161,7 @@ pub fn update(call: &Call) -> Result<Reply, ApiError> {
     Ok(Reply::json(200, user_json(&user)))
 }
 
-pub fn delete(call: &Call) -> Result<Reply, ApiError> {
+pub(super) fn delete(call: &Call) -> Result<Reply, ApiError> {
     let name = call.param(0);
     let deleted = audit(call, "user deleted", name, String::new());
     let outcome = call.app.store.write(|tx| tx.delete_user(name, &deleted))?;
@@ -172,7 +172,7 @@ pub fn delete(call: &Call) -> Result<Reply, ApiError> {
     ))
 }
 
-pub fn audit_log(call: &Call) -> Result<Reply, ApiError> {
+pub(super) fn audit_log(call: &Call) -> Result<Reply, ApiError> {
     let after = super::body::after(call.query("after"))?;
     let limit = match call.query("limit") {
         Some(v) => super::body::parse_limit("limit", v, Some(MAX_AUDIT_PAGE))?,

@@ -37,7 +37,7 @@ pub(super) struct Given {
 
 impl Given {
     /// The keys of a parsed config file, each of its key's type.
-    pub fn file(text: &str) -> Result<Given, ConfigError> {
+    pub(super) fn file(text: &str) -> Result<Given, ConfigError> {
         let File(values) = basic_toml::from_str(text).map_err(|e| {
             let msg = e.to_string();
             bad(&toml_error_key(&msg), msg)
@@ -51,7 +51,7 @@ impl Given {
 
     /// Applies `REPLGATE_<KEY>` overrides from `env` (an iterator so tests need no
     /// globals).
-    pub fn apply_env(
+    pub(super) fn apply_env(
         &mut self,
         env: impl Iterator<Item = (String, String)>,
     ) -> Result<(), ConfigError> {
@@ -74,7 +74,7 @@ impl Given {
     }
 
     /// Every key's value: given, else its default; each checked.
-    pub fn resolve(mut self) -> Result<Values, ConfigError> {
+    pub(super) fn resolve(mut self) -> Result<Values, ConfigError> {
         let mut values = Values(Vec::with_capacity(KEYS.len()));
         for key in KEYS {
             let given = self.values.remove(key.name);
@@ -250,7 +250,7 @@ pub(super) struct Values(Vec<(&'static str, Value)>);
 
 impl Values {
     /// Each key with its value, in [`KEYS`] order.
-    pub fn iter(&self) -> impl Iterator<Item = (&'static Key, &Value)> {
+    pub(super) fn iter(&self) -> impl Iterator<Item = (&'static Key, &Value)> {
         KEYS.iter().zip(self.0.iter().map(|(_, v)| v))
     }
 
@@ -266,7 +266,7 @@ impl Values {
         bad(name, format!("internal: read as {wanted}, which it is not"))
     }
 
-    pub fn number(&self, name: &str) -> Result<u64, ConfigError> {
+    pub(super) fn number(&self, name: &str) -> Result<u64, ConfigError> {
         match self.get(name)? {
             Value::Number(n) => Ok(*n),
             _ => Err(self.wrong(name, "a number")),
@@ -274,7 +274,7 @@ impl Values {
     }
 
     /// A number key that may be unset.
-    pub fn optional(&self, name: &str) -> Result<Option<u64>, ConfigError> {
+    pub(super) fn optional(&self, name: &str) -> Result<Option<u64>, ConfigError> {
         match self.get(name)? {
             Value::Unset => Ok(None),
             _ => self.number(name).map(Some),
@@ -282,37 +282,37 @@ impl Values {
     }
 
     /// A number key in seconds.
-    pub fn seconds(&self, name: &str) -> Result<Duration, ConfigError> {
+    pub(super) fn seconds(&self, name: &str) -> Result<Duration, ConfigError> {
         self.number(name).map(Duration::from_secs)
     }
 
     /// A number key as the type its field has (its range fits it).
-    pub fn count<T: TryFrom<u64>>(&self, name: &str) -> Result<T, ConfigError> {
+    pub(super) fn count<T: TryFrom<u64>>(&self, name: &str) -> Result<T, ConfigError> {
         let n = self.number(name)?;
         T::try_from(n).map_err(|_| bad(name, format!("{n} is too large on this machine")))
     }
 
-    pub fn text(&self, name: &str) -> Result<String, ConfigError> {
+    pub(super) fn text(&self, name: &str) -> Result<String, ConfigError> {
         match self.get(name)? {
             Value::Text(t) => Ok(t.clone()),
             _ => Err(self.wrong(name, "a text")),
         }
     }
 
-    pub fn address(&self, name: &str) -> Result<SocketAddr, ConfigError> {
+    pub(super) fn address(&self, name: &str) -> Result<SocketAddr, ConfigError> {
         self.text(name)?
             .parse()
             .map_err(|_| self.wrong(name, "an address"))
     }
 
-    pub fn list(&self, name: &str) -> Result<Vec<String>, ConfigError> {
+    pub(super) fn list(&self, name: &str) -> Result<Vec<String>, ConfigError> {
         match self.get(name)? {
             Value::List(l) => Ok(l.clone()),
             _ => Err(self.wrong(name, "a list")),
         }
     }
 
-    pub fn flag(&self, name: &str) -> Result<bool, ConfigError> {
+    pub(super) fn flag(&self, name: &str) -> Result<bool, ConfigError> {
         match self.get(name)? {
             Value::Flag(f) => Ok(*f),
             _ => Err(self.wrong(name, "a flag")),
@@ -320,7 +320,7 @@ impl Values {
     }
 
     /// `[[storage]]` tables as the file had them; None when there were none.
-    pub fn storage(&self) -> Result<Option<Vec<RawStorage>>, ConfigError> {
+    pub(super) fn storage(&self) -> Result<Option<Vec<RawStorage>>, ConfigError> {
         let name = "storage";
         match self.get(name)? {
             Value::Storage(tables) => Ok(Some(tables.clone())),

@@ -12,7 +12,7 @@ use crate::wire::token::PairingToken;
 
 /// A usage error: the message `replgate ctl` prints before pointing at `help`.
 #[derive(Debug, PartialEq, Eq)]
-pub struct UsageError(pub String);
+pub(super) struct UsageError(pub String);
 
 impl fmt::Display for UsageError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -25,7 +25,7 @@ impl std::error::Error for UsageError {}
 /// A parsed `replgate ctl` invocation. Unset options are `None`: their environment
 /// variables and defaults are `ctl`'s business, not the grammar's.
 #[derive(Debug, PartialEq, Eq)]
-pub struct Ctl {
+pub(super) struct Ctl {
     /// `--api`.
     pub api: Option<String>,
     /// `--cacert`.
@@ -39,7 +39,7 @@ pub struct Ctl {
 
 /// Where a password comes from.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum PasswordFrom {
+pub(super) enum PasswordFrom {
     /// `--password-stdin`: one line of standard input.
     Stdin,
     /// `REPLGATE_PASSWORD`, else a prompt without echo when standard input is a terminal.
@@ -48,7 +48,7 @@ pub enum PasswordFrom {
 
 /// How `request-target` is to trust the target's CA.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub enum Trust {
+pub(super) enum Trust {
     /// Only if already pinned; otherwise the daemon answers 412 with the fingerprint.
     Pinned,
     /// `--fingerprint`: normalised to 64 lowercase hex digits.
@@ -58,7 +58,7 @@ pub enum Trust {
 }
 
 #[derive(Debug, PartialEq, Eq)]
-pub enum CtlCommand {
+pub(super) enum CtlCommand {
     Help,
     /// `--version`: answered without the daemon.
     Version,
@@ -209,7 +209,7 @@ pub enum CtlCommand {
 
 /// What `token create` asks for; unset fields take the daemon's defaults.
 #[derive(Debug, Default, PartialEq, Eq)]
-pub struct TokenOptions {
+pub(super) struct TokenOptions {
     pub uses: Option<u64>,
     /// Seconds.
     pub expires_in: Option<u64>,
@@ -223,9 +223,9 @@ pub struct TokenOptions {
 }
 
 /// The user `login` uses without `--user`: the superuser created on first start.
-pub const DEFAULT_LOGIN_USER: &str = "root";
+pub(super) const DEFAULT_LOGIN_USER: &str = "root";
 /// Audit entries shown without `--limit`.
-pub const DEFAULT_AUDIT_LIMIT: u64 = 50;
+pub(super) const DEFAULT_AUDIT_LIMIT: u64 = 50;
 
 /// The options of one invocation; each accessor takes what it reads, so that
 /// [`Options::finish`] can name any option the command does not know.
@@ -233,7 +233,9 @@ pub(super) struct Options(Vec<(&'static str, Option<String>)>);
 
 impl Options {
     /// Takes `--api`, `--cacert` and `--json`, which every command takes.
-    pub fn globals(&mut self) -> Result<(Option<String>, Option<PathBuf>, bool), UsageError> {
+    pub(super) fn globals(
+        &mut self,
+    ) -> Result<(Option<String>, Option<PathBuf>, bool), UsageError> {
         let api = self.value("--api")?;
         let cacert = self.value("--cacert")?.map(PathBuf::from);
         Ok((api, cacert, self.flag("--json")?))
@@ -361,7 +363,7 @@ pub(super) struct Input<'a> {
 }
 
 impl<'a> Input<'a> {
-    pub fn new(name: &'a str, words: &'a [String], options: Options) -> Input<'a> {
+    pub(super) fn new(name: &'a str, words: &'a [String], options: Options) -> Input<'a> {
         Input {
             name,
             words,
@@ -370,7 +372,10 @@ impl<'a> Input<'a> {
     }
 
     /// Exactly the positional words the command takes, named for the error message.
-    pub fn operands<const N: usize>(&self, names: [&str; N]) -> Result<[&'a str; N], UsageError> {
+    pub(super) fn operands<const N: usize>(
+        &self,
+        names: [&str; N],
+    ) -> Result<[&'a str; N], UsageError> {
         let (command, words) = (self.name, self.words);
         if let Some(missing) = names.get(words.len()) {
             return Err(UsageError(format!("`{command}` needs {missing}")));
@@ -384,38 +389,38 @@ impl<'a> Input<'a> {
     }
 
     /// Every positional word (for a command that takes any number).
-    pub fn words(&self) -> &'a [String] {
+    pub(super) fn words(&self) -> &'a [String] {
         self.words
     }
 
     /// The command takes no positional word.
-    pub fn no_operands(&self) -> Result<(), UsageError> {
+    pub(super) fn no_operands(&self) -> Result<(), UsageError> {
         self.operands([]).map(|[]| ())
     }
 
-    pub fn value(&mut self, name: &str) -> Result<Option<String>, UsageError> {
+    pub(super) fn value(&mut self, name: &str) -> Result<Option<String>, UsageError> {
         self.options.value(name)
     }
 
-    pub fn values(&mut self, name: &str) -> Result<Vec<String>, UsageError> {
+    pub(super) fn values(&mut self, name: &str) -> Result<Vec<String>, UsageError> {
         self.options.values(name)
     }
 
-    pub fn flag(&mut self, name: &str) -> Result<bool, UsageError> {
+    pub(super) fn flag(&mut self, name: &str) -> Result<bool, UsageError> {
         self.options.flag(name)
     }
 
-    pub fn has(&self, name: &str) -> bool {
+    pub(super) fn has(&self, name: &str) -> bool {
         self.options.has(name)
     }
 
     /// Option `name`'s value as a positive number, if given.
-    pub fn positive(&mut self, name: &str) -> Result<Option<u64>, UsageError> {
+    pub(super) fn positive(&mut self, name: &str) -> Result<Option<u64>, UsageError> {
         self.value(name)?.map(|n| positive(name, &n)).transpose()
     }
 
     /// `--password-stdin`, or else the environment or a prompt.
-    pub fn password(&mut self) -> Result<PasswordFrom, UsageError> {
+    pub(super) fn password(&mut self) -> Result<PasswordFrom, UsageError> {
         Ok(if self.flag("--password-stdin")? {
             PasswordFrom::Stdin
         } else {
@@ -424,13 +429,13 @@ impl<'a> Input<'a> {
     }
 
     /// Drops every word and option: `help` and `version` answer whatever else was given.
-    pub fn ignore_rest(&mut self) {
+    pub(super) fn ignore_rest(&mut self) {
         self.words = &[];
         self.options = Options(Vec::new());
     }
 
     /// Ends the parse: an option the command's parser did not take is an error naming it.
-    pub fn finish(self) -> Result<(), UsageError> {
+    pub(super) fn finish(self) -> Result<(), UsageError> {
         self.options.finish(self.name)
     }
 }
@@ -481,7 +486,7 @@ pub(super) fn duration(what: &str, s: &str) -> Result<u64, UsageError> {
 
 /// A retention policy as `retention` sets it: at least one rule.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct RetentionRules {
+pub(super) struct RetentionRules {
     pub keep_last: Option<u64>,
     pub keep_days: Option<u64>,
 }
@@ -489,7 +494,7 @@ pub struct RetentionRules {
 /// One `--window PCT:DAYS:START-END`: 10 % of the link on weekdays 1 to 5 from 8 to 18
 /// is `10:1-5:8-18`; days may be listed (`0,6`); hours are 0–23 local time.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub struct ThrottleWindow {
+pub(super) struct ThrottleWindow {
     pub percentage: u32,
     pub days: Vec<u8>,
     pub start: u32,

@@ -22,7 +22,7 @@ const CALL_TIMEOUT: Duration = Duration::from_secs(90);
 /// Largest answer read: a full audit page (1 000 rows) is about 300 KB.
 const MAX_ANSWER_BYTES: u64 = 8 * 1024 * 1024;
 /// The daemon's largest audit page.
-pub const AUDIT_PAGE: u64 = 1_000;
+pub(super) const AUDIT_PAGE: u64 = 1_000;
 
 /// A documented error answer: `{"result":[{"message","code","kb"}]}`.
 #[derive(Debug)]
@@ -67,13 +67,13 @@ enum Method {
 }
 
 /// A 2xx answer: the body as it came (printed with `--json`), and parsed.
-pub struct Answer {
+pub(super) struct Answer {
     pub text: String,
     pub json: Value,
 }
 
 /// How `accept`/`reject` resolve a request.
-pub enum Resolution<'a> {
+pub(super) enum Resolution<'a> {
     Accept {
         storage_id: Option<u64>,
         replaces: Option<u64>,
@@ -84,7 +84,7 @@ pub enum Resolution<'a> {
 }
 
 /// The one client for the daemon's admin API, built once per invocation.
-pub struct Client {
+pub(super) struct Client {
     http: http::Client,
     /// `https://host:port` as given, for messages.
     base: String,
@@ -106,7 +106,7 @@ fn segment(s: &str) -> String {
 }
 
 impl Client {
-    pub fn new(base: &str, ca_pem: &[u8]) -> Result<Client, CtlError> {
+    pub(super) fn new(base: &str, ca_pem: &[u8]) -> Result<Client, CtlError> {
         let text = String::from_utf8_lossy(ca_pem);
         let anchors = crate::remote::anchors_of(&text)
             .map_err(|e| CtlError::Usage(format!("the CA file holds no certificate: {e}")))?;
@@ -132,20 +132,20 @@ impl Client {
         })
     }
 
-    pub fn login(&self, user: &str, password: &Secret<String>) -> Result<Answer, CtlError> {
+    pub(super) fn login(&self, user: &str, password: &Secret<String>) -> Result<Answer, CtlError> {
         let body = json!({ "username": user, "password": password.expose() });
         self.call(Method::Post, "/api/login", None, Some(&body))
     }
 
-    pub fn logout(&self, token: &Secret<String>) -> Result<Answer, CtlError> {
+    pub(super) fn logout(&self, token: &Secret<String>) -> Result<Answer, CtlError> {
         self.call(Method::Post, "/api/logout", Some(token), None)
     }
 
-    pub fn health(&self) -> Result<Answer, CtlError> {
+    pub(super) fn health(&self) -> Result<Answer, CtlError> {
         self.call(Method::Get, "/api/health", None, None)
     }
 
-    pub fn pending(
+    pub(super) fn pending(
         &self,
         token: &Secret<String>,
         include_rejected: bool,
@@ -158,7 +158,7 @@ impl Client {
         self.call(Method::Get, path, Some(token), None)
     }
 
-    pub fn resolve(
+    pub(super) fn resolve(
         &self,
         token: &Secret<String>,
         request_id: u64,
@@ -186,13 +186,17 @@ impl Client {
         self.call(Method::Post, path, Some(token), Some(&body))
     }
 
-    pub fn ignore(&self, token: &Secret<String>, request_id: u64) -> Result<Answer, CtlError> {
+    pub(super) fn ignore(
+        &self,
+        token: &Secret<String>,
+        request_id: u64,
+    ) -> Result<Answer, CtlError> {
         let path = format!("/api/replication/pending/{request_id}");
         self.call(Method::Delete, &path, Some(token), None)
     }
 
     /// Ignores every open request from an address or network.
-    pub fn ignore_from(
+    pub(super) fn ignore_from(
         &self,
         token: &Secret<String>,
         remote_addr: &str,
@@ -204,7 +208,7 @@ impl Client {
         self.call(Method::Delete, &path, Some(token), None)
     }
 
-    pub fn create_token(
+    pub(super) fn create_token(
         &self,
         token: &Secret<String>,
         o: &TokenOptions,
@@ -240,22 +244,30 @@ impl Client {
         )
     }
 
-    pub fn tokens(&self, token: &Secret<String>) -> Result<Answer, CtlError> {
+    pub(super) fn tokens(&self, token: &Secret<String>) -> Result<Answer, CtlError> {
         self.call(Method::Get, "/api/replication/tokens", Some(token), None)
     }
 
-    pub fn revoke_token(&self, token: &Secret<String>, token_id: &str) -> Result<Answer, CtlError> {
+    pub(super) fn revoke_token(
+        &self,
+        token: &Secret<String>,
+        token_id: &str,
+    ) -> Result<Answer, CtlError> {
         let path = format!("/api/replication/tokens/{}", segment(token_id));
         self.call(Method::Delete, &path, Some(token), None)
     }
 
-    pub fn unpair(&self, token: &Secret<String>, system_id: u64) -> Result<Answer, CtlError> {
+    pub(super) fn unpair(
+        &self,
+        token: &Secret<String>,
+        system_id: u64,
+    ) -> Result<Answer, CtlError> {
         let path = format!("/api/replication/source?sid={system_id}");
         self.call(Method::Delete, &path, Some(token), None)
     }
 
     /// `PUT /api/replication/source?sid= {"share"}` (null: the default weight).
-    pub fn set_share(
+    pub(super) fn set_share(
         &self,
         token: &Secret<String>,
         system_id: u64,
@@ -270,17 +282,17 @@ impl Client {
         )
     }
 
-    pub fn systems(&self, token: &Secret<String>) -> Result<Answer, CtlError> {
+    pub(super) fn systems(&self, token: &Secret<String>) -> Result<Answer, CtlError> {
         self.call(Method::Get, "/api/systems", Some(token), None)
     }
 
     /// `GET /api/ca/rollover`.
-    pub fn ca_rollover(&self, token: &Secret<String>) -> Result<Answer, CtlError> {
+    pub(super) fn ca_rollover(&self, token: &Secret<String>) -> Result<Answer, CtlError> {
         self.call(Method::Get, "/api/ca/rollover", Some(token), None)
     }
 
     /// `POST /api/ca/rollover {"phase"}`.
-    pub fn ca_rollover_phase(
+    pub(super) fn ca_rollover_phase(
         &self,
         token: &Secret<String>,
         phase: &str,
@@ -289,11 +301,11 @@ impl Client {
         self.call(Method::Post, "/api/ca/rollover", Some(token), Some(&body))
     }
 
-    pub fn storage(&self, token: &Secret<String>) -> Result<Answer, CtlError> {
+    pub(super) fn storage(&self, token: &Secret<String>) -> Result<Answer, CtlError> {
         self.call(Method::Get, "/api/storage", Some(token), None)
     }
 
-    pub fn request_target(
+    pub(super) fn request_target(
         &self,
         token: &Secret<String>,
         target: &str,
@@ -313,7 +325,7 @@ impl Client {
         self.call(Method::Post, path, Some(token), Some(&body))
     }
 
-    pub fn queue(
+    pub(super) fn queue(
         &self,
         token: &Secret<String>,
         target_id: Option<u64>,
@@ -329,7 +341,7 @@ impl Client {
         self.call(Method::Get, &path, Some(token), None)
     }
 
-    pub fn queue_add(
+    pub(super) fn queue_add(
         &self,
         token: &Secret<String>,
         target_id: u64,
@@ -344,7 +356,7 @@ impl Client {
         )
     }
 
-    pub fn queue_change(
+    pub(super) fn queue_change(
         &self,
         token: &Secret<String>,
         ids: &[u64],
@@ -366,7 +378,7 @@ impl Client {
     }
 
     /// The replication config; with `changes` (an object of fields), changes it first.
-    pub fn replication_config(
+    pub(super) fn replication_config(
         &self,
         token: &Secret<String>,
         changes: Option<&Value>,
@@ -375,7 +387,7 @@ impl Client {
     }
 
     /// The throttle; with `changes`, sets it first.
-    pub fn throttle(
+    pub(super) fn throttle(
         &self,
         token: &Secret<String>,
         changes: Option<&Value>,
@@ -396,12 +408,16 @@ impl Client {
         }
     }
 
-    pub fn received(&self, token: &Secret<String>, system_id: u64) -> Result<Answer, CtlError> {
+    pub(super) fn received(
+        &self,
+        token: &Secret<String>,
+        system_id: u64,
+    ) -> Result<Answer, CtlError> {
         let path = format!("/api/replication/received?sid={system_id}");
         self.call(Method::Get, &path, Some(token), None)
     }
 
-    pub fn restore(&self, token: &Secret<String>, body: &Value) -> Result<Answer, CtlError> {
+    pub(super) fn restore(&self, token: &Secret<String>, body: &Value) -> Result<Answer, CtlError> {
         self.call(
             Method::Post,
             "/api/replication/restore",
@@ -410,7 +426,7 @@ impl Client {
         )
     }
 
-    pub fn drill(&self, token: &Secret<String>, body: &Value) -> Result<Answer, CtlError> {
+    pub(super) fn drill(&self, token: &Secret<String>, body: &Value) -> Result<Answer, CtlError> {
         self.call(
             Method::Post,
             "/api/replication/drill",
@@ -419,17 +435,21 @@ impl Client {
         )
     }
 
-    pub fn drills(&self, token: &Secret<String>) -> Result<Answer, CtlError> {
+    pub(super) fn drills(&self, token: &Secret<String>) -> Result<Answer, CtlError> {
         self.call(Method::Get, "/api/replication/drill", Some(token), None)
     }
 
-    pub fn verify(&self, token: &Secret<String>, system_id: u64) -> Result<Answer, CtlError> {
+    pub(super) fn verify(
+        &self,
+        token: &Secret<String>,
+        system_id: u64,
+    ) -> Result<Answer, CtlError> {
         let path = format!("/api/replication/verify?sid={system_id}");
         self.call(Method::Post, &path, Some(token), Some(&json!({})))
     }
 
     /// Sets source `system_id`'s retention policy (`Value::Null`: keep all).
-    pub fn set_retention(
+    pub(super) fn set_retention(
         &self,
         token: &Secret<String>,
         system_id: u64,
@@ -440,12 +460,16 @@ impl Client {
         self.call(Method::Put, &path, Some(token), Some(&body))
     }
 
-    pub fn recycle(&self, token: &Secret<String>, system_id: u64) -> Result<Answer, CtlError> {
+    pub(super) fn recycle(
+        &self,
+        token: &Secret<String>,
+        system_id: u64,
+    ) -> Result<Answer, CtlError> {
         let path = format!("/api/replication/recycle?sid={system_id}");
         self.call(Method::Get, &path, Some(token), None)
     }
 
-    pub fn recycle_restore(
+    pub(super) fn recycle_restore(
         &self,
         token: &Secret<String>,
         system_id: u64,
@@ -457,7 +481,7 @@ impl Client {
     }
 
     /// Purges one backup from source `system_id`'s bin, or (`None`) all of it.
-    pub fn recycle_purge(
+    pub(super) fn recycle_purge(
         &self,
         token: &Secret<String>,
         system_id: u64,
@@ -470,20 +494,24 @@ impl Client {
         self.call(Method::Delete, &path, Some(token), None)
     }
 
-    pub fn targets(&self, token: &Secret<String>) -> Result<Answer, CtlError> {
+    pub(super) fn targets(&self, token: &Secret<String>) -> Result<Answer, CtlError> {
         self.call(Method::Get, "/api/replication/targets", Some(token), None)
     }
 
-    pub fn forget_target(&self, token: &Secret<String>, host: &str) -> Result<Answer, CtlError> {
+    pub(super) fn forget_target(
+        &self,
+        token: &Secret<String>,
+        host: &str,
+    ) -> Result<Answer, CtlError> {
         let path = format!("/api/replication/target/{}", segment(host));
         self.call(Method::Delete, &path, Some(token), None)
     }
 
-    pub fn users(&self, token: &Secret<String>) -> Result<Answer, CtlError> {
+    pub(super) fn users(&self, token: &Secret<String>) -> Result<Answer, CtlError> {
         self.call(Method::Get, "/api/users", Some(token), None)
     }
 
-    pub fn add_user(
+    pub(super) fn add_user(
         &self,
         token: &Secret<String>,
         name: &str,
@@ -495,7 +523,7 @@ impl Client {
     }
 
     /// Changes what is given; at least one of `privilege` and `password` is.
-    pub fn set_user(
+    pub(super) fn set_user(
         &self,
         token: &Secret<String>,
         name: &str,
@@ -513,12 +541,16 @@ impl Client {
         self.call(Method::Put, &path, Some(token), Some(&body))
     }
 
-    pub fn remove_user(&self, token: &Secret<String>, name: &str) -> Result<Answer, CtlError> {
+    pub(super) fn remove_user(
+        &self,
+        token: &Secret<String>,
+        name: &str,
+    ) -> Result<Answer, CtlError> {
         let path = format!("/api/users/{}", segment(name));
         self.call(Method::Delete, &path, Some(token), None)
     }
 
-    pub fn metrics_token(
+    pub(super) fn metrics_token(
         &self,
         token: &Secret<String>,
         name: Option<&str>,
@@ -531,7 +563,11 @@ impl Client {
     }
 
     /// Up to [`AUDIT_PAGE`] audit rows with ids above `after`, oldest first.
-    pub fn audit_page(&self, token: &Secret<String>, after: u64) -> Result<Answer, CtlError> {
+    pub(super) fn audit_page(
+        &self,
+        token: &Secret<String>,
+        after: u64,
+    ) -> Result<Answer, CtlError> {
         let path = format!("/api/audit?after={after}&limit={AUDIT_PAGE}");
         self.call(Method::Get, &path, Some(token), None)
     }

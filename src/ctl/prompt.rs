@@ -62,7 +62,7 @@ fn prompt_hidden(prompt: &str) -> io::Result<String> {
 }
 
 /// A password from `from`. `confirm` asks twice at a prompt (for a new password).
-pub fn password(
+pub(super) fn password(
     from: PasswordFrom,
     prompt: &str,
     confirm: bool,

@@ -14,7 +14,7 @@ use crate::model::Secret;
 /// One cached login, keyed by the API it was issued by: a token is never sent to any
 /// other daemon.
 #[derive(Debug, Serialize, Deserialize)]
-pub struct CachedSession {
+pub(super) struct CachedSession {
     pub api: String,
     pub user: String,
     pub privilege: String,
@@ -30,7 +30,7 @@ struct TokenCache {
 
 /// The token cache file (mode 0600, written through `fsx`); located by
 /// `settings::token_file`.
-pub struct TokenFile {
+pub(super) struct TokenFile {
     pub path: PathBuf,
     /// True for the default locations, whose `replgate` directory ctl owns and keeps 0700;
     /// a directory named by `REPLGATE_CTL_TOKEN_FILE` is created if missing, never chmod-ed.
@@ -72,7 +72,7 @@ impl TokenFile {
     }
 
     /// The cached token for `api`.
-    pub fn token(&self, api: &str) -> Result<Secret<String>, CtlError> {
+    pub(super) fn token(&self, api: &str) -> Result<Secret<String>, CtlError> {
         self.load()?
             .sessions
             .into_iter()
@@ -83,7 +83,7 @@ impl TokenFile {
 
     /// Caches `session`, replacing an earlier one for the same API. A cache that does not
     /// parse is replaced (with a warning): a new login is the way out of a broken file.
-    pub fn remember(&self, session: CachedSession) -> Result<(), CtlError> {
+    pub(super) fn remember(&self, session: CachedSession) -> Result<(), CtlError> {
         let mut cache = self.load().unwrap_or_else(|e| {
             eprintln!("replgate ctl: {e}; replacing it");
             TokenCache::default()
@@ -94,7 +94,7 @@ impl TokenFile {
     }
 
     /// Removes and returns the session for `api`, if any.
-    pub fn forget(&self, api: &str) -> Result<Option<CachedSession>, CtlError> {
+    pub(super) fn forget(&self, api: &str) -> Result<Option<CachedSession>, CtlError> {
         let mut cache = self.load()?;
         let Some(i) = cache.sessions.iter().position(|s| s.api == api) else {
             return Ok(None);

@@ -15,7 +15,7 @@ pub const DEFAULT_API: &str = "https://127.0.0.1:8443";
 pub const DEFAULT_CACERTS: [&str; 2] = ["./replgate-data/ca.pem", "/var/lib/replgate/ca.pem"];
 
 /// Where the API is and whom to trust, resolved from flags, environment and defaults.
-pub struct Settings {
+pub(super) struct Settings {
     /// `https://host:port`, no trailing slash.
     pub api: String,
     pub cacert: PathBuf,
@@ -24,7 +24,7 @@ pub struct Settings {
 }
 
 /// An environment variable that is set and not empty.
-pub fn env_nonempty(name: &str) -> Option<String> {
+pub(super) fn env_nonempty(name: &str) -> Option<String> {
     std::env::var(name).ok().filter(|v| !v.is_empty())
 }
 
@@ -45,7 +45,7 @@ fn api_base(given: &str) -> Result<String, CtlError> {
 
 impl Settings {
     /// Flags win over `REPLGATE_CTL_API`/`REPLGATE_CTL_CACERT`, which win over defaults.
-    pub fn resolve(ctl: &Ctl) -> Result<Settings, CtlError> {
+    pub(super) fn resolve(ctl: &Ctl) -> Result<Settings, CtlError> {
         let api = ctl
             .api
             .clone()
@@ -64,7 +64,7 @@ impl Settings {
     }
 
     /// The CA file's bytes.
-    pub fn ca_pem(&self) -> Result<Vec<u8>, CtlError> {
+    pub(super) fn ca_pem(&self) -> Result<Vec<u8>, CtlError> {
         read_small(&self.cacert).map_err(|e| {
             let tried = if self.cacert_defaulted && e.kind() == io::ErrorKind::NotFound {
                 format!("no CA file at {}", DEFAULT_CACERTS.join(" or "))
@@ -104,7 +104,7 @@ fn read_small(path: &Path) -> io::Result<Vec<u8>> {
 
 /// The token cache: `REPLGATE_CTL_TOKEN_FILE`, else `$XDG_RUNTIME_DIR/replgate/token`,
 /// else `$HOME/.cache/replgate/token`.
-pub fn token_file() -> Result<TokenFile, CtlError> {
+pub(super) fn token_file() -> Result<TokenFile, CtlError> {
     if let Some(p) = env_nonempty("REPLGATE_CTL_TOKEN_FILE") {
         return Ok(TokenFile {
             path: p.into(),

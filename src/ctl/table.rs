@@ -9,7 +9,7 @@ use serde_json::Value;
 /// shown escaped, never interpreted: controls as `\n`, `\t`, `\r` or `\u{1b}`;
 /// invisible and direction-changing characters as `\u{202e}` (lowercase hex); and the
 /// backslash as `\\`, so an escape on screen always means an escaped character.
-pub fn clean(s: &str) -> String {
+pub(crate) fn clean(s: &str) -> String {
     let mut out = String::with_capacity(s.len());
     for c in s.chars() {
         match c {
@@ -29,7 +29,7 @@ pub fn clean(s: &str) -> String {
 /// joiners, word joiner, invisible operators, BOM, soft hyphen, Arabic letter mark, tags);
 /// line and paragraph separators; every space but U+0020; and the invisible fillers
 /// (combining grapheme joiner, Hangul fillers). The Cf list is Unicode 15's.
-pub fn shown_escaped(c: char) -> bool {
+pub(crate) fn shown_escaped(c: char) -> bool {
     c.is_control()
         || matches!(
             c as u32,
@@ -51,7 +51,7 @@ pub fn shown_escaped(c: char) -> bool {
 }
 
 /// A JSON value as one table cell: strings as they are (cleaned), `null` or absent as `-`.
-pub fn cell(v: &Value) -> String {
+pub(crate) fn cell(v: &Value) -> String {
     match v {
         Value::Null => "-".into(),
         Value::String(s) if s.is_empty() => "-".into(),
@@ -62,7 +62,7 @@ pub fn cell(v: &Value) -> String {
 }
 
 /// Unix seconds as UTC `YYYY-MM-DD HH:MM:SS`; `-` for none or the epoch itself.
-pub fn utc(t: i64) -> String {
+pub(crate) fn utc(t: i64) -> String {
     match crate::model::utc_text(t) {
         Some(text) if t > 0 => text,
         _ => "-".into(),
@@ -80,7 +80,7 @@ fn time_cell(v: &Value) -> String {
 /// What is left of a certificate ending at `ends`, as an admin reads it at a glance:
 /// `expired`, whole days (`29 d`), or for the last day (and lab lifetimes) hours or
 /// minutes; `-` for none.
-pub fn time_left(ends: Option<i64>, now: i64) -> String {
+pub(crate) fn time_left(ends: Option<i64>, now: i64) -> String {
     let Some(ends) = ends else {
         return "-".into();
     };
@@ -94,7 +94,7 @@ pub fn time_left(ends: Option<i64>, now: i64) -> String {
 }
 
 /// Aligns `rows` under `headers`, two spaces between columns, no trailing blanks.
-pub fn table(headers: &[&str], rows: &[Vec<String>]) -> String {
+pub(crate) fn table(headers: &[&str], rows: &[Vec<String>]) -> String {
     let width = |s: &str| s.chars().count();
     let mut widths: Vec<usize> = headers.iter().map(|h| width(h)).collect();
     for row in rows {
@@ -120,7 +120,7 @@ pub fn table(headers: &[&str], rows: &[Vec<String>]) -> String {
 }
 
 /// The array under `key`, or none.
-pub fn rows<'a>(v: &'a Value, key: &str) -> &'a [Value] {
+pub(crate) fn rows<'a>(v: &'a Value, key: &str) -> &'a [Value] {
     v[key].as_array().map(Vec::as_slice).unwrap_or(&[])
 }
 
@@ -163,7 +163,7 @@ fn listing(items: &[Value], empty: &str, cols: &[Col]) -> String {
     table(&headers, &rows)
 }
 
-pub fn tokens_table(v: &Value) -> String {
+pub(crate) fn tokens_table(v: &Value) -> String {
     use Col::*;
     let shown: Vec<Value> = rows(v, "tokens")
         .iter()
@@ -195,7 +195,7 @@ pub fn tokens_table(v: &Value) -> String {
     )
 }
 
-pub fn pending_table(v: &Value, include_rejected: bool) -> String {
+pub(crate) fn pending_table(v: &Value, include_rejected: bool) -> String {
     use Col::*;
     let mut cols = vec![
         Text("ID", "request_id"),
@@ -212,7 +212,7 @@ pub fn pending_table(v: &Value, include_rejected: bool) -> String {
     listing(rows(v, "pending"), "no pending requests", &cols)
 }
 
-pub fn systems_table(v: &Value) -> String {
+pub(crate) fn systems_table(v: &Value) -> String {
     use Col::*;
     let cols = [
         Text("ID", "id"),
@@ -226,7 +226,7 @@ pub fn systems_table(v: &Value) -> String {
     listing(rows(v, "appliance"), "no systems", &cols)
 }
 
-pub fn storage_table(v: &Value) -> String {
+pub(crate) fn storage_table(v: &Value) -> String {
     use Col::*;
     let cols = [
         Text("ID", "id"),
@@ -240,7 +240,7 @@ pub fn storage_table(v: &Value) -> String {
     listing(rows(v, "storage"), "no storage", &cols)
 }
 
-pub fn targets_table(v: &Value) -> String {
+pub(crate) fn targets_table(v: &Value) -> String {
     use Col::*;
     let cols = [
         Text("ID", "target_id"),
@@ -263,7 +263,7 @@ fn mb_cell(v: &Value) -> String {
 
 /// The queue: active items (with live progress), then waiting and failed ones, then
 /// finished ones when asked for.
-pub fn queue_table(v: &Value) -> String {
+pub(crate) fn queue_table(v: &Value) -> String {
     let headers = [
         "ID", "TARGET", "BACKUP", "STATUS", "POS", "MB", "DONE MB", "MB/S", "ETA S", "MESSAGE",
     ];
@@ -312,7 +312,7 @@ pub fn queue_table(v: &Value) -> String {
     text
 }
 
-pub fn config_text(v: &Value) -> String {
+pub(crate) fn config_text(v: &Value) -> String {
     let c = &v["config"];
     format!(
         "strategy {} (queue_scheme {}), max_concurrent {}, retries {}\n",
@@ -323,7 +323,7 @@ pub fn config_text(v: &Value) -> String {
     )
 }
 
-pub fn throttle_table(v: &Value) -> String {
+pub(crate) fn throttle_table(v: &Value) -> String {
     let link = cell(&v["link_mbps"]);
     let windows = rows(v, "throttle");
     if windows.is_empty() {
@@ -357,7 +357,7 @@ pub fn throttle_table(v: &Value) -> String {
     )
 }
 
-pub fn received_table(v: &Value) -> String {
+pub(crate) fn received_table(v: &Value) -> String {
     use Col::*;
     let mut text = listing(
         rows(v, "received"),
@@ -390,7 +390,7 @@ pub fn received_table(v: &Value) -> String {
     text
 }
 
-pub fn recycle_table(v: &Value) -> String {
+pub(crate) fn recycle_table(v: &Value) -> String {
     use Col::*;
     let mut text = listing(
         rows(v, "recycle"),
@@ -412,7 +412,7 @@ pub fn recycle_table(v: &Value) -> String {
     text
 }
 
-pub fn users_table(v: &Value) -> String {
+pub(crate) fn users_table(v: &Value) -> String {
     use Col::*;
     let cols = [
         Text("NAME", "name"),
@@ -423,7 +423,7 @@ pub fn users_table(v: &Value) -> String {
     listing(rows(v, "users"), "no users", &cols)
 }
 
-pub fn audit_table(rows: &[Value]) -> String {
+pub(crate) fn audit_table(rows: &[Value]) -> String {
     use Col::*;
     let cols = [
         Text("ID", "id"),

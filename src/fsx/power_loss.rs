@@ -227,7 +227,7 @@ pub(super) struct Model {
 
 impl Model {
     /// A model with these directories and durable files.
-    pub fn new(dirs: &[&str], files: &[(&str, &[u8])]) -> Model {
+    pub(super) fn new(dirs: &[&str], files: &[(&str, &[u8])]) -> Model {
         let dirs: Vec<PathBuf> = dirs.iter().map(PathBuf::from).collect();
         let files: Vec<(PathBuf, Vec<u8>)> = files
             .iter()
@@ -237,7 +237,7 @@ impl Model {
     }
 
     /// [`Model::new`] with owned paths.
-    pub fn with(dirs: &[PathBuf], files: &[(PathBuf, Vec<u8>)]) -> Model {
+    pub(super) fn with(dirs: &[PathBuf], files: &[(PathBuf, Vec<u8>)]) -> Model {
         let mut fs = Fs::default();
         for d in dirs {
             fs.dirs.insert(d.clone(), DirState::default());
@@ -263,7 +263,7 @@ impl Model {
     }
 
     /// A model that starts from a recovered state (everything in it durable).
-    pub fn from_recovered(dirs: &[&str], state: &Recovered) -> Model {
+    pub(super) fn from_recovered(dirs: &[&str], state: &Recovered) -> Model {
         let files: Vec<(String, Vec<u8>)> = state
             .iter()
             .map(|(p, c)| (p.display().to_string(), c.clone()))
@@ -272,7 +272,7 @@ impl Model {
         Model::new(dirs, &refs)
     }
 
-    pub fn set_note(&self, note: u64) {
+    pub(super) fn set_note(&self, note: u64) {
         *self.note.borrow_mut() = note;
         self.record("note");
     }
@@ -286,12 +286,12 @@ impl Model {
         });
     }
 
-    pub fn take_points(&self) -> Vec<Point> {
+    pub(super) fn take_points(&self) -> Vec<Point> {
         std::mem::take(&mut *self.points.borrow_mut())
     }
 
     /// The files a reader sees now.
-    pub fn live(&self) -> Recovered {
+    pub(super) fn live(&self) -> Recovered {
         let fs = self.fs.borrow();
         let mut out = Recovered::new();
         for (dir, d) in &fs.dirs {

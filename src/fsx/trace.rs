@@ -15,7 +15,7 @@ use std::sync::{Mutex, MutexGuard};
 /// One operation as `Real` did it. Files are named by their inode (a file's name can
 /// change under an open handle); a path is the caller's.
 #[derive(Clone, Debug)]
-pub enum Op {
+pub(crate) enum Op {
     CreateNew {
         path: PathBuf,
         ino: u64,
@@ -78,12 +78,12 @@ static RECORDERS: Mutex<Vec<Recorder>> = Mutex::new(Vec::new());
 /// Records what `Real` does under a directory (paths must be given under it, as the
 /// receiver gives its storage path), until dropped. Tests running beside it that write
 /// elsewhere are not recorded.
-pub struct Recording {
+pub(crate) struct Recording {
     id: usize,
 }
 
 impl Recording {
-    pub fn start(root: &Path) -> Recording {
+    pub(crate) fn start(root: &Path) -> Recording {
         let id = NEXT_ID.fetch_add(1, Ordering::Relaxed);
         lock(&RECORDERS).push(Recorder {
             id,
@@ -96,7 +96,7 @@ impl Recording {
     }
 
     /// The operations so far, oldest first.
-    pub fn take(&self) -> Vec<Op> {
+    pub(crate) fn take(&self) -> Vec<Op> {
         let mut all = lock(&RECORDERS);
         all.iter_mut()
             .find(|r| r.id == self.id)
@@ -167,7 +167,7 @@ pub(super) fn file_op(file: &File, op: impl FnOnce(u64) -> Op) {
 
 /// The caller recorded that the partial file at `path` holds `offset` bytes durably (its
 /// checkpoint's row is committed): the model checks that from here on it does.
-pub fn recorded(path: &Path, offset: u64) {
+pub(crate) fn recorded(path: &Path, offset: u64) {
     path_op(path, || Op::Recorded {
         path: path.to_path_buf(),
         offset,

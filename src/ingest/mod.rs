@@ -8,7 +8,7 @@ mod pipeline;
 
 use std::io::{Read, Write};
 
-pub use pipeline::Pipeline;
+pub(crate) use pipeline::Pipeline;
 
 use crate::replication::live::Peer;
 use crate::replication::receiver::{self, Context, ReceiveError, Refusal, Source, Summary};
@@ -17,7 +17,12 @@ use crate::wire::transfer::Code;
 /// Runs one receiving session: frames in from `input`, decisions and outcomes out to
 /// `output` (see `receiver::serve`), its committer and file writer on threads that end
 /// with it.
-pub fn serve(ctx: &Context<'_>, source: &Source, input: impl Read, output: impl Write) -> Summary {
+pub(crate) fn serve(
+    ctx: &Context<'_>,
+    source: &Source,
+    input: impl Read,
+    output: impl Write,
+) -> Summary {
     let _session = ctx.live.session(Peer::Source(source.system_id));
     let (commits, committer) = receiver::commit_channel();
     std::thread::scope(|scope| {

@@ -19,7 +19,7 @@ use crate::store::{PartialRecord, Store};
 use crate::sync::{lock, wait};
 
 /// Buffers queued for the writer at most (each one `Data` frame, up to 256 KiB).
-pub const QUEUED: usize = 16;
+pub(super) const QUEUED: usize = 16;
 /// Written data is handed to writeback after this many bytes.
 const WRITEBACK_EVERY: u64 = 8 * 1024 * 1024;
 
@@ -91,7 +91,7 @@ impl Mailbox {
 }
 
 /// One session's writer, checkpoint and sealer threads.
-pub struct Pipeline {
+pub(crate) struct Pipeline {
     jobs: Option<SyncSender<Job>>,
     spare: Receiver<Vec<u8>>,
     failed: Arc<Mutex<Option<io::Error>>>,
@@ -112,7 +112,7 @@ struct CheckpointJob {
 
 impl Pipeline {
     /// Starts the threads; checkpoints record into `store` under the source's `uuid`.
-    pub fn spawn(store: Store, uuid: String) -> io::Result<Pipeline> {
+    pub(crate) fn spawn(store: Store, uuid: String) -> io::Result<Pipeline> {
         let (jobs, job_rx) = mpsc::sync_channel::<Job>(QUEUED);
         let (spare_tx, spare) = mpsc::channel::<Vec<u8>>();
         let failed: Arc<Mutex<Option<io::Error>>> = Arc::new(Mutex::new(None));

@@ -20,7 +20,7 @@ const EVERY: Duration = Duration::from_secs(600);
 const TICK: Duration = Duration::from_millis(250);
 
 /// Starts the job; it stops when `shutdown` is set.
-pub fn spawn_chunk_index(
+pub(crate) fn spawn_chunk_index(
     store: Store,
     storages: Vec<Storage>,
     shutdown: Arc<AtomicBool>,

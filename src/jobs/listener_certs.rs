@@ -81,7 +81,7 @@ fn certificate_names(config: &Config, hostnames: &[String]) -> (Vec<String>, Vec
 /// One listener's server certificate: its files, the slot its listener presents at each
 /// handshake, and what the certificate in the slot was issued for, by which CA and until
 /// when.
-pub struct ListenerCertificate {
+pub(crate) struct ListenerCertificate {
     name: &'static str,
     files: ListenerFiles,
     slot: Arc<ServerCertSlot>,
@@ -104,7 +104,7 @@ impl ListenerCertificate {
     /// Loads the stored certificate of listener `name`, or issues one when it is missing,
     /// damaged (a crash between its files), issued for other names or by another CA than
     /// the one that signs now, or due; its chain is the one `cas` calls for.
-    pub fn open(
+    pub(crate) fn open(
         root: &Path,
         cas: &CaSet,
         name: &'static str,
@@ -151,7 +151,7 @@ impl ListenerCertificate {
     }
 
     /// The slot the listener presents at each handshake (shared, swapped on renewal).
-    pub fn slot(&self) -> Arc<ServerCertSlot> {
+    pub(crate) fn slot(&self) -> Arc<ServerCertSlot> {
         self.slot.clone()
     }
 
@@ -159,7 +159,7 @@ impl ListenerCertificate {
     /// now, or presents it with another chain when the CAs in force call for one; swaps
     /// it in under the running listener (open connections keep theirs). A failure is
     /// logged and tried again on the next look.
-    pub fn keep_fresh(&mut self, cas: &CaSet, config: &Config, hostnames: &[String]) {
+    pub(crate) fn keep_fresh(&mut self, cas: &CaSet, config: &Config, hostnames: &[String]) {
         let names = names_text(config, hostnames);
         let due = model::now()
             >= lifecycle::listener_renew_at(self.current.not_before, self.current.not_after);
@@ -283,7 +283,7 @@ fn issue_listener_cert(
 
 /// The hostnames after a SIGHUP: the config file and environment read again, as at start.
 /// Only `hostnames` is taken; other keys take effect at the next start.
-pub fn reload_hostnames(config_path: Option<&Path>, current: &[String]) -> Vec<String> {
+pub(crate) fn reload_hostnames(config_path: Option<&Path>, current: &[String]) -> Vec<String> {
     match Config::load(config_path) {
         Ok(fresh) => {
             if fresh.hostnames == current {

@@ -44,7 +44,7 @@ const RETENTION_EVERY: Duration = Duration::from_secs(60);
 const PARTIALS_EVERY: Duration = Duration::from_secs(5);
 
 /// What the maintenance job works on, handed over by the daemon once everything runs.
-pub struct Maintenance {
+pub(crate) struct Maintenance {
     pub app: Arc<App>,
     /// The API and tunnel listeners' certificates, whose slots the listeners present.
     pub listener_certs: Vec<ListenerCertificate>,
@@ -57,7 +57,7 @@ pub struct Maintenance {
 
 /// Starts the maintenance thread; it runs each schedule once at once, and stops when
 /// `shutdown` is set.
-pub fn spawn_maintenance(
+pub(crate) fn spawn_maintenance(
     maintenance: Maintenance,
     shutdown: Arc<AtomicBool>,
 ) -> std::io::Result<JoinHandle<()>> {

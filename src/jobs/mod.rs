@@ -6,19 +6,22 @@
 
 use std::thread::JoinHandle;
 
-pub mod chunk_index;
-pub mod listener_certs;
-pub mod maintenance;
-pub mod poller;
-pub mod renewer;
-pub mod replicator;
-pub mod restore;
-pub mod verify;
-pub mod watch;
+pub(crate) mod chunk_index;
+pub(crate) mod listener_certs;
+pub(crate) mod maintenance;
+pub(crate) mod poller;
+pub(crate) mod renewer;
+pub(crate) mod replicator;
+pub(crate) mod restore;
+pub(crate) mod verify;
+pub(crate) mod watch;
 
 /// Starts `job` on a thread called `name`. The jobs' threads all start here: one spawn
 /// that is not generic over the closure keeps one copy of the thread start-up code in the
 /// binary, however many kinds of job there are.
-pub fn spawn_named(name: String, job: Box<dyn FnOnce() + Send>) -> std::io::Result<JoinHandle<()>> {
+pub(crate) fn spawn_named(
+    name: String,
+    job: Box<dyn FnOnce() + Send>,
+) -> std::io::Result<JoinHandle<()>> {
     std::thread::Builder::new().name(name).spawn(job)
 }

@@ -56,7 +56,7 @@ const RESPAWN_AFTER: Duration = Duration::from_secs(5);
 
 /// Starts the poller thread; it stops when `shutdown` is set, after waiting (bounded by
 /// `JOIN_POLLS`) for the polls still running.
-pub fn spawn_poller(
+pub(crate) fn spawn_poller(
     ctx: Arc<SourceContext>,
     shutdown: Arc<AtomicBool>,
 ) -> std::io::Result<JoinHandle<()>> {
@@ -374,7 +374,7 @@ fn upkeep_once(ctx: &SourceContext, t: &TargetRecord) -> bool {
 }
 
 /// One poll of one target. Returns false on a network error (for backoff).
-pub fn poll_once(ctx: &SourceContext, t: &TargetRecord) -> bool {
+pub(crate) fn poll_once(ctx: &SourceContext, t: &TargetRecord) -> bool {
     let now = model::now();
     let remote = match Remote::api(t.connect_to(), &t.ca_pem) {
         Ok(r) => r,
@@ -464,7 +464,7 @@ fn conclude(
 /// Why a delivered certificate was not installed or its tunnel not proven. The text
 /// (with its causes) is what the admin sees as the target's `message`.
 #[derive(Debug)]
-pub enum InstallError {
+pub(crate) enum InstallError {
     /// A spool file could not be fetched from the target.
     Fetch {
         file: &'static str,

@@ -38,7 +38,7 @@ use crate::wire::protocol::Hello;
 
 /// What the source's pairing jobs need (the poller's polls, and the upkeep here that it
 /// runs), built once by the daemon.
-pub struct SourceContext {
+pub(crate) struct SourceContext {
     pub store: Store,
     /// One directory per pairing with its key and certificates.
     pub dirs: TargetDirs,
@@ -54,7 +54,7 @@ pub struct SourceContext {
 
 /// Why an upkeep step failed; it is retried after a backoff.
 #[derive(Debug)]
-pub enum UpkeepError {
+pub(crate) enum UpkeepError {
     /// The pairing's directory, key or certificate could not be used.
     Identity(IdentityError),
     /// A key or CSR could not be made.
@@ -126,7 +126,7 @@ impl From<StoreError> for UpkeepError {
 }
 
 /// Runs one upkeep step for target `t`.
-pub fn run(
+pub(crate) fn run(
     ctx: &SourceContext,
     t: &TargetRecord,
     job: &Upkeep,
@@ -165,22 +165,19 @@ fn update_if(
 /// once it is in force, an aborted one is dropped; each change is one audited
 /// transaction. Returns the row as it is then, and whether the target asks for a renewal
 /// at once (the installed certificate is on another CA than the one that signs now).
-pub fn follow_ca(
+pub(crate) fn follow_ca(
     ctx: &SourceContext,
     id: u64,
     tunnel: &str,
     now: UnixTime,
 ) -> Result<(TargetRecord, bool), UpkeepError> {
-    let installed =
-        identity::installed(&ctx.store, &ctx.dirs, id)?.ok_or(UpkeepError::NotInstalled)?;
-    let row = ctx.store.target(id)?.ok_or(UpkeepError::Changed)?;
-    let answer = Remote::tunnel(tunnel, &row.ca_pem, &installed.cert_pem, &installed.key_pem)
-        .and_then(|r| r.ca())
-        .map_err(|source| UpkeepError::Remote {
-            action: "read the target's ca over the tunnel",
-            address: tunnel.to_string(),
-            source,
-        })?;
+    let (row, _, answer) = over_the_tunnel(
+        ctx,
+        id,
+        tunnel,
+        "read the target's ca over the tunnel",
+        |r| r.ca(),
+    )?;
     let followed = ca_rollover::follow(&row, &answer, now).map_err(|e| {
         log::warn!(
             "target {id} ({}): {} (answered over the tunnel at {tunnel})",
@@ -240,7 +237,7 @@ pub fn follow_ca(
 /// message that says so plainly if it replaced its CA while this appliance was away (a
 /// new CA the pinned one endorsed, `source::rollover::replaced_while_away`); None when
 /// that is not what happened, or it cannot be told.
-pub fn replaced_ca_message(t: &TargetRecord, now: UnixTime) -> Option<String> {
+pub(crate) fn replaced_ca_message(t: &TargetRecord, now: UnixTime) -> Option<String> {
     let (presented, answer) = crate::remote::presented_ca(t.connect_to())?;
     let fingerprint = ca_rollover::replaced_while_away(t, &presented, &answer, now)?;
     Some(format!(
@@ -254,7 +251,11 @@ pub fn replaced_ca_message(t: &TargetRecord, now: UnixTime) -> Option<String> {
 /// A complete pairing's heartbeat: follow the target's CAs, and renew at once when the
 /// target asks (a rollover of its CA started, or was aborted, since the installed
 /// certificate was issued) and no other upkeep comes first.
-pub fn heartbeat(ctx: &SourceContext, t: &TargetRecord, now: UnixTime) -> Result<(), UpkeepError> {
+pub(crate) fn heartbeat(
+    ctx: &SourceContext,
+    t: &TargetRecord,
+    now: UnixTime,
+) -> Result<(), UpkeepError> {
     let tunnel = t.tunnel.as_deref().ok_or(UpkeepError::NotInstalled)?;
     let (row, renew_now) = follow_ca(ctx, t.id, tunnel, now)?;
     if !renew_now || !matches!(source::upkeep(&row, now), None | Some(Upkeep::Renew)) {
@@ -377,19 +378,33 @@ fn renew_followed(
     prove(ctx, t.id, tunnel).map(|_| ())
 }
 
-/// Says hello through the tunnel at `tunnel` with the installed generation of pairing
-/// `id`; once that worked, a generation it replaced is dropped (row first, then files).
-pub fn prove(ctx: &SourceContext, id: u64, tunnel: &str) -> Result<Hello, UpkeepError> {
+/// One call through the tunnel at `tunnel` with the installed generation of pairing `id`,
+/// trusting the CAs its row holds; with the row and the identity as read.
+fn over_the_tunnel<T>(
+    ctx: &SourceContext,
+    id: u64,
+    tunnel: &str,
+    action: &'static str,
+    call: impl FnOnce(Remote) -> Result<T, RemoteError>,
+) -> Result<(TargetRecord, identity::ClientIdentity, T), UpkeepError> {
     let installed =
         identity::installed(&ctx.store, &ctx.dirs, id)?.ok_or(UpkeepError::NotInstalled)?;
     let row = ctx.store.target(id)?.ok_or(UpkeepError::Changed)?;
-    let hello = Remote::tunnel(tunnel, &row.ca_pem, &installed.cert_pem, &installed.key_pem)
-        .and_then(|r| r.hello())
+    let answer = Remote::tunnel(tunnel, &row.ca_pem, &installed.cert_pem, &installed.key_pem)
+        .and_then(call)
         .map_err(|source| UpkeepError::Remote {
-            action: "hello through the tunnel",
+            action,
             address: tunnel.to_string(),
             source,
         })?;
+    Ok((row, installed, answer))
+}
+
+/// Says hello through the tunnel at `tunnel` with the installed generation of pairing
+/// `id`; once that worked, a generation it replaced is dropped (row first, then files).
+pub(crate) fn prove(ctx: &SourceContext, id: u64, tunnel: &str) -> Result<Hello, UpkeepError> {
+    let (row, installed, hello) =
+        over_the_tunnel(ctx, id, tunnel, "hello through the tunnel", |r| r.hello())?;
     let Some(previous) = row.previous_generation else {
         return Ok(hello);
     };
@@ -414,7 +429,7 @@ pub fn prove(ctx: &SourceContext, id: u64, tunnel: &str) -> Result<Hello, Upkeep
 
 /// Rows written before renewals knew no `certificate_starts`: read it from the installed
 /// certificate, so that their renewal is planned like any other. Run once at start.
-pub fn backfill_starts(ctx: &SourceContext) {
+pub(crate) fn backfill_starts(ctx: &SourceContext) {
     let targets = match ctx.store.targets() {
         Ok(t) => t,
         Err(e) => {

@@ -28,7 +28,7 @@ use crate::sync::lock;
 use crate::wire::transfer::{Code, Features};
 
 /// What the jobs need, built once by the daemon.
-pub struct Context {
+pub(crate) struct Context {
     pub store: Store,
     pub shared: Arc<Shared>,
     /// The source's backup storage (`replicate_from`), if there is one.
@@ -54,7 +54,7 @@ const BUSY_RETRY: Duration = Duration::from_secs(2);
 const MAX_RETRY: Duration = Duration::from_secs(60);
 
 /// Starts the replicator; it stops when `shutdown` is set, after joining every job.
-pub fn spawn_replicator(
+pub(crate) fn spawn_replicator(
     ctx: Arc<Context>,
     shutdown: Arc<AtomicBool>,
 ) -> std::io::Result<JoinHandle<()>> {
@@ -465,7 +465,7 @@ fn back_off(state: &TargetState) {
 
 /// Reads the target's frames on their own thread, so the sender can keep writing while
 /// decisions and outcomes arrive. The channel ends with an error or `Bye`.
-pub fn spawn_reader(
+pub(crate) fn spawn_reader(
     input: impl std::io::Read + Send + 'static,
     name: String,
 ) -> std::io::Result<sender::Replies> {

@@ -23,7 +23,7 @@ use crate::replication::Shared;
 use crate::store::{RestoreItem, Store, TargetStatus};
 
 /// What the restore job works with, built once by the daemon.
-pub struct Context {
+pub(crate) struct Context {
     pub store: Store,
     pub shared: Arc<Shared>,
     /// The configured storages: where an item is written.
@@ -40,7 +40,10 @@ const TICK: Duration = Duration::from_millis(500);
 
 /// Starts the restore job; it stops when `shutdown` is set (an item being pulled stops
 /// within one read and keeps its partial copy).
-pub fn spawn_restorer(ctx: Context, shutdown: Arc<AtomicBool>) -> std::io::Result<JoinHandle<()>> {
+pub(crate) fn spawn_restorer(
+    ctx: Context,
+    shutdown: Arc<AtomicBool>,
+) -> std::io::Result<JoinHandle<()>> {
     super::spawn_named(
         "restorer".into(),
         Box::new(move || {

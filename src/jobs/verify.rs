@@ -20,13 +20,13 @@ const SCHEDULE_EVERY: Duration = Duration::from_secs(1);
 
 /// What the scheduled verifies need: the configured storages and `verify_interval`
 /// (zero: none).
-pub struct Schedule {
+pub(crate) struct Schedule {
     pub storages: Vec<Storage>,
     pub interval: Duration,
 }
 
 /// Starts the verify job; it stops when `shutdown` is set.
-pub fn spawn_verifier(
+pub(crate) fn spawn_verifier(
     verifier: Arc<Verifier>,
     store: Store,
     schedule: Schedule,

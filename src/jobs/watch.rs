@@ -19,9 +19,9 @@ use crate::replication::names::check_component;
 /// becomes one scan.
 const DEBOUNCE: Duration = Duration::from_millis(150);
 /// The safety-net rescan.
-pub const RESCAN: Duration = Duration::from_secs(60);
+pub(crate) const RESCAN: Duration = Duration::from_secs(60);
 /// Without inotify, the rescan period.
-pub const POLL: Duration = Duration::from_secs(1);
+pub(crate) const POLL: Duration = Duration::from_secs(1);
 
 const ROOT_MASK: u32 = libc::IN_CREATE
     | libc::IN_MOVED_TO
@@ -38,7 +38,7 @@ const CLIENT_MASK: u32 = libc::IN_MOVED_TO
     | libc::IN_ONLYDIR;
 
 /// The inotify watch of one storage root and its client directories.
-pub struct Watcher {
+pub(crate) struct Watcher {
     root: PathBuf,
     fd: Option<i32>,
     /// Watch descriptor → client directory name ("" for the root).
@@ -62,7 +62,7 @@ fn cstring(p: &Path) -> Option<CString> {
 impl Watcher {
     /// Watches `root` (and, after [`Watcher::follow`], its client directories). When
     /// inotify is unavailable the watcher still works, as a rescan every [`POLL`].
-    pub fn new(root: &Path) -> Watcher {
+    pub(crate) fn new(root: &Path) -> Watcher {
         // SAFETY: plain syscall; the result is checked.
         let fd = unsafe { libc::inotify_init1(libc::IN_NONBLOCK | libc::IN_CLOEXEC) };
         let mut w = Watcher {
@@ -83,7 +83,8 @@ impl Watcher {
     }
 
     /// Whether events (not only the timer) watch this storage.
-    pub fn is_inotify(&self) -> bool {
+    #[cfg(test)]
+    pub(crate) fn is_inotify(&self) -> bool {
         self.fd.is_some()
     }
 
@@ -116,7 +117,7 @@ impl Watcher {
     }
 
     /// Watches every client directory the last scan saw (new ones appear between scans).
-    pub fn follow(&mut self, scan: &Scan) {
+    pub(crate) fn follow(&mut self, scan: &Scan) {
         if !self.watches.values().any(String::is_empty) {
             self.add("");
         }
@@ -142,7 +143,7 @@ impl Watcher {
 
     /// Waits up to `timeout` for a change; true when a rescan is due (events arrived, or
     /// the safety-net period passed).
-    pub fn wait(&mut self, timeout: Duration) -> bool {
+    pub(crate) fn wait(&mut self, timeout: Duration) -> bool {
         let Some(fd) = self.fd else {
             std::thread::sleep(timeout.min(POLL));
             if self.last_scan.elapsed() >= POLL {

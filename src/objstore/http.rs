@@ -96,7 +96,7 @@ impl std::fmt::Display for SendError {
 }
 
 impl Client {
-    pub fn new(
+    pub(super) fn new(
         transport: Transport,
         host: &str,
         port: u16,
@@ -116,7 +116,11 @@ impl Client {
     /// Sends `req` and reads the answer's head, on an idle connection when one is
     /// alive, else on a new one. The body is read from the returned [`Response`]; when
     /// it has been read to its end, the connection goes back to the idle list.
-    pub fn send(&self, req: &Request<'_>, deadline: Instant) -> Result<Response<'_>, SendError> {
+    pub(super) fn send(
+        &self,
+        req: &Request<'_>,
+        deadline: Instant,
+    ) -> Result<Response<'_>, SendError> {
         let (mut conn, reused) = match self.take_idle() {
             Some(conn) => (conn, true),
             None => (self.connect(deadline).map_err(SendError::Io)?, false),
@@ -357,16 +361,16 @@ enum Body {
 }
 
 impl Response<'_> {
-    pub fn status(&self) -> u16 {
+    pub(super) fn status(&self) -> u16 {
         self.head.status
     }
 
-    pub fn header(&self, name: &str) -> Option<&str> {
+    pub(super) fn header(&self, name: &str) -> Option<&str> {
         self.head.header(name)
     }
 
     /// The whole body, refused past `limit` bytes.
-    pub fn body_bytes(&mut self, limit: u64) -> io::Result<Vec<u8>> {
+    pub(super) fn body_bytes(&mut self, limit: u64) -> io::Result<Vec<u8>> {
         let mut out = Vec::new();
         self.take(limit.saturating_add(1)).read_to_end(&mut out)?;
         if out.len() as u64 > limit {
@@ -379,7 +383,7 @@ impl Response<'_> {
     }
 
     /// The whole body as UTF-8 text, refused past `limit` bytes.
-    pub fn body_text(&mut self, limit: u64) -> io::Result<String> {
+    pub(super) fn body_text(&mut self, limit: u64) -> io::Result<String> {
         String::from_utf8(self.body_bytes(limit)?)
             .map_err(|_| io::Error::new(io::ErrorKind::InvalidData, "answer is not UTF-8"))
     }

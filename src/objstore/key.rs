@@ -12,7 +12,7 @@ use std::fmt;
 use super::ObjStoreError;
 
 /// The longest key S3 takes, in bytes.
-pub const MAX_KEY: usize = 1024;
+pub(super) const MAX_KEY: usize = 1024;
 
 /// A key that means the same thing to every S3 implementation and to the URL it becomes:
 /// 1 to 1024 bytes of UTF-8, no control characters, no empty, `.` or `..` segment, no

@@ -19,7 +19,7 @@ use crate::rand;
 
 const MIB: u64 = 1024 * 1024;
 /// S3's most parts in one upload.
-pub const MAX_PARTS: u64 = 10_000;
+pub(super) const MAX_PARTS: u64 = 10_000;
 /// The checkpoint encoding's version (first byte).
 const CHECKPOINT_V1: u8 = 1;
 

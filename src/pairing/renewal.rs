@@ -16,7 +16,8 @@
 //!   `system_uuid`) and a new random serial; nothing else comes from the CSR.
 //! - Renewals are bounded: a certificate that a renewal issued is renewed only once it is
 //!   [`renewal_gap`] old (half its lifetime, at most an hour; a source renews at 60 to
-//!   75 % of it), and the tunnel takes at most [`ATTEMPTS`] renewal calls per certificate
+//!   75 % of it) unless another CA than the one signing now issued it (a CA rollover asks
+//!   its sources to renew at once), and the tunnel takes at most [`ATTEMPTS`] renewal calls per certificate
 //!   in [`ATTEMPT_WINDOW`] seconds ([`Attempts`]); past either the answer is 429 with the
 //!   wait in `Retry-After`.
 
@@ -247,6 +248,7 @@ fn judge(
     tx: &impl View,
     serial: &str,
     csr_fingerprint: &str,
+    signing: &str,
     now: UnixTime,
 ) -> Result<Judged, RenewError> {
     let not_paired = || RenewError::NotPaired {
@@ -284,7 +286,11 @@ fn judge(
         if key_of(&presented).as_deref() == Some(csr_fingerprint) {
             return Err(RenewError::SameKey);
         }
-        if presented.renews.is_some() {
+        // The gap bounds a source renewing again and again; a certificate of another CA
+        // than the one signing now (a CA rollover, or its abort) is asked to renew at
+        // once, and may.
+        let other_ca = presented.issuer.as_deref().is_some_and(|i| i != signing);
+        if presented.renews.is_some() && !other_ca {
             let due = presented.issued_at.saturating_add(renewal_gap(&presented));
             if now < due {
                 return Err(RenewError::TooSoon {
@@ -333,7 +339,8 @@ pub fn renew(
     let store = side.store;
     // Judge first without signing anything; sign outside the transaction; judge again
     // inside it, so a concurrent renewal or unpair in between wins cleanly.
-    let first = judge(store, serial, &fingerprint, now)?;
+    let signing = side.ca.fingerprint();
+    let first = judge(store, serial, &fingerprint, &signing, now)?;
     let issued = match first.plan {
         Plan::Repeat(next) => return Ok(repeated(&first.row, serial, *next)),
         Plan::Issue => side
@@ -352,7 +359,7 @@ pub fn renew(
             presented,
             mut row,
             plan,
-        } = judge(tx, serial, &fingerprint, now)?;
+        } = judge(tx, serial, &fingerprint, &signing, now)?;
         if let Plan::Repeat(next) = plan {
             return Ok(repeated(&row, serial, *next));
         }

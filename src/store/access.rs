@@ -9,11 +9,11 @@ use redb::{ReadTransaction, ReadableTable, Table, WriteTransaction};
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 
-use super::schema::{Def, Id, KeyCodec};
+use super::schema::{name_prefix, Def, Id, KeyCodec, NamePair};
 use super::{decode, encode, Result, Snapshot, StoreError, Txn};
 
 /// A transaction that tables can be opened in for reading.
-pub trait Tables {
+pub(super) trait Tables {
     fn open<K: KeyCodec>(
         &self,
         def: Def<K>,
@@ -84,6 +84,39 @@ pub(super) fn values<K: KeyCodec, T: DeserializeOwned>(
     for row in tx.open(def)?.iter()? {
         let (_, v) = row?;
         out.push(decode(def.name(), v.value())?);
+    }
+    Ok(out)
+}
+
+/// The values of a table keyed by name pairs whose first name is `first`, in key order
+/// (one range scan: the pair encoding keeps them together).
+pub(super) fn values_under<T: DeserializeOwned>(
+    tx: &impl Tables,
+    def: Def<NamePair>,
+    first: &str,
+) -> Result<Vec<T>> {
+    let prefix = name_prefix(first);
+    let mut out = Vec::new();
+    for row in tx.open(def)?.range(prefix.as_slice()..)? {
+        let (k, v) = row?;
+        if !k.value().starts_with(&prefix) {
+            break;
+        }
+        out.push(decode(def.name(), v.value())?);
+    }
+    Ok(out)
+}
+
+/// Every value of a table keyed by name pairs, with its key's first name, in key order.
+pub(super) fn values_by_first<T: DeserializeOwned>(
+    tx: &impl Tables,
+    def: Def<NamePair>,
+) -> Result<Vec<(String, T)>> {
+    let mut out = Vec::new();
+    for row in tx.open(def)?.iter()? {
+        let (k, v) = row?;
+        let (first, _) = key_of(def, k.value())?;
+        out.push((first, decode(def.name(), v.value())?));
     }
     Ok(out)
 }

@@ -135,20 +135,20 @@ pub(super) enum Due {
 }
 
 impl Health {
-    pub fn is_degraded(&self) -> bool {
+    pub(super) fn is_degraded(&self) -> bool {
         self.degraded.load(Ordering::Acquire)
     }
 
-    pub fn failures(&self) -> u64 {
+    pub(super) fn failures(&self) -> u64 {
         self.failures.load(Ordering::Relaxed)
     }
 
-    pub fn current(&self) -> Option<Degraded> {
+    pub(super) fn current(&self) -> Option<Degraded> {
         lock(&self.state).current.clone()
     }
 
     /// Records a failure; true when it starts a degraded state (not one already going on).
-    pub fn fail(&self, failure: &Failure, now: UnixTime) -> bool {
+    pub(super) fn fail(&self, failure: &Failure, now: UnixTime) -> bool {
         let mut st = lock(&self.state);
         st.failed_at = Some(Instant::now());
         st.reopen = true;
@@ -176,13 +176,13 @@ impl Health {
     }
 
     /// The failed database was replaced by a fresh one.
-    pub fn reopened(&self) {
+    pub(super) fn reopened(&self) {
         lock(&self.state).reopen = false;
     }
 
     /// What to do now, given the free bytes on the database's filesystem (asked only after
     /// a full disk, and only once [`RETRY_AFTER`] has passed).
-    pub fn due(&self, free_bytes: impl FnOnce() -> io::Result<u64>) -> Due {
+    pub(super) fn due(&self, free_bytes: impl FnOnce() -> io::Result<u64>) -> Due {
         let st = lock(&self.state);
         let Some(current) = st.current.clone() else {
             return Due::Healthy;
@@ -199,7 +199,7 @@ impl Health {
     }
 
     /// Writes resume, unless the database failed again since `failed_at`; true if they do.
-    pub fn clear(&self, failed_at: Instant) -> bool {
+    pub(super) fn clear(&self, failed_at: Instant) -> bool {
         let mut st = lock(&self.state);
         if st.failed_at.is_some_and(|t| t != failed_at) || st.reopen {
             return false;

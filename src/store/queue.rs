@@ -327,16 +327,7 @@ fn latest_item(tx: &impl Tables, target_id: u64, backup: &str) -> Result<Option<
 }
 
 fn received(tx: &impl Tables, uuid: &str) -> Result<Vec<ReceivedRecord>> {
-    let mut out = Vec::new();
-    let prefix = schema::name_prefix(uuid);
-    for row in tx.open(schema::RECEIVED)?.range(prefix.as_slice()..)? {
-        let (k, v) = row?;
-        if !k.value().starts_with(&prefix) {
-            break;
-        }
-        out.push(decode("received", v.value())?);
-    }
-    Ok(out)
+    access::values_under(tx, schema::RECEIVED, uuid)
 }
 
 fn received_one(tx: &impl Tables, uuid: &str, backup: &str) -> Result<Option<ReceivedRecord>> {
@@ -368,26 +359,11 @@ fn partial(tx: &impl Tables, uuid: &str, backup: &str) -> Result<Option<PartialR
 }
 
 fn partials_of(tx: &impl Tables, uuid: &str) -> Result<Vec<PartialRecord>> {
-    let mut out = Vec::new();
-    let prefix = schema::name_prefix(uuid);
-    for row in tx.open(schema::PARTIALS)?.range(prefix.as_slice()..)? {
-        let (k, v) = row?;
-        if !k.value().starts_with(&prefix) {
-            break;
-        }
-        out.push(decode("partials", v.value())?);
-    }
-    Ok(out)
+    access::values_under(tx, schema::PARTIALS, uuid)
 }
 
 fn partials(tx: &impl Tables) -> Result<Vec<(String, PartialRecord)>> {
-    let mut out = Vec::new();
-    for row in tx.open(schema::PARTIALS)?.iter()? {
-        let (k, v) = row?;
-        let (uuid, _) = access::key_of(schema::PARTIALS, k.value())?;
-        out.push((uuid, decode("partials", v.value())?));
-    }
-    Ok(out)
+    access::values_by_first(tx, schema::PARTIALS)
 }
 
 impl Store {

@@ -6,11 +6,10 @@
 //! start-up repair can tell a move a crash interrupted from one that never began: the
 //! database stays the truth.
 
-use redb::ReadableTable;
 use serde::{Deserialize, Serialize};
 
 use super::access::{self, Tables};
-use super::{decode, schema, Result, Store, Txn};
+use super::{schema, Result, Store, Txn};
 use crate::model::UnixTime;
 
 /// Where a bin row stands.
@@ -60,26 +59,11 @@ impl RecycleRecord {
 }
 
 fn recycle(tx: &impl Tables, uuid: &str) -> Result<Vec<RecycleRecord>> {
-    let mut out = Vec::new();
-    let prefix = schema::name_prefix(uuid);
-    for row in tx.open(schema::RECYCLE)?.range(prefix.as_slice()..)? {
-        let (k, v) = row?;
-        if !k.value().starts_with(&prefix) {
-            break;
-        }
-        out.push(decode("recycle", v.value())?);
-    }
-    Ok(out)
+    access::values_under(tx, schema::RECYCLE, uuid)
 }
 
 fn recycle_all(tx: &impl Tables) -> Result<Vec<(String, RecycleRecord)>> {
-    let mut out = Vec::new();
-    for row in tx.open(schema::RECYCLE)?.iter()? {
-        let (k, v) = row?;
-        let (uuid, _) = access::key_of(schema::RECYCLE, k.value())?;
-        out.push((uuid, decode("recycle", v.value())?));
-    }
-    Ok(out)
+    access::values_by_first(tx, schema::RECYCLE)
 }
 
 impl Store {

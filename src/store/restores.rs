@@ -14,7 +14,7 @@ const RESTORES_KEY: &str = "restores";
 const DRILLS_KEY: &str = "drills";
 
 /// Drill results kept; older ones are dropped.
-pub const MAX_DRILLS: usize = 200;
+pub(super) const MAX_DRILLS: usize = 200;
 
 /// Finished restores kept for the queue's history; older ones are dropped.
 pub const MAX_FINISHED_RESTORES: usize = 1_000;

@@ -16,42 +16,41 @@ use std::marker::PhantomData;
 use redb::TableDefinition;
 
 /// The first schema: meta, users, sessions, audit.
-pub const VERSION_INITIAL: u64 = 1;
+pub(super) const VERSION_INITIAL: u64 = 1;
 /// Target-side pairing: requests, the open-request index, systems, certificates, revocations.
-pub const VERSION_TARGET_PAIRING: u64 = 2;
+pub(super) const VERSION_TARGET_PAIRING: u64 = 2;
 /// Source-side pairing: the targets this appliance asked.
-pub const VERSION_SOURCE_PAIRING: u64 = 3;
+pub(super) const VERSION_SOURCE_PAIRING: u64 = 3;
 /// Replication: the source's queue (open, finished, latest per backup), the target's
 /// received backups and partial copies, the replication settings.
-pub const VERSION_REPLICATION: u64 = 4;
+pub(super) const VERSION_REPLICATION: u64 = 4;
 /// Pairing tokens (SPEC 13): the tokens a target's admin issued, by id.
-pub const VERSION_PAIRING_TOKENS: u64 = 5;
+pub(super) const VERSION_PAIRING_TOKENS: u64 = 5;
 /// Certificate lifecycle: a lineage of certificates per system (`lineage`), superseded
 /// certificates in their grace window (`grace`) and after it (`retired`); certificates
 /// carry their generation. Migrated from the one-serial rows of earlier versions.
-pub const VERSION_CERT_LINEAGE: u64 = 6;
+pub(super) const VERSION_CERT_LINEAGE: u64 = 6;
 /// Every table bytes → bytes with the key encodings of [`KeyCodec`]; the times of
 /// `revoked`, `grace`, `retired` and the serials of `lineage` are JSON values like every
 /// other value. Migrated by rewriting each table an earlier version wrote (`legacy.rs`).
-#[allow(dead_code)] // the history of versions; `legacy.rs` migrates what came before it
-pub const VERSION_BYTE_KEYS: u64 = 7;
+pub(super) const VERSION_BYTE_KEYS: u64 = 7;
 /// Recovery on the target (SPEC 20): the recycle bin (`recycle`), the index of copies a
 /// verify found damaged (`damaged`, built from `received` by the migration) and each
 /// source's last verify (`verify_runs`).
-pub const VERSION_RECYCLE: u64 = 8;
+pub(super) const VERSION_RECYCLE: u64 = 8;
 /// The chunk index of deduplicated transfers (SPEC 18, `chunks.rs`): `chunks`,
 /// `chunk_files`, `chunk_stage`, `chunk_names`, new and empty (copies received before are
 /// indexed when they are replaced, or by the index job). This migration only creates
 /// tables, so it runs after version 8's.
-pub const VERSION_CHUNK_INDEX: u64 = 9;
+pub(super) const VERSION_CHUNK_INDEX: u64 = 9;
 /// The current schema version, recorded in `meta` under `schema_version`.
 pub const CURRENT_VERSION: u64 = VERSION_CHUNK_INDEX;
 
 /// The one redb table type of the store.
-pub type Raw = TableDefinition<'static, &'static [u8], &'static [u8]>;
+pub(super) type Raw = TableDefinition<'static, &'static [u8], &'static [u8]>;
 
 /// A table: its name and the type `K` of its keys.
-pub struct Def<K> {
+pub(super) struct Def<K> {
     name: &'static str,
     key: PhantomData<fn() -> K>,
 }
@@ -65,7 +64,7 @@ impl<K> Clone for Def<K> {
 impl<K> Copy for Def<K> {}
 
 impl<K: KeyCodec> Def<K> {
-    pub const fn new(name: &'static str) -> Def<K> {
+    pub(super) const fn new(name: &'static str) -> Def<K> {
         Def {
             name,
             key: PhantomData,
@@ -73,17 +72,17 @@ impl<K: KeyCodec> Def<K> {
     }
 
     /// The redb table.
-    pub fn raw(self) -> Raw {
+    pub(super) fn raw(self) -> Raw {
         TableDefinition::new(self.name)
     }
 
     /// The table's name, for errors.
-    pub fn name(self) -> &'static str {
+    pub(super) fn name(self) -> &'static str {
         self.name
     }
 
     /// `key` as stored.
-    pub fn key(self, key: K::Ref<'_>) -> Vec<u8> {
+    pub(super) fn key(self, key: K::Ref<'_>) -> Vec<u8> {
         let mut out = Vec::with_capacity(16);
         K::encode(key, &mut out);
         out
@@ -92,7 +91,7 @@ impl<K: KeyCodec> Def<K> {
 
 /// A key type: what callers pass (`Ref`), what reading a stored key gives back (`Owned`),
 /// and an encoding whose byte order is the key order.
-pub trait KeyCodec {
+pub(super) trait KeyCodec {
     type Ref<'a>: Copy;
     type Owned;
     fn encode(key: Self::Ref<'_>, out: &mut Vec<u8>);
@@ -101,23 +100,23 @@ pub trait KeyCodec {
 }
 
 /// A `u64`: 8 bytes big-endian.
-pub enum Id {}
+pub(super) enum Id {}
 /// A string: its UTF-8 bytes.
-pub enum Name {}
+pub(super) enum Name {}
 /// Bytes as they are.
-pub enum Bytes {}
+pub(super) enum Bytes {}
 /// Two `u64`s: 16 bytes.
-pub enum IdPair {}
+pub(super) enum IdPair {}
 /// A `u64` and a string: 8 bytes, then the string's bytes.
-pub enum IdName {}
+pub(super) enum IdName {}
 /// A chunk's 16-byte digest prefix and its owner's 8 bytes: [`DIGEST_KEY_LEN`] bytes, so
 /// the entries of one digest are neighbours.
-pub enum DigestOwner {}
+pub(super) enum DigestOwner {}
 /// Bytes of a [`DigestOwner`] key.
-pub const DIGEST_KEY_LEN: usize = 24;
+pub(super) const DIGEST_KEY_LEN: usize = 24;
 /// Two strings: the first with each 0x00 byte written as 0x00 0xff and ended by 0x00 0x00
 /// (so a shorter first string sorts first, as `str` does), then the second's bytes.
-pub enum NamePair {}
+pub(super) enum NamePair {}
 
 impl KeyCodec for Id {
     type Ref<'a> = u64;
@@ -225,7 +224,7 @@ impl KeyCodec for NamePair {
 }
 
 /// The bytes every [`NamePair`] key whose first string is `first` starts with.
-pub fn name_prefix(first: &str) -> Vec<u8> {
+pub(super) fn name_prefix(first: &str) -> Vec<u8> {
     let mut out = Vec::with_capacity(first.len() + 2);
     for &b in first.as_bytes() {
         out.push(b);
@@ -238,91 +237,91 @@ pub fn name_prefix(first: &str) -> Vec<u8> {
 }
 
 /// Small named values: `schema_version`, `system_uuid`.
-pub const META: Def<Name> = Def::new("meta");
+pub(super) const META: Def<Name> = Def::new("meta");
 /// User name → `UserRecord`.
-pub const USERS: Def<Name> = Def::new("users");
+pub(super) const USERS: Def<Name> = Def::new("users");
 /// SHA-256 of the session token → `SessionRecord`. The token itself is never stored.
-pub const SESSIONS: Def<Bytes> = Def::new("sessions");
+pub(super) const SESSIONS: Def<Bytes> = Def::new("sessions");
 /// Sequential id → `AuditRecord`.
-pub const AUDIT: Def<Id> = Def::new("audit");
+pub(super) const AUDIT: Def<Id> = Def::new("audit");
 /// Request id → `RequestRecord`; ids are sequential and never reused.
-pub const REQUESTS: Def<Id> = Def::new("requests");
+pub(super) const REQUESTS: Def<Id> = Def::new("requests");
 /// Request id → `OpenRequest`, for every request whose status is pending.
-pub const OPEN_REQUESTS: Def<Id> = Def::new("open_requests");
+pub(super) const OPEN_REQUESTS: Def<Id> = Def::new("open_requests");
 /// System id → `SystemRecord`. Id 1 is the local appliance (never stored).
-pub const SYSTEMS: Def<Id> = Def::new("systems");
+pub(super) const SYSTEMS: Def<Id> = Def::new("systems");
 /// Certificate serial (lowercase hex) → `CertRecord`.
-pub const CERTS: Def<Name> = Def::new("certs");
+pub(super) const CERTS: Def<Name> = Def::new("certs");
 /// Revoked certificate serial → revocation time (unix seconds).
-pub const REVOKED: Def<Name> = Def::new("revoked");
+pub(super) const REVOKED: Def<Name> = Def::new("revoked");
 /// (system id, generation) → certificate serial: every certificate a system was issued,
 /// oldest first. Generations start at 1 and never go back.
-pub const LINEAGE: Def<IdPair> = Def::new("lineage");
+pub(super) const LINEAGE: Def<IdPair> = Def::new("lineage");
 /// Superseded certificate serial → end of its grace window (unix seconds): still valid
 /// until then, or until the first hello with its successor.
-pub const GRACE: Def<Name> = Def::new("grace");
+pub(super) const GRACE: Def<Name> = Def::new("grace");
 /// Retired certificate serial → when it was retired (unix seconds): a superseded
 /// certificate whose grace ended. Refused at the handshake like a revoked one, but not a
 /// revocation: connections already open with it are not cut.
-pub const RETIRED: Def<Name> = Def::new("retired");
+pub(super) const RETIRED: Def<Name> = Def::new("retired");
 
 /// Target id → `TargetRecord` (source side).
-pub const TARGETS: Def<Id> = Def::new("targets");
+pub(super) const TARGETS: Def<Id> = Def::new("targets");
 
 /// Item id → `QueueItem` whose status is waiting, active or failed (source side).
-pub const QUEUE: Def<Id> = Def::new("queue");
+pub(super) const QUEUE: Def<Id> = Def::new("queue");
 /// History sequence → `QueueItem` that is done or removed; the last key is the newest.
-pub const QUEUE_DONE: Def<Id> = Def::new("queue_done");
+pub(super) const QUEUE_DONE: Def<Id> = Def::new("queue_done");
 /// (target id, backup name) → `LatestItem`: the newest item of that backup.
-pub const QUEUE_LATEST: Def<IdName> = Def::new("queue_latest");
+pub(super) const QUEUE_LATEST: Def<IdName> = Def::new("queue_latest");
 /// (source system uuid, backup name) → `ReceivedRecord` (target side).
-pub const RECEIVED: Def<NamePair> = Def::new("received");
+pub(super) const RECEIVED: Def<NamePair> = Def::new("received");
 /// (source system uuid, backup name) → `PartialRecord`: a durable partial copy.
-pub const PARTIALS: Def<NamePair> = Def::new("partials");
+pub(super) const PARTIALS: Def<NamePair> = Def::new("partials");
 /// (source system uuid, backup name) → storage id, for every `received` row whose
 /// `damaged` is set (`Txn::put_received` keeps it in step): what the health warnings,
 /// the metrics and a session's greeting read without a scan of every copy.
-pub const DAMAGED: Def<NamePair> = Def::new("damaged");
+pub(super) const DAMAGED: Def<NamePair> = Def::new("damaged");
 /// Source system id → `VerifyRun`: the last verify of that source's copies.
-pub const VERIFY_RUNS: Def<Id> = Def::new("verify_runs");
+pub(super) const VERIFY_RUNS: Def<Id> = Def::new("verify_runs");
 /// (source system uuid, bin id as 16 lowercase hex digits) → `RecycleRecord`: what
 /// retention moved to the recycle bin, in the order it was moved (target side).
-pub const RECYCLE: Def<NamePair> = Def::new("recycle");
+pub(super) const RECYCLE: Def<NamePair> = Def::new("recycle");
 /// `config` → `ReplicationConfig`, `throttle` → `ThrottleRecord`, `restores` →
 /// `RestoreBook` (source side: backups pulled back from targets), `drills` → `DrillBook`
 /// (restore drills).
-pub const REPLICATION_SETTINGS: Def<Name> = Def::new("replication_settings");
+pub(super) const REPLICATION_SETTINGS: Def<Name> = Def::new("replication_settings");
 
 /// (chunk digest prefix, owner) → file id, offset, length as 20 raw big-endian bytes: the
 /// chunk index (`chunks.rs`; raw, not JSON: one entry per distinct chunk a source stored).
-pub const CHUNKS: Def<DigestOwner> = Def::new("chunks");
+pub(super) const CHUNKS: Def<DigestOwner> = Def::new("chunks");
 /// Indexed file id → `ChunkFileRecord`.
-pub const CHUNK_FILES: Def<Id> = Def::new("chunk_files");
+pub(super) const CHUNK_FILES: Def<Id> = Def::new("chunk_files");
 /// (indexed file id, offset) → digest prefix and length (20 raw bytes): entries of a file
 /// not ready yet.
-pub const CHUNK_STAGE: Def<IdPair> = Def::new("chunk_stage");
+pub(super) const CHUNK_STAGE: Def<IdPair> = Def::new("chunk_stage");
 /// (source system uuid, backup name) → `ChunkNames`: the indexed files of a backup.
-pub const CHUNK_NAMES: Def<NamePair> = Def::new("chunk_names");
+pub(super) const CHUNK_NAMES: Def<NamePair> = Def::new("chunk_names");
 
 /// Token id (12 lowercase hex digits) → `TokenRecord` (target side). The secret is never
 /// stored, only the SHA-256 of the whole token.
-pub const PAIRING_TOKENS: Def<Name> = Def::new("pairing_tokens");
+pub(super) const PAIRING_TOKENS: Def<Name> = Def::new("pairing_tokens");
 
-pub const META_SCHEMA_VERSION: &str = "schema_version";
-pub const META_SYSTEM_UUID: &str = "system_uuid";
+pub(super) const META_SCHEMA_VERSION: &str = "schema_version";
+pub(super) const META_SYSTEM_UUID: &str = "system_uuid";
 /// Unix seconds of the appliance's first start, the local systems row's `created`.
-pub const META_FIRST_START: &str = "first_start";
+pub(super) const META_FIRST_START: &str = "first_start";
 /// Counters that never go back, so deleted rows' ids are never handed out again.
-pub const META_NEXT_SYSTEM_ID: &str = "next_system_id";
-pub const META_NEXT_REQUEST_ID: &str = "next_request_id";
-pub const META_NEXT_TARGET_ID: &str = "next_target_id";
-pub const META_NEXT_ITEM_ID: &str = "next_item_id";
-pub const META_NEXT_TAIL: &str = "next_queue_tail";
-pub const META_NEXT_DONE_SEQ: &str = "next_queue_done_seq";
-pub const META_NEXT_CHUNK_FILE: &str = "next_chunk_file";
+pub(super) const META_NEXT_SYSTEM_ID: &str = "next_system_id";
+pub(super) const META_NEXT_REQUEST_ID: &str = "next_request_id";
+pub(super) const META_NEXT_TARGET_ID: &str = "next_target_id";
+pub(super) const META_NEXT_ITEM_ID: &str = "next_item_id";
+pub(super) const META_NEXT_TAIL: &str = "next_queue_tail";
+pub(super) const META_NEXT_DONE_SEQ: &str = "next_queue_done_seq";
+pub(super) const META_NEXT_CHUNK_FILE: &str = "next_chunk_file";
 /// The appliance CA's state: the generation in force, a rollover in progress (`CaState`).
-pub const META_CA_STATE: &str = "ca_state";
-pub const META_NEXT_RECYCLE_ID: &str = "next_recycle_id";
+pub(super) const META_CA_STATE: &str = "ca_state";
+pub(super) const META_NEXT_RECYCLE_ID: &str = "next_recycle_id";
 
 #[cfg(test)]
 mod tests {

@@ -12,7 +12,7 @@ use crate::wire::error::error_body;
 use crate::wire::http::HeadError;
 
 /// The cause of a 500: logged with its chain under a reference, never sent to the peer.
-pub type Internal = Box<dyn std::error::Error + Send + Sync>;
+pub(super) type Internal = Box<dyn std::error::Error + Send + Sync>;
 
 /// Every way a tunnel request can fail, grouped by who must act.
 #[derive(Debug)]

@@ -15,7 +15,7 @@ use crate::wire::protocol::{RestoreEntry, RestoreListing};
 use crate::wire::transfer::Code;
 
 /// Largest body of `POST /tunnel/v1/restore/file`.
-pub const MAX_FILE_REQUEST_BYTES: u64 = 4 * 1024;
+pub(super) const MAX_FILE_REQUEST_BYTES: u64 = 4 * 1024;
 
 fn source_of(
     store: &Store,

@@ -81,6 +81,30 @@ fn content(rng: &mut Rng, len: usize) -> Vec<u8> {
         .collect()
 }
 
+/// Waits until a partial copy (a dot-named file) is in the source's directory on the
+/// target, or `within` passed.
+fn wait_for_a_partial(tgt: &Daemon, uuid: &str, within: Duration) {
+    let root = tgt.data_dir.join("storage").join(uuid);
+    let start = Instant::now();
+    while start.elapsed() < within {
+        let partial = std::fs::read_dir(&root)
+            .into_iter()
+            .flatten()
+            .flatten()
+            .flat_map(|client| {
+                std::fs::read_dir(client.path())
+                    .into_iter()
+                    .flatten()
+                    .flatten()
+            })
+            .any(|f| f.file_name().to_string_lossy().starts_with('.'));
+        if partial {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
 /// Every file under the source's directory in the target's storage, by relative name.
 fn received_files(tgt: &Daemon, uuid: &str) -> BTreeMap<String, Vec<u8>> {
     let root = tgt.data_dir.join("storage").join(uuid);
@@ -264,6 +288,11 @@ fn run(seed: u64, kills: u64) {
         versions.entry(name).or_default().push(bytes);
 
         std::thread::sleep(Duration::from_millis(300 + rng.below(2_700)));
+        // Every third kill waits (a while at most) for a transfer in flight, so that the
+        // floor of kills mid-transfer below does not hang on the machine's speed.
+        if round % 3 == 0 {
+            wait_for_a_partial(&tgt, &p.source_uuid, Duration::from_secs(15));
+        }
         note_kill(&src, &st, &mut t);
         if rng.below(2) == 0 {
             src.kill9();

@@ -211,6 +211,9 @@ pub fn copy_private(from: &Path, to: &Path) {
     }
 }
 
+/// How much of a daemon's log a failed test prints.
+const LOG_TAIL_LINES: usize = 150;
+
 /// A fresh directory for one test's files, under this test process's own root
 /// `replgate-it-<pid>/` in the temporary directory. A run leaves its root behind (a failed
 /// test's daemon logs and data are there to read); the next run removes the roots of
@@ -615,10 +618,16 @@ impl Daemon {
 impl Drop for Daemon {
     fn drop(&mut self) {
         if std::thread::panicking() {
+            // The tail only: a busy daemon's whole log would bury the test's own message
+            // in CI's output; the file stays behind for the rest.
+            let log = self.log();
+            let lines: Vec<&str> = log.lines().collect();
+            let tail = lines[lines.len().saturating_sub(LOG_TAIL_LINES)..].join("\n");
             eprintln!(
-                "---- replgate log ({}) ----\n{}",
+                "---- replgate log ({}, last {} of {} lines) ----\n{tail}",
                 self.log_path.display(),
-                self.log()
+                LOG_TAIL_LINES.min(lines.len()),
+                lines.len()
             );
         }
         self.kill9();

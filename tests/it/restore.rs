@@ -106,8 +106,8 @@ fn lost_backups_come_back_through_the_tunnel_verified_and_local_files_are_kept()
         (json!({"target_id": 99, "all": true}), 404, "99"),
         (
             json!({"target_id": t, "all": true, "storage_id": 7}),
-            400,
-            "storage_id",
+            404,
+            "no storage with id 7",
         ),
     ] {
         let r = restore(&src, &st, body.clone());

@@ -5,7 +5,7 @@ use crate::api::error::ApiError;
 use crate::api::{Call, Reply};
 
 /// One embedded file.
-pub struct Asset {
+pub(super) struct Asset {
     pub name: &'static str,
     pub content_type: &'static str,
     pub body: &'static [u8],
@@ -28,7 +28,7 @@ macro_rules! asset {
 
 /// Every file the console has; `index.html` is served at `/`, the others at
 /// `/console/<name>`.
-pub const ASSETS: &[Asset] = &[
+pub(super) const ASSETS: &[Asset] = &[
     asset!("index.html", HTML),
     asset!("console.css", CSS),
     asset!("icon.svg", SVG),

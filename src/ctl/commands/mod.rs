@@ -251,7 +251,7 @@ impl Cx<'_> {
     /// The cached token for this daemon. Located only by the commands that use one:
     /// `health` works without HOME. Without one, a daemon that does not answer is the
     /// news, not the missing login.
-    pub fn token(&self) -> Result<Secret<String>, CtlError> {
+    pub(super) fn token(&self) -> Result<Secret<String>, CtlError> {
         match settings::token_file().and_then(|f| f.token(self.api)) {
             Err(not_logged_in @ CtlError::NotLoggedIn(_)) => Err(match self.client.health() {
                 Err(unreachable @ CtlError::Unreachable(_)) => unreachable,
@@ -262,7 +262,7 @@ impl Cx<'_> {
     }
 
     /// The daemon's JSON as it came with `--json`, else `human` of it.
-    pub fn show(&self, answer: Answer, human: impl FnOnce(&Value) -> String) -> String {
+    pub(super) fn show(&self, answer: Answer, human: impl FnOnce(&Value) -> String) -> String {
         if self.ctl.json {
             super::with_newline(&answer.text)
         } else {

@@ -18,11 +18,11 @@ use crate::store::{ChunkLoc, DigestPrefix, StagedChunk};
 
 /// Chunks listed and not yet in place, at most: an honest source sends the data a list
 /// asked for before its next list, so this is two lists.
-pub const MAX_PENDING: usize = 2 * crate::wire::transfer::MAX_LIST;
+pub(super) const MAX_PENDING: usize = 2 * crate::wire::transfer::MAX_LIST;
 /// Entries kept for the index of a copy assembled from its first byte, at most: 32 MB
 /// per session, a file of 8 GiB at the average chunk size (a copy with more is indexed
 /// from its file by the index job instead).
-pub const MAX_ENTRIES: usize = 1 << 20;
+pub(super) const MAX_ENTRIES: usize = 1 << 20;
 
 /// A listed chunk not yet in place.
 pub(super) enum Pending {

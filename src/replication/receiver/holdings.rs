@@ -32,7 +32,7 @@ pub enum Scope {
 }
 
 /// Held files open at once, at most; more are opened again when needed.
-pub const MAX_OPEN: usize = 16;
+pub(super) const MAX_OPEN: usize = 16;
 /// Files whose usability is remembered, at most (then forgotten and looked at again).
 const MAX_KNOWN: usize = 4096;
 /// Candidates looked at per chunk in the target's scope.

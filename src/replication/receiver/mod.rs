@@ -318,7 +318,7 @@ pub(crate) struct Scratch {
 
 #[cfg(test)]
 impl Scratch {
-    pub fn new(name: &str) -> Scratch {
+    pub(crate) fn new(name: &str) -> Scratch {
         let dir =
             std::env::temp_dir().join(format!("replgate-receiver-{name}-{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&dir);
@@ -342,7 +342,7 @@ impl Scratch {
     }
 
     /// `<storage>/<uuid>/<client>`, created.
-    pub fn client_dir(&self, client: &str) -> PathBuf {
+    pub(crate) fn client_dir(&self, client: &str) -> PathBuf {
         let d = self
             .source
             .storage

@@ -14,7 +14,7 @@ use crate::replication::stream::{FrameReader, FrameWriter, StreamError};
 use crate::wire::transfer::{Code, Frame};
 
 /// Why a session ends at a file boundary while another source waits for a slot.
-pub const YIELD: &str =
+pub(super) const YIELD: &str =
     "other sources are waiting for a transfer session: this one had its turn; try again shortly";
 
 /// Runs one session: frames in from `input`, decisions and outcomes out to `output`,
