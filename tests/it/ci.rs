@@ -105,8 +105,8 @@ fn ops_fails_rather_than_skips_the_unit_under_systemd() {
 }
 
 /// `.ci/steps.sh`, sourced by `.ci/run`: each step prints its wall time, and the summary
-/// lists every step, a failed one marked, and the total; a failing command fails its step
-/// at its first failing line.
+/// lists every step, a failed one marked, and the total, then the free disk; a failing
+/// command fails its step at its first failing line.
 #[test]
 fn ci_times_each_step_and_prints_a_summary() {
     let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join(".ci");
@@ -127,10 +127,12 @@ fn ci_times_each_step_and_prints_a_summary() {
     assert_eq!(out.status.code(), Some(1), "{text}");
     assert!(text.contains("first") && !text.contains("never"), "{text}");
     assert!(!text.contains("== not reached"), "{text}");
-    let summary = text
+    let (summary, disk) = text
         .split("== step timings\n")
         .nth(1)
-        .unwrap_or_else(|| panic!("no summary:\n{text}"));
+        .and_then(|rest| rest.split_once("== disk\n"))
+        .unwrap_or_else(|| panic!("no summary, or no disk after it:\n{text}"));
+    assert!(disk.contains("Avail"), "the free disk is printed: {disk}");
     let lines: Vec<&str> = summary.lines().collect();
     assert_eq!(lines.len(), 4, "{summary}");
     let seconds = |line: &str| -> f64 {
