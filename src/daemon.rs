@@ -172,6 +172,7 @@ fn spawn_jobs(
             root: config.replication_storage().map(|s| s.path.clone()),
             dirs: app.target_dirs.clone(),
             heartbeat: config.heartbeat_interval,
+            dedup: config.dedup,
             compression: config.compression,
             congestion: config.tunnel_congestion.clone(),
         }),
@@ -204,7 +205,18 @@ fn spawn_jobs(
         shutdown.clone(),
     )
     .map_err(spawn_error("the restore job"))?;
-    Ok(vec![verifier, replicator, poller, restorer])
+    let mut jobs = vec![verifier, replicator, poller, restorer];
+    if config.dedup {
+        jobs.push(
+            crate::jobs::chunk_index::spawn_chunk_index(
+                app.store.clone(),
+                config.storage.clone(),
+                shutdown.clone(),
+            )
+            .map_err(spawn_error("the chunk index job"))?,
+        );
+    }
+    Ok(jobs)
 }
 
 /// What `run` started, for `stop`.

@@ -496,6 +496,13 @@ impl ReadFile {
     pub(crate) fn stat(&self) -> &Stat {
         &self.stat
     }
+
+    /// Fills `buf` from `offset` without moving the read position (`pread`); a file that
+    /// ends first is an `UnexpectedEof` error.
+    pub(crate) fn read_exact_at(&self, buf: &mut [u8], offset: u64) -> io::Result<()> {
+        use std::os::unix::fs::FileExt;
+        self.file.read_exact_at(buf, offset)
+    }
 }
 
 impl Read for ReadFile {
@@ -513,6 +520,70 @@ impl io::Seek for ReadFile {
 /// Opens a regular file for reading (see [`open_regular_nofollow`]).
 pub(crate) fn open_read(path: &Path) -> io::Result<ReadFile> {
     let (file, meta) = open_regular_nofollow(path)?;
+    Ok(ReadFile {
+        file,
+        stat: Stat::of(&meta),
+    })
+}
+
+/// Opens the regular file `base/<parts...>` for reading one level at a time below `base`,
+/// following no symlink at any level (each directory is opened `O_NOFOLLOW` relative to
+/// the one before, the file too), so nothing outside `base` is reached whatever the levels
+/// below it were replaced with. `parts` are the caller's checked names.
+pub(crate) fn open_read_under(base: &Path, parts: &[&str]) -> io::Result<ReadFile> {
+    use std::ffi::CString;
+    use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+    use std::os::unix::ffi::OsStrExt;
+    let bad = |what: &str| io::Error::new(io::ErrorKind::InvalidInput, what.to_string());
+    let Some((last, dirs)) = parts.split_last() else {
+        return Err(bad("no file named"));
+    };
+    let c = |s: &[u8]| CString::new(s).map_err(|_| bad("name contains a NUL byte"));
+    let mut dir: OwnedFd = OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_PATH | libc::O_DIRECTORY)
+        .open(base)?
+        .into();
+    for part in parts {
+        if part.is_empty() || *part == "." || *part == ".." || part.contains('/') {
+            return Err(bad("invalid path component"));
+        }
+    }
+    for part in dirs {
+        let name = c(part.as_bytes())?;
+        // SAFETY: `dir` is an open descriptor and `name` NUL-terminated; the result is
+        // checked and owned at once.
+        let fd = unsafe {
+            libc::openat(
+                dir.as_raw_fd(),
+                name.as_ptr(),
+                libc::O_PATH | libc::O_DIRECTORY | libc::O_NOFOLLOW | libc::O_CLOEXEC,
+            )
+        };
+        if fd < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        // SAFETY: openat returned a new descriptor that nothing else owns.
+        dir = unsafe { OwnedFd::from_raw_fd(fd) };
+    }
+    let name = c(std::ffi::OsStr::new(last).as_bytes())?;
+    // SAFETY: as above.
+    let fd = unsafe {
+        libc::openat(
+            dir.as_raw_fd(),
+            name.as_ptr(),
+            libc::O_RDONLY | libc::O_NOFOLLOW | libc::O_NONBLOCK | libc::O_CLOEXEC,
+        )
+    };
+    if fd < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: openat returned a new descriptor that nothing else owns.
+    let file = File::from(unsafe { OwnedFd::from_raw_fd(fd) });
+    let meta = file.metadata()?;
+    if !meta.is_file() {
+        return Err(bad("not a regular file"));
+    }
     Ok(ReadFile {
         file,
         stat: Stat::of(&meta),
@@ -682,6 +753,32 @@ mod tests {
         let _ = fs::remove_dir_all(&d);
         ensure_private_dir(&d).unwrap();
         d
+    }
+
+    #[test]
+    fn reads_below_a_base_follow_no_symlink_at_any_level() {
+        let d = scratch("under");
+        fs::create_dir_all(d.join("base/u/c")).unwrap();
+        fs::write(d.join("base/u/c/f"), b"0123456789").unwrap();
+        fs::create_dir_all(d.join("outside/c")).unwrap();
+        fs::write(d.join("outside/c/f"), b"secret").unwrap();
+        let f = open_read_under(&d.join("base"), &["u", "c", "f"]).unwrap();
+        let mut buf = [0u8; 4];
+        f.read_exact_at(&mut buf, 3).unwrap();
+        assert_eq!(&buf, b"3456");
+        assert_eq!(f.stat().len, 10);
+        assert!(f.read_exact_at(&mut buf, 8).is_err(), "past the end");
+        // A directory level or the file itself replaced by a symlink is refused.
+        std::os::unix::fs::symlink(d.join("outside"), d.join("base/v")).unwrap();
+        assert!(open_read_under(&d.join("base"), &["v", "c", "f"]).is_err());
+        std::os::unix::fs::symlink(d.join("outside/c/f"), d.join("base/u/c/g")).unwrap();
+        assert!(open_read_under(&d.join("base"), &["u", "c", "g"]).is_err());
+        assert!(open_read_under(&d.join("base"), &["u", "..", "u", "c", "f"]).is_err());
+        assert!(
+            open_read_under(&d.join("base"), &["u", "c"]).is_err(),
+            "a directory"
+        );
+        fs::remove_dir_all(d).unwrap();
     }
 
     #[test]

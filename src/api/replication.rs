@@ -552,6 +552,9 @@ pub(super) fn received_json(r: &ReceivedRecord) -> Value {
     if let Some(m) = &r.damaged {
         v["message"] = json!(m);
     }
+    if let Some(n) = r.bytes_received {
+        v["bytes_received"] = json!(n);
+    }
     if r.pinned {
         v["pinned"] = json!(true);
     }

@@ -535,6 +535,22 @@ pub(super) const KEYS: &[Key] = &[
          One the kernel refuses falls back to the system's default with one warning",
     ),
     Key::choice(
+        "dedup",
+        "auto",
+        &["auto", "off"],
+        "deduplicated transfers (SPEC 18): `auto` sends a backup of at least 1 MiB as \
+         content-defined chunks and only those the target lacks, when the target agrees; as a \
+         target, accepts chunk lists. `off` sends and accepts whole files only",
+    ),
+    Key::choice(
+        "dedup_scope",
+        "source",
+        &["source", "target"],
+        "as a target, which copies a source's new backup may take chunks from: `source`, its own \
+         only; `target`, every source's on the same storage (saves more, but a source can then \
+         learn, by timing or bytes, whether another source holds a given chunk)",
+    ),
+    Key::choice(
         "fault",
         "none",
         &Fault::WORDS,

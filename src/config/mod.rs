@@ -244,6 +244,11 @@ pub struct Config {
     pub compression: Compression,
     /// `tunnel_congestion`: TCP congestion control of tunnel sockets (`system`: leave it).
     pub tunnel_congestion: String,
+    /// `dedup`: send and accept chunk lists (`auto`), or whole files only (`off`).
+    pub dedup: bool,
+    /// `dedup_scope = "target"`: a source's new backup may take chunks from every source's
+    /// copies on the storage, not only its own.
+    pub dedup_across_sources: bool,
     /// `fault`: fault injection for crash tests (`none`, `crash_after_accept_commit`,
     /// `crash_after_renew_commit`, `crash_after_renew_receive`, `crash_after_renew_install`,
     /// `crash_after_rollover_files`, `crash_after_rollover_start`,
@@ -423,6 +428,8 @@ impl Config {
             compression: Compression::parse(&v.text("compression")?)
                 .map_err(|e| bad("compression", e))?,
             tunnel_congestion: v.text("tunnel_congestion")?,
+            dedup: v.text("dedup")? == "auto",
+            dedup_across_sources: v.text("dedup_scope")? == "target",
             fault: Fault::from_word(&fault).ok_or_else(|| bad("fault", "internal: unchecked"))?,
             sources: BTreeMap::new(),
             admin_password: None,

@@ -12,7 +12,7 @@ use crate::api::{self, App};
 use crate::config::Config;
 use crate::front::{self, PeerTable};
 use crate::listener::{self, Endpoint, Listener};
-use crate::{tls, tunnel};
+use crate::{replication, tls, tunnel};
 
 /// Everything the listeners need, bound but not yet serving.
 pub(super) struct Sockets {
@@ -124,6 +124,11 @@ pub(super) fn serve(
                     client_lifetime: config.client_cert_lifetime,
                     renew_grace: config.renew_grace,
                     fault: config.fault,
+                    dedup: config.dedup.then_some(if config.dedup_across_sources {
+                        replication::receiver::Scope::Target
+                    } else {
+                        replication::receiver::Scope::Source
+                    }),
                     renewals: Default::default(),
                 },
                 routes: tunnel::routes::table(),

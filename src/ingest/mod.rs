@@ -52,4 +52,6 @@ pub(crate) fn serve(
 }
 
 #[cfg(test)]
+mod dedup_tests;
+#[cfg(test)]
 mod tests;

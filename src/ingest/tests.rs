@@ -14,7 +14,7 @@ use crate::replication::compress::{Compression, Readings};
 use crate::replication::live::Live;
 use crate::replication::names::BackupName;
 use crate::replication::queue::Attempt;
-use crate::replication::receiver::{self, Ledger, Scratch};
+use crate::replication::receiver::{self, Ledger, Scope, Scratch};
 use crate::replication::sender::{self, Claimed, Feed};
 use crate::replication::stream::{FrameReader, FrameWriter};
 use crate::store::{ReplicationConfig, ThrottleRecord};
@@ -22,14 +22,29 @@ use crate::wire::transfer::{Decision, Features, Frame, MAX_DATA};
 
 /// The receiver's scratch store and source (`receiver::Scratch`), with a source side:
 /// its backup storage (`src`), live state and the target's ledger.
-struct Fixture {
-    scratch: Scratch,
-    src: PathBuf,
-    live: Live,
-    ledger: Ledger,
-    /// The sender's `compression`, and the features the receiver agreed to.
-    compression: Compression,
-    features: Features,
+pub(super) struct Fixture {
+    pub(super) scratch: Scratch,
+    pub(super) src: PathBuf,
+    pub(super) live: Live,
+    pub(super) ledger: Ledger,
+    /// The target accepts chunk lists (`dedup`), from these copies.
+    pub(super) dedup: Option<Scope>,
+    /// The source sends large files as chunk lists (the session agreed `chunks`).
+    pub(super) chunks: bool,
+    /// The sender's `compression`, and the features the receiver agreed to besides
+    /// `chunks` (which follows `dedup`: [`Fixture::agreed`]).
+    pub(super) compression: Compression,
+    pub(super) features: Features,
+}
+
+impl Fixture {
+    /// The features the receiver agreed to: `chunks` when it accepts chunk lists.
+    pub(super) fn agreed(&self) -> Features {
+        Features {
+            chunks: self.dedup.is_some(),
+            ..self.features
+        }
+    }
 }
 
 impl std::ops::Deref for Fixture {
@@ -45,7 +60,7 @@ impl std::ops::DerefMut for Fixture {
     }
 }
 
-fn fixture(name: &str) -> Fixture {
+pub(super) fn fixture(name: &str) -> Fixture {
     let scratch = Scratch::new(&format!("session-{name}"));
     let src = scratch.dir.join("src");
     std::fs::create_dir_all(&src).unwrap();
@@ -58,6 +73,8 @@ fn fixture(name: &str) -> Fixture {
             || (1, 12),
         ),
         ledger: Ledger::default(),
+        dedup: None,
+        chunks: false,
         compression: Compression::Off,
         features: Features::ALL,
     }
@@ -69,26 +86,26 @@ fn content(seed: u8, len: usize) -> Vec<u8> {
         .collect()
 }
 
-fn put(f: &Fixture, name: &str, bytes: &[u8]) {
+pub(super) fn put(f: &Fixture, name: &str, bytes: &[u8]) {
     let p = f.src.join(name);
     std::fs::create_dir_all(p.parent().unwrap()).unwrap();
     std::fs::write(p, bytes).unwrap();
 }
 
-fn received_path(f: &Fixture, name: &str) -> PathBuf {
+pub(super) fn received_path(f: &Fixture, name: &str) -> PathBuf {
     f.source.storage.path.join(&f.source.uuid).join(name)
 }
 
 #[derive(Default)]
-struct MemFeed {
+pub(super) struct MemFeed {
     queue: VecDeque<Claimed>,
-    results: Vec<(u64, Attempt, u64)>,
+    pub(super) results: Vec<(u64, Attempt, u64)>,
     released: Vec<u64>,
-    started: Vec<(u64, u64)>,
+    pub(super) started: Vec<(u64, u64)>,
 }
 
 impl MemFeed {
-    fn of(names: &[&str]) -> MemFeed {
+    pub(super) fn of(names: &[&str]) -> MemFeed {
         let mut f = MemFeed::default();
         for (i, n) in names.iter().enumerate() {
             f.queue.push_back(Claimed {
@@ -173,6 +190,7 @@ fn run_sender(
         live: &f.live,
         shutdown: &shutdown,
         target: "target 1".into(),
+        chunks: f.chunks,
         compression: f.compression,
         zstd: f.features.zstd,
         readings: &Readings::default,
@@ -182,7 +200,7 @@ fn run_sender(
 
 /// Runs a sender session against a receiver over a socket pair; the sender's writes
 /// break after `cut` bytes if given.
-fn session(
+pub(super) fn session(
     f: &Fixture,
     feed: &mut MemFeed,
     cut: Option<usize>,
@@ -197,10 +215,11 @@ fn session(
                 store: &f.store,
                 live: &f.live,
                 ledger: &f.ledger,
+                dedup: f.dedup,
                 slot: None,
                 peer: "test".into(),
                 now: || 1_000,
-                features: f.features,
+                features: f.agreed(),
             };
             let input = a.try_clone().unwrap();
             let summary = super::serve(&ctx, &f.source, input, &a);
@@ -216,7 +235,7 @@ fn session(
     })
 }
 
-fn done(a: &Attempt) -> bool {
+pub(super) fn done(a: &Attempt) -> bool {
     matches!(a, Attempt::Done { skipped: false, .. })
 }
 
@@ -429,7 +448,7 @@ fn a_quota_refuses_before_any_byte_moves() {
 // ---- the receiver against hand-made frames ----
 
 /// Sends `frames` to a receiver and returns every frame it answered, decoded.
-fn against_receiver(f: &Fixture, frames: &[Frame<'_>], then_close: bool) -> Vec<String> {
+pub(super) fn against_receiver(f: &Fixture, frames: &[Frame<'_>], then_close: bool) -> Vec<String> {
     against_receiver_raw(f, frames, &[], then_close)
 }
 
@@ -460,10 +479,11 @@ fn against_receiver_as(
                 store: &f.store,
                 live: &f.live,
                 ledger: &f.ledger,
+                dedup: f.dedup,
                 slot: None,
                 peer: "test".into(),
                 now: || 1_000,
-                features: f.features,
+                features: f.agreed(),
             };
             super::serve(&ctx, source, a.try_clone().unwrap(), &a);
             let _ = a.shutdown(std::net::Shutdown::Both);
@@ -489,13 +509,13 @@ fn against_receiver_as(
     v
 }
 
-fn sha(bytes: &[u8]) -> [u8; 32] {
+pub(super) fn sha(bytes: &[u8]) -> [u8; 32] {
     let mut out = [0u8; 32];
     out.copy_from_slice(ring::digest::digest(&ring::digest::SHA256, bytes).as_ref());
     out
 }
 
-fn nothing_visible(f: &Fixture) {
+pub(super) fn nothing_visible(f: &Fixture) {
     let root = &f.source.storage.path;
     let mut stack = vec![root.to_path_buf()];
     while let Some(d) = stack.pop() {
@@ -1139,7 +1159,8 @@ fn offers_never_sent_by_one_source_do_not_starve_another() {
                 peer: "a".into(),
                 now: || 1_000,
                 slot: None,
-                features: f.features,
+                dedup: f.dedup,
+                features: f.agreed(),
             };
             let summary = super::serve(&ctx, &f.source, a.try_clone().unwrap(), &a);
             let _ = a.shutdown(std::net::Shutdown::Both);
@@ -1209,7 +1230,7 @@ fn a_refusal_names_what_failed_and_never_a_path_of_the_target() {
 // ---- compressed content (`zstd`) ----
 
 /// Text-like content: compresses to well under half with zstd's fastest level.
-fn text(len: usize) -> Vec<u8> {
+pub(super) fn text(len: usize) -> Vec<u8> {
     let words = ["backup ", "replgate ", "block ", "tar ", "0042 ", "\n"];
     let mut out = Vec::with_capacity(len);
     let mut x = 7u64;

@@ -6,6 +6,7 @@
 
 use std::thread::JoinHandle;
 
+pub(crate) mod chunk_index;
 pub(crate) mod listener_certs;
 pub(crate) mod maintenance;
 pub(crate) mod poller;

@@ -25,7 +25,7 @@ use crate::replication::sender::{self, SessionError};
 use crate::replication::{backups, queue, Shared};
 use crate::store::{Store, TargetRecord, TargetStatus};
 use crate::sync::lock;
-use crate::wire::transfer::Code;
+use crate::wire::transfer::{Code, Features};
 
 /// What the jobs need, built once by the daemon.
 pub(crate) struct Context {
@@ -40,6 +40,8 @@ pub(crate) struct Context {
     pub compression: Compression,
     /// `tunnel_congestion`, set on each session's connection.
     pub congestion: String,
+    /// Offer targets the `chunks` feature (`dedup = "auto"`).
+    pub dedup: bool,
 }
 
 /// How often the supervisor looks at targets when nothing wakes it.
@@ -289,7 +291,11 @@ fn session(ctx: &Context, target_id: u64, state: &TargetState, stop: &AtomicBool
             return;
         }
     };
-    let stream = match open_transfer(&tunnel, &target.ca_pem, &cert_pem, &key_pem) {
+    let offered = Features {
+        chunks: ctx.dedup,
+        ..Features::ALL
+    };
+    let stream = match open_transfer(&tunnel, &target.ca_pem, &cert_pem, &key_pem, offered) {
         Ok(s) => s,
         Err(e) => return not_opened(state, &label, e),
     };
@@ -333,6 +339,7 @@ fn session(ctx: &Context, target_id: u64, state: &TargetState, stop: &AtomicBool
         live: &ctx.shared.live,
         shutdown: stop,
         target: label.clone(),
+        chunks: stream.features.chunks,
         compression: ctx.compression,
         zstd: stream.features.zstd,
         readings: &readings,

@@ -335,13 +335,15 @@ pub(super) fn connect(
 }
 
 /// Opens a transfer session on the tunnel at `host:port`, trusting only `ca_pem`,
-/// presenting `cert_pem`/`key_pem`. Returns once the target answered 200 (it greets
-/// next, inside the stream); any other answer is `Refused` with the target's message.
+/// presenting `cert_pem`/`key_pem`, offering `features`. Returns once the target answered
+/// 200 (it greets next, inside the stream); any other answer is `Refused` with the
+/// target's message.
 pub fn open_transfer(
     addr: &str,
     ca_pem: &str,
     cert_pem: &str,
     key_pem: &str,
+    features: Features,
 ) -> Result<TransferStream, OpenTransferError> {
     let (mut reader, mut writer) = connect(addr, ca_pem, cert_pem, key_pem)?;
     let request = format!(
@@ -349,7 +351,7 @@ pub fn open_transfer(
          Content-Type: application/x-replgate-transfer\r\nTransfer-Encoding: chunked\r\n\
          {FEATURES_HEADER}: {}\r\n\r\n",
         env!("CARGO_PKG_VERSION"),
-        Features::ALL.render()
+        features.render()
     );
     writer.write_all(request.as_bytes()).map_err(io_error)?;
     writer.flush().map_err(io_error)?;
@@ -369,7 +371,7 @@ pub fn open_transfer(
     // more than was offered is held to what was.
     let features = header(&head, FEATURES_HEADER)
         .map_or(Features::default(), Features::parse)
-        .and(Features::ALL);
+        .and(features);
     let socket = reader.sock.try_clone().map_err(io_error)?;
     Ok(TransferStream {
         body: ChunkedWriter::new(BufWriter::with_capacity(WRITE_BUFFER, writer)),

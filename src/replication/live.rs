@@ -97,6 +97,18 @@ impl Progress {
         lock(&self.meter).record(Instant::now(), done);
     }
 
+    /// `n` more bytes of the file are in place without crossing the wire (a deduplicated
+    /// transfer's chunks the target already held).
+    pub fn advance_held(&self, n: u64) {
+        let done = self.bytes_done.fetch_add(n, Ordering::Relaxed) + n;
+        lock(&self.meter).record(Instant::now(), done);
+    }
+
+    /// `n` bytes went on the wire that are not file content (chunk lists).
+    pub fn add_sent(&self, n: u64) {
+        self.bytes_sent.fetch_add(n, Ordering::Relaxed);
+    }
+
     pub fn bytes_done(&self) -> u64 {
         self.bytes_done.load(Ordering::Relaxed)
     }

@@ -7,9 +7,11 @@
 
 pub mod admin;
 pub mod backups;
+pub mod chunker;
 pub mod compress;
 pub mod drill;
 pub mod feed;
+pub mod index;
 pub mod live;
 pub mod names;
 pub mod queue;

@@ -74,6 +74,7 @@ mod tests {
             received: NOW - age_days * DAY,
             verified: None,
             damaged: None,
+            bytes_received: None,
             pinned: false,
         }
     }

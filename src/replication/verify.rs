@@ -426,6 +426,7 @@ mod tests {
             received: 1,
             verified: None,
             damaged: None,
+            bytes_received: None,
             pinned: false,
         };
         s.store

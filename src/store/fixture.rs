@@ -371,6 +371,8 @@ fn a_schema_6_database_migrates_to_byte_keys_and_every_read_returns_what_it_did(
     let store = Store::open(&path).unwrap();
     assert_eq!(store.schema_version().unwrap(), schema::CURRENT_VERSION);
     assert_same(&snapshot(&store), &expected());
+    // The chunk index's tables exist, empty.
+    assert_eq!(store.chunk_counts().unwrap(), super::ChunkCounts::default());
     // Writes go on in the new tables: a new received backup sorts among the old ones.
     store
         .write(|tx| {

@@ -59,6 +59,12 @@ impl Txn {
             self.table(schema::DAMAGED)?;
             self.index_damaged()?;
         }
+        if found < schema::VERSION_CHUNK_INDEX {
+            self.table(schema::CHUNKS)?;
+            self.table(schema::CHUNK_FILES)?;
+            self.table(schema::CHUNK_STAGE)?;
+            self.table(schema::CHUNK_NAMES)?;
+        }
         if found != schema::CURRENT_VERSION {
             self.put(
                 schema::META,
@@ -167,6 +173,7 @@ mod tests {
             received: 1,
             verified: None,
             damaged: damaged.map(String::from),
+            bytes_received: None,
             pinned: false,
         };
         {

@@ -15,8 +15,9 @@
 //!   write is refused with [`StoreError::Unavailable`] until it is worth trying again;
 //!   reads go on.
 //! - One file per entity (`requests.rs`, `systems.rs`, `certs.rs`, `targets.rs`,
-//!   `users.rs`, `audit.rs`, `tokens.rs`, `queue.rs`, `recycle.rs`, `restores.rs`, `meta.rs`, `ca.rs`) holds its records and
-//!   every read and write of its tables, each read written once over `access::Tables`: a
+//!   `users.rs`, `audit.rs`, `tokens.rs`, `queue.rs`, `recycle.rs`, `restores.rs`,
+//!   `chunks.rs`, `meta.rs`, `ca.rs`) holds its records and every read and write of its
+//!   tables, each read written once over `access::Tables`: a
 //!   `Store` read sees one snapshot per call, a `Txn` read sees the transaction's own
 //!   uncommitted writes. Re-exported here, so every name is `store::Name`.
 //! - Values are JSON records, so fields can be added with `#[serde(default)]`
@@ -47,6 +48,7 @@ mod access;
 mod audit;
 mod ca;
 mod certs;
+mod chunks;
 #[cfg(test)]
 mod fixture;
 mod health;
@@ -78,6 +80,10 @@ use crate::sync::{lock, read, write};
 pub use audit::{event_line, AuditRecord};
 pub use ca::{AbortedCa, CaState, Endorsement, Rollover};
 pub use certs::CertRecord;
+pub use chunks::{
+    owner_of, ChunkCounts, ChunkFileRecord, ChunkFileState, ChunkLoc, ChunkNames, DigestPrefix,
+    FileStamp, Owner, StagedChunk,
+};
 pub use health::{Degraded, RESUME_FREE_BYTES, RETRY_AFTER};
 pub use queue::{
     ItemStatus, LatestItem, PartialRecord, QueueItem, ReceivedRecord, ReplicationConfig, Strategy,

@@ -213,6 +213,11 @@ pub struct ReceivedRecord {
     /// Set by a verify that found the copy missing or different: it is fetched again.
     #[serde(default)]
     pub damaged: Option<String>,
+    /// Bytes that crossed the wire in the session that completed the copy (with
+    /// deduplication far fewer than `size`; counted before any compression); None when
+    /// not known (recorded by a repair).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub bytes_received: Option<u64>,
     /// Put back from the recycle bin by an admin: retention leaves it alone from then on
     /// (a new copy under its name clears it).
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]

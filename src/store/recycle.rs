@@ -42,6 +42,9 @@ pub struct RecycleRecord {
     /// A verify's damage mark, carried along so a restored copy is still fetched again.
     #[serde(default)]
     pub damaged: Option<String>,
+    /// The received row's wire bytes (deduplicated transfers), carried along likewise.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub bytes_received: Option<u64>,
     /// When retention moved it here.
     pub removed: UnixTime,
     #[serde(default)]
@@ -117,6 +120,7 @@ mod tests {
             received: 100,
             verified: None,
             damaged: None,
+            bytes_received: None,
             removed: 200,
             state: RecycleState::Binned,
         }

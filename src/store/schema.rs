@@ -1,7 +1,8 @@
 //! The database schema in one place: every table, the type of its keys and how keys are
 //! encoded, and the schema version. Values are JSON-encoded records (each entity's file
 //! declares its own) so that fields can be added with `#[serde(default)]` without a
-//! migration.
+//! migration; the chunk index alone stores fixed-width binary values (`chunks.rs`), one
+//! per chunk, where JSON would triple its size.
 //!
 //! Every table is bytes → bytes in redb ([`Raw`]): redb compiles its whole B-tree (insert,
 //! delete, cursors) once per (key, value) type pair, about 30 KB of code each, and typed
@@ -37,8 +38,13 @@ pub(super) const VERSION_BYTE_KEYS: u64 = 7;
 /// verify found damaged (`damaged`, built from `received` by the migration) and each
 /// source's last verify (`verify_runs`).
 pub(super) const VERSION_RECYCLE: u64 = 8;
+/// The chunk index of deduplicated transfers (SPEC 18, `chunks.rs`): `chunks`,
+/// `chunk_files`, `chunk_stage`, `chunk_names`, new and empty (copies received before are
+/// indexed when they are replaced, or by the index job). This migration only creates
+/// tables, so it runs after version 8's.
+pub(super) const VERSION_CHUNK_INDEX: u64 = 9;
 /// The current schema version, recorded in `meta` under `schema_version`.
-pub const CURRENT_VERSION: u64 = VERSION_RECYCLE;
+pub const CURRENT_VERSION: u64 = VERSION_CHUNK_INDEX;
 
 /// The one redb table type of the store.
 pub(super) type Raw = TableDefinition<'static, &'static [u8], &'static [u8]>;
@@ -103,6 +109,11 @@ pub(super) enum Bytes {}
 pub(super) enum IdPair {}
 /// A `u64` and a string: 8 bytes, then the string's bytes.
 pub(super) enum IdName {}
+/// A chunk's 16-byte digest prefix and its owner's 8 bytes: [`DIGEST_KEY_LEN`] bytes, so
+/// the entries of one digest are neighbours.
+pub(super) enum DigestOwner {}
+/// Bytes of a [`DigestOwner`] key.
+pub(super) const DIGEST_KEY_LEN: usize = 24;
 /// Two strings: the first with each 0x00 byte written as 0x00 0xff and ended by 0x00 0x00
 /// (so a shorter first string sorts first, as `str` does), then the second's bytes.
 pub(super) enum NamePair {}
@@ -163,6 +174,24 @@ impl KeyCodec for IdName {
     fn decode(bytes: &[u8]) -> Option<(u64, String)> {
         let (id, name) = bytes.split_at_checked(8)?;
         Some((Id::decode(id)?, Name::decode(name)?))
+    }
+}
+
+impl KeyCodec for DigestOwner {
+    type Ref<'a> = (&'a [u8; 16], &'a [u8; 8]);
+    type Owned = ([u8; 16], [u8; 8]);
+    fn encode((digest, owner): (&[u8; 16], &[u8; 8]), out: &mut Vec<u8>) {
+        out.extend_from_slice(digest);
+        out.extend_from_slice(owner);
+    }
+    fn decode(bytes: &[u8]) -> Option<([u8; 16], [u8; 8])> {
+        if bytes.len() != DIGEST_KEY_LEN {
+            return None;
+        }
+        let (mut d, mut o) = ([0u8; 16], [0u8; 8]);
+        d.copy_from_slice(&bytes[..16]);
+        o.copy_from_slice(&bytes[16..]);
+        Some((d, o))
     }
 }
 
@@ -263,6 +292,17 @@ pub(super) const RECYCLE: Def<NamePair> = Def::new("recycle");
 /// (restore drills).
 pub(super) const REPLICATION_SETTINGS: Def<Name> = Def::new("replication_settings");
 
+/// (chunk digest prefix, owner) → file id, offset, length as 20 raw big-endian bytes: the
+/// chunk index (`chunks.rs`; raw, not JSON: one entry per distinct chunk a source stored).
+pub(super) const CHUNKS: Def<DigestOwner> = Def::new("chunks");
+/// Indexed file id → `ChunkFileRecord`.
+pub(super) const CHUNK_FILES: Def<Id> = Def::new("chunk_files");
+/// (indexed file id, offset) → digest prefix and length (20 raw bytes): entries of a file
+/// not ready yet.
+pub(super) const CHUNK_STAGE: Def<IdPair> = Def::new("chunk_stage");
+/// (source system uuid, backup name) → `ChunkNames`: the indexed files of a backup.
+pub(super) const CHUNK_NAMES: Def<NamePair> = Def::new("chunk_names");
+
 /// Token id (12 lowercase hex digits) → `TokenRecord` (target side). The secret is never
 /// stored, only the SHA-256 of the whole token.
 pub(super) const PAIRING_TOKENS: Def<Name> = Def::new("pairing_tokens");
@@ -278,6 +318,7 @@ pub(super) const META_NEXT_TARGET_ID: &str = "next_target_id";
 pub(super) const META_NEXT_ITEM_ID: &str = "next_item_id";
 pub(super) const META_NEXT_TAIL: &str = "next_queue_tail";
 pub(super) const META_NEXT_DONE_SEQ: &str = "next_queue_done_seq";
+pub(super) const META_NEXT_CHUNK_FILE: &str = "next_chunk_file";
 /// The appliance CA's state: the generation in force, a rollover in progress (`CaState`).
 pub(super) const META_CA_STATE: &str = "ca_state";
 pub(super) const META_NEXT_RECYCLE_ID: &str = "next_recycle_id";

@@ -34,6 +34,9 @@ pub struct App {
     pub renew_grace: Duration,
     /// Crash points for the renewal crash tests (`Fault::None` in production).
     pub fault: Fault,
+    /// Chunk lists accepted (`dedup`), and the copies chunks may come from
+    /// (`dedup_scope`); None: whole files only.
+    pub dedup: Option<receiver::Scope>,
     /// Renewal calls per certificate, bounded (`renewal::Attempts`).
     pub renewals: renewal::Attempts,
 }
@@ -147,11 +150,16 @@ fn transfer(app: &App, call: &mut Call<'_>) -> Result<Reply, TunnelHttpError> {
             retry_after: slots::RETRY_AFTER_S,
         })?;
     let peer = call.peer().addr.to_string();
-    // The features this session uses: what the source asked for that this side has.
+    // The features this session uses: what the source asked for that this side has
+    // (chunk lists only with `dedup = "auto"`).
+    let ours = Features {
+        chunks: app.dedup.is_some(),
+        ..Features::ALL
+    };
     let features = call
         .header(FEATURES_HEADER)
         .map_or(Features::default(), Features::parse)
-        .and(Features::ALL);
+        .and(ours);
     let (body, mut writer) = call
         .duplex()
         .ok_or_else(|| TunnelHttpError::Internal("transfer route is not duplex".into()))?;
@@ -162,6 +170,7 @@ fn transfer(app: &App, call: &mut Call<'_>) -> Result<Reply, TunnelHttpError> {
         store: &app.store,
         live: &shared.live,
         ledger: &shared.ledger,
+        dedup: app.dedup.filter(|_| features.chunks),
         slot: Some(&slot),
         peer,
         now: crate::model::now,

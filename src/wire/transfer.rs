@@ -13,6 +13,13 @@
 //! Target → source: `Want` (a copy it wants again, after a verify found it damaged) and
 //! `Ready` first, then `Decision`, `Durable`, `Outcome`, `Bye`, `Fatal`.
 //!
+//! With the `chunks` feature (SPEC 18) a started file may instead be described by lists of
+//! its content-defined chunks (`Chunks`: length and a 16-byte SHA-256 prefix each); the
+//! target answers each list with the chunks it lacks (`Lacks`, a bitmap), and the frames
+//! that follow carry only those chunks' bytes, in order (as `Data`, or `ZData` when `zstd`
+//! was agreed too). `Plain` ends the lists: the rest of the file follows as ordinary data
+//! frames.
+//!
 //! **Features** are negotiated once per session, in HTTP headers of `POST
 //! /tunnel/v1/transfer` ([`FEATURES_HEADER`]): the source names what it can use, the
 //! target answers with the part it will use ([`Features`]); a peer that sends or gets no
@@ -30,11 +37,16 @@ pub const FEATURES_HEADER: &str = "Replgate-Features";
 pub struct Features {
     /// `zstd`: file content may come compressed (`ZData`).
     pub zstd: bool,
+    /// `chunks`: chunk lists (`Chunks`, `Lacks`, `Plain`): only what the target lacks.
+    pub chunks: bool,
 }
 
 impl Features {
     /// Everything this version implements.
-    pub const ALL: Features = Features { zstd: true };
+    pub const ALL: Features = Features {
+        zstd: true,
+        chunks: true,
+    };
 
     /// The features named in a header value: comma-separated names, blanks around them
     /// ignored, names this version does not know skipped.
@@ -42,6 +54,7 @@ impl Features {
         let mut f = Features::default();
         for name in value.split(',').map(str::trim) {
             f.zstd |= name == "zstd";
+            f.chunks |= name == "chunks";
         }
         f
     }
@@ -50,17 +63,14 @@ impl Features {
     pub fn and(self, other: Features) -> Features {
         Features {
             zstd: self.zstd && other.zstd,
+            chunks: self.chunks && other.chunks,
         }
     }
 
     /// The header value naming these features (empty for none).
     pub fn render(self) -> String {
-        let names = [(self.zstd, "zstd")];
-        let on: Vec<&str> = names
-            .iter()
-            .filter(|(on, _)| *on)
-            .map(|(_, n)| *n)
-            .collect();
+        let names = [(self.zstd, "zstd"), (self.chunks, "chunks")];
+        let on: Vec<&str> = names.iter().filter(|n| n.0).map(|n| n.1).collect();
         on.join(", ")
     }
 }
@@ -78,6 +88,58 @@ pub const MAX_DATA: usize = 256 * 1024;
 pub const MAX_CONTROL_PAYLOAD: usize = 4 * 1024;
 /// Longest name or message the format carries (semantic limits are tighter).
 pub const MAX_TEXT: usize = 2 * 1024;
+/// Most chunks one `Chunks` frame lists (and one `Lacks` frame answers).
+pub const MAX_LIST: usize = 8 * 1024;
+/// Bytes of one listed chunk: its length (`u16`) and the first 16 bytes of its SHA-256.
+pub const LIST_ENTRY: usize = 2 + DIGEST_PREFIX;
+/// The bytes of a chunk's SHA-256 that a list carries: enough to find it (the target
+/// re-hashes every chunk it uses, and the whole file's SHA-256 decides).
+pub const DIGEST_PREFIX: usize = 16;
+/// Largest `Chunks` payload: sequence number, first index, [`MAX_LIST`] entries.
+pub const MAX_CHUNKS_PAYLOAD: usize = 12 + MAX_LIST * LIST_ENTRY;
+/// Largest `Lacks` payload: sequence number, first index, count, the bitmap.
+pub const MAX_LACKS_PAYLOAD: usize = 16 + MAX_LIST / 8;
+
+/// The chunks of one `Chunks` frame, as they are on the wire: [`LIST_ENTRY`] bytes each.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ChunkList<'a>(&'a [u8]);
+
+impl<'a> ChunkList<'a> {
+    /// A list over encoded entries (see [`push_list_entry`]); None unless whole entries.
+    pub fn new(bytes: &'a [u8]) -> Option<ChunkList<'a>> {
+        bytes
+            .len()
+            .is_multiple_of(LIST_ENTRY)
+            .then_some(ChunkList(bytes))
+    }
+
+    pub fn len(&self) -> usize {
+        self.0.len() / LIST_ENTRY
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+
+    /// Each chunk's length and digest prefix, in order.
+    pub fn iter(&self) -> impl Iterator<Item = (u32, [u8; DIGEST_PREFIX])> + 'a {
+        self.0.chunks_exact(LIST_ENTRY).map(|e| {
+            let mut d = [0u8; DIGEST_PREFIX];
+            d.copy_from_slice(&e[2..]);
+            (u32::from(u16::from_be_bytes([e[0], e[1]])), d)
+        })
+    }
+
+    pub fn bytes(&self) -> &'a [u8] {
+        self.0
+    }
+}
+
+/// Appends one list entry (`len` at most `u16::MAX`) to `out`.
+pub fn push_list_entry(out: &mut Vec<u8>, len: u16, digest: &[u8]) {
+    out.extend_from_slice(&len.to_be_bytes());
+    out.extend_from_slice(&digest[..DIGEST_PREFIX]);
+}
 
 const OFFER: u8 = 0x01;
 const START: u8 = 0x02;
@@ -93,6 +155,9 @@ const FATAL: u8 = 0x84;
 const WANT: u8 = 0x85;
 const READY: u8 = 0x86;
 const DURABLE: u8 = 0x87;
+const CHUNKS: u8 = 0x0A;
+const PLAIN: u8 = 0x0B;
+const LACKS: u8 = 0x8A;
 
 /// Why a target refuses or fails a file, as a number on the wire. The source's queue
 /// decides from it whether to retry.
@@ -249,6 +314,27 @@ pub enum Frame<'a> {
         seq: u32,
         offset: u64,
     },
+    /// The next chunks of the started file `seq` (`chunks` feature): `first` is the index
+    /// of the first of them among the file's chunks since its `Start`.
+    Chunks {
+        seq: u32,
+        first: u64,
+        list: ChunkList<'a>,
+    },
+    /// No more chunk lists for file `seq`: after the listed chunks, its bytes come as
+    /// ordinary `Data`.
+    Plain {
+        seq: u32,
+    },
+    /// The target's answer to the list of file `seq` that starts at `first`: bit `i`
+    /// (least significant first in each byte) set means chunk `first + i` is lacking and
+    /// its bytes should follow in `Data`; clear means the target holds it.
+    Lacks {
+        seq: u32,
+        first: u64,
+        count: u32,
+        bits: &'a [u8],
+    },
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -290,8 +376,10 @@ pub fn payload_limit(kind: u8) -> Option<usize> {
     match kind {
         DATA => Some(MAX_DATA_PAYLOAD),
         ZDATA => Some(MAX_ZDATA_PAYLOAD),
+        CHUNKS => Some(MAX_CHUNKS_PAYLOAD),
+        LACKS => Some(MAX_LACKS_PAYLOAD),
         OFFER | START | END | SKIP | FINISH | DECISION | OUTCOME | BYE | FATAL | WANT | READY
-        | DURABLE => Some(MAX_CONTROL_PAYLOAD),
+        | DURABLE | PLAIN => Some(MAX_CONTROL_PAYLOAD),
         _ => None,
     }
 }
@@ -491,10 +579,45 @@ fn decode_payload(kind: u8, payload: &[u8]) -> Result<Frame<'_>, FrameError> {
             seq: c.u32("sequence number")?,
             offset: c.u64("offset")?,
         },
+        CHUNKS | LACKS => decode_list(kind, &mut c)?,
+        PLAIN => Frame::Plain {
+            seq: c.u32("sequence number")?,
+        },
         other => return Err(FrameError::UnknownKind(other)),
     };
     c.end()?;
     Ok(frame)
+}
+
+/// A `Chunks` list or its `Lacks` answer (`chunks` feature), whole or refused.
+fn decode_list<'a>(kind: u8, c: &mut Cursor<'a>) -> Result<Frame<'a>, FrameError> {
+    let seq = c.u32("sequence number")?;
+    let first = c.u64("first index")?;
+    if kind == CHUNKS {
+        let list =
+            ChunkList::new(c.rest)
+                .filter(|l| !l.is_empty())
+                .ok_or(FrameError::Malformed {
+                    kind,
+                    what: "chunk list",
+                })?;
+        c.rest = &[];
+        return Ok(Frame::Chunks { seq, first, list });
+    }
+    let count = c.u32("count")?;
+    if count == 0 || count as usize > MAX_LIST {
+        return Err(FrameError::Malformed {
+            kind,
+            what: "count",
+        });
+    }
+    let bits = c.bytes((count as usize).div_ceil(8), "bitmap")?;
+    Ok(Frame::Lacks {
+        seq,
+        first,
+        count,
+        bits,
+    })
 }
 
 /// Cuts `s` to at most [`MAX_TEXT`] bytes at a character boundary.
@@ -565,26 +688,7 @@ pub fn encode(frame: &Frame<'_>, out: &mut Vec<u8>) {
         Frame::Finish => FINISH,
         Frame::Decision { seq, decision } => {
             out.extend_from_slice(&seq.to_be_bytes());
-            match decision {
-                Decision::New => out.push(0),
-                Decision::Resume {
-                    offset,
-                    prefix_sha256,
-                } => {
-                    out.push(1);
-                    out.extend_from_slice(&offset.to_be_bytes());
-                    out.extend_from_slice(prefix_sha256);
-                }
-                Decision::Have { sha256 } => {
-                    out.push(2);
-                    out.extend_from_slice(sha256);
-                }
-                Decision::Refuse { code, message } => {
-                    out.push(3);
-                    out.extend_from_slice(&code.number().to_be_bytes());
-                    put_text(out, message);
-                }
-            }
+            put_decision(out, decision);
             DECISION
         }
         Frame::Outcome { seq, outcome } => {
@@ -618,10 +722,56 @@ pub fn encode(frame: &Frame<'_>, out: &mut Vec<u8>) {
             out.extend_from_slice(&offset.to_be_bytes());
             DURABLE
         }
+        Frame::Chunks { seq, first, list } => {
+            out.extend_from_slice(&seq.to_be_bytes());
+            out.extend_from_slice(&first.to_be_bytes());
+            out.extend_from_slice(list.bytes());
+            CHUNKS
+        }
+        Frame::Plain { seq } => {
+            out.extend_from_slice(&seq.to_be_bytes());
+            PLAIN
+        }
+        Frame::Lacks {
+            seq,
+            first,
+            count,
+            bits,
+        } => {
+            out.extend_from_slice(&seq.to_be_bytes());
+            out.extend_from_slice(&first.to_be_bytes());
+            out.extend_from_slice(&count.to_be_bytes());
+            out.extend_from_slice(bits);
+            LACKS
+        }
     };
     let len = (out.len() - start - HEADER_LEN) as u32;
     out[start] = kind;
     out[start + 1..start + HEADER_LEN].copy_from_slice(&len.to_be_bytes());
+}
+
+/// A `Decision` frame's answer: its tag and fields.
+fn put_decision(out: &mut Vec<u8>, decision: &Decision<'_>) {
+    match decision {
+        Decision::New => out.push(0),
+        Decision::Resume {
+            offset,
+            prefix_sha256,
+        } => {
+            out.push(1);
+            out.extend_from_slice(&offset.to_be_bytes());
+            out.extend_from_slice(prefix_sha256);
+        }
+        Decision::Have { sha256 } => {
+            out.push(2);
+            out.extend_from_slice(sha256);
+        }
+        Decision::Refuse { code, message } => {
+            out.push(3);
+            out.extend_from_slice(&code.number().to_be_bytes());
+            put_text(out, message);
+        }
+    }
 }
 
 /// The header of a `Data` frame carrying `len` content bytes of file `seq`, so a sender
@@ -721,8 +871,27 @@ mod tests {
                 seq: 7,
                 offset: 1 << 33,
             },
+            Frame::Chunks {
+                seq: 7,
+                first: 8192,
+                list: ChunkList::new(&SAMPLE_LIST).unwrap(),
+            },
+            Frame::Plain { seq: 7 },
+            Frame::Lacks {
+                seq: 7,
+                first: 8192,
+                count: 10,
+                bits: &[0b1000_0001, 0b10],
+            },
         ]
     }
+
+    const SAMPLE_LIST: [u8; 2 * LIST_ENTRY] = {
+        let mut l = [7u8; 2 * LIST_ENTRY];
+        l[0] = 0x20;
+        l[1] = 0;
+        l
+    };
 
     #[test]
     fn every_frame_round_trips_and_needs_all_its_bytes() {
@@ -790,9 +959,9 @@ mod tests {
         let both = Features::parse(" zstd ,window,chunks, brotli");
         assert_eq!(both, Features::ALL);
         assert_eq!(Features::parse(&both.render()), both);
-        assert_eq!(both.render(), "zstd");
+        assert_eq!(both.render(), "zstd, chunks");
         assert_eq!(
-            Features::parse("chunks").and(Features::ALL),
+            Features::parse("window").and(Features::ALL),
             Features::default()
         );
         assert_eq!(Features::ALL.and(Features::default()).render(), "");
@@ -865,6 +1034,72 @@ mod tests {
             panic!("not a fatal frame");
         };
         assert!(message.len() <= MAX_TEXT && message.chars().all(|c| c == 'é'));
+    }
+
+    #[test]
+    fn chunk_lists_and_answers_are_bounded_and_whole() {
+        // A full list fits its limit; one more entry is refused from the header alone.
+        let full = vec![1u8; MAX_LIST * LIST_ENTRY];
+        let mut buf = Vec::new();
+        encode(
+            &Frame::Chunks {
+                seq: 1,
+                first: 0,
+                list: ChunkList::new(&full).unwrap(),
+            },
+            &mut buf,
+        );
+        let Some((Frame::Chunks { list, .. }, _)) = decode(&buf).unwrap() else {
+            panic!("not a list");
+        };
+        assert_eq!(list.len(), MAX_LIST);
+        assert_eq!(list.iter().next(), Some((0x0101, [1; DIGEST_PREFIX])));
+        let mut h = [CHUNKS, 0, 0, 0, 0];
+        h[1..5].copy_from_slice(&(MAX_CHUNKS_PAYLOAD as u32 + 1).to_be_bytes());
+        assert!(matches!(decode(&h), Err(FrameError::TooLong { .. })));
+        let mut h = [LACKS, 0, 0, 0, 0];
+        h[1..5].copy_from_slice(&(MAX_LACKS_PAYLOAD as u32 + 1).to_be_bytes());
+        assert!(matches!(decode(&h), Err(FrameError::TooLong { .. })));
+        // An empty list, a part of an entry, a bitmap shorter than its count, a count of
+        // zero or over the limit: malformed.
+        let mut bad = vec![CHUNKS, 0, 0, 0, 0];
+        bad.extend_from_slice(&[0; 12]);
+        bad.extend_from_slice(&[0; LIST_ENTRY + 1]);
+        let len = (bad.len() - 5) as u32;
+        bad[1..5].copy_from_slice(&len.to_be_bytes());
+        assert!(matches!(decode(&bad), Err(FrameError::Malformed { .. })));
+        let empty = [CHUNKS, 0, 0, 0, 12, 0, 0, 0, 1, 0, 0, 0, 0, 0, 0, 0, 0];
+        assert!(matches!(decode(&empty), Err(FrameError::Malformed { .. })));
+        for (count, bitmap) in [(9u32, 1usize), (0, 0), (MAX_LIST as u32 + 8, 1025)] {
+            let mut v = vec![LACKS, 0, 0, 0, 0];
+            v.extend_from_slice(&1u32.to_be_bytes());
+            v.extend_from_slice(&0u64.to_be_bytes());
+            v.extend_from_slice(&count.to_be_bytes());
+            v.extend(std::iter::repeat_n(0xff, bitmap));
+            let len = (v.len() - 5) as u32;
+            v[1..5].copy_from_slice(&len.to_be_bytes());
+            assert!(decode(&v).is_err(), "count {count}");
+        }
+    }
+
+    #[test]
+    fn features_are_agreed_by_name_and_unknown_names_are_ignored() {
+        let offered = Features::parse("zstd, chunks, brotli");
+        assert_eq!(
+            offered,
+            Features {
+                zstd: true,
+                chunks: true
+            }
+        );
+        let ours = Features {
+            zstd: false,
+            chunks: true,
+        };
+        assert_eq!(offered.and(ours).render(), "chunks");
+        assert_eq!(Features::parse(""), Features::default());
+        assert_eq!(Features::default().render(), "");
+        assert_eq!(Features::parse(&offered.render()), offered);
     }
 
     #[test]

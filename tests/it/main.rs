@@ -24,6 +24,7 @@ mod crash_pair;
 mod crash_renewal;
 mod crash_rollover;
 mod ctl;
+mod dedup;
 mod features;
 mod front;
 mod full_disk;

@@ -284,7 +284,13 @@ fn a_renewal_in_the_middle_of_a_transfer_does_not_interrupt_it() {
         content, item_of, received_path, throttle_to, unthrottle, wait_item, wait_progress,
         write_backup,
     };
-    let (src, tgt) = start_pair_with("renew-transfer", pairing_opts(), lab_target());
+    // Whole files (the periodic test content would mostly deduplicate), so that every
+    // byte of the file is counted once.
+    let (src, tgt) = start_pair_with(
+        "renew-transfer",
+        pairing_opts().set("dedup", "off"),
+        lab_target(),
+    );
     let st = src.root_token();
     let p = crate::harness::pair(&src, &tgt, json!({}));
     let serial = str_of(&target_row(&src, &st), "certificate_serial");

@@ -967,6 +967,7 @@ impl RawSession {
             &read("ca.pem"),
             &read("cert.pem"),
             &read("key.pem"),
+            replgate::wire::transfer::Features::default(),
         )
         .unwrap_or_else(|e| panic!("open a transfer session: {e}"));
         let mut raw = RawSession {

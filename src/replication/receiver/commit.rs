@@ -14,8 +14,9 @@ use super::state::{CommitQueue, Committed, Session, ToCommit};
 use super::{client_dir, drop_partial, storage_failure, Context, Refusal, Source};
 use crate::fsx::{self, PartialFile};
 use crate::model::UnixTime;
+use crate::replication::index;
 use crate::replication::live::Peer;
-use crate::store::{PartialRecord, ReceivedRecord, Store, StoreError};
+use crate::store::{FileStamp, PartialRecord, ReceivedRecord, Store, StoreError};
 use crate::wire::hex;
 use crate::wire::transfer::{Code, Frame, Outcome};
 
@@ -221,8 +222,11 @@ pub fn commit(
         }
     }
     let renamed = sync_dirs(source, renamed, &dirs, &mut out);
+    let stamps = stamps_of(source, &renamed);
+    let mut publish = Vec::new();
     let recorded = store.write(|tx| {
-        for f in &renamed {
+        publish.clear();
+        for (f, stamp) in renamed.iter().zip(&stamps) {
             tx.put_received(
                 uuid,
                 &ReceivedRecord {
@@ -234,13 +238,25 @@ pub fn commit(
                     received: now,
                     verified: None,
                     damaged: None,
+                    bytes_received: Some(f.wire),
                     pinned: false,
                 },
             )?;
             tx.delete_partial(uuid, f.name.as_str())?;
+            let of = index::FileOf {
+                uuid,
+                backup: f.name.as_str(),
+                storage_id,
+                size: f.size,
+                version: f.version,
+            };
+            if let Some(id) = index::on_commit(tx, &of, *stamp, f.index.as_ref())? {
+                publish.push(id);
+            }
         }
         Ok::<_, StoreError>(())
     });
+    publish_all(store, publish);
     match recorded {
         Ok(()) => out.extend(renamed.into_iter().map(|f| (f.seq, Ok(())))),
         // The files are in place and their partial rows say verified: the start-up repair
@@ -252,6 +268,27 @@ pub fn commit(
         ),
     }
     out
+}
+
+/// The stamp each copy has in place: the chunk index uses a copy only while it is that.
+fn stamps_of(source: &Source, renamed: &[ToCommit]) -> Vec<Option<FileStamp>> {
+    renamed
+        .iter()
+        .map(|f| {
+            let path = client_dir(source, &f.name).join(f.name.file());
+            fsx::lstat(&path).ok().map(|s| FileStamp::of(&s))
+        })
+        .collect()
+}
+
+/// Publishes the index entries of the copies just recorded (the first step was published
+/// in the recording transaction; a failure leaves the rest to the index job).
+fn publish_all(store: &Store, files: Vec<u64>) {
+    for id in files {
+        if let Err(e) = index::publish_all(store, id) {
+            log::warn!("chunk index: publish the entries of file {id}: {e}");
+        }
+    }
 }
 
 /// Makes the renames into `dirs` durable, one fsync per directory, and returns the files
@@ -313,6 +350,8 @@ mod tests {
             sha256: sha.as_ref().try_into().unwrap(),
             started: 1,
             sealed,
+            index: None,
+            wire: 0,
         }
     }
 

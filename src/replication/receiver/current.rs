@@ -14,11 +14,12 @@ use super::commit::{GROUP_BYTES, GROUP_FILES};
 use super::sink::FileSink;
 use super::state::{Current, Decided, Session, ToCommit};
 use super::{
-    chunk_for, client_dir, digest_of, drop_partial, partial_path, storage_failure, window_for,
-    ReceiveError, Refusal, Source,
+    chunk_for, client_dir, digest_of, drop_partial, list_window, partial_path, storage_failure,
+    window_for, ReceiveError, Refusal, Source,
 };
 use crate::fsx::{self, PartialFile};
 use crate::model::UnixTime;
+use crate::replication::chunker::MAX_CHUNK;
 use crate::replication::live::{code_reason, Peer};
 use crate::store::{PartialRecord, StoreError};
 use crate::wire::compress::Unpacker;
@@ -143,6 +144,8 @@ impl<W: Write, S: FileSink> Session<'_, '_, W, S> {
             incoming,
             _registered: registered,
             offer,
+            chunked: None,
+            wire: 0,
         });
         self.poisoned = None;
         Ok(())
@@ -203,6 +206,9 @@ impl<W: Write, S: FileSink> Session<'_, '_, W, S> {
                 format!("data for {seq}, which is not the open file"),
             );
         };
+        if cur.chunked.as_ref().is_some_and(|a| a.takes_data()) {
+            return self.chunk_data(seq, bytes);
+        }
         let len = bytes.len() as u64;
         if cur.written + len > cur.offer.size {
             let m = format!(
@@ -212,6 +218,21 @@ impl<W: Write, S: FileSink> Session<'_, '_, W, S> {
             self.fail_current(Code::SizeMismatch, m);
             return Ok(());
         }
+        if self.place(bytes, true) {
+            self.maybe_checkpoint();
+            self.confirm_durable(seq);
+        }
+        Ok(())
+    }
+
+    /// Appends `bytes` to the open file (the caller checked they fit its size), hashed
+    /// and counted: as received when `over_wire`, else as taken from a held copy. False
+    /// when the write failed (the file failed then, what it holds durably kept).
+    pub(super) fn place(&mut self, bytes: &[u8], over_wire: bool) -> bool {
+        let Some(cur) = self.current.as_mut() else {
+            return false;
+        };
+        let len = bytes.len() as u64;
         // Space is taken as the bytes arrive, a window ahead of them (`Ledger`).
         let source = self.source;
         let (written, size) = (cur.written, cur.offer.size);
@@ -228,7 +249,7 @@ impl<W: Write, S: FileSink> Session<'_, '_, W, S> {
         if let Err(r) = covered {
             self.checkpoint_current();
             self.fail_current_keep(r.code, r.message);
-            return Ok(());
+            return false;
         }
         if let Err(e) = self.sink.write(bytes) {
             log::error!(
@@ -244,20 +265,37 @@ impl<W: Write, S: FileSink> Session<'_, '_, W, S> {
             );
             self.checkpoint_current();
             self.fail_current_keep(r.code, r.message);
-            return Ok(());
+            return false;
         }
         cur.hasher.update(bytes);
         cur.written += len;
-        cur.incoming.progress.advance(len);
-        self.ctx
-            .live
-            .count_bytes(Peer::Source(self.source.system_id), len);
-        self.summary.bytes += len;
+        if over_wire {
+            cur.wire += len;
+            cur.incoming.progress.advance(len);
+            self.ctx
+                .live
+                .count_bytes(Peer::Source(self.source.system_id), len);
+            self.summary.bytes += len;
+        } else {
+            cur.incoming.progress.advance_held(len);
+        }
+        true
+    }
+
+    /// Asks the sink for a checkpoint of the open file when one is due: every
+    /// `chunk_for(size)` bytes, or a second after the last while bytes arrive; in a file
+    /// received in chunks only between whole chunks.
+    pub(super) fn maybe_checkpoint(&mut self) {
+        let Some(cur) = self.current.as_mut() else {
+            return;
+        };
         // A complete file needs none: `End` comes next and the seal makes it durable (a
         // file of up to a chunk would otherwise pay an fdatasync and a directory fsync
         // for nothing; if the stream breaks first, the session's end checkpoints it).
         let complete = cur.written == cur.offer.size;
+        let between_chunks = cur.chunked.as_ref().is_none_or(|a| a.filled() == 0);
         if !complete
+            && between_chunks
             && (cur.written >= cur.next_checkpoint
                 || (cur.last_checkpoint.elapsed() >= CHECKPOINT_AFTER
                     && cur.written > cur.recorded))
@@ -266,27 +304,31 @@ impl<W: Write, S: FileSink> Session<'_, '_, W, S> {
             cur.next_checkpoint = cur.written + chunk_for(cur.offer.size);
             cur.last_checkpoint = Instant::now();
             cur.recorded = cur.written;
-            let row = partial_row(self.source, cur, (self.ctx.now)());
+            let row = partial_row(self.source, cur, cur.written, (self.ctx.now)());
             if let Err(e) = self.sink.checkpoint(row) {
                 log::warn!("replication: checkpoint of {}: {e}", cur.offer.name);
             }
         }
-        self.confirm_durable(seq);
-        Ok(())
     }
 
     /// Tells the source how much of the open file is durable once a checkpoint recorded
     /// more than it was told. When the source may be out of window (it could not send
     /// another whole frame), makes everything written durable now, so the source never
     /// waits on a checkpoint nobody takes.
-    fn confirm_durable(&mut self, seq: u32) {
+    pub(super) fn confirm_durable(&mut self, seq: u32) {
         let Some(cur) = self.current.as_mut().filter(|c| c.seq == seq) else {
             return;
         };
         let mut durable = self.sink.recorded().unwrap_or(0).max(cur.confirmed);
         let size = cur.offer.size;
-        let stalled = cur.written < size
-            && cur.written + MAX_DATA as u64 > durable + window_for(size)
+        let stalled = match cur.chunked.as_ref().filter(|a| a.lists_more()) {
+            // In chunks: the source lists no further than the list window past what is
+            // confirmed; once all it listed is in place, confirm what is.
+            Some(a) => {
+                a.all_in_place() && a.listed_end() + MAX_CHUNK as u64 > durable + list_window(size)
+            }
+            None => cur.written + MAX_DATA as u64 > durable + window_for(size),
+        } && cur.written < size
             && cur.written > durable;
         if stalled {
             match self.checkpoint_now() {
@@ -371,7 +413,7 @@ impl<W: Write, S: FileSink> Session<'_, '_, W, S> {
             return Err(DurableError::NoFile);
         };
         cur.written = written;
-        let row = partial_row(self.source, cur, (self.ctx.now)());
+        let row = partial_row(self.source, cur, written, (self.ctx.now)());
         let uuid = &self.source.uuid;
         self.ctx
             .store
@@ -384,7 +426,7 @@ impl<W: Write, S: FileSink> Session<'_, '_, W, S> {
     }
 
     /// The open file failed for good: discard the copy, tell the source.
-    fn fail_current(&mut self, code: Code, message: String) {
+    pub(super) fn fail_current(&mut self, code: Code, message: String) {
         let Some(cur) = self.current.take() else {
             return;
         };
@@ -397,7 +439,7 @@ impl<W: Write, S: FileSink> Session<'_, '_, W, S> {
     }
 
     /// The open file failed but what it holds durably stays for a resume.
-    fn fail_current_keep(&mut self, code: Code, message: String) {
+    pub(super) fn fail_current_keep(&mut self, code: Code, message: String) {
         let Some(cur) = self.current.take() else {
             return;
         };
@@ -416,9 +458,20 @@ impl<W: Write, S: FileSink> Session<'_, '_, W, S> {
                 format!("end of {seq}, which is not the open file"),
             );
         }
-        let Some(cur) = self.current.take() else {
+        let Some(mut cur) = self.current.take() else {
             return Ok(());
         };
+        let unplaced = cur.chunked.as_ref().map_or(0, |a| a.unplaced());
+        if unplaced > 0 {
+            let m = format!(
+                "the source ended {} with {unplaced} listed chunks not in place; the copy was discarded",
+                cur.offer.name
+            );
+            self.current = Some(cur);
+            self.fail_current(Code::SizeMismatch, m);
+            self.poisoned = None;
+            return Ok(());
+        }
         if cur.written != cur.offer.size {
             let m = format!(
                 "the source offered {} bytes for {} but sent {}; the copy was discarded",
@@ -457,6 +510,7 @@ impl<W: Write, S: FileSink> Session<'_, '_, W, S> {
             }
         };
         let size = cur.offer.size;
+        let index = cur.chunked.as_mut().and_then(|a| a.index_tail(size));
         self.group.push(ToCommit {
             seq,
             name: cur.offer.name.clone(),
@@ -465,6 +519,8 @@ impl<W: Write, S: FileSink> Session<'_, '_, W, S> {
             sha256: ours,
             started: cur.started,
             sealed,
+            index,
+            wire: cur.wire,
         });
         self.committing.insert(seq, (cur.offer, ours));
         self.group_bytes += size;
@@ -476,14 +532,14 @@ impl<W: Write, S: FileSink> Session<'_, '_, W, S> {
     }
 }
 
-/// The partial row of the file in progress, at what it holds now.
-fn partial_row(source: &Source, cur: &Current<'_>, now: UnixTime) -> PartialRecord {
+/// The partial row of the file in progress, durable up to `offset`.
+fn partial_row(source: &Source, cur: &Current<'_>, offset: u64, now: UnixTime) -> PartialRecord {
     PartialRecord {
         backup: cur.offer.name.as_str().to_string(),
         storage_id: source.storage.id,
         size: cur.offer.size,
         version: cur.offer.version,
-        offset: cur.written,
+        offset,
         started: cur.started,
         updated: now,
         verified_sha256: None,

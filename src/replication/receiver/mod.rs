@@ -14,9 +14,12 @@
 //! [`FileSink`] and verified groups to a [`Committer`], which the daemon runs on threads of
 //! their own (`ingest`), and files are touched only through `fsx`. `repair` runs at start.
 
+mod assembly;
 mod commit;
 mod current;
+mod holdings;
 mod ledger;
+mod lists;
 mod offer;
 mod repair;
 mod session;
@@ -30,6 +33,7 @@ use std::path::{Path, PathBuf};
 use ring::digest::{Context as Sha256, SHA256};
 
 pub use commit::{channel as commit_channel, commit, Committer};
+pub use holdings::{Holdings, Scope};
 pub use ledger::{quota_usage, Ledger, Reservation, Space, SPACE_MARGIN, STALL};
 pub use repair::{expire_partials, repair, Repair};
 pub use session::{serve, turn_away};
@@ -202,11 +206,24 @@ pub fn window_for(size: u64) -> u64 {
     size / 20 + chunk_for(size)
 }
 
+/// The most a deduplicated transfer lists past what the target confirmed durable.
+pub const LIST_WINDOW: u64 = 64 * 1024 * 1024;
+
+/// How far past the confirmed durable offset a source may list the chunks of a file of
+/// `size` bytes (`chunks` feature): its window ([`window_for`]), at most [`LIST_WINDOW`].
+/// The target holds what is listed and not yet in place, so this bounds its state.
+pub fn list_window(size: u64) -> u64 {
+    window_for(size).min(LIST_WINDOW)
+}
+
 /// What the receiver needs besides the streams.
 pub struct Context<'a> {
     pub store: &'a Store,
     pub live: &'a Live,
     pub ledger: &'a Ledger,
+    /// The session agreed chunk lists (`chunks`), with the copies it may borrow from; None:
+    /// files come whole.
+    pub dedup: Option<Scope>,
     /// The session's slot: asked at each offer whether to end so a waiting source gets a
     /// turn (None: never).
     pub slot: Option<&'a crate::replication::slots::Admission<'a>>,
@@ -281,7 +298,11 @@ fn drop_partial(store: &Store, uuid: &str, dir: &Path, name: &BackupName) {
     if let Err(e) = fsx::remove_file_durable(&partial_path(dir, name)) {
         log::warn!("replication: remove partial copy of {name}: {e}");
     }
-    if let Err(e) = store.write(|tx| tx.delete_partial(uuid, name.as_str())) {
+    let forgotten = store.write(|tx| {
+        tx.delete_partial(uuid, name.as_str())?;
+        crate::replication::index::drop_partial(tx, uuid, name.as_str())
+    });
+    if let Err(e) = forgotten {
         log::warn!("replication: forget partial copy of {name}: {e}");
     }
 }

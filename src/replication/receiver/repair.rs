@@ -74,6 +74,7 @@ pub fn repair(store: &Store, storages: &[Storage], now: UnixTime) -> Result<Repa
                             received: now,
                             verified: None,
                             damaged: None,
+                            bytes_received: None,
                             pinned: false,
                         },
                     )?;

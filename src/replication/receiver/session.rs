@@ -46,6 +46,7 @@ pub fn serve<S: FileSink>(
         committing: HashMap::new(),
         commits,
         summary: Summary::default(),
+        holdings: None,
         unpacker: None,
         unpacked: Vec::new(),
     };
@@ -168,6 +169,8 @@ impl<W: Write, S: FileSink> Session<'_, '_, W, S> {
                 } => self.zdata(seq, raw_len, bytes)?,
                 Frame::End { seq, sha256 } => self.end(seq, sha256)?,
                 Frame::Skip { seq } => self.skip(seq)?,
+                Frame::Chunks { seq, first, list } => self.chunks(seq, first, list)?,
+                Frame::Plain { seq } => self.plain(seq)?,
                 Frame::Finish => {
                     if self.current.is_some() {
                         return self.fatal(Code::Protocol, "finish while a file is open".into());

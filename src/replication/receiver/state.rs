@@ -12,10 +12,13 @@ use std::time::Instant;
 
 use ring::digest::Context as Sha256;
 
+use super::assembly::Assembly;
+use super::holdings::Holdings;
 use super::ledger::Reservation;
 use super::sink::{FileSink, Sealed};
 use super::{Context, ReceiveError, Refusal, Source, Summary};
 use crate::model::UnixTime;
+use crate::replication::index::IndexTail;
 use crate::replication::live::{code_reason, Incoming, Peer, Registered};
 use crate::replication::names::BackupName;
 use crate::replication::stream::FrameWriter;
@@ -44,6 +47,8 @@ pub(super) struct Session<'c, 'l, W: Write, S: FileSink> {
     pub(super) committing: HashMap<u32, (Offered<'l>, [u8; 32])>,
     pub(super) commits: CommitQueue,
     pub(super) summary: Summary,
+    /// The copies chunks are borrowed from (deduplicated sessions, made on first use).
+    pub(super) holdings: Option<Holdings<'c>>,
     /// Decodes `ZData` frames into `unpacked` (made on the first one).
     pub(super) unpacker: Option<Unpacker>,
     pub(super) unpacked: Vec<u8>,
@@ -82,6 +87,10 @@ pub(super) struct Current<'l> {
     pub(super) started: UnixTime,
     pub(super) incoming: Arc<Incoming>,
     pub(super) _registered: Registered<'l>,
+    /// Set once the source lists the file's chunks (`chunks` feature).
+    pub(super) chunked: Option<Box<Assembly>>,
+    /// Bytes that crossed the wire for this file in this session (lists included).
+    pub(super) wire: u64,
 }
 
 /// A verified file on its way into place: sealed (fsynced) by the sink, then committed
@@ -94,6 +103,10 @@ pub struct ToCommit {
     pub sha256: [u8; 32],
     pub started: UnixTime,
     pub sealed: Sealed,
+    /// The copy's chunks, when it was received in chunks from its first byte.
+    pub index: Option<IndexTail>,
+    /// Bytes that crossed the wire for it in the session that completed it.
+    pub wire: u64,
 }
 
 /// What the committer says of one file: in place and recorded, or why not.

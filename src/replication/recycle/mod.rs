@@ -353,6 +353,7 @@ fn move_to_bin(
             received: row.received,
             verified: row.verified,
             damaged: row.damaged.clone(),
+            bytes_received: row.bytes_received,
             removed: now,
             state: RecycleState::Moving,
         };
@@ -417,6 +418,7 @@ fn finish_restore(
         received: rec.received,
         verified: rec.verified,
         damaged: rec.damaged.clone(),
+        bytes_received: rec.bytes_received,
         pinned: true,
     };
     store.write(|tx| {

@@ -30,6 +30,7 @@ fn receive(s: &Scratch, backup: &str, body: &[u8], version: i64, age_days: i64) 
         received: NOW - age_days * DAY,
         verified: None,
         damaged: None,
+        bytes_received: None,
         pinned: false,
     };
     s.store
@@ -298,6 +299,7 @@ fn bin_row(s: &Scratch, backup: &str, body: &[u8], state: RecycleState) -> Recyc
                 received: NOW - DAY,
                 verified: None,
                 damaged: None,
+                bytes_received: None,
                 removed: NOW,
                 state,
             };

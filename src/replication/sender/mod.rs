@@ -16,6 +16,7 @@ use std::time::{Duration, Instant};
 
 use ring::digest::{Context as Sha256, SHA256};
 
+mod chunked;
 mod packing;
 mod replies;
 
@@ -84,6 +85,9 @@ pub struct Context<'a> {
     pub shutdown: &'a AtomicBool,
     /// The target, for log lines: `target 3 (host:port)`.
     pub target: String,
+    /// The session agreed the `chunks` feature: large files go as chunk lists, and only
+    /// the chunks the target lacks are sent.
+    pub chunks: bool,
     /// The `compression` setting, and whether the target agreed to compressed frames.
     pub compression: Compression,
     pub zstd: bool,
@@ -123,7 +127,9 @@ pub struct Summary {
     pub done: u64,
     pub skipped: u64,
     pub failed: u64,
-    /// Content bytes sent, and the bytes they took in frames (less where compressed).
+    /// Content bytes sent (with dedup: the chunk lists and the lacking chunks, as the
+    /// queue items' `bytes_sent` count them), and the bytes they took in frames (less
+    /// where compressed).
     pub bytes_sent: u64,
     pub wire_bytes: u64,
 }
@@ -161,6 +167,8 @@ struct Session<'a, 'f, F: Feed, W: Write> {
     current: Option<(u64, u64)>,
     /// The most the target confirmed durable of a started file (sequence, offset).
     durable: Option<(u32, u64)>,
+    /// The target's answers to chunk lists, not yet acted on, oldest first.
+    lacks: VecDeque<Reply>,
     packing: packing::Packing<'a>,
 }
 
@@ -191,10 +199,11 @@ pub fn run<F: Feed, W: Write>(
         current_failed: None,
         current: None,
         durable: None,
+        lacks: VecDeque::new(),
         packing: packing::Packing::new(ctx.compression, ctx.zstd, ctx.readings, &ctx.target),
     };
     let result = s.run();
-    s.summary.wire_bytes = s.packing.totals().1;
+    s.summary.wire_bytes += s.packing.totals().1;
     // Settle whatever is still claimed: nothing of an unsent offer moved; a file sent but
     // not confirmed is interrupted (the next session finds it held or resumable).
     let reason = match &result {
@@ -425,6 +434,7 @@ impl<'a, F: Feed, W: Write> Session<'a, '_, F, W> {
                 Some((s, o)) if *s == seq => *o = (*o).max(offset),
                 other => *other = Some((seq, offset)),
             },
+            Reply::Lacks { .. } => self.lacks.push_back(r),
             Reply::Bye => return Ok(true),
             Reply::Want { .. } | Reply::Ready => {
                 return Err(SessionError::Connection(
@@ -532,16 +542,16 @@ impl<'a, F: Feed, W: Write> Session<'a, '_, F, W> {
                     self.send(&Frame::Skip { seq: o.seq })
                 } else {
                     // A changed file: the new copy replaces the old once it verified.
-                    self.stream(o, 0, Sha256::new(&SHA256))
+                    self.stream_whole(o)
                 }
             }
             Some(Reply::Resume { offset, prefix, .. }) if offset <= o.size => {
                 match self.hash_prefix(&mut o.file, offset) {
-                    Some(h) if digest(&h) == prefix => self.stream(o, offset, h),
+                    Some(h) if digest(&h) == prefix => self.stream_resumed(o, offset, h),
                     _ => self.stream(o, 0, Sha256::new(&SHA256)),
                 }
             }
-            _ => self.stream(o, 0, Sha256::new(&SHA256)),
+            _ => self.stream_whole(o),
         }
     }
 

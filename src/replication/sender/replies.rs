@@ -51,6 +51,14 @@ pub enum Reply {
         seq: u32,
         offset: u64,
     },
+    /// The chunks of a list the target lacks (`chunks` feature): bit `i` of `bits` (least
+    /// significant first) for chunk `first + i`.
+    Lacks {
+        seq: u32,
+        first: u64,
+        count: u32,
+        bits: Vec<u8>,
+    },
 }
 
 /// Why the target's stream of replies ended without `Bye`.
@@ -112,6 +120,17 @@ impl Reply {
             },
             Frame::Ready => Reply::Ready,
             Frame::Durable { seq, offset } => Reply::Durable { seq, offset },
+            Frame::Lacks {
+                seq,
+                first,
+                count,
+                bits,
+            } => Reply::Lacks {
+                seq,
+                first,
+                count,
+                bits: bits.to_vec(),
+            },
             Frame::Fatal { code, message } => Reply::Fatal {
                 code,
                 message: message.to_string(),
