@@ -318,6 +318,13 @@ impl Live {
         lock(&self.bucket).take(now, want, rate)
     }
 
+    /// Gives back what a granted frame did not take on the wire ([`throttle::Bucket::refund`]).
+    pub fn refund(&self, bytes: u64) {
+        if bytes > 0 {
+            lock(&self.bucket).refund(bytes);
+        }
+    }
+
     /// How long to wait before asking [`Live::take`] again.
     pub fn wait_for(&self, want: u64) -> Duration {
         Duration::from_secs_f64(lock(&self.bucket).wait_s(want))

@@ -81,9 +81,11 @@ pub fn limit_bps(t: &ThrottleRecord, weekday: u8, hour: u32) -> Option<u64> {
     Some((t.link_mbps * 1_000_000 / 8) * u64::from(pct) / 100)
 }
 
-/// A token bucket over a clock given in seconds. It holds at most a tenth of a second of
-/// tokens, so a transfer never bursts far above the rate, and forgets its debt when the
-/// rate changes, so a new window applies at once instead of after paying off the old one.
+/// A token bucket over a clock given in seconds, in bytes on the wire: a sender takes a
+/// grant of content bytes and refunds what compression saved. It holds at most a tenth of
+/// a second of tokens, so a transfer never bursts far above the rate, and forgets its debt
+/// when the rate changes, so a new window applies at once instead of after paying off the
+/// old one.
 #[derive(Debug, Default)]
 pub struct Bucket {
     tokens: f64,
@@ -119,6 +121,14 @@ impl Bucket {
         }
         self.tokens -= granted;
         granted as u64
+    }
+
+    /// Gives back `bytes` of a grant that cost less on the wire than granted (a frame that
+    /// compressed), so the rate holds in wire bytes. Up to the bucket's depth, as ever.
+    pub fn refund(&mut self, bytes: u64) {
+        if let Some(r) = self.rate {
+            self.tokens = (self.tokens + bytes as f64).min(r.max(1) as f64 * DEPTH_S);
+        }
     }
 
     /// How long to wait before asking again for `want` bytes, in seconds (at most 50 ms,
@@ -235,5 +245,25 @@ mod tests {
         // A very low rate still moves, in small grants.
         let sent = simulate(&mut b, 12.0, 10.0, Some(1_000));
         assert!((9_000..=11_000).contains(&sent), "{sent}");
+    }
+
+    #[test]
+    fn what_compression_saved_comes_back_so_the_rate_holds_in_wire_bytes() {
+        let rate = Some(100_000);
+        let mut b = Bucket::default();
+        assert_eq!(b.take(0.0, 1, rate), 0);
+        // A tenth of a second holds 10,000 bytes; all of it is granted.
+        assert_eq!(b.take(0.1, 50_000, rate), 10_000);
+        assert_eq!(b.take(0.1, 50_000, rate), 0);
+        // The frame took 4,000 bytes on the wire: 6,000 come back, at once.
+        b.refund(6_000);
+        assert_eq!(b.take(0.1, 50_000, rate), 6_000);
+        // Never past the depth, and nothing when unlimited.
+        b.refund(1 << 40);
+        assert_eq!(b.take(0.1, 50_000, rate), 10_000);
+        let mut free = Bucket::default();
+        free.refund(1_000);
+        assert_eq!(free.take(0.0, 7, None), 7);
+        assert_eq!(free.tokens, 0.0);
     }
 }

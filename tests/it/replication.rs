@@ -721,7 +721,12 @@ fn the_throttle_holds_the_rate_and_a_boundary_applies_at_once() {
     let rate = 2_000_000u64;
     throttle_to(&src, &st, rate);
     let size = 40_000_000usize;
-    write_backup(&src, "t/big", &content(3, size));
+    // Incompressible: the throttle counts wire bytes (the test below).
+    let mut rng = crate::rng::Rng::new(7);
+    let big: Vec<u8> = (0..size / 8)
+        .flat_map(|_| rng.next_u64().to_le_bytes())
+        .collect();
+    write_backup(&src, "t/big", &big);
     let p = pair(&src, &tgt, json!({}));
     wait_progress(&src, &st, "t/big", 1_000_000, Duration::from_secs(20));
     // Each reading is timed at the middle of its request, which a busy machine stretches.
@@ -765,6 +770,52 @@ fn the_throttle_holds_the_rate_and_a_boundary_applies_at_once() {
             .unwrap()
             .len(),
         size
+    );
+}
+
+/// The throttle counts bytes on the wire: a backup that compresses crosses a throttled
+/// link faster than its content size allows, and its session's wire bytes keep the rate.
+#[test]
+fn the_throttle_counts_wire_bytes_so_compressed_content_moves_faster() {
+    let (src, tgt) = start_pair("repl-throttle-wire");
+    let st = src.root_token();
+    let rate = 1_000_000u64;
+    throttle_to(&src, &st, rate);
+    // `content` compresses about threefold under zstd's fastest level.
+    let size = 9_000_000usize;
+    let backup = content(5, size);
+    write_backup(&src, "w/compressible", &backup);
+    let started = Instant::now();
+    let p = pair(&src, &tgt, json!({}));
+    wait_item(&src, &st, "w/compressible", "done", Duration::from_secs(60));
+    let took = started.elapsed().as_secs_f64();
+    assert_eq!(
+        sha256_hex(&std::fs::read(received_path(&tgt, &p, "w/compressible")).unwrap()),
+        sha256_hex(&backup)
+    );
+    // In content bytes the throttle would need 9 s; pairing's own seconds are in `took`.
+    let content_secs = size as f64 / rate as f64;
+    assert!(
+        took < content_secs * 0.8,
+        "{size} compressible bytes took {took:.1} s at {rate} B/s"
+    );
+    // The session's end line gives its wire bytes: about the rate times the time, never
+    // much above it.
+    let wire: u64 = eventually(Duration::from_secs(20), "the session's end line", || {
+        let log = src.log();
+        let line = log
+            .lines()
+            .find(|l| l.contains("session ended:") && l.contains("1 sent"))?;
+        let (_, after) = line.split_once("bytes (")?;
+        after.split_once(" on the wire")?.0.parse().ok()
+    });
+    assert!(
+        (wire as f64) < rate as f64 * took * 1.2,
+        "{wire} wire bytes in {took:.1} s at {rate} B/s"
+    );
+    assert!(
+        wire < size as u64 / 2,
+        "{wire} wire bytes for {size}: not compressed"
     );
 }
 

@@ -341,6 +341,10 @@ impl<F: Feed, W: Write> Session<'_, '_, F, W> {
                     &self.buf[at..body + n]
                 }
             };
+            // The throttle counts wire bytes: what compression saved is given back.
+            self.ctx
+                .live
+                .refund((n as u64).saturating_sub(frame.len() as u64));
             self.out
                 .send_raw(frame)
                 .map_err(|e| SessionError::Connection(format!("send to the target: {e}")))?;
