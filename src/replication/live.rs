@@ -318,10 +318,11 @@ impl Live {
         lock(&self.bucket).take(now, want, rate)
     }
 
-    /// Gives back what a granted frame did not take on the wire ([`throttle::Bucket::refund`]).
-    pub fn refund(&self, bytes: u64) {
-        if bytes > 0 {
-            lock(&self.bucket).refund(bytes);
+    /// The throttle counts wire bytes: of `granted` content bytes that went as a frame of
+    /// `on_wire` bytes, gives back what compression saved ([`throttle::Bucket::refund`]).
+    pub fn refund(&self, granted: usize, on_wire: usize) {
+        if let Some(saved) = granted.checked_sub(on_wire).filter(|s| *s > 0) {
+            lock(&self.bucket).refund(saved as u64);
         }
     }
 

@@ -341,10 +341,7 @@ impl<F: Feed, W: Write> Session<'_, '_, F, W> {
                     &self.buf[at..body + n]
                 }
             };
-            // The throttle counts wire bytes: what compression saved is given back.
-            self.ctx
-                .live
-                .refund((n as u64).saturating_sub(frame.len() as u64));
+            self.ctx.live.refund(n, frame.len());
             self.out
                 .send_raw(frame)
                 .map_err(|e| SessionError::Connection(format!("send to the target: {e}")))?;
