@@ -26,8 +26,9 @@ pub struct Period {
     pub elapsed: Duration,
     /// The sending thread's CPU time, if the platform tells.
     pub cpu: Option<Duration>,
-    /// Time spent waiting on the target (its window, its decisions) or the throttle: the
-    /// link did not hold the sender back then.
+    /// Time spent waiting on the target (its window, its decisions): the link did not
+    /// hold the sender back then. Throttle waits are not in it: the throttle counts wire
+    /// bytes, so for the chooser it is the link (compressing moves more content under it).
     pub waited: Duration,
     /// Content bytes sent, and the bytes they took in frames.
     pub raw: u64,
@@ -216,7 +217,7 @@ impl Chooser {
         }
     }
 
-    /// The sender waited this long on the target or the throttle.
+    /// The sender waited this long on the target.
     pub fn waited(&mut self, d: Duration) {
         self.period.waited += d;
     }

@@ -324,10 +324,9 @@ impl<F: Feed, W: Write> Session<'_, '_, F, W> {
             let want = (len - at) as u64;
             let grant = self.ctx.live.take(want);
             if grant == 0 {
+                // The throttle holds the sender back as a link would (not counted waited).
                 self.flush()?;
-                let t = Instant::now();
                 self.wait_reply(self.ctx.live.wait_for(want))?;
-                self.packing.waited(t.elapsed());
                 continue;
             }
             let n = grant.min(want) as usize;

@@ -632,11 +632,10 @@ impl<'a, F: Feed, W: Write> Session<'a, '_, F, W> {
             let grant = self.ctx.live.take(want);
             if grant == 0 {
                 // Under a throttle window: push out what is buffered, then wait a little
-                // (taking the target's replies meanwhile).
+                // (taking the target's replies meanwhile). Not a wait on the target: the
+                // throttle counts wire bytes and holds the sender back as a link would.
                 self.flush()?;
-                let t = Instant::now();
                 self.wait_reply(self.ctx.live.wait_for(want))?;
-                self.packing.waited(t.elapsed());
                 continue;
             }
             let n = grant.min(want) as usize;

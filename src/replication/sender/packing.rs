@@ -110,7 +110,8 @@ impl<'a> Packing<'a> {
         Some((level, time, len.map(|l| ZHEADER + l)))
     }
 
-    /// The sender waited `d` on the target or the throttle (the link did not hold it).
+    /// The sender waited `d` on the target (the link did not hold it). A throttle wait is
+    /// not reported: the throttle counts wire bytes, so it limits as a slower link would.
     pub(super) fn waited(&mut self, d: Duration) {
         self.chooser.waited(d);
     }
