@@ -619,3 +619,65 @@ fn address_patterns_admit_exactly_what_the_server_parses() {
         );
     }
 }
+
+/// Lines where a plain (unquoted, not block) scalar holds `: `, which YAML does not allow
+/// (schemathesis refused the whole document for one, late in CI; this checker's own
+/// line reading does not care). A key's plain value and the lines that continue it (more
+/// indented, not a list item) are checked.
+fn plain_scalars_with_a_colon(yaml: &str) -> Vec<usize> {
+    let mut bad = Vec::new();
+    let mut plain_at: Option<usize> = None;
+    let mut block_at: Option<usize> = None;
+    for (i, line) in yaml.lines().enumerate() {
+        let text = line.trim_start();
+        let indent = line.len() - text.len();
+        if text.is_empty() || text.starts_with('#') {
+            continue;
+        }
+        // Inside a block scalar (`key: |` or `>`) anything goes.
+        if let Some(key_indent) = block_at {
+            if indent > key_indent {
+                continue;
+            }
+            block_at = None;
+        }
+        if let Some(key_indent) = plain_at {
+            if indent > key_indent && !text.starts_with("- ") {
+                if text.contains(": ") || text.ends_with(':') {
+                    bad.push(i + 1);
+                }
+                continue;
+            }
+            plain_at = None;
+        }
+        let Some((key, value)) = text.split_once(": ") else {
+            continue;
+        };
+        let value = value.trim();
+        let is_key =
+            !key.is_empty() && !key.contains(' ') && !key.starts_with(['\'', '"', '{', '[']);
+        let plain = !value.is_empty()
+            && !value.starts_with(['|', '>', '\'', '"', '{', '[', '&', '*', '!', '#']);
+        if is_key && value.starts_with(['|', '>']) {
+            block_at = Some(indent);
+        }
+        if is_key && plain {
+            if value.contains(": ") {
+                bad.push(i + 1);
+            }
+            plain_at = Some(indent);
+        }
+    }
+    bad
+}
+
+#[test]
+fn openapi_plain_scalars_hold_no_colon_a_strict_yaml_parser_would_refuse() {
+    assert_eq!(
+        plain_scalars_with_a_colon(SPEC),
+        Vec::<usize>::new(),
+        "docs/openapi.yaml lines"
+    );
+    let broken = "a:\n  description: The features (of the request this\n    version has and agrees to: `chunks` only).\n  ok: |\n    a block: fine\n  x: 'quoted: fine'\n";
+    assert_eq!(plain_scalars_with_a_colon(broken), vec![3]);
+}
