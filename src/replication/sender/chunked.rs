@@ -8,7 +8,6 @@
 
 use std::collections::VecDeque;
 use std::io::{Read, Seek, SeekFrom, Write};
-use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use ring::digest::{Context as Sha256, SHA256};
@@ -124,25 +123,10 @@ impl<F: Feed, W: Write> Session<'_, '_, F, W> {
         let mut out_of_window: Option<Instant> = None;
         let mut last_check = Instant::now();
         loop {
-            if self.ctx.shutdown.load(Ordering::SeqCst) {
-                return Err(SessionError::Shutdown);
-            }
-            let recheck = last_check.elapsed() >= Duration::from_secs(1);
-            if recheck {
-                last_check = Instant::now();
-            }
-            if self.ctx.live.is_cancelled(id) || (recheck && !self.feed.still_wanted(id)) {
-                self.ctx.live.clear_cancel(id);
-                self.settle(id, Attempt::Interrupted("removed from the queue".into()));
-                return self.send(&Frame::Skip { seq });
-            }
-            self.drain()?;
-            if self.settle_if_failed(seq, id, &o.claimed.backup) {
-                return self.send(&Frame::Skip { seq });
-            }
-            let durable = match self.durable {
-                Some((s, d)) if s == seq => d,
-                _ => offset,
+            let Some(durable) =
+                self.next_frame(seq, id, offset, &o.claimed.backup, &mut last_check)?
+            else {
+                return Ok(());
             };
             let limit = durable + window;
             while ahead.len() < 2 {

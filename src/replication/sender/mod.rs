@@ -592,25 +592,10 @@ impl<'a, F: Feed, W: Write> Session<'a, '_, F, W> {
         let window = window_for(o.size);
         let mut out_of_window: Option<Instant> = None;
         while left > 0 {
-            if self.ctx.shutdown.load(Ordering::SeqCst) {
-                return Err(SessionError::Shutdown);
-            }
-            let recheck = last_check.elapsed() >= Duration::from_secs(1);
-            if recheck {
-                last_check = Instant::now();
-            }
-            if self.ctx.live.is_cancelled(id) || (recheck && !self.feed.still_wanted(id)) {
-                self.ctx.live.clear_cancel(id);
-                self.settle(id, Attempt::Interrupted("removed from the queue".into()));
-                return self.send(&Frame::Skip { seq });
-            }
-            self.drain()?;
-            if self.settle_if_failed(seq, id, &o.claimed.backup) {
-                return self.send(&Frame::Skip { seq });
-            }
-            let durable = match self.durable {
-                Some((s, d)) if s == seq => d,
-                _ => offset,
+            let Some(durable) =
+                self.next_frame(seq, id, offset, &o.claimed.backup, &mut last_check)?
+            else {
+                return Ok(());
             };
             let room = (durable + window).saturating_sub(offset + sent);
             if room == 0 {
@@ -705,6 +690,42 @@ impl<'a, F: Feed, W: Write> Session<'a, '_, F, W> {
 
     /// Whether the target reported the file being streamed (`seq`, item `id`) failed;
     /// settles it if so. A report for another file is dropped.
+    /// What a file's data loop checks before each frame: shutdown, a cancel or a removal
+    /// from the queue (the store is asked at most once a second), then the target's
+    /// replies and a failure it reported. `None`: the file was skipped (and the target
+    /// told); else what the target holds of it durably.
+    fn next_frame(
+        &mut self,
+        seq: u32,
+        id: u64,
+        offset: u64,
+        backup: &BackupName,
+        last_check: &mut Instant,
+    ) -> Result<Option<u64>, SessionError> {
+        if self.ctx.shutdown.load(Ordering::SeqCst) {
+            return Err(SessionError::Shutdown);
+        }
+        let recheck = last_check.elapsed() >= Duration::from_secs(1);
+        if recheck {
+            *last_check = Instant::now();
+        }
+        if self.ctx.live.is_cancelled(id) || (recheck && !self.feed.still_wanted(id)) {
+            self.ctx.live.clear_cancel(id);
+            self.settle(id, Attempt::Interrupted("removed from the queue".into()));
+            self.send(&Frame::Skip { seq })?;
+            return Ok(None);
+        }
+        self.drain()?;
+        if self.settle_if_failed(seq, id, backup) {
+            self.send(&Frame::Skip { seq })?;
+            return Ok(None);
+        }
+        Ok(Some(match self.durable {
+            Some((s, d)) if s == seq => d,
+            _ => offset,
+        }))
+    }
+
     fn settle_if_failed(&mut self, seq: u32, id: u64, backup: &BackupName) -> bool {
         let Some((fseq, code, message)) = self.current_failed.take() else {
             return false;
