@@ -197,7 +197,7 @@ fn session(
                 store: &f.store,
                 live: &f.live,
                 ledger: &f.ledger,
-                slot: None,
+                slots: None,
                 peer: "test".into(),
                 now: || 1_000,
                 features: f.features,
@@ -460,7 +460,7 @@ fn against_receiver_as(
                 store: &f.store,
                 live: &f.live,
                 ledger: &f.ledger,
-                slot: None,
+                slots: None,
                 peer: "test".into(),
                 now: || 1_000,
                 features: f.features,
@@ -1138,7 +1138,7 @@ fn offers_never_sent_by_one_source_do_not_starve_another() {
                 ledger: &f.ledger,
                 peer: "a".into(),
                 now: || 1_000,
-                slot: None,
+                slots: None,
                 features: f.features,
             };
             let summary = super::serve(&ctx, &f.source, a.try_clone().unwrap(), &a);

@@ -18,6 +18,7 @@ use super::{Context, ReceiveError, Refusal, Source, Summary};
 use crate::model::UnixTime;
 use crate::replication::live::{code_reason, Incoming, Peer, Registered};
 use crate::replication::names::BackupName;
+use crate::replication::slots::Admission;
 use crate::replication::stream::FrameWriter;
 use crate::wire::compress::Unpacker;
 use crate::wire::transfer::{Code, Decision, Frame, Outcome};
@@ -47,6 +48,8 @@ pub(super) struct Session<'c, 'l, W: Write, S: FileSink> {
     /// Decodes `ZData` frames into `unpacked` (made on the first one).
     pub(super) unpacker: Option<Unpacker>,
     pub(super) unpacked: Vec<u8>,
+    /// The session's slot, taken at its first offer (`Context::slots`).
+    pub(super) slot: Option<Admission<'l>>,
 }
 
 /// What the target holds of an offered file.
