@@ -51,7 +51,9 @@ pub fn serve<S: FileSink>(
         unpacked: Vec::new(),
         slot: None,
     };
-    log::info!(
+    // Most sessions of a target with many sources are heartbeats (nothing offered): they
+    // are logged at debug, a session that moved or refused anything at info.
+    log::debug!(
         "replication from system {} ({}) at {}: session started, storage {}",
         source.system_id,
         source.uuid,
@@ -78,7 +80,13 @@ pub fn serve<S: FileSink>(
         session.summary.error = Some(e);
     }
     let s = &session.summary;
-    log::info!(
+    let level = if s.committed + s.failed + s.bytes > 0 || s.error.is_some() {
+        log::Level::Info
+    } else {
+        log::Level::Debug
+    };
+    log::log!(
+        level,
         "replication from system {} at {}: session ended, {} files committed, {} failed, {} bytes{}",
         source.system_id,
         ctx.peer,
