@@ -2,8 +2,8 @@
 //! `max` sessions at once, each source capped at its weighted share of them, and no
 //! source starved. A session takes its slot at its first offer, so a session with nothing
 //! to send (a source's heartbeat: `Ready`, `Finish`, `Bye`) neither holds nor waits for
-//! one. A session that finds no slot free waits for one, up to [`QUEUE_WAIT`], as a
-//! source waiting; the slots that free up go to the waiting sources with none, the one
+//! one. A session that finds no slot free waits for one, up to [`QUEUE_WAIT`] (as many
+//! sessions at once as there are slots; more are refused at once), as a source waiting; the slots that free up go to the waiting sources with none, the one
 //! served least recently first (one never served, or not for [`SERVED_FORGOTTEN`], before
 //! all others: a source that starts gets the next free slot), and while such a source
 //! waits and every slot is taken, the sessions that have had their turn ([`TURN`]) end at
@@ -91,6 +91,9 @@ pub struct State {
     shares: HashMap<u64, u32>,
     /// When each source last gave a slot back, for [`SERVED_FORGOTTEN`].
     served: HashMap<u64, Instant>,
+    /// Sessions waiting in [`Slots::admit`] now: at most `max`, so that waiting sessions
+    /// hold no more of the listener's connections than running ones.
+    in_wait: usize,
 }
 
 /// A waiting source's place in the queue, lowest first: never served (or long ago)
@@ -269,17 +272,30 @@ impl Slots {
     pub fn admit(&self, system_id: u64, share: u32, wait: Duration) -> Result<Admission<'_>, Busy> {
         let deadline = (self.clock)() + wait;
         let mut state = lock(&self.state);
-        loop {
+        let mut waiting = false;
+        let result = loop {
             let now = (self.clock)();
             match state.admit(system_id, share, now) {
-                Ok(id) => return Ok(Admission { slots: self, id }),
-                Err(busy) if now >= deadline => return Err(busy),
+                Ok(id) => break Ok(Admission { slots: self, id }),
+                // Past its wait, or as many sessions wait as there are slots: this one is
+                // refused now and its source asks again (its place is kept all the same).
+                Err(busy) if now >= deadline || (!waiting && state.in_wait >= state.max) => {
+                    break Err(busy)
+                }
                 Err(_) => {
+                    if !waiting {
+                        waiting = true;
+                        state.in_wait += 1;
+                    }
                     let left = deadline.saturating_duration_since(now).min(RECHECK);
                     state = wait_timeout(&self.freed, state, left);
                 }
             }
+        };
+        if waiting {
+            state.in_wait -= 1;
         }
+        result
     }
 }
 
@@ -508,6 +524,15 @@ mod tests {
         let t = Instant::now();
         assert!(slots.admit(2, 1, Duration::from_millis(300)).is_err());
         assert!(t.elapsed() >= Duration::from_millis(300));
+        // As many sessions wait as there are slots (one): another is refused at once.
+        std::thread::scope(|scope| {
+            let waiter = scope.spawn(|| slots.admit(4, 1, Duration::from_secs(2)).is_err());
+            std::thread::sleep(Duration::from_millis(200));
+            let t = Instant::now();
+            assert!(slots.admit(5, 1, Duration::from_secs(30)).is_err());
+            assert!(t.elapsed() < Duration::from_secs(1), "{:?}", t.elapsed());
+            assert!(waiter.join().unwrap(), "nothing was given back");
+        });
     }
 
     /// 100 equal sources that always have files, 64 slots: every session sends files of
