@@ -6,7 +6,8 @@
 #          sources do (status.json on the API, the idle transfer session on the tunnel,
 #          each on a fresh TLS connection from the source's own 127.x address): the
 #          target's resident memory, threads and descriptors every second, API p50/p99
-#          (`/api/health`, `/api/systems`, `/api/replication/pending` every second), poll
+#          (`/api/health`, `/api/systems` whole and its first page of 100 (`systems_page`),
+#          `/api/replication/pending` every second), poll
 #          and tunnel p50/p99, handshake failures, log lines, idle memory per source.
 #   load   the same fleet polling while TRANSFERS (200) of its sources send FILE_MB files
 #          at once for LOAD_S seconds: the same figures, per-source rates, Jain's index.
@@ -209,7 +210,7 @@ part_poll() {
     echo "| target CPU | $(val target_cpu_pct "$o") % of one core | |"
     echo "| poll (fresh TLS each) p50 / p99 | $(val poll_p50_ms "$o") / $(val poll_p99_ms "$o") ms | |"
     echo "| tunnel idle session (fresh mTLS each) p50 / p99 | $(val tunnel_p50_ms "$o") / $(val tunnel_p99_ms "$o") ms | |"
-    for e in health systems pending metrics; do
+    for e in health systems systems_page pending metrics; do
       echo "| API \`$e\` p50 / p99 | $(val "api_${e}_p50_ms" "$o") / $(val "api_${e}_p99_ms" "$o") ms | $(verdict "$(val "api_${e}_p99_ms" "$o")" 50) (p99 ≤ 50 ms) |"
     done
     echo "| \`/api/systems\` answer | $(val api_systems_bytes "$o") bytes | |"
@@ -246,7 +247,7 @@ part_load() {
     echo "| RSS max / mean | $(val target_rss_max_mb "$o") / $(val target_rss_mean_mb "$o") MB | $(verdict "$(val target_rss_max_mb "$o")" 128) (≤ 128 MB) |"
     echo "| threads max; descriptors max | $(val target_threads_max "$o"); $(val target_fds_max "$o") | |"
     echo "| target CPU | $(val target_cpu_pct "$o") % of one core | |"
-    for e in health systems pending metrics; do
+    for e in health systems systems_page pending metrics; do
       echo "| API \`$e\` p50 / p99 | $(val "api_${e}_p50_ms" "$o") / $(val "api_${e}_p99_ms" "$o") ms | $(verdict "$(val "api_${e}_p99_ms" "$o")" 50) (p99 ≤ 50 ms) |"
     done
     echo "| poll p50 / p99 | $(val poll_p50_ms "$o") / $(val poll_p99_ms "$o") ms | |"

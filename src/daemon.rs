@@ -144,6 +144,8 @@ fn shared_state(
         first_start,
         started,
         replication,
+        certified: Default::default(),
+        request_counts: Default::default(),
     };
     (Arc::new(app), listener_certs)
 }

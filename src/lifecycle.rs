@@ -3,16 +3,18 @@
 //! re-issued (two thirds), how a failed renewal is retried (backing off, but still trying
 //! until the certificate actually ends), and which certificates deserve a warning. Plain
 //! functions over plain numbers, the time passed in; [`expiries`] gathers the
-//! certificates those rules (and the metrics) look at, from the store and what the caller
-//! hands in.
+//! certificates those rules (and the metrics) look at, from the store's rows
+//! ([`Certified`], kept between changes by [`CertCache`]) and what the caller hands in.
 
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use rustls::pki_types::CertificateDer;
 
 use crate::ca::{self, CaSet};
 use crate::model::{format_utc, UnixTime};
-use crate::store::{Store, StoreError};
+use crate::store::{CertRecord, Store, StoreError, SystemRecord, TargetRecord};
+use crate::sync::lock;
 
 /// A source renews no earlier than this share of its certificate's lifetime...
 const RENEW_FROM: f64 = 0.60;
@@ -150,16 +152,62 @@ impl CertKind {
     }
 }
 
+/// What the certificate expiries (and a CA rollover's status) are read from in the
+/// store: every stored system with its current certificate's row, and the targets. Its
+/// `last_seen` values may be older than the store's (a hello does not make it stale: see
+/// [`CertCache`]).
+#[derive(Debug)]
+pub struct Certified {
+    pub systems: Vec<(SystemRecord, Option<CertRecord>)>,
+    pub targets: Vec<TargetRecord>,
+}
+
+impl Certified {
+    /// One read of targets, and one snapshot of systems and their certificates.
+    pub fn read(store: &Store) -> Result<Certified, StoreError> {
+        Ok(Certified {
+            targets: store.targets()?,
+            systems: store.systems_with_certs()?,
+        })
+    }
+}
+
+/// The last [`Certified`] read, kept while the store's certificate generation is the one
+/// it was read at (`Store::certificate_generation`: a renewal, a pairing, an unpair, a
+/// rollover's new certificates, a revocation change it), so that `GET /api/health` and
+/// each metrics scrape do not read thousands of systems and certificates again. Time is
+/// never cached: what ends when is decided at each call from the rows.
+#[derive(Debug, Default)]
+pub struct CertCache {
+    slot: Mutex<Option<(u64, Arc<Certified>)>>,
+}
+
+impl CertCache {
+    /// The rows as the store holds them now: the kept ones, or a fresh read.
+    pub fn get(&self, store: &Store) -> Result<Arc<Certified>, StoreError> {
+        // The generation first: a write that commits during the read below leaves a
+        // newer generation than the one kept, so the next call reads again.
+        let generation = store.certificate_generation();
+        if let Some((g, kept)) = lock(&self.slot).as_ref() {
+            if *g == generation {
+                return Ok(kept.clone());
+            }
+        }
+        let fresh = Arc::new(Certified::read(store)?);
+        *lock(&self.slot) = Some((generation, fresh.clone()));
+        Ok(fresh)
+    }
+}
+
 /// Every certificate this appliance depends on: the CA in force (and a rollover's new CA),
-/// the listeners' server certificates (`listeners`: name and leaf), its own client certificates for targets
-/// (source side; not for pairings that ended) and the current certificates of its paired
-/// sources (target side). One read of targets and systems, and one certificate read per
-/// paired source.
+/// the listeners' server certificates (`listeners`: name and leaf), its own client
+/// certificates for targets (source side; not for pairings that ended) and the current
+/// certificates of its paired sources (target side), from `rows`.
 pub(crate) fn expiries(
-    store: &Store,
+    rows: &Certified,
     cas: &CaSet,
     listeners: &[(&'static str, CertificateDer<'static>)],
-) -> Result<Vec<Expiry>, StoreError> {
+) -> Vec<Expiry> {
     let mut out = Vec::new();
     let mut authorities = vec![cas.current.cert_der()];
     authorities.extend(cas.next.as_ref().map(|n| n.ca.cert_der()));
@@ -181,7 +229,7 @@ pub(crate) fn expiries(
             });
         }
     }
-    for t in store.targets()? {
+    for t in &rows.targets {
         if let (false, Some(not_before), Some(not_after)) = (
             t.status.is_final(),
             t.certificate_starts,
@@ -194,11 +242,8 @@ pub(crate) fn expiries(
             });
         }
     }
-    for s in store.systems()? {
-        let Some(serial) = s.cert_serial.as_deref().filter(|_| s.role.is_source()) else {
-            continue;
-        };
-        if let Some(c) = store.cert(serial)? {
+    for (s, c) in &rows.systems {
+        if let (true, Some(c)) = (s.role.is_source(), c) {
             out.push(Expiry {
                 kind: CertKind::System(s.id),
                 not_before: c.issued_at,
@@ -206,7 +251,7 @@ pub(crate) fn expiries(
             });
         }
     }
-    Ok(out)
+    out
 }
 
 /// Whether `e` deserves a warning at `now`: it ends within 30 days, or, for a lifetime
@@ -248,9 +293,143 @@ pub(crate) fn warnings(certs: &[Expiry], now: UnixTime) -> Vec<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::model::Role;
 
     const YEAR: i64 = 365 * 86_400;
     const T0: UnixTime = 1_767_225_600;
+
+    fn source(id: u64, serial: &str) -> SystemRecord {
+        SystemRecord {
+            id,
+            name: format!("source {id}"),
+            host: "10.0.0.9".into(),
+            role: Role::Source,
+            system_uuid: Some(format!("uuid-{id}")),
+            version: None,
+            storage_id: Some(1),
+            created: T0,
+            updated: T0,
+            cert_serial: Some(serial.into()),
+            certificate_expires: Some(T0 + YEAR),
+            last_seen: None,
+            last_serial: None,
+            was_managed: false,
+            request_id: Some(1),
+            asset_tag: None,
+            quota_mb: None,
+            retention: None,
+            share: None,
+            copies_uuid: None,
+        }
+    }
+
+    fn cert(system_id: u64, serial: &str, generation: u64, not_after: UnixTime) -> CertRecord {
+        CertRecord {
+            serial: serial.into(),
+            request_id: 1,
+            system_id,
+            subject: "s".into(),
+            issued_at: T0,
+            not_after,
+            pem: String::new(),
+            revoked_at: None,
+            generation,
+            renews: None,
+            superseded_at: None,
+            retired_at: None,
+            issuer: None,
+        }
+    }
+
+    fn system_expiry(rows: &Certified, id: u64) -> Option<UnixTime> {
+        rows.systems
+            .iter()
+            .find(|(s, _)| s.id == id)
+            .and_then(|(_, c)| c.as_ref().map(|c| c.not_after))
+    }
+
+    /// The cache keeps its rows while nothing they come from changed (a hello moving
+    /// `last_seen` does not count), and reads again after a renewal, a new pairing, a
+    /// revocation or an unpair.
+    #[test]
+    fn the_cert_cache_is_read_again_exactly_when_a_certificate_changed() {
+        let dir = std::env::temp_dir().join(format!("replgate-certcache-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        crate::fsx::ensure_private_dir(&dir).unwrap();
+        let store = Store::open(&dir.join("replgate.redb")).unwrap();
+        let cache = CertCache::default();
+        store
+            .write(|tx| {
+                tx.put_system(&source(2, "aa"))?;
+                tx.insert_cert(&cert(2, "aa", 1, T0 + YEAR)).map(|_| ())
+            })
+            .unwrap();
+        let first = cache.get(&store).unwrap();
+        assert_eq!(system_expiry(&first, 2), Some(T0 + YEAR));
+        assert!(Arc::ptr_eq(&first, &cache.get(&store).unwrap()), "kept");
+
+        // A hello: `last_seen` moves, nothing a certificate is read from.
+        store
+            .write(|tx| {
+                let mut row = tx.system(2)?.unwrap();
+                row.last_seen = Some(T0 + 60);
+                tx.put_system(&row)
+            })
+            .unwrap();
+        assert!(Arc::ptr_eq(&first, &cache.get(&store).unwrap()), "a hello");
+
+        // A renewal: a new certificate, the row naming it.
+        store
+            .write(|tx| {
+                tx.insert_cert(&cert(2, "bb", 2, T0 + 2 * YEAR))?;
+                let mut row = tx.system(2)?.unwrap();
+                row.cert_serial = Some("bb".into());
+                tx.put_system(&row)
+            })
+            .unwrap();
+        let renewed = cache.get(&store).unwrap();
+        assert_eq!(system_expiry(&renewed, 2), Some(T0 + 2 * YEAR));
+
+        // The first hello with the new certificate (the rollover's status reads it).
+        store
+            .write(|tx| {
+                let mut row = tx.system(2)?.unwrap();
+                row.last_serial = Some("bb".into());
+                tx.put_system(&row)
+            })
+            .unwrap();
+        let seen = cache.get(&store).unwrap();
+        assert!(!Arc::ptr_eq(&renewed, &seen));
+        assert_eq!(seen.systems[0].0.last_serial.as_deref(), Some("bb"));
+
+        // A revocation changes the certificate's row.
+        store.write(|tx| tx.revoke("bb", T0 + 100)).unwrap();
+        let revoked = cache.get(&store).unwrap();
+        assert_eq!(
+            revoked.systems[0].1.as_ref().and_then(|c| c.revoked_at),
+            Some(T0 + 100)
+        );
+
+        // A new pairing, then an unpair.
+        store
+            .write(|tx| {
+                tx.put_system(&source(3, "cc"))?;
+                tx.insert_cert(&cert(3, "cc", 1, T0 + YEAR)).map(|_| ())
+            })
+            .unwrap();
+        assert_eq!(
+            system_expiry(&cache.get(&store).unwrap(), 3),
+            Some(T0 + YEAR)
+        );
+        store.write(|tx| tx.delete_system(3)).unwrap();
+        assert_eq!(system_expiry(&cache.get(&store).unwrap(), 3), None);
+
+        // And the expiries follow the rows: the renewed certificate's end.
+        let rows = cache.get(&store).unwrap();
+        assert!(rows.systems.iter().all(|(s, _)| s.id == 2));
+        drop(store);
+        let _ = std::fs::remove_dir_all(&dir);
+    }
 
     #[test]
     fn sources_renew_between_sixty_and_seventy_five_percent_the_same_way_every_time() {

@@ -28,6 +28,19 @@ pub(crate) fn wait<'a, T>(c: &Condvar, guard: MutexGuard<'a, T>) -> MutexGuard<'
     c.wait(guard).unwrap_or_else(PoisonError::into_inner)
 }
 
+/// Waits on `c` with `guard` for at most `timeout`, as [`Condvar::wait_timeout`],
+/// poisoned or not.
+pub(crate) fn wait_timeout<'a, T>(
+    c: &Condvar,
+    guard: MutexGuard<'a, T>,
+    timeout: std::time::Duration,
+) -> MutexGuard<'a, T> {
+    match c.wait_timeout(guard, timeout) {
+        Ok((g, _)) => g,
+        Err(e) => e.into_inner().0,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

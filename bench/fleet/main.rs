@@ -208,9 +208,10 @@ fn pair_cmd(o: &Opts) -> Result<(), String> {
     Ok(())
 }
 
-/// The admin API probe: every second `GET /api/health`, `GET /api/systems` and
-/// `GET /api/replication/pending`, every 15 s `GET /api/metrics`, with an admin token on
-/// one keep-alive connection, as the console, a monitoring script or Prometheus would.
+/// The admin API probe: every second `GET /api/health`, `GET /api/systems` (whole, and its
+/// first page of 100), and `GET /api/replication/pending`, every 15 s `GET /api/metrics`,
+/// with an admin token on one keep-alive connection, as the console, a monitoring script
+/// or Prometheus would.
 /// Seconds between two scrapes of `/api/metrics` by the probe.
 const METRICS_EVERY: u64 = 15;
 
@@ -218,10 +219,14 @@ const METRICS_EVERY: u64 = 15;
 struct Probe {
     health: Endpoint,
     systems: Endpoint,
+    systems_page: Endpoint,
     pending: Endpoint,
     metrics: Endpoint,
     systems_bytes: Mutex<usize>,
 }
+
+/// The page of `GET /api/systems` the probe reads beside the whole list.
+const SYSTEMS_PAGE: &str = "/api/systems?start=0&count=100";
 
 fn probe_loop(admin: &mut Admin, probe: &Probe, stop: &AtomicBool) {
     let mut next = Instant::now();
@@ -230,14 +235,15 @@ fn probe_loop(admin: &mut Admin, probe: &Probe, stop: &AtomicBool) {
         let calls = [
             ("/api/health", &probe.health),
             ("/api/systems", &probe.systems),
+            (SYSTEMS_PAGE, &probe.systems_page),
             ("/api/replication/pending", &probe.pending),
             ("/api/metrics", &probe.metrics),
         ];
         // Metrics every 15 s, a usual scrape interval; the rest every second.
         let count = if round.is_multiple_of(METRICS_EVERY) {
-            4
+            5
         } else {
-            3
+            4
         };
         round += 1;
         for (path, e) in calls.into_iter().take(count) {
@@ -444,6 +450,7 @@ fn run_cmd(o: &Opts) -> Result<(), String> {
     if admin.is_some() {
         print!("{}", probe.health.report("api_health"));
         print!("{}", probe.systems.report("api_systems"));
+        print!("{}", probe.systems_page.report("api_systems_page"));
         print!("{}", probe.pending.report("api_pending"));
         print!("{}", probe.metrics.report("api_metrics"));
         println!("api_systems_bytes={}", lock(&probe.systems_bytes));

@@ -71,6 +71,12 @@ pub struct App {
     /// running), for the expiry warnings.
     pub api_cert: Arc<ServerCertSlot>,
     pub tunnel_cert: Arc<ServerCertSlot>,
+    /// The store's rows the certificate expiries and the rollover's status are read from,
+    /// kept between changes: health and metrics read them on every call.
+    pub certified: crate::lifecycle::CertCache,
+    /// The pairing requests counted by status for the metrics, with the store's request
+    /// generation they were counted at.
+    pub request_counts: std::sync::Mutex<Option<(u64, Vec<usize>)>>,
 }
 
 impl App {
@@ -81,7 +87,12 @@ impl App {
             ("api", self.api_cert.leaf()),
             ("tunnel", self.tunnel_cert.leaf()),
         ];
-        crate::lifecycle::expiries(&self.store, &self.cas.get(), &listeners)
+        let rows = self.certified.get(&self.store)?;
+        Ok(crate::lifecycle::expiries(
+            &rows,
+            &self.cas.get(),
+            &listeners,
+        ))
     }
 
     /// The fingerprint of the CA in force: what sources pin and join lines carry.

@@ -113,12 +113,12 @@ fn rollover_status(
     app: &App,
     now: crate::model::UnixTime,
 ) -> Result<crate::pairing::rollover::Status, ApiError> {
-    Ok(crate::pairing::rollover::status(
-        &app.store,
+    Ok(crate::pairing::rollover::status_of(
+        &app.certified.get(&app.store)?.systems,
         &app.cas.get(),
         app.config.rollover_window,
         now,
-    )?)
+    ))
 }
 
 /// The CA rollover's samples: its phase (every phase listed, 1 for the one it is in), the
@@ -164,7 +164,6 @@ fn state(app: &App, out: &mut Exposition) -> Result<(), ApiError> {
     rollover_state(app, out)?;
     use RequestStatus as R;
     use TargetStatus as T;
-    let requests = app.store.requests(0, usize::MAX, |_| true)?;
     let statuses = [
         R::Pending,
         R::Accepted,
@@ -173,10 +172,12 @@ fn state(app: &App, out: &mut Exposition) -> Result<(), ApiError> {
         R::Ignored,
         R::Revoked,
     ];
-    let counted = statuses.map(|st| {
-        let n = requests.iter().filter(|r| r.status == st).count();
-        (st.as_str(), n)
-    });
+    let counts = request_counts(app, &statuses)?;
+    let counted: Vec<(&str, usize)> = statuses
+        .iter()
+        .zip(counts)
+        .map(|(st, n)| (st.as_str(), n))
+        .collect();
     gauges(
         out,
         "replgate_pairing_requests",
@@ -185,7 +186,8 @@ fn state(app: &App, out: &mut Exposition) -> Result<(), ApiError> {
         &counted,
     );
     last_drill(app, out)?;
-    let systems = app.store.systems()?;
+    let certified = app.certified.get(&app.store)?;
+    let systems: Vec<&SystemRecord> = certified.systems.iter().map(|(s, _)| s).collect();
     let counted = [Role::Managed, Role::Source, Role::NonManagedSource].map(|role| {
         let n = systems.iter().filter(|s| s.role == role).count();
         (role.as_str(), n)
@@ -266,6 +268,31 @@ fn state(app: &App, out: &mut Exposition) -> Result<(), ApiError> {
     Ok(())
 }
 
+/// The pairing requests by status (in the order of `statuses`), counted again only when
+/// the store's request generation moved since the last count.
+fn request_counts(app: &App, statuses: &[RequestStatus]) -> Result<Vec<usize>, ApiError> {
+    let generation = app.store.request_generation();
+    if let Some((g, counts)) = crate::sync::lock(&app.request_counts).as_ref() {
+        if *g == generation && counts.len() == statuses.len() {
+            return Ok(counts.clone());
+        }
+    }
+    let mut counts = vec![0; statuses.len()];
+    app.store.visit_requests(
+        false,
+        0,
+        usize::MAX,
+        |_| true,
+        |r| {
+            if let Some(i) = statuses.iter().position(|s| *s == r.status) {
+                counts[i] += 1;
+            }
+        },
+    )?;
+    *crate::sync::lock(&app.request_counts) = Some((generation, counts.clone()));
+    Ok(counts)
+}
+
 /// Source side of replication (SPEC 15), per target (every one this appliance asked, zero
 /// or not): its queue's open items and their bytes by state, its sessions, the bytes and
 /// files sent, attempts that did not end done by how they ended, the rate now.
@@ -344,7 +371,7 @@ fn sending(app: &App, out: &mut Exposition, targets: &[TargetRecord]) -> Result<
 /// that sent since start, by system id): its sessions, the bytes and files received, the
 /// offers and files that did not end committed by the target's code (a series appears
 /// with its first failure), the rate now.
-fn receiving(app: &App, out: &mut Exposition, systems: &[SystemRecord]) {
+fn receiving(app: &App, out: &mut Exposition, systems: &[&SystemRecord]) {
     let live = &app.replication.live;
     let peers = live.peers();
     let rates = live.receive_rates();

@@ -4,6 +4,7 @@
 
 use serde::Serialize;
 
+use super::body::parse_number;
 use super::error::ApiError;
 use super::pending::visit_listed;
 use super::storage;
@@ -167,7 +168,31 @@ pub(super) fn stored_json(s: &SystemRecord, now: UnixTime) -> Result<serde_json:
     Ok(serde_json::to_value(stored(s, now))?)
 }
 
+/// The most stored systems one page of `GET /api/systems` lists (`count`).
+const MAX_PAGE: u64 = 10_000;
+
+/// A page of the stored systems (`start`, `count`): None when neither is given (all of
+/// them, the answer scripts know).
+fn page(call: &Call) -> Result<Option<(u64, usize)>, ApiError> {
+    let start = call
+        .query("start")
+        .map(|v| parse_number("start", v, 0, u64::MAX / 2))
+        .transpose()?;
+    let count = call
+        .query("count")
+        .map(|v| parse_number("count", v, 1, MAX_PAGE))
+        .transpose()?;
+    Ok((start.is_some() || count.is_some())
+        .then(|| (start.unwrap_or(0), count.unwrap_or(MAX_PAGE) as usize)))
+}
+
+/// `GET /api/systems`: the local row, the stored systems in id order, then the pending
+/// rows (`include_pending`, paged by `after` and `limit`). With `start` or `count` the
+/// stored systems are paged: `count` of them (10,000 at most) after skipping `start`;
+/// the local row comes on the first page (`start` 0) and the pending rows on the page
+/// whose systems run out (fewer than `count`), so the pages together are the whole list.
 pub(super) fn list(call: &Call) -> Result<Reply, ApiError> {
+    let page = page(call)?;
     let include_pending = call.query_flag("include_pending").unwrap_or(true);
     let include_rejected = call.query_flag("include_rejected").unwrap_or(false);
     let app = call.app;
@@ -212,11 +237,21 @@ pub(super) fn list(call: &Call) -> Result<Reply, ApiError> {
     };
     // Written while read, as the pending list is (thousands of pending rows).
     let mut list = ListWriter::new("appliance");
-    list.push(&local);
-    for s in app.store.systems()? {
-        list.push(&stored(&s, call.now));
+    let (systems, last_page) = match page {
+        None => (app.store.systems()?, true),
+        Some((start, count)) => {
+            let rows = app.store.systems_page(start, count)?;
+            let last = rows.len() < count;
+            (rows, last)
+        }
+    };
+    if page.is_none_or(|(start, _)| start == 0) {
+        list.push(&local);
     }
-    if include_pending {
+    for s in &systems {
+        list.push(&stored(s, call.now));
+    }
+    if include_pending && last_page {
         visit_listed(call, include_rejected, |r| list.push(&pending(r)))?;
     }
     list.finish()

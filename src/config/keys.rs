@@ -303,8 +303,9 @@ pub(super) const KEYS: &[Key] = &[
         MAX_RECEIVE_SESSIONS as u64,
         1..=4_096,
         "replication sessions this appliance receives at once, from all its sources; each \
-         source may hold its weighted share of them (`share`), and while a source waits with \
-         none, sessions that ran 5 s end at their next file so it gets a turn: \
+         source may hold its weighted share of them (`share`); a session takes one at its first \
+         file (a heartbeat takes none), and while a source waits with none, sessions that ran \
+         5 s end at their next file so it gets a turn: \
          docs/operations.md, \"Sharing the receiving sessions\"",
     ),
     Key::text(

@@ -10,13 +10,16 @@ use std::io::{Read, Write};
 
 pub(crate) use pipeline::Pipeline;
 
+use crate::fsx::PartialFile;
 use crate::replication::live::Peer;
-use crate::replication::receiver::{self, Context, ReceiveError, Refusal, Source, Summary};
-use crate::wire::transfer::Code;
+use crate::replication::receiver::{
+    self, Context, FileSink, ReceiveError, Sealed, Source, Summary,
+};
+use crate::store::{PartialRecord, Store};
 
 /// Runs one receiving session: frames in from `input`, decisions and outcomes out to
 /// `output` (see `receiver::serve`), its committer and file writer on threads that end
-/// with it.
+/// with it (the file writer's from its first file on: a heartbeat session starts none).
 pub(crate) fn serve(
     ctx: &Context<'_>,
     source: &Source,
@@ -41,14 +44,63 @@ pub(crate) fn serve(
                 ..Summary::default()
             };
         }
-        match Pipeline::spawn(ctx.store.clone(), source.uuid.clone()) {
-            Ok(sink) => receiver::serve(ctx, source, input, output, sink, commits),
-            Err(e) => {
-                let m = format!("cannot start a file writer: {e}");
-                receiver::turn_away(output, Refusal::new(Code::Unavailable, m))
-            }
-        }
+        let sink = OnDemand {
+            store: ctx.store.clone(),
+            uuid: source.uuid.clone(),
+            pipeline: None,
+        };
+        receiver::serve(ctx, source, input, output, sink, commits)
     })
+}
+
+/// The session's [`Pipeline`], started when its first file opens: most sessions of a
+/// target with many sources are heartbeats that open none, and a session waiting for a
+/// slot has no file open yet.
+struct OnDemand {
+    store: Store,
+    uuid: String,
+    pipeline: Option<Pipeline>,
+}
+
+impl OnDemand {
+    fn running(&mut self) -> std::io::Result<&mut Pipeline> {
+        self.pipeline
+            .as_mut()
+            .ok_or_else(|| std::io::Error::other("no file is open"))
+    }
+}
+
+impl FileSink for OnDemand {
+    fn open(&mut self, file: PartialFile) -> std::io::Result<()> {
+        if self.pipeline.is_none() {
+            let started = Pipeline::spawn(self.store.clone(), self.uuid.clone());
+            self.pipeline =
+                Some(started.map_err(|e| {
+                    std::io::Error::other(format!("cannot start a file writer: {e}"))
+                })?);
+        }
+        self.running()?.open(file)
+    }
+
+    fn recorded(&self) -> Option<u64> {
+        self.pipeline.as_ref().and_then(FileSink::recorded)
+    }
+
+    fn write(&mut self, bytes: &[u8]) -> std::io::Result<()> {
+        self.running()?.write(bytes)
+    }
+
+    fn checkpoint(&mut self, row: PartialRecord) -> std::io::Result<()> {
+        self.running()?.checkpoint(row)
+    }
+
+    fn seal(&mut self) -> std::io::Result<Sealed> {
+        self.running()?.seal()
+    }
+
+    fn close(&mut self) -> std::io::Result<PartialFile> {
+        self.running()?.close()
+    }
 }
 
 #[cfg(test)]

@@ -33,7 +33,9 @@ use crate::identity::{CaFiles, CaPems, IdentityError};
 use crate::model::{format_utc, UnixTime};
 use crate::pairing::error::time_of;
 use crate::pairing::Actor;
-use crate::store::{AbortedCa, CaState, CertRecord, Endorsement, Rollover, Store, StoreError};
+use crate::store::{
+    AbortedCa, CaState, CertRecord, Endorsement, Rollover, Store, StoreError, SystemRecord,
+};
 use crate::wire::protocol::CaAnswer;
 
 /// The CA's files, as the rollover uses them (`identity::CaFiles` in the daemon).
@@ -265,13 +267,23 @@ pub fn status(
     window: Duration,
     now: UnixTime,
 ) -> Result<Status, StoreError> {
+    Ok(status_of(&store.systems_with_certs()?, set, window, now))
+}
+
+/// [`status`] from the systems with their current certificates' rows
+/// (`Store::systems_with_certs`, or `lifecycle::CertCache`'s copy).
+pub fn status_of(
+    systems: &[(SystemRecord, Option<CertRecord>)],
+    set: &CaSet,
+    window: Duration,
+    now: UnixTime,
+) -> Status {
     let newest = set.signing().fingerprint();
     let mut sources = Vec::new();
-    for s in store.systems()? {
+    for (s, cert) in systems {
         let Some(serial) = s.cert_serial.as_deref().filter(|_| s.role.is_source()) else {
             continue;
         };
-        let cert = store.cert(serial)?;
         let on_newest = cert
             .as_ref()
             .is_some_and(|c| set.issuer_of(c.issuer.as_deref()) == newest);
@@ -285,11 +297,13 @@ pub fn status(
                 Chain::Old
             },
             last_seen: s.last_seen,
-            active: cert.is_some_and(|c| c.is_live() && c.not_after > now),
+            active: cert
+                .as_ref()
+                .is_some_and(|c| c.is_live() && c.not_after > now),
         });
     }
     let window = i64::try_from(window.as_secs()).unwrap_or(i64::MAX);
-    Ok(Status {
+    Status {
         phase: if set.next.is_some() {
             Phase::Rolling
         } else {
@@ -301,7 +315,7 @@ pub fn status(
         window_ends: set.next.as_ref().map(|n| n.started.saturating_add(window)),
         sources,
         aborted: set.aborted.len(),
-    })
+    }
 }
 
 /// The health warnings of a rollover's status at `now` (counts only: the endpoint is

@@ -88,6 +88,23 @@ pub(super) fn values<K: KeyCodec, T: DeserializeOwned>(
     Ok(out)
 }
 
+/// At most `limit` values of a table, in key order, after the first `skip` (which are
+/// not decoded).
+pub(super) fn values_page<K: KeyCodec, T: DeserializeOwned>(
+    tx: &impl Tables,
+    def: Def<K>,
+    skip: u64,
+    limit: usize,
+) -> Result<Vec<T>> {
+    let mut out = Vec::new();
+    let skip = usize::try_from(skip).unwrap_or(usize::MAX);
+    for row in tx.open(def)?.iter()?.skip(skip).take(limit) {
+        let (_, v) = row?;
+        out.push(decode(def.name(), v.value())?);
+    }
+    Ok(out)
+}
+
 /// The values of a table keyed by name pairs whose first name is `first`, in key order
 /// (one range scan: the pair encoding keeps them together).
 pub(super) fn values_under<T: DeserializeOwned>(

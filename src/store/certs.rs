@@ -7,7 +7,7 @@ use redb::ReadableTable;
 use serde::{Deserialize, Serialize};
 
 use super::access::{contains, get, key_of, keys, values, Tables};
-use super::{decode, schema, Result, Store, Txn};
+use super::{decode, schema, Result, Store, SystemRecord, Txn};
 use crate::model::UnixTime;
 
 /// A certificate this appliance's CA issued to a source.
@@ -129,6 +129,23 @@ impl Store {
         cert(&self.snapshot()?, serial)
     }
 
+    /// Every stored system with the row of its current certificate (`cert_serial`; None
+    /// without one), read in one snapshot: what certificate expiries and a CA rollover's
+    /// status are computed from.
+    pub fn systems_with_certs(&self) -> Result<Vec<(SystemRecord, Option<CertRecord>)>> {
+        let tx = self.snapshot()?;
+        super::systems::systems(&tx)?
+            .into_iter()
+            .map(|s| {
+                let c = match s.cert_serial.as_deref() {
+                    Some(serial) => cert(&tx, serial)?,
+                    None => None,
+                };
+                Ok((s, c))
+            })
+            .collect()
+    }
+
     /// Every issued certificate, for crash-consistency checks and audits.
     pub fn certs(&self) -> Result<Vec<CertRecord>> {
         certs(&self.snapshot()?)
@@ -166,6 +183,11 @@ impl Store {
 }
 
 impl Txn {
+    /// Marks this transaction as one [`Store::certificate_generation`] counts.
+    pub(super) fn certificates_changed(&self) {
+        self.certificates.set(true);
+    }
+
     pub fn cert(&self, serial: &str) -> Result<Option<CertRecord>> {
         cert(&self.inner, serial)
     }
@@ -184,6 +206,7 @@ impl Txn {
     }
 
     pub(super) fn put_cert(&self, c: &CertRecord) -> Result<()> {
+        self.certificates_changed();
         self.put(schema::CERTS, &c.serial, c)
     }
 

@@ -210,6 +210,12 @@ struct Shared {
     reopening: Mutex<()>,
     /// Counts commits that revoked a serial ([`Store::revocation_generation`]).
     revocations: AtomicU64,
+    /// Counts commits that changed what certificates are read from
+    /// ([`Store::certificate_generation`]).
+    certificates: AtomicU64,
+    /// Counts commits that added, removed or changed the status of a pairing request
+    /// ([`Store::request_generation`]).
+    requests: AtomicU64,
     health: health::Health,
 }
 
@@ -231,6 +237,11 @@ pub struct Txn {
     /// Set by [`Txn::revoke`]; `Store::write` bumps the revocation generation after the
     /// commit.
     revoked: Cell<bool>,
+    /// Set by the writes [`Store::certificate_generation`] counts; bumped after the
+    /// commit.
+    certificates: Cell<bool>,
+    /// Set by the writes [`Store::request_generation`] counts.
+    requests: Cell<bool>,
     /// What [`Txn::audit`] recorded, with the row ids: `Store::write` logs each as an
     /// event line once the commit has made it true (SPEC 15).
     audited: RefCell<Vec<(u64, AuditRecord)>>,
@@ -262,6 +273,8 @@ impl Store {
                 db: RwLock::new(Some(Arc::new(db))),
                 reopening: Mutex::new(()),
                 revocations: AtomicU64::new(0),
+                certificates: AtomicU64::new(0),
+                requests: AtomicU64::new(0),
                 health: health::Health::default(),
             }),
         };
@@ -316,16 +329,26 @@ impl Store {
         let txn = Txn {
             inner,
             revoked: Cell::new(false),
+            certificates: Cell::new(false),
+            requests: Cell::new(false),
             audited: Default::default(),
         };
         let value = f(&txn)?;
         let audited = txn.audited.take();
         let revoked = txn.revoked.get();
+        let certificates = txn.certificates.get();
+        let requests = txn.requests.get();
         txn.inner.commit().map_err(StoreError::from)?;
         if revoked {
             // After the commit: whoever sees the new generation and reads again finds the
             // revocation.
             self.shared.revocations.fetch_add(1, Ordering::Release);
+        }
+        if certificates {
+            self.shared.certificates.fetch_add(1, Ordering::Release);
+        }
+        if requests {
+            self.shared.requests.fetch_add(1, Ordering::Release);
         }
         for (id, a) in &audited {
             log::info!("{}", event_line(*id, a));
@@ -339,6 +362,23 @@ impl Store {
     /// it changed.
     pub fn revocation_generation(&self) -> u64 {
         self.shared.revocations.load(Ordering::Acquire)
+    }
+
+    /// A number that grows after every commit that changed a certificate row, a system's
+    /// role, name or serials (current and last seen with), its certificate's expiry, or a
+    /// target's certificate or status, or added or removed a system or a target: what
+    /// certificate expiries and a CA rollover's status are read from. A cache of those
+    /// reads (`lifecycle::CertCache`) is current while this number is the one it read
+    /// before them. A hello that only moves `last_seen` does not count.
+    pub fn certificate_generation(&self) -> u64 {
+        self.shared.certificates.load(Ordering::Acquire)
+    }
+
+    /// A number that grows after every commit that added or removed a pairing request or
+    /// changed its status: counts of requests by status are current while it is the one
+    /// read before them.
+    pub fn request_generation(&self) -> u64 {
+        self.shared.requests.load(Ordering::Acquire)
     }
 
     /// As [`Store::write`], but the commit is not made durable by itself: it becomes

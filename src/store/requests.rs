@@ -339,6 +339,9 @@ impl Txn {
 
     /// Writes a request and keeps the open-request index in step with its status.
     pub fn put_request(&self, r: &RequestRecord) -> Result<()> {
+        if request(&self.inner, r.id)?.is_none_or(|old| old.status != r.status) {
+            self.requests.set(true);
+        }
         self.put(schema::REQUESTS, r.id, r)?;
         if r.status == RequestStatus::Pending {
             let entry = OpenRequest {
@@ -356,6 +359,7 @@ impl Txn {
 
     /// Deletes a request row (and its open-index entry); its id is never handed out again.
     pub fn delete_request(&self, id: u64) -> Result<bool> {
+        self.requests.set(true);
         self.remove(schema::OPEN_REQUESTS, id)?;
         self.remove(schema::REQUESTS, id)
     }
@@ -375,6 +379,35 @@ impl Txn {
 mod tests {
     use super::*;
     use crate::store::encode;
+
+    /// Counts by status are kept between commits that add, remove or change the status of
+    /// a request; other changes (a spool write's bookkeeping) do not move the generation.
+    #[test]
+    fn the_request_generation_moves_with_a_request_s_status() {
+        let (store, dir) = crate::store::temp_store("request-generation");
+        let g0 = store.request_generation();
+        let r = RequestRecord::fixture(1);
+        store.write(|tx| tx.put_request(&r)).unwrap();
+        let g1 = store.request_generation();
+        assert!(g1 > g0, "a new request");
+        let renamed = RequestRecord {
+            name: "another name".into(),
+            ..r.clone()
+        };
+        store.write(|tx| tx.put_request(&renamed)).unwrap();
+        assert_eq!(store.request_generation(), g1, "same status");
+        let accepted = RequestRecord {
+            status: RequestStatus::Accepted,
+            ..renamed
+        };
+        store.write(|tx| tx.put_request(&accepted)).unwrap();
+        let g2 = store.request_generation();
+        assert!(g2 > g1, "a status change");
+        store.write(|tx| tx.delete_request(1).map(|_| ())).unwrap();
+        assert!(store.request_generation() > g2, "a removal");
+        drop(store);
+        let _ = std::fs::remove_dir_all(&dir);
+    }
 
     #[test]
     fn summary_decodes_what_a_record_encodes() {

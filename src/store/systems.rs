@@ -3,7 +3,7 @@
 
 use serde::{Deserialize, Serialize};
 
-use super::access::{get, values, Tables};
+use super::access::{get, values, values_page, Tables};
 use super::{schema, Result, Store, Txn};
 use crate::model::{Role, UnixTime};
 
@@ -106,7 +106,7 @@ fn system(tx: &impl Tables, id: u64) -> Result<Option<SystemRecord>> {
     get(tx, schema::SYSTEMS, id)
 }
 
-fn systems(tx: &impl Tables) -> Result<Vec<SystemRecord>> {
+pub(super) fn systems(tx: &impl Tables) -> Result<Vec<SystemRecord>> {
     values(tx, schema::SYSTEMS)
 }
 
@@ -117,6 +117,12 @@ impl Store {
 
     pub fn systems(&self) -> Result<Vec<SystemRecord>> {
         systems(&self.snapshot()?)
+    }
+
+    /// At most `limit` systems in id order after the first `skip` (a page of
+    /// `GET /api/systems`): only those rows are decoded.
+    pub fn systems_page(&self, skip: u64, limit: usize) -> Result<Vec<SystemRecord>> {
+        values_page(&self.snapshot()?, schema::SYSTEMS, skip, limit)
     }
 }
 
@@ -130,10 +136,23 @@ impl Txn {
     }
 
     pub fn put_system(&self, s: &SystemRecord) -> Result<()> {
+        let counted = |r: &SystemRecord| {
+            (
+                r.role,
+                r.name.clone(),
+                r.cert_serial.clone(),
+                r.last_serial.clone(),
+                r.certificate_expires,
+            )
+        };
+        if system(&self.inner, s.id)?.is_none_or(|old| counted(&old) != counted(s)) {
+            self.certificates_changed();
+        }
         self.put(schema::SYSTEMS, s.id, s)
     }
 
     pub fn delete_system(&self, id: u64) -> Result<bool> {
+        self.certificates_changed();
         self.remove(schema::SYSTEMS, id)
     }
 

@@ -205,10 +205,15 @@ impl Txn {
     }
 
     pub fn put_target(&self, r: &TargetRecord) -> Result<()> {
+        let counted = |t: &TargetRecord| (t.status, t.certificate_starts, t.certificate_expires);
+        if target(&self.inner, r.id)?.is_none_or(|old| counted(&old) != counted(r)) {
+            self.certificates_changed();
+        }
         self.put(schema::TARGETS, r.id, r)
     }
 
     pub fn delete_target(&self, id: u64) -> Result<bool> {
+        self.certificates_changed();
         self.remove(schema::TARGETS, id)
     }
 

@@ -13,7 +13,7 @@ use crate::config::{Fault, Storage};
 use crate::model::Chain;
 use crate::pairing::renewal::{self, RenewSide};
 use crate::pairing::{rollover, target};
-use crate::replication::{receiver, slots, Shared};
+use crate::replication::{receiver, Shared};
 use crate::store::Store;
 use crate::wire::protocol::{Hello, Renewal};
 use crate::wire::transfer::{Code, Features, FEATURES_HEADER};
@@ -142,13 +142,6 @@ fn transfer(app: &App, call: &mut Call<'_>) -> Result<Reply, TunnelHttpError> {
             }
         })?;
     let shared = &app.replication;
-    let slot = shared
-        .slots
-        .admit(source.system_id, source.share)
-        .map_err(|busy| TunnelHttpError::TooMany {
-            message: busy.to_string(),
-            retry_after: slots::RETRY_AFTER_S,
-        })?;
     let peer = call.peer().addr.to_string();
     // The features this session uses: what the source asked for that this side has
     // (chunk lists only with `dedup = "auto"`).
@@ -171,7 +164,7 @@ fn transfer(app: &App, call: &mut Call<'_>) -> Result<Reply, TunnelHttpError> {
         live: &shared.live,
         ledger: &shared.ledger,
         dedup: app.dedup.filter(|_| features.chunks),
-        slot: Some(&slot),
+        slots: Some(&shared.slots),
         peer,
         now: crate::model::now,
         features,

@@ -643,6 +643,49 @@ fn systems_and_storage_rows_carry_the_appliances_full_field_set() {
     assert_eq!(pending["asset_tag"], "SRC-TAG-1");
     assert_eq!(pending["version_status"], "older");
     assert_eq!(pending["role"], "Pending Replication Source");
+    // Paging (`start`, `count`): the pages together are the whole answer, the local row
+    // on the first page, the pending rows on the page where the stored systems run out.
+    for i in 0..3 {
+        let r = c.post_json(
+            "/api/systems",
+            Some(&root),
+            &json!({"name": format!("dpu-page-{i}"), "host": format!("page{i}.example")}),
+        );
+        assert_eq!(r.status, 201, "{}", r.text());
+    }
+    let is_stored = |r: &Value| r["local"] != true && r["is_pending"] != true;
+    let ids = |rows: &[Value]| {
+        rows.iter()
+            .map(|r| r["id"].as_i64().unwrap())
+            .collect::<Vec<_>>()
+    };
+    let whole = systems(&d, &root, "");
+    assert!(whole.iter().filter(|r| is_stored(r)).count() >= 5);
+    let (mut paged, mut start) = (Vec::new(), 0);
+    loop {
+        let page = systems(&d, &root, &format!("?start={start}&count=2"));
+        let n = page.iter().filter(|r| is_stored(r)).count();
+        assert_eq!(
+            page.iter().any(|r| r["local"] == true),
+            start == 0,
+            "{page:?}"
+        );
+        assert_eq!(
+            page.iter().any(|r| r["is_pending"] == true),
+            n < 2,
+            "{page:?}"
+        );
+        paged.extend(page);
+        if n < 2 {
+            break;
+        }
+        start += 2;
+    }
+    assert_eq!(ids(&paged), ids(&whole));
+    for bad in ["?count=0", "?start=-1", "?count=x", "?count=10001"] {
+        let r = c.get(&format!("/api/systems{bad}"), Some(&root));
+        assert_eq!(r.status, 400, "{bad}: {}", r.text());
+    }
     let listed = c.get("/api/replication/pending", Some(&root)).json();
     let entry = &listed["pending"][0];
     assert_eq!(entry["request_id"], asking_id);

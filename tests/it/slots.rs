@@ -4,11 +4,13 @@
 //! address) that always have files to send. First come, first served would give the two
 //! first sources the slots for the whole run; with turns every source commits files, the
 //! slots turn over (sessions end with `Fatal` busy and the sources come back), and every
-//! copy has the sender's SHA-256. The counts are loose (debug builds on a shared machine):
-//! the bench measures the rates.
+//! copy has the sender's SHA-256. Meanwhile a seventh source's heartbeat sessions (no
+//! files) never wait for a slot, and an eighth source that starts late commits a file
+//! soon (it goes before the sources that had turns). The counts and times are loose
+//! (debug builds on a shared machine): the bench measures the rates.
 
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::time::Duration;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::{Duration, Instant};
 
 use serde_json::json;
 
@@ -19,11 +21,17 @@ use crate::harness::{Daemon, Options};
 use crate::replication::sha256_hex;
 
 const SOURCES: usize = 6;
+/// The source that only sends heartbeats, and the one that starts late.
+const IDLE: usize = SOURCES;
+const LATE: usize = SOURCES + 1;
+const LATE_AFTER: Duration = Duration::from_secs(15);
 const SLOTS: u64 = 2;
 /// Small files: the run is about turns, not bytes, and every copy stays on the test
-/// machine's disk until the end (1 MiB files wrote 7.6 GB here).
-const FILE_BYTES: u64 = 128 * 1024;
-const RUN: Duration = Duration::from_secs(40);
+/// machine's disk until the end (1 MiB files wrote 7.6 GB here, 128 KiB ones 2.4 GB once
+/// slots no longer idled between turns, 16 KiB ones up to 320 MB; 4 KiB ones stay under
+/// 100 MB).
+const FILE_BYTES: u64 = 4 * 1024;
+const RUN: Duration = Duration::from_secs(30);
 
 #[test]
 fn sources_outnumbering_the_sessions_all_get_turns_and_every_copy_verifies() {
@@ -34,35 +42,76 @@ fn sources_outnumbering_the_sessions_all_get_turns_and_every_copy_verifies() {
     let ca_pem = std::fs::read_to_string(tgt.data_dir.join("ca.pem")).unwrap();
     let mut admin = Admin::login(&ca_pem, tgt.api, crate::harness::ADMIN_PASSWORD).unwrap();
     let token = admin
-        .pairing_token(SOURCES, &json!({"note": "slots test"}))
+        .pairing_token(SOURCES + 2, &json!({"note": "slots test"}))
         .unwrap();
-    let paired = pair::pair_many(&ca_pem, tgt.api, &token, 0..SOURCES, 3).unwrap();
-    assert_eq!(paired.identities.len(), SOURCES);
+    let paired = pair::pair_many(&ca_pem, tgt.api, &token, 0..SOURCES + 2, 3).unwrap();
+    assert_eq!(paired.identities.len(), SOURCES + 2);
     let fleet = Fleet {
         ca_pem,
         tunnel: paired.tunnel.parse().unwrap(),
         sources: paired.identities,
     };
 
+    // The senders, the late one last (`late_after` applies to the last of the plan).
     let plan = xfer::Plan {
-        sources: (0..SOURCES).collect(),
+        sources: (0..SOURCES).chain([LATE]).collect(),
         file_bytes: FILE_BYTES,
         files_per_source: None,
         run: "slots".into(),
         client: "fleet".into(),
-        late_after: None,
+        late_after: Some(LATE_AFTER),
     };
-    let measured = xfer::Measured::new(SOURCES);
+    let measured = xfer::Measured::new(SOURCES + 1);
     let stop = AtomicBool::new(false);
+    let idle_config = fleet.tunnel_config(IDLE).unwrap();
+    let idle_peer = send::Peer {
+        config: &idle_config,
+        from: Some(fleet.sources[IDLE].addr),
+        tunnel: fleet.tunnel,
+    };
+    let mut heartbeats = Vec::new();
+    let mut late_first_bytes = None;
     std::thread::scope(|s| {
+        let started = Instant::now();
         let senders = s.spawn(|| xfer::run(&fleet, &plan, &measured, &stop));
-        std::thread::sleep(RUN);
+        let late_start = started + LATE_AFTER;
+        let mut next_heartbeat = started + Duration::from_secs(5);
+        while started.elapsed() < RUN {
+            let now = Instant::now();
+            if now >= next_heartbeat {
+                // A heartbeat: `Ready`, `Finish`, `Bye`, while the senders hold every slot.
+                let t = Instant::now();
+                let ran = send::session(&idle_peer, &mut || None, &AtomicU64::new(0), &stop);
+                heartbeats.push((ran.map(|_| ()).map_err(|(e, _)| e.to_string()), t.elapsed()));
+                next_heartbeat = Instant::now() + Duration::from_secs(3);
+            }
+            if late_first_bytes.is_none() && measured.sent[SOURCES].load(Ordering::Relaxed) > 0 {
+                late_first_bytes = Some(now.saturating_duration_since(late_start));
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
         stop.store(true, Ordering::Relaxed);
         senders.join().unwrap().unwrap();
     });
+    eprintln!("slots: heartbeats {heartbeats:?}; the late source sent after {late_first_bytes:?}");
+    // Heartbeats neither take nor wait for a slot: every one ran to its `Bye`, quickly.
+    assert!(heartbeats.len() >= 5, "{heartbeats:?}");
+    for (ran, took) in &heartbeats {
+        assert!(
+            ran.is_ok() && *took < Duration::from_secs(5),
+            "{heartbeats:?}"
+        );
+    }
+    // The late source goes before the sources that had turns: its first bytes come
+    // within a turn or two (the bench holds it to 5 s; this bound is loose).
+    let late = late_first_bytes.expect("the late source sent nothing");
+    assert!(
+        late < Duration::from_secs(10),
+        "the late source waited {late:?}"
+    );
 
     let files = measured.files.lock().unwrap().clone();
-    let mut committed = [0usize; SOURCES];
+    let mut committed = [0usize; SOURCES + 2];
     let storage = tgt.data_dir.join("storage");
     for (i, f) in &files {
         if f.outcome != FileOutcome::Committed {
@@ -80,12 +129,16 @@ fn sources_outnumbering_the_sessions_all_get_turns_and_every_copy_verifies() {
     );
     // Every source had a turn; each of the two slots turned over at least once per
     // source beyond the first two.
-    for (i, n) in committed.iter().enumerate() {
+    assert!(
+        committed[LATE] > 0,
+        "the late source committed nothing: {committed:?}"
+    );
+    for (i, n) in committed[..SOURCES].iter().enumerate() {
         assert!(*n > 0, "source {i} starved: {committed:?}");
     }
-    let total: usize = committed.iter().sum();
+    let total: usize = committed[..SOURCES].iter().sum();
     let mean = total as f64 / SOURCES as f64;
-    let least = *committed.iter().min().unwrap() as f64;
+    let least = *committed[..SOURCES].iter().min().unwrap() as f64;
     assert!(
         least >= 0.2 * mean,
         "a source got {least} files of a mean {mean:.1}: {committed:?}"

@@ -36,7 +36,7 @@ pub use commit::{channel as commit_channel, commit, Committer};
 pub use holdings::{Holdings, Scope};
 pub use ledger::{quota_usage, Ledger, Reservation, Space, SPACE_MARGIN, STALL};
 pub use repair::{expire_partials, repair, Repair};
-pub use session::{serve, turn_away};
+pub use session::serve;
 pub use sink::{FileSink, Sealed};
 pub use state::{CommitQueue, Committed, ToCommit};
 
@@ -224,9 +224,10 @@ pub struct Context<'a> {
     /// The session agreed chunk lists (`chunks`), with the copies it may borrow from; None:
     /// files come whole.
     pub dedup: Option<Scope>,
-    /// The session's slot: asked at each offer whether to end so a waiting source gets a
-    /// turn (None: never).
-    pub slot: Option<&'a crate::replication::slots::Admission<'a>>,
+    /// The target's session slots: a session takes one at its first offer (waiting for
+    /// it up to `slots::QUEUE_WAIT`) and asks it at each file whether to end so a waiting
+    /// source gets a turn (None: no sharing).
+    pub slots: Option<&'a crate::replication::slots::Slots>,
     /// The peer's address, for log lines.
     pub peer: String,
     pub now: fn() -> UnixTime,

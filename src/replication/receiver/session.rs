@@ -10,6 +10,7 @@ use super::commit::GROUP_WAIT;
 use super::sink::FileSink;
 use super::state::{CommitQueue, Session};
 use super::{client_dir, drop_partial, Context, ReceiveError, Refusal, Source, Summary, MAX_WANTS};
+use crate::replication::slots::QUEUE_WAIT;
 use crate::replication::stream::{FrameReader, FrameWriter, StreamError};
 use crate::wire::transfer::{Code, Frame};
 
@@ -49,8 +50,11 @@ pub fn serve<S: FileSink>(
         holdings: None,
         unpacker: None,
         unpacked: Vec::new(),
+        slot: None,
     };
-    log::info!(
+    // Most sessions of a target with many sources are heartbeats (nothing offered): they
+    // are logged at debug, a session that moved or refused anything at info.
+    log::debug!(
         "replication from system {} ({}) at {}: session started, storage {}",
         source.system_id,
         source.uuid,
@@ -77,7 +81,13 @@ pub fn serve<S: FileSink>(
         session.summary.error = Some(e);
     }
     let s = &session.summary;
-    log::info!(
+    let level = if s.committed + s.failed + s.bytes > 0 || s.error.is_some() {
+        log::Level::Info
+    } else {
+        log::Level::Debug
+    };
+    log::log!(
+        level,
         "replication from system {} at {}: session ended, {} files committed, {} failed, {} bytes{}",
         source.system_id,
         ctx.peer,
@@ -87,21 +97,6 @@ pub fn serve<S: FileSink>(
         s.error.as_ref().map(|e| format!(" ({e})")).unwrap_or_default()
     );
     session.summary
-}
-
-/// Ends a session before it started (the daemon could not start what it runs on): tells
-/// the source why with a `Fatal` frame.
-pub fn turn_away(output: impl Write, refusal: Refusal) -> Summary {
-    let mut out = FrameWriter::new(output);
-    let _ = out.send(&Frame::Fatal {
-        code: refusal.code,
-        message: &refusal.message,
-    });
-    let _ = out.flush();
-    Summary {
-        error: Some(ReceiveError::Fatal(refusal)),
-        ..Summary::default()
-    }
 }
 
 impl<W: Write, S: FileSink> Session<'_, '_, W, S> {
@@ -150,12 +145,15 @@ impl<W: Write, S: FileSink> Session<'_, '_, W, S> {
                     size,
                     version,
                     name,
-                } => self.offer(seq, size, version, name)?,
+                } => {
+                    self.take_slot()?;
+                    self.offer(seq, size, version, name)?
+                }
                 Frame::Start { seq, offset } => {
                     // A file boundary: the session's turn may be over (`replication::slots`).
                     // The files it finished are committed and the source hears of them
                     // first, so it does not offer them again.
-                    if self.ctx.slot.is_some_and(|slot| slot.should_yield()) {
+                    if self.slot.as_ref().is_some_and(|slot| slot.should_yield()) {
                         self.commit_all();
                         return self.fatal(Code::Busy, YIELD.into());
                     }
@@ -186,6 +184,26 @@ impl<W: Write, S: FileSink> Session<'_, '_, W, S> {
                         format!("frame {other:?} is not one a source sends"),
                     )
                 }
+            }
+        }
+    }
+
+    /// Takes the session's slot before its first offer is answered, waiting for one
+    /// while others hold them all; if none comes, the session ends with `Fatal` busy and
+    /// the source asks again (keeping its place in the queue). A session that offers
+    /// nothing never takes one.
+    fn take_slot(&mut self) -> Result<(), ReceiveError> {
+        let Some(slots) = self.ctx.slots.filter(|_| self.slot.is_none()) else {
+            return Ok(());
+        };
+        match slots.admit(self.source.system_id, self.source.share, QUEUE_WAIT) {
+            Ok(slot) => {
+                self.slot = Some(slot);
+                Ok(())
+            }
+            Err(busy) => {
+                self.commit_all();
+                self.fatal(Code::Busy, busy.to_string())
             }
         }
     }

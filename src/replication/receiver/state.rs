@@ -21,6 +21,7 @@ use crate::model::UnixTime;
 use crate::replication::index::IndexTail;
 use crate::replication::live::{code_reason, Incoming, Peer, Registered};
 use crate::replication::names::BackupName;
+use crate::replication::slots::Admission;
 use crate::replication::stream::FrameWriter;
 use crate::wire::compress::Unpacker;
 use crate::wire::transfer::{Code, Decision, Frame, Outcome};
@@ -52,6 +53,8 @@ pub(super) struct Session<'c, 'l, W: Write, S: FileSink> {
     /// Decodes `ZData` frames into `unpacked` (made on the first one).
     pub(super) unpacker: Option<Unpacker>,
     pub(super) unpacked: Vec<u8>,
+    /// The session's slot, taken at its first offer (`Context::slots`).
+    pub(super) slot: Option<Admission<'l>>,
 }
 
 /// What the target holds of an offered file.

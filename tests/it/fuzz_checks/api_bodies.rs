@@ -123,6 +123,8 @@ fn world() -> &'static World {
             replication,
             api_cert,
             tunnel_cert,
+            certified: Default::default(),
+            request_counts: Default::default(),
         };
         let routes: Vec<Route> = route_table()
             .into_iter()
