@@ -176,6 +176,101 @@ fn lost_backups_come_back_through_the_tunnel_verified_and_local_files_are_kept()
     drop(tgt);
 }
 
+/// The size of the backup the crash test restores: large enough that a restore is caught
+/// mid-way, small enough for a CI disk (it is written three times: the source's backup, the
+/// target's copy, the restored copy).
+const CRASH_BYTES: usize = 40 << 20;
+/// Kills the crash test aims for; at least one must land while a partial copy exists.
+const CRASH_KILLS: usize = 2;
+
+#[test]
+fn crash_restore_kill9_mid_restore_resumes_from_the_partial_and_verifies() {
+    let (mut src, tgt) = start_pair("restore-crash");
+    let p = pair(&src, &tgt, json!({}));
+    let st = src.root_token();
+    let name = "big/full.vbk";
+    let bytes = content(11, CRASH_BYTES);
+    let digest = sha256_hex(&bytes);
+    write_backup(&src, name, &bytes);
+    wait_item(&src, &st, name, "done", Duration::from_secs(60));
+    drop(bytes);
+    let r = src.client().send_json(
+        "PUT",
+        "/api/replication/config",
+        Some(&st),
+        &json!({"strategy": "manual"}),
+    );
+    assert_eq!(r.status, 200, "{}", r.text());
+    let storage = src.data_dir.join("storage");
+    let (final_path, partial) = (storage.join(name), storage.join("big/.full.vbk.restore"));
+    std::fs::remove_file(&final_path).unwrap();
+    let r = restore(
+        &src,
+        &st,
+        json!({"target_id": p.target_id, "backups": [name]}),
+    );
+    assert_eq!(r.status, 202, "{}", r.text());
+    let id = r.json()["restore"][0]["id"].clone();
+    // Kill -9 once the partial copy holds a quarter, then half of the copy (it resumed
+    // past where the last kill left it), then start again; the restore job takes the
+    // item up at start.
+    let size = CRASH_BYTES as u64;
+    let mut left = Vec::new();
+    for k in 0..CRASH_KILLS as u64 {
+        let mark = size * (k + 1) / (CRASH_KILLS as u64 + 2);
+        let deadline = std::time::Instant::now() + Duration::from_secs(20);
+        let caught = loop {
+            let len = std::fs::metadata(&partial).map(|m| m.len()).unwrap_or(0);
+            if len >= mark && len < size {
+                src.kill9();
+                break true;
+            }
+            if final_path.exists() || std::time::Instant::now() > deadline {
+                break false;
+            }
+            std::thread::sleep(Duration::from_millis(1));
+        };
+        if !caught {
+            break;
+        }
+        // What the crash left: a partial copy, no final file.
+        let len = std::fs::metadata(&partial).map(|m| m.len()).unwrap_or(0);
+        assert!(
+            !final_path.exists(),
+            "a final file appeared before the kill"
+        );
+        if len > 0 && len < size {
+            left.push(len);
+        }
+        src.restart();
+    }
+    eprintln!(
+        "crash_restore: {} kill(s) mid-restore, partial copy at {left:?} of {size} bytes",
+        left.len()
+    );
+    assert!(
+        !left.is_empty(),
+        "no kill landed while a partial copy existed (the restore finished first)"
+    );
+    let done = wait_restore(&src, &st, &id, "done");
+    // Resumed from the partial copy: only what it lacked crossed the link after the
+    // last kill (an attempt a kill cut never settles, so it counts nothing).
+    let last = *left.last().unwrap();
+    assert_eq!(done["bytes_received"], size - last, "{done}");
+    assert_eq!(done["sha256"], digest);
+    let restored = std::fs::read(&final_path).unwrap();
+    assert_eq!(restored.len() as u64, size);
+    assert_eq!(sha256_hex(&restored), digest);
+    // No partial copy left, and nothing else under the client's directory.
+    let names: Vec<_> = std::fs::read_dir(storage.join("big"))
+        .unwrap()
+        .flatten()
+        .map(|e| e.file_name())
+        .collect();
+    assert_eq!(names, vec![std::ffi::OsString::from("full.vbk")]);
+    drop(tgt);
+}
+
 /// Files a pairing request from `src` to `tgt`; returns the answer (`request_id`,
 /// `target_id`).
 fn file_request(src: &Daemon, tgt: &Daemon) -> Value {
