@@ -943,6 +943,89 @@ mod tests {
     }
 
     #[test]
+    fn a_token_bound_to_a_lost_source_takes_it_over_once_and_refuses_once_it_is_gone_or_taken() {
+        let fx = Fixture::new("takeover");
+        let store = &fx.store;
+        let uuid = |n: u8| format!("7a7a7a7a-0000-4000-8000-0000000000{n:02}");
+        let issue = |sid: u64| create(store, &fx.storage, spec_replacing(sid), &admin(), NOW);
+        // The lost source: storage 2, a quota.
+        let first = fx.issue(spec(|s| {
+            s.storage_id = Some(2);
+            s.quota_mb = Some(50);
+        }));
+        let lost = fx.file(UUID, Some(&first.token)).unwrap();
+        let sid = lost.request.system_id.unwrap();
+        let old_serial = lost.request.cert_serial.clone().unwrap();
+        assert!(matches!(issue(99), Err(PairingError::UnknownSystem(99))));
+        let bound = issue(sid).unwrap();
+        assert_eq!(bound.record.uses, 1);
+        assert!(matches!(
+            issue(sid),
+            Err(PairingError::ReplacementTokenExists { system_id, .. }) if system_id == sid
+        ));
+        // An appliance paired here as another system cannot take this one over.
+        let other = fx.file(&uuid(1), Some(&fx.issue(TokenSpec::default()).token));
+        let other = other.unwrap().request.system_id.unwrap();
+        let e = fx.file(&uuid(1), Some(&bound.token)).unwrap_err();
+        assert!(
+            matches!(e, PairingError::Token(TokenRefusal::PairedAsOther { other: o, .. }) if o == other),
+            "{e:?}"
+        );
+        // A new appliance takes it over: the same row, its storage, quota and copies; the
+        // old certificate revoked in the same transaction.
+        let new = fx.file(&uuid(2), Some(&bound.token)).unwrap();
+        assert_eq!(
+            (new.request.system_id, new.request.took_over),
+            (Some(sid), Some(sid))
+        );
+        let row = store.system(sid).unwrap().unwrap();
+        assert_eq!((row.storage_id, row.quota_mb), (Some(2), Some(50)));
+        assert_eq!(row.system_uuid, Some(uuid(2)));
+        assert_eq!(row.copies_uuid.as_deref(), Some(UUID));
+        assert!(store.is_revoked(&old_serial).unwrap());
+        let e = fx.file(&uuid(3), Some(&bound.token)).unwrap_err();
+        assert!(
+            matches!(e, PairingError::Token(TokenRefusal::Spent { .. })),
+            "{e:?}"
+        );
+        // Issued for the new appliance's row, then an admin lets a third one take it over:
+        // the token refuses, it consented to replacing the second.
+        let stale = issue(sid).unwrap();
+        let pending = fx.file(&uuid(4), None).unwrap().request.id;
+        let accept = crate::pairing::target::Decision::Accept {
+            storage_id: None,
+            quota_mb: None,
+            replaces_system_id: Some(sid),
+        };
+        let side = side(store, &fx.ca, &fx.storage);
+        crate::pairing::target::resolve(&side, pending, accept, &admin(), NOW).unwrap();
+        let e = fx.file(&uuid(5), Some(&stale.token)).unwrap_err();
+        assert!(
+            matches!(e, PairingError::Token(TokenRefusal::AlreadyReplaced { .. })),
+            "{e:?}"
+        );
+        // Unpaired after its token was issued: the token refuses before signing anything.
+        revoke(store, stale.token.id(), &admin(), NOW).unwrap();
+        let gone = issue(sid).unwrap();
+        crate::pairing::target::unpair(store, sid, &admin(), NOW).unwrap();
+        let e = fx.file(&uuid(6), Some(&gone.token)).unwrap_err();
+        assert!(
+            matches!(e, PairingError::Token(TokenRefusal::ReplacedGone { .. })),
+            "{e:?}"
+        );
+        let refused: Vec<_> = store.audit(0, 1000).unwrap();
+        assert!(refused.iter().any(|(_, a)| a.action == "token refused"
+            && a.detail.contains("no longer a replication source")));
+    }
+
+    fn spec_replacing(sid: u64) -> TokenSpec {
+        TokenSpec {
+            replaces_system_id: Some(sid),
+            ..TokenSpec::default()
+        }
+    }
+
+    #[test]
     fn a_token_closes_the_sources_open_request_and_needs_no_room_under_the_caps() {
         let fx = Fixture::new("supersede");
         let store = &fx.store;
