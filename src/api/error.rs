@@ -254,11 +254,9 @@ impl From<PairingError> for ApiError {
             | P::UnknownSystem(_)
             | P::UnknownStorage(_)
             | P::UnknownToken(_) => ApiError::NotFound(text),
-            P::NotPending { .. }
-            | P::Expired(_)
-            | P::NotASource(_)
-            | P::TokenAlreadyRevoked(_)
-            | P::ReplacementTokenExists { .. } => ApiError::Conflict(text),
+            P::NotPending { .. } | P::Expired(_) | P::NotASource(_) | P::TokenAlreadyRevoked(_) => {
+                ApiError::Conflict(text)
+            }
             // The token is the source's credential: a bad one is "not allowed", not "bad
             // input", and the message says which fault it is.
             P::Token(_) | P::TokenRequired => ApiError::Forbidden(text),

@@ -22,7 +22,7 @@ const MAX_VERIFY_THREADS: usize = 4;
 /// uses both cores of a small box) and waits for them all. A thread that cannot be
 /// started leaves its share to the others, and the verify job's own thread always works.
 fn on_each_core(work: &(dyn Fn() + Sync)) {
-    let cores = std::thread::available_parallelism().map_or(2, |n| n.get());
+    let cores = cores();
     std::thread::scope(|scope| {
         for i in 1..cores.clamp(1, MAX_VERIFY_THREADS) {
             let spawned = std::thread::Builder::new()
@@ -34,6 +34,22 @@ fn on_each_core(work: &(dyn Fn() + Sync)) {
         }
         work();
     });
+}
+
+/// The cores this process may run on: its CPU affinity (`taskset` narrows it), at least
+/// one; two when it cannot be read. (`std::thread::available_parallelism` also reads the
+/// cgroup's quota, which costs the binary 7 KB of parsing for a box that sets none.)
+fn cores() -> usize {
+    // SAFETY: an all-zero `cpu_set_t` is a valid empty set, and the kernel writes at most
+    // the size it is given.
+    let mut set: libc::cpu_set_t = unsafe { std::mem::zeroed() };
+    let size = std::mem::size_of::<libc::cpu_set_t>();
+    // SAFETY: `set` is a valid, writable `cpu_set_t` of `size` bytes.
+    if unsafe { libc::sched_getaffinity(0, size, &mut set) } != 0 {
+        return 2;
+    }
+    // SAFETY: `set` was filled by the kernel above.
+    usize::try_from(unsafe { libc::CPU_COUNT(&set) }).map_or(2, |n| n.max(1))
 }
 
 /// How often the schedule is looked at.

@@ -41,11 +41,6 @@ pub enum PairingError {
     TokenRequired,
     UnknownToken(String),
     TokenAlreadyRevoked(String),
-    /// A valid token already takes over this system; revoke it before issuing another.
-    ReplacementTokenExists {
-        system_id: u64,
-        token_id: String,
-    },
     Csr(ca::CsrError),
     Ca(ca::CaError),
     /// The time handed in is outside what a certificate can carry (a broken clock).
@@ -83,13 +78,6 @@ impl fmt::Display for PairingError {
             PairingError::TokenAlreadyRevoked(id) => {
                 write!(f, "pairing token {id} is already revoked")
             }
-            PairingError::ReplacementTokenExists {
-                system_id,
-                token_id,
-            } => write!(
-                f,
-                "valid pairing token {token_id} already takes over system {system_id}; revoke it before issuing another"
-            ),
             PairingError::Csr(_) => f.write_str("field `csr`"),
             PairingError::Ca(_) => f.write_str("sign csr"),
             PairingError::Clock(now) => write!(

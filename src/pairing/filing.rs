@@ -959,10 +959,8 @@ mod tests {
         assert!(matches!(issue(99), Err(PairingError::UnknownSystem(99))));
         let bound = issue(sid).unwrap();
         assert_eq!(bound.record.uses, 1);
-        assert!(matches!(
-            issue(sid),
-            Err(PairingError::ReplacementTokenExists { system_id, .. }) if system_id == sid
-        ));
+        // Issued at the same time: the first used wins, the other then refuses.
+        let twin = issue(sid).unwrap();
         // An appliance paired here as another system cannot take this one over.
         let other = fx.file(&uuid(1), Some(&fx.issue(TokenSpec::default()).token));
         let other = other.unwrap().request.system_id.unwrap();
@@ -988,6 +986,11 @@ mod tests {
             matches!(e, PairingError::Token(TokenRefusal::Spent { .. })),
             "{e:?}"
         );
+        let e = fx.file(&uuid(3), Some(&twin.token)).unwrap_err();
+        assert!(
+            matches!(e, PairingError::Token(TokenRefusal::AlreadyReplaced { .. })),
+            "{e:?}"
+        );
         // Issued for the new appliance's row, then an admin lets a third one take it over:
         // the token refuses, it consented to replacing the second.
         let stale = issue(sid).unwrap();
@@ -1005,7 +1008,6 @@ mod tests {
             "{e:?}"
         );
         // Unpaired after its token was issued: the token refuses before signing anything.
-        revoke(store, stale.token.id(), &admin(), NOW).unwrap();
         let gone = issue(sid).unwrap();
         crate::pairing::target::unpair(store, sid, &admin(), NOW).unwrap();
         let e = fx.file(&uuid(6), Some(&gone.token)).unwrap_err();

@@ -217,7 +217,7 @@ pub fn create(
     spec.validate(storage)?;
     store.write(|tx| {
         let replaces_uuid = match spec.replaces_system_id {
-            Some(old) => Some(replaceable(tx, old, now)?),
+            Some(old) => Some(replaceable(tx, old)?),
             None => None,
         };
         let mut fresh = None;
@@ -263,26 +263,16 @@ pub fn create(
 }
 
 /// The checks on the lost source a new token is to take over, inside the issuing
-/// transaction: it exists, is a replication source here, and no other valid token is bound
-/// to it (one consent at a time). Returns its `system_uuid`, which the token records: an
-/// appliance that takes the system over before the token is used makes the token refuse.
-fn replaceable(tx: &Txn, old: u64, now: UnixTime) -> Result<String, PairingError> {
+/// transaction: it exists and is a replication source here. Returns its `system_uuid`,
+/// which the token records: an appliance that takes the system over before the token is
+/// used (an accept, or another such token) makes the token refuse, so two tokens for one
+/// system replace one appliance, not two.
+fn replaceable(tx: &Txn, old: u64) -> Result<String, PairingError> {
     let row = tx.system(old)?.ok_or(PairingError::UnknownSystem(old))?;
     if !row.role.is_source() {
         return Err(PairingError::NotASource(old));
     }
-    let uuid = row.system_uuid.ok_or(PairingError::NotASource(old))?;
-    if let Some(other) = tx
-        .tokens()?
-        .into_iter()
-        .find(|t| t.replaces_system_id == Some(old) && status(t, now) == TokenStatus::Valid)
-    {
-        return Err(PairingError::ReplacementTokenExists {
-            system_id: old,
-            token_id: other.id,
-        });
-    }
-    Ok(uuid)
+    row.system_uuid.ok_or(PairingError::NotASource(old))
 }
 
 /// A token's terms for the audit log (never its secret or hash).

@@ -294,10 +294,16 @@ pub fn run(
         ..VerifyRun::default()
     };
     store.write(|tx| tx.put_verify_run(job.system_id, &kept))?;
-    let tally = Mutex::new((kept, Vec::new()));
+    let tally = Mutex::new((kept, vec![false; rows.len()]));
     let result = check_rows(verifier, store, job, &rows, (stop, workers), now, &tally);
-    let (mut kept, mut damaged_names) = tally.into_inner().unwrap_or_else(|p| p.into_inner());
-    damaged_names.sort();
+    let (mut kept, damaged) = tally.into_inner().unwrap_or_else(|p| p.into_inner());
+    // In the rows' order, whichever thread found them.
+    let damaged_names: Vec<String> = rows
+        .iter()
+        .zip(damaged)
+        .filter(|(_, d)| *d)
+        .map(|(row, _)| row.backup.clone())
+        .collect();
     kept.stopped = !matches!(result, Ok(true));
     kept.finished = Some(now());
     store.write(|tx| {
@@ -346,7 +352,7 @@ fn damage_audit(job: &VerifyJob, run: &VerifyRun, names: &[String]) -> AuditReco
 }
 
 /// Re-reads `rows` on `workers`' threads, each taking the next row until none is left,
-/// recording each; counts into `tally` (the run kept, the damaged names). Whether it went
+/// recording each; counts into `tally` (the run kept, which rows are damaged). Whether it went
 /// through them all (false: `stop` was set); the first failed write ends every worker.
 fn check_rows(
     verifier: &Verifier,
@@ -355,7 +361,7 @@ fn check_rows(
     rows: &[crate::store::ReceivedRecord],
     (stop, workers): (&AtomicBool, Workers<'_>),
     now: fn() -> UnixTime,
-    tally: &Mutex<(VerifyRun, Vec<String>)>,
+    tally: &Mutex<(VerifyRun, Vec<bool>)>,
 ) -> Result<bool, StoreError> {
     let next = AtomicUsize::new(0);
     let failed = Mutex::new(None::<StoreError>);
@@ -364,14 +370,15 @@ fn check_rows(
         if lock(&failed).is_some() {
             return;
         }
-        let Some(row) = rows.get(next.fetch_add(1, Ordering::SeqCst)) else {
+        let index = next.fetch_add(1, Ordering::SeqCst);
+        let Some(row) = rows.get(index) else {
             return;
         };
         if stop.load(Ordering::SeqCst) {
             stopped.store(true, Ordering::SeqCst);
             return;
         }
-        if let Err(e) = check_row(verifier, store, job, row, now, tally) {
+        if let Err(e) = check_row(verifier, store, job, (index, row), now, tally) {
             lock(&failed).get_or_insert(e);
         }
     });
@@ -386,9 +393,9 @@ fn check_row(
     verifier: &Verifier,
     store: &Store,
     job: &VerifyJob,
-    row: &crate::store::ReceivedRecord,
+    (index, row): (usize, &crate::store::ReceivedRecord),
     now: fn() -> UnixTime,
-    tally: &Mutex<(VerifyRun, Vec<String>)>,
+    tally: &Mutex<(VerifyRun, Vec<bool>)>,
 ) -> Result<(), StoreError> {
     let Ok(name) = BackupName::parse(&row.backup) else {
         return Ok(());
@@ -418,10 +425,12 @@ fn check_row(
         Ok::<_, StoreError>(())
     })?;
     let mut guard = lock(tally);
-    let (kept, damaged_names) = &mut *guard;
+    let (kept, damaged) = &mut *guard;
     if let Some(m) = &damage {
         log::warn!("verify of system {}: {}: {m}", job.system_id, row.backup);
-        damaged_names.push(row.backup.clone());
+        if let Some(d) = damaged.get_mut(index) {
+            *d = true;
+        }
     }
     kept.checked += 1;
     kept.bytes = kept.bytes.saturating_add(read);

@@ -81,11 +81,6 @@ impl Txn {
         access::get(&self.inner, schema::PAIRING_TOKENS, id)
     }
 
-    /// Every token, in id order.
-    pub fn tokens(&self) -> Result<Vec<TokenRecord>> {
-        access::values(&self.inner, schema::PAIRING_TOKENS)
-    }
-
     pub fn put_token(&self, r: &TokenRecord) -> Result<()> {
         self.put(schema::PAIRING_TOKENS, &r.id, r)
     }

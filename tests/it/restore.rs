@@ -431,10 +431,10 @@ fn a_token_bound_to_a_lost_source_lets_one_new_appliance_take_it_over_and_restor
     );
     let token = created["token"].as_str().unwrap().to_string();
     let token_id = created["token_id"].as_str().unwrap().to_string();
-    // One consent at a time: a second token for the same system waits for this one.
+    // A second token for the same system, issued now: the first used wins.
     let r = create(json!({"replaces_system_id": p.sid}));
-    assert_eq!(r.status, 409, "{}", r.text());
-    assert!(r.text().contains(&token_id), "{}", r.text());
+    assert_eq!(r.status, 201, "{}", r.text());
+    let twin = r.json()["token"].as_str().unwrap().to_string();
 
     // A new appliance (new key, new data dir) pairs with the token: no admin call.
     let new = Daemon::start("restore-token-new", crate::harness::pairing_opts());
@@ -503,6 +503,11 @@ fn a_token_bound_to_a_lost_source_lets_one_new_appliance_take_it_over_and_restor
     let r = file_raw(&tgt, "7e570000-0000-4000-8000-000000000001", Some(&token));
     assert_eq!(r.status, 403, "{}", r.text());
     assert!(r.text().contains("used up"), "{}", r.text());
+    assert_eq!(filed(&audit_actions(&tgt)), before);
+    // The twin refuses: the system it was issued for was taken over since.
+    let r = file_raw(&tgt, "7e570000-0000-4000-8000-000000000004", Some(&twin));
+    assert_eq!(r.status, 403, "{}", r.text());
+    assert!(r.text().contains("taken over since"), "{}", r.text());
     assert_eq!(filed(&audit_actions(&tgt)), before);
     // A token issued for the new appliance's row refuses once another appliance has taken
     // the system over since (here an admin's accept): one consent, one appliance.
