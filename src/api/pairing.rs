@@ -90,6 +90,7 @@ pub(super) fn file_request(call: &Call) -> Result<Reply, ApiError> {
         verification_code: r.verification_code.clone(),
         ca_fingerprint: cas.fingerprint(),
         status: Some(r.status.as_str().to_string()),
+        replaces_system_id: r.took_over,
     };
     let value = serde_json::to_value(answer)?;
     Ok(Reply::json(if filed.created { 202 } else { 200 }, value))

@@ -123,6 +123,7 @@ mod tests {
             cert_serial: None,
             requested_storage_id: optional.then_some(2),
             pairing_token: None,
+            took_over: None,
         }
     }
 

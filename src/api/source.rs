@@ -156,6 +156,9 @@ fn target_json(t: &TargetRecord, now: UnixTime) -> Value {
     if let Some(r) = t.renewed {
         v["certificate_renewed"] = json!(r);
     }
+    if let Some(old) = t.took_over {
+        v["replaces_system_id"] = json!(old);
+    }
     if let (Some(starts), Some(ends), Some(serial)) =
         (t.certificate_starts, t.certificate_expires, &t.cert_serial)
     {

@@ -32,6 +32,7 @@ fn token_json(t: &TokenRecord, call: &Call) -> Value {
         ("system_uuid", t.system_uuid.clone().map(Value::from)),
         ("host", t.host.clone().map(Value::from)),
         ("note", t.note.clone().map(Value::from)),
+        ("replaces_system_id", t.replaces_system_id.map(Value::from)),
     ];
     for (k, value) in optional {
         if let Some(value) = value {
@@ -84,6 +85,7 @@ pub(super) fn create(call: &Call) -> Result<Reply, ApiError> {
         system_uuid: text("system_uuid")?.map(|u| u.to_ascii_lowercase()),
         host: text("host")?,
         note: text("note")?,
+        replaces_system_id: body.opt_id("replaces_system_id")?,
     };
     let app = call.app;
     let given = body.opt_str("address")?.filter(|a| !a.is_empty());

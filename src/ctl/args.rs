@@ -220,6 +220,8 @@ pub(super) struct TokenOptions {
     pub note: Option<String>,
     /// Where sources reach this daemon, for the join line.
     pub address: Option<String>,
+    /// `--replaces SID`: the source that uses it takes over that lost source.
+    pub replaces: Option<u64>,
 }
 
 /// The user `login` uses without `--user`: the superuser created on first start.

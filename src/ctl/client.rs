@@ -219,6 +219,7 @@ impl Client {
             ("expires_in", o.expires_in),
             ("storage_id", o.storage_id),
             ("quota_mb", o.quota_mb),
+            ("replaces_system_id", o.replaces),
         ];
         for (k, v) in numbers {
             if let Some(v) = v {

@@ -170,10 +170,13 @@ pub(crate) fn tokens_table(v: &Value) -> String {
         .map(|t| {
             let mut t = t.clone();
             t["uses_shown"] = Value::from(format!("{}/{}", cell(&t["used"]), cell(&t["uses"])));
-            let bound: Vec<String> = ["system_uuid", "host"]
+            let mut bound: Vec<String> = ["system_uuid", "host"]
                 .iter()
                 .filter_map(|k| t[*k].as_str().map(String::from))
                 .collect();
+            if let Some(sid) = t["replaces_system_id"].as_u64() {
+                bound.push(format!("takes over system {sid}"));
+            }
             t["bound"] = Value::from(bound.join(" "));
             t
         })
@@ -457,6 +460,17 @@ mod tests {
             "ID  NAME   MESSAGE\n\
              1   alpha  -\n\
              12  b      long message\n"
+        );
+    }
+
+    #[test]
+    fn a_token_that_takes_over_a_system_says_so_under_bound_to() {
+        let v = json!({"tokens": [{"token_id": "0123456789ab", "status": "valid", "uses": 1,
+                                   "used": 0, "expires": 0, "replaces_system_id": 3}]});
+        let out = tokens_table(&v);
+        assert!(
+            out.lines().nth(1).unwrap().contains("takes over system 3"),
+            "{out}"
         );
     }
 

@@ -22,7 +22,7 @@ use crate::jobs::renewer::{self, SourceContext};
 use crate::model::{self, Chain, UnixTime};
 use crate::pairing::source::{self, Step, Upkeep};
 use crate::remote::{Remote, RemoteError};
-use crate::store::{Store, StoreError, TargetRecord, TargetStatus};
+use crate::store::{AuditRecord, Store, StoreError, TargetRecord, TargetStatus};
 use crate::wire::protocol::{SpoolStatus, CA_FILE, CERT_FILE};
 
 /// How often the loop looks for due polls and new targets.
@@ -425,7 +425,13 @@ pub(crate) fn poll_once(ctx: &SourceContext, t: &TargetRecord) -> bool {
             }
         }
         Step::Install { tunnel } => {
-            let installed = install_and_prove(ctx, &remote, t, &tunnel, now);
+            let takes_over = match &polled {
+                SpoolStatus::Accepted {
+                    replaces_system_id, ..
+                } => *replaces_system_id,
+                _ => None,
+            };
+            let installed = install_and_prove(ctx, &remote, t, (&tunnel, takes_over), now);
             conclude(ctx, t, installed, now);
         }
         Step::Prove { tunnel } => {
@@ -512,11 +518,13 @@ impl std::error::Error for InstallError {
 /// generation its request was filed with, records `accepted`, then opens the tunnel once
 /// (and, for a new request after an expired certificate, drops the old generation). Any
 /// failed check leaves the installed state as it was and says what an admin can act on.
+/// `takes_over`: the lost source the target's answer says this appliance took over,
+/// recorded and audited with the install.
 fn install_and_prove(
     ctx: &SourceContext,
     remote: &Remote,
     t: &TargetRecord,
-    tunnel: &str,
+    (tunnel, takes_over): (&str, Option<u64>),
     now: UnixTime,
 ) -> Result<(), InstallError> {
     let fetch = |file: &'static str| {
@@ -537,23 +545,30 @@ fn install_and_prove(
         .map_err(InstallError::Refused)?;
     dir.install(generation, &cert_pem, &ca_pem)
         .map_err(InstallError::Identity)?;
-    update(&ctx.store, t.id, |r| {
-        if r.generation != generation && r.cert_serial.is_some() {
-            r.previous_generation = Some(r.generation);
-        }
-        r.generation = generation;
-        r.status = TargetStatus::Accepted;
-        r.message = None;
-        r.tunnel = Some(tunnel.to_string());
-        r.certificate_expires = Some(delivered.not_after);
-        r.certificate_starts = Some(delivered.not_before);
-        r.cert_serial = Some(delivered.serial.clone());
-        // The pinned CA, and during a rollover of the target's CA the new one it
-        // endorsed (the delivered certificate may be of either).
-        r.ca_pem = delivered.trust_pem.clone();
-        r.updated = now;
-    })
-    .map_err(InstallError::Record)?;
+    ctx.store
+        .write(|tx| {
+            let Some(mut r) = tx.target(t.id)? else {
+                return Ok(());
+            };
+            install_row(&mut r, generation, tunnel, &delivered, now);
+            let newly = takes_over.filter(|old| r.took_over != Some(*old));
+            if let Some(old) = newly {
+                r.took_over = Some(old);
+                tx.audit(&AuditRecord {
+                    time: now,
+                    user: "-".into(),
+                    address: tunnel.to_string(),
+                    action: "system taken over".into(),
+                    object: format!("target:{}", r.host),
+                    detail: format!(
+                        "this appliance took over system {old} on the target (request {}): its copies are restorable from here",
+                        r.request_id
+                    ),
+                })?;
+            }
+            tx.put_target(&r)
+        })
+        .map_err(InstallError::Record)?;
     log::info!(
         "target {}: certificate {} installed; proving the tunnel at {tunnel}",
         t.id,
@@ -569,6 +584,32 @@ fn install_and_prove(
         hello.system_id
     );
     Ok(())
+}
+
+/// The row once the delivered certificate of `generation` is installed.
+fn install_row(
+    r: &mut TargetRecord,
+    generation: u64,
+    tunnel: &str,
+    delivered: &ca::DeliveredCert,
+    now: UnixTime,
+) {
+    {
+        if r.generation != generation && r.cert_serial.is_some() {
+            r.previous_generation = Some(r.generation);
+        }
+        r.generation = generation;
+        r.status = TargetStatus::Accepted;
+        r.message = None;
+        r.tunnel = Some(tunnel.to_string());
+        r.certificate_expires = Some(delivered.not_after);
+        r.certificate_starts = Some(delivered.not_before);
+        r.cert_serial = Some(delivered.serial.clone());
+        // The pinned CA, and during a rollover of the target's CA the new one it
+        // endorsed (the delivered certificate may be of either).
+        r.ca_pem = delivered.trust_pem.clone();
+        r.updated = now;
+    }
 }
 
 #[cfg(test)]

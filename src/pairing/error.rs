@@ -173,6 +173,25 @@ pub enum TokenRefusal {
         id: String,
         system_id: u64,
     },
+    /// Bound to a lost source (`replaces_system_id`) that is no longer a replication
+    /// source here (unpaired, or removed).
+    ReplacedGone {
+        id: String,
+        system_id: u64,
+    },
+    /// Bound to a lost source that another appliance has taken over since the token was
+    /// issued.
+    AlreadyReplaced {
+        id: String,
+        system_id: u64,
+    },
+    /// Bound to a lost source, but the requesting appliance is paired here as another
+    /// system: one appliance cannot be two sources.
+    PairedAsOther {
+        id: String,
+        system_id: u64,
+        other: u64,
+    },
 }
 
 impl TokenRefusal {
@@ -185,7 +204,10 @@ impl TokenRefusal {
             | TokenRefusal::Expired { id, .. }
             | TokenRefusal::OtherSystem { id }
             | TokenRefusal::OtherHost { id }
-            | TokenRefusal::Replaces { id, .. } => Some(id),
+            | TokenRefusal::Replaces { id, .. }
+            | TokenRefusal::ReplacedGone { id, .. }
+            | TokenRefusal::AlreadyReplaced { id, .. }
+            | TokenRefusal::PairedAsOther { id, .. } => Some(id),
         }
     }
 }
@@ -215,6 +237,22 @@ impl fmt::Display for TokenRefusal {
             TokenRefusal::Replaces { id, system_id } => write!(
                 f,
                 "this source is already paired here as system {system_id}; pairing token {id} is not bound to its system_uuid, so an admin must accept the new key"
+            ),
+            TokenRefusal::ReplacedGone { id, system_id } => write!(
+                f,
+                "pairing token {id} takes over system {system_id}, which is no longer a replication source on this target"
+            ),
+            TokenRefusal::AlreadyReplaced { id, system_id } => write!(
+                f,
+                "pairing token {id} takes over system {system_id}, which another appliance has taken over since the token was issued"
+            ),
+            TokenRefusal::PairedAsOther {
+                id,
+                system_id,
+                other,
+            } => write!(
+                f,
+                "pairing token {id} takes over system {system_id}, but this appliance is already paired here as system {other}"
             ),
         }
     }

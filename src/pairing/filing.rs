@@ -8,11 +8,13 @@ use crate::ca::{self, ValidCsr};
 use crate::model::{Network, UnixTime};
 use crate::pairing::error::{Cap, PairingError, TokenRefusal};
 use crate::pairing::fields::NewRequest;
-use crate::pairing::target::{accept_in, choose_storage, ignore_in, sign, TargetSide};
+use crate::pairing::target::{
+    accept_in, choose_storage, ignore_in, replaced_system, sign, TargetSide,
+};
 use crate::pairing::tokens::check;
 use crate::pairing::Actor;
 use crate::store::{
-    OpenRequest, RequestRecord, RequestStatus, Store, StoreError, SystemRecord, Txn,
+    OpenRequest, RequestRecord, RequestStatus, Store, StoreError, SystemRecord, TokenRecord, Txn,
 };
 use crate::wire::token::PairingToken;
 
@@ -257,6 +259,7 @@ pub(crate) fn insert_request(
         cert_serial: None,
         requested_storage_id: new.requested_storage_id,
         pairing_token: new.token.as_ref().map(|t| t.id().to_string()),
+        took_over: None,
     };
     tx.put_request(&request)?;
     let actor = Actor {
@@ -315,7 +318,11 @@ pub(crate) fn file_with_token(
     // the transaction is the one that counts.
     let found = store.token(token.id())?;
     let t = check(found.as_ref(), token, &new.system_uuid, &new.host, now).map_err(refused)?;
-    let storage = choose_storage(side.storage, t.storage_id)?;
+    let storage_id = match token_storage(store, t) {
+        Err(PairingError::Token(r)) => return Err(refused(r)),
+        other => other?,
+    };
+    let storage = choose_storage(side.storage, storage_id)?;
     let issued = sign(
         cas.signing(),
         csr,
@@ -329,7 +336,8 @@ pub(crate) fn file_with_token(
             .map_err(PairingError::Token)?
             .clone();
         if let Some(row) = paired_system(tx, &new.system_uuid)? {
-            if t.system_uuid.as_deref() != Some(new.system_uuid.as_str()) {
+            let bound = t.system_uuid.as_deref() == Some(new.system_uuid.as_str());
+            if !bound && t.replaces_system_id.is_none() {
                 return Err(PairingError::Token(TokenRefusal::Replaces {
                     id: t.id.clone(),
                     system_id: row.id,
@@ -363,13 +371,14 @@ pub(crate) fn file_with_token(
             rules.caps.ttl_seconds,
             now,
         )?;
+        let replaces = token_replacement(tx, &t, &request)?;
         let resolved = accept_in(
             tx,
             request,
             storage,
             &issued,
             t.quota_mb.map(Some),
-            None,
+            replaces,
             &actor,
             now,
         )?;
@@ -381,10 +390,14 @@ pub(crate) fn file_with_token(
             "token used",
             format!("token:{}", t.id),
             format!(
-                "request {} system {} ({}), use {} of {}",
+                "request {} system {} ({}){}, use {} of {}",
                 resolved.request.id,
                 resolved.request.system_id.unwrap_or_default(),
                 new.system_uuid,
+                match resolved.request.took_over {
+                    Some(old) => format!(" took over system {old}"),
+                    None => String::new(),
+                },
                 t.used,
                 t.uses
             ),
@@ -400,6 +413,55 @@ pub(crate) fn file_with_token(
         PairingError::Token(r) => refused(r),
         other => other,
     })
+}
+
+/// The storage a token's source gets: the token's, else for a token that takes over a
+/// lost source that source's (a gone one refuses before anything is signed), else none
+/// (the default backup storage).
+fn token_storage(store: &Store, t: &TokenRecord) -> Result<Option<u64>, PairingError> {
+    let Some(old) = t.replaces_system_id.filter(|_| t.storage_id.is_none()) else {
+        return Ok(t.storage_id);
+    };
+    match store.system(old)? {
+        Some(row) => Ok(row.storage_id),
+        None => Err(PairingError::Token(TokenRefusal::ReplacedGone {
+            id: t.id.clone(),
+            system_id: old,
+        })),
+    }
+}
+
+/// The lost source a token bound to one (`replaces_system_id`) lets request `r` take
+/// over, with the checks of an admin's accept (`replaced_system`: it exists, is a source
+/// here, the requesting appliance is not another system here) and one more: nobody took it
+/// over since the token was issued. None for an ordinary token.
+fn token_replacement(
+    tx: &Txn,
+    t: &TokenRecord,
+    r: &RequestRecord,
+) -> Result<Option<SystemRecord>, PairingError> {
+    let Some(old) = t.replaces_system_id else {
+        return Ok(None);
+    };
+    let refusal = |r: TokenRefusal| Err(PairingError::Token(r));
+    let id = t.id.clone();
+    if let Some(other) = paired_system(tx, &r.system_uuid)?.filter(|s| s.id != old) {
+        return refusal(TokenRefusal::PairedAsOther {
+            id,
+            system_id: old,
+            other: other.id,
+        });
+    }
+    let row = match replaced_system(tx, r, old) {
+        Err(PairingError::UnknownSystem(_) | PairingError::NotASource(_)) => {
+            return refusal(TokenRefusal::ReplacedGone { id, system_id: old })
+        }
+        other => other?,
+    };
+    if row.system_uuid != t.replaces_uuid {
+        return refusal(TokenRefusal::AlreadyReplaced { id, system_id: old });
+    }
+    Ok(Some(row))
 }
 
 /// A refusal as the source hears it; when the secret was right, also an audit row (a
@@ -878,6 +940,91 @@ mod tests {
             ),
             "{e:?}"
         );
+    }
+
+    #[test]
+    fn a_token_bound_to_a_lost_source_takes_it_over_once_and_refuses_once_it_is_gone_or_taken() {
+        let fx = Fixture::new("takeover");
+        let store = &fx.store;
+        let uuid = |n: u8| format!("7a7a7a7a-0000-4000-8000-0000000000{n:02}");
+        let issue = |sid: u64| create(store, &fx.storage, spec_replacing(sid), &admin(), NOW);
+        // The lost source: storage 2, a quota.
+        let first = fx.issue(spec(|s| {
+            s.storage_id = Some(2);
+            s.quota_mb = Some(50);
+        }));
+        let lost = fx.file(UUID, Some(&first.token)).unwrap();
+        let sid = lost.request.system_id.unwrap();
+        let old_serial = lost.request.cert_serial.clone().unwrap();
+        assert!(matches!(issue(99), Err(PairingError::UnknownSystem(99))));
+        let bound = issue(sid).unwrap();
+        assert_eq!(bound.record.uses, 1);
+        // Issued at the same time: the first used wins, the other then refuses.
+        let twin = issue(sid).unwrap();
+        // An appliance paired here as another system cannot take this one over.
+        let other = fx.file(&uuid(1), Some(&fx.issue(TokenSpec::default()).token));
+        let other = other.unwrap().request.system_id.unwrap();
+        let e = fx.file(&uuid(1), Some(&bound.token)).unwrap_err();
+        assert!(
+            matches!(e, PairingError::Token(TokenRefusal::PairedAsOther { other: o, .. }) if o == other),
+            "{e:?}"
+        );
+        // A new appliance takes it over: the same row, its storage, quota and copies; the
+        // old certificate revoked in the same transaction.
+        let new = fx.file(&uuid(2), Some(&bound.token)).unwrap();
+        assert_eq!(
+            (new.request.system_id, new.request.took_over),
+            (Some(sid), Some(sid))
+        );
+        let row = store.system(sid).unwrap().unwrap();
+        assert_eq!((row.storage_id, row.quota_mb), (Some(2), Some(50)));
+        assert_eq!(row.system_uuid, Some(uuid(2)));
+        assert_eq!(row.copies_uuid.as_deref(), Some(UUID));
+        assert!(store.is_revoked(&old_serial).unwrap());
+        let e = fx.file(&uuid(3), Some(&bound.token)).unwrap_err();
+        assert!(
+            matches!(e, PairingError::Token(TokenRefusal::Spent { .. })),
+            "{e:?}"
+        );
+        let e = fx.file(&uuid(3), Some(&twin.token)).unwrap_err();
+        assert!(
+            matches!(e, PairingError::Token(TokenRefusal::AlreadyReplaced { .. })),
+            "{e:?}"
+        );
+        // Issued for the new appliance's row, then an admin lets a third one take it over:
+        // the token refuses, it consented to replacing the second.
+        let stale = issue(sid).unwrap();
+        let pending = fx.file(&uuid(4), None).unwrap().request.id;
+        let accept = crate::pairing::target::Decision::Accept {
+            storage_id: None,
+            quota_mb: None,
+            replaces_system_id: Some(sid),
+        };
+        let side = side(store, &fx.ca, &fx.storage);
+        crate::pairing::target::resolve(&side, pending, accept, &admin(), NOW).unwrap();
+        let e = fx.file(&uuid(5), Some(&stale.token)).unwrap_err();
+        assert!(
+            matches!(e, PairingError::Token(TokenRefusal::AlreadyReplaced { .. })),
+            "{e:?}"
+        );
+        // Unpaired after its token was issued: the token refuses before signing anything.
+        let gone = issue(sid).unwrap();
+        crate::pairing::target::unpair(store, sid, &admin(), NOW).unwrap();
+        let e = fx.file(&uuid(6), Some(&gone.token)).unwrap_err();
+        assert!(
+            matches!(e, PairingError::Token(TokenRefusal::ReplacedGone { .. })),
+            "{e:?}"
+        );
+        let refused: Vec<_> = store.audit(0, 1000).unwrap();
+        assert!(refused.iter().any(|(_, a)| a.action == "token refused"
+            && a.detail.contains("no longer a replication source")));
+    }
+
+    fn spec_replacing(sid: u64) -> TokenSpec {
+        TokenSpec {
+            replaces_system_id: Some(sid),
+            ..TokenSpec::default()
+        }
     }
 
     #[test]

@@ -128,7 +128,11 @@ fn matching_system(tx: &Txn, request: &RequestRecord) -> Result<Option<SystemRec
 
 /// The lost source a replacement appliance's request takes over: a replication source
 /// here, and the requesting appliance is not already paired here as another system.
-fn replaced_system(tx: &Txn, r: &RequestRecord, old: u64) -> Result<SystemRecord, PairingError> {
+pub(crate) fn replaced_system(
+    tx: &Txn,
+    r: &RequestRecord,
+    old: u64,
+) -> Result<SystemRecord, PairingError> {
     let row = tx.system(old)?.ok_or(PairingError::UnknownSystem(old))?;
     if !row.role.is_source() {
         return Err(PairingError::NotASource(old));
@@ -371,6 +375,7 @@ pub(crate) fn accept_in(
     r.resolved_by = Some(actor.user.clone());
     r.system_id = Some(row.id);
     r.cert_serial = Some(issued.serial.clone());
+    r.took_over = replacing.then_some(row.id);
     tx.put_request(&r)?;
     let quota = match row.quota_mb {
         Some(q) => format!(" quota {q} MB"),

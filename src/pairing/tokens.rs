@@ -10,7 +10,7 @@ use crate::pairing::error::{PairingError, TokenRefusal};
 use crate::pairing::fields::{check_host, check_system_uuid};
 use crate::pairing::target::choose_storage;
 use crate::pairing::Actor;
-use crate::store::{Store, TokenRecord};
+use crate::store::{Store, TokenRecord, Txn};
 use crate::wire::token::PairingToken;
 
 /// `expires_in` when none is given: 7 days, long enough to ship a box, short enough to
@@ -130,6 +130,8 @@ pub struct TokenSpec {
     pub system_uuid: Option<String>,
     pub host: Option<String>,
     pub note: Option<String>,
+    /// The lost source the token's user takes over (SPEC 20); such a token has one use.
+    pub replaces_system_id: Option<u64>,
 }
 
 impl Default for TokenSpec {
@@ -142,6 +144,7 @@ impl Default for TokenSpec {
             system_uuid: None,
             host: None,
             note: None,
+            replaces_system_id: None,
         }
     }
 }
@@ -167,6 +170,12 @@ impl TokenSpec {
         }
         if let Some(id) = self.storage_id {
             choose_storage(storage, Some(id))?;
+        }
+        if self.replaces_system_id.is_some() && self.uses != 1 {
+            return Err(invalid(
+                "uses",
+                "must be 1 with `replaces_system_id`: a token that takes over a system is single-use",
+            ));
         }
         if let Some(u) = &self.system_uuid {
             check_system_uuid(u)?;
@@ -207,6 +216,10 @@ pub fn create(
 ) -> Result<Issued, PairingError> {
     spec.validate(storage)?;
     store.write(|tx| {
+        let replaces_uuid = match spec.replaces_system_id {
+            Some(old) => Some(replaceable(tx, old)?),
+            None => None,
+        };
         let mut fresh = None;
         for _ in 0..ID_ATTEMPTS {
             let id = crate::rand::hex_string(PairingToken::ID_LEN / 2);
@@ -235,6 +248,8 @@ pub fn create(
             system_uuid: spec.system_uuid.clone(),
             host: spec.host.clone(),
             note: spec.note.clone(),
+            replaces_system_id: spec.replaces_system_id,
+            replaces_uuid,
         };
         tx.put_token(&record)?;
         tx.audit(&actor.audit(
@@ -245,6 +260,19 @@ pub fn create(
         ))?;
         Ok(Issued { record, token })
     })
+}
+
+/// The checks on the lost source a new token is to take over, inside the issuing
+/// transaction: it exists and is a replication source here. Returns its `system_uuid`,
+/// which the token records: an appliance that takes the system over before the token is
+/// used (an accept, or another such token) makes the token refuse, so two tokens for one
+/// system replace one appliance, not two.
+fn replaceable(tx: &Txn, old: u64) -> Result<String, PairingError> {
+    let row = tx.system(old)?.ok_or(PairingError::UnknownSystem(old))?;
+    if !row.role.is_source() {
+        return Err(PairingError::NotASource(old));
+    }
+    row.system_uuid.ok_or(PairingError::NotASource(old))
 }
 
 /// A token's terms for the audit log (never its secret or hash).
@@ -264,6 +292,9 @@ fn describe(t: &TokenRecord) -> String {
     }
     if let Some(h) = &t.host {
         parts.push(format!("bound to host {h}"));
+    }
+    if let Some(old) = t.replaces_system_id {
+        parts.push(format!("takes over system {old}"));
     }
     parts.join(", ")
 }
@@ -335,6 +366,8 @@ pub(crate) mod tests {
             system_uuid: None,
             host: None,
             note: None,
+            replaces_system_id: None,
+            replaces_uuid: None,
         };
         change(&mut r);
         r
@@ -447,6 +480,13 @@ pub(crate) mod tests {
             (spec(|s| s.note = Some("a\nb".into())), "note"),
             (spec(|s| s.system_uuid = Some("a b".into())), "system_uuid"),
             (spec(|s| s.host = Some("a/b".into())), "host"),
+            (
+                spec(|s| {
+                    s.replaces_system_id = Some(3);
+                    s.uses = 2;
+                }),
+                "uses",
+            ),
         ];
         for (bad, field) in bad {
             let e = bad.validate(&storage).unwrap_err();
@@ -462,6 +502,9 @@ pub(crate) mod tests {
             s.uses = MAX_USES;
         });
         assert!(max.validate(&storage).is_ok());
+        assert!(spec(|s| s.replaces_system_id = Some(3))
+            .validate(&storage)
+            .is_ok());
     }
 
     #[test]

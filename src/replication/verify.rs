@@ -10,7 +10,7 @@
 
 use std::collections::HashMap;
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::mpsc::{self, Receiver, Sender};
 use std::sync::Mutex;
 
@@ -266,13 +266,20 @@ fn check_copy(path: &std::path::Path, size: u64, sha256: &str) -> (Option<String
     }
 }
 
-/// Verifies the copies of `job` one by one, recording each against its row, and keeps
-/// the run's result; returns early (Ok, the run kept as stopped) once `stop` is set.
+/// Runs a piece of work on each of the caller's worker threads at once and returns when
+/// every one returned (`jobs::verify` uses one thread per core; a test, the caller's own
+/// thread). The work takes the next copy until none is left.
+pub type Workers<'a> = &'a dyn Fn(&(dyn Fn() + Sync));
+
+/// Verifies the copies of `job`, as many at a time as `workers` runs threads (a copy's
+/// SHA-256 is one sequence, so the cores share the copies), recording each against its
+/// row, and keeps the run's result; returns early (Ok, the run kept as stopped) once
+/// `stop` is set.
 pub fn run(
     verifier: &Verifier,
     store: &Store,
     job: &VerifyJob,
-    stop: &AtomicBool,
+    (stop, workers): (&AtomicBool, Workers<'_>),
     now: fn() -> UnixTime,
 ) -> Result<(), StoreError> {
     let rows: Vec<_> = store
@@ -280,23 +287,23 @@ pub fn run(
         .into_iter()
         .filter(|r| r.storage_id == job.storage_id)
         .collect();
-    let mut kept = VerifyRun {
+    let kept = VerifyRun {
         started: now(),
         total: rows.len() as u64,
         scheduled: job.scheduled,
         ..VerifyRun::default()
     };
     store.write(|tx| tx.put_verify_run(job.system_id, &kept))?;
-    let mut damaged_names = Vec::new();
-    let result = check_rows(
-        verifier,
-        store,
-        job,
-        &rows,
-        stop,
-        now,
-        (&mut kept, &mut damaged_names),
-    );
+    let tally = Mutex::new((kept, vec![false; rows.len()]));
+    let result = check_rows(verifier, store, job, &rows, (stop, workers), now, &tally);
+    let (mut kept, damaged) = tally.into_inner().unwrap_or_else(|p| p.into_inner());
+    // In the rows' order, whichever thread found them.
+    let damaged_names: Vec<String> = rows
+        .iter()
+        .zip(damaged)
+        .filter(|(_, d)| *d)
+        .map(|(row, _)| row.backup.clone())
+        .collect();
     kept.stopped = !matches!(result, Ok(true));
     kept.finished = Some(now());
     store.write(|tx| {
@@ -344,67 +351,101 @@ fn damage_audit(job: &VerifyJob, run: &VerifyRun, names: &[String]) -> AuditReco
     }
 }
 
-/// Re-reads `rows`, recording each; counts into the run kept and the damaged names.
-/// Whether it went through them all (false: `stop` was set).
+/// Re-reads `rows` on `workers`' threads, each taking the next row until none is left,
+/// recording each; counts into `tally` (the run kept, which rows are damaged). Whether it went
+/// through them all (false: `stop` was set); the first failed write ends every worker.
 fn check_rows(
     verifier: &Verifier,
     store: &Store,
     job: &VerifyJob,
     rows: &[crate::store::ReceivedRecord],
-    stop: &AtomicBool,
+    (stop, workers): (&AtomicBool, Workers<'_>),
     now: fn() -> UnixTime,
-    (kept, damaged_names): (&mut VerifyRun, &mut Vec<String>),
+    tally: &Mutex<(VerifyRun, Vec<bool>)>,
 ) -> Result<bool, StoreError> {
-    for row in rows {
-        if stop.load(Ordering::SeqCst) {
-            return Ok(false);
+    let next = AtomicUsize::new(0);
+    let failed = Mutex::new(None::<StoreError>);
+    let stopped = AtomicBool::new(false);
+    workers(&|| loop {
+        if lock(&failed).is_some() {
+            return;
         }
-        let Ok(name) = BackupName::parse(&row.backup) else {
-            continue;
+        let index = next.fetch_add(1, Ordering::SeqCst);
+        let Some(row) = rows.get(index) else {
+            return;
         };
-        let path = job
-            .storage_path
-            .join(&job.uuid)
-            .join(name.client())
-            .join(name.file());
-        let (damage, missing, read) = check_copy(&path, row.size, &row.sha256);
-        let now = now();
-        // Record against the row as it is now: a transfer that replaced the copy while
-        // it was read wins.
-        store.write(|tx| {
-            if let Some(mut current) = tx.received_one(&job.uuid, &row.backup)? {
-                if current.received == row.received && current.sha256 == row.sha256 {
-                    match &damage {
-                        None => {
-                            current.verified = Some(now);
-                            current.damaged = None;
-                        }
-                        Some(m) => current.damaged = Some(m.clone()),
-                    }
-                    tx.put_received(&job.uuid, &current)?;
-                }
-            }
-            Ok::<_, StoreError>(())
-        })?;
-        if let Some(m) = &damage {
-            log::warn!("verify of system {}: {}: {m}", job.system_id, row.backup);
-            damaged_names.push(row.backup.clone());
+        if stop.load(Ordering::SeqCst) {
+            stopped.store(true, Ordering::SeqCst);
+            return;
         }
-        kept.checked += 1;
-        kept.bytes = kept.bytes.saturating_add(read);
-        kept.damaged += u64::from(damage.is_some());
-        kept.missing += u64::from(missing);
-        verifier.update(job.system_id, |s| {
-            s.checked += 1;
-            if damage.is_some() {
-                s.damaged += 1;
-            }
-            if missing {
-                s.missing += 1;
-            }
-        });
+        if let Err(e) = check_row(verifier, store, job, (index, row), now, tally) {
+            lock(&failed).get_or_insert(e);
+        }
+    });
+    if let Some(e) = lock(&failed).take() {
+        return Err(e);
     }
-    Ok(true)
+    Ok(!stopped.load(Ordering::SeqCst))
+}
+
+/// Re-reads one copy and records what it found against its row and in `tally`.
+fn check_row(
+    verifier: &Verifier,
+    store: &Store,
+    job: &VerifyJob,
+    (index, row): (usize, &crate::store::ReceivedRecord),
+    now: fn() -> UnixTime,
+    tally: &Mutex<(VerifyRun, Vec<bool>)>,
+) -> Result<(), StoreError> {
+    let Ok(name) = BackupName::parse(&row.backup) else {
+        return Ok(());
+    };
+    let path = job
+        .storage_path
+        .join(&job.uuid)
+        .join(name.client())
+        .join(name.file());
+    let (damage, missing, read) = check_copy(&path, row.size, &row.sha256);
+    let now = now();
+    // Record against the row as it is now: a transfer that replaced the copy while
+    // it was read wins.
+    store.write(|tx| {
+        if let Some(mut current) = tx.received_one(&job.uuid, &row.backup)? {
+            if current.received == row.received && current.sha256 == row.sha256 {
+                match &damage {
+                    None => {
+                        current.verified = Some(now);
+                        current.damaged = None;
+                    }
+                    Some(m) => current.damaged = Some(m.clone()),
+                }
+                tx.put_received(&job.uuid, &current)?;
+            }
+        }
+        Ok::<_, StoreError>(())
+    })?;
+    let mut guard = lock(tally);
+    let (kept, damaged) = &mut *guard;
+    if let Some(m) = &damage {
+        log::warn!("verify of system {}: {}: {m}", job.system_id, row.backup);
+        if let Some(d) = damaged.get_mut(index) {
+            *d = true;
+        }
+    }
+    kept.checked += 1;
+    kept.bytes = kept.bytes.saturating_add(read);
+    kept.damaged += u64::from(damage.is_some());
+    kept.missing += u64::from(missing);
+    verifier.update(job.system_id, |s| {
+        s.checked += 1;
+        if damage.is_some() {
+            s.damaged += 1;
+        }
+        if missing {
+            s.missing += 1;
+        }
+    });
+    Ok(())
 }
 
 #[cfg(test)]
@@ -434,6 +475,14 @@ mod tests {
             .unwrap();
     }
 
+    /// Two threads, as `jobs::verify` runs on two cores.
+    fn two_threads(work: &(dyn Fn() + Sync)) {
+        std::thread::scope(|s| {
+            s.spawn(work);
+            s.spawn(work);
+        });
+    }
+
     fn job(s: &Scratch) -> VerifyJob {
         VerifyJob {
             system_id: s.source.system_id,
@@ -454,7 +503,10 @@ mod tests {
         std::fs::remove_file(s.client_dir("c").join("gone")).unwrap();
         let verifier = Verifier::default();
         let stop = AtomicBool::new(false);
-        run(&verifier, &s.store, &job(&s), &stop, || 5_000).unwrap();
+        run(&verifier, &s.store, &job(&s), (&stop, &two_threads), || {
+            5_000
+        })
+        .unwrap();
 
         let kept = s.store.verify_run(s.source.system_id).unwrap().unwrap();
         assert_eq!(
@@ -484,7 +536,10 @@ mod tests {
 
         // A run stopped at once is kept as stopped: the schedule takes it up again at once.
         stop.store(true, Ordering::SeqCst);
-        run(&verifier, &s.store, &job(&s), &stop, || 6_000).unwrap();
+        run(&verifier, &s.store, &job(&s), (&stop, &two_threads), || {
+            6_000
+        })
+        .unwrap();
         let kept = s.store.verify_run(s.source.system_id).unwrap().unwrap();
         assert!(kept.stopped && kept.checked == 0, "{kept:?}");
         assert_eq!(next_due(Some(&kept), 1, 60), Some(6_000));

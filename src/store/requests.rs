@@ -84,6 +84,11 @@ pub struct RequestRecord {
     /// The id of the pairing token it was filed with; such a request is accepted at once.
     #[serde(default)]
     pub pairing_token: Option<String>,
+    /// The lost source this request's appliance took over when accepted (SPEC 20: an
+    /// admin's `replaces_system_id`, or a token bound to that system); its `status.json`
+    /// tells the source.
+    #[serde(default)]
+    pub took_over: Option<u64>,
 }
 
 impl RequestRecord {
@@ -100,6 +105,7 @@ impl RequestRecord {
                 certificate: CERT_FILE.into(),
                 ca: CA_FILE.into(),
                 tunnel: tunnel.into(),
+                replaces_system_id: self.took_over,
             },
             RequestStatus::Rejected => SpoolStatus::Rejected {
                 message: self.message.clone().unwrap_or_default(),
@@ -138,6 +144,7 @@ impl RequestRecord {
             cert_serial: None,
             requested_storage_id: None,
             pairing_token: None,
+            took_over: None,
         }
     }
 }
@@ -434,6 +441,7 @@ mod tests {
                 cert_serial: full.then(|| "ab12".into()),
                 requested_storage_id: full.then_some(3),
                 pairing_token: full.then(|| "0123456789ab".into()),
+                took_over: None,
                 ..RequestRecord::fixture(12)
             };
             let bytes = encode("requests", &r).unwrap();

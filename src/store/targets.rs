@@ -105,6 +105,10 @@ pub struct TargetRecord {
     /// When the installed certificate was renewed over the tunnel, if it was.
     #[serde(default)]
     pub renewed: Option<UnixTime>,
+    /// The lost source this appliance took over on the target (its system id there), as
+    /// the target's `accepted` answer said (SPEC 20): its copies are this pairing's now.
+    #[serde(default)]
+    pub took_over: Option<u64>,
 }
 
 impl TargetRecord {
@@ -173,6 +177,7 @@ impl TargetRecord {
             previous_generation: None,
             certificate_starts: None,
             renewed: None,
+            took_over: None,
         }
     }
 }

@@ -42,6 +42,14 @@ pub struct TokenRecord {
     pub host: Option<String>,
     #[serde(default)]
     pub note: Option<String>,
+    /// When set, the source that uses it takes over this lost source (SPEC 20), as an
+    /// admin's accept with `replaces_system_id` does. Such a token has one use.
+    #[serde(default)]
+    pub replaces_system_id: Option<u64>,
+    /// The `system_uuid` that system had when the token was issued: a takeover since (by
+    /// another appliance) makes the token refuse, so one consent replaces one appliance.
+    #[serde(default)]
+    pub replaces_uuid: Option<String>,
 }
 
 impl fmt::Debug for TokenRecord {

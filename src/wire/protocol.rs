@@ -57,6 +57,10 @@ pub struct Filed {
     /// from older targets.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub status: Option<String>,
+    /// The lost source this request took over, when a pairing token bound to it let the
+    /// request in at once (SPEC 20). Absent otherwise and from older targets.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub replaces_system_id: Option<u64>,
 }
 
 /// `status.json`: what the source learns by polling.
@@ -71,6 +75,10 @@ pub enum SpoolStatus {
         certificate: String,
         ca: String,
         tunnel: String,
+        /// The lost source this appliance took over on the target (SPEC 20); absent for
+        /// an ordinary pairing and from older targets.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        replaces_system_id: Option<u64>,
     },
     Rejected {
         message: String,

@@ -469,6 +469,7 @@ fn body_routes(csr_pem: &str) -> Vec<BodyRoute> {
                 ("host", Str, s("src.example")),
                 ("note", Str, s("fuzz")),
                 ("address", Str, s("127.0.0.1:8443")),
+                ("replaces_system_id", Id, "1".into()),
             ],
         },
         BodyRoute {

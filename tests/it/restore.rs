@@ -6,7 +6,10 @@ use std::time::Duration;
 
 use serde_json::{json, Value};
 
-use crate::harness::{eventually, pair, start_pair, start_pair_with, Daemon};
+use crate::harness::{
+    eventually, pair, request_body, simple_csr, start_pair, start_pair_with, Daemon,
+};
+use crate::pairing::{request, target_row};
 use crate::replication::{content, sha256_hex, wait_item, write_backup};
 
 /// The source's restore items (`direction: "restore"`) for `backup`, newest first.
@@ -173,6 +176,101 @@ fn lost_backups_come_back_through_the_tunnel_verified_and_local_files_are_kept()
     drop(tgt);
 }
 
+/// The size of the backup the crash test restores: large enough that a restore is caught
+/// mid-way, small enough for a CI disk (it is written three times: the source's backup, the
+/// target's copy, the restored copy).
+const CRASH_BYTES: usize = 40 << 20;
+/// Kills the crash test aims for; at least one must land while a partial copy exists.
+const CRASH_KILLS: usize = 2;
+
+#[test]
+fn crash_restore_kill9_mid_restore_resumes_from_the_partial_and_verifies() {
+    let (mut src, tgt) = start_pair("restore-crash");
+    let p = pair(&src, &tgt, json!({}));
+    let st = src.root_token();
+    let name = "big/full.vbk";
+    let bytes = content(11, CRASH_BYTES);
+    let digest = sha256_hex(&bytes);
+    write_backup(&src, name, &bytes);
+    wait_item(&src, &st, name, "done", Duration::from_secs(60));
+    drop(bytes);
+    let r = src.client().send_json(
+        "PUT",
+        "/api/replication/config",
+        Some(&st),
+        &json!({"strategy": "manual"}),
+    );
+    assert_eq!(r.status, 200, "{}", r.text());
+    let storage = src.data_dir.join("storage");
+    let (final_path, partial) = (storage.join(name), storage.join("big/.full.vbk.restore"));
+    std::fs::remove_file(&final_path).unwrap();
+    let r = restore(
+        &src,
+        &st,
+        json!({"target_id": p.target_id, "backups": [name]}),
+    );
+    assert_eq!(r.status, 202, "{}", r.text());
+    let id = r.json()["restore"][0]["id"].clone();
+    // Kill -9 once the partial copy holds a quarter, then half of the copy (it resumed
+    // past where the last kill left it), then start again; the restore job takes the
+    // item up at start.
+    let size = CRASH_BYTES as u64;
+    let mut left = Vec::new();
+    for k in 0..CRASH_KILLS as u64 {
+        let mark = size * (k + 1) / (CRASH_KILLS as u64 + 2);
+        let deadline = std::time::Instant::now() + Duration::from_secs(20);
+        let caught = loop {
+            let len = std::fs::metadata(&partial).map(|m| m.len()).unwrap_or(0);
+            if len >= mark && len < size {
+                src.kill9();
+                break true;
+            }
+            if final_path.exists() || std::time::Instant::now() > deadline {
+                break false;
+            }
+            std::thread::sleep(Duration::from_millis(1));
+        };
+        if !caught {
+            break;
+        }
+        // What the crash left: a partial copy, no final file.
+        let len = std::fs::metadata(&partial).map(|m| m.len()).unwrap_or(0);
+        assert!(
+            !final_path.exists(),
+            "a final file appeared before the kill"
+        );
+        if len > 0 && len < size {
+            left.push(len);
+        }
+        src.restart();
+    }
+    eprintln!(
+        "crash_restore: {} kill(s) mid-restore, partial copy at {left:?} of {size} bytes",
+        left.len()
+    );
+    assert!(
+        !left.is_empty(),
+        "no kill landed while a partial copy existed (the restore finished first)"
+    );
+    let done = wait_restore(&src, &st, &id, "done");
+    // Resumed from the partial copy: only what it lacked crossed the link after the
+    // last kill (an attempt a kill cut never settles, so it counts nothing).
+    let last = *left.last().unwrap();
+    assert_eq!(done["bytes_received"], size - last, "{done}");
+    assert_eq!(done["sha256"], digest);
+    let restored = std::fs::read(&final_path).unwrap();
+    assert_eq!(restored.len() as u64, size);
+    assert_eq!(sha256_hex(&restored), digest);
+    // No partial copy left, and nothing else under the client's directory.
+    let names: Vec<_> = std::fs::read_dir(storage.join("big"))
+        .unwrap()
+        .flatten()
+        .map(|e| e.file_name())
+        .collect();
+    assert_eq!(names, vec![std::ffi::OsString::from("full.vbk")]);
+    drop(tgt);
+}
+
 /// Files a pairing request from `src` to `tgt`; returns the answer (`request_id`,
 /// `target_id`).
 fn file_request(src: &Daemon, tgt: &Daemon) -> Value {
@@ -259,6 +357,175 @@ fn a_replacement_appliance_takes_over_a_lost_source_and_restores_everything() {
         let restored = std::fs::read(storage.join(name)).unwrap();
         assert_eq!(sha256_hex(&restored), sha256_hex(bytes), "{name}");
     }
+    drop(old);
+}
+
+fn audit_actions(d: &Daemon) -> Vec<Value> {
+    let r = d
+        .client()
+        .get("/api/audit?limit=1000", Some(&d.root_token()));
+    assert_eq!(r.status, 200, "{}", r.text());
+    r.json()["audit"].as_array().cloned().unwrap_or_default()
+}
+
+/// Files a request as an appliance `uuid` would, straight on the target's pairing API.
+fn file_raw(tgt: &Daemon, uuid: &str, token: Option<&str>) -> crate::harness::Response {
+    let mut body = request_body(uuid, &simple_csr().pem);
+    if let Some(t) = token {
+        body["token"] = json!(t);
+    }
+    tgt.client()
+        .post_json("/replication/v1/requests", None, &body)
+}
+
+#[test]
+fn a_token_bound_to_a_lost_source_lets_one_new_appliance_take_it_over_and_restore() {
+    let (old, tgt) = start_pair("restore-token");
+    let p = pair(&old, &tgt, json!({"quota_mb": 400}));
+    let ot = old.root_token();
+    let backups: Vec<(String, Vec<u8>)> = (0..3)
+        .map(|i| {
+            (
+                format!("c{i}/b"),
+                content(20 + i as u8, 60_000 + i * 200_000),
+            )
+        })
+        .collect();
+    for (name, bytes) in &backups {
+        write_backup(&old, name, bytes);
+    }
+    for (name, _) in &backups {
+        wait_item(&old, &ot, name, "done", Duration::from_secs(60));
+    }
+    let tt = tgt.root_token();
+    let create = |body: Value| {
+        tgt.client()
+            .post_json("/api/replication/tokens", Some(&tt), &body)
+    };
+    // Bound to no system, or asked for more than one use: refused, nothing issued.
+    for (body, status, says) in [
+        (
+            json!({"replaces_system_id": 999}),
+            404,
+            "no system with id 999",
+        ),
+        (
+            json!({"replaces_system_id": p.sid, "uses": 2}),
+            400,
+            "single-use",
+        ),
+    ] {
+        let r = create(body.clone());
+        assert_eq!(r.status, status, "{body}: {}", r.text());
+        assert!(r.text().contains(says), "{body}: {}", r.text());
+    }
+    let r = create(json!({"replaces_system_id": p.sid}));
+    assert_eq!(r.status, 201, "{}", r.text());
+    let created = r.json();
+    assert_eq!(
+        (
+            created["replaces_system_id"].clone(),
+            created["uses"].clone()
+        ),
+        (json!(p.sid), json!(1))
+    );
+    let token = created["token"].as_str().unwrap().to_string();
+    let token_id = created["token_id"].as_str().unwrap().to_string();
+    // A second token for the same system, issued now: the first used wins.
+    let r = create(json!({"replaces_system_id": p.sid}));
+    assert_eq!(r.status, 201, "{}", r.text());
+    let twin = r.json()["token"].as_str().unwrap().to_string();
+
+    // A new appliance (new key, new data dir) pairs with the token: no admin call.
+    let new = Daemon::start("restore-token-new", crate::harness::pairing_opts());
+    let nt = new.root_token();
+    let r = request(
+        &new,
+        &nt,
+        &tgt,
+        json!({"fingerprint": tgt.ca_fingerprint(), "token": token}),
+    );
+    assert_eq!(r.status, 201, "{}", r.text());
+    let target_id = r.json()["target_id"].clone();
+    eventually(
+        Duration::from_secs(30),
+        "token replacement complete",
+        || (target_row(&new, &nt)["status"] == "complete").then_some(()),
+    );
+    // The source knows and says what it took over.
+    assert_eq!(target_row(&new, &nt)["replaces_system_id"], p.sid);
+    let taken = audit_actions(&new);
+    let row = taken
+        .iter()
+        .find(|a| a["action"] == "system taken over")
+        .unwrap_or_else(|| panic!("no takeover in the source's audit: {taken:?}"));
+    assert!(
+        row["detail"]
+            .as_str()
+            .unwrap()
+            .contains(&format!("system {}", p.sid)),
+        "{row}"
+    );
+    // The target: the same row, its quota kept, audited as the token's doing.
+    let rows = audit_actions(&tgt);
+    let replaced = rows
+        .iter()
+        .find(|a| a["action"] == "system replaced")
+        .expect("a replacement row");
+    assert_eq!(replaced["user"], format!("token:{token_id}"));
+    assert_eq!(replaced["object"], format!("system:{}", p.sid));
+    let row = crate::harness::systems_row(&tgt.systems(&tt), |s| s["id"] == p.sid);
+    assert_eq!(row["quota_mb"], 400, "{row}");
+    // The lost appliance's certificate is revoked in the same transaction.
+    let r = restore(&old, &ot, json!({"target_id": p.target_id, "all": true}));
+    assert!([409, 502].contains(&r.status), "{}", r.text());
+    // Everything comes back to the new appliance, every SHA-256 the same.
+    let r = restore(&new, &nt, json!({"target_id": target_id, "all": true}));
+    assert_eq!(r.status, 202, "{}", r.text());
+    let queued = r.json()["restore"].as_array().cloned().unwrap();
+    assert_eq!(queued.len(), backups.len());
+    for item in &queued {
+        wait_restore(&new, &nt, &item["id"], "done");
+    }
+    let storage = new.data_dir.join("storage");
+    for (name, bytes) in &backups {
+        let restored = std::fs::read(storage.join(name)).unwrap();
+        assert_eq!(sha256_hex(&restored), sha256_hex(bytes), "{name}");
+    }
+
+    // Reuse is refused and files nothing.
+    let filed = |rows: &[Value]| {
+        rows.iter()
+            .filter(|a| a["action"] == "request filed")
+            .count()
+    };
+    let before = filed(&audit_actions(&tgt));
+    let r = file_raw(&tgt, "7e570000-0000-4000-8000-000000000001", Some(&token));
+    assert_eq!(r.status, 403, "{}", r.text());
+    assert!(r.text().contains("used up"), "{}", r.text());
+    assert_eq!(filed(&audit_actions(&tgt)), before);
+    // The twin refuses: the system it was issued for was taken over since.
+    let r = file_raw(&tgt, "7e570000-0000-4000-8000-000000000004", Some(&twin));
+    assert_eq!(r.status, 403, "{}", r.text());
+    assert!(r.text().contains("taken over since"), "{}", r.text());
+    assert_eq!(filed(&audit_actions(&tgt)), before);
+    // A token issued for the new appliance's row refuses once another appliance has taken
+    // the system over since (here an admin's accept): one consent, one appliance.
+    let r = create(json!({"replaces_system_id": p.sid}));
+    assert_eq!(r.status, 201, "{}", r.text());
+    let second = r.json()["token"].as_str().unwrap().to_string();
+    let r = file_raw(&tgt, "7e570000-0000-4000-8000-000000000002", None);
+    assert_eq!(r.status, 202, "{}", r.text());
+    let r = tgt.client().post_json(
+        "/api/replication/source",
+        Some(&tt),
+        &json!({"request_id": r.json()["request_id"], "accept": true,
+                "replaces_system_id": p.sid}),
+    );
+    assert_eq!(r.status, 201, "{}", r.text());
+    let r = file_raw(&tgt, "7e570000-0000-4000-8000-000000000003", Some(&second));
+    assert_eq!(r.status, 403, "{}", r.text());
+    assert!(r.text().contains("taken over since"), "{}", r.text());
     drop(old);
 }
 

@@ -164,9 +164,11 @@ pub(super) const COMMANDS: &[Command] = &[
         name: "token create",
         help: &[Help {
             syntax: "token create [--uses N] [--expires-in D] [--storage N] [--quota-mb N]\n             \
-                     [--system-uuid U] [--host H] [--note TEXT] [--address HOST[:PORT]]",
+                     [--system-uuid U] [--host H] [--note TEXT] [--address HOST[:PORT]]\n             \
+                     [--replaces SID]",
             about: "issue a pairing token; prints it and its join line once\n\
-                    (D: seconds, or 90m, 12h, 7d; default 7d, at most 90d)",
+                    (D: seconds, or 90m, 12h, 7d; default 7d, at most 90d)\n\
+                    (--replaces: its one user takes over lost source SID)",
         }],
         options: &[
             Opt::Value("--uses"),
@@ -177,6 +179,7 @@ pub(super) const COMMANDS: &[Command] = &[
             Opt::Value("--host"),
             Opt::Value("--note"),
             Opt::Value("--address"),
+            Opt::Value("--replaces"),
         ],
         parse: |i| {
             i.no_operands()?;
@@ -192,6 +195,7 @@ pub(super) const COMMANDS: &[Command] = &[
                 host: i.value("--host")?,
                 note: i.value("--note")?,
                 address: i.value("--address")?,
+                replaces: i.positive("--replaces")?,
             }))
         },
         run: Run::Daemon(token_create),
@@ -352,8 +356,12 @@ fn token_create(cx: &Cx<'_>, c: &CtlCommand) -> Result<String, CtlError> {
     };
     let a = cx.client.create_token(&cx.token()?, options)?;
     Ok(cx.show(a, |v| {
+        let takes_over = match v["replaces_system_id"].as_u64() {
+            Some(sid) => format!("; the appliance that uses it takes over system {sid}"),
+            None => String::new(),
+        };
         format!(
-            "pairing token {} created: {} use(s), expires {} UTC\n\
+            "pairing token {} created: {} use(s), expires {} UTC{takes_over}\n\
              token (shown once, keep it secret):\n  {}\n\
              join line, for `replgate ctl request-target --join LINE` on the source:\n  {}\n",
             cell(&v["token_id"]),

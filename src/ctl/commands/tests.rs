@@ -445,6 +445,14 @@ fn token_and_bulk_ignore_commands() {
             host: Some("h".into()),
             note: Some("n".into()),
             address: Some("t.example:8443".into()),
+            replaces: None,
+        })
+    );
+    assert_eq!(
+        command("token create --replaces 7"),
+        CtlCommand::TokenCreate(TokenOptions {
+            replaces: Some(7),
+            ..TokenOptions::default()
         })
     );
     assert_eq!(

@@ -315,6 +315,7 @@ mod tests {
             certificate: "c".into(),
             ca: "a".into(),
             tunnel: "t:8444".into(),
+            replaces_system_id: None,
         };
         assert_eq!(
             step(&pending, &accepted),

@@ -524,6 +524,7 @@ fn file_and_record(
             previous_generation: None,
             certificate_starts: None,
             renewed: None,
+            took_over: None,
         };
         tx.put_target(&r)?;
         tx.audit(&actor.audit(
@@ -538,6 +539,9 @@ fn file_and_record(
                     t.id()
                 ),
                 None => format!("request {} ca {}", answer.request_id, f.presented_fp),
+            } + &match answer.replaces_system_id {
+                Some(old) => format!(", taking over system {old}"),
+                None => String::new(),
             },
         ))?;
         Ok(r)
@@ -768,6 +772,7 @@ mod tests {
             verification_code: String::new(),
             ca_fingerprint: fp.to_string(),
             status: Some("pending".into()),
+            replaces_system_id: None,
         }
     }
 
