@@ -56,6 +56,8 @@ const MAX_RETRY: Duration = Duration::from_secs(60);
 /// [`RECONNECT_RETRY`] to twice that, not by doubling.
 const RECONNECT_WINDOW: Duration = Duration::from_secs(120);
 const RECONNECT_RETRY: Duration = Duration::from_secs(1);
+/// A broken session that ran this long had a working link (a cut, not a refusal).
+const WORKED_FOR: Duration = Duration::from_secs(5);
 
 /// Starts the replicator; it stops when `shutdown` is set, after joining every job.
 pub(crate) fn spawn_replicator(
@@ -185,8 +187,10 @@ struct TargetState {
     /// When the next session may try to connect (after a failure).
     retry_at: Mutex<Option<Instant>>,
     failures: AtomicUsize,
-    /// When a session last opened or ended (however): a link that worked a moment ago is
-    /// tried again soon.
+    /// When a session last worked (ended with `Bye`, or ran for [`WORKED_FOR`] before it
+    /// broke): a link that worked a moment ago is tried again soon. A session the target
+    /// ends at once (its storage offline) does not count, so it is not asked again every
+    /// second.
     worked_at: Mutex<Option<Instant>>,
 }
 
@@ -327,7 +331,7 @@ fn session(ctx: &Context, target_id: u64, state: &TargetState, stop: &AtomicBool
         reserver,
         model::now,
     );
-    *lock(&state.worked_at) = Some(Instant::now());
+    let opened = Instant::now();
     let socket = stream.socket;
     let cc = congestion_of(&socket, &ctx.congestion);
     if let Err(e) = crate::listener::sys::set_dead_peer_detection(&socket) {
@@ -346,7 +350,9 @@ fn session(ctx: &Context, target_id: u64, state: &TargetState, stop: &AtomicBool
     };
     let session = ctx.shared.live.session(Peer::Target(target_id));
     let result = sender::run(&sctx, &mut feed, stream.body, &replies);
-    *lock(&state.worked_at) = Some(Instant::now());
+    if result.is_ok() || opened.elapsed() >= WORKED_FOR {
+        *lock(&state.worked_at) = Some(Instant::now());
+    }
     drop(session);
     // The feed settles what it holds; its reservations are all written once the writer
     // returns.
