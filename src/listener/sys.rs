@@ -180,12 +180,15 @@ pub(crate) fn apply_congestion(
 /// it (SPEC 17, link cuts). Unacknowledged data for this long (`TCP_USER_TIMEOUT`), or an
 /// idle connection whose keepalive probes go unanswered as long, is a dead link: both
 /// ends drop the session, free its slot and the names it held, and the source opens a new
-/// one that resumes. A live peer that only stalls (a full receive window) keeps answering
-/// the kernel's probes and is not cut.
-pub(crate) const DEAD_PEER_AFTER: Duration = Duration::from_secs(10);
+/// one that resumes. Linux (since 5.11) also ends a connection whose peer kept a zero
+/// window this long, though it answers every probe: a receiver stalled that long (a disk
+/// that stops, a large partial copy hashed before a resume while data is in flight) costs
+/// a reconnection and a resume, never data. 20 s, so that ordinary stalls pass; a watch
+/// on `TCP_INFO`'s last acknowledgement would tell a stalled peer from a cut link.
+pub(crate) const DEAD_PEER_AFTER: Duration = Duration::from_secs(20);
 /// Keepalive: the first probe after this much silence, then one every [`KEEPALIVE_EVERY`].
-const KEEPALIVE_IDLE: Duration = Duration::from_secs(4);
-const KEEPALIVE_EVERY: Duration = Duration::from_secs(2);
+const KEEPALIVE_IDLE: Duration = Duration::from_secs(5);
+const KEEPALIVE_EVERY: Duration = Duration::from_secs(5);
 const KEEPALIVE_PROBES: libc::c_int = 3;
 
 /// Sets dead-peer detection (see [`DEAD_PEER_AFTER`]) on a tunnel socket. Linux copies
@@ -365,11 +368,11 @@ mod tests {
         );
         assert_eq!(
             get_int(sock, libc::IPPROTO_TCP, libc::TCP_KEEPIDLE).unwrap(),
-            4
+            5
         );
         assert_eq!(
             get_int(sock, libc::IPPROTO_TCP, libc::TCP_KEEPINTVL).unwrap(),
-            2
+            5
         );
         assert_eq!(
             get_int(sock, libc::IPPROTO_TCP, libc::TCP_KEEPCNT).unwrap(),

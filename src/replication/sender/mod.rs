@@ -688,8 +688,6 @@ impl<'a, F: Feed, W: Write> Session<'a, '_, F, W> {
         Ok(())
     }
 
-    /// Whether the target reported the file being streamed (`seq`, item `id`) failed;
-    /// settles it if so. A report for another file is dropped.
     /// What a file's data loop checks before each frame: shutdown, a cancel or a removal
     /// from the queue (the store is asked at most once a second), then the target's
     /// replies and a failure it reported. `None`: the file was skipped (and the target
@@ -726,6 +724,8 @@ impl<'a, F: Feed, W: Write> Session<'a, '_, F, W> {
         }))
     }
 
+    /// Whether the target reported the file being streamed (`seq`, item `id`) failed;
+    /// settles it if so. A report for another file is dropped.
     fn settle_if_failed(&mut self, seq: u32, id: u64, backup: &BackupName) -> bool {
         let Some((fseq, code, message)) = self.current_failed.take() else {
             return false;
