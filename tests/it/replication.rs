@@ -255,10 +255,33 @@ pub(crate) fn received_path(tgt: &Daemon, p: &Paired, name: &str) -> PathBuf {
     tgt.data_dir.join("storage").join(&p.source_uuid).join(name)
 }
 
+/// Test bytes that do not compress (a xorshift stream from `seed`): throttled tests need
+/// bytes that cross at the throttle's rate, and the throttle counts wire bytes.
 pub(crate) fn content(seed: u8, len: usize) -> Vec<u8> {
-    (0..len)
-        .map(|i| (i as u8).wrapping_mul(31).wrapping_add(seed) ^ (i >> 13) as u8)
-        .collect()
+    let mut x = 0x9e37_79b9_7f4a_7c15u64 ^ u64::from(seed).wrapping_mul(0xa24b_aed4_963e_e407);
+    let mut out = Vec::with_capacity(len + 8);
+    while out.len() < len {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        out.extend_from_slice(&x.to_le_bytes());
+    }
+    out.truncate(len);
+    out
+}
+
+/// Text-like test bytes that zstd's fastest level shrinks several times.
+fn compressible(len: usize) -> Vec<u8> {
+    let mut out = Vec::with_capacity(len + 64);
+    let mut i = 0u64;
+    while out.len() < len {
+        out.extend_from_slice(
+            format!("block {i} of client web01, extent {}\n", i % 977).as_bytes(),
+        );
+        i += 1;
+    }
+    out.truncate(len);
+    out
 }
 
 /// Every item of the source's queue (open and finished), by backup name.
@@ -721,12 +744,8 @@ fn the_throttle_holds_the_rate_and_a_boundary_applies_at_once() {
     let rate = 2_000_000u64;
     throttle_to(&src, &st, rate);
     let size = 40_000_000usize;
-    // Incompressible: the throttle counts wire bytes (the test below).
-    let mut rng = crate::rng::Rng::new(7);
-    let big: Vec<u8> = (0..size / 8)
-        .flat_map(|_| rng.next_u64().to_le_bytes())
-        .collect();
-    write_backup(&src, "t/big", &big);
+    // Incompressible (`content`): the throttle counts wire bytes (the test below).
+    write_backup(&src, "t/big", &content(3, size));
     let p = pair(&src, &tgt, json!({}));
     wait_progress(&src, &st, "t/big", 1_000_000, Duration::from_secs(20));
     // Each reading is timed at the middle of its request, which a busy machine stretches.
@@ -782,9 +801,8 @@ fn the_throttle_counts_wire_bytes_so_compressed_content_moves_faster() {
     let st = src.root_token();
     let rate = 1_000_000u64;
     throttle_to(&src, &st, rate);
-    // `content` compresses about threefold under zstd's fastest level.
     let size = 18_000_000usize;
-    let backup = content(5, size);
+    let backup = compressible(size);
     write_backup(&src, "w/compressible", &backup);
     let started = Instant::now();
     let p = pair(&src, &tgt, json!({}));
