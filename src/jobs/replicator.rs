@@ -333,10 +333,7 @@ fn session(ctx: &Context, target_id: u64, state: &TargetState, stop: &AtomicBool
     );
     let opened = Instant::now();
     let socket = stream.socket;
-    let cc = congestion_of(&socket, &ctx.congestion);
-    if let Err(e) = crate::listener::sys::set_dead_peer_detection(&socket) {
-        log::warn!("replication to {label}: dead-peer detection: {e}");
-    }
+    let cc = congestion_of(&socket, &ctx.congestion, &label);
     let readings = move || readings_of(&socket);
     let sctx = sender::Context {
         root: &root,
@@ -350,7 +347,7 @@ fn session(ctx: &Context, target_id: u64, state: &TargetState, stop: &AtomicBool
     };
     let session = ctx.shared.live.session(Peer::Target(target_id));
     let result = sender::run(&sctx, &mut feed, stream.body, &replies);
-    if result.is_ok() || opened.elapsed() >= WORKED_FOR {
+    if worked(result.is_ok(), opened.elapsed()) {
         *lock(&state.worked_at) = Some(Instant::now());
     }
     drop(session);
@@ -422,8 +419,12 @@ fn retry_in(state: &TargetState, wait: Duration) {
 }
 
 /// Sets `tunnel_congestion` on a session's connection (after the handshake and the head,
-/// before any data) and counts the session by the algorithm it got.
-fn congestion_of(socket: &std::net::TcpStream, setting: &str) -> String {
+/// before any data) and counts the session by the algorithm it got; and dead-peer
+/// detection (`listener::sys::DEAD_PEER_AFTER`).
+fn congestion_of(socket: &std::net::TcpStream, setting: &str, label: &str) -> String {
+    if let Err(e) = crate::listener::sys::set_dead_peer_detection(socket) {
+        log::warn!("replication to {label}: dead-peer detection: {e}");
+    }
     let cc = apply_congestion(socket, setting, "tunnel connections");
     let cc = cc.unwrap_or_else(|| "unknown".into());
     crate::metrics::counter(
@@ -482,6 +483,12 @@ fn back_off(state: &TargetState) {
     *lock(&state.retry_at) = Some(Instant::now() + wait);
 }
 
+/// Whether a session shows the link worked: it ended with `Bye`, or ran [`WORKED_FOR`]
+/// before it broke (a cut, not a target that ends every session at once).
+fn worked(ended_well: bool, ran: Duration) -> bool {
+    ended_well || ran >= WORKED_FOR
+}
+
 /// How long a session waits after `failures` sessions in a row failed. Within
 /// [`RECONNECT_WINDOW`] of the last session that worked (a cut link, a restarted target)
 /// it is one to two seconds, so a transfer resumes within seconds of the link's return
@@ -512,6 +519,13 @@ pub(crate) fn spawn_reader(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_session_worked_if_it_ended_well_or_ran_a_while_before_it_broke() {
+        assert!(worked(true, Duration::ZERO));
+        assert!(worked(false, WORKED_FOR));
+        assert!(!worked(false, WORKED_FOR - Duration::from_millis(1)));
+    }
 
     #[test]
     fn a_link_that_worked_a_moment_ago_is_retried_within_two_seconds_else_by_doubling() {
