@@ -7,7 +7,7 @@
 //! confirmed durable, so a crash of the target costs at most that again.
 
 use std::collections::VecDeque;
-use std::io::{Read, Seek, SeekFrom, Write};
+use std::io::{Read, Write};
 use std::time::{Duration, Instant};
 
 use ring::digest::{Context as Sha256, SHA256};
@@ -101,15 +101,9 @@ impl<F: Feed, W: Write> Session<'_, '_, F, W> {
     ) -> Result<(), SessionError> {
         let id = o.claimed.item_id;
         let seq = o.seq;
-        if let Err(e) = o.file.seek(SeekFrom::Start(offset)) {
-            self.settle(
-                id,
-                Attempt::Failed(format!("cannot read {}: {e}", o.claimed.backup)),
-            );
-            return self.send(&Frame::Skip { seq });
-        }
-        self.announce_start(&o, offset)?;
-        let registered = self.ctx.live.sending(id, o.size, offset);
+        let Some(registered) = self.start_file(&mut o, offset)? else {
+            return Ok(());
+        };
         self.current_failed = None;
         self.durable = Some((seq, offset));
         self.lacks.clear();

@@ -24,7 +24,7 @@ pub use replies::{forward_replies, reply_channel, Replies, Reply, ReplyError};
 
 use super::backups::version_of;
 use super::compress::{Compression, Readings};
-use super::live::Live;
+use super::live::{Live, Registered};
 use super::names::BackupName;
 use super::queue::{attempt_for, Attempt};
 use super::receiver::window_for;
@@ -573,15 +573,9 @@ impl<'a, F: Feed, W: Write> Session<'a, '_, F, W> {
     ) -> Result<(), SessionError> {
         let id = o.claimed.item_id;
         let seq = o.seq;
-        if let Err(e) = o.file.seek(SeekFrom::Start(offset)) {
-            self.settle(
-                id,
-                Attempt::Failed(format!("cannot read {}: {e}", o.claimed.backup)),
-            );
-            return self.send(&Frame::Skip { seq });
-        }
-        self.announce_start(&o, offset)?;
-        let registered = self.ctx.live.sending(id, o.size, offset);
+        let Some(registered) = self.start_file(&mut o, offset)? else {
+            return Ok(());
+        };
         let mut left = o.size - offset;
         let mut sent = 0u64;
         let mut last_check = Instant::now();
@@ -686,6 +680,26 @@ impl<'a, F: Feed, W: Write> Session<'a, '_, F, W> {
             }
         );
         Ok(())
+    }
+
+    /// Starts sending offer `o` from `offset`: seeks there, tells the target, registers
+    /// the progress. `None`: the file could not be read (settled failed, and skipped).
+    fn start_file(
+        &mut self,
+        o: &mut Offer,
+        offset: u64,
+    ) -> Result<Option<Registered<'a>>, SessionError> {
+        let id = o.claimed.item_id;
+        if let Err(e) = o.file.seek(SeekFrom::Start(offset)) {
+            self.settle(
+                id,
+                Attempt::Failed(format!("cannot read {}: {e}", o.claimed.backup)),
+            );
+            self.send(&Frame::Skip { seq: o.seq })?;
+            return Ok(None);
+        }
+        self.announce_start(o, offset)?;
+        Ok(Some(self.ctx.live.sending(id, o.size, offset)))
     }
 
     /// What a file's data loop checks before each frame: shutdown, a cancel or a removal
