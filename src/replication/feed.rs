@@ -434,7 +434,6 @@ impl Feed for StoreFeed<'_> {
 
     fn finished(&mut self, item_id: u64, attempt: Attempt, sent: u64) {
         self.reserver.settle(item_id);
-        self.unclaim(item_id);
         let account = self.accounts.remove(&item_id);
         let before = account.as_ref().map(|a| a.before);
         let target_id = self.target_id;
@@ -491,6 +490,9 @@ impl Feed for StoreFeed<'_> {
         } else {
             self.lazily(f);
         }
+        // Only now may another session claim it: before the outcome is written it would
+        // see the item still waiting, with this attempt's reservation as its own start.
+        self.unclaim(item_id);
         self.live.clear_cancel(item_id);
         for id in superseded {
             self.live.cancel(id);
@@ -500,17 +502,17 @@ impl Feed for StoreFeed<'_> {
     fn release(&mut self, item_id: u64) {
         // Claimed, never started: nothing was sent, nothing to count.
         self.reserver.settle(item_id);
+        if let Some(a) = self.accounts.remove(&item_id) {
+            self.lazily(|tx| {
+                if let Some(mut i) = tx.open_item(item_id)? {
+                    i.bytes_sent = a.before;
+                    tx.put_item(&i)?;
+                }
+                Ok(())
+            });
+        }
+        // After the reservation is undone, as in `finished`.
         self.unclaim(item_id);
-        let Some(a) = self.accounts.remove(&item_id) else {
-            return;
-        };
-        self.lazily(|tx| {
-            if let Some(mut i) = tx.open_item(item_id)? {
-                i.bytes_sent = a.before;
-                tx.put_item(&i)?;
-            }
-            Ok(())
-        });
     }
 
     fn still_wanted(&mut self, item_id: u64) -> bool {
