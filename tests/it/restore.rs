@@ -452,8 +452,19 @@ fn a_token_bound_to_a_lost_source_lets_one_new_appliance_take_it_over_and_restor
         "token replacement complete",
         || (target_row(&new, &nt)["status"] == "complete").then_some(()),
     );
-    // The source knows and says what it took over.
+    // The source knows and says what it took over, in JSON and in `ctl targets`' table.
     assert_eq!(target_row(&new, &nt)["replaces_system_id"], p.sid);
+    let on_new = crate::ctl::Ctl::new(&new, &crate::harness::scratch_dir("restore-token-ctl"));
+    on_new.login();
+    let table = on_new.run(&["targets"]).expect(0).stdout;
+    let header = table.lines().next().unwrap_or_default();
+    let at = header
+        .find("TOOK OVER")
+        .unwrap_or_else(|| panic!("{table}"));
+    assert!(
+        table.lines().nth(1).unwrap_or_default()[at..].starts_with(&format!("system {}", p.sid)),
+        "{table}"
+    );
     let taken = audit_actions(&new);
     let row = taken
         .iter()
