@@ -604,9 +604,12 @@ fn a_drill_restores_a_sample_and_a_corrupted_copy_fails_it() {
     let mut damaged = std::fs::read(&copy).unwrap();
     damaged[200_000] ^= 0x10;
     std::fs::write(&copy, &damaged).unwrap();
-    let r = drill(json!({"target_id": p.target_id}));
-    assert_eq!(r.status, 202, "{}", r.text());
-    let failed = wait_drill(&src, &st, &r.json()["drill"]["id"]);
+    // This time through `ctl drill` with no target ID: the one paired target.
+    let ctl = crate::ctl::Ctl::new(&src, &crate::harness::scratch_dir("restore-drill-ctl"));
+    ctl.login();
+    let queued = ctl.run(&["--json", "drill"]).expect(0).json();
+    assert_eq!(queued["drill"]["target_id"], p.target_id, "{queued}");
+    let failed = wait_drill(&src, &st, &queued["drill"]["id"]);
     assert_eq!(failed["result"], "failed", "{failed}");
     assert!(
         failed["message"].as_str().unwrap().contains("SHA-256"),
