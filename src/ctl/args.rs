@@ -122,9 +122,9 @@ pub(super) enum CtlCommand {
         target_id: u64,
         backup: String,
     },
-    /// `drill TARGET_ID [--bytes N]`.
+    /// `drill [TARGET_ID] [--bytes N]`: without an ID, the one complete pairing.
     Drill {
-        target_id: u64,
+        target_id: Option<u64>,
         bytes: Option<u64>,
     },
     Drills,

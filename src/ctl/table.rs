@@ -243,18 +243,34 @@ pub(crate) fn storage_table(v: &Value) -> String {
     listing(rows(v, "storage"), "no storage", &cols)
 }
 
+/// The targets; a TOOK OVER column (`system SID` on the row of a pairing that took over
+/// a lost source's backups there) only when some pairing did, as `pending --all` adds its
+/// columns: the usual table stays as narrow as before.
 pub(crate) fn targets_table(v: &Value) -> String {
     use Col::*;
-    let cols = [
+    let shown: Vec<Value> = rows(v, "targets")
+        .iter()
+        .map(|t| {
+            let mut t = t.clone();
+            if let Some(sid) = t["replaces_system_id"].as_u64() {
+                t["took_over"] = Value::from(format!("system {sid}"));
+            }
+            t
+        })
+        .collect();
+    let mut cols = vec![
         Text("ID", "target_id"),
         Text("HOST", "host"),
         Text("STATUS", "status"),
         Text("CODE", "verification_code"),
         Time("LAST POLL", "last_poll"),
         Left("CERTIFICATE", "certificate_expires"),
-        Text("MESSAGE", "message"),
     ];
-    listing(rows(v, "targets"), "no targets", &cols)
+    if shown.iter().any(|t| t["took_over"].is_string()) {
+        cols.push(Text("TOOK OVER", "took_over"));
+    }
+    cols.push(Text("MESSAGE", "message"));
+    listing(&shown, "no targets", &cols)
 }
 
 /// Bytes as MB (10^6) with one decimal, as people read transfer sizes.
@@ -571,6 +587,30 @@ mod tests {
         assert!(out.ends_with(
             "1   127.0.0.1:9  failed  1-2   -          -            pinned CA changed\n"
         ));
+    }
+
+    #[test]
+    fn targets_table_shows_a_takeover_in_its_own_column_only_when_there_is_one() {
+        let row = |id: u64, took: Option<u64>| {
+            let mut r = json!({"target_id": id, "host": format!("t{id}:8443"),
+                "status": "complete", "verification_code": "1-2", "last_poll": null});
+            if let Some(sid) = took {
+                r["replaces_system_id"] = json!(sid);
+            }
+            r
+        };
+        let out = targets_table(&json!({"targets": [row(1, None), row(2, Some(7))]}));
+        let header: Vec<&str> = out.lines().next().unwrap().split("  ").collect();
+        assert!(header.contains(&"TOOK OVER"), "{out}");
+        let at = out.lines().next().unwrap().find("TOOK OVER").unwrap();
+        let took = |n: usize| out.lines().nth(n).unwrap()[at..].to_string();
+        assert!(took(2).starts_with("system 7"), "{out}");
+        assert!(
+            took(1).trim().is_empty() || took(1).starts_with('-'),
+            "{out}"
+        );
+        let plain = targets_table(&json!({"targets": [row(1, None)]}));
+        assert!(!plain.contains("TOOK OVER"), "{plain}");
     }
 
     #[test]

@@ -211,6 +211,46 @@ fn browser_a_source_asks_on_its_console_the_target_accepts_on_its_own_and_it_com
     );
     assert!(finished.text().contains("2.00 MB"), "{}", finished.text());
     b.screenshot("queue-done");
+
+    // The next day's backup holds the same bytes under a new name: the target builds it
+    // from what it holds, and the finished row says how much the link was spared.
+    write_backup(&src, "web01/tuesday.vbk", size);
+    let tuesday = b.wait_for(
+        "#queue-done tbody tr[data-backup='web01/tuesday.vbk'] .saved",
+        |t| t.ends_with("% saved"),
+    );
+    let saved: u64 = tuesday
+        .text()
+        .split(' ')
+        .next()
+        .unwrap_or("")
+        .parse()
+        .unwrap_or(0);
+    assert!(saved >= 50, "{}", tuesday.text());
+
+    // The source loses Monday's backup and restores it on this page: the item shows as a
+    // restore from the target, finishes, and the file is back, byte for byte.
+    let monday = src.data_dir.join("storage").join("web01/monday.vbk");
+    let original = std::fs::read(&monday).expect("read monday");
+    std::fs::remove_file(&monday).expect("lose monday");
+    b.wait("#restore select[name=restore_target] option");
+    b.wait("#restore select[name=restore_what] option[value='backups']")
+        .click();
+    b.wait("#restore input[name=restore_names]")
+        .send_keys("web01/monday.vbk");
+    b.wait("#restore button[type=submit]").click();
+    b.wait_for(".notice", |t| t.contains("1 backup queued to restore from"));
+    let restored = b.wait_for(
+        "#queue-done tbody tr[data-direction='restore'][data-backup='web01/monday.vbk']",
+        |t| t.contains("done"),
+    );
+    assert!(
+        restored.text().contains("restore from"),
+        "{}",
+        restored.text()
+    );
+    assert_eq!(std::fs::read(&monday).ok(), Some(original));
+    b.screenshot("queue-restored");
 }
 
 /// Sets the source's throttle windows on a link of `link_mbps`.
@@ -337,6 +377,38 @@ fn browser_a_rejection_needs_a_message_and_the_source_reads_it_and_names_show_es
         !t.is_empty()
     });
     b.screenshot("source-joined");
+
+    // The source is lost: the target's admin issues a token that lets one new appliance
+    // take it over, choosing the source by name.
+    let tt = tgt.root_token();
+    let sid = systems_row(&tgt.systems(&tt), |s| {
+        s["role"] == "Non-Managed Replication Source"
+    })["id"]
+        .clone();
+    log_in(&b, &tgt, "127.0.0.1", "tokens");
+    b.wait(&format!(
+        "#token-create select[name=replaces_system_id] option[value='{sid}']"
+    ))
+    .click();
+    b.wait("#token-create button[name=create]").click();
+    let says = b.wait("#token-takes-over").text();
+    assert!(says.contains(&format!("takes over system {sid}")), "{says}");
+    b.wait_for("#token-list td", |t| {
+        t.contains(&format!("takes over system {sid}"))
+    });
+    b.screenshot("tokens-takeover");
+    let tokens = tgt
+        .client()
+        .get("/api/replication/tokens", Some(&tt))
+        .json();
+    let bound: Vec<&Value> = tokens["tokens"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter(|t| t["replaces_system_id"] == sid)
+        .collect();
+    assert_eq!(bound.len(), 1, "{tokens}");
+    assert_eq!(bound[0]["uses"], 1, "{tokens}");
 }
 
 /// A page on another origin of the same site (another port of 127.0.0.1), which the

@@ -452,8 +452,19 @@ fn a_token_bound_to_a_lost_source_lets_one_new_appliance_take_it_over_and_restor
         "token replacement complete",
         || (target_row(&new, &nt)["status"] == "complete").then_some(()),
     );
-    // The source knows and says what it took over.
+    // The source knows and says what it took over, in JSON and in `ctl targets`' table.
     assert_eq!(target_row(&new, &nt)["replaces_system_id"], p.sid);
+    let on_new = crate::ctl::Ctl::new(&new, &crate::harness::scratch_dir("restore-token-ctl"));
+    on_new.login();
+    let table = on_new.run(&["targets"]).expect(0).stdout;
+    let header = table.lines().next().unwrap_or_default();
+    let at = header
+        .find("TOOK OVER")
+        .unwrap_or_else(|| panic!("{table}"));
+    assert!(
+        table.lines().nth(1).unwrap_or_default()[at..].starts_with(&format!("system {}", p.sid)),
+        "{table}"
+    );
     let taken = audit_actions(&new);
     let row = taken
         .iter()
@@ -593,9 +604,12 @@ fn a_drill_restores_a_sample_and_a_corrupted_copy_fails_it() {
     let mut damaged = std::fs::read(&copy).unwrap();
     damaged[200_000] ^= 0x10;
     std::fs::write(&copy, &damaged).unwrap();
-    let r = drill(json!({"target_id": p.target_id}));
-    assert_eq!(r.status, 202, "{}", r.text());
-    let failed = wait_drill(&src, &st, &r.json()["drill"]["id"]);
+    // This time through `ctl drill` with no target ID: the one paired target.
+    let ctl = crate::ctl::Ctl::new(&src, &crate::harness::scratch_dir("restore-drill-ctl"));
+    ctl.login();
+    let queued = ctl.run(&["--json", "drill"]).expect(0).json();
+    assert_eq!(queued["drill"]["target_id"], p.target_id, "{queued}");
+    let failed = wait_drill(&src, &st, &queued["drill"]["id"]);
     assert_eq!(failed["result"], "failed", "{failed}");
     assert!(
         failed["message"].as_str().unwrap().contains("SHA-256"),

@@ -137,15 +137,19 @@ pub(super) const COMMANDS: &[Command] = &[
     Command {
         name: "drill",
         help: &[Help {
-            syntax: "drill TARGET_ID [--bytes N]",
+            syntax: "drill [TARGET_ID] [--bytes N]",
             about: "restore a random sample (N bytes, default 64 MiB) from a\n\
-                    target into a scratch directory and check it",
+                    target (the only paired one if none is named) into a\n\
+                    scratch directory and check it",
         }],
         options: &[Opt::Value("--bytes")],
         parse: |i| {
-            let [target] = i.operands(["a target ID"])?;
+            let target_id = match i.words() {
+                [] => None,
+                _ => Some(positive("the target ID", i.operands(["a target ID"])?[0])?),
+            };
             Ok(CtlCommand::Drill {
-                target_id: positive("the target ID", target)?,
+                target_id,
                 bytes: i.positive("--bytes")?,
             })
         },
@@ -538,6 +542,10 @@ fn drill(cx: &Cx<'_>, c: &CtlCommand) -> Result<String, CtlError> {
     let CtlCommand::Drill { target_id, bytes } = *c else {
         return Err(other_command());
     };
+    let target_id = match target_id {
+        Some(id) => id,
+        None => only_paired_target(&cx.client.targets(&cx.token()?)?.json)?,
+    };
     let mut body = serde_json::json!({ "target_id": target_id });
     if let Some(b) = bytes {
         body["bytes"] = b.into();
@@ -549,6 +557,30 @@ fn drill(cx: &Cx<'_>, c: &CtlCommand) -> Result<String, CtlError> {
             cell(&v["drill"]["id"])
         )
     }))
+}
+
+/// The target a `drill` without an ID means: the one complete pairing, or an error that
+/// lists the choices (SPEC 20's `ctl drill [--bytes N]`; a source may have several).
+pub(super) fn only_paired_target(targets: &serde_json::Value) -> Result<u64, CtlError> {
+    let paired: Vec<u64> = table::rows(targets, "targets")
+        .iter()
+        .filter(|t| t["status"] == "complete")
+        .filter_map(|t| t["target_id"].as_u64())
+        .collect();
+    match paired[..] {
+        [id] => Ok(id),
+        [] => Err(CtlError::Usage(
+            "`drill` needs a paired target, and this appliance has none complete".into(),
+        )),
+        _ => Err(CtlError::Usage(format!(
+            "`drill` needs a target ID: this appliance is paired with targets {}",
+            paired
+                .iter()
+                .map(u64::to_string)
+                .collect::<Vec<_>>()
+                .join(", ")
+        ))),
+    }
 }
 
 fn replication_config(cx: &Cx<'_>, c: &CtlCommand) -> Result<String, CtlError> {

@@ -91,9 +91,33 @@ fn replication_commands_parse_with_their_checks() {
     assert_eq!(
         command("drill 2 --bytes 1000"),
         CtlCommand::Drill {
-            target_id: 2,
+            target_id: Some(2),
             bytes: Some(1000)
         }
+    );
+    assert_eq!(
+        command("drill"),
+        CtlCommand::Drill {
+            target_id: None,
+            bytes: None
+        }
+    );
+    assert!(usage_error("drill 2 3").contains("no further argument"));
+    let targets = |rows: serde_json::Value| serde_json::json!({ "targets": rows });
+    let only = |v| super::source::only_paired_target(&targets(v)).map_err(|e| e.to_string());
+    assert_eq!(
+        only(serde_json::json!([{"target_id": 4, "status": "complete"},
+                                {"target_id": 5, "status": "pending"}])),
+        Ok(4)
+    );
+    assert!(only(serde_json::json!([]))
+        .unwrap_err()
+        .contains("none complete"));
+    assert!(
+        only(serde_json::json!([{"target_id": 4, "status": "complete"},
+                                    {"target_id": 6, "status": "complete"}]))
+        .unwrap_err()
+        .contains("targets 4, 6")
     );
     assert_eq!(command("drills"), CtlCommand::Drills);
     assert!(usage_error("restore 2").contains("exactly one of"));

@@ -1,9 +1,32 @@
 // The replication queue: what is being sent now (progress, rate, ETA), what waits, what
-// finished; add a backup by hand, remove or re-queue items; the strategy and throttle.
-// On a target, "sending now" lists what each source is sending here.
+// finished; add a backup by hand, remove or re-queue items; the strategy and throttle;
+// restore from a target (its items show here too). On a target, "sending now" lists what
+// each source is sending here.
 import { api, el, errorBox, notice, table, badge, utc, bytes, duration, live, button } from './lib.js';
 
 const STRATEGIES = ['retention', 'recency', 'manual'];
+
+// Where an item goes: to a target, from a source (on a target), or back from a target.
+function way(i) {
+  if (i.direction === 'restore') return `restore from ${i.target}`;
+  return i.sid !== undefined ? `from system ${i.sid}` : i.target;
+}
+
+// What crossed the link against the backup's size: what chunks the other side held
+// saved (the queue's logical size against its wire bytes).
+function wire(i) {
+  const sent = i.direction === 'restore' ? i.bytes_received : i.bytes_sent;
+  if (sent === undefined || sent === null) return '-';
+  const saved = i.size > sent ? Math.floor((100 * (i.size - sent)) / i.size) : 0;
+  return [bytes(sent), saved ? el('div', { class: 'muted saved' }, `${saved} % saved`) : null];
+}
+
+function rows(box, list) {
+  box.querySelectorAll('tbody tr').forEach((tr, n) => {
+    tr.dataset.backup = (list[n] || {}).backup;
+    tr.dataset.direction = (list[n] || {}).direction || 'send';
+  });
+}
 
 function percent(done, size) {
   return size ? Math.min(100, Math.floor((100 * done) / size)) : 100;
@@ -16,11 +39,12 @@ export function queue(root) {
   const waiting = el('div', { id: 'queue-waiting' });
   const done = el('div', { id: 'queue-done' });
   const add = addForm(news);
+  const back = restoreForm(news, () => refresh());
   root.append(news, settings,
     el('h2', {}, 'Sending now'), active,
     el('h2', {}, 'Waiting'), waiting,
     el('h2', {}, 'Finished'), done,
-    add.form);
+    add.form, back.form);
 
   async function change(item, action, what) {
     try {
@@ -41,41 +65,43 @@ export function queue(root) {
   async function refresh() {
     try {
       const q = await api('GET', '/api/replication/queue?include_done=1&count=100');
+      const finished = (q.done || []).sort((a, b) => (b.finished || 0) - (a.finished || 0)).slice(0, 20);
       active.replaceChildren(table([
         ['Backup', (i) => i.backup],
-        ['To', (i) => (i.sid !== undefined ? `from system ${i.sid}` : i.target)],
+        ['To', way],
         ['Progress', progress],
         ['Rate', (i) => el('span', { class: 'rate' }, i.rate_bps !== undefined ? `${bytes(i.rate_bps)}/s` : '-')],
         ['ETA', (i) => el('span', { class: 'eta' }, i.eta_s !== undefined ? duration(i.eta_s) : '-')],
         ['Attempt', (i) => (i.attempts !== undefined ? String(i.attempts) : '-')],
         ['Started', (i) => utc(i.started)],
       ], q.active || [], 'Nothing is being sent now.'));
-      active.querySelectorAll('tbody tr').forEach((tr, n) => { tr.dataset.backup = (q.active[n] || {}).backup; });
+      rows(active, q.active || []);
       waiting.replaceChildren(table([
         ['#', (i) => String(i.queue_position)],
         ['Backup', (i) => i.backup],
-        ['To', (i) => i.target],
+        ['To', way],
         ['Size', (i) => bytes(i.size)],
         ['Status', (i) => [badge(i.status), i.message ? el('div', { class: 'muted' }, i.message) : null]],
         ['Attempts', (i) => String(i.attempts)],
         ['Queued', (i) => utc(i.queued)],
-        ['', (i) => el('div', { class: 'row' },
+        ['', (i) => (i.direction === 'restore' ? null : el('div', { class: 'row' },
           button('Remove', '', () => change(i, 'none', 'removed from the queue')),
-          button('Re-queue at the end', '', () => change(i, 'reset', 'queued again at the end')))],
+          button('Re-queue at the end', '', () => change(i, 'reset', 'queued again at the end'))))],
       ], q.inactive || [], 'Nothing waits.'));
+      rows(waiting, q.inactive || []);
       if (q.total_inactive > (q.inactive || []).length) {
         waiting.append(el('p', { class: 'muted' }, `${q.total_inactive} in all; the first ${(q.inactive || []).length} are shown.`));
       }
       done.replaceChildren(table([
         ['Backup', (i) => i.backup],
-        ['To', (i) => i.target],
+        ['To', way],
         ['Size', (i) => bytes(i.size)],
-        ['Sent', (i) => bytes(i.bytes_sent)],
+        ['On the wire', wire],
         ['Status', (i) => badge(i.status)],
         ['Finished', (i) => utc(i.finished)],
         ['SHA-256', (i) => el('span', { class: 'fp', title: i.sha256 || '' }, i.sha256 ? `${i.sha256.slice(0, 16)}…` : '-')],
-      ], (q.done || []).slice(0, 20), 'Nothing has finished yet.'));
-      done.querySelectorAll('tbody tr').forEach((tr, n) => { tr.dataset.backup = (q.done[n] || {}).backup; });
+      ], finished, 'Nothing has finished yet.'));
+      rows(done, finished);
     } catch (e) {
       active.replaceChildren(errorBox(e));
     }
@@ -91,7 +117,7 @@ export function queue(root) {
   }
 
   showSettings();
-  add.loadTargets();
+  add.loadTargets().then(back.load);
   live(refresh, 2000);
 }
 
@@ -146,7 +172,56 @@ function addForm(news) {
       const complete = (t.targets || []).filter((x) => x.status === 'complete');
       target.replaceChildren(...complete.map((x) => el('option', { value: String(x.target_id) }, x.host)));
       form.hidden = !complete.length;
-    } catch (e) { form.hidden = true; }
+      return complete;
+    } catch (e) { form.hidden = true; return []; }
   }
   return { form, loadTargets };
+}
+
+// Restore (SPEC 20): pull back what a paired target holds for this appliance, all of it,
+// some clients' or named backups, into a backup storage; a different local file is kept
+// unless "overwrite" is ticked. The items then show above, "restore from" the target.
+function restoreForm(news, refresh) {
+  const target = el('select', { name: 'restore_target' });
+  const what = el('select', { name: 'restore_what' },
+    el('option', { value: 'all' }, 'everything it holds'),
+    el('option', { value: 'clients' }, 'these clients'),
+    el('option', { value: 'backups' }, 'these backups'));
+  const names = el('input', { name: 'restore_names', placeholder: 'names, comma-separated', size: 36 });
+  const storage = el('select', { name: 'restore_storage' }, el('option', { value: '' }, 'the default backup storage'));
+  const overwrite = el('input', { name: 'overwrite', type: 'checkbox' });
+  const status = el('div', {});
+  const form = el('form', { class: 'card', id: 'restore' },
+    el('h2', {}, 'Restore from a target'),
+    el('div', { class: 'row' },
+      el('label', {}, 'Target', el('br', {}), target),
+      el('label', {}, 'Restore', el('br', {}), what),
+      el('label', {}, 'Names', el('br', {}), names),
+      el('label', {}, 'Into', el('br', {}), storage),
+      el('label', {}, overwrite, ' replace different local files'),
+      el('button', { type: 'submit', class: 'primary' }, 'Restore')),
+    status);
+  form.hidden = true;
+  form.addEventListener('submit', async (ev) => {
+    ev.preventDefault();
+    status.replaceChildren();
+    const body = { target_id: Number(target.value), overwrite: overwrite.checked };
+    const list = names.value.split(',').map((n) => n.trim()).filter(Boolean);
+    body[what.value] = what.value === 'all' ? true : list;
+    if (storage.value) body.storage_id = Number(storage.value);
+    try {
+      const r = await api('POST', '/api/replication/restore', body);
+      const n = r.restore.length;
+      news.replaceChildren(notice(`${n} backup${n === 1 ? '' : 's'} queued to restore from ${target.selectedOptions[0].text}.`));
+      form.reset();
+      refresh();
+    } catch (e) { status.replaceChildren(errorBox(e)); }
+  });
+  async function load(complete) {
+    target.replaceChildren(...complete.map((x) => el('option', { value: String(x.target_id) }, x.host)));
+    form.hidden = !complete.length;
+    const s = await api('GET', '/api/storage?usage=backup').catch(() => ({}));
+    storage.append(...(s.storage || []).map((x) => el('option', { value: String(x.id) }, `${x.name} (id ${x.id})`)));
+  }
+  return { form, load };
 }

@@ -1,5 +1,6 @@
 // Pairing tokens, on a target: create one (its secret and join line are shown once),
-// list them with their use, revoke one.
+// list them with their use, revoke one. A token may take over a lost source: the new
+// appliance that uses it (once) inherits that system's backups, quota and lineage.
 import { api, el, errorBox, notice, table, badge, utc, live, button } from './lib.js';
 
 const DAY = 86400;
@@ -15,6 +16,7 @@ export function tokens(root) {
   const host = el('input', { name: 'host', placeholder: 'any', size: 18 });
   const uuid = el('input', { name: 'system_uuid', placeholder: 'any', size: 20 });
   const note = el('input', { name: 'note', placeholder: 'who it is for', size: 24 });
+  const replaces = el('select', { name: 'replaces_system_id' }, el('option', { value: '' }, 'no one: a new source'));
   const status = el('div', {});
   const form = el('form', { class: 'card', id: 'token-create' },
     el('h2', {}, 'New pairing token'),
@@ -28,6 +30,7 @@ export function tokens(root) {
       el('label', {}, 'Only for host', el('br', {}), host),
       el('label', {}, 'Only for system UUID', el('br', {}), uuid),
       el('label', {}, 'Note', el('br', {}), note),
+      el('label', {}, 'Takes over (a lost source)', el('br', {}), replaces),
       el('button', { type: 'submit', class: 'primary', name: 'create' }, 'Create token')),
     status);
   root.append(news, form, secret, el('h2', {}, 'Tokens'), list);
@@ -38,6 +41,7 @@ export function tokens(root) {
     const body = { uses: Number(uses.value), expires_in: Number(days.value) * DAY };
     if (storage.value) body.storage_id = Number(storage.value);
     if (quota.value) body.quota_mb = Number(quota.value);
+    if (replaces.value) body.replaces_system_id = Number(replaces.value);
     for (const [k, input] of [['host', host], ['system_uuid', uuid], ['note', note]]) {
       if (input.value.trim()) body[k] = input.value.trim();
     }
@@ -46,6 +50,7 @@ export function tokens(root) {
       form.reset();
       secret.replaceChildren(el('div', { class: 'warning' },
         el('strong', {}, `Token ${t.token_id}: copy it now. It is shown only this once; the appliance keeps only its hash.`),
+        t.replaces_system_id ? el('p', { id: 'token-takes-over' }, `The one appliance that uses it takes over system ${t.replaces_system_id}: its backups, quota and lineage; the lost appliance's certificates are revoked then.`) : null,
         el('p', {}, 'The join line (for "replgate ctl request-target --join" or the source\'s console) carries this appliance\'s address, its CA fingerprint and the token:'),
         el('code', { class: 'fp-big', id: 'token-join' }, t.join),
         el('p', {}, 'The token alone:'),
@@ -66,7 +71,7 @@ export function tokens(root) {
         ['Last used', (x) => utc(x.last_used)],
         ['Storage', (x) => (x.storage_id ? String(x.storage_id) : 'default')],
         ['Quota', (x) => (x.quota_mb ? `${x.quota_mb} MB` : '-')],
-        ['Only for', (x) => [x.host, x.system_uuid].filter(Boolean).join(' ') || 'any source'],
+        ['Only for', (x) => [x.host, x.system_uuid, x.replaces_system_id && `takes over system ${x.replaces_system_id}`].filter(Boolean).join(' ') || 'any source'],
         ['Note', (x) => x.note || ''],
         ['Created', (x) => [utc(x.created), el('div', { class: 'muted' }, x.created_by)]],
         ['', (x) => (x.status === 'valid' ? button('Revoke', 'danger', async () => {
@@ -82,6 +87,10 @@ export function tokens(root) {
 
   api('GET', '/api/storage?usage=backup').then((s) => {
     storage.append(...(s.storage || []).map((x) => el('option', { value: String(x.id) }, `${x.name} (id ${x.id})`)));
+  }).catch(() => {});
+  api('GET', '/api/systems').then((s) => {
+    replaces.append(...(s.appliance || []).filter((x) => /Replication Source/.test(x.role))
+      .map((x) => el('option', { value: String(x.id) }, `${x.name} (system ${x.id})`)));
   }).catch(() => {});
   live(refresh, 10000);
 }
