@@ -146,6 +146,7 @@ fn shared_state(
         replication,
         certified: Default::default(),
         request_counts: Default::default(),
+        system_rows: Default::default(),
     };
     (Arc::new(app), listener_certs)
 }

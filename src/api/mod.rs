@@ -30,6 +30,7 @@ use serde_json::Value;
 
 pub use routes::{dispatch, match_path, route_path, route_table, Access, Incoming, Route};
 pub use spool_files::{spool_segments, SpoolAnswerer};
+pub use systems::SystemRows;
 
 use crate::auth::{Authenticator, Session};
 use crate::ca::{Authority, CaSet};
@@ -77,6 +78,8 @@ pub struct App {
     /// The pairing requests counted by status for the metrics, with the store's request
     /// generation they were counted at.
     pub request_counts: std::sync::Mutex<Option<(u64, Vec<usize>)>>,
+    /// The rows of the whole `GET /api/systems`, kept between the store's changes.
+    pub system_rows: SystemRows,
 }
 
 impl App {
@@ -219,6 +222,17 @@ impl ListWriter {
             body: format!("{{{}:[", Value::from(key)).into_bytes(),
             failed: None,
         }
+    }
+
+    /// Adds items already rendered and comma-separated (none if `items` is empty).
+    pub fn push_joined(&mut self, items: &[u8]) {
+        if items.is_empty() {
+            return;
+        }
+        if self.body.last() != Some(&b'[') {
+            self.body.push(b',');
+        }
+        self.body.extend_from_slice(items);
     }
 
     pub fn push(&mut self, item: &impl serde::Serialize) {

@@ -216,6 +216,9 @@ struct Shared {
     /// Counts commits that added, removed or changed the status of a pairing request
     /// ([`Store::request_generation`]).
     requests: AtomicU64,
+    /// Counts commits that changed a systems row, with the ids they changed
+    /// ([`Store::systems_changed_since`]).
+    systems: Mutex<systems::ChangeLog>,
     health: health::Health,
 }
 
@@ -242,6 +245,8 @@ pub struct Txn {
     certificates: Cell<bool>,
     /// Set by the writes [`Store::request_generation`] counts.
     requests: Cell<bool>,
+    /// The systems rows this transaction changed ([`Store::systems_changed_since`]).
+    systems: RefCell<Vec<u64>>,
     /// What [`Txn::audit`] recorded, with the row ids: `Store::write` logs each as an
     /// event line once the commit has made it true (SPEC 15).
     audited: RefCell<Vec<(u64, AuditRecord)>>,
@@ -275,6 +280,7 @@ impl Store {
                 revocations: AtomicU64::new(0),
                 certificates: AtomicU64::new(0),
                 requests: AtomicU64::new(0),
+                systems: Mutex::default(),
                 health: health::Health::default(),
             }),
         };
@@ -331,6 +337,7 @@ impl Store {
             revoked: Cell::new(false),
             certificates: Cell::new(false),
             requests: Cell::new(false),
+            systems: Default::default(),
             audited: Default::default(),
         };
         let value = f(&txn)?;
@@ -338,6 +345,7 @@ impl Store {
         let revoked = txn.revoked.get();
         let certificates = txn.certificates.get();
         let requests = txn.requests.get();
+        let systems = txn.systems.take();
         txn.inner.commit().map_err(StoreError::from)?;
         if revoked {
             // After the commit: whoever sees the new generation and reads again finds the
@@ -349,6 +357,9 @@ impl Store {
         }
         if requests {
             self.shared.requests.fetch_add(1, Ordering::Release);
+        }
+        if !systems.is_empty() {
+            lock(&self.shared.systems).record(systems);
         }
         for (id, a) in &audited {
             log::info!("{}", event_line(*id, a));

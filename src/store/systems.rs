@@ -1,11 +1,14 @@
 //! Systems (target side): the rows of the appliances known here, paired sources among
 //! them, and their reads and writes. Ids come from a counter that never goes back.
 
+use std::collections::VecDeque;
+
 use serde::{Deserialize, Serialize};
 
 use super::access::{get, values, values_page, Tables};
 use super::{schema, Result, Store, Txn};
 use crate::model::{Role, UnixTime};
+use crate::sync::lock;
 
 /// The first id handed to a stored system; id 1 is the local appliance.
 pub const FIRST_SYSTEM_ID: u64 = 2;
@@ -102,6 +105,51 @@ impl SystemRecord {
     }
 }
 
+/// The systems rows changed most recently, by commit: what lets a reader that rendered
+/// every row (`GET /api/systems`) read again only the rows that changed since
+/// ([`Store::systems_changed_since`]). Bounded: the oldest entries are dropped first.
+#[derive(Debug, Default)]
+pub(super) struct ChangeLog {
+    /// Counts the commits that changed a systems row.
+    generation: u64,
+    /// `(generation, id)` of the last [`CHANGES_KEPT`] changes, oldest first.
+    changes: VecDeque<(u64, u64)>,
+    /// The newest generation some of whose changes were dropped.
+    dropped: u64,
+}
+
+/// How many changed rows the [`ChangeLog`] keeps: a minute of hellos from 5,000 sources
+/// at a 60 s heartbeat.
+const CHANGES_KEPT: usize = 8_192;
+
+impl ChangeLog {
+    /// Notes a commit that changed the rows `ids`.
+    pub(super) fn record(&mut self, ids: Vec<u64>) {
+        self.generation += 1;
+        for id in ids {
+            if self.changes.len() == CHANGES_KEPT {
+                if let Some((generation, _)) = self.changes.pop_front() {
+                    self.dropped = generation;
+                }
+            }
+            self.changes.push_back((self.generation, id));
+        }
+    }
+
+    fn since(&self, since: u64) -> (u64, Option<Vec<u64>>) {
+        if since > self.generation || since < self.dropped {
+            return (self.generation, None);
+        }
+        let mut ids: Vec<u64> = (self.changes.iter().rev())
+            .take_while(|(generation, _)| *generation > since)
+            .map(|(_, id)| *id)
+            .collect();
+        ids.sort_unstable();
+        ids.dedup();
+        (self.generation, Some(ids))
+    }
+}
+
 fn system(tx: &impl Tables, id: u64) -> Result<Option<SystemRecord>> {
     get(tx, schema::SYSTEMS, id)
 }
@@ -124,6 +172,15 @@ impl Store {
     pub fn systems_page(&self, skip: u64, limit: usize) -> Result<Vec<SystemRecord>> {
         values_page(&self.snapshot()?, schema::SYSTEMS, skip, limit)
     }
+
+    /// The systems generation (it grows after every commit that changed, added or deleted
+    /// a systems row, a hello's `last_seen` included), and the ids of the rows changed
+    /// after generation `since`, in id order; None for the ids when that is further back
+    /// than the store remembers (read every row). Read it before the rows: a row changed
+    /// meanwhile is read new and named again at the next call.
+    pub fn systems_changed_since(&self, since: u64) -> (u64, Option<Vec<u64>>) {
+        lock(&self.shared.systems).since(since)
+    }
 }
 
 impl Txn {
@@ -145,14 +202,19 @@ impl Txn {
                 r.certificate_expires,
             )
         };
-        if system(&self.inner, s.id)?.is_none_or(|old| counted(&old) != counted(s)) {
+        let old = system(&self.inner, s.id)?;
+        if old.as_ref().is_none_or(|old| counted(old) != counted(s)) {
             self.certificates_changed();
+        }
+        if old.as_ref() != Some(s) {
+            self.systems.borrow_mut().push(s.id);
         }
         self.put(schema::SYSTEMS, s.id, s)
     }
 
     pub fn delete_system(&self, id: u64) -> Result<bool> {
         self.certificates_changed();
+        self.systems.borrow_mut().push(id);
         self.remove(schema::SYSTEMS, id)
     }
 
@@ -161,5 +223,101 @@ impl Txn {
     pub fn next_system_id(&self) -> Result<u64> {
         let floor = self.after_last(schema::SYSTEMS, FIRST_SYSTEM_ID)?;
         self.take_id(schema::META_NEXT_SYSTEM_ID, floor.max(FIRST_SYSTEM_ID))
+    }
+}
+
+#[cfg(test)]
+impl SystemRecord {
+    /// A paired source's row for unit tests: id `id`, seen at 1,000.
+    pub fn fixture(id: u64) -> SystemRecord {
+        SystemRecord {
+            id,
+            name: format!("source-{id}"),
+            host: format!("source-{id}.example"),
+            role: Role::NonManagedSource,
+            system_uuid: Some(format!("uuid-{id}")),
+            version: Some("1.0".into()),
+            storage_id: Some(1),
+            created: 10,
+            updated: 20,
+            cert_serial: Some(format!("{id:02x}")),
+            certificate_expires: Some(1_000_000),
+            last_seen: Some(1_000),
+            last_serial: Some(format!("{id:02x}")),
+            was_managed: false,
+            request_id: Some(id),
+            asset_tag: None,
+            quota_mb: None,
+            share: None,
+            copies_uuid: None,
+            retention: None,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::{temp_store, test_audit};
+
+    /// A reader learns exactly the rows changed since its generation: a write that leaves
+    /// a row as it was, or touches no row, names none; a hello (only `last_seen`) does.
+    #[test]
+    fn the_change_log_names_the_rows_changed_since_a_generation() {
+        let (store, dir) = temp_store("systems-changes");
+        let (g0, none) = store.systems_changed_since(0);
+        assert_eq!((g0, none), (0, Some(Vec::new())));
+        let (a, b) = (SystemRecord::fixture(2), SystemRecord::fixture(3));
+        store
+            .write(|tx| {
+                tx.put_system(&a)?;
+                tx.put_system(&b)
+            })
+            .unwrap();
+        let (g1, ids) = store.systems_changed_since(g0);
+        assert_eq!((g1, ids), (1, Some(vec![2, 3])));
+        store.write(|tx| tx.put_system(&a)).unwrap();
+        store.write(|tx| tx.audit(&test_audit("no row"))).unwrap();
+        assert_eq!(store.systems_changed_since(g1), (1, Some(Vec::new())));
+        let seen = SystemRecord {
+            last_seen: Some(2_000),
+            ..b.clone()
+        };
+        store.write(|tx| tx.put_system(&seen)).unwrap();
+        store.write(|tx| tx.delete_system(2).map(|_| ())).unwrap();
+        assert_eq!(store.systems_changed_since(g1), (3, Some(vec![2, 3])));
+        assert_eq!(store.systems_changed_since(2), (3, Some(vec![2])));
+        let failed: Result<()> = store.write(|tx| {
+            tx.put_system(&a)?;
+            Err(super::super::StoreError::Corrupt {
+                table: "systems".into(),
+                detail: "a test".into(),
+            })
+        });
+        assert!(failed.is_err());
+        assert_eq!(
+            store.systems_changed_since(3),
+            (3, Some(Vec::new())),
+            "no commit"
+        );
+        drop(store);
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    /// Past what the log keeps, a reader is told to read every row.
+    #[test]
+    fn a_reader_further_back_than_the_log_reads_everything() {
+        let mut log = ChangeLog::default();
+        log.record(vec![2]);
+        for _ in 0..CHANGES_KEPT {
+            log.record(vec![3]);
+        }
+        assert_eq!(log.since(0), (CHANGES_KEPT as u64 + 1, None));
+        assert_eq!(log.since(1).1, Some(vec![3]));
+        assert_eq!(
+            log.since(CHANGES_KEPT as u64 + 2).1,
+            None,
+            "from the future"
+        );
     }
 }

@@ -125,6 +125,7 @@ fn world() -> &'static World {
             tunnel_cert,
             certified: Default::default(),
             request_counts: Default::default(),
+            system_rows: Default::default(),
         };
         let routes: Vec<Route> = route_table()
             .into_iter()
