@@ -569,11 +569,9 @@ pub(super) fn only_paired_target(targets: &serde_json::Value) -> Result<u64, Ctl
         .collect();
     match paired[..] {
         [id] => Ok(id),
-        [] => Err(CtlError::Usage(
-            "`drill` needs a paired target, and this appliance has none complete".into(),
-        )),
+        [] => Err(CtlError::Usage("`drill`: no pairing is complete".into())),
         _ => Err(CtlError::Usage(format!(
-            "`drill` needs a target ID: this appliance is paired with targets {}",
+            "`drill` needs a target ID: one of {}",
             paired
                 .iter()
                 .map(u64::to_string)

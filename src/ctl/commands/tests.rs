@@ -112,12 +112,12 @@ fn replication_commands_parse_with_their_checks() {
     );
     assert!(only(serde_json::json!([]))
         .unwrap_err()
-        .contains("none complete"));
+        .contains("no pairing is complete"));
     assert!(
         only(serde_json::json!([{"target_id": 4, "status": "complete"},
                                     {"target_id": 6, "status": "complete"}]))
         .unwrap_err()
-        .contains("targets 4, 6")
+        .contains("one of 4, 6")
     );
     assert_eq!(command("drills"), CtlCommand::Drills);
     assert!(usage_error("restore 2").contains("exactly one of"));

@@ -1,19 +1,16 @@
 // The replication queue: what is being sent now (progress, rate, ETA), what waits, what
 // finished; add a backup by hand, remove or re-queue items; the strategy and throttle;
-// restore from a target (its items show here too). On a target, "sending now" lists what
-// each source is sending here.
+// restore. On a target, "sending now" lists what each source is sending here.
 import { api, el, errorBox, notice, table, badge, utc, bytes, duration, live, button } from './lib.js';
 
 const STRATEGIES = ['retention', 'recency', 'manual'];
 
-// Where an item goes: to a target, from a source (on a target), or back from a target.
 function way(i) {
   if (i.direction === 'restore') return `restore from ${i.target}`;
   return i.sid !== undefined ? `from system ${i.sid}` : i.target;
 }
 
-// What crossed the link against the backup's size: what chunks the other side held
-// saved (the queue's logical size against its wire bytes).
+// Wire bytes, and what dedup saved against the logical size.
 function wire(i) {
   const sent = i.direction === 'restore' ? i.bytes_received : i.bytes_sent;
   if (sent === undefined || sent === null) return '-';
@@ -178,16 +175,14 @@ function addForm(news) {
   return { form, loadTargets };
 }
 
-// Restore (SPEC 20): pull back what a paired target holds for this appliance, all of it,
-// some clients' or named backups, into a backup storage; a different local file is kept
-// unless "overwrite" is ticked. The items then show above, "restore from" the target.
+// Restore (SPEC 20) what a target holds for us.
 function restoreForm(news, refresh) {
   const target = el('select', { name: 'restore_target' });
   const what = el('select', { name: 'restore_what' },
-    el('option', { value: 'all' }, 'everything it holds'),
+    el('option', { value: 'all' }, 'everything'),
     el('option', { value: 'clients' }, 'these clients'),
     el('option', { value: 'backups' }, 'these backups'));
-  const names = el('input', { name: 'restore_names', placeholder: 'names, comma-separated', size: 36 });
+  const names = el('input', { name: 'restore_names', placeholder: 'a, b', size: 30 });
   const storage = el('select', { name: 'restore_storage' }, el('option', { value: '' }, 'the default backup storage'));
   const overwrite = el('input', { name: 'overwrite', type: 'checkbox' });
   const status = el('div', {});

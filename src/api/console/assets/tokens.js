@@ -1,6 +1,5 @@
 // Pairing tokens, on a target: create one (its secret and join line are shown once),
-// list them with their use, revoke one. A token may take over a lost source: the new
-// appliance that uses it (once) inherits that system's backups, quota and lineage.
+// list them with their use, revoke one; one may take over a lost source.
 import { api, el, errorBox, notice, table, badge, utc, live, button } from './lib.js';
 
 const DAY = 86400;
@@ -50,7 +49,7 @@ export function tokens(root) {
       form.reset();
       secret.replaceChildren(el('div', { class: 'warning' },
         el('strong', {}, `Token ${t.token_id}: copy it now. It is shown only this once; the appliance keeps only its hash.`),
-        t.replaces_system_id ? el('p', { id: 'token-takes-over' }, `The one appliance that uses it takes over system ${t.replaces_system_id}: its backups, quota and lineage; the lost appliance's certificates are revoked then.`) : null,
+        t.replaces_system_id ? el('p', { id: 'token-takes-over' }, `Its user takes over system ${t.replaces_system_id}: backups, quota, lineage.`) : null,
         el('p', {}, 'The join line (for "replgate ctl request-target --join" or the source\'s console) carries this appliance\'s address, its CA fingerprint and the token:'),
         el('code', { class: 'fp-big', id: 'token-join' }, t.join),
         el('p', {}, 'The token alone:'),
