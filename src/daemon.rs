@@ -147,6 +147,7 @@ fn shared_state(
         certified: Default::default(),
         request_counts: Default::default(),
         system_rows: Default::default(),
+        receive_lines: Default::default(),
     };
     (Arc::new(app), listener_certs)
 }

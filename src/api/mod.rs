@@ -30,6 +30,7 @@ use serde_json::Value;
 
 pub use routes::{dispatch, match_path, route_path, route_table, Access, Incoming, Route};
 pub use spool_files::{spool_segments, SpoolAnswerer};
+pub use system::ReceiveLines;
 pub use systems::SystemRows;
 
 use crate::auth::{Authenticator, Session};
@@ -80,6 +81,8 @@ pub struct App {
     pub request_counts: std::sync::Mutex<Option<(u64, Vec<usize>)>>,
     /// The rows of the whole `GET /api/systems`, kept between the store's changes.
     pub system_rows: SystemRows,
+    /// Each source's lines of the metrics' receiving families, kept while its values hold.
+    pub receive_lines: ReceiveLines,
 }
 
 impl App {

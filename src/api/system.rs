@@ -1,18 +1,21 @@
 //! Health, the knowledge base and the metrics: the informational endpoints.
 
-use std::collections::BTreeSet;
+use std::collections::hash_map::Entry;
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::sync::Mutex;
 
 use serde_json::json;
 
 use super::body::parse_id;
 use super::error::{kb_text, ApiError};
 use super::{App, Call, Reply};
-use crate::metrics::Exposition;
+use crate::metrics::{self, Exposition};
 use crate::model::Role;
-use crate::replication::live::Peer;
+use crate::replication::live::{Peer, PeerStats};
 use crate::store::{
     ItemStatus, QueueItem, RequestStatus, SystemRecord, TargetRecord, TargetStatus,
 };
+use crate::sync::lock;
 
 /// `GET /api/health` (no token): up, the version, and a warning for each certificate
 /// (or the CA) that ends within 30 days (`lifecycle::warnings`), for a CA rollover in
@@ -367,6 +370,101 @@ fn sending(app: &App, out: &mut Exposition, targets: &[TargetRecord]) -> Result<
     Ok(())
 }
 
+/// The families of [`receiving`], in the order of [`SourceLines::lines`]: name, help,
+/// and whether it is a counter.
+const RECEIVE_FAMILIES: [(&str, &str, bool); 5] = [
+    (
+        "replgate_replication_receive_sessions",
+        "Transfer sessions open now from a source.",
+        false,
+    ),
+    (
+        "replgate_replication_received_bytes_total",
+        "Backup content bytes received from a source.",
+        true,
+    ),
+    (
+        "replgate_replication_received_files_total",
+        "Backups received from a source, verified and committed.",
+        true,
+    ),
+    (
+        "replgate_replication_receive_failures_total",
+        "Offers refused and files failed from a source, by the code it was told.",
+        true,
+    ),
+    (
+        "replgate_replication_receive_rate_bytes_per_second",
+        "Bytes per second arriving from a source now (the last few seconds).",
+        false,
+    ),
+];
+
+/// Each source's lines of the receiving families, kept with the counters and rate they
+/// show: a scrape renders again only the sources whose values moved (with thousands of
+/// sources, most are idle between two scrapes, and rendering 30,000 lines was most of a
+/// scrape).
+#[derive(Default)]
+pub struct ReceiveLines {
+    kept: Mutex<HashMap<u64, SourceLines>>,
+}
+
+struct SourceLines {
+    values: (PeerStats, u64),
+    lines: [String; 5],
+}
+
+impl SourceLines {
+    fn render(id: u64, values: (PeerStats, u64)) -> SourceLines {
+        let system = id.to_string();
+        let labels = [("system", system.as_str())];
+        let (stats, rate) = &values;
+        let mut lines: [String; 5] = Default::default();
+        let [sessions, bytes, files, failures, rate_line] = &mut lines;
+        let names = RECEIVE_FAMILIES.map(|(name, _, _)| name);
+        metrics::line(sessions, names[0], &labels, stats.sessions as f64);
+        metrics::line(bytes, names[1], &labels, stats.bytes as f64);
+        metrics::line(files, names[2], &labels, stats.files as f64);
+        for (reason, n) in &stats.failures {
+            let labels = [("reason", *reason), ("system", system.as_str())];
+            metrics::line(failures, names[3], &labels, *n as f64);
+        }
+        metrics::line(rate_line, names[4], &labels, *rate as f64);
+        SourceLines { values, lines }
+    }
+}
+
+impl ReceiveLines {
+    /// The families' lines for `sources` in id order, from each one's counters in
+    /// `peers` and its rate in `rates` (zero when absent).
+    fn families(
+        &self,
+        sources: &BTreeSet<u64>,
+        peers: &BTreeMap<Peer, PeerStats>,
+        rates: &BTreeMap<u64, u64>,
+    ) -> [String; 5] {
+        let mut kept = lock(&self.kept);
+        kept.retain(|id, _| sources.contains(id));
+        let mut families: [String; 5] = Default::default();
+        for &id in sources {
+            let stats = peers.get(&Peer::Source(id)).cloned().unwrap_or_default();
+            let values = (stats, rates.get(&id).copied().unwrap_or(0));
+            let source = match kept.entry(id) {
+                Entry::Occupied(e) if e.get().values == values => e.into_mut(),
+                Entry::Occupied(mut e) => {
+                    e.insert(SourceLines::render(id, values));
+                    e.into_mut()
+                }
+                Entry::Vacant(e) => e.insert(SourceLines::render(id, values)),
+            };
+            for (family, lines) in families.iter_mut().zip(&source.lines) {
+                family.push_str(lines);
+            }
+        }
+        families
+    }
+}
+
 /// Target side of replication (SPEC 15), per source (every paired source, and any other
 /// that sent since start, by system id): its sessions, the bytes and files received, the
 /// offers and files that did not end committed by the target's code (a series appears
@@ -384,42 +482,11 @@ fn receiving(app: &App, out: &mut Exposition, systems: &[&SystemRecord]) {
         Peer::Source(id) => Some(*id),
         Peer::Target(_) => None,
     }));
-    for id in sources {
-        let system = id.to_string();
-        let labels = [("system", system.as_str())];
-        let stats = peers.get(&Peer::Source(id)).cloned().unwrap_or_default();
-        out.gauge(
-            "replgate_replication_receive_sessions",
-            "Transfer sessions open now from a source.",
-            &labels,
-            stats.sessions as f64,
-        );
-        out.counter(
-            "replgate_replication_received_bytes_total",
-            "Backup content bytes received from a source.",
-            &labels,
-            stats.bytes as f64,
-        );
-        out.counter(
-            "replgate_replication_received_files_total",
-            "Backups received from a source, verified and committed.",
-            &labels,
-            stats.files as f64,
-        );
-        for (reason, n) in &stats.failures {
-            out.counter(
-                "replgate_replication_receive_failures_total",
-                "Offers refused and files failed from a source, by the code it was told.",
-                &[("system", system.as_str()), ("reason", reason)],
-                *n as f64,
-            );
+    let families = app.receive_lines.families(&sources, &peers, &rates);
+    for ((name, help, counter), lines) in RECEIVE_FAMILIES.iter().zip(&families) {
+        if !lines.is_empty() {
+            out.lines(name, help, *counter, lines);
         }
-        out.gauge(
-            "replgate_replication_receive_rate_bytes_per_second",
-            "Bytes per second arriving from a source now (the last few seconds).",
-            &labels,
-            rates.get(&id).copied().unwrap_or(0) as f64,
-        );
     }
 }
 
@@ -529,4 +596,63 @@ pub(super) fn kb(call: &Call) -> Result<Reply, ApiError> {
         .and_then(kb_text)
         .ok_or_else(|| ApiError::NotFound(format!("no knowledge-base entry for code {code}")))?;
     Ok(Reply::json(200, json!({ "code": code, "text": text })))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn pointers(lines: &ReceiveLines) -> BTreeMap<u64, *const u8> {
+        let kept = lock(&lines.kept);
+        kept.iter()
+            .map(|(id, s)| (*id, s.lines[0].as_ptr()))
+            .collect()
+    }
+
+    /// A source's lines are rendered again exactly when its counters or rate moved; the
+    /// families always say what the counters say now, in id order.
+    #[test]
+    fn receive_lines_are_rendered_again_only_for_sources_whose_values_moved() {
+        let lines = ReceiveLines::default();
+        let sources: BTreeSet<u64> = [2, 3].into();
+        let mut stats = PeerStats {
+            bytes: 10,
+            sessions: 1,
+            ..PeerStats::default()
+        };
+        stats.failures.insert("no-space", 1);
+        let mut peers = BTreeMap::from([(Peer::Source(3), stats.clone())]);
+        let rates = BTreeMap::from([(3, 5)]);
+        let first = lines.families(&sources, &peers, &rates);
+        assert_eq!(
+            first[0],
+            "replgate_replication_receive_sessions{system=\"2\"} 0\n\
+             replgate_replication_receive_sessions{system=\"3\"} 1\n"
+        );
+        assert_eq!(
+            first[3],
+            "replgate_replication_receive_failures_total{reason=\"no-space\",system=\"3\"} 1\n"
+        );
+        assert!(first[4]
+            .ends_with("replgate_replication_receive_rate_bytes_per_second{system=\"3\"} 5\n"));
+        let kept = pointers(&lines);
+        assert_eq!(lines.families(&sources, &peers, &rates), first);
+        assert_eq!(pointers(&lines), kept, "nothing moved: nothing rendered");
+
+        stats.bytes = 20;
+        peers.insert(Peer::Source(3), stats);
+        let moved = lines.families(&sources, &peers, &rates);
+        assert!(moved[1].ends_with("replgate_replication_received_bytes_total{system=\"3\"} 20\n"));
+        let now = pointers(&lines);
+        assert_eq!(now[&2], kept[&2]);
+        assert_ne!(now[&3], kept[&3]);
+
+        let fewer = lines.families(&[3].into(), &peers, &BTreeMap::new());
+        assert!(!fewer[0].contains("system=\"2\""));
+        assert!(
+            fewer[4].ends_with("{system=\"3\"} 0\n"),
+            "the rate fell to 0"
+        );
+        assert_eq!(pointers(&lines).len(), 1, "a source gone is dropped");
+    }
 }

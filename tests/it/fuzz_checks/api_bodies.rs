@@ -126,6 +126,7 @@ fn world() -> &'static World {
             certified: Default::default(),
             request_counts: Default::default(),
             system_rows: Default::default(),
+            receive_lines: Default::default(),
         };
         let routes: Vec<Route> = route_table()
             .into_iter()
