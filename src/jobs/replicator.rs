@@ -436,14 +436,15 @@ fn congestion_of(socket: &std::net::TcpStream, setting: &str, label: &str) -> St
     cc
 }
 
-/// What `auto` compression reviews its level by: this thread's CPU time and the
-/// connection's `TCP_INFO`.
+/// What `auto` compression reviews its level by, and the session's windows are sized
+/// from (`replication::link`): this thread's CPU time and the connection's `TCP_INFO`.
 fn readings_of(socket: &std::net::TcpStream) -> Readings {
     let tcp = tcp_figures(socket);
     Readings {
         cpu: thread_cpu_time(),
         rwnd_limited: tcp.map(|t| t.rwnd_limited),
         link_rate: tcp.map(|t| t.delivery_rate).filter(|r| *r > 0),
+        rtt: tcp.map(|t| t.rtt),
     }
 }
 
