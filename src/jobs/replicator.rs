@@ -22,7 +22,7 @@ use crate::replication::compress::{Compression, Readings};
 use crate::replication::feed::{recover_active, requeue_refused, Claims, Reserver, StoreFeed};
 use crate::replication::live::Peer;
 use crate::replication::sender::{self, SessionError};
-use crate::replication::{backups, queue, Shared};
+use crate::replication::{admin, backups, queue, Shared};
 use crate::store::{Store, TargetRecord, TargetStatus};
 use crate::sync::lock;
 use crate::wire::transfer::{Code, Features};
@@ -36,7 +36,7 @@ pub(crate) struct Context {
     pub dirs: TargetDirs,
     /// An idle target gets a session at least this often (it learns of damaged copies).
     pub heartbeat: Duration,
-    /// `compression` of the content sent.
+    /// The daemon's `compression` of the content sent (a target's own setting wins).
     pub compression: Compression,
     /// `tunnel_congestion`, set on each session's connection.
     pub congestion: String,
@@ -341,7 +341,7 @@ fn session(ctx: &Context, target_id: u64, state: &TargetState, stop: &AtomicBool
         shutdown: stop,
         target: label.clone(),
         chunks: stream.features.chunks,
-        compression: ctx.compression,
+        compression: admin::compression_of(&target, ctx.compression),
         zstd: stream.features.zstd,
         readings: &readings,
     };
