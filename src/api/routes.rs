@@ -176,6 +176,12 @@ pub fn route_table() -> Vec<Route> {
             source::request_target,
         ),
         route(
+            "PUT",
+            "/api/replication/target",
+            Token(Manage),
+            source::change_target,
+        ),
+        route(
             "GET",
             "/api/replication/targets",
             Token(Monitor),

@@ -1,10 +1,11 @@
-//! Source-side pairing handlers: ask a target for replication, list targets, forget one.
+//! Source-side pairing handlers: ask a target for replication, list targets, change a
+//! target's settings, forget one.
 //! Parse, call `pairing::source`, map: the trust decision, the key, the call to the target
 //! and its checks live in the domain.
 
 use serde_json::{json, Value};
 
-use super::body::quoted;
+use super::body::{parse_id, quoted};
 use super::error::ApiError;
 use super::{Call, Reply};
 use crate::ca;
@@ -12,6 +13,8 @@ use crate::model::{format_utc, UnixTime};
 use crate::pairing::source::request::{self, Ask, Me, SourceSide};
 use crate::pairing::source::{self};
 use crate::remote::LiveSource;
+use crate::replication::admin;
+use crate::replication::compress::Compression;
 use crate::store::TargetRecord;
 use crate::wire::token::PairingToken;
 
@@ -159,6 +162,8 @@ fn target_json(t: &TargetRecord, now: UnixTime) -> Value {
     if let Some(old) = t.took_over {
         v["replaces_system_id"] = json!(old);
     }
+    // Null: the daemon's `compression` key.
+    v["compression"] = json!(t.compression);
     if let (Some(starts), Some(ends), Some(serial)) =
         (t.certificate_starts, t.certificate_expires, &t.cert_serial)
     {
@@ -179,6 +184,37 @@ pub(super) fn targets(call: &Call) -> Result<Reply, ApiError> {
         .map(|t| target_json(t, call.now))
         .collect();
     Ok(Reply::json(200, json!({ "targets": list })))
+}
+
+/// `PUT /api/replication/target?target_id=N {"compression": "auto"|"off"|"zstd:<level>"|null}`:
+/// the target's own settings (null: back to the daemon's).
+pub(super) fn change_target(call: &Call) -> Result<Reply, ApiError> {
+    let target_id = parse_id(
+        "target_id",
+        call.query("target_id").ok_or_else(|| {
+            ApiError::BadRequest("query parameter `target_id` is required".into())
+        })?,
+    )?;
+    let body = call.json()?;
+    let setting = match body.nullable("compression") {
+        None => {
+            return Err(ApiError::BadRequest(
+                "field `compression` is required".into(),
+            ))
+        }
+        Some(Value::Null) => None,
+        Some(Value::String(s)) => Some(
+            Compression::parse(s)
+                .map_err(|e| ApiError::BadRequest(format!("field `compression`: {e}")))?,
+        ),
+        Some(_) => {
+            return Err(ApiError::BadRequest(
+                "field `compression` must be a string or null".into(),
+            ))
+        }
+    };
+    let t = admin::set_compression(&call.app.store, target_id, setting, &call.actor(), call.now)?;
+    Ok(Reply::json(200, target_json(&t, call.now)))
 }
 
 pub(super) fn forget_target(call: &Call) -> Result<Reply, ApiError> {

@@ -113,6 +113,12 @@ pub(super) enum CtlCommand {
     ForgetTarget {
         host: String,
     },
+    /// `compression TARGET_ID auto|off|zstd:<level>|default` (None: default, the daemon's
+    /// `compression` key).
+    TargetCompression {
+        target_id: u64,
+        setting: Option<String>,
+    },
     /// `queue [--target ID] [--all]`.
     Queue {
         target_id: Option<u64>,

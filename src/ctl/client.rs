@@ -499,6 +499,22 @@ impl Client {
         self.call(Method::Get, "/api/replication/targets", Some(token), None)
     }
 
+    /// `PUT /api/replication/target?target_id= {"compression"}` (null: the daemon's).
+    pub(super) fn set_target_compression(
+        &self,
+        token: &Secret<String>,
+        target_id: u64,
+        setting: Option<&str>,
+    ) -> Result<Answer, CtlError> {
+        let path = format!("/api/replication/target?target_id={target_id}");
+        self.call(
+            Method::Put,
+            &path,
+            Some(token),
+            Some(&json!({ "compression": setting })),
+        )
+    }
+
     pub(super) fn forget_target(
         &self,
         token: &Secret<String>,

@@ -35,6 +35,8 @@ pub(super) struct Fixture {
     /// `chunks` (which follows `dedup`: [`Fixture::agreed`]).
     pub(super) compression: Compression,
     pub(super) features: Features,
+    /// What the sender reads of its connection (none: a socket pair tells nothing).
+    pub(super) readings: fn() -> Readings,
 }
 
 impl Fixture {
@@ -77,6 +79,7 @@ pub(super) fn fixture(name: &str) -> Fixture {
         chunks: false,
         compression: Compression::Off,
         features: Features::ALL,
+        readings: Readings::default,
     }
 }
 
@@ -102,6 +105,9 @@ pub(super) struct MemFeed {
     pub(super) results: Vec<(u64, Attempt, u64)>,
     released: Vec<u64>,
     pub(super) started: Vec<(u64, u64)>,
+    /// What the target's window let the first attempt send at its first frame, as the
+    /// sender said (before any confirmation: the window itself).
+    pub(super) first_allowed: Option<u64>,
 }
 
 impl MemFeed {
@@ -130,7 +136,9 @@ impl Feed for MemFeed {
     fn started(&mut self, item_id: u64, offset: u64, _size: u64) {
         self.started.push((item_id, offset));
     }
-    fn sent(&mut self, _: u64, _: u64, _: u64) {}
+    fn sent(&mut self, _: u64, _: u64, allowed: u64) {
+        self.first_allowed.get_or_insert(allowed);
+    }
     fn finished(&mut self, item_id: u64, attempt: Attempt, sent: u64) {
         self.results.push((item_id, attempt, sent));
     }
@@ -193,7 +201,7 @@ fn run_sender(
         chunks: f.chunks,
         compression: f.compression,
         zstd: f.features.zstd,
-        readings: &Readings::default,
+        readings: &f.readings,
     };
     sender::run(&ctx, feed, out, &replies)
 }
@@ -406,6 +414,43 @@ fn the_sender_stays_within_a_window_of_what_the_target_confirmed_durable() {
         result
     });
     assert_eq!(result.unwrap().done, 1, "{:?}", feed.results);
+}
+
+/// A gigabit link at 100 ms, as `TCP_INFO` would tell it.
+fn long_fast_link() -> Readings {
+    Readings {
+        link_rate: Some(125_000_000),
+        rtt: Some(std::time::Duration::from_millis(100)),
+        ..Readings::default()
+    }
+}
+
+#[test]
+fn a_measured_long_fast_link_widens_the_window_and_the_target_keeps_up() {
+    // 20 MiB: SPEC 11's window is 2 MiB, a sixth of what a gigabit at 100 ms holds in
+    // flight. With the link measured, the sender runs as far as the link needs past what
+    // the target confirmed; the target (which knows nothing of it) still confirms and
+    // commits.
+    let size = 20 * 1024 * 1024;
+    let data = content(9, size);
+    let mut lengths = Vec::new();
+    for (i, readings) in [Readings::default as fn() -> Readings, long_fast_link]
+        .into_iter()
+        .enumerate()
+    {
+        let mut f = fixture(&format!("link-window-{i}"));
+        f.readings = readings;
+        put(&f, "c/wide", &data);
+        let mut feed = MemFeed::of(&["c/wide"]);
+        let (result, rx) = session(&f, &mut feed, None);
+        assert_eq!(result.unwrap().done, 1, "{:?}", feed.results);
+        assert_eq!(rx.committed, 1);
+        assert_eq!(std::fs::read(received_path(&f, "c/wide")).unwrap(), data);
+        lengths.push(feed.first_allowed.expect("data was sent"));
+    }
+    let spec11 = receiver::window_for(size as u64);
+    assert_eq!(lengths[0], spec11, "no measurement: SPEC 11's window");
+    assert!(lengths[1] >= 3 * 12_500_000, "{lengths:?}");
 }
 
 #[test]

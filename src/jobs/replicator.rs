@@ -22,7 +22,7 @@ use crate::replication::compress::{Compression, Readings};
 use crate::replication::feed::{recover_active, requeue_refused, Claims, Reserver, StoreFeed};
 use crate::replication::live::Peer;
 use crate::replication::sender::{self, SessionError};
-use crate::replication::{backups, queue, Shared};
+use crate::replication::{admin, backups, queue, Shared};
 use crate::store::{Store, TargetRecord, TargetStatus};
 use crate::sync::lock;
 use crate::wire::transfer::{Code, Features};
@@ -36,7 +36,7 @@ pub(crate) struct Context {
     pub dirs: TargetDirs,
     /// An idle target gets a session at least this often (it learns of damaged copies).
     pub heartbeat: Duration,
-    /// `compression` of the content sent.
+    /// The daemon's `compression` of the content sent (a target's own setting wins).
     pub compression: Compression,
     /// `tunnel_congestion`, set on each session's connection.
     pub congestion: String,
@@ -341,7 +341,7 @@ fn session(ctx: &Context, target_id: u64, state: &TargetState, stop: &AtomicBool
         shutdown: stop,
         target: label.clone(),
         chunks: stream.features.chunks,
-        compression: ctx.compression,
+        compression: admin::compression_of(&target, ctx.compression),
         zstd: stream.features.zstd,
         readings: &readings,
     };
@@ -436,14 +436,15 @@ fn congestion_of(socket: &std::net::TcpStream, setting: &str, label: &str) -> St
     cc
 }
 
-/// What `auto` compression reviews its level by: this thread's CPU time and the
-/// connection's `TCP_INFO`.
+/// What `auto` compression reviews its level by, and the session's windows are sized
+/// from (`replication::link`): this thread's CPU time and the connection's `TCP_INFO`.
 fn readings_of(socket: &std::net::TcpStream) -> Readings {
     let tcp = tcp_figures(socket);
     Readings {
         cpu: thread_cpu_time(),
         rwnd_limited: tcp.map(|t| t.rwnd_limited),
         link_rate: tcp.map(|t| t.delivery_rate).filter(|r| *r > 0),
+        rtt: tcp.map(|t| t.rtt),
     }
 }
 

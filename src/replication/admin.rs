@@ -10,6 +10,7 @@ use std::path::Path;
 use std::sync::Arc;
 
 use super::backups;
+use super::compress::Compression;
 use super::live::{Incoming, Live, Progress};
 use super::names::{check_component, BackupName, NameError};
 use super::queue::{self, new_item};
@@ -446,6 +447,44 @@ pub fn set_throttle(
     Ok(t)
 }
 
+/// Sets target `target_id`'s own `compression` (None: back to the daemon's key). Read at
+/// each session's start, so it takes effect with the next session.
+pub fn set_compression(
+    store: &Store,
+    target_id: u64,
+    setting: Option<Compression>,
+    actor: &Actor,
+    now: UnixTime,
+) -> Result<TargetRecord, AdminError> {
+    store.write(|tx| {
+        let mut t = tx
+            .target(target_id)?
+            .ok_or(AdminError::UnknownTarget(target_id))?;
+        t.compression = setting.map(|c| c.to_string());
+        t.updated = now;
+        tx.put_target(&t)?;
+        tx.audit(&actor.audit(
+            now,
+            "target compression changed",
+            format!("target:{}", t.host),
+            match &t.compression {
+                Some(c) => format!("compression {c}"),
+                None => "compression as the daemon's setting".into(),
+            },
+        ))?;
+        Ok::<_, AdminError>(t)
+    })
+}
+
+/// The `compression` a session to `target` uses: its own setting, else the daemon's.
+pub fn compression_of(target: &TargetRecord, daemon: Compression) -> Compression {
+    target
+        .compression
+        .as_deref()
+        .and_then(|c| Compression::parse(c).ok())
+        .unwrap_or(daemon)
+}
+
 /// What a source delivered to this appliance, in its current storage.
 pub fn received(
     store: &Store,
@@ -498,6 +537,41 @@ mod tests {
             || (0, 0),
         );
         (store, live, dir)
+    }
+
+    #[test]
+    fn a_targets_compression_overrides_the_daemons_until_reset() {
+        let (store, _live, dir) = setup("compression");
+        let t = store.target(1).unwrap().unwrap();
+        assert_eq!(compression_of(&t, Compression::Auto), Compression::Auto);
+        let t = set_compression(&store, 1, Some(Compression::Zstd(2)), &actor(), 20).unwrap();
+        assert_eq!(t.compression.as_deref(), Some("zstd:2"));
+        let stored = store.target(1).unwrap().unwrap();
+        assert_eq!(
+            compression_of(&stored, Compression::Auto),
+            Compression::Zstd(2)
+        );
+        assert_eq!(stored.updated, 20);
+        let t = set_compression(&store, 1, Some(Compression::Off), &actor(), 21).unwrap();
+        assert_eq!(compression_of(&t, Compression::Zstd(1)), Compression::Off);
+        let t = set_compression(&store, 1, None, &actor(), 22).unwrap();
+        assert_eq!(
+            compression_of(&t, Compression::Zstd(1)),
+            Compression::Zstd(1)
+        );
+        assert!(matches!(
+            set_compression(&store, 9, None, &actor(), 23),
+            Err(AdminError::UnknownTarget(9))
+        ));
+        let audit = store.audit(0, 10).unwrap();
+        assert!(
+            audit
+                .iter()
+                .any(|(_, a)| a.action == "target compression changed"
+                    && a.detail == "compression zstd:2"),
+            "{audit:?}"
+        );
+        let _ = std::fs::remove_dir_all(dir);
     }
 
     #[test]

@@ -10,7 +10,7 @@
 //! on the wire. If the link carries `L` wire bytes per second, a level delivers `min(L /
 //! r, 1 / (b + k))` content bytes per second, no compression `min(L, 1 / b)`. `L` is what
 //! the socket took while it held the sender back, else the link's rate as TCP measured it
-//! (`link::Estimate`); with neither (loopback, a fast LAN) only the CPU term counts, so
+//! (`TCP_INFO`'s delivery rate); with neither (loopback, a fast LAN) only the CPU term counts, so
 //! compression never wins there. The levels not measured are estimated from the one that
 //! was, by zstd's ratios on backup data (docs/decisions.md, "Compression of transfer frames"). Ties go
 //! to less compression; more must promise 5 % more throughput.
@@ -46,12 +46,14 @@ pub struct Period {
 }
 
 /// What the sender reads at a review: its thread's CPU time so far, the connection's
-/// receive-window-limited time so far and the link's measured rate (each if known).
+/// receive-window-limited time so far, the link's measured rate and its smoothed round
+/// trip (each if known; the round trip sizes the windows, `link`).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct Readings {
     pub cpu: Option<Duration>,
     pub rwnd_limited: Option<Duration>,
     pub link_rate: Option<u64>,
+    pub rtt: Option<Duration>,
 }
 
 /// Relative ratio and cost of the levels used, estimated (only the level measured is
@@ -393,6 +395,7 @@ mod tests {
             cpu: Some(s(cpu)),
             rwnd_limited: Some(Duration::ZERO),
             link_rate: None,
+            rtt: None,
         };
         assert!(c.due(t0));
         assert_eq!(c.review(t0, at(0.0)), None);

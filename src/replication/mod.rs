@@ -12,6 +12,7 @@ pub mod compress;
 pub mod drill;
 pub mod feed;
 pub mod index;
+pub mod link;
 pub mod live;
 pub mod names;
 pub mod queue;

@@ -109,6 +109,10 @@ pub struct TargetRecord {
     /// the target's `accepted` answer said (SPEC 20): its copies are this pairing's now.
     #[serde(default)]
     pub took_over: Option<u64>,
+    /// This target's `compression` setting (`auto`, `off`, `zstd:<level>`), checked when
+    /// set; None: the daemon's `compression` key.
+    #[serde(default)]
+    pub compression: Option<String>,
 }
 
 impl TargetRecord {
@@ -178,6 +182,7 @@ impl TargetRecord {
             certificate_starts: None,
             renewed: None,
             took_over: None,
+            compression: None,
         }
     }
 }

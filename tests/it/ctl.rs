@@ -244,6 +244,7 @@ fn exit_codes_tell_scripts_what_went_wrong() {
     root.run(&["unpair", "999999"]).expect(5);
     root.run(&["users", "remove", "nobody"]).expect(5);
     root.run(&["forget-target", "192.0.2.1:8443"]).expect(5);
+    root.run(&["compression", "999999", "off"]).expect(5);
 
     // 6: a duplicate user; 4: a user whose privilege is too low.
     let add_watcher = [
@@ -478,6 +479,20 @@ fn a_join_line_from_token_create_pairs_the_source_with_no_one_accepting() {
     );
     let listed = on_tgt.run(&["--json", "token", "list"]).expect(0).json();
     assert_eq!(listed["tokens"][0]["status"], "used");
+
+    // The target's own compression, shown in the list, and back to the daemon's.
+    let tid =
+        on_src.run(&["targets", "--json"]).expect(0).json()["targets"][0]["target_id"].to_string();
+    let r = on_src.run(&["compression", &tid, "zstd:2"]).expect(0);
+    assert!(r.stdout.contains("compression zstd:2"), "{r:?}");
+    let targets = on_src.run(&["targets", "--json"]).expect(0).json();
+    assert_eq!(targets["targets"][0]["compression"], "zstd:2");
+    on_src.run(&["compression", &tid, "default"]).expect(0);
+    let targets = on_src.run(&["targets", "--json"]).expect(0).json();
+    assert_eq!(
+        targets["targets"][0]["compression"],
+        serde_json::Value::Null
+    );
 
     // A second use is refused with the target's reason (403: exit 4), recording nothing.
     on_src

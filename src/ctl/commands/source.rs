@@ -9,6 +9,7 @@ use crate::ctl::args::{
 };
 use crate::ctl::table::{self, cell, clean};
 use crate::ctl::CtlError;
+use crate::replication::compress::Compression;
 use crate::wire::token::{JoinLine, PairingToken};
 
 pub(super) const COMMANDS: &[Command] = &[
@@ -64,6 +65,33 @@ pub(super) const COMMANDS: &[Command] = &[
             })
         },
         run: Run::Daemon(forget_target),
+    },
+    Command {
+        name: "compression",
+        help: &[Help {
+            syntax: "compression TARGET_ID SETTING",
+            about: "how content sent to a target is compressed from its\n\
+                    next session: auto, off, zstd:LEVEL (1-3), or default\n\
+                    (the daemon's `compression` key)",
+        }],
+        options: &[],
+        parse: |i| {
+            let [target, setting] =
+                i.operands(["a target ID", "auto, off, zstd:LEVEL or default"])?;
+            let setting = match setting {
+                "default" => None,
+                s => Some(
+                    Compression::parse(s)
+                        .map_err(|e| UsageError(format!("compression: {e}, nor default")))?
+                        .to_string(),
+                ),
+            };
+            Ok(CtlCommand::TargetCompression {
+                target_id: positive("the target ID", target)?,
+                setting,
+            })
+        },
+        run: Run::Daemon(target_compression),
     },
     Command {
         name: "queue",
@@ -445,6 +473,26 @@ fn forget_target(cx: &Cx<'_>, c: &CtlCommand) -> Result<String, CtlError> {
     };
     let a = cx.client.forget_target(&cx.token()?, host)?;
     Ok(cx.show(a, |v| format!("forgot target {}\n", cell(&v["host"]))))
+}
+
+fn target_compression(cx: &Cx<'_>, c: &CtlCommand) -> Result<String, CtlError> {
+    let CtlCommand::TargetCompression { target_id, setting } = c else {
+        return Err(other_command());
+    };
+    let a = cx
+        .client
+        .set_target_compression(&cx.token()?, *target_id, setting.as_deref())?;
+    Ok(cx.show(a, |v| {
+        let setting = match v["compression"].as_str() {
+            Some(c) => c.to_string(),
+            None => "the daemon's setting".into(),
+        };
+        format!(
+            "target {} ({}): compression {setting}\n",
+            cell(&v["target_id"]),
+            cell(&v["host"])
+        )
+    }))
 }
 
 fn queue(cx: &Cx<'_>, c: &CtlCommand) -> Result<String, CtlError> {

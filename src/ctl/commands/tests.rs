@@ -45,6 +45,23 @@ fn version_and_help_are_answered_everywhere() {
 #[test]
 fn replication_commands_parse_with_their_checks() {
     assert_eq!(
+        command("compression 2 zstd:3"),
+        CtlCommand::TargetCompression {
+            target_id: 2,
+            setting: Some("zstd:3".into())
+        }
+    );
+    assert_eq!(
+        command("compression 2 default"),
+        CtlCommand::TargetCompression {
+            target_id: 2,
+            setting: None
+        }
+    );
+    assert!(usage_error("compression 2 zstd:9").contains("zstd:<level>"));
+    assert!(usage_error("compression 0 off").contains("target ID"));
+    assert!(usage_error("compression 2").contains("auto, off"));
+    assert_eq!(
         command("queue --target 3 --all"),
         CtlCommand::Queue {
             target_id: Some(3),

@@ -525,6 +525,7 @@ fn file_and_record(
             certificate_starts: None,
             renewed: None,
             took_over: None,
+            compression: None,
         };
         tx.put_target(&r)?;
         tx.audit(&actor.audit(

@@ -155,7 +155,9 @@ impl<F: Feed, W: Write> Session<'_, '_, F, W> {
                     ));
                 }
                 self.flush()?;
+                let t = Instant::now();
                 self.wait_reply(Duration::from_millis(200))?;
+                self.packing.waited(t.elapsed());
                 continue;
             };
             out_of_window = None;
@@ -257,7 +259,8 @@ impl<F: Feed, W: Write> Session<'_, '_, F, W> {
     }
 
     /// Waits for the target's answer to the list of `count` chunks from `first`: the
-    /// bitmap of those it lacks, or None if it failed the file first.
+    /// bitmap of those it lacks, or None if it failed the file first. The wait is one on
+    /// the target, as `auto` compression counts it (the link did not hold the sender).
     fn await_lacks(
         &mut self,
         seq: u32,
@@ -289,7 +292,9 @@ impl<F: Feed, W: Write> Session<'_, '_, F, W> {
                     "the target did not answer a chunk list".into(),
                 ));
             }
+            let t = Instant::now();
             self.wait_reply(left)?;
+            self.packing.waited(t.elapsed());
         }
     }
 

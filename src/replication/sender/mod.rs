@@ -24,18 +24,15 @@ pub use replies::{forward_replies, reply_channel, Replies, Reply, ReplyError};
 
 use super::backups::version_of;
 use super::compress::{Compression, Readings};
+use super::link::{self, Meter};
 use super::live::{Live, Registered};
 use super::names::BackupName;
 use super::queue::{attempt_for, Attempt};
-use super::receiver::window_for;
 use super::stream::FrameWriter;
 use crate::fsx::{self, ReadFile};
 use crate::wire::hex;
 use crate::wire::transfer::{self, Code, Frame, HEADER_LEN, MAX_DATA};
 
-/// Offers outstanding at once (offered, no decision acted on yet). Enough to cover a
-/// round trip of many small files; bounded so a session holds few open files.
-pub const WINDOW: usize = 32;
 /// Files sent and awaiting their outcome, at most.
 pub const MAX_AWAITING: usize = 128;
 /// How long the target may take to answer an offer (it may hash a long prefix to resume).
@@ -92,7 +89,8 @@ pub struct Context<'a> {
     pub compression: Compression,
     pub zstd: bool,
     /// What `auto` compression reviews its level by (this thread's CPU time, the
-    /// connection's figures), read on the session's thread.
+    /// connection's figures) and the windows are sized from (`link`), read on the
+    /// session's thread.
     pub readings: &'a dyn Fn() -> Readings,
 }
 
@@ -170,6 +168,10 @@ struct Session<'a, 'f, F: Feed, W: Write> {
     /// The target's answers to chunk lists, not yet acted on, oldest first.
     lacks: VecDeque<Reply>,
     packing: packing::Packing<'a>,
+    /// The link as measured, and the files offered so far (their count and bytes): the
+    /// windows follow them (`link`).
+    link: Meter,
+    offered: (u64, u64),
 }
 
 fn digest(h: &Sha256) -> [u8; 32] {
@@ -201,6 +203,8 @@ pub fn run<F: Feed, W: Write>(
         durable: None,
         lacks: VecDeque::new(),
         packing: packing::Packing::new(ctx.compression, ctx.zstd, ctx.readings, &ctx.target),
+        link: Meter::default(),
+        offered: (0, 0),
     };
     let result = s.run();
     s.summary.wire_bytes += s.packing.totals().1;
@@ -300,7 +304,10 @@ impl<'a, F: Feed, W: Write> Session<'a, '_, F, W> {
                 return Err(SessionError::Shutdown);
             }
             self.drain()?;
-            while !feed_empty && self.offers.len() < WINDOW && self.awaiting.len() < MAX_AWAITING {
+            self.measure();
+            let (files, bytes) = self.offered;
+            let window = link::offers(self.link.link(), bytes / files.max(1));
+            while !feed_empty && self.offers.len() < window && self.awaiting.len() < MAX_AWAITING {
                 match self.feed.next() {
                     Some(c) => self.offer(c)?,
                     None => feed_empty = true,
@@ -344,6 +351,17 @@ impl<'a, F: Feed, W: Write> Session<'a, '_, F, W> {
             }
             if self.wait_reply(left)? {
                 return Ok(());
+            }
+        }
+    }
+
+    /// Reads the link's figures when the meter is due (`link::Meter`).
+    fn measure(&mut self) {
+        let now = Instant::now();
+        if self.link.due(now) {
+            let r = (self.ctx.readings)();
+            if let (Some(rate), Some(rtt)) = (r.link_rate, r.rtt) {
+                self.link.record(now, rate, rtt, self.packing.totals());
             }
         }
     }
@@ -482,6 +500,7 @@ impl<'a, F: Feed, W: Write> Session<'a, '_, F, W> {
             version,
             name: c.backup.as_str(),
         })?;
+        self.offered = (self.offered.0 + 1, self.offered.1.saturating_add(size));
         self.offers.push_back(Offer {
             seq,
             claimed: c,
@@ -581,9 +600,9 @@ impl<'a, F: Feed, W: Write> Session<'a, '_, F, W> {
         let mut last_check = Instant::now();
         self.current_failed = None;
         // What the target holds durably, as it confirmed; nothing goes further past it
-        // than the window, so a crash of the target costs at most that again.
+        // than the window (as large as the measured link needs), so a crash of the target
+        // costs at most that again.
         self.durable = Some((seq, offset));
-        let window = window_for(o.size);
         let mut out_of_window: Option<Instant> = None;
         while left > 0 {
             let Some(durable) =
@@ -591,6 +610,7 @@ impl<'a, F: Feed, W: Write> Session<'a, '_, F, W> {
             else {
                 return Ok(());
             };
+            let window = link::window(o.size, self.link.link());
             let room = (durable + window).saturating_sub(offset + sent);
             if room == 0 {
                 // The target's disk is behind: let it confirm what it holds.
@@ -728,6 +748,7 @@ impl<'a, F: Feed, W: Write> Session<'a, '_, F, W> {
             return Ok(None);
         }
         self.drain()?;
+        self.measure();
         if self.settle_if_failed(seq, id, backup) {
             self.send(&Frame::Skip { seq })?;
             return Ok(None);
