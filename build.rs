@@ -42,6 +42,19 @@ fn main() {
     if std::env::var("TARGET").as_deref() == Ok("x86_64-unknown-linux-gnu") {
         println!("cargo:rustc-link-arg-bins=-Wl,--icf=all");
     }
+    // No unwind tables in release builds, whose panics abort (Cargo.toml; Cargo gives
+    // build scripts no sign of the profile's panic strategy but PROFILE): nothing unwinds, and
+    // `-C force-unwind-tables=no` changes nothing under fat LTO, since the standard
+    // library comes with its tables. A panic still prints its message and location, not
+    // a backtrace (docs/decisions.md, "Unwind tables"). Debug builds and tests, whose panics
+    // unwind, keep them. x86_64 only: LLD, checked against the budget by CI.
+    if std::env::var("TARGET").as_deref() == Ok("x86_64-unknown-linux-gnu")
+        && std::env::var("PROFILE").as_deref() == Ok("release")
+    {
+        let script = concat!(env!("CARGO_MANIFEST_DIR"), "/link/no-unwind-tables.ld");
+        println!("cargo:rerun-if-changed={script}");
+        println!("cargo:rustc-link-arg-bins=-Wl,-T,{script}");
+    }
     println!(
         "cargo:rustc-env=REPLGATE_COMMIT={}",
         commit.as_deref().unwrap_or("unknown")
