@@ -11,7 +11,7 @@ cd "$(dirname "$0")/.."
 
 script="$(mktemp)"
 # What the blocks leave in the checkout (all in .gitignore).
-leftovers=(demo demo-src demo-tgt demo-ctl-token demo.log src.log tgt.log)
+leftovers=(demo demo-src demo-tgt demo-new demo-ctl-token demo.log demo-new.log src.log tgt.log)
 trap 'rm -rf "$script" "${leftovers[@]}"' EXIT
 
 python3 - README.md >"$script" <<'EOF'

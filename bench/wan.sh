@@ -19,13 +19,18 @@
 #          the measurement's id every 4 KiB (bench/datagen.rs stamp)
 #   image  SPEC 18's second day: IMAGE_MB (1024) MiB v1 sent, then v2 (2 % rewritten in 200
 #          extents, 200 insertions) under a new name, timed; rsync gets --fuzzy for v2
+#   restore  SPEC 20: one file of RESTORE_MB (1024) MiB from /dev/urandom replicated (timed
+#          as "restore-send"), deleted on the source, then restored from the target
+#          (POST /api/replication/restore) and timed until it is back under its name, its
+#          SHA-256 checked; replgate only, the wire bytes counted B to A
 # Sizes per profile (MiB; KiB for SMALL_KB), chosen for 20-40 s per transfer at the
 # ceiling; override all profiles with BIG_MB, SMALL_KB, COMP_MB, or one with BIG_MB_P3 etc.:
 #          P1   P2   P3   P4    P5
 #   BIG    256  256  64   1024  256
 #   SMALL  256  256  64   1024  -      (x FILES)
 #   COMP   256  256  64   1024  -      (at most the whole tar)
-# --quick: 16 MiB / 16 KiB / 16 MiB / 64 MiB image, 5 s ceilings, not recorded.
+# --quick: 16 MiB / 16 KiB / 16 MiB / 64 MiB image / 16 MiB restore, 5 s ceilings, not
+# recorded.
 # Other knobs: REPS (1), CEILING_S (15), CUT_S, CUT_AT, RESUME_WAIT (600 s: give up waiting
 # for progress after a cut), MAX_TRANSFER_S (3600), TOOLS, COMP_DIR, WAN_NS_A/WAN_NS_B
 # (rg-wan-a, rg-wan-b).
@@ -45,7 +50,7 @@ while [ $# -gt 0 ]; do
     *) LIB_ARGS+=("$1"); shift ;;
   esac
 done
-BENCH_KNOBS="PROFILES DATASETS REPS TOOLS CEILING_S CUT_S CUT_AT RESUME_WAIT MAX_TRANSFER_S FILES IMAGE_MB BIG_MB SMALL_KB COMP_MB COMP_DIR"
+BENCH_KNOBS="PROFILES DATASETS REPS TOOLS CEILING_S CUT_S CUT_AT RESUME_WAIT MAX_TRANSFER_S FILES IMAGE_MB RESTORE_MB BIG_MB SMALL_KB COMP_MB COMP_DIR"
 for p in P1 P2 P3 P4 P5; do BENCH_KNOBS+=" BIG_MB_$p SMALL_KB_$p COMP_MB_$p"; done
 set -- "${LIB_ARGS[@]}"
 # shellcheck source=bench/lib.sh
@@ -90,9 +95,11 @@ declare -A COMP=([P1]=256 [P2]=256 [P3]=64 [P4]=1024 [P5]=256)
 if [ "$QUICK" = 1 ]; then
   for p in P1 P2 P3 P4 P5; do BIG[$p]=16 SMALL[$p]=16 COMP[$p]=16; done
   IMAGE_MB=${IMAGE_MB:-64}
+  RESTORE_MB=${RESTORE_MB:-16}
   CEILING_S=${CEILING_S:-5}
 fi
 IMAGE_MB=${IMAGE_MB:-1024}
+RESTORE_MB=${RESTORE_MB:-1024}
 CEILING_S=${CEILING_S:-15}
 # size KIND PROFILE: the knob for one profile, else for all, else the table's.
 size() {
@@ -287,6 +294,9 @@ make_dataset() {
       "$DATAGEN" stamp "$dir/.plain" "$dir/backup.tar" "$id"
       rm "$dir/.plain"
       ;;
+    restore)
+      head -c $((RESTORE_MB * MIB)) /dev/urandom >"$dir/big.img"
+      ;;
     image)
       "$DATAGEN" image-v1 "$dir/day1.img" "$IMAGE_MB" --seed "$RANDOM$RANDOM"
       "$DATAGEN" image-v2 "$dir/day1.img" "$dir/day2.img" --seed "$RANDOM$RANDOM" >"$dir/.changes"
@@ -305,7 +315,7 @@ final_count() {
 }
 now() { date +%s.%N; }
 secs() { awk -v a="$1" -v b="$2" 'BEGIN { printf "%.2f", b - a }'; }
-wire_now() { sleep 0.25; stat_of ab_in_bytes; } # the stats file is rewritten every 100 ms
+wire_now() { sleep 0.25; stat_of "${1:-ab}_in_bytes"; } # the stats file is rewritten every 100 ms
 
 # verify_same A B [FILES...]: the files (default: all of A) have the same SHA-256 in B.
 verify_same() {
@@ -449,6 +459,29 @@ run_rsync() {
   [ "$ds" = image-v1 ] || rm -rf "$dest"
 }
 
+# run_restore PROFILE REP ID DIR: the file run_replgate delivered is deleted on the source
+# and restored from the target; timed from the API call until it is back under its name
+# (fetched into a partial, SHA-256 checked, fsynced, renamed); wire bytes B to A.
+run_restore() {
+  local p=$1 rep=$2 id=$3 dir=$4 back=$SRC_STORE/$3/big.img w0 w1 a0 b0 start end answer
+  rm -f "$back"
+  sync
+  w0=$(wire_now ba) a0=$(cpu_s "$SRC_PID") b0=$(cpu_s "$TGT_PID")
+  start=$(now)
+  answer=$(api src "$ST" POST /api/replication/restore "{\"target_id\":1,\"backups\":[\"$id/big.img\"]}")
+  case $answer in *'"direction":"restore"'*) ;; *) echo "restore refused: $answer" >&2; exit 1 ;; esac
+  while [ ! -e "$back" ]; do
+    sleep 0.02
+    [ "$(secs "$start" "$(now)" | cut -d. -f1)" -lt "$MAX_TRANSFER_S" ] ||
+      { echo "the restore of $id did not finish within $MAX_TRANSFER_S s" >&2; exit 1; }
+  done
+  end=$(now)
+  w1=$(wire_now ba)
+  verify_same "$dir" "$SRC_STORE/$id" big.img || { echo "the restored $id differs" >&2; exit 1; }
+  row "$p" restore replgate "$rep" "$(secs "$start" "$end")" "$PAYLOAD" $((w1 - w0)) \
+    "$(secs "$a0" "$(cpu_s "$SRC_PID")")" "$(secs "$b0" "$(cpu_s "$TGT_PID")")" "wire bytes target to source"
+}
+
 # run_tool TOOL PROFILE DATASET REP ID DIR [FILES...]
 run_tool() {
   case $1 in
@@ -502,7 +535,12 @@ for p in $PROFILES; do
       n=$((n + 1))
       for tool in "${order[@]}"; do
         echo "   $ds, repetition $rep: $tool" >&2
-        if [ "$ds" = image ]; then
+        if [ "$ds" = restore ]; then
+          [ "$tool" = replgate ] || continue
+          PAYLOAD=$(dest_bytes "$dir")
+          run_replgate "$p" restore-send "$rep" "$id" "$dir"
+          run_restore "$p" "$rep" "$id" "$dir"
+        elif [ "$ds" = image ]; then
           PAYLOAD=$(stat -c %s "$dir/day1.img")
           run_tool "$tool" "$p" image-v1 "$rep" "$id" "$dir" day1.img
           PAYLOAD=$(stat -c %s "$dir/day2.img")
@@ -562,6 +600,7 @@ TABLE=$WORK/table.md
     fi
   done)"
   case " $DATASETS " in *" image "*) echo "Image: $IMAGE_MB MiB." ;; esac
+  case " $DATASETS " in *" restore "*) echo "Restore: $RESTORE_MB MiB, timed from the restore call until the file is back under its name; the ceiling is measured A to B on the same symmetric link." ;; esac
   echo "Datasets: $DATASETS (P5: big only); $REPS repetition(s), tools alternating."
   [ -n "$COMP_RATIO" ] && echo "The compressible file: a tar of $COMP_DIR, zlib-1 ratio $COMP_RATIO."
   echo "ssh cipher $CIPHER; rsync -az negotiated ${RSYNC_ZIP:-?}. Namespaces on CUBIC."
