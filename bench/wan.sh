@@ -33,7 +33,10 @@
 # recorded.
 # Other knobs: REPS (1), CEILING_S (15), CUT_S, CUT_AT, RESUME_WAIT (600 s: give up waiting
 # for progress after a cut), MAX_TRANSFER_S (3600), TOOLS, COMP_DIR, WAN_NS_A/WAN_NS_B
-# (rg-wan-a, rg-wan-b).
+# (rg-wan-a, rg-wan-b), THROTTLE_PCT (replgate under a throttle window of that percentage
+# of the profile's rate, all day; its note gives each whole 10 s of the transfer as a
+# fraction of the set rate, from the source's content bytes sent: what the throttle counts
+# for incompressible data).
 # Needs root, /dev/net/tun, ip (iproute2), nsenter (util-linux), iperf3, rsync, sshd and
 # ssh, curl, sha256sum, python3. Adds cubic to net.ipv4.tcp_allowed_congestion_control when
 # missing (host-wide; a namespace may only default to an allowed algorithm).
@@ -50,7 +53,7 @@ while [ $# -gt 0 ]; do
     *) LIB_ARGS+=("$1"); shift ;;
   esac
 done
-BENCH_KNOBS="PROFILES DATASETS REPS TOOLS CEILING_S CUT_S CUT_AT RESUME_WAIT MAX_TRANSFER_S FILES IMAGE_MB RESTORE_MB BIG_MB SMALL_KB COMP_MB COMP_DIR"
+BENCH_KNOBS="PROFILES DATASETS REPS TOOLS CEILING_S CUT_S CUT_AT RESUME_WAIT MAX_TRANSFER_S FILES IMAGE_MB RESTORE_MB BIG_MB SMALL_KB COMP_MB COMP_DIR THROTTLE_PCT"
 for p in P1 P2 P3 P4 P5; do BENCH_KNOBS+=" BIG_MB_$p SMALL_KB_$p COMP_MB_$p"; done
 set -- "${LIB_ARGS[@]}"
 # shellcheck source=bench/lib.sh
@@ -353,6 +356,30 @@ cut_watch() {
   done
 }
 
+# set_throttle PROFILE: with THROTTLE_PCT, a window of that percentage of the profile's
+# rate, every day, all day.
+set_throttle() {
+  [ -n "${THROTTLE_PCT:-}" ] || return 0
+  local r=${RATE[$1]} mbps
+  case $r in *G) mbps=$((${r%G} * 1000)) ;; *M) mbps=${r%M} ;; *) mbps=$r ;; esac
+  api src "$ST" PUT /api/replication/throttle \
+    "{\"link_mbps\":$mbps,\"throttle\":[{\"percentage\":$THROTTLE_PCT,\"days\":[0,1,2,3,4,5,6],\"start\":0,\"end\":0}]}" |
+    grep -q '"link_mbps"' || { echo "the throttle was not set" >&2; exit 1; }
+  THROTTLE_BPS=$((mbps * 1000000 / 8 * THROTTLE_PCT / 100))
+}
+sent_bytes() { # the source's content bytes sent to the target so far
+  api src "$ST" GET /api/metrics | awk '/^replgate_replication_sent_bytes_total/ { s += $NF } END { printf "%.0f", s }'
+}
+# throttle_watch FILE: every 10 s until killed, the source's bytes sent, one line each.
+throttle_watch() {
+  local t0
+  t0=$(date +%s.%N)
+  while :; do
+    echo "$(sent_bytes)" >>"$1"
+    sleep "$(awk -v t0="$t0" -v n="$(wc -l <"$1")" -v t="$(date +%s.%N)" 'BEGIN { d = t0 + 10 * n - t; printf "%.3f", (d > 0 ? d : 0) }')"
+  done
+}
+
 # ---- one measurement per tool; each appends a row to $RESULTS_TSV ----
 RESULTS_TSV=$WORK/results.tsv
 : >"$RESULTS_TSV"
@@ -372,7 +399,7 @@ row() { # PROFILE DATASET TOOL REP SECS PAYLOAD WIRE CPU_A CPU_B NOTE
 run_replgate() {
   local p=$1 ds=$2 rep=$3 id=$4 dir=$5
   shift 5
-  local files=("$@") client=$id before w0 w1 a0 b0 start end cut_pid="" note=""
+  local files=("$@") client=$id before w0 w1 a0 b0 start end cut_pid="" note="" watch_pid=""
   [ ${#files[@]} -gt 0 ] || mapfile -t files < <(cd "$dir" && ls)
   local dest=$TGT_STORE/$client have=0
   [ -d "$SRC_STORE/$client" ] && have=$(final_count "$SRC_STORE/$client")
@@ -385,6 +412,12 @@ run_replgate() {
     cut_watch "$dest" "$PAYLOAD" &
     cut_pid=$!
     PIDS+=("$cut_pid")
+  fi
+  if [ -n "${THROTTLE_PCT:-}" ]; then
+    : >"$WORK/throttle"
+    throttle_watch "$WORK/throttle" &
+    watch_pid=$!
+    PIDS+=("$watch_pid")
   fi
   start=$(now)
   if [ "$have" = 0 ]; then
@@ -400,6 +433,12 @@ run_replgate() {
       { echo "replgate did not deliver $id within $MAX_TRANSFER_S s" >&2; exit 1; }
   done
   end=$(now)
+  if [ -n "$watch_pid" ]; then
+    kill "$watch_pid" 2>/dev/null || true
+    wait "$watch_pid" 2>/dev/null || true
+    note="throttle $THROTTLE_PCT % ($THROTTLE_BPS B/s): each 10 s at $(awk -v r="$THROTTLE_BPS" \
+      'NR > 1 { printf "%s%.3f", (NR > 2 ? ", " : ""), ($1 - prev) / 10 / r } { prev = $1 }' "$WORK/throttle") of it"
+  fi
   for _ in $(seq 1 200); do
     [ "$(done_count)" -ge $((before + ${#files[@]})) ] && break
     sleep 0.1
@@ -409,7 +448,7 @@ run_replgate() {
   verify_same "$dir" "$dest" "${files[@]}" || { echo "replgate's copy of $id differs" >&2; exit 1; }
   if [ -n "$cut_pid" ]; then
     wait "$cut_pid"
-    note="resumed $(cat "$WORK/resume") s after the link returned"
+    note="${note:+$note; }resumed $(cat "$WORK/resume") s after the link returned"
   fi
   row "$p" "$ds" replgate "$rep" "$(secs "$start" "$end")" "$PAYLOAD" $((w1 - w0)) \
     "$(secs "$a0" "$(cpu_s "$SRC_PID")")" "$(secs "$b0" "$(cpu_s "$TGT_PID")")" "$note"
@@ -450,7 +489,7 @@ run_rsync() {
   verify_same "$dir" "$dest" "${files[@]}" || { echo "$tool's copy of $id differs" >&2; exit 1; }
   if [ -n "$cut_pid" ]; then
     wait "$cut_pid"
-    note="resumed $(cat "$WORK/resume") s after the link returned"
+    note="${note:+$note; }resumed $(cat "$WORK/resume") s after the link returned"
   fi
   local cpu_a
   cpu_a=$(echo "$out" | sed -n 's/^cpu_ticks=//p' | awk -v hz="$(getconf CLK_TCK)" '{ printf "%.2f", $1 / hz }')
@@ -514,6 +553,7 @@ n=0
 for p in $PROFILES; do
   [ -n "${RATE[$p]:-}" ] || { echo "unknown profile $p (P1-P5)" >&2; exit 2; }
   set_link "$p"
+  set_throttle "$p"
   echo "== $p: ${RATE[$p]}bit/s, $((2 * DELAY_MS[$p])) ms round trip, ${LOSS[$p]} % loss each way" >&2
   CEIL_BBR[$p]=$(ceiling bbr)
   CEIL_CUBIC[$p]=$(ceiling cubic)

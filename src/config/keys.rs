@@ -525,7 +525,8 @@ pub(super) const KEYS: &[Key] = &[
         compression,
         "compression of replicated content (SPEC 17): `auto` lets the sender pick the zstd level \
          or none every few seconds from whether the link or its CPU limits it; `off`; or \
-         `zstd:<level>` (1 to 3) always. Used only with targets that agreed to `zstd`",
+         `zstd:<level>` (1 to 3) always. Used only with targets that agreed to `zstd`. A \
+         target's own setting wins (`ctl compression TARGET_ID …`, `PUT /api/replication/target`)",
     ),
     Key::text(
         "tunnel_congestion",

@@ -13,20 +13,21 @@
 //! makes what it holds durable whenever the source could not send another frame within
 //! `receiver::window_for`, which any larger window passes too.
 
-use std::collections::VecDeque;
 use std::time::{Duration, Instant};
 
 use super::receiver::{chunk_for, window_for, MAX_OUTSTANDING};
 
-/// The rate estimate is the largest delivery rate seen this long back: rates measured
-/// while a window or the application held the sender back understate the link.
+/// The rate estimate is the largest delivery rate seen in the last 5 to 10 s: rates
+/// measured while a window or the application held the sender back understate the link.
 const RATE_MEMORY: Duration = Duration::from_secs(10);
 
 /// The link as measured: the largest recent delivery rate and the latest round trip.
 #[derive(Debug, Default)]
 pub struct Estimate {
-    /// A falling staircase of (when, rate): a rate below a later one never wins again.
-    rates: VecDeque<(Instant, u64)>,
+    /// The largest rate since `since`, and the largest of the half-memory before it.
+    peak: u64,
+    older: u64,
+    since: Option<Instant>,
     rtt: Duration,
 }
 
@@ -35,22 +36,20 @@ impl Estimate {
     /// second: the caller scales wire bytes by what compression saved) and round trip.
     pub fn record(&mut self, now: Instant, rate: u64, rtt: Duration) {
         self.rtt = rtt;
-        while self
-            .rates
-            .front()
-            .is_some_and(|(t, _)| now.saturating_duration_since(*t) > RATE_MEMORY)
-        {
-            self.rates.pop_front();
+        let age = self
+            .since
+            .map_or(RATE_MEMORY, |t| now.saturating_duration_since(t));
+        if age >= RATE_MEMORY / 2 {
+            self.older = if age >= RATE_MEMORY { 0 } else { self.peak };
+            self.peak = 0;
+            self.since = Some(now);
         }
-        while self.rates.back().is_some_and(|(_, r)| *r <= rate) {
-            self.rates.pop_back();
-        }
-        self.rates.push_back((now, rate));
+        self.peak = self.peak.max(rate);
     }
 
     /// The link's rate and round trip, once a rate was measured.
     pub fn link(&self) -> Option<Link> {
-        let rate = self.rates.front().map(|(_, r)| *r).filter(|r| *r > 0)?;
+        let rate = Some(self.peak.max(self.older)).filter(|r| *r > 0)?;
         Some(Link {
             rate,
             rtt: self.rtt,
@@ -174,9 +173,11 @@ mod tests {
                 rtt: ms(120)
             })
         );
-        // 10 s later the peak is forgotten, the later lower rate stays.
-        e.record(t0 + ms(10_600), 2 * MB, ms(100));
-        assert_eq!(e.link().map(|l| l.rate), Some(3 * MB));
+        // Half a memory later the peak is still known; a whole one later, forgotten.
+        e.record(t0 + ms(5_000), 2 * MB, ms(100));
+        assert_eq!(e.link().map(|l| l.rate), Some(12 * MB));
+        e.record(t0 + ms(15_100), 2 * MB, ms(100));
+        assert_eq!(e.link().map(|l| l.rate), Some(2 * MB));
         e.record(t0 + ms(30_000), 0, ms(100));
         assert_eq!(e.link(), None, "a zero rate is no measurement");
     }
