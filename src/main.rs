@@ -31,7 +31,10 @@ fn main() -> ExitCode {
         }
         // Scripts rely on its own exit codes (`replgate::ctl::exit`, docs/ctl.md).
         Command::Ctl(args) => ExitCode::from(replgate::ctl::run(&args)),
-        Command::CheckConfig { config } => match Config::load(config.as_deref()) {
+        Command::CheckConfig { config } => match Config::load(config.as_deref())
+            .map_err(|e| e.to_string())
+            .and_then(|c| replgate::objstore::check_storages(&c.storage).map(|()| c))
+        {
             Ok(c) => {
                 print!("{}", c.to_toml());
                 ExitCode::SUCCESS

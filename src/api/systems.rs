@@ -345,7 +345,7 @@ pub(super) fn list(call: &Call) -> Result<Reply, ApiError> {
     let include_rejected = call.query_flag("include_rejected").unwrap_or(false);
     let app = call.app;
     let config = &app.config;
-    let probed = storage::probe(&config.storage);
+    let probed = storage::probe(&config.storage, &app.store)?;
     let (size, free) = storage::totals(&probed, storage::is_backup);
     let replicating = app
         .store

@@ -567,8 +567,13 @@ pub(super) const KEYS: &[Key] = &[
     ),
     Key::storage(
         "one `backup` storage, id 1, at `<data_dir>/storage`",
-        "storage locations: `id` (positive, unique), `name`, `path`, `usage` (`backup`, \
-         `archive`, `other`); the first `backup` one is the default",
+        "storage locations: `id` (positive, unique), `name`, `usage` (`backup`, `archive`, \
+         `other`; the first `backup` one is the default), `kind`: `dir` (default) with a \
+         `path`, or `s3` with `endpoint` (`https://`, or `http://` to loopback only), \
+         `bucket`, `prefix` (default none), `region` (default `us-east-1`), \
+         `credentials_file` (TOML with `access_key_id` and `secret_access_key`, mode 0600), \
+         `path_style` (default `false`), `ca_file` (default the system roots) and \
+         `capacity_mb` (stands in for free space); an `s3` storage cannot take sources yet",
     ),
 ];
 

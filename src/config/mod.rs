@@ -24,7 +24,7 @@ use crate::wire::compress::Compression;
 use keys::Kind;
 use values::{toml_value, Given, Values};
 
-pub use storage::{Storage, StorageUsage};
+pub use storage::{parse_endpoint, S3Storage, Storage, StorageKind, StorageUsage};
 
 /// The packaged config file, used when `--config` is not given and the file exists.
 pub const DEFAULT_CONFIG_PATH: &str = "/etc/replgate/replgate.toml";
@@ -362,11 +362,22 @@ impl Config {
         let data_dir = PathBuf::from(v.text("data_dir")?);
         let storage = storage::resolve(v.storage()?, &data_dir)?;
         let replicate_from = v.optional("replicate_from")?;
-        if let Some(id) = replicate_from.filter(|id| !storage.iter().any(|s| s.id == *id)) {
-            return Err(bad(
-                "replicate_from",
-                format!("{id} is not the id of a configured storage"),
-            ));
+        if let Some(id) = replicate_from {
+            match storage.iter().find(|s| s.id == id) {
+                None => {
+                    return Err(bad(
+                        "replicate_from",
+                        format!("{id} is not the id of a configured storage"),
+                    ))
+                }
+                Some(s) if s.kind != StorageKind::Dir => {
+                    return Err(bad(
+                        "replicate_from",
+                        format!("{id} is an s3 storage; a source replicates from a dir storage"),
+                    ))
+                }
+                Some(_) => {}
+            }
         }
         let api_listen = v.address("api_listen")?;
         let tunnel_listen = v.address("tunnel_listen")?;
@@ -493,11 +504,14 @@ impl Config {
             .find(|s| s.usage == StorageUsage::Backup)
     }
 
-    /// The storage whose backups replicate to targets: `replicate_from`, else the default.
+    /// The storage whose backups replicate to targets: `replicate_from`, else the default
+    /// when it is a directory (a source replicates the files it holds itself).
     pub fn replication_storage(&self) -> Option<&Storage> {
         match self.replicate_from {
             Some(id) => self.storage.iter().find(|s| s.id == id),
-            None => self.default_storage(),
+            None => self
+                .default_storage()
+                .filter(|s| s.kind == StorageKind::Dir),
         }
     }
 }

@@ -234,6 +234,7 @@ pub(crate) fn storage_table(v: &Value) -> String {
     let cols = [
         Text("ID", "id"),
         Text("NAME", "name"),
+        Text("TYPE", "type"),
         Text("USAGE", "usage"),
         Text("SIZE MB", "mb_size"),
         Text("FREE MB", "mb_free"),

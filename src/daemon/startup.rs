@@ -201,6 +201,10 @@ pub(super) fn prepare_replication(
     {
         fsx::ensure_private_dir(&default.path).map_err(file_error(&default.path))?;
     }
+    // A bucket whose credentials cannot be read is shown offline, not a reason to stop.
+    if let Err(e) = crate::objstore::check_storages(&config.storage) {
+        log::error!("storage: {e}");
+    }
     match replication::receiver::repair(store, &config.storage, model::now()) {
         Ok(r) if r != Default::default() => log::warn!(
             "replication repaired at start: {} interrupted commits finished, {} partial copies dropped, {} stray partial files removed",

@@ -35,13 +35,12 @@ mod upload;
 mod xml;
 
 use std::io::{self, Read};
-use std::net::IpAddr;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use rusty_s3::{Bucket, S3Action, UrlStyle};
-use url::{Host, Url};
+use url::Url;
 
 pub use credentials::Credentials;
 pub use error::ObjStoreError;
@@ -49,6 +48,7 @@ pub use key::Key;
 pub use retry::RetryPolicy;
 pub use upload::{Checkpoint, Completed, MultipartWriter, PartSize};
 
+use crate::config::{S3Storage, Storage, StorageKind};
 use crate::wire::hex;
 use crate::{fsx, tls};
 
@@ -88,6 +88,38 @@ pub struct Location {
     pub path_style: bool,
     /// PEM CA certificates to trust instead of the system's.
     pub ca_file: Option<PathBuf>,
+}
+
+/// Checks what an `s3` storage names on disk, as opening its client will read it: the
+/// credentials file ([`Credentials::load`]: regular, mode 0600 or stricter, the two keys)
+/// and the CA file (readable, holding a PEM certificate). Sends nothing and builds no
+/// client (whose TLS and signing code the daemon links only once it talks to buckets).
+pub fn check_settings(s: &S3Storage) -> Result<(), ObjStoreError> {
+    Credentials::load(&s.credentials_file)?;
+    if let Some(ca) = &s.ca_file {
+        let pem = fsx::read_regular_nofollow(ca, MAX_CA_FILE)
+            .ok()
+            .and_then(|b| String::from_utf8(b).ok())
+            .filter(|pem| pem.contains("-----BEGIN CERTIFICATE-----"));
+        if pem.is_none() {
+            return Err(ObjStoreError::Config(format!(
+                "ca_file {}: not a readable PEM file of certificates",
+                ca.display()
+            )));
+        }
+    }
+    Ok(())
+}
+
+/// [`check_settings`] for every `s3` storage of `storage`: the first that cannot work,
+/// as `storage[i]: why` (never quoting a file). For `check-config` and the daemon's start.
+pub fn check_storages(storage: &[Storage]) -> Result<(), String> {
+    for (i, s) in storage.iter().enumerate() {
+        if let StorageKind::S3(b) = &s.kind {
+            check_settings(b).map_err(|e| format!("storage[{i}]: {e}"))?;
+        }
+    }
+    Ok(())
 }
 
 /// Bounds of the client; [`Settings::default`] holds the defaults each field names.
@@ -232,34 +264,15 @@ impl ObjStore {
     ) -> Result<ObjStore, ObjStoreError> {
         let bad =
             |why: String| ObjStoreError::Config(format!("endpoint {:?}: {why}", location.endpoint));
+        let transport = match crate::config::parse_endpoint(&location.endpoint) {
+            Ok(true) => http::Transport::Tls(client_tls(location.ca_file.as_deref())?),
+            Ok(false) => http::Transport::Plain,
+            Err(e) => return Err(ObjStoreError::Config(e)),
+        };
         let endpoint: Url = location
             .endpoint
             .parse()
             .map_err(|e| bad(format!("not a URL ({e})")))?;
-        if !endpoint.username().is_empty() || endpoint.password().is_some() {
-            return Err(bad(
-                "credentials belong in credentials_file, not the URL".into()
-            ));
-        }
-        if endpoint.query().is_some() || endpoint.fragment().is_some() {
-            return Err(bad("has a query or fragment".into()));
-        }
-        let host = endpoint.host().ok_or_else(|| bad("has no host".into()))?;
-        let loopback = match host {
-            Host::Ipv4(ip) => IpAddr::V4(ip).is_loopback(),
-            Host::Ipv6(ip) => IpAddr::V6(ip).is_loopback(),
-            Host::Domain(name) => name.eq_ignore_ascii_case("localhost"),
-        };
-        let transport = match endpoint.scheme() {
-            "https" => http::Transport::Tls(client_tls(location.ca_file.as_deref())?),
-            "http" if loopback => http::Transport::Plain,
-            "http" => {
-                return Err(bad(
-                    "plain http is allowed only to a loopback host; use https".into(),
-                ))
-            }
-            other => return Err(bad(format!("scheme {other} is neither https nor http"))),
-        };
         if location.region.is_empty() || location.bucket.is_empty() {
             return Err(ObjStoreError::Config(
                 "bucket and region must not be empty".into(),
@@ -696,5 +709,38 @@ mod tests {
         assert_eq!(parse_digest(&"zz".repeat(32)), None);
         assert_eq!(unquote("\"abc\""), "abc");
         assert_eq!(unquote("W/\"abc\""), "abc");
+    }
+
+    /// `check-config` reads the credentials file: missing or readable by others fails,
+    /// naming the key and never quoting the secret.
+    #[test]
+    fn check_storages_reads_the_credentials_file_which_must_be_private() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = std::env::temp_dir().join(format!("replgate-s3-creds-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        let creds = dir.join("s3.toml");
+        let text = format!(
+            "[[storage]]\nid = 4\nkind = \"s3\"\nendpoint = \"https://s3.example.net\"\n\
+             bucket = \"replgate-b\"\ncredentials_file = {:?}\ncapacity_mb = 100\n",
+            creds.display()
+        );
+        let c = crate::config::Config::from_toml(&text, std::iter::empty()).unwrap();
+        let e = check_storages(&c.storage).unwrap_err();
+        assert!(
+            e.starts_with("storage[0]: ") && e.contains("credentials file"),
+            "{e}"
+        );
+        std::fs::write(
+            &creds,
+            "access_key_id = \"AK\"\nsecret_access_key = \"sekrit-1\"\n",
+        )
+        .unwrap();
+        std::fs::set_permissions(&creds, std::fs::Permissions::from_mode(0o644)).unwrap();
+        let e = check_storages(&c.storage).unwrap_err();
+        assert!(e.contains("chmod 600") && !e.contains("sekrit"), "{e}");
+        std::fs::set_permissions(&creds, std::fs::Permissions::from_mode(0o600)).unwrap();
+        check_storages(&c.storage).unwrap();
+        std::fs::remove_dir_all(dir).unwrap();
     }
 }

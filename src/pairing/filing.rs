@@ -670,6 +670,7 @@ mod tests {
                 name: format!("s{id}"),
                 path: format!("/s{id}").into(),
                 usage: StorageUsage::Backup,
+                kind: crate::config::StorageKind::Dir,
             })
             .to_vec()
     }

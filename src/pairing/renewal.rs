@@ -509,6 +509,7 @@ mod tests {
             name: "b".into(),
             path: "/b".into(),
             usage: StorageUsage::Backup,
+            kind: crate::config::StorageKind::Dir,
         }];
         let accept = TargetSide {
             store: &store,

@@ -5,7 +5,7 @@
 //! commit returns.
 
 use crate::ca::{self, Ca, CaSet, ValidCsr};
-use crate::config::{Storage, StorageUsage};
+use crate::config::{Storage, StorageKind, StorageUsage};
 use crate::model::{Network, Role, UnixTime};
 use crate::pairing::error::{time_of, PairingError};
 use crate::pairing::fields::{check_managed, rejection_message};
@@ -31,9 +31,11 @@ pub enum Decision {
     },
 }
 
-/// Picks the storage for an accept: the named one (must be `backup`) or the default.
+/// Picks the storage for an accept: the named one (must be `backup`) or the default. An
+/// `s3` storage is refused until the receiver writes into buckets (docs/decisions.md,
+/// "Storage on an object store").
 pub fn choose_storage(storage: &[Storage], wanted: Option<u64>) -> Result<&Storage, PairingError> {
-    match wanted {
+    let s = match wanted {
         Some(id) => {
             let s = storage
                 .iter()
@@ -42,12 +44,16 @@ pub fn choose_storage(storage: &[Storage], wanted: Option<u64>) -> Result<&Stora
             if s.usage != StorageUsage::Backup {
                 return Err(PairingError::StorageNotBackup(id));
             }
-            Ok(s)
+            s
         }
         None => storage
             .iter()
             .find(|s| s.usage == StorageUsage::Backup)
-            .ok_or(PairingError::NoBackupStorage),
+            .ok_or(PairingError::NoBackupStorage)?,
+    };
+    match s.kind {
+        StorageKind::Dir => Ok(s),
+        StorageKind::S3(_) => Err(PairingError::StorageCannotReceive(s.id)),
     }
 }
 
@@ -856,6 +862,7 @@ mod tests {
             name: "b".into(),
             path: "/b".into(),
             usage: StorageUsage::Backup,
+            kind: crate::config::StorageKind::Dir,
         }];
         let side = TargetSide {
             store: &store,
@@ -889,12 +896,14 @@ mod tests {
                 name: "a".into(),
                 path: "/a".into(),
                 usage: StorageUsage::Archive,
+                kind: crate::config::StorageKind::Dir,
             },
             Storage {
                 id: 2,
                 name: "b".into(),
                 path: "/b".into(),
                 usage: StorageUsage::Backup,
+                kind: crate::config::StorageKind::Dir,
             },
         ];
         assert_eq!(choose_storage(&s, None).unwrap().id, 2);
@@ -906,5 +915,32 @@ mod tests {
             choose_storage(&s, Some(9)),
             Err(PairingError::UnknownStorage(9))
         ));
+    }
+
+    /// A bucket is refused by name and as the default, until the receiver writes into one.
+    #[test]
+    fn an_s3_storage_cannot_take_a_source_yet() {
+        let bucket = Storage {
+            id: 3,
+            name: "bucket".into(),
+            path: "/data/s3/3".into(),
+            usage: StorageUsage::Backup,
+            kind: StorageKind::S3(Box::new(crate::config::S3Storage {
+                endpoint: "https://s3.example.net".into(),
+                bucket: "b".into(),
+                prefix: String::new(),
+                region: "us-east-1".into(),
+                credentials_file: "/etc/replgate/s3.toml".into(),
+                path_style: false,
+                ca_file: None,
+                capacity_mb: 1,
+            })),
+        };
+        let s = vec![bucket];
+        for wanted in [None, Some(3)] {
+            let e = choose_storage(&s, wanted).unwrap_err();
+            assert!(matches!(e, PairingError::StorageCannotReceive(3)), "{e:?}");
+            assert!(e.to_string().contains("choose a dir storage"), "{e}");
+        }
     }
 }

@@ -466,6 +466,7 @@ pub(crate) mod tests {
             name: "a".into(),
             path: "/a".into(),
             usage: StorageUsage::Backup,
+            kind: crate::config::StorageKind::Dir,
         }];
         assert!(TokenSpec::default().validate(&storage).is_ok());
         let bad: Vec<(TokenSpec, &str)> = vec![

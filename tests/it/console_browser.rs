@@ -82,6 +82,21 @@ fn browser_a_source_asks_on_its_console_the_target_accepts_on_its_own_and_it_com
             path.display()
         ));
     }
+    // A bucket too: shown on the storage page, never offered for an accept (it cannot take
+    // sources yet). Its credentials file is private; nothing is sent to its endpoint.
+    let creds = dir.join("s3-credentials.toml");
+    std::fs::write(
+        &creds,
+        "access_key_id = \"AK\"\nsecret_access_key = \"browser-secret\"\n",
+    )
+    .expect("write credentials");
+    std::fs::set_permissions(&creds, std::os::unix::fs::PermissionsExt::from_mode(0o600))
+        .expect("chmod");
+    toml.push_str(&format!(
+        "[[storage]]\nid = 3\nname = \"bucket\"\nkind = \"s3\"\nendpoint = \"http://127.0.0.1:9\"\n\
+         bucket = \"backups\"\ncredentials_file = \"{}\"\npath_style = true\ncapacity_mb = 700\n",
+        creds.display()
+    ));
     std::fs::write(&config, toml).expect("write config");
     let mut target_opts = browser_opts();
     target_opts.config_file = Some(config);
@@ -133,7 +148,10 @@ fn browser_a_source_asks_on_its_console_the_target_accepts_on_its_own_and_it_com
     b.screenshot("pending");
     b.wait("[data-request-id] button[name=accept]").click();
     let options = b.count("select[name=storage] option");
-    assert_eq!(options, 2, "both backup storages are offered");
+    assert_eq!(
+        options, 2,
+        "both directory storages are offered, not the bucket"
+    );
     b.wait("select[name=storage] option[value='2']").click();
     b.screenshot("pending-accept");
     b.wait("button[name=confirm-accept]").click();
@@ -158,6 +176,10 @@ fn browser_a_source_asks_on_its_console_the_target_accepts_on_its_own_and_it_com
     });
     visit(&b, &tgt, "127.0.0.1", "storage", "table");
     b.wait_for("#page-storage td", |t| t == "second");
+    b.wait_for("#page-storage td", |t| t == "S3 bucket");
+    b.wait_for("#page-storage td", |t| {
+        t == "s3://backups at http://127.0.0.1:9"
+    });
     visit(&b, &tgt, "127.0.0.1", "audit", "table");
     b.wait_for("#page-audit td", |t| t.contains("accept"));
     visit(&b, &src, "localhost", "systems", "table");

@@ -731,22 +731,49 @@ fn replication_is_driven_through_ctl() {
     );
 }
 
-/// `ctl storage` against a daemon with two storages: the table and `--json` say what
-/// `GET /api/storage` says, the default marked.
+/// `ctl storage` against a daemon with two directory storages and an S3 bucket: the table
+/// and `--json` say what `GET /api/storage` says, the default marked, the bucket's
+/// settings shown and its secret nowhere (nor in `check-config`).
 #[test]
 fn ctl_storage_lists_the_configured_storages() {
+    use std::os::unix::fs::PermissionsExt;
     let scratch = scratch_dir("ctl-storage");
     let config = scratch.join("replgate.toml");
+    let creds = scratch.join("s3-credentials.toml");
+    std::fs::write(
+        &creds,
+        "access_key_id = \"AKIDSTORAGETEST\"\nsecret_access_key = \"storage-test-secret\"\n",
+    )
+    .unwrap();
+    std::fs::set_permissions(&creds, std::fs::Permissions::from_mode(0o600)).unwrap();
     std::fs::write(
         &config,
         format!(
             "[[storage]]\nid = 1\nname = \"main\"\npath = \"{0}/main\"\n\
-             [[storage]]\nid = 7\nname = \"cold\"\npath = \"{0}/cold\"\nusage = \"archive\"\n",
-            scratch.display()
+             [[storage]]\nid = 7\nname = \"cold\"\npath = \"{0}/cold\"\nusage = \"archive\"\n\
+             [[storage]]\nid = 9\nname = \"bucket\"\nkind = \"s3\"\n\
+             endpoint = \"http://127.0.0.1:9\"\nbucket = \"backups\"\nprefix = \"/site-a/\"\n\
+             credentials_file = \"{1}\"\npath_style = true\ncapacity_mb = 4096\n",
+            scratch.display(),
+            creds.display()
         ),
     )
     .unwrap();
     std::fs::create_dir_all(scratch.join("main")).unwrap();
+    let checked = std::process::Command::new(env!("CARGO_BIN_EXE_replgate"))
+        .args(["check-config", "--config"])
+        .arg(&config)
+        .output()
+        .unwrap();
+    let printed = String::from_utf8_lossy(&checked.stdout);
+    assert!(checked.status.success(), "{checked:?}");
+    assert!(
+        printed.contains("kind = \"s3\"\nusage = \"backup\"\nendpoint = \"http://127.0.0.1:9\"")
+            && printed.contains("prefix = \"site-a\"")
+            && printed.contains("capacity_mb = 4096"),
+        "{printed}"
+    );
+    assert!(!printed.contains("storage-test-secret"), "{printed}");
     let d = Daemon::start(
         "ctl-storage",
         Options {
@@ -758,9 +785,9 @@ fn ctl_storage_lists_the_configured_storages() {
     ctl.login();
     let r = ctl.run(&["storage"]).expect(0);
     let lines: Vec<&str> = r.stdout.lines().collect();
-    assert_eq!(lines.len(), 3, "{r:?}");
+    assert_eq!(lines.len(), 4, "{r:?}");
     for column in [
-        "ID", "NAME", "USAGE", "SIZE MB", "FREE MB", "DEFAULT", "PATH",
+        "ID", "NAME", "TYPE", "USAGE", "SIZE MB", "FREE MB", "DEFAULT", "PATH",
     ] {
         assert!(lines[0].contains(column), "{r:?}");
     }
@@ -770,16 +797,35 @@ fn ctl_storage_lists_the_configured_storages() {
     };
     // main exists: its disk's size and free space; cold does not: offline, sizes 0.
     let main = cells("main");
-    assert_eq!(main[..3], ["1", "main", "backup"], "{r:?}");
-    let (size, free): (u64, u64) = (main[3].parse().unwrap(), main[4].parse().unwrap());
+    assert_eq!(main[..4], ["1", "main", "internal", "backup"], "{r:?}");
+    let (size, free): (u64, u64) = (main[4].parse().unwrap(), main[5].parse().unwrap());
     assert!(size > 0 && free > 0 && free <= size, "{r:?}");
-    assert_eq!(main[5], "yes", "{r:?}");
+    assert_eq!(main[6], "yes", "{r:?}");
     let cold = cells("cold");
-    assert_eq!(cold[..5], ["7", "cold", "archive", "0", "0"], "{r:?}");
     assert_eq!(
-        cold[5],
+        cold[..6],
+        ["7", "cold", "internal", "archive", "0", "0"],
+        "{r:?}"
+    );
+    assert_eq!(
+        cold[6],
         format!("{}/cold", scratch.display()),
         "not the default: {r:?}"
+    );
+    // The bucket: its capacity, nothing received yet, not the default (an empty cell).
+    let bucket = cells("bucket");
+    assert_eq!(
+        bucket,
+        [
+            "9",
+            "bucket",
+            "s3",
+            "backup",
+            "4096",
+            "4096",
+            "s3://backups/site-a"
+        ],
+        "{r:?}"
     );
     let json = ctl.run(&["--json", "storage"]).expect(0).json();
     let api = d.client().get("/api/storage", Some(&d.root_token())).json();
@@ -793,18 +839,27 @@ fn ctl_storage_lists_the_configured_storages() {
                 let fields = [
                     "id",
                     "name",
+                    "type",
                     "usage",
                     "status",
                     "is_default",
                     "path",
                     "mb_size",
+                    "s3",
                 ];
                 fields.map(|f| s[f].to_string()).join(" ")
             })
             .collect()
     };
     assert_eq!(stable(&json), stable(&api));
-    assert_eq!(json["storage"].as_array().map(Vec::len), Some(2), "{json}");
+    assert_eq!(json["storage"].as_array().map(Vec::len), Some(3), "{json}");
+    assert_eq!(
+        api["storage"][2]["s3"],
+        serde_json::json!({"endpoint": "http://127.0.0.1:9", "bucket": "backups",
+            "prefix": "site-a", "region": "us-east-1", "path_style": true, "capacity_mb": 4096}),
+        "{api}"
+    );
+    assert!(!api.to_string().contains("storage-test-secret"), "{api}");
 }
 
 /// `ctl metrics-token`: a monitor token, shown once, that scrapes `/api/metrics` as

@@ -334,6 +334,7 @@ impl Scratch {
                     name: "s".into(),
                     path: dir.join("storage"),
                     usage: crate::config::StorageUsage::Backup,
+                    kind: crate::config::StorageKind::Dir,
                 },
                 quota_mb: None,
                 share: 1,

@@ -62,7 +62,11 @@ pub fn serve<S: FileSink>(
         source.storage.id
     );
     let mut reader = FrameReader::new(input);
-    let end = if !source.storage.path.is_dir() {
+    // An `s3` storage's path is its local state, not where backups go: until the receiver
+    // writes into buckets, a source moved onto one is told its storage is offline.
+    let offline =
+        source.storage.kind != crate::config::StorageKind::Dir || !source.storage.path.is_dir();
+    let end = if offline {
         let m = format!("storage {} is offline", source.storage.id);
         session.send(&Frame::Fatal {
             code: Code::Storage,

@@ -15,7 +15,7 @@ export function systems(root) {
     if (editing) return;
     try {
       const [sys, store] = await Promise.all([api('GET', '/api/systems'), api('GET', '/api/storage?usage=backup')]);
-      storages = store.storage || [];
+      storages = (store.storage || []).filter((s) => s.type !== 's3');
       if (editing) return;
       body.replaceChildren(table([
         ['ID', (s) => String(s.id)],
@@ -82,7 +82,8 @@ export function storage(root) {
           ['Name', (x) => x.name],
           ['Usage', (x) => x.usage],
           ['Status', (x) => badge(x.status)],
-          ['Path', (x) => el('span', { class: 'fp' }, x.path)],
+          ['Kind', (x) => (x.s3 ? 'S3 bucket' : 'directory')],
+          ['Path', (x) => el('span', { class: 'fp' }, x.s3 ? `${x.path} at ${x.s3.endpoint}` : x.path)],
           ['Used', (x) => (x.mb_size ? el('progress', { max: x.mb_size, value: x.mb_size - x.mb_free, title: `${Math.round(100 * (1 - x.mb_free / x.mb_size))} % used` }) : '-')],
           ['Free', (x) => `${megabytes(x.mb_free)} of ${megabytes(x.mb_size)}`],
           ['Default', (x) => (x.is_default ? 'default for accepts' : '')],
