@@ -148,6 +148,7 @@ fn shared_state(
         request_counts: Default::default(),
         system_rows: Default::default(),
         receive_lines: Default::default(),
+        expiry_lines: Default::default(),
     };
     (Arc::new(app), listener_certs)
 }

@@ -30,7 +30,7 @@ use serde_json::Value;
 
 pub use routes::{dispatch, match_path, route_path, route_table, Access, Incoming, Route};
 pub use spool_files::{spool_segments, SpoolAnswerer};
-pub use system::ReceiveLines;
+pub use system::{ExpiryLines, ReceiveLines};
 pub use systems::SystemRows;
 
 use crate::auth::{Authenticator, Session};
@@ -83,6 +83,8 @@ pub struct App {
     pub system_rows: SystemRows,
     /// Each source's lines of the metrics' receiving families, kept while its values hold.
     pub receive_lines: ReceiveLines,
+    /// The paired sources' certificate expiry lines of the metrics, kept with their rows.
+    pub expiry_lines: ExpiryLines,
 }
 
 impl App {

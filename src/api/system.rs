@@ -1,14 +1,14 @@
 //! Health, the knowledge base and the metrics: the informational endpoints.
 
-use std::collections::hash_map::Entry;
-use std::collections::{BTreeMap, BTreeSet, HashMap};
-use std::sync::Mutex;
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::{Arc, Mutex, Weak};
 
 use serde_json::json;
 
 use super::body::parse_id;
 use super::error::{kb_text, ApiError};
 use super::{App, Call, Reply};
+use crate::lifecycle::Certified;
 use crate::metrics::{self, Exposition};
 use crate::model::Role;
 use crate::replication::live::{Peer, PeerStats};
@@ -240,23 +240,25 @@ fn state(app: &App, out: &mut Exposition) -> Result<(), ApiError> {
         }
     }
     let certs = app.certificates()?;
+    // The paired sources' are kept as lines: `expiry_lines` below.
     for e in &certs {
-        let id = e.kind.id().map(|id| id.to_string());
-        match (&e.kind, id.as_deref()) {
-            (crate::lifecycle::CertKind::Listener(name), _) => out.gauge(
+        if let crate::lifecycle::CertKind::Listener(name) = &e.kind {
+            out.gauge(
                 "replgate_listener_certificate_expiry_seconds",
                 "When a listener's server certificate in use expires (unix time); it renews while running.",
                 &[("listener", name)],
                 e.not_after as f64,
-            ),
-            (crate::lifecycle::CertKind::System(_), Some(id)) => out.gauge(
-                "replgate_system_certificate_expiry_seconds",
-                "When a paired source's current certificate expires (unix time).",
-                &[("system", id)],
-                e.not_after as f64,
-            ),
-            _ => {}
+            );
         }
+    }
+    let sources = app.expiry_lines.get(&certified);
+    if !sources.is_empty() {
+        out.lines(
+            "replgate_system_certificate_expiry_seconds",
+            "When a paired source's current certificate expires (unix time).",
+            false,
+            &sources,
+        );
     }
     out.gauge(
         "replgate_certificate_warnings",
@@ -370,6 +372,43 @@ fn sending(app: &App, out: &mut Exposition, targets: &[TargetRecord]) -> Result<
     Ok(())
 }
 
+/// The paired sources' certificate expiry lines (5,000 with 5,000 sources), kept with
+/// the rows they were rendered from: `lifecycle::CertCache` hands out the same rows until
+/// a certificate changes. The rows are held weakly, so a replaced read is freed at once
+/// (and, while it is held, its address is not reused by another).
+#[derive(Default)]
+pub struct ExpiryLines {
+    kept: Mutex<Option<(Weak<Certified>, Arc<str>)>>,
+}
+
+impl ExpiryLines {
+    /// The lines for `rows`: each source with a current certificate, in the order of the
+    /// rows (`lifecycle::expiries` reports the same).
+    fn get(&self, rows: &Arc<Certified>) -> Arc<str> {
+        let mut kept = lock(&self.kept);
+        if let Some((from, lines)) = kept.as_ref() {
+            if Weak::ptr_eq(from, &Arc::downgrade(rows)) {
+                return lines.clone();
+            }
+        }
+        let mut text = String::new();
+        for (s, c) in &rows.systems {
+            if let (true, Some(c)) = (s.role.is_source(), c) {
+                let id = s.id.to_string();
+                metrics::line(
+                    &mut text,
+                    "replgate_system_certificate_expiry_seconds",
+                    &[("system", id.as_str())],
+                    c.not_after as f64,
+                );
+            }
+        }
+        let lines: Arc<str> = text.into();
+        *kept = Some((Arc::downgrade(rows), lines.clone()));
+        lines
+    }
+}
+
 /// The families of [`receiving`], in the order of [`SourceLines::lines`]: name, help,
 /// and whether it is a counter.
 const RECEIVE_FAMILIES: [(&str, &str, bool); 5] = [
@@ -406,10 +445,12 @@ const RECEIVE_FAMILIES: [(&str, &str, bool); 5] = [
 /// scrape).
 #[derive(Default)]
 pub struct ReceiveLines {
-    kept: Mutex<HashMap<u64, SourceLines>>,
+    /// In id order.
+    kept: Mutex<Vec<SourceLines>>,
 }
 
 struct SourceLines {
+    id: u64,
     values: (PeerStats, u64),
     lines: [String; 5],
 }
@@ -430,7 +471,7 @@ impl SourceLines {
             metrics::line(failures, names[3], &labels, *n as f64);
         }
         metrics::line(rate_line, names[4], &labels, *rate as f64);
-        SourceLines { values, lines }
+        SourceLines { id, values, lines }
     }
 }
 
@@ -444,22 +485,21 @@ impl ReceiveLines {
         rates: &BTreeMap<u64, u64>,
     ) -> [String; 5] {
         let mut kept = lock(&self.kept);
-        kept.retain(|id, _| sources.contains(id));
+        let mut old = std::mem::take(&mut *kept).into_iter().peekable();
         let mut families: [String; 5] = Default::default();
         for &id in sources {
             let stats = peers.get(&Peer::Source(id)).cloned().unwrap_or_default();
             let values = (stats, rates.get(&id).copied().unwrap_or(0));
-            let source = match kept.entry(id) {
-                Entry::Occupied(e) if e.get().values == values => e.into_mut(),
-                Entry::Occupied(mut e) => {
-                    e.insert(SourceLines::render(id, values));
-                    e.into_mut()
-                }
-                Entry::Vacant(e) => e.insert(SourceLines::render(id, values)),
+            // Sources gone since the last scrape are passed over and dropped.
+            while old.next_if(|k| k.id < id).is_some() {}
+            let source = match old.next_if(|k| k.id == id) {
+                Some(k) if k.values == values => k,
+                _ => SourceLines::render(id, values),
             };
             for (family, lines) in families.iter_mut().zip(&source.lines) {
                 family.push_str(lines);
             }
+            kept.push(source);
         }
         families
     }
@@ -602,11 +642,60 @@ pub(super) fn kb(call: &Call) -> Result<Reply, ApiError> {
 mod tests {
     use super::*;
 
+    /// The expiry lines are rendered again exactly when the rows are another read, and
+    /// name each source with a current certificate (not a managed system, not a source
+    /// without one).
+    #[test]
+    fn expiry_lines_follow_the_rows_they_were_rendered_from() {
+        use crate::store::{CertRecord, SystemRecord};
+        let cert = |system_id, not_after| CertRecord {
+            serial: format!("{system_id:02x}"),
+            request_id: 1,
+            system_id,
+            subject: "s".into(),
+            issued_at: 1,
+            not_after,
+            pem: String::new(),
+            revoked_at: None,
+            generation: 1,
+            renews: None,
+            superseded_at: None,
+            retired_at: None,
+            issuer: None,
+        };
+        let managed = SystemRecord {
+            role: Role::Managed,
+            ..SystemRecord::fixture(3)
+        };
+        let rows = |not_after| {
+            Arc::new(Certified {
+                systems: vec![
+                    (SystemRecord::fixture(2), Some(cert(2, not_after))),
+                    (managed.clone(), Some(cert(3, 9))),
+                    (SystemRecord::fixture(4), None),
+                ],
+                targets: Vec::new(),
+            })
+        };
+        let lines = ExpiryLines::default();
+        let first = rows(100);
+        let a = lines.get(&first);
+        assert_eq!(
+            &*a,
+            "replgate_system_certificate_expiry_seconds{system=\"2\"} 100\n"
+        );
+        assert!(Arc::ptr_eq(&a, &lines.get(&first)), "the same rows");
+        let renewed = rows(200);
+        let b = lines.get(&renewed);
+        assert_eq!(
+            &*b,
+            "replgate_system_certificate_expiry_seconds{system=\"2\"} 200\n"
+        );
+    }
+
     fn pointers(lines: &ReceiveLines) -> BTreeMap<u64, *const u8> {
         let kept = lock(&lines.kept);
-        kept.iter()
-            .map(|(id, s)| (*id, s.lines[0].as_ptr()))
-            .collect()
+        kept.iter().map(|s| (s.id, s.lines[0].as_ptr())).collect()
     }
 
     /// A source's lines are rendered again exactly when its counters or rate moved; the

@@ -20,11 +20,12 @@ use crate::sync::{lock, wait};
 
 /// Buffers queued for the writer at most (each one `Data` frame, up to 256 KiB). The
 /// buffers are kept for reuse, so a busy session holds up to `QUEUED + 2` of them (one
-/// in the writer's hands, one being filled): 1 MiB at 2. With 64 sessions running, the
-/// 256 KiB buffers were a third of the target's memory (about 52 of 150 MB at 4; at 16
-/// the target held 180 MB; SPEC 21's budget is 128 MB). The writer copies into the page
-/// cache, so a short queue does not slow the session.
-pub(super) const QUEUED: usize = 2;
+/// in the writer's hands, one being handed over): 768 KiB at 1. With 64 sessions
+/// running, these and the frame readers' buffers were a third of the target's memory
+/// (52 of 150 MB at 4, still 55 at 2; at 16 the target held 180 MB; SPEC 21's budget is
+/// 128 MB). The writer copies into the page cache, so a short queue does not slow the
+/// session.
+pub(super) const QUEUED: usize = 1;
 /// Written data is handed to writeback after this many bytes.
 const WRITEBACK_EVERY: u64 = 8 * 1024 * 1024;
 

@@ -252,6 +252,24 @@ pub struct Txn {
     audited: RefCell<Vec<(u64, AuditRecord)>>,
 }
 
+impl Txn {
+    /// A write transaction on `db` with `durability`.
+    fn begin(db: &Database, durability: redb::Durability) -> Result<Txn> {
+        let mut inner = db.begin_write().map_err(StoreError::from)?;
+        inner
+            .set_durability(durability)
+            .map_err(|e| StoreError::from(redb::Error::from(e)))?;
+        Ok(Txn {
+            inner,
+            revoked: Cell::new(false),
+            certificates: Cell::new(false),
+            requests: Cell::new(false),
+            systems: Default::default(),
+            audited: Default::default(),
+        })
+    }
+}
+
 /// Opens (creating if missing) the database file at `path`, mode 0600.
 fn open_database(path: &Path) -> Result<Database> {
     let db = Database::builder()
@@ -328,43 +346,42 @@ impl Store {
         durability: redb::Durability,
         f: impl FnOnce(&Txn) -> std::result::Result<T, E>,
     ) -> std::result::Result<T, E> {
-        let mut inner = db.begin_write().map_err(StoreError::from)?;
-        inner
-            .set_durability(durability)
-            .map_err(|e| StoreError::from(redb::Error::from(e)))?;
-        let txn = Txn {
-            inner,
-            revoked: Cell::new(false),
-            certificates: Cell::new(false),
-            requests: Cell::new(false),
-            systems: Default::default(),
-            audited: Default::default(),
-        };
+        let txn = Txn::begin(db, durability)?;
         let value = f(&txn)?;
-        let audited = txn.audited.take();
-        let revoked = txn.revoked.get();
-        let certificates = txn.certificates.get();
-        let requests = txn.requests.get();
-        let systems = txn.systems.take();
-        txn.inner.commit().map_err(StoreError::from)?;
-        if revoked {
-            // After the commit: whoever sees the new generation and reads again finds the
-            // revocation.
+        self.commit(txn)?;
+        Ok(value)
+    }
+
+    /// Commits `txn`, then moves the generations its writes count and logs its audited
+    /// events. Not generic, unlike `write_on`: one copy in the binary for every write.
+    fn commit(&self, txn: Txn) -> Result<()> {
+        let Txn {
+            inner,
+            revoked,
+            certificates,
+            requests,
+            systems,
+            audited,
+        } = txn;
+        inner.commit().map_err(StoreError::from)?;
+        // After the commit: whoever sees a new generation and reads again finds the write.
+        if revoked.get() {
             self.shared.revocations.fetch_add(1, Ordering::Release);
         }
-        if certificates {
+        if certificates.get() {
             self.shared.certificates.fetch_add(1, Ordering::Release);
         }
-        if requests {
+        if requests.get() {
             self.shared.requests.fetch_add(1, Ordering::Release);
         }
+        let systems = systems.into_inner();
         if !systems.is_empty() {
             lock(&self.shared.systems).record(systems);
         }
-        for (id, a) in &audited {
+        for (id, a) in &audited.into_inner() {
             log::info!("{}", event_line(*id, a));
         }
-        Ok(value)
+        Ok(())
     }
 
     /// A number that grows after every commit that revoked a serial, so that holders of

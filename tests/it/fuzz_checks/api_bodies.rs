@@ -127,6 +127,7 @@ fn world() -> &'static World {
             request_counts: Default::default(),
             system_rows: Default::default(),
             receive_lines: Default::default(),
+            expiry_lines: Default::default(),
         };
         let routes: Vec<Route> = route_table()
             .into_iter()
