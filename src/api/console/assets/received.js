@@ -21,6 +21,8 @@ export function received(root) {
       const r = await api(method, path, body);
       news.replaceChildren(notice(said(r)));
       refresh(true);
+      // A verify or a new policy takes effect within a second, in the background.
+      setTimeout(() => refresh(true), 1000);
     } catch (e) { news.replaceChildren(errorBox(e)); }
   }
 
