@@ -1,8 +1,7 @@
 // Received backups, on a target (SPEC 20): per paired source, the copies held, the last
 // verify, the retention policy, and the recycle bin (put an entry back, purge).
 import { api, el, errorBox, notice, table, badge, utc, bytes, live, button } from './lib.js';
-
-const SOURCE_ROLES = ['Replication Source', 'Non-Managed Replication Source'];
+import { SOURCE_ROLES } from './inventory.js';
 
 export function received(root) {
   const pick = el('select', { name: 'sid' });
