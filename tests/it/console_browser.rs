@@ -273,6 +273,70 @@ fn browser_a_source_asks_on_its_console_the_target_accepts_on_its_own_and_it_com
     );
     assert_eq!(std::fs::read(&monday).ok(), Some(original));
     b.screenshot("queue-restored");
+
+    // A drill from the same page: the last one shows with its result.
+    write_backup(&src, "web01/wednesday.vbk", size);
+    b.wait_for(
+        "#queue-done tbody tr[data-backup='web01/wednesday.vbk']",
+        |t| t.contains("done"),
+    );
+    b.wait("#drill button[name=drill]").click();
+    let drill = b.wait_for("#drill", |t| t.contains("passed")).text();
+    assert!(drill.contains("Last success: 2"), "{drill}");
+    b.screenshot("queue-drill");
+    recycle_on_the_target(&b, &tgt);
+}
+
+/// The target's Received backups page: the last verify, then a retention policy set
+/// there moves the older copies to the recycle bin, one is put back, one purged.
+fn recycle_on_the_target(b: &Browser, tgt: &Daemon) {
+    log_in(b, tgt, "127.0.0.1", "received");
+    let held = |name: &str| format!("#received-list tbody tr[data-backup='web01/{name}.vbk']");
+    let binned = |name: &str| format!("#recycle [data-backup='web01/{name}.vbk']");
+    b.wait(&held("wednesday"));
+    b.wait("#verify button[name=verify]").click();
+    let verify = b
+        .wait_for("#verify", |t| {
+            t.starts_with("Last verify 2") && t.contains("3 of 3")
+        })
+        .text();
+    assert!(
+        verify.contains("3 of 3 read, 0 damaged, 0 missing"),
+        "{verify}"
+    );
+    b.wait("#retention input[name=keep_last]").send_keys("1");
+    b.wait("#retention button[name=save-retention]").click();
+    b.wait_for(".notice", |t| t.contains("Retention saved"));
+    b.wait(&binned("monday"));
+    b.wait(&binned("tuesday"));
+    assert_eq!(b.count(&held("monday")), 0, "monday is still held");
+    b.screenshot("received-binned");
+    b.wait(&format!("{} button[name=restore]", binned("monday")))
+        .click();
+    b.wait_for(".notice", |t| t.contains("is back"));
+    b.wait(&held("monday"));
+    b.wait(&format!("{} button[name=purge]", binned("tuesday")))
+        .click();
+    b.wait(&format!("{} button[name=confirm-purge]", binned("tuesday")))
+        .click();
+    b.wait_for(".notice", |t| {
+        t.contains("web01/tuesday.vbk purged (2.00 MB)")
+    });
+    b.wait_for("#recycle", |t| t.contains("The bin is empty."));
+    b.screenshot("received-purged");
+    let sid = systems_row(&tgt.systems(&tgt.root_token()), |s| {
+        s["role"] == "Non-Managed Replication Source"
+    })["id"]
+        .clone();
+    let bin = tgt
+        .client()
+        .get(
+            &format!("/api/replication/recycle?sid={sid}"),
+            Some(&tgt.root_token()),
+        )
+        .json();
+    assert_eq!(bin["retention"]["keep_last"], 1, "{bin}");
+    assert_eq!(bin["recycle"], json!([]), "{bin}");
 }
 
 /// Sets the source's throttle windows on a link of `link_mbps`.

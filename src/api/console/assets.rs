@@ -38,6 +38,7 @@ pub(super) const ASSETS: &[Asset] = &[
     asset!("inventory.js", JS),
     asset!("targets.js", JS),
     asset!("queue.js", JS),
+    asset!("received.js", JS),
     asset!("tokens.js", JS),
     asset!("admin.js", JS),
 ];

@@ -6,6 +6,7 @@ import { systems, storage } from './inventory.js';
 import { targets } from './targets.js';
 import { queue } from './queue.js';
 import { tokens } from './tokens.js';
+import { received } from './received.js';
 import { users, audit } from './admin.js';
 
 const PAGES = [
@@ -14,6 +15,7 @@ const PAGES = [
   { id: 'storage', title: 'Storage', render: storage },
   { id: 'targets', title: 'Targets', render: targets },
   { id: 'queue', title: 'Replication queue', render: queue },
+  { id: 'received', title: 'Received backups', render: received },
   { id: 'tokens', title: 'Pairing tokens', render: tokens },
   { id: 'users', title: 'Users', render: users, needs: 'superuser' },
   { id: 'audit', title: 'Audit', render: audit },

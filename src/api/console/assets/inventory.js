@@ -2,7 +2,7 @@
 // and storage, as GET /api/systems and GET /api/storage list them.
 import { api, el, errorBox, notice, table, badge, utc, megabytes, live, button } from './lib.js';
 
-const SOURCE_ROLES = ['Replication Source', 'Non-Managed Replication Source'];
+export const SOURCE_ROLES = ['Replication Source', 'Non-Managed Replication Source'];
 
 export function systems(root) {
   const news = el('div', {});

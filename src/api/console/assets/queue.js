@@ -35,12 +35,13 @@ export function queue(root) {
   const active = el('div', { id: 'queue-active' });
   const waiting = el('div', { id: 'queue-waiting' });
   const done = el('div', { id: 'queue-done' });
+  const drill = el('div', { id: 'drill' });
   const add = addForm(news);
   const back = restoreForm(news, () => refresh());
   root.append(news, settings,
     el('h2', {}, 'Sending now'), active,
     el('h2', {}, 'Waiting'), waiting,
-    el('h2', {}, 'Finished'), done,
+    el('h2', {}, 'Finished'), done, drill,
     add.form, back.form);
 
   async function change(item, action, what) {
@@ -99,6 +100,7 @@ export function queue(root) {
         ['SHA-256', (i) => el('span', { class: 'fp', title: i.sha256 || '' }, i.sha256 ? `${i.sha256.slice(0, 16)}…` : '-')],
       ], finished, 'Nothing has finished yet.'));
       rows(done, finished);
+      drill.replaceChildren(lastDrill(await api('GET', '/api/replication/drill'), targetIds, news));
     } catch (e) {
       active.replaceChildren(errorBox(e));
     }
@@ -113,9 +115,29 @@ export function queue(root) {
     }
   }
 
+  let targetIds = [];
   showSettings();
-  add.loadTargets().then(back.load);
+  add.loadTargets().then((t) => { targetIds = t.map((x) => x.target_id); back.load(t); });
   live(refresh, 2000);
+}
+
+// The last restore drill (SPEC 20) and a button that queues one on the first target.
+function lastDrill(book, targetIds, news) {
+  const d = (book.drills || [])[0];
+  if (!d && !targetIds.length) return el('span', {});
+  const run = button('Run a drill', '', async () => {
+    try {
+      await api('POST', '/api/replication/drill', { target_id: targetIds[0] });
+      news.replaceChildren(notice('Drill queued.'));
+    } catch (e) { news.replaceChildren(errorBox(e)); }
+  });
+  run.name = 'drill';
+  const said = d
+    ? [`Last drill ${utc(d.finished || d.requested)}: `, badge(d.result),
+      ` ${d.copies} copies, ${bytes(d.bytes)} in ${duration(d.duration_ms / 1000)}`, d.message ? `: ${d.message}` : '', '. ',
+      `Last success: ${utc(book.last_success)}. `]
+    : 'No restore drill yet. ';
+  return el('p', { class: d && d.result === 'failed' ? 'warning' : 'muted' }, said, targetIds.length ? run : null);
 }
 
 function settingsForm(config, throttle, news, reload) {
