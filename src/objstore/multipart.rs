@@ -181,7 +181,9 @@ impl ObjStore {
         }
     }
 
-    /// Every part uploaded so far, in part order, page by page.
+    /// Every part uploaded so far, in part order, page by page. A part number may come
+    /// more than once: SeaweedFS once listed a part twice after its upload failed with a
+    /// replica down (retried, most likely). The caller decides what a repeat means.
     pub fn list_parts(&self, key: &Key, upload_id: &str) -> Result<Vec<Part>, ObjStoreError> {
         const OP: &str = "list parts";
         let k = key.as_str();
@@ -209,7 +211,7 @@ impl ObjStore {
             });
             let page = gone_if_no_upload(r, key, upload_id)?;
             for p in page.parts {
-                if parts.last().is_some_and(|last| last.number >= p.number) {
+                if parts.last().is_some_and(|last| last.number > p.number) {
                     return Err(corrupt(
                         OP,
                         k,

@@ -224,10 +224,17 @@ impl MultipartWriter {
         let listed = store.list_parts(&key, &checkpoint.upload_id)?;
         let mut etags = Vec::with_capacity(usize::from(checkpoint.parts));
         for number in 1..=checkpoint.parts {
-            let part = listed
-                .iter()
-                .find(|p| p.number == number)
+            let mut copies = listed.iter().filter(|p| p.number == number);
+            let part = copies
+                .next()
                 .ok_or_else(|| corrupt(format!("part {number} of the checkpoint is missing")))?;
+            // A part listed twice is usable only if both entries say the same; the ones
+            // after the checkpoint are uploaded again, so their repeats do not matter.
+            if copies.any(|p| p.etag != part.etag || p.size != part.size) {
+                return Err(corrupt(format!(
+                    "part {number} of the checkpoint is listed twice, with different contents"
+                )));
+            }
             if part.size != part_size.bytes() {
                 return Err(corrupt(format!(
                     "part {number} holds {} bytes, not {}",
