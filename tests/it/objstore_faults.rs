@@ -301,3 +301,42 @@ fn objstore_random_faults_on_every_request_still_end_in_a_correct_object() {
         proxy.requests()
     );
 }
+
+/// An engine may name a part twice in a listing (SeaweedFS once did, after a part's
+/// upload failed with a replica down): a resume goes on when the two entries agree and
+/// refuses when they do not.
+#[test]
+fn objstore_resume_takes_a_part_listed_twice_only_when_both_entries_agree() {
+    let (_engine, proxy, store) = through_proxy("objstore-faults-repeat", 3);
+    let part = PartSize::exact(8 * MIB as u64).expect("part size");
+    let data = pattern(2 * 8 * MIB + 77, 31);
+    let k = key("faults/repeat.img");
+    let mut w = MultipartWriter::create(store.clone(), k.clone(), part, None).expect("create");
+    for chunk in data[..8 * MIB].chunks(MIB) {
+        w.write_all(chunk).expect("write");
+    }
+    let cp = w.sync().expect("part 1");
+    assert_eq!(cp.parts, 1);
+    drop(w);
+
+    let before = proxy.faults();
+    let repeat = |same| Rule::next(Some("GET"), "uploadId=", Fault::RepeatFirstPart { same }, 1);
+    proxy.add(repeat(false));
+    let e = MultipartWriter::resume(store.clone(), k.clone(), &cp)
+        .err()
+        .expect("part 1 listed twice with two ETags");
+    assert!(matches!(e, ObjStoreError::Corrupt { .. }), "{e:?}");
+
+    proxy.add(repeat(true));
+    let mut w = MultipartWriter::resume(store.clone(), k.clone(), &cp).expect("resume");
+    for chunk in data[8 * MIB..].chunks(MIB) {
+        w.write_all(chunk).expect("write");
+    }
+    let done = w.complete().expect("complete");
+    assert_eq!(done.sha256, sha256(&data));
+    assert_eq!(proxy.faults() - before, 2, "both listings were doctored");
+    assert_eq!(
+        store.sha256_of(&k).expect("read back"),
+        (data.len() as u64, sha256(&data))
+    );
+}

@@ -30,6 +30,9 @@ pub enum Fault {
     /// says so (framing intact, content cut: a listing that stops mid-XML, an object
     /// shorter than its `Content-Range`).
     ShortBody(usize),
+    /// Forward; in the answer (a ListParts listing) the first `<Part>` comes twice, the
+    /// second time with the same ETag or, unless `same`, another one.
+    RepeatFirstPart { same: bool },
 }
 
 /// Which requests get a fault, and how often.
@@ -285,6 +288,13 @@ fn serve(client: TcpStream, shared: &Shared) {
             BodyFraming::None => answer.header("content-length").map(str::to_string),
             _ => Some(answer_body.len().to_string()),
         };
+        if let Some(Fault::RepeatFirstPart { same }) = fault {
+            answer_body = repeat_first_part(&answer_body, same);
+        }
+        let true_length = match fault {
+            Some(Fault::RepeatFirstPart { .. }) => Some(answer_body.len().to_string()),
+            _ => true_length,
+        };
         let (send, length_field, close) = match fault {
             Some(Fault::LoseAnswer) => return reset(client),
             Some(Fault::CutBody(n)) => (n.min(answer_body.len()), true_length, true),
@@ -318,4 +328,24 @@ fn serve(client: TcpStream, shared: &Shared) {
             return;
         }
     }
+}
+
+/// `xml` with its first `<Part>…</Part>` element repeated after itself; the copy's ETag
+/// replaced unless `same`.
+fn repeat_first_part(xml: &[u8], same: bool) -> Vec<u8> {
+    let text = String::from_utf8_lossy(xml).into_owned();
+    let (Some(start), Some(end)) = (text.find("<Part>"), text.find("</Part>")) else {
+        return xml.to_vec();
+    };
+    let end = end + "</Part>".len();
+    let mut copy = text[start..end].to_string();
+    if !same {
+        if let (Some(a), Some(b)) = (copy.find("<ETag>"), copy.find("</ETag>")) {
+            copy.replace_range(
+                a + "<ETag>".len()..b,
+                "\"00000000000000000000000000000000\"",
+            );
+        }
+    }
+    format!("{}{}{}", &text[..end], copy, &text[end..]).into_bytes()
 }
