@@ -8,12 +8,23 @@
 #      answers, then stopped with SIGTERM (exit 0 required); the musl one must be static;
 #   5. the unit tests on armv7 (32-bit) under qemu-arm.
 # Needs root and a Debian machine (it installs packages). Prints step timings and sizes.
+# `--tools-only` stops after the installs; `--cross-builds-only` only compiles what 4 and 5
+# run (.ci/run starts that in the background, niced, while the tests mostly wait);
+# `--after-cross-builds` does everything else. With no argument it does all of it.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export DEBIAN_FRONTEND=noninteractive
 
 # The quick CI profile (Cargo.toml); release-profile sizes are in docs/operations.md.
 PROFILE=ci-cross
+# The cross builds have their own target directory: cargo locks a build directory while it
+# compiles, and .ci/run's tests and release builds must not wait for a background build.
+CROSS_TARGET_DIR="${CROSS_TARGET_DIR:-target/cross}"
+PHASE="${1:-all}"
+case "$PHASE" in
+all | --tools-only | --cross-builds-only | --after-cross-builds) ;;
+*) echo "usage: $0 [--tools-only | --cross-builds-only | --after-cross-builds]" >&2; exit 2 ;;
+esac
 TARGETS=(aarch64-unknown-linux-gnu armv7-unknown-linux-gnueabihf aarch64-unknown-linux-musl)
 # `systemd-analyze security` overall exposure of the unit may not rise above this.
 MAX_EXPOSURE=1.1
@@ -312,6 +323,8 @@ smoke() {
     shift
     dir="$(mktemp -d "$work/smoke.XXXXXX")"
     start="$(now)"
+    # Created first: the loop below may read it before the child has opened it.
+    : >"$dir/log"
     REPLGATE_DATA_DIR="$dir/data" REPLGATE_API_LISTEN=127.0.0.1:0 \
         REPLGATE_TUNNEL_LISTEN=127.0.0.1:0 REPLGATE_ADMIN_PASSWORD="$SMOKE_PASSWORD" \
         "$@" serve >"$dir/log" 2>&1 &
@@ -335,11 +348,11 @@ smoke() {
 }
 
 cross_build() {
-    cargo build --locked --profile "$PROFILE" --target "$1"
+    CARGO_TARGET_DIR="$CROSS_TARGET_DIR" cargo build --locked --profile "$PROFILE" --target "$1"
 }
 
 cross_run() {
-    local t="$1" bin="target/$1/$PROFILE/replgate"
+    local t="$1" bin="$CROSS_TARGET_DIR/$1/$PROFILE/replgate"
     file_type "$bin"
     if [ "$t" = aarch64-unknown-linux-musl ]; then
         readelf -d "$bin" | grep -q 'There is no dynamic section' ||
@@ -348,7 +361,8 @@ cross_run() {
         echo "$bin: no dynamic section, no interpreter (fully static)"
     fi
     # `cargo run` execs the runner from .cargo/config.toml, so this checks it too.
-    smoke "$t" cargo run -q --locked --profile "$PROFILE" --target "$t" --
+    smoke "$t" env CARGO_TARGET_DIR="$CROSS_TARGET_DIR" \
+        cargo run -q --locked --profile "$PROFILE" --target "$t" --
 }
 
 file_type() {
@@ -362,10 +376,45 @@ record_size() {
 }
 
 # ---------------------------------------------------------------------------------------
+# The descriptor-exhaustion and streaming-memory tests re-run their own test binary as a
+# child process, which only a binfmt_misc qemu registration could start; they run natively
+# in `cargo test`. qemu-user does not pass the TCP_CONGESTION and TCP_INFO socket options
+# through to the host kernel, so the two tests of those run natively only too.
+ARMV7=armv7-unknown-linux-gnueabihf
+armv7_unit_tests() {
+    CARGO_TARGET_DIR="$CROSS_TARGET_DIR" cargo test -q --locked --lib --target "$ARMV7" "$@" -- \
+        --skip accept_loop_survives_running_out_of_descriptors \
+        --skip streams_of_256_mib_each_way_pass_with_bounded_memory \
+        --skip congestion_control_is_set_per_socket_inherited_on_accept_and_refused_when_unknown \
+        --skip tcp_figures_read_a_live_connection
+}
+
+print_tables() {
+    echo
+    if [ ${#sizes[@]} -gt 0 ]; then
+        echo "== binary sizes (profile $PROFILE: stripped, no LTO; release sizes: docs/operations.md)"
+        printf '%s\n' "${sizes[@]}"
+        echo
+    fi
+    echo "== step timings ($PHASE)"
+    printf '%s\n' "${timings[@]}"
+    printf '%-54s %7s s\n' "total" "$(elapsed "$started")"
+}
+
 started="$(now)"
 timed "tools (apt, rustup targets)" install_tools
 # .ci/run installs this script's tools beside its lint step, before the tests need the CPU.
-[ "${1:-}" != --tools-only ] || exit 0
+[ "$PHASE" != --tools-only ] || exit 0
+if [ "$PHASE" != --after-cross-builds ]; then
+    for t in "${TARGETS[@]}"; do
+        timed "cross build $t" cross_build "$t"
+    done
+    # The unit tests on the 32-bit target (usize is 32 bits there), compiled here and run
+    # below under the runner from .cargo/config.toml. The integration tests would need
+    # binfmt_misc to start the daemon.
+    timed "unit tests $ARMV7 (build)" armv7_unit_tests --no-run
+fi
+[ "$PHASE" != --cross-builds-only ] || { print_tables; exit 0; }
 timed "maintainer scripts and packaged config" check_shell_and_config
 timed "build .deb (release, $(dpkg --print-architecture))" build_deb
 timed "inspect .deb (dpkg-deb -I, -c)" inspect_deb
@@ -377,31 +426,8 @@ timed "purge .deb" dpkg --purge replgate
 installed_by_us=""
 [ ! -e /var/lib/replgate ] || fail "purge left /var/lib/replgate"
 for t in "${TARGETS[@]}"; do
-    timed "cross build $t" cross_build "$t"
-    record_size "$t" "target/$t/$PROFILE/replgate"
+    record_size "$t" "$CROSS_TARGET_DIR/$t/$PROFILE/replgate"
     timed "qemu run $t" cross_run "$t"
 done
-# The unit tests on the 32-bit target (usize is 32 bits there), under the runner from
-# .cargo/config.toml. The integration tests would need binfmt_misc to start the daemon.
-for t in "${TARGETS[@]}"; do
-    if [ "$t" = armv7-unknown-linux-gnueabihf ]; then
-        # The descriptor-exhaustion and streaming-memory tests re-run their own test
-        # binary as a child process, which only a binfmt_misc qemu registration could
-        # start; they run natively in `cargo test`. qemu-user does not pass the
-        # TCP_CONGESTION and TCP_INFO socket options through to the host kernel, so the
-        # two tests of those run natively only too.
-        timed "unit tests $t (qemu-arm)" cargo test -q --locked --lib --target "$t" -- \
-            --skip accept_loop_survives_running_out_of_descriptors \
-            --skip streams_of_256_mib_each_way_pass_with_bounded_memory \
-            --skip congestion_control_is_set_per_socket_inherited_on_accept_and_refused_when_unknown \
-            --skip tcp_figures_read_a_live_connection
-    fi
-done
-
-echo
-echo "== binary sizes (profile $PROFILE: stripped, no LTO; release sizes: docs/operations.md)"
-printf '%s\n' "${sizes[@]}"
-echo
-echo "== step timings"
-printf '%s\n' "${timings[@]}"
-printf '%-54s %7s s\n' "total" "$(elapsed "$started")"
+timed "unit tests $ARMV7 (qemu-arm)" armv7_unit_tests
+print_tables
