@@ -11,6 +11,7 @@ use crate::replication::chunker::{Chunk, Chunker, Params, MAX_CHUNK, MIN_CHUNK};
 use crate::replication::compress::Compression;
 use crate::replication::index;
 use crate::replication::receiver::Scope;
+use crate::store::{ChunkLoc, DigestPrefix};
 use crate::wire::transfer::{push_list_entry, ChunkList, Frame, MAX_LIST};
 
 /// Deterministic incompressible bytes.
@@ -530,4 +531,112 @@ fn a_deduplicated_transfer_cut_mid_assembly_resumes_in_chunks_and_verifies() {
         s.bytes_sent,
         size - partial.offset
     );
+}
+
+/// The first 16 bytes of a digest, as the index keeps it.
+fn prefix(d: &[u8; 32]) -> DigestPrefix {
+    let mut p = [0u8; 16];
+    p.copy_from_slice(&d[..16]);
+    p
+}
+
+#[test]
+fn day_two_from_two_held_copies_and_new_bytes_is_exact_and_indexed_from_its_lists() {
+    let f = dedup_fixture("dedup-runs");
+    let a = noise(30, 3 << 20);
+    let b = noise(31, 3 << 20);
+    put(&f, "vm/a.img", &a);
+    send_one(&f, "vm/a.img");
+    put(&f, "vm/b.img", &b);
+    send_one(&f, "vm/b.img");
+    // Held runs switch between the two copies, with new bytes between them.
+    let mut v = a[..1 << 20].to_vec();
+    v.extend_from_slice(&b[1 << 20..2 << 20]);
+    v.extend_from_slice(&noise(32, 30_000));
+    v.extend_from_slice(&a[2 << 20..]);
+    v.extend_from_slice(&b[..500_000]);
+    put(&f, "vm/c.img", &v);
+    // send_one checks the copy byte for byte and its recorded SHA-256.
+    let sent = send_one(&f, "vm/c.img");
+    let size = v.len() as u64;
+    assert!(sent >= 30_000 && sent < size / 10, "{sent} of {size}");
+    // Its index is the source's own cuts, taken from the lists at the commit: every
+    // chunk at its offset in the new copy, and the index job has nothing to re-read.
+    let id = f
+        .store
+        .chunk_names(&f.source.uuid, "vm/c.img")
+        .unwrap()
+        .ready
+        .expect("indexed at its commit");
+    let chunks = chunks_of(&v);
+    let digests: Vec<DigestPrefix> = chunks.iter().map(|c| prefix(&c.digest)).collect();
+    let owner = crate::store::owner_of(&f.source.uuid);
+    let found = f.store.chunk_lookups(&digests, Some(&owner), 1).unwrap();
+    for (c, at) in chunks.iter().zip(found) {
+        let loc = at.first().map(|(_, loc)| *loc);
+        let want = ChunkLoc {
+            file: id,
+            offset: c.offset,
+            len: c.len,
+        };
+        assert_eq!(loc, Some(want), "chunk at {}", c.offset);
+    }
+    let storages = [f.source.storage.clone()];
+    let pass = index::catch_up(&f.store, &storages, false, &AtomicBool::new(false)).unwrap();
+    assert_eq!(pass, index::CatchUp::default(), "nothing left to index");
+}
+
+#[test]
+fn a_held_chunk_whose_bytes_miss_its_digest_fails_the_copy_and_the_next_try_sends_it() {
+    let f = dedup_fixture("dedup-held-lie");
+    let v1 = noise(33, 3 << 20);
+    put(&f, "vm/a.img", &v1);
+    send_one(&f, "vm/a.img");
+    // The index points chunk 40's digest at chunk 41's bytes (the file itself unchanged,
+    // so only reading the chunk back and hashing it can tell).
+    let held = f
+        .store
+        .chunk_names(&f.source.uuid, "vm/a.img")
+        .unwrap()
+        .ready
+        .unwrap();
+    let chunks = chunks_of(&v1);
+    let (c, other) = (&chunks[40], &chunks[41]);
+    assert_eq!(c.end(), other.offset);
+    let owner = crate::store::owner_of(&f.source.uuid);
+    f.store
+        .write(|tx| {
+            let wrong = crate::store::StagedChunk {
+                offset: other.offset,
+                len: c.len,
+                digest: prefix(&c.digest),
+            };
+            tx.stage_chunks(held, &[wrong])?;
+            tx.publish_chunks(held, &owner, 1).map(|_| ())
+        })
+        .unwrap();
+    // Day two: a few bytes rewritten before chunk 40, which is listed as held.
+    let mut v2 = v1.clone();
+    v2[100_000..100_010].copy_from_slice(b"0123456789");
+    put(&f, "vm/b.img", &v2);
+    let mut feed = MemFeed::of(&["vm/b.img"]);
+    let (result, _) = session(&f, &mut feed, None);
+    result.unwrap();
+    assert!(!done(&feed.results[0].1), "{:?}", feed.results);
+    assert!(
+        format!("{:?}", feed.results[0].1).contains("changed while the copy was assembled"),
+        "{:?}",
+        feed.results
+    );
+    assert!(!received_path(&f, "vm/b.img").exists());
+    assert!(f
+        .store
+        .received_one(&f.source.uuid, "vm/b.img")
+        .unwrap()
+        .is_none());
+    // The copy that lent the wrong bytes is out of the index: the next try gets them
+    // from the source, and the copy verifies.
+    assert!(f.store.chunk_file(held).unwrap().is_none());
+    let sent = send_one(&f, "vm/b.img");
+    assert!(sent > 0, "{sent}");
 }

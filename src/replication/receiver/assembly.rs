@@ -41,8 +41,10 @@ pub(super) struct Assembly {
     pub(super) listed_end: u64,
     /// The bytes of the first lacking chunk received so far.
     pub(super) filling: Vec<u8>,
-    /// A held chunk's bytes, read back.
+    /// Held chunks' bytes, read back (a run of them at a time).
     pub(super) scratch: Vec<u8>,
+    /// The run of held chunks being read back.
+    pub(super) run: Vec<(ChunkLoc, DigestPrefix)>,
     /// The source said `Plain`: no more lists, the rest comes as plain `Data`.
     pub(super) plain: bool,
     /// The file's chunks from its first byte (for the index), while that holds.
@@ -57,6 +59,7 @@ impl Assembly {
             listed_end: at,
             filling: Vec::new(),
             scratch: Vec::new(),
+            run: Vec::new(),
             plain: false,
             entries: (at == 0).then(Vec::new),
         }

@@ -21,6 +21,12 @@ use crate::store::{
 };
 use crate::wire::transfer::DIGEST_PREFIX;
 
+/// Whether the held chunk `next` starts in `prev`'s file where `prev` ends: such chunks
+/// are read back as one run.
+pub(super) fn continues(prev: &ChunkLoc, next: &ChunkLoc) -> bool {
+    next.file == prev.file && prev.offset.checked_add(u64::from(prev.len)) == Some(next.offset)
+}
+
 /// Which received copies a session may take chunks from (`dedup_scope`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Scope {
@@ -107,35 +113,57 @@ impl<'a> Holdings<'a> {
         Ok(out)
     }
 
-    /// Reads the held chunk at `loc` into `buf` (resized to it) and checks it against
-    /// `digest`. On a mismatch the file is not used again in this session.
-    pub fn read(
+    /// Reads the held chunks of `run` into `buf` (resized to them) with one read and
+    /// checks each against its digest. The run must lie in one file, each chunk where the
+    /// one before it ends ([`continues`]; anything else is refused unread). On a mismatch
+    /// the file is not used again in this session.
+    pub fn read_run(
         &mut self,
-        loc: &ChunkLoc,
-        digest: &DigestPrefix,
+        run: &[(ChunkLoc, DigestPrefix)],
         buf: &mut Vec<u8>,
     ) -> Result<(), BorrowError> {
-        if !self.usable(loc.file).map_err(BorrowError::Store)? {
+        buf.clear();
+        let Some((first, _)) = run.first() else {
+            return Ok(());
+        };
+        let file = first.file;
+        if run.windows(2).any(|w| !continues(&w[0].0, &w[1].0)) {
             return Err(BorrowError::Changed(format!(
-                "held file {} is no longer usable",
-                loc.file
+                "held chunks of file {file} that do not follow each other"
             )));
         }
-        buf.resize(loc.len as usize, 0);
-        let read = match self.known.get(&loc.file) {
-            Some(Some(f)) => f.read_exact_at(buf, loc.offset),
+        if !self.usable(file).map_err(BorrowError::Store)? {
+            return Err(BorrowError::Changed(format!(
+                "held file {file} is no longer usable"
+            )));
+        }
+        let total: usize = run.iter().map(|(loc, _)| loc.len as usize).sum();
+        buf.resize(total, 0);
+        let read = match self.known.get(&file) {
+            Some(Some(f)) => f.read_exact_at(buf, first.offset),
             _ => Err(std::io::Error::other("not open")),
         };
-        let ok = read.is_ok() && sha256(buf)[..DIGEST_PREFIX] == digest[..];
-        if ok {
-            return Ok(());
+        let mut at = 0usize;
+        let mut wrong = None;
+        if read.is_ok() {
+            for (loc, digest) in run {
+                let end = at + loc.len as usize;
+                if sha256(&buf[at..end])[..DIGEST_PREFIX] != digest[..] {
+                    wrong = Some(loc.offset);
+                    break;
+                }
+                at = end;
+            }
+            if wrong.is_none() {
+                return Ok(());
+            }
         }
-        self.forget(loc.file);
-        Err(BorrowError::Changed(match read {
-            Err(e) => format!("read of held file {}: {e}", loc.file),
-            Ok(()) => format!(
-                "the chunk at {} of held file {} no longer has its digest",
-                loc.offset, loc.file
+        self.forget(file);
+        Err(BorrowError::Changed(match (read, wrong) {
+            (Err(e), _) => format!("read of held file {file}: {e}"),
+            (Ok(()), offset) => format!(
+                "the chunk at {} of held file {file} no longer has its digest",
+                offset.unwrap_or(first.offset)
             ),
         }))
     }

@@ -6,14 +6,21 @@
 use std::io::Write;
 
 use super::assembly::{Assembly, Pending, MAX_PENDING};
-use super::holdings::{BorrowError, Holdings, Scope};
+use super::holdings::{continues, BorrowError, Holdings, Scope};
 use super::sink::FileSink;
 use super::state::Session;
 use super::ReceiveError;
 use crate::replication::chunker::{sha256, MAX_CHUNK, MIN_CHUNK};
 use crate::replication::live::Peer;
 use crate::store::DigestPrefix;
-use crate::wire::transfer::{ChunkList, Code, Frame, DIGEST_PREFIX, HEADER_LEN, LIST_ENTRY};
+use crate::wire::transfer::{
+    ChunkList, Code, Frame, DIGEST_PREFIX, HEADER_LEN, LIST_ENTRY, MAX_DATA,
+};
+
+/// Held chunks that follow each other in one file are read back and written as one, up
+/// to this many bytes: one read, one hand-over to the sink and one write instead of one
+/// per chunk, in buffers no larger than a `Data` frame's.
+const HELD_RUN: usize = MAX_DATA;
 
 /// Checks one listed chunk's length against the bounds and the offered size; returns
 /// where it ends.
@@ -95,8 +102,8 @@ impl<'c, W: Write, S: FileSink> Session<'c, '_, W, S> {
         Ok(())
     }
 
-    /// Looks the listed chunks up, places the held ones that nothing lacking precedes,
-    /// queues the rest, and answers with `Lacks`.
+    /// Looks the listed chunks up, answers with `Lacks`, then places the held ones that
+    /// nothing lacking precedes (the rest wait in order for the data before them).
     fn answer(
         &mut self,
         seq: u32,
@@ -128,35 +135,17 @@ impl<'c, W: Write, S: FileSink> Session<'c, '_, W, S> {
             a.listed_end += u64::from(len);
             a.next_index += 1;
             a.record(offset, len, digest);
-            let held = match loc {
-                // Nothing ahead of it is missing: in place now, or asked for.
-                Some(loc) if a.pending.is_empty() => {
-                    match holdings.read(&loc, &digest, &mut a.scratch) {
-                        Ok(()) => {
-                            if !self.place(&a.scratch, false) {
-                                self.holdings = Some(holdings);
-                                return;
-                            }
-                            true
-                        }
-                        Err(e) => {
-                            log::info!("replication: {name}: held chunk asked for instead: {e}");
-                            false
-                        }
-                    }
+            match loc {
+                Some(loc) => a.pending.push_back(Pending::Held { loc, digest }),
+                None => {
+                    bits[i / 8] |= 1 << (i % 8);
+                    a.pending.push_back(Pending::Lacking { len, digest });
                 }
-                Some(loc) => {
-                    a.pending.push_back(Pending::Held { loc, digest });
-                    true
-                }
-                None => false,
-            };
-            if !held {
-                bits[i / 8] |= 1 << (i % 8);
-                a.pending.push_back(Pending::Lacking { len, digest });
             }
         }
         self.holdings = Some(holdings);
+        // The answer goes out before any held chunk is copied: the source sends what
+        // lacks (and cuts its next list) while the target copies what it holds.
         self.send(&Frame::Lacks {
             seq,
             first,
@@ -164,6 +153,9 @@ impl<'c, W: Write, S: FileSink> Session<'c, '_, W, S> {
             bits: &bits,
         });
         self.flush();
+        if !self.place_held(&mut a, name) {
+            return;
+        }
         self.put_back(a);
         self.maybe_checkpoint();
         self.confirm_durable(seq);
@@ -196,8 +188,9 @@ impl<'c, W: Write, S: FileSink> Session<'c, '_, W, S> {
     }
 
     /// `Data` of a file received in chunks: the bytes of the lacking chunks, in order.
-    /// Each completed chunk is checked against its digest and written, then the held
-    /// chunks after it are read back, checked and written.
+    /// Each completed chunk is checked against its digest; whole chunks checked in the
+    /// frame itself are written together, and the held chunks after them are read back,
+    /// checked and written.
     pub(super) fn chunk_data(&mut self, seq: u32, bytes: &[u8]) -> Result<(), ReceiveError> {
         let Some(cur) = self.current.as_mut().filter(|c| c.seq == seq) else {
             return Ok(());
@@ -206,29 +199,50 @@ impl<'c, W: Write, S: FileSink> Session<'c, '_, W, S> {
             return Ok(());
         };
         let name = cur.offer.name.to_string();
+        // `rest[..run]`: whole lacking chunks checked in place, not written yet.
         let mut rest = bytes;
-        while !rest.is_empty() {
+        let mut run = 0usize;
+        loop {
             let (len, digest) = match a.pending.front() {
                 Some(Pending::Lacking { len, digest }) => (*len as usize, *digest),
                 Some(Pending::Held { .. }) => {
-                    // Not reached: held chunks are placed as soon as nothing precedes them.
-                    if !self.place_held(&mut a, &name) {
+                    if !self.place_run(&mut rest, &mut run) || !self.place_held(&mut a, &name) {
                         return Ok(());
                     }
                     continue;
                 }
-                None if a.plain => {
+                None if a.plain && rest.len() > run => {
+                    if !self.place_run(&mut rest, &mut run) {
+                        return Ok(());
+                    }
                     self.put_back(a);
                     return self.data(seq, rest);
                 }
-                None => {
+                None if rest.len() > run => {
                     let m = format!(
                         "the source sent data for {name} beyond the chunks the target asked for; the copy was discarded"
                     );
                     self.fail_current(Code::SizeMismatch, m);
                     return Ok(());
                 }
+                None => break,
             };
+            if rest.len() == run {
+                break;
+            }
+            if a.filling.is_empty() && rest.len() - run >= len {
+                // A whole chunk in this frame: checked where it lies.
+                if sha256(&rest[run..run + len])[..DIGEST_PREFIX] != digest[..] {
+                    self.chunk_mismatch(&name, run);
+                    return Ok(());
+                }
+                a.pending.pop_front();
+                run += len;
+                continue;
+            }
+            if !self.place_run(&mut rest, &mut run) {
+                return Ok(());
+            }
             let n = (len - a.filling.len()).min(rest.len());
             a.filling.extend_from_slice(&rest[..n]);
             rest = &rest[n..];
@@ -236,11 +250,7 @@ impl<'c, W: Write, S: FileSink> Session<'c, '_, W, S> {
                 break;
             }
             if sha256(&a.filling)[..DIGEST_PREFIX] != digest[..] {
-                let m = format!(
-                    "a chunk of {name} at offset {} does not match the digest its list gave; the copy was discarded",
-                    self.current.as_ref().map_or(0, |c| c.written)
-                );
-                self.fail_current(Code::DigestMismatch, m);
+                self.chunk_mismatch(&name, 0);
                 return Ok(());
             }
             a.pending.pop_front();
@@ -250,9 +260,9 @@ impl<'c, W: Write, S: FileSink> Session<'c, '_, W, S> {
             }
             a.filling = chunk;
             a.filling.clear();
-            if !self.place_held(&mut a, &name) {
-                return Ok(());
-            }
+        }
+        if !self.place_run(&mut rest, &mut run) {
+            return Ok(());
         }
         self.put_back(a);
         self.maybe_checkpoint();
@@ -260,38 +270,95 @@ impl<'c, W: Write, S: FileSink> Session<'c, '_, W, S> {
         Ok(())
     }
 
-    /// Places the held chunks at the front of `a`'s queue. False when the file failed: a
-    /// held chunk no longer matching its digest fails it (its source sends it again; the
-    /// copy it came from is dropped from the index so the next try asks for the chunk).
+    /// Writes the checked chunks at the front of `rest` (`run` bytes) and moves past them.
+    fn place_run(&mut self, rest: &mut &[u8], run: &mut usize) -> bool {
+        if *run == 0 {
+            return true;
+        }
+        let (checked, after) = rest.split_at(*run);
+        *rest = after;
+        *run = 0;
+        self.place(checked, true)
+    }
+
+    /// A received chunk, `ahead` bytes past what is written, does not match its listed
+    /// digest: the copy is discarded.
+    fn chunk_mismatch(&mut self, name: &str, ahead: usize) {
+        let at = self.current.as_ref().map_or(0, |c| c.written) + ahead as u64;
+        let m = format!(
+            "a chunk of {name} at offset {at} does not match the digest its list gave; the copy was discarded"
+        );
+        self.fail_current(Code::DigestMismatch, m);
+    }
+
+    /// Places the held chunks at the front of `a`'s queue, runs of them that follow each
+    /// other in one file read and written as one (up to [`HELD_RUN`] bytes). False when
+    /// the file failed: a held chunk no longer matching its digest fails it (its source
+    /// sends it again; the copy it came from is dropped from the index so the next try
+    /// asks for the chunk).
     fn place_held(&mut self, a: &mut Assembly, name: &str) -> bool {
-        while let Some(Pending::Held { loc, digest }) = a.pending.front() {
-            let (loc, digest) = (*loc, *digest);
+        loop {
+            a.run.clear();
+            let mut bytes = 0usize;
+            for p in &a.pending {
+                let Pending::Held { loc, digest } = p else {
+                    break;
+                };
+                if let Some((last, _)) = a.run.last() {
+                    if !continues(last, loc) || bytes + loc.len as usize > HELD_RUN {
+                        break;
+                    }
+                }
+                bytes += loc.len as usize;
+                a.run.push((*loc, *digest));
+            }
+            let Some(file) = a.run.first().map(|(loc, _)| loc.file) else {
+                return true;
+            };
             let Some(holdings) = self.holdings.as_mut() else {
                 return false;
             };
-            match holdings.read(&loc, &digest, &mut a.scratch) {
-                Ok(()) => {}
-                Err(e) => {
-                    if let BorrowError::Changed(_) = e {
-                        let dropped = self.ctx.store.write(|tx| tx.delete_chunk_file(loc.file));
-                        if let Err(d) = dropped {
-                            log::warn!("replication: drop stale indexed file {}: {d}", loc.file);
-                        }
+            if let Err(e) = holdings.read_run(&a.run, &mut a.scratch) {
+                if let BorrowError::Changed(_) = e {
+                    let dropped = self.ctx.store.write(|tx| tx.delete_chunk_file(file));
+                    if let Err(d) = dropped {
+                        log::warn!("replication: drop stale indexed file {file}: {d}");
                     }
-                    let m = format!(
-                        "a chunk of {name} held by the target changed while the copy was assembled ({e}); sent again later"
-                    );
-                    self.checkpoint_current();
-                    self.fail_current_keep(Code::Unavailable, m);
-                    return false;
                 }
+                let m = format!(
+                    "a chunk of {name} held by the target changed while the copy was assembled ({e}); sent again later"
+                );
+                self.checkpoint_current();
+                self.fail_current_keep(Code::Unavailable, m);
+                return false;
             }
-            a.pending.pop_front();
+            a.pending.drain(..a.run.len());
             if !self.place(&a.scratch, false) {
                 return false;
             }
+            self.held_progress();
         }
-        true
+    }
+
+    /// While held chunks are copied: the checkpoint that is due, and `Durable` for what
+    /// the last one recorded, so the source's window moves on (and it lists further)
+    /// while the target copies.
+    fn held_progress(&mut self) {
+        self.maybe_checkpoint();
+        let recorded = self.sink.recorded();
+        let Some(cur) = self.current.as_mut() else {
+            return;
+        };
+        let Some(durable) = recorded.filter(|d| *d > cur.confirmed) else {
+            return;
+        };
+        cur.confirmed = durable;
+        let seq = cur.seq;
+        self.send(&Frame::Durable {
+            seq,
+            offset: durable,
+        });
+        self.flush();
     }
 
     fn put_back(&mut self, a: Box<Assembly>) {
