@@ -164,6 +164,37 @@ fn small_new_files_on_a_fast_link_go_whole_and_held_ones_still_go_in_chunks() {
 }
 
 #[test]
+fn a_few_chunks_every_file_shares_do_not_make_small_files_pay_a_round_trip() {
+    const MIB: usize = 1 << 20;
+    // Every file starts with the same 16 KiB (a header, zeros): a chunk or two of ~128.
+    let header = noise(40, 16 * 1024);
+    let file = |seed: u64| {
+        let mut v = header.clone();
+        v.extend(noise(seed, MIB - header.len()));
+        v
+    };
+    let first = file(41);
+    assert!(
+        chunks_of(&first)[0].end() <= header.len() as u64,
+        "the header holds a whole chunk"
+    );
+    let f = dedup_fixture("dedup-few-held");
+    put(&f, "db/yesterday", &first);
+    send_one(&f, "db/yesterday");
+    let mut f = f;
+    f.readings = fast_long_link;
+    let names: Vec<String> = (0..6).map(|i| format!("db/today-{i}")).collect();
+    for (i, n) in names.iter().enumerate() {
+        put(&f, n, &file(50 + i as u64));
+    }
+    let refs: Vec<&str> = names.iter().map(String::as_str).collect();
+    let sent = send_all(&f, &refs);
+    // The probe finds the header's chunks held, too few to pay for a list per file.
+    assert!(sent[0] > MIB as u64 / 2, "{sent:?}");
+    assert_eq!(sent[1..], [MIB as u64; 5], "{sent:?}");
+}
+
+#[test]
 fn lacking_chunks_go_compressed_when_zstd_was_agreed() {
     let mut f = dedup_fixture("dedup-zstd");
     f.compression = Compression::Zstd(1);

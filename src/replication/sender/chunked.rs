@@ -70,7 +70,8 @@ impl Cuts {
 /// round trip (`Session::lists_pay`).
 #[derive(Debug, Default)]
 pub(super) struct Lists {
-    /// The last file sent in chunks found chunks the target held.
+    /// The last file sent in chunks found at least 1/[`LIST_TRIPS`] of its chunks held
+    /// (a chunk or two that every file has, such as zeros, does not pay for the lists).
     held: bool,
     /// When the last file's first list went.
     last: Option<Instant>,
@@ -80,7 +81,7 @@ impl<F: Feed, W: Write> Session<'_, '_, F, W> {
     /// Whether a file of `size` bytes goes in chunks: the session agreed them, the file is
     /// large enough to be indexed, and its list's round trip is worth it. It is when the
     /// file takes many round trips to send (`link::list_pays`), when the last file sent in
-    /// chunks found chunks held (day two of a set of files), or as a probe when no list
+    /// chunks found enough held (day two of a set of files), or as a probe when no list
     /// went for [`LIST_TRIPS`] round trips (so a probe costs ≤ 1/32 of the time). Else
     /// the file goes whole, with no round trip before its bytes: on a fast link each of
     /// 1,000 new 1 MiB files waited one (P4, BENCHMARKS.md). A copy sent whole is indexed
@@ -140,6 +141,7 @@ impl<F: Feed, W: Write> Session<'_, '_, F, W> {
         self.lacks.clear();
         let window = list_window(o.size);
         let mut cut = Cuts::new(offset, hasher);
+        let (mut listed_n, mut held_n) = (0usize, 0usize);
         self.lists = Lists {
             held: false,
             last: Some(Instant::now()),
@@ -202,7 +204,9 @@ impl<F: Feed, W: Write> Session<'_, '_, F, W> {
                 return self.send(&Frame::Skip { seq });
             };
             let lacking: usize = bits.iter().map(|b| b.count_ones() as usize).sum();
-            self.lists.held |= lacking < listed.len();
+            listed_n += listed.len();
+            held_n += listed.len() - lacking;
+            self.lists.held = held_n * LIST_TRIPS as usize >= listed_n && held_n > 0;
             let allowed = limit.saturating_sub(offset);
             if !self.send_lacking(&o, &listed, &bits, &registered.progress, &mut sent, allowed)? {
                 let m = format!(
