@@ -297,6 +297,7 @@ part_fair() {
       worst=$(val weight_worst_source_pct "$o")
       echo "| weights $WEIGHTS in turn: mean rate / share of the total, MB/s, per weight ($(val weights_seconds "$o") s) | $(val weight_rates "$o") | |"
       echo "| the source furthest from its weighted share | ${worst} % | $(verdict "$worst" 5) (±5 %) |"
+      echo "| (Jain's index above is of the rates as they are: weights held exactly give less than 1, 0.9 for 1 and 2 in turn) | | |"
     fi
     echo
     echo "$EQUAL synthetic sources sending ${FILE_MB} MB files back to back from t = 0, one more from t = ${LATE_S} s (left out of the index), ${FAIR_S} s; Jain's index of the sources' mean rates per 60 s window; a source's share is the total rate over the sources sending, reached when its rate over 2 s is 90 % of it; load $(val load_start "$o") → $(val load_end "$o"). $NOTE"
