@@ -13,7 +13,9 @@
 #          at once for LOAD_S seconds: the same figures, per-source rates, Jain's index.
 #   fair   EQUAL (100) synthetic sources sending at once for FAIR_S seconds, the last one
 #          starting LATE_S seconds after the others: Jain's index per 60 s window and the
-#          time the late source takes to reach its share.
+#          time the late source takes to reach its share. With WEIGHTS (e.g. 1,2) the
+#          sending sources get those `share` weights in turn, and the part reports each
+#          weight's mean rate against its share of the total (SPEC 21: within ±5 %).
 #   nat    NAT (40) synthetic sources behind one address (all connecting from 127.1.0.1)
 #          sending at once for NAT_S seconds: what the per-address cap does to them.
 #   daemons  SOURCES (20) real source daemons, each with its own data directory, ports
@@ -43,7 +45,7 @@
 # never overfills the storage and refuses before transfers start.
 # Needs root for the race's loop mount (else tmpfs, else the part is skipped with a note),
 # curl, jq, sha256sum, mkfs.ext4 and losetup (util-linux, e2fsprogs).
-BENCH_KNOBS="FLEET HEARTBEAT POLL_S TRANSFERS FILE_MB LOAD_S EQUAL FAIR_S LATE_S NAT NAT_S SOURCES SOURCE_FILES DAEMONS_S RACE_SOURCES RACE_FILE_MB RACE_FREE_MB FLEET_CACHE WORKERS RENEW_S"
+BENCH_KNOBS="FLEET HEARTBEAT POLL_S TRANSFERS FILE_MB LOAD_S EQUAL FAIR_S LATE_S NAT NAT_S SOURCES SOURCE_FILES DAEMONS_S RACE_SOURCES RACE_FILE_MB RACE_FREE_MB FLEET_CACHE WORKERS RENEW_S WEIGHTS"
 PARTS=poll,load,fair,nat,daemons,race
 args=()
 while [ $# -gt 0 ]; do
@@ -275,7 +277,7 @@ part_fair() {
   start_cleaner "$FT_DATA/storage"
   fleet run --api "$FT_API" --fleet "$FLEET_FILE" --count 0 --duration "$FAIR_S" --pid "$FT_PID" \
     --transfers $((EQUAL + 1)) --transfer-from 0 --file-mb "$FILE_MB" --late-after "$LATE_S" \
-    >"$WORK/fair.out"
+    ${WEIGHTS:+--password "$PASSWORD" --weights "$WEIGHTS"} >"$WORK/fair.out"
   stop_cleaner
   local o=$WORK/fair.out table=$WORK/fair.md
   {
@@ -290,6 +292,13 @@ part_fair() {
     echo "| a source starting after ${LATE_S} s: to 90 % of its share | $(share_text "$late") | $(share_verdict "$late") (≤ 5 s) |"
     echo "| sessions refused | $(val session_refused "$o") ($(val session_statuses "$o")) | |"
     echo "| RSS max; threads max | $(val target_rss_max_mb "$o") MB; $(val target_threads_max "$o") | |"
+    if [ -n "${WEIGHTS:-}" ]; then
+      local worst
+      worst=$(val weight_worst_source_pct "$o")
+      echo "| weights $WEIGHTS in turn: mean rate / share of the total, MB/s, per weight ($(val weights_seconds "$o") s) | $(val weight_rates "$o") | |"
+      echo "| the source furthest from its weighted share | ${worst} % | $(verdict "$worst" 5) (±5 %) |"
+      echo "| (Jain's index above is of the rates as they are: weights held exactly give less than 1, 0.9 for 1 and 2 in turn) | | |"
+    fi
     echo
     echo "$EQUAL synthetic sources sending ${FILE_MB} MB files back to back from t = 0, one more from t = ${LATE_S} s (left out of the index), ${FAIR_S} s; Jain's index of the sources' mean rates per 60 s window; a source's share is the total rate over the sources sending, reached when its rate over 2 s is 90 % of it; load $(val load_start "$o") → $(val load_end "$o"). $NOTE"
   } >"$table"

@@ -36,7 +36,8 @@
 # (rg-wan-a, rg-wan-b), THROTTLE_PCT (replgate under a throttle window of that percentage
 # of the profile's rate, all day; its note gives each whole 10 s of the transfer as a
 # fraction of the set rate, from the source's content bytes sent: what the throttle counts
-# for incompressible data).
+# for incompressible data), DEDUP (auto or off: both daemons' `dedup` key; unset, their
+# default).
 # Needs root, /dev/net/tun, ip (iproute2), nsenter (util-linux), iperf3, rsync, sshd and
 # ssh, curl, sha256sum, python3. Adds cubic to net.ipv4.tcp_allowed_congestion_control when
 # missing (host-wide; a namespace may only default to an allowed algorithm).
@@ -53,7 +54,7 @@ while [ $# -gt 0 ]; do
     *) LIB_ARGS+=("$1"); shift ;;
   esac
 done
-BENCH_KNOBS="PROFILES DATASETS REPS TOOLS CEILING_S CUT_S CUT_AT RESUME_WAIT MAX_TRANSFER_S FILES IMAGE_MB RESTORE_MB BIG_MB SMALL_KB COMP_MB COMP_DIR THROTTLE_PCT"
+BENCH_KNOBS="PROFILES DATASETS REPS TOOLS CEILING_S CUT_S CUT_AT RESUME_WAIT MAX_TRANSFER_S FILES IMAGE_MB RESTORE_MB BIG_MB SMALL_KB COMP_MB COMP_DIR THROTTLE_PCT DEDUP"
 for p in P1 P2 P3 P4 P5; do BENCH_KNOBS+=" BIG_MB_$p SMALL_KB_$p COMP_MB_$p"; done
 set -- "${LIB_ARGS[@]}"
 # shellcheck source=bench/lib.sh
@@ -200,9 +201,10 @@ start_daemon() { # start_daemon NAME NS ADDR [VAR=VALUE...]: the API and tunnel 
   shift 3
   RG_NETNS=$ns RG_API_FIXED=$addr:7443 start_replgate "$name" REPLGATE_TUNNEL_LISTEN="$addr:7444" "$@"
 }
-start_daemon tgt "$NS_B" "$ADDR_B"
+DEDUP_ENV=(${DEDUP:+REPLGATE_DEDUP=$DEDUP})
+start_daemon tgt "$NS_B" "$ADDR_B" "${DEDUP_ENV[@]}"
 TGT_PID=$RG_PID TGT_DATA=$RG_DATA
-start_daemon src "$NS_A" "$ADDR_A" REPLGATE_POLL_INTERVAL=1 REPLGATE_HEARTBEAT_INTERVAL=5
+start_daemon src "$NS_A" "$ADDR_A" REPLGATE_POLL_INTERVAL=1 REPLGATE_HEARTBEAT_INTERVAL=5 "${DEDUP_ENV[@]}"
 SRC_PID=$RG_PID SRC_DATA=$RG_DATA
 
 api() { # api src|tgt TOKEN METHOD PATH [BODY]: the source's API from A, the target's from B

@@ -46,6 +46,7 @@ commands:
          [--workers W] [--password P] [--pid PID] [--series FILE]
          [--transfers K] [--transfer-from I] [--file-mb M] [--files F] [--fs PATH]
          [--window S] [--files-out FILE] [--late-after S] [--one-address]
+         [--weights W1,W2,...]
          N sources (default: all) poll at the heartbeat (default 60 s) with the tunnel
          call each heartbeat (default session); K sources (fleet indices from I, default
          after the pollers) send M MB files (F each, default until the end); with
@@ -53,7 +54,9 @@ commands:
          sampled every second; with --fs PATH the storage's free space every 20 ms;
          --files-out lists every committed file (`uuid/name size sha256`); with
          --late-after the last sending source starts S seconds after the others;
-         --one-address puts every source behind 127.1.0.1 (one NAT)
+         --one-address puts every source behind 127.1.0.1 (one NAT); --weights sets
+         the sending sources' `share` in turn (needs --password) and reports each
+         weight's mean rate against its share of the total (the late source left out)
   watch  --api HOST:PORT --ca CA.pem --password P --duration S
          [--pid PID] [--window S] [--late-uuid UUID --late-at-ms T] [--out FILE]
          [--until-idle]
@@ -335,6 +338,17 @@ fn run_cmd(o: &Opts) -> Result<(), String> {
         Some(p) => Some(Admin::login(&fleet.ca_pem, api, p)?),
         None => None,
     };
+    let weights: Vec<u64> = match o.get("weights") {
+        Some(w) => w
+            .split(',')
+            .map(|v| v.parse().map_err(|_| format!("--weights {w}: numbers")))
+            .collect::<Result<_, _>>()?,
+        None => Vec::new(),
+    };
+    if !weights.is_empty() {
+        let admin = admin.as_mut().ok_or("--weights needs --password")?;
+        set_weights(admin, &fleet, &xplan.sources, &weights)?;
+    }
     let measured = poll::Measured::default();
     let xmeasured = xfer::Measured::new(transfers);
     let probe = Probe::default();
@@ -482,6 +496,9 @@ fn run_cmd(o: &Opts) -> Result<(), String> {
             .late_after
             .map(|d| (transfers as u64 - 1, d.as_secs() as usize));
         report_rates(&lock(&rates), window, late);
+        if !weights.is_empty() {
+            report_weights(&lock(&rates), &weights, late.map(|(k, _)| k as usize));
+        }
         let total: u64 = series.iter().map(|r| r.sent).sum();
         println!("sent_mb={:.1}", total as f64 / 1e6);
     }
@@ -566,6 +583,81 @@ fn report_rates(rates: &[Vec<u64>], window: usize, late: Option<(u64, usize)>) {
     if let Some((sid, from)) = late {
         print_time_to_share(&by_source, sid, from);
     }
+}
+
+/// Sets the `share` of the sending sources (fleet indices `sources`) to `weights` in turn.
+fn set_weights(
+    admin: &mut Admin,
+    fleet: &Fleet,
+    sources: &[usize],
+    weights: &[u64],
+) -> Result<(), String> {
+    let systems = admin.call("GET", "/api/systems", None)?.json()?;
+    let ids: BTreeMap<String, u64> = watch::sources(&systems)
+        .into_iter()
+        .map(|(id, uuid)| (uuid, id))
+        .collect();
+    for (k, i) in sources.iter().enumerate() {
+        let uuid = &fleet.sources[*i].uuid;
+        let sid = ids.get(uuid).ok_or(format!("no system row for {uuid}"))?;
+        let w = weights[k % weights.len()];
+        let r = admin.call(
+            "PUT",
+            &format!("/api/replication/source?sid={sid}"),
+            Some(&serde_json::json!({ "share": w })),
+        )?;
+        if r.status != 200 {
+            return Err(format!("share of {sid}: {} {}", r.status, r.text()));
+        }
+    }
+    Ok(())
+}
+
+/// Per weight: the mean rate of its sources (MB/s) and its share of the total by weight,
+/// over the seconds every source (the late one left out) was sending; and the worst
+/// source's rate against its share (SPEC 21: within ±5 %).
+fn report_weights(rates: &[Vec<u64>], weights: &[u64], late: Option<usize>) {
+    let n = rates.first().map_or(0, Vec::len);
+    let counted: Vec<usize> = (0..n).filter(|k| Some(*k) != late).collect();
+    // The seconds from the first in which every counted source sent, to the last.
+    let rows: Vec<&Vec<u64>> = rates
+        .iter()
+        .skip_while(|row| counted.iter().any(|k| row[*k] == 0))
+        .collect();
+    if rows.is_empty() || counted.is_empty() {
+        println!("weights=none (never all sending)");
+        return;
+    }
+    let mean = |k: usize| rows.iter().map(|r| r[k] as f64).sum::<f64>() / rows.len() as f64;
+    let total: f64 = counted.iter().map(|k| mean(*k)).sum();
+    let weight_sum: u64 = counted.iter().map(|k| weights[k % weights.len()]).sum();
+    let mut by_weight: BTreeMap<u64, Vec<f64>> = BTreeMap::new();
+    let mut worst = 0.0f64;
+    for k in &counted {
+        let w = weights[k % weights.len()];
+        let share = total * w as f64 / weight_sum as f64;
+        let got = mean(*k);
+        by_weight.entry(w).or_default().push(got);
+        if share > 0.0 {
+            worst = worst.max((got / share - 1.0).abs());
+        }
+    }
+    let text: Vec<String> = by_weight
+        .iter()
+        .map(|(w, v)| {
+            let m = v.iter().sum::<f64>() / v.len() as f64;
+            let share = total * *w as f64 / weight_sum as f64;
+            format!(
+                "{w}:{:.2}/{:.2}({:+.1}%)",
+                m / 1e6,
+                share / 1e6,
+                (m / share - 1.0) * 100.0
+            )
+        })
+        .collect();
+    println!("weights_seconds={}", rows.len());
+    println!("weight_rates={}", text.join(","));
+    println!("weight_worst_source_pct={:.1}", worst * 100.0);
 }
 
 /// The seconds the late source took (from `from`) until its rate over 2 s first reached

@@ -101,6 +101,100 @@ fn yesterdays_file_plus_a_change_sends_only_the_changed_chunks() {
     assert_eq!(send_one(&f, "vm/day4.img"), size);
 }
 
+/// A gigabit link at 100 ms as `TCP_INFO` would tell it: 12.5 MB a round trip, so a chunk
+/// list pays only for files of 400 MB and more (`link::list_pays`), and a probe goes once
+/// every 3.2 s.
+fn fast_long_link() -> crate::replication::compress::Readings {
+    crate::replication::compress::Readings {
+        link_rate: Some(125_000_000),
+        rtt: Some(std::time::Duration::from_millis(100)),
+        ..Default::default()
+    }
+}
+
+/// Sends `names` in one session; returns each item's bytes sent, by item id.
+fn send_all(f: &Fixture, names: &[&str]) -> Vec<u64> {
+    let mut feed = MemFeed::of(names);
+    let (result, rx) = session(f, &mut feed, None);
+    let s = result.unwrap();
+    assert_eq!(s.done, names.len() as u64, "{:?}", feed.results);
+    assert_eq!(rx.committed, names.len() as u64);
+    let mut sent = vec![0; names.len()];
+    for (id, attempt, bytes) in &feed.results {
+        assert!(done(attempt), "{attempt:?}");
+        sent[*id as usize - 1] = *bytes;
+    }
+    for n in names {
+        let want = std::fs::read(f.src.join(n)).unwrap();
+        assert_eq!(std::fs::read(received_path(f, n)).unwrap(), want, "{n}");
+    }
+    sent
+}
+
+#[test]
+fn small_new_files_on_a_fast_link_go_whole_and_held_ones_still_go_in_chunks() {
+    const MIB: usize = 1 << 20;
+    let mut f = dedup_fixture("dedup-small-fast");
+    f.readings = fast_long_link;
+    // Eight new 1 MiB files: the first is a probe (its list finds nothing held), the
+    // other seven go whole, with no list and so no round trip for one before their bytes:
+    // each item's bytes sent are exactly its size (a list would add 18 bytes a chunk).
+    let new: Vec<String> = (0..8).map(|i| format!("db/new-{i}")).collect();
+    for (i, n) in new.iter().enumerate() {
+        put(&f, n, &noise(10 + i as u64, MIB));
+    }
+    let names: Vec<&str> = new.iter().map(String::as_str).collect();
+    let sent = send_all(&f, &names);
+    assert!(sent[0] > MIB as u64, "the first file is a probe: {sent:?}");
+    assert_eq!(sent[1..], [MIB as u64; 7], "{sent:?}");
+    // Day two of a set of small files (yesterday's bytes under new names): the probe finds
+    // them held, so the rest go in chunks too and only their lists cross.
+    let day2: Vec<String> = (0..8).map(|i| format!("db/day2-{i}")).collect();
+    for (i, n) in day2.iter().enumerate() {
+        put(&f, n, &noise(10 + i as u64, MIB));
+    }
+    // The first day's copies were sent whole but the probe: the index job indexes them.
+    let storages = [f.source.storage.clone()];
+    let pass = index::catch_up(&f.store, &storages, true, &AtomicBool::new(false)).unwrap();
+    assert_eq!(pass.indexed, 7, "{pass:?}");
+    let names: Vec<&str> = day2.iter().map(String::as_str).collect();
+    let sent = send_all(&f, &names);
+    for (i, s) in sent.iter().enumerate() {
+        assert!(*s < MIB as u64 / 20, "file {i} was sent again: {sent:?}");
+    }
+}
+
+#[test]
+fn a_few_chunks_every_file_shares_do_not_make_small_files_pay_a_round_trip() {
+    const MIB: usize = 1 << 20;
+    // Every file starts with the same 16 KiB (a header, zeros): a chunk or two of ~128.
+    let header = noise(40, 16 * 1024);
+    let file = |seed: u64| {
+        let mut v = header.clone();
+        v.extend(noise(seed, MIB - header.len()));
+        v
+    };
+    let first = file(41);
+    assert!(
+        chunks_of(&first)[0].end() <= header.len() as u64,
+        "the header holds a whole chunk"
+    );
+    let f = dedup_fixture("dedup-few-held");
+    put(&f, "db/yesterday", &first);
+    send_one(&f, "db/yesterday");
+    let mut f = f;
+    f.readings = fast_long_link;
+    let names: Vec<String> = (0..6).map(|i| format!("db/today-{i}")).collect();
+    for (i, n) in names.iter().enumerate() {
+        put(&f, n, &file(50 + i as u64));
+    }
+    let refs: Vec<&str> = names.iter().map(String::as_str).collect();
+    let sent = send_all(&f, &refs);
+    // The probe finds the header's chunks held, too few to pay for a list per file.
+    assert!(sent[0] > MIB as u64 / 2, "{sent:?}");
+    assert_eq!(sent[1..], [MIB as u64; 5], "{sent:?}");
+}
+
 #[test]
 fn lacking_chunks_go_compressed_when_zstd_was_agreed() {
     let mut f = dedup_fixture("dedup-zstd");

@@ -49,7 +49,14 @@ pub(crate) fn serve(
             uuid: source.uuid.clone(),
             pipeline: None,
         };
-        receiver::serve(ctx, source, input, output, sink, commits)
+        // Read at the source's share of the ingest's bytes (`replication::pacing`).
+        match ctx.slots {
+            Some(slots) => {
+                let input = slots.pacer.reader(input, source.system_id, source.share);
+                receiver::serve(ctx, source, input, output, sink, commits)
+            }
+            None => receiver::serve(ctx, source, input, output, sink, commits),
+        }
     })
 }
 

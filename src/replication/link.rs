@@ -147,6 +147,22 @@ pub fn offers(link: Option<Link>, mean_size: u64) -> usize {
     files.clamp(MIN_OFFERS, MAX_OFFERS)
 }
 
+/// How many round trips a file's bytes must take at the link's rate before a chunk list's
+/// round trip is worth it to a session that found nothing held lately: 32, so that the
+/// list's wait costs at most about 3 % of sending the file whole (SPEC 18's bound on what
+/// dedup may cost on unique data).
+pub const LIST_TRIPS: u32 = 32;
+
+/// Whether a file of `size` bytes takes at least [`LIST_TRIPS`] round trips at the link's
+/// rate. Without a measurement, yes (a list's round trip is not known to cost anything).
+pub fn list_pays(size: u64, link: Option<Link>) -> bool {
+    let Some(link) = link else {
+        return true;
+    };
+    let trip = link.rate as f64 * link.rtt.as_secs_f64();
+    size as f64 >= f64::from(LIST_TRIPS) * trip
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -240,6 +256,26 @@ mod tests {
         };
         assert_eq!(link_chunk(lo), MAX_LINK_CHUNK);
         assert_eq!(window(MIB, Some(lo)), MIB / 20 + MAX_LINK_CHUNK);
+    }
+
+    #[test]
+    fn a_chunk_list_pays_for_files_of_many_round_trips() {
+        let p4 = Link {
+            rate: 125 * MB,
+            rtt: ms(10),
+        };
+        // 1 Gbit/s at 10 ms: 1.25 MB a round trip, a list pays from 40 MB on.
+        assert!(!list_pays(MIB, Some(p4)));
+        assert!(!list_pays(39 * MB, Some(p4)));
+        assert!(list_pays(40 * MB, Some(p4)));
+        assert!(list_pays(1024 * MIB, Some(p4)));
+        // Unmeasured: every file. Loopback (3 GB/s, 20 µs): from 2 MB on.
+        assert!(list_pays(MIB, None));
+        let lo = Link {
+            rate: 3_000 * MB,
+            rtt: Duration::from_micros(20),
+        };
+        assert!(list_pays(2 * MB, Some(lo)));
     }
 
     #[test]

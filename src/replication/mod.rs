@@ -15,6 +15,7 @@ pub mod index;
 pub mod link;
 pub mod live;
 pub mod names;
+pub mod pacing;
 pub mod queue;
 pub mod receiver;
 pub mod recycle;

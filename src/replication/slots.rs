@@ -16,6 +16,7 @@ use std::fmt;
 use std::sync::{Condvar, Mutex};
 use std::time::{Duration, Instant};
 
+use super::pacing::Pacer;
 use crate::store::DEFAULT_SHARE;
 use crate::sync::{lock, wait_timeout};
 
@@ -255,6 +256,9 @@ pub struct Slots {
     /// Notified whenever a slot is given back.
     freed: Condvar,
     clock: fn() -> Instant,
+    /// What the sessions read, shared by bytes per second between their sources by the
+    /// same weights.
+    pub pacer: Pacer,
 }
 
 impl Slots {
@@ -264,6 +268,7 @@ impl Slots {
             state: Mutex::new(State::new(max)),
             freed: Condvar::new(),
             clock,
+            pacer: Pacer::new(clock),
         }
     }
 

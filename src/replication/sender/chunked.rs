@@ -15,6 +15,7 @@ use ring::digest::{Context as Sha256, SHA256};
 use super::{digest, Awaiting, Feed, Offer, Reply, Session, SessionError, DECISION_WAIT};
 use crate::replication::chunker::{sha256, Chunk, Chunker, Params};
 use crate::replication::index::MIN_DEDUP_SIZE;
+use crate::replication::link::{self, LIST_TRIPS};
 use crate::replication::live::Progress;
 use crate::replication::queue::Attempt;
 use crate::replication::receiver::list_window;
@@ -65,11 +66,42 @@ impl Cuts {
     }
 }
 
+/// What a session learned of its chunk lists, to tell whether the next file's is worth a
+/// round trip (`Session::lists_pay`).
+#[derive(Debug, Default)]
+pub(super) struct Lists {
+    /// The last file sent in chunks found at least 1/[`LIST_TRIPS`] of its chunks held
+    /// (a chunk or two that every file has, such as zeros, does not pay for the lists).
+    held: bool,
+    /// When the last file's first list went.
+    last: Option<Instant>,
+}
+
 impl<F: Feed, W: Write> Session<'_, '_, F, W> {
-    /// Streams a file from its start: in chunks when the session agreed them and the file
-    /// is large enough to be worth it, else whole.
+    /// Whether a file of `size` bytes goes in chunks: the session agreed them, the file is
+    /// large enough to be indexed, and its list's round trip is worth it. It is when the
+    /// file takes many round trips to send (`link::list_pays`), when the last file sent in
+    /// chunks found enough held (day two of a set of files), or as a probe when no list
+    /// went for [`LIST_TRIPS`] round trips (so a probe costs ≤ 1/32 of the time). Else
+    /// the file goes whole, with no round trip before its bytes: on a fast link each of
+    /// 1,000 new 1 MiB files waited one (P4, BENCHMARKS.md). A copy sent whole is indexed
+    /// by the target's index job, so it still serves the days after.
+    fn lists_pay(&self, size: u64) -> bool {
+        if !self.ctx.chunks || size < MIN_DEDUP_SIZE {
+            return false;
+        }
+        let link = self.link.link();
+        if self.lists.held || link::list_pays(size, link) {
+            return true;
+        }
+        let probe = link.map_or(Duration::ZERO, |l| l.rtt * LIST_TRIPS);
+        self.lists.last.is_none_or(|t| t.elapsed() >= probe)
+    }
+
+    /// Streams a file from its start: in chunks when the session agreed them and a
+    /// list is worth it ([`Self::lists_pay`]), else whole.
     pub(super) fn stream_whole(&mut self, o: Offer) -> Result<(), SessionError> {
-        if self.ctx.chunks && o.size >= MIN_DEDUP_SIZE {
+        if self.lists_pay(o.size) {
             self.stream_chunks(o, 0, Sha256::new(&SHA256))
         } else {
             self.stream(o, 0, Sha256::new(&SHA256))
@@ -85,7 +117,7 @@ impl<F: Feed, W: Write> Session<'_, '_, F, W> {
         offset: u64,
         hasher: Sha256,
     ) -> Result<(), SessionError> {
-        if self.ctx.chunks && o.size >= MIN_DEDUP_SIZE && offset < o.size {
+        if offset < o.size && self.lists_pay(o.size) {
             self.stream_chunks(o, offset, hasher)
         } else {
             self.stream(o, offset, hasher)
@@ -109,6 +141,11 @@ impl<F: Feed, W: Write> Session<'_, '_, F, W> {
         self.lacks.clear();
         let window = list_window(o.size);
         let mut cut = Cuts::new(offset, hasher);
+        let (mut listed_n, mut held_n) = (0usize, 0usize);
+        self.lists = Lists {
+            held: false,
+            last: Some(Instant::now()),
+        };
         // Lists sent whose chunks are not sent yet (first index, chunks): one is kept
         // ahead of the data, so its answer comes back while the one before it streams.
         let mut ahead: VecDeque<(u64, Vec<Chunk>)> = VecDeque::new();
@@ -166,6 +203,10 @@ impl<F: Feed, W: Write> Session<'_, '_, F, W> {
                 self.settle_if_failed(seq, id, &o.claimed.backup);
                 return self.send(&Frame::Skip { seq });
             };
+            let lacking: usize = bits.iter().map(|b| b.count_ones() as usize).sum();
+            listed_n += listed.len();
+            held_n += listed.len() - lacking;
+            self.lists.held = held_n * LIST_TRIPS as usize >= listed_n && held_n > 0;
             let allowed = limit.saturating_sub(offset);
             if !self.send_lacking(&o, &listed, &bits, &registered.progress, &mut sent, allowed)? {
                 let m = format!(

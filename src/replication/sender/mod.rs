@@ -167,6 +167,8 @@ struct Session<'a, 'f, F: Feed, W: Write> {
     durable: Option<(u32, u64)>,
     /// The target's answers to chunk lists, not yet acted on, oldest first.
     lacks: VecDeque<Reply>,
+    /// Whether the last lists found anything held, and when one went.
+    lists: chunked::Lists,
     packing: packing::Packing<'a>,
     /// The link as measured, and the files offered so far (their count and bytes): the
     /// windows follow them (`link`).
@@ -202,6 +204,7 @@ pub fn run<F: Feed, W: Write>(
         current: None,
         durable: None,
         lacks: VecDeque::new(),
+        lists: chunked::Lists::default(),
         packing: packing::Packing::new(ctx.compression, ctx.zstd, ctx.readings, &ctx.target),
         link: Meter::default(),
         offered: (0, 0),
