@@ -124,7 +124,7 @@ impl RestoreClient<'_> {
         backup: &str,
         offset: u64,
         have: &[u8],
-    ) -> Result<Box<dyn Read>, OpenTransferError> {
+    ) -> Result<impl Read, OpenTransferError> {
         let mut body = serde_json::json!({ "backup": backup, "offset": offset })
             .to_string()
             .into_bytes();
@@ -136,10 +136,10 @@ impl RestoreClient<'_> {
                 "the restore chunks answer is not chunked",
             ));
         }
-        Ok(Box::new(Records {
+        Ok(Records {
             reader: ChunkedReader::new(reader),
             _writer: writer,
-        }))
+        })
     }
 }
 

@@ -124,9 +124,15 @@ impl<R: Read> Read for Records<R> {
 #[derive(Default)]
 pub struct LocalChunks {
     files: Vec<PathBuf>,
-    /// (digest prefix, file, offset, length), sorted by prefix.
+    /// (digest prefix, file, offset, length), in the order cut.
     entries: Vec<(u64, u32, u64, u32)>,
+    /// For the lookup, sorted: each entry's prefix's first 40 bits, then its index in
+    /// `entries` (24 bits: [`MAX_HAVE`] is less).
+    keys: Vec<u64>,
 }
+
+/// Files cut at most for one pull.
+const MAX_FILES: usize = 256;
 
 /// Bytes of the longest common start of two names.
 fn likeness(a: &str, b: &str) -> usize {
@@ -137,51 +143,48 @@ impl LocalChunks {
     /// Cuts the files in `dir` (one client's directory of the storage restored into) that
     /// most likely share bytes with `file`, a copy of `size` bytes: regular files but
     /// partial and hidden ones, names most like `file`'s first, then the newest; at most
-    /// twice `size` (and 64 MiB to 16 GiB) read, [`MAX_HAVE`] chunks, two minutes.
+    /// twice `size` (and 64 MiB to 16 GiB) read, [`MAX_HAVE`] chunks, [`MAX_FILES`] files,
+    /// two minutes.
     pub fn scan(dir: &Path, file: &str, size: u64, stop: &AtomicBool) -> LocalChunks {
-        let mut found: Vec<(usize, i64, String, u64)> = match fsx::entries(dir) {
-            Ok(list) => list
-                .flatten()
-                .filter_map(|e| {
-                    let st = e.stat.ok().filter(|s| s.is_file)?;
-                    let name = e.name.into_string().ok()?;
-                    (!name.starts_with('.') && st.len >= MIN_CHUNK as u64)
-                        .then(|| (likeness(&name, file), st.mtime.0, name, st.len))
-                })
-                .collect(),
-            Err(_) => Vec::new(),
-        };
-        found.sort_unstable_by_key(|f| std::cmp::Reverse((f.0, f.1)));
+        let mut found: Vec<(usize, i64, String)> = Vec::new();
+        for e in fsx::entries(dir).into_iter().flatten().flatten() {
+            if let (Ok(st), Ok(name)) = (e.stat, e.name.into_string()) {
+                if st.is_file && !name.starts_with('.') && st.len >= MIN_CHUNK as u64 {
+                    found.push((likeness(&name, file), st.mtime.0, name));
+                }
+            }
+        }
         let mut budget = size.saturating_mul(2).clamp(64 << 20, 16 << 30);
         let deadline = Instant::now() + std::time::Duration::from_secs(SCAN_SECONDS);
         let mut local = LocalChunks::default();
-        for (_, _, name, _) in found {
-            let path = dir.join(name);
+        let full = |l: &LocalChunks, budget: u64| {
+            budget == 0
+                || l.entries.len() >= MAX_HAVE
+                || Instant::now() > deadline
+                || stop.load(Ordering::Relaxed)
+        };
+        while let Some(best) = (0..found.len()).max_by_key(|&i| (found[i].0, found[i].1)) {
+            if local.files.len() >= MAX_FILES || full(&local, budget) {
+                break;
+            }
+            let path = dir.join(found.swap_remove(best).2);
             let Ok(mut f) = fsx::open_read(&path) else {
                 continue;
             };
             let index = local.files.len() as u32;
             let mut chunker = Chunker::new(Params::standard(), 0);
             while let Ok(Some(c)) = chunker.next_chunk(&mut f, |_| {}) {
-                local
-                    .entries
-                    .push((prefix(&c.digest), index, c.offset, c.len));
+                let p = prefix(&c.digest);
+                local.keys.push(p >> 24 << 24 | local.entries.len() as u64);
+                local.entries.push((p, index, c.offset, c.len));
                 budget = budget.saturating_sub(u64::from(c.len));
-                if budget == 0
-                    || local.entries.len() >= MAX_HAVE
-                    || (local.entries.len() % 1024 == 0
-                        && (Instant::now() > deadline || stop.load(Ordering::Relaxed)))
-                {
+                if local.entries.len() % 1024 == 0 && full(&local, budget) {
                     break;
                 }
             }
             local.files.push(path);
-            if budget == 0 || local.entries.len() >= MAX_HAVE || Instant::now() > deadline {
-                break;
-            }
         }
-        local.entries.sort_unstable_by_key(|e| e.0);
-        local.entries.dedup_by_key(|e| e.0);
+        local.keys.sort_unstable();
         local
     }
 
@@ -207,13 +210,17 @@ impl LocalChunks {
         len: u32,
         out: &mut Vec<u8>,
     ) -> bool {
-        let Ok(i) = self.entries.binary_search_by_key(&prefix(digest), |e| e.0) else {
+        let p = prefix(digest);
+        let top = p >> 24;
+        let from = self.keys.partition_point(|k| k >> 24 < top);
+        let Some(&(_, file, offset, _)) = self.keys[from..]
+            .iter()
+            .take_while(|k| *k >> 24 == top)
+            .filter_map(|k| self.entries.get((k & 0xff_ffff) as usize))
+            .find(|e| e.0 == p && e.3 == len)
+        else {
             return false;
         };
-        let (_, file, offset, l) = self.entries[i];
-        if l != len {
-            return false;
-        }
         if open.as_ref().is_none_or(|(f, _)| *f != file) {
             *open = self
                 .files
@@ -233,12 +240,12 @@ impl LocalChunks {
 pub type Whole<'a> = dyn FnMut(u64) -> io::Result<Box<dyn Read + 'a>> + 'a;
 
 /// Counts what a reader hands out into `wire`.
-struct Counted<'a> {
-    inner: Box<dyn Read + 'a>,
+struct Counted<'a, R> {
+    inner: R,
     wire: &'a AtomicU64,
 }
 
-impl Read for Counted<'_> {
+impl<R: Read> Read for Counted<'_, R> {
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
         let n = self.inner.read(buf)?;
         self.wire.fetch_add(n as u64, Ordering::Relaxed);
@@ -248,8 +255,8 @@ impl Read for Counted<'_> {
 
 /// Source side: the copy's bytes from an offset, rebuilt from the target's records and
 /// the local chunks; every byte that came over the link is counted in `wire`.
-pub struct Rebuilt<'a> {
-    records: Counted<'a>,
+pub struct Rebuilt<'a, R> {
+    records: Counted<'a, R>,
     local: LocalChunks,
     open: Option<(u32, ReadFile)>,
     /// A held chunk's bytes, handed out from `pos`.
@@ -259,18 +266,18 @@ pub struct Rebuilt<'a> {
     data_left: u64,
     /// The copy's offset of the next byte handed out.
     at: u64,
-    whole: Option<Counted<'a>>,
+    whole: Option<Counted<'a, Box<dyn Read + 'a>>>,
     open_whole: Box<Whole<'a>>,
 }
 
-impl<'a> Rebuilt<'a> {
+impl<'a, R: Read> Rebuilt<'a, R> {
     pub fn new(
-        records: Box<dyn Read + 'a>,
+        records: R,
         offset: u64,
         local: LocalChunks,
         wire: &'a AtomicU64,
         open_whole: Box<Whole<'a>>,
-    ) -> Rebuilt<'a> {
+    ) -> Rebuilt<'a, R> {
         Rebuilt {
             records: Counted {
                 inner: records,
@@ -337,7 +344,7 @@ fn read_full(r: &mut impl Read, buf: &mut [u8]) -> io::Result<usize> {
     Ok(n)
 }
 
-impl Read for Rebuilt<'_> {
+impl<R: Read> Read for Rebuilt<'_, R> {
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
         loop {
             let n = if let Some(whole) = self.whole.as_mut() {
@@ -446,6 +453,31 @@ mod tests {
         records: &dyn Fn(&[u8], u64) -> Vec<u8>,
         wire: &AtomicU64,
     ) -> (Result<Pulled, PullError>, Vec<u64>) {
+        restore_cut(root, v2, records, wire, usize::MAX)
+    }
+
+    /// Gives its bytes up to `cut`, then fails as a cut connection does.
+    struct Cut(io::Cursor<Vec<u8>>, usize);
+
+    impl Read for Cut {
+        fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+            let left = self.1.saturating_sub(self.0.position() as usize);
+            if left == 0 {
+                return Err(io::Error::new(io::ErrorKind::ConnectionReset, "cut"));
+            }
+            let n = buf.len().min(left);
+            self.0.read(&mut buf[..n])
+        }
+    }
+
+    /// [`restore`] with the records cut after `cut` bytes.
+    fn restore_cut(
+        root: &Path,
+        v2: &[u8],
+        records: &dyn Fn(&[u8], u64) -> Vec<u8>,
+        wire: &AtomicU64,
+        cut: usize,
+    ) -> (Result<Pulled, PullError>, Vec<u64>) {
         let wholes = RefCell::new(Vec::new());
         let r = pull(
             root,
@@ -462,7 +494,7 @@ mod tests {
                 let answer = records(&local.have(), offset);
                 let wholes = &wholes;
                 Ok(Box::new(Rebuilt::new(
-                    Box::new(io::Cursor::new(answer)),
+                    Cut(io::Cursor::new(answer), cut),
                     offset,
                     local,
                     wire,
@@ -510,6 +542,30 @@ mod tests {
     }
 
     #[test]
+    fn a_cut_pull_by_chunks_resumes_from_the_partial_copy() {
+        let (v1, v2) = versions();
+        let d = client_dir("cut", &[("v1", &v1)]);
+        let wire = AtomicU64::new(0);
+        let (r, _) = restore_cut(&d, &v2, &honest(&v2), &wire, 40_000);
+        assert!(matches!(r, Err(PullError::Cut(_))), "{r:?}");
+        assert!(!d.join("c/v2").exists(), "nothing committed");
+        let kept = std::fs::metadata(d.join("c/.v2.restore")).unwrap().len();
+        assert!(kept > 1_000_000, "{kept}: held chunks came from v1");
+        let offsets = RefCell::new(Vec::new());
+        let resumed = |have: &[u8], offset: u64| {
+            offsets.borrow_mut().push(offset);
+            honest(&v2)(have, offset)
+        };
+        let (r, wholes) = restore(&d, &v2, &resumed, &wire);
+        assert!(matches!(r, Ok(Pulled::Restored { .. })), "{r:?}");
+        assert!(wholes.is_empty());
+        assert_eq!(offsets.into_inner(), vec![kept], "resumed, not restarted");
+        assert_eq!(std::fs::read(d.join("c/v2")).unwrap(), v2);
+        assert!(!d.join("c/.v2.restore").exists());
+        std::fs::remove_dir_all(d).unwrap();
+    }
+
+    #[test]
     fn a_chunk_this_side_cannot_supply_sends_the_rest_whole_and_a_lying_list_commits_nothing() {
         let (v1, v2) = versions();
         let d = client_dir("lies", &[("v1", &v1)]);
@@ -541,6 +597,13 @@ mod tests {
             assert_eq!(wholes, vec![0], "{bad:?}");
             std::fs::remove_file(d.join("c/v2")).unwrap();
         }
+        // A source's `have` list that is not whole entries, or too long, is refused.
+        assert!(parse_have(&[0; 7]).is_none());
+        assert!(parse_have(&vec![0; HAVE_BYTES * (MAX_HAVE + 1)]).is_none());
+        assert_eq!(
+            parse_have(&[0, 0, 0, 0, 0, 0, 0, 2, 0, 0, 0, 0, 0, 0, 0, 1]),
+            Some(vec![1, 2])
+        );
         // A list of chunks the source does hold, in the wrong order: every chunk checks
         // out, the whole file does not, and nothing is committed.
         let shuffled = |have: &[u8], offset: u64| {
