@@ -206,6 +206,7 @@ fn spawn_jobs(
             dirs: app.target_dirs.clone(),
             scratch: config.data_dir.join("drill-scratch"),
             drill_interval: config.drill_interval.as_secs(),
+            dedup: config.dedup,
         },
         shutdown.clone(),
     )

@@ -19,9 +19,9 @@ const MIB: u64 = 1024 * 1024;
 
 /// A restore item as the queue lists show it.
 pub(super) fn item_json(i: &RestoreItem, target: &str, board: &Board) -> Value {
-    let bytes_done = match i.status {
-        RestoreStatus::Active => board.get(i.id).unwrap_or(i.bytes_done),
-        _ => i.bytes_done,
+    let (bytes_done, bytes_received) = match i.status {
+        RestoreStatus::Active => board.get(i.id).unwrap_or((i.bytes_done, i.bytes_received)),
+        _ => (i.bytes_done, i.bytes_received),
     };
     let mut v = json!({
         "id": i.id,
@@ -34,7 +34,7 @@ pub(super) fn item_json(i: &RestoreItem, target: &str, board: &Board) -> Value {
         "size": i.size,
         "mb_size": i.size.div_ceil(MIB),
         "bytes_done": bytes_done,
-        "bytes_received": i.bytes_received,
+        "bytes_received": bytes_received,
         "queue_position": 0,
         "status": i.status.as_str(),
         "queued": i.queued,

@@ -6,7 +6,7 @@
 //! again at start and resume from their partial copy; a drill a crash cut failed.
 
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::Duration;
@@ -18,7 +18,9 @@ use crate::pairing::Actor;
 use crate::remote::restore::RestoreClient;
 use crate::remote::tunnel::OpenTransferError;
 use crate::replication::drill;
+use crate::replication::names::BackupName;
 use crate::replication::restore::{self, PullError, Pulled};
+use crate::replication::restore_chunks;
 use crate::replication::Shared;
 use crate::store::{RestoreItem, Store, TargetStatus};
 
@@ -33,6 +35,8 @@ pub(crate) struct Context {
     pub scratch: PathBuf,
     /// `drill_interval` in seconds; 0: no scheduled drills.
     pub drill_interval: u64,
+    /// `dedup = "auto"`: pull by chunks, taking what the storage already holds.
+    pub dedup: bool,
 }
 
 /// How often waiting items are looked for.
@@ -93,7 +97,7 @@ fn fetch_error(e: OpenTransferError) -> PullError {
 fn run(ctx: &Context, item: &RestoreItem, stop: &AtomicBool) {
     let board = &ctx.shared.restores;
     let result = pull(ctx, item, stop);
-    let held = board.get(item.id).unwrap_or(item.bytes_done);
+    let held = board.get(item.id).map_or(item.bytes_done, |(held, _)| held);
     board.clear(item.id);
     let actor = Actor {
         user: "restore".into(),
@@ -139,10 +143,64 @@ fn pull(ctx: &Context, item: &RestoreItem, stop: &AtomicBool) -> Result<Pulled, 
     let creds = credentials(ctx, item.target_id)?;
     let client = creds.client();
     let board = &ctx.shared.restores;
-    let progress = |held: u64| board.set(item.id, held);
-    restore::pull(&storage.path, item, stop, &progress, &mut |offset| {
+    // Bytes that came over the link: with chunks, the `have` list and the records.
+    let wire = AtomicU64::new(0);
+    let by_chunks = ctx.dedup && item.size >= restore_chunks::MIN_SIZE;
+    let rebuilt = std::cell::Cell::new(false);
+    let progress = |held: u64| {
+        let over = if rebuilt.get() {
+            wire.load(Ordering::Relaxed)
+        } else {
+            held.saturating_sub(item.bytes_done)
+        };
+        board.set(item.id, held, item.bytes_received.saturating_add(over));
+    };
+    let whole = |offset: u64| -> Result<Box<dyn std::io::Read + '_>, PullError> {
         let stream = client.file(&item.backup, offset).map_err(fetch_error)?;
         Ok(Box::new(stream))
+    };
+    let pulled = restore::pull(&storage.path, item, stop, &progress, &mut |offset| {
+        if !by_chunks {
+            return whole(offset);
+        }
+        let dir = match BackupName::parse(&item.backup) {
+            Ok(name) => (storage.path.join(name.client()), name),
+            Err(_) => return whole(offset),
+        };
+        let local = restore_chunks::LocalChunks::scan(&dir.0, dir.1.file(), item.size, stop);
+        if local.is_empty() {
+            return whole(offset);
+        }
+        let have = local.have();
+        let records = match client.chunks(&item.backup, offset, &have) {
+            Ok(r) => r,
+            Err(OpenTransferError::Refused {
+                status, message, ..
+            }) => {
+                log::info!(
+                    "restore {}: target {} does not restore by chunks ({status}: {message}); whole bytes",
+                    item.id,
+                    item.target_id
+                );
+                return whole(offset);
+            }
+            Err(e) => return Err(PullError::Cut(e.to_string())),
+        };
+        wire.fetch_add(have.len() as u64, Ordering::Relaxed);
+        rebuilt.set(true);
+        Ok(Box::new(restore_chunks::Rebuilt::new(
+            records,
+            offset,
+            local,
+            &wire,
+            Box::new(move |at| whole(at).map_err(|e| std::io::Error::other(e.to_string()))),
+        )))
+    })?;
+    Ok(match pulled {
+        Pulled::Restored { .. } if rebuilt.get() => Pulled::Restored {
+            received: wire.load(Ordering::Relaxed),
+        },
+        other => other,
     })
 }
 

@@ -20,6 +20,7 @@ pub mod queue;
 pub mod receiver;
 pub mod recycle;
 pub mod restore;
+pub mod restore_chunks;
 pub mod retention;
 pub mod sender;
 pub mod slots;

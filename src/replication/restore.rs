@@ -643,22 +643,23 @@ pub fn open_held(path: &Path, size: u64, offset: u64) -> io::Result<Box<dyn Read
     Ok(Box::new(f.take(size - offset)))
 }
 
-/// Live progress of the restores being pulled (bytes held locally), for the queue API.
+/// Live progress of the restores being pulled, for the queue API: bytes held locally and
+/// bytes received over the link (over all attempts).
 #[derive(Debug, Default)]
 pub struct Board {
-    held: Mutex<HashMap<u64, u64>>,
+    held: Mutex<HashMap<u64, (u64, u64)>>,
 }
 
 impl Board {
-    pub fn set(&self, id: u64, bytes: u64) {
-        lock(&self.held).insert(id, bytes);
+    pub fn set(&self, id: u64, held: u64, received: u64) {
+        lock(&self.held).insert(id, (held, received));
     }
 
     pub fn clear(&self, id: u64) {
         lock(&self.held).remove(&id);
     }
 
-    pub fn get(&self, id: u64) -> Option<u64> {
+    pub fn get(&self, id: u64) -> Option<(u64, u64)> {
         lock(&self.held).get(&id).copied()
     }
 }

@@ -3,19 +3,25 @@
 //! connection's certificate, never a field: it sees only its own copies, in the storage
 //! its pairing names, and a name passes `names` before any path is built.
 
+use std::io::Read;
+use std::path::{Path, PathBuf};
+
 use serde_json::Value;
 
 use super::{Call, Reply, TunnelHttpError};
 use crate::config::Storage;
 use crate::replication::names::BackupName;
 use crate::replication::receiver::{self, Source};
-use crate::replication::restore;
-use crate::store::Store;
+use crate::replication::{restore, restore_chunks};
+use crate::store::{ReceivedRecord, Store};
 use crate::wire::protocol::{RestoreEntry, RestoreListing};
 use crate::wire::transfer::Code;
 
 /// Largest body of `POST /tunnel/v1/restore/file`.
 pub(super) const MAX_FILE_REQUEST_BYTES: u64 = 4 * 1024;
+/// Largest body of `POST /tunnel/v1/restore/chunks`: a request and a whole `have` list.
+pub(super) const MAX_CHUNKS_REQUEST_BYTES: u64 =
+    MAX_FILE_REQUEST_BYTES + (restore_chunks::MAX_HAVE * restore_chunks::HAVE_BYTES) as u64;
 
 fn source_of(
     store: &Store,
@@ -53,15 +59,13 @@ pub(super) fn list(
     Ok(Reply::json(200, &value))
 }
 
-/// `POST /tunnel/v1/restore/file {"backup", "offset"?}`: the copy's bytes from `offset`
-/// to its recorded size (`Content-Length`), with its SHA-256 in `Replgate-Sha256`.
-pub(super) fn file(
+/// The held copy a restore request names (`{"backup", "offset"?}`): its record, path and
+/// the offset asked for.
+fn held_copy(
     store: &Store,
-    storage: &[Storage],
-    call: &mut Call<'_>,
-) -> Result<Reply, TunnelHttpError> {
-    let source = source_of(store, storage, call)?;
-    let body = call.json()?;
+    source: &Source,
+    body: &Value,
+) -> Result<(ReceivedRecord, PathBuf, u64), TunnelHttpError> {
     let backup = body["backup"]
         .as_str()
         .ok_or_else(|| TunnelHttpError::BadRequest("field `backup` must be a string".into()))?;
@@ -85,16 +89,83 @@ pub(super) fn file(
             record.size
         )));
     }
-    let path = receiver::client_dir(&source, &name).join(name.file());
-    let reader = restore::open_held(&path, record.size, offset).map_err(|e| {
-        log::warn!("restore: system {}: {name}: {e}", source.system_id);
-        TunnelHttpError::NotFound(format!("the copy of {name} cannot be read: {e}"))
-    })?;
+    let path = receiver::client_dir(source, &name).join(name.file());
+    Ok((record, path, offset))
+}
+
+fn open(
+    source: &Source,
+    record: &ReceivedRecord,
+    path: &Path,
+    offset: u64,
+) -> Result<Box<dyn Read + Send>, TunnelHttpError> {
+    restore::open_held(path, record.size, offset).map_err(|e| {
+        log::warn!(
+            "restore: system {}: {}: {e}",
+            source.system_id,
+            record.backup
+        );
+        TunnelHttpError::NotFound(format!("the copy of {} cannot be read: {e}", record.backup))
+    })
+}
+
+/// `POST /tunnel/v1/restore/file {"backup", "offset"?}`: the copy's bytes from `offset`
+/// to its recorded size (`Content-Length`), with its SHA-256 in `Replgate-Sha256`.
+pub(super) fn file(
+    store: &Store,
+    storage: &[Storage],
+    call: &mut Call<'_>,
+) -> Result<Reply, TunnelHttpError> {
+    let source = source_of(store, storage, call)?;
+    let (record, path, offset) = held_copy(store, &source, &call.json()?)?;
+    let reader = open(&source, &record, &path, offset)?;
     Ok(Reply::stream(
         200,
         "application/octet-stream",
         Some(record.size - offset),
         reader,
+    )
+    .with_header("Replgate-Sha256", record.sha256))
+}
+
+/// `POST /tunnel/v1/restore/chunks`: `{"backup", "offset"?}`, a newline, then the source's
+/// `have` list (8 bytes a chunk); the answer is the copy from `offset` as chunk records
+/// (`replication::restore_chunks`), chunked. 404 when `dedup = "off"` here: the source
+/// then asks for the whole bytes.
+pub(super) fn chunks(
+    store: &Store,
+    storage: &[Storage],
+    dedup: bool,
+    call: &mut Call<'_>,
+) -> Result<Reply, TunnelHttpError> {
+    if !dedup {
+        return Err(TunnelHttpError::NotFound(
+            "restores by chunks are off here (dedup = \"off\")".into(),
+        ));
+    }
+    let source = source_of(store, storage, call)?;
+    let bytes = call.bytes();
+    let split = bytes
+        .iter()
+        .position(|b| *b == b'\n')
+        .unwrap_or(bytes.len());
+    let body: Value = serde_json::from_slice(&bytes[..split])
+        .map_err(|e| TunnelHttpError::BadRequest(format!("request head is not json: {e}")))?;
+    let have = restore_chunks::parse_have(bytes.get(split + 1..).unwrap_or_default()).ok_or_else(
+        || {
+            TunnelHttpError::BadRequest(format!(
+                "the have list must be whole 8-byte entries, at most {}",
+                restore_chunks::MAX_HAVE
+            ))
+        },
+    )?;
+    let (record, path, offset) = held_copy(store, &source, &body)?;
+    let reader = open(&source, &record, &path, offset)?;
+    Ok(Reply::stream(
+        200,
+        "application/octet-stream",
+        None,
+        Box::new(restore_chunks::Records::new(reader, offset, have)),
     )
     .with_header("Replgate-Sha256", record.sha256))
 }

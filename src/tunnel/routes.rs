@@ -68,6 +68,15 @@ pub fn table() -> Vec<Route<App>> {
             BodyLimit::Capped(super::restore::MAX_FILE_REQUEST_BYTES),
             |app, call| super::restore::file(&app.store, &app.storage, call),
         ),
+        Route::new(
+            "POST",
+            "/tunnel/v1/restore/chunks",
+            BodyLimit::Capped(super::restore::MAX_CHUNKS_REQUEST_BYTES),
+            |app, call| {
+                let dedup = app.dedup.is_some();
+                super::restore::chunks(&app.store, &app.storage, dedup, call)
+            },
+        ),
     ]
 }
 

@@ -103,3 +103,79 @@ fn dedup_a_target_that_does_not_agree_chunks_gets_whole_files() {
         day2
     );
 }
+
+/// Replicates day one and day two, stops queueing, loses day two on the source, and
+/// restores it: the finished restore item.
+fn lose_and_restore_day_two(src: &Daemon, target_id: u64) -> (serde_json::Value, Vec<u8>) {
+    let (day1, day2, _) = two_days();
+    replicate(src, "vm01/monday.img", &day1);
+    replicate(src, "vm01/tuesday.img", &day2);
+    let st = src.root_token();
+    let r = src.client().send_json(
+        "PUT",
+        "/api/replication/config",
+        Some(&st),
+        &json!({"strategy": "manual"}),
+    );
+    assert_eq!(r.status, 200, "{}", r.text());
+    let path = src.data_dir.join("storage/vm01/tuesday.img");
+    std::fs::remove_file(&path).unwrap();
+    let r = src.client().post_json(
+        "/api/replication/restore",
+        Some(&st),
+        &json!({"target_id": target_id, "backups": ["vm01/tuesday.img"]}),
+    );
+    assert_eq!(r.status, 202, "{}", r.text());
+    let id = r.json()["restore"][0]["id"].clone();
+    let done = crate::harness::eventually(Duration::from_secs(60), "restore done", || {
+        let v = src
+            .client()
+            .get("/api/replication/queue?include_done=1", Some(&st))
+            .json();
+        v["done"]
+            .as_array()
+            .cloned()
+            .unwrap_or_default()
+            .into_iter()
+            .find(|i| i["direction"] == "restore" && i["id"] == id)
+    });
+    assert_eq!(done["status"], "done", "{done}");
+    assert_eq!(done["sha256"], sha256_hex(&day2), "{done}");
+    assert_eq!(
+        std::fs::read(&path).unwrap(),
+        day2,
+        "restored byte for byte"
+    );
+    (done, day2)
+}
+
+#[test]
+fn dedup_restore_sends_only_what_the_source_lacks() {
+    let (src, tgt) = start_pair("dedup-restore");
+    let p = pair(&src, &tgt, json!({}));
+    let (done, day2) = lose_and_restore_day_two(&src, p.target_id);
+    let wire = done["bytes_received"].as_u64().expect("bytes_received");
+    let size = day2.len() as u64;
+    eprintln!("restore of day two: {wire} bytes on the wire of {size}");
+    // The changed chunks, a chunk record for each held one, the source's list of chunks.
+    assert!(wire > 64 * 1024 && wire < size / 50, "{wire} of {size}");
+    drop(tgt);
+}
+
+#[test]
+fn dedup_restore_from_a_target_with_dedup_off_comes_whole() {
+    let (src, tgt) = start_pair_with(
+        "dedup-restore-off",
+        pairing_opts(),
+        pairing_opts().set("dedup", "off"),
+    );
+    let p = pair(&src, &tgt, json!({}));
+    let (done, day2) = lose_and_restore_day_two(&src, p.target_id);
+    assert_eq!(done["bytes_received"], json!(day2.len()), "{done}");
+    assert!(
+        src.log().contains("does not restore by chunks"),
+        "{}",
+        src.log()
+    );
+    drop(tgt);
+}
