@@ -211,7 +211,7 @@ fn end_graces(app: &App) {
 }
 
 /// Removes partial copies of cut transfers that no session resumed within
-/// `partial_retention` (each removal is logged).
+/// `partial_retention` (each removal is logged), and aborts orphaned uploads into buckets.
 fn expire_partials(app: &App) {
     let retention = i64::try_from(app.config.partial_retention.as_secs()).unwrap_or(i64::MAX);
     if let Err(e) = crate::replication::receiver::expire_partials(
@@ -223,6 +223,9 @@ fn expire_partials(app: &App) {
     ) {
         log::warn!("partial copy sweep: {}", Chain(&e));
     }
+    // Uploads into buckets that no partial row names, started over an hour ago.
+    let before = model::now().saturating_sub(3600);
+    crate::replication::receiver::sweep_uploads(&app.store, &app.config.storage, before);
 }
 
 /// Deletes long-ended requests and their spool directories.

@@ -6,7 +6,7 @@
 use serde_json::Value;
 
 use super::{Call, Reply, TunnelHttpError};
-use crate::config::Storage;
+use crate::config::{S3Storage, Storage, StorageKind};
 use crate::replication::names::BackupName;
 use crate::replication::receiver::{self, Source};
 use crate::replication::restore;
@@ -86,7 +86,18 @@ pub(super) fn file(
         )));
     }
     let path = receiver::client_dir(&source, &name).join(name.file());
-    let reader = restore::open_held(&path, record.size, offset).map_err(|e| {
+    let opened = match &source.storage.kind {
+        StorageKind::Dir => restore::open_held(&path, record.size, offset),
+        StorageKind::S3(s3) => open_object(
+            &source.storage,
+            s3,
+            &source.uuid,
+            &name,
+            record.size,
+            offset,
+        ),
+    };
+    let reader = opened.map_err(|e| {
         log::warn!("restore: system {}: {name}: {e}", source.system_id);
         TunnelHttpError::NotFound(format!("the copy of {name} cannot be read: {e}"))
     })?;
@@ -97,4 +108,40 @@ pub(super) fn file(
         reader,
     )
     .with_header("Replgate-Sha256", record.sha256))
+}
+
+/// A copy in an `s3` storage's bucket from `offset` to its recorded `size`, streamed as it
+/// is read (the source checks the whole copy's SHA-256, which the answer names).
+fn open_object(
+    storage: &Storage,
+    s3: &S3Storage,
+    uuid: &str,
+    name: &BackupName,
+    size: u64,
+    offset: u64,
+) -> std::io::Result<Box<dyn std::io::Read + Send>> {
+    let object_error = |e: crate::objstore::ObjStoreError| std::io::Error::other(e.to_string());
+    let bucket = crate::objstore::for_storage(storage)
+        .map_err(object_error)?
+        .ok_or_else(|| std::io::Error::other("not a bucket"))?;
+    let key = crate::objstore::backup_key(s3, uuid, name.as_str()).map_err(object_error)?;
+    let held = bucket.head_object(&key).map_err(object_error)?;
+    match held {
+        Some(o) if o.size == size => {}
+        Some(o) => {
+            return Err(std::io::Error::other(format!(
+                "it holds {} bytes, {size} were recorded",
+                o.size
+            )))
+        }
+        None => return Err(std::io::ErrorKind::NotFound.into()),
+    }
+    if offset == size {
+        return Ok(Box::new(std::io::empty()));
+    }
+    Ok(Box::new(crate::objstore::object_reader(
+        bucket,
+        key,
+        offset..size,
+    )?))
 }

@@ -21,6 +21,7 @@ mod holdings;
 mod ledger;
 mod lists;
 mod offer;
+mod piece;
 mod repair;
 mod session;
 mod sink;
@@ -35,7 +36,8 @@ use ring::digest::{Context as Sha256, SHA256};
 pub use commit::{channel as commit_channel, commit, Committer};
 pub use holdings::{Holdings, Scope};
 pub use ledger::{quota_usage, Ledger, Reservation, Space, SPACE_MARGIN, STALL};
-pub use repair::{expire_partials, repair, Repair};
+pub use piece::{object_error, upload_of, Piece, Upload};
+pub use repair::{expire_partials, repair, sweep_uploads, Repair};
 pub use session::serve;
 pub use sink::{FileSink, Sealed};
 pub use state::{CommitQueue, Committed, ToCommit};
@@ -43,7 +45,7 @@ pub use state::{CommitQueue, Committed, ToCommit};
 use super::live::Live;
 use super::names::{check_component, BackupName};
 use super::stream::StreamError;
-use crate::config::Storage;
+use crate::config::{Storage, StorageKind};
 use crate::fsx;
 use crate::model::UnixTime;
 use crate::store::{Store, StoreError};
@@ -189,6 +191,38 @@ pub fn partial_path(dir: &Path, name: &BackupName) -> PathBuf {
     dir.join(format!(".{}{PARTIAL_SUFFIX}", name.file()))
 }
 
+/// Aborts upload `upload_id` of `name` into `source`'s bucket.
+fn abort_upload(
+    source: &Source,
+    name: &BackupName,
+    upload_id: &str,
+) -> Result<(), crate::objstore::ObjStoreError> {
+    let StorageKind::S3(s3) = &source.storage.kind else {
+        return Ok(());
+    };
+    let Some(bucket) = crate::objstore::for_storage(&source.storage)? else {
+        return Ok(());
+    };
+    let key = crate::objstore::backup_key(s3, &source.uuid, name.as_str())?;
+    bucket.abort_multipart(&key, upload_id)
+}
+
+/// A storage's `(total, free)` bytes as the space check counts them: its file system's
+/// for a `dir` storage; for an `s3` storage (a bucket has no free-space figure) its
+/// `capacity_mb`, less what the copies on it hold, received and partial, of every source.
+pub(crate) fn space_of(store: &Store, storage: &Storage) -> io::Result<(u64, u64)> {
+    match &storage.kind {
+        StorageKind::Dir => fsx::disk_space(&storage.path),
+        StorageKind::S3(s3) => {
+            let total = s3.capacity_mb.saturating_mul(1024 * 1024);
+            let used = store
+                .bytes_on_storage(storage.id)
+                .map_err(|e| io::Error::other(format!("target database: {e}")))?;
+            Ok((total, total.saturating_sub(used)))
+        }
+    }
+}
+
 /// Bytes between durable checkpoints of a file of `size` bytes: a 128th of it, at least
 /// 1 MiB, at most 16 MiB. A crash loses about this much of the transfer (plus what was in
 /// flight and what one checkpoint takes); the source's `bytes_sent` reservations use the
@@ -294,10 +328,24 @@ fn prefix_hash(path: &Path, len: u64) -> Option<Sha256> {
     Some(h)
 }
 
-/// Removes a partial copy and its row (a stale version, a failed or abandoned file).
-fn drop_partial(store: &Store, uuid: &str, dir: &Path, name: &BackupName) {
-    if let Err(e) = fsx::remove_file_durable(&partial_path(dir, name)) {
-        log::warn!("replication: remove partial copy of {name}: {e}");
+/// Removes a partial copy and its row (a stale version, a failed or abandoned file): the
+/// file, or the upload the row names (aborted; one the store cannot abort now is left to
+/// the orphan sweep).
+fn drop_partial(store: &Store, source: &Source, name: &BackupName) {
+    let uuid = source.uuid.as_str();
+    let row = store.partial(uuid, name.as_str()).ok().flatten();
+    match row.as_ref().and_then(upload_of) {
+        Some(checkpoint) => {
+            if let Err(e) = abort_upload(source, name, &checkpoint.upload_id) {
+                log::warn!("replication: abort the upload of {name}: {e}");
+            }
+        }
+        None => {
+            let dir = client_dir(source, name);
+            if let Err(e) = fsx::remove_file_durable(&partial_path(&dir, name)) {
+                log::warn!("replication: remove partial copy of {name}: {e}");
+            }
+        }
     }
     let forgotten = store.write(|tx| {
         tx.delete_partial(uuid, name.as_str())?;
