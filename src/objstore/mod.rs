@@ -49,7 +49,7 @@ pub use error::ObjStoreError;
 pub use key::Key;
 pub use reader::{object_reader, ObjectReader};
 pub use retry::RetryPolicy;
-pub use shared::{backup_key, for_storage, location_of, storage_prefix};
+pub use shared::{backup_key, failing, for_storage, location_of, note_outcome, storage_prefix};
 pub use upload::{Checkpoint, Completed, MultipartWriter, PartSize};
 
 use crate::config::{S3Storage, Storage, StorageKind};

@@ -10,6 +10,38 @@ use crate::config::{S3Storage, Storage, StorageKind};
 use crate::sync::lock;
 
 static CLIENTS: OnceLock<Mutex<HashMap<u64, Arc<ObjStore>>>> = OnceLock::new();
+/// Storages whose bucket failed the last call the receiver made of it: since when (unix
+/// seconds), and why. For the health warning; cleared by the next call that succeeds.
+static FAILING: OnceLock<Mutex<HashMap<u64, (i64, String)>>> = OnceLock::new();
+
+/// Notes how the last call of the receiver into storage `id`'s bucket ended: a failure
+/// keeps the time of the first one in a row.
+pub fn note_outcome<T>(id: u64, result: &Result<T, ObjStoreError>, now: i64) {
+    let mut failing = lock(FAILING.get_or_init(Mutex::default));
+    match result {
+        Ok(_) => {
+            failing.remove(&id);
+        }
+        Err(e) => {
+            let why = e.to_string();
+            failing
+                .entry(id)
+                .and_modify(|(_, w)| w.clone_from(&why))
+                .or_insert((now, why));
+        }
+    }
+}
+
+/// The storages whose bucket's last call failed: `(id, since, why)`, by id.
+pub fn failing() -> Vec<(u64, i64, String)> {
+    let failing = lock(FAILING.get_or_init(Mutex::default));
+    let mut out: Vec<_> = failing
+        .iter()
+        .map(|(id, (since, why))| (*id, *since, why.clone()))
+        .collect();
+    out.sort_by_key(|f| f.0);
+    out
+}
 
 /// The client of `storage`'s bucket; None for a `dir` storage.
 pub fn for_storage(storage: &Storage) -> Result<Option<Arc<ObjStore>>, ObjStoreError> {

@@ -13,7 +13,7 @@ use serde_json::{json, Value};
 
 use crate::harness::{eventually, pair, pairing_opts, scratch_dir, start_pair_with, Daemon};
 use crate::replication::{
-    content, sha256_hex, throttle_to, unthrottle, verify_all, wait_item, wait_progress,
+    content, items, sha256_hex, throttle_to, unthrottle, verify_all, wait_item, wait_progress,
     write_backup,
 };
 use crate::seaweed::{Seaweed, BUCKET};
@@ -111,6 +111,11 @@ fn a_source_paired_into_a_bucket_replicates_verifies_and_restores() {
     assert_eq!(v["verify"]["damaged"], 1, "{v}");
 
     // The source loses its copy of the big one and pulls it back from the bucket.
+    let strategy = src
+        .client()
+        .get("/api/replication/config", Some(&st))
+        .json()["config"]["strategy"]
+        .clone();
     let r = src.client().send_json(
         "PUT",
         "/api/replication/config",
@@ -142,6 +147,42 @@ fn a_source_paired_into_a_bucket_replicates_verifies_and_restores() {
     });
     let back = std::fs::read(src.data_dir.join("storage").join(name)).unwrap();
     assert!(back == *bytes, "the restored copy differs");
+
+    // The store goes away: a new backup (and the damaged copy, if the target still wants
+    // it) is refused for now and waits to be tried again, and the target's health says
+    // which storage fails.
+    drop(engine);
+    let r = src.client().send_json(
+        "PUT",
+        "/api/replication/config",
+        Some(&st),
+        &json!({ "strategy": strategy }),
+    );
+    assert_eq!(r.status, 200, "{}", r.text());
+    write_backup(&src, "down/later.vbk", &content(33, 100_000));
+    let failed = eventually(
+        Duration::from_secs(60),
+        "an item refused for the store",
+        || {
+            items(&src, &st).into_iter().find(|i| {
+                i["message"]
+                    .as_str()
+                    .is_some_and(|m| m.contains("cannot read the bucket on storage 1"))
+            })
+        },
+    );
+    // Waiting to be tried again, no attempt counted: a store that is down for a day
+    // fails no item.
+    assert_eq!(failed["status"], "waiting", "{failed}");
+    assert_eq!(failed["attempts"], 0, "{failed}");
+    let health = tgt.client().get("/api/health", None).json();
+    let warned = health["warnings"].as_array().unwrap().iter().any(|w| {
+        w.as_str()
+            .unwrap_or("")
+            .starts_with("storage 1 (s3) failed since")
+    });
+    assert!(warned, "{health}");
+    assert_eq!(received(&tgt, p.sid).len(), 2);
     eprintln!("bucket flow: {:?}", t0.elapsed());
 }
 

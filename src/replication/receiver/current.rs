@@ -165,7 +165,7 @@ impl<W: Write, S: FileSink> Session<'_, '_, W, S> {
         }
         let key = crate::objstore::backup_key(s3, &self.source.uuid, offer.name.as_str())
             .map_err(object_error)?;
-        let mut upload = Upload::create(bucket, key, offer.size)?;
+        let mut upload = Upload::create(bucket, storage.id, key, offer.size)?;
         let now = (self.ctx.now)();
         let row = PartialRecord {
             backup: offer.name.as_str().to_string(),

@@ -84,10 +84,13 @@ impl Refusal {
 /// A failure of the target's storage as the source is told it: what failed, on which
 /// storage, and the kind of error, never a path of the target (the target's log line has
 /// the whole error). A full disk or quota is `NoSpace`, which the source retries by itself
-/// once there is room; anything else is `Storage`.
+/// once there is room; a bucket that cannot be reached now (`NetworkDown`, see
+/// [`object_error`]) is `Unavailable`, which it retries without counting an attempt, as
+/// for a target that is down; anything else is `Storage`.
 pub(crate) fn storage_failure(storage_id: u64, what: &str, e: &io::Error) -> Refusal {
     let code = match e.kind() {
         io::ErrorKind::StorageFull | io::ErrorKind::QuotaExceeded => Code::NoSpace,
+        io::ErrorKind::NetworkDown => Code::Unavailable,
         _ => Code::Storage,
     };
     Refusal::new(
@@ -102,7 +105,9 @@ pub(crate) fn storage_failure(storage_id: u64, what: &str, e: &io::Error) -> Ref
 fn plain(e: &io::Error) -> String {
     match e.raw_os_error() {
         Some(code) => io::Error::from_raw_os_error(code).to_string(),
-        None if e.kind() == io::ErrorKind::Other => e.to_string(),
+        None if matches!(e.kind(), io::ErrorKind::Other | io::ErrorKind::NetworkDown) => {
+            e.to_string()
+        }
         None => e.kind().to_string(),
     }
 }

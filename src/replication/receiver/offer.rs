@@ -177,5 +177,7 @@ fn held_len(source: &Source, name: &BackupName) -> Result<Option<u64>, Refusal> 
         .map_err(failed)?
         .ok_or_else(|| Refusal::new(Code::Storage, "the storage has no bucket"))?;
     let key = crate::objstore::backup_key(s3, &source.uuid, name.as_str()).map_err(failed)?;
-    Ok(bucket.head_object(&key).map_err(failed)?.map(|o| o.size))
+    let head = bucket.head_object(&key);
+    crate::objstore::note_outcome(storage.id, &head, crate::model::now());
+    Ok(head.map_err(failed)?.map(|o| o.size))
 }

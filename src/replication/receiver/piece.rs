@@ -26,20 +26,34 @@ pub enum Piece {
 /// A file on its way into a bucket.
 pub struct Upload {
     pub(super) writer: MultipartWriter,
+    storage_id: u64,
 }
 
 impl Upload {
     /// Starts the upload of `key`, sized for an object of `size` bytes.
-    pub(super) fn create(store: Arc<ObjStore>, key: Key, size: u64) -> io::Result<Upload> {
+    pub(super) fn create(
+        store: Arc<ObjStore>,
+        storage_id: u64,
+        key: Key,
+        size: u64,
+    ) -> io::Result<Upload> {
         let part = crate::objstore::PartSize::for_object(size).map_err(object_error)?;
-        let writer = MultipartWriter::create(store, key, part, None).map_err(object_error)?;
-        Ok(Upload { writer })
+        let created = MultipartWriter::create(store, key, part, None);
+        crate::objstore::note_outcome(storage_id, &created, crate::model::now());
+        Ok(Upload {
+            writer: created.map_err(object_error)?,
+            storage_id,
+        })
     }
 
     /// Appends `bytes`; each full part goes out on a thread of its own while the next
     /// fills.
     pub fn write_all(&mut self, bytes: &[u8]) -> io::Result<()> {
-        self.writer.write_all(bytes).map_err(object_error)
+        let written = self.writer.write_all(bytes);
+        if written.is_err() {
+            crate::objstore::note_outcome(self.storage_id, &written, crate::model::now());
+        }
+        written.map_err(object_error)
     }
 
     /// What the partial row keeps of the upload: its checkpoint (parts that finished
@@ -60,7 +74,10 @@ impl Upload {
                 "the upload of {key} does not hold the bytes that were verified"
             )));
         }
-        self.writer.complete().map_err(object_error)
+        let storage_id = self.storage_id;
+        let completed = self.writer.complete();
+        crate::objstore::note_outcome(storage_id, &completed, crate::model::now());
+        completed.map_err(object_error)
     }
 }
 
@@ -81,7 +98,7 @@ impl Piece {
     pub fn write_all(&mut self, bytes: &[u8]) -> io::Result<()> {
         match self {
             Piece::File(f) => f.write_all(bytes),
-            Piece::Object(u) => u.writer.write_all(bytes).map_err(object_error),
+            Piece::Object(u) => u.write_all(bytes),
         }
     }
 
@@ -111,10 +128,17 @@ impl Piece {
     }
 }
 
-/// An object store's failure as the session's I/O error (the source is told `storage`
-/// and tries again later). The text names the key, never a path of the target.
+/// An object store's failure as the session's I/O error: one that retries could not get
+/// past (the store down, 5xx, resets) is `NetworkDown`, which the source is told as
+/// `unavailable` and waits out; settings, refusals and corrupt answers are `Other`
+/// (`storage`). The text names the key, never a path of the target.
 pub fn object_error(e: ObjStoreError) -> io::Error {
-    io::Error::other(e.to_string())
+    let kind = if e.is_transient() {
+        io::ErrorKind::NetworkDown
+    } else {
+        io::ErrorKind::Other
+    };
+    io::Error::new(kind, e.to_string())
 }
 
 /// The upload a partial row names, if it names one that decodes.
