@@ -415,3 +415,73 @@ impl Drop for Scratch {
         let _ = std::fs::remove_dir_all(&self.dir);
     }
 }
+
+#[cfg(test)]
+mod space_tests {
+    use super::*;
+    use crate::config::S3Storage;
+    use crate::store::{PartialRecord, ReceivedRecord};
+
+    const MIB: u64 = 1024 * 1024;
+
+    /// A bucket's free space is its `capacity_mb` less what every source's copies on it
+    /// hold, received and partial; copies on another storage do not count.
+    #[test]
+    fn a_buckets_space_is_its_capacity_less_the_copies_on_it() {
+        let s = Scratch::new("space-s3");
+        let bucket = Storage {
+            id: 7,
+            name: "bucket".into(),
+            path: s.dir.join("s3/7"),
+            usage: crate::config::StorageUsage::Backup,
+            kind: StorageKind::S3(Box::new(S3Storage {
+                endpoint: "http://127.0.0.1:9".into(),
+                bucket: "b".into(),
+                prefix: String::new(),
+                region: "us-east-1".into(),
+                credentials_file: s.dir.join("none.toml"),
+                path_style: true,
+                ca_file: None,
+                capacity_mb: 10,
+            })),
+        };
+        assert_eq!(space_of(&s.store, &bucket).unwrap(), (10 * MIB, 10 * MIB));
+        let received = |backup: &str, storage_id: u64, size: u64| ReceivedRecord {
+            backup: backup.into(),
+            storage_id,
+            size,
+            sha256: String::new(),
+            version: 1,
+            received: 1,
+            verified: None,
+            damaged: None,
+            bytes_received: None,
+            pinned: false,
+        };
+        let partial = PartialRecord {
+            backup: "c/p".into(),
+            storage_id: 7,
+            size: 4 * MIB,
+            version: 1,
+            offset: MIB,
+            started: 1,
+            updated: 1,
+            verified_sha256: None,
+            upload: Some("00".into()),
+        };
+        s.store
+            .write(|tx| {
+                tx.put_received("aaaa", &received("c/a", 7, 3 * MIB))?;
+                tx.put_received("bbbb", &received("c/b", 7, 2 * MIB))?;
+                tx.put_received("bbbb", &received("c/elsewhere", 1, 5 * MIB))?;
+                tx.put_partial("bbbb", &partial)
+            })
+            .unwrap();
+        assert_eq!(space_of(&s.store, &bucket).unwrap(), (10 * MIB, 4 * MIB));
+        // Past its capacity: no space, never an underflow.
+        s.store
+            .write(|tx| tx.put_received("aaaa", &received("c/big", 7, 20 * MIB)))
+            .unwrap();
+        assert_eq!(space_of(&s.store, &bucket).unwrap(), (10 * MIB, 0));
+    }
+}
