@@ -264,7 +264,6 @@ impl From<PairingError> for ApiError {
             | P::InvalidField { .. }
             | P::Csr(_)
             | P::StorageNotBackup(_)
-            | P::StorageCannotReceive(_)
             | P::RequestedStorageUnusable(_)
             | P::NoBackupStorage => ApiError::BadRequest(text),
             P::Busy {

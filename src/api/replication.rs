@@ -608,7 +608,7 @@ pub(super) fn verify(call: &Call) -> Result<Reply, ApiError> {
         system_id: sid,
         uuid,
         storage_id: storage.id,
-        storage_path: storage.path.clone(),
+        storage: storage.clone(),
         copies,
     };
     let status = call

@@ -33,6 +33,7 @@ pub(super) fn health(call: &Call) -> Result<Reply, ApiError> {
         call.now,
     ));
     warnings.extend(damage_warning(call.app)?);
+    warnings.extend(bucket_warnings());
     let paired_since = call
         .app
         .store
@@ -60,6 +61,20 @@ pub(super) fn health(call: &Call) -> Result<Reply, ApiError> {
         }),
     };
     Ok(Reply::json(200, body))
+}
+
+/// A warning for each `s3` storage whose bucket failed the receiver's last call of it
+/// (items for it wait and are tried again; the next call that succeeds clears it).
+fn bucket_warnings() -> Vec<String> {
+    crate::objstore::failing()
+        .into_iter()
+        .map(|(id, since, why)| {
+            format!(
+                "storage {id} (s3) failed since {}: {why}; its items wait and are tried again",
+                crate::model::format_utc(since)
+            )
+        })
+        .collect()
 }
 
 /// Most damaged copies looked at for the health warning's system ids.

@@ -573,7 +573,8 @@ pub(super) const KEYS: &[Key] = &[
          `bucket`, `prefix` (default none), `region` (default `us-east-1`), \
          `credentials_file` (TOML with `access_key_id` and `secret_access_key`, mode 0600), \
          `path_style` (default `false`), `ca_file` (default the system roots) and \
-         `capacity_mb` (stands in for free space); an `s3` storage cannot take sources yet",
+         `capacity_mb` (stands in for free space, counted against by quotas and the space \
+         check); an `s3` storage takes sources like a `dir` one but is never `replicate_from`",
     ),
 ];
 

@@ -207,8 +207,8 @@ pub(super) fn prepare_replication(
     }
     match replication::receiver::repair(store, &config.storage, model::now()) {
         Ok(r) if r != Default::default() => log::warn!(
-            "replication repaired at start: {} interrupted commits finished, {} partial copies dropped, {} stray partial files removed",
-            r.finished, r.dropped, r.swept
+            "replication repaired at start: {} interrupted commits finished, {} partial copies dropped, {} stray partial files removed, {} cut uploads aborted",
+            r.finished, r.dropped, r.swept, r.aborted
         ),
         Ok(_) => {}
         Err(source) => {
@@ -217,6 +217,12 @@ pub(super) fn prepare_replication(
                 source,
             })
         }
+    }
+    // No session runs yet: every upload under an s3 storage's prefix that no partial row
+    // names is an orphan of a crash.
+    let orphans = replication::receiver::sweep_uploads(store, &config.storage, i64::MAX);
+    if orphans > 0 {
+        log::warn!("replication: {orphans} orphaned uploads aborted at start");
     }
     match replication::recycle::repair(store, &config.storage, model::now()) {
         Ok(r) if r != Default::default() => log::warn!(

@@ -1,8 +1,9 @@
 //! Ingest: a received transfer session written into a storage. [`serve`] runs
 //! `replication::receiver`'s session on the connection's thread, with the threads it
 //! hands its work to: the committer (group commits, `receiver::Committer`) and the file
-//! writer's [`Pipeline`] (`pipeline.rs`). The target's tunnel calls it for each
-//! `POST /tunnel/v1/transfer`; the rules are all the receiver's.
+//! writer's [`Pipeline`] (`pipeline.rs`), or, for a storage in a bucket, the upload
+//! (`receiver::Upload`, whose parts go out on a thread of their own). The target's
+//! tunnel calls it for each `POST /tunnel/v1/transfer`; the rules are all the receiver's.
 
 mod pipeline;
 
@@ -10,10 +11,9 @@ use std::io::{Read, Write};
 
 pub(crate) use pipeline::Pipeline;
 
-use crate::fsx::PartialFile;
 use crate::replication::live::Peer;
 use crate::replication::receiver::{
-    self, Context, FileSink, ReceiveError, Sealed, Source, Summary,
+    self, Context, FileSink, Piece, ReceiveError, Sealed, Source, Summary, Upload,
 };
 use crate::store::{PartialRecord, Store};
 
@@ -48,6 +48,7 @@ pub(crate) fn serve(
             store: ctx.store.clone(),
             uuid: source.uuid.clone(),
             pipeline: None,
+            upload: None,
         };
         // Read at the source's share of the ingest's bytes (`replication::pacing`).
         match ctx.slots {
@@ -62,11 +63,14 @@ pub(crate) fn serve(
 
 /// The session's [`Pipeline`], started when its first file opens: most sessions of a
 /// target with many sources are heartbeats that open none, and a session waiting for a
-/// slot has no file open yet.
+/// slot has no file open yet. An upload into a bucket is written here, on the session's
+/// thread: its writer uploads each full part on a thread of its own while the next fills.
 struct OnDemand {
     store: Store,
     uuid: String,
     pipeline: Option<Pipeline>,
+    /// The open upload, and the offset its last checkpoint recorded.
+    upload: Option<(Box<Upload>, Option<u64>)>,
 }
 
 impl OnDemand {
@@ -75,10 +79,32 @@ impl OnDemand {
             .as_mut()
             .ok_or_else(|| std::io::Error::other("no file is open"))
     }
+
+    /// Records `row` for the open upload: its parts that finished taken in, the row
+    /// naming the upload.
+    fn record_upload(&mut self, mut row: PartialRecord) -> std::io::Result<()> {
+        let Some((upload, recorded)) = self.upload.as_mut() else {
+            return Err(std::io::Error::other("no file is open"));
+        };
+        row.upload = Some(upload.record()?);
+        let uuid = &self.uuid;
+        self.store
+            .write(|tx| tx.put_partial(uuid, &row))
+            .map_err(|e| std::io::Error::other(format!("record a checkpoint: {e}")))?;
+        *recorded = Some(row.offset);
+        Ok(())
+    }
 }
 
 impl FileSink for OnDemand {
-    fn open(&mut self, file: PartialFile) -> std::io::Result<()> {
+    fn open(&mut self, file: Piece) -> std::io::Result<()> {
+        let file = match file {
+            Piece::Object(upload) => {
+                self.upload = Some((upload, None));
+                return Ok(());
+            }
+            file => file,
+        };
         if self.pipeline.is_none() {
             let started = Pipeline::spawn(self.store.clone(), self.uuid.clone());
             self.pipeline =
@@ -90,23 +116,43 @@ impl FileSink for OnDemand {
     }
 
     fn recorded(&self) -> Option<u64> {
-        self.pipeline.as_ref().and_then(FileSink::recorded)
+        match &self.upload {
+            Some((_, recorded)) => *recorded,
+            None => self.pipeline.as_ref().and_then(FileSink::recorded),
+        }
     }
 
     fn write(&mut self, bytes: &[u8]) -> std::io::Result<()> {
-        self.running()?.write(bytes)
+        match self.upload.as_mut() {
+            Some((upload, _)) => upload.write_all(bytes),
+            None => self.running()?.write(bytes),
+        }
     }
 
     fn checkpoint(&mut self, row: PartialRecord) -> std::io::Result<()> {
-        self.running()?.checkpoint(row)
+        match self.upload {
+            Some(_) => self.record_upload(row),
+            None => self.running()?.checkpoint(row),
+        }
     }
 
     fn seal(&mut self) -> std::io::Result<Sealed> {
-        self.running()?.seal()
+        match self.upload.take() {
+            Some((upload, _)) => {
+                // Completed by the commit, once the session's digest matched.
+                let (tx, rx) = std::sync::mpsc::channel();
+                let _ = tx.send(Ok(Piece::Object(upload)));
+                Ok(rx)
+            }
+            None => self.running()?.seal(),
+        }
     }
 
-    fn close(&mut self) -> std::io::Result<PartialFile> {
-        self.running()?.close()
+    fn close(&mut self) -> std::io::Result<Piece> {
+        match self.upload.take() {
+            Some((upload, _)) => Ok(Piece::Object(upload)),
+            None => self.running()?.close(),
+        }
     }
 }
 

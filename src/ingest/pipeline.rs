@@ -14,7 +14,7 @@ use std::sync::{Arc, Condvar, Mutex};
 use std::thread::JoinHandle;
 
 use crate::fsx::{PartialFile, SyncHandle};
-use crate::replication::receiver::{FileSink, Sealed};
+use crate::replication::receiver::{FileSink, Piece, Sealed};
 use crate::store::{PartialRecord, Store};
 use crate::sync::{lock, wait};
 
@@ -36,9 +36,9 @@ enum Job {
     /// that is), unless a checkpoint is still running: then this one is skipped.
     Checkpoint(PartialRecord, u64),
     /// Hand the file back once everything queued before is written.
-    Close(Sender<io::Result<PartialFile>>),
+    Close(Sender<io::Result<Piece>>),
     /// Write what is queued, then fsync the file on a sealer thread and hand it back.
-    Seal(Sender<io::Result<PartialFile>>),
+    Seal(Sender<io::Result<Piece>>),
 }
 
 /// Sealer threads per session: fsyncs of several small files at once let the journal
@@ -151,7 +151,7 @@ impl Pipeline {
                     }
                 })?
         };
-        let (seal_tx, seal_rx) = mpsc::channel::<(PartialFile, Sender<io::Result<PartialFile>>)>();
+        let (seal_tx, seal_rx) = mpsc::channel::<(PartialFile, Sender<io::Result<Piece>>)>();
         let seal_rx = Arc::new(Mutex::new(seal_rx));
         let mut threads = vec![checkpoints];
         for _ in 0..SEALERS {
@@ -165,7 +165,7 @@ impl Pipeline {
                         let Ok((file, reply)) = next else {
                             return;
                         };
-                        let sealed = file.sync_all().map(|()| file);
+                        let sealed = file.sync_all().map(|()| Piece::File(file));
                         let _ = reply.send(sealed);
                     })?,
             );
@@ -208,7 +208,10 @@ impl Pipeline {
 
 impl FileSink for Pipeline {
     /// Starts a file: its bytes go to `file` from now on.
-    fn open(&mut self, file: PartialFile) -> io::Result<()> {
+    fn open(&mut self, file: Piece) -> io::Result<()> {
+        let Piece::File(file) = file else {
+            return Err(io::Error::other("the file writer writes files only"));
+        };
         *lock(&self.failed) = None;
         self.file += 1;
         self.send(Job::Open(file))
@@ -247,7 +250,7 @@ impl FileSink for Pipeline {
 
     /// Waits until everything queued is written and no checkpoint runs, and returns the
     /// file (for a synchronous checkpoint, or its discard).
-    fn close(&mut self) -> io::Result<PartialFile> {
+    fn close(&mut self) -> io::Result<Piece> {
         let (tx, rx) = mpsc::channel();
         self.send(Job::Close(tx))?;
         let file = rx
@@ -273,7 +276,7 @@ fn writer(
     jobs: Receiver<Job>,
     spare: Sender<Vec<u8>>,
     checkpoints: &Mailbox,
-    sealers: Sender<(PartialFile, Sender<io::Result<PartialFile>>)>,
+    sealers: Sender<(PartialFile, Sender<io::Result<Piece>>)>,
     failed: &Mutex<Option<io::Error>>,
 ) {
     let mut file: Option<PartialFile> = None;
@@ -336,6 +339,7 @@ fn writer(
             Job::Close(reply) => {
                 let result = file
                     .take()
+                    .map(Piece::File)
                     .ok_or_else(|| io::Error::other("no file is open"));
                 let _ = reply.send(result);
             }

@@ -8,7 +8,8 @@
 //! aborted CAs nobody uses any more; every minute it logs new certificate warnings and
 //! applies the sources' retention policies, moving what they let go to the recycle bin and
 //! purging what stayed there past `recycle_days` (and at once when an admin changed a
-//! policy); every ten minutes it purges long-ended requests and expired sessions. Each
+//! policy); every ten minutes it purges long-ended requests and expired sessions and
+//! aborts uploads into `s3` storages' buckets that no partial row names (orphans). Each
 //! failure is logged and tried again on the next round.
 
 use std::collections::HashMap;
@@ -138,6 +139,7 @@ impl Maintenance {
             if last_sweep.elapsed() >= SWEEP_EVERY {
                 last_sweep = Instant::now();
                 purge_ended(&app);
+                sweep_uploads(&app);
                 purge_sessions(&app);
             }
         }
@@ -223,6 +225,13 @@ fn expire_partials(app: &App) {
     ) {
         log::warn!("partial copy sweep: {}", Chain(&e));
     }
+}
+
+/// Aborts the uploads into `s3` storages' buckets that no partial row names, started over
+/// an hour ago (a session records its upload right after starting it).
+fn sweep_uploads(app: &App) {
+    let before = model::now().saturating_sub(3600);
+    crate::replication::receiver::sweep_uploads(&app.store, &app.config.storage, before);
 }
 
 /// Deletes long-ended requests and their spool directories.

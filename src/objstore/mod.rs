@@ -30,7 +30,9 @@ mod http;
 mod key;
 mod multipart;
 mod objects;
+mod reader;
 mod retry;
+mod shared;
 mod upload;
 mod xml;
 
@@ -45,7 +47,9 @@ use url::Url;
 pub use credentials::Credentials;
 pub use error::ObjStoreError;
 pub use key::Key;
+pub use reader::{object_reader, ObjectReader};
 pub use retry::RetryPolicy;
+pub use shared::{backup_key, failing, for_storage, location_of, note_outcome, storage_prefix};
 pub use upload::{Checkpoint, Completed, MultipartWriter, PartSize};
 
 use crate::config::{S3Storage, Storage, StorageKind};

@@ -22,8 +22,6 @@ pub enum PairingError {
     MessageRequired,
     UnknownStorage(u64),
     StorageNotBackup(u64),
-    /// An `s3` storage: this build stores received backups in `dir` storage only.
-    StorageCannotReceive(u64),
     NoBackupStorage,
     NotASource(u64),
     /// The accept named no storage and the one the source asked for cannot hold it.
@@ -64,11 +62,6 @@ impl fmt::Display for PairingError {
             }
             PairingError::UnknownStorage(id) => write!(f, "no storage with id {id}"),
             PairingError::StorageNotBackup(id) => write!(f, "storage {id} is not a backup storage"),
-            PairingError::StorageCannotReceive(id) => write!(
-                f,
-                "storage {id} is an s3 bucket, which cannot receive sources' backups yet; \
-                 choose a dir storage"
-            ),
             PairingError::NoBackupStorage => f.write_str("no backup storage is configured"),
             PairingError::NotASource(id) => write!(f, "system {id} is not a replication source"),
             PairingError::RequestedStorageUnusable(id) => write!(

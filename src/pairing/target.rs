@@ -5,7 +5,7 @@
 //! commit returns.
 
 use crate::ca::{self, Ca, CaSet, ValidCsr};
-use crate::config::{Storage, StorageKind, StorageUsage};
+use crate::config::{Storage, StorageUsage};
 use crate::model::{Network, Role, UnixTime};
 use crate::pairing::error::{time_of, PairingError};
 use crate::pairing::fields::{check_managed, rejection_message};
@@ -31,9 +31,8 @@ pub enum Decision {
     },
 }
 
-/// Picks the storage for an accept: the named one (must be `backup`) or the default. An
-/// `s3` storage is refused until the receiver writes into buckets (docs/decisions.md,
-/// "Storage on an object store").
+/// Picks the storage for an accept: the named one (must be `backup`) or the default, a
+/// directory or a bucket alike.
 pub fn choose_storage(storage: &[Storage], wanted: Option<u64>) -> Result<&Storage, PairingError> {
     let s = match wanted {
         Some(id) => {
@@ -51,10 +50,7 @@ pub fn choose_storage(storage: &[Storage], wanted: Option<u64>) -> Result<&Stora
             .find(|s| s.usage == StorageUsage::Backup)
             .ok_or(PairingError::NoBackupStorage)?,
     };
-    match s.kind {
-        StorageKind::Dir => Ok(s),
-        StorageKind::S3(_) => Err(PairingError::StorageCannotReceive(s.id)),
-    }
+    Ok(s)
 }
 
 /// The systems row after an accept. A source the target already manages becomes
@@ -917,15 +913,15 @@ mod tests {
         ));
     }
 
-    /// A bucket is refused by name and as the default, until the receiver writes into one.
+    /// A bucket takes a source by name and as the default, as a directory does.
     #[test]
-    fn an_s3_storage_cannot_take_a_source_yet() {
+    fn an_s3_storage_takes_a_source() {
         let bucket = Storage {
             id: 3,
             name: "bucket".into(),
             path: "/data/s3/3".into(),
             usage: StorageUsage::Backup,
-            kind: StorageKind::S3(Box::new(crate::config::S3Storage {
+            kind: crate::config::StorageKind::S3(Box::new(crate::config::S3Storage {
                 endpoint: "https://s3.example.net".into(),
                 bucket: "b".into(),
                 prefix: String::new(),
@@ -938,9 +934,8 @@ mod tests {
         };
         let s = vec![bucket];
         for wanted in [None, Some(3)] {
-            let e = choose_storage(&s, wanted).unwrap_err();
-            assert!(matches!(e, PairingError::StorageCannotReceive(3)), "{e:?}");
-            assert!(e.to_string().contains("choose a dir storage"), "{e}");
+            let chosen = choose_storage(&s, wanted).unwrap();
+            assert_eq!((chosen.id, chosen.kind.as_str()), (3, "s3"));
         }
     }
 }

@@ -9,7 +9,6 @@
 //! damage is audited (the metrics and `GET /api/health` count the damaged copies).
 
 use std::collections::HashMap;
-use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::mpsc::{self, Receiver, Sender};
 use std::sync::Mutex;
@@ -17,9 +16,10 @@ use std::sync::Mutex;
 use ring::digest::{Context as Sha256, SHA256};
 
 use super::names::BackupName;
-use crate::config::Storage;
+use crate::config::{S3Storage, Storage, StorageKind};
 use crate::fsx;
 use crate::model::UnixTime;
+use crate::objstore::ObjStoreError;
 use crate::store::{AuditRecord, Store, StoreError, SystemRecord, VerifyRun};
 use crate::sync::lock;
 
@@ -45,7 +45,7 @@ pub struct VerifyJob {
     pub system_id: u64,
     uuid: String,
     storage_id: u64,
-    storage_path: PathBuf,
+    storage: Storage,
     /// Queued by `verify_interval`, not by an admin.
     scheduled: bool,
 }
@@ -56,7 +56,7 @@ pub struct VerifyTarget {
     pub system_id: u64,
     pub uuid: String,
     pub storage_id: u64,
-    pub storage_path: PathBuf,
+    pub storage: Storage,
     /// Copies on that storage now (the progress' total).
     pub copies: u64,
 }
@@ -119,7 +119,7 @@ impl Verifier {
             system_id,
             uuid: target.uuid,
             storage_id: target.storage_id,
-            storage_path: target.storage_path,
+            storage: target.storage,
             scheduled,
         })
         .map_err(|_| VerifyError::Stopped)?;
@@ -168,6 +168,26 @@ pub fn file_sha256(path: &std::path::Path) -> std::io::Result<(String, u64)> {
     Ok((crate::wire::hex::encode(h.finish().as_ref()), meta.len()))
 }
 
+/// The SHA-256 of the object of `backup` in an `s3` storage's bucket, hex, read back
+/// whole (never taken from an ETag or the object's metadata); a missing object is
+/// `NotFound`.
+pub fn object_sha256(
+    storage: &Storage,
+    s3: &S3Storage,
+    uuid: &str,
+    backup: &str,
+) -> std::io::Result<(String, u64)> {
+    let read = crate::objstore::for_storage(storage).and_then(|bucket| {
+        let bucket = bucket.ok_or_else(|| ObjStoreError::Config("not a bucket".into()))?;
+        bucket.sha256_of(&crate::objstore::backup_key(s3, uuid, backup)?)
+    });
+    match read {
+        Ok((len, sha)) => Ok((crate::wire::hex::encode(&sha), len)),
+        Err(ObjStoreError::NotFound { .. }) => Err(std::io::ErrorKind::NotFound.into()),
+        Err(e) => Err(std::io::Error::other(e.to_string())),
+    }
+}
+
 /// The copies of `row`'s source, if it is a paired source whose storage is configured.
 pub fn target_of(
     store: &Store,
@@ -192,7 +212,7 @@ pub fn target_of(
         system_id: row.id,
         uuid: uuid.clone(),
         storage_id: storage.id,
-        storage_path: storage.path.clone(),
+        storage: storage.clone(),
         copies,
     }))
 }
@@ -248,8 +268,12 @@ pub fn status_of_run(r: &VerifyRun) -> VerifyStatus {
 
 /// What one copy's re-read found: None when it is intact, else the damage, and whether
 /// the copy is missing; the bytes read.
-fn check_copy(path: &std::path::Path, size: u64, sha256: &str) -> (Option<String>, bool, u64) {
-    match file_sha256(path) {
+fn check_copy(
+    found: std::io::Result<(String, u64)>,
+    size: u64,
+    sha256: &str,
+) -> (Option<String>, bool, u64) {
+    match found {
         Ok((sha, len)) if sha == sha256 && len == size => (None, false, len),
         Ok((sha, len)) => (
             Some(format!(
@@ -400,12 +424,17 @@ fn check_row(
     let Ok(name) = BackupName::parse(&row.backup) else {
         return Ok(());
     };
-    let path = job
-        .storage_path
-        .join(&job.uuid)
-        .join(name.client())
-        .join(name.file());
-    let (damage, missing, read) = check_copy(&path, row.size, &row.sha256);
+    let found = match &job.storage.kind {
+        StorageKind::Dir => file_sha256(
+            &job.storage
+                .path
+                .join(&job.uuid)
+                .join(name.client())
+                .join(name.file()),
+        ),
+        StorageKind::S3(s3) => object_sha256(&job.storage, s3, &job.uuid, &row.backup),
+    };
+    let (damage, missing, read) = check_copy(found, row.size, &row.sha256);
     let now = now();
     // Record against the row as it is now: a transfer that replaced the copy while
     // it was read wins.
@@ -488,7 +517,7 @@ mod tests {
             system_id: s.source.system_id,
             uuid: s.source.uuid.clone(),
             storage_id: s.source.storage.id,
-            storage_path: s.source.storage.path.clone(),
+            storage: s.source.storage.clone(),
             scheduled: true,
         }
     }

@@ -263,6 +263,10 @@ pub struct PartialRecord {
     /// the two is finished at start.
     #[serde(default)]
     pub verified_sha256: Option<String>,
+    /// An `s3` storage's copy: the multipart upload it is written into (its checkpoint,
+    /// `objstore::Checkpoint::encode` in hex), so a crash leaves no upload nobody aborts.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub upload: Option<String>,
 }
 
 const CONFIG_KEY: &str = "config";
@@ -408,6 +412,23 @@ impl Store {
 
     pub fn received_one(&self, uuid: &str, backup: &str) -> Result<Option<ReceivedRecord>> {
         received_one(&self.snapshot()?, uuid, backup)
+    }
+
+    /// The bytes that the copies received onto storage `storage_id` (of every source) and
+    /// the partial copies on it hold: what an `s3` storage's `capacity_mb` is counted
+    /// against.
+    pub fn bytes_on_storage(&self, storage_id: u64) -> Result<u64> {
+        let tx = self.snapshot()?;
+        let received: Vec<ReceivedRecord> = access::values(&tx, schema::RECEIVED)?;
+        let partials: Vec<(String, PartialRecord)> = partials(&tx)?;
+        let held = received
+            .iter()
+            .filter(|r| r.storage_id == storage_id)
+            .fold(0u64, |sum, r| sum.saturating_add(r.size));
+        Ok(partials
+            .iter()
+            .filter(|(_, p)| p.storage_id == storage_id)
+            .fold(held, |sum, (_, p)| sum.saturating_add(p.offset)))
     }
 
     /// The copies a verify marked damaged and no new copy replaced yet: (source uuid,

@@ -4,12 +4,11 @@
 //! its pairing names, and a name passes `names` before any path is built.
 
 use std::io::Read;
-use std::path::{Path, PathBuf};
 
 use serde_json::Value;
 
 use super::{Call, Reply, TunnelHttpError};
-use crate::config::Storage;
+use crate::config::{S3Storage, Storage, StorageKind};
 use crate::replication::names::BackupName;
 use crate::replication::receiver::{self, Source};
 use crate::replication::{restore, restore_chunks};
@@ -59,13 +58,13 @@ pub(super) fn list(
     Ok(Reply::json(200, &value))
 }
 
-/// The held copy a restore request names (`{"backup", "offset"?}`): its record, path and
+/// The held copy a restore request names (`{"backup", "offset"?}`): its record, name and
 /// the offset asked for.
 fn held_copy(
     store: &Store,
     source: &Source,
     body: &Value,
-) -> Result<(ReceivedRecord, PathBuf, u64), TunnelHttpError> {
+) -> Result<(ReceivedRecord, BackupName, u64), TunnelHttpError> {
     let backup = body["backup"]
         .as_str()
         .ok_or_else(|| TunnelHttpError::BadRequest("field `backup` must be a string".into()))?;
@@ -89,17 +88,27 @@ fn held_copy(
             record.size
         )));
     }
-    let path = receiver::client_dir(source, &name).join(name.file());
-    Ok((record, path, offset))
+    Ok((record, name, offset))
 }
 
+/// The held copy's bytes from `offset` to its recorded size, from the storage's directory
+/// or its bucket.
 fn open(
     source: &Source,
     record: &ReceivedRecord,
-    path: &Path,
+    name: &BackupName,
     offset: u64,
 ) -> Result<Box<dyn Read + Send>, TunnelHttpError> {
-    restore::open_held(path, record.size, offset).map_err(|e| {
+    let opened = match &source.storage.kind {
+        StorageKind::Dir => {
+            let path = receiver::client_dir(source, name).join(name.file());
+            restore::open_held(&path, record.size, offset)
+        }
+        StorageKind::S3(s3) => {
+            open_object(&source.storage, s3, &source.uuid, name, record.size, offset)
+        }
+    };
+    opened.map_err(|e| {
         log::warn!(
             "restore: system {}: {}: {e}",
             source.system_id,
@@ -117,8 +126,8 @@ pub(super) fn file(
     call: &mut Call<'_>,
 ) -> Result<Reply, TunnelHttpError> {
     let source = source_of(store, storage, call)?;
-    let (record, path, offset) = held_copy(store, &source, &call.json()?)?;
-    let reader = open(&source, &record, &path, offset)?;
+    let (record, name, offset) = held_copy(store, &source, &call.json()?)?;
+    let reader = open(&source, &record, &name, offset)?;
     Ok(Reply::stream(
         200,
         "application/octet-stream",
@@ -159,8 +168,8 @@ pub(super) fn chunks(
             ))
         },
     )?;
-    let (record, path, offset) = held_copy(store, &source, &body)?;
-    let reader = open(&source, &record, &path, offset)?;
+    let (record, name, offset) = held_copy(store, &source, &body)?;
+    let reader = open(&source, &record, &name, offset)?;
     Ok(Reply::stream(
         200,
         "application/octet-stream",
@@ -168,4 +177,40 @@ pub(super) fn chunks(
         Box::new(restore_chunks::Records::new(reader, offset, have)),
     )
     .with_header("Replgate-Sha256", record.sha256))
+}
+
+/// A copy in an `s3` storage's bucket from `offset` to its recorded `size`, streamed as it
+/// is read (the source checks the whole copy's SHA-256, which the answer names).
+fn open_object(
+    storage: &Storage,
+    s3: &S3Storage,
+    uuid: &str,
+    name: &BackupName,
+    size: u64,
+    offset: u64,
+) -> std::io::Result<Box<dyn std::io::Read + Send>> {
+    let object_error = |e: crate::objstore::ObjStoreError| std::io::Error::other(e.to_string());
+    let bucket = crate::objstore::for_storage(storage)
+        .map_err(object_error)?
+        .ok_or_else(|| std::io::Error::other("not a bucket"))?;
+    let key = crate::objstore::backup_key(s3, uuid, name.as_str()).map_err(object_error)?;
+    let held = bucket.head_object(&key).map_err(object_error)?;
+    match held {
+        Some(o) if o.size == size => {}
+        Some(o) => {
+            return Err(std::io::Error::other(format!(
+                "it holds {} bytes, {size} were recorded",
+                o.size
+            )))
+        }
+        None => return Err(std::io::ErrorKind::NotFound.into()),
+    }
+    if offset == size {
+        return Ok(Box::new(std::io::empty()));
+    }
+    Ok(Box::new(crate::objstore::object_reader(
+        bucket,
+        key,
+        offset..size,
+    )?))
 }

@@ -153,9 +153,10 @@ fn transfer(app: &App, call: &mut Call<'_>) -> Result<Reply, TunnelHttpError> {
     let shared = &app.replication;
     let peer = call.peer().addr.to_string();
     // The features this session uses: what the source asked for that this side has
-    // (chunk lists only with `dedup = "auto"`).
+    // (chunk lists only with `dedup = "auto"`, and only into a `dir` storage: a copy in a
+    // bucket is not read back for chunks, so a source of one sends whole files).
     let ours = Features {
-        chunks: app.dedup.is_some(),
+        chunks: app.dedup.is_some() && source.storage.kind == crate::config::StorageKind::Dir,
         ..Features::ALL
     };
     let features = call

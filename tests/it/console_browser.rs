@@ -82,8 +82,8 @@ fn browser_a_source_asks_on_its_console_the_target_accepts_on_its_own_and_it_com
             path.display()
         ));
     }
-    // A bucket too: shown on the storage page, never offered for an accept (it cannot take
-    // sources yet). Its credentials file is private; nothing is sent to its endpoint.
+    // A bucket too: shown on the storage page and offered for an accept like the
+    // directories. Its credentials file is private; nothing is sent to its endpoint.
     let creds = dir.join("s3-credentials.toml");
     std::fs::write(
         &creds,
@@ -149,8 +149,8 @@ fn browser_a_source_asks_on_its_console_the_target_accepts_on_its_own_and_it_com
     b.wait("[data-request-id] button[name=accept]").click();
     let options = b.count("select[name=storage] option");
     assert_eq!(
-        options, 2,
-        "both directory storages are offered, not the bucket"
+        options, 3,
+        "both directory storages are offered, and the bucket"
     );
     b.wait("select[name=storage] option[value='2']").click();
     b.screenshot("pending-accept");

@@ -47,6 +47,7 @@ mod rng;
 mod rollover;
 mod rules;
 mod s3_proxy;
+mod s3_target;
 mod scale;
 mod seaweed;
 mod slots;

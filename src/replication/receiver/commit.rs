@@ -9,10 +9,11 @@ use std::path::PathBuf;
 use std::sync::mpsc::{self, Receiver, Sender};
 use std::time::Duration;
 
+use super::piece::Piece;
 use super::sink::FileSink;
 use super::state::{CommitQueue, Committed, Session, ToCommit};
 use super::{client_dir, drop_partial, storage_failure, Context, Refusal, Source};
-use crate::fsx::{self, PartialFile};
+use crate::fsx;
 use crate::model::UnixTime;
 use crate::replication::index;
 use crate::replication::live::Peer;
@@ -162,12 +163,12 @@ pub fn commit(
     let uuid = &source.uuid;
     let storage_id = source.storage.id;
     let mut out: Vec<Committed> = Vec::new();
-    let mut ok: Vec<(ToCommit, PartialFile)> = Vec::new();
+    let mut ok: Vec<(ToCommit, Piece)> = Vec::new();
     for f in group {
         match f.sealed.recv() {
             Ok(Ok(file)) => ok.push((f, file)),
             Ok(Err(e)) => {
-                drop_partial(store, uuid, &client_dir(source, &f.name), &f.name);
+                drop_partial(store, source, &f.name);
                 let what = format!("cannot make {} durable", f.name);
                 log::error!("replication: {what}: {e}");
                 out.push((f.seq, Err(storage_failure(storage_id, &what, &e))));
@@ -191,6 +192,7 @@ pub fn commit(
                     started: f.started,
                     updated: now,
                     verified_sha256: Some(hex::encode(&f.sha256)),
+                    upload: None,
                 },
             )?;
         }
@@ -203,25 +205,7 @@ pub fn commit(
         );
         return out;
     }
-    let mut renamed: Vec<ToCommit> = Vec::new();
-    let mut dirs: Vec<PathBuf> = Vec::new();
-    for (f, file) in ok {
-        let dir = client_dir(source, &f.name);
-        match file.rename_into(&dir.join(f.name.file())) {
-            Ok(()) => {
-                if !dirs.contains(&dir) {
-                    dirs.push(dir);
-                }
-                renamed.push(f);
-            }
-            Err(e) => {
-                let what = format!("cannot rename {} into place", f.name);
-                log::error!("replication: {what}: {e}");
-                out.push((f.seq, Err(storage_failure(storage_id, &what, &e))));
-            }
-        }
-    }
-    let renamed = sync_dirs(source, renamed, &dirs, &mut out);
+    let renamed = put_in_place(store, source, ok, &mut out);
     let stamps = stamps_of(source, &renamed);
     let mut publish = Vec::new();
     let recorded = store.write(|tx| {
@@ -268,6 +252,56 @@ pub fn commit(
         ),
     }
     out
+}
+
+/// Puts each verified copy of `ok` in place: a file renamed to its name (one directory
+/// fsync per directory), an upload completed into its object. Returns those in place; a
+/// failure is answered into `out`.
+fn put_in_place(
+    store: &Store,
+    source: &Source,
+    ok: Vec<(ToCommit, Piece)>,
+    out: &mut Vec<Committed>,
+) -> Vec<ToCommit> {
+    let storage_id = source.storage.id;
+    let mut renamed: Vec<ToCommit> = Vec::new();
+    let mut dirs: Vec<PathBuf> = Vec::new();
+    let mut in_bucket: Vec<ToCommit> = Vec::new();
+    for (f, file) in ok {
+        let dir = client_dir(source, &f.name);
+        let placed = match file {
+            Piece::File(file) => file.rename_into(&dir.join(f.name.file())),
+            // The object appears at its key only now, with the bytes whose digest the
+            // session checked (and the writer again); a crash before the received row is
+            // finished by the start-up repair, which reads the object back first.
+            Piece::Object(upload) => match upload.complete(f.size, &f.sha256) {
+                Ok(_) => {
+                    in_bucket.push(f);
+                    continue;
+                }
+                Err(e) => {
+                    drop_partial(store, source, &f.name);
+                    Err(e)
+                }
+            },
+        };
+        match placed {
+            Ok(()) => {
+                if !dirs.contains(&dir) {
+                    dirs.push(dir);
+                }
+                renamed.push(f);
+            }
+            Err(e) => {
+                let what = format!("cannot put {} into place", f.name);
+                log::error!("replication: {what}: {e}");
+                out.push((f.seq, Err(storage_failure(storage_id, &what, &e))));
+            }
+        }
+    }
+    let mut renamed = sync_dirs(source, renamed, &dirs, out);
+    renamed.extend(in_bucket);
+    renamed
 }
 
 /// The stamp each copy has in place: the chunk index uses a copy only while it is that.
@@ -329,6 +363,7 @@ fn sync_dirs(
 mod tests {
     use super::super::{partial_path, Scratch};
     use super::*;
+    use crate::fsx::PartialFile;
     use crate::replication::names::BackupName;
 
     /// A verified file of `client/file` as the sink hands it to the committer: written
@@ -340,7 +375,7 @@ mod tests {
         file.write_all(body).unwrap();
         file.sync_all().unwrap();
         let (tx, sealed) = mpsc::channel();
-        tx.send(Ok(file)).unwrap();
+        tx.send(Ok(Piece::File(file))).unwrap();
         let sha = ring::digest::digest(&ring::digest::SHA256, body);
         ToCommit {
             seq,

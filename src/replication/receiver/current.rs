@@ -11,12 +11,14 @@ use std::time::{Duration, Instant};
 use ring::digest::{Context as Sha256, SHA256};
 
 use super::commit::{GROUP_BYTES, GROUP_FILES};
+use super::piece::{object_error, Piece, Upload};
 use super::sink::FileSink;
-use super::state::{Current, Decided, Session, ToCommit};
+use super::state::{Current, Decided, Offered, Session, ToCommit};
 use super::{
-    chunk_for, client_dir, digest_of, drop_partial, list_window, partial_path, storage_failure,
-    window_for, ReceiveError, Refusal, Source,
+    chunk_for, client_dir, digest_of, drop_partial, list_window, partial_path, space_of,
+    storage_failure, window_for, ReceiveError, Refusal, Source,
 };
+use crate::config::StorageKind;
 use crate::fsx::{self, PartialFile};
 use crate::model::UnixTime;
 use crate::replication::chunker::MAX_CHUNK;
@@ -77,12 +79,7 @@ impl<W: Write, S: FileSink> Session<'_, '_, W, S> {
                 )
             }
         };
-        let dir = client_dir(self.source, &offer.name);
-        let opened = fsx::ensure_dir_under(
-            &self.source.storage.path,
-            &[&self.source.uuid, offer.name.client()],
-        )
-        .and_then(|_| PartialFile::open(&partial_path(&dir, &offer.name), keep));
+        let opened = self.open_piece(&offer, keep);
         match opened.and_then(|f| self.sink.open(f)) {
             Ok(()) => {}
             Err(e) => {
@@ -149,6 +146,44 @@ impl<W: Write, S: FileSink> Session<'_, '_, W, S> {
         });
         self.poisoned = None;
         Ok(())
+    }
+
+    /// The open file's [`Piece`]: a partial file kept up to `keep`, or a new upload into
+    /// the storage's bucket, its partial row recorded at once (so a crash leaves no upload
+    /// that nothing names).
+    fn open_piece(&mut self, offer: &Offered<'_>, keep: u64) -> io::Result<Piece> {
+        let storage = &self.source.storage;
+        let bucket = crate::objstore::for_storage(storage).map_err(object_error)?;
+        let (Some(bucket), StorageKind::S3(s3)) = (bucket, &storage.kind) else {
+            let dir = client_dir(self.source, &offer.name);
+            fsx::ensure_dir_under(&storage.path, &[&self.source.uuid, offer.name.client()])?;
+            let file = PartialFile::open(&partial_path(&dir, &offer.name), keep)?;
+            return Ok(Piece::File(file));
+        };
+        if keep > 0 {
+            return Err(io::Error::other("an upload into a bucket is not resumed"));
+        }
+        let key = crate::objstore::backup_key(s3, &self.source.uuid, offer.name.as_str())
+            .map_err(object_error)?;
+        let mut upload = Upload::create(bucket, storage.id, key, offer.size)?;
+        let now = (self.ctx.now)();
+        let row = PartialRecord {
+            backup: offer.name.as_str().to_string(),
+            storage_id: storage.id,
+            size: offer.size,
+            version: offer.version,
+            offset: 0,
+            started: now,
+            updated: now,
+            verified_sha256: None,
+            upload: Some(upload.record()?),
+        };
+        let uuid = &self.source.uuid;
+        if let Err(e) = self.ctx.store.write(|tx| tx.put_partial(uuid, &row)) {
+            let _ = Piece::Object(Box::new(upload)).discard();
+            return Err(io::Error::other(format!("record the upload: {e}")));
+        }
+        Ok(Piece::Object(Box::new(upload)))
     }
 
     /// A `ZData` frame: content that decodes to exactly `raw_len` bytes, at most
@@ -235,12 +270,13 @@ impl<W: Write, S: FileSink> Session<'_, '_, W, S> {
         let len = bytes.len() as u64;
         // Space is taken as the bytes arrive, a window ahead of them (`Ledger`).
         let source = self.source;
+        let store = self.ctx.store;
         let (written, size) = (cur.written, cur.offer.size);
         let covered =
             cur.offer
                 .reservation
                 .cover(written, written + len, size, 2 * chunk_for(size), || {
-                    fsx::disk_space(&source.storage.path)
+                    space_of(store, &source.storage)
                         .map(|(_, free)| free)
                         .map_err(|e| {
                             storage_failure(source.storage.id, "cannot read the free space", &e)
@@ -371,8 +407,8 @@ impl<W: Write, S: FileSink> Session<'_, '_, W, S> {
     /// Makes what the open file holds durable and records it, waiting; the file stays
     /// open. Returns the offset now durable.
     fn checkpoint_now(&mut self) -> Result<u64, DurableError> {
-        let file = self.sink.close().map_err(DurableError::Disk)?;
-        let recorded = self.record_durable(&file);
+        let mut file = self.sink.close().map_err(DurableError::Disk)?;
+        let recorded = self.record_durable(&mut file);
         self.sink.open(file).map_err(DurableError::Disk)?;
         let written = recorded?;
         if let Some(cur) = self.current.as_mut() {
@@ -388,7 +424,7 @@ impl<W: Write, S: FileSink> Session<'_, '_, W, S> {
         let Some(cur) = self.current.as_mut() else {
             return;
         };
-        let file = match self.sink.close() {
+        let mut file = match self.sink.close() {
             Ok(f) => f,
             Err(e) => {
                 log::warn!("replication: checkpoint of {}: {e}", cur.offer.name);
@@ -399,28 +435,31 @@ impl<W: Write, S: FileSink> Session<'_, '_, W, S> {
         if self.poisoned == Some(cur.seq) || file.is_empty() {
             return;
         }
-        if let Err(e) = self.record_durable(&file) {
+        if let Err(e) = self.record_durable(&mut file) {
             log::warn!("replication: checkpoint of {}: {e}", self.current_name());
         }
     }
 
     /// Makes `file` (the open file, out of the sink) durable up to its length and
     /// records that offset; returns it.
-    fn record_durable(&mut self, file: &PartialFile) -> Result<u64, DurableError> {
+    fn record_durable(&mut self, file: &mut Piece) -> Result<u64, DurableError> {
         let written = file.len();
         file.checkpoint().map_err(DurableError::Disk)?;
         let Some(cur) = self.current.as_mut() else {
             return Err(DurableError::NoFile);
         };
         cur.written = written;
-        let row = partial_row(self.source, cur, written, (self.ctx.now)());
+        let mut row = partial_row(self.source, cur, written, (self.ctx.now)());
+        file.fill(&mut row).map_err(DurableError::Disk)?;
         let uuid = &self.source.uuid;
         self.ctx
             .store
             .write(|tx| tx.put_partial(uuid, &row))
             .map_err(DurableError::Record)?;
         #[cfg(test)]
-        crate::fsx::trace::recorded(file.path(), written);
+        if let Piece::File(file) = file {
+            crate::fsx::trace::recorded(file.path(), written);
+        }
         cur.recorded = written;
         Ok(written)
     }
@@ -430,11 +469,10 @@ impl<W: Write, S: FileSink> Session<'_, '_, W, S> {
         let Some(cur) = self.current.take() else {
             return;
         };
-        let dir = client_dir(self.source, &cur.offer.name);
         if let Ok(file) = self.sink.close() {
             let _ = file.discard();
         }
-        drop_partial(self.ctx.store, &self.source.uuid, &dir, &cur.offer.name);
+        drop_partial(self.ctx.store, self.source, &cur.offer.name);
         self.report_failure(cur.seq, &cur.offer.name, code, &message);
     }
 
@@ -543,5 +581,6 @@ fn partial_row(source: &Source, cur: &Current<'_>, offset: u64, now: UnixTime) -
         started: cur.started,
         updated: now,
         verified_sha256: None,
+        upload: None,
     }
 }

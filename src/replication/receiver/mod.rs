@@ -21,6 +21,7 @@ mod holdings;
 mod ledger;
 mod lists;
 mod offer;
+mod piece;
 mod repair;
 mod session;
 mod sink;
@@ -35,7 +36,8 @@ use ring::digest::{Context as Sha256, SHA256};
 pub use commit::{channel as commit_channel, commit, Committer};
 pub use holdings::{Holdings, Scope};
 pub use ledger::{quota_usage, Ledger, Reservation, Space, SPACE_MARGIN, STALL};
-pub use repair::{expire_partials, repair, Repair};
+pub use piece::{object_error, upload_of, Piece, Upload};
+pub use repair::{expire_partials, repair, sweep_uploads, Repair};
 pub use session::serve;
 pub use sink::{FileSink, Sealed};
 pub use state::{CommitQueue, Committed, ToCommit};
@@ -43,7 +45,7 @@ pub use state::{CommitQueue, Committed, ToCommit};
 use super::live::Live;
 use super::names::{check_component, BackupName};
 use super::stream::StreamError;
-use crate::config::Storage;
+use crate::config::{Storage, StorageKind};
 use crate::fsx;
 use crate::model::UnixTime;
 use crate::store::{Store, StoreError};
@@ -82,10 +84,13 @@ impl Refusal {
 /// A failure of the target's storage as the source is told it: what failed, on which
 /// storage, and the kind of error, never a path of the target (the target's log line has
 /// the whole error). A full disk or quota is `NoSpace`, which the source retries by itself
-/// once there is room; anything else is `Storage`.
+/// once there is room; a bucket that cannot be reached now (`NetworkDown`, see
+/// [`object_error`]) is `Unavailable`, which it retries without counting an attempt, as
+/// for a target that is down; anything else is `Storage`.
 pub(crate) fn storage_failure(storage_id: u64, what: &str, e: &io::Error) -> Refusal {
     let code = match e.kind() {
         io::ErrorKind::StorageFull | io::ErrorKind::QuotaExceeded => Code::NoSpace,
+        io::ErrorKind::NetworkDown => Code::Unavailable,
         _ => Code::Storage,
     };
     Refusal::new(
@@ -100,7 +105,9 @@ pub(crate) fn storage_failure(storage_id: u64, what: &str, e: &io::Error) -> Ref
 fn plain(e: &io::Error) -> String {
     match e.raw_os_error() {
         Some(code) => io::Error::from_raw_os_error(code).to_string(),
-        None if e.kind() == io::ErrorKind::Other => e.to_string(),
+        None if matches!(e.kind(), io::ErrorKind::Other | io::ErrorKind::NetworkDown) => {
+            e.to_string()
+        }
         None => e.kind().to_string(),
     }
 }
@@ -187,6 +194,38 @@ pub fn client_dir(source: &Source, name: &BackupName) -> PathBuf {
 
 pub fn partial_path(dir: &Path, name: &BackupName) -> PathBuf {
     dir.join(format!(".{}{PARTIAL_SUFFIX}", name.file()))
+}
+
+/// Aborts upload `upload_id` of `name` into `source`'s bucket.
+fn abort_upload(
+    source: &Source,
+    name: &BackupName,
+    upload_id: &str,
+) -> Result<(), crate::objstore::ObjStoreError> {
+    let StorageKind::S3(s3) = &source.storage.kind else {
+        return Ok(());
+    };
+    let Some(bucket) = crate::objstore::for_storage(&source.storage)? else {
+        return Ok(());
+    };
+    let key = crate::objstore::backup_key(s3, &source.uuid, name.as_str())?;
+    bucket.abort_multipart(&key, upload_id)
+}
+
+/// A storage's `(total, free)` bytes as the space check counts them: its file system's
+/// for a `dir` storage; for an `s3` storage (a bucket has no free-space figure) its
+/// `capacity_mb`, less what the copies on it hold, received and partial, of every source.
+pub(crate) fn space_of(store: &Store, storage: &Storage) -> io::Result<(u64, u64)> {
+    match &storage.kind {
+        StorageKind::Dir => fsx::disk_space(&storage.path),
+        StorageKind::S3(s3) => {
+            let total = s3.capacity_mb.saturating_mul(1024 * 1024);
+            let used = store
+                .bytes_on_storage(storage.id)
+                .map_err(|e| io::Error::other(format!("target database: {e}")))?;
+            Ok((total, total.saturating_sub(used)))
+        }
+    }
 }
 
 /// Bytes between durable checkpoints of a file of `size` bytes: a 128th of it, at least
@@ -294,10 +333,24 @@ fn prefix_hash(path: &Path, len: u64) -> Option<Sha256> {
     Some(h)
 }
 
-/// Removes a partial copy and its row (a stale version, a failed or abandoned file).
-fn drop_partial(store: &Store, uuid: &str, dir: &Path, name: &BackupName) {
-    if let Err(e) = fsx::remove_file_durable(&partial_path(dir, name)) {
-        log::warn!("replication: remove partial copy of {name}: {e}");
+/// Removes a partial copy and its row (a stale version, a failed or abandoned file): the
+/// file, or the upload the row names (aborted; one the store cannot abort now is left to
+/// the orphan sweep).
+fn drop_partial(store: &Store, source: &Source, name: &BackupName) {
+    let uuid = source.uuid.as_str();
+    let row = store.partial(uuid, name.as_str()).ok().flatten();
+    match row.as_ref().and_then(upload_of) {
+        Some(checkpoint) => {
+            if let Err(e) = abort_upload(source, name, &checkpoint.upload_id) {
+                log::warn!("replication: abort the upload of {name}: {e}");
+            }
+        }
+        None => {
+            let dir = client_dir(source, name);
+            if let Err(e) = fsx::remove_file_durable(&partial_path(&dir, name)) {
+                log::warn!("replication: remove partial copy of {name}: {e}");
+            }
+        }
     }
     let forgotten = store.write(|tx| {
         tx.delete_partial(uuid, name.as_str())?;
@@ -360,5 +413,75 @@ impl Scratch {
 impl Drop for Scratch {
     fn drop(&mut self) {
         let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+#[cfg(test)]
+mod space_tests {
+    use super::*;
+    use crate::config::S3Storage;
+    use crate::store::{PartialRecord, ReceivedRecord};
+
+    const MIB: u64 = 1024 * 1024;
+
+    /// A bucket's free space is its `capacity_mb` less what every source's copies on it
+    /// hold, received and partial; copies on another storage do not count.
+    #[test]
+    fn a_buckets_space_is_its_capacity_less_the_copies_on_it() {
+        let s = Scratch::new("space-s3");
+        let bucket = Storage {
+            id: 7,
+            name: "bucket".into(),
+            path: s.dir.join("s3/7"),
+            usage: crate::config::StorageUsage::Backup,
+            kind: StorageKind::S3(Box::new(S3Storage {
+                endpoint: "http://127.0.0.1:9".into(),
+                bucket: "b".into(),
+                prefix: String::new(),
+                region: "us-east-1".into(),
+                credentials_file: s.dir.join("none.toml"),
+                path_style: true,
+                ca_file: None,
+                capacity_mb: 10,
+            })),
+        };
+        assert_eq!(space_of(&s.store, &bucket).unwrap(), (10 * MIB, 10 * MIB));
+        let received = |backup: &str, storage_id: u64, size: u64| ReceivedRecord {
+            backup: backup.into(),
+            storage_id,
+            size,
+            sha256: String::new(),
+            version: 1,
+            received: 1,
+            verified: None,
+            damaged: None,
+            bytes_received: None,
+            pinned: false,
+        };
+        let partial = PartialRecord {
+            backup: "c/p".into(),
+            storage_id: 7,
+            size: 4 * MIB,
+            version: 1,
+            offset: MIB,
+            started: 1,
+            updated: 1,
+            verified_sha256: None,
+            upload: Some("00".into()),
+        };
+        s.store
+            .write(|tx| {
+                tx.put_received("aaaa", &received("c/a", 7, 3 * MIB))?;
+                tx.put_received("bbbb", &received("c/b", 7, 2 * MIB))?;
+                tx.put_received("bbbb", &received("c/elsewhere", 1, 5 * MIB))?;
+                tx.put_partial("bbbb", &partial)
+            })
+            .unwrap();
+        assert_eq!(space_of(&s.store, &bucket).unwrap(), (10 * MIB, 4 * MIB));
+        // Past its capacity: no space, never an underflow.
+        s.store
+            .write(|tx| tx.put_received("aaaa", &received("c/big", 7, 20 * MIB)))
+            .unwrap();
+        assert_eq!(space_of(&s.store, &bucket).unwrap(), (10 * MIB, 0));
     }
 }

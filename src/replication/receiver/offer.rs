@@ -9,10 +9,13 @@ use super::ledger::{Ask, Space};
 use super::sink::FileSink;
 use super::state::{Decided, Offered, Session};
 use super::{
-    client_dir, digest_of, drop_partial, partial_path, prefix_hash, quota_usage, storage_failure,
-    ReceiveError, Refusal, MAX_OUTSTANDING,
+    client_dir, digest_of, drop_partial, partial_path, prefix_hash, quota_usage, space_of,
+    storage_failure, ReceiveError, Refusal, MAX_OUTSTANDING,
 };
+use super::{object_error, Source};
+use crate::config::StorageKind;
 use crate::fsx;
+use crate::objstore::ObjStoreError;
 use crate::replication::names::BackupName;
 use crate::store::StoreError;
 use crate::wire::hex;
@@ -85,10 +88,10 @@ impl<'l, W: Write, S: FileSink> Session<'_, 'l, W, S> {
             .received_one(uuid, name.as_str())
             .map_err(internal)?
             .filter(|r| r.storage_id == storage.id);
-        let final_len = fsx::lstat(&dir.join(name.file()))
-            .ok()
-            .filter(|m| m.is_file)
-            .map(|m| m.len);
+        let final_len = match &held {
+            Some(_) => held_len(self.source, name)?,
+            None => None,
+        };
         let have = held
             .as_ref()
             .is_some_and(|r| r.size == size && r.damaged.is_none() && final_len == Some(size));
@@ -103,17 +106,18 @@ impl<'l, W: Write, S: FileSink> Session<'_, 'l, W, S> {
                     && p.version == version
                     && p.verified_sha256.is_none()
                     && p.offset > 0
+                    && p.upload.is_none()
                 {
                     resume =
                         prefix_hash(&partial_path(&dir, name), p.offset).map(|h| (p.offset, h));
                 }
                 if resume.is_none() {
-                    drop_partial(store, uuid, &dir, name);
+                    drop_partial(store, self.source, name);
                 }
             }
         }
         let offset = resume.as_ref().map(|(o, _)| *o).unwrap_or(0);
-        let (total, free) = fsx::disk_space(&storage.path)
+        let (total, free) = space_of(store, storage)
             .map_err(|e| storage_failure(storage.id, "cannot read the free space", &e))?;
         // The source's partial copies on this storage count against its quota.
         let partials: Vec<(String, u64)> = match self.source.quota_mb {
@@ -156,4 +160,24 @@ impl<'l, W: Write, S: FileSink> Session<'_, 'l, W, S> {
             reservation,
         })
     }
+}
+
+/// The size of the copy of `name` the storage holds in place, if it holds one: the file's
+/// below a `dir` storage, the object's in an `s3` storage's bucket (a store that cannot
+/// be asked refuses the offer: the source tries again later).
+fn held_len(source: &Source, name: &BackupName) -> Result<Option<u64>, Refusal> {
+    let storage = &source.storage;
+    let StorageKind::S3(s3) = &storage.kind else {
+        let path = client_dir(source, name).join(name.file());
+        return Ok(fsx::lstat(&path).ok().filter(|m| m.is_file).map(|m| m.len));
+    };
+    let failed =
+        |e: ObjStoreError| storage_failure(storage.id, "cannot read the bucket", &object_error(e));
+    let bucket = crate::objstore::for_storage(storage)
+        .map_err(failed)?
+        .ok_or_else(|| Refusal::new(Code::Storage, "the storage has no bucket"))?;
+    let key = crate::objstore::backup_key(s3, &source.uuid, name.as_str()).map_err(failed)?;
+    let head = bucket.head_object(&key);
+    crate::objstore::note_outcome(storage.id, &head, crate::model::now());
+    Ok(head.map_err(failed)?.map(|o| o.size))
 }

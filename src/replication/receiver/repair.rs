@@ -4,12 +4,13 @@
 use std::collections::HashSet;
 use std::path::{Path, PathBuf};
 
-use super::{digest_of, partial_path, prefix_hash, Ledger, PARTIAL_SUFFIX};
-use crate::config::Storage;
+use super::{digest_of, partial_path, prefix_hash, upload_of, Ledger, PARTIAL_SUFFIX};
+use crate::config::{S3Storage, Storage, StorageKind};
 use crate::fsx;
 use crate::model::UnixTime;
+use crate::objstore::ObjStoreError;
 use crate::replication::names::{check_component, BackupName};
-use crate::store::{ReceivedRecord, Store, StoreError};
+use crate::store::{PartialRecord, ReceivedRecord, Store, StoreError};
 use crate::wire::hex;
 
 /// What the start-up repair did.
@@ -21,6 +22,9 @@ pub struct Repair {
     pub dropped: u64,
     /// Partial files no row describes, removed.
     pub swept: u64,
+    /// Uploads into a bucket that a crash cut, aborted: the next offer of the file starts
+    /// it again.
+    pub aborted: u64,
 }
 
 /// At start: finishes commits a crash interrupted (a partial row marked verified), drops
@@ -42,6 +46,10 @@ pub fn repair(store: &Store, storages: &[Storage], now: UnixTime) -> Result<Repa
         if check_component(uuid).is_err() {
             store.write(|tx| tx.delete_partial(uuid, &p.backup))?;
             out.dropped += 1;
+            continue;
+        }
+        if let StorageKind::S3(s3) = &storage.kind {
+            repair_upload(store, storage, s3, uuid, p, now, &mut out)?;
             continue;
         }
         let dir = storage.path.join(uuid).join(name.client());
@@ -113,6 +121,134 @@ pub fn repair(store: &Store, storages: &[Storage], now: UnixTime) -> Result<Repa
     Ok(out)
 }
 
+/// The start-up repair of one partial row of an `s3` storage. A copy whose commit a crash
+/// cut (its row says verified) is received once the object at its key reads back with
+/// the row's size and SHA-256 (read from the bucket, never taken from an ETag); anything
+/// else is dropped and its upload aborted, so the next offer starts it again. A store
+/// that cannot be read now keeps a verified row for the next start (the next offer of
+/// the file drops it).
+fn repair_upload(
+    store: &Store,
+    storage: &Storage,
+    s3: &S3Storage,
+    uuid: &str,
+    p: &PartialRecord,
+    now: UnixTime,
+    out: &mut Repair,
+) -> Result<(), StoreError> {
+    let bucket = match crate::objstore::for_storage(storage) {
+        Ok(Some(b)) => b,
+        Ok(None) => return Ok(()),
+        Err(e) => {
+            log::error!("repair: storage {}: {e}", storage.id);
+            return Ok(());
+        }
+    };
+    let key = match crate::objstore::backup_key(s3, uuid, &p.backup) {
+        Ok(k) => k,
+        Err(e) => {
+            log::error!("repair: {} from {uuid}: {e}", p.backup);
+            store.write(|tx| tx.delete_partial(uuid, &p.backup))?;
+            out.dropped += 1;
+            return Ok(());
+        }
+    };
+    if let Some(sha) = &p.verified_sha256 {
+        let read = match bucket.sha256_of(&key) {
+            Ok(r) => Some(r),
+            Err(ObjStoreError::NotFound { .. }) => None,
+            Err(e) => {
+                log::error!("repair: read back {key}: {e}");
+                return Ok(());
+            }
+        };
+        if read.is_some_and(|(size, got)| size == p.size && hex::encode(&got) == *sha) {
+            store.write(|tx| {
+                tx.put_received(
+                    uuid,
+                    &ReceivedRecord {
+                        backup: p.backup.clone(),
+                        storage_id: p.storage_id,
+                        size: p.size,
+                        sha256: sha.clone(),
+                        version: p.version,
+                        received: now,
+                        verified: None,
+                        damaged: None,
+                        bytes_received: None,
+                        pinned: false,
+                    },
+                )?;
+                tx.delete_partial(uuid, &p.backup)
+            })?;
+            out.finished += 1;
+            log::info!("repair: finished the commit of {} from {uuid}", p.backup);
+            return Ok(());
+        }
+    }
+    if let Some(c) = upload_of(p) {
+        match bucket.abort_multipart(&key, &c.upload_id) {
+            Ok(()) => out.aborted += 1,
+            // The orphan sweep that follows takes it.
+            Err(e) => log::warn!("repair: abort the upload of {key}: {e}"),
+        }
+    }
+    store.write(|tx| tx.delete_partial(uuid, &p.backup))?;
+    out.dropped += 1;
+    Ok(())
+}
+
+/// The orphan sweep of every `s3` storage: aborts each multipart upload under its prefix
+/// started before `initiated_before` (unix seconds, the store's clock) that no partial row
+/// names. At start every unnamed upload is an orphan (no session runs yet); the
+/// maintenance pass leaves the last hour's alone (a session records its upload right
+/// after starting it). Returns how many it aborted; a store that cannot be reached is
+/// logged and left for the next pass.
+pub fn sweep_uploads(store: &Store, storages: &[Storage], initiated_before: i64) -> u64 {
+    let claimed: HashSet<String> = match store.partials() {
+        Ok(rows) => rows
+            .iter()
+            .filter_map(|(_, p)| upload_of(p).map(|c| c.upload_id))
+            .collect(),
+        Err(e) => {
+            log::warn!("replication: orphan sweep: {e}");
+            return 0;
+        }
+    };
+    let mut aborted = 0;
+    for storage in storages {
+        let StorageKind::S3(s3) = &storage.kind else {
+            continue;
+        };
+        let swept = crate::objstore::for_storage(storage).and_then(|b| match b {
+            Some(b) => b
+                .sweep_uploads(
+                    &crate::objstore::storage_prefix(s3),
+                    initiated_before,
+                    |u| claimed.contains(&u.upload_id),
+                )
+                .map(Some),
+            None => Ok(None),
+        });
+        match swept {
+            Ok(Some(report)) => {
+                for u in &report.aborted {
+                    log::info!(
+                        "replication: aborted the orphaned upload {} of {} on storage {}",
+                        u.upload_id,
+                        u.key,
+                        storage.id
+                    );
+                }
+                aborted += report.aborted.len() as u64;
+            }
+            Ok(None) => {}
+            Err(e) => log::warn!("replication: orphan sweep of storage {}: {e}", storage.id),
+        }
+    }
+    aborted
+}
+
 /// Removes the partial copies that no session resumed for `retention` seconds (their row
 /// was last updated before `now - retention`), file and row, but those a session holds
 /// now and those whose commit is under way. A cut transfer's partial copy counts against
@@ -132,14 +268,36 @@ pub fn expire_partials(
         let Some(_held) = ledger.hold_partial(&uuid, p.storage_id, &p.backup) else {
             continue;
         };
-        let file = match (
-            BackupName::parse(&p.backup),
-            storages.iter().find(|s| s.id == p.storage_id),
-        ) {
-            (Ok(name), Some(storage)) if check_component(&uuid).is_ok() => Some(partial_path(
-                &storage.path.join(&uuid).join(name.client()),
-                &name,
-            )),
+        let storage = storages.iter().find(|s| s.id == p.storage_id);
+        if let Some(
+            storage @ Storage {
+                kind: StorageKind::S3(s3),
+                ..
+            },
+        ) = storage
+        {
+            // An upload is aborted (the orphan sweep takes one the store refuses now).
+            let aborted =
+                crate::objstore::for_storage(storage).and_then(|b| match (b, upload_of(&p)) {
+                    (Some(b), Some(c)) => {
+                        let key = crate::objstore::backup_key(s3, &uuid, &p.backup)?;
+                        b.abort_multipart(&key, &c.upload_id)
+                    }
+                    _ => Ok(()),
+                });
+            if let Err(e) = aborted {
+                log::warn!("replication: abort the expired upload of {}: {e}", p.backup);
+            }
+        }
+        let file = match (BackupName::parse(&p.backup), storage) {
+            (Ok(name), Some(storage))
+                if check_component(&uuid).is_ok() && storage.kind == StorageKind::Dir =>
+            {
+                Some(partial_path(
+                    &storage.path.join(&uuid).join(name.client()),
+                    &name,
+                ))
+            }
             _ => None,
         };
         if let Some(file) = &file {
@@ -197,7 +355,6 @@ fn partial_files(root: &Path) -> Vec<PathBuf> {
 mod tests {
     use super::super::Scratch;
     use super::*;
-    use crate::store::PartialRecord;
 
     fn verified_row(backup: &str, body: &[u8]) -> PartialRecord {
         PartialRecord {
@@ -209,6 +366,7 @@ mod tests {
             started: 1,
             updated: 1,
             verified_sha256: Some(crate::ca::sha256_hex(body)),
+            upload: None,
         }
     }
 

@@ -9,7 +9,7 @@ use std::io::{Read, Write};
 use super::commit::GROUP_WAIT;
 use super::sink::FileSink;
 use super::state::{CommitQueue, Session};
-use super::{client_dir, drop_partial, Context, ReceiveError, Refusal, Source, Summary, MAX_WANTS};
+use super::{drop_partial, Context, ReceiveError, Refusal, Source, Summary, MAX_WANTS};
 use crate::replication::slots::QUEUE_WAIT;
 use crate::replication::stream::{FrameReader, FrameWriter, StreamError};
 use crate::wire::transfer::{Code, Frame};
@@ -62,10 +62,13 @@ pub fn serve<S: FileSink>(
         source.storage.id
     );
     let mut reader = FrameReader::new(input);
-    // An `s3` storage's path is its local state, not where backups go: until the receiver
-    // writes into buckets, a source moved onto one is told its storage is offline.
-    let offline =
-        source.storage.kind != crate::config::StorageKind::Dir || !source.storage.path.is_dir();
+    // A directory that is gone, or a bucket whose client cannot be made (its credentials
+    // or CA file unreadable), is offline. A bucket that does not answer fails each file
+    // it is asked for instead (the source tries again later).
+    let offline = match &source.storage.kind {
+        crate::config::StorageKind::Dir => !source.storage.path.is_dir(),
+        crate::config::StorageKind::S3(_) => crate::objstore::for_storage(&source.storage).is_err(),
+    };
     let end = if offline {
         let m = format!("storage {} is offline", source.storage.id);
         session.send(&Frame::Fatal {
@@ -223,11 +226,10 @@ impl<W: Write, S: FileSink> Session<'_, '_, W, S> {
         if self.current.as_ref().is_some_and(|c| c.seq == seq) {
             // The source abandoned the file (removed by its admin, or it changed on disk).
             if let Some(cur) = self.current.take() {
-                let dir = client_dir(self.source, &cur.offer.name);
                 if let Ok(file) = self.sink.close() {
                     let _ = file.discard();
                 }
-                drop_partial(self.ctx.store, &self.source.uuid, &dir, &cur.offer.name);
+                drop_partial(self.ctx.store, self.source, &cur.offer.name);
                 log::info!(
                     "replication from system {} at {}: {} abandoned by the source",
                     self.source.system_id,

@@ -1,24 +1,24 @@
 //! The storage-sink interface: where a session writes the file being received. The session
 //! decides what goes into the file and when a checkpoint is due; a [`FileSink`] does the
 //! writing, the checkpoints' fdatasync and record, and the final fsync. The daemon's sink
-//! (`ingest::Pipeline`) does them on threads of its own, so that decrypting and hashing,
-//! copying into the page cache and waiting for the disk overlap; another kind of storage
-//! brings another sink.
+//! (`ingest`) does them on threads of its own for a file (`Pipeline`), so that
+//! decrypting and hashing, copying into the page cache and waiting for the disk overlap;
+//! an upload into a bucket ([`Piece::Object`]) uploads its parts on a thread of its own.
 
 use std::io;
 use std::sync::mpsc::Receiver;
 
-use crate::fsx::PartialFile;
+use super::piece::Piece;
 use crate::store::PartialRecord;
 
 /// A file on its way to durable: `recv` yields it once its fsync returned (or the error
 /// that kept it from being durable).
-pub type Sealed = Receiver<io::Result<PartialFile>>;
+pub type Sealed = Receiver<io::Result<Piece>>;
 
 /// The open file of one session, as the session hands it on.
 pub trait FileSink {
     /// Starts a file: its bytes go to `file` from now on.
-    fn open(&mut self, file: PartialFile) -> io::Result<()>;
+    fn open(&mut self, file: Piece) -> io::Result<()>;
 
     /// The offset of the open file that the last finished checkpoint made durable and
     /// recorded, if one did since it was opened.
@@ -38,5 +38,5 @@ pub trait FileSink {
 
     /// Waits until everything queued is written and no checkpoint runs, and hands the file
     /// back (for a checkpoint the session takes itself, or its discard).
-    fn close(&mut self) -> io::Result<PartialFile>;
+    fn close(&mut self) -> io::Result<Piece>;
 }

@@ -139,11 +139,15 @@ pub fn purge_after(r: &RecycleRecord, recycle_days: u64) -> UnixTime {
 }
 
 /// The source a systems row describes, with its storage, if it is a paired source whose
-/// uuid is a safe path component and whose storage exists.
+/// uuid is a safe path component and whose storage exists as a directory (the bin moves
+/// files: a source in a bucket keeps what it received, docs/decisions.md).
 pub fn source_of(row: &SystemRecord, storages: &[Storage]) -> Option<Source> {
     let uuid = row.copies_uuid()?.to_string();
     check_component(&uuid).ok()?;
-    let storage = storages.iter().find(|s| Some(s.id) == row.storage_id)?;
+    let storage = storages
+        .iter()
+        .find(|s| Some(s.id) == row.storage_id)
+        .filter(|s| s.kind == crate::config::StorageKind::Dir)?;
     row.role.is_source().then(|| Source {
         system_id: row.id,
         uuid,

@@ -15,7 +15,7 @@ export function systems(root) {
     if (editing) return;
     try {
       const [sys, store] = await Promise.all([api('GET', '/api/systems'), api('GET', '/api/storage?usage=backup')]);
-      storages = (store.storage || []).filter((s) => s.type !== 's3');
+      storages = store.storage || [];
       if (editing) return;
       body.replaceChildren(table([
         ['ID', (s) => String(s.id)],

@@ -22,8 +22,7 @@ export function pending(root, session) {
         api('GET', '/api/replication/pending'),
         storages ? null : api('GET', '/api/storage?usage=backup'),
       ]);
-      // A bucket (type s3) cannot take sources yet: not offered.
-      if (store) storages = (store.storage || []).filter((s) => s.type !== 's3');
+      if (store) storages = store.storage || [];
       const rows = answer.pending || [];
       if (list.querySelector('.panel')) return;
       list.replaceChildren(...(rows.length ? rows.map(card) : [el('p', { class: 'muted', id: 'no-pending' }, 'No pending requests.')]));
