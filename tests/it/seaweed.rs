@@ -9,7 +9,7 @@
 use std::io::Read;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use replgate::objstore::{Key, Location, ObjStore, RetryPolicy, Settings};
@@ -62,9 +62,21 @@ pub struct Seaweed {
     pub access_key: String,
     pub secret_key: String,
     pub dir: PathBuf,
-    ports: Vec<u16>,
+    /// The gRPC sockets weed makes in /tmp, named by kind and port: removed when it ends.
+    sockets: Vec<PathBuf>,
     log: PathBuf,
 }
+
+/// weed's gRPC socket for a server of `kind` on gRPC port `port`. The path is fixed by
+/// weed, and weed replaces a file that is already there: two engines given the same port
+/// (one of them then fails to bind it) would take each other's socket.
+fn grpc_socket(kind: &str, port: u16) -> PathBuf {
+    PathBuf::from(format!("/tmp/seaweedfs-{kind}-grpc-{port}.sock"))
+}
+
+/// Held while an engine picks its ports and starts, so that two tests of this process
+/// never start engines on the same port at once (see [`grpc_socket`]).
+static STARTING: Mutex<()> = Mutex::new(());
 
 impl Seaweed {
     /// One volume server, no replication.
@@ -88,6 +100,9 @@ impl Seaweed {
     /// `free_ports` and weed's bind (tests run in parallel and pick ports the same way).
     fn launch(name: &str, extra_volumes: usize, tls: bool) -> Seaweed {
         const ATTEMPTS: usize = 3;
+        let _starting = STARTING
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
         for attempt in 1..=ATTEMPTS {
             let mut me = Seaweed::spawn(name, extra_volumes, tls);
             match me.wait_ready() {
@@ -168,17 +183,12 @@ impl Seaweed {
             .stderr(logfile)
             .spawn()
             .expect("start weed server");
-        let mut ports = vec![
-            master,
-            master_grpc,
-            volume,
-            volume_grpc,
-            filer,
-            filer_grpc,
-            s3,
-            s3_grpc,
+        let mut sockets = vec![
+            grpc_socket("master", master_grpc),
+            grpc_socket("volume", volume_grpc),
+            grpc_socket("filer", filer_grpc),
+            grpc_socket("s3", s3_grpc),
         ];
-        ports.extend(https);
         let mut me = Seaweed {
             https,
             server,
@@ -188,12 +198,12 @@ impl Seaweed {
             access_key,
             secret_key,
             dir: dir.clone(),
-            ports: Vec::new(),
+            sockets: Vec::new(),
             log,
         };
         for i in 0..extra_volumes {
             let [port, grpc] = free_ports::<2>();
-            ports.extend([port, grpc]);
+            sockets.push(grpc_socket("volume", grpc));
             let vdir = dir.join(format!("volume{i}"));
             std::fs::create_dir_all(&vdir).expect("create volume dir");
             let args = vec![
@@ -214,7 +224,7 @@ impl Seaweed {
             me.volume_args.push(args);
             me.volumes.push(child);
         }
-        me.ports = ports;
+        me.sockets = sockets;
         me
     }
 
@@ -345,11 +355,10 @@ impl Drop for Seaweed {
             let _ = child.kill();
             let _ = child.wait();
         }
-        // weed puts its gRPC sockets in /tmp, named by port; these ports were ours.
-        for port in &self.ports {
-            for kind in ["master", "volume", "filer", "s3"] {
-                let _ = std::fs::remove_file(format!("/tmp/seaweedfs-{kind}-grpc-{port}.sock"));
-            }
+        // Only this engine's own servers' sockets: no other engine of this process was
+        // given the same port for the same kind of server (`STARTING`).
+        for socket in &self.sockets {
+            let _ = std::fs::remove_file(socket);
         }
         let _ = std::fs::remove_dir_all(self.dir.join("data"));
         for i in 0..self.volumes.len() {
