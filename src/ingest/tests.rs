@@ -293,6 +293,61 @@ fn files_arrive_byte_identical_verified_and_recorded() {
     assert_eq!(summary.bytes_sent, total);
 }
 
+/// The calling thread's nice value (Linux: each thread has its own).
+fn thread_nice() -> i32 {
+    // SAFETY: getpriority takes and returns plain integers; -1 is a valid nice value here
+    // only if the test runs at -1, which it does not.
+    unsafe { libc::getpriority(libc::PRIO_PROCESS, 0) }
+}
+
+/// Runs the receiving side of a session on a thread of its own; its nice value before and
+/// after.
+fn receiving_thread_nice(f: &Fixture, feed: &mut MemFeed) -> (i32, i32) {
+    let (a, b) = UnixStream::pair().unwrap();
+    std::thread::scope(|scope| {
+        let rx_side = scope.spawn(|| {
+            let ctx = receiver::Context {
+                store: &f.store,
+                live: &f.live,
+                ledger: &f.ledger,
+                dedup: f.dedup,
+                slots: None,
+                peer: "test".into(),
+                now: || 1_000,
+                features: f.agreed(),
+            };
+            let before = thread_nice();
+            super::serve(&ctx, &f.source, a.try_clone().unwrap(), &a);
+            let _ = a.shutdown(std::net::Shutdown::Both);
+            (before, thread_nice())
+        });
+        run_sender(f, feed, &b, &b).unwrap();
+        let _ = b.shutdown(std::net::Shutdown::Both);
+        rx_side.join().unwrap()
+    })
+}
+
+#[test]
+fn a_session_runs_as_bulk_from_its_first_file_and_a_heartbeat_does_not() {
+    let f = fixture("nice");
+    let (before, after) = receiving_thread_nice(&f, &mut MemFeed::of(&[]));
+    assert_eq!(after, before, "a session that received no file");
+    put(&f, "c/a", &content(3, 100_000));
+    let mut feed = MemFeed::of(&["c/a"]);
+    let (before, after) = receiving_thread_nice(&f, &mut feed);
+    assert!(
+        feed.results.iter().all(|r| done(&r.1)),
+        "{:?}",
+        feed.results
+    );
+    assert_eq!(
+        after,
+        (before + super::BULK_NICE).min(19),
+        "a session that received a file"
+    );
+    assert_eq!(thread_nice(), before, "the test's own thread is untouched");
+}
+
 #[test]
 fn a_held_copy_is_not_sent_again_and_a_changed_one_replaces_it_after_verifying() {
     let f = fixture("idem");
