@@ -47,6 +47,20 @@ impl Fixture {
             ..self.features
         }
     }
+
+    /// The receiver's context over this fixture, for a peer logged as `peer`.
+    pub(super) fn context(&self, peer: &str) -> receiver::Context<'_> {
+        receiver::Context {
+            store: &self.store,
+            live: &self.live,
+            ledger: &self.ledger,
+            dedup: self.dedup,
+            slots: None,
+            peer: peer.into(),
+            now: || 1_000,
+            features: self.agreed(),
+        }
+    }
 }
 
 impl std::ops::Deref for Fixture {
@@ -219,16 +233,7 @@ pub(super) fn session(
     let (a, b) = UnixStream::pair().unwrap();
     std::thread::scope(|scope| {
         let rx_side = scope.spawn(|| {
-            let ctx = receiver::Context {
-                store: &f.store,
-                live: &f.live,
-                ledger: &f.ledger,
-                dedup: f.dedup,
-                slots: None,
-                peer: "test".into(),
-                now: || 1_000,
-                features: f.agreed(),
-            };
+            let ctx = f.context("test");
             let input = a.try_clone().unwrap();
             let summary = super::serve(&ctx, &f.source, input, &a);
             let _ = a.shutdown(std::net::Shutdown::Both);
@@ -306,16 +311,7 @@ fn receiving_thread_nice(f: &Fixture, feed: &mut MemFeed) -> (i32, i32) {
     let (a, b) = UnixStream::pair().unwrap();
     std::thread::scope(|scope| {
         let rx_side = scope.spawn(|| {
-            let ctx = receiver::Context {
-                store: &f.store,
-                live: &f.live,
-                ledger: &f.ledger,
-                dedup: f.dedup,
-                slots: None,
-                peer: "test".into(),
-                now: || 1_000,
-                features: f.agreed(),
-            };
+            let ctx = f.context("test");
             let before = thread_nice();
             super::serve(&ctx, &f.source, a.try_clone().unwrap(), &a);
             let _ = a.shutdown(std::net::Shutdown::Both);
@@ -575,16 +571,7 @@ fn against_receiver_as(
     let answers = Arc::new(Mutex::new(Vec::new()));
     std::thread::scope(|scope| {
         let rx = scope.spawn(|| {
-            let ctx = receiver::Context {
-                store: &f.store,
-                live: &f.live,
-                ledger: &f.ledger,
-                dedup: f.dedup,
-                slots: None,
-                peer: "test".into(),
-                now: || 1_000,
-                features: f.agreed(),
-            };
+            let ctx = f.context("test");
             super::serve(&ctx, source, a.try_clone().unwrap(), &a);
             let _ = a.shutdown(std::net::Shutdown::Both);
         });
@@ -1252,16 +1239,7 @@ fn offers_never_sent_by_one_source_do_not_starve_another() {
     let (a, b) = UnixStream::pair().unwrap();
     std::thread::scope(|scope| {
         let a_side = scope.spawn(|| {
-            let ctx = receiver::Context {
-                store: &f.store,
-                live: &f.live,
-                ledger: &f.ledger,
-                peer: "a".into(),
-                now: || 1_000,
-                slots: None,
-                dedup: f.dedup,
-                features: f.agreed(),
-            };
+            let ctx = f.context("a");
             let summary = super::serve(&ctx, &f.source, a.try_clone().unwrap(), &a);
             let _ = a.shutdown(std::net::Shutdown::Both);
             summary

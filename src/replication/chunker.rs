@@ -183,11 +183,11 @@ impl Chunker {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
 
     /// Deterministic incompressible bytes.
-    fn noise(seed: u64, len: usize) -> Vec<u8> {
+    pub(crate) fn noise(seed: u64, len: usize) -> Vec<u8> {
         let mut x = seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1;
         (0..len)
             .map(|_| {

@@ -394,22 +394,11 @@ impl<R: Read> Read for Rebuilt<'_, R> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::replication::chunker::tests::noise;
     use crate::replication::restore::{pull, PullError, Pulled};
     use crate::store::RestoreItem;
     use crate::wire::hex;
     use std::cell::RefCell;
-
-    fn noise(seed: u64, len: usize) -> Vec<u8> {
-        let mut x = seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1;
-        (0..len)
-            .map(|_| {
-                x ^= x << 13;
-                x ^= x >> 7;
-                x ^= x << 17;
-                x as u8
-            })
-            .collect()
-    }
 
     /// v1, and v2: v1 with 16 KiB rewritten in two places and 50 bytes inserted.
     fn versions() -> (Vec<u8>, Vec<u8>) {
